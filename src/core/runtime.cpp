@@ -1,0 +1,41 @@
+#include "core/runtime.hpp"
+
+#include <omp.h>
+
+#include <thread>
+
+#include "core/runtime_state.hpp"
+
+namespace zerolora {
+
+namespace detail {
+
+std::size_t MatmulKeyHash::operator()(const MatmulKey& key) const noexcept {
+  std::size_t h = 1469598103934665603ull;
+  auto add = [&h](std::uint64_t v) { h = (h ^ v) * 1099511628211ull; };
+  for (std::int64_t v : {key.m, key.n, key.k, key.a_rs, key.a_cs, key.b_rs, key.b_cs, key.c_rs})
+    add(static_cast<std::uint64_t>(v));
+  add(static_cast<std::uint64_t>(key.in_type) * 16 + static_cast<std::uint64_t>(key.out_type));
+  add(static_cast<std::uint64_t>(key.alpha * 1048576.0f) * 2 + (key.accumulate ? 1 : 0));
+  return h;
+}
+
+RuntimeState::RuntimeState(int threads) : engine(dnnl::engine::kind::cpu, 0) {
+  for (int t = 0; t < threads; ++t) streams.emplace_back(engine);
+  scratchpads.resize(static_cast<std::size_t>(threads));
+}
+
+}  // namespace detail
+
+Runtime::Runtime(int threads) {
+  if (threads <= 0) threads = static_cast<int>(std::thread::hardware_concurrency());
+  if (threads <= 0) threads = 1;
+  threads_ = threads;
+  // oneDNN's OpenMP runtime sizes its parallel regions from this process-wide setting.
+  omp_set_num_threads(threads_);
+  state_ = std::make_unique<detail::RuntimeState>(threads_);
+}
+
+Runtime::~Runtime() = default;
+
+}  // namespace zerolora

@@ -1,0 +1,41 @@
+// The Llama architecture parameters, read from a Hugging Face config.json.
+// Accepts model_type "llama" / LlamaForCausalLM with the defaults transformers applies;
+// refuses, with a message saying what is supported, anything the kernels do not implement.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "ops/rope.hpp"
+
+namespace zerolora {
+
+struct LlamaConfig {
+  std::int64_t hidden_size = 0;        // D
+  std::int64_t intermediate_size = 0;  // I
+  std::int64_t num_layers = 0;         // L
+  std::int64_t num_heads = 0;          // H
+  std::int64_t num_kv_heads = 0;       // KV
+  std::int64_t head_dim = 0;           // hd
+  std::int64_t vocab_size = 0;         // V
+  std::int64_t max_position_embeddings = 2048;
+  double rms_norm_eps = 1e-6;
+  RopeParams rope;
+  bool tie_word_embeddings = false;
+  std::int64_t bos_token_id = 1;
+  std::vector<std::int64_t> eos_token_ids{2};
+  std::string torch_dtype;  // informational ("bfloat16", "float32", ...)
+
+  std::int64_t q_dim() const { return num_heads * head_dim; }
+  std::int64_t kv_dim() const { return num_kv_heads * head_dim; }
+
+  // `label` (usually the file path) prefixes every error.
+  static LlamaConfig from_json(const nlohmann::json& json, const std::string& label);
+  static LlamaConfig load(const std::filesystem::path& config_json);
+};
+
+}  // namespace zerolora

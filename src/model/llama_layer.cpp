@@ -1,0 +1,276 @@
+#include "model/llama_layer.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <type_traits>
+
+#include "core/precision.hpp"
+#include "core/error.hpp"
+#include "ops/linear.hpp"
+#include "ops/rmsnorm.hpp"
+#include "ops/swiglu.hpp"
+
+namespace zerolora {
+namespace {
+
+// Shapes of one layer's activations, from the config and the batch.
+struct Dims {
+  Index M, D, I, H, KV, hd, Qd, KVd, W3;
+  explicit Dims(const LlamaConfig& c, Index rows)
+      : M(rows),
+        D(c.hidden_size),
+        I(c.intermediate_size),
+        H(c.num_heads),
+        KV(c.num_kv_heads),
+        hd(c.head_dim),
+        Qd(c.q_dim()),
+        KVd(c.kv_dim()),
+        W3(c.q_dim() + 2 * c.kv_dim()) {}
+  AttentionShape attention() const { return {H, KV, hd}; }
+};
+
+template <class T>
+T* grow(Buffer<T>& buffer, Index count) {
+  buffer.ensure(static_cast<std::size_t>(count));
+  return buffer.data();
+}
+
+template <class P>
+class LayerOps {
+ public:
+  using Act = typename P::Act;
+  using Weight = typename P::Weight;
+
+  explicit LayerOps(LayerContext<P>& ctx) : ctx_(ctx), rt_(ctx.rt) {}
+
+  const Weight* w(LayerTensor t) const { return ctx_.weights.layer_tensor(ctx_.layer, t); }
+
+  void base_forward(Mat<Act> dst, const Act* src, Index M, Index in, const Weight* weight,
+                    bool accumulate) {
+    ZL_CHECK(dst.rows == M);
+    linear_forward(rt_, dst, src, weight, in, accumulate, ctx_.workspace.operand);
+  }
+
+  void base_backward(Act* diff_src, const Act* diff_dst, Index M, Index out, const Weight* weight,
+                     Index in) {
+    linear_backward_data(rt_, diff_src, diff_dst, weight, M, out, in, ctx_.workspace.operand);
+  }
+
+  const LoraAdapterSlots* adapter(LoraModule m) const {
+    return ctx_.lora.layout ? ctx_.lora.layout->adapter(ctx_.layer, m) : nullptr;
+  }
+
+  DropoutMask dropout(LoraModule m, Index row_offset) const {
+    DropoutMask mask;
+    if (ctx_.lora.dropout) mask.p = ctx_.lora.layout->config().dropout;
+    mask.key = hash_combine(hash_combine(ctx_.lora.dropout_key, static_cast<std::uint64_t>(ctx_.layer)),
+                            static_cast<std::uint64_t>(m));
+    mask.row_keys = ctx_.geometry.row_keys.data() + row_offset;
+    return mask;
+  }
+
+  Index rank() const { return ctx_.lora.layout ? ctx_.lora.layout->config().rank : 0; }
+
+  void lora_forward_into(LoraModule m, Mat<Act> dst, Act* z, const Act* src, Index M, Index in,
+                         Index row_offset) {
+    const auto* slots = adapter(m);
+    if (!slots) return;
+    const auto& cfg = ctx_.lora.layout->config();
+    lora_forward<Act>(rt_, dst, z, Mat<const Act>::dense(src, M, in), ctx_.lora.params + slots->a_offset,
+                      ctx_.lora.params + slots->b_offset, cfg.rank, cfg.scale(), dropout(m, row_offset),
+                      ctx_.workspace.lora_scratch);
+  }
+
+  void lora_project_into(LoraModule m, Act* z, const Act* src, Index M, Index in, Index row_offset) {
+    const auto* slots = adapter(m);
+    if (!slots) return;
+    lora_project<Act>(rt_, z, Mat<const Act>::dense(src, M, in), ctx_.lora.params + slots->a_offset,
+                      rank(), dropout(m, row_offset), ctx_.workspace.lora_scratch);
+  }
+
+  void lora_backward_into(LoraModule m, Mat<Act> diff_src, Mat<const Act> diff_dst, const Act* z,
+                          const Act* src, Index row_offset) {
+    const auto* slots = adapter(m);
+    if (!slots || !ctx_.lora.grads) return;
+    const auto& cfg = ctx_.lora.layout->config();
+    lora_backward<Act>(rt_, diff_src, ctx_.lora.grads + slots->a_offset,
+                       ctx_.lora.grads + slots->b_offset, diff_dst, z,
+                       Mat<const Act>::dense(src, diff_src.rows, diff_src.cols),
+                       ctx_.lora.params + slots->a_offset, ctx_.lora.params + slots->b_offset,
+                       cfg.rank, cfg.scale(), dropout(m, row_offset), ctx_.workspace.lora_scratch);
+  }
+
+  // gate_up (=) [rows, 2I] = h2 Wgu^T + LoRA(gate, up); z_gate/z_up receive the LoRA z.
+  void gate_up_forward(Act* gate_up, const Act* h2, Index rows, Index row_offset, Act* z_gate,
+                       Act* z_up, const Dims& d) {
+    base_forward(Mat<Act>::dense(gate_up, rows, 2 * d.I), h2, rows, d.D, w(LayerTensor::kGate), false);
+    lora_forward_into(LoraModule::kGate, Mat<Act>{gate_up, rows, d.I, 2 * d.I, 1}, z_gate, h2, rows,
+                      d.D, row_offset);
+    lora_forward_into(LoraModule::kUp, Mat<Act>{gate_up + d.I, rows, d.I, 2 * d.I, 1}, z_up, h2,
+                      rows, d.D, row_offset);
+  }
+
+ private:
+  LayerContext<P>& ctx_;
+  Runtime& rt_;
+};
+
+template <class T>
+void copy_rows(Runtime& rt, T* dst, const T* src, Index n) {
+  constexpr Index kChunk = 1 << 16;
+#pragma omp parallel for num_threads(rt.threads()) schedule(static)
+  for (Index c = 0; c < (n + kChunk - 1) / kChunk; ++c)
+    std::memcpy(dst + c * kChunk, src + c * kChunk,
+                static_cast<std::size_t>(std::min(kChunk, n - c * kChunk)) * sizeof(T));
+}
+
+constexpr LoraModule kQkvModules[3] = {LoraModule::kQ, LoraModule::kK, LoraModule::kV};
+
+}  // namespace
+
+template <class P>
+void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P::Act* x,
+                   LayerActivations<typename P::Act>& acts, bool save_mlp) {
+  using Act = typename P::Act;
+  LayerOps<P> ops(ctx);
+  Runtime& rt = ctx.rt;
+  const LlamaConfig& c = ctx.weights.config;
+  const Dims d(c, ctx.geometry.rows);
+  const Index M = d.M, r = ops.rank();
+  const std::int32_t* positions = ctx.geometry.positions.data();
+
+  Act* rstd1 = grow(acts.rstd1, M);            // [M]
+  Act* h1 = grow(acts.h1, M * d.D);            // [M, D]
+  Act* qkv = grow(acts.qkv, M * d.W3);         // [M, Qd + 2 KVd], q and k rotated
+  Act* attn = grow(acts.attn, M * d.Qd);       // [M, Qd]
+  Act* lse = grow(acts.lse, d.H * M);          // [H, M]
+  Act* x2 = grow(acts.x2, M * d.D);            // [M, D] residual after attention
+  Act* rstd2 = grow(acts.rstd2, M);            // [M]
+  Act* h2 = grow(acts.h2, M * d.D);            // [M, D]
+  for (int m = 0; m < kLoraModuleCount; ++m) grow(acts.lora_z[m], M * std::max<Index>(r, 1));
+
+  // Attention block.
+  rmsnorm_forward(rt, h1, rstd1, x, ops.w(LayerTensor::kAttnNorm), M, d.D, c.rms_norm_eps);
+  ops.base_forward(Mat<Act>::dense(qkv, M, d.W3), h1, M, d.D, ops.w(LayerTensor::kQ), false);
+  const Index col[3] = {0, d.Qd, d.Qd + d.KVd}, width[3] = {d.Qd, d.KVd, d.KVd};
+  for (int i = 0; i < 3; ++i)
+    ops.lora_forward_into(kQkvModules[i], Mat<Act>{qkv + col[i], M, width[i], d.W3, 1},
+                          acts.lora_z[static_cast<int>(kQkvModules[i])].data(), h1, M, d.D, 0);
+  rope_forward(rt, qkv, positions, ctx.rope, M, d.W3, d.H);
+  rope_forward(rt, qkv + d.Qd, positions, ctx.rope, M, d.W3, d.KV);
+  attention_forward<Act, typename P::Weight>(rt, attn, lse, qkv, *ctx.geometry.segments, M,
+                                             d.attention(), ctx.options.attention,
+                                             ctx.workspace.attention);
+  copy_rows(rt, x2, x, M * d.D);
+  ops.base_forward(Mat<Act>::dense(x2, M, d.D), attn, M, d.Qd, ops.w(LayerTensor::kO), true);
+  ops.lora_forward_into(LoraModule::kO, Mat<Act>::dense(x2, M, d.D),
+                        acts.lora_z[static_cast<int>(LoraModule::kO)].data(), attn, M, d.Qd, 0);
+  rmsnorm_forward(rt, h2, rstd2, x2, ops.w(LayerTensor::kMlpNorm), M, d.D, c.rms_norm_eps);
+
+  // MLP block, by row chunks.
+  acts.mlp_saved = save_mlp;
+  if (!save_mlp && !out) return;
+  const Index chunk = std::max<Index>(1, ctx.options.mlp_chunk_rows);
+  if (save_mlp) grow(acts.gate_up, M * 2 * d.I);
+  auto& ws = ctx.workspace;
+  for (Index c0 = 0; c0 < M; c0 += chunk) {
+    const Index rows = std::min(chunk, M - c0);
+    auto z = [&](LoraModule m) {
+      return save_mlp ? acts.lora_z[static_cast<int>(m)].data() + c0 * r
+                      : grow(ws.lora_z[static_cast<int>(m)], chunk * std::max<Index>(r, 1));
+    };
+    Act* gate_up = save_mlp ? acts.gate_up.data() + c0 * 2 * d.I : grow(ws.gate_up, chunk * 2 * d.I);
+    ops.gate_up_forward(gate_up, h2 + c0 * d.D, rows, c0, z(LoraModule::kGate), z(LoraModule::kUp), d);
+    if (!out) continue;
+    Act* act = grow(ws.act, chunk * d.I);
+    swiglu_forward(rt, act, gate_up, rows, d.I);
+    Act* out_rows = out + c0 * d.D;
+    copy_rows(rt, out_rows, x2 + c0 * d.D, rows * d.D);
+    ops.base_forward(Mat<Act>::dense(out_rows, rows, d.D), act, rows, d.I, ops.w(LayerTensor::kDown), true);
+    ops.lora_forward_into(LoraModule::kDown, Mat<Act>::dense(out_rows, rows, d.D), z(LoraModule::kDown),
+                          act, rows, d.I, c0);
+  }
+}
+
+template <class P>
+void layer_backward(LayerContext<P>& ctx, typename P::Act* dx, const typename P::Act* x,
+                    LayerActivations<typename P::Act>& acts) {
+  using Act = typename P::Act;
+  LayerOps<P> ops(ctx);
+  Runtime& rt = ctx.rt;
+  const LlamaConfig& c = ctx.weights.config;
+  const Dims d(c, ctx.geometry.rows);
+  const Index M = d.M, r = ops.rank();
+  auto& ws = ctx.workspace;
+  const std::int32_t* positions = ctx.geometry.positions.data();
+
+  // MLP block, by row chunks: dx rows become d(x2) rows.
+  const Index chunk = std::max<Index>(1, ctx.options.mlp_chunk_rows);
+  for (Index c0 = 0; c0 < M; c0 += chunk) {
+    const Index rows = std::min(chunk, M - c0);
+    const Act* h2 = acts.h2.data() + c0 * d.D;
+    auto z = [&](LoraModule m) {
+      return acts.mlp_saved ? acts.lora_z[static_cast<int>(m)].data() + c0 * r
+                            : grow(ws.lora_z[static_cast<int>(m)], chunk * std::max<Index>(r, 1));
+    };
+    Act* gate_up = nullptr;
+    if (acts.mlp_saved) {
+      gate_up = acts.gate_up.data() + c0 * 2 * d.I;
+    } else {  // recompute
+      gate_up = grow(ws.gate_up, chunk * 2 * d.I);
+      ops.gate_up_forward(gate_up, h2, rows, c0, z(LoraModule::kGate), z(LoraModule::kUp), d);
+    }
+    Act* dx_rows = dx + c0 * d.D;
+    Act* d_act = grow(ws.d_act, chunk * d.I);
+    ops.base_backward(d_act, dx_rows, rows, d.D, ops.w(LayerTensor::kDown), d.I);
+    if (ops.adapter(LoraModule::kDown)) {
+      Act* act = grow(ws.act, chunk * d.I);
+      swiglu_forward(rt, act, gate_up, rows, d.I);
+      if (!acts.mlp_saved) ops.lora_project_into(LoraModule::kDown, z(LoraModule::kDown), act, rows, d.I, c0);
+      ops.lora_backward_into(LoraModule::kDown, Mat<Act>::dense(d_act, rows, d.I),
+                             Mat<const Act>::dense(dx_rows, rows, d.D), z(LoraModule::kDown), act, c0);
+    }
+    Act* d_gate_up = grow(ws.d_gate_up, chunk * 2 * d.I);
+    swiglu_backward(rt, d_gate_up, d_act, gate_up, rows, d.I);
+    Act* dh = grow(ws.dh, std::max(chunk, M) * d.D);
+    ops.base_backward(dh, d_gate_up, rows, 2 * d.I, ops.w(LayerTensor::kGate), d.D);
+    ops.lora_backward_into(LoraModule::kGate, Mat<Act>::dense(dh, rows, d.D),
+                           Mat<const Act>{d_gate_up, rows, d.I, 2 * d.I, 1}, z(LoraModule::kGate), h2, c0);
+    ops.lora_backward_into(LoraModule::kUp, Mat<Act>::dense(dh, rows, d.D),
+                           Mat<const Act>{d_gate_up + d.I, rows, d.I, 2 * d.I, 1}, z(LoraModule::kUp),
+                           h2, c0);
+    rmsnorm_backward(rt, dx_rows, dh, acts.x2.data() + c0 * d.D, acts.rstd2.data() + c0,
+                     ops.w(LayerTensor::kMlpNorm), rows, d.D, true);
+  }
+
+  // Attention block: dx becomes d(x).
+  Act* d_attn = grow(ws.d_attn, M * d.Qd);
+  ops.base_backward(d_attn, dx, M, d.D, ops.w(LayerTensor::kO), d.Qd);
+  ops.lora_backward_into(LoraModule::kO, Mat<Act>::dense(d_attn, M, d.Qd), Mat<const Act>::dense(dx, M, d.D),
+                         acts.lora_z[static_cast<int>(LoraModule::kO)].data(), acts.attn.data(), 0);
+  Act* d_qkv = grow(ws.d_qkv, M * d.W3);
+  attention_backward<Act, typename P::Weight>(rt, d_qkv, d_attn, acts.qkv.data(), acts.attn.data(),
+                                              acts.lse.data(), *ctx.geometry.segments, M, d.attention(),
+                                              ctx.options.attention, ws.attention);
+  rope_backward(rt, d_qkv, positions, ctx.rope, M, d.W3, d.H);
+  rope_backward(rt, d_qkv + d.Qd, positions, ctx.rope, M, d.W3, d.KV);
+  Act* dh = grow(ws.dh, M * d.D);
+  ops.base_backward(dh, d_qkv, M, d.W3, ops.w(LayerTensor::kQ), d.D);
+  const Index col[3] = {0, d.Qd, d.Qd + d.KVd}, width[3] = {d.Qd, d.KVd, d.KVd};
+  for (int i = 0; i < 3; ++i)
+    ops.lora_backward_into(kQkvModules[i], Mat<Act>::dense(dh, M, d.D),
+                           Mat<const Act>{d_qkv + col[i], M, width[i], d.W3, 1},
+                           acts.lora_z[static_cast<int>(kQkvModules[i])].data(), acts.h1.data(), 0);
+  rmsnorm_backward(rt, dx, dh, x, acts.rstd1.data(), ops.w(LayerTensor::kAttnNorm), M, d.D, true);
+}
+
+#define ZL_INSTANTIATE_LAYER(P)                                                                  \
+  template void layer_forward<P>(LayerContext<P>&, P::Act*, const P::Act*, LayerActivations<P::Act>&, \
+                                 bool);                                                          \
+  template void layer_backward<P>(LayerContext<P>&, P::Act*, const P::Act*, LayerActivations<P::Act>&);
+ZL_INSTANTIATE_LAYER(Fp32Policy)
+ZL_INSTANTIATE_LAYER(Bf16Policy)
+ZL_INSTANTIATE_LAYER(Fp64Policy)
+#undef ZL_INSTANTIATE_LAYER
+
+}  // namespace zerolora

@@ -1,0 +1,94 @@
+// One Llama decoder layer, forward and backward, with LoRA on any of its seven projections:
+//   h1 = rmsnorm(x);  [q k v] = h1 Wqkv^T (+ LoRA);  rope(q, k);  a = attention(q, k, v)
+//   x2 = x + a Wo^T (+ LoRA);  h2 = rmsnorm(x2);  [g u] = h2 Wgu^T (+ LoRA)
+//   out = x2 + (silu(g) * u) Wd^T (+ LoRA)
+// Forward saves what backward needs in LayerActivations. The MLP works on row chunks so its
+// [rows, 2I] intermediates stay bounded; with recompute, backward recomputes g and u chunk by
+// chunk and the recompute forward skips the down projection, whose output backward never needs.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <vector>
+
+#include "core/buffer.hpp"
+#include "core/runtime.hpp"
+#include "lora/lora_layout.hpp"
+#include "lora/lora_linear.hpp"
+#include "model/llama_weights.hpp"
+#include "ops/attention.hpp"
+#include "ops/rope.hpp"
+
+namespace zerolora {
+
+struct ComputeOptions {
+  bool recompute = true;        // keep only each layer's input; recompute the layer in backward
+  AttentionOptions attention;   // tile size, bf16 softmax
+  Index mlp_chunk_rows = 1024;  // MLP rows processed at once (bounds [rows, 2I] buffers)
+  Index head_chunk_rows = 512;  // logits rows materialised at once by the fused lm_head + loss
+};
+
+// Per-batch data shared by every layer.
+struct BatchGeometry {
+  Index rows = 0;
+  const std::vector<Segment>* segments = nullptr;
+  std::vector<std::int32_t> positions;  // [M] position inside the segment
+  std::vector<std::uint64_t> row_keys;  // [M] (sample, position) key for dropout masks
+};
+
+// LoRA state seen by a layer: parameters, gradients (null when not training) and dropout.
+template <class T>
+struct LoraBinding {
+  const LoraLayout* layout = nullptr;  // null: no adapters
+  const T* params = nullptr;
+  T* grads = nullptr;
+  bool dropout = false;  // apply LoRA dropout (training only)
+  std::uint64_t dropout_key = 0;  // (seed, step)
+};
+
+// What the layer's backward needs from its forward.
+template <class T>
+struct LayerActivations {
+  Buffer<T> rstd1, h1, qkv, attn, lse, x2, rstd2, h2;  // see llama_layer.cpp for shapes
+  std::array<Buffer<T>, kLoraModuleCount> lora_z;      // [M, r] per adapted module
+  Buffer<T> gate_up;                                   // [M, 2I], only when mlp_saved
+  bool mlp_saved = false;
+};
+
+// Scratch reused across layers and steps.
+template <class Act, class Weight>
+struct LayerWorkspace {
+  Buffer<Weight> operand;  // activations rounded to the matmul type
+  Buffer<Act> lora_scratch;
+  AttentionWorkspace attention;
+  Buffer<Act> gate_up, act, d_act, d_gate_up, dh, d_attn, d_qkv;
+  std::array<Buffer<Act>, kLoraModuleCount> lora_z;
+};
+
+template <class P>
+struct LayerContext {
+  using Act = typename P::Act;
+  using Weight = typename P::Weight;
+  Runtime& rt;
+  const LlamaWeights<Weight>& weights;
+  int layer;
+  const BatchGeometry& geometry;
+  const RopeTable& rope;
+  const ComputeOptions& options;
+  const LoraBinding<Act>& lora;
+  LayerWorkspace<Act, Weight>& workspace;
+};
+
+// x [M, D] -> out [M, D] (out may be null: recompute for backward, down projection skipped).
+// save_mlp keeps [M, 2I] gate/up outputs for backward (no-recompute mode).
+template <class P>
+void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P::Act* x,
+                   LayerActivations<typename P::Act>& acts, bool save_mlp);
+
+// dx [M, D]: on entry d(out), on exit d(x) (residual stream, updated in place).
+// LoRA gradients accumulate into ctx.lora.grads.
+template <class P>
+void layer_backward(LayerContext<P>& ctx, typename P::Act* dx, const typename P::Act* x,
+                    LayerActivations<typename P::Act>& acts);
+
+}  // namespace zerolora

@@ -1,0 +1,191 @@
+#include "model/llama_model.hpp"
+
+#include <cstring>
+
+#include "core/error.hpp"
+#include "core/precision.hpp"
+#include "core/rng.hpp"
+#include "ops/cross_entropy.hpp"
+#include "ops/embedding.hpp"
+#include "ops/linear.hpp"
+#include "ops/rmsnorm.hpp"
+
+namespace zerolora {
+
+template <class P>
+LlamaModel<P>::LlamaModel(Runtime& rt, const LlamaWeights<Weight>& weights, const LoraLayout* lora,
+                          ComputeOptions options)
+    : rt_(rt),
+      weights_(weights),
+      lora_(lora),
+      options_(options),
+      rope_(weights.config.rope, weights.config.head_dim) {}
+
+template <class P>
+void LlamaModel<P>::prepare(const Batch& batch) {
+  batch.validate(config().vocab_size);
+  const Index M = batch.size();
+  geometry_.rows = M;
+  geometry_.segments = &batch.segments;
+  geometry_.positions.resize(static_cast<std::size_t>(M));
+  geometry_.row_keys.resize(static_cast<std::size_t>(M));
+  for (std::size_t s = 0; s < batch.segments.size(); ++s) {
+    const Segment& seg = batch.segments[s];
+    const std::uint64_t sample_key = mix64(static_cast<std::uint64_t>(batch.sample_ids[s]));
+    for (Index t = 0; t < seg.length; ++t) {
+      geometry_.positions[seg.begin + t] = static_cast<std::int32_t>(t);
+      geometry_.row_keys[seg.begin + t] = hash_combine(sample_key, static_cast<std::uint64_t>(t));
+    }
+  }
+  rope_.ensure(batch.longest_segment());
+}
+
+template <class P>
+LoraBinding<typename P::Act> LlamaModel<P>::bind_lora(std::span<const Act> params, Act* grads,
+                                                      bool dropout, const StepKey& key) const {
+  LoraBinding<Act> binding;
+  if (!lora_) return binding;
+  if (static_cast<Index>(params.size()) != lora_->size())
+    throw ShapeError("LoRA parameters hold " + std::to_string(params.size()) +
+                     " values, the adapter layout needs " + std::to_string(lora_->size()));
+  binding.layout = lora_;
+  binding.params = params.data();
+  binding.grads = grads;
+  binding.dropout = dropout && lora_->config().dropout > 0;
+  binding.dropout_key = hash_combine(key.seed, key.step);
+  return binding;
+}
+
+template <class P>
+LayerContext<P> LlamaModel<P>::layer_context(int layer, const LoraBinding<Act>& lora) {
+  return LayerContext<P>{rt_, weights_, layer, geometry_, rope_, options_, lora, workspace_};
+}
+
+template <class P>
+typename P::Act* LlamaModel<P>::layer_input(int layer) {
+  const Index slot = all_inputs_ ? layer : layer % 2;
+  return inputs_.data() + slot * geometry_.rows * config().hidden_size;
+}
+
+template <class P>
+void LlamaModel<P>::run_layers(const Batch& batch, const LoraBinding<Act>& lora, bool keep_inputs,
+                               bool save_activations) {
+  const LlamaConfig& c = config();
+  const Index M = geometry_.rows, D = c.hidden_size;
+  const int L = static_cast<int>(c.num_layers);
+  all_inputs_ = keep_inputs;
+  inputs_.ensure(static_cast<std::size_t>((keep_inputs ? L + 1 : 2) * M * D));
+  if (activations_.size() < (save_activations ? static_cast<std::size_t>(L) : 1u))
+    activations_.resize(save_activations ? static_cast<std::size_t>(L) : 1u);
+  // tokens were validated in prepare()
+  embedding_forward(rt_, layer_input(0), batch.tokens.data(), weights_.embedding.data(), M, D);
+  for (int l = 0; l < L; ++l) {
+    auto ctx = layer_context(l, lora);
+    layer_forward<P>(ctx, layer_input(l + 1), layer_input(l), activations_[save_activations ? l : 0],
+                     save_activations);
+  }
+}
+
+template <class P>
+void LlamaModel<P>::forward_logits(const Batch& batch, std::span<const Act> lora_params, Act* logits,
+                                   bool last_only) {
+  prepare(batch);
+  run_layers(batch, bind_lora(lora_params, nullptr, false, {}), false, false);
+  const LlamaConfig& c = config();
+  const Index D = c.hidden_size, V = c.vocab_size;
+  std::vector<Index> rows;
+  if (last_only)
+    for (const auto& seg : batch.segments) rows.push_back(seg.begin + seg.length - 1);
+  else
+    for (Index i = 0; i < batch.size(); ++i) rows.push_back(i);
+  const Index R = static_cast<Index>(rows.size());
+  const Act* x = layer_input(static_cast<int>(c.num_layers));
+  head_rows_.ensure(static_cast<std::size_t>(R * D));
+  final_h_.ensure(static_cast<std::size_t>(R * D));
+  final_rstd_.ensure(static_cast<std::size_t>(R));
+  for (Index i = 0; i < R; ++i)
+    std::memcpy(head_rows_.data() + i * D, x + rows[i] * D, static_cast<std::size_t>(D) * sizeof(Act));
+  rmsnorm_forward(rt_, final_h_.data(), final_rstd_.data(), head_rows_.data(), weights_.final_norm.data(),
+                  R, D, c.rms_norm_eps);
+  linear_forward(rt_, Mat<Act>::dense(logits, R, V), final_h_.data(), weights_.lm_head_weights(), D,
+                 false, head_operand_);
+}
+
+template <class P>
+double LlamaModel<P>::head_loss(const Batch& batch, double grad_scale, bool want_grad) {
+  const LlamaConfig& c = config();
+  const Index M = batch.size(), D = c.hidden_size, V = c.vocab_size;
+  const Act* x = layer_input(static_cast<int>(c.num_layers));
+  if (want_grad) {
+    residual_grad_.ensure(static_cast<std::size_t>(M * D));
+    residual_grad_.zero();
+  }
+  // Only rows with a target reach the lm_head: masked prompt tokens cost nothing here.
+  std::vector<Index> rows;
+  for (Index i = 0; i < M; ++i)
+    if (batch.targets[i] != kIgnoreIndex) rows.push_back(i);
+  const Index R = static_cast<Index>(rows.size());
+  const Index chunk = std::max<Index>(1, std::min(options_.head_chunk_rows, R));
+  head_rows_.ensure(static_cast<std::size_t>(chunk * D));
+  final_h_.ensure(static_cast<std::size_t>(chunk * D));
+  d_final_h_.ensure(static_cast<std::size_t>(chunk * D));
+  final_rstd_.ensure(static_cast<std::size_t>(chunk));
+  head_logits_.ensure(static_cast<std::size_t>(chunk * V));
+  std::vector<std::int32_t> targets(static_cast<std::size_t>(chunk));
+  const Weight* lm_head = weights_.lm_head_weights();
+  double loss = 0;
+  for (Index c0 = 0; c0 < R; c0 += chunk) {
+    const Index n = std::min(chunk, R - c0);
+    for (Index i = 0; i < n; ++i) {
+      std::memcpy(head_rows_.data() + i * D, x + rows[c0 + i] * D, static_cast<std::size_t>(D) * sizeof(Act));
+      targets[i] = batch.targets[rows[c0 + i]];
+    }
+    rmsnorm_forward(rt_, final_h_.data(), final_rstd_.data(), head_rows_.data(),
+                    weights_.final_norm.data(), n, D, c.rms_norm_eps);
+    linear_forward(rt_, Mat<Act>::dense(head_logits_.data(), n, V), final_h_.data(), lm_head, D, false,
+                   head_operand_);
+    loss += cross_entropy(rt_, head_logits_.data(), targets.data(), n, V, grad_scale, want_grad);
+    if (!want_grad) continue;
+    linear_backward_data(rt_, d_final_h_.data(), head_logits_.data(), lm_head, n, V, D, head_operand_);
+    // d x rows = rmsnorm backward, written into final_h_ (free now), then scattered.
+    rmsnorm_backward(rt_, final_h_.data(), d_final_h_.data(), head_rows_.data(), final_rstd_.data(),
+                     weights_.final_norm.data(), n, D, false);
+    for (Index i = 0; i < n; ++i)
+      std::memcpy(residual_grad_.data() + rows[c0 + i] * D, final_h_.data() + i * D,
+                  static_cast<std::size_t>(D) * sizeof(Act));
+  }
+  return loss;
+}
+
+template <class P>
+double LlamaModel<P>::loss(const Batch& batch, std::span<const Act> lora_params) {
+  prepare(batch);
+  run_layers(batch, bind_lora(lora_params, nullptr, false, {}), false, false);
+  return head_loss(batch, 0.0, false);
+}
+
+template <class P>
+double LlamaModel<P>::forward_backward(const Batch& batch, std::span<const Act> lora_params,
+                                       std::span<Act> lora_grads, double grad_scale, const StepKey& key) {
+  prepare(batch);
+  if (lora_ && static_cast<Index>(lora_grads.size()) != lora_->size())
+    throw ShapeError("LoRA gradient buffer holds " + std::to_string(lora_grads.size()) +
+                     " values, the adapter layout needs " + std::to_string(lora_->size()));
+  const auto lora = bind_lora(lora_params, lora_grads.data(), true, key);
+  const bool recompute = options_.recompute;
+  run_layers(batch, lora, true, !recompute);
+  const double loss = head_loss(batch, grad_scale, true);
+  for (int l = static_cast<int>(config().num_layers) - 1; l >= 0; --l) {
+    auto ctx = layer_context(l, lora);
+    auto& acts = activations_[recompute ? 0 : static_cast<std::size_t>(l)];
+    if (recompute) layer_forward<P>(ctx, nullptr, layer_input(l), acts, false);
+    layer_backward<P>(ctx, residual_grad_.data(), layer_input(l), acts);
+  }
+  return loss;
+}
+
+template class LlamaModel<Fp32Policy>;
+template class LlamaModel<Bf16Policy>;
+template class LlamaModel<Fp64Policy>;
+
+}  // namespace zerolora

@@ -1,0 +1,87 @@
+// The Llama causal LM with LoRA adapters, on CPU: logits for inference and the fused
+// forward + backward of a training micro-batch.
+//
+// Training step (recompute on, the default):
+//   x0 = embed(tokens); x_{l+1} = layer_l(x_l), keeping only the x_l;
+//   loss and d x_L from the final norm and a fused lm_head + cross-entropy that materialises
+//   head_chunk_rows rows of logits at a time and only for tokens that have a target;
+//   for l = L-1 .. 0: recompute layer l's activations from x_l, then its backward.
+// With recompute off every layer's activations are kept from the forward instead.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "core/buffer.hpp"
+#include "core/runtime.hpp"
+#include "model/batch.hpp"
+#include "model/llama_layer.hpp"
+#include "model/llama_weights.hpp"
+
+namespace zerolora {
+
+// Identifies a training step for dropout masks: (seed, step) -> masks.
+struct StepKey {
+  std::uint64_t seed = 0;
+  std::uint64_t step = 0;
+};
+
+template <class P>
+class LlamaModel {
+ public:
+  using Act = typename P::Act;
+  using Weight = typename P::Weight;
+
+  // `lora` may be null (no adapters). Weights and layout must outlive the model.
+  LlamaModel(Runtime& rt, const LlamaWeights<Weight>& weights, const LoraLayout* lora,
+             ComputeOptions options = {});
+
+  const LlamaConfig& config() const { return weights_.config; }
+  const ComputeOptions& options() const { return options_; }
+  ComputeOptions& options() { return options_; }
+
+  // logits (=) [M, V], or [segments, V] for each segment's last token when last_only.
+  // LoRA dropout is off (evaluation mode).
+  void forward_logits(const Batch& batch, std::span<const Act> lora_params, Act* logits,
+                      bool last_only = false);
+
+  // Summed token loss of the batch, no gradients.
+  double loss(const Batch& batch, std::span<const Act> lora_params);
+
+  // Forward and backward. Adds grad_scale * d(summed loss)/d(LoRA) into lora_grads
+  // (grad_scale = 1 / label tokens of the global batch gives the mean-loss gradient).
+  // Returns the summed token loss.
+  double forward_backward(const Batch& batch, std::span<const Act> lora_params,
+                          std::span<Act> lora_grads, double grad_scale, const StepKey& key);
+
+ private:
+  void prepare(const Batch& batch);
+  LayerContext<P> layer_context(int layer, const LoraBinding<Act>& lora);
+  LoraBinding<Act> bind_lora(std::span<const Act> params, Act* grads, bool dropout,
+                             const StepKey& key) const;
+  // Runs the decoder stack on x_0; keeps every layer input when keep_inputs, and every
+  // layer's activations when save_activations.
+  void run_layers(const Batch& batch, const LoraBinding<Act>& lora, bool keep_inputs,
+                  bool save_activations);
+  Act* layer_input(int layer);
+  // Final norm + lm_head + loss over rows with targets; writes d(x_L) when want_grad.
+  double head_loss(const Batch& batch, double grad_scale, bool want_grad);
+
+  Runtime& rt_;
+  const LlamaWeights<Weight>& weights_;
+  const LoraLayout* lora_;
+  ComputeOptions options_;
+  RopeTable rope_;
+  BatchGeometry geometry_;
+  LayerWorkspace<Act, Weight> workspace_;
+  std::vector<LayerActivations<Act>> activations_;  // 1 with recompute, else one per layer
+
+  Buffer<Act> inputs_;     // [(L + 1), M, D] layer inputs (only 2 slots when not training)
+  bool all_inputs_ = false;
+  Buffer<Act> final_rstd_, final_h_, d_final_h_, head_rows_, head_logits_, residual_grad_;
+  Buffer<Weight> head_operand_;
+};
+
+}  // namespace zerolora

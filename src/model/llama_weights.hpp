@@ -1,0 +1,47 @@
+// Base (frozen) weights of a Llama model, one flat buffer per unit of the parameter table.
+// W is the storage type: bf16 by default, float in fp32 mode, double for gradient checks.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/buffer.hpp"
+#include "core/runtime.hpp"
+#include "io/checkpoint.hpp"
+#include "model/parameter_table.hpp"
+
+namespace zerolora {
+
+template <class W>
+struct LlamaWeights {
+  explicit LlamaWeights(const LlamaConfig& config);
+
+  LlamaConfig config;
+  LayerLayout layout;
+  Buffer<W> embedding;   // [V, D]
+  Buffer<W> final_norm;  // [D]
+  Buffer<W> lm_head;     // [V, D]; empty when tie_word_embeddings
+  std::vector<Buffer<W>> layers;
+
+  const W* lm_head_weights() const {
+    return config.tie_word_embeddings ? embedding.data() : lm_head.data();
+  }
+  const W* layer_tensor(int layer, LayerTensor t) const {
+    return layers[static_cast<std::size_t>(layer)].data() + layout.offset(t);
+  }
+  // Start of the buffer holding `entry` (plus entry.offset gives the tensor).
+  W* unit_data(const ParamEntry& entry);
+};
+
+// Reads every tensor of the parameter table from the checkpoint, converting F32/F16/BF16 to W
+// and checking shapes against config.json. Unknown tensors are an error (they mean the weights
+// and config.json disagree), except rotary inv_freq buffers that old exports carry.
+template <class W>
+LlamaWeights<W> load_llama_weights(Runtime& rt, const Checkpoint& checkpoint);
+
+// Random weights N-like(0, std) (uniform with that std), norms 1: for benchmarks and tests.
+template <class W>
+LlamaWeights<W> random_llama_weights(Runtime& rt, const LlamaConfig& config, std::uint64_t seed,
+                                     double std = 0.02);
+
+}  // namespace zerolora

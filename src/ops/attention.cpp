@@ -1,0 +1,253 @@
+#include "ops/attention.hpp"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+
+#include "core/bf16.hpp"
+#include "core/error.hpp"
+#include "ops/convert.hpp"
+#include "ops/matmul.hpp"
+
+namespace zerolora {
+namespace {
+
+template <class T>
+T round_to_bf16(T x) {
+  return static_cast<T>(to_float(to_bf16(static_cast<float>(x))));
+}
+
+Index max_length(const std::vector<Segment>& segments) {
+  Index longest = 0;
+  for (const auto& seg : segments) longest = std::max(longest, seg.length);
+  return longest;
+}
+
+// Operands for the matmuls: the activations themselves when types agree, else a copy in Mm
+// placed at `offset_bytes` of the workspace.
+template <class Mm, class T>
+const Mm* as_operand(Runtime& rt, const T* src, Index n, Buffer<std::byte>& storage,
+                     std::size_t offset_bytes) {
+  if constexpr (std::is_same_v<Mm, T>) {
+    return src;
+  } else {
+    Mm* dst = reinterpret_cast<Mm*>(storage.data() + offset_bytes);
+    convert(rt, dst, src, n);
+    return dst;
+  }
+}
+
+template <class U>
+U* carve(std::byte*& cursor, Index count) {
+  U* p = reinterpret_cast<U*>(cursor);
+  cursor += (static_cast<std::size_t>(count) * sizeof(U) + 63) / 64 * 64;
+  return p;
+}
+
+std::size_t aligned_bytes(std::size_t bytes) { return (bytes + 63) / 64 * 64; }
+
+void ensure_tiles(AttentionWorkspace& workspace, int threads, std::size_t bytes) {
+  if (workspace.tiles.size() < static_cast<std::size_t>(threads))
+    workspace.tiles.resize(static_cast<std::size_t>(threads));
+  for (auto& tile : workspace.tiles) tile.ensure(bytes);
+}
+
+struct QueryBlock {
+  Index segment;
+  Index head;  // query head (forward) or key/value head (backward)
+  Index q0;
+};
+
+}  // namespace
+
+template <class T, class Mm>
+void attention_forward(Runtime& rt, T* out, T* lse, const T* qkv,
+                       const std::vector<Segment>& segments, Index M, const AttentionShape& shape,
+                       const AttentionOptions& options, AttentionWorkspace& workspace) {
+  const Index H = shape.heads, KV = shape.kv_heads, hd = shape.head_dim;
+  const Index ld = shape.qkv_stride(), group = H / KV, block = options.block;
+  ZL_CHECK(H % KV == 0 && block > 0);
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
+
+  if constexpr (!std::is_same_v<Mm, T>) workspace.operands.ensure(static_cast<std::size_t>(M * ld) * sizeof(Mm));
+  const Mm* qkv_mm = as_operand<Mm>(rt, qkv, M * ld, workspace.operands, 0);
+
+  const Index longest = max_length(segments);
+  const std::size_t tile_bytes =
+      aligned_bytes(block * longest * sizeof(T)) + aligned_bytes(block * longest * sizeof(Mm));
+  ensure_tiles(workspace, rt.threads(), tile_bytes);
+
+  std::vector<QueryBlock> tasks;
+  for (Index s = 0; s < static_cast<Index>(segments.size()); ++s)
+    for (Index h = 0; h < H; ++h)
+      for (Index q0 = 0; q0 < segments[s].length; q0 += block) tasks.push_back({s, h, q0});
+
+#pragma omp parallel for num_threads(rt.threads()) schedule(dynamic, 1)
+  for (Index t = 0; t < static_cast<Index>(tasks.size()); ++t) {
+    const auto [s, h, q0] = tasks[t];
+    const Segment& seg = segments[s];
+    const Index g = h / group;
+    const Index bq = std::min(block, seg.length - q0);
+    const Index kend = q0 + bq;  // causal: the tile's last row sees keys [0, kend)
+
+    std::byte* cursor = workspace.tiles[omp_get_thread_num()].data();
+    T* scores = carve<T>(cursor, bq * kend);  // [bq, kend]
+    Mm* probs = nullptr;                      // [bq, kend]
+    if constexpr (std::is_same_v<Mm, T>)
+      probs = scores;
+    else
+      probs = carve<Mm>(cursor, bq * kend);
+
+    const Mat<const Mm> q{qkv_mm + (seg.begin + q0) * ld + h * hd, bq, hd, ld, 1};
+    const Mat<const Mm> k{qkv_mm + seg.begin * ld + (H + g) * hd, kend, hd, ld, 1};
+    const Mat<const Mm> v{qkv_mm + seg.begin * ld + (H + KV + g) * hd, kend, hd, ld, 1};
+    matmul<Mm, T>(rt, q, k.t(), Mat<T>::dense(scores, bq, kend), scale);
+
+    for (Index r = 0; r < bq; ++r) {
+      const Index limit = q0 + r + 1;
+      T* srow = scores + r * kend;
+      if (options.softmax_bf16)
+        for (Index j = 0; j < limit; ++j) srow[j] = round_to_bf16(srow[j]);
+      T row_max = -std::numeric_limits<T>::infinity();
+      for (Index j = 0; j < limit; ++j) row_max = std::max(row_max, srow[j]);
+      T sum = 0;
+#pragma omp simd reduction(+ : sum)
+      for (Index j = 0; j < limit; ++j) {
+        srow[j] = std::exp(srow[j] - row_max);
+        sum += srow[j];
+      }
+      const T inv_sum = T{1} / sum;
+      Mm* prow = probs + r * kend;
+      for (Index j = 0; j < limit; ++j) {
+        const T p = srow[j] * inv_sum;
+        prow[j] = convert_to<Mm>(options.softmax_bf16 ? round_to_bf16(p) : p);
+      }
+      for (Index j = limit; j < kend; ++j) prow[j] = convert_to<Mm>(0.0f);
+      lse[h * M + seg.begin + q0 + r] = row_max + std::log(sum);
+    }
+    Mat<T> o{out + (seg.begin + q0) * H * hd + h * hd, bq, hd, H * hd, 1};
+    matmul<Mm, T>(rt, Mat<const Mm>::dense(probs, bq, kend), v, o);
+  }
+}
+
+template <class T, class Mm>
+void attention_backward(Runtime& rt, T* diff_qkv, const T* diff_out, const T* qkv, const T* out,
+                        const T* lse, const std::vector<Segment>& segments, Index M,
+                        const AttentionShape& shape, const AttentionOptions& options,
+                        AttentionWorkspace& workspace) {
+  const Index H = shape.heads, KV = shape.kv_heads, hd = shape.head_dim;
+  const Index ld = shape.qkv_stride(), group = H / KV, block = options.block;
+  ZL_CHECK(H % KV == 0 && block > 0);
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
+
+  const std::size_t qkv_bytes = aligned_bytes(static_cast<std::size_t>(M * ld) * sizeof(Mm));
+  if constexpr (!std::is_same_v<Mm, T>)
+    workspace.operands.ensure(qkv_bytes + static_cast<std::size_t>(M * H * hd) * sizeof(Mm));
+  const Mm* qkv_mm = as_operand<Mm>(rt, qkv, M * ld, workspace.operands, 0);
+  const Mm* dout_mm = as_operand<Mm>(rt, diff_out, M * H * hd, workspace.operands, qkv_bytes);
+
+  const Index longest = max_length(segments);
+  const std::size_t tile_bytes = 2 * aligned_bytes(block * longest * sizeof(T)) +
+                                 2 * aligned_bytes(block * longest * sizeof(Mm)) +
+                                 aligned_bytes(block * sizeof(T));
+  ensure_tiles(workspace, rt.threads(), tile_bytes);
+
+  // One task per (segment, key/value head): it owns that head's dK and dV rows.
+  std::vector<QueryBlock> tasks;
+  for (Index s = 0; s < static_cast<Index>(segments.size()); ++s)
+    for (Index g = 0; g < KV; ++g) tasks.push_back({s, g, 0});
+
+#pragma omp parallel for num_threads(rt.threads()) schedule(dynamic, 1)
+  for (Index t = 0; t < static_cast<Index>(tasks.size()); ++t) {
+    const Segment& seg = segments[tasks[t].segment];
+    const Index g = tasks[t].head;
+    T* dk_all = diff_qkv + seg.begin * ld + (H + g) * hd;
+    T* dv_all = diff_qkv + seg.begin * ld + (H + KV + g) * hd;
+    for (Index i = 0; i < seg.length; ++i) {
+      std::fill_n(dk_all + i * ld, hd, T{0});
+      std::fill_n(dv_all + i * ld, hd, T{0});
+    }
+    std::byte* cursor = workspace.tiles[omp_get_thread_num()].data();
+    T* probs = carve<T>(cursor, block * longest);
+    T* dprobs = carve<T>(cursor, block * longest);
+    Mm* probs_mm = nullptr;
+    Mm* dscores_mm = nullptr;
+    if constexpr (std::is_same_v<Mm, T>) {
+      probs_mm = probs;
+      dscores_mm = dprobs;
+    } else {
+      probs_mm = carve<Mm>(cursor, block * longest);
+      dscores_mm = carve<Mm>(cursor, block * longest);
+    }
+    T* delta = carve<T>(cursor, block);
+
+    for (Index h = g * group; h < (g + 1) * group; ++h) {
+      for (Index q0 = 0; q0 < seg.length; q0 += block) {
+        const Index bq = std::min(block, seg.length - q0);
+        const Index kend = q0 + bq;
+        const Index row0 = seg.begin + q0;
+        const Mat<const Mm> q{qkv_mm + row0 * ld + h * hd, bq, hd, ld, 1};
+        const Mat<const Mm> k{qkv_mm + seg.begin * ld + (H + g) * hd, kend, hd, ld, 1};
+        const Mat<const Mm> v{qkv_mm + seg.begin * ld + (H + KV + g) * hd, kend, hd, ld, 1};
+        const Mat<const Mm> dout{dout_mm + row0 * H * hd + h * hd, bq, hd, H * hd, 1};
+
+        // delta_r = dO_r . O_r = sum_j P_rj dP_rj
+        for (Index r = 0; r < bq; ++r) {
+          const T* o_row = out + (row0 + r) * H * hd + h * hd;
+          const T* do_row = diff_out + (row0 + r) * H * hd + h * hd;
+          T dot = 0;
+          for (Index d = 0; d < hd; ++d) dot += o_row[d] * do_row[d];
+          delta[r] = dot;
+        }
+        // P = exp(scale * Q K^T - lse), zero above the diagonal
+        matmul<Mm, T>(rt, q, k.t(), Mat<T>::dense(probs, bq, kend), scale);
+        for (Index r = 0; r < bq; ++r) {
+          const Index limit = q0 + r + 1;
+          const T row_lse = lse[h * M + row0 + r];
+          T* prow = probs + r * kend;
+          for (Index j = 0; j < limit; ++j) {
+            const T s = options.softmax_bf16 ? round_to_bf16(prow[j]) : prow[j];
+            const T p = std::exp(s - row_lse);
+            prow[j] = options.softmax_bf16 ? round_to_bf16(p) : p;
+          }
+          for (Index j = limit; j < kend; ++j) prow[j] = T{0};
+        }
+        if constexpr (!std::is_same_v<Mm, T>) convert(rt, probs_mm, probs, bq * kend);
+        const Mat<const Mm> p_mm = Mat<const Mm>::dense(probs_mm, bq, kend);
+        // dV += P^T dO
+        matmul<Mm, T>(rt, p_mm.t(), dout, Mat<T>{dv_all, kend, hd, ld, 1}, 1.0f, true);
+        // dP = dO V^T;  dS = P * (dP - delta)
+        matmul<Mm, T>(rt, dout, v.t(), Mat<T>::dense(dprobs, bq, kend));
+        for (Index r = 0; r < bq; ++r) {
+          const T* prow = probs + r * kend;
+          const T* dprow = dprobs + r * kend;
+          Mm* dsrow = dscores_mm + r * kend;
+          for (Index j = 0; j < kend; ++j) dsrow[j] = convert_to<Mm>(prow[j] * (dprow[j] - delta[r]));
+        }
+        const Mat<const Mm> ds = Mat<const Mm>::dense(dscores_mm, bq, kend);
+        // dQ = scale * dS K;  dK += scale * dS^T Q
+        matmul<Mm, T>(rt, ds, k, Mat<T>{diff_qkv + row0 * ld + h * hd, bq, hd, ld, 1}, scale);
+        matmul<Mm, T>(rt, ds.t(), q, Mat<T>{dk_all, kend, hd, ld, 1}, scale, true);
+      }
+    }
+  }
+}
+
+#define ZL_INSTANTIATE_ATTENTION(T, Mm)                                                          \
+  template void attention_forward<T, Mm>(Runtime&, T*, T*, const T*, const std::vector<Segment>&, \
+                                         Index, const AttentionShape&, const AttentionOptions&,   \
+                                         AttentionWorkspace&);                                    \
+  template void attention_backward<T, Mm>(Runtime&, T*, const T*, const T*, const T*, const T*,  \
+                                          const std::vector<Segment>&, Index,                     \
+                                          const AttentionShape&, const AttentionOptions&,         \
+                                          AttentionWorkspace&);
+ZL_INSTANTIATE_ATTENTION(float, float)
+ZL_INSTANTIATE_ATTENTION(float, bf16)
+ZL_INSTANTIATE_ATTENTION(double, double)
+#undef ZL_INSTANTIATE_ATTENTION
+
+}  // namespace zerolora

@@ -1,0 +1,61 @@
+// Causal self-attention with grouped-query heads over variable-length segments.
+//
+// Tokens of a micro-batch are one flat array of M rows; each Segment is an independent causal
+// sequence (a padded batch row, or one document of a packed row), so no token is wasted on
+// padding and attention never crosses segments.
+//
+// Q, K and V come from the fused projection output qkv [M, (H + 2 KV) * hd]: H query heads,
+// then KV key heads, then KV value heads; query head h reads key/value head h / (H / KV).
+//
+// Scores are tiled by blocks of `block` query rows: a thread holds one [block, L] tile of one
+// head at a time (never L x L), so L = 2048 and beyond fit. Softmax is exact per tile row
+// (all keys of the row are in the tile); forward saves lse = log(sum(exp(s))) per row and head,
+// and backward recomputes the probabilities from it (FlashAttention-2's recurrence).
+#pragma once
+
+#include <vector>
+
+#include "core/buffer.hpp"
+#include "core/runtime.hpp"
+#include "ops/conventions.hpp"
+
+namespace zerolora {
+
+struct Segment {
+  Index begin;   // first row in the flat token array
+  Index length;  // rows; positions inside the segment run 0..length-1
+};
+
+struct AttentionShape {
+  Index heads;     // H
+  Index kv_heads;  // KV, divides H
+  Index head_dim;  // hd
+  Index qkv_stride() const { return (heads + 2 * kv_heads) * head_dim; }
+};
+
+struct AttentionOptions {
+  Index block = 128;          // query rows per tile
+  bool softmax_bf16 = false;  // round scores and probabilities to bf16 (the seed's
+                              // --attn_softmax_bf16); slower on CPU, for parity studies
+};
+
+// Scratch reused across calls (operand copies in the matmul type, per-thread tiles).
+struct AttentionWorkspace {
+  Buffer<std::byte> operands;
+  std::vector<Buffer<std::byte>> tiles;
+};
+
+// out (=) [M, H*hd]; lse (=) [H, M]. T: activation type; Mm: matmul operand type.
+template <class T, class Mm>
+void attention_forward(Runtime& rt, T* out, T* lse, const T* qkv,
+                       const std::vector<Segment>& segments, Index M, const AttentionShape& shape,
+                       const AttentionOptions& options, AttentionWorkspace& workspace);
+
+// diff_qkv (=) [M, (H + 2 KV) * hd], from diff_out [M, H*hd] and the forward's out and lse.
+template <class T, class Mm>
+void attention_backward(Runtime& rt, T* diff_qkv, const T* diff_out, const T* qkv, const T* out,
+                        const T* lse, const std::vector<Segment>& segments, Index M,
+                        const AttentionShape& shape, const AttentionOptions& options,
+                        AttentionWorkspace& workspace);
+
+}  // namespace zerolora

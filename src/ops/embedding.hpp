@@ -1,0 +1,23 @@
+// Token embedding lookup. The table is a frozen base weight, so there is no backward.
+#pragma once
+
+#include <cstdint>
+
+#include "core/bf16.hpp"
+#include "core/runtime.hpp"
+#include "ops/conventions.hpp"
+
+namespace zerolora {
+
+template <class T, class W>
+void embedding_forward(Runtime& rt, T* dst /*[M, D]*/, const std::int32_t* tokens /*[M]*/,
+                       const W* table /*[V, D]*/, Index M, Index D) {
+#pragma omp parallel for num_threads(rt.threads()) schedule(static)
+  for (Index i = 0; i < M; ++i) {
+    const W* row = table + static_cast<Index>(tokens[i]) * D;
+    T* y = dst + i * D;
+    for (Index j = 0; j < D; ++j) y[j] = static_cast<T>(to_float(row[j]));
+  }
+}
+
+}  // namespace zerolora

@@ -1,0 +1,88 @@
+// Rotary position embedding in the HF rotate_half (half-split) layout:
+//   y[j]        = x[j] cos(p w_j) - x[j + h] sin(p w_j)
+//   y[j + h]    = x[j + h] cos(p w_j) + x[j] sin(p w_j)        j < h = head_dim / 2
+// Frequencies follow transformers' default, "linear" and "llama3" rope types, computed in
+// fp32 the way torch does so that angles match the reference bit for bit where possible.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/runtime.hpp"
+#include "ops/conventions.hpp"
+
+namespace zerolora {
+
+struct RopeParams {
+  enum class Type { kDefault, kLinear, kLlama3 };
+  Type type = Type::kDefault;
+  double theta = 10000.0;
+  double factor = 1.0;               // linear, llama3
+  double low_freq_factor = 1.0;      // llama3
+  double high_freq_factor = 4.0;     // llama3
+  std::int64_t original_max_position_embeddings = 8192;  // llama3
+};
+
+// Inverse frequencies w_j, j < head_dim / 2 (fp32, as transformers computes them).
+std::vector<float> rope_inverse_frequencies(const RopeParams& params, Index head_dim);
+
+// cos/sin of p * w_j for positions p < size(), grown on demand.
+class RopeTable {
+ public:
+  RopeTable(const RopeParams& params, Index head_dim);
+  void ensure(Index positions);
+  Index half() const { return half_; }
+  const float* cos(Index position) const { return cos_.data() + position * half_; }
+  const float* sin(Index position) const { return sin_.data() + position * half_; }
+
+ private:
+  Index half_;
+  Index size_ = 0;
+  std::vector<float> inv_freq_, cos_, sin_;
+};
+
+// In place on `heads` consecutive heads of each row: x[i * row_stride + h * head_dim + j].
+template <class T>
+void rope_forward(Runtime& rt, T* x /*[M, row_stride]*/, const std::int32_t* positions /*[M]*/,
+                  const RopeTable& table, Index M, Index row_stride, Index heads) {
+  const Index half = table.half();
+#pragma omp parallel for num_threads(rt.threads()) schedule(static)
+  for (Index i = 0; i < M; ++i) {
+    const float* c = table.cos(positions[i]);
+    const float* s = table.sin(positions[i]);
+    for (Index h = 0; h < heads; ++h) {
+      T* x1 = x + i * row_stride + h * 2 * half;
+      T* x2 = x1 + half;
+#pragma omp simd
+      for (Index j = 0; j < half; ++j) {
+        const T a = x1[j], b = x2[j];
+        x1[j] = a * static_cast<T>(c[j]) - b * static_cast<T>(s[j]);
+        x2[j] = b * static_cast<T>(c[j]) + a * static_cast<T>(s[j]);
+      }
+    }
+  }
+}
+
+// In place: the transpose of the rotation, turning d(rotated) into d(unrotated).
+template <class T>
+void rope_backward(Runtime& rt, T* dx /*[M, row_stride]*/, const std::int32_t* positions /*[M]*/,
+                   const RopeTable& table, Index M, Index row_stride, Index heads) {
+  const Index half = table.half();
+#pragma omp parallel for num_threads(rt.threads()) schedule(static)
+  for (Index i = 0; i < M; ++i) {
+    const float* c = table.cos(positions[i]);
+    const float* s = table.sin(positions[i]);
+    for (Index h = 0; h < heads; ++h) {
+      T* d1 = dx + i * row_stride + h * 2 * half;
+      T* d2 = d1 + half;
+#pragma omp simd
+      for (Index j = 0; j < half; ++j) {
+        const T a = d1[j], b = d2[j];
+        d1[j] = a * static_cast<T>(c[j]) + b * static_cast<T>(s[j]);
+        d2[j] = b * static_cast<T>(c[j]) - a * static_cast<T>(s[j]);
+      }
+    }
+  }
+}
+
+}  // namespace zerolora

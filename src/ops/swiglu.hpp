@@ -1,0 +1,45 @@
+// SwiGLU activation of the Llama MLP: dst = silu(gate) * up, silu(g) = g * sigmoid(g).
+// gate and up are the two halves of one fused [M, 2I] projection output (gate first).
+#pragma once
+
+#include <cmath>
+
+#include "core/runtime.hpp"
+#include "ops/conventions.hpp"
+
+namespace zerolora {
+
+template <class T>
+void swiglu_forward(Runtime& rt, T* dst /*[M, I]*/, const T* gate_up /*[M, 2I]*/, Index M,
+                    Index I) {
+#pragma omp parallel for num_threads(rt.threads()) schedule(static)
+  for (Index i = 0; i < M; ++i) {
+    const T* g = gate_up + i * 2 * I;
+    const T* u = g + I;
+    T* y = dst + i * I;
+#pragma omp simd
+    for (Index j = 0; j < I; ++j) y[j] = g[j] / (T{1} + std::exp(-g[j])) * u[j];
+  }
+}
+
+// diff_gate_up (=): d gate = dy * up * s * (1 + g * (1 - s)), d up = dy * silu(g), s = sigmoid(g).
+template <class T>
+void swiglu_backward(Runtime& rt, T* diff_gate_up /*[M, 2I]*/, const T* diff_dst /*[M, I]*/,
+                     const T* gate_up /*[M, 2I]*/, Index M, Index I) {
+#pragma omp parallel for num_threads(rt.threads()) schedule(static)
+  for (Index i = 0; i < M; ++i) {
+    const T* g = gate_up + i * 2 * I;
+    const T* u = g + I;
+    const T* dy = diff_dst + i * I;
+    T* dg = diff_gate_up + i * 2 * I;
+    T* du = dg + I;
+#pragma omp simd
+    for (Index j = 0; j < I; ++j) {
+      const T s = T{1} / (T{1} + std::exp(-g[j]));
+      dg[j] = dy[j] * u[j] * s * (T{1} + g[j] * (T{1} - s));
+      du[j] = dy[j] * g[j] * s;
+    }
+  }
+}
+
+}  // namespace zerolora

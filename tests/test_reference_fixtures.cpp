@@ -1,0 +1,177 @@
+// zerolora vs the PyTorch reference (transformers LlamaForCausalLM + PEFT LoRA +
+// torch.optim.AdamW), on the fixtures made by tools/make_fixtures.py: logits, loss, every
+// LoRA gradient, and 3 AdamW steps with gradient clipping. fp32 and bf16 modes, recompute
+// on and off.
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "core/precision.hpp"
+#include "io/checkpoint.hpp"
+#include "io/tensor_read.hpp"
+#include "model/llama_model.hpp"
+#include "test_util.hpp"
+#include "tolerances.hpp"
+#include "train/adamw.hpp"
+
+namespace zerolora {
+namespace {
+
+struct Reference {
+  explicit Reference(const std::filesystem::path& dir)
+      : file(dir / "reference.safetensors"), checkpoint(dir / "model") {}
+
+  std::vector<float> floats(const std::string& name) const {
+    return read_float_tensor<float>(file, file.at(name));
+  }
+  std::vector<std::int64_t> ints(const std::string& name) const { return read_int_tensor(file, file.at(name)); }
+  std::string meta(const std::string& key) const { return file.metadata().at(key); }
+
+  LoraConfig lora_config() const {
+    LoraConfig lora;
+    lora.rank = std::stoi(meta("lora_rank"));
+    lora.alpha = std::stod(meta("lora_alpha"));
+    lora.use_rslora = meta("use_rslora") == "true";
+    lora.targets = parse_lora_targets(meta("target_modules"));
+    lora.dropout = 0.0;
+    return lora;
+  }
+
+  // One segment per batch row, as long as its attention mask.
+  Batch batch() const {
+    const auto& ids_info = file.at("input_ids");
+    const Index B = ids_info.shape[0], T = ids_info.shape[1];
+    const auto ids = ints("input_ids"), mask = ints("attention_mask"), labels = ints("labels");
+    Batch batch;
+    for (Index b = 0; b < B; ++b) {
+      std::vector<std::int32_t> row_ids, row_labels;
+      for (Index t = 0; t < T && mask[b * T + t]; ++t) {
+        row_ids.push_back(static_cast<std::int32_t>(ids[b * T + t]));
+        row_labels.push_back(static_cast<std::int32_t>(labels[b * T + t]));
+      }
+      batch.add_sequence(row_ids, row_labels, b);
+    }
+    return batch;
+  }
+
+  SafetensorsFile file;
+  Checkpoint checkpoint;
+};
+
+struct Case {
+  std::string name;
+  Precision precision;
+  bool recompute;
+};
+
+std::string case_name(const ::testing::TestParamInfo<Case>& info) {
+  return info.param.name + (info.param.precision == Precision::kFp32 ? "_fp32" : "_bf16") +
+         (info.param.recompute ? "_recompute" : "_stored");
+}
+
+class ReferenceFixture : public ::testing::TestWithParam<Case> {};
+
+template <class P>
+void check_against_reference(const Case& c, const tolerance::Fixture& tol) {
+  const Reference ref(testing::fixtures_dir() / c.name);
+  Runtime rt(2);
+  const auto weights = load_llama_weights<typename P::Weight>(rt, ref.checkpoint);
+  const LoraLayout layout(ref.checkpoint.config(), ref.lora_config());
+  ComputeOptions options;
+  options.recompute = c.recompute;
+  options.attention.block = 4;  // several query tiles per segment
+  options.mlp_chunk_rows = 7;   // several MLP chunks, one ragged
+  options.head_chunk_rows = 5;
+  LlamaModel<P> model(rt, weights, &layout, options);
+
+  std::vector<float> params(static_cast<std::size_t>(layout.size()));
+  for (const auto& e : layout.entries()) {
+    const auto values = ref.floats("lora." + e.name);
+    ASSERT_EQ(static_cast<Index>(values.size()), e.numel()) << e.name;
+    std::copy(values.begin(), values.end(), params.begin() + e.offset);
+  }
+  const Batch batch = ref.batch();
+  const Index V = ref.checkpoint.config().vocab_size;
+
+  // Logits of every real (unpadded) position.
+  std::vector<float> logits(static_cast<std::size_t>(batch.size() * V));
+  model.forward_logits(batch, params, logits.data());
+  const auto ref_logits = ref.floats("logits");
+  const Index T = ref.file.at("input_ids").shape[1];
+  std::vector<float> expected_logits;
+  for (std::size_t b = 0; b < batch.segments.size(); ++b)
+    for (Index t = 0; t < batch.segments[b].length; ++t)
+      expected_logits.insert(expected_logits.end(), ref_logits.begin() + (b * T + t) * V,
+                             ref_logits.begin() + (b * T + t + 1) * V);
+  EXPECT_LT(testing::max_rel_error(logits, expected_logits), tol.logits) << "logits";
+
+  // Loss and gradients.
+  const double count = static_cast<double>(batch.label_count());
+  std::vector<float> grads(params.size(), 0.0f);
+  const double loss = model.forward_backward(batch, params, grads, 1.0 / count, {}) / count;
+  const double ref_loss = ref.floats("loss")[0];
+  EXPECT_LT(std::abs(loss - ref_loss) / std::abs(ref_loss), tol.loss) << loss << " vs " << ref_loss;
+  for (const auto& e : layout.entries()) {
+    const auto expected = ref.floats("grad." + e.name);
+    const std::span<const float> ours(grads.data() + e.offset, static_cast<std::size_t>(e.numel()));
+    EXPECT_LT(testing::max_rel_error(ours, std::span<const float>(expected)), tol.grad) << "grad " << e.name;
+  }
+
+  // Three AdamW steps with clipping.
+  AdamWConfig adam;
+  adam.beta1 = std::stod(ref.meta("beta1"));
+  adam.beta2 = std::stod(ref.meta("beta2"));
+  adam.eps = std::stod(ref.meta("eps"));
+  adam.weight_decay = std::stod(ref.meta("weight_decay"));
+  const double lr = std::stod(ref.meta("lr")), max_norm = std::stod(ref.meta("max_grad_norm"));
+  AdamW<float> optimizer(layout.size(), adam);
+  const auto ref_losses = ref.floats("losses"), ref_norms = ref.floats("grad_norms");
+  for (std::size_t step = 0; step < ref_losses.size(); ++step) {
+    std::fill(grads.begin(), grads.end(), 0.0f);
+    const double step_loss = model.forward_backward(batch, params, grads, 1.0 / count, {}) / count;
+    const double norm = clip_grad_norm<float>(rt, grads, max_norm);
+    optimizer.step(rt, params, grads, lr);
+    EXPECT_LT(std::abs(step_loss - ref_losses[step]) / ref_losses[step], tol.loss) << "step " << step;
+    const double norm_tol = step == 0 ? tol.grad : tol.later_norms;
+    if (norm_tol >= 0) {
+      EXPECT_LT(std::abs(norm - ref_norms[step]) / ref_norms[step], norm_tol) << "grad norm, step " << step;
+    }
+  }
+  const double steps = static_cast<double>(ref_losses.size());
+  for (const auto& e : layout.entries()) {
+    const auto expected = ref.floats("step3." + e.name);
+    const auto initial = ref.floats("lora." + e.name);
+    const std::span<const float> ours(params.data() + e.offset, static_cast<std::size_t>(e.numel()));
+    if (tol.weights >= 0) {
+      EXPECT_LT(testing::max_rel_error(ours, std::span<const float>(expected)), tol.weights)
+          << "after 3 steps: " << e.name;
+    }
+    double update_error = 0;
+    for (std::size_t i = 0; i < expected.size(); ++i)
+      update_error += std::abs((ours[i] - initial[i]) - (expected[i] - initial[i]));
+    update_error /= static_cast<double>(expected.size()) * lr * steps;
+    EXPECT_LT(update_error, tol.update) << "mean update error after 3 steps: " << e.name;
+  }
+}
+
+TEST_P(ReferenceFixture, MatchesTransformersAndPeft) {
+  const Case& c = GetParam();
+  if (c.precision == Precision::kFp32)
+    check_against_reference<Fp32Policy>(c, tolerance::kFp32);
+  else
+    check_against_reference<Bf16Policy>(c, tolerance::kBf16);
+}
+
+std::vector<Case> all_cases() {
+  std::vector<Case> cases;
+  for (const char* name : {"gqa_tied", "odd_untied_all", "llama3_rope", "linear_rope"})
+    for (Precision p : {Precision::kFp32, Precision::kBf16})
+      for (bool recompute : {true, false}) cases.push_back({name, p, recompute});
+  return cases;
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, ReferenceFixture, ::testing::ValuesIn(all_cases()), case_name);
+
+}  // namespace
+}  // namespace zerolora
