@@ -70,7 +70,7 @@ void lora_forward(Runtime& rt, Mat<T> dst /*[M, out] +=*/, T* z /*[M, r] =*/,
                   Index rank, double scale, const DropoutMask& dropout, Buffer<T>& scratch) {
   lora_project(rt, z, src, a, rank, dropout, scratch);
   matmul<T, T>(rt, Mat<const T>::dense(z, src.rows, rank),
-               Mat<const T>::dense(b, dst.cols, rank).t(), dst, static_cast<float>(scale), true);
+               Mat<const T>::dense(b, dst.cols, rank).t(), dst, scale, true);
 }
 
 // diff_src, diff_a, diff_b all accumulate (+=): see [Note: gradient rule].
@@ -81,7 +81,7 @@ void lora_backward(Runtime& rt, Mat<T> diff_src /*[M, in] +=*/, T* diff_a /*[r, 
                    const T* b /*[out, r]*/, Index rank, double scale, const DropoutMask& dropout,
                    Buffer<T>& scratch) {
   const Index M = src.rows, in = src.cols, out = diff_dst.cols;
-  const float s = static_cast<float>(scale);
+  const double s = scale;
   scratch.ensure(static_cast<std::size_t>(M * rank + M * in));
   T* dz = scratch.data();              // [M, r]
   T* work = scratch.data() + M * rank;  // [M, in]

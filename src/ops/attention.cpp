@@ -71,7 +71,7 @@ void attention_forward(Runtime& rt, T* out, T* lse, const T* qkv,
   const Index H = shape.heads, KV = shape.kv_heads, hd = shape.head_dim;
   const Index ld = shape.qkv_stride(), group = H / KV, block = options.block;
   ZL_CHECK(H % KV == 0 && block > 0);
-  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
 
   if constexpr (!std::is_same_v<Mm, T>) workspace.operands.ensure(static_cast<std::size_t>(M * ld) * sizeof(Mm));
   const Mm* qkv_mm = as_operand<Mm>(rt, qkv, M * ld, workspace.operands, 0);
@@ -142,7 +142,7 @@ void attention_backward(Runtime& rt, T* diff_qkv, const T* diff_out, const T* qk
   const Index H = shape.heads, KV = shape.kv_heads, hd = shape.head_dim;
   const Index ld = shape.qkv_stride(), group = H / KV, block = options.block;
   ZL_CHECK(H % KV == 0 && block > 0);
-  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
 
   const std::size_t qkv_bytes = aligned_bytes(static_cast<std::size_t>(M * ld) * sizeof(Mm));
   if constexpr (!std::is_same_v<Mm, T>)

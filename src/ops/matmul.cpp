@@ -15,7 +15,7 @@ namespace {
 constexpr Index kLoopMaxProduct = 2048;
 
 template <class In, class Out>
-void matmul_loop(Mat<const In> a, Mat<const In> b, Mat<Out> c, float alpha, bool accumulate) {
+void matmul_loop(Mat<const In> a, Mat<const In> b, Mat<Out> c, double alpha, bool accumulate) {
   using Acc = std::conditional_t<std::is_same_v<Out, double>, double, float>;
   std::vector<Acc> row(static_cast<std::size_t>(c.cols));
   for (Index i = 0; i < c.rows; ++i) {
@@ -40,7 +40,7 @@ constexpr dnnl::memory::data_type dnnl_type() {
 }
 
 template <class In, class Out>
-void matmul_onednn(Runtime& rt, Mat<const In> a, Mat<const In> b, Mat<Out> c, float alpha,
+void matmul_onednn(Runtime& rt, Mat<const In> a, Mat<const In> b, Mat<Out> c, double alpha,
                    bool accumulate) {
   auto& state = rt.state();
   const detail::MatmulKey key{c.rows,
@@ -53,7 +53,7 @@ void matmul_onednn(Runtime& rt, Mat<const In> a, Mat<const In> b, Mat<Out> c, fl
                               c.rs,
                               static_cast<int>(dnnl_type<In>()),
                               static_cast<int>(dnnl_type<Out>()),
-                              alpha,
+                              static_cast<float>(alpha),
                               accumulate};
   const detail::CachedMatmul* entry = nullptr;
   {
@@ -66,7 +66,7 @@ void matmul_onednn(Runtime& rt, Mat<const In> a, Mat<const In> b, Mat<Out> c, fl
       dnnl::memory::desc c_md(dims{c.rows, c.cols}, dnnl_type<Out>(), dims{c.rs, 1});
       dnnl::primitive_attr attr;
       attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-      if (alpha != 1.0f) attr.set_output_scales(0, {alpha});
+      if (alpha != 1.0) attr.set_output_scales(0, {static_cast<float>(alpha)});
       if (accumulate) {
         dnnl::post_ops ops;
         ops.append_sum(1.0f);
@@ -100,7 +100,7 @@ void matmul_onednn(Runtime& rt, Mat<const In> a, Mat<const In> b, Mat<Out> c, fl
 }  // namespace
 
 template <class In, class Out>
-void matmul(Runtime& rt, Mat<const In> a, Mat<const In> b, Mat<Out> c, float alpha,
+void matmul(Runtime& rt, Mat<const In> a, Mat<const In> b, Mat<Out> c, double alpha,
             bool accumulate) {
   ZL_CHECK(a.rows == c.rows && b.cols == c.cols && a.cols == b.rows);
   ZL_CHECK(c.cs == 1);
@@ -122,10 +122,10 @@ void matmul(Runtime& rt, Mat<const In> a, Mat<const In> b, Mat<Out> c, float alp
 }
 
 template void matmul<float, float>(Runtime&, Mat<const float>, Mat<const float>, Mat<float>,
-                                   float, bool);
-template void matmul<bf16, float>(Runtime&, Mat<const bf16>, Mat<const bf16>, Mat<float>, float,
+                                   double, bool);
+template void matmul<bf16, float>(Runtime&, Mat<const bf16>, Mat<const bf16>, Mat<float>, double,
                                   bool);
 template void matmul<double, double>(Runtime&, Mat<const double>, Mat<const double>,
-                                     Mat<double>, float, bool);
+                                     Mat<double>, double, bool);
 
 }  // namespace zerolora

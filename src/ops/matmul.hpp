@@ -16,7 +16,7 @@
 namespace zerolora {
 
 template <class In, class Out>
-void matmul(Runtime& rt, Mat<const In> a, Mat<const In> b, Mat<Out> c, float alpha = 1.0f,
+void matmul(Runtime& rt, Mat<const In> a, Mat<const In> b, Mat<Out> c, double alpha = 1.0,
             bool accumulate = false);
 
 }  // namespace zerolora

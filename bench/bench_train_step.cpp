@@ -1,0 +1,149 @@
+// Benchmark: one full LoRA training step (forward + backward + AdamW, recompute on) of a
+// Llama-2-7B-shaped stack with random bf16 weights, against this machine's oneDNN bf16 GEMM
+// peak measured in the same run. Prints key=value lines; see BENCHMARKS.md.
+//   bench_train_step [--seq 512,2048] [--layers 2] [--steps 3] [--threads 0] [--no-recompute]
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "bench_util.hpp"
+#include "core/buffer.hpp"
+#include "core/precision.hpp"
+#include "model/flops.hpp"
+#include "model/llama_model.hpp"
+#include "ops/matmul.hpp"
+#include "train/adamw.hpp"
+
+namespace zerolora::bench {
+namespace {
+
+// oneDNN bf16 GEMM (2048^3, fp32 accumulation) through zerolora's matmul: the peak MFU is
+// measured against.
+double gemm_peak_gflops(Runtime& rt) {
+  constexpr Index n = 2048;
+  Buffer<bf16> a(n * n), b(n * n);
+  Buffer<float> c(n * n);
+  for (Index i = 0; i < n * n; ++i) a[i] = b[i] = to_bf16(0.001f * static_cast<float>(i % 97));
+  auto run = [&] {
+    matmul<bf16, float>(rt, Mat<const bf16>::dense(a.data(), n, n), Mat<const bf16>::dense(b.data(), n, n),
+                        Mat<float>::dense(c.data(), n, n));
+  };
+  run();
+  std::vector<double> times;
+  for (int r = 0; r < 5; ++r) {
+    const double t0 = now_seconds();
+    run();
+    times.push_back(now_seconds() - t0);
+  }
+  return 2.0 * n * n * n / median(times) / 1e9;
+}
+
+LlamaConfig llama2_7b_shape(Index layers) {
+  LlamaConfig c;
+  c.hidden_size = 4096;
+  c.intermediate_size = 11008;
+  c.num_layers = layers;
+  c.num_heads = 32;
+  c.num_kv_heads = 32;
+  c.head_dim = 128;
+  c.vocab_size = 32000;
+  c.max_position_embeddings = 4096;
+  c.rms_norm_eps = 1e-5;
+  return c;
+}
+
+std::vector<Index> parse_list(const std::string& text) {
+  std::vector<Index> values;
+  std::stringstream in(text);
+  for (std::string item; std::getline(in, item, ',');) values.push_back(std::stoll(item));
+  return values;
+}
+
+}  // namespace
+}  // namespace zerolora::bench
+
+int main(int argc, char** argv) {
+  using namespace zerolora;
+  using namespace zerolora::bench;
+  std::vector<Index> seqs{512, 2048};
+  Index layers = 2;
+  int steps = 3, threads = 0;
+  bool recompute = true;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    auto value = [&] {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "%s needs a value\n", arg.c_str());
+        std::exit(2);
+      }
+      return std::string(argv[++i]);
+    };
+    if (arg == "--seq") seqs = parse_list(value());
+    else if (arg == "--layers") layers = std::stoll(value());
+    else if (arg == "--steps") steps = std::stoi(value());
+    else if (arg == "--threads") threads = std::stoi(value());
+    else if (arg == "--no-recompute") recompute = false;
+    else {
+      std::fprintf(stderr, "usage: %s [--seq 512,2048] [--layers 2] [--steps 3] [--threads N] [--no-recompute]\n", argv[0]);
+      return 2;
+    }
+  }
+  Runtime rt(threads);
+  print_kv("threads", rt.threads());
+  const double peak = gemm_peak_gflops(rt);
+  print_kv("gemm_bf16_peak_gflops", peak);
+
+  const LlamaConfig config = llama2_7b_shape(layers);
+  const auto weights = random_llama_weights<bf16>(rt, config, 7);
+  LoraConfig lora;  // the seed recipe: r 4, alpha 16, dropout 0.05 on q, k, v, o
+  lora.rank = 4;
+  lora.alpha = 16;
+  lora.dropout = 0.05;
+  const LoraLayout layout(config, lora);
+  std::vector<float> params(static_cast<std::size_t>(layout.size())), grads(params.size());
+  init_lora_params<float>(params, layout, 1);
+  AdamW<float> optimizer(layout.size(), AdamWConfig{});
+  ComputeOptions options;
+  options.recompute = recompute;
+  LlamaModel<Bf16Policy> model(rt, weights, &layout, options);
+  print_kv("model", "llama2-7b-shape layers=" + std::to_string(layers) + " lora_r=4 targets=q,k,v,o");
+  print_kv("recompute", recompute ? 1 : 0);
+
+  for (Index seq : seqs) {
+    Batch batch;
+    std::vector<std::int32_t> ids(static_cast<std::size_t>(seq));
+    for (Index t = 0; t < seq; ++t) ids[t] = static_cast<std::int32_t>((t * 7919 + 13) % config.vocab_size);
+    batch.add_sequence(ids, ids, 0);
+    const double count = static_cast<double>(batch.label_count());
+    std::vector<double> times;
+    double loss = 0;
+    for (int s = 0; s <= steps; ++s) {  // step 0 is warm-up (primitive creation, page faults)
+      const double t0 = now_seconds();
+      std::fill(grads.begin(), grads.end(), 0.0f);
+      loss = model.forward_backward(batch, params, grads, 1.0 / count, {1, static_cast<std::uint64_t>(s)}) / count;
+      clip_grad_norm<float>(rt, grads, 1.0);
+      optimizer.step(rt, params, grads, 1e-4);
+      if (s > 0) times.push_back(now_seconds() - t0);
+    }
+    // Validate before reporting: random weights give a loss near ln(V).
+    if (!std::isfinite(loss) || std::abs(loss - std::log(static_cast<double>(config.vocab_size))) > 1.0) {
+      std::fprintf(stderr, "invalid loss %f at seq %lld\n", loss, static_cast<long long>(seq));
+      return 1;
+    }
+    const double step_s = median(times);
+    const double tokens_per_s = static_cast<double>(seq) / step_s;
+    const double flops = model_flops_per_token(config, layout, seq);
+    const std::string p = "seq" + std::to_string(seq) + "_";
+    print_kv(p + "loss", loss);
+    print_kv(p + "step_s", step_s);
+    print_kv(p + "tokens_per_s", tokens_per_s);
+    print_kv(p + "model_flops_per_token", flops);
+    print_kv(p + "achieved_gflops", flops * tokens_per_s / 1e9);
+    print_kv(p + "mfu", flops * tokens_per_s / 1e9 / peak);
+    print_kv(p + "peak_rss_mib", peak_rss_mib());
+  }
+  return 0;
+}
