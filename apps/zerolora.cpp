@@ -1,1 +1,51 @@
-int main(){}
+// zerolora: LoRA fine-tuning of Llama models, ZeRO-3 sharded across processes.
+// This file only dispatches to subcommands and maps errors to exit codes:
+//   0 success, 1 bad input or environment (the message says which file/flag), 2 usage,
+//   70 internal error (a bug: please report it).
+#include <cstdio>
+#include <map>
+#include <new>
+#include <string>
+
+#include "apps/commands.hpp"
+#include "core/error.hpp"
+
+int main(int argc, char** argv) {
+  CLI::App app{"zerolora: LoRA fine-tuning of Llama-family models on CPU, ZeRO-3 sharded over MPI"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "zerolora 0.1.0");
+  std::map<CLI::App*, zerolora::cli::Command> commands;
+  auto add = [&](zerolora::cli::Command (*factory)(CLI::App&)) {
+    const std::size_t before = app.get_subcommands({}).size();
+    zerolora::cli::Command command = factory(app);
+    auto subs = app.get_subcommands({});
+    if (subs.size() > before) commands[subs.back()] = std::move(command);
+  };
+  add(zerolora::cli::add_inspect);
+  add(zerolora::cli::add_generate);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    for (auto* sub : app.get_subcommands())
+      if (auto it = commands.find(sub); it != commands.end()) return it->second();
+    return 2;
+  } catch (const zerolora::UsageError& e) {
+    std::fprintf(stderr, "zerolora: %s\nRun with --help for usage.\n", e.what());
+    return 2;
+  } catch (const zerolora::InternalError& e) {
+    std::fprintf(stderr, "zerolora: %s\nThis is a bug in zerolora; please report it.\n", e.what());
+    return 70;
+  } catch (const zerolora::Error& e) {
+    std::fprintf(stderr, "zerolora: error: %s\n", e.what());
+    return 1;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "zerolora: error: out of memory\n");
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "zerolora: unexpected error: %s\n", e.what());
+    return 70;
+  }
+}

@@ -28,7 +28,9 @@ inline double peak_rss_mib() {
   return static_cast<double>(usage.ru_maxrss) / 1024.0;
 }
 
-inline void print_kv(const std::string& key, double value) { std::printf("%s=%.6g\n", key.c_str(), value); }
+inline void print_kv(const std::string& key, double value) {
+  std::printf("%s=%.6g\n", key.c_str(), value);
+}
 inline void print_kv(const std::string& key, const std::string& value) {
   std::printf("%s=%s\n", key.c_str(), value.c_str());
 }

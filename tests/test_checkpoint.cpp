@@ -20,8 +20,9 @@ using json = nlohmann::json;
 class CheckpointTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("zl_ckpt_" + std::to_string(::getpid()) + "_" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    dir_ = fs::temp_directory_path() /
+           ("zl_ckpt_" + std::to_string(::getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::remove_all(dir_);
     fs::create_directories(dir_);
   }
@@ -107,7 +108,8 @@ TEST_F(CheckpointTest, HostileIndexIsRejected) {
 
 // Rewrites the fixture's model.safetensors with one tensor replaced (or dropped, or added).
 void rewrite_tensor(const fs::path& file, const std::string& name, DType dtype,
-                    std::vector<std::int64_t> shape, bool drop = false, const std::string& extra = "") {
+                    std::vector<std::int64_t> shape, bool drop = false,
+                    const std::string& extra = "") {
   SafetensorsFile original(file);
   SafetensorsWriter writer;
   for (const auto& t : original.tensors()) {
@@ -142,7 +144,8 @@ TEST_F(CheckpointTest, BadTensorsAreNamedWithFileAndExpectation) {
   expect_load_error<UnsupportedError>(model, {"model.norm.weight", "I32"});
 
   model = copy_fixture("gqa_tied");
-  rewrite_tensor(model / "model.safetensors", "", DType::kF32, {}, false, "model.layers.2.mlp.up_proj.weight");
+  rewrite_tensor(model / "model.safetensors", "", DType::kF32, {}, false,
+                 "model.layers.2.mlp.up_proj.weight");
   expect_load_error<ShapeError>(model, {"model.layers.2.mlp.up_proj.weight", "does not have"});
 }
 

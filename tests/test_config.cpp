@@ -14,8 +14,12 @@ namespace {
 using json = nlohmann::json;
 
 json llama_json() {
-  return json{{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"hidden_size", 64},
-              {"intermediate_size", 172}, {"num_hidden_layers", 5}, {"num_attention_heads", 8},
+  return json{{"architectures", {"LlamaForCausalLM"}},
+              {"model_type", "llama"},
+              {"hidden_size", 64},
+              {"intermediate_size", 172},
+              {"num_hidden_layers", 5},
+              {"num_attention_heads", 8},
               {"vocab_size", 512}};
 }
 
@@ -58,8 +62,11 @@ TEST(LlamaConfig, RealStories260K) {
 TEST(LlamaConfig, RopeScalingOldAndNewForms) {
   auto j = llama_json();
   j["rope_theta"] = 500000.0;
-  j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0},
-                       {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 8192}};
+  j["rope_scaling"] = {{"rope_type", "llama3"},
+                       {"factor", 8.0},
+                       {"low_freq_factor", 1.0},
+                       {"high_freq_factor", 4.0},
+                       {"original_max_position_embeddings", 8192}};
   auto c = LlamaConfig::from_json(j, "cfg.json");
   EXPECT_EQ(c.rope.type, RopeParams::Type::kLlama3);
   EXPECT_DOUBLE_EQ(c.rope.theta, 500000.0);
@@ -78,7 +85,9 @@ TEST(LlamaConfig, RopeScalingOldAndNewForms) {
   EXPECT_DOUBLE_EQ(c.rope.theta, 1e6);
 
   j = llama_json();
-  j["rope_parameters"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0},
+  j["rope_parameters"] = {{"rope_type", "llama3"},
+                          {"factor", 8.0},
+                          {"low_freq_factor", 1.0},
                           {"high_freq_factor", 4.0}};  // original_max defaults to max positions
   j["max_position_embeddings"] = 4096;
   c = LlamaConfig::from_json(j, "cfg.json");
@@ -156,10 +165,11 @@ TEST(LlamaConfig, Llama3InverseFrequenciesMatchTransformers) {
   p.high_freq_factor = 4.0;
   p.original_max_position_embeddings = 16;
   const auto inv = rope_inverse_frequencies(p, 16);
-  const std::vector<float> expected{0.5760564f,    0.02424034f,  0.004700754f, 0.0009115831f,
+  const std::vector<float> expected{0.5760564f,    0.02424034f,   0.004700754f, 0.0009115831f,
                                     0.0001767767f, 3.428102e-05f, 6.64787e-06f, 1.289173e-06f};
   ASSERT_EQ(inv.size(), expected.size());
-  for (std::size_t i = 0; i < inv.size(); ++i) EXPECT_NEAR(inv[i], expected[i], 1e-6 * expected[i]) << i;
+  for (std::size_t i = 0; i < inv.size(); ++i)
+    EXPECT_NEAR(inv[i], expected[i], 1e-6 * expected[i]) << i;
 }
 
 }  // namespace

@@ -61,7 +61,7 @@ TEST(GradCheck, RmsNorm) {
     return dot(y, c);
   };
   const auto numeric = numeric_gradient(x, loss);
-  loss();  // rstd of the unperturbed x
+  loss();                              // rstd of the unperturbed x
   std::vector<double> dx(M * D, 0.5);  // backward must overwrite, not add, when accumulate=false
   rmsnorm_backward(rt, dx.data(), c.data(), x.data(), rstd.data(), w.data(), M, D, false);
   EXPECT_LT(testing::max_rel_error(dx, numeric), tolerance::kFiniteDifference);
@@ -118,7 +118,8 @@ TEST(GradCheck, CrossEntropy) {
   };
   auto grad = logits;
   cross_entropy(rt, grad.data(), targets.data(), R, V, scale, true);
-  EXPECT_LT(testing::max_rel_error(grad, numeric_gradient(logits, loss)), tolerance::kFiniteDifference);
+  EXPECT_LT(testing::max_rel_error(grad, numeric_gradient(logits, loss)),
+            tolerance::kFiniteDifference);
   for (Index j = 0; j < V; ++j) EXPECT_EQ(grad[V + j], 0.0) << "ignored row must get zero gradient";
 }
 
@@ -134,24 +135,28 @@ TEST(GradCheck, AttentionGqaSegments) {
   auto qkv = random_vector(M * W3, 9), c = random_vector(M * Qd, 10);
   std::vector<double> out(M * Qd), lse(shape.heads * M);
   auto loss = [&] {
-    attention_forward<double, double>(rt, out.data(), lse.data(), qkv.data(), segments, M, shape, options, ws);
+    attention_forward<double, double>(rt, out.data(), lse.data(), qkv.data(), segments, M, shape,
+                                      options, ws);
     return dot(out, c);
   };
   loss();
   std::vector<double> dqkv(M * W3, 7.0);  // must be overwritten
-  attention_backward<double, double>(rt, dqkv.data(), c.data(), qkv.data(), out.data(), lse.data(), segments,
-                                     M, shape, options, ws);
-  EXPECT_LT(testing::max_rel_error(dqkv, numeric_gradient(qkv, loss)), tolerance::kFiniteDifference);
+  attention_backward<double, double>(rt, dqkv.data(), c.data(), qkv.data(), out.data(), lse.data(),
+                                     segments, M, shape, options, ws);
+  EXPECT_LT(testing::max_rel_error(dqkv, numeric_gradient(qkv, loss)),
+            tolerance::kFiniteDifference);
 }
 
 TEST(GradCheck, LinearBackwardData) {
   Runtime rt(2);
   const Index M = 3, in = 5, out = 4;
-  auto x = random_vector(M * in, 11), w = random_vector(out * in, 12), c = random_vector(M * out, 13);
+  auto x = random_vector(M * in, 11), w = random_vector(out * in, 12),
+       c = random_vector(M * out, 13);
   Buffer<double> operand;
   std::vector<double> y(M * out);
   auto loss = [&] {
-    linear_forward(rt, Mat<double>::dense(y.data(), M, out), x.data(), w.data(), in, false, operand);
+    linear_forward(rt, Mat<double>::dense(y.data(), M, out), x.data(), w.data(), in, false,
+                   operand);
     return dot(y, c);
   };
   std::vector<double> dx(M * in);
@@ -172,21 +177,24 @@ TEST(GradCheck, LoraBranchWithDropout) {
   std::vector<double> z(M * r);
   auto loss = [&] {
     std::vector<double> y(M * out, 0.0);
-    lora_forward<double>(rt, Mat<double>::dense(y.data(), M, out), z.data(), Mat<const double>::dense(x.data(), M, in),
-                         a.data(), b.data(), r, scale, mask, scratch);
+    lora_forward<double>(rt, Mat<double>::dense(y.data(), M, out), z.data(),
+                         Mat<const double>::dense(x.data(), M, in), a.data(), b.data(), r, scale,
+                         mask, scratch);
     return dot(y, c);
   };
   loss();
   std::vector<double> dx(M * in, 0.0), da(r * in, 0.0), db(out * r, 0.0);
   lora_backward<double>(rt, Mat<double>::dense(dx.data(), M, in), da.data(), db.data(),
-                        Mat<const double>::dense(c.data(), M, out), z.data(), Mat<const double>::dense(x.data(), M, in),
-                        a.data(), b.data(), r, scale, mask, scratch);
+                        Mat<const double>::dense(c.data(), M, out), z.data(),
+                        Mat<const double>::dense(x.data(), M, in), a.data(), b.data(), r, scale,
+                        mask, scratch);
   EXPECT_LT(testing::max_rel_error(dx, numeric_gradient(x, loss)), tolerance::kFiniteDifference);
   EXPECT_LT(testing::max_rel_error(da, numeric_gradient(a, loss)), tolerance::kFiniteDifference);
   EXPECT_LT(testing::max_rel_error(db, numeric_gradient(b, loss)), tolerance::kFiniteDifference);
   // The mask really drops something (and keeps something) at p = 0.3.
   std::vector<double> dropped(M * in);
-  apply_dropout(rt, Mat<double>::dense(dropped.data(), M, in), Mat<const double>::dense(x.data(), M, in), mask, false);
+  apply_dropout(rt, Mat<double>::dense(dropped.data(), M, in),
+                Mat<const double>::dense(x.data(), M, in), mask, false);
   const auto zeros = std::count(dropped.begin(), dropped.end(), 0.0);
   EXPECT_GT(zeros, 0);
   EXPECT_LT(zeros, M * in);
@@ -240,8 +248,10 @@ TEST_P(ModelGradCheck, LoraGradientsMatchFiniteDifferences) {
   };
   const auto numeric = numeric_gradient(params, loss);
   for (const auto& e : layout.entries()) {
-    const std::span<const double> ours(grads.data() + e.offset, static_cast<std::size_t>(e.numel()));
-    const std::span<const double> fd(numeric.data() + e.offset, static_cast<std::size_t>(e.numel()));
+    const std::span<const double> ours(grads.data() + e.offset,
+                                       static_cast<std::size_t>(e.numel()));
+    const std::span<const double> fd(numeric.data() + e.offset,
+                                     static_cast<std::size_t>(e.numel()));
     EXPECT_LT(testing::max_rel_error(ours, fd), tolerance::kFiniteDifference) << e.name;
   }
 }

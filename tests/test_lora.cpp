@@ -24,7 +24,8 @@ LlamaConfig small_gqa() {
 }
 
 TEST(LoraConfig, TargetsAndScale) {
-  EXPECT_EQ(parse_lora_targets("v_proj, q_proj,q_proj"), (std::vector<LoraModule>{LoraModule::kQ, LoraModule::kV}));
+  EXPECT_EQ(parse_lora_targets("v_proj, q_proj,q_proj"),
+            (std::vector<LoraModule>{LoraModule::kQ, LoraModule::kV}));
   EXPECT_EQ(parse_lora_targets("all-linear").size(), 7u);
   EXPECT_THROW(parse_lora_targets("q_proj,qkv"), ConfigError);
   LoraConfig c;
@@ -118,16 +119,19 @@ TEST(Dropout, RateDeterminismAndIndependenceFromRowSplit) {
   std::vector<std::uint64_t> keys(M);
   for (Index i = 0; i < M; ++i) keys[i] = mix64(1000 + i);
   const DropoutMask mask{0.25, 77, keys.data()};
-  apply_dropout(rt, Mat<float>::dense(y.data(), M, D), Mat<const float>::dense(x.data(), M, D), mask, false);
+  apply_dropout(rt, Mat<float>::dense(y.data(), M, D), Mat<const float>::dense(x.data(), M, D),
+                mask, false);
   const auto dropped = std::count(y.begin(), y.end(), 0.0f);
   EXPECT_NEAR(static_cast<double>(dropped) / (M * D), 0.25, 0.01);
   for (float v : y) ASSERT_TRUE(v == 0.0f || v == 1.0f / 0.75f);
   // Rows 32..63 processed on their own get the same mask: keys, not positions in the call.
   const DropoutMask tail{0.25, 77, keys.data() + 32};
-  apply_dropout(rt, Mat<float>::dense(y2.data(), 32, D), Mat<const float>::dense(x.data(), 32, D), tail, false);
+  apply_dropout(rt, Mat<float>::dense(y2.data(), 32, D), Mat<const float>::dense(x.data(), 32, D),
+                tail, false);
   EXPECT_TRUE(std::equal(y2.begin(), y2.begin() + 32 * D, y.begin() + 32 * D));
   const DropoutMask other_step{0.25, 78, keys.data()};
-  apply_dropout(rt, Mat<float>::dense(y2.data(), M, D), Mat<const float>::dense(x.data(), M, D), other_step, false);
+  apply_dropout(rt, Mat<float>::dense(y2.data(), M, D), Mat<const float>::dense(x.data(), M, D),
+                other_step, false);
   EXPECT_NE(y, y2);
 }
 

@@ -2,7 +2,6 @@
 // alpha, accumulate, from inside parallel regions), attention in fp32 and bf16 (tile-size
 // invariance, segment isolation, the bf16-softmax option), and Batch construction.
 #include <gtest/gtest.h>
-
 #include <omp.h>
 
 #include <random>
@@ -26,8 +25,8 @@ std::vector<T> random_values(std::size_t n, std::uint32_t seed) {
 }
 
 template <class In>
-void check_matmul(Runtime& rt, Index M, Index N, Index K, bool transpose_b, float alpha, bool accumulate,
-                  double tol) {
+void check_matmul(Runtime& rt, Index M, Index N, Index K, bool transpose_b, float alpha,
+                  bool accumulate, double tol) {
   const auto a = random_values<In>(M * K, 1);
   const auto b = random_values<In>(K * N, 2);
   auto c = random_values<float>(M * N, 3);
@@ -36,11 +35,14 @@ void check_matmul(Runtime& rt, Index M, Index N, Index K, bool transpose_b, floa
     for (Index j = 0; j < N; ++j) {
       double s = 0;
       for (Index k = 0; k < K; ++k)
-        s += to_float(a[i * K + k]) * static_cast<double>(to_float(transpose_b ? b[j * K + k] : b[k * N + j]));
+        s += to_float(a[i * K + k]) *
+             static_cast<double>(to_float(transpose_b ? b[j * K + k] : b[k * N + j]));
       expected[i * N + j] = alpha * s + (accumulate ? c[i * N + j] : 0.0);
     }
-  const Mat<const In> bm = transpose_b ? Mat<const In>::dense(b.data(), N, K).t() : Mat<const In>::dense(b.data(), K, N);
-  matmul<In, float>(rt, Mat<const In>::dense(a.data(), M, K), bm, Mat<float>::dense(c.data(), M, N), alpha, accumulate);
+  const Mat<const In> bm =
+      transpose_b ? Mat<const In>::dense(b.data(), N, K).t() : Mat<const In>::dense(b.data(), K, N);
+  matmul<In, float>(rt, Mat<const In>::dense(a.data(), M, K), bm, Mat<float>::dense(c.data(), M, N),
+                    alpha, accumulate);
   EXPECT_LT(testing::max_rel_error(c, expected), tol) << M << "x" << N << "x" << K;
 }
 
@@ -48,9 +50,9 @@ TEST(Matmul, OneDnnAndLoopPathsMatchDoubleReference) {
   Runtime rt(2);
   for (bool t : {false, true})
     for (bool acc : {false, true}) {
-      check_matmul<float>(rt, 37, 29, 53, t, 0.5f, acc, 1e-6);   // oneDNN
-      check_matmul<float>(rt, 3, 4, 5, t, 2.0f, acc, 1e-6);      // loop (tiny)
-      check_matmul<bf16>(rt, 64, 48, 96, t, 1.0f, acc, 1e-6);    // exact bf16 products, fp32 sums
+      check_matmul<float>(rt, 37, 29, 53, t, 0.5f, acc, 1e-6);  // oneDNN
+      check_matmul<float>(rt, 3, 4, 5, t, 2.0f, acc, 1e-6);     // loop (tiny)
+      check_matmul<bf16>(rt, 64, 48, 96, t, 1.0f, acc, 1e-6);   // exact bf16 products, fp32 sums
     }
 }
 
@@ -61,7 +63,8 @@ TEST(Matmul, SafeInsideParallelRegions) {
   std::vector<std::vector<float>> outputs(8, std::vector<float>(n * n));
 #pragma omp parallel for num_threads(2)
   for (int i = 0; i < 8; ++i)
-    matmul<float, float>(rt, Mat<const float>::dense(a.data(), n, n), Mat<const float>::dense(a.data(), n, n),
+    matmul<float, float>(rt, Mat<const float>::dense(a.data(), n, n),
+                         Mat<const float>::dense(a.data(), n, n),
                          Mat<float>::dense(outputs[i].data(), n, n), static_cast<float>(i + 1));
   for (int i = 1; i < 8; ++i)
     for (Index j = 0; j < n * n; ++j) ASSERT_FLOAT_EQ(outputs[i][j], (i + 1) * outputs[0][j]);
@@ -74,8 +77,8 @@ struct AttentionCase {
 };
 
 template <class T, class Mm>
-std::vector<T> run_attention(const std::vector<double>& qkv_double, const AttentionCase& c, Index block,
-                             bool softmax_bf16 = false) {
+std::vector<T> run_attention(const std::vector<double>& qkv_double, const AttentionCase& c,
+                             Index block, bool softmax_bf16 = false) {
   Runtime rt(2);
   std::vector<T> qkv(qkv_double.begin(), qkv_double.end());
   std::vector<T> out(c.M * c.shape.heads * c.shape.head_dim), lse(c.shape.heads * c.M);
@@ -83,13 +86,15 @@ std::vector<T> run_attention(const std::vector<double>& qkv_double, const Attent
   options.block = block;
   options.softmax_bf16 = softmax_bf16;
   AttentionWorkspace ws;
-  attention_forward<T, Mm>(rt, out.data(), lse.data(), qkv.data(), c.segments, c.M, c.shape, options, ws);
+  attention_forward<T, Mm>(rt, out.data(), lse.data(), qkv.data(), c.segments, c.M, c.shape,
+                           options, ws);
   return out;
 }
 
 // Plain softmax attention in double, one query at a time.
 std::vector<double> reference_attention(const std::vector<double>& qkv, const AttentionCase& c) {
-  const Index H = c.shape.heads, KV = c.shape.kv_heads, hd = c.shape.head_dim, ld = c.shape.qkv_stride();
+  const Index H = c.shape.heads, KV = c.shape.kv_heads, hd = c.shape.head_dim,
+              ld = c.shape.qkv_stride();
   std::vector<double> out(c.M * H * hd, 0.0);
   for (const auto& seg : c.segments)
     for (Index h = 0; h < H; ++h) {
@@ -100,14 +105,16 @@ std::vector<double> reference_attention(const std::vector<double>& qkv, const At
         for (Index j = 0; j <= i; ++j) {
           double dot = 0;
           for (Index d = 0; d < hd; ++d)
-            dot += qkv[(seg.begin + i) * ld + h * hd + d] * qkv[(seg.begin + j) * ld + (H + g) * hd + d];
+            dot += qkv[(seg.begin + i) * ld + h * hd + d] *
+                   qkv[(seg.begin + j) * ld + (H + g) * hd + d];
           s[j] = dot / std::sqrt(static_cast<double>(hd));
           mx = std::max(mx, s[j]);
         }
         for (auto& x : s) sum += (x = std::exp(x - mx));
         for (Index j = 0; j <= i; ++j)
           for (Index d = 0; d < hd; ++d)
-            out[(seg.begin + i) * H * hd + h * hd + d] += s[j] / sum * qkv[(seg.begin + j) * ld + (H + KV + g) * hd + d];
+            out[(seg.begin + i) * H * hd + h * hd + d] +=
+                s[j] / sum * qkv[(seg.begin + j) * ld + (H + KV + g) * hd + d];
       }
     }
   return out;
@@ -118,10 +125,13 @@ TEST(Attention, MatchesPlainSoftmaxInEveryPrecision) {
   const auto qkv = random_values<double>(c.M * c.shape.qkv_stride(), 5);
   const auto expected = reference_attention(qkv, c);
   for (Index block : {1, 3, 16, 128}) {
-    EXPECT_LT(testing::max_rel_error(run_attention<double, double>(qkv, c, block), expected), 1e-12) << block;
-    EXPECT_LT(testing::max_rel_error(run_attention<float, float>(qkv, c, block), expected), 1e-5) << block;
+    EXPECT_LT(testing::max_rel_error(run_attention<double, double>(qkv, c, block), expected), 1e-12)
+        << block;
+    EXPECT_LT(testing::max_rel_error(run_attention<float, float>(qkv, c, block), expected), 1e-5)
+        << block;
     // bf16 operands (q, k, v and probabilities) each carry 2^-9 relative rounding.
-    EXPECT_LT(testing::max_rel_error(run_attention<float, bf16>(qkv, c, block), expected), 2e-2) << block;
+    EXPECT_LT(testing::max_rel_error(run_attention<float, bf16>(qkv, c, block), expected), 2e-2)
+        << block;
   }
   const auto rounded = run_attention<float, float>(qkv, c, 16, true);
   const double err = testing::max_rel_error(rounded, expected);
@@ -133,7 +143,8 @@ TEST(Attention, SegmentsDoNotSeeEachOther) {
   const AttentionCase c;
   auto qkv = random_values<double>(c.M * c.shape.qkv_stride(), 6);
   const auto before = run_attention<double, double>(qkv, c, 4);
-  for (Index i = 14 * c.shape.qkv_stride(); i < c.M * c.shape.qkv_stride(); ++i) qkv[i] += 1.0;  // last segment
+  for (Index i = 14 * c.shape.qkv_stride(); i < c.M * c.shape.qkv_stride(); ++i)
+    qkv[i] += 1.0;  // last segment
   const auto after = run_attention<double, double>(qkv, c, 4);
   const Index first_rows = 14 * c.shape.heads * c.shape.head_dim;
   EXPECT_TRUE(std::equal(before.begin(), before.begin() + first_rows, after.begin()));
@@ -144,7 +155,8 @@ TEST(Batch, ShiftsLabelsPerSegmentAndValidates) {
   Batch batch;
   batch.add_sequence({1, 5, 6, 7}, {kIgnoreIndex, kIgnoreIndex, 6, 7}, 0);
   batch.add_sequence({1, 9}, {1, 9}, 1);
-  EXPECT_EQ(batch.targets, (std::vector<std::int32_t>{kIgnoreIndex, 6, 7, kIgnoreIndex, 9, kIgnoreIndex}));
+  EXPECT_EQ(batch.targets,
+            (std::vector<std::int32_t>{kIgnoreIndex, 6, 7, kIgnoreIndex, 9, kIgnoreIndex}));
   EXPECT_EQ(batch.label_count(), 3);
   EXPECT_EQ(batch.longest_segment(), 4);
   EXPECT_NO_THROW(batch.validate(10));

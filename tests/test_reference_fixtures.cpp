@@ -25,7 +25,9 @@ struct Reference {
   std::vector<float> floats(const std::string& name) const {
     return read_float_tensor<float>(file, file.at(name));
   }
-  std::vector<std::int64_t> ints(const std::string& name) const { return read_int_tensor(file, file.at(name)); }
+  std::vector<std::int64_t> ints(const std::string& name) const {
+    return read_int_tensor(file, file.at(name));
+  }
   std::string meta(const std::string& key) const { return file.metadata().at(key); }
 
   LoraConfig lora_config() const {
@@ -115,7 +117,8 @@ void check_against_reference(const Case& c, const tolerance::Fixture& tol) {
   for (const auto& e : layout.entries()) {
     const auto expected = ref.floats("grad." + e.name);
     const std::span<const float> ours(grads.data() + e.offset, static_cast<std::size_t>(e.numel()));
-    EXPECT_LT(testing::max_rel_error(ours, std::span<const float>(expected)), tol.grad) << "grad " << e.name;
+    EXPECT_LT(testing::max_rel_error(ours, std::span<const float>(expected)), tol.grad)
+        << "grad " << e.name;
   }
 
   // Three AdamW steps with clipping.
@@ -132,17 +135,20 @@ void check_against_reference(const Case& c, const tolerance::Fixture& tol) {
     const double step_loss = model.forward_backward(batch, params, grads, 1.0 / count, {}) / count;
     const double norm = clip_grad_norm<float>(rt, grads, max_norm);
     optimizer.step(rt, params, grads, lr);
-    EXPECT_LT(std::abs(step_loss - ref_losses[step]) / ref_losses[step], tol.loss) << "step " << step;
+    EXPECT_LT(std::abs(step_loss - ref_losses[step]) / ref_losses[step], tol.loss)
+        << "step " << step;
     const double norm_tol = step == 0 ? tol.grad : tol.later_norms;
     if (norm_tol >= 0) {
-      EXPECT_LT(std::abs(norm - ref_norms[step]) / ref_norms[step], norm_tol) << "grad norm, step " << step;
+      EXPECT_LT(std::abs(norm - ref_norms[step]) / ref_norms[step], norm_tol)
+          << "grad norm, step " << step;
     }
   }
   const double steps = static_cast<double>(ref_losses.size());
   for (const auto& e : layout.entries()) {
     const auto expected = ref.floats("step3." + e.name);
     const auto initial = ref.floats("lora." + e.name);
-    const std::span<const float> ours(params.data() + e.offset, static_cast<std::size_t>(e.numel()));
+    const std::span<const float> ours(params.data() + e.offset,
+                                      static_cast<std::size_t>(e.numel()));
     if (tol.weights >= 0) {
       EXPECT_LT(testing::max_rel_error(ours, std::span<const float>(expected)), tol.weights)
           << "after 3 steps: " << e.name;

@@ -8,8 +8,8 @@
 #include <string>
 #include <vector>
 
-#include "core/error.hpp"
 #include "core/atomic_file.hpp"
+#include "core/error.hpp"
 #include "io/safetensors.hpp"
 #include "io/tensor_read.hpp"
 #include "test_util.hpp"
@@ -22,14 +22,16 @@ namespace fs = std::filesystem;
 class SafetensorsTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("zl_st_" + std::to_string(::getpid()) + "_" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    dir_ = fs::temp_directory_path() /
+           ("zl_st_" + std::to_string(::getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::create_directories(dir_);
   }
   void TearDown() override { fs::remove_all(dir_); }
 
   // A file made of an 8-byte length (of `header`, unless overridden), the header, the data.
-  fs::path raw(const std::string& header, const std::string& data, std::uint64_t length_field = ~0ull) {
+  fs::path raw(const std::string& header, const std::string& data,
+               std::uint64_t length_field = ~0ull) {
     const fs::path path = dir_ / "raw.safetensors";
     std::ofstream out(path, std::ios::binary);
     const std::uint64_t n = length_field == ~0ull ? header.size() : length_field;
@@ -122,27 +124,43 @@ TEST_F(SafetensorsTest, RejectsTruncatedAndHostileFiles) {
   expect_format_error(raw(good, data.substr(0, 5)), {"'t'", "truncated"});
   expect_format_error(raw("[1,2]", ""), {"does not start with '{'"});
   expect_format_error(raw("{\"t\":", ""), {"not valid JSON"});
-  expect_format_error(raw(R"({"t":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"t":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", data),
-                      {"'t' more than once"});
-  expect_format_error(raw(R"({"t":{"dtype":"F32","dtype":"I32","shape":[2],"data_offsets":[0,8]}})", data),
-                      {"'dtype' more than once"});
-  expect_format_error(raw(R"({"t":{"dtype":"Q4","shape":[2],"data_offsets":[0,8]}})", data), {"'t'", "unknown dtype 'Q4'"});
-  expect_format_error(raw(R"({"t":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", data), {"'t'", "non-negative"});
-  expect_format_error(raw(R"({"t":{"dtype":"F32","shape":[2.5],"data_offsets":[0,8]}})", data), {"'t'", "non-negative"});
-  expect_format_error(raw(R"({"t":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", data), {"'t'", "needs 12"});
-  expect_format_error(raw(R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[8,0]}})", data), {"'t'", "end before"});
-  expect_format_error(raw(R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0]}})", data), {"'t'", "two integers"});
+  expect_format_error(
+      raw(R"({"t":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"t":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+          data),
+      {"'t' more than once"});
+  expect_format_error(
+      raw(R"({"t":{"dtype":"F32","dtype":"I32","shape":[2],"data_offsets":[0,8]}})", data),
+      {"'dtype' more than once"});
+  expect_format_error(raw(R"({"t":{"dtype":"Q4","shape":[2],"data_offsets":[0,8]}})", data),
+                      {"'t'", "unknown dtype 'Q4'"});
+  expect_format_error(raw(R"({"t":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", data),
+                      {"'t'", "non-negative"});
+  expect_format_error(raw(R"({"t":{"dtype":"F32","shape":[2.5],"data_offsets":[0,8]}})", data),
+                      {"'t'", "non-negative"});
+  expect_format_error(raw(R"({"t":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", data),
+                      {"'t'", "needs 12"});
+  expect_format_error(raw(R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[8,0]}})", data),
+                      {"'t'", "end before"});
+  expect_format_error(raw(R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0]}})", data),
+                      {"'t'", "two integers"});
   expect_format_error(raw(R"({"t":{"dtype":"F32","shape":[2]}})", data), {"'t'", "data_offsets"});
   expect_format_error(raw(R"({"t":{"shape":[2],"data_offsets":[0,8]}})", data), {"'t'", "dtype"});
-  expect_format_error(raw(R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8],"x":1}})", data), {"'t'", "unexpected field"});
+  expect_format_error(raw(R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8],"x":1}})", data),
+                      {"'t'", "unexpected field"});
   expect_format_error(raw(R"({"t":[1,2]})", data), {"'t'", "must be an object"});
-  expect_format_error(raw(R"({"t":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,8]}})", data),
-                      {"'t'", "overflow"});
+  expect_format_error(
+      raw(R"({"t":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,8]}})",
+          data),
+      {"'t'", "overflow"});
   // Overlap, gap, uncovered bytes.
-  expect_format_error(raw(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", data),
-                      {"overlaps"});
-  expect_format_error(raw(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", data), {"'a'", "gap"});
-  expect_format_error(raw(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", data), {"cover 4 bytes", "has 8"});
+  expect_format_error(
+      raw(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+          data),
+      {"overlaps"});
+  expect_format_error(raw(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", data),
+                      {"'a'", "gap"});
+  expect_format_error(raw(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", data),
+                      {"cover 4 bytes", "has 8"});
   expect_format_error(raw(R"({"__metadata__":{"k":1}})", ""), {"__metadata__"});
   expect_format_error(raw(R"({"__metadata__":[]})", ""), {"__metadata__"});
 }

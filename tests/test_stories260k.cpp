@@ -18,7 +18,8 @@ class Stories260K : public ::testing::Test {
  protected:
   void SetUp() override {
     const auto shared = testing::shared_data_dir();
-    if (shared.empty()) GTEST_SKIP() << "shared data not found (set ZEROLORA_SHARED_DATA to ../shared/data)";
+    if (shared.empty())
+      GTEST_SKIP() << "shared data not found (set ZEROLORA_SHARED_DATA to ../shared/data)";
     model_dir_ = shared / "stories260K-hf";
   }
   std::filesystem::path model_dir_;
@@ -32,14 +33,15 @@ class Stories260K : public ::testing::Test {
 
 template <class P>
 void check_greedy_and_logits(const std::filesystem::path& model_dir, const SafetensorsFile& ref,
-                             const std::vector<std::int32_t>& prompt, const std::vector<std::int32_t>& greedy,
-                             double logits_tol) {
+                             const std::vector<std::int32_t>& prompt,
+                             const std::vector<std::int32_t>& greedy, double logits_tol) {
   Runtime rt(2);
   Checkpoint checkpoint(model_dir);
   const auto weights = load_llama_weights<typename P::Weight>(rt, checkpoint);
   LlamaModel<P> model(rt, weights, nullptr);
   const auto& eos = checkpoint.config().eos_token_ids;
-  const auto generated = greedy_generate(model, prompt, static_cast<int>(greedy.size() - prompt.size()), eos);
+  const auto generated =
+      greedy_generate(model, prompt, static_cast<int>(greedy.size() - prompt.size()), eos);
   EXPECT_EQ(generated, greedy);
 
   Batch batch;
@@ -67,13 +69,15 @@ TEST_F(Stories260K, AlpacaLossMatchesTransformers) {
   Checkpoint checkpoint(model_dir_);
   const auto weights = load_llama_weights<float>(rt, checkpoint);
   LlamaModel<Fp32Policy> model(rt, weights, nullptr);
-  const auto ids = ints("alpaca_ids"), labels = ints("alpaca_labels"), lengths = ints("alpaca_lengths");
+  const auto ids = ints("alpaca_ids"), labels = ints("alpaca_labels"),
+             lengths = ints("alpaca_lengths");
   const auto losses = read_float_tensor<double>(ref_, ref_.at("alpaca_losses"));
   Batch all;
   std::size_t offset = 0;
   for (std::size_t i = 0; i < lengths.size(); ++i) {
     const std::vector<std::int32_t> seq(ids.begin() + offset, ids.begin() + offset + lengths[i]);
-    const std::vector<std::int32_t> lab(labels.begin() + offset, labels.begin() + offset + lengths[i]);
+    const std::vector<std::int32_t> lab(labels.begin() + offset,
+                                        labels.begin() + offset + lengths[i]);
     Batch one;
     one.add_sequence(seq, lab, 0);
     const double loss = model.loss(one, {}) / static_cast<double>(one.label_count());

@@ -13,14 +13,17 @@
 
 namespace zerolora::testing {
 
-inline std::filesystem::path fixtures_dir() { return ZEROLORA_FIXTURES_DIR; }
+inline std::filesystem::path fixtures_dir() {
+  return ZEROLORA_FIXTURES_DIR;
+}
 
 // ../shared/data (the tiny real model, tokenizers, Alpaca sample); overridable by the
 // ZEROLORA_SHARED_DATA environment variable. Empty when it cannot be found.
 inline std::filesystem::path shared_data_dir() {
   if (const char* env = std::getenv("ZEROLORA_SHARED_DATA"); env && *env) return env;
-  for (const std::filesystem::path& candidate : {std::filesystem::path(ZEROLORA_SHARED_DATA_DEFAULT),
-                                                std::filesystem::path("/work/shared/data")})
+  for (const std::filesystem::path& candidate :
+       {std::filesystem::path(ZEROLORA_SHARED_DATA_DEFAULT),
+        std::filesystem::path("/work/shared/data")})
     if (std::filesystem::exists(candidate / "MANIFEST.md")) return candidate;
   return {};
 }

@@ -43,7 +43,8 @@ void write_file_atomically(const std::filesystem::path& path,
   const std::filesystem::path temp =
       dir / (path.filename().string() + ".tmp-" + std::to_string(::getpid()));
   const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) throw IoError(path.string() + ": cannot create " + temp.string() + ": " + std::strerror(errno));
+  if (fd < 0)
+    throw IoError(path.string() + ": cannot create " + temp.string() + ": " + std::strerror(errno));
   bool closed = false;
   try {
     FdSink sink(fd, path.string());

@@ -14,9 +14,15 @@ struct bf16 {
 };
 static_assert(sizeof(bf16) == 2);
 
-inline float to_float(bf16 x) { return std::bit_cast<float>(std::uint32_t{x.bits} << 16); }
-inline float to_float(float x) { return x; }
-inline double to_float(double x) { return x; }
+inline float to_float(bf16 x) {
+  return std::bit_cast<float>(std::uint32_t{x.bits} << 16);
+}
+inline float to_float(float x) {
+  return x;
+}
+inline double to_float(double x) {
+  return x;
+}
 
 inline bf16 to_bf16(float x) {
   std::uint32_t u = std::bit_cast<std::uint32_t>(x);

@@ -30,12 +30,18 @@ constexpr std::array<DTypeInfo, 15> kDTypes{{
     {DType::kF8E5M2, "F8_E5M2", 1},
 }};
 
-const DTypeInfo& info(DType dtype) { return kDTypes[static_cast<std::size_t>(dtype)]; }
+const DTypeInfo& info(DType dtype) {
+  return kDTypes[static_cast<std::size_t>(dtype)];
+}
 
 }  // namespace
 
-std::string_view dtype_name(DType dtype) { return info(dtype).name; }
-std::size_t dtype_size(DType dtype) { return info(dtype).size; }
+std::string_view dtype_name(DType dtype) {
+  return info(dtype).name;
+}
+std::size_t dtype_size(DType dtype) {
+  return info(dtype).size;
+}
 
 std::optional<DType> parse_dtype(std::string_view name) {
   for (const auto& entry : kDTypes)

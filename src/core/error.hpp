@@ -57,9 +57,9 @@ class InternalError : public Error {
 }  // namespace zerolora
 
 // Checks an internal invariant (not user input); throws InternalError naming the site.
-#define ZL_CHECK(cond)                                                                      \
-  do {                                                                                      \
-    if (!(cond))                                                                            \
+#define ZL_CHECK(cond)                                                                          \
+  do {                                                                                          \
+    if (!(cond))                                                                                \
       throw ::zerolora::InternalError(std::string("internal check failed: ") + #cond + " at " + \
-                                      __FILE__ + ":" + std::to_string(__LINE__));           \
+                                      __FILE__ + ":" + std::to_string(__LINE__));               \
   } while (0)

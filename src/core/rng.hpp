@@ -31,7 +31,9 @@ class CounterRng {
   explicit CounterRng(std::uint64_t key) : key_(key) {}
   std::uint64_t next_u64() { return mix64(key_ ^ mix64(counter_++)); }
   // Uniform in [0, 1) with 53 bits.
-  double next_double() { return static_cast<double>(next_u64() >> 11) * (1.0 / 9007199254740992.0); }
+  double next_double() {
+    return static_cast<double>(next_u64() >> 11) * (1.0 / 9007199254740992.0);
+  }
   double uniform(double lo, double hi) { return lo + (hi - lo) * next_double(); }
   // Standard normal by Box-Muller (the second value is dropped: simplicity over speed).
   double normal() {

@@ -5,6 +5,8 @@
 
 #include <memory>
 
+#include "core/profiler.hpp"
+
 namespace zerolora {
 
 namespace detail {
@@ -22,9 +24,11 @@ class Runtime {
   int threads() const { return threads_; }
 
   detail::RuntimeState& state() { return *state_; }
+  Profiler& profiler() { return profiler_; }
 
  private:
   int threads_;
+  Profiler profiler_;
   std::unique_ptr<detail::RuntimeState> state_;
 };
 

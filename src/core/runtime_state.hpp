@@ -1,10 +1,9 @@
 // Internals of Runtime, visible to kernel implementations only (they include oneDNN).
 #pragma once
 
-#include <oneapi/dnnl/dnnl.hpp>
-
 #include <cstdint>
 #include <mutex>
+#include <oneapi/dnnl/dnnl.hpp>
 #include <unordered_map>
 #include <vector>
 

@@ -73,10 +73,12 @@ Checkpoint::Checkpoint(const fs::path& dir) : dir_(dir) {
     files_.push_back(std::make_unique<SafetensorsFile>(single));
     for (const auto& info : files_.back()->tensors())
       tensors_.emplace(info.name, Located{files_.back().get(), &info});
-  } else if (fs::exists(dir / "pytorch_model.bin") || fs::exists(dir / "pytorch_model.bin.index.json")) {
-    throw UnsupportedError(dir.string() +
-                           ": has only pytorch_model.bin (pickle) weights; zerolora reads safetensors "
-                           "only. Convert once in Python: model.save_pretrained(dir, safe_serialization=True)");
+  } else if (fs::exists(dir / "pytorch_model.bin") ||
+             fs::exists(dir / "pytorch_model.bin.index.json")) {
+    throw UnsupportedError(
+        dir.string() +
+        ": has only pytorch_model.bin (pickle) weights; zerolora reads safetensors "
+        "only. Convert once in Python: model.save_pretrained(dir, safe_serialization=True)");
   } else {
     throw IoError(dir.string() + ": no model.safetensors or model.safetensors.index.json");
   }
@@ -90,7 +92,8 @@ std::optional<Checkpoint::Located> Checkpoint::find(std::string_view name) const
 
 Checkpoint::Located Checkpoint::at(std::string_view name) const {
   auto found = find(name);
-  if (!found) throw ShapeError(dir_.string() + ": checkpoint has no tensor '" + std::string(name) + "'");
+  if (!found)
+    throw ShapeError(dir_.string() + ": checkpoint has no tensor '" + std::string(name) + "'");
   return *found;
 }
 

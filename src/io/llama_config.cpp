@@ -18,7 +18,8 @@ class Reader {
 
   bool has(const char* key) const { return object_.contains(key) && !object_.at(key).is_null(); }
 
-  std::int64_t integer(const char* key, std::optional<std::int64_t> fallback, std::int64_t min) const {
+  std::int64_t integer(const char* key, std::optional<std::int64_t> fallback,
+                       std::int64_t min) const {
     if (!has(key)) {
       if (fallback) return *fallback;
       throw ConfigError(label_ + ": missing required key '" + key + "'");
@@ -36,7 +37,8 @@ class Reader {
   double number(const char* key, double fallback, bool positive) const {
     if (!has(key)) return fallback;
     const json& v = object_.at(key);
-    if (!v.is_number()) throw ConfigError(label_ + ": '" + key + "' must be a number, got " + v.dump());
+    if (!v.is_number())
+      throw ConfigError(label_ + ": '" + key + "' must be a number, got " + v.dump());
     const double value = v.get<double>();
     if (positive && !(value > 0))
       throw ConfigError(label_ + ": '" + key + "' must be positive, got " + v.dump());
@@ -46,14 +48,16 @@ class Reader {
   bool boolean(const char* key, bool fallback) const {
     if (!has(key)) return fallback;
     const json& v = object_.at(key);
-    if (!v.is_boolean()) throw ConfigError(label_ + ": '" + key + "' must be true or false, got " + v.dump());
+    if (!v.is_boolean())
+      throw ConfigError(label_ + ": '" + key + "' must be true or false, got " + v.dump());
     return v.get<bool>();
   }
 
   std::string string(const char* key, const std::string& fallback) const {
     if (!has(key)) return fallback;
     const json& v = object_.at(key);
-    if (!v.is_string()) throw ConfigError(label_ + ": '" + key + "' must be a string, got " + v.dump());
+    if (!v.is_string())
+      throw ConfigError(label_ + ": '" + key + "' must be a string, got " + v.dump());
     return v.get<std::string>();
   }
 
@@ -84,8 +88,10 @@ void check_architecture(const json& j, const std::string& label) {
   if (!architectures.empty() && !llama_arch)
     throw UnsupportedError(label + ": architectures is [" + architectures + "]; " + kSupported);
   if (!has_type && architectures.empty())
-    throw ConfigError(label + ": neither 'model_type' nor 'architectures' is set, so the architecture is unknown; " +
-                      kSupported);
+    throw ConfigError(
+        label +
+        ": neither 'model_type' nor 'architectures' is set, so the architecture is unknown; " +
+        kSupported);
 }
 
 RopeParams parse_rope(const json& j, const Reader& top, std::int64_t max_positions,
@@ -115,7 +121,8 @@ RopeParams parse_rope(const json& j, const Reader& top, std::int64_t max_positio
   } else if (type == "llama3") {
     rope.type = RopeParams::Type::kLlama3;
     for (const char* needed : {"factor", "low_freq_factor", "high_freq_factor"})
-      if (!r.has(needed)) throw ConfigError(label + ": " + key + " of type llama3 needs '" + needed + "'");
+      if (!r.has(needed))
+        throw ConfigError(label + ": " + key + " of type llama3 needs '" + needed + "'");
     rope.factor = r.number("factor", 1.0, true);
     rope.low_freq_factor = r.number("low_freq_factor", 1.0, true);
     rope.high_freq_factor = r.number("high_freq_factor", 4.0, true);
@@ -148,10 +155,12 @@ LlamaConfig LlamaConfig::from_json(const json& j, const std::string& label) {
                       " is not a multiple of num_attention_heads " + std::to_string(c.num_heads));
   c.head_dim = r.integer("head_dim", c.hidden_size / c.num_heads, 2);
   if (c.head_dim % 2 != 0)
-    throw ConfigError(label + ": head_dim " + std::to_string(c.head_dim) + " must be even for RoPE");
+    throw ConfigError(label + ": head_dim " + std::to_string(c.head_dim) +
+                      " must be even for RoPE");
   if (c.num_heads % c.num_kv_heads != 0)
     throw ConfigError(label + ": num_attention_heads " + std::to_string(c.num_heads) +
-                      " is not a multiple of num_key_value_heads " + std::to_string(c.num_kv_heads));
+                      " is not a multiple of num_key_value_heads " +
+                      std::to_string(c.num_kv_heads));
   c.max_position_embeddings = r.integer("max_position_embeddings", 2048, 1);
   c.rms_norm_eps = r.number("rms_norm_eps", 1e-6, true);
   c.rope = parse_rope(j, r, c.max_position_embeddings, label);
@@ -164,7 +173,8 @@ LlamaConfig LlamaConfig::from_json(const json& j, const std::string& label) {
       c.eos_token_ids.push_back(eos.get<std::int64_t>());
     } else if (eos.is_array()) {
       for (const auto& e : eos) {
-        if (!e.is_number_integer()) throw ConfigError(label + ": 'eos_token_id' entries must be integers");
+        if (!e.is_number_integer())
+          throw ConfigError(label + ": 'eos_token_id' entries must be integers");
         c.eos_token_ids.push_back(e.get<std::int64_t>());
       }
     } else {
@@ -175,15 +185,21 @@ LlamaConfig LlamaConfig::from_json(const json& j, const std::string& label) {
 
   const std::string act = r.string("hidden_act", "silu");
   if (act != "silu")
-    throw UnsupportedError(label + ": hidden_act \"" + act + "\" is not supported (Llama uses silu)");
+    throw UnsupportedError(label + ": hidden_act \"" + act +
+                           "\" is not supported (Llama uses silu)");
   if (r.boolean("attention_bias", false))
-    throw UnsupportedError(label + ": attention_bias = true is not supported (Llama's attention projections have no bias)");
+    throw UnsupportedError(
+        label +
+        ": attention_bias = true is not supported (Llama's attention projections have no bias)");
   if (r.boolean("mlp_bias", false))
-    throw UnsupportedError(label + ": mlp_bias = true is not supported (Llama's MLP projections have no bias)");
+    throw UnsupportedError(
+        label + ": mlp_bias = true is not supported (Llama's MLP projections have no bias)");
   if (r.number("attention_dropout", 0.0, false) != 0.0)
-    throw UnsupportedError(label + ": attention_dropout must be 0 (attention dropout is not implemented)");
+    throw UnsupportedError(label +
+                           ": attention_dropout must be 0 (attention dropout is not implemented)");
   if (r.has("quantization_config"))
-    throw UnsupportedError(label + ": quantized checkpoints (quantization_config) are not supported");
+    throw UnsupportedError(label +
+                           ": quantized checkpoints (quantization_config) are not supported");
   return c;
 }
 

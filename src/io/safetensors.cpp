@@ -37,8 +37,8 @@ json parse_json_unique_keys(std::string_view text, const std::string& label) {
         if (!open_objects.empty()) open_objects.pop_back();
         break;
       case json::parse_event_t::key:
-        if (!open_objects.empty() && !open_objects.back().insert(parsed.get<std::string>()).second &&
-            duplicate.empty())
+        if (!open_objects.empty() &&
+            !open_objects.back().insert(parsed.get<std::string>()).second && duplicate.empty())
           duplicate = parsed.get<std::string>();
         break;
       default:
@@ -59,11 +59,13 @@ json parse_json_unique_keys(std::string_view text, const std::string& label) {
 std::uint64_t checked_mul(std::uint64_t a, std::uint64_t b, const std::string& label,
                           const std::string& tensor) {
   std::uint64_t r = 0;
-  if (__builtin_mul_overflow(a, b, &r)) fail(label, "tensor '" + tensor + "': size overflows 64 bits");
+  if (__builtin_mul_overflow(a, b, &r))
+    fail(label, "tensor '" + tensor + "': size overflows 64 bits");
   return r;
 }
 
-TensorInfo parse_tensor_entry(const std::string& name, const json& entry, const std::string& label) {
+TensorInfo parse_tensor_entry(const std::string& name, const json& entry,
+                              const std::string& label) {
   const std::string where = "tensor '" + name + "': ";
   if (!entry.is_object()) fail(label, where + "entry must be an object");
   for (const auto& [key, value] : entry.items())
@@ -86,14 +88,16 @@ TensorInfo parse_tensor_entry(const std::string& name, const json& entry, const 
 
   std::uint64_t numel = 1;
   for (const auto& dim : entry["shape"]) {
-    if (!dim.is_number_unsigned()) fail(label, where + "shape entries must be non-negative integers");
+    if (!dim.is_number_unsigned())
+      fail(label, where + "shape entries must be non-negative integers");
     const std::uint64_t d = dim.get<std::uint64_t>();
     if (d > (std::uint64_t{1} << 62)) fail(label, where + "shape entry too large");
     numel = checked_mul(numel, d, label, name);
     info.shape.push_back(static_cast<std::int64_t>(d));
   }
   for (const auto& offset : entry["data_offsets"])
-    if (!offset.is_number_unsigned()) fail(label, where + "data_offsets must be non-negative integers");
+    if (!offset.is_number_unsigned())
+      fail(label, where + "data_offsets must be non-negative integers");
   info.begin = entry["data_offsets"][0].get<std::uint64_t>();
   info.end = entry["data_offsets"][1].get<std::uint64_t>();
   if (info.end < info.begin) fail(label, where + "data_offsets end before they begin");
@@ -181,7 +185,8 @@ SafetensorsHeader parse_safetensors(std::span<const std::byte> file, const std::
 
 SafetensorsFile::SafetensorsFile(const std::filesystem::path& path)
     : file_(path), header_(parse_safetensors(file_.bytes(), path.string())) {
-  for (std::size_t i = 0; i < header_.tensors.size(); ++i) index_.emplace(header_.tensors[i].name, i);
+  for (std::size_t i = 0; i < header_.tensors.size(); ++i)
+    index_.emplace(header_.tensors[i].name, i);
 }
 
 const TensorInfo* SafetensorsFile::find(std::string_view name) const {

@@ -67,10 +67,13 @@ class SafetensorsWriter {
   void add(std::string name, DType dtype, std::vector<std::int64_t> shape,
            std::span<const std::byte> bytes);
   template <class T>
-  void add(std::string name, DType dtype, std::vector<std::int64_t> shape, std::span<const T> values) {
+  void add(std::string name, DType dtype, std::vector<std::int64_t> shape,
+           std::span<const T> values) {
     add(std::move(name), dtype, std::move(shape), std::as_bytes(values));
   }
-  void set_metadata(std::string key, std::string value) { metadata_[std::move(key)] = std::move(value); }
+  void set_metadata(std::string key, std::string value) {
+    metadata_[std::move(key)] = std::move(value);
+  }
   void write(const std::filesystem::path& path) const;
 
  private:

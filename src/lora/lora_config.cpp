@@ -14,7 +14,9 @@ constexpr std::array<std::string_view, kLoraModuleCount> kNames = {
 
 }  // namespace
 
-std::string_view lora_module_name(LoraModule module) { return kNames[static_cast<int>(module)]; }
+std::string_view lora_module_name(LoraModule module) {
+  return kNames[static_cast<int>(module)];
+}
 
 std::optional<LoraModule> parse_lora_module(std::string_view name) {
   for (int i = 0; i < kLoraModuleCount; ++i)
@@ -41,7 +43,8 @@ std::vector<LoraModule> parse_lora_targets(std::string_view list) {
         throw ConfigError("unknown LoRA target module '" + std::string(item) +
                           "'; choose from q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, "
                           "down_proj (or all-linear)");
-      if (std::find(targets.begin(), targets.end(), *module) == targets.end()) targets.push_back(*module);
+      if (std::find(targets.begin(), targets.end(), *module) == targets.end())
+        targets.push_back(*module);
     }
     start = end + 1;
   }

@@ -49,11 +49,12 @@ void apply_dropout(Runtime& rt, Mat<T> dst, Mat<const T> src, const DropoutMask&
   }
 }
 
-
 // z (=) [M, r] = drop(src) A^T: the down-projection half of the branch.
 template <class T>
-void lora_project(Runtime& rt, T* z /*[M, r]*/, Mat<const T> src /*[M, in]*/, const T* a /*[r, in]*/,
-                  Index rank, const DropoutMask& dropout, Buffer<T>& scratch) {
+void lora_project(Runtime& rt, T* z /*[M, r]*/, Mat<const T> src /*[M, in]*/,
+                  const T* a /*[r, in]*/, Index rank, const DropoutMask& dropout,
+                  Buffer<T>& scratch) {
+  ProfileScope profile(rt.profiler(), ProfileCategory::kLora);
   const Index M = src.rows, in = src.cols;
   Mat<const T> x = src;
   if (dropout.active()) {
@@ -68,6 +69,7 @@ template <class T>
 void lora_forward(Runtime& rt, Mat<T> dst /*[M, out] +=*/, T* z /*[M, r] =*/,
                   Mat<const T> src /*[M, in]*/, const T* a /*[r, in]*/, const T* b /*[out, r]*/,
                   Index rank, double scale, const DropoutMask& dropout, Buffer<T>& scratch) {
+  ProfileScope profile(rt.profiler(), ProfileCategory::kLora);
   lora_project(rt, z, src, a, rank, dropout, scratch);
   matmul<T, T>(rt, Mat<const T>::dense(z, src.rows, rank),
                Mat<const T>::dense(b, dst.cols, rank).t(), dst, scale, true);
@@ -80,10 +82,11 @@ void lora_backward(Runtime& rt, Mat<T> diff_src /*[M, in] +=*/, T* diff_a /*[r, 
                    const T* z /*[M, r]*/, Mat<const T> src /*[M, in]*/, const T* a /*[r, in]*/,
                    const T* b /*[out, r]*/, Index rank, double scale, const DropoutMask& dropout,
                    Buffer<T>& scratch) {
+  ProfileScope profile(rt.profiler(), ProfileCategory::kLora);
   const Index M = src.rows, in = src.cols, out = diff_dst.cols;
   const double s = scale;
   scratch.ensure(static_cast<std::size_t>(M * rank + M * in));
-  T* dz = scratch.data();              // [M, r]
+  T* dz = scratch.data();               // [M, r]
   T* work = scratch.data() + M * rank;  // [M, in]
   const auto z_mat = Mat<const T>::dense(z, M, rank);
   const auto dz_mat = Mat<T>::dense(dz, M, rank);

@@ -13,9 +13,9 @@
 namespace zerolora {
 
 struct Batch {
-  std::vector<std::int32_t> tokens;   // [M]
-  std::vector<std::int32_t> targets;  // [M]
-  std::vector<Segment> segments;      // tile [0, M) in order
+  std::vector<std::int32_t> tokens;      // [M]
+  std::vector<std::int32_t> targets;     // [M]
+  std::vector<Segment> segments;         // tile [0, M) in order
   std::vector<std::int64_t> sample_ids;  // per segment: index of its sample in the global batch
 
   Index size() const { return static_cast<Index>(tokens.size()); }

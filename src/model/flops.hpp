@@ -13,7 +13,8 @@ namespace zerolora {
 inline double model_flops_per_token(const LlamaConfig& c, const LoraLayout* lora, Index seq_len) {
   const double D = static_cast<double>(c.hidden_size), I = static_cast<double>(c.intermediate_size);
   const double per_layer = D * c.q_dim() + 2.0 * D * c.kv_dim() + c.q_dim() * D + 3.0 * D * I;
-  const double n = per_layer * static_cast<double>(c.num_layers) + static_cast<double>(c.vocab_size) * D;
+  const double n =
+      per_layer * static_cast<double>(c.num_layers) + static_cast<double>(c.vocab_size) * D;
   double flops = 4.0 * n;
   if (lora) {
     for (int l = 0; l < c.num_layers; ++l)
@@ -21,7 +22,8 @@ inline double model_flops_per_token(const LlamaConfig& c, const LoraLayout* lora
         if (const auto* a = lora->adapter(l, static_cast<LoraModule>(m)))
           flops += 6.0 * lora->config().rank * static_cast<double>(a->in + a->out);
   }
-  flops += 6.0 * static_cast<double>(seq_len) * static_cast<double>(c.q_dim()) * static_cast<double>(c.num_layers);
+  flops += 6.0 * static_cast<double>(seq_len) * static_cast<double>(c.q_dim()) *
+           static_cast<double>(c.num_layers);
   return flops;
 }
 

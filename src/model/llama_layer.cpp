@@ -4,8 +4,8 @@
 #include <cstring>
 #include <type_traits>
 
-#include "core/precision.hpp"
 #include "core/error.hpp"
+#include "core/precision.hpp"
 #include "ops/linear.hpp"
 #include "ops/rmsnorm.hpp"
 #include "ops/swiglu.hpp"
@@ -63,8 +63,9 @@ class LayerOps {
   DropoutMask dropout(LoraModule m, Index row_offset) const {
     DropoutMask mask;
     if (ctx_.lora.dropout) mask.p = ctx_.lora.layout->config().dropout;
-    mask.key = hash_combine(hash_combine(ctx_.lora.dropout_key, static_cast<std::uint64_t>(ctx_.layer)),
-                            static_cast<std::uint64_t>(m));
+    mask.key =
+        hash_combine(hash_combine(ctx_.lora.dropout_key, static_cast<std::uint64_t>(ctx_.layer)),
+                     static_cast<std::uint64_t>(m));
     mask.row_keys = ctx_.geometry.row_keys.data() + row_offset;
     return mask;
   }
@@ -76,12 +77,13 @@ class LayerOps {
     const auto* slots = adapter(m);
     if (!slots) return;
     const auto& cfg = ctx_.lora.layout->config();
-    lora_forward<Act>(rt_, dst, z, Mat<const Act>::dense(src, M, in), ctx_.lora.params + slots->a_offset,
-                      ctx_.lora.params + slots->b_offset, cfg.rank, cfg.scale(), dropout(m, row_offset),
-                      ctx_.workspace.lora_scratch);
+    lora_forward<Act>(rt_, dst, z, Mat<const Act>::dense(src, M, in),
+                      ctx_.lora.params + slots->a_offset, ctx_.lora.params + slots->b_offset,
+                      cfg.rank, cfg.scale(), dropout(m, row_offset), ctx_.workspace.lora_scratch);
   }
 
-  void lora_project_into(LoraModule m, Act* z, const Act* src, Index M, Index in, Index row_offset) {
+  void lora_project_into(LoraModule m, Act* z, const Act* src, Index M, Index in,
+                         Index row_offset) {
     const auto* slots = adapter(m);
     if (!slots) return;
     lora_project<Act>(rt_, z, Mat<const Act>::dense(src, M, in), ctx_.lora.params + slots->a_offset,
@@ -103,7 +105,8 @@ class LayerOps {
   // gate_up (=) [rows, 2I] = h2 Wgu^T + LoRA(gate, up); z_gate/z_up receive the LoRA z.
   void gate_up_forward(Act* gate_up, const Act* h2, Index rows, Index row_offset, Act* z_gate,
                        Act* z_up, const Dims& d) {
-    base_forward(Mat<Act>::dense(gate_up, rows, 2 * d.I), h2, rows, d.D, w(LayerTensor::kGate), false);
+    base_forward(Mat<Act>::dense(gate_up, rows, 2 * d.I), h2, rows, d.D, w(LayerTensor::kGate),
+                 false);
     lora_forward_into(LoraModule::kGate, Mat<Act>{gate_up, rows, d.I, 2 * d.I, 1}, z_gate, h2, rows,
                       d.D, row_offset);
     lora_forward_into(LoraModule::kUp, Mat<Act>{gate_up + d.I, rows, d.I, 2 * d.I, 1}, z_up, h2,
@@ -117,6 +120,7 @@ class LayerOps {
 
 template <class T>
 void copy_rows(Runtime& rt, T* dst, const T* src, Index n) {
+  ProfileScope profile(rt.profiler(), ProfileCategory::kOther);
   constexpr Index kChunk = 1 << 16;
 #pragma omp parallel for num_threads(rt.threads()) schedule(static)
   for (Index c = 0; c < (n + kChunk - 1) / kChunk; ++c)
@@ -139,14 +143,14 @@ void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P:
   const Index M = d.M, r = ops.rank();
   const std::int32_t* positions = ctx.geometry.positions.data();
 
-  Act* rstd1 = grow(acts.rstd1, M);            // [M]
-  Act* h1 = grow(acts.h1, M * d.D);            // [M, D]
-  Act* qkv = grow(acts.qkv, M * d.W3);         // [M, Qd + 2 KVd], q and k rotated
-  Act* attn = grow(acts.attn, M * d.Qd);       // [M, Qd]
-  Act* lse = grow(acts.lse, d.H * M);          // [H, M]
-  Act* x2 = grow(acts.x2, M * d.D);            // [M, D] residual after attention
-  Act* rstd2 = grow(acts.rstd2, M);            // [M]
-  Act* h2 = grow(acts.h2, M * d.D);            // [M, D]
+  Act* rstd1 = grow(acts.rstd1, M);       // [M]
+  Act* h1 = grow(acts.h1, M * d.D);       // [M, D]
+  Act* qkv = grow(acts.qkv, M * d.W3);    // [M, Qd + 2 KVd], q and k rotated
+  Act* attn = grow(acts.attn, M * d.Qd);  // [M, Qd]
+  Act* lse = grow(acts.lse, d.H * M);     // [H, M]
+  Act* x2 = grow(acts.x2, M * d.D);       // [M, D] residual after attention
+  Act* rstd2 = grow(acts.rstd2, M);       // [M]
+  Act* h2 = grow(acts.h2, M * d.D);       // [M, D]
   for (int m = 0; m < kLoraModuleCount; ++m) grow(acts.lora_z[m], M * std::max<Index>(r, 1));
 
   // Attention block.
@@ -179,16 +183,19 @@ void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P:
       return save_mlp ? acts.lora_z[static_cast<int>(m)].data() + c0 * r
                       : grow(ws.lora_z[static_cast<int>(m)], chunk * std::max<Index>(r, 1));
     };
-    Act* gate_up = save_mlp ? acts.gate_up.data() + c0 * 2 * d.I : grow(ws.gate_up, chunk * 2 * d.I);
-    ops.gate_up_forward(gate_up, h2 + c0 * d.D, rows, c0, z(LoraModule::kGate), z(LoraModule::kUp), d);
+    Act* gate_up =
+        save_mlp ? acts.gate_up.data() + c0 * 2 * d.I : grow(ws.gate_up, chunk * 2 * d.I);
+    ops.gate_up_forward(gate_up, h2 + c0 * d.D, rows, c0, z(LoraModule::kGate), z(LoraModule::kUp),
+                        d);
     if (!out) continue;
     Act* act = grow(ws.act, chunk * d.I);
     swiglu_forward(rt, act, gate_up, rows, d.I);
     Act* out_rows = out + c0 * d.D;
     copy_rows(rt, out_rows, x2 + c0 * d.D, rows * d.D);
-    ops.base_forward(Mat<Act>::dense(out_rows, rows, d.D), act, rows, d.I, ops.w(LayerTensor::kDown), true);
-    ops.lora_forward_into(LoraModule::kDown, Mat<Act>::dense(out_rows, rows, d.D), z(LoraModule::kDown),
-                          act, rows, d.I, c0);
+    ops.base_forward(Mat<Act>::dense(out_rows, rows, d.D), act, rows, d.I,
+                     ops.w(LayerTensor::kDown), true);
+    ops.lora_forward_into(LoraModule::kDown, Mat<Act>::dense(out_rows, rows, d.D),
+                          z(LoraModule::kDown), act, rows, d.I, c0);
   }
 }
 
@@ -226,19 +233,22 @@ void layer_backward(LayerContext<P>& ctx, typename P::Act* dx, const typename P:
     if (ops.adapter(LoraModule::kDown)) {
       Act* act = grow(ws.act, chunk * d.I);
       swiglu_forward(rt, act, gate_up, rows, d.I);
-      if (!acts.mlp_saved) ops.lora_project_into(LoraModule::kDown, z(LoraModule::kDown), act, rows, d.I, c0);
+      if (!acts.mlp_saved)
+        ops.lora_project_into(LoraModule::kDown, z(LoraModule::kDown), act, rows, d.I, c0);
       ops.lora_backward_into(LoraModule::kDown, Mat<Act>::dense(d_act, rows, d.I),
-                             Mat<const Act>::dense(dx_rows, rows, d.D), z(LoraModule::kDown), act, c0);
+                             Mat<const Act>::dense(dx_rows, rows, d.D), z(LoraModule::kDown), act,
+                             c0);
     }
     Act* d_gate_up = grow(ws.d_gate_up, chunk * 2 * d.I);
     swiglu_backward(rt, d_gate_up, d_act, gate_up, rows, d.I);
     Act* dh = grow(ws.dh, std::max(chunk, M) * d.D);
     ops.base_backward(dh, d_gate_up, rows, 2 * d.I, ops.w(LayerTensor::kGate), d.D);
     ops.lora_backward_into(LoraModule::kGate, Mat<Act>::dense(dh, rows, d.D),
-                           Mat<const Act>{d_gate_up, rows, d.I, 2 * d.I, 1}, z(LoraModule::kGate), h2, c0);
-    ops.lora_backward_into(LoraModule::kUp, Mat<Act>::dense(dh, rows, d.D),
-                           Mat<const Act>{d_gate_up + d.I, rows, d.I, 2 * d.I, 1}, z(LoraModule::kUp),
+                           Mat<const Act>{d_gate_up, rows, d.I, 2 * d.I, 1}, z(LoraModule::kGate),
                            h2, c0);
+    ops.lora_backward_into(LoraModule::kUp, Mat<Act>::dense(dh, rows, d.D),
+                           Mat<const Act>{d_gate_up + d.I, rows, d.I, 2 * d.I, 1},
+                           z(LoraModule::kUp), h2, c0);
     rmsnorm_backward(rt, dx_rows, dh, acts.x2.data() + c0 * d.D, acts.rstd2.data() + c0,
                      ops.w(LayerTensor::kMlpNorm), rows, d.D, true);
   }
@@ -246,12 +256,13 @@ void layer_backward(LayerContext<P>& ctx, typename P::Act* dx, const typename P:
   // Attention block: dx becomes d(x).
   Act* d_attn = grow(ws.d_attn, M * d.Qd);
   ops.base_backward(d_attn, dx, M, d.D, ops.w(LayerTensor::kO), d.Qd);
-  ops.lora_backward_into(LoraModule::kO, Mat<Act>::dense(d_attn, M, d.Qd), Mat<const Act>::dense(dx, M, d.D),
+  ops.lora_backward_into(LoraModule::kO, Mat<Act>::dense(d_attn, M, d.Qd),
+                         Mat<const Act>::dense(dx, M, d.D),
                          acts.lora_z[static_cast<int>(LoraModule::kO)].data(), acts.attn.data(), 0);
   Act* d_qkv = grow(ws.d_qkv, M * d.W3);
   attention_backward<Act, typename P::Weight>(rt, d_qkv, d_attn, acts.qkv.data(), acts.attn.data(),
-                                              acts.lse.data(), *ctx.geometry.segments, M, d.attention(),
-                                              ctx.options.attention, ws.attention);
+                                              acts.lse.data(), *ctx.geometry.segments, M,
+                                              d.attention(), ctx.options.attention, ws.attention);
   rope_backward(rt, d_qkv, positions, ctx.rope, M, d.W3, d.H);
   rope_backward(rt, d_qkv + d.Qd, positions, ctx.rope, M, d.W3, d.KV);
   Act* dh = grow(ws.dh, M * d.D);
@@ -264,10 +275,11 @@ void layer_backward(LayerContext<P>& ctx, typename P::Act* dx, const typename P:
   rmsnorm_backward(rt, dx, dh, x, acts.rstd1.data(), ops.w(LayerTensor::kAttnNorm), M, d.D, true);
 }
 
-#define ZL_INSTANTIATE_LAYER(P)                                                                  \
-  template void layer_forward<P>(LayerContext<P>&, P::Act*, const P::Act*, LayerActivations<P::Act>&, \
-                                 bool);                                                          \
-  template void layer_backward<P>(LayerContext<P>&, P::Act*, const P::Act*, LayerActivations<P::Act>&);
+#define ZL_INSTANTIATE_LAYER(P)                                             \
+  template void layer_forward<P>(LayerContext<P>&, P::Act*, const P::Act*,  \
+                                 LayerActivations<P::Act>&, bool);          \
+  template void layer_backward<P>(LayerContext<P>&, P::Act*, const P::Act*, \
+                                  LayerActivations<P::Act>&);
 ZL_INSTANTIATE_LAYER(Fp32Policy)
 ZL_INSTANTIATE_LAYER(Bf16Policy)
 ZL_INSTANTIATE_LAYER(Fp64Policy)

@@ -42,7 +42,7 @@ struct LoraBinding {
   const LoraLayout* layout = nullptr;  // null: no adapters
   const T* params = nullptr;
   T* grads = nullptr;
-  bool dropout = false;  // apply LoRA dropout (training only)
+  bool dropout = false;           // apply LoRA dropout (training only)
   std::uint64_t dropout_key = 0;  // (seed, step)
 };
 

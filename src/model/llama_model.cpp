@@ -81,14 +81,14 @@ void LlamaModel<P>::run_layers(const Batch& batch, const LoraBinding<Act>& lora,
   embedding_forward(rt_, layer_input(0), batch.tokens.data(), weights_.embedding.data(), M, D);
   for (int l = 0; l < L; ++l) {
     auto ctx = layer_context(l, lora);
-    layer_forward<P>(ctx, layer_input(l + 1), layer_input(l), activations_[save_activations ? l : 0],
-                     save_activations);
+    layer_forward<P>(ctx, layer_input(l + 1), layer_input(l),
+                     activations_[save_activations ? l : 0], save_activations);
   }
 }
 
 template <class P>
-void LlamaModel<P>::forward_logits(const Batch& batch, std::span<const Act> lora_params, Act* logits,
-                                   bool last_only) {
+void LlamaModel<P>::forward_logits(const Batch& batch, std::span<const Act> lora_params,
+                                   Act* logits, bool last_only) {
   prepare(batch);
   run_layers(batch, bind_lora(lora_params, nullptr, false, {}), false, false);
   const LlamaConfig& c = config();
@@ -104,9 +104,10 @@ void LlamaModel<P>::forward_logits(const Batch& batch, std::span<const Act> lora
   final_h_.ensure(static_cast<std::size_t>(R * D));
   final_rstd_.ensure(static_cast<std::size_t>(R));
   for (Index i = 0; i < R; ++i)
-    std::memcpy(head_rows_.data() + i * D, x + rows[i] * D, static_cast<std::size_t>(D) * sizeof(Act));
-  rmsnorm_forward(rt_, final_h_.data(), final_rstd_.data(), head_rows_.data(), weights_.final_norm.data(),
-                  R, D, c.rms_norm_eps);
+    std::memcpy(head_rows_.data() + i * D, x + rows[i] * D,
+                static_cast<std::size_t>(D) * sizeof(Act));
+  rmsnorm_forward(rt_, final_h_.data(), final_rstd_.data(), head_rows_.data(),
+                  weights_.final_norm.data(), R, D, c.rms_norm_eps);
   linear_forward(rt_, Mat<Act>::dense(logits, R, V), final_h_.data(), weights_.lm_head_weights(), D,
                  false, head_operand_);
 }
@@ -137,16 +138,18 @@ double LlamaModel<P>::head_loss(const Batch& batch, double grad_scale, bool want
   for (Index c0 = 0; c0 < R; c0 += chunk) {
     const Index n = std::min(chunk, R - c0);
     for (Index i = 0; i < n; ++i) {
-      std::memcpy(head_rows_.data() + i * D, x + rows[c0 + i] * D, static_cast<std::size_t>(D) * sizeof(Act));
+      std::memcpy(head_rows_.data() + i * D, x + rows[c0 + i] * D,
+                  static_cast<std::size_t>(D) * sizeof(Act));
       targets[i] = batch.targets[rows[c0 + i]];
     }
     rmsnorm_forward(rt_, final_h_.data(), final_rstd_.data(), head_rows_.data(),
                     weights_.final_norm.data(), n, D, c.rms_norm_eps);
-    linear_forward(rt_, Mat<Act>::dense(head_logits_.data(), n, V), final_h_.data(), lm_head, D, false,
-                   head_operand_);
+    linear_forward(rt_, Mat<Act>::dense(head_logits_.data(), n, V), final_h_.data(), lm_head, D,
+                   false, head_operand_);
     loss += cross_entropy(rt_, head_logits_.data(), targets.data(), n, V, grad_scale, want_grad);
     if (!want_grad) continue;
-    linear_backward_data(rt_, d_final_h_.data(), head_logits_.data(), lm_head, n, V, D, head_operand_);
+    linear_backward_data(rt_, d_final_h_.data(), head_logits_.data(), lm_head, n, V, D,
+                         head_operand_);
     // d x rows = rmsnorm backward, written into final_h_ (free now), then scattered.
     rmsnorm_backward(rt_, final_h_.data(), d_final_h_.data(), head_rows_.data(), final_rstd_.data(),
                      weights_.final_norm.data(), n, D, false);
@@ -166,7 +169,8 @@ double LlamaModel<P>::loss(const Batch& batch, std::span<const Act> lora_params)
 
 template <class P>
 double LlamaModel<P>::forward_backward(const Batch& batch, std::span<const Act> lora_params,
-                                       std::span<Act> lora_grads, double grad_scale, const StepKey& key) {
+                                       std::span<Act> lora_grads, double grad_scale,
+                                       const StepKey& key) {
   prepare(batch);
   if (lora_ && static_cast<Index>(lora_grads.size()) != lora_->size())
     throw ShapeError("LoRA gradient buffer holds " + std::to_string(lora_grads.size()) +

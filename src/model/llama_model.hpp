@@ -78,7 +78,7 @@ class LlamaModel {
   LayerWorkspace<Act, Weight> workspace_;
   std::vector<LayerActivations<Act>> activations_;  // 1 with recompute, else one per layer
 
-  Buffer<Act> inputs_;     // [(L + 1), M, D] layer inputs (only 2 slots when not training)
+  Buffer<Act> inputs_;  // [(L + 1), M, D] layer inputs (only 2 slots when not training)
   bool all_inputs_ = false;
   Buffer<Act> final_rstd_, final_h_, d_final_h_, head_rows_, head_logits_, residual_grad_;
   Buffer<Weight> head_operand_;

@@ -35,7 +35,8 @@ template <class W>
 LlamaWeights<W>::LlamaWeights(const LlamaConfig& c) : config(c), layout(c) {
   embedding = Buffer<W>(static_cast<std::size_t>(c.vocab_size * c.hidden_size));
   final_norm = Buffer<W>(static_cast<std::size_t>(c.hidden_size));
-  if (!c.tie_word_embeddings) lm_head = Buffer<W>(static_cast<std::size_t>(c.vocab_size * c.hidden_size));
+  if (!c.tie_word_embeddings)
+    lm_head = Buffer<W>(static_cast<std::size_t>(c.vocab_size * c.hidden_size));
   layers.reserve(static_cast<std::size_t>(c.num_layers));
   for (Index l = 0; l < c.num_layers; ++l) {
     layers.emplace_back(static_cast<std::size_t>(layout.size()));
@@ -95,8 +96,9 @@ LlamaWeights<W> load_llama_weights(Runtime& rt, const Checkpoint& checkpoint) {
   for (const auto& name : checkpoint.tensor_names())
     if (!expected.count(name) && !is_ignorable_extra(name))
       throw ShapeError(checkpoint.dir().string() + ": checkpoint has tensor '" + name +
-                       "' that a Llama with this config.json (" + config_summary(checkpoint.config()) +
-                       ", " + std::to_string(checkpoint.config().num_layers) +
+                       "' that a Llama with this config.json (" +
+                       config_summary(checkpoint.config()) + ", " +
+                       std::to_string(checkpoint.config().num_layers) +
                        " layers) does not have: do the weights and config.json belong together?");
   return weights;
 }
@@ -116,16 +118,17 @@ LlamaWeights<W> random_llama_weights(Runtime& rt, const LlamaConfig& config, std
 #pragma omp parallel for num_threads(rt.threads()) schedule(static)
     for (Index i = 0; i < n; ++i) {
       const double value =
-          is_norm ? 1.0 : bound * (2.0 * uniform01(mix64(key ^ static_cast<std::uint64_t>(i))) - 1.0);
+          is_norm ? 1.0
+                  : bound * (2.0 * uniform01(mix64(key ^ static_cast<std::uint64_t>(i))) - 1.0);
       dst[i] = convert_to<W>(value);
     }
   }
   return weights;
 }
 
-#define ZL_INSTANTIATE_WEIGHTS(W)                                                           \
-  template struct LlamaWeights<W>;                                                          \
-  template LlamaWeights<W> load_llama_weights<W>(Runtime&, const Checkpoint&);              \
+#define ZL_INSTANTIATE_WEIGHTS(W)                                                               \
+  template struct LlamaWeights<W>;                                                              \
+  template LlamaWeights<W> load_llama_weights<W>(Runtime&, const Checkpoint&);                  \
   template LlamaWeights<W> random_llama_weights<W>(Runtime&, const LlamaConfig&, std::uint64_t, \
                                                    double);
 ZL_INSTANTIATE_WEIGHTS(float)

@@ -6,19 +6,28 @@ namespace {
 // 32 elements = 64 bytes of bf16: keeps every tensor cache-line aligned for the GEMMs.
 constexpr Index kAlignElements = 32;
 
-Index align_up(Index n) { return (n + kAlignElements - 1) / kAlignElements * kAlignElements; }
+Index align_up(Index n) {
+  return (n + kAlignElements - 1) / kAlignElements * kAlignElements;
+}
 
 constexpr std::array<const char*, kLayerTensorCount> kSuffix = {
-    "input_layernorm.weight",  "self_attn.q_proj.weight",         "self_attn.k_proj.weight",
-    "self_attn.v_proj.weight", "self_attn.o_proj.weight",         "post_attention_layernorm.weight",
-    "mlp.gate_proj.weight",    "mlp.up_proj.weight",              "mlp.down_proj.weight"};
+    "input_layernorm.weight",  "self_attn.q_proj.weight", "self_attn.k_proj.weight",
+    "self_attn.v_proj.weight", "self_attn.o_proj.weight", "post_attention_layernorm.weight",
+    "mlp.gate_proj.weight",    "mlp.up_proj.weight",      "mlp.down_proj.weight"};
 
 }  // namespace
 
 LayerLayout::LayerLayout(const LlamaConfig& c) {
   const Index D = c.hidden_size, I = c.intermediate_size;
-  shapes_ = {{{D}, {c.q_dim(), D}, {c.kv_dim(), D}, {c.kv_dim(), D}, {D, c.q_dim()}, {D}, {I, D},
-              {I, D}, {D, I}}};
+  shapes_ = {{{D},
+              {c.q_dim(), D},
+              {c.kv_dim(), D},
+              {c.kv_dim(), D},
+              {D, c.q_dim()},
+              {D},
+              {I, D},
+              {I, D},
+              {D, I}}};
   Index cursor = 0;
   for (int t = 0; t < kLayerTensorCount; ++t) {
     const auto tensor = static_cast<LayerTensor>(t);
@@ -40,7 +49,8 @@ std::string layer_tensor_name(int layer, LayerTensor t) {
 
 std::vector<ParamEntry> parameter_table(const LlamaConfig& c) {
   std::vector<ParamEntry> table;
-  table.push_back({"model.embed_tokens.weight", Unit::kEmbedding, -1, 0, {c.vocab_size, c.hidden_size}, false});
+  table.push_back(
+      {"model.embed_tokens.weight", Unit::kEmbedding, -1, 0, {c.vocab_size, c.hidden_size}, false});
   const LayerLayout layout(c);
   for (int l = 0; l < c.num_layers; ++l)
     for (int t = 0; t < kLayerTensorCount; ++t) {

@@ -48,7 +48,9 @@ U* carve(std::byte*& cursor, Index count) {
   return p;
 }
 
-std::size_t aligned_bytes(std::size_t bytes) { return (bytes + 63) / 64 * 64; }
+std::size_t aligned_bytes(std::size_t bytes) {
+  return (bytes + 63) / 64 * 64;
+}
 
 void ensure_tiles(AttentionWorkspace& workspace, int threads, std::size_t bytes) {
   if (workspace.tiles.size() < static_cast<std::size_t>(threads))
@@ -68,12 +70,14 @@ template <class T, class Mm>
 void attention_forward(Runtime& rt, T* out, T* lse, const T* qkv,
                        const std::vector<Segment>& segments, Index M, const AttentionShape& shape,
                        const AttentionOptions& options, AttentionWorkspace& workspace) {
+  ProfileScope profile(rt.profiler(), ProfileCategory::kAttention);
   const Index H = shape.heads, KV = shape.kv_heads, hd = shape.head_dim;
   const Index ld = shape.qkv_stride(), group = H / KV, block = options.block;
   ZL_CHECK(H % KV == 0 && block > 0);
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
 
-  if constexpr (!std::is_same_v<Mm, T>) workspace.operands.ensure(static_cast<std::size_t>(M * ld) * sizeof(Mm));
+  if constexpr (!std::is_same_v<Mm, T>)
+    workspace.operands.ensure(static_cast<std::size_t>(M * ld) * sizeof(Mm));
   const Mm* qkv_mm = as_operand<Mm>(rt, qkv, M * ld, workspace.operands, 0);
 
   const Index longest = max_length(segments);
@@ -139,6 +143,7 @@ void attention_backward(Runtime& rt, T* diff_qkv, const T* diff_out, const T* qk
                         const T* lse, const std::vector<Segment>& segments, Index M,
                         const AttentionShape& shape, const AttentionOptions& options,
                         AttentionWorkspace& workspace) {
+  ProfileScope profile(rt.profiler(), ProfileCategory::kAttention);
   const Index H = shape.heads, KV = shape.kv_heads, hd = shape.head_dim;
   const Index ld = shape.qkv_stride(), group = H / KV, block = options.block;
   ZL_CHECK(H % KV == 0 && block > 0);
@@ -226,7 +231,8 @@ void attention_backward(Runtime& rt, T* diff_qkv, const T* diff_out, const T* qk
           const T* prow = probs + r * kend;
           const T* dprow = dprobs + r * kend;
           Mm* dsrow = dscores_mm + r * kend;
-          for (Index j = 0; j < kend; ++j) dsrow[j] = convert_to<Mm>(prow[j] * (dprow[j] - delta[r]));
+          for (Index j = 0; j < kend; ++j)
+            dsrow[j] = convert_to<Mm>(prow[j] * (dprow[j] - delta[r]));
         }
         const Mat<const Mm> ds = Mat<const Mm>::dense(dscores_mm, bq, kend);
         // dQ = scale * dS K;  dK += scale * dS^T Q
@@ -237,14 +243,13 @@ void attention_backward(Runtime& rt, T* diff_qkv, const T* diff_out, const T* qk
   }
 }
 
-#define ZL_INSTANTIATE_ATTENTION(T, Mm)                                                          \
+#define ZL_INSTANTIATE_ATTENTION(T, Mm)                                                           \
   template void attention_forward<T, Mm>(Runtime&, T*, T*, const T*, const std::vector<Segment>&, \
                                          Index, const AttentionShape&, const AttentionOptions&,   \
                                          AttentionWorkspace&);                                    \
-  template void attention_backward<T, Mm>(Runtime&, T*, const T*, const T*, const T*, const T*,  \
-                                          const std::vector<Segment>&, Index,                     \
-                                          const AttentionShape&, const AttentionOptions&,         \
-                                          AttentionWorkspace&);
+  template void attention_backward<T, Mm>(                                                        \
+      Runtime&, T*, const T*, const T*, const T*, const T*, const std::vector<Segment>&, Index,   \
+      const AttentionShape&, const AttentionOptions&, AttentionWorkspace&);
 ZL_INSTANTIATE_ATTENTION(float, float)
 ZL_INSTANTIATE_ATTENTION(float, bf16)
 ZL_INSTANTIATE_ATTENTION(double, double)

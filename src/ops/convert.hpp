@@ -12,6 +12,7 @@ namespace zerolora {
 
 template <class To, class From>
 void convert(Runtime& rt, To* dst /*[n]*/, const From* src /*[n]*/, Index n) {
+  ProfileScope profile(rt.profiler(), ProfileCategory::kConvert);
   if constexpr (std::is_same_v<To, From>) {
     if (dst != src) std::memcpy(dst, src, static_cast<std::size_t>(n) * sizeof(To));
   } else {

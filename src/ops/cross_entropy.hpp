@@ -20,6 +20,7 @@ inline constexpr std::int32_t kIgnoreIndex = -100;
 template <class T>
 double cross_entropy(Runtime& rt, T* logits /*[R, V]*/, const std::int32_t* targets /*[R]*/,
                      Index R, Index V, double grad_scale, bool write_grad) {
+  ProfileScope profile(rt.profiler(), ProfileCategory::kLoss);
   double total = 0;
 #pragma omp parallel for num_threads(rt.threads()) schedule(static) reduction(+ : total)
   for (Index r = 0; r < R; ++r) {

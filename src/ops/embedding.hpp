@@ -12,6 +12,7 @@ namespace zerolora {
 template <class T, class W>
 void embedding_forward(Runtime& rt, T* dst /*[M, D]*/, const std::int32_t* tokens /*[M]*/,
                        const W* table /*[V, D]*/, Index M, Index D) {
+  ProfileScope profile(rt.profiler(), ProfileCategory::kOther);
 #pragma omp parallel for num_threads(rt.threads()) schedule(static)
   for (Index i = 0; i < M; ++i) {
     const W* row = table + static_cast<Index>(tokens[i]) * D;

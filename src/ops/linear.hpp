@@ -31,6 +31,7 @@ template <class Act, class Weight>
 void linear_forward(Runtime& rt, Mat<Act> dst /*[M, out]*/, const Act* src /*[M, in]*/,
                     const Weight* weight /*[out, in]*/, Index in, bool accumulate,
                     Buffer<Weight>& operand) {
+  ProfileScope profile(rt.profiler(), ProfileCategory::kMatmul);
   const Index M = dst.rows, out = dst.cols;
   const Weight* a = detail::as_weight_type(rt, src, M * in, operand);
   matmul<Weight, Act>(rt, Mat<const Weight>::dense(a, M, in),
@@ -41,9 +42,10 @@ template <class Act, class Weight>
 void linear_backward_data(Runtime& rt, Act* diff_src /*[M, in]*/, const Act* diff_dst /*[M, out]*/,
                           const Weight* weight /*[out, in]*/, Index M, Index out, Index in,
                           Buffer<Weight>& operand) {
+  ProfileScope profile(rt.profiler(), ProfileCategory::kMatmul);
   const Weight* a = detail::as_weight_type(rt, diff_dst, M * out, operand);
-  matmul<Weight, Act>(rt, Mat<const Weight>::dense(a, M, out), Mat<const Weight>::dense(weight, out, in),
-                      Mat<Act>::dense(diff_src, M, in));
+  matmul<Weight, Act>(rt, Mat<const Weight>::dense(a, M, out),
+                      Mat<const Weight>::dense(weight, out, in), Mat<Act>::dense(diff_src, M, in));
 }
 
 }  // namespace zerolora

@@ -86,9 +86,10 @@ void matmul_onednn(Runtime& rt, Mat<const In> a, Mat<const In> b, Mat<Out> c, do
   dnnl::memory a_mem(entry->a, state.engine, const_cast<In*>(a.data));
   dnnl::memory b_mem(entry->b, state.engine, const_cast<In*>(b.data));
   dnnl::memory c_mem(entry->c, state.engine, c.data);
-  dnnl::memory s_mem(dnnl::memory::desc(dnnl::memory::dims{static_cast<Index>(entry->scratchpad_bytes)},
-                                        dnnl::memory::data_type::u8, dnnl::memory::dims{1}),
-                     state.engine, scratch.data());
+  dnnl::memory s_mem(
+      dnnl::memory::desc(dnnl::memory::dims{static_cast<Index>(entry->scratchpad_bytes)},
+                         dnnl::memory::data_type::u8, dnnl::memory::dims{1}),
+      state.engine, scratch.data());
   auto& stream = state.streams[static_cast<std::size_t>(thread)];
   entry->primitive.execute(stream, {{DNNL_ARG_SRC, a_mem},
                                     {DNNL_ARG_WEIGHTS, b_mem},
@@ -121,11 +122,11 @@ void matmul(Runtime& rt, Mat<const In> a, Mat<const In> b, Mat<Out> c, double al
   }
 }
 
-template void matmul<float, float>(Runtime&, Mat<const float>, Mat<const float>, Mat<float>,
-                                   double, bool);
+template void matmul<float, float>(Runtime&, Mat<const float>, Mat<const float>, Mat<float>, double,
+                                   bool);
 template void matmul<bf16, float>(Runtime&, Mat<const bf16>, Mat<const bf16>, Mat<float>, double,
                                   bool);
-template void matmul<double, double>(Runtime&, Mat<const double>, Mat<const double>,
-                                     Mat<double>, double, bool);
+template void matmul<double, double>(Runtime&, Mat<const double>, Mat<const double>, Mat<double>,
+                                     double, bool);
 
 }  // namespace zerolora

@@ -17,9 +17,9 @@ struct RopeParams {
   enum class Type { kDefault, kLinear, kLlama3 };
   Type type = Type::kDefault;
   double theta = 10000.0;
-  double factor = 1.0;               // linear, llama3
-  double low_freq_factor = 1.0;      // llama3
-  double high_freq_factor = 4.0;     // llama3
+  double factor = 1.0;                                   // linear, llama3
+  double low_freq_factor = 1.0;                          // llama3
+  double high_freq_factor = 4.0;                         // llama3
   std::int64_t original_max_position_embeddings = 8192;  // llama3
 };
 
@@ -45,6 +45,7 @@ class RopeTable {
 template <class T>
 void rope_forward(Runtime& rt, T* x /*[M, row_stride]*/, const std::int32_t* positions /*[M]*/,
                   const RopeTable& table, Index M, Index row_stride, Index heads) {
+  ProfileScope profile(rt.profiler(), ProfileCategory::kRope);
   const Index half = table.half();
 #pragma omp parallel for num_threads(rt.threads()) schedule(static)
   for (Index i = 0; i < M; ++i) {
@@ -67,6 +68,7 @@ void rope_forward(Runtime& rt, T* x /*[M, row_stride]*/, const std::int32_t* pos
 template <class T>
 void rope_backward(Runtime& rt, T* dx /*[M, row_stride]*/, const std::int32_t* positions /*[M]*/,
                    const RopeTable& table, Index M, Index row_stride, Index heads) {
+  ProfileScope profile(rt.profiler(), ProfileCategory::kRope);
   const Index half = table.half();
 #pragma omp parallel for num_threads(rt.threads()) schedule(static)
   for (Index i = 0; i < M; ++i) {

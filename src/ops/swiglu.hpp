@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "core/profiler.hpp"
 #include "core/runtime.hpp"
 #include "ops/conventions.hpp"
 
@@ -12,6 +13,7 @@ namespace zerolora {
 template <class T>
 void swiglu_forward(Runtime& rt, T* dst /*[M, I]*/, const T* gate_up /*[M, 2I]*/, Index M,
                     Index I) {
+  ProfileScope profile(rt.profiler(), ProfileCategory::kSwiglu);
 #pragma omp parallel for num_threads(rt.threads()) schedule(static)
   for (Index i = 0; i < M; ++i) {
     const T* g = gate_up + i * 2 * I;
@@ -26,6 +28,7 @@ void swiglu_forward(Runtime& rt, T* dst /*[M, I]*/, const T* gate_up /*[M, 2I]*/
 template <class T>
 void swiglu_backward(Runtime& rt, T* diff_gate_up /*[M, 2I]*/, const T* diff_dst /*[M, I]*/,
                      const T* gate_up /*[M, 2I]*/, Index M, Index I) {
+  ProfileScope profile(rt.profiler(), ProfileCategory::kSwiglu);
 #pragma omp parallel for num_threads(rt.threads()) schedule(static)
   for (Index i = 0; i < M; ++i) {
     const T* g = gate_up + i * 2 * I;

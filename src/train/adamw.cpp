@@ -15,6 +15,7 @@ AdamW<T>::AdamW(Index size, AdamWConfig config)
 
 template <class T>
 void AdamW<T>::step(Runtime& rt, std::span<T> params, std::span<const T> grads, double lr) {
+  ProfileScope profile(rt.profiler(), ProfileCategory::kOptimizer);
   ZL_CHECK(params.size() == m_.size() && grads.size() == m_.size());
   ++steps_;
   const double b1 = config_.beta1, b2 = config_.beta2;
@@ -53,6 +54,7 @@ double grad_norm(Runtime& rt, std::span<const T> grads) {
 
 template <class T>
 double clip_grad_norm(Runtime& rt, std::span<T> grads, double max_norm) {
+  ProfileScope profile(rt.profiler(), ProfileCategory::kOptimizer);
   const double norm = grad_norm<T>(rt, std::span<const T>(grads.data(), grads.size()));
   if (max_norm <= 0) return norm;
   const double coef = std::min(1.0, max_norm / (norm + 1e-6));

@@ -1,0 +1,87 @@
+// `zerolora inspect PATH`: what a model directory or a .safetensors file holds.
+#include <cstdio>
+#include <filesystem>
+#include <string>
+
+#include "apps/commands.hpp"
+#include "core/error.hpp"
+#include "io/checkpoint.hpp"
+
+namespace zerolora::cli {
+namespace {
+
+std::string human_bytes(double bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (bytes >= 1024 && u < 4) {
+    bytes /= 1024;
+    ++u;
+  }
+  char text[32];
+  std::snprintf(text, sizeof(text), u ? "%.1f %s" : "%.0f %s", bytes, units[u]);
+  return text;
+}
+
+void print_tensors(const std::vector<const SafetensorsFile*>& files) {
+  std::size_t count = 0;
+  double total = 0;
+  for (const auto* file : files)
+    for (const auto& t : file->tensors()) {
+      ++count;
+      total += static_cast<double>(t.end - t.begin);
+    }
+  std::printf("tensors: %zu, %s\n", count, human_bytes(total).c_str());
+  for (const auto* file : files)
+    for (const auto& t : file->tensors())
+      std::printf("  %-64s %-5s %-16s %10s  %s\n", t.name.c_str(),
+                  std::string(dtype_name(t.dtype)).c_str(), t.shape_string().c_str(),
+                  human_bytes(static_cast<double>(t.end - t.begin)).c_str(),
+                  file->path().filename().c_str());
+}
+
+int run_inspect(const std::filesystem::path& path) {
+  if (std::filesystem::is_directory(path)) {
+    Checkpoint checkpoint(path);
+    const LlamaConfig& c = checkpoint.config();
+    const char* rope = c.rope.type == RopeParams::Type::kDefault  ? "default"
+                       : c.rope.type == RopeParams::Type::kLinear ? "linear"
+                                                                  : "llama3";
+    std::printf("model: %s\n", path.c_str());
+    std::printf(
+        "architecture: llama, %lld layers, hidden %lld, intermediate %lld, heads %lld (kv %lld), "
+        "head_dim %lld, vocab %lld\n",
+        static_cast<long long>(c.num_layers), static_cast<long long>(c.hidden_size),
+        static_cast<long long>(c.intermediate_size), static_cast<long long>(c.num_heads),
+        static_cast<long long>(c.num_kv_heads), static_cast<long long>(c.head_dim),
+        static_cast<long long>(c.vocab_size));
+    std::printf("rope: %s, theta %g; rms_norm_eps %g; tied embeddings: %s; dtype: %s\n", rope,
+                c.rope.theta, c.rms_norm_eps, c.tie_word_embeddings ? "yes" : "no",
+                c.torch_dtype.empty() ? "unspecified" : c.torch_dtype.c_str());
+    std::vector<const SafetensorsFile*> files;
+    for (const auto& f : checkpoint.files()) files.push_back(f.get());
+    std::printf("files: %zu safetensors\n", files.size());
+    print_tensors(files);
+    return 0;
+  }
+  if (!std::filesystem::exists(path)) throw IoError(path.string() + ": does not exist");
+  SafetensorsFile file(path);
+  std::printf("file: %s\n", path.c_str());
+  for (const auto& [key, value] : file.metadata())
+    std::printf("metadata: %s = %s\n", key.c_str(), value.c_str());
+  print_tensors({&file});
+  return 0;
+}
+
+}  // namespace
+
+Command add_inspect(CLI::App& app) {
+  auto* cmd =
+      app.add_subcommand("inspect", "Show what a model directory or a .safetensors file holds");
+  auto path = std::make_shared<std::string>();
+  cmd->add_option("path", *path,
+                  "HF model directory (config.json + safetensors) or a .safetensors file")
+      ->required();
+  return [path] { return run_inspect(*path); };
+}
+
+}  // namespace zerolora::cli

@@ -1,0 +1,15 @@
+// Subcommands of the `zerolora` executable. Each registers its flags on the parent CLI11 app
+// and returns the function that runs it; `main` turns exceptions into messages and codes.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <functional>
+
+namespace zerolora::cli {
+
+using Command = std::function<int()>;
+
+Command add_inspect(CLI::App& app);
+Command add_generate(CLI::App& app);
+
+}  // namespace zerolora::cli

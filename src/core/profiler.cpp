@@ -1,0 +1,36 @@
+#include "core/profiler.hpp"
+
+#include <omp.h>
+
+namespace zerolora {
+
+std::string_view profile_category_name(ProfileCategory category) {
+  constexpr std::array<std::string_view, Profiler::kCategories> names = {
+      "matmul", "lora", "attention", "norm",      "rope",
+      "swiglu", "loss", "convert",   "optimizer", "other"};
+  return names[static_cast<int>(category)];
+}
+
+double Profiler::total_seconds() const {
+  double total = 0;
+  for (double s : seconds_) total += s;
+  return total;
+}
+
+ProfileScope::ProfileScope(Profiler& profiler, ProfileCategory category) : category_(category) {
+  if (!profiler.enabled_ || omp_in_parallel()) return;
+  if (profiler.depth_++ > 0) return;  // nested: the outer scope owns the time
+  profiler_ = &profiler;
+  start_ = std::chrono::steady_clock::now();
+}
+
+ProfileScope::~ProfileScope() {
+  if (!profiler_) return;
+  const double elapsed =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  profiler_->seconds_[static_cast<int>(category_)] += elapsed;
+  profiler_->calls_[static_cast<int>(category_)] += 1;
+  profiler_->depth_ = 0;
+}
+
+}  // namespace zerolora
