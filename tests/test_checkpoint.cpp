@@ -19,15 +19,6 @@ using json = nlohmann::json;
 
 class CheckpointTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("zl_ckpt_" + std::to_string(::getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
   // A copy of a fixture model directory that the test may then damage.
   fs::path copy_fixture(const std::string& name) {
     const fs::path target = dir_ / name;
@@ -53,7 +44,8 @@ class CheckpointTest : public ::testing::Test {
     }
   }
 
-  fs::path dir_;
+  testing::TempDir temp_;
+  const fs::path& dir_ = temp_.path();
 };
 
 TEST_F(CheckpointTest, ShardedAndSingleFileLoadTheSameWay) {

@@ -21,14 +21,6 @@ namespace fs = std::filesystem;
 
 class SafetensorsTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("zl_st_" + std::to_string(::getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-
   // A file made of an 8-byte length (of `header`, unless overridden), the header, the data.
   fs::path raw(const std::string& header, const std::string& data,
                std::uint64_t length_field = ~0ull) {
@@ -52,7 +44,8 @@ class SafetensorsTest : public ::testing::Test {
     }
   }
 
-  fs::path dir_;
+  testing::TempDir temp_;
+  const fs::path& dir_ = temp_.path();
 };
 
 TEST_F(SafetensorsTest, WriteThenReadRoundTrip) {
