@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include "core/precision.hpp"
+#include "data/collate.hpp"
+#include "data/dataset.hpp"
 #include "io/checkpoint.hpp"
 #include "io/tensor_read.hpp"
 #include "model/generate.hpp"
@@ -89,6 +91,45 @@ TEST_F(Stories260K, AlpacaLossMatchesTransformers) {
   const double mean = model.loss(all, {}) / static_cast<double>(all.label_count());
   const double expected = read_float_tensor<double>(ref_, ref_.at("alpaca_mean_loss"))[0];
   EXPECT_NEAR(mean, expected, tolerance::kFp32.loss * expected);
+}
+
+// The data pipeline feeding the model: a block packed with boundaries gives exactly the loss
+// of its examples run one by one (attention never crosses examples), and a validation split
+// takes the first records.
+TEST_F(Stories260K, PackedBoundariesEqualSeparateExamples) {
+  Runtime rt(2);
+  Checkpoint checkpoint(model_dir_);
+  const auto weights = load_llama_weights<float>(rt, checkpoint);
+  LlamaModel<Fp32Policy> model(rt, weights, nullptr);
+  const Tokenizer tokenizer(model_dir_ / "tokenizer.model");
+  DataOptions options;
+  options.train_file = model_dir_.parent_path() / "alpaca_en_demo.json";
+  options.validation_split_percentage = 1;  // 10 of 999 records
+  options.tokenize.max_seq_length = 512;
+  options.packing = Packing::kBoundaries;
+  const TrainingData data = build_training_data(rt, options, tokenizer);
+  EXPECT_EQ(data.report.validation_examples, 10);
+  EXPECT_EQ(data.report.train_examples, 989);
+  const TokenSequence* block = nullptr;
+  for (const auto& b : data.train)
+    if (b.segment_lengths.size() >= 2) {
+      block = &b;
+      break;
+    }
+  ASSERT_NE(block, nullptr);
+  const std::vector<TokenSequence> one{*block};
+  const std::vector<Index> first{0};
+  const double packed = model.loss(make_batch(one, first), {});
+  double separate = 0;
+  std::size_t at = 0;
+  for (auto len : block->segment_lengths) {
+    Batch b;
+    b.add_sequence({block->input_ids.begin() + at, block->input_ids.begin() + at + len},
+                   {block->labels.begin() + at, block->labels.begin() + at + len}, 0);
+    separate += model.loss(b, {});
+    at += len;
+  }
+  EXPECT_NEAR(packed, separate, 1e-5 * separate);
 }
 
 }  // namespace

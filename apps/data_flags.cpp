@@ -1,0 +1,86 @@
+#include "apps/data_flags.hpp"
+
+#include "core/error.hpp"
+
+namespace zerolora::cli {
+
+void add_data_flags(CLI::App& cmd, DataFlags& f) {
+  cmd.add_option("--train_file", f.train_file,
+                 "Training data: .json (array of records), .jsonl (one record per line) or .txt "
+                 "(text mode, "
+                 "one record per line)")
+      ->required();
+  cmd.add_option("--validation_file", f.validation_file,
+                 "Validation data, same formats as --train_file");
+  cmd.add_option("--validation_split_percentage", f.validation_split_percentage,
+                 "Without --validation_file: the first P% of the training records become the "
+                 "validation set "
+                 "(as run_lora_clm)")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 99.0));
+  cmd.add_option("--data_format", f.data_format,
+                 "instruction: records with instruction/input/output (Alpaca); text: one text "
+                 "column, all tokens "
+                 "trained (continued pre-training)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"instruction", "text"}));
+  cmd.add_option("--instruction_column_name", f.columns.instruction,
+                 "Record field holding the instruction")
+      ->capture_default_str();
+  cmd.add_option("--input_column_name", f.columns.input, "Record field holding the optional input")
+      ->capture_default_str();
+  cmd.add_option("--output_column_name", f.columns.output, "Record field holding the response")
+      ->capture_default_str();
+  cmd.add_option("--text_column_name", f.columns.text,
+                 "Record field holding the text (text format)")
+      ->capture_default_str();
+  cmd.add_option("--template", f.prompt_template,
+                 "Prompt template: alpaca (Stanford Alpaca strings, as the seed recipe), raw "
+                 "(fields concatenated "
+                 "as is), or a template file (plain text with {instruction} {input} {output}, or "
+                 "alpaca-lora JSON)")
+      ->capture_default_str();
+  cmd.add_option("--max_seq_length", f.max_seq_length,
+                 "Tokens per sequence at most (BOS included; longer examples are truncated, EOS "
+                 "added when room "
+                 "remains)")
+      ->capture_default_str()
+      ->check(CLI::Range(std::int64_t{2}, std::int64_t{1} << 20));
+  cmd.add_flag(
+      "--train_on_inputs", f.train_on_inputs,
+      "Train on the prompt tokens too (default: the prompt is masked from the loss, label -100)");
+  cmd.add_flag("--dataset_concatenation", f.dataset_concatenation,
+               "Concatenate all examples and cut max_seq_length blocks, dropping the remainder "
+               "(run_lora_clm's "
+               "flag; the same as --packing concat)");
+  cmd.add_option("--packing", f.packing,
+                 "none: one example per sequence; concat: as --dataset_concatenation; boundaries: "
+                 "whole examples "
+                 "packed into max_seq_length blocks, each its own causal segment (no cross-example "
+                 "attention, "
+                 "nothing dropped)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"none", "concat", "boundaries"}));
+}
+
+DataOptions DataFlags::resolve(const Tokenizer& tokenizer, const LlamaConfig* config) const {
+  if (dataset_concatenation && packing != "none" && packing != "concat")
+    throw UsageError("--dataset_concatenation conflicts with --packing " + packing);
+  DataOptions o;
+  o.train_file = train_file;
+  o.validation_file = validation_file;
+  o.validation_split_percentage = validation_split_percentage;
+  o.kind = data_format == "text" ? RecordKind::kText : RecordKind::kInstruction;
+  o.columns = columns;
+  o.prompt_template = data_format == "text" ? "raw" : prompt_template;
+  o.tokenize.max_seq_length = max_seq_length;
+  o.tokenize.train_on_inputs = train_on_inputs || data_format == "text";
+  o.tokenize.bos_id = config ? static_cast<std::int32_t>(config->bos_token_id) : tokenizer.bos_id();
+  o.tokenize.eos_id = config && !config->eos_token_ids.empty()
+                          ? static_cast<std::int32_t>(config->eos_token_ids[0])
+                          : tokenizer.eos_id();
+  o.packing = dataset_concatenation ? Packing::kConcat : parse_packing(packing);
+  return o;
+}
+
+}  // namespace zerolora::cli

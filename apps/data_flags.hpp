@@ -1,0 +1,32 @@
+// The data flags shared by `train` and `data-preview`, named as run_lora_clm / HF Trainer.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <memory>
+#include <string>
+
+#include "data/dataset.hpp"
+#include "data/tokenizer.hpp"
+#include "io/llama_config.hpp"
+
+namespace zerolora::cli {
+
+struct DataFlags {
+  std::string train_file, validation_file;
+  double validation_split_percentage = 0;
+  std::string data_format = "instruction";
+  ColumnNames columns;
+  std::string prompt_template = "alpaca";
+  std::int64_t max_seq_length = 2048;
+  bool train_on_inputs = false;
+  bool dataset_concatenation = false;
+  std::string packing = "none";
+
+  // DataOptions with BOS/EOS from the model config when given (else the tokenizer's).
+  DataOptions resolve(const Tokenizer& tokenizer, const LlamaConfig* config) const;
+};
+
+// Registers the flags on `cmd`; `train_file_required` for commands that need data.
+void add_data_flags(CLI::App& cmd, DataFlags& flags);
+
+}  // namespace zerolora::cli

@@ -1,0 +1,42 @@
+// The whole data pipeline in one call: read the train (and validation) file, apply the
+// template, tokenize, split, pack. What `zerolora train` and `zerolora data-preview` use.
+#pragma once
+
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "data/examples.hpp"
+#include "data/records.hpp"
+
+namespace zerolora {
+
+struct DataOptions {
+  std::filesystem::path train_file;
+  std::filesystem::path validation_file;   // empty: split from the train file
+  double validation_split_percentage = 0;  // first p% of the train records (run_lora_clm)
+  RecordKind kind = RecordKind::kInstruction;
+  ColumnNames columns;
+  std::string prompt_template = "alpaca";  // alpaca, raw, or a template file
+  TokenizeOptions tokenize;
+  Packing packing = Packing::kNone;
+};
+
+struct DataReport {
+  std::int64_t records_read = 0;
+  std::int64_t skipped_empty_output = 0;
+  std::int64_t train_examples = 0, validation_examples = 0;  // before packing
+  std::int64_t truncated = 0;                                // examples cut at max_seq_length
+  std::int64_t train_tokens = 0, train_label_tokens = 0;
+};
+
+struct TrainingData {
+  std::vector<TokenSequence> train, validation;
+  DataReport report;
+};
+
+TrainingData build_training_data(Runtime& rt, const DataOptions& options,
+                                 const Tokenizer& tokenizer);
+
+}  // namespace zerolora

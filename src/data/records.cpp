@@ -1,0 +1,279 @@
+#include "data/records.hpp"
+
+#include <array>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "core/error.hpp"
+#include "core/mapped_file.hpp"
+
+namespace zerolora {
+namespace {
+
+using json = nlohmann::json;
+
+// Streams records out of JSON without building a document: a SAX handler that knows the shape
+// [ {"col": "string", ...}, ... ] (or one object, for a JSON Lines line) and turns any other
+// shape into an error naming the record and field.
+class RecordReader : public nlohmann::json_sax<json> {
+ public:
+  RecordReader(std::string file, RecordKind kind, const ColumnNames& columns,
+               std::vector<Record>& out)
+      : file_(std::move(file)), kind_(kind), columns_(columns), out_(out) {}
+
+  // JSON Lines: the next parse is one object, record `index`, at `line`.
+  void begin_line(std::int64_t index, std::int64_t line) {
+    depth_ = 1;
+    index_ = index;
+    line_ = line;
+    single_object_ = true;
+  }
+
+  bool null() override { return scalar("null"); }
+  bool boolean(bool) override { return scalar("a boolean"); }
+  bool number_integer(number_integer_t) override { return scalar("a number"); }
+  bool number_unsigned(number_unsigned_t) override { return scalar("a number"); }
+  bool number_float(number_float_t, const string_t&) override { return scalar("a number"); }
+  bool binary(binary_t&) override { return scalar("binary data"); }
+
+  bool string(string_t& value) override {
+    if (depth_ == 0) fail("expected a JSON array of records, found a string");
+    if (depth_ == 1) fail_record("is a string, not an object");
+    if (depth_ == 2) {
+      if (std::string* slot = column_slot()) *slot = std::move(value);
+    }
+    return true;
+  }
+
+  bool start_object(std::size_t) override {
+    if (depth_ == 0) fail("expected a JSON array of records (or JSON Lines), found an object");
+    if (depth_ == 1) {
+      current_ = Record{};
+      seen_ = {false, false, false};
+    } else if (depth_ == 2) {
+      nested_value("an object");
+    }
+    ++depth_;
+    return true;
+  }
+
+  bool end_object() override {
+    --depth_;
+    if (depth_ == 1) finish_record();
+    return true;
+  }
+
+  bool start_array(std::size_t) override {
+    if (depth_ == 1) fail_record("is an array, not an object");
+    if (depth_ == 2) nested_value("an array");
+    ++depth_;
+    return true;
+  }
+
+  bool end_array() override {
+    --depth_;
+    return true;
+  }
+
+  bool key(string_t& key) override {
+    if (depth_ == 2) key_ = std::move(key);
+    return true;
+  }
+
+  bool parse_error(std::size_t position, const std::string&,
+                   const nlohmann::detail::exception& e) override {
+    std::string where = single_object_ ? "line " + std::to_string(line_) + " (record " +
+                                             std::to_string(index_) + ")"
+                                       : "byte " + std::to_string(position) +
+                                             " (in or after record " + std::to_string(index_) + ")";
+    std::string what = e.what();
+    if (what.find("UTF-8") != std::string::npos) what = "invalid UTF-8 (" + what + ")";
+    throw FormatError(file_ + ": " + where + ": " + what);
+  }
+
+  std::int64_t records_seen() const { return index_; }
+
+ private:
+  bool scalar(const char* kind) {
+    if (depth_ == 0) fail(std::string("expected a JSON array of records, found ") + kind);
+    if (depth_ == 1) fail_record(std::string("is ") + kind + ", not an object");
+    if (depth_ == 2 && column_slot()) {
+      if (std::string(kind) == "null" && key_ == columns_.input &&
+          kind_ == RecordKind::kInstruction) {
+        seen_[1] = true;  // a null input means "no input", as an empty string would
+        return true;
+      }
+      fail_record("field '" + key_ + "' is " + kind + ", expected a string");
+    }
+    return true;
+  }
+
+  void nested_value(const char* kind) {
+    if (column_slot()) fail_record("field '" + key_ + "' is " + kind + ", expected a string");
+  }
+
+  // The record field the current key fills, or null for a column we do not use.
+  std::string* column_slot() {
+    if (kind_ == RecordKind::kText) {
+      if (key_ == columns_.text) {
+        seen_[2] = true;
+        return &current_.output;
+      }
+      return nullptr;
+    }
+    if (key_ == columns_.instruction) {
+      seen_[0] = true;
+      return &current_.instruction;
+    }
+    if (key_ == columns_.input) {
+      seen_[1] = true;
+      return &current_.input;
+    }
+    if (key_ == columns_.output) {
+      seen_[2] = true;
+      return &current_.output;
+    }
+    return nullptr;
+  }
+
+  void finish_record() {
+    if (kind_ == RecordKind::kInstruction) {
+      if (!seen_[0]) fail_record("has no field '" + columns_.instruction + "'");
+      if (!seen_[2]) fail_record("has no field '" + columns_.output + "'");
+    } else if (!seen_[2]) {
+      fail_record("has no field '" + columns_.text + "'");
+    }
+    out_.push_back(std::move(current_));
+    ++index_;
+  }
+
+  [[noreturn]] void fail_record(const std::string& what) const {
+    std::string where = "record " + std::to_string(index_);
+    if (single_object_) where += " (line " + std::to_string(line_) + ")";
+    throw FormatError(file_ + ": " + where + " " + what);
+  }
+  [[noreturn]] void fail(const std::string& what) const { throw FormatError(file_ + ": " + what); }
+
+  std::string file_;
+  RecordKind kind_;
+  const ColumnNames& columns_;
+  std::vector<Record>& out_;
+  int depth_ = 0;
+  bool single_object_ = false;
+  std::int64_t index_ = 0, line_ = 0;
+  std::string key_;
+  Record current_;
+  std::array<bool, 3> seen_{};
+};
+
+std::string_view as_text(const MappedFile& file) {
+  return {reinterpret_cast<const char*>(file.bytes().data()), file.size()};
+}
+
+void read_json_array(std::string_view text, RecordReader& reader) {
+  json::sax_parse(text.begin(), text.end(), &reader);
+}
+
+void read_json_lines(std::string_view text, RecordReader& reader) {
+  std::int64_t line = 0;
+  std::size_t start = 0;
+  while (start < text.size()) {
+    std::size_t end = text.find('\n', start);
+    if (end == std::string_view::npos) end = text.size();
+    ++line;
+    std::string_view row = text.substr(start, end - start);
+    start = end + 1;
+    if (row.find_first_not_of(" \t\r") == std::string_view::npos) continue;
+    reader.begin_line(reader.records_seen(), line);
+    json::sax_parse(row.begin(), row.end(), &reader);
+  }
+}
+
+void read_text_lines(const std::string& label, std::string_view text, std::vector<Record>& out) {
+  std::int64_t line = 0;
+  std::size_t start = 0;
+  while (start < text.size()) {
+    std::size_t end = text.find('\n', start);
+    if (end == std::string_view::npos) end = text.size();
+    ++line;
+    std::string_view row = text.substr(start, end - start);
+    start = end + 1;
+    if (!row.empty() && row.back() == '\r') row.remove_suffix(1);
+    if (row.empty()) continue;
+    if (!is_valid_utf8(row))
+      throw FormatError(label + ": line " + std::to_string(line) + " (record " +
+                        std::to_string(out.size()) + "): invalid UTF-8");
+    out.push_back(Record{{}, {}, std::string(row)});
+  }
+}
+
+}  // namespace
+
+bool is_valid_utf8(std::string_view text) {
+  const auto* s = reinterpret_cast<const unsigned char*>(text.data());
+  const std::size_t n = text.size();
+  std::size_t i = 0;
+  while (i < n) {
+    const unsigned char c = s[i];
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    std::size_t len;
+    std::uint32_t cp;
+    if ((c & 0xe0) == 0xc0) {
+      len = 2;
+      cp = c & 0x1f;
+    } else if ((c & 0xf0) == 0xe0) {
+      len = 3;
+      cp = c & 0x0f;
+    } else if ((c & 0xf8) == 0xf0) {
+      len = 4;
+      cp = c & 0x07;
+    } else {
+      return false;
+    }
+    if (i + len > n) return false;
+    for (std::size_t k = 1; k < len; ++k) {
+      if ((s[i + k] & 0xc0) != 0x80) return false;
+      cp = (cp << 6) | (s[i + k] & 0x3f);
+    }
+    static constexpr std::uint32_t kMin[5] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < kMin[len] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;
+    i += len;
+  }
+  return true;
+}
+
+RecordSet read_records(const std::filesystem::path& file, RecordKind kind,
+                       const ColumnNames& columns) {
+  if (!std::filesystem::exists(file)) throw IoError(file.string() + ": data file not found");
+  const MappedFile mapped(file);
+  const std::string_view text = as_text(mapped);
+  const std::string ext = file.extension().string();
+  RecordSet set;
+  if (ext == ".txt") {
+    if (kind != RecordKind::kText)
+      throw UsageError(
+          file.string() +
+          ": .txt files hold plain text: use the text format, not instruction records");
+    read_text_lines(file.string(), text, set.records);
+  } else {
+    if (ext != ".json" && ext != ".jsonl")
+      throw UsageError(file.string() + ": unknown data file type '" + ext +
+                       "' (expected .json, .jsonl or .txt)");
+    RecordReader reader(file.string(), kind, columns, set.records);
+    const std::size_t first = text.find_first_not_of(" \t\r\n");
+    if (first == std::string_view::npos) throw FormatError(file.string() + ": file is empty");
+    if (ext == ".jsonl" || text[first] == '{')
+      read_json_lines(text, reader);
+    else
+      read_json_array(text, reader);
+  }
+  set.read = static_cast<std::int64_t>(set.records.size());
+  std::erase_if(set.records, [](const Record& r) { return r.output.empty(); });
+  set.skipped_empty_output = set.read - static_cast<std::int64_t>(set.records.size());
+  return set;
+}
+
+}  // namespace zerolora

@@ -1,0 +1,46 @@
+// Reading training data files into records.
+//   *.json   a JSON array of objects          (Alpaca, e.g. tatsu-lab/alpaca)
+//   *.jsonl  one JSON object per line         (JSON Lines)
+//   *.txt    one record per non-empty line    (text mode only)
+// (a .json file whose first character is '{' is read as JSON Lines, as `datasets` does).
+// Instruction mode takes the instruction/input/output columns (input optional); text mode
+// takes one text column, for continued pre-training. Column names are configurable, as
+// run_lora_clm's --instruction_column_name etc. Every error names the file, the record index
+// (and the line, for JSON Lines) and the field.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace zerolora {
+
+struct Record {
+  std::string instruction;
+  std::string input;
+  std::string output;  // in text mode: the text
+};
+
+enum class RecordKind { kInstruction, kText };
+
+struct ColumnNames {
+  std::string instruction = "instruction";
+  std::string input = "input";
+  std::string output = "output";
+  std::string text = "text";
+};
+
+struct RecordSet {
+  std::vector<Record> records;
+  std::int64_t read = 0;                  // records in the file
+  std::int64_t skipped_empty_output = 0;  // records dropped because the output/text is empty
+};
+
+RecordSet read_records(const std::filesystem::path& file, RecordKind kind,
+                       const ColumnNames& columns = {});
+
+// True when `text` is well-formed UTF-8 (no overlongs, surrogates or code points > U+10FFFF).
+bool is_valid_utf8(std::string_view text);
+
+}  // namespace zerolora

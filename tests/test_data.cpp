@@ -1,0 +1,390 @@
+// The data pipeline: readers and their errors, templates, tokenization against the reference
+// recipe (fixtures from tools/make_data_fixtures.py), packing, batching and the sampler.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <numeric>
+#include <set>
+
+#include "core/error.hpp"
+#include "data/collate.hpp"
+#include "data/dataset.hpp"
+#include "data/sampler.hpp"
+#include "io/tensor_read.hpp"
+#include "test_util.hpp"
+
+namespace zerolora {
+namespace {
+
+namespace fs = std::filesystem;
+
+class DataTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    shared_ = testing::shared_data_dir();
+    if (shared_.empty())
+      GTEST_SKIP() << "shared data not found (set ZEROLORA_SHARED_DATA to ../shared/data)";
+  }
+  fs::path alpaca() const { return shared_ / "alpaca_en_demo.json"; }
+  fs::path write(const std::string& name, const std::string& content) const {
+    const fs::path path = temp_ / name;
+    std::ofstream(path, std::ios::binary) << content;
+    return path;
+  }
+  template <class F>
+  void expect_format_error(F&& f, std::initializer_list<std::string> parts) {
+    try {
+      f();
+      FAIL() << "no error";
+    } catch (const FormatError& e) {
+      for (const auto& part : parts)
+        EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
+    }
+  }
+  fs::path shared_;
+  testing::TempDir temp_;
+};
+
+TEST_F(DataTest, ReadsAlpacaJsonAndTheSameAsJsonLines) {
+  const auto set = read_records(alpaca(), RecordKind::kInstruction);
+  ASSERT_EQ(set.records.size(), 999u);
+  EXPECT_EQ(set.skipped_empty_output, 0);
+  EXPECT_EQ(std::count_if(set.records.begin(), set.records.end(),
+                          [](const Record& r) { return !r.input.empty(); }),
+            412);
+  EXPECT_EQ(set.records[0].instruction, "Describe a process of making crepes.");
+
+  // The same records as JSON Lines, with renamed columns and an extra ignored field.
+  std::ifstream in(alpaca());
+  const auto all = nlohmann::json::parse(in);
+  std::string lines;
+  for (const auto& r : all)
+    lines +=
+        nlohmann::json{
+            {"q", r["instruction"]}, {"ctx", r["input"]}, {"a", r["output"]}, {"id", {1, 2}}}
+            .dump() +
+        "\n";
+  ColumnNames columns;
+  columns.instruction = "q";
+  columns.input = "ctx";
+  columns.output = "a";
+  const auto jsonl = read_records(write("d.jsonl", lines), RecordKind::kInstruction, columns);
+  ASSERT_EQ(jsonl.records.size(), 999u);
+  for (std::size_t i = 0; i < 999; ++i) {
+    EXPECT_EQ(jsonl.records[i].instruction, set.records[i].instruction);
+    EXPECT_EQ(jsonl.records[i].input, set.records[i].input);
+    EXPECT_EQ(jsonl.records[i].output, set.records[i].output);
+  }
+}
+
+TEST_F(DataTest, BadRecordsAreNamed) {
+  expect_format_error(
+      [&] {
+        read_records(write("a.json", R"([{"instruction":"x","output":"y"}, 3])"),
+                     RecordKind::kInstruction);
+      },
+      {"a.json", "record 1", "not an object"});
+  expect_format_error(
+      [&] { read_records(write("b.json", R"([{"instruction":"x"}])"), RecordKind::kInstruction); },
+      {"record 0", "no field 'output'"});
+  expect_format_error(
+      [&] { read_records(write("c.json", R"([{"output":"x"}])"), RecordKind::kInstruction); },
+      {"record 0", "no field 'instruction'"});
+  expect_format_error(
+      [&] {
+        read_records(
+            write("d.json", R"([{"instruction":"x","output":"y"},{"instruction":5,"output":"y"}])"),
+            RecordKind::kInstruction);
+      },
+      {"record 1", "field 'instruction' is a number"});
+  expect_format_error(
+      [&] {
+        read_records(write("e.json", R"([{"instruction":"x","output":["y"]}])"),
+                     RecordKind::kInstruction);
+      },
+      {"record 0", "field 'output' is an array"});
+  expect_format_error(
+      [&] {
+        read_records(write("f.jsonl",
+                           "{\"instruction\":\"x\",\"output\":\"y\"}\n\n{\"instruction\":\"x\"\n"),
+                     RecordKind::kInstruction);
+      },
+      {"f.jsonl", "line 3", "record 1"});
+  expect_format_error(
+      [&] {
+        read_records(
+            write("g.jsonl", std::string("{\"instruction\":\"x\",\"output\":\"\xff\xfe\"}\n")),
+            RecordKind::kInstruction);
+      },
+      {"g.jsonl", "line 1", "invalid UTF-8"});
+  expect_format_error(
+      [&] {
+        read_records(
+            write("h.json", std::string("[{\"instruction\":\"ok\",\"output\":\"y\"},{"
+                                        "\"instruction\":\"\xc0\xaf\",\"output\":\"y\"}]")),
+            RecordKind::kInstruction);
+      },
+      {"h.json", "record 1", "invalid UTF-8"});
+  expect_format_error(
+      [&] {
+        read_records(write("i.json", R"({"instruction": "x"} trailing)"), RecordKind::kInstruction);
+      },
+      {"i.json"});
+  expect_format_error(
+      [&] { read_records(write("j.json", R"("just a string")"), RecordKind::kInstruction); },
+      {"expected a JSON array"});
+  expect_format_error([&] { read_records(write("k.json", "  \n"), RecordKind::kInstruction); },
+                      {"empty"});
+  expect_format_error([&] { read_records(write("l.txt", "fine\n\xe2\x82\n"), RecordKind::kText); },
+                      {"line 2", "invalid UTF-8"});
+  EXPECT_THROW(read_records(temp_ / "missing.json", RecordKind::kInstruction), IoError);
+  EXPECT_THROW(read_records(write("m.csv", "a,b"), RecordKind::kInstruction), UsageError);
+}
+
+TEST_F(DataTest, EmptyOutputsAreSkippedAndCounted) {
+  const auto set = read_records(
+      write("s.json",
+            R"([{"instruction":"a","output":""},{"instruction":"b","input":null,"output":"c"}])"),
+      RecordKind::kInstruction);
+  EXPECT_EQ(set.read, 2);
+  EXPECT_EQ(set.skipped_empty_output, 1);
+  ASSERT_EQ(set.records.size(), 1u);
+  EXPECT_EQ(set.records[0].input, "");
+}
+
+TEST_F(DataTest, TextModeFromTxtAndJson) {
+  const auto txt = read_records(write("t.txt", "first line\r\n\nsecond line\n"), RecordKind::kText);
+  ASSERT_EQ(txt.records.size(), 2u);
+  EXPECT_EQ(txt.records[1].output, "second line");
+  const auto json =
+      read_records(write("t.jsonl", "{\"text\":\"hello\"}\n{\"text\":\"\"}\n"), RecordKind::kText);
+  EXPECT_EQ(json.records.size(), 1u);
+  EXPECT_EQ(json.skipped_empty_output, 1);
+}
+
+TEST_F(DataTest, TemplatesProduceExactPrompts) {
+  const Record with{"Summarize.", "Long text.", "Short."}, without{"Say hi.", "", "Hi!"};
+  const auto alpaca_t = PromptTemplate::alpaca();
+  EXPECT_EQ(alpaca_t.apply(with).source,
+            "Below is an instruction that describes a task, paired with an input that provides "
+            "further context. "
+            "Write a response that appropriately completes the request.\n\n### "
+            "Instruction:\nSummarize.\n\n"
+            "### Input:\nLong text.\n\n### Response:");
+  EXPECT_EQ(alpaca_t.apply(without).source,
+            "Below is an instruction that describes a task. Write a response that appropriately "
+            "completes the "
+            "request.\n\n### Instruction:\nSay hi.\n\n### Response:");
+  EXPECT_EQ(alpaca_t.apply(without).target, "Hi!");
+  const auto raw = PromptTemplate::raw().apply(with);
+  EXPECT_EQ(raw.source, "Summarize.Long text.");
+  EXPECT_EQ(raw.target, "Short.");
+  const auto plain =
+      PromptTemplate::from_file(write("t.txt", "Q: {instruction} [{input}]\nA: {output}</end>"));
+  EXPECT_EQ(plain.apply(with).source, "Q: Summarize. [Long text.]\nA: ");
+  EXPECT_EQ(plain.apply(with).target, "Short.</end>");
+  const auto lora = PromptTemplate::from_file(write(
+      "t.json",
+      R"({"description":"x","prompt_input":"I:{instruction} C:{input} R:","prompt_no_input":"I:{instruction} R:"})"));
+  EXPECT_EQ(lora.apply(with).source, "I:Summarize. C:Long text. R:");
+  EXPECT_EQ(lora.apply(without).source, "I:Say hi. R:");
+  EXPECT_THROW(PromptTemplate::from_file(write("bad.txt", "no placeholder")), FormatError);
+  EXPECT_THROW(PromptTemplate::named("nonexistent-template"), UsageError);
+}
+
+// Equal token for token to the reference recipe, with and without masking and packed.
+class DataFixture : public DataTest, public ::testing::WithParamInterface<std::string> {};
+
+TEST_P(DataFixture, TokensAndLabelsEqualTheReferenceRecipe) {
+  const std::string name = GetParam();
+  const fs::path tokenizer_path = name == "llama2" ? shared_ / "llama2-tokenizer.model"
+                                                   : shared_ / "stories260K-hf" / "tokenizer.model";
+  const Tokenizer tokenizer(tokenizer_path);
+  const SafetensorsFile ref(testing::fixtures_dir() / "data" / ("alpaca_" + name + ".safetensors"));
+  auto ints = [&](const std::string& key) {
+    const auto v = read_int_tensor(ref, ref.at(key));
+    return std::vector<std::int32_t>(v.begin(), v.end());
+  };
+  auto records = read_records(alpaca(), RecordKind::kInstruction).records;
+  records.resize(100);
+  Runtime rt(2);
+  TokenizeOptions options;
+  options.max_seq_length = std::stoll(ref.metadata().at("max_seq_length"));
+  options.bos_id = tokenizer.bos_id();
+  options.eos_id = tokenizer.eos_id();
+  const auto masked = tokenize_records(rt, records, PromptTemplate::alpaca(), tokenizer, options);
+  options.train_on_inputs = true;
+  const auto unmasked = tokenize_records(rt, records, PromptTemplate::alpaca(), tokenizer, options);
+
+  std::vector<std::int32_t> ids, labels, lengths, labels_unmasked;
+  for (std::size_t i = 0; i < masked.size(); ++i) {
+    ids.insert(ids.end(), masked[i].input_ids.begin(), masked[i].input_ids.end());
+    labels.insert(labels.end(), masked[i].labels.begin(), masked[i].labels.end());
+    labels_unmasked.insert(labels_unmasked.end(), unmasked[i].labels.begin(),
+                           unmasked[i].labels.end());
+    lengths.push_back(static_cast<std::int32_t>(masked[i].size()));
+  }
+  EXPECT_EQ(lengths, ints("masked.lengths"));
+  EXPECT_EQ(ids, ints("masked.input_ids"));
+  EXPECT_EQ(labels, ints("masked.labels"));
+  EXPECT_EQ(labels_unmasked, ints("unmasked.labels"));
+
+  const auto blocks = pack(masked, Packing::kConcat, options.max_seq_length);
+  std::vector<std::int32_t> block_ids, block_labels;
+  for (const auto& b : blocks) {
+    EXPECT_EQ(b.size(), options.max_seq_length);
+    EXPECT_EQ(b.segment_lengths,
+              std::vector<std::int32_t>{static_cast<std::int32_t>(options.max_seq_length)});
+    block_ids.insert(block_ids.end(), b.input_ids.begin(), b.input_ids.end());
+    block_labels.insert(block_labels.end(), b.labels.begin(), b.labels.end());
+  }
+  EXPECT_EQ(static_cast<Index>(blocks.size()), ref.at("concat.input_ids").shape[0]);
+  EXPECT_EQ(block_ids, ints("concat.input_ids"));
+  EXPECT_EQ(block_labels, ints("concat.labels"));
+}
+
+INSTANTIATE_TEST_SUITE_P(Tokenizers, DataFixture, ::testing::Values("llama2", "stories260k"));
+
+TEST_F(DataTest, NonAsciiRoundTripsThroughByteFallback) {
+  for (const auto& path :
+       {shared_ / "llama2-tokenizer.model", shared_ / "stories260K-hf" / "tokenizer.model"}) {
+    const Tokenizer tokenizer(path);
+    for (const std::string text :
+         {"日本語のテキストを学習する", "中文训练数据，包含标点。",
+          "emoji 🦙🔥 and ünïcödé", "mixed: résumé — naïve — 한국어"}) {
+      const auto ids = tokenizer.encode(text);
+      EXPECT_EQ(tokenizer.decode(ids), text) << path;
+    }
+  }
+}
+
+TEST_F(DataTest, BoundaryPackingKeepsWholeExamples) {
+  const Tokenizer tokenizer(shared_ / "llama2-tokenizer.model");
+  Runtime rt(2);
+  TokenizeOptions options;
+  options.max_seq_length = 512;
+  auto records = read_records(alpaca(), RecordKind::kInstruction).records;
+  records.resize(200);
+  const auto examples = tokenize_records(rt, records, PromptTemplate::alpaca(), tokenizer, options);
+  const auto blocks = pack(examples, Packing::kBoundaries, 512);
+  // Every example appears exactly once, whole, as one segment of one block.
+  std::multiset<std::vector<std::int32_t>> expected, found;
+  Index total = 0, expected_total = 0;
+  for (const auto& e : examples) {
+    expected.insert(e.input_ids);
+    expected_total += e.size();
+  }
+  const TokenSequence* multi = nullptr;
+  for (const auto& b : blocks) {
+    EXPECT_LE(b.size(), 512);
+    Index at = 0;
+    for (auto len : b.segment_lengths) {
+      found.insert(
+          std::vector<std::int32_t>(b.input_ids.begin() + at, b.input_ids.begin() + at + len));
+      at += len;
+    }
+    EXPECT_EQ(at, b.size());
+    total += b.size();
+    if (b.segment_lengths.size() > 1) multi = &b;
+  }
+  EXPECT_EQ(found, expected);
+  EXPECT_EQ(total, expected_total);
+  // Best fit packs close to the bound: at most 10% more blocks than tokens / 512.
+  EXPECT_LE(static_cast<double>(blocks.size()), 1.1 * std::ceil(expected_total / 512.0) + 1);
+
+  // The model batch keeps the segments: positions restart and labels shift inside each.
+  ASSERT_NE(multi, nullptr);
+  const std::vector<TokenSequence> one{*multi};
+  const std::vector<Index> first{0};
+  const Batch batch = make_batch(one, first);
+  EXPECT_EQ(batch.segments.size(), multi->segment_lengths.size());
+  EXPECT_EQ(batch.segments[1].begin, multi->segment_lengths[0]);
+  EXPECT_EQ(batch.targets[multi->segment_lengths[0] - 1], kIgnoreIndex);  // no cross-example target
+}
+
+TEST(Collate, PaddedViewAndModelView) {
+  std::vector<TokenSequence> data(2);
+  data[0] = {{1, 5, 6}, {-100, 5, 6}, {3}};
+  data[1] = {{1, 7, 8, 9, 2}, {1, 7, 8, 9, 2}, {5}};
+  const std::vector<Index> both{1, 0};
+  const auto padded = pad_batch(data, both, 0, 8);
+  EXPECT_EQ(padded.rows, 2);
+  EXPECT_EQ(padded.cols, 8);
+  EXPECT_EQ(std::vector<std::int32_t>(padded.labels.begin() + 8, padded.labels.end()),
+            (std::vector<std::int32_t>{-100, 5, 6, -100, -100, -100, -100, -100}));
+  EXPECT_EQ(std::accumulate(padded.attention_mask.begin(), padded.attention_mask.end(), 0), 8);
+  const Batch batch = make_batch(data, both);
+  EXPECT_EQ(batch.size(), 8);  // no padding
+  EXPECT_EQ(batch.targets,
+            (std::vector<std::int32_t>{7, 8, 9, 2, kIgnoreIndex, 5, 6, kIgnoreIndex}));
+}
+
+TEST(Sampler, RanksPartitionEachGlobalBatch) {
+  const Index n = 103;
+  std::vector<Index> lengths(n);
+  for (Index i = 0; i < n; ++i) lengths[i] = (i * 37) % 91 + 1;
+  for (bool group : {false, true})
+    for (int world : {1, 2, 3, 4}) {
+      SamplerOptions o;
+      o.global_batch = 12;
+      o.world = world;
+      o.seed = 7;
+      o.group_by_length = group;
+      const DistributedSampler reference(lengths, o);
+      for (Index epoch = 0; epoch < 2; ++epoch) {
+        std::multiset<Index> seen;
+        for (Index step = 0; step < reference.steps_per_epoch(); ++step) {
+          const auto global = reference.global_batch(epoch, step);
+          std::vector<Index> joined;
+          for (int r = 0; r < world; ++r) {
+            o.rank = r;
+            const auto share = DistributedSampler(lengths, o).rank_batch(epoch, step);
+            EXPECT_EQ(static_cast<Index>(share.size()), 12 / world);
+            joined.insert(joined.end(), share.begin(), share.end());
+          }
+          EXPECT_EQ(joined, global);  // union = the global batch, in order, no overlap
+          seen.insert(global.begin(), global.end());
+        }
+        for (Index i = 0; i < n; ++i)
+          EXPECT_GE(seen.count(i), 1u);  // every sample once (plus wrap-around)
+        EXPECT_EQ(seen.size(), static_cast<std::size_t>(reference.steps_per_epoch() * 12));
+      }
+    }
+}
+
+TEST(Sampler, SeedAndEpochDetermineTheOrder) {
+  std::vector<Index> lengths(50, 1);
+  SamplerOptions o;
+  o.global_batch = 5;
+  const DistributedSampler a(lengths, o), b(lengths, o);
+  EXPECT_EQ(a.epoch_order(3), b.epoch_order(3));
+  EXPECT_NE(a.epoch_order(0), a.epoch_order(1));
+  o.seed = 43;
+  EXPECT_NE(DistributedSampler(lengths, o).epoch_order(0), a.epoch_order(0));
+  o.shuffle = false;
+  const auto plain = DistributedSampler(lengths, o).epoch_order(0);
+  EXPECT_TRUE(std::is_sorted(plain.begin(), plain.end()));
+  o.drop_last = true;
+  o.global_batch = 15;
+  EXPECT_EQ(DistributedSampler(lengths, o).steps_per_epoch(), 3);
+  o.world = 2;
+  EXPECT_THROW(DistributedSampler(lengths, o), ConfigError);  // 15 is not a multiple of 2
+}
+
+TEST(Sampler, GroupByLengthSortsMegabatches) {
+  std::vector<Index> lengths(400);
+  for (Index i = 0; i < 400; ++i) lengths[i] = (i * 7919) % 1000;
+  SamplerOptions o;
+  o.global_batch = 2;
+  o.group_by_length = true;
+  const auto order = DistributedSampler(lengths, o).epoch_order(0);
+  const Index mega = 50 * 2;
+  for (Index start = 0; start < 400; start += mega)
+    for (Index i = start + 1; i < start + mega; ++i)
+      EXPECT_GE(lengths[order[i - 1]], lengths[order[i]]);
+}
+
+}  // namespace
+}  // namespace zerolora
