@@ -10,6 +10,7 @@
 #include "data/tokenizer.hpp"
 #include "io/checkpoint.hpp"
 #include "model/generate.hpp"
+#include "model/llama_weights.hpp"
 
 namespace zerolora::cli {
 namespace {
@@ -33,7 +34,7 @@ int run_generate(const GenerateOptions& o) {
                      " pieces but config.json says vocab_size " +
                      std::to_string(checkpoint.config().vocab_size));
   Runtime rt(o.threads);
-  const auto weights = load_llama_weights<typename P::Weight>(rt, checkpoint);
+  auto weights = load_llama_weights<typename P::Weight>(rt, checkpoint);
   LlamaModel<P> model(rt, weights, nullptr);
   std::vector<std::int32_t> ids{static_cast<std::int32_t>(checkpoint.config().bos_token_id)};
   const auto prompt = tokenizer.encode(o.prompt);

@@ -15,6 +15,7 @@
 #include "core/precision.hpp"
 #include "model/flops.hpp"
 #include "model/llama_model.hpp"
+#include "model/llama_weights.hpp"
 #include "ops/matmul.hpp"
 #include "train/adamw.hpp"
 
@@ -107,7 +108,7 @@ int main(int argc, char** argv) {
   print_kv("gemm_bf16_peak_gflops", peak);
 
   const LlamaConfig config = llama2_7b_shape(layers);
-  const auto weights = random_llama_weights<bf16>(rt, config, 7);
+  auto weights = random_llama_weights<bf16>(rt, config, 7);
   LoraConfig lora;  // the seed recipe: r 4, alpha 16, dropout 0.05 on q, k, v, o
   lora.rank = 4;
   lora.alpha = 16;

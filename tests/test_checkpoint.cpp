@@ -52,7 +52,7 @@ TEST_F(CheckpointTest, ShardedAndSingleFileLoadTheSameWay) {
   Runtime rt(2);
   Checkpoint sharded(testing::fixtures_dir() / "odd_untied_all" / "model");
   EXPECT_EQ(sharded.files().size(), 3u);
-  const auto weights = load_llama_weights<float>(rt, sharded);
+  auto weights = load_llama_weights<float>(rt, sharded);
   EXPECT_FALSE(weights.lm_head.empty());
   // Spot-check one tensor against a direct read.
   const auto located = sharded.at("model.layers.1.mlp.down_proj.weight");

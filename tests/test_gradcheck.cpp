@@ -9,6 +9,7 @@
 #include "core/precision.hpp"
 #include "lora/lora_linear.hpp"
 #include "model/llama_model.hpp"
+#include "model/llama_weights.hpp"
 #include "ops/attention.hpp"
 #include "ops/cross_entropy.hpp"
 #include "ops/linear.hpp"
@@ -216,7 +217,7 @@ TEST_P(ModelGradCheck, LoraGradientsMatchFiniteDifferences) {
   config.vocab_size = 11;
   config.rms_norm_eps = 1e-5;
   config.tie_word_embeddings = false;
-  const auto weights = random_llama_weights<double>(rt, config, 3, 0.3);
+  auto weights = random_llama_weights<double>(rt, config, 3, 0.3);
   LoraConfig lora;
   lora.rank = 2;
   lora.alpha = 3;

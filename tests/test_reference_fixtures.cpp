@@ -11,6 +11,7 @@
 #include "io/checkpoint.hpp"
 #include "io/tensor_read.hpp"
 #include "model/llama_model.hpp"
+#include "model/llama_weights.hpp"
 #include "test_util.hpp"
 #include "tolerances.hpp"
 #include "train/adamw.hpp"
@@ -78,7 +79,7 @@ template <class P>
 void check_against_reference(const Case& c, const tolerance::Fixture& tol) {
   const Reference ref(testing::fixtures_dir() / c.name);
   Runtime rt(2);
-  const auto weights = load_llama_weights<typename P::Weight>(rt, ref.checkpoint);
+  auto weights = load_llama_weights<typename P::Weight>(rt, ref.checkpoint);
   const LoraLayout layout(ref.checkpoint.config(), ref.lora_config());
   ComputeOptions options;
   options.recompute = c.recompute;

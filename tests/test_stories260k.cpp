@@ -10,6 +10,7 @@
 #include "io/tensor_read.hpp"
 #include "model/generate.hpp"
 #include "model/llama_model.hpp"
+#include "model/llama_weights.hpp"
 #include "test_util.hpp"
 #include "tolerances.hpp"
 
@@ -39,7 +40,7 @@ void check_greedy_and_logits(const std::filesystem::path& model_dir, const Safet
                              const std::vector<std::int32_t>& greedy, double logits_tol) {
   Runtime rt(2);
   Checkpoint checkpoint(model_dir);
-  const auto weights = load_llama_weights<typename P::Weight>(rt, checkpoint);
+  auto weights = load_llama_weights<typename P::Weight>(rt, checkpoint);
   LlamaModel<P> model(rt, weights, nullptr);
   const auto& eos = checkpoint.config().eos_token_ids;
   const auto generated =
@@ -69,7 +70,7 @@ TEST_F(Stories260K, GreedyContinuationEqualsTransformersBf16) {
 TEST_F(Stories260K, AlpacaLossMatchesTransformers) {
   Runtime rt(2);
   Checkpoint checkpoint(model_dir_);
-  const auto weights = load_llama_weights<float>(rt, checkpoint);
+  auto weights = load_llama_weights<float>(rt, checkpoint);
   LlamaModel<Fp32Policy> model(rt, weights, nullptr);
   const auto ids = ints("alpaca_ids"), labels = ints("alpaca_labels"),
              lengths = ints("alpaca_lengths");
@@ -99,7 +100,7 @@ TEST_F(Stories260K, AlpacaLossMatchesTransformers) {
 TEST_F(Stories260K, PackedBoundariesEqualSeparateExamples) {
   Runtime rt(2);
   Checkpoint checkpoint(model_dir_);
-  const auto weights = load_llama_weights<float>(rt, checkpoint);
+  auto weights = load_llama_weights<float>(rt, checkpoint);
   LlamaModel<Fp32Policy> model(rt, weights, nullptr);
   const Tokenizer tokenizer(model_dir_ / "tokenizer.model");
   DataOptions options;

@@ -43,7 +43,7 @@ class LayerOps {
 
   explicit LayerOps(LayerContext<P>& ctx) : ctx_(ctx), rt_(ctx.rt) {}
 
-  const Weight* w(LayerTensor t) const { return ctx_.weights.layer_tensor(ctx_.layer, t); }
+  const Weight* w(LayerTensor t) const { return ctx_.weights + ctx_.layout.offset(t); }
 
   void base_forward(Mat<Act> dst, const Act* src, Index M, Index in, const Weight* weight,
                     bool accumulate) {
@@ -138,7 +138,7 @@ void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P:
   using Act = typename P::Act;
   LayerOps<P> ops(ctx);
   Runtime& rt = ctx.rt;
-  const LlamaConfig& c = ctx.weights.config;
+  const LlamaConfig& c = ctx.config;
   const Dims d(c, ctx.geometry.rows);
   const Index M = d.M, r = ops.rank();
   const std::int32_t* positions = ctx.geometry.positions.data();
@@ -205,7 +205,7 @@ void layer_backward(LayerContext<P>& ctx, typename P::Act* dx, const typename P:
   using Act = typename P::Act;
   LayerOps<P> ops(ctx);
   Runtime& rt = ctx.rt;
-  const LlamaConfig& c = ctx.weights.config;
+  const LlamaConfig& c = ctx.config;
   const Dims d(c, ctx.geometry.rows);
   const Index M = d.M, r = ops.rank();
   auto& ws = ctx.workspace;

@@ -15,7 +15,8 @@
 #include "core/runtime.hpp"
 #include "lora/lora_layout.hpp"
 #include "lora/lora_linear.hpp"
-#include "model/llama_weights.hpp"
+#include "io/llama_config.hpp"
+#include "model/parameter_table.hpp"
 #include "ops/attention.hpp"
 #include "ops/rope.hpp"
 
@@ -70,7 +71,9 @@ struct LayerContext {
   using Act = typename P::Act;
   using Weight = typename P::Weight;
   Runtime& rt;
-  const LlamaWeights<Weight>& weights;
+  const LlamaConfig& config;
+  const LayerLayout& layout;
+  const Weight* weights;  // this layer's unit buffer (gathered, under ZeRO-3)
   int layer;
   const BatchGeometry& geometry;
   const RopeTable& rope;

@@ -13,13 +13,25 @@
 namespace zerolora {
 
 template <class P>
-LlamaModel<P>::LlamaModel(Runtime& rt, const LlamaWeights<Weight>& weights, const LoraLayout* lora,
+LlamaModel<P>::LlamaModel(Runtime& rt, WeightProvider<Weight>& weights, const LoraLayout* lora,
                           ComputeOptions options)
     : rt_(rt),
       weights_(weights),
       lora_(lora),
       options_(options),
-      rope_(weights.config.rope, weights.config.head_dim) {}
+      rope_(weights.config().rope, weights.config().head_dim) {}
+
+template <class P>
+std::vector<UnitId> LlamaModel<P>::schedule(bool backward) const {
+  const int L = static_cast<int>(config().num_layers);
+  std::vector<UnitId> units{{Unit::kEmbedding}};
+  for (int l = 0; l < L; ++l) units.push_back({Unit::kLayer, l});
+  units.push_back({Unit::kFinalNorm});
+  units.push_back(lm_head_unit(config()));
+  if (backward)
+    for (int l = L - 1; l >= 0; --l) units.push_back({Unit::kLayer, l});
+  return units;
+}
 
 template <class P>
 void LlamaModel<P>::prepare(const Batch& batch) {
@@ -57,8 +69,10 @@ LoraBinding<typename P::Act> LlamaModel<P>::bind_lora(std::span<const Act> param
 }
 
 template <class P>
-LayerContext<P> LlamaModel<P>::layer_context(int layer, const LoraBinding<Act>& lora) {
-  return LayerContext<P>{rt_, weights_, layer, geometry_, rope_, options_, lora, workspace_};
+LayerContext<P> LlamaModel<P>::layer_context(int layer, const Weight* weights,
+                                             const LoraBinding<Act>& lora) {
+  return LayerContext<P>{rt_,   config(),  weights_.layout(), weights,   layer,
+                         geometry_, rope_, options_,          lora,      workspace_};
 }
 
 template <class P>
@@ -77,12 +91,15 @@ void LlamaModel<P>::run_layers(const Batch& batch, const LoraBinding<Act>& lora,
   inputs_.ensure(static_cast<std::size_t>((keep_inputs ? L + 1 : 2) * M * D));
   if (activations_.size() < (save_activations ? static_cast<std::size_t>(L) : 1u))
     activations_.resize(save_activations ? static_cast<std::size_t>(L) : 1u);
-  // tokens were validated in prepare()
-  embedding_forward(rt_, layer_input(0), batch.tokens.data(), weights_.embedding.data(), M, D);
+  {  // tokens were validated in prepare()
+    const auto embedding = acquire({Unit::kEmbedding});
+    embedding_forward(rt_, layer_input(0), batch.tokens.data(), embedding.data, M, D);
+  }
   for (int l = 0; l < L; ++l) {
-    auto ctx = layer_context(l, lora);
+    const auto unit = acquire({Unit::kLayer, l});
+    auto ctx = layer_context(l, unit.data, lora);
     layer_forward<P>(ctx, layer_input(l + 1), layer_input(l),
-                     activations_[save_activations ? l : 0], save_activations);
+                     activations_[save_activations ? static_cast<std::size_t>(l) : 0], save_activations);
   }
 }
 
@@ -90,6 +107,7 @@ template <class P>
 void LlamaModel<P>::forward_logits(const Batch& batch, std::span<const Act> lora_params,
                                    Act* logits, bool last_only) {
   prepare(batch);
+  weights_.begin_schedule(schedule(false));
   run_layers(batch, bind_lora(lora_params, nullptr, false, {}), false, false);
   const LlamaConfig& c = config();
   const Index D = c.hidden_size, V = c.vocab_size;
@@ -106,10 +124,14 @@ void LlamaModel<P>::forward_logits(const Batch& batch, std::span<const Act> lora
   for (Index i = 0; i < R; ++i)
     std::memcpy(head_rows_.data() + i * D, x + rows[i] * D,
                 static_cast<std::size_t>(D) * sizeof(Act));
-  rmsnorm_forward(rt_, final_h_.data(), final_rstd_.data(), head_rows_.data(),
-                  weights_.final_norm.data(), R, D, c.rms_norm_eps);
-  linear_forward(rt_, Mat<Act>::dense(logits, R, V), final_h_.data(), weights_.lm_head_weights(), D,
-                 false, head_operand_);
+  {
+    const auto norm = acquire({Unit::kFinalNorm});
+    rmsnorm_forward(rt_, final_h_.data(), final_rstd_.data(), head_rows_.data(), norm.data, R, D,
+                    c.rms_norm_eps);
+  }
+  const auto lm_head = acquire(lm_head_unit(c));
+  linear_forward(rt_, Mat<Act>::dense(logits, R, V), final_h_.data(), lm_head.data, D, false,
+                 head_operand_);
 }
 
 template <class P>
@@ -121,6 +143,8 @@ double LlamaModel<P>::head_loss(const Batch& batch, double grad_scale, bool want
     residual_grad_.ensure(static_cast<std::size_t>(M * D));
     residual_grad_.zero();
   }
+  const auto norm = acquire({Unit::kFinalNorm});
+  const auto lm_head = acquire(lm_head_unit(c));
   // Only rows with a target reach the lm_head: masked prompt tokens cost nothing here.
   std::vector<Index> rows;
   for (Index i = 0; i < M; ++i)
@@ -133,7 +157,6 @@ double LlamaModel<P>::head_loss(const Batch& batch, double grad_scale, bool want
   final_rstd_.ensure(static_cast<std::size_t>(chunk));
   head_logits_.ensure(static_cast<std::size_t>(chunk * V));
   std::vector<std::int32_t> targets(static_cast<std::size_t>(chunk));
-  const Weight* lm_head = weights_.lm_head_weights();
   double loss = 0;
   for (Index c0 = 0; c0 < R; c0 += chunk) {
     const Index n = std::min(chunk, R - c0);
@@ -142,17 +165,17 @@ double LlamaModel<P>::head_loss(const Batch& batch, double grad_scale, bool want
                   static_cast<std::size_t>(D) * sizeof(Act));
       targets[i] = batch.targets[rows[c0 + i]];
     }
-    rmsnorm_forward(rt_, final_h_.data(), final_rstd_.data(), head_rows_.data(),
-                    weights_.final_norm.data(), n, D, c.rms_norm_eps);
-    linear_forward(rt_, Mat<Act>::dense(head_logits_.data(), n, V), final_h_.data(), lm_head, D,
-                   false, head_operand_);
+    rmsnorm_forward(rt_, final_h_.data(), final_rstd_.data(), head_rows_.data(), norm.data, n, D,
+                    c.rms_norm_eps);
+    linear_forward(rt_, Mat<Act>::dense(head_logits_.data(), n, V), final_h_.data(), lm_head.data,
+                   D, false, head_operand_);
     loss += cross_entropy(rt_, head_logits_.data(), targets.data(), n, V, grad_scale, want_grad);
     if (!want_grad) continue;
-    linear_backward_data(rt_, d_final_h_.data(), head_logits_.data(), lm_head, n, V, D,
+    linear_backward_data(rt_, d_final_h_.data(), head_logits_.data(), lm_head.data, n, V, D,
                          head_operand_);
     // d x rows = rmsnorm backward, written into final_h_ (free now), then scattered.
-    rmsnorm_backward(rt_, final_h_.data(), d_final_h_.data(), head_rows_.data(), final_rstd_.data(),
-                     weights_.final_norm.data(), n, D, false);
+    rmsnorm_backward(rt_, final_h_.data(), d_final_h_.data(), head_rows_.data(),
+                     final_rstd_.data(), norm.data, n, D, false);
     for (Index i = 0; i < n; ++i)
       std::memcpy(residual_grad_.data() + rows[c0 + i] * D, final_h_.data() + i * D,
                   static_cast<std::size_t>(D) * sizeof(Act));
@@ -163,6 +186,7 @@ double LlamaModel<P>::head_loss(const Batch& batch, double grad_scale, bool want
 template <class P>
 double LlamaModel<P>::loss(const Batch& batch, std::span<const Act> lora_params) {
   prepare(batch);
+  weights_.begin_schedule(schedule(false));
   run_layers(batch, bind_lora(lora_params, nullptr, false, {}), false, false);
   return head_loss(batch, 0.0, false);
 }
@@ -177,10 +201,12 @@ double LlamaModel<P>::forward_backward(const Batch& batch, std::span<const Act> 
                      " values, the adapter layout needs " + std::to_string(lora_->size()));
   const auto lora = bind_lora(lora_params, lora_grads.data(), true, key);
   const bool recompute = options_.recompute;
+  weights_.begin_schedule(schedule(true));
   run_layers(batch, lora, true, !recompute);
   const double loss = head_loss(batch, grad_scale, true);
   for (int l = static_cast<int>(config().num_layers) - 1; l >= 0; --l) {
-    auto ctx = layer_context(l, lora);
+    const auto unit = acquire({Unit::kLayer, l});
+    auto ctx = layer_context(l, unit.data, lora);
     auto& acts = activations_[recompute ? 0 : static_cast<std::size_t>(l)];
     if (recompute) layer_forward<P>(ctx, nullptr, layer_input(l), acts, false);
     layer_backward<P>(ctx, residual_grad_.data(), layer_input(l), acts);

@@ -18,7 +18,7 @@
 #include "core/runtime.hpp"
 #include "model/batch.hpp"
 #include "model/llama_layer.hpp"
-#include "model/llama_weights.hpp"
+#include "model/weight_provider.hpp"
 
 namespace zerolora {
 
@@ -35,10 +35,10 @@ class LlamaModel {
   using Weight = typename P::Weight;
 
   // `lora` may be null (no adapters). Weights and layout must outlive the model.
-  LlamaModel(Runtime& rt, const LlamaWeights<Weight>& weights, const LoraLayout* lora,
+  LlamaModel(Runtime& rt, WeightProvider<Weight>& weights, const LoraLayout* lora,
              ComputeOptions options = {});
 
-  const LlamaConfig& config() const { return weights_.config; }
+  const LlamaConfig& config() const { return weights_.config(); }
   const ComputeOptions& options() const { return options_; }
   ComputeOptions& options() { return options_; }
 
@@ -58,7 +58,9 @@ class LlamaModel {
 
  private:
   void prepare(const Batch& batch);
-  LayerContext<P> layer_context(int layer, const LoraBinding<Act>& lora);
+  LayerContext<P> layer_context(int layer, const Weight* weights, const LoraBinding<Act>& lora);
+  // The units a pass acquires, in order; training adds the layers again in reverse.
+  std::vector<UnitId> schedule(bool backward) const;
   LoraBinding<Act> bind_lora(std::span<const Act> params, Act* grads, bool dropout,
                              const StepKey& key) const;
   // Runs the decoder stack on x_0; keeps every layer input when keep_inputs, and every
@@ -68,9 +70,17 @@ class LlamaModel {
   Act* layer_input(int layer);
   // Final norm + lm_head + loss over rows with targets; writes d(x_L) when want_grad.
   double head_loss(const Batch& batch, double grad_scale, bool want_grad);
+  // Releases a unit when it goes out of scope.
+  struct Acquired {
+    WeightProvider<Weight>& provider;
+    UnitId unit;
+    const Weight* data;
+    ~Acquired() { provider.release(unit); }
+  };
+  Acquired acquire(UnitId unit) { return {weights_, unit, weights_.acquire(unit)}; }
 
   Runtime& rt_;
-  const LlamaWeights<Weight>& weights_;
+  WeightProvider<Weight>& weights_;
   const LoraLayout* lora_;
   ComputeOptions options_;
   RopeTable rope_;

@@ -32,14 +32,14 @@ bool is_ignorable_extra(const std::string& name) {
 }  // namespace
 
 template <class W>
-LlamaWeights<W>::LlamaWeights(const LlamaConfig& c) : config(c), layout(c) {
+LlamaWeights<W>::LlamaWeights(const LlamaConfig& c) : model_config(c), layer_layout(c) {
   embedding = Buffer<W>(static_cast<std::size_t>(c.vocab_size * c.hidden_size));
   final_norm = Buffer<W>(static_cast<std::size_t>(c.hidden_size));
   if (!c.tie_word_embeddings)
     lm_head = Buffer<W>(static_cast<std::size_t>(c.vocab_size * c.hidden_size));
   layers.reserve(static_cast<std::size_t>(c.num_layers));
   for (Index l = 0; l < c.num_layers; ++l) {
-    layers.emplace_back(static_cast<std::size_t>(layout.size()));
+    layers.emplace_back(static_cast<std::size_t>(layer_layout.size()));
     layers.back().zero();  // alignment padding stays zero
   }
 }
@@ -55,6 +55,22 @@ W* LlamaWeights<W>::unit_data(const ParamEntry& entry) {
       return final_norm.data();
     case Unit::kLmHead:
       return lm_head.data();
+  }
+  ZL_CHECK(false);
+  return nullptr;
+}
+
+template <class W>
+const W* LlamaWeights<W>::acquire(UnitId unit) {
+  switch (unit.kind) {
+    case Unit::kEmbedding:
+      return embedding.data();
+    case Unit::kLayer:
+      return layers[static_cast<std::size_t>(unit.layer)].data();
+    case Unit::kFinalNorm:
+      return final_norm.data();
+    case Unit::kLmHead:
+      return lm_head_weights();
   }
   ZL_CHECK(false);
   return nullptr;

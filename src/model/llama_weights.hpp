@@ -9,28 +9,35 @@
 #include "core/runtime.hpp"
 #include "io/checkpoint.hpp"
 #include "model/parameter_table.hpp"
+#include "model/weight_provider.hpp"
 
 namespace zerolora {
 
 template <class W>
-struct LlamaWeights {
+struct LlamaWeights : WeightProvider<W> {
   explicit LlamaWeights(const LlamaConfig& config);
+  LlamaWeights(LlamaWeights&&) noexcept = default;
 
-  LlamaConfig config;
-  LayerLayout layout;
+  LlamaConfig model_config;
+  LayerLayout layer_layout;
   Buffer<W> embedding;   // [V, D]
   Buffer<W> final_norm;  // [D]
   Buffer<W> lm_head;     // [V, D]; empty when tie_word_embeddings
   std::vector<Buffer<W>> layers;
 
   const W* lm_head_weights() const {
-    return config.tie_word_embeddings ? embedding.data() : lm_head.data();
+    return model_config.tie_word_embeddings ? embedding.data() : lm_head.data();
   }
   const W* layer_tensor(int layer, LayerTensor t) const {
-    return layers[static_cast<std::size_t>(layer)].data() + layout.offset(t);
+    return layers[static_cast<std::size_t>(layer)].data() + layer_layout.offset(t);
   }
   // Start of the buffer holding `entry` (plus entry.offset gives the tensor).
   W* unit_data(const ParamEntry& entry);
+
+  // WeightProvider: everything is resident, so acquire is a lookup.
+  const LlamaConfig& config() const override { return model_config; }
+  const LayerLayout& layout() const override { return layer_layout; }
+  const W* acquire(UnitId unit) override;
 };
 
 // Reads every tensor of the parameter table from the checkpoint, converting F32/F16/BF16 to W

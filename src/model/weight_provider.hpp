@@ -1,0 +1,37 @@
+// How the model gets its base weights: unit by unit, in an order announced up front.
+// Single-process weights (LlamaWeights) hand out their buffers directly; the ZeRO-3 store
+// (src/dist/sharded_weights.hpp) all-gathers each unit from the ranks' shards, prefetching
+// along the announced schedule and freeing a unit when it is released.
+#pragma once
+
+#include <vector>
+
+#include "model/parameter_table.hpp"
+
+namespace zerolora {
+
+struct UnitId {
+  Unit kind;
+  int layer = -1;  // for Unit::kLayer
+  bool operator==(const UnitId&) const = default;
+};
+
+template <class W>
+class WeightProvider {
+ public:
+  virtual ~WeightProvider() = default;
+  virtual const LlamaConfig& config() const = 0;
+  virtual const LayerLayout& layout() const = 0;
+  // The units this step will acquire, in order (every rank announces the same schedule).
+  virtual void begin_schedule(const std::vector<UnitId>& schedule) {}
+  // The unit's full buffer (parameter_table offsets apply), valid until release(unit).
+  virtual const W* acquire(UnitId unit) = 0;
+  virtual void release(UnitId unit) {}
+};
+
+// The unit holding the lm_head weights: the embedding when they are tied.
+inline UnitId lm_head_unit(const LlamaConfig& c) {
+  return c.tie_word_embeddings ? UnitId{Unit::kEmbedding} : UnitId{Unit::kLmHead};
+}
+
+}  // namespace zerolora
