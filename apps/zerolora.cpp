@@ -4,11 +4,10 @@
 //   70 internal error (a bug: please report it).
 #include <cstdio>
 #include <map>
-#include <new>
 #include <string>
 
 #include "apps/commands.hpp"
-#include "core/error.hpp"
+#include "core/exit_codes.hpp"
 
 int main(int argc, char** argv) {
   CLI::App app{"zerolora: LoRA fine-tuning of Llama-family models on CPU, ZeRO-3 sharded over MPI"};
@@ -34,20 +33,9 @@ int main(int argc, char** argv) {
     for (auto* sub : app.get_subcommands())
       if (auto it = commands.find(sub); it != commands.end()) return it->second();
     return 2;
-  } catch (const zerolora::UsageError& e) {
-    std::fprintf(stderr, "zerolora: %s\nRun with --help for usage.\n", e.what());
-    return 2;
-  } catch (const zerolora::InternalError& e) {
-    std::fprintf(stderr, "zerolora: %s\nThis is a bug in zerolora; please report it.\n", e.what());
-    return 70;
-  } catch (const zerolora::Error& e) {
-    std::fprintf(stderr, "zerolora: error: %s\n", e.what());
-    return 1;
-  } catch (const std::bad_alloc&) {
-    std::fprintf(stderr, "zerolora: error: out of memory\n");
-    return 1;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "zerolora: unexpected error: %s\n", e.what());
-    return 70;
+  } catch (...) {
+    const zerolora::ExitReport report = zerolora::exit_report(std::current_exception());
+    std::fprintf(stderr, "zerolora: %s\n", report.message.c_str());
+    return report.code;
   }
 }

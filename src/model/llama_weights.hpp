@@ -46,6 +46,21 @@ struct LlamaWeights : WeightProvider<W> {
 template <class W>
 LlamaWeights<W> load_llama_weights(Runtime& rt, const Checkpoint& checkpoint);
 
+// Checks that the checkpoint holds every tensor of the parameter table with the shape
+// config.json implies and a float dtype, and nothing a Llama of that config lacks; returns
+// the table. Reads no tensor data.
+std::vector<ParamEntry> validate_checkpoint(const Checkpoint& checkpoint);
+
+// Copies elements [first, first + count) of a tensor from the checkpoint, converting to W.
+template <class W>
+void read_checkpoint_elements(Runtime& rt, const Checkpoint& checkpoint, const ParamEntry& entry,
+                              Index first, Index count, W* dst);
+
+// Element `i` of the table's entry `entry_index` in random_llama_weights: a pure function, so
+// a ZeRO-3 rank can generate exactly its shard.
+double random_weight(std::uint64_t seed, std::size_t entry_index, const ParamEntry& entry, Index i,
+                     double std);
+
 // Random weights N-like(0, std) (uniform with that std), norms 1: for benchmarks and tests.
 template <class W>
 LlamaWeights<W> random_llama_weights(Runtime& rt, const LlamaConfig& config, std::uint64_t seed,

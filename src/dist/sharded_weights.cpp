@@ -1,0 +1,205 @@
+#include "dist/sharded_weights.hpp"
+
+#include <algorithm>
+#include <string>
+
+#include "core/bf16.hpp"
+#include "core/error.hpp"
+#include "model/llama_weights.hpp"
+
+namespace zerolora {
+namespace {
+
+int unit_index(const LlamaConfig& c, UnitId id) {
+  switch (id.kind) {
+    case Unit::kEmbedding:
+      return 0;
+    case Unit::kLayer:
+      return 1 + id.layer;
+    case Unit::kFinalNorm:
+      return 1 + static_cast<int>(c.num_layers);
+    case Unit::kLmHead:
+      return c.tie_word_embeddings ? 0 : 2 + static_cast<int>(c.num_layers);
+  }
+  return -1;
+}
+
+UnitId unit_of(const ParamEntry& e) { return UnitId{e.unit, e.unit == Unit::kLayer ? e.layer : -1}; }
+
+std::string unit_name(UnitId id) {
+  switch (id.kind) {
+    case Unit::kEmbedding:
+      return "embedding";
+    case Unit::kLayer:
+      return "layer " + std::to_string(id.layer);
+    case Unit::kFinalNorm:
+      return "final norm";
+    case Unit::kLmHead:
+      return "lm_head";
+  }
+  return "?";
+}
+
+}  // namespace
+
+template <class W>
+ShardedWeights<W>::ShardedWeights(Communicator& comm, const LlamaConfig& config, ZeroOptions options)
+    : comm_(&comm), config_(config), layout_(config), options_(options) {
+  const Index world = comm.size(), rank = comm.rank();
+  const Index D = config.hidden_size, V = config.vocab_size;
+  auto add = [&](UnitId id, Index elements) {
+    const Index padded = (elements + world - 1) / world * world;
+    Buffer<W> shard(static_cast<std::size_t>(padded / world));
+    shard.zero();  // alignment gaps and world-size padding stay zero
+    units_.push_back({id, elements, padded, std::move(shard)});
+  };
+  add({Unit::kEmbedding}, V * D);
+  for (int l = 0; l < config.num_layers; ++l) add({Unit::kLayer, l}, layout_.size());
+  add({Unit::kFinalNorm}, D);
+  if (!config.tie_word_embeddings) add({Unit::kLmHead}, V * D);
+  (void)rank;
+}
+
+template <class W>
+const typename ShardedWeights<W>::UnitShard& ShardedWeights<W>::unit(UnitId id) const {
+  const int i = unit_index(config_, id);
+  ZL_CHECK(i >= 0 && i < static_cast<int>(units_.size()));
+  return units_[static_cast<std::size_t>(i)];
+}
+
+template <class W>
+ShardedWeights<W> ShardedWeights<W>::load(Runtime& rt, Communicator& comm, const Checkpoint& checkpoint,
+                                          ZeroOptions options) {
+  ShardedWeights store(comm, checkpoint.config(), options);
+  const auto table = validate_checkpoint(checkpoint);
+  for (const auto& entry : table) {
+    UnitShard& u = store.units_[static_cast<std::size_t>(unit_index(store.config_, unit_of(entry)))];
+    const Index s = u.padded / comm.size(), lo = comm.rank() * s, hi = lo + s;
+    const Index a = std::max(lo, entry.offset), b = std::min(hi, entry.offset + entry.numel());
+    if (a < b) read_checkpoint_elements(rt, checkpoint, entry, a - entry.offset, b - a, u.shard.data() + (a - lo));
+  }
+  return store;
+}
+
+template <class W>
+ShardedWeights<W> ShardedWeights<W>::random(Runtime& rt, Communicator& comm, const LlamaConfig& config,
+                                            std::uint64_t seed, double std, ZeroOptions options) {
+  ShardedWeights store(comm, config, options);
+  const auto table = parameter_table(config);
+  for (std::size_t t = 0; t < table.size(); ++t) {
+    const auto& entry = table[t];
+    UnitShard& u = store.units_[static_cast<std::size_t>(unit_index(config, unit_of(entry)))];
+    const Index s = u.padded / comm.size(), lo = comm.rank() * s, hi = lo + s;
+    const Index a = std::max(lo, entry.offset), b = std::min(hi, entry.offset + entry.numel());
+    W* dst = u.shard.data() + (a - lo);
+#pragma omp parallel for num_threads(rt.threads()) schedule(static)
+    for (Index i = a; i < b; ++i) dst[i - a] = convert_to<W>(random_weight(seed, t, entry, i - entry.offset, std));
+  }
+  return store;
+}
+
+template <class W>
+void ShardedWeights<W>::begin_schedule(const std::vector<UnitId>& schedule) {
+  if (comm_->size() == 1) return;
+  if (!live_.empty())
+    throw InternalError("ZeRO-3 schedule started while " + std::to_string(live_.size()) +
+                        " gathered unit(s) of the previous one are still live");
+  schedule_ = schedule;
+  next_issue_ = next_acquire_ = 0;
+  prefetch();
+}
+
+template <class W>
+Buffer<W> ShardedWeights<W>::take_buffer(Index elements) {
+  auto best = pool_.end();
+  for (auto it = pool_.begin(); it != pool_.end(); ++it)
+    if (static_cast<Index>(it->size()) >= elements && (best == pool_.end() || it->size() < best->size())) best = it;
+  if (best != pool_.end()) {
+    Buffer<W> buffer = std::move(*best);
+    pool_.erase(best);
+    return buffer;
+  }
+  // Free buffers too small for this unit would only add to the footprint: drop them.
+  for (const auto& free_buffer : pool_) pool_bytes_ -= free_buffer.bytes();
+  pool_.clear();
+  Buffer<W> buffer(static_cast<std::size_t>(elements));
+  pool_bytes_ += buffer.bytes();
+  pool_peak_bytes_ = std::max(pool_peak_bytes_, pool_bytes_);
+  return buffer;
+}
+
+template <class W>
+void ShardedWeights<W>::issue_next() {
+  const UnitId id = schedule_[next_issue_];
+  const UnitShard& u = unit(id);
+  Gathered g{next_issue_, id, take_buffer(u.padded), nullptr, false};
+  g.request = comm_->all_gather_async(u.shard.data(), g.buffer.data(), u.shard.bytes());
+  live_.push_back(std::move(g));
+  ++next_issue_;
+}
+
+template <class W>
+void ShardedWeights<W>::prefetch() {
+  Index live_elements = 0;
+  for (const auto& g : live_) live_elements += unit(g.unit).padded;
+  const std::size_t limit = next_acquire_ + static_cast<std::size_t>(std::max(0, options_.prefetch_depth));
+  while (next_issue_ < schedule_.size() && next_issue_ <= limit) {
+    const Index need = unit(schedule_[next_issue_]).padded;
+    if (options_.max_live_elements > 0 && !live_.empty() && live_elements + need > options_.max_live_elements) break;
+    issue_next();
+    live_elements += need;
+  }
+}
+
+template <class W>
+const W* ShardedWeights<W>::acquire(UnitId id) {
+  if (comm_->size() == 1) return unit(id).shard.data();
+  if (next_acquire_ >= schedule_.size() || !(schedule_[next_acquire_] == id))
+    throw InternalError("ZeRO-3: " + unit_name(id) + " acquired out of the announced schedule order");
+  while (next_issue_ <= next_acquire_) issue_next();
+  auto it = std::find_if(live_.begin(), live_.end(), [&](const Gathered& g) { return g.schedule_index == next_acquire_; });
+  ZL_CHECK(it != live_.end());
+  it->request->wait();
+  it->acquired = true;
+  prefetch();  // up to prefetch_depth units beyond this one
+  ++next_acquire_;
+  return it->buffer.data();
+}
+
+template <class W>
+void ShardedWeights<W>::release(UnitId id) {
+  if (comm_->size() == 1) return;
+  auto it = std::find_if(live_.begin(), live_.end(), [&](const Gathered& g) { return g.acquired && g.unit == id; });
+  ZL_CHECK(it != live_.end());
+  pool_.push_back(std::move(it->buffer));
+  live_.erase(it);
+  prefetch();
+}
+
+template <class W>
+std::size_t ShardedWeights<W>::shard_bytes() const {
+  std::size_t total = 0;
+  for (const auto& u : units_) total += u.shard.bytes();
+  return total;
+}
+
+template <class W>
+std::size_t ShardedWeights<W>::gathered_peak_bytes() const {
+  return pool_peak_bytes_;
+}
+
+template <class W>
+Index ShardedWeights<W>::unit_elements(UnitId id) const {
+  return unit(id).elements;
+}
+
+template <class W>
+Index ShardedWeights<W>::shard_elements(UnitId id) const {
+  return unit(id).padded / comm_->size();
+}
+
+template class ShardedWeights<float>;
+template class ShardedWeights<bf16>;
+template class ShardedWeights<double>;
+
+}  // namespace zerolora

@@ -1,0 +1,175 @@
+#include "train/lora_trainer.hpp"
+
+#include <chrono>
+#include <cmath>
+#include <cstring>
+
+#include "core/error.hpp"
+#include "core/precision.hpp"
+#include "core/rng.hpp"
+#include "data/collate.hpp"
+
+namespace zerolora {
+namespace {
+
+double now_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+std::uint64_t trainer_fingerprint(const LlamaConfig& c, const LoraLayout& layout, const TrainerOptions& o, int world) {
+  std::uint64_t h = 0x5eed;
+  for (double v : {double(c.hidden_size), double(c.intermediate_size), double(c.num_layers), double(c.num_heads),
+                   double(c.num_kv_heads), double(c.head_dim), double(c.vocab_size), c.rms_norm_eps, c.rope.theta,
+                   double(c.tie_word_embeddings), double(layout.size()), double(layout.config().rank),
+                   layout.config().alpha, layout.config().dropout, double(layout.config().use_rslora),
+                   double(o.micro_batch), o.adamw.beta1, o.adamw.beta2, o.adamw.eps, o.adamw.weight_decay,
+                   o.max_grad_norm, double(o.seed), double(o.persistence_threshold), double(world)})
+    h = hash_combine(h, std::bit_cast<std::uint64_t>(v));
+  return h;
+}
+
+}  // namespace
+
+Index count_targets(const std::vector<TokenSequence>& data, std::span<const Index> indices) {
+  Index total = 0;
+  for (Index i : indices) {
+    const TokenSequence& s = data[static_cast<std::size_t>(i)];
+    std::size_t at = 0;
+    for (auto len : s.segment_lengths) {  // position t predicts labels[t + 1] within a segment
+      for (std::size_t t = at + 1; t < at + static_cast<std::size_t>(len); ++t) total += s.labels[t] != kIgnoreIndex;
+      at += static_cast<std::size_t>(len);
+    }
+  }
+  return total;
+}
+
+template <class P>
+LoraTrainer<P>::LoraTrainer(Runtime& rt, Communicator& comm, LlamaModel<P>& model, const LoraLayout& layout,
+                            TrainerOptions options, std::span<const Act> initial_params)
+    : rt_(rt),
+      comm_(comm),
+      model_(model),
+      layout_(layout),
+      options_(options),
+      replicated_opt_(0, options.adamw),
+      shard_opt_(0, options.adamw) {
+  if (static_cast<Index>(initial_params.size()) != layout.size())
+    throw ShapeError("initial LoRA parameters hold " + std::to_string(initial_params.size()) +
+                     " values, the layout needs " + std::to_string(layout.size()));
+  if (options.micro_batch < 1) throw ConfigError("micro batch must be at least 1");
+  require_same_on_all_ranks(comm, trainer_fingerprint(model.config(), layout, options, comm.size()),
+                            "the model, LoRA or optimizer configuration");
+  for (const auto& e : layout.entries()) {
+    if (e.numel() >= options.persistence_threshold) {
+      partitioned_slices_.push_back({e.offset, e.numel()});
+      partitioned_ += e.numel();
+    } else {
+      replicated_slices_.push_back({e.offset, e.numel()});
+      replicated_ += e.numel();
+    }
+  }
+  const Index world = comm.size();
+  partitioned_padded_ = (partitioned_ + world - 1) / world * world;
+  const Index shard = partitioned_padded_ / world;
+
+  params_ = Buffer<Act>(static_cast<std::size_t>(layout.size()));
+  grads_ = Buffer<Act>(static_cast<std::size_t>(layout.size()));
+  std::memcpy(params_.data(), initial_params.data(), initial_params.size_bytes());
+  replicated_params_ = Buffer<Act>(static_cast<std::size_t>(replicated_));
+  replicated_grads_ = Buffer<Act>(static_cast<std::size_t>(replicated_));
+  pack(replicated_slices_, params_.data(), replicated_params_.data());
+  partitioned_params_full_ = Buffer<Act>(static_cast<std::size_t>(partitioned_padded_));
+  partitioned_params_full_.zero();
+  pack(partitioned_slices_, params_.data(), partitioned_params_full_.data());
+  partitioned_grads_full_ = Buffer<Act>(static_cast<std::size_t>(partitioned_padded_));
+  shard_params_ = Buffer<Act>(static_cast<std::size_t>(shard));
+  shard_grads_ = Buffer<Act>(static_cast<std::size_t>(shard));
+  if (shard > 0)
+    std::memcpy(shard_params_.data(), partitioned_params_full_.data() + comm.rank() * shard,
+                static_cast<std::size_t>(shard) * sizeof(Act));
+  replicated_opt_ = AdamW<Act>(replicated_, options.adamw);
+  shard_opt_ = AdamW<Act>(shard, options.adamw);
+}
+
+template <class P>
+void LoraTrainer<P>::pack(std::span<const Slice> slices, const Act* full, Act* packed) const {
+  for (const auto& s : slices) {
+    std::memcpy(packed, full + s.offset, static_cast<std::size_t>(s.count) * sizeof(Act));
+    packed += s.count;
+  }
+}
+
+template <class P>
+void LoraTrainer<P>::unpack(std::span<const Slice> slices, const Act* packed, Act* full) const {
+  for (const auto& s : slices) {
+    std::memcpy(full + s.offset, packed, static_cast<std::size_t>(s.count) * sizeof(Act));
+    packed += s.count;
+  }
+}
+
+template <class P>
+StepStats LoraTrainer<P>::step(const std::vector<TokenSequence>& data, std::span<const Index> rank_samples,
+                               Index global_targets, double lr, std::int64_t step_number) {
+  if (global_targets < 1) throw ConfigError("a global batch without any target token cannot train");
+  StepStats stats;
+  grads_.zero();
+  const double t0 = now_seconds();
+  double loss_sum = 0;
+  const StepKey key{options_.seed, static_cast<std::uint64_t>(step_number)};
+  for (std::size_t at = 0; at < rank_samples.size(); at += static_cast<std::size_t>(options_.micro_batch)) {
+    const auto micro = rank_samples.subspan(at, std::min(rank_samples.size() - at,
+                                                         static_cast<std::size_t>(options_.micro_batch)));
+    const Batch batch = make_batch(data, micro);
+    stats.tokens += batch.size();
+    stats.targets += batch.label_count();
+    loss_sum += model_.forward_backward(batch, params_.span(), grads_.span(), 1.0 / static_cast<double>(global_targets), key);
+  }
+  stats.compute_seconds = now_seconds() - t0;
+
+  // Reduce gradients: replicated tensors all-reduced, partitioned ones reduce-scattered.
+  const Index shard = partitioned_padded_ / comm_.size();
+  pack(replicated_slices_, grads_.data(), replicated_grads_.data());
+  partitioned_grads_full_.zero();
+  pack(partitioned_slices_, grads_.data(), partitioned_grads_full_.data());
+  auto loss_request = comm_.all_reduce_async(&loss_sum, 1, ElementType::kDouble);
+  comm_.all_reduce(replicated_grads_.span());
+  if (partitioned_padded_ > 0)
+    comm_.reduce_scatter(partitioned_grads_full_.data(), shard_grads_.data(), static_cast<std::size_t>(shard));
+  loss_request->wait();
+  stats.loss = loss_sum / static_cast<double>(global_targets);
+
+  // Global norm: replicated part is identical on all ranks, shards add up.
+  const double replicated_sq = std::pow(grad_norm<Act>(rt_, replicated_grads_.span()), 2);
+  const double shard_sq = comm_.all_reduce_sum(std::pow(grad_norm<Act>(rt_, shard_grads_.span()), 2));
+  stats.grad_norm = std::sqrt(replicated_sq + shard_sq);
+  if (options_.max_grad_norm > 0) {
+    const Act coef = static_cast<Act>(std::min(1.0, options_.max_grad_norm / (stats.grad_norm + 1e-6)));
+    for (Act& g : replicated_grads_) g *= coef;
+    for (Act& g : shard_grads_) g *= coef;
+  }
+
+  replicated_opt_.step(rt_, replicated_params_.span(), replicated_grads_.span(), lr);
+  if (shard > 0) shard_opt_.step(rt_, shard_params_.span(), shard_grads_.span(), lr);
+  else shard_opt_.set_steps(replicated_opt_.steps());
+  if (partitioned_padded_ > 0)
+    comm_.all_gather(shard_params_.data(), partitioned_params_full_.data(), static_cast<std::size_t>(shard) * sizeof(Act));
+  unpack(replicated_slices_, replicated_params_.data(), params_.data());
+  unpack(partitioned_slices_, partitioned_params_full_.data(), params_.data());
+  return stats;
+}
+
+template <class P>
+double LoraTrainer<P>::evaluate(const std::vector<TokenSequence>& data, std::span<const Index> rank_samples) {
+  double loss_sum = 0;
+  for (std::size_t at = 0; at < rank_samples.size(); at += static_cast<std::size_t>(options_.micro_batch)) {
+    const auto micro = rank_samples.subspan(at, std::min(rank_samples.size() - at,
+                                                         static_cast<std::size_t>(options_.micro_batch)));
+    loss_sum += model_.loss(make_batch(data, micro), params_.span());
+  }
+  return comm_.all_reduce_sum(loss_sum);
+}
+
+template class LoraTrainer<Fp32Policy>;
+template class LoraTrainer<Bf16Policy>;
+
+}  // namespace zerolora

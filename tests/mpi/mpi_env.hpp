@@ -1,0 +1,14 @@
+// Access to the process's communicator from MPI tests.
+#pragma once
+
+#include "dist/communicator.hpp"
+
+namespace zerolora::testing {
+
+class MpiEnvironment {
+ public:
+  static Communicator& comm() { return *comm_; }
+  static Communicator* comm_;  // set once by mpi_main before the tests run
+};
+
+}  // namespace zerolora::testing

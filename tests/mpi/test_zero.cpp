@@ -1,0 +1,184 @@
+// ZeRO-3 over MPI, run by ctest as `mpirun -np W` for W = 1, 2, 3, 4: training with sharded
+// base weights and replicated or partitioned LoRA state gives, at every step, the loss and
+// final adapter of the single-process run; each rank holds only its shard.
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "core/error.hpp"
+#include "core/precision.hpp"
+#include "data/sampler.hpp"
+#include "dist/sharded_weights.hpp"
+#include "model/llama_weights.hpp"
+#include "mpi_env.hpp"
+#include "test_util.hpp"
+#include "train/lora_trainer.hpp"
+
+namespace zerolora {
+namespace {
+
+using testing::MpiEnvironment;
+
+// 24 sequences of 5..20 tokens, the first 3 positions masked.
+std::vector<TokenSequence> synthetic_data(Index vocab) {
+  std::mt19937 gen(11);
+  std::vector<TokenSequence> data(24);
+  for (std::size_t i = 0; i < data.size(); ++i) {
+    const int n = 5 + static_cast<int>(i * 7 % 16);
+    for (int t = 0; t < n; ++t) {
+      const auto id = static_cast<std::int32_t>(gen() % static_cast<std::uint32_t>(vocab));
+      data[i].input_ids.push_back(id);
+      data[i].labels.push_back(t < 3 ? kIgnoreIndex : id);
+    }
+    data[i].segment_lengths = {n};
+  }
+  return data;
+}
+
+struct RunResult {
+  std::vector<double> losses;
+  std::vector<float> params;
+};
+
+// Five LoRA steps of a global batch of 12 over this communicator's ranks.
+RunResult train_five_steps(Communicator& comm, WeightProvider<float>& weights, Index threshold, Index micro) {
+  Runtime rt(1);
+  LoraConfig lora;
+  lora.rank = 4;
+  lora.alpha = 8;
+  lora.dropout = 0.1;
+  lora.targets = parse_lora_targets("all-linear");
+  const LoraLayout layout(weights.config(), lora);
+  std::vector<float> init(static_cast<std::size_t>(layout.size()));
+  init_lora_params<float>(init, layout, 3);
+  std::mt19937 gen(5);
+  std::normal_distribution<float> noise(0.0f, 0.05f);
+  for (const auto& e : layout.entries())  // non-zero B, so every gradient is non-trivial
+    if (e.is_b)
+      for (Index i = 0; i < e.numel(); ++i) init[e.offset + i] = noise(gen);
+  ComputeOptions compute;
+  compute.attention.block = 4;
+  LlamaModel<Fp32Policy> model(rt, weights, &layout, compute);
+  TrainerOptions options;
+  options.micro_batch = micro;
+  options.max_grad_norm = 0.5;
+  options.adamw.weight_decay = 0.01;
+  options.persistence_threshold = threshold;
+  LoraTrainer<Fp32Policy> trainer(rt, comm, model, layout, options, init);
+  const auto data = synthetic_data(weights.config().vocab_size);
+  std::vector<Index> lengths;
+  for (const auto& s : data) lengths.push_back(s.size());
+  SamplerOptions sampling;
+  sampling.global_batch = 12;
+  sampling.world = comm.size();
+  sampling.rank = comm.rank();
+  const DistributedSampler sampler(lengths, sampling);
+  RunResult result;
+  for (Index step = 0; step < 5; ++step) {
+    const Index epoch = step / sampler.steps_per_epoch(), in_epoch = step % sampler.steps_per_epoch();
+    const auto global = sampler.global_batch(epoch, in_epoch);
+    const auto mine = sampler.rank_batch(epoch, in_epoch);
+    const auto stats = trainer.step(data, mine, count_targets(data, global), 2e-3, step);
+    result.losses.push_back(stats.loss);
+  }
+  result.params.assign(trainer.params().begin(), trainer.params().end());
+  return result;
+}
+
+class WorldSizeInvariance : public ::testing::TestWithParam<Index> {};
+
+TEST_P(WorldSizeInvariance, LossesAndAdapterEqualSingleProcess) {
+  Communicator& comm = MpiEnvironment::comm();
+  const Checkpoint checkpoint(testing::fixtures_dir() / "gqa_tied" / "model");
+  Runtime rt(1);
+  // The reference: this process alone, whole model, another micro-batch split.
+  auto local = make_local_communicator();
+  auto full = load_llama_weights<float>(rt, checkpoint);
+  const RunResult reference = train_five_steps(*local, full, GetParam(), 3);
+  // Distributed: sharded base weights, prefetch depth 2.
+  auto sharded = ShardedWeights<float>::load(rt, comm, checkpoint, ZeroOptions{2, 0});
+  const RunResult distributed = train_five_steps(comm, sharded, GetParam(), 2);
+  for (std::size_t s = 0; s < reference.losses.size(); ++s)
+    EXPECT_NEAR(distributed.losses[s], reference.losses[s], 1e-5 * reference.losses[s])
+        << "step " << s << " world " << comm.size();
+  EXPECT_LT(testing::max_rel_error(distributed.params, reference.params), 1e-5) << "world " << comm.size();
+  EXPECT_LT(reference.losses.back(), reference.losses.front());  // it trains
+}
+
+// Persistence threshold 1e5 (every LoRA tensor of this tiny model replicated) and 0 (all
+// partitioned: reduce-scatter, sharded AdamW, all-gather).
+INSTANTIATE_TEST_SUITE_P(Threshold, WorldSizeInvariance, ::testing::Values(Index{100000}, Index{0}),
+                         [](const auto& info) { return info.param == 0 ? "partitioned" : "replicated"; });
+
+TEST(ShardedWeights, EachRankHoldsOnlyItsShard) {
+  Communicator& comm = MpiEnvironment::comm();
+  const Checkpoint checkpoint(testing::fixtures_dir() / "odd_untied_all" / "model");
+  Runtime rt(1);
+  auto sharded = ShardedWeights<bf16>::load(rt, comm, checkpoint, ZeroOptions{1, 0});
+  const LlamaConfig& c = checkpoint.config();
+  const Index W = comm.size();
+  std::vector<UnitId> units{{Unit::kEmbedding}, {Unit::kFinalNorm}, {Unit::kLmHead}};
+  for (int l = 0; l < c.num_layers; ++l) units.push_back({Unit::kLayer, l});
+  std::size_t expected = 0, largest = 0;
+  for (const auto& u : units) {
+    const Index n = sharded.unit_elements(u);
+    EXPECT_EQ(sharded.shard_elements(u), (n + W - 1) / W);
+    expected += static_cast<std::size_t>((n + W - 1) / W) * sizeof(bf16);
+    largest = std::max(largest, static_cast<std::size_t>((n + W - 1) / W * W) * sizeof(bf16));
+  }
+  EXPECT_EQ(sharded.shard_bytes(), expected);
+
+  // Gathered units equal the single-process weights, and the live set stays bounded.
+  auto full = load_llama_weights<bf16>(rt, checkpoint);
+  std::vector<UnitId> schedule{{Unit::kEmbedding}, {Unit::kLayer, 0}, {Unit::kLayer, 1}, {Unit::kFinalNorm},
+                               {Unit::kLmHead}, {Unit::kLayer, 1}, {Unit::kLayer, 0}};
+  sharded.begin_schedule(schedule);
+  full.begin_schedule(schedule);
+  for (const auto& u : schedule) {
+    const bf16* gathered = sharded.acquire(u);
+    const bf16* whole = full.acquire(u);
+    const Index n = sharded.unit_elements(u);
+    EXPECT_EQ(std::memcmp(gathered, whole, static_cast<std::size_t>(n) * sizeof(bf16)), 0) << "unit " << int(u.kind) << " " << u.layer;
+    sharded.release(u);
+  }
+  if (W > 1) EXPECT_LE(sharded.gathered_peak_bytes(), 2 * largest);  // the unit in use + one prefetched
+}
+
+TEST(ShardedWeights, RandomShardsMatchRandomWeights) {
+  Communicator& comm = MpiEnvironment::comm();
+  LlamaConfig c;
+  c.hidden_size = 40;
+  c.intermediate_size = 56;
+  c.num_layers = 2;
+  c.num_heads = 4;
+  c.num_kv_heads = 2;
+  c.head_dim = 10;
+  c.vocab_size = 33;
+  Runtime rt(1);
+  auto sharded = ShardedWeights<float>::random(rt, comm, c, 9);
+  auto full = random_llama_weights<float>(rt, c, 9);
+  const std::vector<UnitId> schedule{{Unit::kEmbedding}, {Unit::kLayer, 0}, {Unit::kLayer, 1}, {Unit::kFinalNorm}};
+  sharded.begin_schedule(schedule);
+  for (const auto& u : schedule) {
+    const float* a = sharded.acquire(u);
+    const float* b = full.acquire(u);
+    EXPECT_EQ(std::memcmp(a, b, static_cast<std::size_t>(sharded.unit_elements(u)) * sizeof(float)), 0);
+    sharded.release(u);
+  }
+}
+
+TEST(Communicator, RanksMustAgreeOnTheConfiguration) {
+  Communicator& comm = MpiEnvironment::comm();
+  EXPECT_NO_THROW(require_same_on_all_ranks(comm, 42, "config"));
+  if (comm.size() > 1) {
+    try {
+      require_same_on_all_ranks(comm, comm.rank() == comm.size() - 1 ? 7 : 42, "the configuration");
+      ADD_FAILURE() << "no error";
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find("rank(s) " + std::to_string(comm.size() - 1)), std::string::npos) << e.what();
+    }
+  }
+}
+
+}  // namespace
+}  // namespace zerolora
