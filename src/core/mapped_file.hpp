@@ -19,6 +19,9 @@ class MappedFile {
   ~MappedFile();
 
   std::span<const std::byte> bytes() const { return {data_, size_}; }
+  // Tells the kernel this process is done with the pages wholly inside `range` (a sub-span of
+  // bytes()): they leave this process's resident set; the file and page cache are untouched.
+  void drop_pages(std::span<const std::byte> range) const;
   std::size_t size() const { return size_; }
   const std::filesystem::path& path() const { return path_; }
 

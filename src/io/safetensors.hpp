@@ -53,6 +53,8 @@ class SafetensorsFile {
   // Throws ShapeError naming the file when the tensor is absent.
   const TensorInfo& at(std::string_view name) const;
   std::span<const std::byte> data(const TensorInfo& tensor) const;
+  // Releases the resident pages of elements [first, first + count) of a tensor once read.
+  void drop_pages(const TensorInfo& tensor, std::int64_t first, std::int64_t count) const;
 
  private:
   MappedFile file_;

@@ -116,6 +116,8 @@ void read_checkpoint_elements(Runtime& rt, const Checkpoint& checkpoint, const P
     const Index at = c * kChunk;
     read_float_elements(*located.file, *located.info, first + at, std::min(kChunk, count - at), dst + at);
   }
+  // The copy is what stays: let the mapped file pages go, so peak memory is about the copy.
+  located.file->drop_pages(*located.info, first, count);
 }
 
 template <class W>

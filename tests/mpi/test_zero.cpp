@@ -141,7 +141,9 @@ TEST(ShardedWeights, EachRankHoldsOnlyItsShard) {
     EXPECT_EQ(std::memcmp(gathered, whole, static_cast<std::size_t>(n) * sizeof(bf16)), 0) << "unit " << int(u.kind) << " " << u.layer;
     sharded.release(u);
   }
-  if (W > 1) EXPECT_LE(sharded.gathered_peak_bytes(), 2 * largest);  // the unit in use + one prefetched
+  if (W > 1) {
+    EXPECT_LE(sharded.gathered_peak_bytes(), 2 * largest);  // the unit in use + one prefetched
+  }
 }
 
 TEST(ShardedWeights, RandomShardsMatchRandomWeights) {

@@ -1,0 +1,163 @@
+// ZeRO-3 benchmark, one process per rank under mpirun:
+//   bench_zero --write-checkpoint DIR       writes a random ~430 MB bf16 Llama checkpoint
+//   mpirun -np W bench_zero --model DIR     loads each rank's shard, trains a few LoRA steps
+// Prints, per rank, key=value lines: shard bytes, peak RSS after loading and after training,
+// and the step time split into compute, exposed communication (time spent waiting for a
+// collective) and overlapped communication (collective time hidden behind compute).
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "bench_util.hpp"
+#include "core/precision.hpp"
+#include "core/rng.hpp"
+#include "dist/sharded_weights.hpp"
+#include "io/safetensors.hpp"
+#include "model/llama_weights.hpp"
+#include "train/lora_trainer.hpp"
+
+namespace zerolora::bench {
+namespace {
+
+LlamaConfig bench_config() {
+  LlamaConfig c;
+  c.hidden_size = 1024;
+  c.intermediate_size = 2816;
+  c.num_layers = 12;
+  c.num_heads = 16;
+  c.num_kv_heads = 16;
+  c.head_dim = 64;
+  c.vocab_size = 32000;
+  c.rms_norm_eps = 1e-5;
+  c.torch_dtype = "bfloat16";
+  return c;
+}
+
+void write_checkpoint(const std::filesystem::path& dir) {
+  const LlamaConfig c = bench_config();
+  Runtime rt(0);
+  const auto weights = random_llama_weights<bf16>(rt, c, 1);
+  std::filesystem::create_directories(dir);
+  SafetensorsWriter writer;
+  for (const auto& e : parameter_table(c)) {
+    auto& w = const_cast<LlamaWeights<bf16>&>(weights);
+    const bf16* data = w.unit_data(e) + e.offset;
+    writer.add<bf16>(e.name, DType::kBF16, e.shape, std::span<const bf16>(data, static_cast<std::size_t>(e.numel())));
+  }
+  writer.set_metadata("format", "pt");
+  writer.write(dir / "model.safetensors");
+  FILE* f = std::fopen((dir / "config.json").c_str(), "w");
+  std::fprintf(f,
+               "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", \"hidden_size\": %lld, "
+               "\"intermediate_size\": %lld, \"num_hidden_layers\": %lld, \"num_attention_heads\": %lld, "
+               "\"num_key_value_heads\": %lld, \"vocab_size\": %lld, \"rms_norm_eps\": 1e-5, "
+               "\"tie_word_embeddings\": false, \"torch_dtype\": \"bfloat16\"}\n",
+               static_cast<long long>(c.hidden_size), static_cast<long long>(c.intermediate_size),
+               static_cast<long long>(c.num_layers), static_cast<long long>(c.num_heads),
+               static_cast<long long>(c.num_kv_heads), static_cast<long long>(c.vocab_size));
+  std::fclose(f);
+  std::printf("wrote %s (%.1f MiB)\n", dir.c_str(),
+              static_cast<double>(std::filesystem::file_size(dir / "model.safetensors")) / (1 << 20));
+}
+
+}  // namespace
+}  // namespace zerolora::bench
+
+int main(int argc, char** argv) {
+  using namespace zerolora;
+  using namespace zerolora::bench;
+  std::string model, write_dir;
+  int steps = 3, threads = 1, prefetch = 1;
+  Index seq = 512;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string arg = argv[i], value = argv[i + 1];
+    if (arg == "--model") model = value;
+    else if (arg == "--write-checkpoint") write_dir = value;
+    else if (arg == "--steps") steps = std::stoi(value);
+    else if (arg == "--seq") seq = std::stoll(value);
+    else if (arg == "--threads") threads = std::stoi(value);
+    else if (arg == "--prefetch") prefetch = std::stoi(value);
+    else {
+      std::fprintf(stderr, "usage: %s --write-checkpoint DIR | --model DIR [--steps N] [--seq L] [--threads T] [--prefetch D]\n", argv[0]);
+      return 2;
+    }
+  }
+  if (!write_dir.empty()) {
+    write_checkpoint(write_dir);
+    return 0;
+  }
+  if (model.empty()) {
+    std::fprintf(stderr, "give --model DIR (made with --write-checkpoint DIR)\n");
+    return 2;
+  }
+  auto comm = make_communicator();
+  const int W = comm->size(), r = comm->rank();
+  Runtime rt(threads);
+  std::vector<double> figures;  // gathered to rank 0 in this order
+  const std::vector<std::string> names{"shard_mib", "rss_after_load_mib", "step_s", "compute_s",
+                                       "comm_busy_s", "comm_exposed_s", "comm_overlapped_s", "gathered_peak_mib",
+                                       "peak_rss_mib"};
+  double load_rss = 0;
+  std::size_t shard_bytes = 0;
+  auto weights = [&] {
+    const Checkpoint checkpoint(model);
+    auto w = ShardedWeights<bf16>::load(rt, *comm, checkpoint, ZeroOptions{prefetch, 0});
+    shard_bytes = w.shard_bytes();
+    return w;
+  }();
+  load_rss = peak_rss_mib();
+
+  LoraConfig lora;
+  lora.rank = 4;
+  lora.alpha = 16;
+  lora.dropout = 0.05;
+  const LoraLayout layout(weights.config(), lora);
+  std::vector<float> init(static_cast<std::size_t>(layout.size()));
+  init_lora_params<float>(init, layout, 1);
+  LlamaModel<Bf16Policy> llama(rt, weights, &layout);
+  LoraTrainer<Bf16Policy> trainer(rt, *comm, llama, layout, TrainerOptions{}, init);
+  // Global batch of W sequences: one per rank.
+  std::vector<TokenSequence> data(static_cast<std::size_t>(W));
+  for (int s = 0; s < W; ++s) {
+    for (Index t = 0; t < seq; ++t) {
+      const auto id = static_cast<std::int32_t>(mix64(static_cast<std::uint64_t>(s * seq + t)) % 32000);
+      data[s].input_ids.push_back(id);
+      data[s].labels.push_back(id);
+    }
+    data[s].segment_lengths = {static_cast<std::int32_t>(seq)};
+  }
+  std::vector<Index> all(static_cast<std::size_t>(W));
+  for (int s = 0; s < W; ++s) all[s] = s;
+  const Index targets = count_targets(data, all);
+  const std::vector<Index> mine{r};
+  std::vector<double> step_times;
+  for (int s = 0; s <= steps; ++s) {  // step 0 warms up
+    if (s == 1) comm->reset_stats();
+    comm->barrier();
+    const double t0 = now_seconds();
+    const auto stats = trainer.step(data, mine, targets, 1e-4, s);
+    (void)stats;
+    if (s > 0) step_times.push_back(now_seconds() - t0);
+  }
+  const CommStats cs = comm->stats();
+  double step_s = 0, compute_s = 0;
+  for (double t : step_times) step_s += t / steps;
+  // compute_seconds includes waits for gathers inside forward/backward: take exposed time out.
+  compute_s = step_s - cs.waited_seconds / steps;
+  figures = {static_cast<double>(shard_bytes) / (1 << 20), load_rss, step_s, compute_s, cs.busy_seconds / steps,
+             cs.waited_seconds / steps, (cs.busy_seconds - cs.waited_seconds) / steps,
+             static_cast<double>(weights.gathered_peak_bytes()) / (1 << 20), peak_rss_mib()};
+  std::vector<double> everyone(figures.size() * static_cast<std::size_t>(W));
+  comm->all_gather(figures.data(), everyone.data(), figures.size() * sizeof(double));
+  if (r == 0) {
+    print_kv("world", W);
+    print_kv("threads_per_rank", threads);
+    print_kv("seq", static_cast<double>(seq));
+    for (int q = 0; q < W; ++q)
+      for (std::size_t k = 0; k < names.size(); ++k)
+        print_kv("w" + std::to_string(W) + "_rank" + std::to_string(q) + "_" + names[k],
+                 everyone[static_cast<std::size_t>(q) * names.size() + k]);
+  }
+  return 0;
+}
