@@ -52,6 +52,7 @@ class ShardedWeights : public WeightProvider<W> {
   std::size_t gathered_peak_bytes() const;  // most bytes ever held in gathered buffers at once
   Index unit_elements(UnitId unit) const;   // unpadded
   Index shard_elements(UnitId unit) const;  // padded / W
+  std::size_t live_units() const { return live_.size(); }  // gathered or being gathered
 
  private:
   struct UnitShard {

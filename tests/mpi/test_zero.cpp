@@ -144,6 +144,35 @@ TEST(ShardedWeights, EachRankHoldsOnlyItsShard) {
   if (W > 1) {
     EXPECT_LE(sharded.gathered_peak_bytes(), 2 * largest);  // the unit in use + one prefetched
   }
+
+  // Prefetch depth 2: acquiring a unit keeps the next two in flight.
+  if (W > 1) {
+    auto deep = ShardedWeights<bf16>::load(rt, comm, checkpoint, ZeroOptions{2, 0});
+    deep.begin_schedule(schedule);
+    deep.acquire(schedule[0]);
+    EXPECT_EQ(deep.live_units(), 3u);
+    deep.release(schedule[0]);
+    deep.acquire(schedule[1]);
+    EXPECT_EQ(deep.live_units(), 3u);
+    for (std::size_t i = 2; i < schedule.size(); ++i) {  // drain: every rank issues the same gathers
+      deep.release(schedule[i - 1]);
+      deep.acquire(schedule[i]);
+    }
+    deep.release(schedule.back());
+    EXPECT_EQ(deep.live_units(), 0u);
+  }
+
+  // A live cap of one unit stops prefetching altogether, even with depth 3; results agree.
+  auto capped = ShardedWeights<bf16>::load(rt, comm, checkpoint, ZeroOptions{3, 1});
+  capped.begin_schedule(schedule);
+  for (const auto& u : schedule) {
+    EXPECT_EQ(std::memcmp(capped.acquire(u), full.acquire(u),
+                          static_cast<std::size_t>(capped.unit_elements(u)) * sizeof(bf16)), 0);
+    capped.release(u);
+  }
+  if (W > 1) {
+    EXPECT_LE(capped.gathered_peak_bytes(), largest);
+  }
 }
 
 TEST(ShardedWeights, RandomShardsMatchRandomWeights) {
