@@ -12,5 +12,6 @@ using Command = std::function<int()>;
 Command add_inspect(CLI::App& app);
 Command add_generate(CLI::App& app);
 Command add_data_preview(CLI::App& app);
+Command add_train(CLI::App& app);
 
 }  // namespace zerolora::cli

@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
   };
   add(zerolora::cli::add_inspect);
   add(zerolora::cli::add_generate);
+  add(zerolora::cli::add_train);
   add(zerolora::cli::add_data_preview);
   try {
     app.parse(argc, argv);

@@ -1,5 +1,6 @@
 #include "data/dataset.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/error.hpp"
@@ -38,6 +39,17 @@ TrainingData build_training_data(Runtime& rt, const DataOptions& o, const Tokeni
   for (const auto& e : train_examples)
     if (e.size() == o.tokenize.max_seq_length && e.input_ids.back() != o.tokenize.eos_id)
       ++data.report.truncated;
+  // An example whose prompt fills max_seq_length has nothing left to learn from (HF would
+  // train on it with a NaN loss). Dropped unless packing mixes it into blocks as HF does.
+  if (o.packing != Packing::kConcat) {
+    auto no_targets = [](const TokenSequence& e) {
+      return std::all_of(e.labels.begin() + 1, e.labels.end(), [](std::int32_t l) { return l == kIgnoreIndex; });
+    };
+    const auto before = train_examples.size();
+    std::erase_if(train_examples, no_targets);
+    std::erase_if(validation_examples, no_targets);
+    data.report.without_targets = static_cast<std::int64_t>(before - train_examples.size());
+  }
   data.train = pack(std::move(train_examples), o.packing, o.tokenize.max_seq_length);
   data.validation = pack(std::move(validation_examples), o.packing, o.tokenize.max_seq_length);
   for (const auto& s : data.train) {

@@ -28,6 +28,7 @@ struct DataReport {
   std::int64_t skipped_empty_output = 0;
   std::int64_t train_examples = 0, validation_examples = 0;  // before packing
   std::int64_t truncated = 0;                                // examples cut at max_seq_length
+  std::int64_t without_targets = 0;  // examples whose response was truncated away: dropped
   std::int64_t train_tokens = 0, train_label_tokens = 0;
 };
 

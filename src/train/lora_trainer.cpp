@@ -3,11 +3,13 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "core/error.hpp"
 #include "core/precision.hpp"
 #include "core/rng.hpp"
 #include "data/collate.hpp"
+#include "io/tensor_read.hpp"
 
 namespace zerolora {
 namespace {
@@ -110,8 +112,12 @@ void LoraTrainer<P>::unpack(std::span<const Slice> slices, const Act* packed, Ac
 template <class P>
 StepStats LoraTrainer<P>::step(const std::vector<TokenSequence>& data, std::span<const Index> rank_samples,
                                Index global_targets, double lr, std::int64_t step_number) {
-  if (global_targets < 1) throw ConfigError("a global batch without any target token cannot train");
   StepStats stats;
+  if (global_targets < 1) {  // nothing to learn from (every label masked): no update at all
+    stats.loss = std::numeric_limits<double>::quiet_NaN();
+    for (Index i : rank_samples) stats.tokens += data[static_cast<std::size_t>(i)].size();
+    return stats;
+  }
   grads_.zero();
   const double t0 = now_seconds();
   double loss_sum = 0;
@@ -159,14 +165,61 @@ StepStats LoraTrainer<P>::step(const std::vector<TokenSequence>& data, std::span
 }
 
 template <class P>
-double LoraTrainer<P>::evaluate(const std::vector<TokenSequence>& data, std::span<const Index> rank_samples) {
+double LoraTrainer<P>::evaluate(const std::vector<TokenSequence>& data, std::span<const Index> rank_samples,
+                                Index micro_batch) {
   double loss_sum = 0;
-  for (std::size_t at = 0; at < rank_samples.size(); at += static_cast<std::size_t>(options_.micro_batch)) {
-    const auto micro = rank_samples.subspan(at, std::min(rank_samples.size() - at,
-                                                         static_cast<std::size_t>(options_.micro_batch)));
+  const auto step = static_cast<std::size_t>(std::max<Index>(1, micro_batch));
+  for (std::size_t at = 0; at < rank_samples.size(); at += step) {
+    const auto micro = rank_samples.subspan(at, std::min(rank_samples.size() - at, step));
     loss_sum += model_.loss(make_batch(data, micro), params_.span());
   }
   return comm_.all_reduce_sum(loss_sum);
+}
+
+template <class P>
+void LoraTrainer<P>::write_state(SafetensorsWriter& writer) const {
+  static_assert(std::is_same_v<Act, float>);
+  auto& self = const_cast<LoraTrainer&>(*this);
+  auto add = [&](const char* name, std::span<float> values) {
+    writer.add<float>(name, DType::kF32, {static_cast<std::int64_t>(values.size())}, std::span<const float>(values));
+  };
+  add("replicated.exp_avg", self.replicated_opt_.first_moment());
+  add("replicated.exp_avg_sq", self.replicated_opt_.second_moment());
+  add("shard.exp_avg", self.shard_opt_.first_moment());
+  add("shard.exp_avg_sq", self.shard_opt_.second_moment());
+  writer.set_metadata("step", std::to_string(replicated_opt_.steps()));
+  writer.set_metadata("rank", std::to_string(comm_.rank()));
+  writer.set_metadata("world_size", std::to_string(comm_.size()));
+}
+
+template <class P>
+void LoraTrainer<P>::read_state(const SafetensorsFile& file, std::span<const Act> params) {
+  static_assert(std::is_same_v<Act, float>);
+  if (static_cast<Index>(params.size()) != layout_.size())
+    throw ShapeError("checkpoint adapter holds " + std::to_string(params.size()) + " values, this run needs " +
+                     std::to_string(layout_.size()));
+  auto read = [&](const char* name, std::span<float> into) {
+    const TensorInfo& t = file.at(name);
+    if (t.numel() != static_cast<std::int64_t>(into.size()))
+      throw ShapeError(file.path().string() + ": '" + name + "' holds " + std::to_string(t.numel()) +
+                       " values, this run needs " + std::to_string(into.size()));
+    read_float_elements(file, t, 0, t.numel(), into.data());
+  };
+  read("replicated.exp_avg", replicated_opt_.first_moment());
+  read("replicated.exp_avg_sq", replicated_opt_.second_moment());
+  read("shard.exp_avg", shard_opt_.first_moment());
+  read("shard.exp_avg_sq", shard_opt_.second_moment());
+  const std::int64_t steps = std::stoll(file.metadata().at("step"));
+  replicated_opt_.set_steps(steps);
+  shard_opt_.set_steps(steps);
+  std::memcpy(params_.data(), params.data(), params.size_bytes());
+  pack(replicated_slices_, params_.data(), replicated_params_.data());
+  partitioned_params_full_.zero();
+  pack(partitioned_slices_, params_.data(), partitioned_params_full_.data());
+  const Index shard = partitioned_padded_ / comm_.size();
+  if (shard > 0)
+    std::memcpy(shard_params_.data(), partitioned_params_full_.data() + comm_.rank() * shard,
+                static_cast<std::size_t>(shard) * sizeof(Act));
 }
 
 template class LoraTrainer<Fp32Policy>;

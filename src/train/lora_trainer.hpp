@@ -18,6 +18,7 @@
 #include "core/buffer.hpp"
 #include "data/examples.hpp"
 #include "dist/communicator.hpp"
+#include "io/safetensors.hpp"
 #include "model/llama_model.hpp"
 #include "train/adamw.hpp"
 
@@ -51,13 +52,24 @@ class LoraTrainer {
   LoraTrainer(Runtime& rt, Communicator& comm, LlamaModel<P>& model, const LoraLayout& layout,
               TrainerOptions options, std::span<const Act> initial_params);
 
+  // A global batch without any target token (all labels masked) makes no update and reports
+  // a NaN loss.
   StepStats step(const std::vector<TokenSequence>& data, std::span<const Index> rank_samples,
                  Index global_targets, double lr, std::int64_t step_number);
 
-  // Summed loss over the sequences (no gradient), all ranks' shares added.
-  double evaluate(const std::vector<TokenSequence>& data, std::span<const Index> rank_samples);
+  // Summed loss over the sequences (no gradient), all ranks' shares added. Every rank must
+  // pass the same number of samples (pad with sequences whose labels are all -100): under
+  // ZeRO-3 each forward pass gathers the model, so all ranks must make the same passes.
+  double evaluate(const std::vector<TokenSequence>& data, std::span<const Index> rank_samples, Index micro_batch);
 
   std::span<const Act> params() const { return params_.span(); }
+
+  // Resume support. The state of this rank is the AdamW moments (of the replicated tensors,
+  // and of this rank's slice of the partitioned ones) and the step count; the weights
+  // themselves are the adapter's.
+  void write_state(SafetensorsWriter& writer) const;
+  // Restores weights and this rank's optimizer state; throws ShapeError on a mismatch.
+  void read_state(const SafetensorsFile& file, std::span<const Act> params);
   std::int64_t steps() const { return replicated_opt_.steps(); }
   Index partitioned_elements() const { return partitioned_; }
   Index replicated_elements() const { return replicated_; }

@@ -1,0 +1,27 @@
+// `zerolora train` flags, named as HF Trainer / run_lora_clm, registered on a CLI11 command.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <string>
+
+#include "apps/data_flags.hpp"
+#include "train/training_args.hpp"
+
+namespace zerolora::cli {
+
+struct TrainFlags {
+  std::string model_name_or_path, output_dir, deepspeed, resume_from_checkpoint;
+  bool overwrite_output_dir = false;
+  bool do_train = true, do_eval = false;
+  bool disable_tqdm = false;
+  int threads = 0;
+  std::string lora_init = "kaiming";
+  DataFlags data;
+  TrainingArguments args;
+};
+
+void add_train_flags(CLI::App& cmd, TrainFlags& flags);
+// After parsing: records which flags the user gave (DeepSpeed "auto" resolution needs it).
+void record_explicit_flags(const CLI::App& cmd, TrainFlags& flags);
+
+}  // namespace zerolora::cli

@@ -1,0 +1,41 @@
+// Checkpoints for resuming training: output_dir/checkpoint-<step>/ holds
+//   adapter_config.json, adapter_model.safetensors  the LoRA weights (a loadable PEFT adapter)
+//   optimizer-rank<r>.safetensors                   each rank's AdamW moments
+//   trainer_state.json                              step, world size, and the run's signature
+// The scheduler, data order and dropout masks are functions of (seed, step), so the step is
+// all the rest needs. Every rank writes into checkpoint-<step>.tmp/, then rank 0 renames it:
+// a checkpoint directory is complete or absent. save_total_limit prunes the oldest.
+// Resuming refuses, with the differing settings named, a checkpoint from another world size
+// or configuration.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <string>
+
+#include "dist/communicator.hpp"
+#include "lora/lora_layout.hpp"
+#include "train/lora_trainer.hpp"
+
+namespace zerolora {
+
+// Settings a resumed run must share with the one that wrote the checkpoint.
+using RunSignature = std::map<std::string, std::string>;
+
+template <class P>
+void save_training_checkpoint(Communicator& comm, const std::filesystem::path& output_dir, std::int64_t step,
+                              const LoraLayout& layout, const LoraTrainer<P>& trainer,
+                              const RunSignature& signature, const std::string& base_model,
+                              std::int64_t save_total_limit);
+
+// The checkpoint-<N> directory with the largest N, or empty.
+std::filesystem::path find_latest_checkpoint(const std::filesystem::path& output_dir);
+
+// Restores weights and optimizer state; returns the step to continue from.
+template <class P>
+std::int64_t load_training_checkpoint(Communicator& comm, const std::filesystem::path& dir, const LlamaConfig& base,
+                                      const LoraLayout& layout, LoraTrainer<P>& trainer,
+                                      const RunSignature& signature);
+
+}  // namespace zerolora

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# `zerolora train` checkpoints and resume, end to end on the real tiny model:
+#  1. resuming from checkpoint-3 of a 6-step run gives steps 4-6 the exact losses of the
+#     uninterrupted run, on 1 rank and on 2 ranks with partitioned LoRA state;
+#  2. SIGTERM in the middle of a run finishes the step, saves, exits 0; resuming continues
+#     exactly as a run that was never stopped;
+#  3. bad resumes and output directories get one clear message and exit 1 or 2.
+# Usage: train_resume_test.sh ZEROLORA MPIRUN SHARED_DATA_DIR
+set -uo pipefail
+bin="$1"
+mpirun="$2 --allow-run-as-root --oversubscribe --bind-to none"
+shared="${ZEROLORA_SHARED_DATA:-$3}"
+model="$shared/stories260K-hf"
+data="$shared/alpaca_en_demo.json"
+work="$(mktemp -d)"
+trap 'kill $(jobs -p) 2>/dev/null; [ -n "${KEEP_WORK:-}" ] || rm -rf "$work"' EXIT
+failures=0
+check() { if [ "$2" -eq 0 ]; then echo "ok   $1"; else echo "FAIL $1"; failures=$((failures + 1)); fi; }
+[ -f "$model/config.json" ] || { echo "train_resume_test: shared data not found at $shared" >&2; exit 1; }
+
+common=(--model_name_or_path "$model" --train_file "$data" --max_seq_length 192 --per_device_train_batch_size 2
+        --learning_rate 2e-3 --lr_scheduler_type constant --logging_steps 1 --lora_rank 4 --lora_alpha 16
+        --lora_dropout 0.1 --lora_target_modules q_proj k_proj v_proj o_proj --threads 1 --seed 7)
+losses() {  # losses() METRICS FIRST LAST: the loss of each step in [FIRST, LAST]
+  python3 -c "
+import json, sys
+rows = [json.loads(l) for l in open('$1') if l.strip()]
+print(' '.join('%.9f' % r['loss'] for r in rows if 'loss' in r and $2 <= r['step'] <= $3))"
+}
+
+for launcher in "single" "mpi"; do
+  if [ "$launcher" = single ]; then run=("$bin"); extra=(); else run=($mpirun -np 2 "$bin"); extra=(--deepspeed "$work/ds.json"); fi
+  cat > "$work/ds.json" <<'JSON'
+{"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto", "train_batch_size": "auto",
+ "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0}}
+JSON
+  rm -rf "$work/full" "$work/resumed"
+  "${run[@]}" train "${common[@]}" "${extra[@]}" --output_dir "$work/full" --max_steps 6 --save_steps 3 > "$work/full.log" 2>&1
+  check "$launcher: 6-step run" $?
+  mkdir -p "$work/resumed"
+  cp -r "$work/full/checkpoint-3" "$work/resumed/"
+  cp -r "$work/full/checkpoint-3" "$work/checkpoint-$launcher"
+  "${run[@]}" train "${common[@]}" "${extra[@]}" --output_dir "$work/resumed" --max_steps 6 --save_steps 3 \
+    --resume_from_checkpoint last > "$work/resumed.log" 2>&1
+  check "$launcher: resume from checkpoint-3" $?
+  a="$(losses "$work/full/metrics.jsonl" 4 6)"
+  b="$(losses "$work/resumed/metrics.jsonl" 4 6)"
+  [ -n "$a" ] && [ "$a" = "$b" ]
+  check "$launcher: steps 4-6 after resuming equal the uninterrupted run ($a | $b)" $?
+done
+
+# SIGTERM: finish the step, save, exit 0; then resume to two steps further.
+"$bin" train "${common[@]}" --output_dir "$work/stopped" --max_steps 100000 --save_strategy no > "$work/stopped.log" 2>&1 &
+pid=$!
+for _ in $(seq 600); do
+  [ -f "$work/stopped/metrics.jsonl" ] && [ "$(wc -l < "$work/stopped/metrics.jsonl")" -ge 3 ] && break
+  sleep 0.1
+done
+kill -TERM $pid
+wait $pid
+code=$?
+n="$(sed -n 's/.*stopped by signal after step \([0-9]*\).*/\1/p' "$work/stopped.log")"
+[ "$code" -eq 0 ] && [ -n "$n" ] && [ -f "$work/stopped/checkpoint-$n/trainer_state.json" ]
+check "SIGTERM: exit 0, checkpoint-$n saved" $?
+if [ -n "$n" ]; then
+  m=$((n + 2))
+  "$bin" train "${common[@]}" --output_dir "$work/stopped" --max_steps $m --save_strategy no \
+    --resume_from_checkpoint last > "$work/continue.log" 2>&1
+  "$bin" train "${common[@]}" --output_dir "$work/straight" --max_steps $m --save_strategy no > "$work/straight.log" 2>&1
+  a="$(losses "$work/straight/metrics.jsonl" 1 $m)"
+  b="$(losses "$work/stopped/metrics.jsonl" 1 $m)"
+  [ -n "$a" ] && [ "$a" = "$b" ]
+  check "stop + resume to step $m equals an uninterrupted run" $?
+fi
+
+# Bad resumes and output directories.
+"$bin" train "${common[@]}" --output_dir "$work/full" --max_steps 6 > /dev/null 2> "$work/err.txt"
+[ $? -eq 2 ] && grep -q "already holds a training run" "$work/err.txt"
+check "an output_dir with a run: refused without --overwrite_output_dir" $?
+mkdir -p "$work/other" && echo hi > "$work/other/notes.txt"
+"$bin" train "${common[@]}" --output_dir "$work/other" --max_steps 1 --overwrite_output_dir > /dev/null 2> "$work/err.txt"
+[ $? -eq 2 ] && grep -q "notes.txt" "$work/err.txt" && [ -f "$work/other/notes.txt" ]
+check "an output_dir with foreign files: refused, files untouched" $?
+"$bin" train "${common[@]}" --output_dir "$work/resumed" --max_steps 6 --lora_rank 8 \
+  --resume_from_checkpoint "$work/checkpoint-single" > /dev/null 2> "$work/err.txt"
+[ $? -eq 1 ] && grep -q "lora: checkpoint 4/" "$work/err.txt"
+check "resume with another LoRA rank: refused, naming the setting" $?
+$mpirun -np 2 "$bin" train "${common[@]}" --output_dir "$work/resumed" --max_steps 6 \
+  --resume_from_checkpoint "$work/checkpoint-single" > "$work/w2.txt" 2>&1
+[ $? -ne 0 ] && grep -q "written by 1 rank(s); this run has 2" "$work/w2.txt"
+check "resume with another world size: refused" $?
+exit $((failures > 0))
