@@ -8,6 +8,7 @@
 #include "data/dataset.hpp"
 #include "io/checkpoint.hpp"
 #include "io/tensor_read.hpp"
+#include "core/error.hpp"
 #include "model/generate.hpp"
 #include "model/llama_model.hpp"
 #include "model/llama_weights.hpp"
@@ -44,7 +45,7 @@ void check_greedy_and_logits(const std::filesystem::path& model_dir, const Safet
   LlamaModel<P> model(rt, weights, nullptr);
   const auto& eos = checkpoint.config().eos_token_ids;
   const auto generated =
-      greedy_generate(model, prompt, static_cast<int>(greedy.size() - prompt.size()), eos);
+      generate(model, prompt, static_cast<int>(greedy.size() - prompt.size()), eos);
   EXPECT_EQ(generated, greedy);
 
   Batch batch;
@@ -92,6 +93,45 @@ TEST_F(Stories260K, AlpacaLossMatchesTransformers) {
   const double mean = model.loss(all, {}) / static_cast<double>(all.label_count());
   const double expected = read_float_tensor<double>(ref_, ref_.at("alpaca_mean_loss"))[0];
   EXPECT_NEAR(mean, expected, tolerance::kFp32.loss * expected);
+}
+
+// KV-cache decoding gives, position by position, the logits of a full forward pass.
+TEST_F(Stories260K, CachedDecodingEqualsFullForward) {
+  Runtime rt(2);
+  Checkpoint checkpoint(model_dir_);
+  auto weights = load_llama_weights<float>(rt, checkpoint);
+  LlamaModel<Fp32Policy> model(rt, weights, nullptr);
+  const auto ids = ints("greedy_ids");  // 65 tokens
+  Batch batch;
+  batch.add_sequence(ids, std::vector<std::int32_t>(ids.size(), kIgnoreIndex), 0);
+  std::vector<float> full(ids.size() * 512);
+  model.forward_logits(batch, {}, full.data());
+  auto cache = model.make_cache(static_cast<Index>(ids.size()));
+  std::vector<float> step(512);
+  model.forward_cached(std::span(ids).first(20), cache, {}, step.data());  // a 20-token prompt
+  EXPECT_LT(testing::max_rel_error(std::span<const float>(step), std::span<const float>(full).subspan(19 * 512, 512)), 1e-5);
+  for (std::size_t t = 20; t < ids.size(); ++t) {
+    model.forward_cached(std::span(ids).subspan(t, 1), cache, {}, step.data());
+    ASSERT_LT(testing::max_rel_error(std::span<const float>(step), std::span<const float>(full).subspan(t * 512, 512)), 1e-5)
+        << "position " << t;
+  }
+  EXPECT_THROW(model.forward_cached(std::span(ids).first(1), cache, {}, step.data()), ShapeError);  // cache full
+}
+
+TEST(Sampling, GreedyTopKTopPAndSeeds) {
+  const std::vector<float> logits{0.1f, 2.0f, 1.9f, -1.0f, 0.5f};
+  SamplingOptions greedy;
+  EXPECT_EQ(pick_token<float>(logits, greedy, 1), 1);
+  SamplingOptions top1{1.0, 1, 1.0, 0};
+  for (std::uint64_t d = 0; d < 50; ++d) EXPECT_EQ(pick_token<float>(logits, top1, d), 1);
+  SamplingOptions nucleus{1.0, 0, 0.01, 0};
+  for (std::uint64_t d = 0; d < 50; ++d) EXPECT_EQ(pick_token<float>(logits, nucleus, d), 1);
+  SamplingOptions warm{1.0, 2, 1.0, 0};
+  std::array<int, 5> counts{};
+  for (std::uint64_t d = 0; d < 4000; ++d) ++counts[static_cast<std::size_t>(pick_token<float>(logits, warm, d))];
+  EXPECT_EQ(counts[0] + counts[3] + counts[4], 0);  // outside the top 2
+  const double expected = 1.0 / (1.0 + std::exp(-0.1));  // P(token 1) among {1, 2}
+  EXPECT_NEAR(counts[1] / 4000.0, expected, 0.03);
 }
 
 // The data pipeline feeding the model: a block packed with boundaries gives exactly the loss

@@ -66,6 +66,12 @@ struct LayerWorkspace {
   std::array<Buffer<Act>, kLoraModuleCount> lora_z;
 };
 
+// One layer's slice of a generation KV cache: keys and values of every position so far.
+template <class T>
+struct KvCacheLayer {
+  Buffer<T> keys, values;  // [capacity, KV * hd]
+};
+
 template <class P>
 struct LayerContext {
   using Act = typename P::Act;
@@ -80,6 +86,9 @@ struct LayerContext {
   const ComputeOptions& options;
   const LoraBinding<Act>& lora;
   LayerWorkspace<Act, Weight>& workspace;
+  // Generation: append this pass's keys/values at `cached` and attend over the cache.
+  KvCacheLayer<Act>* cache = nullptr;
+  Index cached = 0;
 };
 
 // x [M, D] -> out [M, D] (out may be null: recompute for backward, down projection skipped).

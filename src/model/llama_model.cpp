@@ -135,6 +135,62 @@ void LlamaModel<P>::forward_logits(const Batch& batch, std::span<const Act> lora
 }
 
 template <class P>
+KvCache<typename P::Act> LlamaModel<P>::make_cache(Index capacity) const {
+  KvCache<Act> cache;
+  cache.capacity = capacity;
+  const auto elements = static_cast<std::size_t>(capacity * config().kv_dim());
+  cache.layers.resize(static_cast<std::size_t>(config().num_layers));
+  for (auto& layer : cache.layers) {
+    layer.keys = Buffer<Act>(elements);
+    layer.values = Buffer<Act>(elements);
+  }
+  return cache;
+}
+
+template <class P>
+void LlamaModel<P>::forward_cached(std::span<const std::int32_t> tokens, KvCache<Act>& cache,
+                                   std::span<const Act> lora_params, Act* last_logits) {
+  const Index n = static_cast<Index>(tokens.size());
+  if (cache.length + n > cache.capacity)
+    throw ShapeError("generation context full: " + std::to_string(cache.length) + " cached + " + std::to_string(n) +
+                     " new positions exceed the cache's " + std::to_string(cache.capacity));
+  Batch batch;
+  batch.add_sequence({tokens.begin(), tokens.end()}, std::vector<std::int32_t>(tokens.size(), kIgnoreIndex), 0);
+  prepare(batch);
+  for (auto& p : geometry_.positions) p += static_cast<std::int32_t>(cache.length);
+  rope_.ensure(cache.length + n);
+  weights_.begin_schedule(schedule(false));
+  const auto lora = bind_lora(lora_params, nullptr, false, {});
+  const LlamaConfig& c = config();
+  const Index D = c.hidden_size;
+  all_inputs_ = false;
+  inputs_.ensure(static_cast<std::size_t>(2 * n * D));
+  if (activations_.empty()) activations_.resize(1);
+  {
+    const auto embedding = acquire({Unit::kEmbedding});
+    embedding_forward(rt_, layer_input(0), batch.tokens.data(), embedding.data, n, D);
+  }
+  for (int l = 0; l < static_cast<int>(c.num_layers); ++l) {
+    const auto unit = acquire({Unit::kLayer, l});
+    auto ctx = layer_context(l, unit.data, lora);
+    ctx.cache = &cache.layers[static_cast<std::size_t>(l)];
+    ctx.cached = cache.length;
+    layer_forward<P>(ctx, layer_input(l + 1), layer_input(l), activations_[0], false);
+  }
+  cache.length += n;
+  const Act* last = layer_input(static_cast<int>(c.num_layers)) + (n - 1) * D;
+  final_h_.ensure(static_cast<std::size_t>(D));
+  final_rstd_.ensure(1);
+  {
+    const auto norm = acquire({Unit::kFinalNorm});
+    rmsnorm_forward(rt_, final_h_.data(), final_rstd_.data(), last, norm.data, 1, D, c.rms_norm_eps);
+  }
+  const auto lm_head = acquire(lm_head_unit(c));
+  linear_forward(rt_, Mat<Act>::dense(last_logits, 1, c.vocab_size), final_h_.data(), lm_head.data, D, false,
+                 head_operand_);
+}
+
+template <class P>
 double LlamaModel<P>::head_loss(const Batch& batch, double grad_scale, bool want_grad) {
   const LlamaConfig& c = config();
   const Index M = batch.size(), D = c.hidden_size, V = c.vocab_size;

@@ -28,6 +28,14 @@ struct StepKey {
   std::uint64_t step = 0;
 };
 
+// The keys and values of every layer for the positions generated so far.
+template <class T>
+struct KvCache {
+  std::vector<KvCacheLayer<T>> layers;
+  Index length = 0;    // positions cached
+  Index capacity = 0;  // positions the buffers hold
+};
+
 template <class P>
 class LlamaModel {
  public:
@@ -46,6 +54,13 @@ class LlamaModel {
   // LoRA dropout is off (evaluation mode).
   void forward_logits(const Batch& batch, std::span<const Act> lora_params, Act* logits,
                       bool last_only = false);
+
+  // Generation: a cache for up to `capacity` positions, and one pass that runs `tokens` (the
+  // prompt, then one token at a time) through the model after what the cache holds,
+  // appending to it; writes the logits [V] of the last token.
+  KvCache<Act> make_cache(Index capacity) const;
+  void forward_cached(std::span<const std::int32_t> tokens, KvCache<Act>& cache, std::span<const Act> lora_params,
+                      Act* last_logits);
 
   // Summed token loss of the batch, no gradients.
   double loss(const Batch& batch, std::span<const Act> lora_params);

@@ -243,6 +243,49 @@ void attention_backward(Runtime& rt, T* diff_qkv, const T* diff_out, const T* qk
   }
 }
 
+template <class T>
+void attention_cached(Runtime& rt, T* out, const T* q, Index q_stride, const T* keys, const T* values, Index first,
+                      Index M, const AttentionShape& shape) {
+  ProfileScope profile(rt.profiler(), ProfileCategory::kAttention);
+  const Index H = shape.heads, KV = shape.kv_heads, hd = shape.head_dim, kv_stride = KV * hd;
+  const Index group = H / KV;
+  const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(hd)));
+#pragma omp parallel num_threads(rt.threads())
+  {
+    std::vector<T> scores(static_cast<std::size_t>(first + M));
+#pragma omp for schedule(dynamic, 1) collapse(2)
+    for (Index i = 0; i < M; ++i)
+      for (Index h = 0; h < H; ++h) {
+        const Index g = h / group, keys_seen = first + i + 1;
+        const T* qi = q + i * q_stride + h * hd;
+        T row_max = -std::numeric_limits<T>::infinity();
+        for (Index j = 0; j < keys_seen; ++j) {
+          const T* kj = keys + j * kv_stride + g * hd;
+          T dot = 0;
+#pragma omp simd reduction(+ : dot)
+          for (Index d = 0; d < hd; ++d) dot += qi[d] * kj[d];
+          scores[j] = dot * scale;
+          row_max = std::max(row_max, scores[j]);
+        }
+        T sum = 0;
+        for (Index j = 0; j < keys_seen; ++j) sum += (scores[j] = std::exp(scores[j] - row_max));
+        T* o = out + i * H * hd + h * hd;
+        std::fill_n(o, hd, T{0});
+        for (Index j = 0; j < keys_seen; ++j) {
+          const T p = scores[j] / sum;
+          const T* vj = values + j * kv_stride + g * hd;
+#pragma omp simd
+          for (Index d = 0; d < hd; ++d) o[d] += p * vj[d];
+        }
+      }
+  }
+}
+
+template void attention_cached<float>(Runtime&, float*, const float*, Index, const float*, const float*, Index, Index,
+                                      const AttentionShape&);
+template void attention_cached<double>(Runtime&, double*, const double*, Index, const double*, const double*, Index,
+                                       Index, const AttentionShape&);
+
 #define ZL_INSTANTIATE_ATTENTION(T, Mm)                                                           \
   template void attention_forward<T, Mm>(Runtime&, T*, T*, const T*, const std::vector<Segment>&, \
                                          Index, const AttentionShape&, const AttentionOptions&,   \
