@@ -13,5 +13,7 @@ Command add_inspect(CLI::App& app);
 Command add_generate(CLI::App& app);
 Command add_data_preview(CLI::App& app);
 Command add_train(CLI::App& app);
+Command add_merge(CLI::App& app);
+Command add_forward(CLI::App& app);
 
 }  // namespace zerolora::cli

@@ -23,7 +23,9 @@ int main(int argc, char** argv) {
   add(zerolora::cli::add_inspect);
   add(zerolora::cli::add_generate);
   add(zerolora::cli::add_train);
+  add(zerolora::cli::add_merge);
   add(zerolora::cli::add_data_preview);
+  add(zerolora::cli::add_forward);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
