@@ -15,5 +15,6 @@ Command add_data_preview(CLI::App& app);
 Command add_train(CLI::App& app);
 Command add_merge(CLI::App& app);
 Command add_forward(CLI::App& app);
+Command add_estimate_memory(CLI::App& app);
 
 }  // namespace zerolora::cli

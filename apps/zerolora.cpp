@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
   add(zerolora::cli::add_merge);
   add(zerolora::cli::add_data_preview);
   add(zerolora::cli::add_forward);
+  add(zerolora::cli::add_estimate_memory);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
