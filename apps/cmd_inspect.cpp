@@ -1,5 +1,8 @@
 // `zerolora inspect PATH`: what a model directory or a .safetensors file holds.
 #include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
 #include <filesystem>
 #include <string>
 
@@ -39,7 +42,41 @@ void print_tensors(const std::vector<const SafetensorsFile*>& files) {
                   file->path().filename().c_str());
 }
 
+void inspect_adapter(const std::filesystem::path& path) {
+  std::ifstream in(path / "adapter_config.json");
+  std::stringstream text;
+  text << in.rdbuf();
+  nlohmann::json config;
+  try {
+    config = nlohmann::json::parse(text.str());
+  } catch (const nlohmann::json::exception& e) {
+    throw FormatError((path / "adapter_config.json").string() + ": not valid JSON (" + e.what() + ")");
+  }
+  std::printf("adapter: %s (PEFT %s, task %s)\n", path.c_str(), config.value("peft_type", "?").c_str(),
+              config.value("task_type", "?").c_str());
+  if (std::filesystem::exists(path / "trainer_state.json")) {
+    std::ifstream state_in(path / "trainer_state.json");
+    std::stringstream state_text;
+    state_text << state_in.rdbuf();
+    const auto state = nlohmann::json::parse(state_text.str(), nullptr, false);
+    if (!state.is_discarded())
+      std::printf("training checkpoint: step %s, %s rank(s); run: %s\n", state.value("global_step", nlohmann::json()).dump().c_str(),
+                  state.value("world_size", nlohmann::json()).dump().c_str(), state.value("signature", nlohmann::json()).dump().c_str());
+  }
+  for (const char* key : {"base_model_name_or_path", "r", "lora_alpha", "lora_dropout", "target_modules", "use_rslora", "bias"})
+    if (config.contains(key)) std::printf("  %-24s %s\n", key, config[key].dump().c_str());
+  SafetensorsFile weights(path / "adapter_model.safetensors");
+  std::int64_t parameters = 0;
+  for (const auto& t : weights.tensors()) parameters += t.numel();
+  std::printf("LoRA parameters: %lld\n", static_cast<long long>(parameters));
+  print_tensors({&weights});
+}
+
 int run_inspect(const std::filesystem::path& path) {
+  if (std::filesystem::is_directory(path) && std::filesystem::exists(path / "adapter_config.json")) {
+    inspect_adapter(path);
+    return 0;
+  }
   if (std::filesystem::is_directory(path)) {
     Checkpoint checkpoint(path);
     const LlamaConfig& c = checkpoint.config();

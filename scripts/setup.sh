@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
+# The reference stack (torch, transformers, peft) for the interop tests; zerolora never needs it.
+python3 -m pip install -q -r tools/requirements.txt
 ./scripts/build.sh
 data="${ZEROLORA_SHARED_DATA:-../shared/data}"
 model="$data/stories260K-hf"

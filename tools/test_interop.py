@@ -1,0 +1,95 @@
+"""Interoperability with the real clients, Transformers + PEFT (run by ctest via pytest):
+  1. PEFT loads an adapter trained by `zerolora train` and reproduces zerolora's logits;
+  2. a checkpoint written by `zerolora merge` loads in Transformers and matches base + adapter;
+  3. zerolora loads an adapter written by PEFT and reproduces PEFT's logits.
+Logits are compared in fp32 as max|a - b| / max|b| (the tolerance table's 1e-5 rule).
+Environment: ZEROLORA_BIN (the executable), ZEROLORA_SHARED_DATA (../shared/data).
+"""
+import os
+import pathlib
+import subprocess
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file
+from transformers import LlamaForCausalLM
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+BIN = os.environ.get("ZEROLORA_BIN", str(ROOT / "build" / "zerolora"))
+SHARED = pathlib.Path(os.environ.get("ZEROLORA_SHARED_DATA", ROOT.parent / "shared" / "data"))
+BASE = SHARED / "stories260K-hf"
+PROMPT_IDS = [1, 403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315]
+TOLERANCE = 1e-5  # fp32 on both sides: summation order only (tests/tolerances.hpp)
+
+
+def run(*args):
+    result = subprocess.run([BIN, *map(str, args)], capture_output=True, text=True)
+    assert result.returncode == 0, f"zerolora {' '.join(map(str, args))} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def zerolora_logits(tmp, model, adapter=None):
+    out = tmp / "logits.safetensors"
+    args = ["forward", "--model", model, "--input_ids", ",".join(map(str, PROMPT_IDS)), "--output", out, "--dtype", "fp32"]
+    if adapter:
+        args += ["--adapter", adapter]
+    run(*args)
+    return load_file(str(out))["logits"]
+
+
+def torch_logits(model):
+    with torch.no_grad():
+        return model(torch.tensor([PROMPT_IDS])).logits[0].float()
+
+
+def rel_error(a, b):
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def base_model():
+    return LlamaForCausalLM.from_pretrained(BASE, attn_implementation="eager").float().eval()
+
+
+@pytest.fixture(scope="module")
+def trained_adapter(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train") / "run"
+    run("train", "--model_name_or_path", BASE, "--train_file", SHARED / "alpaca_en_demo.json", "--output_dir", out,
+        "--max_steps", 8, "--per_device_train_batch_size", 2, "--max_seq_length", 256, "--learning_rate", 5e-3,
+        "--lora_rank", 4, "--lora_alpha", 16, "--use_rslora", "--lora_target_modules", "all-linear",
+        "--save_strategy", "no", "--bf16", "false")
+    return out
+
+
+def test_peft_loads_our_adapter(trained_adapter, tmp_path):
+    model = PeftModel.from_pretrained(base_model(), trained_adapter).eval()
+    assert model.peft_config["default"].use_rslora
+    ours = zerolora_logits(tmp_path, BASE, trained_adapter)
+    theirs = torch_logits(model)
+    assert rel_error(theirs, torch_logits(base_model())) > 1e-3, "the adapter changes nothing: a vacuous test"
+    assert rel_error(ours, theirs) < TOLERANCE
+
+
+def test_merged_checkpoint_loads_in_transformers(trained_adapter, tmp_path):
+    merged = tmp_path / "merged"
+    run("merge", "--model", BASE, "--adapter", trained_adapter, "--output_dir", merged, "--dtype", "fp32",
+        "--max_shard_size", "300KB")
+    assert (merged / "model.safetensors.index.json").exists()  # sharded, as asked
+    reloaded = LlamaForCausalLM.from_pretrained(merged, attn_implementation="eager").float().eval()
+    with_adapter = PeftModel.from_pretrained(base_model(), trained_adapter).eval()
+    assert rel_error(torch_logits(reloaded), torch_logits(with_adapter)) < TOLERANCE
+
+
+def test_we_load_a_peft_adapter(tmp_path):
+    torch.manual_seed(0)
+    model = get_peft_model(base_model(), LoraConfig(r=8, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
+                                                    target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"]))
+    with torch.no_grad():  # PEFT initialises B = 0: make the adapter do something
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    model.eval()
+    adapter = tmp_path / "peft_adapter"
+    model.save_pretrained(adapter)
+    ours = zerolora_logits(tmp_path, BASE, adapter)
+    assert rel_error(ours, torch_logits(model)) < TOLERANCE
