@@ -23,9 +23,11 @@ struct EstimateOptions {
 };
 
 int run_estimate(EstimateOptions& o) {
-  if (o.model.empty() == o.preset.empty()) throw UsageError("give one of --model_name_or_path and --preset");
-  const LlamaConfig config = o.preset.empty() ? LlamaConfig::load(std::filesystem::path(o.model) / "config.json")
-                                              : preset_config(o.preset);
+  if (o.model.empty() == o.preset.empty())
+    throw UsageError("give one of --model_name_or_path and --preset");
+  const LlamaConfig config = o.preset.empty()
+                                 ? LlamaConfig::load(std::filesystem::path(o.model) / "config.json")
+                                 : preset_config(o.preset);
   LoraConfig lora;
   lora.rank = o.lora_rank;
   std::string targets;
@@ -37,22 +39,28 @@ int run_estimate(EstimateOptions& o) {
   const MemoryEstimate e = estimate_memory(config, layout, o.scenario);
   const MemoryScenario& s = o.scenario;
   if (o.json) {
-    nlohmann::ordered_json j{{"total_bytes", e.total()}, {"items", nlohmann::ordered_json::array()}};
+    nlohmann::ordered_json j{{"total_bytes", e.total()},
+                             {"items", nlohmann::ordered_json::array()}};
     for (const auto& i : e.items) j["items"].push_back({{"name", i.name}, {"bytes", i.bytes}});
     std::printf("%s\n", j.dump(2).c_str());
     return 0;
   }
-  std::printf("%s: %lld layers, hidden %lld; W = %d ranks, ZeRO stage %d, micro-batch %lld x %lld tokens, %s, "
-              "recompute %s, LoRA r %d on %s (%lld parameters)\n\n",
-              o.preset.empty() ? o.model.c_str() : o.preset.c_str(), static_cast<long long>(config.num_layers),
-              static_cast<long long>(config.hidden_size), s.world_size, s.zero_stage,
-              static_cast<long long>(s.micro_batch), static_cast<long long>(s.seq_len), s.bf16 ? "bf16" : "fp32",
-              s.recompute ? "on" : "off", lora.rank, targets.c_str(), static_cast<long long>(layout.size()));
+  std::printf(
+      "%s: %lld layers, hidden %lld; W = %d ranks, ZeRO stage %d, micro-batch %lld x %lld tokens, "
+      "%s, "
+      "recompute %s, LoRA r %d on %s (%lld parameters)\n\n",
+      o.preset.empty() ? o.model.c_str() : o.preset.c_str(),
+      static_cast<long long>(config.num_layers), static_cast<long long>(config.hidden_size),
+      s.world_size, s.zero_stage, static_cast<long long>(s.micro_batch),
+      static_cast<long long>(s.seq_len), s.bf16 ? "bf16" : "fp32", s.recompute ? "on" : "off",
+      lora.rank, targets.c_str(), static_cast<long long>(layout.size()));
   std::printf("  %-58s %12s\n", "per rank", "GiB");
-  for (const auto& i : e.items) std::printf("  %-58s %12.3f\n", i.name.c_str(), i.bytes / 1073741824.0);
+  for (const auto& i : e.items)
+    std::printf("  %-58s %12.3f\n", i.name.c_str(), i.bytes / 1073741824.0);
   const double total = e.total();
   std::printf("  %-58s %12.3f   (%.1f GB)\n", "total", total / 1073741824.0, total / 1e9);
-  std::printf("\n%s a %.0f GB device (%.0f%% used)\n", total <= o.device_gb * 1e9 ? "fits" : "does NOT fit", o.device_gb,
+  std::printf("\n%s a %.0f GB device (%.0f%% used)\n",
+              total <= o.device_gb * 1e9 ? "fits" : "does NOT fit", o.device_gb,
               100.0 * total / (o.device_gb * 1e9));
   return 0;
 }
@@ -60,35 +68,48 @@ int run_estimate(EstimateOptions& o) {
 }  // namespace
 
 Command add_estimate_memory(CLI::App& app) {
-  auto* cmd = app.add_subcommand("estimate-memory", "Predict memory per rank of a training run, item by item");
+  auto* cmd = app.add_subcommand("estimate-memory",
+                                 "Predict memory per rank of a training run, item by item");
   auto o = std::make_shared<EstimateOptions>();
-  cmd->add_option("--model_name_or_path,--model", o->model, "A model directory (its config.json is read)");
+  cmd->add_option("--model_name_or_path,--model", o->model,
+                  "A model directory (its config.json is read)");
   cmd->add_option("--preset", o->preset, "Instead of a model: llama2-7b, llama2-13b or llama2-70b")
       ->check(CLI::IsMember({"llama2-7b", "llama2-13b", "llama2-70b"}));
-  cmd->add_option("--world_size", o->scenario.world_size, "Ranks (mpirun -np)")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--world_size", o->scenario.world_size, "Ranks (mpirun -np)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--zero_stage", o->scenario.zero_stage, "ZeRO stage (3: base weights sharded)")
       ->capture_default_str()
       ->check(CLI::Range(0, 3));
-  cmd->add_option("--per_device_train_batch_size", o->scenario.micro_batch, "Sequences per micro-batch")
+  cmd->add_option("--per_device_train_batch_size", o->scenario.micro_batch,
+                  "Sequences per micro-batch")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  cmd->add_option("--max_seq_length", o->scenario.seq_len, "Tokens per sequence")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--max_seq_length", o->scenario.seq_len, "Tokens per sequence")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--lora_rank", o->lora_rank, "LoRA rank")->capture_default_str();
-  cmd->add_option("--lora_target_modules", o->targets, "Adapted projections")->expected(1, -1)->capture_default_str();
+  cmd->add_option("--lora_target_modules", o->targets, "Adapted projections")
+      ->expected(1, -1)
+      ->capture_default_str();
   cmd->add_option("--bf16", o->bf16, "true: bf16 weights and matmuls; false: fp32")
       ->capture_default_str()
       ->check(CLI::IsMember({"true", "false"}));
   cmd->add_option("--gradient_checkpointing", o->recompute, "true: recompute layers in backward")
       ->capture_default_str()
       ->check(CLI::IsMember({"true", "false"}));
-  cmd->add_option("--prefetch_depth", o->scenario.prefetch_depth, "ZeRO-3 units gathered ahead")->capture_default_str();
-  cmd->add_option("--threads", o->scenario.threads, "Compute threads per rank")->capture_default_str();
+  cmd->add_option("--prefetch_depth", o->scenario.prefetch_depth, "ZeRO-3 units gathered ahead")
+      ->capture_default_str();
+  cmd->add_option("--threads", o->scenario.threads, "Compute threads per rank")
+      ->capture_default_str();
   cmd->add_option("--stage3_param_persistence_threshold", o->scenario.persistence_threshold,
                   "LoRA tensors at least this large are partitioned")
       ->capture_default_str();
-  cmd->add_option("--dataset_tokens", o->scenario.dataset_tokens, "Tokens of the tokenized training set (held by every rank)")
+  cmd->add_option("--dataset_tokens", o->scenario.dataset_tokens,
+                  "Tokens of the tokenized training set (held by every rank)")
       ->capture_default_str();
-  cmd->add_option("--device_memory_gb", o->device_gb, "Device capacity to compare with, in GB")->capture_default_str();
+  cmd->add_option("--device_memory_gb", o->device_gb, "Device capacity to compare with, in GB")
+      ->capture_default_str();
   cmd->add_flag("--json", o->json, "Machine-readable output");
   return [o] { return run_estimate(*o); };
 }

@@ -59,33 +59,44 @@ int run_forward(const ForwardOptions& o) {
   batch.add_sequence(ids, ids, 0);
   std::vector<float> logits(ids.size() * static_cast<std::size_t>(config.vocab_size));
   model.forward_logits(batch, lora, logits.data());
-  const double loss = model.loss(batch, lora) / static_cast<double>(std::max<Index>(1, batch.label_count()));
+  const double loss =
+      model.loss(batch, lora) / static_cast<double>(std::max<Index>(1, batch.label_count()));
   SafetensorsWriter writer;
-  writer.add<float>("logits", DType::kF32, {static_cast<std::int64_t>(ids.size()), config.vocab_size}, logits);
+  writer.add<float>("logits", DType::kF32,
+                    {static_cast<std::int64_t>(ids.size()), config.vocab_size}, logits);
   std::vector<std::int64_t> ids64(ids.begin(), ids.end());
-  writer.add<std::int64_t>("input_ids", DType::kI64, {static_cast<std::int64_t>(ids.size())}, ids64);
+  writer.add<std::int64_t>("input_ids", DType::kI64, {static_cast<std::int64_t>(ids.size())},
+                           ids64);
   writer.set_metadata("loss", std::to_string(loss));
   writer.write(o.output);
-  std::printf("%zu tokens, loss %.6f (next-token cross-entropy); logits [%zu, %lld] written to %s\n", ids.size(), loss,
-              ids.size(), static_cast<long long>(config.vocab_size), o.output.c_str());
+  std::printf(
+      "%zu tokens, loss %.6f (next-token cross-entropy); logits [%zu, %lld] written to %s\n",
+      ids.size(), loss, ids.size(), static_cast<long long>(config.vocab_size), o.output.c_str());
   return 0;
 }
 
 }  // namespace
 
 Command add_forward(CLI::App& app) {
-  auto* cmd = app.add_subcommand("forward", "Write the logits of a model (+ adapter) on tokens or a prompt to .safetensors");
+  auto* cmd = app.add_subcommand(
+      "forward", "Write the logits of a model (+ adapter) on tokens or a prompt to .safetensors");
   auto o = std::make_shared<ForwardOptions>();
   cmd->add_option("--model_name_or_path,--model", o->model, "Base model directory")->required();
   cmd->add_option("--adapter", o->adapter, "PEFT LoRA adapter directory");
-  auto* ids = cmd->add_option("--input_ids", o->input_ids, "Token ids, comma-separated (no BOS is added)");
-  cmd->add_option("--prompt", o->prompt, "Text, tokenized with the model's tokenizer.model after a BOS")->excludes(ids);
-  cmd->add_option("--output", o->output, "Output .safetensors: logits [T, V] (F32), input_ids [T]")->required();
+  auto* ids =
+      cmd->add_option("--input_ids", o->input_ids, "Token ids, comma-separated (no BOS is added)");
+  cmd->add_option("--prompt", o->prompt,
+                  "Text, tokenized with the model's tokenizer.model after a BOS")
+      ->excludes(ids);
+  cmd->add_option("--output", o->output, "Output .safetensors: logits [T, V] (F32), input_ids [T]")
+      ->required();
   cmd->add_option("--dtype", o->dtype, "fp32 (default: for comparisons) or bf16")
       ->capture_default_str()
       ->check(CLI::IsMember({"bf16", "fp32"}));
   cmd->add_option("--threads", o->threads, "Threads (0: all cores)")->capture_default_str();
-  return [o] { return o->dtype == "fp32" ? run_forward<Fp32Policy>(*o) : run_forward<Bf16Policy>(*o); };
+  return [o] {
+    return o->dtype == "fp32" ? run_forward<Fp32Policy>(*o) : run_forward<Bf16Policy>(*o);
+  };
 }
 
 }  // namespace zerolora::cli

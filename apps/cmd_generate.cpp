@@ -33,8 +33,9 @@ int run_generate(const GenerateOptions& o) {
   const LlamaConfig& config = checkpoint.config();
   const Tokenizer tokenizer(dir / "tokenizer.model");
   if (tokenizer.vocab_size() > config.vocab_size)
-    throw ShapeError((dir / "tokenizer.model").string() + " has " + std::to_string(tokenizer.vocab_size()) +
-                     " pieces but config.json says vocab_size " + std::to_string(config.vocab_size));
+    throw ShapeError(
+        (dir / "tokenizer.model").string() + " has " + std::to_string(tokenizer.vocab_size()) +
+        " pieces but config.json says vocab_size " + std::to_string(config.vocab_size));
   std::unique_ptr<LoraLayout> layout;
   std::vector<float> lora_params;
   if (!o.adapter.empty()) {
@@ -48,7 +49,8 @@ int run_generate(const GenerateOptions& o) {
   LlamaModel<P> model(rt, weights, layout.get());
 
   // The prompt as training saw it: through the template (alpaca: the instruction, and --input).
-  const Prompt prompt = PromptTemplate::named(o.prompt_template).apply(Record{o.prompt, o.input, ""});
+  const Prompt prompt =
+      PromptTemplate::named(o.prompt_template).apply(Record{o.prompt, o.input, ""});
   const std::string text = prompt.source + prompt.target;
   std::vector<std::int32_t> ids{static_cast<std::int32_t>(config.bos_token_id)};
   const auto encoded = tokenizer.encode(text);
@@ -67,45 +69,61 @@ int run_generate(const GenerateOptions& o) {
     }
   };
   const auto start = std::chrono::steady_clock::now();
-  const auto out = generate(model, ids, o.max_new_tokens, config.eos_token_ids, lora_params, o.sampling, stream);
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const auto out =
+      generate(model, ids, o.max_new_tokens, config.eos_token_ids, lora_params, o.sampling, stream);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::printf("\n");
   std::fflush(stdout);
-  std::fprintf(stderr, "[%zu prompt tokens, %zu generated in %.2f s]\n", prompt_len, out.size() - prompt_len, seconds);
+  std::fprintf(stderr, "[%zu prompt tokens, %zu generated in %.2f s]\n", prompt_len,
+               out.size() - prompt_len, seconds);
   return 0;
 }
 
 }  // namespace
 
 Command add_generate(CLI::App& app) {
-  auto* cmd = app.add_subcommand("generate", "Continue a prompt with a model and optionally a LoRA adapter");
+  auto* cmd = app.add_subcommand("generate",
+                                 "Continue a prompt with a model and optionally a LoRA adapter");
   auto o = std::make_shared<GenerateOptions>();
   cmd->add_option("--model_name_or_path,--model", o->model,
                   "HF model directory: config.json, *.safetensors, tokenizer.model")
       ->required();
-  cmd->add_option("--adapter", o->adapter, "A PEFT LoRA adapter directory (from zerolora train, or PEFT)");
-  cmd->add_option("--prompt", o->prompt, "Text to continue (BOS is prepended); with --template alpaca, the instruction")
+  cmd->add_option("--adapter", o->adapter,
+                  "A PEFT LoRA adapter directory (from zerolora train, or PEFT)");
+  cmd->add_option("--prompt", o->prompt,
+                  "Text to continue (BOS is prepended); with --template alpaca, the instruction")
       ->required();
-  cmd->add_option("--input", o->input, "With --template alpaca: the optional input (context) field");
-  cmd->add_option("--template", o->prompt_template,
-                  "raw: the prompt as is; alpaca: wrapped as training wrapped it; or a template file")
+  cmd->add_option("--input", o->input,
+                  "With --template alpaca: the optional input (context) field");
+  cmd->add_option(
+         "--template", o->prompt_template,
+         "raw: the prompt as is; alpaca: wrapped as training wrapped it; or a template file")
       ->capture_default_str();
-  cmd->add_option("--max_new_tokens", o->max_new_tokens, "Tokens to generate at most (stops at EOS)")
+  cmd->add_option("--max_new_tokens", o->max_new_tokens,
+                  "Tokens to generate at most (stops at EOS)")
       ->capture_default_str()
       ->check(CLI::Range(1, 1 << 20));
-  cmd->add_option("--temperature", o->sampling.temperature, "0: greedy; above 0: sample with this temperature")
+  cmd->add_option("--temperature", o->sampling.temperature,
+                  "0: greedy; above 0: sample with this temperature")
       ->capture_default_str()
       ->check(CLI::Range(0.0, 100.0));
-  cmd->add_option("--top_k", o->sampling.top_k, "Sample among the K most likely tokens (0: all)")->capture_default_str();
-  cmd->add_option("--top_p", o->sampling.top_p, "Sample among the most likely tokens whose probability reaches P")
+  cmd->add_option("--top_k", o->sampling.top_k, "Sample among the K most likely tokens (0: all)")
+      ->capture_default_str();
+  cmd->add_option("--top_p", o->sampling.top_p,
+                  "Sample among the most likely tokens whose probability reaches P")
       ->capture_default_str()
       ->check(CLI::Range(0.0, 1.0));
-  cmd->add_option("--seed", o->sampling.seed, "Sampling seed: the same seed gives the same text")->capture_default_str();
-  cmd->add_option("--dtype", o->dtype, "bf16: bf16 weights and matmuls (fp32 accumulation); fp32: everything fp32")
+  cmd->add_option("--seed", o->sampling.seed, "Sampling seed: the same seed gives the same text")
+      ->capture_default_str();
+  cmd->add_option("--dtype", o->dtype,
+                  "bf16: bf16 weights and matmuls (fp32 accumulation); fp32: everything fp32")
       ->capture_default_str()
       ->check(CLI::IsMember({"bf16", "fp32"}));
   cmd->add_option("--threads", o->threads, "Compute threads (0: all cores)")->capture_default_str();
-  return [o] { return o->dtype == "fp32" ? run_generate<Fp32Policy>(*o) : run_generate<Bf16Policy>(*o); };
+  return [o] {
+    return o->dtype == "fp32" ? run_generate<Fp32Policy>(*o) : run_generate<Bf16Policy>(*o);
+  };
 }
 
 }  // namespace zerolora::cli

@@ -1,9 +1,9 @@
 // `zerolora inspect PATH`: what a model directory or a .safetensors file holds.
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
-#include <filesystem>
 #include <string>
 
 #include "apps/commands.hpp"
@@ -50,20 +50,24 @@ void inspect_adapter(const std::filesystem::path& path) {
   try {
     config = nlohmann::json::parse(text.str());
   } catch (const nlohmann::json::exception& e) {
-    throw FormatError((path / "adapter_config.json").string() + ": not valid JSON (" + e.what() + ")");
+    throw FormatError((path / "adapter_config.json").string() + ": not valid JSON (" + e.what() +
+                      ")");
   }
-  std::printf("adapter: %s (PEFT %s, task %s)\n", path.c_str(), config.value("peft_type", "?").c_str(),
-              config.value("task_type", "?").c_str());
+  std::printf("adapter: %s (PEFT %s, task %s)\n", path.c_str(),
+              config.value("peft_type", "?").c_str(), config.value("task_type", "?").c_str());
   if (std::filesystem::exists(path / "trainer_state.json")) {
     std::ifstream state_in(path / "trainer_state.json");
     std::stringstream state_text;
     state_text << state_in.rdbuf();
     const auto state = nlohmann::json::parse(state_text.str(), nullptr, false);
     if (!state.is_discarded())
-      std::printf("training checkpoint: step %s, %s rank(s); run: %s\n", state.value("global_step", nlohmann::json()).dump().c_str(),
-                  state.value("world_size", nlohmann::json()).dump().c_str(), state.value("signature", nlohmann::json()).dump().c_str());
+      std::printf("training checkpoint: step %s, %s rank(s); run: %s\n",
+                  state.value("global_step", nlohmann::json()).dump().c_str(),
+                  state.value("world_size", nlohmann::json()).dump().c_str(),
+                  state.value("signature", nlohmann::json()).dump().c_str());
   }
-  for (const char* key : {"base_model_name_or_path", "r", "lora_alpha", "lora_dropout", "target_modules", "use_rslora", "bias"})
+  for (const char* key : {"base_model_name_or_path", "r", "lora_alpha", "lora_dropout",
+                          "target_modules", "use_rslora", "bias"})
     if (config.contains(key)) std::printf("  %-24s %s\n", key, config[key].dump().c_str());
   SafetensorsFile weights(path / "adapter_model.safetensors");
   std::int64_t parameters = 0;
@@ -73,7 +77,8 @@ void inspect_adapter(const std::filesystem::path& path) {
 }
 
 int run_inspect(const std::filesystem::path& path) {
-  if (std::filesystem::is_directory(path) && std::filesystem::exists(path / "adapter_config.json")) {
+  if (std::filesystem::is_directory(path) &&
+      std::filesystem::exists(path / "adapter_config.json")) {
     inspect_adapter(path);
     return 0;
   }

@@ -7,25 +7,37 @@
 namespace zerolora::cli {
 namespace {
 
-// A boolean flag as HF scripts write it: bare (--bf16), or with a value (--bf16 True, --bf16 false).
+// A boolean flag as HF scripts write it: bare (--bf16), or with a value (--bf16 True, --bf16
+// false).
 void add_bool(CLI::App& cmd, const std::string& name, bool& target, const std::string& help) {
   cmd.add_option_function<std::string>(
          "--" + name,
          [&target, name](const std::string& text) {
            std::string v = text;
-           std::transform(v.begin(), v.end(), v.begin(), [](unsigned char c) { return std::tolower(c); });
-           if (v.empty() || v == "true" || v == "1" || v == "yes") target = true;
-           else if (v == "false" || v == "0" || v == "no") target = false;
-           else throw CLI::ValidationError("--" + name, "expected true or false, got '" + text + "'");
+           std::transform(v.begin(), v.end(), v.begin(),
+                          [](unsigned char c) { return std::tolower(c); });
+           if (v.empty() || v == "true" || v == "1" || v == "yes")
+             target = true;
+           else if (v == "false" || v == "0" || v == "no")
+             target = false;
+           else
+             throw CLI::ValidationError("--" + name, "expected true or false, got '" + text + "'");
          },
          help + " (default: " + std::string(target ? "true" : "false") + ")")
       ->expected(0, 1)
       ->default_str("");
 }
 
-const char* const kExplicit[] = {"per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate",
-                                 "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
-                                 "bf16", "logging_steps"};
+const char* const kExplicit[] = {"per_device_train_batch_size",
+                                 "gradient_accumulation_steps",
+                                 "learning_rate",
+                                 "weight_decay",
+                                 "adam_beta1",
+                                 "adam_beta2",
+                                 "adam_epsilon",
+                                 "max_grad_norm",
+                                 "bf16",
+                                 "logging_steps"};
 
 }  // namespace
 
@@ -33,42 +45,52 @@ void add_train_flags(CLI::App& cmd, TrainFlags& f) {
   TrainingArguments& a = f.args;
   // As with HF's argparse, a flag given twice takes the last value (scripts append overrides).
   cmd.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
-  cmd.add_option("--model_name_or_path", f.model_name_or_path,
-                 "Base model: a local Hugging Face directory (config.json, *.safetensors, tokenizer.model)")
+  cmd.add_option(
+         "--model_name_or_path", f.model_name_or_path,
+         "Base model: a local Hugging Face directory (config.json, *.safetensors, tokenizer.model)")
       ->required();
   cmd.add_option("--output_dir", f.output_dir,
                  "Where the PEFT adapter, checkpoints, metrics.jsonl and loss_curve.svg go")
       ->required();
   cmd.add_flag("--overwrite_output_dir", f.overwrite_output_dir,
-               "Start over in an output_dir that holds an earlier run (its checkpoints and outputs are replaced)");
+               "Start over in an output_dir that holds an earlier run (its checkpoints and outputs "
+               "are replaced)");
   add_data_flags(cmd, f.data);
   // LoRA
-  cmd.add_option("--lora_rank", a.lora_rank, "LoRA rank r")->capture_default_str()->check(CLI::Range(1, 4096));
-  cmd.add_option("--lora_alpha", a.lora_alpha, "LoRA alpha: the update is scaled by alpha / r (alpha / sqrt(r) with rsLoRA)")
+  cmd.add_option("--lora_rank", a.lora_rank, "LoRA rank r")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 4096));
+  cmd.add_option("--lora_alpha", a.lora_alpha,
+                 "LoRA alpha: the update is scaled by alpha / r (alpha / sqrt(r) with rsLoRA)")
       ->capture_default_str();
   cmd.add_option("--lora_dropout", a.lora_dropout, "Dropout on the LoRA branch's input")
       ->capture_default_str()
       ->check(CLI::Range(0.0, 0.99));
   cmd.add_option("--lora_target_modules", a.lora_target_modules,
-                 "Projections to adapt, space- or comma-separated: q_proj k_proj v_proj o_proj gate_proj up_proj "
+                 "Projections to adapt, space- or comma-separated: q_proj k_proj v_proj o_proj "
+                 "gate_proj up_proj "
                  "down_proj, or all-linear")
       ->expected(1, -1)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
       ->capture_default_str();
   add_bool(cmd, "use_rslora", a.use_rslora, "Rank-stabilised LoRA: scale alpha / sqrt(r)");
-  cmd.add_option("--lora_init", f.lora_init, "LoRA A initialisation: kaiming (PEFT's default) or gaussian")
+  cmd.add_option("--lora_init", f.lora_init,
+                 "LoRA A initialisation: kaiming (PEFT's default) or gaussian")
       ->capture_default_str()
       ->check(CLI::IsMember({"kaiming", "gaussian"}));
   // Length and batches
-  cmd.add_option("--num_train_epochs", a.num_train_epochs, "Epochs over the training set (fractions allowed)")
+  cmd.add_option("--num_train_epochs", a.num_train_epochs,
+                 "Epochs over the training set (fractions allowed)")
       ->capture_default_str();
-  cmd.add_option("--max_steps", a.max_steps, "Optimizer steps; overrides --num_train_epochs when > 0")
+  cmd.add_option("--max_steps", a.max_steps,
+                 "Optimizer steps; overrides --num_train_epochs when > 0")
       ->capture_default_str();
   cmd.add_option("--per_device_train_batch_size", a.per_device_train_batch_size,
                  "Sequences per forward/backward on each rank (a micro-batch)")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  cmd.add_option("--per_device_eval_batch_size", a.per_device_eval_batch_size, "Sequences per evaluation batch")
+  cmd.add_option("--per_device_eval_batch_size", a.per_device_eval_batch_size,
+                 "Sequences per evaluation batch")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   cmd.add_option("--gradient_accumulation_steps", a.gradient_accumulation_steps,
@@ -76,26 +98,34 @@ void add_train_flags(CLI::App& cmd, TrainFlags& f) {
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   // Optimizer and schedule
-  cmd.add_option("--learning_rate", a.learning_rate, "Peak learning rate (AdamW)")->capture_default_str();
-  cmd.add_option("--weight_decay", a.weight_decay, "AdamW decoupled weight decay")->capture_default_str();
+  cmd.add_option("--learning_rate", a.learning_rate, "Peak learning rate (AdamW)")
+      ->capture_default_str();
+  cmd.add_option("--weight_decay", a.weight_decay, "AdamW decoupled weight decay")
+      ->capture_default_str();
   cmd.add_option("--adam_beta1", a.adam_beta1, "AdamW beta1")->capture_default_str();
   cmd.add_option("--adam_beta2", a.adam_beta2, "AdamW beta2")->capture_default_str();
   cmd.add_option("--adam_epsilon", a.adam_epsilon, "AdamW epsilon")->capture_default_str();
-  cmd.add_option("--max_grad_norm", a.max_grad_norm, "Clip gradients to this global L2 norm (0: no clipping)")
+  cmd.add_option("--max_grad_norm", a.max_grad_norm,
+                 "Clip gradients to this global L2 norm (0: no clipping)")
       ->capture_default_str();
-  cmd.add_option("--lr_scheduler_type", a.lr_scheduler_type, "linear, cosine, constant or constant_with_warmup")
+  cmd.add_option("--lr_scheduler_type", a.lr_scheduler_type,
+                 "linear, cosine, constant or constant_with_warmup")
       ->capture_default_str()
       ->check(CLI::IsMember({"linear", "cosine", "constant", "constant_with_warmup"}));
-  cmd.add_option("--warmup_ratio", a.warmup_ratio, "Warmup as a fraction of all steps (when --warmup_steps is 0)")
+  cmd.add_option("--warmup_ratio", a.warmup_ratio,
+                 "Warmup as a fraction of all steps (when --warmup_steps is 0)")
       ->capture_default_str()
       ->check(CLI::Range(0.0, 1.0));
-  cmd.add_option("--warmup_steps", a.warmup_steps, "Linear warmup steps (from lr 0)")->capture_default_str();
+  cmd.add_option("--warmup_steps", a.warmup_steps, "Linear warmup steps (from lr 0)")
+      ->capture_default_str();
   // Precision and memory
-  add_bool(cmd, "bf16", a.bf16, "bf16 weights and matmuls with fp32 accumulation; false: everything fp32");
+  add_bool(cmd, "bf16", a.bf16,
+           "bf16 weights and matmuls with fp32 accumulation; false: everything fp32");
   add_bool(cmd, "gradient_checkpointing", a.gradient_checkpointing,
            "Keep only each layer's input and recompute the layer in backward");
-  add_bool(cmd, "attn_softmax_bf16", a.attn_softmax_bf16,
-           "Round attention scores and probabilities to bf16 (the seed recipe's flag; slower on CPU)");
+  add_bool(
+      cmd, "attn_softmax_bf16", a.attn_softmax_bf16,
+      "Round attention scores and probabilities to bf16 (the seed recipe's flag; slower on CPU)");
   // Logging, evaluation, checkpoints
   cmd.add_option("--logging_steps", a.logging_steps, "Log a metrics line every N steps")
       ->capture_default_str()
@@ -104,28 +134,37 @@ void add_train_flags(CLI::App& cmd, TrainFlags& f) {
                  "When to evaluate on the validation set: no, steps (every --eval_steps) or epoch")
       ->capture_default_str()
       ->check(CLI::IsMember({"no", "steps", "epoch"}));
-  cmd.add_option("--eval_steps", a.eval_steps, "Evaluate every N steps (eval_strategy steps; default: logging_steps)")
+  cmd.add_option("--eval_steps", a.eval_steps,
+                 "Evaluate every N steps (eval_strategy steps; default: logging_steps)")
       ->capture_default_str();
-  cmd.add_option("--save_strategy", a.save_strategy, "When to write checkpoints: no, steps (every --save_steps) or epoch")
+  cmd.add_option("--save_strategy", a.save_strategy,
+                 "When to write checkpoints: no, steps (every --save_steps) or epoch")
       ->capture_default_str()
       ->check(CLI::IsMember({"no", "steps", "epoch"}));
-  cmd.add_option("--save_steps", a.save_steps, "Checkpoint every N steps")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd.add_option("--save_total_limit", a.save_total_limit, "Keep at most N checkpoints (0: all)")->capture_default_str();
+  cmd.add_option("--save_steps", a.save_steps, "Checkpoint every N steps")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd.add_option("--save_total_limit", a.save_total_limit, "Keep at most N checkpoints (0: all)")
+      ->capture_default_str();
   cmd.add_option("--resume_from_checkpoint", f.resume_from_checkpoint,
                  "Continue from a checkpoint directory, or 'last' for the newest in output_dir");
-  cmd.add_option("--seed", a.seed, "Seed for LoRA init, data order and dropout")->capture_default_str();
+  cmd.add_option("--seed", a.seed, "Seed for LoRA init, data order and dropout")
+      ->capture_default_str();
   cmd.add_option("--throughput_warmup_steps", a.throughput_warmup_steps,
                  "First steps left out of the throughput and runtime summary")
       ->capture_default_str();
   cmd.add_option("--deepspeed", f.deepspeed,
-                 "A DeepSpeed config (ds_config.json): batch sizes, bf16, gradient clipping, optimizer, scheduler "
+                 "A DeepSpeed config (ds_config.json): batch sizes, bf16, gradient clipping, "
+                 "optimizer, scheduler "
                  "and zero_optimization are read; \"auto\" values come from the flags");
-  cmd.add_option("--threads", f.threads, "Compute threads per rank (0: the cores divided among local ranks)")
+  cmd.add_option("--threads", f.threads,
+                 "Compute threads per rank (0: the cores divided among local ranks)")
       ->capture_default_str();
   add_bool(cmd, "do_train", f.do_train, "Train (accepted for HF compatibility)");
   add_bool(cmd, "do_eval", f.do_eval, "Evaluate on the validation set at the end");
   add_bool(cmd, "disable_tqdm", f.disable_tqdm,
-           "No progress bar: plain log lines every --logging_steps (always so when stdout is not a terminal "
+           "No progress bar: plain log lines every --logging_steps (always so when stdout is not a "
+           "terminal "
            "or under mpirun)");
 }
 

@@ -43,22 +43,26 @@ void write_checkpoint(const std::filesystem::path& dir) {
   for (const auto& e : parameter_table(c)) {
     auto& w = const_cast<LlamaWeights<bf16>&>(weights);
     const bf16* data = w.unit_data(e) + e.offset;
-    writer.add<bf16>(e.name, DType::kBF16, e.shape, std::span<const bf16>(data, static_cast<std::size_t>(e.numel())));
+    writer.add<bf16>(e.name, DType::kBF16, e.shape,
+                     std::span<const bf16>(data, static_cast<std::size_t>(e.numel())));
   }
   writer.set_metadata("format", "pt");
   writer.write(dir / "model.safetensors");
   FILE* f = std::fopen((dir / "config.json").c_str(), "w");
-  std::fprintf(f,
-               "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", \"hidden_size\": %lld, "
-               "\"intermediate_size\": %lld, \"num_hidden_layers\": %lld, \"num_attention_heads\": %lld, "
-               "\"num_key_value_heads\": %lld, \"vocab_size\": %lld, \"rms_norm_eps\": 1e-5, "
-               "\"tie_word_embeddings\": false, \"torch_dtype\": \"bfloat16\"}\n",
-               static_cast<long long>(c.hidden_size), static_cast<long long>(c.intermediate_size),
-               static_cast<long long>(c.num_layers), static_cast<long long>(c.num_heads),
-               static_cast<long long>(c.num_kv_heads), static_cast<long long>(c.vocab_size));
+  std::fprintf(
+      f,
+      "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", \"hidden_size\": "
+      "%lld, "
+      "\"intermediate_size\": %lld, \"num_hidden_layers\": %lld, \"num_attention_heads\": %lld, "
+      "\"num_key_value_heads\": %lld, \"vocab_size\": %lld, \"rms_norm_eps\": 1e-5, "
+      "\"tie_word_embeddings\": false, \"torch_dtype\": \"bfloat16\"}\n",
+      static_cast<long long>(c.hidden_size), static_cast<long long>(c.intermediate_size),
+      static_cast<long long>(c.num_layers), static_cast<long long>(c.num_heads),
+      static_cast<long long>(c.num_kv_heads), static_cast<long long>(c.vocab_size));
   std::fclose(f);
-  std::printf("wrote %s (%.1f MiB)\n", dir.c_str(),
-              static_cast<double>(std::filesystem::file_size(dir / "model.safetensors")) / (1 << 20));
+  std::printf(
+      "wrote %s (%.1f MiB)\n", dir.c_str(),
+      static_cast<double>(std::filesystem::file_size(dir / "model.safetensors")) / (1 << 20));
 }
 
 }  // namespace
@@ -72,14 +76,23 @@ int main(int argc, char** argv) {
   Index seq = 512;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string arg = argv[i], value = argv[i + 1];
-    if (arg == "--model") model = value;
-    else if (arg == "--write-checkpoint") write_dir = value;
-    else if (arg == "--steps") steps = std::stoi(value);
-    else if (arg == "--seq") seq = std::stoll(value);
-    else if (arg == "--threads") threads = std::stoi(value);
-    else if (arg == "--prefetch") prefetch = std::stoi(value);
+    if (arg == "--model")
+      model = value;
+    else if (arg == "--write-checkpoint")
+      write_dir = value;
+    else if (arg == "--steps")
+      steps = std::stoi(value);
+    else if (arg == "--seq")
+      seq = std::stoll(value);
+    else if (arg == "--threads")
+      threads = std::stoi(value);
+    else if (arg == "--prefetch")
+      prefetch = std::stoi(value);
     else {
-      std::fprintf(stderr, "usage: %s --write-checkpoint DIR | --model DIR [--steps N] [--seq L] [--threads T] [--prefetch D]\n", argv[0]);
+      std::fprintf(stderr,
+                   "usage: %s --write-checkpoint DIR | --model DIR [--steps N] [--seq L] "
+                   "[--threads T] [--prefetch D]\n",
+                   argv[0]);
       return 2;
     }
   }
@@ -95,9 +108,9 @@ int main(int argc, char** argv) {
   const int W = comm->size(), r = comm->rank();
   Runtime rt(threads);
   std::vector<double> figures;  // gathered to rank 0 in this order
-  const std::vector<std::string> names{"shard_mib", "rss_after_load_mib", "step_s", "compute_s",
-                                       "comm_busy_s", "comm_exposed_s", "comm_overlapped_s", "gathered_peak_mib",
-                                       "peak_rss_mib"};
+  const std::vector<std::string> names{"shard_mib",         "rss_after_load_mib", "step_s",
+                                       "compute_s",         "comm_busy_s",        "comm_exposed_s",
+                                       "comm_overlapped_s", "gathered_peak_mib",  "peak_rss_mib"};
   double load_rss = 0;
   std::size_t shard_bytes = 0;
   auto weights = [&] {
@@ -121,7 +134,8 @@ int main(int argc, char** argv) {
   std::vector<TokenSequence> data(static_cast<std::size_t>(W));
   for (int s = 0; s < W; ++s) {
     for (Index t = 0; t < seq; ++t) {
-      const auto id = static_cast<std::int32_t>(mix64(static_cast<std::uint64_t>(s * seq + t)) % 32000);
+      const auto id =
+          static_cast<std::int32_t>(mix64(static_cast<std::uint64_t>(s * seq + t)) % 32000);
       data[s].input_ids.push_back(id);
       data[s].labels.push_back(id);
     }
@@ -145,9 +159,15 @@ int main(int argc, char** argv) {
   for (double t : step_times) step_s += t / steps;
   // compute_seconds includes waits for gathers inside forward/backward: take exposed time out.
   compute_s = step_s - cs.waited_seconds / steps;
-  figures = {static_cast<double>(shard_bytes) / (1 << 20), load_rss, step_s, compute_s, cs.busy_seconds / steps,
-             cs.waited_seconds / steps, (cs.busy_seconds - cs.waited_seconds) / steps,
-             static_cast<double>(weights.gathered_peak_bytes()) / (1 << 20), peak_rss_mib()};
+  figures = {static_cast<double>(shard_bytes) / (1 << 20),
+             load_rss,
+             step_s,
+             compute_s,
+             cs.busy_seconds / steps,
+             cs.waited_seconds / steps,
+             (cs.busy_seconds - cs.waited_seconds) / steps,
+             static_cast<double>(weights.gathered_peak_bytes()) / (1 << 20),
+             peak_rss_mib()};
   std::vector<double> everyone(figures.size() * static_cast<std::size_t>(W));
   comm->all_gather(figures.data(), everyone.data(), figures.size() * sizeof(double));
   if (r == 0) {

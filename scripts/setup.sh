@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# From a fresh Debian 12 machine to a working zerolora: installs the packages, builds, and runs
-# the demo on the tiny real Llama in ../shared/data (override with ZEROLORA_SHARED_DATA).
+# From a fresh Debian 12 machine to a fine-tuned model: installs the packages, builds, then
+# fine-tunes the tiny real Llama in ../shared/data/stories260K-hf on the Alpaca demo data with
+# the seed recipe's LoRA settings (about a minute on 2 cores) and generates from the result.
+# Override the data location with ZEROLORA_SHARED_DATA.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
@@ -13,9 +15,19 @@ if [ ! -f "$model/config.json" ]; then
   echo "setup: built, but the demo model is not at $model (set ZEROLORA_SHARED_DATA)" >&2
   exit 1
 fi
+out="${ZEROLORA_DEMO_DIR:-out/demo}"
+rm -rf "$out"
 echo
-echo "== zerolora inspect $model"
-./build/zerolora inspect "$model" | head -6
+echo "== zerolora train (the seed recipe's LoRA settings on stories260K-hf; output in $out)"
+./build/zerolora train \
+  --model_name_or_path "$model" --train_file "$data/alpaca_en_demo.json" --output_dir "$out" \
+  --deepspeed examples/ds_zero3_seed.json --bf16 true \
+  --num_train_epochs 2 --max_seq_length 512 --per_device_train_batch_size 10 \
+  --learning_rate 0.0018 --warmup_ratio 0.03 --lr_scheduler_type cosine --logging_steps 10 \
+  --dataset_concatenation --lora_rank 4 --lora_alpha 16 --lora_dropout 0.05 \
+  --lora_target_modules q_proj v_proj k_proj o_proj \
+  --validation_split_percentage 5 --eval_strategy epoch --save_strategy no
 echo
-echo "== zerolora generate (greedy, bf16)"
-./build/zerolora generate --model "$model" --prompt "Once upon a time" --max_new_tokens 60
+echo "== zerolora generate with the adapter"
+./build/zerolora generate --model "$model" --adapter "$out" --template alpaca \
+  --prompt "Give three tips for staying healthy." --max_new_tokens 48

@@ -26,7 +26,7 @@ check "generate continues the prompt as Transformers does" $?
 grep -q "5 layers, hidden 64" "$work/inspect.txt" && grep -q "model.layers.4.mlp.down_proj.weight" "$work/inspect.txt"
 check "inspect lists config and tensors" $?
 
-"$bin" data-preview --model "$model" --train_file "$shared/alpaca_en_demo.json" --max_seq_length 64 \
+"$bin" data-preview --model "$model" --train_file "$shared/alpaca_en_demo.json" --max_seq_length 300 \
   --num_examples 3 --output "$work/preview.jsonl" 2> "$work/preview.err"
 [ "$(wc -l < "$work/preview.jsonl")" -eq 3 ] && grep -q '"labels":\[-100' "$work/preview.jsonl" \
   && grep -q "999 records read" "$work/preview.err"
@@ -53,5 +53,53 @@ check "bad record: exit 1 naming file, record and field" $?
 
 "$bin" --help | grep -q "data-preview"
 check "--help lists the commands" $?
+
+# A short fine-tune, then the commands that use its adapter.
+"$bin" train --model_name_or_path "$model" --train_file "$shared/alpaca_en_demo.json" --output_dir "$work/run" \
+  --max_steps 4 --per_device_train_batch_size 2 --max_seq_length 200 --lora_rank 4 --save_strategy no \
+  --logging_steps 2 > "$work/train.log" 2>&1
+[ $? -eq 0 ] && [ -f "$work/run/adapter_model.safetensors" ] && [ -f "$work/run/loss_curve.svg" ] \
+  && [ "$(grep -c '"loss"' "$work/run/metrics.jsonl")" -eq 2 ] && grep -q '"train_runtime"' "$work/run/train_results.json"
+check "train writes adapter, metrics, loss curve and summary" $?
+
+"$bin" inspect "$work/run" | grep -q "LoRA parameters: 4480"
+check "inspect shows an adapter" $?
+
+a="$("$bin" generate --model "$model" --adapter "$work/run" --prompt "Once" --max_new_tokens 12 --temperature 0.9 --seed 5 2>/dev/null)"
+b="$("$bin" generate --model "$model" --adapter "$work/run" --prompt "Once" --max_new_tokens 12 --temperature 0.9 --seed 5 2>/dev/null)"
+c="$("$bin" generate --model "$model" --adapter "$work/run" --prompt "Once" --max_new_tokens 12 --temperature 0.9 --seed 6 2>/dev/null)"
+[ -n "$a" ] && [ "$a" = "$b" ] && [ "$a" != "$c" ]
+check "sampling: the same seed gives the same text, another seed another" $?
+
+"$bin" estimate-memory --preset llama2-70b --world_size 8 --per_device_train_batch_size 10 --max_seq_length 2048 \
+  --lora_rank 4 | grep -q "^fits a 96 GB device"
+check "estimate-memory: the seed recipe (70B, 8 ranks, batch 10 x 2048) fits 96 GB devices" $?
+
+# Bad input: one clear message each.
+"$bin" generate --model "$model" --adapter "$work/run" --prompt x > /dev/null 2>&1
+[ $? -eq 0 ]
+check "(control) the adapter loads on its own base" $?
+"$bin" train --model_name_or_path "$model" --train_file "$shared/alpaca_en_demo.json" --output_dir "$work/x" \
+  --dataset_concatenation --packing boundaries > /dev/null 2> "$work/err.txt"
+[ $? -eq 2 ] && grep -q "conflicts" "$work/err.txt"
+check "conflicting flags: exit 2" $?
+"$bin" train --model_name_or_path "$model" --train_file "$work/bad.json" --output_dir "$work/y" > /dev/null 2> "$work/err.txt"
+[ $? -eq 1 ] && grep -q "bad.json: record 0" "$work/err.txt" && [ ! -e "$work/y/adapter_model.safetensors" ]
+check "train on a dataset that does not parse: exit 1, nothing written" $?
+cp -r "$work/run" "$work/shallow_adapter"
+python3 - "$work/shallow_adapter/adapter_model.safetensors" <<'PY'
+import sys
+from safetensors.numpy import load_file, save_file
+t = load_file(sys.argv[1])
+t = {k: (v[:, :32] if k.endswith("lora_A.weight") else v) for k, v in t.items()}
+save_file(t, sys.argv[1], metadata={"format": "pt"})
+PY
+"$bin" generate --model "$model" --adapter "$work/shallow_adapter" --prompt x > /dev/null 2> "$work/err.txt"
+[ $? -eq 1 ] && grep -q "another base model" "$work/err.txt"
+check "an adapter for another base: exit 1 naming the tensor" $?
+mkdir -p "$work/taken" && echo keep > "$work/taken/README.txt"
+"$bin" merge --model "$model" --adapter "$work/run" --output_dir "$work/taken" > /dev/null 2> "$work/err.txt"
+[ $? -eq 2 ] && grep -q "not empty" "$work/err.txt" && [ "$(cat "$work/taken/README.txt")" = keep ]
+check "merge into a non-empty directory: refused, contents kept" $?
 
 exit $((failures > 0))

@@ -3,12 +3,12 @@
 // (tokens and labels made by the fixture script with the Python sentencepiece).
 #include <gtest/gtest.h>
 
+#include "core/error.hpp"
 #include "core/precision.hpp"
 #include "data/collate.hpp"
 #include "data/dataset.hpp"
 #include "io/checkpoint.hpp"
 #include "io/tensor_read.hpp"
-#include "core/error.hpp"
 #include "model/generate.hpp"
 #include "model/llama_model.hpp"
 #include "model/llama_weights.hpp"
@@ -109,13 +109,18 @@ TEST_F(Stories260K, CachedDecodingEqualsFullForward) {
   auto cache = model.make_cache(static_cast<Index>(ids.size()));
   std::vector<float> step(512);
   model.forward_cached(std::span(ids).first(20), cache, {}, step.data());  // a 20-token prompt
-  EXPECT_LT(testing::max_rel_error(std::span<const float>(step), std::span<const float>(full).subspan(19 * 512, 512)), 1e-5);
+  EXPECT_LT(testing::max_rel_error(std::span<const float>(step),
+                                   std::span<const float>(full).subspan(19 * 512, 512)),
+            1e-5);
   for (std::size_t t = 20; t < ids.size(); ++t) {
     model.forward_cached(std::span(ids).subspan(t, 1), cache, {}, step.data());
-    ASSERT_LT(testing::max_rel_error(std::span<const float>(step), std::span<const float>(full).subspan(t * 512, 512)), 1e-5)
+    ASSERT_LT(testing::max_rel_error(std::span<const float>(step),
+                                     std::span<const float>(full).subspan(t * 512, 512)),
+              1e-5)
         << "position " << t;
   }
-  EXPECT_THROW(model.forward_cached(std::span(ids).first(1), cache, {}, step.data()), ShapeError);  // cache full
+  EXPECT_THROW(model.forward_cached(std::span(ids).first(1), cache, {}, step.data()),
+               ShapeError);  // cache full
 }
 
 TEST(Sampling, GreedyTopKTopPAndSeeds) {
@@ -128,8 +133,9 @@ TEST(Sampling, GreedyTopKTopPAndSeeds) {
   for (std::uint64_t d = 0; d < 50; ++d) EXPECT_EQ(pick_token<float>(logits, nucleus, d), 1);
   SamplingOptions warm{1.0, 2, 1.0, 0};
   std::array<int, 5> counts{};
-  for (std::uint64_t d = 0; d < 4000; ++d) ++counts[static_cast<std::size_t>(pick_token<float>(logits, warm, d))];
-  EXPECT_EQ(counts[0] + counts[3] + counts[4], 0);  // outside the top 2
+  for (std::uint64_t d = 0; d < 4000; ++d)
+    ++counts[static_cast<std::size_t>(pick_token<float>(logits, warm, d))];
+  EXPECT_EQ(counts[0] + counts[3] + counts[4], 0);       // outside the top 2
   const double expected = 1.0 / (1.0 + std::exp(-0.1));  // P(token 1) among {1, 2}
   EXPECT_NEAR(counts[1] / 4000.0, expected, 0.03);
 }

@@ -19,19 +19,37 @@ namespace {
 using json = nlohmann::json;
 
 TEST(LrSchedule, MatchesTransformersGetScheduler) {
-  // transformers 5.24: get_scheduler(name, AdamW(lr=1e-3), num_warmup_steps=3, num_training_steps=10),
-  // the lr of each of the 10 optimizer steps.
-  const std::vector<double> linear{0.0, 0.0003333333333, 0.0006666666667, 0.001, 0.0008571428571,
-                                   0.0007142857143, 0.0005714285714, 0.0004285714286, 0.0002857142857, 0.0001428571429};
-  const std::vector<double> cosine{0.0, 0.0003333333333, 0.0006666666667, 0.001, 0.000950484434,
-                                   0.0008117449009, 0.000611260467, 0.000388739533, 0.0001882550991, 4.951556605e-05};
-  for (const auto& [kind, expected] : {std::pair{LrSchedule::Kind::kLinear, linear}, std::pair{LrSchedule::Kind::kCosine, cosine}}) {
+  // transformers 5.24: get_scheduler(name, AdamW(lr=1e-3), num_warmup_steps=3,
+  // num_training_steps=10), the lr of each of the 10 optimizer steps.
+  const std::vector<double> linear{0.0,
+                                   0.0003333333333,
+                                   0.0006666666667,
+                                   0.001,
+                                   0.0008571428571,
+                                   0.0007142857143,
+                                   0.0005714285714,
+                                   0.0004285714286,
+                                   0.0002857142857,
+                                   0.0001428571429};
+  const std::vector<double> cosine{0.0,
+                                   0.0003333333333,
+                                   0.0006666666667,
+                                   0.001,
+                                   0.000950484434,
+                                   0.0008117449009,
+                                   0.000611260467,
+                                   0.000388739533,
+                                   0.0001882550991,
+                                   4.951556605e-05};
+  for (const auto& [kind, expected] : {std::pair{LrSchedule::Kind::kLinear, linear},
+                                       std::pair{LrSchedule::Kind::kCosine, cosine}}) {
     LrSchedule s;
     s.kind = kind;
     s.lr = 1e-3;
     s.warmup_steps = 3;
     s.total_steps = 10;
-    for (int i = 0; i < 10; ++i) EXPECT_NEAR(s.at(i), expected[i], 1e-12) << s.describe() << " step " << i;
+    for (int i = 0; i < 10; ++i)
+      EXPECT_NEAR(s.at(i), expected[i], 1e-12) << s.describe() << " step " << i;
   }
   LrSchedule c;
   c.kind = LrSchedule::Kind::kConstantWithWarmup;
@@ -72,18 +90,22 @@ TEST(DeepSpeedConfig, SeedRecipeConfigAsIs) {
   TrainingArguments a;
   a.per_device_train_batch_size = 10;
   a.explicitly_set = {"per_device_train_batch_size"};
-  const auto ds = load(std::filesystem::path(ZEROLORA_SOURCE_DIR) / "examples" / "ds_zero3_seed.json");
+  const auto ds =
+      load(std::filesystem::path(ZEROLORA_SOURCE_DIR) / "examples" / "ds_zero3_seed.json");
   const auto result = apply_deepspeed_config(ds, a, 8, 8192, 856'000'000, "ds.json");
   EXPECT_EQ(a.per_device_train_batch_size, 10);
   EXPECT_EQ(a.gradient_accumulation_steps, 1);
   EXPECT_TRUE(a.bf16);
   EXPECT_DOUBLE_EQ(a.max_grad_norm, 1.0);
   EXPECT_EQ(a.zero_stage, 3);
-  EXPECT_EQ(a.prefetch_depth, 1);  // auto bucket 0.9 * 8192^2 is under one 70B layer: one unit ahead
+  EXPECT_EQ(a.prefetch_depth,
+            1);  // auto bucket 0.9 * 8192^2 is under one 70B layer: one unit ahead
   EXPECT_EQ(a.logging_steps, 64);  // steps_per_print, --logging_steps not given
   const std::set<std::string> ignored(result.ignored_keys.begin(), result.ignored_keys.end());
-  EXPECT_EQ(ignored, (std::set<std::string>{"timers", "zero_optimization.overlap_comm", "zero_optimization.contiguous_gradients",
-                                            "zero_optimization.stage3_gather_16bit_weights_on_model_save"}));
+  EXPECT_EQ(ignored,
+            (std::set<std::string>{"timers", "zero_optimization.overlap_comm",
+                                   "zero_optimization.contiguous_gradients",
+                                   "zero_optimization.stage3_gather_16bit_weights_on_model_save"}));
   EXPECT_FALSE(result.scheduler.has_value());
 }
 
@@ -103,27 +125,43 @@ TEST(DeepSpeedConfig, BatchArithmeticIsCheckedAndDerived) {
   a.per_device_train_batch_size = 10;
   a.gradient_accumulation_steps = 2;
   expect_ds_error<ConfigError>(json{{"train_batch_size", 100}}, a, 8,
-                               "train_batch_size 100 != train_micro_batch_size_per_gpu 10 x gradient_accumulation_steps 2 x world size 8 = 160");
+                               "train_batch_size 100 != train_micro_batch_size_per_gpu 10 x "
+                               "gradient_accumulation_steps 2 x world size 8 = 160");
   TrainingArguments b;
   b.per_device_train_batch_size = 4;
-  apply_deepspeed_config(json{{"train_batch_size", 64}, {"train_micro_batch_size_per_gpu", 4}}, b, 4, 64, 10000, "ds.json");
+  apply_deepspeed_config(json{{"train_batch_size", 64}, {"train_micro_batch_size_per_gpu", 4}}, b,
+                         4, 64, 10000, "ds.json");
   EXPECT_EQ(b.gradient_accumulation_steps, 4);  // 64 / (4 x 4)
   TrainingArguments c;
-  expect_ds_error<ConfigError>(json{{"train_batch_size", 30}, {"train_micro_batch_size_per_gpu", 4}}, c, 4, "not a multiple");
+  expect_ds_error<ConfigError>(
+      json{{"train_batch_size", 30}, {"train_micro_batch_size_per_gpu", 4}}, c, 4,
+      "not a multiple");
   TrainingArguments d;
   d.per_device_train_batch_size = 2;
   d.explicitly_set = {"per_device_train_batch_size"};
-  expect_ds_error<ConfigError>(json{{"train_micro_batch_size_per_gpu", 3}}, d, 1,
-                               "'train_micro_batch_size_per_gpu' is 3 but --per_device_train_batch_size is 2");
+  expect_ds_error<ConfigError>(
+      json{{"train_micro_batch_size_per_gpu", 3}}, d, 1,
+      "'train_micro_batch_size_per_gpu' is 3 but --per_device_train_batch_size is 2");
 }
 
 TEST(DeepSpeedConfig, OptimizerSchedulerAndZeroSettings) {
   TrainingArguments a;
   a.learning_rate = 3e-4;
-  const json ds{{"optimizer", {{"type", "AdamW"}, {"params", {{"lr", "auto"}, {"betas", {0.9, 0.95}}, {"eps", 1e-6}, {"weight_decay", 0.1}}}}},
-                {"scheduler", {{"type", "WarmupDecayLR"}, {"params", {{"warmup_num_steps", 10}, {"warmup_type", "linear"}, {"total_num_steps", "auto"}}}}},
-                {"zero_optimization", {{"stage", 3}, {"stage3_param_persistence_threshold", 0}, {"stage3_max_live_parameters", 5000},
-                                       {"stage3_prefetch_bucket_size", 25000}, {"offload_optimizer", {{"device", "cpu"}}}}}};
+  const json ds{
+      {"optimizer",
+       {{"type", "AdamW"},
+        {"params",
+         {{"lr", "auto"}, {"betas", {0.9, 0.95}}, {"eps", 1e-6}, {"weight_decay", 0.1}}}}},
+      {"scheduler",
+       {{"type", "WarmupDecayLR"},
+        {"params",
+         {{"warmup_num_steps", 10}, {"warmup_type", "linear"}, {"total_num_steps", "auto"}}}}},
+      {"zero_optimization",
+       {{"stage", 3},
+        {"stage3_param_persistence_threshold", 0},
+        {"stage3_max_live_parameters", 5000},
+        {"stage3_prefetch_bucket_size", 25000},
+        {"offload_optimizer", {{"device", "cpu"}}}}}};
   const auto r = apply_deepspeed_config(ds, a, 2, 64, 10000, "ds.json");
   EXPECT_DOUBLE_EQ(a.learning_rate, 3e-4);
   EXPECT_DOUBLE_EQ(a.adam_beta2, 0.95);
@@ -146,9 +184,12 @@ TEST(DeepSpeedConfig, RefusesWhatIsNotSupported) {
   expect_ds_error<UnsupportedError>(json{{"fp16", {{"enabled", true}}}}, a, 1, "fp16");
   expect_ds_error<UnsupportedError>(json{{"optimizer", {{"type", "Lamb"}}}}, a, 1, "Lamb");
   expect_ds_error<UnsupportedError>(json{{"scheduler", {{"type", "OneCycle"}}}}, a, 1, "OneCycle");
-  expect_ds_error<UnsupportedError>(json{{"zero_optimization", {{"stage", 3}, {"offload_param", {{"device", "nvme"}}}}}}, a, 1, "nvme");
+  expect_ds_error<UnsupportedError>(
+      json{{"zero_optimization", {{"stage", 3}, {"offload_param", {{"device", "nvme"}}}}}}, a, 1,
+      "nvme");
   expect_ds_error<ConfigError>(json{{"zero_optimization", {{"stage", 4}}}}, a, 1, "stage");
-  expect_ds_error<ConfigError>(json{{"gradient_clipping", "big"}}, a, 1, "'gradient_clipping' must be a number");
+  expect_ds_error<ConfigError>(json{{"gradient_clipping", "big"}}, a, 1,
+                               "'gradient_clipping' must be a number");
   expect_ds_error<ConfigError>(json::array(), a, 1, "JSON object");
 }
 
@@ -196,7 +237,8 @@ TEST(PeftAdapter, RoundTripAndRefusals) {
   }
   LlamaConfig shallow = base;
   shallow.num_layers = 1;
-  EXPECT_THROW(load_peft_adapter(dir.path(), shallow), ShapeError);  // layer 1 tensors do not exist there
+  EXPECT_THROW(load_peft_adapter(dir.path(), shallow),
+               ShapeError);  // layer 1 tensors do not exist there
 
   auto with = [&](const char* key, json value) {
     json c = config;

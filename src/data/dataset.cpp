@@ -43,7 +43,8 @@ TrainingData build_training_data(Runtime& rt, const DataOptions& o, const Tokeni
   // train on it with a NaN loss). Dropped unless packing mixes it into blocks as HF does.
   if (o.packing != Packing::kConcat) {
     auto no_targets = [](const TokenSequence& e) {
-      return std::all_of(e.labels.begin() + 1, e.labels.end(), [](std::int32_t l) { return l == kIgnoreIndex; });
+      return std::all_of(e.labels.begin() + 1, e.labels.end(),
+                         [](std::int32_t l) { return l == kIgnoreIndex; });
     };
     const auto before = train_examples.size();
     std::erase_if(train_examples, no_targets);

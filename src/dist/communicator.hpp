@@ -88,7 +88,9 @@ class Communicator {
   void reduce_scatter(const T* send, T* recv, std::size_t count_per_rank) {
     reduce_scatter_async(send, recv, count_per_rank, element_type_of<T>())->wait();
   }
-  void broadcast(void* data, std::size_t bytes, int root) { broadcast_async(data, bytes, root)->wait(); }
+  void broadcast(void* data, std::size_t bytes, int root) {
+    broadcast_async(data, bytes, root)->wait();
+  }
 };
 
 // True when this process was started by mpirun (OpenMPI sets OMPI_COMM_WORLD_SIZE).
@@ -100,6 +102,7 @@ std::unique_ptr<Communicator> make_local_communicator();
 
 // Refuses to start unless every rank computed the same `fingerprint` (configuration, model
 // shapes, data), with a message naming the ranks that differ. Throws ConfigError.
-void require_same_on_all_ranks(Communicator& comm, std::uint64_t fingerprint, const std::string& what);
+void require_same_on_all_ranks(Communicator& comm, std::uint64_t fingerprint,
+                               const std::string& what);
 
 }  // namespace zerolora

@@ -15,7 +15,9 @@ class DoneRequest : public CommRequest {
   bool done() override { return true; }
 };
 
-std::size_t element_size(ElementType type) { return type == ElementType::kFloat ? 4 : 8; }
+std::size_t element_size(ElementType type) {
+  return type == ElementType::kFloat ? 4 : 8;
+}
 
 class LocalCommunicator : public Communicator {
  public:
@@ -27,11 +29,14 @@ class LocalCommunicator : public Communicator {
     if (send != recv) std::memmove(recv, send, bytes);
     return std::make_unique<DoneRequest>();
   }
-  Request reduce_scatter_async(const void* send, void* recv, std::size_t count, ElementType type) override {
+  Request reduce_scatter_async(const void* send, void* recv, std::size_t count,
+                               ElementType type) override {
     if (send != recv) std::memmove(recv, send, count * element_size(type));
     return std::make_unique<DoneRequest>();
   }
-  Request all_reduce_async(void*, std::size_t, ElementType) override { return std::make_unique<DoneRequest>(); }
+  Request all_reduce_async(void*, std::size_t, ElementType) override {
+    return std::make_unique<DoneRequest>();
+  }
   Request broadcast_async(void*, std::size_t, int root) override {
     ZL_CHECK(root == 0);
     return std::make_unique<DoneRequest>();
@@ -44,23 +49,28 @@ class LocalCommunicator : public Communicator {
 
 }  // namespace
 
-std::unique_ptr<Communicator> make_local_communicator() { return std::make_unique<LocalCommunicator>(); }
+std::unique_ptr<Communicator> make_local_communicator() {
+  return std::make_unique<LocalCommunicator>();
+}
 
 bool launched_by_mpirun() {
   const char* size = std::getenv("OMPI_COMM_WORLD_SIZE");
   return size != nullptr && *size != '\0';
 }
 
-void require_same_on_all_ranks(Communicator& comm, std::uint64_t fingerprint, const std::string& what) {
+void require_same_on_all_ranks(Communicator& comm, std::uint64_t fingerprint,
+                               const std::string& what) {
   if (comm.size() == 1) return;
   std::vector<std::uint64_t> all(static_cast<std::size_t>(comm.size()));
   comm.all_gather(&fingerprint, all.data(), sizeof(fingerprint));
   std::string differing;
   for (int r = 0; r < comm.size(); ++r)
-    if (all[static_cast<std::size_t>(r)] != all[0]) differing += (differing.empty() ? "" : ", ") + std::to_string(r);
+    if (all[static_cast<std::size_t>(r)] != all[0])
+      differing += (differing.empty() ? "" : ", ") + std::to_string(r);
   if (!differing.empty())
-    throw ConfigError(what + " differs between ranks: rank(s) " + differing +
-                      " disagree with rank 0; every rank must run the same command on the same files");
+    throw ConfigError(
+        what + " differs between ranks: rank(s) " + differing +
+        " disagree with rank 0; every rank must run the same command on the same files");
 }
 
 }  // namespace zerolora

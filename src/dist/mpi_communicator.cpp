@@ -38,7 +38,9 @@ MPI_Datatype mpi_type(ElementType type) {
   return MPI_BYTE;
 }
 
-std::size_t element_bytes(ElementType type) { return type == ElementType::kFloat ? 4 : 8; }
+std::size_t element_bytes(ElementType type) {
+  return type == ElementType::kFloat ? 4 : 8;
+}
 
 int checked_count(std::size_t count) {
   if (count > static_cast<std::size_t>(std::numeric_limits<int>::max()))
@@ -60,7 +62,8 @@ class MpiCommunicator;
 
 class MpiRequest : public CommRequest {
  public:
-  MpiRequest(std::shared_ptr<Task> task, MpiCommunicator& comm) : task_(std::move(task)), comm_(comm) {}
+  MpiRequest(std::shared_ptr<Task> task, MpiCommunicator& comm)
+      : task_(std::move(task)), comm_(comm) {}
   ~MpiRequest() override {
     try {
       wait();
@@ -90,7 +93,8 @@ class MpiCommunicator : public Communicator {
       int provided = 0;
       MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided);
       if (provided < MPI_THREAD_SERIALIZED)
-        throw UnsupportedError("this MPI library does not support calls from a communication thread");
+        throw UnsupportedError(
+            "this MPI library does not support calls from a communication thread");
       owns_mpi_ = true;
     }
     MPI_Comm_dup(MPI_COMM_WORLD, &comm_);
@@ -117,17 +121,22 @@ class MpiCommunicator : public Communicator {
   Request all_gather_async(const void* send, void* recv, std::size_t bytes) override {
     const int count = checked_count(bytes);
     return submit(bytes * static_cast<std::size_t>(size_), [=, this] {
-      MPI_Allgather(send == recv ? MPI_IN_PLACE : send, count, MPI_BYTE, recv, count, MPI_BYTE, comm_);
+      MPI_Allgather(send == recv ? MPI_IN_PLACE : send, count, MPI_BYTE, recv, count, MPI_BYTE,
+                    comm_);
     });
   }
-  Request reduce_scatter_async(const void* send, void* recv, std::size_t count, ElementType type) override {
+  Request reduce_scatter_async(const void* send, void* recv, std::size_t count,
+                               ElementType type) override {
     const int n = checked_count(count);
-    return submit(count * element_bytes(type) * static_cast<std::size_t>(size_),
-                  [=, this] { MPI_Reduce_scatter_block(send, recv, n, mpi_type(type), MPI_SUM, comm_); });
+    return submit(count * element_bytes(type) * static_cast<std::size_t>(size_), [=, this] {
+      MPI_Reduce_scatter_block(send, recv, n, mpi_type(type), MPI_SUM, comm_);
+    });
   }
   Request all_reduce_async(void* data, std::size_t count, ElementType type) override {
     const int n = checked_count(count);
-    return submit(count * element_bytes(type), [=, this] { MPI_Allreduce(MPI_IN_PLACE, data, n, mpi_type(type), MPI_SUM, comm_); });
+    return submit(count * element_bytes(type), [=, this] {
+      MPI_Allreduce(MPI_IN_PLACE, data, n, mpi_type(type), MPI_SUM, comm_);
+    });
   }
   Request broadcast_async(void* data, std::size_t bytes, int root) override {
     const int n = checked_count(bytes);

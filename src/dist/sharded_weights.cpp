@@ -24,7 +24,9 @@ int unit_index(const LlamaConfig& c, UnitId id) {
   return -1;
 }
 
-UnitId unit_of(const ParamEntry& e) { return UnitId{e.unit, e.unit == Unit::kLayer ? e.layer : -1}; }
+UnitId unit_of(const ParamEntry& e) {
+  return UnitId{e.unit, e.unit == Unit::kLayer ? e.layer : -1};
+}
 
 std::string unit_name(UnitId id) {
   switch (id.kind) {
@@ -43,7 +45,8 @@ std::string unit_name(UnitId id) {
 }  // namespace
 
 template <class W>
-ShardedWeights<W>::ShardedWeights(Communicator& comm, const LlamaConfig& config, ZeroOptions options)
+ShardedWeights<W>::ShardedWeights(Communicator& comm, const LlamaConfig& config,
+                                  ZeroOptions options)
     : comm_(&comm), config_(config), layout_(config), options_(options) {
   const Index world = comm.size(), rank = comm.rank();
   const Index D = config.hidden_size, V = config.vocab_size;
@@ -68,22 +71,26 @@ const typename ShardedWeights<W>::UnitShard& ShardedWeights<W>::unit(UnitId id) 
 }
 
 template <class W>
-ShardedWeights<W> ShardedWeights<W>::load(Runtime& rt, Communicator& comm, const Checkpoint& checkpoint,
-                                          ZeroOptions options) {
+ShardedWeights<W> ShardedWeights<W>::load(Runtime& rt, Communicator& comm,
+                                          const Checkpoint& checkpoint, ZeroOptions options) {
   ShardedWeights store(comm, checkpoint.config(), options);
   const auto table = validate_checkpoint(checkpoint);
   for (const auto& entry : table) {
-    UnitShard& u = store.units_[static_cast<std::size_t>(unit_index(store.config_, unit_of(entry)))];
+    UnitShard& u =
+        store.units_[static_cast<std::size_t>(unit_index(store.config_, unit_of(entry)))];
     const Index s = u.padded / comm.size(), lo = comm.rank() * s, hi = lo + s;
     const Index a = std::max(lo, entry.offset), b = std::min(hi, entry.offset + entry.numel());
-    if (a < b) read_checkpoint_elements(rt, checkpoint, entry, a - entry.offset, b - a, u.shard.data() + (a - lo));
+    if (a < b)
+      read_checkpoint_elements(rt, checkpoint, entry, a - entry.offset, b - a,
+                               u.shard.data() + (a - lo));
   }
   return store;
 }
 
 template <class W>
-ShardedWeights<W> ShardedWeights<W>::random(Runtime& rt, Communicator& comm, const LlamaConfig& config,
-                                            std::uint64_t seed, double std, ZeroOptions options) {
+ShardedWeights<W> ShardedWeights<W>::random(Runtime& rt, Communicator& comm,
+                                            const LlamaConfig& config, std::uint64_t seed,
+                                            double std, ZeroOptions options) {
   ShardedWeights store(comm, config, options);
   const auto table = parameter_table(config);
   for (std::size_t t = 0; t < table.size(); ++t) {
@@ -93,7 +100,8 @@ ShardedWeights<W> ShardedWeights<W>::random(Runtime& rt, Communicator& comm, con
     const Index a = std::max(lo, entry.offset), b = std::min(hi, entry.offset + entry.numel());
     W* dst = u.shard.data() + (a - lo);
 #pragma omp parallel for num_threads(rt.threads()) schedule(static)
-    for (Index i = a; i < b; ++i) dst[i - a] = convert_to<W>(random_weight(seed, t, entry, i - entry.offset, std));
+    for (Index i = a; i < b; ++i)
+      dst[i - a] = convert_to<W>(random_weight(seed, t, entry, i - entry.offset, std));
   }
   return store;
 }
@@ -113,7 +121,9 @@ template <class W>
 Buffer<W> ShardedWeights<W>::take_buffer(Index elements) {
   auto best = pool_.end();
   for (auto it = pool_.begin(); it != pool_.end(); ++it)
-    if (static_cast<Index>(it->size()) >= elements && (best == pool_.end() || it->size() < best->size())) best = it;
+    if (static_cast<Index>(it->size()) >= elements &&
+        (best == pool_.end() || it->size() < best->size()))
+      best = it;
   if (best != pool_.end()) {
     Buffer<W> buffer = std::move(*best);
     pool_.erase(best);
@@ -142,10 +152,13 @@ template <class W>
 void ShardedWeights<W>::prefetch() {
   Index live_elements = 0;
   for (const auto& g : live_) live_elements += unit(g.unit).padded;
-  const std::size_t limit = next_acquire_ + static_cast<std::size_t>(std::max(0, options_.prefetch_depth));
+  const std::size_t limit =
+      next_acquire_ + static_cast<std::size_t>(std::max(0, options_.prefetch_depth));
   while (next_issue_ < schedule_.size() && next_issue_ <= limit) {
     const Index need = unit(schedule_[next_issue_]).padded;
-    if (options_.max_live_elements > 0 && !live_.empty() && live_elements + need > options_.max_live_elements) break;
+    if (options_.max_live_elements > 0 && !live_.empty() &&
+        live_elements + need > options_.max_live_elements)
+      break;
     issue_next();
     live_elements += need;
   }
@@ -155,9 +168,11 @@ template <class W>
 const W* ShardedWeights<W>::acquire(UnitId id) {
   if (comm_->size() == 1) return unit(id).shard.data();
   if (next_acquire_ >= schedule_.size() || !(schedule_[next_acquire_] == id))
-    throw InternalError("ZeRO-3: " + unit_name(id) + " acquired out of the announced schedule order");
+    throw InternalError("ZeRO-3: " + unit_name(id) +
+                        " acquired out of the announced schedule order");
   while (next_issue_ <= next_acquire_) issue_next();
-  auto it = std::find_if(live_.begin(), live_.end(), [&](const Gathered& g) { return g.schedule_index == next_acquire_; });
+  auto it = std::find_if(live_.begin(), live_.end(),
+                         [&](const Gathered& g) { return g.schedule_index == next_acquire_; });
   ZL_CHECK(it != live_.end());
   it->request->wait();
   it->acquired = true;
@@ -169,7 +184,8 @@ const W* ShardedWeights<W>::acquire(UnitId id) {
 template <class W>
 void ShardedWeights<W>::release(UnitId id) {
   if (comm_->size() == 1) return;
-  auto it = std::find_if(live_.begin(), live_.end(), [&](const Gathered& g) { return g.acquired && g.unit == id; });
+  auto it = std::find_if(live_.begin(), live_.end(),
+                         [&](const Gathered& g) { return g.acquired && g.unit == id; });
   ZL_CHECK(it != live_.end());
   pool_.push_back(std::move(it->buffer));
   live_.erase(it);

@@ -43,37 +43,39 @@ bool is_peft_adapter_dir(const std::filesystem::path& dir) {
   return std::filesystem::is_regular_file(dir / kConfigFile);
 }
 
-void save_peft_adapter(const std::filesystem::path& dir, const LoraLayout& layout, std::span<const float> params,
-                       const std::string& base_model_name_or_path) {
+void save_peft_adapter(const std::filesystem::path& dir, const LoraLayout& layout,
+                       std::span<const float> params, const std::string& base_model_name_or_path) {
   ZL_CHECK(static_cast<Index>(params.size()) == layout.size());
   std::filesystem::create_directories(dir);
   const LoraConfig& c = layout.config();
   json targets = json::array();
   for (auto m : c.targets) targets.push_back(std::string(lora_module_name(m)));
-  json config = {{"alpha_pattern", json::object()},
-                 {"auto_mapping", nullptr},
-                 {"base_model_name_or_path", base_model_name_or_path},
-                 {"bias", "none"},
-                 {"fan_in_fan_out", false},
-                 {"inference_mode", true},
-                 {"init_lora_weights", c.init == LoraInit::kGaussian ? json("gaussian") : json(true)},
-                 {"layers_pattern", nullptr},
-                 {"layers_to_transform", nullptr},
-                 {"lora_alpha", c.alpha},
-                 {"lora_dropout", c.dropout},
-                 {"modules_to_save", nullptr},
-                 {"peft_type", "LORA"},
-                 {"r", c.rank},
-                 {"rank_pattern", json::object()},
-                 {"revision", nullptr},
-                 {"target_modules", targets},
-                 {"task_type", "CAUSAL_LM"},
-                 {"use_dora", false},
-                 {"use_rslora", c.use_rslora}};
+  json config = {
+      {"alpha_pattern", json::object()},
+      {"auto_mapping", nullptr},
+      {"base_model_name_or_path", base_model_name_or_path},
+      {"bias", "none"},
+      {"fan_in_fan_out", false},
+      {"inference_mode", true},
+      {"init_lora_weights", c.init == LoraInit::kGaussian ? json("gaussian") : json(true)},
+      {"layers_pattern", nullptr},
+      {"layers_to_transform", nullptr},
+      {"lora_alpha", c.alpha},
+      {"lora_dropout", c.dropout},
+      {"modules_to_save", nullptr},
+      {"peft_type", "LORA"},
+      {"r", c.rank},
+      {"rank_pattern", json::object()},
+      {"revision", nullptr},
+      {"target_modules", targets},
+      {"task_type", "CAUSAL_LM"},
+      {"use_dora", false},
+      {"use_rslora", c.use_rslora}};
   SafetensorsWriter writer;
   for (const auto& e : layout.entries())
-    writer.add<float>(e.name, DType::kF32, {e.rows, e.cols},
-                      params.subspan(static_cast<std::size_t>(e.offset), static_cast<std::size_t>(e.numel())));
+    writer.add<float>(
+        e.name, DType::kF32, {e.rows, e.cols},
+        params.subspan(static_cast<std::size_t>(e.offset), static_cast<std::size_t>(e.numel())));
   writer.set_metadata("format", "pt");
   writer.write(dir / kWeightsFile);
   write_text_file_atomically(dir / kConfigFile, config.dump(2) + "\n");
@@ -81,7 +83,8 @@ void save_peft_adapter(const std::filesystem::path& dir, const LoraLayout& layou
 
 PeftAdapter load_peft_adapter(const std::filesystem::path& dir, const LlamaConfig& base) {
   const auto config_path = dir / kConfigFile;
-  if (!std::filesystem::is_directory(dir)) throw IoError(dir.string() + ": adapter directory not found");
+  if (!std::filesystem::is_directory(dir))
+    throw IoError(dir.string() + ": adapter directory not found");
   if (!std::filesystem::exists(config_path))
     throw IoError(dir.string() + ": no adapter_config.json (expected a PEFT adapter directory)");
   const json j = read_json(config_path);
@@ -91,19 +94,30 @@ PeftAdapter load_peft_adapter(const std::filesystem::path& dir, const LlamaConfi
     return j[key];
   };
   if (need("peft_type") != "LORA")
-    throw UnsupportedError(label + ": peft_type is " + j["peft_type"].dump() + "; zerolora reads LORA adapters");
-  if (j.contains("use_dora") && j["use_dora"] == true) throw UnsupportedError(label + ": DoRA adapters (use_dora) are not supported");
-  if (j.contains("bias") && j["bias"] != "none") throw UnsupportedError(label + ": LoRA bias '" + j["bias"].dump() + "' is not supported");
-  if (j.contains("fan_in_fan_out") && j["fan_in_fan_out"] == true) throw UnsupportedError(label + ": fan_in_fan_out adapters are not supported");
-  for (const char* key : {"rank_pattern", "alpha_pattern", "modules_to_save", "layers_to_transform"})
-    if (!empty_or_null(j, key)) throw UnsupportedError(label + ": '" + key + "' is set; per-module ranks, extra trained modules and layer subsets are not supported");
+    throw UnsupportedError(label + ": peft_type is " + j["peft_type"].dump() +
+                           "; zerolora reads LORA adapters");
+  if (j.contains("use_dora") && j["use_dora"] == true)
+    throw UnsupportedError(label + ": DoRA adapters (use_dora) are not supported");
+  if (j.contains("bias") && j["bias"] != "none")
+    throw UnsupportedError(label + ": LoRA bias '" + j["bias"].dump() + "' is not supported");
+  if (j.contains("fan_in_fan_out") && j["fan_in_fan_out"] == true)
+    throw UnsupportedError(label + ": fan_in_fan_out adapters are not supported");
+  for (const char* key :
+       {"rank_pattern", "alpha_pattern", "modules_to_save", "layers_to_transform"})
+    if (!empty_or_null(j, key))
+      throw UnsupportedError(
+          label + ": '" + key +
+          "' is set; per-module ranks, extra trained modules and layer subsets are not supported");
 
   PeftAdapter adapter;
-  if (!need("r").is_number_integer() || j["r"].get<int>() < 1) throw FormatError(label + ": 'r' must be a positive integer");
+  if (!need("r").is_number_integer() || j["r"].get<int>() < 1)
+    throw FormatError(label + ": 'r' must be a positive integer");
   adapter.config.rank = j["r"].get<int>();
   if (!need("lora_alpha").is_number()) throw FormatError(label + ": 'lora_alpha' must be a number");
   adapter.config.alpha = j["lora_alpha"].get<double>();
-  adapter.config.dropout = j.contains("lora_dropout") && j["lora_dropout"].is_number() ? j["lora_dropout"].get<double>() : 0.0;
+  adapter.config.dropout = j.contains("lora_dropout") && j["lora_dropout"].is_number()
+                               ? j["lora_dropout"].get<double>()
+                               : 0.0;
   adapter.config.use_rslora = j.contains("use_rslora") && j["use_rslora"] == true;
   if (j.contains("base_model_name_or_path") && j["base_model_name_or_path"].is_string())
     adapter.base_model_name_or_path = j["base_model_name_or_path"].get<std::string>();
@@ -123,8 +137,9 @@ PeftAdapter load_peft_adapter(const std::filesystem::path& dir, const LlamaConfi
             break;
           }
     if (!matched)
-      throw ShapeError(weights.path().string() + ": tensor '" + t.name + "' is not a LoRA weight of a " +
-                       std::to_string(base.num_layers) + "-layer Llama (is the adapter for another base model?)");
+      throw ShapeError(weights.path().string() + ": tensor '" + t.name +
+                       "' is not a LoRA weight of a " + std::to_string(base.num_layers) +
+                       "-layer Llama (is the adapter for another base model?)");
   }
   if (modules.empty()) throw FormatError(weights.path().string() + ": holds no LoRA tensors");
   adapter.config.targets.assign(modules.begin(), modules.end());
@@ -134,13 +149,14 @@ PeftAdapter load_peft_adapter(const std::filesystem::path& dir, const LlamaConfi
   for (const auto& e : layout.entries()) {
     const TensorInfo* t = weights.find(e.name);
     if (!t)
-      throw ShapeError(weights.path().string() + ": missing '" + e.name + "' (every layer of an adapted module needs one)");
+      throw ShapeError(weights.path().string() + ": missing '" + e.name +
+                       "' (every layer of an adapted module needs one)");
     const std::vector<std::int64_t> expected{e.rows, e.cols};
     if (t->shape != expected)
-      throw ShapeError(weights.path().string() + ": tensor '" + e.name + "' has shape " + t->shape_string() +
-                       ", but r = " + std::to_string(adapter.config.rank) + " on this base model needs [" +
-                       std::to_string(e.rows) + ", " + std::to_string(e.cols) +
-                       "] (is the adapter for another base model?)");
+      throw ShapeError(weights.path().string() + ": tensor '" + e.name + "' has shape " +
+                       t->shape_string() + ", but r = " + std::to_string(adapter.config.rank) +
+                       " on this base model needs [" + std::to_string(e.rows) + ", " +
+                       std::to_string(e.cols) + "] (is the adapter for another base model?)");
     read_float_elements(weights, *t, 0, e.numel(), adapter.params.data() + e.offset);
   }
   return adapter;

@@ -18,8 +18,8 @@
 
 namespace zerolora {
 
-void save_peft_adapter(const std::filesystem::path& dir, const LoraLayout& layout, std::span<const float> params,
-                       const std::string& base_model_name_or_path);
+void save_peft_adapter(const std::filesystem::path& dir, const LoraLayout& layout,
+                       std::span<const float> params, const std::string& base_model_name_or_path);
 
 struct PeftAdapter {
   LoraConfig config;

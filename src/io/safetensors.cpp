@@ -204,9 +204,11 @@ std::span<const std::byte> SafetensorsFile::data(const TensorInfo& tensor) const
   return file_.bytes().subspan(header_.data_offset + tensor.begin, tensor.end - tensor.begin);
 }
 
-void SafetensorsFile::drop_pages(const TensorInfo& tensor, std::int64_t first, std::int64_t count) const {
+void SafetensorsFile::drop_pages(const TensorInfo& tensor, std::int64_t first,
+                                 std::int64_t count) const {
   const auto size = static_cast<std::int64_t>(dtype_size(tensor.dtype));
-  file_.drop_pages(data(tensor).subspan(static_cast<std::size_t>(first * size), static_cast<std::size_t>(count * size)));
+  file_.drop_pages(data(tensor).subspan(static_cast<std::size_t>(first * size),
+                                        static_cast<std::size_t>(count * size)));
 }
 
 void SafetensorsWriter::add(std::string name, DType dtype, std::vector<std::int64_t> shape,

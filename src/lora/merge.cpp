@@ -21,7 +21,9 @@ std::optional<LoraModule> adapted_module(const ParamEntry& entry) {
   if (entry.unit != Unit::kLayer) return std::nullopt;
   for (int m = 0; m < kLoraModuleCount; ++m) {
     const auto module = static_cast<LoraModule>(m);
-    if (entry.name.find("." + std::string(lora_module_name(module)) + ".weight") != std::string::npos) return module;
+    if (entry.name.find("." + std::string(lora_module_name(module)) + ".weight") !=
+        std::string::npos)
+      return module;
   }
   return std::nullopt;
 }
@@ -31,9 +33,10 @@ std::uint16_t float_to_half_bits(float f) {
   const std::uint32_t x = std::bit_cast<std::uint32_t>(f);
   const std::uint32_t sign = (x >> 16) & 0x8000u;
   const std::uint32_t abs = x & 0x7fffffffu;
-  if (abs >= 0x7f800000u) return static_cast<std::uint16_t>(sign | 0x7c00u | (abs > 0x7f800000u ? 0x200u : 0));
+  if (abs >= 0x7f800000u)
+    return static_cast<std::uint16_t>(sign | 0x7c00u | (abs > 0x7f800000u ? 0x200u : 0));
   if (abs >= 0x477ff000u) return static_cast<std::uint16_t>(sign | 0x7c00u);  // overflow to inf
-  if (abs < 0x38800000u) {                                                     // subnormal or zero
+  if (abs < 0x38800000u) {                                                    // subnormal or zero
     const float scaled = std::bit_cast<float>(abs) * 16777216.0f;             // 2^24
     return static_cast<std::uint16_t>(sign | static_cast<std::uint32_t>(std::nearbyint(scaled)));
   }
@@ -47,7 +50,8 @@ std::vector<std::byte> encode(std::span<const float> values, DType dtype) {
     if (dtype == DType::kF32) {
       std::memcpy(out.data() + 4 * i, &values[i], 4);
     } else {
-      const std::uint16_t bits = dtype == DType::kBF16 ? to_bf16(values[i]).bits : float_to_half_bits(values[i]);
+      const std::uint16_t bits =
+          dtype == DType::kBF16 ? to_bf16(values[i]).bits : float_to_half_bits(values[i]);
       std::memcpy(out.data() + 2 * i, &bits, 2);
     }
   }
@@ -60,13 +64,15 @@ void copy_if_present(const fs::path& from, const fs::path& to) {
 
 }  // namespace
 
-MergeReport merge_lora_into_checkpoint(Runtime& rt, const Checkpoint& base, const LoraLayout& layout,
-                                       std::span<const float> lora_params, const fs::path& out_dir,
-                                       std::uint64_t max_shard_bytes, DType out_dtype) {
+MergeReport merge_lora_into_checkpoint(Runtime& rt, const Checkpoint& base,
+                                       const LoraLayout& layout, std::span<const float> lora_params,
+                                       const fs::path& out_dir, std::uint64_t max_shard_bytes,
+                                       DType out_dtype) {
   if (out_dtype != DType::kF32 && out_dtype != DType::kF16 && out_dtype != DType::kBF16)
     throw UsageError("merged weights can be F32, F16 or BF16");
   if (fs::exists(out_dir) && !(fs::is_directory(out_dir) && fs::is_empty(out_dir)))
-    throw UsageError(out_dir.string() + ": already exists and is not empty; merge writes a new model directory");
+    throw UsageError(out_dir.string() +
+                     ": already exists and is not empty; merge writes a new model directory");
   const auto table = validate_checkpoint(base);
   const LlamaConfig& config = base.config();
   const double scale = layout.config().scale();
@@ -76,7 +82,8 @@ MergeReport merge_lora_into_checkpoint(Runtime& rt, const Checkpoint& base, cons
   int shards = 1;
   std::uint64_t in_shard = 0, total = 0;
   for (std::size_t t = 0; t < table.size(); ++t) {
-    const std::uint64_t bytes = static_cast<std::uint64_t>(table[t].numel()) * dtype_size(out_dtype);
+    const std::uint64_t bytes =
+        static_cast<std::uint64_t>(table[t].numel()) * dtype_size(out_dtype);
     if (in_shard > 0 && in_shard + bytes > max_shard_bytes) {
       ++shards;
       in_shard = 0;
@@ -109,9 +116,10 @@ MergeReport merge_lora_into_checkpoint(Runtime& rt, const Checkpoint& base, cons
       const LoraAdapterSlots* slot = layout.adapter(entry.layer, *module);
       const Index r = layout.config().rank;
       delta.resize(values.size());
-      matmul<float, float>(rt, Mat<const float>::dense(lora_params.data() + slot->b_offset, slot->out, r),
-                           Mat<const float>::dense(lora_params.data() + slot->a_offset, r, slot->in),
-                           Mat<float>::dense(delta.data(), slot->out, slot->in), scale);
+      matmul<float, float>(
+          rt, Mat<const float>::dense(lora_params.data() + slot->b_offset, slot->out, r),
+          Mat<const float>::dense(lora_params.data() + slot->a_offset, r, slot->in),
+          Mat<float>::dense(delta.data(), slot->out, slot->in), scale);
       for (std::size_t i = 0; i < values.size(); ++i) values[i] += delta[i];
       ++report.merged;
     }
@@ -126,7 +134,8 @@ MergeReport merge_lora_into_checkpoint(Runtime& rt, const Checkpoint& base, cons
     }
   }
   if (shards > 1) {
-    const nlohmann::ordered_json index{{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
+    const nlohmann::ordered_json index{{"metadata", {{"total_size", total}}},
+                                       {"weight_map", weight_map}};
     write_text_file_atomically(temp / "model.safetensors.index.json", index.dump(2) + "\n");
   }
   // config.json as the base's, with the dtype of the merged weights.
@@ -134,11 +143,13 @@ MergeReport merge_lora_into_checkpoint(Runtime& rt, const Checkpoint& base, cons
   std::stringstream text;
   text << in.rdbuf();
   auto json = nlohmann::ordered_json::parse(text.str());
-  const char* dtype_name_hf = out_dtype == DType::kF32 ? "float32" : out_dtype == DType::kF16 ? "float16" : "bfloat16";
+  const char* dtype_name_hf = out_dtype == DType::kF32   ? "float32"
+                              : out_dtype == DType::kF16 ? "float16"
+                                                         : "bfloat16";
   json[json.contains("dtype") ? "dtype" : "torch_dtype"] = dtype_name_hf;
   write_text_file_atomically(temp / "config.json", json.dump(2) + "\n");
-  for (const char* file : {"tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                           "generation_config.json"})
+  for (const char* file : {"tokenizer.model", "tokenizer.json", "tokenizer_config.json",
+                           "special_tokens_map.json", "generation_config.json"})
     copy_if_present(base.dir() / file, temp / file);
   (void)config;
   if (fs::exists(out_dir)) fs::remove(out_dir);  // empty, checked above

@@ -22,8 +22,9 @@ struct MergeReport {
 };
 
 // out_dtype: F32, F16 or BF16. Throws UsageError if out_dir exists and is not empty.
-MergeReport merge_lora_into_checkpoint(Runtime& rt, const Checkpoint& base, const LoraLayout& layout,
-                                       std::span<const float> lora_params, const std::filesystem::path& out_dir,
+MergeReport merge_lora_into_checkpoint(Runtime& rt, const Checkpoint& base,
+                                       const LoraLayout& layout, std::span<const float> lora_params,
+                                       const std::filesystem::path& out_dir,
                                        std::uint64_t max_shard_bytes, DType out_dtype);
 
 }  // namespace zerolora

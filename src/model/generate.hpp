@@ -25,18 +25,24 @@ struct SamplingOptions {
 };
 
 template <class T>
-std::int32_t pick_token(std::span<const T> logits, const SamplingOptions& options, std::uint64_t draw) {
-  const auto greedy = [&] { return static_cast<std::int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin()); };
+std::int32_t pick_token(std::span<const T> logits, const SamplingOptions& options,
+                        std::uint64_t draw) {
+  const auto greedy = [&] {
+    return static_cast<std::int32_t>(std::max_element(logits.begin(), logits.end()) -
+                                     logits.begin());
+  };
   if (options.temperature <= 0) return greedy();
   std::vector<std::int32_t> order(logits.size());
   std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](std::int32_t a, std::int32_t b) { return logits[a] > logits[b]; });
+  std::stable_sort(order.begin(), order.end(),
+                   [&](std::int32_t a, std::int32_t b) { return logits[a] > logits[b]; });
   std::size_t keep = order.size();
   if (options.top_k > 0) keep = std::min(keep, static_cast<std::size_t>(options.top_k));
   std::vector<double> p(keep);
   const double top = static_cast<double>(logits[order[0]]) / options.temperature;
   double sum = 0;
-  for (std::size_t i = 0; i < keep; ++i) sum += p[i] = std::exp(static_cast<double>(logits[order[i]]) / options.temperature - top);
+  for (std::size_t i = 0; i < keep; ++i)
+    sum += p[i] = std::exp(static_cast<double>(logits[order[i]]) / options.temperature - top);
   if (options.top_p < 1.0) {  // smallest prefix reaching top_p (at least one token)
     double cumulative = 0;
     std::size_t cut = 0;
@@ -54,22 +60,24 @@ std::int32_t pick_token(std::span<const T> logits, const SamplingOptions& option
 // Returns prompt + generated ids; stops after max_new_tokens or at any of eos_ids.
 // on_token (optional) sees all ids after each new token, for streaming output.
 template <class P>
-std::vector<std::int32_t> generate(LlamaModel<P>& model, std::vector<std::int32_t> ids, int max_new_tokens,
-                                   std::span<const std::int64_t> eos_ids,
-                                   std::span<const typename P::Act> lora_params = {},
-                                   const SamplingOptions& sampling = {},
-                                   const std::function<void(const std::vector<std::int32_t>&)>& on_token = {}) {
+std::vector<std::int32_t> generate(
+    LlamaModel<P>& model, std::vector<std::int32_t> ids, int max_new_tokens,
+    std::span<const std::int64_t> eos_ids, std::span<const typename P::Act> lora_params = {},
+    const SamplingOptions& sampling = {},
+    const std::function<void(const std::vector<std::int32_t>&)>& on_token = {}) {
   using Act = typename P::Act;
   const Index V = model.config().vocab_size;
   auto cache = model.make_cache(static_cast<Index>(ids.size()) + max_new_tokens);
   std::vector<Act> logits(static_cast<std::size_t>(V));
   model.forward_cached(ids, cache, lora_params, logits.data());
   for (int step = 0; step < max_new_tokens; ++step) {
-    const std::int32_t next =
-        pick_token<Act>(logits, sampling, hash_combine(sampling.seed, static_cast<std::uint64_t>(ids.size())));
+    const std::int32_t next = pick_token<Act>(
+        logits, sampling, hash_combine(sampling.seed, static_cast<std::uint64_t>(ids.size())));
     ids.push_back(next);
     if (on_token) on_token(ids);
-    if (std::find(eos_ids.begin(), eos_ids.end(), next) != eos_ids.end() || step + 1 == max_new_tokens) break;
+    if (std::find(eos_ids.begin(), eos_ids.end(), next) != eos_ids.end() ||
+        step + 1 == max_new_tokens)
+      break;
     const std::int32_t token[1] = {next};
     model.forward_cached(token, cache, lora_params, logits.data());
   }

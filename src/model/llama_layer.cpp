@@ -166,14 +166,17 @@ void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P:
     Act* keys = ctx.cache->keys.data() + ctx.cached * d.KVd;
     Act* values = ctx.cache->values.data() + ctx.cached * d.KVd;
     for (Index i = 0; i < M; ++i) {
-      std::memcpy(keys + i * d.KVd, qkv + i * d.W3 + d.Qd, static_cast<std::size_t>(d.KVd) * sizeof(Act));
-      std::memcpy(values + i * d.KVd, qkv + i * d.W3 + d.Qd + d.KVd, static_cast<std::size_t>(d.KVd) * sizeof(Act));
+      std::memcpy(keys + i * d.KVd, qkv + i * d.W3 + d.Qd,
+                  static_cast<std::size_t>(d.KVd) * sizeof(Act));
+      std::memcpy(values + i * d.KVd, qkv + i * d.W3 + d.Qd + d.KVd,
+                  static_cast<std::size_t>(d.KVd) * sizeof(Act));
     }
-    attention_cached(rt, attn, qkv, d.W3, ctx.cache->keys.data(), ctx.cache->values.data(), ctx.cached, M,
-                     d.attention());
+    attention_cached(rt, attn, qkv, d.W3, ctx.cache->keys.data(), ctx.cache->values.data(),
+                     ctx.cached, M, d.attention());
   } else {
-    attention_forward<Act, typename P::Weight>(rt, attn, lse, qkv, *ctx.geometry.segments, M, d.attention(),
-                                               ctx.options.attention, ctx.workspace.attention);
+    attention_forward<Act, typename P::Weight>(rt, attn, lse, qkv, *ctx.geometry.segments, M,
+                                               d.attention(), ctx.options.attention,
+                                               ctx.workspace.attention);
   }
   copy_rows(rt, x2, x, M * d.D);
   ops.base_forward(Mat<Act>::dense(x2, M, d.D), attn, M, d.Qd, ops.w(LayerTensor::kO), true);

@@ -13,9 +13,9 @@
 
 #include "core/buffer.hpp"
 #include "core/runtime.hpp"
+#include "io/llama_config.hpp"
 #include "lora/lora_layout.hpp"
 #include "lora/lora_linear.hpp"
-#include "io/llama_config.hpp"
 #include "model/parameter_table.hpp"
 #include "ops/attention.hpp"
 #include "ops/rope.hpp"

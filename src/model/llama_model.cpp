@@ -71,8 +71,8 @@ LoraBinding<typename P::Act> LlamaModel<P>::bind_lora(std::span<const Act> param
 template <class P>
 LayerContext<P> LlamaModel<P>::layer_context(int layer, const Weight* weights,
                                              const LoraBinding<Act>& lora) {
-  return LayerContext<P>{rt_,   config(),  weights_.layout(), weights,   layer,
-                         geometry_, rope_, options_,          lora,      workspace_};
+  return LayerContext<P>{rt_,       config(), weights_.layout(), weights, layer,
+                         geometry_, rope_,    options_,          lora,    workspace_};
 }
 
 template <class P>
@@ -99,7 +99,8 @@ void LlamaModel<P>::run_layers(const Batch& batch, const LoraBinding<Act>& lora,
     const auto unit = acquire({Unit::kLayer, l});
     auto ctx = layer_context(l, unit.data, lora);
     layer_forward<P>(ctx, layer_input(l + 1), layer_input(l),
-                     activations_[save_activations ? static_cast<std::size_t>(l) : 0], save_activations);
+                     activations_[save_activations ? static_cast<std::size_t>(l) : 0],
+                     save_activations);
   }
 }
 
@@ -152,10 +153,12 @@ void LlamaModel<P>::forward_cached(std::span<const std::int32_t> tokens, KvCache
                                    std::span<const Act> lora_params, Act* last_logits) {
   const Index n = static_cast<Index>(tokens.size());
   if (cache.length + n > cache.capacity)
-    throw ShapeError("generation context full: " + std::to_string(cache.length) + " cached + " + std::to_string(n) +
-                     " new positions exceed the cache's " + std::to_string(cache.capacity));
+    throw ShapeError("generation context full: " + std::to_string(cache.length) + " cached + " +
+                     std::to_string(n) + " new positions exceed the cache's " +
+                     std::to_string(cache.capacity));
   Batch batch;
-  batch.add_sequence({tokens.begin(), tokens.end()}, std::vector<std::int32_t>(tokens.size(), kIgnoreIndex), 0);
+  batch.add_sequence({tokens.begin(), tokens.end()},
+                     std::vector<std::int32_t>(tokens.size(), kIgnoreIndex), 0);
   prepare(batch);
   for (auto& p : geometry_.positions) p += static_cast<std::int32_t>(cache.length);
   rope_.ensure(cache.length + n);
@@ -183,11 +186,12 @@ void LlamaModel<P>::forward_cached(std::span<const std::int32_t> tokens, KvCache
   final_rstd_.ensure(1);
   {
     const auto norm = acquire({Unit::kFinalNorm});
-    rmsnorm_forward(rt_, final_h_.data(), final_rstd_.data(), last, norm.data, 1, D, c.rms_norm_eps);
+    rmsnorm_forward(rt_, final_h_.data(), final_rstd_.data(), last, norm.data, 1, D,
+                    c.rms_norm_eps);
   }
   const auto lm_head = acquire(lm_head_unit(c));
-  linear_forward(rt_, Mat<Act>::dense(last_logits, 1, c.vocab_size), final_h_.data(), lm_head.data, D, false,
-                 head_operand_);
+  linear_forward(rt_, Mat<Act>::dense(last_logits, 1, c.vocab_size), final_h_.data(), lm_head.data,
+                 D, false, head_operand_);
 }
 
 template <class P>
@@ -230,8 +234,8 @@ double LlamaModel<P>::head_loss(const Batch& batch, double grad_scale, bool want
     linear_backward_data(rt_, d_final_h_.data(), head_logits_.data(), lm_head.data, n, V, D,
                          head_operand_);
     // d x rows = rmsnorm backward, written into final_h_ (free now), then scattered.
-    rmsnorm_backward(rt_, final_h_.data(), d_final_h_.data(), head_rows_.data(),
-                     final_rstd_.data(), norm.data, n, D, false);
+    rmsnorm_backward(rt_, final_h_.data(), d_final_h_.data(), head_rows_.data(), final_rstd_.data(),
+                     norm.data, n, D, false);
     for (Index i = 0; i < n; ++i)
       std::memcpy(residual_grad_.data() + rows[c0 + i] * D, final_h_.data() + i * D,
                   static_cast<std::size_t>(D) * sizeof(Act));

@@ -59,8 +59,8 @@ class LlamaModel {
   // prompt, then one token at a time) through the model after what the cache holds,
   // appending to it; writes the logits [V] of the last token.
   KvCache<Act> make_cache(Index capacity) const;
-  void forward_cached(std::span<const std::int32_t> tokens, KvCache<Act>& cache, std::span<const Act> lora_params,
-                      Act* last_logits);
+  void forward_cached(std::span<const std::int32_t> tokens, KvCache<Act>& cache,
+                      std::span<const Act> lora_params, Act* last_logits);
 
   // Summed token loss of the batch, no gradients.
   double loss(const Batch& batch, std::span<const Act> lora_params);

@@ -85,36 +85,40 @@ std::vector<ParamEntry> validate_checkpoint(const Checkpoint& checkpoint) {
     if (!found) {
       std::string hint;
       if (entry.unit == Unit::kLmHead) hint = " (config.json says tie_word_embeddings is false)";
-      throw ShapeError(checkpoint.dir().string() + ": checkpoint has no tensor '" + entry.name + "'" + hint);
+      throw ShapeError(checkpoint.dir().string() + ": checkpoint has no tensor '" + entry.name +
+                       "'" + hint);
     }
     const TensorInfo& info = *found->info;
     if (info.shape != entry.shape)
       throw ShapeError(found->file->path().string() + ": tensor '" + entry.name + "' has shape " +
-                       info.shape_string() + ", but config.json (" + config_summary(checkpoint.config()) +
-                       ") needs " + shape_text(entry.shape));
+                       info.shape_string() + ", but config.json (" +
+                       config_summary(checkpoint.config()) + ") needs " + shape_text(entry.shape));
     if (info.dtype != DType::kF32 && info.dtype != DType::kF16 && info.dtype != DType::kBF16)
-      throw UnsupportedError(found->file->path().string() + ": tensor '" + entry.name + "' has dtype " +
-                             std::string(dtype_name(info.dtype)) + "; weights must be F32, F16 or BF16");
+      throw UnsupportedError(found->file->path().string() + ": tensor '" + entry.name +
+                             "' has dtype " + std::string(dtype_name(info.dtype)) +
+                             "; weights must be F32, F16 or BF16");
   }
   for (const auto& name : checkpoint.tensor_names())
     if (!expected.count(name) && !is_ignorable_extra(name))
       throw ShapeError(checkpoint.dir().string() + ": checkpoint has tensor '" + name +
-                       "' that a Llama with this config.json (" + config_summary(checkpoint.config()) + ", " +
+                       "' that a Llama with this config.json (" +
+                       config_summary(checkpoint.config()) + ", " +
                        std::to_string(checkpoint.config().num_layers) +
                        " layers) does not have: do the weights and config.json belong together?");
   return table;
 }
 
 template <class W>
-void read_checkpoint_elements(Runtime& rt, const Checkpoint& checkpoint, const ParamEntry& entry, Index first,
-                              Index count, W* dst) {
+void read_checkpoint_elements(Runtime& rt, const Checkpoint& checkpoint, const ParamEntry& entry,
+                              Index first, Index count, W* dst) {
   const auto located = checkpoint.at(entry.name);
   constexpr Index kChunk = 1 << 16;
   const Index chunks = (count + kChunk - 1) / kChunk;
 #pragma omp parallel for num_threads(rt.threads()) schedule(static)
   for (Index c = 0; c < chunks; ++c) {
     const Index at = c * kChunk;
-    read_float_elements(*located.file, *located.info, first + at, std::min(kChunk, count - at), dst + at);
+    read_float_elements(*located.file, *located.info, first + at, std::min(kChunk, count - at),
+                        dst + at);
   }
   // The copy is what stays: let the mapped file pages go, so peak memory is about the copy.
   located.file->drop_pages(*located.info, first, count);
@@ -124,19 +128,22 @@ template <class W>
 LlamaWeights<W> load_llama_weights(Runtime& rt, const Checkpoint& checkpoint) {
   LlamaWeights<W> weights(checkpoint.config());
   for (const auto& entry : validate_checkpoint(checkpoint))
-    read_checkpoint_elements(rt, checkpoint, entry, 0, entry.numel(), weights.unit_data(entry) + entry.offset);
+    read_checkpoint_elements(rt, checkpoint, entry, 0, entry.numel(),
+                             weights.unit_data(entry) + entry.offset);
   return weights;
 }
 
-double random_weight(std::uint64_t seed, std::size_t entry_index, const ParamEntry& entry, Index i, double std) {
-  if (entry.shape.size() == 1) return 1.0;  // norm weights
+double random_weight(std::uint64_t seed, std::size_t entry_index, const ParamEntry& entry, Index i,
+                     double std) {
+  if (entry.shape.size() == 1) return 1.0;    // norm weights
   const double bound = std * std::sqrt(3.0);  // uniform(-b, b) has std b / sqrt(3)
   const std::uint64_t key = hash_combine(seed, entry_index);
   return bound * (2.0 * uniform01(mix64(key ^ static_cast<std::uint64_t>(i))) - 1.0);
 }
 
 template <class W>
-LlamaWeights<W> random_llama_weights(Runtime& rt, const LlamaConfig& config, std::uint64_t seed, double std) {
+LlamaWeights<W> random_llama_weights(Runtime& rt, const LlamaConfig& config, std::uint64_t seed,
+                                     double std) {
   LlamaWeights<W> weights(config);
   const auto table = parameter_table(config);
   for (std::size_t t = 0; t < table.size(); ++t) {
@@ -149,12 +156,12 @@ LlamaWeights<W> random_llama_weights(Runtime& rt, const LlamaConfig& config, std
   return weights;
 }
 
-#define ZL_INSTANTIATE_WEIGHTS(W)                                                               \
-  template struct LlamaWeights<W>;                                                              \
-  template LlamaWeights<W> load_llama_weights<W>(Runtime&, const Checkpoint&);                  \
+#define ZL_INSTANTIATE_WEIGHTS(W)                                                                  \
+  template struct LlamaWeights<W>;                                                                 \
+  template LlamaWeights<W> load_llama_weights<W>(Runtime&, const Checkpoint&);                     \
   template void read_checkpoint_elements<W>(Runtime&, const Checkpoint&, const ParamEntry&, Index, \
-                                            Index, W*);                                           \
-  template LlamaWeights<W> random_llama_weights<W>(Runtime&, const LlamaConfig&, std::uint64_t, \
+                                            Index, W*);                                            \
+  template LlamaWeights<W> random_llama_weights<W>(Runtime&, const LlamaConfig&, std::uint64_t,    \
                                                    double);
 ZL_INSTANTIATE_WEIGHTS(float)
 ZL_INSTANTIATE_WEIGHTS(bf16)

@@ -244,8 +244,8 @@ void attention_backward(Runtime& rt, T* diff_qkv, const T* diff_out, const T* qk
 }
 
 template <class T>
-void attention_cached(Runtime& rt, T* out, const T* q, Index q_stride, const T* keys, const T* values, Index first,
-                      Index M, const AttentionShape& shape) {
+void attention_cached(Runtime& rt, T* out, const T* q, Index q_stride, const T* keys,
+                      const T* values, Index first, Index M, const AttentionShape& shape) {
   ProfileScope profile(rt.profiler(), ProfileCategory::kAttention);
   const Index H = shape.heads, KV = shape.kv_heads, hd = shape.head_dim, kv_stride = KV * hd;
   const Index group = H / KV;
@@ -281,10 +281,10 @@ void attention_cached(Runtime& rt, T* out, const T* q, Index q_stride, const T* 
   }
 }
 
-template void attention_cached<float>(Runtime&, float*, const float*, Index, const float*, const float*, Index, Index,
-                                      const AttentionShape&);
-template void attention_cached<double>(Runtime&, double*, const double*, Index, const double*, const double*, Index,
-                                       Index, const AttentionShape&);
+template void attention_cached<float>(Runtime&, float*, const float*, Index, const float*,
+                                      const float*, Index, Index, const AttentionShape&);
+template void attention_cached<double>(Runtime&, double*, const double*, Index, const double*,
+                                       const double*, Index, Index, const AttentionShape&);
 
 #define ZL_INSTANTIATE_ATTENTION(T, Mm)                                                           \
   template void attention_forward<T, Mm>(Runtime&, T*, T*, const T*, const std::vector<Segment>&, \

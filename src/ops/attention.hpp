@@ -62,7 +62,7 @@ void attention_backward(Runtime& rt, T* diff_qkv, const T* diff_out, const T* qk
 // attend to cached keys/values of positions 0..first+M-1 (the new rows already appended).
 // q rows have stride q_stride; keys/values are [positions, KV*hd]. out (=) [M, H*hd].
 template <class T>
-void attention_cached(Runtime& rt, T* out, const T* q, Index q_stride, const T* keys, const T* values, Index first,
-                      Index M, const AttentionShape& shape);
+void attention_cached(Runtime& rt, T* out, const T* q, Index q_stride, const T* keys,
+                      const T* values, Index first, Index M, const AttentionShape& shape);
 
 }  // namespace zerolora

@@ -18,14 +18,33 @@ double now_seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-std::uint64_t trainer_fingerprint(const LlamaConfig& c, const LoraLayout& layout, const TrainerOptions& o, int world) {
+std::uint64_t trainer_fingerprint(const LlamaConfig& c, const LoraLayout& layout,
+                                  const TrainerOptions& o, int world) {
   std::uint64_t h = 0x5eed;
-  for (double v : {double(c.hidden_size), double(c.intermediate_size), double(c.num_layers), double(c.num_heads),
-                   double(c.num_kv_heads), double(c.head_dim), double(c.vocab_size), c.rms_norm_eps, c.rope.theta,
-                   double(c.tie_word_embeddings), double(layout.size()), double(layout.config().rank),
-                   layout.config().alpha, layout.config().dropout, double(layout.config().use_rslora),
-                   double(o.micro_batch), o.adamw.beta1, o.adamw.beta2, o.adamw.eps, o.adamw.weight_decay,
-                   o.max_grad_norm, double(o.seed), double(o.persistence_threshold), double(world)})
+  for (double v : {double(c.hidden_size),
+                   double(c.intermediate_size),
+                   double(c.num_layers),
+                   double(c.num_heads),
+                   double(c.num_kv_heads),
+                   double(c.head_dim),
+                   double(c.vocab_size),
+                   c.rms_norm_eps,
+                   c.rope.theta,
+                   double(c.tie_word_embeddings),
+                   double(layout.size()),
+                   double(layout.config().rank),
+                   layout.config().alpha,
+                   layout.config().dropout,
+                   double(layout.config().use_rslora),
+                   double(o.micro_batch),
+                   o.adamw.beta1,
+                   o.adamw.beta2,
+                   o.adamw.eps,
+                   o.adamw.weight_decay,
+                   o.max_grad_norm,
+                   double(o.seed),
+                   double(o.persistence_threshold),
+                   double(world)})
     h = hash_combine(h, std::bit_cast<std::uint64_t>(v));
   return h;
 }
@@ -38,7 +57,8 @@ Index count_targets(const std::vector<TokenSequence>& data, std::span<const Inde
     const TokenSequence& s = data[static_cast<std::size_t>(i)];
     std::size_t at = 0;
     for (auto len : s.segment_lengths) {  // position t predicts labels[t + 1] within a segment
-      for (std::size_t t = at + 1; t < at + static_cast<std::size_t>(len); ++t) total += s.labels[t] != kIgnoreIndex;
+      for (std::size_t t = at + 1; t < at + static_cast<std::size_t>(len); ++t)
+        total += s.labels[t] != kIgnoreIndex;
       at += static_cast<std::size_t>(len);
     }
   }
@@ -46,8 +66,9 @@ Index count_targets(const std::vector<TokenSequence>& data, std::span<const Inde
 }
 
 template <class P>
-LoraTrainer<P>::LoraTrainer(Runtime& rt, Communicator& comm, LlamaModel<P>& model, const LoraLayout& layout,
-                            TrainerOptions options, std::span<const Act> initial_params)
+LoraTrainer<P>::LoraTrainer(Runtime& rt, Communicator& comm, LlamaModel<P>& model,
+                            const LoraLayout& layout, TrainerOptions options,
+                            std::span<const Act> initial_params)
     : rt_(rt),
       comm_(comm),
       model_(model),
@@ -110,8 +131,9 @@ void LoraTrainer<P>::unpack(std::span<const Slice> slices, const Act* packed, Ac
 }
 
 template <class P>
-StepStats LoraTrainer<P>::step(const std::vector<TokenSequence>& data, std::span<const Index> rank_samples,
-                               Index global_targets, double lr, std::int64_t step_number) {
+StepStats LoraTrainer<P>::step(const std::vector<TokenSequence>& data,
+                               std::span<const Index> rank_samples, Index global_targets, double lr,
+                               std::int64_t step_number) {
   StepStats stats;
   if (global_targets < 1) {  // nothing to learn from (every label masked): no update at all
     stats.loss = std::numeric_limits<double>::quiet_NaN();
@@ -122,13 +144,15 @@ StepStats LoraTrainer<P>::step(const std::vector<TokenSequence>& data, std::span
   const double t0 = now_seconds();
   double loss_sum = 0;
   const StepKey key{options_.seed, static_cast<std::uint64_t>(step_number)};
-  for (std::size_t at = 0; at < rank_samples.size(); at += static_cast<std::size_t>(options_.micro_batch)) {
-    const auto micro = rank_samples.subspan(at, std::min(rank_samples.size() - at,
-                                                         static_cast<std::size_t>(options_.micro_batch)));
+  for (std::size_t at = 0; at < rank_samples.size();
+       at += static_cast<std::size_t>(options_.micro_batch)) {
+    const auto micro = rank_samples.subspan(
+        at, std::min(rank_samples.size() - at, static_cast<std::size_t>(options_.micro_batch)));
     const Batch batch = make_batch(data, micro);
     stats.tokens += batch.size();
     stats.targets += batch.label_count();
-    loss_sum += model_.forward_backward(batch, params_.span(), grads_.span(), 1.0 / static_cast<double>(global_targets), key);
+    loss_sum += model_.forward_backward(batch, params_.span(), grads_.span(),
+                                        1.0 / static_cast<double>(global_targets), key);
   }
   stats.compute_seconds = now_seconds() - t0;
 
@@ -140,33 +164,39 @@ StepStats LoraTrainer<P>::step(const std::vector<TokenSequence>& data, std::span
   auto loss_request = comm_.all_reduce_async(&loss_sum, 1, ElementType::kDouble);
   comm_.all_reduce(replicated_grads_.span());
   if (partitioned_padded_ > 0)
-    comm_.reduce_scatter(partitioned_grads_full_.data(), shard_grads_.data(), static_cast<std::size_t>(shard));
+    comm_.reduce_scatter(partitioned_grads_full_.data(), shard_grads_.data(),
+                         static_cast<std::size_t>(shard));
   loss_request->wait();
   stats.loss = loss_sum / static_cast<double>(global_targets);
 
   // Global norm: replicated part is identical on all ranks, shards add up.
   const double replicated_sq = std::pow(grad_norm<Act>(rt_, replicated_grads_.span()), 2);
-  const double shard_sq = comm_.all_reduce_sum(std::pow(grad_norm<Act>(rt_, shard_grads_.span()), 2));
+  const double shard_sq =
+      comm_.all_reduce_sum(std::pow(grad_norm<Act>(rt_, shard_grads_.span()), 2));
   stats.grad_norm = std::sqrt(replicated_sq + shard_sq);
   if (options_.max_grad_norm > 0) {
-    const Act coef = static_cast<Act>(std::min(1.0, options_.max_grad_norm / (stats.grad_norm + 1e-6)));
+    const Act coef =
+        static_cast<Act>(std::min(1.0, options_.max_grad_norm / (stats.grad_norm + 1e-6)));
     for (Act& g : replicated_grads_) g *= coef;
     for (Act& g : shard_grads_) g *= coef;
   }
 
   replicated_opt_.step(rt_, replicated_params_.span(), replicated_grads_.span(), lr);
-  if (shard > 0) shard_opt_.step(rt_, shard_params_.span(), shard_grads_.span(), lr);
-  else shard_opt_.set_steps(replicated_opt_.steps());
+  if (shard > 0)
+    shard_opt_.step(rt_, shard_params_.span(), shard_grads_.span(), lr);
+  else
+    shard_opt_.set_steps(replicated_opt_.steps());
   if (partitioned_padded_ > 0)
-    comm_.all_gather(shard_params_.data(), partitioned_params_full_.data(), static_cast<std::size_t>(shard) * sizeof(Act));
+    comm_.all_gather(shard_params_.data(), partitioned_params_full_.data(),
+                     static_cast<std::size_t>(shard) * sizeof(Act));
   unpack(replicated_slices_, replicated_params_.data(), params_.data());
   unpack(partitioned_slices_, partitioned_params_full_.data(), params_.data());
   return stats;
 }
 
 template <class P>
-double LoraTrainer<P>::evaluate(const std::vector<TokenSequence>& data, std::span<const Index> rank_samples,
-                                Index micro_batch) {
+double LoraTrainer<P>::evaluate(const std::vector<TokenSequence>& data,
+                                std::span<const Index> rank_samples, Index micro_batch) {
   double loss_sum = 0;
   const auto step = static_cast<std::size_t>(std::max<Index>(1, micro_batch));
   for (std::size_t at = 0; at < rank_samples.size(); at += step) {
@@ -181,7 +211,8 @@ void LoraTrainer<P>::write_state(SafetensorsWriter& writer) const {
   static_assert(std::is_same_v<Act, float>);
   auto& self = const_cast<LoraTrainer&>(*this);
   auto add = [&](const char* name, std::span<float> values) {
-    writer.add<float>(name, DType::kF32, {static_cast<std::int64_t>(values.size())}, std::span<const float>(values));
+    writer.add<float>(name, DType::kF32, {static_cast<std::int64_t>(values.size())},
+                      std::span<const float>(values));
   };
   add("replicated.exp_avg", self.replicated_opt_.first_moment());
   add("replicated.exp_avg_sq", self.replicated_opt_.second_moment());
@@ -196,13 +227,14 @@ template <class P>
 void LoraTrainer<P>::read_state(const SafetensorsFile& file, std::span<const Act> params) {
   static_assert(std::is_same_v<Act, float>);
   if (static_cast<Index>(params.size()) != layout_.size())
-    throw ShapeError("checkpoint adapter holds " + std::to_string(params.size()) + " values, this run needs " +
-                     std::to_string(layout_.size()));
+    throw ShapeError("checkpoint adapter holds " + std::to_string(params.size()) +
+                     " values, this run needs " + std::to_string(layout_.size()));
   auto read = [&](const char* name, std::span<float> into) {
     const TensorInfo& t = file.at(name);
     if (t.numel() != static_cast<std::int64_t>(into.size()))
-      throw ShapeError(file.path().string() + ": '" + name + "' holds " + std::to_string(t.numel()) +
-                       " values, this run needs " + std::to_string(into.size()));
+      throw ShapeError(file.path().string() + ": '" + name + "' holds " +
+                       std::to_string(t.numel()) + " values, this run needs " +
+                       std::to_string(into.size()));
     read_float_elements(file, t, 0, t.numel(), into.data());
   };
   read("replicated.exp_avg", replicated_opt_.first_moment());

@@ -27,16 +27,16 @@ namespace zerolora {
 struct TrainerOptions {
   Index micro_batch = 1;  // sequences per forward/backward on one rank
   AdamWConfig adamw;
-  double max_grad_norm = 1.0;  // <= 0: no clipping
-  std::uint64_t seed = 42;     // dropout masks
+  double max_grad_norm = 1.0;            // <= 0: no clipping
+  std::uint64_t seed = 42;               // dropout masks
   Index persistence_threshold = 100000;  // LoRA tensors with >= this many elements are partitioned
 };
 
 struct StepStats {
-  double loss = 0;        // mean over the global batch's target tokens
-  double grad_norm = 0;   // before clipping
-  Index tokens = 0;       // this rank's
-  Index targets = 0;      // this rank's target tokens
+  double loss = 0;             // mean over the global batch's target tokens
+  double grad_norm = 0;        // before clipping
+  Index tokens = 0;            // this rank's
+  Index targets = 0;           // this rank's target tokens
   double compute_seconds = 0;  // forward + backward on this rank
 };
 
@@ -60,7 +60,8 @@ class LoraTrainer {
   // Summed loss over the sequences (no gradient), all ranks' shares added. Every rank must
   // pass the same number of samples (pad with sequences whose labels are all -100): under
   // ZeRO-3 each forward pass gathers the model, so all ranks must make the same passes.
-  double evaluate(const std::vector<TokenSequence>& data, std::span<const Index> rank_samples, Index micro_batch);
+  double evaluate(const std::vector<TokenSequence>& data, std::span<const Index> rank_samples,
+                  Index micro_batch);
 
   std::span<const Act> params() const { return params_.span(); }
 
@@ -88,7 +89,7 @@ class LoraTrainer {
   TrainerOptions options_;
   std::vector<Slice> replicated_slices_, partitioned_slices_;
   Index replicated_ = 0, partitioned_ = 0, partitioned_padded_ = 0;
-  Buffer<Act> params_, grads_;                  // full LoRA layout, what the model reads/writes
+  Buffer<Act> params_, grads_;  // full LoRA layout, what the model reads/writes
   Buffer<Act> replicated_params_, replicated_grads_;
   Buffer<Act> partitioned_grads_full_, shard_params_, shard_grads_, partitioned_params_full_;
   AdamW<Act> replicated_opt_, shard_opt_;

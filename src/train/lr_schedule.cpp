@@ -16,7 +16,8 @@ LrSchedule::Kind parse_hf_scheduler(const std::string& name) {
                    "' (choose linear, cosine, constant or constant_with_warmup)");
 }
 
-std::int64_t resolve_warmup_steps(std::int64_t warmup_steps, double warmup_ratio, std::int64_t total_steps) {
+std::int64_t resolve_warmup_steps(std::int64_t warmup_steps, double warmup_ratio,
+                                  std::int64_t total_steps) {
   if (warmup_steps > 0) return warmup_steps;
   return static_cast<std::int64_t>(std::ceil(static_cast<double>(total_steps) * warmup_ratio));
 }
@@ -59,8 +60,9 @@ double LrSchedule::at(std::int64_t step) const {
 }
 
 std::string LrSchedule::describe() const {
-  static const char* names[] = {"linear", "cosine", "constant", "constant_with_warmup",
-                                "WarmupLR", "WarmupDecayLR", "WarmupCosineLR"};
+  static const char* names[] = {
+      "linear",   "cosine",        "constant",      "constant_with_warmup",
+      "WarmupLR", "WarmupDecayLR", "WarmupCosineLR"};
   return std::string(names[static_cast<int>(kind)]) + ", peak lr " + std::to_string(lr) + ", " +
          std::to_string(warmup_steps) + " warmup of " + std::to_string(total_steps) + " steps";
 }

@@ -20,11 +20,14 @@ LlamaConfig preset_config(const std::string& name) {
   c.max_position_embeddings = 4096;
   c.rms_norm_eps = 1e-5;
   if (name == "llama2-7b") {
-    c.hidden_size = 4096, c.intermediate_size = 11008, c.num_layers = 32, c.num_heads = 32, c.num_kv_heads = 32;
+    c.hidden_size = 4096, c.intermediate_size = 11008, c.num_layers = 32, c.num_heads = 32,
+    c.num_kv_heads = 32;
   } else if (name == "llama2-13b") {
-    c.hidden_size = 5120, c.intermediate_size = 13824, c.num_layers = 40, c.num_heads = 40, c.num_kv_heads = 40;
+    c.hidden_size = 5120, c.intermediate_size = 13824, c.num_layers = 40, c.num_heads = 40,
+    c.num_kv_heads = 40;
   } else if (name == "llama2-70b") {
-    c.hidden_size = 8192, c.intermediate_size = 28672, c.num_layers = 80, c.num_heads = 64, c.num_kv_heads = 8;
+    c.hidden_size = 8192, c.intermediate_size = 28672, c.num_layers = 80, c.num_heads = 64,
+    c.num_kv_heads = 8;
   } else {
     throw UsageError("unknown preset '" + name + "' (llama2-7b, llama2-13b, llama2-70b)");
   }
@@ -32,12 +35,14 @@ LlamaConfig preset_config(const std::string& name) {
   return c;
 }
 
-MemoryEstimate estimate_memory(const LlamaConfig& c, const LoraLayout& lora, const MemoryScenario& s) {
+MemoryEstimate estimate_memory(const LlamaConfig& c, const LoraLayout& lora,
+                               const MemoryScenario& s) {
   MemoryEstimate e;
   const double W = s.world_size, w_bytes = s.bf16 ? 2.0 : 4.0;
   const double D = static_cast<double>(c.hidden_size), I = static_cast<double>(c.intermediate_size);
   const double H = static_cast<double>(c.num_heads), Qd = static_cast<double>(c.q_dim());
-  const double W3 = static_cast<double>(c.q_dim() + 2 * c.kv_dim()), V = static_cast<double>(c.vocab_size);
+  const double W3 = static_cast<double>(c.q_dim() + 2 * c.kv_dim()),
+               V = static_cast<double>(c.vocab_size);
   const double L = static_cast<double>(c.num_layers), r = lora.config().rank;
   const double M = static_cast<double>(s.micro_batch * s.seq_len);
   const double chunk = std::min(M, 1024.0), head_chunk = std::min(M, 512.0), block = 128;
@@ -54,40 +59,52 @@ MemoryEstimate estimate_memory(const LlamaConfig& c, const LoraLayout& lora, con
     base += sharded ? std::ceil(n / W) : n;
     largest = std::max(largest, n);
   }
-  e.items.push_back({sharded ? "base weights (this rank's 1/W shard)" : "base weights (whole)", base * w_bytes});
+  e.items.push_back(
+      {sharded ? "base weights (this rank's 1/W shard)" : "base weights (whole)", base * w_bytes});
   if (sharded)
-    e.items.push_back({"gathered units in flight (the one in use + prefetch)", (1.0 + s.prefetch_depth) * largest * w_bytes});
+    e.items.push_back({"gathered units in flight (the one in use + prefetch)",
+                       (1.0 + s.prefetch_depth) * largest * w_bytes});
 
   // LoRA: parameters and gradients whole (what the model reads and writes), packed copies for
   // the collectives, AdamW moments for replicated tensors and this rank's partitioned slice.
   double replicated = 0, partitioned = 0;
   for (const auto& t : lora.entries())
-    (s.zero_stage > 0 && t.numel() >= s.persistence_threshold ? partitioned : replicated) += static_cast<double>(t.numel());
+    (s.zero_stage > 0 && t.numel() >= s.persistence_threshold ? partitioned : replicated) +=
+        static_cast<double>(t.numel());
   const double lora_total = replicated + partitioned;
   // whole params + grads + initial copy, packed replicated/partitioned copies, the shard
-  e.items.push_back({"LoRA parameters + gradients (fp32)",
-                     4.0 * 3 * lora_total + 4.0 * 2 * (replicated + partitioned) + 4.0 * 2 * partitioned / W});
-  e.items.push_back({"AdamW moments (fp32; partitioned part 1/W)", 8.0 * replicated + 8.0 * partitioned / W});
+  e.items.push_back(
+      {"LoRA parameters + gradients (fp32)",
+       4.0 * 3 * lora_total + 4.0 * 2 * (replicated + partitioned) + 4.0 * 2 * partitioned / W});
+  e.items.push_back(
+      {"AdamW moments (fp32; partitioned part 1/W)", 8.0 * replicated + 8.0 * partitioned / W});
 
   // Activations.
-  const double layer_saved = M * (2 + 3 * D + W3 + Qd) + H * M + 7 * M * r;  // rstd, h1, x2, h2, qkv, attn, lse, LoRA z
+  const double layer_saved =
+      M * (2 + 3 * D + W3 + Qd) + H * M + 7 * M * r;  // rstd, h1, x2, h2, qkv, attn, lse, LoRA z
   e.items.push_back({"layer inputs (fp32, every layer, kept for backward)", 4.0 * (L + 1) * M * D});
   if (s.recompute)
     e.items.push_back({"one layer's activations (recomputed in backward)", 4.0 * layer_saved});
   else
-    e.items.push_back({"every layer's activations (no recompute)", 4.0 * L * (layer_saved + M * 2 * I)});
-  const double attention = (s.bf16 ? 2.0 * M * (W3 + Qd) : 0.0) +
-                           s.threads * (2 * block * S * 4 + (s.bf16 ? 2 * block * S * 2 : 0.0) + block * 4);
+    e.items.push_back(
+        {"every layer's activations (no recompute)", 4.0 * L * (layer_saved + M * 2 * I)});
+  const double attention =
+      (s.bf16 ? 2.0 * M * (W3 + Qd) : 0.0) +
+      s.threads * (2 * block * S * 4 + (s.bf16 ? 2 * block * S * 2 : 0.0) + block * 4);
   const double mlp = 4.0 * chunk * (2 * I + I + I + 2 * I);
-  const double gradients = 4.0 * (std::max(chunk, M) * D + M * Qd + M * W3 + M * D);  // dh, d_attn, d_qkv, residual
+  const double gradients =
+      4.0 * (std::max(chunk, M) * D + M * Qd + M * W3 + M * D);  // dh, d_attn, d_qkv, residual
   const double operands = s.bf16 ? 2.0 * std::max({M * D, M * W3, M * Qd, chunk * 2 * I}) : 0.0;
   const double lora_scratch = 4.0 * M * (std::max(D, I) + r);
-  e.items.push_back({"backward and attention work buffers", attention + mlp + gradients + operands + lora_scratch});
+  e.items.push_back({"backward and attention work buffers",
+                     attention + mlp + gradients + operands + lora_scratch});
   e.items.push_back({"fused lm_head + loss (logits chunk, operands)",
-                     4.0 * head_chunk * V + 4.0 * 3 * head_chunk * D + (s.bf16 ? 2.0 * head_chunk * std::max(D, V) : 0.0)});
+                     4.0 * head_chunk * V + 4.0 * 3 * head_chunk * D +
+                         (s.bf16 ? 2.0 * head_chunk * std::max(D, V) : 0.0)});
   e.items.push_back({"tokenized training set", 8.0 * static_cast<double>(s.dataset_tokens)});
   // Measured: the process before any model buffer (libraries, oneDNN, MPI, allocator).
-  e.items.push_back({"runtime (libraries, oneDNN, MPI)", (s.world_size > 1 ? 64.0 : 44.0) * 1048576.0});
+  e.items.push_back(
+      {"runtime (libraries, oneDNN, MPI)", (s.world_size > 1 ? 64.0 : 44.0) * 1048576.0});
   return e;
 }
 

@@ -36,7 +36,8 @@ struct MemoryEstimate {
   double total() const;
 };
 
-MemoryEstimate estimate_memory(const LlamaConfig& model, const LoraLayout& lora, const MemoryScenario& scenario);
+MemoryEstimate estimate_memory(const LlamaConfig& model, const LoraLayout& lora,
+                               const MemoryScenario& scenario);
 
 // Llama-2 7B, 13B and 70B configurations ("llama2-7b", "llama2-13b", "llama2-70b").
 LlamaConfig preset_config(const std::string& name);

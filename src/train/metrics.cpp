@@ -23,7 +23,8 @@ MetricsLog::~MetricsLog() {
 }
 
 void MetricsLog::write(const nlohmann::ordered_json& record) {
-  const std::string line = record.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n";
+  const std::string line =
+      record.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n";
   if (std::fputs(line.c_str(), file_) < 0 || std::fflush(file_) != 0)
     throw IoError(path_.string() + ": write failed: " + std::strerror(errno));
 }
@@ -58,31 +59,38 @@ void write_loss_curve_svg(const std::filesystem::path& path, const std::vector<C
   auto py = [&](double y) { return top + (y1 - y) / (y1 - y0) * (H - top - bottom); };
   std::ostringstream svg;
   svg << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H
-      << "\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
-      << "<text x=\"" << W / 2 << "\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">" << title << "</text>\n";
+      << "\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" "
+         "fill=\"white\"/>\n"
+      << "<text x=\"" << W / 2 << "\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">" << title
+      << "</text>\n";
   for (int i = 0; i <= 5; ++i) {  // grid and tick labels
     const double y = y0 + (y1 - y0) * i / 5, x = x0 + (x1 - x0) * i / 5;
-    svg << "<line x1=\"" << left << "\" y1=\"" << py(y) << "\" x2=\"" << W - right << "\" y2=\"" << py(y)
-        << "\" stroke=\"#e0e0e0\"/>\n<text x=\"" << left - 6 << "\" y=\"" << py(y) + 4
-        << "\" text-anchor=\"end\">" << fmt(y) << "</text>\n<text x=\"" << px(x) << "\" y=\"" << H - bottom + 18
-        << "\" text-anchor=\"middle\">" << fmt(x, 6) << "</text>\n";
+    svg << "<line x1=\"" << left << "\" y1=\"" << py(y) << "\" x2=\"" << W - right << "\" y2=\""
+        << py(y) << "\" stroke=\"#e0e0e0\"/>\n<text x=\"" << left - 6 << "\" y=\"" << py(y) + 4
+        << "\" text-anchor=\"end\">" << fmt(y) << "</text>\n<text x=\"" << px(x) << "\" y=\""
+        << H - bottom + 18 << "\" text-anchor=\"middle\">" << std::llround(x) << "</text>\n";
   }
-  svg << "<rect x=\"" << left << "\" y=\"" << top << "\" width=\"" << W - left - right << "\" height=\""
-      << H - top - bottom << "\" fill=\"none\" stroke=\"black\"/>\n"
-      << "<text x=\"" << (left + W - right) / 2 << "\" y=\"" << H - 10 << "\" text-anchor=\"middle\">step</text>\n"
-      << "<text x=\"16\" y=\"" << (top + H - bottom) / 2 << "\" transform=\"rotate(-90 16 " << (top + H - bottom) / 2
-      << ")\" text-anchor=\"middle\">loss</text>\n";
-  auto polyline = [&](const std::vector<CurvePoint>& series, const char* colour, const char* name, double legend_y) {
+  svg << "<rect x=\"" << left << "\" y=\"" << top << "\" width=\"" << W - left - right
+      << "\" height=\"" << H - top - bottom << "\" fill=\"none\" stroke=\"black\"/>\n"
+      << "<text x=\"" << (left + W - right) / 2 << "\" y=\"" << H - 10
+      << "\" text-anchor=\"middle\">step</text>\n"
+      << "<text x=\"16\" y=\"" << (top + H - bottom) / 2 << "\" transform=\"rotate(-90 16 "
+      << (top + H - bottom) / 2 << ")\" text-anchor=\"middle\">loss</text>\n";
+  auto polyline = [&](const std::vector<CurvePoint>& series, const char* colour, const char* name,
+                      double legend_y) {
     if (series.empty()) return;
     svg << "<polyline fill=\"none\" stroke=\"" << colour << "\" stroke-width=\"1.5\" points=\"";
     for (const auto& p : series)
       if (std::isfinite(p.value)) svg << px(p.step) << "," << py(p.value) << " ";
     svg << "\"/>\n";
     if (series.size() == 1 || std::string(name) == "eval")
-      for (const auto& p : series) svg << "<circle cx=\"" << px(p.step) << "\" cy=\"" << py(p.value) << "\" r=\"3\" fill=\"" << colour << "\"/>\n";
-    svg << "<line x1=\"" << W - right - 120 << "\" y1=\"" << legend_y << "\" x2=\"" << W - right - 100 << "\" y2=\""
-        << legend_y << "\" stroke=\"" << colour << "\" stroke-width=\"2\"/><text x=\"" << W - right - 94 << "\" y=\""
-        << legend_y + 4 << "\">" << name << " loss</text>\n";
+      for (const auto& p : series)
+        svg << "<circle cx=\"" << px(p.step) << "\" cy=\"" << py(p.value) << "\" r=\"3\" fill=\""
+            << colour << "\"/>\n";
+    svg << "<line x1=\"" << W - right - 120 << "\" y1=\"" << legend_y << "\" x2=\""
+        << W - right - 100 << "\" y2=\"" << legend_y << "\" stroke=\"" << colour
+        << "\" stroke-width=\"2\"/><text x=\"" << W - right - 94 << "\" y=\"" << legend_y + 4
+        << "\">" << name << " loss</text>\n";
   };
   polyline(train, "#1f77b4", "train", top + 16);
   polyline(eval, "#d62728", "eval", top + 34);
@@ -91,17 +99,23 @@ void write_loss_curve_svg(const std::filesystem::path& path, const std::vector<C
 }
 
 Progress::Progress(std::int64_t first_step, std::int64_t total_steps, bool terminal)
-    : first_(first_step), total_(total_steps), terminal_(terminal), start_(std::chrono::steady_clock::now()),
+    : first_(first_step),
+      total_(total_steps),
+      terminal_(terminal),
+      start_(std::chrono::steady_clock::now()),
       second_step_(start_) {}
 
-bool Progress::stdout_is_terminal() { return ::isatty(STDOUT_FILENO) == 1; }
+bool Progress::stdout_is_terminal() {
+  return ::isatty(STDOUT_FILENO) == 1;
+}
 
 std::string Progress::eta(std::int64_t step) const {
   // Steps after the first (which pays one-off costs) predict the rest.
   const std::int64_t done = step - first_ - 1;
   if (done <= 0) return "--:--";
   const double per_step =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - second_step_).count() / static_cast<double>(done);
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - second_step_).count() /
+      static_cast<double>(done);
   const auto left = static_cast<std::int64_t>(per_step * static_cast<double>(total_ - step));
   char text[32];
   if (left >= 3600)
@@ -113,15 +127,17 @@ std::string Progress::eta(std::int64_t step) const {
   return text;
 }
 
-void Progress::step(std::int64_t step, double loss, double lr, double tokens_per_second, std::int64_t every) {
+void Progress::step(std::int64_t step, double loss, double lr, double tokens_per_second,
+                    std::int64_t every) {
   if (step == first_ + 1) second_step_ = std::chrono::steady_clock::now();
   char text[256];
   std::snprintf(text, sizeof(text), "step %lld/%lld  loss %.4f  lr %.3g  %.0f tok/s  ETA %s",
-                static_cast<long long>(step), static_cast<long long>(total_), loss, lr, tokens_per_second,
-                eta(step).c_str());
+                static_cast<long long>(step), static_cast<long long>(total_), loss, lr,
+                tokens_per_second, eta(step).c_str());
   if (terminal_) {
     constexpr int kWidth = 24;
-    const int filled = static_cast<int>(kWidth * static_cast<double>(step) / static_cast<double>(std::max<std::int64_t>(1, total_)));
+    const int filled = static_cast<int>(kWidth * static_cast<double>(step) /
+                                        static_cast<double>(std::max<std::int64_t>(1, total_)));
     std::string bar(static_cast<std::size_t>(filled), '#');
     bar.resize(kWidth, '.');
     std::printf("\r[%s] %s\x1b[K", bar.c_str(), text);

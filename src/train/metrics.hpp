@@ -7,11 +7,10 @@
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 namespace zerolora {
 
@@ -43,7 +42,8 @@ class Progress {
  public:
   Progress(std::int64_t first_step, std::int64_t total_steps, bool terminal);
   // After each step: redraws the bar (terminal) or, every `every` steps, prints a line.
-  void step(std::int64_t step, double loss, double lr, double tokens_per_second, std::int64_t every);
+  void step(std::int64_t step, double loss, double lr, double tokens_per_second,
+            std::int64_t every);
   void message(const std::string& line);  // a line that should not be overwritten by the bar
   void finish();
   static bool stdout_is_terminal();

@@ -18,7 +18,9 @@ namespace {
 namespace fs = std::filesystem;
 using json = nlohmann::ordered_json;
 
-std::string rank_file(int rank) { return "optimizer-rank" + std::to_string(rank) + ".safetensors"; }
+std::string rank_file(int rank) {
+  return "optimizer-rank" + std::to_string(rank) + ".safetensors";
+}
 
 std::vector<std::pair<std::int64_t, fs::path>> list_checkpoints(const fs::path& output_dir) {
   std::vector<std::pair<std::int64_t, fs::path>> found;
@@ -43,8 +45,9 @@ fs::path find_latest_checkpoint(const fs::path& output_dir) {
 
 template <class P>
 void save_training_checkpoint(Communicator& comm, const fs::path& output_dir, std::int64_t step,
-                              const LoraLayout& layout, const LoraTrainer<P>& trainer, const RunSignature& signature,
-                              const std::string& base_model, std::int64_t save_total_limit) {
+                              const LoraLayout& layout, const LoraTrainer<P>& trainer,
+                              const RunSignature& signature, const std::string& base_model,
+                              std::int64_t save_total_limit) {
   const fs::path final_dir = output_dir / ("checkpoint-" + std::to_string(step));
   const fs::path temp_dir = output_dir / ("checkpoint-" + std::to_string(step) + ".tmp");
   if (comm.rank() == 0) {
@@ -57,7 +60,9 @@ void save_training_checkpoint(Communicator& comm, const fs::path& output_dir, st
   writer.write(temp_dir / rank_file(comm.rank()));
   if (comm.rank() == 0) {
     save_peft_adapter(temp_dir, layout, trainer.params(), base_model);
-    json state = {{"global_step", step}, {"world_size", comm.size()}, {"signature", signature},
+    json state = {{"global_step", step},
+                  {"world_size", comm.size()},
+                  {"signature", signature},
                   {"writer", "zerolora 0.1.0"}};
     write_text_file_atomically(temp_dir / "trainer_state.json", state.dump(2) + "\n");
   }
@@ -77,9 +82,9 @@ void save_training_checkpoint(Communicator& comm, const fs::path& output_dir, st
 }
 
 template <class P>
-std::int64_t load_training_checkpoint(Communicator& comm, const fs::path& dir, const LlamaConfig& base,
-                                      const LoraLayout& layout, LoraTrainer<P>& trainer,
-                                      const RunSignature& signature) {
+std::int64_t load_training_checkpoint(Communicator& comm, const fs::path& dir,
+                                      const LlamaConfig& base, const LoraLayout& layout,
+                                      LoraTrainer<P>& trainer, const RunSignature& signature) {
   const fs::path state_path = dir / "trainer_state.json";
   if (!fs::exists(state_path))
     throw IoError(dir.string() + ": not a zerolora checkpoint (no trainer_state.json)");
@@ -92,42 +97,54 @@ std::int64_t load_training_checkpoint(Communicator& comm, const fs::path& dir, c
   } catch (const json::exception& e) {
     throw FormatError(state_path.string() + ": not valid JSON (" + e.what() + ")");
   }
-  if (!state.contains("global_step") || !state.contains("world_size") || !state.contains("signature"))
+  if (!state.contains("global_step") || !state.contains("world_size") ||
+      !state.contains("signature"))
     throw FormatError(state_path.string() + ": missing global_step, world_size or signature");
   const int world = state["world_size"].get<int>();
   if (world != comm.size())
-    throw ConfigError(dir.string() + " was written by " + std::to_string(world) + " rank(s); this run has " +
-                      std::to_string(comm.size()) + ". Resume with mpirun -np " + std::to_string(world) +
+    throw ConfigError(dir.string() + " was written by " + std::to_string(world) +
+                      " rank(s); this run has " + std::to_string(comm.size()) +
+                      ". Resume with mpirun -np " + std::to_string(world) +
                       " (optimizer shards are per rank)");
   std::string differences;
   const json& saved = state["signature"];
   for (const auto& [key, value] : signature) {
-    const std::string old = saved.contains(key) && saved[key].is_string() ? saved[key].template get<std::string>() : "(absent)";
+    const std::string old = saved.contains(key) && saved[key].is_string()
+                                ? saved[key].template get<std::string>()
+                                : "(absent)";
     if (old != value) differences += "\n  " + key + ": checkpoint " + old + ", now " + value;
   }
   if (!differences.empty())
-    throw ConfigError(dir.string() + " was written by a run with other settings; resuming would not continue it:" +
-                      differences);
+    throw ConfigError(
+        dir.string() +
+        " was written by a run with other settings; resuming would not continue it:" + differences);
   const PeftAdapter adapter = load_peft_adapter(dir, base);
   if (static_cast<Index>(adapter.params.size()) != layout.size())
     throw ShapeError(dir.string() + ": the adapter's LoRA layout differs from this run's");
   const fs::path shard = dir / rank_file(comm.rank());
-  if (!fs::exists(shard)) throw IoError(shard.string() + ": missing (was the checkpoint copied whole?)");
+  if (!fs::exists(shard))
+    throw IoError(shard.string() + ": missing (was the checkpoint copied whole?)");
   trainer.read_state(SafetensorsFile(shard), adapter.params);
   return state["global_step"].get<std::int64_t>();
 }
 
-template void save_training_checkpoint<Fp32Policy>(Communicator&, const fs::path&, std::int64_t, const LoraLayout&,
-                                                   const LoraTrainer<Fp32Policy>&, const RunSignature&,
-                                                   const std::string&, std::int64_t);
-template void save_training_checkpoint<Bf16Policy>(Communicator&, const fs::path&, std::int64_t, const LoraLayout&,
-                                                   const LoraTrainer<Bf16Policy>&, const RunSignature&,
-                                                   const std::string&, std::int64_t);
-template std::int64_t load_training_checkpoint<Fp32Policy>(Communicator&, const fs::path&, const LlamaConfig&,
-                                                           const LoraLayout&, LoraTrainer<Fp32Policy>&,
+template void save_training_checkpoint<Fp32Policy>(Communicator&, const fs::path&, std::int64_t,
+                                                   const LoraLayout&,
+                                                   const LoraTrainer<Fp32Policy>&,
+                                                   const RunSignature&, const std::string&,
+                                                   std::int64_t);
+template void save_training_checkpoint<Bf16Policy>(Communicator&, const fs::path&, std::int64_t,
+                                                   const LoraLayout&,
+                                                   const LoraTrainer<Bf16Policy>&,
+                                                   const RunSignature&, const std::string&,
+                                                   std::int64_t);
+template std::int64_t load_training_checkpoint<Fp32Policy>(Communicator&, const fs::path&,
+                                                           const LlamaConfig&, const LoraLayout&,
+                                                           LoraTrainer<Fp32Policy>&,
                                                            const RunSignature&);
-template std::int64_t load_training_checkpoint<Bf16Policy>(Communicator&, const fs::path&, const LlamaConfig&,
-                                                           const LoraLayout&, LoraTrainer<Bf16Policy>&,
+template std::int64_t load_training_checkpoint<Bf16Policy>(Communicator&, const fs::path&,
+                                                           const LlamaConfig&, const LoraLayout&,
+                                                           LoraTrainer<Bf16Policy>&,
                                                            const RunSignature&);
 
 }  // namespace zerolora

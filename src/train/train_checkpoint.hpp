@@ -24,18 +24,18 @@ namespace zerolora {
 using RunSignature = std::map<std::string, std::string>;
 
 template <class P>
-void save_training_checkpoint(Communicator& comm, const std::filesystem::path& output_dir, std::int64_t step,
-                              const LoraLayout& layout, const LoraTrainer<P>& trainer,
-                              const RunSignature& signature, const std::string& base_model,
-                              std::int64_t save_total_limit);
+void save_training_checkpoint(Communicator& comm, const std::filesystem::path& output_dir,
+                              std::int64_t step, const LoraLayout& layout,
+                              const LoraTrainer<P>& trainer, const RunSignature& signature,
+                              const std::string& base_model, std::int64_t save_total_limit);
 
 // The checkpoint-<N> directory with the largest N, or empty.
 std::filesystem::path find_latest_checkpoint(const std::filesystem::path& output_dir);
 
 // Restores weights and optimizer state; returns the step to continue from.
 template <class P>
-std::int64_t load_training_checkpoint(Communicator& comm, const std::filesystem::path& dir, const LlamaConfig& base,
-                                      const LoraLayout& layout, LoraTrainer<P>& trainer,
-                                      const RunSignature& signature);
+std::int64_t load_training_checkpoint(Communicator& comm, const std::filesystem::path& dir,
+                                      const LlamaConfig& base, const LoraLayout& layout,
+                                      LoraTrainer<P>& trainer, const RunSignature& signature);
 
 }  // namespace zerolora

@@ -38,18 +38,21 @@ class DsReader {
     if (!parent.contains(key) || parent[key].is_null()) return std::nullopt;
     const json& v = parent[key];
     if (v.is_string() && v.get<std::string>() == "auto") return std::nullopt;
-    if (!v.is_boolean()) throw ConfigError(label_ + ": '" + path + "' must be true, false or \"auto\", got " + v.dump());
+    if (!v.is_boolean())
+      throw ConfigError(label_ + ": '" + path + "' must be true, false or \"auto\", got " +
+                        v.dump());
     return v.get<bool>();
   }
 
   // A concrete config value must agree with an explicitly given flag; otherwise it wins.
   template <class T>
-  void merge(T& arg, const std::string& flag, std::optional<double> value, const std::string& path) const {
+  void merge(T& arg, const std::string& flag, std::optional<double> value,
+             const std::string& path) const {
     if (!value) return;
     const T v = static_cast<T>(*value);
     if (args_.is_set(flag) && v != arg)
-      throw ConfigError(label_ + ": '" + path + "' is " + format_number(*value) + " but --" + flag + " is " +
-                        format_number(static_cast<double>(arg)) +
+      throw ConfigError(label_ + ": '" + path + "' is " + format_number(*value) + " but --" + flag +
+                        " is " + format_number(static_cast<double>(arg)) +
                         "; make them agree, or set the config value to \"auto\"");
     arg = v;
   }
@@ -62,38 +65,45 @@ class DsReader {
 };
 
 void resolve_batches(const json& ds, TrainingArguments& a, int world, const DsReader& r) {
-  const auto micro = r.number(ds, "train_micro_batch_size_per_gpu", "train_micro_batch_size_per_gpu");
+  const auto micro =
+      r.number(ds, "train_micro_batch_size_per_gpu", "train_micro_batch_size_per_gpu");
   const auto accum = r.number(ds, "gradient_accumulation_steps", "gradient_accumulation_steps");
   const auto total = r.number(ds, "train_batch_size", "train_batch_size");
-  r.merge(a.per_device_train_batch_size, "per_device_train_batch_size", micro, "train_micro_batch_size_per_gpu");
-  r.merge(a.gradient_accumulation_steps, "gradient_accumulation_steps", accum, "gradient_accumulation_steps");
+  r.merge(a.per_device_train_batch_size, "per_device_train_batch_size", micro,
+          "train_micro_batch_size_per_gpu");
+  r.merge(a.gradient_accumulation_steps, "gradient_accumulation_steps", accum,
+          "gradient_accumulation_steps");
   if (!total) return;
   const auto t = static_cast<std::int64_t>(*total);
   // DeepSpeed derives the one missing factor from train_batch_size.
   if (micro && !accum && !a.is_set("gradient_accumulation_steps")) {
     const std::int64_t per_step = a.per_device_train_batch_size * world;
     if (t % per_step != 0)
-      throw ConfigError(r.label() + ": train_batch_size " + std::to_string(t) + " is not a multiple of " +
-                        "train_micro_batch_size_per_gpu " + std::to_string(a.per_device_train_batch_size) +
-                        " x world size " + std::to_string(world) + " = " + std::to_string(per_step));
+      throw ConfigError(r.label() + ": train_batch_size " + std::to_string(t) +
+                        " is not a multiple of " + "train_micro_batch_size_per_gpu " +
+                        std::to_string(a.per_device_train_batch_size) + " x world size " +
+                        std::to_string(world) + " = " + std::to_string(per_step));
     a.gradient_accumulation_steps = t / per_step;
     return;
   }
   if (!micro && accum && !a.is_set("per_device_train_batch_size")) {
     const std::int64_t per_micro = a.gradient_accumulation_steps * world;
     if (t % per_micro != 0)
-      throw ConfigError(r.label() + ": train_batch_size " + std::to_string(t) + " is not a multiple of " +
-                        "gradient_accumulation_steps " + std::to_string(a.gradient_accumulation_steps) +
-                        " x world size " + std::to_string(world) + " = " + std::to_string(per_micro));
+      throw ConfigError(r.label() + ": train_batch_size " + std::to_string(t) +
+                        " is not a multiple of " + "gradient_accumulation_steps " +
+                        std::to_string(a.gradient_accumulation_steps) + " x world size " +
+                        std::to_string(world) + " = " + std::to_string(per_micro));
     a.per_device_train_batch_size = t / per_micro;
     return;
   }
-  const std::int64_t product = a.per_device_train_batch_size * a.gradient_accumulation_steps * world;
+  const std::int64_t product =
+      a.per_device_train_batch_size * a.gradient_accumulation_steps * world;
   if (t != product)
-    throw ConfigError(r.label() + ": train_batch_size " + std::to_string(t) +
-                      " != train_micro_batch_size_per_gpu " + std::to_string(a.per_device_train_batch_size) +
-                      " x gradient_accumulation_steps " + std::to_string(a.gradient_accumulation_steps) +
-                      " x world size " + std::to_string(world) + " = " + std::to_string(product));
+    throw ConfigError(
+        r.label() + ": train_batch_size " + std::to_string(t) +
+        " != train_micro_batch_size_per_gpu " + std::to_string(a.per_device_train_batch_size) +
+        " x gradient_accumulation_steps " + std::to_string(a.gradient_accumulation_steps) +
+        " x world size " + std::to_string(world) + " = " + std::to_string(product));
 }
 
 void resolve_optimizer(const json& ds, TrainingArguments& a, const DsReader& r) {
@@ -102,21 +112,29 @@ void resolve_optimizer(const json& ds, TrainingArguments& a, const DsReader& r) 
   if (!opt.is_object()) throw ConfigError(r.label() + ": 'optimizer' must be an object");
   std::string type = opt.value("type", "AdamW");
   std::string lower = type;
-  std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) { return std::tolower(c); });
+  std::transform(lower.begin(), lower.end(), lower.begin(),
+                 [](unsigned char c) { return std::tolower(c); });
   const json params = opt.value("params", json::object());
   if (lower == "adam" && params.contains("adam_w_mode") && params["adam_w_mode"] == false)
-    throw UnsupportedError(r.label() + ": optimizer Adam with adam_w_mode false (L2 weight decay) is not supported; "
-                           "zerolora trains with AdamW");
+    throw UnsupportedError(
+        r.label() +
+        ": optimizer Adam with adam_w_mode false (L2 weight decay) is not supported; "
+        "zerolora trains with AdamW");
   if (lower != "adamw" && lower != "adam")
-    throw UnsupportedError(r.label() + ": optimizer type '" + type + "' is not supported (AdamW, or Adam in AdamW mode)");
-  r.merge(a.learning_rate, "learning_rate", r.number(params, "lr", "optimizer.params.lr"), "optimizer.params.lr");
-  r.merge(a.weight_decay, "weight_decay", r.number(params, "weight_decay", "optimizer.params.weight_decay"),
+    throw UnsupportedError(r.label() + ": optimizer type '" + type +
+                           "' is not supported (AdamW, or Adam in AdamW mode)");
+  r.merge(a.learning_rate, "learning_rate", r.number(params, "lr", "optimizer.params.lr"),
+          "optimizer.params.lr");
+  r.merge(a.weight_decay, "weight_decay",
+          r.number(params, "weight_decay", "optimizer.params.weight_decay"),
           "optimizer.params.weight_decay");
-  r.merge(a.adam_epsilon, "adam_epsilon", r.number(params, "eps", "optimizer.params.eps"), "optimizer.params.eps");
+  r.merge(a.adam_epsilon, "adam_epsilon", r.number(params, "eps", "optimizer.params.eps"),
+          "optimizer.params.eps");
   if (params.contains("betas") && !(params["betas"].is_string() && params["betas"] == "auto")) {
     const json& betas = params["betas"];
     if (!betas.is_array() || betas.size() != 2 || !betas[0].is_number() || !betas[1].is_number())
-      throw ConfigError(r.label() + ": 'optimizer.params.betas' must be [beta1, beta2] or \"auto\"");
+      throw ConfigError(r.label() +
+                        ": 'optimizer.params.betas' must be [beta1, beta2] or \"auto\"");
     r.merge(a.adam_beta1, "adam_beta1", betas[0].get<double>(), "optimizer.params.betas[0]");
     r.merge(a.adam_beta2, "adam_beta2", betas[1].get<double>(), "optimizer.params.betas[1]");
   }
@@ -129,12 +147,16 @@ std::optional<DeepSpeedScheduler> resolve_scheduler(const json& ds, const DsRead
     throw ConfigError(r.label() + ": 'scheduler' needs a string 'type'");
   const std::string type = sched["type"].get<std::string>();
   DeepSpeedScheduler s;
-  if (type == "WarmupLR") s.kind = LrSchedule::Kind::kWarmupLR;
-  else if (type == "WarmupDecayLR") s.kind = LrSchedule::Kind::kWarmupDecayLR;
-  else if (type == "WarmupCosineLR") s.kind = LrSchedule::Kind::kWarmupCosineLR;
+  if (type == "WarmupLR")
+    s.kind = LrSchedule::Kind::kWarmupLR;
+  else if (type == "WarmupDecayLR")
+    s.kind = LrSchedule::Kind::kWarmupDecayLR;
+  else if (type == "WarmupCosineLR")
+    s.kind = LrSchedule::Kind::kWarmupCosineLR;
   else
-    throw UnsupportedError(r.label() + ": scheduler '" + type +
-                           "' is not supported (WarmupLR, WarmupDecayLR, WarmupCosineLR; or use --lr_scheduler_type)");
+    throw UnsupportedError(
+        r.label() + ": scheduler '" + type +
+        "' is not supported (WarmupLR, WarmupDecayLR, WarmupCosineLR; or use --lr_scheduler_type)");
   const json params = sched.value("params", json::object());
   s.warmup_min_lr = r.number(params, "warmup_min_lr", "scheduler.params.warmup_min_lr");
   s.warmup_max_lr = r.number(params, "warmup_max_lr", "scheduler.params.warmup_max_lr");
@@ -145,16 +167,18 @@ std::optional<DeepSpeedScheduler> resolve_scheduler(const json& ds, const DsRead
   if (auto v = r.number(params, "total_num_steps", "scheduler.params.total_num_steps"))
     s.total_num_steps = static_cast<std::int64_t>(*v);
   if (params.contains("warmup_type")) {
-    const std::string wt = params["warmup_type"].is_string() ? params["warmup_type"].get<std::string>() : "";
+    const std::string wt =
+        params["warmup_type"].is_string() ? params["warmup_type"].get<std::string>() : "";
     if (wt != "log" && wt != "linear")
-      throw ConfigError(r.label() + ": 'scheduler.params.warmup_type' must be \"log\" or \"linear\"");
+      throw ConfigError(r.label() +
+                        ": 'scheduler.params.warmup_type' must be \"log\" or \"linear\"");
     s.log_warmup = wt == "log";
   }
   return s;
 }
 
-void resolve_zero(const json& ds, TrainingArguments& a, std::int64_t hidden, std::int64_t layer_elements,
-                  const DsReader& r, DeepSpeedResult& out) {
+void resolve_zero(const json& ds, TrainingArguments& a, std::int64_t hidden,
+                  std::int64_t layer_elements, const DsReader& r, DeepSpeedResult& out) {
   if (!ds.contains("zero_optimization") || ds["zero_optimization"].is_null()) {
     a.zero_stage = 0;  // DeepSpeed without zero_optimization: no partitioning
     return;
@@ -163,65 +187,87 @@ void resolve_zero(const json& ds, TrainingArguments& a, std::int64_t hidden, std
   if (!z.is_object()) throw ConfigError(r.label() + ": 'zero_optimization' must be an object");
   if (auto stage = r.number(z, "stage", "zero_optimization.stage")) {
     const int s = static_cast<int>(*stage);
-    if (s < 0 || s > 3 || *stage != s) throw ConfigError(r.label() + ": zero_optimization.stage must be 0, 1, 2 or 3");
+    if (s < 0 || s > 3 || *stage != s)
+      throw ConfigError(r.label() + ": zero_optimization.stage must be 0, 1, 2 or 3");
     a.zero_stage = s;
   }
   for (const char* key : {"offload_param", "offload_optimizer"}) {
     if (!z.contains(key) || z[key].is_null()) continue;
     const std::string device = z[key].value("device", "none");
     if (device == "nvme")
-      throw UnsupportedError(r.label() + ": zero_optimization." + key + " to nvme is not supported");
+      throw UnsupportedError(r.label() + ": zero_optimization." + key +
+                             " to nvme is not supported");
     if (device == "cpu")
       out.notes.push_back(std::string("zero_optimization.") + key +
                           " to cpu changes nothing here: everything already lives in CPU memory");
     else if (device != "none")
-      throw ConfigError(r.label() + ": zero_optimization." + key + ".device must be none, cpu or nvme");
+      throw ConfigError(r.label() + ": zero_optimization." + key +
+                        ".device must be none, cpu or nvme");
   }
   // HF fills these "auto" values from the model: bucket 0.9 hidden^2, threshold 10 hidden.
-  const double bucket = r.number(z, "stage3_prefetch_bucket_size", "zero_optimization.stage3_prefetch_bucket_size")
-                            .value_or(0.9 * static_cast<double>(hidden) * static_cast<double>(hidden));
-  a.prefetch_depth = bucket <= 0 ? 0 : std::max(1, static_cast<int>(std::lround(bucket / static_cast<double>(layer_elements))));
-  if (auto t = r.number(z, "stage3_param_persistence_threshold", "zero_optimization.stage3_param_persistence_threshold"))
+  const double bucket =
+      r.number(z, "stage3_prefetch_bucket_size", "zero_optimization.stage3_prefetch_bucket_size")
+          .value_or(0.9 * static_cast<double>(hidden) * static_cast<double>(hidden));
+  a.prefetch_depth = bucket <= 0 ? 0
+                                 : std::max(1, static_cast<int>(std::lround(
+                                                   bucket / static_cast<double>(layer_elements))));
+  if (auto t = r.number(z, "stage3_param_persistence_threshold",
+                        "zero_optimization.stage3_param_persistence_threshold"))
     a.persistence_threshold = static_cast<std::int64_t>(*t);
   else if (z.contains("stage3_param_persistence_threshold"))
     a.persistence_threshold = 10 * hidden;
-  if (auto m = r.number(z, "stage3_max_live_parameters", "zero_optimization.stage3_max_live_parameters"))
+  if (auto m =
+          r.number(z, "stage3_max_live_parameters", "zero_optimization.stage3_max_live_parameters"))
     a.max_live_elements = static_cast<std::int64_t>(*m);
   for (const auto& [key, value] : z.items())
-    if (key != "stage" && key != "offload_param" && key != "offload_optimizer" && key != "stage3_prefetch_bucket_size" &&
-        key != "stage3_param_persistence_threshold" && key != "stage3_max_live_parameters")
+    if (key != "stage" && key != "offload_param" && key != "offload_optimizer" &&
+        key != "stage3_prefetch_bucket_size" && key != "stage3_param_persistence_threshold" &&
+        key != "stage3_max_live_parameters")
       out.ignored_keys.push_back("zero_optimization." + key);
 }
 
 }  // namespace
 
-DeepSpeedResult apply_deepspeed_config(const json& ds, TrainingArguments& a, int world, std::int64_t hidden,
-                                       std::int64_t layer_elements, const std::string& label) {
+DeepSpeedResult apply_deepspeed_config(const json& ds, TrainingArguments& a, int world,
+                                       std::int64_t hidden, std::int64_t layer_elements,
+                                       const std::string& label) {
   if (!ds.is_object()) throw ConfigError(label + ": a DeepSpeed config must be a JSON object");
   const DsReader r(a, label);
   DeepSpeedResult out;
   resolve_batches(ds, a, world, r);
-  r.merge(a.max_grad_norm, "max_grad_norm", r.number(ds, "gradient_clipping", "gradient_clipping"), "gradient_clipping");
+  r.merge(a.max_grad_norm, "max_grad_norm", r.number(ds, "gradient_clipping", "gradient_clipping"),
+          "gradient_clipping");
   if (ds.contains("bf16")) {
-    if (!ds["bf16"].is_object()) throw ConfigError(label + ": 'bf16' must be an object like {\"enabled\": true}");
+    if (!ds["bf16"].is_object())
+      throw ConfigError(label + ": 'bf16' must be an object like {\"enabled\": true}");
     if (auto enabled = r.boolean(ds["bf16"], "enabled", "bf16.enabled")) {
       if (a.is_set("bf16") && *enabled != a.bf16)
-        throw ConfigError(label + ": 'bf16.enabled' is " + (*enabled ? "true" : "false") + " but --bf16 is " +
-                          (a.bf16 ? "true" : "false") + "; make them agree, or set it to \"auto\"");
+        throw ConfigError(label + ": 'bf16.enabled' is " + (*enabled ? "true" : "false") +
+                          " but --bf16 is " + (a.bf16 ? "true" : "false") +
+                          "; make them agree, or set it to \"auto\"");
       a.bf16 = *enabled;
     }
   }
   if (ds.contains("fp16") && ds["fp16"].is_object())
     if (auto enabled = r.boolean(ds["fp16"], "enabled", "fp16.enabled"); enabled && *enabled)
-      throw UnsupportedError(label + ": fp16.enabled is true; zerolora trains in bf16 (bf16.enabled) or fp32");
+      throw UnsupportedError(
+          label + ": fp16.enabled is true; zerolora trains in bf16 (bf16.enabled) or fp32");
   resolve_optimizer(ds, a, r);
   out.scheduler = resolve_scheduler(ds, r);
   resolve_zero(ds, a, hidden, layer_elements, r, out);
-  if (auto steps = r.number(ds, "steps_per_print", "steps_per_print"); steps && !a.is_set("logging_steps"))
+  if (auto steps = r.number(ds, "steps_per_print", "steps_per_print");
+      steps && !a.is_set("logging_steps"))
     a.logging_steps = std::max<std::int64_t>(1, static_cast<std::int64_t>(*steps));
-  static const std::set<std::string> used{"train_batch_size", "train_micro_batch_size_per_gpu",
-                                          "gradient_accumulation_steps", "gradient_clipping", "bf16", "fp16",
-                                          "optimizer", "scheduler", "zero_optimization", "steps_per_print"};
+  static const std::set<std::string> used{"train_batch_size",
+                                          "train_micro_batch_size_per_gpu",
+                                          "gradient_accumulation_steps",
+                                          "gradient_clipping",
+                                          "bf16",
+                                          "fp16",
+                                          "optimizer",
+                                          "scheduler",
+                                          "zero_optimization",
+                                          "steps_per_print"};
   for (const auto& [key, value] : ds.items())
     if (!used.count(key)) out.ignored_keys.push_back(key);
   return out;

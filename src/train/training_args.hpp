@@ -7,12 +7,11 @@
 #pragma once
 
 #include <cstdint>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <set>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json_fwd.hpp>
 
 #include "train/lr_schedule.hpp"
 
@@ -79,13 +78,13 @@ struct DeepSpeedResult {
 
 // Applies a parsed ds_config to args. `label` names the file in errors; hidden_size and
 // layer_elements resolve the "auto" ZeRO sizes as HF does.
-DeepSpeedResult apply_deepspeed_config(const nlohmann::json& config, TrainingArguments& args, int world_size,
-                                       std::int64_t hidden_size, std::int64_t layer_elements,
-                                       const std::string& label);
+DeepSpeedResult apply_deepspeed_config(const nlohmann::json& config, TrainingArguments& args,
+                                       int world_size, std::int64_t hidden_size,
+                                       std::int64_t layer_elements, const std::string& label);
 
 // The schedule for `total_steps` optimizer steps: the DeepSpeed scheduler when given, else the
 // HF one named by args.lr_scheduler_type.
-LrSchedule make_lr_schedule(const TrainingArguments& args, const std::optional<DeepSpeedScheduler>& ds,
-                            std::int64_t total_steps);
+LrSchedule make_lr_schedule(const TrainingArguments& args,
+                            const std::optional<DeepSpeedScheduler>& ds, std::int64_t total_steps);
 
 }  // namespace zerolora

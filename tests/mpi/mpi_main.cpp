@@ -23,6 +23,7 @@ int main(int argc, char** argv) {
   const int local = RUN_ALL_TESTS();
   const auto failed = comm->all_reduce_sum<std::int64_t>(local != 0 ? 1 : 0);
   if (comm->rank() == 0)
-    std::printf("world size %d: %lld rank(s) failed\n", comm->size(), static_cast<long long>(failed));
+    std::printf("world size %d: %lld rank(s) failed\n", comm->size(),
+                static_cast<long long>(failed));
   return failed == 0 ? 0 : 1;
 }

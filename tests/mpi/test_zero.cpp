@@ -41,7 +41,8 @@ struct RunResult {
 };
 
 // Five LoRA steps of a global batch of 12 over this communicator's ranks.
-RunResult train_five_steps(Communicator& comm, WeightProvider<float>& weights, Index threshold, Index micro) {
+RunResult train_five_steps(Communicator& comm, WeightProvider<float>& weights, Index threshold,
+                           Index micro) {
   Runtime rt(1);
   LoraConfig lora;
   lora.rank = 4;
@@ -75,7 +76,8 @@ RunResult train_five_steps(Communicator& comm, WeightProvider<float>& weights, I
   const DistributedSampler sampler(lengths, sampling);
   RunResult result;
   for (Index step = 0; step < 5; ++step) {
-    const Index epoch = step / sampler.steps_per_epoch(), in_epoch = step % sampler.steps_per_epoch();
+    const Index epoch = step / sampler.steps_per_epoch(),
+                in_epoch = step % sampler.steps_per_epoch();
     const auto global = sampler.global_batch(epoch, in_epoch);
     const auto mine = sampler.rank_batch(epoch, in_epoch);
     const auto stats = trainer.step(data, mine, count_targets(data, global), 2e-3, step);
@@ -101,14 +103,17 @@ TEST_P(WorldSizeInvariance, LossesAndAdapterEqualSingleProcess) {
   for (std::size_t s = 0; s < reference.losses.size(); ++s)
     EXPECT_NEAR(distributed.losses[s], reference.losses[s], 1e-5 * reference.losses[s])
         << "step " << s << " world " << comm.size();
-  EXPECT_LT(testing::max_rel_error(distributed.params, reference.params), 1e-5) << "world " << comm.size();
+  EXPECT_LT(testing::max_rel_error(distributed.params, reference.params), 1e-5)
+      << "world " << comm.size();
   EXPECT_LT(reference.losses.back(), reference.losses.front());  // it trains
 }
 
 // Persistence threshold 1e5 (every LoRA tensor of this tiny model replicated) and 0 (all
 // partitioned: reduce-scatter, sharded AdamW, all-gather).
 INSTANTIATE_TEST_SUITE_P(Threshold, WorldSizeInvariance, ::testing::Values(Index{100000}, Index{0}),
-                         [](const auto& info) { return info.param == 0 ? "partitioned" : "replicated"; });
+                         [](const auto& info) {
+                           return info.param == 0 ? "partitioned" : "replicated";
+                         });
 
 TEST(ShardedWeights, EachRankHoldsOnlyItsShard) {
   Communicator& comm = MpiEnvironment::comm();
@@ -130,15 +135,17 @@ TEST(ShardedWeights, EachRankHoldsOnlyItsShard) {
 
   // Gathered units equal the single-process weights, and the live set stays bounded.
   auto full = load_llama_weights<bf16>(rt, checkpoint);
-  std::vector<UnitId> schedule{{Unit::kEmbedding}, {Unit::kLayer, 0}, {Unit::kLayer, 1}, {Unit::kFinalNorm},
-                               {Unit::kLmHead}, {Unit::kLayer, 1}, {Unit::kLayer, 0}};
+  std::vector<UnitId> schedule{{Unit::kEmbedding}, {Unit::kLayer, 0}, {Unit::kLayer, 1},
+                               {Unit::kFinalNorm}, {Unit::kLmHead},   {Unit::kLayer, 1},
+                               {Unit::kLayer, 0}};
   sharded.begin_schedule(schedule);
   full.begin_schedule(schedule);
   for (const auto& u : schedule) {
     const bf16* gathered = sharded.acquire(u);
     const bf16* whole = full.acquire(u);
     const Index n = sharded.unit_elements(u);
-    EXPECT_EQ(std::memcmp(gathered, whole, static_cast<std::size_t>(n) * sizeof(bf16)), 0) << "unit " << int(u.kind) << " " << u.layer;
+    EXPECT_EQ(std::memcmp(gathered, whole, static_cast<std::size_t>(n) * sizeof(bf16)), 0)
+        << "unit " << int(u.kind) << " " << u.layer;
     sharded.release(u);
   }
   if (W > 1) {
@@ -154,7 +161,8 @@ TEST(ShardedWeights, EachRankHoldsOnlyItsShard) {
     deep.release(schedule[0]);
     deep.acquire(schedule[1]);
     EXPECT_EQ(deep.live_units(), 3u);
-    for (std::size_t i = 2; i < schedule.size(); ++i) {  // drain: every rank issues the same gathers
+    for (std::size_t i = 2; i < schedule.size();
+         ++i) {  // drain: every rank issues the same gathers
       deep.release(schedule[i - 1]);
       deep.acquire(schedule[i]);
     }
@@ -167,7 +175,8 @@ TEST(ShardedWeights, EachRankHoldsOnlyItsShard) {
   capped.begin_schedule(schedule);
   for (const auto& u : schedule) {
     EXPECT_EQ(std::memcmp(capped.acquire(u), full.acquire(u),
-                          static_cast<std::size_t>(capped.unit_elements(u)) * sizeof(bf16)), 0);
+                          static_cast<std::size_t>(capped.unit_elements(u)) * sizeof(bf16)),
+              0);
     capped.release(u);
   }
   if (W > 1) {
@@ -188,12 +197,14 @@ TEST(ShardedWeights, RandomShardsMatchRandomWeights) {
   Runtime rt(1);
   auto sharded = ShardedWeights<float>::random(rt, comm, c, 9);
   auto full = random_llama_weights<float>(rt, c, 9);
-  const std::vector<UnitId> schedule{{Unit::kEmbedding}, {Unit::kLayer, 0}, {Unit::kLayer, 1}, {Unit::kFinalNorm}};
+  const std::vector<UnitId> schedule{
+      {Unit::kEmbedding}, {Unit::kLayer, 0}, {Unit::kLayer, 1}, {Unit::kFinalNorm}};
   sharded.begin_schedule(schedule);
   for (const auto& u : schedule) {
     const float* a = sharded.acquire(u);
     const float* b = full.acquire(u);
-    EXPECT_EQ(std::memcmp(a, b, static_cast<std::size_t>(sharded.unit_elements(u)) * sizeof(float)), 0);
+    EXPECT_EQ(std::memcmp(a, b, static_cast<std::size_t>(sharded.unit_elements(u)) * sizeof(float)),
+              0);
     sharded.release(u);
   }
 }
@@ -206,7 +217,9 @@ TEST(Communicator, RanksMustAgreeOnTheConfiguration) {
       require_same_on_all_ranks(comm, comm.rank() == comm.size() - 1 ? 7 : 42, "the configuration");
       ADD_FAILURE() << "no error";
     } catch (const ConfigError& e) {
-      EXPECT_NE(std::string(e.what()).find("rank(s) " + std::to_string(comm.size() - 1)), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("rank(s) " + std::to_string(comm.size() - 1)),
+                std::string::npos)
+          << e.what();
     }
   }
 }
