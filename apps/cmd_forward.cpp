@@ -7,6 +7,7 @@
 #include <string>
 
 #include "apps/commands.hpp"
+#include "apps/model_files.hpp"
 #include "core/error.hpp"
 #include "core/precision.hpp"
 #include "data/tokenizer.hpp"
@@ -38,23 +39,17 @@ int run_forward(const ForwardOptions& o) {
       }
     }
   } else {
-    const Tokenizer tokenizer(std::filesystem::path(o.model) / "tokenizer.model");
+    const Tokenizer tokenizer = open_tokenizer(o.model, config);
     ids.push_back(static_cast<std::int32_t>(config.bos_token_id));
     const auto encoded = tokenizer.encode(o.prompt);
     ids.insert(ids.end(), encoded.begin(), encoded.end());
   }
   if (ids.empty()) throw UsageError("give --input_ids or --prompt");
-  std::unique_ptr<LoraLayout> layout;
-  std::vector<float> lora;
-  if (!o.adapter.empty()) {
-    PeftAdapter adapter = load_peft_adapter(o.adapter, config);
-    adapter.config.dropout = 0;
-    layout = std::make_unique<LoraLayout>(config, adapter.config);
-    lora = std::move(adapter.params);
-  }
+  const InferenceAdapter adapter = load_inference_adapter(o.adapter, config);
+  const std::vector<float>& lora = adapter.params;
   Runtime rt(o.threads);
   auto weights = load_llama_weights<typename P::Weight>(rt, checkpoint);
-  LlamaModel<P> model(rt, weights, layout.get());
+  LlamaModel<P> model(rt, weights, adapter.layout.get());
   Batch batch;
   batch.add_sequence(ids, ids, 0);
   std::vector<float> logits(ids.size() * static_cast<std::size_t>(config.vocab_size));

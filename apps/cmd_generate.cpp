@@ -6,6 +6,7 @@
 #include <string>
 
 #include "apps/commands.hpp"
+#include "apps/model_files.hpp"
 #include "core/error.hpp"
 #include "core/precision.hpp"
 #include "data/prompt.hpp"
@@ -31,22 +32,11 @@ int run_generate(const GenerateOptions& o) {
   const std::filesystem::path dir = o.model;
   Checkpoint checkpoint(dir);
   const LlamaConfig& config = checkpoint.config();
-  const Tokenizer tokenizer(dir / "tokenizer.model");
-  if (tokenizer.vocab_size() > config.vocab_size)
-    throw ShapeError(
-        (dir / "tokenizer.model").string() + " has " + std::to_string(tokenizer.vocab_size()) +
-        " pieces but config.json says vocab_size " + std::to_string(config.vocab_size));
-  std::unique_ptr<LoraLayout> layout;
-  std::vector<float> lora_params;
-  if (!o.adapter.empty()) {
-    PeftAdapter adapter = load_peft_adapter(o.adapter, config);
-    adapter.config.dropout = 0;  // inference
-    layout = std::make_unique<LoraLayout>(config, adapter.config);
-    lora_params = std::move(adapter.params);
-  }
+  const Tokenizer tokenizer = open_tokenizer(dir, config);
+  const InferenceAdapter adapter = load_inference_adapter(o.adapter, config);
   Runtime rt(o.threads);
   auto weights = load_llama_weights<typename P::Weight>(rt, checkpoint);
-  LlamaModel<P> model(rt, weights, layout.get());
+  LlamaModel<P> model(rt, weights, adapter.layout.get());
 
   // The prompt as training saw it: through the template (alpaca: the instruction, and --input).
   const Prompt prompt =
@@ -69,8 +59,8 @@ int run_generate(const GenerateOptions& o) {
     }
   };
   const auto start = std::chrono::steady_clock::now();
-  const auto out =
-      generate(model, ids, o.max_new_tokens, config.eos_token_ids, lora_params, o.sampling, stream);
+  const auto out = generate(model, ids, o.max_new_tokens, config.eos_token_ids, adapter.params,
+                            o.sampling, stream);
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::printf("\n");

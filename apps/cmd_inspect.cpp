@@ -9,6 +9,7 @@
 #include "apps/commands.hpp"
 #include "core/error.hpp"
 #include "io/checkpoint.hpp"
+#include "io/json_file.hpp"
 
 namespace zerolora::cli {
 namespace {
@@ -43,23 +44,12 @@ void print_tensors(const std::vector<const SafetensorsFile*>& files) {
 }
 
 void inspect_adapter(const std::filesystem::path& path) {
-  std::ifstream in(path / "adapter_config.json");
-  std::stringstream text;
-  text << in.rdbuf();
-  nlohmann::json config;
-  try {
-    config = nlohmann::json::parse(text.str());
-  } catch (const nlohmann::json::exception& e) {
-    throw FormatError((path / "adapter_config.json").string() + ": not valid JSON (" + e.what() +
-                      ")");
-  }
+  const auto config = read_json_file(path / "adapter_config.json");
   std::printf("adapter: %s (PEFT %s, task %s)\n", path.c_str(),
               config.value("peft_type", "?").c_str(), config.value("task_type", "?").c_str());
   if (std::filesystem::exists(path / "trainer_state.json")) {
-    std::ifstream state_in(path / "trainer_state.json");
-    std::stringstream state_text;
-    state_text << state_in.rdbuf();
-    const auto state = nlohmann::json::parse(state_text.str(), nullptr, false);
+    const auto state =
+        nlohmann::json::parse(read_text_file(path / "trainer_state.json"), nullptr, false);
     if (!state.is_discarded())
       std::printf("training checkpoint: step %s, %s rank(s); run: %s\n",
                   state.value("global_step", nlohmann::json()).dump().c_str(),

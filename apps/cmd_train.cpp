@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "apps/commands.hpp"
+#include "apps/model_files.hpp"
 #include "apps/train_flags.hpp"
 #include "core/atomic_file.hpp"
 #include "core/error.hpp"
@@ -22,10 +23,11 @@
 #include "data/sampler.hpp"
 #include "dist/rank_guard.hpp"
 #include "dist/sharded_weights.hpp"
+#include "io/json_file.hpp"
 #include "io/peft_adapter.hpp"
 #include "model/flops.hpp"
 #include "model/llama_weights.hpp"
-#include "ops/matmul.hpp"
+#include "ops/gemm_peak.hpp"
 #include "train/metrics.hpp"
 #include "train/train_checkpoint.hpp"
 
@@ -60,27 +62,6 @@ int default_threads(int requested) {
   return std::max(1, cores / ranks_here);
 }
 
-// The bf16 GEMM rate this rank reaches right now (all ranks measure at once, so shared cores
-// are shared as in training): MFU's denominator, summed over ranks.
-double measure_gemm_gflops(Runtime& rt) {
-  constexpr Index n = 1024;
-  Buffer<bf16> a(n * n);
-  Buffer<float> c(n * n);
-  for (Index i = 0; i < n * n; ++i) a[i] = to_bf16(0.001f * static_cast<float>(i % 97));
-  auto run = [&] {
-    matmul<bf16, float>(rt, Mat<const bf16>::dense(a.data(), n, n),
-                        Mat<const bf16>::dense(a.data(), n, n), Mat<float>::dense(c.data(), n, n));
-  };
-  run();
-  double best = 1e30;
-  for (int r = 0; r < 5; ++r) {
-    const double t0 = now_seconds();
-    run();
-    best = std::min(best, now_seconds() - t0);
-  }
-  return 2.0 * n * n * n / best / 1e9;
-}
-
 // Files a zerolora run writes into output_dir (and may replace with --overwrite_output_dir).
 bool is_our_output(const fs::path& p) {
   const std::string name = p.filename().string();
@@ -109,18 +90,6 @@ void prepare_output_dir(const fs::path& dir, bool overwrite, bool resuming, bool
                      "--overwrite_output_dir to start over");
   if (leader)
     for (const auto& p : ours) fs::remove_all(p);
-}
-
-nlohmann::json read_json_file(const fs::path& path) {
-  std::ifstream in(path);
-  if (!in) throw IoError(path.string() + ": cannot open");
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  try {
-    return nlohmann::json::parse(buffer.str());
-  } catch (const nlohmann::json::exception& e) {
-    throw FormatError(path.string() + ": not valid JSON (" + e.what() + ")");
-  }
 }
 
 std::uint64_t hash_text(const std::string& text) {
@@ -181,12 +150,7 @@ int run_train(TrainFlags& f, Communicator& comm,
   Runtime rt(default_threads(f.threads));
   const Checkpoint checkpoint(model_dir);
   const LlamaConfig& config = checkpoint.config();
-  const Tokenizer tokenizer(model_dir / "tokenizer.model");
-  if (tokenizer.vocab_size() > config.vocab_size)
-    throw ShapeError((model_dir / "tokenizer.model").string() + " has " +
-                     std::to_string(tokenizer.vocab_size()) +
-                     " pieces but config.json says vocab_size " +
-                     std::to_string(config.vocab_size));
+  const Tokenizer tokenizer = open_tokenizer(model_dir, config);
 
   // Data: every rank builds the same dataset (it is small next to the model).
   const DataOptions data_options = f.data.resolve(tokenizer, &config);
@@ -357,7 +321,7 @@ int run_train(TrainFlags& f, Communicator& comm,
   };
 
   // MFU's denominator: the bf16 GEMM rate of all ranks, measured together as they will run.
-  const double peak_gflops = comm.all_reduce_sum(measure_gemm_gflops(rt));
+  const double peak_gflops = comm.all_reduce_sum(measure_bf16_gemm_gflops(rt, 1024, 5));
   std::signal(SIGINT, on_stop_signal);
   std::signal(SIGTERM, on_stop_signal);
   std::signal(SIGUSR1, on_stop_signal);

@@ -16,33 +16,11 @@
 #include "model/flops.hpp"
 #include "model/llama_model.hpp"
 #include "model/llama_weights.hpp"
-#include "ops/matmul.hpp"
+#include "ops/gemm_peak.hpp"
 #include "train/adamw.hpp"
 
 namespace zerolora::bench {
 namespace {
-
-// oneDNN bf16 GEMM (2048^3, fp32 accumulation) through zerolora's matmul: the peak MFU is
-// measured against. The best of 10 runs: this is a shared VM whose speed drifts by ~10%
-// between runs, and the peak is what the hardware can do, so MFU errs on the low side.
-double gemm_peak_gflops(Runtime& rt) {
-  constexpr Index n = 2048;
-  Buffer<bf16> a(n * n), b(n * n);
-  Buffer<float> c(n * n);
-  for (Index i = 0; i < n * n; ++i) a[i] = b[i] = to_bf16(0.001f * static_cast<float>(i % 97));
-  auto run = [&] {
-    matmul<bf16, float>(rt, Mat<const bf16>::dense(a.data(), n, n),
-                        Mat<const bf16>::dense(b.data(), n, n), Mat<float>::dense(c.data(), n, n));
-  };
-  run();
-  double best = 1e30;
-  for (int r = 0; r < 10; ++r) {
-    const double t0 = now_seconds();
-    run();
-    best = std::min(best, now_seconds() - t0);
-  }
-  return 2.0 * n * n * n / best / 1e9;
-}
 
 LlamaConfig llama2_7b_shape(Index layers) {
   LlamaConfig c;
@@ -104,7 +82,9 @@ int main(int argc, char** argv) {
   }
   Runtime rt(threads);
   print_kv("threads", rt.threads());
-  const double peak = gemm_peak_gflops(rt);
+  // The best of 10 2048^3 GEMMs: this VM's speed drifts by ~10% between runs, and the peak is
+  // what the hardware can do, so MFU errs on the low side.
+  const double peak = measure_bf16_gemm_gflops(rt, 2048, 10);
   print_kv("gemm_bf16_peak_gflops", peak);
 
   const LlamaConfig config = llama2_7b_shape(layers);

@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "core/error.hpp"
+#include "io/json_file.hpp"
 
 namespace zerolora {
 
@@ -37,14 +38,6 @@ std::string fill(const std::string& pattern, const Record& r) {
   return out;
 }
 
-std::string read_file(const std::filesystem::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) throw IoError(file.string() + ": cannot open template file");
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  return buffer.str();
-}
-
 }  // namespace
 
 PromptTemplate PromptTemplate::alpaca() {
@@ -63,7 +56,7 @@ PromptTemplate PromptTemplate::raw() {
 }
 
 PromptTemplate PromptTemplate::from_file(const std::filesystem::path& file) {
-  const std::string text = read_file(file);
+  const std::string text = read_text_file(file);
   PromptTemplate t;
   t.name_ = file.string();
   const std::size_t first = text.find_first_not_of(" \t\r\n");

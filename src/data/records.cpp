@@ -174,37 +174,36 @@ void read_json_array(std::string_view text, RecordReader& reader) {
   json::sax_parse(text.begin(), text.end(), &reader);
 }
 
-void read_json_lines(std::string_view text, RecordReader& reader) {
+// Calls fn(line_number, line) for every line of text (1-based; without the newline).
+template <class F>
+void for_each_line(std::string_view text, F&& fn) {
   std::int64_t line = 0;
   std::size_t start = 0;
   while (start < text.size()) {
     std::size_t end = text.find('\n', start);
     if (end == std::string_view::npos) end = text.size();
-    ++line;
-    std::string_view row = text.substr(start, end - start);
+    fn(++line, text.substr(start, end - start));
     start = end + 1;
-    if (row.find_first_not_of(" \t\r") == std::string_view::npos) continue;
-    reader.begin_line(reader.records_seen(), line);
-    json::sax_parse(row.begin(), row.end(), &reader);
   }
 }
 
+void read_json_lines(std::string_view text, RecordReader& reader) {
+  for_each_line(text, [&](std::int64_t line, std::string_view row) {
+    if (row.find_first_not_of(" \t\r") == std::string_view::npos) return;
+    reader.begin_line(reader.records_seen(), line);
+    json::sax_parse(row.begin(), row.end(), &reader);
+  });
+}
+
 void read_text_lines(const std::string& label, std::string_view text, std::vector<Record>& out) {
-  std::int64_t line = 0;
-  std::size_t start = 0;
-  while (start < text.size()) {
-    std::size_t end = text.find('\n', start);
-    if (end == std::string_view::npos) end = text.size();
-    ++line;
-    std::string_view row = text.substr(start, end - start);
-    start = end + 1;
+  for_each_line(text, [&](std::int64_t line, std::string_view row) {
     if (!row.empty() && row.back() == '\r') row.remove_suffix(1);
-    if (row.empty()) continue;
+    if (row.empty()) return;
     if (!is_valid_utf8(row))
       throw FormatError(label + ": line " + std::to_string(line) + " (record " +
                         std::to_string(out.size()) + "): invalid UTF-8");
     out.push_back(Record{{}, {}, std::string(row)});
-  }
+  });
 }
 
 }  // namespace

@@ -7,23 +7,12 @@
 #include <sstream>
 
 #include "core/error.hpp"
+#include "io/json_file.hpp"
 
 namespace zerolora {
 namespace {
 
 namespace fs = std::filesystem;
-
-nlohmann::json read_json_file(const fs::path& path) {
-  std::ifstream in(path);
-  if (!in) throw IoError(path.string() + ": cannot open");
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  try {
-    return nlohmann::json::parse(buffer.str());
-  } catch (const nlohmann::json::exception& e) {
-    throw FormatError(path.string() + ": not valid JSON (" + e.what() + ")");
-  }
-}
 
 // Shard names come from a file we did not write: they must be plain names in the directory.
 void check_shard_name(const std::string& name, const fs::path& index) {

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "core/error.hpp"
+#include "io/json_file.hpp"
 
 namespace zerolora {
 namespace {
@@ -204,17 +205,7 @@ LlamaConfig LlamaConfig::from_json(const json& j, const std::string& label) {
 }
 
 LlamaConfig LlamaConfig::load(const std::filesystem::path& config_json) {
-  std::ifstream in(config_json);
-  if (!in) throw IoError(config_json.string() + ": cannot open");
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  json j;
-  try {
-    j = json::parse(buffer.str());
-  } catch (const json::exception& e) {
-    throw FormatError(config_json.string() + ": not valid JSON (" + e.what() + ")");
-  }
-  return from_json(j, config_json.string());
+  return from_json(read_json_file(config_json), config_json.string());
 }
 
 }  // namespace zerolora

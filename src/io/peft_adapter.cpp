@@ -8,6 +8,7 @@
 
 #include "core/atomic_file.hpp"
 #include "core/error.hpp"
+#include "io/json_file.hpp"
 #include "io/safetensors.hpp"
 #include "io/tensor_read.hpp"
 
@@ -18,18 +19,6 @@ using json = nlohmann::ordered_json;
 
 constexpr const char* kConfigFile = "adapter_config.json";
 constexpr const char* kWeightsFile = "adapter_model.safetensors";
-
-json read_json(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  if (!in) throw IoError(path.string() + ": cannot open");
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  try {
-    return json::parse(buffer.str());
-  } catch (const json::exception& e) {
-    throw FormatError(path.string() + ": not valid JSON (" + e.what() + ")");
-  }
-}
 
 bool empty_or_null(const json& j, const char* key) {
   if (!j.contains(key) || j[key].is_null()) return true;
@@ -87,7 +76,7 @@ PeftAdapter load_peft_adapter(const std::filesystem::path& dir, const LlamaConfi
     throw IoError(dir.string() + ": adapter directory not found");
   if (!std::filesystem::exists(config_path))
     throw IoError(dir.string() + ": no adapter_config.json (expected a PEFT adapter directory)");
-  const json j = read_json(config_path);
+  const json j = read_ordered_json_file(config_path);
   const std::string label = config_path.string();
   auto need = [&](const char* key) -> const json& {
     if (!j.contains(key) || j[key].is_null()) throw FormatError(label + ": missing '" + key + "'");

@@ -8,6 +8,7 @@
 #include "core/atomic_file.hpp"
 #include "core/bf16.hpp"
 #include "core/error.hpp"
+#include "io/json_file.hpp"
 #include "model/llama_weights.hpp"
 #include "ops/matmul.hpp"
 
@@ -18,14 +19,25 @@ namespace fs = std::filesystem;
 
 // The LoRA module a base tensor is the weight of, if any.
 std::optional<LoraModule> adapted_module(const ParamEntry& entry) {
-  if (entry.unit != Unit::kLayer) return std::nullopt;
-  for (int m = 0; m < kLoraModuleCount; ++m) {
-    const auto module = static_cast<LoraModule>(m);
-    if (entry.name.find("." + std::string(lora_module_name(module)) + ".weight") !=
-        std::string::npos)
-      return module;
+  if (!entry.tensor) return std::nullopt;
+  switch (*entry.tensor) {
+    case LayerTensor::kQ:
+      return LoraModule::kQ;
+    case LayerTensor::kK:
+      return LoraModule::kK;
+    case LayerTensor::kV:
+      return LoraModule::kV;
+    case LayerTensor::kO:
+      return LoraModule::kO;
+    case LayerTensor::kGate:
+      return LoraModule::kGate;
+    case LayerTensor::kUp:
+      return LoraModule::kUp;
+    case LayerTensor::kDown:
+      return LoraModule::kDown;
+    default:
+      return std::nullopt;
   }
-  return std::nullopt;
 }
 
 std::uint16_t float_to_half_bits(float f) {
@@ -139,10 +151,7 @@ MergeReport merge_lora_into_checkpoint(Runtime& rt, const Checkpoint& base,
     write_text_file_atomically(temp / "model.safetensors.index.json", index.dump(2) + "\n");
   }
   // config.json as the base's, with the dtype of the merged weights.
-  std::ifstream in(base.dir() / "config.json");
-  std::stringstream text;
-  text << in.rdbuf();
-  auto json = nlohmann::ordered_json::parse(text.str());
+  auto json = read_ordered_json_file(base.dir() / "config.json");
   const char* dtype_name_hf = out_dtype == DType::kF32   ? "float32"
                               : out_dtype == DType::kF16 ? "float16"
                                                          : "bfloat16";

@@ -49,18 +49,24 @@ std::string layer_tensor_name(int layer, LayerTensor t) {
 
 std::vector<ParamEntry> parameter_table(const LlamaConfig& c) {
   std::vector<ParamEntry> table;
-  table.push_back(
-      {"model.embed_tokens.weight", Unit::kEmbedding, -1, 0, {c.vocab_size, c.hidden_size}, false});
+  table.push_back({"model.embed_tokens.weight",
+                   Unit::kEmbedding,
+                   -1,
+                   0,
+                   {c.vocab_size, c.hidden_size},
+                   false,
+                   {}});
   const LayerLayout layout(c);
   for (int l = 0; l < c.num_layers; ++l)
     for (int t = 0; t < kLayerTensorCount; ++t) {
       const auto tensor = static_cast<LayerTensor>(t);
       table.push_back({layer_tensor_name(l, tensor), Unit::kLayer, l, layout.offset(tensor),
-                       layout.shape(tensor), false});
+                       layout.shape(tensor), false, tensor});
     }
-  table.push_back({"model.norm.weight", Unit::kFinalNorm, -1, 0, {c.hidden_size}, false});
+  table.push_back({"model.norm.weight", Unit::kFinalNorm, -1, 0, {c.hidden_size}, false, {}});
   if (!c.tie_word_embeddings)
-    table.push_back({"lm_head.weight", Unit::kLmHead, -1, 0, {c.vocab_size, c.hidden_size}, false});
+    table.push_back(
+        {"lm_head.weight", Unit::kLmHead, -1, 0, {c.vocab_size, c.hidden_size}, false, {}});
   return table;
 }
 

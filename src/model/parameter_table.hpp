@@ -7,6 +7,7 @@
 
 #include <array>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -27,6 +28,7 @@ struct ParamEntry {
   Index offset;  // elements from the start of the unit's buffer
   std::vector<Index> shape;
   bool trainable;  // base weights are frozen: always false here (LoRA tensors train)
+  std::optional<LayerTensor> tensor;  // which tensor of its layer (Unit::kLayer only)
   Index numel() const {
     Index n = 1;
     for (auto d : shape) n *= d;

@@ -9,6 +9,7 @@
 #include "core/atomic_file.hpp"
 #include "core/error.hpp"
 #include "core/precision.hpp"
+#include "io/json_file.hpp"
 #include "io/peft_adapter.hpp"
 #include "io/safetensors.hpp"
 
@@ -88,15 +89,7 @@ std::int64_t load_training_checkpoint(Communicator& comm, const fs::path& dir,
   const fs::path state_path = dir / "trainer_state.json";
   if (!fs::exists(state_path))
     throw IoError(dir.string() + ": not a zerolora checkpoint (no trainer_state.json)");
-  std::ifstream in(state_path);
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  json state;
-  try {
-    state = json::parse(buffer.str());
-  } catch (const json::exception& e) {
-    throw FormatError(state_path.string() + ": not valid JSON (" + e.what() + ")");
-  }
+  const json state = read_ordered_json_file(state_path);
   if (!state.contains("global_step") || !state.contains("world_size") ||
       !state.contains("signature"))
     throw FormatError(state_path.string() + ": missing global_step, world_size or signature");
