@@ -192,7 +192,9 @@ int run_train(TrainFlags& f, Communicator& comm,
       std::to_string(W) + " rank(s) x " + std::to_string(rt.threads()) + " thread(s), ZeRO stage " +
       std::to_string(a.zero_stage));
   ComputeOptions compute;
-  compute.recompute = a.gradient_checkpointing;
+  compute.recompute = !a.gradient_checkpointing                  ? Recompute::kNone
+                      : a.recompute_granularity == "selective" ? Recompute::kSelective
+                                                               : Recompute::kFull;
   compute.attention.softmax_bf16 = a.attn_softmax_bf16;
   LlamaModel<P> model(rt, *weights, &layout, compute);
 

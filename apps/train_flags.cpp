@@ -123,6 +123,11 @@ void add_train_flags(CLI::App& cmd, TrainFlags& f) {
            "bf16 weights and matmuls with fp32 accumulation; false: everything fp32");
   add_bool(cmd, "gradient_checkpointing", a.gradient_checkpointing,
            "Keep only each layer's input and recompute the layer in backward");
+  cmd.add_option("--recompute_granularity", a.recompute_granularity,
+                 "With gradient checkpointing: full (keep only layer inputs) or selective (also keep the "
+                 "attention block's activations, recompute only the MLP: faster, more memory)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"full", "selective"}));
   add_bool(
       cmd, "attn_softmax_bf16", a.attn_softmax_bf16,
       "Round attention scores and probabilities to bf16 (the seed recipe's flag; slower on CPU)");

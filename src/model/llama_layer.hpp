@@ -22,8 +22,18 @@
 
 namespace zerolora {
 
+// What backward recomputes instead of keeping from the forward (Megatron's "recompute
+// granularity"):
+//   kFull       keep each layer's input only; recompute the whole layer (least memory)
+//   kSelective  keep the attention block's activations (h1, qkv, attention output, lse, x2,
+//               h2); recompute only the MLP's gate/up, chunk by chunk. Saves the QKV and O
+//               GEMMs and the attention forward of every layer for M x (3 D + qkv + q) floats
+//               per layer
+//   kNone       keep everything, the MLP's [M, 2I] gate/up outputs included
+enum class Recompute { kFull, kSelective, kNone };
+
 struct ComputeOptions {
-  bool recompute = true;        // keep only each layer's input; recompute the layer in backward
+  Recompute recompute = Recompute::kFull;
   AttentionOptions attention;   // tile size, bf16 softmax
   Index mlp_chunk_rows = 1024;  // MLP rows processed at once (bounds [rows, 2I] buffers)
   Index head_chunk_rows = 512;  // logits rows materialised at once by the fused lm_head + loss

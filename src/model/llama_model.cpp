@@ -83,7 +83,7 @@ typename P::Act* LlamaModel<P>::layer_input(int layer) {
 
 template <class P>
 void LlamaModel<P>::run_layers(const Batch& batch, const LoraBinding<Act>& lora, bool keep_inputs,
-                               bool save_activations) {
+                               bool save_activations, bool save_mlp) {
   const LlamaConfig& c = config();
   const Index M = geometry_.rows, D = c.hidden_size;
   const int L = static_cast<int>(c.num_layers);
@@ -109,7 +109,7 @@ void LlamaModel<P>::forward_logits(const Batch& batch, std::span<const Act> lora
                                    Act* logits, bool last_only) {
   prepare(batch);
   weights_.begin_schedule(schedule(false));
-  run_layers(batch, bind_lora(lora_params, nullptr, false, {}), false, false);
+  run_layers(batch, bind_lora(lora_params, nullptr, false, {}), false, false, false);
   const LlamaConfig& c = config();
   const Index D = c.hidden_size, V = c.vocab_size;
   std::vector<Index> rows;
@@ -247,7 +247,7 @@ template <class P>
 double LlamaModel<P>::loss(const Batch& batch, std::span<const Act> lora_params) {
   prepare(batch);
   weights_.begin_schedule(schedule(false));
-  run_layers(batch, bind_lora(lora_params, nullptr, false, {}), false, false);
+  run_layers(batch, bind_lora(lora_params, nullptr, false, {}), false, false, false);
   return head_loss(batch, 0.0, false);
 }
 
@@ -260,9 +260,9 @@ double LlamaModel<P>::forward_backward(const Batch& batch, std::span<const Act> 
     throw ShapeError("LoRA gradient buffer holds " + std::to_string(lora_grads.size()) +
                      " values, the adapter layout needs " + std::to_string(lora_->size()));
   const auto lora = bind_lora(lora_params, lora_grads.data(), true, key);
-  const bool recompute = options_.recompute;
+  const bool recompute = options_.recompute == Recompute::kFull;
   weights_.begin_schedule(schedule(true));
-  run_layers(batch, lora, true, !recompute);
+  run_layers(batch, lora, true, !recompute, options_.recompute == Recompute::kNone);
   const double loss = head_loss(batch, grad_scale, true);
   for (int l = static_cast<int>(config().num_layers) - 1; l >= 0; --l) {
     const auto unit = acquire({Unit::kLayer, l});

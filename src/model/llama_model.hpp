@@ -6,7 +6,8 @@
 //   loss and d x_L from the final norm and a fused lm_head + cross-entropy that materialises
 //   head_chunk_rows rows of logits at a time and only for tokens that have a target;
 //   for l = L-1 .. 0: recompute layer l's activations from x_l, then its backward.
-// With recompute off every layer's activations are kept from the forward instead.
+// With selective recompute every layer's attention-block activations are kept (only the MLP
+// is recomputed); with none, every activation is.
 #pragma once
 
 #include <cstdint>
@@ -81,7 +82,7 @@ class LlamaModel {
   // Runs the decoder stack on x_0; keeps every layer input when keep_inputs, and every
   // layer's activations when save_activations.
   void run_layers(const Batch& batch, const LoraBinding<Act>& lora, bool keep_inputs,
-                  bool save_activations);
+                  bool save_activations, bool save_mlp);
   Act* layer_input(int layer);
   // Final norm + lm_head + loss over rows with targets; writes d(x_L) when want_grad.
   double head_loss(const Batch& batch, double grad_scale, bool want_grad);

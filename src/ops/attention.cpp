@@ -10,6 +10,7 @@
 
 #include "core/bf16.hpp"
 #include "core/error.hpp"
+#include "core/fast_math.hpp"
 #include "ops/convert.hpp"
 #include "ops/matmul.hpp"
 
@@ -66,11 +67,255 @@ struct QueryBlock {
 
 }  // namespace
 
+bool use_direct(const AttentionShape& shape, const AttentionOptions& options) {
+  if (options.kernel == AttentionOptions::Kernel::kAuto) return shape.head_dim < 64;
+  ZL_CHECK(options.kernel != AttentionOptions::Kernel::kDirect || shape.head_dim <= 64);
+  return options.kernel == AttentionOptions::Kernel::kDirect;
+}
+
+// [L, hd] rows with stride ld -> [hd, L]
+template <class T>
+void transpose_head(T* dst, const T* src, Index ld, Index L, Index hd) {
+  for (Index j = 0; j < L; ++j)
+    for (Index d = 0; d < hd; ++d) dst[d * L + j] = src[j * ld + d];
+}
+
+// Scores of query row q against keys [0, n): s_j = scale * q . k_j, then exp(s_j - row_lse)
+// if row_lse is given, else the softmax numerators with their max and sum returned.
+template <class T>
+void score_row(T* s, const T* q, const T* kt, Index L, Index n, Index hd, T scale) {
+  std::fill_n(s, n, T{0});
+  for (Index d = 0; d < hd; ++d) {
+    const T qd = q[d] * scale;
+    const T* kd = kt + d * L;
+#pragma omp simd
+    for (Index j = 0; j < n; ++j) s[j] += qd * kd[j];
+  }
+}
+
+template <class T>
+void attention_forward_direct(Runtime& rt, T* out, T* lse, const T* qkv, const std::vector<Segment>& segments, Index M,
+                              const AttentionShape& shape, const AttentionOptions& options,
+                              AttentionWorkspace& workspace) {
+  constexpr Index R = 4;  // query rows per pass: each key vector loaded once serves R rows
+  const Index H = shape.heads, KV = shape.kv_heads, hd = shape.head_dim, ld = shape.qkv_stride();
+  const Index group = H / KV;
+  const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(hd)));
+  const Index longest = max_length(segments);
+  const std::size_t head_bytes = aligned_bytes(static_cast<std::size_t>(hd * longest) * sizeof(T));
+  const std::size_t row_bytes = aligned_bytes(static_cast<std::size_t>(longest + R) * sizeof(T));
+  ensure_tiles(workspace, rt.threads(), 2 * head_bytes + R * row_bytes);
+  std::vector<QueryBlock> tasks;
+  for (Index s = 0; s < static_cast<Index>(segments.size()); ++s)
+    for (Index g = 0; g < KV; ++g) tasks.push_back({s, g, 0});
+#pragma omp parallel for num_threads(rt.threads()) schedule(dynamic, 1)
+  for (Index t = 0; t < static_cast<Index>(tasks.size()); ++t) {
+    const Segment& seg = segments[tasks[t].segment];
+    const Index g = tasks[t].head, L = seg.length;
+    std::byte* cursor = workspace.tiles[omp_get_thread_num()].data();
+    T* kt = carve<T>(cursor, hd * longest);
+    T* vt = carve<T>(cursor, hd * longest);
+    T* s[R];
+    for (Index r = 0; r < R; ++r) s[r] = carve<T>(cursor, longest + R);
+    transpose_head(kt, qkv + seg.begin * ld + (H + g) * hd, ld, L, hd);
+    transpose_head(vt, qkv + seg.begin * ld + (H + KV + g) * hd, ld, L, hd);
+    for (Index h = g * group; h < (g + 1) * group; ++h)
+      for (Index i0 = 0; i0 < L; i0 += R) {
+        const Index rows = std::min(R, L - i0), n = i0 + rows;  // keys seen by the last row
+        const T* q[R];
+        for (Index r = 0; r < R; ++r) q[r] = qkv + (seg.begin + i0 + std::min(r, rows - 1)) * ld + h * hd;
+        for (Index r = 0; r < R; ++r) std::fill_n(s[r], n, T{0});
+        for (Index d = 0; d < hd; ++d) {
+          const T* kd = kt + d * L;
+          const T q0 = q[0][d] * scale, q1 = q[1][d] * scale, q2 = q[2][d] * scale, q3 = q[3][d] * scale;
+          T *s0 = s[0], *s1 = s[1], *s2 = s[2], *s3 = s[3];
+#pragma omp simd
+          for (Index j = 0; j < n; ++j) {
+            const T k = kd[j];
+            s0[j] += q0 * k;
+            s1[j] += q1 * k;
+            s2[j] += q2 * k;
+            s3[j] += q3 * k;
+          }
+        }
+        T inv[R];
+        for (Index r = 0; r < rows; ++r) {
+          const Index keys = i0 + r + 1;
+          T* sr = s[r];
+          if (options.softmax_bf16)
+            for (Index j = 0; j < keys; ++j) sr[j] = round_to_bf16(sr[j]);
+          T row_max = sr[0];
+#pragma omp simd reduction(max : row_max)
+          for (Index j = 0; j < keys; ++j) row_max = std::max(row_max, sr[j]);
+          T sum = 0;
+#pragma omp simd reduction(+ : sum)
+          for (Index j = 0; j < keys; ++j) {
+            sr[j] = fast_exp(sr[j] - row_max);
+            sum += sr[j];
+          }
+          for (Index j = keys; j < n; ++j) sr[j] = T{0};  // above the diagonal
+          inv[r] = T{1} / sum;
+          if (options.softmax_bf16)
+            for (Index j = 0; j < keys; ++j) sr[j] = round_to_bf16(sr[j] * inv[r]) / inv[r];
+          lse[h * M + seg.begin + i0 + r] = row_max + std::log(sum);
+        }
+        for (Index r = rows; r < R; ++r) std::fill_n(s[r], n, T{0});
+        for (Index d = 0; d < hd; ++d) {
+          const T* vd = vt + d * L;
+          const T *p0 = s[0], *p1 = s[1], *p2 = s[2], *p3 = s[3];
+          T a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+          for (Index j = 0; j < n; ++j) {
+            const T v = vd[j];
+            a0 += p0[j] * v;
+            a1 += p1[j] * v;
+            a2 += p2[j] * v;
+            a3 += p3[j] * v;
+          }
+          const T acc[R] = {a0, a1, a2, a3};
+          for (Index r = 0; r < rows; ++r) out[(seg.begin + i0 + r) * H * hd + h * hd + d] = acc[r] * inv[r];
+        }
+      }
+  }
+}
+
+template <class T>
+void attention_backward_direct(Runtime& rt, T* diff_qkv, const T* diff_out, const T* qkv, const T* out, const T* lse,
+                               const std::vector<Segment>& segments, Index M, const AttentionShape& shape,
+                               const AttentionOptions& options, AttentionWorkspace& workspace) {
+  constexpr Index R = 4;  // query rows per pass, as in the forward
+  const Index H = shape.heads, KV = shape.kv_heads, hd = shape.head_dim, ld = shape.qkv_stride();
+  const Index group = H / KV;
+  const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(hd)));
+  const Index longest = max_length(segments);
+  const std::size_t head_bytes = aligned_bytes(static_cast<std::size_t>(hd * longest) * sizeof(T));
+  const std::size_t row_bytes = aligned_bytes(static_cast<std::size_t>(longest + R) * sizeof(T));
+  ensure_tiles(workspace, rt.threads(), 4 * head_bytes + 2 * R * row_bytes);
+  std::vector<QueryBlock> tasks;
+  for (Index s = 0; s < static_cast<Index>(segments.size()); ++s)
+    for (Index g = 0; g < KV; ++g) tasks.push_back({s, g, 0});
+#pragma omp parallel for num_threads(rt.threads()) schedule(dynamic, 1)
+  for (Index t = 0; t < static_cast<Index>(tasks.size()); ++t) {
+    const Segment& seg = segments[tasks[t].segment];
+    const Index g = tasks[t].head, L = seg.length;
+    std::byte* cursor = workspace.tiles[omp_get_thread_num()].data();
+    T* kt = carve<T>(cursor, hd * longest);
+    T* vt = carve<T>(cursor, hd * longest);
+    T* dkt = carve<T>(cursor, hd * longest);
+    T* dvt = carve<T>(cursor, hd * longest);
+    T *p[R], *ds[R];
+    for (Index r = 0; r < R; ++r) {
+      p[r] = carve<T>(cursor, longest + R);
+      ds[r] = carve<T>(cursor, longest + R);
+    }
+    transpose_head(kt, qkv + seg.begin * ld + (H + g) * hd, ld, L, hd);
+    transpose_head(vt, qkv + seg.begin * ld + (H + KV + g) * hd, ld, L, hd);
+    std::fill_n(dkt, hd * L, T{0});
+    std::fill_n(dvt, hd * L, T{0});
+    for (Index h = g * group; h < (g + 1) * group; ++h)
+      for (Index i0 = 0; i0 < L; i0 += R) {
+        const Index rows = std::min(R, L - i0), n = i0 + rows;
+        const T *q[R], *d_o[R];
+        T delta[R] = {}, zero_row[64] = {};
+        for (Index r = 0; r < R; ++r) {
+          const Index row = seg.begin + i0 + std::min(r, rows - 1);
+          q[r] = qkv + row * ld + h * hd;
+          // padding rows (past the segment) get a zero output gradient: they add nothing
+          d_o[r] = r < rows ? diff_out + row * H * hd + h * hd : zero_row;
+          std::fill_n(p[r], n, T{0});
+          std::fill_n(ds[r], n, T{0});
+        }
+        ZL_CHECK(hd <= 64);
+        for (Index d = 0; d < hd; ++d) {  // scores of the R rows
+          const T* kd = kt + d * L;
+          const T q0 = q[0][d] * scale, q1 = q[1][d] * scale, q2 = q[2][d] * scale, q3 = q[3][d] * scale;
+          T *s0 = p[0], *s1 = p[1], *s2 = p[2], *s3 = p[3];
+#pragma omp simd
+          for (Index j = 0; j < n; ++j) {
+            const T k = kd[j];
+            s0[j] += q0 * k;
+            s1[j] += q1 * k;
+            s2[j] += q2 * k;
+            s3[j] += q3 * k;
+          }
+        }
+        for (Index r = 0; r < R; ++r) {
+          T* pr = p[r];
+          if (r >= rows) {
+            std::fill_n(pr, n, T{0});
+            continue;
+          }
+          const Index keys = i0 + r + 1, row = seg.begin + i0 + r;
+          const T row_lse = lse[h * M + row];
+          if (options.softmax_bf16) {
+            for (Index j = 0; j < keys; ++j) pr[j] = round_to_bf16(fast_exp(round_to_bf16(pr[j]) - row_lse));
+          } else {
+#pragma omp simd
+            for (Index j = 0; j < keys; ++j) pr[j] = fast_exp(pr[j] - row_lse);
+          }
+          for (Index j = keys; j < n; ++j) pr[j] = T{0};
+          const T* o = out + row * H * hd + h * hd;
+          for (Index d = 0; d < hd; ++d) delta[r] += d_o[r][d] * o[d];
+        }
+        for (Index d = 0; d < hd; ++d) {  // dP = dO V^T and dV += P^T dO
+          const T* vd = vt + d * L;
+          T* dvd = dvt + d * L;
+          const T o0 = d_o[0][d], o1 = d_o[1][d], o2 = d_o[2][d], o3 = d_o[3][d];
+          const T *p0 = p[0], *p1 = p[1], *p2 = p[2], *p3 = p[3];
+          T *g0 = ds[0], *g1 = ds[1], *g2 = ds[2], *g3 = ds[3];
+#pragma omp simd
+          for (Index j = 0; j < n; ++j) {
+            const T v = vd[j];
+            g0[j] += o0 * v;
+            g1[j] += o1 * v;
+            g2[j] += o2 * v;
+            g3[j] += o3 * v;
+            dvd[j] += p0[j] * o0 + p1[j] * o1 + p2[j] * o2 + p3[j] * o3;
+          }
+        }
+        for (Index r = 0; r < R; ++r) {  // dS = P (dP - delta) scale
+          T* g_r = ds[r];
+          const T* pr = p[r];
+          const T dr = delta[r];
+#pragma omp simd
+          for (Index j = 0; j < n; ++j) g_r[j] = pr[j] * (g_r[j] - dr) * scale;
+        }
+        for (Index d = 0; d < hd; ++d) {  // dQ = dS K and dK += dS^T Q
+          const T* kd = kt + d * L;
+          T* dkd = dkt + d * L;
+          const T q0 = q[0][d], q1 = q[1][d], q2 = q[2][d], q3 = q[3][d];
+          const T *g0 = ds[0], *g1 = ds[1], *g2 = ds[2], *g3 = ds[3];
+          T a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+          for (Index j = 0; j < n; ++j) {
+            const T k = kd[j];
+            a0 += g0[j] * k;
+            a1 += g1[j] * k;
+            a2 += g2[j] * k;
+            a3 += g3[j] * k;
+            dkd[j] += g0[j] * q0 + g1[j] * q1 + g2[j] * q2 + g3[j] * q3;
+          }
+          const T acc[R] = {a0, a1, a2, a3};
+          for (Index r = 0; r < rows; ++r) diff_qkv[(seg.begin + i0 + r) * ld + h * hd + d] = acc[r];
+        }
+      }
+    T* dk = diff_qkv + seg.begin * ld + (H + g) * hd;
+    T* dv = diff_qkv + seg.begin * ld + (H + KV + g) * hd;
+    for (Index j = 0; j < L; ++j)
+      for (Index d = 0; d < hd; ++d) {
+        dk[j * ld + d] = dkt[d * L + j];
+        dv[j * ld + d] = dvt[d * L + j];
+      }
+  }
+}
+
 template <class T, class Mm>
 void attention_forward(Runtime& rt, T* out, T* lse, const T* qkv,
                        const std::vector<Segment>& segments, Index M, const AttentionShape& shape,
                        const AttentionOptions& options, AttentionWorkspace& workspace) {
   ProfileScope profile(rt.profiler(), ProfileCategory::kAttention);
+  if (use_direct(shape, options))
+    return attention_forward_direct(rt, out, lse, qkv, segments, M, shape, options, workspace);
   const Index H = shape.heads, KV = shape.kv_heads, hd = shape.head_dim;
   const Index ld = shape.qkv_stride(), group = H / KV, block = options.block;
   ZL_CHECK(H % KV == 0 && block > 0);
@@ -121,7 +366,7 @@ void attention_forward(Runtime& rt, T* out, T* lse, const T* qkv,
       T sum = 0;
 #pragma omp simd reduction(+ : sum)
       for (Index j = 0; j < limit; ++j) {
-        srow[j] = std::exp(srow[j] - row_max);
+        srow[j] = fast_exp(srow[j] - row_max);
         sum += srow[j];
       }
       const T inv_sum = T{1} / sum;
@@ -144,6 +389,8 @@ void attention_backward(Runtime& rt, T* diff_qkv, const T* diff_out, const T* qk
                         const AttentionShape& shape, const AttentionOptions& options,
                         AttentionWorkspace& workspace) {
   ProfileScope profile(rt.profiler(), ProfileCategory::kAttention);
+  if (use_direct(shape, options))
+    return attention_backward_direct(rt, diff_qkv, diff_out, qkv, out, lse, segments, M, shape, options, workspace);
   const Index H = shape.heads, KV = shape.kv_heads, hd = shape.head_dim;
   const Index ld = shape.qkv_stride(), group = H / KV, block = options.block;
   ZL_CHECK(H % KV == 0 && block > 0);
@@ -216,7 +463,7 @@ void attention_backward(Runtime& rt, T* diff_qkv, const T* diff_out, const T* qk
           T* prow = probs + r * kend;
           for (Index j = 0; j < limit; ++j) {
             const T s = options.softmax_bf16 ? round_to_bf16(prow[j]) : prow[j];
-            const T p = std::exp(s - row_lse);
+            const T p = fast_exp(s - row_lse);
             prow[j] = options.softmax_bf16 ? round_to_bf16(p) : p;
           }
           for (Index j = limit; j < kend; ++j) prow[j] = T{0};
@@ -268,7 +515,11 @@ void attention_cached(Runtime& rt, T* out, const T* q, Index q_stride, const T* 
           row_max = std::max(row_max, scores[j]);
         }
         T sum = 0;
-        for (Index j = 0; j < keys_seen; ++j) sum += (scores[j] = std::exp(scores[j] - row_max));
+#pragma omp simd reduction(+ : sum)
+        for (Index j = 0; j < keys_seen; ++j) {
+          scores[j] = fast_exp(scores[j] - row_max);
+          sum += scores[j];
+        }
         T* o = out + i * H * hd + h * hd;
         std::fill_n(o, hd, T{0});
         for (Index j = 0; j < keys_seen; ++j) {

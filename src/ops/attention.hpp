@@ -34,6 +34,11 @@ struct AttentionShape {
 };
 
 struct AttentionOptions {
+  // tiled: score tiles through oneDNN GEMMs (large heads); direct: keys and values transposed
+  // per head so scores, softmax and outputs vectorize over key positions (small heads, where
+  // a GEMM call costs more than its work); auto: direct below head_dim 64.
+  enum class Kernel { kAuto, kTiled, kDirect };
+  Kernel kernel = Kernel::kAuto;
   Index block = 128;          // query rows per tile
   bool softmax_bf16 = false;  // round scores and probabilities to bf16 (the seed's
                               // --attn_softmax_bf16); slower on CPU, for parity studies

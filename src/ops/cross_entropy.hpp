@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "core/fast_math.hpp"
 #include "core/runtime.hpp"
 #include "ops/conventions.hpp"
 
@@ -35,13 +36,13 @@ double cross_entropy(Runtime& rt, T* logits /*[R, V]*/, const std::int32_t* targ
     for (Index j = 1; j < V; ++j) row_max = z[j] > row_max ? z[j] : row_max;
     T sum = 0;
 #pragma omp simd reduction(+ : sum)
-    for (Index j = 0; j < V; ++j) sum += std::exp(z[j] - row_max);
+    for (Index j = 0; j < V; ++j) sum += fast_exp(z[j] - row_max);
     const T lse = row_max + std::log(sum);
     total += static_cast<double>(lse - z[target]);
     if (write_grad) {
       const T scale = static_cast<T>(grad_scale);
 #pragma omp simd
-      for (Index j = 0; j < V; ++j) z[j] = std::exp(z[j] - lse) * scale;
+      for (Index j = 0; j < V; ++j) z[j] = fast_exp(z[j] - lse) * scale;
       z[target] -= scale;
     }
   }

@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "core/fast_math.hpp"
 #include "core/profiler.hpp"
 #include "core/runtime.hpp"
 #include "ops/conventions.hpp"
@@ -20,7 +21,7 @@ void swiglu_forward(Runtime& rt, T* dst /*[M, I]*/, const T* gate_up /*[M, 2I]*/
     const T* u = g + I;
     T* y = dst + i * I;
 #pragma omp simd
-    for (Index j = 0; j < I; ++j) y[j] = g[j] / (T{1} + std::exp(-g[j])) * u[j];
+    for (Index j = 0; j < I; ++j) y[j] = g[j] / (T{1} + fast_exp(-g[j])) * u[j];
   }
 }
 
@@ -38,7 +39,7 @@ void swiglu_backward(Runtime& rt, T* diff_gate_up /*[M, 2I]*/, const T* diff_dst
     T* du = dg + I;
 #pragma omp simd
     for (Index j = 0; j < I; ++j) {
-      const T s = T{1} / (T{1} + std::exp(-g[j]));
+      const T s = T{1} / (T{1} + fast_exp(-g[j]));
       dg[j] = dy[j] * u[j] * s * (T{1} + g[j] * (T{1} - s));
       du[j] = dy[j] * g[j] * s;
     }

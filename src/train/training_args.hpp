@@ -36,6 +36,7 @@ struct TrainingArguments {
   // precision and memory
   bool bf16 = true;                    // zerolora's default (HF: false); --bf16 false for fp32
   bool gradient_checkpointing = true;  // zerolora's default (HF: false): recompute each layer
+  std::string recompute_granularity = "full";  // full, or selective: keep the attention block
   bool attn_softmax_bf16 = false;
   // LoRA (run_lora_clm names)
   int lora_rank = 8;

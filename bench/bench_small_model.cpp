@@ -1,0 +1,90 @@
+// Benchmark job (b): LoRA training of a small real model (stories260K-hf) on Alpaca records,
+// micro-batches of 4 examples of up to 256 tokens, no packing: thousands of small kernels per
+// step, so this measures zerolora's overheads. Real (non-padding) tokens per second, and the
+// share of each kind of work. Prints key=value lines.
+//   bench_small_model [--shared ../shared/data] [--steps 50] [--threads 0] [--fp32]
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "bench_util.hpp"
+#include "core/precision.hpp"
+#include "data/dataset.hpp"
+#include "dist/communicator.hpp"
+#include "model/llama_weights.hpp"
+#include "train/lora_trainer.hpp"
+
+namespace zerolora::bench {
+
+template <class P>
+int run(const std::filesystem::path& shared, int steps, int threads) {
+  Runtime rt(threads);
+  const Checkpoint checkpoint(shared / "stories260K-hf");
+  const Tokenizer tokenizer(shared / "stories260K-hf" / "tokenizer.model");
+  DataOptions data_options;
+  data_options.train_file = shared / "alpaca_en_demo.json";
+  data_options.tokenize.max_seq_length = 256;
+  const TrainingData data = build_training_data(rt, data_options, tokenizer);
+  auto weights = load_llama_weights<typename P::Weight>(rt, checkpoint);
+  LoraConfig lora;  // the seed recipe's
+  lora.rank = 4;
+  lora.alpha = 16;
+  lora.dropout = 0.05;
+  const LoraLayout layout(checkpoint.config(), lora);
+  std::vector<float> init(static_cast<std::size_t>(layout.size()));
+  init_lora_params<float>(init, layout, 1);
+  LlamaModel<P> model(rt, weights, &layout);
+  auto comm = make_local_communicator();
+  TrainerOptions options;
+  options.micro_batch = 4;
+  LoraTrainer<P> trainer(rt, *comm, model, layout, options, init);
+  double seconds = 0;
+  Index tokens = 0;
+  for (int s = 0; s <= steps; ++s) {  // step 0 warms up
+    std::vector<Index> batch;
+    for (Index i = 0; i < 4; ++i) batch.push_back((s * 4 + i) % static_cast<Index>(data.train.size()));
+    if (s == 1) {
+      rt.profiler().reset();
+      rt.profiler().enable(true);
+    }
+    const double t0 = now_seconds();
+    const auto stats = trainer.step(data.train, batch, count_targets(data.train, batch), 1e-4, s);
+    if (s > 0) {
+      seconds += now_seconds() - t0;
+      tokens += stats.tokens;
+    }
+  }
+  print_kv("threads", rt.threads());
+  print_kv("precision", std::string(P::kName));
+  print_kv("steps", steps);
+  print_kv("step_s", seconds / steps);
+  print_kv("tokens_per_s", static_cast<double>(tokens) / seconds);
+  for (int c = 0; c < Profiler::kCategories; ++c) {
+    const auto category = static_cast<ProfileCategory>(c);
+    print_kv("share_" + std::string(profile_category_name(category)), rt.profiler().seconds(category) / seconds);
+  }
+  print_kv("share_untracked", 1.0 - rt.profiler().total_seconds() / seconds);
+  print_kv("peak_rss_mib", peak_rss_mib());
+  return 0;
+}
+
+}  // namespace zerolora::bench
+
+int main(int argc, char** argv) {
+  std::filesystem::path shared = "../shared/data";
+  int steps = 50, threads = 0;
+  bool fp32 = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--fp32") fp32 = true;
+    else if (i + 1 < argc && arg == "--shared") shared = argv[++i];
+    else if (i + 1 < argc && arg == "--steps") steps = std::stoi(argv[++i]);
+    else if (i + 1 < argc && arg == "--threads") threads = std::stoi(argv[++i]);
+    else {
+      std::fprintf(stderr, "usage: %s [--shared DIR] [--steps N] [--threads N] [--fp32]\n", argv[0]);
+      return 2;
+    }
+  }
+  return fp32 ? zerolora::bench::run<zerolora::Fp32Policy>(shared, steps, threads)
+              : zerolora::bench::run<zerolora::Bf16Policy>(shared, steps, threads);
+}
