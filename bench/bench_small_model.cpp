@@ -17,7 +17,7 @@
 namespace zerolora::bench {
 
 template <class P>
-int run(const std::filesystem::path& shared, int steps, int threads) {
+int run(const std::filesystem::path& shared, int steps, int threads, Recompute recompute) {
   Runtime rt(threads);
   const Checkpoint checkpoint(shared / "stories260K-hf");
   const Tokenizer tokenizer(shared / "stories260K-hf" / "tokenizer.model");
@@ -33,7 +33,9 @@ int run(const std::filesystem::path& shared, int steps, int threads) {
   const LoraLayout layout(checkpoint.config(), lora);
   std::vector<float> init(static_cast<std::size_t>(layout.size()));
   init_lora_params<float>(init, layout, 1);
-  LlamaModel<P> model(rt, weights, &layout);
+  ComputeOptions compute;
+  compute.recompute = recompute;
+  LlamaModel<P> model(rt, weights, &layout, compute);
   auto comm = make_local_communicator();
   TrainerOptions options;
   options.micro_batch = 4;
@@ -74,17 +76,19 @@ int main(int argc, char** argv) {
   std::filesystem::path shared = "../shared/data";
   int steps = 50, threads = 0;
   bool fp32 = false;
+  zerolora::Recompute recompute = zerolora::Recompute::kFull;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--fp32") fp32 = true;
+    else if (arg == "--selective") recompute = zerolora::Recompute::kSelective;
     else if (i + 1 < argc && arg == "--shared") shared = argv[++i];
     else if (i + 1 < argc && arg == "--steps") steps = std::stoi(argv[++i]);
     else if (i + 1 < argc && arg == "--threads") threads = std::stoi(argv[++i]);
     else {
-      std::fprintf(stderr, "usage: %s [--shared DIR] [--steps N] [--threads N] [--fp32]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--shared DIR] [--steps N] [--threads N] [--fp32] [--selective]\n", argv[0]);
       return 2;
     }
   }
-  return fp32 ? zerolora::bench::run<zerolora::Fp32Policy>(shared, steps, threads)
-              : zerolora::bench::run<zerolora::Bf16Policy>(shared, steps, threads);
+  return fp32 ? zerolora::bench::run<zerolora::Fp32Policy>(shared, steps, threads, recompute)
+              : zerolora::bench::run<zerolora::Bf16Policy>(shared, steps, threads, recompute);
 }

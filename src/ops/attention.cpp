@@ -67,6 +67,18 @@ struct QueryBlock {
 
 }  // namespace
 
+// (segment, head) pairs, longest segments first: the costliest tasks start first, so dynamic
+// scheduling leaves no thread idle at the end (attention costs L^2 per segment).
+std::vector<QueryBlock> longest_first(const std::vector<Segment>& segments, Index heads) {
+  std::vector<QueryBlock> tasks;
+  for (Index s = 0; s < static_cast<Index>(segments.size()); ++s)
+    for (Index h = 0; h < heads; ++h) tasks.push_back({s, h, 0});
+  std::stable_sort(tasks.begin(), tasks.end(), [&](const QueryBlock& a, const QueryBlock& b) {
+    return segments[a.segment].length > segments[b.segment].length;
+  });
+  return tasks;
+}
+
 bool use_direct(const AttentionShape& shape, const AttentionOptions& options) {
   if (options.kernel == AttentionOptions::Kernel::kAuto) return shape.head_dim < 64;
   ZL_CHECK(options.kernel != AttentionOptions::Kernel::kDirect || shape.head_dim <= 64);
@@ -105,13 +117,12 @@ void attention_forward_direct(Runtime& rt, T* out, T* lse, const T* qkv, const s
   const std::size_t head_bytes = aligned_bytes(static_cast<std::size_t>(hd * longest) * sizeof(T));
   const std::size_t row_bytes = aligned_bytes(static_cast<std::size_t>(longest + R) * sizeof(T));
   ensure_tiles(workspace, rt.threads(), 2 * head_bytes + R * row_bytes);
-  std::vector<QueryBlock> tasks;
-  for (Index s = 0; s < static_cast<Index>(segments.size()); ++s)
-    for (Index g = 0; g < KV; ++g) tasks.push_back({s, g, 0});
+  // One task per (segment, query head), longest segments first so the threads finish together.
+  const auto tasks = longest_first(segments, H);
 #pragma omp parallel for num_threads(rt.threads()) schedule(dynamic, 1)
   for (Index t = 0; t < static_cast<Index>(tasks.size()); ++t) {
     const Segment& seg = segments[tasks[t].segment];
-    const Index g = tasks[t].head, L = seg.length;
+    const Index h = tasks[t].head, g = h / group, L = seg.length;
     std::byte* cursor = workspace.tiles[omp_get_thread_num()].data();
     T* kt = carve<T>(cursor, hd * longest);
     T* vt = carve<T>(cursor, hd * longest);
@@ -119,8 +130,7 @@ void attention_forward_direct(Runtime& rt, T* out, T* lse, const T* qkv, const s
     for (Index r = 0; r < R; ++r) s[r] = carve<T>(cursor, longest + R);
     transpose_head(kt, qkv + seg.begin * ld + (H + g) * hd, ld, L, hd);
     transpose_head(vt, qkv + seg.begin * ld + (H + KV + g) * hd, ld, L, hd);
-    for (Index h = g * group; h < (g + 1) * group; ++h)
-      for (Index i0 = 0; i0 < L; i0 += R) {
+    for (Index i0 = 0; i0 < L; i0 += R) {
         const Index rows = std::min(R, L - i0), n = i0 + rows;  // keys seen by the last row
         const T* q[R];
         for (Index r = 0; r < R; ++r) q[r] = qkv + (seg.begin + i0 + std::min(r, rows - 1)) * ld + h * hd;
@@ -191,9 +201,8 @@ void attention_backward_direct(Runtime& rt, T* diff_qkv, const T* diff_out, cons
   const std::size_t head_bytes = aligned_bytes(static_cast<std::size_t>(hd * longest) * sizeof(T));
   const std::size_t row_bytes = aligned_bytes(static_cast<std::size_t>(longest + R) * sizeof(T));
   ensure_tiles(workspace, rt.threads(), 4 * head_bytes + 2 * R * row_bytes);
-  std::vector<QueryBlock> tasks;
-  for (Index s = 0; s < static_cast<Index>(segments.size()); ++s)
-    for (Index g = 0; g < KV; ++g) tasks.push_back({s, g, 0});
+  // One task per (segment, key/value head): it owns that head's dK and dV. Longest first.
+  const auto tasks = longest_first(segments, KV);
 #pragma omp parallel for num_threads(rt.threads()) schedule(dynamic, 1)
   for (Index t = 0; t < static_cast<Index>(tasks.size()); ++t) {
     const Segment& seg = segments[tasks[t].segment];

@@ -11,22 +11,50 @@
 namespace zerolora {
 namespace {
 
-// Below this many multiply-adds a plain loop beats a oneDNN call (~microseconds of overhead).
+// Below this many multiply-adds our own loops beat a oneDNN call, whose fixed cost is a few
+// microseconds: LoRA's skinny products of small models live here.
 constexpr Index kLoopMaxProduct = 2048;
 
+// c = alpha a b (+ c). Operands are first made contiguous along the vectorized dimension:
+// wide results (N >= 16) accumulate rows, c[i, :] += a[i, k] b[k, :]; narrow ones are dot
+// products, c[i, j] = a[i, :] . b[:, j]. Rows of c are shared among the threads.
 template <class In, class Out>
-void matmul_loop(Mat<const In> a, Mat<const In> b, Mat<Out> c, double alpha, bool accumulate) {
+void matmul_loop(Runtime& rt, Mat<const In> a, Mat<const In> b, Mat<Out> c, double alpha, bool accumulate) {
   using Acc = std::conditional_t<std::is_same_v<Out, double>, double, float>;
-  std::vector<Acc> row(static_cast<std::size_t>(c.cols));
-  for (Index i = 0; i < c.rows; ++i) {
-    std::fill(row.begin(), row.end(), Acc{0});
-    for (Index k = 0; k < a.cols; ++k) {
-      const Acc aik = static_cast<Acc>(to_float(a.at(i, k)));
-      for (Index j = 0; j < c.cols; ++j) row[j] += aik * static_cast<Acc>(to_float(b.at(k, j)));
-    }
-    for (Index j = 0; j < c.cols; ++j) {
-      const Acc value = static_cast<Acc>(alpha) * row[j];
-      c.at(i, j) = static_cast<Out>(accumulate ? c.at(i, j) + value : value);
+  const Index M = c.rows, N = c.cols, K = a.cols;
+  const bool wide = N >= 16;
+  // wide: b as [K, N] rows; narrow: b^T as [N, K] rows. a always as [M, K] rows.
+  std::vector<Acc> bd(static_cast<std::size_t>(K * N)), ad(static_cast<std::size_t>(M * K));
+  for (Index k = 0; k < K; ++k)
+    for (Index j = 0; j < N; ++j) (wide ? bd[k * N + j] : bd[j * K + k]) = static_cast<Acc>(to_float(b.at(k, j)));
+  for (Index i = 0; i < M; ++i)
+    for (Index k = 0; k < K; ++k) ad[i * K + k] = static_cast<Acc>(to_float(a.at(i, k)));
+  const Acc scale = static_cast<Acc>(alpha);
+#pragma omp parallel num_threads(rt.threads()) if (M * N * K > 32768 && M > 1)
+  {
+    std::vector<Acc> row(static_cast<std::size_t>(N));
+#pragma omp for schedule(static)
+    for (Index i = 0; i < M; ++i) {
+      const Acc* ai = ad.data() + i * K;
+      if (wide) {
+        std::fill(row.begin(), row.end(), Acc{0});
+        for (Index k = 0; k < K; ++k) {
+          const Acc aik = ai[k];
+          const Acc* bk = bd.data() + k * N;
+#pragma omp simd
+          for (Index j = 0; j < N; ++j) row[j] += aik * bk[j];
+        }
+      } else {
+        for (Index j = 0; j < N; ++j) {
+          const Acc* bj = bd.data() + j * K;
+          Acc dot = 0;
+#pragma omp simd reduction(+ : dot)
+          for (Index k = 0; k < K; ++k) dot += ai[k] * bj[k];
+          row[j] = dot;
+        }
+      }
+      Out* ci = c.data + i * c.rs;
+      for (Index j = 0; j < N; ++j) ci[j] = static_cast<Out>(accumulate ? ci[j] + scale * row[j] : scale * row[j]);
     }
   }
 }
@@ -113,10 +141,10 @@ void matmul(Runtime& rt, Mat<const In> a, Mat<const In> b, Mat<Out> c, double al
     return;
   }
   if constexpr (std::is_same_v<Out, double>) {
-    matmul_loop(a, b, c, alpha, accumulate);
+    matmul_loop(rt, a, b, c, alpha, accumulate);
   } else {
     if (c.rows * c.cols * a.cols <= kLoopMaxProduct)
-      matmul_loop(a, b, c, alpha, accumulate);
+      matmul_loop(rt, a, b, c, alpha, accumulate);
     else
       matmul_onednn(rt, a, b, c, alpha, accumulate);
   }
