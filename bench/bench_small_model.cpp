@@ -1,6 +1,7 @@
 // Benchmark job (b): LoRA training of a small real model (stories260K-hf) on Alpaca records,
-// micro-batches of 4 examples of up to 256 tokens, no packing: thousands of small kernels per
-// step, so this measures zerolora's overheads. Real (non-padding) tokens per second, and the
+// micro-batches of 4 examples of up to 256 tokens, no packing (or, with --concat, the seed
+// recipe's 10 concatenated blocks of 512): thousands of small kernels per step, so this
+// measures zerolora's overheads. Real (non-padding) tokens per second, and the
 // share of each kind of work. Prints key=value lines.
 //   bench_small_model [--shared ../shared/data] [--steps 50] [--threads 0] [--fp32]
 #include <cstdio>
@@ -17,13 +18,17 @@
 namespace zerolora::bench {
 
 template <class P>
-int run(const std::filesystem::path& shared, int steps, int threads, Recompute recompute) {
+int run(const std::filesystem::path& shared, int steps, int threads, Recompute recompute, bool concat) {
   Runtime rt(threads);
   const Checkpoint checkpoint(shared / "stories260K-hf");
   const Tokenizer tokenizer(shared / "stories260K-hf" / "tokenizer.model");
   DataOptions data_options;
   data_options.train_file = shared / "alpaca_en_demo.json";
-  data_options.tokenize.max_seq_length = 256;
+  // default: 4 examples of up to 256 tokens per micro-batch; --concat: the seed recipe's 10
+  // blocks of 512 concatenated tokens
+  data_options.tokenize.max_seq_length = concat ? 512 : 256;
+  if (concat) data_options.packing = Packing::kConcat;
+  const Index micro = concat ? 10 : 4;
   const TrainingData data = build_training_data(rt, data_options, tokenizer);
   auto weights = load_llama_weights<typename P::Weight>(rt, checkpoint);
   LoraConfig lora;  // the seed recipe's
@@ -38,13 +43,13 @@ int run(const std::filesystem::path& shared, int steps, int threads, Recompute r
   LlamaModel<P> model(rt, weights, &layout, compute);
   auto comm = make_local_communicator();
   TrainerOptions options;
-  options.micro_batch = 4;
+  options.micro_batch = micro;
   LoraTrainer<P> trainer(rt, *comm, model, layout, options, init);
   double seconds = 0;
   Index tokens = 0;
   for (int s = 0; s <= steps; ++s) {  // step 0 warms up
     std::vector<Index> batch;
-    for (Index i = 0; i < 4; ++i) batch.push_back((s * 4 + i) % static_cast<Index>(data.train.size()));
+    for (Index i = 0; i < micro; ++i) batch.push_back((s * micro + i) % static_cast<Index>(data.train.size()));
     if (s == 1) {
       rt.profiler().reset();
       rt.profiler().enable(true);
@@ -77,18 +82,20 @@ int main(int argc, char** argv) {
   int steps = 50, threads = 0;
   bool fp32 = false;
   zerolora::Recompute recompute = zerolora::Recompute::kFull;
+  bool concat = false;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--fp32") fp32 = true;
     else if (arg == "--selective") recompute = zerolora::Recompute::kSelective;
+    else if (arg == "--concat") concat = true;
     else if (i + 1 < argc && arg == "--shared") shared = argv[++i];
     else if (i + 1 < argc && arg == "--steps") steps = std::stoi(argv[++i]);
     else if (i + 1 < argc && arg == "--threads") threads = std::stoi(argv[++i]);
     else {
-      std::fprintf(stderr, "usage: %s [--shared DIR] [--steps N] [--threads N] [--fp32] [--selective]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--shared DIR] [--steps N] [--threads N] [--fp32] [--selective] [--concat]\n", argv[0]);
       return 2;
     }
   }
-  return fp32 ? zerolora::bench::run<zerolora::Fp32Policy>(shared, steps, threads, recompute)
-              : zerolora::bench::run<zerolora::Bf16Policy>(shared, steps, threads, recompute);
+  return fp32 ? zerolora::bench::run<zerolora::Fp32Policy>(shared, steps, threads, recompute, concat)
+              : zerolora::bench::run<zerolora::Bf16Policy>(shared, steps, threads, recompute, concat);
 }

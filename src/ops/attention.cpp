@@ -105,6 +105,108 @@ void score_row(T* s, const T* q, const T* kt, Index L, Index n, Index hd, T scal
   }
 }
 
+// s_r[j] = scale * sum_d q_r[d] kt[d][j] for the R = 4 rows r and keys j < n (kt: [hd, L]).
+// With head_dim a compile-time constant the d loop unrolls inside the vectorized j loop, so
+// each score is accumulated in a register and stored once.
+template <int HD, int R, class T>
+void scores_fixed(T* const s[], const T* const q[], const T* kt, Index L, Index n, T scale) {
+  T qs[R][HD];
+  for (int r = 0; r < R; ++r)
+    for (int d = 0; d < HD; ++d) qs[r][d] = q[r][d] * scale;
+#pragma omp simd
+  for (Index j = 0; j < n; ++j) {
+    T a[R] = {};
+    for (int d = 0; d < HD; ++d) {
+      const T k = kt[d * L + j];
+      for (int r = 0; r < R; ++r) a[r] += qs[r][d] * k;
+    }
+    for (int r = 0; r < R; ++r) s[r][j] = a[r];
+  }
+}
+
+template <class T>
+void scores4(T* const s[4], const T* const q[4], const T* kt, Index L, Index n, Index hd, T scale) {
+  switch (hd) {
+    case 8:
+      return scores_fixed<8, 4>(s, q, kt, L, n, scale);
+    case 16:
+      return scores_fixed<16, 4>(s, q, kt, L, n, scale);
+    case 32:
+      return scores_fixed<32, 4>(s, q, kt, L, n, scale);
+    default:
+      break;
+  }
+  for (int r = 0; r < 4; ++r) std::fill_n(s[r], n, T{0});
+  for (Index d = 0; d < hd; ++d) {
+    const T* kd = kt + d * L;
+    const T q0 = q[0][d] * scale, q1 = q[1][d] * scale, q2 = q[2][d] * scale, q3 = q[3][d] * scale;
+    T *s0 = s[0], *s1 = s[1], *s2 = s[2], *s3 = s[3];
+#pragma omp simd
+    for (Index j = 0; j < n; ++j) {
+      const T k = kd[j];
+      s0[j] += q0 * k;
+      s1[j] += q1 * k;
+      s2[j] += q2 * k;
+      s3[j] += q3 * k;
+    }
+  }
+}
+
+// out_r[d] = sum_{j < n} w_r[j] m[d][j] for the 4 rows r (m: [hd, L]).
+template <class T>
+void reduce4(T out[4][64], const T* const w[4], const T* m, Index L, Index n, Index hd) {
+  for (Index d = 0; d < hd; ++d) {
+    const T* md = m + d * L;
+    const T *w0 = w[0], *w1 = w[1], *w2 = w[2], *w3 = w[3];
+    T a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+    for (Index j = 0; j < n; ++j) {
+      const T v = md[j];
+      a0 += w0[j] * v;
+      a1 += w1[j] * v;
+      a2 += w2[j] * v;
+      a3 += w3[j] * v;
+    }
+    out[0][d] = a0;
+    out[1][d] = a1;
+    out[2][d] = a2;
+    out[3][d] = a3;
+  }
+}
+
+// m[d][j] += sum_r w_r[j] c_r[d] for j < n (m: [hd, L]).
+template <int HD, class T>
+void update4_fixed(T* m, const T* const w[4], const T* const c[4], Index L, Index n) {
+  T cs[4][HD];
+  for (int r = 0; r < 4; ++r)
+    for (int d = 0; d < HD; ++d) cs[r][d] = c[r][d];
+  const T *w0 = w[0], *w1 = w[1], *w2 = w[2], *w3 = w[3];
+#pragma omp simd
+  for (Index j = 0; j < n; ++j) {
+    const T x0 = w0[j], x1 = w1[j], x2 = w2[j], x3 = w3[j];
+    for (int d = 0; d < HD; ++d) m[d * L + j] += x0 * cs[0][d] + x1 * cs[1][d] + x2 * cs[2][d] + x3 * cs[3][d];
+  }
+}
+
+template <class T>
+void update4(T* m, const T* const w[4], const T* const c[4], Index L, Index n, Index hd) {
+  switch (hd) {
+    case 8:
+      return update4_fixed<8>(m, w, c, L, n);
+    case 16:
+      return update4_fixed<16>(m, w, c, L, n);
+    default:
+      break;
+  }
+  for (Index d = 0; d < hd; ++d) {
+    T* md = m + d * L;
+    const T c0 = c[0][d], c1 = c[1][d], c2 = c[2][d], c3 = c[3][d];
+    const T *w0 = w[0], *w1 = w[1], *w2 = w[2], *w3 = w[3];
+#pragma omp simd
+    for (Index j = 0; j < n; ++j) md[j] += w0[j] * c0 + w1[j] * c1 + w2[j] * c2 + w3[j] * c3;
+  }
+}
+
 template <class T>
 void attention_forward_direct(Runtime& rt, T* out, T* lse, const T* qkv, const std::vector<Segment>& segments, Index M,
                               const AttentionShape& shape, const AttentionOptions& options,
@@ -134,20 +236,7 @@ void attention_forward_direct(Runtime& rt, T* out, T* lse, const T* qkv, const s
         const Index rows = std::min(R, L - i0), n = i0 + rows;  // keys seen by the last row
         const T* q[R];
         for (Index r = 0; r < R; ++r) q[r] = qkv + (seg.begin + i0 + std::min(r, rows - 1)) * ld + h * hd;
-        for (Index r = 0; r < R; ++r) std::fill_n(s[r], n, T{0});
-        for (Index d = 0; d < hd; ++d) {
-          const T* kd = kt + d * L;
-          const T q0 = q[0][d] * scale, q1 = q[1][d] * scale, q2 = q[2][d] * scale, q3 = q[3][d] * scale;
-          T *s0 = s[0], *s1 = s[1], *s2 = s[2], *s3 = s[3];
-#pragma omp simd
-          for (Index j = 0; j < n; ++j) {
-            const T k = kd[j];
-            s0[j] += q0 * k;
-            s1[j] += q1 * k;
-            s2[j] += q2 * k;
-            s3[j] += q3 * k;
-          }
-        }
+        scores4(s, q, kt, L, n, hd, scale);
         T inv[R];
         for (Index r = 0; r < rows; ++r) {
           const Index keys = i0 + r + 1;
@@ -170,21 +259,10 @@ void attention_forward_direct(Runtime& rt, T* out, T* lse, const T* qkv, const s
           lse[h * M + seg.begin + i0 + r] = row_max + std::log(sum);
         }
         for (Index r = rows; r < R; ++r) std::fill_n(s[r], n, T{0});
-        for (Index d = 0; d < hd; ++d) {
-          const T* vd = vt + d * L;
-          const T *p0 = s[0], *p1 = s[1], *p2 = s[2], *p3 = s[3];
-          T a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-#pragma omp simd reduction(+ : a0, a1, a2, a3)
-          for (Index j = 0; j < n; ++j) {
-            const T v = vd[j];
-            a0 += p0[j] * v;
-            a1 += p1[j] * v;
-            a2 += p2[j] * v;
-            a3 += p3[j] * v;
-          }
-          const T acc[R] = {a0, a1, a2, a3};
-          for (Index r = 0; r < rows; ++r) out[(seg.begin + i0 + r) * H * hd + h * hd + d] = acc[r] * inv[r];
-        }
+        T acc[R][64];
+        reduce4(acc, s, vt, L, n, hd);
+        for (Index r = 0; r < rows; ++r)
+          for (Index d = 0; d < hd; ++d) out[(seg.begin + i0 + r) * H * hd + h * hd + d] = acc[r][d] * inv[r];
       }
   }
 }
@@ -231,23 +309,9 @@ void attention_backward_direct(Runtime& rt, T* diff_qkv, const T* diff_out, cons
           q[r] = qkv + row * ld + h * hd;
           // padding rows (past the segment) get a zero output gradient: they add nothing
           d_o[r] = r < rows ? diff_out + row * H * hd + h * hd : zero_row;
-          std::fill_n(p[r], n, T{0});
-          std::fill_n(ds[r], n, T{0});
         }
         ZL_CHECK(hd <= 64);
-        for (Index d = 0; d < hd; ++d) {  // scores of the R rows
-          const T* kd = kt + d * L;
-          const T q0 = q[0][d] * scale, q1 = q[1][d] * scale, q2 = q[2][d] * scale, q3 = q[3][d] * scale;
-          T *s0 = p[0], *s1 = p[1], *s2 = p[2], *s3 = p[3];
-#pragma omp simd
-          for (Index j = 0; j < n; ++j) {
-            const T k = kd[j];
-            s0[j] += q0 * k;
-            s1[j] += q1 * k;
-            s2[j] += q2 * k;
-            s3[j] += q3 * k;
-          }
-        }
+        scores4(p, q, kt, L, n, hd, scale);  // the R rows' scores
         for (Index r = 0; r < R; ++r) {
           T* pr = p[r];
           if (r >= rows) {
@@ -266,22 +330,8 @@ void attention_backward_direct(Runtime& rt, T* diff_qkv, const T* diff_out, cons
           const T* o = out + row * H * hd + h * hd;
           for (Index d = 0; d < hd; ++d) delta[r] += d_o[r][d] * o[d];
         }
-        for (Index d = 0; d < hd; ++d) {  // dP = dO V^T and dV += P^T dO
-          const T* vd = vt + d * L;
-          T* dvd = dvt + d * L;
-          const T o0 = d_o[0][d], o1 = d_o[1][d], o2 = d_o[2][d], o3 = d_o[3][d];
-          const T *p0 = p[0], *p1 = p[1], *p2 = p[2], *p3 = p[3];
-          T *g0 = ds[0], *g1 = ds[1], *g2 = ds[2], *g3 = ds[3];
-#pragma omp simd
-          for (Index j = 0; j < n; ++j) {
-            const T v = vd[j];
-            g0[j] += o0 * v;
-            g1[j] += o1 * v;
-            g2[j] += o2 * v;
-            g3[j] += o3 * v;
-            dvd[j] += p0[j] * o0 + p1[j] * o1 + p2[j] * o2 + p3[j] * o3;
-          }
-        }
+        scores4(ds, d_o, vt, L, n, hd, T{1});  // dP = dO V^T
+        update4(dvt, p, d_o, L, n, hd);        // dV += P^T dO
         for (Index r = 0; r < R; ++r) {  // dS = P (dP - delta) scale
           T* g_r = ds[r];
           const T* pr = p[r];
@@ -289,24 +339,11 @@ void attention_backward_direct(Runtime& rt, T* diff_qkv, const T* diff_out, cons
 #pragma omp simd
           for (Index j = 0; j < n; ++j) g_r[j] = pr[j] * (g_r[j] - dr) * scale;
         }
-        for (Index d = 0; d < hd; ++d) {  // dQ = dS K and dK += dS^T Q
-          const T* kd = kt + d * L;
-          T* dkd = dkt + d * L;
-          const T q0 = q[0][d], q1 = q[1][d], q2 = q[2][d], q3 = q[3][d];
-          const T *g0 = ds[0], *g1 = ds[1], *g2 = ds[2], *g3 = ds[3];
-          T a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-#pragma omp simd reduction(+ : a0, a1, a2, a3)
-          for (Index j = 0; j < n; ++j) {
-            const T k = kd[j];
-            a0 += g0[j] * k;
-            a1 += g1[j] * k;
-            a2 += g2[j] * k;
-            a3 += g3[j] * k;
-            dkd[j] += g0[j] * q0 + g1[j] * q1 + g2[j] * q2 + g3[j] * q3;
-          }
-          const T acc[R] = {a0, a1, a2, a3};
-          for (Index r = 0; r < rows; ++r) diff_qkv[(seg.begin + i0 + r) * ld + h * hd + d] = acc[r];
-        }
+        T dq[R][64];
+        reduce4(dq, ds, kt, L, n, hd);  // dQ = dS K
+        update4(dkt, ds, q, L, n, hd);  // dK += dS^T Q
+        for (Index r = 0; r < rows; ++r)
+          for (Index d = 0; d < hd; ++d) diff_qkv[(seg.begin + i0 + r) * ld + h * hd + d] = dq[r][d];
       }
     T* dk = diff_qkv + seg.begin * ld + (H + g) * hd;
     T* dv = diff_qkv + seg.begin * ld + (H + KV + g) * hd;
