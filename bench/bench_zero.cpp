@@ -1,6 +1,8 @@
 // ZeRO-3 benchmark, one process per rank under mpirun:
 //   bench_zero --write-checkpoint DIR       writes a random ~430 MB bf16 Llama checkpoint
 //   mpirun -np W bench_zero --model DIR     loads each rank's shard, trains a few LoRA steps
+//   mpirun -np W bench_zero --llama2-7b-2l  the benchmarks' Llama-2-7B-shaped 2-layer stack,
+//                                           each rank generating only its shard of random weights
 // Prints, per rank, key=value lines: shard bytes, peak RSS after loading and after training,
 // and the step time split into compute, exposed communication (time spent waiting for a
 // collective) and overlapped communication (collective time hidden behind compute).
@@ -72,10 +74,21 @@ int main(int argc, char** argv) {
   using namespace zerolora;
   using namespace zerolora::bench;
   std::string model, write_dir;
+  bool llama7b_shape = false;
+  Recompute recompute = Recompute::kFull;
   int steps = 3, threads = 1, prefetch = 1;
   Index seq = 512;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string arg = argv[i], value = argv[i + 1];
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--llama2-7b-2l") {
+      llama7b_shape = true;
+      continue;
+    }
+    if (arg == "--selective") {
+      recompute = Recompute::kSelective;
+      continue;
+    }
+    const std::string value = i + 1 < argc ? argv[++i] : "";
     if (arg == "--model")
       model = value;
     else if (arg == "--write-checkpoint")
@@ -90,8 +103,8 @@ int main(int argc, char** argv) {
       prefetch = std::stoi(value);
     else {
       std::fprintf(stderr,
-                   "usage: %s --write-checkpoint DIR | --model DIR [--steps N] [--seq L] "
-                   "[--threads T] [--prefetch D]\n",
+                   "usage: %s --write-checkpoint DIR | --model DIR | --llama2-7b-2l [--selective] "
+                   "[--steps N] [--seq L] [--threads T] [--prefetch D]\n",
                    argv[0]);
       return 2;
     }
@@ -100,8 +113,8 @@ int main(int argc, char** argv) {
     write_checkpoint(write_dir);
     return 0;
   }
-  if (model.empty()) {
-    std::fprintf(stderr, "give --model DIR (made with --write-checkpoint DIR)\n");
+  if (model.empty() && !llama7b_shape) {
+    std::fprintf(stderr, "give --model DIR (made with --write-checkpoint DIR) or --llama2-7b-2l\n");
     return 2;
   }
   auto comm = make_communicator();
@@ -114,6 +127,14 @@ int main(int argc, char** argv) {
   double load_rss = 0;
   std::size_t shard_bytes = 0;
   auto weights = [&] {
+    if (llama7b_shape) {
+      LlamaConfig c;
+      c.hidden_size = 4096, c.intermediate_size = 11008, c.num_layers = 2, c.num_heads = 32, c.num_kv_heads = 32;
+      c.head_dim = 128, c.vocab_size = 32000, c.rms_norm_eps = 1e-5;
+      auto w = ShardedWeights<bf16>::random(rt, *comm, c, 7, 0.02, ZeroOptions{prefetch, 0});
+      shard_bytes = w.shard_bytes();
+      return w;
+    }
     const Checkpoint checkpoint(model);
     auto w = ShardedWeights<bf16>::load(rt, *comm, checkpoint, ZeroOptions{prefetch, 0});
     shard_bytes = w.shard_bytes();
@@ -128,7 +149,9 @@ int main(int argc, char** argv) {
   const LoraLayout layout(weights.config(), lora);
   std::vector<float> init(static_cast<std::size_t>(layout.size()));
   init_lora_params<float>(init, layout, 1);
-  LlamaModel<Bf16Policy> llama(rt, weights, &layout);
+  ComputeOptions compute;
+  compute.recompute = recompute;
+  LlamaModel<Bf16Policy> llama(rt, weights, &layout, compute);
   LoraTrainer<Bf16Policy> trainer(rt, *comm, llama, layout, TrainerOptions{}, init);
   // Global batch of W sequences: one per rank.
   std::vector<TokenSequence> data(static_cast<std::size_t>(W));
@@ -174,6 +197,7 @@ int main(int argc, char** argv) {
     print_kv("world", W);
     print_kv("threads_per_rank", threads);
     print_kv("seq", static_cast<double>(seq));
+    print_kv("tokens_per_s", static_cast<double>(W * seq) / step_s);
     for (int q = 0; q < W; ++q)
       for (std::size_t k = 0; k < names.size(); ++k)
         print_kv("w" + std::to_string(W) + "_rank" + std::to_string(q) + "_" + names[k],
