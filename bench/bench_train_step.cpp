@@ -1,7 +1,8 @@
 // Benchmark: one full LoRA training step (forward + backward + AdamW, recompute on by default) of a
 // Llama-2-7B-shaped stack with random bf16 weights, against this machine's oneDNN bf16 GEMM
 // peak measured in the same run. Prints key=value lines; see BENCHMARKS.md.
-//   bench_train_step [--seq 512,2048] [--layers 2] [--steps 3] [--threads 0] [--no-recompute | --selective]
+//   bench_train_step [--seq 512,2048] [--layers 2] [--steps 3] [--threads 0] [--no-recompute |
+//   --selective]
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -75,10 +76,10 @@ int main(int argc, char** argv) {
     else if (arg == "--selective")
       recompute = Recompute::kSelective;
     else {
-      std::fprintf(
-          stderr,
-          "usage: %s [--seq 512,2048] [--layers 2] [--steps 3] [--threads N] [--no-recompute | --selective]\n",
-          argv[0]);
+      std::fprintf(stderr,
+                   "usage: %s [--seq 512,2048] [--layers 2] [--steps 3] [--threads N] "
+                   "[--no-recompute | --selective]\n",
+                   argv[0]);
       return 2;
     }
   }
@@ -105,8 +106,8 @@ int main(int argc, char** argv) {
   print_kv("model",
            "llama2-7b-shape layers=" + std::to_string(layers) + " lora_r=4 targets=q,k,v,o");
   print_kv("recompute", recompute == Recompute::kFull        ? "full"
-                       : recompute == Recompute::kSelective ? "selective"
-                                                            : "none");
+                        : recompute == Recompute::kSelective ? "selective"
+                                                             : "none");
 
   for (Index seq : seqs) {
     Batch batch;
@@ -147,7 +148,8 @@ int main(int argc, char** argv) {
     print_kv(p + "mfu", flops * tokens_per_s / 1e9 / peak);
     print_kv(p + "peak_rss_mib", peak_rss_mib());
     // Share of the step per kind of work (timed steps only).
-    const double total = step_s * steps;
+    double total = 0;  // the profiler saw every timed step, so divide by their sum, not the median
+    for (double t : times) total += t;
     for (int c = 0; c < Profiler::kCategories; ++c) {
       const auto category = static_cast<ProfileCategory>(c);
       print_kv(p + "share_" + std::string(profile_category_name(category)),

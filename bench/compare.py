@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""zerolora side by side with PyTorch + Transformers + PEFT and PyTorch FSDP, in one run on
+this machine: the numbers behind BENCHMARKS.md. One command:
+
+  python3 bench/compare.py [--build build] [--shared ../shared/data] [--quick] [--log FILE]
+
+Runs, one after another (never two at once, so each has the machine to itself):
+  job (a)  Llama-2-7B-shaped 2-layer stack, micro-batch 1 x seq, seq 512 and 2048:
+           bench_train_step (2 threads; full and selective recompute; also measures the oneDNN
+           bf16 GEMM peak used for every MFU figure) against torch_lora_step.py (2 threads, bf16
+           autocast and fp32, non-reentrant gradient checkpointing);
+  ZeRO-3   the same stack at seq 512 over W = 2 ranks x 1 thread: `mpirun -np 2 bench_zero`
+           against fsdp_lora_step.py (FSDP2 full shard, gloo);
+  job (b)  stories260K-hf on alpaca_en_demo.json, 4 x up to 256 tokens: bench_small_model
+           against torch_lora_step.py --job b at 1 and 2 threads, bf16 and fp32;
+  e2e      one epoch of the seed recipe on stories260K-hf: `zerolora train` against
+           hf_trainer_epoch.py (HF Trainer + PEFT); wall time of each whole process.
+Every tool's key=value lines are printed prefixed with the run's name, then a markdown table
+with the ratios zerolora / PyTorch. --quick skips seq 2048 and fp32 on job (a) (~5 min instead
+of ~20). Needs `pip install -r bench/requirements.txt` (the reference stack + `datasets`).
+"""
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def run(name, cmd, log, env=None):
+    """Runs cmd, returns ({key: value}, wall seconds); echoes its key=value lines as name.key."""
+    print(f"# {name}: {' '.join(shlex.quote(c) for c in cmd)}", flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
+        raise SystemExit(f"compare: {name} failed with exit code {proc.returncode}")
+    values = {}
+    for line in proc.stdout.splitlines():
+        key, sep, value = line.partition("=")
+        if not sep or " " in key:
+            continue
+        values[key] = value
+        out = f"{name}.{key}={value}"
+        print(out)
+        log.write(out + "\n")
+    log.write(f"{name}.process_wall_s={wall:.4g}\n")
+    print(f"{name}.process_wall_s={wall:.4g}", flush=True)
+    return values, wall
+
+
+def num(values, key):
+    return float(values[key])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--build", default=os.path.join(ROOT, "build"))
+    p.add_argument("--shared", default=os.environ.get("ZEROLORA_SHARED_DATA", os.path.join(ROOT, "..", "shared", "data")))
+    p.add_argument("--quick", action="store_true", help="seq 512 only and no fp32 run on job (a)")
+    p.add_argument("--log", default="compare.log", help="every key=value line, for plotting or diffing")
+    args = p.parse_args()
+    bench = os.path.join(args.build, "bench")
+    py = [sys.executable]
+    seqs = [512] if args.quick else [512, 2048]
+    seq_list = ",".join(map(str, seqs))
+    rows = []
+    with open(args.log, "w") as log:
+        # ---- job (a): one process, 2 threads -------------------------------------------------
+        full, _ = run("zl_a_full", [f"{bench}/bench_train_step", "--seq", seq_list, "--threads", "2"], log)
+        sel, _ = run("zl_a_selective", [f"{bench}/bench_train_step", "--seq", seq_list, "--threads", "2", "--selective"], log)
+        peak = max(num(full, "gemm_bf16_peak_gflops"), num(sel, "gemm_bf16_peak_gflops"))
+        torch_a = {}
+        for seq in seqs:
+            precisions = ["bf16"] if args.quick or seq > 512 else ["bf16", "fp32"]
+            for precision in precisions:
+                torch_a[(seq, precision)], _ = run(
+                    f"torch_a_seq{seq}_{precision}",
+                    py + [f"{HERE}/py/torch_lora_step.py", "--job", "a", "--seq", str(seq), "--precision", precision,
+                          "--threads", "2", "--steps", "3", "--prefix", "torch"], log)
+        for seq in seqs:
+            k = f"seq{seq}_"
+            flops = num(full, k + "model_flops_per_token")
+            best_zl = max(num(full, k + "tokens_per_s"), num(sel, k + "tokens_per_s"))
+            t_bf16 = num(torch_a[(seq, "bf16")], "torch_tokens_per_s")
+            target = 1.15 if seq == 512 else 1.5
+            rows.append((f"(a) 7B-shape 2 layers, seq {seq}: tokens/s, 2 threads",
+                         f"{num(full, k + 'tokens_per_s'):.1f} full / {num(sel, k + 'tokens_per_s'):.1f} selective",
+                         f"{t_bf16:.1f} bf16" + (f" / {num(torch_a[(seq, 'fp32')], 'torch_tokens_per_s'):.1f} fp32"
+                                                  if (seq, "fp32") in torch_a else ""),
+                         best_zl / t_bf16, f">= {target}x"))
+            rows.append((f"(a) seq {seq}: MFU (peak {peak:.0f} GFLOP/s)", f"{best_zl * flops / 1e9 / peak:.2f}",
+                         f"{t_bf16 * flops / 1e9 / peak:.2f}", None, ">= 0.78" if seq == 512 else ""))
+            rows.append((f"(a) seq {seq}: peak RSS MiB", f"{num(sel, k + 'peak_rss_mib'):.0f}",
+                         f"{num(torch_a[(seq, 'bf16')], 'torch_peak_rss_mib'):.0f}", None, ""))
+        # ---- ZeRO-3, W = 2 ranks x 1 thread ---------------------------------------------------
+        mpirun = ["mpirun", "--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "-np", "2"]
+        zero, _ = run("zl_zero3_w2", mpirun + [f"{bench}/bench_zero", "--llama2-7b-2l", "--selective", "--seq", "512",
+                                               "--steps", "3", "--threads", "1"], log)
+        fsdp, _ = run("fsdp_w2", py + [f"{HERE}/py/fsdp_lora_step.py", "--world", "2", "--seq", "512", "--steps", "3",
+                                       "--threads", "1"], log)
+        zl_rss = max(num(zero, f"w2_rank{r}_peak_rss_mib") for r in range(2))
+        fsdp_rss = max(num(fsdp, f"fsdp_rank{r}_peak_rss_mib") for r in range(2))
+        rows.append(("ZeRO-3 W=2 x 1 thread, (a) seq 512: tokens/s", f"{num(zero, 'tokens_per_s'):.1f}",
+                     f"{num(fsdp, 'fsdp_tokens_per_s'):.1f} (FSDP)", num(zero, "tokens_per_s") / num(fsdp, "fsdp_tokens_per_s"), ""))
+        rows.append(("ZeRO-3 W=2: peak RSS per rank, MiB", f"{zl_rss:.0f}", f"{fsdp_rss:.0f} (FSDP)", zl_rss / fsdp_rss,
+                     "<= 1x"))
+        # ---- job (b): stories260K, many small sequences --------------------------------------
+        zl_b, _ = run("zl_b", [f"{bench}/bench_small_model", "--shared", args.shared, "--threads", "2", "--selective"], log)
+        torch_b = {}
+        for threads in (1, 2):
+            for precision in ("bf16", "fp32"):
+                torch_b[(threads, precision)], _ = run(
+                    f"torch_b_{precision}_t{threads}",
+                    py + [f"{HERE}/py/torch_lora_step.py", "--job", "b", "--shared", args.shared, "--precision", precision,
+                          "--threads", str(threads), "--steps", "30", "--prefix", "torch"], log)
+        best_key = max(torch_b, key=lambda k: num(torch_b[k], "torch_tokens_per_s"))
+        best_b = num(torch_b[best_key], "torch_tokens_per_s")
+        rows.append(("(b) stories260K 4 x 256: tokens/s", f"{num(zl_b, 'tokens_per_s'):.0f} (bf16, 2 threads)",
+                     f"{best_b:.0f} (best: {best_key[1]}, {best_key[0]} thread{'s' if best_key[0] > 1 else ''})",
+                     num(zl_b, "tokens_per_s") / best_b, ">= 5x"))
+        # ---- end to end: one epoch of the seed recipe on stories260K --------------------------
+        with tempfile.TemporaryDirectory() as out:
+            zl_e2e, zl_wall = run("zl_e2e", [
+                f"{args.build}/zerolora", "train", "--model_name_or_path", f"{args.shared}/stories260K-hf",
+                "--train_file", f"{args.shared}/alpaca_en_demo.json", "--output_dir", out, "--bf16", "true",
+                "--num_train_epochs", "1", "--max_seq_length", "512", "--per_device_train_batch_size", "10",
+                "--learning_rate", "0.0018", "--warmup_ratio", "0.03", "--lr_scheduler_type", "cosine",
+                "--logging_steps", "10", "--dataset_concatenation", "--lora_rank", "4", "--lora_alpha", "16",
+                "--lora_dropout", "0.05", "--lora_target_modules", "q_proj", "v_proj", "k_proj", "o_proj",
+                "--save_strategy", "no", "--recompute_granularity", "selective", "--disable_tqdm", "true",
+                "--threads", "2"], log)
+        hf, hf_wall = run("hf_e2e", py + [f"{HERE}/py/hf_trainer_epoch.py", "--shared", args.shared, "--threads", "2"], log)
+        rows.append(("e2e: 1 epoch alpaca_en_demo, stories260K, seed LoRA: process wall s", f"{zl_wall:.1f}",
+                     f"{hf_wall:.1f} (HF Trainer + PEFT)", hf_wall / zl_wall, ">= 5x (speed-up)"))
+        # ---- profile of our step on job (a) ---------------------------------------------------
+        shares = sorted(((k[len("seq512_share_"):], num(sel, k)) for k in sel if k.startswith("seq512_share_")),
+                        key=lambda kv: -kv[1])
+        comm_exposed = max(num(zero, f"w2_rank{r}_comm_exposed_s") for r in range(2))
+        comm_share = comm_exposed / max(num(zero, f"w2_rank{r}_step_s") for r in range(2))
+
+    print("\n| measure | zerolora | PyTorch | ratio | target |\n|---|---|---|---|---|")
+    for what, ours, theirs, ratio, target in rows:
+        print(f"| {what} | {ours} | {theirs} | {'' if ratio is None else f'{ratio:.2f}x'} | {target} |")
+    print("\nProfile, job (a) seq 512, selective recompute, one process x 2 threads (share of step time):")
+    print(" ".join(f"{name}={share:.3f}" for name, share in shares))
+    print(f"ZeRO-3 W=2: exposed communication = {comm_share:.3f} of the step")
+    print(f"\nkey=value lines: {args.log}")
+
+
+if __name__ == "__main__":
+    main()
