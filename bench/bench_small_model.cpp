@@ -18,7 +18,8 @@
 namespace zerolora::bench {
 
 template <class P>
-int run(const std::filesystem::path& shared, int steps, int threads, Recompute recompute, bool concat) {
+int run(const std::filesystem::path& shared, int steps, int threads, Recompute recompute,
+        bool concat) {
   Runtime rt(threads);
   const Checkpoint checkpoint(shared / "stories260K-hf");
   const Tokenizer tokenizer(shared / "stories260K-hf" / "tokenizer.model");
@@ -49,7 +50,8 @@ int run(const std::filesystem::path& shared, int steps, int threads, Recompute r
   Index tokens = 0;
   for (int s = 0; s <= steps; ++s) {  // step 0 warms up
     std::vector<Index> batch;
-    for (Index i = 0; i < micro; ++i) batch.push_back((s * micro + i) % static_cast<Index>(data.train.size()));
+    for (Index i = 0; i < micro; ++i)
+      batch.push_back((s * micro + i) % static_cast<Index>(data.train.size()));
     if (s == 1) {
       rt.profiler().reset();
       rt.profiler().enable(true);
@@ -68,7 +70,8 @@ int run(const std::filesystem::path& shared, int steps, int threads, Recompute r
   print_kv("tokens_per_s", static_cast<double>(tokens) / seconds);
   for (int c = 0; c < Profiler::kCategories; ++c) {
     const auto category = static_cast<ProfileCategory>(c);
-    print_kv("share_" + std::string(profile_category_name(category)), rt.profiler().seconds(category) / seconds);
+    print_kv("share_" + std::string(profile_category_name(category)),
+             rt.profiler().seconds(category) / seconds);
   }
   print_kv("share_untracked", 1.0 - rt.profiler().total_seconds() / seconds);
   print_kv("peak_rss_mib", peak_rss_mib());
@@ -85,17 +88,28 @@ int main(int argc, char** argv) {
   bool concat = false;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
-    if (arg == "--fp32") fp32 = true;
-    else if (arg == "--selective") recompute = zerolora::Recompute::kSelective;
-    else if (arg == "--concat") concat = true;
-    else if (i + 1 < argc && arg == "--shared") shared = argv[++i];
-    else if (i + 1 < argc && arg == "--steps") steps = std::stoi(argv[++i]);
-    else if (i + 1 < argc && arg == "--threads") threads = std::stoi(argv[++i]);
+    if (arg == "--fp32")
+      fp32 = true;
+    else if (arg == "--selective")
+      recompute = zerolora::Recompute::kSelective;
+    else if (arg == "--concat")
+      concat = true;
+    else if (i + 1 < argc && arg == "--shared")
+      shared = argv[++i];
+    else if (i + 1 < argc && arg == "--steps")
+      steps = std::stoi(argv[++i]);
+    else if (i + 1 < argc && arg == "--threads")
+      threads = std::stoi(argv[++i]);
     else {
-      std::fprintf(stderr, "usage: %s [--shared DIR] [--steps N] [--threads N] [--fp32] [--selective] [--concat]\n", argv[0]);
+      std::fprintf(
+          stderr,
+          "usage: %s [--shared DIR] [--steps N] [--threads N] [--fp32] [--selective] [--concat]\n",
+          argv[0]);
       return 2;
     }
   }
-  return fp32 ? zerolora::bench::run<zerolora::Fp32Policy>(shared, steps, threads, recompute, concat)
-              : zerolora::bench::run<zerolora::Bf16Policy>(shared, steps, threads, recompute, concat);
+  return fp32
+             ? zerolora::bench::run<zerolora::Fp32Policy>(shared, steps, threads, recompute, concat)
+             : zerolora::bench::run<zerolora::Bf16Policy>(shared, steps, threads, recompute,
+                                                          concat);
 }

@@ -23,20 +23,6 @@
 namespace zerolora::bench {
 namespace {
 
-LlamaConfig llama2_7b_shape(Index layers) {
-  LlamaConfig c;
-  c.hidden_size = 4096;
-  c.intermediate_size = 11008;
-  c.num_layers = layers;
-  c.num_heads = 32;
-  c.num_kv_heads = 32;
-  c.head_dim = 128;
-  c.vocab_size = 32000;
-  c.max_position_embeddings = 4096;
-  c.rms_norm_eps = 1e-5;
-  return c;
-}
-
 std::vector<Index> parse_list(const std::string& text) {
   std::vector<Index> values;
   std::stringstream in(text);

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "io/llama_config.hpp"
+
 namespace zerolora::bench {
 
 inline double now_seconds() {
@@ -33,6 +35,21 @@ inline void print_kv(const std::string& key, double value) {
 }
 inline void print_kv(const std::string& key, const std::string& value) {
   std::printf("%s=%s\n", key.c_str(), value.c_str());
+}
+
+// The benchmarks' job (a): Llama-2-7B's layer shape with `layers` decoder layers.
+inline LlamaConfig llama2_7b_shape(Index layers) {
+  LlamaConfig c;
+  c.hidden_size = 4096;
+  c.intermediate_size = 11008;
+  c.num_layers = layers;
+  c.num_heads = 32;
+  c.num_kv_heads = 32;
+  c.head_dim = 128;
+  c.vocab_size = 32000;
+  c.max_position_embeddings = 4096;
+  c.rms_norm_eps = 1e-5;
+  return c;
 }
 
 }  // namespace zerolora::bench

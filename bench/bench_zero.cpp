@@ -128,10 +128,7 @@ int main(int argc, char** argv) {
   std::size_t shard_bytes = 0;
   auto weights = [&] {
     if (llama7b_shape) {
-      LlamaConfig c;
-      c.hidden_size = 4096, c.intermediate_size = 11008, c.num_layers = 2, c.num_heads = 32,
-      c.num_kv_heads = 32;
-      c.head_dim = 128, c.vocab_size = 32000, c.rms_norm_eps = 1e-5;
+      const LlamaConfig c = llama2_7b_shape(2);
       auto w = ShardedWeights<bf16>::random(rt, *comm, c, 7, 0.02, ZeroOptions{prefetch, 0});
       shard_bytes = w.shard_bytes();
       return w;

@@ -41,12 +41,15 @@ class RopeTable {
   std::vector<float> inv_freq_, cos_, sin_;
 };
 
-// In place on `heads` consecutive heads of each row: x[i * row_stride + h * head_dim + j].
+// In place on `heads` consecutive heads of each row: x[i * row_stride + h * head_dim + j],
+// rotated by +angle (forward) or -angle (the transpose of the rotation, which backward applies
+// to turn d(rotated) into d(unrotated)).
 template <class T>
-void rope_forward(Runtime& rt, T* x /*[M, row_stride]*/, const std::int32_t* positions /*[M]*/,
-                  const RopeTable& table, Index M, Index row_stride, Index heads) {
+void rope_rotate(Runtime& rt, T* x /*[M, row_stride]*/, const std::int32_t* positions /*[M]*/,
+                 const RopeTable& table, Index M, Index row_stride, Index heads, bool inverse) {
   ProfileScope profile(rt.profiler(), ProfileCategory::kRope);
   const Index half = table.half();
+  const T sign = static_cast<T>(inverse ? -1 : 1);
 #pragma omp parallel for num_threads(rt.threads()) schedule(static)
   for (Index i = 0; i < M; ++i) {
     const float* c = table.cos(positions[i]);
@@ -56,35 +59,24 @@ void rope_forward(Runtime& rt, T* x /*[M, row_stride]*/, const std::int32_t* pos
       T* x2 = x1 + half;
 #pragma omp simd
       for (Index j = 0; j < half; ++j) {
-        const T a = x1[j], b = x2[j];
-        x1[j] = a * static_cast<T>(c[j]) - b * static_cast<T>(s[j]);
-        x2[j] = b * static_cast<T>(c[j]) + a * static_cast<T>(s[j]);
+        const T a = x1[j], b = x2[j], sin_j = sign * static_cast<T>(s[j]);
+        x1[j] = a * static_cast<T>(c[j]) - b * sin_j;
+        x2[j] = b * static_cast<T>(c[j]) + a * sin_j;
       }
     }
   }
 }
 
-// In place: the transpose of the rotation, turning d(rotated) into d(unrotated).
 template <class T>
-void rope_backward(Runtime& rt, T* dx /*[M, row_stride]*/, const std::int32_t* positions /*[M]*/,
-                   const RopeTable& table, Index M, Index row_stride, Index heads) {
-  ProfileScope profile(rt.profiler(), ProfileCategory::kRope);
-  const Index half = table.half();
-#pragma omp parallel for num_threads(rt.threads()) schedule(static)
-  for (Index i = 0; i < M; ++i) {
-    const float* c = table.cos(positions[i]);
-    const float* s = table.sin(positions[i]);
-    for (Index h = 0; h < heads; ++h) {
-      T* d1 = dx + i * row_stride + h * 2 * half;
-      T* d2 = d1 + half;
-#pragma omp simd
-      for (Index j = 0; j < half; ++j) {
-        const T a = d1[j], b = d2[j];
-        d1[j] = a * static_cast<T>(c[j]) + b * static_cast<T>(s[j]);
-        d2[j] = b * static_cast<T>(c[j]) - a * static_cast<T>(s[j]);
-      }
-    }
-  }
+void rope_forward(Runtime& rt, T* x, const std::int32_t* positions, const RopeTable& table, Index M,
+                  Index row_stride, Index heads) {
+  rope_rotate(rt, x, positions, table, M, row_stride, heads, false);
+}
+
+template <class T>
+void rope_backward(Runtime& rt, T* dx, const std::int32_t* positions, const RopeTable& table,
+                   Index M, Index row_stride, Index heads) {
+  rope_rotate(rt, dx, positions, table, M, row_stride, heads, true);
 }
 
 }  // namespace zerolora
