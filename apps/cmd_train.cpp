@@ -192,7 +192,7 @@ int run_train(TrainFlags& f, Communicator& comm,
       std::to_string(W) + " rank(s) x " + std::to_string(rt.threads()) + " thread(s), ZeRO stage " +
       std::to_string(a.zero_stage));
   ComputeOptions compute;
-  compute.recompute = !a.gradient_checkpointing                  ? Recompute::kNone
+  compute.recompute = !a.gradient_checkpointing                ? Recompute::kNone
                       : a.recompute_granularity == "selective" ? Recompute::kSelective
                                                                : Recompute::kFull;
   compute.attention.softmax_bf16 = a.attn_softmax_bf16;

@@ -67,9 +67,8 @@ void add_train_flags(CLI::App& cmd, TrainFlags& f) {
       ->capture_default_str()
       ->check(CLI::Range(0.0, 0.99));
   cmd.add_option("--lora_target_modules", a.lora_target_modules,
-                 "Projections to adapt, space- or comma-separated: q_proj k_proj v_proj o_proj "
-                 "gate_proj up_proj "
-                 "down_proj, or all-linear")
+                 "Projections to adapt, space- or comma-separated: q_proj k_proj v_proj "
+                 "o_proj gate_proj up_proj down_proj, or all-linear")
       ->expected(1, -1)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
       ->capture_default_str();
@@ -123,9 +122,10 @@ void add_train_flags(CLI::App& cmd, TrainFlags& f) {
            "bf16 weights and matmuls with fp32 accumulation; false: everything fp32");
   add_bool(cmd, "gradient_checkpointing", a.gradient_checkpointing,
            "Keep only each layer's input and recompute the layer in backward");
-  cmd.add_option("--recompute_granularity", a.recompute_granularity,
-                 "With gradient checkpointing: full (keep only layer inputs) or selective (also keep the "
-                 "attention block's activations, recompute only the MLP: faster, more memory)")
+  cmd.add_option(
+         "--recompute_granularity", a.recompute_granularity,
+         "With gradient checkpointing: full (keep only layer inputs) or selective (also keep the "
+         "attention block's activations, recompute only the MLP: faster, more memory)")
       ->capture_default_str()
       ->check(CLI::IsMember({"full", "selective"}));
   add_bool(

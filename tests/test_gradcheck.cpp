@@ -153,9 +153,11 @@ TEST_P(AttentionGradCheck, GqaSegments) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Kernels, AttentionGradCheck,
-                         ::testing::Values(AttentionOptions::Kernel::kTiled, AttentionOptions::Kernel::kDirect),
+                         ::testing::Values(AttentionOptions::Kernel::kTiled,
+                                           AttentionOptions::Kernel::kDirect),
                          [](const auto& info) {
-                           return info.param == AttentionOptions::Kernel::kTiled ? "tiled" : "direct";
+                           return info.param == AttentionOptions::Kernel::kTiled ? "tiled"
+                                                                                 : "direct";
                          });
 
 TEST(GradCheck, LinearBackwardData) {
@@ -268,7 +270,8 @@ TEST_P(ModelGradCheck, LoraGradientsMatchFiniteDifferences) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Recompute, ModelGradCheck,
-                         ::testing::Values(Recompute::kFull, Recompute::kSelective, Recompute::kNone),
+                         ::testing::Values(Recompute::kFull, Recompute::kSelective,
+                                           Recompute::kNone),
                          [](const auto& info) {
                            return info.param == Recompute::kFull        ? "full"
                                   : info.param == Recompute::kSelective ? "selective"

@@ -137,9 +137,13 @@ TEST(Attention, MatchesPlainSoftmaxInEveryPrecision) {
   }
   // The direct kernel (small heads): same results.
   const auto direct = AttentionOptions::Kernel::kDirect;
-  EXPECT_LT(testing::max_rel_error(run_attention<double, double>(qkv, c, 1, false, direct), expected), 1e-12);
-  EXPECT_LT(testing::max_rel_error(run_attention<float, float>(qkv, c, 1, false, direct), expected), 1e-5);
-  EXPECT_LT(testing::max_rel_error(run_attention<float, bf16>(qkv, c, 1, false, direct), expected), 1e-5);
+  EXPECT_LT(
+      testing::max_rel_error(run_attention<double, double>(qkv, c, 1, false, direct), expected),
+      1e-12);
+  EXPECT_LT(testing::max_rel_error(run_attention<float, float>(qkv, c, 1, false, direct), expected),
+            1e-5);
+  EXPECT_LT(testing::max_rel_error(run_attention<float, bf16>(qkv, c, 1, false, direct), expected),
+            1e-5);
   const auto rounded = run_attention<float, float>(qkv, c, 16, true);
   const double err = testing::max_rel_error(rounded, expected);
   EXPECT_GT(err, 1e-5) << "bf16 softmax must change the result";

@@ -27,6 +27,8 @@ inline float fast_exp(float input) {
   return input < -87.3f ? 0.0f : p * std::bit_cast<float>(bits);
 }
 
-inline double fast_exp(double x) { return std::exp(x); }
+inline double fast_exp(double x) {
+  return std::exp(x);
+}
 
 }  // namespace zerolora

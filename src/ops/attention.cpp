@@ -184,7 +184,8 @@ void update4_fixed(T* m, const T* const w[4], const T* const c[4], Index L, Inde
 #pragma omp simd
   for (Index j = 0; j < n; ++j) {
     const T x0 = w0[j], x1 = w1[j], x2 = w2[j], x3 = w3[j];
-    for (int d = 0; d < HD; ++d) m[d * L + j] += x0 * cs[0][d] + x1 * cs[1][d] + x2 * cs[2][d] + x3 * cs[3][d];
+    for (int d = 0; d < HD; ++d)
+      m[d * L + j] += x0 * cs[0][d] + x1 * cs[1][d] + x2 * cs[2][d] + x3 * cs[3][d];
   }
 }
 
@@ -208,7 +209,8 @@ void update4(T* m, const T* const w[4], const T* const c[4], Index L, Index n, I
 }
 
 template <class T>
-void attention_forward_direct(Runtime& rt, T* out, T* lse, const T* qkv, const std::vector<Segment>& segments, Index M,
+void attention_forward_direct(Runtime& rt, T* out, T* lse, const T* qkv,
+                              const std::vector<Segment>& segments, Index M,
                               const AttentionShape& shape, const AttentionOptions& options,
                               AttentionWorkspace& workspace) {
   constexpr Index R = 4;  // query rows per pass: each key vector loaded once serves R rows
@@ -233,43 +235,46 @@ void attention_forward_direct(Runtime& rt, T* out, T* lse, const T* qkv, const s
     transpose_head(kt, qkv + seg.begin * ld + (H + g) * hd, ld, L, hd);
     transpose_head(vt, qkv + seg.begin * ld + (H + KV + g) * hd, ld, L, hd);
     for (Index i0 = 0; i0 < L; i0 += R) {
-        const Index rows = std::min(R, L - i0), n = i0 + rows;  // keys seen by the last row
-        const T* q[R];
-        for (Index r = 0; r < R; ++r) q[r] = qkv + (seg.begin + i0 + std::min(r, rows - 1)) * ld + h * hd;
-        scores4(s, q, kt, L, n, hd, scale);
-        T inv[R];
-        for (Index r = 0; r < rows; ++r) {
-          const Index keys = i0 + r + 1;
-          T* sr = s[r];
-          if (options.softmax_bf16)
-            for (Index j = 0; j < keys; ++j) sr[j] = round_to_bf16(sr[j]);
-          T row_max = sr[0];
+      const Index rows = std::min(R, L - i0), n = i0 + rows;  // keys seen by the last row
+      const T* q[R];
+      for (Index r = 0; r < R; ++r)
+        q[r] = qkv + (seg.begin + i0 + std::min(r, rows - 1)) * ld + h * hd;
+      scores4(s, q, kt, L, n, hd, scale);
+      T inv[R];
+      for (Index r = 0; r < rows; ++r) {
+        const Index keys = i0 + r + 1;
+        T* sr = s[r];
+        if (options.softmax_bf16)
+          for (Index j = 0; j < keys; ++j) sr[j] = round_to_bf16(sr[j]);
+        T row_max = sr[0];
 #pragma omp simd reduction(max : row_max)
-          for (Index j = 0; j < keys; ++j) row_max = std::max(row_max, sr[j]);
-          T sum = 0;
+        for (Index j = 0; j < keys; ++j) row_max = std::max(row_max, sr[j]);
+        T sum = 0;
 #pragma omp simd reduction(+ : sum)
-          for (Index j = 0; j < keys; ++j) {
-            sr[j] = fast_exp(sr[j] - row_max);
-            sum += sr[j];
-          }
-          for (Index j = keys; j < n; ++j) sr[j] = T{0};  // above the diagonal
-          inv[r] = T{1} / sum;
-          if (options.softmax_bf16)
-            for (Index j = 0; j < keys; ++j) sr[j] = round_to_bf16(sr[j] * inv[r]) / inv[r];
-          lse[h * M + seg.begin + i0 + r] = row_max + std::log(sum);
+        for (Index j = 0; j < keys; ++j) {
+          sr[j] = fast_exp(sr[j] - row_max);
+          sum += sr[j];
         }
-        for (Index r = rows; r < R; ++r) std::fill_n(s[r], n, T{0});
-        T acc[R][64];
-        reduce4(acc, s, vt, L, n, hd);
-        for (Index r = 0; r < rows; ++r)
-          for (Index d = 0; d < hd; ++d) out[(seg.begin + i0 + r) * H * hd + h * hd + d] = acc[r][d] * inv[r];
+        for (Index j = keys; j < n; ++j) sr[j] = T{0};  // above the diagonal
+        inv[r] = T{1} / sum;
+        if (options.softmax_bf16)
+          for (Index j = 0; j < keys; ++j) sr[j] = round_to_bf16(sr[j] * inv[r]) / inv[r];
+        lse[h * M + seg.begin + i0 + r] = row_max + std::log(sum);
       }
+      for (Index r = rows; r < R; ++r) std::fill_n(s[r], n, T{0});
+      T acc[R][64];
+      reduce4(acc, s, vt, L, n, hd);
+      for (Index r = 0; r < rows; ++r)
+        for (Index d = 0; d < hd; ++d)
+          out[(seg.begin + i0 + r) * H * hd + h * hd + d] = acc[r][d] * inv[r];
+    }
   }
 }
 
 template <class T>
-void attention_backward_direct(Runtime& rt, T* diff_qkv, const T* diff_out, const T* qkv, const T* out, const T* lse,
-                               const std::vector<Segment>& segments, Index M, const AttentionShape& shape,
+void attention_backward_direct(Runtime& rt, T* diff_qkv, const T* diff_out, const T* qkv,
+                               const T* out, const T* lse, const std::vector<Segment>& segments,
+                               Index M, const AttentionShape& shape,
                                const AttentionOptions& options, AttentionWorkspace& workspace) {
   constexpr Index R = 4;  // query rows per pass, as in the forward
   const Index H = shape.heads, KV = shape.kv_heads, hd = shape.head_dim, ld = shape.qkv_stride();
@@ -321,7 +326,8 @@ void attention_backward_direct(Runtime& rt, T* diff_qkv, const T* diff_out, cons
           const Index keys = i0 + r + 1, row = seg.begin + i0 + r;
           const T row_lse = lse[h * M + row];
           if (options.softmax_bf16) {
-            for (Index j = 0; j < keys; ++j) pr[j] = round_to_bf16(fast_exp(round_to_bf16(pr[j]) - row_lse));
+            for (Index j = 0; j < keys; ++j)
+              pr[j] = round_to_bf16(fast_exp(round_to_bf16(pr[j]) - row_lse));
           } else {
 #pragma omp simd
             for (Index j = 0; j < keys; ++j) pr[j] = fast_exp(pr[j] - row_lse);
@@ -332,7 +338,7 @@ void attention_backward_direct(Runtime& rt, T* diff_qkv, const T* diff_out, cons
         }
         scores4(ds, d_o, vt, L, n, hd, T{1});  // dP = dO V^T
         update4(dvt, p, d_o, L, n, hd);        // dV += P^T dO
-        for (Index r = 0; r < R; ++r) {  // dS = P (dP - delta) scale
+        for (Index r = 0; r < R; ++r) {        // dS = P (dP - delta) scale
           T* g_r = ds[r];
           const T* pr = p[r];
           const T dr = delta[r];
@@ -343,7 +349,8 @@ void attention_backward_direct(Runtime& rt, T* diff_qkv, const T* diff_out, cons
         reduce4(dq, ds, kt, L, n, hd);  // dQ = dS K
         update4(dkt, ds, q, L, n, hd);  // dK += dS^T Q
         for (Index r = 0; r < rows; ++r)
-          for (Index d = 0; d < hd; ++d) diff_qkv[(seg.begin + i0 + r) * ld + h * hd + d] = dq[r][d];
+          for (Index d = 0; d < hd; ++d)
+            diff_qkv[(seg.begin + i0 + r) * ld + h * hd + d] = dq[r][d];
       }
     T* dk = diff_qkv + seg.begin * ld + (H + g) * hd;
     T* dv = diff_qkv + seg.begin * ld + (H + KV + g) * hd;
@@ -436,7 +443,8 @@ void attention_backward(Runtime& rt, T* diff_qkv, const T* diff_out, const T* qk
                         AttentionWorkspace& workspace) {
   ProfileScope profile(rt.profiler(), ProfileCategory::kAttention);
   if (use_direct(shape, options))
-    return attention_backward_direct(rt, diff_qkv, diff_out, qkv, out, lse, segments, M, shape, options, workspace);
+    return attention_backward_direct(rt, diff_qkv, diff_out, qkv, out, lse, segments, M, shape,
+                                     options, workspace);
   const Index H = shape.heads, KV = shape.kv_heads, hd = shape.head_dim;
   const Index ld = shape.qkv_stride(), group = H / KV, block = options.block;
   ZL_CHECK(H % KV == 0 && block > 0);

@@ -19,14 +19,16 @@ constexpr Index kLoopMaxProduct = 2048;
 // wide results (N >= 16) accumulate rows, c[i, :] += a[i, k] b[k, :]; narrow ones are dot
 // products, c[i, j] = a[i, :] . b[:, j]. Rows of c are shared among the threads.
 template <class In, class Out>
-void matmul_loop(Runtime& rt, Mat<const In> a, Mat<const In> b, Mat<Out> c, double alpha, bool accumulate) {
+void matmul_loop(Runtime& rt, Mat<const In> a, Mat<const In> b, Mat<Out> c, double alpha,
+                 bool accumulate) {
   using Acc = std::conditional_t<std::is_same_v<Out, double>, double, float>;
   const Index M = c.rows, N = c.cols, K = a.cols;
   const bool wide = N >= 16;
   // wide: b as [K, N] rows; narrow: b^T as [N, K] rows. a always as [M, K] rows.
   std::vector<Acc> bd(static_cast<std::size_t>(K * N)), ad(static_cast<std::size_t>(M * K));
   for (Index k = 0; k < K; ++k)
-    for (Index j = 0; j < N; ++j) (wide ? bd[k * N + j] : bd[j * K + k]) = static_cast<Acc>(to_float(b.at(k, j)));
+    for (Index j = 0; j < N; ++j)
+      (wide ? bd[k * N + j] : bd[j * K + k]) = static_cast<Acc>(to_float(b.at(k, j)));
   for (Index i = 0; i < M; ++i)
     for (Index k = 0; k < K; ++k) ad[i * K + k] = static_cast<Acc>(to_float(a.at(i, k)));
   const Acc scale = static_cast<Acc>(alpha);
@@ -54,7 +56,8 @@ void matmul_loop(Runtime& rt, Mat<const In> a, Mat<const In> b, Mat<Out> c, doub
         }
       }
       Out* ci = c.data + i * c.rs;
-      for (Index j = 0; j < N; ++j) ci[j] = static_cast<Out>(accumulate ? ci[j] + scale * row[j] : scale * row[j]);
+      for (Index j = 0; j < N; ++j)
+        ci[j] = static_cast<Out>(accumulate ? ci[j] + scale * row[j] : scale * row[j]);
     }
   }
 }
