@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # From a fresh Debian 12 machine to a fine-tuned model: installs the packages, builds, then
 # fine-tunes the tiny real Llama in ../shared/data/stories260K-hf on the Alpaca demo data with
-# the seed recipe's LoRA settings (about a minute on 2 cores) and generates from the result.
+# the seed recipe's LoRA settings (about half a minute on 2 cores) and generates from the result.
 # Override the data location with ZEROLORA_SHARED_DATA.
 set -euo pipefail
 cd "$(dirname "$0")/.."
