@@ -17,7 +17,7 @@ struct EstimateOptions {
   std::vector<std::string> targets{"q_proj", "k_proj", "v_proj", "o_proj"};
   int lora_rank = 4;
   MemoryScenario scenario;
-  std::string bf16 = "true", recompute = "true";
+  std::string bf16 = "true", recompute = "true", residual_dtype = "auto";
   double device_gb = 96;
   bool json = false;
 };
@@ -36,6 +36,10 @@ int run_estimate(EstimateOptions& o) {
   const LoraLayout layout(config, lora);
   o.scenario.bf16 = o.bf16 == "true";
   o.scenario.recompute = o.recompute == "true";
+  if (o.residual_dtype == "bf16" && !o.scenario.bf16)
+    throw UsageError("--residual_dtype bf16 needs --bf16 true");
+  o.scenario.bf16_residual =
+      o.residual_dtype == "bf16" || (o.residual_dtype == "auto" && o.scenario.bf16);
   const MemoryEstimate e = estimate_memory(config, layout, o.scenario);
   const MemoryScenario& s = o.scenario;
   if (o.json) {
@@ -47,13 +51,13 @@ int run_estimate(EstimateOptions& o) {
   }
   std::printf(
       "%s: %lld layers, hidden %lld; W = %d ranks, ZeRO stage %d, micro-batch %lld x %lld tokens, "
-      "%s, "
-      "recompute %s, LoRA r %d on %s (%lld parameters)\n\n",
+      "%s (%s residual), recompute %s, LoRA r %d on %s (%lld parameters)\n\n",
       o.preset.empty() ? o.model.c_str() : o.preset.c_str(),
       static_cast<long long>(config.num_layers), static_cast<long long>(config.hidden_size),
       s.world_size, s.zero_stage, static_cast<long long>(s.micro_batch),
-      static_cast<long long>(s.seq_len), s.bf16 ? "bf16" : "fp32", s.recompute ? "on" : "off",
-      lora.rank, targets.c_str(), static_cast<long long>(layout.size()));
+      static_cast<long long>(s.seq_len), s.bf16 ? "bf16" : "fp32",
+      s.bf16_residual ? "bf16" : "fp32", s.recompute ? "on" : "off", lora.rank, targets.c_str(),
+      static_cast<long long>(layout.size()));
   std::printf("  %-58s %12s\n", "per rank", "GiB");
   for (const auto& i : e.items)
     std::printf("  %-58s %12.3f\n", i.name.c_str(), i.bytes / 1073741824.0);
@@ -95,6 +99,10 @@ Command add_estimate_memory(CLI::App& app) {
   cmd->add_option("--bf16", o->bf16, "true: bf16 weights and matmuls; false: fp32")
       ->capture_default_str()
       ->check(CLI::IsMember({"true", "false"}));
+  cmd->add_option("--residual_dtype", o->residual_dtype,
+                  "Layer inputs kept for backward: bf16, fp32, or auto (bf16 with --bf16 true)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "bf16", "fp32"}));
   cmd->add_option("--gradient_checkpointing", o->recompute, "true: recompute layers in backward")
       ->capture_default_str()
       ->check(CLI::IsMember({"true", "false"}));

@@ -125,6 +125,15 @@ EvalSet make_eval_set(const std::vector<TokenSequence>& validation, int rank, in
   return set;
 }
 
+// --residual_dtype resolved against --bf16 (which a DeepSpeed config may have set).
+bool bf16_residual(const TrainingArguments& a) {
+  if (a.residual_dtype == "bf16" && !a.bf16)
+    throw UsageError(
+        "--residual_dtype bf16 needs --bf16: the fp32 mode keeps everything in fp32 (use "
+        "--residual_dtype auto or fp32)");
+  return a.residual_dtype == "bf16" || (a.residual_dtype == "auto" && a.bf16);
+}
+
 template <class P>
 int run_train(TrainFlags& f, Communicator& comm,
               const std::optional<DeepSpeedScheduler>& ds_scheduler) {
@@ -140,6 +149,7 @@ int run_train(TrainFlags& f, Communicator& comm,
   };
   const fs::path model_dir = f.model_name_or_path, output_dir = f.output_dir;
   const bool resuming = !f.resume_from_checkpoint.empty();
+  const bool residual_in_bf16 = bf16_residual(a);
   if (resuming && f.overwrite_output_dir)
     throw UsageError(
         "--resume_from_checkpoint continues a run and --overwrite_output_dir discards it: give "
@@ -188,14 +198,16 @@ int run_train(TrainFlags& f, Communicator& comm,
     weights = std::make_unique<LlamaWeights<Weight>>(load_llama_weights<Weight>(rt, checkpoint));
   say("model: " + model_dir.string() + ", " + std::to_string(config.num_layers) +
       " layers, hidden " + std::to_string(config.hidden_size) + ", " + std::string(P::kName) +
-      ", loaded in " + std::to_string(now_seconds() - load_start).substr(0, 5) + " s; " +
-      std::to_string(W) + " rank(s) x " + std::to_string(rt.threads()) + " thread(s), ZeRO stage " +
+      (residual_in_bf16 ? " (bf16 residual)" : "") + ", loaded in " +
+      std::to_string(now_seconds() - load_start).substr(0, 5) + " s; " + std::to_string(W) +
+      " rank(s) x " + std::to_string(rt.threads()) + " thread(s), ZeRO stage " +
       std::to_string(a.zero_stage));
   ComputeOptions compute;
   compute.recompute = !a.gradient_checkpointing                ? Recompute::kNone
                       : a.recompute_granularity == "selective" ? Recompute::kSelective
                                                                : Recompute::kFull;
   compute.attention.softmax_bf16 = a.attn_softmax_bf16;
+  compute.bf16_residual = residual_in_bf16;
   LlamaModel<P> model(rt, *weights, &layout, compute);
 
   std::vector<float> init(static_cast<std::size_t>(layout.size()));
@@ -247,7 +259,8 @@ int run_train(TrainFlags& f, Communicator& comm,
       {"seed", std::to_string(a.seed)},
       {"data", std::to_string(data.train.size()) + " sequences, " +
                    std::to_string(dr.train_tokens) + " tokens"},
-      {"precision", std::string(P::kName)},
+      {"precision",
+       std::string(P::kName) + (compute.bf16_residual ? ", bf16 residual" : ", fp32 residual")},
       {"schedule", std::string(a.lr_scheduler_type) + (ds_scheduler ? " (DeepSpeed)" : "") +
                        ", lr " + std::to_string(a.learning_rate) + ", warmup " +
                        std::to_string(a.warmup_steps) + "/" + std::to_string(a.warmup_ratio)},

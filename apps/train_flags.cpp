@@ -128,6 +128,12 @@ void add_train_flags(CLI::App& cmd, TrainFlags& f) {
          "attention block's activations, recompute only the MLP: faster, more memory)")
       ->capture_default_str()
       ->check(CLI::IsMember({"full", "selective"}));
+  cmd.add_option("--residual_dtype", a.residual_dtype,
+                 "Precision of the hidden states between decoder layers and of the layer inputs "
+                 "kept for backward (the largest activation memory): bf16 (half the memory, as "
+                 "a bf16 model in PyTorch), fp32, or auto = bf16 with --bf16 and fp32 without")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "bf16", "fp32"}));
   add_bool(
       cmd, "attn_softmax_bf16", a.attn_softmax_bf16,
       "Round attention scores and probabilities to bf16 (the seed recipe's flag; slower on CPU)");

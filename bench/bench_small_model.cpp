@@ -6,6 +6,7 @@
 //   bench_small_model [--shared ../shared/data] [--steps 50] [--threads 0] [--fp32]
 #include <cstdio>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "bench_util.hpp"
@@ -41,6 +42,8 @@ int run(const std::filesystem::path& shared, int steps, int threads, Recompute r
   init_lora_params<float>(init, layout, 1);
   ComputeOptions compute;
   compute.recompute = recompute;
+  // as `zerolora train`: a bf16 residual with --bf16 (its default), fp32 in the fp32 mode
+  compute.bf16_residual = std::is_same_v<typename P::Weight, bf16>;
   LlamaModel<P> model(rt, weights, &layout, compute);
   auto comm = make_local_communicator();
   TrainerOptions options;

@@ -88,6 +88,7 @@ int main(int argc, char** argv) {
   AdamW<float> optimizer(layout.size(), AdamWConfig{});
   ComputeOptions options;
   options.recompute = recompute;
+  options.bf16_residual = true;  // as `zerolora train --bf16` (its default)
   LlamaModel<Bf16Policy> model(rt, weights, &layout, options);
   print_kv("model",
            "llama2-7b-shape layers=" + std::to_string(layers) + " lora_r=4 targets=q,k,v,o");

@@ -149,6 +149,7 @@ int main(int argc, char** argv) {
   init_lora_params<float>(init, layout, 1);
   ComputeOptions compute;
   compute.recompute = recompute;
+  compute.bf16_residual = true;  // as `zerolora train --bf16` (its default)
   LlamaModel<Bf16Policy> llama(rt, weights, &layout, compute);
   LoraTrainer<Bf16Policy> trainer(rt, *comm, llama, layout, TrainerOptions{}, init);
   // Global batch of W sequences: one per rank.

@@ -83,6 +83,10 @@ check "(control) the adapter loads on its own base" $?
   --dataset_concatenation --packing boundaries > /dev/null 2> "$work/err.txt"
 [ $? -eq 2 ] && grep -q "conflicts" "$work/err.txt"
 check "conflicting flags: exit 2" $?
+"$bin" train --model_name_or_path "$model" --train_file "$shared/alpaca_en_demo.json" --output_dir "$work/x2" \
+  --bf16 false --residual_dtype bf16 > /dev/null 2> "$work/err.txt"
+[ $? -eq 2 ] && grep -q -- "--residual_dtype bf16 needs --bf16" "$work/err.txt" && [ ! -e "$work/x2" ]
+check "a bf16 residual in fp32 mode: exit 2, nothing written" $?
 "$bin" train --model_name_or_path "$model" --train_file "$work/bad.json" --output_dir "$work/y" > /dev/null 2> "$work/err.txt"
 [ $? -eq 1 ] && grep -q "bad.json: record 0" "$work/err.txt" && [ ! -e "$work/y/adapter_model.safetensors" ]
 check "train on a dataset that does not parse: exit 1, nothing written" $?

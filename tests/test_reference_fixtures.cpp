@@ -66,13 +66,15 @@ struct Case {
   std::string name;
   Precision precision;
   Recompute recompute;
+  bool bf16_residual = false;
 };
 
 std::string case_name(const ::testing::TestParamInfo<Case>& info) {
   return info.param.name + (info.param.precision == Precision::kFp32 ? "_fp32" : "_bf16") +
          (info.param.recompute == Recompute::kFull        ? "_recompute"
           : info.param.recompute == Recompute::kSelective ? "_selective"
-                                                          : "_stored");
+                                                          : "_stored") +
+         (info.param.bf16_residual ? "_bf16_residual" : "");
 }
 
 class ReferenceFixture : public ::testing::TestWithParam<Case> {};
@@ -85,6 +87,7 @@ void check_against_reference(const Case& c, const tolerance::Fixture& tol) {
   const LoraLayout layout(ref.checkpoint.config(), ref.lora_config());
   ComputeOptions options;
   options.recompute = c.recompute;
+  options.bf16_residual = c.bf16_residual;
   options.attention.block = 4;  // several query tiles per segment
   options.mlp_chunk_rows = 7;   // several MLP chunks, one ragged
   options.head_chunk_rows = 5;
@@ -176,12 +179,57 @@ std::vector<Case> all_cases() {
   std::vector<Case> cases;
   for (const char* name : {"gqa_tied", "odd_untied_all", "llama3_rope", "linear_rope"})
     for (Precision p : {Precision::kFp32, Precision::kBf16})
-      for (Recompute r : {Recompute::kFull, Recompute::kSelective, Recompute::kNone})
+      for (Recompute r : {Recompute::kFull, Recompute::kSelective, Recompute::kNone}) {
         cases.push_back({name, p, r});
+        if (p == Precision::kBf16) cases.push_back({name, p, r, true});
+      }
   return cases;
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, ReferenceFixture, ::testing::ValuesIn(all_cases()), case_name);
+
+// The bf16 residual stream is one function whichever way backward gets its activations:
+// the layer inputs kept in bf16 and restored for recompute must give exactly the gradients of
+// keeping everything, and training's forward must equal evaluation's.
+TEST(Bf16Residual, RecomputeModesAgreeAndEvaluationSeesTheSameModel) {
+  const Reference ref(testing::fixtures_dir() / "odd_untied_all");
+  Runtime rt(2);
+  auto weights = load_llama_weights<bf16>(rt, ref.checkpoint);
+  const LoraLayout layout(ref.checkpoint.config(), ref.lora_config());
+  std::vector<float> params(static_cast<std::size_t>(layout.size()));
+  for (const auto& e : layout.entries()) {
+    const auto values = ref.floats("lora." + e.name);
+    std::copy(values.begin(), values.end(), params.begin() + e.offset);
+  }
+  const Batch batch = ref.batch();
+  auto run = [&](Recompute recompute, bool bf16_residual, double* eval_loss) {
+    ComputeOptions options;
+    options.recompute = recompute;
+    options.bf16_residual = bf16_residual;
+    LlamaModel<Bf16Policy> model(rt, weights, &layout, options);
+    std::vector<float> grads(params.size(), 0.0f);
+    const double loss = model.forward_backward(batch, params, grads, 1.0, {});
+    if (eval_loss) *eval_loss = model.loss(batch, params);
+    grads.push_back(static_cast<float>(loss));
+    return grads;
+  };
+  double eval_loss = 0;
+  const auto full = run(Recompute::kFull, true, &eval_loss);
+  EXPECT_EQ(full, run(Recompute::kSelective, true, nullptr));
+  EXPECT_EQ(full, run(Recompute::kNone, true, nullptr));
+  EXPECT_EQ(static_cast<float>(eval_loss), full.back());
+  // The option changes the computation (otherwise the comparisons above prove nothing).
+  EXPECT_NE(full, run(Recompute::kFull, false, nullptr));
+}
+
+TEST(Bf16Residual, RefusedInFp32Mode) {
+  const Reference ref(testing::fixtures_dir() / "gqa_tied");
+  Runtime rt(1);
+  auto weights = load_llama_weights<float>(rt, ref.checkpoint);
+  ComputeOptions options;
+  options.bf16_residual = true;
+  EXPECT_THROW(LlamaModel<Fp32Policy>(rt, weights, nullptr, options), ConfigError);
+}
 
 }  // namespace
 }  // namespace zerolora

@@ -37,6 +37,12 @@ struct ComputeOptions {
   AttentionOptions attention;   // tile size, bf16 softmax
   Index mlp_chunk_rows = 1024;  // MLP rows processed at once (bounds [rows, 2I] buffers)
   Index head_chunk_rows = 512;  // logits rows materialised at once by the fused lm_head + loss
+  // Round the residual stream to bf16 where it enters each layer, and keep the layer inputs
+  // for backward in bf16: half the largest activation memory of a long run (the (L + 1) x M x D
+  // inputs), and the precision of a bf16 model's hidden states in PyTorch. Forward, recompute
+  // and evaluation all see the rounded values, so gradients stay exact for the function
+  // computed. Needs bf16 weights (the fp32 mode stays fp32 throughout).
+  bool bf16_residual = false;
 };
 
 // Per-batch data shared by every layer.

@@ -1,10 +1,12 @@
 #include "model/llama_model.hpp"
 
 #include <cstring>
+#include <type_traits>
 
 #include "core/error.hpp"
 #include "core/precision.hpp"
 #include "core/rng.hpp"
+#include "ops/convert.hpp"
 #include "ops/cross_entropy.hpp"
 #include "ops/embedding.hpp"
 #include "ops/linear.hpp"
@@ -19,7 +21,11 @@ LlamaModel<P>::LlamaModel(Runtime& rt, WeightProvider<Weight>& weights, const Lo
       weights_(weights),
       lora_(lora),
       options_(options),
-      rope_(weights.config().rope, weights.config().head_dim) {}
+      rope_(weights.config().rope, weights.config().head_dim) {
+  if (options_.bf16_residual && !std::is_same_v<Weight, bf16>)
+    throw ConfigError(std::string("a bf16 residual stream needs bf16 weights; the ") +
+                      std::string(P::kName) + " mode keeps everything in " + std::string(P::kName));
+}
 
 template <class P>
 std::vector<UnitId> LlamaModel<P>::schedule(bool backward) const {
@@ -82,25 +88,46 @@ typename P::Act* LlamaModel<P>::layer_input(int layer) {
 }
 
 template <class P>
+void LlamaModel<P>::seal_layer_input(int layer) {
+  if constexpr (std::is_same_v<Act, float>) {
+    if (!options_.bf16_residual) return;
+    const Index n = geometry_.rows * config().hidden_size;
+    round_to_bf16(rt_, layer_input(layer),
+                  keep_bf16_inputs_ ? kept_inputs_.data() + layer * n : nullptr, n);
+  }
+}
+
+template <class P>
+void LlamaModel<P>::restore_layer_input(int layer) {
+  if (!keep_bf16_inputs_) return;
+  const Index n = geometry_.rows * config().hidden_size;
+  convert(rt_, layer_input(layer), kept_inputs_.data() + layer * n, n);
+}
+
+template <class P>
 void LlamaModel<P>::run_layers(const Batch& batch, const LoraBinding<Act>& lora, bool keep_inputs,
                                bool save_activations, bool save_mlp) {
   const LlamaConfig& c = config();
   const Index M = geometry_.rows, D = c.hidden_size;
   const int L = static_cast<int>(c.num_layers);
-  all_inputs_ = keep_inputs;
-  inputs_.ensure(static_cast<std::size_t>((keep_inputs ? L + 1 : 2) * M * D));
+  keep_bf16_inputs_ = keep_inputs && options_.bf16_residual;
+  all_inputs_ = keep_inputs && !keep_bf16_inputs_;
+  inputs_.ensure(static_cast<std::size_t>((all_inputs_ ? L + 1 : 2) * M * D));
+  if (keep_bf16_inputs_) kept_inputs_.ensure(static_cast<std::size_t>((L + 1) * M * D));
   if (activations_.size() < (save_activations ? static_cast<std::size_t>(L) : 1u))
     activations_.resize(save_activations ? static_cast<std::size_t>(L) : 1u);
   {  // tokens were validated in prepare()
     const auto embedding = acquire({Unit::kEmbedding});
     embedding_forward(rt_, layer_input(0), batch.tokens.data(), embedding.data, M, D);
   }
+  seal_layer_input(0);
   for (int l = 0; l < L; ++l) {
     const auto unit = acquire({Unit::kLayer, l});
     auto ctx = layer_context(l, unit.data, lora);
     layer_forward<P>(ctx, layer_input(l + 1), layer_input(l),
                      activations_[save_activations ? static_cast<std::size_t>(l) : 0],
                      save_activations);
+    seal_layer_input(l + 1);
   }
 }
 
@@ -166,19 +193,21 @@ void LlamaModel<P>::forward_cached(std::span<const std::int32_t> tokens, KvCache
   const auto lora = bind_lora(lora_params, nullptr, false, {});
   const LlamaConfig& c = config();
   const Index D = c.hidden_size;
-  all_inputs_ = false;
+  all_inputs_ = keep_bf16_inputs_ = false;
   inputs_.ensure(static_cast<std::size_t>(2 * n * D));
   if (activations_.empty()) activations_.resize(1);
   {
     const auto embedding = acquire({Unit::kEmbedding});
     embedding_forward(rt_, layer_input(0), batch.tokens.data(), embedding.data, n, D);
   }
+  seal_layer_input(0);
   for (int l = 0; l < static_cast<int>(c.num_layers); ++l) {
     const auto unit = acquire({Unit::kLayer, l});
     auto ctx = layer_context(l, unit.data, lora);
     ctx.cache = &cache.layers[static_cast<std::size_t>(l)];
     ctx.cached = cache.length;
     layer_forward<P>(ctx, layer_input(l + 1), layer_input(l), activations_[0], false);
+    seal_layer_input(l + 1);
   }
   cache.length += n;
   const Act* last = layer_input(static_cast<int>(c.num_layers)) + (n - 1) * D;
@@ -268,6 +297,7 @@ double LlamaModel<P>::forward_backward(const Batch& batch, std::span<const Act> 
     const auto unit = acquire({Unit::kLayer, l});
     auto ctx = layer_context(l, unit.data, lora);
     auto& acts = activations_[recompute ? 0 : static_cast<std::size_t>(l)];
+    restore_layer_input(l);
     if (recompute) layer_forward<P>(ctx, nullptr, layer_input(l), acts, false);
     layer_backward<P>(ctx, residual_grad_.data(), layer_input(l), acts);
   }

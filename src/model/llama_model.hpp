@@ -6,6 +6,8 @@
 //   loss and d x_L from the final norm and a fused lm_head + cross-entropy that materialises
 //   head_chunk_rows rows of logits at a time and only for tokens that have a target;
 //   for l = L-1 .. 0: recompute layer l's activations from x_l, then its backward.
+// With options.bf16_residual the x_l are rounded to bf16 and kept as bf16 (two fp32 working
+// slots hold the ones in use).
 // With selective recompute every layer's attention-block activations are kept (only the MLP
 // is recomputed); with none, every activation is.
 #pragma once
@@ -84,6 +86,10 @@ class LlamaModel {
   void run_layers(const Batch& batch, const LoraBinding<Act>& lora, bool keep_inputs,
                   bool save_activations, bool save_mlp);
   Act* layer_input(int layer);
+  // After x_l is written: rounds it to bf16 (bf16_residual) and keeps the bf16 copy.
+  void seal_layer_input(int layer);
+  // Before layer l's backward: brings x_l back from its bf16 copy when kept that way.
+  void restore_layer_input(int layer);
   // Final norm + lm_head + loss over rows with targets; writes d(x_L) when want_grad.
   double head_loss(const Batch& batch, double grad_scale, bool want_grad);
   // Releases a unit when it goes out of scope.
@@ -106,6 +112,8 @@ class LlamaModel {
 
   Buffer<Act> inputs_;  // [(L + 1), M, D] layer inputs (only 2 slots when not training)
   bool all_inputs_ = false;
+  Buffer<bf16> kept_inputs_;  // [(L + 1), M, D] with bf16_residual when training
+  bool keep_bf16_inputs_ = false;
   Buffer<Act> final_rstd_, final_h_, d_final_h_, head_rows_, head_logits_, residual_grad_;
   Buffer<Weight> head_operand_;
 };

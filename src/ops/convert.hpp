@@ -21,6 +21,17 @@ void convert(Runtime& rt, To* dst /*[n]*/, const From* src /*[n]*/, Index n) {
   }
 }
 
+// Rounds x to bf16 values in place; also writes the bf16 values to `copy` unless it is null.
+inline void round_to_bf16(Runtime& rt, float* x /*[n]*/, bf16* copy /*[n] or null*/, Index n) {
+  ProfileScope profile(rt.profiler(), ProfileCategory::kConvert);
+#pragma omp parallel for num_threads(rt.threads()) schedule(static) if (n > 32768)
+  for (Index i = 0; i < n; ++i) {
+    const bf16 b = to_bf16(x[i]);
+    x[i] = to_float(b);
+    if (copy) copy[i] = b;
+  }
+}
+
 // Converts a strided matrix block into a dense [rows, cols] array.
 template <class To, class From>
 void convert_rows(Runtime& rt, To* dst /*[rows, cols]*/, const From* src, Index src_stride,

@@ -82,7 +82,12 @@ MemoryEstimate estimate_memory(const LlamaConfig& c, const LoraLayout& lora,
   // Activations.
   const double layer_saved =
       M * (2 + 3 * D + W3 + Qd) + H * M + 7 * M * r;  // rstd, h1, x2, h2, qkv, attn, lse, LoRA z
-  e.items.push_back({"layer inputs (fp32, every layer, kept for backward)", 4.0 * (L + 1) * M * D});
+  if (s.bf16_residual)
+    e.items.push_back({"layer inputs (bf16 every layer + 2 fp32 working copies)",
+                       2.0 * (L + 1) * M * D + 4.0 * 2 * M * D});
+  else
+    e.items.push_back(
+        {"layer inputs (fp32, every layer, kept for backward)", 4.0 * (L + 1) * M * D});
   if (s.recompute)
     e.items.push_back({"one layer's activations (recomputed in backward)", 4.0 * layer_saved});
   else

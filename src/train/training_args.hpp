@@ -38,6 +38,9 @@ struct TrainingArguments {
   bool gradient_checkpointing = true;  // zerolora's default (HF: false): recompute each layer
   std::string recompute_granularity = "full";  // full, or selective: keep the attention block
   bool attn_softmax_bf16 = false;
+  // Residual stream between layers, and the layer inputs kept for backward: auto (bf16 with
+  // --bf16, fp32 without), bf16 or fp32.
+  std::string residual_dtype = "auto";
   // LoRA (run_lora_clm names)
   int lora_rank = 8;
   double lora_alpha = 16;
