@@ -255,7 +255,6 @@ int run_train(TrainFlags& f, Communicator& comm,
                    std::to_string(lora.dropout) + "/" + targets +
                    (lora.use_rslora ? "/rslora" : "")},
       {"global_batch", std::to_string(sampling.global_batch)},
-      {"micro_batch", std::to_string(a.per_device_train_batch_size)},
       {"seed", std::to_string(a.seed)},
       {"data", std::to_string(data.train.size()) + " sequences, " +
                    std::to_string(dr.train_tokens) + " tokens"},
@@ -274,8 +273,14 @@ int run_train(TrainFlags& f, Communicator& comm,
       if (dir.empty())
         throw UsageError(output_dir.string() + ": no checkpoint-* directory to resume from");
     }
-    start_step = load_training_checkpoint(comm, dir, config, layout, trainer, signature);
-    say("resumed from " + dir.string() + " at step " + std::to_string(start_step));
+    const ResumePoint resumed =
+        load_training_checkpoint(comm, dir, config, layout, trainer, signature);
+    start_step = resumed.step;
+    say("resumed from " + dir.string() + " at step " + std::to_string(start_step) +
+        (resumed.world_size == W
+             ? std::string()
+             : " (written by " + std::to_string(resumed.world_size) +
+                   " rank(s); optimizer state resharded for " + std::to_string(W) + ")"));
   }
 
   std::unique_ptr<MetricsLog> metrics;

@@ -4,7 +4,9 @@
 #     uninterrupted run, on 1 rank and on 2 ranks with partitioned LoRA state;
 #  2. SIGTERM in the middle of a run finishes the step, saves, exits 0; resuming continues
 #     exactly as a run that was never stopped;
-#  3. bad resumes and output directories get one clear message and exit 1 or 2.
+#  3. a checkpoint resumes at another world size (same global batch), resharding the optimizer
+#     state, and continues as the uninterrupted run;
+#  4. bad resumes and output directories get one clear message and exit 1 or 2.
 # Usage: train_resume_test.sh ZEROLORA MPIRUN SHARED_DATA_DIR
 set -uo pipefail
 bin="$1"
@@ -85,8 +87,42 @@ check "an output_dir with foreign files: refused, files untouched" $?
   --resume_from_checkpoint "$work/checkpoint-single" > /dev/null 2> "$work/err.txt"
 [ $? -eq 1 ] && grep -q "lora: checkpoint 4/" "$work/err.txt"
 check "resume with another LoRA rank: refused, naming the setting" $?
-$mpirun -np 2 "$bin" train "${common[@]}" --output_dir "$work/resumed" --max_steps 6 \
+$mpirun -np 2 "$bin" train "${common[@]}" --output_dir "$work/w2" --max_steps 6 \
   --resume_from_checkpoint "$work/checkpoint-single" > "$work/w2.txt" 2>&1
-[ $? -ne 0 ] && grep -q "written by 1 rank(s); this run has 2" "$work/w2.txt"
-check "resume with another world size: refused" $?
+[ $? -eq 1 ] && grep -q "global_batch: checkpoint 2, now 4" "$work/w2.txt"
+check "resume at another world size with another global batch: refused, naming it" $?
+
+# Another world size with the same global batch: the optimizer state is resharded and the run
+# goes on as the uninterrupted one. fp32 mode, where results are W-independent up to
+# summation order (the MPI tests' 1e-5); one micro-batch of 1 sequence everywhere.
+# 1 rank (LoRA state replicated) -> 2 ranks (partitioned, threshold 0) -> 4 ranks and -> 1.
+close() {  # close A B: the two loss lists agree within 1e-5 relative
+  python3 -c "
+a, b = '$1'.split(), '$2'.split()
+import sys
+sys.exit(0 if len(a) == len(b) > 0 and all(abs(float(x) - float(y)) <= 1e-5 * abs(float(x)) for x, y in zip(a, b)) else 1)"
+}
+fp32=("${common[@]}" --bf16 false --per_device_train_batch_size 1 --max_steps 6)
+"$bin" train "${fp32[@]}" --gradient_accumulation_steps 4 --output_dir "$work/r1" --save_steps 3 > /dev/null 2>&1
+mkdir -p "$work/r2" "$work/r4" "$work/r1b"
+cp -r "$work/r1/checkpoint-3" "$work/r2/"
+$mpirun -np 2 "$bin" train "${fp32[@]}" --gradient_accumulation_steps 2 --deepspeed "$work/ds.json" \
+  --output_dir "$work/r2" --save_steps 1 --resume_from_checkpoint last > "$work/r2.log" 2>&1
+a="$(losses "$work/r1/metrics.jsonl" 4 6)"
+b="$(losses "$work/r2/metrics.jsonl" 4 6)"
+grep -q "written by 1 rank(s); optimizer state resharded for 2" "$work/r2.log" && close "$a" "$b"
+check "1-rank checkpoint resumed on 2 ranks (replicated -> partitioned): steps 4-6 as uninterrupted ($a | $b)" $?
+a="$(losses "$work/r1/metrics.jsonl" 5 6)"
+cp -r "$work/r2/checkpoint-4" "$work/r4/"
+$mpirun -np 4 "$bin" train "${fp32[@]}" --deepspeed "$work/ds.json" --output_dir "$work/r4" \
+  --resume_from_checkpoint last > /dev/null 2>&1
+b="$(losses "$work/r4/metrics.jsonl" 5 6)"
+close "$a" "$b"
+check "2-rank checkpoint resumed on 4 ranks (partitioned, resharded): steps 5-6 as uninterrupted ($a | $b)" $?
+cp -r "$work/r2/checkpoint-4" "$work/r1b/"
+"$bin" train "${fp32[@]}" --gradient_accumulation_steps 4 --output_dir "$work/r1b" \
+  --resume_from_checkpoint last > /dev/null 2>&1
+b="$(losses "$work/r1b/metrics.jsonl" 5 6)"
+close "$a" "$b"
+check "2-rank checkpoint resumed on 1 rank (partitioned -> replicated): steps 5-6 as uninterrupted ($a | $b)" $?
 exit $((failures > 0))

@@ -1,9 +1,12 @@
 #include "train/lora_trainer.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <string>
+#include <tuple>
 
 #include "core/error.hpp"
 #include "core/precision.hpp"
@@ -82,15 +85,9 @@ LoraTrainer<P>::LoraTrainer(Runtime& rt, Communicator& comm, LlamaModel<P>& mode
   if (options.micro_batch < 1) throw ConfigError("micro batch must be at least 1");
   require_same_on_all_ranks(comm, trainer_fingerprint(model.config(), layout, options, comm.size()),
                             "the model, LoRA or optimizer configuration");
-  for (const auto& e : layout.entries()) {
-    if (e.numel() >= options.persistence_threshold) {
-      partitioned_slices_.push_back({e.offset, e.numel()});
-      partitioned_ += e.numel();
-    } else {
-      replicated_slices_.push_back({e.offset, e.numel()});
-      replicated_ += e.numel();
-    }
-  }
+  split_layout(options.persistence_threshold, replicated_slices_, partitioned_slices_);
+  for (const auto& s : replicated_slices_) replicated_ += s.count;
+  for (const auto& s : partitioned_slices_) partitioned_ += s.count;
   const Index world = comm.size();
   partitioned_padded_ = (partitioned_ + world - 1) / world * world;
   const Index shard = partitioned_padded_ / world;
@@ -112,6 +109,13 @@ LoraTrainer<P>::LoraTrainer(Runtime& rt, Communicator& comm, LlamaModel<P>& mode
                 static_cast<std::size_t>(shard) * sizeof(Act));
   replicated_opt_ = AdamW<Act>(replicated_, options.adamw);
   shard_opt_ = AdamW<Act>(shard, options.adamw);
+}
+
+template <class P>
+void LoraTrainer<P>::split_layout(Index threshold, std::vector<Slice>& replicated,
+                                  std::vector<Slice>& partitioned) const {
+  for (const auto& e : layout_.entries())
+    (e.numel() >= threshold ? partitioned : replicated).push_back({e.offset, e.numel()});
 }
 
 template <class P>
@@ -221,34 +225,76 @@ void LoraTrainer<P>::write_state(SafetensorsWriter& writer) const {
   writer.set_metadata("step", std::to_string(replicated_opt_.steps()));
   writer.set_metadata("rank", std::to_string(comm_.rank()));
   writer.set_metadata("world_size", std::to_string(comm_.size()));
+  writer.set_metadata("persistence_threshold", std::to_string(options_.persistence_threshold));
 }
 
 template <class P>
-void LoraTrainer<P>::read_state(const SafetensorsFile& file, std::span<const Act> params) {
+void LoraTrainer<P>::read_state(std::span<const SafetensorsFile> files,
+                                std::span<const Act> params) {
   static_assert(std::is_same_v<Act, float>);
   if (static_cast<Index>(params.size()) != layout_.size())
     throw ShapeError("checkpoint adapter holds " + std::to_string(params.size()) +
                      " values, this run needs " + std::to_string(layout_.size()));
-  auto read = [&](const char* name, std::span<float> into) {
+  if (files.empty()) throw FormatError("checkpoint: no optimizer state files");
+  const auto& meta0 = files[0].metadata();
+  // Checkpoints written before the threshold was recorded used this run's.
+  const Index old_threshold = meta0.count("persistence_threshold")
+                                  ? std::stoll(meta0.at("persistence_threshold"))
+                                  : options_.persistence_threshold;
+  const std::int64_t steps = std::stoll(meta0.at("step"));
+  std::vector<Slice> old_replicated, old_partitioned;
+  split_layout(old_threshold, old_replicated, old_partitioned);
+  Index old_replicated_count = 0, old_partitioned_count = 0;
+  for (const auto& s : old_replicated) old_replicated_count += s.count;
+  for (const auto& s : old_partitioned) old_partitioned_count += s.count;
+
+  auto read = [](const SafetensorsFile& file, const char* name, Index expected, float* into) {
     const TensorInfo& t = file.at(name);
-    if (t.numel() != static_cast<std::int64_t>(into.size()))
+    if (t.numel() != expected)
       throw ShapeError(file.path().string() + ": '" + name + "' holds " +
-                       std::to_string(t.numel()) + " values, this run needs " +
-                       std::to_string(into.size()));
-    read_float_elements(file, t, 0, t.numel(), into.data());
+                       std::to_string(t.numel()) + " values, expected " + std::to_string(expected));
+    read_float_elements(file, t, 0, t.numel(), into);
   };
-  read("replicated.exp_avg", replicated_opt_.first_moment());
-  read("replicated.exp_avg_sq", replicated_opt_.second_moment());
-  read("shard.exp_avg", shard_opt_.first_moment());
-  read("shard.exp_avg_sq", shard_opt_.second_moment());
-  const std::int64_t steps = std::stoll(file.metadata().at("step"));
+  // The moments, whole and in layout order: replicated ones from rank 0's file (every rank
+  // holds the same), partitioned ones as the concatenation of the ranks' shards.
+  const auto old_world = static_cast<Index>(files.size());
+  const Index old_shard = (old_partitioned_count + old_world - 1) / old_world;
+  std::vector<float> packed(
+      static_cast<std::size_t>(std::max(old_replicated_count, old_shard * old_world)));
+  Buffer<Act> whole_m(static_cast<std::size_t>(layout_.size())),
+      whole_v(static_cast<std::size_t>(layout_.size()));
+  for (auto [name, whole] : {std::pair{"exp_avg", &whole_m}, std::pair{"exp_avg_sq", &whole_v}}) {
+    read(files[0], (std::string("replicated.") + name).c_str(), old_replicated_count,
+         packed.data());
+    unpack(old_replicated, packed.data(), whole->data());
+    for (Index r = 0; r < old_world; ++r) {
+      const SafetensorsFile& file = files[static_cast<std::size_t>(r)];
+      if (std::stoll(file.metadata().at("step")) != steps)
+        throw FormatError(file.path().string() + ": written at another step than rank 0's file");
+      read(file, (std::string("shard.") + name).c_str(), old_shard, packed.data() + r * old_shard);
+    }
+    unpack(old_partitioned, packed.data(), whole->data());
+  }
+
+  // Split as this run does.
+  const Index shard = partitioned_padded_ / comm_.size();
+  Buffer<Act> padded(static_cast<std::size_t>(partitioned_padded_));
+  for (auto [whole, replicated, sharded] :
+       {std::tuple{&whole_m, replicated_opt_.first_moment(), shard_opt_.first_moment()},
+        std::tuple{&whole_v, replicated_opt_.second_moment(), shard_opt_.second_moment()}}) {
+    pack(replicated_slices_, whole->data(), replicated.data());
+    padded.zero();
+    pack(partitioned_slices_, whole->data(), padded.data());
+    if (shard > 0)
+      std::memcpy(sharded.data(), padded.data() + comm_.rank() * shard,
+                  static_cast<std::size_t>(shard) * sizeof(Act));
+  }
   replicated_opt_.set_steps(steps);
   shard_opt_.set_steps(steps);
   std::memcpy(params_.data(), params.data(), params.size_bytes());
   pack(replicated_slices_, params_.data(), replicated_params_.data());
   partitioned_params_full_.zero();
   pack(partitioned_slices_, params_.data(), partitioned_params_full_.data());
-  const Index shard = partitioned_padded_ / comm_.size();
   if (shard > 0)
     std::memcpy(shard_params_.data(), partitioned_params_full_.data() + comm_.rank() * shard,
                 static_cast<std::size_t>(shard) * sizeof(Act));

@@ -69,8 +69,11 @@ class LoraTrainer {
   // and of this rank's slice of the partitioned ones) and the step count; the weights
   // themselves are the adapter's.
   void write_state(SafetensorsWriter& writer) const;
-  // Restores weights and this rank's optimizer state; throws ShapeError on a mismatch.
-  void read_state(const SafetensorsFile& file, std::span<const Act> params);
+  // Restores weights and this rank's optimizer state from every rank's state file of a
+  // checkpoint (files[r] written by rank r), whatever world size and persistence threshold
+  // wrote it: the moments are put together in layout order, then split as this run splits
+  // them. Throws ShapeError or FormatError when the files do not fit together or this layout.
+  void read_state(std::span<const SafetensorsFile> files, std::span<const Act> params);
   std::int64_t steps() const { return replicated_opt_.steps(); }
   Index partitioned_elements() const { return partitioned_; }
   Index replicated_elements() const { return replicated_; }
@@ -79,6 +82,9 @@ class LoraTrainer {
   struct Slice {
     Index offset, count;  // in the LoRA layout
   };
+  // The replicated and partitioned slices of the layout under a persistence threshold.
+  void split_layout(Index threshold, std::vector<Slice>& replicated,
+                    std::vector<Slice>& partitioned) const;
   void pack(std::span<const Slice> slices, const Act* full, Act* packed) const;
   void unpack(std::span<const Slice> slices, const Act* packed, Act* full) const;
 

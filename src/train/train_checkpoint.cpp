@@ -83,9 +83,9 @@ void save_training_checkpoint(Communicator& comm, const fs::path& output_dir, st
 }
 
 template <class P>
-std::int64_t load_training_checkpoint(Communicator& comm, const fs::path& dir,
-                                      const LlamaConfig& base, const LoraLayout& layout,
-                                      LoraTrainer<P>& trainer, const RunSignature& signature) {
+ResumePoint load_training_checkpoint(Communicator& comm, const fs::path& dir,
+                                     const LlamaConfig& base, const LoraLayout& layout,
+                                     LoraTrainer<P>& trainer, const RunSignature& signature) {
   const fs::path state_path = dir / "trainer_state.json";
   if (!fs::exists(state_path))
     throw IoError(dir.string() + ": not a zerolora checkpoint (no trainer_state.json)");
@@ -94,11 +94,7 @@ std::int64_t load_training_checkpoint(Communicator& comm, const fs::path& dir,
       !state.contains("signature"))
     throw FormatError(state_path.string() + ": missing global_step, world_size or signature");
   const int world = state["world_size"].get<int>();
-  if (world != comm.size())
-    throw ConfigError(dir.string() + " was written by " + std::to_string(world) +
-                      " rank(s); this run has " + std::to_string(comm.size()) +
-                      ". Resume with mpirun -np " + std::to_string(world) +
-                      " (optimizer shards are per rank)");
+  if (world < 1) throw FormatError(state_path.string() + ": world_size must be at least 1");
   std::string differences;
   const json& saved = state["signature"];
   for (const auto& [key, value] : signature) {
@@ -114,11 +110,17 @@ std::int64_t load_training_checkpoint(Communicator& comm, const fs::path& dir,
   const PeftAdapter adapter = load_peft_adapter(dir, base);
   if (static_cast<Index>(adapter.params.size()) != layout.size())
     throw ShapeError(dir.string() + ": the adapter's LoRA layout differs from this run's");
-  const fs::path shard = dir / rank_file(comm.rank());
-  if (!fs::exists(shard))
-    throw IoError(shard.string() + ": missing (was the checkpoint copied whole?)");
-  trainer.read_state(SafetensorsFile(shard), adapter.params);
-  return state["global_step"].get<std::int64_t>();
+  // Every rank reads every rank's file (the LoRA optimizer state is small), so a checkpoint
+  // resumes at any world size: the partitioned moments are resharded.
+  std::vector<SafetensorsFile> files;
+  for (int r = 0; r < world; ++r) {
+    const fs::path file = dir / rank_file(r);
+    if (!fs::exists(file))
+      throw IoError(file.string() + ": missing (was the checkpoint copied whole?)");
+    files.emplace_back(file);
+  }
+  trainer.read_state(files, adapter.params);
+  return {state["global_step"].get<std::int64_t>(), world};
 }
 
 template void save_training_checkpoint<Fp32Policy>(Communicator&, const fs::path&, std::int64_t,
@@ -131,13 +133,13 @@ template void save_training_checkpoint<Bf16Policy>(Communicator&, const fs::path
                                                    const LoraTrainer<Bf16Policy>&,
                                                    const RunSignature&, const std::string&,
                                                    std::int64_t);
-template std::int64_t load_training_checkpoint<Fp32Policy>(Communicator&, const fs::path&,
-                                                           const LlamaConfig&, const LoraLayout&,
-                                                           LoraTrainer<Fp32Policy>&,
-                                                           const RunSignature&);
-template std::int64_t load_training_checkpoint<Bf16Policy>(Communicator&, const fs::path&,
-                                                           const LlamaConfig&, const LoraLayout&,
-                                                           LoraTrainer<Bf16Policy>&,
-                                                           const RunSignature&);
+template ResumePoint load_training_checkpoint<Fp32Policy>(Communicator&, const fs::path&,
+                                                          const LlamaConfig&, const LoraLayout&,
+                                                          LoraTrainer<Fp32Policy>&,
+                                                          const RunSignature&);
+template ResumePoint load_training_checkpoint<Bf16Policy>(Communicator&, const fs::path&,
+                                                          const LlamaConfig&, const LoraLayout&,
+                                                          LoraTrainer<Bf16Policy>&,
+                                                          const RunSignature&);
 
 }  // namespace zerolora

@@ -5,8 +5,9 @@
 // The scheduler, data order and dropout masks are functions of (seed, step), so the step is
 // all the rest needs. Every rank writes into checkpoint-<step>.tmp/, then rank 0 renames it:
 // a checkpoint directory is complete or absent. save_total_limit prunes the oldest.
-// Resuming refuses, with the differing settings named, a checkpoint from another world size
-// or configuration.
+// Resuming refuses, with the differing settings named, a checkpoint from another
+// configuration. Another world size (with the same global batch) is fine: every rank reads
+// all ranks' optimizer files and takes its share of the moments under the new split.
 #pragma once
 
 #include <cstdint>
@@ -32,10 +33,15 @@ void save_training_checkpoint(Communicator& comm, const std::filesystem::path& o
 // The checkpoint-<N> directory with the largest N, or empty.
 std::filesystem::path find_latest_checkpoint(const std::filesystem::path& output_dir);
 
-// Restores weights and optimizer state; returns the step to continue from.
+struct ResumePoint {
+  std::int64_t step = 0;  // the step to continue from
+  int world_size = 1;     // the ranks that wrote the checkpoint
+};
+
+// Restores weights and optimizer state.
 template <class P>
-std::int64_t load_training_checkpoint(Communicator& comm, const std::filesystem::path& dir,
-                                      const LlamaConfig& base, const LoraLayout& layout,
-                                      LoraTrainer<P>& trainer, const RunSignature& signature);
+ResumePoint load_training_checkpoint(Communicator& comm, const std::filesystem::path& dir,
+                                     const LlamaConfig& base, const LoraLayout& layout,
+                                     LoraTrainer<P>& trainer, const RunSignature& signature);
 
 }  // namespace zerolora
