@@ -220,6 +220,7 @@ int run_train(TrainFlags& f, Communicator& comm,
   options.persistence_threshold =
       a.zero_stage == 0 ? std::numeric_limits<Index>::max() : a.persistence_threshold;
   LoraTrainer<P> trainer(rt, comm, model, layout, options, init);
+  std::vector<float>().swap(init);  // the trainer keeps only this rank's part
   require_same_on_all_ranks(
       comm, hash_text(std::to_string(data.train.size()) + "/" + std::to_string(dr.train_tokens)),
       "the training data");
@@ -429,8 +430,9 @@ int run_train(TrainFlags& f, Communicator& comm,
         !(a.eval_strategy == "epoch" && total_steps % per_epoch == 0))
       evaluate(total_steps);
   }
+  const auto final_params = trainer.gather_params();  // collective
   if (leader) {
-    save_peft_adapter(output_dir, layout, trainer.params(), model_dir.string());
+    save_peft_adapter(output_dir, layout, final_params, model_dir.string());
     const std::int64_t trained = total_steps - start_step;
     ojson summary{
         {"global_step", total_steps},

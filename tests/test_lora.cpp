@@ -1,4 +1,5 @@
-// LoRA configuration, parameter layout (PEFT names, shapes), initialisation and dropout masks.
+// LoRA configuration, parameter layout (PEFT names, shapes), initialisation, dropout masks, and
+// the ZeRO-3 partition of the LoRA tensors.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -7,6 +8,7 @@
 #include "core/error.hpp"
 #include "lora/lora_layout.hpp"
 #include "lora/lora_linear.hpp"
+#include "train/lora_shards.hpp"
 
 namespace zerolora {
 namespace {
@@ -133,6 +135,52 @@ TEST(Dropout, RateDeterminismAndIndependenceFromRowSplit) {
   apply_dropout(rt, Mat<float>::dense(y2.data(), M, D), Mat<const float>::dense(x.data(), M, D),
                 other_step, false);
   EXPECT_NE(y, y2);
+}
+
+// Every element of the layout lands in exactly one place (the replicated vector or one rank's
+// shard), shards are the per-layer padded sizes, and the round trip gives the vector back.
+TEST(LoraPartition, ShardsCoverTheLayoutOnceAndRoundTrip) {
+  LoraConfig lora;
+  lora.rank = 3;
+  lora.targets = parse_lora_targets("all-linear");
+  const LoraLayout layout(small_gqa(), lora);
+  std::vector<float> whole(static_cast<std::size_t>(layout.size()));
+  std::iota(whole.begin(), whole.end(), 1.0f);  // distinct, non-zero
+  for (const Index threshold : {Index{0}, Index{200}, Index{1} << 40})
+    for (const int world : {1, 2, 3, 5}) {
+      SCOPED_TRACE("threshold " + std::to_string(threshold) + ", W " + std::to_string(world));
+      const LoraPartition plan(layout, threshold, world);
+      Index expected_replicated = 0, expected_shard = 0;
+      for (int l = 0; l < small_gqa().num_layers; ++l) {
+        Index partitioned = 0;
+        for (const auto& e : layout.entries())
+          if (e.layer == l)
+            (e.numel() >= threshold ? partitioned : expected_replicated) += e.numel();
+        expected_shard += (partitioned + world - 1) / world;
+      }
+      EXPECT_EQ(plan.replicated, expected_replicated);
+      EXPECT_EQ(plan.shard, expected_shard);
+      EXPECT_EQ(plan.replicated + plan.partitioned, layout.size());
+
+      std::vector<float> replicated(static_cast<std::size_t>(plan.replicated));
+      plan.pack_replicated(whole.data(), replicated.data());
+      std::vector<std::vector<float>> shards;
+      std::vector<const float*> pointers;
+      std::vector<int> seen(whole.size() + 1, 0);
+      for (float v : replicated) ++seen[static_cast<std::size_t>(v)];
+      for (int r = 0; r < world; ++r) {
+        shards.emplace_back(static_cast<std::size_t>(plan.shard), -1.0f);
+        plan.shard_of(whole.data(), r, shards.back().data());
+        for (float v : shards.back())
+          if (v > 0) ++seen[static_cast<std::size_t>(v)];
+      }
+      for (const auto& sh : shards) pointers.push_back(sh.data());
+      for (std::size_t i = 1; i < seen.size(); ++i) ASSERT_EQ(seen[i], 1) << "element " << i - 1;
+      std::vector<float> back(whole.size(), 0.0f);
+      plan.unpack_replicated(replicated.data(), back.data());
+      plan.unshard(pointers, back.data());
+      EXPECT_EQ(back, whole);
+    }
 }
 
 }  // namespace

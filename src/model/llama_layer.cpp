@@ -78,28 +78,28 @@ class LayerOps {
     if (!slots) return;
     const auto& cfg = ctx_.lora.layout->config();
     lora_forward<Act>(rt_, dst, z, Mat<const Act>::dense(src, M, in),
-                      ctx_.lora.params + slots->a_offset, ctx_.lora.params + slots->b_offset,
-                      cfg.rank, cfg.scale(), dropout(m, row_offset), ctx_.workspace.lora_scratch);
+                      ctx_.lora.param(slots->a_offset), ctx_.lora.param(slots->b_offset), cfg.rank,
+                      cfg.scale(), dropout(m, row_offset), ctx_.workspace.lora_scratch);
   }
 
   void lora_project_into(LoraModule m, Act* z, const Act* src, Index M, Index in,
                          Index row_offset) {
     const auto* slots = adapter(m);
     if (!slots) return;
-    lora_project<Act>(rt_, z, Mat<const Act>::dense(src, M, in), ctx_.lora.params + slots->a_offset,
+    lora_project<Act>(rt_, z, Mat<const Act>::dense(src, M, in), ctx_.lora.param(slots->a_offset),
                       rank(), dropout(m, row_offset), ctx_.workspace.lora_scratch);
   }
 
   void lora_backward_into(LoraModule m, Mat<Act> diff_src, Mat<const Act> diff_dst, const Act* z,
                           const Act* src, Index row_offset) {
     const auto* slots = adapter(m);
-    if (!slots || !ctx_.lora.grads) return;
+    if (!slots || !ctx_.lora.view.grads) return;
     const auto& cfg = ctx_.lora.layout->config();
-    lora_backward<Act>(rt_, diff_src, ctx_.lora.grads + slots->a_offset,
-                       ctx_.lora.grads + slots->b_offset, diff_dst, z,
+    lora_backward<Act>(rt_, diff_src, ctx_.lora.grad(slots->a_offset),
+                       ctx_.lora.grad(slots->b_offset), diff_dst, z,
                        Mat<const Act>::dense(src, diff_src.rows, diff_src.cols),
-                       ctx_.lora.params + slots->a_offset, ctx_.lora.params + slots->b_offset,
-                       cfg.rank, cfg.scale(), dropout(m, row_offset), ctx_.workspace.lora_scratch);
+                       ctx_.lora.param(slots->a_offset), ctx_.lora.param(slots->b_offset), cfg.rank,
+                       cfg.scale(), dropout(m, row_offset), ctx_.workspace.lora_scratch);
   }
 
   // gate_up (=) [rows, 2I] = h2 Wgu^T + LoRA(gate, up); z_gate/z_up receive the LoRA z.

@@ -16,6 +16,7 @@
 #include "io/llama_config.hpp"
 #include "lora/lora_layout.hpp"
 #include "lora/lora_linear.hpp"
+#include "model/lora_source.hpp"
 #include "model/parameter_table.hpp"
 #include "ops/attention.hpp"
 #include "ops/rope.hpp"
@@ -57,10 +58,12 @@ struct BatchGeometry {
 template <class T>
 struct LoraBinding {
   const LoraLayout* layout = nullptr;  // null: no adapters
-  const T* params = nullptr;
-  T* grads = nullptr;
-  bool dropout = false;           // apply LoRA dropout (training only)
-  std::uint64_t dropout_key = 0;  // (seed, step)
+  LoraSource<T>* source = nullptr;     // where each layer's view comes from
+  bool dropout = false;                // apply LoRA dropout (training only)
+  std::uint64_t dropout_key = 0;       // (seed, step)
+  LoraLayerView<T> view;               // the current layer's tensors (see lora_source.hpp)
+  const T* param(Index offset) const { return view.params + (offset - view.base); }
+  T* grad(Index offset) const { return view.grads + (offset - view.base); }
 };
 
 // What the layer's backward needs from its forward.
@@ -100,7 +103,7 @@ struct LayerContext {
   const BatchGeometry& geometry;
   const RopeTable& rope;
   const ComputeOptions& options;
-  const LoraBinding<Act>& lora;
+  LoraBinding<Act> lora;  // with this layer's view
   LayerWorkspace<Act, Weight>& workspace;
   // Generation: append this pass's keys/values at `cached` and attend over the cache.
   KvCacheLayer<Act>* cache = nullptr;
@@ -114,7 +117,7 @@ void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P:
                    LayerActivations<typename P::Act>& acts, bool save_mlp);
 
 // dx [M, D]: on entry d(out), on exit d(x) (residual stream, updated in place).
-// LoRA gradients accumulate into ctx.lora.grads.
+// LoRA gradients accumulate into ctx.lora.view.grads.
 template <class P>
 void layer_backward(LayerContext<P>& ctx, typename P::Act* dx, const typename P::Act* x,
                     LayerActivations<typename P::Act>& acts);

@@ -59,24 +59,35 @@ void LlamaModel<P>::prepare(const Batch& batch) {
 }
 
 template <class P>
-LoraBinding<typename P::Act> LlamaModel<P>::bind_lora(std::span<const Act> params, Act* grads,
-                                                      bool dropout, const StepKey& key) const {
+void LlamaModel<P>::check_lora_size(std::size_t values, const char* what) const {
+  if (lora_ && static_cast<Index>(values) != lora_->size())
+    throw ShapeError(std::string("LoRA ") + what + " hold " + std::to_string(values) +
+                     " values, the adapter layout needs " + std::to_string(lora_->size()));
+}
+
+template <class P>
+LoraBinding<typename P::Act> LlamaModel<P>::bind_lora(LoraSource<Act>* source, bool dropout,
+                                                      const StepKey& key) const {
   LoraBinding<Act> binding;
   if (!lora_) return binding;
-  if (static_cast<Index>(params.size()) != lora_->size())
-    throw ShapeError("LoRA parameters hold " + std::to_string(params.size()) +
-                     " values, the adapter layout needs " + std::to_string(lora_->size()));
   binding.layout = lora_;
-  binding.params = params.data();
-  binding.grads = grads;
+  binding.source = source;
   binding.dropout = dropout && lora_->config().dropout > 0;
   binding.dropout_key = hash_combine(key.seed, key.step);
   return binding;
 }
 
 template <class P>
+typename LlamaModel<P>::AcquiredLora LlamaModel<P>::acquire_lora(const LoraBinding<Act>& lora,
+                                                                 int layer, bool with_grads) {
+  LoraBinding<Act> binding = lora;
+  if (binding.source) binding.view = binding.source->acquire(layer, with_grads);
+  return AcquiredLora{binding, layer, with_grads};
+}
+
+template <class P>
 LayerContext<P> LlamaModel<P>::layer_context(int layer, const Weight* weights,
-                                             const LoraBinding<Act>& lora) {
+                                             const LoraBinding<Act>& lora) {  // lora: with view
   return LayerContext<P>{rt_,       config(), weights_.layout(), weights, layer,
                          geometry_, rope_,    options_,          lora,    workspace_};
 }
@@ -123,7 +134,8 @@ void LlamaModel<P>::run_layers(const Batch& batch, const LoraBinding<Act>& lora,
   seal_layer_input(0);
   for (int l = 0; l < L; ++l) {
     const auto unit = acquire({Unit::kLayer, l});
-    auto ctx = layer_context(l, unit.data, lora);
+    const auto adapters = acquire_lora(lora, l, false);
+    auto ctx = layer_context(l, unit.data, adapters.binding);
     layer_forward<P>(ctx, layer_input(l + 1), layer_input(l),
                      activations_[save_activations ? static_cast<std::size_t>(l) : 0],
                      save_activations);
@@ -136,7 +148,9 @@ void LlamaModel<P>::forward_logits(const Batch& batch, std::span<const Act> lora
                                    Act* logits, bool last_only) {
   prepare(batch);
   weights_.begin_schedule(schedule(false));
-  run_layers(batch, bind_lora(lora_params, nullptr, false, {}), false, false, false);
+  check_lora_size(lora_params.size(), "parameters");
+  WholeLora<Act> source(lora_params, nullptr);
+  run_layers(batch, bind_lora(&source, false, {}), false, false, false);
   const LlamaConfig& c = config();
   const Index D = c.hidden_size, V = c.vocab_size;
   std::vector<Index> rows;
@@ -190,7 +204,9 @@ void LlamaModel<P>::forward_cached(std::span<const std::int32_t> tokens, KvCache
   for (auto& p : geometry_.positions) p += static_cast<std::int32_t>(cache.length);
   rope_.ensure(cache.length + n);
   weights_.begin_schedule(schedule(false));
-  const auto lora = bind_lora(lora_params, nullptr, false, {});
+  check_lora_size(lora_params.size(), "parameters");
+  WholeLora<Act> source(lora_params, nullptr);
+  const auto lora = bind_lora(&source, false, {});
   const LlamaConfig& c = config();
   const Index D = c.hidden_size;
   all_inputs_ = keep_bf16_inputs_ = false;
@@ -203,7 +219,8 @@ void LlamaModel<P>::forward_cached(std::span<const std::int32_t> tokens, KvCache
   seal_layer_input(0);
   for (int l = 0; l < static_cast<int>(c.num_layers); ++l) {
     const auto unit = acquire({Unit::kLayer, l});
-    auto ctx = layer_context(l, unit.data, lora);
+    const auto adapters = acquire_lora(lora, l, false);
+    auto ctx = layer_context(l, unit.data, adapters.binding);
     ctx.cache = &cache.layers[static_cast<std::size_t>(l)];
     ctx.cached = cache.length;
     layer_forward<P>(ctx, layer_input(l + 1), layer_input(l), activations_[0], false);
@@ -274,9 +291,16 @@ double LlamaModel<P>::head_loss(const Batch& batch, double grad_scale, bool want
 
 template <class P>
 double LlamaModel<P>::loss(const Batch& batch, std::span<const Act> lora_params) {
+  check_lora_size(lora_params.size(), "parameters");
+  WholeLora<Act> source(lora_params, nullptr);
+  return loss(batch, source);
+}
+
+template <class P>
+double LlamaModel<P>::loss(const Batch& batch, LoraSource<Act>& lora) {
   prepare(batch);
   weights_.begin_schedule(schedule(false));
-  run_layers(batch, bind_lora(lora_params, nullptr, false, {}), false, false, false);
+  run_layers(batch, bind_lora(&lora, false, {}), false, false, false);
   return head_loss(batch, 0.0, false);
 }
 
@@ -284,22 +308,30 @@ template <class P>
 double LlamaModel<P>::forward_backward(const Batch& batch, std::span<const Act> lora_params,
                                        std::span<Act> lora_grads, double grad_scale,
                                        const StepKey& key) {
+  check_lora_size(lora_params.size(), "parameters");
+  check_lora_size(lora_grads.size(), "gradients");
+  WholeLora<Act> source(lora_params, lora_grads.data());
+  return forward_backward(batch, source, grad_scale, key);
+}
+
+template <class P>
+double LlamaModel<P>::forward_backward(const Batch& batch, LoraSource<Act>& source,
+                                       double grad_scale, const StepKey& key) {
   prepare(batch);
-  if (lora_ && static_cast<Index>(lora_grads.size()) != lora_->size())
-    throw ShapeError("LoRA gradient buffer holds " + std::to_string(lora_grads.size()) +
-                     " values, the adapter layout needs " + std::to_string(lora_->size()));
-  const auto lora = bind_lora(lora_params, lora_grads.data(), true, key);
+  const auto lora = bind_lora(&source, true, key);
   const bool recompute = options_.recompute == Recompute::kFull;
   weights_.begin_schedule(schedule(true));
   run_layers(batch, lora, true, !recompute, options_.recompute == Recompute::kNone);
   const double loss = head_loss(batch, grad_scale, true);
   for (int l = static_cast<int>(config().num_layers) - 1; l >= 0; --l) {
     const auto unit = acquire({Unit::kLayer, l});
-    auto ctx = layer_context(l, unit.data, lora);
+    auto adapters = acquire_lora(lora, l, true);
+    auto ctx = layer_context(l, unit.data, adapters.binding);
     auto& acts = activations_[recompute ? 0 : static_cast<std::size_t>(l)];
     restore_layer_input(l);
     if (recompute) layer_forward<P>(ctx, nullptr, layer_input(l), acts, false);
     layer_backward<P>(ctx, residual_grad_.data(), layer_input(l), acts);
+    adapters.finish();
   }
   return loss;
 }

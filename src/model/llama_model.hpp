@@ -21,6 +21,7 @@
 #include "core/runtime.hpp"
 #include "model/batch.hpp"
 #include "model/llama_layer.hpp"
+#include "model/lora_source.hpp"
 #include "model/weight_provider.hpp"
 
 namespace zerolora {
@@ -67,20 +68,25 @@ class LlamaModel {
 
   // Summed token loss of the batch, no gradients.
   double loss(const Batch& batch, std::span<const Act> lora_params);
+  double loss(const Batch& batch, LoraSource<Act>& lora);
 
   // Forward and backward. Adds grad_scale * d(summed loss)/d(LoRA) into lora_grads
   // (grad_scale = 1 / label tokens of the global batch gives the mean-loss gradient).
   // Returns the summed token loss.
   double forward_backward(const Batch& batch, std::span<const Act> lora_params,
                           std::span<Act> lora_grads, double grad_scale, const StepKey& key);
+  // The same with the LoRA tensors acquired layer by layer from `lora` (ZeRO-3), which
+  // receives each layer's gradients when its backward is done.
+  double forward_backward(const Batch& batch, LoraSource<Act>& lora, double grad_scale,
+                          const StepKey& key);
 
  private:
   void prepare(const Batch& batch);
   LayerContext<P> layer_context(int layer, const Weight* weights, const LoraBinding<Act>& lora);
   // The units a pass acquires, in order; training adds the layers again in reverse.
   std::vector<UnitId> schedule(bool backward) const;
-  LoraBinding<Act> bind_lora(std::span<const Act> params, Act* grads, bool dropout,
-                             const StepKey& key) const;
+  LoraBinding<Act> bind_lora(LoraSource<Act>* source, bool dropout, const StepKey& key) const;
+  void check_lora_size(std::size_t values, const char* what) const;
   // Runs the decoder stack on x_0; keeps every layer input when keep_inputs, and every
   // layer's activations when save_activations.
   void run_layers(const Batch& batch, const LoraBinding<Act>& lora, bool keep_inputs,
@@ -100,6 +106,22 @@ class LlamaModel {
     ~Acquired() { provider.release(unit); }
   };
   Acquired acquire(UnitId unit) { return {weights_, unit, weights_.acquire(unit)}; }
+  // A layer's LoRA view for the length of a layer pass. finish() hands the gradients over;
+  // otherwise (forward, or unwinding) the view is released without communication.
+  struct AcquiredLora {
+    LoraBinding<Act> binding;
+    int layer;
+    bool with_grads;
+    bool finished = false;
+    void finish() {
+      if (binding.source) binding.source->release(layer, with_grads);
+      finished = true;
+    }
+    ~AcquiredLora() {
+      if (!finished && binding.source) binding.source->release(layer, false);
+    }
+  };
+  AcquiredLora acquire_lora(const LoraBinding<Act>& lora, int layer, bool with_grads);
 
   Runtime& rt_;
   WeightProvider<Weight>& weights_;

@@ -77,61 +77,16 @@ LoraTrainer<P>::LoraTrainer(Runtime& rt, Communicator& comm, LlamaModel<P>& mode
       model_(model),
       layout_(layout),
       options_(options),
-      replicated_opt_(0, options.adamw),
-      shard_opt_(0, options.adamw) {
+      shards_(comm, layout, options.persistence_threshold),
+      replicated_opt_(shards_.partition().replicated, options.adamw),
+      shard_opt_(shards_.partition().shard, options.adamw) {
   if (static_cast<Index>(initial_params.size()) != layout.size())
     throw ShapeError("initial LoRA parameters hold " + std::to_string(initial_params.size()) +
                      " values, the layout needs " + std::to_string(layout.size()));
   if (options.micro_batch < 1) throw ConfigError("micro batch must be at least 1");
   require_same_on_all_ranks(comm, trainer_fingerprint(model.config(), layout, options, comm.size()),
                             "the model, LoRA or optimizer configuration");
-  split_layout(options.persistence_threshold, replicated_slices_, partitioned_slices_);
-  for (const auto& s : replicated_slices_) replicated_ += s.count;
-  for (const auto& s : partitioned_slices_) partitioned_ += s.count;
-  const Index world = comm.size();
-  partitioned_padded_ = (partitioned_ + world - 1) / world * world;
-  const Index shard = partitioned_padded_ / world;
-
-  params_ = Buffer<Act>(static_cast<std::size_t>(layout.size()));
-  grads_ = Buffer<Act>(static_cast<std::size_t>(layout.size()));
-  std::memcpy(params_.data(), initial_params.data(), initial_params.size_bytes());
-  replicated_params_ = Buffer<Act>(static_cast<std::size_t>(replicated_));
-  replicated_grads_ = Buffer<Act>(static_cast<std::size_t>(replicated_));
-  pack(replicated_slices_, params_.data(), replicated_params_.data());
-  partitioned_params_full_ = Buffer<Act>(static_cast<std::size_t>(partitioned_padded_));
-  partitioned_params_full_.zero();
-  pack(partitioned_slices_, params_.data(), partitioned_params_full_.data());
-  partitioned_grads_full_ = Buffer<Act>(static_cast<std::size_t>(partitioned_padded_));
-  shard_params_ = Buffer<Act>(static_cast<std::size_t>(shard));
-  shard_grads_ = Buffer<Act>(static_cast<std::size_t>(shard));
-  if (shard > 0)
-    std::memcpy(shard_params_.data(), partitioned_params_full_.data() + comm.rank() * shard,
-                static_cast<std::size_t>(shard) * sizeof(Act));
-  replicated_opt_ = AdamW<Act>(replicated_, options.adamw);
-  shard_opt_ = AdamW<Act>(shard, options.adamw);
-}
-
-template <class P>
-void LoraTrainer<P>::split_layout(Index threshold, std::vector<Slice>& replicated,
-                                  std::vector<Slice>& partitioned) const {
-  for (const auto& e : layout_.entries())
-    (e.numel() >= threshold ? partitioned : replicated).push_back({e.offset, e.numel()});
-}
-
-template <class P>
-void LoraTrainer<P>::pack(std::span<const Slice> slices, const Act* full, Act* packed) const {
-  for (const auto& s : slices) {
-    std::memcpy(packed, full + s.offset, static_cast<std::size_t>(s.count) * sizeof(Act));
-    packed += s.count;
-  }
-}
-
-template <class P>
-void LoraTrainer<P>::unpack(std::span<const Slice> slices, const Act* packed, Act* full) const {
-  for (const auto& s : slices) {
-    std::memcpy(full + s.offset, packed, static_cast<std::size_t>(s.count) * sizeof(Act));
-    packed += s.count;
-  }
+  shards_.set_params(initial_params);
 }
 
 template <class P>
@@ -144,7 +99,7 @@ StepStats LoraTrainer<P>::step(const std::vector<TokenSequence>& data,
     for (Index i : rank_samples) stats.tokens += data[static_cast<std::size_t>(i)].size();
     return stats;
   }
-  grads_.zero();
+  shards_.zero_grads();
   const double t0 = now_seconds();
   double loss_sum = 0;
   const StepKey key{options_.seed, static_cast<std::uint64_t>(step_number)};
@@ -155,46 +110,35 @@ StepStats LoraTrainer<P>::step(const std::vector<TokenSequence>& data,
     const Batch batch = make_batch(data, micro);
     stats.tokens += batch.size();
     stats.targets += batch.label_count();
-    loss_sum += model_.forward_backward(batch, params_.span(), grads_.span(),
-                                        1.0 / static_cast<double>(global_targets), key);
+    loss_sum +=
+        model_.forward_backward(batch, shards_, 1.0 / static_cast<double>(global_targets), key);
   }
   stats.compute_seconds = now_seconds() - t0;
 
-  // Reduce gradients: replicated tensors all-reduced, partitioned ones reduce-scattered.
-  const Index shard = partitioned_padded_ / comm_.size();
-  pack(replicated_slices_, grads_.data(), replicated_grads_.data());
-  partitioned_grads_full_.zero();
-  pack(partitioned_slices_, grads_.data(), partitioned_grads_full_.data());
+  // Replicated gradients are all-reduced; partitioned ones were reduce-scattered layer by layer.
+  const auto replicated_grads = shards_.replicated_grads();
+  const auto shard_grads = shards_.shard_grads();
   auto loss_request = comm_.all_reduce_async(&loss_sum, 1, ElementType::kDouble);
-  comm_.all_reduce(replicated_grads_.span());
-  if (partitioned_padded_ > 0)
-    comm_.reduce_scatter(partitioned_grads_full_.data(), shard_grads_.data(),
-                         static_cast<std::size_t>(shard));
+  comm_.all_reduce(replicated_grads);
   loss_request->wait();
   stats.loss = loss_sum / static_cast<double>(global_targets);
 
   // Global norm: replicated part is identical on all ranks, shards add up.
-  const double replicated_sq = std::pow(grad_norm<Act>(rt_, replicated_grads_.span()), 2);
-  const double shard_sq =
-      comm_.all_reduce_sum(std::pow(grad_norm<Act>(rt_, shard_grads_.span()), 2));
+  const double replicated_sq = std::pow(grad_norm<Act>(rt_, replicated_grads), 2);
+  const double shard_sq = comm_.all_reduce_sum(std::pow(grad_norm<Act>(rt_, shard_grads), 2));
   stats.grad_norm = std::sqrt(replicated_sq + shard_sq);
   if (options_.max_grad_norm > 0) {
     const Act coef =
         static_cast<Act>(std::min(1.0, options_.max_grad_norm / (stats.grad_norm + 1e-6)));
-    for (Act& g : replicated_grads_) g *= coef;
-    for (Act& g : shard_grads_) g *= coef;
+    for (Act& g : replicated_grads) g *= coef;
+    for (Act& g : shard_grads) g *= coef;
   }
 
-  replicated_opt_.step(rt_, replicated_params_.span(), replicated_grads_.span(), lr);
-  if (shard > 0)
-    shard_opt_.step(rt_, shard_params_.span(), shard_grads_.span(), lr);
+  replicated_opt_.step(rt_, shards_.replicated_params(), replicated_grads, lr);
+  if (!shard_grads.empty())
+    shard_opt_.step(rt_, shards_.shard_params(), shard_grads, lr);
   else
     shard_opt_.set_steps(replicated_opt_.steps());
-  if (partitioned_padded_ > 0)
-    comm_.all_gather(shard_params_.data(), partitioned_params_full_.data(),
-                     static_cast<std::size_t>(shard) * sizeof(Act));
-  unpack(replicated_slices_, replicated_params_.data(), params_.data());
-  unpack(partitioned_slices_, partitioned_params_full_.data(), params_.data());
   return stats;
 }
 
@@ -205,14 +149,13 @@ double LoraTrainer<P>::evaluate(const std::vector<TokenSequence>& data,
   const auto step = static_cast<std::size_t>(std::max<Index>(1, micro_batch));
   for (std::size_t at = 0; at < rank_samples.size(); at += step) {
     const auto micro = rank_samples.subspan(at, std::min(rank_samples.size() - at, step));
-    loss_sum += model_.loss(make_batch(data, micro), params_.span());
+    loss_sum += model_.loss(make_batch(data, micro), shards_);
   }
   return comm_.all_reduce_sum(loss_sum);
 }
 
 template <class P>
 void LoraTrainer<P>::write_state(SafetensorsWriter& writer) const {
-  static_assert(std::is_same_v<Act, float>);
   auto& self = const_cast<LoraTrainer&>(*this);
   auto add = [&](const char* name, std::span<float> values) {
     writer.add<float>(name, DType::kF32, {static_cast<std::int64_t>(values.size())},
@@ -226,78 +169,61 @@ void LoraTrainer<P>::write_state(SafetensorsWriter& writer) const {
   writer.set_metadata("rank", std::to_string(comm_.rank()));
   writer.set_metadata("world_size", std::to_string(comm_.size()));
   writer.set_metadata("persistence_threshold", std::to_string(options_.persistence_threshold));
+  writer.set_metadata("partitioning", "per-layer");
 }
 
 template <class P>
 void LoraTrainer<P>::read_state(std::span<const SafetensorsFile> files,
                                 std::span<const Act> params) {
-  static_assert(std::is_same_v<Act, float>);
   if (static_cast<Index>(params.size()) != layout_.size())
     throw ShapeError("checkpoint adapter holds " + std::to_string(params.size()) +
                      " values, this run needs " + std::to_string(layout_.size()));
   if (files.empty()) throw FormatError("checkpoint: no optimizer state files");
-  const auto& meta0 = files[0].metadata();
-  // Checkpoints written before the threshold was recorded used this run's.
-  const Index old_threshold = meta0.count("persistence_threshold")
-                                  ? std::stoll(meta0.at("persistence_threshold"))
-                                  : options_.persistence_threshold;
-  const std::int64_t steps = std::stoll(meta0.at("step"));
-  std::vector<Slice> old_replicated, old_partitioned;
-  split_layout(old_threshold, old_replicated, old_partitioned);
-  Index old_replicated_count = 0, old_partitioned_count = 0;
-  for (const auto& s : old_replicated) old_replicated_count += s.count;
-  for (const auto& s : old_partitioned) old_partitioned_count += s.count;
-
-  auto read = [](const SafetensorsFile& file, const char* name, Index expected, float* into) {
+  const auto& meta = files[0].metadata();
+  if (meta.count("partitioning") == 0 || meta.at("partitioning") != "per-layer")
+    throw FormatError(files[0].path().string() +
+                      ": optimizer state from an older zerolora (one flat partition); resume "
+                      "with the version that wrote it, or start from its adapter");
+  const std::int64_t steps = std::stoll(meta.at("step"));
+  // How the writing run split the layout, from its threshold and world size.
+  const LoraPartition old(layout_, std::stoll(meta.at("persistence_threshold")),
+                          static_cast<int>(files.size()));
+  auto read = [](const SafetensorsFile& file, const std::string& name, Index expected,
+                 float* into) {
     const TensorInfo& t = file.at(name);
     if (t.numel() != expected)
       throw ShapeError(file.path().string() + ": '" + name + "' holds " +
                        std::to_string(t.numel()) + " values, expected " + std::to_string(expected));
     read_float_elements(file, t, 0, t.numel(), into);
   };
-  // The moments, whole and in layout order: replicated ones from rank 0's file (every rank
-  // holds the same), partitioned ones as the concatenation of the ranks' shards.
-  const auto old_world = static_cast<Index>(files.size());
-  const Index old_shard = (old_partitioned_count + old_world - 1) / old_world;
-  std::vector<float> packed(
-      static_cast<std::size_t>(std::max(old_replicated_count, old_shard * old_world)));
-  Buffer<Act> whole_m(static_cast<std::size_t>(layout_.size())),
-      whole_v(static_cast<std::size_t>(layout_.size()));
-  for (auto [name, whole] : {std::pair{"exp_avg", &whole_m}, std::pair{"exp_avg_sq", &whole_v}}) {
-    read(files[0], (std::string("replicated.") + name).c_str(), old_replicated_count,
-         packed.data());
-    unpack(old_replicated, packed.data(), whole->data());
-    for (Index r = 0; r < old_world; ++r) {
-      const SafetensorsFile& file = files[static_cast<std::size_t>(r)];
-      if (std::stoll(file.metadata().at("step")) != steps)
-        throw FormatError(file.path().string() + ": written at another step than rank 0's file");
-      read(file, (std::string("shard.") + name).c_str(), old_shard, packed.data() + r * old_shard);
+  // Each moment whole, in layout order (replicated part from rank 0's file: every rank holds
+  // the same), then split as this run splits it.
+  const auto world = static_cast<std::size_t>(old.world);
+  std::vector<float> whole(static_cast<std::size_t>(layout_.size()));
+  std::vector<float> replicated(static_cast<std::size_t>(old.replicated));
+  std::vector<std::vector<float>> shards(world, std::vector<float>(old.shard));
+  std::vector<const float*> shard_ptrs;
+  for (const auto& s : shards) shard_ptrs.push_back(s.data());
+  for (const bool second : {false, true}) {
+    const std::string name = second ? "exp_avg_sq" : "exp_avg";
+    read(files[0], "replicated." + name, old.replicated, replicated.data());
+    for (std::size_t r = 0; r < world; ++r) {
+      if (std::stoll(files[r].metadata().at("step")) != steps)
+        throw FormatError(files[r].path().string() + ": written at another step than rank 0's");
+      read(files[r], "shard." + name, old.shard, shards[r].data());
     }
-    unpack(old_partitioned, packed.data(), whole->data());
-  }
-
-  // Split as this run does.
-  const Index shard = partitioned_padded_ / comm_.size();
-  Buffer<Act> padded(static_cast<std::size_t>(partitioned_padded_));
-  for (auto [whole, replicated, sharded] :
-       {std::tuple{&whole_m, replicated_opt_.first_moment(), shard_opt_.first_moment()},
-        std::tuple{&whole_v, replicated_opt_.second_moment(), shard_opt_.second_moment()}}) {
-    pack(replicated_slices_, whole->data(), replicated.data());
-    padded.zero();
-    pack(partitioned_slices_, whole->data(), padded.data());
-    if (shard > 0)
-      std::memcpy(sharded.data(), padded.data() + comm_.rank() * shard,
-                  static_cast<std::size_t>(shard) * sizeof(Act));
+    old.unpack_replicated(replicated.data(), whole.data());
+    old.unshard(shard_ptrs, whole.data());
+    const std::span<float> replicated_moment =
+        second ? replicated_opt_.second_moment() : replicated_opt_.first_moment();
+    const std::span<float> shard_moment =
+        second ? shard_opt_.second_moment() : shard_opt_.first_moment();
+    shards_.partition().pack_replicated(whole.data(), replicated_moment.data());
+    shards_.partition().shard_of(whole.data(), comm_.rank(), shard_moment.data());
   }
   replicated_opt_.set_steps(steps);
   shard_opt_.set_steps(steps);
-  std::memcpy(params_.data(), params.data(), params.size_bytes());
-  pack(replicated_slices_, params_.data(), replicated_params_.data());
-  partitioned_params_full_.zero();
-  pack(partitioned_slices_, params_.data(), partitioned_params_full_.data());
-  if (shard > 0)
-    std::memcpy(shard_params_.data(), partitioned_params_full_.data() + comm_.rank() * shard,
-                static_cast<std::size_t>(shard) * sizeof(Act));
+  shards_.set_params(params);
 }
 
 template class LoraTrainer<Fp32Policy>;

@@ -1,18 +1,19 @@
 // One optimizer step of LoRA training on this rank's share of a global batch, ZeRO-style:
-//   1. forward + backward over the rank's samples in micro-batches, LoRA gradients
-//      accumulating locally, scaled by 1 / (targets in the whole global batch);
-//   2. LoRA tensors smaller than the persistence threshold (DeepSpeed's
-//      stage3_param_persistence_threshold) are replicated: their gradients are all-reduced
-//      and every rank applies the same AdamW update; the others are partitioned: gradients
-//      reduce-scattered, AdamW moments and master weights kept for the rank's 1/W slice
-//      only, the updated slices all-gathered back;
-//   3. gradient clipping by the norm over all ranks, then AdamW (torch semantics).
+//   1. forward + backward over the rank's samples in micro-batches, scaled by
+//      1 / (targets in the whole global batch). LoRA tensors smaller than the persistence
+//      threshold (DeepSpeed's stage3_param_persistence_threshold) are replicated: their
+//      gradients accumulate locally and are all-reduced once per step. The others are
+//      partitioned (lora_shards.hpp): each layer's are all-gathered when the layer runs and
+//      its gradients reduce-scattered into the owners' shards when its backward is done;
+//   2. gradient clipping by the norm over all ranks;
+//   3. AdamW (torch semantics) on the replicated tensors, and on this rank's shard only.
 // Dropout masks are keyed by (seed, step, sample, position), so the result does not depend on
 // the world size or the micro-batch split.
 #pragma once
 
 #include <cstdint>
 #include <span>
+#include <type_traits>
 #include <vector>
 
 #include "core/buffer.hpp"
@@ -21,6 +22,7 @@
 #include "io/safetensors.hpp"
 #include "model/llama_model.hpp"
 #include "train/adamw.hpp"
+#include "train/lora_shards.hpp"
 
 namespace zerolora {
 
@@ -63,10 +65,12 @@ class LoraTrainer {
   double evaluate(const std::vector<TokenSequence>& data, std::span<const Index> rank_samples,
                   Index micro_batch);
 
-  std::span<const Act> params() const { return params_.span(); }
+  // The whole LoRA parameter vector, on every rank (collective under ZeRO-3: all ranks call
+  // it).
+  std::vector<Act> gather_params() { return shards_.gather_params(); }
 
   // Resume support. The state of this rank is the AdamW moments (of the replicated tensors,
-  // and of this rank's slice of the partitioned ones) and the step count; the weights
+  // and of this rank's shard of the partitioned ones) and the step count; the weights
   // themselves are the adapter's.
   void write_state(SafetensorsWriter& writer) const;
   // Restores weights and this rank's optimizer state from every rank's state file of a
@@ -75,29 +79,16 @@ class LoraTrainer {
   // them. Throws ShapeError or FormatError when the files do not fit together or this layout.
   void read_state(std::span<const SafetensorsFile> files, std::span<const Act> params);
   std::int64_t steps() const { return replicated_opt_.steps(); }
-  Index partitioned_elements() const { return partitioned_; }
-  Index replicated_elements() const { return replicated_; }
+  const LoraShards& shards() const { return shards_; }
 
  private:
-  struct Slice {
-    Index offset, count;  // in the LoRA layout
-  };
-  // The replicated and partitioned slices of the layout under a persistence threshold.
-  void split_layout(Index threshold, std::vector<Slice>& replicated,
-                    std::vector<Slice>& partitioned) const;
-  void pack(std::span<const Slice> slices, const Act* full, Act* packed) const;
-  void unpack(std::span<const Slice> slices, const Act* packed, Act* full) const;
-
+  static_assert(std::is_same_v<Act, float>, "LoRA state is fp32");
   Runtime& rt_;
   Communicator& comm_;
   LlamaModel<P>& model_;
   const LoraLayout& layout_;
   TrainerOptions options_;
-  std::vector<Slice> replicated_slices_, partitioned_slices_;
-  Index replicated_ = 0, partitioned_ = 0, partitioned_padded_ = 0;
-  Buffer<Act> params_, grads_;  // full LoRA layout, what the model reads/writes
-  Buffer<Act> replicated_params_, replicated_grads_;
-  Buffer<Act> partitioned_grads_full_, shard_params_, shard_grads_, partitioned_params_full_;
+  LoraShards shards_;  // parameters and gradients: replicated, and this rank's shards
   AdamW<Act> replicated_opt_, shard_opt_;
 };
 

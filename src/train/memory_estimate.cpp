@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "core/error.hpp"
 #include "model/parameter_table.hpp"
+#include "train/lora_shards.hpp"
 
 namespace zerolora {
 
@@ -65,19 +67,23 @@ MemoryEstimate estimate_memory(const LlamaConfig& c, const LoraLayout& lora,
     e.items.push_back({"gathered units in flight (the one in use + prefetch)",
                        (1.0 + s.prefetch_depth) * largest * w_bytes});
 
-  // LoRA: parameters and gradients whole (what the model reads and writes), packed copies for
-  // the collectives, AdamW moments for replicated tensors and this rank's partitioned slice.
-  double replicated = 0, partitioned = 0;
-  for (const auto& t : lora.entries())
-    (s.zero_stage > 0 && t.numel() >= s.persistence_threshold ? partitioned : replicated) +=
-        static_cast<double>(t.numel());
-  const double lora_total = replicated + partitioned;
-  // whole params + grads + initial copy, packed replicated/partitioned copies, the shard
+  // LoRA (lora_shards.hpp): replicated tensors whole, partitioned ones as this rank's shard,
+  // for parameters, gradients and AdamW moments; one layer gathered at a time; the whole
+  // vector only while initialising and saving.
+  const LoraPartition plan(
+      lora, s.zero_stage > 0 ? s.persistence_threshold : std::numeric_limits<Index>::max(),
+      s.world_size);
+  Index largest_shard = 0;
+  for (const auto& l : plan.layers) largest_shard = std::max(largest_shard, l.shard);
+  const double replicated = static_cast<double>(plan.replicated),
+               shard = static_cast<double>(plan.shard);
   e.items.push_back(
-      {"LoRA parameters + gradients (fp32)",
-       4.0 * 3 * lora_total + 4.0 * 2 * (replicated + partitioned) + 4.0 * 2 * partitioned / W});
+      {"LoRA parameters + gradients (fp32; partitioned part 1/W)", 8.0 * replicated + 8.0 * shard});
   e.items.push_back(
-      {"AdamW moments (fp32; partitioned part 1/W)", 8.0 * replicated + 8.0 * partitioned / W});
+      {"LoRA one-layer gather buffers", 4.0 * (2.0 * static_cast<double>(plan.largest_layer) +
+                                               static_cast<double>(largest_shard) * (W + 1))});
+  e.items.push_back({"whole adapter (at start and when saving)", 4.0 * lora.size()});
+  e.items.push_back({"AdamW moments (fp32; partitioned part 1/W)", 8.0 * replicated + 8.0 * shard});
 
   // Activations.
   const double layer_saved =

@@ -46,7 +46,7 @@ fs::path find_latest_checkpoint(const fs::path& output_dir) {
 
 template <class P>
 void save_training_checkpoint(Communicator& comm, const fs::path& output_dir, std::int64_t step,
-                              const LoraLayout& layout, const LoraTrainer<P>& trainer,
+                              const LoraLayout& layout, LoraTrainer<P>& trainer,
                               const RunSignature& signature, const std::string& base_model,
                               std::int64_t save_total_limit) {
   const fs::path final_dir = output_dir / ("checkpoint-" + std::to_string(step));
@@ -59,8 +59,9 @@ void save_training_checkpoint(Communicator& comm, const fs::path& output_dir, st
   SafetensorsWriter writer;
   trainer.write_state(writer);
   writer.write(temp_dir / rank_file(comm.rank()));
+  const auto params = trainer.gather_params();  // collective
   if (comm.rank() == 0) {
-    save_peft_adapter(temp_dir, layout, trainer.params(), base_model);
+    save_peft_adapter(temp_dir, layout, params, base_model);
     json state = {{"global_step", step},
                   {"world_size", comm.size()},
                   {"signature", signature},
@@ -124,13 +125,11 @@ ResumePoint load_training_checkpoint(Communicator& comm, const fs::path& dir,
 }
 
 template void save_training_checkpoint<Fp32Policy>(Communicator&, const fs::path&, std::int64_t,
-                                                   const LoraLayout&,
-                                                   const LoraTrainer<Fp32Policy>&,
+                                                   const LoraLayout&, LoraTrainer<Fp32Policy>&,
                                                    const RunSignature&, const std::string&,
                                                    std::int64_t);
 template void save_training_checkpoint<Bf16Policy>(Communicator&, const fs::path&, std::int64_t,
-                                                   const LoraLayout&,
-                                                   const LoraTrainer<Bf16Policy>&,
+                                                   const LoraLayout&, LoraTrainer<Bf16Policy>&,
                                                    const RunSignature&, const std::string&,
                                                    std::int64_t);
 template ResumePoint load_training_checkpoint<Fp32Policy>(Communicator&, const fs::path&,

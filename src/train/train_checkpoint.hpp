@@ -26,9 +26,9 @@ using RunSignature = std::map<std::string, std::string>;
 
 template <class P>
 void save_training_checkpoint(Communicator& comm, const std::filesystem::path& output_dir,
-                              std::int64_t step, const LoraLayout& layout,
-                              const LoraTrainer<P>& trainer, const RunSignature& signature,
-                              const std::string& base_model, std::int64_t save_total_limit);
+                              std::int64_t step, const LoraLayout& layout, LoraTrainer<P>& trainer,
+                              const RunSignature& signature, const std::string& base_model,
+                              std::int64_t save_total_limit);
 
 // The checkpoint-<N> directory with the largest N, or empty.
 std::filesystem::path find_latest_checkpoint(const std::filesystem::path& output_dir);

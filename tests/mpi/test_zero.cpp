@@ -38,6 +38,7 @@ std::vector<TokenSequence> synthetic_data(Index vocab) {
 struct RunResult {
   std::vector<double> losses;
   std::vector<float> params;
+  Index shard = 0, replicated = 0, resident = 0;  // LoRA elements this rank keeps
 };
 
 // Five LoRA steps of a global batch of 12 over this communicator's ranks.
@@ -83,7 +84,10 @@ RunResult train_five_steps(Communicator& comm, WeightProvider<float>& weights, I
     const auto stats = trainer.step(data, mine, count_targets(data, global), 2e-3, step);
     result.losses.push_back(stats.loss);
   }
-  result.params.assign(trainer.params().begin(), trainer.params().end());
+  result.params = trainer.gather_params();
+  result.shard = trainer.shards().partition().shard;
+  result.replicated = trainer.shards().partition().replicated;
+  result.resident = trainer.shards().resident_elements();
   return result;
 }
 
@@ -106,6 +110,17 @@ TEST_P(WorldSizeInvariance, LossesAndAdapterEqualSingleProcess) {
   EXPECT_LT(testing::max_rel_error(distributed.params, reference.params), 1e-5)
       << "world " << comm.size();
   EXPECT_LT(reference.losses.back(), reference.losses.front());  // it trains
+  // ZeRO-3 for LoRA: with partitioning, a rank keeps its 1/W shard of the parameters and
+  // gradients (each layer's padded to W) and one-layer buffers (gathered parameters and
+  // gradients, the padded collective vector: at most 5 layers' worth; a layer is whole / 2
+  // here), never a whole-layout copy beyond those.
+  const auto whole = static_cast<Index>(reference.params.size());
+  if (GetParam() == 0) {
+    const Index W = comm.size();
+    EXPECT_EQ(distributed.replicated, 0);
+    EXPECT_LE(distributed.shard, (whole + W * 2) / W);  // 2 layers: at most W - 1 padding each
+    EXPECT_LE(distributed.resident, 2 * distributed.shard + 5 * (whole / 2));
+  }
 }
 
 // Persistence threshold 1e5 (every LoRA tensor of this tiny model replicated) and 0 (all
