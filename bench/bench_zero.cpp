@@ -76,8 +76,9 @@ int main(int argc, char** argv) {
   std::string model, write_dir;
   bool llama7b_shape = false;
   Recompute recompute = Recompute::kFull;
-  int steps = 3, threads = 1, prefetch = 1;
-  Index seq = 512;
+  int steps = 3, threads = 1, prefetch = 1, lora_rank = 4;
+  Index seq = 512, threshold = TrainerOptions{}.persistence_threshold;
+  std::string lora_targets = "q_proj,k_proj,v_proj,o_proj";
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--llama2-7b-2l") {
@@ -101,10 +102,17 @@ int main(int argc, char** argv) {
       threads = std::stoi(value);
     else if (arg == "--prefetch")
       prefetch = std::stoi(value);
+    else if (arg == "--lora-rank")
+      lora_rank = std::stoi(value);
+    else if (arg == "--lora-targets")
+      lora_targets = value;
+    else if (arg == "--threshold")
+      threshold = std::stoll(value);
     else {
       std::fprintf(stderr,
                    "usage: %s --write-checkpoint DIR | --model DIR | --llama2-7b-2l [--selective] "
-                   "[--steps N] [--seq L] [--threads T] [--prefetch D]\n",
+                   "[--steps N] [--seq L] [--threads T] [--prefetch D] [--lora-rank R] "
+                   "[--lora-targets q_proj,...|all-linear] [--threshold N]\n",
                    argv[0]);
       return 2;
     }
@@ -140,10 +148,11 @@ int main(int argc, char** argv) {
   }();
   load_rss = peak_rss_mib();
 
-  LoraConfig lora;
-  lora.rank = 4;
+  LoraConfig lora;  // default: the seed recipe's r 4 on q, k, v, o
+  lora.rank = lora_rank;
   lora.alpha = 16;
   lora.dropout = 0.05;
+  lora.targets = parse_lora_targets(lora_targets);
   const LoraLayout layout(weights.config(), lora);
   std::vector<float> init(static_cast<std::size_t>(layout.size()));
   init_lora_params<float>(init, layout, 1);
@@ -151,7 +160,10 @@ int main(int argc, char** argv) {
   compute.recompute = recompute;
   compute.bf16_residual = true;  // as `zerolora train --bf16` (its default)
   LlamaModel<Bf16Policy> llama(rt, weights, &layout, compute);
-  LoraTrainer<Bf16Policy> trainer(rt, *comm, llama, layout, TrainerOptions{}, init);
+  TrainerOptions options;
+  options.persistence_threshold = threshold;
+  LoraTrainer<Bf16Policy> trainer(rt, *comm, llama, layout, options, init);
+  std::vector<float>().swap(init);  // as zerolora train: the trainer keeps its part
   // Global batch of W sequences: one per rank.
   std::vector<TokenSequence> data(static_cast<std::size_t>(W));
   for (int s = 0; s < W; ++s) {
@@ -196,6 +208,9 @@ int main(int argc, char** argv) {
     print_kv("world", W);
     print_kv("threads_per_rank", threads);
     print_kv("seq", static_cast<double>(seq));
+    print_kv("lora_params", static_cast<double>(layout.size()));
+    print_kv("lora_resident_mib",
+             static_cast<double>(trainer.shards().resident_elements()) * 4 / (1 << 20));
     print_kv("tokens_per_s", static_cast<double>(W * seq) / step_s);
     for (int q = 0; q < W; ++q)
       for (std::size_t k = 0; k < names.size(); ++k)
