@@ -431,8 +431,12 @@ int run_train(TrainFlags& f, Communicator& comm,
       evaluate(total_steps);
   }
   const auto final_params = trainer.gather_params();  // collective
+  if (leader) save_peft_adapter(output_dir, layout, final_params, model_dir.string());
+  // The run's peak on every rank, saving included.
+  const double final_rss = peak_rss_mib();
+  std::vector<double> peak_rss(static_cast<std::size_t>(W));
+  comm.all_gather(&final_rss, peak_rss.data(), sizeof(double));
   if (leader) {
-    save_peft_adapter(output_dir, layout, final_params, model_dir.string());
     const std::int64_t trained = total_steps - start_step;
     ojson summary{
         {"global_step", total_steps},
@@ -445,7 +449,8 @@ int run_train(TrainFlags& f, Communicator& comm,
         {"train_loss", trained > 0 ? loss_total / static_cast<double>(trained) : 0.0},
         {"mfu", summary_time > 0 ? summary_flops / summary_time / 1e9 / peak_gflops : 0.0},
         {"throughput_warmup_steps", a.throughput_warmup_steps},
-        {"world_size", W}};
+        {"world_size", W},
+        {"peak_rss_mib", peak_rss}};
     if (!eval_curve.empty()) {
       summary["eval_loss"] = eval_curve.back().value;
       summary["eval_perplexity"] = std::exp(eval_curve.back().value);
