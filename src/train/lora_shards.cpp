@@ -88,7 +88,8 @@ LoraShards::LoraShards(Communicator& comm, const LoraLayout& layout, Index thres
       layer_grads_(static_cast<std::size_t>(plan_.largest_layer)) {
   Index largest_shard = 0;
   for (const auto& l : plan_.layers) largest_shard = std::max(largest_shard, l.shard);
-  padded_ = Buffer<float>(static_cast<std::size_t>(largest_shard * plan_.world));
+  gathered_ = Buffer<float>(static_cast<std::size_t>(largest_shard * plan_.world));
+  scattered_ = Buffer<float>(static_cast<std::size_t>(largest_shard * plan_.world));
   received_ = Buffer<float>(static_cast<std::size_t>(largest_shard));
   zero_grads();
 }
@@ -99,21 +100,23 @@ void LoraShards::zero_grads() {
 }
 
 void LoraShards::set_params(std::span<const float> whole) {
+  flush();
   plan_.pack_replicated(whole.data(), replicated_params_.data());
   plan_.shard_of(whole.data(), comm_.rank(), shard_params_.data());
 }
 
 std::vector<float> LoraShards::gather_params() {
+  flush();
   Index size = 0;
   for (const auto& l : plan_.layers) size = std::max(size, l.end);
   std::vector<float> whole(static_cast<std::size_t>(size), 0.0f);
   plan_.unpack_replicated(replicated_params_.data(), whole.data());
   for (const auto& l : plan_.layers) {  // layer by layer: no second whole-size buffer
     if (l.shard == 0) continue;
-    comm_.all_gather(shard_params_.data() + l.shard_offset, padded_.data(),
+    comm_.all_gather(shard_params_.data() + l.shard_offset, gathered_.data(),
                      static_cast<std::size_t>(l.shard) * sizeof(float));
     for (const auto& p : l.partitioned)
-      copy(whole.data() + p.offset, padded_.data() + p.packed, p.count);
+      copy(whole.data() + p.offset, gathered_.data() + p.packed, p.count);
   }
   return whole;
 }
@@ -121,23 +124,61 @@ std::vector<float> LoraShards::gather_params() {
 Index LoraShards::resident_elements() const {
   return static_cast<Index>(replicated_params_.size() + replicated_grads_.size() +
                             shard_params_.size() + shard_grads_.size() + layer_params_.size() +
-                            layer_grads_.size() + padded_.size() + received_.size());
+                            layer_grads_.size() + gathered_.size() + scattered_.size() +
+                            received_.size());
+}
+
+void LoraShards::start_gather(int layer) {
+  const auto& l = plan_.layers[static_cast<std::size_t>(layer)];
+  gather_ = comm_.all_gather_async(shard_params_.data() + l.shard_offset, gathered_.data(),
+                                   static_cast<std::size_t>(l.shard) * sizeof(float));
+  gathering_ = layer;
+}
+
+void LoraShards::finish_reduce() {
+  if (!reduce_) return;
+  reduce_->wait();
+  reduce_.reset();
+  const auto& l = plan_.layers[static_cast<std::size_t>(reducing_)];
+  float* into = shard_grads_.data() + l.shard_offset;
+  const float* from = received_.data();
+  for (Index i = 0; i < l.shard; ++i) into[i] += from[i];
+  reducing_ = -1;
+}
+
+void LoraShards::flush() {
+  if (gather_) gather_->wait();  // a prefetch nobody used: discarded
+  gather_.reset();
+  gathering_ = -1;
+  finish_reduce();
 }
 
 LoraLayerView<float> LoraShards::acquire(int layer, bool with_grads) {
   if (held_ >= 0)
     throw InternalError("LoRA layer " + std::to_string(layer) + " acquired while layer " +
                         std::to_string(held_) + " is held");
+  const int layers = static_cast<int>(plan_.layers.size());
   const auto& l = plan_.layers.at(static_cast<std::size_t>(layer));
   float* params = layer_params_.data();
   for (const auto& p : l.replicated)
     copy(params + (p.offset - l.begin), replicated_params_.data() + p.packed, p.count);
   if (l.shard > 0) {
-    comm_.all_gather(shard_params_.data() + l.shard_offset, padded_.data(),
-                     static_cast<std::size_t>(l.shard) * sizeof(float));
+    if (gathering_ != layer) {  // not prefetched (first layer of a pass, or mispredicted)
+      if (gather_) gather_->wait();
+      start_gather(layer);
+    }
+    gather_->wait();
+    gather_.reset();
+    gathering_ = -1;
     for (const auto& p : l.partitioned)
-      copy(params + (p.offset - l.begin), padded_.data() + p.packed, p.count);
+      copy(params + (p.offset - l.begin), gathered_.data() + p.packed, p.count);
   }
+  // Prefetch the layer the model will most likely ask for next (every rank predicts the same):
+  // forward goes up, then backward starts again from the top; backward goes down.
+  const int next = with_grads ? layer - 1 : (layer + 1 < layers ? layer + 1 : layer);
+  if (next >= 0 && !(next == layer && with_grads) &&
+      plan_.layers[static_cast<std::size_t>(next)].shard > 0)
+    start_gather(next);
   if (with_grads) std::fill(layer_grads_.data(), layer_grads_.data() + (l.end - l.begin), 0.0f);
   held_ = layer;
   return {params, with_grads ? layer_grads_.data() : nullptr, l.begin};
@@ -153,14 +194,15 @@ void LoraShards::release(int layer, bool grads_done) {
     const float* from = grads + (p.offset - l.begin);
     for (Index i = 0; i < p.count; ++i) into[i] += from[i];
   }
-  if (l.shard > 0) {
+  if (l.shard > 0) {  // reduce-scattered while the next layer's backward runs
+    finish_reduce();
     const Index padded = l.shard * plan_.world;
-    std::fill(padded_.data(), padded_.data() + padded, 0.0f);
+    std::fill(scattered_.data(), scattered_.data() + padded, 0.0f);
     for (const auto& p : l.partitioned)
-      copy(padded_.data() + p.packed, grads + (p.offset - l.begin), p.count);
-    comm_.reduce_scatter(padded_.data(), received_.data(), static_cast<std::size_t>(l.shard));
-    float* into = shard_grads_.data() + l.shard_offset;
-    for (Index i = 0; i < l.shard; ++i) into[i] += received_.data()[i];
+      copy(scattered_.data() + p.packed, grads + (p.offset - l.begin), p.count);
+    reduce_ = comm_.reduce_scatter_async(scattered_.data(), received_.data(),
+                                         static_cast<std::size_t>(l.shard), ElementType::kFloat);
+    reducing_ = layer;
   }
 }
 

@@ -4,8 +4,10 @@
 // by layer: a layer's partitioned tensors, packed in layout order and padded to a multiple of
 // W, are cut into W equal shards, and rank r keeps only shard r of the parameters, gradients
 // and AdamW moments. When the model runs a layer, LoraShards all-gathers that layer's
-// parameters into a one-layer buffer; when the layer's backward is done, it reduce-scatters
-// the layer's gradients into the owners' shards. Nothing of the whole layout is resident.
+// parameters into a one-layer buffer (prefetching the next layer's while this one computes);
+// when the layer's backward is done, it reduce-scatters the layer's gradients into the
+// owners' shards, overlapped with the next layer's backward. Nothing of the whole layout is
+// resident.
 #pragma once
 
 #include <span>
@@ -66,6 +68,10 @@ class LoraShards final : public LoraSource<float> {
   std::vector<float> gather_params();
   // Elements this rank keeps between layer passes (parameters, gradients, the buffers).
   Index resident_elements() const;
+  // Completes the communication still in flight: the last layer's gradient reduce-scatter
+  // (added into the shard) and any unused prefetch. Call before reading the gradients or
+  // changing the parameters.
+  void flush();
 
   LoraLayerView<float> acquire(int layer, bool with_grads) override;
   void release(int layer, bool grads_done) override;
@@ -74,9 +80,16 @@ class LoraShards final : public LoraSource<float> {
   Communicator& comm_;
   LoraPartition plan_;
   Buffer<float> replicated_params_, replicated_grads_, shard_params_, shard_grads_;
+  void start_gather(int layer);
+  void finish_reduce();
+
   Buffer<float> layer_params_, layer_grads_;  // one layer's range of the layout
-  Buffer<float> padded_, received_;           // one layer's padded vector, one layer's shard
-  int held_ = -1;                             // the layer acquired, -1 when none
+  // One all-gather (a layer's padded parameters, prefetched for the next layer) and one
+  // reduce-scatter (the last layer's padded gradients into received_) in flight at a time.
+  Buffer<float> gathered_, scattered_, received_;
+  Request gather_, reduce_;
+  int gathering_ = -1, reducing_ = -1;  // their layers
+  int held_ = -1;                       // the layer acquired, -1 when none
 };
 
 }  // namespace zerolora

@@ -113,6 +113,7 @@ StepStats LoraTrainer<P>::step(const std::vector<TokenSequence>& data,
     loss_sum +=
         model_.forward_backward(batch, shards_, 1.0 / static_cast<double>(global_targets), key);
   }
+  shards_.flush();  // the last layer's reduce-scatter
   stats.compute_seconds = now_seconds() - t0;
 
   // Replicated gradients are all-reduced; partitioned ones were reduce-scattered layer by layer.
@@ -151,6 +152,7 @@ double LoraTrainer<P>::evaluate(const std::vector<TokenSequence>& data,
     const auto micro = rank_samples.subspan(at, std::min(rank_samples.size() - at, step));
     loss_sum += model_.loss(make_batch(data, micro), shards_);
   }
+  shards_.flush();  // an unused prefetch
   return comm_.all_reduce_sum(loss_sum);
 }
 

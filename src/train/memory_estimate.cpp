@@ -81,7 +81,7 @@ MemoryEstimate estimate_memory(const LlamaConfig& c, const LoraLayout& lora,
       {"LoRA parameters + gradients (fp32; partitioned part 1/W)", 8.0 * replicated + 8.0 * shard});
   e.items.push_back(
       {"LoRA one-layer gather buffers", 4.0 * (2.0 * static_cast<double>(plan.largest_layer) +
-                                               static_cast<double>(largest_shard) * (W + 1))});
+                                               static_cast<double>(largest_shard) * (2 * W + 1))});
   e.items.push_back({"whole adapter (at start and when saving)", 4.0 * lora.size()});
   e.items.push_back({"AdamW moments (fp32; partitioned part 1/W)", 8.0 * replicated + 8.0 * shard});
 
