@@ -39,6 +39,7 @@ struct RunResult {
   std::vector<double> losses;
   std::vector<float> params;
   Index shard = 0, replicated = 0, resident = 0;  // LoRA elements this rank keeps
+  double eval_loss = 0;                           // summed over the first global batch
 };
 
 // Five LoRA steps of a global batch of 12 over this communicator's ranks.
@@ -83,7 +84,11 @@ RunResult train_five_steps(Communicator& comm, WeightProvider<float>& weights, I
     const auto mine = sampler.rank_batch(epoch, in_epoch);
     const auto stats = trainer.step(data, mine, count_targets(data, global), 2e-3, step);
     result.losses.push_back(stats.loss);
+    if (step == 2) trainer.evaluate(data, mine, micro);
   }
+  // Evaluation between steps and after: the partitioned LoRA tensors are gathered layer by
+  // layer (prefetches that training would use are discarded), and training goes on unharmed.
+  result.eval_loss = trainer.evaluate(data, sampler.rank_batch(0, 0), micro);
   result.params = trainer.gather_params();
   result.shard = trainer.shards().partition().shard;
   result.replicated = trainer.shards().partition().replicated;
@@ -109,6 +114,7 @@ TEST_P(WorldSizeInvariance, LossesAndAdapterEqualSingleProcess) {
         << "step " << s << " world " << comm.size();
   EXPECT_LT(testing::max_rel_error(distributed.params, reference.params), 1e-5)
       << "world " << comm.size();
+  EXPECT_NEAR(distributed.eval_loss, reference.eval_loss, 1e-5 * reference.eval_loss);
   EXPECT_LT(reference.losses.back(), reference.losses.front());  // it trains
   // ZeRO-3 for LoRA: with partitioning, a rank keeps its 1/W shard of the parameters and
   // gradients (each layer's padded to W) and one-layer buffers (gathered parameters and
