@@ -49,6 +49,7 @@ JSON
   b="$(losses "$work/resumed/metrics.jsonl" 4 6)"
   [ -n "$a" ] && [ "$a" = "$b" ]
   check "$launcher: steps 4-6 after resuming equal the uninterrupted run ($a | $b)" $?
+  cp "$work/full/metrics.jsonl" "$work/full-$launcher.jsonl"
 done
 
 # SIGTERM: finish the step, save, exit 0; then resume to two steps further.
@@ -83,6 +84,26 @@ mkdir -p "$work/other" && echo hi > "$work/other/notes.txt"
 "$bin" train "${common[@]}" --output_dir "$work/other" --max_steps 1 --overwrite_output_dir > /dev/null 2> "$work/err.txt"
 [ $? -eq 2 ] && grep -q "notes.txt" "$work/err.txt" && [ -f "$work/other/notes.txt" ]
 check "an output_dir with foreign files: refused, files untouched" $?
+# A checkpoint from before per-layer LoRA partitioning (no such metadata; nothing partitioned)
+# still resumes, exactly.
+mkdir -p "$work/legacy" && cp -r "$work/checkpoint-single" "$work/legacy/checkpoint-3"
+python3 - "$work/legacy/checkpoint-3/optimizer-rank0.safetensors" <<'PY' || failures=$((failures + 1))
+import json, struct, sys
+raw = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", raw[:8])[0]
+header = json.loads(raw[8:8 + n])
+for key in ("partitioning", "persistence_threshold"):
+    header["__metadata__"].pop(key)
+text = json.dumps(header).encode()
+text += b" " * (-len(text) % 8)
+open(sys.argv[1], "wb").write(struct.pack("<Q", len(text)) + text + raw[8 + n:])
+PY
+"$bin" train "${common[@]}" --output_dir "$work/legacy" --max_steps 6 --save_steps 3 \
+  --resume_from_checkpoint last > "$work/legacy.log" 2>&1
+a="$(losses "$work/full-single.jsonl" 4 6)"
+b="$(losses "$work/legacy/metrics.jsonl" 4 6)"
+[ -n "$a" ] && [ "$a" = "$b" ]
+check "an older checkpoint (no partitioning metadata) resumes exactly ($a | $b)" $?
 "$bin" train "${common[@]}" --output_dir "$work/resumed" --max_steps 6 --lora_rank 8 \
   --resume_from_checkpoint "$work/checkpoint-single" > /dev/null 2> "$work/err.txt"
 [ $? -eq 1 ] && grep -q "lora: checkpoint 4/" "$work/err.txt"

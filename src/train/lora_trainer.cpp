@@ -182,14 +182,19 @@ void LoraTrainer<P>::read_state(std::span<const SafetensorsFile> files,
                      " values, this run needs " + std::to_string(layout_.size()));
   if (files.empty()) throw FormatError("checkpoint: no optimizer state files");
   const auto& meta = files[0].metadata();
-  if (meta.count("partitioning") == 0 || meta.at("partitioning") != "per-layer")
+  // Older checkpoints partitioned one flat vector instead of layer by layer: the same thing
+  // when nothing was partitioned (every LoRA tensor under the threshold, the common case).
+  const bool per_layer = meta.count("partitioning") && meta.at("partitioning") == "per-layer";
+  if (!per_layer && files[0].at("shard.exp_avg").numel() > 0)
     throw FormatError(files[0].path().string() +
-                      ": optimizer state from an older zerolora (one flat partition); resume "
-                      "with the version that wrote it, or start from its adapter");
+                      ": optimizer state from an older zerolora that partitioned LoRA tensors "
+                      "as one flat vector; resume with the version that wrote it, or start "
+                      "from its adapter");
   const std::int64_t steps = std::stoll(meta.at("step"));
   // How the writing run split the layout, from its threshold and world size.
-  const LoraPartition old(layout_, std::stoll(meta.at("persistence_threshold")),
-                          static_cast<int>(files.size()));
+  const Index old_threshold =
+      per_layer ? std::stoll(meta.at("persistence_threshold")) : std::numeric_limits<Index>::max();
+  const LoraPartition old(layout_, old_threshold, static_cast<int>(files.size()));
   auto read = [](const SafetensorsFile& file, const std::string& name, Index expected,
                  float* into) {
     const TensorInfo& t = file.at(name);
