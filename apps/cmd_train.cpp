@@ -259,8 +259,8 @@ int run_train(TrainFlags& f, Communicator& comm,
       {"seed", std::to_string(a.seed)},
       {"data", std::to_string(data.train.size()) + " sequences, " +
                    std::to_string(dr.train_tokens) + " tokens"},
-      {"precision",
-       std::string(P::kName) + (compute.bf16_residual ? ", bf16 residual" : ", fp32 residual")},
+      // (an fp32 residual adds nothing: checkpoints from before the option read "bf16")
+      {"precision", std::string(P::kName) + (compute.bf16_residual ? ", bf16 residual" : "")},
       {"schedule", std::string(a.lr_scheduler_type) + (ds_scheduler ? " (DeepSpeed)" : "") +
                        ", lr " + std::to_string(a.learning_rate) + ", warmup " +
                        std::to_string(a.warmup_steps) + "/" + std::to_string(a.warmup_ratio)},

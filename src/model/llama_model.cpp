@@ -87,7 +87,7 @@ typename LlamaModel<P>::AcquiredLora LlamaModel<P>::acquire_lora(const LoraBindi
 
 template <class P>
 LayerContext<P> LlamaModel<P>::layer_context(int layer, const Weight* weights,
-                                             const LoraBinding<Act>& lora) {  // lora: with view
+                                             const LoraBinding<Act>& lora) {
   return LayerContext<P>{rt_,       config(), weights_.layout(), weights, layer,
                          geometry_, rope_,    options_,          lora,    workspace_};
 }

@@ -3,10 +3,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <cstring>
 #include <limits>
 #include <string>
-#include <tuple>
 
 #include "core/error.hpp"
 #include "core/precision.hpp"
