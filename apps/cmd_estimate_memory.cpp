@@ -17,7 +17,7 @@ struct EstimateOptions {
   std::vector<std::string> targets{"q_proj", "k_proj", "v_proj", "o_proj"};
   int lora_rank = 4;
   MemoryScenario scenario;
-  std::string bf16 = "true", recompute = "true", residual_dtype = "auto";
+  std::string bf16 = "true", recompute = "true", residual_dtype = "auto", granularity = "full";
   double device_gb = 96;
   bool json = false;
 };
@@ -36,6 +36,7 @@ int run_estimate(EstimateOptions& o) {
   const LoraLayout layout(config, lora);
   o.scenario.bf16 = o.bf16 == "true";
   o.scenario.recompute = o.recompute == "true";
+  o.scenario.selective = o.granularity == "selective";
   if (o.residual_dtype == "bf16" && !o.scenario.bf16)
     throw UsageError("--residual_dtype bf16 needs --bf16 true");
   o.scenario.bf16_residual =
@@ -56,8 +57,11 @@ int run_estimate(EstimateOptions& o) {
       static_cast<long long>(config.num_layers), static_cast<long long>(config.hidden_size),
       s.world_size, s.zero_stage, static_cast<long long>(s.micro_batch),
       static_cast<long long>(s.seq_len), s.bf16 ? "bf16" : "fp32",
-      s.bf16_residual ? "bf16" : "fp32", s.recompute ? "on" : "off", lora.rank, targets.c_str(),
-      static_cast<long long>(layout.size()));
+      s.bf16_residual ? "bf16" : "fp32",
+      !s.recompute  ? "off"
+      : s.selective ? "selective"
+                    : "on",
+      lora.rank, targets.c_str(), static_cast<long long>(layout.size()));
   std::printf("  %-58s %12s\n", "per rank", "GiB");
   for (const auto& i : e.items)
     std::printf("  %-58s %12.3f\n", i.name.c_str(), i.bytes / 1073741824.0);
@@ -106,6 +110,11 @@ Command add_estimate_memory(CLI::App& app) {
   cmd->add_option("--gradient_checkpointing", o->recompute, "true: recompute layers in backward")
       ->capture_default_str()
       ->check(CLI::IsMember({"true", "false"}));
+  cmd->add_option("--recompute_granularity", o->granularity,
+                  "With recompute: full (keep layer inputs only) or selective (also every "
+                  "layer's attention block)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"full", "selective"}));
   cmd->add_option("--prefetch_depth", o->scenario.prefetch_depth, "ZeRO-3 units gathered ahead")
       ->capture_default_str();
   cmd->add_option("--threads", o->scenario.threads, "Compute threads per rank")

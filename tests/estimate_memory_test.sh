@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `zerolora estimate-memory` against a real run here: a 430 MB random-weight Llama (bf16
 # safetensors), trained for 3 steps by `mpirun -np 2 zerolora train` (ZeRO-3) with a small and
-# a large LoRA; the measured peak RSS of each rank must be within 10% of the prediction.
+# a large LoRA, and with selective recompute; the measured peak RSS of each rank must be within 10% of the prediction.
 # Usage: estimate_memory_test.sh ZEROLORA BENCH_ZERO MPIRUN SHARED_DATA_DIR
 set -uo pipefail
 bin="$1"
@@ -13,21 +13,23 @@ trap 'rm -rf "$work"' EXIT
 [ -f "$shared/llama2-tokenizer.model" ] || { echo "estimate_memory_test: shared data not found at $shared" >&2; exit 1; }
 "$bench_zero" --write-checkpoint "$work/model" > /dev/null || exit 1
 cp "$shared/llama2-tokenizer.model" "$work/model/tokenizer.model"
-# The seed recipe's small LoRA (every tensor replicated), and a large one (r 64 on all seven
-# projections: partitioned tensors, sharded layer by layer).
+# The seed recipe's small LoRA (every tensor replicated), a large one (r 64 on all seven
+# projections: partitioned tensors, sharded layer by layer), and selective recompute.
 failed=0
-for lora in "4 q_proj k_proj v_proj o_proj" "64 all-linear"; do
+for lora in "full 4 q_proj k_proj v_proj o_proj" "full 64 all-linear" "selective 4 q_proj k_proj v_proj o_proj"; do
   set -- $lora
-  rank="$1"; shift
+  granularity="$1"; rank="$2"; shift 2
   rm -rf "$work/out"
   $mpirun -np 2 "$bin" train --model_name_or_path "$work/model" --train_file "$shared/alpaca_en_demo.json" \
     --output_dir "$work/out" --max_steps 3 --per_device_train_batch_size 1 --max_seq_length 512 \
     --dataset_concatenation --lora_rank "$rank" --lora_target_modules "$@" --logging_steps 1 \
+    --recompute_granularity "$granularity" \
     --save_strategy no --threads 1 > "$work/train.log" 2>&1 || { cat "$work/train.log"; exit 1; }
   tokens="$(sed -n 's/.* \([0-9]*\) training sequences, \([0-9]*\) tokens.*/\2/p' "$work/train.log")"
   "$bin" estimate-memory --model "$work/model" --world_size 2 --per_device_train_batch_size 1 --max_seq_length 512 \
-    --threads 1 --dataset_tokens "$tokens" --lora_rank "$rank" --lora_target_modules "$@" --json > "$work/estimate.json" || exit 1
-  echo -n "LoRA r $rank on $*: "
+    --threads 1 --dataset_tokens "$tokens" --lora_rank "$rank" --lora_target_modules "$@" \
+    --recompute_granularity "$granularity" --json > "$work/estimate.json" || exit 1
+  echo -n "$granularity recompute, LoRA r $rank on $*: "
   python3 - "$work/estimate.json" "$work/out/train_results.json" <<'PY' || failed=1
 import json, sys
 predicted = json.load(open(sys.argv[1]))["total_bytes"] / 2**20

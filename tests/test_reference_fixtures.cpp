@@ -222,6 +222,33 @@ TEST(Bf16Residual, RecomputeModesAgreeAndEvaluationSeesTheSameModel) {
   EXPECT_NE(full, run(Recompute::kFull, false, nullptr));
 }
 
+// What each recompute mode keeps: full one layer's working set, selective every layer's
+// attention block but no MLP outputs, none everything (the [M, 2I] gate/up outputs too).
+TEST(Recompute, EachModeKeepsWhatItSays) {
+  const Reference ref(testing::fixtures_dir() / "odd_untied_all");
+  Runtime rt(1);
+  auto weights = load_llama_weights<float>(rt, ref.checkpoint);
+  const LlamaConfig& c = ref.checkpoint.config();
+  const LoraLayout layout(c, ref.lora_config());
+  const std::vector<float> params(static_cast<std::size_t>(layout.size()), 0.01f);
+  const Batch batch = ref.batch();
+  auto saved = [&](Recompute recompute) {
+    ComputeOptions options;
+    options.recompute = recompute;
+    LlamaModel<Fp32Policy> model(rt, weights, &layout, options);
+    std::vector<float> grads(params.size(), 0.0f);
+    model.forward_backward(batch, params, grads, 1.0, {});
+    return model.saved_activation_bytes();
+  };
+  const std::size_t full = saved(Recompute::kFull), selective = saved(Recompute::kSelective),
+                    none = saved(Recompute::kNone);
+  const auto L = static_cast<std::size_t>(c.num_layers);
+  const std::size_t gate_up =
+      static_cast<std::size_t>(batch.size() * 2 * c.intermediate_size) * sizeof(float);
+  EXPECT_EQ(selective, L * full);
+  EXPECT_EQ(none, L * (full + gate_up));
+}
+
 TEST(Bf16Residual, RefusedInFp32Mode) {
   const Reference ref(testing::fixtures_dir() / "gqa_tied");
   Runtime rt(1);

@@ -137,8 +137,7 @@ void LlamaModel<P>::run_layers(const Batch& batch, const LoraBinding<Act>& lora,
     const auto adapters = acquire_lora(lora, l, false);
     auto ctx = layer_context(l, unit.data, adapters.binding);
     layer_forward<P>(ctx, layer_input(l + 1), layer_input(l),
-                     activations_[save_activations ? static_cast<std::size_t>(l) : 0],
-                     save_activations);
+                     activations_[save_activations ? static_cast<std::size_t>(l) : 0], save_mlp);
     seal_layer_input(l + 1);
   }
 }
@@ -334,6 +333,18 @@ double LlamaModel<P>::forward_backward(const Batch& batch, LoraSource<Act>& sour
     adapters.finish();
   }
   return loss;
+}
+
+template <class P>
+std::size_t LlamaModel<P>::saved_activation_bytes() const {
+  std::size_t total = 0;
+  for (const auto& a : activations_) {
+    for (const auto* b :
+         {&a.rstd1, &a.h1, &a.qkv, &a.attn, &a.lse, &a.x2, &a.rstd2, &a.h2, &a.gate_up})
+      total += b->bytes();
+    for (const auto& z : a.lora_z) total += z.bytes();
+  }
+  return total;
 }
 
 template class LlamaModel<Fp32Policy>;

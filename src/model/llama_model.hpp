@@ -80,6 +80,9 @@ class LlamaModel {
   double forward_backward(const Batch& batch, LoraSource<Act>& lora, double grad_scale,
                           const StepKey& key);
 
+  // Bytes held for backward between forward and backward (what the recompute mode decides).
+  std::size_t saved_activation_bytes() const;
+
  private:
   void prepare(const Batch& batch);
   LayerContext<P> layer_context(int layer, const Weight* weights, const LoraBinding<Act>& lora);

@@ -94,7 +94,10 @@ MemoryEstimate estimate_memory(const LlamaConfig& c, const LoraLayout& lora,
   else
     e.items.push_back(
         {"layer inputs (fp32, every layer, kept for backward)", 4.0 * (L + 1) * M * D});
-  if (s.recompute)
+  if (s.recompute && s.selective)
+    e.items.push_back(
+        {"every layer's attention-block activations (selective)", 4.0 * L * layer_saved});
+  else if (s.recompute)
     e.items.push_back({"one layer's activations (recomputed in backward)", 4.0 * layer_saved});
   else
     e.items.push_back(

@@ -21,6 +21,7 @@ struct MemoryScenario {
   std::int64_t seq_len = 2048;
   bool bf16 = true;
   bool recompute = true;
+  bool selective = false;     // with recompute: keep every layer's attention block
   bool bf16_residual = true;  // layer inputs kept in bf16 (two fp32 working copies)
   int threads = 2;
   std::int64_t persistence_threshold = 100000;
