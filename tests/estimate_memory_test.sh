@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `zerolora estimate-memory` against a real run here: a 430 MB random-weight Llama (bf16
 # safetensors), trained for 3 steps by `mpirun -np 2 zerolora train` (ZeRO-3) with a small and
-# a large LoRA, and with selective recompute; the measured peak RSS of each rank must be within 10% of the prediction.
+# a large LoRA, and with selective recompute; the measured peak RSS of each rank (the whole run,
+# saving included) must be within 10% of the prediction.
 # Usage: estimate_memory_test.sh ZEROLORA BENCH_ZERO MPIRUN SHARED_DATA_DIR
 set -uo pipefail
 bin="$1"
