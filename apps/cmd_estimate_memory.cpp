@@ -8,6 +8,7 @@
 #include "apps/commands.hpp"
 #include "core/error.hpp"
 #include "train/memory_estimate.hpp"
+#include "train/training_args.hpp"
 
 namespace zerolora::cli {
 namespace {
@@ -37,10 +38,7 @@ int run_estimate(EstimateOptions& o) {
   o.scenario.bf16 = o.bf16 == "true";
   o.scenario.recompute = o.recompute == "true";
   o.scenario.selective = o.granularity == "selective";
-  if (o.residual_dtype == "bf16" && !o.scenario.bf16)
-    throw UsageError("--residual_dtype bf16 needs --bf16 true");
-  o.scenario.bf16_residual =
-      o.residual_dtype == "bf16" || (o.residual_dtype == "auto" && o.scenario.bf16);
+  o.scenario.bf16_residual = resolve_bf16_residual(o.residual_dtype, o.scenario.bf16);
   const MemoryEstimate e = estimate_memory(config, layout, o.scenario);
   const MemoryScenario& s = o.scenario;
   if (o.json) {

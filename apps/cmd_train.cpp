@@ -125,15 +125,6 @@ EvalSet make_eval_set(const std::vector<TokenSequence>& validation, int rank, in
   return set;
 }
 
-// --residual_dtype resolved against --bf16 (which a DeepSpeed config may have set).
-bool bf16_residual(const TrainingArguments& a) {
-  if (a.residual_dtype == "bf16" && !a.bf16)
-    throw UsageError(
-        "--residual_dtype bf16 needs --bf16: the fp32 mode keeps everything in fp32 (use "
-        "--residual_dtype auto or fp32)");
-  return a.residual_dtype == "bf16" || (a.residual_dtype == "auto" && a.bf16);
-}
-
 template <class P>
 int run_train(TrainFlags& f, Communicator& comm,
               const std::optional<DeepSpeedScheduler>& ds_scheduler) {
@@ -149,7 +140,7 @@ int run_train(TrainFlags& f, Communicator& comm,
   };
   const fs::path model_dir = f.model_name_or_path, output_dir = f.output_dir;
   const bool resuming = !f.resume_from_checkpoint.empty();
-  const bool residual_in_bf16 = bf16_residual(a);
+  const bool residual_in_bf16 = resolve_bf16_residual(a.residual_dtype, a.bf16);
   if (resuming && f.overwrite_output_dir)
     throw UsageError(
         "--resume_from_checkpoint continues a run and --overwrite_output_dir discards it: give "

@@ -294,4 +294,12 @@ LrSchedule make_lr_schedule(const TrainingArguments& a, const std::optional<Deep
   return s;
 }
 
+bool resolve_bf16_residual(const std::string& residual_dtype, bool bf16) {
+  if (residual_dtype == "bf16" && !bf16)
+    throw UsageError(
+        "--residual_dtype bf16 needs --bf16: the fp32 mode keeps everything in fp32 (use "
+        "--residual_dtype auto or fp32)");
+  return residual_dtype == "bf16" || (residual_dtype == "auto" && bf16);
+}
+
 }  // namespace zerolora

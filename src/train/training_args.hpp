@@ -91,4 +91,8 @@ DeepSpeedResult apply_deepspeed_config(const nlohmann::json& config, TrainingArg
 LrSchedule make_lr_schedule(const TrainingArguments& args,
                             const std::optional<DeepSpeedScheduler>& ds, std::int64_t total_steps);
 
+// --residual_dtype (auto, bf16, fp32) against --bf16 (which a DeepSpeed config may have set):
+// true for a bf16 residual stream. Throws UsageError for bf16 without --bf16.
+bool resolve_bf16_residual(const std::string& residual_dtype, bool bf16);
+
 }  // namespace zerolora
