@@ -66,6 +66,20 @@ void LlamaModel<P>::check_lora_size(std::size_t values, const char* what) const 
 }
 
 template <class P>
+WholeLora<typename P::Act> LlamaModel<P>::whole_lora(std::span<const Act> params) const {
+  check_lora_size(params.size(), "parameters");
+  return WholeLora<Act>(params, nullptr);
+}
+
+template <class P>
+WholeLora<typename P::Act> LlamaModel<P>::whole_lora(std::span<const Act> params,
+                                                     std::span<Act> grads) const {
+  check_lora_size(params.size(), "parameters");
+  check_lora_size(grads.size(), "gradients");
+  return WholeLora<Act>(params, grads.data());
+}
+
+template <class P>
 LoraBinding<typename P::Act> LlamaModel<P>::bind_lora(LoraSource<Act>* source, bool dropout,
                                                       const StepKey& key) const {
   LoraBinding<Act> binding;
@@ -147,8 +161,7 @@ void LlamaModel<P>::forward_logits(const Batch& batch, std::span<const Act> lora
                                    Act* logits, bool last_only) {
   prepare(batch);
   weights_.begin_schedule(schedule(false));
-  check_lora_size(lora_params.size(), "parameters");
-  WholeLora<Act> source(lora_params, nullptr);
+  auto source = whole_lora(lora_params);
   run_layers(batch, bind_lora(&source, false, {}), false, false, false);
   const LlamaConfig& c = config();
   const Index D = c.hidden_size, V = c.vocab_size;
@@ -203,8 +216,7 @@ void LlamaModel<P>::forward_cached(std::span<const std::int32_t> tokens, KvCache
   for (auto& p : geometry_.positions) p += static_cast<std::int32_t>(cache.length);
   rope_.ensure(cache.length + n);
   weights_.begin_schedule(schedule(false));
-  check_lora_size(lora_params.size(), "parameters");
-  WholeLora<Act> source(lora_params, nullptr);
+  auto source = whole_lora(lora_params);
   const auto lora = bind_lora(&source, false, {});
   const LlamaConfig& c = config();
   const Index D = c.hidden_size;
@@ -290,8 +302,7 @@ double LlamaModel<P>::head_loss(const Batch& batch, double grad_scale, bool want
 
 template <class P>
 double LlamaModel<P>::loss(const Batch& batch, std::span<const Act> lora_params) {
-  check_lora_size(lora_params.size(), "parameters");
-  WholeLora<Act> source(lora_params, nullptr);
+  auto source = whole_lora(lora_params);
   return loss(batch, source);
 }
 
@@ -307,9 +318,7 @@ template <class P>
 double LlamaModel<P>::forward_backward(const Batch& batch, std::span<const Act> lora_params,
                                        std::span<Act> lora_grads, double grad_scale,
                                        const StepKey& key) {
-  check_lora_size(lora_params.size(), "parameters");
-  check_lora_size(lora_grads.size(), "gradients");
-  WholeLora<Act> source(lora_params, lora_grads.data());
+  auto source = whole_lora(lora_params, lora_grads);
   return forward_backward(batch, source, grad_scale, key);
 }
 

@@ -89,6 +89,10 @@ class LlamaModel {
   // The units a pass acquires, in order; training adds the layers again in reverse.
   std::vector<UnitId> schedule(bool backward) const;
   LoraBinding<Act> bind_lora(LoraSource<Act>* source, bool dropout, const StepKey& key) const;
+  // The whole-vector LoRA source for the span entry points, sizes checked against the layout
+  // (the gradients' too when training).
+  WholeLora<Act> whole_lora(std::span<const Act> params) const;
+  WholeLora<Act> whole_lora(std::span<const Act> params, std::span<Act> grads) const;
   void check_lora_size(std::size_t values, const char* what) const;
   // Runs the decoder stack on x_0; keeps every layer input when keep_inputs, and every
   // layer's activations when save_activations.
