@@ -107,9 +107,7 @@ void LoraShards::set_params(std::span<const float> whole) {
 
 std::vector<float> LoraShards::gather_params() {
   flush();
-  Index size = 0;
-  for (const auto& l : plan_.layers) size = std::max(size, l.end);
-  std::vector<float> whole(static_cast<std::size_t>(size), 0.0f);
+  std::vector<float> whole(static_cast<std::size_t>(plan_.replicated + plan_.partitioned), 0.0f);
   plan_.unpack_replicated(replicated_params_.data(), whole.data());
   for (const auto& l : plan_.layers) {  // layer by layer: no second whole-size buffer
     if (l.shard == 0) continue;
@@ -176,9 +174,7 @@ LoraLayerView<float> LoraShards::acquire(int layer, bool with_grads) {
   // Prefetch the layer the model will most likely ask for next (every rank predicts the same):
   // forward goes up, then backward starts again from the top; backward goes down.
   const int next = with_grads ? layer - 1 : (layer + 1 < layers ? layer + 1 : layer);
-  if (next >= 0 && !(next == layer && with_grads) &&
-      plan_.layers[static_cast<std::size_t>(next)].shard > 0)
-    start_gather(next);
+  if (next >= 0 && plan_.layers[static_cast<std::size_t>(next)].shard > 0) start_gather(next);
   if (with_grads) std::fill(layer_grads_.data(), layer_grads_.data() + (l.end - l.begin), 0.0f);
   held_ = layer;
   return {params, with_grads ? layer_grads_.data() : nullptr, l.begin};
