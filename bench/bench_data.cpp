@@ -1,7 +1,10 @@
-// Benchmark: the data pipeline on 52K Alpaca records (alpaca_en_demo.json repeated 52 times,
-// about the size of tatsu-lab/alpaca): JSON parsing, template + tokenization (Llama-2
-// tokenizer), packing. Prints key=value lines.
-//   bench_data [--shared ../shared/data] [--copies 52] [--max_seq_length 2048] [--threads 0]
+// Benchmark: the data pipeline on a large Alpaca-format file (an instruction set repeated
+// --copies times; 52 copies of 1000 records are about the size of tatsu-lab/alpaca): JSON
+// parsing, template + tokenization, packing. Prints key=value lines. By default the demo's
+// instruction set and tokenizer; BENCHMARKS.md's figure uses the public Alpaca records and the
+// Llama-2 tokenizer (--data, --tokenizer).
+//   bench_data [--data FILE] [--tokenizer tokenizer.model] [--copies 52] [--max_seq_length 2048]
+//              [--threads 0]
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -15,13 +18,16 @@
 int main(int argc, char** argv) {
   using namespace zerolora;
   using namespace zerolora::bench;
-  std::filesystem::path shared = "../shared/data";
+  std::filesystem::path data = kDemoDir / "instructions.json",
+                        tokenizer_path = kDemoDir / "stories260K-hf" / "tokenizer.model";
   int copies = 52, threads = 0;
   Index max_seq_length = 2048;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string arg = argv[i], value = argv[i + 1];
-    if (arg == "--shared")
-      shared = value;
+    if (arg == "--data")
+      data = value;
+    else if (arg == "--tokenizer")
+      tokenizer_path = value;
     else if (arg == "--copies")
       copies = std::stoi(value);
     else if (arg == "--max_seq_length")
@@ -30,22 +36,23 @@ int main(int argc, char** argv) {
       threads = std::stoi(value);
     else {
       std::fprintf(stderr,
-                   "usage: %s [--shared DIR] [--copies N] [--max_seq_length L] [--threads N]\n",
+                   "usage: %s [--data FILE] [--tokenizer FILE] [--copies N] [--max_seq_length L] "
+                   "[--threads N]\n",
                    argv[0]);
       return 2;
     }
   }
-  // Build the big file: the demo's records repeated, as one JSON array.
-  std::ifstream in(shared / "alpaca_en_demo.json");
+  // Build the big file: the records repeated, as one JSON array.
+  std::ifstream in(data);
   if (!in) {
-    std::fprintf(stderr, "cannot read %s\n", (shared / "alpaca_en_demo.json").c_str());
+    std::fprintf(stderr, "cannot read %s\n", data.c_str());
     return 1;
   }
   std::stringstream buffer;
   buffer << in.rdbuf();
   std::string body = buffer.str();
   body = body.substr(body.find('[') + 1, body.rfind(']') - body.find('[') - 1);
-  const auto path = std::filesystem::temp_directory_path() / "zerolora_bench_alpaca52k.json";
+  const auto path = std::filesystem::temp_directory_path() / "zerolora_bench_records.json";
   {
     std::ofstream out(path);
     out << "[";
@@ -59,7 +66,7 @@ int main(int argc, char** argv) {
   const double t0 = now_seconds();
   const RecordSet set = read_records(path, RecordKind::kInstruction);
   const double t1 = now_seconds();
-  const Tokenizer tokenizer(shared / "llama2-tokenizer.model");
+  const Tokenizer tokenizer(tokenizer_path);
   TokenizeOptions options;
   options.max_seq_length = max_seq_length;
   const auto examples =

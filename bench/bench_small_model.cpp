@@ -1,9 +1,11 @@
-// Benchmark job (b): LoRA training of a small real model (stories260K-hf) on Alpaca records,
+// Benchmark job (b): LoRA training of a small real model (stories260K-hf) on Alpaca-format
+// records (the demo's instruction set unless --data names another file),
 // micro-batches of 4 examples of up to 256 tokens, no packing (or, with --concat, the seed
 // recipe's 10 concatenated blocks of 512): thousands of small kernels per step, so this
 // measures zerolora's overheads. Real (non-padding) tokens per second, and the
 // share of each kind of work. Prints key=value lines.
-//   bench_small_model [--shared ../shared/data] [--steps 50] [--threads 0] [--fp32]
+//   bench_small_model [--model DIR] [--data FILE] [--steps 50] [--threads 0] [--fp32]
+//                     [--selective] [--concat]
 #include <cstdio>
 #include <string>
 #include <type_traits>
@@ -19,13 +21,13 @@
 namespace zerolora::bench {
 
 template <class P>
-int run(const std::filesystem::path& shared, int steps, int threads, Recompute recompute,
-        bool concat) {
+int run(const std::filesystem::path& model_dir, const std::filesystem::path& data_file, int steps,
+        int threads, Recompute recompute, bool concat) {
   Runtime rt(threads);
-  const Checkpoint checkpoint(shared / "stories260K-hf");
-  const Tokenizer tokenizer(shared / "stories260K-hf" / "tokenizer.model");
+  const Checkpoint checkpoint(model_dir);
+  const Tokenizer tokenizer(model_dir / "tokenizer.model");
   DataOptions data_options;
-  data_options.train_file = shared / "alpaca_en_demo.json";
+  data_options.train_file = data_file;
   // default: 4 examples of up to 256 tokens per micro-batch; --concat: the seed recipe's 10
   // blocks of 512 concatenated tokens
   data_options.tokenize.max_seq_length = concat ? 512 : 256;
@@ -84,7 +86,8 @@ int run(const std::filesystem::path& shared, int steps, int threads, Recompute r
 }  // namespace zerolora::bench
 
 int main(int argc, char** argv) {
-  std::filesystem::path shared = "../shared/data";
+  std::filesystem::path model_dir = zerolora::bench::kDemoDir / "stories260K-hf",
+                        data_file = zerolora::bench::kDemoDir / "instructions.json";
   int steps = 50, threads = 0;
   bool fp32 = false;
   zerolora::Recompute recompute = zerolora::Recompute::kFull;
@@ -97,8 +100,10 @@ int main(int argc, char** argv) {
       recompute = zerolora::Recompute::kSelective;
     else if (arg == "--concat")
       concat = true;
-    else if (i + 1 < argc && arg == "--shared")
-      shared = argv[++i];
+    else if (i + 1 < argc && arg == "--model")
+      model_dir = argv[++i];
+    else if (i + 1 < argc && arg == "--data")
+      data_file = argv[++i];
     else if (i + 1 < argc && arg == "--steps")
       steps = std::stoi(argv[++i]);
     else if (i + 1 < argc && arg == "--threads")
@@ -106,13 +111,14 @@ int main(int argc, char** argv) {
     else {
       std::fprintf(
           stderr,
-          "usage: %s [--shared DIR] [--steps N] [--threads N] [--fp32] [--selective] [--concat]\n",
+          "usage: %s [--model DIR] [--data FILE] [--steps N] [--threads N] [--fp32] [--selective] "
+          "[--concat]\n",
           argv[0]);
       return 2;
     }
   }
-  return fp32
-             ? zerolora::bench::run<zerolora::Fp32Policy>(shared, steps, threads, recompute, concat)
-             : zerolora::bench::run<zerolora::Bf16Policy>(shared, steps, threads, recompute,
-                                                          concat);
+  return fp32 ? zerolora::bench::run<zerolora::Fp32Policy>(model_dir, data_file, steps, threads,
+                                                            recompute, concat)
+              : zerolora::bench::run<zerolora::Bf16Policy>(model_dir, data_file, steps, threads,
+                                                            recompute, concat);
 }

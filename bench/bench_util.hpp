@@ -6,12 +6,16 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <string>
 #include <vector>
 
 #include "io/llama_config.hpp"
 
 namespace zerolora::bench {
+
+// The demo's model and instruction set in the source tree (the default inputs of job (b)).
+inline const std::filesystem::path kDemoDir = ZEROLORA_DEMO_DIR;
 
 inline double now_seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();

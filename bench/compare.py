@@ -2,7 +2,7 @@
 """zerolora side by side with PyTorch + Transformers + PEFT and PyTorch FSDP, in one run on
 this machine: the numbers behind BENCHMARKS.md. One command:
 
-  python3 bench/compare.py [--build build] [--shared ../shared/data] [--quick] [--log FILE]
+  python3 bench/compare.py [--build build] [--model DIR] [--data FILE] [--quick] [--log FILE]
 
 Runs, one after another (never two at once, so each has the machine to itself):
   job (a)  Llama-2-7B-shaped 2-layer stack, micro-batch 1 x seq, seq 512 and 2048:
@@ -61,7 +61,9 @@ def num(values, key):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--build", default=os.path.join(ROOT, "build"))
-    p.add_argument("--shared", default=os.environ.get("ZEROLORA_SHARED_DATA", os.path.join(ROOT, "..", "shared", "data")))
+    p.add_argument("--model", default=os.path.join(ROOT, "demo", "stories260K-hf"), help="the small real model of (b), e2e")
+    p.add_argument("--data", default=os.path.join(ROOT, "demo", "instructions.json"),
+                   help="Alpaca-format records for (b) and e2e (default: the demo's own)")
     p.add_argument("--quick", action="store_true", help="seq 512 only and no fp32 run on job (a)")
     p.add_argument("--log", default="compare.log", help="every key=value line, for plotting or diffing")
     args = p.parse_args()
@@ -116,13 +118,13 @@ def main():
         rows.append(("ZeRO-3 W=2: peak RSS per rank, MiB", f"{zl_rss:.0f}", f"{fsdp_rss:.0f} (FSDP)", zl_rss / fsdp_rss,
                      "<= 1x"))
         # ---- job (b): stories260K, many small sequences --------------------------------------
-        zl_b, _ = run("zl_b", [f"{bench}/bench_small_model", "--shared", args.shared, "--threads", "2"], log)
+        zl_b, _ = run("zl_b", [f"{bench}/bench_small_model", "--model", args.model, "--data", args.data, "--threads", "2"], log)
         torch_b = {}
         for threads in (1, 2):
             for precision in ("bf16", "fp32"):
                 torch_b[(threads, precision)], _ = run(
                     f"torch_b_{precision}_t{threads}",
-                    py + [f"{HERE}/py/torch_lora_step.py", "--job", "b", "--shared", args.shared, "--precision", precision,
+                    py + [f"{HERE}/py/torch_lora_step.py", "--job", "b", "--model", args.model, "--data", args.data, "--precision", precision,
                           "--threads", str(threads), "--steps", "30", "--prefix", "torch"], log)
         best_key = max(torch_b, key=lambda k: num(torch_b[k], "torch_tokens_per_s"))
         best_b = num(torch_b[best_key], "torch_tokens_per_s")
@@ -132,16 +134,16 @@ def main():
         # ---- end to end: one epoch of the seed recipe on stories260K --------------------------
         with tempfile.TemporaryDirectory() as out:
             zl_e2e, zl_wall = run("zl_e2e", [
-                f"{args.build}/zerolora", "train", "--model_name_or_path", f"{args.shared}/stories260K-hf",
-                "--train_file", f"{args.shared}/alpaca_en_demo.json", "--output_dir", out, "--bf16", "true",
+                f"{args.build}/zerolora", "train", "--model_name_or_path", args.model,
+                "--train_file", args.data, "--output_dir", out, "--bf16", "true",
                 "--num_train_epochs", "1", "--max_seq_length", "512", "--per_device_train_batch_size", "10",
                 "--learning_rate", "0.0018", "--warmup_ratio", "0.03", "--lr_scheduler_type", "cosine",
                 "--logging_steps", "10", "--dataset_concatenation", "--lora_rank", "4", "--lora_alpha", "16",
                 "--lora_dropout", "0.05", "--lora_target_modules", "q_proj", "v_proj", "k_proj", "o_proj",
                 "--save_strategy", "no", "--disable_tqdm", "true",
                 "--threads", "2"], log)
-        hf, hf_wall = run("hf_e2e", py + [f"{HERE}/py/hf_trainer_epoch.py", "--shared", args.shared, "--threads", "2"], log)
-        rows.append(("e2e: 1 epoch alpaca_en_demo, stories260K, seed LoRA: process wall s", f"{zl_wall:.1f}",
+        hf, hf_wall = run("hf_e2e", py + [f"{HERE}/py/hf_trainer_epoch.py", "--model", args.model, "--data", args.data, "--threads", "2"], log)
+        rows.append(("e2e: 1 epoch of --data, stories260K, seed LoRA: process wall s", f"{zl_wall:.1f}",
                      f"{hf_wall:.1f} (HF Trainer + PEFT)", hf_wall / zl_wall, ">= 5x (speed-up)"))
         # ---- profile of our step on job (a) ---------------------------------------------------
         shares = sorted(((k[len("seq512_share_"):], num(sel, k)) for k in sel if k.startswith("seq512_share_")),

@@ -1,25 +1,42 @@
 #!/usr/bin/env bash
-# Installs the Debian 12 packages zerolora builds and tests with. Safe to re-run.
+# Installs the Debian 12 packages zerolora needs, each named explicitly: a fresh machine (a
+# `debootstrap --variant=minbase` root) has none of them, and recommended packages are not
+# installed. Safe to re-run: installs only what is missing. Uses sudo when not root.
+#   install-deps.sh          what building and running zerolora needs
+#   install-deps.sh --test   also what the tests need (GoogleTest, Python 3
+#                            with venv for the reference stack that scripts/python-env.sh installs)
 set -euo pipefail
 packages=(
-  build-essential cmake pkg-config git
-  libdnnl-dev                 # oneDNN: bf16/fp32 matmul
-  libomp-dev                  # OpenMP runtime headers (GCC's libgomp comes with build-essential)
-  libopenmpi-dev openmpi-bin  # MPI for ZeRO-3 across processes
-  libsentencepiece-dev        # tokenizer.model
+  build-essential cmake pkg-config
+  libdnnl-dev ocl-icd-opencl-dev  # oneDNN: bf16/fp32 matmul; its CMake config requires OpenCL
+  libopenmpi-dev openmpi-bin      # MPI for ZeRO-3 across processes
+  openssh-client                  # mpirun's launcher component needs an rsh agent to exist
+  libsentencepiece-dev            # tokenizer.model
   nlohmann-json3-dev libcli11-dev
-  libgtest-dev libbenchmark-dev
 )
+case "${1:-}" in
+  "") ;;
+  --test)
+    packages+=(
+      libgtest-dev
+      python3 python3-venv  # the test scripts, and the virtual environment of the reference stack
+      ca-certificates       # pip's downloads over https
+    ) ;;
+  *) echo "usage: $0 [--test]" >&2; exit 2 ;;
+esac
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -eq 0 ]; then
-  echo "install-deps: all packages present"
+  echo "install-deps: all ${#packages[@]} packages present"
   exit 0
 fi
 sudo=""
-[ "$(id -u)" -eq 0 ] || sudo="sudo"
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo > /dev/null || { echo "install-deps: run as root, or install sudo, to install: ${missing[*]}" >&2; exit 1; }
+  sudo="sudo"
+fi
 echo "install-deps: installing ${missing[*]}"
 $sudo apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # End-to-end checks of the `zerolora` executable: outputs, exit codes and error messages.
-# Usage: cli_test.sh ZEROLORA_BINARY SHARED_DATA_DIR
+# Usage: cli_test.sh ZEROLORA_BINARY DEMO_DIR (the repository's demo/: model and instructions)
 set -uo pipefail
 bin="$1"
-shared="${ZEROLORA_SHARED_DATA:-$2}"
-model="$shared/stories260K-hf"
+model="$2/stories260K-hf"
+data="$2/instructions.json"
 failures=0
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -13,10 +13,7 @@ check() {  # check NAME CONDITION-EXIT-CODE
   if [ "$2" -eq 0 ]; then echo "ok   $1"; else echo "FAIL $1"; failures=$((failures + 1)); fi
 }
 
-if [ ! -f "$model/config.json" ]; then
-  echo "cli_test: shared data not found at $shared (set ZEROLORA_SHARED_DATA)" >&2
-  exit 1
-fi
+[ -f "$model/config.json" ] && [ -f "$data" ] || { echo "cli_test: no demo model or data in $2" >&2; exit 1; }
 
 out="$("$bin" generate --model "$model" --prompt "Once upon a time" --max_new_tokens 20 --dtype fp32 2>/dev/null)"
 [[ "$out" == "Once upon a time, there was a little girl named Lily. She loved to play out"* ]]
@@ -26,10 +23,10 @@ check "generate continues the prompt as Transformers does" $?
 grep -q "5 layers, hidden 64" "$work/inspect.txt" && grep -q "model.layers.4.mlp.down_proj.weight" "$work/inspect.txt"
 check "inspect lists config and tensors" $?
 
-"$bin" data-preview --model "$model" --train_file "$shared/alpaca_en_demo.json" --max_seq_length 300 \
+"$bin" data-preview --model "$model" --train_file "$data" --max_seq_length 300 \
   --num_examples 3 --output "$work/preview.jsonl" 2> "$work/preview.err"
 [ "$(wc -l < "$work/preview.jsonl")" -eq 3 ] && grep -q '"labels":\[-100' "$work/preview.jsonl" \
-  && grep -q "999 records read" "$work/preview.err"
+  && grep -q "1000 records read" "$work/preview.err"
 check "data-preview writes JSON Lines with masked labels" $?
 
 "$bin" generate --model "$work/nowhere" --prompt x > /dev/null 2> "$work/err.txt"
@@ -55,7 +52,7 @@ check "bad record: exit 1 naming file, record and field" $?
 check "--help lists the commands" $?
 
 # A short fine-tune, then the commands that use its adapter.
-"$bin" train --model_name_or_path "$model" --train_file "$shared/alpaca_en_demo.json" --output_dir "$work/run" \
+"$bin" train --model_name_or_path "$model" --train_file "$data" --output_dir "$work/run" \
   --max_steps 4 --per_device_train_batch_size 2 --max_seq_length 200 --lora_rank 4 --save_strategy no \
   --logging_steps 2 > "$work/train.log" 2>&1
 [ $? -eq 0 ] && [ -f "$work/run/adapter_model.safetensors" ] && [ -f "$work/run/loss_curve.svg" ] \
@@ -79,11 +76,11 @@ check "estimate-memory: the seed recipe (70B, 8 ranks, batch 10 x 2048) fits 96 
 "$bin" generate --model "$model" --adapter "$work/run" --prompt x > /dev/null 2>&1
 [ $? -eq 0 ]
 check "(control) the adapter loads on its own base" $?
-"$bin" train --model_name_or_path "$model" --train_file "$shared/alpaca_en_demo.json" --output_dir "$work/x" \
+"$bin" train --model_name_or_path "$model" --train_file "$data" --output_dir "$work/x" \
   --dataset_concatenation --packing boundaries > /dev/null 2> "$work/err.txt"
 [ $? -eq 2 ] && grep -q "conflicts" "$work/err.txt"
 check "conflicting flags: exit 2" $?
-"$bin" train --model_name_or_path "$model" --train_file "$shared/alpaca_en_demo.json" --output_dir "$work/x2" \
+"$bin" train --model_name_or_path "$model" --train_file "$data" --output_dir "$work/x2" \
   --bf16 false --residual_dtype bf16 > /dev/null 2> "$work/err.txt"
 [ $? -eq 2 ] && grep -q -- "--residual_dtype bf16 needs --bf16" "$work/err.txt" && [ ! -e "$work/x2" ]
 check "a bf16 residual in fp32 mode: exit 2, nothing written" $?
@@ -92,11 +89,25 @@ check "a bf16 residual in fp32 mode: exit 2, nothing written" $?
 check "train on a dataset that does not parse: exit 1, nothing written" $?
 cp -r "$work/run" "$work/shallow_adapter"
 python3 - "$work/shallow_adapter/adapter_model.safetensors" <<'PY'
-import sys
-from safetensors.numpy import load_file, save_file
-t = load_file(sys.argv[1])
-t = {k: (v[:, :32] if k.endswith("lora_A.weight") else v) for k, v in t.items()}
-save_file(t, sys.argv[1], metadata={"format": "pt"})
+# Keep the first 32 input columns of every lora_A (fp32 [r, in]): the adapter of a narrower base.
+import json, struct, sys
+raw = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", raw[:8])[0]
+header, data = json.loads(raw[8:8 + n]), raw[8 + n:]
+out, body = {}, b""
+for name, info in sorted(((k, v) for k, v in header.items() if k != "__metadata__"), key=lambda kv: kv[1]["data_offsets"][0]):
+    begin, end = info["data_offsets"]
+    chunk = data[begin:end]
+    if name.endswith("lora_A.weight"):
+        rows, cols = info["shape"]
+        chunk = b"".join(chunk[r * cols * 4:(r * cols + 32) * 4] for r in range(rows))
+        info = dict(info, shape=[rows, 32])
+    out[name] = dict(info, data_offsets=[len(body), len(body) + len(chunk)])
+    body += chunk
+out["__metadata__"] = {"format": "pt"}
+text = json.dumps(out).encode()
+text += b" " * (-len(text) % 8)
+open(sys.argv[1], "wb").write(struct.pack("<Q", len(text)) + text + body)
 PY
 "$bin" generate --model "$model" --adapter "$work/shallow_adapter" --prompt x > /dev/null 2> "$work/err.txt"
 [ $? -eq 1 ] && grep -q "another base model" "$work/err.txt"

@@ -50,9 +50,7 @@ TEST(LlamaConfig, DefaultsAsTransformers) {
 }
 
 TEST(LlamaConfig, RealStories260K) {
-  const auto dir = testing::shared_data_dir();
-  if (dir.empty()) GTEST_SKIP() << "shared data not found (set ZEROLORA_SHARED_DATA)";
-  const auto c = LlamaConfig::load(dir / "stories260K-hf" / "config.json");
+  const auto c = LlamaConfig::load(testing::stories_model_dir() / "config.json");
   EXPECT_EQ(c.hidden_size, 64);
   EXPECT_EQ(c.num_kv_heads, 4);
   EXPECT_TRUE(c.tie_word_embeddings);

@@ -12,7 +12,6 @@
 #include "data/collate.hpp"
 #include "data/dataset.hpp"
 #include "data/sampler.hpp"
-#include "io/tensor_read.hpp"
 #include "test_util.hpp"
 
 namespace zerolora {
@@ -22,12 +21,9 @@ namespace fs = std::filesystem;
 
 class DataTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    shared_ = testing::shared_data_dir();
-    if (shared_.empty())
-      GTEST_SKIP() << "shared data not found (set ZEROLORA_SHARED_DATA to ../shared/data)";
-  }
-  fs::path alpaca() const { return shared_ / "alpaca_en_demo.json"; }
+  // The project's own Alpaca-format instruction set (tools/make_demo_data.py).
+  fs::path demo_records() const { return testing::demo_dir() / "instructions.json"; }
+  fs::path stories_tokenizer() const { return testing::stories_model_dir() / "tokenizer.model"; }
   fs::path write(const std::string& name, const std::string& content) const {
     const fs::path path = temp_ / name;
     std::ofstream(path, std::ios::binary) << content;
@@ -43,21 +39,20 @@ class DataTest : public ::testing::Test {
         EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
     }
   }
-  fs::path shared_;
   testing::TempDir temp_;
 };
 
 TEST_F(DataTest, ReadsAlpacaJsonAndTheSameAsJsonLines) {
-  const auto set = read_records(alpaca(), RecordKind::kInstruction);
-  ASSERT_EQ(set.records.size(), 999u);
+  const auto set = read_records(demo_records(), RecordKind::kInstruction);
+  ASSERT_EQ(set.records.size(), 1000u);
   EXPECT_EQ(set.skipped_empty_output, 0);
   EXPECT_EQ(std::count_if(set.records.begin(), set.records.end(),
                           [](const Record& r) { return !r.input.empty(); }),
-            412);
-  EXPECT_EQ(set.records[0].instruction, "Describe a process of making crepes.");
+            400);
+  EXPECT_EQ(set.records[0].instruction, "Write a short, happy story about Sam and Kate.");
 
   // The same records as JSON Lines, with renamed columns and an extra ignored field.
-  std::ifstream in(alpaca());
+  std::ifstream in(demo_records());
   const auto all = nlohmann::json::parse(in);
   std::string lines;
   for (const auto& r : all)
@@ -71,8 +66,8 @@ TEST_F(DataTest, ReadsAlpacaJsonAndTheSameAsJsonLines) {
   columns.input = "ctx";
   columns.output = "a";
   const auto jsonl = read_records(write("d.jsonl", lines), RecordKind::kInstruction, columns);
-  ASSERT_EQ(jsonl.records.size(), 999u);
-  for (std::size_t i = 0; i < 999; ++i) {
+  ASSERT_EQ(jsonl.records.size(), 1000u);
+  for (std::size_t i = 0; i < 1000; ++i) {
     EXPECT_EQ(jsonl.records[i].instruction, set.records[i].instruction);
     EXPECT_EQ(jsonl.records[i].input, set.records[i].input);
     EXPECT_EQ(jsonl.records[i].output, set.records[i].output);
@@ -194,81 +189,31 @@ TEST_F(DataTest, TemplatesProduceExactPrompts) {
   EXPECT_THROW(PromptTemplate::named("nonexistent-template"), UsageError);
 }
 
-// Equal token for token to the reference recipe, with and without masking and packed.
-class DataFixture : public DataTest, public ::testing::WithParamInterface<std::string> {};
-
-TEST_P(DataFixture, TokensAndLabelsEqualTheReferenceRecipe) {
-  const std::string name = GetParam();
-  const fs::path tokenizer_path = name == "llama2" ? shared_ / "llama2-tokenizer.model"
-                                                   : shared_ / "stories260K-hf" / "tokenizer.model";
+void expect_non_ascii_round_trip(const fs::path& tokenizer_path) {
   const Tokenizer tokenizer(tokenizer_path);
-  const SafetensorsFile ref(testing::fixtures_dir() / "data" / ("alpaca_" + name + ".safetensors"));
-  auto ints = [&](const std::string& key) {
-    const auto v = read_int_tensor(ref, ref.at(key));
-    return std::vector<std::int32_t>(v.begin(), v.end());
-  };
-  auto records = read_records(alpaca(), RecordKind::kInstruction).records;
-  records.resize(100);
-  Runtime rt(2);
-  TokenizeOptions options;
-  options.max_seq_length = std::stoll(ref.metadata().at("max_seq_length"));
-  options.bos_id = tokenizer.bos_id();
-  options.eos_id = tokenizer.eos_id();
-  const auto masked = tokenize_records(rt, records, PromptTemplate::alpaca(), tokenizer, options);
-  options.train_on_inputs = true;
-  const auto unmasked = tokenize_records(rt, records, PromptTemplate::alpaca(), tokenizer, options);
-
-  std::vector<std::int32_t> ids, labels, lengths, labels_unmasked;
-  for (std::size_t i = 0; i < masked.size(); ++i) {
-    ids.insert(ids.end(), masked[i].input_ids.begin(), masked[i].input_ids.end());
-    labels.insert(labels.end(), masked[i].labels.begin(), masked[i].labels.end());
-    labels_unmasked.insert(labels_unmasked.end(), unmasked[i].labels.begin(),
-                           unmasked[i].labels.end());
-    lengths.push_back(static_cast<std::int32_t>(masked[i].size()));
+  for (const std::string text :
+       {"日本語のテキストを学習する", "中文训练数据，包含标点。",
+        "emoji 🦙🔥 and ünïcödé", "mixed: résumé — naïve — 한국어"}) {
+    const auto ids = tokenizer.encode(text);
+    EXPECT_EQ(tokenizer.decode(ids), text) << tokenizer_path;
   }
-  EXPECT_EQ(lengths, ints("masked.lengths"));
-  EXPECT_EQ(ids, ints("masked.input_ids"));
-  EXPECT_EQ(labels, ints("masked.labels"));
-  EXPECT_EQ(labels_unmasked, ints("unmasked.labels"));
-
-  const auto blocks = pack(masked, Packing::kConcat, options.max_seq_length);
-  std::vector<std::int32_t> block_ids, block_labels;
-  for (const auto& b : blocks) {
-    EXPECT_EQ(b.size(), options.max_seq_length);
-    EXPECT_EQ(b.segment_lengths,
-              std::vector<std::int32_t>{static_cast<std::int32_t>(options.max_seq_length)});
-    block_ids.insert(block_ids.end(), b.input_ids.begin(), b.input_ids.end());
-    block_labels.insert(block_labels.end(), b.labels.begin(), b.labels.end());
-  }
-  EXPECT_EQ(static_cast<Index>(blocks.size()), ref.at("concat.input_ids").shape[0]);
-  EXPECT_EQ(block_ids, ints("concat.input_ids"));
-  EXPECT_EQ(block_labels, ints("concat.labels"));
 }
 
-INSTANTIATE_TEST_SUITE_P(Tokenizers, DataFixture, ::testing::Values("llama2", "stories260k"));
-
 TEST_F(DataTest, NonAsciiRoundTripsThroughByteFallback) {
-  for (const auto& path :
-       {shared_ / "llama2-tokenizer.model", shared_ / "stories260K-hf" / "tokenizer.model"}) {
-    const Tokenizer tokenizer(path);
-    for (const std::string text :
-         {"日本語のテキストを学習する", "中文训练数据，包含标点。",
-          "emoji 🦙🔥 and ünïcödé", "mixed: résumé — naïve — 한국어"}) {
-      const auto ids = tokenizer.encode(text);
-      EXPECT_EQ(tokenizer.decode(ids), text) << path;
-    }
-  }
+  expect_non_ascii_round_trip(stories_tokenizer());
 }
 
 TEST_F(DataTest, BoundaryPackingKeepsWholeExamples) {
-  const Tokenizer tokenizer(shared_ / "llama2-tokenizer.model");
+  const Tokenizer tokenizer(stories_tokenizer());
   Runtime rt(2);
+  // Blocks of 2048: the demo's records are a few hundred tokens each with this tokenizer.
+  const Index block_length = 2048;
   TokenizeOptions options;
-  options.max_seq_length = 512;
-  auto records = read_records(alpaca(), RecordKind::kInstruction).records;
+  options.max_seq_length = block_length;
+  auto records = read_records(demo_records(), RecordKind::kInstruction).records;
   records.resize(200);
   const auto examples = tokenize_records(rt, records, PromptTemplate::alpaca(), tokenizer, options);
-  const auto blocks = pack(examples, Packing::kBoundaries, 512);
+  const auto blocks = pack(examples, Packing::kBoundaries, block_length);
   // Every example appears exactly once, whole, as one segment of one block.
   std::multiset<std::vector<std::int32_t>> expected, found;
   Index total = 0, expected_total = 0;
@@ -278,7 +223,7 @@ TEST_F(DataTest, BoundaryPackingKeepsWholeExamples) {
   }
   const TokenSequence* multi = nullptr;
   for (const auto& b : blocks) {
-    EXPECT_LE(b.size(), 512);
+    EXPECT_LE(b.size(), block_length);
     Index at = 0;
     for (auto len : b.segment_lengths) {
       found.insert(
@@ -291,8 +236,9 @@ TEST_F(DataTest, BoundaryPackingKeepsWholeExamples) {
   }
   EXPECT_EQ(found, expected);
   EXPECT_EQ(total, expected_total);
-  // Best fit packs close to the bound: at most 10% more blocks than tokens / 512.
-  EXPECT_LE(static_cast<double>(blocks.size()), 1.1 * std::ceil(expected_total / 512.0) + 1);
+  // Best fit packs close to the bound: at most 10% more blocks than tokens / block length.
+  EXPECT_LE(static_cast<double>(blocks.size()),
+            1.1 * std::ceil(static_cast<double>(expected_total) / block_length) + 1);
 
   // The model batch keeps the segments: positions restart and labels shift inside each.
   ASSERT_NE(multi, nullptr);

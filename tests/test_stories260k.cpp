@@ -1,4 +1,4 @@
-// The real pretrained model in ../shared/data/stories260K-hf against Transformers: greedy
+// The real pretrained model in demo/stories260K-hf against Transformers: greedy
 // continuation of "Once upon a time" token for token, logits, and the loss on Alpaca examples
 // (tokens and labels made by the fixture script with the Python sentencepiece).
 #include <gtest/gtest.h>
@@ -20,13 +20,7 @@ namespace {
 
 class Stories260K : public ::testing::Test {
  protected:
-  void SetUp() override {
-    const auto shared = testing::shared_data_dir();
-    if (shared.empty())
-      GTEST_SKIP() << "shared data not found (set ZEROLORA_SHARED_DATA to ../shared/data)";
-    model_dir_ = shared / "stories260K-hf";
-  }
-  std::filesystem::path model_dir_;
+  std::filesystem::path model_dir_ = testing::stories_model_dir();
   SafetensorsFile ref_{testing::fixtures_dir() / "stories260k" / "reference.safetensors"};
 
   std::vector<std::int32_t> ints(const std::string& name) const {
@@ -150,13 +144,13 @@ TEST_F(Stories260K, PackedBoundariesEqualSeparateExamples) {
   LlamaModel<Fp32Policy> model(rt, weights, nullptr);
   const Tokenizer tokenizer(model_dir_ / "tokenizer.model");
   DataOptions options;
-  options.train_file = model_dir_.parent_path() / "alpaca_en_demo.json";
-  options.validation_split_percentage = 1;  // 10 of 999 records
+  options.train_file = testing::demo_dir() / "instructions.json";
+  options.validation_split_percentage = 1;  // 10 of 1000 records
   options.tokenize.max_seq_length = 512;
   options.packing = Packing::kBoundaries;
   const TrainingData data = build_training_data(rt, options, tokenizer);
   EXPECT_EQ(data.report.validation_examples, 10);
-  EXPECT_EQ(data.report.train_examples, 989);
+  EXPECT_EQ(data.report.train_examples, 990);
   const TokenSequence* block = nullptr;
   for (const auto& b : data.train)
     if (b.segment_lengths.size() >= 2) {

@@ -18,16 +18,39 @@ inline std::filesystem::path fixtures_dir() {
   return ZEROLORA_FIXTURES_DIR;
 }
 
-// ../shared/data (the tiny real model, tokenizers, Alpaca sample); overridable by the
-// ZEROLORA_SHARED_DATA environment variable. Empty when it cannot be found.
-inline std::filesystem::path shared_data_dir() {
-  if (const char* env = std::getenv("ZEROLORA_SHARED_DATA"); env && *env) return env;
-  for (const std::filesystem::path& candidate :
-       {std::filesystem::path(ZEROLORA_SHARED_DATA_DEFAULT),
-        std::filesystem::path("/work/shared/data")})
-    if (std::filesystem::exists(candidate / "MANIFEST.md")) return candidate;
-  return {};
+// The demo's real tiny model (stories260K) and instruction set, kept in the repository.
+inline std::filesystem::path demo_dir() {
+  return ZEROLORA_DEMO_DIR;
 }
+inline std::filesystem::path stories_model_dir() {
+  return demo_dir() / "stories260K-hf";
+}
+
+// Public data that is not part of the repository (the Alpaca records, the Llama-2 tokenizer)
+// lives in the folder ZEROLORA_SHARED_DATA names; empty when the variable is unset.
+inline std::filesystem::path shared_data_dir() {
+  const char* env = std::getenv("ZEROLORA_SHARED_DATA");
+  return env && *env ? std::filesystem::path(env) : std::filesystem::path();
+}
+
+// Tests against that public data: skipped, saying why, when ZEROLORA_SHARED_DATA is unset;
+// failed when it is set (as CI does) but a file is missing.
+class SharedDataTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    shared_ = shared_data_dir();
+    if (shared_.empty())
+      GTEST_SKIP() << "needs the public Alpaca records and the Llama-2 tokenizer, which are not "
+                      "part of the repository: set ZEROLORA_SHARED_DATA to a folder holding "
+                      "alpaca_en_demo.json and llama2-tokenizer.model";
+    for (const char* name : {"alpaca_en_demo.json", "llama2-tokenizer.model"})
+      ASSERT_TRUE(std::filesystem::exists(shared_ / name))
+          << (shared_ / name) << ": missing, and ZEROLORA_SHARED_DATA names that folder";
+  }
+  std::filesystem::path alpaca() const { return shared_ / "alpaca_en_demo.json"; }
+  std::filesystem::path llama2_tokenizer() const { return shared_ / "llama2-tokenizer.model"; }
+  std::filesystem::path shared_;
+};
 
 // A fresh directory for one test, removed afterwards.
 class TempDir {

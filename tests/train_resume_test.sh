@@ -7,18 +7,17 @@
 #  3. a checkpoint resumes at another world size (same global batch), resharding the optimizer
 #     state, and continues as the uninterrupted run;
 #  4. bad resumes and output directories get one clear message and exit 1 or 2.
-# Usage: train_resume_test.sh ZEROLORA MPIRUN SHARED_DATA_DIR
+# Usage: train_resume_test.sh ZEROLORA MPIRUN DEMO_DIR (the repository's demo/)
 set -uo pipefail
 bin="$1"
 mpirun="$2 --allow-run-as-root --oversubscribe --bind-to none"
-shared="${ZEROLORA_SHARED_DATA:-$3}"
-model="$shared/stories260K-hf"
-data="$shared/alpaca_en_demo.json"
+model="$3/stories260K-hf"
+data="$3/instructions.json"
 work="$(mktemp -d)"
 trap 'kill $(jobs -p) 2>/dev/null; [ -n "${KEEP_WORK:-}" ] || rm -rf "$work"' EXIT
 failures=0
-check() { if [ "$2" -eq 0 ]; then echo "ok   $1"; else echo "FAIL $1"; failures=$((failures + 1)); fi; }
-[ -f "$model/config.json" ] || { echo "train_resume_test: shared data not found at $shared" >&2; exit 1; }
+check() { if [ "$2" -eq 0 ]; then echo "ok   $1"; else echo "FAIL $1"; failures=$((failures + 1)); return 1; fi; }
+[ -f "$model/config.json" ] && [ -f "$data" ] || { echo "train_resume_test: no demo model or data in $3" >&2; exit 1; }
 
 common=(--model_name_or_path "$model" --train_file "$data" --max_seq_length 192 --per_device_train_batch_size 2
         --learning_rate 2e-3 --lr_scheduler_type constant --logging_steps 1 --lora_rank 4 --lora_alpha 16
@@ -64,7 +63,8 @@ wait $pid
 code=$?
 n="$(sed -n 's/.*stopped by signal after step \([0-9]*\).*/\1/p' "$work/stopped.log")"
 [ "$code" -eq 0 ] && [ -n "$n" ] && [ -f "$work/stopped/checkpoint-$n/trainer_state.json" ]
-check "SIGTERM: exit 0, checkpoint-$n saved" $?
+check "SIGTERM: exit 0, checkpoint-$n saved" $? ||
+  { echo "  exit status $code; $(ls "$work/stopped" | tr '\n' ' ')"; tail -4 "$work/stopped.log"; }
 if [ -n "$n" ]; then
   m=$((n + 2))
   "$bin" train "${common[@]}" --output_dir "$work/stopped" --max_steps $m --save_strategy no \

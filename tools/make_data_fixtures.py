@@ -6,7 +6,8 @@ Replicates optimum-habana's run_lora_clm.py preprocessing (create_prompts, token
 with the Llama tokenizer as HF's sentencepiece-based LlamaTokenizer runs it: BOS added,
 truncation to max_length counting BOS. Tokenization is sentencepiece (PyPI), the library the
 Llama tokenizer is. Writes tests/fixtures/data/alpaca_<tokenizer>.safetensors with, for the
-first 100 records of ../shared/data/alpaca_en_demo.json at max_seq_length 256:
+first 100 public Alpaca records (alpaca_en_demo.json in the folder ZEROLORA_SHARED_DATA names)
+at max_seq_length 256:
   masked.input_ids / masked.labels / masked.lengths     train_on_inputs = False
   unmasked.labels                                       train_on_inputs = True
   concat.input_ids / concat.labels [blocks, 256]        --dataset_concatenation (masked)
@@ -20,8 +21,9 @@ import sentencepiece as spm
 import torch
 from safetensors.torch import save_file
 
+from public_data import shared_data
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared" / "data"
 OUT = ROOT / "tests" / "fixtures" / "data"
 IGNORE_INDEX = -100
 MAX_SEQ_LENGTH = 256
@@ -98,10 +100,11 @@ def flat(rows):
 
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
-    records = json.loads((SHARED / "alpaca_en_demo.json").read_text())[:RECORDS]
+    shared = shared_data()
+    records = json.loads((shared / "alpaca_en_demo.json").read_text())[:RECORDS]
     prompts = create_prompts(records)
-    for name, path in {"llama2": SHARED / "llama2-tokenizer.model",
-                       "stories260k": SHARED / "stories260K-hf" / "tokenizer.model"}.items():
+    for name, path in {"llama2": shared / "llama2-tokenizer.model",
+                       "stories260k": ROOT / "demo" / "stories260K-hf" / "tokenizer.model"}.items():
         tokenizer = SentencePieceLlamaTokenizer(path)
         ids, masked = preprocess(tokenizer, prompts, train_on_inputs=False)
         ids2, unmasked = preprocess(tokenizer, prompts, train_on_inputs=True)

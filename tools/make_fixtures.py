@@ -12,13 +12,13 @@ For each tiny random Llama configuration it writes tests/fixtures/<case>/:
       step3.<peft name>                      LoRA weights after 3 AdamW steps with clipping
       losses [3], grad_norms [3]             loss and pre-clip gradient norm of each step
   metadata: LoRA and optimizer settings.
-And tests/fixtures/stories260k/reference.safetensors for the real model in ../shared/data.
+And tests/fixtures/stories260k/reference.safetensors for the real model in demo/stories260K-hf
+(on three public Alpaca records: ZEROLORA_SHARED_DATA names the folder holding them).
 
 Weights are rounded to bf16 before anything runs, so the bf16 model files hold exactly the
 weights the fp32 reference used. Run: python3 tools/make_fixtures.py (about a minute).
 """
 import json
-import os
 import pathlib
 import shutil
 
@@ -27,9 +27,11 @@ from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
 from safetensors.torch import save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from public_data import shared_data
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OUT = ROOT / "tests" / "fixtures"
-SHARED = ROOT.parent / "shared" / "data"
+DEMO_MODEL = ROOT / "demo" / "stories260K-hf"
 
 CASES = {
     # GQA (4 query heads share 2 kv heads), tied embeddings, LoRA on attention.
@@ -177,14 +179,14 @@ ALPACA_NO_INPUT = ("Below is an instruction that describes a task. Write a respo
 
 def build_stories260k():
     import sentencepiece as spm
-    model_dir = SHARED / "stories260K-hf"
+    model_dir = DEMO_MODEL
     model = LlamaForCausalLM.from_pretrained(model_dir, attn_implementation="eager").float().eval()
     prompt = torch.tensor([[1, 403, 407, 261, 378]])
     with torch.no_grad():
         gen = model.generate(prompt, max_new_tokens=60, do_sample=False, pad_token_id=0)
         prompt_logits = model(prompt).logits[0].float()
     sp = spm.SentencePieceProcessor(model_file=str(model_dir / "tokenizer.model"))
-    records = json.loads((SHARED / "alpaca_en_demo.json").read_text())
+    records = json.loads((shared_data() / "alpaca_en_demo.json").read_text())
     picks = [records[0], records[1], next(r for r in records if r.get("input"))]
     ids_all, labels_all, lengths = [], [], []
     for r in picks:

@@ -1,10 +1,10 @@
-"""One epoch of alpaca_en_demo.json on stories260K-hf with HF Trainer + PEFT, as the seed
+"""One epoch of Alpaca-format records (the demo's own by default) on stories260K-hf with HF Trainer + PEFT, as the seed
 recipe's run_lora_clm does it (Alpaca template, prompt masked, concatenation into
 max_seq_length blocks, LoRA r 4 / alpha 16 / dropout 0.05 on q, k, v, o, lr 0.0018, cosine,
 3% warmup, batch 10, bf16, gradient checkpointing): the end-to-end reference for
 bench/compare.py. Prints key=value lines; wall time covers tokenization and training.
 
-  python3 hf_trainer_epoch.py --shared ../shared/data --threads 2 [--max_seq_length 512]
+  python3 hf_trainer_epoch.py [--model DIR] [--data FILE] --threads 2 [--max_seq_length 512]
 """
 import argparse
 import json
@@ -14,10 +14,13 @@ import time
 
 import torch
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--shared", default="../shared/data")
+    p.add_argument("--model", default=os.path.join(ROOT, "demo", "stories260K-hf"))
+    p.add_argument("--data", default=os.path.join(ROOT, "demo", "instructions.json"))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max_seq_length", type=int, default=512)
     p.add_argument("--epochs", type=float, default=1.0)
@@ -30,9 +33,9 @@ def main():
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaForCausalLM, Trainer, TrainingArguments, default_data_collator
 
-    model_dir = os.path.join(args.shared, "stories260K-hf")
+    model_dir = args.model
     sp = spm.SentencePieceProcessor(model_file=os.path.join(model_dir, "tokenizer.model"))
-    records = json.load(open(os.path.join(args.shared, "alpaca_en_demo.json")))
+    records = json.load(open(args.data))
     with_input = ("Below is an instruction that describes a task, paired with an input that provides further context. "
                   "Write a response that appropriately completes the request.\n\n"
                   "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:")

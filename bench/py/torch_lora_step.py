@@ -2,7 +2,7 @@
 zerolora's benchmarks (bench/compare.py runs it). Prints key=value lines.
 
   python3 torch_lora_step.py --job a --seq 512 --precision bf16 --threads 2 --steps 3
-  python3 torch_lora_step.py --job b --shared ../shared/data --precision fp32 --threads 1
+  python3 torch_lora_step.py --job b [--model DIR] [--data FILE] --precision fp32 --threads 1
 
 Job a: a Llama-2-7B-shaped stack (hidden 4096, intermediate 11008, 32 heads, vocab 32000,
 2 layers), random weights, micro-batch 1 x seq, every token labelled.
@@ -22,11 +22,14 @@ import time
 import torch
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
 def peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def build_model(job, shared, precision):
+def build_model(job, model_dir, precision):
     from transformers import LlamaConfig, LlamaForCausalLM
     from peft import LoraConfig, get_peft_model
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
@@ -37,7 +40,7 @@ def build_model(job, shared, precision):
         with torch.device("cpu"):
             model = LlamaForCausalLM(config).to(dtype)
     else:
-        model = LlamaForCausalLM.from_pretrained(os.path.join(shared, "stories260K-hf"), dtype=dtype,
+        model = LlamaForCausalLM.from_pretrained(model_dir, dtype=dtype,
                                                  attn_implementation="sdpa")
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
@@ -46,10 +49,10 @@ def build_model(job, shared, precision):
     return get_peft_model(model, lora)
 
 
-def job_b_batches(shared, batch, max_len):
+def job_b_batches(model_dir, data_file, batch, max_len):
     import sentencepiece as spm
-    sp = spm.SentencePieceProcessor(model_file=os.path.join(shared, "stories260K-hf", "tokenizer.model"))
-    records = json.load(open(os.path.join(shared, "alpaca_en_demo.json")))
+    sp = spm.SentencePieceProcessor(model_file=os.path.join(model_dir, "tokenizer.model"))
+    records = json.load(open(data_file))
     with_input = ("Below is an instruction that describes a task, paired with an input that provides further context. "
                   "Write a response that appropriately completes the request.\n\n"
                   "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:")
@@ -87,19 +90,20 @@ def main():
     p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--shared", default="../shared/data")
+    p.add_argument("--model", default=os.path.join(ROOT, "demo", "stories260K-hf"), help="job b's model")
+    p.add_argument("--data", default=os.path.join(ROOT, "demo", "instructions.json"), help="job b's records")
     p.add_argument("--prefix", default="torch")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = build_model(args.job, args.shared, args.precision)
+    model = build_model(args.job, args.model, args.precision)
     model.train()
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-4)
     if args.job == "a":
         ids = (torch.arange(args.seq) * 7919 + 13) % 32000
         batches = [(ids[None], ids[None], torch.ones(1, args.seq, dtype=torch.long), args.seq)]
     else:
-        batches = job_b_batches(args.shared, 4, 256)
+        batches = job_b_batches(args.model, args.data, 4, 256)
     times, tokens = [], []
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
     for step in range(args.steps + 1):
