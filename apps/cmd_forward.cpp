@@ -11,8 +11,8 @@
 #include "core/error.hpp"
 #include "core/precision.hpp"
 #include "data/tokenizer.hpp"
-#include "io/peft_adapter.hpp"
 #include "io/safetensors.hpp"
+#include "lora/peft_adapter.hpp"
 #include "model/llama_model.hpp"
 #include "model/llama_weights.hpp"
 
@@ -39,7 +39,7 @@ int run_forward(const ForwardOptions& o) {
       }
     }
   } else {
-    const Tokenizer tokenizer = open_tokenizer(o.model, config);
+    const Tokenizer tokenizer = open_model_tokenizer(o.model, config);
     ids.push_back(static_cast<std::int32_t>(config.bos_token_id));
     const auto encoded = tokenizer.encode(o.prompt);
     ids.insert(ids.end(), encoded.begin(), encoded.end());

@@ -12,7 +12,7 @@
 #include "data/prompt.hpp"
 #include "data/tokenizer.hpp"
 #include "io/checkpoint.hpp"
-#include "io/peft_adapter.hpp"
+#include "lora/peft_adapter.hpp"
 #include "model/generate.hpp"
 #include "model/llama_weights.hpp"
 
@@ -32,7 +32,7 @@ int run_generate(const GenerateOptions& o) {
   const std::filesystem::path dir = o.model;
   Checkpoint checkpoint(dir);
   const LlamaConfig& config = checkpoint.config();
-  const Tokenizer tokenizer = open_tokenizer(dir, config);
+  const Tokenizer tokenizer = open_model_tokenizer(dir, config);
   const InferenceAdapter adapter = load_inference_adapter(o.adapter, config);
   Runtime rt(o.threads);
   auto weights = load_llama_weights<typename P::Weight>(rt, checkpoint);

@@ -5,8 +5,8 @@
 
 #include "apps/commands.hpp"
 #include "core/error.hpp"
-#include "io/peft_adapter.hpp"
-#include "lora/merge.hpp"
+#include "lora/peft_adapter.hpp"
+#include "model/merge.hpp"
 
 namespace zerolora::cli {
 namespace {

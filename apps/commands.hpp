@@ -4,15 +4,22 @@
 
 #include <CLI/CLI.hpp>
 #include <functional>
+#include <string>
+#include <vector>
 
 namespace zerolora::cli {
 
 using Command = std::function<int()>;
+// Rewrites a subcommand's arguments before CLI11 parses them.
+using ArgumentRewriter =
+    std::function<std::vector<std::string>(const std::vector<std::string>& args)>;
 
 Command add_inspect(CLI::App& app);
 Command add_generate(CLI::App& app);
 Command add_data_preview(CLI::App& app);
-Command add_train(CLI::App& app);
+// `zerolora train` reads Hugging Face command lines: `rewrite` is set to the function main
+// passes its arguments through first (apps/hf_args.hpp).
+Command add_train(CLI::App& app, ArgumentRewriter& rewrite);
 Command add_merge(CLI::App& app);
 Command add_forward(CLI::App& app);
 Command add_estimate_memory(CLI::App& app);

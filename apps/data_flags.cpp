@@ -1,5 +1,6 @@
 #include "apps/data_flags.hpp"
 
+#include "apps/hf_args.hpp"
 #include "core/error.hpp"
 
 namespace zerolora::cli {
@@ -46,13 +47,12 @@ void add_data_flags(CLI::App& cmd, DataFlags& f) {
                  "remains)")
       ->capture_default_str()
       ->check(CLI::Range(std::int64_t{2}, std::int64_t{1} << 20));
-  cmd.add_flag(
-      "--train_on_inputs", f.train_on_inputs,
-      "Train on the prompt tokens too (default: the prompt is masked from the loss, label -100)");
-  cmd.add_flag("--dataset_concatenation", f.dataset_concatenation,
-               "Concatenate all examples and cut max_seq_length blocks, dropping the remainder "
-               "(run_lora_clm's "
-               "flag; the same as --packing concat)");
+  add_hf_bool(
+      cmd, "train_on_inputs", f.train_on_inputs,
+      "Train on the prompt tokens too (false: the prompt is masked from the loss, label -100)");
+  add_hf_bool(cmd, "dataset_concatenation", f.dataset_concatenation,
+              "Concatenate all examples and cut max_seq_length blocks, dropping the remainder "
+              "(run_lora_clm's flag; the same as --packing concat)");
   cmd.add_option("--packing", f.packing,
                  "none: one example per sequence; concat: as --dataset_concatenation; boundaries: "
                  "whole examples "
@@ -64,6 +64,12 @@ void add_data_flags(CLI::App& cmd, DataFlags& f) {
 }
 
 DataOptions DataFlags::resolve(const Tokenizer& tokenizer, const LlamaConfig* config) const {
+  DataOptions o = options();
+  use_special_tokens(o.tokenize, tokenizer, config);
+  return o;
+}
+
+DataOptions DataFlags::options() const {
   if (dataset_concatenation && packing != "none" && packing != "concat")
     throw UsageError("--dataset_concatenation conflicts with --packing " + packing);
   DataOptions o;
@@ -75,10 +81,6 @@ DataOptions DataFlags::resolve(const Tokenizer& tokenizer, const LlamaConfig* co
   o.prompt_template = data_format == "text" ? "raw" : prompt_template;
   o.tokenize.max_seq_length = max_seq_length;
   o.tokenize.train_on_inputs = train_on_inputs || data_format == "text";
-  o.tokenize.bos_id = config ? static_cast<std::int32_t>(config->bos_token_id) : tokenizer.bos_id();
-  o.tokenize.eos_id = config && !config->eos_token_ids.empty()
-                          ? static_cast<std::int32_t>(config->eos_token_ids[0])
-                          : tokenizer.eos_id();
   o.packing = dataset_concatenation ? Packing::kConcat : parse_packing(packing);
   return o;
 }

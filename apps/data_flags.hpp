@@ -22,7 +22,9 @@ struct DataFlags {
   bool dataset_concatenation = false;
   std::string packing = "none";
 
-  // DataOptions with BOS/EOS from the model config when given (else the tokenizer's).
+  // The options; UsageError for flags that conflict. BOS/EOS are left to the caller.
+  DataOptions options() const;
+  // The options with BOS/EOS from the model config when given (else the tokenizer's).
   DataOptions resolve(const Tokenizer& tokenizer, const LlamaConfig* config) const;
 };
 

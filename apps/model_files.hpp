@@ -1,5 +1,4 @@
-// Opening what the commands share: a model directory's tokenizer (checked against its
-// config) and a PEFT adapter for inference.
+// Opening what the commands share: a PEFT adapter for inference.
 #pragma once
 
 #include <filesystem>
@@ -7,14 +6,10 @@
 #include <string>
 #include <vector>
 
-#include "data/tokenizer.hpp"
 #include "io/llama_config.hpp"
 #include "lora/lora_layout.hpp"
 
 namespace zerolora::cli {
-
-// model_dir/tokenizer.model; ShapeError when it has more pieces than the model's vocabulary.
-Tokenizer open_tokenizer(const std::filesystem::path& model_dir, const LlamaConfig& config);
 
 struct InferenceAdapter {
   std::unique_ptr<LoraLayout> layout;  // null: no adapter

@@ -2,31 +2,10 @@
 
 #include <algorithm>
 
-#include "core/error.hpp"
+#include "apps/hf_args.hpp"
 
 namespace zerolora::cli {
 namespace {
-
-// A boolean flag as HF scripts write it: bare (--bf16), or with a value (--bf16 True, --bf16
-// false).
-void add_bool(CLI::App& cmd, const std::string& name, bool& target, const std::string& help) {
-  cmd.add_option_function<std::string>(
-         "--" + name,
-         [&target, name](const std::string& text) {
-           std::string v = text;
-           std::transform(v.begin(), v.end(), v.begin(),
-                          [](unsigned char c) { return std::tolower(c); });
-           if (v.empty() || v == "true" || v == "1" || v == "yes")
-             target = true;
-           else if (v == "false" || v == "0" || v == "no")
-             target = false;
-           else
-             throw CLI::ValidationError("--" + name, "expected true or false, got '" + text + "'");
-         },
-         help + " (default: " + std::string(target ? "true" : "false") + ")")
-      ->expected(0, 1)
-      ->default_str("");
-}
 
 const char* const kExplicit[] = {"per_device_train_batch_size",
                                  "gradient_accumulation_steps",
@@ -52,9 +31,9 @@ void add_train_flags(CLI::App& cmd, TrainFlags& f) {
   cmd.add_option("--output_dir", f.output_dir,
                  "Where the PEFT adapter, checkpoints, metrics.jsonl and loss_curve.svg go")
       ->required();
-  cmd.add_flag("--overwrite_output_dir", f.overwrite_output_dir,
-               "Start over in an output_dir that holds an earlier run (its checkpoints and outputs "
-               "are replaced)");
+  add_hf_bool(cmd, "overwrite_output_dir", f.overwrite_output_dir,
+              "Start over in an output_dir that holds an earlier run (its checkpoints and outputs "
+              "are replaced)");
   add_data_flags(cmd, f.data);
   // LoRA
   cmd.add_option("--lora_rank", a.lora_rank, "LoRA rank r")
@@ -72,7 +51,7 @@ void add_train_flags(CLI::App& cmd, TrainFlags& f) {
       ->expected(1, -1)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
       ->capture_default_str();
-  add_bool(cmd, "use_rslora", a.use_rslora, "Rank-stabilised LoRA: scale alpha / sqrt(r)");
+  add_hf_bool(cmd, "use_rslora", a.use_rslora, "Rank-stabilised LoRA: scale alpha / sqrt(r)");
   cmd.add_option("--lora_init", f.lora_init,
                  "LoRA A initialisation: kaiming (PEFT's default) or gaussian")
       ->capture_default_str()
@@ -84,12 +63,13 @@ void add_train_flags(CLI::App& cmd, TrainFlags& f) {
   cmd.add_option("--max_steps", a.max_steps,
                  "Optimizer steps; overrides --num_train_epochs when > 0")
       ->capture_default_str();
-  cmd.add_option("--per_device_train_batch_size", a.per_device_train_batch_size,
+  cmd.add_option("--per_device_train_batch_size,--per_gpu_train_batch_size",
+                 a.per_device_train_batch_size,
                  "Sequences per forward/backward on each rank (a micro-batch)")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  cmd.add_option("--per_device_eval_batch_size", a.per_device_eval_batch_size,
-                 "Sequences per evaluation batch")
+  cmd.add_option("--per_device_eval_batch_size,--per_gpu_eval_batch_size",
+                 a.per_device_eval_batch_size, "Sequences per evaluation batch")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   cmd.add_option("--gradient_accumulation_steps", a.gradient_accumulation_steps,
@@ -118,10 +98,10 @@ void add_train_flags(CLI::App& cmd, TrainFlags& f) {
   cmd.add_option("--warmup_steps", a.warmup_steps, "Linear warmup steps (from lr 0)")
       ->capture_default_str();
   // Precision and memory
-  add_bool(cmd, "bf16", a.bf16,
-           "bf16 weights and matmuls with fp32 accumulation; false: everything fp32");
-  add_bool(cmd, "gradient_checkpointing", a.gradient_checkpointing,
-           "Keep only each layer's input and recompute the layer in backward");
+  add_hf_bool(cmd, "bf16", a.bf16,
+              "bf16 weights and matmuls with fp32 accumulation; false: everything fp32");
+  add_hf_bool(cmd, "gradient_checkpointing", a.gradient_checkpointing,
+              "Keep only each layer's input and recompute the layer in backward");
   cmd.add_option(
          "--recompute_granularity", a.recompute_granularity,
          "With gradient checkpointing: full (keep only layer inputs) or selective (also keep the "
@@ -134,7 +114,7 @@ void add_train_flags(CLI::App& cmd, TrainFlags& f) {
                  "a bf16 model in PyTorch), fp32, or auto = bf16 with --bf16 and fp32 without")
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "bf16", "fp32"}));
-  add_bool(
+  add_hf_bool(
       cmd, "attn_softmax_bf16", a.attn_softmax_bf16,
       "Round attention scores and probabilities to bf16 (the seed recipe's flag; slower on CPU)");
   // Logging, evaluation, checkpoints
@@ -145,6 +125,10 @@ void add_train_flags(CLI::App& cmd, TrainFlags& f) {
                  "When to evaluate on the validation set: no, steps (every --eval_steps) or epoch")
       ->capture_default_str()
       ->check(CLI::IsMember({"no", "steps", "epoch"}));
+  cmd.add_option("--eval_delay", a.eval_delay,
+                 "No evaluation before this many epochs (eval_strategy epoch) or steps (steps)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   cmd.add_option("--eval_steps", a.eval_steps,
                  "Evaluate every N steps (eval_strategy steps; default: logging_steps)")
       ->capture_default_str();
@@ -171,12 +155,18 @@ void add_train_flags(CLI::App& cmd, TrainFlags& f) {
   cmd.add_option("--threads", f.threads,
                  "Compute threads per rank (0: the cores divided among local ranks)")
       ->capture_default_str();
-  add_bool(cmd, "do_train", f.do_train, "Train (accepted for HF compatibility)");
-  add_bool(cmd, "do_eval", f.do_eval, "Evaluate on the validation set at the end");
-  add_bool(cmd, "disable_tqdm", f.disable_tqdm,
-           "No progress bar: plain log lines every --logging_steps (always so when stdout is not a "
-           "terminal "
-           "or under mpirun)");
+  add_hf_bool(cmd, "group_by_length", a.group_by_length,
+              "Order each epoch in shuffled groups of similar-length sequences (HF's sampler)");
+  add_hf_bool(cmd, "dataloader_drop_last", a.dataloader_drop_last,
+              "Drop an incomplete last global batch of each epoch (false: it wraps around to the "
+              "start of the epoch's order)");
+  add_hf_bool(cmd, "do_train", f.do_train, "Train (accepted for HF compatibility)");
+  add_hf_bool(cmd, "do_eval", f.do_eval, "Evaluate on the validation set at the end");
+  add_hf_bool(
+      cmd, "disable_tqdm", f.disable_tqdm,
+      "No progress bar: plain log lines every --logging_steps (always so when stdout is not a "
+      "terminal "
+      "or under mpirun)");
 }
 
 void record_explicit_flags(const CLI::App& cmd, TrainFlags& f) {

@@ -3,6 +3,7 @@
 
 #include <CLI/CLI.hpp>
 #include <string>
+#include <vector>
 
 #include "apps/data_flags.hpp"
 #include "train/training_args.hpp"
@@ -18,6 +19,7 @@ struct TrainFlags {
   std::string lora_init = "kaiming";
   DataFlags data;
   TrainingArguments args;
+  std::vector<std::string> ignored_flags;  // HF flags taken out of the command line (hf_args.hpp)
 };
 
 void add_train_flags(CLI::App& cmd, TrainFlags& flags);

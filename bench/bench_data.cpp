@@ -12,8 +12,8 @@
 #include <string>
 
 #include "bench_util.hpp"
+#include "core/types.hpp"
 #include "data/dataset.hpp"
-#include "ops/cross_entropy.hpp"
 
 int main(int argc, char** argv) {
   using namespace zerolora;

@@ -12,9 +12,9 @@
 #include <vector>
 
 #include "bench_util.hpp"
+#include "comm/communicator.hpp"
 #include "core/precision.hpp"
 #include "data/dataset.hpp"
-#include "dist/communicator.hpp"
 #include "model/llama_weights.hpp"
 #include "train/lora_trainer.hpp"
 
@@ -118,7 +118,7 @@ int main(int argc, char** argv) {
     }
   }
   return fp32 ? zerolora::bench::run<zerolora::Fp32Policy>(model_dir, data_file, steps, threads,
-                                                            recompute, concat)
+                                                           recompute, concat)
               : zerolora::bench::run<zerolora::Bf16Policy>(model_dir, data_file, steps, threads,
-                                                            recompute, concat);
+                                                           recompute, concat);
 }

@@ -14,10 +14,10 @@
 #include "bench_util.hpp"
 #include "core/precision.hpp"
 #include "core/rng.hpp"
-#include "dist/sharded_weights.hpp"
 #include "io/safetensors.hpp"
 #include "model/llama_weights.hpp"
 #include "train/lora_trainer.hpp"
+#include "zero3/sharded_weights.hpp"
 
 namespace zerolora::bench {
 namespace {

@@ -72,6 +72,28 @@ check "sampling: the same seed gives the same text, another seed another" $?
   --lora_rank 4 | grep -q "^fits a 96 GB device"
 check "estimate-memory: the seed recipe (70B, 8 ranks, batch 10 x 2048) fits 96 GB devices" $?
 
+# The seed recipe's run_lora_clm.py command line (optimum-habana v1.12), as pasted: only the
+# model, the dataset (a local file) and the output directory swapped, and two steps appended.
+seed_flags=(--deepspeed "$(dirname "$0")/../examples/ds_zero3_seed.json" --bf16 True --num_train_epochs 2
+  --max_seq_len 2048 --per_device_train_batch_size 10 --per_device_eval_batch_size 10 --gradient_checkpointing
+  --evaluation_strategy epoch --eval_delay 2 --save_strategy no --learning_rate 0.0018 --warmup_ratio 0.03
+  --lr_scheduler_type "cosine" --logging_steps 1 --dataset_concatenation --attn_softmax_bf16 True --do_train
+  --do_eval --use_habana --use_lazy_mode --pipelining_fwd_bwd --throughput_warmup_steps 3 --lora_rank 4
+  --lora_target_modules "q_proj" "v_proj" "k_proj" "o_proj" --validation_split_percentage 4
+  --use_flash_attention True --flash_attention_causal_mask True)
+"$bin" train --model_name_or_path "$model" --train_file "$data" --output_dir "$work/seed" "${seed_flags[@]}" \
+  --max_steps 2 > "$work/seed.log" 2>&1
+[ $? -eq 0 ] && grep -q "ignored: --use_habana, --use_lazy_mode, --pipelining_fwd_bwd, --use_flash_attention True, --flash_attention_causal_mask True" "$work/seed.log" \
+  && grep -q "eval at step 2" "$work/seed.log" && [ -f "$work/seed/adapter_model.safetensors" ]
+check "the seed recipe's command line runs, its hardware flags listed in one warning" $?
+"$bin" train --model_name_or_path "$model" --train_file "$data" --output_dir "$work/fp8" \
+  "${seed_flags[@]}" --fp8 True > /dev/null 2> "$work/err.txt"
+[ $? -eq 2 ] && grep -q -- "--fp8 True: FP8 matmuls are not supported" "$work/err.txt" && [ ! -e "$work/fp8" ]
+check "a flag that would change the result (--fp8 True): refused with the reason" $?
+"$bin" train --model_name_or_path "$model" --dataset_name tatsu-lab/alpaca --output_dir "$work/hub" > /dev/null 2> "$work/err.txt"
+[ $? -eq 2 ] && grep -q "reads data from local files.*--train_file" "$work/err.txt"
+check "--dataset_name: data comes from local files, with the formats named" $?
+
 # Bad input: one clear message each.
 "$bin" generate --model "$model" --adapter "$work/run" --prompt x > /dev/null 2>&1
 [ $? -eq 0 ]

@@ -8,7 +8,7 @@
 #include "core/error.hpp"
 #include "lora/lora_layout.hpp"
 #include "lora/lora_linear.hpp"
-#include "train/lora_shards.hpp"
+#include "zero3/lora_shards.hpp"
 
 namespace zerolora {
 namespace {

@@ -8,8 +8,8 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.hpp"
-#include "io/peft_adapter.hpp"
 #include "io/safetensors.hpp"
+#include "lora/peft_adapter.hpp"
 #include "test_util.hpp"
 #include "train/training_args.hpp"
 

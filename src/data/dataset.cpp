@@ -4,7 +4,7 @@
 #include <cmath>
 
 #include "core/error.hpp"
-#include "ops/cross_entropy.hpp"
+#include "core/types.hpp"
 
 namespace zerolora {
 
@@ -62,6 +62,14 @@ TrainingData build_training_data(Runtime& rt, const DataOptions& o, const Tokeni
                       ": no training sequences remain (every record skipped, or " +
                       "concatenation produced no full block of max_seq_length tokens)");
   return data;
+}
+
+void use_special_tokens(TokenizeOptions& options, const Tokenizer& tokenizer,
+                        const LlamaConfig* config) {
+  options.bos_id = config ? static_cast<std::int32_t>(config->bos_token_id) : tokenizer.bos_id();
+  options.eos_id = config && !config->eos_token_ids.empty()
+                       ? static_cast<std::int32_t>(config->eos_token_ids[0])
+                       : tokenizer.eos_id();
 }
 
 }  // namespace zerolora

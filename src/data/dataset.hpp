@@ -9,6 +9,7 @@
 
 #include "data/examples.hpp"
 #include "data/records.hpp"
+#include "io/llama_config.hpp"
 
 namespace zerolora {
 
@@ -39,5 +40,10 @@ struct TrainingData {
 
 TrainingData build_training_data(Runtime& rt, const DataOptions& options,
                                  const Tokenizer& tokenizer);
+
+// BOS and EOS of the tokenized examples: the model's (config.json's bos_token_id and first
+// eos_token_id) when a config is given, else the tokenizer's.
+void use_special_tokens(TokenizeOptions& options, const Tokenizer& tokenizer,
+                        const LlamaConfig* config);
 
 }  // namespace zerolora

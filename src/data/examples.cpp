@@ -5,7 +5,7 @@
 #include <numeric>
 
 #include "core/error.hpp"
-#include "ops/cross_entropy.hpp"
+#include "core/types.hpp"
 
 namespace zerolora {
 

@@ -20,9 +20,9 @@
 #include <vector>
 
 #include "core/runtime.hpp"
+#include "core/types.hpp"
 #include "data/prompt.hpp"
 #include "data/tokenizer.hpp"
-#include "ops/conventions.hpp"
 
 namespace zerolora {
 

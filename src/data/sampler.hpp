@@ -11,7 +11,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "ops/conventions.hpp"
+#include "core/types.hpp"
 
 namespace zerolora {
 

@@ -46,4 +46,14 @@ std::int32_t Tokenizer::vocab_size() const {
   return processor_->GetPieceSize();
 }
 
+Tokenizer open_model_tokenizer(const std::filesystem::path& model_dir, const LlamaConfig& config) {
+  Tokenizer tokenizer(model_dir / "tokenizer.model");
+  if (tokenizer.vocab_size() > config.vocab_size)
+    throw ShapeError((model_dir / "tokenizer.model").string() + " has " +
+                     std::to_string(tokenizer.vocab_size()) +
+                     " pieces but config.json says vocab_size " +
+                     std::to_string(config.vocab_size));
+  return tokenizer;
+}
+
 }  // namespace zerolora

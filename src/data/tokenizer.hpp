@@ -11,6 +11,8 @@
 #include <string_view>
 #include <vector>
 
+#include "io/llama_config.hpp"
+
 namespace sentencepiece {
 class SentencePieceProcessor;
 }
@@ -36,5 +38,9 @@ class Tokenizer {
   std::filesystem::path path_;
   std::unique_ptr<sentencepiece::SentencePieceProcessor> processor_;
 };
+
+// A model directory's tokenizer.model; ShapeError when it has more pieces than config.json's
+// vocabulary.
+Tokenizer open_model_tokenizer(const std::filesystem::path& model_dir, const LlamaConfig& config);
 
 }  // namespace zerolora

@@ -9,9 +9,9 @@
 #include <string>
 #include <vector>
 
+#include "core/types.hpp"
 #include "io/llama_config.hpp"
 #include "lora/lora_config.hpp"
-#include "ops/conventions.hpp"
 
 namespace zerolora {
 

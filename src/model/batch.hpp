@@ -7,8 +7,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/types.hpp"
 #include "ops/attention.hpp"
-#include "ops/cross_entropy.hpp"
 
 namespace zerolora {
 

@@ -7,7 +7,7 @@
 
 #include <span>
 
-#include "ops/conventions.hpp"
+#include "core/types.hpp"
 
 namespace zerolora {
 

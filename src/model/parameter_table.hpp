@@ -11,8 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "core/types.hpp"
 #include "io/llama_config.hpp"
-#include "ops/conventions.hpp"
 
 namespace zerolora {
 

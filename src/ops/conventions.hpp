@@ -17,8 +17,4 @@
 //   least fp32; bf16 mode only rounds matmul operands to bf16, with fp32 accumulation.
 #pragma once
 
-#include <cstdint>
-
-namespace zerolora {
-using Index = std::int64_t;
-}  // namespace zerolora
+#include "core/types.hpp"

@@ -15,8 +15,6 @@
 
 namespace zerolora {
 
-inline constexpr std::int32_t kIgnoreIndex = -100;
-
 // Returns the summed loss of the rows; replaces logits by their gradient when write_grad.
 template <class T>
 double cross_entropy(Runtime& rt, T* logits /*[R, V]*/, const std::int32_t* targets /*[R]*/,

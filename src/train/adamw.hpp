@@ -8,7 +8,7 @@
 
 #include "core/buffer.hpp"
 #include "core/runtime.hpp"
-#include "ops/conventions.hpp"
+#include "core/types.hpp"
 
 namespace zerolora {
 

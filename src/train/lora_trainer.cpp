@@ -19,37 +19,6 @@ double now_seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-std::uint64_t trainer_fingerprint(const LlamaConfig& c, const LoraLayout& layout,
-                                  const TrainerOptions& o, int world) {
-  std::uint64_t h = 0x5eed;
-  for (double v : {double(c.hidden_size),
-                   double(c.intermediate_size),
-                   double(c.num_layers),
-                   double(c.num_heads),
-                   double(c.num_kv_heads),
-                   double(c.head_dim),
-                   double(c.vocab_size),
-                   c.rms_norm_eps,
-                   c.rope.theta,
-                   double(c.tie_word_embeddings),
-                   double(layout.size()),
-                   double(layout.config().rank),
-                   layout.config().alpha,
-                   layout.config().dropout,
-                   double(layout.config().use_rslora),
-                   double(o.micro_batch),
-                   o.adamw.beta1,
-                   o.adamw.beta2,
-                   o.adamw.eps,
-                   o.adamw.weight_decay,
-                   o.max_grad_norm,
-                   double(o.seed),
-                   double(o.persistence_threshold),
-                   double(world)})
-    h = hash_combine(h, std::bit_cast<std::uint64_t>(v));
-  return h;
-}
-
 }  // namespace
 
 Index count_targets(const std::vector<TokenSequence>& data, std::span<const Index> indices) {
@@ -82,8 +51,6 @@ LoraTrainer<P>::LoraTrainer(Runtime& rt, Communicator& comm, LlamaModel<P>& mode
     throw ShapeError("initial LoRA parameters hold " + std::to_string(initial_params.size()) +
                      " values, the layout needs " + std::to_string(layout.size()));
   if (options.micro_batch < 1) throw ConfigError("micro batch must be at least 1");
-  require_same_on_all_ranks(comm, trainer_fingerprint(model.config(), layout, options, comm.size()),
-                            "the model, LoRA or optimizer configuration");
   shards_.set_params(initial_params);
 }
 

@@ -16,13 +16,13 @@
 #include <type_traits>
 #include <vector>
 
+#include "comm/communicator.hpp"
 #include "core/buffer.hpp"
 #include "data/examples.hpp"
-#include "dist/communicator.hpp"
 #include "io/safetensors.hpp"
 #include "model/llama_model.hpp"
 #include "train/adamw.hpp"
-#include "train/lora_shards.hpp"
+#include "zero3/lora_shards.hpp"
 
 namespace zerolora {
 

@@ -6,7 +6,7 @@
 
 #include "core/error.hpp"
 #include "model/parameter_table.hpp"
-#include "train/lora_shards.hpp"
+#include "zero3/lora_shards.hpp"
 
 namespace zerolora {
 

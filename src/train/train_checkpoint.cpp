@@ -10,8 +10,8 @@
 #include "core/error.hpp"
 #include "core/precision.hpp"
 #include "io/json_file.hpp"
-#include "io/peft_adapter.hpp"
 #include "io/safetensors.hpp"
+#include "lora/peft_adapter.hpp"
 
 namespace zerolora {
 namespace {
@@ -64,7 +64,7 @@ void save_training_checkpoint(Communicator& comm, const fs::path& output_dir, st
     save_peft_adapter(temp_dir, layout, params, base_model);
     json state = {{"global_step", step},
                   {"world_size", comm.size()},
-                  {"signature", signature},
+                  {"signature", signature.to_json()},
                   {"writer", "zerolora 0.1.0"}};
     write_text_file_atomically(temp_dir / "trainer_state.json", state.dump(2) + "\n");
   }
@@ -96,14 +96,7 @@ ResumePoint load_training_checkpoint(Communicator& comm, const fs::path& dir,
     throw FormatError(state_path.string() + ": missing global_step, world_size or signature");
   const int world = state["world_size"].get<int>();
   if (world < 1) throw FormatError(state_path.string() + ": world_size must be at least 1");
-  std::string differences;
-  const json& saved = state["signature"];
-  for (const auto& [key, value] : signature) {
-    const std::string old = saved.contains(key) && saved[key].is_string()
-                                ? saved[key].template get<std::string>()
-                                : "(absent)";
-    if (old != value) differences += "\n  " + key + ": checkpoint " + old + ", now " + value;
-  }
+  const std::string differences = signature.resume_differences(state["signature"]);
   if (!differences.empty())
     throw ConfigError(
         dir.string() +

@@ -12,17 +12,14 @@
 
 #include <cstdint>
 #include <filesystem>
-#include <map>
 #include <string>
 
-#include "dist/communicator.hpp"
+#include "comm/communicator.hpp"
 #include "lora/lora_layout.hpp"
 #include "train/lora_trainer.hpp"
+#include "train/run_signature.hpp"
 
 namespace zerolora {
-
-// Settings a resumed run must share with the one that wrote the checkpoint.
-using RunSignature = std::map<std::string, std::string>;
 
 template <class P>
 void save_training_checkpoint(Communicator& comm, const std::filesystem::path& output_dir,

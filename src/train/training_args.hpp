@@ -56,11 +56,15 @@ struct TrainingArguments {
   std::int64_t logging_steps = 10;  // zerolora's default (HF: 500)
   std::string eval_strategy = "no";
   std::int64_t eval_steps = 0;
+  double eval_delay = 0;  // no evaluation before this many epochs (steps with eval_strategy steps)
   std::string save_strategy = "steps";
   std::int64_t save_steps = 500;
   std::int64_t save_total_limit = 0;
   std::int64_t throughput_warmup_steps = 1;  // steps left out of throughput figures
   std::uint64_t seed = 42;
+  // data order
+  bool group_by_length = false;       // shuffled megabatches sorted by length (HF's)
+  bool dataloader_drop_last = false;  // drop an incomplete last global batch (else it wraps)
 
   std::set<std::string> explicitly_set;  // flag names given on the command line
   bool is_set(const std::string& flag) const { return explicitly_set.count(flag) > 0; }

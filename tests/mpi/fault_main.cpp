@@ -4,9 +4,9 @@
 //   zerolora_fault_drill GOOD_MODEL_DIR BAD_MODEL_DIR
 #include <cstdio>
 
+#include "comm/rank_guard.hpp"
 #include "core/precision.hpp"
-#include "dist/rank_guard.hpp"
-#include "dist/sharded_weights.hpp"
+#include "zero3/sharded_weights.hpp"
 
 int main(int argc, char** argv) {
   using namespace zerolora;

@@ -1,7 +1,7 @@
 // Access to the process's communicator from MPI tests.
 #pragma once
 
-#include "dist/communicator.hpp"
+#include "comm/communicator.hpp"
 
 namespace zerolora::testing {
 

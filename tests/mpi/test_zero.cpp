@@ -8,11 +8,12 @@
 #include "core/error.hpp"
 #include "core/precision.hpp"
 #include "data/sampler.hpp"
-#include "dist/sharded_weights.hpp"
 #include "model/llama_weights.hpp"
 #include "mpi_env.hpp"
 #include "test_util.hpp"
 #include "train/lora_trainer.hpp"
+#include "train/run_signature.hpp"
+#include "zero3/sharded_weights.hpp"
 
 namespace zerolora {
 namespace {
@@ -230,17 +231,26 @@ TEST(ShardedWeights, RandomShardsMatchRandomWeights) {
   }
 }
 
-TEST(Communicator, RanksMustAgreeOnTheConfiguration) {
+TEST(RunSignature, RanksMustAgreeOnTheRun) {
   Communicator& comm = MpiEnvironment::comm();
-  EXPECT_NO_THROW(require_same_on_all_ranks(comm, 42, "config"));
+  RunSignature signature;
+  signature.kept = {{"model", "2x64/128"}, {"seed", "42"}};
+  signature.split = {{"micro_batch", "2"}};
+  EXPECT_NO_THROW(require_same_on_all_ranks(comm, signature));
   if (comm.size() > 1) {
+    const bool last = comm.rank() == comm.size() - 1;
+    if (last) signature.split["micro_batch"] = "3";
     try {
-      require_same_on_all_ranks(comm, comm.rank() == comm.size() - 1 ? 7 : 42, "the configuration");
+      require_same_on_all_ranks(comm, signature);
       ADD_FAILURE() << "no error";
     } catch (const ConfigError& e) {
-      EXPECT_NE(std::string(e.what()).find("rank(s) " + std::to_string(comm.size() - 1)),
-                std::string::npos)
-          << e.what();
+      const std::string message = e.what();
+      EXPECT_NE(message.find("rank(s) " + std::to_string(comm.size() - 1)), std::string::npos)
+          << message;
+      // The rank that differs names the setting.
+      if (last) {
+        EXPECT_NE(message.find("micro_batch: rank 0 2, here 3"), std::string::npos) << message;
+      }
     }
   }
 }

@@ -1,10 +1,8 @@
 // The single-process communicator: world size 1, every collective is a copy or nothing.
-#include <cstdlib>
 #include <cstring>
-#include <vector>
 
 #include "core/error.hpp"
-#include "dist/communicator.hpp"
+#include "comm/communicator.hpp"
 
 namespace zerolora {
 namespace {
@@ -51,26 +49,6 @@ class LocalCommunicator : public Communicator {
 
 std::unique_ptr<Communicator> make_local_communicator() {
   return std::make_unique<LocalCommunicator>();
-}
-
-bool launched_by_mpirun() {
-  const char* size = std::getenv("OMPI_COMM_WORLD_SIZE");
-  return size != nullptr && *size != '\0';
-}
-
-void require_same_on_all_ranks(Communicator& comm, std::uint64_t fingerprint,
-                               const std::string& what) {
-  if (comm.size() == 1) return;
-  std::vector<std::uint64_t> all(static_cast<std::size_t>(comm.size()));
-  comm.all_gather(&fingerprint, all.data(), sizeof(fingerprint));
-  std::string differing;
-  for (int r = 0; r < comm.size(); ++r)
-    if (all[static_cast<std::size_t>(r)] != all[0])
-      differing += (differing.empty() ? "" : ", ") + std::to_string(r);
-  if (!differing.empty())
-    throw ConfigError(
-        what + " differs between ranks: rank(s) " + differing +
-        " disagree with rank 0; every rank must run the same command on the same files");
 }
 
 }  // namespace zerolora

@@ -6,7 +6,7 @@
 
 #include <functional>
 
-#include "dist/communicator.hpp"
+#include "comm/communicator.hpp"
 
 namespace zerolora {
 

@@ -1,4 +1,4 @@
-#include "lora/merge.hpp"
+#include "model/merge.hpp"
 
 #include <fstream>
 #include <nlohmann/json.hpp>

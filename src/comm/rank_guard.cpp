@@ -1,4 +1,4 @@
-#include "dist/rank_guard.hpp"
+#include "comm/rank_guard.hpp"
 
 #include <cstdio>
 

@@ -14,8 +14,9 @@
 #include <mutex>
 #include <thread>
 
+#include "comm/communicator.hpp"
+#include "comm/launch.hpp"
 #include "core/error.hpp"
-#include "dist/communicator.hpp"
 
 namespace zerolora {
 namespace {
@@ -231,8 +232,16 @@ void MpiRequest::wait() {
 }  // namespace
 
 std::unique_ptr<Communicator> make_communicator() {
-  if (!launched_by_mpirun()) return make_local_communicator();
-  return std::make_unique<MpiCommunicator>();
+  const LaunchInfo launch = detect_launch();
+  if (!launch.multi_rank()) return make_local_communicator();
+  auto comm = std::make_unique<MpiCommunicator>();
+  char version[MPI_MAX_LIBRARY_VERSION_STRING] = {};
+  int length = 0;
+  MPI_Get_library_version(version, &length);
+  std::string library(version, static_cast<std::size_t>(length));
+  library = library.substr(0, library.find_first_of(",\n"));  // "Open MPI v4.1.4, package: ..."
+  check_mpi_world(launch, comm->size(), comm->rank(), library);
+  return comm;
 }
 
 }  // namespace zerolora

@@ -1,4 +1,4 @@
-#include "train/lora_shards.hpp"
+#include "zero3/lora_shards.hpp"
 
 #include <algorithm>
 #include <cstring>

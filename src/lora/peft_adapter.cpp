@@ -1,4 +1,4 @@
-#include "io/peft_adapter.hpp"
+#include "lora/peft_adapter.hpp"
 
 #include <algorithm>
 #include <fstream>

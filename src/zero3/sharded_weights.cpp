@@ -1,4 +1,4 @@
-#include "dist/sharded_weights.hpp"
+#include "zero3/sharded_weights.hpp"
 
 #include <algorithm>
 #include <string>

@@ -18,7 +18,7 @@
 
 #include "core/buffer.hpp"
 #include "core/runtime.hpp"
-#include "dist/communicator.hpp"
+#include "comm/communicator.hpp"
 #include "io/checkpoint.hpp"
 #include "model/weight_provider.hpp"
 

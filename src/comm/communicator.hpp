@@ -1,6 +1,7 @@
 // Collectives between the ranks of a run, behind one interface chosen at run time:
-//   LocalCommunicator  one process, no MPI (the default when not launched by mpirun)
-//   MpiCommunicator    OpenMPI; `mpirun -np W zerolora ...` on one machine or many
+//   LocalCommunicator  one process, no MPI (when no launcher started this process as one rank
+//                      of several: comm/launch.hpp)
+//   MpiCommunicator    MPI; `mpirun -np W zerolora ...` or `srun` on one machine or many
 // (NCCL will be a third implementation; every buffer here is plain memory so that a device
 // implementation can take device pointers with the same calls).
 //
@@ -93,16 +94,10 @@ class Communicator {
   }
 };
 
-// True when this process was started by mpirun (OpenMPI sets OMPI_COMM_WORLD_SIZE).
-bool launched_by_mpirun();
-
-// MpiCommunicator under mpirun, LocalCommunicator otherwise.
+// MpiCommunicator when a launcher started this process as one rank of several, checked to have
+// joined the world the launcher started (ConfigError otherwise: comm/launch.hpp);
+// LocalCommunicator otherwise.
 std::unique_ptr<Communicator> make_communicator();
 std::unique_ptr<Communicator> make_local_communicator();
-
-// Refuses to start unless every rank computed the same `fingerprint` (configuration, model
-// shapes, data), with a message naming the ranks that differ. Throws ConfigError.
-void require_same_on_all_ranks(Communicator& comm, std::uint64_t fingerprint,
-                               const std::string& what);
 
 }  // namespace zerolora

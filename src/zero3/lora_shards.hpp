@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "core/buffer.hpp"
-#include "dist/communicator.hpp"
+#include "comm/communicator.hpp"
 #include "lora/lora_layout.hpp"
 #include "model/lora_source.hpp"
 

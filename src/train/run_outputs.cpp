@@ -1,0 +1,61 @@
+#include "train/run_outputs.hpp"
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "core/atomic_file.hpp"
+#include "core/error.hpp"
+
+namespace zerolora {
+
+namespace fs = std::filesystem;
+
+bool is_run_output(const fs::path& path) {
+  const std::string name = path.filename().string();
+  return name.rfind("checkpoint-", 0) == 0 || name == "adapter_config.json" ||
+         name == "adapter_model.safetensors" || name == "metrics.jsonl" ||
+         name == "loss_curve.svg" || name == "train_results.json";
+}
+
+void prepare_output_dir(const fs::path& dir, bool overwrite, bool resuming, bool leader) {
+  if (fs::exists(dir) && !fs::is_directory(dir))
+    throw UsageError(dir.string() + ": --output_dir is a file");
+  if (resuming || !fs::exists(dir) || fs::is_empty(dir)) {
+    if (leader) fs::create_directories(dir);
+    return;
+  }
+  std::vector<fs::path> ours, theirs;
+  for (const auto& entry : fs::directory_iterator(dir))
+    (is_run_output(entry.path()) ? ours : theirs).push_back(entry.path());
+  if (!theirs.empty())
+    throw UsageError(dir.string() + ": --output_dir holds files zerolora did not write (e.g. " +
+                     theirs.front().filename().string() + "); choose an empty or new directory");
+  if (!overwrite)
+    throw UsageError(dir.string() + ": --output_dir already holds a training run (" +
+                     ours.front().filename().string() +
+                     "); pass --resume_from_checkpoint last to continue it, or "
+                     "--overwrite_output_dir to start over");
+  if (leader)
+    for (const auto& p : ours) fs::remove_all(p);
+}
+
+MetricsHistory keep_metrics_until(const fs::path& log_path, std::int64_t step) {
+  MetricsHistory history;
+  if (!fs::exists(log_path)) return history;
+  std::ifstream in(log_path);
+  std::string kept;
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded() || !j.contains("step") || j["step"].get<std::int64_t>() > step) continue;
+    kept += line + "\n";
+    if (j.contains("loss"))
+      history.train.push_back({j["step"].get<double>(), j["loss"].get<double>()});
+    if (j.contains("eval_loss"))
+      history.eval.push_back({j["step"].get<double>(), j["eval_loss"].get<double>()});
+  }
+  write_text_file_atomically(log_path, kept);
+  return history;
+}
+
+}  // namespace zerolora

@@ -1,0 +1,31 @@
+// The output directory of a training run: what a run writes there, when it may start in it,
+// and the metrics history a resumed run continues.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <vector>
+
+#include "train/metrics.hpp"
+
+namespace zerolora {
+
+// A file or directory a training run writes into its output directory (and may replace with
+// overwrite_output_dir): checkpoint-*, the adapter, metrics.jsonl, loss_curve.svg,
+// train_results.json.
+bool is_run_output(const std::filesystem::path& path);
+
+// Refuses (UsageError) an output directory that is a file, that holds files a run did not
+// write, or that holds an earlier run unless `overwrite` (its outputs are then removed, by
+// the leader) or `resuming`. The leader creates the directory.
+void prepare_output_dir(const std::filesystem::path& dir, bool overwrite, bool resuming,
+                        bool leader);
+
+// On resume: metrics.jsonl is cut back to the records up to `step` (rewritten atomically), and
+// the loss curves those records draw are returned.
+struct MetricsHistory {
+  std::vector<CurvePoint> train, eval;
+};
+MetricsHistory keep_metrics_until(const std::filesystem::path& log_path, std::int64_t step);
+
+}  // namespace zerolora

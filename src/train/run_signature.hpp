@@ -1,0 +1,33 @@
+// What makes a training run the run it is, setting by setting, by name. One definition, two
+// checks, each refusing with the differing settings named:
+//  - every rank of a run computes the same signature (the same command on the same files);
+//  - a checkpoint resumes only into a run whose `kept` settings are the checkpoint's. How the
+//    global batch is split over ranks and micro-batches, and which LoRA tensors are partitioned,
+//    may change on resume (the optimizer state is resharded when it is read): those are in
+//    `split`, compared between ranks only.
+#pragma once
+
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "comm/communicator.hpp"
+
+namespace zerolora {
+
+struct RunSignature {
+  std::map<std::string, std::string> kept;   // model, LoRA, data, global batch, seed, ...
+  std::map<std::string, std::string> split;  // world size, micro-batch, accumulation, ...
+
+  // The kept settings, as checkpoints record them (trainer_state.json "signature").
+  nlohmann::ordered_json to_json() const;
+  // One "\n  name: checkpoint X, now Y" line per kept setting that differs from `saved`
+  // (a checkpoint's record); settings an older checkpoint did not record are not compared.
+  std::string resume_differences(const nlohmann::ordered_json& saved) const;
+};
+
+// Every rank compares its signature with rank 0's; throws ConfigError on every rank when any
+// differs, naming the ranks and (on those ranks) the settings.
+void require_same_on_all_ranks(Communicator& comm, const RunSignature& signature);
+
+}  // namespace zerolora

@@ -1,0 +1,558 @@
+#include "train/training_run.hpp"
+
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <limits>
+#include <optional>
+#include <thread>
+
+#include "comm/launch.hpp"
+#include "core/atomic_file.hpp"
+#include "core/error.hpp"
+#include "core/precision.hpp"
+#include "data/sampler.hpp"
+#include "io/json_file.hpp"
+#include "lora/peft_adapter.hpp"
+#include "model/flops.hpp"
+#include "model/llama_weights.hpp"
+#include "ops/gemm_peak.hpp"
+#include "train/lora_trainer.hpp"
+#include "train/metrics.hpp"
+#include "train/run_outputs.hpp"
+#include "train/run_signature.hpp"
+#include "train/train_checkpoint.hpp"
+#include "zero3/sharded_weights.hpp"
+
+namespace zerolora {
+namespace {
+
+namespace fs = std::filesystem;
+using ojson = nlohmann::ordered_json;
+
+double now_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+double peak_rss_mib() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_maxrss) / 1024.0;
+}
+
+std::string fixed(double value, int decimals) {
+  char text[64];
+  std::snprintf(text, sizeof(text), "%.*f", decimals, value);
+  return text;
+}
+
+// Validation sequences spread over the ranks, every rank with the same count (padding:
+// copies of sequence 0 with no labels, which add no loss but keep the passes in step).
+struct EvalSet {
+  std::vector<TokenSequence> sequences;
+  std::vector<Index> mine;
+  Index targets = 0;
+};
+
+EvalSet make_eval_set(const std::vector<TokenSequence>& validation, int rank, int world) {
+  EvalSet set;
+  if (validation.empty()) return set;
+  set.sequences = validation;
+  TokenSequence padding = validation[0];
+  std::fill(padding.labels.begin(), padding.labels.end(), kIgnoreIndex);
+  set.sequences.push_back(padding);
+  const Index n = static_cast<Index>(validation.size());
+  const Index per_rank = (n + world - 1) / world;
+  for (Index i = 0; i < per_rank; ++i) {
+    const Index global = rank * per_rank + i;
+    set.mine.push_back(global < n ? global : n);  // n = the padding sequence
+  }
+  std::vector<Index> all(static_cast<std::size_t>(n));
+  for (Index i = 0; i < n; ++i) all[static_cast<std::size_t>(i)] = i;
+  set.targets = count_targets(validation, all);
+  return set;
+}
+
+// Throughput over the steps after the warm-up ones, for the summary.
+struct Totals {
+  double time = 0, tokens = 0, samples = 0, flops = 0;
+  std::int64_t steps = 0;
+};
+
+}  // namespace
+
+int default_threads_per_rank() {
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  return std::max(1, cores / std::max(1, detect_launch().local_size));
+}
+
+namespace {
+
+// The settings checked and completed before anything is read or written: the DeepSpeed config
+// merged into the arguments (it may choose the precision, so this comes first).
+struct PreparedSettings {
+  RunSettings settings;
+  std::optional<DeepSpeedScheduler> ds_scheduler;
+  std::vector<std::string> notes;  // the DeepSpeed config's warnings, for the observer
+};
+
+PreparedSettings prepare_settings(Communicator& comm, RunSettings settings) {
+  PreparedSettings prepared;
+  if (!settings.resume_from_checkpoint.empty() && settings.overwrite_output_dir)
+    throw UsageError(
+        "--resume_from_checkpoint continues a run and --overwrite_output_dir discards it: give "
+        "one");
+  if (!fs::is_directory(settings.model_dir))
+    throw IoError(settings.model_dir.string() + ": --model_name_or_path is not a directory");
+  if (!settings.deepspeed_config.empty()) {
+    const LlamaConfig config = LlamaConfig::load(settings.model_dir / "config.json");
+    const std::string label = settings.deepspeed_config.string();
+    const DeepSpeedResult ds =
+        apply_deepspeed_config(read_json_file(settings.deepspeed_config), settings.args,
+                               comm.size(), config.hidden_size, LayerLayout(config).size(), label);
+    prepared.ds_scheduler = ds.scheduler;
+    if (!ds.ignored_keys.empty()) {
+      std::string keys;
+      for (const auto& k : ds.ignored_keys) keys += (keys.empty() ? "" : ", ") + k;
+      prepared.notes.push_back("warning: " + label +
+                               ": these keys mean nothing to zerolora and are ignored: " + keys);
+    }
+    for (const auto& n : ds.notes) prepared.notes.push_back("note: " + label + ": " + n);
+  }
+  prepared.settings = std::move(settings);
+  return prepared;
+}
+
+}  // namespace
+
+// What does not depend on the precision: the files read, the data built, the schedule and the
+// signature.
+struct TrainingRun::Impl {
+  Impl(Communicator& communicator, PreparedSettings prepared, RunObserver* observer)
+      : comm(communicator),
+        settings(std::move(prepared.settings)),
+        args(settings.args),
+        leader(comm.rank() == 0),
+        resuming(!settings.resume_from_checkpoint.empty()),
+        ds_scheduler(prepared.ds_scheduler) {
+    auto note = [&](const std::string& line) {
+      if (leader && observer) observer->note(line);
+    };
+    for (const auto& line : prepared.notes) note(line);
+    bf16_residual = resolve_bf16_residual(args.residual_dtype, args.bf16);
+    prepare_output_dir(settings.output_dir, settings.overwrite_output_dir, resuming, leader);
+    comm.barrier();
+    rt.emplace(settings.threads > 0 ? settings.threads : default_threads_per_rank());
+    checkpoint.emplace(settings.model_dir);
+    const Tokenizer tokenizer = open_model_tokenizer(settings.model_dir, checkpoint->config());
+
+    // Data: every rank builds the same dataset (it is small next to the model).
+    use_special_tokens(settings.data.tokenize, tokenizer, &checkpoint->config());
+    data = build_training_data(*rt, settings.data, tokenizer);
+    const DataReport& dr = data.report;
+    note("data: " + std::to_string(dr.records_read) + " records (" +
+         std::to_string(dr.skipped_empty_output) + " skipped: empty output), " +
+         std::to_string(dr.train_examples) + " train / " + std::to_string(dr.validation_examples) +
+         " validation examples, " + std::to_string(dr.truncated) + " truncated at " +
+         std::to_string(settings.data.tokenize.max_seq_length) + " tokens (" +
+         std::to_string(dr.without_targets) + " of them dropped: no response token left); " +
+         std::to_string(data.train.size()) + " training sequences, " +
+         std::to_string(dr.train_tokens) + " tokens (" + std::to_string(dr.train_label_tokens) +
+         " with labels)");
+
+    lora.rank = args.lora_rank;
+    lora.alpha = args.lora_alpha;
+    lora.dropout = args.lora_dropout;
+    for (const auto& t : args.lora_target_modules) targets += (targets.empty() ? "" : ",") + t;
+    lora.targets = parse_lora_targets(targets);
+    lora.use_rslora = args.use_rslora;
+    lora.init = settings.lora_init;
+    layout.emplace(checkpoint->config(), lora);
+
+    std::vector<Index> lengths;
+    for (const auto& s : data.train) lengths.push_back(s.size());
+    SamplerOptions sampling;
+    sampling.global_batch =
+        args.per_device_train_batch_size * args.gradient_accumulation_steps * comm.size();
+    sampling.world = comm.size();
+    sampling.rank = comm.rank();
+    sampling.seed = args.seed;
+    sampling.group_by_length = args.group_by_length;
+    sampling.drop_last = args.dataloader_drop_last;
+    sampler.emplace(lengths, sampling);
+    per_epoch = sampler->steps_per_epoch();
+    if (per_epoch < 1)
+      throw ConfigError("the training set has " + std::to_string(data.train.size()) +
+                        " sequences, fewer than one global batch of " +
+                        std::to_string(sampling.global_batch) + " with --dataloader_drop_last");
+    total_steps =
+        args.max_steps > 0
+            ? args.max_steps
+            : std::max<std::int64_t>(
+                  1, static_cast<std::int64_t>(std::ceil(args.num_train_epochs * per_epoch)));
+    schedule = make_lr_schedule(args, ds_scheduler, total_steps);
+    eval = make_eval_set(data.validation, comm.rank(), comm.size());
+    global_batch = sampling.global_batch;
+  }
+  virtual ~Impl() = default;
+
+  virtual RunOutcome run(const StopRequest& stop, RunObserver* observer) = 0;
+  virtual ojson save(RunObserver* observer) = 0;
+
+  // The settings that make this run the run it is (run_signature.hpp); `precision` is the
+  // policy's name.
+  RunSignature signature(std::string_view precision) const {
+    const LlamaConfig& c = checkpoint->config();
+    const auto number = [](double v) { return std::to_string(v); };
+    RunSignature s;
+    s.kept = {
+        {"model", std::to_string(c.num_layers) + "x" + std::to_string(c.hidden_size) + "/" +
+                      std::to_string(c.vocab_size)},
+        {"lora", std::to_string(lora.rank) + "/" + number(lora.alpha) + "/" + number(lora.dropout) +
+                     "/" + targets + (lora.use_rslora ? "/rslora" : "")},
+        {"global_batch", std::to_string(global_batch)},
+        {"seed", std::to_string(args.seed)},
+        {"data", std::to_string(data.train.size()) + " sequences, " +
+                     std::to_string(data.report.train_tokens) + " tokens"},
+        // (an fp32 residual adds nothing: checkpoints from before the option read "bf16")
+        {"precision", std::string(precision) + (bf16_residual ? ", bf16 residual" : "")},
+        {"schedule", args.lr_scheduler_type + (ds_scheduler ? " (DeepSpeed)" : "") + ", lr " +
+                         number(args.learning_rate) + ", warmup " +
+                         std::to_string(args.warmup_steps) + "/" + number(args.warmup_ratio)},
+        {"optimizer", "AdamW " + number(args.adam_beta1) + "/" + number(args.adam_beta2) + "/" +
+                          number(args.adam_epsilon) + ", weight decay " +
+                          number(args.weight_decay) + ", clip " + number(args.max_grad_norm)},
+        {"data_order", std::string(args.group_by_length ? "grouped by length" : "shuffled") +
+                           (args.dataloader_drop_last ? ", last batch dropped" : "")},
+        {"zero_stage", std::to_string(args.zero_stage)}};
+    s.split = {{"world_size", std::to_string(comm.size())},
+               {"micro_batch", std::to_string(args.per_device_train_batch_size)},
+               {"accumulation", std::to_string(args.gradient_accumulation_steps)},
+               {"persistence_threshold", std::to_string(args.persistence_threshold)},
+               {"recompute", args.gradient_checkpointing ? args.recompute_granularity : "none"}};
+    return s;
+  }
+
+  // Evaluations on the arguments' schedule after `done` steps (HF's eval_delay included).
+  bool evaluates_after(std::int64_t done) const {
+    const std::int64_t every = args.eval_steps > 0 ? args.eval_steps : args.logging_steps;
+    if (args.eval_strategy == "steps")
+      return done % every == 0 && args.eval_delay <= static_cast<double>(done);
+    if (args.eval_strategy == "epoch")
+      return done % per_epoch == 0 &&
+             args.eval_delay <= static_cast<double>(done) / static_cast<double>(per_epoch);
+    return false;
+  }
+
+  Communicator& comm;
+  RunSettings settings;
+  TrainingArguments& args;
+  const bool leader;
+  const bool resuming;
+  std::optional<DeepSpeedScheduler> ds_scheduler;
+  bool bf16_residual = false;
+  std::optional<Runtime> rt;
+  std::optional<Checkpoint> checkpoint;
+  TrainingData data;
+  LoraConfig lora;
+  std::string targets;  // "q_proj,v_proj,..."
+  std::optional<LoraLayout> layout;
+  std::optional<DistributedSampler> sampler;
+  Index per_epoch = 1;
+  Index global_batch = 1;
+  std::int64_t total_steps = 1;
+  std::int64_t first_step = 0;
+  LrSchedule schedule;
+  EvalSet eval;
+};
+
+namespace {
+
+template <class P>
+class PolicyRun final : public TrainingRun::Impl {
+ public:
+  using Weight = typename P::Weight;
+
+  PolicyRun(Communicator& communicator, PreparedSettings prepared, RunObserver* observer)
+      : Impl(communicator, std::move(prepared), observer) {
+    auto note = [&](const std::string& line) {
+      if (leader && observer) observer->note(line);
+    };
+    const LlamaConfig& config = checkpoint->config();
+    const double load_start = now_seconds();
+    // ZeRO-3 shards the base weights; stages 0-2 keep them whole on every rank; stage 0 also
+    // keeps every LoRA tensor's optimizer state whole.
+    if (args.zero_stage == 3 && comm.size() > 1)
+      weights_ = std::make_unique<ShardedWeights<Weight>>(ShardedWeights<Weight>::load(
+          *rt, comm, *checkpoint, ZeroOptions{args.prefetch_depth, args.max_live_elements}));
+    else
+      weights_ =
+          std::make_unique<LlamaWeights<Weight>>(load_llama_weights<Weight>(*rt, *checkpoint));
+    note("model: " + settings.model_dir.string() + ", " + std::to_string(config.num_layers) +
+         " layers, hidden " + std::to_string(config.hidden_size) + ", " + std::string(P::kName) +
+         (bf16_residual ? " (bf16 residual)" : "") + ", loaded in " +
+         fixed(now_seconds() - load_start, 2) + " s; " + std::to_string(comm.size()) +
+         " rank(s) x " + std::to_string(rt->threads()) + " thread(s), ZeRO stage " +
+         std::to_string(args.zero_stage));
+    ComputeOptions compute;
+    compute.recompute = !args.gradient_checkpointing                ? Recompute::kNone
+                        : args.recompute_granularity == "selective" ? Recompute::kSelective
+                                                                    : Recompute::kFull;
+    compute.attention.softmax_bf16 = args.attn_softmax_bf16;
+    compute.bf16_residual = bf16_residual;
+    model_.emplace(*rt, *weights_, &*layout, compute);
+
+    const RunSignature run_signature = signature(P::kName);
+    require_same_on_all_ranks(comm, run_signature);
+    std::vector<float> init(static_cast<std::size_t>(layout->size()));
+    init_lora_params<float>(init, *layout, args.seed);
+    TrainerOptions options;
+    options.micro_batch = args.per_device_train_batch_size;
+    options.adamw =
+        AdamWConfig{args.adam_beta1, args.adam_beta2, args.adam_epsilon, args.weight_decay};
+    options.max_grad_norm = args.max_grad_norm;
+    options.seed = args.seed;
+    options.persistence_threshold =
+        args.zero_stage == 0 ? std::numeric_limits<Index>::max() : args.persistence_threshold;
+    trainer_.emplace(*rt, comm, *model_, *layout, options, init);
+    note("training: " + std::to_string(total_steps) + " steps (" + std::to_string(per_epoch) +
+         " per epoch), global batch " + std::to_string(global_batch) + " = " +
+         std::to_string(args.per_device_train_batch_size) + " x " +
+         std::to_string(args.gradient_accumulation_steps) + " accumulation x " +
+         std::to_string(comm.size()) + " rank(s); LoRA r " + std::to_string(lora.rank) + " alpha " +
+         fixed(lora.alpha, 3) + " on " + targets + " (" + std::to_string(layout->size()) +
+         " parameters); lr " + schedule.describe());
+
+    if (resuming) {
+      fs::path dir = settings.resume_from_checkpoint;
+      if (dir == "last" || dir == "latest" || dir == "true" || dir == "True") {
+        dir = find_latest_checkpoint(settings.output_dir);
+        if (dir.empty())
+          throw UsageError(settings.output_dir.string() +
+                           ": no checkpoint-* directory to resume from");
+      }
+      const ResumePoint resumed =
+          load_training_checkpoint(comm, dir, config, *layout, *trainer_, run_signature);
+      first_step = resumed.step;
+      note("resumed from " + dir.string() + " at step " + std::to_string(first_step) +
+           (resumed.world_size == comm.size()
+                ? std::string()
+                : " (written by " + std::to_string(resumed.world_size) +
+                      " rank(s); optimizer state resharded for " + std::to_string(comm.size()) +
+                      ")"));
+    }
+    signature_ = run_signature;
+    const fs::path log_path = settings.output_dir / "metrics.jsonl";
+    if (leader) {
+      if (resuming) history_ = keep_metrics_until(log_path, first_step);
+      metrics_log_ = std::make_unique<MetricsLog>(log_path, resuming);
+    }
+  }
+
+  RunOutcome run(const StopRequest& stop, RunObserver* observer) override {
+    auto report = [&](const ojson& record) {
+      if (!leader) return;
+      metrics_log_->write(record);
+      if (observer) observer->metrics(record);
+    };
+    // MFU's denominator: the bf16 GEMM rate of all ranks, measured together as they will run.
+    peak_gflops_ = comm.all_reduce_sum(measure_bf16_gemm_gflops(*rt, 1024, 5));
+    double window_loss = 0, window_time = 0, window_tokens = 0, window_samples = 0;
+    std::int64_t window_steps = 0;
+    last_saved_ = first_step;
+    const double run_start = now_seconds();
+    std::int64_t done = first_step;
+    for (std::int64_t step = first_step; step < total_steps; ++step) {
+      const Index epoch = step / per_epoch, in_epoch = step % per_epoch;
+      const auto global = sampler->global_batch(epoch, in_epoch);
+      const auto mine = sampler->rank_batch(epoch, in_epoch);
+      const double lr = schedule.at(step);
+      const double t0 = now_seconds();
+      const StepStats stats =
+          trainer_->step(data.train, mine, count_targets(data.train, global), lr, step);
+      const double tokens = static_cast<double>(comm.all_reduce_sum<std::int64_t>(stats.tokens));
+      const double dt = now_seconds() - t0;
+      done = step + 1;
+      const double mean_length = tokens / static_cast<double>(global.size());
+      const double flops =
+          model_flops_per_token(checkpoint->config(), *layout, static_cast<Index>(mean_length)) *
+          tokens;
+      window_loss += stats.loss;
+      window_time += dt;
+      window_tokens += tokens;
+      window_samples += static_cast<double>(global.size());
+      ++window_steps;
+      loss_total_ += stats.loss;
+      if (done - first_step > args.throughput_warmup_steps) {
+        totals_.time += dt;
+        totals_.tokens += tokens;
+        totals_.samples += static_cast<double>(global.size());
+        totals_.flops += flops;
+        ++totals_.steps;
+      }
+      if (leader && observer) observer->step({done, total_steps, stats.loss, lr, tokens / dt});
+      if (done % args.logging_steps == 0 || done == total_steps) {
+        const std::vector<double> rss = all_peak_rss();
+        const double loss = window_loss / static_cast<double>(window_steps);
+        report(ojson{{"step", done},
+                     {"epoch", static_cast<double>(done) / static_cast<double>(per_epoch)},
+                     {"loss", loss},
+                     {"lr", lr},
+                     {"grad_norm", stats.grad_norm},
+                     {"tokens_per_second", window_tokens / window_time},
+                     {"samples_per_second", window_samples / window_time},
+                     {"mfu", flops / dt / 1e9 / peak_gflops_},
+                     {"peak_rss_mib", rss}});
+        history_.train.push_back({static_cast<double>(done), loss});
+        window_loss = window_time = window_tokens = window_samples = 0;
+        window_steps = 0;
+      }
+      if (evaluates_after(done)) evaluate(done, observer);
+      const bool epoch_end = done % per_epoch == 0;
+      if (done < total_steps && ((args.save_strategy == "steps" && done % args.save_steps == 0) ||
+                                 (args.save_strategy == "epoch" && epoch_end)))
+        save_checkpoint(done, observer);
+      // A stop request is honoured by all ranks at the same step boundary.
+      const bool asked = stop && stop();
+      if (comm.all_reduce_sum<std::int64_t>(asked ? 1 : 0) > 0 && done < total_steps) {
+        outcome_ = {done, true};
+        return outcome_;
+      }
+    }
+    runtime_ = now_seconds() - run_start;
+    // The final evaluation, unless the schedule just made it.
+    if ((args.eval_strategy != "no" || settings.do_eval) && !evaluates_after(total_steps))
+      evaluate(total_steps, observer);
+    outcome_ = {done, false};
+    return outcome_;
+  }
+
+  ojson save(RunObserver* observer) override {
+    if (outcome_.stopped) {
+      if (last_saved_ != outcome_.step) save_checkpoint(outcome_.step, observer);
+      draw_curve();
+      return ojson{{"checkpoint", checkpoint_dir(outcome_.step).string()}};
+    }
+    const auto final_params = trainer_->gather_params();  // collective
+    if (leader)
+      save_peft_adapter(settings.output_dir, *layout, final_params, settings.model_dir.string());
+    // The run's peak on every rank, saving included.
+    const std::vector<double> peak_rss = all_peak_rss();
+    const std::int64_t trained = total_steps - first_step;
+    ojson summary{
+        {"global_step", total_steps},
+        {"epoch", static_cast<double>(total_steps) / static_cast<double>(per_epoch)},
+        {"train_runtime", totals_.steps > 0 ? totals_.time : runtime_},
+        {"train_samples_per_second", totals_.time > 0 ? totals_.samples / totals_.time : 0.0},
+        {"train_steps_per_second",
+         totals_.time > 0 ? static_cast<double>(totals_.steps) / totals_.time : 0.0},
+        {"train_tokens_per_second", totals_.time > 0 ? totals_.tokens / totals_.time : 0.0},
+        {"train_loss", trained > 0 ? loss_total_ / static_cast<double>(trained) : 0.0},
+        {"mfu", totals_.time > 0 ? totals_.flops / totals_.time / 1e9 / peak_gflops_ : 0.0},
+        {"throughput_warmup_steps", args.throughput_warmup_steps},
+        {"world_size", comm.size()},
+        {"peak_rss_mib", peak_rss}};
+    if (!history_.eval.empty()) {
+      summary["eval_loss"] = history_.eval.back().value;
+      summary["eval_perplexity"] = std::exp(history_.eval.back().value);
+    }
+    if (leader) {
+      write_text_file_atomically(settings.output_dir / "train_results.json",
+                                 summary.dump(2) + "\n");
+      metrics_log_->write(summary);
+      if (observer) observer->metrics(summary);
+      draw_curve();
+    }
+    comm.barrier();
+    return summary;
+  }
+
+ private:
+  fs::path checkpoint_dir(std::int64_t step) const {
+    return settings.output_dir / ("checkpoint-" + std::to_string(step));
+  }
+
+  std::vector<double> all_peak_rss() {
+    const double rss = peak_rss_mib();
+    std::vector<double> all(static_cast<std::size_t>(comm.size()));
+    comm.all_gather(&rss, all.data(), sizeof(double));
+    return all;
+  }
+
+  void evaluate(std::int64_t step, RunObserver* observer) {
+    if (eval.mine.empty()) return;
+    const double loss =
+        trainer_->evaluate(eval.sequences, eval.mine, args.per_device_eval_batch_size) /
+        static_cast<double>(std::max<Index>(1, eval.targets));
+    if (!leader) return;
+    const ojson record{{"step", step},
+                       {"epoch", static_cast<double>(step) / static_cast<double>(per_epoch)},
+                       {"eval_loss", loss},
+                       {"eval_perplexity", std::exp(loss)}};
+    metrics_log_->write(record);
+    history_.eval.push_back({static_cast<double>(step), loss});
+    if (observer) {
+      observer->metrics(record);
+      observer->note("eval at step " + std::to_string(step) + ": loss " + fixed(loss, 4) +
+                     ", perplexity " + fixed(std::exp(loss), 3));
+    }
+  }
+
+  void save_checkpoint(std::int64_t step, RunObserver* observer) {
+    save_training_checkpoint(comm, settings.output_dir, step, *layout, *trainer_, signature_,
+                             settings.model_dir.string(), args.save_total_limit);
+    last_saved_ = step;
+    if (leader && observer) observer->note("saved " + checkpoint_dir(step).string());
+  }
+
+  void draw_curve() const {
+    if (leader)
+      write_loss_curve_svg(settings.output_dir / "loss_curve.svg", history_.train, history_.eval,
+                           "zerolora: " + settings.model_dir.filename().string());
+  }
+
+  std::unique_ptr<WeightProvider<Weight>> weights_;
+  std::optional<LlamaModel<P>> model_;
+  std::optional<LoraTrainer<P>> trainer_;
+  RunSignature signature_;
+  std::unique_ptr<MetricsLog> metrics_log_;  // rank 0
+  MetricsHistory history_;
+  double peak_gflops_ = 1, runtime_ = 0, loss_total_ = 0;
+  Totals totals_;
+  std::int64_t last_saved_ = 0;
+  RunOutcome outcome_;
+};
+
+std::unique_ptr<TrainingRun::Impl> make_run(Communicator& comm, RunSettings settings,
+                                            RunObserver* observer) {
+  PreparedSettings prepared = prepare_settings(comm, std::move(settings));
+  if (prepared.settings.args.bf16)
+    return std::make_unique<PolicyRun<Bf16Policy>>(comm, std::move(prepared), observer);
+  return std::make_unique<PolicyRun<Fp32Policy>>(comm, std::move(prepared), observer);
+}
+
+}  // namespace
+
+TrainingRun::TrainingRun(Communicator& comm, RunSettings settings, RunObserver* observer)
+    : impl_(make_run(comm, std::move(settings), observer)) {}
+TrainingRun::~TrainingRun() = default;
+
+std::int64_t TrainingRun::total_steps() const {
+  return impl_->total_steps;
+}
+std::int64_t TrainingRun::first_step() const {
+  return impl_->first_step;
+}
+const TrainingArguments& TrainingRun::arguments() const {
+  return impl_->args;
+}
+RunOutcome TrainingRun::run(const StopRequest& stop, RunObserver* observer) {
+  return impl_->run(stop, observer);
+}
+nlohmann::ordered_json TrainingRun::save(RunObserver* observer) {
+  return impl_->save(observer);
+}
+
+}  // namespace zerolora

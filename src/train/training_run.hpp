@@ -1,0 +1,108 @@
+// A LoRA fine-tuning run, as `zerolora train` runs it, on one rank or many (ZeRO-3), as a
+// library object with named phases:
+//
+//   TrainingRun run(comm, settings);      // set up: output directory, DeepSpeed config, model
+//                                         // (sharded or whole), data, LoRA, trainer, schedule,
+//                                         // the run's signature checked on every rank, resume
+//   const RunOutcome outcome = run.run(stop, observer);   // train (and evaluate) step by step
+//   run.save(observer);                   // finished: the PEFT adapter, train_results.json and
+//                                         // the loss curve; stopped: a checkpoint to resume
+//
+// Every rank makes the same calls. It prints nothing: the observer hears what happens (on rank
+// 0 only), and the run writes its files into the output directory: metrics.jsonl (a JSON line
+// per log, evaluation and the summary), loss_curve.svg, checkpoint-N/, the adapter,
+// train_results.json.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "comm/communicator.hpp"
+#include "data/dataset.hpp"
+#include "lora/lora_config.hpp"
+#include "train/training_args.hpp"
+
+namespace zerolora {
+
+struct RunSettings {
+  std::filesystem::path model_dir;         // a Hugging Face model directory
+  std::filesystem::path output_dir;        // adapter, checkpoints, metrics
+  std::filesystem::path deepspeed_config;  // empty: none
+  std::string resume_from_checkpoint;      // empty, a checkpoint directory, or last / latest
+  bool overwrite_output_dir = false;       // start over where an earlier run's outputs are
+  bool do_eval = false;                    // evaluate at the end even with eval_strategy no
+  int threads = 0;                         // per rank; 0: the cores divided among local ranks
+  LoraInit lora_init = LoraInit::kKaimingUniform;
+  DataOptions data;  // BOS/EOS ids are taken from the model's config.json
+  TrainingArguments args;
+};
+
+// After each optimizer step.
+struct StepProgress {
+  std::int64_t step = 0;  // steps done
+  std::int64_t total_steps = 0;
+  double loss = 0;  // this step's
+  double learning_rate = 0;
+  double tokens_per_second = 0;  // this step's, all ranks
+};
+
+// What a run reports, on rank 0. Every method has an empty default.
+class RunObserver {
+ public:
+  virtual ~RunObserver() = default;
+  // A line for people: the data, the model, the plan, a resume, a checkpoint, an evaluation.
+  virtual void note(const std::string& line) {}
+  virtual void step(const StepProgress& progress) {}
+  // Each record written to metrics.jsonl: every logging_steps a training log (step, epoch,
+  // loss, lr, grad_norm, tokens_per_second, samples_per_second, mfu, peak_rss_mib), every
+  // evaluation (eval_loss, eval_perplexity), and at the end the summary (train_results.json).
+  virtual void metrics(const nlohmann::ordered_json& record) {}
+};
+
+// Polled once per step; when it returns true on any rank, every rank stops after that step.
+using StopRequest = std::function<bool()>;
+
+struct RunOutcome {
+  std::int64_t step = 0;  // steps done
+  bool stopped = false;   // by the stop request, before the last step
+};
+
+class TrainingRun {
+ public:
+  // Set up. Throws the library's typed errors (UsageError for settings that conflict or an
+  // output directory that holds something else, IoError, FormatError, ConfigError, ...);
+  // nothing in the output directory is touched before the settings are checked.
+  TrainingRun(Communicator& comm, RunSettings settings, RunObserver* observer = nullptr);
+  ~TrainingRun();
+  TrainingRun(const TrainingRun&) = delete;
+  TrainingRun& operator=(const TrainingRun&) = delete;
+
+  std::int64_t total_steps() const;
+  std::int64_t first_step() const;             // 0, or the step a resumed run continues from
+  const TrainingArguments& arguments() const;  // after the DeepSpeed config was applied
+
+  // Trains from first_step() to the last step, with evaluations and checkpoints on the
+  // arguments' schedule, until `stop` asks. Evaluates at the end (eval_strategy or do_eval).
+  RunOutcome run(const StopRequest& stop = nullptr, RunObserver* observer = nullptr);
+
+  // After run(): the adapter, train_results.json and the loss curve when the run finished, or
+  // a checkpoint (unless one was just written) when it was stopped. Returns the summary
+  // (train_results.json's content) or, when stopped, the checkpoint's path in "checkpoint".
+  nlohmann::ordered_json save(RunObserver* observer = nullptr);
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// Threads per rank when the user gave none: this machine's cores divided among the ranks that
+// the launcher put on it.
+int default_threads_per_rank();
+
+}  // namespace zerolora
