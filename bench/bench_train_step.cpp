@@ -73,7 +73,7 @@ int main(int argc, char** argv) {
   print_kv("threads", rt.threads());
   // The best of 10 2048^3 GEMMs: this VM's speed drifts by ~10% between runs, and the peak is
   // what the hardware can do, so MFU errs on the low side.
-  const double peak = measure_bf16_gemm_gflops(rt, 2048, 10);
+  const double peak = measure_gemm_gflops<bf16>(rt, 2048, 10);
   print_kv("gemm_bf16_peak_gflops", peak);
 
   const LlamaConfig config = llama2_7b_shape(layers);

@@ -21,6 +21,7 @@ case "${1:-}" in
       libgtest-dev
       python3 python3-venv  # the test scripts, and the virtual environment of the reference stack
       ca-certificates       # pip's downloads over https
+      qemu-user             # the portable build's test on emulated older CPUs
     ) ;;
   *) echo "usage: $0 [--test]" >&2; exit 2 ;;
 esac

@@ -5,13 +5,9 @@ set -uo pipefail
 bin="$1"
 model="$2/stories260K-hf"
 data="$2/instructions.json"
-failures=0
+source "$(dirname "$0")/check.sh"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-
-check() {  # check NAME CONDITION-EXIT-CODE
-  if [ "$2" -eq 0 ]; then echo "ok   $1"; else echo "FAIL $1"; failures=$((failures + 1)); fi
-}
 
 [ -f "$model/config.json" ] && [ -f "$data" ] || { echo "cli_test: no demo model or data in $2" >&2; exit 1; }
 

@@ -10,8 +10,7 @@ model="$3/stories260K-hf"
 data="$3/instructions.json"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-failures=0
-check() { if [ "$2" -eq 0 ]; then echo "ok   $1"; else echo "FAIL $1"; failures=$((failures + 1)); return 1; fi; }
+source "$(dirname "$0")/check.sh"
 train() {  # train OUTPUT_DIR: two steps on the demo model
   "$bin" train --model_name_or_path "$model" --train_file "$data" --output_dir "$1" --max_steps 2 \
     --per_device_train_batch_size 2 --max_seq_length 192 --lora_rank 4 --save_strategy no --threads 1

@@ -15,8 +15,7 @@ model="$3/stories260K-hf"
 data="$3/instructions.json"
 work="$(mktemp -d)"
 trap 'kill $(jobs -p) 2>/dev/null; [ -n "${KEEP_WORK:-}" ] || rm -rf "$work"' EXIT
-failures=0
-check() { if [ "$2" -eq 0 ]; then echo "ok   $1"; else echo "FAIL $1"; failures=$((failures + 1)); return 1; fi; }
+source "$(dirname "$0")/check.sh"
 [ -f "$model/config.json" ] && [ -f "$data" ] || { echo "train_resume_test: no demo model or data in $3" >&2; exit 1; }
 
 common=(--model_name_or_path "$model" --train_file "$data" --max_seq_length 192 --per_device_train_batch_size 2

@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "core/buffer.hpp"
+#include "core/cpu_dispatch.hpp"
 #include "core/rng.hpp"
 #include "core/runtime.hpp"
 #include "ops/matmul.hpp"
@@ -32,8 +33,8 @@ struct DropoutMask {
 // dst (=) [M, cols] = drop(src); or, when accumulate, dst += drop(src). The mask of a row is
 // generated in one vectorizable pass (AVX-512 has 64-bit multiplies).
 template <class T>
-void apply_dropout(Runtime& rt, Mat<T> dst, Mat<const T> src, const DropoutMask& mask,
-                   bool accumulate) {
+ZL_CPU_CLONES void apply_dropout(Runtime& rt, Mat<T> dst, Mat<const T> src, const DropoutMask& mask,
+                                 bool accumulate) {
   const T keep_scale = static_cast<T>(1.0 / (1.0 - mask.p));
   // keep iff the top 24 bits of the hash, as an integer, reach p * 2^24
   const auto threshold = static_cast<std::uint64_t>(mask.p * 16777216.0);

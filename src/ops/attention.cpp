@@ -12,6 +12,7 @@
 #include <type_traits>
 
 #include "core/bf16.hpp"
+#include "core/cpu_dispatch.hpp"
 #include "core/error.hpp"
 #include "core/fast_math.hpp"
 #include "ops/attention_common.hpp"
@@ -47,9 +48,10 @@ bool use_direct(const AttentionShape& shape, const AttentionOptions& options) {
 }  // namespace
 
 template <class T, class Mm>
-void attention_forward(Runtime& rt, T* out, T* lse, const T* qkv,
-                       const std::vector<Segment>& segments, Index M, const AttentionShape& shape,
-                       const AttentionOptions& options, AttentionWorkspace& workspace) {
+ZL_CPU_CLONES void attention_forward(Runtime& rt, T* out, T* lse, const T* qkv,
+                                     const std::vector<Segment>& segments, Index M,
+                                     const AttentionShape& shape, const AttentionOptions& options,
+                                     AttentionWorkspace& workspace) {
   ProfileScope profile(rt.profiler(), ProfileCategory::kAttention);
   if (use_direct(shape, options))
     return attention_forward_direct(rt, out, lse, qkv, segments, M, shape, options, workspace);
@@ -121,10 +123,11 @@ void attention_forward(Runtime& rt, T* out, T* lse, const T* qkv,
 }
 
 template <class T, class Mm>
-void attention_backward(Runtime& rt, T* diff_qkv, const T* diff_out, const T* qkv, const T* out,
-                        const T* lse, const std::vector<Segment>& segments, Index M,
-                        const AttentionShape& shape, const AttentionOptions& options,
-                        AttentionWorkspace& workspace) {
+ZL_CPU_CLONES void attention_backward(Runtime& rt, T* diff_qkv, const T* diff_out, const T* qkv,
+                                      const T* out, const T* lse,
+                                      const std::vector<Segment>& segments, Index M,
+                                      const AttentionShape& shape, const AttentionOptions& options,
+                                      AttentionWorkspace& workspace) {
   ProfileScope profile(rt.profiler(), ProfileCategory::kAttention);
   if (use_direct(shape, options))
     return attention_backward_direct(rt, diff_qkv, diff_out, qkv, out, lse, segments, M, shape,
@@ -229,8 +232,9 @@ void attention_backward(Runtime& rt, T* diff_qkv, const T* diff_out, const T* qk
 }
 
 template <class T>
-void attention_cached(Runtime& rt, T* out, const T* q, Index q_stride, const T* keys,
-                      const T* values, Index first, Index M, const AttentionShape& shape) {
+ZL_CPU_CLONES void attention_cached(Runtime& rt, T* out, const T* q, Index q_stride, const T* keys,
+                                    const T* values, Index first, Index M,
+                                    const AttentionShape& shape) {
   ProfileScope profile(rt.profiler(), ProfileCategory::kAttention);
   const Index H = shape.heads, KV = shape.kv_heads, hd = shape.head_dim, kv_stride = KV * hd;
   const Index group = H / KV;

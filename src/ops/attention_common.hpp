@@ -8,12 +8,13 @@
 #include <vector>
 
 #include "core/bf16.hpp"
+#include "core/cpu_dispatch.hpp"
 #include "ops/attention.hpp"
 
 namespace zerolora::attention_detail {
 
 template <class T>
-inline T round_to_bf16(T x) {
+ZL_INLINE T round_to_bf16(T x) {
   return static_cast<T>(to_float(to_bf16(static_cast<float>(x))));
 }
 

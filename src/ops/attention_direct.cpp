@@ -6,6 +6,7 @@
 #include <cmath>
 #include <limits>
 
+#include "core/cpu_dispatch.hpp"
 #include "core/error.hpp"
 #include "core/fast_math.hpp"
 #include "ops/attention_common.hpp"
@@ -15,7 +16,7 @@ namespace {
 
 // [L, hd] rows with stride ld -> [hd, L]
 template <class T>
-void transpose_head(T* dst, const T* src, Index ld, Index L, Index hd) {
+ZL_INLINE void transpose_head(T* dst, const T* src, Index ld, Index L, Index hd) {
   for (Index j = 0; j < L; ++j)
     for (Index d = 0; d < hd; ++d) dst[d * L + j] = src[j * ld + d];
 }
@@ -23,7 +24,7 @@ void transpose_head(T* dst, const T* src, Index ld, Index L, Index hd) {
 // Scores of query row q against keys [0, n): s_j = scale * q . k_j, then exp(s_j - row_lse)
 // if row_lse is given, else the softmax numerators with their max and sum returned.
 template <class T>
-void score_row(T* s, const T* q, const T* kt, Index L, Index n, Index hd, T scale) {
+ZL_INLINE void score_row(T* s, const T* q, const T* kt, Index L, Index n, Index hd, T scale) {
   std::fill_n(s, n, T{0});
   for (Index d = 0; d < hd; ++d) {
     const T qd = q[d] * scale;
@@ -37,7 +38,8 @@ void score_row(T* s, const T* q, const T* kt, Index L, Index n, Index hd, T scal
 // With head_dim a compile-time constant the d loop unrolls inside the vectorized j loop, so
 // each score is accumulated in a register and stored once.
 template <int HD, int R, class T>
-void scores_fixed(T* const s[], const T* const q[], const T* kt, Index L, Index n, T scale) {
+ZL_INLINE void scores_fixed(T* const s[], const T* const q[], const T* kt, Index L, Index n,
+                            T scale) {
   T qs[R][HD];
   for (int r = 0; r < R; ++r)
     for (int d = 0; d < HD; ++d) qs[r][d] = q[r][d] * scale;
@@ -53,7 +55,8 @@ void scores_fixed(T* const s[], const T* const q[], const T* kt, Index L, Index 
 }
 
 template <class T>
-void scores4(T* const s[4], const T* const q[4], const T* kt, Index L, Index n, Index hd, T scale) {
+ZL_INLINE void scores4(T* const s[4], const T* const q[4], const T* kt, Index L, Index n, Index hd,
+                       T scale) {
   switch (hd) {
     case 8:
       return scores_fixed<8, 4>(s, q, kt, L, n, scale);
@@ -82,7 +85,7 @@ void scores4(T* const s[4], const T* const q[4], const T* kt, Index L, Index n, 
 
 // out_r[d] = sum_{j < n} w_r[j] m[d][j] for the 4 rows r (m: [hd, L]).
 template <class T>
-void reduce4(T out[4][64], const T* const w[4], const T* m, Index L, Index n, Index hd) {
+ZL_INLINE void reduce4(T out[4][64], const T* const w[4], const T* m, Index L, Index n, Index hd) {
   for (Index d = 0; d < hd; ++d) {
     const T* md = m + d * L;
     const T *w0 = w[0], *w1 = w[1], *w2 = w[2], *w3 = w[3];
@@ -104,7 +107,7 @@ void reduce4(T out[4][64], const T* const w[4], const T* m, Index L, Index n, In
 
 // m[d][j] += sum_r w_r[j] c_r[d] for j < n (m: [hd, L]).
 template <int HD, class T>
-void update4_fixed(T* m, const T* const w[4], const T* const c[4], Index L, Index n) {
+ZL_INLINE void update4_fixed(T* m, const T* const w[4], const T* const c[4], Index L, Index n) {
   T cs[4][HD];
   for (int r = 0; r < 4; ++r)
     for (int d = 0; d < HD; ++d) cs[r][d] = c[r][d];
@@ -118,7 +121,7 @@ void update4_fixed(T* m, const T* const w[4], const T* const c[4], Index L, Inde
 }
 
 template <class T>
-void update4(T* m, const T* const w[4], const T* const c[4], Index L, Index n, Index hd) {
+ZL_INLINE void update4(T* m, const T* const w[4], const T* const c[4], Index L, Index n, Index hd) {
   switch (hd) {
     case 8:
       return update4_fixed<8>(m, w, c, L, n);
@@ -139,10 +142,11 @@ void update4(T* m, const T* const w[4], const T* const c[4], Index L, Index n, I
 }  // namespace
 
 template <class T>
-void attention_forward_direct(Runtime& rt, T* out, T* lse, const T* qkv,
-                              const std::vector<Segment>& segments, Index M,
-                              const AttentionShape& shape, const AttentionOptions& options,
-                              AttentionWorkspace& workspace) {
+ZL_CPU_CLONES void attention_forward_direct(Runtime& rt, T* out, T* lse, const T* qkv,
+                                            const std::vector<Segment>& segments, Index M,
+                                            const AttentionShape& shape,
+                                            const AttentionOptions& options,
+                                            AttentionWorkspace& workspace) {
   constexpr Index R = 4;  // query rows per pass: each key vector loaded once serves R rows
   const Index H = shape.heads, KV = shape.kv_heads, hd = shape.head_dim, ld = shape.qkv_stride();
   const Index group = H / KV;
@@ -202,10 +206,12 @@ void attention_forward_direct(Runtime& rt, T* out, T* lse, const T* qkv,
 }
 
 template <class T>
-void attention_backward_direct(Runtime& rt, T* diff_qkv, const T* diff_out, const T* qkv,
-                               const T* out, const T* lse, const std::vector<Segment>& segments,
-                               Index M, const AttentionShape& shape,
-                               const AttentionOptions& options, AttentionWorkspace& workspace) {
+ZL_CPU_CLONES void attention_backward_direct(Runtime& rt, T* diff_qkv, const T* diff_out,
+                                             const T* qkv, const T* out, const T* lse,
+                                             const std::vector<Segment>& segments, Index M,
+                                             const AttentionShape& shape,
+                                             const AttentionOptions& options,
+                                             AttentionWorkspace& workspace) {
   constexpr Index R = 4;  // query rows per pass, as in the forward
   const Index H = shape.heads, KV = shape.kv_heads, hd = shape.head_dim, ld = shape.qkv_stride();
   const Index group = H / KV;

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "core/cpu_dispatch.hpp"
 #include "core/fast_math.hpp"
 #include "core/runtime.hpp"
 #include "ops/conventions.hpp"
@@ -17,8 +18,9 @@ namespace zerolora {
 
 // Returns the summed loss of the rows; replaces logits by their gradient when write_grad.
 template <class T>
-double cross_entropy(Runtime& rt, T* logits /*[R, V]*/, const std::int32_t* targets /*[R]*/,
-                     Index R, Index V, double grad_scale, bool write_grad) {
+ZL_CPU_CLONES double cross_entropy(Runtime& rt, T* logits /*[R, V]*/,
+                                   const std::int32_t* targets /*[R]*/, Index R, Index V,
+                                   double grad_scale, bool write_grad) {
   ProfileScope profile(rt.profiler(), ProfileCategory::kLoss);
   double total = 0;
 #pragma omp parallel for num_threads(rt.threads()) schedule(static) reduction(+ : total)

@@ -4,14 +4,16 @@
 #include <cstdint>
 
 #include "core/bf16.hpp"
+#include "core/cpu_dispatch.hpp"
 #include "core/runtime.hpp"
 #include "ops/conventions.hpp"
 
 namespace zerolora {
 
 template <class T, class W>
-void embedding_forward(Runtime& rt, T* dst /*[M, D]*/, const std::int32_t* tokens /*[M]*/,
-                       const W* table /*[V, D]*/, Index M, Index D) {
+ZL_CPU_CLONES void embedding_forward(Runtime& rt, T* dst /*[M, D]*/,
+                                     const std::int32_t* tokens /*[M]*/, const W* table /*[V, D]*/,
+                                     Index M, Index D) {
   ProfileScope profile(rt.profiler(), ProfileCategory::kOther);
 #pragma omp parallel for num_threads(rt.threads()) schedule(static)
   for (Index i = 0; i < M; ++i) {

@@ -1,6 +1,6 @@
-// The bf16 GEMM rate this machine reaches now (bf16 inputs, fp32 accumulation and output),
-// the best of `repetitions` n x n x n products through zerolora's matmul: the denominator of
-// every MFU figure.
+// The GEMM rate this machine reaches now with operands of type In (bf16 or float; fp32
+// accumulation and output), the best of `repetitions` n x n x n products through zerolora's
+// matmul: the denominator of every MFU figure, in the precision the run computes in.
 #pragma once
 
 #include "core/runtime.hpp"
@@ -8,6 +8,7 @@
 
 namespace zerolora {
 
-double measure_bf16_gemm_gflops(Runtime& rt, Index n = 2048, int repetitions = 10);
+template <class In>
+double measure_gemm_gflops(Runtime& rt, Index n = 2048, int repetitions = 10);
 
 }  // namespace zerolora

@@ -5,6 +5,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "core/cpu_dispatch.hpp"
 #include "core/error.hpp"
 #include "core/runtime_state.hpp"
 
@@ -19,8 +20,8 @@ constexpr Index kLoopMaxProduct = 2048;
 // wide results (N >= 16) accumulate rows, c[i, :] += a[i, k] b[k, :]; narrow ones are dot
 // products, c[i, j] = a[i, :] . b[:, j]. Rows of c are shared among the threads.
 template <class In, class Out>
-void matmul_loop(Runtime& rt, Mat<const In> a, Mat<const In> b, Mat<Out> c, double alpha,
-                 bool accumulate) {
+ZL_CPU_CLONES void matmul_loop(Runtime& rt, Mat<const In> a, Mat<const In> b, Mat<Out> c,
+                               double alpha, bool accumulate) {
   using Acc = std::conditional_t<std::is_same_v<Out, double>, double, float>;
   const Index M = c.rows, N = c.cols, K = a.cols;
   const bool wide = N >= 16;
@@ -60,6 +61,13 @@ void matmul_loop(Runtime& rt, Mat<const In> a, Mat<const In> b, Mat<Out> c, doub
         ci[j] = static_cast<Out>(accumulate ? ci[j] + scale * row[j] : scale * row[j]);
     }
   }
+}
+
+UnsupportedError no_bf16_matmul() {
+  return UnsupportedError(
+      "bf16 matmuls are not available on this CPU: this oneDNN implements them with AVX-512 "
+      "only. Compute in fp32 instead (train: --bf16 false; generate, forward, merge: --dtype "
+      "fp32)");
 }
 
 template <class T>
@@ -103,7 +111,13 @@ void matmul_onednn(Runtime& rt, Mat<const In> a, Mat<const In> b, Mat<Out> c, do
         ops.append_sum(1.0f);
         attr.set_post_ops(ops);
       }
-      dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a_md, b_md, c_md), attr, state.engine);
+      dnnl::matmul::primitive_desc pd;
+      try {
+        pd = dnnl::matmul::primitive_desc(dnnl::matmul::desc(a_md, b_md, c_md), attr, state.engine);
+      } catch (const dnnl::error&) {
+        if constexpr (std::is_same_v<In, bf16>) throw no_bf16_matmul();
+        throw;
+      }
       detail::CachedMatmul created{dnnl::matmul(pd), a_md, b_md, c_md,
                                    pd.scratchpad_desc().get_size()};
       it = state.matmuls.emplace(key, std::move(created)).first;
@@ -150,6 +164,17 @@ void matmul(Runtime& rt, Mat<const In> a, Mat<const In> b, Mat<Out> c, double al
       matmul_loop(rt, a, b, c, alpha, accumulate);
     else
       matmul_onednn(rt, a, b, c, alpha, accumulate);
+  }
+}
+
+void require_bf16_matmul(Runtime& rt) {
+  using dims = dnnl::memory::dims;
+  const dnnl::memory::desc a(dims{64, 64}, dnnl::memory::data_type::bf16, dims{64, 1});
+  const dnnl::memory::desc c(dims{64, 64}, dnnl::memory::data_type::f32, dims{64, 1});
+  try {
+    dnnl::matmul::primitive_desc(dnnl::matmul::desc(a, a, c), rt.state().engine);
+  } catch (const dnnl::error&) {
+    throw no_bf16_matmul();
   }
 }
 

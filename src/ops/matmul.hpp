@@ -19,4 +19,8 @@ template <class In, class Out>
 void matmul(Runtime& rt, Mat<const In> a, Mat<const In> b, Mat<Out> c, double alpha = 1.0,
             bool accumulate = false);
 
+// Throws UnsupportedError, saying what to do instead, when this CPU has no bf16 matmul in
+// oneDNN (oneDNN 2.x implements it with AVX-512 only): a bf16 run checks before it starts.
+void require_bf16_matmul(Runtime& rt);
+
 }  // namespace zerolora

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "core/bf16.hpp"
+#include "core/cpu_dispatch.hpp"
 #include "core/profiler.hpp"
 #include "core/runtime.hpp"
 #include "ops/conventions.hpp"
@@ -13,8 +14,9 @@
 namespace zerolora {
 
 template <class T, class W>
-void rmsnorm_forward(Runtime& rt, T* dst /*[M, D]*/, T* rstd /*[M]*/, const T* src /*[M, D]*/,
-                     const W* weight /*[D]*/, Index M, Index D, double eps) {
+ZL_CPU_CLONES void rmsnorm_forward(Runtime& rt, T* dst /*[M, D]*/, T* rstd /*[M]*/,
+                                   const T* src /*[M, D]*/, const W* weight /*[D]*/, Index M,
+                                   Index D, double eps) {
   ProfileScope profile(rt.profiler(), ProfileCategory::kNorm);
 #pragma omp parallel for num_threads(rt.threads()) schedule(static)
   for (Index i = 0; i < M; ++i) {
@@ -34,9 +36,10 @@ void rmsnorm_forward(Runtime& rt, T* dst /*[M, D]*/, T* rstd /*[M]*/, const T* s
 //   dx = rstd * (w * dy) - x * rstd^3 * sum_j(w_j dy_j x_j) / D
 // The norm weight is frozen: it gets no gradient.
 template <class T, class W>
-void rmsnorm_backward(Runtime& rt, T* diff_src /*[M, D]*/, const T* diff_dst /*[M, D]*/,
-                      const T* src /*[M, D]*/, const T* rstd /*[M]*/, const W* weight /*[D]*/,
-                      Index M, Index D, bool accumulate) {
+ZL_CPU_CLONES void rmsnorm_backward(Runtime& rt, T* diff_src /*[M, D]*/,
+                                    const T* diff_dst /*[M, D]*/, const T* src /*[M, D]*/,
+                                    const T* rstd /*[M]*/, const W* weight /*[D]*/, Index M,
+                                    Index D, bool accumulate) {
   ProfileScope profile(rt.profiler(), ProfileCategory::kNorm);
 #pragma omp parallel for num_threads(rt.threads()) schedule(static)
   for (Index i = 0; i < M; ++i) {

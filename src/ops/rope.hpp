@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/cpu_dispatch.hpp"
 #include "core/runtime.hpp"
 #include "ops/conventions.hpp"
 
@@ -45,8 +46,9 @@ class RopeTable {
 // rotated by +angle (forward) or -angle (the transpose of the rotation, which backward applies
 // to turn d(rotated) into d(unrotated)).
 template <class T>
-void rope_rotate(Runtime& rt, T* x /*[M, row_stride]*/, const std::int32_t* positions /*[M]*/,
-                 const RopeTable& table, Index M, Index row_stride, Index heads, bool inverse) {
+ZL_CPU_CLONES void rope_rotate(Runtime& rt, T* x /*[M, row_stride]*/,
+                               const std::int32_t* positions /*[M]*/, const RopeTable& table,
+                               Index M, Index row_stride, Index heads, bool inverse) {
   ProfileScope profile(rt.profiler(), ProfileCategory::kRope);
   const Index half = table.half();
   const T sign = static_cast<T>(inverse ? -1 : 1);

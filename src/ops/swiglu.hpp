@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "core/cpu_dispatch.hpp"
 #include "core/fast_math.hpp"
 #include "core/profiler.hpp"
 #include "core/runtime.hpp"
@@ -12,8 +13,8 @@
 namespace zerolora {
 
 template <class T>
-void swiglu_forward(Runtime& rt, T* dst /*[M, I]*/, const T* gate_up /*[M, 2I]*/, Index M,
-                    Index I) {
+ZL_CPU_CLONES void swiglu_forward(Runtime& rt, T* dst /*[M, I]*/, const T* gate_up /*[M, 2I]*/,
+                                  Index M, Index I) {
   ProfileScope profile(rt.profiler(), ProfileCategory::kSwiglu);
 #pragma omp parallel for num_threads(rt.threads()) schedule(static)
   for (Index i = 0; i < M; ++i) {
@@ -27,8 +28,9 @@ void swiglu_forward(Runtime& rt, T* dst /*[M, I]*/, const T* gate_up /*[M, 2I]*/
 
 // diff_gate_up (=): d gate = dy * up * s * (1 + g * (1 - s)), d up = dy * silu(g), s = sigmoid(g).
 template <class T>
-void swiglu_backward(Runtime& rt, T* diff_gate_up /*[M, 2I]*/, const T* diff_dst /*[M, I]*/,
-                     const T* gate_up /*[M, 2I]*/, Index M, Index I) {
+ZL_CPU_CLONES void swiglu_backward(Runtime& rt, T* diff_gate_up /*[M, 2I]*/,
+                                   const T* diff_dst /*[M, I]*/, const T* gate_up /*[M, 2I]*/,
+                                   Index M, Index I) {
   ProfileScope profile(rt.profiler(), ProfileCategory::kSwiglu);
 #pragma omp parallel for num_threads(rt.threads()) schedule(static)
   for (Index i = 0; i < M; ++i) {

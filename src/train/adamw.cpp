@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "core/cpu_dispatch.hpp"
 #include "core/error.hpp"
 
 namespace zerolora {
@@ -14,7 +15,8 @@ AdamW<T>::AdamW(Index size, AdamWConfig config)
 }
 
 template <class T>
-void AdamW<T>::step(Runtime& rt, std::span<T> params, std::span<const T> grads, double lr) {
+ZL_CPU_CLONES void AdamW<T>::step(Runtime& rt, std::span<T> params, std::span<const T> grads,
+                                  double lr) {
   ProfileScope profile(rt.profiler(), ProfileCategory::kOptimizer);
   ZL_CHECK(params.size() == m_.size() && grads.size() == m_.size());
   ++steps_;

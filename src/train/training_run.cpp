@@ -19,6 +19,7 @@
 #include "model/flops.hpp"
 #include "model/llama_weights.hpp"
 #include "ops/gemm_peak.hpp"
+#include "ops/matmul.hpp"
 #include "train/lora_trainer.hpp"
 #include "train/metrics.hpp"
 #include "train/run_outputs.hpp"
@@ -142,9 +143,10 @@ struct TrainingRun::Impl {
     };
     for (const auto& line : prepared.notes) note(line);
     bf16_residual = resolve_bf16_residual(args.residual_dtype, args.bf16);
+    rt.emplace(settings.threads > 0 ? settings.threads : default_threads_per_rank());
+    if (args.bf16) require_bf16_matmul(*rt);
     prepare_output_dir(settings.output_dir, settings.overwrite_output_dir, resuming, leader);
     comm.barrier();
-    rt.emplace(settings.threads > 0 ? settings.threads : default_threads_per_rank());
     checkpoint.emplace(settings.model_dir);
     const Tokenizer tokenizer = open_model_tokenizer(settings.model_dir, checkpoint->config());
 
@@ -357,8 +359,9 @@ class PolicyRun final : public TrainingRun::Impl {
       metrics_log_->write(record);
       if (observer) observer->metrics(record);
     };
-    // MFU's denominator: the bf16 GEMM rate of all ranks, measured together as they will run.
-    peak_gflops_ = comm.all_reduce_sum(measure_bf16_gemm_gflops(*rt, 1024, 5));
+    // MFU's denominator: the GEMM rate of all ranks in the run's precision, measured together
+    // as they will run.
+    peak_gflops_ = comm.all_reduce_sum(measure_gemm_gflops<Weight>(*rt, 1024, 5));
     double window_loss = 0, window_time = 0, window_tokens = 0, window_samples = 0;
     std::int64_t window_steps = 0;
     last_saved_ = first_step;
