@@ -192,8 +192,8 @@ TEST_F(DataTest, TemplatesProduceExactPrompts) {
 void expect_non_ascii_round_trip(const fs::path& tokenizer_path) {
   const Tokenizer tokenizer(tokenizer_path);
   for (const std::string text :
-       {"日本語のテキストを学習する", "中文训练数据，包含标点。",
-        "emoji 🦙🔥 and ünïcödé", "mixed: résumé — naïve — 한국어"}) {
+       {"日本語のテキストを学習する", "中文训练数据，包含标点。", "emoji 🦙🔥 and ünïcödé",
+        "mixed: résumé — naïve — 한국어"}) {
     const auto ids = tokenizer.encode(text);
     EXPECT_EQ(tokenizer.decode(ids), text) << tokenizer_path;
   }

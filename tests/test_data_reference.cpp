@@ -19,9 +19,8 @@ class DataFixture : public testing::SharedDataTest,
 
 TEST_P(DataFixture, TokensAndLabelsEqualTheReferenceRecipe) {
   const std::string name = GetParam();
-  const fs::path tokenizer_path = name == "llama2"
-                                      ? llama2_tokenizer()
-                                      : testing::stories_model_dir() / "tokenizer.model";
+  const fs::path tokenizer_path =
+      name == "llama2" ? llama2_tokenizer() : testing::stories_model_dir() / "tokenizer.model";
   const Tokenizer tokenizer(tokenizer_path);
   const SafetensorsFile ref(testing::fixtures_dir() / "data" / ("alpaca_" + name + ".safetensors"));
   auto ints = [&](const std::string& key) {
@@ -72,8 +71,8 @@ using PublicData = testing::SharedDataTest;
 TEST_F(PublicData, NonAsciiRoundTripsThroughLlama2ByteFallback) {
   const Tokenizer tokenizer(llama2_tokenizer());
   for (const std::string text :
-       {"日本語のテキストを学習する", "中文训练数据，包含标点。",
-        "emoji 🦙🔥 and ünïcödé", "mixed: résumé — naïve — 한국어"}) {
+       {"日本語のテキストを学習する", "中文训练数据，包含标点。", "emoji 🦙🔥 and ünïcödé",
+        "mixed: résumé — naïve — 한국어"}) {
     const auto ids = tokenizer.encode(text);
     EXPECT_EQ(tokenizer.decode(ids), text);
   }

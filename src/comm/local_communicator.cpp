@@ -1,8 +1,8 @@
 // The single-process communicator: world size 1, every collective is a copy or nothing.
 #include <cstring>
 
-#include "core/error.hpp"
 #include "comm/communicator.hpp"
+#include "core/error.hpp"
 
 namespace zerolora {
 namespace {

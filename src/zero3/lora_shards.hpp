@@ -13,8 +13,8 @@
 #include <span>
 #include <vector>
 
-#include "core/buffer.hpp"
 #include "comm/communicator.hpp"
+#include "core/buffer.hpp"
 #include "lora/lora_layout.hpp"
 #include "model/lora_source.hpp"
 

@@ -16,9 +16,9 @@
 #include <deque>
 #include <vector>
 
+#include "comm/communicator.hpp"
 #include "core/buffer.hpp"
 #include "core/runtime.hpp"
-#include "comm/communicator.hpp"
 #include "io/checkpoint.hpp"
 #include "model/weight_provider.hpp"
 
