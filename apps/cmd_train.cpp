@@ -72,6 +72,7 @@ int train_main(const TrainFlags& f, Communicator& comm) {
   const bool leader = comm.rank() == 0;
   ConsoleObserver console(f.args.logging_steps);
   RunObserver* observer = leader ? &console : nullptr;
+  const LaunchInfo launch = detect_launch();
   if (leader) {
     if (!f.ignored_flags.empty()) {
       std::string list;
@@ -81,12 +82,11 @@ int train_main(const TrainFlags& f, Communicator& comm) {
           "logging, hub or launcher settings) and are ignored: " +
           list);
     }
-    if (const std::string note = detect_launch().note; !note.empty()) console.note("note: " + note);
+    if (!launch.note.empty()) console.note("note: " + launch.note);
   }
   TrainingRun run(comm, run_settings(f), observer);
   // Under a launcher stdout is a pipe or pseudo-terminal whatever the user's is: plain lines.
-  console.start(run.first_step(), run.total_steps(),
-                !f.disable_tqdm && detect_launch().launcher.empty());
+  console.start(run.first_step(), run.total_steps(), !f.disable_tqdm && launch.launcher.empty());
   std::signal(SIGINT, on_stop_signal);
   std::signal(SIGTERM, on_stop_signal);
   std::signal(SIGUSR1, on_stop_signal);

@@ -82,14 +82,12 @@ struct Totals {
   std::int64_t steps = 0;
 };
 
-}  // namespace
-
+// Threads per rank when the user gave none: this machine's cores divided among the ranks that
+// the launcher put on it.
 int default_threads_per_rank() {
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   return std::max(1, cores / std::max(1, detect_launch().local_size));
 }
-
-namespace {
 
 // The settings checked and completed before anything is read or written: the DeepSpeed config
 // merged into the arguments (it may choose the precision, so this comes first).
@@ -306,8 +304,8 @@ class PolicyRun final : public TrainingRun::Impl {
     compute.bf16_residual = bf16_residual;
     model_.emplace(*rt, *weights_, &*layout, compute);
 
-    const RunSignature run_signature = signature(P::kName);
-    require_same_on_all_ranks(comm, run_signature);
+    signature_ = signature(P::kName);
+    require_same_on_all_ranks(comm, signature_);
     std::vector<float> init(static_cast<std::size_t>(layout->size()));
     init_lora_params<float>(init, *layout, args.seed);
     TrainerOptions options;
@@ -336,7 +334,7 @@ class PolicyRun final : public TrainingRun::Impl {
                            ": no checkpoint-* directory to resume from");
       }
       const ResumePoint resumed =
-          load_training_checkpoint(comm, dir, config, *layout, *trainer_, run_signature);
+          load_training_checkpoint(comm, dir, config, *layout, *trainer_, signature_);
       first_step = resumed.step;
       note("resumed from " + dir.string() + " at step " + std::to_string(first_step) +
            (resumed.world_size == comm.size()
@@ -345,7 +343,6 @@ class PolicyRun final : public TrainingRun::Impl {
                       " rank(s); optimizer state resharded for " + std::to_string(comm.size()) +
                       ")"));
     }
-    signature_ = run_signature;
     const fs::path log_path = settings.output_dir / "metrics.jsonl";
     if (leader) {
       if (resuming) history_ = keep_metrics_until(log_path, first_step);
@@ -354,11 +351,6 @@ class PolicyRun final : public TrainingRun::Impl {
   }
 
   RunOutcome run(const StopRequest& stop, RunObserver* observer) override {
-    auto report = [&](const ojson& record) {
-      if (!leader) return;
-      metrics_log_->write(record);
-      if (observer) observer->metrics(record);
-    };
     // MFU's denominator: the GEMM rate of all ranks in the run's precision, measured together
     // as they will run.
     peak_gflops_ = comm.all_reduce_sum(measure_gemm_gflops<Weight>(*rt, 1024, 5));
@@ -399,7 +391,8 @@ class PolicyRun final : public TrainingRun::Impl {
       if (done % args.logging_steps == 0 || done == total_steps) {
         const std::vector<double> rss = all_peak_rss();
         const double loss = window_loss / static_cast<double>(window_steps);
-        report(ojson{{"step", done},
+        report(observer,
+               ojson{{"step", done},
                      {"epoch", static_cast<double>(done) / static_cast<double>(per_epoch)},
                      {"loss", loss},
                      {"lr", lr},
@@ -464,8 +457,7 @@ class PolicyRun final : public TrainingRun::Impl {
     if (leader) {
       write_text_file_atomically(settings.output_dir / "train_results.json",
                                  summary.dump(2) + "\n");
-      metrics_log_->write(summary);
-      if (observer) observer->metrics(summary);
+      report(observer, summary);
       draw_curve();
     }
     comm.barrier();
@@ -494,13 +486,18 @@ class PolicyRun final : public TrainingRun::Impl {
                        {"epoch", static_cast<double>(step) / static_cast<double>(per_epoch)},
                        {"eval_loss", loss},
                        {"eval_perplexity", std::exp(loss)}};
-    metrics_log_->write(record);
+    report(observer, record);
     history_.eval.push_back({static_cast<double>(step), loss});
-    if (observer) {
-      observer->metrics(record);
+    if (observer)
       observer->note("eval at step " + std::to_string(step) + ": loss " + fixed(loss, 4) +
                      ", perplexity " + fixed(std::exp(loss), 3));
-    }
+  }
+
+  // A record for metrics.jsonl, which the observer hears too (rank 0).
+  void report(RunObserver* observer, const ojson& record) {
+    if (!leader) return;
+    metrics_log_->write(record);
+    if (observer) observer->metrics(record);
   }
 
   void save_checkpoint(std::int64_t step, RunObserver* observer) {

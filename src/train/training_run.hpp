@@ -101,8 +101,4 @@ class TrainingRun {
   std::unique_ptr<Impl> impl_;
 };
 
-// Threads per rank when the user gave none: this machine's cores divided among the ranks that
-// the launcher put on it.
-int default_threads_per_rank();
-
 }  // namespace zerolora
