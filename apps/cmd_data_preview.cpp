@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "apps/commands.hpp"
+#include "apps/flag_checks.hpp"
 #include "apps/data_flags.hpp"
 #include "core/error.hpp"
 #include "ops/cross_entropy.hpp"
@@ -92,7 +93,7 @@ Command add_data_preview(CLI::App& app) {
   add_data_flags(*cmd, o->data);
   cmd->add_option("--num_examples", o->num_examples, "Sequences to write")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(whole_in(1));
   cmd->add_flag("--validation", o->validation,
                 "Preview the validation set instead of the training set");
   cmd->add_option("--output", o->output, "Output file (- for stdout)")->capture_default_str();

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "apps/commands.hpp"
+#include "apps/flag_checks.hpp"
 #include "core/error.hpp"
 #include "train/memory_estimate.hpp"
 #include "train/training_args.hpp"
@@ -83,18 +84,20 @@ Command add_estimate_memory(CLI::App& app) {
       ->check(CLI::IsMember({"llama2-7b", "llama2-13b", "llama2-70b"}));
   cmd->add_option("--world_size", o->scenario.world_size, "Ranks (mpirun -np)")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(whole_in(1));
   cmd->add_option("--zero_stage", o->scenario.zero_stage, "ZeRO stage (3: base weights sharded)")
       ->capture_default_str()
-      ->check(CLI::Range(0, 3));
+      ->check(whole_in(0, 3));
   cmd->add_option("--per_device_train_batch_size", o->scenario.micro_batch,
                   "Sequences per micro-batch")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(whole_in(1));
   cmd->add_option("--max_seq_length", o->scenario.seq_len, "Tokens per sequence")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  cmd->add_option("--lora_rank", o->lora_rank, "LoRA rank")->capture_default_str();
+      ->check(whole_in(1));
+  cmd->add_option("--lora_rank", o->lora_rank, "LoRA rank")
+      ->capture_default_str()
+      ->check(whole_in(1, 4096));
   cmd->add_option("--lora_target_modules", o->targets, "Adapted projections")
       ->expected(1, -1)
       ->capture_default_str();
@@ -114,17 +117,22 @@ Command add_estimate_memory(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::IsMember({"full", "selective"}));
   cmd->add_option("--prefetch_depth", o->scenario.prefetch_depth, "ZeRO-3 units gathered ahead")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(whole_in(0));
   cmd->add_option("--threads", o->scenario.threads, "Compute threads per rank")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(whole_in(1, 4096));
   cmd->add_option("--stage3_param_persistence_threshold", o->scenario.persistence_threshold,
                   "LoRA tensors at least this large are partitioned")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(whole_in(0));
   cmd->add_option("--dataset_tokens", o->scenario.dataset_tokens,
                   "Tokens of the tokenized training set (held by every rank)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(whole_in(0));
   cmd->add_option("--device_memory_gb", o->device_gb, "Device capacity to compare with, in GB")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(finite_in(0.0));
   cmd->add_flag("--json", o->json, "Machine-readable output");
   return [o] { return run_estimate(*o); };
 }

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "apps/commands.hpp"
+#include "apps/flag_checks.hpp"
 #include "apps/model_files.hpp"
 #include "core/error.hpp"
 #include "core/precision.hpp"
@@ -32,11 +33,20 @@ int run_forward(const ForwardOptions& o) {
   if (!o.input_ids.empty()) {
     std::stringstream in(o.input_ids);
     for (std::string item; std::getline(in, item, ',');) {
+      std::size_t used = 0;
+      long long id = -1;
       try {
-        ids.push_back(static_cast<std::int32_t>(std::stol(item)));
+        id = std::stoll(item, &used);
       } catch (...) {
-        throw UsageError("--input_ids must be comma-separated integers, got '" + item + "'");
+        used = 0;
       }
+      if (used == 0 || item.find_first_not_of(" \t", used) != std::string::npos)
+        throw UsageError("--input_ids must be comma-separated integers, got '" + item + "'");
+      if (id < 0 || id >= config.vocab_size)
+        throw UsageError("--input_ids: token id " + item + " (item " +
+                         std::to_string(ids.size() + 1) + ") is outside the vocabulary of " +
+                         o.model + " (0 to " + std::to_string(config.vocab_size - 1) + ")");
+      ids.push_back(static_cast<std::int32_t>(id));
     }
   } else {
     const Tokenizer tokenizer = open_model_tokenizer(o.model, config);
@@ -44,7 +54,7 @@ int run_forward(const ForwardOptions& o) {
     const auto encoded = tokenizer.encode(o.prompt);
     ids.insert(ids.end(), encoded.begin(), encoded.end());
   }
-  if (ids.empty()) throw UsageError("give --input_ids or --prompt");
+  if (ids.empty()) throw UsageError("--input_ids holds no token id");
   const InferenceAdapter adapter = load_inference_adapter(o.adapter, config);
   const std::vector<float>& lora = adapter.params;
   Runtime rt(o.threads);
@@ -54,19 +64,24 @@ int run_forward(const ForwardOptions& o) {
   batch.add_sequence(ids, ids, 0);
   std::vector<float> logits(ids.size() * static_cast<std::size_t>(config.vocab_size));
   model.forward_logits(batch, lora, logits.data());
+  // One token predicts nothing: there is no loss to report, rather than a loss of 0.
+  const bool has_loss = batch.label_count() > 0;
   const double loss =
-      model.loss(batch, lora) / static_cast<double>(std::max<Index>(1, batch.label_count()));
+      has_loss ? model.loss(batch, lora) / static_cast<double>(batch.label_count()) : 0.0;
   SafetensorsWriter writer;
   writer.add<float>("logits", DType::kF32,
                     {static_cast<std::int64_t>(ids.size()), config.vocab_size}, logits);
   std::vector<std::int64_t> ids64(ids.begin(), ids.end());
   writer.add<std::int64_t>("input_ids", DType::kI64, {static_cast<std::int64_t>(ids.size())},
                            ids64);
-  writer.set_metadata("loss", std::to_string(loss));
+  if (has_loss) writer.set_metadata("loss", std::to_string(loss));
   writer.write(o.output);
-  std::printf(
-      "%zu tokens, loss %.6f (next-token cross-entropy); logits [%zu, %lld] written to %s\n",
-      ids.size(), loss, ids.size(), static_cast<long long>(config.vocab_size), o.output.c_str());
+  const std::string loss_text =
+      has_loss ? "loss " + std::to_string(loss) + " (next-token cross-entropy)"
+               : std::string("no loss (one token: nothing to predict)");
+  std::printf("%zu tokens, %s; logits [%zu, %lld] written to %s\n", ids.size(),
+              loss_text.c_str(), ids.size(), static_cast<long long>(config.vocab_size),
+              o.output.c_str());
   return 0;
 }
 
@@ -88,8 +103,12 @@ Command add_forward(CLI::App& app) {
   cmd->add_option("--dtype", o->dtype, "fp32 (default: for comparisons) or bf16")
       ->capture_default_str()
       ->check(CLI::IsMember({"bf16", "fp32"}));
-  cmd->add_option("--threads", o->threads, "Threads (0: all cores)")->capture_default_str();
-  return [o] {
+  cmd->add_option("--threads", o->threads, "Threads (0: all cores)")
+      ->capture_default_str()
+      ->check(whole_in(0, 4096));
+  return [o, cmd] {
+    if (cmd->count("--input_ids") == 0 && cmd->count("--prompt") == 0)
+      throw UsageError("give the tokens: --input_ids 1,2,3 or --prompt TEXT");
     return o->dtype == "fp32" ? run_forward<Fp32Policy>(*o) : run_forward<Bf16Policy>(*o);
   };
 }

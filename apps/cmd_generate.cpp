@@ -6,6 +6,7 @@
 #include <string>
 
 #include "apps/commands.hpp"
+#include "apps/flag_checks.hpp"
 #include "apps/model_files.hpp"
 #include "core/error.hpp"
 #include "core/precision.hpp"
@@ -93,24 +94,28 @@ Command add_generate(CLI::App& app) {
   cmd->add_option("--max_new_tokens", o->max_new_tokens,
                   "Tokens to generate at most (stops at EOS)")
       ->capture_default_str()
-      ->check(CLI::Range(1, 1 << 20));
+      ->check(whole_in(1, 1 << 20));
   cmd->add_option("--temperature", o->sampling.temperature,
                   "0: greedy; above 0: sample with this temperature")
       ->capture_default_str()
-      ->check(CLI::Range(0.0, 100.0));
+      ->check(finite_in(0.0, 100.0));
   cmd->add_option("--top_k", o->sampling.top_k, "Sample among the K most likely tokens (0: all)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(whole_in(0));
   cmd->add_option("--top_p", o->sampling.top_p,
                   "Sample among the most likely tokens whose probability reaches P")
       ->capture_default_str()
-      ->check(CLI::Range(0.0, 1.0));
+      ->check(finite_in(0.0, 1.0));
   cmd->add_option("--seed", o->sampling.seed, "Sampling seed: the same seed gives the same text")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(whole_in(0));
   cmd->add_option("--dtype", o->dtype,
                   "bf16: bf16 weights and matmuls (fp32 accumulation); fp32: everything fp32")
       ->capture_default_str()
       ->check(CLI::IsMember({"bf16", "fp32"}));
-  cmd->add_option("--threads", o->threads, "Compute threads (0: all cores)")->capture_default_str();
+  cmd->add_option("--threads", o->threads, "Compute threads (0: all cores)")
+      ->capture_default_str()
+      ->check(whole_in(0, 4096));
   return [o] {
     return o->dtype == "fp32" ? run_generate<Fp32Policy>(*o) : run_generate<Bf16Policy>(*o);
   };

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "apps/commands.hpp"
+#include "apps/flag_checks.hpp"
 #include "core/error.hpp"
 #include "lora/peft_adapter.hpp"
 #include "model/merge.hpp"
@@ -77,7 +78,9 @@ Command add_merge(CLI::App& app) {
   cmd->add_option("--max_shard_size", o->max_shard_size,
                   "Largest safetensors shard, e.g. 2GB, 500MB")
       ->capture_default_str();
-  cmd->add_option("--threads", o->threads, "Threads (0: all cores)")->capture_default_str();
+  cmd->add_option("--threads", o->threads, "Threads (0: all cores)")
+      ->capture_default_str()
+      ->check(whole_in(0, 4096));
   return [o] { return run_merge(*o); };
 }
 

@@ -62,9 +62,12 @@ RunSettings run_settings(const TrainFlags& f) {
   s.overwrite_output_dir = f.overwrite_output_dir;
   s.do_eval = f.do_eval;
   s.threads = f.threads;
+  s.check_memory = f.check_memory;
   s.lora_init = f.lora_init == "gaussian" ? LoraInit::kGaussian : LoraInit::kKaimingUniform;
   s.data = f.data.options();
   s.args = f.args;
+  s.poison_step = f.poison_step;
+  s.poison_layer = f.poison_layer;
   return s;
 }
 

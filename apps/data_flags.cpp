@@ -1,4 +1,5 @@
 #include "apps/data_flags.hpp"
+#include "apps/flag_checks.hpp"
 
 #include "apps/hf_args.hpp"
 #include "core/error.hpp"
@@ -18,7 +19,7 @@ void add_data_flags(CLI::App& cmd, DataFlags& f) {
                  "validation set "
                  "(as run_lora_clm)")
       ->capture_default_str()
-      ->check(CLI::Range(0.0, 99.0));
+      ->check(finite_in(0.0, 99.0));
   cmd.add_option("--data_format", f.data_format,
                  "instruction: records with instruction/input/output (Alpaca); text: one text "
                  "column, all tokens "
@@ -46,7 +47,7 @@ void add_data_flags(CLI::App& cmd, DataFlags& f) {
                  "added when room "
                  "remains)")
       ->capture_default_str()
-      ->check(CLI::Range(std::int64_t{2}, std::int64_t{1} << 20));
+      ->check(whole_in(2, 1 << 20));
   add_hf_bool(
       cmd, "train_on_inputs", f.train_on_inputs,
       "Train on the prompt tokens too (false: the prompt is masked from the loss, label -100)");

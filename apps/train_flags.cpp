@@ -1,4 +1,5 @@
 #include "apps/train_flags.hpp"
+#include "apps/flag_checks.hpp"
 
 #include <algorithm>
 
@@ -38,13 +39,14 @@ void add_train_flags(CLI::App& cmd, TrainFlags& f) {
   // LoRA
   cmd.add_option("--lora_rank", a.lora_rank, "LoRA rank r")
       ->capture_default_str()
-      ->check(CLI::Range(1, 4096));
+      ->check(whole_in(1, 4096));
   cmd.add_option("--lora_alpha", a.lora_alpha,
                  "LoRA alpha: the update is scaled by alpha / r (alpha / sqrt(r) with rsLoRA)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(finite_in(0.0));
   cmd.add_option("--lora_dropout", a.lora_dropout, "Dropout on the LoRA branch's input")
       ->capture_default_str()
-      ->check(CLI::Range(0.0, 0.99));
+      ->check(finite_in(0.0, 0.99));
   cmd.add_option("--lora_target_modules", a.lora_target_modules,
                  "Projections to adapt, space- or comma-separated: q_proj k_proj v_proj "
                  "o_proj gate_proj up_proj down_proj, or all-linear")
@@ -59,34 +61,45 @@ void add_train_flags(CLI::App& cmd, TrainFlags& f) {
   // Length and batches
   cmd.add_option("--num_train_epochs", a.num_train_epochs,
                  "Epochs over the training set (fractions allowed)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(finite_in(0.0));
   cmd.add_option("--max_steps", a.max_steps,
                  "Optimizer steps; overrides --num_train_epochs when > 0")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(whole_in(-1));
   cmd.add_option("--per_device_train_batch_size,--per_gpu_train_batch_size",
                  a.per_device_train_batch_size,
                  "Sequences per forward/backward on each rank (a micro-batch)")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(whole_in(1));
   cmd.add_option("--per_device_eval_batch_size,--per_gpu_eval_batch_size",
                  a.per_device_eval_batch_size, "Sequences per evaluation batch")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(whole_in(1));
   cmd.add_option("--gradient_accumulation_steps", a.gradient_accumulation_steps,
                  "Micro-batches per optimizer step; global batch = micro-batch x this x ranks")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(whole_in(1));
   // Optimizer and schedule
   cmd.add_option("--learning_rate", a.learning_rate, "Peak learning rate (AdamW)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(finite_in(0.0));
   cmd.add_option("--weight_decay", a.weight_decay, "AdamW decoupled weight decay")
-      ->capture_default_str();
-  cmd.add_option("--adam_beta1", a.adam_beta1, "AdamW beta1")->capture_default_str();
-  cmd.add_option("--adam_beta2", a.adam_beta2, "AdamW beta2")->capture_default_str();
-  cmd.add_option("--adam_epsilon", a.adam_epsilon, "AdamW epsilon")->capture_default_str();
+      ->capture_default_str()
+      ->check(finite_in(0.0));
+  cmd.add_option("--adam_beta1", a.adam_beta1, "AdamW beta1")
+      ->capture_default_str()
+      ->check(finite_below(0.0, 1.0));
+  cmd.add_option("--adam_beta2", a.adam_beta2, "AdamW beta2")
+      ->capture_default_str()
+      ->check(finite_below(0.0, 1.0));
+  cmd.add_option("--adam_epsilon", a.adam_epsilon, "AdamW epsilon")
+      ->capture_default_str()
+      ->check(finite_in(0.0));
   cmd.add_option("--max_grad_norm", a.max_grad_norm,
                  "Clip gradients to this global L2 norm (0: no clipping)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(finite_in(0.0));
   cmd.add_option("--lr_scheduler_type", a.lr_scheduler_type,
                  "linear, cosine, constant or constant_with_warmup")
       ->capture_default_str()
@@ -94,9 +107,10 @@ void add_train_flags(CLI::App& cmd, TrainFlags& f) {
   cmd.add_option("--warmup_ratio", a.warmup_ratio,
                  "Warmup as a fraction of all steps (when --warmup_steps is 0)")
       ->capture_default_str()
-      ->check(CLI::Range(0.0, 1.0));
+      ->check(finite_in(0.0, 1.0));
   cmd.add_option("--warmup_steps", a.warmup_steps, "Linear warmup steps (from lr 0)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(whole_in(0));
   // Precision and memory
   add_hf_bool(cmd, "bf16", a.bf16,
               "bf16 weights and matmuls with fp32 accumulation; false: everything fp32");
@@ -120,7 +134,7 @@ void add_train_flags(CLI::App& cmd, TrainFlags& f) {
   // Logging, evaluation, checkpoints
   cmd.add_option("--logging_steps", a.logging_steps, "Log a metrics line every N steps")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(whole_in(1));
   cmd.add_option("--eval_strategy,--evaluation_strategy", a.eval_strategy,
                  "When to evaluate on the validation set: no, steps (every --eval_steps) or epoch")
       ->capture_default_str()
@@ -128,38 +142,63 @@ void add_train_flags(CLI::App& cmd, TrainFlags& f) {
   cmd.add_option("--eval_delay", a.eval_delay,
                  "No evaluation before this many epochs (eval_strategy epoch) or steps (steps)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(finite_in(0.0));
   cmd.add_option("--eval_steps", a.eval_steps,
                  "Evaluate every N steps (eval_strategy steps; default: logging_steps)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(whole_in(0));
   cmd.add_option("--save_strategy", a.save_strategy,
                  "When to write checkpoints: no, steps (every --save_steps) or epoch")
       ->capture_default_str()
       ->check(CLI::IsMember({"no", "steps", "epoch"}));
   cmd.add_option("--save_steps", a.save_steps, "Checkpoint every N steps")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(whole_in(1));
   cmd.add_option("--save_total_limit", a.save_total_limit, "Keep at most N checkpoints (0: all)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(whole_in(0));
   cmd.add_option("--resume_from_checkpoint", f.resume_from_checkpoint,
                  "Continue from a checkpoint directory, or 'last' for the newest in output_dir");
   cmd.add_option("--seed", a.seed, "Seed for LoRA init, data order and dropout")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(whole_in(0));
   cmd.add_option("--throughput_warmup_steps", a.throughput_warmup_steps,
                  "First steps left out of the throughput and runtime summary")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(whole_in(0));
   cmd.add_option("--deepspeed", f.deepspeed,
                  "A DeepSpeed config (ds_config.json): batch sizes, bf16, gradient clipping, "
                  "optimizer, scheduler "
                  "and zero_optimization are read; \"auto\" values come from the flags");
   cmd.add_option("--threads", f.threads,
                  "Compute threads per rank (0: the cores divided among local ranks)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(whole_in(0, 4096));
   add_hf_bool(cmd, "group_by_length", a.group_by_length,
               "Order each epoch in shuffled groups of similar-length sequences (HF's sampler)");
   add_hf_bool(cmd, "dataloader_drop_last", a.dataloader_drop_last,
               "Drop an incomplete last global batch of each epoch (false: it wraps around to the "
               "start of the epoch's order)");
+  cmd.add_option("--skip_nonfinite_steps", a.skip_nonfinite_steps,
+                 "A step whose loss or gradient norm is NaN or Inf makes no update; skip up to N "
+                 "of them (counted as skipped_steps in metrics.jsonl) before stopping. 0: stop at "
+                 "the first, naming the step and layer; checkpoints and earlier files are kept")
+      ->capture_default_str()
+      ->check(whole_in(0));
+  cmd.add_option("--debug_poison_step", f.poison_step,
+                 "Testing: put a NaN into one activation at this step (from 1; 0: never), to see "
+                 "the non-finite guard work")
+      ->capture_default_str()
+      ->check(whole_in(0))
+      ->group("Testing");
+  cmd.add_option("--debug_poison_layer", f.poison_layer,
+                 "Testing: the decoder layer whose output --debug_poison_step poisons")
+      ->capture_default_str()
+      ->check(whole_in(0))
+      ->group("Testing");
+  add_hf_bool(cmd, "check_memory", f.check_memory,
+              "Refuse up front a run whose predicted memory (as estimate-memory predicts it, "
+              "times the ranks on this machine) exceeds what the machine can still give");
   add_hf_bool(cmd, "do_train", f.do_train, "Train (accepted for HF compatibility)");
   add_hf_bool(cmd, "do_eval", f.do_eval, "Evaluate on the validation set at the end");
   add_hf_bool(

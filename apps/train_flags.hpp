@@ -2,6 +2,7 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -15,8 +16,11 @@ struct TrainFlags {
   bool overwrite_output_dir = false;
   bool do_train = true, do_eval = false;
   bool disable_tqdm = false;
+  bool check_memory = true;
   int threads = 0;
   std::string lora_init = "kaiming";
+  std::int64_t poison_step = 0;  // testing the non-finite guard (RunSettings::poison_step)
+  int poison_layer = 0;
   DataFlags data;
   TrainingArguments args;
   std::vector<std::string> ignored_flags;  // HF flags taken out of the command line (hf_args.hpp)

@@ -72,6 +72,20 @@ void write_file_atomically(const std::filesystem::path& path,
   }
 }
 
+void make_writable_directory(const std::filesystem::path& dir, std::string_view what) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec)
+    throw IoError(dir.string() + ": cannot create " + std::string(what) + ": " + ec.message());
+  const std::filesystem::path probe = dir / (".zerolora-write-check-" + std::to_string(::getpid()));
+  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0)
+    throw IoError(dir.string() + ": " + std::string(what) +
+                  " is not writable: " + std::strerror(errno));
+  ::close(fd);
+  std::filesystem::remove(probe, ec);
+}
+
 void write_text_file_atomically(const std::filesystem::path& path, std::string_view text) {
   write_file_atomically(path, [&](FileSink& sink) { sink.write(text); });
 }

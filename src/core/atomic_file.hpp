@@ -24,6 +24,11 @@ class FileSink {
 void write_file_atomically(const std::filesystem::path& path,
                            const std::function<void(FileSink&)>& produce);
 
+// Creates `dir` (and its parents) when missing and proves it writable by creating and
+// removing a probe file; throws IoError naming `dir`, `what` (e.g. "--output_dir") and the
+// system's reason. For checking a destination before hours of work go into it.
+void make_writable_directory(const std::filesystem::path& dir, std::string_view what);
+
 // Convenience for small text files (JSON configs).
 void write_text_file_atomically(const std::filesystem::path& path, std::string_view text);
 

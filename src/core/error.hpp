@@ -48,6 +48,19 @@ class UsageError : public Error {
   using Error::Error;
 };
 
+// The machine cannot give what the run needs (memory): the message has the arithmetic.
+class ResourceError : public Error {
+ public:
+  using Error::Error;
+};
+
+// Training produced NaN or Inf (a diverged run, a damaged input): the message names the step
+// and, where it can be known, the layer or tensor.
+class NumericalError : public Error {
+ public:
+  using Error::Error;
+};
+
 // A broken internal invariant: a bug in zerolora, never the user's fault.
 class InternalError : public Error {
  public:

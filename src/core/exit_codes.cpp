@@ -1,5 +1,6 @@
 #include "core/exit_codes.hpp"
 
+#include <filesystem>
 #include <new>
 
 #include "core/error.hpp"
@@ -15,6 +16,11 @@ ExitReport exit_report(const std::exception_ptr& error) {
     return {70, std::string(e.what()) + " -- this is a bug in zerolora; please report it"};
   } catch (const Error& e) {
     return {1, std::string("error: ") + e.what()};
+  } catch (const std::filesystem::filesystem_error& e) {
+    // A path the user gave that the system refused: their environment, not a bug.
+    std::string where = e.path1().string();
+    if (!e.path2().empty()) where += " -> " + e.path2().string();
+    return {1, "error: " + (where.empty() ? std::string() : where + ": ") + e.code().message()};
   } catch (const std::bad_alloc&) {
     return {1, "error: out of memory"};
   } catch (const std::exception& e) {

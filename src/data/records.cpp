@@ -1,5 +1,6 @@
 #include "data/records.hpp"
 
+#include <algorithm>
 #include <array>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -195,6 +196,69 @@ void read_json_lines(std::string_view text, RecordReader& reader) {
   });
 }
 
+// A .json file that starts with '{' is JSON Lines when its first line is a whole object.
+bool first_line_is_object(std::string_view text) {
+  const std::size_t end = text.find('\n');
+  const std::string_view line = text.substr(0, end);
+  const json parsed = json::parse(line.begin(), line.end(), nullptr, false);
+  return !parsed.is_discarded() && parsed.is_object();
+}
+
+bool is_array_of_objects(const json& value) {
+  return value.is_array() && !value.empty() &&
+         std::all_of(value.begin(), value.end(), [](const json& v) { return v.is_object(); });
+}
+
+// One JSON object that is not JSON Lines: the shapes people bring, where unambiguous.
+//   {"data": [records]}             one key holding an array of records (any key name)
+//   {"instruction": [..], ...}      columns of equal length (pandas' orient="list", which
+//                                   `datasets` also reads)
+//   {"instruction": "..", ...}      a single record
+void read_wrapped_records(const std::string& label, std::string_view text, RecordReader& reader) {
+  const json doc = json::parse(text.begin(), text.end(), nullptr, false);
+  if (doc.is_discarded())
+    throw FormatError(label +
+                      ": neither JSON Lines (its first line is not a whole JSON object) nor one "
+                      "JSON document (it does not parse as JSON); expected an array of records "
+                      "[{...}, ...] or one record per line");
+  if (!doc.is_object())
+    throw FormatError(label + ": expected an array of records or one record per line");
+  std::vector<std::string> arrays, keys;
+  bool columns = !doc.empty(), scalars = !doc.empty();
+  std::size_t rows = 0;
+  for (const auto& [key, value] : doc.items()) {
+    keys.push_back(key);
+    if (is_array_of_objects(value)) arrays.push_back(key);
+    if (!value.is_array() || (rows > 0 && value.size() != rows) || value.empty())
+      columns = false;
+    else
+      rows = value.size();
+    if (value.is_array() || value.is_object()) scalars = false;
+  }
+  auto joined = [](const std::vector<std::string>& names) {
+    std::string out;
+    for (const auto& n : names) out += (out.empty() ? "'" : ", '") + n + "'";
+    return out;
+  };
+  if (arrays.size() == 1) return read_json_array(doc[arrays.front()].dump(), reader);
+  if (arrays.size() > 1)
+    throw FormatError(label + ": the object holds several arrays of records (" + joined(arrays) +
+                      "); give a file with one of them (an array of records, or JSON Lines)");
+  if (columns) {  // {"col": [v0, v1, ...], ...} -> [{"col": v0, ...}, ...]
+    json records = json::array();
+    for (std::size_t i = 0; i < rows; ++i) {
+      json record = json::object();
+      for (const auto& [key, value] : doc.items()) record[key] = value[i];
+      records.push_back(std::move(record));
+    }
+    return read_json_array(records.dump(), reader);
+  }
+  if (scalars) return read_json_array(json::array({doc}).dump(), reader);
+  throw FormatError(label + ": expected an array of records [{...}, ...], one record per line "
+                    "(JSON Lines), or an object holding one array of records ({\"data\": "
+                    "[...]}); found an object with keys " + joined(keys));
+}
+
 void read_text_lines(const std::string& label, std::string_view text, std::vector<Record>& out) {
   for_each_line(text, [&](std::int64_t line, std::string_view row) {
     if (!row.empty() && row.back() == '\r') row.remove_suffix(1);
@@ -264,8 +328,10 @@ RecordSet read_records(const std::filesystem::path& file, RecordKind kind,
     RecordReader reader(file.string(), kind, columns, set.records);
     const std::size_t first = text.find_first_not_of(" \t\r\n");
     if (first == std::string_view::npos) throw FormatError(file.string() + ": file is empty");
-    if (ext == ".jsonl" || text[first] == '{')
+    if (ext == ".jsonl" || (text[first] == '{' && first_line_is_object(text.substr(first))))
       read_json_lines(text, reader);
+    else if (text[first] == '{')
+      read_wrapped_records(file.string(), text, reader);
     else
       read_json_array(text, reader);
   }

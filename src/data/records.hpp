@@ -2,7 +2,10 @@
 //   *.json   a JSON array of objects          (Alpaca, e.g. tatsu-lab/alpaca)
 //   *.jsonl  one JSON object per line         (JSON Lines)
 //   *.txt    one record per non-empty line    (text mode only)
-// (a .json file whose first character is '{' is read as JSON Lines, as `datasets` does).
+// A .json file that starts with '{' is JSON Lines when its first line is a whole object (as
+// `datasets` reads it); otherwise one object holding one array of records ({"data": [...]}),
+// columns of equal length ({"instruction": [...], "output": [...]}) or a single record.
+// Anything else is refused, saying what was expected.
 // Instruction mode takes the instruction/input/output columns (input optional); text mode
 // takes one text column, for continued pre-training. Column names are configurable, as
 // run_lora_clm's --instruction_column_name etc. Every error names the file, the record index

@@ -34,10 +34,12 @@ DistributedSampler::DistributedSampler(std::vector<Index> lengths, SamplerOption
     throw ConfigError("global batch " + std::to_string(options_.global_batch) + " exceeds the " +
                       std::to_string(size()) +
                       " training samples and drop_last is set: no step would run");
+  const Index whole_set = (size() + options_.world - 1) / options_.world * options_.world;
+  batch_ = std::min(options_.global_batch, whole_set);
 }
 
 Index DistributedSampler::steps_per_epoch() const {
-  const Index g = options_.global_batch;
+  const Index g = batch_;
   return options_.drop_last ? size() / g : (size() + g - 1) / g;
 }
 
@@ -67,9 +69,9 @@ std::vector<Index> DistributedSampler::global_batch(Index epoch, Index step) con
                       std::to_string(steps_per_epoch()) + " steps");
   const auto order = epoch_order(epoch);
   std::vector<Index> batch;
-  batch.reserve(static_cast<std::size_t>(options_.global_batch));
-  for (Index i = 0; i < options_.global_batch; ++i)
-    batch.push_back(order[static_cast<std::size_t>((step * options_.global_batch + i) % size())]);
+  batch.reserve(static_cast<std::size_t>(batch_));
+  for (Index i = 0; i < batch_; ++i)
+    batch.push_back(order[static_cast<std::size_t>((step * batch_ + i) % size())]);
   return batch;
 }
 

@@ -5,7 +5,10 @@
 // [step * G, (step + 1) * G) of that order; rank r of W takes the r-th contiguous 1/W of it,
 // so the union over ranks is the global batch, with no overlap, whatever W is. An incomplete
 // last global batch wraps around to the start of the order (as torch's DistributedSampler
-// pads) unless drop_last. A (epoch, step) cursor is all it takes to resume.
+// pads) unless drop_last. A training set smaller than one global batch is one partial batch
+// per epoch, as in Hugging Face's Trainer: the whole set, wrapped only up to a multiple of W
+// (never the requested size: memory and time follow the data). A (epoch, step) cursor is all
+// it takes to resume.
 #pragma once
 
 #include <cstdint>
@@ -38,7 +41,11 @@ class DistributedSampler {
 
   Index size() const { return static_cast<Index>(lengths_.size()); }
   Index steps_per_epoch() const;
-  Index per_rank() const { return options_.global_batch / options_.world; }
+  // Samples per step: the requested global batch, or the whole set (up to a multiple of W)
+  // when that is smaller.
+  Index batch_size() const { return batch_; }
+  bool partial_epoch_batch() const { return batch_ < options_.global_batch; }
+  Index per_rank() const { return batch_ / options_.world; }
   // The whole global batch of (epoch, step), in order.
   std::vector<Index> global_batch(Index epoch, Index step) const;
   // This rank's share of it.
@@ -48,6 +55,7 @@ class DistributedSampler {
  private:
   std::vector<Index> lengths_;
   SamplerOptions options_;
+  Index batch_ = 1;
   mutable Index cached_epoch_ = -1;
   mutable std::vector<Index> cached_order_;
 };

@@ -8,6 +8,7 @@
 
 #include "core/atomic_file.hpp"
 #include "core/error.hpp"
+#include "core/finite.hpp"
 #include "io/json_file.hpp"
 #include "io/safetensors.hpp"
 #include "io/tensor_read.hpp"
@@ -35,6 +36,13 @@ bool is_peft_adapter_dir(const std::filesystem::path& dir) {
 void save_peft_adapter(const std::filesystem::path& dir, const LoraLayout& layout,
                        std::span<const float> params, const std::string& base_model_name_or_path) {
   ZL_CHECK(static_cast<Index>(params.size()) == layout.size());
+  // Never an adapter that poisons whoever loads it: refuse before anything is written.
+  for (const auto& e : layout.entries())
+    for (Index i = 0; i < e.numel(); ++i)
+      if (const float v = params[static_cast<std::size_t>(e.offset + i)]; !is_finite_value(v))
+        throw NumericalError("the adapter for " + dir.string() + " would hold " +
+                             nonfinite_name(v) + " in '" + e.name + "' (element " +
+                             std::to_string(i) + "); nothing was written");
   std::filesystem::create_directories(dir);
   const LoraConfig& c = layout.config();
   json targets = json::array();
@@ -146,7 +154,13 @@ PeftAdapter load_peft_adapter(const std::filesystem::path& dir, const LlamaConfi
                        t->shape_string() + ", but r = " + std::to_string(adapter.config.rank) +
                        " on this base model needs [" + std::to_string(e.rows) + ", " +
                        std::to_string(e.cols) + "] (is the adapter for another base model?)");
-    read_float_elements(weights, *t, 0, e.numel(), adapter.params.data() + e.offset);
+    float* values = adapter.params.data() + e.offset;
+    read_float_elements(weights, *t, 0, e.numel(), values);
+    for (Index i = 0; i < e.numel(); ++i)
+      if (!is_finite_value(values[i]))
+        throw FormatError(weights.path().string() + ": tensor '" + e.name + "' holds " +
+                          nonfinite_name(values[i]) + " at element " + std::to_string(i) +
+                          "; the adapter is damaged or was saved from a diverged run");
   }
   return adapter;
 }

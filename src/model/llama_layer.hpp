@@ -44,6 +44,9 @@ struct ComputeOptions {
   // and evaluation all see the rounded values, so gradients stay exact for the function
   // computed. Needs bf16 weights (the fp32 mode stays fp32 throughout).
   bool bf16_residual = false;
+  // Fault injection for the tests of the non-finite guard: the next training pass writes a
+  // NaN into the output of this decoder layer (-1: never). The trainer sets it for one step.
+  int poison_layer_output = -1;
 };
 
 // Per-batch data shared by every layer.

@@ -1,9 +1,12 @@
 #include "model/llama_model.hpp"
 
+#include <cmath>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 
 #include "core/error.hpp"
+#include "core/finite.hpp"
 #include "core/precision.hpp"
 #include "core/rng.hpp"
 #include "ops/convert.hpp"
@@ -13,6 +16,15 @@
 #include "ops/rmsnorm.hpp"
 
 namespace zerolora {
+
+std::string describe_nonfinite_site(int site, Index num_layers) {
+  if (site < 0) return "nowhere in the forward pass (the loss was finite)";
+  if (site == 0) return "the embedding output (model.embed_tokens)";
+  if (site <= num_layers)
+    return "the output of decoder layer " + std::to_string(site - 1) + " (model.layers." +
+           std::to_string(site - 1) + ")";
+  return "the final norm, lm_head or loss (every decoder layer's output was finite)";
+}
 
 template <class P>
 LlamaModel<P>::LlamaModel(Runtime& rt, WeightProvider<Weight>& weights, const LoraLayout* lora,
@@ -152,6 +164,8 @@ void LlamaModel<P>::run_layers(const Batch& batch, const LoraBinding<Act>& lora,
     auto ctx = layer_context(l, unit.data, adapters.binding);
     layer_forward<P>(ctx, layer_input(l + 1), layer_input(l),
                      activations_[save_activations ? static_cast<std::size_t>(l) : 0], save_mlp);
+    if (l == options_.poison_layer_output && keep_inputs)
+      layer_input(l + 1)[0] = std::numeric_limits<Act>::quiet_NaN();
     seal_layer_input(l + 1);
   }
 }
@@ -301,6 +315,17 @@ double LlamaModel<P>::head_loss(const Batch& batch, double grad_scale, bool want
 }
 
 template <class P>
+int LlamaModel<P>::locate_nonfinite() {
+  const Index n = geometry_.rows * config().hidden_size;
+  const int L = static_cast<int>(config().num_layers);
+  for (int l = 0; l <= L; ++l)
+    if ((keep_bf16_inputs_ ? first_nonfinite(rt_, kept_inputs_.data() + l * n, n)
+                           : first_nonfinite(rt_, layer_input(l), n)) >= 0)
+      return l;
+  return L + 1;
+}
+
+template <class P>
 double LlamaModel<P>::loss(const Batch& batch, std::span<const Act> lora_params) {
   auto source = whole_lora(lora_params);
   return loss(batch, source);
@@ -331,6 +356,8 @@ double LlamaModel<P>::forward_backward(const Batch& batch, LoraSource<Act>& sour
   weights_.begin_schedule(schedule(true));
   run_layers(batch, lora, true, !recompute, options_.recompute == Recompute::kNone);
   const double loss = head_loss(batch, grad_scale, true);
+  nonfinite_site_ = std::isfinite(loss) ? -1 : locate_nonfinite();
+  // The backward runs even so: under ZeRO-3 every rank must make the same passes.
   for (int l = static_cast<int>(config().num_layers) - 1; l >= 0; --l) {
     const auto unit = acquire({Unit::kLayer, l});
     auto adapters = acquire_lora(lora, l, true);

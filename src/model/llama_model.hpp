@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "core/buffer.hpp"
@@ -39,6 +40,9 @@ struct KvCache {
   Index length = 0;    // positions cached
   Index capacity = 0;  // positions the buffers hold
 };
+
+// nonfinite_site() in words: "the output of decoder layer 3 (model.layers.3)".
+std::string describe_nonfinite_site(int site, Index num_layers);
 
 template <class P>
 class LlamaModel {
@@ -80,6 +84,13 @@ class LlamaModel {
   double forward_backward(const Batch& batch, LoraSource<Act>& lora, double grad_scale,
                           const StepKey& key);
 
+  // After a forward_backward: where its forward pass first went non-finite, found by scanning
+  // the layer inputs kept for backward, only when the loss is not finite. -1: the loss was
+  // finite; 0: the embedding output; l + 1: the output of decoder layer l; L + 1: every
+  // layer's output was finite (the final norm, lm_head or loss). describe_nonfinite_site()
+  // says it in words.
+  int nonfinite_site() const { return nonfinite_site_; }
+
   // Bytes held for backward between forward and backward (what the recompute mode decides).
   std::size_t saved_activation_bytes() const;
 
@@ -103,6 +114,8 @@ class LlamaModel {
   void seal_layer_input(int layer);
   // Before layer l's backward: brings x_l back from its bf16 copy when kept that way.
   void restore_layer_input(int layer);
+  // The first kept layer input x_l holding NaN or Inf (see nonfinite_site()).
+  int locate_nonfinite();
   // Final norm + lm_head + loss over rows with targets; writes d(x_L) when want_grad.
   double head_loss(const Batch& batch, double grad_scale, bool want_grad);
   // Releases a unit when it goes out of scope.
@@ -143,6 +156,7 @@ class LlamaModel {
   bool all_inputs_ = false;
   Buffer<bf16> kept_inputs_;  // [(L + 1), M, D] with bf16_residual when training
   bool keep_bf16_inputs_ = false;
+  int nonfinite_site_ = -1;
   Buffer<Act> final_rstd_, final_h_, d_final_h_, head_rows_, head_logits_, residual_grad_;
   Buffer<Weight> head_operand_;
 };

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "core/error.hpp"
+#include "core/finite.hpp"
 #include "core/rng.hpp"
 #include "io/tensor_read.hpp"
 
@@ -122,6 +123,18 @@ void read_checkpoint_elements(Runtime& rt, const Checkpoint& checkpoint, const P
   }
   // The copy is what stays: let the mapped file pages go, so peak memory is about the copy.
   located.file->drop_pages(*located.info, first, count);
+  // A NaN or Inf in the base model would only show as a NaN loss after the first step; say
+  // where it is now. (Each rank scans what it read: its own shard under ZeRO-3.)
+  if (const Index bad = first_nonfinite(rt, dst, count); bad >= 0) {
+    const Index element = first + bad;
+    std::string where = "element " + std::to_string(element);
+    if (entry.shape.size() == 2)
+      where += " (row " + std::to_string(element / entry.shape[1]) + ", column " +
+               std::to_string(element % entry.shape[1]) + ")";
+    throw FormatError(located.file->path().string() + ": tensor '" + entry.name + "' holds " +
+                      nonfinite_name(dst[bad]) + " at " + where +
+                      "; the checkpoint is damaged or was saved from a diverged run");
+  }
 }
 
 template <class W>

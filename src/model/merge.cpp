@@ -85,6 +85,8 @@ MergeReport merge_lora_into_checkpoint(Runtime& rt, const Checkpoint& base,
   if (fs::exists(out_dir) && !(fs::is_directory(out_dir) && fs::is_empty(out_dir)))
     throw UsageError(out_dir.string() +
                      ": already exists and is not empty; merge writes a new model directory");
+  // Where the new directory goes must take writes, before any tensor is merged.
+  make_writable_directory(fs::absolute(out_dir).parent_path(), "the parent of --output_dir");
   const auto table = validate_checkpoint(base);
   const LlamaConfig& config = base.config();
   const double scale = layout.config().scale();
@@ -113,7 +115,7 @@ MergeReport merge_lora_into_checkpoint(Runtime& rt, const Checkpoint& base,
 
   const fs::path temp = out_dir.string() + ".tmp-merge";
   fs::remove_all(temp);
-  fs::create_directories(temp);
+  make_writable_directory(temp, "the temporary directory of --output_dir");
   MergeReport report;
   report.shards = shards;
   report.bytes = total;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <cmath>
 #include <limits>
 #include <string>
@@ -68,15 +69,26 @@ StepStats LoraTrainer<P>::step(const std::vector<TokenSequence>& data,
   const double t0 = now_seconds();
   double loss_sum = 0;
   const StepKey key{options_.seed, static_cast<std::uint64_t>(step_number)};
+  // This rank's first micro-batch whose loss is not finite, for the message.
+  std::int64_t bad_micro = -1, bad_site = -1, bad_sample = -1, micro_index = 0;
   for (std::size_t at = 0; at < rank_samples.size();
-       at += static_cast<std::size_t>(options_.micro_batch)) {
+       at += static_cast<std::size_t>(options_.micro_batch), ++micro_index) {
     const auto micro = rank_samples.subspan(
         at, std::min(rank_samples.size() - at, static_cast<std::size_t>(options_.micro_batch)));
     const Batch batch = make_batch(data, micro);
     stats.tokens += batch.size();
     stats.targets += batch.label_count();
-    loss_sum +=
+    const bool poison = step_number == options_.poison_step && comm_.rank() == 0 && at == 0;
+    model_.options().poison_layer_output = poison ? options_.poison_layer : -1;
+    const double micro_loss =
         model_.forward_backward(batch, shards_, 1.0 / static_cast<double>(global_targets), key);
+    model_.options().poison_layer_output = -1;
+    if (!std::isfinite(micro_loss) && bad_micro < 0) {
+      bad_micro = micro_index;
+      bad_site = model_.nonfinite_site();
+      bad_sample = micro.front();
+    }
+    loss_sum += micro_loss;
   }
   shards_.flush();  // the last layer's reduce-scatter
   stats.compute_seconds = now_seconds() - t0;
@@ -93,6 +105,13 @@ StepStats LoraTrainer<P>::step(const std::vector<TokenSequence>& data,
   const double replicated_sq = std::pow(grad_norm<Act>(rt_, replicated_grads), 2);
   const double shard_sq = comm_.all_reduce_sum(std::pow(grad_norm<Act>(rt_, shard_grads), 2));
   stats.grad_norm = std::sqrt(replicated_sq + shard_sq);
+  // Both were summed over the ranks, so a NaN or Inf anywhere is seen by every rank: they
+  // all skip the update together, with no extra communication on the finite path.
+  if (!std::isfinite(stats.loss) || !std::isfinite(stats.grad_norm)) {
+    stats.finite = false;
+    stats.nonfinite = describe_nonfinite(step_number, stats, bad_micro, bad_site, bad_sample);
+    return stats;
+  }
   if (options_.max_grad_norm > 0) {
     const Act coef =
         static_cast<Act>(std::min(1.0, options_.max_grad_norm / (stats.grad_norm + 1e-6)));
@@ -106,6 +125,49 @@ StepStats LoraTrainer<P>::step(const std::vector<TokenSequence>& data,
   else
     shard_opt_.set_steps(replicated_opt_.steps());
   return stats;
+}
+
+template <class P>
+std::string LoraTrainer<P>::describe_nonfinite(std::int64_t step_number, const StepStats& stats,
+                                               std::int64_t bad_micro, std::int64_t site,
+                                               std::int64_t first_sample) {
+  auto number = [](double v) {
+    char text[32];
+    std::snprintf(text, sizeof(text), "%.6g", v);
+    return std::string(text);
+  };
+  std::string text = "step " + std::to_string(step_number + 1) + ": the loss is " +
+                     number(stats.loss) + " and the gradient norm " + number(stats.grad_norm);
+  const std::int64_t mine[3] = {bad_micro, site, first_sample};
+  std::vector<std::int64_t> all(3 * static_cast<std::size_t>(comm_.size()));
+  comm_.all_gather(mine, all.data(), sizeof(mine));
+  for (int r = 0; r < comm_.size(); ++r) {
+    const std::int64_t* rec = all.data() + 3 * r;
+    if (rec[0] < 0) continue;
+    return text + "; the first non-finite loss came from micro-batch " + std::to_string(rec[0]) +
+           (comm_.size() > 1 ? " of rank " + std::to_string(r) : std::string()) +
+           " (starting at training sequence " + std::to_string(rec[2]) +
+           "), and its forward pass first went non-finite in " +
+           describe_nonfinite_site(static_cast<int>(rec[1]), model_.config().num_layers);
+  }
+  // Every loss was finite: the backward pass made it. The gradients whole, in layout order,
+  // searched in the order backward computes them (the last layer first).
+  const LoraPartition& plan = shards_.partition();
+  std::vector<float> whole(static_cast<std::size_t>(layout_.size()), 0.0f);
+  plan.unpack_replicated(shards_.replicated_grads().data(), whole.data());
+  const auto shard = shards_.shard_grads();
+  std::vector<float> shards(shard.size() * static_cast<std::size_t>(comm_.size()));
+  comm_.all_gather(shard.data(), shards.data(), shard.size() * sizeof(float));
+  std::vector<const float*> shard_ptrs;
+  for (int r = 0; r < comm_.size(); ++r) shard_ptrs.push_back(shards.data() + r * shard.size());
+  if (!shard.empty()) plan.unshard(shard_ptrs, whole.data());
+  const auto& entries = layout_.entries();
+  for (auto e = entries.rbegin(); e != entries.rend(); ++e)
+    for (Index i = 0; i < e->numel(); ++i)
+      if (!std::isfinite(whole[static_cast<std::size_t>(e->offset + i)]))
+        return text + "; every micro-batch's loss was finite: the backward pass went non-finite, "
+                      "first (in backward order) in the gradient of '" + e->name + "'";
+  return text;
 }
 
 template <class P>

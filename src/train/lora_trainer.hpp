@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <span>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -32,6 +33,10 @@ struct TrainerOptions {
   double max_grad_norm = 1.0;            // <= 0: no clipping
   std::uint64_t seed = 42;               // dropout masks
   Index persistence_threshold = 100000;  // LoRA tensors with >= this many elements are partitioned
+  // Fault injection for the non-finite guard's tests: at this step (0-based; -1: never) rank
+  // 0's first micro-batch gets a NaN in the output of decoder layer poison_layer.
+  std::int64_t poison_step = -1;
+  int poison_layer = 0;
 };
 
 struct StepStats {
@@ -40,6 +45,10 @@ struct StepStats {
   Index tokens = 0;            // this rank's
   Index targets = 0;           // this rank's target tokens
   double compute_seconds = 0;  // forward + backward on this rank
+  // false: the loss or the gradient norm was NaN or Inf (on any rank: every rank agrees) and
+  // the step made no update: parameters and optimizer state are as they were before it.
+  bool finite = true;
+  std::string nonfinite;  // then: what went non-finite and where, the same text on every rank
 };
 
 // Target tokens (positions with a label to predict) of the given sequences.
@@ -55,7 +64,8 @@ class LoraTrainer {
               TrainerOptions options, std::span<const Act> initial_params);
 
   // A global batch without any target token (all labels masked) makes no update and reports
-  // a NaN loss.
+  // a NaN loss. A non-finite loss or gradient norm makes no update either (stats.finite).
+  // step_number counts from 0 (messages count from 1, as the logs do).
   StepStats step(const std::vector<TokenSequence>& data, std::span<const Index> rank_samples,
                  Index global_targets, double lr, std::int64_t step_number);
 
@@ -82,6 +92,12 @@ class LoraTrainer {
   const LoraShards& shards() const { return shards_; }
 
  private:
+  // Where a non-finite step came from, in words (collective: every rank calls it). bad_micro
+  // (-1: none), site (LlamaModel::nonfinite_site) and first_sample describe this rank's first
+  // micro-batch whose loss was not finite.
+  std::string describe_nonfinite(std::int64_t step_number, const StepStats& stats,
+                                 std::int64_t bad_micro, std::int64_t site,
+                                 std::int64_t first_sample);
   static_assert(std::is_same_v<Act, float>, "LoRA state is fp32");
   Runtime& rt_;
   Communicator& comm_;

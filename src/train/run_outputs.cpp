@@ -19,25 +19,29 @@ bool is_run_output(const fs::path& path) {
 }
 
 void prepare_output_dir(const fs::path& dir, bool overwrite, bool resuming, bool leader) {
-  if (fs::exists(dir) && !fs::is_directory(dir))
-    throw UsageError(dir.string() + ": --output_dir is a file");
-  if (resuming || !fs::exists(dir) || fs::is_empty(dir)) {
-    if (leader) fs::create_directories(dir);
-    return;
-  }
-  std::vector<fs::path> ours, theirs;
-  for (const auto& entry : fs::directory_iterator(dir))
-    (is_run_output(entry.path()) ? ours : theirs).push_back(entry.path());
-  if (!theirs.empty())
-    throw UsageError(dir.string() + ": --output_dir holds files zerolora did not write (e.g. " +
-                     theirs.front().filename().string() + "); choose an empty or new directory");
-  if (!overwrite)
-    throw UsageError(dir.string() + ": --output_dir already holds a training run (" +
-                     ours.front().filename().string() +
-                     "); pass --resume_from_checkpoint last to continue it, or "
-                     "--overwrite_output_dir to start over");
-  if (leader)
+  try {
+    if (fs::exists(dir) && !fs::is_directory(dir))
+      throw UsageError(dir.string() + ": --output_dir is a file");
+    std::vector<fs::path> ours, theirs;
+    if (!resuming && fs::is_directory(dir))
+      for (const auto& entry : fs::directory_iterator(dir))
+        (is_run_output(entry.path()) ? ours : theirs).push_back(entry.path());
+    if (!theirs.empty())
+      throw UsageError(dir.string() + ": --output_dir holds files zerolora did not write (e.g. " +
+                       theirs.front().filename().string() + "); choose an empty or new directory");
+    if (!ours.empty() && !overwrite)
+      throw UsageError(dir.string() + ": --output_dir already holds a training run (" +
+                       ours.front().filename().string() +
+                       "); pass --resume_from_checkpoint last to continue it, or "
+                       "--overwrite_output_dir to start over");
+    if (!leader) return;
+    // Writable before anything is removed, and before the model is read.
+    make_writable_directory(dir, "--output_dir");
     for (const auto& p : ours) fs::remove_all(p);
+  } catch (const fs::filesystem_error& e) {
+    throw IoError(dir.string() + ": --output_dir: " + e.code().message() +
+                  (e.path1().empty() || e.path1() == dir ? "" : " (" + e.path1().string() + ")"));
+  }
 }
 
 MetricsHistory keep_metrics_until(const fs::path& log_path, std::int64_t step) {

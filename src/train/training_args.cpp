@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "core/error.hpp"
@@ -227,6 +229,57 @@ void resolve_zero(const json& ds, TrainingArguments& a, std::int64_t hidden,
 }
 
 }  // namespace
+
+void check_training_arguments(const TrainingArguments& a) {
+  auto number = [](double v) {
+    char text[40];
+    std::snprintf(text, sizeof(text), "%.10g", v);
+    return std::string(text);
+  };
+  auto real = [&](const char* flag, double v, double lo, double hi, bool open_above = false) {
+    const bool ok = std::isfinite(v) && v >= lo && (open_above ? v < hi : v <= hi);
+    if (ok) return;
+    std::string want = "a finite number";
+    if (!std::isfinite(hi))
+      want += " >= " + number(lo);
+    else
+      want += (open_above ? " >= " + number(lo) + " and < " : " between " + number(lo) + " and ") +
+              number(hi);
+    throw ConfigError(std::string("--") + flag + " must be " + want + ", got " + number(v));
+  };
+  auto whole = [](const char* flag, std::int64_t v, std::int64_t lo) {
+    if (v < lo)
+      throw ConfigError(std::string("--") + flag + " must be a whole number >= " +
+                        std::to_string(lo) + ", got " + std::to_string(v));
+  };
+  const double inf = std::numeric_limits<double>::infinity();
+  whole("per_device_train_batch_size", a.per_device_train_batch_size, 1);
+  whole("per_device_eval_batch_size", a.per_device_eval_batch_size, 1);
+  whole("gradient_accumulation_steps", a.gradient_accumulation_steps, 1);
+  real("learning_rate", a.learning_rate, 0, inf);
+  real("weight_decay", a.weight_decay, 0, inf);
+  real("adam_beta1", a.adam_beta1, 0, 1, true);
+  real("adam_beta2", a.adam_beta2, 0, 1, true);
+  real("adam_epsilon", a.adam_epsilon, 0, inf);
+  real("max_grad_norm", a.max_grad_norm, 0, inf);
+  real("warmup_ratio", a.warmup_ratio, 0, 1);
+  whole("warmup_steps", a.warmup_steps, 0);
+  real("num_train_epochs", a.num_train_epochs, 0, inf);
+  whole("max_steps", a.max_steps, -1);
+  real("lora_alpha", a.lora_alpha, 0, inf);
+  real("lora_dropout", a.lora_dropout, 0, 1, true);
+  whole("lora_rank", a.lora_rank, 1);
+  whole("logging_steps", a.logging_steps, 1);
+  whole("save_steps", a.save_steps, 1);
+  whole("save_total_limit", a.save_total_limit, 0);
+  whole("eval_steps", a.eval_steps, 0);
+  real("eval_delay", a.eval_delay, 0, inf);
+  whole("skip_nonfinite_steps", a.skip_nonfinite_steps, 0);
+  if (a.max_steps <= 0 && a.num_train_epochs <= 0)
+ throw UsageError("nothing to train: --num_train_epochs is " + number(a.num_train_epochs) +
+                      " and --max_steps is " + std::to_string(a.max_steps) +
+                      "; give a positive number of epochs or steps");
+}
 
 DeepSpeedResult apply_deepspeed_config(const json& ds, TrainingArguments& a, int world,
                                        std::int64_t hidden, std::int64_t layer_elements,

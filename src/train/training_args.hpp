@@ -65,6 +65,10 @@ struct TrainingArguments {
   // data order
   bool group_by_length = false;       // shuffled megabatches sorted by length (HF's)
   bool dataloader_drop_last = false;  // drop an incomplete last global batch (else it wraps)
+  // A step whose loss or gradient norm is NaN or Inf makes no update; up to this many such
+  // steps are skipped and counted (as mixed-precision trainers do), then the run stops. 0:
+  // stop at the first (zerolora's default).
+  std::int64_t skip_nonfinite_steps = 0;
 
   std::set<std::string> explicitly_set;  // flag names given on the command line
   bool is_set(const std::string& flag) const { return explicitly_set.count(flag) > 0; }
@@ -94,6 +98,11 @@ DeepSpeedResult apply_deepspeed_config(const nlohmann::json& config, TrainingArg
 // HF one named by args.lr_scheduler_type.
 LrSchedule make_lr_schedule(const TrainingArguments& args,
                             const std::optional<DeepSpeedScheduler>& ds, std::int64_t total_steps);
+
+// Every numeric argument in its range (NaN and Inf refused), named by its flag, and a run that
+// has something to train: throws ConfigError. The command line checks the same at parse time;
+// this holds for every other way arguments arrive (a DeepSpeed config, the library).
+void check_training_arguments(const TrainingArguments& args);
 
 // --residual_dtype (auto, bf16, fp32) against --bf16 (which a DeepSpeed config may have set):
 // true for a bf16 residual stream. Throws UsageError for bf16 without --bf16.

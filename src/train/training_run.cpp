@@ -13,6 +13,7 @@
 #include "core/atomic_file.hpp"
 #include "core/error.hpp"
 #include "core/precision.hpp"
+#include "core/system_memory.hpp"
 #include "data/sampler.hpp"
 #include "io/json_file.hpp"
 #include "lora/peft_adapter.hpp"
@@ -21,6 +22,7 @@
 #include "ops/gemm_peak.hpp"
 #include "ops/matmul.hpp"
 #include "train/lora_trainer.hpp"
+#include "train/memory_estimate.hpp"
 #include "train/metrics.hpp"
 #include "train/run_outputs.hpp"
 #include "train/run_signature.hpp"
@@ -120,6 +122,7 @@ PreparedSettings prepare_settings(Communicator& comm, RunSettings settings) {
     }
     for (const auto& n : ds.notes) prepared.notes.push_back("note: " + label + ": " + n);
   }
+  check_training_arguments(settings.args);
   prepared.settings = std::move(settings);
   return prepared;
 }
@@ -183,6 +186,15 @@ struct TrainingRun::Impl {
     sampling.drop_last = args.dataloader_drop_last;
     sampler.emplace(lengths, sampling);
     per_epoch = sampler->steps_per_epoch();
+    if (sampler->partial_epoch_batch())
+      note("note: the training set has " + std::to_string(data.train.size()) +
+           " sequences, fewer than one global batch of " + std::to_string(sampling.global_batch) +
+           ": each epoch is one batch of " + std::to_string(sampler->batch_size()) +
+           " sequences (as Hugging Face's Trainer does" +
+           (sampler->batch_size() > static_cast<Index>(data.train.size())
+                ? ", the first ones repeated to give every rank as many"
+                : "") +
+           ")");
     if (per_epoch < 1)
       throw ConfigError("the training set has " + std::to_string(data.train.size()) +
                         " sequences, fewer than one global batch of " +
@@ -195,6 +207,46 @@ struct TrainingRun::Impl {
     schedule = make_lr_schedule(args, ds_scheduler, total_steps);
     eval = make_eval_set(data.validation, comm.rank(), comm.size());
     global_batch = sampling.global_batch;
+    if (settings.check_memory) check_memory(lengths);
+  }
+
+  // Before the model is read: refuse, with the arithmetic, a run the machine cannot hold.
+  void check_memory(const std::vector<Index>& lengths) const {
+    const auto available = available_memory();
+    if (!available) return;
+    MemoryScenario s;
+    s.world_size = comm.size();
+    s.zero_stage = args.zero_stage;
+    s.prefetch_depth = args.prefetch_depth;
+    s.micro_batch = std::min<Index>(args.per_device_train_batch_size, sampler->per_rank());
+    s.seq_len = *std::max_element(lengths.begin(), lengths.end());
+    s.bf16 = args.bf16;
+    s.recompute = args.gradient_checkpointing;
+    s.selective = args.recompute_granularity == "selective";
+    s.bf16_residual = bf16_residual;
+    s.threads = rt->threads();
+    s.persistence_threshold = args.persistence_threshold;
+    s.dataset_tokens = data.report.train_tokens;
+    const MemoryEstimate estimate = estimate_memory(checkpoint->config(), *layout, s);
+    const int local_ranks = std::max(1, detect_launch().local_size);
+    const double need = estimate.total() * local_ranks;
+    if (need <= available->bytes) return;
+    auto gib = [](double bytes) { return fixed(bytes / 1073741824.0, 2) + " GiB"; };
+    std::vector<MemoryItem> items = estimate.items;
+    std::sort(items.begin(), items.end(),
+              [](const MemoryItem& a, const MemoryItem& b) { return a.bytes > b.bytes; });
+    std::string largest;
+    for (std::size_t i = 0; i < std::min<std::size_t>(3, items.size()); ++i)
+      largest += (i ? ", " : "") + items[i].name + " " + gib(items[i].bytes);
+    throw ResourceError(
+        "this run needs about " + gib(estimate.total()) + " per rank (micro-batch " +
+        std::to_string(s.micro_batch) + " x " + std::to_string(s.seq_len) + " tokens; largest: " +
+        largest + ") x " + std::to_string(local_ranks) + " rank(s) on this machine = " +
+        gib(need) + ", more than the " + gib(available->bytes) + " available (" +
+        available->source +
+        "). Lower --per_device_train_batch_size (raise --gradient_accumulation_steps to keep "
+        "the global batch) or --max_seq_length, keep --gradient_checkpointing on, or spread "
+        "the model over more machines; --check_memory false runs it anyway");
   }
   virtual ~Impl() = default;
 
@@ -282,8 +334,7 @@ class PolicyRun final : public TrainingRun::Impl {
     };
     const LlamaConfig& config = checkpoint->config();
     const double load_start = now_seconds();
-    // ZeRO-3 shards the base weights; stages 0-2 keep them whole on every rank; stage 0 also
-    // keeps every LoRA tensor's optimizer state whole.
+    // ZeRO-3 shards the base weights; stages 0-2 keep them whole on every rank.
     if (args.zero_stage == 3 && comm.size() > 1)
       weights_ = std::make_unique<ShardedWeights<Weight>>(ShardedWeights<Weight>::load(
           *rt, comm, *checkpoint, ZeroOptions{args.prefetch_depth, args.max_live_elements}));
@@ -314,8 +365,28 @@ class PolicyRun final : public TrainingRun::Impl {
         AdamWConfig{args.adam_beta1, args.adam_beta2, args.adam_epsilon, args.weight_decay};
     options.max_grad_norm = args.max_grad_norm;
     options.seed = args.seed;
-    options.persistence_threshold =
-        args.zero_stage == 0 ? std::numeric_limits<Index>::max() : args.persistence_threshold;
+    // ZeRO stages, for what trains (LoRA) and what does not (the base weights):
+    //   0     everything whole on every rank;
+    //   1, 2  the base whole on every rank (no weight gathers: the fastest where it fits);
+    //         every LoRA tensor's optimizer state (1) and gradients (2) partitioned. Both
+    //         stages partition all three of a LoRA's parameters, gradients and moments: the
+    //         same results, and the tensors are small enough that the per-layer gather of the
+    //         parameters costs nothing worth a second code path;
+    //   3     the base weights partitioned as well, LoRA tensors by the persistence threshold.
+    options.persistence_threshold = args.zero_stage == 0   ? std::numeric_limits<Index>::max()
+                                    : args.zero_stage < 3 ? Index{0}
+                                                          : args.persistence_threshold;
+    if (comm.size() > 1 && (args.zero_stage == 1 || args.zero_stage == 2))
+      note("note: ZeRO stage " + std::to_string(args.zero_stage) +
+           ": the base model is whole on every rank; the LoRA tensors' optimizer state and "
+           "gradients (and parameters) are partitioned over the " +
+           std::to_string(comm.size()) + " ranks");
+    if (settings.poison_step > 0 && settings.poison_layer >= config.num_layers)
+      throw UsageError("--debug_poison_layer " + std::to_string(settings.poison_layer) +
+                       ": the model has decoder layers 0 to " +
+                       std::to_string(config.num_layers - 1));
+    options.poison_step = settings.poison_step - 1;
+    options.poison_layer = settings.poison_layer;
     trainer_.emplace(*rt, comm, *model_, *layout, options, init);
     note("training: " + std::to_string(total_steps) + " steps (" + std::to_string(per_epoch) +
          " per epoch), global batch " + std::to_string(global_batch) + " = " +
@@ -367,6 +438,7 @@ class PolicyRun final : public TrainingRun::Impl {
       const double t0 = now_seconds();
       const StepStats stats =
           trainer_->step(data.train, mine, count_targets(data.train, global), lr, step);
+      if (!stats.finite) skip_nonfinite(stats, observer);  // throws beyond the limit
       const double tokens = static_cast<double>(comm.all_reduce_sum<std::int64_t>(stats.tokens));
       const double dt = now_seconds() - t0;
       done = step + 1;
@@ -374,12 +446,15 @@ class PolicyRun final : public TrainingRun::Impl {
       const double flops =
           model_flops_per_token(checkpoint->config(), *layout, static_cast<Index>(mean_length)) *
           tokens;
-      window_loss += stats.loss;
+      if (stats.finite) {  // a skipped step has no loss to average
+        window_loss += stats.loss;
+        ++window_steps;
+        loss_total_ += stats.loss;
+        ++loss_steps_;
+      }
       window_time += dt;
       window_tokens += tokens;
       window_samples += static_cast<double>(global.size());
-      ++window_steps;
-      loss_total_ += stats.loss;
       if (done - first_step > args.throughput_warmup_steps) {
         totals_.time += dt;
         totals_.tokens += tokens;
@@ -390,9 +465,9 @@ class PolicyRun final : public TrainingRun::Impl {
       if (leader && observer) observer->step({done, total_steps, stats.loss, lr, tokens / dt});
       if (done % args.logging_steps == 0 || done == total_steps) {
         const std::vector<double> rss = all_peak_rss();
-        const double loss = window_loss / static_cast<double>(window_steps);
-        report(observer,
-               ojson{{"step", done},
+        const double loss = window_steps > 0 ? window_loss / static_cast<double>(window_steps)
+                                             : std::numeric_limits<double>::quiet_NaN();
+        ojson record{{"step", done},
                      {"epoch", static_cast<double>(done) / static_cast<double>(per_epoch)},
                      {"loss", loss},
                      {"lr", lr},
@@ -400,8 +475,10 @@ class PolicyRun final : public TrainingRun::Impl {
                      {"tokens_per_second", window_tokens / window_time},
                      {"samples_per_second", window_samples / window_time},
                      {"mfu", flops / dt / 1e9 / peak_gflops_},
-                     {"peak_rss_mib", rss}});
-        history_.train.push_back({static_cast<double>(done), loss});
+                     {"peak_rss_mib", rss}};
+        if (skipped_ > 0) record["skipped_steps"] = skipped_;
+        report(observer, record);
+        if (window_steps > 0) history_.train.push_back({static_cast<double>(done), loss});
         window_loss = window_time = window_tokens = window_samples = 0;
         window_steps = 0;
       }
@@ -436,7 +513,6 @@ class PolicyRun final : public TrainingRun::Impl {
       save_peft_adapter(settings.output_dir, *layout, final_params, settings.model_dir.string());
     // The run's peak on every rank, saving included.
     const std::vector<double> peak_rss = all_peak_rss();
-    const std::int64_t trained = total_steps - first_step;
     ojson summary{
         {"global_step", total_steps},
         {"epoch", static_cast<double>(total_steps) / static_cast<double>(per_epoch)},
@@ -445,7 +521,8 @@ class PolicyRun final : public TrainingRun::Impl {
         {"train_steps_per_second",
          totals_.time > 0 ? static_cast<double>(totals_.steps) / totals_.time : 0.0},
         {"train_tokens_per_second", totals_.time > 0 ? totals_.tokens / totals_.time : 0.0},
-        {"train_loss", trained > 0 ? loss_total_ / static_cast<double>(trained) : 0.0},
+        {"train_loss", loss_steps_ > 0 ? loss_total_ / static_cast<double>(loss_steps_) : 0.0},
+        {"skipped_steps", skipped_},
         {"mfu", totals_.time > 0 ? totals_.flops / totals_.time / 1e9 / peak_gflops_ : 0.0},
         {"throughput_warmup_steps", args.throughput_warmup_steps},
         {"world_size", comm.size()},
@@ -507,6 +584,32 @@ class PolicyRun final : public TrainingRun::Impl {
     if (leader && observer) observer->note("saved " + checkpoint_dir(step).string());
   }
 
+  // A step that went non-finite (and made no update): skipped and counted while the limit
+  // allows, else the run ends here, every rank together (they all saw the same sums).
+  void skip_nonfinite(const StepStats& stats, RunObserver* observer) {
+    const std::int64_t limit = args.skip_nonfinite_steps;
+    if (skipped_ < limit) {
+      ++skipped_;
+      if (leader && observer)
+        observer->note("warning: skipped " + stats.nonfinite + " (no update; " +
+                       std::to_string(skipped_) + " of at most " + std::to_string(limit) +
+                       " skipped steps)");
+      return;
+    }
+    const std::string kept =
+        last_saved_ > 0 ? "the last checkpoint (" + checkpoint_dir(last_saved_).string() +
+                              ") and everything else already in " + settings.output_dir.string() +
+                              " are as they were"
+                        : "no checkpoint was written yet; the files already in " +
+                              settings.output_dir.string() + " are as they were";
+    throw NumericalError(
+        "training went non-finite at " + stats.nonfinite + ". Nothing was written for it: " +
+        kept +
+        (limit > 0 ? "; " + std::to_string(limit) + " non-finite step(s) were skipped before"
+                   : std::string()) +
+        ". Lower --learning_rate, or let a few such steps pass with --skip_nonfinite_steps N");
+  }
+
   void draw_curve() const {
     if (leader)
       write_loss_curve_svg(settings.output_dir / "loss_curve.svg", history_.train, history_.eval,
@@ -520,6 +623,8 @@ class PolicyRun final : public TrainingRun::Impl {
   std::unique_ptr<MetricsLog> metrics_log_;  // rank 0
   MetricsHistory history_;
   double peak_gflops_ = 1, runtime_ = 0, loss_total_ = 0;
+  std::int64_t loss_steps_ = 0;  // steps whose loss is in loss_total_
+  std::int64_t skipped_ = 0;     // non-finite steps skipped (--skip_nonfinite_steps)
   Totals totals_;
   std::int64_t last_saved_ = 0;
   RunOutcome outcome_;

@@ -37,14 +37,21 @@ struct RunSettings {
   bool overwrite_output_dir = false;       // start over where an earlier run's outputs are
   bool do_eval = false;                    // evaluate at the end even with eval_strategy no
   int threads = 0;                         // per rank; 0: the cores divided among local ranks
+  // Refuse a run whose predicted memory (memory_estimate.hpp), times the ranks on this node,
+  // exceeds what the machine or its cgroup can still give.
+  bool check_memory = true;
   LoraInit lora_init = LoraInit::kKaimingUniform;
   DataOptions data;  // BOS/EOS ids are taken from the model's config.json
   TrainingArguments args;
+  // Fault injection, for the tests of the non-finite guard: at this step (counting from 1; 0:
+  // never) rank 0's first micro-batch gets a NaN in the output of decoder layer poison_layer.
+  std::int64_t poison_step = 0;
+  int poison_layer = 0;
 };
 
 // After each optimizer step.
 struct StepProgress {
-  std::int64_t step = 0;  // steps done
+  std::int64_t step = 0;  // steps done (a skipped non-finite step included)
   std::int64_t total_steps = 0;
   double loss = 0;  // this step's
   double learning_rate = 0;
@@ -88,6 +95,10 @@ class TrainingRun {
 
   // Trains from first_step() to the last step, with evaluations and checkpoints on the
   // arguments' schedule, until `stop` asks. Evaluates at the end (eval_strategy or do_eval).
+  // A step whose loss or gradient norm is NaN or Inf makes no update; beyond
+  // args.skip_nonfinite_steps of them the run throws NumericalError naming the step, the
+  // micro-batch and the layer or tensor, with nothing written for it: the checkpoints and the
+  // files already in the output directory stay as they were.
   RunOutcome run(const StopRequest& stop = nullptr, RunObserver* observer = nullptr);
 
   // After run(): the adapter, train_results.json and the loss curve when the run finished, or
