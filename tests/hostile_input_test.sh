@@ -2,11 +2,12 @@
 # Bad input and faults, tried as a user would: each case is a command line, its exit code and
 # the first line of its message. Also: a run forced non-finite leaves the previous adapter
 # and the last checkpoint byte-identical, and writes nothing for the failed step.
-# Usage: hostile_input_test.sh ZEROLORA_BINARY DEMO_DIR
+# Usage: hostile_input_test.sh ZEROLORA_BINARY DEMO_DIR MPIRUN
 set -uo pipefail
 bin="$1"
 model="$2/stories260K-hf"
 data="$2/instructions.json"
+mpirun=("$3" --allow-run-as-root --oversubscribe --bind-to none)
 source "$(dirname "$0")/check.sh"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -198,5 +199,27 @@ echo '{"train_micro_batch_size_per_gpu": "auto", "zero_optimization": {"stage": 
 "${train[@]}" --output_dir "$work/stage2" --deepspeed "$work/ds2.json" --max_steps 1 --save_strategy no > "$work/out.txt" 2>&1
 [ $? -eq 0 ] && grep -q "ZeRO stage 2" "$work/out.txt"
 check "a DeepSpeed config with stage 2: runs as documented (one rank)" $?
+
+# Two ranks: they agree on a non-finite step (one rank's NaN is every rank's stop), and ZeRO
+# stage 2 (the base whole on every rank, the LoRA partitioned) trains as one rank does.
+"${mpirun[@]}" -np 2 "${train[@]}" --threads 1 --output_dir "$work/mpi_nan" --max_steps 4 \
+  --debug_poison_step 3 --debug_poison_layer 1 > /dev/null 2> "$work/err.txt"
+code=$?
+[ "$code" -eq 1 ] && [ "$(grep -c "error: training went non-finite at step 3: .*micro-batch 0 of rank 0 .*decoder layer 1" "$work/err.txt")" -eq 2 ] \
+  && [ ! -e "$work/mpi_nan/adapter_model.safetensors" ]
+check "two ranks, a NaN on rank 0 at step 3: both ranks stop there with the same message" $? || cat "$work/err.txt"
+for w in 1 2; do
+  "${mpirun[@]}" -np "$w" "${train[@]}" --threads 1 --output_dir "$work/stage2_w$w" --max_steps 4 --bf16 false \
+    --per_device_train_batch_size $((4 / w)) --deepspeed "$work/ds2.json" --save_strategy no > "$work/out.txt" 2>&1
+done
+python3 - "$work/stage2_w1/metrics.jsonl" "$work/stage2_w2/metrics.jsonl" <<'PY'
+import json, sys
+losses = [[json.loads(l)["loss"] for l in open(p) if '"loss"' in l] for p in sys.argv[1:]]
+assert len(losses[0]) == 4 and len(losses[1]) == 4, losses
+sys.exit(0 if all(abs(a - b) <= 1e-5 * abs(a) for a, b in zip(*losses)) else 1)
+PY
+check "ZeRO stage 2 on two ranks: the losses of one rank (fp32, within 1e-5)" $?
+grep -q "note: ZeRO stage 2: the base model is whole on every rank" "$work/out.txt"
+check "ZeRO stage 2 on two ranks: says what it partitions" $?
 
 exit $((failures > 0))

@@ -74,6 +74,41 @@ TEST_F(DataTest, ReadsAlpacaJsonAndTheSameAsJsonLines) {
   }
 }
 
+TEST_F(DataTest, PrettyPrintedJsonObjectsInTheCommonShapes) {
+  const std::string a = R"({"instruction": "i0", "output": "o0"})";
+  const std::string b = R"({"instruction": "i1", "input": "x1", "output": "o1"})";
+  auto read = [&](const std::string& name, const std::string& text) {
+    return read_records(write(name, text), RecordKind::kInstruction).records;
+  };
+  // One record per line (JSON Lines in a .json file, as `datasets` reads it).
+  EXPECT_EQ(read("lines.json", a + "\n" + b + "\n").size(), 2u);
+  // An object holding one array of records, whatever its key is called, pretty-printed.
+  const auto wrapped = read("wrapped.json", "{\n  \"rows\": [\n    " + a + ",\n    " + b + "\n  ]\n}");
+  ASSERT_EQ(wrapped.size(), 2u);
+  EXPECT_EQ(wrapped[1].input, "x1");
+  // Columns of equal length.
+  const auto columns = read("columns.json", R"({
+    "instruction": ["i0", "i1"], "input": ["", "x1"], "output": ["o0", "o1"]})");
+  ASSERT_EQ(columns.size(), 2u);
+  EXPECT_EQ(columns[1].output, "o1");
+  // A single record, pretty-printed.
+  const auto single = read("single.json", "{\n  \"instruction\": \"i\",\n  \"output\": \"o\"\n}");
+  ASSERT_EQ(single.size(), 1u);
+  EXPECT_EQ(single[0].output, "o");
+  // Errors inside a wrapped array still name the record and field.
+  expect_format_error([&] { read("bad_wrapped.json", "{\n \"data\": [" + a + ", {\"output\": \"o\"}]}"); },
+                      {"bad_wrapped.json", "record 1", "instruction"});
+  // Ambiguous or unknown shapes are refused, saying what was expected.
+  expect_format_error([&] { read("two.json", "{\n \"train\": [" + a + "], \"test\": [" + b + "]}"); },
+                      {"two.json", "several arrays of records", "'test', 'train'"});
+  expect_format_error([&] { read("other.json", "{\n \"version\": 2, \"meta\": {}}"); },
+                      {"other.json", "expected an array of records", "'meta', 'version'"});
+  expect_format_error([&] { read("ragged.json", "{\n \"instruction\": [\"a\"], \"output\": [\"b\", \"c\"]}"); },
+                      {"ragged.json", "expected an array of records"});
+  expect_format_error([&] { read("broken.json", "{\n \"data\": ["); },
+                      {"broken.json", "neither JSON Lines", "nor one JSON document"});
+}
+
 TEST_F(DataTest, BadRecordsAreNamed) {
   expect_format_error(
       [&] {
@@ -298,6 +333,33 @@ TEST(Sampler, RanksPartitionEachGlobalBatch) {
         EXPECT_EQ(seen.size(), static_cast<std::size_t>(reference.steps_per_epoch() * 12));
       }
     }
+}
+
+// Hugging Face's semantics for a training set smaller than one global batch: one partial
+// batch per epoch holding the whole set (wrapped only up to a multiple of the world size),
+// never the set repeated up to the requested size.
+TEST(Sampler, DatasetSmallerThanTheGlobalBatchIsOnePartialBatch) {
+  const std::vector<Index> lengths(7, 10);
+  for (int world : {1, 2, 3}) {
+    SamplerOptions o;
+    o.global_batch = 300 * world;
+    o.world = world;
+    const DistributedSampler sampler(lengths, o);
+    const Index expected = (7 + world - 1) / world * world;
+    EXPECT_TRUE(sampler.partial_epoch_batch());
+    EXPECT_EQ(sampler.steps_per_epoch(), 1);
+    EXPECT_EQ(sampler.batch_size(), expected);
+    EXPECT_EQ(sampler.per_rank(), expected / world);
+    const auto batch = sampler.global_batch(0, 0);
+    EXPECT_EQ(static_cast<Index>(batch.size()), expected);
+    EXPECT_EQ(std::set<Index>(batch.begin(), batch.end()).size(), 7u);  // each sample, once+
+  }
+  SamplerOptions o;
+  o.global_batch = 4;
+  const DistributedSampler full(lengths, o);  // larger data: unchanged
+  EXPECT_FALSE(full.partial_epoch_batch());
+  EXPECT_EQ(full.batch_size(), 4);
+  EXPECT_EQ(full.steps_per_epoch(), 2);
 }
 
 TEST(Sampler, SeedAndEpochDetermineTheOrder) {

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "core/error.hpp"
@@ -252,6 +253,68 @@ TEST(PeftAdapter, RoundTripAndRefusals) {
   with("peft_type", "IA3");
   EXPECT_THROW(load_peft_adapter(dir.path(), base), UnsupportedError);
   EXPECT_THROW(load_peft_adapter(dir / "nope", base), IoError);
+
+  // A non-finite adapter is never written (the earlier one stays as it was) nor loaded.
+  std::ofstream(dir / "adapter_config.json") << config.dump();
+  const std::string before = testing::read_file(dir / "adapter_model.safetensors");
+  std::vector<float> broken = params;
+  broken[5] = std::numeric_limits<float>::infinity();
+  EXPECT_THROW(save_peft_adapter(dir.path(), layout, broken, "base/model"), NumericalError);
+  EXPECT_EQ(testing::read_file(dir / "adapter_model.safetensors"), before);
+  {
+    SafetensorsWriter writer;
+    for (const auto& e : layout.entries()) {
+      std::vector<float> values(broken.begin() + e.offset, broken.begin() + e.offset + e.numel());
+      if (e.offset == 0) values[3] = std::numeric_limits<float>::quiet_NaN();
+      writer.add<float>(e.name, DType::kF32, {e.rows, e.cols}, std::span<const float>(values));
+    }
+    writer.write(dir / "adapter_model.safetensors");
+  }
+  try {
+    load_peft_adapter(dir.path(), base);
+    FAIL();
+  } catch (const FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("holds nan at element 3"), std::string::npos) << e.what();
+  }
+}
+
+// Every numeric argument in range, NaN and Inf refused, each named by its flag; and a run
+// must have something to train.
+TEST(TrainingArguments, RangesAreChecked) {
+  EXPECT_NO_THROW(check_training_arguments(TrainingArguments{}));
+  auto refused = [](auto set, const std::string& flag) {
+    TrainingArguments a;
+    set(a);
+    try {
+      check_training_arguments(a);
+      ADD_FAILURE() << flag << " accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("--" + flag + " "), std::string::npos) << e.what();
+    }
+  };
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const double inf = std::numeric_limits<double>::infinity();
+  refused([&](auto& a) { a.learning_rate = nan; }, "learning_rate");
+  refused([&](auto& a) { a.learning_rate = inf; }, "learning_rate");
+  refused([&](auto& a) { a.learning_rate = -1; }, "learning_rate");
+  refused([&](auto& a) { a.adam_beta1 = 1; }, "adam_beta1");
+  refused([&](auto& a) { a.adam_epsilon = nan; }, "adam_epsilon");
+  refused([&](auto& a) { a.max_grad_norm = nan; }, "max_grad_norm");
+  refused([&](auto& a) { a.warmup_ratio = 1.5; }, "warmup_ratio");
+  refused([&](auto& a) { a.lora_dropout = 1; }, "lora_dropout");
+  refused([&](auto& a) { a.per_device_train_batch_size = 0; }, "per_device_train_batch_size");
+  refused([&](auto& a) { a.gradient_accumulation_steps = -1; }, "gradient_accumulation_steps");
+  refused([&](auto& a) { a.num_train_epochs = nan; }, "num_train_epochs");
+  refused(
+      [&](auto& a) {
+        a.num_train_epochs = 0;
+        a.max_steps = 0;
+      },
+      "num_train_epochs");
+  TrainingArguments steps_only;
+  steps_only.num_train_epochs = 0;
+  steps_only.max_steps = 3;
+  EXPECT_NO_THROW(check_training_arguments(steps_only));
 }
 
 }  // namespace

@@ -8,6 +8,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <span>
 #include <string>
 #include <vector>
@@ -51,6 +53,12 @@ class SharedDataTest : public ::testing::Test {
   std::filesystem::path llama2_tokenizer() const { return shared_ / "llama2-tokenizer.model"; }
   std::filesystem::path shared_;
 };
+
+// A whole file's bytes (for byte-identity checks).
+inline std::string read_file(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
 
 // A fresh directory for one test, removed afterwards.
 class TempDir {
