@@ -7,8 +7,8 @@
 #include <nlohmann/json.hpp>
 
 #include "apps/commands.hpp"
-#include "apps/flag_checks.hpp"
 #include "apps/data_flags.hpp"
+#include "apps/flag_checks.hpp"
 #include "core/error.hpp"
 #include "ops/cross_entropy.hpp"
 

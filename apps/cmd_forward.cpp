@@ -76,12 +76,11 @@ int run_forward(const ForwardOptions& o) {
                            ids64);
   if (has_loss) writer.set_metadata("loss", std::to_string(loss));
   writer.write(o.output);
-  const std::string loss_text =
-      has_loss ? "loss " + std::to_string(loss) + " (next-token cross-entropy)"
-               : std::string("no loss (one token: nothing to predict)");
-  std::printf("%zu tokens, %s; logits [%zu, %lld] written to %s\n", ids.size(),
-              loss_text.c_str(), ids.size(), static_cast<long long>(config.vocab_size),
-              o.output.c_str());
+  const std::string loss_text = has_loss
+                                    ? "loss " + std::to_string(loss) + " (next-token cross-entropy)"
+                                    : std::string("no loss (one token: nothing to predict)");
+  std::printf("%zu tokens, %s; logits [%zu, %lld] written to %s\n", ids.size(), loss_text.c_str(),
+              ids.size(), static_cast<long long>(config.vocab_size), o.output.c_str());
   return 0;
 }
 

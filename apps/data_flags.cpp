@@ -1,6 +1,6 @@
 #include "apps/data_flags.hpp"
-#include "apps/flag_checks.hpp"
 
+#include "apps/flag_checks.hpp"
 #include "apps/hf_args.hpp"
 #include "core/error.hpp"
 

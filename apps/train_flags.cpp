@@ -1,8 +1,8 @@
 #include "apps/train_flags.hpp"
-#include "apps/flag_checks.hpp"
 
 #include <algorithm>
 
+#include "apps/flag_checks.hpp"
 #include "apps/hf_args.hpp"
 
 namespace zerolora::cli {

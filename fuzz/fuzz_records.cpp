@@ -17,9 +17,9 @@
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   if (size < 1) return 0;
   static const char* const kExtensions[] = {".json", ".jsonl", ".txt"};
-  const std::filesystem::path file = std::filesystem::temp_directory_path() /
-                                     ("zerolora-fuzz-records-" + std::to_string(::getpid()) +
-                                      kExtensions[data[0] % 3]);
+  const std::filesystem::path file =
+      std::filesystem::temp_directory_path() /
+      ("zerolora-fuzz-records-" + std::to_string(::getpid()) + kExtensions[data[0] % 3]);
   {
     std::ofstream out(file, std::ios::binary | std::ios::trunc);
     out.write(reinterpret_cast<const char*>(data + 1), static_cast<std::streamsize>(size - 1));

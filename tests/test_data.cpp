@@ -83,7 +83,8 @@ TEST_F(DataTest, PrettyPrintedJsonObjectsInTheCommonShapes) {
   // One record per line (JSON Lines in a .json file, as `datasets` reads it).
   EXPECT_EQ(read("lines.json", a + "\n" + b + "\n").size(), 2u);
   // An object holding one array of records, whatever its key is called, pretty-printed.
-  const auto wrapped = read("wrapped.json", "{\n  \"rows\": [\n    " + a + ",\n    " + b + "\n  ]\n}");
+  const auto wrapped =
+      read("wrapped.json", "{\n  \"rows\": [\n    " + a + ",\n    " + b + "\n  ]\n}");
   ASSERT_EQ(wrapped.size(), 2u);
   EXPECT_EQ(wrapped[1].input, "x1");
   // Columns of equal length.
@@ -96,15 +97,18 @@ TEST_F(DataTest, PrettyPrintedJsonObjectsInTheCommonShapes) {
   ASSERT_EQ(single.size(), 1u);
   EXPECT_EQ(single[0].output, "o");
   // Errors inside a wrapped array still name the record and field.
-  expect_format_error([&] { read("bad_wrapped.json", "{\n \"data\": [" + a + ", {\"output\": \"o\"}]}"); },
-                      {"bad_wrapped.json", "record 1", "instruction"});
+  expect_format_error(
+      [&] { read("bad_wrapped.json", "{\n \"data\": [" + a + ", {\"output\": \"o\"}]}"); },
+      {"bad_wrapped.json", "record 1", "instruction"});
   // Ambiguous or unknown shapes are refused, saying what was expected.
-  expect_format_error([&] { read("two.json", "{\n \"train\": [" + a + "], \"test\": [" + b + "]}"); },
-                      {"two.json", "several arrays of records", "'test', 'train'"});
+  expect_format_error(
+      [&] { read("two.json", "{\n \"train\": [" + a + "], \"test\": [" + b + "]}"); },
+      {"two.json", "several arrays of records", "'test', 'train'"});
   expect_format_error([&] { read("other.json", "{\n \"version\": 2, \"meta\": {}}"); },
                       {"other.json", "expected an array of records", "'meta', 'version'"});
-  expect_format_error([&] { read("ragged.json", "{\n \"instruction\": [\"a\"], \"output\": [\"b\", \"c\"]}"); },
-                      {"ragged.json", "expected an array of records"});
+  expect_format_error(
+      [&] { read("ragged.json", "{\n \"instruction\": [\"a\"], \"output\": [\"b\", \"c\"]}"); },
+      {"ragged.json", "expected an array of records"});
   expect_format_error([&] { read("broken.json", "{\n \"data\": ["); },
                       {"broken.json", "neither JSON Lines", "nor one JSON document"});
 }

@@ -34,9 +34,9 @@ std::optional<AvailableMemory> available_memory() {
   std::optional<AvailableMemory> best;
   if (auto bytes = mem_available()) best = AvailableMemory{*bytes, "MemAvailable in /proc/meminfo"};
   // A container's limit binds before the machine's memory does.
-  const char* const cgroups[][2] = {
-      {"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"},
-      {"/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"}};
+  const char* const cgroups[][2] = {{"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"},
+                                    {"/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                     "/sys/fs/cgroup/memory/memory.usage_in_bytes"}};
   for (const auto& [limit_path, usage_path] : cgroups) {
     const auto limit = read_number(limit_path);
     if (!limit || *limit > 1e18) continue;  // v1 reports "no limit" as a huge number

@@ -254,9 +254,11 @@ void read_wrapped_records(const std::string& label, std::string_view text, Recor
     return read_json_array(records.dump(), reader);
   }
   if (scalars) return read_json_array(json::array({doc}).dump(), reader);
-  throw FormatError(label + ": expected an array of records [{...}, ...], one record per line "
+  throw FormatError(label +
+                    ": expected an array of records [{...}, ...], one record per line "
                     "(JSON Lines), or an object holding one array of records ({\"data\": "
-                    "[...]}); found an object with keys " + joined(keys));
+                    "[...]}); found an object with keys " +
+                    joined(keys));
 }
 
 void read_text_lines(const std::string& label, std::string_view text, std::vector<Record>& out) {

@@ -2,8 +2,8 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdio>
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <string>
 
@@ -165,8 +165,10 @@ std::string LoraTrainer<P>::describe_nonfinite(std::int64_t step_number, const S
   for (auto e = entries.rbegin(); e != entries.rend(); ++e)
     for (Index i = 0; i < e->numel(); ++i)
       if (!std::isfinite(whole[static_cast<std::size_t>(e->offset + i)]))
-        return text + "; every micro-batch's loss was finite: the backward pass went non-finite, "
-                      "first (in backward order) in the gradient of '" + e->name + "'";
+        return text +
+               "; every micro-batch's loss was finite: the backward pass went non-finite, "
+               "first (in backward order) in the gradient of '" +
+               e->name + "'";
   return text;
 }
 

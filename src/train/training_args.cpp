@@ -276,9 +276,9 @@ void check_training_arguments(const TrainingArguments& a) {
   real("eval_delay", a.eval_delay, 0, inf);
   whole("skip_nonfinite_steps", a.skip_nonfinite_steps, 0);
   if (a.max_steps <= 0 && a.num_train_epochs <= 0)
- throw UsageError("nothing to train: --num_train_epochs is " + number(a.num_train_epochs) +
-                      " and --max_steps is " + std::to_string(a.max_steps) +
-                      "; give a positive number of epochs or steps");
+    throw UsageError("nothing to train: --num_train_epochs is " + number(a.num_train_epochs) +
+                     " and --max_steps is " + std::to_string(a.max_steps) +
+                     "; give a positive number of epochs or steps");
 }
 
 DeepSpeedResult apply_deepspeed_config(const json& ds, TrainingArguments& a, int world,

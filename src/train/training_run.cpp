@@ -241,9 +241,8 @@ struct TrainingRun::Impl {
     throw ResourceError(
         "this run needs about " + gib(estimate.total()) + " per rank (micro-batch " +
         std::to_string(s.micro_batch) + " x " + std::to_string(s.seq_len) + " tokens; largest: " +
-        largest + ") x " + std::to_string(local_ranks) + " rank(s) on this machine = " +
-        gib(need) + ", more than the " + gib(available->bytes) + " available (" +
-        available->source +
+        largest + ") x " + std::to_string(local_ranks) + " rank(s) on this machine = " + gib(need) +
+        ", more than the " + gib(available->bytes) + " available (" + available->source +
         "). Lower --per_device_train_batch_size (raise --gradient_accumulation_steps to keep "
         "the global batch) or --max_seq_length, keep --gradient_checkpointing on, or spread "
         "the model over more machines; --check_memory false runs it anyway");
@@ -373,7 +372,7 @@ class PolicyRun final : public TrainingRun::Impl {
     //         same results, and the tensors are small enough that the per-layer gather of the
     //         parameters costs nothing worth a second code path;
     //   3     the base weights partitioned as well, LoRA tensors by the persistence threshold.
-    options.persistence_threshold = args.zero_stage == 0   ? std::numeric_limits<Index>::max()
+    options.persistence_threshold = args.zero_stage == 0  ? std::numeric_limits<Index>::max()
                                     : args.zero_stage < 3 ? Index{0}
                                                           : args.persistence_threshold;
     if (comm.size() > 1 && (args.zero_stage == 1 || args.zero_stage == 2))
@@ -596,15 +595,14 @@ class PolicyRun final : public TrainingRun::Impl {
                        " skipped steps)");
       return;
     }
-    const std::string kept =
-        last_saved_ > 0 ? "the last checkpoint (" + checkpoint_dir(last_saved_).string() +
-                              ") and everything else already in " + settings.output_dir.string() +
-                              " are as they were"
-                        : "no checkpoint was written yet; the files already in " +
-                              settings.output_dir.string() + " are as they were";
+    const std::string kept = last_saved_ > 0
+                                 ? "the last checkpoint (" + checkpoint_dir(last_saved_).string() +
+                                       ") and everything else already in " +
+                                       settings.output_dir.string() + " are as they were"
+                                 : "no checkpoint was written yet; the files already in " +
+                                       settings.output_dir.string() + " are as they were";
     throw NumericalError(
-        "training went non-finite at " + stats.nonfinite + ". Nothing was written for it: " +
-        kept +
+        "training went non-finite at " + stats.nonfinite + ". Nothing was written for it: " + kept +
         (limit > 0 ? "; " + std::to_string(limit) + " non-finite step(s) were skipped before"
                    : std::string()) +
         ". Lower --learning_rate, or let a few such steps pass with --skip_nonfinite_steps N");
