@@ -267,6 +267,16 @@ TEST_P(ModelGradCheck, LoraGradientsMatchFiniteDifferences) {
                                      static_cast<std::size_t>(e.numel()));
     EXPECT_LT(testing::max_rel_error(ours, fd), tolerance::kFiniteDifference) << e.name;
   }
+  // The dropout masks are a function of (seed, step): the same key gives the same loss, and
+  // another step or seed draws other masks (a model that reused one mask every step would
+  // pass every gradient check above).
+  const double at_key = loss();
+  EXPECT_EQ(loss(), at_key);
+  for (const StepKey other : {StepKey{42, 8}, StepKey{43, 7}}) {
+    std::vector<double> scratch(params.size(), 0.0);
+    EXPECT_NE(model.forward_backward(batch, params, scratch, 1.0 / count, other) / count, at_key)
+        << "seed " << other.seed << ", step " << other.step;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Recompute, ModelGradCheck,

@@ -4,12 +4,17 @@
 #include <gtest/gtest.h>
 #include <omp.h>
 
+#include <bit>
+#include <cmath>
+#include <limits>
 #include <random>
 
 #include "core/error.hpp"
 #include "model/batch.hpp"
 #include "ops/attention.hpp"
+#include "ops/convert.hpp"
 #include "ops/matmul.hpp"
+#include "ops/rmsnorm.hpp"
 #include "test_util.hpp"
 
 namespace zerolora {
@@ -176,6 +181,95 @@ TEST(Batch, ShiftsLabelsPerSegmentAndValidates) {
   EXPECT_THROW(batch.validate(10), ShapeError);
   EXPECT_THROW(batch.add_sequence({1, 2}, {1}, 2), ShapeError);
   EXPECT_THROW(batch.add_sequence({}, {}, 2), ShapeError);
+}
+
+}  // namespace
+}  // namespace zerolora
+
+namespace zerolora {
+namespace {
+
+// RMSNorm's value, against the formula: the finite-difference check only proves backward
+// consistent with forward, so a forward that dropped epsilon would pass it. The inputs are
+// small enough that epsilon changes the result by about 50%.
+TEST(RmsNorm, ForwardMatchesTheFormula) {
+  Runtime rt(2);
+  const Index M = 4, D = 6;
+  const double eps = 1e-2;
+  std::vector<double> x(M * D), w(D), y(M * D), rstd(M);
+  for (Index i = 0; i < M * D; ++i) x[i] = 0.1 * std::sin(1.0 + 0.7 * static_cast<double>(i));
+  for (Index j = 0; j < D; ++j) w[j] = 0.5 + 0.25 * static_cast<double>(j);
+  rmsnorm_forward(rt, y.data(), rstd.data(), x.data(), w.data(), M, D, eps);
+  for (Index r = 0; r < M; ++r) {
+    double mean_square = 0;
+    for (Index j = 0; j < D; ++j) mean_square += x[r * D + j] * x[r * D + j] / D;
+    const double expected_rstd = 1.0 / std::sqrt(mean_square + eps);
+    EXPECT_NEAR(rstd[r], expected_rstd, 1e-12 * expected_rstd) << "row " << r;
+    for (Index j = 0; j < D; ++j)
+      EXPECT_NEAR(y[r * D + j], x[r * D + j] * expected_rstd * w[j], 1e-12) << r << ", " << j;
+  }
+}
+
+// bf16 rounding, everywhere the engine rounds (the scalar conversion, whole arrays in
+// parallel, rounding in place, strided blocks), against an independent round-to-nearest-even:
+// std::nearbyint of the value in units of its bf16 ulp. For every bf16 value: the tie
+// halfway above it, and the floats just below and above that tie; plus NaN, Inf, overflow.
+float reference_bf16(float x) {
+  if (std::isnan(x) || std::isinf(x)) return x;
+  if (x == 0) return x;
+  const int exponent = std::max(std::ilogb(x), -126);  // subnormals share the smallest ulp
+  const double ulp = std::ldexp(1.0, exponent - 7);
+  const double rounded = std::nearbyint(static_cast<double>(x) / ulp) * ulp;  // ties to even
+  const double largest = std::ldexp(255.0 / 128.0, 127);                      // 0x7f7f
+  if (std::abs(rounded) > largest) return std::copysign(INFINITY, x);
+  return static_cast<float>(rounded);
+}
+
+TEST(Bf16, RoundsToNearestEvenEverywhere) {
+  std::vector<float> inputs;
+  for (std::uint32_t high = 0; high < 0x10000; ++high)
+    for (std::uint32_t low : {0x0000u, 0x7fffu, 0x8000u, 0x8001u, 0xffffu}) {
+      const float v = std::bit_cast<float>((high << 16) | low);
+      if (!std::isnan(v)) inputs.push_back(v);
+    }
+  ASSERT_GT(inputs.size(), 32768u * 4);  // the parallel path of convert()
+  Runtime rt(2);
+  std::vector<bf16> converted(inputs.size());
+  convert(rt, converted.data(), inputs.data(), static_cast<Index>(inputs.size()));
+  std::vector<float> in_place = inputs;
+  std::vector<bf16> copy(inputs.size());
+  round_to_bf16(rt, in_place.data(), copy.data(), static_cast<Index>(inputs.size()));
+  const Index cols = 5, rows = static_cast<Index>(inputs.size()) / cols;
+  std::vector<bf16> block(static_cast<std::size_t>(rows * cols));
+  convert_rows(rt, block.data(), inputs.data(), cols, rows, cols);
+  std::size_t wrong = 0;
+  for (std::size_t i = 0; i < inputs.size(); ++i) {
+    const float expected = reference_bf16(inputs[i]);
+    const bool ok = to_float(to_bf16(inputs[i])) == expected &&
+                    to_float(converted[i]) == expected && in_place[i] == expected &&
+                    to_float(copy[i]) == expected &&
+                    (i >= block.size() || to_float(block[i]) == expected) &&
+                    std::signbit(to_float(converted[i])) == std::signbit(expected);
+    if (!ok && ++wrong <= 5)
+      ADD_FAILURE() << "bf16 of " << inputs[i] << " (bits " << std::hex
+                    << std::bit_cast<std::uint32_t>(inputs[i]) << std::dec << "): got "
+                    << to_float(to_bf16(inputs[i])) << ", expected " << expected;
+  }
+  EXPECT_EQ(wrong, 0u);
+  // Ties, spelled out: 1 + 2^-8 lies halfway between 1 and 1 + 2^-7 (even: 1); 1 + 3 * 2^-8
+  // halfway between 1 + 2^-7 and 1 + 2^-6 (even: the latter).
+  EXPECT_EQ(to_float(to_bf16(1.0f + 0x1p-8f)), 1.0f);
+  EXPECT_EQ(to_float(to_bf16(1.0f + 3 * 0x1p-8f)), 1.0f + 0x1p-6f);
+  EXPECT_EQ(to_float(to_bf16(-(1.0f + 3 * 0x1p-8f))), -(1.0f + 0x1p-6f));
+  // NaN stays NaN (also a NaN whose payload lies only in the low bits), Inf stays Inf, and
+  // the largest float rounds up to Inf as torch's conversion does.
+  EXPECT_TRUE(std::isnan(to_float(to_bf16(std::bit_cast<float>(0x7f800001u)))));
+  EXPECT_TRUE(std::isnan(to_float(to_bf16(-NAN))));
+  EXPECT_EQ(to_float(to_bf16(INFINITY)), INFINITY);
+  EXPECT_EQ(to_float(to_bf16(-INFINITY)), -INFINITY);
+  EXPECT_EQ(to_float(to_bf16(std::numeric_limits<float>::max())), INFINITY);
+  // The smallest subnormal float is below half a bf16 subnormal ulp: it rounds to zero.
+  EXPECT_EQ(to_float(to_bf16(std::numeric_limits<float>::denorm_min())), 0.0f);
 }
 
 }  // namespace

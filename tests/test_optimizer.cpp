@@ -10,15 +10,25 @@
 namespace zerolora {
 namespace {
 
-TEST(AdamW, FirstStepIsExact) {
-  // beta1 = 0.5, beta2 = 0.75, eps = 0: m = 2, v = 4, m_hat = 4, sqrt(v_hat) = 4, so the update
-  // is lr * 1; weight decay multiplies by (1 - lr * wd) first.
+TEST(AdamW, FirstStepsAreExact) {
+  // beta1 = 0.5, beta2 = 0.9375 (1 - beta2 = 1/16), eps = 0, a constant gradient g = +-4:
+  // step 1: m = 2, v = 1; bias-corrected m_hat = 2 / 0.5 = 4, v_hat = 1 / 0.0625 = 16, so the
+  // update is lr * 4 / 4 = lr. Without the correction it would be lr * 2 / 1 = 2 lr: these
+  // betas do not cancel it. Step 2: m = 3, v = 1.9375; m_hat = 3 / 0.75 = 4,
+  // v_hat = 1.9375 / 0.12109375 = 16: lr again. Weight decay multiplies by (1 - lr * wd) first.
+  // Every number here is exact in binary floating point.
   Runtime rt(1);
-  AdamW<float> adam(3, AdamWConfig{0.5, 0.75, 0.0, 0.5});
-  std::vector<float> p{2.0f, -2.0f, 0.0f}, g{4.0f, -4.0f, 4.0f};
-  adam.step(rt, p, g, 0.5);
+  AdamW<float> adam(3, AdamWConfig{0.5, 0.9375, 0.0, 0.5});
+  std::vector<float> p{2.0f, -2.0f, 0.0f};
+  const std::vector<float> g{4.0f, -4.0f, 4.0f};
+  std::vector<float> grads = g;
+  adam.step(rt, p, grads, 0.5);
   EXPECT_EQ(p, (std::vector<float>{1.0f, -1.0f, -0.5f}));
   EXPECT_EQ(adam.steps(), 1);
+  grads = g;
+  adam.step(rt, p, grads, 0.5);
+  EXPECT_EQ(p, (std::vector<float>{0.25f, -0.25f, -0.875f}));
+  EXPECT_EQ(adam.steps(), 2);
 }
 
 TEST(AdamW, MatchesIndependentDoubleImplementation) {

@@ -104,4 +104,21 @@ double max_rel_error(const std::vector<A>& actual, const std::vector<B>& expecte
   return max_rel_error(std::span<const A>(actual), std::span<const B>(expected));
 }
 
+// mean_i |a_i - b_i| / max_i |b_i|: robust to a few elements that round the other way at a
+// bf16 boundary (each costs a whole bf16 step in max_rel_error).
+template <class A, class B>
+double mean_rel_error(const std::vector<A>& actual, const std::vector<B>& expected) {
+  EXPECT_EQ(actual.size(), expected.size());
+  const std::size_t n = std::min(actual.size(), expected.size());
+  double sum_diff = 0, max_ref = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const double a = static_cast<double>(actual[i]), b = static_cast<double>(expected[i]);
+    if (!std::isfinite(a)) return INFINITY;
+    sum_diff += std::abs(a - b);
+    max_ref = std::max(max_ref, std::abs(b));
+  }
+  const double mean = n > 0 ? sum_diff / static_cast<double>(n) : 0.0;
+  return max_ref > 0 ? mean / max_ref : mean;
+}
+
 }  // namespace zerolora::testing

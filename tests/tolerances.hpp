@@ -6,35 +6,48 @@
 namespace zerolora::tolerance {
 
 struct Fixture {
-  double logits;       // logits of every real position
-  double loss;         // mean token loss (relative), also each of the 3 training steps' losses
-  double grad;         // each LoRA gradient tensor at the fixture point, and step 0's grad norm
-  double later_norms;  // grad norms of steps 1 and 2 (relative); < 0: not compared
-  double weights;      // each LoRA tensor after 3 AdamW steps; < 0: not compared
-  double update;       // mean |Δours - Δref| / (lr * steps) over each tensor after 3 steps
+  double logits;        // logits of every real position
+  double logits_mean;   // the same, mean over the elements instead of max (mean_rel_error)
+  double loss;          // mean token loss (relative), also step 0's loss through the trainer
+  double later_losses;  // the losses of steps 1 and 2 through the trainer (relative)
+  double grad;          // each LoRA gradient tensor at the fixture point, and step 0's grad norm
+  double later_norms;   // grad norms of steps 1 and 2 (relative); < 0: not compared
+  double weights;       // each LoRA tensor after 3 AdamW steps; < 0: not compared
+  double update;        // mean |Δours - Δref| / (lr * steps) over each tensor after 3 steps
 };
 
-// fp32 mode vs the fp32 reference. Both compute in fp32 with identical (bf16-exact) weights;
-// differences come only from summation order (oneDNN's blocking vs torch's, the fused
-// softmax, double-accumulated loss): a few ulps, amplified by depth, well under 1e-5.
+// fp32 mode vs the fp32 reference (Transformers + PEFT, tools/make_fixtures.py). Both compute
+// in fp32 with identical (bf16-exact) weights; differences come only from summation order
+// (oneDNN's blocking vs torch's, the fused softmax, double-accumulated loss): a few ulps,
+// amplified by depth, well under 1e-5 (measured worst: logits 4.8e-7, loss 2.8e-8, grads
+// 1.4e-6, later norms 3.4e-6). The 1e-5 is the fp32 contract, not 2-3x the measurement: the
+// CUDA backend will be held to the same table.
 // weights (2e-4): AdamW divides each element's gradient by its own magnitude, so an element
 // whose gradient is 1e-7 of its tensor's largest (several exist) has its update direction
-// set by digits that are below the 1e-5-of-max gradient contract. Measured worst: 1.2e-4
+// set by digits that are below the 1e-5-of-max gradient contract. Measured worst: 5.1e-5
 // (odd_untied_all, layer 0 down_proj.lora_B, whose smallest gradients are ~1e-6 of the
-// largest); every other tensor and every loss, norm and gradient is within 1e-5.
-inline constexpr Fixture kFp32{1e-5, 1e-5, 1e-5, 1e-5, 2e-4, 1e-3};
+// largest).
+inline constexpr Fixture kFp32{1e-5, 1e-5, 1e-5, 1e-5, 1e-5, 1e-5, 2e-4, 1e-3};
 
-// bf16 mode vs the fp32 reference. Weights are identical, but every base matmul operand
-// (activations, attention probabilities, output gradients) is rounded to bf16 (relative step
-// 2^-8 = 0.4%). Logits stay within ~1% of their scale, the loss (an average) within 0.5%,
-// gradients within a few percent (products of two rounded chains).
-// After steps: the fixtures use lr = 1e-2, which moves LoRA weights by 10-20% per step, and
-// AdamW's near-sign updates flip for elements whose gradient is within bf16 noise of zero.
-// The trajectory therefore drifts: losses still agree to 0.5%, but grad norms of steps 1-2
-// differ by up to 26% (gqa_tied) and single elements by up to 2 lr, so those are not
-// compared elementwise; instead the mean update error must stay under 5% of lr per step
-// (measured: 0.1% to 2.4%).
-inline constexpr Fixture kBf16{2e-2, 5e-3, 5e-2, -1.0, -1.0, 5e-2};
+// bf16 mode vs the reference that rounds to bf16 where the engine does
+// (tools/make_bf16_fixtures.py: every base-matmul operand, forward and backward; bf16
+// residual cases against their own file). What is left is fp32 summation order deciding, for
+// an element within a few ulps of a bf16 rounding boundary, which way it rounds ("tie
+// flips"); each tolerance is 2-3x the worst measured over the 4 fixtures x 3 recompute modes
+// x both residual modes (ctest -R Fixtures with ZEROLORA_PRINT_MEASURED=1 prints them):
+//   logits       2.9e-3 max: one flipped element moves its row by a bf16 step (the fp32
+//                reference is 3.7e-3 away, so max alone cannot tell the two apart) ...
+//   logits_mean  1.7e-4: ... which the mean error does (the fp32 reference is 4-5e-4 away);
+//   loss         8.5e-6 (vs the fp32 reference: 1.6e-5 to 3.8e-5);
+//   later_losses 8.9e-5: after 1-2 updates at lr 1e-2 the trajectories drift apart;
+//   grad         3.1e-3 per tensor, and step 0's norm 7.2e-4 (vs fp32: up to 9.9e-3);
+//   later_norms  3.0e-3 (vs fp32: up to 26%);
+//   update       4.9e-3 of lr per step, mean over each tensor after 3 steps;
+//   weights      not compared elementwise: lr = 1e-2 moves LoRA weights 10-20% per step and
+//                AdamW's near-sign update flips for elements whose gradient is within
+//                bf16 noise of zero (worst element 0.14 of its tensor's scale); the mean
+//                update error above compares the final weights instead.
+inline constexpr Fixture kBf16{6e-3, 4e-4, 2.5e-5, 2.5e-4, 8e-3, 8e-3, -1.0, 1.2e-2};
 
 // W ranks vs one process, both fp32, the same micro-batches (tests/mpi): only the order of
 // the sums differs (a rank's partial gradients all-reduced or reduce-scattered instead of

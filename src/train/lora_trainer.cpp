@@ -152,15 +152,7 @@ std::string LoraTrainer<P>::describe_nonfinite(std::int64_t step_number, const S
   }
   // Every loss was finite: the backward pass made it. The gradients whole, in layout order,
   // searched in the order backward computes them (the last layer first).
-  const LoraPartition& plan = shards_.partition();
-  std::vector<float> whole(static_cast<std::size_t>(layout_.size()), 0.0f);
-  plan.unpack_replicated(shards_.replicated_grads().data(), whole.data());
-  const auto shard = shards_.shard_grads();
-  std::vector<float> shards(shard.size() * static_cast<std::size_t>(comm_.size()));
-  comm_.all_gather(shard.data(), shards.data(), shard.size() * sizeof(float));
-  std::vector<const float*> shard_ptrs;
-  for (int r = 0; r < comm_.size(); ++r) shard_ptrs.push_back(shards.data() + r * shard.size());
-  if (!shard.empty()) plan.unshard(shard_ptrs, whole.data());
+  const std::vector<float> whole = shards_.gather_grads();
   const auto& entries = layout_.entries();
   for (auto e = entries.rbegin(); e != entries.rend(); ++e)
     for (Index i = 0; i < e->numel(); ++i)

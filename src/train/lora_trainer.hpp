@@ -78,6 +78,9 @@ class LoraTrainer {
   // The whole LoRA parameter vector, on every rank (collective under ZeRO-3: all ranks call
   // it).
   std::vector<Act> gather_params() { return shards_.gather_params(); }
+  // The last step's gradient, whole, after its reduction over the ranks and clipping (what
+  // AdamW used); collective.
+  std::vector<Act> gather_grads() { return shards_.gather_grads(); }
 
   // Resume support. The state of this rank is the AdamW moments (of the replicated tensors,
   // and of this rank's shard of the partitioned ones) and the step count; the weights

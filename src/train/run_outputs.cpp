@@ -18,29 +18,57 @@ bool is_run_output(const fs::path& path) {
          name == "loss_curve.svg" || name == "train_results.json";
 }
 
-void prepare_output_dir(const fs::path& dir, bool overwrite, bool resuming, bool leader) {
+namespace {
+
+// The run outputs and the other entries of an output directory (none when resuming: the
+// directory is the run's own).
+struct DirContents {
+  std::vector<fs::path> ours, theirs;
+};
+
+DirContents read_output_dir(const fs::path& dir, bool resuming) {
+  DirContents contents;
+  if (fs::exists(dir) && !fs::is_directory(dir))
+    throw UsageError(dir.string() + ": --output_dir is a file");
+  if (!resuming && fs::is_directory(dir))
+    for (const auto& entry : fs::directory_iterator(dir))
+      (is_run_output(entry.path()) ? contents.ours : contents.theirs).push_back(entry.path());
+  return contents;
+}
+
+[[noreturn]] void throw_output_dir_error(const fs::path& dir, const fs::filesystem_error& e) {
+  throw IoError(dir.string() + ": --output_dir: " + e.code().message() +
+                (e.path1().empty() || e.path1() == dir ? "" : " (" + e.path1().string() + ")"));
+}
+
+}  // namespace
+
+void check_output_dir(const fs::path& dir, bool overwrite, bool resuming) {
   try {
-    if (fs::exists(dir) && !fs::is_directory(dir))
-      throw UsageError(dir.string() + ": --output_dir is a file");
-    std::vector<fs::path> ours, theirs;
-    if (!resuming && fs::is_directory(dir))
-      for (const auto& entry : fs::directory_iterator(dir))
-        (is_run_output(entry.path()) ? ours : theirs).push_back(entry.path());
-    if (!theirs.empty())
+    const DirContents contents = read_output_dir(dir, resuming);
+    if (!contents.theirs.empty())
       throw UsageError(dir.string() + ": --output_dir holds files zerolora did not write (e.g. " +
-                       theirs.front().filename().string() + "); choose an empty or new directory");
-    if (!ours.empty() && !overwrite)
+                       contents.theirs.front().filename().string() +
+                       "); choose an empty or new directory");
+    if (!contents.ours.empty() && !overwrite)
       throw UsageError(dir.string() + ": --output_dir already holds a training run (" +
-                       ours.front().filename().string() +
+                       contents.ours.front().filename().string() +
                        "); pass --resume_from_checkpoint last to continue it, or "
                        "--overwrite_output_dir to start over");
-    if (!leader) return;
+  } catch (const fs::filesystem_error& e) {
+    throw_output_dir_error(dir, e);
+  }
+}
+
+void prepare_output_dir(const fs::path& dir, bool overwrite, bool resuming) {
+  try {
+    const DirContents contents = read_output_dir(dir, resuming);
     // Writable before anything is removed, and before the model is read.
     make_writable_directory(dir, "--output_dir");
-    for (const auto& p : ours) fs::remove_all(p);
+    if (overwrite)
+      for (const auto& p : contents.ours) fs::remove_all(p);
   } catch (const fs::filesystem_error& e) {
-    throw IoError(dir.string() + ": --output_dir: " + e.code().message() +
-                  (e.path1().empty() || e.path1() == dir ? "" : " (" + e.path1().string() + ")"));
+    throw_output_dir_error(dir, e);
   }
 }
 

@@ -16,10 +16,15 @@ namespace zerolora {
 bool is_run_output(const std::filesystem::path& path);
 
 // Refuses (UsageError) an output directory that is a file, that holds files a run did not
-// write, or that holds an earlier run unless `overwrite` (its outputs are then removed, by
-// the leader) or `resuming`. The leader creates the directory.
-void prepare_output_dir(const std::filesystem::path& dir, bool overwrite, bool resuming,
-                        bool leader);
+// write, or that holds an earlier run unless `overwrite` or `resuming`. Reads only: every
+// rank may call it, and all must have before anyone calls prepare_output_dir (which writes a
+// probe file that another rank's look would take for a stranger's).
+void check_output_dir(const std::filesystem::path& dir, bool overwrite, bool resuming);
+
+// After check_output_dir, on one rank: creates the directory, proves it writable (IoError
+// naming the path and the reason), and with `overwrite` (not resuming) removes the earlier
+// run's outputs.
+void prepare_output_dir(const std::filesystem::path& dir, bool overwrite, bool resuming);
 
 // On resume: metrics.jsonl is cut back to the records up to `step` (rewritten atomically), and
 // the loss curves those records draw are returned.

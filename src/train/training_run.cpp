@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <exception>
 #include <limits>
 #include <optional>
 #include <thread>
@@ -146,8 +147,19 @@ struct TrainingRun::Impl {
     bf16_residual = resolve_bf16_residual(args.residual_dtype, args.bf16);
     rt.emplace(settings.threads > 0 ? settings.threads : default_threads_per_rank());
     if (args.bf16) require_bf16_matmul(*rt);
-    prepare_output_dir(settings.output_dir, settings.overwrite_output_dir, resuming, leader);
+    // Every rank looks before rank 0 writes; a failure there ends every rank alike.
+    check_output_dir(settings.output_dir, settings.overwrite_output_dir, resuming);
     comm.barrier();
+    std::exception_ptr failed;
+    if (leader) try {
+        prepare_output_dir(settings.output_dir, settings.overwrite_output_dir, resuming);
+      } catch (...) {
+        failed = std::current_exception();
+      }
+    if (comm.all_reduce_sum<std::int64_t>(failed ? 1 : 0) > 0) {
+      if (failed) std::rethrow_exception(failed);
+      throw IoError(settings.output_dir.string() + ": rank 0 could not prepare --output_dir");
+    }
     checkpoint.emplace(settings.model_dir);
     const Tokenizer tokenizer = open_model_tokenizer(settings.model_dir, checkpoint->config());
 

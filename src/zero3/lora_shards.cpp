@@ -105,13 +105,14 @@ void LoraShards::set_params(std::span<const float> whole) {
   plan_.shard_of(whole.data(), comm_.rank(), shard_params_.data());
 }
 
-std::vector<float> LoraShards::gather_params() {
+std::vector<float> LoraShards::gather(const Buffer<float>& replicated,
+                                      const Buffer<float>& shard) {
   flush();
   std::vector<float> whole(static_cast<std::size_t>(plan_.replicated + plan_.partitioned), 0.0f);
-  plan_.unpack_replicated(replicated_params_.data(), whole.data());
+  plan_.unpack_replicated(replicated.data(), whole.data());
   for (const auto& l : plan_.layers) {  // layer by layer: no second whole-size buffer
     if (l.shard == 0) continue;
-    comm_.all_gather(shard_params_.data() + l.shard_offset, gathered_.data(),
+    comm_.all_gather(shard.data() + l.shard_offset, gathered_.data(),
                      static_cast<std::size_t>(l.shard) * sizeof(float));
     for (const auto& p : l.partitioned)
       copy(whole.data() + p.offset, gathered_.data() + p.packed, p.count);

@@ -65,7 +65,10 @@ class LoraShards final : public LoraSource<float> {
   // Takes this rank's parts of a whole parameter vector (identical on every rank).
   void set_params(std::span<const float> whole);
   // The whole parameter vector, on every rank (collective: all ranks call it).
-  std::vector<float> gather_params();
+  std::vector<float> gather_params() { return gather(replicated_params_, shard_params_); }
+  // The whole gradient vector as it stands (after the step's reduction; collective), for
+  // tests and diagnostics.
+  std::vector<float> gather_grads() { return gather(replicated_grads_, shard_grads_); }
   // Elements this rank keeps between layer passes (parameters, gradients, the buffers).
   Index resident_elements() const;
   // Completes the communication still in flight: the last layer's gradient reduce-scatter
@@ -80,6 +83,7 @@ class LoraShards final : public LoraSource<float> {
   Communicator& comm_;
   LoraPartition plan_;
   Buffer<float> replicated_params_, replicated_grads_, shard_params_, shard_grads_;
+  std::vector<float> gather(const Buffer<float>& replicated, const Buffer<float>& shard);
   void start_gather(int layer);
   void finish_reduce();
 
