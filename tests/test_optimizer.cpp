@@ -1,11 +1,18 @@
-// AdamW and gradient clipping, with hyper-parameters chosen so the first step is exact in
-// binary floating point, then several steps against an independent double implementation.
+// AdamW and gradient clipping, with hyper-parameters chosen so the first steps are exact in
+// binary floating point, then several steps against an independent double implementation;
+// the trainer's clipping by the global norm.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <vector>
 
+#include "comm/communicator.hpp"
+#include "core/precision.hpp"
+#include "model/llama_model.hpp"
+#include "model/llama_weights.hpp"
+#include "test_util.hpp"
 #include "train/adamw.hpp"
+#include "train/lora_trainer.hpp"
 
 namespace zerolora {
 namespace {
@@ -71,6 +78,62 @@ TEST(ClipGradNorm, ScalesLikeTorch) {
   std::vector<float> h{3.0f, 4.0f};
   EXPECT_DOUBLE_EQ(clip_grad_norm<float>(rt, h, 0.0), 5.0);  // disabled
   EXPECT_EQ(h, (std::vector<float>{3.0f, 4.0f}));
+}
+
+// The trainer clips with the global norm, only ever down: below the threshold the gradient
+// AdamW sees is the model's own, above it the model's scaled by max / norm (every fixture and
+// MPI test clips at every step, so this is the one place a gradient under the threshold is
+// checked).
+TEST(LoraTrainer, ClipsOnlyAboveTheThreshold) {
+  Runtime rt(1);
+  LlamaConfig config;
+  config.hidden_size = 16;
+  config.intermediate_size = 24;
+  config.num_layers = 2;
+  config.num_heads = 2;
+  config.num_kv_heads = 1;
+  config.head_dim = 8;
+  config.vocab_size = 32;
+  auto weights = random_llama_weights<float>(rt, config, 7, 0.2);
+  LoraConfig lora;
+  lora.rank = 2;
+  lora.alpha = 4;
+  lora.dropout = 0.0;
+  lora.targets = parse_lora_targets("q_proj,v_proj");
+  const LoraLayout layout(config, lora);
+  std::vector<float> init(static_cast<std::size_t>(layout.size()));
+  init_lora_params<float>(init, layout, 3);
+  for (const auto& e : layout.entries())  // B != 0: every gradient non-trivial
+    if (e.is_b)
+      for (Index i = 0; i < e.numel(); ++i) init[e.offset + i] = 0.01f * static_cast<float>(i % 7);
+  LlamaModel<Fp32Policy> model(rt, weights, &layout);
+  std::vector<TokenSequence> data(2);
+  data[0] = {{1, 5, 9, 3, 7}, {1, 5, 9, 3, 7}, {5}};
+  data[1] = {{2, 4, 6, 8}, {kIgnoreIndex, 4, 6, 8}, {4}};
+  const std::vector<Index> all{0, 1};
+  const Index targets = count_targets(data, all);
+  // The model's own gradient of the mean loss, and its norm.
+  std::vector<float> expected(init.size(), 0.0f);
+  Batch batch;
+  for (const auto& s : data) batch.add_sequence(s.input_ids, s.labels, 0);
+  model.forward_backward(batch, init, expected, 1.0 / static_cast<double>(targets), {});
+  double norm = 0;
+  for (float g : expected) norm += static_cast<double>(g) * g;
+  norm = std::sqrt(norm);
+  ASSERT_GT(norm, 0);
+  auto comm = make_local_communicator();
+  for (const double max_norm : {4 * norm, norm / 4}) {
+    TrainerOptions options;
+    options.micro_batch = 1;
+    options.max_grad_norm = max_norm;
+    LoraTrainer<Fp32Policy> trainer(rt, *comm, model, layout, options, init);
+    const StepStats stats = trainer.step(data, all, targets, 1e-3, 0);
+    EXPECT_NEAR(stats.grad_norm, norm, 1e-5 * norm);
+    const double scale = std::min(1.0, max_norm / (norm + 1e-6));
+    std::vector<float> scaled(expected);
+    for (float& g : scaled) g = static_cast<float>(g * scale);
+    EXPECT_LT(testing::max_rel_error(trainer.gather_grads(), scaled), 1e-5) << "max " << max_norm;
+  }
 }
 
 }  // namespace

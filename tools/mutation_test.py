@@ -62,9 +62,8 @@ MUTATIONS = [
              "std::pow(grad_norm<Act>(rt_, shard_grads), 2)"),
     # Others, across ops, trainer, ZeRO-3 and data.
     Mutation("clip_scales_up", "clipping also scales small gradients up (no min(1, ...))",
-             "src/train/lora_trainer.cpp",
-             "std::min(1.0, options_.max_grad_norm / (stats.grad_norm + 1e-6))",
-             "options_.max_grad_norm / (stats.grad_norm + 1e-6)"),
+             "src/train/adamw.cpp", "std::min(1.0, max_norm / (norm + 1e-6))",
+             "max_norm / (norm + 1e-6)"),
     Mutation("loss_per_micro_batch", "loss scaled by the micro-batch's label count, not the global batch's",
              "src/train/lora_trainer.cpp",
              "model_.forward_backward(batch, shards_, 1.0 / static_cast<double>(global_targets), key);",

@@ -54,13 +54,16 @@ double grad_norm(Runtime& rt, std::span<const T> grads) {
   return std::sqrt(sum);
 }
 
+double clip_coefficient(double norm, double max_norm) {
+  return max_norm > 0 ? std::min(1.0, max_norm / (norm + 1e-6)) : 1.0;
+}
+
 template <class T>
 double clip_grad_norm(Runtime& rt, std::span<T> grads, double max_norm) {
   ProfileScope profile(rt.profiler(), ProfileCategory::kOptimizer);
   const double norm = grad_norm<T>(rt, std::span<const T>(grads.data(), grads.size()));
   if (max_norm <= 0) return norm;
-  const double coef = std::min(1.0, max_norm / (norm + 1e-6));
-  const T c = static_cast<T>(coef);
+  const T c = static_cast<T>(clip_coefficient(norm, max_norm));
   for (T& g : grads) g *= c;  // torch multiplies even when coef == 1
   return norm;
 }

@@ -43,8 +43,12 @@ class AdamW {
 template <class T>
 double grad_norm(Runtime& rt, std::span<const T> grads);
 
-// Scales grads by min(1, max_norm / (norm + 1e-6)) like clip_grad_norm_; returns the norm
-// before clipping. max_norm <= 0 disables clipping (the norm is still returned).
+// torch's clip_grad_norm_ factor: min(1, max_norm / (norm + 1e-6)); 1 when max_norm <= 0
+// (clipping off). Gradients are only ever scaled down.
+double clip_coefficient(double norm, double max_norm);
+
+// Scales grads by clip_coefficient(their norm, max_norm), like clip_grad_norm_; returns the
+// norm before clipping. max_norm <= 0 disables clipping (the norm is still returned).
 template <class T>
 double clip_grad_norm(Runtime& rt, std::span<T> grads, double max_norm);
 

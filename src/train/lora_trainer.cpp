@@ -113,8 +113,7 @@ StepStats LoraTrainer<P>::step(const std::vector<TokenSequence>& data,
     return stats;
   }
   if (options_.max_grad_norm > 0) {
-    const Act coef =
-        static_cast<Act>(std::min(1.0, options_.max_grad_norm / (stats.grad_norm + 1e-6)));
+    const auto coef = static_cast<Act>(clip_coefficient(stats.grad_norm, options_.max_grad_norm));
     for (Act& g : replicated_grads) g *= coef;
     for (Act& g : shard_grads) g *= coef;
   }
