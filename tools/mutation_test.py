@@ -131,15 +131,18 @@ def main():
     # A scratch copy of what git tracks (and untracked files it does not ignore).
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
                            capture_output=True, text=True, check=True).stdout.split("\n")
-    if src.exists():
-        shutil.rmtree(src)
+    # A fresh copy and a fresh build: a build left by an earlier run may hold objects compiled
+    # from a mutated file, newer than the copy of the original (make would keep them).
+    for stale in (src, build):
+        if stale.exists():
+            shutil.rmtree(stale)
     for name in filter(None, files):
         target = src / name
         target.parent.mkdir(parents=True, exist_ok=True)
         if (REPO / name).is_symlink():
             target.symlink_to(os.readlink(REPO / name))
         elif (REPO / name).exists():
-            shutil.copy2(REPO / name, target)
+            shutil.copy(REPO / name, target)
     for m in chosen:  # every mutation must still find its target exactly once
         count = (src / m.file).read_text().count(m.old)
         if count != 1:
