@@ -10,15 +10,15 @@
 #include <string>
 #include <vector>
 
+#include "comm/communicator.hpp"
 #include "core/precision.hpp"
+#include "data/examples.hpp"
 #include "io/checkpoint.hpp"
 #include "io/tensor_read.hpp"
 #include "model/llama_model.hpp"
 #include "model/llama_weights.hpp"
 #include "test_util.hpp"
 #include "tolerances.hpp"
-#include "comm/communicator.hpp"
-#include "data/examples.hpp"
 #include "train/lora_trainer.hpp"
 
 namespace zerolora {

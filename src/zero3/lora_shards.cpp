@@ -105,8 +105,7 @@ void LoraShards::set_params(std::span<const float> whole) {
   plan_.shard_of(whole.data(), comm_.rank(), shard_params_.data());
 }
 
-std::vector<float> LoraShards::gather(const Buffer<float>& replicated,
-                                      const Buffer<float>& shard) {
+std::vector<float> LoraShards::gather(const Buffer<float>& replicated, const Buffer<float>& shard) {
   flush();
   std::vector<float> whole(static_cast<std::size_t>(plan_.replicated + plan_.partitioned), 0.0f);
   plan_.unpack_replicated(replicated.data(), whole.data());

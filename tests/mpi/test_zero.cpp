@@ -38,7 +38,7 @@ std::vector<TokenSequence> synthetic_data(Index vocab) {
 
 struct RunResult {
   std::vector<double> losses;
-  std::vector<double> grad_norms;        // before clipping, every step
+  std::vector<double> grad_norms;         // before clipping, every step
   std::vector<std::vector<float>> grads;  // the whole clipped gradient, every step
   std::vector<float> params;
   Index shard = 0, replicated = 0, resident = 0;  // LoRA elements this rank keeps
@@ -124,8 +124,7 @@ TEST_P(WorldSizeInvariance, LossesAndAdapterEqualSingleProcess) {
     // The norm over all ranks, and every gradient value: Adam's updates cancel a constant
     // gradient scale, so the losses alone cannot see one.
     EXPECT_GT(reference.grad_norms[s], 1.5 * kMaxGradNorm) << "clipping must fire, step " << s;
-    EXPECT_NEAR(distributed.grad_norms[s], reference.grad_norms[s],
-                1e-5 * reference.grad_norms[s])
+    EXPECT_NEAR(distributed.grad_norms[s], reference.grad_norms[s], 1e-5 * reference.grad_norms[s])
         << "grad norm, step " << s << " world " << comm.size();
     EXPECT_LT(testing::max_rel_error(distributed.grads[s], reference.grads[s]), 1e-5)
         << "gradient, step " << s << " world " << comm.size();
