@@ -2,13 +2,41 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <limits>
 
 #include "core/error.hpp"
+#include "core/system_memory.hpp"
 #include "model/parameter_table.hpp"
 #include "zero3/lora_shards.hpp"
 
 namespace zerolora {
+
+void require_memory_fits(const MemoryEstimate& estimate, const MemoryScenario& s, int local_ranks) {
+  const auto available = available_memory();
+  if (!available) return;
+  const double need = estimate.total() * local_ranks;
+  if (need <= available->bytes) return;
+  auto gib = [](double bytes) {
+    char text[32];
+    std::snprintf(text, sizeof(text), "%.2f GiB", bytes / 1073741824.0);
+    return std::string(text);
+  };
+  std::vector<MemoryItem> items = estimate.items;
+  std::sort(items.begin(), items.end(),
+            [](const MemoryItem& a, const MemoryItem& b) { return a.bytes > b.bytes; });
+  std::string largest;
+  for (std::size_t i = 0; i < std::min<std::size_t>(3, items.size()); ++i)
+    largest += (i ? ", " : "") + items[i].name + " " + gib(items[i].bytes);
+  throw ResourceError(
+      "this run needs about " + gib(estimate.total()) + " per rank (micro-batch " +
+      std::to_string(s.micro_batch) + " x " + std::to_string(s.seq_len) + " tokens; largest: " +
+      largest + ") x " + std::to_string(local_ranks) + " rank(s) on this machine = " + gib(need) +
+      ", more than the " + gib(available->bytes) + " available (" + available->source +
+      "). Lower --per_device_train_batch_size (raise --gradient_accumulation_steps to keep "
+      "the global batch) or --max_seq_length, keep --gradient_checkpointing on, or spread "
+      "the model over more machines; --check_memory false runs it anyway");
+}
 
 double MemoryEstimate::total() const {
   double t = 0;

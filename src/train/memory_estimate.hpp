@@ -41,6 +41,12 @@ struct MemoryEstimate {
 MemoryEstimate estimate_memory(const LlamaConfig& model, const LoraLayout& lora,
                                const MemoryScenario& scenario);
 
+// Refuses (ResourceError, with the arithmetic and the largest items) a run whose estimate,
+// times the ranks on this machine, exceeds what the machine or its cgroup can still give;
+// does nothing when that cannot be read.
+void require_memory_fits(const MemoryEstimate& estimate, const MemoryScenario& scenario,
+                         int local_ranks);
+
 // Llama-2 7B, 13B and 70B configurations ("llama2-7b", "llama2-13b", "llama2-70b").
 LlamaConfig preset_config(const std::string& name);
 

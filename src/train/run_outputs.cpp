@@ -1,5 +1,6 @@
 #include "train/run_outputs.hpp"
 
+#include <exception>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -69,6 +70,22 @@ void prepare_output_dir(const fs::path& dir, bool overwrite, bool resuming) {
       for (const auto& p : contents.ours) fs::remove_all(p);
   } catch (const fs::filesystem_error& e) {
     throw_output_dir_error(dir, e);
+  }
+}
+
+void prepare_output_dir_on_all_ranks(Communicator& comm, const fs::path& dir, bool overwrite,
+                                     bool resuming) {
+  check_output_dir(dir, overwrite, resuming);
+  comm.barrier();  // every rank has looked before rank 0 writes its probe file
+  std::exception_ptr failed;
+  if (comm.rank() == 0) try {
+      prepare_output_dir(dir, overwrite, resuming);
+    } catch (...) {
+      failed = std::current_exception();
+    }
+  if (comm.all_reduce_sum<std::int64_t>(failed ? 1 : 0) > 0) {
+    if (failed) std::rethrow_exception(failed);
+    throw IoError(dir.string() + ": rank 0 could not prepare --output_dir");
   }
 }
 

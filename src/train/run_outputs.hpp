@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <vector>
 
+#include "comm/communicator.hpp"
 #include "train/metrics.hpp"
 
 namespace zerolora {
@@ -25,6 +26,11 @@ void check_output_dir(const std::filesystem::path& dir, bool overwrite, bool res
 // naming the path and the reason), and with `overwrite` (not resuming) removes the earlier
 // run's outputs.
 void prepare_output_dir(const std::filesystem::path& dir, bool overwrite, bool resuming);
+
+// Both, for a run on many ranks (collective): every rank checks, then rank 0 prepares; a
+// failure on rank 0 ends every rank alike (never one rank waiting in a collective).
+void prepare_output_dir_on_all_ranks(Communicator& comm, const std::filesystem::path& dir,
+                                     bool overwrite, bool resuming);
 
 // On resume: metrics.jsonl is cut back to the records up to `step` (rewritten atomically), and
 // the loss curves those records draw are returned.

@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <exception>
 #include <limits>
 #include <optional>
 #include <thread>
@@ -14,7 +13,6 @@
 #include "core/atomic_file.hpp"
 #include "core/error.hpp"
 #include "core/precision.hpp"
-#include "core/system_memory.hpp"
 #include "data/sampler.hpp"
 #include "io/json_file.hpp"
 #include "lora/peft_adapter.hpp"
@@ -147,19 +145,8 @@ struct TrainingRun::Impl {
     bf16_residual = resolve_bf16_residual(args.residual_dtype, args.bf16);
     rt.emplace(settings.threads > 0 ? settings.threads : default_threads_per_rank());
     if (args.bf16) require_bf16_matmul(*rt);
-    // Every rank looks before rank 0 writes; a failure there ends every rank alike.
-    check_output_dir(settings.output_dir, settings.overwrite_output_dir, resuming);
-    comm.barrier();
-    std::exception_ptr failed;
-    if (leader) try {
-        prepare_output_dir(settings.output_dir, settings.overwrite_output_dir, resuming);
-      } catch (...) {
-        failed = std::current_exception();
-      }
-    if (comm.all_reduce_sum<std::int64_t>(failed ? 1 : 0) > 0) {
-      if (failed) std::rethrow_exception(failed);
-      throw IoError(settings.output_dir.string() + ": rank 0 could not prepare --output_dir");
-    }
+    prepare_output_dir_on_all_ranks(comm, settings.output_dir, settings.overwrite_output_dir,
+                                    resuming);
     checkpoint.emplace(settings.model_dir);
     const Tokenizer tokenizer = open_model_tokenizer(settings.model_dir, checkpoint->config());
 
@@ -224,8 +211,6 @@ struct TrainingRun::Impl {
 
   // Before the model is read: refuse, with the arithmetic, a run the machine cannot hold.
   void check_memory(const std::vector<Index>& lengths) const {
-    const auto available = available_memory();
-    if (!available) return;
     MemoryScenario s;
     s.world_size = comm.size();
     s.zero_stage = args.zero_stage;
@@ -239,25 +224,8 @@ struct TrainingRun::Impl {
     s.threads = rt->threads();
     s.persistence_threshold = args.persistence_threshold;
     s.dataset_tokens = data.report.train_tokens;
-    const MemoryEstimate estimate = estimate_memory(checkpoint->config(), *layout, s);
-    const int local_ranks = std::max(1, detect_launch().local_size);
-    const double need = estimate.total() * local_ranks;
-    if (need <= available->bytes) return;
-    auto gib = [](double bytes) { return fixed(bytes / 1073741824.0, 2) + " GiB"; };
-    std::vector<MemoryItem> items = estimate.items;
-    std::sort(items.begin(), items.end(),
-              [](const MemoryItem& a, const MemoryItem& b) { return a.bytes > b.bytes; });
-    std::string largest;
-    for (std::size_t i = 0; i < std::min<std::size_t>(3, items.size()); ++i)
-      largest += (i ? ", " : "") + items[i].name + " " + gib(items[i].bytes);
-    throw ResourceError(
-        "this run needs about " + gib(estimate.total()) + " per rank (micro-batch " +
-        std::to_string(s.micro_batch) + " x " + std::to_string(s.seq_len) + " tokens; largest: " +
-        largest + ") x " + std::to_string(local_ranks) + " rank(s) on this machine = " + gib(need) +
-        ", more than the " + gib(available->bytes) + " available (" + available->source +
-        "). Lower --per_device_train_batch_size (raise --gradient_accumulation_steps to keep "
-        "the global batch) or --max_seq_length, keep --gradient_checkpointing on, or spread "
-        "the model over more machines; --check_memory false runs it anyway");
+    require_memory_fits(estimate_memory(checkpoint->config(), *layout, s), s,
+                        std::max(1, detect_launch().local_size));
   }
   virtual ~Impl() = default;
 
