@@ -14,6 +14,7 @@
 #include "data/tokenizer.hpp"
 #include "io/safetensors.hpp"
 #include "lora/peft_adapter.hpp"
+#include "model/backend.hpp"
 #include "model/llama_model.hpp"
 #include "model/llama_weights.hpp"
 
@@ -23,6 +24,7 @@ namespace {
 struct ForwardOptions {
   std::string model, adapter, input_ids, prompt, output, dtype = "fp32";
   int threads = 0;
+  std::string device = "cpu";
 };
 
 template <class P>
@@ -57,7 +59,7 @@ int run_forward(const ForwardOptions& o) {
   if (ids.empty()) throw UsageError("--input_ids holds no token id");
   const InferenceAdapter adapter = load_inference_adapter(o.adapter, config);
   const std::vector<float>& lora = adapter.params;
-  Runtime rt(o.threads);
+  Runtime rt(o.threads, make_device(o.device));
   auto weights = load_llama_weights<typename P::Weight>(rt, checkpoint);
   LlamaModel<P> model(rt, weights, adapter.layout.get());
   Batch batch;
@@ -102,6 +104,9 @@ Command add_forward(CLI::App& app) {
   cmd->add_option("--dtype", o->dtype, "fp32 (default: for comparisons) or bf16")
       ->capture_default_str()
       ->check(CLI::IsMember({"bf16", "fp32"}));
+  cmd->add_option("--device", o->device,
+                  "Where the model runs: cpu, or cuda / cuda:N (a GPU; builds with ZEROLORA_CUDA)")
+      ->capture_default_str();
   cmd->add_option("--threads", o->threads, "Threads (0: all cores)")
       ->capture_default_str()
       ->check(whole_in(0, 4096));

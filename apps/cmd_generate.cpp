@@ -14,6 +14,7 @@
 #include "data/tokenizer.hpp"
 #include "io/checkpoint.hpp"
 #include "lora/peft_adapter.hpp"
+#include "model/backend.hpp"
 #include "model/generate.hpp"
 #include "model/llama_weights.hpp"
 
@@ -26,6 +27,7 @@ struct GenerateOptions {
   SamplingOptions sampling;
   std::string dtype = "bf16";
   int threads = 0;
+  std::string device = "cpu";
 };
 
 template <class P>
@@ -35,7 +37,7 @@ int run_generate(const GenerateOptions& o) {
   const LlamaConfig& config = checkpoint.config();
   const Tokenizer tokenizer = open_model_tokenizer(dir, config);
   const InferenceAdapter adapter = load_inference_adapter(o.adapter, config);
-  Runtime rt(o.threads);
+  Runtime rt(o.threads, make_device(o.device));
   auto weights = load_llama_weights<typename P::Weight>(rt, checkpoint);
   LlamaModel<P> model(rt, weights, adapter.layout.get());
 
@@ -113,6 +115,9 @@ Command add_generate(CLI::App& app) {
                   "bf16: bf16 weights and matmuls (fp32 accumulation); fp32: everything fp32")
       ->capture_default_str()
       ->check(CLI::IsMember({"bf16", "fp32"}));
+  cmd->add_option("--device", o->device,
+                  "Where the model runs: cpu, or cuda / cuda:N (a GPU; builds with ZEROLORA_CUDA)")
+      ->capture_default_str();
   cmd->add_option("--threads", o->threads, "Compute threads (0: all cores)")
       ->capture_default_str()
       ->check(whole_in(0, 4096));

@@ -62,6 +62,7 @@ RunSettings run_settings(const TrainFlags& f) {
   s.overwrite_output_dir = f.overwrite_output_dir;
   s.do_eval = f.do_eval;
   s.threads = f.threads;
+  s.device = f.device;
   s.check_memory = f.check_memory;
   s.lora_init = f.lora_init == "gaussian" ? LoraInit::kGaussian : LoraInit::kKaimingUniform;
   s.data = f.data.options();

@@ -170,6 +170,9 @@ void add_train_flags(CLI::App& cmd, TrainFlags& f) {
                  "A DeepSpeed config (ds_config.json): batch sizes, bf16, gradient clipping, "
                  "optimizer, scheduler "
                  "and zero_optimization are read; \"auto\" values come from the flags");
+  cmd.add_option("--device", f.device,
+                 "Where the model runs: cpu, or cuda / cuda:N (a GPU; builds with ZEROLORA_CUDA)")
+      ->capture_default_str();
   cmd.add_option("--threads", f.threads,
                  "Compute threads per rank (0: the cores divided among local ranks)")
       ->capture_default_str()

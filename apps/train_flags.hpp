@@ -18,6 +18,7 @@ struct TrainFlags {
   bool disable_tqdm = false;
   bool check_memory = true;
   int threads = 0;
+  std::string device = "cpu";
   std::string lora_init = "kaiming";
   std::int64_t poison_step = 0;  // testing the non-finite guard (RunSettings::poison_step)
   int poison_layer = 0;

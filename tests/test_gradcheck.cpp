@@ -7,12 +7,13 @@
 #include <vector>
 
 #include "core/precision.hpp"
-#include "lora/lora_linear.hpp"
+#include "core/rng.hpp"
 #include "model/llama_model.hpp"
 #include "model/llama_weights.hpp"
 #include "ops/attention.hpp"
 #include "ops/cross_entropy.hpp"
 #include "ops/linear.hpp"
+#include "ops/lora_branch.hpp"
 #include "ops/rmsnorm.hpp"
 #include "ops/rope.hpp"
 #include "ops/swiglu.hpp"

@@ -6,8 +6,9 @@
 #include <numeric>
 
 #include "core/error.hpp"
+#include "core/rng.hpp"
 #include "lora/lora_layout.hpp"
-#include "lora/lora_linear.hpp"
+#include "ops/lora_branch.hpp"
 #include "zero3/lora_shards.hpp"
 
 namespace zerolora {

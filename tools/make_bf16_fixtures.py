@@ -504,7 +504,8 @@ def main():
     ap.add_argument("--check-only", action="store_true",
                     help="validate, write nothing, and fail (exit 1) unless the emulator with rounding "
                          "off reproduces reference.safetensors and the committed bf16 files are what "
-                         "it makes (the test suite runs this)")
+                         "it makes, within twice the ulp-level noise it measures (the test suite runs "
+                         "this)")
     ap.add_argument("--noise-floor", action="store_true",
                     help="also run the bf16 emulation with float64 arithmetic between the roundings and "
                          "print its distance from the float32 one: how far ulp-level differences (tie "
@@ -532,16 +533,24 @@ def main():
             out, _, _ = run_case(name, Rounding(True, residual))
             label = f"bf16{' residual' if residual else ''} vs fp32 reference"
             summary[(name, label)] = compare(out, ref, label, real)
-            if args.noise_floor:
+            noise = None
+            if args.noise_floor or args.check_only:
                 out64, _, _ = run_case(name, Rounding(True, residual), dtype=torch.float64)
                 label = f"bf16{' residual' if residual else ''}: float64-between-roundings vs float32"
-                summary[(name, label)] = compare(out64, out, label, real)
+                summary[(name, label)] = noise = compare(out64, out, label, real)
             if args.check_only:
+                # Regenerated on another CPU, torch's fp32 GEMMs sum in another order, and an
+                # element within ulps of a bf16 boundary rounds the other way (a tie flip): the
+                # committed file is "what this script makes" when it is as close as the ulp-level
+                # noise measured here (float64 vs float32 between the same roundings), with a
+                # factor 2 for the two machines' noise.
                 with safe_open(str(case / file_name), "pt") as committed:
                     got = compare(out, committed, f"regenerated vs committed {file_name}", real)
-                if max(got.values()) > 1e-6:
-                    failures.append(f"{name}: the committed {file_name} is not what this script makes "
-                                    f"(worst {max(got.values()):.2e}); regenerate it")
+                over = {k: v for k, v in got.items() if v > max(1e-6, 2 * noise[k])}
+                if over:
+                    failures.append(f"{name}: the committed {file_name} is not what this script makes: "
+                                    + ", ".join(f"{k} {v:.2e} (noise {noise[k]:.2e})" for k, v in over.items())
+                                    + "; regenerate it")
                 continue
             m = {k: v for k, v in meta.items() if k != "generator"}
             m["generator"] = (f"tools/make_bf16_fixtures.py: torch {torch.__version__}; own Llama forward/backward "

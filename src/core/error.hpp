@@ -61,6 +61,13 @@ class NumericalError : public Error {
   using Error::Error;
 };
 
+// A device call failed (CUDA, cuBLAS, cuDNN): the message names the call, the shape and the
+// library's own words.
+class DeviceError : public Error {
+ public:
+  using Error::Error;
+};
+
 // A broken internal invariant: a bug in zerolora, never the user's fault.
 class InternalError : public Error {
  public:

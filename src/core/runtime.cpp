@@ -38,6 +38,11 @@ Runtime::Runtime(int threads) {
   // model's step. Respect a user's own setting.
   setenv("DNNL_ITT_TASK_LEVEL", "0", 0);
   state_ = std::make_unique<detail::RuntimeState>(threads_);
+  device_ = std::make_unique<CpuDevice>(threads_);
+}
+
+Runtime::Runtime(int threads, std::unique_ptr<Device> device) : Runtime(threads) {
+  if (device) device_ = std::move(device);
 }
 
 Runtime::~Runtime() = default;

@@ -6,9 +6,7 @@
 
 #include "core/error.hpp"
 #include "core/precision.hpp"
-#include "ops/linear.hpp"
-#include "ops/rmsnorm.hpp"
-#include "ops/swiglu.hpp"
+#include "core/rng.hpp"
 
 namespace zerolora {
 namespace {
@@ -30,9 +28,8 @@ struct Dims {
 };
 
 template <class T>
-T* grow(Buffer<T>& buffer, Index count) {
-  buffer.ensure(static_cast<std::size_t>(count));
-  return buffer.data();
+T* grow(Device& device, DeviceBuffer<T>& buffer, Index count) {
+  return buffer.ensure(device, static_cast<std::size_t>(count));
 }
 
 template <class P>
@@ -41,19 +38,19 @@ class LayerOps {
   using Act = typename P::Act;
   using Weight = typename P::Weight;
 
-  explicit LayerOps(LayerContext<P>& ctx) : ctx_(ctx), rt_(ctx.rt) {}
+  explicit LayerOps(LayerContext<P>& ctx) : ctx_(ctx), k_(ctx.kernels) {}
 
   const Weight* w(LayerTensor t) const { return ctx_.weights + ctx_.layout.offset(t); }
 
   void base_forward(Mat<Act> dst, const Act* src, Index M, Index in, const Weight* weight,
                     bool accumulate) {
     ZL_CHECK(dst.rows == M);
-    linear_forward(rt_, dst, src, weight, in, accumulate, ctx_.workspace.operand);
+    k_.linear_forward(dst, src, weight, in, accumulate);
   }
 
   void base_backward(Act* diff_src, const Act* diff_dst, Index M, Index out, const Weight* weight,
                      Index in) {
-    linear_backward_data(rt_, diff_src, diff_dst, weight, M, out, in, ctx_.workspace.operand);
+    k_.linear_backward_data(diff_src, diff_dst, weight, M, out, in);
   }
 
   const LoraAdapterSlots* adapter(LoraModule m) const {
@@ -77,17 +74,17 @@ class LayerOps {
     const auto* slots = adapter(m);
     if (!slots) return;
     const auto& cfg = ctx_.lora.layout->config();
-    lora_forward<Act>(rt_, dst, z, Mat<const Act>::dense(src, M, in),
-                      ctx_.lora.param(slots->a_offset), ctx_.lora.param(slots->b_offset), cfg.rank,
-                      cfg.scale(), dropout(m, row_offset), ctx_.workspace.lora_scratch);
+    k_.lora_forward(dst, z, Mat<const Act>::dense(src, M, in), ctx_.lora.param(slots->a_offset),
+                    ctx_.lora.param(slots->b_offset), cfg.rank, cfg.scale(),
+                    dropout(m, row_offset));
   }
 
   void lora_project_into(LoraModule m, Act* z, const Act* src, Index M, Index in,
                          Index row_offset) {
     const auto* slots = adapter(m);
     if (!slots) return;
-    lora_project<Act>(rt_, z, Mat<const Act>::dense(src, M, in), ctx_.lora.param(slots->a_offset),
-                      rank(), dropout(m, row_offset), ctx_.workspace.lora_scratch);
+    k_.lora_project(z, Mat<const Act>::dense(src, M, in), ctx_.lora.param(slots->a_offset), rank(),
+                    dropout(m, row_offset));
   }
 
   void lora_backward_into(LoraModule m, Mat<Act> diff_src, Mat<const Act> diff_dst, const Act* z,
@@ -95,11 +92,10 @@ class LayerOps {
     const auto* slots = adapter(m);
     if (!slots || !ctx_.lora.view.grads) return;
     const auto& cfg = ctx_.lora.layout->config();
-    lora_backward<Act>(rt_, diff_src, ctx_.lora.grad(slots->a_offset),
-                       ctx_.lora.grad(slots->b_offset), diff_dst, z,
-                       Mat<const Act>::dense(src, diff_src.rows, diff_src.cols),
-                       ctx_.lora.param(slots->a_offset), ctx_.lora.param(slots->b_offset), cfg.rank,
-                       cfg.scale(), dropout(m, row_offset), ctx_.workspace.lora_scratch);
+    k_.lora_backward(diff_src, ctx_.lora.grad(slots->a_offset), ctx_.lora.grad(slots->b_offset),
+                     diff_dst, z, Mat<const Act>::dense(src, diff_src.rows, diff_src.cols),
+                     ctx_.lora.param(slots->a_offset), ctx_.lora.param(slots->b_offset), cfg.rank,
+                     cfg.scale(), dropout(m, row_offset));
   }
 
   // gate_up (=) [rows, 2I] = h2 Wgu^T + LoRA(gate, up); z_gate/z_up receive the LoRA z.
@@ -115,17 +111,14 @@ class LayerOps {
 
  private:
   LayerContext<P>& ctx_;
-  Runtime& rt_;
+  Kernels<P>& k_;
 };
 
-template <class T>
-void copy_rows(Runtime& rt, T* dst, const T* src, Index n) {
-  ProfileScope profile(rt.profiler(), ProfileCategory::kOther);
-  constexpr Index kChunk = 1 << 16;
-#pragma omp parallel for num_threads(rt.threads()) schedule(static)
-  for (Index c = 0; c < (n + kChunk - 1) / kChunk; ++c)
-    std::memcpy(dst + c * kChunk, src + c * kChunk,
-                static_cast<std::size_t>(std::min(kChunk, n - c * kChunk)) * sizeof(T));
+// dst (=) src, n values on the device: the residual stream's copy before an add.
+template <class P>
+void copy_values(LayerContext<P>& ctx, typename P::Act* dst, const typename P::Act* src, Index n) {
+  ProfileScope profile(ctx.rt.profiler(), ProfileCategory::kOther);
+  ctx.device.copy(dst, src, static_cast<std::size_t>(n) * sizeof(typename P::Act));
 }
 
 constexpr LoraModule kQkvModules[3] = {LoraModule::kQ, LoraModule::kK, LoraModule::kV};
@@ -137,74 +130,72 @@ void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P:
                    LayerActivations<typename P::Act>& acts, bool save_mlp) {
   using Act = typename P::Act;
   LayerOps<P> ops(ctx);
-  Runtime& rt = ctx.rt;
+  Kernels<P>& k = ctx.kernels;
+  Device& dev = ctx.device;
   const LlamaConfig& c = ctx.config;
   const Dims d(c, ctx.geometry.rows);
   const Index M = d.M, r = ops.rank();
   const std::int32_t* positions = ctx.geometry.positions.data();
 
-  Act* rstd1 = grow(acts.rstd1, M);       // [M]
-  Act* h1 = grow(acts.h1, M * d.D);       // [M, D]
-  Act* qkv = grow(acts.qkv, M * d.W3);    // [M, Qd + 2 KVd], q and k rotated
-  Act* attn = grow(acts.attn, M * d.Qd);  // [M, Qd]
-  Act* lse = grow(acts.lse, d.H * M);     // [H, M]
-  Act* x2 = grow(acts.x2, M * d.D);       // [M, D] residual after attention
-  Act* rstd2 = grow(acts.rstd2, M);       // [M]
-  Act* h2 = grow(acts.h2, M * d.D);       // [M, D]
-  for (int m = 0; m < kLoraModuleCount; ++m) grow(acts.lora_z[m], M * std::max<Index>(r, 1));
+  Act* rstd1 = grow(dev, acts.rstd1, M);       // [M]
+  Act* h1 = grow(dev, acts.h1, M * d.D);       // [M, D]
+  Act* qkv = grow(dev, acts.qkv, M * d.W3);    // [M, Qd + 2 KVd], q and k rotated
+  Act* attn = grow(dev, acts.attn, M * d.Qd);  // [M, Qd]
+  Act* lse = grow(dev, acts.lse, d.H * M);     // [H, M]
+  Act* x2 = grow(dev, acts.x2, M * d.D);       // [M, D] residual after attention
+  Act* rstd2 = grow(dev, acts.rstd2, M);       // [M]
+  Act* h2 = grow(dev, acts.h2, M * d.D);       // [M, D]
+  for (int m = 0; m < kLoraModuleCount; ++m) grow(dev, acts.lora_z[m], M * std::max<Index>(r, 1));
 
   // Attention block.
-  rmsnorm_forward(rt, h1, rstd1, x, ops.w(LayerTensor::kAttnNorm), M, d.D, c.rms_norm_eps);
+  k.rmsnorm_forward(h1, rstd1, x, ops.w(LayerTensor::kAttnNorm), M, d.D, c.rms_norm_eps);
   ops.base_forward(Mat<Act>::dense(qkv, M, d.W3), h1, M, d.D, ops.w(LayerTensor::kQ), false);
   const Index col[3] = {0, d.Qd, d.Qd + d.KVd}, width[3] = {d.Qd, d.KVd, d.KVd};
   for (int i = 0; i < 3; ++i)
     ops.lora_forward_into(kQkvModules[i], Mat<Act>{qkv + col[i], M, width[i], d.W3, 1},
                           acts.lora_z[static_cast<int>(kQkvModules[i])].data(), h1, M, d.D, 0);
-  rope_forward(rt, qkv, positions, ctx.rope, M, d.W3, d.H);
-  rope_forward(rt, qkv + d.Qd, positions, ctx.rope, M, d.W3, d.KV);
+  k.rope_rotate(qkv, positions, ctx.rope, M, d.W3, d.H, false);
+  k.rope_rotate(qkv + d.Qd, positions, ctx.rope, M, d.W3, d.KV, false);
   if (ctx.cache) {  // generation: extend the cache, attend over everything cached
     Act* keys = ctx.cache->keys.data() + ctx.cached * d.KVd;
     Act* values = ctx.cache->values.data() + ctx.cached * d.KVd;
-    for (Index i = 0; i < M; ++i) {
-      std::memcpy(keys + i * d.KVd, qkv + i * d.W3 + d.Qd,
-                  static_cast<std::size_t>(d.KVd) * sizeof(Act));
-      std::memcpy(values + i * d.KVd, qkv + i * d.W3 + d.Qd + d.KVd,
-                  static_cast<std::size_t>(d.KVd) * sizeof(Act));
-    }
-    attention_cached(rt, attn, qkv, d.W3, ctx.cache->keys.data(), ctx.cache->values.data(),
-                     ctx.cached, M, d.attention());
+    const std::size_t row = static_cast<std::size_t>(d.KVd) * sizeof(Act);
+    const std::size_t pitch = static_cast<std::size_t>(d.W3) * sizeof(Act);
+    dev.copy_rows(keys, row, qkv + d.Qd, pitch, row, static_cast<std::size_t>(M));
+    dev.copy_rows(values, row, qkv + d.Qd + d.KVd, pitch, row, static_cast<std::size_t>(M));
+    k.attention_cached(attn, qkv, d.W3, ctx.cache->keys.data(), ctx.cache->values.data(),
+                       ctx.cached, M, d.attention());
   } else {
-    attention_forward<Act, typename P::Weight>(rt, attn, lse, qkv, *ctx.geometry.segments, M,
-                                               d.attention(), ctx.options.attention,
-                                               ctx.workspace.attention);
+    k.attention_forward(attn, lse, qkv, *ctx.geometry.segments, M, d.attention(),
+                        ctx.options.attention);
   }
-  copy_rows(rt, x2, x, M * d.D);
+  copy_values(ctx, x2, x, M * d.D);
   ops.base_forward(Mat<Act>::dense(x2, M, d.D), attn, M, d.Qd, ops.w(LayerTensor::kO), true);
   ops.lora_forward_into(LoraModule::kO, Mat<Act>::dense(x2, M, d.D),
                         acts.lora_z[static_cast<int>(LoraModule::kO)].data(), attn, M, d.Qd, 0);
-  rmsnorm_forward(rt, h2, rstd2, x2, ops.w(LayerTensor::kMlpNorm), M, d.D, c.rms_norm_eps);
+  k.rmsnorm_forward(h2, rstd2, x2, ops.w(LayerTensor::kMlpNorm), M, d.D, c.rms_norm_eps);
 
   // MLP block, by row chunks.
   acts.mlp_saved = save_mlp;
   if (!save_mlp && !out) return;
   const Index chunk = std::max<Index>(1, ctx.options.mlp_chunk_rows);
-  if (save_mlp) grow(acts.gate_up, M * 2 * d.I);
+  if (save_mlp) grow(dev, acts.gate_up, M * 2 * d.I);
   auto& ws = ctx.workspace;
   for (Index c0 = 0; c0 < M; c0 += chunk) {
     const Index rows = std::min(chunk, M - c0);
     auto z = [&](LoraModule m) {
       return save_mlp ? acts.lora_z[static_cast<int>(m)].data() + c0 * r
-                      : grow(ws.lora_z[static_cast<int>(m)], chunk * std::max<Index>(r, 1));
+                      : grow(dev, ws.lora_z[static_cast<int>(m)], chunk * std::max<Index>(r, 1));
     };
     Act* gate_up =
-        save_mlp ? acts.gate_up.data() + c0 * 2 * d.I : grow(ws.gate_up, chunk * 2 * d.I);
+        save_mlp ? acts.gate_up.data() + c0 * 2 * d.I : grow(dev, ws.gate_up, chunk * 2 * d.I);
     ops.gate_up_forward(gate_up, h2 + c0 * d.D, rows, c0, z(LoraModule::kGate), z(LoraModule::kUp),
                         d);
     if (!out) continue;
-    Act* act = grow(ws.act, chunk * d.I);
-    swiglu_forward(rt, act, gate_up, rows, d.I);
+    Act* act = grow(dev, ws.act, chunk * d.I);
+    k.swiglu_forward(act, gate_up, rows, d.I);
     Act* out_rows = out + c0 * d.D;
-    copy_rows(rt, out_rows, x2 + c0 * d.D, rows * d.D);
+    copy_values(ctx, out_rows, x2 + c0 * d.D, rows * d.D);
     ops.base_forward(Mat<Act>::dense(out_rows, rows, d.D), act, rows, d.I,
                      ops.w(LayerTensor::kDown), true);
     ops.lora_forward_into(LoraModule::kDown, Mat<Act>::dense(out_rows, rows, d.D),
@@ -217,7 +208,8 @@ void layer_backward(LayerContext<P>& ctx, typename P::Act* dx, const typename P:
                     LayerActivations<typename P::Act>& acts) {
   using Act = typename P::Act;
   LayerOps<P> ops(ctx);
-  Runtime& rt = ctx.rt;
+  Kernels<P>& k = ctx.kernels;
+  Device& dev = ctx.device;
   const LlamaConfig& c = ctx.config;
   const Dims d(c, ctx.geometry.rows);
   const Index M = d.M, r = ops.rank();
@@ -230,31 +222,32 @@ void layer_backward(LayerContext<P>& ctx, typename P::Act* dx, const typename P:
     const Index rows = std::min(chunk, M - c0);
     const Act* h2 = acts.h2.data() + c0 * d.D;
     auto z = [&](LoraModule m) {
-      return acts.mlp_saved ? acts.lora_z[static_cast<int>(m)].data() + c0 * r
-                            : grow(ws.lora_z[static_cast<int>(m)], chunk * std::max<Index>(r, 1));
+      return acts.mlp_saved
+                 ? acts.lora_z[static_cast<int>(m)].data() + c0 * r
+                 : grow(dev, ws.lora_z[static_cast<int>(m)], chunk * std::max<Index>(r, 1));
     };
     Act* gate_up = nullptr;
     if (acts.mlp_saved) {
       gate_up = acts.gate_up.data() + c0 * 2 * d.I;
     } else {  // recompute
-      gate_up = grow(ws.gate_up, chunk * 2 * d.I);
+      gate_up = grow(dev, ws.gate_up, chunk * 2 * d.I);
       ops.gate_up_forward(gate_up, h2, rows, c0, z(LoraModule::kGate), z(LoraModule::kUp), d);
     }
     Act* dx_rows = dx + c0 * d.D;
-    Act* d_act = grow(ws.d_act, chunk * d.I);
+    Act* d_act = grow(dev, ws.d_act, chunk * d.I);
     ops.base_backward(d_act, dx_rows, rows, d.D, ops.w(LayerTensor::kDown), d.I);
     if (ops.adapter(LoraModule::kDown)) {
-      Act* act = grow(ws.act, chunk * d.I);
-      swiglu_forward(rt, act, gate_up, rows, d.I);
+      Act* act = grow(dev, ws.act, chunk * d.I);
+      k.swiglu_forward(act, gate_up, rows, d.I);
       if (!acts.mlp_saved)
         ops.lora_project_into(LoraModule::kDown, z(LoraModule::kDown), act, rows, d.I, c0);
       ops.lora_backward_into(LoraModule::kDown, Mat<Act>::dense(d_act, rows, d.I),
                              Mat<const Act>::dense(dx_rows, rows, d.D), z(LoraModule::kDown), act,
                              c0);
     }
-    Act* d_gate_up = grow(ws.d_gate_up, chunk * 2 * d.I);
-    swiglu_backward(rt, d_gate_up, d_act, gate_up, rows, d.I);
-    Act* dh = grow(ws.dh, std::max(chunk, M) * d.D);
+    Act* d_gate_up = grow(dev, ws.d_gate_up, chunk * 2 * d.I);
+    k.swiglu_backward(d_gate_up, d_act, gate_up, rows, d.I);
+    Act* dh = grow(dev, ws.dh, std::max(chunk, M) * d.D);
     ops.base_backward(dh, d_gate_up, rows, 2 * d.I, ops.w(LayerTensor::kGate), d.D);
     ops.lora_backward_into(LoraModule::kGate, Mat<Act>::dense(dh, rows, d.D),
                            Mat<const Act>{d_gate_up, rows, d.I, 2 * d.I, 1}, z(LoraModule::kGate),
@@ -262,30 +255,29 @@ void layer_backward(LayerContext<P>& ctx, typename P::Act* dx, const typename P:
     ops.lora_backward_into(LoraModule::kUp, Mat<Act>::dense(dh, rows, d.D),
                            Mat<const Act>{d_gate_up + d.I, rows, d.I, 2 * d.I, 1},
                            z(LoraModule::kUp), h2, c0);
-    rmsnorm_backward(rt, dx_rows, dh, acts.x2.data() + c0 * d.D, acts.rstd2.data() + c0,
-                     ops.w(LayerTensor::kMlpNorm), rows, d.D, true);
+    k.rmsnorm_backward(dx_rows, dh, acts.x2.data() + c0 * d.D, acts.rstd2.data() + c0,
+                       ops.w(LayerTensor::kMlpNorm), rows, d.D, true);
   }
 
   // Attention block: dx becomes d(x).
-  Act* d_attn = grow(ws.d_attn, M * d.Qd);
+  Act* d_attn = grow(dev, ws.d_attn, M * d.Qd);
   ops.base_backward(d_attn, dx, M, d.D, ops.w(LayerTensor::kO), d.Qd);
   ops.lora_backward_into(LoraModule::kO, Mat<Act>::dense(d_attn, M, d.Qd),
                          Mat<const Act>::dense(dx, M, d.D),
                          acts.lora_z[static_cast<int>(LoraModule::kO)].data(), acts.attn.data(), 0);
-  Act* d_qkv = grow(ws.d_qkv, M * d.W3);
-  attention_backward<Act, typename P::Weight>(rt, d_qkv, d_attn, acts.qkv.data(), acts.attn.data(),
-                                              acts.lse.data(), *ctx.geometry.segments, M,
-                                              d.attention(), ctx.options.attention, ws.attention);
-  rope_backward(rt, d_qkv, positions, ctx.rope, M, d.W3, d.H);
-  rope_backward(rt, d_qkv + d.Qd, positions, ctx.rope, M, d.W3, d.KV);
-  Act* dh = grow(ws.dh, M * d.D);
+  Act* d_qkv = grow(dev, ws.d_qkv, M * d.W3);
+  k.attention_backward(d_qkv, d_attn, acts.qkv.data(), acts.attn.data(), acts.lse.data(),
+                       *ctx.geometry.segments, M, d.attention(), ctx.options.attention);
+  k.rope_rotate(d_qkv, positions, ctx.rope, M, d.W3, d.H, true);
+  k.rope_rotate(d_qkv + d.Qd, positions, ctx.rope, M, d.W3, d.KV, true);
+  Act* dh = grow(dev, ws.dh, M * d.D);
   ops.base_backward(dh, d_qkv, M, d.W3, ops.w(LayerTensor::kQ), d.D);
   const Index col[3] = {0, d.Qd, d.Qd + d.KVd}, width[3] = {d.Qd, d.KVd, d.KVd};
   for (int i = 0; i < 3; ++i)
     ops.lora_backward_into(kQkvModules[i], Mat<Act>::dense(dh, M, d.D),
                            Mat<const Act>{d_qkv + col[i], M, width[i], d.W3, 1},
                            acts.lora_z[static_cast<int>(kQkvModules[i])].data(), acts.h1.data(), 0);
-  rmsnorm_backward(rt, dx, dh, x, acts.rstd1.data(), ops.w(LayerTensor::kAttnNorm), M, d.D, true);
+  k.rmsnorm_backward(dx, dh, x, acts.rstd1.data(), ops.w(LayerTensor::kAttnNorm), M, d.D, true);
 }
 
 #define ZL_INSTANTIATE_LAYER(P)                                             \

@@ -11,14 +11,15 @@
 #include <cstdint>
 #include <vector>
 
-#include "core/buffer.hpp"
+#include "core/device.hpp"
 #include "core/runtime.hpp"
 #include "io/llama_config.hpp"
 #include "lora/lora_layout.hpp"
-#include "lora/lora_linear.hpp"
 #include "model/lora_source.hpp"
 #include "model/parameter_table.hpp"
 #include "ops/attention.hpp"
+#include "ops/kernels.hpp"
+#include "ops/lora_branch.hpp"
 #include "ops/rope.hpp"
 
 namespace zerolora {
@@ -49,12 +50,14 @@ struct ComputeOptions {
   int poison_layer_output = -1;
 };
 
-// Per-batch data shared by every layer.
+// Per-batch data shared by every layer, on the device (segments stay on the host: the kernels
+// upload what they need of them).
 struct BatchGeometry {
   Index rows = 0;
   const std::vector<Segment>* segments = nullptr;
-  std::vector<std::int32_t> positions;  // [M] position inside the segment
-  std::vector<std::uint64_t> row_keys;  // [M] (sample, position) key for dropout masks
+  DeviceBuffer<std::int32_t> tokens;     // [M]
+  DeviceBuffer<std::int32_t> positions;  // [M] position inside the segment
+  DeviceBuffer<std::uint64_t> row_keys;  // [M] (sample, position) key for dropout masks
 };
 
 // LoRA state seen by a layer: parameters, gradients (null when not training) and dropout.
@@ -72,26 +75,23 @@ struct LoraBinding {
 // What the layer's backward needs from its forward.
 template <class T>
 struct LayerActivations {
-  Buffer<T> rstd1, h1, qkv, attn, lse, x2, rstd2, h2;  // see llama_layer.cpp for shapes
-  std::array<Buffer<T>, kLoraModuleCount> lora_z;      // [M, r] per adapted module
-  Buffer<T> gate_up;                                   // [M, 2I], only when mlp_saved
+  DeviceBuffer<T> rstd1, h1, qkv, attn, lse, x2, rstd2, h2;  // see llama_layer.cpp for shapes
+  std::array<DeviceBuffer<T>, kLoraModuleCount> lora_z;      // [M, r] per adapted module
+  DeviceBuffer<T> gate_up;                                   // [M, 2I], only when mlp_saved
   bool mlp_saved = false;
 };
 
-// Scratch reused across layers and steps.
-template <class Act, class Weight>
+// Scratch reused across layers and steps (the kernels keep their own).
+template <class Act>
 struct LayerWorkspace {
-  Buffer<Weight> operand;  // activations rounded to the matmul type
-  Buffer<Act> lora_scratch;
-  AttentionWorkspace attention;
-  Buffer<Act> gate_up, act, d_act, d_gate_up, dh, d_attn, d_qkv;
-  std::array<Buffer<Act>, kLoraModuleCount> lora_z;
+  DeviceBuffer<Act> gate_up, act, d_act, d_gate_up, dh, d_attn, d_qkv;
+  std::array<DeviceBuffer<Act>, kLoraModuleCount> lora_z;
 };
 
 // One layer's slice of a generation KV cache: keys and values of every position so far.
 template <class T>
 struct KvCacheLayer {
-  Buffer<T> keys, values;  // [capacity, KV * hd]
+  DeviceBuffer<T> keys, values;  // [capacity, KV * hd]
 };
 
 template <class P>
@@ -99,6 +99,8 @@ struct LayerContext {
   using Act = typename P::Act;
   using Weight = typename P::Weight;
   Runtime& rt;
+  Kernels<P>& kernels;
+  Device& device;
   const LlamaConfig& config;
   const LayerLayout& layout;
   const Weight* weights;  // this layer's unit buffer (gathered, under ZeRO-3)
@@ -107,7 +109,7 @@ struct LayerContext {
   const RopeTable& rope;
   const ComputeOptions& options;
   LoraBinding<Act> lora;  // with this layer's view
-  LayerWorkspace<Act, Weight>& workspace;
+  LayerWorkspace<Act>& workspace;
   // Generation: append this pass's keys/values at `cached` and attend over the cache.
   KvCacheLayer<Act>* cache = nullptr;
   Index cached = 0;

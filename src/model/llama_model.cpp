@@ -6,14 +6,9 @@
 #include <type_traits>
 
 #include "core/error.hpp"
-#include "core/finite.hpp"
 #include "core/precision.hpp"
 #include "core/rng.hpp"
-#include "ops/convert.hpp"
-#include "ops/cross_entropy.hpp"
-#include "ops/embedding.hpp"
-#include "ops/linear.hpp"
-#include "ops/rmsnorm.hpp"
+#include "model/backend.hpp"
 
 namespace zerolora {
 
@@ -30,10 +25,14 @@ template <class P>
 LlamaModel<P>::LlamaModel(Runtime& rt, WeightProvider<Weight>& weights, const LoraLayout* lora,
                           ComputeOptions options)
     : rt_(rt),
-      weights_(weights),
+      device_(rt.device()),
+      host_weights_(weights),
       lora_(lora),
       options_(options),
+      kernels_(make_kernels<P>(rt)),
       rope_(weights.config().rope, weights.config().head_dim) {
+  if (!device_.host_accessible())
+    device_weights_ = std::make_unique<DeviceWeights<Weight>>(device_, host_weights_);
   if (options_.bf16_residual && !std::is_same_v<Weight, bf16>)
     throw ConfigError(std::string("a bf16 residual stream needs bf16 weights; the ") +
                       std::string(P::kName) + " mode keeps everything in " + std::string(P::kName));
@@ -52,22 +51,54 @@ std::vector<UnitId> LlamaModel<P>::schedule(bool backward) const {
 }
 
 template <class P>
-void LlamaModel<P>::prepare(const Batch& batch) {
+void LlamaModel<P>::prepare(const Batch& batch, Index first_position) {
   batch.validate(config().vocab_size);
   const Index M = batch.size();
+  const auto m = static_cast<std::size_t>(M);
   geometry_.rows = M;
   geometry_.segments = &batch.segments;
-  geometry_.positions.resize(static_cast<std::size_t>(M));
-  geometry_.row_keys.resize(static_cast<std::size_t>(M));
+  positions_host_.resize(m);
+  row_keys_host_.resize(m);
   for (std::size_t s = 0; s < batch.segments.size(); ++s) {
     const Segment& seg = batch.segments[s];
     const std::uint64_t sample_key = mix64(static_cast<std::uint64_t>(batch.sample_ids[s]));
     for (Index t = 0; t < seg.length; ++t) {
-      geometry_.positions[seg.begin + t] = static_cast<std::int32_t>(t);
-      geometry_.row_keys[seg.begin + t] = hash_combine(sample_key, static_cast<std::uint64_t>(t));
+      positions_host_[seg.begin + t] = static_cast<std::int32_t>(first_position + t);
+      row_keys_host_[seg.begin + t] = hash_combine(sample_key, static_cast<std::uint64_t>(t));
     }
   }
-  rope_.ensure(batch.longest_segment());
+  upload<std::int32_t>(device_, geometry_.tokens, batch.tokens);
+  upload<std::int32_t>(device_, geometry_.positions, positions_host_);
+  upload<std::uint64_t>(device_, geometry_.row_keys, row_keys_host_);
+  rope_.ensure(first_position + batch.longest_segment());
+}
+
+template <class P>
+template <class Pass>
+auto LlamaModel<P>::with_device_lora(LoraSource<Act>& source, Pass&& pass) {
+  if (device_.host_accessible() || !lora_) return pass(&source);
+  std::vector<std::pair<Index, Index>> spans(static_cast<std::size_t>(config().num_layers), {0, 0});
+  for (auto& [first, end] : spans) first = lora_->size();
+  for (const auto& e : lora_->entries()) {
+    auto& [first, end] = spans[static_cast<std::size_t>(e.layer)];
+    first = std::min(first, e.offset);
+    end = std::max(end, e.offset + e.numel());
+  }
+  for (auto& [first, end] : spans) first = std::min(first, end);
+  DeviceLora<Act> mirror(device_, source, std::move(spans));
+  return pass(&mirror);
+}
+
+template <class P>
+typename P::Act* LlamaModel<P>::output_buffer(Act* host, Index n) {
+  if (device_.host_accessible()) return host;
+  return output_staging_.ensure(device_, static_cast<std::size_t>(n));
+}
+
+template <class P>
+void LlamaModel<P>::finish_output(Act* host, Index n) {
+  if (!device_.host_accessible())
+    device_.copy_to_host(host, output_staging_.data(), static_cast<std::size_t>(n) * sizeof(Act));
 }
 
 template <class P>
@@ -114,8 +145,9 @@ typename LlamaModel<P>::AcquiredLora LlamaModel<P>::acquire_lora(const LoraBindi
 template <class P>
 LayerContext<P> LlamaModel<P>::layer_context(int layer, const Weight* weights,
                                              const LoraBinding<Act>& lora) {
-  return LayerContext<P>{rt_,       config(), weights_.layout(), weights, layer,
-                         geometry_, rope_,    options_,          lora,    workspace_};
+  return LayerContext<P>{rt_,     *kernels_, device_,   config(), host_weights_.layout(),
+                         weights, layer,     geometry_, rope_,    options_,
+                         lora,    workspace_};
 }
 
 template <class P>
@@ -129,8 +161,8 @@ void LlamaModel<P>::seal_layer_input(int layer) {
   if constexpr (std::is_same_v<Act, float>) {
     if (!options_.bf16_residual) return;
     const Index n = geometry_.rows * config().hidden_size;
-    round_to_bf16(rt_, layer_input(layer),
-                  keep_bf16_inputs_ ? kept_inputs_.data() + layer * n : nullptr, n);
+    kernels_->round_to_bf16(layer_input(layer),
+                            keep_bf16_inputs_ ? kept_inputs_.data() + layer * n : nullptr, n);
   }
 }
 
@@ -138,7 +170,7 @@ template <class P>
 void LlamaModel<P>::restore_layer_input(int layer) {
   if (!keep_bf16_inputs_) return;
   const Index n = geometry_.rows * config().hidden_size;
-  convert(rt_, layer_input(layer), kept_inputs_.data() + layer * n, n);
+  kernels_->widen_bf16(layer_input(layer), kept_inputs_.data() + layer * n, n);
 }
 
 template <class P>
@@ -149,13 +181,13 @@ void LlamaModel<P>::run_layers(const Batch& batch, const LoraBinding<Act>& lora,
   const int L = static_cast<int>(c.num_layers);
   keep_bf16_inputs_ = keep_inputs && options_.bf16_residual;
   all_inputs_ = keep_inputs && !keep_bf16_inputs_;
-  inputs_.ensure(static_cast<std::size_t>((all_inputs_ ? L + 1 : 2) * M * D));
-  if (keep_bf16_inputs_) kept_inputs_.ensure(static_cast<std::size_t>((L + 1) * M * D));
+  inputs_.ensure(device_, static_cast<std::size_t>((all_inputs_ ? L + 1 : 2) * M * D));
+  if (keep_bf16_inputs_) kept_inputs_.ensure(device_, static_cast<std::size_t>((L + 1) * M * D));
   if (activations_.size() < (save_activations ? static_cast<std::size_t>(L) : 1u))
     activations_.resize(save_activations ? static_cast<std::size_t>(L) : 1u);
   {  // tokens were validated in prepare()
     const auto embedding = acquire({Unit::kEmbedding});
-    embedding_forward(rt_, layer_input(0), batch.tokens.data(), embedding.data, M, D);
+    kernels_->embedding_forward(layer_input(0), geometry_.tokens.data(), embedding.data, M, D);
   }
   seal_layer_input(0);
   for (int l = 0; l < L; ++l) {
@@ -164,8 +196,10 @@ void LlamaModel<P>::run_layers(const Batch& batch, const LoraBinding<Act>& lora,
     auto ctx = layer_context(l, unit.data, adapters.binding);
     layer_forward<P>(ctx, layer_input(l + 1), layer_input(l),
                      activations_[save_activations ? static_cast<std::size_t>(l) : 0], save_mlp);
-    if (l == options_.poison_layer_output && keep_inputs)
-      layer_input(l + 1)[0] = std::numeric_limits<Act>::quiet_NaN();
+    if (l == options_.poison_layer_output && keep_inputs) {
+      const Act nan = std::numeric_limits<Act>::quiet_NaN();
+      device_.copy_to_device(layer_input(l + 1), &nan, sizeof(Act));
+    }
     seal_layer_input(l + 1);
   }
 }
@@ -174,32 +208,36 @@ template <class P>
 void LlamaModel<P>::forward_logits(const Batch& batch, std::span<const Act> lora_params,
                                    Act* logits, bool last_only) {
   prepare(batch);
-  weights_.begin_schedule(schedule(false));
+  weights().begin_schedule(schedule(false));
   auto source = whole_lora(lora_params);
-  run_layers(batch, bind_lora(&source, false, {}), false, false, false);
+  with_device_lora(source, [&](LoraSource<Act>* lora) {
+    run_layers(batch, bind_lora(lora, false, {}), false, false, false);
+  });
   const LlamaConfig& c = config();
   const Index D = c.hidden_size, V = c.vocab_size;
-  std::vector<Index> rows;
+  head_rows_host_.clear();
   if (last_only)
-    for (const auto& seg : batch.segments) rows.push_back(seg.begin + seg.length - 1);
+    for (const auto& seg : batch.segments)
+      head_rows_host_.push_back(static_cast<std::int32_t>(seg.begin + seg.length - 1));
   else
-    for (Index i = 0; i < batch.size(); ++i) rows.push_back(i);
-  const Index R = static_cast<Index>(rows.size());
-  const Act* x = layer_input(static_cast<int>(c.num_layers));
-  head_rows_.ensure(static_cast<std::size_t>(R * D));
-  final_h_.ensure(static_cast<std::size_t>(R * D));
-  final_rstd_.ensure(static_cast<std::size_t>(R));
-  for (Index i = 0; i < R; ++i)
-    std::memcpy(head_rows_.data() + i * D, x + rows[i] * D,
-                static_cast<std::size_t>(D) * sizeof(Act));
+    for (Index i = 0; i < batch.size(); ++i)
+      head_rows_host_.push_back(static_cast<std::int32_t>(i));
+  const Index R = static_cast<Index>(head_rows_host_.size());
+  upload<std::int32_t>(device_, head_row_ids_, head_rows_host_);
+  head_rows_.ensure(device_, static_cast<std::size_t>(R * D));
+  final_h_.ensure(device_, static_cast<std::size_t>(R * D));
+  final_rstd_.ensure(device_, static_cast<std::size_t>(R));
+  kernels_->gather_rows(head_rows_.data(), layer_input(static_cast<int>(c.num_layers)),
+                        head_row_ids_.data(), R, D);
   {
     const auto norm = acquire({Unit::kFinalNorm});
-    rmsnorm_forward(rt_, final_h_.data(), final_rstd_.data(), head_rows_.data(), norm.data, R, D,
-                    c.rms_norm_eps);
+    kernels_->rmsnorm_forward(final_h_.data(), final_rstd_.data(), head_rows_.data(), norm.data, R,
+                              D, c.rms_norm_eps);
   }
   const auto lm_head = acquire(lm_head_unit(c));
-  linear_forward(rt_, Mat<Act>::dense(logits, R, V), final_h_.data(), lm_head.data, D, false,
-                 head_operand_);
+  Act* out = output_buffer(logits, R * V);
+  kernels_->linear_forward(Mat<Act>::dense(out, R, V), final_h_.data(), lm_head.data, D, false);
+  finish_output(logits, R * V);
 }
 
 template <class P>
@@ -209,8 +247,8 @@ KvCache<typename P::Act> LlamaModel<P>::make_cache(Index capacity) const {
   const auto elements = static_cast<std::size_t>(capacity * config().kv_dim());
   cache.layers.resize(static_cast<std::size_t>(config().num_layers));
   for (auto& layer : cache.layers) {
-    layer.keys = Buffer<Act>(elements);
-    layer.values = Buffer<Act>(elements);
+    layer.keys.ensure(device_, elements);
+    layer.values.ensure(device_, elements);
   }
   return cache;
 }
@@ -226,43 +264,45 @@ void LlamaModel<P>::forward_cached(std::span<const std::int32_t> tokens, KvCache
   Batch batch;
   batch.add_sequence({tokens.begin(), tokens.end()},
                      std::vector<std::int32_t>(tokens.size(), kIgnoreIndex), 0);
-  prepare(batch);
-  for (auto& p : geometry_.positions) p += static_cast<std::int32_t>(cache.length);
-  rope_.ensure(cache.length + n);
-  weights_.begin_schedule(schedule(false));
+  prepare(batch, cache.length);
+  weights().begin_schedule(schedule(false));
   auto source = whole_lora(lora_params);
-  const auto lora = bind_lora(&source, false, {});
   const LlamaConfig& c = config();
   const Index D = c.hidden_size;
   all_inputs_ = keep_bf16_inputs_ = false;
-  inputs_.ensure(static_cast<std::size_t>(2 * n * D));
+  inputs_.ensure(device_, static_cast<std::size_t>(2 * n * D));
   if (activations_.empty()) activations_.resize(1);
   {
     const auto embedding = acquire({Unit::kEmbedding});
-    embedding_forward(rt_, layer_input(0), batch.tokens.data(), embedding.data, n, D);
+    kernels_->embedding_forward(layer_input(0), geometry_.tokens.data(), embedding.data, n, D);
   }
   seal_layer_input(0);
-  for (int l = 0; l < static_cast<int>(c.num_layers); ++l) {
-    const auto unit = acquire({Unit::kLayer, l});
-    const auto adapters = acquire_lora(lora, l, false);
-    auto ctx = layer_context(l, unit.data, adapters.binding);
-    ctx.cache = &cache.layers[static_cast<std::size_t>(l)];
-    ctx.cached = cache.length;
-    layer_forward<P>(ctx, layer_input(l + 1), layer_input(l), activations_[0], false);
-    seal_layer_input(l + 1);
-  }
+  with_device_lora(source, [&](LoraSource<Act>* lora_source) {
+    const auto lora = bind_lora(lora_source, false, {});
+    for (int l = 0; l < static_cast<int>(c.num_layers); ++l) {
+      const auto unit = acquire({Unit::kLayer, l});
+      const auto adapters = acquire_lora(lora, l, false);
+      auto ctx = layer_context(l, unit.data, adapters.binding);
+      ctx.cache = &cache.layers[static_cast<std::size_t>(l)];
+      ctx.cached = cache.length;
+      layer_forward<P>(ctx, layer_input(l + 1), layer_input(l), activations_[0], false);
+      seal_layer_input(l + 1);
+    }
+  });
   cache.length += n;
   const Act* last = layer_input(static_cast<int>(c.num_layers)) + (n - 1) * D;
-  final_h_.ensure(static_cast<std::size_t>(D));
-  final_rstd_.ensure(1);
+  final_h_.ensure(device_, static_cast<std::size_t>(D));
+  final_rstd_.ensure(device_, 1);
   {
     const auto norm = acquire({Unit::kFinalNorm});
-    rmsnorm_forward(rt_, final_h_.data(), final_rstd_.data(), last, norm.data, 1, D,
-                    c.rms_norm_eps);
+    kernels_->rmsnorm_forward(final_h_.data(), final_rstd_.data(), last, norm.data, 1, D,
+                              c.rms_norm_eps);
   }
   const auto lm_head = acquire(lm_head_unit(c));
-  linear_forward(rt_, Mat<Act>::dense(last_logits, 1, c.vocab_size), final_h_.data(), lm_head.data,
-                 D, false, head_operand_);
+  Act* out = output_buffer(last_logits, c.vocab_size);
+  kernels_->linear_forward(Mat<Act>::dense(out, 1, c.vocab_size), final_h_.data(), lm_head.data, D,
+                           false);
+  finish_output(last_logits, c.vocab_size);
 }
 
 template <class P>
@@ -271,45 +311,46 @@ double LlamaModel<P>::head_loss(const Batch& batch, double grad_scale, bool want
   const Index M = batch.size(), D = c.hidden_size, V = c.vocab_size;
   const Act* x = layer_input(static_cast<int>(c.num_layers));
   if (want_grad) {
-    residual_grad_.ensure(static_cast<std::size_t>(M * D));
+    residual_grad_.ensure(device_, static_cast<std::size_t>(M * D));
     residual_grad_.zero();
   }
   const auto norm = acquire({Unit::kFinalNorm});
   const auto lm_head = acquire(lm_head_unit(c));
   // Only rows with a target reach the lm_head: masked prompt tokens cost nothing here.
-  std::vector<Index> rows;
+  head_rows_host_.clear();
+  head_targets_host_.clear();
   for (Index i = 0; i < M; ++i)
-    if (batch.targets[i] != kIgnoreIndex) rows.push_back(i);
-  const Index R = static_cast<Index>(rows.size());
+    if (batch.targets[i] != kIgnoreIndex) {
+      head_rows_host_.push_back(static_cast<std::int32_t>(i));
+      head_targets_host_.push_back(batch.targets[i]);
+    }
+  const Index R = static_cast<Index>(head_rows_host_.size());
+  upload<std::int32_t>(device_, head_row_ids_, head_rows_host_);
+  upload<std::int32_t>(device_, head_targets_, head_targets_host_);
   const Index chunk = std::max<Index>(1, std::min(options_.head_chunk_rows, R));
-  head_rows_.ensure(static_cast<std::size_t>(chunk * D));
-  final_h_.ensure(static_cast<std::size_t>(chunk * D));
-  d_final_h_.ensure(static_cast<std::size_t>(chunk * D));
-  final_rstd_.ensure(static_cast<std::size_t>(chunk));
-  head_logits_.ensure(static_cast<std::size_t>(chunk * V));
-  std::vector<std::int32_t> targets(static_cast<std::size_t>(chunk));
+  head_rows_.ensure(device_, static_cast<std::size_t>(chunk * D));
+  final_h_.ensure(device_, static_cast<std::size_t>(chunk * D));
+  d_final_h_.ensure(device_, static_cast<std::size_t>(chunk * D));
+  final_rstd_.ensure(device_, static_cast<std::size_t>(chunk));
+  head_logits_.ensure(device_, static_cast<std::size_t>(chunk * V));
+  Kernels<P>& k = *kernels_;
   double loss = 0;
   for (Index c0 = 0; c0 < R; c0 += chunk) {
     const Index n = std::min(chunk, R - c0);
-    for (Index i = 0; i < n; ++i) {
-      std::memcpy(head_rows_.data() + i * D, x + rows[c0 + i] * D,
-                  static_cast<std::size_t>(D) * sizeof(Act));
-      targets[i] = batch.targets[rows[c0 + i]];
-    }
-    rmsnorm_forward(rt_, final_h_.data(), final_rstd_.data(), head_rows_.data(), norm.data, n, D,
-                    c.rms_norm_eps);
-    linear_forward(rt_, Mat<Act>::dense(head_logits_.data(), n, V), final_h_.data(), lm_head.data,
-                   D, false, head_operand_);
-    loss += cross_entropy(rt_, head_logits_.data(), targets.data(), n, V, grad_scale, want_grad);
+    const std::int32_t* rows = head_row_ids_.data() + c0;
+    k.gather_rows(head_rows_.data(), x, rows, n, D);
+    k.rmsnorm_forward(final_h_.data(), final_rstd_.data(), head_rows_.data(), norm.data, n, D,
+                      c.rms_norm_eps);
+    k.linear_forward(Mat<Act>::dense(head_logits_.data(), n, V), final_h_.data(), lm_head.data, D,
+                     false);
+    loss += k.cross_entropy(head_logits_.data(), head_targets_.data() + c0, n, V, grad_scale,
+                            want_grad);
     if (!want_grad) continue;
-    linear_backward_data(rt_, d_final_h_.data(), head_logits_.data(), lm_head.data, n, V, D,
-                         head_operand_);
+    k.linear_backward_data(d_final_h_.data(), head_logits_.data(), lm_head.data, n, V, D);
     // d x rows = rmsnorm backward, written into final_h_ (free now), then scattered.
-    rmsnorm_backward(rt_, final_h_.data(), d_final_h_.data(), head_rows_.data(), final_rstd_.data(),
-                     norm.data, n, D, false);
-    for (Index i = 0; i < n; ++i)
-      std::memcpy(residual_grad_.data() + rows[c0 + i] * D, final_h_.data() + i * D,
-                  static_cast<std::size_t>(D) * sizeof(Act));
+    k.rmsnorm_backward(final_h_.data(), d_final_h_.data(), head_rows_.data(), final_rstd_.data(),
+                       norm.data, n, D, false);
+    k.scatter_rows(residual_grad_.data(), final_h_.data(), rows, n, D);
   }
   return loss;
 }
@@ -319,8 +360,8 @@ int LlamaModel<P>::locate_nonfinite() {
   const Index n = geometry_.rows * config().hidden_size;
   const int L = static_cast<int>(config().num_layers);
   for (int l = 0; l <= L; ++l)
-    if ((keep_bf16_inputs_ ? first_nonfinite(rt_, kept_inputs_.data() + l * n, n)
-                           : first_nonfinite(rt_, layer_input(l), n)) >= 0)
+    if ((keep_bf16_inputs_ ? kernels_->first_nonfinite(kept_inputs_.data() + l * n, n)
+                           : kernels_->first_nonfinite(layer_input(l), n)) >= 0)
       return l;
   return L + 1;
 }
@@ -334,8 +375,10 @@ double LlamaModel<P>::loss(const Batch& batch, std::span<const Act> lora_params)
 template <class P>
 double LlamaModel<P>::loss(const Batch& batch, LoraSource<Act>& lora) {
   prepare(batch);
-  weights_.begin_schedule(schedule(false));
-  run_layers(batch, bind_lora(&lora, false, {}), false, false, false);
+  weights().begin_schedule(schedule(false));
+  with_device_lora(lora, [&](LoraSource<Act>* source) {
+    run_layers(batch, bind_lora(source, false, {}), false, false, false);
+  });
   return head_loss(batch, 0.0, false);
 }
 
@@ -351,24 +394,26 @@ template <class P>
 double LlamaModel<P>::forward_backward(const Batch& batch, LoraSource<Act>& source,
                                        double grad_scale, const StepKey& key) {
   prepare(batch);
-  const auto lora = bind_lora(&source, true, key);
-  const bool recompute = options_.recompute == Recompute::kFull;
-  weights_.begin_schedule(schedule(true));
-  run_layers(batch, lora, true, !recompute, options_.recompute == Recompute::kNone);
-  const double loss = head_loss(batch, grad_scale, true);
-  nonfinite_site_ = std::isfinite(loss) ? -1 : locate_nonfinite();
-  // The backward runs even so: under ZeRO-3 every rank must make the same passes.
-  for (int l = static_cast<int>(config().num_layers) - 1; l >= 0; --l) {
-    const auto unit = acquire({Unit::kLayer, l});
-    auto adapters = acquire_lora(lora, l, true);
-    auto ctx = layer_context(l, unit.data, adapters.binding);
-    auto& acts = activations_[recompute ? 0 : static_cast<std::size_t>(l)];
-    restore_layer_input(l);
-    if (recompute) layer_forward<P>(ctx, nullptr, layer_input(l), acts, false);
-    layer_backward<P>(ctx, residual_grad_.data(), layer_input(l), acts);
-    adapters.finish();
-  }
-  return loss;
+  return with_device_lora(source, [&](LoraSource<Act>* lora_source) {
+    const auto lora = bind_lora(lora_source, true, key);
+    const bool recompute = options_.recompute == Recompute::kFull;
+    weights().begin_schedule(schedule(true));
+    run_layers(batch, lora, true, !recompute, options_.recompute == Recompute::kNone);
+    const double loss = head_loss(batch, grad_scale, true);
+    nonfinite_site_ = std::isfinite(loss) ? -1 : locate_nonfinite();
+    // The backward runs even so: under ZeRO-3 every rank must make the same passes.
+    for (int l = static_cast<int>(config().num_layers) - 1; l >= 0; --l) {
+      const auto unit = acquire({Unit::kLayer, l});
+      auto adapters = acquire_lora(lora, l, true);
+      auto ctx = layer_context(l, unit.data, adapters.binding);
+      auto& acts = activations_[recompute ? 0 : static_cast<std::size_t>(l)];
+      restore_layer_input(l);
+      if (recompute) layer_forward<P>(ctx, nullptr, layer_input(l), acts, false);
+      layer_backward<P>(ctx, residual_grad_.data(), layer_input(l), acts);
+      adapters.finish();
+    }
+    return loss;
+  });
 }
 
 template <class P>

@@ -1,5 +1,8 @@
-// The Llama causal LM with LoRA adapters, on CPU: logits for inference and the fused
-// forward + backward of a training micro-batch.
+// The Llama causal LM with LoRA adapters, on the runtime's device (the kernel interface of
+// src/ops/kernels.hpp): logits for inference and the fused forward + backward of a training
+// micro-batch. Inputs and outputs of the public functions are host memory; on a device the
+// host cannot address, the model stages them, and its weights and LoRA tensors, through the
+// Device interface (device_mirror.hpp).
 //
 // Training step (recompute on, the default):
 //   x0 = embed(tokens); x_{l+1} = layer_l(x_l), keeping only the x_l;
@@ -18,9 +21,10 @@
 #include <string>
 #include <vector>
 
-#include "core/buffer.hpp"
+#include "core/device.hpp"
 #include "core/runtime.hpp"
 #include "model/batch.hpp"
+#include "model/device_mirror.hpp"
 #include "model/llama_layer.hpp"
 #include "model/lora_source.hpp"
 #include "model/weight_provider.hpp"
@@ -54,7 +58,7 @@ class LlamaModel {
   LlamaModel(Runtime& rt, WeightProvider<Weight>& weights, const LoraLayout* lora,
              ComputeOptions options = {});
 
-  const LlamaConfig& config() const { return weights_.config(); }
+  const LlamaConfig& config() const { return host_weights_.config(); }
   const ComputeOptions& options() const { return options_; }
   ComputeOptions& options() { return options_; }
 
@@ -95,7 +99,14 @@ class LlamaModel {
   std::size_t saved_activation_bytes() const;
 
  private:
-  void prepare(const Batch& batch);
+  // Validates the batch and uploads its tokens and geometry; positions start at first_position
+  // (generation continues after the cached ones).
+  void prepare(const Batch& batch, Index first_position = 0);
+  // The provider the kernels read from: the host one, or its device mirror.
+  WeightProvider<Weight>& weights() { return device_weights_ ? *device_weights_ : host_weights_; }
+  // Runs `pass` with the LoRA source the kernels can read (mirrored on a device when needed).
+  template <class Pass>
+  auto with_device_lora(LoraSource<Act>& source, Pass&& pass);
   LayerContext<P> layer_context(int layer, const Weight* weights, const LoraBinding<Act>& lora);
   // The units a pass acquires, in order; training adds the layers again in reverse.
   std::vector<UnitId> schedule(bool backward) const;
@@ -125,7 +136,7 @@ class LlamaModel {
     const Weight* data;
     ~Acquired() { provider.release(unit); }
   };
-  Acquired acquire(UnitId unit) { return {weights_, unit, weights_.acquire(unit)}; }
+  Acquired acquire(UnitId unit) { return {weights(), unit, weights().acquire(unit)}; }
   // A layer's LoRA view for the length of a layer pass. finish() hands the gradients over;
   // otherwise (forward, or unwinding) the view is released without communication.
   struct AcquiredLora {
@@ -143,22 +154,33 @@ class LlamaModel {
   };
   AcquiredLora acquire_lora(const LoraBinding<Act>& lora, int layer, bool with_grads);
 
+  // Logits for the caller: written straight into `host` when the host can address the device,
+  // else into a staging buffer that finish_output() copies back.
+  Act* output_buffer(Act* host, Index n);
+  void finish_output(Act* host, Index n);
+
   Runtime& rt_;
-  WeightProvider<Weight>& weights_;
+  Device& device_;
+  WeightProvider<Weight>& host_weights_;
+  std::unique_ptr<DeviceWeights<Weight>> device_weights_;  // when the host cannot address it
   const LoraLayout* lora_;
   ComputeOptions options_;
+  std::unique_ptr<Kernels<P>> kernels_;
   RopeTable rope_;
   BatchGeometry geometry_;
-  LayerWorkspace<Act, Weight> workspace_;
+  std::vector<std::int32_t> positions_host_, head_rows_host_, head_targets_host_;
+  std::vector<std::uint64_t> row_keys_host_;
+  LayerWorkspace<Act> workspace_;
   std::vector<LayerActivations<Act>> activations_;  // 1 with recompute, else one per layer
 
-  Buffer<Act> inputs_;  // [(L + 1), M, D] layer inputs (only 2 slots when not training)
+  DeviceBuffer<Act> inputs_;  // [(L + 1), M, D] layer inputs (only 2 slots when not training)
   bool all_inputs_ = false;
-  Buffer<bf16> kept_inputs_;  // [(L + 1), M, D] with bf16_residual when training
+  DeviceBuffer<bf16> kept_inputs_;  // [(L + 1), M, D] with bf16_residual when training
   bool keep_bf16_inputs_ = false;
   int nonfinite_site_ = -1;
-  Buffer<Act> final_rstd_, final_h_, d_final_h_, head_rows_, head_logits_, residual_grad_;
-  Buffer<Weight> head_operand_;
+  DeviceBuffer<Act> final_rstd_, final_h_, d_final_h_, head_rows_, head_logits_, residual_grad_;
+  DeviceBuffer<Act> output_staging_;
+  DeviceBuffer<std::int32_t> head_row_ids_, head_targets_;
 };
 
 }  // namespace zerolora

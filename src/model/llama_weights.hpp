@@ -38,6 +38,7 @@ struct LlamaWeights : WeightProvider<W> {
   const LlamaConfig& config() const override { return model_config; }
   const LayerLayout& layout() const override { return layer_layout; }
   const W* acquire(UnitId unit) override;
+  bool resident() const override { return true; }
 };
 
 // Reads every tensor of the parameter table from the checkpoint, converting F32/F16/BF16 to W

@@ -27,7 +27,24 @@ class WeightProvider {
   // The unit's full buffer (parameter_table offsets apply), valid until release(unit).
   virtual const W* acquire(UnitId unit) = 0;
   virtual void release(UnitId unit) {}
+  // True when acquire hands out the same buffer every time and release frees nothing (the
+  // whole model in memory): a device copy of a unit may then be kept for the whole run.
+  virtual bool resident() const { return false; }
 };
+
+// Elements of a unit's buffer.
+inline Index unit_elements(const LlamaConfig& c, const LayerLayout& layout, UnitId unit) {
+  switch (unit.kind) {
+    case Unit::kLayer:
+      return layout.size();
+    case Unit::kFinalNorm:
+      return c.hidden_size;
+    case Unit::kEmbedding:
+    case Unit::kLmHead:
+      return c.vocab_size * c.hidden_size;
+  }
+  return 0;
+}
 
 // The unit holding the lm_head weights: the embedding when they are tied.
 inline UnitId lm_head_unit(const LlamaConfig& c) {

@@ -4,23 +4,13 @@
 #include <cstdint>
 
 #include "core/bf16.hpp"
-#include "core/cpu_dispatch.hpp"
 #include "core/runtime.hpp"
 #include "ops/conventions.hpp"
 
 namespace zerolora {
 
 template <class T, class W>
-ZL_CPU_CLONES void embedding_forward(Runtime& rt, T* dst /*[M, D]*/,
-                                     const std::int32_t* tokens /*[M]*/, const W* table /*[V, D]*/,
-                                     Index M, Index D) {
-  ProfileScope profile(rt.profiler(), ProfileCategory::kOther);
-#pragma omp parallel for num_threads(rt.threads()) schedule(static)
-  for (Index i = 0; i < M; ++i) {
-    const W* row = table + static_cast<Index>(tokens[i]) * D;
-    T* y = dst + i * D;
-    for (Index j = 0; j < D; ++j) y[j] = static_cast<T>(to_float(row[j]));
-  }
-}
+void embedding_forward(Runtime& rt, T* dst /*[M, D]*/, const std::int32_t* tokens /*[M]*/,
+                       const W* table /*[V, D]*/, Index M, Index D);
 
 }  // namespace zerolora

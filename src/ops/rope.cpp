@@ -2,7 +2,9 @@
 
 #include <cmath>
 
+#include "core/cpu_dispatch.hpp"
 #include "core/error.hpp"
+#include "core/profiler.hpp"
 
 namespace zerolora {
 
@@ -63,5 +65,34 @@ void RopeTable::ensure(Index positions) {
   }
   size_ = positions;
 }
+
+template <class T>
+ZL_CPU_CLONES void rope_rotate(Runtime& rt, T* x /*[M, row_stride]*/,
+                               const std::int32_t* positions /*[M]*/, const RopeTable& table,
+                               Index M, Index row_stride, Index heads, bool inverse) {
+  ProfileScope profile(rt.profiler(), ProfileCategory::kRope);
+  const Index half = table.half();
+  const T sign = static_cast<T>(inverse ? -1 : 1);
+#pragma omp parallel for num_threads(rt.threads()) schedule(static)
+  for (Index i = 0; i < M; ++i) {
+    const float* c = table.cos(positions[i]);
+    const float* s = table.sin(positions[i]);
+    for (Index h = 0; h < heads; ++h) {
+      T* x1 = x + i * row_stride + h * 2 * half;
+      T* x2 = x1 + half;
+#pragma omp simd
+      for (Index j = 0; j < half; ++j) {
+        const T a = x1[j], b = x2[j], sin_j = sign * static_cast<T>(s[j]);
+        x1[j] = a * static_cast<T>(c[j]) - b * sin_j;
+        x2[j] = b * static_cast<T>(c[j]) + a * sin_j;
+      }
+    }
+  }
+}
+
+template void rope_rotate<float>(Runtime&, float*, const std::int32_t*, const RopeTable&, Index,
+                                 Index, Index, bool);
+template void rope_rotate<double>(Runtime&, double*, const std::int32_t*, const RopeTable&, Index,
+                                  Index, Index, bool);
 
 }  // namespace zerolora

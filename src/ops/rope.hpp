@@ -8,7 +8,6 @@
 #include <cstdint>
 #include <vector>
 
-#include "core/cpu_dispatch.hpp"
 #include "core/runtime.hpp"
 #include "ops/conventions.hpp"
 
@@ -35,6 +34,7 @@ class RopeTable {
   Index half() const { return half_; }
   const float* cos(Index position) const { return cos_.data() + position * half_; }
   const float* sin(Index position) const { return sin_.data() + position * half_; }
+  Index positions() const { return size_; }
 
  private:
   Index half_;
@@ -46,28 +46,8 @@ class RopeTable {
 // rotated by +angle (forward) or -angle (the transpose of the rotation, which backward applies
 // to turn d(rotated) into d(unrotated)).
 template <class T>
-ZL_CPU_CLONES void rope_rotate(Runtime& rt, T* x /*[M, row_stride]*/,
-                               const std::int32_t* positions /*[M]*/, const RopeTable& table,
-                               Index M, Index row_stride, Index heads, bool inverse) {
-  ProfileScope profile(rt.profiler(), ProfileCategory::kRope);
-  const Index half = table.half();
-  const T sign = static_cast<T>(inverse ? -1 : 1);
-#pragma omp parallel for num_threads(rt.threads()) schedule(static)
-  for (Index i = 0; i < M; ++i) {
-    const float* c = table.cos(positions[i]);
-    const float* s = table.sin(positions[i]);
-    for (Index h = 0; h < heads; ++h) {
-      T* x1 = x + i * row_stride + h * 2 * half;
-      T* x2 = x1 + half;
-#pragma omp simd
-      for (Index j = 0; j < half; ++j) {
-        const T a = x1[j], b = x2[j], sin_j = sign * static_cast<T>(s[j]);
-        x1[j] = a * static_cast<T>(c[j]) - b * sin_j;
-        x2[j] = b * static_cast<T>(c[j]) + a * sin_j;
-      }
-    }
-  }
-}
+void rope_rotate(Runtime& rt, T* x /*[M, row_stride]*/, const std::int32_t* positions /*[M]*/,
+                 const RopeTable& table, Index M, Index row_stride, Index heads, bool inverse);
 
 template <class T>
 void rope_forward(Runtime& rt, T* x, const std::int32_t* positions, const RopeTable& table, Index M,

@@ -16,6 +16,7 @@
 #include "data/sampler.hpp"
 #include "io/json_file.hpp"
 #include "lora/peft_adapter.hpp"
+#include "model/backend.hpp"
 #include "model/flops.hpp"
 #include "model/llama_weights.hpp"
 #include "ops/gemm_peak.hpp"
@@ -143,8 +144,10 @@ struct TrainingRun::Impl {
     };
     for (const auto& line : prepared.notes) note(line);
     bf16_residual = resolve_bf16_residual(args.residual_dtype, args.bf16);
-    rt.emplace(settings.threads > 0 ? settings.threads : default_threads_per_rank());
-    if (args.bf16) require_bf16_matmul(*rt);
+    rt.emplace(settings.threads > 0 ? settings.threads : default_threads_per_rank(),
+               make_device(settings.device));
+    // bf16 GEMMs on the CPU need oneDNN's AVX-512 kernels; a GPU has its own.
+    if (args.bf16 && rt->device().kind() == DeviceKind::kCpu) require_bf16_matmul(*rt);
     prepare_output_dir_on_all_ranks(comm, settings.output_dir, settings.overwrite_output_dir,
                                     resuming);
     checkpoint.emplace(settings.model_dir);

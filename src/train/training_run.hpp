@@ -37,6 +37,7 @@ struct RunSettings {
   bool overwrite_output_dir = false;       // start over where an earlier run's outputs are
   bool do_eval = false;                    // evaluate at the end even with eval_strategy no
   int threads = 0;                         // per rank; 0: the cores divided among local ranks
+  std::string device = "cpu";              // cpu, cuda, cuda:N (model/backend.hpp)
   // Refuse a run whose predicted memory (memory_estimate.hpp), times the ranks on this node,
   // exceeds what the machine or its cgroup can still give.
   bool check_memory = true;

@@ -1,37 +1,12 @@
-// The LoRA branch of an adapted projection, forward and backward side by side:
-//   forward:  z = drop(x) A^T            [M, r]   (saved for backward)
-//             y += scale * z B^T          [M, out] (added onto the base projection's output)
-//   backward: dB += scale * dy^T z
-//             dz  = scale * dy B
-//             dA += dz^T drop(x)          (the dropout mask is regenerated, not stored)
-//             dx += drop'(dz A)           (the same mask, scaled by 1/(1-p))
-// LoRA runs in the activation type (fp32, or fp64 in checks) even in bf16 mode: its matmuls
-// are r/out of the base ones, and fp32 keeps tiny updates to B from rounding away.
-#pragma once
+#include "ops/lora_branch.hpp"
 
-#include <cstdint>
-
-#include "core/buffer.hpp"
 #include "core/cpu_dispatch.hpp"
+#include "core/profiler.hpp"
 #include "core/rng.hpp"
-#include "core/runtime.hpp"
 #include "ops/matmul.hpp"
 
 namespace zerolora {
 
-// Inverted dropout with a counter-based mask: element (i, j) is kept iff
-// uniform(hash(key, row_keys[i]), j) >= p; kept values are scaled by 1 / (1 - p).
-// key encodes (seed, step, layer, module); row_keys encode (sample, position), so masks do not
-// depend on how tokens are split across micro-batches, threads or ranks.
-struct DropoutMask {
-  double p = 0.0;
-  std::uint64_t key = 0;
-  const std::uint64_t* row_keys = nullptr;  // [M]
-  bool active() const { return p > 0.0; }
-};
-
-// dst (=) [M, cols] = drop(src); or, when accumulate, dst += drop(src). The mask of a row is
-// generated in one vectorizable pass (AVX-512 has 64-bit multiplies).
 template <class T>
 ZL_CPU_CLONES void apply_dropout(Runtime& rt, Mat<T> dst, Mat<const T> src, const DropoutMask& mask,
                                  bool accumulate) {
@@ -57,7 +32,6 @@ ZL_CPU_CLONES void apply_dropout(Runtime& rt, Mat<T> dst, Mat<const T> src, cons
   }
 }
 
-// z (=) [M, r] = drop(src) A^T: the down-projection half of the branch.
 template <class T>
 void lora_project(Runtime& rt, T* z /*[M, r]*/, Mat<const T> src /*[M, in]*/,
                   const T* a /*[r, in]*/, Index rank, const DropoutMask& dropout,
@@ -83,7 +57,6 @@ void lora_forward(Runtime& rt, Mat<T> dst /*[M, out] +=*/, T* z /*[M, r] =*/,
                Mat<const T>::dense(b, dst.cols, rank).t(), dst, scale, true);
 }
 
-// diff_src, diff_a, diff_b all accumulate (+=): see [Note: gradient rule].
 template <class T>
 void lora_backward(Runtime& rt, Mat<T> diff_src /*[M, in] +=*/, T* diff_a /*[r, in] +=*/,
                    T* diff_b /*[out, r] +=*/, Mat<const T> diff_dst /*[M, out]*/,
@@ -117,5 +90,18 @@ void lora_backward(Runtime& rt, Mat<T> diff_src /*[M, in] +=*/, T* diff_a /*[r, 
     apply_dropout(rt, diff_src, Mat<const T>::dense(work, M, in), dropout, true);
   }
 }
+
+#define ZL_INSTANTIATE_LORA(T)                                                                   \
+  template void apply_dropout<T>(Runtime&, Mat<T>, Mat<const T>, const DropoutMask&, bool);      \
+  template void lora_project<T>(Runtime&, T*, Mat<const T>, const T*, Index, const DropoutMask&, \
+                                Buffer<T>&);                                                     \
+  template void lora_forward<T>(Runtime&, Mat<T>, T*, Mat<const T>, const T*, const T*, Index,   \
+                                double, const DropoutMask&, Buffer<T>&);                         \
+  template void lora_backward<T>(Runtime&, Mat<T>, T*, T*, Mat<const T>, const T*, Mat<const T>, \
+                                 const T*, const T*, Index, double, const DropoutMask&,          \
+                                 Buffer<T>&);
+ZL_INSTANTIATE_LORA(float)
+ZL_INSTANTIATE_LORA(double)
+#undef ZL_INSTANTIATE_LORA
 
 }  // namespace zerolora

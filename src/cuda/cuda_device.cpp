@@ -1,0 +1,105 @@
+#include "cuda/cuda_device.hpp"
+
+#include <string>
+
+#include "core/error.hpp"
+
+namespace zerolora::cuda {
+
+void check_cuda(cudaError_t status, const char* call) {
+  if (status != cudaSuccess)
+    throw DeviceError(std::string(call) + " failed: " + cudaGetErrorName(status) + ": " +
+                      cudaGetErrorString(status));
+}
+
+int visible_gpus(std::string* why_none) {
+  int count = 0;
+  const cudaError_t status = cudaGetDeviceCount(&count);
+  if (status != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky error of a failed probe
+    if (why_none)
+      *why_none = std::string("no CUDA device: cudaGetDeviceCount says ") +
+                  cudaGetErrorName(status) + " (" + cudaGetErrorString(status) + ")";
+    return 0;
+  }
+  if (count == 0 && why_none) *why_none = "no CUDA device: the driver reports 0 GPUs";
+  return count;
+}
+
+CudaDevice::CudaDevice(int ordinal) : ordinal_(ordinal) {
+  std::string why;
+  const int count = visible_gpus(&why);
+  if (count == 0) throw DeviceError("--device cuda:" + std::to_string(ordinal) + ": " + why);
+  if (ordinal < 0 || ordinal >= count)
+    throw DeviceError("--device cuda:" + std::to_string(ordinal) + ": only " +
+                      std::to_string(count) + " GPU(s) visible (CUDA_VISIBLE_DEVICES)");
+  check_cuda(cudaSetDevice(ordinal), "cudaSetDevice");
+  cudaDeviceProp props{};
+  check_cuda(cudaGetDeviceProperties(&props, ordinal), "cudaGetDeviceProperties");
+  name_ = "cuda:" + std::to_string(ordinal) + " (" + props.name + ")";
+  check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+  allocator_ = std::make_unique<CachingAllocator>(
+      name_,
+      [](std::size_t bytes) -> void* {
+        void* p = nullptr;
+        if (cudaMalloc(&p, bytes) != cudaSuccess) {
+          cudaGetLastError();  // out of memory is not sticky: clear it and report null
+          return nullptr;
+        }
+        return p;
+      },
+      [](void* p) { cudaFree(p); });
+}
+
+CudaDevice::~CudaDevice() {
+  if (stream_) cudaStreamSynchronize(stream_);
+  allocator_.reset();
+  if (stream_) cudaStreamDestroy(stream_);
+}
+
+void* CudaDevice::allocate(std::size_t bytes) {
+  return allocator_->allocate(bytes);
+}
+
+void CudaDevice::free(void* pointer, std::size_t) noexcept {
+  allocator_->free(pointer);
+}
+
+void CudaDevice::copy_to_device(void* dst, const void* host_src, std::size_t bytes) {
+  if (bytes == 0) return;
+  // From pageable memory the copy has read the host bytes when the call returns.
+  check_cuda(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, stream_),
+             "cudaMemcpyAsync (host to device)");
+}
+
+void CudaDevice::copy_to_host(void* host_dst, const void* src, std::size_t bytes) {
+  if (bytes == 0) return;
+  check_cuda(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, stream_),
+             "cudaMemcpyAsync (device to host)");
+  check_cuda(cudaStreamSynchronize(stream_), "cudaStreamSynchronize (after a copy to the host)");
+}
+
+void CudaDevice::copy(void* dst, const void* src, std::size_t bytes) {
+  if (bytes == 0) return;
+  check_cuda(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_),
+             "cudaMemcpyAsync (device to device)");
+}
+
+void CudaDevice::copy_rows(void* dst, std::size_t dst_pitch, const void* src, std::size_t src_pitch,
+                           std::size_t row_bytes, std::size_t rows) {
+  if (rows == 0 || row_bytes == 0) return;
+  check_cuda(cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, row_bytes, rows,
+                               cudaMemcpyDeviceToDevice, stream_),
+             "cudaMemcpy2DAsync");
+}
+
+void CudaDevice::fill_zero(void* dst, std::size_t bytes) {
+  if (bytes == 0) return;
+  check_cuda(cudaMemsetAsync(dst, 0, bytes, stream_), "cudaMemsetAsync");
+}
+
+void CudaDevice::synchronize() {
+  check_cuda(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+}
+
+}  // namespace zerolora::cuda

@@ -1,0 +1,56 @@
+// One CUDA GPU as a zerolora Device: its own stream (every copy and kernel of the backend is
+// ordered on it), device memory from a CachingAllocator over cudaMalloc (nothing is allocated
+// from the driver in a step once the first step has run), and the run's peak memory.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <memory>
+#include <string>
+
+#include "core/caching_allocator.hpp"
+#include "core/device.hpp"
+
+namespace zerolora::cuda {
+
+class CudaDevice final : public Device {
+ public:
+  // Selects GPU `ordinal` (of those CUDA_VISIBLE_DEVICES shows); throws DeviceError when there
+  // is none, naming what CUDA said.
+  explicit CudaDevice(int ordinal);
+  ~CudaDevice() override;
+
+  DeviceKind kind() const override { return DeviceKind::kCuda; }
+  std::string name() const override { return name_; }
+  bool host_accessible() const override { return false; }
+  void* allocate(std::size_t bytes) override;
+  void free(void* pointer, std::size_t bytes) noexcept override;
+  void copy_to_device(void* dst, const void* host_src, std::size_t bytes) override;
+  void copy_to_host(void* host_dst, const void* src, std::size_t bytes) override;
+  void copy(void* dst, const void* src, std::size_t bytes) override;
+  void copy_rows(void* dst, std::size_t dst_pitch, const void* src, std::size_t src_pitch,
+                 std::size_t row_bytes, std::size_t rows) override;
+  void fill_zero(void* dst, std::size_t bytes) override;
+  void synchronize() override;
+  std::size_t allocated_bytes() const override { return allocator_->allocated_bytes(); }
+  std::size_t peak_allocated_bytes() const override { return allocator_->peak_allocated_bytes(); }
+  void reset_peak() override { allocator_->reset_peak(); }
+
+  cudaStream_t stream() const { return stream_; }
+  int ordinal() const { return ordinal_; }
+  const CachingAllocator& allocator() const { return *allocator_; }
+
+ private:
+  int ordinal_;
+  std::string name_;
+  cudaStream_t stream_ = nullptr;
+  std::unique_ptr<CachingAllocator> allocator_;
+};
+
+// Throws DeviceError naming the call and what CUDA said.
+void check_cuda(cudaError_t status, const char* call);
+
+// GPUs this process can see (0 when there is no driver or no GPU) and, when none, why.
+int visible_gpus(std::string* why_none = nullptr);
+
+}  // namespace zerolora::cuda

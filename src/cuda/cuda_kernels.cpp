@@ -1,0 +1,276 @@
+#include "cuda/cuda_kernels.hpp"
+
+#include <cmath>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "core/error.hpp"
+#include "core/precision.hpp"
+#include "cuda/cuda_device.hpp"
+#include "cuda/cuda_ops.hpp"
+#include "cuda/gemm.hpp"
+
+namespace zerolora::cuda {
+namespace {
+
+constexpr Index kMaxHeadDim = 256;
+
+template <class W>
+auto bits(const W* p) {
+  if constexpr (std::is_same_v<W, bf16>)
+    return reinterpret_cast<const Bf16Bits*>(p);
+  else
+    return p;
+}
+
+template <class P>
+class CudaKernels final : public Kernels<P> {
+ public:
+  using Act = typename P::Act;
+  using Weight = typename P::Weight;
+  static_assert(std::is_same_v<Act, float>, "the CUDA backend computes activations in fp32");
+
+  CudaKernels(Runtime& rt, CudaDevice& device)
+      : device_(device), s_(device.stream()), gemm_(device, device.stream()) {}
+
+  void embedding_forward(Act* dst, const std::int32_t* tokens, const Weight* table, Index M,
+                         Index D) override {
+    cuda::embedding_forward(s_, dst, tokens, bits(table), M, D);
+  }
+  void rmsnorm_forward(Act* dst, Act* rstd, const Act* src, const Weight* weight, Index M, Index D,
+                       double eps) override {
+    cuda::rmsnorm_forward(s_, dst, rstd, src, bits(weight), M, D, static_cast<float>(eps));
+  }
+  void rmsnorm_backward(Act* diff_src, const Act* diff_dst, const Act* src, const Act* rstd,
+                        const Weight* weight, Index M, Index D, bool accumulate) override {
+    cuda::rmsnorm_backward(s_, diff_src, diff_dst, src, rstd, bits(weight), M, D, accumulate);
+  }
+  void rope_rotate(Act* x, const std::int32_t* positions, const RopeTable& table, Index M,
+                   Index row_stride, Index heads, bool inverse) override {
+    upload_rope(table);
+    cuda::rope_rotate(s_, x, positions, rope_cos_.data(), rope_sin_.data(), table.half(), M,
+                      row_stride, heads, inverse);
+  }
+  void swiglu_forward(Act* dst, const Act* gate_up, Index M, Index I) override {
+    cuda::swiglu_forward(s_, dst, gate_up, M, I);
+  }
+  void swiglu_backward(Act* diff_gate_up, const Act* diff_dst, const Act* gate_up, Index M,
+                       Index I) override {
+    cuda::swiglu_backward(s_, diff_gate_up, diff_dst, gate_up, M, I);
+  }
+  double cross_entropy(Act* logits, const std::int32_t* targets, Index R, Index V,
+                       double grad_scale, bool write_grad) override {
+    if (R == 0) return 0.0;
+    row_loss_.ensure(device_, static_cast<std::size_t>(R));
+    cuda::cross_entropy(s_, logits, targets, row_loss_.data(), R, V, static_cast<float>(grad_scale),
+                        write_grad);
+    row_loss_host_.resize(static_cast<std::size_t>(R));
+    device_.copy_to_host(row_loss_host_.data(), row_loss_.data(), R * sizeof(double));
+    double total = 0;
+    for (double v : row_loss_host_) total += v;
+    return total;
+  }
+
+  void linear_forward(Mat<Act> dst, const Act* src, const Weight* weight, Index in,
+                      bool accumulate) override {
+    const Index M = dst.rows, out = dst.cols;
+    gemm_.matmul(operand(src, M * in, M, in), Mat<const Weight>::dense(weight, out, in).t(), dst,
+                 1.0f, accumulate);
+  }
+  void linear_backward_data(Act* diff_src, const Act* diff_dst, const Weight* weight, Index M,
+                            Index out, Index in) override {
+    gemm_.matmul(operand(diff_dst, M * out, M, out), Mat<const Weight>::dense(weight, out, in),
+                 Mat<Act>::dense(diff_src, M, in), 1.0f, false);
+  }
+
+  void lora_project(Act* z, Mat<const Act> src, const Act* a, Index rank,
+                    const DropoutMask& dropout) override {
+    const Index M = src.rows, in = src.cols;
+    gemm_.matmul(dropped(src, dropout), Mat<const Act>::dense(a, rank, in).t(),
+                 Mat<Act>::dense(z, M, rank), 1.0f, false);
+  }
+  void lora_forward(Mat<Act> dst, Act* z, Mat<const Act> src, const Act* a, const Act* b,
+                    Index rank, double scale, const DropoutMask& dropout) override {
+    lora_project(z, src, a, rank, dropout);
+    gemm_.matmul(Mat<const Act>::dense(z, src.rows, rank),
+                 Mat<const Act>::dense(b, dst.cols, rank).t(), dst, static_cast<float>(scale),
+                 true);
+  }
+  void lora_backward(Mat<Act> diff_src, Act* diff_a, Act* diff_b, Mat<const Act> diff_dst,
+                     const Act* z, Mat<const Act> src, const Act* a, const Act* b, Index rank,
+                     double scale, const DropoutMask& dropout) override {
+    const Index M = src.rows, in = src.cols, out = diff_dst.cols;
+    const auto s = static_cast<float>(scale);
+    Act* dz = lora_dz_.ensure(device_, static_cast<std::size_t>(M * rank));
+    const auto dz_mat = Mat<Act>::dense(dz, M, rank);
+    const auto a_mat = Mat<const Act>::dense(a, rank, in);
+    gemm_.matmul(diff_dst.t(), Mat<const Act>::dense(z, M, rank),
+                 Mat<Act>::dense(diff_b, out, rank), s, true);
+    gemm_.matmul(diff_dst, Mat<const Act>::dense(b, out, rank), dz_mat, s, false);
+    gemm_.matmul(dz_mat.as_const().t(), dropped(src, dropout), Mat<Act>::dense(diff_a, rank, in),
+                 1.0f, true);
+    if (!dropout.active()) {
+      gemm_.matmul(dz_mat, a_mat, diff_src, 1.0f, true);
+    } else {
+      Act* work = lora_work_.ensure(device_, static_cast<std::size_t>(M * in));
+      gemm_.matmul(dz_mat, a_mat, Mat<Act>::dense(work, M, in), 1.0f, false);
+      cuda::apply_dropout(s_, diff_src.data, diff_src.rs, diff_src.cs, work, in, 1, M, in,
+                          dropout.p, dropout.key, dropout.row_keys, true);
+    }
+  }
+
+  void attention_forward(Act* out, Act* lse, const Act* qkv, const std::vector<Segment>& segments,
+                         Index M, const AttentionShape& shape,
+                         const AttentionOptions& options) override {
+    cuda::attention_forward(s_, out, lse, qkv, geometry(segments, M, shape), kRoundOperands);
+  }
+  void attention_backward(Act* diff_qkv, const Act* diff_out, const Act* qkv, const Act* out,
+                          const Act* lse, const std::vector<Segment>& segments, Index M,
+                          const AttentionShape& shape, const AttentionOptions& options) override {
+    float* delta = delta_.ensure(device_, static_cast<std::size_t>(M * shape.heads));
+    cuda::attention_backward(s_, diff_qkv, diff_out, qkv, out, lse, delta,
+                             geometry(segments, M, shape), kRoundOperands);
+  }
+  void attention_cached(Act* out, const Act* q, Index q_stride, const Act* keys, const Act* values,
+                        Index first, Index M, const AttentionShape& shape) override {
+    check_head_dim(shape);
+    cuda::attention_cached(s_, out, q, q_stride, keys, values, first, M, shape.heads,
+                           shape.kv_heads, shape.head_dim);
+  }
+
+  void round_to_bf16(Act* x, bf16* copy, Index n) override {
+    cuda::round_to_bf16(s_, x, reinterpret_cast<Bf16Bits*>(copy), n);
+  }
+  void widen_bf16(Act* dst, const bf16* src, Index n) override {
+    cuda::widen_bf16(s_, dst, reinterpret_cast<const Bf16Bits*>(src), n);
+  }
+  Index first_nonfinite(const Act* x, Index n) override {
+    return scan_result(n, [&](unsigned long long* f) { cuda::first_nonfinite(s_, x, n, f); });
+  }
+  Index first_nonfinite(const bf16* x, Index n) override {
+    return scan_result(n, [&](unsigned long long* f) {
+      cuda::first_nonfinite(s_, reinterpret_cast<const Bf16Bits*>(x), n, f);
+    });
+  }
+  void gather_rows(Act* dst, const Act* src, const std::int32_t* rows, Index n, Index D) override {
+    cuda::gather_rows(s_, dst, src, rows, n, D);
+  }
+  void scatter_rows(Act* dst, const Act* src, const std::int32_t* rows, Index n, Index D) override {
+    cuda::scatter_rows(s_, dst, src, rows, n, D);
+  }
+
+ private:
+  // bf16 policy: activations rounded to bf16 where the CPU rounds its matmul operands.
+  static constexpr bool kRoundOperands = std::is_same_v<Weight, bf16>;
+
+  // The activation operand of a base projection in the weight type.
+  Mat<const Weight> operand(const Act* src, Index n, Index rows, Index cols) {
+    if constexpr (std::is_same_v<Weight, Act>) {
+      return Mat<const Act>::dense(src, rows, cols);
+    } else {
+      bf16* converted = operand_.ensure(device_, static_cast<std::size_t>(n));
+      cuda::to_bf16(s_, reinterpret_cast<Bf16Bits*>(converted), src, n);
+      return Mat<const bf16>::dense(converted, rows, cols);
+    }
+  }
+
+  // drop(src) as a dense matrix (src itself when dropout is off).
+  Mat<const Act> dropped(Mat<const Act> src, const DropoutMask& dropout) {
+    if (!dropout.active()) return src;
+    const Index M = src.rows, in = src.cols;
+    Act* work = dropout_work_.ensure(device_, static_cast<std::size_t>(M * in));
+    cuda::apply_dropout(s_, work, in, 1, src.data, src.rs, src.cs, M, in, dropout.p, dropout.key,
+                        dropout.row_keys, false);
+    return Mat<const Act>::dense(work, M, in);
+  }
+
+  void upload_rope(const RopeTable& table) {
+    if (&table == rope_table_ && table.positions() == rope_positions_) return;
+    const auto n = static_cast<std::size_t>(table.positions() * table.half());
+    rope_cos_.ensure(device_, n);
+    rope_sin_.ensure(device_, n);
+    device_.copy_to_device(rope_cos_.data(), table.cos(0), n * sizeof(float));
+    device_.copy_to_device(rope_sin_.data(), table.sin(0), n * sizeof(float));
+    rope_table_ = &table;
+    rope_positions_ = table.positions();
+  }
+
+  void check_head_dim(const AttentionShape& shape) const {
+    if (shape.head_dim > kMaxHeadDim)
+      throw UnsupportedError("CUDA attention: head_dim " + std::to_string(shape.head_dim) +
+                             " is over the " + std::to_string(kMaxHeadDim) + " supported");
+  }
+
+  // The batch's segments on the device, uploaded when they differ from the last batch's.
+  AttentionGeometry geometry(const std::vector<Segment>& segments, Index M,
+                             const AttentionShape& shape) {
+    check_head_dim(shape);
+    const bool same = segments.size() == segments_.size() &&
+                      std::equal(segments.begin(), segments.end(), segments_.begin(),
+                                 [](const Segment& a, const Segment& b) {
+                                   return a.begin == b.begin && a.length == b.length;
+                                 });
+    if (!same || M != geometry_rows_) {
+      std::vector<std::int32_t> row_segment(static_cast<std::size_t>(M)), begin, length;
+      max_length_ = 0;
+      for (std::size_t s = 0; s < segments.size(); ++s) {
+        begin.push_back(static_cast<std::int32_t>(segments[s].begin));
+        length.push_back(static_cast<std::int32_t>(segments[s].length));
+        max_length_ = std::max(max_length_, segments[s].length);
+        for (Index t = 0; t < segments[s].length; ++t)
+          row_segment[static_cast<std::size_t>(segments[s].begin + t)] =
+              static_cast<std::int32_t>(s);
+      }
+      upload<std::int32_t>(device_, row_segment_, row_segment);
+      upload<std::int32_t>(device_, segment_begin_, begin);
+      upload<std::int32_t>(device_, segment_length_, length);
+      segments_ = segments;
+      geometry_rows_ = M;
+    }
+    return {row_segment_.data(), segment_begin_.data(), segment_length_.data(), M,
+            max_length_,         shape.heads,           shape.kv_heads,         shape.head_dim};
+  }
+
+  template <class Launch>
+  Index scan_result(Index n, Launch&& launch) {
+    unsigned long long* first = first_.ensure(device_, 1);
+    launch(first);
+    unsigned long long result = 0;
+    device_.copy_to_host(&result, first, sizeof result);
+    return result >= static_cast<unsigned long long>(n) ? Index{-1} : static_cast<Index>(result);
+  }
+
+  CudaDevice& device_;
+  cudaStream_t s_;
+  LtGemm gemm_;
+  DeviceBuffer<bf16> operand_;
+  DeviceBuffer<float> lora_dz_, lora_work_, dropout_work_, rope_cos_, rope_sin_, delta_;
+  DeviceBuffer<double> row_loss_;
+  std::vector<double> row_loss_host_;
+  DeviceBuffer<unsigned long long> first_;
+  const RopeTable* rope_table_ = nullptr;
+  Index rope_positions_ = 0;
+  DeviceBuffer<std::int32_t> row_segment_, segment_begin_, segment_length_;
+  std::vector<Segment> segments_;
+  Index geometry_rows_ = -1, max_length_ = 0;
+};
+
+}  // namespace
+
+template <class P>
+std::unique_ptr<Kernels<P>> make_cuda_kernels(Runtime& rt) {
+  auto* device = dynamic_cast<CudaDevice*>(&rt.device());
+  if (!device) throw DeviceError("the CUDA kernels need a CUDA device, not " + rt.device().name());
+  if constexpr (std::is_same_v<typename P::Act, float>)
+    return std::make_unique<CudaKernels<P>>(rt, *device);
+  else
+    throw UnsupportedError(std::string("the CUDA backend has no ") + std::string(P::kName) +
+                           " kernels (fp64 is for CPU gradient checks)");
+}
+
+template std::unique_ptr<Kernels<Fp32Policy>> make_cuda_kernels<Fp32Policy>(Runtime&);
+template std::unique_ptr<Kernels<Bf16Policy>> make_cuda_kernels<Bf16Policy>(Runtime&);
+template std::unique_ptr<Kernels<Fp64Policy>> make_cuda_kernels<Fp64Policy>(Runtime&);
+
+}  // namespace zerolora::cuda

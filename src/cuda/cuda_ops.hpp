@@ -1,0 +1,88 @@
+// The CUDA kernels of the backend, as plain functions over device pointers and a stream: the
+// one header the .cu files and the C++ side (cuda_kernels.cpp) share. Activations are fp32;
+// bf16 values are passed as their 16-bit patterns (std::uint16_t), converted on the device by
+// the same round-to-nearest-even as src/core/bf16.hpp. Each launch is checked (DeviceError
+// naming the kernel and its shape). Forward and backward of an op live side by side in one .cu
+// file per op, like the CPU ops in src/ops.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace zerolora::cuda {
+
+using Index = std::int64_t;
+using Bf16Bits = std::uint16_t;
+
+// Throws DeviceError when the last launch (or an earlier asynchronous error) failed.
+void check_launch(const char* kernel, Index rows, Index cols);
+
+// embedding.cu: dst [M, D] (=) table rows (fp32 or bf16 table)
+void embedding_forward(cudaStream_t s, float* dst, const std::int32_t* tokens, const float* table,
+                       Index M, Index D);
+void embedding_forward(cudaStream_t s, float* dst, const std::int32_t* tokens,
+                       const Bf16Bits* table, Index M, Index D);
+
+// rmsnorm.cu (ops/rmsnorm.hpp)
+template <class W>
+void rmsnorm_forward(cudaStream_t s, float* dst, float* rstd, const float* src, const W* weight,
+                     Index M, Index D, float eps);
+template <class W>
+void rmsnorm_backward(cudaStream_t s, float* diff_src, const float* diff_dst, const float* src,
+                      const float* rstd, const W* weight, Index M, Index D, bool accumulate);
+
+// rope.cu (ops/rope.hpp): cos/sin tables [positions, half] on the device
+void rope_rotate(cudaStream_t s, float* x, const std::int32_t* positions, const float* cos_table,
+                 const float* sin_table, Index half, Index M, Index row_stride, Index heads,
+                 bool inverse);
+
+// swiglu.cu (ops/swiglu.hpp)
+void swiglu_forward(cudaStream_t s, float* dst, const float* gate_up, Index M, Index I);
+void swiglu_backward(cudaStream_t s, float* diff_gate_up, const float* diff_dst,
+                     const float* gate_up, Index M, Index I);
+
+// cross_entropy.cu (ops/cross_entropy.hpp): row_loss [R] (=) per-row loss (0 for ignored rows)
+void cross_entropy(cudaStream_t s, float* logits, const std::int32_t* targets, double* row_loss,
+                   Index R, Index V, float grad_scale, bool write_grad);
+
+// convert.cu: dtype conversions, the finite scan, row gathers
+void to_bf16(cudaStream_t s, Bf16Bits* dst, const float* src, Index n);
+void round_to_bf16(cudaStream_t s, float* x, Bf16Bits* copy, Index n);  // copy may be null
+void widen_bf16(cudaStream_t s, float* dst, const Bf16Bits* src, Index n);
+// first non-finite index of x[0, n) written to *first (n when none); 16-bit values are bf16.
+void first_nonfinite(cudaStream_t s, const float* x, Index n, unsigned long long* first);
+void first_nonfinite(cudaStream_t s, const Bf16Bits* x, Index n, unsigned long long* first);
+void gather_rows(cudaStream_t s, float* dst, const float* src, const std::int32_t* rows, Index n,
+                 Index D);
+void scatter_rows(cudaStream_t s, float* dst, const float* src, const std::int32_t* rows, Index n,
+                  Index D);
+
+// dropout.cu (ops/lora_branch.hpp apply_dropout): dst (= or +=) drop(src), strided views
+void apply_dropout(cudaStream_t s, float* dst, Index dst_rs, Index dst_cs, const float* src,
+                   Index src_rs, Index src_cs, Index rows, Index cols, double p, std::uint64_t key,
+                   const std::uint64_t* row_keys, bool accumulate);
+
+// attention.cu (ops/attention.hpp): causal GQA attention over segments, one thread per query
+// row (forward) or key row (backward), fp32 arithmetic; with round_operands, q, k, v, the
+// probabilities and d(scores) are rounded to bf16 where the CPU's bf16 policy rounds its matmul
+// operands. segment_begin/segment_length [S] and row_segment [M] on the device; lse [H, M].
+struct AttentionGeometry {
+  const std::int32_t* row_segment;     // [M] segment of each row
+  const std::int32_t* segment_begin;   // [S]
+  const std::int32_t* segment_length;  // [S]
+  Index rows, max_length;
+  Index heads, kv_heads, head_dim;
+};
+void attention_forward(cudaStream_t s, float* out, float* lse, const float* qkv,
+                       const AttentionGeometry& g, bool round_operands);
+// delta [H, M] is scratch.
+void attention_backward(cudaStream_t s, float* diff_qkv, const float* diff_out, const float* qkv,
+                        const float* out, const float* lse, float* delta,
+                        const AttentionGeometry& g, bool round_operands);
+// Generation: M new rows at positions first.. attend to keys/values [first + M, KV*hd].
+void attention_cached(cudaStream_t s, float* out, const float* q, Index q_stride, const float* keys,
+                      const float* values, Index first, Index M, Index heads, Index kv_heads,
+                      Index head_dim);
+
+}  // namespace zerolora::cuda

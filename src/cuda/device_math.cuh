@@ -1,0 +1,78 @@
+// Device helpers shared by the .cu files: bf16 conversion exactly as src/core/bf16.hpp, the
+// counter-based hash of src/core/rng.hpp, block reductions in a fixed order (deterministic).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cuda/cuda_ops.hpp"
+
+namespace zerolora::cuda {
+
+__device__ __forceinline__ float bf16_to_float(Bf16Bits b) {
+  return __uint_as_float(static_cast<unsigned>(b) << 16);
+}
+
+// Round to nearest even; NaN keeps its sign and becomes quiet (core/bf16.hpp to_bf16).
+__device__ __forceinline__ Bf16Bits float_to_bf16(float x) {
+  unsigned u = __float_as_uint(x);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<Bf16Bits>((u >> 16) | 0x40u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<Bf16Bits>(u >> 16);
+}
+
+__device__ __forceinline__ float round_bf16(float x) {
+  return bf16_to_float(float_to_bf16(x));
+}
+
+__device__ __forceinline__ float load_weight(const float* w, Index i) {
+  return w[i];
+}
+__device__ __forceinline__ float load_weight(const Bf16Bits* w, Index i) {
+  return bf16_to_float(w[i]);
+}
+
+__device__ __forceinline__ std::uint64_t mix64(std::uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+__device__ __forceinline__ std::uint64_t hash_combine(std::uint64_t key, std::uint64_t part) {
+  return mix64(key ^ (part + 0x632be59bd9b4e019ull + (key << 6) + (key >> 2)));
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the total.
+// `shared` holds 32 floats. The order of additions is fixed: the same bits every run.
+__device__ __forceinline__ float block_sum(float v, float* shared) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  __syncthreads();  // shared may still be read by a previous reduction
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  const int warps = (blockDim.x + 31) >> 5;
+  v = lane < warps ? shared[lane] : 0.0f;
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float block_max(float v, float* shared) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  __syncthreads();
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  const int warps = (blockDim.x + 31) >> 5;
+  v = lane < warps ? shared[lane] : -INFINITY;
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+inline unsigned grid_for(Index n, int threads) {
+  const Index blocks = (n + threads - 1) / threads;
+  return static_cast<unsigned>(blocks < 65535 * 16 ? (blocks < 1 ? 1 : blocks) : 65535 * 16);
+}
+
+}  // namespace zerolora::cuda

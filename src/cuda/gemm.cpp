@@ -1,0 +1,190 @@
+#include "cuda/gemm.hpp"
+
+#include <cublasLt.h>
+
+#include <string>
+
+#include "core/error.hpp"
+
+namespace zerolora::cuda {
+
+namespace {
+
+constexpr std::size_t kWorkspaceBytes = std::size_t{32} << 20;
+
+std::string shape(const GemmKey& key) {
+  return "m=" + std::to_string(key.m) + " n=" + std::to_string(key.n) +
+         " k=" + std::to_string(key.k) + " lda=" + std::to_string(key.lda) +
+         " ldb=" + std::to_string(key.ldb) + " ldc=" + std::to_string(key.ldc) +
+         (key.in_type ? " bf16" : " fp32") + (key.trans_a ? " opA=T" : " opA=N") +
+         (key.trans_b ? " opB=T" : " opB=N");
+}
+
+void check(cublasStatus_t status, const char* call, const GemmKey* key = nullptr) {
+  if (status != CUBLAS_STATUS_SUCCESS)
+    throw DeviceError(std::string("cuBLASLt ") + call + (key ? " (" + shape(*key) + ")" : "") +
+                      " failed: " + cublasLtGetStatusString(status));
+}
+
+// One operand of the column-major problem, from a row-major view: a row-major matrix is the
+// column-major transpose with leading dimension rs; a view with rs == 1 is column-major already.
+struct Operand {
+  bool transposed_storage;  // stored column-major as the view itself (rs == 1)
+  Index ld;
+};
+
+Operand describe(Index rows, Index cols, Index rs, Index cs, const char* name) {
+  if (cs == 1 && rs >= cols) return {false, rows == 1 ? std::max<Index>(rs, cols) : rs};
+  if (rs == 1 && cs >= rows) return {true, cols == 1 ? std::max<Index>(cs, rows) : cs};
+  throw ShapeError(std::string("GEMM operand ") + name + " [" + std::to_string(rows) + ", " +
+                   std::to_string(cols) + "] with strides (" + std::to_string(rs) + ", " +
+                   std::to_string(cs) + ") is neither row- nor column-major");
+}
+
+}  // namespace
+
+int pointer_alignment(const void* pointer) {
+  const auto address = reinterpret_cast<std::uintptr_t>(pointer);
+  int alignment = 256;
+  while (alignment > 1 && address % static_cast<std::uintptr_t>(alignment) != 0) alignment /= 2;
+  return alignment;
+}
+
+GemmKey gemm_key(const void* a, Index a_rows, Index a_cols, Index a_rs, Index a_cs, const void* b,
+                 Index b_rows, Index b_cols, Index b_rs, Index b_cs, const void* c, Index c_rows,
+                 Index c_cols, Index c_rs, Index c_cs, int in_type, std::size_t element_bytes,
+                 bool accumulate) {
+  if (a_cols != b_rows || c_rows != a_rows || c_cols != b_cols)
+    throw ShapeError("GEMM shapes do not chain: [" + std::to_string(a_rows) + ", " +
+                     std::to_string(a_cols) + "] x [" + std::to_string(b_rows) + ", " +
+                     std::to_string(b_cols) + "] -> [" + std::to_string(c_rows) + ", " +
+                     std::to_string(c_cols) + "]");
+  if (c_cs != 1 || c_rs < c_cols) throw ShapeError("GEMM result must be row-major");
+  const Operand A = describe(a_rows, a_cols, a_rs, a_cs, "a");
+  const Operand B = describe(b_rows, b_cols, b_rs, b_cs, "b");
+  GemmKey key{};
+  // column-major D [N x M] = opA(b-side) [N x K] . opB(a-side) [K x M]
+  key.m = c_cols;
+  key.n = c_rows;
+  key.k = a_cols;
+  key.trans_a = B.transposed_storage;  // b stored [K x N] column-major: transpose it
+  key.lda = B.ld;
+  key.trans_b = A.transposed_storage;  // a stored [M x K] column-major: transpose it
+  key.ldb = A.ld;
+  key.ldc = c_rows == 1 ? std::max<Index>(c_rs, c_cols) : c_rs;
+  key.in_type = in_type;
+  key.align_a = pointer_alignment(b);
+  key.align_b = pointer_alignment(a);
+  key.align_c = pointer_alignment(c);
+  key.accumulate = accumulate;
+  return key;
+}
+
+struct LtGemm::Plan {
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+  ~Plan() {
+    if (a) cublasLtMatrixLayoutDestroy(a);
+    if (b) cublasLtMatrixLayoutDestroy(b);
+    if (c) cublasLtMatrixLayoutDestroy(c);
+    if (desc) cublasLtMatmulDescDestroy(desc);
+  }
+};
+
+LtGemm::LtGemm(Device& device, cudaStream_t stream) : stream_(stream) {
+  cublasLtHandle_t handle = nullptr;
+  check(cublasLtCreate(&handle), "cublasLtCreate");
+  handle_ = handle;
+  workspace_.ensure(device, kWorkspaceBytes);
+}
+
+LtGemm::~LtGemm() {
+  plans_.clear();
+  if (handle_) cublasLtDestroy(static_cast<cublasLtHandle_t>(handle_));
+}
+
+std::size_t LtGemm::plans() const {
+  return plans_.size();
+}
+
+void LtGemm::matmul(Mat<const float> a, Mat<const float> b, Mat<float> c, float alpha,
+                    bool accumulate) {
+  const GemmKey key = gemm_key(a.data, a.rows, a.cols, a.rs, a.cs, b.data, b.rows, b.cols, b.rs,
+                               b.cs, c.data, c.rows, c.cols, c.rs, c.cs, 0, 4, accumulate);
+  run(key, a.data, b.data, c.data, alpha);
+}
+
+void LtGemm::matmul(Mat<const bf16> a, Mat<const bf16> b, Mat<float> c, float alpha,
+                    bool accumulate) {
+  const GemmKey key = gemm_key(a.data, a.rows, a.cols, a.rs, a.cs, b.data, b.rows, b.cols, b.rs,
+                               b.cs, c.data, c.rows, c.cols, c.rs, c.cs, 1, 2, accumulate);
+  run(key, a.data, b.data, c.data, alpha);
+}
+
+void LtGemm::run(const GemmKey& key, const void* a, const void* b, float* c, float alpha) {
+  if (key.m == 0 || key.n == 0) return;
+  if (key.k == 0) {  // an empty sum: c = 0 (or unchanged when accumulating)
+    if (!key.accumulate)
+      cudaMemset2DAsync(c, static_cast<std::size_t>(key.ldc) * sizeof(float), 0,
+                        static_cast<std::size_t>(key.m) * sizeof(float),
+                        static_cast<std::size_t>(key.n), stream_);
+    return;
+  }
+  auto handle = static_cast<cublasLtHandle_t>(handle_);
+  auto& slot = plans_[key];
+  if (!slot) {
+    auto plan = std::make_unique<Plan>();
+    const cudaDataType_t in = key.in_type ? CUDA_R_16BF : CUDA_R_32F;
+    check(cublasLtMatmulDescCreate(&plan->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F),
+          "cublasLtMatmulDescCreate", &key);
+    const cublasOperation_t op_a = key.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const cublasOperation_t op_b = key.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    check(
+        cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof op_a),
+        "cublasLtMatmulDescSetAttribute(TRANSA)", &key);
+    check(
+        cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof op_b),
+        "cublasLtMatmulDescSetAttribute(TRANSB)", &key);
+    // Stored shapes: A is [m x k] or, transposed, [k x m]; B is [k x n] or [n x k].
+    check(cublasLtMatrixLayoutCreate(&plan->a, in, key.trans_a ? key.k : key.m,
+                                     key.trans_a ? key.m : key.k, key.lda),
+          "cublasLtMatrixLayoutCreate(A)", &key);
+    check(cublasLtMatrixLayoutCreate(&plan->b, in, key.trans_b ? key.n : key.k,
+                                     key.trans_b ? key.k : key.n, key.ldb),
+          "cublasLtMatrixLayoutCreate(B)", &key);
+    check(cublasLtMatrixLayoutCreate(&plan->c, CUDA_R_32F, key.m, key.n, key.ldc),
+          "cublasLtMatrixLayoutCreate(C)", &key);
+    cublasLtMatmulPreference_t preference = nullptr;
+    check(cublasLtMatmulPreferenceCreate(&preference), "cublasLtMatmulPreferenceCreate", &key);
+    const std::uint64_t workspace = kWorkspaceBytes;
+    const std::uint32_t align[3] = {static_cast<std::uint32_t>(key.align_a),
+                                    static_cast<std::uint32_t>(key.align_b),
+                                    static_cast<std::uint32_t>(key.align_c)};
+    cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                         &workspace, sizeof workspace);
+    cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                                         &align[0], sizeof align[0]);
+    cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                                         &align[1], sizeof align[1]);
+    cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                                         &align[2], sizeof align[2]);
+    cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                                         &align[2], sizeof align[2]);
+    cublasLtMatmulHeuristicResult_t result{};
+    int found = 0;
+    const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(
+        handle, plan->desc, plan->a, plan->b, plan->c, plan->c, preference, 1, &result, &found);
+    cublasLtMatmulPreferenceDestroy(preference);
+    check(status, "cublasLtMatmulAlgoGetHeuristic", &key);
+    if (found == 0) throw DeviceError("cuBLASLt has no algorithm for the GEMM " + shape(key));
+    plan->algo = result.algo;
+    slot = std::move(plan);
+  }
+  const float beta = key.accumulate ? 1.0f : 0.0f;
+  check(cublasLtMatmul(handle, slot->desc, &alpha, b, slot->a, a, slot->b, &beta, c, slot->c, c,
+                       slot->c, &slot->algo, workspace_.data(), kWorkspaceBytes, stream_),
+        "cublasLtMatmul", &key);
+}
+
+}  // namespace zerolora::cuda

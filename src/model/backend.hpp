@@ -1,0 +1,27 @@
+// Choosing the backend: the device a run asks for (--device cpu | cuda | cuda:N) and the kernel
+// set for the runtime's device. CpuKernels on the CPU; on a CUDA device the CUDA backend's
+// kernels (builds with ZEROLORA_CUDA), which serve the fp32 and bf16 policies.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "core/device.hpp"
+#include "core/runtime.hpp"
+#include "ops/kernels.hpp"
+
+namespace zerolora {
+
+// The device named by `spec`: "cpu" gives null (the runtime's host device); "cuda" is GPU 0.
+// Throws UsageError for another spelling, UnsupportedError when this build has no CUDA, and
+// DeviceError when the GPU is not there.
+std::unique_ptr<Device> make_device(const std::string& spec);
+
+// Whether this build has the CUDA backend.
+bool cuda_built();
+
+// Throws UnsupportedError when this build or this policy has no kernels for the device.
+template <class P>
+std::unique_ptr<Kernels<P>> make_kernels(Runtime& rt);
+
+}  // namespace zerolora

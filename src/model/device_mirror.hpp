@@ -1,0 +1,99 @@
+// Base weights and LoRA tensors for a device the host cannot address (a GPU). The model's
+// providers hand out host memory; these wrappers give the model device copies of what a pass
+// uses, through the Device interface only, so the same code serves every backend:
+//   DeviceWeights  uploads a unit when it is acquired. When the provider is resident (the whole
+//                  model in host memory) each unit is uploaded once and kept; otherwise (ZeRO-3's
+//                  gathered units) it is uploaded on every acquire and freed on release.
+//   DeviceLora     uploads a layer's LoRA parameters when acquired, gives the layer zeroed device
+//                  gradients, and on release adds them into the host gradients, which the
+//                  trainer's optimizer, clipping and checkpoints keep using unchanged. LoRA
+//                  tensors are small (rank r rows), so these copies cost little next to a layer.
+#pragma once
+
+#include <map>
+#include <vector>
+
+#include "core/device.hpp"
+#include "model/lora_source.hpp"
+#include "model/weight_provider.hpp"
+
+namespace zerolora {
+
+template <class W>
+class DeviceWeights final : public WeightProvider<W> {
+ public:
+  DeviceWeights(Device& device, WeightProvider<W>& host) : device_(device), host_(host) {}
+  const LlamaConfig& config() const override { return host_.config(); }
+  const LayerLayout& layout() const override { return host_.layout(); }
+  void begin_schedule(const std::vector<UnitId>& schedule) override {
+    host_.begin_schedule(schedule);
+  }
+  const W* acquire(UnitId unit) override {
+    DeviceBuffer<W>& copy = units_[key(unit)];
+    if (host_.resident() && !copy.empty()) return copy.data();
+    const auto n = static_cast<std::size_t>(unit_elements(config(), layout(), unit));
+    const W* source = host_.acquire(unit);
+    copy.ensure(device_, n);
+    device_.copy_to_device(copy.data(), source, n * sizeof(W));
+    if (host_.resident()) host_.release(unit);
+    return copy.data();
+  }
+  void release(UnitId unit) override {
+    if (host_.resident()) return;
+    units_[key(unit)].release();
+    host_.release(unit);
+  }
+  bool resident() const override { return host_.resident(); }
+
+ private:
+  static int key(UnitId unit) { return static_cast<int>(unit.kind) * (1 << 24) + unit.layer + 1; }
+  Device& device_;
+  WeightProvider<W>& host_;
+  std::map<int, DeviceBuffer<W>> units_;
+};
+
+template <class T>
+class DeviceLora final : public LoraSource<T> {
+ public:
+  // `layer_span(l)` gives the [first, end) layout offsets of layer l's tensors.
+  DeviceLora(Device& device, LoraSource<T>& host, std::vector<std::pair<Index, Index>> layer_spans)
+      : device_(device), host_(host), spans_(std::move(layer_spans)) {}
+
+  LoraLayerView<T> acquire(int layer, bool with_grads) override {
+    const LoraLayerView<T> view = host_.acquire(layer, with_grads);
+    const auto [first, end] = spans_[static_cast<std::size_t>(layer)];
+    const auto n = static_cast<std::size_t>(end - first);
+    host_view_ = view;
+    params_.ensure(device_, n);
+    device_.copy_to_device(params_.data(), view.params + (first - view.base), n * sizeof(T));
+    LoraLayerView<T> mirrored{params_.data(), nullptr, first};
+    if (with_grads && view.grads) {
+      grads_.ensure(device_, n);
+      device_.fill_zero(grads_.data(), n * sizeof(T));
+      mirrored.grads = grads_.data();
+    }
+    return mirrored;
+  }
+
+  void release(int layer, bool grads_done) override {
+    if (grads_done && host_view_.grads) {
+      const auto [first, end] = spans_[static_cast<std::size_t>(layer)];
+      const auto n = static_cast<std::size_t>(end - first);
+      staged_.resize(n);
+      device_.copy_to_host(staged_.data(), grads_.data(), n * sizeof(T));
+      T* host = host_view_.grads + (first - host_view_.base);
+      for (std::size_t i = 0; i < n; ++i) host[i] += staged_[i];
+    }
+    host_.release(layer, grads_done);
+  }
+
+ private:
+  Device& device_;
+  LoraSource<T>& host_;
+  std::vector<std::pair<Index, Index>> spans_;
+  LoraLayerView<T> host_view_;
+  DeviceBuffer<T> params_, grads_;
+  std::vector<T> staged_;
+};
+
+}  // namespace zerolora

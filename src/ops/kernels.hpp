@@ -1,0 +1,87 @@
+// The kernel interface: every op the model runs, forward and backward, on the runtime's device.
+// The model code (src/model) is written once against it; CpuKernels (cpu_kernels.hpp) implements
+// it with the OpenMP/oneDNN kernels of this folder, the CUDA backend (src/cuda) with CUDA
+// kernels, cuBLASLt and cuDNN. Pointers are device pointers (Runtime::device()); sizes, segment
+// lists and the rope table are host values, which a device implementation uploads as it needs.
+// Each op's contract (shapes, = or +=) is the one of its CPU function, named in the comment.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "core/bf16.hpp"
+#include "core/runtime.hpp"
+#include "ops/attention.hpp"
+#include "ops/lora_branch.hpp"
+#include "ops/matrix.hpp"
+#include "ops/rope.hpp"
+
+namespace zerolora {
+
+template <class P>
+class Kernels {
+ public:
+  using Act = typename P::Act;
+  using Weight = typename P::Weight;
+  virtual ~Kernels() = default;
+
+  // ops/embedding.hpp
+  virtual void embedding_forward(Act* dst, const std::int32_t* tokens, const Weight* table, Index M,
+                                 Index D) = 0;
+  // ops/rmsnorm.hpp
+  virtual void rmsnorm_forward(Act* dst, Act* rstd, const Act* src, const Weight* weight, Index M,
+                               Index D, double eps) = 0;
+  virtual void rmsnorm_backward(Act* diff_src, const Act* diff_dst, const Act* src, const Act* rstd,
+                                const Weight* weight, Index M, Index D, bool accumulate) = 0;
+  // ops/rope.hpp: `positions` on the device, the table on the host
+  virtual void rope_rotate(Act* x, const std::int32_t* positions, const RopeTable& table, Index M,
+                           Index row_stride, Index heads, bool inverse) = 0;
+  // ops/swiglu.hpp
+  virtual void swiglu_forward(Act* dst, const Act* gate_up, Index M, Index I) = 0;
+  virtual void swiglu_backward(Act* diff_gate_up, const Act* diff_dst, const Act* gate_up, Index M,
+                               Index I) = 0;
+  // ops/cross_entropy.hpp: the summed loss comes back to the host
+  virtual double cross_entropy(Act* logits, const std::int32_t* targets, Index R, Index V,
+                               double grad_scale, bool write_grad) = 0;
+
+  // ops/linear.hpp: base projections (bf16 operands in the bf16 policy)
+  virtual void linear_forward(Mat<Act> dst, const Act* src, const Weight* weight, Index in,
+                              bool accumulate) = 0;
+  virtual void linear_backward_data(Act* diff_src, const Act* diff_dst, const Weight* weight,
+                                    Index M, Index out, Index in) = 0;
+  // ops/lora_branch.hpp: the LoRA branch, dropout masks regenerated from the mask's key
+  virtual void lora_project(Act* z, Mat<const Act> src, const Act* a, Index rank,
+                            const DropoutMask& dropout) = 0;
+  virtual void lora_forward(Mat<Act> dst, Act* z, Mat<const Act> src, const Act* a, const Act* b,
+                            Index rank, double scale, const DropoutMask& dropout) = 0;
+  virtual void lora_backward(Mat<Act> diff_src, Act* diff_a, Act* diff_b, Mat<const Act> diff_dst,
+                             const Act* z, Mat<const Act> src, const Act* a, const Act* b,
+                             Index rank, double scale, const DropoutMask& dropout) = 0;
+
+  // ops/attention.hpp: segments on the host
+  virtual void attention_forward(Act* out, Act* lse, const Act* qkv,
+                                 const std::vector<Segment>& segments, Index M,
+                                 const AttentionShape& shape, const AttentionOptions& options) = 0;
+  virtual void attention_backward(Act* diff_qkv, const Act* diff_out, const Act* qkv,
+                                  const Act* out, const Act* lse,
+                                  const std::vector<Segment>& segments, Index M,
+                                  const AttentionShape& shape, const AttentionOptions& options) = 0;
+  virtual void attention_cached(Act* out, const Act* q, Index q_stride, const Act* keys,
+                                const Act* values, Index first, Index M,
+                                const AttentionShape& shape) = 0;
+
+  // The bf16 residual stream (ops/convert.hpp; float activations only).
+  virtual void round_to_bf16(Act* x, bf16* copy, Index n) = 0;
+  virtual void widen_bf16(Act* dst, const bf16* src, Index n) = 0;
+  // Index of the first NaN or Inf of x[0, n), -1 when all are finite (core/finite.hpp).
+  virtual Index first_nonfinite(const Act* x, Index n) = 0;
+  virtual Index first_nonfinite(const bf16* x, Index n) = 0;
+  // dst row i (=) src row rows[i], and dst row rows[i] (=) src row i; rows on the device.
+  virtual void gather_rows(Act* dst, const Act* src, const std::int32_t* rows, Index n,
+                           Index D) = 0;
+  virtual void scatter_rows(Act* dst, const Act* src, const std::int32_t* rows, Index n,
+                            Index D) = 0;
+};
+
+}  // namespace zerolora

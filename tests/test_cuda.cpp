@@ -1,0 +1,340 @@
+// The CUDA backend against the CPU engine. Every op of the kernel interface runs on both on
+// random inputs (odd sizes, GQA, several segments, dropout) and must agree in fp32 within
+// kFp32Op; the model's forward, backward and generation must agree too, fp32 and bf16. Where
+// this process sees no GPU (CI, the development machines) every GPU test is skipped, saying
+// why; the host-side parts of the backend (the GEMM plan keys) are tested everywhere.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "core/error.hpp"
+#include "core/precision.hpp"
+#include "core/rng.hpp"
+#include "cuda/cuda_device.hpp"
+#include "cuda/gemm.hpp"
+#include "lora/lora_layout.hpp"
+#include "model/backend.hpp"
+#include "model/generate.hpp"
+#include "model/llama_model.hpp"
+#include "model/llama_weights.hpp"
+#include "ops/cpu_kernels.hpp"
+#include "test_util.hpp"
+
+namespace zerolora {
+namespace {
+
+// Relative error bound of one fp32 op on the GPU against the CPU op: both accumulate in fp32
+// in different orders (cuBLASLt's split of K, block reductions vs OpenMP SIMD lanes).
+constexpr double kFp32Op = 1e-5;
+// The same for the fp32 model (errors of ~40 ops in a chain, all fp32).
+constexpr double kFp32Model = 1e-5;
+// bf16 model: the GPU rounds the same operands to bf16, but sums in other orders, so one ulp of
+// bf16 (2^-8) in an operand can move a result; the CPU bf16 fixtures allow 6e-3 on logits.
+constexpr double kBf16Model = 6e-3;
+
+// ---- host-side: the column-major GEMM problem of a row-major view -------------------------
+
+TEST(CudaGemmKey, RowMajorProductIsTheTransposedColumnMajorOne) {
+  alignas(256) static float a[64 * 64], b[64 * 64], c[64 * 64];
+  // base forward y[M, out] = x[M, in] W^T: W [out, in] row-major, used transposed
+  const Index M = 37, in = 64, out = 48;
+  auto key = cuda::gemm_key(a, M, in, in, 1, b, in, out, 1, in, c, M, out, out, 1, 0, 4, false);
+  EXPECT_EQ(key.m, out);
+  EXPECT_EQ(key.n, M);
+  EXPECT_EQ(key.k, in);
+  EXPECT_TRUE(key.trans_a);  // W^T view is column-major [in, out]: cuBLASLt transposes it back
+  EXPECT_EQ(key.lda, in);
+  EXPECT_FALSE(key.trans_b);  // x row-major = column-major x^T
+  EXPECT_EQ(key.ldb, in);
+  EXPECT_EQ(key.ldc, out);
+  // backward data dx[M, in] = dy[M, out] W[out, in]
+  key = cuda::gemm_key(a, M, out, out, 1, b, out, in, in, 1, c, M, in, in, 1, 1, 2, false);
+  EXPECT_FALSE(key.trans_a);
+  EXPECT_FALSE(key.trans_b);
+  EXPECT_EQ(key.m, in);
+  EXPECT_EQ(key.lda, in);
+  EXPECT_EQ(key.ldb, out);
+  // dB[out, r] += dy^T z: dy a strided block of a wider buffer, used transposed
+  key = cuda::gemm_key(a, out, M, 1, 3 * out, b, M, 4, 4, 1, c, out, 4, 4, 1, 0, 4, true);
+  EXPECT_TRUE(key.trans_b);
+  EXPECT_EQ(key.ldb, 3 * out);
+  EXPECT_TRUE(key.accumulate);
+}
+
+TEST(CudaGemmKey, RefusesViewsThatAreNeitherRowNorColumnMajor) {
+  alignas(256) static float a[1024], b[1024], c[1024];
+  EXPECT_THROW(cuda::gemm_key(a, 4, 4, 8, 2, b, 4, 4, 4, 1, c, 4, 4, 4, 1, 0, 4, false),
+               ShapeError);
+  EXPECT_THROW(cuda::gemm_key(a, 4, 5, 5, 1, b, 4, 4, 4, 1, c, 4, 4, 4, 1, 0, 4, false),
+               ShapeError);  // shapes do not chain
+  EXPECT_EQ(cuda::pointer_alignment(a), 256);
+  EXPECT_EQ(cuda::pointer_alignment(a + 1), 4);
+  EXPECT_EQ(cuda::pointer_alignment(a + 2), 8);
+}
+
+// ---- on the GPU ---------------------------------------------------------------------------
+
+std::vector<float> random_values(std::size_t n, std::uint32_t seed, float scale = 1.0f) {
+  std::mt19937 gen(seed);
+  std::uniform_real_distribution<float> dist(-scale, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = dist(gen);
+  return v;
+}
+
+class CudaBackend : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string why;
+    if (cuda::visible_gpus(&why) == 0) GTEST_SKIP() << why;
+    gpu_ = std::make_unique<Runtime>(2, make_device("cuda"));
+    gpu_kernels_ = make_kernels<Fp32Policy>(*gpu_);
+    cpu_kernels_ = std::make_unique<CpuKernels<Fp32Policy>>(cpu_);
+  }
+  Device& device() { return gpu_->device(); }
+
+  // A device copy of host values, kept alive by the fixture.
+  template <class T>
+  T* on_gpu(const std::vector<T>& host) {
+    auto& buffer = buffers_.emplace_back();
+    buffer.ensure(device(), host.size() * sizeof(T) + 1);
+    device().copy_to_device(buffer.data(), host.data(), host.size() * sizeof(T));
+    return reinterpret_cast<T*>(buffer.data());
+  }
+  template <class T>
+  std::vector<T> to_host(const T* p, std::size_t n) {
+    std::vector<T> host(n);
+    device().copy_to_host(host.data(), p, n * sizeof(T));
+    return host;
+  }
+  void expect_close(const std::vector<float>& gpu, const std::vector<float>& cpu, const char* what,
+                    double tolerance = kFp32Op) {
+    ASSERT_EQ(gpu.size(), cpu.size()) << what;
+    EXPECT_LT(testing::max_rel_error(gpu, cpu), tolerance) << what;
+  }
+
+  Runtime cpu_{2};
+  std::unique_ptr<Runtime> gpu_;
+  std::unique_ptr<Kernels<Fp32Policy>> gpu_kernels_;
+  std::unique_ptr<Kernels<Fp32Policy>> cpu_kernels_;
+  std::vector<DeviceBuffer<std::byte>> buffers_;
+};
+
+TEST_F(CudaBackend, RmsNormSwigluRopeAndEmbeddingEqualTheCpu) {
+  const Index M = 37, D = 172, I = 45, half = 4, heads = 3;
+  auto x = random_values(M * D, 1), w = random_values(D, 2), dy = random_values(M * D, 3);
+  std::vector<float> y(M * D), rstd(M), dx = random_values(M * D, 4);
+  float *gx = on_gpu(x), *gw = on_gpu(w), *gdy = on_gpu(dy), *gy = on_gpu(y), *gr = on_gpu(rstd),
+        *gdx = on_gpu(dx);
+  cpu_kernels_->rmsnorm_forward(y.data(), rstd.data(), x.data(), w.data(), M, D, 1e-5);
+  gpu_kernels_->rmsnorm_forward(gy, gr, gx, gw, M, D, 1e-5);
+  expect_close(to_host(gy, y.size()), y, "rmsnorm forward");
+  expect_close(to_host(gr, rstd.size()), rstd, "rmsnorm rstd");
+  cpu_kernels_->rmsnorm_backward(dx.data(), dy.data(), x.data(), rstd.data(), w.data(), M, D, true);
+  gpu_kernels_->rmsnorm_backward(gdx, gdy, gx, gr, gw, M, D, true);
+  expect_close(to_host(gdx, dx.size()), dx, "rmsnorm backward (accumulating)");
+
+  auto gu = random_values(M * 2 * I, 5, 4.0f), dact = random_values(M * I, 6);
+  std::vector<float> act(M * I), dgu(M * 2 * I);
+  float *ggu = on_gpu(gu), *gact = on_gpu(act), *gdact = on_gpu(dact), *gdgu = on_gpu(dgu);
+  cpu_kernels_->swiglu_forward(act.data(), gu.data(), M, I);
+  gpu_kernels_->swiglu_forward(gact, ggu, M, I);
+  expect_close(to_host(gact, act.size()), act, "swiglu forward");
+  cpu_kernels_->swiglu_backward(dgu.data(), dact.data(), gu.data(), M, I);
+  gpu_kernels_->swiglu_backward(gdgu, gdact, ggu, M, I);
+  expect_close(to_host(gdgu, dgu.size()), dgu, "swiglu backward");
+
+  RopeParams params;
+  RopeTable table(params, 2 * half);
+  table.ensure(64);
+  std::vector<std::int32_t> positions(M);
+  for (Index i = 0; i < M; ++i) positions[i] = static_cast<std::int32_t>((i * 7) % 64);
+  const Index stride = heads * 2 * half + 5;
+  auto q = random_values(M * stride, 7);
+  float* gq = on_gpu(q);
+  std::int32_t* gpos = on_gpu(positions);
+  for (bool inverse : {false, true}) {
+    cpu_kernels_->rope_rotate(q.data(), positions.data(), table, M, stride, heads, inverse);
+    gpu_kernels_->rope_rotate(gq, gpos, table, M, stride, heads, inverse);
+    expect_close(to_host(gq, q.size()), q, inverse ? "rope backward" : "rope forward");
+  }
+
+  std::vector<std::int32_t> tokens(M);
+  for (Index i = 0; i < M; ++i) tokens[i] = static_cast<std::int32_t>((i * 13) % 50);
+  auto embedding_table = random_values(50 * D, 8);
+  std::vector<float> e(M * D);
+  float* ge = on_gpu(e);
+  cpu_kernels_->embedding_forward(e.data(), tokens.data(), embedding_table.data(), M, D);
+  gpu_kernels_->embedding_forward(ge, on_gpu(tokens), on_gpu(embedding_table), M, D);
+  EXPECT_EQ(to_host(ge, e.size()), e) << "an embedding gather is exact";
+}
+
+TEST_F(CudaBackend, CrossEntropyLossAndGradientEqualTheCpu) {
+  const Index R = 29, V = 515;
+  auto logits = random_values(R * V, 9, 6.0f);
+  std::vector<std::int32_t> targets(R);
+  for (Index r = 0; r < R; ++r)
+    targets[r] = r % 5 == 3 ? kIgnoreIndex : static_cast<std::int32_t>((r * 31) % V);
+  float* g = on_gpu(logits);
+  const double cpu = cpu_kernels_->cross_entropy(logits.data(), targets.data(), R, V, 0.01, true);
+  const double gpu = gpu_kernels_->cross_entropy(g, on_gpu(targets), R, V, 0.01, true);
+  EXPECT_NEAR(gpu, cpu, kFp32Op * std::abs(cpu));
+  expect_close(to_host(g, logits.size()), logits, "cross-entropy gradient");
+}
+
+TEST_F(CudaBackend, ProjectionsAndTheLoraBranchEqualTheCpu) {
+  const Index M = 37, in = 64, out = 172, rank = 4;
+  auto x = random_values(M * in, 10), w = random_values(out * in, 11, 0.2f);
+  auto y = random_values(M * out, 12), dy = random_values(M * out, 13);
+  float *gx = on_gpu(x), *gw = on_gpu(w), *gy = on_gpu(y), *gdy = on_gpu(dy);
+  cpu_kernels_->linear_forward(Mat<float>::dense(y.data(), M, out), x.data(), w.data(), in, true);
+  gpu_kernels_->linear_forward(Mat<float>::dense(gy, M, out), gx, gw, in, true);
+  expect_close(to_host(gy, y.size()), y, "linear forward (accumulating)");
+  std::vector<float> dx(M * in);
+  float* gdx = on_gpu(dx);
+  cpu_kernels_->linear_backward_data(dx.data(), dy.data(), w.data(), M, out, in);
+  gpu_kernels_->linear_backward_data(gdx, gdy, gw, M, out, in);
+  expect_close(to_host(gdx, dx.size()), dx, "linear backward");
+
+  auto a = random_values(rank * in, 14, 0.3f), b = random_values(out * rank, 15, 0.3f);
+  std::vector<std::uint64_t> row_keys(M);
+  for (Index i = 0; i < M; ++i) row_keys[i] = mix64(static_cast<std::uint64_t>(i) + 100);
+  for (double p : {0.0, 0.05}) {
+    DropoutMask cpu_mask{p, 12345, row_keys.data()}, gpu_mask{p, 12345, on_gpu(row_keys)};
+    std::vector<float> z(M * rank), ya = y, da(rank * in, 0.5f), db(out * rank, -0.25f), dxa = dx;
+    float *gz = on_gpu(z), *gya = on_gpu(ya), *gda = on_gpu(da), *gdb = on_gpu(db),
+          *gdxa = on_gpu(dxa), *ga = on_gpu(a), *gb = on_gpu(b);
+    cpu_kernels_->lora_forward(Mat<float>::dense(ya.data(), M, out), z.data(),
+                               Mat<const float>::dense(x.data(), M, in), a.data(), b.data(), rank,
+                               4.0, cpu_mask);
+    gpu_kernels_->lora_forward(Mat<float>::dense(gya, M, out), gz,
+                               Mat<const float>::dense(gx, M, in), ga, gb, rank, 4.0, gpu_mask);
+    expect_close(to_host(gz, z.size()), z, "lora z");
+    expect_close(to_host(gya, ya.size()), ya, "lora forward");
+    cpu_kernels_->lora_backward(Mat<float>::dense(dxa.data(), M, in), da.data(), db.data(),
+                                Mat<const float>::dense(dy.data(), M, out), z.data(),
+                                Mat<const float>::dense(x.data(), M, in), a.data(), b.data(), rank,
+                                4.0, cpu_mask);
+    gpu_kernels_->lora_backward(Mat<float>::dense(gdxa, M, in), gda, gdb,
+                                Mat<const float>::dense(gdy, M, out), gz,
+                                Mat<const float>::dense(gx, M, in), ga, gb, rank, 4.0, gpu_mask);
+    expect_close(to_host(gdxa, dxa.size()), dxa, "lora d input");
+    expect_close(to_host(gda, da.size()), da, "lora dA");
+    expect_close(to_host(gdb, db.size()), db, "lora dB");
+  }
+}
+
+TEST_F(CudaBackend, AttentionOverSegmentsWithGqaEqualsTheCpu) {
+  for (const auto& [heads, kv_heads, head_dim] :
+       std::vector<std::tuple<Index, Index, Index>>{{8, 4, 8}, {4, 1, 64}, {6, 2, 128}}) {
+    const std::vector<Segment> segments{{0, 1}, {1, 17}, {18, 64}, {82, 33}};
+    const Index M = 115;
+    const AttentionShape shape{heads, kv_heads, head_dim};
+    auto qkv = random_values(M * shape.qkv_stride(), 16),
+         dout = random_values(M * heads * head_dim, 17);
+    std::vector<float> out(M * heads * head_dim), lse(heads * M), dqkv(qkv.size());
+    float *gqkv = on_gpu(qkv), *gout = on_gpu(out), *glse = on_gpu(lse), *gdqkv = on_gpu(dqkv),
+          *gdout = on_gpu(dout);
+    AttentionOptions options;
+    cpu_kernels_->attention_forward(out.data(), lse.data(), qkv.data(), segments, M, shape,
+                                    options);
+    gpu_kernels_->attention_forward(gout, glse, gqkv, segments, M, shape, options);
+    expect_close(to_host(gout, out.size()), out, "attention out");
+    expect_close(to_host(glse, lse.size()), lse, "attention lse");
+    cpu_kernels_->attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(),
+                                     segments, M, shape, options);
+    gpu_kernels_->attention_backward(gdqkv, gdout, gqkv, gout, glse, segments, M, shape, options);
+    expect_close(to_host(gdqkv, dqkv.size()), dqkv, "attention d qkv");
+  }
+}
+
+TEST_F(CudaBackend, ConversionsAreBitExactAndTheFiniteScanFindsTheFirst) {
+  std::vector<float> x = random_values(100003, 18, 100.0f);
+  x[5] = 0x1.0101p0f;  // a tie: rounds to even
+  std::vector<bf16> copy(x.size());
+  float* gx = on_gpu(x);
+  bf16* gcopy = on_gpu(copy);
+  cpu_kernels_->round_to_bf16(x.data(), copy.data(), static_cast<Index>(x.size()));
+  gpu_kernels_->round_to_bf16(gx, gcopy, static_cast<Index>(x.size()));
+  EXPECT_EQ(to_host(gx, x.size()), x);
+  const auto gpu_copy = to_host(gcopy, copy.size());
+  for (std::size_t i = 0; i < copy.size(); ++i) ASSERT_EQ(gpu_copy[i].bits, copy[i].bits) << i;
+  EXPECT_EQ(gpu_kernels_->first_nonfinite(gx, static_cast<Index>(x.size())), -1);
+  x[777] = NAN;
+  x[99999] = INFINITY;
+  gx = on_gpu(x);
+  EXPECT_EQ(gpu_kernels_->first_nonfinite(gx, static_cast<Index>(x.size())), 777);
+}
+
+// The whole model on the GPU against the CPU: a tiny random Llama with GQA and LoRA everywhere.
+template <class P>
+void expect_model_matches(double tolerance) {
+  LlamaConfig config;
+  config.hidden_size = 64;
+  config.intermediate_size = 172;
+  config.num_layers = 2;
+  config.num_heads = 8;
+  config.num_kv_heads = 4;
+  config.head_dim = 8;
+  config.vocab_size = 97;
+  LoraConfig lora;
+  lora.rank = 4;
+  lora.alpha = 16;
+  lora.dropout = 0.05;
+  lora.targets = parse_lora_targets("q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj");
+  const LoraLayout layout(config, lora);
+  std::vector<float> params(static_cast<std::size_t>(layout.size()));
+  init_lora_params<float>(params, layout, 5);
+  for (const auto& e : layout.entries())
+    if (e.is_b)
+      for (Index i = 0; i < e.numel(); ++i)
+        params[e.offset + i] = 0.01f * static_cast<float>(i % 7 - 3);
+  Batch batch;
+  std::mt19937 gen(3);
+  for (Index length : {1, 23, 64, 9}) {
+    std::vector<std::int32_t> ids(static_cast<std::size_t>(length));
+    for (auto& id : ids) id = static_cast<std::int32_t>(gen() % 97);
+    batch.add_sequence(ids, ids, length);
+  }
+  struct Run {
+    double loss;
+    std::vector<float> grads, logits;
+    std::vector<std::int32_t> generated;
+  };
+  auto run = [&](Runtime& rt, Recompute recompute) {
+    auto weights = random_llama_weights<typename P::Weight>(rt, config, 11, 0.2);
+    ComputeOptions options;
+    options.recompute = recompute;
+    options.mlp_chunk_rows = 40;
+    LlamaModel<P> model(rt, weights, &layout, options);
+    Run r;
+    r.grads.assign(params.size(), 0.0f);
+    r.loss = model.forward_backward(batch, params, r.grads, 1.0 / 90, {7, 2});
+    r.logits.resize(static_cast<std::size_t>(batch.size() * config.vocab_size));
+    model.forward_logits(batch, params, r.logits.data());
+    r.generated = generate(model, std::vector<std::int32_t>{3, 1, 4}, 8,
+                           std::span<const std::int64_t>{}, std::span<const float>(params));
+    return r;
+  };
+  Runtime cpu(2), gpu(2, make_device("cuda"));
+  for (Recompute recompute : {Recompute::kFull, Recompute::kNone}) {
+    const Run a = run(cpu, recompute), b = run(gpu, recompute);
+    EXPECT_NEAR(b.loss, a.loss, tolerance * std::abs(a.loss));
+    EXPECT_LT(testing::max_rel_error(b.grads, a.grads), tolerance) << "LoRA gradients";
+    EXPECT_LT(testing::max_rel_error(b.logits, a.logits), tolerance) << "logits";
+    EXPECT_EQ(b.generated, a.generated) << "greedy continuation";
+  }
+  EXPECT_GT(gpu.device().peak_allocated_bytes(), 0u);
+}
+
+TEST_F(CudaBackend, Fp32ModelEqualsTheCpu) {
+  expect_model_matches<Fp32Policy>(kFp32Model);
+}
+TEST_F(CudaBackend, Bf16ModelEqualsTheCpuWithinBf16) {
+  expect_model_matches<Bf16Policy>(kBf16Model);
+}
+
+}  // namespace
+}  // namespace zerolora

@@ -1,0 +1,226 @@
+// The device seam: the caching allocator's bookkeeping, and the model run on a device the host
+// cannot address. StagingDevice is host memory that claims otherwise and fills every fresh
+// allocation with NaN: the model must then reach its weights, LoRA tensors, batch geometry and
+// outputs only through the Device interface (staged copies, mirrors), exactly as on a GPU, and
+// give bit-identical results to the direct CPU path with the same kernels.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "core/caching_allocator.hpp"
+#include "core/device.hpp"
+#include "core/error.hpp"
+#include "core/precision.hpp"
+#include "lora/lora_layout.hpp"
+#include "model/generate.hpp"
+#include "model/llama_model.hpp"
+#include "model/llama_weights.hpp"
+
+namespace zerolora {
+namespace {
+
+TEST(CachingAllocator, RoundsSizesIntoBins) {
+  EXPECT_EQ(CachingAllocator::round_size(0), 512u);
+  EXPECT_EQ(CachingAllocator::round_size(513), 1024u);
+  EXPECT_EQ(CachingAllocator::round_size((1u << 20) - 1), 1u << 20);
+  EXPECT_EQ(CachingAllocator::round_size((1u << 20) + 1), 2u << 20);
+  EXPECT_EQ(CachingAllocator::round_size((5u << 20) + 7), 6u << 20);
+}
+
+struct CountingHeap {
+  std::size_t limit = std::size_t{1} << 30;
+  std::size_t held = 0, allocations = 0, frees = 0;
+  std::vector<std::pair<void*, std::size_t>> blocks;
+  CachingAllocator make() {
+    return CachingAllocator(
+        "test:0",
+        [this](std::size_t bytes) -> void* {
+          if (held + bytes > limit) return nullptr;
+          held += bytes;
+          ++allocations;
+          void* p = std::malloc(bytes);
+          blocks.emplace_back(p, bytes);
+          return p;
+        },
+        [this](void* p) {
+          for (auto& [block, size] : blocks)
+            if (block == p) {
+              held -= size;
+              size = 0;
+            }
+          ++frees;
+          std::free(p);
+        });
+  }
+};
+
+TEST(CachingAllocator, ReusesFreedBlocksWithoutTheDevice) {
+  CountingHeap heap;
+  {
+    auto allocator = heap.make();
+    // Two steps of the same activation sizes: the second allocates nothing from the device.
+    for (int step = 0; step < 2; ++step) {
+      std::vector<void*> live;
+      for (std::size_t bytes : {100u, 3000u, 5u << 20, 700u << 10})
+        live.push_back(allocator.allocate(bytes));
+      for (void* p : live) allocator.free(p);
+    }
+    EXPECT_EQ(heap.allocations, 4u);
+    EXPECT_EQ(allocator.device_allocations(), 4u);
+    EXPECT_EQ(allocator.allocated_bytes(), 0u);
+    EXPECT_EQ(allocator.reserved_bytes(), 512u + 3072u + (6u << 20) + (700u << 10));
+    EXPECT_EQ(allocator.peak_allocated_bytes(), allocator.reserved_bytes());
+    // A request far smaller than a cached block does not take it (waste over a quarter).
+    void* small = allocator.allocate(1u << 20);
+    EXPECT_EQ(heap.allocations, 5u);
+    allocator.free(small);
+  }
+  EXPECT_EQ(heap.held, 0u) << "the destructor gives everything back";
+}
+
+TEST(CachingAllocator, GivesTheCacheBackBeforeRefusing) {
+  CountingHeap heap;
+  heap.limit = 8u << 20;
+  auto allocator = heap.make();
+  void* a = allocator.allocate(6u << 20);
+  allocator.free(a);                       // cached: 6 MiB of the 8 the device has
+  void* b = allocator.allocate(4u << 20);  // not a fit for the cached block: cache released
+  EXPECT_EQ(allocator.reserved_bytes(), 4u << 20);
+  try {
+    allocator.allocate(6u << 20);
+    FAIL() << "expected ResourceError";
+  } catch (const ResourceError& e) {
+    const std::string message = e.what();
+    EXPECT_NE(message.find("test:0"), std::string::npos) << message;
+    EXPECT_NE(message.find("6 MiB"), std::string::npos) << message;
+    EXPECT_NE(message.find("4 MiB in use"), std::string::npos) << message;
+  }
+  allocator.free(b);
+}
+
+// Host memory that the model must treat as a device's.
+class StagingDevice final : public Device {
+ public:
+  DeviceKind kind() const override { return DeviceKind::kCpu; }  // runs the CPU kernels
+  std::string name() const override { return "staging"; }
+  bool host_accessible() const override { return false; }
+  void* allocate(std::size_t bytes) override {
+    void* p = inner_.allocate(bytes);
+    auto* f = static_cast<float*>(p);
+    for (std::size_t i = 0; i < bytes / sizeof(float); ++i)
+      f[i] = std::numeric_limits<float>::quiet_NaN();
+    return p;
+  }
+  void free(void* p, std::size_t bytes) noexcept override { inner_.free(p, bytes); }
+  void copy_to_device(void* d, const void* s, std::size_t n) override {
+    ++uploads;
+    inner_.copy_to_device(d, s, n);
+  }
+  void copy_to_host(void* d, const void* s, std::size_t n) override {
+    ++downloads;
+    inner_.copy_to_host(d, s, n);
+  }
+  void copy(void* d, const void* s, std::size_t n) override { inner_.copy(d, s, n); }
+  void copy_rows(void* d, std::size_t dp, const void* s, std::size_t sp, std::size_t rb,
+                 std::size_t rows) override {
+    inner_.copy_rows(d, dp, s, sp, rb, rows);
+  }
+  void fill_zero(void* d, std::size_t n) override { inner_.fill_zero(d, n); }
+  void synchronize() override {}
+  std::size_t allocated_bytes() const override { return inner_.allocated_bytes(); }
+  std::size_t peak_allocated_bytes() const override { return inner_.peak_allocated_bytes(); }
+  void reset_peak() override { inner_.reset_peak(); }
+  int uploads = 0, downloads = 0;
+
+ private:
+  CpuDevice inner_{2};
+};
+
+LlamaConfig tiny_config() {
+  LlamaConfig config;
+  config.hidden_size = 16;
+  config.intermediate_size = 24;
+  config.num_layers = 2;
+  config.num_heads = 4;
+  config.num_kv_heads = 2;
+  config.head_dim = 4;
+  config.vocab_size = 40;
+  return config;
+}
+
+struct Results {
+  double loss = 0, eval_loss = 0;
+  std::vector<float> grads, logits;
+  std::vector<std::int32_t> generated;
+};
+
+template <class P>
+Results run_model(Runtime& rt, Recompute recompute) {
+  const LlamaConfig config = tiny_config();
+  auto weights = random_llama_weights<typename P::Weight>(rt, config, 11, 0.3);
+  LoraConfig lora;
+  lora.rank = 2;
+  lora.alpha = 4;
+  lora.dropout = 0.1;
+  lora.targets = parse_lora_targets("q_proj,k_proj,v_proj,o_proj,down_proj");
+  const LoraLayout layout(config, lora);
+  std::vector<float> params(static_cast<std::size_t>(layout.size()));
+  init_lora_params<float>(params, layout, 5);
+  for (const auto& e : layout.entries())
+    if (e.is_b)
+      for (Index i = 0; i < e.numel(); ++i)
+        params[e.offset + i] = 0.02f * static_cast<float>(i % 5);
+  ComputeOptions options;
+  options.recompute = recompute;
+  options.mlp_chunk_rows = 5;   // several MLP chunks
+  options.head_chunk_rows = 3;  // several lm_head chunks
+  options.bf16_residual = std::is_same_v<P, Bf16Policy>;
+  LlamaModel<P> model(rt, weights, &layout, options);
+  Batch batch;
+  batch.add_sequence({1, 7, 3, 9, 12, 5, 2}, {1, 7, 3, 9, 12, 5, 2}, 0);
+  batch.add_sequence({4, 8, 15, 16}, {kIgnoreIndex, 8, 15, 16}, 1);
+  batch.add_sequence({23, 30, 31}, {23, 30, 31}, 2);
+  Results r;
+  r.grads.assign(params.size(), 0.0f);
+  r.loss = model.forward_backward(batch, params, r.grads, 0.1, {3, 4});
+  r.eval_loss = model.loss(batch, params);
+  r.logits.resize(static_cast<std::size_t>(batch.size() * config.vocab_size));
+  model.forward_logits(batch, params, r.logits.data());
+  r.generated = generate(model, std::vector<std::int32_t>{1, 7, 3}, 5,
+                         std::span<const std::int64_t>{}, std::span<const float>(params));
+  return r;
+}
+
+template <class P>
+void expect_staged_equals_direct(Recompute recompute) {
+  Runtime direct(2);
+  auto staged_device = std::make_unique<StagingDevice>();
+  StagingDevice& staging = *staged_device;
+  Runtime staged(2, std::move(staged_device));
+  const Results a = run_model<P>(direct, recompute);
+  const Results b = run_model<P>(staged, recompute);
+  ASSERT_TRUE(std::isfinite(a.loss));
+  EXPECT_EQ(a.loss, b.loss);
+  EXPECT_EQ(a.eval_loss, b.eval_loss);
+  EXPECT_EQ(a.grads, b.grads);
+  EXPECT_EQ(a.logits, b.logits);
+  EXPECT_EQ(a.generated, b.generated);
+  EXPECT_GT(staging.uploads, 0);
+  EXPECT_GT(staging.downloads, 0);
+}
+
+TEST(DeviceSeam, StagedDeviceEqualsHostFp32FullRecompute) {
+  expect_staged_equals_direct<Fp32Policy>(Recompute::kFull);
+}
+TEST(DeviceSeam, StagedDeviceEqualsHostFp32NoRecompute) {
+  expect_staged_equals_direct<Fp32Policy>(Recompute::kNone);
+}
+TEST(DeviceSeam, StagedDeviceEqualsHostBf16Selective) {
+  expect_staged_equals_direct<Bf16Policy>(Recompute::kSelective);
+}
+
+}  // namespace
+}  // namespace zerolora
