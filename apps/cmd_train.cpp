@@ -64,6 +64,7 @@ RunSettings run_settings(const TrainFlags& f) {
   s.threads = f.threads;
   s.device = f.device;
   s.check_memory = f.check_memory;
+  s.peak_tflops = f.peak_tflops;
   s.lora_init = f.lora_init == "gaussian" ? LoraInit::kGaussian : LoraInit::kKaimingUniform;
   s.data = f.data.options();
   s.args = f.args;

@@ -199,6 +199,11 @@ void add_train_flags(CLI::App& cmd, TrainFlags& f) {
       ->capture_default_str()
       ->check(whole_in(0))
       ->group("Testing");
+  cmd.add_option("--peak_tflops", f.peak_tflops,
+                 "The device's dense peak in TFLOP/s, MFU's denominator (e.g. 989 for an H100 or "
+                 "H200 in bf16); 0: measure the GEMM rate at the start")
+      ->capture_default_str()
+      ->check(finite_in(0));
   add_hf_bool(cmd, "check_memory", f.check_memory,
               "Refuse up front a run whose predicted memory (as estimate-memory predicts it, "
               "times the ranks on this machine) exceeds what the machine can still give");

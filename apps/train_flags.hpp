@@ -17,6 +17,7 @@ struct TrainFlags {
   bool do_train = true, do_eval = false;
   bool disable_tqdm = false;
   bool check_memory = true;
+  double peak_tflops = 0;
   int threads = 0;
   std::string device = "cpu";
   std::string lora_init = "kaiming";

@@ -16,12 +16,23 @@
 
 namespace zerolora::testing {
 
+// Where the repository is at run time: where the tests were built, unless the environment
+// variable ZEROLORA_REPO_DIR says otherwise (test binaries carried to another machine, as the
+// GPU check does).
+inline const char* moved_source_dir() {
+  const char* env = std::getenv("ZEROLORA_REPO_DIR");
+  return env && *env ? env : nullptr;
+}
+
 inline std::filesystem::path fixtures_dir() {
+  if (const char* moved = moved_source_dir())
+    return std::filesystem::path(moved) / "tests/fixtures";
   return ZEROLORA_FIXTURES_DIR;
 }
 
 // The demo's real tiny model (stories260K) and instruction set, kept in the repository.
 inline std::filesystem::path demo_dir() {
+  if (const char* moved = moved_source_dir()) return std::filesystem::path(moved) / "demo";
   return ZEROLORA_DEMO_DIR;
 }
 inline std::filesystem::path stories_model_dir() {

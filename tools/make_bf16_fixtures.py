@@ -17,9 +17,9 @@ tools/make_fixtures.py makes them: clip_grad_norm_ then torch.optim.AdamW).
 
 Where the engine rounds (file:line in zerolora at the time of writing; see ROUNDING_POINTS):
   forward   every base projection y = bf16(x) W^T, W bf16, fp32 accumulation and output
-            (src/ops/linear.hpp:36): the fused QKV, O, fused gate/up, down and the lm_head;
+            (src/ops/linear.cpp linear_forward): the fused QKV, O, fused gate/up, down and the lm_head;
             the residual adds (O, down) are fp32 sums onto the fp32 residual.
-  backward  every base projection dX = bf16(dY) W (src/ops/linear.hpp:47): the lm_head (dY =
+  backward  every base projection dX = bf16(dY) W (src/ops/linear.cpp linear_backward_data): the lm_head (dY =
             the cross-entropy gradient already scaled by 1/label count), down, fused gate/up,
             O, fused QKV.
   attention head_dim < 64 (all four fixtures: head_dim 16) runs the direct kernel
@@ -67,10 +67,10 @@ CASES = ["gqa_tied", "odd_untied_all", "llama3_rope", "linear_rope"]
 
 ROUNDING_POINTS = [
     "base projection forward: input activation rounded to bf16 before the GEMM, bf16 weight, fp32 "
-    "accumulation, fp32 output (src/ops/linear.hpp:36 as_weight_type): fused QKV (h1), O (attention "
+    "accumulation, fp32 output (src/ops/linear.cpp linear_forward as_weight_type): fused QKV (h1), O (attention "
     "output), fused gate/up (h2), down (silu(g)*u), lm_head (final-norm output)",
     "base projection backward data: output gradient rounded to bf16 before dX = dY W "
-    "(src/ops/linear.hpp:47): lm_head (scaled cross-entropy gradient), down, fused gate/up, O, fused QKV",
+    "(src/ops/linear.cpp linear_backward_data): lm_head (scaled cross-entropy gradient), down, fused gate/up, O, fused QKV",
     "attention, head_dim >= 64 only (tiled kernel, src/ops/attention.cpp:65,115,143-144,212,223): Q, K, "
     "V, P (forward), dO, P, dS (backward); head_dim < 64 (direct kernel, all these fixtures): none",
     "bf16_residual only: residual stream rounded where it enters each layer and the final norm, "
@@ -122,7 +122,7 @@ class RoundStraightThrough(torch.autograd.Function):
 
 
 class CrossEntropySum(torch.autograd.Function):
-    """src/ops/cross_entropy.hpp: per row lse = max + log(sum exp(z - max)) in fp32, row loss
+    """src/ops/cross_entropy.cpp: per row lse = max + log(sum exp(z - max)) in fp32, row loss
     (fp32) lse - z[t] summed in double; gradient fp32(exp(z - lse) * scale), target minus scale,
     scale = fp32(1 / label count). Returns the double sum; backward yields d(sum * scale)."""
 
@@ -201,7 +201,7 @@ class Attention(torch.autograd.Function):
 
 
 class RmsNorm(torch.autograd.Function):
-    """src/ops/rmsnorm.hpp: r = 1 / sqrt(sum(x^2) / D + eps), y = x r w (fp32, bf16-valued w);
+    """src/ops/rmsnorm.cpp: r = 1 / sqrt(sum(x^2) / D + eps), y = x r w (fp32, bf16-valued w);
     dx = r w dy - x (sum(w dy x) r^3 / D). The weight is frozen."""
 
     @staticmethod
@@ -221,7 +221,7 @@ class RmsNorm(torch.autograd.Function):
 
 
 class SwiGlu(torch.autograd.Function):
-    """src/ops/swiglu.hpp: y = g / (1 + exp(-g)) u; with s = 1 / (1 + exp(-g)):
+    """src/ops/swiglu.cpp: y = g / (1 + exp(-g)) u; with s = 1 / (1 + exp(-g)):
     dg = dy u s (1 + g (1 - s)), du = dy g s."""
 
     @staticmethod
@@ -237,7 +237,7 @@ class SwiGlu(torch.autograd.Function):
 
 
 class Lora(torch.autograd.Function):
-    """src/lora/lora_linear.hpp, fp32 (no dropout): z = x A^T, y = scale (z B^T);
+    """src/ops/lora_branch.cpp, fp32 (no dropout): z = x A^T, y = scale (z B^T);
     dB = scale dy^T z, dz = scale (dy B), dA = dz^T x, dx = dz A."""
 
     @staticmethod

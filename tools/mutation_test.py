@@ -40,10 +40,10 @@ class Mutation:
 MUTATIONS = [
     # The six of the audit that filed the issue.
     Mutation("rope_backward_sign", "RoPE backward rotates by +theta (not the transpose)",
-             "src/ops/rope.hpp", "const T sign = static_cast<T>(inverse ? -1 : 1);",
+             "src/ops/rope.cpp", "const T sign = static_cast<T>(inverse ? -1 : 1);",
              "const T sign = static_cast<T>(1);"),
     Mutation("rmsnorm_no_eps", "RMSNorm forward drops epsilon",
-             "src/ops/rmsnorm.hpp", "std::sqrt(sum / static_cast<T>(D) + static_cast<T>(eps))",
+             "src/ops/rmsnorm.cpp", "std::sqrt(sum / static_cast<T>(D) + static_cast<T>(eps))",
              "std::sqrt(sum / static_cast<T>(D))"),
     Mutation("adamw_no_bias_correction", "AdamW without bias correction",
              "src/train/adamw.cpp",

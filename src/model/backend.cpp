@@ -1,11 +1,15 @@
 #include "model/backend.hpp"
 
+#include <algorithm>
 #include <charconv>
+#include <chrono>
 #include <string>
+#include <vector>
 
 #include "core/error.hpp"
 #include "core/precision.hpp"
 #include "ops/cpu_kernels.hpp"
+#include "ops/gemm_peak.hpp"
 #ifdef ZEROLORA_CUDA
 #include "cuda/cuda_device.hpp"
 #include "cuda/cuda_kernels.hpp"
@@ -48,6 +52,46 @@ std::unique_ptr<Kernels<P>> make_kernels(Runtime& rt) {
   throw UnsupportedError("no " + std::string(P::kName) + " kernels for device " +
                          rt.device().name() + " in this build");
 }
+
+template <class P>
+double measure_device_gemm_gflops(Runtime& rt, Index n, int repetitions) {
+  Device& device = rt.device();
+  if (device.kind() == DeviceKind::kCpu)
+    return measure_gemm_gflops<typename P::Weight>(rt, n, repetitions);
+  using Act = typename P::Act;
+  using Weight = typename P::Weight;
+  const auto elements = static_cast<std::size_t>(n * n);
+  std::vector<Act> host_act(elements);
+  std::vector<Weight> host_weight(elements);
+  for (std::size_t i = 0; i < elements; ++i) {
+    host_act[i] = static_cast<Act>(0.001f * static_cast<float>(i % 97));
+    host_weight[i] = convert_to<Weight>(0.001f * static_cast<float>(i % 89));
+  }
+  DeviceBuffer<Act> src, dst;
+  DeviceBuffer<Weight> weight;
+  upload<Act>(device, src, host_act);
+  upload<Weight>(device, weight, host_weight);
+  dst.ensure(device, elements);
+  auto kernels = make_kernels<P>(rt);
+  auto run = [&] {
+    kernels->linear_forward(Mat<Act>::dense(dst.data(), n, n), src.data(), weight.data(), n, false);
+  };
+  run();  // plans, first touches
+  device.synchronize();
+  double best = 1e30;
+  for (int r = 0; r < repetitions; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    run();
+    device.synchronize();
+    best = std::min(best,
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return 2.0 * static_cast<double>(n) * static_cast<double>(n) * static_cast<double>(n) / best /
+         1e9;
+}
+
+template double measure_device_gemm_gflops<Fp32Policy>(Runtime&, Index, int);
+template double measure_device_gemm_gflops<Bf16Policy>(Runtime&, Index, int);
 
 template std::unique_ptr<Kernels<Fp32Policy>> make_kernels<Fp32Policy>(Runtime&);
 template std::unique_ptr<Kernels<Bf16Policy>> make_kernels<Bf16Policy>(Runtime&);

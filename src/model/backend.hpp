@@ -24,4 +24,10 @@ bool cuda_built();
 template <class P>
 std::unique_ptr<Kernels<P>> make_kernels(Runtime& rt);
 
+// The dense GEMM rate of the runtime's device for the policy's operands (the denominator of
+// MFU): oneDNN's on the CPU (ops/gemm_peak.hpp); on another device its kernels' base
+// projection, n x n x n, the best of `repetitions`, timed to completion.
+template <class P>
+double measure_device_gemm_gflops(Runtime& rt, Index n, int repetitions);
+
 }  // namespace zerolora

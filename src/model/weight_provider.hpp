@@ -1,6 +1,6 @@
 // How the model gets its base weights: unit by unit, in an order announced up front.
 // Single-process weights (LlamaWeights) hand out their buffers directly; the ZeRO-3 store
-// (src/dist/sharded_weights.hpp) all-gathers each unit from the ranks' shards, prefetching
+// (src/zero3/sharded_weights.hpp) all-gathers each unit from the ranks' shards, prefetching
 // along the announced schedule and freeing a unit when it is released.
 #pragma once
 

@@ -405,8 +405,12 @@ class PolicyRun final : public TrainingRun::Impl {
 
   RunOutcome run(const StopRequest& stop, RunObserver* observer) override {
     // MFU's denominator: the GEMM rate of all ranks in the run's precision, measured together
-    // as they will run.
-    peak_gflops_ = comm.all_reduce_sum(measure_gemm_gflops<Weight>(*rt, 1024, 5));
+    // as they will run, on the run's device (a GPU at a size that fills it).
+    const bool gpu = rt->device().kind() != DeviceKind::kCpu;
+    peak_gflops_ =
+        comm.all_reduce_sum(settings.peak_tflops > 0 ? settings.peak_tflops * 1e3
+                                                     : measure_device_gemm_gflops<P>(
+                                                           *rt, gpu ? 8192 : 1024, gpu ? 10 : 5));
     double window_loss = 0, window_time = 0, window_tokens = 0, window_samples = 0;
     std::int64_t window_steps = 0;
     last_saved_ = first_step;
@@ -458,6 +462,7 @@ class PolicyRun final : public TrainingRun::Impl {
                      {"samples_per_second", window_samples / window_time},
                      {"mfu", flops / dt / 1e9 / peak_gflops_},
                      {"peak_rss_mib", rss}};
+        add_peak_device_memory(record);
         if (skipped_ > 0) record["skipped_steps"] = skipped_;
         report(observer, record);
         if (window_steps > 0) history_.train.push_back({static_cast<double>(done), loss});
@@ -509,6 +514,7 @@ class PolicyRun final : public TrainingRun::Impl {
         {"throughput_warmup_steps", args.throughput_warmup_steps},
         {"world_size", comm.size()},
         {"peak_rss_mib", peak_rss}};
+    add_peak_device_memory(summary);
     if (!history_.eval.empty()) {
       summary["eval_loss"] = history_.eval.back().value;
       summary["eval_perplexity"] = std::exp(history_.eval.back().value);
@@ -526,6 +532,17 @@ class PolicyRun final : public TrainingRun::Impl {
  private:
   fs::path checkpoint_dir(std::int64_t step) const {
     return settings.output_dir / ("checkpoint-" + std::to_string(step));
+  }
+
+  // On a GPU: the most device memory zerolora held at once on each rank (its allocator's high
+  // water mark: weights, activations, workspaces; not the CUDA context), in MiB.
+  void add_peak_device_memory(ojson& record) {
+    Device& device = rt->device();
+    if (device.kind() == DeviceKind::kCpu) return;
+    const double mib = static_cast<double>(device.peak_allocated_bytes()) / (1024.0 * 1024.0);
+    std::vector<double> all(static_cast<std::size_t>(comm.size()));
+    comm.all_gather(&mib, all.data(), sizeof(double));
+    record["peak_device_mib"] = all;
   }
 
   std::vector<double> all_peak_rss() {

@@ -41,6 +41,9 @@ struct RunSettings {
   // Refuse a run whose predicted memory (memory_estimate.hpp), times the ranks on this node,
   // exceeds what the machine or its cgroup can still give.
   bool check_memory = true;
+  // MFU's denominator in TFLOP/s per rank: the device's dense peak (an H100/H200's 989 in bf16)
+  // when given; 0: measured at the start (a GEMM on each rank's device).
+  double peak_tflops = 0;
   LoraInit lora_init = LoraInit::kKaimingUniform;
   DataOptions data;  // BOS/EOS ids are taken from the model's config.json
   TrainingArguments args;

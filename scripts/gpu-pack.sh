@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Prepares the GPU check for a session lent the device machine (see scripts/gpu-check.sh):
+# builds the CUDA variant here (the device machine has nvcc but none of Debian's -dev packages),
+# and packs into gpu-pack/ (ignored by git; the device tool's `carry` takes it along) the test
+# and command binaries and the non-CUDA shared libraries they load that the device lacks. The
+# CUDA libraries are the device's own (its Python's nvidia/* packages). Prints the pack's size:
+# everything that travels must stay under 64 MiB.
+#   gpu-pack.sh [BUILD_DIR]     default build (configured with ZEROLORA_CUDA=ON)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build="${1:-build}"
+if ! command -v nvcc > /dev/null && [ ! -x /usr/local/cuda/bin/nvcc ]; then
+  echo "gpu-pack: no nvcc here: the CUDA toolkit is needed to build the CUDA variant" >&2
+  exit 1
+fi
+export PATH="$PATH:/usr/local/cuda/bin"
+# Debian's linker writes RUNPATH, which the device's LD_LIBRARY_PATH overrides.
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DZEROLORA_CUDA=ON -DZEROLORA_BUILD_TESTS=ON \
+  -DCMAKE_CUDA_ARCHITECTURES=90 > /dev/null
+cmake --build "$build" -j"$(nproc)" --target zerolora_cli zerolora_cuda_tests zerolora_unit_tests
+rm -rf gpu-pack
+mkdir -p gpu-pack/bin gpu-pack/lib
+cp "$build/zerolora" "$build/tests/zerolora_cuda_tests" "$build/tests/zerolora_unit_tests" gpu-pack/bin/
+strip --strip-unneeded gpu-pack/bin/*
+# Shared libraries: everything ldd names except the CUDA libraries (the device brings its own,
+# matched to its driver) and the C runtime (the device's glibc is newer).
+skip='^(libcuda|libcudart|libcublas|libcublasLt|libcudnn|libnccl|libnvrtc|libc|libm|libdl|libpthread|librt|ld-linux-x86-64|linux-vdso)\.so'
+for binary in gpu-pack/bin/*; do
+  ldd "$binary" | awk '/=> \// {print $1, $3}'
+done | sort -u | while read -r name path; do
+  if [[ "$name" =~ $skip ]]; then continue; fi
+  cp -L "$path" "gpu-pack/lib/$name"
+done
+strip --strip-unneeded gpu-pack/lib/* 2> /dev/null || true
+du -sh gpu-pack
+size=$(du -sm gpu-pack | cut -f1)
+ls -la gpu-pack/bin gpu-pack/lib > gpu-pack/MANIFEST.txt
+if [ "$size" -gt 60 ]; then
+  echo "gpu-pack: $size MiB is too much to carry (64 MiB with the working tree)" >&2
+  exit 1
+fi
+echo "gpu-pack: ready ($size MiB); on the device: bash scripts/gpu-check.sh with carry [\"gpu-pack\"]"
