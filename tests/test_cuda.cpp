@@ -13,6 +13,9 @@
 #include "core/precision.hpp"
 #include "core/rng.hpp"
 #include "cuda/cuda_device.hpp"
+#ifdef ZEROLORA_CUDNN
+#include "cuda/cudnn_attention.hpp"
+#endif
 #include "cuda/gemm.hpp"
 #include "lora/lora_layout.hpp"
 #include "model/backend.hpp"
@@ -73,6 +76,45 @@ TEST(CudaGemmKey, RefusesViewsThatAreNeitherRowNorColumnMajor) {
   EXPECT_EQ(cuda::pointer_alignment(a + 1), 4);
   EXPECT_EQ(cuda::pointer_alignment(a + 2), 8);
 }
+
+#ifdef ZEROLORA_CUDNN
+// The cuDNN graph cache's keys, and the graphs themselves validated for Hopper on the host: the
+// frontend checks every rule of its support surface (ragged offsets with the padding mask, GQA
+// with ragged offsets, head sizes, stride alignment) without a GPU.
+TEST(CudnnAttentionGraphs, KeysBucketShapesSoTheCacheStaysSmall) {
+  const AttentionShape shape{32, 8, 128};
+  const auto a = cuda::sdpa_key(false, {{0, 100}, {100, 28}}, 128, shape);
+  const auto b = cuda::sdpa_key(false, {{0, 3}, {3, 120}, {123, 5}}, 128, shape);
+  EXPECT_EQ(a, b) << "batches of the same bucket share a graph";
+  EXPECT_EQ(a.slots, 8);
+  EXPECT_EQ(a.max_length, 128);
+  EXPECT_EQ(a.total_tokens, 128);
+  std::vector<Segment> many;
+  for (Index s = 0; s < 9; ++s) many.push_back({s * 300, 300});
+  const auto c = cuda::sdpa_key(true, many, 2700, shape);
+  EXPECT_EQ(c.slots, 16);
+  EXPECT_EQ(c.max_length, 384);
+  EXPECT_EQ(c.total_tokens, 2816);
+  EXPECT_TRUE(c.backward);
+  EXPECT_FALSE(cuda::cudnn_attention_supports({8, 4, 12}));
+  EXPECT_TRUE(cuda::cudnn_attention_supports({8, 4, 8}));
+}
+
+TEST(CudnnAttentionGraphs, ForwardAndBackwardValidateForHopper) {
+  // The demo model, a 7B (MHA), the 70B's GQA layer, Llama 3's 8B.
+  for (const AttentionShape shape : {AttentionShape{8, 4, 8}, AttentionShape{32, 32, 128},
+                                     AttentionShape{64, 8, 128}, AttentionShape{32, 8, 128}})
+    for (bool backward : {false, true}) {
+      const auto key = cuda::sdpa_key(backward, {{0, 1}, {1, 500}, {501, 1547}}, 2048, shape);
+      EXPECT_EQ(cuda::validate_sdpa_graph(key), "")
+          << (backward ? "backward" : "forward") << " H=" << shape.heads << " KV=" << shape.kv_heads
+          << " hd=" << shape.head_dim;
+    }
+  // and it does refuse: a head size cuDNN does not take (not a multiple of 8).
+  const auto odd = cuda::sdpa_key(false, {{0, 64}}, 64, AttentionShape{4, 2, 12});
+  EXPECT_NE(cuda::validate_sdpa_graph(odd), "");
+}
+#endif
 
 // ---- on the GPU ---------------------------------------------------------------------------
 
@@ -247,6 +289,41 @@ TEST_F(CudaBackend, AttentionOverSegmentsWithGqaEqualsTheCpu) {
                                      segments, M, shape, options);
     gpu_kernels_->attention_backward(gdqkv, gdout, gqkv, gout, glse, segments, M, shape, options);
     expect_close(to_host(gdqkv, dqkv.size()), dqkv, "attention d qkv");
+  }
+}
+
+// The bf16 policy's attention on the GPU (cuDNN's fused kernel where it takes the shape) against
+// the CPU's bf16 attention: both round q, k, v to bf16, cuDNN also P and its outputs, so they
+// agree to bf16 precision, compared as relative norms.
+TEST_F(CudaBackend, Bf16AttentionEqualsTheCpuWithinBf16) {
+  Runtime& gpu = *gpu_;
+  auto gpu_bf16 = make_kernels<Bf16Policy>(gpu);
+  CpuKernels<Bf16Policy> cpu_bf16(cpu_);
+  auto norm_error = [](const std::vector<float>& a, const std::vector<float>& b) {
+    double diff = 0, ref = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      diff += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
+      ref += static_cast<double>(b[i]) * b[i];
+    }
+    return std::sqrt(diff / ref);
+  };
+  for (const AttentionShape shape : {AttentionShape{8, 4, 64}, AttentionShape{16, 4, 128}}) {
+    const std::vector<Segment> segments{{0, 1}, {1, 130}, {131, 300}, {431, 81}};
+    const Index M = 512;
+    auto qkv = random_values(M * shape.qkv_stride(), 19, 2.0f);
+    auto dout = random_values(M * shape.heads * shape.head_dim, 20);
+    std::vector<float> out(M * shape.heads * shape.head_dim), lse(shape.heads * M),
+        dqkv(qkv.size());
+    float *gqkv = on_gpu(qkv), *gout = on_gpu(out), *glse = on_gpu(lse), *gdqkv = on_gpu(dqkv),
+          *gdout = on_gpu(dout);
+    AttentionOptions options;
+    cpu_bf16.attention_forward(out.data(), lse.data(), qkv.data(), segments, M, shape, options);
+    gpu_bf16->attention_forward(gout, glse, gqkv, segments, M, shape, options);
+    EXPECT_LT(norm_error(to_host(gout, out.size()), out), 1e-2) << "out hd=" << shape.head_dim;
+    cpu_bf16.attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(),
+                                segments, M, shape, options);
+    gpu_bf16->attention_backward(gdqkv, gdout, gqkv, gout, glse, segments, M, shape, options);
+    EXPECT_LT(norm_error(to_host(gdqkv, dqkv.size()), dqkv), 2e-2) << "dqkv hd=" << shape.head_dim;
   }
 }
 

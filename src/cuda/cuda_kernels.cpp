@@ -10,6 +10,9 @@
 #include "cuda/cuda_device.hpp"
 #include "cuda/cuda_ops.hpp"
 #include "cuda/gemm.hpp"
+#ifdef ZEROLORA_CUDNN
+#include "cuda/cudnn_attention.hpp"
+#endif
 
 namespace zerolora::cuda {
 namespace {
@@ -120,14 +123,39 @@ class CudaKernels final : public Kernels<P> {
     }
   }
 
+  // The bf16 policy uses cuDNN's fused attention where it takes the shape (bf16 in and out:
+  // q, k, v rounded once, O and dQKV come back as bf16 values), the fp32 policy and whatever
+  // cuDNN refuses the reference kernel; a shape takes one path for both passes, so the
+  // statistics (lse) always have the layout the other pass expects.
   void attention_forward(Act* out, Act* lse, const Act* qkv, const std::vector<Segment>& segments,
                          Index M, const AttentionShape& shape,
                          const AttentionOptions& options) override {
+#ifdef ZEROLORA_CUDNN
+    if (use_cudnn(segments, M, shape)) {
+      const Bf16Bits* qkv16 = bf16_copy(qkv_bf16_, qkv, M * shape.qkv_stride());
+      Bf16Bits* out16 = bits_of(out_bf16_, M * shape.heads * shape.head_dim);
+      cudnn_->forward(out16, lse, qkv16, segments, M, shape);
+      cuda::widen_bf16(s_, out, out16, M * shape.heads * shape.head_dim);
+      return;
+    }
+#endif
     cuda::attention_forward(s_, out, lse, qkv, geometry(segments, M, shape), kRoundOperands);
   }
   void attention_backward(Act* diff_qkv, const Act* diff_out, const Act* qkv, const Act* out,
                           const Act* lse, const std::vector<Segment>& segments, Index M,
                           const AttentionShape& shape, const AttentionOptions& options) override {
+#ifdef ZEROLORA_CUDNN
+    if (use_cudnn(segments, M, shape)) {
+      const Index n_out = M * shape.heads * shape.head_dim, n_qkv = M * shape.qkv_stride();
+      const Bf16Bits* qkv16 = bf16_copy(qkv_bf16_, qkv, n_qkv);
+      const Bf16Bits* out16 = bf16_copy(out_bf16_, out, n_out);  // exact: O was bf16 values
+      const Bf16Bits* dout16 = bf16_copy(dout_bf16_, diff_out, n_out);
+      Bf16Bits* dqkv16 = bits_of(dqkv_bf16_, n_qkv);
+      cudnn_->backward(dqkv16, dout16, qkv16, out16, lse, segments, M, shape);
+      cuda::widen_bf16(s_, diff_qkv, dqkv16, n_qkv);
+      return;
+    }
+#endif
     float* delta = delta_.ensure(device_, static_cast<std::size_t>(M * shape.heads));
     cuda::attention_backward(s_, diff_qkv, diff_out, qkv, out, lse, delta,
                              geometry(segments, M, shape), kRoundOperands);
@@ -174,6 +202,25 @@ class CudaKernels final : public Kernels<P> {
       return Mat<const bf16>::dense(converted, rows, cols);
     }
   }
+
+#ifdef ZEROLORA_CUDNN
+  bool use_cudnn(const std::vector<Segment>& segments, Index M, const AttentionShape& shape) {
+    if (!kRoundOperands || !cudnn_attention_supports(shape)) return false;
+    if (!cudnn_) cudnn_ = std::make_unique<CudnnAttention>(device_, s_);
+    return cudnn_->available(segments, M, shape, &cudnn_refusal_);
+  }
+  Bf16Bits* bits_of(DeviceBuffer<bf16>& buffer, Index n) {
+    return reinterpret_cast<Bf16Bits*>(buffer.ensure(device_, static_cast<std::size_t>(n)));
+  }
+  const Bf16Bits* bf16_copy(DeviceBuffer<bf16>& buffer, const float* src, Index n) {
+    Bf16Bits* dst = bits_of(buffer, n);
+    cuda::to_bf16(s_, dst, src, n);
+    return dst;
+  }
+  std::unique_ptr<CudnnAttention> cudnn_;
+  std::string cudnn_refusal_;
+  DeviceBuffer<bf16> qkv_bf16_, out_bf16_, dout_bf16_, dqkv_bf16_;
+#endif
 
   // drop(src) as a dense matrix (src itself when dropout is off).
   Mat<const Act> dropped(Mat<const Act> src, const DropoutMask& dropout) {

@@ -1,6 +1,7 @@
 #include "cuda/gemm.hpp"
 
 #include <cublasLt.h>
+#include <dlfcn.h>
 
 #include <string>
 
@@ -18,12 +19,6 @@ std::string shape(const GemmKey& key) {
          " ldb=" + std::to_string(key.ldb) + " ldc=" + std::to_string(key.ldc) +
          (key.in_type ? " bf16" : " fp32") + (key.trans_a ? " opA=T" : " opA=N") +
          (key.trans_b ? " opB=T" : " opB=N");
-}
-
-void check(cublasStatus_t status, const char* call, const GemmKey* key = nullptr) {
-  if (status != CUBLAS_STATUS_SUCCESS)
-    throw DeviceError(std::string("cuBLASLt ") + call + (key ? " (" + shape(*key) + ")" : "") +
-                      " failed: " + cublasLtGetStatusString(status));
 }
 
 // One operand of the column-major problem, from a row-major view: a row-major matrix is the
@@ -80,28 +75,89 @@ GemmKey gemm_key(const void* a, Index a_rows, Index a_cols, Index a_rs, Index a_
   return key;
 }
 
-struct LtGemm::Plan {
-  cublasLtMatmulDesc_t desc = nullptr;
-  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
-  cublasLtMatmulAlgo_t algo{};
-  ~Plan() {
-    if (a) cublasLtMatrixLayoutDestroy(a);
-    if (b) cublasLtMatrixLayoutDestroy(b);
-    if (c) cublasLtMatrixLayoutDestroy(c);
-    if (desc) cublasLtMatmulDescDestroy(desc);
+// cuBLASLt's entry points, from the library loaded when the first GEMM object is made: linking
+// it would load it into every process of a CUDA build, CPU runs included (210 MB of resident
+// relocations).
+struct LtGemm::Api {
+  void* library = nullptr;
+#define ZL_LT_FUNCTION(name) decltype(&::name) name = nullptr;
+  ZL_LT_FUNCTION(cublasLtCreate)
+  ZL_LT_FUNCTION(cublasLtDestroy)
+  ZL_LT_FUNCTION(cublasLtGetStatusString)
+  ZL_LT_FUNCTION(cublasLtMatmul)
+  ZL_LT_FUNCTION(cublasLtMatmulAlgoGetHeuristic)
+  ZL_LT_FUNCTION(cublasLtMatmulDescCreate)
+  ZL_LT_FUNCTION(cublasLtMatmulDescDestroy)
+  ZL_LT_FUNCTION(cublasLtMatmulDescSetAttribute)
+  ZL_LT_FUNCTION(cublasLtMatmulPreferenceCreate)
+  ZL_LT_FUNCTION(cublasLtMatmulPreferenceDestroy)
+  ZL_LT_FUNCTION(cublasLtMatmulPreferenceSetAttribute)
+  ZL_LT_FUNCTION(cublasLtMatrixLayoutCreate)
+  ZL_LT_FUNCTION(cublasLtMatrixLayoutDestroy)
+#undef ZL_LT_FUNCTION
+
+  Api() {
+    const std::string name = "libcublasLt.so." + std::to_string(CUBLAS_VER_MAJOR);
+    library = dlopen(name.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (!library)
+      throw DeviceError("cannot load " + name + " (" + dlerror() +
+                        "): put the CUDA libraries' folder on LD_LIBRARY_PATH");
+    auto bind = [&](auto& function, const char* symbol) {
+      function =
+          reinterpret_cast<std::remove_reference_t<decltype(function)>>(dlsym(library, symbol));
+      if (!function) throw DeviceError(name + " has no " + symbol);
+    };
+#define ZL_LT_BIND(name) bind(name, #name);
+    ZL_LT_BIND(cublasLtCreate)
+    ZL_LT_BIND(cublasLtDestroy)
+    ZL_LT_BIND(cublasLtGetStatusString)
+    ZL_LT_BIND(cublasLtMatmul)
+    ZL_LT_BIND(cublasLtMatmulAlgoGetHeuristic)
+    ZL_LT_BIND(cublasLtMatmulDescCreate)
+    ZL_LT_BIND(cublasLtMatmulDescDestroy)
+    ZL_LT_BIND(cublasLtMatmulDescSetAttribute)
+    ZL_LT_BIND(cublasLtMatmulPreferenceCreate)
+    ZL_LT_BIND(cublasLtMatmulPreferenceDestroy)
+    ZL_LT_BIND(cublasLtMatmulPreferenceSetAttribute)
+    ZL_LT_BIND(cublasLtMatrixLayoutCreate)
+    ZL_LT_BIND(cublasLtMatrixLayoutDestroy)
+#undef ZL_LT_BIND
+  }
+  ~Api() {
+    if (library) dlclose(library);
+  }
+  void check(cublasStatus_t status, const char* call, const GemmKey* key = nullptr) const {
+    if (status != CUBLAS_STATUS_SUCCESS)
+      throw DeviceError(std::string("cuBLASLt ") + call + (key ? " (" + shape(*key) + ")" : "") +
+                        " failed: " + cublasLtGetStatusString(status));
   }
 };
 
-LtGemm::LtGemm(Device& device, cudaStream_t stream) : stream_(stream) {
+struct LtGemm::Plan {
+  const Api& api;
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+  explicit Plan(const Api& lt) : api(lt) {}
+  ~Plan() {
+    if (a) api.cublasLtMatrixLayoutDestroy(a);
+    if (b) api.cublasLtMatrixLayoutDestroy(b);
+    if (c) api.cublasLtMatrixLayoutDestroy(c);
+    if (desc) api.cublasLtMatmulDescDestroy(desc);
+  }
+};
+
+LtGemm::LtGemm(Device& device, cudaStream_t stream)
+    : stream_(stream), api_(std::make_unique<Api>()) {
   cublasLtHandle_t handle = nullptr;
-  check(cublasLtCreate(&handle), "cublasLtCreate");
+  api_->check(api_->cublasLtCreate(&handle), "cublasLtCreate");
   handle_ = handle;
   workspace_.ensure(device, kWorkspaceBytes);
 }
 
 LtGemm::~LtGemm() {
   plans_.clear();
-  if (handle_) cublasLtDestroy(static_cast<cublasLtHandle_t>(handle_));
+  if (handle_) api_->cublasLtDestroy(static_cast<cublasLtHandle_t>(handle_));
 }
 
 std::size_t LtGemm::plans() const {
@@ -134,57 +190,60 @@ void LtGemm::run(const GemmKey& key, const void* a, const void* b, float* c, flo
   auto handle = static_cast<cublasLtHandle_t>(handle_);
   auto& slot = plans_[key];
   if (!slot) {
-    auto plan = std::make_unique<Plan>();
+    auto plan = std::make_unique<Plan>(*api_);
+    const Api& lt = *api_;
     const cudaDataType_t in = key.in_type ? CUDA_R_16BF : CUDA_R_32F;
-    check(cublasLtMatmulDescCreate(&plan->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F),
-          "cublasLtMatmulDescCreate", &key);
+    lt.check(lt.cublasLtMatmulDescCreate(&plan->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F),
+             "cublasLtMatmulDescCreate", &key);
     const cublasOperation_t op_a = key.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
     const cublasOperation_t op_b = key.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
-    check(
-        cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof op_a),
-        "cublasLtMatmulDescSetAttribute(TRANSA)", &key);
-    check(
-        cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof op_b),
-        "cublasLtMatmulDescSetAttribute(TRANSB)", &key);
+    lt.check(lt.cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a,
+                                               sizeof op_a),
+             "lt.cublasLtMatmulDescSetAttribute(TRANSA)", &key);
+    lt.check(lt.cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b,
+                                               sizeof op_b),
+             "lt.cublasLtMatmulDescSetAttribute(TRANSB)", &key);
     // Stored shapes: A is [m x k] or, transposed, [k x m]; B is [k x n] or [n x k].
-    check(cublasLtMatrixLayoutCreate(&plan->a, in, key.trans_a ? key.k : key.m,
-                                     key.trans_a ? key.m : key.k, key.lda),
-          "cublasLtMatrixLayoutCreate(A)", &key);
-    check(cublasLtMatrixLayoutCreate(&plan->b, in, key.trans_b ? key.n : key.k,
-                                     key.trans_b ? key.k : key.n, key.ldb),
-          "cublasLtMatrixLayoutCreate(B)", &key);
-    check(cublasLtMatrixLayoutCreate(&plan->c, CUDA_R_32F, key.m, key.n, key.ldc),
-          "cublasLtMatrixLayoutCreate(C)", &key);
+    lt.check(lt.cublasLtMatrixLayoutCreate(&plan->a, in, key.trans_a ? key.k : key.m,
+                                           key.trans_a ? key.m : key.k, key.lda),
+             "lt.cublasLtMatrixLayoutCreate(A)", &key);
+    lt.check(lt.cublasLtMatrixLayoutCreate(&plan->b, in, key.trans_b ? key.n : key.k,
+                                           key.trans_b ? key.k : key.n, key.ldb),
+             "lt.cublasLtMatrixLayoutCreate(B)", &key);
+    lt.check(lt.cublasLtMatrixLayoutCreate(&plan->c, CUDA_R_32F, key.m, key.n, key.ldc),
+             "lt.cublasLtMatrixLayoutCreate(C)", &key);
     cublasLtMatmulPreference_t preference = nullptr;
-    check(cublasLtMatmulPreferenceCreate(&preference), "cublasLtMatmulPreferenceCreate", &key);
+    lt.check(lt.cublasLtMatmulPreferenceCreate(&preference), "cublasLtMatmulPreferenceCreate",
+             &key);
     const std::uint64_t workspace = kWorkspaceBytes;
     const std::uint32_t align[3] = {static_cast<std::uint32_t>(key.align_a),
                                     static_cast<std::uint32_t>(key.align_b),
                                     static_cast<std::uint32_t>(key.align_c)};
-    cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                         &workspace, sizeof workspace);
-    cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
-                                         &align[0], sizeof align[0]);
-    cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-                                         &align[1], sizeof align[1]);
-    cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
-                                         &align[2], sizeof align[2]);
-    cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
-                                         &align[2], sizeof align[2]);
+    lt.cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                            &workspace, sizeof workspace);
+    lt.cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                                            &align[0], sizeof align[0]);
+    lt.cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                                            &align[1], sizeof align[1]);
+    lt.cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                                            &align[2], sizeof align[2]);
+    lt.cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                                            &align[2], sizeof align[2]);
     cublasLtMatmulHeuristicResult_t result{};
     int found = 0;
-    const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(
+    const cublasStatus_t status = lt.cublasLtMatmulAlgoGetHeuristic(
         handle, plan->desc, plan->a, plan->b, plan->c, plan->c, preference, 1, &result, &found);
-    cublasLtMatmulPreferenceDestroy(preference);
-    check(status, "cublasLtMatmulAlgoGetHeuristic", &key);
+    lt.cublasLtMatmulPreferenceDestroy(preference);
+    lt.check(status, "cublasLtMatmulAlgoGetHeuristic", &key);
     if (found == 0) throw DeviceError("cuBLASLt has no algorithm for the GEMM " + shape(key));
     plan->algo = result.algo;
     slot = std::move(plan);
   }
   const float beta = key.accumulate ? 1.0f : 0.0f;
-  check(cublasLtMatmul(handle, slot->desc, &alpha, b, slot->a, a, slot->b, &beta, c, slot->c, c,
-                       slot->c, &slot->algo, workspace_.data(), kWorkspaceBytes, stream_),
-        "cublasLtMatmul", &key);
+  api_->check(
+      api_->cublasLtMatmul(handle, slot->desc, &alpha, b, slot->a, a, slot->b, &beta, c, slot->c, c,
+                           slot->c, &slot->algo, workspace_.data(), kWorkspaceBytes, stream_),
+      "cublasLtMatmul", &key);
 }
 
 }  // namespace zerolora::cuda

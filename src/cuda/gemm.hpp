@@ -56,10 +56,12 @@ class LtGemm {
   std::size_t plans() const;
 
  private:
+  struct Api;
   struct Plan;
   void run(const GemmKey& key, const void* a, const void* b, float* c, float alpha);
   cudaStream_t stream_;
-  void* handle_ = nullptr;  // cublasLtHandle_t
+  std::unique_ptr<Api> api_;  // cuBLASLt, loaded at run time
+  void* handle_ = nullptr;    // cublasLtHandle_t
   DeviceBuffer<std::byte> workspace_;
   std::map<GemmKey, std::unique_ptr<Plan>> plans_;
 };

@@ -1,0 +1,363 @@
+#include "cuda/cudnn_attention.hpp"
+
+#include <cudnn.h>
+#include <dlfcn.h>
+
+#define ZL_STRINGIFY_(x) #x
+#define ZL_STRINGIFY(x) ZL_STRINGIFY_(x)
+
+#include <cmath>
+#include <cstdint>
+#include <map>
+#include <unordered_map>
+
+// The frontend loads cuDNN and NVRTC (which its runtime-compiled engines use) through dlopen
+// instead of being linked. It reads the cuDNN handle from this one process-wide variable (its
+// design, not ours), and some of its functions cache their symbols on first call, possibly
+// during static initialisation: so the variable is defined, and the small libcudnn.so.9 (its
+// engine sub-libraries load only when a handle is made) opened, before the frontend's headers.
+// Null when cuDNN is not there: using it then fails with that message.
+namespace cudnn_frontend {
+void* cudnn_dlhandle = dlopen("libcudnn.so." ZL_STRINGIFY(CUDNN_MAJOR), RTLD_NOW | RTLD_GLOBAL);
+}
+
+#define NV_CUDNN_FRONTEND_USE_DYNAMIC_LOADING
+#include <cudnn_frontend.h>
+
+#include "core/error.hpp"
+
+namespace zerolora::cuda {
+
+namespace fe = cudnn_frontend;
+
+namespace {
+
+// Tensor uids of the variant pack.
+enum Uid : std::int64_t {
+  kQ = 1,
+  kK,
+  kV,
+  kO,
+  kStats,
+  kDO,
+  kDQ,
+  kDK,
+  kDV,
+  kSeqLen,
+  kOffsetsQkv,
+  kOffsetsO,
+  kOffsetsStats
+};
+
+// Loads cuDNN for the frontend, by name (LD_LIBRARY_PATH, the loader's paths), else from where
+// the build found it.
+void load_cudnn() {
+  if (fe::cudnn_dlhandle) return;
+  const std::string name = "libcudnn.so." + std::to_string(CUDNN_MAJOR);
+  fe::cudnn_dlhandle = dlopen(name.c_str(), RTLD_NOW | RTLD_GLOBAL);
+#ifdef ZEROLORA_CUDNN_LIBRARY_DIR
+  if (!fe::cudnn_dlhandle)
+    fe::cudnn_dlhandle = dlopen((std::string(ZEROLORA_CUDNN_LIBRARY_DIR) + "/" + name).c_str(),
+                                RTLD_NOW | RTLD_GLOBAL);
+#endif
+  if (!fe::cudnn_dlhandle)
+    throw DeviceError("cannot load " + name + " (" + dlerror() +
+                      "): put the CUDA libraries' folders on LD_LIBRARY_PATH");
+}
+
+Index round_up(Index value, Index multiple) {
+  return (value + multiple - 1) / multiple * multiple;
+}
+
+using Tensor = std::shared_ptr<fe::graph::Tensor_attributes>;
+
+struct Built {
+  std::shared_ptr<fe::graph::Graph> graph;
+  std::int64_t workspace = 0;
+};
+
+std::string describe(const SdpaKey& key) {
+  return std::string(key.backward ? "backward" : "forward") + " B=" + std::to_string(key.slots) +
+         " S=" + std::to_string(key.max_length) + " T=" + std::to_string(key.total_tokens) +
+         " H=" + std::to_string(key.heads) + " KV=" + std::to_string(key.kv_heads) +
+         " hd=" + std::to_string(key.head_dim);
+}
+
+// The graph of a key, up to validate(); `message` gets the frontend's words when it refuses.
+// sm_version > 0 validates for that GPU generation on the host alone (no device needed).
+std::shared_ptr<fe::graph::Graph> make_graph(const SdpaKey& key, std::string& message,
+                                             int sm_version) {
+  const std::int64_t B = key.slots, S = key.max_length, H = key.heads, KV = key.kv_heads,
+                     hd = key.head_dim, ld = (H + 2 * KV) * hd;
+  auto graph = std::make_shared<fe::graph::Graph>();
+  if (sm_version > 0) graph->set_sm_version(sm_version);
+  graph->set_io_data_type(fe::DataType_t::BFLOAT16)
+      .set_intermediate_data_type(fe::DataType_t::FLOAT)
+      .set_compute_data_type(fe::DataType_t::FLOAT);
+  auto offsets = [&](const char* name, std::int64_t uid) {
+    return graph->tensor(fe::graph::Tensor_attributes()
+                             .set_name(name)
+                             .set_uid(uid)
+                             .set_dim({B + 1, 1, 1, 1})
+                             .set_stride({1, 1, 1, 1})
+                             .set_data_type(fe::DataType_t::INT64));
+  };
+  const Tensor offsets_qkv = offsets("offsets_qkv", kOffsetsQkv);
+  const Tensor offsets_o = offsets("offsets_o", kOffsetsO);
+  const Tensor offsets_stats = offsets("offsets_stats", kOffsetsStats);
+  const Tensor seq_len = graph->tensor(fe::graph::Tensor_attributes()
+                                           .set_name("seq_len")
+                                           .set_uid(kSeqLen)
+                                           .set_dim({B, 1, 1, 1})
+                                           .set_stride({1, 1, 1, 1})
+                                           .set_data_type(fe::DataType_t::INT32));
+  auto qkv_tensor = [&](const char* name, std::int64_t uid, std::int64_t heads) {
+    return graph->tensor(fe::graph::Tensor_attributes()
+                             .set_name(name)
+                             .set_uid(uid)
+                             .set_dim({B, heads, S, hd})
+                             .set_stride({S * ld, hd, ld, 1})
+                             .set_ragged_offset(offsets_qkv));
+  };
+  const Tensor q = qkv_tensor("Q", kQ, H), k = qkv_tensor("K", kK, KV), v = qkv_tensor("V", kV, KV);
+  const std::vector<std::int64_t> o_dim{B, H, S, hd}, o_stride{S * H * hd, hd, H * hd, 1};
+  const std::vector<std::int64_t> stats_dim{B, H, S, 1}, stats_stride{S * H, 1, H, 1};
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
+  try {
+    if (!key.backward) {
+      fe::graph::SDPA_attributes options;
+      options.set_name("sdpa")
+          .set_generate_stats(true)
+          .set_attn_scale(scale)
+          .set_padding_mask(true)
+          .set_seq_len_q(seq_len)
+          .set_seq_len_kv(seq_len)
+          .set_causal_mask(true);
+      auto [o, stats] = graph->sdpa(q, k, v, options);
+      o->set_output(true).set_uid(kO).set_dim(o_dim).set_stride(o_stride).set_ragged_offset(
+          offsets_o);
+      stats->set_output(true)
+          .set_uid(kStats)
+          .set_data_type(fe::DataType_t::FLOAT)
+          .set_dim(stats_dim)
+          .set_stride(stats_stride)
+          .set_ragged_offset(offsets_stats);
+    } else {
+      auto input = [&](const char* name, std::int64_t uid, const std::vector<std::int64_t>& dim,
+                       const std::vector<std::int64_t>& stride, const Tensor& ragged) {
+        return graph->tensor(fe::graph::Tensor_attributes()
+                                 .set_name(name)
+                                 .set_uid(uid)
+                                 .set_dim(dim)
+                                 .set_stride(stride)
+                                 .set_ragged_offset(ragged));
+      };
+      const Tensor o = input("O", kO, o_dim, o_stride, offsets_o);
+      const Tensor d_o = input("dO", kDO, o_dim, o_stride, offsets_o);
+      const Tensor stats = input("Stats", kStats, stats_dim, stats_stride, offsets_stats);
+      stats->set_data_type(fe::DataType_t::FLOAT);
+      fe::graph::SDPA_backward_attributes options;
+      options.set_name("sdpa_backward")
+          .set_attn_scale(scale)
+          .set_padding_mask(true)
+          .set_seq_len_q(seq_len)
+          .set_seq_len_kv(seq_len)
+          .set_causal_mask(true)
+          .set_max_total_seq_len_q(key.total_tokens)
+          .set_max_total_seq_len_kv(key.total_tokens)
+          .set_deterministic_algorithm(true);  // exact resume: the same bits every run
+      auto [dq, dk, dv] = graph->sdpa_backward(q, k, v, o, d_o, stats, options);
+      const std::vector<std::int64_t> qkv_stride{S * ld, hd, ld, 1};
+      dq->set_output(true)
+          .set_uid(kDQ)
+          .set_dim({B, H, S, hd})
+          .set_stride(qkv_stride)
+          .set_ragged_offset(offsets_qkv);
+      dk->set_output(true)
+          .set_uid(kDK)
+          .set_dim({B, KV, S, hd})
+          .set_stride(qkv_stride)
+          .set_ragged_offset(offsets_qkv);
+      dv->set_output(true)
+          .set_uid(kDV)
+          .set_dim({B, KV, S, hd})
+          .set_stride(qkv_stride)
+          .set_ragged_offset(offsets_qkv);
+    }
+  } catch (const std::exception& e) {  // sdpa() throws when no implementation fits
+    message = e.what();
+    return nullptr;
+  }
+  auto status = graph->validate();
+  if (!status.is_good()) {
+    message = status.get_message();
+    return nullptr;
+  }
+  return graph;
+}
+
+void check(const fe::error_t& status, const char* step, const SdpaKey& key) {
+  if (!status.is_good()) {
+    fe::error_t copy = status;
+    throw DeviceError(std::string("cuDNN attention ") + step + " (" + describe(key) +
+                      ") failed: " + copy.get_message());
+  }
+}
+
+}  // namespace
+
+SdpaKey sdpa_key(bool backward, const std::vector<Segment>& segments, Index M,
+                 const AttentionShape& shape) {
+  SdpaKey key;
+  key.backward = backward;
+  key.slots = 8;
+  while (key.slots < static_cast<Index>(segments.size())) key.slots *= 2;
+  Index longest = 1;
+  for (const auto& s : segments) longest = std::max(longest, s.length);
+  key.max_length = round_up(longest, 128);
+  key.total_tokens = round_up(std::max<Index>(M, 1), 128);
+  key.heads = shape.heads;
+  key.kv_heads = shape.kv_heads;
+  key.head_dim = shape.head_dim;
+  return key;
+}
+
+bool cudnn_attention_supports(const AttentionShape& shape) {
+  return shape.head_dim % 8 == 0 && shape.head_dim >= 8 && shape.head_dim <= 256;
+}
+
+std::string validate_sdpa_graph(const SdpaKey& key) {
+  load_cudnn();  // the frontend asks the library's version
+  std::string message;
+  make_graph(key, message, 90);  // Hopper, checked on the host
+  return message;
+}
+
+struct CudnnAttention::Impl {
+  Device& device;
+  cudaStream_t stream;
+  cudnnHandle_t handle = nullptr;
+  std::map<SdpaKey, Built> graphs;
+  DeviceBuffer<std::int32_t> seq_len;
+  DeviceBuffer<std::int64_t> offsets;  // qkv, o, stats: three arrays of slots + 1
+  DeviceBuffer<std::byte> workspace;
+  std::vector<std::int32_t> host_seq_len;
+  std::vector<std::int64_t> host_offsets;
+
+  Built& graph_for(const SdpaKey& key) {
+    auto it = graphs.find(key);
+    if (it != graphs.end()) return it->second;
+    std::string message;
+    auto graph = make_graph(key, message, 0);
+    if (!graph) throw DeviceError("cuDNN attention refused " + describe(key) + ": " + message);
+    check(graph->build_operation_graph(handle), "build_operation_graph", key);
+    check(graph->create_execution_plans({fe::HeurMode_t::A, fe::HeurMode_t::FALLBACK}),
+          "create_execution_plans", key);
+    check(graph->check_support(handle), "check_support", key);
+    check(graph->build_plans(handle), "build_plans", key);
+    Built built{graph, 0};
+    check(graph->get_workspace_size(built.workspace), "get_workspace_size", key);
+    return graphs.emplace(key, std::move(built)).first->second;
+  }
+
+  // The ragged offsets and lengths of a batch, in the key's slots (unused: length 0, offset at
+  // the end of the data).
+  void upload_geometry(const SdpaKey& key, const std::vector<Segment>& segments, Index M) {
+    const auto slots = static_cast<std::size_t>(key.slots);
+    const std::int64_t ld = (key.heads + 2 * key.kv_heads) * key.head_dim;
+    host_seq_len.assign(slots, 0);
+    host_offsets.assign(3 * (slots + 1), 0);
+    for (std::size_t b = 0; b <= slots; ++b) {
+      const Index begin = b < segments.size() ? segments[b].begin : M;
+      if (b < segments.size()) host_seq_len[b] = static_cast<std::int32_t>(segments[b].length);
+      host_offsets[b] = begin * ld;
+      host_offsets[slots + 1 + b] = begin * key.heads * key.head_dim;
+      host_offsets[2 * (slots + 1) + b] = begin * key.heads;
+    }
+    upload<std::int32_t>(device, seq_len, host_seq_len);
+    upload<std::int64_t>(device, offsets, host_offsets);
+  }
+
+  void run(const SdpaKey& key, std::unordered_map<std::int64_t, void*>& pack) {
+    Built& built = graph_for(key);
+    const std::size_t slots = static_cast<std::size_t>(key.slots);
+    pack[kSeqLen] = seq_len.data();
+    pack[kOffsetsQkv] = offsets.data();
+    pack[kOffsetsO] = offsets.data() + (slots + 1);
+    pack[kOffsetsStats] = offsets.data() + 2 * (slots + 1);
+    workspace.ensure(device, static_cast<std::size_t>(std::max<std::int64_t>(built.workspace, 1)));
+    if (fe::detail::set_stream(handle, stream) != CUDNN_STATUS_SUCCESS)
+      throw DeviceError("cudnnSetStream failed");
+    check(built.graph->execute(handle, pack, workspace.data()), "execute", key);
+  }
+};
+
+CudnnAttention::CudnnAttention(Device& device, cudaStream_t stream)
+    : impl_(std::make_unique<Impl>(Impl{device, stream})) {
+  load_cudnn();
+  const cudnnStatus_t status = fe::detail::create_handle(&impl_->handle);
+  if (status != CUDNN_STATUS_SUCCESS)
+    throw DeviceError(std::string("cudnnCreate failed: ") + fe::detail::get_error_string(status));
+}
+
+CudnnAttention::~CudnnAttention() {
+  if (impl_ && impl_->handle) fe::detail::destroy_handle(impl_->handle);
+}
+
+bool CudnnAttention::available(const std::vector<Segment>& segments, Index M,
+                               const AttentionShape& shape, std::string* why) {
+  if (!cudnn_attention_supports(shape)) {
+    if (why)
+      *why = "head_dim " + std::to_string(shape.head_dim) + " (cuDNN: a multiple of 8, <= 256)";
+    return false;
+  }
+  try {
+    impl_->graph_for(sdpa_key(false, segments, M, shape));
+    impl_->graph_for(sdpa_key(true, segments, M, shape));
+  } catch (const DeviceError& e) {
+    if (why) *why = e.what();
+    return false;
+  }
+  return true;
+}
+
+std::size_t CudnnAttention::graphs_built() const {
+  return impl_->graphs.size();
+}
+
+void CudnnAttention::forward(Bf16Bits* out, float* stats, const Bf16Bits* qkv,
+                             const std::vector<Segment>& segments, Index M,
+                             const AttentionShape& shape) {
+  const SdpaKey key = sdpa_key(false, segments, M, shape);
+  impl_->upload_geometry(key, segments, M);
+  const Index hd = shape.head_dim;
+  std::unordered_map<std::int64_t, void*> pack{
+      {kQ, const_cast<Bf16Bits*>(qkv)},
+      {kK, const_cast<Bf16Bits*>(qkv + shape.heads * hd)},
+      {kV, const_cast<Bf16Bits*>(qkv + (shape.heads + shape.kv_heads) * hd)},
+      {kO, out},
+      {kStats, stats}};
+  impl_->run(key, pack);
+}
+
+void CudnnAttention::backward(Bf16Bits* diff_qkv, const Bf16Bits* diff_out, const Bf16Bits* qkv,
+                              const Bf16Bits* out, const float* stats,
+                              const std::vector<Segment>& segments, Index M,
+                              const AttentionShape& shape) {
+  const SdpaKey key = sdpa_key(true, segments, M, shape);
+  impl_->upload_geometry(key, segments, M);
+  const Index hd = shape.head_dim, k_col = shape.heads * hd,
+              v_col = (shape.heads + shape.kv_heads) * hd;
+  std::unordered_map<std::int64_t, void*> pack{{kQ, const_cast<Bf16Bits*>(qkv)},
+                                               {kK, const_cast<Bf16Bits*>(qkv + k_col)},
+                                               {kV, const_cast<Bf16Bits*>(qkv + v_col)},
+                                               {kO, const_cast<Bf16Bits*>(out)},
+                                               {kDO, const_cast<Bf16Bits*>(diff_out)},
+                                               {kStats, const_cast<float*>(stats)},
+                                               {kDQ, diff_qkv},
+                                               {kDK, diff_qkv + k_col},
+                                               {kDV, diff_qkv + v_col}};
+  impl_->run(key, pack);
+}
+
+}  // namespace zerolora::cuda

@@ -1,0 +1,70 @@
+// cuDNN's fused attention (SDPA forward and backward) through the cuDNN frontend's graph API,
+// for the bf16 policy: the packed batch's segments are cuDNN's ragged (THD) sequences, so no
+// compute is spent on padding and documents never attend across each other; GQA natively
+// (K and V keep their KV heads); causal per segment. Q, K and V are read straight out of the
+// fused [M, (H + 2 KV) hd] projection (three base pointers, one row stride), O is [M, H hd],
+// the softmax statistics token-major [M, H] (cuDNN's ragged stats).
+// Graphs are built once per bucketed shape (SdpaKey) and cached; building is slow (seconds) and
+// needs a GPU, validation does not: validate_sdpa_graph() checks a key's graph for sm_90 on the
+// host, which the CPU-only tests do.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <compare>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/device.hpp"
+#include "cuda/cuda_ops.hpp"
+#include "ops/attention.hpp"
+
+namespace zerolora::cuda {
+
+// One cached graph: pass, bucketed batch slots and lengths, heads.
+struct SdpaKey {
+  bool backward = false;
+  Index slots = 0;         // B: power of two >= segments, at least 8
+  Index max_length = 0;    // S: longest segment, rounded up to a multiple of 128
+  Index total_tokens = 0;  // T: tokens, rounded up to a multiple of 128 (backward workspace)
+  Index heads = 0, kv_heads = 0, head_dim = 0;
+  auto operator<=>(const SdpaKey&) const = default;
+};
+
+SdpaKey sdpa_key(bool backward, const std::vector<Segment>& segments, Index M,
+                 const AttentionShape& shape);
+
+// What cuDNN's fused attention takes here: head_dim a multiple of 8, at most 256 (Hopper).
+bool cudnn_attention_supports(const AttentionShape& shape);
+
+// "" when the key's graph validates for sm_90 (host only, no GPU), else the frontend's message.
+std::string validate_sdpa_graph(const SdpaKey& key);
+
+class CudnnAttention {
+ public:
+  CudnnAttention(Device& device, cudaStream_t stream);
+  ~CudnnAttention();
+  CudnnAttention(const CudnnAttention&) = delete;
+  CudnnAttention& operator=(const CudnnAttention&) = delete;
+
+  // Whether cuDNN takes this batch's shape: builds (or finds) both passes' graphs; false, and
+  // the reason in *why, when the frontend refuses either (the caller then uses its own kernel
+  // for both passes, so forward and backward always agree on the statistics' layout).
+  bool available(const std::vector<Segment>& segments, Index M, const AttentionShape& shape,
+                 std::string* why);
+  // out [M, H hd] bf16 (=), stats [M, H] fp32 (=), from qkv [M, (H + 2 KV) hd] bf16.
+  void forward(Bf16Bits* out, float* stats, const Bf16Bits* qkv,
+               const std::vector<Segment>& segments, Index M, const AttentionShape& shape);
+  // diff_qkv (=) from diff_out and the forward's out (bf16, exactly as written) and stats.
+  void backward(Bf16Bits* diff_qkv, const Bf16Bits* diff_out, const Bf16Bits* qkv,
+                const Bf16Bits* out, const float* stats, const std::vector<Segment>& segments,
+                Index M, const AttentionShape& shape);
+  std::size_t graphs_built() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace zerolora::cuda
