@@ -1,8 +1,11 @@
 // Benchmark: one full LoRA training step (forward + backward + AdamW, recompute on by default) of a
-// Llama-2-7B-shaped stack with random bf16 weights, against this machine's oneDNN bf16 GEMM
-// peak measured in the same run. Prints key=value lines; see BENCHMARKS.md.
-//   bench_train_step [--seq 512,2048] [--layers 2] [--steps 3] [--threads 0] [--no-recompute |
-//   --selective]
+// Llama-2-7B-shaped stack (or Llama-2-70B's layer shape: --shape 70b) with random bf16 weights,
+// micro-batch --batch sequences of each --seq length (separate segments), against the device's
+// bf16 GEMM peak measured in the same run (oneDNN's on the CPU, the CUDA backend's on a GPU,
+// where MFU against the nominal 989 TFLOP/s of an H100/H200 is printed too). Prints key=value
+// lines; see BENCHMARKS.md.
+//   bench_train_step [--seq 512,2048] [--layers 2] [--batch 1] [--steps 3] [--threads 0]
+//                    [--device cpu|cuda] [--shape 7b|70b] [--no-recompute | --selective]
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -14,6 +17,7 @@
 #include "bench_util.hpp"
 #include "core/buffer.hpp"
 #include "core/precision.hpp"
+#include "model/backend.hpp"
 #include "model/flops.hpp"
 #include "model/llama_model.hpp"
 #include "model/llama_weights.hpp"
@@ -37,8 +41,9 @@ int main(int argc, char** argv) {
   using namespace zerolora;
   using namespace zerolora::bench;
   std::vector<Index> seqs{512, 2048};
-  Index layers = 2;
+  Index layers = 2, batch_size = 1;
   int steps = 3, threads = 0;
+  std::string device = "cpu", shape = "7b";
   Recompute recompute = Recompute::kFull;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -57,26 +62,43 @@ int main(int argc, char** argv) {
       steps = std::stoi(value());
     else if (arg == "--threads")
       threads = std::stoi(value());
+    else if (arg == "--batch")
+      batch_size = std::stoll(value());
+    else if (arg == "--device")
+      device = value();
+    else if (arg == "--shape")
+      shape = value();
     else if (arg == "--no-recompute")
       recompute = Recompute::kNone;
     else if (arg == "--selective")
       recompute = Recompute::kSelective;
     else {
       std::fprintf(stderr,
-                   "usage: %s [--seq 512,2048] [--layers 2] [--steps 3] [--threads N] "
-                   "[--no-recompute | --selective]\n",
+                   "usage: %s [--seq 512,2048] [--layers 2] [--batch 1] [--steps 3] [--threads N] "
+                   "[--device cpu|cuda] [--shape 7b|70b] [--no-recompute | --selective]\n",
                    argv[0]);
       return 2;
     }
   }
-  Runtime rt(threads);
+  Runtime rt(threads, make_device(device));
+  const bool gpu = rt.device().kind() != DeviceKind::kCpu;
   print_kv("threads", rt.threads());
-  // The best of 10 2048^3 GEMMs: this VM's speed drifts by ~10% between runs, and the peak is
-  // what the hardware can do, so MFU errs on the low side.
-  const double peak = measure_gemm_gflops<bf16>(rt, 2048, 10);
+  print_kv("device", rt.device().name());
+  // The best of 10 GEMMs (2048^3 on the CPU, 8192^3 on a GPU): this VM's speed drifts by ~10%
+  // between runs, and the peak is what the hardware can do, so MFU errs on the low side.
+  const double peak = measure_device_gemm_gflops<Bf16Policy>(rt, gpu ? 8192 : 2048, 10);
   print_kv("gemm_bf16_peak_gflops", peak);
 
-  const LlamaConfig config = llama2_7b_shape(layers);
+  LlamaConfig config = llama2_7b_shape(layers);
+  if (shape == "70b") {  // Llama-2-70B's decoder layer: GQA, 64 heads of 128, 8 KV heads
+    config.hidden_size = 8192;
+    config.intermediate_size = 28672;
+    config.num_heads = 64;
+    config.num_kv_heads = 8;
+  } else if (shape != "7b") {
+    std::fprintf(stderr, "--shape: 7b or 70b, not %s\n", shape.c_str());
+    return 2;
+  }
   auto weights = random_llama_weights<bf16>(rt, config, 7);
   LoraConfig lora;  // the seed recipe: r 4, alpha 16, dropout 0.05 on q, k, v, o
   lora.rank = 4;
@@ -90,8 +112,8 @@ int main(int argc, char** argv) {
   options.recompute = recompute;
   options.bf16_residual = true;  // as `zerolora train --bf16` (its default)
   LlamaModel<Bf16Policy> model(rt, weights, &layout, options);
-  print_kv("model",
-           "llama2-7b-shape layers=" + std::to_string(layers) + " lora_r=4 targets=q,k,v,o");
+  print_kv("model", "llama2-" + shape + "-shape layers=" + std::to_string(layers) +
+                        " lora_r=4 targets=q,k,v,o batch=" + std::to_string(batch_size));
   print_kv("recompute", recompute == Recompute::kFull        ? "full"
                         : recompute == Recompute::kSelective ? "selective"
                                                              : "none");
@@ -101,7 +123,7 @@ int main(int argc, char** argv) {
     std::vector<std::int32_t> ids(static_cast<std::size_t>(seq));
     for (Index t = 0; t < seq; ++t)
       ids[t] = static_cast<std::int32_t>((t * 7919 + 13) % config.vocab_size);
-    batch.add_sequence(ids, ids, 0);
+    for (Index b = 0; b < batch_size; ++b) batch.add_sequence(ids, ids, b);
     const double count = static_cast<double>(batch.label_count());
     std::vector<double> times;
     double loss = 0;
@@ -124,7 +146,7 @@ int main(int argc, char** argv) {
       return 1;
     }
     const double step_s = median(times);
-    const double tokens_per_s = static_cast<double>(seq) / step_s;
+    const double tokens_per_s = static_cast<double>(seq * batch_size) / step_s;
     const double flops = model_flops_per_token(config, layout, seq);
     const std::string p = "seq" + std::to_string(seq) + "_";
     print_kv(p + "loss", loss);
@@ -133,7 +155,13 @@ int main(int argc, char** argv) {
     print_kv(p + "model_flops_per_token", flops);
     print_kv(p + "achieved_gflops", flops * tokens_per_s / 1e9);
     print_kv(p + "mfu", flops * tokens_per_s / 1e9 / peak);
+    if (gpu) {
+      print_kv(p + "mfu_vs_989_tflops", flops * tokens_per_s / 989e3 / 1e9);
+      print_kv(p + "peak_device_mib",
+               static_cast<double>(rt.device().peak_allocated_bytes()) / (1024.0 * 1024.0));
+    }
     print_kv(p + "peak_rss_mib", peak_rss_mib());
+    if (gpu) continue;  // the profiler times host calls: on a GPU they are asynchronous launches
     // Share of the step per kind of work (timed steps only).
     double total = 0;  // the profiler saw every timed step, so divide by their sum, not the median
     for (double t : times) total += t;

@@ -19,7 +19,8 @@ stage() {  # stage NAME SECONDS COMMAND...: runs, records PASS/FAIL(rc)/TIMEOUT
   shift 2
   echo "=== $name (limit ${limit}s) $(date -u +%T)"
   local start=$SECONDS
-  timeout -k 5 "$limit" "$@"
+  # Through bash -c, so that a stage may be one of this script's (exported) functions.
+  timeout -k 5 "$limit" bash -c '"$@"' "$name" "$@"
   local rc=$?
   local verdict=PASS
   [ $rc -eq 124 ] || [ $rc -eq 137 ] && verdict=TIMEOUT
@@ -30,17 +31,21 @@ stage() {  # stage NAME SECONDS COMMAND...: runs, records PASS/FAIL(rc)/TIMEOUT
   table+=("$(printf '%-22s %s' "$name" "$verdict")")
 }
 
-[ -x "$pack/bin/zerolora_cuda_tests" ] || { echo "gpu-check: $pack is missing: run scripts/gpu-pack.sh here and carry gpu-pack"; exit 1; }
+[ -x "$pack/bin/zerolora_cuda_tests" ] && [ -f "$pack/lib.tar.xz" ] || { echo "gpu-check: $pack is missing: run scripts/gpu-pack.sh here and carry gpu-pack"; exit 1; }
 
+# The libraries the pack brings (xz-compressed to fit the carry limit), unpacked outside the tree.
+unpacked="$(mktemp -d)"
+tar -C "$unpacked" -xJf "$pack/lib.tar.xz"
 # The device's CUDA libraries: its Python's nvidia/* wheels (exactly one cuDNN on the path).
 python="$(command -v /opt/torch/.venv/bin/python3 || command -v python3)"
 nvidia="$("$python" -c 'import nvidia, os; print(list(nvidia.__path__)[0])' 2> /dev/null)"
-libs="$pack/lib"
+libs="$unpacked/lib"
 if [ -n "$nvidia" ]; then
   for dir in "$nvidia"/*/lib; do libs="$libs:$dir"; done
 fi
 export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export ZEROLORA_REPO_DIR="$root" NVIDIA_TF32_OVERRIDE=0
+export OUT root pack python results
 
 environment() {
   uname -a
@@ -53,6 +58,7 @@ environment() {
   done
   return $missing
 }
+export -f environment
 stage environment 60 environment
 
 stage cuda_tests 240 "$pack/bin/zerolora_cuda_tests" --gtest_output="xml:$OUT/cuda_tests.xml"
@@ -82,9 +88,27 @@ with open(sys.argv[1].rsplit("/", 2)[0] + "/results.txt", "a") as f:
 sys.exit(0 if len(cpu) == len(gpu) == 50 and worst <= 4e-4 else 1)
 PY
 }
+export -f train compare_losses
 stage train_gpu 120 train cuda "$OUT/train_gpu"
 stage train_cpu 120 train cpu "$OUT/train_cpu"
 stage losses_match 30 compare_losses
+
+# The benchmark: the seed recipe's LoRA on a Llama-2-7B-shaped model (32 layers, random bf16
+# weights), packed 2048-token sequences, micro-batch 4 x 2048 = 8192 tokens, full recompute;
+# side by side with Transformers + PEFT (SDPA, gradient checkpointing, AdamW) on the same GPU;
+# then 4 layers of Llama-2-70B's shape at the seed's batch 10 x 2048 (tokens/s per layer).
+stage bench_7b 150 "$pack/bin/bench_train_step" --device cuda --layers 32 --seq 2048 --batch 4 \
+  --steps 3 --threads 16
+grep -h "=" "$OUT/log.txt" | grep -E "^(seq2048_|gemm_bf16|device=|model=)" >> "$results"
+torch_7b() {
+  set -o pipefail
+  "$python" "$root/bench/py/torch_lora_step.py" --job a --device cuda --layers 32 --seq 2048 \
+    --batch 4 --steps 3 --prefix torch_7b | tee -a "$results"
+}
+export -f torch_7b
+stage torch_7b 150 torch_7b
+stage bench_70b_layers 120 "$pack/bin/bench_train_step" --device cuda --shape 70b --layers 4 \
+  --seq 2048 --batch 10 --steps 2 --threads 16
 
 echo
 echo "=== summary"

@@ -16,11 +16,13 @@ fi
 export PATH="$PATH:/usr/local/cuda/bin"
 # Debian's linker writes RUNPATH, which the device's LD_LIBRARY_PATH overrides.
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DZEROLORA_CUDA=ON -DZEROLORA_BUILD_TESTS=ON \
-  -DCMAKE_CUDA_ARCHITECTURES=90 > /dev/null
-cmake --build "$build" -j"$(nproc)" --target zerolora_cli zerolora_cuda_tests zerolora_unit_tests
+  -DZEROLORA_BUILD_BENCH=ON -DCMAKE_CUDA_ARCHITECTURES=90 > /dev/null
+cmake --build "$build" -j"$(nproc)" --target zerolora_cli zerolora_cuda_tests zerolora_unit_tests \
+  bench_train_step
 rm -rf gpu-pack
 mkdir -p gpu-pack/bin gpu-pack/lib
-cp "$build/zerolora" "$build/tests/zerolora_cuda_tests" "$build/tests/zerolora_unit_tests" gpu-pack/bin/
+cp "$build/zerolora" "$build/tests/zerolora_cuda_tests" "$build/tests/zerolora_unit_tests" \
+  "$build/bench/bench_train_step" gpu-pack/bin/
 strip --strip-unneeded gpu-pack/bin/*
 # Shared libraries: everything ldd names except the CUDA libraries (the device brings its own,
 # matched to its driver) and the C runtime (the device's glibc is newer).
@@ -32,9 +34,12 @@ done | sort -u | while read -r name path; do
   cp -L "$path" "gpu-pack/lib/$name"
 done
 strip --strip-unneeded gpu-pack/lib/* 2> /dev/null || true
+# oneDNN alone is 40 MB: the libraries travel as one xz archive, which gpu-check.sh unpacks.
+tar -C gpu-pack -cJf gpu-pack/lib.tar.xz lib
+rm -rf gpu-pack/lib
 du -sh gpu-pack
 size=$(du -sm gpu-pack | cut -f1)
-ls -la gpu-pack/bin gpu-pack/lib > gpu-pack/MANIFEST.txt
+(ls -la gpu-pack/bin; tar -tvJf gpu-pack/lib.tar.xz) > gpu-pack/MANIFEST.txt
 if [ "$size" -gt 60 ]; then
   echo "gpu-pack: $size MiB is too much to carry (64 MiB with the working tree)" >&2
   exit 1
