@@ -362,12 +362,7 @@ void expect_model_matches(double tolerance) {
   lora.dropout = 0.05;
   lora.targets = parse_lora_targets("q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj");
   const LoraLayout layout(config, lora);
-  std::vector<float> params(static_cast<std::size_t>(layout.size()));
-  init_lora_params<float>(params, layout, 5);
-  for (const auto& e : layout.entries())
-    if (e.is_b)
-      for (Index i = 0; i < e.numel(); ++i)
-        params[e.offset + i] = 0.01f * static_cast<float>(i % 7 - 3);
+  const std::vector<float> params = testing::lora_params_with_nonzero_b(layout, 5, 0.01f);
   Batch batch;
   std::mt19937 gen(3);
   for (Index length : {1, 23, 64, 9}) {

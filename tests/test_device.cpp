@@ -18,6 +18,7 @@
 #include "model/generate.hpp"
 #include "model/llama_model.hpp"
 #include "model/llama_weights.hpp"
+#include "test_util.hpp"
 
 namespace zerolora {
 namespace {
@@ -167,12 +168,7 @@ Results run_model(Runtime& rt, Recompute recompute) {
   lora.dropout = 0.1;
   lora.targets = parse_lora_targets("q_proj,k_proj,v_proj,o_proj,down_proj");
   const LoraLayout layout(config, lora);
-  std::vector<float> params(static_cast<std::size_t>(layout.size()));
-  init_lora_params<float>(params, layout, 5);
-  for (const auto& e : layout.entries())
-    if (e.is_b)
-      for (Index i = 0; i < e.numel(); ++i)
-        params[e.offset + i] = 0.02f * static_cast<float>(i % 5);
+  const std::vector<float> params = testing::lora_params_with_nonzero_b(layout, 5, 0.02f);
   ComputeOptions options;
   options.recompute = recompute;
   options.mlp_chunk_rows = 5;   // several MLP chunks

@@ -101,11 +101,7 @@ TEST(LoraTrainer, ClipsOnlyAboveTheThreshold) {
   lora.dropout = 0.0;
   lora.targets = parse_lora_targets("q_proj,v_proj");
   const LoraLayout layout(config, lora);
-  std::vector<float> init(static_cast<std::size_t>(layout.size()));
-  init_lora_params<float>(init, layout, 3);
-  for (const auto& e : layout.entries())  // B != 0: every gradient non-trivial
-    if (e.is_b)
-      for (Index i = 0; i < e.numel(); ++i) init[e.offset + i] = 0.01f * static_cast<float>(i % 7);
+  const std::vector<float> init = testing::lora_params_with_nonzero_b(layout, 3, 0.01f);
   LlamaModel<Fp32Policy> model(rt, weights, &layout);
   std::vector<TokenSequence> data(2);
   data[0] = {{1, 5, 9, 3, 7}, {1, 5, 9, 3, 7}, {5}};

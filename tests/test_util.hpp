@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "lora/lora_layout.hpp"
+
 namespace zerolora::testing {
 
 // Where the repository is at run time: where the tests were built, unless the environment
@@ -130,6 +132,20 @@ double mean_rel_error(const std::vector<A>& actual, const std::vector<B>& expect
   }
   const double mean = n > 0 ? sum_diff / static_cast<double>(n) : 0.0;
   return max_ref > 0 ? mean / max_ref : mean;
+}
+
+// PEFT-initialised LoRA parameters (seeded) with every B made non-zero: PEFT starts B at 0,
+// which would leave every A gradient zero and hide mistakes in it. B element i gets
+// b_scale * (i % 7 - 3).
+inline std::vector<float> lora_params_with_nonzero_b(const LoraLayout& layout, std::uint64_t seed,
+                                                     float b_scale) {
+  std::vector<float> params(static_cast<std::size_t>(layout.size()));
+  init_lora_params<float>(params, layout, seed);
+  for (const auto& e : layout.entries())
+    if (e.is_b)
+      for (Index i = 0; i < e.numel(); ++i)
+        params[static_cast<std::size_t>(e.offset + i)] = b_scale * static_cast<float>(i % 7 - 3);
+  return params;
 }
 
 }  // namespace zerolora::testing
