@@ -21,7 +21,6 @@
 #include "model/flops.hpp"
 #include "model/llama_model.hpp"
 #include "model/llama_weights.hpp"
-#include "ops/gemm_peak.hpp"
 #include "train/adamw.hpp"
 
 namespace zerolora::bench {

@@ -30,8 +30,7 @@ __global__ void forward_kernel(float* out, float* lse, const float* qkv, Attenti
                                float scale, bool round) {
   const Index hd = g.head_dim, ld = (g.heads + 2 * g.kv_heads) * hd;
   const Index total = g.rows * g.heads;
-  for (Index t = blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x; t < total;
-       t += static_cast<Index>(gridDim.x) * blockDim.x) {
+  ZL_GRID_STRIDE(t, total) {
     const Index i = t / g.heads, h = t % g.heads;
     const Index kvh = h / (g.heads / g.kv_heads);
     const Index begin = g.segment_begin[g.row_segment[i]];
@@ -59,8 +58,7 @@ __global__ void forward_kernel(float* out, float* lse, const float* qkv, Attenti
 __global__ void delta_kernel(float* delta, const float* diff_out, const float* out,
                              AttentionGeometry g) {
   const Index hd = g.head_dim, total = g.rows * g.heads;
-  for (Index t = blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x; t < total;
-       t += static_cast<Index>(gridDim.x) * blockDim.x) {
+  ZL_GRID_STRIDE(t, total) {
     const Index i = t / g.heads, h = t % g.heads;
     const float* o = out + i * g.heads * hd + h * hd;
     const float* dout = diff_out + i * g.heads * hd + h * hd;
@@ -75,8 +73,7 @@ __global__ void diff_q_kernel(float* diff_qkv, const float* diff_out, const floa
                               float scale, bool round) {
   const Index hd = g.head_dim, ld = (g.heads + 2 * g.kv_heads) * hd;
   const Index total = g.rows * g.heads;
-  for (Index t = blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x; t < total;
-       t += static_cast<Index>(gridDim.x) * blockDim.x) {
+  ZL_GRID_STRIDE(t, total) {
     const Index i = t / g.heads, h = t % g.heads;
     const Index kvh = h / (g.heads / g.kv_heads);
     const Index begin = g.segment_begin[g.row_segment[i]];
@@ -104,8 +101,7 @@ __global__ void diff_kv_kernel(float* diff_qkv, const float* diff_out, const flo
   const Index hd = g.head_dim, ld = (g.heads + 2 * g.kv_heads) * hd;
   const Index group = g.heads / g.kv_heads;
   const Index total = g.rows * g.kv_heads;
-  for (Index t = blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x; t < total;
-       t += static_cast<Index>(gridDim.x) * blockDim.x) {
+  ZL_GRID_STRIDE(t, total) {
     const Index j = t / g.kv_heads, kvh = t % g.kv_heads;
     const std::int32_t segment = g.row_segment[j];
     const Index end = g.segment_begin[segment] + g.segment_length[segment];
@@ -139,8 +135,7 @@ __global__ void cached_kernel(float* out, const float* q_rows, Index q_stride, c
                               const float* values, Index first, Index M, Index heads,
                               Index kv_heads, Index hd, float scale) {
   const Index total = M * heads, kvd = kv_heads * hd;
-  for (Index t = blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x; t < total;
-       t += static_cast<Index>(gridDim.x) * blockDim.x) {
+  ZL_GRID_STRIDE(t, total) {
     const Index i = t / heads, h = t % heads;
     const Index kvh = h / (heads / kv_heads);
     const float* q = q_rows + i * q_stride + h * hd;

@@ -5,10 +5,6 @@
 namespace zerolora::cuda {
 namespace {
 
-#define ZL_GRID_STRIDE(i, n)                                                         \
-  for (Index i = blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x; i < (n); \
-       i += static_cast<Index>(gridDim.x) * blockDim.x)
-
 __global__ void to_bf16_kernel(Bf16Bits* dst, const float* src, Index n) {
   ZL_GRID_STRIDE(i, n) dst[i] = float_to_bf16(src[i]);
 }
@@ -54,8 +50,6 @@ __global__ void scatter_rows_kernel(float* dst, const float* src, const std::int
     dst[static_cast<Index>(rows[r]) * D + j] = src[i];
   }
 }
-
-#undef ZL_GRID_STRIDE
 
 template <class T>
 void scan(cudaStream_t s, const T* x, Index n, unsigned long long* first) {

@@ -37,8 +37,6 @@ class CudaDevice final : public Device {
   void reset_peak() override { allocator_->reset_peak(); }
 
   cudaStream_t stream() const { return stream_; }
-  int ordinal() const { return ordinal_; }
-  const CachingAllocator& allocator() const { return *allocator_; }
 
  private:
   int ordinal_;

@@ -34,7 +34,7 @@ class CudaKernels final : public Kernels<P> {
   using Weight = typename P::Weight;
   static_assert(std::is_same_v<Act, float>, "the CUDA backend computes activations in fp32");
 
-  CudaKernels(Runtime& rt, CudaDevice& device)
+  explicit CudaKernels(CudaDevice& device)
       : device_(device), s_(device.stream()), gemm_(device, device.stream()) {}
 
   void embedding_forward(Act* dst, const std::int32_t* tokens, const Weight* table, Index M,
@@ -207,7 +207,7 @@ class CudaKernels final : public Kernels<P> {
   bool use_cudnn(const std::vector<Segment>& segments, Index M, const AttentionShape& shape) {
     if (!kRoundOperands || !cudnn_attention_supports(shape)) return false;
     if (!cudnn_) cudnn_ = std::make_unique<CudnnAttention>(device_, s_);
-    return cudnn_->available(segments, M, shape, &cudnn_refusal_);
+    return cudnn_->available(segments, M, shape);
   }
   Bf16Bits* bits_of(DeviceBuffer<bf16>& buffer, Index n) {
     return reinterpret_cast<Bf16Bits*>(buffer.ensure(device_, static_cast<std::size_t>(n)));
@@ -218,7 +218,6 @@ class CudaKernels final : public Kernels<P> {
     return dst;
   }
   std::unique_ptr<CudnnAttention> cudnn_;
-  std::string cudnn_refusal_;
   DeviceBuffer<bf16> qkv_bf16_, out_bf16_, dout_bf16_, dqkv_bf16_;
 #endif
 
@@ -260,11 +259,9 @@ class CudaKernels final : public Kernels<P> {
                                  });
     if (!same || M != geometry_rows_) {
       std::vector<std::int32_t> row_segment(static_cast<std::size_t>(M)), begin, length;
-      max_length_ = 0;
       for (std::size_t s = 0; s < segments.size(); ++s) {
         begin.push_back(static_cast<std::int32_t>(segments[s].begin));
         length.push_back(static_cast<std::int32_t>(segments[s].length));
-        max_length_ = std::max(max_length_, segments[s].length);
         for (Index t = 0; t < segments[s].length; ++t)
           row_segment[static_cast<std::size_t>(segments[s].begin + t)] =
               static_cast<std::int32_t>(s);
@@ -276,7 +273,7 @@ class CudaKernels final : public Kernels<P> {
       geometry_rows_ = M;
     }
     return {row_segment_.data(), segment_begin_.data(), segment_length_.data(), M,
-            max_length_,         shape.heads,           shape.kv_heads,         shape.head_dim};
+            shape.heads,         shape.kv_heads,        shape.head_dim};
   }
 
   template <class Launch>
@@ -300,7 +297,7 @@ class CudaKernels final : public Kernels<P> {
   Index rope_positions_ = 0;
   DeviceBuffer<std::int32_t> row_segment_, segment_begin_, segment_length_;
   std::vector<Segment> segments_;
-  Index geometry_rows_ = -1, max_length_ = 0;
+  Index geometry_rows_ = -1;
 };
 
 }  // namespace
@@ -310,7 +307,7 @@ std::unique_ptr<Kernels<P>> make_cuda_kernels(Runtime& rt) {
   auto* device = dynamic_cast<CudaDevice*>(&rt.device());
   if (!device) throw DeviceError("the CUDA kernels need a CUDA device, not " + rt.device().name());
   if constexpr (std::is_same_v<typename P::Act, float>)
-    return std::make_unique<CudaKernels<P>>(rt, *device);
+    return std::make_unique<CudaKernels<P>>(*device);
   else
     throw UnsupportedError(std::string("the CUDA backend has no ") + std::string(P::kName) +
                            " kernels (fp64 is for CPU gradient checks)");

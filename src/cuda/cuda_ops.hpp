@@ -71,7 +71,7 @@ struct AttentionGeometry {
   const std::int32_t* row_segment;     // [M] segment of each row
   const std::int32_t* segment_begin;   // [S]
   const std::int32_t* segment_length;  // [S]
-  Index rows, max_length;
+  Index rows;
   Index heads, kv_heads, head_dim;
 };
 void attention_forward(cudaStream_t s, float* out, float* lse, const float* qkv,

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <map>
+#include <set>
 #include <unordered_map>
 
 // The frontend loads cuDNN and NVRTC (which its runtime-compiled engines use) through dlopen
@@ -238,6 +239,7 @@ struct CudnnAttention::Impl {
   cudaStream_t stream;
   cudnnHandle_t handle = nullptr;
   std::map<SdpaKey, Built> graphs;
+  std::set<SdpaKey> refused;  // forward keys whose graphs the frontend refused: not retried
   DeviceBuffer<std::int32_t> seq_len;
   DeviceBuffer<std::int64_t> offsets;  // qkv, o, stats: three arrays of slots + 1
   DeviceBuffer<std::byte> workspace;
@@ -305,24 +307,18 @@ CudnnAttention::~CudnnAttention() {
 }
 
 bool CudnnAttention::available(const std::vector<Segment>& segments, Index M,
-                               const AttentionShape& shape, std::string* why) {
-  if (!cudnn_attention_supports(shape)) {
-    if (why)
-      *why = "head_dim " + std::to_string(shape.head_dim) + " (cuDNN: a multiple of 8, <= 256)";
-    return false;
-  }
+                               const AttentionShape& shape) {
+  if (!cudnn_attention_supports(shape)) return false;
+  const SdpaKey forward_key = sdpa_key(false, segments, M, shape);
+  if (impl_->refused.count(forward_key)) return false;
   try {
-    impl_->graph_for(sdpa_key(false, segments, M, shape));
+    impl_->graph_for(forward_key);
     impl_->graph_for(sdpa_key(true, segments, M, shape));
-  } catch (const DeviceError& e) {
-    if (why) *why = e.what();
+  } catch (const DeviceError&) {
+    impl_->refused.insert(forward_key);
     return false;
   }
   return true;
-}
-
-std::size_t CudnnAttention::graphs_built() const {
-  return impl_->graphs.size();
 }
 
 void CudnnAttention::forward(Bf16Bits* out, float* stats, const Bf16Bits* qkv,

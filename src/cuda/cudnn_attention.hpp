@@ -48,11 +48,10 @@ class CudnnAttention {
   CudnnAttention(const CudnnAttention&) = delete;
   CudnnAttention& operator=(const CudnnAttention&) = delete;
 
-  // Whether cuDNN takes this batch's shape: builds (or finds) both passes' graphs; false, and
-  // the reason in *why, when the frontend refuses either (the caller then uses its own kernel
-  // for both passes, so forward and backward always agree on the statistics' layout).
-  bool available(const std::vector<Segment>& segments, Index M, const AttentionShape& shape,
-                 std::string* why);
+  // Whether cuDNN takes this batch's shape: builds (or finds) both passes' graphs; false when
+  // the frontend refuses either (the caller then uses its own kernel for both passes, so
+  // forward and backward always agree on the statistics' layout).
+  bool available(const std::vector<Segment>& segments, Index M, const AttentionShape& shape);
   // out [M, H hd] bf16 (=), stats [M, H] fp32 (=), from qkv [M, (H + 2 KV) hd] bf16.
   void forward(Bf16Bits* out, float* stats, const Bf16Bits* qkv,
                const std::vector<Segment>& segments, Index M, const AttentionShape& shape);
@@ -60,7 +59,6 @@ class CudnnAttention {
   void backward(Bf16Bits* diff_qkv, const Bf16Bits* diff_out, const Bf16Bits* qkv,
                 const Bf16Bits* out, const float* stats, const std::vector<Segment>& segments,
                 Index M, const AttentionShape& shape);
-  std::size_t graphs_built() const;
 
  private:
   struct Impl;

@@ -70,6 +70,11 @@ __device__ __forceinline__ float block_max(float v, float* shared) {
   return v;
 }
 
+// Each thread's share of [0, n) in a grid-stride loop: ZL_GRID_STRIDE(i, n) { ... }.
+#define ZL_GRID_STRIDE(i, n)                                                         \
+  for (Index i = blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x; i < (n); \
+       i += static_cast<Index>(gridDim.x) * blockDim.x)
+
 inline unsigned grid_for(Index n, int threads) {
   const Index blocks = (n + threads - 1) / threads;
   return static_cast<unsigned>(blocks < 65535 * 16 ? (blocks < 1 ? 1 : blocks) : 65535 * 16);

@@ -11,8 +11,7 @@ __global__ void dropout_kernel(float* dst, Index dst_rs, Index dst_cs, const flo
                                std::uint64_t threshold, std::uint64_t key,
                                const std::uint64_t* row_keys, bool accumulate) {
   const Index total = rows * cols;
-  for (Index i = blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<Index>(gridDim.x) * blockDim.x) {
+  ZL_GRID_STRIDE(i, total) {
     const Index r = i / cols, j = i % cols;
     const std::uint64_t row_key = hash_combine(key, row_keys[r]);
     const bool keep = (mix64(row_key + static_cast<std::uint64_t>(j)) >> 40) >= threshold;

@@ -160,10 +160,6 @@ LtGemm::~LtGemm() {
   if (handle_) api_->cublasLtDestroy(static_cast<cublasLtHandle_t>(handle_));
 }
 
-std::size_t LtGemm::plans() const {
-  return plans_.size();
-}
-
 void LtGemm::matmul(Mat<const float> a, Mat<const float> b, Mat<float> c, float alpha,
                     bool accumulate) {
   const GemmKey key = gemm_key(a.data, a.rows, a.cols, a.rs, a.cs, b.data, b.rows, b.cols, b.rs,

@@ -53,7 +53,6 @@ class LtGemm {
 
   void matmul(Mat<const float> a, Mat<const float> b, Mat<float> c, float alpha, bool accumulate);
   void matmul(Mat<const bf16> a, Mat<const bf16> b, Mat<float> c, float alpha, bool accumulate);
-  std::size_t plans() const;
 
  private:
   struct Api;

@@ -11,8 +11,7 @@ __global__ void rope_kernel(float* x, const std::int32_t* positions, const float
                             Index heads, float sign) {
   const Index per_row = heads * half;
   const Index total = M * per_row;
-  for (Index i = blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<Index>(gridDim.x) * blockDim.x) {
+  ZL_GRID_STRIDE(i, total) {
     const Index row = i / per_row, rest = i % per_row;
     const Index h = rest / half, j = rest % half;
     const Index p = positions[row];

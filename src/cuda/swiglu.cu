@@ -7,8 +7,7 @@ namespace {
 
 __global__ void swiglu_forward_kernel(float* dst, const float* gate_up, Index M, Index I) {
   const Index total = M * I;
-  for (Index i = blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<Index>(gridDim.x) * blockDim.x) {
+  ZL_GRID_STRIDE(i, total) {
     const Index row = i / I, j = i % I;
     const float g = gate_up[row * 2 * I + j], u = gate_up[row * 2 * I + I + j];
     dst[i] = g / (1.0f + expf(-g)) * u;
@@ -18,8 +17,7 @@ __global__ void swiglu_forward_kernel(float* dst, const float* gate_up, Index M,
 __global__ void swiglu_backward_kernel(float* diff_gate_up, const float* diff_dst,
                                        const float* gate_up, Index M, Index I) {
   const Index total = M * I;
-  for (Index i = blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<Index>(gridDim.x) * blockDim.x) {
+  ZL_GRID_STRIDE(i, total) {
     const Index row = i / I, j = i % I;
     const float g = gate_up[row * 2 * I + j], u = gate_up[row * 2 * I + I + j];
     const float dy = diff_dst[i];

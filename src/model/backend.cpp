@@ -17,14 +17,6 @@
 
 namespace zerolora {
 
-bool cuda_built() {
-#ifdef ZEROLORA_CUDA
-  return true;
-#else
-  return false;
-#endif
-}
-
 std::unique_ptr<Device> make_device(const std::string& spec) {
   if (spec == "cpu") return nullptr;
   int ordinal = 0;

@@ -17,9 +17,6 @@ namespace zerolora {
 // DeviceError when the GPU is not there.
 std::unique_ptr<Device> make_device(const std::string& spec);
 
-// Whether this build has the CUDA backend.
-bool cuda_built();
-
 // Throws UnsupportedError when this build or this policy has no kernels for the device.
 template <class P>
 std::unique_ptr<Kernels<P>> make_kernels(Runtime& rt);

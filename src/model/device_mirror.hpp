@@ -10,10 +10,13 @@
 //                  tensors are small (rank r rows), so these copies cost little next to a layer.
 #pragma once
 
+#include <algorithm>
 #include <map>
+#include <utility>
 #include <vector>
 
 #include "core/device.hpp"
+#include "lora/lora_layout.hpp"
 #include "model/lora_source.hpp"
 #include "model/weight_provider.hpp"
 
@@ -52,12 +55,25 @@ class DeviceWeights final : public WeightProvider<W> {
   std::map<int, DeviceBuffer<W>> units_;
 };
 
+// The [first, end) layout offsets of each layer's LoRA tensors (empty for a layer without).
+using LoraSpan = std::pair<Index, Index>;
+inline std::vector<LoraSpan> lora_layer_spans(const LoraLayout& layout, Index num_layers) {
+  std::vector<LoraSpan> spans(static_cast<std::size_t>(num_layers), {layout.size(), 0});
+  for (const auto& e : layout.entries()) {
+    auto& [first, end] = spans[static_cast<std::size_t>(e.layer)];
+    first = std::min(first, e.offset);
+    end = std::max(end, e.offset + e.numel());
+  }
+  for (auto& [first, end] : spans) first = std::min(first, end);
+  return spans;
+}
+
 template <class T>
 class DeviceLora final : public LoraSource<T> {
  public:
-  // `layer_span(l)` gives the [first, end) layout offsets of layer l's tensors.
-  DeviceLora(Device& device, LoraSource<T>& host, std::vector<std::pair<Index, Index>> layer_spans)
-      : device_(device), host_(host), spans_(std::move(layer_spans)) {}
+  // `spans` (lora_layer_spans) must outlive the mirror.
+  DeviceLora(Device& device, LoraSource<T>& host, const std::vector<LoraSpan>& spans)
+      : device_(device), host_(host), spans_(spans) {}
 
   LoraLayerView<T> acquire(int layer, bool with_grads) override {
     const LoraLayerView<T> view = host_.acquire(layer, with_grads);
@@ -90,7 +106,7 @@ class DeviceLora final : public LoraSource<T> {
  private:
   Device& device_;
   LoraSource<T>& host_;
-  std::vector<std::pair<Index, Index>> spans_;
+  const std::vector<LoraSpan>& spans_;
   LoraLayerView<T> host_view_;
   DeviceBuffer<T> params_, grads_;
   std::vector<T> staged_;

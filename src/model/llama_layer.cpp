@@ -1,7 +1,6 @@
 #include "model/llama_layer.hpp"
 
 #include <algorithm>
-#include <cstring>
 #include <type_traits>
 
 #include "core/error.hpp"

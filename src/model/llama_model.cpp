@@ -1,7 +1,6 @@
 #include "model/llama_model.hpp"
 
 #include <cmath>
-#include <cstring>
 #include <limits>
 #include <type_traits>
 
@@ -31,8 +30,10 @@ LlamaModel<P>::LlamaModel(Runtime& rt, WeightProvider<Weight>& weights, const Lo
       options_(options),
       kernels_(make_kernels<P>(rt)),
       rope_(weights.config().rope, weights.config().head_dim) {
-  if (!device_.host_accessible())
+  if (!device_.host_accessible()) {
     device_weights_ = std::make_unique<DeviceWeights<Weight>>(device_, host_weights_);
+    if (lora_) lora_spans_ = lora_layer_spans(*lora_, config().num_layers);
+  }
   if (options_.bf16_residual && !std::is_same_v<Weight, bf16>)
     throw ConfigError(std::string("a bf16 residual stream needs bf16 weights; the ") +
                       std::string(P::kName) + " mode keeps everything in " + std::string(P::kName));
@@ -77,15 +78,7 @@ template <class P>
 template <class Pass>
 auto LlamaModel<P>::with_device_lora(LoraSource<Act>& source, Pass&& pass) {
   if (device_.host_accessible() || !lora_) return pass(&source);
-  std::vector<std::pair<Index, Index>> spans(static_cast<std::size_t>(config().num_layers), {0, 0});
-  for (auto& [first, end] : spans) first = lora_->size();
-  for (const auto& e : lora_->entries()) {
-    auto& [first, end] = spans[static_cast<std::size_t>(e.layer)];
-    first = std::min(first, e.offset);
-    end = std::max(end, e.offset + e.numel());
-  }
-  for (auto& [first, end] : spans) first = std::min(first, end);
-  DeviceLora<Act> mirror(device_, source, std::move(spans));
+  DeviceLora<Act> mirror(device_, source, lora_spans_);
   return pass(&mirror);
 }
 

@@ -163,6 +163,7 @@ class LlamaModel {
   Device& device_;
   WeightProvider<Weight>& host_weights_;
   std::unique_ptr<DeviceWeights<Weight>> device_weights_;  // when the host cannot address it
+  std::vector<LoraSpan> lora_spans_;                       // per layer, for the device mirror
   const LoraLayout* lora_;
   ComputeOptions options_;
   std::unique_ptr<Kernels<P>> kernels_;

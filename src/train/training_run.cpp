@@ -19,7 +19,6 @@
 #include "model/backend.hpp"
 #include "model/flops.hpp"
 #include "model/llama_weights.hpp"
-#include "ops/gemm_peak.hpp"
 #include "ops/matmul.hpp"
 #include "train/lora_trainer.hpp"
 #include "train/memory_estimate.hpp"
