@@ -11,6 +11,7 @@
 #include "apps/model_files.hpp"
 #include "core/error.hpp"
 #include "core/precision.hpp"
+#include "data/dataset.hpp"
 #include "data/tokenizer.hpp"
 #include "io/safetensors.hpp"
 #include "lora/peft_adapter.hpp"
@@ -22,7 +23,7 @@ namespace zerolora::cli {
 namespace {
 
 struct ForwardOptions {
-  std::string model, adapter, input_ids, prompt, output, dtype = "fp32";
+  std::string model, tokenizer, adapter, input_ids, prompt, output, dtype = "fp32";
   int threads = 0;
   std::string device = "cpu";
 };
@@ -51,10 +52,8 @@ int run_forward(const ForwardOptions& o) {
       ids.push_back(static_cast<std::int32_t>(id));
     }
   } else {
-    const Tokenizer tokenizer = open_model_tokenizer(o.model, config);
-    ids.push_back(static_cast<std::int32_t>(config.bos_token_id));
-    const auto encoded = tokenizer.encode(o.prompt);
-    ids.insert(ids.end(), encoded.begin(), encoded.end());
+    const Tokenizer tokenizer = open_model_tokenizer(o.model, config, o.tokenizer);
+    ids = encode_prompt(tokenizer, config, o.prompt);
   }
   if (ids.empty()) throw UsageError("--input_ids holds no token id");
   const InferenceAdapter adapter = load_inference_adapter(o.adapter, config);
@@ -97,8 +96,10 @@ Command add_forward(CLI::App& app) {
   auto* ids =
       cmd->add_option("--input_ids", o->input_ids, "Token ids, comma-separated (no BOS is added)");
   cmd->add_option("--prompt", o->prompt,
-                  "Text, tokenized with the model's tokenizer.model after a BOS")
+                  "Text, tokenized with the model's tokenizer (after BOS where it adds one)")
       ->excludes(ids);
+  cmd->add_option("--tokenizer", o->tokenizer,
+                  "Tokenizer file or directory for --prompt (default: the model directory's)");
   cmd->add_option("--output", o->output, "Output .safetensors: logits [T, V] (F32), input_ids [T]")
       ->required();
   cmd->add_option("--dtype", o->dtype, "fp32 (default: for comparisons) or bf16")

@@ -10,6 +10,7 @@
 #include "apps/model_files.hpp"
 #include "core/error.hpp"
 #include "core/precision.hpp"
+#include "data/dataset.hpp"
 #include "data/prompt.hpp"
 #include "data/tokenizer.hpp"
 #include "io/checkpoint.hpp"
@@ -22,7 +23,7 @@ namespace zerolora::cli {
 namespace {
 
 struct GenerateOptions {
-  std::string model, adapter, prompt, input, prompt_template = "raw";
+  std::string model, tokenizer, adapter, prompt, input, prompt_template = "raw";
   int max_new_tokens = 64;
   SamplingOptions sampling;
   std::string dtype = "bf16";
@@ -35,7 +36,7 @@ int run_generate(const GenerateOptions& o) {
   const std::filesystem::path dir = o.model;
   Checkpoint checkpoint(dir);
   const LlamaConfig& config = checkpoint.config();
-  const Tokenizer tokenizer = open_model_tokenizer(dir, config);
+  const Tokenizer tokenizer = open_model_tokenizer(dir, config, o.tokenizer);
   const InferenceAdapter adapter = load_inference_adapter(o.adapter, config);
   Runtime rt(o.threads, make_device(o.device));
   auto weights = load_llama_weights<typename P::Weight>(rt, checkpoint);
@@ -43,18 +44,18 @@ int run_generate(const GenerateOptions& o) {
 
   // The prompt as training saw it: through the template (alpaca: the instruction, and --input).
   const Prompt prompt =
-      PromptTemplate::named(o.prompt_template).apply(Record{o.prompt, o.input, ""});
+      PromptTemplate::named(o.prompt_template).apply(Record{o.prompt, o.input, "", {}});
   const std::string text = prompt.source + prompt.target;
-  std::vector<std::int32_t> ids{static_cast<std::int32_t>(config.bos_token_id)};
-  const auto encoded = tokenizer.encode(text);
-  ids.insert(ids.end(), encoded.begin(), encoded.end());
+  const std::vector<std::int32_t> ids = encode_prompt(tokenizer, config, text);
   const std::size_t prompt_len = ids.size();
-  std::string printed = tokenizer.decode(std::span(ids).subspan(1));
+  // What is printed leaves out the BOS and, from the output, special tokens (EOS).
+  const std::size_t shown_from = ids.size() - tokenizer.encode(text).size();
+  std::string printed = tokenizer.decode(std::span(ids).subspan(shown_from), true);
   std::fputs(printed.c_str(), stdout);
   std::fflush(stdout);
   auto stream = [&](const std::vector<std::int32_t>& all) {
     // Decode everything (sentencepiece joins pieces with context) and print the new suffix.
-    std::string decoded = tokenizer.decode(std::span(all).subspan(1));
+    std::string decoded = tokenizer.decode(std::span(all).subspan(shown_from), true);
     if (decoded.size() > printed.size() && decoded.compare(0, printed.size(), printed) == 0) {
       std::fputs(decoded.c_str() + printed.size(), stdout);
       std::fflush(stdout);
@@ -79,13 +80,18 @@ Command add_generate(CLI::App& app) {
   auto* cmd = app.add_subcommand("generate",
                                  "Continue a prompt with a model and optionally a LoRA adapter");
   auto o = std::make_shared<GenerateOptions>();
-  cmd->add_option("--model_name_or_path,--model", o->model,
-                  "HF model directory: config.json, *.safetensors, tokenizer.model")
+  cmd->add_option(
+         "--model_name_or_path,--model", o->model,
+         "HF model directory: config.json, *.safetensors, tokenizer.json or tokenizer.model")
       ->required();
+  cmd->add_option("--tokenizer", o->tokenizer,
+                  "Tokenizer file or directory (default: the model directory's)");
   cmd->add_option("--adapter", o->adapter,
                   "A PEFT LoRA adapter directory (from zerolora train, or PEFT)");
-  cmd->add_option("--prompt", o->prompt,
-                  "Text to continue (BOS is prepended); with --template alpaca, the instruction")
+  cmd->add_option(
+         "--prompt", o->prompt,
+         "Text to continue (after BOS where the tokenizer adds one); with --template alpaca, the "
+         "instruction")
       ->required();
   cmd->add_option("--input", o->input,
                   "With --template alpaca: the optional input (context) field");

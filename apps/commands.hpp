@@ -23,5 +23,6 @@ Command add_train(CLI::App& app, ArgumentRewriter& rewrite);
 Command add_merge(CLI::App& app);
 Command add_forward(CLI::App& app);
 Command add_estimate_memory(CLI::App& app);
+Command add_tokenize(CLI::App& app);
 
 }  // namespace zerolora::cli

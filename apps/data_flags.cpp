@@ -12,6 +12,10 @@ void add_data_flags(CLI::App& cmd, DataFlags& f) {
                  "(text mode, "
                  "one record per line)")
       ->required();
+  cmd.add_option("--tokenizer,--tokenizer_name", f.tokenizer,
+                 "Tokenizer: a tokenizer.json, a sentencepiece tokenizer.model, or a directory "
+                 "holding one (default: the model directory's, tokenizer.json first, as "
+                 "Transformers reads it)");
   cmd.add_option("--validation_file", f.validation_file,
                  "Validation data, same formats as --train_file");
   cmd.add_option("--validation_split_percentage", f.validation_split_percentage,
@@ -21,11 +25,20 @@ void add_data_flags(CLI::App& cmd, DataFlags& f) {
       ->capture_default_str()
       ->check(finite_in(0.0, 99.0));
   cmd.add_option("--data_format", f.data_format,
-                 "instruction: records with instruction/input/output (Alpaca); text: one text "
-                 "column, all tokens "
+                 "instruction: records with instruction/input/output (Alpaca), or conversations "
+                 "when the first record has 'messages' / 'conversations' and no instruction; "
+                 "chat: conversations (OpenAI 'messages' with role/content, or ShareGPT "
+                 "'conversations' with from/value; optional 'system'), rendered with the chat "
+                 "template, loss on the assistant turns; text: one text column, all tokens "
                  "trained (continued pre-training)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"instruction", "text"}));
+      ->check(CLI::IsMember({"instruction", "chat", "text"}));
+  cmd.add_option("--chat_template", f.chat_template,
+                 "Chat data: the template, one of llama3, llama3.1, qwen2.5, chatml, mistral, "
+                 "llama2-chat, zephyr (default: the tokenizer's, recognised from "
+                 "tokenizer_config.json)")
+      ->check(CLI::IsMember(
+          {"llama3", "llama3.1", "qwen2.5", "chatml", "mistral", "llama2-chat", "zephyr"}));
   cmd.add_option("--instruction_column_name", f.columns.instruction,
                  "Record field holding the instruction")
       ->capture_default_str();
@@ -76,8 +89,12 @@ DataOptions DataFlags::options() const {
   DataOptions o;
   o.train_file = train_file;
   o.validation_file = validation_file;
+  o.tokenizer = tokenizer;
   o.validation_split_percentage = validation_split_percentage;
-  o.kind = data_format == "text" ? RecordKind::kText : RecordKind::kInstruction;
+  o.kind = data_format == "text"   ? RecordKind::kText
+           : data_format == "chat" ? RecordKind::kChat
+                                   : RecordKind::kInstruction;
+  o.chat_template = chat_template;
   o.columns = columns;
   o.prompt_template = data_format == "text" ? "raw" : prompt_template;
   o.tokenize.max_seq_length = max_seq_length;

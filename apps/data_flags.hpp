@@ -13,10 +13,12 @@ namespace zerolora::cli {
 
 struct DataFlags {
   std::string train_file, validation_file;
+  std::string tokenizer;  // empty: the model directory's
   double validation_split_percentage = 0;
   std::string data_format = "instruction";
   ColumnNames columns;
   std::string prompt_template = "alpaca";
+  std::string chat_template;
   std::int64_t max_seq_length = 2048;
   bool train_on_inputs = false;
   bool dataset_concatenation = false;

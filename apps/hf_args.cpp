@@ -115,8 +115,6 @@ const Refused kRefused[] = {
     {"dataset_config_name", Arity::kValue, "", kLocalData},
     {"config_name", Arity::kValue, "",
      "zerolora reads config.json from --model_name_or_path: put the config there"},
-    {"tokenizer_name", Arity::kValue, "",
-     "zerolora reads the tokenizer from --model_name_or_path: put tokenizer.model there"},
     {"max_train_samples", Arity::kValue, "", "not supported: shorten the data file instead"},
     {"max_eval_samples", Arity::kValue, "", "not supported: shorten the validation file instead"},
 };

@@ -27,7 +27,8 @@ void add_train_flags(CLI::App& cmd, TrainFlags& f) {
   cmd.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   cmd.add_option(
          "--model_name_or_path", f.model_name_or_path,
-         "Base model: a local Hugging Face directory (config.json, *.safetensors, tokenizer.model)")
+         "Base model: a local Hugging Face directory (config.json, *.safetensors, tokenizer.json "
+         "or tokenizer.model)")
       ->required();
   cmd.add_option("--output_dir", f.output_dir,
                  "Where the PEFT adapter, checkpoints, metrics.jsonl and loss_curve.svg go")

@@ -39,6 +39,7 @@ int main(int argc, char** argv) {
   add(zerolora::cli::add_data_preview);
   add(zerolora::cli::add_forward);
   add(zerolora::cli::add_estimate_memory);
+  add(zerolora::cli::add_tokenize);
   std::vector<std::string> args(argv + 1, argv + argc);
   try {
     if (!args.empty() && args[0] == "train") {

@@ -2,9 +2,11 @@
 // --copies times; 52 copies of 1000 records are about the size of tatsu-lab/alpaca): JSON
 // parsing, template + tokenization, packing. Prints key=value lines. By default the demo's
 // instruction set and tokenizer; BENCHMARKS.md's figure uses the public Alpaca records and the
-// Llama-2 tokenizer (--data, --tokenizer).
-//   bench_data [--data FILE] [--tokenizer tokenizer.model] [--copies 52] [--max_seq_length 2048]
-//              [--threads 0]
+// Llama-2 tokenizer (--data, --tokenizer). --compare_tokenizer times a second tokenizer on the
+// same records, side by side (the tokenizer.json path against sentencepiece, say: keys with
+// the prefix b_ and the time ratio b / first).
+//   bench_data [--data FILE] [--tokenizer FILE|DIR] [--compare_tokenizer FILE|DIR]
+//              [--copies 52] [--max_seq_length 2048] [--threads 0]
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -19,7 +21,8 @@ int main(int argc, char** argv) {
   using namespace zerolora;
   using namespace zerolora::bench;
   std::filesystem::path data = kDemoDir / "instructions.json",
-                        tokenizer_path = kDemoDir / "stories260K-hf" / "tokenizer.model";
+                        tokenizer_path = kDemoDir / "stories260K-hf" / "tokenizer.model",
+                        compare_path;
   int copies = 52, threads = 0;
   Index max_seq_length = 2048;
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -28,6 +31,8 @@ int main(int argc, char** argv) {
       data = value;
     else if (arg == "--tokenizer")
       tokenizer_path = value;
+    else if (arg == "--compare_tokenizer")
+      compare_path = value;
     else if (arg == "--copies")
       copies = std::stoi(value);
     else if (arg == "--max_seq_length")
@@ -35,10 +40,12 @@ int main(int argc, char** argv) {
     else if (arg == "--threads")
       threads = std::stoi(value);
     else {
-      std::fprintf(stderr,
-                   "usage: %s [--data FILE] [--tokenizer FILE] [--copies N] [--max_seq_length L] "
-                   "[--threads N]\n",
-                   argv[0]);
+      std::fprintf(
+          stderr,
+          "usage: %s [--data FILE] [--tokenizer FILE] [--compare_tokenizer FILE] [--copies N] "
+          "[--max_seq_length L] "
+          "[--threads N]\n",
+          argv[0]);
       return 2;
     }
   }
@@ -94,5 +101,19 @@ int main(int argc, char** argv) {
   print_kv("pipeline_s", t3 - t0);
   print_kv("pipeline_records_per_s", records / (t3 - t0));
   print_kv("pipeline_tokens_per_s", static_cast<double>(tokens) / (t3 - t0));
+  if (!compare_path.empty()) {
+    const Tokenizer other(compare_path);
+    const double t4 = now_seconds();
+    const auto other_examples =
+        tokenize_records(rt, set.records, PromptTemplate::alpaca(), other, options);
+    const double t5 = now_seconds();
+    Index other_tokens = 0;
+    for (const auto& e : other_examples) other_tokens += e.size();
+    print_kv("b_tokenizer_format", other.format());
+    print_kv("b_tokens", static_cast<double>(other_tokens));
+    print_kv("b_tokenize_s", t5 - t4);
+    print_kv("b_tokenize_tokens_per_s", static_cast<double>(other_tokens) / (t5 - t4));
+    print_kv("b_vs_first_tokenize_time_ratio", (t5 - t4) / (t2 - t1));
+  }
   return 0;
 }

@@ -12,6 +12,7 @@ packages=(
   libopenmpi-dev openmpi-bin      # MPI for ZeRO-3 across processes
   openssh-client                  # mpirun's launcher component needs an rsh agent to exist
   libsentencepiece-dev            # tokenizer.model
+  libpcre2-dev libutf8proc-dev    # tokenizer.json: Unicode regex and normalisation
   nlohmann-json3-dev libcli11-dev
 )
 case "${1:-}" in

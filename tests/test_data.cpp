@@ -199,7 +199,7 @@ TEST_F(DataTest, TextModeFromTxtAndJson) {
 }
 
 TEST_F(DataTest, TemplatesProduceExactPrompts) {
-  const Record with{"Summarize.", "Long text.", "Short."}, without{"Say hi.", "", "Hi!"};
+  const Record with{"Summarize.", "Long text.", "Short.", {}}, without{"Say hi.", "", "Hi!", {}};
   const auto alpaca_t = PromptTemplate::alpaca();
   EXPECT_EQ(alpaca_t.apply(with).source,
             "Below is an instruction that describes a task, paired with an input that provides "

@@ -5,6 +5,7 @@
 
 #include "core/error.hpp"
 #include "core/types.hpp"
+#include "data/chat.hpp"
 
 namespace zerolora {
 
@@ -15,12 +16,19 @@ TrainingData build_training_data(Runtime& rt, const DataOptions& o, const Tokeni
     throw ConfigError("give either a validation file or a validation split percentage, not both");
   const PromptTemplate prompt = PromptTemplate::named(o.prompt_template);
   TrainingData data;
-  RecordSet train = read_records(o.train_file, o.kind, o.columns);
+  // Conversations are recognised by their first record unless the format was chosen.
+  const bool chat =
+      o.kind == RecordKind::kChat || (o.kind == RecordKind::kInstruction &&
+                                      first_record_is_chat(o.train_file, o.columns.instruction));
+  auto read = [&](const std::filesystem::path& file) {
+    return chat ? read_chat_records(file) : read_records(file, o.kind, o.columns);
+  };
+  RecordSet train = read(o.train_file);
   data.report.records_read = train.read;
   data.report.skipped_empty_output = train.skipped_empty_output;
   std::vector<Record> validation;
   if (!o.validation_file.empty()) {
-    RecordSet v = read_records(o.validation_file, o.kind, o.columns);
+    RecordSet v = read(o.validation_file);
     data.report.skipped_empty_output += v.skipped_empty_output;
     validation = std::move(v.records);
   } else if (o.validation_split_percentage > 0) {
@@ -32,8 +40,20 @@ TrainingData build_training_data(Runtime& rt, const DataOptions& o, const Tokeni
                       std::make_move_iterator(train.records.begin() + k));
     train.records.erase(train.records.begin(), train.records.begin() + k);
   }
-  auto train_examples = tokenize_records(rt, train.records, prompt, tokenizer, o.tokenize);
-  auto validation_examples = tokenize_records(rt, validation, prompt, tokenizer, o.tokenize);
+  std::vector<TokenSequence> train_examples, validation_examples;
+  if (chat) {
+    const ChatTemplate chat_template = ChatTemplate::for_tokenizer(tokenizer, o.chat_template);
+    data.report.chat_template = chat_template.name();
+    ChatReport report;
+    train_examples =
+        tokenize_chat_records(rt, train.records, chat_template, tokenizer, o.tokenize, report);
+    data.report.truncated_turns = report.truncated_turns;
+    validation_examples =
+        tokenize_chat_records(rt, validation, chat_template, tokenizer, o.tokenize, report);
+  } else {
+    train_examples = tokenize_records(rt, train.records, prompt, tokenizer, o.tokenize);
+    validation_examples = tokenize_records(rt, validation, prompt, tokenizer, o.tokenize);
+  }
   data.report.train_examples = static_cast<std::int64_t>(train_examples.size());
   data.report.validation_examples = static_cast<std::int64_t>(validation_examples.size());
   for (const auto& e : train_examples)
@@ -64,12 +84,32 @@ TrainingData build_training_data(Runtime& rt, const DataOptions& o, const Tokeni
   return data;
 }
 
+std::vector<std::int32_t> encode_prompt(const Tokenizer& tokenizer, const LlamaConfig& config,
+                                        std::string_view text) {
+  TokenizeOptions options;
+  use_special_tokens(options, tokenizer, &config);
+  std::vector<std::int32_t> ids;
+  if (options.add_bos) ids.push_back(options.bos_id);
+  const auto encoded = tokenizer.encode(text);
+  ids.insert(ids.end(), encoded.begin(), encoded.end());
+  return ids;
+}
+
 void use_special_tokens(TokenizeOptions& options, const Tokenizer& tokenizer,
                         const LlamaConfig* config) {
-  options.bos_id = config ? static_cast<std::int32_t>(config->bos_token_id) : tokenizer.bos_id();
+  options.add_bos = tokenizer.adds_bos();
+  // A sentencepiece model's BOS is config.json's, as always; a tokenizer.json says its own.
+  const bool config_bos = config && std::string_view(tokenizer.format()) == "sentencepiece";
+  options.bos_id =
+      config_bos ? static_cast<std::int32_t>(config->bos_token_id) : tokenizer.bos_id();
   options.eos_id = config && !config->eos_token_ids.empty()
                        ? static_cast<std::int32_t>(config->eos_token_ids[0])
                        : tokenizer.eos_id();
+  if (options.add_bos && options.bos_id < 0)
+    throw ConfigError(tokenizer.path().string() +
+                      " puts a BOS token in front of each sequence but no BOS id is known "
+                      "(config.json's bos_token_id, tokenizer_config.json's bos_token)");
+  if (options.eos_id < 0) options.add_eos = false;
 }
 
 }  // namespace zerolora

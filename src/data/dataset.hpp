@@ -16,10 +16,12 @@ namespace zerolora {
 struct DataOptions {
   std::filesystem::path train_file;
   std::filesystem::path validation_file;   // empty: split from the train file
+  std::filesystem::path tokenizer;         // empty: the model directory's (tokenizer.hpp)
   double validation_split_percentage = 0;  // first p% of the train records (run_lora_clm)
   RecordKind kind = RecordKind::kInstruction;
   ColumnNames columns;
   std::string prompt_template = "alpaca";  // alpaca, raw, or a template file
+  std::string chat_template;  // chat data: a name (data/chat.hpp); empty: the tokenizer's
   TokenizeOptions tokenize;
   Packing packing = Packing::kNone;
 };
@@ -31,6 +33,8 @@ struct DataReport {
   std::int64_t truncated = 0;                                // examples cut at max_seq_length
   std::int64_t without_targets = 0;  // examples whose response was truncated away: dropped
   std::int64_t train_tokens = 0, train_label_tokens = 0;
+  std::string chat_template;          // chat data: the template used; empty otherwise
+  std::int64_t truncated_turns = 0;  // chat: assistant turns cut by max_seq_length, unlabelled
 };
 
 struct TrainingData {
@@ -45,5 +49,9 @@ TrainingData build_training_data(Runtime& rt, const DataOptions& options,
 // eos_token_id) when a config is given, else the tokenizer's.
 void use_special_tokens(TokenizeOptions& options, const Tokenizer& tokenizer,
                         const LlamaConfig* config);
+
+// A prompt as a model sees it at inference: BOS where the tokenizer puts one, then the text.
+std::vector<std::int32_t> encode_prompt(const Tokenizer& tokenizer, const LlamaConfig& config,
+                                        std::string_view text);
 
 }  // namespace zerolora

@@ -16,19 +16,20 @@ TokenSequence tokenize_prompt(const Tokenizer& tokenizer, const Prompt& prompt,
   const auto full = tokenizer.encode(prompt.source + prompt.target);
   seq.input_ids.reserve(
       static_cast<std::size_t>(std::min<Index>(L, static_cast<Index>(full.size()) + 2)));
-  seq.input_ids.push_back(o.bos_id);
+  const Index bos = o.add_bos ? 1 : 0;
+  if (o.add_bos) seq.input_ids.push_back(o.bos_id);
   const std::size_t keep =
-      std::min(full.size(), static_cast<std::size_t>(std::max<Index>(L - 1, 0)));
+      std::min(full.size(), static_cast<std::size_t>(std::max<Index>(L - bos, 0)));
   seq.input_ids.insert(seq.input_ids.end(), full.begin(),
                        full.begin() + static_cast<std::ptrdiff_t>(keep));
-  if (o.add_eos && seq.size() < L && seq.input_ids.back() != o.eos_id)
+  if (o.add_eos && seq.size() < L && (seq.input_ids.empty() || seq.input_ids.back() != o.eos_id))
     seq.input_ids.push_back(o.eos_id);
   seq.labels = seq.input_ids;
   if (!o.train_on_inputs) {
     const Index source_len =
         prompt.source.empty()
-            ? 1
-            : std::min<Index>(L, 1 + static_cast<Index>(tokenizer.encode(prompt.source).size()));
+            ? bos
+            : std::min<Index>(L, bos + static_cast<Index>(tokenizer.encode(prompt.source).size()));
     const Index masked = std::min(source_len, seq.size());
     std::fill_n(seq.labels.begin(), masked, kIgnoreIndex);
   }
@@ -43,9 +44,19 @@ std::vector<TokenSequence> tokenize_records(Runtime& rt, const std::vector<Recor
   if (options.max_seq_length < 2) throw ConfigError("max_seq_length must be at least 2");
   std::vector<TokenSequence> out(records.size());
   const Index n = static_cast<Index>(records.size());
+  // An exception may not leave an OpenMP loop: the first record that fails is reported after.
+  std::vector<std::string> errors(records.size());
 #pragma omp parallel for num_threads(rt.threads()) schedule(dynamic, 64)
+  for (Index i = 0; i < n; ++i) {
+    try {
+      out[i] = tokenize_prompt(tokenizer, prompt.apply(records[i]), options);
+    } catch (const std::exception& e) {
+      errors[i] = e.what();
+    }
+  }
   for (Index i = 0; i < n; ++i)
-    out[i] = tokenize_prompt(tokenizer, prompt.apply(records[i]), options);
+    if (!errors[i].empty())
+      throw FormatError("record " + std::to_string(i) + ": cannot tokenize: " + errors[i]);
   return out;
 }
 

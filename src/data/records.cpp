@@ -7,6 +7,7 @@
 
 #include "core/error.hpp"
 #include "core/mapped_file.hpp"
+#include "data/unicode_text.hpp"
 
 namespace zerolora {
 namespace {
@@ -268,46 +269,14 @@ void read_text_lines(const std::string& label, std::string_view text, std::vecto
     if (!is_valid_utf8(row))
       throw FormatError(label + ": line " + std::to_string(line) + " (record " +
                         std::to_string(out.size()) + "): invalid UTF-8");
-    out.push_back(Record{{}, {}, std::string(row)});
+    out.push_back(Record{{}, {}, std::string(row), {}});
   });
 }
 
 }  // namespace
 
 bool is_valid_utf8(std::string_view text) {
-  const auto* s = reinterpret_cast<const unsigned char*>(text.data());
-  const std::size_t n = text.size();
-  std::size_t i = 0;
-  while (i < n) {
-    const unsigned char c = s[i];
-    if (c < 0x80) {
-      ++i;
-      continue;
-    }
-    std::size_t len;
-    std::uint32_t cp;
-    if ((c & 0xe0) == 0xc0) {
-      len = 2;
-      cp = c & 0x1f;
-    } else if ((c & 0xf0) == 0xe0) {
-      len = 3;
-      cp = c & 0x0f;
-    } else if ((c & 0xf8) == 0xf0) {
-      len = 4;
-      cp = c & 0x07;
-    } else {
-      return false;
-    }
-    if (i + len > n) return false;
-    for (std::size_t k = 1; k < len; ++k) {
-      if ((s[i + k] & 0xc0) != 0x80) return false;
-      cp = (cp << 6) | (s[i + k] & 0x3f);
-    }
-    static constexpr std::uint32_t kMin[5] = {0, 0, 0x80, 0x800, 0x10000};
-    if (cp < kMin[len] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;
-    i += len;
-  }
-  return true;
+  return !first_invalid_utf8(text);
 }
 
 RecordSet read_records(const std::filesystem::path& file, RecordKind kind,

@@ -19,13 +19,19 @@
 
 namespace zerolora {
 
+struct ChatMessage {
+  std::string role;  // system, user, assistant
+  std::string content;
+};
+
 struct Record {
   std::string instruction;
   std::string input;
-  std::string output;  // in text mode: the text
+  std::string output;                 // in text mode: the text
+  std::vector<ChatMessage> messages;  // in chat mode: the conversation (data/chat.hpp)
 };
 
-enum class RecordKind { kInstruction, kText };
+enum class RecordKind { kInstruction, kText, kChat };
 
 struct ColumnNames {
   std::string instruction = "instruction";

@@ -81,7 +81,8 @@ struct TrainingRun::Impl {
     prepare_output_dir_on_all_ranks(comm, settings.output_dir, settings.overwrite_output_dir,
                                     resuming);
     checkpoint.emplace(settings.model_dir);
-    const Tokenizer tokenizer = open_model_tokenizer(settings.model_dir, checkpoint->config());
+    const Tokenizer tokenizer =
+        open_model_tokenizer(settings.model_dir, checkpoint->config(), settings.data.tokenizer);
 
     // Data: every rank builds the same dataset (it is small next to the model).
     use_special_tokens(settings.data.tokenize, tokenizer, &checkpoint->config());
@@ -96,6 +97,14 @@ struct TrainingRun::Impl {
          std::to_string(data.train.size()) + " training sequences, " +
          std::to_string(dr.train_tokens) + " tokens (" + std::to_string(dr.train_label_tokens) +
          " with labels)");
+    note("tokenizer: " + tokenizer.path().string() + " (" + tokenizer.format() + ")" +
+         (dr.chat_template.empty()
+              ? std::string()
+              : "; conversations rendered with the " + dr.chat_template + " chat template, " +
+                    (settings.data.tokenize.train_on_inputs ? "every token trained"
+                                                            : "loss on assistant turns") +
+                    ", " + std::to_string(dr.truncated_turns) +
+                    " assistant turns cut by max_seq_length (left unlabelled)"));
 
     lora.rank = args.lora_rank;
     lora.alpha = args.lora_alpha;

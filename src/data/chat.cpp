@@ -1,0 +1,369 @@
+#include "data/chat.hpp"
+
+#include <algorithm>
+#include <array>
+
+#include "core/error.hpp"
+#include "data/unicode_text.hpp"
+
+namespace zerolora {
+namespace {
+
+// Python's str.strip() (Jinja's trim): whitespace is what str.isspace() says, which includes
+// the separators U+001C..U+001F that Unicode's White_Space does not.
+bool python_space(char32_t c) {
+  return is_unicode_whitespace(c) || (c >= 0x1C && c <= 0x1F);
+}
+
+std::string python_strip(const std::string& s) {
+  std::size_t begin = 0, end = s.size();
+  while (begin < end && python_space(utf8_decode_at(s, begin))) begin += utf8_length_at(s, begin);
+  while (end > begin) {
+    std::size_t last = end - 1;
+    while (last > begin && (static_cast<unsigned char>(s[last]) & 0xC0) == 0x80) --last;
+    if (!python_space(utf8_decode_at(s, last))) break;
+    end = last;
+  }
+  return s.substr(begin, end - begin);
+}
+
+// Builds the text and the trainable spans.
+class Renderer {
+ public:
+  void add(const std::string& text) { out_.text += text; }
+  // An assistant turn: `lead` (not trained), then the content and `end` (trained).
+  void assistant(const std::string& lead, const std::string& content, const std::string& end) {
+    out_.text += lead;
+    const std::size_t begin = out_.text.size();
+    out_.text += content + end;
+    out_.trainable.push_back({begin, out_.text.size()});
+  }
+  RenderedChat take() { return std::move(out_); }
+
+ private:
+  RenderedChat out_;
+};
+
+[[noreturn]] void refuse(const std::string& template_name, const std::string& why) {
+  throw FormatError("chat template " + template_name + ": " + why);
+}
+
+void check_roles(const std::vector<ChatMessage>& messages, const std::string& name) {
+  if (messages.empty()) refuse(name, "the conversation has no messages");
+  for (std::size_t i = 0; i < messages.size(); ++i) {
+    const std::string& role = messages[i].role;
+    if (role != "system" && role != "user" && role != "assistant")
+      refuse(name, "message " + std::to_string(i) + " has role '" + role +
+                       "' (only system, user and assistant are supported)");
+    if (role == "system" && i != 0)
+      refuse(name, "message " + std::to_string(i) +
+                       " is a system message; only the first message may be one");
+  }
+}
+
+// After an optional system message, user and assistant must alternate, starting with user
+// (the raise_exception of the Llama 2 and Mistral templates).
+void check_alternation(const std::vector<ChatMessage>& messages, std::size_t from,
+                       const std::string& name) {
+  for (std::size_t i = from; i < messages.size(); ++i)
+    if ((messages[i].role == "user") != ((i - from) % 2 == 0))
+      refuse(name,
+             "conversation roles must alternate user/assistant/user/assistant/... "
+             "after the optional system message (message " +
+                 std::to_string(i) + " is '" + messages[i].role + "')");
+}
+
+void render_llama3(const std::vector<ChatMessage>& messages, const std::string& bos, Renderer& r) {
+  for (std::size_t i = 0; i < messages.size(); ++i) {
+    const ChatMessage& m = messages[i];
+    const std::string header =
+        (i == 0 ? bos : "") + "<|start_header_id|>" + m.role + "<|end_header_id|>\n\n";
+    if (m.role == "assistant")
+      r.assistant(header, python_strip(m.content), "<|eot_id|>");
+    else
+      r.add(header + python_strip(m.content) + "<|eot_id|>");
+  }
+}
+
+void render_llama31(const std::vector<ChatMessage>& messages, const std::string& bos, Renderer& r) {
+  std::size_t first = 0;
+  std::string system;
+  if (messages[0].role == "system") {
+    system = python_strip(messages[0].content);
+    first = 1;
+  }
+  r.add(bos + "<|start_header_id|>system<|end_header_id|>\n\n" +
+        "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n" + system +
+        "<|eot_id|>");
+  for (std::size_t i = first; i < messages.size(); ++i) {
+    const ChatMessage& m = messages[i];
+    const std::string header = "<|start_header_id|>" + m.role + "<|end_header_id|>\n\n";
+    if (m.role == "assistant")
+      r.assistant(header, python_strip(m.content), "<|eot_id|>");
+    else
+      r.add(header + python_strip(m.content) + "<|eot_id|>");
+  }
+}
+
+void render_chatml(const std::vector<ChatMessage>& messages, const std::string* default_system,
+                   Renderer& r) {
+  if (default_system && messages[0].role != "system")
+    r.add("<|im_start|>system\n" + *default_system + "<|im_end|>\n");
+  for (const ChatMessage& m : messages) {
+    const std::string header = "<|im_start|>" + m.role + "\n";
+    if (m.role == "assistant") {
+      r.assistant(header, m.content, "<|im_end|>");
+      r.add("\n");
+    } else {
+      r.add(header + m.content + "<|im_end|>\n");
+    }
+  }
+}
+
+void render_mistral(const std::vector<ChatMessage>& messages, const std::string& bos,
+                    const std::string& eos, Renderer& r) {
+  const bool has_system = messages[0].role == "system";
+  const std::size_t first = has_system ? 1 : 0;
+  check_alternation(messages, first, "mistral");
+  r.add(bos);
+  for (std::size_t i = first; i < messages.size(); ++i) {
+    const ChatMessage& m = messages[i];
+    if (m.role == "user") {
+      // The system message goes into the last message only (when that is the user's), as the
+      // v0.3 template does.
+      const bool last = i + 1 == messages.size();
+      r.add("[INST] " + (last && has_system ? messages[0].content + "\n\n" : std::string()) +
+            m.content + "[/INST]");
+    } else {
+      r.assistant(" ", python_strip(m.content), eos);
+    }
+  }
+}
+
+void render_llama2_chat(const std::vector<ChatMessage>& messages, const std::string& bos,
+                        const std::string& eos, Renderer& r) {
+  const bool has_system = messages[0].role == "system";
+  const std::size_t first = has_system ? 1 : 0;
+  check_alternation(messages, first, "llama2-chat");
+  for (std::size_t i = first; i < messages.size(); ++i) {
+    const ChatMessage& m = messages[i];
+    std::string content = m.content;
+    if (i == first && has_system)
+      content = "<<SYS>>\n" + messages[0].content + "\n<</SYS>>\n\n" + m.content;
+    if (m.role == "user")
+      r.add(bos + "[INST] " + python_strip(content) + " [/INST]");
+    else
+      r.assistant(" ", python_strip(content), " " + eos);
+  }
+}
+
+void render_zephyr(const std::vector<ChatMessage>& messages, const std::string& eos, Renderer& r) {
+  for (const ChatMessage& m : messages) {
+    // The newline after each message is the template's own, outside its {{ }}.
+    const std::string header = "<|" + m.role + "|>\n";
+    if (m.role == "assistant") {
+      r.assistant(header, m.content, eos);
+      r.add("\n");
+    } else {
+      r.add(header + m.content + eos + "\n");
+    }
+  }
+}
+
+constexpr const char* kQwenDefaultSystem =
+    "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.";
+
+// FNV-1a of a template with every run of whitespace made one space and the ends trimmed: the
+// released template strings, recognised whatever their file's indentation or line ends.
+std::uint64_t template_fingerprint(const std::string& text) {
+  std::uint64_t h = 14695981039346656037ull;
+  bool pending_space = false, started = false;
+  for (char c : text) {
+    if (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v') {
+      pending_space = started;
+      continue;
+    }
+    if (pending_space) {
+      h = (h ^ static_cast<unsigned char>(' ')) * 1099511628211ull;
+      pending_space = false;
+    }
+    h = (h ^ static_cast<unsigned char>(c)) * 1099511628211ull;
+    started = true;
+  }
+  return h;
+}
+
+struct KnownTemplate {
+  std::uint64_t fingerprint;
+  const char* name;
+};
+// The released templates (tests/fixtures/chat_templates/, whose README names each model):
+// tools/make_chat_fixtures.py prints these, and the tests check them against the files.
+constexpr std::array<KnownTemplate, 7> kKnownTemplates{{
+    {0xe6a91ca359f4278cull, "llama3"},       // Meta-Llama-3-8B-Instruct
+    {0x9a3e94dc0b68272eull, "llama3.1"},     // Llama-3.1-8B-Instruct (and 3.3-70B)
+    {0x80edb050bab8a257ull, "qwen2.5"},      // Qwen2.5-7B-Instruct
+    {0x0a2a7fdde81fe93eull, "chatml"},       // OpenHermes-2.5-Mistral-7B
+    {0x8d5d363d7de6d2d5ull, "mistral"},      // Mistral-7B-Instruct-v0.3
+    {0x3e8b632df301bf05ull, "llama2-chat"},  // Llama-2-7b-chat-hf
+    {0xab0fea9f00817530ull, "zephyr"},       // zephyr-7b-beta, TinyLlama-1.1B-Chat-v1.0
+}};
+
+}  // namespace
+
+std::vector<std::string> ChatTemplate::names() {
+  return {"llama3", "llama3.1", "qwen2.5", "chatml", "mistral", "llama2-chat", "zephyr"};
+}
+
+ChatTemplate ChatTemplate::named(const std::string& name) {
+  const auto all = names();
+  if (std::find(all.begin(), all.end(), name) == all.end()) {
+    std::string list;
+    for (const auto& n : all) list += (list.empty() ? "" : ", ") + n;
+    throw UsageError("unknown chat template '" + name + "' (choose one of " + list + ")");
+  }
+  return ChatTemplate(name);
+}
+
+std::optional<std::string> ChatTemplate::recognise(const std::string& template_text) {
+  const std::uint64_t fp = template_fingerprint(template_text);
+  for (const auto& known : kKnownTemplates)
+    if (known.fingerprint == fp) return std::string(known.name);
+  return std::nullopt;
+}
+
+ChatTemplate ChatTemplate::for_tokenizer(const Tokenizer& tokenizer, const std::string& name) {
+  if (!name.empty()) return named(name);
+  std::string list;
+  for (const auto& n : names()) list += (list.empty() ? "" : ", ") + n;
+  const std::string& text = tokenizer.chat_template();
+  if (text.empty())
+    throw ConfigError(tokenizer.path().parent_path().string() +
+                      " has no chat template (tokenizer_config.json's chat_template, "
+                      "chat_template.jinja): pass --chat_template with one of " +
+                      list);
+  if (const auto known = recognise(text)) return named(*known);
+  throw ConfigError(tokenizer.path().parent_path().string() +
+                    ": its chat template is not one zerolora renders (it recognises the "
+                    "released templates of Llama 3 / 3.1, Qwen2.5, ChatML, Mistral v0.3, "
+                    "Llama 2 chat and Zephyr): pass --chat_template with the one it equals (" +
+                    list + "), after checking with zerolora data-preview");
+}
+
+RenderedChat ChatTemplate::render(const std::vector<ChatMessage>& messages, const std::string& bos,
+                                  const std::string& eos) const {
+  check_roles(messages, name_);
+  Renderer r;
+  if (name_ == "llama3") {
+    render_llama3(messages, bos, r);
+  } else if (name_ == "llama3.1") {
+    render_llama31(messages, bos, r);
+  } else if (name_ == "qwen2.5") {
+    const std::string system = kQwenDefaultSystem;
+    render_chatml(messages, &system, r);
+  } else if (name_ == "chatml") {
+    render_chatml(messages, nullptr, r);
+  } else if (name_ == "mistral") {
+    render_mistral(messages, bos, eos, r);
+  } else if (name_ == "llama2-chat") {
+    render_llama2_chat(messages, bos, eos, r);
+  } else {
+    render_zephyr(messages, eos, r);
+  }
+  return r.take();
+}
+
+namespace {
+
+// The rendered text's ids. A sentencepiece model reads "<s>" in text as three pieces, where a
+// Hugging Face tokenizer finds its special tokens: its BOS and EOS strings are cut out and
+// given their ids, as the HF Llama tokenizers do.
+std::vector<std::int32_t> encode_rendered(const Tokenizer& tokenizer, std::string_view text) {
+  if (std::string_view(tokenizer.format()) != "sentencepiece") return tokenizer.encode(text);
+  const std::array<std::int32_t, 2> specials{tokenizer.bos_id(), tokenizer.eos_id()};
+  std::vector<std::int32_t> ids;
+  std::size_t at = 0;
+  while (at < text.size()) {
+    std::size_t next = text.size(), length = 0;
+    std::int32_t id = -1;
+    for (const std::int32_t s : specials) {
+      if (s < 0) continue;
+      const std::string piece = tokenizer.token_text(s);
+      const std::size_t found = text.find(piece, at);
+      if (!piece.empty() && found < next) next = found, length = piece.size(), id = s;
+    }
+    const auto part = tokenizer.encode(text.substr(at, next - at));
+    ids.insert(ids.end(), part.begin(), part.end());
+    if (id >= 0) ids.push_back(id);
+    at = next + length;
+  }
+  return ids;
+}
+
+}  // namespace
+
+TokenSequence tokenize_chat(const Tokenizer& tokenizer, const RenderedChat& chat,
+                            const TokenizeOptions& o, ChatReport& report) {
+  TokenSequence seq;
+  seq.input_ids = encode_rendered(tokenizer, chat.text);
+  const Index L = o.max_seq_length;
+  const bool truncated = seq.size() > L;
+  if (truncated) seq.input_ids.resize(static_cast<std::size_t>(L));
+  if (o.train_on_inputs) {
+    seq.labels = seq.input_ids;
+  } else {
+    seq.labels.assign(seq.input_ids.size(), kIgnoreIndex);
+    for (const auto& span : chat.trainable) {
+      const auto begin = static_cast<Index>(
+          encode_rendered(tokenizer, std::string_view(chat.text).substr(0, span.begin)).size());
+      const auto end = static_cast<Index>(
+          encode_rendered(tokenizer, std::string_view(chat.text).substr(0, span.end)).size());
+      if (begin >= seq.size()) {
+        if (truncated) ++report.truncated_turns;
+        continue;
+      }
+      if (end > seq.size()) {  // a turn cut in two trains on nothing
+        ++report.truncated_turns;
+        continue;
+      }
+      std::copy(seq.input_ids.begin() + begin, seq.input_ids.begin() + end,
+                seq.labels.begin() + begin);
+    }
+  }
+  seq.segment_lengths = {static_cast<std::int32_t>(seq.size())};
+  return seq;
+}
+
+std::vector<TokenSequence> tokenize_chat_records(Runtime& rt, const std::vector<Record>& records,
+                                                 const ChatTemplate& chat_template,
+                                                 const Tokenizer& tokenizer,
+                                                 const TokenizeOptions& options,
+                                                 ChatReport& report) {
+  if (options.max_seq_length < 2) throw ConfigError("max_seq_length must be at least 2");
+  const std::string bos = tokenizer.bos_id() >= 0 ? tokenizer.token_text(tokenizer.bos_id()) : "";
+  // The template's eos_token is the tokenizer's (tokenizer_config.json), not config.json's.
+  const std::int32_t eos_id = tokenizer.eos_id() >= 0 ? tokenizer.eos_id() : options.eos_id;
+  const std::string eos = eos_id >= 0 ? tokenizer.token_text(eos_id) : "";
+  std::vector<TokenSequence> out(records.size());
+  std::vector<std::string> errors(records.size());
+  std::vector<std::int64_t> cut(records.size(), 0);
+  const Index n = static_cast<Index>(records.size());
+#pragma omp parallel for num_threads(rt.threads()) schedule(dynamic, 16)
+  for (Index i = 0; i < n; ++i) {
+    try {
+      ChatReport own;
+      out[i] = tokenize_chat(tokenizer, chat_template.render(records[i].messages, bos, eos),
+                             options, own);
+      cut[i] = own.truncated_turns;
+    } catch (const std::exception& e) {
+      errors[i] = e.what();
+    }
+  }
+  for (Index i = 0; i < n; ++i) {
+    if (!errors[i].empty()) throw FormatError("record " + std::to_string(i) + ": " + errors[i]);
+    report.truncated_turns += cut[i];
+  }
+  return out;
+}
+
+}  // namespace zerolora

@@ -1,0 +1,86 @@
+// Chat data: conversations read from JSON / JSON Lines records, rendered with a model's chat
+// template, and tokenized with the loss on the assistant turns.
+//   records   OpenAI style {"messages": [{"role": ..., "content": ...}, ...]} or ShareGPT's
+//             {"conversations": [{"from": "human"|"gpt"|"system", "value": ...}, ...]}, with an
+//             optional top-level "system" string that becomes the first message
+//   templates named renderers whose text equals Transformers' apply_chat_template for the
+//             released template strings of each family (the tests prove it on fixtures made
+//             with those strings): llama3 (Llama 3 Instruct), llama3.1 (3.1 / 3.3 Instruct,
+//             no tools), qwen2.5, chatml, mistral (v0.3 Instruct, no tools), llama2-chat,
+//             zephyr. A tokenizer_config.json template is recognised when it is one of those,
+//             byte for byte (whitespace aside); anything else is refused, saying which name to
+//             pass.
+//   labels    the assistant's content and its end-of-turn marker train; everything else is
+//             masked (-100) unless train_on_inputs. A turn's span is found as the seed recipe
+//             finds the prompt: the tokens of the text before it, counted on their own.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "data/examples.hpp"
+#include "data/records.hpp"
+#include "data/tokenizer.hpp"
+
+namespace zerolora {
+
+// A conversation rendered to text, with the byte ranges that train.
+struct RenderedChat {
+  struct Span {
+    std::size_t begin, end;  // [begin, end) of text: an assistant turn's content and its end
+  };
+  std::string text;
+  std::vector<Span> trainable;
+};
+
+class ChatTemplate {
+ public:
+  // UsageError listing the names when the name is unknown.
+  static ChatTemplate named(const std::string& name);
+  // The model's template: tokenizer_config.json's (recognised by its text) unless `name`
+  // (--chat_template) is given. ConfigError saying what to pass when it is not recognised.
+  static ChatTemplate for_tokenizer(const Tokenizer& tokenizer, const std::string& name);
+  // The named template a template string is (whitespace aside), or nullopt.
+  static std::optional<std::string> recognise(const std::string& template_text);
+  static std::vector<std::string> names();
+
+  // Throws FormatError for a conversation the template refuses (roles that do not alternate
+  // where it requires them to, an unknown role), as its raise_exception would.
+  RenderedChat render(const std::vector<ChatMessage>& messages, const std::string& bos_token,
+                      const std::string& eos_token) const;
+  const std::string& name() const { return name_; }
+
+ private:
+  explicit ChatTemplate(std::string name) : name_(std::move(name)) {}
+  std::string name_;
+};
+
+struct ChatReport {
+  std::int64_t truncated_turns = 0;  // assistant turns cut by max_seq_length: their labels dropped
+};
+
+// Chat records from a .json (an array of records, or {"key": [records]}) or .jsonl file. A
+// record without an assistant message has nothing to train on: skipped and counted.
+// Errors name the file, the record (and line) and the field.
+RecordSet read_chat_records(const std::filesystem::path& file);
+
+// Whether the first record of a JSON / JSON Lines file is a conversation (has "messages" or
+// "conversations" and no `instruction_column`): read only as far as that record.
+bool first_record_is_chat(const std::filesystem::path& file, const std::string& instruction_column);
+
+// One conversation to a training sequence. The template supplies BOS / end-of-turn tokens, so
+// none are added here. A turn cut by max_seq_length keeps no labels (counted in the report).
+TokenSequence tokenize_chat(const Tokenizer& tokenizer, const RenderedChat& chat,
+                            const TokenizeOptions& options, ChatReport& report);
+
+// Every record (their messages) through the template and tokenizer, in parallel, in order.
+std::vector<TokenSequence> tokenize_chat_records(Runtime& rt, const std::vector<Record>& records,
+                                                 const ChatTemplate& chat_template,
+                                                 const Tokenizer& tokenizer,
+                                                 const TokenizeOptions& options,
+                                                 ChatReport& report);
+
+}  // namespace zerolora

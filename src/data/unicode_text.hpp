@@ -1,0 +1,33 @@
+// UTF-8 text helpers for the tokenizer.json pipeline: validation, code point stepping, and
+// Unicode normalisation forms and case mapping through utf8proc (Debian's libutf8proc), so that
+// no Unicode table is written by hand here.
+#pragma once
+
+#include <cstddef>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace zerolora {
+
+// Byte offset of the first byte that is not part of well-formed UTF-8 (overlong forms,
+// surrogates and code points past U+10FFFF count as ill-formed), or nullopt.
+std::optional<std::size_t> first_invalid_utf8(std::string_view text);
+
+// Length in bytes of the UTF-8 sequence starting at text[at] (text is known well-formed).
+std::size_t utf8_length_at(std::string_view text, std::size_t at);
+
+// The code point starting at text[at] (text is known well-formed).
+char32_t utf8_decode_at(std::string_view text, std::size_t at);
+
+void append_utf8(std::string& out, char32_t code_point);
+
+enum class NormalForm { kNfc, kNfd, kNfkc, kNfkd };
+// Throws FormatError when text is not well-formed UTF-8.
+std::string normalize_unicode(std::string_view text, NormalForm form);
+std::string lowercase_unicode(std::string_view text);
+
+// Unicode White_Space, as Rust's char::is_whitespace (what Hugging Face tokenizers uses).
+bool is_unicode_whitespace(char32_t c);
+
+}  // namespace zerolora

