@@ -80,8 +80,10 @@ Command add_estimate_memory(CLI::App& app) {
   auto o = std::make_shared<EstimateOptions>();
   cmd->add_option("--model_name_or_path,--model", o->model,
                   "A model directory (its config.json is read)");
-  cmd->add_option("--preset", o->preset, "Instead of a model: llama2-7b, llama2-13b or llama2-70b")
-      ->check(CLI::IsMember({"llama2-7b", "llama2-13b", "llama2-70b"}));
+  cmd->add_option("--preset", o->preset,
+                  "Instead of a model: llama2-7b, llama2-13b, llama2-70b, llama3-8b, llama3-70b, "
+                  "qwen2.5-7b, qwen2.5-72b or mistral-7b")
+      ->check(CLI::IsMember(preset_names()));
   cmd->add_option("--world_size", o->scenario.world_size, "Ranks (mpirun -np)")
       ->capture_default_str()
       ->check(whole_in(1));

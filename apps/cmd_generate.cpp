@@ -48,6 +48,8 @@ int run_generate(const GenerateOptions& o) {
   const std::string text = prompt.source + prompt.target;
   const std::vector<std::int32_t> ids = encode_prompt(tokenizer, config, text);
   const std::size_t prompt_len = ids.size();
+  config.check_sequence_fits_window(static_cast<std::int64_t>(prompt_len) + o.max_new_tokens,
+                                    "the prompt plus --max_new_tokens");
   // What is printed leaves out the BOS and, from the output, special tokens (EOS).
   const std::size_t shown_from = ids.size() - tokenizer.encode(text).size();
   std::string printed = tokenizer.decode(std::span(ids).subspan(shown_from), true);

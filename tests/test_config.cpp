@@ -94,9 +94,17 @@ TEST(LlamaConfig, RopeScalingOldAndNewForms) {
 
 TEST(LlamaConfig, RefusesWhatIsNotSupported) {
   auto j = llama_json();
-  j["model_type"] = "mistral";
-  j["architectures"] = {"MistralForCausalLM"};
+  j["model_type"] = "gemma";
+  j["architectures"] = {"GemmaForCausalLM"};
   expect_error<UnsupportedError>(j, "supports Llama-family");
+  j = llama_json();
+  j["model_type"] = "qwen2";  // architectures still says Llama
+  expect_error<ConfigError>(j, "disagree");
+  j = llama_json();
+  j["model_type"] = "qwen2";
+  j["architectures"] = {"Qwen2ForCausalLM"};
+  j["use_sliding_window"] = true;
+  expect_error<UnsupportedError>(j, "use_sliding_window");
   j = llama_json();
   j.erase("model_type");
   j["architectures"] = {"GPT2LMHeadModel"};
@@ -116,6 +124,31 @@ TEST(LlamaConfig, RefusesWhatIsNotSupported) {
   j = llama_json();
   j["quantization_config"] = {{"quant_method", "bitsandbytes"}};
   expect_error<UnsupportedError>(j, "quantiz");
+}
+
+TEST(LlamaConfig, QwenAndMistralFamilies) {
+  auto j = llama_json();
+  j["model_type"] = "qwen2";
+  j["architectures"] = {"Qwen2ForCausalLM"};
+  const auto qwen = LlamaConfig::from_json(j, "cfg.json");
+  EXPECT_EQ(qwen.model_type, "qwen2");
+  EXPECT_TRUE(qwen.qkv_bias);
+  EXPECT_EQ(qwen.sliding_window, 0);
+  j["model_type"] = "mistral";
+  j["architectures"] = {"MistralForCausalLM"};
+  j["sliding_window"] = nullptr;  // v0.2 and later: none
+  EXPECT_EQ(LlamaConfig::from_json(j, "cfg.json").sliding_window, 0);
+  j["sliding_window"] = 4096;  // v0.1
+  const auto mistral = LlamaConfig::from_json(j, "cfg.json");
+  EXPECT_FALSE(mistral.qkv_bias);
+  EXPECT_EQ(mistral.sliding_window, 4096);
+  EXPECT_NO_THROW(mistral.check_sequence_fits_window(4096, "--max_seq_length"));
+  try {
+    mistral.check_sequence_fits_window(4097, "--max_seq_length");
+    FAIL() << "a sequence past the window was accepted";
+  } catch (const UnsupportedError& e) {
+    EXPECT_NE(std::string(e.what()).find("--max_seq_length is 4097 tokens"), std::string::npos);
+  }
 }
 
 TEST(LlamaConfig, RejectsBadValues) {

@@ -233,7 +233,8 @@ TEST_P(ReferenceFixture, MatchesTransformersAndPeft) {
 
 std::vector<Case> all_cases() {
   std::vector<Case> cases;
-  for (const char* name : {"gqa_tied", "odd_untied_all", "llama3_rope", "linear_rope"})
+  for (const char* name :
+       {"gqa_tied", "odd_untied_all", "llama3_rope", "linear_rope", "qwen2_bias", "mistral_window"})
     for (Precision p : {Precision::kFp32, Precision::kBf16})
       for (Recompute r : {Recompute::kFull, Recompute::kSelective, Recompute::kNone}) {
         cases.push_back({name, p, r});

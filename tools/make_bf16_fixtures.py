@@ -3,7 +3,8 @@
 (Bf16Policy: bf16 base weights, bf16 matmul operands, fp32 accumulation, fp32 activations,
 fp32 LoRA), so the engine's bf16 mode can be compared with tight tolerances.
 
-For each fixture in tests/fixtures/{gqa_tied,odd_untied_all,llama3_rope,linear_rope} it reads
+For each fixture in tests/fixtures/{gqa_tied,odd_untied_all,llama3_rope,linear_rope,qwen2_bias,
+mistral_window} it reads
 the committed model (model/: config.json + bf16 safetensors) and, from reference.safetensors
 (made by tools/make_fixtures.py with torch + transformers + PEFT in fp32), the batch, the LoRA
 weights and the optimizer settings; runs its own torch implementation of the Llama forward and
@@ -63,7 +64,7 @@ except ImportError as missing:  # ctest reads exit 77 as "skipped"
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
-CASES = ["gqa_tied", "odd_untied_all", "llama3_rope", "linear_rope"]
+CASES = ["gqa_tied", "odd_untied_all", "llama3_rope", "linear_rope", "qwen2_bias", "mistral_window"]
 
 ROUNDING_POINTS = [
     "base projection forward: input activation rounded to bf16 before the GEMM, bf16 weight, fp32 "
@@ -289,9 +290,12 @@ class Emulator:
     def rms(self, x, weight):
         return RmsNorm.apply(x, weight, self.c.rms_norm_eps)
 
-    def project(self, x, weight, modules, widths):
-        """Base projection (one fused GEMM) plus each adapted module's fp32 LoRA on unrounded x."""
+    def project(self, x, weight, modules, widths, bias=None):
+        """Base projection (one fused GEMM, then its fp32 bias where the model has one: Qwen2's
+        q, k, v) plus each adapted module's fp32 LoRA on unrounded x."""
         y = BaseLinear.apply(x, weight, self.rounding)
+        if bias is not None:
+            y = y + bias
         parts = list(torch.split(y, widths, dim=-1))
         for i, m in enumerate(modules):
             if m in self.lora:
@@ -337,7 +341,11 @@ class Emulator:
             lw = lambda n: w[p + n + ".weight"]
             h1 = self.rms(x, lw("input_layernorm"))
             wqkv = torch.cat([lw("self_attn.q_proj"), lw("self_attn.k_proj"), lw("self_attn.v_proj")])
-            q, k, v = self.project(h1, wqkv, [(l, "q_proj"), (l, "k_proj"), (l, "v_proj")], [Qd, KVd, KVd])
+            bias = None
+            if p + "self_attn.q_proj.bias" in w:
+                bias = torch.cat([w[p + f"self_attn.{m}_proj.bias"] for m in "qkv"])
+            q, k, v = self.project(h1, wqkv, [(l, "q_proj"), (l, "k_proj"), (l, "v_proj")], [Qd, KVd, KVd],
+                                   bias)
             q = self._rope_heads(q, self.H, positions)
             k = self._rope_heads(k, self.KV, positions)
             attn = self.attention(q, k, v, mask)

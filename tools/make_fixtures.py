@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Reference fixtures for zerolora's numerical tests, from the real stack:
-torch + transformers (LlamaForCausalLM) + peft (LoRA) + torch.optim.AdamW.
+torch + transformers (LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM) + peft (LoRA) +
+torch.optim.AdamW.
 
-For each tiny random Llama configuration it writes tests/fixtures/<case>/:
+For each tiny random configuration it writes tests/fixtures/<case>/:
   model/            an HF model directory (config.json + bf16 safetensors, sharded for one case)
   reference.safetensors
       input_ids, attention_mask, labels      [B, T] (right padding, labels -100 on prompt/pad)
@@ -16,8 +17,10 @@ And tests/fixtures/stories260k/reference.safetensors for the real model in demo/
 (on three public Alpaca records: ZEROLORA_SHARED_DATA names the folder holding them).
 
 Weights are rounded to bf16 before anything runs, so the bf16 model files hold exactly the
-weights the fp32 reference used. Run: python3 tools/make_fixtures.py (about a minute).
+weights the fp32 reference used. Run: python3 tools/make_fixtures.py (about a minute);
+--only CASE [CASE ...] rebuilds just those cases (stories260k included by name).
 """
+import argparse
 import json
 import pathlib
 import shutil
@@ -25,7 +28,11 @@ import shutil
 import torch
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
 from safetensors.torch import save_file
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
+                          Qwen2Config, Qwen2ForCausalLM)
+
+ARCHITECTURES = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+                 "mistral": (MistralConfig, MistralForCausalLM)}
 
 from public_data import shared_data
 
@@ -66,6 +73,25 @@ CASES = {
                     rope_parameters=dict(rope_type="linear", rope_theta=10000.0, factor=2.0)),
         lora=dict(r=2, lora_alpha=4, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]),
         lengths=[20, 7], prompt=2, shard=None),
+    # Qwen2: biases on q, k and v (made non-zero), tied embeddings, rope theta 1e6; the vocabulary
+    # of the qwen2 tokenizer fixture, so the interop test can train it on chat data.
+    "qwen2_bias": dict(
+        arch="qwen2",
+        config=dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, vocab_size=640, tie_word_embeddings=True, rms_norm_eps=1e-6,
+                    rope_theta=1000000.0, max_position_embeddings=512, use_sliding_window=False),
+        lora=dict(r=4, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]),
+        lengths=[14, 9], prompt=3, shard=None),
+    # Mistral: head_dim 12 != 48/4, untied, LoRA on all projections, a sliding window longer
+    # than the sequences (where full-causal attention equals it).
+    "mistral_window": dict(
+        arch="mistral",
+        config=dict(hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, head_dim=12, vocab_size=90, tie_word_embeddings=False,
+                    rms_norm_eps=1e-5, sliding_window=32, rope_theta=1000000.0),
+        lora=dict(r=4, lora_alpha=8,
+                  target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
+        lengths=[24, 13], prompt=4, shard=None),
 }
 
 ADAMW = dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1)
@@ -95,19 +121,22 @@ def make_batch(gen, lengths, vocab, prompt):
 def build_case(name, spec, seed):
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    config = LlamaConfig(**spec["config"], attn_implementation="eager")
-    model = LlamaForCausalLM(config).float()
-    with torch.no_grad():  # non-trivial norm weights, so their use is tested
+    config_class, model_class = ARCHITECTURES[spec.get("arch", "llama")]
+    config = config_class(**spec["config"], attn_implementation="eager")
+    model = model_class(config).float()
+    with torch.no_grad():  # non-trivial norm weights and biases, so their use is tested
         for n, p in model.named_parameters():
             if n.endswith("norm.weight"):
                 p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
+            elif n.endswith("bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
     round_to_bf16_(model)
 
     case_dir = OUT / name
     if case_dir.exists():
         shutil.rmtree(case_dir)
     model_dir = case_dir / "model"
-    bf16 = LlamaForCausalLM(config)
+    bf16 = model_class(config)
     bf16.load_state_dict(model.state_dict())
     bf16 = bf16.to(torch.bfloat16)
     kwargs = dict(safe_serialization=True)
@@ -226,11 +255,17 @@ def build_stories260k():
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", metavar="CASE",
+                        help="rebuild only these cases (" + ", ".join([*CASES, "stories260k"]) + ")")
+    args = parser.parse_args()
     torch.set_num_threads(2)
     OUT.mkdir(parents=True, exist_ok=True)
-    for seed, (name, spec) in enumerate(CASES.items()):
-        build_case(name, spec, 1234 + seed)
-    build_stories260k()
+    for seed, (name, spec) in enumerate(CASES.items()):  # the seed stays the case's position
+        if not args.only or name in args.only:
+            build_case(name, spec, 1234 + seed)
+    if not args.only or "stories260k" in args.only:
+        build_stories260k()
 
 
 if __name__ == "__main__":

@@ -81,6 +81,9 @@ class CudaKernels final : public Kernels<P> {
     gemm_.matmul(operand(src, M * in, M, in), Mat<const Weight>::dense(weight, out, in).t(), dst,
                  1.0f, accumulate);
   }
+  void linear_add_bias(Mat<Act> dst, const Weight* bias) override {
+    cuda::add_bias(s_, dst.data, dst.rs, bits(bias), dst.rows, dst.cols);
+  }
   void linear_backward_data(Act* diff_src, const Act* diff_dst, const Weight* weight, Index M,
                             Index out, Index in) override {
     gemm_.matmul(operand(diff_dst, M * out, M, out), Mat<const Weight>::dense(weight, out, in),

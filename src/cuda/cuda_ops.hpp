@@ -37,6 +37,10 @@ void rope_rotate(cudaStream_t s, float* x, const std::int32_t* positions, const 
                  const float* sin_table, Index half, Index M, Index row_stride, Index heads,
                  bool inverse);
 
+// bias.cu (ops/linear.hpp's linear_add_bias): x[m, j] += bias[j], rows `row_stride` apart
+template <class W>
+void add_bias(cudaStream_t s, float* x, Index row_stride, const W* bias, Index M, Index N);
+
 // swiglu.cu (ops/swiglu.hpp)
 void swiglu_forward(cudaStream_t s, float* dst, const float* gate_up, Index M, Index I);
 void swiglu_backward(cudaStream_t s, float* diff_gate_up, const float* diff_dst,

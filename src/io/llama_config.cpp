@@ -1,5 +1,7 @@
 #include "io/llama_config.hpp"
 
+#include <algorithm>
+#include <array>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -68,31 +70,44 @@ class Reader {
 };
 
 constexpr const char* kSupported =
-    "zerolora supports Llama-family checkpoints: model_type \"llama\" (LlamaForCausalLM)";
+    "zerolora supports Llama-family checkpoints: model_type \"llama\" (LlamaForCausalLM), "
+    "\"qwen2\" (Qwen2ForCausalLM) and \"mistral\" (MistralForCausalLM)";
 
-void check_architecture(const json& j, const std::string& label) {
+// The architecture's model_type ("llama", "qwen2", "mistral").
+std::string check_architecture(const json& j, const std::string& label) {
+  static constexpr std::array<std::pair<const char*, const char*>, 3> kKnown{{
+      {"llama", "LlamaForCausalLM"},
+      {"qwen2", "Qwen2ForCausalLM"},
+      {"mistral", "MistralForCausalLM"},
+  }};
   const bool has_type = j.contains("model_type") && j["model_type"].is_string();
   const std::string model_type = has_type ? j["model_type"].get<std::string>() : "";
-  std::string architectures;
-  bool llama_arch = false;
+  std::string architectures, from_architecture;
   if (j.contains("architectures") && j["architectures"].is_array()) {
     for (const auto& a : j["architectures"]) {
       if (!a.is_string()) continue;
       architectures += (architectures.empty() ? "" : ", ") + a.get<std::string>();
-      llama_arch = llama_arch || a.get<std::string>() == "LlamaForCausalLM";
+      for (const auto& [type, arch] : kKnown)
+        if (a.get<std::string>() == arch) from_architecture = type;
     }
   }
-  if (has_type && model_type != "llama")
+  const bool known_type = std::any_of(kKnown.begin(), kKnown.end(),
+                                      [&](const auto& k) { return model_type == k.first; });
+  if (has_type && !known_type)
     throw UnsupportedError(label + ": model_type is \"" + model_type + "\"" +
                            (architectures.empty() ? "" : " (" + architectures + ")") + "; " +
                            kSupported);
-  if (!architectures.empty() && !llama_arch)
+  if (!architectures.empty() && from_architecture.empty())
     throw UnsupportedError(label + ": architectures is [" + architectures + "]; " + kSupported);
+  if (has_type && !from_architecture.empty() && from_architecture != model_type)
+    throw ConfigError(label + ": model_type \"" + model_type + "\" and architectures [" +
+                      architectures + "] disagree");
   if (!has_type && architectures.empty())
     throw ConfigError(
         label +
         ": neither 'model_type' nor 'architectures' is set, so the architecture is unknown; " +
         kSupported);
+  return has_type ? model_type : from_architecture;
 }
 
 RopeParams parse_rope(const json& j, const Reader& top, std::int64_t max_positions,
@@ -142,9 +157,9 @@ RopeParams parse_rope(const json& j, const Reader& top, std::int64_t max_positio
 
 LlamaConfig LlamaConfig::from_json(const json& j, const std::string& label) {
   if (!j.is_object()) throw ConfigError(label + ": must be a JSON object");
-  check_architecture(j, label);
   const Reader r(j, label);
   LlamaConfig c;
+  c.model_type = check_architecture(j, label);
   c.hidden_size = r.integer("hidden_size", std::nullopt, 1);
   c.intermediate_size = r.integer("intermediate_size", std::nullopt, 1);
   c.num_layers = r.integer("num_hidden_layers", std::nullopt, 1);
@@ -188,10 +203,17 @@ LlamaConfig LlamaConfig::from_json(const json& j, const std::string& label) {
   if (act != "silu")
     throw UnsupportedError(label + ": hidden_act \"" + act +
                            "\" is not supported (Llama uses silu)");
-  if (r.boolean("attention_bias", false))
+  if (c.model_type == "llama" && r.boolean("attention_bias", false))
     throw UnsupportedError(
         label +
-        ": attention_bias = true is not supported (Llama's attention projections have no bias)");
+        ": attention_bias = true is not supported (biases on q, k, v and o; zerolora "
+        "implements Qwen2's q, k and v biases only)");
+  c.qkv_bias = c.model_type == "qwen2";  // Qwen2's projections always have them
+  if (c.model_type == "qwen2" && r.boolean("use_sliding_window", false))
+    throw UnsupportedError(label +
+                           ": use_sliding_window = true is not supported for Qwen2 (its "
+                           "released models leave it off)");
+  if (c.model_type == "mistral") c.sliding_window = r.integer("sliding_window", 0, 1);
   if (r.boolean("mlp_bias", false))
     throw UnsupportedError(
         label + ": mlp_bias = true is not supported (Llama's MLP projections have no bias)");
@@ -202,6 +224,16 @@ LlamaConfig LlamaConfig::from_json(const json& j, const std::string& label) {
     throw UnsupportedError(label +
                            ": quantized checkpoints (quantization_config) are not supported");
   return c;
+}
+
+void LlamaConfig::check_sequence_fits_window(std::int64_t length, const std::string& what) const {
+  if (sliding_window > 0 && length > sliding_window)
+    throw UnsupportedError(what + " is " + std::to_string(length) +
+                           " tokens, longer than the model's sliding_window of " +
+                           std::to_string(sliding_window) +
+                           ": zerolora's attention is full-causal, which equals sliding-window "
+                           "attention only up to the window; use at most " +
+                           std::to_string(sliding_window) + " tokens");
 }
 
 LlamaConfig LlamaConfig::load(const std::filesystem::path& config_json) {

@@ -1,6 +1,9 @@
-// The Llama architecture parameters, read from a Hugging Face config.json.
-// Accepts model_type "llama" / LlamaForCausalLM with the defaults transformers applies;
-// refuses, with a message saying what is supported, anything the kernels do not implement.
+// The Llama-family architecture parameters, read from a Hugging Face config.json.
+// Accepts, with the defaults transformers applies:
+//   llama    LlamaForCausalLM (Llama 2, Llama 3.x, TinyLlama, SmolLM2, ...)
+//   qwen2    Qwen2ForCausalLM (Qwen2, Qwen2.5): a Llama with biases on q, k and v
+//   mistral  MistralForCausalLM: a Llama whose attention may have a sliding window
+// and refuses, with a message saying what is supported, anything the kernels do not implement.
 #pragma once
 
 #include <cstdint>
@@ -27,9 +30,17 @@ struct LlamaConfig {
   bool tie_word_embeddings = false;
   std::int64_t bos_token_id = 1;
   std::vector<std::int64_t> eos_token_ids{2};
-  std::string torch_dtype;  // informational ("bfloat16", "float32", ...)
+  std::string torch_dtype;           // informational ("bfloat16", "float32", ...)
+  std::string model_type = "llama";  // llama, qwen2, mistral
+  bool qkv_bias = false;             // q, k and v projections have biases (qwen2)
+  // Mistral's sliding window: a token attends to the previous sliding_window positions only;
+  // 0: none. zerolora's attention is full-causal, which equals the window's as long as no
+  // sequence is longer than the window: longer ones are refused (max_sequence_for_window).
+  std::int64_t sliding_window = 0;
 
   std::int64_t q_dim() const { return num_heads * head_dim; }
+  // Throws UnsupportedError, naming `what`, when `length` tokens would need the sliding window.
+  void check_sequence_fits_window(std::int64_t length, const std::string& what) const;
   std::int64_t kv_dim() const { return num_kv_heads * head_dim; }
 
   // `label` (usually the file path) prefixes every error.

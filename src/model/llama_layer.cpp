@@ -149,6 +149,8 @@ void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P:
   // Attention block.
   k.rmsnorm_forward(h1, rstd1, x, ops.w(LayerTensor::kAttnNorm), M, d.D, c.rms_norm_eps);
   ops.base_forward(Mat<Act>::dense(qkv, M, d.W3), h1, M, d.D, ops.w(LayerTensor::kQ), false);
+  // Qwen2's biases belong to the base projection, before LoRA adds to it (as in PEFT).
+  if (c.qkv_bias) k.linear_add_bias(Mat<Act>::dense(qkv, M, d.W3), ops.w(LayerTensor::kQBias));
   const Index col[3] = {0, d.Qd, d.Qd + d.KVd}, width[3] = {d.Qd, d.KVd, d.KVd};
   for (int i = 0; i < 3; ++i)
     ops.lora_forward_into(kQkvModules[i], Mat<Act>{qkv + col[i], M, width[i], d.W3, 1},

@@ -13,12 +13,15 @@ Index align_up(Index n) {
 constexpr std::array<const char*, kLayerTensorCount> kSuffix = {
     "input_layernorm.weight",  "self_attn.q_proj.weight", "self_attn.k_proj.weight",
     "self_attn.v_proj.weight", "self_attn.o_proj.weight", "post_attention_layernorm.weight",
-    "mlp.gate_proj.weight",    "mlp.up_proj.weight",      "mlp.down_proj.weight"};
+    "mlp.gate_proj.weight",    "mlp.up_proj.weight",      "mlp.down_proj.weight",
+    "self_attn.q_proj.bias",   "self_attn.k_proj.bias",   "self_attn.v_proj.bias"};
 
 }  // namespace
 
 LayerLayout::LayerLayout(const LlamaConfig& c) {
   const Index D = c.hidden_size, I = c.intermediate_size;
+  using Shape = std::vector<Index>;
+  const auto bias = [&](Index n) { return c.qkv_bias ? Shape{n} : Shape{}; };
   shapes_ = {{{D},
               {c.q_dim(), D},
               {c.kv_dim(), D},
@@ -27,13 +30,19 @@ LayerLayout::LayerLayout(const LlamaConfig& c) {
               {D},
               {I, D},
               {I, D},
-              {D, I}}};
+              {D, I},
+              bias(c.q_dim()),
+              bias(c.kv_dim()),
+              bias(c.kv_dim())}};
   Index cursor = 0;
   for (int t = 0; t < kLayerTensorCount; ++t) {
     const auto tensor = static_cast<LayerTensor>(t);
-    // k follows q and v follows k without padding (one fused QKV matrix); up follows gate.
-    const bool fused_with_previous =
-        tensor == LayerTensor::kK || tensor == LayerTensor::kV || tensor == LayerTensor::kUp;
+    if (!has(tensor)) continue;
+    // k follows q and v follows k without padding (one fused QKV matrix, and one QKV bias);
+    // up follows gate.
+    const bool fused_with_previous = tensor == LayerTensor::kK || tensor == LayerTensor::kV ||
+                                     tensor == LayerTensor::kUp || tensor == LayerTensor::kKBias ||
+                                     tensor == LayerTensor::kVBias;
     if (!fused_with_previous) cursor = align_up(cursor);
     offsets_[t] = cursor;
     Index n = 1;
@@ -60,6 +69,7 @@ std::vector<ParamEntry> parameter_table(const LlamaConfig& c) {
   for (int l = 0; l < c.num_layers; ++l)
     for (int t = 0; t < kLayerTensorCount; ++t) {
       const auto tensor = static_cast<LayerTensor>(t);
+      if (!layout.has(tensor)) continue;
       table.push_back({layer_tensor_name(l, tensor), Unit::kLayer, l, layout.offset(tensor),
                        layout.shape(tensor), false, tensor});
     }

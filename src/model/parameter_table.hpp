@@ -2,7 +2,8 @@
 // with its shape and where it lives. Weights are grouped into units, the ZeRO-3 sharding
 // granularity: one flat buffer per decoder layer, plus the embedding, the final norm and the
 // lm_head. Inside a layer buffer q, k, v are adjacent rows (one fused [q; k; v] matrix) and so
-// are gate and up, so each pair of projections is a single GEMM.
+// are gate and up, so each pair of projections is a single GEMM; the q, k and v biases, where a
+// model has them, are adjacent too (one [q; k; v] bias vector).
 #pragma once
 
 #include <array>
@@ -16,8 +17,22 @@
 
 namespace zerolora {
 
-enum class LayerTensor : int { kAttnNorm, kQ, kK, kV, kO, kMlpNorm, kGate, kUp, kDown };
-inline constexpr int kLayerTensorCount = 9;
+// kQBias..kVBias exist only in models with q/k/v biases (Qwen2): elsewhere they are empty.
+enum class LayerTensor : int {
+  kAttnNorm,
+  kQ,
+  kK,
+  kV,
+  kO,
+  kMlpNorm,
+  kGate,
+  kUp,
+  kDown,
+  kQBias,
+  kKBias,
+  kVBias
+};
+inline constexpr int kLayerTensorCount = 12;
 
 enum class Unit { kEmbedding, kLayer, kFinalNorm, kLmHead };
 
@@ -43,6 +58,7 @@ class LayerLayout {
   Index offset(LayerTensor t) const { return offsets_[static_cast<int>(t)]; }
   const std::vector<Index>& shape(LayerTensor t) const { return shapes_[static_cast<int>(t)]; }
   Index size() const { return size_; }  // elements, including alignment padding
+  bool has(LayerTensor t) const { return !shapes_[static_cast<int>(t)].empty(); }
 
  private:
   std::array<Index, kLayerTensorCount> offsets_{};

@@ -65,6 +65,11 @@ void CpuKernels<P>::linear_forward(Mat<Act> dst, const Act* src, const Weight* w
 }
 
 template <class P>
+void CpuKernels<P>::linear_add_bias(Mat<Act> dst, const Weight* bias) {
+  zerolora::linear_add_bias(rt_, dst, bias);
+}
+
+template <class P>
 void CpuKernels<P>::linear_backward_data(Act* diff_src, const Act* diff_dst, const Weight* weight,
                                          Index M, Index out, Index in) {
   zerolora::linear_backward_data(rt_, diff_src, diff_dst, weight, M, out, in, operand_);

@@ -32,6 +32,7 @@ class CpuKernels final : public Kernels<P> {
                        double grad_scale, bool write_grad) override;
   void linear_forward(Mat<Act> dst, const Act* src, const Weight* weight, Index in,
                       bool accumulate) override;
+  void linear_add_bias(Mat<Act> dst, const Weight* bias) override;
   void linear_backward_data(Act* diff_src, const Act* diff_dst, const Weight* weight, Index M,
                             Index out, Index in) override;
   void lora_project(Act* z, Mat<const Act> src, const Act* a, Index rank,

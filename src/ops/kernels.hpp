@@ -50,6 +50,7 @@ class Kernels {
                               bool accumulate) = 0;
   virtual void linear_backward_data(Act* diff_src, const Act* diff_dst, const Weight* weight,
                                     Index M, Index out, Index in) = 0;
+  virtual void linear_add_bias(Mat<Act> dst, const Weight* bias) = 0;
   // ops/lora_branch.hpp: the LoRA branch, dropout masks regenerated from the mask's key
   virtual void lora_project(Act* z, Mat<const Act> src, const Act* a, Index rank,
                             const DropoutMask& dropout) = 0;

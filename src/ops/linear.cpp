@@ -41,7 +41,15 @@ void linear_backward_data(Runtime& rt, Act* diff_src /*[M, in]*/, const Act* dif
                       Mat<const Weight>::dense(weight, out, in), Mat<Act>::dense(diff_src, M, in));
 }
 
+template <class Act, class Weight>
+void linear_add_bias(Runtime& rt, Mat<Act> dst, const Weight* bias) {
+#pragma omp parallel for num_threads(rt.threads()) schedule(static)
+  for (Index m = 0; m < dst.rows; ++m)
+    for (Index j = 0; j < dst.cols; ++j) dst.at(m, j) += static_cast<Act>(to_float(bias[j]));
+}
+
 #define ZL_INSTANTIATE_LINEAR(Act, Weight)                                                        \
+  template void linear_add_bias<Act, Weight>(Runtime&, Mat<Act>, const Weight*);                  \
   template void linear_forward<Act, Weight>(Runtime&, Mat<Act>, const Act*, const Weight*, Index, \
                                             bool, Buffer<Weight>&);                               \
   template void linear_backward_data<Act, Weight>(Runtime&, Act*, const Act*, const Weight*,      \

@@ -17,6 +17,11 @@ void linear_forward(Runtime& rt, Mat<Act> dst /*[M, out]*/, const Act* src /*[M,
                     const Weight* weight /*[out, in]*/, Index in, bool accumulate,
                     Buffer<Weight>& operand);
 
+// dst[m, :] += bias for every row: a Linear layer's bias (Qwen2's q, k, v). Frozen, so it has
+// no backward: it moves the output, not any gradient.
+template <class Act, class Weight>
+void linear_add_bias(Runtime& rt, Mat<Act> dst /*[M, out]*/, const Weight* bias /*[out]*/);
+
 template <class Act, class Weight>
 void linear_backward_data(Runtime& rt, Act* diff_src /*[M, in]*/, const Act* diff_dst /*[M, out]*/,
                           const Weight* weight /*[out, in]*/, Index M, Index out, Index in,

@@ -44,25 +44,50 @@ double MemoryEstimate::total() const {
   return t;
 }
 
+namespace {
+
+struct Preset {
+  const char* name;
+  std::int64_t vocab, hidden, intermediate, layers, heads, kv_heads;
+  const char* model_type;
+};
+// The released configs' shapes (config.json of each model on the Hub).
+constexpr Preset kPresets[] = {
+    {"llama2-7b", 32000, 4096, 11008, 32, 32, 32, "llama"},
+    {"llama2-13b", 32000, 5120, 13824, 40, 40, 40, "llama"},
+    {"llama2-70b", 32000, 8192, 28672, 80, 64, 8, "llama"},
+    {"llama3-8b", 128256, 4096, 14336, 32, 32, 8, "llama"},
+    {"llama3-70b", 128256, 8192, 28672, 80, 64, 8, "llama"},
+    {"qwen2.5-7b", 152064, 3584, 18944, 28, 28, 4, "qwen2"},
+    {"qwen2.5-72b", 152064, 8192, 29568, 80, 64, 8, "qwen2"},
+    {"mistral-7b", 32768, 4096, 14336, 32, 32, 8, "mistral"},
+};
+
+}  // namespace
+
+std::vector<std::string> preset_names() {
+  std::vector<std::string> names;
+  for (const auto& p : kPresets) names.emplace_back(p.name);
+  return names;
+}
+
 LlamaConfig preset_config(const std::string& name) {
-  LlamaConfig c;
-  c.vocab_size = 32000;
-  c.max_position_embeddings = 4096;
-  c.rms_norm_eps = 1e-5;
-  if (name == "llama2-7b") {
-    c.hidden_size = 4096, c.intermediate_size = 11008, c.num_layers = 32, c.num_heads = 32,
-    c.num_kv_heads = 32;
-  } else if (name == "llama2-13b") {
-    c.hidden_size = 5120, c.intermediate_size = 13824, c.num_layers = 40, c.num_heads = 40,
-    c.num_kv_heads = 40;
-  } else if (name == "llama2-70b") {
-    c.hidden_size = 8192, c.intermediate_size = 28672, c.num_layers = 80, c.num_heads = 64,
-    c.num_kv_heads = 8;
-  } else {
-    throw UsageError("unknown preset '" + name + "' (llama2-7b, llama2-13b, llama2-70b)");
+  for (const auto& p : kPresets) {
+    if (name != p.name) continue;
+    LlamaConfig c;
+    c.vocab_size = p.vocab;
+    c.hidden_size = p.hidden, c.intermediate_size = p.intermediate, c.num_layers = p.layers;
+    c.num_heads = p.heads, c.num_kv_heads = p.kv_heads;
+    c.head_dim = c.hidden_size / c.num_heads;
+    c.max_position_embeddings = 4096;
+    c.rms_norm_eps = 1e-5;
+    c.model_type = p.model_type;
+    c.qkv_bias = c.model_type == "qwen2";
+    return c;
   }
-  c.head_dim = c.hidden_size / c.num_heads;
-  return c;
+  std::string list;
+  for (const auto& n : preset_names()) list += (list.empty() ? "" : ", ") + n;
+  throw UsageError("unknown preset '" + name + "' (" + list + ")");
 }
 
 MemoryEstimate estimate_memory(const LlamaConfig& c, const LoraLayout& lora,

@@ -49,5 +49,6 @@ void require_memory_fits(const MemoryEstimate& estimate, const MemoryScenario& s
 
 // Llama-2 7B, 13B and 70B configurations ("llama2-7b", "llama2-13b", "llama2-70b").
 LlamaConfig preset_config(const std::string& name);
+std::vector<std::string> preset_names();
 
 }  // namespace zerolora

@@ -105,19 +105,21 @@ RunResult train_five_steps(Communicator& comm, WeightProvider<float>& weights, I
   return result;
 }
 
-class WorldSizeInvariance : public ::testing::TestWithParam<Index> {};
+// (fixture model, LoRA persistence threshold)
+class WorldSizeInvariance : public ::testing::TestWithParam<std::tuple<const char*, Index>> {};
 
 TEST_P(WorldSizeInvariance, LossesAndAdapterEqualSingleProcess) {
   Communicator& comm = MpiEnvironment::comm();
-  const Checkpoint checkpoint(testing::fixtures_dir() / "gqa_tied" / "model");
+  const auto [model_name, threshold] = GetParam();
+  const Checkpoint checkpoint(testing::fixtures_dir() / model_name / "model");
   Runtime rt(1);
   // The reference: this process alone, whole model, another micro-batch split.
   auto local = make_local_communicator();
   auto full = load_llama_weights<float>(rt, checkpoint);
-  const RunResult reference = train_five_steps(*local, full, GetParam(), 3);
+  const RunResult reference = train_five_steps(*local, full, threshold, 3);
   // Distributed: sharded base weights, prefetch depth 2.
   auto sharded = ShardedWeights<float>::load(rt, comm, checkpoint, ZeroOptions{2, 0});
-  const RunResult distributed = train_five_steps(comm, sharded, GetParam(), 2);
+  const RunResult distributed = train_five_steps(comm, sharded, threshold, 2);
   for (std::size_t s = 0; s < reference.losses.size(); ++s) {
     EXPECT_NEAR(distributed.losses[s], reference.losses[s], 1e-5 * reference.losses[s])
         << "step " << s << " world " << comm.size();
@@ -138,7 +140,7 @@ TEST_P(WorldSizeInvariance, LossesAndAdapterEqualSingleProcess) {
   // gradients, the padded collective vector: at most 5 layers' worth; a layer is whole / 2
   // here), never a whole-layout copy beyond those.
   const auto whole = static_cast<Index>(reference.params.size());
-  if (GetParam() == 0) {
+  if (threshold == 0) {
     const Index W = comm.size();
     EXPECT_EQ(distributed.replicated, 0);
     EXPECT_LE(distributed.shard, (whole + W * 2) / W);  // 2 layers: at most W - 1 padding each
@@ -146,11 +148,17 @@ TEST_P(WorldSizeInvariance, LossesAndAdapterEqualSingleProcess) {
   }
 }
 
-// Persistence threshold 1e5 (every LoRA tensor of this tiny model replicated) and 0 (all
-// partitioned: reduce-scatter, sharded AdamW, all-gather).
-INSTANTIATE_TEST_SUITE_P(Threshold, WorldSizeInvariance, ::testing::Values(Index{100000}, Index{0}),
+// Persistence threshold 1e5 (every LoRA tensor of these tiny models replicated) and 0 (all
+// partitioned: reduce-scatter, sharded AdamW, all-gather); a Llama, a Qwen2 (q/k/v biases in
+// the sharded layer units) and a Mistral.
+INSTANTIATE_TEST_SUITE_P(Models, WorldSizeInvariance,
+                         ::testing::Values(std::make_tuple("gqa_tied", Index{100000}),
+                                           std::make_tuple("gqa_tied", Index{0}),
+                                           std::make_tuple("qwen2_bias", Index{0}),
+                                           std::make_tuple("mistral_window", Index{0})),
                          [](const auto& info) {
-                           return info.param == 0 ? "partitioned" : "replicated";
+                           return std::string(std::get<0>(info.param)) +
+                                  (std::get<1>(info.param) == 0 ? "_partitioned" : "_replicated");
                          });
 
 TEST(ShardedWeights, EachRankHoldsOnlyItsShard) {
