@@ -130,6 +130,34 @@ PY
 "$bin" generate --model "$model" --adapter "$work/shallow_adapter" --prompt x > /dev/null 2> "$work/err.txt"
 [ $? -eq 1 ] && grep -q "another base model" "$work/err.txt"
 check "an adapter for another base: exit 1 naming the tensor" $?
+# Chat data on the sentencepiece model: conversations (OpenAI messages, ShareGPT) through the
+# Llama 2 chat template, the loss on the answers only.
+cat > "$work/chat.jsonl" <<'JSONL'
+{"messages": [{"role": "system", "content": "Tell short stories."}, {"role": "user", "content": "A story about a cat."}, {"role": "assistant", "content": "Once upon a time, there was a cat named Tom. He liked to play."}]}
+{"conversations": [{"from": "human", "value": "Who is Lily?"}, {"from": "gpt", "value": "Lily is a little girl."}, {"from": "human", "value": "What does she like?"}, {"from": "gpt", "value": "She likes to play in the park."}]}
+JSONL
+"$bin" data-preview --model "$model" --train_file "$work/chat.jsonl" --chat_template llama2-chat \
+  --output "$work/chat_preview.jsonl" 2> "$work/chat_preview.err"
+[ $? -eq 0 ] && [ "$(wc -l < "$work/chat_preview.jsonl")" -eq 2 ] && grep -q "chat template llama2-chat" "$work/chat_preview.err" \
+  && grep -q '"marked_text":"\[INST\] <<SYS>>' "$work/chat_preview.jsonl" \
+  && grep -q '⟦ Lily is a little girl.⟧ \[INST\]' "$work/chat_preview.jsonl" \
+  && grep -q '"input_ids":\[1,' "$work/chat_preview.jsonl"
+check "data-preview renders conversations with the chat template and marks what trains" $?
+"$bin" data-preview --model "$model" --train_file "$work/chat.jsonl" > /dev/null 2> "$work/err.txt"
+[ $? -eq 1 ] && grep -q "no chat template" "$work/err.txt" && grep -q -- "--chat_template" "$work/err.txt"
+check "chat data for a model without a chat template: exit 1 saying what to pass" $?
+"$bin" train --model_name_or_path "$model" --train_file "$work/chat.jsonl" --chat_template llama2-chat \
+  --output_dir "$work/chat_run" --max_steps 2 --per_device_train_batch_size 2 --save_strategy no > "$work/chat.log" 2>&1
+[ $? -eq 0 ] && grep -q "loss on assistant turns" "$work/chat.log" && [ -f "$work/chat_run/adapter_model.safetensors" ]
+check "train on conversations" $?
+printf '{"messages": [{"role": "user", "content": "hi \xff"}, {"role": "assistant", "content": "x"}]}\n' > "$work/bad_utf8.jsonl"
+"$bin" data-preview --model "$model" --train_file "$work/bad_utf8.jsonl" --chat_template llama2-chat > /dev/null 2> "$work/err.txt"
+[ $? -eq 1 ] && grep -q "bad_utf8.jsonl: line 1 (record 0): invalid UTF-8" "$work/err.txt"
+check "invalid UTF-8 in chat data: exit 1 naming the line and record" $?
+"$bin" tokenize --tokenizer "$model" --text "Once upon a time" > "$work/tok.json"
+grep -q '"ids":\[403,407,261,378\]' "$work/tok.json" && grep -q '"decoded":"Once upon a time"' "$work/tok.json"
+check "tokenize: ids and the decode back" $?
+
 mkdir -p "$work/taken" && echo keep > "$work/taken/README.txt"
 "$bin" merge --model "$model" --adapter "$work/run" --output_dir "$work/taken" > /dev/null 2> "$work/err.txt"
 [ $? -eq 2 ] && grep -q "not empty" "$work/err.txt" && [ "$(cat "$work/taken/README.txt")" = keep ]

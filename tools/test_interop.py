@@ -96,10 +96,10 @@ def test_merged_checkpoint_loads_in_transformers(trained_adapter, tmp_path):
     assert rel_error(torch_logits(reloaded), torch_logits(with_adapter)) < TOLERANCE
 
 
-def test_we_load_a_peft_adapter(tmp_path):
-    torch.manual_seed(0)
-    model = get_peft_model(base_model(), LoraConfig(r=8, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
-                                                    target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"]))
+def peft_adapter(base, tmp_path, seed, **lora):
+    """A PEFT adapter on `base`, saved under tmp_path: the model and the adapter directory."""
+    torch.manual_seed(seed)
+    model = get_peft_model(base, LoraConfig(lora_dropout=0.0, task_type="CAUSAL_LM", **lora))
     with torch.no_grad():  # PEFT initialises B = 0: make the adapter do something
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -107,6 +107,12 @@ def test_we_load_a_peft_adapter(tmp_path):
     model.eval()
     adapter = tmp_path / "peft_adapter"
     model.save_pretrained(adapter)
+    return model, adapter
+
+
+def test_we_load_a_peft_adapter(tmp_path):
+    model, adapter = peft_adapter(base_model(), tmp_path, 0, r=8, lora_alpha=32,
+                                  target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"])
     ours = zerolora_logits(tmp_path, BASE, adapter)
     assert rel_error(ours, torch_logits(model)) < TOLERANCE
 
@@ -180,16 +186,8 @@ def test_qwen2_adapter_loads_in_peft_and_merges(qwen2_chat_adapter, tmp_path):
 @pytest.mark.parametrize("fixture", ["qwen2_bias", "mistral_window"])
 def test_we_load_and_merge_a_peft_adapter_of_other_families(fixture, tmp_path):
     base = FIXTURES / fixture / "model"
-    torch.manual_seed(1)
-    model = get_peft_model(auto_model(base), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, task_type="CAUSAL_LM",
-                                                        target_modules=["q_proj", "v_proj", "down_proj"]))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)
-    model.eval()
-    adapter = tmp_path / "peft_adapter"
-    model.save_pretrained(adapter)
+    model, adapter = peft_adapter(auto_model(base), tmp_path, 1, r=4, lora_alpha=8,
+                                  target_modules=["q_proj", "v_proj", "down_proj"])
     theirs = small_logits(model)
     assert rel_error(zerolora_small_logits(tmp_path, base, adapter), theirs) < TOLERANCE
     merged = tmp_path / "merged"
