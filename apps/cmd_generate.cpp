@@ -10,6 +10,7 @@
 #include "apps/model_files.hpp"
 #include "core/error.hpp"
 #include "core/precision.hpp"
+#include "data/chat.hpp"
 #include "data/dataset.hpp"
 #include "data/prompt.hpp"
 #include "data/tokenizer.hpp"
@@ -24,6 +25,7 @@ namespace {
 
 struct GenerateOptions {
   std::string model, tokenizer, adapter, prompt, input, prompt_template = "raw";
+  std::string chat_template, system;
   int max_new_tokens = 64;
   SamplingOptions sampling;
   std::string dtype = "bf16";
@@ -42,16 +44,37 @@ int run_generate(const GenerateOptions& o) {
   auto weights = load_llama_weights<typename P::Weight>(rt, checkpoint);
   LlamaModel<P> model(rt, weights, adapter.layout.get());
 
-  // The prompt as training saw it: through the template (alpaca: the instruction, and --input).
-  const Prompt prompt =
-      PromptTemplate::named(o.prompt_template).apply(Record{o.prompt, o.input, "", {}});
-  const std::string text = prompt.source + prompt.target;
-  const std::vector<std::int32_t> ids = encode_prompt(tokenizer, config, text);
+  // The prompt as training saw it: through the template (alpaca: the instruction, and --input;
+  // chat: one user turn, after --system, through the model's chat template, ready for the
+  // assistant's answer).
+  std::vector<std::int32_t> ids;
+  std::size_t shown_from = 0;  // what is printed: the text after the BOS, or only the answer
+  std::vector<std::int64_t> stop = config.eos_token_ids;
+  if (o.prompt_template == "chat") {
+    const ChatTemplate chat = ChatTemplate::for_tokenizer(tokenizer, o.chat_template);
+    std::vector<ChatMessage> messages;
+    if (!o.system.empty()) messages.push_back({"system", o.system});
+    messages.push_back({"user", o.prompt});
+    const auto token = [&](std::int32_t id) { return id >= 0 ? tokenizer.token_text(id) : ""; };
+    ids = encode_chat_text(
+        tokenizer,
+        chat.render(messages, token(tokenizer.bos_id()), token(tokenizer.eos_id()), true).text);
+    shown_from = ids.size();
+    // The turn ends at the template's end-of-turn token, which may not be config.json's EOS.
+    if (tokenizer.eos_id() >= 0) stop.push_back(tokenizer.eos_id());
+    for (const char* end_of_turn : {"<|eot_id|>", "<|im_end|>"})
+      if (const auto id = tokenizer.token_id(end_of_turn)) stop.push_back(*id);
+  } else {
+    const Prompt prompt =
+        PromptTemplate::named(o.prompt_template).apply(Record{o.prompt, o.input, "", {}});
+    const std::string text = prompt.source + prompt.target;
+    ids = encode_prompt(tokenizer, config, text);
+    shown_from = ids.size() - tokenizer.encode(text).size();
+  }
   const std::size_t prompt_len = ids.size();
   config.check_sequence_fits_window(static_cast<std::int64_t>(prompt_len) + o.max_new_tokens,
                                     "the prompt plus --max_new_tokens");
-  // What is printed leaves out the BOS and, from the output, special tokens (EOS).
-  const std::size_t shown_from = ids.size() - tokenizer.encode(text).size();
+  // Special tokens (EOS, an end of turn) are left out of what is printed.
   std::string printed = tokenizer.decode(std::span(ids).subspan(shown_from), true);
   std::fputs(printed.c_str(), stdout);
   std::fflush(stdout);
@@ -65,8 +88,7 @@ int run_generate(const GenerateOptions& o) {
     }
   };
   const auto start = std::chrono::steady_clock::now();
-  const auto out = generate(model, ids, o.max_new_tokens, config.eos_token_ids, adapter.params,
-                            o.sampling, stream);
+  const auto out = generate(model, ids, o.max_new_tokens, stop, adapter.params, o.sampling, stream);
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::printf("\n");
@@ -99,8 +121,14 @@ Command add_generate(CLI::App& app) {
                   "With --template alpaca: the optional input (context) field");
   cmd->add_option(
          "--template", o->prompt_template,
-         "raw: the prompt as is; alpaca: wrapped as training wrapped it; or a template file")
+         "raw: the prompt as is; alpaca: wrapped as training wrapped it; chat: one user turn "
+         "through the model's chat template (only the answer is printed); or a template file")
       ->capture_default_str();
+  cmd->add_option("--chat_template", o->chat_template,
+                  "With --template chat: llama3, llama3.1, qwen2.5, chatml, mistral, llama2-chat "
+                  "or zephyr (default: the tokenizer's, recognised from tokenizer_config.json)")
+      ->check(CLI::IsMember(ChatTemplate::names()));
+  cmd->add_option("--system", o->system, "With --template chat: a system message first");
   cmd->add_option("--max_new_tokens", o->max_new_tokens,
                   "Tokens to generate at most (stops at EOS)")
       ->capture_default_str()

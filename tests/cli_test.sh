@@ -154,6 +154,10 @@ printf '{"messages": [{"role": "user", "content": "hi \xff"}, {"role": "assistan
 "$bin" data-preview --model "$model" --train_file "$work/bad_utf8.jsonl" --chat_template llama2-chat > /dev/null 2> "$work/err.txt"
 [ $? -eq 1 ] && grep -q "bad_utf8.jsonl: line 1 (record 0): invalid UTF-8" "$work/err.txt"
 check "invalid UTF-8 in chat data: exit 1 naming the line and record" $?
+out="$("$bin" generate --model "$model" --adapter "$work/chat_run" --template chat --chat_template llama2-chat \
+  --system "Tell short stories." --prompt "Who is Lily?" --max_new_tokens 8 --dtype fp32 2>/dev/null)"
+[ $? -eq 0 ] && [ -n "$out" ] && [[ "$out" != *"[INST]"* ]]
+check "generate --template chat: the question through the chat template, only the answer printed" $?
 "$bin" tokenize --tokenizer "$model" --text "Once upon a time" > "$work/tok.json"
 grep -q '"ids":\[403,407,261,378\]' "$work/tok.json" && grep -q '"decoded":"Once upon a time"' "$work/tok.json"
 check "tokenize: ids and the decode back" $?

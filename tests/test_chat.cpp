@@ -43,6 +43,10 @@ TEST_P(TemplateFixture, RendersAsTransformersAndSpansAreTheAssistantTurns) {
     const RenderedChat rendered = chat.render(messages, bos, eos);
     EXPECT_EQ(rendered.text, t.at("renders")[c].get<std::string>())
         << name << " conversation " << c;
+    const std::vector<ChatMessage> asked(messages.begin(), messages.end() - 1);
+    EXPECT_EQ(chat.render(asked, bos, eos, true).text,
+              t.at("generation_prompts")[c].get<std::string>())
+        << name << " generation prompt, conversation " << c;
     // One span per assistant message, in order, each holding that message's (stripped)
     // content and ending with the turn's end marker.
     std::vector<std::string> answers;
@@ -68,13 +72,17 @@ TEST_P(TemplateFixture, TheReleasedTemplateIsRecognised) {
   std::ifstream in(chat_fixtures() / (name + ".jinja"));
   const std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
   EXPECT_EQ(ChatTemplate::recognise(text), name);
-  // Indentation and line ends do not matter; a changed character does.
-  std::string reindented;
-  for (char c : text) reindented += c == '\n' ? std::string("\r\n  ") : std::string(1, c);
-  EXPECT_EQ(ChatTemplate::recognise(reindented), name);
+  // Line ends and a trailing newline do not matter; a changed character, or changed whitespace
+  // inside (it would be rendered), does.
+  std::string crlf;
+  for (char c : text) crlf += c == '\n' ? std::string("\r\n") : std::string(1, c);
+  EXPECT_EQ(ChatTemplate::recognise(crlf + "\n"), name);
   std::string changed = text;
   changed[changed.size() / 2] = changed[changed.size() / 2] == 'x' ? 'y' : 'x';
   EXPECT_FALSE(ChatTemplate::recognise(changed).has_value());
+  const std::size_t space = text.find(' ');
+  ASSERT_NE(space, std::string::npos);
+  EXPECT_FALSE(ChatTemplate::recognise(text.substr(0, space) + "  " + text.substr(space + 1)));
 }
 
 INSTANTIATE_TEST_SUITE_P(Templates, TemplateFixture,
@@ -130,7 +138,11 @@ TEST_F(ChatData, MessagesAndShareGptRecordsTrainOnTheAssistantTurnsOnly) {
       write("sharegpt.json", R"([{"conversations": [{"from": "human", "value": "Hi there"}, )"
                              R"({"from": "gpt", "value": "Hello friend"}]}])");
   Runtime rt(1);
-  for (const auto& file : {openai, sharegpt}) {
+  // One line holding {"data": [records]}: a document, not JSON Lines.
+  const auto wrapped =
+      write("wrapped.json", R"({"data": [{"messages": [{"role": "user", "content": "Hi there"}, )"
+                            R"({"role": "assistant", "content": "Hello friend"}]}]})");
+  for (const auto& file : {openai, sharegpt, wrapped}) {
     DataOptions options;
     options.train_file = file;  // recognised as chat by its first record
     use_special_tokens(options.tokenize, tokenizer, nullptr);
@@ -182,6 +194,32 @@ TEST_F(ChatData, ATurnCutByMaxSeqLengthKeepsNoLabels) {
     EXPECT_EQ(s.labels[i] != kIgnoreIndex, i >= first_answer && i < first_end) << i;
 }
 
+// Mistral's and Llama 2's "[/INST] " + "the": the space merges into the reply's first token
+// ("▁the▁" in this vocabulary, "▁Sure" in Llama 2's), which must still train (the token
+// holding the reply's first character), though the text before the reply alone ends in "▁".
+TEST(ChatLabels, ATokenMergedAcrossTheBoundaryBelongsToTheReply) {
+  const Tokenizer tokenizer(testing::fixtures_dir() / "tokenizers" / "mistral");
+  for (const char* name : {"mistral", "llama2-chat"}) {
+    const RenderedChat chat = ChatTemplate::named(name).render(
+        {{"user", "Hello there"}, {"assistant", "the end"}}, "<s>", "</s>");
+    ChatReport report;
+    TokenizeOptions options;
+    const TokenSequence s = tokenize_chat(tokenizer, chat, options, report);
+    std::vector<std::int32_t> trained;
+    std::size_t first = s.labels.size();
+    for (std::size_t i = 0; i < s.labels.size(); ++i)
+      if (s.labels[i] != kIgnoreIndex) {
+        trained.push_back(s.labels[i]);
+        first = std::min(first, i);
+      }
+    ASSERT_LT(first, s.labels.size()) << name;
+    EXPECT_EQ(tokenizer.decode(trained),
+              std::string(name) == "mistral" ? "the end</s>" : "the end </s>")
+        << name;
+    EXPECT_EQ(tokenizer.token_text(s.input_ids[first - 1]), "[/INST]") << name;
+  }
+}
+
 TEST_F(ChatData, BadRecordsNameTheRecordAndField) {
   const Tokenizer tokenizer(dir_.path() / "model");
   Runtime rt(1);
@@ -206,11 +244,15 @@ TEST_F(ChatData, BadRecordsNameTheRecordAndField) {
                 .find("unknown speaker 'robot'"),
             std::string::npos);
   EXPECT_NE(error_of("{\"messages\": []}\n{\"messages\": 3}\n").find("line 2"), std::string::npos);
+  // The template's refusal names the record by its place in the file, the skipped record
+  // without an answer before it counted.
   EXPECT_NE(
       error_of(
+          R"({"messages": [{"role": "user", "content": "no answer"}]})"
+          "\n"
           R"({"messages": [{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}, {"role": "assistant", "content": "c"}]})"
           "\n")
-          .find("record 0"),
+          .find("bad.jsonl: record 1: chat template llama3: message 1 has role 'tool'"),
       std::string::npos);
 }
 

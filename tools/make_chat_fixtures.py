@@ -4,10 +4,11 @@
 tests/fixtures/chat_templates/<name>.jinja are the released chat_template strings of each
 model family (README.md there says where each came from). Each conversation below is rendered
 with Transformers' own renderer (transformers.utils.chat_template_utils.render_jinja_template,
-what apply_chat_template(tokenize=False) runs), with the family's BOS / EOS strings, into
+what apply_chat_template(tokenize=False) runs), with the family's BOS / EOS strings — whole,
+and without its last answer with add_generation_prompt=True, as for inference — into
 tests/fixtures/chat_templates/expected.json, together with each template's fingerprint (what
-zerolora's ChatTemplate::recognise compares: FNV-1a 64 of the text with whitespace runs made
-one space).
+zerolora's ChatTemplate::recognise compares: FNV-1a 64 of the text, CR LF read as LF, trailing
+whitespace dropped).
 --check: render again and fail when anything differs from the committed expected.json.
 """
 import argparse
@@ -52,17 +53,10 @@ CONVERSATIONS = [
 
 
 def fingerprint(text):
+    data = text.encode("utf-8").rstrip(b" \t\n\r\f\v").replace(b"\r\n", b"\n")
     h = 14695981039346656037
-    pending = started = False
-    for b in text.encode("utf-8"):
-        if b in b" \t\n\r\f\v":
-            pending = started
-            continue
-        if pending:
-            h = ((h ^ 0x20) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
-            pending = False
+    for b in data:
         h = ((h ^ b) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
-        started = True
     return f"{h:016x}"
 
 
@@ -71,14 +65,20 @@ def make():
     out = {"conversations": CONVERSATIONS, "templates": {}}
     for name, (bos, eos) in TOKENS.items():
         template = (DIR / f"{name}.jinja").read_text()
-        renders = []
+        renders, prompts = [], []
         for conversation in CONVERSATIONS:
             rendered, _ = render_jinja_template(conversations=[conversation],
                                                 chat_template=template, bos_token=bos,
                                                 eos_token=eos, add_generation_prompt=False)
             renders.append(rendered[0])
+            # For inference: everything before the last answer, and the assistant's header.
+            rendered, _ = render_jinja_template(conversations=[conversation[:-1]],
+                                                chat_template=template, bos_token=bos,
+                                                eos_token=eos, add_generation_prompt=True)
+            prompts.append(rendered[0])
         out["templates"][name] = {"bos_token": bos or "", "eos_token": eos,
-                                  "fingerprint": fingerprint(template), "renders": renders}
+                                  "fingerprint": fingerprint(template), "renders": renders,
+                                  "generation_prompts": prompts}
     import transformers
     out["generator"] = {"script": "tools/make_chat_fixtures.py",
                         "transformers": transformers.__version__}

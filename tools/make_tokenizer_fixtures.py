@@ -76,6 +76,9 @@ HOSTILE = [
     "added tokens: <mask> , <|tool|>   call, xyzzy word, notxyzzy, xyzzy.",
     "  <mask>  spaced  <|tool|>  ",
     "[INST]",
+    "Mongolian vowel separator: a \u180ea, \u180e\u180e",
+    "\u0130stanbul, D\u0130YARBAKIR",
+    "xyzzy\u00b2 e\u0301xyzzy \u24b6xyzzy a\u200dxyzzy _xyzzy xyzzy_",
 ]
 
 
@@ -273,6 +276,9 @@ def check():
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true")
+    parser.add_argument("--refresh-expected", action="store_true",
+                        help="recompute expected.json (a changed corpus) from the committed "
+                             "tokenizer.json files, without retraining them")
     args = parser.parse_args()
     try:
         import tokenizers  # noqa: F401
@@ -282,6 +288,12 @@ def main():
         return 77
     if args.check:
         return check()
+    if args.refresh_expected:
+        from tokenizers import Tokenizer
+        built = {f: Tokenizer.from_file(str(OUT / f / "tokenizer.json")) for f in FAMILIES}
+        (OUT / "expected.json").write_text(expected_file(built, corpus_texts()))
+        print(f"wrote {OUT / 'expected.json'}")
+        return 0
     files = make()
     for name, text in files.items():
         (OUT / name).parent.mkdir(parents=True, exist_ok=True)

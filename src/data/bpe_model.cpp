@@ -114,7 +114,9 @@ void BpeModel::encode_word(std::string_view word, std::vector<std::int32_t>& out
   };
   std::vector<Symbol> symbols;
   symbols.reserve(word.size());
-  bool previous_unknown = false;
+  // An unknown character's token waits until the next known one (byte-fallback tokens do not
+  // release it), so that consecutive unknowns fuse, as in tokenizers.
+  bool unknown_pending = false;
   auto push = [&](std::int32_t id) {
     const auto n = static_cast<std::int32_t>(symbols.size());
     symbols.push_back({id, n - 1, n + 1});
@@ -124,8 +126,9 @@ void BpeModel::encode_word(std::string_view word, std::vector<std::int32_t>& out
     const std::string_view ch = word.substr(at, len);
     at += len;
     if (const auto it = vocab_.find(ch); it != vocab_.end()) {
+      if (unknown_pending) push(*unk_id_);
+      unknown_pending = false;
       push(it->second);
-      previous_unknown = false;
       continue;
     }
     if (byte_fallback_) {
@@ -133,14 +136,14 @@ void BpeModel::encode_word(std::string_view word, std::vector<std::int32_t>& out
       for (char c : ch) all = all && byte_token_ids_[static_cast<unsigned char>(c)] >= 0;
       if (all) {
         for (char c : ch) push(byte_token_ids_[static_cast<unsigned char>(c)]);
-        previous_unknown = false;
         continue;
       }
     }
     if (!unk_id_) continue;  // no unknown token: tokenizers drops the character
-    if (!(fuse_unk_ && previous_unknown)) push(*unk_id_);
-    previous_unknown = true;
+    if (unknown_pending && !fuse_unk_) push(*unk_id_);
+    unknown_pending = true;
   }
+  if (unknown_pending) push(*unk_id_);
   if (symbols.empty()) return;
   symbols.back().next = -1;
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cctype>
 
 #include "core/error.hpp"
 #include "data/unicode_text.hpp"
@@ -173,22 +174,16 @@ void render_zephyr(const std::vector<ChatMessage>& messages, const std::string& 
 constexpr const char* kQwenDefaultSystem =
     "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.";
 
-// FNV-1a of a template with every run of whitespace made one space and the ends trimmed: the
-// released template strings, recognised whatever their file's indentation or line ends.
-std::uint64_t template_fingerprint(const std::string& text) {
+// FNV-1a of a template's text with CR LF read as LF and the whitespace at its end dropped:
+// the released template strings, whichever file (tokenizer_config.json, chat_template.jinja)
+// and line ends they came in. Whitespace inside is kept: it is in the rendered text.
+std::uint64_t template_fingerprint(std::string_view text) {
+  while (!text.empty() && std::isspace(static_cast<unsigned char>(text.back())))
+    text.remove_suffix(1);
   std::uint64_t h = 14695981039346656037ull;
-  bool pending_space = false, started = false;
-  for (char c : text) {
-    if (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v') {
-      pending_space = started;
-      continue;
-    }
-    if (pending_space) {
-      h = (h ^ static_cast<unsigned char>(' ')) * 1099511628211ull;
-      pending_space = false;
-    }
-    h = (h ^ static_cast<unsigned char>(c)) * 1099511628211ull;
-    started = true;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    if (text[i] == '\r' && i + 1 < text.size() && text[i + 1] == '\n') continue;
+    h = (h ^ static_cast<unsigned char>(text[i])) * 1099511628211ull;
   }
   return h;
 }
@@ -200,13 +195,13 @@ struct KnownTemplate {
 // The released templates (tests/fixtures/chat_templates/, whose README names each model):
 // tools/make_chat_fixtures.py prints these, and the tests check them against the files.
 constexpr std::array<KnownTemplate, 7> kKnownTemplates{{
-    {0xe6a91ca359f4278cull, "llama3"},       // Meta-Llama-3-8B-Instruct
-    {0x9a3e94dc0b68272eull, "llama3.1"},     // Llama-3.1-8B-Instruct (and 3.3-70B)
-    {0x80edb050bab8a257ull, "qwen2.5"},      // Qwen2.5-7B-Instruct
-    {0x0a2a7fdde81fe93eull, "chatml"},       // OpenHermes-2.5-Mistral-7B
-    {0x8d5d363d7de6d2d5ull, "mistral"},      // Mistral-7B-Instruct-v0.3
-    {0x3e8b632df301bf05ull, "llama2-chat"},  // Llama-2-7b-chat-hf
-    {0xab0fea9f00817530ull, "zephyr"},       // zephyr-7b-beta, TinyLlama-1.1B-Chat-v1.0
+    {0x0e60067a5537498eull, "llama3"},       // Meta-Llama-3-8B-Instruct
+    {0xcc0368e1ffb6b958ull, "llama3.1"},     // Llama-3.1-8B-Instruct (and 3.3-70B)
+    {0xe642ce246d7f2e3dull, "qwen2.5"},      // Qwen2.5-7B-Instruct
+    {0x88bf4138d5c826f0ull, "chatml"},       // OpenHermes-2.5-Mistral-7B
+    {0x2487e6e79d6345cfull, "mistral"},      // Mistral-7B-Instruct-v0.3
+    {0xf344eecf1bd3a427ull, "llama2-chat"},  // Llama-2-7b-chat-hf
+    {0xcd8b49000db02c2cull, "zephyr"},       // zephyr-7b-beta, TinyLlama-1.1B-Chat-v1.0
 }};
 
 }  // namespace
@@ -251,7 +246,7 @@ ChatTemplate ChatTemplate::for_tokenizer(const Tokenizer& tokenizer, const std::
 }
 
 RenderedChat ChatTemplate::render(const std::vector<ChatMessage>& messages, const std::string& bos,
-                                  const std::string& eos) const {
+                                  const std::string& eos, bool add_generation_prompt) const {
   check_roles(messages, name_);
   Renderer r;
   if (name_ == "llama3") {
@@ -270,15 +265,18 @@ RenderedChat ChatTemplate::render(const std::vector<ChatMessage>& messages, cons
   } else {
     render_zephyr(messages, eos, r);
   }
+  if (add_generation_prompt) {  // Mistral and Llama 2 chat end a user turn with [/INST]
+    if (name_ == "llama3" || name_ == "llama3.1")
+      r.add("<|start_header_id|>assistant<|end_header_id|>\n\n");
+    else if (name_ == "qwen2.5" || name_ == "chatml")
+      r.add("<|im_start|>assistant\n");
+    else if (name_ == "zephyr")
+      r.add("<|assistant|>\n");
+  }
   return r.take();
 }
 
-namespace {
-
-// The rendered text's ids. A sentencepiece model reads "<s>" in text as three pieces, where a
-// Hugging Face tokenizer finds its special tokens: its BOS and EOS strings are cut out and
-// given their ids, as the HF Llama tokenizers do.
-std::vector<std::int32_t> encode_rendered(const Tokenizer& tokenizer, std::string_view text) {
+std::vector<std::int32_t> encode_chat_text(const Tokenizer& tokenizer, std::string_view text) {
   if (std::string_view(tokenizer.format()) != "sentencepiece") return tokenizer.encode(text);
   const std::array<std::int32_t, 2> specials{tokenizer.bos_id(), tokenizer.eos_id()};
   std::vector<std::int32_t> ids;
@@ -300,12 +298,11 @@ std::vector<std::int32_t> encode_rendered(const Tokenizer& tokenizer, std::strin
   return ids;
 }
 
-}  // namespace
-
 TokenSequence tokenize_chat(const Tokenizer& tokenizer, const RenderedChat& chat,
                             const TokenizeOptions& o, ChatReport& report) {
   TokenSequence seq;
-  seq.input_ids = encode_rendered(tokenizer, chat.text);
+  const std::vector<std::int32_t> full = encode_chat_text(tokenizer, chat.text);
+  seq.input_ids = full;
   const Index L = o.max_seq_length;
   const bool truncated = seq.size() > L;
   if (truncated) seq.input_ids.resize(static_cast<std::size_t>(L));
@@ -313,11 +310,21 @@ TokenSequence tokenize_chat(const Tokenizer& tokenizer, const RenderedChat& chat
     seq.labels = seq.input_ids;
   } else {
     seq.labels.assign(seq.input_ids.size(), kIgnoreIndex);
+    // A boundary is where the tokens of the text before it stop agreeing with the whole
+    // text's: a token merged across it (Mistral's "[/INST] " + "Sure" is one "▁Sure") belongs
+    // to the turn, as the token holding the turn's first character does in Transformers'
+    // assistant masks.
+    auto boundary = [&](std::size_t at) {
+      const auto prefix = encode_chat_text(tokenizer, std::string_view(chat.text).substr(0, at));
+      const std::size_t n = std::min(prefix.size(), full.size());
+      return static_cast<Index>(std::mismatch(prefix.begin(),
+                                              prefix.begin() + static_cast<std::ptrdiff_t>(n),
+                                              full.begin())
+                                    .first -
+                                prefix.begin());
+    };
     for (const auto& span : chat.trainable) {
-      const auto begin = static_cast<Index>(
-          encode_rendered(tokenizer, std::string_view(chat.text).substr(0, span.begin)).size());
-      const auto end = static_cast<Index>(
-          encode_rendered(tokenizer, std::string_view(chat.text).substr(0, span.end)).size());
+      const Index begin = boundary(span.begin), end = boundary(span.end);
       if (begin >= seq.size()) {
         if (truncated) ++report.truncated_turns;
         continue;
@@ -337,8 +344,8 @@ TokenSequence tokenize_chat(const Tokenizer& tokenizer, const RenderedChat& chat
 std::vector<TokenSequence> tokenize_chat_records(Runtime& rt, const std::vector<Record>& records,
                                                  const ChatTemplate& chat_template,
                                                  const Tokenizer& tokenizer,
-                                                 const TokenizeOptions& options,
-                                                 ChatReport& report) {
+                                                 const TokenizeOptions& options, ChatReport& report,
+                                                 const std::string& file) {
   if (options.max_seq_length < 2) throw ConfigError("max_seq_length must be at least 2");
   const std::string bos = tokenizer.bos_id() >= 0 ? tokenizer.token_text(tokenizer.bos_id()) : "";
   // The template's eos_token is the tokenizer's (tokenizer_config.json), not config.json's.
@@ -360,7 +367,12 @@ std::vector<TokenSequence> tokenize_chat_records(Runtime& rt, const std::vector<
     }
   }
   for (Index i = 0; i < n; ++i) {
-    if (!errors[i].empty()) throw FormatError("record " + std::to_string(i) + ": " + errors[i]);
+    if (!errors[i].empty()) {
+      const auto& r = records[static_cast<std::size_t>(i)];
+      throw FormatError(file + ": record " +
+                        std::to_string(r.source_index >= 0 ? r.source_index : i) + ": " +
+                        errors[i]);
+    }
     report.truncated_turns += cut[i];
   }
   return out;

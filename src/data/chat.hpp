@@ -49,8 +49,10 @@ class ChatTemplate {
 
   // Throws FormatError for a conversation the template refuses (roles that do not alternate
   // where it requires them to, an unknown role), as its raise_exception would.
+  // add_generation_prompt: end with the header of the assistant's next turn, as for
+  // inference (apply_chat_template's flag of that name).
   RenderedChat render(const std::vector<ChatMessage>& messages, const std::string& bos_token,
-                      const std::string& eos_token) const;
+                      const std::string& eos_token, bool add_generation_prompt = false) const;
   const std::string& name() const { return name_; }
 
  private:
@@ -76,11 +78,17 @@ bool first_record_is_chat(const std::filesystem::path& file, const std::string& 
 TokenSequence tokenize_chat(const Tokenizer& tokenizer, const RenderedChat& chat,
                             const TokenizeOptions& options, ChatReport& report);
 
+// Rendered chat text to ids: the template wrote BOS and the turn markers as text, and a
+// tokenizer.json finds them as its special tokens; for a sentencepiece model, whose encoder
+// would spell "<s>" out, its BOS and EOS strings are cut out and given their ids.
+std::vector<std::int32_t> encode_chat_text(const Tokenizer& tokenizer, std::string_view text);
+
 // Every record (their messages) through the template and tokenizer, in parallel, in order.
+// `file` names the records' file in errors.
 std::vector<TokenSequence> tokenize_chat_records(Runtime& rt, const std::vector<Record>& records,
                                                  const ChatTemplate& chat_template,
                                                  const Tokenizer& tokenizer,
-                                                 const TokenizeOptions& options,
-                                                 ChatReport& report);
+                                                 const TokenizeOptions& options, ChatReport& report,
+                                                 const std::string& file);
 
 }  // namespace zerolora

@@ -68,8 +68,8 @@ Record chat_record(const json& record, const std::string& where) {
 }
 
 void add_record(RecordSet& set, const json& record, const std::string& where) {
-  ++set.read;
   Record r = chat_record(record, where);
+  r.source_index = set.read++;
   const bool trains = std::any_of(r.messages.begin(), r.messages.end(),
                                   [](const ChatMessage& m) { return m.role == "assistant"; });
   if (!trains) {
@@ -89,13 +89,16 @@ json parse_or_throw(std::string_view text, const std::string& where) {
   }
 }
 
+// A .json file whose first line is a whole conversation is JSON Lines (as `datasets` reads
+// it); a one-line {"data": [...]} is a document.
 bool is_json_lines(const std::filesystem::path& file, std::string_view text) {
   if (file.extension() == ".jsonl") return true;
   const std::size_t start = text.find_first_not_of(" \t\r\n");
   if (start == std::string_view::npos || text[start] != '{') return false;
   const std::string_view line = text.substr(start, text.find('\n', start) - start);
   const json first = json::parse(line.begin(), line.end(), nullptr, false);
-  return !first.is_discarded() && first.is_object();
+  return !first.is_discarded() && first.is_object() &&
+         (first.contains("messages") || first.contains("conversations"));
 }
 
 }  // namespace
@@ -142,10 +145,11 @@ RecordSet read_chat_records(const std::filesystem::path& file) {
 
 namespace {
 
-// Collects the keys of the first record, then stops the parse.
+// Collects the keys of the first object and, for a wrapper ({"data": [records]}), of the first
+// object nested in it, then stops the parse.
 class FirstRecordKeys : public nlohmann::json_sax<json> {
  public:
-  std::vector<std::string> keys;
+  std::vector<std::string> keys, nested_keys;
   bool null() override { return true; }
   bool boolean(bool) override { return true; }
   bool number_integer(number_integer_t) override { return true; }
@@ -155,10 +159,17 @@ class FirstRecordKeys : public nlohmann::json_sax<json> {
   bool binary(binary_t&) override { return true; }
   bool start_object(std::size_t) override {
     ++depth_;
-    if (record_depth_ == 0) record_depth_ = depth_;
+    if (record_depth_ == 0)
+      record_depth_ = depth_;
+    else if (nested_depth_ == 0 && depth_ == record_depth_ + 2)
+      nested_depth_ = depth_;
     return true;
   }
-  bool end_object() override { return --depth_ >= record_depth_; }  // the record ended: stop
+  bool end_object() override {  // the first record, or the wrapper's first one, ended: stop
+    const bool done = depth_ == record_depth_ || depth_ == nested_depth_;
+    --depth_;
+    return !done;
+  }
   bool start_array(std::size_t) override {
     ++depth_;
     return true;
@@ -169,6 +180,7 @@ class FirstRecordKeys : public nlohmann::json_sax<json> {
   }
   bool key(string_t& key) override {
     if (depth_ == record_depth_) keys.push_back(key);
+    if (depth_ == nested_depth_) nested_keys.push_back(key);
     return true;
   }
   bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) override {
@@ -176,7 +188,7 @@ class FirstRecordKeys : public nlohmann::json_sax<json> {
   }
 
  private:
-  int depth_ = 0, record_depth_ = 0;
+  int depth_ = 0, record_depth_ = 0, nested_depth_ = 0;
 };
 
 }  // namespace
@@ -192,12 +204,15 @@ bool first_record_is_chat(const std::filesystem::path& file,
   }
   FirstRecordKeys sax;
   json::sax_parse(text, &sax, json::input_format_t::json, false);
-  bool chat = false;
-  for (const auto& k : sax.keys) {
-    if (k == instruction_column) return false;
-    chat = chat || k == "messages" || k == "conversations";
-  }
-  return chat;
+  auto is_chat = [&](const std::vector<std::string>& keys) {
+    bool chat = false;
+    for (const auto& k : keys) {
+      if (k == instruction_column) return false;
+      chat = chat || k == "messages" || k == "conversations";
+    }
+    return chat;
+  };
+  return is_chat(sax.keys) || (sax.keys.size() == 1 && is_chat(sax.nested_keys));
 }
 
 }  // namespace zerolora

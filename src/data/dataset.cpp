@@ -45,11 +45,12 @@ TrainingData build_training_data(Runtime& rt, const DataOptions& o, const Tokeni
     const ChatTemplate chat_template = ChatTemplate::for_tokenizer(tokenizer, o.chat_template);
     data.report.chat_template = chat_template.name();
     ChatReport report;
-    train_examples =
-        tokenize_chat_records(rt, train.records, chat_template, tokenizer, o.tokenize, report);
+    train_examples = tokenize_chat_records(rt, train.records, chat_template, tokenizer, o.tokenize,
+                                           report, o.train_file.string());
     data.report.truncated_turns = report.truncated_turns;
-    validation_examples =
-        tokenize_chat_records(rt, validation, chat_template, tokenizer, o.tokenize, report);
+    validation_examples = tokenize_chat_records(
+        rt, validation, chat_template, tokenizer, o.tokenize, report,
+        (o.validation_file.empty() ? o.train_file : o.validation_file).string());
   } else {
     train_examples = tokenize_records(rt, train.records, prompt, tokenizer, o.tokenize);
     validation_examples = tokenize_records(rt, validation, prompt, tokenizer, o.tokenize);
@@ -101,7 +102,7 @@ void use_special_tokens(TokenizeOptions& options, const Tokenizer& tokenizer,
   // A sentencepiece model's BOS is config.json's, as always; a tokenizer.json says its own.
   const bool config_bos = config && std::string_view(tokenizer.format()) == "sentencepiece";
   options.bos_id =
-      config_bos ? static_cast<std::int32_t>(config->bos_token_id) : tokenizer.bos_id();
+      config_bos ? static_cast<std::int32_t>(config->bos_token_id) : tokenizer.sequence_start_id();
   options.eos_id = config && !config->eos_token_ids.empty()
                        ? static_cast<std::int32_t>(config->eos_token_ids[0])
                        : tokenizer.eos_id();

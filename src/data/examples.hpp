@@ -29,7 +29,7 @@ namespace zerolora {
 struct TokenizeOptions {
   Index max_seq_length = 2048;
   bool train_on_inputs = false;  // false: the prompt is masked from the loss (the default)
-  bool add_bos = true;  // false for tokenizers that put no BOS in front (Qwen2)
+  bool add_bos = true;           // false for tokenizers that put no BOS in front (Qwen2)
   bool add_eos = true;
   std::int32_t bos_id = 1;
   std::int32_t eos_id = 2;

@@ -263,7 +263,10 @@ HfPreTokenizer::HfPreTokenizer(const nlohmann::json& spec, const std::string& wh
       steps_.push_back(split_step(s.value("individual_digits", false) ? R"(\p{N})" : R"(\p{N}+)",
                                   SplitBehavior::kIsolated, false));
     } else if (type == "Whitespace") {
-      steps_.push_back(split_step(R"(\w+|[^\w\s]+)", SplitBehavior::kRemoved, true));
+      // Rust's \w: Alphabetic, marks, decimal digits, connector punctuation, joiners.
+      steps_.push_back(split_step(R"([\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\p{Join_Control}]+|)"
+                                  R"([^\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\p{Join_Control}\s]+)",
+                                  SplitBehavior::kRemoved, true));
     } else if (type == "WhitespaceSplit") {
       steps_.push_back(split_step(R"(\s)", SplitBehavior::kRemoved, false));
     } else if (type == "Punctuation") {
@@ -396,6 +399,11 @@ std::optional<unsigned char> byte_token(std::string_view token) {
 }  // namespace
 
 std::string HfDecoder::apply(std::vector<std::string> tokens) const {
+  if (steps_.empty()) {  // no decoder: tokenizers joins the tokens with spaces
+    std::string text;
+    for (std::size_t i = 0; i < tokens.size(); ++i) (text += i ? " " : "") += tokens[i];
+    return text;
+  }
   for (const Step& step : steps_) {
     switch (step.kind) {
       case Step::Kind::kByteLevel: {
@@ -442,10 +450,8 @@ std::string HfDecoder::apply(std::vector<std::string> tokens) const {
         std::size_t pending_count = 0;
         auto flush = [&] {
           if (pending_count == 0) return;
-          if (first_invalid_utf8(pending)) {
-            std::string replacement;
-            for (std::size_t k = 0; k < pending_count; ++k) replacement += "\xEF\xBF\xBD";
-            out.push_back(std::move(replacement));
+          if (first_invalid_utf8(pending)) {  // one U+FFFD token per byte
+            for (std::size_t k = 0; k < pending_count; ++k) out.emplace_back("\xEF\xBF\xBD");
           } else {
             out.push_back(pending);
           }

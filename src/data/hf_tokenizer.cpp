@@ -30,12 +30,30 @@ const nlohmann::json& entry(const nlohmann::json& spec, const char* key) {
   return it == spec.end() ? null_json : *it;
 }
 
-// Alphanumeric or '_', as tokenizers' single_word boundary test.
+// A word character as tokenizers' single_word boundary test (Rust regex's \w): letters,
+// letter numbers, marks, decimal digits, connector punctuation, the joiners, and the letters
+// Unicode files as symbols but calls alphabetic (circled and squared Latin letters).
 bool is_word_char(char32_t c) {
-  if (c == U'_') return true;
-  const auto category = utf8proc_category(static_cast<utf8proc_int32_t>(c));
-  return (category >= UTF8PROC_CATEGORY_LU && category <= UTF8PROC_CATEGORY_LO) ||
-         (category >= UTF8PROC_CATEGORY_ND && category <= UTF8PROC_CATEGORY_NO);
+  if (c == 0x200C || c == 0x200D) return true;
+  if ((c >= 0x24B6 && c <= 0x24E9) || (c >= 0x1F130 && c <= 0x1F149) ||
+      (c >= 0x1F150 && c <= 0x1F169) || (c >= 0x1F170 && c <= 0x1F189))
+    return true;
+  switch (utf8proc_category(static_cast<utf8proc_int32_t>(c))) {
+    case UTF8PROC_CATEGORY_LU:
+    case UTF8PROC_CATEGORY_LL:
+    case UTF8PROC_CATEGORY_LT:
+    case UTF8PROC_CATEGORY_LM:
+    case UTF8PROC_CATEGORY_LO:
+    case UTF8PROC_CATEGORY_MN:
+    case UTF8PROC_CATEGORY_MC:
+    case UTF8PROC_CATEGORY_ME:
+    case UTF8PROC_CATEGORY_ND:
+    case UTF8PROC_CATEGORY_NL:
+    case UTF8PROC_CATEGORY_PC:
+      return true;
+    default:
+      return false;
+  }
 }
 
 std::size_t previous_char_start(std::string_view text, std::size_t end) {
@@ -144,23 +162,11 @@ void HfTokenizer::read_config(const std::filesystem::path& config_file) {
                         "' is not a token of tokenizer.json");
     return id;
   };
+  // What tokenizer(text) adds comes from tokenizer.json's post-processor alone: Transformers 5
+  // ignores tokenizer_config.json's add_bos_token / add_eos_token when tokenizer.json exists.
   bos_id_ = id_of("bos_token");
   eos_id_ = id_of("eos_token");
-  pad_id_ = id_of("pad_token");
   if (!bos_id_ && prefix_ids_.size() == 1) bos_id_ = prefix_ids_[0];
-  // Transformers' Llama-family fast tokenizers rebuild the post-processor from these flags.
-  const std::string cls = config.value("tokenizer_class", std::string());
-  if (cls.rfind("LlamaTokenizer", 0) == 0 || cls.rfind("CodeLlamaTokenizer", 0) == 0 ||
-      cls.rfind("GemmaTokenizer", 0) == 0) {
-    if (config.contains("add_bos_token") && config["add_bos_token"].is_boolean()) {
-      prefix_ids_.clear();
-      if (config["add_bos_token"].get<bool>() && bos_id_) prefix_ids_.push_back(*bos_id_);
-    }
-    if (config.contains("add_eos_token") && config["add_eos_token"].is_boolean()) {
-      suffix_ids_.clear();
-      if (config["add_eos_token"].get<bool>() && eos_id_) suffix_ids_.push_back(*eos_id_);
-    }
-  }
   chat_template_ = read_chat_template(config);
 }
 

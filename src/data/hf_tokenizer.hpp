@@ -48,7 +48,6 @@ class HfTokenizer {
   std::int32_t vocab_size() const { return vocab_size_; }
   std::optional<std::int32_t> bos_id() const { return bos_id_; }
   std::optional<std::int32_t> eos_id() const { return eos_id_; }
-  std::optional<std::int32_t> pad_id() const { return pad_id_; }
   // The special tokens tokenizer(text) puts around one sequence (Llama 3: <|begin_of_text|>).
   const std::vector<std::int32_t>& prefix_ids() const { return prefix_ids_; }
   const std::vector<std::int32_t>& suffix_ids() const { return suffix_ids_; }
@@ -76,7 +75,7 @@ class HfTokenizer {
   // Added tokens by the first byte of their content, longest first: raw and normalized ones.
   std::vector<std::vector<std::size_t>> raw_by_byte_, normalized_by_byte_;
   std::vector<std::int32_t> prefix_ids_, suffix_ids_;
-  std::optional<std::int32_t> bos_id_, eos_id_, pad_id_;
+  std::optional<std::int32_t> bos_id_, eos_id_;
   std::int32_t vocab_size_ = 0;
   std::string chat_template_;
 };

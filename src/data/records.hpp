@@ -29,6 +29,7 @@ struct Record {
   std::string input;
   std::string output;                 // in text mode: the text
   std::vector<ChatMessage> messages;  // in chat mode: the conversation (data/chat.hpp)
+  std::int64_t source_index = -1;     // chat mode: the record's index in its file, for errors
 };
 
 enum class RecordKind { kInstruction, kText, kChat };

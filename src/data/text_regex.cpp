@@ -15,8 +15,34 @@ struct TextRegex::Compiled {
   ~Compiled() { pcre2_code_free(code); }
 };
 
-TextRegex::TextRegex(std::string_view pattern, bool literal)
+namespace {
+
+// Oniguruma's \s (what tokenizer.json patterns were written for) is Unicode White_Space;
+// PCRE2's also takes U+180E. Spelled out, the two agree.
+std::string with_unicode_space(std::string_view pattern) {
+  std::string out;
+  for (std::size_t i = 0; i < pattern.size(); ++i) {
+    if (pattern[i] == '\\' && i + 1 < pattern.size()) {
+      const char next = pattern[++i];
+      if (next == 's')
+        out += "\\p{White_Space}";
+      else if (next == 'S')
+        out += "\\P{White_Space}";
+      else
+        (out += '\\') += next;
+      continue;
+    }
+    out += pattern[i];
+  }
+  return out;
+}
+
+}  // namespace
+
+TextRegex::TextRegex(std::string_view given, bool literal)
     : compiled_(std::make_unique<Compiled>()) {
+  const std::string rewritten = literal ? std::string(given) : with_unicode_space(given);
+  const std::string_view pattern = rewritten;
   int error = 0;
   PCRE2_SIZE error_offset = 0;
   // PCRE2_LITERAL admits no UCP (nor needs it).
@@ -26,7 +52,7 @@ TextRegex::TextRegex(std::string_view pattern, bool literal)
   if (!compiled_->code) {
     PCRE2_UCHAR message[256];
     pcre2_get_error_message(error, message, sizeof message);
-    throw FormatError("regular expression '" + std::string(pattern) + "' does not compile at " +
+    throw FormatError("regular expression '" + std::string(given) + "' does not compile at " +
                       std::to_string(error_offset) + ": " + reinterpret_cast<const char*>(message));
   }
   // JIT is an optimisation: where the platform lacks it, the interpreter gives the same result.
@@ -45,6 +71,7 @@ std::vector<TextRegex::Span> TextRegex::find_matches(std::string_view text) cons
       pcre2_match_data_create_from_pattern(compiled_->code, nullptr), &pcre2_match_data_free);
   const auto* subject = reinterpret_cast<PCRE2_SPTR>(text.data());
   std::size_t previous = 0, at = 0;
+  bool matched = false;  // an empty match right where the previous one ended is skipped
   while (at <= text.size()) {
     const int rc = pcre2_match(compiled_->code, subject, text.size(), at, PCRE2_NO_UTF_CHECK,
                                match.get(), nullptr);
@@ -57,6 +84,12 @@ std::vector<TextRegex::Span> TextRegex::find_matches(std::string_view text) cons
     }
     const PCRE2_SIZE* ovector = pcre2_get_ovector_pointer(match.get());
     const std::size_t begin = ovector[0], end = ovector[1];
+    if (begin == end && matched && begin == previous) {  // as Oniguruma's search does
+      if (end >= text.size()) break;
+      at = end + utf8_length_at(text, end);
+      continue;
+    }
+    matched = true;
     if (begin != previous) spans.push_back({previous, begin, false});
     spans.push_back({begin, end, true});
     previous = end;

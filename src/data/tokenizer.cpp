@@ -31,9 +31,9 @@ Tokenizer::Tokenizer(const std::filesystem::path& file_or_directory) : path_(fil
     if (std::filesystem::is_regular_file(config_file))
       chat_template_ = read_chat_template(read_json_file(config_file));
   }
-  // Transformers 4.43 and later save the template in a file of its own.
+  // Transformers 4.43 and later save the template in a file of its own, which takes priority.
   const auto template_file = path_.parent_path() / "chat_template.jinja";
-  if (chat_template_.empty() && std::filesystem::is_regular_file(template_file))
+  if (std::filesystem::is_regular_file(template_file))
     chat_template_ = read_text_file(template_file);
 }
 
@@ -69,9 +69,9 @@ std::int32_t Tokenizer::eos_id() const {
   if (hf_) return hf_->eos_id().value_or(-1);
   return sentencepiece_->eos_id();
 }
-bool Tokenizer::adds_bos() const {
-  if (hf_) return !hf_->prefix_ids().empty();
-  return sentencepiece_->bos_id() >= 0;  // LlamaTokenizer's add_bos_token default
+std::int32_t Tokenizer::sequence_start_id() const {
+  if (hf_) return hf_->prefix_ids().empty() ? -1 : hf_->prefix_ids().front();
+  return sentencepiece_->bos_id();  // LlamaTokenizer's add_bos_token default
 }
 std::int32_t Tokenizer::vocab_size() const {
   if (hf_) return hf_->vocab_size();

@@ -42,8 +42,10 @@ class Tokenizer {
   std::string decode(std::span<const std::int32_t> ids, bool skip_special_tokens = false) const;
   std::int32_t bos_id() const;  // -1: none
   std::int32_t eos_id() const;  // -1: none
-  // Whether the tokenizer starts a sequence with BOS (Llama 2 and 3, Mistral: yes; Qwen2: no).
-  bool adds_bos() const;
+  // The token the tokenizer starts a sequence with (Llama 2 and 3, Mistral: BOS; Qwen2: none,
+  // -1): tokenizer.json's post-processor, or sentencepiece's BOS.
+  std::int32_t sequence_start_id() const;
+  bool adds_bos() const { return sequence_start_id() >= 0; }
   std::int32_t vocab_size() const;
   std::optional<std::int32_t> token_id(std::string_view token) const;
   // The token's string as the vocabulary holds it (an added token's content); empty for an id

@@ -105,9 +105,14 @@ std::string normalize_unicode(std::string_view text, NormalForm form) {
 std::string lowercase_unicode(std::string_view text) {
   std::string out;
   out.reserve(text.size());
-  for (std::size_t i = 0; i < text.size(); i += utf8_length_at(text, i))
-    append_utf8(out, static_cast<char32_t>(
-                         utf8proc_tolower(static_cast<utf8proc_int32_t>(utf8_decode_at(text, i)))));
+  for (std::size_t i = 0; i < text.size(); i += utf8_length_at(text, i)) {
+    const char32_t c = utf8_decode_at(text, i);
+    if (c == 0x130) {  // İ: Rust's to_lowercase gives i + combining dot, not one code point
+      out += "i\xCC\x87";
+      continue;
+    }
+    append_utf8(out, static_cast<char32_t>(utf8proc_tolower(static_cast<utf8proc_int32_t>(c))));
+  }
   return out;
 }
 
