@@ -56,7 +56,6 @@ int run_forward(const ForwardOptions& o) {
     ids = encode_prompt(tokenizer, config, o.prompt);
   }
   if (ids.empty()) throw UsageError("--input_ids holds no token id");
-  config.check_sequence_fits_window(static_cast<std::int64_t>(ids.size()), "the input");
   const InferenceAdapter adapter = load_inference_adapter(o.adapter, config);
   const std::vector<float>& lora = adapter.params;
   Runtime rt(o.threads, make_device(o.device));

@@ -72,8 +72,6 @@ int run_generate(const GenerateOptions& o) {
     shown_from = ids.size() - tokenizer.encode(text).size();
   }
   const std::size_t prompt_len = ids.size();
-  config.check_sequence_fits_window(static_cast<std::int64_t>(prompt_len) + o.max_new_tokens,
-                                    "the prompt plus --max_new_tokens");
   // Special tokens (EOS, an end of turn) are left out of what is printed.
   std::string printed = tokenizer.decode(std::span(ids).subspan(shown_from), true);
   std::fputs(printed.c_str(), stdout);
@@ -125,8 +123,9 @@ Command add_generate(CLI::App& app) {
          "through the model's chat template (only the answer is printed); or a template file")
       ->capture_default_str();
   cmd->add_option("--chat_template", o->chat_template,
-                  "With --template chat: llama3, llama3.1, qwen2.5, chatml, mistral, llama2-chat "
-                  "or zephyr (default: the tokenizer's, recognised from tokenizer_config.json)")
+                  "With --template chat: llama3, llama3.1, qwen2.5, chatml, mistral, mistral-v7, "
+                  "llama2-chat or zephyr (default: the tokenizer's, recognised from "
+                  "tokenizer_config.json)")
       ->check(CLI::IsMember(ChatTemplate::names()));
   cmd->add_option("--system", o->system, "With --template chat: a system message first");
   cmd->add_option("--max_new_tokens", o->max_new_tokens,

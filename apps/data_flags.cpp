@@ -3,6 +3,7 @@
 #include "apps/flag_checks.hpp"
 #include "apps/hf_args.hpp"
 #include "core/error.hpp"
+#include "data/chat.hpp"
 
 namespace zerolora::cli {
 
@@ -35,10 +36,9 @@ void add_data_flags(CLI::App& cmd, DataFlags& f) {
       ->check(CLI::IsMember({"instruction", "chat", "text"}));
   cmd.add_option("--chat_template", f.chat_template,
                  "Chat data: the template, one of llama3, llama3.1, qwen2.5, chatml, mistral, "
-                 "llama2-chat, zephyr (default: the tokenizer's, recognised from "
+                 "mistral-v7, llama2-chat, zephyr (default: the tokenizer's, recognised from "
                  "tokenizer_config.json)")
-      ->check(CLI::IsMember(
-          {"llama3", "llama3.1", "qwen2.5", "chatml", "mistral", "llama2-chat", "zephyr"}));
+      ->check(CLI::IsMember(ChatTemplate::names()));
   cmd.add_option("--instruction_column_name", f.columns.instruction,
                  "Record field holding the instruction")
       ->capture_default_str();

@@ -36,10 +36,15 @@ TEST_P(TemplateFixture, RendersAsTransformersAndSpansAreTheAssistantTurns) {
   const std::string name = GetParam();
   const nlohmann::json all = chat_expected();
   const auto& t = all.at("templates").at(name);
-  const ChatTemplate chat = ChatTemplate::named(name);
+  ChatTemplate chat = ChatTemplate::named(name);
+  chat.set_date(all.at("date"));  // what the fixtures' strftime_now gave
   const std::string bos = t.at("bos_token"), eos = t.at("eos_token");
   for (std::size_t c = 0; c < all.at("conversations").size(); ++c) {
     const auto messages = conversation(all["conversations"][c]);
+    if (t.at("renders")[c].is_null()) {  // the template raises: so does zerolora
+      EXPECT_THROW(chat.render(messages, bos, eos), FormatError) << name << " conversation " << c;
+      continue;
+    }
     const RenderedChat rendered = chat.render(messages, bos, eos);
     EXPECT_EQ(rendered.text, t.at("renders")[c].get<std::string>())
         << name << " conversation " << c;
@@ -87,7 +92,7 @@ TEST_P(TemplateFixture, TheReleasedTemplateIsRecognised) {
 
 INSTANTIATE_TEST_SUITE_P(Templates, TemplateFixture,
                          ::testing::Values("llama3", "llama3.1", "qwen2.5", "chatml", "mistral",
-                                           "llama2-chat", "zephyr"),
+                                           "mistral-v7", "llama2-chat", "zephyr"),
                          [](const auto& info) {
                            std::string n = info.param;
                            for (char& c : n)

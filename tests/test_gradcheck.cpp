@@ -130,27 +130,31 @@ TEST(GradCheck, CrossEntropy) {
 class AttentionGradCheck : public ::testing::TestWithParam<AttentionOptions::Kernel> {};
 
 TEST_P(AttentionGradCheck, GqaSegments) {
-  Runtime rt(2);
-  const AttentionShape shape{4, 2, 4};
-  const std::vector<Segment> segments{{0, 5}, {5, 3}, {8, 1}};
-  const Index M = 9, W3 = shape.qkv_stride(), Qd = shape.heads * shape.head_dim;
-  AttentionOptions options;
-  options.block = 2;
-  options.kernel = GetParam();
-  AttentionWorkspace ws;
-  auto qkv = random_vector(M * W3, 9), c = random_vector(M * Qd, 10);
-  std::vector<double> out(M * Qd), lse(shape.heads * M);
-  auto loss = [&] {
-    attention_forward<double, double>(rt, out.data(), lse.data(), qkv.data(), segments, M, shape,
-                                      options, ws);
-    return dot(out, c);
-  };
-  loss();
-  std::vector<double> dqkv(M * W3, 7.0);  // must be overwritten
-  attention_backward<double, double>(rt, dqkv.data(), c.data(), qkv.data(), out.data(), lse.data(),
-                                     segments, M, shape, options, ws);
-  EXPECT_LT(testing::max_rel_error(dqkv, numeric_gradient(qkv, loss)),
-            tolerance::kFiniteDifference);
+  for (const Index window : {Index{0}, Index{2}}) {  // full causal, and a sliding window
+    Runtime rt(2);
+    AttentionShape shape{4, 2, 4};
+    shape.window = window;
+    const std::vector<Segment> segments{{0, 5}, {5, 3}, {8, 1}};
+    const Index M = 9, W3 = shape.qkv_stride(), Qd = shape.heads * shape.head_dim;
+    AttentionOptions options;
+    options.block = 2;
+    options.kernel = GetParam();
+    AttentionWorkspace ws;
+    auto qkv = random_vector(M * W3, 9), c = random_vector(M * Qd, 10);
+    std::vector<double> out(M * Qd), lse(shape.heads * M);
+    auto loss = [&] {
+      attention_forward<double, double>(rt, out.data(), lse.data(), qkv.data(), segments, M, shape,
+                                        options, ws);
+      return dot(out, c);
+    };
+    loss();
+    std::vector<double> dqkv(M * W3, 7.0);  // must be overwritten
+    attention_backward<double, double>(rt, dqkv.data(), c.data(), qkv.data(), out.data(),
+                                       lse.data(), segments, M, shape, options, ws);
+    EXPECT_LT(testing::max_rel_error(dqkv, numeric_gradient(qkv, loss)),
+              tolerance::kFiniteDifference)
+        << "window " << window;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Kernels, AttentionGradCheck,

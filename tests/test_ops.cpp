@@ -107,9 +107,11 @@ std::vector<double> reference_attention(const std::vector<double>& qkv, const At
     for (Index h = 0; h < H; ++h) {
       const Index g = h / (H / KV);
       for (Index i = 0; i < seg.length; ++i) {
-        std::vector<double> s(i + 1);
+        // Keys outside a sliding window get -inf: exp gives 0.
+        std::vector<double> s(i + 1, -std::numeric_limits<double>::infinity());
         double mx = -1e300, sum = 0;
-        for (Index j = 0; j <= i; ++j) {
+        const Index first = c.shape.window > 0 ? std::max<Index>(0, i - c.shape.window + 1) : 0;
+        for (Index j = first; j <= i; ++j) {
           double dot = 0;
           for (Index d = 0; d < hd; ++d)
             dot += qkv[(seg.begin + i) * ld + h * hd + d] *
@@ -153,6 +155,44 @@ TEST(Attention, MatchesPlainSoftmaxInEveryPrecision) {
   const double err = testing::max_rel_error(rounded, expected);
   EXPECT_GT(err, 1e-5) << "bf16 softmax must change the result";
   EXPECT_LT(err, 2e-2);
+}
+
+// Mistral's sliding window: each row sees its last `window` positions, in both kernels, and
+// generation's cached attention gives the rows the full forward gives.
+TEST(Attention, SlidingWindowInBothKernelsAndTheCache) {
+  AttentionCase c;
+  c.shape.window = 5;  // shorter than two of the segments
+  const auto qkv = random_values<double>(c.M * c.shape.qkv_stride(), 15);
+  const auto expected = reference_attention(qkv, c);
+  AttentionCase full = c;
+  full.shape.window = 0;
+  EXPECT_GT(testing::max_rel_error(reference_attention(qkv, full), expected), 1e-3)
+      << "the window must matter here";
+  for (Index block : {1, 3, 16})
+    EXPECT_LT(testing::max_rel_error(run_attention<double, double>(qkv, c, block), expected), 1e-12)
+        << block;
+  EXPECT_LT(testing::max_rel_error(
+                run_attention<double, double>(qkv, c, 1, false, AttentionOptions::Kernel::kDirect),
+                expected),
+            1e-12);
+  // The cache: the last segment's rows, two already cached and the rest new.
+  Runtime rt(2);
+  const Segment seg = c.segments[2];
+  const Index H = c.shape.heads, KV = c.shape.kv_heads, hd = c.shape.head_dim,
+              ld = c.shape.qkv_stride();
+  std::vector<double> keys(seg.length * KV * hd), values(seg.length * KV * hd);
+  for (Index i = 0; i < seg.length; ++i)
+    for (Index x = 0; x < KV * hd; ++x) {
+      keys[i * KV * hd + x] = qkv[(seg.begin + i) * ld + H * hd + x];
+      values[i * KV * hd + x] = qkv[(seg.begin + i) * ld + (H + KV) * hd + x];
+    }
+  const Index first = 2, rows = seg.length - first;
+  std::vector<double> out(rows * H * hd);
+  attention_cached<double>(rt, out.data(), qkv.data() + (seg.begin + first) * ld, ld, keys.data(),
+                           values.data(), first, rows, c.shape);
+  const std::vector<double> want(expected.begin() + (seg.begin + first) * H * hd,
+                                 expected.begin() + (seg.begin + seg.length) * H * hd);
+  EXPECT_LT(testing::max_rel_error(out, want), 1e-12);
 }
 
 TEST(Attention, SegmentsDoNotSeeEachOther) {

@@ -286,6 +286,7 @@ class Emulator:
         self.H, self.KV = config.num_attention_heads, config.num_key_value_heads
         self.scale = lora_scale
         self.tiled = self.hd >= 64  # src/ops/attention.cpp:43 (Kernel::kAuto)
+        self.window = getattr(config, "sliding_window", None) or 0
 
     def rms(self, x, weight):
         return RmsNorm.apply(x, weight, self.c.rms_norm_eps)
@@ -322,7 +323,15 @@ class Emulator:
         k = k.repeat_interleave(group, dim=1)
         v = v.repeat_interleave(group, dim=1)
         causal = torch.ones(T, T, dtype=torch.bool).tril()
+        if self.window:  # Mistral's sliding window: a row sees its last `window` positions
+            causal &= torch.ones(T, T, dtype=torch.bool).triu(-(self.window - 1))
         allowed = causal[None, None] & mask[:, None, None, :].bool()
+        # A padding row past a sliding window sees no real key: let every row see itself, so
+        # that it stays finite (it carries no loss; real rows see themselves anyway). What HF
+        # computes for such a row is its own affair: all-position logits are not compared when
+        # the model has a window (see main).
+        dead = ~allowed.any(-1, keepdim=True)  # [B, 1, T, 1]: rows that see no key
+        allowed = allowed | (torch.eye(T, dtype=torch.bool)[None, None] & dead)
         scale = 1.0 / math.sqrt(self.hd)
         o = Attention.apply(q, k, v, allowed, scale, self.rounding, "tiled" if self.tiled else "direct")
         return o.transpose(1, 2).reshape(B, T, self.H * self.hd)
@@ -533,7 +542,11 @@ def main():
             fp32, ref, "fp32 emulation vs reference.safetensors", real)
         # The emulator is trusted because, rounding off, it is the HF + PEFT reference: 1e-5,
         # and 2e-4 for the weights after 3 AdamW steps (tests/tolerances.hpp, kFp32.weights).
-        bad = [k for k, v in check.items() if v > (2e-4 if k == "step3" else 1e-5)]
+        # Padding rows past a sliding window see no real key, and what HF's masks do there is
+        # not the engine's concern (no loss, never read): compare real positions only then.
+        windowed = bool(json.loads((case / "model" / "config.json").read_text()).get("sliding_window"))
+        bad = [k for k, v in check.items() if v > (2e-4 if k == "step3" else 1e-5)
+               and not (windowed and k == "logits_all_positions")]
         if bad:
             failures.append(f"{name}: with rounding off the emulator differs from "
                             f"reference.safetensors in {', '.join(bad)}")

@@ -26,6 +26,7 @@ TOKENS = {
     "qwen2.5": (None, "<|im_end|>"),
     "chatml": ("<s>", "<|im_end|>"),
     "mistral": ("<s>", "</s>"),
+    "mistral-v7": ("<s>", "</s>"),
     "llama2-chat": ("<s>", "</s>"),
     "zephyr": ("<s>", "</s>"),
 }
@@ -49,7 +50,14 @@ CONVERSATIONS = [
     [{"role": "system", "content": "  spaced system  "},
      {"role": "user", "content": "Multi\nline\n\ninput"},
      {"role": "assistant", "content": "Multi\nline\n\noutput"}],
+    # A system message mid-conversation: most templates render it, Mistral v0.3's and Llama 2's
+    # refuse it (null below).
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+     {"role": "system", "content": "Now answer in French."},
+     {"role": "user", "content": "Thanks"}, {"role": "assistant", "content": "Merci"}],
 ]
+# strftime_now's date in templates that ask for it (Mistral v7), fixed so the file is stable.
+DATE = "2026-01-02"
 
 
 def fingerprint(text):
@@ -60,22 +68,37 @@ def fingerprint(text):
     return f"{h:016x}"
 
 
-def make():
+def render_or_none(conversation, template, bos, eos, add_generation_prompt):
+    """Transformers' rendering, or None where the template raises."""
+    import jinja2
     from transformers.utils.chat_template_utils import render_jinja_template
-    out = {"conversations": CONVERSATIONS, "templates": {}}
+    try:
+        rendered, _ = render_jinja_template(conversations=[conversation], chat_template=template,
+                                            bos_token=bos, eos_token=eos,
+                                            add_generation_prompt=add_generation_prompt)
+        return rendered[0]
+    except jinja2.exceptions.TemplateError:
+        return None
+
+
+def make():
+    import datetime
+    import transformers.utils.chat_template_utils as templating
+
+    class FixedDate(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls.fromisoformat(DATE)
+
+    templating.datetime = FixedDate  # what the templates' strftime_now reads
+    out = {"conversations": CONVERSATIONS, "date": DATE, "templates": {}}
     for name, (bos, eos) in TOKENS.items():
         template = (DIR / f"{name}.jinja").read_text()
         renders, prompts = [], []
         for conversation in CONVERSATIONS:
-            rendered, _ = render_jinja_template(conversations=[conversation],
-                                                chat_template=template, bos_token=bos,
-                                                eos_token=eos, add_generation_prompt=False)
-            renders.append(rendered[0])
+            renders.append(render_or_none(conversation, template, bos, eos, False))
             # For inference: everything before the last answer, and the assistant's header.
-            rendered, _ = render_jinja_template(conversations=[conversation[:-1]],
-                                                chat_template=template, bos_token=bos,
-                                                eos_token=eos, add_generation_prompt=True)
-            prompts.append(rendered[0])
+            prompts.append(render_or_none(conversation[:-1], template, bos, eos, True))
         out["templates"][name] = {"bos_token": bos or "", "eos_token": eos,
                                   "fingerprint": fingerprint(template), "renders": renders,
                                   "generation_prompts": prompts}

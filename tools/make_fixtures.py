@@ -82,13 +82,13 @@ CASES = {
                     rope_theta=1000000.0, max_position_embeddings=512, use_sliding_window=False),
         lora=dict(r=4, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]),
         lengths=[14, 9], prompt=3, shard=None),
-    # Mistral: head_dim 12 != 48/4, untied, LoRA on all projections, a sliding window longer
-    # than the sequences (where full-causal attention equals it).
+    # Mistral: head_dim 12 != 48/4, untied, LoRA on all projections, a sliding window of 8
+    # positions, shorter than the sequences.
     "mistral_window": dict(
         arch="mistral",
         config=dict(hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
                     num_key_value_heads=2, head_dim=12, vocab_size=90, tie_word_embeddings=False,
-                    rms_norm_eps=1e-5, sliding_window=32, rope_theta=1000000.0),
+                    rms_norm_eps=1e-5, sliding_window=8, rope_theta=1000000.0),
         lora=dict(r=4, lora_alpha=8,
                   target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
         lengths=[24, 13], prompt=4, shard=None),

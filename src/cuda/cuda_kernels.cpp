@@ -1,5 +1,6 @@
 #include "cuda/cuda_kernels.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <type_traits>
@@ -130,9 +131,25 @@ class CudaKernels final : public Kernels<P> {
   // q, k, v rounded once, O and dQKV come back as bf16 values), the fp32 policy and whatever
   // cuDNN refuses the reference kernel; a shape takes one path for both passes, so the
   // statistics (lse) always have the layout the other pass expects.
+  // Mistral's sliding window is not in the GPU kernels yet: where it would cut a sequence, the
+  // run is refused rather than computed with full-causal attention.
+  static void check_window(const AttentionShape& shape, Index longest) {
+    if (shape.window > 0 && longest > shape.window)
+      throw UnsupportedError("sliding-window attention (window " + std::to_string(shape.window) +
+                             ", a sequence of " + std::to_string(longest) +
+                             " tokens) is implemented on the CPU only: use --device cpu, or "
+                             "sequences no longer than the window");
+  }
+  static Index longest_segment(const std::vector<Segment>& segments) {
+    Index longest = 0;
+    for (const auto& s : segments) longest = std::max(longest, s.length);
+    return longest;
+  }
+
   void attention_forward(Act* out, Act* lse, const Act* qkv, const std::vector<Segment>& segments,
                          Index M, const AttentionShape& shape,
                          const AttentionOptions& options) override {
+    check_window(shape, longest_segment(segments));
 #ifdef ZEROLORA_CUDNN
     if (use_cudnn(segments, M, shape)) {
       const Bf16Bits* qkv16 = bf16_copy(qkv_bf16_, qkv, M * shape.qkv_stride());
@@ -147,6 +164,7 @@ class CudaKernels final : public Kernels<P> {
   void attention_backward(Act* diff_qkv, const Act* diff_out, const Act* qkv, const Act* out,
                           const Act* lse, const std::vector<Segment>& segments, Index M,
                           const AttentionShape& shape, const AttentionOptions& options) override {
+    check_window(shape, longest_segment(segments));
 #ifdef ZEROLORA_CUDNN
     if (use_cudnn(segments, M, shape)) {
       const Index n_out = M * shape.heads * shape.head_dim, n_qkv = M * shape.qkv_stride();
@@ -166,6 +184,7 @@ class CudaKernels final : public Kernels<P> {
   void attention_cached(Act* out, const Act* q, Index q_stride, const Act* keys, const Act* values,
                         Index first, Index M, const AttentionShape& shape) override {
     check_head_dim(shape);
+    check_window(shape, first + M);
     cuda::attention_cached(s_, out, q, q_stride, keys, values, first, M, shape.heads,
                            shape.kv_heads, shape.head_dim);
   }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <cctype>
+#include <ctime>
 
 #include "core/error.hpp"
 #include "data/unicode_text.hpp"
@@ -56,7 +57,9 @@ void check_roles(const std::vector<ChatMessage>& messages, const std::string& na
     if (role != "system" && role != "user" && role != "assistant")
       refuse(name, "message " + std::to_string(i) + " has role '" + role +
                        "' (only system, user and assistant are supported)");
-    if (role == "system" && i != 0)
+    // Mistral v0.3's and Llama 2's templates refuse (or drop) a system message after the
+    // first; the others render it as a turn of its own.
+    if (role == "system" && i != 0 && (name == "mistral" || name == "llama2-chat"))
       refuse(name, "message " + std::to_string(i) +
                        " is a system message; only the first message may be one");
   }
@@ -171,6 +174,50 @@ void render_zephyr(const std::vector<ChatMessage>& messages, const std::string& 
   }
 }
 
+// Mistral Small 3 (v7 tokenizer): the system prompt in [SYSTEM_PROMPT], Mistral's default one,
+// dated, when the conversation has none; no stripping, no alternation check.
+void render_mistral_v7(const std::vector<ChatMessage>& messages, const std::string& bos,
+                       const std::string& eos, const std::string& today, Renderer& r) {
+  std::size_t first = 0;
+  std::string system;
+  if (messages[0].role == "system") {
+    system = messages[0].content;
+    first = 1;
+  } else {
+    system =
+        "You are Mistral Small 3, a Large Language Model (LLM) created by Mistral AI, a French "
+        "startup headquartered in Paris.\nYour knowledge base was last updated on 2023-10-01. "
+        "The current date is " +
+        today +
+        ".\n\nWhen you're not sure about some information, you say that you don't have the "
+        "information and don't make up anything.\nIf the user's question is not clear, "
+        "ambiguous, or does not provide enough context for you to accurately answer the "
+        "question, you do not try to answer it right away and you rather ask the user to "
+        "clarify their request (e.g. \"What are some good restaurants around me?\" => \"Where "
+        "are you?\" or \"When is the next flight to Tokyo\" => \"Where do you travel from?\")";
+  }
+  r.add(bos + "[SYSTEM_PROMPT]" + system + "[/SYSTEM_PROMPT]");
+  for (std::size_t i = first; i < messages.size(); ++i) {
+    const ChatMessage& m = messages[i];
+    if (m.role == "user")
+      r.add("[INST]" + m.content + "[/INST]");
+    else if (m.role == "system")
+      r.add("[SYSTEM_PROMPT]" + m.content + "[/SYSTEM_PROMPT]");
+    else
+      r.assistant("", m.content, eos);
+  }
+}
+
+// Today's local date as strftime_now("%Y-%m-%d") gives it to a template.
+std::string local_date() {
+  const std::time_t now = std::time(nullptr);
+  std::tm local{};
+  localtime_r(&now, &local);
+  char text[16];
+  std::strftime(text, sizeof text, "%Y-%m-%d", &local);
+  return text;
+}
+
 constexpr const char* kQwenDefaultSystem =
     "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.";
 
@@ -194,12 +241,13 @@ struct KnownTemplate {
 };
 // The released templates (tests/fixtures/chat_templates/, whose README names each model):
 // tools/make_chat_fixtures.py prints these, and the tests check them against the files.
-constexpr std::array<KnownTemplate, 7> kKnownTemplates{{
+constexpr std::array<KnownTemplate, 8> kKnownTemplates{{
     {0x0e60067a5537498eull, "llama3"},       // Meta-Llama-3-8B-Instruct
     {0xcc0368e1ffb6b958ull, "llama3.1"},     // Llama-3.1-8B-Instruct (and 3.3-70B)
     {0xe642ce246d7f2e3dull, "qwen2.5"},      // Qwen2.5-7B-Instruct
     {0x88bf4138d5c826f0ull, "chatml"},       // OpenHermes-2.5-Mistral-7B
     {0x2487e6e79d6345cfull, "mistral"},      // Mistral-7B-Instruct-v0.3
+    {0x6c80e109d6684772ull, "mistral-v7"},   // Mistral-Small-24B-Instruct-2501
     {0xf344eecf1bd3a427ull, "llama2-chat"},  // Llama-2-7b-chat-hf
     {0xcd8b49000db02c2cull, "zephyr"},       // zephyr-7b-beta, TinyLlama-1.1B-Chat-v1.0
 }};
@@ -207,7 +255,8 @@ constexpr std::array<KnownTemplate, 7> kKnownTemplates{{
 }  // namespace
 
 std::vector<std::string> ChatTemplate::names() {
-  return {"llama3", "llama3.1", "qwen2.5", "chatml", "mistral", "llama2-chat", "zephyr"};
+  return {"llama3",  "llama3.1",   "qwen2.5",     "chatml",
+          "mistral", "mistral-v7", "llama2-chat", "zephyr"};
 }
 
 ChatTemplate ChatTemplate::named(const std::string& name) {
@@ -240,8 +289,8 @@ ChatTemplate ChatTemplate::for_tokenizer(const Tokenizer& tokenizer, const std::
   if (const auto known = recognise(text)) return named(*known);
   throw ConfigError(tokenizer.path().parent_path().string() +
                     ": its chat template is not one zerolora renders (it recognises the "
-                    "released templates of Llama 3 / 3.1, Qwen2.5, ChatML, Mistral v0.3, "
-                    "Llama 2 chat and Zephyr): pass --chat_template with the one it equals (" +
+                    "released templates of Llama 3 / 3.1, Qwen2.5, ChatML, Mistral v0.3 and "
+                    "v7, Llama 2 chat and Zephyr): pass --chat_template with the one it equals (" +
                     list + "), after checking with zerolora data-preview");
 }
 
@@ -260,6 +309,8 @@ RenderedChat ChatTemplate::render(const std::vector<ChatMessage>& messages, cons
     render_chatml(messages, nullptr, r);
   } else if (name_ == "mistral") {
     render_mistral(messages, bos, eos, r);
+  } else if (name_ == "mistral-v7") {
+    render_mistral_v7(messages, bos, eos, today_.empty() ? local_date() : today_, r);
   } else if (name_ == "llama2-chat") {
     render_llama2_chat(messages, bos, eos, r);
   } else {

@@ -6,10 +6,11 @@
 //   templates named renderers whose text equals Transformers' apply_chat_template for the
 //             released template strings of each family (the tests prove it on fixtures made
 //             with those strings): llama3 (Llama 3 Instruct), llama3.1 (3.1 / 3.3 Instruct,
-//             no tools), qwen2.5, chatml, mistral (v0.3 Instruct, no tools), llama2-chat,
-//             zephyr. A tokenizer_config.json template is recognised when it is one of those,
-//             byte for byte (whitespace aside); anything else is refused, saying which name to
-//             pass.
+//             no tools), qwen2.5, chatml, mistral (v0.3 Instruct, no tools), mistral-v7
+//             (Mistral Small 3: a conversation without a system message gets Mistral's
+//             default one, dated today, as Transformers renders it), llama2-chat, zephyr. A
+//             tokenizer_config.json template is recognised when it is one of those, byte for byte
+//             (whitespace aside); anything else is refused, saying which name to pass.
 //   labels    the assistant's content and its end-of-turn marker train; everything else is
 //             masked (-100) unless train_on_inputs. A turn's span is found as the seed recipe
 //             finds the prompt: the tokens of the text before it, counted on their own.
@@ -54,10 +55,13 @@ class ChatTemplate {
   RenderedChat render(const std::vector<ChatMessage>& messages, const std::string& bos_token,
                       const std::string& eos_token, bool add_generation_prompt = false) const;
   const std::string& name() const { return name_; }
+  // The date a template that asks strftime_now for it gets (Mistral v7's default system
+  // prompt): YYYY-MM-DD; empty (the default) means today's, as Transformers renders it.
+  void set_date(std::string date) { today_ = std::move(date); }
 
  private:
   explicit ChatTemplate(std::string name) : name_(std::move(name)) {}
-  std::string name_;
+  std::string name_, today_;
 };
 
 struct ChatReport {

@@ -226,16 +226,6 @@ LlamaConfig LlamaConfig::from_json(const json& j, const std::string& label) {
   return c;
 }
 
-void LlamaConfig::check_sequence_fits_window(std::int64_t length, const std::string& what) const {
-  if (sliding_window > 0 && length > sliding_window)
-    throw UnsupportedError(what + " is " + std::to_string(length) +
-                           " tokens, longer than the model's sliding_window of " +
-                           std::to_string(sliding_window) +
-                           ": zerolora's attention is full-causal, which equals sliding-window "
-                           "attention only up to the window; use at most " +
-                           std::to_string(sliding_window) + " tokens");
-}
-
 LlamaConfig LlamaConfig::load(const std::filesystem::path& config_json) {
   return from_json(read_json_file(config_json), config_json.string());
 }

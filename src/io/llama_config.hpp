@@ -33,14 +33,11 @@ struct LlamaConfig {
   std::string torch_dtype;           // informational ("bfloat16", "float32", ...)
   std::string model_type = "llama";  // llama, qwen2, mistral
   bool qkv_bias = false;             // q, k and v projections have biases (qwen2)
-  // Mistral's sliding window: a token attends to the previous sliding_window positions only;
-  // 0: none. zerolora's attention is full-causal, which equals the window's as long as no
-  // sequence is longer than the window: longer ones are refused (max_sequence_for_window).
+  // Mistral's sliding window: a token attends to the previous sliding_window positions only
+  // (itself included); 0: none.
   std::int64_t sliding_window = 0;
 
   std::int64_t q_dim() const { return num_heads * head_dim; }
-  // Throws UnsupportedError, naming `what`, when `length` tokens would need the sliding window.
-  void check_sequence_fits_window(std::int64_t length, const std::string& what) const;
   std::int64_t kv_dim() const { return num_kv_heads * head_dim; }
 
   // `label` (usually the file path) prefixes every error.

@@ -12,7 +12,7 @@ namespace {
 
 // Shapes of one layer's activations, from the config and the batch.
 struct Dims {
-  Index M, D, I, H, KV, hd, Qd, KVd, W3;
+  Index M, D, I, H, KV, hd, Qd, KVd, W3, window;
   explicit Dims(const LlamaConfig& c, Index rows)
       : M(rows),
         D(c.hidden_size),
@@ -22,8 +22,9 @@ struct Dims {
         hd(c.head_dim),
         Qd(c.q_dim()),
         KVd(c.kv_dim()),
-        W3(c.q_dim() + 2 * c.kv_dim()) {}
-  AttentionShape attention() const { return {H, KV, hd}; }
+        W3(c.q_dim() + 2 * c.kv_dim()),
+        window(c.sliding_window) {}
+  AttentionShape attention() const { return {H, KV, hd, window}; }
 };
 
 template <class T>

@@ -96,21 +96,22 @@ ZL_CPU_CLONES void attention_forward(Runtime& rt, T* out, T* lse, const T* qkv,
     matmul<Mm, T>(rt, q, k.t(), Mat<T>::dense(scores, bq, kend), scale);
 
     for (Index r = 0; r < bq; ++r) {
-      const Index limit = q0 + r + 1;
+      const Index first = shape.first_key(q0 + r), limit = q0 + r + 1;
       T* srow = scores + r * kend;
       if (options.softmax_bf16)
-        for (Index j = 0; j < limit; ++j) srow[j] = round_to_bf16(srow[j]);
+        for (Index j = first; j < limit; ++j) srow[j] = round_to_bf16(srow[j]);
       T row_max = -std::numeric_limits<T>::infinity();
-      for (Index j = 0; j < limit; ++j) row_max = std::max(row_max, srow[j]);
+      for (Index j = first; j < limit; ++j) row_max = std::max(row_max, srow[j]);
       T sum = 0;
 #pragma omp simd reduction(+ : sum)
-      for (Index j = 0; j < limit; ++j) {
+      for (Index j = first; j < limit; ++j) {
         srow[j] = fast_exp(srow[j] - row_max);
         sum += srow[j];
       }
       const T inv_sum = T{1} / sum;
       Mm* prow = probs + r * kend;
-      for (Index j = 0; j < limit; ++j) {
+      for (Index j = 0; j < first; ++j) prow[j] = convert_to<Mm>(0.0f);  // outside the window
+      for (Index j = first; j < limit; ++j) {
         const T p = srow[j] * inv_sum;
         prow[j] = convert_to<Mm>(options.softmax_bf16 ? round_to_bf16(p) : p);
       }
@@ -199,10 +200,11 @@ ZL_CPU_CLONES void attention_backward(Runtime& rt, T* diff_qkv, const T* diff_ou
         // P = exp(scale * Q K^T - lse), zero above the diagonal
         matmul<Mm, T>(rt, q, k.t(), Mat<T>::dense(probs, bq, kend), scale);
         for (Index r = 0; r < bq; ++r) {
-          const Index limit = q0 + r + 1;
+          const Index first = shape.first_key(q0 + r), limit = q0 + r + 1;
           const T row_lse = lse[h * M + row0 + r];
           T* prow = probs + r * kend;
-          for (Index j = 0; j < limit; ++j) {
+          for (Index j = 0; j < first; ++j) prow[j] = T{0};  // outside the window
+          for (Index j = first; j < limit; ++j) {
             const T s = options.softmax_bf16 ? round_to_bf16(prow[j]) : prow[j];
             const T p = fast_exp(s - row_lse);
             prow[j] = options.softmax_bf16 ? round_to_bf16(p) : p;
@@ -246,9 +248,10 @@ ZL_CPU_CLONES void attention_cached(Runtime& rt, T* out, const T* q, Index q_str
     for (Index i = 0; i < M; ++i)
       for (Index h = 0; h < H; ++h) {
         const Index g = h / group, keys_seen = first + i + 1;
+        const Index from = shape.first_key(first + i);  // the sliding window's first key
         const T* qi = q + i * q_stride + h * hd;
         T row_max = -std::numeric_limits<T>::infinity();
-        for (Index j = 0; j < keys_seen; ++j) {
+        for (Index j = from; j < keys_seen; ++j) {
           const T* kj = keys + j * kv_stride + g * hd;
           T dot = 0;
 #pragma omp simd reduction(+ : dot)
@@ -258,13 +261,13 @@ ZL_CPU_CLONES void attention_cached(Runtime& rt, T* out, const T* q, Index q_str
         }
         T sum = 0;
 #pragma omp simd reduction(+ : sum)
-        for (Index j = 0; j < keys_seen; ++j) {
+        for (Index j = from; j < keys_seen; ++j) {
           scores[j] = fast_exp(scores[j] - row_max);
           sum += scores[j];
         }
         T* o = out + i * H * hd + h * hd;
         std::fill_n(o, hd, T{0});
-        for (Index j = 0; j < keys_seen; ++j) {
+        for (Index j = from; j < keys_seen; ++j) {
           const T p = scores[j] / sum;
           const T* vj = values + j * kv_stride + g * hd;
 #pragma omp simd

@@ -30,7 +30,14 @@ struct AttentionShape {
   Index heads;     // H
   Index kv_heads;  // KV, divides H
   Index head_dim;  // hd
+  // Mistral's sliding window: the row at position i attends to positions (i - window, i];
+  // 0: to all earlier positions.
+  Index window = 0;
   Index qkv_stride() const { return (heads + 2 * kv_heads) * head_dim; }
+  // The first key position the row at `position` attends to.
+  Index first_key(Index position) const {
+    return window > 0 && position >= window ? position - window + 1 : 0;
+  }
 };
 
 struct AttentionOptions {

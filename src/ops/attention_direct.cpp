@@ -176,23 +176,24 @@ ZL_CPU_CLONES void attention_forward_direct(Runtime& rt, T* out, T* lse, const T
       scores4(s, q, kt, L, n, hd, scale);
       T inv[R];
       for (Index r = 0; r < rows; ++r) {
-        const Index keys = i0 + r + 1;
+        const Index first = shape.first_key(i0 + r), keys = i0 + r + 1;
         T* sr = s[r];
         if (options.softmax_bf16)
-          for (Index j = 0; j < keys; ++j) sr[j] = round_to_bf16(sr[j]);
-        T row_max = sr[0];
+          for (Index j = first; j < keys; ++j) sr[j] = round_to_bf16(sr[j]);
+        T row_max = sr[first];
 #pragma omp simd reduction(max : row_max)
-        for (Index j = 0; j < keys; ++j) row_max = std::max(row_max, sr[j]);
+        for (Index j = first; j < keys; ++j) row_max = std::max(row_max, sr[j]);
         T sum = 0;
 #pragma omp simd reduction(+ : sum)
-        for (Index j = 0; j < keys; ++j) {
+        for (Index j = first; j < keys; ++j) {
           sr[j] = fast_exp(sr[j] - row_max);
           sum += sr[j];
         }
-        for (Index j = keys; j < n; ++j) sr[j] = T{0};  // above the diagonal
+        for (Index j = 0; j < first; ++j) sr[j] = T{0};  // outside the sliding window
+        for (Index j = keys; j < n; ++j) sr[j] = T{0};   // above the diagonal
         inv[r] = T{1} / sum;
         if (options.softmax_bf16)
-          for (Index j = 0; j < keys; ++j) sr[j] = round_to_bf16(sr[j] * inv[r]) / inv[r];
+          for (Index j = first; j < keys; ++j) sr[j] = round_to_bf16(sr[j] * inv[r]) / inv[r];
         lse[h * M + seg.begin + i0 + r] = row_max + std::log(sum);
       }
       for (Index r = rows; r < R; ++r) std::fill_n(s[r], n, T{0});
@@ -259,15 +260,16 @@ ZL_CPU_CLONES void attention_backward_direct(Runtime& rt, T* diff_qkv, const T* 
             std::fill_n(pr, n, T{0});
             continue;
           }
-          const Index keys = i0 + r + 1, row = seg.begin + i0 + r;
+          const Index first = shape.first_key(i0 + r), keys = i0 + r + 1, row = seg.begin + i0 + r;
           const T row_lse = lse[h * M + row];
           if (options.softmax_bf16) {
-            for (Index j = 0; j < keys; ++j)
+            for (Index j = first; j < keys; ++j)
               pr[j] = round_to_bf16(fast_exp(round_to_bf16(pr[j]) - row_lse));
           } else {
 #pragma omp simd
-            for (Index j = 0; j < keys; ++j) pr[j] = fast_exp(pr[j] - row_lse);
+            for (Index j = first; j < keys; ++j) pr[j] = fast_exp(pr[j] - row_lse);
           }
+          for (Index j = 0; j < first; ++j) pr[j] = T{0};  // outside the sliding window
           for (Index j = keys; j < n; ++j) pr[j] = T{0};
           const T* o = out + row * H * hd + h * hd;
           for (Index d = 0; d < hd; ++d) delta[r] += d_o[r][d] * o[d];

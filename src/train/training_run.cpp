@@ -84,8 +84,6 @@ struct TrainingRun::Impl {
     const Tokenizer tokenizer =
         open_model_tokenizer(settings.model_dir, checkpoint->config(), settings.data.tokenizer);
 
-    checkpoint->config().check_sequence_fits_window(settings.data.tokenize.max_seq_length,
-                                                    "--max_seq_length");
     // Data: every rank builds the same dataset (it is small next to the model).
     use_special_tokens(settings.data.tokenize, tokenizer, &checkpoint->config());
     data = build_training_data(*rt, settings.data, tokenizer);
