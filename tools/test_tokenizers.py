@@ -120,13 +120,17 @@ def qwen(directory, llama3_pattern):
 CHAT_CASES = [  # tokenizer directory, released template
     ("qwen2.5", "qwen2.5"), ("qwen2.5", "chatml"), ("llama3-pattern", "llama3"),
     ("llama3-pattern", "llama3.1"), ("llama2-metaspace", "mistral"),
+    ("llama2-metaspace", "mistral-v7"),
     ("llama2-legacy", "llama2-chat"), ("llama2-legacy", "zephyr"),
 ]
 
 
-def chat_conversations(texts_records):
+def chat_conversations(texts_records, template):
+    """The chat fixtures' conversations that the template renders (Mistral v0.3's and Llama 2's
+    refuse a system message after the first), then every record as a one-turn chat."""
     fixtures = json.loads((ROOT / "tests" / "fixtures" / "chat_templates" / "expected.json").read_text())
-    conversations = list(fixtures["conversations"])
+    renders = fixtures["templates"][template]["renders"]
+    conversations = [c for c, r in zip(fixtures["conversations"], renders) if r is not None]
     for r in texts_records:
         user = r["instruction"] + ("\n\n" + r["input"] if r["input"] else "")
         conversations.append([{"role": "user", "content": user},
@@ -137,13 +141,13 @@ def chat_conversations(texts_records):
 def check_chat(tmp, directories, records):
     """zerolora's chat token ids against apply_chat_template; returns the number of failures."""
     from transformers import AutoTokenizer
-    conversations = chat_conversations(records)
-    data = tmp / "chats.jsonl"
-    data.write_text("".join(json.dumps({"messages": c}) + "\n" for c in conversations))
     failures = 0
     for tokenizer_name, template in CHAT_CASES:
         if tokenizer_name not in directories:
             continue
+        conversations = chat_conversations(records, template)
+        data = tmp / "chats.jsonl"
+        data.write_text("".join(json.dumps({"messages": c}) + "\n" for c in conversations))
         directory = tmp / f"{tokenizer_name}-{template}"
         shutil.copytree(directories[tokenizer_name], directory)
         config = json.loads((directory / "tokenizer_config.json").read_text())
