@@ -69,7 +69,7 @@ int run_generate(const GenerateOptions& o) {
         PromptTemplate::named(o.prompt_template).apply(Record{o.prompt, o.input, "", {}});
     const std::string text = prompt.source + prompt.target;
     ids = encode_prompt(tokenizer, config, text);
-    shown_from = ids.size() - tokenizer.encode(text).size();
+    shown_from = tokenizer.adds_bos() ? 1 : 0;  // encode_prompt's BOS
   }
   const std::size_t prompt_len = ids.size();
   // Special tokens (EOS, an end of turn) are left out of what is printed.

@@ -11,6 +11,7 @@
 #include "cuda/cuda_device.hpp"
 #include "cuda/cuda_ops.hpp"
 #include "cuda/gemm.hpp"
+#include "ops/attention_common.hpp"
 #ifdef ZEROLORA_CUDNN
 #include "cuda/cudnn_attention.hpp"
 #endif
@@ -140,16 +141,11 @@ class CudaKernels final : public Kernels<P> {
                              " tokens) is implemented on the CPU only: use --device cpu, or "
                              "sequences no longer than the window");
   }
-  static Index longest_segment(const std::vector<Segment>& segments) {
-    Index longest = 0;
-    for (const auto& s : segments) longest = std::max(longest, s.length);
-    return longest;
-  }
 
   void attention_forward(Act* out, Act* lse, const Act* qkv, const std::vector<Segment>& segments,
                          Index M, const AttentionShape& shape,
                          const AttentionOptions& options) override {
-    check_window(shape, longest_segment(segments));
+    check_window(shape, attention_detail::max_length(segments));
 #ifdef ZEROLORA_CUDNN
     if (use_cudnn(segments, M, shape)) {
       const Bf16Bits* qkv16 = bf16_copy(qkv_bf16_, qkv, M * shape.qkv_stride());
@@ -164,7 +160,7 @@ class CudaKernels final : public Kernels<P> {
   void attention_backward(Act* diff_qkv, const Act* diff_out, const Act* qkv, const Act* out,
                           const Act* lse, const std::vector<Segment>& segments, Index M,
                           const AttentionShape& shape, const AttentionOptions& options) override {
-    check_window(shape, longest_segment(segments));
+    check_window(shape, attention_detail::max_length(segments));
 #ifdef ZEROLORA_CUDNN
     if (use_cudnn(segments, M, shape)) {
       const Index n_out = M * shape.heads * shape.head_dim, n_qkv = M * shape.qkv_stride();

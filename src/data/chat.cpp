@@ -18,15 +18,7 @@ bool python_space(char32_t c) {
 }
 
 std::string python_strip(const std::string& s) {
-  std::size_t begin = 0, end = s.size();
-  while (begin < end && python_space(utf8_decode_at(s, begin))) begin += utf8_length_at(s, begin);
-  while (end > begin) {
-    std::size_t last = end - 1;
-    while (last > begin && (static_cast<unsigned char>(s[last]) & 0xC0) == 0x80) --last;
-    if (!python_space(utf8_decode_at(s, last))) break;
-    end = last;
-  }
-  return s.substr(begin, end - begin);
+  return std::string(trim_unicode(s, true, true, python_space));
 }
 
 // Builds the text and the trainable spans.

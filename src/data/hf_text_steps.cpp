@@ -195,19 +195,9 @@ std::string HfNormalizer::apply(std::string text) const {
       case Step::Kind::kReplace:
         text = replace_all(*step.pattern, text, step.text);
         break;
-      case Step::Kind::kStrip: {
-        std::size_t begin = 0, end = text.size();
-        while (step.left && begin < end && is_unicode_whitespace(utf8_decode_at(text, begin)))
-          begin += utf8_length_at(text, begin);
-        while (step.right && end > begin) {
-          std::size_t last = end - 1;
-          while (last > begin && (static_cast<unsigned char>(text[last]) & 0xC0) == 0x80) --last;
-          if (!is_unicode_whitespace(utf8_decode_at(text, last))) break;
-          end = last;
-        }
-        text = text.substr(begin, end - begin);
+      case Step::Kind::kStrip:
+        text = std::string(trim_unicode(text, step.left, step.right, is_unicode_whitespace));
         break;
-      }
     }
   }
   return text;

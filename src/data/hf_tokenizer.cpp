@@ -56,12 +56,6 @@ bool is_word_char(char32_t c) {
   }
 }
 
-std::size_t previous_char_start(std::string_view text, std::size_t end) {
-  std::size_t at = end - 1;
-  while (at > 0 && (static_cast<unsigned char>(text[at]) & 0xC0) == 0x80) --at;
-  return at;
-}
-
 // A token given as "text" or as {"content": "text", ...} in tokenizer_config.json.
 std::optional<std::string> config_token(const nlohmann::json& config, const char* key) {
   const auto it = config.find(key);
@@ -214,14 +208,14 @@ std::vector<HfTokenizer::Split> HfTokenizer::split_added(std::string_view text,
     at = end;  // the search goes on after this match, whether or not it is kept
     if (found->single_word) {
       const bool word_before =
-          begin > 0 && is_word_char(utf8_decode_at(text, previous_char_start(text, begin)));
+          begin > 0 && is_word_char(utf8_decode_at(text, utf8_previous_start(text, begin)));
       const bool word_after = end < text.size() && is_word_char(utf8_decode_at(text, end));
       if (word_before || word_after) continue;
     }
     if (found->lstrip) {
       std::size_t b = begin;
       while (b > done) {
-        const std::size_t prev = previous_char_start(text, b);
+        const std::size_t prev = utf8_previous_start(text, b);
         if (!is_unicode_whitespace(utf8_decode_at(text, prev))) break;
         b = prev;
       }

@@ -76,6 +76,25 @@ void append_utf8(std::string& out, char32_t cp) {
   }
 }
 
+std::size_t utf8_previous_start(std::string_view text, std::size_t end) {
+  std::size_t at = end - 1;
+  while (at > 0 && (static_cast<unsigned char>(text[at]) & 0xC0) == 0x80) --at;
+  return at;
+}
+
+std::string_view trim_unicode(std::string_view text, bool left, bool right,
+                              bool (*is_space)(char32_t)) {
+  std::size_t begin = 0, end = text.size();
+  while (left && begin < end && is_space(utf8_decode_at(text, begin)))
+    begin += utf8_length_at(text, begin);
+  while (right && end > begin) {
+    const std::size_t last = utf8_previous_start(text, end);
+    if (!is_space(utf8_decode_at(text, last))) break;
+    end = last;
+  }
+  return text.substr(begin, end - begin);
+}
+
 std::string normalize_unicode(std::string_view text, NormalForm form) {
   if (text.empty()) return {};
   int options = UTF8PROC_STABLE;

@@ -22,6 +22,13 @@ char32_t utf8_decode_at(std::string_view text, std::size_t at);
 
 void append_utf8(std::string& out, char32_t code_point);
 
+// Where the code point that ends at text[end - 1] starts (end > 0; text well-formed).
+std::size_t utf8_previous_start(std::string_view text, std::size_t end);
+
+// text without the code points `is_space` holds for at its start (left) and end (right).
+std::string_view trim_unicode(std::string_view text, bool left, bool right,
+                              bool (*is_space)(char32_t));
+
 enum class NormalForm { kNfc, kNfd, kNfkc, kNfkd };
 // Throws FormatError when text is not well-formed UTF-8.
 std::string normalize_unicode(std::string_view text, NormalForm form);
