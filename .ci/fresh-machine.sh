@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The fresh-machine check: a pristine Debian 12 root (debootstrap --variant=minbase), a clean
-# clone of this repository copied into it, and the README's two quick-start commands run inside
-# it exactly as written (chroot, as root, from a clean environment), as a new user would. It
+# clone of this repository copied into it, and the README's two quick-start commands, then its
+# Python package commands (pip install ., the example), run inside it exactly as written
+# (chroot, as root, from a clean environment), as a new user would. It
 # fails if any step needs something the scripts do not install, and prints how long each phase
 # took. The root gets the host's network settings only (DNS, proxies, pip's and the system's
 # trusted certificates): a machine of this site, with nothing installed.
@@ -87,12 +88,19 @@ done
 git clone --quiet --no-hardlinks "$repo" "$root/root/zerolora"
 phase_done "copy a clean clone into the root"
 
-# The README's quick-start commands: the lines of the first sh block after the marker.
-mapfile -t commands < <(awk '/fresh-machine: the quick-start commands/ {found = 1; next}
-                              found && /^```sh/ {inside = 1; next}
-                              inside && /^```/ {exit}
-                              inside && NF {print}' "$repo/README.md")
+# The README's commands: the lines of the first sh block after each marker, run in order: the
+# two quick-start commands, then the Python package's (pip install, the example).
+readme_block() {  # readme_block MARKER
+  awk -v marker="$1" 'index($0, marker) {found = 1; next}
+                      found && /^```sh/ {inside = 1; next}
+                      inside && /^```/ {exit}
+                      inside && NF {print}' "$repo/README.md"
+}
+mapfile -t commands < <(readme_block "fresh-machine: the quick-start commands")
 [ ${#commands[@]} -eq 2 ] || { echo "fresh-machine: expected the README's two quick-start commands, found ${#commands[@]}" >&2; exit 1; }
+mapfile -t python_commands < <(readme_block "fresh-machine: the Python package commands")
+[ ${#python_commands[@]} -ge 1 ] || { echo "fresh-machine: the README's Python package commands are missing" >&2; exit 1; }
+commands+=("${python_commands[@]}")
 for command in "${commands[@]}"; do
   echo "fresh-machine: running, in the root: $command"
   if ! chroot "$root" /usr/bin/env -i "${environment[@]}" /bin/bash -c "cd /root/zerolora && $command" 2>&1 |
@@ -102,4 +110,4 @@ for command in "${commands[@]}"; do
   fi
   phase_done "README: ${command%%#*}"
 done
-echo "fresh-machine: ok, both README commands ran in a pristine Debian 12 root"
+echo "fresh-machine: ok, the README's quick-start and Python package commands ran in a pristine Debian 12 root"

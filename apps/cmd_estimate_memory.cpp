@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "apps/cli.hpp"
 #include "apps/commands.hpp"
 #include "apps/flag_checks.hpp"
 #include "core/error.hpp"
@@ -24,7 +25,15 @@ struct EstimateOptions {
   bool json = false;
 };
 
-int run_estimate(EstimateOptions& o) {
+struct Estimate {
+  LlamaConfig config;
+  LoraConfig lora;
+  std::string targets;  // comma-separated
+  std::int64_t lora_parameters = 0;
+  MemoryEstimate memory;
+};
+
+Estimate estimate(EstimateOptions& o) {
   if (o.model.empty() == o.preset.empty())
     throw UsageError("give one of --model_name_or_path and --preset");
   const LlamaConfig config = o.preset.empty()
@@ -40,13 +49,21 @@ int run_estimate(EstimateOptions& o) {
   o.scenario.recompute = o.recompute == "true";
   o.scenario.selective = o.granularity == "selective";
   o.scenario.bf16_residual = resolve_bf16_residual(o.residual_dtype, o.scenario.bf16);
-  const MemoryEstimate e = estimate_memory(config, layout, o.scenario);
+  return {config, lora, targets, static_cast<std::int64_t>(layout.size()),
+          estimate_memory(config, layout, o.scenario)};
+}
+
+nlohmann::ordered_json json_report(const MemoryEstimate& e) {
+  nlohmann::ordered_json j{{"total_bytes", e.total()}, {"items", nlohmann::ordered_json::array()}};
+  for (const auto& i : e.items) j["items"].push_back({{"name", i.name}, {"bytes", i.bytes}});
+  return j;
+}
+
+int run_estimate(EstimateOptions& o) {
+  const auto [config, lora, targets, lora_parameters, e] = estimate(o);
   const MemoryScenario& s = o.scenario;
   if (o.json) {
-    nlohmann::ordered_json j{{"total_bytes", e.total()},
-                             {"items", nlohmann::ordered_json::array()}};
-    for (const auto& i : e.items) j["items"].push_back({{"name", i.name}, {"bytes", i.bytes}});
-    std::printf("%s\n", j.dump(2).c_str());
+    std::printf("%s\n", json_report(e).dump(2).c_str());
     return 0;
   }
   std::printf(
@@ -60,7 +77,7 @@ int run_estimate(EstimateOptions& o) {
       !s.recompute  ? "off"
       : s.selective ? "selective"
                     : "on",
-      lora.rank, targets.c_str(), static_cast<long long>(layout.size()));
+      lora.rank, targets.c_str(), static_cast<long long>(lora_parameters));
   std::printf("  %-58s %12s\n", "per rank", "GiB");
   for (const auto& i : e.items)
     std::printf("  %-58s %12.3f\n", i.name.c_str(), i.bytes / 1073741824.0);
@@ -72,12 +89,7 @@ int run_estimate(EstimateOptions& o) {
   return 0;
 }
 
-}  // namespace
-
-Command add_estimate_memory(CLI::App& app) {
-  auto* cmd = app.add_subcommand("estimate-memory",
-                                 "Predict memory per rank of a training run, item by item");
-  auto o = std::make_shared<EstimateOptions>();
+void add_estimate_flags(CLI::App* cmd, EstimateOptions* o) {
   cmd->add_option("--model_name_or_path,--model", o->model,
                   "A model directory (its config.json is read)");
   cmd->add_option("--preset", o->preset,
@@ -136,7 +148,24 @@ Command add_estimate_memory(CLI::App& app) {
       ->capture_default_str()
       ->check(finite_in(0.0));
   cmd->add_flag("--json", o->json, "Machine-readable output");
+}
+
+}  // namespace
+
+Command add_estimate_memory(CLI::App& app) {
+  auto* cmd = app.add_subcommand("estimate-memory",
+                                 "Predict memory per rank of a training run, item by item");
+  auto o = std::make_shared<EstimateOptions>();
+  add_estimate_flags(cmd, o.get());
   return [o] { return run_estimate(*o); };
+}
+
+nlohmann::ordered_json estimate_memory_report(const std::vector<std::string>& args) {
+  CLI::App cmd("estimate-memory");
+  EstimateOptions o;
+  add_estimate_flags(&cmd, &o);
+  parse_function_flags(cmd, args);
+  return json_report(estimate(o).memory);
 }
 
 }  // namespace zerolora::cli

@@ -1,10 +1,12 @@
 // `zerolora generate`: continue a prompt with a base model and optionally a LoRA adapter,
 // streamed to stdout; KV cache; greedy or sampled.
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
 #include <string>
 
+#include "apps/cli.hpp"
 #include "apps/commands.hpp"
 #include "apps/flag_checks.hpp"
 #include "apps/model_files.hpp"
@@ -34,7 +36,7 @@ struct GenerateOptions {
 };
 
 template <class P>
-int run_generate(const GenerateOptions& o) {
+GeneratedText generate_with(const GenerateOptions& o, const TextSink& on_text) {
   const std::filesystem::path dir = o.model;
   Checkpoint checkpoint(dir);
   const LlamaConfig& config = checkpoint.config();
@@ -71,37 +73,50 @@ int run_generate(const GenerateOptions& o) {
     ids = encode_prompt(tokenizer, config, text);
     shown_from = tokenizer.adds_bos() ? 1 : 0;  // encode_prompt's BOS
   }
-  const std::size_t prompt_len = ids.size();
-  // Special tokens (EOS, an end of turn) are left out of what is printed.
-  std::string printed = tokenizer.decode(std::span(ids).subspan(shown_from), true);
-  std::fputs(printed.c_str(), stdout);
-  std::fflush(stdout);
+  GeneratedText result;
+  result.prompt_tokens = ids.size();
+  // Special tokens (EOS, an end of turn) are left out of the text.
+  result.prompt = tokenizer.decode(std::span(ids).subspan(shown_from), true);
+  on_text(result.prompt, true);
+  std::string shown = result.prompt;
   auto stream = [&](const std::vector<std::int32_t>& all) {
-    // Decode everything (sentencepiece joins pieces with context) and print the new suffix.
+    // Decode everything (sentencepiece joins pieces with context) and pass on the new suffix.
     std::string decoded = tokenizer.decode(std::span(all).subspan(shown_from), true);
-    if (decoded.size() > printed.size() && decoded.compare(0, printed.size(), printed) == 0) {
-      std::fputs(decoded.c_str() + printed.size(), stdout);
-      std::fflush(stdout);
-      printed = std::move(decoded);
+    if (decoded.size() > shown.size() && decoded.compare(0, shown.size(), shown) == 0) {
+      on_text(std::string_view(decoded).substr(shown.size()), false);
+      shown = std::move(decoded);
     }
   };
   const auto start = std::chrono::steady_clock::now();
   const auto out = generate(model, ids, o.max_new_tokens, stop, adapter.params, o.sampling, stream);
-  const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  result.new_tokens = out.size() - result.prompt_tokens;
+  // The completion as it reads after the prompt (decoded with its context, as streamed).
+  const std::string all = tokenizer.decode(std::span(out).subspan(shown_from), true);
+  result.completion = all.compare(0, result.prompt.size(), result.prompt) == 0
+                          ? all.substr(result.prompt.size())
+                          : tokenizer.decode(std::span(out).subspan(result.prompt_tokens), true);
+  return result;
+}
+
+GeneratedText generate_with(const GenerateOptions& o, const TextSink& on_text) {
+  return o.dtype == "fp32" ? generate_with<Fp32Policy>(o, on_text)
+                           : generate_with<Bf16Policy>(o, on_text);
+}
+
+int run_generate(const GenerateOptions& o) {
+  const GeneratedText text = generate_with(o, [](std::string_view piece, bool) {
+    std::fwrite(piece.data(), 1, piece.size(), stdout);
+    std::fflush(stdout);
+  });
   std::printf("\n");
   std::fflush(stdout);
-  std::fprintf(stderr, "[%zu prompt tokens, %zu generated in %.2f s]\n", prompt_len,
-               out.size() - prompt_len, seconds);
+  std::fprintf(stderr, "[%zu prompt tokens, %zu generated in %.2f s]\n", text.prompt_tokens,
+               text.new_tokens, text.seconds);
   return 0;
 }
 
-}  // namespace
-
-Command add_generate(CLI::App& app) {
-  auto* cmd = app.add_subcommand("generate",
-                                 "Continue a prompt with a model and optionally a LoRA adapter");
-  auto o = std::make_shared<GenerateOptions>();
+void add_generate_flags(CLI::App* cmd, GenerateOptions* o) {
   cmd->add_option(
          "--model_name_or_path,--model", o->model,
          "HF model directory: config.json, *.safetensors, tokenizer.json or tokenizer.model")
@@ -156,9 +171,24 @@ Command add_generate(CLI::App& app) {
   cmd->add_option("--threads", o->threads, "Compute threads (0: all cores)")
       ->capture_default_str()
       ->check(whole_in(0, 4096));
-  return [o] {
-    return o->dtype == "fp32" ? run_generate<Fp32Policy>(*o) : run_generate<Bf16Policy>(*o);
-  };
+}
+
+}  // namespace
+
+Command add_generate(CLI::App& app) {
+  auto* cmd = app.add_subcommand("generate",
+                                 "Continue a prompt with a model and optionally a LoRA adapter");
+  auto o = std::make_shared<GenerateOptions>();
+  add_generate_flags(cmd, o.get());
+  return [o] { return run_generate(*o); };
+}
+
+GeneratedText generate_text(const std::vector<std::string>& args, const TextSink& on_text) {
+  CLI::App cmd("generate");
+  GenerateOptions o;
+  add_generate_flags(&cmd, &o);
+  parse_function_flags(cmd, args);
+  return generate_with(o, on_text);
 }
 
 }  // namespace zerolora::cli

@@ -6,6 +6,7 @@
 #include <sstream>
 #include <string>
 
+#include "apps/cli.hpp"
 #include "apps/commands.hpp"
 #include "core/error.hpp"
 #include "io/checkpoint.hpp"
@@ -104,7 +105,58 @@ int run_inspect(const std::filesystem::path& path) {
   return 0;
 }
 
+nlohmann::ordered_json tensors_json(const std::vector<const SafetensorsFile*>& files) {
+  auto list = nlohmann::ordered_json::array();
+  for (const auto* file : files)
+    for (const auto& t : file->tensors())
+      list.push_back({{"name", t.name},
+                      {"dtype", std::string(dtype_name(t.dtype))},
+                      {"shape", t.shape},
+                      {"bytes", t.end - t.begin},
+                      {"file", file->path().filename().string()}});
+  return list;
+}
+
 }  // namespace
+
+nlohmann::ordered_json inspect_report(const std::filesystem::path& path) {
+  nlohmann::ordered_json report;
+  if (std::filesystem::is_directory(path) &&
+      std::filesystem::exists(path / "adapter_config.json")) {
+    report["kind"] = "adapter";
+    report["path"] = path.string();
+    report["adapter_config"] = read_json_file(path / "adapter_config.json");
+    if (std::filesystem::exists(path / "trainer_state.json")) {
+      const auto state =
+          nlohmann::json::parse(read_text_file(path / "trainer_state.json"), nullptr, false);
+      if (!state.is_discarded()) report["trainer_state"] = state;
+    }
+    SafetensorsFile weights(path / "adapter_model.safetensors");
+    std::int64_t parameters = 0;
+    for (const auto& t : weights.tensors()) parameters += t.numel();
+    report["parameters"] = parameters;
+    report["tensors"] = tensors_json({&weights});
+    return report;
+  }
+  if (std::filesystem::is_directory(path)) {
+    Checkpoint checkpoint(path);
+    report["kind"] = "model";
+    report["path"] = path.string();
+    report["config"] = read_json_file(path / "config.json");
+    std::vector<const SafetensorsFile*> files;
+    for (const auto& f : checkpoint.files()) files.push_back(f.get());
+    report["tensors"] = tensors_json(files);
+    return report;
+  }
+  if (!std::filesystem::exists(path)) throw IoError(path.string() + ": does not exist");
+  SafetensorsFile file(path);
+  report["kind"] = "safetensors";
+  report["path"] = path.string();
+  report["metadata"] = nlohmann::ordered_json::object();
+  for (const auto& [key, value] : file.metadata()) report["metadata"][key] = value;
+  report["tensors"] = tensors_json({&file});
+  return report;
+}
 
 Command add_inspect(CLI::App& app) {
   auto* cmd =
@@ -113,7 +165,13 @@ Command add_inspect(CLI::App& app) {
   cmd->add_option("path", *path,
                   "HF model directory (config.json + safetensors) or a .safetensors file")
       ->required();
-  return [path] { return run_inspect(*path); };
+  auto json = std::make_shared<bool>(false);
+  cmd->add_flag("--json", *json, "Machine-readable output (tensors, config, adapter settings)");
+  return [path, json] {
+    if (!*json) return run_inspect(*path);
+    std::printf("%s\n", inspect_report(*path).dump(2).c_str());
+    return 0;
+  };
 }
 
 }  // namespace zerolora::cli

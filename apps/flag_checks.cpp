@@ -1,9 +1,12 @@
 #include "apps/flag_checks.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
 #include <string>
+
+#include "core/error.hpp"
 
 namespace zerolora::cli {
 namespace {
@@ -63,6 +66,15 @@ CLI::Validator whole_in(long long lo, long long hi) {
         return {};
       },
       want, "");
+}
+
+void parse_function_flags(CLI::App& cmd, std::vector<std::string> args) {
+  std::reverse(args.begin(), args.end());  // CLI11's vector form takes them last first
+  try {
+    cmd.parse(args);
+  } catch (const CLI::ParseError& e) {
+    throw UsageError(e.what());
+  }
 }
 
 }  // namespace zerolora::cli

@@ -5,6 +5,8 @@
 
 #include <CLI/CLI.hpp>
 #include <limits>
+#include <string>
+#include <vector>
 
 namespace zerolora::cli {
 
@@ -14,5 +16,9 @@ CLI::Validator finite_in(double lo, double hi = std::numeric_limits<double>::inf
 CLI::Validator finite_below(double lo, double hi);
 // A whole number in [lo, hi].
 CLI::Validator whole_in(long long lo, long long hi = std::numeric_limits<long long>::max());
+
+// Parses a command's flags given as a function's arguments (the Python package): a flag CLI11
+// refuses is a UsageError carrying its message.
+void parse_function_flags(CLI::App& cmd, std::vector<std::string> args);
 
 }  // namespace zerolora::cli

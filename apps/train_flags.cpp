@@ -222,4 +222,24 @@ void record_explicit_flags(const CLI::App& cmd, TrainFlags& f) {
     if (cmd.count(std::string("--") + name) > 0) f.args.explicitly_set.insert(name);
 }
 
+RunSettings run_settings(const TrainFlags& f) {
+  RunSettings s;
+  s.model_dir = f.model_name_or_path;
+  s.output_dir = f.output_dir;
+  s.deepspeed_config = f.deepspeed;
+  s.resume_from_checkpoint = f.resume_from_checkpoint;
+  s.overwrite_output_dir = f.overwrite_output_dir;
+  s.do_eval = f.do_eval;
+  s.threads = f.threads;
+  s.device = f.device;
+  s.check_memory = f.check_memory;
+  s.peak_tflops = f.peak_tflops;
+  s.lora_init = f.lora_init == "gaussian" ? LoraInit::kGaussian : LoraInit::kKaimingUniform;
+  s.data = f.data.options();
+  s.args = f.args;
+  s.poison_step = f.poison_step;
+  s.poison_layer = f.poison_layer;
+  return s;
+}
+
 }  // namespace zerolora::cli

@@ -8,6 +8,7 @@
 
 #include "apps/data_flags.hpp"
 #include "train/training_args.hpp"
+#include "train/training_run.hpp"
 
 namespace zerolora::cli {
 
@@ -31,5 +32,7 @@ struct TrainFlags {
 void add_train_flags(CLI::App& cmd, TrainFlags& flags);
 // After parsing: records which flags the user gave (DeepSpeed "auto" resolution needs it).
 void record_explicit_flags(const CLI::App& cmd, TrainFlags& flags);
+// The run the flags describe.
+RunSettings run_settings(const TrainFlags& flags);
 
 }  // namespace zerolora::cli

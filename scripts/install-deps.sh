@@ -3,8 +3,10 @@
 # `debootstrap --variant=minbase` root) has none of them, and recommended packages are not
 # installed. Safe to re-run: installs only what is missing. Uses sudo when not root.
 #   install-deps.sh          what building and running zerolora needs
-#   install-deps.sh --test   also what the tests need (GoogleTest, Python 3
-#                            with venv for the reference stack that scripts/python-env.sh installs)
+#   install-deps.sh --test   also what the tests need (GoogleTest, Python 3 with venv for the
+#                            reference stack that scripts/python-env.sh installs, and its
+#                            headers for the Python package)
+#   install-deps.sh --python what `pip install .` of the Python package needs besides the above
 set -euo pipefail
 packages=(
   build-essential cmake pkg-config
@@ -21,10 +23,13 @@ case "${1:-}" in
     packages+=(
       libgtest-dev
       python3 python3-venv  # the test scripts, and the virtual environment of the reference stack
+      python3-dev           # the Python package's module (python/; also for `pip install .`)
       ca-certificates       # pip's downloads over https
       qemu-user             # the portable build's test on emulated older CPUs
     ) ;;
-  *) echo "usage: $0 [--test]" >&2; exit 2 ;;
+  --python)
+    packages+=(python3 python3-venv python3-dev ca-certificates) ;;
+  *) echo "usage: $0 [--test | --python]" >&2; exit 2 ;;
 esac
 missing=()
 for p in "${packages[@]}"; do

@@ -147,9 +147,12 @@ TEST_F(ChatData, MessagesAndShareGptRecordsTrainOnTheAssistantTurnsOnly) {
   const auto wrapped =
       write("wrapped.json", R"({"data": [{"messages": [{"role": "user", "content": "Hi there"}, )"
                             R"({"role": "assistant", "content": "Hello friend"}]}]})");
-  for (const auto& file : {openai, sharegpt, wrapped}) {
+  // The Python package's records arrive as JSON Lines in memory.
+  const InMemoryRecords memory{"the list", testing::read_file(openai)};
+  for (const auto& file : {openai, sharegpt, wrapped, fs::path()}) {
     DataOptions options;
     options.train_file = file;  // recognised as chat by its first record
+    if (file.empty()) options.train_records = memory;
     use_special_tokens(options.tokenize, tokenizer, nullptr);
     const TrainingData data = build_training_data(rt, options, tokenizer);
     EXPECT_EQ(data.report.chat_template, "llama3");

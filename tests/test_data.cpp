@@ -74,6 +74,37 @@ TEST_F(DataTest, ReadsAlpacaJsonAndTheSameAsJsonLines) {
   }
 }
 
+// The Python package's lists and datasets arrive as JSON Lines text in memory: read exactly as
+// the same text in a .jsonl file, and errors name the label where a file's path would be.
+TEST_F(DataTest, RecordsInMemoryReadAsTheSameFile) {
+  const std::string lines = R"({"instruction": "a", "output": "b"})"
+                            "\n\n"
+                            R"({"instruction": "c", "input": "d", "output": "e"})"
+                            "\n"
+                            R"({"instruction": "f", "output": ""})";
+  const auto file = read_records(write("m.jsonl", lines), RecordKind::kInstruction);
+  const auto memory = read_records(InMemoryRecords{"the list", lines}, RecordKind::kInstruction);
+  EXPECT_EQ(memory.read, 3);
+  EXPECT_EQ(memory.skipped_empty_output, 1);
+  ASSERT_EQ(memory.records.size(), file.records.size());
+  for (std::size_t i = 0; i < file.records.size(); ++i) {
+    EXPECT_EQ(memory.records[i].instruction, file.records[i].instruction);
+    EXPECT_EQ(memory.records[i].input, file.records[i].input);
+    EXPECT_EQ(memory.records[i].output, file.records[i].output);
+  }
+  expect_format_error(
+      [&] {
+        read_records(InMemoryRecords{"the list", R"({"instruction": "x"})"},
+                     RecordKind::kInstruction);
+      },
+      {"the list", "record 0", "output"});
+  expect_format_error(
+      [&] {
+        read_records(InMemoryRecords{"the list", "\n"}, RecordKind::kInstruction);
+      },
+      {"the list", "no records"});
+}
+
 TEST_F(DataTest, PrettyPrintedJsonObjectsInTheCommonShapes) {
   const std::string a = R"({"instruction": "i0", "output": "o0"})";
   const std::string b = R"({"instruction": "i1", "input": "x1", "output": "o1"})";

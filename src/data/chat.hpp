@@ -72,10 +72,12 @@ struct ChatReport {
 // record without an assistant message has nothing to train on: skipped and counted.
 // Errors name the file, the record (and line) and the field.
 RecordSet read_chat_records(const std::filesystem::path& file);
+RecordSet read_chat_records(const InMemoryRecords& records);  // JSON Lines in memory
 
 // Whether the first record of a JSON / JSON Lines file is a conversation (has "messages" or
 // "conversations" and no `instruction_column`): read only as far as that record.
 bool first_record_is_chat(const std::filesystem::path& file, const std::string& instruction_column);
+bool first_record_is_chat(const InMemoryRecords& records, const std::string& instruction_column);
 
 // One conversation to a training sequence. The template supplies BOS / end-of-turn tokens, so
 // none are added here. A turn cut by max_seq_length keeps no labels (counted in the report).

@@ -101,18 +101,14 @@ bool is_json_lines(const std::filesystem::path& file, std::string_view text) {
          (first.contains("messages") || first.contains("conversations"));
 }
 
-}  // namespace
-
-RecordSet read_chat_records(const std::filesystem::path& file) {
-  const std::string text = read_text_file(file);
-  const std::string label = file.string();
+RecordSet read_chat_records_text(const std::string& label, std::string_view text, bool json_lines) {
   RecordSet set;
-  if (is_json_lines(file, text)) {
+  if (json_lines) {
     std::size_t at = 0;
     for (std::int64_t line = 1; at < text.size(); ++line) {
       std::size_t end = text.find('\n', at);
       if (end == std::string::npos) end = text.size();
-      const std::string_view row = std::string_view(text).substr(at, end - at);
+      const std::string_view row = text.substr(at, end - at);
       at = end + 1;
       if (row.find_first_not_of(" \t\r") == std::string_view::npos) continue;
       const std::string where =
@@ -141,6 +137,17 @@ RecordSet read_chat_records(const std::filesystem::path& file) {
   for (std::size_t i = 0; i < records->size(); ++i)
     add_record(set, (*records)[i], label + ": record " + std::to_string(i));
   return set;
+}
+
+}  // namespace
+
+RecordSet read_chat_records(const std::filesystem::path& file) {
+  const std::string text = read_text_file(file);
+  return read_chat_records_text(file.string(), text, is_json_lines(file, text));
+}
+
+RecordSet read_chat_records(const InMemoryRecords& records) {
+  return read_chat_records_text(records.label, records.jsonl, true);
 }
 
 namespace {
@@ -191,17 +198,7 @@ class FirstRecordKeys : public nlohmann::json_sax<json> {
   int depth_ = 0, record_depth_ = 0, nested_depth_ = 0;
 };
 
-}  // namespace
-
-bool first_record_is_chat(const std::filesystem::path& file,
-                          const std::string& instruction_column) {
-  if (file.extension() == ".txt") return false;
-  std::string text;
-  try {
-    text = read_text_file(file);
-  } catch (const Error&) {
-    return false;  // the reader proper reports it
-  }
+bool first_record_is_chat_text(std::string_view text, const std::string& instruction_column) {
   FirstRecordKeys sax;
   json::sax_parse(text, &sax, json::input_format_t::json, false);
   auto is_chat = [&](const std::vector<std::string>& keys) {
@@ -213,6 +210,22 @@ bool first_record_is_chat(const std::filesystem::path& file,
     return chat;
   };
   return is_chat(sax.keys) || (sax.keys.size() == 1 && is_chat(sax.nested_keys));
+}
+
+}  // namespace
+
+bool first_record_is_chat(const std::filesystem::path& file,
+                          const std::string& instruction_column) {
+  if (file.extension() == ".txt") return false;
+  try {
+    return first_record_is_chat_text(read_text_file(file), instruction_column);
+  } catch (const Error&) {
+    return false;  // the reader proper reports it
+  }
+}
+
+bool first_record_is_chat(const InMemoryRecords& records, const std::string& instruction_column) {
+  return first_record_is_chat_text(records.jsonl, instruction_column);
 }
 
 }  // namespace zerolora

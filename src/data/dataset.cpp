@@ -12,25 +12,35 @@ namespace zerolora {
 TrainingData build_training_data(Runtime& rt, const DataOptions& o, const Tokenizer& tokenizer) {
   if (o.validation_split_percentage < 0 || o.validation_split_percentage >= 100)
     throw ConfigError("validation_split_percentage must be in [0, 100)");
-  if (!o.validation_file.empty() && o.validation_split_percentage > 0)
-    throw ConfigError("give either a validation file or a validation split percentage, not both");
+  if (o.train_records && !o.train_file.empty())
+    throw ConfigError("give either a train file or records in memory, not both");
   const PromptTemplate prompt = PromptTemplate::named(o.prompt_template);
   TrainingData data;
+  const bool has_validation = !o.validation_file.empty() || o.validation_records;
+  if (has_validation && o.validation_split_percentage > 0)
+    throw ConfigError("give either a validation file or a validation split percentage, not both");
   // Conversations are recognised by their first record unless the format was chosen.
   const bool chat =
-      o.kind == RecordKind::kChat || (o.kind == RecordKind::kInstruction &&
-                                      first_record_is_chat(o.train_file, o.columns.instruction));
-  auto read = [&](const std::filesystem::path& file) {
+      o.kind == RecordKind::kChat ||
+      (o.kind == RecordKind::kInstruction &&
+       (o.train_records ? first_record_is_chat(*o.train_records, o.columns.instruction)
+                        : first_record_is_chat(o.train_file, o.columns.instruction)));
+  auto read = [&](const std::filesystem::path& file, const std::optional<InMemoryRecords>& memory) {
+    if (memory) return chat ? read_chat_records(*memory) : read_records(*memory, o.kind, o.columns);
     return chat ? read_chat_records(file) : read_records(file, o.kind, o.columns);
   };
-  RecordSet train = read(o.train_file);
+  const std::string train_label = o.train_records ? o.train_records->label : o.train_file.string();
+  RecordSet train = read(o.train_file, o.train_records);
   data.report.records_read = train.read;
   data.report.skipped_empty_output = train.skipped_empty_output;
   std::vector<Record> validation;
-  if (!o.validation_file.empty()) {
-    RecordSet v = read(o.validation_file);
+  std::string validation_label = train_label;
+  if (has_validation) {
+    RecordSet v = read(o.validation_file, o.validation_records);
     data.report.skipped_empty_output += v.skipped_empty_output;
     validation = std::move(v.records);
+    validation_label =
+        o.validation_records ? o.validation_records->label : o.validation_file.string();
   } else if (o.validation_split_percentage > 0) {
     // run_lora_clm: validation = train[:p%], train = train[p%:]
     const auto n = static_cast<double>(train.records.size());
@@ -46,11 +56,10 @@ TrainingData build_training_data(Runtime& rt, const DataOptions& o, const Tokeni
     data.report.chat_template = chat_template.name();
     ChatReport report;
     train_examples = tokenize_chat_records(rt, train.records, chat_template, tokenizer, o.tokenize,
-                                           report, o.train_file.string());
+                                           report, train_label);
     data.report.truncated_turns = report.truncated_turns;
-    validation_examples = tokenize_chat_records(
-        rt, validation, chat_template, tokenizer, o.tokenize, report,
-        (o.validation_file.empty() ? o.train_file : o.validation_file).string());
+    validation_examples = tokenize_chat_records(rt, validation, chat_template, tokenizer,
+                                                o.tokenize, report, validation_label);
   } else {
     train_examples = tokenize_records(rt, train.records, prompt, tokenizer, o.tokenize);
     validation_examples = tokenize_records(rt, validation, prompt, tokenizer, o.tokenize);
@@ -79,8 +88,7 @@ TrainingData build_training_data(Runtime& rt, const DataOptions& o, const Tokeni
     for (auto l : s.labels) data.report.train_label_tokens += l != kIgnoreIndex;
   }
   if (data.train.empty())
-    throw ConfigError(o.train_file.string() +
-                      ": no training sequences remain (every record skipped, or " +
+    throw ConfigError(train_label + ": no training sequences remain (every record skipped, or " +
                       "concatenation produced no full block of max_seq_length tokens)");
   return data;
 }

@@ -15,7 +15,9 @@ namespace zerolora {
 
 struct DataOptions {
   std::filesystem::path train_file;
-  std::filesystem::path validation_file;   // empty: split from the train file
+  std::filesystem::path validation_file;  // empty: split from the train file
+  // Records in memory instead of the files (the Python package's lists and datasets).
+  std::optional<InMemoryRecords> train_records, validation_records;
   std::filesystem::path tokenizer;         // empty: the model directory's (tokenizer.hpp)
   double validation_split_percentage = 0;  // first p% of the train records (run_lora_clm)
   RecordKind kind = RecordKind::kInstruction;

@@ -279,30 +279,27 @@ bool is_valid_utf8(std::string_view text) {
   return !first_invalid_utf8(text);
 }
 
-RecordSet read_records(const std::filesystem::path& file, RecordKind kind,
-                       const ColumnNames& columns) {
-  if (!std::filesystem::exists(file)) throw IoError(file.string() + ": data file not found");
-  const MappedFile mapped(file);
-  const std::string_view text = as_text(mapped);
-  const std::string ext = file.extension().string();
+namespace {
+
+RecordSet read_records_text(const std::string& label, std::string_view text, std::string_view ext,
+                            RecordKind kind, const ColumnNames& columns) {
   RecordSet set;
   if (ext == ".txt") {
     if (kind != RecordKind::kText)
       throw UsageError(
-          file.string() +
-          ": .txt files hold plain text: use the text format, not instruction records");
-    read_text_lines(file.string(), text, set.records);
+          label + ": .txt files hold plain text: use the text format, not instruction records");
+    read_text_lines(label, text, set.records);
   } else {
     if (ext != ".json" && ext != ".jsonl")
-      throw UsageError(file.string() + ": unknown data file type '" + ext +
+      throw UsageError(label + ": unknown data file type '" + std::string(ext) +
                        "' (expected .json, .jsonl or .txt)");
-    RecordReader reader(file.string(), kind, columns, set.records);
+    RecordReader reader(label, kind, columns, set.records);
     const std::size_t first = text.find_first_not_of(" \t\r\n");
-    if (first == std::string_view::npos) throw FormatError(file.string() + ": file is empty");
+    if (first == std::string_view::npos) throw FormatError(label + ": file is empty");
     if (ext == ".jsonl" || (text[first] == '{' && first_line_is_object(text.substr(first))))
       read_json_lines(text, reader);
     else if (text[first] == '{')
-      read_wrapped_records(file.string(), text, reader);
+      read_wrapped_records(label, text, reader);
     else
       read_json_array(text, reader);
   }
@@ -310,6 +307,23 @@ RecordSet read_records(const std::filesystem::path& file, RecordKind kind,
   std::erase_if(set.records, [](const Record& r) { return r.output.empty(); });
   set.skipped_empty_output = set.read - static_cast<std::int64_t>(set.records.size());
   return set;
+}
+
+}  // namespace
+
+RecordSet read_records(const std::filesystem::path& file, RecordKind kind,
+                       const ColumnNames& columns) {
+  if (!std::filesystem::exists(file)) throw IoError(file.string() + ": data file not found");
+  const MappedFile mapped(file);
+  return read_records_text(file.string(), as_text(mapped), file.extension().string(), kind,
+                           columns);
+}
+
+RecordSet read_records(const InMemoryRecords& records, RecordKind kind,
+                       const ColumnNames& columns) {
+  if (records.jsonl.find_first_not_of(" \t\r\n") == std::string::npos)
+    throw FormatError(records.label + ": no records");
+  return read_records_text(records.label, records.jsonl, ".jsonl", kind, columns);
 }
 
 }  // namespace zerolora

@@ -50,6 +50,17 @@ struct RecordSet {
 RecordSet read_records(const std::filesystem::path& file, RecordKind kind,
                        const ColumnNames& columns = {});
 
+// Records held in memory rather than in a file (the Python package's lists and datasets): JSON
+// Lines text, read as a .jsonl file would be; `label` names them in errors, where a file's path
+// would be.
+struct InMemoryRecords {
+  std::string label;
+  std::string jsonl;
+};
+
+RecordSet read_records(const InMemoryRecords& records, RecordKind kind,
+                       const ColumnNames& columns = {});
+
 // True when `text` is well-formed UTF-8 (no overlongs, surrogates or code points > U+10FFFF).
 bool is_valid_utf8(std::string_view text);
 
