@@ -72,10 +72,16 @@ int train_main(const TrainFlags& f, Communicator& comm) {
   TrainingRun run(comm, run_settings(f), observer);
   // Under a launcher stdout is a pipe or pseudo-terminal whatever the user's is: plain lines.
   console.start(run.first_step(), run.total_steps(), !f.disable_tqdm && launch.launcher.empty());
-  std::signal(SIGINT, on_stop_signal);
-  std::signal(SIGTERM, on_stop_signal);
-  std::signal(SIGUSR1, on_stop_signal);
+  // The Python package's `zerolora.main` may train several times in one process: start each
+  // run unstopped, and give the process its handlers back after.
+  g_stop_signal.store(0);
+  const auto previous_int = std::signal(SIGINT, on_stop_signal);
+  const auto previous_term = std::signal(SIGTERM, on_stop_signal);
+  const auto previous_usr1 = std::signal(SIGUSR1, on_stop_signal);
   const RunOutcome outcome = run.run([] { return g_stop_signal.load() != 0; }, observer);
+  std::signal(SIGINT, previous_int);
+  std::signal(SIGTERM, previous_term);
+  std::signal(SIGUSR1, previous_usr1);
   console.finish();
   const auto saved = run.save(observer);
   if (!leader) return 0;

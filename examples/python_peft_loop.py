@@ -62,4 +62,6 @@ print("PEFT + Transformers:", answer)
 ours = zerolora.generate(MODEL, instruction, adapter=OUTPUT, template="alpaca", dtype="fp32",
                          max_new_tokens=48)
 print("zerolora.generate:  ", ours)
-print("the same text" if ours.strip() == answer.strip() else "the texts differ")
+if ours.strip() != answer.strip():
+    raise SystemExit("the texts differ: the adapter does not act the same in PEFT")
+print("the same text")

@@ -66,12 +66,20 @@ class PythonObserver : public RunObserver {
   }
 
   bool interrupted() const { return error_ && error_->matches(PyExc_KeyboardInterrupt); }
-  // With the GIL: raises what a Python function raised, unless it was KeyboardInterrupt, and
-  // forgets it either way (its traceback holds frames, which may hold this run).
-  void rethrow_error() {
+  // With the GIL: raises what a Python function raised (KeyboardInterrupt too, unless
+  // `except_interrupt`), and forgets it either way (its traceback holds frames, which may hold
+  // this run).
+  void rethrow_error(bool except_interrupt) {
     const std::unique_ptr<nb::python_error> error = std::move(error_);
-    if (error && !error->matches(PyExc_KeyboardInterrupt))
+    if (error && !(except_interrupt && error->matches(PyExc_KeyboardInterrupt)))
       throw nb::python_error(std::move(*error));
+  }
+  // With the GIL: drops the functions and any error kept, so that nothing the garbage collector
+  // cannot see holds Python objects once a call is over.
+  void forget() {
+    on_note_ = nb::none();
+    on_metrics_ = nb::none();
+    error_.reset();
   }
 
  private:
@@ -131,15 +139,25 @@ class PythonRun {
       settings.data.validation_records =
           InMemoryRecords{records_label + " (validation)", std::move(*validation_records)};
     }
-    nb::gil_scoped_release release;
-    run_guarded(group_.comm(), [&] {
-      run_ = std::make_unique<TrainingRun>(group_.comm(), std::move(settings), leader());
-      return 0;
-    });
+    {
+      nb::gil_scoped_release release;
+      run_guarded(group_.comm(), [&] {
+        run_ = std::make_unique<TrainingRun>(group_.comm(), std::move(settings), leader());
+        return 0;
+      });
+    }
+    // Ctrl-C while the model and data loaded, or an exception from the notes' function: raised
+    // now (nothing was trained, nothing needs saving).
+    observer_.set_functions(nb::none(), nb::none());
+    if (PyErr_CheckSignals() != 0) {
+      observer_.forget();
+      throw nb::python_error();
+    }
+    observer_.rethrow_error(false);
   }
 
-  std::int64_t total_steps() const { return run_->total_steps(); }
-  std::int64_t first_step() const { return run_->first_step(); }
+  std::int64_t total_steps() const { return open().total_steps(); }
+  std::int64_t first_step() const { return open().first_step(); }
   const std::vector<std::string>& ignored_flags() const { return ignored_flags_; }
 
   // Trains to the end or until stopped (a callback's True, request_stop, Ctrl-C, a callback's
@@ -148,8 +166,14 @@ class PythonRun {
   // (not KeyboardInterrupt) once the checkpoint is written.
   std::string train(nb::object on_metrics, nb::object on_note) {
     if (trained_) throw UsageError("this run has already trained; make a new Run to train again");
+    if (!run_) throw UsageError("this run was closed");
     trained_ = true;
     observer_.set_functions(std::move(on_note), std::move(on_metrics));
+    // Whatever happens (an engine error included), the functions are let go after.
+    struct Forget {
+      PythonObserver& observer;
+      ~Forget() { observer.forget(); }
+    } forget{observer_};
     nlohmann::ordered_json answer;
     {
       nb::gil_scoped_release release;
@@ -163,15 +187,24 @@ class PythonRun {
       });
     }
     answer["interrupted"] = observer_.interrupted();
-    observer_.set_functions(nb::none(), nb::none());
-    observer_.rethrow_error();
+    observer_.rethrow_error(true);
     return answer.dump();
   }
 
   void request_stop() { observer_.request_stop(); }
 
+  // Frees the model and the data now (and lets MPI be finalised at exit): every rank calls it.
+  void close() {
+    nb::gil_scoped_release release;
+    run_.reset();
+  }
+
  private:
   RunObserver* leader() { return group_.rank() == 0 ? &observer_ : nullptr; }
+  const TrainingRun& open() const {
+    if (!run_) throw UsageError("this run was closed");
+    return *run_;
+  }
 
   ProcessGroup& group_;
   PythonObserver observer_;
@@ -231,7 +264,8 @@ NB_MODULE(_zerolora, m) {
       .def_prop_ro("first_step", &PythonRun::first_step)
       .def_prop_ro("ignored_flags", &PythonRun::ignored_flags)
       .def("train", &PythonRun::train, nb::arg("on_metrics"), nb::arg("on_note"))
-      .def("request_stop", &PythonRun::request_stop);
+      .def("request_stop", &PythonRun::request_stop)
+      .def("close", &PythonRun::close);
 
   m.def(
       "cli_main",
@@ -269,6 +303,7 @@ NB_MODULE(_zerolora, m) {
           nb::gil_scoped_release release;
           text = cli::generate_text(args, [&](std::string_view piece, bool is_prompt) {
             nb::gil_scoped_acquire gil;
+            if (PyErr_CheckSignals() != 0) throw nb::python_error();  // Ctrl-C ends it
             if (!on_text.is_none() && !is_prompt) on_text(std::string(piece));
           });
         }

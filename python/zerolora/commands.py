@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import sys
+import threading
 
 from . import _zerolora
 from .flags import to_flags
@@ -38,9 +39,6 @@ def estimate_memory(model_name_or_path=None, **flags):
     world_size, per_device_train_batch_size, max_seq_length, lora_rank, bf16,
     gradient_checkpointing, ..."""
     arguments = {"model_name_or_path": model_name_or_path, **flags}
-    for name in ("bf16", "gradient_checkpointing"):  # written true/false there
-        if isinstance(arguments.get(name), bool):
-            arguments[name] = "true" if arguments[name] else "false"
     return json.loads(_zerolora.estimate_memory(to_flags(arguments)))
 
 
@@ -56,10 +54,13 @@ def main(argv=None):
     Returns the exit code."""
     args = sys.argv[1:] if argv is None else list(argv)
     sys.stdout.flush()
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    # As the executable: Ctrl-C ends a command at once (`zerolora train` installs its own
+    # handler: finish the step, save, exit). Python's handler would wait for the command to end.
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
         return _zerolora.cli_main(args)
-    finally:  # `zerolora train` installs its own handlers (finish the step, save, exit)
-        for number, handler in previous.items():
-            if handler is not None:
-                signal.signal(number, handler)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)

@@ -1,6 +1,7 @@
 """Keyword arguments to command-line flags: the C++ parser then applies the command line's own
 names, defaults and checks, so the Python functions cannot drift from ``zerolora --help``."""
 
+import numbers
 import os
 
 
@@ -27,7 +28,11 @@ def to_flags(arguments):
 def text(name, value):
     if isinstance(value, os.PathLike):
         return os.fspath(value)
-    if isinstance(value, (str, int, float)):
-        return str(value)  # str(float) is the shortest text that reads back the same number
+    if isinstance(value, str):
+        return value
+    if isinstance(value, numbers.Integral):  # numpy's integers too
+        return str(int(value))
+    if isinstance(value, numbers.Real):
+        return repr(float(value))  # the shortest text that reads back the same number
     raise TypeError(f"{name}: expected a string, number, bool, path or list, got "
                     f"{type(value).__name__}")

@@ -7,12 +7,14 @@ import os
 import signal
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Mapping
 
 from . import _zerolora
 from .flags import to_flags
 
 _process_group = None
+_open_runs = weakref.WeakSet()
 
 
 def _group():
@@ -26,7 +28,11 @@ def _group():
 
 
 def _close_group():
+    """At exit: the runs still held (a module-level Run, a kept traceback) are closed first, so
+    that MPI is finalised while the interpreter still runs."""
     global _process_group
+    for run in list(_open_runs):
+        run.close()
     _process_group = None
 
 
@@ -114,9 +120,10 @@ class _ConsoleLog:
         if done > 0 and step < self.total:
             left = (time.monotonic() - self.start) / done * (self.total - step)
             eta = f", {int(left) // 60}:{int(left) % 60:02d} left"
-        self.write(f"step {step}/{self.total}: loss {record['loss']:.4f}, "
-                   f"lr {record.get('lr', 0):.3g}, "
-                   f"{record.get('tokens_per_second', 0):.0f} tokens/s{eta}")
+        loss = record["loss"]  # null: every step of the window was skipped as non-finite
+        loss = "nan" if loss is None else f"{loss:.4f}"
+        self.write(f"step {step}/{self.total}: loss {loss}, lr {record.get('lr') or 0:.3g}, "
+                   f"{record.get('tokens_per_second') or 0:.0f} tokens/s{eta}")
 
 
 @contextlib.contextmanager
@@ -155,17 +162,21 @@ class Run:
             arguments["model_name_or_path"] = model_name_or_path
         if output_dir is not None:
             arguments["output_dir"] = output_dir
-        if data is not None and _records(data, "data") is None:
+        if arguments.get("resume_from_checkpoint") is False:  # as Hugging Face: no resume
+            del arguments["resume_from_checkpoint"]
+        train_records = _records(data, "data")
+        eval_records = _records(eval_data, "eval_data")
+        if data is not None and train_records is None:
             arguments["train_file"] = data
-        if eval_data is not None and _records(eval_data, "eval_data") is None:
+        if eval_data is not None and eval_records is None:
             arguments["validation_file"] = eval_data
         self._log_function = log
         rank, _ = process_rank()
         self._leader = rank == 0
         self._log = _ConsoleLog(log if self._leader else None, 0, 0)
-        self._run = _zerolora.Run(_group(), to_flags(arguments), _records(data, "data"),
-                                  _records(eval_data, "eval_data"), _MEMORY_LABEL,
-                                  self._log.note)
+        self._run = _zerolora.Run(_group(), to_flags(arguments), train_records, eval_records,
+                                  _MEMORY_LABEL, self._log.note)
+        _open_runs.add(self)
         if self.ignored_flags:
             self._log.note("warning: these flags mean nothing to zerolora and are ignored: " +
                            ", ".join(self.ignored_flags))
@@ -185,6 +196,10 @@ class Run:
     def ignored_flags(self):
         """Hugging Face flags that mean nothing to zerolora (a warning lists them)."""
         return list(self._run.ignored_flags)
+
+    def close(self):
+        """Frees the model and data now, rather than when the Run is collected (every rank)."""
+        self._run.close()
 
     def stop(self):
         """Asks the run to stop after the current step and save a checkpoint (from a callback,

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +107,24 @@ def test_ctrl_c_finishes_the_step_saves_and_resumes_exactly(tmp_path):
     assert adapter_bytes(tmp_path / "parts") == adapter_bytes(tmp_path / "whole")
 
 
+def test_ctrl_c_while_the_engine_computes(tmp_path):
+    # The signal arrives from another thread while the main thread is in the engine (the GIL
+    # released): the run sees it at the step's end, finishes, saves and returns.
+    flags = dict(FLAGS, validation_split_percentage=0, eval_strategy="no")
+    zerolora.train(MODEL, tmp_path / "whole", data=RECORDS, log=None, **flags)
+
+    def interrupt_soon(record):
+        if record.get("step") == 1 and "loss" in record:
+            threading.Timer(0.002, os.kill, (os.getpid(), signal.SIGINT)).start()
+
+    stopped = zerolora.train(MODEL, tmp_path / "parts", data=RECORDS, log=None,
+                             callback=interrupt_soon, **flags)
+    assert stopped["stopped"] and 1 <= stopped["step"] < 4
+    zerolora.train(MODEL, tmp_path / "parts", data=RECORDS, log=None,
+                   resume_from_checkpoint="last", **flags)
+    assert adapter_bytes(tmp_path / "parts") == adapter_bytes(tmp_path / "whole")
+
+
 def test_sigterm_stops_and_saves_as_the_command_line_does(tmp_path):
     flags = dict(FLAGS, validation_split_percentage=0, eval_strategy="no")
 
@@ -181,12 +200,14 @@ def test_chat_records_from_python(tmp_path):
     assert adapter_bytes(tmp_path / "py") == adapter_bytes(tmp_path / "cli")
 
 
+# A module-level Run, never closed: the package closes it at exit, before MPI is finalised.
 MPI_SCRIPT = """
 import json, sys, zerolora
 rank, size = zerolora.process_rank()
 records = json.load(open(sys.argv[2]))
 flags = json.loads(sys.argv[3])
-zerolora.train(sys.argv[1], sys.argv[4], data=records, log=None, **flags)
+run = zerolora.Run(sys.argv[1], sys.argv[4], data=records, log=None, **flags)
+run.train()
 print(f"rank {rank} of {size} done", flush=True)
 """
 
