@@ -182,9 +182,16 @@ TEST(GradCheck, LinearBackwardData) {
   EXPECT_LT(testing::max_rel_error(dx, numeric_gradient(x, loss)), tolerance::kFiniteDifference);
 }
 
-TEST(GradCheck, LoraBranchWithDropout) {
+// Ranks up to 16 run the fused branch (mask made on the fly, column blocks for the reductions
+// over rows, threads when large enough); larger ranks the oneDNN / loop matmuls.
+struct LoraShape {
+  Index M, in, out, r;
+};
+class LoraBranchGradCheck : public ::testing::TestWithParam<LoraShape> {};
+
+TEST_P(LoraBranchGradCheck, WithDropoutMatchesAPlainSumFiniteDifferencesAndOneThread) {
+  const auto [M, in, out, r] = GetParam();
   Runtime rt(2);
-  const Index M = 6, in = 5, out = 4, r = 2;
   auto x = random_vector(M * in, 14), a = random_vector(r * in, 15), b = random_vector(out * r, 16);
   auto c = random_vector(M * out, 17);
   std::vector<std::uint64_t> row_keys(M);
@@ -193,30 +200,80 @@ TEST(GradCheck, LoraBranchWithDropout) {
   const double scale = 1.7;
   Buffer<double> scratch;
   std::vector<double> z(M * r);
-  auto loss = [&] {
-    std::vector<double> y(M * out, 0.0);
-    lora_forward<double>(rt, Mat<double>::dense(y.data(), M, out), z.data(),
+  auto forward = [&](Runtime& runtime) {
+    std::vector<double> y(M * out, 0.5);
+    lora_forward<double>(runtime, Mat<double>::dense(y.data(), M, out), z.data(),
                          Mat<const double>::dense(x.data(), M, in), a.data(), b.data(), r, scale,
                          mask, scratch);
-    return dot(y, c);
+    return y;
   };
-  loss();
-  std::vector<double> dx(M * in, 0.0), da(r * in, 0.0), db(out * r, 0.0);
-  lora_backward<double>(rt, Mat<double>::dense(dx.data(), M, in), da.data(), db.data(),
-                        Mat<const double>::dense(c.data(), M, out), z.data(),
-                        Mat<const double>::dense(x.data(), M, in), a.data(), b.data(), r, scale,
-                        mask, scratch);
-  EXPECT_LT(testing::max_rel_error(dx, numeric_gradient(x, loss)), tolerance::kFiniteDifference);
-  EXPECT_LT(testing::max_rel_error(da, numeric_gradient(a, loss)), tolerance::kFiniteDifference);
-  EXPECT_LT(testing::max_rel_error(db, numeric_gradient(b, loss)), tolerance::kFiniteDifference);
-  // The mask really drops something (and keeps something) at p = 0.3.
+  auto loss = [&] { return dot(forward(rt), c); };
+  // The forward: y = 0.5 + scale drop(x) A^T B^T, summed plainly.
   std::vector<double> dropped(M * in);
   apply_dropout(rt, Mat<double>::dense(dropped.data(), M, in),
                 Mat<const double>::dense(x.data(), M, in), mask, false);
+  std::vector<double> expected(M * out, 0.5);
+  for (Index i = 0; i < M; ++i)
+    for (Index o = 0; o < out; ++o)
+      for (Index k = 0; k < r; ++k) {
+        double zik = 0;
+        for (Index j = 0; j < in; ++j) zik += dropped[i * in + j] * a[k * in + j];
+        expected[i * out + o] += scale * zik * b[o * r + k];
+      }
+  EXPECT_LT(testing::max_rel_error(forward(rt), expected), 1e-13);
+  // The backward, by finite differences; and the same bits on one thread as on two.
+  forward(rt);
+  auto backward = [&](Runtime& runtime) {
+    std::vector<double> grads(M * in + r * in + out * r, 0.0);
+    lora_backward<double>(
+        runtime, Mat<double>::dense(grads.data(), M, in), grads.data() + M * in,
+        grads.data() + M * in + r * in, Mat<const double>::dense(c.data(), M, out), z.data(),
+        Mat<const double>::dense(x.data(), M, in), a.data(), b.data(), r, scale, mask, scratch);
+    return grads;
+  };
+  const auto grads = backward(rt);
+  const std::vector<double> dx(grads.begin(), grads.begin() + M * in),
+      da(grads.begin() + M * in, grads.begin() + M * in + r * in),
+      db(grads.begin() + M * in + r * in, grads.end());
+  // Plainly: dB = s dy^T z, dz = s dy B, dA = dz^T drop(x), dx = drop'(dz A).
+  std::vector<double> plain(grads.size(), 0.0), dz(M * r, 0.0);
+  for (Index i = 0; i < M; ++i)
+    for (Index k = 0; k < r; ++k)
+      for (Index o = 0; o < out; ++o) {
+        plain[M * in + r * in + o * r + k] += scale * c[i * out + o] * z[i * r + k];
+        dz[i * r + k] += scale * c[i * out + o] * b[o * r + k];
+      }
+  for (Index i = 0; i < M; ++i)
+    for (Index j = 0; j < in; ++j)
+      for (Index k = 0; k < r; ++k) {
+        plain[M * in + k * in + j] += dz[i * r + k] * dropped[i * in + j];
+        if (dropped[i * in + j] != 0 || x[i * in + j] == 0)
+          plain[i * in + j] += dz[i * r + k] * a[k * in + j] / (1 - mask.p);
+      }
+  EXPECT_LT(testing::max_rel_error(grads, plain), 1e-12);
+  if (M * in <= 64) {  // the finite differences: one forward per input and parameter, twice
+    EXPECT_LT(testing::max_rel_error(dx, numeric_gradient(x, loss)), tolerance::kFiniteDifference);
+    EXPECT_LT(testing::max_rel_error(da, numeric_gradient(a, loss)), tolerance::kFiniteDifference);
+    EXPECT_LT(testing::max_rel_error(db, numeric_gradient(b, loss)), tolerance::kFiniteDifference);
+  }
+  Runtime one_thread(1);
+  EXPECT_EQ(forward(one_thread), forward(rt));
+  EXPECT_EQ(backward(one_thread), grads);
+  // The mask really drops something (and keeps something) at p = 0.3.
   const auto zeros = std::count(dropped.begin(), dropped.end(), 0.0);
   EXPECT_GT(zeros, 0);
   EXPECT_LT(zeros, M * in);
 }
+
+INSTANTIATE_TEST_SUITE_P(Shapes, LoraBranchGradCheck,
+                         ::testing::Values(LoraShape{6, 5, 4, 2},     // fused, one block
+                                           LoraShape{64, 70, 33, 8},  // fused, threads, blocks
+                                           LoraShape{9, 7, 5, 17}),   // matmuls
+                         [](const auto& info) {
+                           const LoraShape& s = info.param;
+                           return "M" + std::to_string(s.M) + "_in" + std::to_string(s.in) + "_r" +
+                                  std::to_string(s.r);
+                         });
 
 // The whole model in double: every LoRA gradient (all seven modules, dropout on) by finite
 // differences of the mean loss, with and without recompute.

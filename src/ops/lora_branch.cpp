@@ -1,5 +1,9 @@
 #include "ops/lora_branch.hpp"
 
+#include <algorithm>
+#include <initializer_list>
+#include <vector>
+
 #include "core/cpu_dispatch.hpp"
 #include "core/profiler.hpp"
 #include "core/rng.hpp"
@@ -32,12 +36,182 @@ ZL_CPU_CLONES void apply_dropout(Runtime& rt, Mat<T> dst, Mat<const T> src, cons
   }
 }
 
+// Small ranks: the branch in passes over the activations, the dropout mask made on the fly, no
+// oneDNN call. A oneDNN call's fixed cost (microseconds) rivals a rank-4 product's work on a
+// small model, and the dropped copy of x (M x in) is never written. Every result is a sum
+// in a fixed order (rows in sequence for the reductions over M, which run over column blocks),
+// so it does not depend on the number of threads.
+constexpr Index kFusedMaxRank = 16;
+
+struct KeepRule {
+  explicit KeepRule(const DropoutMask& mask)
+      : active(mask.active()),
+        // keep iff the top 24 bits of the hash, as an integer, reach p * 2^24 (apply_dropout)
+        threshold(static_cast<std::uint64_t>(mask.p * 16777216.0)),
+        keep_scale(active ? 1.0 / (1.0 - mask.p) : 1.0),
+        key(mask.key),
+        row_keys(mask.row_keys) {}
+  std::uint64_t row_key(Index i) const { return hash_combine(key, row_keys[i]); }
+  bool active;
+  std::uint64_t threshold;
+  double keep_scale;
+  std::uint64_t key;
+  const std::uint64_t* row_keys;
+};
+
+// drop(x[i, j0 : j0 + n]) into out (a copy of x when the mask is off).
+template <class T>
+ZL_INLINE void dropped_row(const KeepRule& rule, Index i, const T* x, Index j0, Index n, T* out) {
+  if (!rule.active) {
+    std::copy(x + j0, x + j0 + n, out);
+    return;
+  }
+  const std::uint64_t row_key = rule.row_key(i);
+  const T keep_scale = static_cast<T>(rule.keep_scale);
+  const std::uint64_t threshold = rule.threshold;
+#pragma omp simd
+  for (Index j = 0; j < n; ++j) {
+    const bool keep = (mix64(row_key + static_cast<std::uint64_t>(j0 + j)) >> 40) >= threshold;
+    out[j] = keep ? x[j0 + j] * keep_scale : T{0};
+  }
+}
+
+// Column blocks for the reductions over rows: about four per thread, 16 to 256 wide.
+inline Index column_block(Runtime& rt, Index cols) {
+  const Index per = (cols + 4 * rt.threads() - 1) / (4 * rt.threads());
+  return std::clamp<Index>((per + 15) / 16 * 16, 16, 256);
+}
+
+// out[i, k] = scale * sum_j x[i, j] w[k, j] (+= when accumulate): rows of x against the r rows
+// of w; x is dropped first when `rule` is active.
+template <class T>
+ZL_CPU_CLONES void rows_times_small(Runtime& rt, T* out, Index out_rs, Mat<const T> x,
+                                    const T* w /*[r, cols]*/, Index rank, const KeepRule& rule,
+                                    double scale, bool accumulate) {
+  const Index M = x.rows, n = x.cols;
+  const T s = static_cast<T>(scale);
+#pragma omp parallel num_threads(rt.threads()) if (M * n * rank > 32768)
+  {
+    std::vector<T> row(static_cast<std::size_t>(rule.active ? n : 0));
+#pragma omp for schedule(static)
+    for (Index i = 0; i < M; ++i) {
+      const T* v = x.data + i * x.rs;
+      if (rule.active) {
+        dropped_row(rule, i, v, 0, n, row.data());
+        v = row.data();
+      }
+      T* o = out + i * out_rs;
+      for (Index k = 0; k < rank; ++k) {
+        const T* wk = w + k * n;
+        T dot = 0;
+#pragma omp simd reduction(+ : dot)
+        for (Index j = 0; j < n; ++j) dot += v[j] * wk[j];
+        o[k] = accumulate ? o[k] + s * dot : s * dot;
+      }
+    }
+  }
+}
+
+// dst[i, :] += scale * sum_k z[i, k] wt[k, :], then (drop) when `rule` is active: the
+// expansion from rank r back to a row, wt as [r, cols].
+template <class T>
+ZL_CPU_CLONES void small_times_rows(Runtime& rt, Mat<T> dst, const T* z /*[M, r]*/,
+                                    const T* wt /*[r, cols]*/, Index rank, const KeepRule& rule,
+                                    double scale) {
+  const Index M = dst.rows, n = dst.cols;
+  const T s = static_cast<T>(scale);
+  const T keep_scale = static_cast<T>(rule.keep_scale);
+#pragma omp parallel num_threads(rt.threads()) if (M * n * rank > 32768)
+  {
+    std::vector<T> acc(static_cast<std::size_t>(n));
+#pragma omp for schedule(static)
+    for (Index i = 0; i < M; ++i) {
+      std::fill(acc.begin(), acc.end(), T{0});
+      const T* zi = z + i * rank;
+      for (Index k = 0; k < rank; ++k) {
+        const T zik = zi[k];
+        const T* wk = wt + k * n;
+#pragma omp simd
+        for (Index j = 0; j < n; ++j) acc[j] += zik * wk[j];
+      }
+      T* d = dst.data + i * dst.rs;
+      if (!rule.active) {
+#pragma omp simd
+        for (Index j = 0; j < n; ++j) d[j] += s * acc[j];
+      } else {
+        const std::uint64_t row_key = rule.row_key(i);
+        const std::uint64_t threshold = rule.threshold;
+#pragma omp simd
+        for (Index j = 0; j < n; ++j) {
+          const bool keep = (mix64(row_key + static_cast<std::uint64_t>(j)) >> 40) >= threshold;
+          d[j] += keep ? s * acc[j] * keep_scale : T{0};
+        }
+      }
+    }
+  }
+}
+
+// g[k, j] += sum_i z[i, k] drop(x)[i, j]: the reduction over rows for dA (x the input) and dB
+// (x = dy, no mask; g = dB^T, written transposed into dB [cols, r]). Column blocks run in
+// parallel, rows in sequence within each.
+template <class T>
+ZL_CPU_CLONES void rows_reduced_small(Runtime& rt, T* g, bool g_transposed, Mat<const T> x,
+                                      const T* z /*[M, r]*/, Index rank, const KeepRule& rule,
+                                      double scale) {
+  const Index M = x.rows, n = x.cols;
+  const Index width = column_block(rt, n);
+  const Index blocks = (n + width - 1) / width;
+  const T s = static_cast<T>(scale);
+#pragma omp parallel num_threads(rt.threads()) if (M * n * rank > 32768 && blocks > 1)
+  {
+    std::vector<T> acc(static_cast<std::size_t>(rank * width)),
+        row(static_cast<std::size_t>(width));
+#pragma omp for schedule(static)
+    for (Index block = 0; block < blocks; ++block) {
+      const Index j0 = block * width, cols = std::min(width, n - j0);
+      std::fill(acc.begin(), acc.end(), T{0});
+      for (Index i = 0; i < M; ++i) {
+        dropped_row(rule, i, x.data + i * x.rs, j0, cols, row.data());
+        const T* zi = z + i * rank;
+        for (Index k = 0; k < rank; ++k) {
+          const T zik = zi[k];
+          T* ak = acc.data() + k * width;
+#pragma omp simd
+          for (Index j = 0; j < cols; ++j) ak[j] += zik * row[j];
+        }
+      }
+      for (Index k = 0; k < rank; ++k)
+        for (Index j = 0; j < cols; ++j) {
+          T& target = g_transposed ? g[(j0 + j) * rank + k] : g[k * n + j0 + j];
+          target += s * acc[k * width + j];
+        }
+    }
+  }
+}
+
+template <class T>
+std::vector<T> transposed(const T* w /*[rows, cols]*/, Index rows, Index cols) {
+  std::vector<T> t(static_cast<std::size_t>(rows * cols));
+  for (Index i = 0; i < rows; ++i)
+    for (Index j = 0; j < cols; ++j) t[j * rows + i] = w[i * cols + j];
+  return t;
+}
+
+inline bool fused(Index rank, std::initializer_list<Index> column_strides) {
+  return rank <= kFusedMaxRank &&
+         std::all_of(column_strides.begin(), column_strides.end(), [](Index c) { return c == 1; });
+}
+
 template <class T>
 void lora_project(Runtime& rt, T* z /*[M, r]*/, Mat<const T> src /*[M, in]*/,
                   const T* a /*[r, in]*/, Index rank, const DropoutMask& dropout,
                   Buffer<T>& scratch) {
   ProfileScope profile(rt.profiler(), ProfileCategory::kLora);
   const Index M = src.rows, in = src.cols;
+  if (fused(rank, {src.cs})) {
+    rows_times_small(rt, z, rank, src, a, rank, KeepRule(dropout), 1.0, false);
+    return;
+  }
   Mat<const T> x = src;
   if (dropout.active()) {
     scratch.ensure(static_cast<std::size_t>(M * in));
@@ -53,6 +227,11 @@ void lora_forward(Runtime& rt, Mat<T> dst /*[M, out] +=*/, T* z /*[M, r] =*/,
                   Index rank, double scale, const DropoutMask& dropout, Buffer<T>& scratch) {
   ProfileScope profile(rt.profiler(), ProfileCategory::kLora);
   lora_project(rt, z, src, a, rank, dropout, scratch);
+  if (fused(rank, {dst.cs})) {
+    small_times_rows(rt, dst, z, transposed(b, dst.cols, rank).data(), rank,
+                     KeepRule(DropoutMask{}), scale);
+    return;
+  }
   matmul<T, T>(rt, Mat<const T>::dense(z, src.rows, rank),
                Mat<const T>::dense(b, dst.cols, rank).t(), dst, scale, true);
 }
@@ -66,6 +245,17 @@ void lora_backward(Runtime& rt, Mat<T> diff_src /*[M, in] +=*/, T* diff_a /*[r, 
   ProfileScope profile(rt.profiler(), ProfileCategory::kLora);
   const Index M = src.rows, in = src.cols, out = diff_dst.cols;
   const double s = scale;
+  if (fused(rank, {diff_src.cs, diff_dst.cs, src.cs})) {
+    const KeepRule keep(dropout), all(DropoutMask{});
+    scratch.ensure(static_cast<std::size_t>(M * rank));
+    T* dz = scratch.data();                                           // [M, r]
+    rows_reduced_small(rt, diff_b, true, diff_dst, z, rank, all, s);  // dB += s dy^T z
+    rows_times_small(rt, dz, rank, diff_dst, transposed(b, out, rank).data(), rank, all, s,
+                     false);                                          // dz = s dy B
+    rows_reduced_small(rt, diff_a, false, src, dz, rank, keep, 1.0);  // dA += dz^T drop(x)
+    small_times_rows(rt, diff_src, dz, a, rank, keep, 1.0);           // dx += drop(dz A)
+    return;
+  }
   scratch.ensure(static_cast<std::size_t>(M * rank + M * in));
   T* dz = scratch.data();               // [M, r]
   T* work = scratch.data() + M * rank;  // [M, in]
