@@ -36,12 +36,11 @@ ZL_CPU_CLONES void apply_dropout(Runtime& rt, Mat<T> dst, Mat<const T> src, cons
   }
 }
 
-// Small ranks: the branch in passes over the activations, the dropout mask made on the fly, no
-// oneDNN call. A oneDNN call's fixed cost (microseconds) rivals a rank-4 product's work on a
-// small model, and the dropped copy of x (M x in) is never written. Every result is a sum
-// in a fixed order (rows in sequence for the reductions over M, which run over column blocks),
-// so it does not depend on the number of threads.
-constexpr Index kFusedMaxRank = 16;
+// Small ranks (kLoraFusedMaxRank): the branch in passes over the activations, the dropout mask
+// made on the fly, no oneDNN call. A oneDNN call's fixed cost (microseconds) rivals a rank-4
+// product's work on a small model, and the dropped copy of x (M x in) is never written. Every
+// result is a sum in a fixed order (rows in sequence for the reductions over M, which run over
+// column blocks), so it does not depend on the number of threads.
 
 struct KeepRule {
   explicit KeepRule(const DropoutMask& mask)
@@ -198,7 +197,7 @@ std::vector<T> transposed(const T* w /*[rows, cols]*/, Index rows, Index cols) {
 }
 
 inline bool fused(Index rank, std::initializer_list<Index> column_strides) {
-  return rank <= kFusedMaxRank &&
+  return rank <= kLoraFusedMaxRank &&
          std::all_of(column_strides.begin(), column_strides.end(), [](Index c) { return c == 1; });
 }
 

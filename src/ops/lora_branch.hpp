@@ -34,6 +34,11 @@ template <class T>
 void apply_dropout(Runtime& rt, Mat<T> dst, Mat<const T> src, const DropoutMask& mask,
                    bool accumulate);
 
+// Ranks up to this run the branch as fused passes: the dropout mask made on the fly, no oneDNN
+// call, and no dropped copy of the input (scratch: dz [M, r] only); larger ranks use matmuls
+// and a dropped copy [M, in].
+inline constexpr Index kLoraFusedMaxRank = 16;
+
 // z (=) [M, r] = drop(src) A^T: the down-projection half of the branch.
 template <class T>
 void lora_project(Runtime& rt, T* z /*[M, r]*/, Mat<const T> src /*[M, in]*/,

@@ -8,6 +8,7 @@
 #include "core/error.hpp"
 #include "core/system_memory.hpp"
 #include "model/parameter_table.hpp"
+#include "ops/lora_branch.hpp"
 #include "zero3/lora_shards.hpp"
 
 namespace zerolora {
@@ -109,16 +110,28 @@ MemoryEstimate estimate_memory(const LlamaConfig& c, const LoraLayout& lora,
   for (int l = 0; l < c.num_layers; ++l) units.push_back(static_cast<double>(layout.size()));
   if (!c.tie_word_embeddings) units.push_back(V * D);
   const bool sharded = s.zero_stage == 3 && s.world_size > 1;
-  double base = 0, largest = 0;
-  for (double n : units) {
-    base += sharded ? std::ceil(n / W) : n;
-    largest = std::max(largest, n);
-  }
+  double base = 0;
+  for (double n : units) base += sharded ? std::ceil(n / W) : n;
   e.items.push_back(
       {sharded ? "base weights (this rank's 1/W shard)" : "base weights (whole)", base * w_bytes});
+  // In flight: the unit in use and the prefetch_depth units after it, in the order they are
+  // used (embedding, layers, final norm, lm_head; the backward the reverse): the largest such
+  // window, not the largest unit times the window (the embedding and lm_head, the two largest,
+  // are never gathered together).
+  std::vector<double> order{V * D};
+  for (int l = 0; l < c.num_layers; ++l) order.push_back(static_cast<double>(layout.size()));
+  order.push_back(D);
+  order.push_back(V * D);
+  const std::size_t window = 1 + static_cast<std::size_t>(std::max(0, s.prefetch_depth));
+  double in_flight = 0;
+  for (std::size_t i = 0; i < order.size(); ++i) {
+    double gathered = 0;
+    for (std::size_t j = i; j < std::min(order.size(), i + window); ++j) gathered += order[j];
+    in_flight = std::max(in_flight, gathered);
+  }
   if (sharded)
-    e.items.push_back({"gathered units in flight (the one in use + prefetch)",
-                       (1.0 + s.prefetch_depth) * largest * w_bytes});
+    e.items.push_back(
+        {"gathered units in flight (the one in use + prefetch)", in_flight * w_bytes});
 
   // LoRA (lora_shards.hpp): replicated tensors whole, partitioned ones as this rank's shard,
   // for parameters, gradients and AdamW moments; one layer gathered at a time; the whole
@@ -162,7 +175,10 @@ MemoryEstimate estimate_memory(const LlamaConfig& c, const LoraLayout& lora,
   const double gradients =
       4.0 * (std::max(chunk, M) * D + M * Qd + M * W3 + M * D);  // dh, d_attn, d_qkv, residual
   const double operands = s.bf16 ? 2.0 * std::max({M * D, M * W3, M * Qd, chunk * 2 * I}) : 0.0;
-  const double lora_scratch = 4.0 * M * (std::max(D, I) + r);
+  // ops/lora_branch.hpp: fused ranks keep dz and a row per thread; larger ones a dropped copy.
+  const double lora_scratch = r <= kLoraFusedMaxRank
+                                  ? 4.0 * (M * r + 2.0 * s.threads * std::max(D, I))
+                                  : 4.0 * M * (std::max(D, I) + r);
   e.items.push_back({"backward and attention work buffers",
                      attention + mlp + gradients + operands + lora_scratch});
   e.items.push_back({"fused lm_head + loss (logits chunk, operands)",
