@@ -11,23 +11,43 @@
 
 namespace zerolora {
 
+// The mask of a row: element j is kept iff the top 24 bits of hash(row_key + j), as an
+// integer, reach p * 2^24 (one vectorizable pass: AVX-512 has 64-bit multiplies).
+struct KeepRule {
+  explicit KeepRule(const DropoutMask& mask)
+      : active(mask.active()),
+        threshold(static_cast<std::uint64_t>(mask.p * 16777216.0)),
+        keep_scale(active ? 1.0 / (1.0 - mask.p) : 1.0),
+        key(mask.key),
+        row_keys(mask.row_keys) {}
+  std::uint64_t row_key(Index i) const { return hash_combine(key, row_keys[i]); }
+  bool active;
+  std::uint64_t threshold;
+  double keep_scale;
+  std::uint64_t key;
+  const std::uint64_t* row_keys;
+};
+
+ZL_INLINE bool kept(std::uint64_t row_key, Index j, std::uint64_t threshold) {
+  return (mix64(row_key + static_cast<std::uint64_t>(j)) >> 40) >= threshold;
+}
+
 template <class T>
 ZL_CPU_CLONES void apply_dropout(Runtime& rt, Mat<T> dst, Mat<const T> src, const DropoutMask& mask,
                                  bool accumulate) {
-  const T keep_scale = static_cast<T>(1.0 / (1.0 - mask.p));
-  // keep iff the top 24 bits of the hash, as an integer, reach p * 2^24
-  const auto threshold = static_cast<std::uint64_t>(mask.p * 16777216.0);
+  const KeepRule rule(mask);
+  const T keep_scale = static_cast<T>(rule.keep_scale);
+  const std::uint64_t threshold = rule.threshold;
   const Index cols = src.cols;
 #pragma omp parallel for num_threads(rt.threads()) schedule(static) if (src.rows * cols > 16384)
   for (Index i = 0; i < src.rows; ++i) {
-    const std::uint64_t row_key = hash_combine(mask.key, mask.row_keys[i]);
+    const std::uint64_t row_key = rule.row_key(i);
     const T* x = src.data + i * src.rs;
     T* y = dst.data + i * dst.rs;
     const Index xs = src.cs, ys = dst.cs;
 #pragma omp simd
     for (Index j = 0; j < cols; ++j) {
-      const bool keep = (mix64(row_key + static_cast<std::uint64_t>(j)) >> 40) >= threshold;
-      const T value = keep ? x[j * xs] * keep_scale : T{0};
+      const T value = kept(row_key, j, threshold) ? x[j * xs] * keep_scale : T{0};
       if (accumulate)
         y[j * ys] += value;
       else
@@ -42,22 +62,6 @@ ZL_CPU_CLONES void apply_dropout(Runtime& rt, Mat<T> dst, Mat<const T> src, cons
 // result is a sum in a fixed order (rows in sequence for the reductions over M, which run over
 // column blocks), so it does not depend on the number of threads.
 
-struct KeepRule {
-  explicit KeepRule(const DropoutMask& mask)
-      : active(mask.active()),
-        // keep iff the top 24 bits of the hash, as an integer, reach p * 2^24 (apply_dropout)
-        threshold(static_cast<std::uint64_t>(mask.p * 16777216.0)),
-        keep_scale(active ? 1.0 / (1.0 - mask.p) : 1.0),
-        key(mask.key),
-        row_keys(mask.row_keys) {}
-  std::uint64_t row_key(Index i) const { return hash_combine(key, row_keys[i]); }
-  bool active;
-  std::uint64_t threshold;
-  double keep_scale;
-  std::uint64_t key;
-  const std::uint64_t* row_keys;
-};
-
 // drop(x[i, j0 : j0 + n]) into out (a copy of x when the mask is off).
 template <class T>
 ZL_INLINE void dropped_row(const KeepRule& rule, Index i, const T* x, Index j0, Index n, T* out) {
@@ -70,8 +74,7 @@ ZL_INLINE void dropped_row(const KeepRule& rule, Index i, const T* x, Index j0, 
   const std::uint64_t threshold = rule.threshold;
 #pragma omp simd
   for (Index j = 0; j < n; ++j) {
-    const bool keep = (mix64(row_key + static_cast<std::uint64_t>(j0 + j)) >> 40) >= threshold;
-    out[j] = keep ? x[j0 + j] * keep_scale : T{0};
+    out[j] = kept(row_key, j0 + j, threshold) ? x[j0 + j] * keep_scale : T{0};
   }
 }
 
@@ -142,8 +145,7 @@ ZL_CPU_CLONES void small_times_rows(Runtime& rt, Mat<T> dst, const T* z /*[M, r]
         const std::uint64_t threshold = rule.threshold;
 #pragma omp simd
         for (Index j = 0; j < n; ++j) {
-          const bool keep = (mix64(row_key + static_cast<std::uint64_t>(j)) >> 40) >= threshold;
-          d[j] += keep ? s * acc[j] * keep_scale : T{0};
+          d[j] += kept(row_key, j, threshold) ? s * acc[j] * keep_scale : T{0};
         }
       }
     }
