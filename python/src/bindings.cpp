@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "apps/cli.hpp"
+#include "apps/flag_checks.hpp"
 #include "apps/hf_args.hpp"
 #include "apps/train_flags.hpp"
 #include "comm/communicator.hpp"
@@ -120,12 +121,7 @@ class PythonRun {
     ignored_flags_ = hf.ignored;
     std::vector<std::string> argv = std::move(hf.args);
     argv.insert(argv.begin(), "train");
-    std::reverse(argv.begin(), argv.end());  // CLI11's vector form takes them last first
-    try {
-      app.parse(argv);
-    } catch (const CLI::ParseError& e) {
-      throw UsageError(e.what());
-    }
+    cli::parse_function_flags(app, std::move(argv));
     cli::record_explicit_flags(*cmd, flags);
     RunSettings settings = cli::run_settings(flags);
     if (train_records) {
