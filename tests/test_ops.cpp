@@ -8,6 +8,8 @@
 #include <cmath>
 #include <limits>
 #include <random>
+#include <string>
+#include <utility>
 
 #include "core/error.hpp"
 #include "model/batch.hpp"
@@ -15,7 +17,11 @@
 #include "ops/convert.hpp"
 #include "ops/matmul.hpp"
 #include "ops/rmsnorm.hpp"
+#include "ops/simd.hpp"
 #include "test_util.hpp"
+
+// ops/simd.hpp's vectors are only ever passed to inlined helpers: no ABI to change.
+#pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace zerolora {
 namespace {
@@ -205,6 +211,104 @@ TEST(Attention, SegmentsDoNotSeeEachOther) {
   const Index first_rows = 14 * c.shape.heads * c.shape.head_dim;
   EXPECT_TRUE(std::equal(before.begin(), before.begin() + first_rows, after.begin()));
   EXPECT_FALSE(std::equal(before.begin() + first_rows, before.end(), after.begin() + first_rows));
+}
+
+// The SIMD exp (ops/simd.hpp) within its stated bound, and 0 below the range and for -inf.
+TEST(Simd, ExpWithinItsStatedBound) {
+  using simd::Vec;
+  double worst = 0;
+  for (float x = -87.25f; x < 88.25f; x += 0.0137f) {
+    const Vec<float> e = simd::exp(simd::iota(0.0f) * 1e-3f + x);  // 16 nearby points
+    for (int i = 0; i < simd::kLanes<float>; ++i) {
+      const double arg = static_cast<double>(x + static_cast<float>(i) * 1e-3f);
+      worst = std::max(worst, std::abs(e[i] / std::exp(arg) - 1.0));
+    }
+  }
+  EXPECT_LT(worst, 2.5e-7);
+  const Vec<float> tails = simd::exp(simd::splat(-std::numeric_limits<float>::infinity()));
+  EXPECT_EQ(tails[0], 0.0f);
+  EXPECT_EQ(simd::exp(simd::splat(-100.0f))[3], 0.0f);
+  EXPECT_TRUE(std::isfinite(simd::exp(simd::splat(1000.0f))[5]));
+}
+
+template <class T>
+void check_transpose_sum() {
+  constexpr int N = simd::kLanes<T>;
+  simd::Vec<T> v[N];
+  T expected[N] = {};
+  for (int i = 0; i < N; ++i)
+    for (int lane = 0; lane < N; ++lane) {
+      v[i][lane] = static_cast<T>(1 + i * 37 + lane * lane);  // distinct, exact in float
+      expected[i] += v[i][lane];
+    }
+  const simd::Vec<T> sums = simd::transpose_sum<T>(v);
+  for (int i = 0; i < N; ++i) EXPECT_EQ(sums[i], expected[i]) << i;
+}
+
+TEST(Simd, TransposeSumGivesEachVectorsLaneSum) {
+  check_transpose_sum<float>();
+  check_transpose_sum<double>();
+}
+
+// The small-head SIMD kernel in fp32 against the tiled kernel in double, forward and
+// backward, over head dims that fill a vector chunk or not, segment lengths around the vector
+// width, grouped-query heads and sliding windows; and the same bits with 1 and 3 threads.
+TEST(Attention, DirectKernelMatchesTheDoubleReferenceOnManyShapes) {
+  const std::vector<Segment> segments{{0, 1}, {1, 17}, {18, 16}, {34, 2}, {36, 47}, {83, 33}};
+  const Index M = 116;
+  for (const AttentionShape base :
+       {AttentionShape{4, 2, 8}, AttentionShape{4, 1, 12}, AttentionShape{2, 2, 4},
+        AttentionShape{6, 3, 16}, AttentionShape{2, 1, 33}, AttentionShape{2, 2, 64}})
+    for (const Index window : {0, 7}) {
+      AttentionShape shape = base;
+      shape.window = window;
+      const Index W3 = shape.qkv_stride(), Qd = shape.heads * shape.head_dim;
+      const auto qkv = random_values<double>(M * W3, 21);
+      const auto d_out = random_values<double>(M * Qd, 22);
+      auto run = [&]<class T>(T, int threads, AttentionOptions::Kernel kernel) {
+        Runtime rt(threads);
+        AttentionOptions options;
+        options.kernel = kernel;
+        AttentionWorkspace ws;
+        std::vector<T> q(qkv.begin(), qkv.end()), g(d_out.begin(), d_out.end());
+        std::vector<T> out(M * Qd), lse(shape.heads * M), dqkv(M * W3, T{7});
+        attention_forward<T, T>(rt, out.data(), lse.data(), q.data(), segments, M, shape, options,
+                                ws);
+        attention_backward<T, T>(rt, dqkv.data(), g.data(), q.data(), out.data(), lse.data(),
+                                 segments, M, shape, options, ws);
+        return std::pair{out, dqkv};
+      };
+      const auto [want_out, want_grad] = run(0.0, 2, AttentionOptions::Kernel::kTiled);
+      const auto [out, grad] = run(0.0f, 2, AttentionOptions::Kernel::kDirect);
+      const std::string where =
+          "heads " + std::to_string(shape.heads) + "/" + std::to_string(shape.kv_heads) +
+          " head dim " + std::to_string(shape.head_dim) + " window " + std::to_string(window);
+      EXPECT_LT(testing::max_rel_error(out, want_out), 1e-5) << where;
+      EXPECT_LT(testing::max_rel_error(grad, want_grad), 1e-5) << where;
+      const auto [out_double, grad_double] = run(0.0, 2, AttentionOptions::Kernel::kDirect);
+      EXPECT_LT(testing::max_rel_error(out_double, want_out), 1e-12) << where;
+      EXPECT_LT(testing::max_rel_error(grad_double, want_grad), 1e-12) << where;
+      const auto [out_one, grad_one] = run(0.0f, 1, AttentionOptions::Kernel::kDirect);
+      const auto [out_three, grad_three] = run(0.0f, 3, AttentionOptions::Kernel::kDirect);
+      EXPECT_EQ(out_one, out) << where;
+      EXPECT_EQ(grad_one, grad) << where;
+      EXPECT_EQ(out_three, out) << where;
+      EXPECT_EQ(grad_three, grad) << where;
+    }
+}
+
+// --attn_softmax_bf16 in the SIMD kernel: scores and probabilities rounded as in the tiled
+// kernel (the same values up to a rare bf16 tie broken by fp32 sums in another order).
+TEST(Attention, DirectKernelRoundsTheSoftmaxToBf16LikeTheTiledOne) {
+  const AttentionCase c;
+  const auto qkv = random_values<double>(c.M * c.shape.qkv_stride(), 23);
+  const auto exact = reference_attention(qkv, c);
+  const auto tiled = run_attention<float, float>(qkv, c, 16, true);
+  const auto direct =
+      run_attention<float, float>(qkv, c, 1, true, AttentionOptions::Kernel::kDirect);
+  EXPECT_GT(testing::max_rel_error(direct, exact), 1e-5) << "bf16 softmax must change the result";
+  EXPECT_LT(testing::max_rel_error(direct, exact), 2e-2);
+  EXPECT_LT(testing::mean_rel_error(direct, tiled), 1e-5);
 }
 
 TEST(Batch, ShiftsLabelsPerSegmentAndValidates) {

@@ -1,6 +1,12 @@
-// Attention for small head dims (< 64, e.g. tiny models): no GEMM calls, K and V of one head
-// transposed into a thread tile, scores of four query rows per pass with the head dim unrolled
-// at compile time where it is a common size. Same contract as attention.hpp's kernels.
+// Attention for small head dims (< 64, e.g. tiny models) in explicit SIMD (ops/simd.hpp), no
+// GEMM calls. One task per (segment, key/value head) holds that head's K and V transposed in
+// a thread tile ([head dim, length]: keys along the vector lanes, zero-padded to whole
+// vectors) and serves the head's group of query heads. Four query rows share every key vector
+// loaded; keys outside a row's causal window are set to -inf, so exp makes them 0 and no
+// branch is needed inside a block. Reductions over keys (P V forward, dS K backward) keep one
+// vector per (row, head dim) and sum their lanes sixteen at a time with simd::transpose_sum.
+// Same contract as attention.hpp's kernels; results do not depend on the thread count (each
+// task runs in sequence on one thread).
 #include <omp.h>
 
 #include <cmath>
@@ -8,135 +14,147 @@
 
 #include "core/cpu_dispatch.hpp"
 #include "core/error.hpp"
-#include "core/fast_math.hpp"
 #include "ops/attention_common.hpp"
+#include "ops/simd.hpp"
+
+#pragma GCC diagnostic ignored "-Wpsabi"  // simd.hpp: vectors are never passed out of line
 
 namespace zerolora::attention_detail {
 namespace {
 
-// [L, hd] rows with stride ld -> [hd, L]
+using simd::Vec;
+
+constexpr Index kRows = 4;         // query rows per pass: each key vector loaded serves them all
+constexpr Index kChunk = 8;        // head dims summed per transpose_sum (tiles pad hd to it)
+constexpr Index kMaxHeadDim = 64;  // the direct kernel's limit (attention.cpp picks it below)
+
 template <class T>
-ZL_INLINE void transpose_head(T* dst, const T* src, Index ld, Index L, Index hd) {
-  for (Index j = 0; j < L; ++j)
-    for (Index d = 0; d < hd; ++d) dst[d * L + j] = src[j * ld + d];
+constexpr Index lanes() {
+  return simd::kLanes<T>;
 }
 
-// Scores of query row q against keys [0, n): s_j = scale * q . k_j, then exp(s_j - row_lse)
-// if row_lse is given, else the softmax numerators with their max and sum returned.
+constexpr Index round_up(Index x, Index multiple) {
+  return (x + multiple - 1) / multiple * multiple;
+}
+
+// A head's [L, hd] rows with stride ld -> [hd_padded, Lp]; the padding (keys past L, head
+// dims past hd) is zero, so whole-vector loads never read garbage.
 template <class T>
-ZL_INLINE void score_row(T* s, const T* q, const T* kt, Index L, Index n, Index hd, T scale) {
-  std::fill_n(s, n, T{0});
+ZL_INLINE void transpose_head(T* dst, const T* src, Index ld, Index L, Index hd, Index Lp,
+                              Index hd_padded) {
   for (Index d = 0; d < hd; ++d) {
-    const T qd = q[d] * scale;
-    const T* kd = kt + d * L;
-#pragma omp simd
-    for (Index j = 0; j < n; ++j) s[j] += qd * kd[j];
+    T* row = dst + d * Lp;
+    for (Index j = 0; j < L; ++j) row[j] = src[j * ld + d];
+    std::fill(row + L, row + Lp, T{0});
   }
+  std::fill(dst + hd * Lp, dst + hd_padded * Lp, T{0});
 }
 
-// s_r[j] = scale * sum_d q_r[d] kt[d][j] for the R = 4 rows r and keys j < n (kt: [hd, L]).
-// With head_dim a compile-time constant the d loop unrolls inside the vectorized j loop, so
-// each score is accumulated in a register and stored once.
-template <int HD, int R, class T>
-ZL_INLINE void scores_fixed(T* const s[], const T* const q[], const T* kt, Index L, Index n,
-                            T scale) {
-  T qs[R][HD];
-  for (int r = 0; r < R; ++r)
-    for (int d = 0; d < HD; ++d) qs[r][d] = q[r][d] * scale;
-#pragma omp simd
-  for (Index j = 0; j < n; ++j) {
-    T a[R] = {};
-    for (int d = 0; d < HD; ++d) {
-      const T k = kt[d * L + j];
-      for (int r = 0; r < R; ++r) a[r] += qs[r][d] * k;
+// The kRows rows of one pass: their query (or output-gradient) vectors as scalars to
+// broadcast, and the window of keys each attends to.
+template <class T>
+struct RowPass {
+  Index i0 = 0, rows = 0;  // first row's position in the segment; real rows (the rest pad)
+  Index first[kRows] = {}, last[kRows] = {};
+  Index begin_block = 0, end_block = 0;  // key blocks any row attends to
+};
+
+template <class T>
+RowPass<T> row_pass(const AttentionShape& shape, Index i0, Index L) {
+  RowPass<T> pass;
+  pass.i0 = i0;
+  pass.rows = std::min(kRows, L - i0);
+  for (Index r = 0; r < kRows; ++r) {
+    // padding rows repeat the last real row's window: finite scores, results discarded
+    const Index position = i0 + std::min(r, pass.rows - 1);
+    pass.first[r] = shape.first_key(position);
+    pass.last[r] = position;
+  }
+  pass.begin_block = pass.first[0] / lanes<T>();
+  pass.end_block = (i0 + pass.rows + lanes<T>() - 1) / lanes<T>();
+  return pass;
+}
+
+// acc[r] = sum_d rows[r][d] * tile[d][col .. col + lanes) for the kRows rows. Even and odd
+// head dims go to separate accumulators: twice the independent FMA chains, so the FMA units'
+// latency is hidden.
+template <class T>
+ZL_INLINE void dot_block(Vec<T> acc[kRows], const T (&rows)[kRows][kMaxHeadDim], const T* tile,
+                         Index Lp, Index hd, Index col) {
+  Vec<T> odd[kRows];
+  for (Index r = 0; r < kRows; ++r) acc[r] = odd[r] = Vec<T>{};
+  Index d = 0;
+  for (; d + 1 < hd; d += 2) {
+    const Vec<T> key = simd::load(tile + d * Lp + col),
+                 next = simd::load(tile + (d + 1) * Lp + col);
+    for (Index r = 0; r < kRows; ++r) {
+      acc[r] += rows[r][d] * key;
+      odd[r] += rows[r][d + 1] * next;
     }
-    for (int r = 0; r < R; ++r) s[r][j] = a[r];
+  }
+  if (d < hd) {
+    const Vec<T> key = simd::load(tile + d * Lp + col);
+    for (Index r = 0; r < kRows; ++r) acc[r] += rows[r][d] * key;
+  }
+  for (Index r = 0; r < kRows; ++r) acc[r] += odd[r];
+}
+
+// sum_r v[r] * c[r][d], as a tree (two short FMA chains instead of one of kRows).
+template <class T>
+ZL_INLINE Vec<T> rows_combined(const Vec<T> v[kRows], const T (&c)[kRows][kMaxHeadDim], Index d) {
+  static_assert(kRows == 4);
+  return (v[0] * c[0][d] + v[1] * c[1][d]) + (v[2] * c[2][d] + v[3] * c[3][d]);
+}
+
+// Keys outside row r's window [first, last] become -inf. Only blocks that cross a window's
+// edge need it: the diagonal ones and, with a sliding window, the first.
+template <class T>
+ZL_INLINE void mask_block(Vec<T> s[kRows], const RowPass<T>& pass, Index col) {
+  if (col + lanes<T>() <= pass.i0 + 1 && col >= pass.first[kRows - 1]) return;
+  const Vec<T> key = simd::iota(static_cast<T>(col));
+  const Vec<T> minus_inf = simd::splat(-std::numeric_limits<T>::infinity());
+  for (Index r = 0; r < kRows; ++r) {
+    const auto outside =
+        (key < static_cast<T>(pass.first[r])) | (key > static_cast<T>(pass.last[r]));
+    s[r] = outside ? minus_inf : s[r];
   }
 }
 
+// out[r][d] = sum over the pass's key blocks of w[r][j] * tile[d][j], for d < hd_padded.
+// kLanes accumulators at a time (kLanes / kChunk rows x kChunk head dims), their lanes summed
+// in one transpose_sum.
 template <class T>
-ZL_INLINE void scores4(T* const s[4], const T* const q[4], const T* kt, Index L, Index n, Index hd,
-                       T scale) {
-  switch (hd) {
-    case 8:
-      return scores_fixed<8, 4>(s, q, kt, L, n, scale);
-    case 16:
-      return scores_fixed<16, 4>(s, q, kt, L, n, scale);
-    case 32:
-      return scores_fixed<32, 4>(s, q, kt, L, n, scale);
-    default:
-      break;
-  }
-  for (int r = 0; r < 4; ++r) std::fill_n(s[r], n, T{0});
-  for (Index d = 0; d < hd; ++d) {
-    const T* kd = kt + d * L;
-    const T q0 = q[0][d] * scale, q1 = q[1][d] * scale, q2 = q[2][d] * scale, q3 = q[3][d] * scale;
-    T *s0 = s[0], *s1 = s[1], *s2 = s[2], *s3 = s[3];
-#pragma omp simd
-    for (Index j = 0; j < n; ++j) {
-      const T k = kd[j];
-      s0[j] += q0 * k;
-      s1[j] += q1 * k;
-      s2[j] += q2 * k;
-      s3[j] += q3 * k;
+ZL_INLINE void reduce_rows(T out[kRows][kMaxHeadDim], T* const w[kRows], const T* tile, Index Lp,
+                           Index hd_padded, Index begin_block, Index end_block) {
+  constexpr Index N = lanes<T>(), group = N / kChunk;
+  for (Index r0 = 0; r0 < kRows; r0 += group)
+    for (Index d0 = 0; d0 < hd_padded; d0 += kChunk) {
+      Vec<T> acc[N] = {};
+      for (Index b = begin_block; b < end_block; ++b) {
+        const Index col = b * N;
+        Vec<T> weight[group];
+        for (Index g = 0; g < group; ++g) weight[g] = simd::load(w[r0 + g] + col);
+        for (Index dd = 0; dd < kChunk; ++dd) {
+          const Vec<T> value = simd::load(tile + (d0 + dd) * Lp + col);
+          for (Index g = 0; g < group; ++g) acc[g * kChunk + dd] += weight[g] * value;
+        }
+      }
+      const Vec<T> sums = simd::transpose_sum<T>(acc);
+      for (Index g = 0; g < group; ++g)
+        for (Index dd = 0; dd < kChunk; ++dd) out[r0 + g][d0 + dd] = sums[g * kChunk + dd];
     }
-  }
 }
 
-// out_r[d] = sum_{j < n} w_r[j] m[d][j] for the 4 rows r (m: [hd, L]).
-template <class T>
-ZL_INLINE void reduce4(T out[4][64], const T* const w[4], const T* m, Index L, Index n, Index hd) {
-  for (Index d = 0; d < hd; ++d) {
-    const T* md = m + d * L;
-    const T *w0 = w[0], *w1 = w[1], *w2 = w[2], *w3 = w[3];
-    T a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-#pragma omp simd reduction(+ : a0, a1, a2, a3)
-    for (Index j = 0; j < n; ++j) {
-      const T v = md[j];
-      a0 += w0[j] * v;
-      a1 += w1[j] * v;
-      a2 += w2[j] * v;
-      a3 += w3[j] * v;
-    }
-    out[0][d] = a0;
-    out[1][d] = a1;
-    out[2][d] = a2;
-    out[3][d] = a3;
-  }
-}
-
-// m[d][j] += sum_r w_r[j] c_r[d] for j < n (m: [hd, L]).
-template <int HD, class T>
-ZL_INLINE void update4_fixed(T* m, const T* const w[4], const T* const c[4], Index L, Index n) {
-  T cs[4][HD];
-  for (int r = 0; r < 4; ++r)
-    for (int d = 0; d < HD; ++d) cs[r][d] = c[r][d];
-  const T *w0 = w[0], *w1 = w[1], *w2 = w[2], *w3 = w[3];
-#pragma omp simd
-  for (Index j = 0; j < n; ++j) {
-    const T x0 = w0[j], x1 = w1[j], x2 = w2[j], x3 = w3[j];
-    for (int d = 0; d < HD; ++d)
-      m[d * L + j] += x0 * cs[0][d] + x1 * cs[1][d] + x2 * cs[2][d] + x3 * cs[3][d];
-  }
-}
+struct TaskTiles {
+  Index Lp, hd_padded;
+  std::size_t head_bytes, row_bytes;
+};
 
 template <class T>
-ZL_INLINE void update4(T* m, const T* const w[4], const T* const c[4], Index L, Index n, Index hd) {
-  switch (hd) {
-    case 8:
-      return update4_fixed<8>(m, w, c, L, n);
-    case 16:
-      return update4_fixed<16>(m, w, c, L, n);
-    default:
-      break;
-  }
-  for (Index d = 0; d < hd; ++d) {
-    T* md = m + d * L;
-    const T c0 = c[0][d], c1 = c[1][d], c2 = c[2][d], c3 = c[3][d];
-    const T *w0 = w[0], *w1 = w[1], *w2 = w[2], *w3 = w[3];
-#pragma omp simd
-    for (Index j = 0; j < n; ++j) md[j] += w0[j] * c0 + w1[j] * c1 + w2[j] * c2 + w3[j] * c3;
-  }
+TaskTiles task_tiles(Index hd, Index longest) {
+  const Index Lp = round_up(longest, lanes<T>()), hd_padded = round_up(hd, kChunk);
+  return {Lp, hd_padded, aligned_bytes(static_cast<std::size_t>(hd_padded * Lp) * sizeof(T)),
+          aligned_bytes(static_cast<std::size_t>(Lp) * sizeof(T))};
 }
 
 }  // namespace
@@ -147,62 +165,75 @@ ZL_CPU_CLONES void attention_forward_direct(Runtime& rt, T* out, T* lse, const T
                                             const AttentionShape& shape,
                                             const AttentionOptions& options,
                                             AttentionWorkspace& workspace) {
-  constexpr Index R = 4;  // query rows per pass: each key vector loaded once serves R rows
+  constexpr Index N = lanes<T>();
   const Index H = shape.heads, KV = shape.kv_heads, hd = shape.head_dim, ld = shape.qkv_stride();
   const Index group = H / KV;
+  ZL_CHECK(hd <= kMaxHeadDim);
   const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(hd)));
-  const Index longest = max_length(segments);
-  const std::size_t head_bytes = aligned_bytes(static_cast<std::size_t>(hd * longest) * sizeof(T));
-  const std::size_t row_bytes = aligned_bytes(static_cast<std::size_t>(longest + R) * sizeof(T));
-  ensure_tiles(workspace, rt.threads(), 2 * head_bytes + R * row_bytes);
-  // One task per (segment, query head), longest segments first so the threads finish together.
-  const auto tasks = longest_first(segments, H);
+  const TaskTiles tiles = task_tiles<T>(hd, max_length(segments));
+  ensure_tiles(workspace, rt.threads(), 2 * tiles.head_bytes + kRows * tiles.row_bytes);
+  // One task per (segment, key/value head), longest segments first so the threads finish
+  // together.
+  const auto tasks = longest_first(segments, KV);
 #pragma omp parallel for num_threads(rt.threads()) schedule(dynamic, 1)
   for (Index t = 0; t < static_cast<Index>(tasks.size()); ++t) {
     const Segment& seg = segments[tasks[t].segment];
-    const Index h = tasks[t].head, g = h / group, L = seg.length;
+    const Index g = tasks[t].head, L = seg.length, Lp = round_up(L, N);
     std::byte* cursor = workspace.tiles[omp_get_thread_num()].data();
-    T* kt = carve<T>(cursor, hd * longest);
-    T* vt = carve<T>(cursor, hd * longest);
-    T* s[R];
-    for (Index r = 0; r < R; ++r) s[r] = carve<T>(cursor, longest + R);
-    transpose_head(kt, qkv + seg.begin * ld + (H + g) * hd, ld, L, hd);
-    transpose_head(vt, qkv + seg.begin * ld + (H + KV + g) * hd, ld, L, hd);
-    for (Index i0 = 0; i0 < L; i0 += R) {
-      const Index rows = std::min(R, L - i0), n = i0 + rows;  // keys seen by the last row
-      const T* q[R];
-      for (Index r = 0; r < R; ++r)
-        q[r] = qkv + (seg.begin + i0 + std::min(r, rows - 1)) * ld + h * hd;
-      scores4(s, q, kt, L, n, hd, scale);
-      T inv[R];
-      for (Index r = 0; r < rows; ++r) {
-        const Index first = shape.first_key(i0 + r), keys = i0 + r + 1;
-        T* sr = s[r];
-        if (options.softmax_bf16)
-          for (Index j = first; j < keys; ++j) sr[j] = round_to_bf16(sr[j]);
-        T row_max = sr[first];
-#pragma omp simd reduction(max : row_max)
-        for (Index j = first; j < keys; ++j) row_max = std::max(row_max, sr[j]);
-        T sum = 0;
-#pragma omp simd reduction(+ : sum)
-        for (Index j = first; j < keys; ++j) {
-          sr[j] = fast_exp(sr[j] - row_max);
-          sum += sr[j];
+    T* kt = carve<T>(cursor, tiles.hd_padded * tiles.Lp);
+    T* vt = carve<T>(cursor, tiles.hd_padded * tiles.Lp);
+    T* p[kRows];
+    for (Index r = 0; r < kRows; ++r) p[r] = carve<T>(cursor, tiles.Lp);
+    transpose_head(kt, qkv + seg.begin * ld + (H + g) * hd, ld, L, hd, Lp, tiles.hd_padded);
+    transpose_head(vt, qkv + seg.begin * ld + (H + KV + g) * hd, ld, L, hd, Lp, tiles.hd_padded);
+    for (Index h = g * group; h < (g + 1) * group; ++h)
+      for (Index i0 = 0; i0 < L; i0 += kRows) {
+        const RowPass<T> pass = row_pass<T>(shape, i0, L);
+        T q[kRows][kMaxHeadDim];
+        for (Index r = 0; r < kRows; ++r) {
+          const T* row = qkv + (seg.begin + pass.last[r]) * ld + h * hd;
+          for (Index d = 0; d < hd; ++d) q[r][d] = row[d] * scale;
         }
-        for (Index j = 0; j < first; ++j) sr[j] = T{0};  // outside the sliding window
-        for (Index j = keys; j < n; ++j) sr[j] = T{0};   // above the diagonal
-        inv[r] = T{1} / sum;
-        if (options.softmax_bf16)
-          for (Index j = first; j < keys; ++j) sr[j] = round_to_bf16(sr[j] * inv[r]) / inv[r];
-        lse[h * M + seg.begin + i0 + r] = row_max + std::log(sum);
+        // Scores, masked, and each row's running maximum.
+        Vec<T> row_max[kRows];
+        for (Index r = 0; r < kRows; ++r)
+          row_max[r] = simd::splat(-std::numeric_limits<T>::infinity());
+        for (Index b = pass.begin_block; b < pass.end_block; ++b) {
+          Vec<T> s[kRows];
+          dot_block(s, q, kt, Lp, hd, b * N);
+          if (options.softmax_bf16)
+            for (Index r = 0; r < kRows; ++r) s[r] = simd::round_to_bf16(s[r]);
+          mask_block(s, pass, b * N);
+          for (Index r = 0; r < kRows; ++r) {
+            row_max[r] = simd::max(row_max[r], s[r]);
+            simd::store(p[r] + b * N, s[r]);
+          }
+        }
+        // Softmax numerators in place, and each row's sum.
+        T inv[kRows];
+        for (Index r = 0; r < kRows; ++r) {
+          const T m = simd::horizontal_max(row_max[r]);
+          Vec<T> sum{};
+          for (Index b = pass.begin_block; b < pass.end_block; ++b) {
+            const Vec<T> e = simd::exp(simd::load(p[r] + b * N) - m);
+            sum += e;
+            simd::store(p[r] + b * N, e);
+          }
+          const T total = simd::horizontal_sum(sum);
+          inv[r] = T{1} / total;
+          if (options.softmax_bf16)
+            for (Index b = pass.begin_block; b < pass.end_block; ++b)
+              simd::store(p[r] + b * N,
+                          simd::round_to_bf16(simd::load(p[r] + b * N) * inv[r]) / inv[r]);
+          if (r < pass.rows) lse[h * M + seg.begin + i0 + r] = m + std::log(total);
+        }
+        T acc[kRows][kMaxHeadDim];
+        reduce_rows(acc, p, vt, Lp, tiles.hd_padded, pass.begin_block, pass.end_block);
+        for (Index r = 0; r < pass.rows; ++r) {
+          T* row = out + (seg.begin + i0 + r) * H * hd + h * hd;
+          for (Index d = 0; d < hd; ++d) row[d] = acc[r][d] * inv[r];
+        }
       }
-      for (Index r = rows; r < R; ++r) std::fill_n(s[r], n, T{0});
-      T acc[R][64];
-      reduce4(acc, s, vt, L, n, hd);
-      for (Index r = 0; r < rows; ++r)
-        for (Index d = 0; d < hd; ++d)
-          out[(seg.begin + i0 + r) * H * hd + h * hd + d] = acc[r][d] * inv[r];
-    }
   }
 }
 
@@ -213,89 +244,88 @@ ZL_CPU_CLONES void attention_backward_direct(Runtime& rt, T* diff_qkv, const T* 
                                              const AttentionShape& shape,
                                              const AttentionOptions& options,
                                              AttentionWorkspace& workspace) {
-  constexpr Index R = 4;  // query rows per pass, as in the forward
+  constexpr Index N = lanes<T>();
   const Index H = shape.heads, KV = shape.kv_heads, hd = shape.head_dim, ld = shape.qkv_stride();
   const Index group = H / KV;
+  ZL_CHECK(hd <= kMaxHeadDim);
   const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(hd)));
-  const Index longest = max_length(segments);
-  const std::size_t head_bytes = aligned_bytes(static_cast<std::size_t>(hd * longest) * sizeof(T));
-  const std::size_t row_bytes = aligned_bytes(static_cast<std::size_t>(longest + R) * sizeof(T));
-  ensure_tiles(workspace, rt.threads(), 4 * head_bytes + 2 * R * row_bytes);
+  const TaskTiles tiles = task_tiles<T>(hd, max_length(segments));
+  ensure_tiles(workspace, rt.threads(), 4 * tiles.head_bytes + kRows * tiles.row_bytes);
   // One task per (segment, key/value head): it owns that head's dK and dV. Longest first.
   const auto tasks = longest_first(segments, KV);
 #pragma omp parallel for num_threads(rt.threads()) schedule(dynamic, 1)
   for (Index t = 0; t < static_cast<Index>(tasks.size()); ++t) {
     const Segment& seg = segments[tasks[t].segment];
-    const Index g = tasks[t].head, L = seg.length;
+    const Index g = tasks[t].head, L = seg.length, Lp = round_up(L, N);
     std::byte* cursor = workspace.tiles[omp_get_thread_num()].data();
-    T* kt = carve<T>(cursor, hd * longest);
-    T* vt = carve<T>(cursor, hd * longest);
-    T* dkt = carve<T>(cursor, hd * longest);
-    T* dvt = carve<T>(cursor, hd * longest);
-    T *p[R], *ds[R];
-    for (Index r = 0; r < R; ++r) {
-      p[r] = carve<T>(cursor, longest + R);
-      ds[r] = carve<T>(cursor, longest + R);
-    }
-    transpose_head(kt, qkv + seg.begin * ld + (H + g) * hd, ld, L, hd);
-    transpose_head(vt, qkv + seg.begin * ld + (H + KV + g) * hd, ld, L, hd);
-    std::fill_n(dkt, hd * L, T{0});
-    std::fill_n(dvt, hd * L, T{0});
+    T* kt = carve<T>(cursor, tiles.hd_padded * tiles.Lp);
+    T* vt = carve<T>(cursor, tiles.hd_padded * tiles.Lp);
+    T* dkt = carve<T>(cursor, tiles.hd_padded * tiles.Lp);
+    T* dvt = carve<T>(cursor, tiles.hd_padded * tiles.Lp);
+    T* ds[kRows];
+    for (Index r = 0; r < kRows; ++r) ds[r] = carve<T>(cursor, tiles.Lp);
+    transpose_head(kt, qkv + seg.begin * ld + (H + g) * hd, ld, L, hd, Lp, tiles.hd_padded);
+    transpose_head(vt, qkv + seg.begin * ld + (H + KV + g) * hd, ld, L, hd, Lp, tiles.hd_padded);
+    std::fill_n(dkt, tiles.hd_padded * Lp, T{0});
+    std::fill_n(dvt, tiles.hd_padded * Lp, T{0});
     for (Index h = g * group; h < (g + 1) * group; ++h)
-      for (Index i0 = 0; i0 < L; i0 += R) {
-        const Index rows = std::min(R, L - i0), n = i0 + rows;
-        const T *q[R], *d_o[R];
-        T delta[R] = {}, zero_row[64] = {};
-        for (Index r = 0; r < R; ++r) {
-          const Index row = seg.begin + i0 + std::min(r, rows - 1);
-          q[r] = qkv + row * ld + h * hd;
-          // padding rows (past the segment) get a zero output gradient: they add nothing
-          d_o[r] = r < rows ? diff_out + row * H * hd + h * hd : zero_row;
-        }
-        ZL_CHECK(hd <= 64);
-        scores4(p, q, kt, L, n, hd, scale);  // the R rows' scores
-        for (Index r = 0; r < R; ++r) {
-          T* pr = p[r];
-          if (r >= rows) {
-            std::fill_n(pr, n, T{0});
-            continue;
+      for (Index i0 = 0; i0 < L; i0 += kRows) {
+        const RowPass<T> pass = row_pass<T>(shape, i0, L);
+        // q scaled (scores, and dK = dS^T q scale), dO (zero for padding rows, so that they add
+        // nothing), delta = dO . O, and lse (+inf for padding rows: their P is 0).
+        T q[kRows][kMaxHeadDim], d_o[kRows][kMaxHeadDim], delta[kRows], row_lse[kRows];
+        for (Index r = 0; r < kRows; ++r) {
+          const Index row = seg.begin + pass.last[r];
+          const T* q_row = qkv + row * ld + h * hd;
+          const T* d_o_row = diff_out + row * H * hd + h * hd;
+          const T* o_row = out + row * H * hd + h * hd;
+          const bool real = r < pass.rows;
+          delta[r] = 0;
+          for (Index d = 0; d < hd; ++d) {
+            q[r][d] = q_row[d] * scale;
+            d_o[r][d] = real ? d_o_row[d] : T{0};
+            delta[r] += d_o[r][d] * o_row[d];
           }
-          const Index first = shape.first_key(i0 + r), keys = i0 + r + 1, row = seg.begin + i0 + r;
-          const T row_lse = lse[h * M + row];
-          if (options.softmax_bf16) {
-            for (Index j = first; j < keys; ++j)
-              pr[j] = round_to_bf16(fast_exp(round_to_bf16(pr[j]) - row_lse));
-          } else {
-#pragma omp simd
-            for (Index j = first; j < keys; ++j) pr[j] = fast_exp(pr[j] - row_lse);
+          row_lse[r] = real ? lse[h * M + row] : std::numeric_limits<T>::infinity();
+        }
+        // Per key block: P from lse, dP = dO V^T, dS' = P (dP - delta) (dS = dS' scale), then
+        // dV += P^T dO and dK += dS'^T (q scale) while the block is in registers.
+        for (Index b = pass.begin_block; b < pass.end_block; ++b) {
+          const Index col = b * N;
+          Vec<T> prob[kRows], dp[kRows];
+          dot_block(prob, q, kt, Lp, hd, col);
+          if (options.softmax_bf16)
+            for (Index r = 0; r < kRows; ++r) prob[r] = simd::round_to_bf16(prob[r]);
+          mask_block(prob, pass, col);
+          for (Index r = 0; r < kRows; ++r) {
+            prob[r] = simd::exp(prob[r] - row_lse[r]);
+            if (options.softmax_bf16) prob[r] = simd::round_to_bf16(prob[r]);
           }
-          for (Index j = 0; j < first; ++j) pr[j] = T{0};  // outside the sliding window
-          for (Index j = keys; j < n; ++j) pr[j] = T{0};
-          const T* o = out + row * H * hd + h * hd;
-          for (Index d = 0; d < hd; ++d) delta[r] += d_o[r][d] * o[d];
+          dot_block(dp, d_o, vt, Lp, hd, col);
+          for (Index r = 0; r < kRows; ++r) {
+            dp[r] = prob[r] * (dp[r] - delta[r]);
+            simd::store(ds[r] + col, dp[r]);
+          }
+          for (Index d = 0; d < hd; ++d) {
+            simd::store(dvt + d * Lp + col,
+                        simd::load(dvt + d * Lp + col) + rows_combined(prob, d_o, d));
+            simd::store(dkt + d * Lp + col,
+                        simd::load(dkt + d * Lp + col) + rows_combined(dp, q, d));
+          }
         }
-        scores4(ds, d_o, vt, L, n, hd, T{1});  // dP = dO V^T
-        update4(dvt, p, d_o, L, n, hd);        // dV += P^T dO
-        for (Index r = 0; r < R; ++r) {        // dS = P (dP - delta) scale
-          T* g_r = ds[r];
-          const T* pr = p[r];
-          const T dr = delta[r];
-#pragma omp simd
-          for (Index j = 0; j < n; ++j) g_r[j] = pr[j] * (g_r[j] - dr) * scale;
+        T dq[kRows][kMaxHeadDim];  // dQ = dS K = scale dS' K
+        reduce_rows(dq, ds, kt, Lp, tiles.hd_padded, pass.begin_block, pass.end_block);
+        for (Index r = 0; r < pass.rows; ++r) {
+          T* row = diff_qkv + (seg.begin + i0 + r) * ld + h * hd;
+          for (Index d = 0; d < hd; ++d) row[d] = dq[r][d] * scale;
         }
-        T dq[R][64];
-        reduce4(dq, ds, kt, L, n, hd);  // dQ = dS K
-        update4(dkt, ds, q, L, n, hd);  // dK += dS^T Q
-        for (Index r = 0; r < rows; ++r)
-          for (Index d = 0; d < hd; ++d)
-            diff_qkv[(seg.begin + i0 + r) * ld + h * hd + d] = dq[r][d];
       }
     T* dk = diff_qkv + seg.begin * ld + (H + g) * hd;
     T* dv = diff_qkv + seg.begin * ld + (H + KV + g) * hd;
     for (Index j = 0; j < L; ++j)
       for (Index d = 0; d < hd; ++d) {
-        dk[j * ld + d] = dkt[d * L + j];
-        dv[j * ld + d] = dvt[d * L + j];
+        dk[j * ld + d] = dkt[d * Lp + j];
+        dv[j * ld + d] = dvt[d * Lp + j];
       }
   }
 }

@@ -1,0 +1,160 @@
+// Explicit SIMD for the hand-written kernels, in GCC's portable vector types: a Vec<T> is 64
+// bytes (16 floats or 8 doubles) and every operation on it is a vector operation by
+// construction, not by the auto-vectoriser's judgement. Inside a ZL_CPU_CLONES kernel each
+// clone lowers them to its instruction set: one zmm register per Vec on x86-64-v4 (AVX-512),
+// two ymm on v3 (AVX2 + FMA), four xmm on the baseline. Every helper is always inlined, so a
+// Vec never crosses a call boundary (where its ABI would differ between clones).
+#pragma once
+
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <utility>
+
+#include "core/bf16.hpp"
+#include "core/cpu_dispatch.hpp"
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"  // see above: no Vec is ever passed out of line
+
+namespace zerolora::simd {
+
+template <class T>
+struct VecTraits;
+template <>
+struct VecTraits<float> {
+  typedef float type __attribute__((vector_size(64)));
+  typedef std::int32_t bits __attribute__((vector_size(64)));
+};
+template <>
+struct VecTraits<double> {
+  typedef double type __attribute__((vector_size(64)));
+  typedef std::int64_t bits __attribute__((vector_size(64)));
+};
+
+template <class T>
+using Vec = typename VecTraits<T>::type;
+template <class T>
+inline constexpr int kLanes = static_cast<int>(64 / sizeof(T));
+
+// Unaligned load and store (memcpy compiles to one vector move).
+template <class T>
+ZL_INLINE Vec<T> load(const T* p) {
+  Vec<T> v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+template <class T>
+ZL_INLINE void store(T* p, Vec<T> v) {
+  __builtin_memcpy(p, &v, sizeof v);
+}
+template <class T>
+ZL_INLINE Vec<T> splat(T x) {
+  return Vec<T>{} + x;
+}
+// Lane i holds first + i.
+template <class T>
+ZL_INLINE Vec<T> iota(T first) {
+  Vec<T> v;
+  for (int i = 0; i < kLanes<T>; ++i) v[i] = first + static_cast<T>(i);
+  return v;
+}
+
+// Lane-wise maximum, and the maximum and sum of one vector's lanes (V: a Vec<float> or
+// Vec<double>, deduced).
+template <class V>
+ZL_INLINE V max(V a, V b) {
+  return a > b ? a : b;
+}
+template <class V>
+ZL_INLINE auto horizontal_max(V v) {
+  auto m = v[0];
+  for (std::size_t i = 1; i < sizeof(V) / sizeof(m); ++i) m = v[i] > m ? v[i] : m;
+  return m;
+}
+template <class V>
+ZL_INLINE auto horizontal_sum(V v) {
+  auto s = v[0];
+  for (std::size_t i = 1; i < sizeof(V) / sizeof(s); ++i) s += v[i];
+  return s;
+}
+
+// e^x, the vector form of fast_math.hpp's fast_exp (same reduction and polynomial): relative
+// error below 2.5e-7 (about 2 ulp; tests/test_ops.cpp measures 2.45e-7 where the polynomial
+// runs without FMA) on [-87.3, 88.3], 0 below (also for -inf), e^88.3 above.
+// Rounding x log2(e) to an integer by adding 1.5 * 2^23 rounds to nearest-even, as nearbyint
+// does, and leaves the integer in the low mantissa bits.
+ZL_INLINE Vec<float> exp(Vec<float> input) {
+  using Bits = VecTraits<float>::bits;
+  const Vec<float> lo = splat(-87.3f), hi = splat(88.3f), shifter = splat(12582912.0f);
+  const Vec<float> x = input < lo ? lo : (input > hi ? hi : input);
+  const Vec<float> t = x * 1.44269504088896341f + shifter;
+  const Vec<float> n = t - shifter;
+  const Vec<float> r = (x - n * 0.693145751953125f) - n * 1.42860682030941723e-6f;
+  Vec<float> p = splat(1.0f / 720.0f);
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const Bits exponent = ((__builtin_bit_cast(Bits, t) - 0x4B400000) + 127) << 23;
+  const Vec<float> result = p * __builtin_bit_cast(Vec<float>, exponent);
+  return input < lo ? Vec<float>{} : result;
+}
+// Doubles are for finite-difference checks: the exact exp per lane.
+ZL_INLINE Vec<double> exp(Vec<double> x) {
+  for (int i = 0; i < kLanes<double>; ++i) x[i] = __builtin_exp(x[i]);
+  return x;
+}
+
+// Rounding to bf16 and back (--attn_softmax_bf16), as core/bf16.hpp's to_bf16: to nearest,
+// ties to even (NaN is not expected here: scores and probabilities are finite or -inf).
+ZL_INLINE Vec<float> round_to_bf16(Vec<float> v) {
+  using Bits = VecTraits<float>::bits;
+  Bits u = __builtin_bit_cast(Bits, v);
+  u = (u + 0x7fff + ((u >> 16) & 1)) & static_cast<std::int32_t>(0xffff0000u);
+  return __builtin_bit_cast(Vec<float>, u);
+}
+ZL_INLINE Vec<double> round_to_bf16(Vec<double> v) {
+  for (int i = 0; i < kLanes<double>; ++i)
+    v[i] = static_cast<double>(to_float(to_bf16(static_cast<float>(v[i]))));
+  return v;
+}
+
+namespace detail {
+// One level of transpose_sum: a and b each hold `per` = N / C sources with C partial sums
+// each; the result holds 2 * per sources (a's, then b's) with C / 2 partials each. `half`
+// picks the first or the second half of each source's partials; the two picks are added.
+constexpr int fold_lane(int N, int C, int out_lane, int half) {
+  const int h = C / 2, source = out_lane / h, partial = out_lane % h, per = N / C;
+  const int base = source < per ? source * C : N + (source - per) * C;
+  return base + half * h + partial;
+}
+template <class T, int C, std::size_t... O>
+ZL_INLINE Vec<T> fold(Vec<T> a, Vec<T> b, std::index_sequence<O...>) {
+  constexpr int N = kLanes<T>;
+  return __builtin_shufflevector(a, b, fold_lane(N, C, static_cast<int>(O), 0)...) +
+         __builtin_shufflevector(a, b, fold_lane(N, C, static_cast<int>(O), 1)...);
+}
+template <class T, int C>
+ZL_INLINE void fold_level(Vec<T>* v) {
+  constexpr int count = C;  // vectors entering this level (kLanes sources, C partials each)
+  for (int k = 0; k < count / 2; ++k)
+    v[k] = fold<T, C>(v[2 * k], v[2 * k + 1], std::make_index_sequence<kLanes<T>>{});
+  if constexpr (C > 2) fold_level<T, C / 2>(v);
+}
+}  // namespace detail
+
+// The lane sums of kLanes vectors at once: lane i of the result is the sum of v[i]'s lanes.
+// log2(kLanes) levels of shuffles and adds (kLanes - 1 adds of pairs in all), where summing
+// each vector on its own would take kLanes times as many. Overwrites v.
+template <class T>
+ZL_INLINE Vec<T> transpose_sum(Vec<T>* v) {
+  detail::fold_level<T, kLanes<T>>(v);
+  return v[0];
+}
+
+}  // namespace zerolora::simd
+
+#pragma GCC diagnostic pop
