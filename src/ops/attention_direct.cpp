@@ -175,65 +175,69 @@ ZL_CPU_CLONES void attention_forward_direct(Runtime& rt, T* out, T* lse, const T
   // One task per (segment, key/value head), longest segments first so the threads finish
   // together.
   const auto tasks = longest_first(segments, KV);
-#pragma omp parallel for num_threads(rt.threads()) schedule(dynamic, 1)
-  for (Index t = 0; t < static_cast<Index>(tasks.size()); ++t) {
-    const Segment& seg = segments[tasks[t].segment];
-    const Index g = tasks[t].head, L = seg.length, Lp = round_up(L, N);
-    std::byte* cursor = workspace.tiles[omp_get_thread_num()].data();
-    T* kt = carve<T>(cursor, tiles.hd_padded * tiles.Lp);
-    T* vt = carve<T>(cursor, tiles.hd_padded * tiles.Lp);
-    T* p[kRows];
-    for (Index r = 0; r < kRows; ++r) p[r] = carve<T>(cursor, tiles.Lp);
-    transpose_head(kt, qkv + seg.begin * ld + (H + g) * hd, ld, L, hd, Lp, tiles.hd_padded);
-    transpose_head(vt, qkv + seg.begin * ld + (H + KV + g) * hd, ld, L, hd, Lp, tiles.hd_padded);
-    for (Index h = g * group; h < (g + 1) * group; ++h)
-      for (Index i0 = 0; i0 < L; i0 += kRows) {
-        const RowPass<T> pass = row_pass<T>(shape, i0, L);
-        T q[kRows][kMaxHeadDim];
-        for (Index r = 0; r < kRows; ++r) {
-          const T* row = qkv + (seg.begin + pass.last[r]) * ld + h * hd;
-          for (Index d = 0; d < hd; ++d) q[r][d] = row[d] * scale;
-        }
-        // Scores, masked, and each row's running maximum.
-        Vec<T> row_max[kRows];
-        for (Index r = 0; r < kRows; ++r)
-          row_max[r] = simd::splat(-std::numeric_limits<T>::infinity());
-        for (Index b = pass.begin_block; b < pass.end_block; ++b) {
-          Vec<T> s[kRows];
-          dot_block(s, q, kt, Lp, hd, b * N);
-          if (options.softmax_bf16)
-            for (Index r = 0; r < kRows; ++r) s[r] = simd::round_to_bf16(s[r]);
-          mask_block(s, pass, b * N);
+#pragma omp parallel num_threads(rt.threads())
+  {
+    const simd::FlushDenormals flush;
+#pragma omp for schedule(dynamic, 1)
+    for (Index t = 0; t < static_cast<Index>(tasks.size()); ++t) {
+      const Segment& seg = segments[tasks[t].segment];
+      const Index g = tasks[t].head, L = seg.length, Lp = round_up(L, N);
+      std::byte* cursor = workspace.tiles[omp_get_thread_num()].data();
+      T* kt = carve<T>(cursor, tiles.hd_padded * tiles.Lp);
+      T* vt = carve<T>(cursor, tiles.hd_padded * tiles.Lp);
+      T* p[kRows];
+      for (Index r = 0; r < kRows; ++r) p[r] = carve<T>(cursor, tiles.Lp);
+      transpose_head(kt, qkv + seg.begin * ld + (H + g) * hd, ld, L, hd, Lp, tiles.hd_padded);
+      transpose_head(vt, qkv + seg.begin * ld + (H + KV + g) * hd, ld, L, hd, Lp, tiles.hd_padded);
+      for (Index h = g * group; h < (g + 1) * group; ++h)
+        for (Index i0 = 0; i0 < L; i0 += kRows) {
+          const RowPass<T> pass = row_pass<T>(shape, i0, L);
+          T q[kRows][kMaxHeadDim];
           for (Index r = 0; r < kRows; ++r) {
-            row_max[r] = simd::max(row_max[r], s[r]);
-            simd::store(p[r] + b * N, s[r]);
+            const T* row = qkv + (seg.begin + pass.last[r]) * ld + h * hd;
+            for (Index d = 0; d < hd; ++d) q[r][d] = row[d] * scale;
           }
-        }
-        // Softmax numerators in place, and each row's sum.
-        T inv[kRows];
-        for (Index r = 0; r < kRows; ++r) {
-          const T m = simd::horizontal_max(row_max[r]);
-          Vec<T> sum{};
+          // Scores, masked, and each row's running maximum.
+          Vec<T> row_max[kRows];
+          for (Index r = 0; r < kRows; ++r)
+            row_max[r] = simd::splat(-std::numeric_limits<T>::infinity());
           for (Index b = pass.begin_block; b < pass.end_block; ++b) {
-            const Vec<T> e = simd::exp(simd::load(p[r] + b * N) - m);
-            sum += e;
-            simd::store(p[r] + b * N, e);
+            Vec<T> s[kRows];
+            dot_block(s, q, kt, Lp, hd, b * N);
+            if (options.softmax_bf16)
+              for (Index r = 0; r < kRows; ++r) s[r] = simd::round_to_bf16(s[r]);
+            mask_block(s, pass, b * N);
+            for (Index r = 0; r < kRows; ++r) {
+              row_max[r] = simd::max(row_max[r], s[r]);
+              simd::store(p[r] + b * N, s[r]);
+            }
           }
-          const T total = simd::horizontal_sum(sum);
-          inv[r] = T{1} / total;
-          if (options.softmax_bf16)
-            for (Index b = pass.begin_block; b < pass.end_block; ++b)
-              simd::store(p[r] + b * N,
-                          simd::round_to_bf16(simd::load(p[r] + b * N) * inv[r]) / inv[r]);
-          if (r < pass.rows) lse[h * M + seg.begin + i0 + r] = m + std::log(total);
+          // Softmax numerators in place, and each row's sum.
+          T inv[kRows];
+          for (Index r = 0; r < kRows; ++r) {
+            const T m = simd::horizontal_max(row_max[r]);
+            Vec<T> sum{};
+            for (Index b = pass.begin_block; b < pass.end_block; ++b) {
+              const Vec<T> e = simd::exp(simd::load(p[r] + b * N) - m);
+              sum += e;
+              simd::store(p[r] + b * N, e);
+            }
+            const T total = simd::horizontal_sum(sum);
+            inv[r] = T{1} / total;
+            if (options.softmax_bf16)
+              for (Index b = pass.begin_block; b < pass.end_block; ++b)
+                simd::store(p[r] + b * N,
+                            simd::round_to_bf16(simd::load(p[r] + b * N) * inv[r]) / inv[r]);
+            if (r < pass.rows) lse[h * M + seg.begin + i0 + r] = m + std::log(total);
+          }
+          T acc[kRows][kMaxHeadDim];
+          reduce_rows(acc, p, vt, Lp, tiles.hd_padded, pass.begin_block, pass.end_block);
+          for (Index r = 0; r < pass.rows; ++r) {
+            T* row = out + (seg.begin + i0 + r) * H * hd + h * hd;
+            for (Index d = 0; d < hd; ++d) row[d] = acc[r][d] * inv[r];
+          }
         }
-        T acc[kRows][kMaxHeadDim];
-        reduce_rows(acc, p, vt, Lp, tiles.hd_padded, pass.begin_block, pass.end_block);
-        for (Index r = 0; r < pass.rows; ++r) {
-          T* row = out + (seg.begin + i0 + r) * H * hd + h * hd;
-          for (Index d = 0; d < hd; ++d) row[d] = acc[r][d] * inv[r];
-        }
-      }
+    }
   }
 }
 
@@ -253,80 +257,84 @@ ZL_CPU_CLONES void attention_backward_direct(Runtime& rt, T* diff_qkv, const T* 
   ensure_tiles(workspace, rt.threads(), 4 * tiles.head_bytes + kRows * tiles.row_bytes);
   // One task per (segment, key/value head): it owns that head's dK and dV. Longest first.
   const auto tasks = longest_first(segments, KV);
-#pragma omp parallel for num_threads(rt.threads()) schedule(dynamic, 1)
-  for (Index t = 0; t < static_cast<Index>(tasks.size()); ++t) {
-    const Segment& seg = segments[tasks[t].segment];
-    const Index g = tasks[t].head, L = seg.length, Lp = round_up(L, N);
-    std::byte* cursor = workspace.tiles[omp_get_thread_num()].data();
-    T* kt = carve<T>(cursor, tiles.hd_padded * tiles.Lp);
-    T* vt = carve<T>(cursor, tiles.hd_padded * tiles.Lp);
-    T* dkt = carve<T>(cursor, tiles.hd_padded * tiles.Lp);
-    T* dvt = carve<T>(cursor, tiles.hd_padded * tiles.Lp);
-    T* ds[kRows];
-    for (Index r = 0; r < kRows; ++r) ds[r] = carve<T>(cursor, tiles.Lp);
-    transpose_head(kt, qkv + seg.begin * ld + (H + g) * hd, ld, L, hd, Lp, tiles.hd_padded);
-    transpose_head(vt, qkv + seg.begin * ld + (H + KV + g) * hd, ld, L, hd, Lp, tiles.hd_padded);
-    std::fill_n(dkt, tiles.hd_padded * Lp, T{0});
-    std::fill_n(dvt, tiles.hd_padded * Lp, T{0});
-    for (Index h = g * group; h < (g + 1) * group; ++h)
-      for (Index i0 = 0; i0 < L; i0 += kRows) {
-        const RowPass<T> pass = row_pass<T>(shape, i0, L);
-        // q scaled (scores, and dK = dS^T q scale), dO (zero for padding rows, so that they add
-        // nothing), delta = dO . O, and lse (+inf for padding rows: their P is 0).
-        T q[kRows][kMaxHeadDim], d_o[kRows][kMaxHeadDim], delta[kRows], row_lse[kRows];
-        for (Index r = 0; r < kRows; ++r) {
-          const Index row = seg.begin + pass.last[r];
-          const T* q_row = qkv + row * ld + h * hd;
-          const T* d_o_row = diff_out + row * H * hd + h * hd;
-          const T* o_row = out + row * H * hd + h * hd;
-          const bool real = r < pass.rows;
-          delta[r] = 0;
-          for (Index d = 0; d < hd; ++d) {
-            q[r][d] = q_row[d] * scale;
-            d_o[r][d] = real ? d_o_row[d] : T{0};
-            delta[r] += d_o[r][d] * o_row[d];
-          }
-          row_lse[r] = real ? lse[h * M + row] : std::numeric_limits<T>::infinity();
-        }
-        // Per key block: P from lse, dP = dO V^T, dS' = P (dP - delta) (dS = dS' scale), then
-        // dV += P^T dO and dK += dS'^T (q scale) while the block is in registers.
-        for (Index b = pass.begin_block; b < pass.end_block; ++b) {
-          const Index col = b * N;
-          Vec<T> prob[kRows], dp[kRows];
-          dot_block(prob, q, kt, Lp, hd, col);
-          if (options.softmax_bf16)
-            for (Index r = 0; r < kRows; ++r) prob[r] = simd::round_to_bf16(prob[r]);
-          mask_block(prob, pass, col);
+#pragma omp parallel num_threads(rt.threads())
+  {
+    const simd::FlushDenormals flush;
+#pragma omp for schedule(dynamic, 1)
+    for (Index t = 0; t < static_cast<Index>(tasks.size()); ++t) {
+      const Segment& seg = segments[tasks[t].segment];
+      const Index g = tasks[t].head, L = seg.length, Lp = round_up(L, N);
+      std::byte* cursor = workspace.tiles[omp_get_thread_num()].data();
+      T* kt = carve<T>(cursor, tiles.hd_padded * tiles.Lp);
+      T* vt = carve<T>(cursor, tiles.hd_padded * tiles.Lp);
+      T* dkt = carve<T>(cursor, tiles.hd_padded * tiles.Lp);
+      T* dvt = carve<T>(cursor, tiles.hd_padded * tiles.Lp);
+      T* ds[kRows];
+      for (Index r = 0; r < kRows; ++r) ds[r] = carve<T>(cursor, tiles.Lp);
+      transpose_head(kt, qkv + seg.begin * ld + (H + g) * hd, ld, L, hd, Lp, tiles.hd_padded);
+      transpose_head(vt, qkv + seg.begin * ld + (H + KV + g) * hd, ld, L, hd, Lp, tiles.hd_padded);
+      std::fill_n(dkt, tiles.hd_padded * Lp, T{0});
+      std::fill_n(dvt, tiles.hd_padded * Lp, T{0});
+      for (Index h = g * group; h < (g + 1) * group; ++h)
+        for (Index i0 = 0; i0 < L; i0 += kRows) {
+          const RowPass<T> pass = row_pass<T>(shape, i0, L);
+          // q scaled (scores, and dK = dS^T q scale), dO (zero for padding rows, so that they add
+          // nothing), delta = dO . O, and lse (+inf for padding rows: their P is 0).
+          T q[kRows][kMaxHeadDim], d_o[kRows][kMaxHeadDim], delta[kRows], row_lse[kRows];
           for (Index r = 0; r < kRows; ++r) {
-            prob[r] = simd::exp(prob[r] - row_lse[r]);
-            if (options.softmax_bf16) prob[r] = simd::round_to_bf16(prob[r]);
+            const Index row = seg.begin + pass.last[r];
+            const T* q_row = qkv + row * ld + h * hd;
+            const T* d_o_row = diff_out + row * H * hd + h * hd;
+            const T* o_row = out + row * H * hd + h * hd;
+            const bool real = r < pass.rows;
+            delta[r] = 0;
+            for (Index d = 0; d < hd; ++d) {
+              q[r][d] = q_row[d] * scale;
+              d_o[r][d] = real ? d_o_row[d] : T{0};
+              delta[r] += d_o[r][d] * o_row[d];
+            }
+            row_lse[r] = real ? lse[h * M + row] : std::numeric_limits<T>::infinity();
           }
-          dot_block(dp, d_o, vt, Lp, hd, col);
-          for (Index r = 0; r < kRows; ++r) {
-            dp[r] = prob[r] * (dp[r] - delta[r]);
-            simd::store(ds[r] + col, dp[r]);
+          // Per key block: P from lse, dP = dO V^T, dS' = P (dP - delta) (dS = dS' scale), then
+          // dV += P^T dO and dK += dS'^T (q scale) while the block is in registers.
+          for (Index b = pass.begin_block; b < pass.end_block; ++b) {
+            const Index col = b * N;
+            Vec<T> prob[kRows], dp[kRows];
+            dot_block(prob, q, kt, Lp, hd, col);
+            if (options.softmax_bf16)
+              for (Index r = 0; r < kRows; ++r) prob[r] = simd::round_to_bf16(prob[r]);
+            mask_block(prob, pass, col);
+            for (Index r = 0; r < kRows; ++r) {
+              prob[r] = simd::exp(prob[r] - row_lse[r]);
+              if (options.softmax_bf16) prob[r] = simd::round_to_bf16(prob[r]);
+            }
+            dot_block(dp, d_o, vt, Lp, hd, col);
+            for (Index r = 0; r < kRows; ++r) {
+              dp[r] = prob[r] * (dp[r] - delta[r]);
+              simd::store(ds[r] + col, dp[r]);
+            }
+            for (Index d = 0; d < hd; ++d) {
+              simd::store(dvt + d * Lp + col,
+                          simd::load(dvt + d * Lp + col) + rows_combined(prob, d_o, d));
+              simd::store(dkt + d * Lp + col,
+                          simd::load(dkt + d * Lp + col) + rows_combined(dp, q, d));
+            }
           }
-          for (Index d = 0; d < hd; ++d) {
-            simd::store(dvt + d * Lp + col,
-                        simd::load(dvt + d * Lp + col) + rows_combined(prob, d_o, d));
-            simd::store(dkt + d * Lp + col,
-                        simd::load(dkt + d * Lp + col) + rows_combined(dp, q, d));
+          T dq[kRows][kMaxHeadDim];  // dQ = dS K = scale dS' K
+          reduce_rows(dq, ds, kt, Lp, tiles.hd_padded, pass.begin_block, pass.end_block);
+          for (Index r = 0; r < pass.rows; ++r) {
+            T* row = diff_qkv + (seg.begin + i0 + r) * ld + h * hd;
+            for (Index d = 0; d < hd; ++d) row[d] = dq[r][d] * scale;
           }
         }
-        T dq[kRows][kMaxHeadDim];  // dQ = dS K = scale dS' K
-        reduce_rows(dq, ds, kt, Lp, tiles.hd_padded, pass.begin_block, pass.end_block);
-        for (Index r = 0; r < pass.rows; ++r) {
-          T* row = diff_qkv + (seg.begin + i0 + r) * ld + h * hd;
-          for (Index d = 0; d < hd; ++d) row[d] = dq[r][d] * scale;
+      T* dk = diff_qkv + seg.begin * ld + (H + g) * hd;
+      T* dv = diff_qkv + seg.begin * ld + (H + KV + g) * hd;
+      for (Index j = 0; j < L; ++j)
+        for (Index d = 0; d < hd; ++d) {
+          dk[j * ld + d] = dkt[d * Lp + j];
+          dv[j * ld + d] = dvt[d * Lp + j];
         }
-      }
-    T* dk = diff_qkv + seg.begin * ld + (H + g) * hd;
-    T* dv = diff_qkv + seg.begin * ld + (H + KV + g) * hd;
-    for (Index j = 0; j < L; ++j)
-      for (Index d = 0; d < hd; ++d) {
-        dk[j * ld + d] = dkt[d * Lp + j];
-        dv[j * ld + d] = dvt[d * Lp + j];
-      }
+    }
   }
 }
 
