@@ -258,7 +258,8 @@ TEST(Attention, DirectKernelMatchesTheDoubleReferenceOnManyShapes) {
   const Index M = 116;
   for (const AttentionShape base :
        {AttentionShape{4, 2, 8}, AttentionShape{4, 1, 12}, AttentionShape{2, 2, 4},
-        AttentionShape{6, 3, 16}, AttentionShape{2, 1, 33}, AttentionShape{2, 2, 64}})
+        AttentionShape{6, 3, 16}, AttentionShape{2, 1, 33}, AttentionShape{2, 2, 64},
+        AttentionShape{2, 1, 128}})
     for (const Index window : {0, 7}) {
       AttentionShape shape = base;
       shape.window = window;

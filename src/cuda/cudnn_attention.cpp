@@ -235,6 +235,7 @@ std::string validate_sdpa_graph(const SdpaKey& key) {
 }
 
 struct CudnnAttention::Impl {
+  Impl(Device& device_, cudaStream_t stream_) : device(device_), stream(stream_) {}
   Device& device;
   cudaStream_t stream;
   cudnnHandle_t handle = nullptr;
@@ -295,7 +296,7 @@ struct CudnnAttention::Impl {
 };
 
 CudnnAttention::CudnnAttention(Device& device, cudaStream_t stream)
-    : impl_(std::make_unique<Impl>(Impl{device, stream})) {
+    : impl_(std::make_unique<Impl>(device, stream)) {
   load_cudnn();
   const cudnnStatus_t status = fe::detail::create_handle(&impl_->handle);
   if (status != CUDNN_STATUS_SUCCESS)

@@ -42,8 +42,9 @@ struct AttentionShape {
 
 struct AttentionOptions {
   // tiled: score tiles through oneDNN GEMMs (large heads); direct: keys and values transposed
-  // per head so scores, softmax and outputs vectorize over key positions (small heads, where
-  // a GEMM call costs more than its work); auto: direct below head_dim 64.
+  // per head so that scores, softmax and outputs run in explicit SIMD over key positions
+  // (small heads, where a GEMM call costs more than its work); auto: direct up to head_dim 64
+  // (forced: up to 128).
   enum class Kernel { kAuto, kTiled, kDirect };
   Kernel kernel = Kernel::kAuto;
   Index block = 128;          // query rows per tile

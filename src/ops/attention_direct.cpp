@@ -1,4 +1,4 @@
-// Attention for small head dims (< 64, e.g. tiny models) in explicit SIMD (ops/simd.hpp), no
+// Attention for head dims up to 64 (up to 128 when forced) in explicit SIMD (ops/simd.hpp), no
 // GEMM calls. One task per (segment, key/value head) holds that head's K and V transposed in
 // a thread tile ([head dim, length]: keys along the vector lanes, zero-padded to whole
 // vectors) and serves the head's group of query heads. Four query rows share every key vector
@@ -24,9 +24,9 @@ namespace {
 
 using simd::Vec;
 
-constexpr Index kRows = 4;         // query rows per pass: each key vector loaded serves them all
-constexpr Index kChunk = 8;        // head dims summed per transpose_sum (tiles pad hd to it)
-constexpr Index kMaxHeadDim = 64;  // the direct kernel's limit (attention.cpp picks it below)
+constexpr Index kRows = 4;          // query rows per pass: each key vector loaded serves them all
+constexpr Index kChunk = 8;         // head dims summed per transpose_sum (tiles pad hd to it)
+constexpr Index kMaxHeadDim = 128;  // per-row buffers (attention.cpp sends up to 64)
 
 template <class T>
 constexpr Index lanes() {
