@@ -99,11 +99,16 @@ ZL_INLINE void dot_block(Vec<T> acc[kRows], const T (&rows)[kRows][kMaxHeadDim],
   for (Index r = 0; r < kRows; ++r) acc[r] += odd[r];
 }
 
-// sum_r v[r] * c[r][d], as a tree (two short FMA chains instead of one of kRows).
+// sum_r v[r] * c[r][d], as a tree of pairs (short FMA chains instead of one of kRows).
 template <class T>
 ZL_INLINE Vec<T> rows_combined(const Vec<T> v[kRows], const T (&c)[kRows][kMaxHeadDim], Index d) {
-  static_assert(kRows == 4);
-  return (v[0] * c[0][d] + v[1] * c[1][d]) + (v[2] * c[2][d] + v[3] * c[3][d]);
+  static_assert(kRows % 2 == 0 && (kRows & (kRows - 1)) == 0);
+  Vec<T> part[kRows / 2];
+  for (Index r = 0; r < kRows / 2; ++r)
+    part[r] = v[2 * r] * c[2 * r][d] + v[2 * r + 1] * c[2 * r + 1][d];
+  for (Index n = kRows / 2; n > 1; n /= 2)
+    for (Index r = 0; r < n / 2; ++r) part[r] = part[2 * r] + part[2 * r + 1];
+  return part[0];
 }
 
 // Keys outside row r's window [first, last] become -inf. Only blocks that cross a window's
@@ -122,26 +127,40 @@ ZL_INLINE void mask_block(Vec<T> s[kRows], const RowPass<T>& pass, Index col) {
 
 // out[r][d] = sum over the pass's key blocks of w[r][j] * tile[d][j], for d < hd_padded.
 // kLanes accumulators at a time (kLanes / kChunk rows x kChunk head dims), their lanes summed
-// in one transpose_sum.
-template <class T>
+// in one transpose_sum. With kExponentiate, w holds scores: the first head-dim chunk turns
+// each block into exp(w - shift[r]) in place (the later chunks, and the caller, read
+// probabilities) and row_sum[r] receives the sum of row r's exps - the softmax's sum, in the
+// same pass as its products.
+template <bool kExponentiate, class T>
 ZL_INLINE void reduce_rows(T out[kRows][kMaxHeadDim], T* const w[kRows], const T* tile, Index Lp,
-                           Index hd_padded, Index begin_block, Index end_block) {
+                           Index hd_padded, Index begin_block, Index end_block,
+                           const T* shift = nullptr, T* row_sum = nullptr) {
   constexpr Index N = lanes<T>(), group = N / kChunk;
   for (Index r0 = 0; r0 < kRows; r0 += group)
     for (Index d0 = 0; d0 < hd_padded; d0 += kChunk) {
-      Vec<T> acc[N] = {};
+      const bool exponentiate = kExponentiate && d0 == 0;
+      Vec<T> acc[N] = {}, sums[group] = {};
       for (Index b = begin_block; b < end_block; ++b) {
         const Index col = b * N;
         Vec<T> weight[group];
-        for (Index g = 0; g < group; ++g) weight[g] = simd::load(w[r0 + g] + col);
+        for (Index g = 0; g < group; ++g) {
+          weight[g] = simd::load(w[r0 + g] + col);
+          if (exponentiate) {
+            weight[g] = simd::exp_nonpositive(weight[g] - shift[r0 + g]);
+            sums[g] += weight[g];
+            simd::store(w[r0 + g] + col, weight[g]);
+          }
+        }
         for (Index dd = 0; dd < kChunk; ++dd) {
           const Vec<T> value = simd::load(tile + (d0 + dd) * Lp + col);
           for (Index g = 0; g < group; ++g) acc[g * kChunk + dd] += weight[g] * value;
         }
       }
-      const Vec<T> sums = simd::transpose_sum<T>(acc);
+      if (exponentiate)
+        for (Index g = 0; g < group; ++g) row_sum[r0 + g] = simd::horizontal_sum(sums[g]);
+      const Vec<T> sums_of_lanes = simd::transpose_sum<T>(acc);
       for (Index g = 0; g < group; ++g)
-        for (Index dd = 0; dd < kChunk; ++dd) out[r0 + g][d0 + dd] = sums[g * kChunk + dd];
+        for (Index dd = 0; dd < kChunk; ++dd) out[r0 + g][d0 + dd] = sums_of_lanes[g * kChunk + dd];
     }
 }
 
@@ -212,26 +231,36 @@ ZL_CPU_CLONES void attention_forward_direct(Runtime& rt, T* out, T* lse, const T
               simd::store(p[r] + b * N, s[r]);
             }
           }
-          // Softmax numerators in place, and each row's sum.
-          T inv[kRows];
-          for (Index r = 0; r < kRows; ++r) {
-            const T m = simd::horizontal_max(row_max[r]);
-            Vec<T> sum{};
-            for (Index b = pass.begin_block; b < pass.end_block; ++b) {
-              const Vec<T> e = simd::exp(simd::load(p[r] + b * N) - m);
-              sum += e;
-              simd::store(p[r] + b * N, e);
-            }
-            const T total = simd::horizontal_sum(sum);
-            inv[r] = T{1} / total;
-            if (options.softmax_bf16)
+          // Softmax numerators and each row's sum; then P V. With bf16 probabilities the
+          // numerators are rounded (which needs their sum) before the products; otherwise both
+          // come from one pass.
+          T row_max_scalar[kRows], total[kRows], acc[kRows][kMaxHeadDim];
+          for (Index r = 0; r < kRows; ++r) row_max_scalar[r] = simd::horizontal_max(row_max[r]);
+          if (options.softmax_bf16) {
+            for (Index r = 0; r < kRows; ++r) {
+              Vec<T> sum{};
+              for (Index b = pass.begin_block; b < pass.end_block; ++b) {
+                const Vec<T> e =
+                    simd::exp_nonpositive(simd::load(p[r] + b * N) - row_max_scalar[r]);
+                sum += e;
+                simd::store(p[r] + b * N, e);
+              }
+              total[r] = simd::horizontal_sum(sum);
               for (Index b = pass.begin_block; b < pass.end_block; ++b)
                 simd::store(p[r] + b * N,
-                            simd::round_to_bf16(simd::load(p[r] + b * N) * inv[r]) / inv[r]);
-            if (r < pass.rows) lse[h * M + seg.begin + i0 + r] = m + std::log(total);
+                            simd::round_to_bf16(simd::load(p[r] + b * N) / total[r]) * total[r]);
+            }
+            reduce_rows<false>(acc, p, vt, Lp, tiles.hd_padded, pass.begin_block, pass.end_block);
+          } else {
+            reduce_rows<true>(acc, p, vt, Lp, tiles.hd_padded, pass.begin_block, pass.end_block,
+                              row_max_scalar, total);
           }
-          T acc[kRows][kMaxHeadDim];
-          reduce_rows(acc, p, vt, Lp, tiles.hd_padded, pass.begin_block, pass.end_block);
+          T inv[kRows];
+          for (Index r = 0; r < kRows; ++r) {
+            inv[r] = T{1} / total[r];
+            if (r < pass.rows)
+              lse[h * M + seg.begin + i0 + r] = row_max_scalar[r] + std::log(total[r]);
+          }
           for (Index r = 0; r < pass.rows; ++r) {
             T* row = out + (seg.begin + i0 + r) * H * hd + h * hd;
             for (Index d = 0; d < hd; ++d) row[d] = acc[r][d] * inv[r];
@@ -305,7 +334,7 @@ ZL_CPU_CLONES void attention_backward_direct(Runtime& rt, T* diff_qkv, const T* 
               for (Index r = 0; r < kRows; ++r) prob[r] = simd::round_to_bf16(prob[r]);
             mask_block(prob, pass, col);
             for (Index r = 0; r < kRows; ++r) {
-              prob[r] = simd::exp(prob[r] - row_lse[r]);
+              prob[r] = simd::exp_nonpositive(prob[r] - row_lse[r]);
               if (options.softmax_bf16) prob[r] = simd::round_to_bf16(prob[r]);
             }
             dot_block(dp, d_o, vt, Lp, hd, col);
@@ -321,7 +350,7 @@ ZL_CPU_CLONES void attention_backward_direct(Runtime& rt, T* diff_qkv, const T* 
             }
           }
           T dq[kRows][kMaxHeadDim];  // dQ = dS K = scale dS' K
-          reduce_rows(dq, ds, kt, Lp, tiles.hd_padded, pass.begin_block, pass.end_block);
+          reduce_rows<false>(dq, ds, kt, Lp, tiles.hd_padded, pass.begin_block, pass.end_block);
           for (Index r = 0; r < pass.rows; ++r) {
             T* row = diff_qkv + (seg.begin + i0 + r) * ld + h * hd;
             for (Index d = 0; d < hd; ++d) row[d] = dq[r][d] * scale;

@@ -122,15 +122,12 @@ ZL_INLINE auto horizontal_sum(V v) {
   return detail::all_lanes<N / 2>(v, [](V a, V b) { return a + b; })[0];
 }
 
-// e^x, the vector form of fast_math.hpp's fast_exp (same reduction and polynomial): relative
-// error below 2.5e-7 (about 2 ulp; tests/test_ops.cpp measures 2.45e-7 where the polynomial
-// runs without FMA) on [-87.3, 88.3], 0 below (also for -inf), e^88.3 above.
-// Rounding x log2(e) to an integer by adding 1.5 * 2^23 rounds to nearest-even, as nearbyint
-// does, and leaves the integer in the low mantissa bits.
-ZL_INLINE Vec<float> exp(Vec<float> input) {
+namespace detail {
+// e^x for x already in [-87.3, 88.3]: Cody-Waite reduction x = n ln2 + r, a degree-6
+// polynomial for e^r, 2^n from exponent bits.
+ZL_INLINE Vec<float> exp_in_range(Vec<float> x) {
   using Bits = VecTraits<float>::bits;
-  const Vec<float> lo = splat(-87.3f), hi = splat(88.3f), shifter = splat(12582912.0f);
-  const Vec<float> x = input < lo ? lo : (input > hi ? hi : input);
+  const Vec<float> shifter = splat(12582912.0f);
   const Vec<float> t = x * 1.44269504088896341f + shifter;
   const Vec<float> n = t - shifter;
   const Vec<float> r = (x - n * 0.693145751953125f) - n * 1.42860682030941723e-6f;
@@ -142,13 +139,33 @@ ZL_INLINE Vec<float> exp(Vec<float> input) {
   p = p * r + 1.0f;
   p = p * r + 1.0f;
   const Bits exponent = ((__builtin_bit_cast(Bits, t) - 0x4B400000) + 127) << 23;
-  const Vec<float> result = p * __builtin_bit_cast(Vec<float>, exponent);
-  return input < lo ? Vec<float>{} : result;
+  return p * __builtin_bit_cast(Vec<float>, exponent);
+}
+}  // namespace detail
+
+// e^x, the vector form of fast_math.hpp's fast_exp (same reduction and polynomial): relative
+// error below 2.5e-7 (about 2 ulp; tests/test_ops.cpp measures 2.45e-7 where the polynomial
+// runs without FMA) on [-87.3, 88.3], 0 below (also for -inf), e^88.3 above.
+// Rounding x log2(e) to an integer by adding 1.5 * 2^23 rounds to nearest-even, as nearbyint
+// does, and leaves the integer in the low mantissa bits.
+ZL_INLINE Vec<float> exp(Vec<float> input) {
+  const Vec<float> lo = splat(-87.3f), hi = splat(88.3f);
+  const Vec<float> x = input < lo ? lo : (input > hi ? hi : input);
+  return input < lo ? Vec<float>{} : detail::exp_in_range(x);
+}
+// e^x for x <= 0 (-inf included), the same values as exp with two operations fewer: softmax
+// numerators, whose arguments (a score minus its row's maximum or log-sum-exp) never exceed 0.
+ZL_INLINE Vec<float> exp_nonpositive(Vec<float> input) {
+  const Vec<float> lo = splat(-87.3f);
+  return input < lo ? Vec<float>{} : detail::exp_in_range(max(input, lo));
 }
 // Doubles are for finite-difference checks: the exact exp per lane.
 ZL_INLINE Vec<double> exp(Vec<double> x) {
   for (int i = 0; i < kLanes<double>; ++i) x[i] = __builtin_exp(x[i]);
   return x;
+}
+ZL_INLINE Vec<double> exp_nonpositive(Vec<double> x) {
+  return exp(x);
 }
 
 // Rounding to bf16 and back (--attn_softmax_bf16), as core/bf16.hpp's to_bf16: to nearest,
