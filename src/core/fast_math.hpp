@@ -10,21 +10,37 @@
 #include <cmath>
 #include <cstdint>
 
+#include "core/cpu_dispatch.hpp"
+
 namespace zerolora {
 
+// The reduction's constants and e^r's Taylor coefficients, highest degree first (shared with
+// ops/simd.hpp's vector exp).
+namespace exp_detail {
+inline constexpr float kLog2e = 1.44269504088896341f;
+inline constexpr float kLn2High = 0.693145751953125f;  // ln 2 = kLn2High + kLn2Low
+inline constexpr float kLn2Low = 1.42860682030941723e-6f;
+inline constexpr float kTaylor[] = {1.0f / 720.0f, 1.0f / 120.0f, 1.0f / 24.0f, 1.0f / 6.0f,
+                                    0.5f,          1.0f,          1.0f};
+// p(r) by Horner's rule, for a float or a vector of floats (always inlined: no vector ABI).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"
+template <class V>
+ZL_INLINE V taylor(V r) {
+  V p = V{} + kTaylor[0];
+  for (int i = 1; i < 7; ++i) p = p * r + kTaylor[i];
+  return p;
+}
+#pragma GCC diagnostic pop
+}  // namespace exp_detail
+
 inline float fast_exp(float input) {
+  using namespace exp_detail;
   const float x = input < -87.3f ? -87.3f : (input > 88.3f ? 88.3f : input);
-  const float n = std::nearbyint(x * 1.44269504088896341f);
-  const float r = (x - n * 0.693145751953125f) - n * 1.42860682030941723e-6f;
-  float p = 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
+  const float n = std::nearbyint(x * kLog2e);
+  const float r = (x - n * kLn2High) - n * kLn2Low;
   const auto bits = static_cast<std::uint32_t>(static_cast<std::int32_t>(n) + 127) << 23;
-  return input < -87.3f ? 0.0f : p * std::bit_cast<float>(bits);
+  return input < -87.3f ? 0.0f : taylor(r) * std::bit_cast<float>(bits);
 }
 
 inline double fast_exp(double x) {

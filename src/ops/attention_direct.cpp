@@ -176,6 +176,55 @@ TaskTiles task_tiles(Index hd, Index longest) {
           aligned_bytes(static_cast<std::size_t>(Lp) * sizeof(T))};
 }
 
+// What the forward and the backward share: the shape's numbers, the tile geometry and the
+// tasks, one per (segment, key/value head), longest segments first so that the threads
+// finish together.
+template <class T>
+struct DirectPlan {
+  Index H, KV, hd, ld, group;
+  T scale;
+  TaskTiles tiles;
+  std::vector<QueryBlock> tasks;
+  DirectPlan(const AttentionShape& shape, const std::vector<Segment>& segments)
+      : H(shape.heads),
+        KV(shape.kv_heads),
+        hd(shape.head_dim),
+        ld(shape.qkv_stride()),
+        group(H / KV),
+        scale(static_cast<T>(1.0 / std::sqrt(static_cast<double>(hd)))),
+        tiles(task_tiles<T>(hd, max_length(segments))),
+        tasks(longest_first(segments, KV)) {
+    ZL_CHECK(hd <= kMaxHeadDim);
+  }
+};
+
+// One task's K and V, transposed into the start of the thread's tile; `rest` is what follows.
+template <class T>
+struct HeadTiles {
+  Index L, Lp;  // the segment's length, rounded up to whole vectors
+  T *kt, *vt;
+  std::byte* rest;
+};
+
+template <class T>
+ZL_INLINE HeadTiles<T> head_tiles(const DirectPlan<T>& plan, const QueryBlock& task,
+                                  const std::vector<Segment>& segments, const T* qkv,
+                                  AttentionWorkspace& workspace) {
+  const Segment& seg = segments[task.segment];
+  const Index g = task.head;
+  HeadTiles<T> head{seg.length, round_up(seg.length, lanes<T>()), nullptr, nullptr, nullptr};
+  std::byte* cursor = workspace.tiles[omp_get_thread_num()].data();
+  head.kt = carve<T>(cursor, plan.tiles.hd_padded * plan.tiles.Lp);
+  head.vt = carve<T>(cursor, plan.tiles.hd_padded * plan.tiles.Lp);
+  head.rest = cursor;
+  const T* rows = qkv + seg.begin * plan.ld;
+  transpose_head(head.kt, rows + (plan.H + g) * plan.hd, plan.ld, head.L, plan.hd, head.Lp,
+                 plan.tiles.hd_padded);
+  transpose_head(head.vt, rows + (plan.H + plan.KV + g) * plan.hd, plan.ld, head.L, plan.hd,
+                 head.Lp, plan.tiles.hd_padded);
+  return head;
+}
+
 }  // namespace
 
 template <class T>
@@ -185,29 +234,24 @@ ZL_CPU_CLONES void attention_forward_direct(Runtime& rt, T* out, T* lse, const T
                                             const AttentionOptions& options,
                                             AttentionWorkspace& workspace) {
   constexpr Index N = lanes<T>();
-  const Index H = shape.heads, KV = shape.kv_heads, hd = shape.head_dim, ld = shape.qkv_stride();
-  const Index group = H / KV;
-  ZL_CHECK(hd <= kMaxHeadDim);
-  const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(hd)));
-  const TaskTiles tiles = task_tiles<T>(hd, max_length(segments));
+  const DirectPlan<T> plan(shape, segments);
+  const Index H = plan.H, hd = plan.hd, ld = plan.ld, group = plan.group;
+  const T scale = plan.scale;
+  const TaskTiles& tiles = plan.tiles;
   ensure_tiles(workspace, rt.threads(), 2 * tiles.head_bytes + kRows * tiles.row_bytes);
-  // One task per (segment, key/value head), longest segments first so the threads finish
-  // together.
-  const auto tasks = longest_first(segments, KV);
 #pragma omp parallel num_threads(rt.threads())
   {
     const simd::FlushDenormals flush;
 #pragma omp for schedule(dynamic, 1)
-    for (Index t = 0; t < static_cast<Index>(tasks.size()); ++t) {
-      const Segment& seg = segments[tasks[t].segment];
-      const Index g = tasks[t].head, L = seg.length, Lp = round_up(L, N);
-      std::byte* cursor = workspace.tiles[omp_get_thread_num()].data();
-      T* kt = carve<T>(cursor, tiles.hd_padded * tiles.Lp);
-      T* vt = carve<T>(cursor, tiles.hd_padded * tiles.Lp);
+    for (Index t = 0; t < static_cast<Index>(plan.tasks.size()); ++t) {
+      const Segment& seg = segments[plan.tasks[t].segment];
+      const Index g = plan.tasks[t].head;
+      const HeadTiles<T> head = head_tiles(plan, plan.tasks[t], segments, qkv, workspace);
+      const Index L = head.L, Lp = head.Lp;
+      const T *kt = head.kt, *vt = head.vt;
+      std::byte* cursor = head.rest;
       T* p[kRows];
       for (Index r = 0; r < kRows; ++r) p[r] = carve<T>(cursor, tiles.Lp);
-      transpose_head(kt, qkv + seg.begin * ld + (H + g) * hd, ld, L, hd, Lp, tiles.hd_padded);
-      transpose_head(vt, qkv + seg.begin * ld + (H + KV + g) * hd, ld, L, hd, Lp, tiles.hd_padded);
       for (Index h = g * group; h < (g + 1) * group; ++h)
         for (Index i0 = 0; i0 < L; i0 += kRows) {
           const RowPass<T> pass = row_pass<T>(shape, i0, L);
@@ -278,30 +322,26 @@ ZL_CPU_CLONES void attention_backward_direct(Runtime& rt, T* diff_qkv, const T* 
                                              const AttentionOptions& options,
                                              AttentionWorkspace& workspace) {
   constexpr Index N = lanes<T>();
-  const Index H = shape.heads, KV = shape.kv_heads, hd = shape.head_dim, ld = shape.qkv_stride();
-  const Index group = H / KV;
-  ZL_CHECK(hd <= kMaxHeadDim);
-  const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(hd)));
-  const TaskTiles tiles = task_tiles<T>(hd, max_length(segments));
+  const DirectPlan<T> plan(shape, segments);
+  const Index H = plan.H, KV = plan.KV, hd = plan.hd, ld = plan.ld, group = plan.group;
+  const T scale = plan.scale;
+  const TaskTiles& tiles = plan.tiles;
   ensure_tiles(workspace, rt.threads(), 4 * tiles.head_bytes + kRows * tiles.row_bytes);
-  // One task per (segment, key/value head): it owns that head's dK and dV. Longest first.
-  const auto tasks = longest_first(segments, KV);
 #pragma omp parallel num_threads(rt.threads())
   {
     const simd::FlushDenormals flush;
 #pragma omp for schedule(dynamic, 1)
-    for (Index t = 0; t < static_cast<Index>(tasks.size()); ++t) {
-      const Segment& seg = segments[tasks[t].segment];
-      const Index g = tasks[t].head, L = seg.length, Lp = round_up(L, N);
-      std::byte* cursor = workspace.tiles[omp_get_thread_num()].data();
-      T* kt = carve<T>(cursor, tiles.hd_padded * tiles.Lp);
-      T* vt = carve<T>(cursor, tiles.hd_padded * tiles.Lp);
+    for (Index t = 0; t < static_cast<Index>(plan.tasks.size()); ++t) {  // owns dK, dV of a head
+      const Segment& seg = segments[plan.tasks[t].segment];
+      const Index g = plan.tasks[t].head;
+      const HeadTiles<T> head = head_tiles(plan, plan.tasks[t], segments, qkv, workspace);
+      const Index L = head.L, Lp = head.Lp;
+      const T *kt = head.kt, *vt = head.vt;
+      std::byte* cursor = head.rest;
       T* dkt = carve<T>(cursor, tiles.hd_padded * tiles.Lp);
       T* dvt = carve<T>(cursor, tiles.hd_padded * tiles.Lp);
       T* ds[kRows];
       for (Index r = 0; r < kRows; ++r) ds[r] = carve<T>(cursor, tiles.Lp);
-      transpose_head(kt, qkv + seg.begin * ld + (H + g) * hd, ld, L, hd, Lp, tiles.hd_padded);
-      transpose_head(vt, qkv + seg.begin * ld + (H + KV + g) * hd, ld, L, hd, Lp, tiles.hd_padded);
       std::fill_n(dkt, tiles.hd_padded * Lp, T{0});
       std::fill_n(dvt, tiles.hd_padded * Lp, T{0});
       for (Index h = g * group; h < (g + 1) * group; ++h)

@@ -17,6 +17,7 @@
 
 #include "core/bf16.hpp"
 #include "core/cpu_dispatch.hpp"
+#include "core/fast_math.hpp"
 
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wpsabi"  // see above: no Vec is ever passed out of line
@@ -126,20 +127,14 @@ namespace detail {
 // e^x for x already in [-87.3, 88.3]: Cody-Waite reduction x = n ln2 + r, a degree-6
 // polynomial for e^r, 2^n from exponent bits.
 ZL_INLINE Vec<float> exp_in_range(Vec<float> x) {
+  using namespace exp_detail;
   using Bits = VecTraits<float>::bits;
   const Vec<float> shifter = splat(12582912.0f);
-  const Vec<float> t = x * 1.44269504088896341f + shifter;
+  const Vec<float> t = x * kLog2e + shifter;
   const Vec<float> n = t - shifter;
-  const Vec<float> r = (x - n * 0.693145751953125f) - n * 1.42860682030941723e-6f;
-  Vec<float> p = splat(1.0f / 720.0f);
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
+  const Vec<float> r = (x - n * kLn2High) - n * kLn2Low;
   const Bits exponent = ((__builtin_bit_cast(Bits, t) - 0x4B400000) + 127) << 23;
-  return p * __builtin_bit_cast(Vec<float>, exponent);
+  return taylor(r) * __builtin_bit_cast(Vec<float>, exponent);
 }
 }  // namespace detail
 
