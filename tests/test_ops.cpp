@@ -225,10 +225,68 @@ TEST(Simd, ExpWithinItsStatedBound) {
     }
   }
   EXPECT_LT(worst, 2.5e-7);
-  const Vec<float> tails = simd::exp(simd::splat(-std::numeric_limits<float>::infinity()));
-  EXPECT_EQ(tails[0], 0.0f);
-  EXPECT_EQ(simd::exp(simd::splat(-100.0f))[3], 0.0f);
+  // exp_nonpositive (softmax numerators): the same values where its argument is <= 0.
+  for (float x = -87.25f; x <= 0.0f; x += 0.0137f) {
+    const Vec<float> v = simd::iota(0.0f) * -1e-3f + x;
+    const Vec<float> a = simd::exp(v), b = simd::exp_nonpositive(v);
+    for (int i = 0; i < simd::kLanes<float>; ++i) ASSERT_EQ(a[i], b[i]) << v[i];
+  }
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::nanf("");
+  for (const bool nonpositive : {false, true}) {
+    auto exp_lane = [&](float x, int lane) -> float {  // (a float out: no vector crosses a call)
+      const Vec<float> v = simd::splat(x);
+      return (nonpositive ? simd::exp_nonpositive(v) : simd::exp(v))[lane];
+    };
+    EXPECT_EQ(exp_lane(-inf, 0), 0.0f);
+    EXPECT_EQ(exp_lane(-100.0f, 3), 0.0f);
+    EXPECT_TRUE(std::isnan(exp_lane(nan, 7))) << "NaN must stay NaN";
+  }
   EXPECT_TRUE(std::isfinite(simd::exp(simd::splat(1000.0f))[5]));
+}
+
+// FlushDenormals flushes denormal results (and inputs) to zero in its scope only.
+TEST(Simd, FlushDenormalsHoldsForItsScopeOnly) {
+  volatile float tiny = 1e-30f, scale = 1e-10f;  // volatile: computed at run time
+  const float before = tiny * scale;             // 1e-40: denormal
+  float inside = 1;
+  {
+    const simd::FlushDenormals flush;
+    inside = tiny * scale;
+  }
+  const float after = tiny * scale;
+  EXPECT_GT(before, 0.0f);
+  EXPECT_EQ(inside, 0.0f);
+  EXPECT_EQ(after, before);
+}
+
+// The vector bf16 rounding gives core/bf16.hpp's bits, ties and NaN included.
+TEST(Simd, RoundToBf16MatchesTheScalarRounding) {
+  const float values[] = {1.0f,
+                          1.00390625f /* a tie, to even */,
+                          1.01171875f /* a tie, up */,
+                          -3.14159f,
+                          1e-38f,
+                          3.0e38f,
+                          -0.0f,
+                          std::numeric_limits<float>::infinity(),
+                          -std::numeric_limits<float>::infinity(),
+                          std::bit_cast<float>(0x7fffffffu),
+                          std::bit_cast<float>(0xff812345u),
+                          6.1e-5f,
+                          123456.789f,
+                          -7.5e-3f,
+                          0.3333333f,
+                          65504.0f};
+  simd::Vec<float> v;
+  for (int i = 0; i < simd::kLanes<float>; ++i) v[i] = values[i];
+  const simd::Vec<float> rounded = simd::round_to_bf16(v);
+  for (int i = 0; i < simd::kLanes<float>; ++i) {
+    const float want = to_float(to_bf16(values[i]));
+    if (std::isnan(want))
+      EXPECT_TRUE(std::isnan(rounded[i])) << i;
+    else
+      EXPECT_EQ(std::bit_cast<std::uint32_t>(rounded[i]), std::bit_cast<std::uint32_t>(want)) << i;
+  }
 }
 
 template <class T>
@@ -250,47 +308,60 @@ TEST(Simd, TransposeSumGivesEachVectorsLaneSum) {
   check_transpose_sum<double>();
 }
 
+// Attention forward then backward (output gradient d_out) in precision T: out and dqkv.
+template <class T>
+std::pair<std::vector<T>, std::vector<T>> attention_forward_backward(
+    const std::vector<double>& qkv, const std::vector<double>& d_out,
+    const std::vector<Segment>& segments, Index M, const AttentionShape& shape, int threads,
+    AttentionOptions::Kernel kernel, bool softmax_bf16 = false) {
+  Runtime rt(threads);
+  AttentionOptions options;
+  options.kernel = kernel;
+  options.softmax_bf16 = softmax_bf16;
+  AttentionWorkspace ws;
+  const Index W3 = shape.qkv_stride(), Qd = shape.heads * shape.head_dim;
+  std::vector<T> q(qkv.begin(), qkv.end()), g(d_out.begin(), d_out.end());
+  std::vector<T> out(M * Qd), lse(shape.heads * M), dqkv(M * W3, T{7});  // 7: must be overwritten
+  attention_forward<T, T>(rt, out.data(), lse.data(), q.data(), segments, M, shape, options, ws);
+  attention_backward<T, T>(rt, dqkv.data(), g.data(), q.data(), out.data(), lse.data(), segments, M,
+                           shape, options, ws);
+  return {out, dqkv};
+}
+
 // The small-head SIMD kernel in fp32 against the tiled kernel in double, forward and
 // backward, over head dims that fill a vector chunk or not, segment lengths around the vector
-// width, grouped-query heads and sliding windows; and the same bits with 1 and 3 threads.
+// width, grouped-query heads and sliding windows (shorter than a vector, and longer, so that
+// whole blocks lie before a row's window); and the same bits with 1 and 3 threads.
 TEST(Attention, DirectKernelMatchesTheDoubleReferenceOnManyShapes) {
   const std::vector<Segment> segments{{0, 1}, {1, 17}, {18, 16}, {34, 2}, {36, 47}, {83, 33}};
   const Index M = 116;
+  using Kernel = AttentionOptions::Kernel;
   for (const AttentionShape base :
        {AttentionShape{4, 2, 8}, AttentionShape{4, 1, 12}, AttentionShape{2, 2, 4},
         AttentionShape{6, 3, 16}, AttentionShape{2, 1, 33}, AttentionShape{2, 2, 64},
         AttentionShape{2, 1, 128}})
-    for (const Index window : {0, 7}) {
+    // 37: i0 - 36 is a multiple of 16 for some four-row pass, where a block lies before the
+    // window of the pass's first row but not of its last
+    for (const Index window : {0, 7, 37}) {
       AttentionShape shape = base;
       shape.window = window;
-      const Index W3 = shape.qkv_stride(), Qd = shape.heads * shape.head_dim;
-      const auto qkv = random_values<double>(M * W3, 21);
-      const auto d_out = random_values<double>(M * Qd, 22);
-      auto run = [&]<class T>(T, int threads, AttentionOptions::Kernel kernel) {
-        Runtime rt(threads);
-        AttentionOptions options;
-        options.kernel = kernel;
-        AttentionWorkspace ws;
-        std::vector<T> q(qkv.begin(), qkv.end()), g(d_out.begin(), d_out.end());
-        std::vector<T> out(M * Qd), lse(shape.heads * M), dqkv(M * W3, T{7});
-        attention_forward<T, T>(rt, out.data(), lse.data(), q.data(), segments, M, shape, options,
-                                ws);
-        attention_backward<T, T>(rt, dqkv.data(), g.data(), q.data(), out.data(), lse.data(),
-                                 segments, M, shape, options, ws);
-        return std::pair{out, dqkv};
+      const auto qkv = random_values<double>(M * shape.qkv_stride(), 21);
+      const auto d_out = random_values<double>(M * shape.heads * shape.head_dim, 22);
+      auto run = [&]<class T>(T, int threads, Kernel kernel) {
+        return attention_forward_backward<T>(qkv, d_out, segments, M, shape, threads, kernel);
       };
-      const auto [want_out, want_grad] = run(0.0, 2, AttentionOptions::Kernel::kTiled);
-      const auto [out, grad] = run(0.0f, 2, AttentionOptions::Kernel::kDirect);
+      const auto [want_out, want_grad] = run(0.0, 2, Kernel::kTiled);
+      const auto [out, grad] = run(0.0f, 2, Kernel::kDirect);
       const std::string where =
           "heads " + std::to_string(shape.heads) + "/" + std::to_string(shape.kv_heads) +
           " head dim " + std::to_string(shape.head_dim) + " window " + std::to_string(window);
       EXPECT_LT(testing::max_rel_error(out, want_out), 1e-5) << where;
       EXPECT_LT(testing::max_rel_error(grad, want_grad), 1e-5) << where;
-      const auto [out_double, grad_double] = run(0.0, 2, AttentionOptions::Kernel::kDirect);
+      const auto [out_double, grad_double] = run(0.0, 2, Kernel::kDirect);
       EXPECT_LT(testing::max_rel_error(out_double, want_out), 1e-12) << where;
       EXPECT_LT(testing::max_rel_error(grad_double, want_grad), 1e-12) << where;
-      const auto [out_one, grad_one] = run(0.0f, 1, AttentionOptions::Kernel::kDirect);
-      const auto [out_three, grad_three] = run(0.0f, 3, AttentionOptions::Kernel::kDirect);
+      const auto [out_one, grad_one] = run(0.0f, 1, Kernel::kDirect);
+      const auto [out_three, grad_three] = run(0.0f, 3, Kernel::kDirect);
       EXPECT_EQ(out_one, out) << where;
       EXPECT_EQ(grad_one, grad) << where;
       EXPECT_EQ(out_three, out) << where;
@@ -298,18 +369,37 @@ TEST(Attention, DirectKernelMatchesTheDoubleReferenceOnManyShapes) {
     }
 }
 
+// A NaN in a query row reaches that row's output (and is not averaged away into a finite
+// value): the non-finite guards downstream must see it.
+TEST(Attention, DirectKernelPassesNaNThrough) {
+  const AttentionCase c;
+  auto qkv = random_values<double>(c.M * c.shape.qkv_stride(), 24);
+  qkv[16 * c.shape.qkv_stride()] = std::nan("");  // row 16's first query element, head 0
+  const auto out = run_attention<float, float>(qkv, c, 1, false, AttentionOptions::Kernel::kDirect);
+  EXPECT_TRUE(std::isnan(out[16 * c.shape.heads * c.shape.head_dim]));
+}
+
 // --attn_softmax_bf16 in the SIMD kernel: scores and probabilities rounded as in the tiled
-// kernel (the same values up to a rare bf16 tie broken by fp32 sums in another order).
+// kernel, forward and backward (the same values up to a rare bf16 tie broken by fp32 sums in
+// another order).
 TEST(Attention, DirectKernelRoundsTheSoftmaxToBf16LikeTheTiledOne) {
   const AttentionCase c;
   const auto qkv = random_values<double>(c.M * c.shape.qkv_stride(), 23);
+  const auto d_out = random_values<double>(c.M * c.shape.heads * c.shape.head_dim, 25);
   const auto exact = reference_attention(qkv, c);
-  const auto tiled = run_attention<float, float>(qkv, c, 16, true);
-  const auto direct =
-      run_attention<float, float>(qkv, c, 1, true, AttentionOptions::Kernel::kDirect);
-  EXPECT_GT(testing::max_rel_error(direct, exact), 1e-5) << "bf16 softmax must change the result";
-  EXPECT_LT(testing::max_rel_error(direct, exact), 2e-2);
-  EXPECT_LT(testing::mean_rel_error(direct, tiled), 1e-5);
+  using Kernel = AttentionOptions::Kernel;
+  const auto [tiled_out, tiled_grad] = attention_forward_backward<float>(
+      qkv, d_out, c.segments, c.M, c.shape, 2, Kernel::kTiled, true);
+  const auto [out, grad] = attention_forward_backward<float>(qkv, d_out, c.segments, c.M, c.shape,
+                                                             2, Kernel::kDirect, true);
+  const auto [plain_out, plain_grad] = attention_forward_backward<float>(
+      qkv, d_out, c.segments, c.M, c.shape, 2, Kernel::kDirect, false);
+  EXPECT_GT(testing::max_rel_error(out, exact), 1e-5) << "bf16 softmax must change the result";
+  EXPECT_LT(testing::max_rel_error(out, exact), 2e-2);
+  EXPECT_LT(testing::mean_rel_error(out, tiled_out), 1e-5);
+  EXPECT_GT(testing::max_rel_error(grad, plain_grad), 1e-5) << "and the gradient";
+  EXPECT_LT(testing::max_rel_error(grad, plain_grad), 5e-2);
+  EXPECT_LT(testing::mean_rel_error(grad, tiled_grad), 1e-5);
 }
 
 TEST(Batch, ShiftsLabelsPerSegmentAndValidates) {

@@ -102,11 +102,13 @@ ZL_INLINE V rotated(V v, std::index_sequence<I...>) {
 }
 // Every lane ends up holding op over all lanes: log2(lanes) rotate-and-combine steps, each
 // lane's partial result doubling in span, instead of lanes - 1 dependent scalar steps.
-template <std::size_t K, class V, class Op>
-ZL_INLINE V all_lanes(V v, Op op) {
+// (kMax: the maximum; else the sum. No lambda: every callee of a clone must be inlined.)
+template <std::size_t K, bool kMax, class V>
+ZL_INLINE V all_lanes(V v) {
   constexpr std::size_t N = sizeof(V) / sizeof(v[0]);
-  v = op(v, rotated<K>(v, std::make_index_sequence<N>{}));
-  if constexpr (K > 1) return all_lanes<K / 2>(v, op);
+  const V other = rotated<K>(v, std::make_index_sequence<N>{});
+  v = kMax ? max(v, other) : v + other;
+  if constexpr (K > 1) return all_lanes<K / 2, kMax>(v);
   return v;
 }
 }  // namespace detail
@@ -115,12 +117,12 @@ ZL_INLINE V all_lanes(V v, Op op) {
 template <class V>
 ZL_INLINE auto horizontal_max(V v) {
   constexpr std::size_t N = sizeof(V) / sizeof(v[0]);
-  return detail::all_lanes<N / 2>(v, [](V a, V b) { return max(a, b); })[0];
+  return detail::all_lanes<N / 2, true>(v)[0];
 }
 template <class V>
 ZL_INLINE auto horizontal_sum(V v) {
   constexpr std::size_t N = sizeof(V) / sizeof(v[0]);
-  return detail::all_lanes<N / 2>(v, [](V a, V b) { return a + b; })[0];
+  return detail::all_lanes<N / 2, false>(v)[0];
 }
 
 namespace detail {
@@ -148,11 +150,12 @@ ZL_INLINE Vec<float> exp(Vec<float> input) {
   const Vec<float> x = input < lo ? lo : (input > hi ? hi : input);
   return input < lo ? Vec<float>{} : detail::exp_in_range(x);
 }
-// e^x for x <= 0 (-inf included), the same values as exp with two operations fewer: softmax
-// numerators, whose arguments (a score minus its row's maximum or log-sum-exp) never exceed 0.
+// e^x for x <= 0 (-inf included; NaN stays NaN), the same values as exp with two operations
+// fewer: softmax numerators, whose arguments (a score minus its row's maximum or log-sum-exp)
+// never exceed 0.
 ZL_INLINE Vec<float> exp_nonpositive(Vec<float> input) {
   const Vec<float> lo = splat(-87.3f);
-  return input < lo ? Vec<float>{} : detail::exp_in_range(max(input, lo));
+  return input < lo ? Vec<float>{} : detail::exp_in_range(max(lo, input));  // max(lo, NaN): NaN
 }
 // Doubles are for finite-difference checks: the exact exp per lane.
 ZL_INLINE Vec<double> exp(Vec<double> x) {
@@ -164,12 +167,13 @@ ZL_INLINE Vec<double> exp_nonpositive(Vec<double> x) {
 }
 
 // Rounding to bf16 and back (--attn_softmax_bf16), as core/bf16.hpp's to_bf16: to nearest,
-// ties to even (NaN is not expected here: scores and probabilities are finite or -inf).
+// ties to even; NaN stays a (quiet) NaN.
 ZL_INLINE Vec<float> round_to_bf16(Vec<float> v) {
-  using Bits = VecTraits<float>::bits;
-  Bits u = __builtin_bit_cast(Bits, v);
-  u = (u + 0x7fff + ((u >> 16) & 1)) & static_cast<std::int32_t>(0xffff0000u);
-  return __builtin_bit_cast(Vec<float>, u);
+  typedef std::uint32_t Bits __attribute__((vector_size(64)));
+  const Bits u = __builtin_bit_cast(Bits, v);
+  const Bits rounded = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+  const Bits nan = (u | 0x400000u) & 0xffff0000u;
+  return __builtin_bit_cast(Vec<float>, (u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
 }
 ZL_INLINE Vec<double> round_to_bf16(Vec<double> v) {
   for (int i = 0; i < kLanes<double>; ++i)
