@@ -4,7 +4,7 @@
 // vectors) and serves the head's group of query heads. Four query rows share every key vector
 // loaded; keys outside a row's causal window are set to -inf, so exp makes them 0 and no
 // branch is needed inside a block. Reductions over keys (P V forward, dS K backward) keep one
-// vector per (row, head dim) and sum their lanes sixteen at a time with simd::transpose_sum.
+// vector per (row, head dim) and sum their lanes a vector's width at a time (simd::transpose_sum).
 // Same contract as attention.hpp's kernels; results do not depend on the thread count (each
 // task runs in sequence on one thread).
 #include <omp.h>
@@ -50,8 +50,8 @@ ZL_INLINE void transpose_head(T* dst, const T* src, Index ld, Index L, Index hd,
   std::fill(dst + hd * Lp, dst + hd_padded * Lp, T{0});
 }
 
-// The kRows rows of one pass: their query (or output-gradient) vectors as scalars to
-// broadcast, and the window of keys each attends to.
+// The kRows rows of one pass: the window of keys each attends to, and the key blocks that
+// cover any of them.
 template <class T>
 struct RowPass {
   Index i0 = 0, rows = 0;  // first row's position in the segment; real rows (the rest pad)

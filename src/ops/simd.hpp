@@ -53,12 +53,11 @@ struct VecTraits;
 template <>
 struct VecTraits<float> {
   typedef float type __attribute__((vector_size(64)));
-  typedef std::int32_t bits __attribute__((vector_size(64)));
+  typedef std::int32_t bits __attribute__((vector_size(64)));  // exp's exponent arithmetic
 };
 template <>
 struct VecTraits<double> {
   typedef double type __attribute__((vector_size(64)));
-  typedef std::int64_t bits __attribute__((vector_size(64)));
 };
 
 template <class T>
