@@ -20,7 +20,8 @@ struct EstimateOptions {
   std::vector<std::string> targets{"q_proj", "k_proj", "v_proj", "o_proj"};
   int lora_rank = 4;
   MemoryScenario scenario;
-  std::string bf16 = "true", recompute = "true", residual_dtype = "auto", granularity = "full";
+  std::string bf16 = "true", recompute = "true", residual_dtype = "auto", granularity = "auto";
+  double recompute_budget_mib = -1;
   double device_gb = 96;
   bool json = false;
 };
@@ -46,8 +47,11 @@ Estimate estimate(EstimateOptions& o) {
   lora.targets = parse_lora_targets(targets);
   const LoraLayout layout(config, lora);
   o.scenario.bf16 = o.bf16 == "true";
-  o.scenario.recompute = o.recompute == "true";
-  o.scenario.selective = o.granularity == "selective";
+  o.scenario.recompute = o.recompute == "true"
+                             ? parse_recompute(o.granularity, "--recompute_granularity")
+                             : Recompute::kNone;
+  o.scenario.recompute_budget_bytes =
+      o.recompute_budget_mib < 0 ? -1.0 : o.recompute_budget_mib * 1048576.0;
   o.scenario.bf16_residual = resolve_bf16_residual(o.residual_dtype, o.scenario.bf16);
   return {config, lora, targets, static_cast<std::int64_t>(layout.size()),
           estimate_memory(config, layout, o.scenario)};
@@ -74,10 +78,8 @@ int run_estimate(EstimateOptions& o) {
       s.world_size, s.zero_stage, static_cast<long long>(s.micro_batch),
       static_cast<long long>(s.seq_len), s.bf16 ? "bf16" : "fp32",
       s.bf16_residual ? "bf16" : "fp32",
-      !s.recompute  ? "off"
-      : s.selective ? "selective"
-                    : "on",
-      lora.rank, targets.c_str(), static_cast<long long>(lora_parameters));
+      s.recompute == Recompute::kNone ? "off" : recompute_name(s.recompute), lora.rank,
+      targets.c_str(), static_cast<long long>(lora_parameters));
   std::printf("  %-58s %12s\n", "per rank", "GiB");
   for (const auto& i : e.items)
     std::printf("  %-58s %12.3f\n", i.name.c_str(), i.bytes / 1073741824.0);
@@ -126,10 +128,13 @@ void add_estimate_flags(CLI::App* cmd, EstimateOptions* o) {
       ->capture_default_str()
       ->check(CLI::IsMember({"true", "false"}));
   cmd->add_option("--recompute_granularity", o->granularity,
-                  "With recompute: full (keep layer inputs only) or selective (also every "
-                  "layer's attention block)")
+                  "With recompute: auto, full, attention or selective (as `zerolora train`)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"full", "selective"}));
+      ->check(CLI::IsMember({"auto", "full", "attention", "selective"}));
+  cmd->add_option("--recompute_budget_mib", o->recompute_budget_mib,
+                  "auto's budget (as `zerolora train`; -1: one micro-batch's fp32 logits)")
+      ->capture_default_str()
+      ->check(finite_in(-1.0, 1e12));
   cmd->add_option("--prefetch_depth", o->scenario.prefetch_depth, "ZeRO-3 units gathered ahead")
       ->capture_default_str()
       ->check(whole_in(0));

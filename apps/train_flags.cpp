@@ -117,12 +117,22 @@ void add_train_flags(CLI::App& cmd, TrainFlags& f) {
               "bf16 weights and matmuls with fp32 accumulation; false: everything fp32");
   add_hf_bool(cmd, "gradient_checkpointing", a.gradient_checkpointing,
               "Keep only each layer's input and recompute the layer in backward");
-  cmd.add_option(
-         "--recompute_granularity", a.recompute_granularity,
-         "With gradient checkpointing: full (keep only layer inputs) or selective (also keep the "
-         "attention block's activations, recompute only the MLP: faster, more memory)")
+  cmd.add_option("--recompute_granularity", a.recompute_granularity,
+                 "With gradient checkpointing, what each layer keeps for backward: full (its "
+                 "input only), attention (+ its attention output: backward skips the attention "
+                 "forward), selective (+ the whole attention block: backward recomputes only "
+                 "the MLP), or auto (per layer, the least recompute that fits "
+                 "--recompute_budget_mib)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"full", "selective"}));
+      ->check(CLI::IsMember({"auto", "full", "attention", "selective"}));
+  cmd.add_option("--recompute_budget_mib", a.recompute_budget_mib,
+                 "With --recompute_granularity auto: MiB of activations kept beyond full "
+                 "recompute's, spent on every layer's attention output first, then whole "
+                 "attention blocks, then MLP outputs; default (-1): one micro-batch's logits in "
+                 "fp32 (tokens x vocab x 4 bytes), which Transformers' checkpointed training "
+                 "holds and zerolora's chunked loss never does")
+      ->capture_default_str()
+      ->check(finite_in(-1.0, 1e12));
   cmd.add_option("--residual_dtype", a.residual_dtype,
                  "Precision of the hidden states between decoder layers and of the layer inputs "
                  "kept for backward (the largest activation memory): bf16 (half the memory, as "

@@ -5,7 +5,8 @@
 // measures zerolora's overheads. Real (non-padding) tokens per second, and the
 // share of each kind of work. Prints key=value lines.
 //   bench_small_model [--model DIR] [--data FILE] [--steps 50] [--threads 0] [--fp32]
-//                     [--selective] [--concat]
+//                     [--selective | --recompute MODE] [--concat]
+// Recompute defaults to auto, as `zerolora train`.
 #include <cstdio>
 #include <string>
 #include <type_traits>
@@ -70,6 +71,8 @@ int run(const std::filesystem::path& model_dir, const std::filesystem::path& dat
   }
   print_kv("threads", rt.threads());
   print_kv("precision", std::string(P::kName));
+  print_kv("recompute", recompute_name(recompute));
+  print_kv("recompute_plan", describe_recompute_plan(model.recompute_levels()));
   print_kv("steps", steps);
   print_kv("step_s", seconds / steps);
   print_kv("tokens_per_s", static_cast<double>(tokens) / seconds);
@@ -90,7 +93,7 @@ int main(int argc, char** argv) {
                         data_file = zerolora::bench::kDemoDir / "instructions.json";
   int steps = 50, threads = 0;
   bool fp32 = false;
-  zerolora::Recompute recompute = zerolora::Recompute::kFull;
+  zerolora::Recompute recompute = zerolora::Recompute::kAuto;
   bool concat = false;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -98,6 +101,8 @@ int main(int argc, char** argv) {
       fp32 = true;
     else if (arg == "--selective")
       recompute = zerolora::Recompute::kSelective;
+    else if (i + 1 < argc && arg == "--recompute")
+      recompute = zerolora::parse_recompute(argv[++i], "--recompute");
     else if (arg == "--concat")
       concat = true;
     else if (i + 1 < argc && arg == "--model")
@@ -112,7 +117,7 @@ int main(int argc, char** argv) {
       std::fprintf(
           stderr,
           "usage: %s [--model DIR] [--data FILE] [--steps N] [--threads N] [--fp32] [--selective] "
-          "[--concat]\n",
+          "[--recompute full|attention|selective|none|auto] [--concat]\n",
           argv[0]);
       return 2;
     }

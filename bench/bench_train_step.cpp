@@ -71,10 +71,13 @@ int main(int argc, char** argv) {
       recompute = Recompute::kNone;
     else if (arg == "--selective")
       recompute = Recompute::kSelective;
+    else if (arg == "--recompute")
+      recompute = parse_recompute(value(), "--recompute");
     else {
       std::fprintf(stderr,
                    "usage: %s [--seq 512,2048] [--layers 2] [--batch 1] [--steps 3] [--threads N] "
-                   "[--device cpu|cuda] [--shape 7b|70b] [--no-recompute | --selective]\n",
+                   "[--device cpu|cuda] [--shape 7b|70b] [--no-recompute | --selective | "
+                   "--recompute full|attention|selective|none|auto]\n",
                    argv[0]);
       return 2;
     }
@@ -113,9 +116,7 @@ int main(int argc, char** argv) {
   LlamaModel<Bf16Policy> model(rt, weights, &layout, options);
   print_kv("model", "llama2-" + shape + "-shape layers=" + std::to_string(layers) +
                         " lora_r=4 targets=q,k,v,o batch=" + std::to_string(batch_size));
-  print_kv("recompute", recompute == Recompute::kFull        ? "full"
-                        : recompute == Recompute::kSelective ? "selective"
-                                                             : "none");
+  print_kv("recompute", recompute_name(recompute));
 
   for (Index seq : seqs) {
     Batch batch;
@@ -160,6 +161,7 @@ int main(int argc, char** argv) {
                static_cast<double>(rt.device().peak_allocated_bytes()) / (1024.0 * 1024.0));
     }
     print_kv(p + "peak_rss_mib", peak_rss_mib());
+    print_kv(p + "recompute_plan", describe_recompute_plan(model.recompute_levels()));
     if (gpu) continue;  // the profiler times host calls: on a GPU they are asynchronous launches
     // Share of the step per kind of work (timed steps only).
     double total = 0;  // the profiler saw every timed step, so divide by their sum, not the median

@@ -54,6 +54,8 @@ check "--help lists the commands" $?
 [ $? -eq 0 ] && [ -f "$work/run/adapter_model.safetensors" ] && [ -f "$work/run/loss_curve.svg" ] \
   && [ "$(grep -c '"loss"' "$work/run/metrics.jsonl")" -eq 2 ] && grep -q '"train_runtime"' "$work/run/train_results.json"
 check "train writes adapter, metrics, loss curve and summary" $?
+grep -q "recompute: auto, .* MiB for 400-token micro-batches: 5 attention" "$work/train.log"
+check "train logs its recompute plan (auto, the default)" $?
 
 "$bin" inspect "$work/run" | grep -q "LoRA parameters: 4480"
 check "inspect shows an adapter" $?
@@ -102,6 +104,14 @@ check "conflicting flags: exit 2" $?
   --bf16 false --residual_dtype bf16 > /dev/null 2> "$work/err.txt"
 [ $? -eq 2 ] && grep -q -- "--residual_dtype bf16 needs --bf16" "$work/err.txt" && [ ! -e "$work/x2" ]
 check "a bf16 residual in fp32 mode: exit 2, nothing written" $?
+"$bin" train --model_name_or_path "$model" --train_file "$data" --output_dir "$work/x3" \
+  --recompute_granularity partial > /dev/null 2> "$work/err.txt"
+[ $? -eq 2 ] && grep -q -- "--recompute_granularity" "$work/err.txt" && [ ! -e "$work/x3" ]
+check "an unknown recompute granularity: exit 2, the flag named" $?
+"$bin" train --model_name_or_path "$model" --train_file "$data" --output_dir "$work/x4" \
+  --recompute_budget_mib nan > /dev/null 2> "$work/err.txt"
+[ $? -eq 2 ] && grep -q -- "--recompute_budget_mib" "$work/err.txt" && [ ! -e "$work/x4" ]
+check "a NaN recompute budget: exit 2, the flag named" $?
 "$bin" train --model_name_or_path "$model" --train_file "$work/bad.json" --output_dir "$work/y" > /dev/null 2> "$work/err.txt"
 [ $? -eq 1 ] && grep -q "bad.json: record 0" "$work/err.txt" && [ ! -e "$work/y/adapter_model.safetensors" ]
 check "train on a dataset that does not parse: exit 1, nothing written" $?

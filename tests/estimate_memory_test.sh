@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `zerolora estimate-memory` against a real run here: a 430 MB random-weight Llama (bf16
 # safetensors), trained for 3 steps by `mpirun -np 2 zerolora train` (ZeRO-3) with a small and
-# a large LoRA, and with selective recompute; the measured peak RSS of each rank (the whole run,
+# a large LoRA, and with selective and auto recompute; the measured peak RSS of each rank (the whole run,
 # saving included) must be within 10% of the prediction.
 # The model's 32000-token vocabulary is fed by its own tokenizer, Llama-2's, on the public Alpaca
 # records (the estimate was calibrated on that realistic pairing; the demo's 512-piece tokenizer
@@ -24,9 +24,11 @@ trap 'rm -rf "$work"' EXIT
 "$bench_zero" --write-checkpoint "$work/model" > /dev/null || exit 1
 cp "$shared/llama2-tokenizer.model" "$work/model/tokenizer.model"
 # The seed recipe's small LoRA (every tensor replicated), a large one (r 64 on all seven
-# projections: partitioned tensors, sharded layer by layer), and selective recompute.
+# projections: partitioned tensors, sharded layer by layer), selective recompute, and auto (the
+# default: per layer what one micro-batch's fp32 logits pay for).
 failed=0
-for lora in "full 4 q_proj k_proj v_proj o_proj" "full 64 all-linear" "selective 4 q_proj k_proj v_proj o_proj"; do
+for lora in "full 4 q_proj k_proj v_proj o_proj" "full 64 all-linear" "selective 4 q_proj k_proj v_proj o_proj" \
+            "auto 4 q_proj k_proj v_proj o_proj"; do
   set -- $lora
   granularity="$1"; rank="$2"; shift 2
   rm -rf "$work/out"

@@ -214,6 +214,9 @@ TEST(DeviceSeam, StagedDeviceEqualsHostFp32FullRecompute) {
 TEST(DeviceSeam, StagedDeviceEqualsHostFp32NoRecompute) {
   expect_staged_equals_direct<Fp32Policy>(Recompute::kNone);
 }
+TEST(DeviceSeam, StagedDeviceEqualsHostFp32AttentionKept) {
+  expect_staged_equals_direct<Fp32Policy>(Recompute::kAttention);
+}
 TEST(DeviceSeam, StagedDeviceEqualsHostBf16Selective) {
   expect_staged_equals_direct<Bf16Policy>(Recompute::kSelective);
 }

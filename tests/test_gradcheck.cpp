@@ -342,13 +342,9 @@ TEST_P(ModelGradCheck, LoraGradientsMatchFiniteDifferences) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Recompute, ModelGradCheck,
-                         ::testing::Values(Recompute::kFull, Recompute::kSelective,
-                                           Recompute::kNone),
-                         [](const auto& info) {
-                           return info.param == Recompute::kFull        ? "full"
-                                  : info.param == Recompute::kSelective ? "selective"
-                                                                        : "none";
-                         });
+                         ::testing::Values(Recompute::kFull, Recompute::kAttention,
+                                           Recompute::kSelective, Recompute::kNone),
+                         [](const auto& info) { return std::string(recompute_name(info.param)); });
 
 }  // namespace
 }  // namespace zerolora

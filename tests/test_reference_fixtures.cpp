@@ -4,6 +4,7 @@
 // AdamW). fp32 and bf16 modes, recompute on and off.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <numeric>
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include "comm/communicator.hpp"
+#include "core/error.hpp"
 #include "core/precision.hpp"
 #include "data/examples.hpp"
 #include "io/checkpoint.hpp"
@@ -98,6 +100,7 @@ struct Case {
 std::string case_name(const ::testing::TestParamInfo<Case>& info) {
   return info.param.name + (info.param.precision == Precision::kFp32 ? "_fp32" : "_bf16") +
          (info.param.recompute == Recompute::kFull        ? "_recompute"
+          : info.param.recompute == Recompute::kAttention ? "_attention"
           : info.param.recompute == Recompute::kSelective ? "_selective"
                                                           : "_stored") +
          (info.param.bf16_residual ? "_bf16_residual" : "");
@@ -236,7 +239,8 @@ std::vector<Case> all_cases() {
   for (const char* name :
        {"gqa_tied", "odd_untied_all", "llama3_rope", "linear_rope", "qwen2_bias", "mistral_window"})
     for (Precision p : {Precision::kFp32, Precision::kBf16})
-      for (Recompute r : {Recompute::kFull, Recompute::kSelective, Recompute::kNone}) {
+      for (Recompute r :
+           {Recompute::kFull, Recompute::kAttention, Recompute::kSelective, Recompute::kNone}) {
         cases.push_back({name, p, r});
         if (p == Precision::kBf16) cases.push_back({name, p, r, true});
       }
@@ -259,21 +263,42 @@ TEST(Bf16Residual, RecomputeModesAgreeAndEvaluationSeesTheSameModel) {
     std::copy(values.begin(), values.end(), params.begin() + e.offset);
   }
   const Batch batch = ref.batch();
-  auto run = [&](Recompute recompute, bool bf16_residual, double* eval_loss) {
+  const LlamaConfig& c = ref.checkpoint.config();
+  const double rows = static_cast<double>(batch.size());
+  const int rank = layout.config().rank;
+  auto run = [&](Recompute recompute, bool bf16_residual, double* eval_loss, double budget = -1,
+                 std::vector<Recompute>* levels = nullptr) {
     ComputeOptions options;
     options.recompute = recompute;
+    options.recompute_budget_bytes = budget;
     options.bf16_residual = bf16_residual;
     LlamaModel<Bf16Policy> model(rt, weights, &layout, options);
     std::vector<float> grads(params.size(), 0.0f);
     const double loss = model.forward_backward(batch, params, grads, 1.0, {});
     if (eval_loss) *eval_loss = model.loss(batch, params);
+    if (levels) *levels = model.recompute_levels();
     grads.push_back(static_cast<float>(loss));
     return grads;
   };
   double eval_loss = 0;
   const auto full = run(Recompute::kFull, true, &eval_loss);
+  EXPECT_EQ(full, run(Recompute::kAttention, true, nullptr));
   EXPECT_EQ(full, run(Recompute::kSelective, true, nullptr));
   EXPECT_EQ(full, run(Recompute::kNone, true, nullptr));
+  // Mixed plans: every layer at a level from full to none in one model.
+  const double attention = 4 * kept_elements(Recompute::kAttention, c, rows, rank),
+               selective = 4 * kept_elements(Recompute::kSelective, c, rows, rank);
+  const auto L = static_cast<double>(c.num_layers);
+  ASSERT_GE(c.num_layers, 2);
+  const std::pair<double, std::pair<Recompute, Recompute>> plans[] = {
+      {attention, {Recompute::kAttention, Recompute::kFull}},
+      {L * attention + (selective - attention), {Recompute::kSelective, Recompute::kAttention}}};
+  for (const auto& [budget, first_last] : plans) {
+    std::vector<Recompute> levels;
+    EXPECT_EQ(full, run(Recompute::kAuto, true, nullptr, budget, &levels));
+    EXPECT_EQ(levels.front(), first_last.first) << describe_recompute_plan(levels);
+    EXPECT_EQ(levels.back(), first_last.second) << describe_recompute_plan(levels);
+  }
   EXPECT_EQ(static_cast<float>(eval_loss), full.back());
   // The option changes the computation (otherwise the comparisons above prove nothing).
   EXPECT_NE(full, run(Recompute::kFull, false, nullptr));
@@ -292,18 +317,119 @@ TEST(Recompute, EachModeKeepsWhatItSays) {
   auto saved = [&](Recompute recompute) {
     ComputeOptions options;
     options.recompute = recompute;
+    options.recompute_budget_bytes = 0;  // auto: nothing beyond full recompute
     LlamaModel<Fp32Policy> model(rt, weights, &layout, options);
     std::vector<float> grads(params.size(), 0.0f);
     model.forward_backward(batch, params, grads, 1.0, {});
     return model.saved_activation_bytes();
   };
   const std::size_t full = saved(Recompute::kFull), selective = saved(Recompute::kSelective),
-                    none = saved(Recompute::kNone);
+                    none = saved(Recompute::kNone), attention = saved(Recompute::kAttention);
   const auto L = static_cast<std::size_t>(c.num_layers);
-  const std::size_t gate_up =
-      static_cast<std::size_t>(batch.size() * 2 * c.intermediate_size) * sizeof(float);
+  const auto M = static_cast<std::size_t>(batch.size());
+  const std::size_t gate_up = M * static_cast<std::size_t>(2 * c.intermediate_size) * sizeof(float);
+  const std::size_t attention_output =
+      M * static_cast<std::size_t>(c.q_dim() + c.num_heads) * sizeof(float);
   EXPECT_EQ(selective, L * full);
   EXPECT_EQ(none, L * (full + gate_up));
+  // Each layer keeps one attention output, the working set lending its own to the last layer
+  // (buffers are swapped, never copied): L outputs in all where full recompute has one.
+  EXPECT_EQ(attention, full + (L - 1) * attention_output);
+  EXPECT_EQ(saved(Recompute::kAuto), full);
+  // kept_elements (the planner's and the memory estimate's arithmetic) says the same.
+  const int rank = layout.config().rank;
+  const auto rows = static_cast<double>(M);
+  EXPECT_EQ(4 * kept_elements(Recompute::kSelective, c, rows, rank), static_cast<double>(full));
+  EXPECT_EQ(4 * kept_elements(Recompute::kAttention, c, rows, rank),
+            static_cast<double>(attention_output));
+  EXPECT_EQ(4 * kept_elements(Recompute::kNone, c, rows, rank),
+            static_cast<double>(full + gate_up));
+}
+
+// Under auto with a fixed budget the plan follows the batch's size; a layer whose level drops
+// gives back what it kept, and every step's gradients stay those of full recompute.
+TEST(Recompute, PlanFollowsTheBatchAndKeepsExactGradients) {
+  const Reference ref(testing::fixtures_dir() / "gqa_tied");
+  Runtime rt(1);
+  auto weights = load_llama_weights<float>(rt, ref.checkpoint);
+  const LlamaConfig& c = ref.checkpoint.config();
+  const LoraLayout layout(c, ref.lora_config());
+  std::vector<float> params(static_cast<std::size_t>(layout.size()));
+  for (std::size_t i = 0; i < params.size(); ++i) params[i] = 0.01f * static_cast<float>(i % 13);
+  const Batch whole = ref.batch();
+  Batch first;  // the first sequence alone: fewer rows, so the same budget keeps more
+  first.add_sequence(ref.sequences()[0].input_ids, ref.sequences()[0].labels, 0);
+  ASSERT_LT(first.size(), whole.size());
+  const int rank = layout.config().rank;
+  const double budget =
+      4 * kept_elements(Recompute::kSelective, c, static_cast<double>(first.size()), rank) *
+      static_cast<double>(c.num_layers);
+  ComputeOptions auto_options;
+  auto_options.recompute = Recompute::kAuto;
+  auto_options.recompute_budget_bytes = budget;
+  LlamaModel<Fp32Policy> planned(rt, weights, &layout, auto_options);
+  LlamaModel<Fp32Policy> full(rt, weights, &layout, {});
+  std::vector<std::string> plans;
+  for (const Batch* batch : std::vector<const Batch*>{&whole, &first, &whole, &first}) {
+    std::vector<float> a(params.size(), 0.0f), b(params.size(), 0.0f);
+    const double loss_a = planned.forward_backward(*batch, params, a, 1.0, {3, 1});
+    const double loss_b = full.forward_backward(*batch, params, b, 1.0, {3, 1});
+    EXPECT_EQ(loss_a, loss_b);
+    EXPECT_EQ(a, b);
+    plans.push_back(describe_recompute_plan(planned.recompute_levels()));
+    if (batch == &whole) {  // what the smaller batch kept beyond this plan was given back
+      EXPECT_LE(static_cast<double>(planned.saved_activation_bytes()),
+                budget + static_cast<double>(full.saved_activation_bytes()));
+    }
+  }
+  EXPECT_EQ(plans[1], std::to_string(c.num_layers) + " selective");
+  EXPECT_NE(plans[0], plans[1]);
+  EXPECT_EQ(plans[0], plans[2]);
+}
+
+TEST(RecomputePlan, SpendsTheBudgetInOrderAndNeverRecomputesMoreWithMore) {
+  LlamaConfig c;
+  c.vocab_size = 1000, c.hidden_size = 64, c.intermediate_size = 160, c.num_layers = 4;
+  c.num_heads = 8, c.num_kv_heads = 2, c.head_dim = 8;
+  const double rows = 300;
+  const int rank = 4;
+  const double attention = 4 * kept_elements(Recompute::kAttention, c, rows, rank);
+  const double selective = 4 * kept_elements(Recompute::kSelective, c, rows, rank);
+  const double none = 4 * kept_elements(Recompute::kNone, c, rows, rank);
+  EXPECT_EQ(attention, 4 * rows * (c.q_dim() + c.num_heads));
+  EXPECT_EQ(none - selective, 4 * rows * 2 * c.intermediate_size);
+  auto plan = [&](double budget) {
+    return describe_recompute_plan(plan_recompute(c, rows, rank, 4, budget));
+  };
+  EXPECT_EQ(plan(0), "4 full");
+  EXPECT_EQ(plan(attention - 1), "4 full");
+  EXPECT_EQ(plan(attention), "1 attention + 3 full");
+  EXPECT_EQ(plan(4 * attention), "4 attention");
+  EXPECT_EQ(plan(3 * attention + selective), "1 selective + 3 attention");
+  EXPECT_EQ(plan(4 * selective + (none - selective)), "1 none + 3 selective");
+  EXPECT_EQ(plan(4 * none), "4 none");
+  EXPECT_EQ(plan(1e30), "4 none");
+  // Levels only grow with the budget, layer by layer.
+  std::vector<Recompute> before(4, Recompute::kFull);
+  for (double budget = 0; budget <= 4 * none; budget += none / 37) {
+    const auto levels = plan_recompute(c, rows, rank, 4, budget);
+    double kept = 0;
+    for (std::size_t l = 0; l < levels.size(); ++l) {
+      EXPECT_GE(static_cast<int>(levels[l]), static_cast<int>(before[l])) << budget;
+      kept += 4 * kept_elements(levels[l], c, rows, rank);
+    }
+    EXPECT_LE(kept, budget);
+    before = levels;
+  }
+  EXPECT_EQ(default_recompute_budget_bytes(c, rows), rows * 1000 * 4);
+  EXPECT_EQ(parse_recompute("attention", "--x"), Recompute::kAttention);
+  try {
+    parse_recompute("partial", "--recompute_granularity");
+    ADD_FAILURE() << "no error";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("--recompute_granularity"), std::string::npos);
+    EXPECT_NE(std::string(e.what()).find("'partial'"), std::string::npos);
+  }
 }
 
 TEST(Bf16Residual, RefusedInFp32Mode) {

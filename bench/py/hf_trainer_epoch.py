@@ -9,6 +9,7 @@ bench/compare.py. Prints key=value lines; wall time covers tokenization and trai
 import argparse
 import json
 import os
+import resource
 import tempfile
 import time
 
@@ -73,6 +74,7 @@ def main():
     print(f"hf_train_runtime={result.metrics['train_runtime']:.6g}")
     print(f"hf_train_loss={result.metrics['train_loss']:.6g}")
     print(f"hf_wall_s={wall:.6g}")
+    print(f"hf_peak_rss_mib={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.6g}")
 
 
 if __name__ == "__main__":

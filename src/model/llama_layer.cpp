@@ -127,7 +127,7 @@ constexpr LoraModule kQkvModules[3] = {LoraModule::kQ, LoraModule::kK, LoraModul
 
 template <class P>
 void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P::Act* x,
-                   LayerActivations<typename P::Act>& acts, bool save_mlp) {
+                   LayerActivations<typename P::Act>& acts, ForwardKeep keep) {
   using Act = typename P::Act;
   LayerOps<P> ops(ctx);
   Kernels<P>& k = ctx.kernels;
@@ -167,7 +167,7 @@ void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P:
     dev.copy_rows(values, row, qkv + d.Qd + d.KVd, pitch, row, static_cast<std::size_t>(M));
     k.attention_cached(attn, qkv, d.W3, ctx.cache->keys.data(), ctx.cache->values.data(),
                        ctx.cached, M, d.attention());
-  } else {
+  } else if (!keep.attention_ready) {
     k.attention_forward(attn, lse, qkv, *ctx.geometry.segments, M, d.attention(),
                         ctx.options.attention);
   }
@@ -178,6 +178,7 @@ void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P:
   k.rmsnorm_forward(h2, rstd2, x2, ops.w(LayerTensor::kMlpNorm), M, d.D, c.rms_norm_eps);
 
   // MLP block, by row chunks.
+  const bool save_mlp = keep.mlp;
   acts.mlp_saved = save_mlp;
   if (!save_mlp && !out) return;
   const Index chunk = std::max<Index>(1, ctx.options.mlp_chunk_rows);
@@ -284,7 +285,7 @@ void layer_backward(LayerContext<P>& ctx, typename P::Act* dx, const typename P:
 
 #define ZL_INSTANTIATE_LAYER(P)                                             \
   template void layer_forward<P>(LayerContext<P>&, P::Act*, const P::Act*,  \
-                                 LayerActivations<P::Act>&, bool);          \
+                                 LayerActivations<P::Act>&, ForwardKeep);   \
   template void layer_backward<P>(LayerContext<P>&, P::Act*, const P::Act*, \
                                   LayerActivations<P::Act>&);
 ZL_INSTANTIATE_LAYER(Fp32Policy)

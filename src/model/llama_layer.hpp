@@ -17,6 +17,7 @@
 #include "lora/lora_layout.hpp"
 #include "model/lora_source.hpp"
 #include "model/parameter_table.hpp"
+#include "model/recompute_plan.hpp"
 #include "ops/attention.hpp"
 #include "ops/kernels.hpp"
 #include "ops/lora_branch.hpp"
@@ -24,18 +25,11 @@
 
 namespace zerolora {
 
-// What backward recomputes instead of keeping from the forward (Megatron's "recompute
-// granularity"):
-//   kFull       keep each layer's input only; recompute the whole layer (least memory)
-//   kSelective  keep the attention block's activations (h1, qkv, attention output, lse, x2,
-//               h2); recompute only the MLP's gate/up, chunk by chunk. Saves the QKV and O
-//               GEMMs and the attention forward of every layer for M x (3 D + qkv + q) floats
-//               per layer
-//   kNone       keep everything, the MLP's [M, 2I] gate/up outputs included
-enum class Recompute { kFull, kSelective, kNone };
-
 struct ComputeOptions {
+  // What every layer keeps for backward (model/recompute_plan.hpp); kAuto: per layer, the least
+  // recompute that fits recompute_budget_bytes (< 0: default_recompute_budget_bytes).
   Recompute recompute = Recompute::kFull;
+  double recompute_budget_bytes = -1;
   AttentionOptions attention;   // tile size, bf16 softmax
   Index mlp_chunk_rows = 1024;  // MLP rows processed at once (bounds [rows, 2I] buffers)
   Index head_chunk_rows = 512;  // logits rows materialised at once by the fused lm_head + loss
@@ -115,11 +109,17 @@ struct LayerContext {
   Index cached = 0;
 };
 
+// How a forward treats the activations it writes into LayerActivations.
+struct ForwardKeep {
+  bool mlp = false;              // keep the [M, 2I] gate/up outputs (no recompute)
+  bool attention_ready = false;  // acts.attn and acts.lse already hold this layer's attention,
+                                 // kept from the first forward: the recompute skips it
+};
+
 // x [M, D] -> out [M, D] (out may be null: recompute for backward, down projection skipped).
-// save_mlp keeps [M, 2I] gate/up outputs for backward (no-recompute mode).
 template <class P>
 void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P::Act* x,
-                   LayerActivations<typename P::Act>& acts, bool save_mlp);
+                   LayerActivations<typename P::Act>& acts, ForwardKeep keep = {});
 
 // dx [M, D]: on entry d(out), on exit d(x) (residual stream, updated in place).
 // LoRA gradients accumulate into ctx.lora.view.grads.

@@ -168,7 +168,7 @@ void LlamaModel<P>::restore_layer_input(int layer) {
 
 template <class P>
 void LlamaModel<P>::run_layers(const Batch& batch, const LoraBinding<Act>& lora, bool keep_inputs,
-                               bool save_activations, bool save_mlp) {
+                               std::span<const Recompute> levels) {
   const LlamaConfig& c = config();
   const Index M = geometry_.rows, D = c.hidden_size;
   const int L = static_cast<int>(c.num_layers);
@@ -176,8 +176,7 @@ void LlamaModel<P>::run_layers(const Batch& batch, const LoraBinding<Act>& lora,
   all_inputs_ = keep_inputs && !keep_bf16_inputs_;
   inputs_.ensure(device_, static_cast<std::size_t>((all_inputs_ ? L + 1 : 2) * M * D));
   if (keep_bf16_inputs_) kept_inputs_.ensure(device_, static_cast<std::size_t>((L + 1) * M * D));
-  if (activations_.size() < (save_activations ? static_cast<std::size_t>(L) : 1u))
-    activations_.resize(save_activations ? static_cast<std::size_t>(L) : 1u);
+  if (activations_.size() < levels.size()) activations_.resize(levels.size());
   {  // tokens were validated in prepare()
     const auto embedding = acquire({Unit::kEmbedding});
     kernels_->embedding_forward(layer_input(0), geometry_.tokens.data(), embedding.data, M, D);
@@ -187,8 +186,18 @@ void LlamaModel<P>::run_layers(const Batch& batch, const LoraBinding<Act>& lora,
     const auto unit = acquire({Unit::kLayer, l});
     const auto adapters = acquire_lora(lora, l, false);
     auto ctx = layer_context(l, unit.data, adapters.binding);
-    layer_forward<P>(ctx, layer_input(l + 1), layer_input(l),
-                     activations_[save_activations ? static_cast<std::size_t>(l) : 0], save_mlp);
+    const Recompute level = levels.empty() ? Recompute::kFull : levels[static_cast<std::size_t>(l)];
+    auto& own = levels.empty() ? working_ : activations_[static_cast<std::size_t>(l)];
+    if (level == Recompute::kSelective || level == Recompute::kNone) {
+      layer_forward<P>(ctx, layer_input(l + 1), layer_input(l), own,
+                       {.mlp = level == Recompute::kNone});
+    } else {
+      layer_forward<P>(ctx, layer_input(l + 1), layer_input(l), working_);
+      if (level == Recompute::kAttention) {  // the layer keeps this forward's attention
+        std::swap(working_.attn, own.attn);
+        std::swap(working_.lse, own.lse);
+      }
+    }
     if (l == options_.poison_layer_output && keep_inputs) {
       const Act nan = std::numeric_limits<Act>::quiet_NaN();
       device_.copy_to_device(layer_input(l + 1), &nan, sizeof(Act));
@@ -204,7 +213,7 @@ void LlamaModel<P>::forward_logits(const Batch& batch, std::span<const Act> lora
   weights().begin_schedule(schedule(false));
   auto source = whole_lora(lora_params);
   with_device_lora(source, [&](LoraSource<Act>* lora) {
-    run_layers(batch, bind_lora(lora, false, {}), false, false, false);
+    run_layers(batch, bind_lora(lora, false, {}), false, {});
   });
   const LlamaConfig& c = config();
   const Index D = c.hidden_size, V = c.vocab_size;
@@ -264,7 +273,6 @@ void LlamaModel<P>::forward_cached(std::span<const std::int32_t> tokens, KvCache
   const Index D = c.hidden_size;
   all_inputs_ = keep_bf16_inputs_ = false;
   inputs_.ensure(device_, static_cast<std::size_t>(2 * n * D));
-  if (activations_.empty()) activations_.resize(1);
   {
     const auto embedding = acquire({Unit::kEmbedding});
     kernels_->embedding_forward(layer_input(0), geometry_.tokens.data(), embedding.data, n, D);
@@ -278,7 +286,7 @@ void LlamaModel<P>::forward_cached(std::span<const std::int32_t> tokens, KvCache
       auto ctx = layer_context(l, unit.data, adapters.binding);
       ctx.cache = &cache.layers[static_cast<std::size_t>(l)];
       ctx.cached = cache.length;
-      layer_forward<P>(ctx, layer_input(l + 1), layer_input(l), activations_[0], false);
+      layer_forward<P>(ctx, layer_input(l + 1), layer_input(l), working_);
       seal_layer_input(l + 1);
     }
   });
@@ -370,7 +378,7 @@ double LlamaModel<P>::loss(const Batch& batch, LoraSource<Act>& lora) {
   prepare(batch);
   weights().begin_schedule(schedule(false));
   with_device_lora(lora, [&](LoraSource<Act>* source) {
-    run_layers(batch, bind_lora(source, false, {}), false, false, false);
+    run_layers(batch, bind_lora(source, false, {}), false, {});
   });
   return head_loss(batch, 0.0, false);
 }
@@ -389,9 +397,9 @@ double LlamaModel<P>::forward_backward(const Batch& batch, LoraSource<Act>& sour
   prepare(batch);
   return with_device_lora(source, [&](LoraSource<Act>* lora_source) {
     const auto lora = bind_lora(lora_source, true, key);
-    const bool recompute = options_.recompute == Recompute::kFull;
+    plan_levels();
     weights().begin_schedule(schedule(true));
-    run_layers(batch, lora, true, !recompute, options_.recompute == Recompute::kNone);
+    run_layers(batch, lora, true, levels_);
     const double loss = head_loss(batch, grad_scale, true);
     nonfinite_site_ = std::isfinite(loss) ? -1 : locate_nonfinite();
     // The backward runs even so: under ZeRO-3 every rank must make the same passes.
@@ -399,10 +407,8 @@ double LlamaModel<P>::forward_backward(const Batch& batch, LoraSource<Act>& sour
       const auto unit = acquire({Unit::kLayer, l});
       auto adapters = acquire_lora(lora, l, true);
       auto ctx = layer_context(l, unit.data, adapters.binding);
-      auto& acts = activations_[recompute ? 0 : static_cast<std::size_t>(l)];
       restore_layer_input(l);
-      if (recompute) layer_forward<P>(ctx, nullptr, layer_input(l), acts, false);
-      layer_backward<P>(ctx, residual_grad_.data(), layer_input(l), acts);
+      layer_backward_pass(ctx, l);
       adapters.finish();
     }
     return loss;
@@ -410,14 +416,62 @@ double LlamaModel<P>::forward_backward(const Batch& batch, LoraSource<Act>& sour
 }
 
 template <class P>
+void LlamaModel<P>::plan_levels() {
+  const LlamaConfig& c = config();
+  const auto L = static_cast<std::size_t>(c.num_layers);
+  const auto rows = static_cast<double>(geometry_.rows);
+  if (options_.recompute == Recompute::kAuto) {
+    const double budget = options_.recompute_budget_bytes >= 0
+                              ? options_.recompute_budget_bytes
+                              : default_recompute_budget_bytes(c, rows);
+    levels_ = plan_recompute(c, rows, lora_ ? lora_->config().rank : 0, sizeof(Act), budget);
+  } else {
+    levels_.assign(L, options_.recompute);
+  }
+  // A layer whose level dropped (a smaller budget for this batch) gives back what it kept.
+  activations_.resize(L);
+  for (std::size_t l = 0; l < L; ++l) {
+    if (levels_[l] == Recompute::kSelective || levels_[l] == Recompute::kNone) {
+      if (levels_[l] == Recompute::kSelective) activations_[l].gate_up.release();
+      continue;
+    }
+    DeviceBuffer<Act> attn = std::move(activations_[l].attn), lse = std::move(activations_[l].lse);
+    activations_[l] = {};
+    if (levels_[l] == Recompute::kAttention) {
+      activations_[l].attn = std::move(attn);
+      activations_[l].lse = std::move(lse);
+    }
+  }
+}
+
+template <class P>
+void LlamaModel<P>::layer_backward_pass(LayerContext<P>& ctx, int layer) {
+  const Recompute level = levels_[static_cast<std::size_t>(layer)];
+  auto& own = activations_[static_cast<std::size_t>(layer)];
+  const Act* x = layer_input(layer);
+  if (level == Recompute::kSelective || level == Recompute::kNone) {
+    layer_backward<P>(ctx, residual_grad_.data(), x, own);
+    return;
+  }
+  if (level == Recompute::kAttention) {  // the working set takes back the kept attention
+    std::swap(working_.attn, own.attn);
+    std::swap(working_.lse, own.lse);
+  }
+  layer_forward<P>(ctx, nullptr, x, working_, {.attention_ready = level == Recompute::kAttention});
+  layer_backward<P>(ctx, residual_grad_.data(), x, working_);
+}
+
+template <class P>
 std::size_t LlamaModel<P>::saved_activation_bytes() const {
   std::size_t total = 0;
-  for (const auto& a : activations_) {
+  auto add = [&](const LayerActivations<Act>& a) {
     for (const auto* b :
          {&a.rstd1, &a.h1, &a.qkv, &a.attn, &a.lse, &a.x2, &a.rstd2, &a.h2, &a.gate_up})
       total += b->bytes();
     for (const auto& z : a.lora_z) total += z.bytes();
-  }
+  };
+  for (const auto& a : activations_) add(a);
+  add(working_);
   return total;
 }
 

@@ -11,8 +11,10 @@
 //   for l = L-1 .. 0: recompute layer l's activations from x_l, then its backward.
 // With options.bf16_residual the x_l are rounded to bf16 and kept as bf16 (two fp32 working
 // slots hold the ones in use).
-// With selective recompute every layer's attention-block activations are kept (only the MLP
-// is recomputed); with none, every activation is.
+// What else each layer keeps, and so what backward recomputes, is the layer's recompute level
+// (model/recompute_plan.hpp): one level for all, or with Recompute::kAuto the plan that fits the
+// budget. Layers recomputed in backward share one working set; a layer keeping only its
+// attention output swaps that buffer with the working set's, so the recompute finds it in place.
 #pragma once
 
 #include <cstdint>
@@ -97,6 +99,8 @@ class LlamaModel {
 
   // Bytes held for backward between forward and backward (what the recompute mode decides).
   std::size_t saved_activation_bytes() const;
+  // Each layer's recompute level in the last forward_backward (never kAuto).
+  const std::vector<Recompute>& recompute_levels() const { return levels_; }
 
  private:
   // Validates the batch and uploads its tokens and geometry; positions start at first_position
@@ -116,10 +120,14 @@ class LlamaModel {
   WholeLora<Act> whole_lora(std::span<const Act> params) const;
   WholeLora<Act> whole_lora(std::span<const Act> params, std::span<Act> grads) const;
   void check_lora_size(std::size_t values, const char* what) const;
-  // Runs the decoder stack on x_0; keeps every layer input when keep_inputs, and every
-  // layer's activations when save_activations.
+  // Runs the decoder stack on x_0; keeps every layer input when keep_inputs, and what each
+  // layer's level says (levels empty: nothing, a pass without backward).
   void run_layers(const Batch& batch, const LoraBinding<Act>& lora, bool keep_inputs,
-                  bool save_activations, bool save_mlp);
+                  std::span<const Recompute> levels);
+  // levels_ for this batch's rows, from options_; frees what a layer no longer keeps.
+  void plan_levels();
+  // Layer l's backward, recomputing what its level did not keep.
+  void layer_backward_pass(LayerContext<P>& ctx, int layer);
   Act* layer_input(int layer);
   // After x_l is written: rounds it to bf16 (bf16_residual) and keeps the bf16 copy.
   void seal_layer_input(int layer);
@@ -172,7 +180,9 @@ class LlamaModel {
   std::vector<std::int32_t> positions_host_, head_rows_host_, head_targets_host_;
   std::vector<std::uint64_t> row_keys_host_;
   LayerWorkspace<Act> workspace_;
-  std::vector<LayerActivations<Act>> activations_;  // 1 with recompute, else one per layer
+  std::vector<Recompute> levels_;                   // per layer
+  std::vector<LayerActivations<Act>> activations_;  // per layer: what its level keeps
+  LayerActivations<Act> working_;  // layers recomputed in backward, and passes without one
 
   DeviceBuffer<Act> inputs_;  // [(L + 1), M, D] layer inputs (only 2 slots when not training)
   bool all_inputs_ = false;

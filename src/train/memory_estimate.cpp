@@ -151,23 +151,31 @@ MemoryEstimate estimate_memory(const LlamaConfig& c, const LoraLayout& lora,
   e.items.push_back({"whole adapter (at start and when saving)", 4.0 * lora.size()});
   e.items.push_back({"AdamW moments (fp32; partitioned part 1/W)", 8.0 * replicated + 8.0 * shard});
 
-  // Activations.
-  const double layer_saved =
-      M * (2 + 3 * D + W3 + Qd) + H * M + 7 * M * r;  // rstd, h1, x2, h2, qkv, attn, lse, LoRA z
+  // Activations: every layer's level (model/recompute_plan.hpp), and one layer's working set
+  // shared by the layers backward recomputes.
+  const std::vector<Recompute> levels =
+      s.recompute == Recompute::kAuto
+          ? plan_recompute(c, M, lora.config().rank, 4,
+                           s.recompute_budget_bytes >= 0 ? s.recompute_budget_bytes
+                                                         : default_recompute_budget_bytes(c, M))
+          : std::vector<Recompute>(static_cast<std::size_t>(c.num_layers), s.recompute);
+  const double layer_saved = kept_elements(Recompute::kSelective, c, M, lora.config().rank);
   if (s.bf16_residual)
     e.items.push_back({"layer inputs (bf16 every layer + 2 fp32 working copies)",
                        2.0 * (L + 1) * M * D + 4.0 * 2 * M * D});
   else
     e.items.push_back(
         {"layer inputs (fp32, every layer, kept for backward)", 4.0 * (L + 1) * M * D});
-  if (s.recompute && s.selective)
-    e.items.push_back(
-        {"every layer's attention-block activations (selective)", 4.0 * L * layer_saved});
-  else if (s.recompute)
+  double kept = 0;
+  bool recomputed = false;
+  for (Recompute level : levels) {
+    kept += kept_elements(level, c, M, lora.config().rank);
+    recomputed |= level == Recompute::kFull || level == Recompute::kAttention;
+  }
+  if (recomputed)
     e.items.push_back({"one layer's activations (recomputed in backward)", 4.0 * layer_saved});
-  else
-    e.items.push_back(
-        {"every layer's activations (no recompute)", 4.0 * L * (layer_saved + M * 2 * I)});
+  if (kept > 0)
+    e.items.push_back({"kept for backward (" + describe_recompute_plan(levels) + ")", 4.0 * kept});
   const double attention =
       (s.bf16 ? 2.0 * M * (W3 + Qd) : 0.0) +
       s.threads * (2 * block * S * 4 + (s.bf16 ? 2 * block * S * 2 : 0.0) + block * 4);

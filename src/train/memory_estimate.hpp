@@ -10,6 +10,7 @@
 
 #include "io/llama_config.hpp"
 #include "lora/lora_layout.hpp"
+#include "model/recompute_plan.hpp"
 
 namespace zerolora {
 
@@ -20,9 +21,9 @@ struct MemoryScenario {
   std::int64_t micro_batch = 1;  // sequences per forward/backward
   std::int64_t seq_len = 2048;
   bool bf16 = true;
-  bool recompute = true;
-  bool selective = false;     // with recompute: keep every layer's attention block
-  bool bf16_residual = true;  // layer inputs kept in bf16 (two fp32 working copies)
+  Recompute recompute = Recompute::kAuto;  // kNone: no gradient checkpointing
+  double recompute_budget_bytes = -1;      // kAuto's budget (< 0: the default)
+  bool bf16_residual = true;               // layer inputs kept in bf16 (two fp32 working copies)
   int threads = 2;
   std::int64_t persistence_threshold = 100000;
   std::int64_t dataset_tokens = 0;  // the tokenized training set every rank holds

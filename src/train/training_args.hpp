@@ -36,7 +36,10 @@ struct TrainingArguments {
   // precision and memory
   bool bf16 = true;                    // zerolora's default (HF: false); --bf16 false for fp32
   bool gradient_checkpointing = true;  // zerolora's default (HF: false): recompute each layer
-  std::string recompute_granularity = "full";  // full, or selective: keep the attention block
+  // What each layer keeps for backward with gradient checkpointing (model/recompute_plan.hpp):
+  // auto, full, attention or selective; auto's budget in MiB (< 0: its default).
+  std::string recompute_granularity = "auto";
+  double recompute_budget_mib = -1;
   bool attn_softmax_bf16 = false;
   // Residual stream between layers, and the layer inputs kept for backward: auto (bf16 with
   // --bf16, fp32 without), bf16 or fp32.

@@ -148,7 +148,35 @@ struct TrainingRun::Impl {
     schedule = make_lr_schedule(args, ds_scheduler, total_steps);
     eval = make_eval_set(data.validation, comm.rank(), comm.size());
     global_batch = sampling.global_batch;
+    largest_micro_batch_rows =
+        std::min<Index>(args.per_device_train_batch_size, sampler->per_rank()) *
+        *std::max_element(lengths.begin(), lengths.end());
     if (settings.check_memory) check_memory(lengths);
+  }
+
+  Recompute recompute_mode() const {
+    return args.gradient_checkpointing
+               ? parse_recompute(args.recompute_granularity, "--recompute_granularity")
+               : Recompute::kNone;
+  }
+  double recompute_budget_bytes() const {
+    return args.recompute_budget_mib < 0 ? -1.0 : args.recompute_budget_mib * 1048576.0;
+  }
+  // "recompute: auto, 10.0 MiB for 5120-token micro-batches: 5 attention (7.0 MiB kept)".
+  std::string recompute_note() const {
+    const LlamaConfig& c = checkpoint->config();
+    const Recompute mode = recompute_mode();
+    if (mode != Recompute::kAuto) return std::string("recompute: ") + recompute_name(mode);
+    const auto rows = static_cast<double>(largest_micro_batch_rows);
+    const double budget = recompute_budget_bytes() >= 0 ? recompute_budget_bytes()
+                                                        : default_recompute_budget_bytes(c, rows);
+    const auto levels = plan_recompute(c, rows, lora.rank, sizeof(float), budget);
+    double kept = 0;
+    for (Recompute level : levels) kept += kept_elements(level, c, rows, lora.rank) * 4.0;
+    return "recompute: auto, " + fixed(budget / 1048576.0, 1) + " MiB for " +
+           std::to_string(largest_micro_batch_rows) +
+           "-token micro-batches: " + describe_recompute_plan(levels) + " (" +
+           fixed(kept / 1048576.0, 1) + " MiB kept)";
   }
 
   // Before the model is read: refuse, with the arithmetic, a run the machine cannot hold.
@@ -160,8 +188,8 @@ struct TrainingRun::Impl {
     s.micro_batch = std::min<Index>(args.per_device_train_batch_size, sampler->per_rank());
     s.seq_len = *std::max_element(lengths.begin(), lengths.end());
     s.bf16 = args.bf16;
-    s.recompute = args.gradient_checkpointing;
-    s.selective = args.recompute_granularity == "selective";
+    s.recompute = recompute_mode();
+    s.recompute_budget_bytes = recompute_budget_bytes();
     s.bf16_residual = bf16_residual;
     s.threads = rt->threads();
     s.persistence_threshold = args.persistence_threshold;
@@ -235,6 +263,7 @@ struct TrainingRun::Impl {
   std::optional<DistributedSampler> sampler;
   Index per_epoch = 1;
   Index global_batch = 1;
+  Index largest_micro_batch_rows = 0;  // tokens of the largest micro-batch a rank runs
   std::int64_t total_steps = 1;
   std::int64_t first_step = 0;
   LrSchedule schedule;
@@ -267,11 +296,10 @@ class PolicyRun final : public TrainingRun::Impl {
          (bf16_residual ? " (bf16 residual)" : "") + ", loaded in " +
          fixed(now_seconds() - load_start, 2) + " s; " + std::to_string(comm.size()) +
          " rank(s) x " + std::to_string(rt->threads()) + " thread(s), ZeRO stage " +
-         std::to_string(args.zero_stage));
+         std::to_string(args.zero_stage) + "; " + recompute_note());
     ComputeOptions compute;
-    compute.recompute = !args.gradient_checkpointing                ? Recompute::kNone
-                        : args.recompute_granularity == "selective" ? Recompute::kSelective
-                                                                    : Recompute::kFull;
+    compute.recompute = recompute_mode();
+    compute.recompute_budget_bytes = recompute_budget_bytes();
     compute.attention.softmax_bf16 = args.attn_softmax_bf16;
     compute.bf16_residual = bf16_residual;
     model_.emplace(*rt, *weights_, &*layout, compute);

@@ -1,0 +1,96 @@
+#include "model/recompute_plan.hpp"
+
+#include <algorithm>
+#include <array>
+
+#include "core/error.hpp"
+#include "lora/lora_config.hpp"
+
+namespace zerolora {
+
+namespace {
+constexpr std::array<Recompute, 5> kModes = {Recompute::kFull, Recompute::kAttention,
+                                             Recompute::kSelective, Recompute::kNone,
+                                             Recompute::kAuto};
+}  // namespace
+
+const char* recompute_name(Recompute mode) {
+  switch (mode) {
+    case Recompute::kFull:
+      return "full";
+    case Recompute::kAttention:
+      return "attention";
+    case Recompute::kSelective:
+      return "selective";
+    case Recompute::kNone:
+      return "none";
+    case Recompute::kAuto:
+      return "auto";
+  }
+  return "?";
+}
+
+Recompute parse_recompute(const std::string& name, const std::string& flag) {
+  for (Recompute mode : kModes)
+    if (name == recompute_name(mode)) return mode;
+  throw ConfigError(flag + " must be full, attention, selective, none or auto, not '" + name + "'");
+}
+
+double kept_elements(Recompute level, const LlamaConfig& c, double rows, int lora_rank) {
+  const double M = rows, D = static_cast<double>(c.hidden_size),
+               W3 = static_cast<double>(c.q_dim() + 2 * c.kv_dim()),
+               Qd = static_cast<double>(c.q_dim()), H = static_cast<double>(c.num_heads),
+               r = std::max(1, lora_rank);
+  const double attention = M * Qd + H * M;  // attn, lse
+  // rstd1, rstd2, h1, x2, h2, qkv, and a LoRA z for every module the layout knows.
+  const double block = attention + M * (2 + 3 * D + W3) + kLoraModuleCount * M * r;
+  switch (level) {
+    case Recompute::kFull:
+      return 0;
+    case Recompute::kAttention:
+      return attention;
+    case Recompute::kSelective:
+      return block;
+    case Recompute::kNone:
+      return block + M * 2 * static_cast<double>(c.intermediate_size);
+    case Recompute::kAuto:
+      break;
+  }
+  throw ConfigError("kept_elements: auto is a mode, not a layer's level");
+}
+
+double default_recompute_budget_bytes(const LlamaConfig& c, double rows) {
+  return rows * static_cast<double>(c.vocab_size) * 4.0;
+}
+
+std::vector<Recompute> plan_recompute(const LlamaConfig& c, double rows, int lora_rank,
+                                      std::size_t element_bytes, double budget_bytes) {
+  const auto L = static_cast<std::size_t>(c.num_layers);
+  std::vector<Recompute> levels(L, Recompute::kFull);
+  double left = budget_bytes;
+  for (Recompute next : {Recompute::kAttention, Recompute::kSelective, Recompute::kNone}) {
+    const double step =
+        (kept_elements(next, c, rows, lora_rank) -
+         kept_elements(static_cast<Recompute>(static_cast<int>(next) - 1), c, rows, lora_rank)) *
+        static_cast<double>(element_bytes);
+    for (auto& level : levels) {
+      if (step > left) return levels;
+      level = next;
+      left -= step;
+    }
+  }
+  return levels;
+}
+
+std::string describe_recompute_plan(const std::vector<Recompute>& levels) {
+  std::string out;
+  for (auto it = kModes.rbegin(); it != kModes.rend(); ++it) {
+    const auto n = std::count(levels.begin(), levels.end(), *it);
+    if (n == 0) continue;
+    if (!out.empty()) out += " + ";
+    out += std::to_string(n) + " " + recompute_name(*it);
+  }
+  return out.empty() ? "no layers" : out;
+}
+
+}  // namespace zerolora

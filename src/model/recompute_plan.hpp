@@ -1,0 +1,51 @@
+// What each decoder layer keeps from its forward for backward, and what backward recomputes
+// instead (Megatron's "recompute granularity", chosen per layer). The levels, least memory first,
+// each keeping a superset of the one before:
+//   kFull       the layer's input only; backward recomputes the whole layer
+//   kAttention  + the attention output and its log-sum-exp ([M, q] + [H, M]: one hidden state):
+//               backward recomputes the layer but not its attention forward, the dominant cost
+//               of small heads and long sequences
+//   kSelective  + every attention-block activation (h1, qkv, x2, h2, norms, LoRA z): backward
+//               recomputes only the MLP's gate/up, chunk by chunk
+//   kNone       + the MLP's [M, 2I] gate/up outputs: nothing is recomputed
+// kAuto is a mode, not a level: each layer gets the least recompute that fits a memory budget
+// (plan_recompute).
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "io/llama_config.hpp"
+
+namespace zerolora {
+
+enum class Recompute { kFull, kAttention, kSelective, kNone, kAuto };
+
+// "full", "attention", "selective", "none", "auto"; parse_recompute throws ConfigError naming
+// `flag` for anything else.
+const char* recompute_name(Recompute mode);
+Recompute parse_recompute(const std::string& name, const std::string& flag);
+
+// Elements one layer keeps at `level` for a micro-batch of `rows` tokens (exactly what
+// layer_forward allocates; kFull keeps nothing of its own: its working set is shared).
+double kept_elements(Recompute level, const LlamaConfig& config, double rows, int lora_rank);
+
+// kAuto's default budget: the micro-batch's logits in fp32 (rows x vocab x 4 bytes). A framework
+// that materialises the logits for its loss, as Transformers does (in fp32, with the log-softmax
+// kept for backward), holds at least this much on top of its checkpoints; zerolora's chunked
+// lm_head + loss never does, so spending it on kept activations stays within what PyTorch's
+// checkpointed training of the same job holds.
+double default_recompute_budget_bytes(const LlamaConfig& config, double rows);
+
+// Each layer's level under `budget_bytes` of kept activations (element_bytes per element):
+// first every layer keeps its attention output (as many layers as fit, from layer 0), then
+// layers are promoted to selective, then to none, one layer at a time while the budget lasts.
+// Levels only grow along the way, so a larger budget never recomputes more.
+std::vector<Recompute> plan_recompute(const LlamaConfig& config, double rows, int lora_rank,
+                                      std::size_t element_bytes, double budget_bytes);
+
+// "5 attention" / "2 selective + 3 attention" / "4 full": the plan in words for the log.
+std::string describe_recompute_plan(const std::vector<Recompute>& levels);
+
+}  // namespace zerolora
