@@ -67,6 +67,50 @@ TEST(Matmul, OneDnnAndLoopPathsMatchDoubleReference) {
     }
 }
 
+// Row counts that are not a multiple of a power of two near M / 8 run as an exact-primitive bulk
+// plus a rest whose row count is given at execution (ops/matmul.cpp): both parts, through
+// strided views of A and C, with alpha and accumulation, against the double reference; and the
+// result for one M is the same whatever the runtime ran before (resumed runs rely on it).
+template <class In>
+std::vector<float> strided_matmul(Runtime& rt, Index M, Index N, Index K, float alpha,
+                                  bool accumulate, std::vector<double>* expected) {
+  const Index lda = K + 3, ldc = N + 5;  // row strides wider than the rows
+  const auto a = random_values<In>(M * lda, 11);
+  const auto b = random_values<In>(N * K, 12);  // a weight [N, K], used transposed
+  auto c = random_values<float>(M * ldc, 13);
+  if (expected) {
+    expected->assign(c.begin(), c.end());
+    for (Index i = 0; i < M; ++i)
+      for (Index j = 0; j < N; ++j) {
+        double sum = 0;
+        for (Index k = 0; k < K; ++k)
+          sum += static_cast<double>(to_float(a[i * lda + k])) * to_float(b[j * K + k]);
+        (*expected)[i * ldc + j] = alpha * sum + (accumulate ? c[i * ldc + j] : 0.0);
+      }
+  }
+  matmul<In, float>(rt, Mat<const In>{a.data(), M, K, lda, 1},
+                    Mat<const In>::dense(b.data(), N, K).t(), Mat<float>{c.data(), M, N, ldc, 1},
+                    alpha, accumulate);
+  return c;
+}
+
+TEST(Matmul, BulkAndRestOfTheRowsMatchTheReferenceAndDependOnlyOnM) {
+  for (Index M : {64, 65, 100, 881, 1000}) {
+    Runtime rt(2);
+    for (bool acc : {false, true}) {
+      std::vector<double> expected;
+      auto c = strided_matmul<float>(rt, M, 72, 64, 0.5f, acc, &expected);
+      EXPECT_LT(testing::max_rel_error(c, expected), 1e-5) << "fp32 M " << M;
+      c = strided_matmul<bf16>(rt, M, 40, 96, 1.0f, acc, &expected);
+      EXPECT_LT(testing::max_rel_error(c, expected), 1e-5) << "bf16 M " << M;
+    }
+  }
+  Runtime fresh(2), used(2);
+  for (Index M : {1000, 817, 100, 883}) strided_matmul<bf16>(used, M, 40, 96, 1.0f, false, nullptr);
+  EXPECT_EQ(strided_matmul<bf16>(fresh, 881, 40, 96, 1.0f, false, nullptr),
+            strided_matmul<bf16>(used, 881, 40, 96, 1.0f, false, nullptr));
+}
+
 TEST(Matmul, SafeInsideParallelRegions) {
   Runtime rt(2);
   const Index n = 48;

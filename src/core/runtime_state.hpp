@@ -41,6 +41,8 @@ struct RuntimeState {
   std::vector<Buffer<std::byte>> scratchpads;
 
   std::mutex matmul_mutex;
+  // Exact primitives, and those whose row count is given at execution (key.m = -1; see
+  // ops/matmul.cpp).
   std::unordered_map<MatmulKey, CachedMatmul, MatmulKeyHash> matmuls;
 };
 

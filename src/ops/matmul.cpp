@@ -78,49 +78,93 @@ constexpr dnnl::memory::data_type dnnl_type() {
     return dnnl::memory::data_type::bf16;
 }
 
+// See matmul_onednn.
+constexpr double kLargeProducts = 1 << 30;
+
+// The row count given at execution instead of at creation (MatmulKey::m of such primitives).
+constexpr std::int64_t kRowsAtExecution = -1;
+
+template <class In, class Out>
+detail::CachedMatmul create_matmul(Runtime& rt, const detail::MatmulKey& key) {
+  using dims = dnnl::memory::dims;
+  const dnnl::memory::dim rows = key.m == kRowsAtExecution ? DNNL_RUNTIME_DIM_VAL : key.m;
+  dnnl::memory::desc a_md(dims{rows, key.k}, dnnl_type<In>(), dims{key.a_rs, key.a_cs});
+  dnnl::memory::desc b_md(dims{key.k, key.n}, dnnl_type<In>(), dims{key.b_rs, key.b_cs});
+  dnnl::memory::desc c_md(dims{rows, key.n}, dnnl_type<Out>(), dims{key.c_rs, 1});
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  if (key.alpha != 1.0f) attr.set_output_scales(0, {key.alpha});
+  if (key.accumulate) {
+    dnnl::post_ops ops;
+    ops.append_sum(1.0f);
+    attr.set_post_ops(ops);
+  }
+  dnnl::matmul::primitive_desc pd;
+  try {
+    pd =
+        dnnl::matmul::primitive_desc(dnnl::matmul::desc(a_md, b_md, c_md), attr, rt.state().engine);
+  } catch (const dnnl::error&) {
+    if constexpr (std::is_same_v<In, bf16>) throw no_bf16_matmul();
+    throw;
+  }
+  return {dnnl::matmul(pd), a_md, b_md, c_md, pd.scratchpad_desc().get_size()};
+}
+
+// Creating a oneDNN primitive JIT-compiles it: 0.6-1.3 ms on the development machine, against
+// ~50 us to run one of a small model's GEMMs. With a primitive per row count, unpacked batches
+// (whose token count changes every step) spent a third of job (b)'s step creating primitives
+// (ONEDNN_VERBOSE=2). So M rows run as a bulk whose count is a multiple of a power of two
+// between M / 16 and M / 8 (M / 128 and M / 64 for products of 2^30 multiply-adds or more), on
+// an exact primitive (brgemm, on AMX where present), whose row counts recur across steps; and
+// the rest (under M / 8, or M / 64, rows) on a primitive that takes its row count at execution
+// (oneDNN's gemm:jit, ~0.06 ms to create, one per shape without the rows, but slower to run).
+// Which primitive computes a row depends on M alone, never on what ran before, so a resumed
+// run computes what the uninterrupted one did.
 template <class In, class Out>
 void matmul_onednn(Runtime& rt, Mat<const In> a, Mat<const In> b, Mat<Out> c, double alpha,
-                   bool accumulate) {
+                   bool accumulate, bool rest_of_rows = false) {
+  const Index M = c.rows;
+  if (M >= 64 && !rest_of_rows) {
+    // Large products (~1 ms or more each) keep a smaller rest: there creating a primitive costs
+    // little against running it, and the rest runs slower than the bulk.
+    const double products = static_cast<double>(M) * static_cast<double>(c.cols * a.cols);
+    const Index parts = products >= kLargeProducts ? 64 : 8;
+    Index granule = 1;
+    while (granule * 2 * parts <= M) granule *= 2;  // M / (2 parts) < granule <= M / parts
+    const Index bulk = M - M % granule;
+    if (bulk < M) {
+      const Index rest = M - bulk;
+      matmul_onednn(rt, a.block(0, 0, bulk, a.cols), b, c.block(0, 0, bulk, c.cols), alpha,
+                    accumulate);
+      matmul_onednn(rt, a.block(bulk, 0, rest, a.cols), b, c.block(bulk, 0, rest, c.cols), alpha,
+                    accumulate, true);
+      return;
+    }
+  }
   auto& state = rt.state();
-  const detail::MatmulKey key{c.rows,
-                              c.cols,
-                              a.cols,
-                              a.rs,
-                              a.cs,
-                              b.rs,
-                              b.cs,
-                              c.rs,
-                              static_cast<int>(dnnl_type<In>()),
-                              static_cast<int>(dnnl_type<Out>()),
-                              static_cast<float>(alpha),
-                              accumulate};
+  detail::MatmulKey key{M,
+                        c.cols,
+                        a.cols,
+                        a.rs,
+                        a.cs,
+                        b.rs,
+                        b.cs,
+                        c.rs,
+                        static_cast<int>(dnnl_type<In>()),
+                        static_cast<int>(dnnl_type<Out>()),
+                        static_cast<float>(alpha),
+                        accumulate};
   const detail::CachedMatmul* entry = nullptr;
   {
     std::lock_guard lock(state.matmul_mutex);
     auto it = state.matmuls.find(key);
     if (it == state.matmuls.end()) {
-      using dims = dnnl::memory::dims;
-      dnnl::memory::desc a_md(dims{c.rows, a.cols}, dnnl_type<In>(), dims{a.rs, a.cs});
-      dnnl::memory::desc b_md(dims{a.cols, c.cols}, dnnl_type<In>(), dims{b.rs, b.cs});
-      dnnl::memory::desc c_md(dims{c.rows, c.cols}, dnnl_type<Out>(), dims{c.rs, 1});
-      dnnl::primitive_attr attr;
-      attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-      if (alpha != 1.0) attr.set_output_scales(0, {static_cast<float>(alpha)});
-      if (accumulate) {
-        dnnl::post_ops ops;
-        ops.append_sum(1.0f);
-        attr.set_post_ops(ops);
+      if (rest_of_rows) {
+        key.m = kRowsAtExecution;
+        it = state.matmuls.find(key);
       }
-      dnnl::matmul::primitive_desc pd;
-      try {
-        pd = dnnl::matmul::primitive_desc(dnnl::matmul::desc(a_md, b_md, c_md), attr, state.engine);
-      } catch (const dnnl::error&) {
-        if constexpr (std::is_same_v<In, bf16>) throw no_bf16_matmul();
-        throw;
-      }
-      detail::CachedMatmul created{dnnl::matmul(pd), a_md, b_md, c_md,
-                                   pd.scratchpad_desc().get_size()};
-      it = state.matmuls.emplace(key, std::move(created)).first;
+      if (it == state.matmuls.end())
+        it = state.matmuls.emplace(key, create_matmul<In, Out>(rt, key)).first;
     }
     entry = &it->second;  // unordered_map nodes are stable
   }
@@ -128,9 +172,15 @@ void matmul_onednn(Runtime& rt, Mat<const In> a, Mat<const In> b, Mat<Out> c, do
   ZL_CHECK(thread < static_cast<int>(state.streams.size()));
   auto& scratch = state.scratchpads[static_cast<std::size_t>(thread)];
   scratch.ensure(entry->scratchpad_bytes);
-  dnnl::memory a_mem(entry->a, state.engine, const_cast<In*>(a.data));
+  using dims = dnnl::memory::dims;
+  const bool exact = key.m != kRowsAtExecution;
+  dnnl::memory a_mem(
+      exact ? entry->a : dnnl::memory::desc(dims{M, a.cols}, dnnl_type<In>(), dims{a.rs, a.cs}),
+      state.engine, const_cast<In*>(a.data));
   dnnl::memory b_mem(entry->b, state.engine, const_cast<In*>(b.data));
-  dnnl::memory c_mem(entry->c, state.engine, c.data);
+  dnnl::memory c_mem(
+      exact ? entry->c : dnnl::memory::desc(dims{M, c.cols}, dnnl_type<Out>(), dims{c.rs, 1}),
+      state.engine, c.data);
   dnnl::memory s_mem(
       dnnl::memory::desc(dnnl::memory::dims{static_cast<Index>(entry->scratchpad_bytes)},
                          dnnl::memory::data_type::u8, dnnl::memory::dims{1}),
