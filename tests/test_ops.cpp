@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "core/error.hpp"
+#include "core/runtime_state.hpp"
 #include "model/batch.hpp"
 #include "ops/attention.hpp"
 #include "ops/convert.hpp"
@@ -109,6 +110,24 @@ TEST(Matmul, BulkAndRestOfTheRowsMatchTheReferenceAndDependOnlyOnM) {
   for (Index M : {1000, 817, 100, 883}) strided_matmul<bf16>(used, M, 40, 96, 1.0f, false, nullptr);
   EXPECT_EQ(strided_matmul<bf16>(fresh, 881, 40, 96, 1.0f, false, nullptr),
             strided_matmul<bf16>(used, 881, 40, 96, 1.0f, false, nullptr));
+}
+
+// The primitive cache keeps at most max_cached_matmuls primitives, the least recently used
+// dropped first, and a shape whose primitive was dropped computes the same when it comes back.
+TEST(Matmul, CacheIsBoundedAndRecreatedPrimitivesComputeTheSame) {
+  Runtime rt(2);
+  rt.state().max_cached_matmuls = 4;
+  std::vector<std::vector<float>> first;
+  for (int round = 0; round < 2; ++round)
+    for (Index i = 0; i < 10; ++i) {
+      const auto c = strided_matmul<bf16>(rt, 20 + i, 40, 96, 1.0f, false, nullptr);
+      if (round == 0)
+        first.push_back(c);
+      else
+        EXPECT_EQ(c, first[static_cast<std::size_t>(i)]) << "rows " << 20 + i;
+      EXPECT_EQ(rt.state().matmuls.size(), std::min<std::size_t>(4, first.size() + round * 10));
+      EXPECT_EQ(rt.state().matmul_recency.size(), rt.state().matmuls.size());
+    }
 }
 
 TEST(Matmul, SafeInsideParallelRegions) {

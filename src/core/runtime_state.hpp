@@ -2,6 +2,8 @@
 #pragma once
 
 #include <cstdint>
+#include <list>
+#include <memory>
 #include <mutex>
 #include <oneapi/dnnl/dnnl.hpp>
 #include <unordered_map>
@@ -40,10 +42,18 @@ struct RuntimeState {
   std::vector<dnnl::stream> streams;
   std::vector<Buffer<std::byte>> scratchpads;
 
-  std::mutex matmul_mutex;
   // Exact primitives, and those whose row count is given at execution (key.m = -1; see
-  // ops/matmul.cpp).
-  std::unordered_map<MatmulKey, CachedMatmul, MatmulKeyHash> matmuls;
+  // ops/matmul.cpp). At most max_cached_matmuls, the least recently used dropped first: shapes
+  // that vary without bound (the tiled attention's key counts on unpacked data) would otherwise
+  // keep ~70 KB each for the whole run. Shared, as a thread may still run one another drops.
+  struct CachedMatmulSlot {
+    std::shared_ptr<const CachedMatmul> matmul;
+    std::list<MatmulKey>::iterator recency;
+  };
+  std::mutex matmul_mutex;
+  std::size_t max_cached_matmuls = 1024;  // oneDNN's own primitive cache holds as many
+  std::list<MatmulKey> matmul_recency;    // most recently used first
+  std::unordered_map<MatmulKey, CachedMatmulSlot, MatmulKeyHash> matmuls;
 };
 
 }  // namespace zerolora::detail

@@ -154,19 +154,27 @@ void matmul_onednn(Runtime& rt, Mat<const In> a, Mat<const In> b, Mat<Out> c, do
                         static_cast<int>(dnnl_type<Out>()),
                         static_cast<float>(alpha),
                         accumulate};
-  const detail::CachedMatmul* entry = nullptr;
+  if (rest_of_rows) key.m = kRowsAtExecution;
+  std::shared_ptr<const detail::CachedMatmul> entry;
   {
     std::lock_guard lock(state.matmul_mutex);
     auto it = state.matmuls.find(key);
     if (it == state.matmuls.end()) {
-      if (rest_of_rows) {
-        key.m = kRowsAtExecution;
-        it = state.matmuls.find(key);
+      auto created = std::make_shared<const detail::CachedMatmul>(create_matmul<In, Out>(rt, key));
+      state.matmul_recency.push_front(key);
+      it = state.matmuls
+               .emplace(key, detail::RuntimeState::CachedMatmulSlot{std::move(created),
+                                                                    state.matmul_recency.begin()})
+               .first;
+      if (state.matmuls.size() > std::max<std::size_t>(1, state.max_cached_matmuls)) {
+        state.matmuls.erase(state.matmul_recency.back());
+        state.matmul_recency.pop_back();
       }
-      if (it == state.matmuls.end())
-        it = state.matmuls.emplace(key, create_matmul<In, Out>(rt, key)).first;
+    } else {
+      state.matmul_recency.splice(state.matmul_recency.begin(), state.matmul_recency,
+                                  it->second.recency);
     }
-    entry = &it->second;  // unordered_map nodes are stable
+    entry = it->second.matmul;
   }
   const int thread = omp_in_parallel() ? omp_get_thread_num() : 0;
   ZL_CHECK(thread < static_cast<int>(state.streams.size()));
