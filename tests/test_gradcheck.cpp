@@ -268,11 +268,19 @@ TEST_P(LoraBranchGradCheck, WithDropoutMatchesAPlainSumFiniteDifferencesAndOneTh
 INSTANTIATE_TEST_SUITE_P(Shapes, LoraBranchGradCheck,
                          ::testing::Values(LoraShape{6, 5, 4, 2},     // fused, one block
                                            LoraShape{64, 70, 33, 8},  // fused, threads, blocks
+                                           LoraShape{13, 70, 9, 4},   // rows in groups of 2
+                                           LoraShape{5, 16, 3, 1},    // one group of 8, 5 rows
+                                           LoraShape{11, 9, 6, 3},    // rank not dividing 8
                                            LoraShape{9, 7, 5, 17}),   // matmuls
                          [](const auto& info) {
                            const LoraShape& s = info.param;
-                           return "M" + std::to_string(s.M) + "_in" + std::to_string(s.in) + "_r" +
-                                  std::to_string(s.r);
+                           std::string name = "M";  // appended: GCC 12 misreads a + chain here
+                           name += std::to_string(s.M);
+                           name += "_in";
+                           name += std::to_string(s.in);
+                           name += "_r";
+                           name += std::to_string(s.r);
+                           return name;
                          });
 
 // The whole model in double: every LoRA gradient (all seven modules, dropout on) by finite

@@ -12,10 +12,12 @@
 #include <utility>
 
 #include "core/error.hpp"
+#include "core/rng.hpp"
 #include "core/runtime_state.hpp"
 #include "model/batch.hpp"
 #include "ops/attention.hpp"
 #include "ops/convert.hpp"
+#include "ops/lora_branch.hpp"
 #include "ops/matmul.hpp"
 #include "ops/rmsnorm.hpp"
 #include "ops/simd.hpp"
@@ -128,6 +130,33 @@ TEST(Matmul, CacheIsBoundedAndRecreatedPrimitivesComputeTheSame) {
       EXPECT_EQ(rt.state().matmuls.size(), std::min<std::size_t>(4, first.size() + round * 10));
       EXPECT_EQ(rt.state().matmul_recency.size(), rt.state().matmuls.size());
     }
+}
+
+// The fused LoRA projection in fp32 (16 lanes: ranks 1, 2, 4 and 8 take rows in groups,
+// 3 and 16 one row at a time), dropout on, against the same sums in double.
+TEST(LoraBranch, FloatProjectionMatchesDoubleForEveryRankPath) {
+  Runtime rt(2);
+  const Index M = 37, in = 70;
+  std::vector<std::uint64_t> row_keys(M);
+  for (Index i = 0; i < M; ++i) row_keys[i] = mix64(static_cast<std::uint64_t>(i));
+  const DropoutMask mask{0.25, 7, row_keys.data()};
+  const auto x = random_values<float>(M * in, 21);
+  std::vector<float> dropped(M * in);
+  apply_dropout(rt, Mat<float>::dense(dropped.data(), M, in),
+                Mat<const float>::dense(x.data(), M, in), mask, false);
+  for (Index r : {1, 2, 3, 4, 8, 16}) {
+    const auto a = random_values<float>(r * in, 22);
+    std::vector<float> z(M * r);
+    Buffer<float> scratch;
+    lora_project<float>(rt, z.data(), Mat<const float>::dense(x.data(), M, in), a.data(), r, mask,
+                        scratch);
+    std::vector<double> expected(M * r, 0.0);
+    for (Index i = 0; i < M; ++i)
+      for (Index k = 0; k < r; ++k)
+        for (Index j = 0; j < in; ++j)
+          expected[i * r + k] += static_cast<double>(dropped[i * in + j]) * a[k * in + j];
+    EXPECT_LT(testing::max_rel_error(z, expected), 1e-5) << "rank " << r;
+  }
 }
 
 TEST(Matmul, SafeInsideParallelRegions) {

@@ -8,6 +8,9 @@
 #include "core/profiler.hpp"
 #include "core/rng.hpp"
 #include "ops/matmul.hpp"
+#include "ops/simd.hpp"
+
+#pragma GCC diagnostic ignored "-Wpsabi"  // simd.hpp: vectors are never passed out of line
 
 namespace zerolora {
 
@@ -84,14 +87,78 @@ inline Index column_block(Runtime& rt, Index cols) {
   return std::clamp<Index>((per + 15) / 16 * 16, 16, 256);
 }
 
+// rows_times_small's G = lanes / R rows at `rows` (each `padded` long, zero-padded), against
+// w (R rows of `padded`): the group's lanes dot products accumulate in one vector each
+// (lane-wise, along the row) and leave in one transpose_sum, in out's row-major order [G, R];
+// the first `count` rows are written. Summing each dot product across its lanes on its own
+// cost more than the products (a scalar add per lane).
+template <int R, class T>
+ZL_INLINE void group_times_small(const T* rows, const T* w, Index padded, Index count, T* out, T s,
+                                 bool accumulate) {
+  constexpr int lanes = simd::kLanes<T>, G = lanes / R;
+  using V = simd::Vec<T>;
+  V acc[lanes];
+  for (int l = 0; l < lanes; ++l) acc[l] = simd::splat(T{0});
+  for (Index c = 0; c < padded; c += lanes) {
+    V wv[R];
+    for (int k = 0; k < R; ++k) wv[k] = simd::load(w + k * padded + c);
+    for (int g = 0; g < G; ++g) {
+      const V xv = simd::load(rows + g * padded + c);
+      for (int k = 0; k < R; ++k) acc[g * R + k] += xv * wv[k];
+    }
+  }
+  const V sums = simd::transpose_sum<T>(acc) * simd::splat(s);
+  for (Index l = 0; l < count * R; ++l) out[l] = accumulate ? out[l] + sums[l] : sums[l];
+}
+
 // out[i, k] = scale * sum_j x[i, j] w[k, j] (+= when accumulate): rows of x against the r rows
-// of w; x is dropped first when `rule` is active.
+// of w; x is dropped first when `rule` is active. Ranks dividing a vector's lanes, into a dense
+// out, take rows in groups (group_times_small); others one row at a time.
 template <class T>
 ZL_CPU_CLONES void rows_times_small(Runtime& rt, T* out, Index out_rs, Mat<const T> x,
                                     const T* w /*[r, cols]*/, Index rank, const KeepRule& rule,
                                     double scale, bool accumulate) {
   const Index M = x.rows, n = x.cols;
   const T s = static_cast<T>(scale);
+  constexpr int lanes = simd::kLanes<T>;
+  if (out_rs == rank && rank <= lanes / 2 && lanes % rank == 0) {
+    const Index group = lanes / rank, groups = (M + group - 1) / group;
+    const Index padded = (n + lanes - 1) / lanes * lanes;
+    std::vector<T> w_padded(static_cast<std::size_t>(rank * padded), T{0});
+    for (Index k = 0; k < rank; ++k)
+      std::copy(w + k * n, w + (k + 1) * n, w_padded.data() + k * padded);
+#pragma omp parallel num_threads(rt.threads()) if (M * n * rank > 32768)
+    {
+      std::vector<T> rows(static_cast<std::size_t>(group * padded), T{0});  // tails stay zero
+#pragma omp for schedule(static)
+      for (Index g0 = 0; g0 < groups; ++g0) {
+        const Index i0 = g0 * group, count = std::min(group, M - i0);
+        for (Index g = 0; g < group; ++g) {
+          T* row = rows.data() + g * padded;
+          if (g < count)
+            dropped_row(rule, i0 + g, x.data + (i0 + g) * x.rs, 0, n, row);
+          else
+            std::fill(row, row + n, T{0});
+        }
+        T* o = out + i0 * rank;
+        switch (rank) {
+          case 1:
+            group_times_small<1>(rows.data(), w_padded.data(), padded, count, o, s, accumulate);
+            break;
+          case 2:
+            group_times_small<2>(rows.data(), w_padded.data(), padded, count, o, s, accumulate);
+            break;
+          case 4:
+            group_times_small<4>(rows.data(), w_padded.data(), padded, count, o, s, accumulate);
+            break;
+          default:  // 8 (floats only: lanes / 2)
+            group_times_small<lanes / 2>(rows.data(), w_padded.data(), padded, count, o, s,
+                                         accumulate);
+        }
+      }
+    }
+    return;
+  }
 #pragma omp parallel num_threads(rt.threads()) if (M * n * rank > 32768)
   {
     std::vector<T> row(static_cast<std::size_t>(rule.active ? n : 0));
