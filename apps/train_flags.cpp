@@ -125,12 +125,13 @@ void add_train_flags(CLI::App& cmd, TrainFlags& f) {
                  "--recompute_budget_mib)")
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "full", "attention", "selective"}));
-  cmd.add_option("--recompute_budget_mib", a.recompute_budget_mib,
-                 "With --recompute_granularity auto: MiB of activations kept beyond full "
-                 "recompute's, spent on every layer's attention output first, then whole "
-                 "attention blocks, then MLP outputs; default (-1): one micro-batch's logits in "
-                 "fp32 (tokens x vocab x 4 bytes), which Transformers' checkpointed training "
-                 "holds and zerolora's chunked loss never does")
+  cmd.add_option(
+         "--recompute_budget_mib", a.recompute_budget_mib,
+         "With --recompute_granularity auto: MiB of activations kept beyond full "
+         "recompute's, spent on every layer's attention output first, then whole "
+         "attention blocks, then MLP outputs; default (any negative): one micro-batch's logits in "
+         "fp32 (tokens x vocab x 4 bytes), which Transformers' checkpointed training "
+         "holds and zerolora's chunked loss never does")
       ->capture_default_str()
       ->check(finite_in(-1.0, 1e12));
   cmd.add_option("--residual_dtype", a.residual_dtype,

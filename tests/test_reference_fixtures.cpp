@@ -14,6 +14,7 @@
 #include "comm/communicator.hpp"
 #include "core/error.hpp"
 #include "core/precision.hpp"
+#include "core/profiler.hpp"
 #include "data/examples.hpp"
 #include "io/checkpoint.hpp"
 #include "io/tensor_read.hpp"
@@ -346,8 +347,34 @@ TEST(Recompute, EachModeKeepsWhatItSays) {
             static_cast<double>(full + gate_up));
 }
 
-// Under auto with a fixed budget the plan follows the batch's size; a layer whose level drops
-// gives back what it kept, and every step's gradients stay those of full recompute.
+// The attention level's point: backward recomputes the layer but not its attention forward
+// (the profiler counts the attention calls: forward, recompute, backward per layer).
+TEST(Recompute, AKeptAttentionIsNotRecomputed) {
+  const Reference ref(testing::fixtures_dir() / "gqa_tied");
+  Runtime rt(1);
+  auto weights = load_llama_weights<float>(rt, ref.checkpoint);
+  const LoraLayout layout(ref.checkpoint.config(), ref.lora_config());
+  const std::vector<float> params(static_cast<std::size_t>(layout.size()), 0.01f);
+  auto attention_calls = [&](Recompute recompute) {
+    ComputeOptions options;
+    options.recompute = recompute;
+    LlamaModel<Fp32Policy> model(rt, weights, &layout, options);
+    std::vector<float> grads(params.size(), 0.0f);
+    rt.profiler().reset();
+    rt.profiler().enable(true);
+    model.forward_backward(ref.batch(), params, grads, 1.0, {});
+    rt.profiler().enable(false);
+    return rt.profiler().calls(ProfileCategory::kAttention);
+  };
+  const std::int64_t L = ref.checkpoint.config().num_layers;
+  EXPECT_EQ(attention_calls(Recompute::kFull), 3 * L);
+  EXPECT_EQ(attention_calls(Recompute::kAttention), 2 * L);
+}
+
+// Under auto with a fixed budget the plan is made for the largest batch so far (buffers never
+// shrink): a smaller batch first keeps more, a larger one then fewer layers, which give back
+// what they kept, and a smaller one after it keeps no more; every step's gradients stay those of
+// full recompute, and what is held never exceeds the budget beyond full recompute's.
 TEST(Recompute, PlanFollowsTheBatchAndKeepsExactGradients) {
   const Reference ref(testing::fixtures_dir() / "gqa_tied");
   Runtime rt(1);
@@ -370,21 +397,21 @@ TEST(Recompute, PlanFollowsTheBatchAndKeepsExactGradients) {
   LlamaModel<Fp32Policy> planned(rt, weights, &layout, auto_options);
   LlamaModel<Fp32Policy> full(rt, weights, &layout, {});
   std::vector<std::string> plans;
-  for (const Batch* batch : std::vector<const Batch*>{&whole, &first, &whole, &first}) {
+  for (const Batch* batch : std::vector<const Batch*>{&first, &whole, &first, &whole}) {
     std::vector<float> a(params.size(), 0.0f), b(params.size(), 0.0f);
     const double loss_a = planned.forward_backward(*batch, params, a, 1.0, {3, 1});
     const double loss_b = full.forward_backward(*batch, params, b, 1.0, {3, 1});
     EXPECT_EQ(loss_a, loss_b);
     EXPECT_EQ(a, b);
     plans.push_back(describe_recompute_plan(planned.recompute_levels()));
-    if (batch == &whole) {  // what the smaller batch kept beyond this plan was given back
-      EXPECT_LE(static_cast<double>(planned.saved_activation_bytes()),
-                budget + static_cast<double>(full.saved_activation_bytes()));
-    }
+    EXPECT_LE(static_cast<double>(planned.saved_activation_bytes()),
+              budget + static_cast<double>(full.saved_activation_bytes()))
+        << plans.back();
   }
-  EXPECT_EQ(plans[1], std::to_string(c.num_layers) + " selective");
-  EXPECT_NE(plans[0], plans[1]);
-  EXPECT_EQ(plans[0], plans[2]);
+  EXPECT_EQ(plans[0], std::to_string(c.num_layers) + " selective");
+  EXPECT_NE(plans[1], plans[0]);
+  EXPECT_EQ(plans[2], plans[1]);
+  EXPECT_EQ(plans[3], plans[1]);
 }
 
 TEST(RecomputePlan, SpendsTheBudgetInOrderAndNeverRecomputesMoreWithMore) {

@@ -137,6 +137,10 @@ void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P:
   const Index M = d.M, r = ops.rank();
   const std::int32_t* positions = ctx.geometry.positions.data();
 
+  // A kept attention must already fit: growing its buffer would discard it.
+  if (keep.attention_ready)
+    ZL_CHECK(acts.attn.size() >= static_cast<std::size_t>(M * d.Qd) &&
+             acts.lse.size() >= static_cast<std::size_t>(d.H * M));
   Act* rstd1 = grow(dev, acts.rstd1, M);       // [M]
   Act* h1 = grow(dev, acts.h1, M * d.D);       // [M, D]
   Act* qkv = grow(dev, acts.qkv, M * d.W3);    // [M, Qd + 2 KVd], q and k rotated

@@ -419,7 +419,11 @@ template <class P>
 void LlamaModel<P>::plan_levels() {
   const LlamaConfig& c = config();
   const auto L = static_cast<std::size_t>(c.num_layers);
-  const auto rows = static_cast<double>(geometry_.rows);
+  // Planned for the largest batch so far: buffers never shrink, so a smaller batch keeping more
+  // layers would hold more than the budget (with the default budget, which scales with the
+  // rows as the costs do, the plan is the same for every batch).
+  planned_rows_ = std::max(planned_rows_, geometry_.rows);
+  const auto rows = static_cast<double>(planned_rows_);
   if (options_.recompute == Recompute::kAuto) {
     const double budget = options_.recompute_budget_bytes >= 0
                               ? options_.recompute_budget_bytes
@@ -428,7 +432,7 @@ void LlamaModel<P>::plan_levels() {
   } else {
     levels_.assign(L, options_.recompute);
   }
-  // A layer whose level dropped (a smaller budget for this batch) gives back what it kept.
+  // A layer whose level dropped (a larger batch than any before) gives back what it kept.
   activations_.resize(L);
   for (std::size_t l = 0; l < L; ++l) {
     if (levels_[l] == Recompute::kSelective || levels_[l] == Recompute::kNone) {

@@ -181,6 +181,7 @@ class LlamaModel {
   std::vector<std::uint64_t> row_keys_host_;
   LayerWorkspace<Act> workspace_;
   std::vector<Recompute> levels_;                   // per layer
+  Index planned_rows_ = 0;                          // the largest batch levels_ was planned for
   std::vector<LayerActivations<Act>> activations_;  // per layer: what its level keeps
   LayerActivations<Act> working_;  // layers recomputed in backward, and passes without one
 

@@ -93,8 +93,8 @@ inline Index column_block(Runtime& rt, Index cols) {
 // the first `count` rows are written. Summing each dot product across its lanes on its own
 // cost more than the products (a scalar add per lane).
 template <int R, class T>
-ZL_INLINE void group_times_small(const T* rows, const T* w, Index padded, Index count, T* out, T s,
-                                 bool accumulate) {
+ZL_INLINE void group_times_small(const T* rows, const T* w, Index padded, Index count, T* out,
+                                 T s) {
   constexpr int lanes = simd::kLanes<T>, G = lanes / R;
   using V = simd::Vec<T>;
   V acc[lanes];
@@ -108,12 +108,14 @@ ZL_INLINE void group_times_small(const T* rows, const T* w, Index padded, Index 
     }
   }
   const V sums = simd::transpose_sum<T>(acc) * simd::splat(s);
-  for (Index l = 0; l < count * R; ++l) out[l] = accumulate ? out[l] + sums[l] : sums[l];
+  for (Index l = 0; l < count * R; ++l) out[l] = sums[l];
 }
 
 // out[i, k] = scale * sum_j x[i, j] w[k, j] (+= when accumulate): rows of x against the r rows
-// of w; x is dropped first when `rule` is active. Ranks dividing a vector's lanes, into a dense
-// out, take rows in groups (group_times_small); others one row at a time.
+// of w; x is dropped first when `rule` is active. With AVX-512 (the only ISA this was timed on:
+// 16 vector accumulators fit its 32 registers, not AVX2's 16), ranks up to half a vector's
+// lanes that divide them, written (not accumulated) into a dense out, take rows in groups
+// (group_times_small); others one row at a time.
 template <class T>
 ZL_CPU_CLONES void rows_times_small(Runtime& rt, T* out, Index out_rs, Mat<const T> x,
                                     const T* w /*[r, cols]*/, Index rank, const KeepRule& rule,
@@ -121,7 +123,8 @@ ZL_CPU_CLONES void rows_times_small(Runtime& rt, T* out, Index out_rs, Mat<const
   const Index M = x.rows, n = x.cols;
   const T s = static_cast<T>(scale);
   constexpr int lanes = simd::kLanes<T>;
-  if (out_rs == rank && rank <= lanes / 2 && lanes % rank == 0) {
+  if (out_rs == rank && !accumulate && rank <= lanes / 2 && lanes % rank == 0 &&
+      __builtin_cpu_supports("avx512f")) {
     const Index group = lanes / rank, groups = (M + group - 1) / group;
     const Index padded = (n + lanes - 1) / lanes * lanes;
     std::vector<T> w_padded(static_cast<std::size_t>(rank * padded), T{0});
@@ -143,17 +146,16 @@ ZL_CPU_CLONES void rows_times_small(Runtime& rt, T* out, Index out_rs, Mat<const
         T* o = out + i0 * rank;
         switch (rank) {
           case 1:
-            group_times_small<1>(rows.data(), w_padded.data(), padded, count, o, s, accumulate);
+            group_times_small<1>(rows.data(), w_padded.data(), padded, count, o, s);
             break;
           case 2:
-            group_times_small<2>(rows.data(), w_padded.data(), padded, count, o, s, accumulate);
+            group_times_small<2>(rows.data(), w_padded.data(), padded, count, o, s);
             break;
           case 4:
-            group_times_small<4>(rows.data(), w_padded.data(), padded, count, o, s, accumulate);
+            group_times_small<4>(rows.data(), w_padded.data(), padded, count, o, s);
             break;
           default:  // 8 (floats only: lanes / 2)
-            group_times_small<lanes / 2>(rows.data(), w_padded.data(), padded, count, o, s,
-                                         accumulate);
+            group_times_small<lanes / 2>(rows.data(), w_padded.data(), padded, count, o, s);
         }
       }
     }

@@ -78,7 +78,7 @@ constexpr dnnl::memory::data_type dnnl_type() {
     return dnnl::memory::data_type::bf16;
 }
 
-// See matmul_onednn.
+// Products of at least this many multiply-adds keep a smaller rest (bulk_rows).
 constexpr double kLargeProducts = 1 << 30;
 
 // The row count given at execution instead of at creation (MatmulKey::m of such primitives).
@@ -110,37 +110,24 @@ detail::CachedMatmul create_matmul(Runtime& rt, const detail::MatmulKey& key) {
   return {dnnl::matmul(pd), a_md, b_md, c_md, pd.scratchpad_desc().get_size()};
 }
 
-// Creating a oneDNN primitive JIT-compiles it: 0.6-1.3 ms on the development machine, against
-// ~50 us to run one of a small model's GEMMs. With a primitive per row count, unpacked batches
-// (whose token count changes every step) spent a third of job (b)'s step creating primitives
-// (ONEDNN_VERBOSE=2). So M rows run as a bulk whose count is a multiple of a power of two
-// between M / 16 and M / 8 (M / 128 and M / 64 for products of 2^30 multiply-adds or more), on
-// an exact primitive (brgemm, on AMX where present), whose row counts recur across steps; and
-// the rest (under M / 8, or M / 64, rows) on a primitive that takes its row count at execution
-// (oneDNN's gemm:jit, ~0.06 ms to create, one per shape without the rows, but slower to run).
-// Which primitive computes a row depends on M alone, never on what ran before, so a resumed
-// run computes what the uninterrupted one did.
+// The leading rows of an [M, ...] product that run on an exact primitive: a multiple of a power
+// of two between M / 16 and M / 8 (M / 128 and M / 64 for products of 2^30 multiply-adds or
+// more, where creating a primitive costs little against running it and the slower rest should
+// be small); all of M below 64.
+Index bulk_rows(Index M, double products) {
+  if (M < 64) return M;
+  const Index parts = products >= kLargeProducts ? 64 : 8;
+  Index granule = 1;
+  while (granule * 2 * parts <= M) granule *= 2;
+  return M - M % granule;
+}
+
+// c = alpha a b (+ c) on the cached primitive of its exact shape, or (rows_at_execution) on the
+// one of its shape without the row count.
 template <class In, class Out>
-void matmul_onednn(Runtime& rt, Mat<const In> a, Mat<const In> b, Mat<Out> c, double alpha,
-                   bool accumulate, bool rest_of_rows = false) {
+void run_primitive(Runtime& rt, Mat<const In> a, Mat<const In> b, Mat<Out> c, double alpha,
+                   bool accumulate, bool rows_at_execution) {
   const Index M = c.rows;
-  if (M >= 64 && !rest_of_rows) {
-    // Large products (~1 ms or more each) keep a smaller rest: there creating a primitive costs
-    // little against running it, and the rest runs slower than the bulk.
-    const double products = static_cast<double>(M) * static_cast<double>(c.cols * a.cols);
-    const Index parts = products >= kLargeProducts ? 64 : 8;
-    Index granule = 1;
-    while (granule * 2 * parts <= M) granule *= 2;  // M / (2 parts) < granule <= M / parts
-    const Index bulk = M - M % granule;
-    if (bulk < M) {
-      const Index rest = M - bulk;
-      matmul_onednn(rt, a.block(0, 0, bulk, a.cols), b, c.block(0, 0, bulk, c.cols), alpha,
-                    accumulate);
-      matmul_onednn(rt, a.block(bulk, 0, rest, a.cols), b, c.block(bulk, 0, rest, c.cols), alpha,
-                    accumulate, true);
-      return;
-    }
-  }
   auto& state = rt.state();
   detail::MatmulKey key{M,
                         c.cols,
@@ -154,7 +141,7 @@ void matmul_onednn(Runtime& rt, Mat<const In> a, Mat<const In> b, Mat<Out> c, do
                         static_cast<int>(dnnl_type<Out>()),
                         static_cast<float>(alpha),
                         accumulate};
-  if (rest_of_rows) key.m = kRowsAtExecution;
+  if (rows_at_execution) key.m = kRowsAtExecution;
   std::shared_ptr<const detail::CachedMatmul> entry;
   {
     std::lock_guard lock(state.matmul_mutex);
@@ -181,7 +168,7 @@ void matmul_onednn(Runtime& rt, Mat<const In> a, Mat<const In> b, Mat<Out> c, do
   auto& scratch = state.scratchpads[static_cast<std::size_t>(thread)];
   scratch.ensure(entry->scratchpad_bytes);
   using dims = dnnl::memory::dims;
-  const bool exact = key.m != kRowsAtExecution;
+  const bool exact = !rows_at_execution;
   dnnl::memory a_mem(
       exact ? entry->a : dnnl::memory::desc(dims{M, a.cols}, dnnl_type<In>(), dims{a.rs, a.cs}),
       state.engine, const_cast<In*>(a.data));
@@ -199,6 +186,26 @@ void matmul_onednn(Runtime& rt, Mat<const In> a, Mat<const In> b, Mat<Out> c, do
                                     {DNNL_ARG_DST, c_mem},
                                     {DNNL_ARG_SCRATCHPAD, s_mem}});
   stream.wait();
+}
+
+// Creating a oneDNN primitive JIT-compiles it: 0.6-1.3 ms on the development machine, against
+// ~50 us to run one of a small model's GEMMs. With a primitive per row count, unpacked batches
+// (whose token count changes every step) spent a third of job (b)'s step creating primitives
+// (ONEDNN_VERBOSE=2). So M rows run as a bulk (bulk_rows), whose row counts recur across steps,
+// on an exact primitive (brgemm, on AMX where present), and the rest (under M / 8 rows, or
+// M / 64) on a primitive that takes its row count at execution (oneDNN's gemm:jit, ~0.06 ms to
+// create, one per shape without the rows, but slower to run).
+// Which primitive computes a row depends on M alone, never on what ran before, so a resumed
+// run computes what the uninterrupted one did.
+template <class In, class Out>
+void matmul_onednn(Runtime& rt, Mat<const In> a, Mat<const In> b, Mat<Out> c, double alpha,
+                   bool accumulate) {
+  const Index M = c.rows, N = c.cols, K = a.cols;
+  const Index bulk = bulk_rows(M, static_cast<double>(M) * static_cast<double>(N * K));
+  run_primitive(rt, a.block(0, 0, bulk, K), b, c.block(0, 0, bulk, N), alpha, accumulate, false);
+  if (bulk < M)
+    run_primitive(rt, a.block(bulk, 0, M - bulk, K), b, c.block(bulk, 0, M - bulk, N), alpha,
+                  accumulate, true);
 }
 
 }  // namespace
