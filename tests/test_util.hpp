@@ -10,13 +10,25 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <random>
 #include <span>
 #include <string>
 #include <vector>
 
+#include "core/bf16.hpp"
 #include "lora/lora_layout.hpp"
 
 namespace zerolora::testing {
+
+// n values drawn from N(0, 1) (the same sequence for a seed), converted to T.
+template <class T>
+std::vector<T> random_values(std::size_t n, std::uint32_t seed) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<double> dist(0.0, 1.0);
+  std::vector<T> v(n);
+  for (auto& x : v) x = convert_to<T>(dist(gen));
+  return v;
+}
 
 // Where the repository is at run time: where the tests were built, unless the environment
 // variable ZEROLORA_REPO_DIR says otherwise (test binaries carried to another machine, as the
