@@ -50,8 +50,7 @@ Estimate estimate(EstimateOptions& o) {
   o.scenario.recompute = o.recompute == "true"
                              ? parse_recompute(o.granularity, "--recompute_granularity")
                              : Recompute::kNone;
-  o.scenario.recompute_budget_bytes =
-      o.recompute_budget_mib < 0 ? -1.0 : o.recompute_budget_mib * 1048576.0;
+  o.scenario.recompute_budget_bytes = recompute_budget_from_mib(o.recompute_budget_mib);
   o.scenario.bf16_residual = resolve_bf16_residual(o.residual_dtype, o.scenario.bf16);
   return {config, lora, targets, static_cast<std::int64_t>(layout.size()),
           estimate_memory(config, layout, o.scenario)};

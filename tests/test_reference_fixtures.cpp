@@ -449,6 +449,21 @@ TEST(RecomputePlan, SpendsTheBudgetInOrderAndNeverRecomputesMoreWithMore) {
     before = levels;
   }
   EXPECT_EQ(default_recompute_budget_bytes(c, rows), rows * 1000 * 4);
+  // The resolved plan the model, the estimate and the log share: a negative budget is the
+  // default, a fixed mode is every layer's level, kept bytes are the levels' sum.
+  const RecomputePlan by_default = make_recompute_plan(Recompute::kAuto, c, rows, rank, 4, -1);
+  EXPECT_EQ(by_default.budget_bytes, rows * 1000 * 4);
+  EXPECT_EQ(by_default.levels, plan_recompute(c, rows, rank, 4, rows * 1000 * 4));
+  const RecomputePlan explicit_budget =
+      make_recompute_plan(Recompute::kAuto, c, rows, rank, 2, 3 * attention / 2 + selective / 2);
+  EXPECT_EQ(describe_recompute_plan(explicit_budget.levels), "1 selective + 3 attention");
+  EXPECT_EQ(explicit_budget.kept_bytes, (3 * attention + selective) / 2);
+  const RecomputePlan fixed = make_recompute_plan(Recompute::kSelective, c, rows, rank, 4, 0);
+  EXPECT_EQ(fixed.levels, std::vector<Recompute>(4, Recompute::kSelective));
+  EXPECT_EQ(fixed.kept_bytes, 4 * selective);
+  EXPECT_EQ(recompute_budget_from_mib(-1), -1);
+  EXPECT_EQ(recompute_budget_from_mib(-0.5), -1);
+  EXPECT_EQ(recompute_budget_from_mib(2.5), 2.5 * 1048576);
   EXPECT_EQ(parse_recompute("attention", "--x"), Recompute::kAttention);
   try {
     parse_recompute("partial", "--recompute_granularity");

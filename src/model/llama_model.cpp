@@ -424,14 +424,9 @@ void LlamaModel<P>::plan_levels() {
   // rows as the costs do, the plan is the same for every batch).
   planned_rows_ = std::max(planned_rows_, geometry_.rows);
   const auto rows = static_cast<double>(planned_rows_);
-  if (options_.recompute == Recompute::kAuto) {
-    const double budget = options_.recompute_budget_bytes >= 0
-                              ? options_.recompute_budget_bytes
-                              : default_recompute_budget_bytes(c, rows);
-    levels_ = plan_recompute(c, rows, lora_ ? lora_->config().rank : 0, sizeof(Act), budget);
-  } else {
-    levels_.assign(L, options_.recompute);
-  }
+  levels_ = make_recompute_plan(options_.recompute, c, rows, lora_ ? lora_->config().rank : 0,
+                                sizeof(Act), options_.recompute_budget_bytes)
+                .levels;
   // A layer whose level dropped (a larger batch than any before) gives back what it kept.
   activations_.resize(L);
   for (std::size_t l = 0; l < L; ++l) {

@@ -82,6 +82,25 @@ std::vector<Recompute> plan_recompute(const LlamaConfig& c, double rows, int lor
   return levels;
 }
 
+double recompute_budget_from_mib(double mib) {
+  return mib < 0 ? -1.0 : mib * 1048576.0;
+}
+
+RecomputePlan make_recompute_plan(Recompute mode, const LlamaConfig& c, double rows, int lora_rank,
+                                  std::size_t element_bytes, double budget_bytes) {
+  RecomputePlan plan;
+  if (mode == Recompute::kAuto) {
+    plan.budget_bytes = budget_bytes >= 0 ? budget_bytes : default_recompute_budget_bytes(c, rows);
+    plan.levels = plan_recompute(c, rows, lora_rank, element_bytes, plan.budget_bytes);
+  } else {
+    plan.levels.assign(static_cast<std::size_t>(c.num_layers), mode);
+  }
+  for (Recompute level : plan.levels)
+    plan.kept_bytes +=
+        kept_elements(level, c, rows, lora_rank) * static_cast<double>(element_bytes);
+  return plan;
+}
+
 std::string describe_recompute_plan(const std::vector<Recompute>& levels) {
   std::string out;
   for (auto it = kModes.rbegin(); it != kModes.rend(); ++it) {

@@ -45,6 +45,21 @@ double default_recompute_budget_bytes(const LlamaConfig& config, double rows);
 std::vector<Recompute> plan_recompute(const LlamaConfig& config, double rows, int lora_rank,
                                       std::size_t element_bytes, double budget_bytes);
 
+// --recompute_budget_mib in bytes; a negative value (the flags' default) stays negative, which
+// make_recompute_plan reads as "the default budget".
+double recompute_budget_from_mib(double mib);
+
+// Every layer's level for `mode`, and what it costs: kAuto plans under `budget_bytes` (negative:
+// default_recompute_budget_bytes for `rows`); any other mode is every layer's level. The one
+// place the model, the memory estimate and the train log resolve a plan, so they never disagree.
+struct RecomputePlan {
+  std::vector<Recompute> levels;
+  double budget_bytes = 0;  // the budget kAuto planned under (0 for a fixed level)
+  double kept_bytes = 0;    // sum of kept_elements over the layers x element_bytes
+};
+RecomputePlan make_recompute_plan(Recompute mode, const LlamaConfig& config, double rows,
+                                  int lora_rank, std::size_t element_bytes, double budget_bytes);
+
 // "5 attention" / "2 selective + 3 attention" / "4 full": the plan in words for the log.
 std::string describe_recompute_plan(const std::vector<Recompute>& levels);
 

@@ -153,12 +153,8 @@ MemoryEstimate estimate_memory(const LlamaConfig& c, const LoraLayout& lora,
 
   // Activations: every layer's level (model/recompute_plan.hpp), and one layer's working set
   // shared by the layers backward recomputes.
-  const std::vector<Recompute> levels =
-      s.recompute == Recompute::kAuto
-          ? plan_recompute(c, M, lora.config().rank, 4,
-                           s.recompute_budget_bytes >= 0 ? s.recompute_budget_bytes
-                                                         : default_recompute_budget_bytes(c, M))
-          : std::vector<Recompute>(static_cast<std::size_t>(c.num_layers), s.recompute);
+  const RecomputePlan kept_plan =
+      make_recompute_plan(s.recompute, c, M, lora.config().rank, 4, s.recompute_budget_bytes);
   const double layer_saved = kept_elements(Recompute::kSelective, c, M, lora.config().rank);
   if (s.bf16_residual)
     e.items.push_back({"layer inputs (bf16 every layer + 2 fp32 working copies)",
@@ -166,16 +162,14 @@ MemoryEstimate estimate_memory(const LlamaConfig& c, const LoraLayout& lora,
   else
     e.items.push_back(
         {"layer inputs (fp32, every layer, kept for backward)", 4.0 * (L + 1) * M * D});
-  double kept = 0;
-  bool recomputed = false;
-  for (Recompute level : levels) {
-    kept += kept_elements(level, c, M, lora.config().rank);
-    recomputed |= level == Recompute::kFull || level == Recompute::kAttention;
-  }
+  const bool recomputed =
+      std::any_of(kept_plan.levels.begin(), kept_plan.levels.end(),
+                  [](Recompute l) { return l == Recompute::kFull || l == Recompute::kAttention; });
   if (recomputed)
     e.items.push_back({"one layer's activations (recomputed in backward)", 4.0 * layer_saved});
-  if (kept > 0)
-    e.items.push_back({"kept for backward (" + describe_recompute_plan(levels) + ")", 4.0 * kept});
+  if (kept_plan.kept_bytes > 0)
+    e.items.push_back({"kept for backward (" + describe_recompute_plan(kept_plan.levels) + ")",
+                       kept_plan.kept_bytes});
   const double attention =
       (s.bf16 ? 2.0 * M * (W3 + Qd) : 0.0) +
       s.threads * (2 * block * S * 4 + (s.bf16 ? 2 * block * S * 2 : 0.0) + block * 4);

@@ -160,23 +160,20 @@ struct TrainingRun::Impl {
                : Recompute::kNone;
   }
   double recompute_budget_bytes() const {
-    return args.recompute_budget_mib < 0 ? -1.0 : args.recompute_budget_mib * 1048576.0;
+    return recompute_budget_from_mib(args.recompute_budget_mib);
   }
   // "recompute: auto, 10.0 MiB for 5120-token micro-batches: 5 attention (7.0 MiB kept)".
   std::string recompute_note() const {
     const LlamaConfig& c = checkpoint->config();
     const Recompute mode = recompute_mode();
     if (mode != Recompute::kAuto) return std::string("recompute: ") + recompute_name(mode);
-    const auto rows = static_cast<double>(largest_micro_batch_rows);
-    const double budget = recompute_budget_bytes() >= 0 ? recompute_budget_bytes()
-                                                        : default_recompute_budget_bytes(c, rows);
-    const auto levels = plan_recompute(c, rows, lora.rank, sizeof(float), budget);
-    double kept = 0;
-    for (Recompute level : levels) kept += kept_elements(level, c, rows, lora.rank) * 4.0;
-    return "recompute: auto, " + fixed(budget / 1048576.0, 1) + " MiB for " +
+    const RecomputePlan plan =
+        make_recompute_plan(mode, c, static_cast<double>(largest_micro_batch_rows), lora.rank,
+                            sizeof(float), recompute_budget_bytes());
+    return "recompute: auto, " + fixed(plan.budget_bytes / 1048576.0, 1) + " MiB for " +
            std::to_string(largest_micro_batch_rows) +
-           "-token micro-batches: " + describe_recompute_plan(levels) + " (" +
-           fixed(kept / 1048576.0, 1) + " MiB kept)";
+           "-token micro-batches: " + describe_recompute_plan(plan.levels) + " (" +
+           fixed(plan.kept_bytes / 1048576.0, 1) + " MiB kept)";
   }
 
   // Before the model is read: refuse, with the arithmetic, a run the machine cannot hold.
