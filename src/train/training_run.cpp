@@ -27,6 +27,7 @@
 #include "train/run_setup.hpp"
 #include "train/run_signature.hpp"
 #include "train/train_checkpoint.hpp"
+#include "train/training_run_impl.hpp"
 #include "zero3/sharded_weights.hpp"
 
 namespace zerolora {
@@ -34,21 +35,13 @@ namespace {
 
 namespace fs = std::filesystem;
 using ojson = nlohmann::ordered_json;
-
-double now_seconds() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
+using run_internal::fixed;
+using run_internal::now_seconds;
 
 double peak_rss_mib() {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
   return static_cast<double>(usage.ru_maxrss) / 1024.0;
-}
-
-std::string fixed(double value, int decimals) {
-  char text[64];
-  std::snprintf(text, sizeof(text), "%.*f", decimals, value);
-  return text;
 }
 
 // Throughput over the steps after the warm-up ones, for the summary.
@@ -58,214 +51,6 @@ struct Totals {
 };
 
 }  // namespace
-
-// What does not depend on the precision: the files read, the data built, the schedule and the
-// signature.
-struct TrainingRun::Impl {
-  Impl(Communicator& communicator, PreparedSettings prepared, RunObserver* observer)
-      : comm(communicator),
-        settings(std::move(prepared.settings)),
-        args(settings.args),
-        leader(comm.rank() == 0),
-        resuming(!settings.resume_from_checkpoint.empty()),
-        ds_scheduler(prepared.ds_scheduler) {
-    auto note = [&](const std::string& line) {
-      if (leader && observer) observer->note(line);
-    };
-    for (const auto& line : prepared.notes) note(line);
-    bf16_residual = resolve_bf16_residual(args.residual_dtype, args.bf16);
-    rt.emplace(settings.threads > 0 ? settings.threads : default_threads_per_rank(),
-               make_device(settings.device));
-    // bf16 GEMMs on the CPU need oneDNN's AVX-512 kernels; a GPU has its own.
-    if (args.bf16 && rt->device().kind() == DeviceKind::kCpu) require_bf16_matmul(*rt);
-    prepare_output_dir_on_all_ranks(comm, settings.output_dir, settings.overwrite_output_dir,
-                                    resuming);
-    checkpoint.emplace(settings.model_dir);
-    const Tokenizer tokenizer =
-        open_model_tokenizer(settings.model_dir, checkpoint->config(), settings.data.tokenizer);
-
-    // Data: every rank builds the same dataset (it is small next to the model).
-    use_special_tokens(settings.data.tokenize, tokenizer, &checkpoint->config());
-    data = build_training_data(*rt, settings.data, tokenizer);
-    const DataReport& dr = data.report;
-    note("data: " + std::to_string(dr.records_read) + " records (" +
-         std::to_string(dr.skipped_empty_output) + " skipped: empty output), " +
-         std::to_string(dr.train_examples) + " train / " + std::to_string(dr.validation_examples) +
-         " validation examples, " + std::to_string(dr.truncated) + " truncated at " +
-         std::to_string(settings.data.tokenize.max_seq_length) + " tokens (" +
-         std::to_string(dr.without_targets) + " of them dropped: no response token left); " +
-         std::to_string(data.train.size()) + " training sequences, " +
-         std::to_string(dr.train_tokens) + " tokens (" + std::to_string(dr.train_label_tokens) +
-         " with labels)");
-    note("tokenizer: " + tokenizer.path().string() + " (" + tokenizer.format() + ")" +
-         (dr.chat_template.empty()
-              ? std::string()
-              : "; conversations rendered with the " + dr.chat_template + " chat template, " +
-                    (settings.data.tokenize.train_on_inputs ? "every token trained"
-                                                            : "loss on assistant turns") +
-                    ", " + std::to_string(dr.truncated_turns) +
-                    " assistant turns cut by max_seq_length (left unlabelled)"));
-
-    lora.rank = args.lora_rank;
-    lora.alpha = args.lora_alpha;
-    lora.dropout = args.lora_dropout;
-    for (const auto& t : args.lora_target_modules) targets += (targets.empty() ? "" : ",") + t;
-    lora.targets = parse_lora_targets(targets);
-    lora.use_rslora = args.use_rslora;
-    lora.init = settings.lora_init;
-    layout.emplace(checkpoint->config(), lora);
-
-    std::vector<Index> lengths;
-    for (const auto& s : data.train) lengths.push_back(s.size());
-    SamplerOptions sampling;
-    sampling.global_batch =
-        args.per_device_train_batch_size * args.gradient_accumulation_steps * comm.size();
-    sampling.world = comm.size();
-    sampling.rank = comm.rank();
-    sampling.seed = args.seed;
-    sampling.group_by_length = args.group_by_length;
-    sampling.drop_last = args.dataloader_drop_last;
-    sampler.emplace(lengths, sampling);
-    per_epoch = sampler->steps_per_epoch();
-    if (sampler->partial_epoch_batch())
-      note("note: the training set has " + std::to_string(data.train.size()) +
-           " sequences, fewer than one global batch of " + std::to_string(sampling.global_batch) +
-           ": each epoch is one batch of " + std::to_string(sampler->batch_size()) +
-           " sequences (as Hugging Face's Trainer does" +
-           (sampler->batch_size() > static_cast<Index>(data.train.size())
-                ? ", the first ones repeated to give every rank as many"
-                : "") +
-           ")");
-    if (per_epoch < 1)
-      throw ConfigError("the training set has " + std::to_string(data.train.size()) +
-                        " sequences, fewer than one global batch of " +
-                        std::to_string(sampling.global_batch) + " with --dataloader_drop_last");
-    total_steps =
-        args.max_steps > 0
-            ? args.max_steps
-            : std::max<std::int64_t>(
-                  1, static_cast<std::int64_t>(std::ceil(args.num_train_epochs * per_epoch)));
-    schedule = make_lr_schedule(args, ds_scheduler, total_steps);
-    eval = make_eval_set(data.validation, comm.rank(), comm.size());
-    global_batch = sampling.global_batch;
-    largest_micro_batch_rows =
-        std::min<Index>(args.per_device_train_batch_size, sampler->per_rank()) *
-        *std::max_element(lengths.begin(), lengths.end());
-    if (settings.check_memory) check_memory(lengths);
-  }
-
-  Recompute recompute_mode() const {
-    return args.gradient_checkpointing
-               ? parse_recompute(args.recompute_granularity, "--recompute_granularity")
-               : Recompute::kNone;
-  }
-  double recompute_budget_bytes() const {
-    return recompute_budget_from_mib(args.recompute_budget_mib);
-  }
-  // "recompute: auto, 10.0 MiB for 5120-token micro-batches: 5 attention (7.0 MiB kept)".
-  std::string recompute_note() const {
-    const LlamaConfig& c = checkpoint->config();
-    const Recompute mode = recompute_mode();
-    if (mode != Recompute::kAuto) return std::string("recompute: ") + recompute_name(mode);
-    const RecomputePlan plan =
-        make_recompute_plan(mode, c, static_cast<double>(largest_micro_batch_rows), lora.rank,
-                            sizeof(float), recompute_budget_bytes());
-    return "recompute: auto, " + fixed(plan.budget_bytes / 1048576.0, 1) + " MiB for " +
-           std::to_string(largest_micro_batch_rows) +
-           "-token micro-batches: " + describe_recompute_plan(plan.levels) + " (" +
-           fixed(plan.kept_bytes / 1048576.0, 1) + " MiB kept)";
-  }
-
-  // Before the model is read: refuse, with the arithmetic, a run the machine cannot hold.
-  void check_memory(const std::vector<Index>& lengths) const {
-    MemoryScenario s;
-    s.world_size = comm.size();
-    s.zero_stage = args.zero_stage;
-    s.prefetch_depth = args.prefetch_depth;
-    s.micro_batch = std::min<Index>(args.per_device_train_batch_size, sampler->per_rank());
-    s.seq_len = *std::max_element(lengths.begin(), lengths.end());
-    s.bf16 = args.bf16;
-    s.recompute = recompute_mode();
-    s.recompute_budget_bytes = recompute_budget_bytes();
-    s.bf16_residual = bf16_residual;
-    s.threads = rt->threads();
-    s.persistence_threshold = args.persistence_threshold;
-    s.dataset_tokens = data.report.train_tokens;
-    require_memory_fits(estimate_memory(checkpoint->config(), *layout, s), s,
-                        std::max(1, detect_launch().local_size));
-  }
-  virtual ~Impl() = default;
-
-  virtual RunOutcome run(const StopRequest& stop, RunObserver* observer) = 0;
-  virtual ojson save(RunObserver* observer) = 0;
-
-  // The settings that make this run the run it is (run_signature.hpp); `precision` is the
-  // policy's name.
-  RunSignature signature(std::string_view precision) const {
-    const LlamaConfig& c = checkpoint->config();
-    const auto number = [](double v) { return std::to_string(v); };
-    RunSignature s;
-    s.kept = {
-        {"model", std::to_string(c.num_layers) + "x" + std::to_string(c.hidden_size) + "/" +
-                      std::to_string(c.vocab_size)},
-        {"lora", std::to_string(lora.rank) + "/" + number(lora.alpha) + "/" + number(lora.dropout) +
-                     "/" + targets + (lora.use_rslora ? "/rslora" : "")},
-        {"global_batch", std::to_string(global_batch)},
-        {"seed", std::to_string(args.seed)},
-        {"data", std::to_string(data.train.size()) + " sequences, " +
-                     std::to_string(data.report.train_tokens) + " tokens"},
-        // (an fp32 residual adds nothing: checkpoints from before the option read "bf16")
-        {"precision", std::string(precision) + (bf16_residual ? ", bf16 residual" : "")},
-        {"schedule", args.lr_scheduler_type + (ds_scheduler ? " (DeepSpeed)" : "") + ", lr " +
-                         number(args.learning_rate) + ", warmup " +
-                         std::to_string(args.warmup_steps) + "/" + number(args.warmup_ratio)},
-        {"optimizer", "AdamW " + number(args.adam_beta1) + "/" + number(args.adam_beta2) + "/" +
-                          number(args.adam_epsilon) + ", weight decay " +
-                          number(args.weight_decay) + ", clip " + number(args.max_grad_norm)},
-        {"data_order", std::string(args.group_by_length ? "grouped by length" : "shuffled") +
-                           (args.dataloader_drop_last ? ", last batch dropped" : "")},
-        {"zero_stage", std::to_string(args.zero_stage)}};
-    s.split = {{"world_size", std::to_string(comm.size())},
-               {"micro_batch", std::to_string(args.per_device_train_batch_size)},
-               {"accumulation", std::to_string(args.gradient_accumulation_steps)},
-               {"persistence_threshold", std::to_string(args.persistence_threshold)},
-               {"recompute", args.gradient_checkpointing ? args.recompute_granularity : "none"}};
-    return s;
-  }
-
-  // Evaluations on the arguments' schedule after `done` steps (HF's eval_delay included).
-  bool evaluates_after(std::int64_t done) const {
-    const std::int64_t every = args.eval_steps > 0 ? args.eval_steps : args.logging_steps;
-    if (args.eval_strategy == "steps")
-      return done % every == 0 && args.eval_delay <= static_cast<double>(done);
-    if (args.eval_strategy == "epoch")
-      return done % per_epoch == 0 &&
-             args.eval_delay <= static_cast<double>(done) / static_cast<double>(per_epoch);
-    return false;
-  }
-
-  Communicator& comm;
-  RunSettings settings;
-  TrainingArguments& args;
-  const bool leader;
-  const bool resuming;
-  std::optional<DeepSpeedScheduler> ds_scheduler;
-  bool bf16_residual = false;
-  std::optional<Runtime> rt;
-  std::optional<Checkpoint> checkpoint;
-  TrainingData data;
-  LoraConfig lora;
-  std::string targets;  // "q_proj,v_proj,..."
-  std::optional<LoraLayout> layout;
-  std::optional<DistributedSampler> sampler;
-  Index per_epoch = 1;
-  Index global_batch = 1;
-  Index largest_micro_batch_rows = 0;  // tokens of the largest micro-batch a rank runs
-  std::int64_t total_steps = 1;
-  std::int64_t first_step = 0;
-  LrSchedule schedule;
-  EvalSet eval;
-};
 
 namespace {
 
