@@ -44,6 +44,7 @@ int main(int argc, char** argv) {
   int steps = 3, threads = 0;
   std::string device = "cpu", shape = "7b";
   Recompute recompute = Recompute::kFull;
+  double budget_mib = -1;  // auto's budget; negative: the default (zerolora train's)
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     auto value = [&] {
@@ -73,11 +74,13 @@ int main(int argc, char** argv) {
       recompute = Recompute::kSelective;
     else if (arg == "--recompute")
       recompute = parse_recompute(value(), "--recompute");
+    else if (arg == "--recompute_budget_mib")
+      budget_mib = std::stod(value());
     else {
       std::fprintf(stderr,
                    "usage: %s [--seq 512,2048] [--layers 2] [--batch 1] [--steps 3] [--threads N] "
                    "[--device cpu|cuda] [--shape 7b|70b] [--no-recompute | --selective | "
-                   "--recompute full|attention|selective|none|auto]\n",
+                   "--recompute full|attention|selective|none|auto [--recompute_budget_mib M]]\n",
                    argv[0]);
       return 2;
     }
@@ -112,6 +115,7 @@ int main(int argc, char** argv) {
   AdamW<float> optimizer(layout.size(), AdamWConfig{});
   ComputeOptions options;
   options.recompute = recompute;
+  options.recompute_budget_bytes = recompute_budget_from_mib(budget_mib);
   options.bf16_residual = true;  // as `zerolora train --bf16` (its default)
   LlamaModel<Bf16Policy> model(rt, weights, &layout, options);
   print_kv("model", "llama2-" + shape + "-shape layers=" + std::to_string(layers) +

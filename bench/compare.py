@@ -8,7 +8,8 @@ Runs, one after another (never two at once, so each has the machine to itself):
   job (a)  Llama-2-7B-shaped 2-layer stack, micro-batch 1 x seq, seq 512 and 2048:
            bench_train_step (2 threads; full, selective, no and auto recompute; also measures the oneDNN
            bf16 GEMM peak used for every MFU figure) against torch_lora_step.py (2 threads, bf16
-           autocast and fp32, non-reentrant gradient checkpointing);
+           autocast and fp32, non-reentrant gradient checkpointing); then auto again with PyTorch's
+           memory: a budget of PyTorch's peak RSS minus zerolora's full-recompute peak RSS;
   ZeRO-3   the same stack at seq 512 over W = 2 ranks x 1 thread: `mpirun -np 2 bench_zero`
            against fsdp_lora_step.py (FSDP2 full shard, gloo);
   job (b)  stories260K-hf on alpaca_en_demo.json, 4 x up to 256 tokens: bench_small_model
@@ -89,6 +90,16 @@ def main():
                     f"torch_a_seq{seq}_{precision}",
                     py + [f"{HERE}/py/torch_lora_step.py", "--job", "a", "--seq", str(seq), "--precision", precision,
                           "--threads", "2", "--steps", "3", "--prefix", "torch"], log)
+        # Memory-matched: auto given what PyTorch's checkpointed run holds beyond zerolora's
+        # full-recompute run, measured just above (peak RSS), so that zerolora's whole process
+        # holds no more than PyTorch's. One run per seq (the budget differs).
+        matched = {}
+        for seq in seqs:
+            budget = num(torch_a[(seq, "bf16")], "torch_peak_rss_mib") - num(full, f"seq{seq}_peak_rss_mib")
+            matched[seq], _ = run(f"zl_a_auto_matched_seq{seq}",
+                                  [f"{bench}/bench_train_step", "--seq", str(seq), "--threads", "2",
+                                   "--recompute", "auto", "--recompute_budget_mib", f"{max(budget, 0):.0f}"], log)
+            matched[seq]["budget_mib"] = max(budget, 0)
         for seq in seqs:
             k = f"seq{seq}_"
             flops = num(full, k + "model_flops_per_token")
@@ -104,6 +115,13 @@ def main():
                              f"{num(res, k + 'tokens_per_s'):.1f}", torch_cell + " (checkpointed)",
                              num(res, k + "tokens_per_s") / t_bf16,
                              f">= {target}x" if mode in ("full", "auto") else ""))
+            m = matched[seq]
+            t_torch_rss = num(torch_a[(seq, "bf16")], "torch_peak_rss_mib")
+            rows.append((f"(a) seq {seq}, auto with PyTorch's memory (budget {m['budget_mib']:.0f} MiB, plan "
+                         f"{m.get(k + 'recompute_plan', '?')}): tokens/s; peak RSS MiB",
+                         f"{num(m, k + 'tokens_per_s'):.1f}; {num(m, k + 'peak_rss_mib'):.0f}",
+                         f"{t_bf16:.1f}; {t_torch_rss:.0f}", num(m, k + "tokens_per_s") / t_bf16,
+                         f">= {target}x at <= PyTorch's memory"))
             names = " / ".join(mode for mode, _ in modes)
             rows.append((f"(a) seq {seq}: MFU {names} (peak {peak:.0f} GFLOP/s)",
                          " / ".join(f"{num(r, k + 'tokens_per_s') * flops / 1e9 / peak:.2f}" for _, r in modes),

@@ -325,6 +325,29 @@ TEST(Attention, DirectKernelPassesNaNThrough) {
   EXPECT_TRUE(std::isnan(out[16 * c.shape.heads * c.shape.head_dim]));
 }
 
+// The tiled kernel packs each segment's heads apart and pads them with zeros, so a tile that
+// runs past its segment's end (tiles are whole multiples of 16 rows and keys) never reads the
+// next segment: a NaN and an Inf there leave the other segments' outputs and gradients bit for
+// bit as they were, forward and backward, and the poisoned segment's own outputs go non-finite.
+TEST(Attention, TiledKernelKeepsSegmentsApartPastTheirEnds) {
+  const AttentionCase c;  // segments of 13, 1 and 20 rows
+  const auto qkv = random_values<double>(c.M * c.shape.qkv_stride(), 26);
+  const auto d_out = random_values<double>(c.M * c.shape.heads * c.shape.head_dim, 27);
+  auto poisoned = qkv;
+  const Index ld = c.shape.qkv_stride(), H = c.shape.heads, hd = c.shape.head_dim;
+  poisoned[20 * ld + H * hd] = std::nan("");  // a key
+  poisoned[25 * ld + (H + c.shape.kv_heads) * hd] = std::numeric_limits<double>::infinity();
+  using Kernel = AttentionOptions::Kernel;
+  const auto [out, grad] =
+      attention_forward_backward<float>(qkv, d_out, c.segments, c.M, c.shape, 2, Kernel::kTiled);
+  const auto [bad_out, bad_grad] = attention_forward_backward<float>(
+      poisoned, d_out, c.segments, c.M, c.shape, 2, Kernel::kTiled);
+  const Index clean_rows = c.segments[2].begin;  // rows of segments 0 and 1
+  EXPECT_TRUE(std::equal(out.begin(), out.begin() + clean_rows * H * hd, bad_out.begin()));
+  EXPECT_TRUE(std::equal(grad.begin(), grad.begin() + clean_rows * ld, bad_grad.begin()));
+  EXPECT_FALSE(std::isfinite(bad_out[(c.M - 1) * H * hd]));
+}
+
 // --attn_softmax_bf16 in the SIMD kernel: scores and probabilities rounded as in the tiled
 // kernel, forward and backward (the same values up to a rare bf16 tie broken by fp32 sums in
 // another order).

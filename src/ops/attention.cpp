@@ -27,18 +27,61 @@ using namespace attention_detail;  // shared helpers and the small-head kernels
 
 namespace {
 
-// Operands for the matmuls: the activations themselves when types agree, else a copy in Mm
-// placed at `offset_bytes` of the workspace.
-template <class Mm, class T>
-const Mm* as_operand(Runtime& rt, const T* src, Index n, Buffer<std::byte>& storage,
-                     std::size_t offset_bytes) {
-  if constexpr (std::is_same_v<Mm, T>) {
-    return src;
-  } else {
-    Mm* dst = reinterpret_cast<Mm*>(storage.data() + offset_bytes);
-    convert(rt, dst, src, n);
-    return dst;
+// The tile GEMMs' operands, head-major in the matmul type and segment by segment: head p of
+// segment s is [span(s), hd] dense, its rows past the segment's length zero. Dense operands are
+// what oneDNN's AMX kernels take: given the activations' strided rows, oneDNN 2.6 runs the same
+// GEMMs on gemm:jit at half the speed or less (BENCHMARKS.md). The padding lets a tile's rows
+// and keys run to a multiple of kTileStep without reading another segment, so tile shapes (and
+// oneDNN's primitives) repeat whatever the segment lengths.
+constexpr Index kTileStep = 16;
+
+inline Index round_up(Index n, Index step) {
+  return (n + step - 1) / step * step;
+}
+
+struct HeadLayout {
+  std::vector<Index> begin;  // each segment's first packed row
+  Index rows = 0;            // packed rows per head
+  Index hd = 0;
+
+  HeadLayout(const std::vector<Segment>& segments, Index head_dim) : hd(head_dim) {
+    for (const auto& seg : segments) {
+      begin.push_back(rows);
+      rows += round_up(seg.length, kTileStep);
+    }
   }
+  std::size_t elements(Index heads) const { return static_cast<std::size_t>(heads * rows * hd); }
+  // Rows [row, row + count) of head p in segment s.
+  template <class Mm>
+  Mat<const Mm> at(const Mm* packed, Index p, Index s, Index row, Index count) const {
+    return Mat<const Mm>::dense(packed + (p * rows + begin[s] + row) * hd, count, hd);
+  }
+};
+
+// heads = `src`'s `count` heads (rows `row_stride` apart, head p at column p * hd) packed as
+// `layout` says.
+template <class Mm, class T>
+void pack_heads(Runtime& rt, Mm* heads, const T* src, Index row_stride, Index count,
+                const std::vector<Segment>& segments, const HeadLayout& layout) {
+  const Index hd = layout.hd;
+#pragma omp parallel for num_threads(rt.threads()) collapse(2) schedule(static)
+  for (Index p = 0; p < count; ++p)
+    for (Index s = 0; s < static_cast<Index>(segments.size()); ++s) {
+      const Segment& seg = segments[s];
+      Mm* dst = heads + (p * layout.rows + layout.begin[s]) * hd;
+      for (Index i = 0; i < seg.length; ++i) {
+        const T* row = src + (seg.begin + i) * row_stride + p * hd;
+        for (Index d = 0; d < hd; ++d) dst[i * hd + d] = convert_to<Mm>(row[d]);
+      }
+      std::fill(dst + seg.length * hd, dst + round_up(seg.length, kTileStep) * hd,
+                convert_to<Mm>(0.0f));
+    }
+}
+
+// The rows a tile from q0 computes: a block, or the segment's packed rows left (its rest rounded
+// up to kTileStep). Its keys [0, q0 + rows) never leave the segment's packed rows.
+inline Index tile_rows(const Segment& seg, Index q0, Index block) {
+  return std::min(block, round_up(seg.length, kTileStep) - q0);
 }
 
 // kDirect may be forced up to head dim 128 (its per-row buffers' size), for tests and benches.
@@ -63,13 +106,15 @@ ZL_CPU_CLONES void attention_forward(Runtime& rt, T* out, T* lse, const T* qkv,
   ZL_CHECK(H % KV == 0 && block > 0);
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
 
-  if constexpr (!std::is_same_v<Mm, T>)
-    workspace.operands.ensure(static_cast<std::size_t>(M * ld) * sizeof(Mm));
-  const Mm* qkv_mm = as_operand<Mm>(rt, qkv, M * ld, workspace.operands, 0);
+  const HeadLayout layout(segments, hd);
+  workspace.operands.ensure(layout.elements(H + 2 * KV) * sizeof(Mm));
+  Mm* heads = reinterpret_cast<Mm*>(workspace.operands.data());
+  pack_heads(rt, heads, qkv, ld, H + 2 * KV, segments, layout);
 
-  const Index longest = max_length(segments);
-  const std::size_t tile_bytes =
-      aligned_bytes(block * longest * sizeof(T)) + aligned_bytes(block * longest * sizeof(Mm));
+  const Index longest = round_up(max_length(segments), kTileStep);
+  const std::size_t tile_bytes = aligned_bytes(block * longest * sizeof(T)) +
+                                 aligned_bytes(block * longest * sizeof(Mm)) +
+                                 aligned_bytes(block * hd * sizeof(T));
   ensure_tiles(workspace, rt.threads(), tile_bytes);
 
   std::vector<QueryBlock> tasks;
@@ -82,21 +127,23 @@ ZL_CPU_CLONES void attention_forward(Runtime& rt, T* out, T* lse, const T* qkv,
     const auto [s, h, q0] = tasks[t];
     const Segment& seg = segments[s];
     const Index g = h / group;
-    const Index bq = std::min(block, seg.length - q0);
-    const Index kend = q0 + bq;  // causal: the tile's last row sees keys [0, kend)
+    const Index bq = std::min(block, seg.length - q0);  // the tile's real rows
+    const Index tq = tile_rows(seg, q0, block);         // the rows it computes
+    const Index kend = q0 + tq;  // keys it computes; row r sees [first, q0 + r]
 
     std::byte* cursor = workspace.tiles[omp_get_thread_num()].data();
-    T* scores = carve<T>(cursor, bq * kend);  // [bq, kend]
-    Mm* probs = nullptr;                      // [bq, kend]
+    T* scores = carve<T>(cursor, tq * kend);  // [tq, kend]
+    Mm* probs = nullptr;                      // [tq, kend]
     if constexpr (std::is_same_v<Mm, T>)
       probs = scores;
     else
-      probs = carve<Mm>(cursor, bq * kend);
+      probs = carve<Mm>(cursor, tq * kend);
+    T* out_tile = carve<T>(cursor, tq * hd);  // [tq, hd]
 
-    const Mat<const Mm> q{qkv_mm + (seg.begin + q0) * ld + h * hd, bq, hd, ld, 1};
-    const Mat<const Mm> k{qkv_mm + seg.begin * ld + (H + g) * hd, kend, hd, ld, 1};
-    const Mat<const Mm> v{qkv_mm + seg.begin * ld + (H + KV + g) * hd, kend, hd, ld, 1};
-    matmul<Mm, T>(rt, q, k.t(), Mat<T>::dense(scores, bq, kend), scale);
+    const Mat<const Mm> k = layout.at(heads, H + g, s, 0, kend);
+    const Mat<const Mm> v = layout.at(heads, H + KV + g, s, 0, kend);
+    matmul<Mm, T>(rt, layout.at(heads, h, s, q0, tq), k.t(), Mat<T>::dense(scores, tq, kend),
+                  scale);
 
     for (Index r = 0; r < bq; ++r) {
       const Index first = shape.first_key(q0 + r), limit = q0 + r + 1;
@@ -121,8 +168,11 @@ ZL_CPU_CLONES void attention_forward(Runtime& rt, T* out, T* lse, const T* qkv,
       for (Index j = limit; j < kend; ++j) prow[j] = convert_to<Mm>(0.0f);
       lse[h * M + seg.begin + q0 + r] = row_max + std::log(sum);
     }
-    Mat<T> o{out + (seg.begin + q0) * H * hd + h * hd, bq, hd, H * hd, 1};
-    matmul<Mm, T>(rt, Mat<const Mm>::dense(probs, bq, kend), v, o);
+    // Rows past the segment's end: zero, so their (discarded) outputs are finite.
+    std::fill(probs + bq * kend, probs + tq * kend, convert_to<Mm>(0.0f));
+    matmul<Mm, T>(rt, Mat<const Mm>::dense(probs, tq, kend), v, Mat<T>::dense(out_tile, tq, hd));
+    for (Index r = 0; r < bq; ++r)
+      std::copy_n(out_tile + r * hd, hd, out + (seg.begin + q0 + r) * H * hd + h * hd);
   }
 }
 
@@ -141,33 +191,33 @@ ZL_CPU_CLONES void attention_backward(Runtime& rt, T* diff_qkv, const T* diff_ou
   ZL_CHECK(H % KV == 0 && block > 0);
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
 
-  const std::size_t qkv_bytes = aligned_bytes(static_cast<std::size_t>(M * ld) * sizeof(Mm));
-  if constexpr (!std::is_same_v<Mm, T>)
-    workspace.operands.ensure(qkv_bytes + static_cast<std::size_t>(M * H * hd) * sizeof(Mm));
-  const Mm* qkv_mm = as_operand<Mm>(rt, qkv, M * ld, workspace.operands, 0);
-  const Mm* dout_mm = as_operand<Mm>(rt, diff_out, M * H * hd, workspace.operands, qkv_bytes);
+  const HeadLayout layout(segments, hd);
+  const std::size_t qkv_bytes = aligned_bytes(layout.elements(H + 2 * KV) * sizeof(Mm));
+  workspace.operands.ensure(qkv_bytes + layout.elements(H) * sizeof(Mm));
+  Mm* heads = reinterpret_cast<Mm*>(workspace.operands.data());
+  Mm* dout_heads = reinterpret_cast<Mm*>(workspace.operands.data() + qkv_bytes);
+  pack_heads(rt, heads, qkv, ld, H + 2 * KV, segments, layout);
+  pack_heads(rt, dout_heads, diff_out, H * hd, H, segments, layout);
 
-  const Index longest = max_length(segments);
-  const std::size_t tile_bytes = 2 * aligned_bytes(block * longest * sizeof(T)) +
-                                 2 * aligned_bytes(block * longest * sizeof(Mm)) +
-                                 aligned_bytes(block * sizeof(T));
+  const Index longest = round_up(max_length(segments), kTileStep);
+  const std::size_t tile_bytes =
+      2 * aligned_bytes(block * longest * sizeof(T)) +
+      2 * aligned_bytes(block * longest * sizeof(Mm)) + aligned_bytes(block * sizeof(T)) +
+      aligned_bytes(block * hd * sizeof(T)) + 2 * aligned_bytes(longest * hd * sizeof(T));
   ensure_tiles(workspace, rt.threads(), tile_bytes);
 
-  // One task per (segment, key/value head): it owns that head's dK and dV rows.
+  // One task per (segment, key/value head): it owns that head's dK and dV rows, summed over
+  // the head's query group in dense tiles and written out at the end.
   std::vector<QueryBlock> tasks;
   for (Index s = 0; s < static_cast<Index>(segments.size()); ++s)
     for (Index g = 0; g < KV; ++g) tasks.push_back({s, g, 0});
 
 #pragma omp parallel for num_threads(rt.threads()) schedule(dynamic, 1)
   for (Index t = 0; t < static_cast<Index>(tasks.size()); ++t) {
-    const Segment& seg = segments[tasks[t].segment];
+    const Index s = tasks[t].segment;
+    const Segment& seg = segments[s];
     const Index g = tasks[t].head;
-    T* dk_all = diff_qkv + seg.begin * ld + (H + g) * hd;
-    T* dv_all = diff_qkv + seg.begin * ld + (H + KV + g) * hd;
-    for (Index i = 0; i < seg.length; ++i) {
-      std::fill_n(dk_all + i * ld, hd, T{0});
-      std::fill_n(dv_all + i * ld, hd, T{0});
-    }
+    const Index keys = round_up(seg.length, kTileStep);
     std::byte* cursor = workspace.tiles[omp_get_thread_num()].data();
     T* probs = carve<T>(cursor, block * longest);
     T* dprobs = carve<T>(cursor, block * longest);
@@ -181,16 +231,22 @@ ZL_CPU_CLONES void attention_backward(Runtime& rt, T* diff_qkv, const T* diff_ou
       dscores_mm = carve<Mm>(cursor, block * longest);
     }
     T* delta = carve<T>(cursor, block);
+    T* dq_tile = carve<T>(cursor, block * hd);   // [block, hd]
+    T* dk_sum = carve<T>(cursor, longest * hd);  // [keys, hd]
+    T* dv_sum = carve<T>(cursor, longest * hd);
+    std::fill_n(dk_sum, keys * hd, T{0});
+    std::fill_n(dv_sum, keys * hd, T{0});
 
     for (Index h = g * group; h < (g + 1) * group; ++h) {
       for (Index q0 = 0; q0 < seg.length; q0 += block) {
-        const Index bq = std::min(block, seg.length - q0);
-        const Index kend = q0 + bq;
+        const Index bq = std::min(block, seg.length - q0);  // the tile's real rows
+        const Index tq = tile_rows(seg, q0, block);         // the rows it computes
+        const Index kend = q0 + tq;
         const Index row0 = seg.begin + q0;
-        const Mat<const Mm> q{qkv_mm + row0 * ld + h * hd, bq, hd, ld, 1};
-        const Mat<const Mm> k{qkv_mm + seg.begin * ld + (H + g) * hd, kend, hd, ld, 1};
-        const Mat<const Mm> v{qkv_mm + seg.begin * ld + (H + KV + g) * hd, kend, hd, ld, 1};
-        const Mat<const Mm> dout{dout_mm + row0 * H * hd + h * hd, bq, hd, H * hd, 1};
+        const Mat<const Mm> q = layout.at(heads, h, s, q0, tq);
+        const Mat<const Mm> k = layout.at(heads, H + g, s, 0, kend);
+        const Mat<const Mm> v = layout.at(heads, H + KV + g, s, 0, kend);
+        const Mat<const Mm> dout = layout.at(dout_heads, h, s, q0, tq);
 
         // delta_r = dO_r . O_r = sum_j P_rj dP_rj
         for (Index r = 0; r < bq; ++r) {
@@ -200,8 +256,8 @@ ZL_CPU_CLONES void attention_backward(Runtime& rt, T* diff_qkv, const T* diff_ou
           for (Index d = 0; d < hd; ++d) dot += o_row[d] * do_row[d];
           delta[r] = dot;
         }
-        // P = exp(scale * Q K^T - lse), zero above the diagonal
-        matmul<Mm, T>(rt, q, k.t(), Mat<T>::dense(probs, bq, kend), scale);
+        // P = exp(scale * Q K^T - lse), zero above the diagonal and on rows past the segment
+        matmul<Mm, T>(rt, q, k.t(), Mat<T>::dense(probs, tq, kend), scale);
         for (Index r = 0; r < bq; ++r) {
           const Index first = shape.first_key(q0 + r), limit = q0 + r + 1;
           const T row_lse = lse[h * M + row0 + r];
@@ -214,12 +270,13 @@ ZL_CPU_CLONES void attention_backward(Runtime& rt, T* diff_qkv, const T* diff_ou
           }
           for (Index j = limit; j < kend; ++j) prow[j] = T{0};
         }
-        if constexpr (!std::is_same_v<Mm, T>) convert(rt, probs_mm, probs, bq * kend);
-        const Mat<const Mm> p_mm = Mat<const Mm>::dense(probs_mm, bq, kend);
+        std::fill(probs + bq * kend, probs + tq * kend, T{0});
+        if constexpr (!std::is_same_v<Mm, T>) convert(rt, probs_mm, probs, tq * kend);
+        const Mat<const Mm> p_mm = Mat<const Mm>::dense(probs_mm, tq, kend);
         // dV += P^T dO
-        matmul<Mm, T>(rt, p_mm.t(), dout, Mat<T>{dv_all, kend, hd, ld, 1}, 1.0f, true);
-        // dP = dO V^T;  dS = P * (dP - delta)
-        matmul<Mm, T>(rt, dout, v.t(), Mat<T>::dense(dprobs, bq, kend));
+        matmul<Mm, T>(rt, p_mm.t(), dout, Mat<T>::dense(dv_sum, kend, hd), 1.0f, true);
+        // dP = dO V^T;  dS = P * (dP - delta), zero on rows past the segment
+        matmul<Mm, T>(rt, dout, v.t(), Mat<T>::dense(dprobs, tq, kend));
         for (Index r = 0; r < bq; ++r) {
           const T* prow = probs + r * kend;
           const T* dprow = dprobs + r * kend;
@@ -227,11 +284,18 @@ ZL_CPU_CLONES void attention_backward(Runtime& rt, T* diff_qkv, const T* diff_ou
           for (Index j = 0; j < kend; ++j)
             dsrow[j] = convert_to<Mm>(prow[j] * (dprow[j] - delta[r]));
         }
-        const Mat<const Mm> ds = Mat<const Mm>::dense(dscores_mm, bq, kend);
+        std::fill(dscores_mm + bq * kend, dscores_mm + tq * kend, convert_to<Mm>(0.0f));
+        const Mat<const Mm> ds = Mat<const Mm>::dense(dscores_mm, tq, kend);
         // dQ = scale * dS K;  dK += scale * dS^T Q
-        matmul<Mm, T>(rt, ds, k, Mat<T>{diff_qkv + row0 * ld + h * hd, bq, hd, ld, 1}, scale);
-        matmul<Mm, T>(rt, ds.t(), q, Mat<T>{dk_all, kend, hd, ld, 1}, scale, true);
+        matmul<Mm, T>(rt, ds, k, Mat<T>::dense(dq_tile, tq, hd), scale);
+        for (Index r = 0; r < bq; ++r)
+          std::copy_n(dq_tile + r * hd, hd, diff_qkv + (row0 + r) * ld + h * hd);
+        matmul<Mm, T>(rt, ds.t(), q, Mat<T>::dense(dk_sum, kend, hd), scale, true);
       }
+    }
+    for (Index i = 0; i < seg.length; ++i) {
+      std::copy_n(dk_sum + i * hd, hd, diff_qkv + (seg.begin + i) * ld + (H + g) * hd);
+      std::copy_n(dv_sum + i * hd, hd, diff_qkv + (seg.begin + i) * ld + (H + KV + g) * hd);
     }
   }
 }

@@ -80,6 +80,11 @@ constexpr dnnl::memory::data_type dnnl_type() {
 
 // Products of at least this many multiply-adds keep a smaller rest (bulk_rows).
 constexpr double kLargeProducts = 1 << 30;
+// From this many (2^34: 24 ms or more at the AMX peak of 1.4 TFLOP/s, 0.5-1 ms to create), all
+// rows run on one exact primitive: a rest would stream the whole weight a second time on the
+// slower kernel (a Llama-2 lm_head's 3 rest rows of 511: 25 ms forward + 35 ms backward, 4% of
+// job (a)'s step), and creating a primitive for every new row count costs under 4%.
+constexpr double kHugeProducts = 17179869184.0;
 
 // The row count given at execution instead of at creation (MatmulKey::m of such primitives).
 constexpr std::int64_t kRowsAtExecution = -1;
@@ -113,9 +118,9 @@ detail::CachedMatmul create_matmul(Runtime& rt, const detail::MatmulKey& key) {
 // The leading rows of an [M, ...] product that run on an exact primitive: a multiple of a power
 // of two between M / 16 and M / 8 (M / 128 and M / 64 for products of 2^30 multiply-adds or
 // more, where creating a primitive costs little against running it and the slower rest should
-// be small); all of M below 64.
+// be small); all of M below 64 or from kHugeProducts.
 Index bulk_rows(Index M, double products) {
-  if (M < 64) return M;
+  if (M < 64 || products >= kHugeProducts) return M;
   const Index parts = products >= kLargeProducts ? 64 : 8;
   Index granule = 1;
   while (granule * 2 * parts <= M) granule *= 2;
