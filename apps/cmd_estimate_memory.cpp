@@ -131,7 +131,7 @@ void add_estimate_flags(CLI::App* cmd, EstimateOptions* o) {
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "full", "attention", "selective"}));
   cmd->add_option("--recompute_budget_mib", o->recompute_budget_mib,
-                  "auto's budget (as `zerolora train`; -1: one micro-batch's fp32 logits)")
+                  "auto's budget (as `zerolora train`; -1: 8 bytes per logit of a micro-batch)")
       ->capture_default_str()
       ->check(finite_in(-1.0, 1e12));
   cmd->add_option("--prefetch_depth", o->scenario.prefetch_depth, "ZeRO-3 units gathered ahead")

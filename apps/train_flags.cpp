@@ -129,9 +129,9 @@ void add_train_flags(CLI::App& cmd, TrainFlags& f) {
          "--recompute_budget_mib", a.recompute_budget_mib,
          "With --recompute_granularity auto: MiB of activations kept beyond full "
          "recompute's, spent on every layer's attention output first, then whole "
-         "attention blocks, then MLP outputs; default (any negative): one micro-batch's logits in "
-         "fp32 (tokens x vocab x 4 bytes), which Transformers' checkpointed training "
-         "holds and zerolora's chunked loss never does")
+         "attention blocks, then MLP outputs; default (any negative): 8 bytes per logit of a "
+         "micro-batch (tokens x vocab x 8), less than the 10-12 that Transformers' loss "
+         "holds at its peak and zerolora's chunked loss never does")
       ->capture_default_str()
       ->check(finite_in(-1.0, 1e12));
   cmd.add_option("--residual_dtype", a.residual_dtype,

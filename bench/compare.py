@@ -109,7 +109,7 @@ def main():
                                                  if (seq, "fp32") in torch_a else "")
             # PyTorch checkpoints whole layers: `full` is the matched comparison; `selective` keeps
             # the attention block (recomputes the MLP); `none` keeps everything; `auto` (zerolora
-            # train's default) keeps per layer what fits one micro-batch's fp32 logits.
+            # train's default) keeps per layer what fits 8 bytes per logit of the micro-batch.
             for mode, res in modes:
                 rows.append((f"(a) 7B-shape 2 layers, seq {seq}, recompute {mode}: tokens/s",
                              f"{num(res, k + 'tokens_per_s'):.1f}", torch_cell + " (checkpointed)",

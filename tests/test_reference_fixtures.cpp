@@ -448,12 +448,12 @@ TEST(RecomputePlan, SpendsTheBudgetInOrderAndNeverRecomputesMoreWithMore) {
     EXPECT_LE(kept, budget);
     before = levels;
   }
-  EXPECT_EQ(default_recompute_budget_bytes(c, rows), rows * 1000 * 4);
+  EXPECT_EQ(default_recompute_budget_bytes(c, rows), rows * 1000 * 8);
   // The resolved plan the model, the estimate and the log share: a negative budget is the
   // default, a fixed mode is every layer's level, kept bytes are the levels' sum.
   const RecomputePlan by_default = make_recompute_plan(Recompute::kAuto, c, rows, rank, 4, -1);
-  EXPECT_EQ(by_default.budget_bytes, rows * 1000 * 4);
-  EXPECT_EQ(by_default.levels, plan_recompute(c, rows, rank, 4, rows * 1000 * 4));
+  EXPECT_EQ(by_default.budget_bytes, rows * 1000 * 8);
+  EXPECT_EQ(by_default.levels, plan_recompute(c, rows, rank, 4, rows * 1000 * 8));
   const RecomputePlan explicit_budget =
       make_recompute_plan(Recompute::kAuto, c, rows, rank, 2, 3 * attention / 2 + selective / 2);
   EXPECT_EQ(describe_recompute_plan(explicit_budget.levels), "1 selective + 3 attention");

@@ -60,7 +60,7 @@ double kept_elements(Recompute level, const LlamaConfig& c, double rows, int lor
 }
 
 double default_recompute_budget_bytes(const LlamaConfig& c, double rows) {
-  return rows * static_cast<double>(c.vocab_size) * 4.0;
+  return rows * static_cast<double>(c.vocab_size) * 8.0;
 }
 
 std::vector<Recompute> plan_recompute(const LlamaConfig& c, double rows, int lora_rank,

@@ -31,11 +31,13 @@ Recompute parse_recompute(const std::string& name, const std::string& flag);
 // layer_forward allocates; kFull keeps nothing of its own: its working set is shared).
 double kept_elements(Recompute level, const LlamaConfig& config, double rows, int lora_rank);
 
-// kAuto's default budget: the micro-batch's logits in fp32 (rows x vocab x 4 bytes). A framework
-// that materialises the logits for its loss, as Transformers does (in fp32, with the log-softmax
-// kept for backward), holds at least this much on top of its checkpoints; zerolora's chunked
-// lm_head + loss never does, so spending it on kept activations stays within what PyTorch's
-// checkpointed training of the same job holds.
+// kAuto's default budget: 8 bytes per logit of the micro-batch (rows x vocab x 8). Transformers'
+// loss materialises the logits: bf16 from the lm_head, an fp32 copy, the fp32 log-softmax kept
+// for backward, then its gradient and its input's; measured (bench/py/hf_loss_memory.py), its
+// peak RSS grows by 10 bytes per logit in the forward and 12 through the backward, on top of
+// PyTorch's checkpoints. zerolora's chunked lm_head + loss never holds them, so spending 8 bytes
+// per logit (a third kept back for zerolora's own loss chunk and allocator slack) on kept
+// activations stays within what PyTorch's checkpointed training of the same job holds.
 double default_recompute_budget_bytes(const LlamaConfig& config, double rows);
 
 // Each layer's level under `budget_bytes` of kept activations (element_bytes per element):
