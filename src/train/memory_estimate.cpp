@@ -173,10 +173,9 @@ MemoryEstimate estimate_memory(const LlamaConfig& c, const LoraLayout& lora,
   // ops/attention.cpp (head dims above 64): qkv and dO packed head by head in the matmul type
   // (each sequence padded to 16 rows), per-thread score tiles, dK/dV sums and a dQ tile.
   const double hd = static_cast<double>(c.head_dim), mm = s.bf16 ? 2.0 : 4.0;
-  const double attention =
-      mm * (M + 16.0 * static_cast<double>(s.micro_batch)) * (W3 + Qd) +
-      s.threads * (2 * block * S * 4 + (s.bf16 ? 2 * block * S * 2 : 0.0) + block * 4 +
-                   block * hd * 4 + 2 * S * hd * 4);
+  const double attention = mm * (M + 16.0 * static_cast<double>(s.micro_batch)) * (W3 + Qd) +
+                           s.threads * (2 * block * S * 4 + (s.bf16 ? 2 * block * S * 2 : 0.0) +
+                                        block * 4 + block * hd * 4 + 2 * S * hd * 4);
   const double mlp = 4.0 * chunk * (2 * I + I + I + 2 * I);
   const double gradients =
       4.0 * (std::max(chunk, M) * D + M * Qd + M * W3 + M * D);  // dh, d_attn, d_qkv, residual
