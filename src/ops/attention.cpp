@@ -20,6 +20,9 @@
 #include "ops/attention_common.hpp"
 #include "ops/convert.hpp"
 #include "ops/matmul.hpp"
+#include "ops/simd.hpp"
+
+#pragma GCC diagnostic ignored "-Wpsabi"  // simd.hpp: vectors are never passed out of line
 
 namespace zerolora {
 
@@ -61,8 +64,8 @@ struct HeadLayout {
 // heads = `src`'s `count` heads (rows `row_stride` apart, head p at column p * hd) packed as
 // `layout` says.
 template <class Mm, class T>
-void pack_heads(Runtime& rt, Mm* heads, const T* src, Index row_stride, Index count,
-                const std::vector<Segment>& segments, const HeadLayout& layout) {
+ZL_CPU_CLONES void pack_heads(Runtime& rt, Mm* heads, const T* src, Index row_stride, Index count,
+                              const std::vector<Segment>& segments, const HeadLayout& layout) {
   const Index hd = layout.hd;
 #pragma omp parallel for num_threads(rt.threads()) collapse(2) schedule(static)
   for (Index p = 0; p < count; ++p)
@@ -82,6 +85,23 @@ void pack_heads(Runtime& rt, Mm* heads, const T* src, Index row_stride, Index co
 // up to kTileStep). Its keys [0, q0 + rows) never leave the segment's packed rows.
 inline Index tile_rows(const Segment& seg, Index q0, Index block) {
   return std::min(block, round_up(seg.length, kTileStep) - q0);
+}
+
+// The largest of x[0, n): GCC leaves a float max reduction scalar even under omp simd (NaN and
+// signed-zero rules), a 4-cycle dependency per key that was 70% of the forward's own time at
+// seq 2048. Vectors of float or double (simd.hpp).
+template <class T>
+ZL_INLINE T max_of(const T* x, Index n) {
+  constexpr Index N = simd::kLanes<T>;
+  T best = -std::numeric_limits<T>::infinity();
+  Index j = 0;
+  if (n >= N) {
+    simd::Vec<T> m = simd::load(x);
+    for (j = N; j + N <= n; j += N) m = simd::max(m, simd::load(x + j));
+    best = simd::horizontal_max(m);
+  }
+  for (; j < n; ++j) best = std::max(best, x[j]);
+  return best;
 }
 
 // kDirect may be forced up to head dim 128 (its per-row buffers' size), for tests and benches.
@@ -150,8 +170,7 @@ ZL_CPU_CLONES void attention_forward(Runtime& rt, T* out, T* lse, const T* qkv,
       T* srow = scores + r * kend;
       if (options.softmax_bf16)
         for (Index j = first; j < limit; ++j) srow[j] = round_to_bf16(srow[j]);
-      T row_max = -std::numeric_limits<T>::infinity();
-      for (Index j = first; j < limit; ++j) row_max = std::max(row_max, srow[j]);
+      const T row_max = max_of(srow + first, limit - first);
       T sum = 0;
 #pragma omp simd reduction(+ : sum)
       for (Index j = first; j < limit; ++j) {
@@ -161,9 +180,12 @@ ZL_CPU_CLONES void attention_forward(Runtime& rt, T* out, T* lse, const T* qkv,
       const T inv_sum = T{1} / sum;
       Mm* prow = probs + r * kend;
       for (Index j = 0; j < first; ++j) prow[j] = convert_to<Mm>(0.0f);  // outside the window
-      for (Index j = first; j < limit; ++j) {
-        const T p = srow[j] * inv_sum;
-        prow[j] = convert_to<Mm>(options.softmax_bf16 ? round_to_bf16(p) : p);
+      if (options.softmax_bf16) {
+        for (Index j = first; j < limit; ++j)
+          prow[j] = convert_to<Mm>(round_to_bf16(srow[j] * inv_sum));
+      } else {
+#pragma omp simd
+        for (Index j = first; j < limit; ++j) prow[j] = convert_to<Mm>(srow[j] * inv_sum);
       }
       for (Index j = limit; j < kend; ++j) prow[j] = convert_to<Mm>(0.0f);
       lse[h * M + seg.begin + q0 + r] = row_max + std::log(sum);
@@ -263,10 +285,12 @@ ZL_CPU_CLONES void attention_backward(Runtime& rt, T* diff_qkv, const T* diff_ou
           const T row_lse = lse[h * M + row0 + r];
           T* prow = probs + r * kend;
           for (Index j = 0; j < first; ++j) prow[j] = T{0};  // outside the window
-          for (Index j = first; j < limit; ++j) {
-            const T s = options.softmax_bf16 ? round_to_bf16(prow[j]) : prow[j];
-            const T p = fast_exp(s - row_lse);
-            prow[j] = options.softmax_bf16 ? round_to_bf16(p) : p;
+          if (options.softmax_bf16) {
+            for (Index j = first; j < limit; ++j)
+              prow[j] = round_to_bf16(fast_exp(round_to_bf16(prow[j]) - row_lse));
+          } else {  // apart, so that it vectorises
+#pragma omp simd
+            for (Index j = first; j < limit; ++j) prow[j] = fast_exp(prow[j] - row_lse);
           }
           for (Index j = limit; j < kend; ++j) prow[j] = T{0};
         }
@@ -281,6 +305,7 @@ ZL_CPU_CLONES void attention_backward(Runtime& rt, T* diff_qkv, const T* diff_ou
           const T* prow = probs + r * kend;
           const T* dprow = dprobs + r * kend;
           Mm* dsrow = dscores_mm + r * kend;
+#pragma omp simd
           for (Index j = 0; j < kend; ++j)
             dsrow[j] = convert_to<Mm>(prow[j] * (dprow[j] - delta[r]));
         }

@@ -96,7 +96,7 @@ MemoryEstimate estimate_memory(const LlamaConfig& c, const LoraLayout& lora,
   MemoryEstimate e;
   const double W = s.world_size, w_bytes = s.bf16 ? 2.0 : 4.0;
   const double D = static_cast<double>(c.hidden_size), I = static_cast<double>(c.intermediate_size);
-  const double H = static_cast<double>(c.num_heads), Qd = static_cast<double>(c.q_dim());
+  const double Qd = static_cast<double>(c.q_dim());
   const double W3 = static_cast<double>(c.q_dim() + 2 * c.kv_dim()),
                V = static_cast<double>(c.vocab_size);
   const double L = static_cast<double>(c.num_layers), r = lora.config().rank;
