@@ -1,8 +1,6 @@
 // TrainingRun::Impl's setup, common to both precisions: the settings and output directory
 // checked, the tokenizer and data, the LoRA layout, the sampler and schedule, the memory check,
 // and the run's signature (training_run_impl.hpp).
-#include "train/training_run_impl.hpp"
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
