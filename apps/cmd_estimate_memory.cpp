@@ -127,9 +127,10 @@ void add_estimate_flags(CLI::App* cmd, EstimateOptions* o) {
       ->capture_default_str()
       ->check(CLI::IsMember({"true", "false"}));
   cmd->add_option("--recompute_granularity", o->granularity,
-                  "With recompute: auto, full, attention or selective (as `zerolora train`)")
+                  "With recompute: auto, full, attention, attention_mlp or selective (as "
+                  "`zerolora train`)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"auto", "full", "attention", "selective"}));
+      ->check(CLI::IsMember({"auto", "full", "attention", "attention_mlp", "selective"}));
   cmd->add_option("--recompute_budget_mib", o->recompute_budget_mib,
                   "auto's budget (as `zerolora train`; -1: 8 bytes per logit of a micro-batch)")
       ->capture_default_str()

@@ -120,16 +120,17 @@ void add_train_flags(CLI::App& cmd, TrainFlags& f) {
   cmd.add_option("--recompute_granularity", a.recompute_granularity,
                  "With gradient checkpointing, what each layer keeps for backward: full (its "
                  "input only), attention (+ its attention output: backward skips the attention "
-                 "forward), selective (+ the whole attention block: backward recomputes only "
-                 "the MLP), or auto (per layer, the least recompute that fits "
-                 "--recompute_budget_mib)")
+                 "forward), attention_mlp (+ the MLP's gate/up outputs: backward recomputes only "
+                 "the attention block's projections), selective (attention + the whole attention "
+                 "block: backward recomputes only the MLP's gate/up), or auto (per layer, the "
+                 "least recompute that fits --recompute_budget_mib)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"auto", "full", "attention", "selective"}));
+      ->check(CLI::IsMember({"auto", "full", "attention", "attention_mlp", "selective"}));
   cmd.add_option(
          "--recompute_budget_mib", a.recompute_budget_mib,
          "With --recompute_granularity auto: MiB of activations kept beyond full "
-         "recompute's, spent on every layer's attention output first, then whole "
-         "attention blocks, then MLP outputs; default (any negative): 8 bytes per logit of a "
+         "recompute's, spent on every layer's attention output first, then MLP gate/up "
+         "outputs, then whole attention blocks; default (any negative): 8 bytes per logit of a "
          "micro-batch (tokens x vocab x 8), less than the 10-12 that Transformers' loss "
          "holds at its peak and zerolora's chunked loss never does")
       ->capture_default_str()

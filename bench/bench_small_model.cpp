@@ -117,7 +117,7 @@ int main(int argc, char** argv) {
       std::fprintf(
           stderr,
           "usage: %s [--model DIR] [--data FILE] [--steps N] [--threads N] [--fp32] [--selective] "
-          "[--recompute full|attention|selective|none|auto] [--concat]\n",
+          "[--recompute full|attention|attention_mlp|selective|none|auto] [--concat]\n",
           argv[0]);
       return 2;
     }

@@ -391,7 +391,8 @@ void expect_model_matches(double tolerance) {
     return r;
   };
   Runtime cpu(2), gpu(2, make_device("cuda"));
-  for (Recompute recompute : {Recompute::kFull, Recompute::kAttention, Recompute::kNone}) {
+  for (Recompute recompute :
+       {Recompute::kFull, Recompute::kAttention, Recompute::kAttentionMlp, Recompute::kNone}) {
     const Run a = run(cpu, recompute), b = run(gpu, recompute);
     EXPECT_NEAR(b.loss, a.loss, tolerance * std::abs(a.loss));
     EXPECT_LT(testing::max_rel_error(b.grads, a.grads), tolerance) << "LoRA gradients";

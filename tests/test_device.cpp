@@ -220,6 +220,9 @@ TEST(DeviceSeam, StagedDeviceEqualsHostFp32AttentionKept) {
 TEST(DeviceSeam, StagedDeviceEqualsHostBf16Selective) {
   expect_staged_equals_direct<Bf16Policy>(Recompute::kSelective);
 }
+TEST(DeviceSeam, StagedDeviceEqualsHostBf16AttentionMlpKept) {
+  expect_staged_equals_direct<Bf16Policy>(Recompute::kAttentionMlp);
+}
 
 }  // namespace
 }  // namespace zerolora

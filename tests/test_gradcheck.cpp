@@ -351,7 +351,8 @@ TEST_P(ModelGradCheck, LoraGradientsMatchFiniteDifferences) {
 
 INSTANTIATE_TEST_SUITE_P(Recompute, ModelGradCheck,
                          ::testing::Values(Recompute::kFull, Recompute::kAttention,
-                                           Recompute::kSelective, Recompute::kNone),
+                                           Recompute::kAttentionMlp, Recompute::kSelective,
+                                           Recompute::kNone),
                          [](const auto& info) { return std::string(recompute_name(info.param)); });
 
 }  // namespace

@@ -100,10 +100,11 @@ struct Case {
 
 std::string case_name(const ::testing::TestParamInfo<Case>& info) {
   return info.param.name + (info.param.precision == Precision::kFp32 ? "_fp32" : "_bf16") +
-         (info.param.recompute == Recompute::kFull        ? "_recompute"
-          : info.param.recompute == Recompute::kAttention ? "_attention"
-          : info.param.recompute == Recompute::kSelective ? "_selective"
-                                                          : "_stored") +
+         (info.param.recompute == Recompute::kFull           ? "_recompute"
+          : info.param.recompute == Recompute::kAttention    ? "_attention"
+          : info.param.recompute == Recompute::kAttentionMlp ? "_attention_mlp"
+          : info.param.recompute == Recompute::kSelective    ? "_selective"
+                                                             : "_stored") +
          (info.param.bf16_residual ? "_bf16_residual" : "");
 }
 
@@ -240,8 +241,8 @@ std::vector<Case> all_cases() {
   for (const char* name :
        {"gqa_tied", "odd_untied_all", "llama3_rope", "linear_rope", "qwen2_bias", "mistral_window"})
     for (Precision p : {Precision::kFp32, Precision::kBf16})
-      for (Recompute r :
-           {Recompute::kFull, Recompute::kAttention, Recompute::kSelective, Recompute::kNone}) {
+      for (Recompute r : {Recompute::kFull, Recompute::kAttention, Recompute::kAttentionMlp,
+                          Recompute::kSelective, Recompute::kNone}) {
         cases.push_back({name, p, r});
         if (p == Precision::kBf16) cases.push_back({name, p, r, true});
       }
@@ -284,16 +285,20 @@ TEST(Bf16Residual, RecomputeModesAgreeAndEvaluationSeesTheSameModel) {
   double eval_loss = 0;
   const auto full = run(Recompute::kFull, true, &eval_loss);
   EXPECT_EQ(full, run(Recompute::kAttention, true, nullptr));
+  EXPECT_EQ(full, run(Recompute::kAttentionMlp, true, nullptr));
   EXPECT_EQ(full, run(Recompute::kSelective, true, nullptr));
   EXPECT_EQ(full, run(Recompute::kNone, true, nullptr));
   // Mixed plans: every layer at a level from full to none in one model.
+  const Recompute middle = auto_middle_level(c);
   const double attention = 4 * kept_elements(Recompute::kAttention, c, rows, rank),
-               selective = 4 * kept_elements(Recompute::kSelective, c, rows, rank);
+               between = 4 * kept_elements(middle, c, rows, rank),
+               none = 4 * kept_elements(Recompute::kNone, c, rows, rank);
   const auto L = static_cast<double>(c.num_layers);
   ASSERT_GE(c.num_layers, 2);
   const std::pair<double, std::pair<Recompute, Recompute>> plans[] = {
       {attention, {Recompute::kAttention, Recompute::kFull}},
-      {L * attention + (selective - attention), {Recompute::kSelective, Recompute::kAttention}}};
+      {L * attention + (between - attention), {middle, Recompute::kAttention}},
+      {L * between + (none - between), {Recompute::kNone, middle}}};
   for (const auto& [budget, first_last] : plans) {
     std::vector<Recompute> levels;
     EXPECT_EQ(full, run(Recompute::kAuto, true, nullptr, budget, &levels));
@@ -306,7 +311,8 @@ TEST(Bf16Residual, RecomputeModesAgreeAndEvaluationSeesTheSameModel) {
 }
 
 // What each recompute mode keeps: full one layer's working set, selective every layer's
-// attention block but no MLP outputs, none everything (the [M, 2I] gate/up outputs too).
+// attention block but no MLP outputs, none everything (the [M, 2I] gate/up outputs too),
+// attention_mlp every layer's attention and gate/up outputs (and the MLP's LoRA z).
 TEST(Recompute, EachModeKeepsWhatItSays) {
   const Reference ref(testing::fixtures_dir() / "odd_untied_all");
   Runtime rt(1);
@@ -325,7 +331,8 @@ TEST(Recompute, EachModeKeepsWhatItSays) {
     return model.saved_activation_bytes();
   };
   const std::size_t full = saved(Recompute::kFull), selective = saved(Recompute::kSelective),
-                    none = saved(Recompute::kNone), attention = saved(Recompute::kAttention);
+                    none = saved(Recompute::kNone), attention = saved(Recompute::kAttention),
+                    attention_mlp = saved(Recompute::kAttentionMlp);
   const auto L = static_cast<std::size_t>(c.num_layers);
   const auto M = static_cast<std::size_t>(batch.size());
   const std::size_t gate_up = M * static_cast<std::size_t>(2 * c.intermediate_size) * sizeof(float);
@@ -336,26 +343,33 @@ TEST(Recompute, EachModeKeepsWhatItSays) {
   // Each layer keeps one attention output, the working set lending its own to the last layer
   // (buffers are swapped, never copied): L outputs in all where full recompute has one.
   EXPECT_EQ(attention, full + (L - 1) * attention_output);
+  // The same for the MLP's LoRA z (the working set has them too); gate/up outputs only the
+  // layers have, the working set's MLP running chunk by chunk in scratch of its own.
+  const int rank = layout.config().rank;
+  const std::size_t mlp_z = kMlpLoraModules.size() * M * static_cast<std::size_t>(rank) * 4;
+  EXPECT_EQ(attention_mlp, full + (L - 1) * (attention_output + mlp_z) + L * gate_up);
   EXPECT_EQ(saved(Recompute::kAuto), full);
   // kept_elements (the planner's and the memory estimate's arithmetic) says the same.
-  const int rank = layout.config().rank;
   const auto rows = static_cast<double>(M);
   EXPECT_EQ(4 * kept_elements(Recompute::kSelective, c, rows, rank), static_cast<double>(full));
   EXPECT_EQ(4 * kept_elements(Recompute::kAttention, c, rows, rank),
             static_cast<double>(attention_output));
   EXPECT_EQ(4 * kept_elements(Recompute::kNone, c, rows, rank),
             static_cast<double>(full + gate_up));
+  EXPECT_EQ(4 * kept_elements(Recompute::kAttentionMlp, c, rows, rank),
+            static_cast<double>(attention_output + gate_up + mlp_z));
 }
 
-// The attention level's point: backward recomputes the layer but not its attention forward
-// (the profiler counts the attention calls: forward, recompute, backward per layer).
-TEST(Recompute, AKeptAttentionIsNotRecomputed) {
+// What each level recomputes, counted by the profiler: the attention (forward, recompute,
+// backward per layer) and the base projections (forward q/k/v, o, gate/up, down; backward the
+// same four; the recompute's q/k/v, o and gate/up; the lm_head once each way).
+TEST(Recompute, WhatIsKeptIsNotRecomputed) {
   const Reference ref(testing::fixtures_dir() / "gqa_tied");
   Runtime rt(1);
   auto weights = load_llama_weights<float>(rt, ref.checkpoint);
   const LoraLayout layout(ref.checkpoint.config(), ref.lora_config());
   const std::vector<float> params(static_cast<std::size_t>(layout.size()), 0.01f);
-  auto attention_calls = [&](Recompute recompute) {
+  auto calls = [&](Recompute recompute) {
     ComputeOptions options;
     options.recompute = recompute;
     LlamaModel<Fp32Policy> model(rt, weights, &layout, options);
@@ -364,11 +378,16 @@ TEST(Recompute, AKeptAttentionIsNotRecomputed) {
     rt.profiler().enable(true);
     model.forward_backward(ref.batch(), params, grads, 1.0, {});
     rt.profiler().enable(false);
-    return rt.profiler().calls(ProfileCategory::kAttention);
+    return std::pair(rt.profiler().calls(ProfileCategory::kAttention),
+                     rt.profiler().calls(ProfileCategory::kMatmul));
   };
   const std::int64_t L = ref.checkpoint.config().num_layers;
-  EXPECT_EQ(attention_calls(Recompute::kFull), 3 * L);
-  EXPECT_EQ(attention_calls(Recompute::kAttention), 2 * L);
+  const auto [full_attention, full_matmuls] = calls(Recompute::kFull);
+  EXPECT_EQ(full_attention, 3 * L);
+  EXPECT_EQ(calls(Recompute::kAttention), std::pair(2 * L, full_matmuls));
+  EXPECT_EQ(calls(Recompute::kAttentionMlp), std::pair(2 * L, full_matmuls - L));
+  EXPECT_EQ(calls(Recompute::kSelective), std::pair(2 * L, full_matmuls - 2 * L));
+  EXPECT_EQ(calls(Recompute::kNone), std::pair(2 * L, full_matmuls - 3 * L));
 }
 
 // Under auto with a fixed budget the plan is made for the largest batch so far (buffers never
@@ -389,7 +408,7 @@ TEST(Recompute, PlanFollowsTheBatchAndKeepsExactGradients) {
   ASSERT_LT(first.size(), whole.size());
   const int rank = layout.config().rank;
   const double budget =
-      4 * kept_elements(Recompute::kSelective, c, static_cast<double>(first.size()), rank) *
+      4 * kept_elements(auto_middle_level(c), c, static_cast<double>(first.size()), rank) *
       static_cast<double>(c.num_layers);
   ComputeOptions auto_options;
   auto_options.recompute = Recompute::kAuto;
@@ -408,7 +427,7 @@ TEST(Recompute, PlanFollowsTheBatchAndKeepsExactGradients) {
               budget + static_cast<double>(full.saved_activation_bytes()))
         << plans.back();
   }
-  EXPECT_EQ(plans[0], std::to_string(c.num_layers) + " selective");
+  EXPECT_EQ(plans[0], std::to_string(c.num_layers) + " " + recompute_name(auto_middle_level(c)));
   EXPECT_NE(plans[1], plans[0]);
   EXPECT_EQ(plans[2], plans[1]);
   EXPECT_EQ(plans[3], plans[1]);
@@ -416,14 +435,19 @@ TEST(Recompute, PlanFollowsTheBatchAndKeepsExactGradients) {
 
 TEST(RecomputePlan, SpendsTheBudgetInOrderAndNeverRecomputesMoreWithMore) {
   LlamaConfig c;
+  // gate/up 2 D I = 20480 multiply-adds a row, twice q/k/v and o's D (q + 2 kv) + q D = 10240:
+  // auto plans by way of attention_mlp (one less intermediate and it would be selective).
   c.vocab_size = 1000, c.hidden_size = 64, c.intermediate_size = 160, c.num_layers = 4;
   c.num_heads = 8, c.num_kv_heads = 2, c.head_dim = 8;
+  ASSERT_EQ(auto_middle_level(c), Recompute::kAttentionMlp);
   const double rows = 300;
   const int rank = 4;
   const double attention = 4 * kept_elements(Recompute::kAttention, c, rows, rank);
+  const double attention_mlp = 4 * kept_elements(Recompute::kAttentionMlp, c, rows, rank);
   const double selective = 4 * kept_elements(Recompute::kSelective, c, rows, rank);
   const double none = 4 * kept_elements(Recompute::kNone, c, rows, rank);
   EXPECT_EQ(attention, 4 * rows * (c.q_dim() + c.num_heads));
+  EXPECT_EQ(attention_mlp - attention, 4 * rows * (2 * c.intermediate_size + 3 * rank));
   EXPECT_EQ(none - selective, 4 * rows * 2 * c.intermediate_size);
   auto plan = [&](double budget) {
     return describe_recompute_plan(plan_recompute(c, rows, rank, 4, budget));
@@ -432,10 +456,22 @@ TEST(RecomputePlan, SpendsTheBudgetInOrderAndNeverRecomputesMoreWithMore) {
   EXPECT_EQ(plan(attention - 1), "4 full");
   EXPECT_EQ(plan(attention), "1 attention + 3 full");
   EXPECT_EQ(plan(4 * attention), "4 attention");
-  EXPECT_EQ(plan(3 * attention + selective), "1 selective + 3 attention");
-  EXPECT_EQ(plan(4 * selective + (none - selective)), "1 none + 3 selective");
+  EXPECT_EQ(plan(3 * attention + attention_mlp), "1 attention_mlp + 3 attention");
+  EXPECT_EQ(plan(4 * attention_mlp + (none - attention_mlp)), "1 none + 3 attention_mlp");
   EXPECT_EQ(plan(4 * none), "4 none");
   EXPECT_EQ(plan(1e30), "4 none");
+  {  // a narrower MLP: by way of selective
+    LlamaConfig narrow = c;
+    narrow.intermediate_size = 159;
+    ASSERT_EQ(auto_middle_level(narrow), Recompute::kSelective);
+    const double s = 4 * kept_elements(Recompute::kSelective, narrow, rows, rank);
+    const double n = 4 * kept_elements(Recompute::kNone, narrow, rows, rank);
+    auto narrow_plan = [&](double budget) {
+      return describe_recompute_plan(plan_recompute(narrow, rows, rank, 4, budget));
+    };
+    EXPECT_EQ(narrow_plan(3 * attention + s), "1 selective + 3 attention");
+    EXPECT_EQ(narrow_plan(4 * s + (n - s)), "1 none + 3 selective");
+  }
   // Levels only grow with the budget, layer by layer.
   std::vector<Recompute> before(4, Recompute::kFull);
   for (double budget = 0; budget <= 4 * none; budget += none / 37) {
@@ -454,10 +490,10 @@ TEST(RecomputePlan, SpendsTheBudgetInOrderAndNeverRecomputesMoreWithMore) {
   const RecomputePlan by_default = make_recompute_plan(Recompute::kAuto, c, rows, rank, 4, -1);
   EXPECT_EQ(by_default.budget_bytes, rows * 1000 * 8);
   EXPECT_EQ(by_default.levels, plan_recompute(c, rows, rank, 4, rows * 1000 * 8));
-  const RecomputePlan explicit_budget =
-      make_recompute_plan(Recompute::kAuto, c, rows, rank, 2, 3 * attention / 2 + selective / 2);
-  EXPECT_EQ(describe_recompute_plan(explicit_budget.levels), "1 selective + 3 attention");
-  EXPECT_EQ(explicit_budget.kept_bytes, (3 * attention + selective) / 2);
+  const RecomputePlan explicit_budget = make_recompute_plan(Recompute::kAuto, c, rows, rank, 2,
+                                                            3 * attention / 2 + attention_mlp / 2);
+  EXPECT_EQ(describe_recompute_plan(explicit_budget.levels), "1 attention_mlp + 3 attention");
+  EXPECT_EQ(explicit_budget.kept_bytes, (3 * attention + attention_mlp) / 2);
   const RecomputePlan fixed = make_recompute_plan(Recompute::kSelective, c, rows, rank, 4, 0);
   EXPECT_EQ(fixed.levels, std::vector<Recompute>(4, Recompute::kSelective));
   EXPECT_EQ(fixed.kept_bytes, 4 * selective);
@@ -465,6 +501,7 @@ TEST(RecomputePlan, SpendsTheBudgetInOrderAndNeverRecomputesMoreWithMore) {
   EXPECT_EQ(recompute_budget_from_mib(-0.5), -1);
   EXPECT_EQ(recompute_budget_from_mib(2.5), 2.5 * 1048576);
   EXPECT_EQ(parse_recompute("attention", "--x"), Recompute::kAttention);
+  EXPECT_EQ(parse_recompute("attention_mlp", "--x"), Recompute::kAttentionMlp);
   try {
     parse_recompute("partial", "--recompute_granularity");
     ADD_FAILURE() << "no error";

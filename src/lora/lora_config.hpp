@@ -4,6 +4,7 @@
 //      N(0, 1/r) ("gaussian"); B: [out, r] zeros.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -15,6 +16,9 @@ namespace zerolora {
 // The seven Llama projections LoRA can adapt, in layer order.
 enum class LoraModule : int { kQ, kK, kV, kO, kGate, kUp, kDown };
 inline constexpr int kLoraModuleCount = 7;
+// The MLP's three, whose LoRA z a layer keeping its gate/up outputs keeps with them.
+inline constexpr std::array<LoraModule, 3> kMlpLoraModules = {LoraModule::kGate, LoraModule::kUp,
+                                                              LoraModule::kDown};
 
 std::string_view lora_module_name(LoraModule module);  // "q_proj", ...
 std::optional<LoraModule> parse_lora_module(std::string_view name);

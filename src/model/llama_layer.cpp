@@ -137,10 +137,16 @@ void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P:
   const Index M = d.M, r = ops.rank();
   const std::int32_t* positions = ctx.geometry.positions.data();
 
-  // A kept attention must already fit: growing its buffer would discard it.
+  // Kept outputs must already fit: growing their buffers would discard them.
   if (keep.attention_ready)
     ZL_CHECK(acts.attn.size() >= static_cast<std::size_t>(M * d.Qd) &&
              acts.lse.size() >= static_cast<std::size_t>(d.H * M));
+  if (keep.mlp_ready) {
+    ZL_CHECK(!out && acts.gate_up.size() >= static_cast<std::size_t>(M * 2 * d.I));
+    for (LoraModule m : kMlpLoraModules)
+      ZL_CHECK(acts.lora_z[static_cast<int>(m)].size() >=
+               static_cast<std::size_t>(M * std::max<Index>(r, 1)));
+  }
   Act* rstd1 = grow(dev, acts.rstd1, M);       // [M]
   Act* h1 = grow(dev, acts.h1, M * d.D);       // [M, D]
   Act* qkv = grow(dev, acts.qkv, M * d.W3);    // [M, Qd + 2 KVd], q and k rotated
@@ -183,7 +189,7 @@ void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P:
 
   // MLP block, by row chunks.
   const bool save_mlp = keep.mlp;
-  acts.mlp_saved = save_mlp;
+  acts.mlp_saved = save_mlp || keep.mlp_ready;
   if (!save_mlp && !out) return;
   const Index chunk = std::max<Index>(1, ctx.options.mlp_chunk_rows);
   if (save_mlp) grow(dev, acts.gate_up, M * 2 * d.I);

@@ -114,6 +114,9 @@ struct ForwardKeep {
   bool mlp = false;              // keep the [M, 2I] gate/up outputs (no recompute)
   bool attention_ready = false;  // acts.attn and acts.lse already hold this layer's attention,
                                  // kept from the first forward: the recompute skips it
+  bool mlp_ready = false;        // acts.gate_up and the MLP's LoRA z already hold its gate/up
+                                 // outputs, kept from the first forward: the recompute stops
+                                 // before the MLP (backward reads them as if kept with `mlp`)
 };
 
 // x [M, D] -> out [M, D] (out may be null: recompute for backward, down projection skipped).

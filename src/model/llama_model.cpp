@@ -3,6 +3,7 @@
 #include <cmath>
 #include <limits>
 #include <type_traits>
+#include <utility>
 
 #include "core/error.hpp"
 #include "core/precision.hpp"
@@ -10,6 +11,29 @@
 #include "model/backend.hpp"
 
 namespace zerolora {
+namespace {
+
+// Whether a layer at `level` keeps a whole LayerActivations of its own (the forward writes into
+// it) rather than sharing the working set with the layers backward recomputes.
+bool keeps_own_activations(Recompute level) {
+  return level == Recompute::kSelective || level == Recompute::kNone;
+}
+
+// What a layer sharing the working set keeps of it between its forward and its backward: the
+// attention output (kAttention), also the gate/up outputs and the MLP's LoRA z (kAttentionMlp).
+// Swapped, never copied: after the forward into the layer's own, before the recompute back.
+template <class T>
+void swap_kept(LayerActivations<T>& a, LayerActivations<T>& b, Recompute level) {
+  if (level != Recompute::kAttention && level != Recompute::kAttentionMlp) return;
+  std::swap(a.attn, b.attn);
+  std::swap(a.lse, b.lse);
+  if (level != Recompute::kAttentionMlp) return;
+  std::swap(a.gate_up, b.gate_up);
+  for (LoraModule m : kMlpLoraModules)
+    std::swap(a.lora_z[static_cast<int>(m)], b.lora_z[static_cast<int>(m)]);
+}
+
+}  // namespace
 
 std::string describe_nonfinite_site(int site, Index num_layers) {
   if (site < 0) return "nowhere in the forward pass (the loss was finite)";
@@ -188,15 +212,13 @@ void LlamaModel<P>::run_layers(const Batch& batch, const LoraBinding<Act>& lora,
     auto ctx = layer_context(l, unit.data, adapters.binding);
     const Recompute level = levels.empty() ? Recompute::kFull : levels[static_cast<std::size_t>(l)];
     auto& own = levels.empty() ? working_ : activations_[static_cast<std::size_t>(l)];
-    if (level == Recompute::kSelective || level == Recompute::kNone) {
+    if (keeps_own_activations(level)) {
       layer_forward<P>(ctx, layer_input(l + 1), layer_input(l), own,
                        {.mlp = level == Recompute::kNone});
     } else {
-      layer_forward<P>(ctx, layer_input(l + 1), layer_input(l), working_);
-      if (level == Recompute::kAttention) {  // the layer keeps this forward's attention
-        std::swap(working_.attn, own.attn);
-        std::swap(working_.lse, own.lse);
-      }
+      layer_forward<P>(ctx, layer_input(l + 1), layer_input(l), working_,
+                       {.mlp = level == Recompute::kAttentionMlp});
+      swap_kept(working_, own, level);
     }
     if (l == options_.poison_layer_output && keep_inputs) {
       const Act nan = std::numeric_limits<Act>::quiet_NaN();
@@ -430,16 +452,13 @@ void LlamaModel<P>::plan_levels() {
   // A layer whose level dropped (a larger batch than any before) gives back what it kept.
   activations_.resize(L);
   for (std::size_t l = 0; l < L; ++l) {
-    if (levels_[l] == Recompute::kSelective || levels_[l] == Recompute::kNone) {
+    if (keeps_own_activations(levels_[l])) {
       if (levels_[l] == Recompute::kSelective) activations_[l].gate_up.release();
       continue;
     }
-    DeviceBuffer<Act> attn = std::move(activations_[l].attn), lse = std::move(activations_[l].lse);
-    activations_[l] = {};
-    if (levels_[l] == Recompute::kAttention) {
-      activations_[l].attn = std::move(attn);
-      activations_[l].lse = std::move(lse);
-    }
+    LayerActivations<Act> kept;
+    swap_kept(kept, activations_[l], levels_[l]);
+    activations_[l] = std::move(kept);
   }
 }
 
@@ -448,15 +467,14 @@ void LlamaModel<P>::layer_backward_pass(LayerContext<P>& ctx, int layer) {
   const Recompute level = levels_[static_cast<std::size_t>(layer)];
   auto& own = activations_[static_cast<std::size_t>(layer)];
   const Act* x = layer_input(layer);
-  if (level == Recompute::kSelective || level == Recompute::kNone) {
+  if (keeps_own_activations(level)) {
     layer_backward<P>(ctx, residual_grad_.data(), x, own);
     return;
   }
-  if (level == Recompute::kAttention) {  // the working set takes back the kept attention
-    std::swap(working_.attn, own.attn);
-    std::swap(working_.lse, own.lse);
-  }
-  layer_forward<P>(ctx, nullptr, x, working_, {.attention_ready = level == Recompute::kAttention});
+  swap_kept(working_, own, level);  // the working set takes back what the layer kept
+  layer_forward<P>(ctx, nullptr, x, working_,
+                   {.attention_ready = level != Recompute::kFull,
+                    .mlp_ready = level == Recompute::kAttentionMlp});
   layer_backward<P>(ctx, residual_grad_.data(), x, working_);
 }
 

@@ -9,9 +9,10 @@
 namespace zerolora {
 
 namespace {
-constexpr std::array<Recompute, 5> kModes = {Recompute::kFull, Recompute::kAttention,
-                                             Recompute::kSelective, Recompute::kNone,
-                                             Recompute::kAuto};
+constexpr std::array<Recompute, 6> kModes = {Recompute::kFull,         Recompute::kAttention,
+                                             Recompute::kAttentionMlp, Recompute::kSelective,
+                                             Recompute::kNone,         Recompute::kAuto};
+
 }  // namespace
 
 const char* recompute_name(Recompute mode) {
@@ -20,6 +21,8 @@ const char* recompute_name(Recompute mode) {
       return "full";
     case Recompute::kAttention:
       return "attention";
+    case Recompute::kAttentionMlp:
+      return "attention_mlp";
     case Recompute::kSelective:
       return "selective";
     case Recompute::kNone:
@@ -33,7 +36,9 @@ const char* recompute_name(Recompute mode) {
 Recompute parse_recompute(const std::string& name, const std::string& flag) {
   for (Recompute mode : kModes)
     if (name == recompute_name(mode)) return mode;
-  throw ConfigError(flag + " must be full, attention, selective, none or auto, not '" + name + "'");
+  throw ConfigError(flag +
+                    " must be full, attention, attention_mlp, selective, none or auto, not '" +
+                    name + "'");
 }
 
 double kept_elements(Recompute level, const LlamaConfig& c, double rows, int lora_rank) {
@@ -44,15 +49,18 @@ double kept_elements(Recompute level, const LlamaConfig& c, double rows, int lor
   const double attention = M * Qd + H * M;  // attn, lse
   // rstd1, rstd2, h1, x2, h2, qkv, and a LoRA z for every module the layout knows.
   const double block = attention + M * (2 + 3 * D + W3) + kLoraModuleCount * M * r;
+  const double gate_up = M * 2 * static_cast<double>(c.intermediate_size);
   switch (level) {
     case Recompute::kFull:
       return 0;
     case Recompute::kAttention:
       return attention;
+    case Recompute::kAttentionMlp:  // + gate/up and the LoRA z of gate, up and down
+      return attention + gate_up + static_cast<double>(kMlpLoraModules.size()) * M * r;
     case Recompute::kSelective:
       return block;
     case Recompute::kNone:
-      return block + M * 2 * static_cast<double>(c.intermediate_size);
+      return block + gate_up;
     case Recompute::kAuto:
       break;
   }
@@ -63,16 +71,27 @@ double default_recompute_budget_bytes(const LlamaConfig& c, double rows) {
   return rows * static_cast<double>(c.vocab_size) * 8.0;
 }
 
+Recompute auto_middle_level(const LlamaConfig& c) {
+  const double D = static_cast<double>(c.hidden_size);
+  const double gate_up = 2 * D * static_cast<double>(c.intermediate_size);
+  const double block =
+      D * static_cast<double>(c.q_dim() + 2 * c.kv_dim()) + static_cast<double>(c.q_dim()) * D;
+  return gate_up >= 2 * block ? Recompute::kAttentionMlp : Recompute::kSelective;
+}
+
 std::vector<Recompute> plan_recompute(const LlamaConfig& c, double rows, int lora_rank,
                                       std::size_t element_bytes, double budget_bytes) {
   const auto L = static_cast<std::size_t>(c.num_layers);
   std::vector<Recompute> levels(L, Recompute::kFull);
+  // Each level keeps a superset of the one before.
+  const std::array<Recompute, 4> chain = {Recompute::kFull, Recompute::kAttention,
+                                          auto_middle_level(c), Recompute::kNone};
   double left = budget_bytes;
-  for (Recompute next : {Recompute::kAttention, Recompute::kSelective, Recompute::kNone}) {
-    const double step =
-        (kept_elements(next, c, rows, lora_rank) -
-         kept_elements(static_cast<Recompute>(static_cast<int>(next) - 1), c, rows, lora_rank)) *
-        static_cast<double>(element_bytes);
+  for (std::size_t i = 1; i < chain.size(); ++i) {
+    const Recompute next = chain[i];
+    const double step = (kept_elements(next, c, rows, lora_rank) -
+                         kept_elements(chain[i - 1], c, rows, lora_rank)) *
+                        static_cast<double>(element_bytes);
     for (auto& level : levels) {
       if (step > left) return levels;
       level = next;

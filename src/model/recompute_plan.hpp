@@ -1,15 +1,20 @@
 // What each decoder layer keeps from its forward for backward, and what backward recomputes
-// instead (Megatron's "recompute granularity", chosen per layer). The levels, least memory first,
-// each keeping a superset of the one before:
-//   kFull       the layer's input only; backward recomputes the whole layer
-//   kAttention  + the attention output and its log-sum-exp ([M, q] + [H, M]: one hidden state):
-//               backward recomputes the layer but not its attention forward, the dominant cost
-//               of small heads and long sequences
-//   kSelective  + every attention-block activation (h1, qkv, x2, h2, norms, LoRA z): backward
-//               recomputes only the MLP's gate/up, chunk by chunk
-//   kNone       + the MLP's [M, 2I] gate/up outputs: nothing is recomputed
-// kAuto is a mode, not a level: each layer gets the least recompute that fits a memory budget
-// (plan_recompute).
+// instead (Megatron's "recompute granularity", chosen per layer). The levels:
+//   kFull          the layer's input only; backward recomputes the whole layer
+//   kAttention     + the attention output and its log-sum-exp ([M, q] + [H, M]: one hidden
+//                  state): backward recomputes the layer but not its attention forward, the
+//                  dominant cost of small heads and long sequences
+//   kAttentionMlp  + the MLP's [M, 2I] gate/up outputs and its LoRA z: backward recomputes only
+//                  the attention block's projections and norms (q/k/v and o: 4 D^2 multiply-adds
+//                  a row for Llama-2-7B against gate/up's 5.4 D^2), neither the attention nor
+//                  gate/up
+//   kSelective     kAttention + every attention-block activation (h1, qkv, x2, h2, norms,
+//                  LoRA z): backward recomputes only the MLP's gate/up, chunk by chunk
+//   kNone          everything (kSelective + the gate/up outputs): nothing is recomputed
+// Each level keeps a superset of kFull and kAttention's and a subset of kNone's; kAttentionMlp
+// and kSelective are two ways between (gate/up outputs or the attention block). kAuto is a mode,
+// not a level: each layer gets the least recompute that fits a memory budget (plan_recompute),
+// by way of the one of the two that suits the model (auto_middle_level).
 #pragma once
 
 #include <cstddef>
@@ -20,10 +25,10 @@
 
 namespace zerolora {
 
-enum class Recompute { kFull, kAttention, kSelective, kNone, kAuto };
+enum class Recompute { kFull, kAttention, kAttentionMlp, kSelective, kNone, kAuto };
 
-// "full", "attention", "selective", "none", "auto"; parse_recompute throws ConfigError naming
-// `flag` for anything else.
+// "full", "attention", "attention_mlp", "selective", "none", "auto"; parse_recompute throws
+// ConfigError naming `flag` for anything else.
 const char* recompute_name(Recompute mode);
 Recompute parse_recompute(const std::string& name, const std::string& flag);
 
@@ -40,10 +45,20 @@ double kept_elements(Recompute level, const LlamaConfig& config, double rows, in
 // activations stays within what PyTorch's checkpointed training of the same job holds.
 double default_recompute_budget_bytes(const LlamaConfig& config, double rows);
 
+// The level kAuto plans between attention and none: kAttentionMlp where the MLP's gate/up GEMM
+// is at least twice the attention block's q/k/v and o GEMMs (2 D I >= 2 (D W3 + q D): GQA
+// models with wide MLPs, as Llama-3, Mistral, Qwen2.5 and Llama-2-70B), kSelective otherwise.
+// Why twice and not once: the block's recompute also runs its norms, RoPE, LoRA branches and
+// conversions, which cost about as much as its GEMMs on the CPUs measured (BENCHMARKS.md):
+// Llama-2-7B (ratio 1.34) recomputes either in the same time, stories260K (1.79) selective's
+// 8% faster, Llama-2-70B's layer (3.1) attention_mlp's 5% faster.
+Recompute auto_middle_level(const LlamaConfig& config);
+
 // Each layer's level under `budget_bytes` of kept activations (element_bytes per element):
 // first every layer keeps its attention output (as many layers as fit, from layer 0), then
-// layers are promoted to selective, then to none, one layer at a time while the budget lasts.
-// Levels only grow along the way, so a larger budget never recomputes more.
+// layers are promoted to auto_middle_level, then to none, one layer at a time while the budget
+// lasts. Levels only grow along the way (each keeps a superset of the one before), so a larger
+// budget never recomputes more.
 std::vector<Recompute> plan_recompute(const LlamaConfig& config, double rows, int lora_rank,
                                       std::size_t element_bytes, double budget_bytes);
 

@@ -163,8 +163,9 @@ MemoryEstimate estimate_memory(const LlamaConfig& c, const LoraLayout& lora,
     e.items.push_back(
         {"layer inputs (fp32, every layer, kept for backward)", 4.0 * (L + 1) * M * D});
   const bool recomputed =
-      std::any_of(kept_plan.levels.begin(), kept_plan.levels.end(),
-                  [](Recompute l) { return l == Recompute::kFull || l == Recompute::kAttention; });
+      std::any_of(kept_plan.levels.begin(), kept_plan.levels.end(), [](Recompute l) {
+        return l == Recompute::kFull || l == Recompute::kAttention || l == Recompute::kAttentionMlp;
+      });
   if (recomputed)
     e.items.push_back({"one layer's activations (recomputed in backward)", 4.0 * layer_saved});
   if (kept_plan.kept_bytes > 0)

@@ -37,7 +37,7 @@ struct TrainingArguments {
   bool bf16 = true;                    // zerolora's default (HF: false); --bf16 false for fp32
   bool gradient_checkpointing = true;  // zerolora's default (HF: false): recompute each layer
   // What each layer keeps for backward with gradient checkpointing (model/recompute_plan.hpp):
-  // auto, full, attention or selective; auto's budget in MiB (< 0: its default).
+  // auto, full, attention, attention_mlp or selective; auto's budget in MiB (< 0: its default).
   std::string recompute_granularity = "auto";
   double recompute_budget_mib = -1;
   bool attn_softmax_bf16 = false;
