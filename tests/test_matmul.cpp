@@ -1,5 +1,6 @@
 // The matmul path against plain double references (oneDNN and the loop; strides, transposes,
-// alpha, accumulate; the bulk + rest split of the rows and its independence of history; the
+// alpha, accumulate; large row-major products whole; the bulk + rest split of the rows and its
+// independence of history; the
 // bounded primitive cache; from inside parallel regions) and the fused LoRA projection's rank
 // paths in fp32.
 #include <gtest/gtest.h>
@@ -49,6 +50,15 @@ TEST(Matmul, OneDnnAndLoopPathsMatchDoubleReference) {
       check_matmul<float>(rt, 3, 4, 5, t, 2.0f, acc, 1e-6);     // loop (tiny)
       check_matmul<bf16>(rt, 64, 48, 96, t, 1.0f, acc, 1e-6);   // exact bf16 products, fp32 sums
     }
+}
+
+// A large bf16 product (2^30 multiply-adds or more) with a row-major b runs all its rows on the
+// rows-at-execution primitive (ops/matmul.cpp), one with a K-contiguous b as bulk and rest;
+// both against the double reference, with alpha and accumulation.
+TEST(Matmul, LargeRowMajorProductsRunWholeOnTheRowsAtExecutionPrimitive) {
+  Runtime rt(2);
+  for (bool t : {false, true})
+    for (bool acc : {false, true}) check_matmul<bf16>(rt, 1025, 1024, 1024, t, 0.5f, acc, 1e-5);
 }
 
 // Row counts that are not a multiple of a power of two near M / 8 run as an exact-primitive bulk

@@ -190,6 +190,13 @@ MemoryEstimate estimate_memory(const LlamaConfig& c, const LoraLayout& lora,
   e.items.push_back({"fused lm_head + loss (logits chunk, operands)",
                      4.0 * head_chunk * V + 4.0 * 3 * head_chunk * D +
                          (s.bf16 ? 2.0 * head_chunk * std::max(D, V) : 0.0)});
+  // ops/matmul.cpp: bf16 backward-data GEMMs of 2^30 multiply-adds or more run on oneDNN's
+  // gemm:jit, which packs b in buffers of its own, about 2048 rows of the widest b (bf16) plus
+  // 8 MiB (measured: Llama-2-7B's shapes at seq 512, +40-70 MiB of peak RSS with 2 threads).
+  const double widest = std::max(D, I);
+  if (s.bf16 && M * D * std::max(2 * I, V) >= 1073741824.0)
+    e.items.push_back(
+        {"oneDNN gemm:jit packing (large backward GEMMs)", 2.0 * 2048 * widest + 8.0 * 1048576.0});
   e.items.push_back({"tokenized training set", 8.0 * static_cast<double>(s.dataset_tokens)});
   // Measured: the process before any model buffer (libraries, oneDNN, MPI, allocator).
   e.items.push_back(
