@@ -79,7 +79,11 @@ def worker(rank, args, port):
         print(f"fsdp_tokens_per_s={args.world * args.seq / step_s:.6g}")
         for r, value in enumerate(all_rss):
             print(f"fsdp_rank{r}_peak_rss_mib={value.item():.6g}")
-        print(f"fsdp_loss={loss.item():.6g}")
+        print(f"fsdp_loss={loss.item():.6g}", flush=True)
+    # Every rank past its last collective before any tears gloo down: destroying the group while
+    # the other rank still used it once aborted rank 0 ("terminate called without an active
+    # exception") after it had printed its results.
+    dist.barrier()
     dist.destroy_process_group()
 
 
