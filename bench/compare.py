@@ -63,6 +63,29 @@ def num(values, key):
     return float(values[key])
 
 
+def describe_cpu(log):
+    """Logs which CPU the figures are from: lscpu's model name, the SIMD flags that decide the
+    kernels (AVX-512 BF16, AMX), and a oneDNN ISA cap if one is set (both sides honour it)."""
+    model, flags = "?", []
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model == "?":
+                    model = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+                    flags = [f for f in value.split() if f in wanted]
+    except OSError:
+        pass
+    lines = [f"cpu_model={model}", f"cpu_flags={','.join(flags)}", f"cpu_count={os.cpu_count()}",
+             f"onednn_max_cpu_isa={os.environ.get('ONEDNN_MAX_CPU_ISA', os.environ.get('DNNL_MAX_CPU_ISA', 'none'))}"]
+    for line in lines:
+        print(line)
+        log.write(line + "\n")
+    return lines
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--build", default=os.path.join(ROOT, "build"))
@@ -78,6 +101,7 @@ def main():
     seq_list = ",".join(map(str, seqs))
     rows = []
     with open(args.log, "w") as log:
+        cpu = describe_cpu(log)
         # ---- job (a): one process, 2 threads -------------------------------------------------
         full, _ = run("zl_a_full", [f"{bench}/bench_train_step", "--seq", seq_list, "--threads", "2"], log)
         amlp, _ = run("zl_a_attention_mlp", [f"{bench}/bench_train_step", "--seq", seq_list, "--threads", "2",
@@ -199,6 +223,7 @@ def main():
         comm_exposed = max(num(zero, f"w2_rank{r}_comm_exposed_s") for r in range(2))
         comm_share = comm_exposed / max(num(zero, f"w2_rank{r}_step_s") for r in range(2))
 
+    print("\n" + "; ".join(cpu))
     print("\n| measure | zerolora | PyTorch | ratio | target |\n|---|---|---|---|---|")
     for what, ours, theirs, ratio, target in rows:
         print(f"| {what} | {ours} | {theirs} | {'' if ratio is None else f'{ratio:.2f}x'} | {target} |")
