@@ -129,8 +129,9 @@ void add_train_flags(CLI::App& cmd, TrainFlags& f) {
   cmd.add_option(
          "--recompute_budget_mib", a.recompute_budget_mib,
          "With --recompute_granularity auto: MiB of activations kept beyond full "
-         "recompute's, spent on every layer's attention output first, then MLP gate/up "
-         "outputs, then whole attention blocks; default (any negative): 8 bytes per logit of a "
+         "recompute's, spent on every layer's attention output first, then on attention_mlp "
+         "(models whose gate/up GEMM is at least twice q/k/v and o's) or selective layers, "
+         "then on keeping everything; default (any negative): 8 bytes per logit of a "
          "micro-batch (tokens x vocab x 8), less than the 10-12 that Transformers' loss "
          "holds at its peak and zerolora's chunked loss never does")
       ->capture_default_str()
