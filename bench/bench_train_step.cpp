@@ -1,11 +1,12 @@
 // Benchmark: one full LoRA training step (forward + backward + AdamW, recompute on by default) of a
-// Llama-2-7B-shaped stack (or Llama-2-70B's layer shape: --shape 70b) with random bf16 weights,
+// Llama-2-7B-shaped stack (or Llama-2-70B's layer shape: --shape 70b; Llama-3-8B's: --shape
+// llama3-8b) with random bf16 weights,
 // micro-batch --batch sequences of each --seq length (separate segments), against the device's
 // bf16 GEMM peak measured in the same run (oneDNN's on the CPU, the CUDA backend's on a GPU,
 // where MFU against the nominal 989 TFLOP/s of an H100/H200 is printed too). Prints key=value
 // lines; see BENCHMARKS.md.
 //   bench_train_step [--seq 512,2048] [--layers 2] [--batch 1] [--steps 3] [--threads 0]
-//                    [--device cpu|cuda] [--shape 7b|70b] [--no-recompute | --selective]
+//                    [--device cpu|cuda] [--shape 7b|70b|llama3-8b] [--no-recompute | --selective]
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -82,7 +83,7 @@ int main(int argc, char** argv) {
     else {
       std::fprintf(stderr,
                    "usage: %s [--seq 512,2048] [--layers 2] [--batch 1] [--steps 3] [--threads N] "
-                   "[--device cpu|cuda] [--shape 7b|70b] [--no-recompute | --selective | "
+                   "[--device cpu|cuda] [--shape 7b|70b|llama3-8b] [--no-recompute | --selective | "
                    "--recompute full|attention|attention_mlp|selective|none|auto "
                    "[--recompute_budget_mib M]]\n",
                    argv[0]);
@@ -104,8 +105,13 @@ int main(int argc, char** argv) {
     config.intermediate_size = 28672;
     config.num_heads = 64;
     config.num_kv_heads = 8;
+  } else if (shape == "llama3-8b") {  // Llama-3-8B: GQA 32/8, a wider MLP, a 128K vocabulary
+    config.intermediate_size = 14336;
+    config.num_kv_heads = 8;
+    config.vocab_size = 128256;
+    config.rope.theta = 500000;
   } else if (shape != "7b") {
-    std::fprintf(stderr, "--shape: 7b or 70b, not %s\n", shape.c_str());
+    std::fprintf(stderr, "--shape: 7b, 70b or llama3-8b, not %s\n", shape.c_str());
     return 2;
   }
   auto weights = random_llama_weights<bf16>(rt, config, 7, kWeightStd);

@@ -51,7 +51,7 @@ double default_recompute_budget_bytes(const LlamaConfig& config, double rows);
 // Why twice and not once: the block's recompute also runs its norms, RoPE, LoRA branches and
 // conversions, which cost about as much as its GEMMs on the CPUs measured (BENCHMARKS.md):
 // Llama-2-7B (ratio 1.34) recomputes either in the same time, stories260K (1.79) selective's
-// 8% faster, Llama-2-70B's layer (3.1) attention_mlp's 5% faster.
+// 8% faster, Llama-3-8B (2.8) and Llama-2-70B's layer (3.1) attention_mlp's 7% and 5% faster.
 Recompute auto_middle_level(const LlamaConfig& config);
 
 // Each layer's level under `budget_bytes` of kept activations (element_bytes per element):
