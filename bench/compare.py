@@ -7,8 +7,7 @@ this machine: the numbers behind BENCHMARKS.md. One command:
 Runs, one after another (never two at once, so each has the machine to itself):
   job (a)  Llama-2-7B-shaped 2-layer stack, micro-batch 1 x seq, seq 512 and 2048:
            bench_train_step (2 threads; full, attention_mlp, selective, no and auto recompute; also
-           measures the oneDNN
-           bf16 GEMM peak used for every MFU figure) against torch_lora_step.py (2 threads, bf16
+           measures the oneDNN bf16 GEMM peak used for every MFU figure) against torch_lora_step.py (2 threads, bf16
            autocast and fp32, non-reentrant gradient checkpointing); then auto again with PyTorch's
            memory: a budget of PyTorch's peak RSS minus zerolora's full-recompute peak RSS;
   ZeRO-3   the same stack at seq 512 over W = 2 ranks x 1 thread: `mpirun -np 2 bench_zero`

@@ -1,8 +1,7 @@
 // The matmul path against plain double references (oneDNN and the loop; strides, transposes,
 // alpha, accumulate; large row-major products whole; the bulk + rest split of the rows and its
-// independence of history; the
-// bounded primitive cache; from inside parallel regions) and the fused LoRA projection's rank
-// paths in fp32.
+// independence of history; the bounded primitive cache; from inside parallel regions) and the
+// fused LoRA projection's rank paths in fp32.
 #include <gtest/gtest.h>
 #include <omp.h>
 

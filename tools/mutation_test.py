@@ -89,9 +89,7 @@ MUTATIONS = [
     Mutation("attention_dq_unscaled", "the SIMD attention's dQ misses the 1/sqrt(head dim) scale",
              "src/ops/attention_direct.cpp", "row[d] = dq[r][d] * scale;", "row[d] = dq[r][d];"),
     Mutation("recompute_kept_attention_lost", "a layer keeping its attention output recomputes from another's",
-             "src/model/llama_model.cpp",
-             "the working set takes back the kept attention\n    std::swap(working_.attn, own.attn);",
-             "the working set takes back the kept attention\n"),
+             "src/model/llama_model.cpp", "  std::swap(a.attn, b.attn);\n", ""),
     Mutation("matmul_rest_rows_wrong", "the rows after a matmul's bulk are computed from the first rows of A",
              "src/ops/matmul.cpp", "run_primitive(rt, a.block(bulk, 0, M - bulk, K)",
              "run_primitive(rt, a.block(0, 0, M - bulk, K)"),
@@ -135,6 +133,8 @@ def main():
     parser.add_argument("--work", default="/tmp/zerolora-mutation")
     parser.add_argument("--only", action="append", help="run only this mutation (repeatable)")
     parser.add_argument("--list", action="store_true", help="list the mutations and exit")
+    parser.add_argument("--check", action="store_true",
+                        help="only check that every mutation finds its text exactly once (a test)")
     parser.add_argument("--all-tests", action="store_true",
                         help="run every test for each mutation (default: stop at the first failure)")
     parser.add_argument("--jobs", type=int, default=2)
@@ -147,6 +147,12 @@ def main():
     unknown = set(args.only or []) - {m.name for m in MUTATIONS}
     if unknown:
         sys.exit(f"unknown mutation(s): {', '.join(sorted(unknown))} (see --list)")
+    if args.check:
+        stale = [m for m in chosen if (REPO / m.file).read_text().count(m.old) != 1]
+        for m in stale:
+            print(f"{m.name}: its text occurs {(REPO / m.file).read_text().count(m.old)} times in {m.file}")
+        print(f"{len(chosen) - len(stale)} of {len(chosen)} mutations find their text exactly once")
+        return 1 if stale else 0
 
     work = Path(args.work)
     src, build, log = work / "src", work / "build", work / "mutation.log"
