@@ -132,7 +132,8 @@ void add_estimate_flags(CLI::App* cmd, EstimateOptions* o) {
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "full", "attention", "attention_mlp", "selective"}));
   cmd->add_option("--recompute_budget_mib", o->recompute_budget_mib,
-                  "auto's budget (as `zerolora train`; -1: 8 bytes per logit of a micro-batch)")
+                  "auto's budget (as `zerolora train`; -1: 8 bytes per logit of a micro-batch, at "
+                  "least 32 MiB)")
       ->capture_default_str()
       ->check(finite_in(-1.0, 1e12));
   cmd->add_option("--prefetch_depth", o->scenario.prefetch_depth, "ZeRO-3 units gathered ahead")

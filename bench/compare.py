@@ -138,7 +138,7 @@ def main():
             # PyTorch checkpoints whole layers: `full` is the matched comparison; `attention_mlp`
             # keeps the attention and gate/up outputs (recomputes q/k/v and o); `selective` keeps
             # the attention block (recomputes gate/up); `none` keeps everything; `auto` (zerolora
-            # train's default) keeps per layer what fits 8 bytes per logit of the micro-batch.
+            # train's default) keeps per layer what fits 8 bytes per logit of the micro-batch (>= 32 MiB).
             for mode, res in modes:
                 rows.append((f"(a) 7B-shape 2 layers, seq {seq}, recompute {mode}: tokens/s",
                              f"{num(res, k + 'tokens_per_s'):.1f}", torch_cell + " (checkpointed)",

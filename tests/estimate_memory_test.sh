@@ -25,7 +25,7 @@ trap 'rm -rf "$work"' EXIT
 cp "$shared/llama2-tokenizer.model" "$work/model/tokenizer.model"
 # The seed recipe's small LoRA (every tensor replicated), a large one (r 64 on all seven
 # projections: partitioned tensors, sharded layer by layer), selective recompute, and auto (the
-# default: per layer what 8 bytes per logit of a micro-batch pay for).
+# default: per layer what 8 bytes per logit of a micro-batch pay for, at least 32 MiB).
 failed=0
 for lora in "full 4 q_proj k_proj v_proj o_proj" "full 64 all-linear" "selective 4 q_proj k_proj v_proj o_proj" \
             "auto 4 q_proj k_proj v_proj o_proj"; do

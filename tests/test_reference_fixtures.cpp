@@ -484,12 +484,16 @@ TEST(RecomputePlan, SpendsTheBudgetInOrderAndNeverRecomputesMoreWithMore) {
     EXPECT_LE(kept, budget);
     before = levels;
   }
-  EXPECT_EQ(default_recompute_budget_bytes(c, rows), rows * 1000 * 8);
+  // The default: 8 bytes per logit, never below the floor (300 x 1000 logits are 2.3 MiB).
+  EXPECT_EQ(default_recompute_budget_bytes(c, rows), kRecomputeBudgetFloorBytes);
+  EXPECT_EQ(default_recompute_budget_bytes(c, 100000), 100000.0 * 1000 * 8);
   // The resolved plan the model, the estimate and the log share: a negative budget is the
   // default, a fixed mode is every layer's level, kept bytes are the levels' sum.
   const RecomputePlan by_default = make_recompute_plan(Recompute::kAuto, c, rows, rank, 4, -1);
-  EXPECT_EQ(by_default.budget_bytes, rows * 1000 * 8);
-  EXPECT_EQ(by_default.levels, plan_recompute(c, rows, rank, 4, rows * 1000 * 8));
+  EXPECT_EQ(by_default.budget_bytes, kRecomputeBudgetFloorBytes);
+  EXPECT_EQ(by_default.levels, plan_recompute(c, rows, rank, 4, kRecomputeBudgetFloorBytes));
+  const RecomputePlan large = make_recompute_plan(Recompute::kAuto, c, 100000, rank, 4, -1);
+  EXPECT_EQ(large.levels, plan_recompute(c, 100000, rank, 4, 100000.0 * 1000 * 8));
   const RecomputePlan explicit_budget = make_recompute_plan(Recompute::kAuto, c, rows, rank, 2,
                                                             3 * attention / 2 + attention_mlp / 2);
   EXPECT_EQ(describe_recompute_plan(explicit_budget.levels), "1 attention_mlp + 3 attention");

@@ -68,7 +68,7 @@ double kept_elements(Recompute level, const LlamaConfig& c, double rows, int lor
 }
 
 double default_recompute_budget_bytes(const LlamaConfig& c, double rows) {
-  return rows * static_cast<double>(c.vocab_size) * 8.0;
+  return std::max(rows * static_cast<double>(c.vocab_size) * 8.0, kRecomputeBudgetFloorBytes);
 }
 
 Recompute auto_middle_level(const LlamaConfig& c) {

@@ -43,6 +43,11 @@ double kept_elements(Recompute level, const LlamaConfig& config, double rows, in
 // PyTorch's checkpoints. zerolora's chunked lm_head + loss never holds them, so spending 8 bytes
 // per logit (a third kept back for zerolora's own loss chunk and allocator slack) on kept
 // activations stays within what PyTorch's checkpointed training of the same job holds.
+// Never below kRecomputeBudgetFloorBytes, about zerolora's own runtime footprint (40 MiB): on
+// small models and vocabularies (stories260K: 2 MiB for 4 x 256 tokens) 8 bytes per logit buys
+// recompute that saves a few MiB at a fifth of the step's time (BENCHMARKS.md), while
+// PyTorch's process alone holds 530 MiB before its first tensor (`import torch`, measured).
+inline constexpr double kRecomputeBudgetFloorBytes = 32.0 * 1048576.0;
 double default_recompute_budget_bytes(const LlamaConfig& config, double rows);
 
 // The level kAuto plans between attention and none: kAttentionMlp where the MLP's gate/up GEMM
