@@ -49,7 +49,7 @@ constexpr const char* kIgnoredValues =
     "cache_dir token model_revision dataset_seed dataset_cache_directory "
     "logging_dir logging_strategy log_level log_level_replica run_name hub_model_id hub_strategy "
     "hub_token hub_private_repo hub_revision push_to_hub_model_id push_to_hub_organization "
-    "push_to_hub_token ddp_backend ddp_timeout ddp_bucket_cap_mb ddp_broadcast_buffers "
+    "push_to_hub_token ddp_bucket_cap_mb ddp_broadcast_buffers "
     "dataloader_num_workers dataloader_prefetch_factor torch_compile_backend torch_compile_mode "
     "torchdynamo torch_empty_cache_steps tpu_num_cores debug mp_parameters ray_scope "
     "eval_accumulation_steps tf32 gradient_checkpointing_kwargs accelerator_config fsdp "

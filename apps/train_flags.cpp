@@ -4,6 +4,8 @@
 
 #include "apps/flag_checks.hpp"
 #include "apps/hf_args.hpp"
+#include "comm/device_comm.hpp"
+#include "core/error.hpp"
 
 namespace zerolora::cli {
 namespace {
@@ -187,6 +189,24 @@ void add_train_flags(CLI::App& cmd, TrainFlags& f) {
   cmd.add_option("--device", f.device,
                  "Where the model runs: cpu, or cuda / cuda:N (a GPU; builds with ZEROLORA_CUDA)")
       ->capture_default_str();
+  cmd.add_option("--ddp_backend", f.ddp_backend,
+                 "How ZeRO-3 gathers the shards between GPUs: nccl (one rank per GPU), mpi (GPU "
+                 "buffers staged through host memory, for ranks sharing a GPU or clusters without "
+                 "NCCL), or auto (nccl when every rank has its own GPU and NCCL loads)")
+      ->capture_default_str()
+      ->check([](const std::string& value) {
+        try {
+          parse_ddp_backend(value);
+          return std::string();
+        } catch (const Error& e) {
+          return std::string(e.what());
+        }
+      });
+  cmd.add_option("--ddp_timeout", f.ddp_timeout,
+                 "Seconds a GPU collective may take before every rank is ended with a message "
+                 "naming it (a lost or stuck rank)")
+      ->capture_default_str()
+      ->check(finite_in(1));
   cmd.add_option("--threads", f.threads,
                  "Compute threads per rank (0: the cores divided among local ranks)")
       ->capture_default_str()
@@ -245,6 +265,8 @@ RunSettings run_settings(const TrainFlags& f) {
   s.do_eval = f.do_eval;
   s.threads = f.threads;
   s.device = f.device;
+  s.ddp_backend = f.ddp_backend;
+  s.ddp_timeout = f.ddp_timeout;
   s.check_memory = f.check_memory;
   s.peak_tflops = f.peak_tflops;
   s.lora_init = f.lora_init == "gaussian" ? LoraInit::kGaussian : LoraInit::kKaimingUniform;

@@ -21,6 +21,8 @@ struct TrainFlags {
   double peak_tflops = 0;
   int threads = 0;
   std::string device = "cpu";
+  std::string ddp_backend = "auto";
+  double ddp_timeout = 1800;
   std::string lora_init = "kaiming";
   std::int64_t poison_step = 0;  // testing the non-finite guard (RunSettings::poison_step)
   int poison_layer = 0;

@@ -99,21 +99,12 @@ int main(int argc, char** argv) {
   const double peak = measure_device_gemm_gflops<Bf16Policy>(rt, gpu ? 8192 : 2048, 10);
   print_kv("gemm_bf16_peak_gflops", peak);
 
-  LlamaConfig config = llama2_7b_shape(layers);
-  if (shape == "70b") {  // Llama-2-70B's decoder layer: GQA, 64 heads of 128, 8 KV heads
-    config.hidden_size = 8192;
-    config.intermediate_size = 28672;
-    config.num_heads = 64;
-    config.num_kv_heads = 8;
-  } else if (shape == "llama3-8b") {  // Llama-3-8B: GQA 32/8, a wider MLP, a 128K vocabulary
-    config.intermediate_size = 14336;
-    config.num_kv_heads = 8;
-    config.vocab_size = 128256;
-    config.rope.theta = 500000;
-  } else if (shape != "7b") {
+  const std::optional<LlamaConfig> shaped = bench_shape(shape, layers);
+  if (!shaped) {
     std::fprintf(stderr, "--shape: 7b, 70b or llama3-8b, not %s\n", shape.c_str());
     return 2;
   }
+  const LlamaConfig config = *shaped;
   auto weights = random_llama_weights<bf16>(rt, config, 7, kWeightStd);
   LoraConfig lora;  // the seed recipe: r 4, alpha 16, dropout 0.05 on q, k, v, o
   lora.rank = 4;

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -54,6 +55,27 @@ inline LlamaConfig llama2_7b_shape(Index layers) {
   c.max_position_embeddings = 4096;
   c.rms_norm_eps = 1e-5;
   return c;
+}
+
+// The benchmarks' shapes with `layers` decoder layers: "7b" (Llama-2-7B), "70b" (Llama-2-70B's
+// decoder layer: GQA, 64 heads of 128, 8 KV heads), "llama3-8b" (GQA 32/8, a wider MLP, a 128K
+// vocabulary). Empty for another name.
+inline std::optional<LlamaConfig> bench_shape(const std::string& shape, Index layers) {
+  LlamaConfig config = llama2_7b_shape(layers);
+  if (shape == "70b") {
+    config.hidden_size = 8192;
+    config.intermediate_size = 28672;
+    config.num_heads = 64;
+    config.num_kv_heads = 8;
+  } else if (shape == "llama3-8b") {
+    config.intermediate_size = 14336;
+    config.num_kv_heads = 8;
+    config.vocab_size = 128256;
+    config.rope.theta = 500000;
+  } else if (shape != "7b") {
+    return std::nullopt;
+  }
+  return config;
 }
 
 }  // namespace zerolora::bench

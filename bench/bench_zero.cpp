@@ -3,6 +3,10 @@
 //   mpirun -np W bench_zero --model DIR     loads each rank's shard, trains a few LoRA steps
 //   mpirun -np W bench_zero --llama2-7b-2l  the benchmarks' Llama-2-7B-shaped 2-layer stack,
 //                                           each rank generating only its shard of random weights
+//   mpirun -np W bench_zero --shape 70b --layers 4 --batch 10 --seq 2048 --device cuda
+//                                           another shape (bench_util.hpp), on a GPU: the shards
+//                                           in its memory, gathered over NCCL or staged through
+//                                           the host (--ddp_backend), B sequences per rank
 // Prints, per rank, key=value lines: shard bytes, peak RSS after loading and after training,
 // and the step time split into compute, exposed communication (time spent waiting for a
 // collective) and overlapped communication (collective time hidden behind compute).
@@ -17,6 +21,7 @@
 #include "io/safetensors.hpp"
 #include "model/llama_weights.hpp"
 #include "train/lora_trainer.hpp"
+#include "zero3/run_device.hpp"
 #include "zero3/sharded_weights.hpp"
 
 namespace zerolora::bench {
@@ -73,8 +78,8 @@ void write_checkpoint(const std::filesystem::path& dir) {
 int main(int argc, char** argv) {
   using namespace zerolora;
   using namespace zerolora::bench;
-  std::string model, write_dir;
-  bool llama7b_shape = false;
+  std::string model, write_dir, shape, device = "cpu", ddp_backend = "auto";
+  Index layers = 2, batch = 1;
   Recompute recompute = Recompute::kFull;
   int steps = 3, threads = 1, prefetch = 1, lora_rank = 4;
   Index seq = 512, threshold = TrainerOptions{}.persistence_threshold;
@@ -82,7 +87,8 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--llama2-7b-2l") {
-      llama7b_shape = true;
+      shape = "7b";
+      layers = 2;
       continue;
     }
     if (arg == "--selective") {
@@ -108,41 +114,67 @@ int main(int argc, char** argv) {
       lora_targets = value;
     else if (arg == "--threshold")
       threshold = std::stoll(value);
+    else if (arg == "--shape")
+      shape = value;
+    else if (arg == "--layers")
+      layers = std::stoll(value);
+    else if (arg == "--batch")
+      batch = std::stoll(value);
+    else if (arg == "--device")
+      device = value;
+    else if (arg == "--ddp_backend")
+      ddp_backend = value;
     else {
       std::fprintf(stderr,
-                   "usage: %s --write-checkpoint DIR | --model DIR | --llama2-7b-2l [--selective] "
-                   "[--steps N] [--seq L] [--threads T] [--prefetch D] [--lora-rank R] "
-                   "[--lora-targets q_proj,...|all-linear] [--threshold N]\n",
+                   "usage: %s --write-checkpoint DIR | --model DIR | --llama2-7b-2l | --shape "
+                   "7b|70b|llama3-8b [--layers N] [--batch B] [--selective] [--steps N] [--seq L] "
+                   "[--threads T] [--prefetch D] [--lora-rank R] "
+                   "[--lora-targets q_proj,...|all-linear] [--threshold N] [--device cpu|cuda] "
+                   "[--ddp_backend auto|nccl|mpi]\n",
                    argv[0]);
       return 2;
     }
+  }
+  const std::optional<LlamaConfig> shaped =
+      shape.empty() ? std::nullopt : bench_shape(shape, layers);
+  if (!shape.empty() && !shaped) {
+    std::fprintf(stderr, "--shape: 7b, 70b or llama3-8b, not %s\n", shape.c_str());
+    return 2;
   }
   if (!write_dir.empty()) {
     write_checkpoint(write_dir);
     return 0;
   }
-  if (model.empty() && !llama7b_shape) {
-    std::fprintf(stderr, "give --model DIR (made with --write-checkpoint DIR) or --llama2-7b-2l\n");
+  if (model.empty() && !shaped) {
+    std::fprintf(
+        stderr, "give --model DIR (made with --write-checkpoint DIR), --llama2-7b-2l or --shape\n");
     return 2;
   }
   auto comm = make_communicator();
   const int W = comm->size(), r = comm->rank();
-  Runtime rt(threads);
+  RunDevice run = open_run_device(device, parse_ddp_backend(ddp_backend), detect_launch(), W);
+  if (r == 0 && !run.note.empty()) std::printf("# %s\n", run.note.c_str());
+  const DdpBackend backend = run.backend;
+  Runtime rt(threads, std::move(run.device));
+  // The store's collectives on a GPU: NCCL or staged through the host; `comm` on the CPU.
+  auto on_device = make_parameter_communicator(rt.device(), backend, *comm, 600);
+  Communicator& gathers = on_device ? *on_device : *comm;
   std::vector<double> figures;  // gathered to rank 0 in this order
   const std::vector<std::string> names{"shard_mib",         "rss_after_load_mib", "step_s",
                                        "compute_s",         "comm_busy_s",        "comm_exposed_s",
-                                       "comm_overlapped_s", "gathered_peak_mib",  "peak_rss_mib"};
+                                       "comm_overlapped_s", "gathered_peak_mib",  "peak_rss_mib",
+                                       "peak_device_mib"};
   double load_rss = 0;
   std::size_t shard_bytes = 0;
   auto weights = [&] {
-    if (llama7b_shape) {
-      const LlamaConfig c = llama2_7b_shape(2);
-      auto w = ShardedWeights<bf16>::random(rt, *comm, c, 7, 0.02, ZeroOptions{prefetch, 0});
+    if (shaped) {
+      auto w =
+          ShardedWeights<bf16>::random(rt, gathers, *shaped, 7, 0.02, ZeroOptions{prefetch, 0});
       shard_bytes = w.shard_bytes();
       return w;
     }
     const Checkpoint checkpoint(model);
-    auto w = ShardedWeights<bf16>::load(rt, *comm, checkpoint, ZeroOptions{prefetch, 0});
+    auto w = ShardedWeights<bf16>::load(rt, gathers, checkpoint, ZeroOptions{prefetch, 0});
     shard_bytes = w.shard_bytes();
     return w;
   }();
@@ -162,11 +194,13 @@ int main(int argc, char** argv) {
   LlamaModel<Bf16Policy> llama(rt, weights, &layout, compute);
   TrainerOptions options;
   options.persistence_threshold = threshold;
+  options.micro_batch = batch;
   LoraTrainer<Bf16Policy> trainer(rt, *comm, llama, layout, options, init);
   std::vector<float>().swap(init);  // as zerolora train: the trainer keeps its part
-  // Global batch of W sequences: one per rank.
-  std::vector<TokenSequence> data(static_cast<std::size_t>(W));
-  for (int s = 0; s < W; ++s) {
+  // Global batch of W x B sequences: B per rank.
+  const Index sequences = W * batch;
+  std::vector<TokenSequence> data(static_cast<std::size_t>(sequences));
+  for (Index s = 0; s < sequences; ++s) {
     for (Index t = 0; t < seq; ++t) {
       const auto id =
           static_cast<std::int32_t>(mix64(static_cast<std::uint64_t>(s * seq + t)) % 32000);
@@ -175,20 +209,33 @@ int main(int argc, char** argv) {
     }
     data[s].segment_lengths = {static_cast<std::int32_t>(seq)};
   }
-  std::vector<Index> all(static_cast<std::size_t>(W));
-  for (int s = 0; s < W; ++s) all[s] = s;
+  std::vector<Index> all(static_cast<std::size_t>(sequences)), mine;
+  for (Index s = 0; s < sequences; ++s) all[s] = s;
+  for (Index s = 0; s < batch; ++s) mine.push_back(r * batch + s);
   const Index targets = count_targets(data, all);
-  const std::vector<Index> mine{r};
   std::vector<double> step_times;
   for (int s = 0; s <= steps; ++s) {  // step 0 warms up
-    if (s == 1) comm->reset_stats();
+    if (s == 1) {
+      comm->reset_stats();
+      if (on_device) on_device->reset_stats();
+    }
+    rt.device().synchronize();
     comm->barrier();
     const double t0 = now_seconds();
     const auto stats = trainer.step(data, mine, targets, 1e-4, s);
     (void)stats;
+    rt.device().synchronize();
     if (s > 0) step_times.push_back(now_seconds() - t0);
   }
-  const CommStats cs = comm->stats();
+  // The LoRA collectives (host) and, on a GPU, the store's gathers.
+  CommStats cs = comm->stats();
+  if (on_device) {
+    const CommStats g = on_device->stats();
+    cs.busy_seconds += g.busy_seconds;
+    cs.waited_seconds += g.waited_seconds;
+    cs.bytes += g.bytes;
+    cs.calls += g.calls;
+  }
   double step_s = 0, compute_s = 0;
   for (double t : step_times) step_s += t / steps;
   // compute_seconds includes waits for gathers inside forward/backward: take exposed time out.
@@ -201,21 +248,33 @@ int main(int argc, char** argv) {
              cs.waited_seconds / steps,
              (cs.busy_seconds - cs.waited_seconds) / steps,
              static_cast<double>(weights.gathered_peak_bytes()) / (1 << 20),
-             peak_rss_mib()};
+             peak_rss_mib(),
+             static_cast<double>(rt.device().peak_allocated_bytes()) / (1 << 20)};
   std::vector<double> everyone(figures.size() * static_cast<std::size_t>(W));
   comm->all_gather(figures.data(), everyone.data(), figures.size() * sizeof(double));
   if (r == 0) {
     print_kv("world", W);
     print_kv("threads_per_rank", threads);
     print_kv("seq", static_cast<double>(seq));
+    print_kv("batch_per_rank", static_cast<double>(batch));
+    print_kv("device", rt.device().name());
+    print_kv("gathers", gathers.name());
     print_kv("lora_params", static_cast<double>(layout.size()));
     print_kv("lora_resident_mib",
              static_cast<double>(trainer.shards().resident_elements()) * 4 / (1 << 20));
-    print_kv("tokens_per_s", static_cast<double>(W * seq) / step_s);
+    print_kv("tokens_per_s", static_cast<double>(sequences * seq) / step_s);
     for (int q = 0; q < W; ++q)
-      for (std::size_t k = 0; k < names.size(); ++k)
-        print_kv("w" + std::to_string(W) + "_rank" + std::to_string(q) + "_" + names[k],
-                 everyone[static_cast<std::size_t>(q) * names.size() + k]);
+      for (std::size_t k = 0; k < names.size(); ++k) {
+        // Appended piece by piece: GCC 12 flags "w" + std::string(...) here (-Wrestrict, a
+        // false positive of its inliner).
+        std::string key = "w";
+        key += std::to_string(W);
+        key += "_rank";
+        key += std::to_string(q);
+        key += "_";
+        key += names[k];
+        print_kv(key, everyone[static_cast<std::size_t>(q) * names.size() + k]);
+      }
   }
   return 0;
 }

@@ -2,9 +2,11 @@
 # Prepares the GPU check for a session lent the device machine (see scripts/gpu-check.sh):
 # builds the CUDA variant here (the device machine has nvcc but none of Debian's -dev packages),
 # and packs into gpu-pack/ (ignored by git; the device tool's `carry` takes it along) the test
-# and command binaries and the non-CUDA shared libraries they load that the device lacks. The
-# CUDA libraries are the device's own (its Python's nvidia/* packages). Prints the pack's size:
-# everything that travels must stay under 64 MiB.
+# and command binaries, the non-CUDA shared libraries they load that the device lacks, and an
+# Open MPI runtime (mpirun, its plugins and help files, relocated by OPAL_PREFIX) for the
+# multi-rank checks: the device has no MPI. The CUDA libraries are the device's own (its
+# Python's nvidia/* packages). Prints the pack's size: everything that travels must stay under
+# 64 MiB.
 #   gpu-pack.sh [BUILD_DIR]     default build (configured with ZEROLORA_CUDA=ON)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,11 +20,12 @@ export PATH="$PATH:/usr/local/cuda/bin"
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DZEROLORA_CUDA=ON -DZEROLORA_BUILD_TESTS=ON \
   -DZEROLORA_BUILD_BENCH=ON -DCMAKE_CUDA_ARCHITECTURES=90 > /dev/null
 cmake --build "$build" -j"$(nproc)" --target zerolora_cli zerolora_cuda_tests zerolora_unit_tests \
-  bench_train_step
+  zerolora_mpi_tests bench_train_step bench_zero
 rm -rf gpu-pack
 mkdir -p gpu-pack/bin gpu-pack/lib
 cp "$build/zerolora" "$build/tests/zerolora_cuda_tests" "$build/tests/zerolora_unit_tests" \
-  "$build/bench/bench_train_step" gpu-pack/bin/
+  "$build/tests/zerolora_mpi_tests" "$build/bench/bench_train_step" "$build/bench/bench_zero" \
+  gpu-pack/bin/
 strip --strip-unneeded gpu-pack/bin/*
 # Shared libraries: everything ldd names except the CUDA libraries (the device brings its own,
 # matched to its driver) and the C runtime (the device's glibc is newer).
@@ -33,7 +36,25 @@ done | sort -u | while read -r name path; do
   if [[ "$name" =~ $skip ]]; then continue; fi
   cp -L "$path" "gpu-pack/lib/$name"
 done
-strip --strip-unneeded gpu-pack/lib/* 2> /dev/null || true
+# Debian's Open MPI 4.1 under its own layout (usr/...), which OPAL_PREFIX relocates; PMIx's
+# plugins are found through PMIX_MCA_mca_base_component_path (gpu-check.sh sets both). Checked
+# here with the system's copies hidden (unshare -m + bind mounts): mpirun -np 3 of the MPI
+# tests passes from the pack alone.
+ompi=/usr/lib/x86_64-linux-gnu/openmpi
+pmix=/usr/lib/x86_64-linux-gnu/pmix2
+mkdir -p gpu-pack/lib/mpi/usr/bin gpu-pack/lib/mpi/usr/lib/x86_64-linux-gnu gpu-pack/lib/mpi/usr/share
+cp -L "$(readlink -f "$(command -v mpirun)")" gpu-pack/lib/mpi/usr/bin/mpirun
+cp -L /usr/bin/orted gpu-pack/lib/mpi/usr/bin/
+cp -a "$ompi" "$pmix" gpu-pack/lib/mpi/usr/lib/x86_64-linux-gnu/
+cp -a /usr/share/openmpi gpu-pack/lib/mpi/usr/share/
+rm -rf gpu-pack/lib/mpi/usr/lib/x86_64-linux-gnu/openmpi/include
+for binary in gpu-pack/lib/mpi/usr/bin/* $(find gpu-pack/lib/mpi -name '*.so*' -type f); do
+  ldd "$binary" 2> /dev/null | awk '/=> \// {print $1, $3}'
+done | sort -u | while read -r name path; do
+  if [[ "$name" =~ $skip ]] || [[ "$path" == "$ompi"/* ]] || [[ "$path" == "$pmix"/* ]]; then continue; fi
+  [ -e "gpu-pack/lib/$name" ] || cp -L "$path" "gpu-pack/lib/$name"
+done
+find gpu-pack/lib -name '*.so*' -type f -exec strip --strip-unneeded {} + 2> /dev/null || true
 # oneDNN alone is 40 MB: the libraries travel as one xz archive, which gpu-check.sh unpacks.
 tar -C gpu-pack -cJf gpu-pack/lib.tar.xz lib
 rm -rf gpu-pack/lib

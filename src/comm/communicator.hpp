@@ -2,8 +2,10 @@
 //   LocalCommunicator  one process, no MPI (when no launcher started this process as one rank
 //                      of several: comm/launch.hpp)
 //   MpiCommunicator    MPI; `mpirun -np W zerolora ...` or `srun` on one machine or many
-// (NCCL will be a third implementation; every buffer here is plain memory so that a device
-// implementation can take device pointers with the same calls).
+// and, for the buffers of a device the host cannot address (a GPU's), comm/device_comm.hpp:
+//   staged             any of the above, each buffer copied through host memory
+//   NcclCommunicator   NCCL on the GPU's memory (src/cuda/nccl_communicator.hpp)
+// Buffers are plain pointers; device_memory() says which memory they point into.
 //
 // Every collective has a non-blocking form returning a Request; the blocking form is the
 // same plus wait(). Collectives complete in the order they were issued, and every rank must
@@ -57,6 +59,9 @@ class Communicator {
   virtual int rank() const = 0;
   virtual int size() const = 0;
   virtual std::string name() const = 0;
+  // True when the buffers passed to the collectives are the memory of the run's device, one
+  // the host cannot address (a GPU's); false: host memory.
+  virtual bool device_memory() const { return false; }
 
   // recv[r * bytes_per_rank ...] = rank r's send.
   virtual Request all_gather_async(const void* send, void* recv, std::size_t bytes_per_rank) = 0;

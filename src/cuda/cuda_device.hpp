@@ -37,6 +37,7 @@ class CudaDevice final : public Device {
   void reset_peak() override { allocator_->reset_peak(); }
 
   cudaStream_t stream() const { return stream_; }
+  int ordinal() const { return ordinal_; }
 
  private:
   int ordinal_;

@@ -17,15 +17,21 @@
 
 namespace zerolora {
 
-std::unique_ptr<Device> make_device(const std::string& spec) {
-  if (spec == "cpu") return nullptr;
-  int ordinal = 0;
+int cuda_ordinal(const std::string& spec) {
+  int ordinal = -1;
   if (spec.rfind("cuda", 0) != 0 ||
       (spec.size() > 4 &&
        (spec[4] != ':' || spec.size() == 5 ||
         std::from_chars(spec.data() + 5, spec.data() + spec.size(), ordinal).ptr !=
-            spec.data() + spec.size())))
+            spec.data() + spec.size() ||
+        ordinal < 0)))
     throw UsageError("--device " + spec + ": expected cpu, cuda or cuda:N");
+  return ordinal;
+}
+
+std::unique_ptr<Device> make_device(const std::string& spec) {
+  if (spec == "cpu") return nullptr;
+  const int ordinal = std::max(0, cuda_ordinal(spec));
 #ifdef ZEROLORA_CUDA
   return std::make_unique<cuda::CudaDevice>(ordinal);
 #else

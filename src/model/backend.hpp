@@ -17,6 +17,10 @@ namespace zerolora {
 // DeviceError when the GPU is not there.
 std::unique_ptr<Device> make_device(const std::string& spec);
 
+// The GPU index of --device `spec`: N for cuda:N, -1 for plain cuda (GPU 0 alone; a rank's
+// local rank under a launcher: zero3/run_device.hpp). UsageError for another spelling.
+int cuda_ordinal(const std::string& spec);
+
 // Throws UnsupportedError when this build or this policy has no kernels for the device.
 template <class P>
 std::unique_ptr<Kernels<P>> make_kernels(Runtime& rt);

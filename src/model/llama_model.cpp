@@ -55,7 +55,8 @@ LlamaModel<P>::LlamaModel(Runtime& rt, WeightProvider<Weight>& weights, const Lo
       kernels_(make_kernels<P>(rt)),
       rope_(weights.config().rope, weights.config().head_dim) {
   if (!device_.host_accessible()) {
-    device_weights_ = std::make_unique<DeviceWeights<Weight>>(device_, host_weights_);
+    if (!weights.device_memory())
+      device_weights_ = std::make_unique<DeviceWeights<Weight>>(device_, host_weights_);
     if (lora_) lora_spans_ = lora_layer_spans(*lora_, config().num_layers);
   }
   if (options_.bf16_residual && !std::is_same_v<Weight, bf16>)

@@ -170,7 +170,8 @@ class LlamaModel {
   Runtime& rt_;
   Device& device_;
   WeightProvider<Weight>& host_weights_;
-  std::unique_ptr<DeviceWeights<Weight>> device_weights_;  // when the host cannot address it
+  // Host weights copied to a device the host cannot address (ZeRO-3's store is on it already).
+  std::unique_ptr<DeviceWeights<Weight>> device_weights_;
   std::vector<LoraSpan> lora_spans_;                       // per layer, for the device mirror
   const LoraLayout* lora_;
   ComputeOptions options_;

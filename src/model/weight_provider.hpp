@@ -30,6 +30,9 @@ class WeightProvider {
   // True when acquire hands out the same buffer every time and release frees nothing (the
   // whole model in memory): a device copy of a unit may then be kept for the whole run.
   virtual bool resident() const { return false; }
+  // True when acquire hands out the runtime device's memory (ZeRO-3's store keeps its shards
+  // there); false: host memory, which the model copies to a device the host cannot address.
+  virtual bool device_memory() const { return false; }
 };
 
 // Elements of a unit's buffer.

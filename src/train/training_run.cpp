@@ -28,6 +28,7 @@
 #include "train/run_signature.hpp"
 #include "train/train_checkpoint.hpp"
 #include "train/training_run_impl.hpp"
+#include "zero3/run_device.hpp"
 #include "zero3/sharded_weights.hpp"
 
 namespace zerolora {
@@ -67,10 +68,14 @@ class PolicyRun final : public TrainingRun::Impl {
     const LlamaConfig& config = checkpoint->config();
     const double load_start = now_seconds();
     // ZeRO-3 shards the base weights; stages 0-2 keep them whole on every rank.
-    if (args.zero_stage == 3 && comm.size() > 1)
-      weights_ = std::make_unique<ShardedWeights<Weight>>(ShardedWeights<Weight>::load(
-          *rt, comm, *checkpoint, ZeroOptions{args.prefetch_depth, args.max_live_elements}));
-    else
+    if (args.zero_stage == 3 && comm.size() > 1) {
+      // On a GPU the shards live in its memory, gathered over NCCL or staged through the host.
+      parameter_comm_ =
+          make_parameter_communicator(rt->device(), ddp_backend, comm, settings.ddp_timeout);
+      weights_ = std::make_unique<ShardedWeights<Weight>>(
+          ShardedWeights<Weight>::load(*rt, parameter_comm_ ? *parameter_comm_ : comm, *checkpoint,
+                                       ZeroOptions{args.prefetch_depth, args.max_live_elements}));
+    } else
       weights_ =
           std::make_unique<LlamaWeights<Weight>>(load_llama_weights<Weight>(*rt, *checkpoint));
     note("model: " + settings.model_dir.string() + ", " + std::to_string(config.num_layers) +
@@ -160,6 +165,8 @@ class PolicyRun final : public TrainingRun::Impl {
         comm.all_reduce_sum(settings.peak_tflops > 0 ? settings.peak_tflops * 1e3
                                                      : measure_device_gemm_gflops<P>(
                                                            *rt, gpu ? 8192 : 1024, gpu ? 10 : 5));
+    // The measurement's operands (800 MiB on a GPU) are not the run's: peak memory from here.
+    rt->device().reset_peak();
     double window_loss = 0, window_time = 0, window_tokens = 0, window_samples = 0;
     std::int64_t window_steps = 0;
     last_saved_ = first_step;
@@ -363,6 +370,7 @@ class PolicyRun final : public TrainingRun::Impl {
                            "zerolora: " + settings.model_dir.filename().string());
   }
 
+  std::unique_ptr<Communicator> parameter_comm_;  // the store's, on a GPU (run_device.hpp)
   std::unique_ptr<WeightProvider<Weight>> weights_;
   std::optional<LlamaModel<P>> model_;
   std::optional<LoraTrainer<P>> trainer_;

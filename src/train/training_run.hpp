@@ -38,6 +38,10 @@ struct RunSettings {
   bool do_eval = false;                    // evaluate at the end even with eval_strategy no
   int threads = 0;                         // per rank; 0: the cores divided among local ranks
   std::string device = "cpu";              // cpu, cuda, cuda:N (model/backend.hpp)
+  // How ZeRO-3's gathers run on GPUs: auto, nccl, mpi (staged through the host), and how long
+  // a collective may take before the job is ended (comm/device_comm.hpp, Transformers' names).
+  std::string ddp_backend = "auto";
+  double ddp_timeout = 1800;
   // Refuse a run whose predicted memory (memory_estimate.hpp), times the ranks on this node,
   // exceeds what the machine or its cgroup can still give.
   bool check_memory = true;

@@ -9,6 +9,7 @@
 #include <string_view>
 #include <vector>
 
+#include "comm/device_comm.hpp"
 #include "core/runtime.hpp"
 #include "data/dataset.hpp"
 #include "data/sampler.hpp"
@@ -56,6 +57,7 @@ struct TrainingRun::Impl {
   std::optional<DeepSpeedScheduler> ds_scheduler;
   bool bf16_residual = false;
   std::optional<Runtime> rt;
+  DdpBackend ddp_backend = DdpBackend::kMpi;  // for ZeRO-3's gathers on a GPU (run_device.hpp)
   std::optional<Checkpoint> checkpoint;
   TrainingData data;
   LoraConfig lora;

@@ -14,6 +14,7 @@
 #include "train/memory_estimate.hpp"
 #include "train/run_outputs.hpp"
 #include "train/training_run_impl.hpp"
+#include "zero3/run_device.hpp"
 
 namespace zerolora {
 namespace run_internal {
@@ -45,8 +46,20 @@ TrainingRun::Impl::Impl(Communicator& communicator, PreparedSettings prepared,
   };
   for (const auto& line : prepared.notes) note(line);
   bf16_residual = resolve_bf16_residual(args.residual_dtype, args.bf16);
+  RunDevice run_device = open_run_device(settings.device, parse_ddp_backend(settings.ddp_backend),
+                                         detect_launch(), comm.size());
+  ddp_backend = run_device.backend;
+  if (!run_device.note.empty()) note(run_device.note);
+  // NCCL needs every rank: machines with different GPU counts could otherwise choose apart.
+  const auto nccl_ranks =
+      comm.all_reduce_sum<std::int64_t>(ddp_backend == DdpBackend::kNccl ? 1 : 0);
+  if (nccl_ranks != 0 && nccl_ranks != comm.size())
+    throw ConfigError("--ddp_backend auto chose NCCL on " + std::to_string(nccl_ranks) + " of " +
+                      std::to_string(comm.size()) +
+                      " ranks (the others share a GPU or lack NCCL): give every machine one "
+                      "rank per GPU, or pass --ddp_backend mpi");
   rt.emplace(settings.threads > 0 ? settings.threads : default_threads_per_rank(),
-             make_device(settings.device));
+             std::move(run_device.device));
   // bf16 GEMMs on the CPU need oneDNN's AVX-512 kernels; a GPU has its own.
   if (args.bf16 && rt->device().kind() == DeviceKind::kCpu) require_bf16_matmul(*rt);
   prepare_output_dir_on_all_ranks(comm, settings.output_dir, settings.overwrite_output_dir,

@@ -1,6 +1,7 @@
 #include "zero3/sharded_weights.hpp"
 
 #include <algorithm>
+#include <span>
 #include <string>
 
 #include "core/bf16.hpp"
@@ -45,14 +46,18 @@ std::string unit_name(UnitId id) {
 }  // namespace
 
 template <class W>
-ShardedWeights<W>::ShardedWeights(Communicator& comm, const LlamaConfig& config,
+ShardedWeights<W>::ShardedWeights(Device& device, Communicator& comm, const LlamaConfig& config,
                                   ZeroOptions options)
-    : comm_(&comm), config_(config), layout_(config), options_(options) {
-  const Index world = comm.size(), rank = comm.rank();
+    : device_(&device), comm_(&comm), config_(config), layout_(config), options_(options) {
+  if (comm.device_memory() == device.host_accessible())
+    throw InternalError("ZeRO-3 store on " + device.name() + " given the communicator " +
+                        comm.name() + ", which takes " +
+                        (comm.device_memory() ? "device" : "host") + " buffers");
+  const Index world = comm.size();
   const Index D = config.hidden_size, V = config.vocab_size;
   auto add = [&](UnitId id, Index elements) {
     const Index padded = (elements + world - 1) / world * world;
-    Buffer<W> shard(static_cast<std::size_t>(padded / world));
+    DeviceBuffer<W> shard(device, static_cast<std::size_t>(padded / world));
     shard.zero();  // alignment gaps and world-size padding stay zero
     units_.push_back({id, elements, padded, std::move(shard)});
   };
@@ -60,7 +65,25 @@ ShardedWeights<W>::ShardedWeights(Communicator& comm, const LlamaConfig& config,
   for (int l = 0; l < config.num_layers; ++l) add({Unit::kLayer, l}, layout_.size());
   add({Unit::kFinalNorm}, D);
   if (!config.tie_word_embeddings) add({Unit::kLmHead}, V * D);
-  (void)rank;
+}
+
+template <class W>
+template <class Fill>
+void ShardedWeights<W>::write_shard(UnitShard& u, Index first, Index count, Fill fill) {
+  W* dst = u.shard.data() + first;
+  if (device_->host_accessible()) {
+    fill(std::span<W>(dst, static_cast<std::size_t>(count)), Index{0});
+    return;
+  }
+  // Bounded: loading a 70B shard never holds more than a chunk of it on the host.
+  const Index chunk =
+      std::max<Index>(1, options_.load_staging_bytes / static_cast<Index>(sizeof(W)));
+  Buffer<W> staging(static_cast<std::size_t>(std::min(chunk, count)));
+  for (Index done = 0; done < count; done += chunk) {
+    const Index n = std::min(chunk, count - done);
+    fill(std::span<W>(staging.data(), static_cast<std::size_t>(n)), done);
+    device_->copy_to_device(dst + done, staging.data(), static_cast<std::size_t>(n) * sizeof(W));
+  }
 }
 
 template <class W>
@@ -73,7 +96,7 @@ const typename ShardedWeights<W>::UnitShard& ShardedWeights<W>::unit(UnitId id) 
 template <class W>
 ShardedWeights<W> ShardedWeights<W>::load(Runtime& rt, Communicator& comm,
                                           const Checkpoint& checkpoint, ZeroOptions options) {
-  ShardedWeights store(comm, checkpoint.config(), options);
+  ShardedWeights store(rt.device(), comm, checkpoint.config(), options);
   const auto table = validate_checkpoint(checkpoint);
   for (const auto& entry : table) {
     UnitShard& u =
@@ -81,8 +104,10 @@ ShardedWeights<W> ShardedWeights<W>::load(Runtime& rt, Communicator& comm,
     const Index s = u.padded / comm.size(), lo = comm.rank() * s, hi = lo + s;
     const Index a = std::max(lo, entry.offset), b = std::min(hi, entry.offset + entry.numel());
     if (a < b)
-      read_checkpoint_elements(rt, checkpoint, entry, a - entry.offset, b - a,
-                               u.shard.data() + (a - lo));
+      store.write_shard(u, a - lo, b - a, [&](std::span<W> out, Index done) {
+        read_checkpoint_elements(rt, checkpoint, entry, a - entry.offset + done,
+                                 static_cast<Index>(out.size()), out.data());
+      });
   }
   return store;
 }
@@ -91,17 +116,21 @@ template <class W>
 ShardedWeights<W> ShardedWeights<W>::random(Runtime& rt, Communicator& comm,
                                             const LlamaConfig& config, std::uint64_t seed,
                                             double std, ZeroOptions options) {
-  ShardedWeights store(comm, config, options);
+  ShardedWeights store(rt.device(), comm, config, options);
   const auto table = parameter_table(config);
   for (std::size_t t = 0; t < table.size(); ++t) {
     const auto& entry = table[t];
     UnitShard& u = store.units_[static_cast<std::size_t>(unit_index(config, unit_of(entry)))];
     const Index s = u.padded / comm.size(), lo = comm.rank() * s, hi = lo + s;
     const Index a = std::max(lo, entry.offset), b = std::min(hi, entry.offset + entry.numel());
-    W* dst = u.shard.data() + (a - lo);
+    if (a >= b) continue;
+    store.write_shard(u, a - lo, b - a, [&](std::span<W> out, Index done) {
+      const Index first = a - entry.offset + done, n = static_cast<Index>(out.size());
+      W* dst = out.data();
 #pragma omp parallel for num_threads(rt.threads()) schedule(static)
-    for (Index i = a; i < b; ++i)
-      dst[i - a] = convert_to<W>(random_weight(seed, t, entry, i - entry.offset, std));
+      for (Index i = 0; i < n; ++i)
+        dst[i] = convert_to<W>(random_weight(seed, t, entry, first + i, std));
+    });
   }
   return store;
 }
@@ -118,21 +147,21 @@ void ShardedWeights<W>::begin_schedule(const std::vector<UnitId>& schedule) {
 }
 
 template <class W>
-Buffer<W> ShardedWeights<W>::take_buffer(Index elements) {
+DeviceBuffer<W> ShardedWeights<W>::take_buffer(Index elements) {
   auto best = pool_.end();
   for (auto it = pool_.begin(); it != pool_.end(); ++it)
     if (static_cast<Index>(it->size()) >= elements &&
         (best == pool_.end() || it->size() < best->size()))
       best = it;
   if (best != pool_.end()) {
-    Buffer<W> buffer = std::move(*best);
+    DeviceBuffer<W> buffer = std::move(*best);
     pool_.erase(best);
     return buffer;
   }
   // Free buffers too small for this unit would only add to the footprint: drop them.
   for (const auto& free_buffer : pool_) pool_bytes_ -= free_buffer.bytes();
   pool_.clear();
-  Buffer<W> buffer(static_cast<std::size_t>(elements));
+  DeviceBuffer<W> buffer(*device_, static_cast<std::size_t>(elements));
   pool_bytes_ += buffer.bytes();
   pool_peak_bytes_ = std::max(pool_peak_bytes_, pool_bytes_);
   return buffer;

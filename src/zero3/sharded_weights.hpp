@@ -1,7 +1,9 @@
 // ZeRO-3 parameter store: each rank keeps 1/W of every unit of base weights (a decoder layer,
 // the embedding, the final norm, the lm_head), padded so W divides the unit, rank r holding
-// elements [r n/W, (r+1) n/W). Loading reads only those byte ranges from the safetensors files
-// (memory-mapped), so peak memory while loading is about the shard, not the model.
+// elements [r n/W, (r+1) n/W), in the memory of the runtime's device (a GPU's, or the host's).
+// Loading reads only those byte ranges from the safetensors files (memory-mapped), straight
+// into the shard or, for a device the host cannot address, through a bounded host staging
+// buffer: peak host memory while loading is about a chunk, not the model.
 //
 // The model announces each step's acquisition order (begin_schedule); acquire(unit) waits for
 // that unit's all-gather, issued up to `prefetch_depth` units ahead of use on the
@@ -9,7 +11,8 @@
 // a pool. A cap on gathered elements alive (DeepSpeed's stage3_max_live_parameters) holds
 // prefetching back. Every rank follows the same schedule with the same rules, so every rank
 // issues the same all-gathers in the same order. With W = 1 the shard is the whole unit and
-// acquire returns it without copying.
+// acquire returns it without copying. The communicator must take the device's buffers
+// (comm/device_comm.hpp: NCCL, or staged through the host, for a GPU).
 #pragma once
 
 #include <cstdint>
@@ -18,6 +21,7 @@
 
 #include "comm/communicator.hpp"
 #include "core/buffer.hpp"
+#include "core/device.hpp"
 #include "core/runtime.hpp"
 #include "io/checkpoint.hpp"
 #include "model/weight_provider.hpp"
@@ -27,12 +31,16 @@ namespace zerolora {
 struct ZeroOptions {
   int prefetch_depth = 1;       // units gathered ahead of the one in use
   Index max_live_elements = 0;  // cap on gathered elements alive at once; 0 = no cap
+  // Host staging while loading onto a device the host cannot address: at most this many bytes
+  // of the checkpoint on the host at once.
+  Index load_staging_bytes = Index{64} << 20;
 };
 
 template <class W>
 class ShardedWeights : public WeightProvider<W> {
  public:
   // Reads this rank's byte ranges of every tensor (shapes are validated first).
+  // Throws InternalError when `comm` does not take the memory of rt's device.
   static ShardedWeights load(Runtime& rt, Communicator& comm, const Checkpoint& checkpoint,
                              ZeroOptions options = {});
   // The shard of random_llama_weights(config, seed, std): identical values for any W.
@@ -46,6 +54,7 @@ class ShardedWeights : public WeightProvider<W> {
   void begin_schedule(const std::vector<UnitId>& schedule) override;
   const W* acquire(UnitId unit) override;
   void release(UnitId unit) override;
+  bool device_memory() const override { return true; }
 
   // Accounting, for tests and the memory benchmark.
   std::size_t shard_bytes() const;          // this rank's shards of all units
@@ -59,22 +68,27 @@ class ShardedWeights : public WeightProvider<W> {
     UnitId id;
     Index elements;  // unpadded
     Index padded;    // multiple of the world size
-    Buffer<W> shard;
+    DeviceBuffer<W> shard;
   };
   struct Gathered {
     std::size_t schedule_index;
     UnitId unit;
-    Buffer<W> buffer;
+    DeviceBuffer<W> buffer;
     Request request;
     bool acquired = false;
   };
 
-  ShardedWeights(Communicator& comm, const LlamaConfig& config, ZeroOptions options);
+  ShardedWeights(Device& device, Communicator& comm, const LlamaConfig& config,
+                 ZeroOptions options);
   const UnitShard& unit(UnitId id) const;
+  // Writes [first, first + count) of the shard of unit `u` with fill(host span, element index).
+  template <class Fill>
+  void write_shard(UnitShard& u, Index first, Index count, Fill fill);
   void issue_next();
   void prefetch();
-  Buffer<W> take_buffer(Index elements);
+  DeviceBuffer<W> take_buffer(Index elements);
 
+  Device* device_;
   Communicator* comm_;
   LlamaConfig config_;
   LayerLayout layout_;
@@ -83,7 +97,7 @@ class ShardedWeights : public WeightProvider<W> {
   std::vector<UnitId> schedule_;
   std::size_t next_issue_ = 0, next_acquire_ = 0;
   std::deque<Gathered> live_;
-  std::vector<Buffer<W>> pool_;
+  std::vector<DeviceBuffer<W>> pool_;
   std::size_t pool_bytes_ = 0, pool_peak_bytes_ = 0;
 };
 

@@ -5,15 +5,19 @@
 
 #include <random>
 
+#include "comm/device_comm.hpp"
+#include "comm/launch.hpp"
 #include "core/error.hpp"
 #include "core/precision.hpp"
 #include "data/sampler.hpp"
 #include "model/llama_weights.hpp"
 #include "mpi_env.hpp"
+#include "staging_device.hpp"
 #include "test_util.hpp"
 #include "tolerances.hpp"
 #include "train/lora_trainer.hpp"
 #include "train/run_signature.hpp"
+#include "zero3/run_device.hpp"
 #include "zero3/sharded_weights.hpp"
 
 namespace zerolora {
@@ -49,9 +53,8 @@ struct RunResult {
 constexpr double kMaxGradNorm = 0.1;
 
 // Five LoRA steps of a global batch of 12 over this communicator's ranks.
-RunResult train_five_steps(Communicator& comm, WeightProvider<float>& weights, Index threshold,
-                           Index micro) {
-  Runtime rt(1);
+RunResult train_five_steps(Runtime& rt, Communicator& comm, WeightProvider<float>& weights,
+                           Index threshold, Index micro) {
   LoraConfig lora;
   lora.rank = 4;
   lora.alpha = 8;
@@ -117,10 +120,10 @@ TEST_P(WorldSizeInvariance, LossesAndAdapterEqualSingleProcess) {
   // The reference: this process alone, whole model, another micro-batch split.
   auto local = make_local_communicator();
   auto full = load_llama_weights<float>(rt, checkpoint);
-  const RunResult reference = train_five_steps(*local, full, threshold, 3);
+  const RunResult reference = train_five_steps(rt, *local, full, threshold, 3);
   // Distributed: sharded base weights, prefetch depth 2.
   auto sharded = ShardedWeights<float>::load(rt, comm, checkpoint, ZeroOptions{2, 0});
-  const RunResult distributed = train_five_steps(comm, sharded, threshold, 2);
+  const RunResult distributed = train_five_steps(rt, comm, sharded, threshold, 2);
   for (std::size_t s = 0; s < reference.losses.size(); ++s) {
     EXPECT_NEAR(distributed.losses[s], reference.losses[s], 1e-5 * reference.losses[s])
         << "step " << s << " world " << comm.size();
@@ -158,6 +161,158 @@ INSTANTIATE_TEST_SUITE_P(Models, WorldSizeInvariance,
                                            std::make_tuple("gqa_tied", Index{0}),
                                            std::make_tuple("qwen2_bias", Index{0}),
                                            std::make_tuple("mistral_window", Index{0})),
+                         [](const auto& info) {
+                           return std::string(std::get<0>(info.param)) +
+                                  (std::get<1>(info.param) == 0 ? "_partitioned" : "_replicated");
+                         });
+
+// ZeRO-3 on a device the host cannot address, as on GPUs that share one machine: the shards in
+// the device's memory (loaded through a small host staging buffer), gathered by the staged
+// transport (device -> host -> MPI -> host -> device), the model on the device with its LoRA
+// mirrored. The losses, gradients and adapter equal the single-process host run, dropout on,
+// LoRA partitioned.
+TEST(ZeroOnADevice, StagedTransportEqualsSingleProcess) {
+  Communicator& comm = MpiEnvironment::comm();
+  const Checkpoint checkpoint(testing::fixtures_dir() / "gqa_tied" / "model");
+  Runtime host_rt(1);
+  auto local = make_local_communicator();
+  auto full = load_llama_weights<float>(host_rt, checkpoint);
+  const RunResult reference = train_five_steps(host_rt, *local, full, 0, 3);
+
+  auto owned = std::make_unique<testing::StagingDevice>();
+  testing::StagingDevice& device = *owned;
+  Runtime rt(1, std::move(owned));
+  // The store refuses a communicator that takes host buffers for the device's.
+  EXPECT_THROW(ShardedWeights<float>::load(rt, comm, checkpoint), InternalError);
+  auto staged = make_staged_communicator(device, comm);
+  EXPECT_TRUE(staged->device_memory());
+  ZeroOptions options{2, 0};
+  options.load_staging_bytes = 1000;  // many chunks per tensor
+  auto sharded = ShardedWeights<float>::load(rt, *staged, checkpoint, options);
+  const int uploads_after_load = device.uploads;
+  const RunResult distributed = train_five_steps(rt, comm, sharded, 0, 2);
+  for (std::size_t s = 0; s < reference.losses.size(); ++s) {
+    EXPECT_NEAR(distributed.losses[s], reference.losses[s], 1e-5 * reference.losses[s])
+        << "step " << s << " world " << comm.size();
+    EXPECT_LT(testing::max_rel_error(distributed.grads[s], reference.grads[s]), 1e-5)
+        << "gradient, step " << s << " world " << comm.size();
+  }
+  EXPECT_LT(testing::max_rel_error(distributed.params, reference.params),
+            tolerance::kWorldSize.adapter)
+      << "world " << comm.size();
+  EXPECT_NEAR(distributed.eval_loss, reference.eval_loss, 1e-5 * reference.eval_loss);
+  // The staging ran: shards uploaded in chunks, and with W > 1 every gather went through the
+  // host and back (the store's units are never mirrored from host weights).
+  EXPECT_GT(uploads_after_load, 20);
+  if (comm.size() > 1) {
+    EXPECT_GT(device.downloads, 0);
+    EXPECT_GT(device.uploads, uploads_after_load);
+    EXPECT_GT(staged->stats().calls, 0);
+  }
+}
+
+// Each collective of `on_device` (buffers in `device`'s memory) equals `host`'s on the same
+// values: all-reduce, reduce-scatter, all-gather, broadcast from the last rank.
+void expect_collectives_equal_hosts(Device& device, Communicator& on_device, Communicator& host) {
+  const int W = host.size(), r = host.rank();
+  auto upload = [&](const std::vector<double>& values) {
+    DeviceBuffer<double> p(device, values.size());
+    device.copy_to_device(p.data(), values.data(), values.size() * sizeof(double));
+    return p;
+  };
+  auto download = [&](const DeviceBuffer<double>& p, std::size_t n) {
+    std::vector<double> out(n);
+    device.copy_to_host(out.data(), p.data(), n * sizeof(double));
+    return out;
+  };
+  const std::size_t n = 5;
+  std::vector<double> mine(n * static_cast<std::size_t>(W));
+  for (std::size_t i = 0; i < mine.size(); ++i) mine[i] = 1000.0 * r + static_cast<double>(i);
+
+  std::vector<double> summed = mine;
+  host.all_reduce(std::span<double>(summed));
+  auto d = upload(mine);
+  on_device.all_reduce_async(d.data(), mine.size(), ElementType::kDouble)->wait();
+  EXPECT_EQ(download(d, mine.size()), summed) << on_device.name();
+
+  std::vector<double> scattered(n);
+  host.reduce_scatter(mine.data(), scattered.data(), n);
+  auto send = upload(mine);
+  auto recv = upload(std::vector<double>(n, -1.0));
+  on_device.reduce_scatter_async(send.data(), recv.data(), n, ElementType::kDouble)->wait();
+  EXPECT_EQ(download(recv, n), scattered) << on_device.name();
+
+  std::vector<double> gathered(n * static_cast<std::size_t>(W));
+  host.all_gather(mine.data(), gathered.data(), n * sizeof(double));
+  auto all = upload(std::vector<double>(gathered.size(), -1.0));
+  on_device.all_gather_async(send.data(), all.data(), n * sizeof(double))->wait();
+  EXPECT_EQ(download(all, gathered.size()), gathered) << on_device.name();
+
+  const int root = W - 1;
+  auto b = upload(mine);
+  on_device.broadcast(b.data(), n * sizeof(double), root);
+  std::vector<double> from_root(n);
+  for (std::size_t i = 0; i < n; ++i) from_root[i] = 1000.0 * root + static_cast<double>(i);
+  EXPECT_EQ(download(b, n), from_root) << on_device.name();
+  on_device.barrier();
+}
+
+TEST(ZeroOnADevice, StagedCollectivesEqualTheHosts) {
+  Communicator& comm = MpiEnvironment::comm();
+  testing::StagingDevice device;
+  auto staged = make_staged_communicator(device, comm);
+  expect_collectives_equal_hosts(device, *staged, comm);
+  EXPECT_GT(device.downloads, 0);
+}
+
+// The same on a real GPU, for the device check (ZEROLORA_CUDA builds; skipped, with the reason,
+// without a GPU): every rank of the test on GPU 0, the staged transport at any W, NCCL at W = 1
+// (it refuses two ranks on one GPU). The reference is the single-process run on the same GPU.
+class ZeroOnAGpu : public ::testing::TestWithParam<std::tuple<const char*, Index>> {};
+
+TEST_P(ZeroOnAGpu, CollectivesAndTrainingEqualOneRank) {
+  Communicator& comm = MpiEnvironment::comm();
+  const auto [backend_name, threshold] = GetParam();
+  const DdpBackend backend = parse_ddp_backend(backend_name);
+  if (backend == DdpBackend::kNccl && comm.size() > 1)
+    GTEST_SKIP() << "NCCL refuses several ranks on one GPU: its check runs at W = 1";
+  RunDevice run;
+  try {
+    run = open_run_device("cuda:0", backend, detect_launch(), comm.size());
+  } catch (const UnsupportedError& e) {
+    GTEST_SKIP() << e.what();
+  } catch (const DeviceError& e) {
+    if (std::string(e.what()).find("no CUDA device") == std::string::npos) throw;
+    GTEST_SKIP() << e.what();
+  }
+  const DdpBackend chosen = run.backend;
+  EXPECT_EQ(chosen, backend);
+  Runtime rt(1, std::move(run.device));
+  auto on_gpu = make_parameter_communicator(rt.device(), chosen, comm, 60);
+  ASSERT_TRUE(on_gpu);
+  expect_collectives_equal_hosts(rt.device(), *on_gpu, comm);
+
+  const Checkpoint checkpoint(testing::fixtures_dir() / "gqa_tied" / "model");
+  auto local = make_local_communicator();
+  auto full = load_llama_weights<float>(rt, checkpoint);
+  const RunResult reference = train_five_steps(rt, *local, full, threshold, 3);
+  auto sharded = ShardedWeights<float>::load(rt, *on_gpu, checkpoint, ZeroOptions{2, 0});
+  const RunResult distributed = train_five_steps(rt, comm, sharded, threshold, 2);
+  for (std::size_t s = 0; s < reference.losses.size(); ++s) {
+    EXPECT_NEAR(distributed.losses[s], reference.losses[s], 1e-5 * reference.losses[s])
+        << "step " << s << " world " << comm.size();
+    EXPECT_LT(testing::max_rel_error(distributed.grads[s], reference.grads[s]), 1e-5)
+        << "gradient, step " << s << " world " << comm.size();
+  }
+  EXPECT_LT(testing::max_rel_error(distributed.params, reference.params),
+            tolerance::kWorldSize.adapter);
+  EXPECT_LT(reference.losses.back(), reference.losses.front());
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, ZeroOnAGpu,
+                         ::testing::Values(std::make_tuple("mpi", Index{0}),
+                                           std::make_tuple("mpi", Index{100000}),
+                                           std::make_tuple("nccl", Index{0})),
                          [](const auto& info) {
                            return std::string(std::get<0>(info.param)) +
                                   (std::get<1>(info.param) == 0 ? "_partitioned" : "_replicated");

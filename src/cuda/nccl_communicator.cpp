@@ -1,0 +1,365 @@
+#include "cuda/nccl_communicator.hpp"
+
+#include <dlfcn.h>
+#include <nccl.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <deque>
+#include <mutex>
+#include <thread>
+
+#include "core/error.hpp"
+
+namespace zerolora::cuda {
+namespace {
+
+// The process exits with this code when the watchdog ends the job (an internal failure of the
+// run's machinery, as exit_codes.hpp classifies a lost peer).
+constexpr int kWatchdogExit = 70;
+
+double now_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// NCCL's entry points from libnccl.so.2, loaded when the first communicator is made.
+struct NcclApi {
+  void* library = nullptr;
+#define ZL_NCCL_FUNCTION(name) decltype(&::name) name = nullptr;
+  ZL_NCCL_FUNCTION(ncclGetVersion)
+  ZL_NCCL_FUNCTION(ncclGetUniqueId)
+  ZL_NCCL_FUNCTION(ncclCommInitRankConfig)
+  ZL_NCCL_FUNCTION(ncclCommGetAsyncError)
+  ZL_NCCL_FUNCTION(ncclCommFinalize)
+  ZL_NCCL_FUNCTION(ncclCommDestroy)
+  ZL_NCCL_FUNCTION(ncclCommAbort)
+  ZL_NCCL_FUNCTION(ncclGetErrorString)
+  ZL_NCCL_FUNCTION(ncclGetLastError)
+  ZL_NCCL_FUNCTION(ncclAllGather)
+  ZL_NCCL_FUNCTION(ncclReduceScatter)
+  ZL_NCCL_FUNCTION(ncclAllReduce)
+  ZL_NCCL_FUNCTION(ncclBroadcast)
+#undef ZL_NCCL_FUNCTION
+
+  // Throws DeviceError saying why the library or a symbol is missing.
+  NcclApi() {
+    library = dlopen("libnccl.so.2", RTLD_NOW | RTLD_LOCAL);
+    if (!library)
+      throw DeviceError(std::string("cannot load libnccl.so.2 (") + dlerror() +
+                        "): put NCCL's folder on LD_LIBRARY_PATH, or use --ddp_backend mpi");
+    auto bind = [&](auto& function, const char* symbol) {
+      function =
+          reinterpret_cast<std::remove_reference_t<decltype(function)>>(dlsym(library, symbol));
+      if (!function) throw DeviceError(std::string("libnccl.so.2 has no ") + symbol);
+    };
+#define ZL_NCCL_BIND(name) bind(name, #name);
+    ZL_NCCL_BIND(ncclGetVersion)
+    ZL_NCCL_BIND(ncclGetUniqueId)
+    ZL_NCCL_BIND(ncclCommInitRankConfig)
+    ZL_NCCL_BIND(ncclCommGetAsyncError)
+    ZL_NCCL_BIND(ncclCommFinalize)
+    ZL_NCCL_BIND(ncclCommDestroy)
+    ZL_NCCL_BIND(ncclCommAbort)
+    ZL_NCCL_BIND(ncclGetErrorString)
+    ZL_NCCL_BIND(ncclGetLastError)
+    ZL_NCCL_BIND(ncclAllGather)
+    ZL_NCCL_BIND(ncclReduceScatter)
+    ZL_NCCL_BIND(ncclAllReduce)
+    ZL_NCCL_BIND(ncclBroadcast)
+#undef ZL_NCCL_BIND
+  }
+  ~NcclApi() {
+    if (library) dlclose(library);
+  }
+  NcclApi(const NcclApi&) = delete;
+  NcclApi& operator=(const NcclApi&) = delete;
+
+  std::string version() const {
+    int v = 0;
+    ncclGetVersion(&v);
+    // 2.19 and later encode MAJOR * 10000 + MINOR * 100 + PATCH; older ones * 1000 + * 100.
+    const int major = v >= 10000 ? v / 10000 : v / 1000;
+    const int minor = v >= 10000 ? v / 100 % 100 : v / 100 % 10;
+    return std::to_string(major) + "." + std::to_string(minor) + "." + std::to_string(v % 100);
+  }
+};
+
+ncclDataType_t nccl_type(ElementType type) {
+  switch (type) {
+    case ElementType::kFloat:
+      return ncclFloat32;
+    case ElementType::kDouble:
+      return ncclFloat64;
+    case ElementType::kInt64:
+      return ncclInt64;
+    case ElementType::kUInt64:
+      return ncclUint64;
+  }
+  return ncclUint8;
+}
+
+std::size_t element_bytes(ElementType type) {
+  return type == ElementType::kFloat ? 4 : 8;
+}
+
+// One collective in flight: `done` is recorded on the communication stream after it.
+struct Collective {
+  std::string what;  // "all_gather of 123456 bytes per rank"
+  double issued = 0;
+  cudaEvent_t start = nullptr, done = nullptr;
+  ~Collective() {
+    if (start) cudaEventDestroy(start);
+    if (done) cudaEventDestroy(done);
+  }
+};
+
+class NcclRequest final : public CommRequest {
+ public:
+  NcclRequest(std::shared_ptr<Collective> collective, cudaStream_t compute)
+      : collective_(std::move(collective)), compute_(compute) {}
+  ~NcclRequest() override {
+    try {
+      wait();
+    } catch (...) {
+    }
+  }
+  // The compute stream waits; the host does not.
+  void wait() override {
+    if (waited_) return;
+    waited_ = true;
+    check_cuda(cudaStreamWaitEvent(compute_, collective_->done, 0),
+               "cudaStreamWaitEvent (compute stream on a collective)");
+  }
+  bool done() override { return cudaEventQuery(collective_->done) == cudaSuccess; }
+
+ private:
+  std::shared_ptr<Collective> collective_;
+  cudaStream_t compute_;
+  bool waited_ = false;
+};
+
+class NcclCommunicator final : public Communicator {
+ public:
+  NcclCommunicator(CudaDevice& device, Communicator& bootstrap, double timeout_seconds)
+      : device_(device),
+        bootstrap_(bootstrap),
+        timeout_(timeout_seconds),
+        rank_(bootstrap.rank()),
+        size_(bootstrap.size()) {
+    if (bootstrap.device_memory())
+      throw InternalError("NCCL's bootstrap communicator must take host buffers");
+    ncclUniqueId id{};
+    if (rank_ == 0) check(api_.ncclGetUniqueId(&id), "ncclGetUniqueId");
+    bootstrap.broadcast(&id, sizeof(id), 0);
+    check_cuda(cudaSetDevice(device.ordinal()), "cudaSetDevice");
+    check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking),
+               "cudaStreamCreate (NCCL's stream)");
+    ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+    config.blocking = 0;  // calls return at once; settle() polls them under the timeout
+    check(api_.ncclCommInitRankConfig(&comm_, size_, id, rank_, &config), "ncclCommInitRankConfig");
+    settle("ncclCommInitRankConfig (" + std::to_string(size_) + " ranks)");
+    watchdog_ = std::thread([this] { watch(); });
+  }
+
+  ~NcclCommunicator() override {
+    {
+      std::lock_guard lock(mutex_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    if (watchdog_.joinable()) watchdog_.join();
+    if (comm_) {
+      try {
+        check_cuda(cudaStreamSynchronize(stream_), "cudaStreamSynchronize (NCCL's stream)");
+        check(api_.ncclCommFinalize(comm_), "ncclCommFinalize");
+        settle("ncclCommFinalize");
+        api_.ncclCommDestroy(comm_);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "zerolora: rank %d: %s; aborting the NCCL communicator\n", rank_,
+                     e.what());
+        api_.ncclCommAbort(comm_);
+      }
+    }
+    if (stream_) cudaStreamDestroy(stream_);
+  }
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::string name() const override { return "nccl " + api_.version(); }
+  bool device_memory() const override { return true; }
+
+  Request all_gather_async(const void* send, void* recv, std::size_t bytes) override {
+    return issue("all_gather of " + std::to_string(bytes) + " bytes per rank",
+                 bytes * static_cast<std::size_t>(size_),
+                 [&] { return api_.ncclAllGather(send, recv, bytes, ncclUint8, comm_, stream_); });
+  }
+  Request reduce_scatter_async(const void* send, void* recv, std::size_t count,
+                               ElementType type) override {
+    return issue("reduce_scatter of " + std::to_string(count) + " elements per rank",
+                 count * element_bytes(type) * static_cast<std::size_t>(size_), [&] {
+                   return api_.ncclReduceScatter(send, recv, count, nccl_type(type), ncclSum, comm_,
+                                                 stream_);
+                 });
+  }
+  Request all_reduce_async(void* data, std::size_t count, ElementType type) override {
+    return issue(
+        "all_reduce of " + std::to_string(count) + " elements", count * element_bytes(type), [&] {
+          return api_.ncclAllReduce(data, data, count, nccl_type(type), ncclSum, comm_, stream_);
+        });
+  }
+  Request broadcast_async(void* data, std::size_t bytes, int root) override {
+    return issue(
+        "broadcast of " + std::to_string(bytes) + " bytes from rank " + std::to_string(root), bytes,
+        [&] { return api_.ncclBroadcast(data, data, bytes, ncclUint8, root, comm_, stream_); });
+  }
+  void barrier() override {
+    device_.synchronize();
+    check_cuda(cudaStreamSynchronize(stream_), "cudaStreamSynchronize (NCCL's stream)");
+    bootstrap_.barrier();
+  }
+  [[noreturn]] void abort(int exit_code) override {
+    if (comm_) api_.ncclCommAbort(comm_);
+    bootstrap_.abort(exit_code);
+    std::_Exit(exit_code);  // abort() does not return; the compiler cannot see it through virtual
+  }
+  CommStats stats() const override {
+    std::lock_guard lock(mutex_);
+    return stats_;
+  }
+  void reset_stats() override {
+    std::lock_guard lock(mutex_);
+    stats_ = {};
+  }
+
+ private:
+  void check(ncclResult_t result, const std::string& call) {
+    if (result == ncclSuccess || result == ncclInProgress) return;
+    const char* last = api_.ncclGetLastError(comm_);
+    throw DeviceError(call + " failed on rank " + std::to_string(rank_) + ": " +
+                      api_.ncclGetErrorString(result) +
+                      (last && *last ? std::string(" (") + last + ")" : std::string()));
+  }
+
+  // Polls a non-blocking NCCL call to its end, within the timeout.
+  void settle(const std::string& call) {
+    const double start = now_seconds();
+    for (;;) {
+      ncclResult_t state = ncclSuccess;
+      api_.ncclCommGetAsyncError(comm_, &state);
+      if (state == ncclSuccess) return;
+      if (state != ncclInProgress) check(state, call);
+      if (now_seconds() - start > timeout_)
+        fail(call + " did not finish within " + std::to_string(static_cast<int>(timeout_)) +
+             " s (--ddp_timeout): a rank is gone or stuck");
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+  }
+
+  template <class Call>
+  Request issue(std::string what, std::size_t bytes, Call call) {
+    auto collective = std::make_shared<Collective>();
+    collective->what = std::move(what);
+    check_cuda(cudaEventCreate(&collective->start), "cudaEventCreate");
+    check_cuda(cudaEventCreate(&collective->done), "cudaEventCreate");
+    // After the compute stream's work so far (the receive buffer may have been in use there).
+    check_cuda(cudaEventRecord(collective->start, device_.stream()), "cudaEventRecord");
+    check_cuda(cudaStreamWaitEvent(stream_, collective->start, 0), "cudaStreamWaitEvent");
+    collective->issued = now_seconds();
+    check(call(), "NCCL " + collective->what);
+    settle("NCCL " + collective->what);
+    check_cuda(cudaEventRecord(collective->done, stream_), "cudaEventRecord");
+    {
+      std::lock_guard lock(mutex_);
+      in_flight_.push_back(collective);
+      stats_.bytes += static_cast<std::int64_t>(bytes);
+      stats_.calls += 1;
+    }
+    return std::make_unique<NcclRequest>(std::move(collective), device_.stream());
+  }
+
+  // Every 50 ms: retire finished collectives (their GPU time into busy_seconds), and end the
+  // job when the oldest unfinished one is older than the timeout or NCCL reports an error.
+  void watch() {
+    cudaSetDevice(device_.ordinal());
+    std::unique_lock lock(mutex_);
+    while (!stopping_) {
+      cv_.wait_for(lock, std::chrono::milliseconds(50));
+      while (!in_flight_.empty()) {
+        Collective& oldest = *in_flight_.front();
+        const cudaError_t state = cudaEventQuery(oldest.done);
+        if (state == cudaSuccess) {
+          float ms = 0;
+          if (cudaEventElapsedTime(&ms, oldest.start, oldest.done) == cudaSuccess)
+            stats_.busy_seconds += ms / 1000.0;
+          in_flight_.pop_front();
+          continue;
+        }
+        if (state != cudaErrorNotReady) {
+          lock.unlock();
+          fail("NCCL " + oldest.what + ": " + cudaGetErrorString(state));
+        }
+        if (now_seconds() - oldest.issued > timeout_) {
+          const std::string what = oldest.what;
+          lock.unlock();
+          fail("NCCL " + what + " did not finish within " +
+               std::to_string(static_cast<int>(timeout_)) +
+               " s (--ddp_timeout): a rank is gone or stuck");
+        }
+        break;
+      }
+      ncclResult_t async = ncclSuccess;
+      api_.ncclCommGetAsyncError(comm_, &async);
+      if (async != ncclSuccess && async != ncclInProgress) {
+        lock.unlock();
+        fail(std::string("NCCL reports ") + api_.ncclGetErrorString(async));
+      }
+    }
+  }
+
+  // Ends every rank: a collective that cannot finish would otherwise hang the others.
+  [[noreturn]] void fail(const std::string& message) {
+    std::fprintf(stderr, "zerolora: rank %d of %d: %s; ending every rank\n", rank_, size_,
+                 message.c_str());
+    std::fflush(stderr);
+    if (comm_) api_.ncclCommAbort(comm_);
+    bootstrap_.abort(kWatchdogExit);
+    std::_Exit(kWatchdogExit);
+  }
+
+  NcclApi api_;
+  CudaDevice& device_;
+  Communicator& bootstrap_;
+  double timeout_;
+  int rank_, size_;
+  cudaStream_t stream_ = nullptr;
+  ncclComm_t comm_ = nullptr;
+  std::thread watchdog_;
+  mutable std::mutex mutex_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  std::deque<std::shared_ptr<Collective>> in_flight_;
+  CommStats stats_;
+};
+
+}  // namespace
+
+bool nccl_loadable(std::string* version_or_why) {
+  try {
+    const NcclApi api;
+    if (version_or_why) *version_or_why = api.version();
+    return true;
+  } catch (const DeviceError& e) {
+    if (version_or_why) *version_or_why = e.what();
+    return false;
+  }
+}
+
+std::unique_ptr<Communicator> make_nccl_communicator(CudaDevice& device, Communicator& bootstrap,
+                                                     double timeout_seconds) {
+  if (!(timeout_seconds > 0)) throw UsageError("--ddp_timeout must be positive");
+  return std::make_unique<NcclCommunicator>(device, bootstrap, timeout_seconds);
+}
+
+}  // namespace zerolora::cuda

@@ -1,0 +1,37 @@
+// A training run's device, placed among the machine's GPUs by the launch, and the communicator
+// ZeRO-3's parameter store gathers over in that device's memory (comm/device_comm.hpp):
+//   --device cpu        the host; the store uses the run's own communicator
+//   --device cuda       local rank r on GPU r (shared round-robin when the ranks outnumber the
+//                       GPUs), NCCL or the host-staged transport by --ddp_backend
+//   --device cuda:N     every rank of the machine on GPU N
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "comm/communicator.hpp"
+#include "comm/device_comm.hpp"
+#include "comm/launch.hpp"
+#include "core/device.hpp"
+
+namespace zerolora {
+
+struct RunDevice {
+  std::unique_ptr<Device> device;  // null: the runtime's host device
+  DdpBackend backend = DdpBackend::kMpi;
+  std::string note;  // where this rank runs and why, for the run's notes (empty on the CPU)
+};
+
+// Throws UsageError / UnsupportedError / DeviceError naming the flag when the spec, the
+// backend or the machine's GPUs do not allow it.
+RunDevice open_run_device(const std::string& spec, DdpBackend backend, const LaunchInfo& launch,
+                          int world_size);
+
+// The communicator for the store's buffers on `device`: null when `host` serves (the host's
+// memory), otherwise NCCL or `host` staged through host memory, by `backend` (RunDevice's).
+// `host` must outlive it.
+std::unique_ptr<Communicator> make_parameter_communicator(Device& device, DdpBackend backend,
+                                                          Communicator& host,
+                                                          double timeout_seconds);
+
+}  // namespace zerolora
