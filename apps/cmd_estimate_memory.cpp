@@ -23,6 +23,7 @@ struct EstimateOptions {
   std::string bf16 = "true", recompute = "true", residual_dtype = "auto", granularity = "auto";
   double recompute_budget_mib = -1;
   double device_gb = 96;
+  std::string device = "cpu";
   bool json = false;
 };
 
@@ -52,13 +53,23 @@ Estimate estimate(EstimateOptions& o) {
                              : Recompute::kNone;
   o.scenario.recompute_budget_bytes = recompute_budget_from_mib(o.recompute_budget_mib);
   o.scenario.bf16_residual = resolve_bf16_residual(o.residual_dtype, o.scenario.bf16);
+  if (o.device != "cpu" && o.device != "cuda" && o.device.rfind("cuda:", 0) != 0)
+    throw UsageError("--device " + o.device + ": expected cpu, cuda or cuda:N");
+  o.scenario.gpu = o.device != "cpu";
   return {config, lora, targets, static_cast<std::int64_t>(layout.size()),
           estimate_memory(config, layout, o.scenario)};
 }
 
-nlohmann::ordered_json json_report(const MemoryEstimate& e) {
-  nlohmann::ordered_json j{{"total_bytes", e.total()}, {"items", nlohmann::ordered_json::array()}};
-  for (const auto& i : e.items) j["items"].push_back({{"name", i.name}, {"bytes", i.bytes}});
+// total_bytes: the memory the model runs in (the GPU's with --device cuda); host_bytes: what a
+// GPU run keeps on the host; each item says where it lives.
+nlohmann::ordered_json json_report(const MemoryEstimate& e, bool gpu) {
+  nlohmann::ordered_json j{{"device", gpu ? "cuda" : "cpu"},
+                           {"total_bytes", e.total()},
+                           {"host_bytes", gpu ? e.host_total() : e.total()},
+                           {"items", nlohmann::ordered_json::array()}};
+  for (const auto& i : e.items)
+    j["items"].push_back(
+        {{"name", i.name}, {"bytes", i.bytes}, {"memory", gpu && !i.host ? "gpu" : "host"}});
   return j;
 }
 
@@ -66,7 +77,7 @@ int run_estimate(EstimateOptions& o) {
   const auto [config, lora, targets, lora_parameters, e] = estimate(o);
   const MemoryScenario& s = o.scenario;
   if (o.json) {
-    std::printf("%s\n", json_report(e).dump(2).c_str());
+    std::printf("%s\n", json_report(e, s.gpu).dump(2).c_str());
     return 0;
   }
   std::printf(
@@ -79,11 +90,22 @@ int run_estimate(EstimateOptions& o) {
       s.bf16_residual ? "bf16" : "fp32",
       s.recompute == Recompute::kNone ? "off" : recompute_name(s.recompute), lora.rank,
       targets.c_str(), static_cast<long long>(lora_parameters));
-  std::printf("  %-58s %12s\n", "per rank", "GiB");
-  for (const auto& i : e.items)
-    std::printf("  %-58s %12.3f\n", i.name.c_str(), i.bytes / 1073741824.0);
+  auto table = [&](bool host, const char* title, double total) {
+    std::printf("  %-74s %12s\n", title, "GiB");
+    for (const auto& i : e.items)
+      if (i.host == host) std::printf("  %-74s %12.3f\n", i.name.c_str(), i.bytes / 1073741824.0);
+    std::printf("  %-74s %12.3f   (%.1f GB)\n", "total", total / 1073741824.0, total / 1e9);
+  };
   const double total = e.total();
-  std::printf("  %-58s %12.3f   (%.1f GB)\n", "total", total / 1073741824.0, total / 1e9);
+  table(false, s.gpu ? "per rank, GPU memory" : "per rank", total);
+  if (s.gpu) {
+    std::printf("\n");
+    table(true, "per rank, host memory", e.host_total());
+    std::printf(
+        "\nNot counted on the GPU: the CUDA context and kernel code (a few hundred MiB in "
+        "nvidia-smi), NCCL's buffers. The GPU figures follow the CUDA backend's "
+        "allocations and have not yet been checked against a GPU run.\n");
+  }
   std::printf("\n%s a %.0f GB device (%.0f%% used)\n",
               total <= o.device_gb * 1e9 ? "fits" : "does NOT fit", o.device_gb,
               100.0 * total / (o.device_gb * 1e9));
@@ -153,6 +175,10 @@ void add_estimate_flags(CLI::App* cmd, EstimateOptions* o) {
   cmd->add_option("--device_memory_gb", o->device_gb, "Device capacity to compare with, in GB")
       ->capture_default_str()
       ->check(finite_in(0.0));
+  cmd->add_option("--device", o->device,
+                  "Where the model runs: cpu, or cuda (a GPU: weights and activations in its "
+                  "memory, LoRA state and AdamW on the host; each item says where)")
+      ->capture_default_str();
   cmd->add_flag("--json", o->json, "Machine-readable output");
 }
 
@@ -171,7 +197,7 @@ nlohmann::ordered_json estimate_memory_report(const std::vector<std::string>& ar
   EstimateOptions o;
   add_estimate_flags(&cmd, &o);
   parse_function_flags(cmd, args);
-  return json_report(estimate(o).memory);
+  return json_report(estimate(o).memory, o.scenario.gpu);
 }
 
 }  // namespace zerolora::cli

@@ -1,7 +1,7 @@
 // Training configuration: LR schedules against transformers' get_scheduler, the DeepSpeed
 // config merge (the seed recipe's llama2_ds_zero3_config.json as is, "auto", consistency,
 // refusals), and PEFT adapter files (round trip, adapters for another base, PEFT features
-// zerolora does not implement).
+// zerolora does not implement), and the memory estimate on a GPU.
 #include <gtest/gtest.h>
 
 #include <fstream>
@@ -12,6 +12,7 @@
 #include "io/safetensors.hpp"
 #include "lora/peft_adapter.hpp"
 #include "test_util.hpp"
+#include "train/memory_estimate.hpp"
 #include "train/training_args.hpp"
 
 namespace zerolora {
@@ -315,6 +316,60 @@ TEST(TrainingArguments, RangesAreChecked) {
   steps_only.num_train_epochs = 0;
   steps_only.max_steps = 3;
   EXPECT_NO_THROW(check_training_arguments(steps_only));
+}
+
+// --device cuda: the same weights and activations, now in GPU memory, with the CUDA backend's
+// buffers instead of the CPU kernels'; the LoRA state, AdamW, the dataset and the process stay
+// on the host and are totalled apart (what the host must hold per rank).
+TEST(MemoryEstimate, GpuSplitsGpuAndHostMemory) {
+  const LlamaConfig c = preset_config("llama2-70b");
+  LoraConfig lora_config;
+  lora_config.rank = 4;
+  lora_config.dropout = 0.05;
+  lora_config.targets = parse_lora_targets("q_proj,k_proj,v_proj,o_proj");
+  const LoraLayout lora(c, lora_config);
+  MemoryScenario s;
+  s.world_size = 8;
+  s.micro_batch = 10;
+  s.seq_len = 2048;
+  const MemoryEstimate cpu = estimate_memory(c, lora, s);
+  s.gpu = true;
+  const MemoryEstimate gpu = estimate_memory(c, lora, s);
+  auto find = [](const MemoryEstimate& e, const std::string& prefix) -> const MemoryItem* {
+    for (const auto& i : e.items)
+      if (i.name.rfind(prefix, 0) == 0) return &i;
+    return nullptr;
+  };
+  for (const char* shared : {"base weights", "gathered units", "layer inputs", "kept for backward",
+                             "one layer's activations", "LoRA parameters", "AdamW moments"}) {
+    const MemoryItem* a = find(cpu, shared);
+    const MemoryItem* b = find(gpu, shared);
+    ASSERT_TRUE(a && b) << shared;
+    EXPECT_EQ(a->bytes, b->bytes) << shared;
+  }
+  EXPECT_EQ(cpu.host_total(), 0.0);
+  double host = 0;
+  for (const auto& i : gpu.items) {
+    const bool lora_state =
+        i.name.rfind("LoRA parameters", 0) == 0 || i.name.rfind("LoRA one-layer gather", 0) == 0 ||
+        i.name.rfind("whole adapter", 0) == 0 || i.name.rfind("AdamW", 0) == 0 ||
+        i.name.rfind("tokenized", 0) == 0 || i.name.rfind("runtime", 0) == 0;
+    EXPECT_EQ(i.host, lora_state) << i.name;
+    if (i.host) host += i.bytes;
+  }
+  EXPECT_EQ(gpu.host_total(), host);
+  // One layer's LoRA on the GPU: q and o 4 x (8192 + 8192), k and v 4 x (8192 + 1024), fp32,
+  // parameters and gradients.
+  const MemoryItem* mirror = find(gpu, "LoRA of one layer on the GPU");
+  ASSERT_NE(mirror, nullptr);
+  EXPECT_EQ(mirror->bytes, 8.0 * 4 * (2 * (8192 + 8192) + 2 * (8192 + 1024)));
+  EXPECT_NE(find(gpu, "attention (cuDNN"), nullptr);  // bf16, head dim 128
+  EXPECT_EQ(find(gpu, "oneDNN"), nullptr);
+  EXPECT_EQ(find(cpu, "attention (cuDNN"), nullptr);
+  s.bf16 = false;  // fp32: the reference attention kernel, no bf16 operand buffer
+  const MemoryEstimate fp32 = estimate_memory(c, lora, s);
+  EXPECT_NE(find(fp32, "attention (reference"), nullptr);
+  EXPECT_EQ(find(fp32, "bf16 GEMM operands"), nullptr);
 }
 
 }  // namespace

@@ -16,24 +16,28 @@ namespace zerolora {
 void require_memory_fits(const MemoryEstimate& estimate, const MemoryScenario& s, int local_ranks) {
   const auto available = available_memory();
   if (!available) return;
-  const double need = estimate.total() * local_ranks;
+  const double per_rank = s.gpu ? estimate.host_total() : estimate.total();
+  const double need = per_rank * local_ranks;
   if (need <= available->bytes) return;
   auto gib = [](double bytes) {
     char text[32];
     std::snprintf(text, sizeof(text), "%.2f GiB", bytes / 1073741824.0);
     return std::string(text);
   };
-  std::vector<MemoryItem> items = estimate.items;
+  std::vector<MemoryItem> items;
+  for (const auto& i : estimate.items)
+    if (i.host == s.gpu) items.push_back(i);
   std::sort(items.begin(), items.end(),
             [](const MemoryItem& a, const MemoryItem& b) { return a.bytes > b.bytes; });
   std::string largest;
   for (std::size_t i = 0; i < std::min<std::size_t>(3, items.size()); ++i)
     largest += (i ? ", " : "") + items[i].name + " " + gib(items[i].bytes);
   throw ResourceError(
-      "this run needs about " + gib(estimate.total()) + " per rank (micro-batch " +
-      std::to_string(s.micro_batch) + " x " + std::to_string(s.seq_len) + " tokens; largest: " +
-      largest + ") x " + std::to_string(local_ranks) + " rank(s) on this machine = " + gib(need) +
-      ", more than the " + gib(available->bytes) + " available (" + available->source +
+      "this run needs about " + gib(per_rank) + (s.gpu ? " of host memory" : "") +
+      " per rank (micro-batch " + std::to_string(s.micro_batch) + " x " +
+      std::to_string(s.seq_len) + " tokens; largest: " + largest + ") x " +
+      std::to_string(local_ranks) + " rank(s) on this machine = " + gib(need) + ", more than the " +
+      gib(available->bytes) + " available (" + available->source +
       "). Lower --per_device_train_batch_size (raise --gradient_accumulation_steps to keep "
       "the global batch) or --max_seq_length, keep --gradient_checkpointing on, or spread "
       "the model over more machines; --check_memory false runs it anyway");
@@ -41,7 +45,15 @@ void require_memory_fits(const MemoryEstimate& estimate, const MemoryScenario& s
 
 double MemoryEstimate::total() const {
   double t = 0;
-  for (const auto& i : items) t += i.bytes;
+  for (const auto& i : items)
+    if (!i.host) t += i.bytes;
+  return t;
+}
+
+double MemoryEstimate::host_total() const {
+  double t = 0;
+  for (const auto& i : items)
+    if (i.host) t += i.bytes;
   return t;
 }
 
@@ -91,37 +103,45 @@ LlamaConfig preset_config(const std::string& name) {
   throw UsageError("unknown preset '" + name + "' (" + list + ")");
 }
 
-MemoryEstimate estimate_memory(const LlamaConfig& c, const LoraLayout& lora,
-                               const MemoryScenario& s) {
-  MemoryEstimate e;
-  const double W = s.world_size, w_bytes = s.bf16 ? 2.0 : 4.0;
-  const double D = static_cast<double>(c.hidden_size), I = static_cast<double>(c.intermediate_size);
-  const double Qd = static_cast<double>(c.q_dim());
-  const double W3 = static_cast<double>(c.q_dim() + 2 * c.kv_dim()),
-               V = static_cast<double>(c.vocab_size);
-  const double L = static_cast<double>(c.num_layers), r = lora.config().rank;
-  const double M = static_cast<double>(s.micro_batch * s.seq_len);
-  const double chunk = std::min(M, 1024.0), head_chunk = std::min(M, 512.0), block = 128;
-  const double S = static_cast<double>(s.seq_len);
+namespace {
 
-  // Base weights: the units of the parameter table, padded to the world size when sharded.
+// Shapes shared by the items.
+struct Dims {
+  double W, w_bytes, D, I, Qd, W3, V, L, r, M, S, heads, hd;
+};
+
+Dims dims_of(const LlamaConfig& c, const LoraLayout& lora, const MemoryScenario& s) {
+  return {static_cast<double>(s.world_size),       s.bf16 ? 2.0 : 4.0,
+          static_cast<double>(c.hidden_size),      static_cast<double>(c.intermediate_size),
+          static_cast<double>(c.q_dim()),          static_cast<double>(c.q_dim() + 2 * c.kv_dim()),
+          static_cast<double>(c.vocab_size),       static_cast<double>(c.num_layers),
+          static_cast<double>(lora.config().rank), static_cast<double>(s.micro_batch * s.seq_len),
+          static_cast<double>(s.seq_len),          static_cast<double>(c.num_heads),
+          static_cast<double>(c.head_dim)};
+}
+
+// Base weights: the units of the parameter table, padded to the world size when sharded, and
+// ZeRO-3's gathered units in flight. Where the model runs (CPU or GPU).
+void add_base_weights(MemoryEstimate& e, const LlamaConfig& c, const MemoryScenario& s,
+                      const Dims& d) {
   const LayerLayout layout(c);
-  std::vector<double> units{V * D, D};
+  std::vector<double> units{d.V * d.D, d.D};
   for (int l = 0; l < c.num_layers; ++l) units.push_back(static_cast<double>(layout.size()));
-  if (!c.tie_word_embeddings) units.push_back(V * D);
+  if (!c.tie_word_embeddings) units.push_back(d.V * d.D);
   const bool sharded = s.zero_stage == 3 && s.world_size > 1;
   double base = 0;
-  for (double n : units) base += sharded ? std::ceil(n / W) : n;
-  e.items.push_back(
-      {sharded ? "base weights (this rank's 1/W shard)" : "base weights (whole)", base * w_bytes});
+  for (double n : units) base += sharded ? std::ceil(n / d.W) : n;
+  e.items.push_back({sharded ? "base weights (this rank's 1/W shard)" : "base weights (whole)",
+                     base * d.w_bytes});
+  if (!sharded) return;
   // In flight: the unit in use and the prefetch_depth units after it, in the order they are
   // used (embedding, layers, final norm, lm_head; the backward the reverse): the largest such
   // window, not the largest unit times the window (the embedding and lm_head, the two largest,
   // are never gathered together).
-  std::vector<double> order{V * D};
+  std::vector<double> order{d.V * d.D};
   for (int l = 0; l < c.num_layers; ++l) order.push_back(static_cast<double>(layout.size()));
-  order.push_back(D);
-  order.push_back(V * D);
+  order.push_back(d.D);
+  order.push_back(d.V * d.D);
   const std::size_t window = 1 + static_cast<std::size_t>(std::max(0, s.prefetch_depth));
   double in_flight = 0;
   for (std::size_t i = 0; i < order.size(); ++i) {
@@ -129,13 +149,15 @@ MemoryEstimate estimate_memory(const LlamaConfig& c, const LoraLayout& lora,
     for (std::size_t j = i; j < std::min(order.size(), i + window); ++j) gathered += order[j];
     in_flight = std::max(in_flight, gathered);
   }
-  if (sharded)
-    e.items.push_back(
-        {"gathered units in flight (the one in use + prefetch)", in_flight * w_bytes});
+  e.items.push_back(
+      {"gathered units in flight (the one in use + prefetch)", in_flight * d.w_bytes});
+}
 
-  // LoRA (lora_shards.hpp): replicated tensors whole, partitioned ones as this rank's shard,
-  // for parameters, gradients and AdamW moments; one layer gathered at a time; the whole
-  // vector only while initialising and saving.
+// LoRA (lora_shards.hpp): replicated tensors whole, partitioned ones as this rank's shard, for
+// parameters, gradients and AdamW moments; one layer gathered at a time; the whole vector only
+// while initialising and saving. Host memory always (a GPU gets one layer at a time).
+void add_lora_state(MemoryEstimate& e, const LoraLayout& lora, const MemoryScenario& s,
+                    const Dims& d) {
   const LoraPartition plan(
       lora, s.zero_stage > 0 ? s.persistence_threshold : std::numeric_limits<Index>::max(),
       s.world_size);
@@ -143,25 +165,34 @@ MemoryEstimate estimate_memory(const LlamaConfig& c, const LoraLayout& lora,
   for (const auto& l : plan.layers) largest_shard = std::max(largest_shard, l.shard);
   const double replicated = static_cast<double>(plan.replicated),
                shard = static_cast<double>(plan.shard);
+  e.items.push_back({"LoRA parameters + gradients (fp32; partitioned part 1/W)",
+                     8.0 * replicated + 8.0 * shard, s.gpu});
+  e.items.push_back({"LoRA one-layer gather buffers",
+                     4.0 * (2.0 * static_cast<double>(plan.largest_layer) +
+                            static_cast<double>(largest_shard) * (2 * d.W + 1)),
+                     s.gpu});
+  e.items.push_back({"whole adapter (at start and when saving)", 4.0 * lora.size(), s.gpu});
   e.items.push_back(
-      {"LoRA parameters + gradients (fp32; partitioned part 1/W)", 8.0 * replicated + 8.0 * shard});
-  e.items.push_back(
-      {"LoRA one-layer gather buffers", 4.0 * (2.0 * static_cast<double>(plan.largest_layer) +
-                                               static_cast<double>(largest_shard) * (2 * W + 1))});
-  e.items.push_back({"whole adapter (at start and when saving)", 4.0 * lora.size()});
-  e.items.push_back({"AdamW moments (fp32; partitioned part 1/W)", 8.0 * replicated + 8.0 * shard});
+      {"AdamW moments (fp32; partitioned part 1/W)", 8.0 * replicated + 8.0 * shard, s.gpu});
+  if (s.gpu)
+    e.items.push_back({"LoRA of one layer on the GPU (parameters + gradients)",
+                       8.0 * static_cast<double>(plan.largest_layer)});
+}
 
-  // Activations: every layer's level (model/recompute_plan.hpp), and one layer's working set
-  // shared by the layers backward recomputes.
-  const RecomputePlan kept_plan =
-      make_recompute_plan(s.recompute, c, M, lora.config().rank, 4, s.recompute_budget_bytes);
-  const double layer_saved = kept_elements(Recompute::kSelective, c, M, lora.config().rank);
+// Activations: every layer's level (model/recompute_plan.hpp), and one layer's working set
+// shared by the layers backward recomputes. Returns the elements of one layer's saved set.
+void add_activations(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& lora,
+                     const MemoryScenario& s, const Dims& d) {
+  const RecomputePlan kept_plan = make_recompute_plan(
+      s.recompute, c, s.micro_batch * s.seq_len, lora.config().rank, 4, s.recompute_budget_bytes);
+  const double layer_saved =
+      kept_elements(Recompute::kSelective, c, s.micro_batch * s.seq_len, lora.config().rank);
   if (s.bf16_residual)
     e.items.push_back({"layer inputs (bf16 every layer + 2 fp32 working copies)",
-                       2.0 * (L + 1) * M * D + 4.0 * 2 * M * D});
+                       2.0 * (d.L + 1) * d.M * d.D + 4.0 * 2 * d.M * d.D});
   else
     e.items.push_back(
-        {"layer inputs (fp32, every layer, kept for backward)", 4.0 * (L + 1) * M * D});
+        {"layer inputs (fp32, every layer, kept for backward)", 4.0 * (d.L + 1) * d.M * d.D});
   const bool recomputed =
       std::any_of(kept_plan.levels.begin(), kept_plan.levels.end(), [](Recompute l) {
         return l == Recompute::kFull || l == Recompute::kAttention || l == Recompute::kAttentionMlp;
@@ -171,9 +202,18 @@ MemoryEstimate estimate_memory(const LlamaConfig& c, const LoraLayout& lora,
   if (kept_plan.kept_bytes > 0)
     e.items.push_back({"kept for backward (" + describe_recompute_plan(kept_plan.levels) + ")",
                        kept_plan.kept_bytes});
+}
+
+// The CPU kernels' buffers (ops/): attention's packed heads and per-thread tiles, MLP chunks,
+// activation gradients, bf16 operands, the LoRA branch's scratch, the fused loss, oneDNN's
+// packing, and the process itself.
+void add_cpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const MemoryScenario& s,
+                     const Dims& d) {
+  const double M = d.M, D = d.D, I = d.I, Qd = d.Qd, W3 = d.W3, V = d.V, S = d.S, r = d.r;
+  const double chunk = std::min(M, 1024.0), head_chunk = std::min(M, 512.0), block = 128;
   // ops/attention.cpp (head dims above 64): qkv and dO packed head by head in the matmul type
   // (each sequence padded to 16 rows), per-thread score tiles, dK/dV sums and a dQ tile.
-  const double hd = static_cast<double>(c.head_dim), mm = s.bf16 ? 2.0 : 4.0;
+  const double hd = d.hd, mm = s.bf16 ? 2.0 : 4.0;
   const double attention = mm * (M + 16.0 * static_cast<double>(s.micro_batch)) * (W3 + Qd) +
                            s.threads * (2 * block * S * 4 + (s.bf16 ? 2 * block * S * 2 : 0.0) +
                                         block * 4 + block * hd * 4 + 2 * S * hd * 4);
@@ -197,10 +237,73 @@ MemoryEstimate estimate_memory(const LlamaConfig& c, const LoraLayout& lora,
   if (s.bf16 && M * D * std::max(2 * I, V) >= 1073741824.0)
     e.items.push_back(
         {"oneDNN gemm:jit packing (large backward GEMMs)", 2.0 * 2048 * widest + 8.0 * 1048576.0});
-  e.items.push_back({"tokenized training set", 8.0 * static_cast<double>(s.dataset_tokens)});
-  // Measured: the process before any model buffer (libraries, oneDNN, MPI, allocator).
+  (void)c;
+}
+
+// The CUDA backend's buffers (src/cuda/cuda_kernels.cpp, model/llama_layer.cpp): they only
+// grow, so after the first backward they are all allocated at once. The layer workspace's
+// MLP chunk is 1024 rows whatever the micro-batch; the GEMMs' bf16 operands share one buffer
+// (the lm_head backward's included); cuDNN attention copies q/k/v, O and their gradients to
+// bf16 and takes a workspace (its size comes from cuDNN at run time: estimated here as four
+// bytes per token, head and head element); cuBLASLt's workspace is 32 MiB. Not counted, as
+// the run's peak_device_mib does not count them: the CUDA context and the kernels' code
+// (a few hundred MiB in nvidia-smi), NCCL's own buffers.
+void add_gpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& lora,
+                     const MemoryScenario& s, const Dims& d) {
+  const double M = d.M, D = d.D, I = d.I, Qd = d.Qd, W3 = d.W3, V = d.V, r = std::max(d.r, 1.0);
+  const double C = 1024, chunk = std::min(M, 1024.0), head = std::min(M, 512.0);
+  const double layer_work = 4.0 * C * (2 * I + I + I + 2 * I) + 4.0 * std::max(C, M) * D +
+                            4.0 * M * Qd + 4.0 * M * W3 + 4.0 * 3 * C * r + 4.0 * M * D;
   e.items.push_back(
-      {"runtime (libraries, oneDNN, MPI)", (s.world_size > 1 ? 64.0 : 44.0) * 1048576.0});
+      {"layer work buffers (MLP chunks, activation gradients, residual gradient)", layer_work});
+  if (s.bf16)
+    e.items.push_back({"bf16 GEMM operands (one shared buffer)",
+                       2.0 * std::max({M * std::max({D, Qd, W3}), chunk * 2 * I, head * V})});
+  // The LoRA branch: dz, and with dropout the dropped input and its mask's work, each as large
+  // as the widest adapted input.
+  double widest_input = 0;
+  for (const auto& entry : lora.entries()) {
+    if (entry.is_b) continue;
+    const double in = static_cast<double>(entry.cols);  // A: [r, in]
+    const bool mlp = entry.module == LoraModule::kGate || entry.module == LoraModule::kUp ||
+                     entry.module == LoraModule::kDown;
+    widest_input = std::max(widest_input, (mlp ? chunk : M) * in);
+  }
+  e.items.push_back({"LoRA branch scratch (dz; dropout's dropped inputs)",
+                     4.0 * M * r + (lora.config().dropout > 0 ? 2 * 4.0 * widest_input : 0.0)});
+  const bool cudnn = s.bf16 && c.head_dim % 8 == 0 && c.head_dim <= 256;
+  if (cudnn) {
+    const double tokens = std::ceil(M / 128) * 128;
+    e.items.push_back({"attention (cuDNN: bf16 q/k/v, O and gradients; workspace, estimated)",
+                       4.0 * M * (W3 + Qd) + 4.0 * tokens * d.heads * (d.hd + 1)});
+  } else {
+    e.items.push_back(
+        {"attention (reference kernel: row sums, segment index)", 4.0 * M * d.heads + 4.0 * M});
+  }
+  e.items.push_back({"fused lm_head + loss (logits chunk, rows)",
+                     4.0 * head * V + 4.0 * 3 * head * D + 4.0 * head + 8.0 * M});
+  e.items.push_back({"tokens, positions, RoPE tables, cuBLASLt workspace",
+                     16.0 * M + 4.0 * d.S * d.hd + 32.0 * 1048576.0});
+}
+
+}  // namespace
+
+MemoryEstimate estimate_memory(const LlamaConfig& c, const LoraLayout& lora,
+                               const MemoryScenario& s) {
+  MemoryEstimate e;
+  const Dims d = dims_of(c, lora, s);
+  add_base_weights(e, c, s, d);
+  add_lora_state(e, lora, s, d);
+  add_activations(e, c, lora, s, d);
+  if (s.gpu)
+    add_gpu_buffers(e, c, lora, s, d);
+  else
+    add_cpu_buffers(e, c, s, d);
+  e.items.push_back({"tokenized training set", 8.0 * static_cast<double>(s.dataset_tokens), s.gpu});
+  // Measured: the process before any model buffer (libraries, oneDNN, MPI, allocator).
+  e.items.push_back({s.gpu ? "runtime (libraries, oneDNN, MPI; the CUDA libraries not counted)"
+                           : "runtime (libraries, oneDNN, MPI)",
+                     (s.world_size > 1 ? 64.0 : 44.0) * 1048576.0, s.gpu});
   return e;
 }
 

@@ -2,6 +2,10 @@
 // zerolora allocates them: base-weight shard, gathered units in flight (ZeRO-3), LoRA
 // parameters, gradients and AdamW state, activations (layer inputs only with recompute, every
 // layer's working set without), the fused loss's logits chunk, and the runtime itself.
+// On a GPU (scenario.gpu) the items are split between the GPU's memory (weights, activations,
+// the CUDA kernels' buffers: the run's peak_device_mib) and the host's (LoRA state, AdamW,
+// the dataset); the GPU figures follow the CUDA backend's allocations but have not yet been
+// checked against a GPU run.
 #pragma once
 
 #include <cstdint>
@@ -27,24 +31,29 @@ struct MemoryScenario {
   int threads = 2;
   std::int64_t persistence_threshold = 100000;
   std::int64_t dataset_tokens = 0;  // the tokenized training set every rank holds
+  bool gpu = false;                 // --device cuda: the model on a GPU
 };
 
 struct MemoryItem {
   std::string name;
   double bytes;
+  bool host = false;  // in host memory while the model runs on a GPU
 };
 
 struct MemoryEstimate {
   std::vector<MemoryItem> items;
+  // The memory the model runs in: the host's on the CPU, the GPU's on a GPU.
   double total() const;
+  // On a GPU, what stays in host memory (0 on the CPU, where total() is everything).
+  double host_total() const;
 };
 
 MemoryEstimate estimate_memory(const LlamaConfig& model, const LoraLayout& lora,
                                const MemoryScenario& scenario);
 
-// Refuses (ResourceError, with the arithmetic and the largest items) a run whose estimate,
-// times the ranks on this machine, exceeds what the machine or its cgroup can still give;
-// does nothing when that cannot be read.
+// Refuses (ResourceError, with the arithmetic and the largest items) a run whose estimate of
+// host memory (on a GPU: the host items), times the ranks on this machine, exceeds what the
+// machine or its cgroup can still give; does nothing when that cannot be read.
 void require_memory_fits(const MemoryEstimate& estimate, const MemoryScenario& scenario,
                          int local_ranks);
 

@@ -177,6 +177,7 @@ void TrainingRun::Impl::check_memory(const std::vector<Index>& lengths) const {
   s.threads = rt->threads();
   s.persistence_threshold = args.persistence_threshold;
   s.dataset_tokens = data.report.train_tokens;
+  s.gpu = settings.device != "cpu";
   require_memory_fits(estimate_memory(checkpoint->config(), *layout, s), s,
                       std::max(1, detect_launch().local_size));
 }
