@@ -143,28 +143,70 @@ void ShardedWeights<W>::begin_schedule(const std::vector<UnitId>& schedule) {
                         " gathered unit(s) of the previous one are still live");
   schedule_ = schedule;
   next_issue_ = next_acquire_ = 0;
+  // The window: the most padded elements among prefetch_depth + 1 consecutive units (read
+  // cyclically), within the live cap (which always lets one unit through).
+  const std::size_t ahead = 1 + static_cast<std::size_t>(std::max(0, options_.prefetch_depth));
+  Index window = 0, largest = 0;
+  for (std::size_t i = 0; i < schedule_.size(); ++i) {
+    Index sum = 0;
+    for (std::size_t k = 0; k < std::min(ahead, schedule_.size()); ++k)
+      sum += unit(schedule_[(i + k) % schedule_.size()]).padded;
+    window = std::max(window, sum);
+    largest = std::max(largest, unit(schedule_[i]).padded);
+  }
+  budget_ = options_.max_live_elements > 0
+                ? std::min(window, std::max(options_.max_live_elements, largest))
+                : window;
   prefetch();
 }
 
+// A pooled buffer of exactly this unit size (the layers share one size, the embedding and the
+// lm_head another), or a new one, after freeing what the budget no longer allows. Reusing a
+// larger buffer would keep the larger size alive through units that need less.
 template <class W>
 DeviceBuffer<W> ShardedWeights<W>::take_buffer(Index elements) {
-  auto best = pool_.end();
-  for (auto it = pool_.begin(); it != pool_.end(); ++it)
-    if (static_cast<Index>(it->size()) >= elements &&
-        (best == pool_.end() || it->size() < best->size()))
-      best = it;
-  if (best != pool_.end()) {
-    DeviceBuffer<W> buffer = std::move(*best);
-    pool_.erase(best);
+  const auto fit = std::find_if(pool_.begin(), pool_.end(), [&](const DeviceBuffer<W>& b) {
+    return static_cast<Index>(b.size()) == elements;
+  });
+  if (fit != pool_.end()) {
+    DeviceBuffer<W> buffer = std::move(*fit);
+    pool_.erase(fit);
     return buffer;
   }
-  // Free buffers too small for this unit would only add to the footprint: drop them.
-  for (const auto& free_buffer : pool_) pool_bytes_ -= free_buffer.bytes();
-  pool_.clear();
+  trim_pool(elements);
   DeviceBuffer<W> buffer(*device_, static_cast<std::size_t>(elements));
   pool_bytes_ += buffer.bytes();
   pool_peak_bytes_ = std::max(pool_peak_bytes_, pool_bytes_);
   return buffer;
+}
+
+// Keeps the pooled buffers that the next prefetch_depth + 1 gathers will take (the schedule
+// read as repeating: the next step starts it over) as long as they, the live units and
+// `incoming` elements about to be allocated fit the budget: the most elements the schedule
+// ever has in use and in flight at once. Gathered memory then never exceeds that window.
+template <class W>
+void ShardedWeights<W>::trim_pool(Index incoming) {
+  Index held = incoming;
+  for (const auto& g : live_) held += static_cast<Index>(g.buffer.size());
+  std::vector<bool> keep(pool_.size(), false);
+  const std::size_t ahead = 1 + static_cast<std::size_t>(std::max(0, options_.prefetch_depth));
+  for (std::size_t k = 0; k < ahead && !schedule_.empty(); ++k) {
+    const Index need = unit(schedule_[(next_issue_ + k) % schedule_.size()]).padded;
+    for (std::size_t i = 0; i < pool_.size(); ++i)
+      if (!keep[i] && static_cast<Index>(pool_[i].size()) == need && held + need <= budget_) {
+        keep[i] = true;
+        held += need;
+        break;
+      }
+  }
+  std::vector<DeviceBuffer<W>> kept;
+  for (std::size_t i = 0; i < pool_.size(); ++i) {
+    if (keep[i])
+      kept.push_back(std::move(pool_[i]));
+    else
+      pool_bytes_ -= pool_[i].bytes();
+  }
+  pool_ = std::move(kept);
 }
 
 template <class W>
@@ -219,6 +261,7 @@ void ShardedWeights<W>::release(UnitId id) {
   pool_.push_back(std::move(it->buffer));
   live_.erase(it);
   prefetch();
+  trim_pool(0);
 }
 
 template <class W>

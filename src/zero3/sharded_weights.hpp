@@ -87,6 +87,7 @@ class ShardedWeights : public WeightProvider<W> {
   void issue_next();
   void prefetch();
   DeviceBuffer<W> take_buffer(Index elements);
+  void trim_pool(Index incoming);
 
   Device* device_;
   Communicator* comm_;
@@ -99,6 +100,7 @@ class ShardedWeights : public WeightProvider<W> {
   std::deque<Gathered> live_;
   std::vector<DeviceBuffer<W>> pool_;
   std::size_t pool_bytes_ = 0, pool_peak_bytes_ = 0;
+  Index budget_ = 0;  // gathered elements the schedule's window needs (begin_schedule)
 };
 
 }  // namespace zerolora

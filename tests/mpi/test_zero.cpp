@@ -352,7 +352,14 @@ TEST(ShardedWeights, EachRankHoldsOnlyItsShard) {
     sharded.release(u);
   }
   if (W > 1) {
-    EXPECT_LE(sharded.gathered_peak_bytes(), 2 * largest);  // the unit in use + one prefetched
+    // The unit in use + one prefetched: at most the largest two neighbours of the schedule
+    // (the pool keeps no buffer beyond that window, e.g. a layer's through the lm_head).
+    std::size_t window = 0;
+    for (std::size_t i = 0; i + 1 < schedule.size(); ++i)
+      window = std::max(window, static_cast<std::size_t>(sharded.shard_elements(schedule[i]) +
+                                                         sharded.shard_elements(schedule[i + 1])) *
+                                    static_cast<std::size_t>(W) * sizeof(bf16));
+    EXPECT_LE(sharded.gathered_peak_bytes(), window);
   }
 
   // Prefetch depth 2: acquiring a unit keeps the next two in flight.
@@ -385,6 +392,43 @@ TEST(ShardedWeights, EachRankHoldsOnlyItsShard) {
   if (W > 1) {
     EXPECT_LE(capped.gathered_peak_bytes(), largest);
   }
+}
+
+// A vocabulary larger than a layer (Llama 3, Qwen2.5): over two training steps the gathered
+// buffers never exceed the largest pair of neighbouring units, e.g. never a layer's buffer
+// reused for the final norm next to a fresh lm_head (twice the embedding's size).
+TEST(ShardedWeights, GatheredMemoryStaysWithinTheWindow) {
+  Communicator& comm = MpiEnvironment::comm();
+  if (comm.size() == 1) GTEST_SKIP() << "one rank gathers nothing";
+  LlamaConfig c;
+  c.hidden_size = 40;
+  c.intermediate_size = 56;
+  c.num_layers = 3;
+  c.num_heads = 4;
+  c.num_kv_heads = 2;
+  c.head_dim = 10;
+  c.vocab_size = 1000;  // V x D = 40,000 > a layer's 11,680
+  Runtime rt(1);
+  auto sharded = ShardedWeights<float>::random(rt, comm, c, 9, 0.02, ZeroOptions{1, 0});
+  std::vector<UnitId> schedule{{Unit::kEmbedding}};
+  for (int l = 0; l < 3; ++l) schedule.push_back({Unit::kLayer, l});
+  schedule.push_back({Unit::kFinalNorm});
+  schedule.push_back({Unit::kLmHead});
+  for (int l = 2; l >= 0; --l) schedule.push_back({Unit::kLayer, l});
+  std::size_t window = 0;
+  for (std::size_t i = 0; i + 1 < schedule.size(); ++i)
+    window = std::max(window, static_cast<std::size_t>(sharded.shard_elements(schedule[i]) +
+                                                       sharded.shard_elements(schedule[i + 1])) *
+                                  static_cast<std::size_t>(comm.size()) * sizeof(float));
+  for (int step = 0; step < 2; ++step) {
+    sharded.begin_schedule(schedule);
+    for (const auto& u : schedule) {
+      sharded.acquire(u);
+      sharded.release(u);
+    }
+  }
+  EXPECT_LE(sharded.gathered_peak_bytes(), window);
+  EXPECT_GT(sharded.gathered_peak_bytes(), 0u);
 }
 
 TEST(ShardedWeights, RandomShardsMatchRandomWeights) {
