@@ -112,6 +112,16 @@ MUTATIONS = [
              "src/train/lora_trainer.cpp",
              "if (!std::isfinite(stats.loss) || !std::isfinite(stats.grad_norm)) {",
              "if (false) {"),
+    # ZeRO-3 across GPUs (issue 17), exercised on the CPU through the staging test device.
+    Mutation("staged_result_not_uploaded", "the staged transport never copies a collective's result back to the device",
+             "src/comm/device_comm.cpp",
+             "    device_.copy_to_device(device_result_, result_.data(), result_bytes_);\n", ""),
+    Mutation("gpu_ignores_local_rank", "every rank of a machine takes GPU 0",
+             "src/comm/device_comm.cpp", "p.ordinal = local_rank % visible_gpus;", "p.ordinal = 0;"),
+    Mutation("gather_pool_over_budget", "the ZeRO-3 store's pool keeps buffers beyond the schedule's window",
+             "src/zero3/sharded_weights.cpp",
+             "static_cast<Index>(pool_[i].size()) == need && held + need <= budget_",
+             "static_cast<Index>(pool_[i].size()) == need"),
 ]
 
 

@@ -35,6 +35,10 @@ constexpr ElementType element_type_of() {
     return ElementType::kUInt64;
 }
 
+inline std::size_t element_bytes(ElementType type) {
+  return type == ElementType::kFloat ? 4 : 8;
+}
+
 // A collective in flight; waiting (or destroying) completes it.
 class CommRequest {
  public:

@@ -104,10 +104,6 @@ namespace {
 
 using Bytes = Buffer<unsigned char>;
 
-std::size_t element_size(ElementType type) {
-  return type == ElementType::kFloat ? 4 : 8;
-}
-
 // Host staging buffers, kept for reuse: ZeRO-3 gathers the same unit sizes every step.
 class StagingPool {
  public:
@@ -187,14 +183,14 @@ class StagedCommunicator final : public Communicator {
   }
   Request reduce_scatter_async(const void* send, void* recv, std::size_t count_per_rank,
                                ElementType type) override {
-    const std::size_t bytes = count_per_rank * element_size(type);
+    const std::size_t bytes = count_per_rank * element_bytes(type);
     Bytes in = download(send, bytes * static_cast<std::size_t>(size()));
     Bytes out = pool_.take(bytes);
     Request r = host_.reduce_scatter_async(in.data(), out.data(), count_per_rank, type);
     return finish(std::move(r), std::move(in), std::move(out), recv, bytes);
   }
   Request all_reduce_async(void* data, std::size_t count, ElementType type) override {
-    const std::size_t bytes = count * element_size(type);
+    const std::size_t bytes = count * element_bytes(type);
     Bytes staged = download(data, bytes);
     Request r = host_.all_reduce_async(staged.data(), count, type);
     return finish(std::move(r), Bytes(), std::move(staged), data, bytes);

@@ -13,10 +13,6 @@ class DoneRequest : public CommRequest {
   bool done() override { return true; }
 };
 
-std::size_t element_size(ElementType type) {
-  return type == ElementType::kFloat ? 4 : 8;
-}
-
 class LocalCommunicator : public Communicator {
  public:
   int rank() const override { return 0; }
@@ -29,7 +25,7 @@ class LocalCommunicator : public Communicator {
   }
   Request reduce_scatter_async(const void* send, void* recv, std::size_t count,
                                ElementType type) override {
-    if (send != recv) std::memmove(recv, send, count * element_size(type));
+    if (send != recv) std::memmove(recv, send, count * element_bytes(type));
     return std::make_unique<DoneRequest>();
   }
   Request all_reduce_async(void*, std::size_t, ElementType) override {

@@ -39,10 +39,6 @@ MPI_Datatype mpi_type(ElementType type) {
   return MPI_BYTE;
 }
 
-std::size_t element_bytes(ElementType type) {
-  return type == ElementType::kFloat ? 4 : 8;
-}
-
 int checked_count(std::size_t count) {
   if (count > static_cast<std::size_t>(std::numeric_limits<int>::max()))
     throw UnsupportedError("a collective of " + std::to_string(count) +

@@ -100,10 +100,6 @@ ncclDataType_t nccl_type(ElementType type) {
   return ncclUint8;
 }
 
-std::size_t element_bytes(ElementType type) {
-  return type == ElementType::kFloat ? 4 : 8;
-}
-
 // One collective in flight: `done` is recorded on the communication stream after it.
 struct Collective {
   std::string what;  // "all_gather of 123456 bytes per rank"

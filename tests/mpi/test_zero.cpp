@@ -166,6 +166,21 @@ INSTANTIATE_TEST_SUITE_P(Models, WorldSizeInvariance,
                                   (std::get<1>(info.param) == 0 ? "_partitioned" : "_replicated");
                          });
 
+// Every step's loss and gradient within 1e-5 of the reference's, the adapter within the
+// world-size tolerance, the evaluation loss too.
+void expect_same_training(const RunResult& got, const RunResult& want, int world) {
+  ASSERT_EQ(got.losses.size(), want.losses.size());
+  for (std::size_t s = 0; s < want.losses.size(); ++s) {
+    EXPECT_NEAR(got.losses[s], want.losses[s], 1e-5 * want.losses[s])
+        << "step " << s << " world " << world;
+    EXPECT_LT(testing::max_rel_error(got.grads[s], want.grads[s]), 1e-5)
+        << "gradient, step " << s << " world " << world;
+  }
+  EXPECT_LT(testing::max_rel_error(got.params, want.params), tolerance::kWorldSize.adapter)
+      << "world " << world;
+  EXPECT_NEAR(got.eval_loss, want.eval_loss, 1e-5 * want.eval_loss) << "world " << world;
+}
+
 // ZeRO-3 on a device the host cannot address, as on GPUs that share one machine: the shards in
 // the device's memory (loaded through a small host staging buffer), gathered by the staged
 // transport (device -> host -> MPI -> host -> device), the model on the device with its LoRA
@@ -191,16 +206,7 @@ TEST(ZeroOnADevice, StagedTransportEqualsSingleProcess) {
   auto sharded = ShardedWeights<float>::load(rt, *staged, checkpoint, options);
   const int uploads_after_load = device.uploads;
   const RunResult distributed = train_five_steps(rt, comm, sharded, 0, 2);
-  for (std::size_t s = 0; s < reference.losses.size(); ++s) {
-    EXPECT_NEAR(distributed.losses[s], reference.losses[s], 1e-5 * reference.losses[s])
-        << "step " << s << " world " << comm.size();
-    EXPECT_LT(testing::max_rel_error(distributed.grads[s], reference.grads[s]), 1e-5)
-        << "gradient, step " << s << " world " << comm.size();
-  }
-  EXPECT_LT(testing::max_rel_error(distributed.params, reference.params),
-            tolerance::kWorldSize.adapter)
-      << "world " << comm.size();
-  EXPECT_NEAR(distributed.eval_loss, reference.eval_loss, 1e-5 * reference.eval_loss);
+  expect_same_training(distributed, reference, comm.size());
   // The staging ran: shards uploaded in chunks, and with W > 1 every gather went through the
   // host and back (the store's units are never mirrored from host weights).
   EXPECT_GT(uploads_after_load, 20);
@@ -298,14 +304,7 @@ TEST_P(ZeroOnAGpu, CollectivesAndTrainingEqualOneRank) {
   const RunResult reference = train_five_steps(rt, *local, full, threshold, 3);
   auto sharded = ShardedWeights<float>::load(rt, *on_gpu, checkpoint, ZeroOptions{2, 0});
   const RunResult distributed = train_five_steps(rt, comm, sharded, threshold, 2);
-  for (std::size_t s = 0; s < reference.losses.size(); ++s) {
-    EXPECT_NEAR(distributed.losses[s], reference.losses[s], 1e-5 * reference.losses[s])
-        << "step " << s << " world " << comm.size();
-    EXPECT_LT(testing::max_rel_error(distributed.grads[s], reference.grads[s]), 1e-5)
-        << "gradient, step " << s << " world " << comm.size();
-  }
-  EXPECT_LT(testing::max_rel_error(distributed.params, reference.params),
-            tolerance::kWorldSize.adapter);
+  expect_same_training(distributed, reference, comm.size());
   EXPECT_LT(reference.losses.back(), reference.losses.front());
 }
 
