@@ -23,7 +23,7 @@ struct EstimateOptions {
   std::string bf16 = "true", recompute = "true", residual_dtype = "auto", granularity = "auto";
   double recompute_budget_mib = -1;
   double device_gb = 96;
-  std::string device = "cpu";
+  std::string device = "cpu", ddp_backend = "nccl";
   bool json = false;
 };
 
@@ -56,6 +56,7 @@ Estimate estimate(EstimateOptions& o) {
   if (o.device != "cpu" && o.device != "cuda" && o.device.rfind("cuda:", 0) != 0)
     throw UsageError("--device " + o.device + ": expected cpu, cuda or cuda:N");
   o.scenario.gpu = o.device != "cpu";
+  o.scenario.staged = o.scenario.gpu && o.ddp_backend == "mpi";
   return {config, lora, targets, static_cast<std::int64_t>(layout.size()),
           estimate_memory(config, layout, o.scenario)};
 }
@@ -179,6 +180,11 @@ void add_estimate_flags(CLI::App* cmd, EstimateOptions* o) {
                   "Where the model runs: cpu, or cuda (a GPU: weights and activations in its "
                   "memory, LoRA state and AdamW on the host; each item says where)")
       ->capture_default_str();
+  cmd->add_option("--ddp_backend", o->ddp_backend,
+                  "With --device cuda and ZeRO-3: nccl, or mpi (the gathers staged through host "
+                  "memory: counted on the host)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"nccl", "mpi"}));
   cmd->add_flag("--json", o->json, "Machine-readable output");
 }
 

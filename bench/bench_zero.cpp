@@ -152,7 +152,7 @@ int main(int argc, char** argv) {
   }
   auto comm = make_communicator();
   const int W = comm->size(), r = comm->rank();
-  RunDevice run = open_run_device(device, parse_ddp_backend(ddp_backend), detect_launch(), W);
+  RunDevice run = open_run_device(device, parse_ddp_backend(ddp_backend), *comm);
   if (r == 0 && !run.note.empty()) std::printf("# %s\n", run.note.c_str());
   const DdpBackend backend = run.backend;
   Runtime rt(threads, std::move(run.device));

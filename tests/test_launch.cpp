@@ -178,59 +178,46 @@ TEST(GpuPlacement, DdpBackendNames) {
     EXPECT_EQ(parse_ddp_backend(to_string(b)), b);
 }
 
-// The local rank picks the GPU; auto takes NCCL only when every rank has its own GPU.
+// The local rank picks the GPU (modulo the GPUs the rank sees); cuda:N pins it.
 TEST(GpuPlacement, LocalRankPicksTheGpu) {
-  // 8 ranks on a node of 8 GPUs: rank r on GPU r, NCCL.
-  for (int r = 0; r < 8; ++r) {
-    const GpuPlacement p = place_on_gpu(-1, DdpBackend::kAuto, r, 8, 16, 8, true);
-    EXPECT_EQ(p.ordinal, r);
-    EXPECT_EQ(p.backend, DdpBackend::kNccl) << p.reason;
-  }
-  // 4 ranks sharing one GPU (the device check): all on GPU 0, staged.
-  for (int r = 0; r < 4; ++r) {
-    const GpuPlacement p = place_on_gpu(-1, DdpBackend::kAuto, r, 4, 4, 1, true);
-    EXPECT_EQ(p.ordinal, 0);
-    EXPECT_EQ(p.backend, DdpBackend::kMpi);
-    EXPECT_NE(p.reason.find("4 ranks of this machine share 1 GPU(s)"), std::string::npos)
-        << p.reason;
-  }
-  // 3 ranks on 2 GPUs: round-robin; rank 1, alone on GPU 1, stages too: every rank of the
-  // machine must choose the same.
-  EXPECT_EQ(place_on_gpu(-1, DdpBackend::kMpi, 2, 3, 3, 2, true).ordinal, 0);
-  EXPECT_EQ(place_on_gpu(-1, DdpBackend::kMpi, 1, 3, 3, 2, true).ordinal, 1);
-  for (int r = 0; r < 3; ++r)
-    EXPECT_EQ(place_on_gpu(-1, DdpBackend::kAuto, r, 3, 3, 2, true).backend, DdpBackend::kMpi);
-  EXPECT_THROW(place_on_gpu(-1, DdpBackend::kNccl, 1, 3, 3, 2, true), UsageError);
-  // No NCCL: auto stages; asking for it is refused with the way out.
-  EXPECT_EQ(place_on_gpu(-1, DdpBackend::kAuto, 0, 2, 2, 2, false).backend, DdpBackend::kMpi);
-  EXPECT_THROW(place_on_gpu(-1, DdpBackend::kNccl, 0, 2, 2, 2, false), UnsupportedError);
-  // One rank: NCCL only when asked for (the device check's W = 1 comparison).
-  EXPECT_EQ(place_on_gpu(-1, DdpBackend::kAuto, 0, 1, 1, 1, true).backend, DdpBackend::kMpi);
-  EXPECT_EQ(place_on_gpu(-1, DdpBackend::kNccl, 0, 1, 1, 1, true).backend, DdpBackend::kNccl);
-}
-
-TEST(GpuPlacement, ExplicitGpuAndWhatNcclRefuses) {
-  // cuda:3 pins the rank; one rank per node (2 nodes) may use NCCL.
-  const GpuPlacement pinned = place_on_gpu(3, DdpBackend::kAuto, 0, 1, 2, 8, true);
-  EXPECT_EQ(pinned.ordinal, 3);
-  EXPECT_EQ(pinned.backend, DdpBackend::kNccl);
-  // Two ranks of one machine on cuda:0 share it: NCCL refused, auto stages.
+  for (int r = 0; r < 8; ++r) EXPECT_EQ(choose_gpu_ordinal(-1, r, 8), r);  // 8 ranks, 8 GPUs
+  for (int r = 0; r < 4; ++r) EXPECT_EQ(choose_gpu_ordinal(-1, r, 1), 0);  // 4 on one GPU
+  EXPECT_EQ(choose_gpu_ordinal(-1, 2, 2), 0);  // 3 ranks on 2 GPUs: round-robin
+  EXPECT_EQ(choose_gpu_ordinal(-1, 1, 2), 1);
+  // CUDA_VISIBLE_DEVICES set per rank (Slurm --gpus-per-task): each sees its own GPU as 0.
+  for (int r = 0; r < 8; ++r) EXPECT_EQ(choose_gpu_ordinal(-1, r, 1), 0);
+  EXPECT_EQ(choose_gpu_ordinal(3, 0, 8), 3);
   try {
-    place_on_gpu(0, DdpBackend::kNccl, 1, 2, 2, 1, true);
-    FAIL() << "expected UsageError";
-  } catch (const UsageError& e) {
-    const std::string message = e.what();
-    EXPECT_NE(message.find("2 ranks of this machine share 1 GPU(s)"), std::string::npos) << message;
-    EXPECT_NE(message.find("--ddp_backend mpi"), std::string::npos) << message;
-  }
-  EXPECT_EQ(place_on_gpu(0, DdpBackend::kAuto, 1, 2, 2, 1, true).backend, DdpBackend::kMpi);
-  try {
-    place_on_gpu(2, DdpBackend::kAuto, 0, 1, 1, 2, true);
+    choose_gpu_ordinal(2, 0, 2);
     FAIL() << "expected UsageError";
   } catch (const UsageError& e) {
     EXPECT_NE(std::string(e.what()).find("cuda:0 to cuda:1"), std::string::npos) << e.what();
   }
-  EXPECT_THROW(place_on_gpu(-1, DdpBackend::kAuto, 0, 1, 1, 0, true), DeviceError);
+  EXPECT_THROW(choose_gpu_ordinal(-1, 0, 0), DeviceError);
+}
+
+// The backend follows gathered facts: the most ranks on one physical GPU, NCCL everywhere.
+TEST(GpuPlacement, BackendFromWhatEveryRankSees) {
+  EXPECT_EQ(choose_ddp_backend(DdpBackend::kAuto, 8, 1, true).backend, DdpBackend::kNccl);
+  // Ranks sharing a GPU (the device check's 4 on one H200): auto stages, nccl is refused.
+  const BackendChoice shared = choose_ddp_backend(DdpBackend::kAuto, 4, 4, true);
+  EXPECT_EQ(shared.backend, DdpBackend::kMpi);
+  EXPECT_NE(shared.reason.find("up to 4 ranks share one GPU"), std::string::npos) << shared.reason;
+  try {
+    choose_ddp_backend(DdpBackend::kNccl, 2, 2, true);
+    FAIL() << "expected UsageError";
+  } catch (const UsageError& e) {
+    const std::string message = e.what();
+    EXPECT_NE(message.find("up to 2 ranks share one GPU"), std::string::npos) << message;
+    EXPECT_NE(message.find("--ddp_backend mpi"), std::string::npos) << message;
+  }
+  // No NCCL on some rank: auto stages; asking for it is refused with the way out.
+  EXPECT_EQ(choose_ddp_backend(DdpBackend::kAuto, 2, 1, false).backend, DdpBackend::kMpi);
+  EXPECT_THROW(choose_ddp_backend(DdpBackend::kNccl, 2, 1, false), UnsupportedError);
+  // One rank: NCCL only when asked for (the device check's W = 1 comparison).
+  EXPECT_EQ(choose_ddp_backend(DdpBackend::kAuto, 1, 1, true).backend, DdpBackend::kMpi);
+  EXPECT_EQ(choose_ddp_backend(DdpBackend::kNccl, 1, 1, true).backend, DdpBackend::kNccl);
+  EXPECT_EQ(choose_ddp_backend(DdpBackend::kMpi, 8, 1, true).backend, DdpBackend::kMpi);
 }
 
 }  // namespace

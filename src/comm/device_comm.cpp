@@ -1,7 +1,11 @@
 #include "comm/device_comm.hpp"
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <array>
 #include <cstdlib>
+#include <cstring>
 #include <utility>
 #include <vector>
 
@@ -33,91 +37,99 @@ std::string to_string(DdpBackend backend) {
   return "?";
 }
 
-GpuPlacement place_on_gpu(int explicit_ordinal, DdpBackend requested, int local_rank,
-                          int local_size, int world_size, int visible_gpus, bool nccl_available) {
+KeyCount count_keys(Communicator& comm, const std::string& key) {
+  constexpr std::size_t kKey = 256;
+  std::array<char, kKey> mine{};
+  std::copy_n(key.begin(), std::min(key.size(), kKey - 1), mine.begin());
+  std::vector<char> all(kKey * static_cast<std::size_t>(comm.size()));
+  comm.all_gather(mine.data(), all.data(), kKey);
+  auto key_of = [&](int r) { return all.data() + kKey * static_cast<std::size_t>(r); };
+  KeyCount count{0, 0, 0};
+  for (int r = 0; r < comm.size(); ++r) {
+    int holders = 0;
+    for (int q = 0; q < comm.size(); ++q) holders += std::memcmp(key_of(r), key_of(q), kKey) == 0;
+    count.most = std::max(count.most, holders);
+    if (std::memcmp(key_of(r), mine.data(), kKey) != 0) continue;
+    count.before += r < comm.rank();
+    ++count.same;
+  }
+  return count;
+}
+
+std::string host_name() {
+  std::array<char, 256> name{};
+  return gethostname(name.data(), name.size() - 1) == 0 ? std::string(name.data()) : std::string();
+}
+
+MachinePeers machine_peers(Communicator& comm) {
+  const KeyCount count = count_keys(comm, host_name());
+  return {count.before, count.same};
+}
+
+int choose_gpu_ordinal(int explicit_ordinal, int local_rank, int visible_gpus) {
   if (visible_gpus <= 0)
     throw DeviceError("--device cuda: this process sees no GPU (CUDA_VISIBLE_DEVICES, driver)");
-  GpuPlacement p;
-  // Ranks of this machine on this rank's GPU, and whether any GPU of the machine is shared:
-  // the backend follows the latter, so that every rank of the machine makes the same choice.
-  int sharing = 1;
-  bool machine_shares = false;
-  if (explicit_ordinal >= 0) {
-    if (explicit_ordinal >= visible_gpus)
-      throw UsageError("--device cuda:" + std::to_string(explicit_ordinal) +
-                       ": this process sees " + std::to_string(visible_gpus) +
-                       " GPU(s), cuda:0 to cuda:" + std::to_string(visible_gpus - 1));
-    p.ordinal = explicit_ordinal;
-    sharing = local_size;
-    machine_shares = local_size > 1;
-  } else {
-    p.ordinal = local_rank % visible_gpus;
-    sharing = local_size / visible_gpus + (local_rank % visible_gpus < local_size % visible_gpus);
-    machine_shares = local_size > visible_gpus;
-  }
-  const std::string shared =
-      machine_shares
-          ? std::to_string(local_size) + " ranks of this machine share " +
-                std::to_string(explicit_ordinal >= 0 ? 1 : std::min(local_size, visible_gpus)) +
-                " GPU(s)"
-          : std::string();
-  const std::string gpu = "GPU " + std::to_string(p.ordinal) + " of " +
-                          std::to_string(visible_gpus) + " visible, local rank " +
-                          std::to_string(local_rank) + " of " + std::to_string(local_size) +
-                          (sharing > 1 ? " (" + std::to_string(sharing) + " ranks on it)" : "");
+  if (explicit_ordinal < 0) return local_rank % visible_gpus;
+  if (explicit_ordinal >= visible_gpus)
+    throw UsageError("--device cuda:" + std::to_string(explicit_ordinal) + ": this process sees " +
+                     std::to_string(visible_gpus) +
+                     " GPU(s), cuda:0 to cuda:" + std::to_string(visible_gpus - 1));
+  return explicit_ordinal;
+}
+
+BackendChoice choose_ddp_backend(DdpBackend requested, int world_size, int ranks_per_gpu,
+                                 bool nccl_everywhere) {
+  const std::string shared = "up to " + std::to_string(ranks_per_gpu) + " ranks share one GPU";
   switch (requested) {
     case DdpBackend::kNccl:
-      if (!nccl_available)
+      if (!nccl_everywhere)
         throw UnsupportedError(
-            "--ddp_backend nccl: NCCL is not available (this build has no CUDA, or libnccl.so.2 "
-            "is not on LD_LIBRARY_PATH); --ddp_backend mpi stages GPU buffers through the host");
-      if (machine_shares)
+            "--ddp_backend nccl: NCCL is not available on every rank (this build has no CUDA, or "
+            "libnccl.so.2 is not on LD_LIBRARY_PATH); --ddp_backend mpi stages GPU buffers "
+            "through the host");
+      if (ranks_per_gpu > 1)
         throw UsageError("--ddp_backend nccl: " + shared +
                          ", and NCCL refuses two ranks on one GPU; give each rank its own GPU "
                          "(as many ranks per machine as GPUs) or use --ddp_backend mpi");
-      p.backend = DdpBackend::kNccl;
-      p.reason = gpu + "; NCCL (asked for)";
-      break;
+      return {DdpBackend::kNccl, "NCCL (asked for)"};
     case DdpBackend::kMpi:
-      p.backend = DdpBackend::kMpi;
-      p.reason = gpu + "; collectives staged through host memory over MPI (asked for)";
-      break;
+      return {DdpBackend::kMpi, "collectives staged through host memory over MPI (asked for)"};
     case DdpBackend::kAuto:
-      p.backend = DdpBackend::kMpi;
-      if (world_size == 1)
-        p.reason = gpu + "; one rank, no collectives";
-      else if (machine_shares)
-        p.reason = gpu + "; " + shared +
-                   " (NCCL refuses that): collectives staged through host memory over MPI";
-      else if (!nccl_available)
-        p.reason = gpu + "; no NCCL found: collectives staged through host memory over MPI";
-      else {
-        p.backend = DdpBackend::kNccl;
-        p.reason = gpu + "; NCCL";
-      }
-      break;
+      if (world_size == 1) return {DdpBackend::kMpi, "one rank, no collectives"};
+      if (ranks_per_gpu > 1)
+        return {DdpBackend::kMpi,
+                shared + " (NCCL refuses that): collectives staged through host memory over MPI"};
+      if (!nccl_everywhere)
+        return {DdpBackend::kMpi,
+                "NCCL not found on every rank: collectives staged through host memory over MPI"};
+      return {DdpBackend::kNccl, "NCCL, one rank per GPU"};
   }
-  return p;
+  return {};
 }
 
 namespace {
 
 using Bytes = Buffer<unsigned char>;
 
-// Host staging buffers, kept for reuse: ZeRO-3 gathers the same unit sizes every step.
+// Host staging buffers, kept for reuse by exact size (ZeRO-3 gathers the same unit sizes every
+// step); at most kKept of them, the oldest freed first, so the pool never holds more than a
+// few units' worth beyond what is in flight.
 class StagingPool {
  public:
+  static constexpr std::size_t kKept = 4;
   Bytes take(std::size_t bytes) {
-    auto best = free_.end();
-    for (auto it = free_.begin(); it != free_.end(); ++it)
-      if (it->size() >= bytes && (best == free_.end() || it->size() < best->size())) best = it;
-    if (best == free_.end()) return Bytes(std::max<std::size_t>(bytes, 1));
-    Bytes buffer = std::move(*best);
-    free_.erase(best);
+    const std::size_t size = std::max<std::size_t>(bytes, 1);
+    const auto fit =
+        std::find_if(free_.begin(), free_.end(), [&](const Bytes& b) { return b.size() == size; });
+    if (fit == free_.end()) return Bytes(size);
+    Bytes buffer = std::move(*fit);
+    free_.erase(fit);
     return buffer;
   }
   void give(Bytes buffer) {
-    if (!buffer.empty()) free_.push_back(std::move(buffer));
+    if (buffer.empty()) return;
+    free_.push_back(std::move(buffer));
+    if (free_.size() > kKept) free_.erase(free_.begin());
   }
 
  private:

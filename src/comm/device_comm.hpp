@@ -21,21 +21,37 @@ enum class DdpBackend { kAuto, kNccl, kMpi };
 DdpBackend parse_ddp_backend(const std::string& value);
 std::string to_string(DdpBackend backend);
 
-// Which GPU this rank uses and over what its collectives on device memory run, from
-// --device, --ddp_backend, the launch (ranks on this machine) and the GPUs this process sees.
-struct GpuPlacement {
-  int ordinal = 0;                        // CUDA device index among the visible ones
+// Every rank's `key` (its first 255 bytes) gathered over `comm`: how many ranks hold this
+// rank's key, how many of those come before it, and the most ranks holding any one key.
+struct KeyCount {
+  int before = 0, same = 1, most = 1;
+};
+KeyCount count_keys(Communicator& comm, const std::string& key);
+std::string host_name();
+
+// Where this rank sits among the ranks of its machine, from every rank's host name (launchers
+// do not always say: PMIx gives no local rank).
+struct MachinePeers {
+  int local_rank = 0;  // this rank's index among the ranks with its host name
+  int local_size = 1;
+};
+MachinePeers machine_peers(Communicator& comm);
+
+// The GPU a rank takes: N of --device cuda:N (`explicit_ordinal`), or, for plain `cuda` (-1),
+// its local rank modulo the GPUs it sees (local rank r on GPU r; with CUDA_VISIBLE_DEVICES set
+// per rank each sees one, its own). UsageError / DeviceError when there is no such GPU.
+int choose_gpu_ordinal(int explicit_ordinal, int local_rank, int visible_gpus);
+
+// The backend for ZeRO-3's gathers in GPU memory, from facts every rank gathered alike, so
+// every rank decides the same: the most ranks on any one physical GPU (by its UUID and host)
+// and whether every rank loads NCCL. NCCL refuses two ranks on one GPU: --ddp_backend nccl is
+// then refused (UsageError), auto stages through the host.
+struct BackendChoice {
   DdpBackend backend = DdpBackend::kMpi;  // kNccl or kMpi (staged); never kAuto
   std::string reason;                     // why, for the run's notes
 };
-
-// `explicit_ordinal` is N of --device cuda:N (-1 for plain `cuda`). Plain `cuda` gives local
-// rank r the GPU r; when the machine's ranks outnumber its GPUs they share them round-robin,
-// which NCCL refuses (UsageError when --ddp_backend nccl asks for it) and auto turns into the
-// staged transport. --device cuda:N pins every rank of the machine to GPU N (one rank per
-// machine for NCCL). `nccl_available` is false when this build or this machine has no NCCL.
-GpuPlacement place_on_gpu(int explicit_ordinal, DdpBackend requested, int local_rank,
-                          int local_size, int world_size, int visible_gpus, bool nccl_available);
+BackendChoice choose_ddp_backend(DdpBackend requested, int world_size, int ranks_per_gpu,
+                                 bool nccl_everywhere);
 
 // Collectives on `device`'s memory through host memory: each call copies its input to a host
 // staging buffer, runs the same collective on `host` (whose buffers are host memory), and

@@ -3,8 +3,9 @@
 // device. CpuDevice is host memory (the default); the CUDA device (src/cuda/) is one GPU with
 // its stream and a caching allocator.
 //
-// Every call is ordered after the work already issued to the device (stream order on a GPU), and
-// copy_to_host returns only when the bytes are on the host. Pointers handed out by allocate()
+// Every call is ordered after the work already issued to the device (stream order on a GPU),
+// copy_to_host returns only when the bytes are on the host, and copy_to_device only when the
+// host bytes have been read (the caller may reuse them). Pointers handed out by allocate()
 // are device pointers: the host may dereference them only when host_accessible().
 #pragma once
 

@@ -37,6 +37,12 @@ CudaDevice::CudaDevice(int ordinal) : ordinal_(ordinal) {
   cudaDeviceProp props{};
   check_cuda(cudaGetDeviceProperties(&props, ordinal), "cudaGetDeviceProperties");
   name_ = "cuda:" + std::to_string(ordinal) + " (" + props.name + ")";
+  for (const char byte : props.uuid.bytes) {
+    constexpr char kHex[] = "0123456789abcdef";
+    const auto v = static_cast<unsigned char>(byte);
+    uuid_ += kHex[v >> 4];
+    uuid_ += kHex[v & 15];
+  }
   check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
   allocator_ = std::make_unique<CachingAllocator>(
       name_,
@@ -67,9 +73,12 @@ void CudaDevice::free(void* pointer, std::size_t) noexcept {
 
 void CudaDevice::copy_to_device(void* dst, const void* host_src, std::size_t bytes) {
   if (bytes == 0) return;
-  // From pageable memory the copy has read the host bytes when the call returns.
+  // From pageable memory CUDA does not promise that an async copy has read the host bytes when
+  // it returns, and callers reuse or free them at once: wait for it (the copies are a layer's
+  // LoRA tensors, batch geometry, staged gathers: small next to a layer's compute).
   check_cuda(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, stream_),
              "cudaMemcpyAsync (host to device)");
+  check_cuda(cudaStreamSynchronize(stream_), "cudaStreamSynchronize (after a copy to the device)");
 }
 
 void CudaDevice::copy_to_host(void* host_dst, const void* src, std::size_t bytes) {

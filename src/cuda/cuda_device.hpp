@@ -38,10 +38,12 @@ class CudaDevice final : public Device {
 
   cudaStream_t stream() const { return stream_; }
   int ordinal() const { return ordinal_; }
+  // The GPU's UUID in hex: the same physical GPU whatever CUDA_VISIBLE_DEVICES numbers it.
+  const std::string& uuid() const { return uuid_; }
 
  private:
   int ordinal_;
-  std::string name_;
+  std::string name_, uuid_;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<CachingAllocator> allocator_;
 };

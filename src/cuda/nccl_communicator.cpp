@@ -30,7 +30,7 @@ struct NcclApi {
 #define ZL_NCCL_FUNCTION(name) decltype(&::name) name = nullptr;
   ZL_NCCL_FUNCTION(ncclGetVersion)
   ZL_NCCL_FUNCTION(ncclGetUniqueId)
-  ZL_NCCL_FUNCTION(ncclCommInitRankConfig)
+  ZL_NCCL_FUNCTION(ncclCommInitRank)
   ZL_NCCL_FUNCTION(ncclCommGetAsyncError)
   ZL_NCCL_FUNCTION(ncclCommFinalize)
   ZL_NCCL_FUNCTION(ncclCommDestroy)
@@ -45,7 +45,8 @@ struct NcclApi {
 
   // Throws DeviceError saying why the library or a symbol is missing.
   NcclApi() {
-    library = dlopen("libnccl.so.2", RTLD_NOW | RTLD_LOCAL);
+    // Never unloaded (RTLD_NODELETE): NCCL leaves threads and exit hooks in the process.
+    library = dlopen("libnccl.so.2", RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
     if (!library)
       throw DeviceError(std::string("cannot load libnccl.so.2 (") + dlerror() +
                         "): put NCCL's folder on LD_LIBRARY_PATH, or use --ddp_backend mpi");
@@ -57,7 +58,7 @@ struct NcclApi {
 #define ZL_NCCL_BIND(name) bind(name, #name);
     ZL_NCCL_BIND(ncclGetVersion)
     ZL_NCCL_BIND(ncclGetUniqueId)
-    ZL_NCCL_BIND(ncclCommInitRankConfig)
+    ZL_NCCL_BIND(ncclCommInitRank)
     ZL_NCCL_BIND(ncclCommGetAsyncError)
     ZL_NCCL_BIND(ncclCommFinalize)
     ZL_NCCL_BIND(ncclCommDestroy)
@@ -71,7 +72,7 @@ struct NcclApi {
 #undef ZL_NCCL_BIND
   }
   ~NcclApi() {
-    if (library) dlclose(library);
+    if (library) dlclose(library);  // drops the reference; RTLD_NODELETE keeps the code mapped
   }
   NcclApi(const NcclApi&) = delete;
   NcclApi& operator=(const NcclApi&) = delete;
@@ -104,10 +105,10 @@ ncclDataType_t nccl_type(ElementType type) {
 struct Collective {
   std::string what;  // "all_gather of 123456 bytes per rank"
   double issued = 0;
-  cudaEvent_t start = nullptr, done = nullptr;
+  cudaEvent_t ready = nullptr, start = nullptr, done = nullptr;
   ~Collective() {
-    if (start) cudaEventDestroy(start);
-    if (done) cudaEventDestroy(done);
+    for (cudaEvent_t e : {ready, start, done})
+      if (e) cudaEventDestroy(e);
   }
 };
 
@@ -152,33 +153,38 @@ class NcclCommunicator final : public Communicator {
     check_cuda(cudaSetDevice(device.ordinal()), "cudaSetDevice");
     check_cuda(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking),
                "cudaStreamCreate (NCCL's stream)");
-    ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
-    config.blocking = 0;  // calls return at once; settle() polls them under the timeout
-    check(api_.ncclCommInitRankConfig(&comm_, size_, id, rank_, &config), "ncclCommInitRankConfig");
-    settle("ncclCommInitRankConfig (" + std::to_string(size_) + " ranks)");
+    // The watchdog first: it also times the calls below, which block until every rank joins.
     watchdog_ = std::thread([this] { watch(); });
+    try {
+      check(guarded("ncclCommInitRank (" + std::to_string(size_) + " ranks)",
+                    [&] { return api_.ncclCommInitRank(&comm_, size_, id, rank_); }),
+            "ncclCommInitRank");
+    } catch (...) {
+      stop_watchdog();
+      if (comm_) api_.ncclCommAbort(comm_);
+      cudaStreamDestroy(stream_);
+      throw;
+    }
   }
 
+  // Unwinding from an error, or after NCCL reported one: abort at once (a finalize would wait
+  // for ranks that may never come). Otherwise finalize under the watchdog, then destroy.
   ~NcclCommunicator() override {
-    {
-      std::lock_guard lock(mutex_);
-      stopping_ = true;
-    }
-    cv_.notify_all();
-    if (watchdog_.joinable()) watchdog_.join();
-    if (comm_) {
-      try {
-        check_cuda(cudaStreamSynchronize(stream_), "cudaStreamSynchronize (NCCL's stream)");
-        check(api_.ncclCommFinalize(comm_), "ncclCommFinalize");
-        settle("ncclCommFinalize");
+    ncclResult_t async = ncclSuccess;
+    api_.ncclCommGetAsyncError(comm_, &async);
+    if (std::uncaught_exceptions() > 0 || async != ncclSuccess) {
+      stop_watchdog();
+      api_.ncclCommAbort(comm_);
+    } else {
+      const ncclResult_t finalized =
+          guarded("ncclCommFinalize", [&] { return api_.ncclCommFinalize(comm_); });
+      stop_watchdog();
+      if (finalized == ncclSuccess)
         api_.ncclCommDestroy(comm_);
-      } catch (const std::exception& e) {
-        std::fprintf(stderr, "zerolora: rank %d: %s; aborting the NCCL communicator\n", rank_,
-                     e.what());
+      else
         api_.ncclCommAbort(comm_);
-      }
     }
-    if (stream_) cudaStreamDestroy(stream_);
+    cudaStreamDestroy(stream_);
   }
 
   int rank() const override { return rank_; }
@@ -216,7 +222,8 @@ class NcclCommunicator final : public Communicator {
     bootstrap_.barrier();
   }
   [[noreturn]] void abort(int exit_code) override {
-    if (comm_) api_.ncclCommAbort(comm_);
+    stop_watchdog();
+    api_.ncclCommAbort(comm_);
     bootstrap_.abort(exit_code);
     std::_Exit(exit_code);  // abort() does not return; the compiler cannot see it through virtual
   }
@@ -231,40 +238,43 @@ class NcclCommunicator final : public Communicator {
 
  private:
   void check(ncclResult_t result, const std::string& call) {
-    if (result == ncclSuccess || result == ncclInProgress) return;
-    const char* last = api_.ncclGetLastError(comm_);
+    if (result == ncclSuccess) return;
+    const char* last = comm_ ? api_.ncclGetLastError(comm_) : nullptr;
     throw DeviceError(call + " failed on rank " + std::to_string(rank_) + ": " +
                       api_.ncclGetErrorString(result) +
                       (last && *last ? std::string(" (") + last + ")" : std::string()));
   }
 
-  // Polls a non-blocking NCCL call to its end, within the timeout.
-  void settle(const std::string& call) {
-    const double start = now_seconds();
-    for (;;) {
-      ncclResult_t state = ncclSuccess;
-      api_.ncclCommGetAsyncError(comm_, &state);
-      if (state == ncclSuccess) return;
-      if (state != ncclInProgress) check(state, call);
-      if (now_seconds() - start > timeout_)
-        fail(call + " did not finish within " + std::to_string(static_cast<int>(timeout_)) +
-             " s (--ddp_timeout): a rank is gone or stuck");
-      std::this_thread::sleep_for(std::chrono::microseconds(50));
+  // Runs one NCCL call (blocking mode: it may wait for the other ranks, e.g. while connecting)
+  // with the watchdog timing it.
+  template <class Call>
+  ncclResult_t guarded(const std::string& what, Call call) {
+    {
+      std::lock_guard lock(mutex_);
+      in_call_ = what;
+      in_call_since_ = now_seconds();
     }
+    const ncclResult_t result = call();
+    std::lock_guard lock(mutex_);
+    in_call_.clear();
+    return result;
   }
 
   template <class Call>
   Request issue(std::string what, std::size_t bytes, Call call) {
     auto collective = std::make_shared<Collective>();
     collective->what = std::move(what);
+    check_cuda(cudaEventCreateWithFlags(&collective->ready, cudaEventDisableTiming),
+               "cudaEventCreate");
     check_cuda(cudaEventCreate(&collective->start), "cudaEventCreate");
     check_cuda(cudaEventCreate(&collective->done), "cudaEventCreate");
-    // After the compute stream's work so far (the receive buffer may have been in use there).
-    check_cuda(cudaEventRecord(collective->start, device_.stream()), "cudaEventRecord");
-    check_cuda(cudaStreamWaitEvent(stream_, collective->start, 0), "cudaStreamWaitEvent");
+    // After the compute stream's work so far (the receive buffer may have been in use there);
+    // `start` times the collective itself, from when the NCCL stream reaches it.
+    check_cuda(cudaEventRecord(collective->ready, device_.stream()), "cudaEventRecord");
+    check_cuda(cudaStreamWaitEvent(stream_, collective->ready, 0), "cudaStreamWaitEvent");
+    check_cuda(cudaEventRecord(collective->start, stream_), "cudaEventRecord");
     collective->issued = now_seconds();
-    check(call(), "NCCL " + collective->what);
-    settle("NCCL " + collective->what);
+    check(guarded("NCCL " + collective->what, call), "NCCL " + collective->what);
     check_cuda(cudaEventRecord(collective->done, stream_), "cudaEventRecord");
     {
       std::lock_guard lock(mutex_);
@@ -276,12 +286,21 @@ class NcclCommunicator final : public Communicator {
   }
 
   // Every 50 ms: retire finished collectives (their GPU time into busy_seconds), and end the
-  // job when the oldest unfinished one is older than the timeout or NCCL reports an error.
+  // job when an NCCL call has blocked the host, or the oldest unfinished collective has been
+  // pending, longer than the timeout, or NCCL reports an error. Only ncclCommGetAsyncError
+  // and ncclCommAbort are called from here, which NCCL allows beside another thread's calls.
   void watch() {
     cudaSetDevice(device_.ordinal());
     std::unique_lock lock(mutex_);
     while (!stopping_) {
       cv_.wait_for(lock, std::chrono::milliseconds(50));
+      if (stopping_) break;
+      if (!in_call_.empty() && now_seconds() - in_call_since_ > timeout_) {
+        const std::string what = in_call_;
+        lock.unlock();
+        fail(what + " has blocked for " + std::to_string(static_cast<int>(timeout_)) +
+             " s (--ddp_timeout): a rank is gone or stuck");
+      }
       while (!in_flight_.empty()) {
         Collective& oldest = *in_flight_.front();
         const cudaError_t state = cudaEventQuery(oldest.done);
@@ -293,8 +312,9 @@ class NcclCommunicator final : public Communicator {
           continue;
         }
         if (state != cudaErrorNotReady) {
+          const std::string what = oldest.what;
           lock.unlock();
-          fail("NCCL " + oldest.what + ": " + cudaGetErrorString(state));
+          fail("NCCL " + what + ": " + cudaGetErrorString(state));
         }
         if (now_seconds() - oldest.issued > timeout_) {
           const std::string what = oldest.what;
@@ -306,7 +326,7 @@ class NcclCommunicator final : public Communicator {
         break;
       }
       ncclResult_t async = ncclSuccess;
-      api_.ncclCommGetAsyncError(comm_, &async);
+      if (comm_) api_.ncclCommGetAsyncError(comm_, &async);
       if (async != ncclSuccess && async != ncclInProgress) {
         lock.unlock();
         fail(std::string("NCCL reports ") + api_.ncclGetErrorString(async));
@@ -314,13 +334,23 @@ class NcclCommunicator final : public Communicator {
     }
   }
 
-  // Ends every rank: a collective that cannot finish would otherwise hang the others.
+  void stop_watchdog() {
+    {
+      std::lock_guard lock(mutex_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    if (watchdog_.joinable() && watchdog_.get_id() != std::this_thread::get_id()) watchdog_.join();
+  }
+
+  // From the watchdog: ends this process, which makes the launcher end every rank (a rank that
+  // exits without MPI_Finalize fails the job). MPI is not called from here: the MPI library
+  // may not allow a second thread in while the communication thread is inside a collective.
   [[noreturn]] void fail(const std::string& message) {
     std::fprintf(stderr, "zerolora: rank %d of %d: %s; ending every rank\n", rank_, size_,
                  message.c_str());
     std::fflush(stderr);
     if (comm_) api_.ncclCommAbort(comm_);
-    bootstrap_.abort(kWatchdogExit);
     std::_Exit(kWatchdogExit);
   }
 
@@ -335,6 +365,8 @@ class NcclCommunicator final : public Communicator {
   mutable std::mutex mutex_;
   std::condition_variable cv_;
   bool stopping_ = false;
+  std::string in_call_;  // the NCCL call the main thread is in ("" when none)
+  double in_call_since_ = 0;
   std::deque<std::shared_ptr<Collective>> in_flight_;
   CommStats stats_;
 };

@@ -2,10 +2,12 @@
 // (comm/device_comm.hpp). The unique id comes from rank 0 over the host communicator (MPI);
 // collectives run on a communication stream of their own, ordered after the compute stream's
 // work by an event at issue, and wait() makes the compute stream wait for them by another: the
-// host never blocks in a step. A watchdog thread ends the job (exit 70, every rank: the host
-// communicator's abort) when a collective has not finished within the timeout or NCCL reports
-// an asynchronous error, naming the collective, its size and the rank; NCCL's own calls run in
-// its non-blocking mode, so a lost peer cannot hang the host inside NCCL either.
+// host never blocks in a step. NCCL runs in its blocking mode, every call from the thread that
+// owns the communicator; a watchdog thread times those calls (connecting to the peers blocks)
+// and the collectives in flight, and ends the process (exit 70: the launcher then ends every
+// rank) when one has taken longer than the timeout or NCCL reports an asynchronous error,
+// naming the collective, its size and the rank. Destroyed while an exception unwinds, it
+// aborts the communicator rather than wait for peers that may be gone.
 //
 // libnccl.so.2 is loaded at run time (like cuBLASLt): CPU runs of a CUDA build never load it.
 #pragma once

@@ -120,6 +120,10 @@ Dims dims_of(const LlamaConfig& c, const LoraLayout& lora, const MemoryScenario&
           static_cast<double>(c.head_dim)};
 }
 
+double largest_unit(const std::vector<double>& units) {
+  return *std::max_element(units.begin(), units.end());
+}
+
 // Base weights: the units of the parameter table, padded to the world size when sharded, and
 // ZeRO-3's gathered units in flight. Where the model runs (CPU or GPU).
 void add_base_weights(MemoryEstimate& e, const LlamaConfig& c, const MemoryScenario& s,
@@ -151,6 +155,11 @@ void add_base_weights(MemoryEstimate& e, const LlamaConfig& c, const MemoryScena
   }
   e.items.push_back(
       {"gathered units in flight (the one in use + prefetch)", in_flight * d.w_bytes});
+  // --ddp_backend mpi on GPUs (comm/device_comm.cpp): each gather in flight holds the rank's
+  // shard and the whole unit in host memory, and up to 4 released staging buffers stay pooled.
+  if (s.gpu && s.staged)
+    e.items.push_back({"host staging of the gathers (--ddp_backend mpi)",
+                       (in_flight * (1 + 1 / d.W) + 4 * largest_unit(order)) * d.w_bytes, true});
 }
 
 // LoRA (lora_shards.hpp): replicated tensors whole, partitioned ones as this rank's shard, for

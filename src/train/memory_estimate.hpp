@@ -32,6 +32,7 @@ struct MemoryScenario {
   std::int64_t persistence_threshold = 100000;
   std::int64_t dataset_tokens = 0;  // the tokenized training set every rank holds
   bool gpu = false;                 // --device cuda: the model on a GPU
+  bool staged = false;              // on GPUs, ZeRO-3's gathers staged through the host (mpi)
 };
 
 struct MemoryItem {

@@ -46,18 +46,10 @@ TrainingRun::Impl::Impl(Communicator& communicator, PreparedSettings prepared,
   };
   for (const auto& line : prepared.notes) note(line);
   bf16_residual = resolve_bf16_residual(args.residual_dtype, args.bf16);
-  RunDevice run_device = open_run_device(settings.device, parse_ddp_backend(settings.ddp_backend),
-                                         detect_launch(), comm.size());
+  RunDevice run_device =
+      open_run_device(settings.device, parse_ddp_backend(settings.ddp_backend), comm);
   ddp_backend = run_device.backend;
   if (!run_device.note.empty()) note(run_device.note);
-  // NCCL needs every rank: machines with different GPU counts could otherwise choose apart.
-  const auto nccl_ranks =
-      comm.all_reduce_sum<std::int64_t>(ddp_backend == DdpBackend::kNccl ? 1 : 0);
-  if (nccl_ranks != 0 && nccl_ranks != comm.size())
-    throw ConfigError("--ddp_backend auto chose NCCL on " + std::to_string(nccl_ranks) + " of " +
-                      std::to_string(comm.size()) +
-                      " ranks (the others share a GPU or lack NCCL): give every machine one "
-                      "rank per GPU, or pass --ddp_backend mpi");
   rt.emplace(settings.threads > 0 ? settings.threads : default_threads_per_rank(),
              std::move(run_device.device));
   // bf16 GEMMs on the CPU need oneDNN's AVX-512 kernels; a GPU has its own.
@@ -178,6 +170,7 @@ void TrainingRun::Impl::check_memory(const std::vector<Index>& lengths) const {
   s.persistence_threshold = args.persistence_threshold;
   s.dataset_tokens = data.report.train_tokens;
   s.gpu = settings.device != "cpu";
+  s.staged = s.gpu && ddp_backend == DdpBackend::kMpi;
   require_memory_fits(estimate_memory(checkpoint->config(), *layout, s), s,
                       std::max(1, detect_launch().local_size));
 }

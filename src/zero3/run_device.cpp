@@ -11,8 +11,7 @@
 
 namespace zerolora {
 
-RunDevice open_run_device(const std::string& spec, DdpBackend backend, const LaunchInfo& launch,
-                          int world_size) {
+RunDevice open_run_device(const std::string& spec, DdpBackend backend, Communicator& comm) {
   RunDevice run;
   if (spec == "cpu") {
     if (backend == DdpBackend::kNccl)
@@ -21,22 +20,27 @@ RunDevice open_run_device(const std::string& spec, DdpBackend backend, const Lau
   }
   const int explicit_ordinal = cuda_ordinal(spec);
 #ifdef ZEROLORA_CUDA
+  const MachinePeers peers = machine_peers(comm);
   std::string why;
   const int visible = cuda::visible_gpus(&why);
   if (visible == 0) throw DeviceError("--device " + spec + ": " + why);
-  const bool nccl = world_size > 1 || backend == DdpBackend::kNccl ? cuda::nccl_loadable() : false;
-  const bool launched = launch.multi_rank();
-  const GpuPlacement placement =
-      place_on_gpu(explicit_ordinal, backend, launched ? launch.local_rank : 0,
-                   launched ? std::max(1, launch.local_size) : 1, world_size, visible, nccl);
-  run.device = std::make_unique<cuda::CudaDevice>(placement.ordinal);
-  run.backend = placement.backend;
-  run.note = "device: " + run.device->name() + ", " + placement.reason;
+  auto gpu = std::make_unique<cuda::CudaDevice>(
+      choose_gpu_ordinal(explicit_ordinal, peers.local_rank, visible));
+  // Which ranks hold the same physical GPU: host name and GPU UUID from every rank.
+  const int ranks_per_gpu = count_keys(comm, gpu->uuid() + "@" + host_name()).most;
+  const bool want_nccl =
+      backend != DdpBackend::kMpi && (comm.size() > 1 || backend == DdpBackend::kNccl);
+  const std::int64_t loaded = comm.all_reduce_sum<std::int64_t>(want_nccl && cuda::nccl_loadable());
+  const BackendChoice choice =
+      choose_ddp_backend(backend, comm.size(), ranks_per_gpu, loaded == comm.size());
+  run.backend = choice.backend;
+  run.note = "device: " + gpu->name() + ", local rank " + std::to_string(peers.local_rank) +
+             " of " + std::to_string(peers.local_size) + " on this machine; " + choice.reason;
+  run.device = std::move(gpu);
   return run;
 #else
   (void)explicit_ordinal;
-  (void)launch;
-  (void)world_size;
+  (void)comm;
   run.device = make_device(spec);  // throws: this build has no CUDA
   return run;
 #endif

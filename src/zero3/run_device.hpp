@@ -1,9 +1,11 @@
-// A training run's device, placed among the machine's GPUs by the launch, and the communicator
-// ZeRO-3's parameter store gathers over in that device's memory (comm/device_comm.hpp):
+// A training run's device, placed among the machine's GPUs, and the communicator ZeRO-3's
+// parameter store gathers over in that device's memory (comm/device_comm.hpp):
 //   --device cpu        the host; the store uses the run's own communicator
 //   --device cuda       local rank r on GPU r (shared round-robin when the ranks outnumber the
 //                       GPUs), NCCL or the host-staged transport by --ddp_backend
 //   --device cuda:N     every rank of the machine on GPU N
+// The local rank and whether ranks share a GPU are facts gathered from every rank (host names,
+// GPU UUIDs) over the run's communicator, not read from the launcher's variables.
 #pragma once
 
 #include <memory>
@@ -11,7 +13,6 @@
 
 #include "comm/communicator.hpp"
 #include "comm/device_comm.hpp"
-#include "comm/launch.hpp"
 #include "core/device.hpp"
 
 namespace zerolora {
@@ -22,10 +23,11 @@ struct RunDevice {
   std::string note;  // where this rank runs and why, for the run's notes (empty on the CPU)
 };
 
-// Throws UsageError / UnsupportedError / DeviceError naming the flag when the spec, the
-// backend or the machine's GPUs do not allow it.
-RunDevice open_run_device(const std::string& spec, DdpBackend backend, const LaunchInfo& launch,
-                          int world_size);
+// Every rank of `comm` calls it (GPUs: two all-gathers and an all-reduce). Throws UsageError /
+// UnsupportedError / DeviceError naming the flag when the spec, the backend or the machine's
+// GPUs do not allow it: alike on every rank where the gathered facts decide, otherwise on the
+// rank that cannot open its GPU (the rank guard then ends the others).
+RunDevice open_run_device(const std::string& spec, DdpBackend backend, Communicator& comm);
 
 // The communicator for the store's buffers on `device`: null when `host` serves (the host's
 // memory), otherwise NCCL or `host` staged through host memory, by `backend` (RunDevice's).

@@ -6,7 +6,6 @@
 #include <random>
 
 #include "comm/device_comm.hpp"
-#include "comm/launch.hpp"
 #include "core/error.hpp"
 #include "core/precision.hpp"
 #include "data/sampler.hpp"
@@ -263,6 +262,20 @@ void expect_collectives_equal_hosts(Device& device, Communicator& on_device, Com
   on_device.barrier();
 }
 
+// Every rank of these tests runs on this machine: its local rank is its rank. Keys shared by
+// every other rank (as two GPUs would be) count apart.
+TEST(ZeroOnADevice, MachinePeersFromHostNames) {
+  Communicator& comm = MpiEnvironment::comm();
+  const MachinePeers peers = machine_peers(comm);
+  EXPECT_EQ(peers.local_rank, comm.rank());
+  EXPECT_EQ(peers.local_size, comm.size());
+  const int W = comm.size(), r = comm.rank();
+  const KeyCount parity = count_keys(comm, "gpu-" + std::to_string(r % 2));
+  EXPECT_EQ(parity.before, r / 2);
+  EXPECT_EQ(parity.same, r % 2 == 0 ? (W + 1) / 2 : W / 2);
+  EXPECT_EQ(parity.most, (W + 1) / 2);
+}
+
 TEST(ZeroOnADevice, StagedCollectivesEqualTheHosts) {
   Communicator& comm = MpiEnvironment::comm();
   testing::StagingDevice device;
@@ -284,7 +297,7 @@ TEST_P(ZeroOnAGpu, CollectivesAndTrainingEqualOneRank) {
     GTEST_SKIP() << "NCCL refuses several ranks on one GPU: its check runs at W = 1";
   RunDevice run;
   try {
-    run = open_run_device("cuda:0", backend, detect_launch(), comm.size());
+    run = open_run_device("cuda:0", backend, comm);
   } catch (const UnsupportedError& e) {
     GTEST_SKIP() << e.what();
   } catch (const DeviceError& e) {
