@@ -172,7 +172,7 @@ class LlamaModel {
   WeightProvider<Weight>& host_weights_;
   // Host weights copied to a device the host cannot address (ZeRO-3's store is on it already).
   std::unique_ptr<DeviceWeights<Weight>> device_weights_;
-  std::vector<LoraSpan> lora_spans_;                       // per layer, for the device mirror
+  std::vector<LoraSpan> lora_spans_;  // per layer, for the device mirror
   const LoraLayout* lora_;
   ComputeOptions options_;
   std::unique_ptr<Kernels<P>> kernels_;
