@@ -201,11 +201,12 @@ echo '{"train_micro_batch_size_per_gpu": "auto", "zero_optimization": {"stage": 
 check "a DeepSpeed config with stage 2: runs as documented (one rank)" $?
 
 # Two ranks: they agree on a non-finite step (one rank's NaN is every rank's stop), and ZeRO
-# stage 2 (the base whole on every rank, the LoRA partitioned) trains as one rank does.
+# stage 2 (the base whole on every rank, the LoRA partitioned) trains as one rank does. The
+# messages are counted, not the lines: mpirun may forward two ranks' lines merged into one.
 "${mpirun[@]}" -np 2 "${train[@]}" --threads 1 --output_dir "$work/mpi_nan" --max_steps 4 \
   --debug_poison_step 3 --debug_poison_layer 1 > /dev/null 2> "$work/err.txt"
 code=$?
-[ "$code" -eq 1 ] && [ "$(grep -c "error: training went non-finite at step 3: .*micro-batch 0 of rank 0 .*decoder layer 1" "$work/err.txt")" -eq 2 ] \
+[ "$code" -eq 1 ] && [ "$(grep -oP "error: training went non-finite at step 3: .*?micro-batch 0 of rank 0 .*?decoder layer 1" "$work/err.txt" | wc -l)" -eq 2 ] \
   && [ ! -e "$work/mpi_nan/adapter_model.safetensors" ]
 check "two ranks, a NaN on rank 0 at step 3: both ranks stop there with the same message" $? || cat "$work/err.txt"
 for w in 1 2; do
