@@ -88,7 +88,7 @@ TEST(CudnnAttentionGraphs, KeysBucketShapesSoTheCacheStaysSmall) {
   EXPECT_EQ(a, b) << "batches of the same bucket share a graph";
   EXPECT_EQ(a.slots, 8);
   EXPECT_EQ(a.max_length, 128);
-  EXPECT_EQ(a.total_tokens, 128);
+  EXPECT_EQ(a.total_tokens, 0) << "the forward graph does not depend on the token count";
   std::vector<Segment> many;
   for (Index s = 0; s < 9; ++s) many.push_back({s * 300, 300});
   const auto c = cuda::sdpa_key(true, many, 2700, shape);
@@ -96,19 +96,33 @@ TEST(CudnnAttentionGraphs, KeysBucketShapesSoTheCacheStaysSmall) {
   EXPECT_EQ(c.max_length, 384);
   EXPECT_EQ(c.total_tokens, 2816);
   EXPECT_TRUE(c.backward);
+  // A sliding window enters the key only where it cuts a segment.
+  EXPECT_EQ(cuda::sdpa_key(false, {{0, 100}, {100, 28}}, 128, AttentionShape{32, 8, 128, 100}), a);
+  EXPECT_EQ(
+      cuda::sdpa_key(false, {{0, 100}, {100, 28}}, 128, AttentionShape{32, 8, 128, 99}).window, 99);
   EXPECT_FALSE(cuda::cudnn_attention_supports({8, 4, 12}));
   EXPECT_TRUE(cuda::cudnn_attention_supports({8, 4, 8}));
+  // The three ragged-offset arrays start 16-byte aligned: slots + 1 entries rounded up to even.
+  for (const Index slots : {8, 16, 128}) EXPECT_EQ(cuda::offsets_span(slots) % 2, 0u);
+  EXPECT_EQ(cuda::offsets_span(8), 10u);
 }
 
 TEST(CudnnAttentionGraphs, ForwardAndBackwardValidateForHopper) {
-  // The demo model, a 7B (MHA), the 70B's GQA layer, Llama 3's 8B.
-  for (const AttentionShape shape : {AttentionShape{8, 4, 8}, AttentionShape{32, 32, 128},
-                                     AttentionShape{64, 8, 128}, AttentionShape{32, 8, 128}})
+  // The demo model, a 7B (MHA), the 70B's GQA layer, Llama 3's 8B, Mistral 7B v0.1's sliding
+  // window (4096 there; 256 here, to cut the batch's segments).
+  for (const AttentionShape shape :
+       {AttentionShape{8, 4, 8}, AttentionShape{32, 32, 128}, AttentionShape{64, 8, 128},
+        AttentionShape{32, 8, 128}, AttentionShape{32, 8, 128, 256}})
     for (bool backward : {false, true}) {
       const auto key = cuda::sdpa_key(backward, {{0, 1}, {1, 500}, {501, 1547}}, 2048, shape);
       EXPECT_EQ(cuda::validate_sdpa_graph(key), "")
           << (backward ? "backward" : "forward") << " H=" << shape.heads << " KV=" << shape.kv_heads
-          << " hd=" << shape.head_dim;
+          << " hd=" << shape.head_dim << " window=" << shape.window;
+      // The atomic backward, used where the deterministic one's workspace is too large.
+      if (backward) {
+        EXPECT_EQ(cuda::validate_sdpa_graph(key, false), "")
+            << "non-deterministic backward H=" << shape.heads << " window=" << shape.window;
+      }
     }
   // and it does refuse: a head size cuDNN does not take (not a multiple of 8).
   const auto odd = cuda::sdpa_key(false, {{0, 64}}, 64, AttentionShape{4, 2, 12});
@@ -269,11 +283,13 @@ TEST_F(CudaBackend, ProjectionsAndTheLoraBranchEqualTheCpu) {
 }
 
 TEST_F(CudaBackend, AttentionOverSegmentsWithGqaEqualsTheCpu) {
-  for (const auto& [heads, kv_heads, head_dim] :
-       std::vector<std::tuple<Index, Index, Index>>{{8, 4, 8}, {4, 1, 64}, {6, 2, 128}}) {
+  // The last two: Mistral's sliding window, cutting the segments of 64 and 33 rows.
+  for (const auto& [heads, kv_heads, head_dim, window] :
+       std::vector<std::tuple<Index, Index, Index, Index>>{
+           {8, 4, 8, 0}, {4, 1, 64, 0}, {6, 2, 128, 0}, {8, 4, 8, 7}, {6, 2, 128, 20}}) {
     const std::vector<Segment> segments{{0, 1}, {1, 17}, {18, 64}, {82, 33}};
     const Index M = 115;
-    const AttentionShape shape{heads, kv_heads, head_dim};
+    const AttentionShape shape{heads, kv_heads, head_dim, window};
     auto qkv = random_values(M * shape.qkv_stride(), 16),
          dout = random_values(M * heads * head_dim, 17);
     std::vector<float> out(M * heads * head_dim), lse(heads * M), dqkv(qkv.size());
@@ -307,7 +323,9 @@ TEST_F(CudaBackend, Bf16AttentionEqualsTheCpuWithinBf16) {
     }
     return std::sqrt(diff / ref);
   };
-  for (const AttentionShape shape : {AttentionShape{8, 4, 64}, AttentionShape{16, 4, 128}}) {
+  // The last: Mistral's sliding window of 100 (cuDNN's diagonal band), cutting three segments.
+  for (const AttentionShape shape :
+       {AttentionShape{8, 4, 64}, AttentionShape{16, 4, 128}, AttentionShape{16, 4, 128, 100}}) {
     const std::vector<Segment> segments{{0, 1}, {1, 130}, {131, 300}, {431, 81}};
     const Index M = 512;
     auto qkv = random_values(M * shape.qkv_stride(), 19, 2.0f);

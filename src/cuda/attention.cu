@@ -5,7 +5,8 @@
 // and the path for what cuDNN refuses (fp32, head sizes it does not take). With round_operands
 // (the bf16 policy) q, k, v, d(out), the probabilities and d(scores) are rounded to bf16 where
 // the CPU rounds its matmul operands.
-//   forward   s_j = scale q.k_j (j <= i, same segment), lse = log sum exp s, out = sum p_j v_j
+//   forward   s_j = scale q.k_j (j <= i, same segment, and i - j < window when there is one),
+//             lse = log sum exp s, out = sum p_j v_j
 //   backward  delta = dO.O;  p = exp(s - lse);  dp = dO.v_j;  ds = p (dp - delta)
 //             dQ = scale sum_j ds k_j;  dK_j = scale sum_i ds q_i;  dV_j = sum_i p dO_i
 #include "cuda/device_math.cuh"
@@ -18,6 +19,11 @@ constexpr int kMaxHeadDim = 256;
 
 __device__ __forceinline__ float operand(float x, bool round) {
   return round ? round_bf16(x) : x;
+}
+
+// The first key row i sees: its segment's first, or the sliding window's (i - window, i].
+__device__ __forceinline__ Index first_key(Index i, Index segment_begin, Index window) {
+  return window > 0 && i - window + 1 > segment_begin ? i - window + 1 : segment_begin;
 }
 
 __device__ __forceinline__ float dot(const float* a, const float* b, Index n, bool round) {
@@ -33,7 +39,7 @@ __global__ void forward_kernel(float* out, float* lse, const float* qkv, Attenti
   ZL_GRID_STRIDE(t, total) {
     const Index i = t / g.heads, h = t % g.heads;
     const Index kvh = h / (g.heads / g.kv_heads);
-    const Index begin = g.segment_begin[g.row_segment[i]];
+    const Index begin = first_key(i, g.segment_begin[g.row_segment[i]], g.window);
     float q[kMaxHeadDim], acc[kMaxHeadDim];
     for (Index d = 0; d < hd; ++d) {
       q[d] = operand(qkv[i * ld + h * hd + d], round);
@@ -76,7 +82,7 @@ __global__ void diff_q_kernel(float* diff_qkv, const float* diff_out, const floa
   ZL_GRID_STRIDE(t, total) {
     const Index i = t / g.heads, h = t % g.heads;
     const Index kvh = h / (g.heads / g.kv_heads);
-    const Index begin = g.segment_begin[g.row_segment[i]];
+    const Index begin = first_key(i, g.segment_begin[g.row_segment[i]], g.window);
     float q[kMaxHeadDim], dout[kMaxHeadDim], dq[kMaxHeadDim];
     for (Index d = 0; d < hd; ++d) {
       q[d] = operand(qkv[i * ld + h * hd + d], round);
@@ -104,7 +110,9 @@ __global__ void diff_kv_kernel(float* diff_qkv, const float* diff_out, const flo
   ZL_GRID_STRIDE(t, total) {
     const Index j = t / g.kv_heads, kvh = t % g.kv_heads;
     const std::int32_t segment = g.row_segment[j];
-    const Index end = g.segment_begin[segment] + g.segment_length[segment];
+    // The query rows that see key row j: to its segment's end, within the window.
+    Index end = g.segment_begin[segment] + g.segment_length[segment];
+    if (g.window > 0 && j + g.window < end) end = j + g.window;
     float k[kMaxHeadDim], v[kMaxHeadDim], dk[kMaxHeadDim], dv[kMaxHeadDim];
     for (Index d = 0; d < hd; ++d) {
       k[d] = operand(qkv[j * ld + g.heads * hd + kvh * hd + d], round);
@@ -133,22 +141,22 @@ __global__ void diff_kv_kernel(float* diff_qkv, const float* diff_out, const flo
 
 __global__ void cached_kernel(float* out, const float* q_rows, Index q_stride, const float* keys,
                               const float* values, Index first, Index M, Index heads,
-                              Index kv_heads, Index hd, float scale) {
+                              Index kv_heads, Index hd, Index window, float scale) {
   const Index total = M * heads, kvd = kv_heads * hd;
   ZL_GRID_STRIDE(t, total) {
     const Index i = t / heads, h = t % heads;
     const Index kvh = h / (heads / kv_heads);
     const float* q = q_rows + i * q_stride + h * hd;
-    const Index last = first + i;
+    const Index last = first + i, from = first_key(last, 0, window);
     float m = -INFINITY;
-    for (Index j = 0; j <= last; ++j)
+    for (Index j = from; j <= last; ++j)
       m = fmaxf(m, scale * dot(q, keys + j * kvd + kvh * hd, hd, false));
     float sum = 0.0f;
-    for (Index j = 0; j <= last; ++j)
+    for (Index j = from; j <= last; ++j)
       sum += expf(scale * dot(q, keys + j * kvd + kvh * hd, hd, false) - m);
     float acc[kMaxHeadDim];
     for (Index d = 0; d < hd; ++d) acc[d] = 0.0f;
-    for (Index j = 0; j <= last; ++j) {
+    for (Index j = from; j <= last; ++j) {
       const float p = expf(scale * dot(q, keys + j * kvd + kvh * hd, hd, false) - m) / sum;
       for (Index d = 0; d < hd; ++d) acc[d] += p * values[j * kvd + kvh * hd + d];
     }
@@ -185,10 +193,11 @@ void attention_backward(cudaStream_t s, float* diff_qkv, const float* diff_out, 
 
 void attention_cached(cudaStream_t s, float* out, const float* q, Index q_stride, const float* keys,
                       const float* values, Index first, Index M, Index heads, Index kv_heads,
-                      Index head_dim) {
+                      Index head_dim, Index window) {
   if (M == 0) return;
   cached_kernel<<<grid_for(M * heads, kThreads), kThreads, 0, s>>>(
-      out, q, q_stride, keys, values, first, M, heads, kv_heads, head_dim, scale_of(head_dim));
+      out, q, q_stride, keys, values, first, M, heads, kv_heads, head_dim, window,
+      scale_of(head_dim));
   check_launch("attention_cached", M, heads * head_dim);
 }
 

@@ -53,8 +53,9 @@ __global__ void scatter_rows_kernel(float* dst, const float* src, const std::int
 
 template <class T>
 void scan(cudaStream_t s, const T* x, Index n, unsigned long long* first) {
-  const auto none = static_cast<unsigned long long>(n);
-  cudaMemcpyAsync(first, &none, sizeof none, cudaMemcpyHostToDevice, s);
+  // "None found" is any value >= n (scan_result): all ones, set on the stream, so that no host
+  // variable has to outlive an async copy (an error here is the last error check_launch reads).
+  cudaMemsetAsync(first, 0xff, sizeof *first, s);
   if (n > 0) first_nonfinite_kernel<<<grid_for(n, 256), 256, 0, s>>>(x, n, first);
   check_launch("first_nonfinite", n, 1);
 }

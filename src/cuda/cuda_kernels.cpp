@@ -11,7 +11,7 @@
 #include "cuda/cuda_device.hpp"
 #include "cuda/cuda_ops.hpp"
 #include "cuda/gemm.hpp"
-#include "ops/attention_common.hpp"
+#include "ops/attention.hpp"
 #ifdef ZEROLORA_CUDNN
 #include "cuda/cudnn_attention.hpp"
 #endif
@@ -84,6 +84,7 @@ class CudaKernels final : public Kernels<P> {
                  1.0f, accumulate);
   }
   void linear_add_bias(Mat<Act> dst, const Weight* bias) override {
+    ZL_CHECK(dst.cs == 1);  // the kernel walks a row's columns contiguously
     cuda::add_bias(s_, dst.data, dst.rs, bits(bias), dst.rows, dst.cols);
   }
   void linear_backward_data(Act* diff_src, const Act* diff_dst, const Weight* weight, Index M,
@@ -132,42 +133,48 @@ class CudaKernels final : public Kernels<P> {
   // q, k, v rounded once, O and dQKV come back as bf16 values), the fp32 policy and whatever
   // cuDNN refuses the reference kernel; a shape takes one path for both passes, so the
   // statistics (lse) always have the layout the other pass expects.
-  // Mistral's sliding window is not in the GPU kernels yet: where it would cut a sequence, the
-  // run is refused rather than computed with full-causal attention.
-  static void check_window(const AttentionShape& shape, Index longest) {
-    if (shape.window > 0 && longest > shape.window)
-      throw UnsupportedError("sliding-window attention (window " + std::to_string(shape.window) +
-                             ", a sequence of " + std::to_string(longest) +
-                             " tokens) is implemented on the CPU only: use --device cpu, or "
-                             "sequences no longer than the window");
+  // --attn_softmax_bf16 (scores and probabilities rounded to bf16, a parity study of the seed's
+  // flag) is implemented on the CPU only: refused rather than silently computed without it.
+  static void check_options(const AttentionOptions& options) {
+    if (options.softmax_bf16)
+      throw UnsupportedError(
+          "--attn_softmax_bf16 is implemented on the CPU only: use --device cpu, or leave it off");
+  }
+  // The reference kernel rounds its operands to bf16 where the CPU kernel for this shape does:
+  // the tiled one (large heads) rounds its GEMM operands, the direct one (small heads) computes
+  // in fp32 (ops/attention.hpp, attention_uses_direct).
+  static bool round_operands(const AttentionShape& shape, const AttentionOptions& options) {
+    return kRoundOperands && !attention_uses_direct(shape, options);
   }
 
   void attention_forward(Act* out, Act* lse, const Act* qkv, const std::vector<Segment>& segments,
                          Index M, const AttentionShape& shape,
                          const AttentionOptions& options) override {
-    check_window(shape, attention_detail::max_length(segments));
+    check_options(options);
 #ifdef ZEROLORA_CUDNN
     if (use_cudnn(segments, M, shape)) {
-      const Bf16Bits* qkv16 = bf16_copy(qkv_bf16_, qkv, M * shape.qkv_stride());
-      Bf16Bits* out16 = bits_of(out_bf16_, M * shape.heads * shape.head_dim);
+      const Bf16Bits* qkv16 = bf16_copy(qkv_bf16_, qkv, M, shape.qkv_stride());
+      Bf16Bits* out16 = bits_of(out_bf16_, M, shape.heads * shape.head_dim);
       cudnn_->forward(out16, lse, qkv16, segments, M, shape);
       cuda::widen_bf16(s_, out, out16, M * shape.heads * shape.head_dim);
       return;
     }
 #endif
-    cuda::attention_forward(s_, out, lse, qkv, geometry(segments, M, shape), kRoundOperands);
+    cuda::attention_forward(s_, out, lse, qkv, geometry(segments, M, shape),
+                            round_operands(shape, options));
   }
   void attention_backward(Act* diff_qkv, const Act* diff_out, const Act* qkv, const Act* out,
                           const Act* lse, const std::vector<Segment>& segments, Index M,
                           const AttentionShape& shape, const AttentionOptions& options) override {
-    check_window(shape, attention_detail::max_length(segments));
+    check_options(options);
 #ifdef ZEROLORA_CUDNN
     if (use_cudnn(segments, M, shape)) {
-      const Index n_out = M * shape.heads * shape.head_dim, n_qkv = M * shape.qkv_stride();
-      const Bf16Bits* qkv16 = bf16_copy(qkv_bf16_, qkv, n_qkv);
-      const Bf16Bits* out16 = bf16_copy(out_bf16_, out, n_out);  // exact: O was bf16 values
-      const Bf16Bits* dout16 = bf16_copy(dout_bf16_, diff_out, n_out);
-      Bf16Bits* dqkv16 = bits_of(dqkv_bf16_, n_qkv);
+      const Index w_out = shape.heads * shape.head_dim, w_qkv = shape.qkv_stride();
+      const Index n_qkv = M * w_qkv;
+      const Bf16Bits* qkv16 = bf16_copy(qkv_bf16_, qkv, M, w_qkv);
+      const Bf16Bits* out16 = bf16_copy(out_bf16_, out, M, w_out);  // exact: O was bf16 values
+      const Bf16Bits* dout16 = bf16_copy(dout_bf16_, diff_out, M, w_out);
+      Bf16Bits* dqkv16 = bits_of(dqkv_bf16_, M, w_qkv);
       cudnn_->backward(dqkv16, dout16, qkv16, out16, lse, segments, M, shape);
       cuda::widen_bf16(s_, diff_qkv, dqkv16, n_qkv);
       return;
@@ -175,14 +182,14 @@ class CudaKernels final : public Kernels<P> {
 #endif
     float* delta = delta_.ensure(device_, static_cast<std::size_t>(M * shape.heads));
     cuda::attention_backward(s_, diff_qkv, diff_out, qkv, out, lse, delta,
-                             geometry(segments, M, shape), kRoundOperands);
+                             geometry(segments, M, shape), round_operands(shape, options));
   }
   void attention_cached(Act* out, const Act* q, Index q_stride, const Act* keys, const Act* values,
                         Index first, Index M, const AttentionShape& shape) override {
     check_head_dim(shape);
-    check_window(shape, first + M);
+    ZL_CHECK(shape.kv_heads > 0 && shape.heads % shape.kv_heads == 0);
     cuda::attention_cached(s_, out, q, q_stride, keys, values, first, M, shape.heads,
-                           shape.kv_heads, shape.head_dim);
+                           shape.kv_heads, shape.head_dim, shape.window);
   }
 
   void round_to_bf16(Act* x, bf16* copy, Index n) override {
@@ -227,12 +234,21 @@ class CudaKernels final : public Kernels<P> {
     if (!cudnn_) cudnn_ = std::make_unique<CudnnAttention>(device_, s_);
     return cudnn_->available(segments, M, shape);
   }
-  Bf16Bits* bits_of(DeviceBuffer<bf16>& buffer, Index n) {
-    return reinterpret_cast<Bf16Bits*>(buffer.ensure(device_, static_cast<std::size_t>(n)));
+  // cuDNN's ragged attention works in tiles of rows and may read rows past the last token
+  // (masked, but multiplied: they must be finite): its bf16 buffers hold the rows rounded up to
+  // 128, the rows past M zero.
+  static Index padded_rows(Index M) {
+    return (M + 127) / 128 * 128;
   }
-  const Bf16Bits* bf16_copy(DeviceBuffer<bf16>& buffer, const float* src, Index n) {
-    Bf16Bits* dst = bits_of(buffer, n);
-    cuda::to_bf16(s_, dst, src, n);
+  Bf16Bits* bits_of(DeviceBuffer<bf16>& buffer, Index M, Index width) {
+    return reinterpret_cast<Bf16Bits*>(
+        buffer.ensure(device_, static_cast<std::size_t>(padded_rows(M) * width)));
+  }
+  const Bf16Bits* bf16_copy(DeviceBuffer<bf16>& buffer, const float* src, Index M, Index width) {
+    Bf16Bits* dst = bits_of(buffer, M, width);
+    cuda::to_bf16(s_, dst, src, M * width);
+    device_.fill_zero(dst + M * width,
+                      static_cast<std::size_t>((padded_rows(M) - M) * width) * sizeof(Bf16Bits));
     return dst;
   }
   std::unique_ptr<CudnnAttention> cudnn_;
@@ -249,8 +265,10 @@ class CudaKernels final : public Kernels<P> {
     return Mat<const Act>::dense(work, M, in);
   }
 
+  // Keyed by the table's address, positions and width: a model owns its table for its life.
   void upload_rope(const RopeTable& table) {
-    if (&table == rope_table_ && table.positions() == rope_positions_) return;
+    if (&table == rope_table_ && table.positions() == rope_positions_ && table.half() == rope_half_)
+      return;
     const auto n = static_cast<std::size_t>(table.positions() * table.half());
     rope_cos_.ensure(device_, n);
     rope_sin_.ensure(device_, n);
@@ -258,6 +276,7 @@ class CudaKernels final : public Kernels<P> {
     device_.copy_to_device(rope_sin_.data(), table.sin(0), n * sizeof(float));
     rope_table_ = &table;
     rope_positions_ = table.positions();
+    rope_half_ = table.half();
   }
 
   void check_head_dim(const AttentionShape& shape) const {
@@ -270,6 +289,11 @@ class CudaKernels final : public Kernels<P> {
   AttentionGeometry geometry(const std::vector<Segment>& segments, Index M,
                              const AttentionShape& shape) {
     check_head_dim(shape);
+    // Every row in a segment (the kernels read each row's segment), GQA's groups whole.
+    ZL_CHECK(shape.kv_heads > 0 && shape.heads % shape.kv_heads == 0);
+    Index covered = 0;
+    for (const auto& s : segments) covered += s.length;
+    ZL_CHECK(covered == M);
     const bool same = segments.size() == segments_.size() &&
                       std::equal(segments.begin(), segments.end(), segments_.begin(),
                                  [](const Segment& a, const Segment& b) {
@@ -291,7 +315,7 @@ class CudaKernels final : public Kernels<P> {
       geometry_rows_ = M;
     }
     return {row_segment_.data(), segment_begin_.data(), segment_length_.data(), M,
-            shape.heads,         shape.kv_heads,        shape.head_dim};
+            shape.heads,         shape.kv_heads,        shape.head_dim,         shape.window};
   }
 
   template <class Launch>
@@ -312,7 +336,7 @@ class CudaKernels final : public Kernels<P> {
   std::vector<double> row_loss_host_;
   DeviceBuffer<unsigned long long> first_;
   const RopeTable* rope_table_ = nullptr;
-  Index rope_positions_ = 0;
+  Index rope_positions_ = 0, rope_half_ = 0;
   DeviceBuffer<std::int32_t> row_segment_, segment_begin_, segment_length_;
   std::vector<Segment> segments_;
   Index geometry_rows_ = -1;

@@ -77,6 +77,7 @@ struct AttentionGeometry {
   const std::int32_t* segment_length;  // [S]
   Index rows;
   Index heads, kv_heads, head_dim;
+  Index window;  // Mistral's sliding window: row i sees keys (i - window, i]; 0: none
 };
 void attention_forward(cudaStream_t s, float* out, float* lse, const float* qkv,
                        const AttentionGeometry& g, bool round_operands);
@@ -87,6 +88,6 @@ void attention_backward(cudaStream_t s, float* diff_qkv, const float* diff_out, 
 // Generation: M new rows at positions first.. attend to keys/values [first + M, KV*hd].
 void attention_cached(cudaStream_t s, float* out, const float* q, Index q_stride, const float* keys,
                       const float* values, Index first, Index M, Index heads, Index kv_heads,
-                      Index head_dim);
+                      Index head_dim, Index window);
 
 }  // namespace zerolora::cuda

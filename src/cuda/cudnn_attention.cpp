@@ -81,13 +81,14 @@ std::string describe(const SdpaKey& key) {
   return std::string(key.backward ? "backward" : "forward") + " B=" + std::to_string(key.slots) +
          " S=" + std::to_string(key.max_length) + " T=" + std::to_string(key.total_tokens) +
          " H=" + std::to_string(key.heads) + " KV=" + std::to_string(key.kv_heads) +
-         " hd=" + std::to_string(key.head_dim);
+         " hd=" + std::to_string(key.head_dim) +
+         (key.window > 0 ? " window=" + std::to_string(key.window) : std::string());
 }
 
 // The graph of a key, up to validate(); `message` gets the frontend's words when it refuses.
 // sm_version > 0 validates for that GPU generation on the host alone (no device needed).
-std::shared_ptr<fe::graph::Graph> make_graph(const SdpaKey& key, std::string& message,
-                                             int sm_version) {
+std::shared_ptr<fe::graph::Graph> make_graph(const SdpaKey& key, bool deterministic,
+                                             std::string& message, int sm_version) {
   const std::int64_t B = key.slots, S = key.max_length, H = key.heads, KV = key.kv_heads,
                      hd = key.head_dim, ld = (H + 2 * KV) * hd;
   auto graph = std::make_shared<fe::graph::Graph>();
@@ -134,6 +135,8 @@ std::shared_ptr<fe::graph::Graph> make_graph(const SdpaKey& key, std::string& me
           .set_seq_len_q(seq_len)
           .set_seq_len_kv(seq_len)
           .set_causal_mask(true);
+      // Keys kept where column + window > row: the row at i sees (i - window, i].
+      if (key.window > 0) options.set_diagonal_band_left_bound(static_cast<int>(key.window));
       auto [o, stats] = graph->sdpa(q, k, v, options);
       o->set_output(true).set_uid(kO).set_dim(o_dim).set_stride(o_stride).set_ragged_offset(
           offsets_o);
@@ -166,7 +169,8 @@ std::shared_ptr<fe::graph::Graph> make_graph(const SdpaKey& key, std::string& me
           .set_causal_mask(true)
           .set_max_total_seq_len_q(key.total_tokens)
           .set_max_total_seq_len_kv(key.total_tokens)
-          .set_deterministic_algorithm(true);  // exact resume: the same bits every run
+          .set_deterministic_algorithm(deterministic);
+      if (key.window > 0) options.set_diagonal_band_left_bound(static_cast<int>(key.window));
       auto [dq, dk, dv] = graph->sdpa_backward(q, k, v, o, d_o, stats, options);
       const std::vector<std::int64_t> qkv_stride{S * ld, hd, ld, 1};
       dq->set_output(true)
@@ -185,13 +189,15 @@ std::shared_ptr<fe::graph::Graph> make_graph(const SdpaKey& key, std::string& me
           .set_stride(qkv_stride)
           .set_ragged_offset(offsets_qkv);
     }
-  } catch (const std::exception& e) {  // sdpa() throws when no implementation fits
+    // The frontend throws when no implementation fits, and its dynamic loading when a library
+    // (libcudart, libcudnn) is missing: either way the caller falls back to its own kernel.
+    auto status = graph->validate();
+    if (!status.is_good()) {
+      message = status.get_message();
+      return nullptr;
+    }
+  } catch (const std::exception& e) {
     message = e.what();
-    return nullptr;
-  }
-  auto status = graph->validate();
-  if (!status.is_good()) {
-    message = status.get_message();
     return nullptr;
   }
   return graph;
@@ -216,10 +222,14 @@ SdpaKey sdpa_key(bool backward, const std::vector<Segment>& segments, Index M,
   Index longest = 1;
   for (const auto& s : segments) longest = std::max(longest, s.length);
   key.max_length = round_up(longest, 128);
-  key.total_tokens = round_up(std::max<Index>(M, 1), 128);
+  // Only the backward graph is sized by the tokens (its workspace): the forward's key leaves
+  // them out, so a forward graph serves every micro-batch of its bucket.
+  key.total_tokens = backward ? round_up(std::max<Index>(M, 1), 128) : 0;
   key.heads = shape.heads;
   key.kv_heads = shape.kv_heads;
   key.head_dim = shape.head_dim;
+  // A window no shorter than every segment is plain causal attention: the same graph.
+  key.window = shape.window > 0 && shape.window < longest ? shape.window : 0;
   return key;
 }
 
@@ -227,11 +237,15 @@ bool cudnn_attention_supports(const AttentionShape& shape) {
   return shape.head_dim % 8 == 0 && shape.head_dim >= 8 && shape.head_dim <= 256;
 }
 
-std::string validate_sdpa_graph(const SdpaKey& key) {
+std::string validate_sdpa_graph(const SdpaKey& key, bool deterministic) {
   load_cudnn();  // the frontend asks the library's version
   std::string message;
-  make_graph(key, message, 90);  // Hopper, checked on the host
+  make_graph(key, deterministic, message, 90);  // Hopper, checked on the host
   return message;
+}
+
+std::size_t offsets_span(Index slots) {
+  return static_cast<std::size_t>(round_up(slots + 1, 2));
 }
 
 struct CudnnAttention::Impl {
@@ -242,16 +256,16 @@ struct CudnnAttention::Impl {
   std::map<SdpaKey, Built> graphs;
   std::set<SdpaKey> refused;  // forward keys whose graphs the frontend refused: not retried
   DeviceBuffer<std::int32_t> seq_len;
-  DeviceBuffer<std::int64_t> offsets;  // qkv, o, stats: three arrays of slots + 1
+  // qkv, o, stats: three arrays of slots + 1 offsets, each starting offsets_span(slots) after the
+  // last, so that every array is 16-byte aligned as the frontend declares its tensors.
+  DeviceBuffer<std::int64_t> offsets;
   DeviceBuffer<std::byte> workspace;
   std::vector<std::int32_t> host_seq_len;
   std::vector<std::int64_t> host_offsets;
 
-  Built& graph_for(const SdpaKey& key) {
-    auto it = graphs.find(key);
-    if (it != graphs.end()) return it->second;
+  Built build(const SdpaKey& key, bool deterministic) {
     std::string message;
-    auto graph = make_graph(key, message, 0);
+    auto graph = make_graph(key, deterministic, message, 0);
     if (!graph) throw DeviceError("cuDNN attention refused " + describe(key) + ": " + message);
     check(graph->build_operation_graph(handle), "build_operation_graph", key);
     check(graph->create_execution_plans({fe::HeurMode_t::A, fe::HeurMode_t::FALLBACK}),
@@ -260,34 +274,54 @@ struct CudnnAttention::Impl {
     check(graph->build_plans(handle), "build_plans", key);
     Built built{graph, 0};
     check(graph->get_workspace_size(built.workspace), "get_workspace_size", key);
+    return built;
+  }
+
+  // The backward is built deterministic (the same bits every run, so that a resumed run repeats
+  // the uninterrupted one) while its workspace fits kCudnnDeterministicWorkspaceBytes: on Hopper
+  // that workspace holds dP for every slot, slots x heads x S^2 x 2 bytes (2 GiB for 8 slots of
+  // 2048 tokens and 32 heads). Past it, cuDNN's atomic-accumulating backward, whose workspace
+  // grows with the tokens only: results then repeat to fp32 rounding, not bit for bit.
+  Built& graph_for(const SdpaKey& key) {
+    auto it = graphs.find(key);
+    if (it != graphs.end()) return it->second;
+    Built built = build(key, true);
+    if (key.backward && static_cast<double>(built.workspace) > kCudnnDeterministicWorkspaceBytes)
+      built = build(key, false);
     return graphs.emplace(key, std::move(built)).first->second;
   }
 
   // The ragged offsets and lengths of a batch, in the key's slots (unused: length 0, offset at
   // the end of the data).
+  // Uploaded only when they differ from the last call's (forward and backward of a layer, and
+  // every layer of a micro-batch, share them).
   void upload_geometry(const SdpaKey& key, const std::vector<Segment>& segments, Index M) {
     const auto slots = static_cast<std::size_t>(key.slots);
+    const std::size_t span = offsets_span(key.slots);
     const std::int64_t ld = (key.heads + 2 * key.kv_heads) * key.head_dim;
-    host_seq_len.assign(slots, 0);
-    host_offsets.assign(3 * (slots + 1), 0);
+    std::vector<std::int32_t> lengths(slots, 0);
+    std::vector<std::int64_t> starts(3 * span, 0);
     for (std::size_t b = 0; b <= slots; ++b) {
       const Index begin = b < segments.size() ? segments[b].begin : M;
-      if (b < segments.size()) host_seq_len[b] = static_cast<std::int32_t>(segments[b].length);
-      host_offsets[b] = begin * ld;
-      host_offsets[slots + 1 + b] = begin * key.heads * key.head_dim;
-      host_offsets[2 * (slots + 1) + b] = begin * key.heads;
+      if (b < segments.size()) lengths[b] = static_cast<std::int32_t>(segments[b].length);
+      starts[b] = begin * ld;
+      starts[span + b] = begin * key.heads * key.head_dim;
+      starts[2 * span + b] = begin * key.heads;
     }
+    if (lengths == host_seq_len && starts == host_offsets) return;
+    host_seq_len = std::move(lengths);
+    host_offsets = std::move(starts);
     upload<std::int32_t>(device, seq_len, host_seq_len);
     upload<std::int64_t>(device, offsets, host_offsets);
   }
 
   void run(const SdpaKey& key, std::unordered_map<std::int64_t, void*>& pack) {
     Built& built = graph_for(key);
-    const std::size_t slots = static_cast<std::size_t>(key.slots);
+    const std::size_t span = offsets_span(key.slots);
     pack[kSeqLen] = seq_len.data();
     pack[kOffsetsQkv] = offsets.data();
-    pack[kOffsetsO] = offsets.data() + (slots + 1);
-    pack[kOffsetsStats] = offsets.data() + 2 * (slots + 1);
+    pack[kOffsetsO] = offsets.data() + span;
+    pack[kOffsetsStats] = offsets.data() + 2 * span;
     workspace.ensure(device, static_cast<std::size_t>(std::max<std::int64_t>(built.workspace, 1)));
     if (fe::detail::set_stream(handle, stream) != CUDNN_STATUS_SUCCESS)
       throw DeviceError("cudnnSetStream failed");
@@ -315,7 +349,7 @@ bool CudnnAttention::available(const std::vector<Segment>& segments, Index M,
   try {
     impl_->graph_for(forward_key);
     impl_->graph_for(sdpa_key(true, segments, M, shape));
-  } catch (const DeviceError&) {
+  } catch (const std::exception&) {  // DeviceError, or the frontend's own (a library missing)
     impl_->refused.insert(forward_key);
     return false;
   }

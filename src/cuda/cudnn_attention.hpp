@@ -29,6 +29,7 @@ struct SdpaKey {
   Index max_length = 0;    // S: longest segment, rounded up to a multiple of 128
   Index total_tokens = 0;  // T: tokens, rounded up to a multiple of 128 (backward workspace)
   Index heads = 0, kv_heads = 0, head_dim = 0;
+  Index window = 0;  // Mistral's sliding window where it cuts a segment (a diagonal band); else 0
   auto operator<=>(const SdpaKey&) const = default;
 };
 
@@ -39,7 +40,11 @@ SdpaKey sdpa_key(bool backward, const std::vector<Segment>& segments, Index M,
 bool cudnn_attention_supports(const AttentionShape& shape);
 
 // "" when the key's graph validates for sm_90 (host only, no GPU), else the frontend's message.
-std::string validate_sdpa_graph(const SdpaKey& key);
+std::string validate_sdpa_graph(const SdpaKey& key, bool deterministic = true);
+
+// Entries between the starts of the three ragged-offset arrays (q/k/v, O, stats): slots + 1
+// rounded up to even, so that each array is 16-byte aligned.
+std::size_t offsets_span(Index slots);
 
 class CudnnAttention {
  public:

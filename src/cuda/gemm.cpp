@@ -6,6 +6,7 @@
 #include <string>
 
 #include "core/error.hpp"
+#include "cuda/cuda_device.hpp"
 
 namespace zerolora::cuda {
 
@@ -178,9 +179,10 @@ void LtGemm::run(const GemmKey& key, const void* a, const void* b, float* c, flo
   if (key.m == 0 || key.n == 0) return;
   if (key.k == 0) {  // an empty sum: c = 0 (or unchanged when accumulating)
     if (!key.accumulate)
-      cudaMemset2DAsync(c, static_cast<std::size_t>(key.ldc) * sizeof(float), 0,
-                        static_cast<std::size_t>(key.m) * sizeof(float),
-                        static_cast<std::size_t>(key.n), stream_);
+      check_cuda(cudaMemset2DAsync(c, static_cast<std::size_t>(key.ldc) * sizeof(float), 0,
+                                   static_cast<std::size_t>(key.m) * sizeof(float),
+                                   static_cast<std::size_t>(key.n), stream_),
+                 "cudaMemset2DAsync (a GEMM with k = 0)");
     return;
   }
   auto handle = static_cast<cublasLtHandle_t>(handle_);
@@ -215,22 +217,26 @@ void LtGemm::run(const GemmKey& key, const void* a, const void* b, float* c, flo
     const std::uint32_t align[3] = {static_cast<std::uint32_t>(key.align_a),
                                     static_cast<std::uint32_t>(key.align_b),
                                     static_cast<std::uint32_t>(key.align_c)};
-    lt.cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                            &workspace, sizeof workspace);
-    lt.cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
-                                            &align[0], sizeof align[0]);
-    lt.cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-                                            &align[1], sizeof align[1]);
-    lt.cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
-                                            &align[2], sizeof align[2]);
-    lt.cublasLtMatmulPreferenceSetAttribute(preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
-                                            &align[2], sizeof align[2]);
+    const struct {
+      cublasLtMatmulPreferenceAttributes_t attribute;
+      const void* value;
+      std::size_t bytes;
+    } preferences[] = {{CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof workspace},
+                       {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align[0], sizeof align[0]},
+                       {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align[1], sizeof align[1]},
+                       {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align[2], sizeof align[2]},
+                       {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align[2], sizeof align[2]}};
+    cublasStatus_t status = CUBLAS_STATUS_SUCCESS;
+    for (const auto& p : preferences)
+      if (status == CUBLAS_STATUS_SUCCESS)
+        status = lt.cublasLtMatmulPreferenceSetAttribute(preference, p.attribute, p.value, p.bytes);
     cublasLtMatmulHeuristicResult_t result{};
     int found = 0;
-    const cublasStatus_t status = lt.cublasLtMatmulAlgoGetHeuristic(
-        handle, plan->desc, plan->a, plan->b, plan->c, plan->c, preference, 1, &result, &found);
+    if (status == CUBLAS_STATUS_SUCCESS)
+      status = lt.cublasLtMatmulAlgoGetHeuristic(handle, plan->desc, plan->a, plan->b, plan->c,
+                                                 plan->c, preference, 1, &result, &found);
     lt.cublasLtMatmulPreferenceDestroy(preference);
-    lt.check(status, "cublasLtMatmulAlgoGetHeuristic", &key);
+    lt.check(status, "cublasLtMatmulPreferenceSetAttribute / AlgoGetHeuristic", &key);
     if (found == 0) throw DeviceError("cuBLASLt has no algorithm for the GEMM " + shape(key));
     plan->algo = result.algo;
     slot = std::move(plan);

@@ -104,14 +104,14 @@ ZL_INLINE T max_of(const T* x, Index n) {
   return best;
 }
 
+}  // namespace
+
 // kDirect may be forced up to head dim 128 (its per-row buffers' size), for tests and benches.
-bool use_direct(const AttentionShape& shape, const AttentionOptions& options) {
+bool attention_uses_direct(const AttentionShape& shape, const AttentionOptions& options) {
   if (options.kernel == AttentionOptions::Kernel::kAuto) return shape.head_dim <= 64;
   ZL_CHECK(options.kernel != AttentionOptions::Kernel::kDirect || shape.head_dim <= 128);
   return options.kernel == AttentionOptions::Kernel::kDirect;
 }
-
-}  // namespace
 
 template <class T, class Mm>
 ZL_CPU_CLONES void attention_forward(Runtime& rt, T* out, T* lse, const T* qkv,
@@ -119,7 +119,7 @@ ZL_CPU_CLONES void attention_forward(Runtime& rt, T* out, T* lse, const T* qkv,
                                      const AttentionShape& shape, const AttentionOptions& options,
                                      AttentionWorkspace& workspace) {
   ProfileScope profile(rt.profiler(), ProfileCategory::kAttention);
-  if (use_direct(shape, options))
+  if (attention_uses_direct(shape, options))
     return attention_forward_direct(rt, out, lse, qkv, segments, M, shape, options, workspace);
   const Index H = shape.heads, KV = shape.kv_heads, hd = shape.head_dim;
   const Index ld = shape.qkv_stride(), group = H / KV, block = options.block;
@@ -205,7 +205,7 @@ ZL_CPU_CLONES void attention_backward(Runtime& rt, T* diff_qkv, const T* diff_ou
                                       const AttentionShape& shape, const AttentionOptions& options,
                                       AttentionWorkspace& workspace) {
   ProfileScope profile(rt.profiler(), ProfileCategory::kAttention);
-  if (use_direct(shape, options))
+  if (attention_uses_direct(shape, options))
     return attention_backward_direct(rt, diff_qkv, diff_out, qkv, out, lse, segments, M, shape,
                                      options, workspace);
   const Index H = shape.heads, KV = shape.kv_heads, hd = shape.head_dim;

@@ -52,6 +52,14 @@ struct AttentionOptions {
                               // --attn_softmax_bf16); slower on CPU, for parity studies
 };
 
+// Whether the CPU computes this shape with the direct kernel (fp32 throughout) rather than the
+// tiled one (matmul operands in the policy's type): the GPU's reference kernel rounds as it does.
+bool attention_uses_direct(const AttentionShape& shape, const AttentionOptions& options);
+
+// On a GPU, cuDNN's attention backward is deterministic while its workspace fits this
+// (src/cuda/cudnn_attention.cpp); the memory estimate counts it up to this bound.
+inline constexpr double kCudnnDeterministicWorkspaceBytes = 1024.0 * 1024.0 * 1024.0;
+
 // Scratch reused across calls (operand copies in the matmul type, per-thread tiles).
 struct AttentionWorkspace {
   Buffer<std::byte> operands;

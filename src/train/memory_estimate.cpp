@@ -8,6 +8,7 @@
 #include "core/error.hpp"
 #include "core/system_memory.hpp"
 #include "model/parameter_table.hpp"
+#include "ops/attention.hpp"
 #include "ops/lora_branch.hpp"
 #include "zero3/lora_shards.hpp"
 
@@ -282,9 +283,19 @@ void add_gpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& 
                      4.0 * M * r + (lora.config().dropout > 0 ? 2 * 4.0 * widest_input : 0.0)});
   const bool cudnn = s.bf16 && c.head_dim % 8 == 0 && c.head_dim <= 256;
   if (cudnn) {
-    const double tokens = std::ceil(M / 128) * 128;
+    // The workspace: the atomic backward's fp32 dQ and row sums, or the deterministic one's dP
+    // (slots x heads x S^2 bf16, at least 8 slots of the sequence length here), which the
+    // backend uses only up to kCudnnDeterministicWorkspaceBytes (cudnn_attention.cpp).
+    const double tokens = std::ceil(M / 128) * 128, length = std::ceil(d.S / 128) * 128;
+    double slots = 8;
+    while (slots < M / d.S) slots *= 2;
+    const double atomic = 4.0 * tokens * d.heads * (d.hd + 1);
+    const double deterministic = 2.0 * slots * d.heads * length * length;
+    const double workspace = deterministic <= kCudnnDeterministicWorkspaceBytes
+                                 ? std::max(atomic, deterministic)
+                                 : atomic;
     e.items.push_back({"attention (cuDNN: bf16 q/k/v, O and gradients; workspace, estimated)",
-                       4.0 * M * (W3 + Qd) + 4.0 * tokens * d.heads * (d.hd + 1)});
+                       4.0 * M * (W3 + Qd) + workspace});
   } else {
     e.items.push_back(
         {"attention (reference kernel: row sums, segment index)", 4.0 * M * d.heads + 4.0 * M});
