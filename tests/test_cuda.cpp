@@ -94,7 +94,12 @@ TEST(CudnnAttentionGraphs, KeysBucketShapesSoTheCacheStaysSmall) {
   const auto c = cuda::sdpa_key(true, many, 2700, shape);
   EXPECT_EQ(c.slots, 16);
   EXPECT_EQ(c.max_length, 384);
-  EXPECT_EQ(c.total_tokens, 2816);
+  EXPECT_EQ(c.total_tokens, 3072) << "2700 tokens: 2048's quarter steps";
+  EXPECT_EQ(cudnn_size_bucket(1), 128);
+  EXPECT_EQ(cudnn_size_bucket(129), 256);
+  EXPECT_EQ(cudnn_size_bucket(513), 640);
+  EXPECT_EQ(cudnn_size_bucket(2048), 2048);
+  EXPECT_EQ(cudnn_size_bucket(2049), 2560);
   EXPECT_TRUE(c.backward);
   // A sliding window enters the key only where it cuts a segment.
   EXPECT_EQ(cuda::sdpa_key(false, {{0, 100}, {100, 28}}, 128, AttentionShape{32, 8, 128, 100}), a);

@@ -221,10 +221,10 @@ SdpaKey sdpa_key(bool backward, const std::vector<Segment>& segments, Index M,
   while (key.slots < static_cast<Index>(segments.size())) key.slots *= 2;
   Index longest = 1;
   for (const auto& s : segments) longest = std::max(longest, s.length);
-  key.max_length = round_up(longest, 128);
+  key.max_length = cudnn_size_bucket(longest);
   // Only the backward graph is sized by the tokens (its workspace): the forward's key leaves
   // them out, so a forward graph serves every micro-batch of its bucket.
-  key.total_tokens = backward ? round_up(std::max<Index>(M, 1), 128) : 0;
+  key.total_tokens = backward ? cudnn_size_bucket(M) : 0;
   key.heads = shape.heads;
   key.kv_heads = shape.kv_heads;
   key.head_dim = shape.head_dim;

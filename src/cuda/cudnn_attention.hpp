@@ -26,8 +26,8 @@ namespace zerolora::cuda {
 struct SdpaKey {
   bool backward = false;
   Index slots = 0;         // B: power of two >= segments, at least 8
-  Index max_length = 0;    // S: longest segment, rounded up to a multiple of 128
-  Index total_tokens = 0;  // T: tokens, rounded up to a multiple of 128 (backward workspace)
+  Index max_length = 0;    // S: longest segment, rounded up by cudnn_size_bucket
+  Index total_tokens = 0;  // T: tokens, rounded up likewise (backward only: its workspace)
   Index heads = 0, kv_heads = 0, head_dim = 0;
   Index window = 0;  // Mistral's sliding window where it cuts a segment (a diagonal band); else 0
   auto operator<=>(const SdpaKey&) const = default;

@@ -60,6 +60,17 @@ bool attention_uses_direct(const AttentionShape& shape, const AttentionOptions& 
 // (src/cuda/cudnn_attention.cpp); the memory estimate counts it up to this bound.
 inline constexpr double kCudnnDeterministicWorkspaceBytes = 1024.0 * 1024.0 * 1024.0;
 
+// The sizes cuDNN's attention graphs are built for (a segment's length bound, the backward's
+// token bound): n rounded up to a multiple of 128 and of a quarter of its power of two (128,
+// 256, 384, 512, 640, ... 1024, 1280, ... 2048, 2560, ...), so that a graph serves every batch up
+// to 25% shorter (above 512) and micro-batches of varying lengths build few graphs.
+inline Index cudnn_size_bucket(Index n) {
+  Index octave = 128;
+  while (octave * 2 <= n) octave *= 2;
+  const Index step = octave / 4 > 128 ? octave / 4 : 128;
+  return n <= 128 ? 128 : (n + step - 1) / step * step;
+}
+
 // Scratch reused across calls (operand copies in the matmul type, per-thread tiles).
 struct AttentionWorkspace {
   Buffer<std::byte> operands;

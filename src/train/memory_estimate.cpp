@@ -286,7 +286,8 @@ void add_gpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& 
     // The workspace: the atomic backward's fp32 dQ and row sums, or the deterministic one's dP
     // (slots x heads x S^2 bf16, at least 8 slots of the sequence length here), which the
     // backend uses only up to kCudnnDeterministicWorkspaceBytes (cudnn_attention.cpp).
-    const double tokens = std::ceil(M / 128) * 128, length = std::ceil(d.S / 128) * 128;
+    const auto tokens = static_cast<double>(cudnn_size_bucket(static_cast<Index>(M)));
+    const auto length = static_cast<double>(cudnn_size_bucket(static_cast<Index>(d.S)));
     double slots = 8;
     while (slots < M / d.S) slots *= 2;
     const double atomic = 4.0 * tokens * d.heads * (d.hd + 1);
