@@ -141,6 +141,7 @@ int main(int argc, char** argv) {
              count;
       clip_grad_norm<float>(rt, grads, 1.0);
       optimizer.step(rt, params, grads, 1e-4);
+      rt.device().synchronize();  // the step ends when the device's work does
       if (s > 0) times.push_back(now_seconds() - t0);
       if (s == 0) rt.profiler().reset();
     }

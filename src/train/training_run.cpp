@@ -161,6 +161,7 @@ class PolicyRun final : public TrainingRun::Impl {
     // MFU's denominator: the GEMM rate of all ranks in the run's precision, measured together
     // as they will run, on the run's device (a GPU at a size that fills it).
     const bool gpu = rt->device().kind() != DeviceKind::kCpu;
+    comm.barrier();  // all ranks measure at once (ranks sharing a GPU share its rate)
     peak_gflops_ =
         comm.all_reduce_sum(settings.peak_tflops > 0 ? settings.peak_tflops * 1e3
                                                      : measure_device_gemm_gflops<P>(

@@ -247,9 +247,10 @@ const W* ShardedWeights<W>::acquire(UnitId id) {
   ZL_CHECK(it != live_.end());
   it->request->wait();
   it->acquired = true;
-  prefetch();  // up to prefetch_depth units beyond this one
+  const W* gathered = it->buffer.data();  // before prefetch(): a push_back ends `it`'s validity
+  prefetch();                             // up to prefetch_depth units beyond this one
   ++next_acquire_;
-  return it->buffer.data();
+  return gathered;
 }
 
 template <class W>
