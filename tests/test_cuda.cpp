@@ -107,6 +107,9 @@ TEST(CudnnAttentionGraphs, KeysBucketShapesSoTheCacheStaysSmall) {
       cuda::sdpa_key(false, {{0, 100}, {100, 28}}, 128, AttentionShape{32, 8, 128, 99}).window, 99);
   EXPECT_FALSE(cuda::cudnn_attention_supports({8, 4, 12}));
   EXPECT_TRUE(cuda::cudnn_attention_supports({8, 4, 8}));
+  EXPECT_FALSE(cudnn_supports_head_dim(264)) << "cuDNN takes head sizes up to 256";
+  EXPECT_EQ(cudnn_slot_count(16), 16);
+  EXPECT_EQ(cudnn_slot_count(17), 32);
   // The three ragged-offset arrays start 16-byte aligned: slots + 1 entries rounded up to even.
   for (const Index slots : {8, 16, 128}) EXPECT_EQ(cuda::offsets_span(slots) % 2, 0u);
   EXPECT_EQ(cuda::offsets_span(8), 10u);

@@ -217,8 +217,7 @@ SdpaKey sdpa_key(bool backward, const std::vector<Segment>& segments, Index M,
                  const AttentionShape& shape) {
   SdpaKey key;
   key.backward = backward;
-  key.slots = 8;
-  while (key.slots < static_cast<Index>(segments.size())) key.slots *= 2;
+  key.slots = cudnn_slot_count(static_cast<Index>(segments.size()));
   Index longest = 1;
   for (const auto& s : segments) longest = std::max(longest, s.length);
   key.max_length = cudnn_size_bucket(longest);
@@ -234,7 +233,7 @@ SdpaKey sdpa_key(bool backward, const std::vector<Segment>& segments, Index M,
 }
 
 bool cudnn_attention_supports(const AttentionShape& shape) {
-  return shape.head_dim % 8 == 0 && shape.head_dim >= 8 && shape.head_dim <= 256;
+  return cudnn_supports_head_dim(shape.head_dim);
 }
 
 std::string validate_sdpa_graph(const SdpaKey& key, bool deterministic) {
@@ -291,10 +290,9 @@ struct CudnnAttention::Impl {
     return graphs.emplace(key, std::move(built)).first->second;
   }
 
-  // The ragged offsets and lengths of a batch, in the key's slots (unused: length 0, offset at
-  // the end of the data).
-  // Uploaded only when they differ from the last call's (forward and backward of a layer, and
-  // every layer of a micro-batch, share them).
+  // The ragged offsets and lengths of a batch in the key's slots (an unused slot: length 0,
+  // offset at the end of the data), uploaded only when they differ from the last call's: the
+  // forward and backward of every layer of a micro-batch share them.
   void upload_geometry(const SdpaKey& key, const std::vector<Segment>& segments, Index M) {
     const auto slots = static_cast<std::size_t>(key.slots);
     const std::size_t span = offsets_span(key.slots);

@@ -60,6 +60,20 @@ bool attention_uses_direct(const AttentionShape& shape, const AttentionOptions& 
 // (src/cuda/cudnn_attention.cpp); the memory estimate counts it up to this bound.
 inline constexpr double kCudnnDeterministicWorkspaceBytes = 1024.0 * 1024.0 * 1024.0;
 
+// The head sizes cuDNN's fused attention takes (a multiple of 8 up to 256); the GPU serves the
+// others, and fp32 mode, with its reference kernel.
+inline bool cudnn_supports_head_dim(Index head_dim) {
+  return head_dim % 8 == 0 && head_dim >= 8 && head_dim <= 256;
+}
+
+// The ragged slots a cuDNN attention graph is built for: a power of two, at least 8, no fewer
+// than the batch's segments, so that batches of a few segments more or less share a graph.
+inline Index cudnn_slot_count(Index segments) {
+  Index slots = 8;
+  while (slots < segments) slots *= 2;
+  return slots;
+}
+
 // The sizes cuDNN's attention graphs are built for (a segment's length bound, the backward's
 // token bound): n rounded up to a multiple of 128 and of a quarter of its power of two (128,
 // 256, 384, 512, 640, ... 1024, 1280, ... 2048, 2560, ...), so that a graph serves every batch up

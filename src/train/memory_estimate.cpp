@@ -281,15 +281,15 @@ void add_gpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& 
   }
   e.items.push_back({"LoRA branch scratch (dz; dropout's dropped inputs)",
                      4.0 * M * r + (lora.config().dropout > 0 ? 2 * 4.0 * widest_input : 0.0)});
-  const bool cudnn = s.bf16 && c.head_dim % 8 == 0 && c.head_dim <= 256;
+  const bool cudnn = s.bf16 && cudnn_supports_head_dim(c.head_dim);
   if (cudnn) {
     // The workspace: the atomic backward's fp32 dQ and row sums, or the deterministic one's dP
     // (slots x heads x S^2 bf16, at least 8 slots of the sequence length here), which the
     // backend uses only up to kCudnnDeterministicWorkspaceBytes (cudnn_attention.cpp).
     const auto tokens = static_cast<double>(cudnn_size_bucket(static_cast<Index>(M)));
     const auto length = static_cast<double>(cudnn_size_bucket(static_cast<Index>(d.S)));
-    double slots = 8;
-    while (slots < M / d.S) slots *= 2;
+    const auto slots =
+        static_cast<double>(cudnn_slot_count(static_cast<Index>(std::ceil(M / d.S))));
     const double atomic = 4.0 * tokens * d.heads * (d.hd + 1);
     const double deterministic = 2.0 * slots * d.heads * length * length;
     const double workspace = deterministic <= kCudnnDeterministicWorkspaceBytes
