@@ -90,6 +90,19 @@ constexpr double kHugeProducts = 17179869184.0;
 // The row count given at execution instead of at creation (MatmulKey::m of such primitives).
 constexpr std::int64_t kRowsAtExecution = -1;
 
+// The primitive descriptor of c = a b, in oneDNN 2's API (through an op descriptor) or 3's.
+dnnl::matmul::primitive_desc make_matmul_desc(const dnnl::engine& engine,
+                                              const dnnl::memory::desc& a,
+                                              const dnnl::memory::desc& b,
+                                              const dnnl::memory::desc& c,
+                                              const dnnl::primitive_attr& attr = {}) {
+#if DNNL_VERSION_MAJOR >= 3
+  return dnnl::matmul::primitive_desc(engine, a, b, c, attr);
+#else
+  return dnnl::matmul::primitive_desc(dnnl::matmul::desc(a, b, c), attr, engine);
+#endif
+}
+
 template <class In, class Out>
 detail::CachedMatmul create_matmul(Runtime& rt, const detail::MatmulKey& key) {
   using dims = dnnl::memory::dims;
@@ -99,16 +112,24 @@ detail::CachedMatmul create_matmul(Runtime& rt, const detail::MatmulKey& key) {
   dnnl::memory::desc c_md(dims{rows, key.n}, dnnl_type<Out>(), dims{key.c_rs, 1});
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+#if DNNL_VERSION_MAJOR >= 3
+  // oneDNN 3 dropped output scales: alpha is a linear post-op, applied before the sum so that
+  // only the product is scaled (c = alpha a b + c).
+  dnnl::post_ops ops;
+  if (key.alpha != 1.0f) ops.append_eltwise(dnnl::algorithm::eltwise_linear, key.alpha, 0.0f);
+  if (key.accumulate) ops.append_sum(1.0f);
+  attr.set_post_ops(ops);
+#else
   if (key.alpha != 1.0f) attr.set_output_scales(0, {key.alpha});
   if (key.accumulate) {
     dnnl::post_ops ops;
     ops.append_sum(1.0f);
     attr.set_post_ops(ops);
   }
+#endif
   dnnl::matmul::primitive_desc pd;
   try {
-    pd =
-        dnnl::matmul::primitive_desc(dnnl::matmul::desc(a_md, b_md, c_md), attr, rt.state().engine);
+    pd = make_matmul_desc(rt.state().engine, a_md, b_md, c_md, attr);
   } catch (const dnnl::error&) {
     if constexpr (std::is_same_v<In, bf16>) throw no_bf16_matmul();
     throw;
@@ -252,7 +273,7 @@ void require_bf16_matmul(Runtime& rt) {
   const dnnl::memory::desc a(dims{64, 64}, dnnl::memory::data_type::bf16, dims{64, 1});
   const dnnl::memory::desc c(dims{64, 64}, dnnl::memory::data_type::f32, dims{64, 1});
   try {
-    dnnl::matmul::primitive_desc(dnnl::matmul::desc(a, a, c), rt.state().engine);
+    make_matmul_desc(rt.state().engine, a, a, c);
   } catch (const dnnl::error&) {
     throw no_bf16_matmul();
   }
