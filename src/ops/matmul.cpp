@@ -112,21 +112,18 @@ detail::CachedMatmul create_matmul(Runtime& rt, const detail::MatmulKey& key) {
   dnnl::memory::desc c_md(dims{rows, key.n}, dnnl_type<Out>(), dims{key.c_rs, 1});
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-#if DNNL_VERSION_MAJOR >= 3
-  // oneDNN 3 dropped output scales: alpha is a linear post-op, applied before the sum so that
-  // only the product is scaled (c = alpha a b + c).
   dnnl::post_ops ops;
-  if (key.alpha != 1.0f) ops.append_eltwise(dnnl::algorithm::eltwise_linear, key.alpha, 0.0f);
-  if (key.accumulate) ops.append_sum(1.0f);
-  attr.set_post_ops(ops);
+  if (key.alpha != 1.0f) {
+#if DNNL_VERSION_MAJOR >= 3
+    // oneDNN 3 dropped output scales: alpha is a linear post-op, placed before the sum so that
+    // only the product is scaled (c = alpha a b + c).
+    ops.append_eltwise(dnnl::algorithm::eltwise_linear, key.alpha, 0.0f);
 #else
-  if (key.alpha != 1.0f) attr.set_output_scales(0, {key.alpha});
-  if (key.accumulate) {
-    dnnl::post_ops ops;
-    ops.append_sum(1.0f);
-    attr.set_post_ops(ops);
-  }
+    attr.set_output_scales(0, {key.alpha});
 #endif
+  }
+  if (key.accumulate) ops.append_sum(1.0f);
+  if (ops.len() > 0) attr.set_post_ops(ops);
   dnnl::matmul::primitive_desc pd;
   try {
     pd = make_matmul_desc(rt.state().engine, a_md, b_md, c_md, attr);
