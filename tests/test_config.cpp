@@ -6,6 +6,7 @@
 
 #include "core/error.hpp"
 #include "io/llama_config.hpp"
+#include "ops/rope.hpp"
 #include "test_util.hpp"
 
 namespace zerolora {
@@ -194,6 +195,29 @@ TEST(LlamaConfig, Llama3InverseFrequenciesMatchTransformers) {
   ASSERT_EQ(inv.size(), expected.size());
   for (std::size_t i = 0; i < inv.size(); ++i)
     EXPECT_NEAR(inv[i], expected[i], 1e-6 * expected[i]) << i;
+}
+
+TEST(RopeTable, GrowsAtLeastTwofoldWithTheSameValues) {
+  // Generation asks for one position more per token; a device uploads the table each time it
+  // grows, so it must grow geometrically, and a grown table must hold what a fresh one holds.
+  RopeParams p;
+  p.theta = 10000.0;
+  RopeTable grown(p, 8);
+  grown.ensure(10);
+  EXPECT_EQ(grown.positions(), 10);
+  grown.ensure(11);
+  EXPECT_EQ(grown.positions(), 20);
+  grown.ensure(15);
+  EXPECT_EQ(grown.positions(), 20);
+  grown.ensure(100);
+  EXPECT_EQ(grown.positions(), 100);
+  RopeTable fresh(p, 8);
+  fresh.ensure(100);
+  for (Index pos = 0; pos < 100; ++pos)
+    for (Index j = 0; j < fresh.half(); ++j) {
+      EXPECT_EQ(grown.cos(pos)[j], fresh.cos(pos)[j]) << pos << ' ' << j;
+      EXPECT_EQ(grown.sin(pos)[j], fresh.sin(pos)[j]) << pos << ' ' << j;
+    }
 }
 
 }  // namespace

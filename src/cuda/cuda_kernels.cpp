@@ -155,8 +155,10 @@ class CudaKernels final : public Kernels<P> {
     if (use_cudnn(segments, M, shape)) {
       const Bf16Bits* qkv16 = bf16_copy(qkv_bf16_, qkv, M, shape.qkv_stride());
       Bf16Bits* out16 = bits_of(out_bf16_, M, shape.heads * shape.head_dim);
-      cudnn_->forward(out16, lse, qkv16, segments, M, shape);
+      float* stats = padded_stats(M, shape.heads);
+      cudnn_->forward(out16, stats, qkv16, segments, M, shape);
       cuda::widen_bf16(s_, out, out16, M * shape.heads * shape.head_dim);
+      device_.copy(lse, stats, static_cast<std::size_t>(M * shape.heads) * sizeof(float));
       return;
     }
 #endif
@@ -175,7 +177,9 @@ class CudaKernels final : public Kernels<P> {
       const Bf16Bits* out16 = bf16_copy(out_bf16_, out, M, w_out);  // exact: O was bf16 values
       const Bf16Bits* dout16 = bf16_copy(dout_bf16_, diff_out, M, w_out);
       Bf16Bits* dqkv16 = bits_of(dqkv_bf16_, M, w_qkv);
-      cudnn_->backward(dqkv16, dout16, qkv16, out16, lse, segments, M, shape);
+      float* stats = padded_stats(M, shape.heads);
+      device_.copy(stats, lse, static_cast<std::size_t>(M * shape.heads) * sizeof(float));
+      cudnn_->backward(dqkv16, dout16, qkv16, out16, stats, segments, M, shape);
       cuda::widen_bf16(s_, diff_qkv, dqkv16, n_qkv);
       return;
     }
@@ -234,25 +238,30 @@ class CudaKernels final : public Kernels<P> {
     if (!cudnn_) cudnn_ = std::make_unique<CudnnAttention>(device_, s_);
     return cudnn_->available(segments, M, shape);
   }
-  // cuDNN's ragged attention works in tiles of rows and may read rows past the last token
-  // (masked, but multiplied: they must be finite): its bf16 buffers hold the rows rounded up to
-  // 128, the rows past M zero.
-  static Index padded_rows(Index M) {
-    return (M + 127) / 128 * 128;
-  }
+  // cuDNN's buffers hold cudnn_padded_rows(M) rows (ops/attention.hpp: cuDNN may read past
+  // the last token), the rows past M zero; the statistics too, in their own buffer, since the
+  // layer's lse holds M rows only.
   Bf16Bits* bits_of(DeviceBuffer<bf16>& buffer, Index M, Index width) {
     return reinterpret_cast<Bf16Bits*>(
-        buffer.ensure(device_, static_cast<std::size_t>(padded_rows(M) * width)));
+        buffer.ensure(device_, static_cast<std::size_t>(cudnn_padded_rows(M) * width)));
   }
   const Bf16Bits* bf16_copy(DeviceBuffer<bf16>& buffer, const float* src, Index M, Index width) {
     Bf16Bits* dst = bits_of(buffer, M, width);
     cuda::to_bf16(s_, dst, src, M * width);
-    device_.fill_zero(dst + M * width,
-                      static_cast<std::size_t>((padded_rows(M) - M) * width) * sizeof(Bf16Bits));
+    device_.fill_zero(
+        dst + M * width,
+        static_cast<std::size_t>((cudnn_padded_rows(M) - M) * width) * sizeof(Bf16Bits));
     return dst;
+  }
+  float* padded_stats(Index M, Index heads) {
+    float* stats = stats_.ensure(device_, static_cast<std::size_t>(cudnn_padded_rows(M) * heads));
+    device_.fill_zero(stats + M * heads,
+                      static_cast<std::size_t>((cudnn_padded_rows(M) - M) * heads) * sizeof(float));
+    return stats;
   }
   std::unique_ptr<CudnnAttention> cudnn_;
   DeviceBuffer<bf16> qkv_bf16_, out_bf16_, dout_bf16_, dqkv_bf16_;
+  DeviceBuffer<float> stats_;
 #endif
 
   // drop(src) as a dense matrix (src itself when dropout is off).

@@ -155,13 +155,17 @@ class NcclCommunicator final : public Communicator {
                "cudaStreamCreate (NCCL's stream)");
     // The watchdog first: it also times the calls below, which block until every rank joins.
     watchdog_ = std::thread([this] { watch(); });
+    // Created into a local and published under the lock: the watchdog reads comm_ meanwhile.
+    ncclComm_t created = nullptr;
     try {
       check(guarded("ncclCommInitRank (" + std::to_string(size_) + " ranks)",
-                    [&] { return api_.ncclCommInitRank(&comm_, size_, id, rank_); }),
+                    [&] { return api_.ncclCommInitRank(&created, size_, id, rank_); }),
             "ncclCommInitRank");
+      std::lock_guard lock(mutex_);
+      comm_ = created;
     } catch (...) {
       stop_watchdog();
-      if (comm_) api_.ncclCommAbort(comm_);
+      if (created) api_.ncclCommAbort(created);
       cudaStreamDestroy(stream_);
       throw;
     }
@@ -350,7 +354,12 @@ class NcclCommunicator final : public Communicator {
     std::fprintf(stderr, "zerolora: rank %d of %d: %s; ending every rank\n", rank_, size_,
                  message.c_str());
     std::fflush(stderr);
-    if (comm_) api_.ncclCommAbort(comm_);
+    ncclComm_t comm = nullptr;
+    {
+      std::lock_guard lock(mutex_);
+      comm = comm_;
+    }
+    if (comm) api_.ncclCommAbort(comm);
     std::_Exit(kWatchdogExit);
   }
 

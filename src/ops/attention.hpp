@@ -85,6 +85,15 @@ inline Index cudnn_size_bucket(Index n) {
   return n <= 128 ? 128 : (n + step - 1) / step * step;
 }
 
+// Rows the bf16 and statistics buffers handed to cuDNN's attention hold for an M-token batch:
+// the backward graph is told of up to cudnn_size_bucket(M) tokens, and a tile starting at the
+// last segment's first row may read up to 127 rows past its end (masked, but multiplied, so
+// they must be finite). Nothing documents either bound, so the buffers cover both and the rows
+// past M are zero: 128 rows more than the token bound, under 2% of the buffers at 8192 tokens.
+inline Index cudnn_padded_rows(Index M) {
+  return cudnn_size_bucket(M) + 128;
+}
+
 // Scratch reused across calls (operand copies in the matmul type, per-thread tiles).
 struct AttentionWorkspace {
   Buffer<std::byte> operands;

@@ -1,5 +1,6 @@
 #include "ops/rope.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/cpu_dispatch.hpp"
@@ -53,6 +54,10 @@ RopeTable::RopeTable(const RopeParams& params, Index head_dim)
 
 void RopeTable::ensure(Index positions) {
   if (positions <= size_) return;
+  // At least doubled: generation asks for one more position per token, and a device backend
+  // uploads the table whenever it grows (cuda_kernels.cpp), so growing by one would upload it
+  // once per token; doubling uploads it O(log T) times.
+  positions = std::max(positions, 2 * size_);
   cos_.resize(static_cast<std::size_t>(positions * half_));
   sin_.resize(static_cast<std::size_t>(positions * half_));
   for (Index p = size_; p < positions; ++p) {

@@ -26,7 +26,7 @@ struct RopeParams {
 // Inverse frequencies w_j, j < head_dim / 2 (fp32, as transformers computes them).
 std::vector<float> rope_inverse_frequencies(const RopeParams& params, Index head_dim);
 
-// cos/sin of p * w_j for positions p < size(), grown on demand.
+// cos/sin of p * w_j for positions p < positions(), grown on demand (at least doubling).
 class RopeTable {
  public:
   RopeTable(const RopeParams& params, Index head_dim);

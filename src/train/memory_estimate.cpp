@@ -295,8 +295,9 @@ void add_gpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& 
     const double workspace = deterministic <= kCudnnDeterministicWorkspaceBytes
                                  ? std::max(atomic, deterministic)
                                  : atomic;
-    e.items.push_back({"attention (cuDNN: bf16 q/k/v, O and gradients; workspace, estimated)",
-                       4.0 * M * (W3 + Qd) + workspace});
+    const auto rows = static_cast<double>(cudnn_padded_rows(static_cast<Index>(M)));
+    e.items.push_back({"attention (cuDNN: bf16 q/k/v, O, gradients, stats; workspace, est.)",
+                       4.0 * rows * (W3 + Qd) + 4.0 * rows * d.heads + workspace});
   } else {
     e.items.push_back(
         {"attention (reference kernel: row sums, segment index)", 4.0 * M * d.heads + 4.0 * M});
