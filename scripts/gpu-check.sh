@@ -4,6 +4,8 @@
 #   run(command="bash scripts/gpu-check.sh", carry=["gpu-pack"], timeout_s=480)
 # and, for a rerun of chosen stages (the machine stays warm 30 s after a call):
 #   run(command="STAGES='zero3_gpu_w1 bench_70b_layers' bash scripts/gpu-check.sh", ...)
+# (a stage that reads another's output brings it along: losses_match runs train_gpu,
+# seed_job_under_30_min runs bench_70b_layers).
 # Stages run most important first (the CUDA tests, GPU-vs-CPU training, the 7B benchmark
 # against Transformers + PEFT, then ZeRO-3 on the GPU), each under its own limit, all under one
 # deadline (GPU_CHECK_SECONDS, default 430 s): a stage with under 20 s left is skipped and says
@@ -14,6 +16,7 @@ set -uo pipefail
 OUT="${OUT:-/tmp/gpu-check-out}"
 mkdir -p "$OUT"
 exec > >(tee "$OUT/log.txt") 2>&1
+tee_pid=$!
 root="$(cd "$(dirname "$0")/.." && pwd)"
 pack="$root/gpu-pack"
 results="$OUT/results.txt"
@@ -21,6 +24,10 @@ work="$(mktemp -d)"
 : > "$results"
 deadline=$((SECONDS + ${GPU_CHECK_SECONDS:-430}))
 STAGES="${STAGES:-all}"
+# Each scratch folder is new, so a rerun's stage that reads another's output runs it as well.
+[[ " $STAGES " == *" losses_match "* ]] && [[ " $STAGES " != *" train_gpu "* ]] && STAGES="train_gpu $STAGES"
+[[ " $STAGES " == *" seed_job_under_30_min "* ]] && [[ " $STAGES " != *" bench_70b_layers "* ]] &&
+  STAGES="bench_70b_layers $STAGES"
 declare -a table
 record() {  # record NAME VERDICT SECONDS
   echo "stage_$1_seconds=$3" >> "$results"
@@ -57,9 +64,11 @@ done
 echo "gpu-check: pack of $(cat "$pack/REVISION" 2> /dev/null || echo 'an unknown revision'); tree at $(git -C "$root" rev-parse --short HEAD 2> /dev/null || echo '?')"
 
 # The device's Python (torch, transformers, peft, and NVIDIA's libraries as wheels). It runs
-# without the pack's libraries on its path: they are Debian 12's, older than its own.
+# with the machine's own LD_LIBRARY_PATH (the driver may be found through it: /usr/local/nvidia
+# is a mount there), not the pack's libraries: they are Debian 12's, older than its own.
 python="$(command -v /opt/torch/.venv/bin/python3 || command -v python3)"
-py() { env -u LD_LIBRARY_PATH PYTHONUNBUFFERED=1 "$python" "$@"; }
+device_ld_path="${LD_LIBRARY_PATH-}"
+py() { env LD_LIBRARY_PATH="$device_ld_path" PYTHONUNBUFFERED=1 "$python" "$@"; }
 # The libraries the pack brings (xz-compressed to fit the carry limit), unpacked outside the
 # tree; with Python's tarfile where there is no xz.
 unpacked="$(mktemp -d)"
@@ -92,7 +101,7 @@ export OMPI_MCA_plm=isolated OMPI_MCA_btl_vader_single_copy_mechanism=none
 export PATH="$mpi_root/bin:$PATH" NCCL_DEBUG=WARN
 export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export ZEROLORA_REPO_DIR="$root" NVIDIA_TF32_OVERRIDE=0
-export OUT root pack python results mpirun work
+export OUT root pack python results mpirun work device_ld_path
 export -f py
 
 # The CPU reference of the training comparison, started now in the background (16 cores; the
@@ -112,14 +121,15 @@ if [ "$STAGES" = all ] || [[ " $STAGES " == *" losses_match "* ]]; then
 fi
 
 environment() {
+  local missing=0
   uname -a
-  nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv
-  py -c 'import torch; print("torch", torch.__version__, "cudnn", torch.backends.cudnn.version(), "nccl", torch.cuda.nccl.version())'
+  ldd --version | head -n 1
+  grep -E '^PRETTY_NAME=' /etc/os-release 2> /dev/null
+  nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv || missing=1
   lscpu | grep -E 'Model name|^CPU\(s\)' || true
   lscpu | grep -o 'avx512_bf16\|amx_bf16' | sort -u | tr '\n' ' '
   echo
   echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
-  local missing=0
   for binary in "$pack"/bin/*; do
     if ldd "$binary" | grep "not found"; then missing=1; fi
   done
@@ -133,12 +143,26 @@ for name in ("libcudart.so.13", "libcublasLt.so.13", "libcudnn.so.9", "libnccl.s
     except OSError as e:
         print("MISSING", name, e); bad = 1
 sys.exit(bad)' || missing=1
+  # Last, as the slowest (a cold import of torch): the Python side of the benchmark sees the GPU.
+  py -c 'import torch; print("torch", torch.__version__, "cuda", torch.cuda.is_available(), "cudnn", torch.backends.cudnn.version(), "nccl", torch.cuda.nccl.version())' || missing=1
   return $missing
 }
 export -f environment
-stage environment 30 environment
+stage environment 60 environment
 
-stage cuda_tests 120 "$pack/bin/zerolora_cuda_tests" --gtest_output="xml:$OUT/cuda_tests.xml"
+# The CUDA tests skip (and gtest passes) where no GPU is seen: a skip fails the stage here.
+cuda_tests() {
+  "$pack/bin/zerolora_cuda_tests" --gtest_output="xml:$OUT/cuda_tests.xml" 2>&1 |
+    tee "$work/cuda_tests.txt"
+  local rc=${PIPESTATUS[0]}
+  if grep -q '^\[  SKIPPED \]' "$work/cuda_tests.txt"; then
+    echo "cuda_tests: tests were skipped (no GPU seen?): the stage fails"
+    return 1
+  fi
+  return "$rc"
+}
+export -f cuda_tests
+stage cuda_tests 120 cuda_tests
 
 # The seed recipe's LoRA settings on stories260K for 50 steps, on the GPU and on this machine's
 # CPU. Every step's loss within 1e-3 (relative) of the CPU run's: the GPU's bf16 attention
@@ -266,9 +290,20 @@ stage zero3_bench_w2 120 zero3_bench 2
 # training run ending every rank within seconds (needs pgrep there).
 stage zero3_gpu_w3 90 zero3_gpu 3
 stage zero3_gpu_w4 90 zero3_gpu 4
-stage killed_rank_gpu 60 bash "$root/tests/mpi/kill_rank_test.sh" "$mpirun" "$pack/bin/zerolora" \
-  "$root/demo" --device cuda --ddp_backend mpi
+killed_rank_gpu() {
+  if ! command -v pgrep > /dev/null; then
+    echo "killed_rank_gpu: no pgrep on this machine (the test finds its victim with it)"
+    return 77
+  fi
+  bash "$root/tests/mpi/kill_rank_test.sh" "$mpirun" "$pack/bin/zerolora" "$root/demo" \
+    --device cuda --ddp_backend mpi
+}
+export -f killed_rank_gpu
+stage killed_rank_gpu 60 killed_rank_gpu
 
 echo
 echo "=== summary"
 printf '%s\n' "${table[@]}" | tee -a "$results"
+# Let the log's tee write its last lines before the command ends.
+exec > /dev/null 2>&1
+wait "$tee_pid" 2> /dev/null || true

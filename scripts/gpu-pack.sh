@@ -17,15 +17,25 @@ if ! command -v nvcc > /dev/null && [ ! -x /usr/local/cuda/bin/nvcc ]; then
 fi
 export PATH="$PATH:/usr/local/cuda/bin"
 # Debian's linker writes RUNPATH, which the device's LD_LIBRARY_PATH overrides.
-cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DZEROLORA_CUDA=ON -DZEROLORA_BUILD_TESTS=ON \
-  -DZEROLORA_BUILD_BENCH=ON -DCMAKE_CUDA_ARCHITECTURES=90 > /dev/null
-cmake --build "$build" -j"$(nproc)" --target zerolora_cli zerolora_cuda_tests zerolora_unit_tests \
-  zerolora_mpi_tests bench_train_step bench_zero
+# The portable build (no -march=native: the device's CPU is another), and cuDNN's fused
+# attention in it: without the frontend's headers the bf16 benchmark would time the reference
+# attention kernel instead, so a build without it is refused here, before any device time.
+mkdir -p "$build"
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DZEROLORA_CUDA=ON -DZEROLORA_NATIVE=OFF \
+  -DZEROLORA_BUILD_TESTS=ON -DZEROLORA_BUILD_BENCH=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+  > "$build/gpu-pack-configure.log"
+if ! grep -q "CUDA backend: cuDNN fused attention" "$build/gpu-pack-configure.log"; then
+  grep "CUDA backend" "$build/gpu-pack-configure.log" >&2
+  echo "gpu-pack: this build has no cuDNN fused attention (run scripts/python-env.sh for the" \
+    "frontend's headers, or set ZEROLORA_CUDNN_FRONTEND_INCLUDE)" >&2
+  exit 1
+fi
+cmake --build "$build" -j"$(nproc)" --target zerolora_cli zerolora_cuda_tests zerolora_mpi_tests \
+  bench_train_step bench_zero
 rm -rf gpu-pack
 mkdir -p gpu-pack/bin gpu-pack/lib
-cp "$build/zerolora" "$build/tests/zerolora_cuda_tests" "$build/tests/zerolora_unit_tests" \
-  "$build/tests/zerolora_mpi_tests" "$build/bench/bench_train_step" "$build/bench/bench_zero" \
-  gpu-pack/bin/
+cp "$build/zerolora" "$build/tests/zerolora_cuda_tests" "$build/tests/zerolora_mpi_tests" \
+  "$build/bench/bench_train_step" "$build/bench/bench_zero" gpu-pack/bin/
 strip --strip-unneeded gpu-pack/bin/*
 # Shared libraries: everything ldd names except the CUDA libraries (the device brings its own,
 # matched to its driver) and the C runtime (the device's glibc is newer).

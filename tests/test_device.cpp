@@ -24,6 +24,44 @@
 namespace zerolora {
 namespace {
 
+// A provider whose release fails, as the ZeRO-3 store's can when the next gather finds the
+// device full.
+class FailingRelease final : public WeightProvider<float> {
+ public:
+  FailingRelease() : layout_(config_) {}
+  const LlamaConfig& config() const override { return config_; }
+  const LayerLayout& layout() const override { return layout_; }
+  const float* acquire(UnitId) override { return &value_; }
+  void release(UnitId) override {
+    ++releases;
+    throw ResourceError("the next gather: device memory full");
+  }
+  int releases = 0;
+
+ private:
+  LlamaConfig config_;
+  LayerLayout layout_;
+  float value_ = 0;
+};
+
+TEST(AcquiredUnit, AReleaseErrorLeavesAsItselfAndNeverHidesTheFirstError) {
+  FailingRelease provider;
+  // At scope exit: the release's own error, typed, not std::terminate.
+  const auto hold_and_leave = [&] {
+    const AcquiredUnit<float> held{provider, {Unit::kFinalNorm}, provider.acquire({})};
+  };
+  EXPECT_THROW(hold_and_leave(), ResourceError);
+  EXPECT_EQ(provider.releases, 1);
+  // Unwinding another error: the unit is still released, and the first error is the one seen.
+  try {
+    const AcquiredUnit<float> held{provider, {Unit::kFinalNorm}, provider.acquire({})};
+    throw ShapeError("the layer's own error");
+  } catch (const ShapeError& e) {
+    EXPECT_STREQ(e.what(), "the layer's own error");
+  }
+  EXPECT_EQ(provider.releases, 2);
+}
+
 TEST(CachingAllocator, RoundsSizesIntoBins) {
   EXPECT_EQ(CachingAllocator::round_size(0), 512u);
   EXPECT_EQ(CachingAllocator::round_size(513), 1024u);

@@ -138,12 +138,7 @@ class LlamaModel {
   // Final norm + lm_head + loss over rows with targets; writes d(x_L) when want_grad.
   double head_loss(const Batch& batch, double grad_scale, bool want_grad);
   // Releases a unit when it goes out of scope.
-  struct Acquired {
-    WeightProvider<Weight>& provider;
-    UnitId unit;
-    const Weight* data;
-    ~Acquired() { provider.release(unit); }
-  };
+  using Acquired = AcquiredUnit<Weight>;
   Acquired acquire(UnitId unit) { return {weights(), unit, weights().acquire(unit)}; }
   // A layer's LoRA view for the length of a layer pass. finish() hands the gradients over;
   // otherwise (forward, or unwinding) the view is released without communication.

@@ -4,6 +4,7 @@
 // along the announced schedule and freeing a unit when it is released.
 #pragma once
 
+#include <exception>
 #include <vector>
 
 #include "model/parameter_table.hpp"
@@ -33,6 +34,29 @@ class WeightProvider {
   // True when acquire hands out the runtime device's memory (ZeRO-3's store keeps its shards
   // there); false: host memory, which the model copies to a device the host cannot address.
   virtual bool device_memory() const { return false; }
+};
+
+// An acquired unit, released at scope exit. release() may issue the next gather and fail
+// (device memory full, a CUDA error): that error leaves the destructor as the typed error it
+// is (noexcept(false); an implicitly noexcept destructor would std::terminate). While another
+// error unwinds the stack, a failing release is dropped, so that the first error is the one
+// the run reports.
+template <class W>
+struct AcquiredUnit {
+  WeightProvider<W>& provider;
+  UnitId unit;
+  const W* data;
+  int unwinding = std::uncaught_exceptions();  // errors in flight when acquired
+  ~AcquiredUnit() noexcept(false) {
+    if (std::uncaught_exceptions() <= unwinding) {
+      provider.release(unit);
+      return;
+    }
+    try {
+      provider.release(unit);
+    } catch (...) {  // NOLINT(bugprone-empty-catch): the error already unwinding wins
+    }
+  }
 };
 
 // Elements of a unit's buffer.

@@ -1,6 +1,7 @@
 #include "zero3/sharded_weights.hpp"
 
 #include <algorithm>
+#include <exception>
 #include <span>
 #include <string>
 
@@ -261,6 +262,10 @@ void ShardedWeights<W>::release(UnitId id) {
   ZL_CHECK(it != live_.end());
   pool_.push_back(std::move(it->buffer));
   live_.erase(it);
+  // A rank unwinding an error starts no gather: the other ranks may never join it (they may
+  // wait for this rank elsewhere), and the gathers already in flight are waited for as the
+  // store is destroyed.
+  if (std::uncaught_exceptions() > 0) return;
   prefetch();
   trim_pool(0);
 }

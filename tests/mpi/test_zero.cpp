@@ -406,6 +406,37 @@ TEST(ShardedWeights, EachRankHoldsOnlyItsShard) {
   }
 }
 
+// A rank unwinding an error releases its unit without starting the next gather, which the
+// other ranks might never join (they may be waiting for this rank elsewhere).
+TEST(ShardedWeights, ReleaseWhileUnwindingStartsNoGather) {
+  Communicator& comm = MpiEnvironment::comm();
+  if (comm.size() == 1) GTEST_SKIP() << "one rank gathers nothing";
+  LlamaConfig c;
+  c.hidden_size = 16;
+  c.intermediate_size = 24;
+  c.num_layers = 4;
+  c.num_heads = 2;
+  c.num_kv_heads = 2;
+  c.head_dim = 8;
+  c.vocab_size = 32;
+  Runtime rt(1);
+  auto sharded = ShardedWeights<float>::random(rt, comm, c, 9, 0.02, ZeroOptions{2, 0});
+  std::vector<UnitId> schedule{{Unit::kEmbedding}};
+  for (int l = 0; l < 4; ++l) schedule.push_back({Unit::kLayer, l});
+  sharded.begin_schedule(schedule);
+  {
+    const AcquiredUnit<float> held{sharded, schedule[0], sharded.acquire(schedule[0])};
+    EXPECT_EQ(sharded.live_units(), 3u) << "the unit and the two prefetched";
+  }
+  EXPECT_EQ(sharded.live_units(), 3u) << "a release prefetches the next unit";
+  try {
+    const AcquiredUnit<float> held{sharded, schedule[1], sharded.acquire(schedule[1])};
+    throw ShapeError("a layer failed");
+  } catch (const ShapeError&) {
+  }
+  EXPECT_EQ(sharded.live_units(), 2u) << "released while unwinding: no gather started";
+}
+
 // A vocabulary larger than a layer (Llama 3, Qwen2.5): over two training steps the gathered
 // buffers never exceed the largest pair of neighbouring units, e.g. never a layer's buffer
 // reused for the final norm next to a fresh lm_head (twice the embedding's size).
