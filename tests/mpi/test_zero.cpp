@@ -406,23 +406,33 @@ TEST(ShardedWeights, EachRankHoldsOnlyItsShard) {
   }
 }
 
+// Three GQA layers and a vocabulary larger than a layer, for the store's own tests.
+LlamaConfig small_gqa_config() {
+  LlamaConfig c;
+  c.hidden_size = 40;
+  c.intermediate_size = 56;
+  c.num_layers = 3;
+  c.num_heads = 4;
+  c.num_kv_heads = 2;
+  c.head_dim = 10;
+  c.vocab_size = 1000;
+  return c;
+}
+
 // A rank unwinding an error releases its unit without starting the next gather, which the
 // other ranks might never join (they may be waiting for this rank elsewhere).
 TEST(ShardedWeights, ReleaseWhileUnwindingStartsNoGather) {
   Communicator& comm = MpiEnvironment::comm();
   if (comm.size() == 1) GTEST_SKIP() << "one rank gathers nothing";
-  LlamaConfig c;
-  c.hidden_size = 16;
-  c.intermediate_size = 24;
-  c.num_layers = 4;
-  c.num_heads = 2;
-  c.num_kv_heads = 2;
-  c.head_dim = 8;
-  c.vocab_size = 32;
   Runtime rt(1);
-  auto sharded = ShardedWeights<float>::random(rt, comm, c, 9, 0.02, ZeroOptions{2, 0});
-  std::vector<UnitId> schedule{{Unit::kEmbedding}};
-  for (int l = 0; l < 4; ++l) schedule.push_back({Unit::kLayer, l});
+  auto sharded =
+      ShardedWeights<float>::random(rt, comm, small_gqa_config(), 9, 0.02, ZeroOptions{2, 0});
+  // Five units: when the second is released, a third one is still left to prefetch.
+  const std::vector<UnitId> schedule{{Unit::kEmbedding},
+                                     {Unit::kLayer, 0},
+                                     {Unit::kLayer, 1},
+                                     {Unit::kLayer, 2},
+                                     {Unit::kFinalNorm}};
   sharded.begin_schedule(schedule);
   {
     const AcquiredUnit<float> held{sharded, schedule[0], sharded.acquire(schedule[0])};
@@ -443,14 +453,7 @@ TEST(ShardedWeights, ReleaseWhileUnwindingStartsNoGather) {
 TEST(ShardedWeights, GatheredMemoryStaysWithinTheWindow) {
   Communicator& comm = MpiEnvironment::comm();
   if (comm.size() == 1) GTEST_SKIP() << "one rank gathers nothing";
-  LlamaConfig c;
-  c.hidden_size = 40;
-  c.intermediate_size = 56;
-  c.num_layers = 3;
-  c.num_heads = 4;
-  c.num_kv_heads = 2;
-  c.head_dim = 10;
-  c.vocab_size = 1000;  // V x D = 40,000 > a layer's 11,680
+  const LlamaConfig c = small_gqa_config();  // V x D = 40,000 > a layer's 11,680
   Runtime rt(1);
   auto sharded = ShardedWeights<float>::random(rt, comm, c, 9, 0.02, ZeroOptions{1, 0});
   std::vector<UnitId> schedule{{Unit::kEmbedding}};
