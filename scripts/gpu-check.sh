@@ -17,6 +17,16 @@ OUT="${OUT:-/tmp/gpu-check-out}"
 mkdir -p "$OUT"
 exec > >(tee "$OUT/log.txt") 2>&1
 tee_pid=$!
+# At any exit: close the pipe into tee and give it up to 5 s to write the log's last lines (a
+# process a timed-out stage left behind may still hold the pipe: never wait for it).
+finish_log() {
+  exec > /dev/null 2>&1
+  for _ in $(seq 50); do
+    kill -0 "$tee_pid" 2> /dev/null || break
+    sleep 0.1
+  done
+}
+trap finish_log EXIT
 root="$(cd "$(dirname "$0")/.." && pwd)"
 pack="$root/gpu-pack"
 results="$OUT/results.txt"
@@ -117,7 +127,8 @@ train() {  # train DEVICE DIR THREADS: the seed recipe's LoRA on stories260K, 50
 }
 export -f train
 if [ "$STAGES" = all ] || [[ " $STAGES " == *" losses_match "* ]]; then
-  (train cpu "$work/train_cpu" 8 > "$work/train_cpu.log" 2>&1; echo $? > "$work/train_cpu.rc") &
+  (train cpu "$work/train_cpu" 8 > "$work/train_cpu.log" 2>&1; echo $? > "$work/train_cpu.rc") \
+    > /dev/null 2>&1 &
 fi
 
 environment() {
@@ -304,6 +315,3 @@ stage killed_rank_gpu 60 killed_rank_gpu
 echo
 echo "=== summary"
 printf '%s\n' "${table[@]}" | tee -a "$results"
-# Let the log's tee write its last lines before the command ends.
-exec > /dev/null 2>&1
-wait "$tee_pid" 2> /dev/null || true

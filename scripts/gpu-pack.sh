@@ -17,12 +17,17 @@ if ! command -v nvcc > /dev/null && [ ! -x /usr/local/cuda/bin/nvcc ]; then
 fi
 export PATH="$PATH:/usr/local/cuda/bin"
 # Debian's linker writes RUNPATH, which the device's LD_LIBRARY_PATH overrides.
-# The portable build (no -march=native: the device's CPU is another), and cuDNN's fused
-# attention in it: without the frontend's headers the bf16 benchmark would time the reference
-# attention kernel instead, so a build without it is refused here, before any device time.
+# The portable build (no -march=native: the device's CPU is another; a build folder configured
+# native is refused rather than changed), and cuDNN's fused attention in it: without the
+# frontend's headers the bf16 benchmark would time the reference attention kernel instead, so
+# a build without it is refused here, before any device time.
+if grep -q '^ZEROLORA_NATIVE:BOOL=ON' "$build/CMakeCache.txt" 2> /dev/null; then
+  echo "gpu-pack: $build is configured with ZEROLORA_NATIVE=ON (-march=native), which may not" \
+    "run on the device's CPU: give another build folder (gpu-pack.sh DIR)" >&2
+  exit 1
+fi
 mkdir -p "$build"
-cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DZEROLORA_CUDA=ON -DZEROLORA_NATIVE=OFF \
-  -DZEROLORA_BUILD_TESTS=ON -DZEROLORA_BUILD_BENCH=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DZEROLORA_CUDA=ON -DZEROLORA_BUILD_TESTS=ON -DZEROLORA_BUILD_BENCH=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
   > "$build/gpu-pack-configure.log"
 if ! grep -q "CUDA backend: cuDNN fused attention" "$build/gpu-pack-configure.log"; then
   grep "CUDA backend" "$build/gpu-pack-configure.log" >&2

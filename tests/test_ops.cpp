@@ -81,6 +81,17 @@ std::vector<double> reference_attention(const std::vector<double>& qkv, const At
   return out;
 }
 
+TEST(Attention, CudnnBuffersCoverTheTokenBoundAndATilePastIt) {
+  // Host arithmetic (the GPU's buffers and the memory estimate): the backward graph's token
+  // bound, then 256 rows, whatever M.
+  EXPECT_EQ(cudnn_padded_rows(1), 128 + 256);
+  EXPECT_EQ(cudnn_padded_rows(2700), 3072 + 256) << "2048's quarter steps";
+  EXPECT_EQ(cudnn_padded_rows(8192), 8192 + 256);
+  EXPECT_EQ(cudnn_padded_rows(8193), 10240 + 256);
+  EXPECT_EQ(cudnn_padded_rows(20480), 20480 + 256) << "the seed's 10 x 2048";
+  for (Index M = 1; M < 5000; M += 37) EXPECT_GE(cudnn_padded_rows(M), M + 256) << M;
+}
+
 TEST(Attention, MatchesPlainSoftmaxInEveryPrecision) {
   const AttentionCase c;
   const auto qkv = random_values<double>(c.M * c.shape.qkv_stride(), 5);

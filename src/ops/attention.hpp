@@ -86,12 +86,13 @@ inline Index cudnn_size_bucket(Index n) {
 }
 
 // Rows the bf16 and statistics buffers handed to cuDNN's attention hold for an M-token batch:
-// the backward graph is told of up to cudnn_size_bucket(M) tokens, and a tile starting at the
-// last segment's first row may read up to 127 rows past its end (masked, but multiplied, so
-// they must be finite). Nothing documents either bound, so the buffers cover both and the rows
-// past M are zero: 128 rows more than the token bound, under 2% of the buffers at 8192 tokens.
+// the backward graph is told of up to cudnn_size_bucket(M) tokens, and a tile starting in the
+// last segment may read rows past its end (masked, but multiplied, so they must be finite).
+// Nothing documents either bound, so the buffers cover the token bound and 256 rows beyond it
+// (tiles of up to 256 query rows), the rows past M zero: 3% more rows at 8192 tokens, up to
+// 25% more where M sits just above a bucket.
 inline Index cudnn_padded_rows(Index M) {
-  return cudnn_size_bucket(M) + 128;
+  return cudnn_size_bucket(M) + 256;
 }
 
 // Scratch reused across calls (operand copies in the matmul type, per-thread tiles).

@@ -264,7 +264,8 @@ void ShardedWeights<W>::release(UnitId id) {
   live_.erase(it);
   // A rank unwinding an error starts no gather: the other ranks may never join it (they may
   // wait for this rank elsewhere), and the gathers already in flight are waited for as the
-  // store is destroyed.
+  // store is destroyed. Any error in flight counts, even one a caller's destructor is handling:
+  // a store unwound through is not used again (begin_schedule refuses its live units).
   if (std::uncaught_exceptions() > 0) return;
   prefetch();
   trim_pool(0);
