@@ -27,8 +27,8 @@ if grep -q '^ZEROLORA_NATIVE:BOOL=ON' "$build/CMakeCache.txt" 2> /dev/null; then
   exit 1
 fi
 mkdir -p "$build"
-cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DZEROLORA_CUDA=ON -DZEROLORA_BUILD_TESTS=ON -DZEROLORA_BUILD_BENCH=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
-  > "$build/gpu-pack-configure.log"
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DZEROLORA_CUDA=ON -DZEROLORA_BUILD_TESTS=ON \
+  -DZEROLORA_BUILD_BENCH=ON -DCMAKE_CUDA_ARCHITECTURES=90 > "$build/gpu-pack-configure.log"
 if ! grep -q "CUDA backend: cuDNN fused attention" "$build/gpu-pack-configure.log"; then
   grep "CUDA backend" "$build/gpu-pack-configure.log" >&2
   echo "gpu-pack: this build has no cuDNN fused attention (run scripts/python-env.sh for the" \

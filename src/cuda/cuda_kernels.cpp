@@ -245,19 +245,21 @@ class CudaKernels final : public Kernels<P> {
     return reinterpret_cast<Bf16Bits*>(
         buffer.ensure(device_, static_cast<std::size_t>(cudnn_padded_rows(M) * width)));
   }
+  // A padded buffer whose rows past M are zero (the first M rows are the caller's to write).
+  template <class T>
+  T* zero_padded(DeviceBuffer<T>& buffer, Index M, Index width) {
+    T* rows = buffer.ensure(device_, static_cast<std::size_t>(cudnn_padded_rows(M) * width));
+    device_.fill_zero(rows + M * width,
+                      static_cast<std::size_t>((cudnn_padded_rows(M) - M) * width) * sizeof(T));
+    return rows;
+  }
   const Bf16Bits* bf16_copy(DeviceBuffer<bf16>& buffer, const float* src, Index M, Index width) {
-    Bf16Bits* dst = bits_of(buffer, M, width);
+    auto* dst = reinterpret_cast<Bf16Bits*>(zero_padded(buffer, M, width));
     cuda::to_bf16(s_, dst, src, M * width);
-    device_.fill_zero(
-        dst + M * width,
-        static_cast<std::size_t>((cudnn_padded_rows(M) - M) * width) * sizeof(Bf16Bits));
     return dst;
   }
   float* padded_stats(Index M, Index heads) {
-    float* stats = stats_.ensure(device_, static_cast<std::size_t>(cudnn_padded_rows(M) * heads));
-    device_.fill_zero(stats + M * heads,
-                      static_cast<std::size_t>((cudnn_padded_rows(M) - M) * heads) * sizeof(float));
-    return stats;
+    return zero_padded(stats_, M, heads);
   }
   std::unique_ptr<CudnnAttention> cudnn_;
   DeviceBuffer<bf16> qkv_bf16_, out_bf16_, dout_bf16_, dqkv_bf16_;
