@@ -6,14 +6,20 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <vector>
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include "core/caching_allocator.hpp"
 #include "core/device.hpp"
 #include "core/error.hpp"
 #include "core/precision.hpp"
+#include "core/system_memory.hpp"
 #include "lora/lora_layout.hpp"
 #include "model/generate.hpp"
 #include "model/llama_model.hpp"
@@ -60,6 +66,34 @@ TEST(AcquiredUnit, AReleaseErrorLeavesAsItselfAndNeverHidesTheFirstError) {
     EXPECT_STREQ(e.what(), "the layer's own error");
   }
   EXPECT_EQ(provider.releases, 2);
+}
+
+// core/system_memory.hpp: a freed 2 MiB block goes back to the system even after a larger
+// block was freed (glibc's default would then have served it from the heap and kept it).
+TEST(HostMemory, FreedLargeBlocksGoBackToTheSystem) {
+#if !defined(__GLIBC__)
+  GTEST_SKIP() << "the mmap threshold is glibc's; this C library is another";
+#else
+  for (const char* name : {"GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_"})
+    if (const char* value = std::getenv(name); value && *value)
+      GTEST_SKIP() << name << " is set: the runtime leaves glibc's allocator as configured";
+  return_large_frees_to_the_system();
+  auto touch = [](void* p) {
+    ASSERT_NE(p, nullptr);
+    static_cast<volatile char*>(p)[0] = 1;
+    asm volatile("" : : "r"(p) : "memory");  // the allocation must not be optimised away
+  };
+  void* larger = std::malloc(std::size_t{8} << 20);  // by default, raises the threshold to 8 MiB
+  touch(larger);
+  std::free(larger);
+  const std::size_t mapped_before = mallinfo2().hblks;
+  void* block = std::malloc(std::size_t{2} << 20);
+  touch(block);
+  EXPECT_EQ(mallinfo2().hblks, mapped_before + 1)
+      << "a 2 MiB block came from the heap: freed, it would stay resident";
+  std::free(block);
+  EXPECT_EQ(mallinfo2().hblks, mapped_before) << "the freed 2 MiB block was not unmapped";
+#endif
 }
 
 TEST(CachingAllocator, RoundsSizesIntoBins) {

@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "core/runtime_state.hpp"
+#include "core/system_memory.hpp"
 
 namespace zerolora {
 
@@ -37,6 +38,8 @@ Runtime::Runtime(int threads) {
   // oneDNN annotates every primitive for Intel VTune unless told not to: ~1% of a small
   // model's step. Respect a user's own setting.
   setenv("DNNL_ITT_TASK_LEVEL", "0", 0);
+  // Transient buffers freed in a step go back to the system: a flat resident set, step after step.
+  return_large_frees_to_the_system();
   state_ = std::make_unique<detail::RuntimeState>(threads_);
   device_ = std::make_unique<CpuDevice>(threads_);
 }

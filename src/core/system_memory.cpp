@@ -1,7 +1,12 @@
 #include "core/system_memory.hpp"
 
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 namespace zerolora {
 namespace {
@@ -46,6 +51,17 @@ std::optional<AvailableMemory> available_memory() {
     break;
   }
   return best;
+}
+
+void return_large_frees_to_the_system() {
+#if defined(__GLIBC__)
+  for (const char* name : {"GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_"})
+    if (const char* value = std::getenv(name); value && *value) return;
+  // 1 MiB: 4 MiB still let the resident set creep; a block this size is a few hundred pages,
+  // so mapping it afresh costs well under a percent of the step (measured: +0.1-0.3 s of
+  // system time in a 22 s 7B-shape run, throughput unchanged within drift).
+  mallopt(M_MMAP_THRESHOLD, 1 << 20);
+#endif
 }
 
 }  // namespace zerolora
