@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `zerolora estimate-memory` against a real run here: a 430 MB random-weight Llama (bf16
-# safetensors), trained for 3 steps by `mpirun -np 2 zerolora train` (ZeRO-3) with a small and
+# safetensors), trained for 5 steps by `mpirun -np 2 zerolora train` (ZeRO-3) with a small and
 # a large LoRA, and with selective and auto recompute; the measured peak RSS of each rank (the whole run,
 # saving included) must be within 10% of the prediction. The resident set must also stay flat
 # from step 2 on: freed transient buffers go back to the system (core/system_memory.hpp), and
@@ -8,7 +8,7 @@
 # over 20 steps of the first case), past any prediction on a long run.
 # The model's 32000-token vocabulary is fed by its own tokenizer, Llama-2's, on the public Alpaca
 # records (the estimate was calibrated on that realistic pairing; the demo's 512-piece tokenizer
-# and smaller records measure some 40 MiB less). Neither is part of the repository: the test
+# and smaller records measure less). Neither is part of the repository: the test
 # needs ZEROLORA_SHARED_DATA and is skipped (exit 77), saying so, without it.
 # Usage: estimate_memory_test.sh ZEROLORA BENCH_ZERO MPIRUN
 set -uo pipefail
