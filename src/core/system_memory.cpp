@@ -59,7 +59,8 @@ void return_large_frees_to_the_system() {
     if (const char* value = std::getenv(name); value && *value) return;
   // 1 MiB: 4 MiB still let the resident set creep; a block this size is a few hundred pages,
   // so mapping it afresh costs well under a percent of the step (measured: +0.1-0.3 s of
-  // system time in a 22 s 7B-shape run, throughput unchanged within drift).
+  // system time in a 22 s 7B-shape run; throughput within drift, a small cost not ruled out:
+  // BENCHMARKS.md, "A flat resident set").
   mallopt(M_MMAP_THRESHOLD, 1 << 20);
 #endif
 }

@@ -21,7 +21,7 @@ std::optional<AvailableMemory> available_memory();
 // freed so far (up to 32 MiB), after which the step's transient buffers (oneDNN's packing, GEMM
 // operands, attention tiles) come from the heap, interleave with long-lived blocks, and are
 // never returned: the resident set then grew step after step (a 430 MB model at W = 2: 506 MiB
-// after step 2, 799 MiB at step 20; fixed: 506 MiB at every step). Process-wide, like the
+// after step 2, 799 MiB at step 20; fixed: 507-509 MiB from step 2 on). Process-wide, like the
 // OpenMP thread count the runtime also sets; left alone when the user set GLIBC_TUNABLES or
 // MALLOC_MMAP_THRESHOLD_, and a no-op on other C libraries.
 void return_large_frees_to_the_system();
