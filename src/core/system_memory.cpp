@@ -53,15 +53,17 @@ std::optional<AvailableMemory> available_memory() {
   return best;
 }
 
-void return_large_frees_to_the_system() {
+bool return_large_frees_to_the_system() {
 #if defined(__GLIBC__)
   for (const char* name : {"GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_"})
-    if (const char* value = std::getenv(name); value && *value) return;
+    if (const char* value = std::getenv(name); value && *value) return false;
   // 1 MiB: 4 MiB still let the resident set creep; a block this size is a few hundred pages,
   // so mapping it afresh costs well under a percent of the step (measured: +0.1-0.3 s of
   // system time in a 22 s 7B-shape run; throughput within drift, a small cost not ruled out:
   // BENCHMARKS.md, "A flat resident set").
-  mallopt(M_MMAP_THRESHOLD, 1 << 20);
+  return mallopt(M_MMAP_THRESHOLD, 1 << 20) == 1;
+#else
+  return false;
 #endif
 }
 

@@ -23,7 +23,8 @@ std::optional<AvailableMemory> available_memory();
 // never returned: the resident set then grew step after step (a 430 MB model at W = 2: 506 MiB
 // after step 2, 799 MiB at step 20; fixed: 507-509 MiB from step 2 on). Process-wide, like the
 // OpenMP thread count the runtime also sets; left alone when the user set GLIBC_TUNABLES or
-// MALLOC_MMAP_THRESHOLD_, and a no-op on other C libraries.
-void return_large_frees_to_the_system();
+// MALLOC_MMAP_THRESHOLD_, and a no-op on other C libraries. Returns whether it set the
+// threshold (false: the user's configuration or another C library decides).
+bool return_large_frees_to_the_system();
 
 }  // namespace zerolora

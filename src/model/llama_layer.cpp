@@ -27,6 +27,12 @@ struct Dims {
   AttentionShape attention() const { return {H, KV, hd, window}; }
 };
 
+// Rows per MLP chunk: never more than the micro-batch has, so that the workspace's chunk buffers
+// (allocated whole on a GPU) are not sized for 1024 rows when a step has fewer.
+Index mlp_chunk(const ComputeOptions& options, Index rows) {
+  return std::max<Index>(1, std::min(options.mlp_chunk_rows, rows));
+}
+
 template <class T>
 T* grow(Device& device, DeviceBuffer<T>& buffer, Index count) {
   return buffer.ensure(device, static_cast<std::size_t>(count));
@@ -191,7 +197,7 @@ void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P:
   const bool save_mlp = keep.mlp;
   acts.mlp_saved = save_mlp || keep.mlp_ready;
   if (!save_mlp && !out) return;
-  const Index chunk = std::max<Index>(1, ctx.options.mlp_chunk_rows);
+  const Index chunk = mlp_chunk(ctx.options, M);
   if (save_mlp) grow(dev, acts.gate_up, M * 2 * d.I);
   auto& ws = ctx.workspace;
   for (Index c0 = 0; c0 < M; c0 += chunk) {
@@ -230,7 +236,7 @@ void layer_backward(LayerContext<P>& ctx, typename P::Act* dx, const typename P:
   const std::int32_t* positions = ctx.geometry.positions.data();
 
   // MLP block, by row chunks: dx rows become d(x2) rows.
-  const Index chunk = std::max<Index>(1, ctx.options.mlp_chunk_rows);
+  const Index chunk = mlp_chunk(ctx.options, M);
   for (Index c0 = 0; c0 < M; c0 += chunk) {
     const Index rows = std::min(chunk, M - c0);
     const Act* h2 = acts.h2.data() + c0 * d.D;

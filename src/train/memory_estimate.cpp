@@ -252,8 +252,8 @@ void add_cpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const MemoryScenar
 
 // The CUDA backend's buffers (src/cuda/cuda_kernels.cpp, model/llama_layer.cpp): they only
 // grow, so after the first backward they are all allocated at once. The layer workspace's
-// MLP chunk is 1024 rows whatever the micro-batch; the GEMMs' bf16 operands share one buffer
-// (the lm_head backward's included); cuDNN attention copies q/k/v, O and their gradients to
+// MLP chunk is 1024 rows, or the micro-batch's rows when fewer; the GEMMs' bf16 operands share one
+// buffer (the lm_head backward's included); cuDNN attention copies q/k/v, O and their gradients to
 // bf16 and takes a workspace (its size comes from cuDNN at run time: estimated here as four
 // bytes per token, head and head element); cuBLASLt's workspace is 32 MiB. Not counted, as
 // the run's peak_device_mib does not count them: the CUDA context and the kernels' code
@@ -262,9 +262,9 @@ void add_cpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const MemoryScenar
 void add_gpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& lora,
                      const MemoryScenario& s, const Dims& d) {
   const double M = d.M, D = d.D, I = d.I, Qd = d.Qd, W3 = d.W3, V = d.V, r = std::max(d.r, 1.0);
-  const double C = 1024, chunk = std::min(M, 1024.0), head = std::min(M, 512.0);
-  const double layer_work = 4.0 * C * (2 * I + I + I + 2 * I) + 4.0 * std::max(C, M) * D +
-                            4.0 * M * Qd + 4.0 * M * W3 + 4.0 * 3 * C * r + 4.0 * M * D;
+  const double chunk = std::min(M, 1024.0), head = std::min(M, 512.0);
+  const double layer_work = 4.0 * chunk * (2 * I + I + I + 2 * I) + 4.0 * M * D + 4.0 * M * Qd +
+                            4.0 * M * W3 + 4.0 * 3 * chunk * r + 4.0 * M * D;
   e.items.push_back(
       {"layer work buffers (MLP chunks, activation gradients, residual gradient)", layer_work});
   if (s.bf16)
