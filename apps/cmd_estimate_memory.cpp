@@ -19,6 +19,7 @@ struct EstimateOptions {
   std::string model, preset;
   std::vector<std::string> targets{"q_proj", "k_proj", "v_proj", "o_proj"};
   int lora_rank = 4;
+  double lora_dropout = LoraConfig{}.dropout;
   MemoryScenario scenario;
   std::string bf16 = "true", recompute = "true", residual_dtype = "auto", granularity = "auto";
   double recompute_budget_mib = -1;
@@ -43,6 +44,7 @@ Estimate estimate(EstimateOptions& o) {
                                  : preset_config(o.preset);
   LoraConfig lora;
   lora.rank = o.lora_rank;
+  lora.dropout = o.lora_dropout;
   std::string targets;
   for (const auto& t : o.targets) targets += (targets.empty() ? "" : ",") + t;
   lora.targets = parse_lora_targets(targets);
@@ -139,6 +141,11 @@ void add_estimate_flags(CLI::App* cmd, EstimateOptions* o) {
   cmd->add_option("--lora_rank", o->lora_rank, "LoRA rank")
       ->capture_default_str()
       ->check(whole_in(1, 4096));
+  cmd->add_option("--lora_dropout", o->lora_dropout,
+                  "Dropout on the LoRA branch's input (0: no dropped copies kept, as `zerolora "
+                  "train`)")
+      ->capture_default_str()
+      ->check(finite_in(0.0, 0.99));
   cmd->add_option("--lora_target_modules", o->targets, "Adapted projections")
       ->expected(1, -1)
       ->capture_default_str();

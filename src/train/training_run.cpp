@@ -75,9 +75,17 @@ class PolicyRun final : public TrainingRun::Impl {
       weights_ = std::make_unique<ShardedWeights<Weight>>(
           ShardedWeights<Weight>::load(*rt, parameter_comm_ ? *parameter_comm_ : comm, *checkpoint,
                                        ZeroOptions{args.prefetch_depth, args.max_live_elements}));
-    } else
+    } else if (!rt->device().host_accessible()) {
+      // The whole model on the GPU, read straight into its memory through a bounded staging
+      // buffer: a host copy (LlamaWeights, uploaded unit by unit) would hold the model twice,
+      // 13.5 GB of host memory for a 7B model, on every rank of the node.
+      parameter_comm_ = make_local_communicator();
+      weights_ = std::make_unique<ShardedWeights<Weight>>(
+          ShardedWeights<Weight>::load(*rt, *parameter_comm_, *checkpoint));
+    } else {
       weights_ =
           std::make_unique<LlamaWeights<Weight>>(load_llama_weights<Weight>(*rt, *checkpoint));
+    }
     note("model: " + settings.model_dir.string() + ", " + std::to_string(config.num_layers) +
          " layers, hidden " + std::to_string(config.hidden_size) + ", " + std::string(P::kName) +
          (bf16_residual ? " (bf16 residual)" : "") + ", loaded in " +
@@ -371,7 +379,8 @@ class PolicyRun final : public TrainingRun::Impl {
                            "zerolora: " + settings.model_dir.filename().string());
   }
 
-  std::unique_ptr<Communicator> parameter_comm_;  // the store's, on a GPU (run_device.hpp)
+  // The store's, on a GPU: NCCL or staged (run_device.hpp), or a local one for the whole model.
+  std::unique_ptr<Communicator> parameter_comm_;
   std::unique_ptr<WeightProvider<Weight>> weights_;
   std::optional<LlamaModel<P>> model_;
   std::optional<LoraTrainer<P>> trainer_;

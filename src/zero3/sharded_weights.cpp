@@ -50,7 +50,9 @@ template <class W>
 ShardedWeights<W>::ShardedWeights(Device& device, Communicator& comm, const LlamaConfig& config,
                                   ZeroOptions options)
     : device_(&device), comm_(&comm), config_(config), layout_(config), options_(options) {
-  if (comm.device_memory() == device.host_accessible())
+  // A store of one rank never calls its communicator: it serves as the whole model in a
+  // device's memory (the GPU's weights below ZeRO-3, loaded without a host copy).
+  if (comm.size() > 1 && comm.device_memory() == device.host_accessible())
     throw InternalError("ZeRO-3 store on " + device.name() + " given the communicator " +
                         comm.name() + ", which takes " +
                         (comm.device_memory() ? "device" : "host") + " buffers");

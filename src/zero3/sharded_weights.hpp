@@ -11,8 +11,9 @@
 // a pool. A cap on gathered elements alive (DeepSpeed's stage3_max_live_parameters) holds
 // prefetching back. Every rank follows the same schedule with the same rules, so every rank
 // issues the same all-gathers in the same order. With W = 1 the shard is the whole unit and
-// acquire returns it without copying. The communicator must take the device's buffers
-// (comm/device_comm.hpp: NCCL, or staged through the host, for a GPU).
+// acquire returns it without copying: a GPU run below ZeRO-3 keeps its model so (a one-rank
+// store, whatever the communicator, which it never calls). The communicator must take the device's
+// buffers (comm/device_comm.hpp: NCCL, or staged through the host, for a GPU).
 #pragma once
 
 #include <cstdint>
