@@ -17,7 +17,7 @@
 #include "lora/peft_adapter.hpp"
 #include "model/backend.hpp"
 #include "model/llama_model.hpp"
-#include "model/llama_weights.hpp"
+#include "zero3/whole_model.hpp"
 
 namespace zerolora::cli {
 namespace {
@@ -59,8 +59,8 @@ int run_forward(const ForwardOptions& o) {
   const InferenceAdapter adapter = load_inference_adapter(o.adapter, config);
   const std::vector<float>& lora = adapter.params;
   Runtime rt(o.threads, make_device(o.device));
-  auto weights = load_llama_weights<typename P::Weight>(rt, checkpoint);
-  LlamaModel<P> model(rt, weights, adapter.layout.get());
+  auto weights = load_whole_model<typename P::Weight>(rt, checkpoint);
+  LlamaModel<P> model(rt, *weights, adapter.layout.get());
   Batch batch;
   batch.add_sequence(ids, ids, 0);
   std::vector<float> logits(ids.size() * static_cast<std::size_t>(config.vocab_size));

@@ -20,7 +20,7 @@
 #include "lora/peft_adapter.hpp"
 #include "model/backend.hpp"
 #include "model/generate.hpp"
-#include "model/llama_weights.hpp"
+#include "zero3/whole_model.hpp"
 
 namespace zerolora::cli {
 namespace {
@@ -43,8 +43,8 @@ GeneratedText generate_with(const GenerateOptions& o, const TextSink& on_text) {
   const Tokenizer tokenizer = open_model_tokenizer(dir, config, o.tokenizer);
   const InferenceAdapter adapter = load_inference_adapter(o.adapter, config);
   Runtime rt(o.threads, make_device(o.device));
-  auto weights = load_llama_weights<typename P::Weight>(rt, checkpoint);
-  LlamaModel<P> model(rt, weights, adapter.layout.get());
+  auto weights = load_whole_model<typename P::Weight>(rt, checkpoint);
+  LlamaModel<P> model(rt, *weights, adapter.layout.get());
 
   // The prompt as training saw it: through the template (alpaca: the instruction, and --input;
   // chat: one user turn, after --system, through the model's chat template, ready for the

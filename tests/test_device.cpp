@@ -27,7 +27,7 @@
 #include "model/llama_weights.hpp"
 #include "staging_device.hpp"
 #include "test_util.hpp"
-#include "zero3/sharded_weights.hpp"
+#include "zero3/whole_model.hpp"
 
 namespace zerolora {
 namespace {
@@ -262,35 +262,40 @@ TEST(DeviceSeam, StagedDeviceEqualsHostBf16AttentionMlpKept) {
   expect_staged_equals_direct<Bf16Policy>(Recompute::kAttentionMlp);
 }
 
-// Below ZeRO-3 a GPU run keeps the whole model in the device's memory only: a one-rank store
-// reads it there through its bounded staging buffer (training_run.cpp), never as a host copy.
-// Here on a device the host cannot address, unit for unit equal to the host's weights.
-TEST(DeviceSeam, WholeModelLoadsOntoADeviceThroughAOneRankStore) {
+// Below ZeRO-3 a GPU run keeps the whole model in the device's memory only (load_whole_model: a
+// one-rank store reads it there through its bounded staging buffer), never as a host copy; the
+// CPU keeps it in host memory. On a device the host cannot address, unit for unit equal to the
+// host's weights.
+TEST(DeviceSeam, WholeModelLoadsIntoTheDevicesMemory) {
   const Checkpoint checkpoint(testing::fixtures_dir() / "odd_untied_all" / "model");
   Runtime host(1);
-  auto expected = load_llama_weights<bf16>(host, checkpoint);
+  auto expected = load_whole_model<bf16>(host, checkpoint);
+  EXPECT_FALSE(expected->device_memory());
+  EXPECT_TRUE(expected->resident());
   auto device = std::make_unique<StagingDevice>();
   StagingDevice& staging = *device;
   Runtime staged(1, std::move(device));
-  auto local = make_local_communicator();
-  ZeroOptions options;
-  options.load_staging_bytes = 1000;  // many staging chunks per tensor
-  auto store = ShardedWeights<bf16>::load(staged, *local, checkpoint, options);
-  EXPECT_TRUE(store.device_memory());
-  EXPECT_GT(staging.uploads, 10) << "the staging buffer was not used chunk by chunk";
+  const std::size_t before = staging.allocated_bytes();
+  auto weights = load_whole_model<bf16>(staged, checkpoint);
+  EXPECT_TRUE(weights->device_memory()) << "the GPU's model would be mirrored from a host copy";
+  EXPECT_TRUE(weights->resident());
   const LlamaConfig& c = checkpoint.config();
   std::vector<UnitId> units{{Unit::kEmbedding}, {Unit::kFinalNorm}, {Unit::kLmHead}};
   for (int l = 0; l < c.num_layers; ++l) units.push_back({Unit::kLayer, l});
-  store.begin_schedule(units);
-  expected.begin_schedule(units);
+  std::size_t model_bytes = 0;
+  for (const auto& u : units)
+    model_bytes += static_cast<std::size_t>(unit_elements(c, weights->layout(), u)) * sizeof(bf16);
+  EXPECT_GE(staging.allocated_bytes() - before, model_bytes) << "the model is in the device";
+  weights->begin_schedule(units);
+  expected->begin_schedule(units);
   for (const auto& u : units) {
-    const auto n = static_cast<std::size_t>(store.unit_elements(u));
+    const auto n = static_cast<std::size_t>(unit_elements(c, weights->layout(), u));
     std::vector<bf16> copied(n);
-    staged.device().copy_to_host(copied.data(), store.acquire(u), n * sizeof(bf16));
-    EXPECT_EQ(std::memcmp(copied.data(), expected.acquire(u), n * sizeof(bf16)), 0)
+    staged.device().copy_to_host(copied.data(), weights->acquire(u), n * sizeof(bf16));
+    EXPECT_EQ(std::memcmp(copied.data(), expected->acquire(u), n * sizeof(bf16)), 0)
         << "unit " << static_cast<int>(u.kind) << " " << u.layer;
-    store.release(u);
-    expected.release(u);
+    weights->release(u);
+    expected->release(u);
   }
 }
 

@@ -18,7 +18,6 @@
 #include "lora/peft_adapter.hpp"
 #include "model/backend.hpp"
 #include "model/flops.hpp"
-#include "model/llama_weights.hpp"
 #include "ops/matmul.hpp"
 #include "train/lora_trainer.hpp"
 #include "train/memory_estimate.hpp"
@@ -30,6 +29,7 @@
 #include "train/training_run_impl.hpp"
 #include "zero3/run_device.hpp"
 #include "zero3/sharded_weights.hpp"
+#include "zero3/whole_model.hpp"
 
 namespace zerolora {
 namespace {
@@ -75,16 +75,8 @@ class PolicyRun final : public TrainingRun::Impl {
       weights_ = std::make_unique<ShardedWeights<Weight>>(
           ShardedWeights<Weight>::load(*rt, parameter_comm_ ? *parameter_comm_ : comm, *checkpoint,
                                        ZeroOptions{args.prefetch_depth, args.max_live_elements}));
-    } else if (!rt->device().host_accessible()) {
-      // The whole model on the GPU, read straight into its memory through a bounded staging
-      // buffer: a host copy (LlamaWeights, uploaded unit by unit) would hold the model twice,
-      // 13.5 GB of host memory for a 7B model, on every rank of the node.
-      parameter_comm_ = make_local_communicator();
-      weights_ = std::make_unique<ShardedWeights<Weight>>(
-          ShardedWeights<Weight>::load(*rt, *parameter_comm_, *checkpoint));
     } else {
-      weights_ =
-          std::make_unique<LlamaWeights<Weight>>(load_llama_weights<Weight>(*rt, *checkpoint));
+      weights_ = load_whole_model<Weight>(*rt, *checkpoint);  // on a GPU, never a host copy
     }
     note("model: " + settings.model_dir.string() + ", " + std::to_string(config.num_layers) +
          " layers, hidden " + std::to_string(config.hidden_size) + ", " + std::string(P::kName) +
@@ -379,8 +371,7 @@ class PolicyRun final : public TrainingRun::Impl {
                            "zerolora: " + settings.model_dir.filename().string());
   }
 
-  // The store's, on a GPU: NCCL or staged (run_device.hpp), or a local one for the whole model.
-  std::unique_ptr<Communicator> parameter_comm_;
+  std::unique_ptr<Communicator> parameter_comm_;  // the store's, on a GPU (run_device.hpp)
   std::unique_ptr<WeightProvider<Weight>> weights_;
   std::optional<LlamaModel<P>> model_;
   std::optional<LoraTrainer<P>> trainer_;
