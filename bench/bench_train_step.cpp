@@ -21,8 +21,8 @@
 #include "model/backend.hpp"
 #include "model/flops.hpp"
 #include "model/llama_model.hpp"
-#include "model/llama_weights.hpp"
 #include "train/adamw.hpp"
+#include "zero3/whole_model.hpp"
 
 namespace zerolora::bench {
 namespace {
@@ -105,7 +105,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   const LlamaConfig config = *shaped;
-  auto weights = random_llama_weights<bf16>(rt, config, 7, kWeightStd);
+  auto weights = random_whole_model<bf16>(rt, config, 7, kWeightStd);  // a GPU's in its memory
   LoraConfig lora;  // the seed recipe: r 4, alpha 16, dropout 0.05 on q, k, v, o
   lora.rank = 4;
   lora.alpha = 16;
@@ -118,7 +118,7 @@ int main(int argc, char** argv) {
   options.recompute = recompute;
   options.recompute_budget_bytes = recompute_budget_from_mib(budget_mib);
   options.bf16_residual = true;  // as `zerolora train --bf16` (its default)
-  LlamaModel<Bf16Policy> model(rt, weights, &layout, options);
+  LlamaModel<Bf16Policy> model(rt, *weights, &layout, options);
   print_kv("model", "llama2-" + shape + "-shape layers=" + std::to_string(layers) +
                         " lora_r=4 targets=q,k,v,o batch=" + std::to_string(batch_size));
   print_kv("recompute", recompute_name(recompute));

@@ -8,6 +8,7 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 
+#include "apps/cli.hpp"
 #include "core/error.hpp"
 #include "io/safetensors.hpp"
 #include "lora/peft_adapter.hpp"
@@ -370,6 +371,51 @@ TEST(MemoryEstimate, GpuSplitsGpuAndHostMemory) {
   const MemoryEstimate fp32 = estimate_memory(c, lora, s);
   EXPECT_NE(find(fp32, "attention (reference"), nullptr);
   EXPECT_EQ(find(fp32, "bf16 GEMM operands"), nullptr);
+}
+
+const MemoryItem* item_named(const MemoryEstimate& e, const std::string& prefix) {
+  for (const auto& i : e.items)
+    if (i.name.rfind(prefix, 0) == 0) return &i;
+  return nullptr;
+}
+
+// Below 1024 tokens the GPU's layer work buffers are sized for the micro-batch's rows (the MLP's
+// chunk is never longer than the batch): every term then grows with M, so 1024 tokens need
+// exactly twice what 512 need.
+TEST(MemoryEstimate, GpuWorkBuffersFollowASmallMicroBatch) {
+  const LlamaConfig c = preset_config("llama2-7b");
+  LoraConfig lora_config;
+  lora_config.targets = parse_lora_targets("q_proj,k_proj,v_proj,o_proj");
+  const LoraLayout lora(c, lora_config);
+  MemoryScenario s;
+  s.gpu = true;
+  s.seq_len = 512;
+  const MemoryItem* small = item_named(estimate_memory(c, lora, s), "layer work buffers");
+  ASSERT_NE(small, nullptr);
+  const double at_512 = small->bytes;
+  s.seq_len = 1024;
+  const MemoryItem* large = item_named(estimate_memory(c, lora, s), "layer work buffers");
+  ASSERT_NE(large, nullptr);
+  EXPECT_DOUBLE_EQ(large->bytes, 2 * at_512);
+}
+
+// estimate-memory --lora_dropout 0 counts no dropped copies of the LoRA inputs (train's default
+// 0.05 does).
+TEST(MemoryEstimate, LoraDropoutFlagReachesTheEstimate) {
+  auto scratch = [](const std::vector<std::string>& extra) {
+    std::vector<std::string> args{"--preset", "llama2-7b", "--device", "cuda"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    const nlohmann::ordered_json report = cli::estimate_memory_report(args);
+    for (const auto& item : report["items"])
+      if (item["name"].get<std::string>().rfind("LoRA branch scratch", 0) == 0)
+        return item["bytes"].get<double>();
+    ADD_FAILURE() << "no LoRA branch scratch item";
+    return 0.0;
+  };
+  const double dropout_default = scratch({}), no_dropout = scratch({"--lora_dropout", "0"});
+  EXPECT_GT(dropout_default, no_dropout);
+  EXPECT_EQ(scratch({"--lora_dropout", "0.05"}), dropout_default);
+  EXPECT_THROW(scratch({"--lora_dropout", "1"}), UsageError);
 }
 
 }  // namespace

@@ -1,6 +1,8 @@
-// Base weights and LoRA tensors for a device the host cannot address (a GPU). The model's
-// providers hand out host memory; these wrappers give the model device copies of what a pass
-// uses, through the Device interface only, so the same code serves every backend:
+// Base weights and LoRA tensors for a device the host cannot address (a GPU). A provider may
+// hand out host memory (LoRA always; base weights only where a caller passes host weights: the
+// runs load them into the GPU's memory, src/zero3/whole_model.hpp); these wrappers give the
+// model device copies of what a pass uses, through the Device interface only, so the same code
+// serves every backend:
 //   DeviceWeights  uploads a unit when it is acquired. When the provider is resident (the whole
 //                  model in host memory) each unit is uploaded once and kept; otherwise (ZeRO-3's
 //                  gathered units) it is uploaded on every acquire and freed on release.

@@ -1,5 +1,6 @@
 // How the model gets its base weights: unit by unit, in an order announced up front.
-// Single-process weights (LlamaWeights) hand out their buffers directly; the ZeRO-3 store
+// Single-process weights hand out their buffers directly (LlamaWeights in host memory; on a GPU
+// a one-rank store in its memory: src/zero3/whole_model.hpp); the ZeRO-3 store
 // (src/zero3/sharded_weights.hpp) all-gathers each unit from the ranks' shards, prefetching
 // along the announced schedule and freeing a unit when it is released.
 #pragma once

@@ -99,8 +99,8 @@ const typename ShardedWeights<W>::UnitShard& ShardedWeights<W>::unit(UnitId id) 
 template <class W>
 ShardedWeights<W> ShardedWeights<W>::load(Runtime& rt, Communicator& comm,
                                           const Checkpoint& checkpoint, ZeroOptions options) {
+  const auto table = validate_checkpoint(checkpoint);  // a wrong shape before any allocation
   ShardedWeights store(rt.device(), comm, checkpoint.config(), options);
-  const auto table = validate_checkpoint(checkpoint);
   for (const auto& entry : table) {
     UnitShard& u =
         store.units_[static_cast<std::size_t>(unit_index(store.config_, unit_of(entry)))];

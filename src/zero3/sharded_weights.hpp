@@ -40,8 +40,8 @@ struct ZeroOptions {
 template <class W>
 class ShardedWeights : public WeightProvider<W> {
  public:
-  // Reads this rank's byte ranges of every tensor (shapes are validated first).
-  // Throws InternalError when `comm` does not take the memory of rt's device.
+  // Reads this rank's byte ranges of every tensor (shapes are validated first). With W > 1,
+  // throws InternalError when `comm` does not take the memory of rt's device.
   static ShardedWeights load(Runtime& rt, Communicator& comm, const Checkpoint& checkpoint,
                              ZeroOptions options = {});
   // The shard of random_llama_weights(config, seed, std): identical values for any W.

@@ -42,7 +42,21 @@ std::unique_ptr<WeightProvider<W>> load_whole_model(Runtime& rt, const Checkpoin
   return std::make_unique<DeviceResidentModel<W>>(std::move(comm), std::move(store));
 }
 
+template <class W>
+std::unique_ptr<WeightProvider<W>> random_whole_model(Runtime& rt, const LlamaConfig& config,
+                                                      std::uint64_t seed, double std) {
+  if (rt.device().host_accessible())
+    return std::make_unique<LlamaWeights<W>>(random_llama_weights<W>(rt, config, seed, std));
+  auto comm = make_local_communicator();
+  auto store = ShardedWeights<W>::random(rt, *comm, config, seed, std);
+  return std::make_unique<DeviceResidentModel<W>>(std::move(comm), std::move(store));
+}
+
 template std::unique_ptr<WeightProvider<float>> load_whole_model(Runtime&, const Checkpoint&);
 template std::unique_ptr<WeightProvider<bf16>> load_whole_model(Runtime&, const Checkpoint&);
+template std::unique_ptr<WeightProvider<float>> random_whole_model(Runtime&, const LlamaConfig&,
+                                                                   std::uint64_t, double);
+template std::unique_ptr<WeightProvider<bf16>> random_whole_model(Runtime&, const LlamaConfig&,
+                                                                  std::uint64_t, double);
 
 }  // namespace zerolora
