@@ -5,7 +5,7 @@
 # and, for a rerun of chosen stages (the machine stays warm 30 s after a call):
 #   run(command="STAGES='zero3_gpu_w1 bench_70b_layers' bash scripts/gpu-check.sh", ...)
 # (a stage that reads another's output brings it along: losses_match runs train_gpu,
-# seed_job_under_30_min runs bench_70b_layers).
+# estimate_7b bench_7b, seed_job_under_30_min and estimate_70b_layers bench_70b_layers).
 # Stages run most important first (the CUDA tests, GPU-vs-CPU training, the 7B benchmark
 # against Transformers + PEFT, then ZeRO-3 on the GPU), each under its own limit, all under one
 # deadline (GPU_CHECK_SECONDS, default 430 s): a stage with under 20 s left is skipped and says
@@ -37,6 +37,9 @@ STAGES="${STAGES:-all}"
 # Each scratch folder is new, so a rerun's stage that reads another's output runs it as well.
 [[ " $STAGES " == *" losses_match "* ]] && [[ " $STAGES " != *" train_gpu "* ]] && STAGES="train_gpu $STAGES"
 [[ " $STAGES " == *" seed_job_under_30_min "* ]] && [[ " $STAGES " != *" bench_70b_layers "* ]] &&
+  STAGES="bench_70b_layers $STAGES"
+[[ " $STAGES " == *" estimate_7b "* ]] && [[ " $STAGES " != *" bench_7b "* ]] && STAGES="bench_7b $STAGES"
+[[ " $STAGES " == *" estimate_70b_layers "* ]] && [[ " $STAGES " != *" bench_70b_layers "* ]] &&
   STAGES="bench_70b_layers $STAGES"
 declare -a table
 record() {  # record NAME VERDICT SECONDS
@@ -223,6 +226,53 @@ export -f bench_7b torch_7b
 stage bench_7b 120 bench_7b
 stage torch_7b 120 torch_7b
 
+# `zerolora estimate-memory --device cuda` against a benchmark's measured peak GPU memory
+# (issue 13: within 10%), for the benchmark's own setup: one rank, bf16, full recompute, LoRA
+# r 4 on q/k/v/o with dropout 0.05, BATCH sequences of 2048 tokens (one segment each).
+estimate_vs_bench() {  # estimate_vs_bench NAME BENCH_OUTPUT BATCH ESTIMATE-MEMORY-MODEL-FLAGS...
+  local name="$1" bench="$2" batch="$3"
+  shift 3
+  "$pack/bin/zerolora" estimate-memory "$@" --device cuda --world_size 1 --bf16 true \
+    --per_device_train_batch_size "$batch" --max_seq_length 2048 --gradient_checkpointing true \
+    --recompute_granularity full --lora_rank 4 --lora_dropout 0.05 \
+    --lora_target_modules q_proj k_proj v_proj o_proj --json > "$work/$name.json" || return 1
+  py - "$name" "$work/$name.json" "$bench" "$results" <<'PY'
+import json, sys
+name, estimate, bench, results = sys.argv[1:]
+predicted = json.load(open(estimate))["total_bytes"] / 2**20
+kv = dict(l.strip().split("=", 1) for l in open(bench) if "=" in l)
+measured = float(kv["seq2048_peak_device_mib"])
+error = (predicted - measured) / measured
+print(f"{name}: predicted {predicted:.0f} MiB of GPU memory, measured peak {measured:.0f} MiB: {100 * error:+.1f}%")
+with open(results, "a") as f:
+    f.write(f"{name}_predicted_mib={predicted:.0f}\n{name}_measured_mib={measured:.0f}\n"
+            f"{name}_error={error:+.3f}\n")
+sys.exit(0 if abs(error) <= 0.10 else 1)
+PY
+}
+# A run that cannot fit the GPU is refused before its model is read, with the arithmetic and
+# the GPU's free memory: 120 layers of Llama-2-70B's shape (191 GiB of bf16 weights) on the
+# H200's 141 GB. Only config.json changes: nothing is loaded before the refusal.
+memory_refused_gpu() {
+  cp -r "$root/demo/stories260K-hf" "$work/too_big"
+  py - "$work/too_big/config.json" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c.update(hidden_size=8192, intermediate_size=28672, num_hidden_layers=120, num_attention_heads=64,
+         num_key_value_heads=8, head_dim=128)
+json.dump(c, open(sys.argv[1], "w"))
+PY
+  "$pack/bin/zerolora" train --device cuda --model_name_or_path "$work/too_big" \
+    --train_file "$root/demo/instructions.json" --output_dir "$work/too_big_run" --max_steps 1 \
+    --bf16 true > "$work/too_big.log" 2>&1
+  local rc=$?
+  cat "$work/too_big.log"
+  [ "$rc" -eq 1 ] && grep -Eq '^zerolora: error: this run needs about [0-9.]+ GiB of GPU memory per rank .* more than the [0-9.]+ GiB free on cuda:0' "$work/too_big.log"
+}
+export -f estimate_vs_bench memory_refused_gpu
+stage estimate_7b 30 estimate_vs_bench estimate_7b "$work/bench_7b.txt" 4 --preset llama2-7b
+stage memory_refused_gpu 30 memory_refused_gpu
+
 # ZeRO-3 on the GPU (issue 17): ranks sharing the H200 through the host-staged transport, and
 # NCCL at W = 1 (it refuses two ranks on one GPU), each equal to one rank on the same GPU
 # (fp32, the fixture model, dropout on, LoRA partitioned and replicated). A GPU test that
@@ -283,6 +333,13 @@ PY
 export -f bench_70b project_seed_job
 stage bench_70b_layers 90 bench_70b
 stage seed_job_under_30_min 20 project_seed_job
+# The 4-layer stack's config for estimate-memory (bench_shape "70b" of bench/bench_util.hpp).
+py -c 'import json, sys; json.dump(dict(model_type="llama", hidden_size=8192, intermediate_size=28672,
+    num_hidden_layers=4, num_attention_heads=64, num_key_value_heads=8, head_dim=128, vocab_size=32000,
+    max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False),
+    open(sys.argv[1] + "/config.json", "w"))' "$(mkdir -p "$work/stack70b" && echo "$work/stack70b")"
+stage estimate_70b_layers 30 estimate_vs_bench estimate_70b_layers "$work/bench_70b_layers.txt" 10 \
+  --model "$work/stack70b"
 
 # ZeRO-3 over the host-staged transport on the 70B-layer stack (issue 17): one rank against two
 # sharing the GPU, the seed's per-rank batch; the step split into compute, exposed and hidden

@@ -4,6 +4,7 @@
 // zerolora does not implement), and the memory estimate on a GPU.
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -397,6 +398,49 @@ TEST(MemoryEstimate, GpuWorkBuffersFollowASmallMicroBatch) {
   const MemoryItem* large = item_named(estimate_memory(c, lora, s), "layer work buffers");
   ASSERT_NE(large, nullptr);
   EXPECT_DOUBLE_EQ(large->bytes, 2 * at_512);
+}
+
+// On a GPU the estimate's GPU items, times the ranks sharing the GPU, must fit what it had free:
+// refused otherwise, naming the GPU, both figures and the escape.
+TEST(MemoryEstimate, GpuRunThatDoesNotFitIsRefused) {
+  const LlamaConfig c = preset_config("llama2-7b");
+  LoraConfig lora_config;
+  lora_config.targets = parse_lora_targets("q_proj,k_proj,v_proj,o_proj");
+  const LoraLayout lora(c, lora_config);
+  MemoryScenario s;
+  s.gpu = true;
+  s.micro_batch = 4;
+  s.seq_len = 2048;
+  const MemoryEstimate e = estimate_memory(c, lora, s);
+  const double need = e.total();
+  ASSERT_GT(need, 13e9);  // the bf16 weights alone
+  const std::string gpu = "cuda:0 (Test GPU)";
+  EXPECT_NO_THROW(require_device_memory_fits(e, s, gpu, need * 1.001, 1));
+  EXPECT_NO_THROW(require_device_memory_fits(e, s, gpu, 2.001 * need, 2));
+  auto refusal = [&](double free_bytes, int ranks) {
+    try {
+      require_device_memory_fits(e, s, gpu, free_bytes, ranks);
+    } catch (const ResourceError& error) {
+      return std::string(error.what());
+    }
+    return std::string("accepted");
+  };
+  const std::string alone = refusal(need * 0.999, 1);
+  char need_gib[32];
+  std::snprintf(need_gib, sizeof(need_gib), "%.2f", need / 1073741824.0);
+  EXPECT_NE(alone.find("needs about " + std::string(need_gib) +
+                       " GiB of GPU memory per rank (micro-batch 4 x 2048 tokens; largest: base "
+                       "weights (whole)"),
+            std::string::npos)
+      << alone;
+  EXPECT_NE(alone.find("free on cuda:0 (Test GPU). "), std::string::npos) << alone;
+  EXPECT_NE(alone.find("--check_memory false"), std::string::npos) << alone;
+  EXPECT_EQ(alone.find("ranks on this GPU"), std::string::npos) << alone;
+  const std::string shared = refusal(1.999 * need, 2);
+  EXPECT_NE(shared.find(" x 2 ranks on this GPU = "), std::string::npos) << shared;
+  // The host items (LoRA state, AdamW, the data) are the host check's, not the GPU's.
+  EXPECT_GT(e.host_total(), 0.0);
+  EXPECT_NO_THROW(require_device_memory_fits(e, s, gpu, need, 1));
 }
 
 // estimate-memory --lora_dropout 0 counts no dropped copies of the LoRA inputs (train's default

@@ -63,6 +63,13 @@ CudaDevice::~CudaDevice() {
   if (stream_) cudaStreamDestroy(stream_);
 }
 
+std::size_t CudaDevice::free_bytes() const {
+  std::size_t free = 0, total = 0;
+  check_cuda(cudaSetDevice(ordinal_), "cudaSetDevice");
+  check_cuda(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
+  return free + (allocator_->reserved_bytes() - allocator_->allocated_bytes());
+}
+
 void* CudaDevice::allocate(std::size_t bytes) {
   return allocator_->allocate(bytes);
 }

@@ -36,6 +36,10 @@ class CudaDevice final : public Device {
   std::size_t peak_allocated_bytes() const override { return allocator_->peak_allocated_bytes(); }
   void reset_peak() override { allocator_->reset_peak(); }
 
+  // What the GPU can still give this process: the driver's free memory (cudaMemGetInfo; other
+  // processes' use already taken off) and the blocks this device's allocator caches unused.
+  std::size_t free_bytes() const;
+
   cudaStream_t stream() const { return stream_; }
   int ordinal() const { return ordinal_; }
   // The GPU's UUID in hex: the same physical GPU whatever CUDA_VISIBLE_DEVICES numbers it.

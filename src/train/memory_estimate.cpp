@@ -14,34 +14,62 @@
 
 namespace zerolora {
 
+namespace {
+
+std::string gib(double bytes) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.2f GiB", bytes / 1073741824.0);
+  return std::string(text);
+}
+
+// "micro-batch 10 x 2048 tokens; largest: gathered units 3.2 GiB, ...": the three largest items
+// of the memory checked (the host's items, or the model's).
+std::string what_counts(const MemoryEstimate& estimate, const MemoryScenario& s, bool host) {
+  std::vector<MemoryItem> items;
+  for (const auto& i : estimate.items)
+    if (i.host == host) items.push_back(i);
+  std::sort(items.begin(), items.end(),
+            [](const MemoryItem& a, const MemoryItem& b) { return a.bytes > b.bytes; });
+  std::string largest;
+  for (std::size_t i = 0; i < std::min<std::size_t>(3, items.size()); ++i)
+    largest += (i ? ", " : "") + items[i].name + " " + gib(items[i].bytes);
+  return "micro-batch " + std::to_string(s.micro_batch) + " x " + std::to_string(s.seq_len) +
+         " tokens; largest: " + largest;
+}
+
+constexpr const char* kLowerTheRun =
+    "Lower --per_device_train_batch_size (raise --gradient_accumulation_steps to keep the global "
+    "batch) or --max_seq_length, keep --gradient_checkpointing on, or spread the model over more ";
+
+}  // namespace
+
 void require_memory_fits(const MemoryEstimate& estimate, const MemoryScenario& s, int local_ranks) {
   const auto available = available_memory();
   if (!available) return;
   const double per_rank = s.gpu ? estimate.host_total() : estimate.total();
   const double need = per_rank * local_ranks;
   if (need <= available->bytes) return;
-  auto gib = [](double bytes) {
-    char text[32];
-    std::snprintf(text, sizeof(text), "%.2f GiB", bytes / 1073741824.0);
-    return std::string(text);
-  };
-  std::vector<MemoryItem> items;
-  for (const auto& i : estimate.items)
-    if (i.host == s.gpu) items.push_back(i);
-  std::sort(items.begin(), items.end(),
-            [](const MemoryItem& a, const MemoryItem& b) { return a.bytes > b.bytes; });
-  std::string largest;
-  for (std::size_t i = 0; i < std::min<std::size_t>(3, items.size()); ++i)
-    largest += (i ? ", " : "") + items[i].name + " " + gib(items[i].bytes);
-  throw ResourceError(
-      "this run needs about " + gib(per_rank) + (s.gpu ? " of host memory" : "") +
-      " per rank (micro-batch " + std::to_string(s.micro_batch) + " x " +
-      std::to_string(s.seq_len) + " tokens; largest: " + largest + ") x " +
-      std::to_string(local_ranks) + " rank(s) on this machine = " + gib(need) + ", more than the " +
-      gib(available->bytes) + " available (" + available->source +
-      "). Lower --per_device_train_batch_size (raise --gradient_accumulation_steps to keep "
-      "the global batch) or --max_seq_length, keep --gradient_checkpointing on, or spread "
-      "the model over more machines; --check_memory false runs it anyway");
+  throw ResourceError("this run needs about " + gib(per_rank) + (s.gpu ? " of host memory" : "") +
+                      " per rank (" + what_counts(estimate, s, s.gpu) + ") x " +
+                      std::to_string(local_ranks) + " rank(s) on this machine = " + gib(need) +
+                      ", more than the " + gib(available->bytes) + " available (" +
+                      available->source + "). " + kLowerTheRun +
+                      "machines; --check_memory false runs it anyway");
+}
+
+void require_device_memory_fits(const MemoryEstimate& estimate, const MemoryScenario& s,
+                                const std::string& device_name, double free_bytes,
+                                int ranks_on_device) {
+  const double per_rank = estimate.total();
+  const double need = per_rank * ranks_on_device;
+  if (need <= free_bytes) return;
+  throw ResourceError("this run needs about " + gib(per_rank) + " of GPU memory per rank (" +
+                      what_counts(estimate, s, false) + ")" +
+                      (ranks_on_device > 1 ? " x " + std::to_string(ranks_on_device) +
+                                                 " ranks on this GPU = " + gib(need)
+                                           : std::string()) +
+                      ", more than the " + gib(free_bytes) + " free on " + device_name + ". " +
+                      kLowerTheRun + "GPUs with ZeRO-3; --check_memory false runs it anyway");
 }
 
 double MemoryEstimate::total() const {

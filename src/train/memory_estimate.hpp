@@ -58,6 +58,13 @@ MemoryEstimate estimate_memory(const LlamaConfig& model, const LoraLayout& lora,
 void require_memory_fits(const MemoryEstimate& estimate, const MemoryScenario& scenario,
                          int local_ranks);
 
+// On a GPU: refuses (ResourceError, with the arithmetic and the largest items) a run whose
+// estimate of GPU memory, times the ranks that share the GPU, exceeds `free_bytes`, what the
+// GPU had free when the run opened it (device_name names it in the message).
+void require_device_memory_fits(const MemoryEstimate& estimate, const MemoryScenario& scenario,
+                                const std::string& device_name, double free_bytes,
+                                int ranks_on_device);
+
 // Llama-2 7B, 13B and 70B configurations ("llama2-7b", "llama2-13b", "llama2-70b").
 LlamaConfig preset_config(const std::string& name);
 std::vector<std::string> preset_names();

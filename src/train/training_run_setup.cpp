@@ -49,6 +49,9 @@ TrainingRun::Impl::Impl(Communicator& communicator, PreparedSettings prepared,
   RunDevice run_device =
       open_run_device(settings.device, parse_ddp_backend(settings.ddp_backend), comm);
   ddp_backend = run_device.backend;
+  gpu_free_bytes = run_device.free_bytes;
+  ranks_on_gpu = run_device.ranks_on_device;
+  if (run_device.device) gpu_name = run_device.device->name();
   if (!run_device.note.empty()) note(run_device.note);
   rt.emplace(settings.threads > 0 ? settings.threads : default_threads_per_rank(),
              std::move(run_device.device));
@@ -154,7 +157,8 @@ std::string TrainingRun::Impl::recompute_note() const {
          fixed(plan.kept_bytes / 1048576.0, 1) + " MiB kept)";
 }
 
-// Before the model is read: refuse, with the arithmetic, a run the machine cannot hold.
+// Before the model is read: refuse, with the arithmetic, a run the machine (on a GPU: the host
+// and the GPU) cannot hold.
 void TrainingRun::Impl::check_memory(const std::vector<Index>& lengths) const {
   MemoryScenario s;
   s.world_size = comm.size();
@@ -171,8 +175,10 @@ void TrainingRun::Impl::check_memory(const std::vector<Index>& lengths) const {
   s.dataset_tokens = data.report.train_tokens;
   s.gpu = settings.device != "cpu";
   s.staged = s.gpu && ddp_backend == DdpBackend::kMpi;
-  require_memory_fits(estimate_memory(checkpoint->config(), *layout, s), s,
-                      std::max(1, detect_launch().local_size));
+  const MemoryEstimate estimate = estimate_memory(checkpoint->config(), *layout, s);
+  require_memory_fits(estimate, s, std::max(1, detect_launch().local_size));
+  if (s.gpu && gpu_free_bytes)
+    require_device_memory_fits(estimate, s, gpu_name, *gpu_free_bytes, ranks_on_gpu);
 }
 
 // The settings that make this run the run it is (run_signature.hpp); `precision` is the

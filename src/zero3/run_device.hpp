@@ -9,6 +9,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "comm/communicator.hpp"
@@ -21,12 +22,17 @@ struct RunDevice {
   std::unique_ptr<Device> device;  // null: the runtime's host device
   DdpBackend backend = DdpBackend::kMpi;
   std::string note;  // where this rank runs and why, for the run's notes (empty on the CPU)
+  // On a GPU: its free memory when opened, before any rank of the run allocated there (for the
+  // up-front memory check), and how many of the run's ranks share it (this rank included).
+  std::optional<double> free_bytes;
+  int ranks_on_device = 1;
 };
 
-// Every rank of `comm` calls it (GPUs: two all-gathers and an all-reduce). Throws UsageError /
-// UnsupportedError / DeviceError naming the flag when the spec, the backend or the machine's
-// GPUs do not allow it: alike on every rank where the gathered facts decide, otherwise on the
-// rank that cannot open its GPU (the rank guard then ends the others).
+// Every rank of `comm` calls it (GPUs: two all-gathers and an all-reduce; each rank reads its
+// GPU's free memory before the last, so before any rank can have loaded the model there). Throws
+// UsageError / UnsupportedError / DeviceError naming the flag when the spec, the backend or the
+// machine's GPUs do not allow it: alike on every rank where the gathered facts decide, otherwise on
+// the rank that cannot open its GPU (the rank guard then ends the others).
 RunDevice open_run_device(const std::string& spec, DdpBackend backend, Communicator& comm);
 
 // The communicator for the store's buffers on `device`: null when `host` serves (the host's
