@@ -280,8 +280,7 @@ TEST(DeviceSeam, WholeModelLoadsIntoTheDevicesMemory) {
   EXPECT_TRUE(weights->device_memory()) << "the GPU's model would be mirrored from a host copy";
   EXPECT_TRUE(weights->resident());
   const LlamaConfig& c = checkpoint.config();
-  std::vector<UnitId> units{{Unit::kEmbedding}, {Unit::kFinalNorm}, {Unit::kLmHead}};
-  for (int l = 0; l < c.num_layers; ++l) units.push_back({Unit::kLayer, l});
+  const std::vector<UnitId> units = testing::every_unit(c);
   std::size_t model_bytes = 0;
   for (const auto& u : units)
     model_bytes += static_cast<std::size_t>(unit_elements(c, weights->layout(), u)) * sizeof(bf16);

@@ -16,7 +16,9 @@
 #include <vector>
 
 #include "core/bf16.hpp"
+#include "io/llama_config.hpp"
 #include "lora/lora_layout.hpp"
+#include "model/weight_provider.hpp"
 
 namespace zerolora::testing {
 
@@ -28,6 +30,14 @@ std::vector<T> random_values(std::size_t n, std::uint32_t seed) {
   std::vector<T> v(n);
   for (auto& x : v) x = convert_to<T>(dist(gen));
   return v;
+}
+
+// Every weight unit of a model with config c, each once (the fixtures' models have an untied
+// lm_head): for tests that walk a weight store unit by unit.
+inline std::vector<UnitId> every_unit(const LlamaConfig& c) {
+  std::vector<UnitId> units{{Unit::kEmbedding}, {Unit::kFinalNorm}, {Unit::kLmHead}};
+  for (int l = 0; l < c.num_layers; ++l) units.push_back({Unit::kLayer, l});
+  return units;
 }
 
 // Where the repository is at run time: where the tests were built, unless the environment

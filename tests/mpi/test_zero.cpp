@@ -341,8 +341,7 @@ TEST(ShardedWeights, EachRankHoldsOnlyItsShard) {
   auto sharded = ShardedWeights<bf16>::load(rt, comm, checkpoint, ZeroOptions{1, 0});
   const LlamaConfig& c = checkpoint.config();
   const Index W = comm.size();
-  std::vector<UnitId> units{{Unit::kEmbedding}, {Unit::kFinalNorm}, {Unit::kLmHead}};
-  for (int l = 0; l < c.num_layers; ++l) units.push_back({Unit::kLayer, l});
+  const std::vector<UnitId> units = testing::every_unit(c);
   std::size_t expected = 0, largest = 0;
   for (const auto& u : units) {
     const Index n = sharded.unit_elements(u);
