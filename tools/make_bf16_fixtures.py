@@ -521,7 +521,7 @@ def main():
     ap.add_argument("--check-only", action="store_true",
                     help="validate, write nothing, and fail (exit 1) unless the emulator with rounding "
                          "off reproduces reference.safetensors and the committed bf16 files are what "
-                         "it makes, within twice the ulp-level noise it measures (the test suite runs "
+                         "it makes, within four times the ulp-level noise it measures (the test suite runs "
                          "this)")
     ap.add_argument("--noise-floor", action="store_true",
                     help="also run the bf16 emulation with float64 arithmetic between the roundings and "
@@ -564,10 +564,14 @@ def main():
                 # element within ulps of a bf16 boundary rounds the other way (a tie flip): the
                 # committed file is "what this script makes" when it is as close as the ulp-level
                 # noise measured here (float64 vs float32 between the same roundings), with a
-                # factor 2 for the two machines' noise.
+                # factor 4 for the two machines' noise: files made on an Intel Sapphire Rapids,
+                # checked on an AMD EPYC (AVX-512), differed by up to 2.4x this machine's noise
+                # (qwen2_bias grad_norms, measured 2026-12-03), while one rounding point more or
+                # less (the residual files against the others) moves the losses or the grad norms
+                # by 5.5x (mistral_window) to 1700x it, more than 4x in every fixture.
                 with safe_open(str(case / file_name), "pt") as committed:
                     got = compare(out, committed, f"regenerated vs committed {file_name}", real)
-                over = {k: v for k, v in got.items() if v > max(1e-6, 2 * noise[k])}
+                over = {k: v for k, v in got.items() if v > max(1e-6, 4 * noise[k])}
                 if over:
                     failures.append(f"{name}: the committed {file_name} is not what this script makes: "
                                     + ", ".join(f"{k} {v:.2e} (noise {noise[k]:.2e})" for k, v in over.items())
