@@ -20,6 +20,8 @@
 #include "io/tensor_read.hpp"
 #include "model/llama_model.hpp"
 #include "model/llama_weights.hpp"
+#include "reference_fixture.hpp"
+#include "staging_device.hpp"
 #include "test_util.hpp"
 #include "tolerances.hpp"
 #include "train/lora_trainer.hpp"
@@ -27,213 +29,20 @@
 namespace zerolora {
 namespace {
 
-struct Reference {
-  // reference.safetensors: Transformers + PEFT in fp32 (tools/make_fixtures.py);
-  // reference_bf16[_residual].safetensors: the same computation rounded to bf16 where the
-  // engine's bf16 mode rounds (tools/make_bf16_fixtures.py).
-  explicit Reference(const std::filesystem::path& dir,
-                     const std::string& name = "reference.safetensors")
-      : file(dir / name), checkpoint(dir / "model") {}
-
-  std::vector<float> floats(const std::string& name) const {
-    return read_float_tensor<float>(file, file.at(name));
-  }
-  std::vector<std::int64_t> ints(const std::string& name) const {
-    return read_int_tensor(file, file.at(name));
-  }
-  std::string meta(const std::string& key) const { return file.metadata().at(key); }
-
-  LoraConfig lora_config() const {
-    LoraConfig lora;
-    lora.rank = std::stoi(meta("lora_rank"));
-    lora.alpha = std::stod(meta("lora_alpha"));
-    lora.use_rslora = meta("use_rslora") == "true";
-    lora.targets = parse_lora_targets(meta("target_modules"));
-    lora.dropout = 0.0;
-    return lora;
-  }
-
-  // Every tensor the reference recorded under `prefix`, counted: a layout that silently
-  // dropped a target would compare fewer tensors and pass.
-  std::size_t count_tensors(const std::string& prefix) const {
-    std::size_t n = 0;
-    for (const auto& t : file.tensors()) n += t.name.rfind(prefix, 0) == 0;
-    return n;
-  }
-
-  // The batch rows as training sequences, each as long as its attention mask.
-  std::vector<TokenSequence> sequences() const {
-    const auto& ids_info = file.at("input_ids");
-    const Index B = ids_info.shape[0], T = ids_info.shape[1];
-    const auto ids = ints("input_ids"), mask = ints("attention_mask"), labels = ints("labels");
-    std::vector<TokenSequence> rows(static_cast<std::size_t>(B));
-    for (Index b = 0; b < B; ++b) {
-      TokenSequence& row = rows[static_cast<std::size_t>(b)];
-      for (Index t = 0; t < T && mask[b * T + t]; ++t) {
-        row.input_ids.push_back(static_cast<std::int32_t>(ids[b * T + t]));
-        row.labels.push_back(static_cast<std::int32_t>(labels[b * T + t]));
-      }
-      row.segment_lengths = {static_cast<std::int32_t>(row.input_ids.size())};
-    }
-    return rows;
-  }
-
-  // One segment per row.
-  Batch batch() const {
-    Batch batch;
-    const auto rows = sequences();
-    for (std::size_t b = 0; b < rows.size(); ++b)
-      batch.add_sequence(rows[b].input_ids, rows[b].labels, static_cast<std::int64_t>(b));
-    return batch;
-  }
-
-  SafetensorsFile file;
-  Checkpoint checkpoint;
-};
-
-struct Case {
-  std::string name;
-  Precision precision;
-  Recompute recompute;
-  bool bf16_residual = false;
-};
-
-std::string case_name(const ::testing::TestParamInfo<Case>& info) {
-  return info.param.name + (info.param.precision == Precision::kFp32 ? "_fp32" : "_bf16") +
-         (info.param.recompute == Recompute::kFull           ? "_recompute"
-          : info.param.recompute == Recompute::kAttention    ? "_attention"
-          : info.param.recompute == Recompute::kAttentionMlp ? "_attention_mlp"
-          : info.param.recompute == Recompute::kSelective    ? "_selective"
-                                                             : "_stored") +
-         (info.param.bf16_residual ? "_bf16_residual" : "");
-}
+using testing::Case;
+using testing::case_name;
+using testing::check_against_reference;
+using testing::Reference;
 
 class ReferenceFixture : public ::testing::TestWithParam<Case> {};
 
-// Checks one measured error against its tolerance (< 0: not compared); with
-// ZEROLORA_PRINT_MEASURED set, prints it too, for keeping tests/tolerances.hpp's "measured"
-// figures true (ctest -R Fixtures --verbose | grep measured).
-void within(const Case& c, const std::string& what, double measured, double tolerance) {
-  if (std::getenv("ZEROLORA_PRINT_MEASURED"))
-    std::printf("measured %s%s%s %s: %.3g (tolerance %.3g)\n", c.name.c_str(),
-                c.precision == Precision::kFp32 ? " fp32" : " bf16",
-                c.bf16_residual ? " bf16_residual" : "", what.c_str(), measured, tolerance);
-  if (tolerance >= 0) {
-    EXPECT_LT(measured, tolerance) << what;
-  }
-}
-
-template <class P>
-void check_against_reference(const Case& c, const tolerance::Fixture& tol) {
-  // The bf16 mode against the reference that rounds where it does.
-  const Reference ref(testing::fixtures_dir() / c.name,
-                      c.precision == Precision::kFp32 ? "reference.safetensors"
-                      : c.bf16_residual               ? "reference_bf16_residual.safetensors"
-                                                      : "reference_bf16.safetensors");
-  Runtime rt(2);
-  auto weights = load_llama_weights<typename P::Weight>(rt, ref.checkpoint);
-  const LoraLayout layout(ref.checkpoint.config(), ref.lora_config());
-  ComputeOptions options;
-  options.recompute = c.recompute;
-  options.bf16_residual = c.bf16_residual;
-  options.attention.block = 4;  // several query tiles per segment
-  options.mlp_chunk_rows = 7;   // several MLP chunks, one ragged
-  options.head_chunk_rows = 5;
-  LlamaModel<P> model(rt, weights, &layout, options);
-
-  std::vector<float> params(static_cast<std::size_t>(layout.size()));
-  for (const auto& e : layout.entries()) {
-    const auto values = ref.floats("lora." + e.name);
-    ASSERT_EQ(static_cast<Index>(values.size()), e.numel()) << e.name;
-    std::copy(values.begin(), values.end(), params.begin() + e.offset);
-  }
-  const auto entries = layout.entries().size();
-  ASSERT_EQ(ref.count_tensors("lora."), entries);
-  ASSERT_EQ(ref.count_tensors("grad."), entries);
-  ASSERT_EQ(ref.count_tensors("step3."), entries);
-  const Batch batch = ref.batch();
-  const Index V = ref.checkpoint.config().vocab_size;
-
-  // Logits of every real (unpadded) position.
-  std::vector<float> logits(static_cast<std::size_t>(batch.size() * V));
-  model.forward_logits(batch, params, logits.data());
-  const auto ref_logits = ref.floats("logits");
-  const Index T = ref.file.at("input_ids").shape[1];
-  std::vector<float> expected_logits;
-  for (std::size_t b = 0; b < batch.segments.size(); ++b)
-    for (Index t = 0; t < batch.segments[b].length; ++t)
-      expected_logits.insert(expected_logits.end(), ref_logits.begin() + (b * T + t) * V,
-                             ref_logits.begin() + (b * T + t + 1) * V);
-  within(c, "logits", testing::max_rel_error(logits, expected_logits), tol.logits);
-  within(c, "logits mean", testing::mean_rel_error(logits, expected_logits), tol.logits_mean);
-
-  // Loss and gradients.
-  const double count = static_cast<double>(batch.label_count());
-  std::vector<float> grads(params.size(), 0.0f);
-  const double loss = model.forward_backward(batch, params, grads, 1.0 / count, {}) / count;
-  const double ref_loss = ref.floats("loss")[0];
-  within(c, "loss", std::abs(loss - ref_loss) / std::abs(ref_loss), tol.loss);
-  for (const auto& e : layout.entries()) {
-    const auto expected = ref.floats("grad." + e.name);
-    const std::span<const float> ours(grads.data() + e.offset, static_cast<std::size_t>(e.numel()));
-    within(c, "grad " + e.name, testing::max_rel_error(ours, std::span<const float>(expected)),
-           tol.grad);
-  }
-
-  // Three training steps through the trainer itself, as `zerolora train` makes them: one
-  // sequence per micro-batch (the reference ran the whole batch at once), each scaled by the
-  // global batch's label count, clipping by the global norm (it fires: the fixtures' norms
-  // are 3-40x max_grad_norm), AdamW. The reference is torch + PEFT's equivalent loop.
-  TrainerOptions training;
-  training.micro_batch = 1;
-  training.adamw.beta1 = std::stod(ref.meta("beta1"));
-  training.adamw.beta2 = std::stod(ref.meta("beta2"));
-  training.adamw.eps = std::stod(ref.meta("eps"));
-  training.adamw.weight_decay = std::stod(ref.meta("weight_decay"));
-  training.max_grad_norm = std::stod(ref.meta("max_grad_norm"));
-  const double lr = std::stod(ref.meta("lr"));
-  auto comm = make_local_communicator();
-  LoraTrainer<P> trainer(rt, *comm, model, layout, training, params);
-  const std::vector<TokenSequence> sequences = ref.sequences();
-  std::vector<Index> all(sequences.size());
-  std::iota(all.begin(), all.end(), Index{0});
-  const Index targets = count_targets(sequences, all);
-  ASSERT_EQ(targets, batch.label_count());
-  const auto ref_losses = ref.floats("losses"), ref_norms = ref.floats("grad_norms");
-  for (std::size_t step = 0; step < ref_losses.size(); ++step) {
-    const StepStats stats =
-        trainer.step(sequences, all, targets, lr, static_cast<std::int64_t>(step));
-    EXPECT_TRUE(stats.finite);
-    const std::string at = "step " + std::to_string(step);
-    within(c, at + " loss", std::abs(stats.loss - ref_losses[step]) / ref_losses[step],
-           step == 0 ? tol.loss : tol.later_losses);
-    EXPECT_GT(ref_norms[step], 2 * training.max_grad_norm) << "clipping must fire";
-    within(c, at + " grad norm", std::abs(stats.grad_norm - ref_norms[step]) / ref_norms[step],
-           step == 0 ? tol.grad : tol.later_norms);
-  }
-  params = trainer.gather_params();
-  const double steps = static_cast<double>(ref_losses.size());
-  for (const auto& e : layout.entries()) {
-    const auto expected = ref.floats("step3." + e.name);
-    const auto initial = ref.floats("lora." + e.name);
-    const std::span<const float> ours(params.data() + e.offset,
-                                      static_cast<std::size_t>(e.numel()));
-    within(c, "after 3 steps " + e.name,
-           testing::max_rel_error(ours, std::span<const float>(expected)), tol.weights);
-    double update_error = 0;
-    for (std::size_t i = 0; i < expected.size(); ++i)
-      update_error += std::abs((ours[i] - initial[i]) - (expected[i] - initial[i]));
-    update_error /= static_cast<double>(expected.size()) * lr * steps;
-    within(c, "mean update error " + e.name, update_error, tol.update);
-  }
-}
-
 TEST_P(ReferenceFixture, MatchesTransformersAndPeft) {
   const Case& c = GetParam();
+  Runtime rt(2);
   if (c.precision == Precision::kFp32)
-    check_against_reference<Fp32Policy>(c, tolerance::kFp32);
+    check_against_reference<Fp32Policy>(rt, c, tolerance::kFp32);
   else
-    check_against_reference<Bf16Policy>(c, tolerance::kBf16);
+    check_against_reference<Bf16Policy>(rt, c, tolerance::kBf16);
 }
 
 std::vector<Case> all_cases() {
@@ -250,6 +59,27 @@ std::vector<Case> all_cases() {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, ReferenceFixture, ::testing::ValuesIn(all_cases()), case_name);
+
+// The same check with the model on a device the host cannot address (tests/staging_device.hpp):
+// the path a GPU takes (the model read into device memory by a one-rank store, the LoRA tensors
+// mirrored layer by layer, the batch geometry uploaded) with the CPU's kernels, so that the
+// GPU's fixture test (test_cuda.cpp, the same cases) differs from this one only in its kernels.
+class StagedDeviceFixture : public ::testing::TestWithParam<Case> {};
+
+TEST_P(StagedDeviceFixture, MatchesTransformersAndPeft) {
+  const Case& c = GetParam();
+  auto device = std::make_unique<testing::StagingDevice>();
+  testing::StagingDevice& staging = *device;
+  Runtime rt(2, std::move(device));
+  if (c.precision == Precision::kFp32)
+    check_against_reference<Fp32Policy>(rt, c, tolerance::kFp32);
+  else
+    check_against_reference<Bf16Policy>(rt, c, tolerance::kBf16);
+  EXPECT_GT(staging.uploads, 0) << "the model ran in the device's memory";
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, StagedDeviceFixture,
+                         ::testing::ValuesIn(testing::device_fixture_cases()), case_name);
 
 // The bf16 residual stream is one function whichever way backward gets its activations:
 // the layer inputs kept in bf16 and restored for recompute must give exactly the gradients of

@@ -12,6 +12,7 @@
 #include "model/generate.hpp"
 #include "model/llama_model.hpp"
 #include "model/llama_weights.hpp"
+#include "reference_fixture.hpp"
 #include "test_util.hpp"
 #include "tolerances.hpp"
 
@@ -29,37 +30,16 @@ class Stories260K : public ::testing::Test {
   }
 };
 
-template <class P>
-void check_greedy_and_logits(const std::filesystem::path& model_dir, const SafetensorsFile& ref,
-                             const std::vector<std::int32_t>& prompt,
-                             const std::vector<std::int32_t>& greedy, double logits_tol) {
-  Runtime rt(2);
-  Checkpoint checkpoint(model_dir);
-  auto weights = load_llama_weights<typename P::Weight>(rt, checkpoint);
-  LlamaModel<P> model(rt, weights, nullptr);
-  const auto& eos = checkpoint.config().eos_token_ids;
-  const auto generated =
-      generate(model, prompt, static_cast<int>(greedy.size() - prompt.size()), eos);
-  EXPECT_EQ(generated, greedy);
-
-  Batch batch;
-  batch.add_sequence(prompt, std::vector<std::int32_t>(prompt.size(), kIgnoreIndex), 0);
-  std::vector<float> logits(prompt.size() * 512);
-  model.forward_logits(batch, {}, logits.data());
-  const auto expected = read_float_tensor<float>(ref, ref.at("prompt_logits"));
-  EXPECT_LT(testing::max_rel_error(logits, expected), logits_tol);
-}
-
 TEST_F(Stories260K, GreedyContinuationEqualsTransformersFp32) {
-  check_greedy_and_logits<Fp32Policy>(model_dir_, ref_, ints("prompt_ids"), ints("greedy_ids"),
-                                      tolerance::kFp32.logits);
+  Runtime rt(2);
+  testing::check_stories_greedy_and_logits<Fp32Policy>(rt, tolerance::kFp32.logits);
 }
 
 // bf16 may legitimately pick a different token where two logits are within bf16 noise; on
 // this prompt the 60-token continuation is identical (checked), so it is asserted.
 TEST_F(Stories260K, GreedyContinuationEqualsTransformersBf16) {
-  check_greedy_and_logits<Bf16Policy>(model_dir_, ref_, ints("prompt_ids"), ints("greedy_ids"),
-                                      tolerance::kBf16.logits);
+  Runtime rt(2);
+  testing::check_stories_greedy_and_logits<Bf16Policy>(rt, tolerance::kBf16.logits);
 }
 
 TEST_F(Stories260K, AlpacaLossMatchesTransformers) {
