@@ -259,6 +259,15 @@ TEST_F(CudaBackend, ProjectionsAndTheLoraBranchEqualTheCpu) {
   cpu_kernels_->linear_forward(Mat<float>::dense(y.data(), M, out), x.data(), w.data(), in, true);
   gpu_kernels_->linear_forward(Mat<float>::dense(gy, M, out), gx, gw, in, true);
   expect_close(to_host(gy, y.size()), y, "linear forward (accumulating)");
+  // Qwen2's q/k/v biases: added to the whole output, and to a column block of a wider buffer
+  // (k's 60 columns at 100 of the 172, as in a fused q/k/v output).
+  auto bias = random_values(out, 16);
+  cpu_kernels_->linear_add_bias(Mat<float>::dense(y.data(), M, out), bias.data());
+  gpu_kernels_->linear_add_bias(Mat<float>::dense(gy, M, out), on_gpu(bias));
+  expect_close(to_host(gy, y.size()), y, "linear bias");
+  cpu_kernels_->linear_add_bias(Mat<float>{y.data() + 100, M, 60, out, 1}, bias.data());
+  gpu_kernels_->linear_add_bias(Mat<float>{gy + 100, M, 60, out, 1}, on_gpu(bias));
+  expect_close(to_host(gy, y.size()), y, "linear bias on a column block");
   std::vector<float> dx(M * in);
   float* gdx = on_gpu(dx);
   cpu_kernels_->linear_backward_data(dx.data(), dy.data(), w.data(), M, out, in);

@@ -291,11 +291,13 @@ TEST(ZeroOnADevice, StagedCollectivesEqualTheHosts) {
 // The same on a real GPU, for the device check (ZEROLORA_CUDA builds; skipped, with the reason,
 // without a GPU): every rank of the test on GPU 0, the staged transport at any W, NCCL at W = 1
 // (it refuses two ranks on one GPU). The reference is the single-process run on the same GPU.
-class ZeroOnAGpu : public ::testing::TestWithParam<std::tuple<const char*, Index>> {};
+// The Llama fixture over every transport; the Qwen2 one (q/k/v biases in the sharded units, on
+// the device) over the staged one.
+class ZeroOnAGpu : public ::testing::TestWithParam<std::tuple<const char*, Index, const char*>> {};
 
 TEST_P(ZeroOnAGpu, CollectivesAndTrainingEqualOneRank) {
   Communicator& comm = MpiEnvironment::comm();
-  const auto [backend_name, threshold] = GetParam();
+  const auto [backend_name, threshold, model] = GetParam();
   const DdpBackend backend = parse_ddp_backend(backend_name);
   if (backend == DdpBackend::kNccl && comm.size() > 1)
     GTEST_SKIP() << "NCCL refuses several ranks on one GPU: its check runs at W = 1";
@@ -315,7 +317,7 @@ TEST_P(ZeroOnAGpu, CollectivesAndTrainingEqualOneRank) {
   ASSERT_TRUE(on_gpu);
   expect_collectives_equal_hosts(rt.device(), *on_gpu, comm);
 
-  const Checkpoint checkpoint(testing::fixtures_dir() / "gqa_tied" / "model");
+  const Checkpoint checkpoint(testing::fixtures_dir() / model / "model");
   auto local = make_local_communicator();
   auto full = load_llama_weights<float>(rt, checkpoint);
   const RunResult reference = train_five_steps(rt, *local, full, threshold, 3);
@@ -326,12 +328,16 @@ TEST_P(ZeroOnAGpu, CollectivesAndTrainingEqualOneRank) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, ZeroOnAGpu,
-                         ::testing::Values(std::make_tuple("mpi", Index{0}),
-                                           std::make_tuple("mpi", Index{100000}),
-                                           std::make_tuple("nccl", Index{0})),
+                         ::testing::Values(std::make_tuple("mpi", Index{0}, "gqa_tied"),
+                                           std::make_tuple("mpi", Index{100000}, "gqa_tied"),
+                                           std::make_tuple("nccl", Index{0}, "gqa_tied"),
+                                           std::make_tuple("mpi", Index{0}, "qwen2_bias")),
                          [](const auto& info) {
                            return std::string(std::get<0>(info.param)) +
-                                  (std::get<1>(info.param) == 0 ? "_partitioned" : "_replicated");
+                                  (std::get<1>(info.param) == 0 ? "_partitioned" : "_replicated") +
+                                  (std::string(std::get<2>(info.param)) == "gqa_tied"
+                                       ? std::string()
+                                       : "_" + std::string(std::get<2>(info.param)));
                          });
 
 TEST(ShardedWeights, EachRankHoldsOnlyItsShard) {
