@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <numeric>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -99,14 +100,22 @@ struct Case {
   bool bf16_residual = false;
 };
 
+// "qwen2_bias_bf16_recompute_bf16_residual": the test's name suffix, and how gtest (so ctest's
+// list) prints the case instead of its bytes.
+inline std::string case_label(const Case& c) {
+  return c.name + (c.precision == Precision::kFp32 ? "_fp32" : "_bf16") +
+         (c.recompute == Recompute::kFull           ? "_recompute"
+          : c.recompute == Recompute::kAttention    ? "_attention"
+          : c.recompute == Recompute::kAttentionMlp ? "_attention_mlp"
+          : c.recompute == Recompute::kSelective    ? "_selective"
+                                                    : "_stored") +
+         (c.bf16_residual ? "_bf16_residual" : "");
+}
 inline std::string case_name(const ::testing::TestParamInfo<Case>& info) {
-  return info.param.name + (info.param.precision == Precision::kFp32 ? "_fp32" : "_bf16") +
-         (info.param.recompute == Recompute::kFull           ? "_recompute"
-          : info.param.recompute == Recompute::kAttention    ? "_attention"
-          : info.param.recompute == Recompute::kAttentionMlp ? "_attention_mlp"
-          : info.param.recompute == Recompute::kSelective    ? "_selective"
-                                                             : "_stored") +
-         (info.param.bf16_residual ? "_bf16_residual" : "");
+  return case_label(info.param);
+}
+inline void PrintTo(const Case& c, std::ostream* out) {
+  *out << case_label(c);
 }
 
 // Checks one measured error against its tolerance (< 0: not compared); with
