@@ -1,7 +1,9 @@
 // zerolora vs the PyTorch reference (transformers LlamaForCausalLM + PEFT LoRA +
 // torch.optim.AdamW), on the fixtures made by tools/make_fixtures.py: logits, loss, every
 // LoRA gradient, and 3 training steps through LoraTrainer (micro-batches, clipping that fires,
-// AdamW). fp32 and bf16 modes, recompute on and off.
+// AdamW). fp32 and bf16 modes, recompute on and off; and the same cases with the model on a
+// device the host cannot address (the GPU's path, with the CPU's kernels). The check itself is
+// tests/reference_fixture.hpp's, shared with the GPU's tests.
 #include <gtest/gtest.h>
 
 #include <algorithm>
