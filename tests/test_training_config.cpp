@@ -380,14 +380,19 @@ const MemoryItem* item_named(const MemoryEstimate& e, const std::string& prefix)
   return nullptr;
 }
 
+// LoRA on q, k, v and o (the seed recipe's targets), the default rank.
+LoraLayout qkvo_lora(const LlamaConfig& c) {
+  LoraConfig lora_config;
+  lora_config.targets = parse_lora_targets("q_proj,k_proj,v_proj,o_proj");
+  return LoraLayout(c, lora_config);
+}
+
 // Below 1024 tokens the GPU's layer work buffers are sized for the micro-batch's rows (the MLP's
 // chunk is never longer than the batch): every term then grows with M, so 1024 tokens need
 // exactly twice what 512 need.
 TEST(MemoryEstimate, GpuWorkBuffersFollowASmallMicroBatch) {
   const LlamaConfig c = preset_config("llama2-7b");
-  LoraConfig lora_config;
-  lora_config.targets = parse_lora_targets("q_proj,k_proj,v_proj,o_proj");
-  const LoraLayout lora(c, lora_config);
+  const LoraLayout lora = qkvo_lora(c);
   MemoryScenario s;
   s.gpu = true;
   s.seq_len = 512;
@@ -404,9 +409,7 @@ TEST(MemoryEstimate, GpuWorkBuffersFollowASmallMicroBatch) {
 // refused otherwise, naming the GPU, both figures and the escape.
 TEST(MemoryEstimate, GpuRunThatDoesNotFitIsRefused) {
   const LlamaConfig c = preset_config("llama2-7b");
-  LoraConfig lora_config;
-  lora_config.targets = parse_lora_targets("q_proj,k_proj,v_proj,o_proj");
-  const LoraLayout lora(c, lora_config);
+  const LoraLayout lora = qkvo_lora(c);
   MemoryScenario s;
   s.gpu = true;
   s.micro_batch = 4;
