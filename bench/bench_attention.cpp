@@ -11,7 +11,7 @@
 #include "core/bf16.hpp"
 #include "ops/attention.hpp"
 
-int main(int argc, char** argv) {
+static int bench_main(int argc, char** argv) {
   using namespace zerolora;
   using namespace zerolora::bench;
   Index segments = 10, length = 512, heads = 8, kv = 4, hd = 8;
@@ -79,4 +79,8 @@ int main(int argc, char** argv) {
   print_kv("forward_gflops", 4.0 * pairs * hd / best_forward / 1e9);     // QK^T and PV
   print_kv("backward_gflops", 10.0 * pairs * hd / best_backward / 1e9);  // QK^T, dP, dV, dQ, dK
   return 0;
+}
+
+int main(int argc, char** argv) {
+  return zerolora::bench::report_errors("bench_attention", [&] { return bench_main(argc, argv); });
 }

@@ -17,7 +17,7 @@
 #include "core/types.hpp"
 #include "data/dataset.hpp"
 
-int main(int argc, char** argv) {
+static int bench_main(int argc, char** argv) {
   using namespace zerolora;
   using namespace zerolora::bench;
   std::filesystem::path data = kDemoDir / "instructions.json",
@@ -116,4 +116,8 @@ int main(int argc, char** argv) {
     print_kv("b_vs_first_tokenize_time_ratio", (t5 - t4) / (t2 - t1));
   }
   return 0;
+}
+
+int main(int argc, char** argv) {
+  return zerolora::bench::report_errors("bench_data", [&] { return bench_main(argc, argv); });
 }

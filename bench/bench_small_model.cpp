@@ -88,7 +88,7 @@ int run(const std::filesystem::path& model_dir, const std::filesystem::path& dat
 
 }  // namespace zerolora::bench
 
-int main(int argc, char** argv) {
+static int bench_main(int argc, char** argv) {
   std::filesystem::path model_dir = zerolora::bench::kDemoDir / "stories260K-hf",
                         data_file = zerolora::bench::kDemoDir / "instructions.json";
   int steps = 50, threads = 0;
@@ -126,4 +126,9 @@ int main(int argc, char** argv) {
                                                            recompute, concat)
               : zerolora::bench::run<zerolora::Bf16Policy>(model_dir, data_file, steps, threads,
                                                            recompute, concat);
+}
+
+int main(int argc, char** argv) {
+  return zerolora::bench::report_errors("bench_small_model",
+                                        [&] { return bench_main(argc, argv); });
 }

@@ -40,7 +40,7 @@ constexpr double kWeightStd = 0.02;
 }  // namespace
 }  // namespace zerolora::bench
 
-int main(int argc, char** argv) {
+static int bench_main(int argc, char** argv) {
   using namespace zerolora;
   using namespace zerolora::bench;
   std::vector<Index> seqs{512, 2048};
@@ -185,4 +185,8 @@ int main(int argc, char** argv) {
     print_kv(p + "share_untracked", 1.0 - rt.profiler().total_seconds() / total);
   }
   return 0;
+}
+
+int main(int argc, char** argv) {
+  return zerolora::bench::report_errors("bench_train_step", [&] { return bench_main(argc, argv); });
 }

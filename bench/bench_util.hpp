@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <exception>
 #include <filesystem>
 #include <optional>
 #include <string>
@@ -14,6 +15,18 @@
 #include "io/llama_config.hpp"
 
 namespace zerolora::bench {
+
+// A benchmark's main: an error (no GPU, a file that is not there) ends it with one line naming
+// the tool and exit code 1, rather than std::terminate's abort.
+template <class Body>
+int report_errors(const char* tool, Body&& body) {
+  try {
+    return body();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s: error: %s\n", tool, e.what());
+    return 1;
+  }
+}
 
 // The demo's model and instruction set in the source tree (the default inputs of job (b)).
 inline const std::filesystem::path kDemoDir = ZEROLORA_DEMO_DIR;

@@ -75,6 +75,9 @@ void write_checkpoint(const std::filesystem::path& dir) {
 }  // namespace
 }  // namespace zerolora::bench
 
+// Errors are left to std::terminate (the message, then an abort): a rank that returned after
+// an error would finalize MPI while the others wait in a collective, where an abort makes
+// mpirun end them all.
 int main(int argc, char** argv) {
   using namespace zerolora;
   using namespace zerolora::bench;
