@@ -5,7 +5,8 @@
 # and, for a rerun of chosen stages (the machine stays warm 30 s after a call):
 #   run(command="STAGES='zero3_gpu_w1 bench_70b_layers' bash scripts/gpu-check.sh", ...)
 # (a stage that reads another's output brings it along: losses_match runs train_gpu,
-# estimate_7b bench_7b, seed_job_under_30_min and estimate_70b_layers bench_70b_layers).
+# estimate_7b bench_7b, targets_7b both 7B benchmarks, seed_job_under_30_min and
+# estimate_70b_layers bench_70b_layers).
 # Stages run most important first (the CUDA tests, the fixtures, GPU-vs-CPU training and
 # resuming across devices, the 7B benchmark against Transformers + PEFT, ZeRO-3 on the GPU, the
 # 70B-layer stack, then the ZeRO-3 benchmark), each under its own limit, all under one deadline
@@ -41,7 +42,7 @@ STAGES="${STAGES:-all}"
 [[ " $STAGES " == *" seed_job_under_30_min "* ]] && [[ " $STAGES " != *" bench_70b_layers "* ]] &&
   STAGES="bench_70b_layers $STAGES"
 [[ " $STAGES " == *" targets_7b "* ]] && [[ " $STAGES " != *" torch_7b "* ]] && STAGES="torch_7b $STAGES"
-[[ " $STAGES " == *" targets_7b "* ]] && [[ " $STAGES " != *" estimate_7b "* ]] && STAGES="estimate_7b $STAGES"
+[[ " $STAGES " == *" targets_7b "* ]] && [[ " $STAGES " != *" bench_7b "* ]] && STAGES="bench_7b $STAGES"
 [[ " $STAGES " == *" estimate_7b "* ]] && [[ " $STAGES " != *" bench_7b "* ]] && STAGES="bench_7b $STAGES"
 [[ " $STAGES " == *" estimate_70b_layers "* ]] && [[ " $STAGES " != *" bench_70b_layers "* ]] &&
   STAGES="bench_70b_layers $STAGES"
@@ -185,7 +186,9 @@ cuda_tests() {  # cuda_tests NAME GTEST_FILTER
 export -f cuda_tests
 gpu_fixtures='Fixtures/GpuFixtures.*:GpuStories260K.*'
 stage cuda_tests 120 cuda_tests cuda_tests "-$gpu_fixtures"
-stage fixtures_gpu 90 cuda_tests fixtures_gpu "$gpu_fixtures"
+# Every measured error printed with its tolerance ("measured ..." lines in log.txt): the figures
+# for a GPU entry in tests/tolerances.hpp if cuDNN's bf16 attention needs one.
+ZEROLORA_PRINT_MEASURED=1 stage fixtures_gpu 90 cuda_tests fixtures_gpu "$gpu_fixtures"
 
 # The seed recipe's LoRA settings on stories260K for 50 steps, on the GPU and on this machine's
 # CPU. Every step's loss within 1e-3 (relative) of the CPU run's: the GPU's bf16 attention
@@ -228,7 +231,9 @@ stage losses_match 60 compare_losses
 # A checkpoint written on the GPU resumes on the CPU, and one written on the CPU resumes on the
 # GPU (issue 13). fp32, dropout on, 4 steps saved at step 2: the resumed run's steps 3 and 4
 # must equal those of the uninterrupted run that wrote the checkpoint within 1e-5 (the same
-# state, and fp32 on the GPU equals the CPU within 1e-5), and so must its adapter.
+# state, and fp32 on the GPU equals the CPU within 1e-5), and its adapter within 1e-4 (AdamW
+# amplifies the last digits: tests/tolerances.hpp, kWorldSize.adapter; a lost optimizer state
+# would be ~1e-2 off).
 resume_run() {  # resume_run DEVICE DIR [FLAGS...]
   local device="$1" dir="$2"
   shift 2
@@ -265,7 +270,7 @@ with open(results, "a") as out:
         print(f"{resumed}: steps {steps} loss worst rel {worst:.2e}, adapter max rel {diff:.2e}")
         out.write(f"resume_{resumed}_loss_rel={worst:.3e}\nresume_{resumed}_adapter_rel={diff:.3e}\n")
         # Only steps 3 and 4 logged: a resume silently ignored would log 1-4, and pass otherwise.
-        ok = ok and sorted(a) == [3, 4] and steps == [3, 4] and worst <= 1e-5 and diff <= 1e-5
+        ok = ok and sorted(a) == [3, 4] and steps == [3, 4] and worst <= 1e-5 and diff <= 1e-4
 sys.exit(0 if ok else 1)
 PY
 }

@@ -441,6 +441,8 @@ TEST(MemoryEstimate, GpuRunThatDoesNotFitIsRefused) {
   EXPECT_EQ(alone.find("ranks on this GPU"), std::string::npos) << alone;
   const std::string shared = refusal(1.999 * need, 2);
   EXPECT_NE(shared.find(" x 2 ranks on this GPU = "), std::string::npos) << shared;
+  EXPECT_NE(shared.find("Run fewer ranks on each GPU"), std::string::npos) << shared;
+  EXPECT_EQ(alone.find("Run fewer ranks"), std::string::npos) << alone;
   // The host items (LoRA state, AdamW, the data) are the host check's, not the GPU's.
   EXPECT_GT(e.host_total(), 0.0);
   EXPECT_NO_THROW(require_device_memory_fits(e, s, gpu, need, 1));

@@ -69,6 +69,7 @@ void require_device_memory_fits(const MemoryEstimate& estimate, const MemoryScen
                                                  " ranks on this GPU = " + gib(need)
                                            : std::string()) +
                       ", more than the " + gib(free_bytes) + " free on " + device_name + ". " +
+                      (ranks_on_device > 1 ? "Run fewer ranks on each GPU, or: " : "") +
                       kLowerTheRun + "GPUs with ZeRO-3; --check_memory false runs it anyway");
 }
 

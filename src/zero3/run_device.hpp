@@ -29,7 +29,8 @@ struct RunDevice {
 };
 
 // Every rank of `comm` calls it (GPUs: two all-gathers and an all-reduce; each rank reads its
-// GPU's free memory before the last, so before any rank can have loaded the model there). Throws
+// GPU's free memory between the last two, when every rank's CUDA context exists and before any
+// rank can have loaded the model there). Throws
 // UsageError / UnsupportedError / DeviceError naming the flag when the spec, the backend or the
 // machine's GPUs do not allow it: alike on every rank where the gathered facts decide, otherwise on
 // the rank that cannot open its GPU (the rank guard then ends the others).
