@@ -21,6 +21,7 @@
 #include "train/run_signature.hpp"
 #include "train/training_args.hpp"
 #include "train/training_run.hpp"
+#include "zero3/run_device.hpp"
 
 namespace zerolora {
 namespace run_internal {
@@ -58,9 +59,7 @@ struct TrainingRun::Impl {
   bool bf16_residual = false;
   std::optional<Runtime> rt;
   DdpBackend ddp_backend = DdpBackend::kMpi;  // for ZeRO-3's gathers on a GPU (run_device.hpp)
-  std::optional<double> gpu_free_bytes;       // when the run opened its GPU (run_device.hpp)
-  int ranks_on_gpu = 1;
-  std::string gpu_name;  // "cuda:0 (NVIDIA H200)", for messages
+  std::optional<DeviceRoom> gpu_room;         // on a GPU, for the memory check (run_device.hpp)
   std::optional<Checkpoint> checkpoint;
   TrainingData data;
   LoraConfig lora;

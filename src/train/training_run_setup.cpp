@@ -49,9 +49,7 @@ TrainingRun::Impl::Impl(Communicator& communicator, PreparedSettings prepared,
   RunDevice run_device =
       open_run_device(settings.device, parse_ddp_backend(settings.ddp_backend), comm);
   ddp_backend = run_device.backend;
-  gpu_free_bytes = run_device.free_bytes;
-  ranks_on_gpu = run_device.ranks_on_device;
-  if (run_device.device) gpu_name = run_device.device->name();
+  gpu_room = run_device.room;
   if (!run_device.note.empty()) note(run_device.note);
   rt.emplace(settings.threads > 0 ? settings.threads : default_threads_per_rank(),
              std::move(run_device.device));
@@ -177,8 +175,9 @@ void TrainingRun::Impl::check_memory(const std::vector<Index>& lengths) const {
   s.staged = s.gpu && ddp_backend == DdpBackend::kMpi;
   const MemoryEstimate estimate = estimate_memory(checkpoint->config(), *layout, s);
   require_memory_fits(estimate, s, std::max(1, detect_launch().local_size));
-  if (s.gpu && gpu_free_bytes)
-    require_device_memory_fits(estimate, s, gpu_name, *gpu_free_bytes, ranks_on_gpu);
+  if (gpu_room)
+    require_device_memory_fits(estimate, s, gpu_room->device_name, gpu_room->free_bytes,
+                               gpu_room->ranks_sharing);
 }
 
 // The settings that make this run the run it is (run_signature.hpp); `precision` is the

@@ -29,10 +29,9 @@ RunDevice open_run_device(const std::string& spec, DdpBackend backend, Communica
   // Which ranks hold the same physical GPU: host name and GPU UUID from every rank.
   const KeyCount sharing = count_keys(comm, gpu->uuid() + "@" + host_name());
   const int ranks_per_gpu = sharing.most;
-  run.ranks_on_device = sharing.same;
   // After that all-gather every rank's CUDA context exists, and before the all-reduce below no
   // rank can have allocated anything of the model.
-  run.free_bytes = static_cast<double>(gpu->free_bytes());
+  run.room = DeviceRoom{gpu->name(), static_cast<double>(gpu->free_bytes()), sharing.same};
   const bool want_nccl =
       backend != DdpBackend::kMpi && (comm.size() > 1 || backend == DdpBackend::kNccl);
   const std::int64_t loaded = comm.all_reduce_sum<std::int64_t>(want_nccl && cuda::nccl_loadable());

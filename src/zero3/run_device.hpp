@@ -18,22 +18,28 @@
 
 namespace zerolora {
 
+// A GPU's room for the run, for the up-front memory check: its name, what it had free when
+// opened (before any rank of the run allocated there), and how many of the run's ranks share it
+// (this rank included).
+struct DeviceRoom {
+  std::string device_name;
+  double free_bytes = 0;
+  int ranks_sharing = 1;
+};
+
 struct RunDevice {
   std::unique_ptr<Device> device;  // null: the runtime's host device
   DdpBackend backend = DdpBackend::kMpi;
   std::string note;  // where this rank runs and why, for the run's notes (empty on the CPU)
-  // On a GPU: its free memory when opened, before any rank of the run allocated there (for the
-  // up-front memory check), and how many of the run's ranks share it (this rank included).
-  std::optional<double> free_bytes;
-  int ranks_on_device = 1;
+  std::optional<DeviceRoom> room;  // on a GPU
 };
 
 // Every rank of `comm` calls it (GPUs: two all-gathers and an all-reduce; each rank reads its
 // GPU's free memory between the last two, when every rank's CUDA context exists and before any
-// rank can have loaded the model there). Throws
-// UsageError / UnsupportedError / DeviceError naming the flag when the spec, the backend or the
-// machine's GPUs do not allow it: alike on every rank where the gathered facts decide, otherwise on
-// the rank that cannot open its GPU (the rank guard then ends the others).
+// rank can have loaded the model there). Throws UsageError / UnsupportedError / DeviceError
+// naming the flag when the spec, the backend or the machine's GPUs do not allow it: alike on
+// every rank where the gathered facts decide, otherwise on the rank that cannot open its GPU
+// (the rank guard then ends the others).
 RunDevice open_run_device(const std::string& spec, DdpBackend backend, Communicator& comm);
 
 // The communicator for the store's buffers on `device`: null when `host` serves (the host's
