@@ -173,8 +173,8 @@ float scale_of(Index head_dim) {
 void attention_forward(cudaStream_t s, float* out, float* lse, const float* qkv,
                        const AttentionGeometry& g, bool round_operands) {
   if (g.rows == 0) return;
-  forward_kernel<<<grid_for(g.rows * g.heads, kThreads), kThreads, 0, s>>>(
-      out, lse, qkv, g, scale_of(g.head_dim), round_operands);
+  ZL_LAUNCH(forward_kernel, grid_for(g.rows * g.heads, kThreads), kThreads, s)
+  (out, lse, qkv, g, scale_of(g.head_dim), round_operands);
   check_launch("attention_forward", g.rows, g.heads * g.head_dim);
 }
 
@@ -183,11 +183,12 @@ void attention_backward(cudaStream_t s, float* diff_qkv, const float* diff_out, 
                         const AttentionGeometry& g, bool round_operands) {
   if (g.rows == 0) return;
   const float scale = scale_of(g.head_dim);
-  delta_kernel<<<grid_for(g.rows * g.heads, kThreads), kThreads, 0, s>>>(delta, diff_out, out, g);
-  diff_q_kernel<<<grid_for(g.rows * g.heads, kThreads), kThreads, 0, s>>>(
-      diff_qkv, diff_out, qkv, lse, delta, g, scale, round_operands);
-  diff_kv_kernel<<<grid_for(g.rows * g.kv_heads, kThreads), kThreads, 0, s>>>(
-      diff_qkv, diff_out, qkv, lse, delta, g, scale, round_operands);
+  ZL_LAUNCH(delta_kernel, grid_for(g.rows * g.heads, kThreads), kThreads, s)
+  (delta, diff_out, out, g);
+  ZL_LAUNCH(diff_q_kernel, grid_for(g.rows * g.heads, kThreads), kThreads, s)
+  (diff_qkv, diff_out, qkv, lse, delta, g, scale, round_operands);
+  ZL_LAUNCH(diff_kv_kernel, grid_for(g.rows * g.kv_heads, kThreads), kThreads, s)
+  (diff_qkv, diff_out, qkv, lse, delta, g, scale, round_operands);
   check_launch("attention_backward", g.rows, g.heads * g.head_dim);
 }
 
@@ -195,9 +196,8 @@ void attention_cached(cudaStream_t s, float* out, const float* q, Index q_stride
                       const float* values, Index first, Index M, Index heads, Index kv_heads,
                       Index head_dim, Index window) {
   if (M == 0) return;
-  cached_kernel<<<grid_for(M * heads, kThreads), kThreads, 0, s>>>(
-      out, q, q_stride, keys, values, first, M, heads, kv_heads, head_dim, window,
-      scale_of(head_dim));
+  ZL_LAUNCH(cached_kernel, grid_for(M * heads, kThreads), kThreads, s)
+  (out, q, q_stride, keys, values, first, M, heads, kv_heads, head_dim, window, scale_of(head_dim));
   check_launch("attention_cached", M, heads * head_dim);
 }
 

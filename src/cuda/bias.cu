@@ -17,7 +17,7 @@ __global__ void add_bias_kernel(float* x, Index row_stride, const W* bias, Index
 template <class W>
 void add_bias(cudaStream_t s, float* x, Index row_stride, const W* bias, Index M, Index N) {
   if (M == 0 || N == 0) return;
-  add_bias_kernel<<<grid_for(M * N, 256), 256, 0, s>>>(x, row_stride, bias, M, N);
+  ZL_LAUNCH(add_bias_kernel<W>, grid_for(M * N, 256), 256, s)(x, row_stride, bias, M, N);
   check_launch("add_bias", M, N);
 }
 

@@ -56,7 +56,7 @@ void scan(cudaStream_t s, const T* x, Index n, unsigned long long* first) {
   // "None found" is any value >= n (scan_result): all ones, set on the stream, so that no host
   // variable has to outlive an async copy (an error here is the last error check_launch reads).
   cudaMemsetAsync(first, 0xff, sizeof *first, s);
-  if (n > 0) first_nonfinite_kernel<<<grid_for(n, 256), 256, 0, s>>>(x, n, first);
+  if (n > 0) ZL_LAUNCH(first_nonfinite_kernel<T>, grid_for(n, 256), 256, s)(x, n, first);
   check_launch("first_nonfinite", n, 1);
 }
 
@@ -64,19 +64,19 @@ void scan(cudaStream_t s, const T* x, Index n, unsigned long long* first) {
 
 void to_bf16(cudaStream_t s, Bf16Bits* dst, const float* src, Index n) {
   if (n == 0) return;
-  to_bf16_kernel<<<grid_for(n, 256), 256, 0, s>>>(dst, src, n);
+  ZL_LAUNCH(to_bf16_kernel, grid_for(n, 256), 256, s)(dst, src, n);
   check_launch("to_bf16", n, 1);
 }
 
 void round_to_bf16(cudaStream_t s, float* x, Bf16Bits* copy, Index n) {
   if (n == 0) return;
-  round_to_bf16_kernel<<<grid_for(n, 256), 256, 0, s>>>(x, copy, n);
+  ZL_LAUNCH(round_to_bf16_kernel, grid_for(n, 256), 256, s)(x, copy, n);
   check_launch("round_to_bf16", n, 1);
 }
 
 void widen_bf16(cudaStream_t s, float* dst, const Bf16Bits* src, Index n) {
   if (n == 0) return;
-  widen_bf16_kernel<<<grid_for(n, 256), 256, 0, s>>>(dst, src, n);
+  ZL_LAUNCH(widen_bf16_kernel, grid_for(n, 256), 256, s)(dst, src, n);
   check_launch("widen_bf16", n, 1);
 }
 
@@ -90,14 +90,14 @@ void first_nonfinite(cudaStream_t s, const Bf16Bits* x, Index n, unsigned long l
 void gather_rows(cudaStream_t s, float* dst, const float* src, const std::int32_t* rows, Index n,
                  Index D) {
   if (n == 0) return;
-  gather_rows_kernel<<<grid_for(n * D, 256), 256, 0, s>>>(dst, src, rows, n, D);
+  ZL_LAUNCH(gather_rows_kernel, grid_for(n * D, 256), 256, s)(dst, src, rows, n, D);
   check_launch("gather_rows", n, D);
 }
 
 void scatter_rows(cudaStream_t s, float* dst, const float* src, const std::int32_t* rows, Index n,
                   Index D) {
   if (n == 0) return;
-  scatter_rows_kernel<<<grid_for(n * D, 256), 256, 0, s>>>(dst, src, rows, n, D);
+  ZL_LAUNCH(scatter_rows_kernel, grid_for(n * D, 256), 256, s)(dst, src, rows, n, D);
   check_launch("scatter_rows", n, D);
 }
 

@@ -46,8 +46,8 @@ __global__ void cross_entropy_kernel(float* logits, const std::int32_t* targets,
 void cross_entropy(cudaStream_t s, float* logits, const std::int32_t* targets, double* row_loss,
                    Index R, Index V, float grad_scale, bool write_grad) {
   if (R == 0) return;
-  cross_entropy_kernel<<<grid_for(R, 1), kThreads, 0, s>>>(logits, targets, row_loss, R, V,
-                                                           grad_scale, write_grad);
+  ZL_LAUNCH(cross_entropy_kernel, grid_for(R, 1), kThreads, s)
+  (logits, targets, row_loss, R, V, grad_scale, write_grad);
   check_launch("cross_entropy", R, V);
 }
 

@@ -75,6 +75,20 @@ __device__ __forceinline__ float block_max(float v, float* shared) {
   for (Index i = blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x; i < (n); \
        i += static_cast<Index>(gridDim.x) * blockDim.x)
 
+// Launches `kernel` on `stream`: ZL_LAUNCH(kernel, blocks, threads, stream)(arguments...).
+// nvcc compiles it to kernel<<<blocks, threads, 0, stream>>>; the host compiler, which only
+// builds these files for tests/cuda_emulator, to the emulator's launch on the CPU.
+#if defined(__CUDACC__)
+#define ZL_LAUNCH(kernel, blocks, threads, stream) kernel<<<(blocks), (threads), 0, (stream)>>>
+#else
+#define ZL_LAUNCH(kernel, blocks, threads, stream)                                            \
+  [launch_stream = (stream), launch_blocks = (blocks),                                        \
+   launch_threads = (threads)](auto&&... arguments) {                                         \
+    zl_emu_kernel_launch(kernel, dim3(launch_blocks), dim3(launch_threads), 0, launch_stream, \
+                         arguments...);                                                       \
+  }
+#endif
+
 inline unsigned grid_for(Index n, int threads) {
   const Index blocks = (n + threads - 1) / threads;
   return static_cast<unsigned>(blocks < 65535 * 16 ? (blocks < 1 ? 1 : blocks) : 65535 * 16);

@@ -29,9 +29,9 @@ void apply_dropout(cudaStream_t s, float* dst, Index dst_rs, Index dst_cs, const
   if (rows * cols == 0) return;
   const auto keep_scale = static_cast<float>(1.0 / (1.0 - p));
   const auto threshold = static_cast<std::uint64_t>(p * 16777216.0);
-  dropout_kernel<<<grid_for(rows * cols, 256), 256, 0, s>>>(dst, dst_rs, dst_cs, src, src_rs,
-                                                            src_cs, rows, cols, keep_scale,
-                                                            threshold, key, row_keys, accumulate);
+  ZL_LAUNCH(dropout_kernel, grid_for(rows * cols, 256), 256, s)
+  (dst, dst_rs, dst_cs, src, src_rs, src_cs, rows, cols, keep_scale, threshold, key, row_keys,
+   accumulate);
   check_launch("apply_dropout", rows, cols);
 }
 

@@ -17,7 +17,7 @@ template <class W>
 void launch(cudaStream_t s, float* dst, const std::int32_t* tokens, const W* table, Index M,
             Index D) {
   if (M == 0) return;
-  embedding_kernel<<<grid_for(M, 1), 128, 0, s>>>(dst, tokens, table, M, D);
+  ZL_LAUNCH(embedding_kernel<W>, grid_for(M, 1), 128, s)(dst, tokens, table, M, D);
   check_launch("embedding_forward", M, D);
 }
 

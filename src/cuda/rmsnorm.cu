@@ -53,7 +53,8 @@ template <class W>
 void rmsnorm_forward(cudaStream_t s, float* dst, float* rstd, const float* src, const W* weight,
                      Index M, Index D, float eps) {
   if (M == 0) return;
-  rmsnorm_forward_kernel<<<grid_for(M, 1), kThreads, 0, s>>>(dst, rstd, src, weight, M, D, eps);
+  ZL_LAUNCH(rmsnorm_forward_kernel<W>, grid_for(M, 1), kThreads, s)
+  (dst, rstd, src, weight, M, D, eps);
   check_launch("rmsnorm_forward", M, D);
 }
 
@@ -61,8 +62,8 @@ template <class W>
 void rmsnorm_backward(cudaStream_t s, float* diff_src, const float* diff_dst, const float* src,
                       const float* rstd, const W* weight, Index M, Index D, bool accumulate) {
   if (M == 0) return;
-  rmsnorm_backward_kernel<<<grid_for(M, 1), kThreads, 0, s>>>(diff_src, diff_dst, src, rstd, weight,
-                                                              M, D, accumulate);
+  ZL_LAUNCH(rmsnorm_backward_kernel<W>, grid_for(M, 1), kThreads, s)
+  (diff_src, diff_dst, src, rstd, weight, M, D, accumulate);
   check_launch("rmsnorm_backward", M, D);
 }
 

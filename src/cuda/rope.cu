@@ -29,8 +29,8 @@ void rope_rotate(cudaStream_t s, float* x, const std::int32_t* positions, const 
                  const float* sin_table, Index half, Index M, Index row_stride, Index heads,
                  bool inverse) {
   if (M == 0) return;
-  rope_kernel<<<grid_for(M * heads * half, 256), 256, 0, s>>>(
-      x, positions, cos_table, sin_table, half, M, row_stride, heads, inverse ? -1.0f : 1.0f);
+  ZL_LAUNCH(rope_kernel, grid_for(M * heads * half, 256), 256, s)
+  (x, positions, cos_table, sin_table, half, M, row_stride, heads, inverse ? -1.0f : 1.0f);
   check_launch("rope_rotate", M, heads * 2 * half);
 }
 

@@ -31,15 +31,15 @@ __global__ void swiglu_backward_kernel(float* diff_gate_up, const float* diff_ds
 
 void swiglu_forward(cudaStream_t s, float* dst, const float* gate_up, Index M, Index I) {
   if (M == 0) return;
-  swiglu_forward_kernel<<<grid_for(M * I, 256), 256, 0, s>>>(dst, gate_up, M, I);
+  ZL_LAUNCH(swiglu_forward_kernel, grid_for(M * I, 256), 256, s)(dst, gate_up, M, I);
   check_launch("swiglu_forward", M, I);
 }
 
 void swiglu_backward(cudaStream_t s, float* diff_gate_up, const float* diff_dst,
                      const float* gate_up, Index M, Index I) {
   if (M == 0) return;
-  swiglu_backward_kernel<<<grid_for(M * I, 256), 256, 0, s>>>(diff_gate_up, diff_dst, gate_up, M,
-                                                              I);
+  ZL_LAUNCH(swiglu_backward_kernel, grid_for(M * I, 256), 256, s)
+  (diff_gate_up, diff_dst, gate_up, M, I);
   check_launch("swiglu_backward", M, I);
 }
 

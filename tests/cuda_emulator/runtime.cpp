@@ -1,0 +1,614 @@
+// The CUDA emulator's runtime (libzerolora_cuda_emulator.so): one emulated GPU whose memory is
+// host memory, with the checks a real GPU would make fatal and a test would otherwise miss.
+//   - Memory: every cudaMalloc is recorded; copies, fills, GEMM operands and kernel pointer
+//     arguments must lie in one live allocation (device side) or outside all of them (host
+//     side). New allocations are filled with 0xff bytes (NaN as fp32), so a kernel that reads
+//     memory nobody wrote shows it.
+//     __shared__ memory is filled the same way before every block.
+//   - Kernels run at launch, in order (every stream is the same in-order queue). One block at a
+//     time; each thread of the block is a fiber (ucontext) that runs until it finishes or
+//     reaches __syncthreads or a warp shuffle (the first switch into a fiber is swapcontext,
+//     the others _setjmp/_longjmp). A barrier opens when every live thread of the
+//     block (or lane of the warp) has reached it; a barrier that can never open (a divergent
+//     __syncthreads, a shuffle in a warp with exited lanes or fewer than 32 threads) is an error
+//     rather than a hang. Launch shapes are checked against CUDA's limits.
+//   - Errors are CUDA's: the call returns the error, cudaGetLastError returns it once, and
+//     cudaGetErrorString gives the emulator's description of what went wrong.
+// The CUDA runtime is process-wide state, so the emulator's is too (one mutex guards it); the
+// fibers of a launch live on the launching thread.
+#include <setjmp.h>
+#include <sys/mman.h>
+#include <ucontext.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "cuda_runtime.h"
+
+namespace {
+
+constexpr std::size_t kDeviceBytes = std::size_t{16} << 30;  // the emulated GPU's memory
+constexpr std::size_t kAllocationAlignment = 256;            // what cudaMalloc guarantees
+constexpr std::size_t kFiberStackBytes = std::size_t{256} << 10;
+constexpr unsigned kWarp = 32;
+
+struct Runtime {
+  std::mutex mutex;
+  std::map<std::uintptr_t, std::size_t> allocations;  // base -> bytes
+  std::size_t allocated = 0;
+  cudaError_t last_error = cudaSuccess;
+  std::string last_message;
+};
+
+Runtime& runtime() {
+  static Runtime instance;
+  return instance;
+}
+
+cudaError_t fail(cudaError_t error, const std::string& message) {
+  Runtime& rt = runtime();
+  std::lock_guard lock(rt.mutex);
+  rt.last_error = error;
+  rt.last_message = "CUDA emulator: " + message;
+  return error;
+}
+
+std::string describe(const void* pointer, std::size_t bytes) {
+  char text[96];
+  std::snprintf(text, sizeof text, "[%p, +%zu bytes)", pointer, bytes);
+  return text;
+}
+
+// The allocation holding [pointer, pointer + bytes): 1 inside one, 0 outside all, -1 when the
+// range starts in one and runs past its end.
+int device_range(const void* pointer, std::size_t bytes) {
+  Runtime& rt = runtime();
+  std::lock_guard lock(rt.mutex);
+  const auto address = reinterpret_cast<std::uintptr_t>(pointer);
+  auto it = rt.allocations.upper_bound(address);
+  if (it == rt.allocations.begin()) return 0;
+  --it;
+  if (address >= it->first + it->second) return 0;
+  return address + bytes <= it->first + it->second ? 1 : -1;
+}
+
+cudaError_t check_device(const void* pointer, std::size_t bytes, const char* call,
+                         const char* what) {
+  if (bytes == 0) return cudaSuccess;
+  const int where = device_range(pointer, bytes);
+  if (where == 1) return cudaSuccess;
+  return fail(cudaErrorInvalidValue,
+              std::string(call) + ": the " + what + " " + describe(pointer, bytes) +
+                  (where == 0 ? " is not device memory" : " runs past the end of its allocation"));
+}
+
+cudaError_t check_host(const void* pointer, std::size_t bytes, const char* call, const char* what) {
+  if (bytes == 0 || device_range(pointer, 1) == 0) return cudaSuccess;
+  return fail(cudaErrorInvalidValue, std::string(call) + ": the " + what + " " +
+                                         describe(pointer, bytes) +
+                                         " is device memory, but the copy's kind says host");
+}
+
+cudaError_t check_copy(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind kind,
+                       const char* call) {
+  const bool dst_device = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
+  const bool src_device = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
+  if (kind == cudaMemcpyDefault || kind == cudaMemcpyHostToHost)
+    return fail(cudaErrorInvalidValue, std::string(call) + ": the backend names every copy's kind");
+  cudaError_t status = dst_device ? check_device(dst, bytes, call, "destination")
+                                  : check_host(dst, bytes, call, "destination");
+  if (status == cudaSuccess)
+    status = src_device ? check_device(src, bytes, call, "source")
+                        : check_host(src, bytes, call, "source");
+  return status;
+}
+
+// ---- fibers ---------------------------------------------------------------------------------
+
+enum class FiberState { kRunnable, kAtBarrier, kAtShuffle, kDone };
+
+struct Fiber {
+  ucontext_t start;  // the first switch into the fiber (makecontext gives it its stack)
+  jmp_buf resume;    // every later one: _setjmp/_longjmp do not touch the signal mask, which
+                     // swapcontext changes with a system call at every switch
+  bool started = false;
+  ZlEmuThread where;
+  FiberState state = FiberState::kRunnable;
+  unsigned shuffles = 0;  // shuffles passed: the parity picks the exchange slots
+  unsigned mask = 0;
+};
+
+// The stacks of the launching thread's fibers, kept from launch to launch.
+struct StackPool {
+  std::vector<void*> stacks;
+  ~StackPool() {
+    for (void* s : stacks) munmap(s, kFiberStackBytes);
+  }
+  void* get(std::size_t i) {
+    while (stacks.size() <= i) {
+      void* s = mmap(nullptr, kFiberStackBytes, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+      if (s == MAP_FAILED) return nullptr;
+      mprotect(s, 4096, PROT_NONE);  // a guard page: a fiber's stack overflow faults
+      stacks.push_back(s);
+    }
+    return stacks[i];
+  }
+};
+
+struct Block {
+  std::vector<Fiber> fibers;
+  ucontext_t scheduler_context;  // what the first switch into a fiber saves (never resumed)
+  jmp_buf scheduler;
+  Fiber* current = nullptr;
+  void (*body)(void*) = nullptr;
+  void* context = nullptr;
+  // Per warp, two slots of 32 lanes' values: lanes one shuffle ahead write the other parity.
+  std::vector<std::uint64_t> exchange;
+};
+
+thread_local Block* active_block = nullptr;
+thread_local StackPool stack_pool;
+
+[[noreturn]] void fiber_entry() {
+  Block& block = *active_block;
+  block.body(block.context);
+  block.current->state = FiberState::kDone;
+  _longjmp(block.scheduler, 1);  // never returns: its stack is reused by the next block
+}
+
+void yield_to_scheduler() {
+  Block& block = *active_block;
+  if (_setjmp(block.current->resume) == 0) _longjmp(block.scheduler, 1);
+}
+
+// Runs fiber f until it yields or ends.
+void switch_to(Block& block, Fiber& f) {
+  block.current = &f;
+  if (_setjmp(block.scheduler) != 0) return;
+  if (f.started) _longjmp(f.resume, 1);
+  f.started = true;
+  swapcontext(&block.scheduler_context, &f.start);
+}
+
+std::string thread_name(const Fiber& f) {
+  return "block (" + std::to_string(f.where.block_idx.x) + "," +
+         std::to_string(f.where.block_idx.y) + "," + std::to_string(f.where.block_idx.z) +
+         ") thread " + std::to_string(f.where.thread_idx.x);
+}
+
+// Opens what can open: a warp whose live lanes all wait at a shuffle, else a block whose live
+// threads all wait at __syncthreads. Returns false with `error` set when nothing can.
+bool open_barriers(Block& block, unsigned threads, std::string& error) {
+  bool opened = false;
+  const unsigned warps = (threads + kWarp - 1) / kWarp;
+  for (unsigned w = 0; w < warps; ++w) {
+    const unsigned first = w * kWarp, last = std::min(threads, first + kWarp);
+    bool any = false, all = true;
+    for (unsigned t = first; t < last; ++t) {
+      const Fiber& f = block.fibers[t];
+      if (f.state == FiberState::kAtShuffle)
+        any = true;
+      else
+        all = false;
+    }
+    if (!any) continue;
+    if (!all || last - first != kWarp) {
+      for (unsigned t = first; t < last; ++t)
+        if (block.fibers[t].state != FiberState::kAtShuffle) {
+          error = "a full-warp shuffle in warp " + std::to_string(w) + " of " +
+                  thread_name(block.fibers[first]) + " while lane " + std::to_string(t - first) +
+                  (block.fibers[t].state == FiberState::kDone ? " has exited"
+                                                              : " waits at __syncthreads");
+          return false;
+        }
+      error = "a full-warp shuffle in a warp of " + std::to_string(last - first) +
+              " threads (blockDim.x is not a multiple of 32)";
+      return false;
+    }
+    for (unsigned t = first; t < last; ++t) {
+      if (block.fibers[t].mask != 0xffffffffu) {
+        error = "a shuffle with a partial lane mask: the emulator takes full-warp shuffles only";
+        return false;
+      }
+      if (block.fibers[t].shuffles != block.fibers[first].shuffles) {
+        error = "lanes of warp " + std::to_string(w) + " of " + thread_name(block.fibers[first]) +
+                " meet at different shuffles";
+        return false;
+      }
+    }
+    for (unsigned t = first; t < last; ++t) block.fibers[t].state = FiberState::kRunnable;
+    opened = true;
+  }
+  if (opened) return true;
+  bool any_waiting = false, all_waiting = true;
+  for (const Fiber& f : block.fibers) {
+    if (f.state == FiberState::kAtBarrier)
+      any_waiting = true;
+    else if (f.state != FiberState::kDone)
+      all_waiting = false;
+  }
+  if (any_waiting && all_waiting) {
+    for (Fiber& f : block.fibers)
+      if (f.state == FiberState::kAtBarrier) f.state = FiberState::kRunnable;
+    return true;
+  }
+  error = "a barrier that can never open in " + thread_name(block.fibers[0]) +
+          "'s block (threads wait at __syncthreads while others wait at a shuffle)";
+  return false;
+}
+
+// Runs one block to its end; false with `error` set when it cannot finish.
+bool run_block(Block& block, dim3 grid, dim3 dims, uint3 index, std::string& error) {
+  const unsigned threads = dims.x * dims.y * dims.z;
+  block.fibers.assign(threads, Fiber{});
+  block.exchange.assign(std::size_t{2} * kWarp * ((threads + kWarp - 1) / kWarp), 0);
+  for (unsigned t = 0; t < threads; ++t) {
+    Fiber& f = block.fibers[t];
+    f.where.thread_idx = {t % dims.x, t / dims.x % dims.y, t / (dims.x * dims.y)};
+    f.where.block_idx = index;
+    f.where.block_dim = dims;
+    f.where.grid_dim = grid;
+    void* stack = stack_pool.get(t);
+    if (!stack) {
+      error = "no memory for the fibers' stacks";
+      return false;
+    }
+    getcontext(&f.start);
+    f.start.uc_stack.ss_sp = stack;
+    f.start.uc_stack.ss_size = kFiberStackBytes;
+    f.start.uc_link = nullptr;  // fiber_entry never returns
+    makecontext(&f.start, fiber_entry, 0);
+  }
+  for (;;) {
+    bool all_done = true;
+    for (Fiber& f : block.fibers) {
+      if (f.state == FiberState::kRunnable) switch_to(block, f);
+      if (f.state != FiberState::kDone) all_done = false;
+    }
+    if (all_done) return true;
+    if (!open_barriers(block, threads, error)) return false;
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+// ---- device and errors ------------------------------------------------------------------------
+
+cudaError_t cudaGetDeviceCount(int* count) {
+  // CUDA_VISIBLE_DEVICES="" (or -1) hides the emulated GPU, as it hides a real one.
+  const char* visible = std::getenv("CUDA_VISIBLE_DEVICES");
+  const bool hidden = visible && (visible[0] == '\0' || visible[0] == '-');
+  *count = hidden ? 0 : 1;
+  if (hidden) return fail(cudaErrorNoDevice, "CUDA_VISIBLE_DEVICES hides the emulated GPU");
+  return cudaSuccess;
+}
+
+cudaError_t cudaSetDevice(int device) {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || device < 0 || device >= count)
+    return fail(cudaErrorInvalidDevice,
+                "cudaSetDevice(" + std::to_string(device) + "): the emulator has one GPU, 0");
+  return cudaSuccess;
+}
+
+cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
+  if (device != 0) return fail(cudaErrorInvalidDevice, "cudaGetDeviceProperties: no such GPU");
+  *prop = cudaDeviceProp{};
+  std::snprintf(prop->name, sizeof prop->name, "zerolora CUDA emulator on the CPU");
+  std::memcpy(prop->uuid.bytes, "zerolora-emu-gpu", 16);
+  prop->totalGlobalMem = kDeviceBytes;
+  prop->major = 9;  // Hopper, what the backend is built for (sm_90)
+  prop->minor = 0;
+  prop->multiProcessorCount = 132;
+  prop->maxThreadsPerBlock = 1024;
+  prop->maxGridSize[0] = 2147483647;
+  prop->maxGridSize[1] = prop->maxGridSize[2] = 65535;
+  prop->warpSize = 32;
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemGetInfo(std::size_t* free, std::size_t* total) {
+  Runtime& rt = runtime();
+  std::lock_guard lock(rt.mutex);
+  *total = kDeviceBytes;
+  *free = kDeviceBytes - rt.allocated;
+  return cudaSuccess;
+}
+
+cudaError_t cudaGetLastError(void) {
+  Runtime& rt = runtime();
+  std::lock_guard lock(rt.mutex);
+  const cudaError_t e = rt.last_error;
+  rt.last_error = cudaSuccess;
+  return e;
+}
+
+cudaError_t cudaPeekAtLastError(void) {
+  Runtime& rt = runtime();
+  std::lock_guard lock(rt.mutex);
+  return rt.last_error;
+}
+
+const char* cudaGetErrorName(cudaError_t error) {
+  switch (error) {
+    case cudaSuccess:
+      return "cudaSuccess";
+    case cudaErrorInvalidValue:
+      return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation:
+      return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration:
+      return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidDevice:
+      return "cudaErrorInvalidDevice";
+    case cudaErrorNoDevice:
+      return "cudaErrorNoDevice";
+    case cudaErrorInvalidResourceHandle:
+      return "cudaErrorInvalidResourceHandle";
+    case cudaErrorNotReady:
+      return "cudaErrorNotReady";
+    case cudaErrorIllegalAddress:
+      return "cudaErrorIllegalAddress";
+    case cudaErrorLaunchFailure:
+      return "cudaErrorLaunchFailure";
+  }
+  return "cudaErrorUnknown";
+}
+
+// The emulator's description of the last error (valid until the next error).
+const char* cudaGetErrorString(cudaError_t error) {
+  if (error == cudaSuccess) return "no error";
+  Runtime& rt = runtime();
+  std::lock_guard lock(rt.mutex);
+  return rt.last_message.c_str();
+}
+
+cudaError_t cudaDeviceSynchronize(void) {
+  return cudaSuccess;
+}
+
+// ---- memory ---------------------------------------------------------------------------------
+
+cudaError_t cudaMalloc(void** pointer, std::size_t bytes) {
+  *pointer = nullptr;
+  const std::size_t rounded = (std::max<std::size_t>(bytes, 1) + kAllocationAlignment - 1) /
+                              kAllocationAlignment * kAllocationAlignment;
+  {
+    Runtime& rt = runtime();
+    std::lock_guard lock(rt.mutex);
+    if (rounded > kDeviceBytes - rt.allocated) {
+      rt.last_error = cudaErrorMemoryAllocation;
+      rt.last_message = "CUDA emulator: cudaMalloc of " + std::to_string(bytes) +
+                        " bytes: out of the emulated GPU's memory";
+      return cudaErrorMemoryAllocation;
+    }
+  }
+  void* p = std::aligned_alloc(kAllocationAlignment, rounded);
+  if (!p) return fail(cudaErrorMemoryAllocation, "cudaMalloc: the host has no memory left");
+  std::memset(p, 0xff, rounded);
+  Runtime& rt = runtime();
+  std::lock_guard lock(rt.mutex);
+  rt.allocations[reinterpret_cast<std::uintptr_t>(p)] = bytes;
+  rt.allocated += rounded;
+  *pointer = p;
+  return cudaSuccess;
+}
+
+cudaError_t cudaFree(void* pointer) {
+  if (!pointer) return cudaSuccess;
+  Runtime& rt = runtime();
+  std::lock_guard lock(rt.mutex);
+  const auto it = rt.allocations.find(reinterpret_cast<std::uintptr_t>(pointer));
+  if (it == rt.allocations.end()) {
+    rt.last_error = cudaErrorInvalidValue;
+    rt.last_message =
+        "CUDA emulator: cudaFree of " + describe(pointer, 0) + ", which cudaMalloc did not return";
+    return cudaErrorInvalidValue;
+  }
+  rt.allocated -= (std::max<std::size_t>(it->second, 1) + kAllocationAlignment - 1) /
+                  kAllocationAlignment * kAllocationAlignment;
+  rt.allocations.erase(it);
+  std::free(pointer);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemcpy(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind kind) {
+  const cudaError_t status = check_copy(dst, src, bytes, kind, "cudaMemcpy");
+  if (status == cudaSuccess && bytes) std::memmove(dst, src, bytes);
+  return status;
+}
+
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind kind,
+                            cudaStream_t) {
+  const cudaError_t status = check_copy(dst, src, bytes, kind, "cudaMemcpyAsync");
+  if (status == cudaSuccess && bytes) std::memmove(dst, src, bytes);
+  return status;
+}
+
+cudaError_t cudaMemcpy2DAsync(void* dst, std::size_t dst_pitch, const void* src,
+                              std::size_t src_pitch, std::size_t width, std::size_t height,
+                              cudaMemcpyKind kind, cudaStream_t) {
+  if (height == 0 || width == 0) return cudaSuccess;
+  if (dst_pitch < width || src_pitch < width)
+    return fail(cudaErrorInvalidValue, "cudaMemcpy2DAsync: a pitch is less than the width");
+  cudaError_t status =
+      check_copy(dst, src, dst_pitch * (height - 1) + width, kind, "cudaMemcpy2DAsync");
+  if (status == cudaSuccess)
+    status = check_copy(dst, src, src_pitch * (height - 1) + width, kind, "cudaMemcpy2DAsync");
+  if (status != cudaSuccess) return status;
+  for (std::size_t r = 0; r < height; ++r)
+    std::memmove(static_cast<char*>(dst) + r * dst_pitch,
+                 static_cast<const char*>(src) + r * src_pitch, width);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemsetAsync(void* dst, int value, std::size_t bytes, cudaStream_t) {
+  const cudaError_t status = check_device(dst, bytes, "cudaMemsetAsync", "destination");
+  if (status == cudaSuccess && bytes) std::memset(dst, value, bytes);
+  return status;
+}
+
+cudaError_t cudaMemset2DAsync(void* dst, std::size_t pitch, int value, std::size_t width,
+                              std::size_t height, cudaStream_t) {
+  if (height == 0 || width == 0) return cudaSuccess;
+  if (pitch < width)
+    return fail(cudaErrorInvalidValue, "cudaMemset2DAsync: the pitch is less than the width");
+  const cudaError_t status =
+      check_device(dst, pitch * (height - 1) + width, "cudaMemset2DAsync", "destination");
+  if (status != cudaSuccess) return status;
+  for (std::size_t r = 0; r < height; ++r)
+    std::memset(static_cast<char*>(dst) + r * pitch, value, width);
+  return cudaSuccess;
+}
+
+// ---- streams and events: one in-order queue that has always finished -------------------------
+
+struct CUstream_st {
+  int id;
+};
+struct CUevent_st {
+  std::chrono::steady_clock::time_point recorded;
+};
+
+cudaError_t cudaStreamCreate(cudaStream_t* stream) {
+  *stream = new CUstream_st{1};
+  return cudaSuccess;
+}
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned) {
+  return cudaStreamCreate(stream);
+}
+cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+  delete stream;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t) {
+  return cudaSuccess;
+}
+cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t event, unsigned) {
+  if (!event) return fail(cudaErrorInvalidResourceHandle, "cudaStreamWaitEvent: a null event");
+  return cudaSuccess;
+}
+
+cudaError_t cudaEventCreate(cudaEvent_t* event) {
+  *event = new CUevent_st{std::chrono::steady_clock::now()};
+  return cudaSuccess;
+}
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned) {
+  return cudaEventCreate(event);
+}
+cudaError_t cudaEventDestroy(cudaEvent_t event) {
+  delete event;
+  return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t) {
+  if (!event) return fail(cudaErrorInvalidResourceHandle, "cudaEventRecord: a null event");
+  event->recorded = std::chrono::steady_clock::now();
+  return cudaSuccess;
+}
+cudaError_t cudaEventQuery(cudaEvent_t event) {
+  if (!event) return fail(cudaErrorInvalidResourceHandle, "cudaEventQuery: a null event");
+  return cudaSuccess;
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t event) {
+  return cudaEventQuery(event);
+}
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
+  if (!start || !end) return fail(cudaErrorInvalidResourceHandle, "cudaEventElapsedTime");
+  *ms = std::chrono::duration<float, std::milli>(end->recorded - start->recorded).count();
+  return cudaSuccess;
+}
+
+// ---- kernels --------------------------------------------------------------------------------
+
+const ZlEmuThread* zl_emu_thread(void) {
+  if (!active_block || !active_block->current) {
+    std::fprintf(stderr, "CUDA emulator: a device builtin read outside a kernel\n");
+    std::abort();
+  }
+  return &active_block->current->where;
+}
+
+void zl_emu_syncthreads(void) {
+  active_block->current->state = FiberState::kAtBarrier;
+  yield_to_scheduler();
+}
+
+void zl_emu_shfl_xor(unsigned mask, const void* value, void* out, std::size_t bytes,
+                     int lane_mask) {
+  Block& block = *active_block;
+  Fiber& self = *block.current;
+  const unsigned t = self.where.thread_idx.x +
+                     self.where.block_dim.x * (self.where.thread_idx.y +
+                                               self.where.block_dim.y * self.where.thread_idx.z);
+  const unsigned warp = t / kWarp, lane = t % kWarp;
+  std::uint64_t* slots = &block.exchange[(std::size_t{2} * warp + (self.shuffles & 1)) * kWarp];
+  std::memcpy(&slots[lane], value, bytes);
+  self.mask = mask;
+  self.state = FiberState::kAtShuffle;
+  yield_to_scheduler();
+  std::memcpy(out, &slots[(lane ^ static_cast<unsigned>(lane_mask)) % kWarp], bytes);
+  ++self.shuffles;
+}
+
+int zl_emu_check_kernel_pointer(const void* pointer, int argument) {
+  if (!pointer || device_range(pointer, 1) == 1) return 1;
+  fail(cudaErrorIllegalAddress, "kernel argument " + std::to_string(argument) + " (" +
+                                    describe(pointer, 0) + ") is not device memory");
+  return 0;
+}
+
+int zl_emu_is_device_range(const void* pointer, std::size_t bytes) {
+  return device_range(pointer, bytes) == 1;
+}
+
+void zl_emu_fail(cudaError_t error, const char* message) {
+  fail(error, message);
+}
+
+void zl_emu_launch(dim3 grid, dim3 block_dims, std::size_t shared_bytes, cudaStream_t,
+                   void (*body)(void*), void* context, char* shared, char* shared_end) {
+  const unsigned long long threads =
+      static_cast<unsigned long long>(block_dims.x) * block_dims.y * block_dims.z;
+  if (threads == 0 || threads > 1024 || block_dims.z > 64 || grid.x == 0 || grid.y == 0 ||
+      grid.z == 0 || grid.x > 2147483647u || grid.y > 65535 || grid.z > 65535 ||
+      shared_bytes > 48 * 1024) {
+    fail(cudaErrorInvalidConfiguration,
+         "a launch of grid (" + std::to_string(grid.x) + "," + std::to_string(grid.y) + "," +
+             std::to_string(grid.z) + ") x block (" + std::to_string(block_dims.x) + "," +
+             std::to_string(block_dims.y) + "," + std::to_string(block_dims.z) +
+             ") is outside CUDA's limits");
+    return;
+  }
+  if (active_block) {
+    fail(cudaErrorLaunchFailure, "a kernel launched from inside a kernel");
+    return;
+  }
+  Block block;
+  block.body = body;
+  block.context = context;
+  active_block = &block;
+  std::string error;
+  for (unsigned z = 0; z < grid.z && error.empty(); ++z)
+    for (unsigned y = 0; y < grid.y && error.empty(); ++y)
+      for (unsigned x = 0; x < grid.x && error.empty(); ++x) {
+        if (shared) std::memset(shared, 0xff, static_cast<std::size_t>(shared_end - shared));
+        run_block(block, grid, block_dims, uint3{x, y, z}, error);
+      }
+  active_block = nullptr;
+  if (!error.empty()) fail(cudaErrorLaunchFailure, error);
+}
+
+}  // extern "C"
