@@ -6,9 +6,8 @@
 //     memory nobody wrote shows it.
 //     __shared__ memory is filled the same way before every block.
 //   - Kernels run at launch, in order (every stream is the same in-order queue). One block at a
-//     time; each thread of the block is a fiber (ucontext) that runs until it finishes or
-//     reaches __syncthreads or a warp shuffle (the first switch into a fiber is swapcontext,
-//     the others _setjmp/_longjmp). A barrier opens when every live thread of the
+//     time; each thread of the block runs on a fiber until it finishes or reaches
+//     __syncthreads or a warp shuffle. A barrier opens when every live thread of the
 //     block (or lane of the warp) has reached it; a barrier that can never open (a divergent
 //     __syncthreads, a shuffle in a warp with exited lanes or fewer than 32 threads) is an error
 //     rather than a hang. Launch shapes are checked against CUDA's limits.
@@ -16,14 +15,14 @@
 //     cudaGetErrorString gives the emulator's description of what went wrong.
 // The CUDA runtime is process-wide state, so the emulator's is too (one mutex guards it); the
 // fibers of a launch live on the launching thread.
-#include <setjmp.h>
 #include <sys/mman.h>
-#include <ucontext.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -41,6 +40,7 @@ struct Runtime {
   std::mutex mutex;
   std::map<std::uintptr_t, std::size_t> allocations;  // base -> bytes
   std::size_t allocated = 0;
+  int current_device = 0;
   cudaError_t last_error = cudaSuccess;
   std::string last_message;
 };
@@ -110,73 +110,160 @@ cudaError_t check_copy(void* dst, const void* src, std::size_t bytes, cudaMemcpy
 
 // ---- fibers ---------------------------------------------------------------------------------
 
-enum class FiberState { kRunnable, kAtBarrier, kAtShuffle, kDone };
+enum class ThreadState { kRunnable, kAtBarrier, kAtShuffle, kDone };
 
-struct Fiber {
-  ucontext_t start;  // the first switch into the fiber (makecontext gives it its stack)
-  jmp_buf resume;    // every later one: _setjmp/_longjmp do not touch the signal mask, which
-                     // swapcontext changes with a system call at every switch
-  bool started = false;
+struct Worker;
+
+// One CUDA thread of the block being run.
+struct Thread {
   ZlEmuThread where;
-  FiberState state = FiberState::kRunnable;
-  unsigned shuffles = 0;  // shuffles passed: the parity picks the exchange slots
+  ThreadState state = ThreadState::kRunnable;
+  Worker* worker = nullptr;  // the fiber that runs it, from its start to its end
+  unsigned shuffles = 0;     // shuffles passed: the parity picks the exchange slots
   unsigned mask = 0;
 };
 
-// The stacks of the launching thread's fibers, kept from launch to launch.
-struct StackPool {
-  std::vector<void*> stacks;
-  ~StackPool() {
-    for (void* s : stacks) munmap(s, kFiberStackBytes);
+// Saves the callee-saved registers on the current stack, stores its pointer in *save, and continues
+// on the stack `load` (one that this function saved, or a new one prepared by start_stack). A few
+// instructions: a CUDA thread switches at every barrier and shuffle, millions of times a step
+// (swapcontext makes a system call at each; _longjmp unwinds cleanup handlers). The SSE and x87
+// control words are not switched: nothing in a kernel changes them.
+extern "C" void zl_emu_switch(void** save, void* load);
+asm(R"(
+  .text
+  .p2align 4
+  .type zl_emu_switch, @function
+zl_emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size zl_emu_switch, .-zl_emu_switch
+)");
+
+// A fiber: a stack that runs CUDA threads one after another, so that a thread that never waits
+// costs two switches, not a new context.
+struct Worker {
+  void* stack = nullptr;
+  void* saved = nullptr;  // its stack pointer while it is switched out
+  Thread* thread = nullptr;
+};
+
+// The process's fibers, kept from launch to launch (launches are serialized).
+struct WorkerPool {
+  std::vector<std::unique_ptr<Worker>> workers;
+  std::vector<Worker*> idle;
+  ~WorkerPool() {
+    for (auto& w : workers) munmap(w->stack, kFiberStackBytes);
   }
-  void* get(std::size_t i) {
-    while (stacks.size() <= i) {
-      void* s = mmap(nullptr, kFiberStackBytes, PROT_READ | PROT_WRITE,
-                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-      if (s == MAP_FAILED) return nullptr;
-      mprotect(s, 4096, PROT_NONE);  // a guard page: a fiber's stack overflow faults
-      stacks.push_back(s);
-    }
-    return stacks[i];
-  }
+  Worker* take();
+  // A worker whose thread was abandoned (a failed block) starts afresh when next used.
+  void reset(Worker* w);
 };
 
 struct Block {
-  std::vector<Fiber> fibers;
-  ucontext_t scheduler_context;  // what the first switch into a fiber saves (never resumed)
-  jmp_buf scheduler;
-  Fiber* current = nullptr;
+  std::vector<Thread> threads;
+  void* scheduler = nullptr;  // the launching thread's stack pointer while a worker runs
+  Worker* running = nullptr;
   void (*body)(void*) = nullptr;
   void* context = nullptr;
   // Per warp, two slots of 32 lanes' values: lanes one shuffle ahead write the other parity.
   std::vector<std::uint64_t> exchange;
 };
 
-thread_local Block* active_block = nullptr;
-thread_local StackPool stack_pool;
+Block* active_block = nullptr;  // the block being run (launches hold launch_mutex)
+WorkerPool worker_pool;
+std::mutex launch_mutex;
 
-[[noreturn]] void fiber_entry() {
-  Block& block = *active_block;
-  block.body(block.context);
-  block.current->state = FiberState::kDone;
-  _longjmp(block.scheduler, 1);  // never returns: its stack is reused by the next block
+}  // namespace
+
+extern "C" {
+const ZlEmuThread* zl_emu_current = nullptr;
+}
+
+namespace {
+
+void switch_to_scheduler(Worker& self) {
+  zl_emu_current = nullptr;
+  zl_emu_switch(&self.saved, active_block->scheduler);
+}
+
+[[noreturn]] void worker_loop() {
+  for (;;) {
+    Worker& self = *active_block->running;
+    active_block->body(active_block->context);
+    self.thread->state = ThreadState::kDone;
+    self.thread->worker = nullptr;
+    self.thread = nullptr;
+    worker_pool.idle.push_back(&self);
+    switch_to_scheduler(self);
+    // switched back in with the next thread (of this block or a later one)
+  }
+}
+
+// A new stack that zl_emu_switch enters at worker_loop, as if called (the return address'
+// slot 16-byte aligned).
+void* start_stack(void* stack) {
+  auto top = (reinterpret_cast<std::uintptr_t>(stack) + kFiberStackBytes) & ~std::uintptr_t{15};
+  auto* slot = reinterpret_cast<std::uint64_t*>(top - 16);
+  slot[0] = reinterpret_cast<std::uint64_t>(&worker_loop);  // zl_emu_switch's `ret`
+  std::uint64_t* frame = slot - 6;                          // the 6 registers it pops
+  std::memset(frame, 0, 6 * sizeof *frame);
+  return frame;
+}
+
+Worker* WorkerPool::take() {
+  if (!idle.empty()) {
+    Worker* w = idle.back();
+    idle.pop_back();
+    return w;
+  }
+  void* stack = mmap(nullptr, kFiberStackBytes, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (stack == MAP_FAILED) return nullptr;
+  mprotect(stack, 4096, PROT_NONE);  // a guard page: a fiber's stack overflow faults
+  workers.push_back(std::make_unique<Worker>());
+  workers.back()->stack = stack;
+  workers.back()->saved = start_stack(stack);
+  return workers.back().get();
+}
+
+void WorkerPool::reset(Worker* w) {
+  w->saved = start_stack(w->stack);
+  w->thread = nullptr;
+  idle.push_back(w);
 }
 
 void yield_to_scheduler() {
-  Block& block = *active_block;
-  if (_setjmp(block.current->resume) == 0) _longjmp(block.scheduler, 1);
+  switch_to_scheduler(*active_block->running);
+  zl_emu_current = &active_block->running->thread->where;
 }
 
-// Runs fiber f until it yields or ends.
-void switch_to(Block& block, Fiber& f) {
-  block.current = &f;
-  if (_setjmp(block.scheduler) != 0) return;
-  if (f.started) _longjmp(f.resume, 1);
-  f.started = true;
-  swapcontext(&block.scheduler_context, &f.start);
+// Runs thread t until it waits or ends; false when no fiber can be had for it.
+bool run_thread(Block& block, Thread& t) {
+  if (!t.worker) {
+    t.worker = worker_pool.take();
+    if (!t.worker) return false;
+    t.worker->thread = &t;
+  }
+  block.running = t.worker;
+  zl_emu_current = &t.where;
+  zl_emu_switch(&block.scheduler, t.worker->saved);
+  return true;
 }
 
-std::string thread_name(const Fiber& f) {
+std::string thread_name(const Thread& f) {
   return "block (" + std::to_string(f.where.block_idx.x) + "," +
          std::to_string(f.where.block_idx.y) + "," + std::to_string(f.where.block_idx.z) +
          ") thread " + std::to_string(f.where.thread_idx.x);
@@ -191,8 +278,8 @@ bool open_barriers(Block& block, unsigned threads, std::string& error) {
     const unsigned first = w * kWarp, last = std::min(threads, first + kWarp);
     bool any = false, all = true;
     for (unsigned t = first; t < last; ++t) {
-      const Fiber& f = block.fibers[t];
-      if (f.state == FiberState::kAtShuffle)
+      const Thread& f = block.threads[t];
+      if (f.state == ThreadState::kAtShuffle)
         any = true;
       else
         all = false;
@@ -200,11 +287,11 @@ bool open_barriers(Block& block, unsigned threads, std::string& error) {
     if (!any) continue;
     if (!all || last - first != kWarp) {
       for (unsigned t = first; t < last; ++t)
-        if (block.fibers[t].state != FiberState::kAtShuffle) {
+        if (block.threads[t].state != ThreadState::kAtShuffle) {
           error = "a full-warp shuffle in warp " + std::to_string(w) + " of " +
-                  thread_name(block.fibers[first]) + " while lane " + std::to_string(t - first) +
-                  (block.fibers[t].state == FiberState::kDone ? " has exited"
-                                                              : " waits at __syncthreads");
+                  thread_name(block.threads[first]) + " while lane " + std::to_string(t - first) +
+                  (block.threads[t].state == ThreadState::kDone ? " has exited"
+                                                                : " waits at __syncthreads");
           return false;
         }
       error = "a full-warp shuffle in a warp of " + std::to_string(last - first) +
@@ -212,33 +299,33 @@ bool open_barriers(Block& block, unsigned threads, std::string& error) {
       return false;
     }
     for (unsigned t = first; t < last; ++t) {
-      if (block.fibers[t].mask != 0xffffffffu) {
+      if (block.threads[t].mask != 0xffffffffu) {
         error = "a shuffle with a partial lane mask: the emulator takes full-warp shuffles only";
         return false;
       }
-      if (block.fibers[t].shuffles != block.fibers[first].shuffles) {
-        error = "lanes of warp " + std::to_string(w) + " of " + thread_name(block.fibers[first]) +
+      if (block.threads[t].shuffles != block.threads[first].shuffles) {
+        error = "lanes of warp " + std::to_string(w) + " of " + thread_name(block.threads[first]) +
                 " meet at different shuffles";
         return false;
       }
     }
-    for (unsigned t = first; t < last; ++t) block.fibers[t].state = FiberState::kRunnable;
+    for (unsigned t = first; t < last; ++t) block.threads[t].state = ThreadState::kRunnable;
     opened = true;
   }
   if (opened) return true;
   bool any_waiting = false, all_waiting = true;
-  for (const Fiber& f : block.fibers) {
-    if (f.state == FiberState::kAtBarrier)
+  for (const Thread& f : block.threads) {
+    if (f.state == ThreadState::kAtBarrier)
       any_waiting = true;
-    else if (f.state != FiberState::kDone)
+    else if (f.state != ThreadState::kDone)
       all_waiting = false;
   }
   if (any_waiting && all_waiting) {
-    for (Fiber& f : block.fibers)
-      if (f.state == FiberState::kAtBarrier) f.state = FiberState::kRunnable;
+    for (Thread& f : block.threads)
+      if (f.state == ThreadState::kAtBarrier) f.state = ThreadState::kRunnable;
     return true;
   }
-  error = "a barrier that can never open in " + thread_name(block.fibers[0]) +
+  error = "a barrier that can never open in " + thread_name(block.threads[0]) +
           "'s block (threads wait at __syncthreads while others wait at a shuffle)";
   return false;
 }
@@ -246,33 +333,29 @@ bool open_barriers(Block& block, unsigned threads, std::string& error) {
 // Runs one block to its end; false with `error` set when it cannot finish.
 bool run_block(Block& block, dim3 grid, dim3 dims, uint3 index, std::string& error) {
   const unsigned threads = dims.x * dims.y * dims.z;
-  block.fibers.assign(threads, Fiber{});
+  block.threads.assign(threads, Thread{});
   block.exchange.assign(std::size_t{2} * kWarp * ((threads + kWarp - 1) / kWarp), 0);
   for (unsigned t = 0; t < threads; ++t) {
-    Fiber& f = block.fibers[t];
+    Thread& f = block.threads[t];
     f.where.thread_idx = {t % dims.x, t / dims.x % dims.y, t / (dims.x * dims.y)};
     f.where.block_idx = index;
     f.where.block_dim = dims;
     f.where.grid_dim = grid;
-    void* stack = stack_pool.get(t);
-    if (!stack) {
-      error = "no memory for the fibers' stacks";
-      return false;
-    }
-    getcontext(&f.start);
-    f.start.uc_stack.ss_sp = stack;
-    f.start.uc_stack.ss_size = kFiberStackBytes;
-    f.start.uc_link = nullptr;  // fiber_entry never returns
-    makecontext(&f.start, fiber_entry, 0);
   }
   for (;;) {
     bool all_done = true;
-    for (Fiber& f : block.fibers) {
-      if (f.state == FiberState::kRunnable) switch_to(block, f);
-      if (f.state != FiberState::kDone) all_done = false;
+    for (Thread& f : block.threads) {
+      if (f.state == ThreadState::kRunnable && !run_thread(block, f)) {
+        error = "no memory for the fibers' stacks";
+        break;
+      }
+      if (f.state != ThreadState::kDone) all_done = false;
     }
     if (all_done) return true;
-    if (!open_barriers(block, threads, error)) return false;
+    if (error.empty() && open_barriers(block, threads, error)) continue;
+    for (Thread& f : block.threads)
+      if (f.worker) worker_pool.reset(f.worker);
+    return false;
   }
 }
 
@@ -282,33 +365,39 @@ extern "C" {
 
 // ---- device and errors ------------------------------------------------------------------------
 
+// ZEROLORA_EMULATED_GPUS (default 1) GPUs, each with its own UUID; CUDA_VISIBLE_DEVICES=""
+// (or -1) hides them, as it hides real ones. Their memory is one pool.
 cudaError_t cudaGetDeviceCount(int* count) {
-  // CUDA_VISIBLE_DEVICES="" (or -1) hides the emulated GPU, as it hides a real one.
   const char* visible = std::getenv("CUDA_VISIBLE_DEVICES");
   const bool hidden = visible && (visible[0] == '\0' || visible[0] == '-');
-  *count = hidden ? 0 : 1;
-  if (hidden) return fail(cudaErrorNoDevice, "CUDA_VISIBLE_DEVICES hides the emulated GPU");
+  const char* gpus = std::getenv("ZEROLORA_EMULATED_GPUS");
+  *count = hidden ? 0 : gpus ? std::max(1, std::atoi(gpus)) : 1;
+  if (hidden) return fail(cudaErrorNoDevice, "CUDA_VISIBLE_DEVICES hides the emulated GPUs");
   return cudaSuccess;
 }
 
 cudaError_t cudaSetDevice(int device) {
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess || device < 0 || device >= count)
-    return fail(cudaErrorInvalidDevice,
-                "cudaSetDevice(" + std::to_string(device) + "): the emulator has one GPU, 0");
+    return fail(cudaErrorInvalidDevice, "cudaSetDevice(" + std::to_string(device) +
+                                            "): " + std::to_string(count) + " emulated GPU(s)");
+  runtime().current_device = device;
   return cudaSuccess;
 }
 
 cudaError_t cudaGetDevice(int* device) {
-  *device = 0;
+  *device = runtime().current_device;
   return cudaSuccess;
 }
 
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
-  if (device != 0) return fail(cudaErrorInvalidDevice, "cudaGetDeviceProperties: no such GPU");
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || device < 0 || device >= count)
+    return fail(cudaErrorInvalidDevice, "cudaGetDeviceProperties: no such GPU");
   *prop = cudaDeviceProp{};
   std::snprintf(prop->name, sizeof prop->name, "zerolora CUDA emulator on the CPU");
   std::memcpy(prop->uuid.bytes, "zerolora-emu-gpu", 16);
+  prop->uuid.bytes[15] = static_cast<char>('0' + device % 64);
   prop->totalGlobalMem = kDeviceBytes;
   prop->major = 9;  // Hopper, what the backend is built for (sm_90)
   prop->minor = 0;
@@ -533,23 +622,15 @@ cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) 
 
 // ---- kernels --------------------------------------------------------------------------------
 
-const ZlEmuThread* zl_emu_thread(void) {
-  if (!active_block || !active_block->current) {
-    std::fprintf(stderr, "CUDA emulator: a device builtin read outside a kernel\n");
-    std::abort();
-  }
-  return &active_block->current->where;
-}
-
 void zl_emu_syncthreads(void) {
-  active_block->current->state = FiberState::kAtBarrier;
+  active_block->running->thread->state = ThreadState::kAtBarrier;
   yield_to_scheduler();
 }
 
 void zl_emu_shfl_xor(unsigned mask, const void* value, void* out, std::size_t bytes,
                      int lane_mask) {
   Block& block = *active_block;
-  Fiber& self = *block.current;
+  Thread& self = *block.running->thread;
   const unsigned t = self.where.thread_idx.x +
                      self.where.block_dim.x * (self.where.thread_idx.y +
                                                self.where.block_dim.y * self.where.thread_idx.z);
@@ -557,7 +638,7 @@ void zl_emu_shfl_xor(unsigned mask, const void* value, void* out, std::size_t by
   std::uint64_t* slots = &block.exchange[(std::size_t{2} * warp + (self.shuffles & 1)) * kWarp];
   std::memcpy(&slots[lane], value, bytes);
   self.mask = mask;
-  self.state = FiberState::kAtShuffle;
+  self.state = ThreadState::kAtShuffle;
   yield_to_scheduler();
   std::memcpy(out, &slots[(lane ^ static_cast<unsigned>(lane_mask)) % kWarp], bytes);
   ++self.shuffles;
@@ -574,10 +655,6 @@ int zl_emu_is_device_range(const void* pointer, std::size_t bytes) {
   return device_range(pointer, bytes) == 1;
 }
 
-void zl_emu_fail(cudaError_t error, const char* message) {
-  fail(error, message);
-}
-
 void zl_emu_launch(dim3 grid, dim3 block_dims, std::size_t shared_bytes, cudaStream_t,
                    void (*body)(void*), void* context, char* shared, char* shared_end) {
   const unsigned long long threads =
@@ -592,10 +669,11 @@ void zl_emu_launch(dim3 grid, dim3 block_dims, std::size_t shared_bytes, cudaStr
              ") is outside CUDA's limits");
     return;
   }
-  if (active_block) {
+  if (zl_emu_current) {
     fail(cudaErrorLaunchFailure, "a kernel launched from inside a kernel");
     return;
   }
+  std::lock_guard serialized(launch_mutex);
   Block block;
   block.body = body;
   block.context = context;

@@ -289,8 +289,11 @@ TEST(ZeroOnADevice, StagedCollectivesEqualTheHosts) {
 }
 
 // The same on a real GPU, for the device check (ZEROLORA_CUDA builds; skipped, with the reason,
-// without a GPU): every rank of the test on GPU 0, the staged transport at any W, NCCL at W = 1
-// (it refuses two ranks on one GPU). The reference is the single-process run on the same GPU.
+// without a GPU): the staged transport with every rank on GPU 0, at any W; NCCL with each rank
+// on the GPU its local rank picks, so at W = 1 on the device check's one GPU, and at any W
+// where there are as many GPUs (the CUDA emulator's ZEROLORA_EMULATED_GPUS): with fewer, the
+// run is refused (NCCL refuses two ranks on one GPU) and the test skips. The reference is the
+// single-process run on the same GPU.
 // The Llama fixture over every transport; the Qwen2 one (q/k/v biases in the sharded units, on
 // the device) over the staged one.
 class ZeroOnAGpu : public ::testing::TestWithParam<std::tuple<const char*, Index, const char*>> {};
@@ -299,11 +302,12 @@ TEST_P(ZeroOnAGpu, CollectivesAndTrainingEqualOneRank) {
   Communicator& comm = MpiEnvironment::comm();
   const auto [backend_name, threshold, model] = GetParam();
   const DdpBackend backend = parse_ddp_backend(backend_name);
-  if (backend == DdpBackend::kNccl && comm.size() > 1)
-    GTEST_SKIP() << "NCCL refuses several ranks on one GPU: its check runs at W = 1";
   RunDevice run;
   try {
-    run = open_run_device("cuda:0", backend, comm);
+    run = open_run_device(backend == DdpBackend::kNccl ? "cuda" : "cuda:0", backend, comm);
+  } catch (const UsageError& e) {
+    if (backend != DdpBackend::kNccl || comm.size() == 1) throw;
+    GTEST_SKIP() << e.what();
   } catch (const UnsupportedError& e) {
     GTEST_SKIP() << e.what();
   } catch (const DeviceError& e) {

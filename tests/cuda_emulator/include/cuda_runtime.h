@@ -126,7 +126,8 @@ struct ZlEmuThread {
   uint3 thread_idx, block_idx;
   dim3 block_dim, grid_dim;
 };
-const ZlEmuThread* zl_emu_thread(void);
+// The running kernel thread's (null outside kernels).
+extern const ZlEmuThread* zl_emu_current;
 void zl_emu_syncthreads(void);
 // One lane's part of a warp shuffle: its value in, lane (lane ^ lane_mask)'s value out.
 void zl_emu_shfl_xor(unsigned mask, const void* value, void* out, std::size_t bytes, int lane_mask);
@@ -140,8 +141,6 @@ void zl_emu_launch(dim3 grid, dim3 block, std::size_t shared_bytes, cudaStream_t
 int zl_emu_check_kernel_pointer(const void* pointer, int argument);
 // Whether [pointer, pointer + bytes) lies in one device allocation.
 int zl_emu_is_device_range(const void* pointer, std::size_t bytes);
-// Records an error found outside the runtime (the emulated cuBLASLt) as the sticky error.
-void zl_emu_fail(cudaError_t error, const char* message);
 }
 
 // ---- CUDA C++'s device language, on the host ---------------------------------------------
@@ -158,10 +157,10 @@ void zl_emu_fail(cudaError_t error, const char* message);
 extern "C" char __start_zl_emu_shared[] __attribute__((weak, visibility("hidden")));
 extern "C" char __stop_zl_emu_shared[] __attribute__((weak, visibility("hidden")));
 
-#define threadIdx (zl_emu_thread()->thread_idx)
-#define blockIdx (zl_emu_thread()->block_idx)
-#define blockDim (zl_emu_thread()->block_dim)
-#define gridDim (zl_emu_thread()->grid_dim)
+#define threadIdx (zl_emu_current->thread_idx)
+#define blockIdx (zl_emu_current->block_idx)
+#define blockDim (zl_emu_current->block_dim)
+#define gridDim (zl_emu_current->grid_dim)
 
 inline void __syncthreads() {
   zl_emu_syncthreads();

@@ -1,7 +1,6 @@
 // The CUDA emulator's stand-in for <nccl.h>: the types and entry points that
-// src/cuda/nccl_communicator.cpp loads from libnccl.so.2 at run time, with NCCL's values. The
-// emulator ships no libnccl.so.2: emulated runs see NCCL as not installed (the staged transport
-// serves), which is also how the communicator's "cannot load" path is exercised.
+// src/cuda/nccl_communicator.cpp loads from libnccl.so.2 at run time, with NCCL's values (the
+// emulated tests load ../nccl.cpp's library of that name).
 #pragma once
 
 #include <cstddef>
