@@ -14,7 +14,14 @@
 # device returns at most 8 files from $OUT, and this writes 8: log.txt, results.txt (key=value
 # lines and a PASS/FAIL/SKIP table last), cuda_tests.xml, fixtures_gpu.xml, zero3_gpu.txt, the
 # two training runs' metrics and the GPU run's train_results.json; the rest stays in a scratch
-# folder. Nothing here is estimated: a stage reports only what ran.
+# folder. Nothing here is estimated: a stage reports only what ran. The exit status is 1 when a
+# stage failed or timed out.
+#
+# GPU_CHECK_EMULATED=1 runs the check's proofs here, on the CUDA emulator's GPU
+# (tests/cuda_emulator; ctest runs it as emulated.gpu_check): the pack is the build's emulated
+# binaries, the runs are smaller (the emulator runs a kernel thread at a time), and the stages
+# that measure speed or need the device's Python stack are left out. It proves the script and
+# the paths it drives, not the GPU.
 set -uo pipefail
 OUT="${OUT:-/tmp/gpu-check-out}"
 mkdir -p "$OUT"
@@ -31,7 +38,17 @@ finish_log() {
 }
 trap finish_log EXIT
 root="$(cd "$(dirname "$0")/.." && pwd)"
+emulated="${GPU_CHECK_EMULATED:-0}"
 pack="$root/gpu-pack"
+# The runs' sizes: the seed recipe's batch on the device, a few rows on the emulator.
+export TRAIN_STEPS=50 TRAIN_BATCH=10 TRAIN_SEQ=512 RESUME_BATCH=4 RESUME_SEQ=256 ZL_TRAIN_FLAGS=""
+if [ "$emulated" = 1 ]; then
+  pack="${GPU_CHECK_PACK:-$root/build/tests/cuda_emulator}"
+  export TRAIN_STEPS=6 TRAIN_BATCH=2 TRAIN_SEQ=256 RESUME_BATCH=2 RESUME_SEQ=128
+  # No GEMM-rate measurement for MFU at start (an 8192^3 GEMM, minutes on the emulator).
+  export ZL_TRAIN_FLAGS="--peak_tflops 1"
+  STAGES="${STAGES:-cuda_tests fixtures_gpu train_gpu losses_match resume_across_devices memory_refused_gpu zero3_gpu_w1 zero3_gpu_w2 estimate_seed_w8 killed_rank_gpu}"
+fi
 results="$OUT/results.txt"
 work="$(mktemp -d)"
 : > "$results"
@@ -75,12 +92,21 @@ stage() {  # stage NAME SECONDS COMMAND...: runs, records PASS/FAIL(rc)/TIMEOUT/
   record "$name" "$verdict" $((SECONDS - start))
 }
 
-for binary in zerolora zerolora_cuda_tests zerolora_mpi_tests bench_train_step bench_zero; do
+binaries="zerolora zerolora_cuda_tests zerolora_mpi_tests bench_train_step bench_zero"
+[ "$emulated" = 1 ] && binaries="zerolora zerolora_cuda_tests zerolora_mpi_tests"
+for binary in $binaries; do
   [ -x "$pack/bin/$binary" ] || { echo "gpu-check: $pack/bin/$binary is missing: run scripts/gpu-pack.sh here and carry gpu-pack"; exit 1; }
 done
-[ -f "$pack/lib.tar.xz" ] || { echo "gpu-check: $pack/lib.tar.xz is missing: run scripts/gpu-pack.sh"; exit 1; }
+[ "$emulated" = 1 ] || [ -f "$pack/lib.tar.xz" ] || { echo "gpu-check: $pack/lib.tar.xz is missing: run scripts/gpu-pack.sh"; exit 1; }
 echo "gpu-check: pack of $(cat "$pack/REVISION" 2> /dev/null || echo 'an unknown revision'); tree at $(git -C "$root" rev-parse --short HEAD 2> /dev/null || echo '?')"
 
+if [ "$emulated" = 1 ]; then
+  # This machine's Python stack (.venv: safetensors, numpy) and Open MPI.
+  python="$(command -v "$root/.venv/bin/python" || command -v python3)"
+  device_ld_path="${LD_LIBRARY_PATH-}"
+  py() { env PYTHONUNBUFFERED=1 "$python" "$@"; }
+  mpirun="$(command -v mpirun)"
+else
 # The device's Python (torch, transformers, peft, and NVIDIA's libraries as wheels). It runs
 # with the machine's own LD_LIBRARY_PATH (the driver may be found through it: /usr/local/nvidia
 # is a mount there), not the pack's libraries: they are Debian 12's, older than its own.
@@ -118,6 +144,7 @@ export PMIX_MCA_mca_base_component_path="$mpi_root/lib/x86_64-linux-gnu/pmix2/li
 export OMPI_MCA_plm=isolated OMPI_MCA_btl_vader_single_copy_mechanism=none
 export PATH="$mpi_root/bin:$PATH" NCCL_DEBUG=WARN
 export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
 export ZEROLORA_REPO_DIR="$root" NVIDIA_TF32_OVERRIDE=0
 export OUT root pack python results mpirun work device_ld_path
 export -f py
@@ -127,11 +154,11 @@ export -f py
 train() {  # train DEVICE DIR THREADS: the seed recipe's LoRA on stories260K, 50 steps
   "$pack/bin/zerolora" train --device "$1" --model_name_or_path "$root/demo/stories260K-hf" \
     --train_file "$root/demo/instructions.json" --output_dir "$2" --overwrite_output_dir \
-    --bf16 true --max_steps 50 --per_device_train_batch_size 10 --max_seq_length 512 \
-    --dataset_concatenation --learning_rate 0.0018 --warmup_ratio 0.03 \
-    --lr_scheduler_type cosine --lora_rank 4 --lora_alpha 16 --lora_dropout 0.05 \
-    --lora_target_modules q_proj k_proj v_proj o_proj --logging_steps 1 --save_strategy no \
-    --threads "$3"
+    --bf16 true --max_steps "$TRAIN_STEPS" --per_device_train_batch_size "$TRAIN_BATCH" \
+    --max_seq_length "$TRAIN_SEQ" --dataset_concatenation --learning_rate 0.0018 \
+    --warmup_ratio 0.03 --lr_scheduler_type cosine --lora_rank 4 --lora_alpha 16 \
+    --lora_dropout 0.05 --lora_target_modules q_proj k_proj v_proj o_proj --logging_steps 1 \
+    --save_strategy no --threads "$3" $ZL_TRAIN_FLAGS
 }
 export -f train
 if [ "$STAGES" = all ] || [[ " $STAGES " == *" losses_match "* ]]; then
@@ -141,6 +168,11 @@ fi
 
 environment() {
   local missing=0
+  if [ "$emulated" = 1 ]; then
+    uname -a
+    echo "the CUDA emulator's GPU: $pack/bin"
+    return 0
+  fi
   uname -a
   ldd --version | head -n 1
   grep -E '^PRETTY_NAME=' /etc/os-release 2> /dev/null
@@ -167,6 +199,7 @@ sys.exit(bad)' || missing=1
   return $missing
 }
 export -f environment
+export emulated
 stage environment 60 environment
 
 # The CUDA tests skip (and gtest passes) where no GPU is seen: a skip fails the stage here.
@@ -204,12 +237,14 @@ compare_losses() {
   cp "$work/train_cpu/metrics.jsonl" "$OUT/train_cpu_metrics.jsonl" 2> /dev/null
   cp "$work/train_gpu/train_results.json" "$OUT/train_gpu_results.json" 2> /dev/null
   py - "$work/train_cpu/metrics.jsonl" "$work/train_gpu/metrics.jsonl" "$results" \
-    "$work/train_gpu/train_results.json" <<'PY'
+    "$work/train_gpu/train_results.json" "$TRAIN_STEPS" <<'PY'
 import json, sys
 def losses(path):
     return [r["loss"] for r in map(json.loads, open(path)) if "loss" in r and "eval_loss" not in r]
 cpu, gpu = losses(sys.argv[1]), losses(sys.argv[2])
-rel = [abs(a - b) / abs(a) for a, b in zip(cpu, gpu)]
+# A step with no target tokens logs no loss (null): it must be the same steps on both.
+same_steps = [a is None for a in cpu] == [b is None for b in gpu]
+rel = [abs(a - b) / abs(a) for a, b in zip(cpu, gpu) if a is not None and b is not None]
 worst, mean = max(rel), sum(rel) / len(rel)
 print(f"steps cpu={len(cpu)} gpu={len(gpu)} worst={worst:.3e} (step {rel.index(worst)}) mean={mean:.3e}")
 # The GPU run's peak device memory, in every step's record and in train_results.json (issue 13).
@@ -221,7 +256,8 @@ print(f"peak_device_mib: in {sum(bool(p) for p in peaks)} of {len(peaks)} step r
 with open(sys.argv[3], "a") as f:
     f.write(f"stories260k_50_steps_worst_loss_rel={worst:.3e}\nstories260k_50_steps_mean_loss_rel={mean:.3e}\n"
             f"stories260k_peak_device_mib={final}\n")
-sys.exit(0 if len(cpu) == len(gpu) == 50 and worst <= 1e-3 and peaks_ok else 1)
+sys.exit(0 if len(cpu) == len(gpu) == int(sys.argv[5]) and same_steps and worst <= 1e-3 and peaks_ok
+         else 1)
 PY
 }
 export -f compare_losses
@@ -239,9 +275,10 @@ resume_run() {  # resume_run DEVICE DIR [FLAGS...]
   shift 2
   "$pack/bin/zerolora" train --device "$device" --model_name_or_path "$root/demo/stories260K-hf" \
     --train_file "$root/demo/instructions.json" --output_dir "$dir" --bf16 false --max_steps 4 \
-    --per_device_train_batch_size 4 --max_seq_length 256 --learning_rate 0.001 --lora_rank 4 \
-    --lora_alpha 16 --lora_dropout 0.05 --lora_target_modules q_proj k_proj v_proj o_proj \
-    --logging_steps 1 --save_strategy steps --save_steps 2 --threads 8 "$@" > "$dir.log" 2>&1 ||
+    --per_device_train_batch_size "$RESUME_BATCH" --max_seq_length "$RESUME_SEQ" \
+    --learning_rate 0.001 --lora_rank 4 --lora_alpha 16 --lora_dropout 0.05 \
+    --lora_target_modules q_proj k_proj v_proj o_proj --logging_steps 1 --save_strategy steps \
+    --save_steps 2 --threads 8 $ZL_TRAIN_FLAGS "$@" > "$dir.log" 2>&1 ||
     { tail -n 20 "$dir.log"; return 1; }
 }
 resume_across_devices() {
@@ -334,7 +371,7 @@ json.dump(c, open(sys.argv[1], "w"))
 PY
   "$pack/bin/zerolora" train --device cuda --model_name_or_path "$work/too_big" \
     --train_file "$root/demo/instructions.json" --output_dir "$work/too_big_run" --max_steps 1 \
-    --bf16 true > "$work/too_big.log" 2>&1
+    --bf16 true $ZL_TRAIN_FLAGS > "$work/too_big.log" 2>&1
   local rc=$?
   cat "$work/too_big.log"
   [ "$rc" -eq 1 ] && grep -Eq '^zerolora: error: this run needs about [0-9.]+ GiB of GPU memory per rank .* more than the [0-9.]+ GiB free on cuda:0' "$work/too_big.log"
@@ -450,7 +487,7 @@ killed_rank_gpu() {
     return 77
   fi
   bash "$root/tests/mpi/kill_rank_test.sh" "$mpirun" "$pack/bin/zerolora" "$root/demo" \
-    --device cuda --ddp_backend mpi
+    --device cuda --ddp_backend mpi $ZL_TRAIN_FLAGS
 }
 export -f killed_rank_gpu
 stage killed_rank_gpu 60 killed_rank_gpu
@@ -472,3 +509,4 @@ stage zero3_bench_w2 120 zero3_bench 2
 echo
 echo "=== summary"
 printf '%s\n' "${table[@]}" | tee -a "$results"
+! printf '%s\n' "${table[@]}" | grep -q 'FAIL\|TIMEOUT'
