@@ -4,6 +4,7 @@
 // directory as it was.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <fstream>
 
 #include "core/error.hpp"
@@ -91,6 +92,39 @@ TEST_F(TrainingRunTest, WritesTheAdapterMetricsAndSummaryAndTellsTheObserver) {
   int lines = 0;
   while (std::getline(log, line)) ++lines;
   EXPECT_EQ(lines, static_cast<int>(heard.records.size()));
+}
+
+// Short packed sequences leave some steps without a target token (every response cut off):
+// those compute nothing, so they log no loss and no rates, and they do not inflate the rates
+// of the others (they had logged 10^8 tokens/s and an MFU of 300 from their microseconds).
+TEST_F(TrainingRunTest, StepsWithoutTargetsLogNoRatesAndLeaveTheOthersAlone) {
+  Recorder heard;
+  RunSettings s = settings("no_targets");
+  s.data.tokenize.max_seq_length = 128;
+  s.data.packing = Packing::kConcat;
+  s.peak_tflops = 1;  // MFU against 1 TFLOP/s: a sane run stays far below 1
+  TrainingRun run(*comm_, s, &heard);
+  run.run(nullptr, &heard);
+  // NaN in the record, null in metrics.jsonl.
+  const auto absent = [](const nlohmann::ordered_json& v) { return std::isnan(v.get<double>()); };
+  int empty = 0, computed = 0;
+  for (const auto& r : heard.records) {
+    if (!r.contains("loss") || r.contains("eval_loss")) continue;
+    if (absent(r["loss"])) {
+      ++empty;
+      EXPECT_TRUE(absent(r["tokens_per_second"])) << r.dump();
+      EXPECT_TRUE(absent(r["samples_per_second"])) << r.dump();
+      EXPECT_TRUE(absent(r["mfu"])) << r.dump();
+    } else {
+      ++computed;
+      EXPECT_GT(r["tokens_per_second"].get<double>(), 0) << r.dump();
+      EXPECT_LT(r["mfu"].get<double>(), 1.0) << r.dump();
+    }
+  }
+  EXPECT_GT(empty, 0) << "the setting no longer leaves a step without targets";
+  EXPECT_GT(computed, 0);
+  const auto summary = run.save(&heard);
+  EXPECT_LT(summary["mfu"].get<double>(), 1.0);
 }
 
 TEST_F(TrainingRunTest, StopThenResumeEqualsAnUninterruptedRun) {

@@ -39,6 +39,10 @@ using ojson = nlohmann::ordered_json;
 using run_internal::fixed;
 using run_internal::now_seconds;
 
+// A figure that does not exist (a loss without target tokens, a rate without compute): NaN,
+// which metrics.jsonl writes as null.
+constexpr double kNoValue = std::numeric_limits<double>::quiet_NaN();
+
 double peak_rss_mib() {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
@@ -168,7 +172,10 @@ class PolicyRun final : public TrainingRun::Impl {
                                                            *rt, gpu ? 8192 : 1024, gpu ? 10 : 5));
     // The measurement's operands (800 MiB on a GPU) are not the run's: peak memory from here.
     rt->device().reset_peak();
-    double window_loss = 0, window_time = 0, window_tokens = 0, window_samples = 0;
+    // A step whose global batch has no target token computes nothing (LoraTrainer::step): its
+    // time and tokens are left out of the rates, and a window of only such steps has none.
+    double window_loss = 0, window_time = 0, window_tokens = 0, window_samples = 0,
+           window_flops = 0;
     std::int64_t window_steps = 0;
     last_saved_ = first_step;
     const double run_start = now_seconds();
@@ -179,8 +186,9 @@ class PolicyRun final : public TrainingRun::Impl {
       const auto mine = sampler->rank_batch(epoch, in_epoch);
       const double lr = schedule.at(step);
       const double t0 = now_seconds();
-      const StepStats stats =
-          trainer_->step(data.train, mine, count_targets(data.train, global), lr, step);
+      const Index global_targets = count_targets(data.train, global);
+      const bool computed = global_targets > 0;
+      const StepStats stats = trainer_->step(data.train, mine, global_targets, lr, step);
       if (!stats.finite) skip_nonfinite(stats, observer);  // throws beyond the limit
       const double tokens = static_cast<double>(comm.all_reduce_sum<std::int64_t>(stats.tokens));
       const double dt = now_seconds() - t0;
@@ -195,35 +203,42 @@ class PolicyRun final : public TrainingRun::Impl {
         loss_total_ += stats.loss;
         ++loss_steps_;
       }
-      window_time += dt;
-      window_tokens += tokens;
-      window_samples += static_cast<double>(global.size());
-      if (done - first_step > args.throughput_warmup_steps) {
+      if (computed) {
+        window_time += dt;
+        window_tokens += tokens;
+        window_samples += static_cast<double>(global.size());
+        window_flops += flops;
+      }
+      if (computed && done - first_step > args.throughput_warmup_steps) {
         totals_.time += dt;
         totals_.tokens += tokens;
         totals_.samples += static_cast<double>(global.size());
         totals_.flops += flops;
         ++totals_.steps;
       }
-      if (leader && observer) observer->step({done, total_steps, stats.loss, lr, tokens / dt});
+      if (leader && observer)
+        observer->step({done, total_steps, stats.loss, lr, computed ? tokens / dt : kNoValue});
       if (done % args.logging_steps == 0 || done == total_steps) {
         const std::vector<double> rss = all_peak_rss();
-        const double loss = window_steps > 0 ? window_loss / static_cast<double>(window_steps)
-                                             : std::numeric_limits<double>::quiet_NaN();
+        const double loss =
+            window_steps > 0 ? window_loss / static_cast<double>(window_steps) : kNoValue;
+        const auto rate = [&](double amount) {  // null (NaN) when nothing was computed
+          return window_time > 0 ? amount / window_time : kNoValue;
+        };
         ojson record{{"step", done},
                      {"epoch", static_cast<double>(done) / static_cast<double>(per_epoch)},
                      {"loss", loss},
                      {"lr", lr},
                      {"grad_norm", stats.grad_norm},
-                     {"tokens_per_second", window_tokens / window_time},
-                     {"samples_per_second", window_samples / window_time},
-                     {"mfu", flops / dt / 1e9 / peak_gflops_},
+                     {"tokens_per_second", rate(window_tokens)},
+                     {"samples_per_second", rate(window_samples)},
+                     {"mfu", rate(window_flops) / 1e9 / peak_gflops_},
                      {"peak_rss_mib", rss}};
         add_peak_device_memory(record);
         if (skipped_ > 0) record["skipped_steps"] = skipped_;
         report(observer, record);
         if (window_steps > 0) history_.train.push_back({static_cast<double>(done), loss});
-        window_loss = window_time = window_tokens = window_samples = 0;
+        window_loss = window_time = window_tokens = window_samples = window_flops = 0;
         window_steps = 0;
       }
       if (evaluates_after(done)) evaluate(done, observer);
