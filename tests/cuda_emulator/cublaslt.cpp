@@ -224,6 +224,14 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t desc_handle
       return invalid(std::string(names[i]) + " (" + std::to_string(bytes) +
                      " bytes by its layout) is not in one device allocation");
   }
+  // cuBLASLt computes D in place of C only with C's own layout, and never over A or B.
+  if (c == d && (lc.ld != ld.ld || lc.rows != ld.rows || lc.cols != ld.cols))
+    return invalid("D is C in place but with another layout");
+  const auto overlaps = [&](const void* p, const Layout& l) {
+    const auto x = reinterpret_cast<std::uintptr_t>(p), y = reinterpret_cast<std::uintptr_t>(d);
+    return x < y + extent_bytes(ld) && y < x + extent_bytes(l);
+  };
+  if (overlaps(a, la) || overlaps(b, lb)) return invalid("D overlaps A or B");
   if (workspace_bytes < algo->data[4] ||
       (workspace_bytes && !zl_emu_is_device_range(workspace, workspace_bytes)))
     return invalid("the workspace is smaller than promised or not device memory");

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -89,6 +90,11 @@ ncclResult_t copy(const void* send, void* recv, std::size_t bytes) {
   return ncclSuccess;
 }
 
+// MPI counts are ints: a larger collective is refused rather than wrapped.
+bool fits_int(std::size_t count) {
+  return count <= static_cast<std::size_t>(std::numeric_limits<int>::max());
+}
+
 ncclResult_t mpi_result(ncclComm_t comm, int status, const char* call) {
   if (status == MPI_SUCCESS) return ncclSuccess;
   comm->last_error =
@@ -126,6 +132,12 @@ ncclResult_t ncclCommInitRank(ncclComm_t* comm, int nranks, ncclUniqueId id, int
     return invalid(nullptr,
                    "ncclCommInitRank of several ranks before MPI_Init (the emulator "
                    "bootstraps over MPI)");
+  // The emulated collectives call MPI from the caller's thread, beside whatever MPI calls the
+  // program's other threads make.
+  int provided = MPI_THREAD_SINGLE;
+  MPI_Query_thread(&provided);
+  if (provided < MPI_THREAD_MULTIPLE)
+    return invalid(nullptr, "ncclCommInitRank: MPI was not initialized with MPI_THREAD_MULTIPLE");
   std::uint32_t color = 2166136261u;  // FNV-1a of the id: the same on every rank that has it
   for (char c : id.internal) color = (color ^ static_cast<unsigned char>(c)) * 16777619u;
   auto created = new ncclComm;
@@ -202,6 +214,7 @@ ncclResult_t ncclAllGather(const void* send, void* recv, size_t count, ncclDataT
   // In place when the send buffer is this rank's slot of the receive buffer (NCCL's rule).
   const bool in_place = send == static_cast<char*>(recv) + bytes * comm->rank;
   if (comm->size == 1) return copy(send, recv, bytes);
+  if (!fits_int(bytes)) return invalid(comm, "ncclAllGather: over 2^31 bytes per rank");
   return mpi_result(comm,
                     MPI_Allgather(in_place ? MPI_IN_PLACE : send, static_cast<int>(bytes), MPI_BYTE,
                                   recv, static_cast<int>(bytes), MPI_BYTE, comm->comm),
@@ -217,6 +230,7 @@ ncclResult_t ncclReduceScatter(const void* send, void* recv, size_t count, ncclD
   if (auto r = check_buffers(comm, "ncclReduceScatter", send, bytes * comm->size, recv, bytes))
     return r;
   if (comm->size == 1) return copy(send, recv, bytes);
+  if (!fits_int(count)) return invalid(comm, "ncclReduceScatter: over 2^31 elements per rank");
   // NCCL's in place (recv is this rank's slot of send) is not MPI's: reduce from a copy.
   std::vector<char> copy;
   if (send == static_cast<char*>(recv) - bytes * comm->rank) {
@@ -237,6 +251,7 @@ ncclResult_t ncclAllReduce(const void* send, void* recv, size_t count, ncclDataT
     return invalid(comm, "ncclAllReduce: the emulator sums fp32, fp64 and integers only");
   if (auto r = check_buffers(comm, "ncclAllReduce", send, bytes, recv, bytes)) return r;
   if (comm->size == 1) return copy(send, recv, bytes);
+  if (!fits_int(count)) return invalid(comm, "ncclAllReduce: over 2^31 elements");
   return mpi_result(comm,
                     MPI_Allreduce(send == recv ? MPI_IN_PLACE : send, recv, static_cast<int>(count),
                                   mpi_type(type), MPI_SUM, comm->comm),
@@ -252,6 +267,7 @@ ncclResult_t ncclBroadcast(const void* send, void* recv, size_t count, ncclDataT
     return r;
   if (comm->rank == root) copy(send, recv, bytes);
   if (comm->size == 1) return ncclSuccess;
+  if (!fits_int(bytes)) return invalid(comm, "ncclBroadcast: over 2^31 bytes");
   return mpi_result(comm, MPI_Bcast(recv, static_cast<int>(bytes), MPI_BYTE, root, comm->comm),
                     "MPI_Bcast");
 }

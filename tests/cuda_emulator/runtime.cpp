@@ -94,17 +94,24 @@ cudaError_t check_host(const void* pointer, std::size_t bytes, const char* call,
                                          " is device memory, but the copy's kind says host");
 }
 
-cudaError_t check_copy(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind kind,
-                       const char* call) {
+// A copy's two sides, each over its own extent (a 2D copy's pitches differ), and, as CUDA's
+// copies are undefined for overlapping ranges, apart.
+cudaError_t check_copy(void* dst, std::size_t dst_bytes, const void* src, std::size_t src_bytes,
+                       cudaMemcpyKind kind, const char* call) {
   const bool dst_device = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
   const bool src_device = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
   if (kind == cudaMemcpyDefault || kind == cudaMemcpyHostToHost)
     return fail(cudaErrorInvalidValue, std::string(call) + ": the backend names every copy's kind");
-  cudaError_t status = dst_device ? check_device(dst, bytes, call, "destination")
-                                  : check_host(dst, bytes, call, "destination");
+  cudaError_t status = dst_device ? check_device(dst, dst_bytes, call, "destination")
+                                  : check_host(dst, dst_bytes, call, "destination");
   if (status == cudaSuccess)
-    status = src_device ? check_device(src, bytes, call, "source")
-                        : check_host(src, bytes, call, "source");
+    status = src_device ? check_device(src, src_bytes, call, "source")
+                        : check_host(src, src_bytes, call, "source");
+  const auto d = reinterpret_cast<std::uintptr_t>(dst), s = reinterpret_cast<std::uintptr_t>(src);
+  if (status == cudaSuccess && dst_bytes && src_bytes && d < s + src_bytes && s < d + dst_bytes)
+    status = fail(cudaErrorInvalidValue, std::string(call) + ": the source " +
+                                             describe(src, src_bytes) + " and the destination " +
+                                             describe(dst, dst_bytes) + " overlap");
   return status;
 }
 
@@ -126,11 +133,11 @@ struct Thread {
 // Saves the callee-saved registers on the current stack, stores its pointer in *save, and continues
 // on the stack `load` (one that this function saved, or a new one prepared by start_stack). A few
 // instructions: a CUDA thread switches at every barrier and shuffle, millions of times a step
-// (swapcontext makes a system call at each; _longjmp unwinds cleanup handlers). The SSE and x87
+// (swapcontext makes a system call at each). The SSE and x87
 // control words are not switched: nothing in a kernel changes them.
 extern "C" void zl_emu_switch(void** save, void* load);
 asm(R"(
-  .text
+  .pushsection .text
   .p2align 4
   .type zl_emu_switch, @function
 zl_emu_switch:
@@ -150,6 +157,7 @@ zl_emu_switch:
   popq %rbp
   ret
   .size zl_emu_switch, .-zl_emu_switch
+  .popsection
 )");
 
 // A fiber: a stack that runs CUDA threads one after another, so that a thread that never waits
@@ -515,15 +523,15 @@ cudaError_t cudaFree(void* pointer) {
 }
 
 cudaError_t cudaMemcpy(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind kind) {
-  const cudaError_t status = check_copy(dst, src, bytes, kind, "cudaMemcpy");
-  if (status == cudaSuccess && bytes) std::memmove(dst, src, bytes);
+  const cudaError_t status = check_copy(dst, bytes, src, bytes, kind, "cudaMemcpy");
+  if (status == cudaSuccess && bytes) std::memcpy(dst, src, bytes);
   return status;
 }
 
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind kind,
                             cudaStream_t) {
-  const cudaError_t status = check_copy(dst, src, bytes, kind, "cudaMemcpyAsync");
-  if (status == cudaSuccess && bytes) std::memmove(dst, src, bytes);
+  const cudaError_t status = check_copy(dst, bytes, src, bytes, kind, "cudaMemcpyAsync");
+  if (status == cudaSuccess && bytes) std::memcpy(dst, src, bytes);
   return status;
 }
 
@@ -533,14 +541,13 @@ cudaError_t cudaMemcpy2DAsync(void* dst, std::size_t dst_pitch, const void* src,
   if (height == 0 || width == 0) return cudaSuccess;
   if (dst_pitch < width || src_pitch < width)
     return fail(cudaErrorInvalidValue, "cudaMemcpy2DAsync: a pitch is less than the width");
-  cudaError_t status =
-      check_copy(dst, src, dst_pitch * (height - 1) + width, kind, "cudaMemcpy2DAsync");
-  if (status == cudaSuccess)
-    status = check_copy(dst, src, src_pitch * (height - 1) + width, kind, "cudaMemcpy2DAsync");
+  const cudaError_t status =
+      check_copy(dst, dst_pitch * (height - 1) + width, src, src_pitch * (height - 1) + width, kind,
+                 "cudaMemcpy2DAsync");
   if (status != cudaSuccess) return status;
   for (std::size_t r = 0; r < height; ++r)
-    std::memmove(static_cast<char*>(dst) + r * dst_pitch,
-                 static_cast<const char*>(src) + r * src_pitch, width);
+    std::memcpy(static_cast<char*>(dst) + r * dst_pitch,
+                static_cast<const char*>(src) + r * src_pitch, width);
   return cudaSuccess;
 }
 
@@ -570,6 +577,7 @@ struct CUstream_st {
 };
 struct CUevent_st {
   std::chrono::steady_clock::time_point recorded;
+  bool timing = true;
 };
 
 cudaError_t cudaStreamCreate(cudaStream_t* stream) {
@@ -595,8 +603,10 @@ cudaError_t cudaEventCreate(cudaEvent_t* event) {
   *event = new CUevent_st{std::chrono::steady_clock::now()};
   return cudaSuccess;
 }
-cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned) {
-  return cudaEventCreate(event);
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned flags) {
+  const cudaError_t status = cudaEventCreate(event);
+  (*event)->timing = !(flags & cudaEventDisableTiming);
+  return status;
 }
 cudaError_t cudaEventDestroy(cudaEvent_t event) {
   delete event;
@@ -615,7 +625,9 @@ cudaError_t cudaEventSynchronize(cudaEvent_t event) {
   return cudaEventQuery(event);
 }
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
-  if (!start || !end) return fail(cudaErrorInvalidResourceHandle, "cudaEventElapsedTime");
+  if (!start || !end || !start->timing || !end->timing)
+    return fail(cudaErrorInvalidResourceHandle,
+                "cudaEventElapsedTime: a null event or one made with cudaEventDisableTiming");
   *ms = std::chrono::duration<float, std::milli>(end->recorded - start->recorded).count();
   return cudaSuccess;
 }

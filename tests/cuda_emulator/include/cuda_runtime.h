@@ -3,11 +3,22 @@
 // kernels included) compile with the host compiler and run on the CPU. Only the emulated test
 // targets put this folder on their include path, ahead of the CUDA toolkit's.
 //
-// What it proves and what it does not: the kernels' indexing, reductions, barriers and launch
-// shapes, the glue that drives them (cuda_kernels.cpp, gemm.cpp, cuda_device.cpp), and that
-// every pointer a kernel, copy or GEMM is given lies in device memory, all against the CPU
-// engine. It does not run NVIDIA's code (cuBLASLt is emulated, cuDNN is absent), the GPU's
-// memory model or its timing: GPU code that only ran here is still unverified on a GPU.
+// What it proves: the kernels' indexing, reductions, barriers and launch shapes, the glue that
+// drives them (cuda_kernels.cpp, gemm.cpp, cuda_device.cpp, nccl_communicator.cpp), and that
+// every pointer a kernel, copy, GEMM or collective is given lies in device memory, all against
+// the CPU engine. What it cannot show, so GPU code that only ran here is still unverified:
+//   - NVIDIA's code: cuBLASLt and NCCL are emulated (their documented semantics), cuDNN is
+//     compiled out (bf16 attention on a GPU goes through it).
+//   - Concurrency: a block's threads run one after another between barriers, blocks one at a
+//     time, every stream in call order at call time. Races without a barrier, lockstep
+//     assumptions without __syncwarp, dependencies between blocks, and missing stream or event
+//     ordering (the NCCL stream against the compute stream) all pass here.
+//   - Memory: device memory is host memory (host code reading a device pointer works here);
+//     out-of-bounds accesses inside kernels, and pointers inside struct arguments, go unseen;
+//     range checks see the caching allocator's rounded blocks. Registers, local memory (the
+//     attention kernel's per-thread arrays) and architecture images are not modelled.
+//   - Numerics: nvcc contracts a * b + c into FMA and CUDA's expf/logf are not the host's;
+//     tensor-core and split-K sums, and NCCL's reduction order, are not the emulator's.
 //
 // The handles have the CUDA toolkit's own type names, so that objects compiled against the real
 // headers (which only ever pass them through) link with the emulated ones.
