@@ -69,6 +69,18 @@ std::size_t extent_bytes(const Layout& l) {
   return (static_cast<std::size_t>(l.ld) * (l.cols - 1) + l.rows) * element_bytes(l.type);
 }
 
+// The opaque handles are the emulator's structs.
+template <class T, class Handle, class... Fields>
+cublasStatus_t create(Handle* handle, Fields... fields) {
+  *handle = reinterpret_cast<Handle>(new T{fields...});
+  return CUBLAS_STATUS_SUCCESS;
+}
+template <class T, class Handle>
+cublasStatus_t destroy(Handle handle) {
+  delete reinterpret_cast<T*>(handle);
+  return CUBLAS_STATUS_SUCCESS;
+}
+
 float load(const void* base, cudaDataType_t type, std::size_t i) {
   if (type == CUDA_R_32F) return static_cast<const float*>(base)[i];
   const std::uint32_t bits = std::uint32_t{static_cast<const std::uint16_t*>(base)[i]} << 16;
@@ -106,13 +118,11 @@ const char* cublasLtGetStatusString(cublasStatus_t status) {
 
 cublasStatus_t cublasLtMatmulDescCreate(cublasLtMatmulDesc_t* desc, cublasComputeType_t compute,
                                         cudaDataType_t scale) {
-  *desc = reinterpret_cast<cublasLtMatmulDesc_t>(new Desc{compute, scale});
-  return CUBLAS_STATUS_SUCCESS;
+  return create<Desc>(desc, compute, scale);
 }
 
 cublasStatus_t cublasLtMatmulDescDestroy(cublasLtMatmulDesc_t desc) {
-  delete reinterpret_cast<Desc*>(desc);
-  return CUBLAS_STATUS_SUCCESS;
+  return destroy<Desc>(desc);
 }
 
 cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t desc,
@@ -132,23 +142,19 @@ cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t desc,
 
 cublasStatus_t cublasLtMatrixLayoutCreate(cublasLtMatrixLayout_t* layout, cudaDataType type,
                                           uint64_t rows, uint64_t cols, int64_t ld) {
-  *layout = reinterpret_cast<cublasLtMatrixLayout_t>(new Layout{type, rows, cols, ld});
-  return CUBLAS_STATUS_SUCCESS;
+  return create<Layout>(layout, type, rows, cols, ld);
 }
 
 cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t layout) {
-  delete reinterpret_cast<Layout*>(layout);
-  return CUBLAS_STATUS_SUCCESS;
+  return destroy<Layout>(layout);
 }
 
 cublasStatus_t cublasLtMatmulPreferenceCreate(cublasLtMatmulPreference_t* preference) {
-  *preference = reinterpret_cast<cublasLtMatmulPreference_t>(new Preference);
-  return CUBLAS_STATUS_SUCCESS;
+  return create<Preference>(preference);
 }
 
 cublasStatus_t cublasLtMatmulPreferenceDestroy(cublasLtMatmulPreference_t preference) {
-  delete reinterpret_cast<Preference*>(preference);
-  return CUBLAS_STATUS_SUCCESS;
+  return destroy<Preference>(preference);
 }
 
 cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t preference,
