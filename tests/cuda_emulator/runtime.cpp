@@ -1,10 +1,11 @@
-// The CUDA emulator's runtime (libzerolora_cuda_emulator.so): one emulated GPU whose memory is
-// host memory, with the checks a real GPU would make fatal and a test would otherwise miss.
+// The CUDA emulator's runtime (libzerolora_cuda_emulator.so): emulated GPUs (one, or
+// ZEROLORA_EMULATED_GPUS) whose memory is host memory, with the checks a real GPU would make
+// fatal and a test would otherwise miss.
 //   - Memory: every cudaMalloc is recorded; copies, fills, GEMM operands and kernel pointer
 //     arguments must lie in one live allocation (device side) or outside all of them (host
 //     side). New allocations are filled with 0xff bytes (NaN as fp32), so a kernel that reads
-//     memory nobody wrote shows it.
-//     __shared__ memory is filled the same way before every block.
+//     memory nobody wrote shows it; __shared__ memory is filled the same way before every
+//     block. Overlapping copies are refused (undefined in CUDA).
 //   - Kernels run at launch, in order (every stream is the same in-order queue). One block at a
 //     time; each thread of the block runs on a fiber until it finishes or reaches
 //     __syncthreads or a warp shuffle. A barrier opens when every live thread of the
@@ -13,8 +14,9 @@
 //     rather than a hang. Launch shapes are checked against CUDA's limits.
 //   - Errors are CUDA's: the call returns the error, cudaGetLastError returns it once, and
 //     cudaGetErrorString gives the emulator's description of what went wrong.
-// The CUDA runtime is process-wide state, so the emulator's is too (one mutex guards it); the
-// fibers of a launch live on the launching thread.
+// The CUDA runtime is process-wide state, so the emulator's is too (one mutex guards it; the
+// last error and the current device are the process's, not each host thread's). Launches are
+// serialized (another mutex); a launch's fibers run on the launching thread.
 #include <sys/mman.h>
 
 #include <algorithm>
@@ -130,11 +132,11 @@ struct Thread {
   unsigned mask = 0;
 };
 
-// Saves the callee-saved registers on the current stack, stores its pointer in *save, and continues
-// on the stack `load` (one that this function saved, or a new one prepared by start_stack). A few
+// Saves the callee-saved registers on the current stack, stores its pointer in *save, and
+// continues on the stack `load` (one this function saved, or a new one from start_stack). A few
 // instructions: a CUDA thread switches at every barrier and shuffle, millions of times a step
-// (swapcontext makes a system call at each). The SSE and x87
-// control words are not switched: nothing in a kernel changes them.
+// (swapcontext makes a system call at each). The SSE and x87 control words are not switched:
+// nothing in a kernel changes them. x86-64 only (CMake builds the emulator there alone).
 extern "C" void zl_emu_switch(void** save, void* load);
 asm(R"(
   .pushsection .text
