@@ -1,14 +1,22 @@
 // The CUDA emulator's kernel launches (libzerolora_cuda_emulator.so, with runtime.cpp): one
 // block at a time; each thread of the block runs on a fiber until it finishes or reaches
-// __syncthreads or a warp shuffle. A barrier opens when every live thread of the block (or lane
-// of the warp) has reached it; a barrier that can never open (a divergent __syncthreads, a
-// shuffle in a warp with exited lanes or fewer than 32 threads) is an error rather than a hang.
+// __syncthreads or a warp shuffle, one warp at a time. A barrier opens when every live thread
+// of the block (or lane of the warp) has reached it; a barrier that can never open (a divergent
+// __syncthreads, a shuffle in a warp with exited lanes or fewer than 32 threads) is an error rather
+// than a hang.
 // __shared__ memory is filled with 0xff bytes before every block. Launch shapes are checked
 // against CUDA's limits. Launches are serialized (one mutex); a launch's fibers run on the
 // launching thread.
+//
+// A GPU gives no order among the blocks of a grid, nor among the threads of a block between two
+// barriers; code that leans on one has a race. ZEROLORA_EMULATED_ORDER=reverse runs blocks, and
+// the runnable threads of a block, last to first (the default, `forward`, first to last): of
+// any two threads that touch the same memory between barriers, each order runs first in one of
+// the two, so a test that passes in both is not passing on the emulator's order by luck.
 #include <sys/mman.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -187,72 +195,92 @@ std::string thread_name(const Thread& f) {
          ") thread " + std::to_string(f.where.thread_idx.x);
 }
 
-// Opens what can open: a warp whose live lanes all wait at a shuffle, else a block whose live
-// threads all wait at __syncthreads. Returns false with `error` set when nothing can.
-bool open_barriers(Block& block, unsigned threads, std::string& error) {
-  bool opened = false;
-  const unsigned warps = (threads + kWarp - 1) / kWarp;
-  for (unsigned w = 0; w < warps; ++w) {
-    const unsigned first = w * kWarp, last = std::min(threads, first + kWarp);
-    bool any = false, all = true;
-    for (unsigned t = first; t < last; ++t) {
-      const Thread& f = block.threads[t];
-      if (f.state == ThreadState::kAtShuffle)
-        any = true;
-      else
-        all = false;
-    }
-    if (!any) continue;
-    if (!all || last - first != kWarp) {
-      for (unsigned t = first; t < last; ++t)
-        if (block.threads[t].state != ThreadState::kAtShuffle) {
-          error = "a full-warp shuffle in warp " + std::to_string(w) + " of " +
-                  thread_name(block.threads[first]) + " while lane " + std::to_string(t - first) +
-                  (block.threads[t].state == ThreadState::kDone ? " has exited"
-                                                                : " waits at __syncthreads");
-          return false;
-        }
-      error = "a full-warp shuffle in a warp of " + std::to_string(last - first) +
-              " threads (blockDim.x is not a multiple of 32)";
-      return false;
-    }
-    for (unsigned t = first; t < last; ++t) {
-      if (block.threads[t].mask != 0xffffffffu) {
-        error = "a shuffle with a partial lane mask: the emulator takes full-warp shuffles only";
-        return false;
-      }
-      if (block.threads[t].shuffles != block.threads[first].shuffles) {
-        error = "lanes of warp " + std::to_string(w) + " of " + thread_name(block.threads[first]) +
-                " meet at different shuffles";
-        return false;
-      }
-    }
-    for (unsigned t = first; t < last; ++t) block.threads[t].state = ThreadState::kRunnable;
-    opened = true;
-  }
-  if (opened) return true;
-  bool any_waiting = false, all_waiting = true;
-  for (const Thread& f : block.threads) {
-    if (f.state == ThreadState::kAtBarrier)
-      any_waiting = true;
-    else if (f.state != ThreadState::kDone)
-      all_waiting = false;
-  }
-  if (any_waiting && all_waiting) {
-    for (Thread& f : block.threads)
-      if (f.state == ThreadState::kAtBarrier) f.state = ThreadState::kRunnable;
-    return true;
-  }
-  error = "a barrier that can never open in " + thread_name(block.threads[0]) +
-          "'s block (threads wait at __syncthreads while others wait at a shuffle)";
-  return false;
+enum class Order { kForward, kReverse, kInvalid };
+
+// ZEROLORA_EMULATED_ORDER, read once.
+Order launch_order() {
+  static const Order order = [] {
+    const char* value = std::getenv("ZEROLORA_EMULATED_ORDER");
+    if (!value || !*value || std::strcmp(value, "forward") == 0) return Order::kForward;
+    if (std::strcmp(value, "reverse") == 0) return Order::kReverse;
+    return Order::kInvalid;
+  }();
+  return order;
 }
 
-// Runs one block to its end; false with `error` set when it cannot finish.
-bool run_block(Block& block, dim3 grid, dim3 dims, uint3 index, std::string& error) {
+enum class Opened { kYes, kNo, kError };
+
+// Opens warp w's shuffle when every lane of it waits there. A warp whose lanes do not all wait
+// at one (some exited, some at __syncthreads, fewer than 32 threads) can never pass it: kError.
+Opened open_shuffle(Block& block, unsigned w, unsigned threads, std::string& error) {
+  const unsigned first = w * kWarp, last = std::min(threads, first + kWarp);
+  bool any = false, all = true;
+  for (unsigned t = first; t < last; ++t) {
+    if (block.threads[t].state == ThreadState::kAtShuffle)
+      any = true;
+    else
+      all = false;
+  }
+  if (!any) return Opened::kNo;
+  if (!all || last - first != kWarp) {
+    for (unsigned t = first; t < last; ++t)
+      if (block.threads[t].state != ThreadState::kAtShuffle) {
+        error = "a full-warp shuffle in warp " + std::to_string(w) + " of " +
+                thread_name(block.threads[first]) + " while lane " + std::to_string(t - first) +
+                (block.threads[t].state == ThreadState::kDone ? " has exited"
+                                                              : " waits at __syncthreads");
+        return Opened::kError;
+      }
+    error = "a full-warp shuffle in a warp of " + std::to_string(last - first) +
+            " threads (blockDim.x is not a multiple of 32)";
+    return Opened::kError;
+  }
+  for (unsigned t = first; t < last; ++t) {
+    if (block.threads[t].mask != 0xffffffffu) {
+      error = "a shuffle with a partial lane mask: the emulator takes full-warp shuffles only";
+      return Opened::kError;
+    }
+    if (block.threads[t].shuffles != block.threads[first].shuffles) {
+      error = "lanes of warp " + std::to_string(w) + " of " + thread_name(block.threads[first]) +
+              " meet at different shuffles";
+      return Opened::kError;
+    }
+  }
+  for (unsigned t = first; t < last; ++t) block.threads[t].state = ThreadState::kRunnable;
+  return Opened::kYes;
+}
+
+// Runs warp w's lanes (in `reverse` order or not) until each has ended or waits at
+// __syncthreads, passing its shuffles on the way; false with `error` set when it cannot.
+bool run_warp(Block& block, unsigned w, unsigned threads, bool reverse, std::string& error) {
+  const unsigned first = w * kWarp, lanes = std::min(threads, first + kWarp) - first;
+  for (;;) {
+    for (unsigned k = 0; k < lanes; ++k) {
+      Thread& f = block.threads[first + (reverse ? lanes - 1 - k : k)];
+      if (f.state == ThreadState::kRunnable && !run_thread(block, f)) {
+        error = "no memory for the fibers' stacks";
+        return false;
+      }
+    }
+    switch (open_shuffle(block, w, threads, error)) {
+      case Opened::kYes:
+        continue;
+      case Opened::kNo:
+        return true;
+      case Opened::kError:
+        return false;
+    }
+  }
+}
+
+// Runs one block to its end; false with `error` set when it cannot finish. Between two
+// __syncthreads the block's warps run one after another, each as far as it goes (warps are
+// independent on a GPU: one may be at the next reduction while another still reads the last).
+bool run_block(Block& block, dim3 grid, dim3 dims, uint3 index, bool reverse, std::string& error) {
   const unsigned threads = dims.x * dims.y * dims.z;
+  const unsigned warps = (threads + kWarp - 1) / kWarp;
   block.threads.assign(threads, Thread{});
-  block.exchange.assign(std::size_t{2} * kWarp * ((threads + kWarp - 1) / kWarp), 0);
+  block.exchange.assign(std::size_t{2} * kWarp * warps, 0);
   for (unsigned t = 0; t < threads; ++t) {
     Thread& f = block.threads[t];
     f.where.thread_idx = {t % dims.x, t / dims.x % dims.y, t / (dims.x * dims.y)};
@@ -261,16 +289,20 @@ bool run_block(Block& block, dim3 grid, dim3 dims, uint3 index, std::string& err
     f.where.grid_dim = grid;
   }
   for (;;) {
-    bool all_done = true;
-    for (Thread& f : block.threads) {
-      if (f.state == ThreadState::kRunnable && !run_thread(block, f)) {
-        error = "no memory for the fibers' stacks";
-        break;
-      }
+    bool ok = true;
+    for (unsigned k = 0; k < warps && ok; ++k)
+      ok = run_warp(block, reverse ? warps - 1 - k : k, threads, reverse, error);
+    bool all_done = true, any_waiting = false;
+    for (const Thread& f : block.threads) {
+      if (f.state == ThreadState::kAtBarrier) any_waiting = true;
       if (f.state != ThreadState::kDone) all_done = false;
     }
-    if (all_done) return true;
-    if (error.empty() && open_barriers(block, threads, error)) continue;
+    if (ok && all_done) return true;
+    if (ok && any_waiting) {  // every live thread waits at __syncthreads: it opens
+      for (Thread& f : block.threads)
+        if (f.state == ThreadState::kAtBarrier) f.state = ThreadState::kRunnable;
+      continue;
+    }
     for (Thread& f : block.threads)
       if (f.worker) worker_pool.reset(f.worker);
     return false;
@@ -323,18 +355,28 @@ void zl_emu_launch(dim3 grid, dim3 block_dims, std::size_t shared_bytes, cudaStr
     fail(cudaErrorLaunchFailure, "a kernel launched from inside a kernel");
     return;
   }
+  const Order order = launch_order();
+  if (order == Order::kInvalid) {
+    fail(cudaErrorInvalidValue, std::string("ZEROLORA_EMULATED_ORDER=") +
+                                    std::getenv("ZEROLORA_EMULATED_ORDER") +
+                                    ": the emulator takes forward or reverse");
+    return;
+  }
+  const bool reverse = order == Order::kReverse;
   std::lock_guard serialized(launch_mutex);
   Block block;
   block.body = body;
   block.context = context;
   active_block = &block;
   std::string error;
-  for (unsigned z = 0; z < grid.z && error.empty(); ++z)
-    for (unsigned y = 0; y < grid.y && error.empty(); ++y)
-      for (unsigned x = 0; x < grid.x && error.empty(); ++x) {
-        if (shared) std::memset(shared, 0xff, static_cast<std::size_t>(shared_end - shared));
-        run_block(block, grid, block_dims, uint3{x, y, z}, error);
-      }
+  const unsigned long long blocks = static_cast<unsigned long long>(grid.x) * grid.y * grid.z;
+  for (unsigned long long k = 0; k < blocks && error.empty(); ++k) {
+    const unsigned long long b = reverse ? blocks - 1 - k : k;
+    const uint3 index{static_cast<unsigned>(b % grid.x), static_cast<unsigned>(b / grid.x % grid.y),
+                      static_cast<unsigned>(b / grid.x / grid.y)};
+    if (shared) std::memset(shared, 0xff, static_cast<std::size_t>(shared_end - shared));
+    run_block(block, grid, block_dims, index, reverse, error);
+  }
   active_block = nullptr;
   if (!error.empty()) fail(cudaErrorLaunchFailure, error);
 }
