@@ -303,10 +303,16 @@ TEST_F(CudaBackend, ProjectionsAndTheLoraBranchEqualTheCpu) {
 }
 
 TEST_F(CudaBackend, AttentionOverSegmentsWithGqaEqualsTheCpu) {
-  // The last two: Mistral's sliding window, cutting the segments of 64 and 33 rows.
+  // Head sizes under, over and not a multiple of the warp's 32 lanes, up to the largest (256);
+  // the last two: Mistral's sliding window, cutting the segments of 64 and 33 rows.
   for (const auto& [heads, kv_heads, head_dim, window] :
-       std::vector<std::tuple<Index, Index, Index, Index>>{
-           {8, 4, 8, 0}, {4, 1, 64, 0}, {6, 2, 128, 0}, {8, 4, 8, 7}, {6, 2, 128, 20}}) {
+       std::vector<std::tuple<Index, Index, Index, Index>>{{8, 4, 8, 0},
+                                                           {4, 1, 64, 0},
+                                                           {6, 2, 128, 0},
+                                                           {3, 3, 72, 0},
+                                                           {2, 1, 256, 0},
+                                                           {8, 4, 8, 7},
+                                                           {6, 2, 128, 20}}) {
     const std::vector<Segment> segments{{0, 1}, {1, 17}, {18, 64}, {82, 33}};
     const Index M = 115;
     const AttentionShape shape{heads, kv_heads, head_dim, window};

@@ -1,21 +1,36 @@
 // Causal grouped-query attention over segments on the device (ops/attention.hpp): the simple
-// kernel of the backend, one thread per query row and head (forward, dQ) or per key row and KV
-// head (dK, dV), fp32 arithmetic, exact two-pass softmax per row like the CPU's tiled kernel,
-// no atomics (deterministic). It is the reference the cuDNN fused attention is checked against
-// and the path for what cuDNN refuses (fp32, head sizes it does not take). With round_operands
-// (the bf16 policy) q, k, v, d(out), the probabilities and d(scores) are rounded to bf16 where
-// the CPU rounds its matmul operands.
+// kernel of the backend, fp32 arithmetic, exact softmax per row (a pass for its max and sum, a
+// second for the output), no atomics (deterministic). It is the reference the cuDNN fused
+// attention is checked against and the path for what cuDNN refuses (fp32, head sizes it does
+// not take). With round_operands (the bf16 policy) q, k, v, d(out), the probabilities and
+// d(scores) are rounded to bf16 where the CPU rounds its matmul operands.
 //   forward   s_j = scale q.k_j (j <= i, same segment, and i - j < window when there is one),
-//             lse = log sum exp s, out = sum p_j v_j
+//             p_j = exp(s_j - max s) / sum exp(s - max s) (as the CPU), out = sum p_j v_j,
+//             lse = log sum exp s
 //   backward  delta = dO.O;  p = exp(s - lse);  dp = dO.v_j;  ds = p (dp - delta)
 //             dQ = scale sum_j ds k_j;  dK_j = scale sum_i ds q_i;  dV_j = sum_i p dO_i
+//
+// One warp per task: a query row and head (forward, dQ, generation) or a key row and KV head
+// (dK, dV). The task's own vectors (q, or k and v, and d(out)) sit in the warp's shared memory;
+// the rows it meets go 32 at a time, one per lane, each lane computing that row's scores whole,
+// and the lanes then add the 32 rows' contributions to the accumulators, each lane owning the
+// head dimensions lane, lane + 32, ... (registers: no per-thread arrays in local memory, which
+// CUDA would reserve for every thread the GPU can hold). The rows are added in increasing order,
+// as on the CPU.
 #include "cuda/device_math.cuh"
 
 namespace zerolora::cuda {
 namespace {
 
-constexpr int kThreads = 128;
+constexpr int kWarps = 4;  // per block
+constexpr int kThreads = 32 * kWarps;
 constexpr int kMaxHeadDim = 256;
+constexpr int kPerLane = kMaxHeadDim / 32;
+
+// Each warp's share of tasks [0, n) in a grid-stride loop; every lane of a warp has the same t.
+#define ZL_WARP_STRIDE(t, n)                                                                \
+  for (Index t = (blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x) / 32; t < (n); \
+       t += static_cast<Index>(gridDim.x) * blockDim.x / 32)
 
 __device__ __forceinline__ float operand(float x, bool round) {
   return round ? round_bf16(x) : x;
@@ -26,38 +41,108 @@ __device__ __forceinline__ Index first_key(Index i, Index segment_begin, Index w
   return window > 0 && i - window + 1 > segment_begin ? i - window + 1 : segment_begin;
 }
 
+// a (already an operand) . b, b rounded when `round`.
 __device__ __forceinline__ float dot(const float* a, const float* b, Index n, bool round) {
   float sum = 0.0f;
   for (Index d = 0; d < n; ++d) sum += a[d] * operand(b[d], round);
   return sum;
 }
 
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// The warp's copy of a head vector: mine[d] = operand(from[d]). Call with the whole warp.
+__device__ __forceinline__ void stage(float* mine, const float* from, Index hd, bool round) {
+  for (Index d = threadIdx.x & 31; d < hd; d += 32) mine[d] = operand(from[d], round);
+}
+
+// Per lane, the running max and sum of exp of the scores it saw: folded into the next score.
+struct SoftmaxSum {
+  float max = -INFINITY, sum = 0.0f;
+  __device__ void add(float s) {
+    if (s > max) {
+      sum = sum * expf(max - s) + 1.0f;
+      max = s;
+    } else {
+      sum += expf(s - max);
+    }
+  }
+  // Over the warp's lanes: the row's max and 1 / sum of exp(s - max), the factors of p as the
+  // CPU computes it (p = exp(s - max) / sum), and log sum exp.
+  struct Row {
+    float max, inv_sum, lse;
+  };
+  __device__ Row warp_row() const {
+    const float m = warp_max(max);
+    const float total = warp_sum(max == -INFINITY ? 0.0f : sum * expf(max - m));
+    return {m, 1.0f / total, m + logf(total)};
+  }
+};
+
+// acc[c] += sum over the chunk's rows k < n of weight[k] * operand(rows[k * ld + d]) for the
+// lane's dimensions d = lane + 32 c.
+__device__ __forceinline__ void accumulate(float (&acc)[kPerLane], const float* weight, Index n,
+                                           const float* rows, Index ld, Index hd, bool round) {
+  const int lane = threadIdx.x & 31;
+  for (Index k = 0; k < n; ++k) {
+    const float w = weight[k];
+    ZL_UNROLL
+    for (int c = 0; c < kPerLane; ++c) {
+      const Index d = lane + 32 * c;
+      if (d < hd) acc[c] += w * operand(rows[k * ld + d], round);
+    }
+  }
+}
+
+__device__ __forceinline__ void store(float* to, const float (&acc)[kPerLane], float scale,
+                                      Index hd) {
+  const int lane = threadIdx.x & 31;
+  ZL_UNROLL
+  for (int c = 0; c < kPerLane; ++c)
+    if (lane + 32 * c < hd) to[lane + 32 * c] = scale * acc[c];
+}
+
 __global__ void forward_kernel(float* out, float* lse, const float* qkv, AttentionGeometry g,
                                float scale, bool round) {
+  __shared__ float q_shared[kWarps][kMaxHeadDim];
+  __shared__ float p_shared[kWarps][32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  float* q = q_shared[warp];
+  float* p_chunk = p_shared[warp];
   const Index hd = g.head_dim, ld = (g.heads + 2 * g.kv_heads) * hd;
-  const Index total = g.rows * g.heads;
-  ZL_GRID_STRIDE(t, total) {
+  ZL_WARP_STRIDE(t, g.rows * g.heads) {
     const Index i = t / g.heads, h = t % g.heads;
     const Index kvh = h / (g.heads / g.kv_heads);
     const Index begin = first_key(i, g.segment_begin[g.row_segment[i]], g.window);
-    float q[kMaxHeadDim], acc[kMaxHeadDim];
-    for (Index d = 0; d < hd; ++d) {
-      q[d] = operand(qkv[i * ld + h * hd + d], round);
-      acc[d] = 0.0f;
-    }
     const float* keys = qkv + g.heads * hd + kvh * hd;
     const float* values = qkv + (g.heads + g.kv_heads) * hd + kvh * hd;
-    float m = -INFINITY;
-    for (Index j = begin; j <= i; ++j) m = fmaxf(m, scale * dot(q, keys + j * ld, hd, round));
-    float sum = 0.0f;
-    for (Index j = begin; j <= i; ++j) sum += expf(scale * dot(q, keys + j * ld, hd, round) - m);
-    const float row_lse = m + logf(sum);
-    for (Index j = begin; j <= i; ++j) {
-      const float p = operand(expf(scale * dot(q, keys + j * ld, hd, round) - row_lse), round);
-      for (Index d = 0; d < hd; ++d) acc[d] += p * operand(values[j * ld + d], round);
+    __syncwarp();  // the last task's reads of q are done
+    stage(q, qkv + i * ld + h * hd, hd, round);
+    __syncwarp();
+    SoftmaxSum softmax;
+    for (Index j = begin + lane; j <= i; j += 32)
+      softmax.add(scale * dot(q, keys + j * ld, hd, round));
+    const SoftmaxSum::Row row = softmax.warp_row();
+    float acc[kPerLane] = {};
+    for (Index j0 = begin; j0 <= i; j0 += 32) {
+      const Index j = j0 + lane;
+      p_chunk[lane] =
+          j <= i ? operand(expf(scale * dot(q, keys + j * ld, hd, round) - row.max) * row.inv_sum,
+                           round)
+                 : 0.0f;
+      __syncwarp();
+      accumulate(acc, p_chunk, i - j0 + 1 < 32 ? i - j0 + 1 : 32, values + j0 * ld, ld, hd, round);
+      __syncwarp();  // p_chunk is rewritten next
     }
-    for (Index d = 0; d < hd; ++d) out[i * g.heads * hd + h * hd + d] = acc[d];
-    lse[h * g.rows + i] = row_lse;
+    store(out + i * g.heads * hd + h * hd, acc, 1.0f, hd);
+    if (lane == 0) lse[h * g.rows + i] = row.lse;
   }
 }
 
@@ -77,91 +162,127 @@ __global__ void delta_kernel(float* delta, const float* diff_out, const float* o
 __global__ void diff_q_kernel(float* diff_qkv, const float* diff_out, const float* qkv,
                               const float* lse, const float* delta, AttentionGeometry g,
                               float scale, bool round) {
+  __shared__ float q_shared[kWarps][kMaxHeadDim], dout_shared[kWarps][kMaxHeadDim];
+  __shared__ float ds_shared[kWarps][32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  float* q = q_shared[warp];
+  float* dout = dout_shared[warp];
+  float* ds_chunk = ds_shared[warp];
   const Index hd = g.head_dim, ld = (g.heads + 2 * g.kv_heads) * hd;
-  const Index total = g.rows * g.heads;
-  ZL_GRID_STRIDE(t, total) {
+  ZL_WARP_STRIDE(t, g.rows * g.heads) {
     const Index i = t / g.heads, h = t % g.heads;
     const Index kvh = h / (g.heads / g.kv_heads);
     const Index begin = first_key(i, g.segment_begin[g.row_segment[i]], g.window);
-    float q[kMaxHeadDim], dout[kMaxHeadDim], dq[kMaxHeadDim];
-    for (Index d = 0; d < hd; ++d) {
-      q[d] = operand(qkv[i * ld + h * hd + d], round);
-      dout[d] = operand(diff_out[i * g.heads * hd + h * hd + d], round);
-      dq[d] = 0.0f;
-    }
     const float* keys = qkv + g.heads * hd + kvh * hd;
     const float* values = qkv + (g.heads + g.kv_heads) * hd + kvh * hd;
     const float row_lse = lse[h * g.rows + i], row_delta = delta[h * g.rows + i];
-    for (Index j = begin; j <= i; ++j) {
-      const float p = expf(scale * dot(q, keys + j * ld, hd, round) - row_lse);
-      const float ds = operand(p * (dot(dout, values + j * ld, hd, round) - row_delta), round);
-      for (Index d = 0; d < hd; ++d) dq[d] += ds * operand(keys[j * ld + d], round);
+    __syncwarp();
+    stage(q, qkv + i * ld + h * hd, hd, round);
+    stage(dout, diff_out + i * g.heads * hd + h * hd, hd, round);
+    __syncwarp();
+    float dq[kPerLane] = {};
+    for (Index j0 = begin; j0 <= i; j0 += 32) {
+      const Index j = j0 + lane;
+      float ds = 0.0f;
+      if (j <= i) {
+        const float p = expf(scale * dot(q, keys + j * ld, hd, round) - row_lse);
+        ds = operand(p * (dot(dout, values + j * ld, hd, round) - row_delta), round);
+      }
+      ds_chunk[lane] = ds;
+      __syncwarp();
+      accumulate(dq, ds_chunk, i - j0 + 1 < 32 ? i - j0 + 1 : 32, keys + j0 * ld, ld, hd, round);
+      __syncwarp();
     }
-    for (Index d = 0; d < hd; ++d) diff_qkv[i * ld + h * hd + d] = scale * dq[d];
+    store(diff_qkv + i * ld + h * hd, dq, scale, hd);
   }
 }
 
 __global__ void diff_kv_kernel(float* diff_qkv, const float* diff_out, const float* qkv,
                                const float* lse, const float* delta, AttentionGeometry g,
                                float scale, bool round) {
-  const Index hd = g.head_dim, ld = (g.heads + 2 * g.kv_heads) * hd;
+  __shared__ float k_shared[kWarps][kMaxHeadDim], v_shared[kWarps][kMaxHeadDim];
+  __shared__ float p_shared[kWarps][32], ds_shared[kWarps][32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  float* k = k_shared[warp];
+  float* v = v_shared[warp];
+  float* p_chunk = p_shared[warp];
+  float* ds_chunk = ds_shared[warp];
+  const Index hd = g.head_dim, ld = (g.heads + 2 * g.kv_heads) * hd, out_ld = g.heads * hd;
   const Index group = g.heads / g.kv_heads;
-  const Index total = g.rows * g.kv_heads;
-  ZL_GRID_STRIDE(t, total) {
+  ZL_WARP_STRIDE(t, g.rows * g.kv_heads) {
     const Index j = t / g.kv_heads, kvh = t % g.kv_heads;
     const std::int32_t segment = g.row_segment[j];
     // The query rows that see key row j: to its segment's end, within the window.
     Index end = g.segment_begin[segment] + g.segment_length[segment];
     if (g.window > 0 && j + g.window < end) end = j + g.window;
-    float k[kMaxHeadDim], v[kMaxHeadDim], dk[kMaxHeadDim], dv[kMaxHeadDim];
-    for (Index d = 0; d < hd; ++d) {
-      k[d] = operand(qkv[j * ld + g.heads * hd + kvh * hd + d], round);
-      v[d] = operand(qkv[j * ld + (g.heads + g.kv_heads) * hd + kvh * hd + d], round);
-      dk[d] = dv[d] = 0.0f;
-    }
+    __syncwarp();
+    stage(k, qkv + j * ld + g.heads * hd + kvh * hd, hd, round);
+    stage(v, qkv + j * ld + (g.heads + g.kv_heads) * hd + kvh * hd, hd, round);
+    __syncwarp();
+    float dk[kPerLane] = {}, dv[kPerLane] = {};
     for (Index h = kvh * group; h < (kvh + 1) * group; ++h) {
-      for (Index i = j; i < end; ++i) {
-        const float* q = qkv + i * ld + h * hd;
-        const float* dout = diff_out + i * g.heads * hd + h * hd;
-        const float p = expf(scale * dot(k, q, hd, round) - lse[h * g.rows + i]);
-        const float ds = operand(p * (dot(v, dout, hd, round) - delta[h * g.rows + i]), round);
-        const float pr = operand(p, round);
-        for (Index d = 0; d < hd; ++d) {
-          dk[d] += ds * operand(q[d], round);
-          dv[d] += pr * operand(dout[d], round);
+      for (Index i0 = j; i0 < end; i0 += 32) {
+        const Index i = i0 + lane;
+        float p = 0.0f, ds = 0.0f;
+        if (i < end) {
+          p = expf(scale * dot(k, qkv + i * ld + h * hd, hd, round) - lse[h * g.rows + i]);
+          ds = operand(
+              p * (dot(v, diff_out + i * out_ld + h * hd, hd, round) - delta[h * g.rows + i]),
+              round);
         }
+        p_chunk[lane] = operand(p, round);
+        ds_chunk[lane] = ds;
+        __syncwarp();
+        const Index n = end - i0 < 32 ? end - i0 : 32;
+        accumulate(dk, ds_chunk, n, qkv + i0 * ld + h * hd, ld, hd, round);
+        accumulate(dv, p_chunk, n, diff_out + i0 * out_ld + h * hd, out_ld, hd, round);
+        __syncwarp();
       }
     }
-    for (Index d = 0; d < hd; ++d) {
-      diff_qkv[j * ld + g.heads * hd + kvh * hd + d] = scale * dk[d];
-      diff_qkv[j * ld + (g.heads + g.kv_heads) * hd + kvh * hd + d] = dv[d];
-    }
+    store(diff_qkv + j * ld + g.heads * hd + kvh * hd, dk, scale, hd);
+    store(diff_qkv + j * ld + (g.heads + g.kv_heads) * hd + kvh * hd, dv, 1.0f, hd);
   }
 }
 
 __global__ void cached_kernel(float* out, const float* q_rows, Index q_stride, const float* keys,
                               const float* values, Index first, Index M, Index heads,
                               Index kv_heads, Index hd, Index window, float scale) {
-  const Index total = M * heads, kvd = kv_heads * hd;
-  ZL_GRID_STRIDE(t, total) {
+  __shared__ float q_shared[kWarps][kMaxHeadDim];
+  __shared__ float p_shared[kWarps][32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  float* q = q_shared[warp];
+  float* p_chunk = p_shared[warp];
+  const Index kvd = kv_heads * hd;
+  ZL_WARP_STRIDE(t, M * heads) {
     const Index i = t / heads, h = t % heads;
     const Index kvh = h / (heads / kv_heads);
-    const float* q = q_rows + i * q_stride + h * hd;
     const Index last = first + i, from = first_key(last, 0, window);
-    float m = -INFINITY;
-    for (Index j = from; j <= last; ++j)
-      m = fmaxf(m, scale * dot(q, keys + j * kvd + kvh * hd, hd, false));
-    float sum = 0.0f;
-    for (Index j = from; j <= last; ++j)
-      sum += expf(scale * dot(q, keys + j * kvd + kvh * hd, hd, false) - m);
-    float acc[kMaxHeadDim];
-    for (Index d = 0; d < hd; ++d) acc[d] = 0.0f;
-    for (Index j = from; j <= last; ++j) {
-      const float p = expf(scale * dot(q, keys + j * kvd + kvh * hd, hd, false) - m) / sum;
-      for (Index d = 0; d < hd; ++d) acc[d] += p * values[j * kvd + kvh * hd + d];
+    const float* head_keys = keys + kvh * hd;
+    __syncwarp();
+    stage(q, q_rows + i * q_stride + h * hd, hd, false);
+    __syncwarp();
+    SoftmaxSum softmax;
+    for (Index j = from + lane; j <= last; j += 32)
+      softmax.add(scale * dot(q, head_keys + j * kvd, hd, false));
+    const SoftmaxSum::Row row = softmax.warp_row();
+    float acc[kPerLane] = {};
+    for (Index j0 = from; j0 <= last; j0 += 32) {
+      const Index j = j0 + lane;
+      p_chunk[lane] =
+          j <= last ? expf(scale * dot(q, head_keys + j * kvd, hd, false) - row.max) * row.inv_sum
+                    : 0.0f;
+      __syncwarp();
+      accumulate(acc, p_chunk, last - j0 + 1 < 32 ? last - j0 + 1 : 32,
+                 values + j0 * kvd + kvh * hd, kvd, hd, false);
+      __syncwarp();
     }
-    for (Index d = 0; d < hd; ++d) out[i * heads * hd + h * hd + d] = acc[d];
+    store(out + i * heads * hd + h * hd, acc, 1.0f, hd);
   }
+}
+
+// Blocks for `tasks` warps' tasks.
+unsigned warp_grid(Index tasks) {
+  return grid_for(tasks * 32, kThreads);
 }
 
 float scale_of(Index head_dim) {
@@ -173,7 +294,7 @@ float scale_of(Index head_dim) {
 void attention_forward(cudaStream_t s, float* out, float* lse, const float* qkv,
                        const AttentionGeometry& g, bool round_operands) {
   if (g.rows == 0) return;
-  ZL_LAUNCH(forward_kernel, grid_for(g.rows * g.heads, kThreads), kThreads, s)
+  ZL_LAUNCH(forward_kernel, warp_grid(g.rows * g.heads), kThreads, s)
   (out, lse, qkv, g, scale_of(g.head_dim), round_operands);
   check_launch("attention_forward", g.rows, g.heads * g.head_dim);
 }
@@ -185,9 +306,9 @@ void attention_backward(cudaStream_t s, float* diff_qkv, const float* diff_out, 
   const float scale = scale_of(g.head_dim);
   ZL_LAUNCH(delta_kernel, grid_for(g.rows * g.heads, kThreads), kThreads, s)
   (delta, diff_out, out, g);
-  ZL_LAUNCH(diff_q_kernel, grid_for(g.rows * g.heads, kThreads), kThreads, s)
+  ZL_LAUNCH(diff_q_kernel, warp_grid(g.rows * g.heads), kThreads, s)
   (diff_qkv, diff_out, qkv, lse, delta, g, scale, round_operands);
-  ZL_LAUNCH(diff_kv_kernel, grid_for(g.rows * g.kv_heads, kThreads), kThreads, s)
+  ZL_LAUNCH(diff_kv_kernel, warp_grid(g.rows * g.kv_heads), kThreads, s)
   (diff_qkv, diff_out, qkv, lse, delta, g, scale, round_operands);
   check_launch("attention_backward", g.rows, g.heads * g.head_dim);
 }
@@ -196,7 +317,7 @@ void attention_cached(cudaStream_t s, float* out, const float* q, Index q_stride
                       const float* values, Index first, Index M, Index heads, Index kv_heads,
                       Index head_dim, Index window) {
   if (M == 0) return;
-  ZL_LAUNCH(cached_kernel, grid_for(M * heads, kThreads), kThreads, s)
+  ZL_LAUNCH(cached_kernel, warp_grid(M * heads), kThreads, s)
   (out, q, q_stride, keys, values, first, M, heads, kv_heads, head_dim, window, scale_of(head_dim));
   check_launch("attention_cached", M, heads * head_dim);
 }

@@ -67,10 +67,11 @@ void apply_dropout(cudaStream_t s, float* dst, Index dst_rs, Index dst_cs, const
                    Index src_rs, Index src_cs, Index rows, Index cols, double p, std::uint64_t key,
                    const std::uint64_t* row_keys, bool accumulate);
 
-// attention.cu (ops/attention.hpp): causal GQA attention over segments, one thread per query
-// row (forward) or key row (backward), fp32 arithmetic; with round_operands, q, k, v, the
-// probabilities and d(scores) are rounded to bf16 where the CPU's bf16 policy rounds its matmul
-// operands. segment_begin/segment_length [S] and row_segment [M] on the device; lse [H, M].
+// attention.cu (ops/attention.hpp): causal GQA attention over segments, one warp per query
+// row and head (forward, dQ) or key row and KV head (dK, dV), fp32 arithmetic; with round_operands,
+// q, k, v, the probabilities and d(scores) are rounded to bf16 where the CPU's bf16 policy rounds
+// its matmul operands. segment_begin/segment_length [S] and row_segment [M] on the device; lse [H,
+// M].
 struct AttentionGeometry {
   const std::int32_t* row_segment;     // [M] segment of each row
   const std::int32_t* segment_begin;   // [S]

@@ -89,6 +89,14 @@ __device__ __forceinline__ float block_max(float v, float* shared) {
   }
 #endif
 
+// `#pragma unroll` for nvcc (the loop's trip count is a constant: its array stays in registers);
+// nothing for the host compiler of the emulator.
+#if defined(__CUDACC__)
+#define ZL_UNROLL _Pragma("unroll")
+#else
+#define ZL_UNROLL
+#endif
+
 inline unsigned grid_for(Index n, int threads) {
   const Index blocks = (n + threads - 1) / threads;
   return static_cast<unsigned>(blocks < 65535 * 16 ? (blocks < 1 ? 1 : blocks) : 65535 * 16);

@@ -186,6 +186,11 @@ T __shfl_xor_sync(unsigned mask, T value, int lane_mask) {
   return out;
 }
 
+// The lanes of the warp meet, as at a shuffle: the emulator takes the full warp only.
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+  (void)__shfl_xor_sync(mask, 0, 0);
+}
+
 // Threads of a block never run at the same time: plain read-modify-writes are atomic.
 inline unsigned long long atomicMin(unsigned long long* address, unsigned long long value) {
   const unsigned long long old = *address;
