@@ -45,7 +45,8 @@ class ConsoleObserver : public RunObserver {
   }
   void step(const StepProgress& p) override {
     if (progress_)
-      progress_->step(p.step, p.loss, p.learning_rate, p.tokens_per_second, logging_steps_);
+      progress_->step(p.step, p.loss, p.learning_rate, p.tokens_per_second, p.computed,
+                      logging_steps_);
   }
 
  private:

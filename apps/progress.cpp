@@ -37,12 +37,19 @@ std::string Progress::eta(std::int64_t step) const {
 }
 
 void Progress::step(std::int64_t step, double loss, double lr, double tokens_per_second,
-                    std::int64_t every) {
+                    bool computed, std::int64_t every) {
   if (step == first_ + 1) second_step_ = std::chrono::steady_clock::now();
   char text[256];
-  std::snprintf(text, sizeof(text), "step %lld/%lld  loss %.4f  lr %.3g  %.0f tok/s  ETA %s",
-                static_cast<long long>(step), static_cast<long long>(total_), loss, lr,
-                tokens_per_second, eta(step).c_str());
+  if (computed)
+    std::snprintf(text, sizeof(text), "step %lld/%lld  loss %.4f  lr %.3g  %.0f tok/s  ETA %s",
+                  static_cast<long long>(step), static_cast<long long>(total_), loss, lr,
+                  tokens_per_second, eta(step).c_str());
+  else
+    std::snprintf(text, sizeof(text),
+                  "step %lld/%lld  no target token in the batch (prompt tokens only): "
+                  "nothing to learn  lr %.3g  ETA %s",
+                  static_cast<long long>(step), static_cast<long long>(total_), lr,
+                  eta(step).c_str());
   if (terminal_) {
     constexpr int kWidth = 24;
     const int filled = static_cast<int>(kWidth * static_cast<double>(step) /

@@ -11,8 +11,9 @@ namespace zerolora::cli {
 class Progress {
  public:
   Progress(std::int64_t first_step, std::int64_t total_steps, bool terminal);
-  // After each step: redraws the bar (terminal) or, every `every` steps, prints a line.
-  void step(std::int64_t step, double loss, double lr, double tokens_per_second,
+  // After each step: redraws the bar (terminal) or, every `every` steps, prints a line. A step
+  // that computed nothing (no target token in its batch) says so instead of a loss and a rate.
+  void step(std::int64_t step, double loss, double lr, double tokens_per_second, bool computed,
             std::int64_t every);
   void message(const std::string& line);  // a line that should not be overwritten by the bar
   void finish();

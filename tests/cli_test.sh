@@ -60,6 +60,14 @@ check "train logs its recompute plan (auto, the default)" $?
 "$bin" inspect "$work/run" | grep -q "LoRA parameters: 4480"
 check "inspect shows an adapter" $?
 
+# Blocks of 128 concatenated tokens: with this tokenizer's 512 pieces many hold prompt only.
+"$bin" train --model_name_or_path "$model" --train_file "$data" --output_dir "$work/prompt_only" \
+  --max_steps 6 --per_device_train_batch_size 1 --max_seq_length 128 --packing concat \
+  --save_strategy no --logging_steps 1 > "$work/prompt_only.log" 2>&1
+[ $? -eq 0 ] && grep -q "no target token in the batch (prompt tokens only)" "$work/prompt_only.log" \
+  && grep -q "tok/s" "$work/prompt_only.log" && ! grep -qi "nan" "$work/prompt_only.log"
+check "train: a step with no target token says so, not 'nan' (and the others give their rate)" $?
+
 a="$("$bin" generate --model "$model" --adapter "$work/run" --prompt "Once" --max_new_tokens 12 --temperature 0.9 --seed 5 2>/dev/null)"
 b="$("$bin" generate --model "$model" --adapter "$work/run" --prompt "Once" --max_new_tokens 12 --temperature 0.9 --seed 5 2>/dev/null)"
 c="$("$bin" generate --model "$model" --adapter "$work/run" --prompt "Once" --max_new_tokens 12 --temperature 0.9 --seed 6 2>/dev/null)"

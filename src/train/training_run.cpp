@@ -217,7 +217,8 @@ class PolicyRun final : public TrainingRun::Impl {
         ++totals_.steps;
       }
       if (leader && observer)
-        observer->step({done, total_steps, stats.loss, lr, computed ? tokens / dt : kNoValue});
+        observer->step(
+            {done, total_steps, stats.loss, lr, computed ? tokens / dt : kNoValue, computed});
       if (done % args.logging_steps == 0 || done == total_steps) {
         const std::vector<double> rss = all_peak_rss();
         const double loss =

@@ -64,6 +64,10 @@ struct StepProgress {
   double loss = 0;  // this step's
   double learning_rate = 0;
   double tokens_per_second = 0;  // this step's, all ranks
+  // False when the step's global batch had no target token (prompt tokens only: responses cut
+  // off by max_seq_length, or concatenated blocks of prompts): nothing was computed, and loss
+  // and tokens_per_second are NaN.
+  bool computed = true;
 };
 
 // What a run reports, on rank 0. Every method has an empty default.
