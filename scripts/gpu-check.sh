@@ -254,7 +254,8 @@ peaks_ok = bool(peaks) and all(p and min(p) > 0 for p in peaks) and bool(final) 
 print(f"peak_device_mib: in {sum(bool(p) for p in peaks)} of {len(peaks)} step records, "
       f"train_results.json {final}")
 with open(sys.argv[3], "a") as f:
-    f.write(f"stories260k_50_steps_worst_loss_rel={worst:.3e}\nstories260k_50_steps_mean_loss_rel={mean:.3e}\n"
+    f.write(f"stories260k_train_steps={len(gpu)}\n"
+            f"stories260k_worst_loss_rel={worst:.3e}\nstories260k_mean_loss_rel={mean:.3e}\n"
             f"stories260k_peak_device_mib={final}\n")
 sys.exit(0 if len(cpu) == len(gpu) == int(sys.argv[5]) and same_steps and worst <= 1e-3 and peaks_ok
          else 1)
