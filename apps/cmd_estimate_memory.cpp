@@ -106,10 +106,7 @@ int run_estimate(EstimateOptions& o) {
     table(true, "per rank, host memory", e.host_total());
     std::printf(
         "\nNot counted on the GPU: the CUDA context and kernel code (a few hundred MiB in "
-        "nvidia-smi), NCCL's buffers, the local memory the driver reserves for the reference "
-        "attention kernel's per-thread arrays where it runs (fp32; head sizes cuDNN does not "
-        "take): up to 4 KiB per resident thread, about 1 GiB on a 132-SM GPU. The GPU figures "
-        "follow the CUDA backend's "
+        "nvidia-smi) and NCCL's buffers. The GPU figures follow the CUDA backend's "
         "allocations and have not yet been checked against a GPU run.\n");
   }
   std::printf("\n%s a %.0f GB device (%.0f%% used)\n",

@@ -286,8 +286,8 @@ void add_cpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const MemoryScenar
 // bf16 and takes a workspace (its size comes from cuDNN at run time: estimated here as four
 // bytes per token, head and head element); cuBLASLt's workspace is 32 MiB. Not counted, as
 // the run's peak_device_mib does not count them: the CUDA context and the kernels' code
-// (a few hundred MiB in nvidia-smi), NCCL's own buffers, the local memory of the reference
-// attention kernel's per-thread arrays (cuda/attention.cu; reserved by the driver at launch).
+// (a few hundred MiB in nvidia-smi) and NCCL's own buffers. No kernel uses local memory (the
+// build refuses one that does), so the driver reserves none for them.
 void add_gpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& lora,
                      const MemoryScenario& s, const Dims& d) {
   const double M = d.M, D = d.D, I = d.I, Qd = d.Qd, W3 = d.W3, V = d.V, r = std::max(d.r, 1.0);

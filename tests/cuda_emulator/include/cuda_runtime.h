@@ -9,14 +9,17 @@
 // the CPU engine. What it cannot show, so GPU code that only ran here is still unverified:
 //   - NVIDIA's code: cuBLASLt and NCCL are emulated (their documented semantics), cuDNN is
 //     compiled out (bf16 attention on a GPU goes through it).
-//   - Concurrency: a block's threads run one after another between barriers, blocks one at a
-//     time, every stream in call order at call time. Races without a barrier, lockstep
-//     assumptions without __syncwarp, dependencies between blocks, and missing stream or event
-//     ordering (the NCCL stream against the compute stream) all pass here.
+//   - Concurrency: blocks run one at a time, a block's warps one after another between its
+//     barriers, a warp's lanes one after another between shuffles, in one order or its reverse
+//     (ZEROLORA_EMULATED_ORDER; the tests run both), every stream in call order at call time.
+//     A race shows where one of the two orders breaks it (lanes assumed in lockstep without
+//     __syncwarp included); one needing another interleaving, and missing stream or event
+//     ordering (the NCCL stream against the compute stream), pass here.
 //   - Memory: device memory is host memory (host code reading a device pointer works here);
 //     out-of-bounds accesses inside kernels, and pointers inside struct arguments, go unseen;
-//     range checks see the caching allocator's rounded blocks. Registers, local memory (the
-//     attention kernel's per-thread arrays) and architecture images are not modelled.
+//     range checks see the caching allocator's rounded blocks. Registers, local memory and
+//     architecture images are not modelled (the real build refuses kernels that spill or use
+//     local memory: src/CMakeLists.txt).
 //   - Numerics: nvcc contracts a * b + c into FMA and CUDA's expf/logf are not the host's;
 //     tensor-core and split-K sums, and NCCL's reduction order, are not the emulator's.
 //
