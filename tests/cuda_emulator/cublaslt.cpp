@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "emulator_state.hpp"
+
 namespace {
 
 struct Layout {
@@ -87,6 +89,42 @@ float load(const void* base, cudaDataType_t type, std::size_t i) {
   float f;
   std::memcpy(&f, &bits, sizeof f);
   return f;
+}
+
+// D = scale_a op(A) op(B) + scale_c C: op(A) as m rows and op(B) as n columns of k contiguous
+// floats, then one dot product per element (eight partial sums, so that it vectorizes). One
+// thread, the stream's: an OpenMP team here would spin beside the host's and starve it.
+void multiply(const Desc& desc, const void* a, const Layout& la, const void* b, const Layout& lb,
+              const void* c, const Layout& lc, void* d, const Layout& ld, std::uint64_t m,
+              std::uint64_t n, std::uint64_t k, float scale_a, float scale_c) {
+  const std::size_t M = m, N = n, K = k;
+  std::vector<float> rows_a(M * K), cols_b(N * K);
+  for (std::size_t i = 0; i < M; ++i)
+    for (std::size_t p = 0; p < K; ++p)
+      rows_a[i * K + p] =
+          load(a, la.type, desc.trans_a == CUBLAS_OP_N ? i + p * la.ld : p + i * la.ld);
+  for (std::size_t j = 0; j < N; ++j)
+    for (std::size_t p = 0; p < K; ++p)
+      cols_b[j * K + p] =
+          load(b, lb.type, desc.trans_b == CUBLAS_OP_N ? p + j * lb.ld : j + p * lb.ld);
+  auto* out = static_cast<float*>(d);
+  const auto* in_c = static_cast<const float*>(c);
+  for (std::size_t j = 0; j < N; ++j) {
+    const float* col = &cols_b[j * K];
+    for (std::size_t i = 0; i < M; ++i) {
+      const float* row = &rows_a[i * K];
+      float partial[8] = {};
+      std::size_t p = 0;
+      for (; p + 8 <= K; p += 8)
+        for (int l = 0; l < 8; ++l) partial[l] += row[p + l] * col[p + l];
+      float sum = 0.0f;
+      for (; p < K; ++p) sum += row[p] * col[p];
+      for (float x : partial) sum += x;
+      // beta = 0 reads nothing of C (it may hold NaN), as cuBLAS promises.
+      const float previous = scale_c == 0.0f ? 0.0f : scale_c * in_c[i + j * lc.ld];
+      out[i + j * ld.ld] = scale_a * sum + previous;
+    }
+  }
 }
 
 }  // namespace
@@ -206,12 +244,13 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t desc_handle
                               cublasLtMatrixLayout_t b_layout, const void* beta, const void* c,
                               cublasLtMatrixLayout_t c_layout, void* d,
                               cublasLtMatrixLayout_t d_layout, const cublasLtMatmulAlgo_t* algo,
-                              void* workspace, size_t workspace_bytes, cudaStream_t) {
-  const auto& desc = *reinterpret_cast<const Desc*>(desc_handle);
-  const auto& la = *reinterpret_cast<const Layout*>(a_layout);
-  const auto& lb = *reinterpret_cast<const Layout*>(b_layout);
-  const auto& lc = *reinterpret_cast<const Layout*>(c_layout);
-  const auto& ld = *reinterpret_cast<const Layout*>(d_layout);
+                              void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+  // Copies: the product runs later, on the stream, and the caller may change its descriptions.
+  const Desc desc = *reinterpret_cast<const Desc*>(desc_handle);
+  const Layout la = *reinterpret_cast<const Layout*>(a_layout);
+  const Layout lb = *reinterpret_cast<const Layout*>(b_layout);
+  const Layout lc = *reinterpret_cast<const Layout*>(c_layout);
+  const Layout ld = *reinterpret_cast<const Layout*>(d_layout);
   std::uint64_t m, n, k;
   const cublasStatus_t status = problem(desc, la, lb, lc, ld, m, n, k);
   if (status != CUBLAS_STATUS_SUCCESS) return status;
@@ -241,40 +280,11 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t desc_handle
   if (workspace_bytes < algo->data[4] ||
       (workspace_bytes && !zl_emu_is_device_range(workspace, workspace_bytes)))
     return invalid("the workspace is smaller than promised or not device memory");
-  float scale_a, scale_c;
+  float scale_a, scale_c;  // host pointers (the default pointer mode): read at the call
   std::memcpy(&scale_a, alpha, sizeof scale_a);
   std::memcpy(&scale_c, beta, sizeof scale_c);
-  // op(A) as m rows and op(B) as n columns of k contiguous floats, then one dot product per
-  // element (eight partial sums, so that it vectorizes), columns in parallel.
-  const std::size_t M = m, N = n, K = k;
-  std::vector<float> rows_a(M * K), cols_b(N * K);
-  for (std::size_t i = 0; i < M; ++i)
-    for (std::size_t p = 0; p < K; ++p)
-      rows_a[i * K + p] =
-          load(a, la.type, desc.trans_a == CUBLAS_OP_N ? i + p * la.ld : p + i * la.ld);
-  for (std::size_t j = 0; j < N; ++j)
-    for (std::size_t p = 0; p < K; ++p)
-      cols_b[j * K + p] =
-          load(b, lb.type, desc.trans_b == CUBLAS_OP_N ? p + j * lb.ld : j + p * lb.ld);
-  auto* out = static_cast<float*>(d);
-  const auto* in_c = static_cast<const float*>(c);
-#pragma omp parallel for schedule(static)
-  for (std::size_t j = 0; j < N; ++j) {
-    const float* col = &cols_b[j * K];
-    for (std::size_t i = 0; i < M; ++i) {
-      const float* row = &rows_a[i * K];
-      float partial[8] = {};
-      std::size_t p = 0;
-      for (; p + 8 <= K; p += 8)
-        for (int l = 0; l < 8; ++l) partial[l] += row[p + l] * col[p + l];
-      float sum = 0.0f;
-      for (; p < K; ++p) sum += row[p] * col[p];
-      for (float x : partial) sum += x;
-      // beta = 0 reads nothing of C (it may hold NaN), as cuBLAS promises.
-      const float previous = scale_c == 0.0f ? 0.0f : scale_c * in_c[i + j * lc.ld];
-      out[i + j * ld.ld] = scale_a * sum + previous;
-    }
-  }
+  zerolora::cuda_emulator::enqueue(
+      stream, [=] { multiply(desc, a, la, b, lb, c, lc, d, ld, m, n, k, scale_a, scale_c); });
   return CUBLAS_STATUS_SUCCESS;
 }
 

@@ -5,8 +5,8 @@
 // __syncthreads, a shuffle in a warp with exited lanes or fewer than 32 threads) is an error rather
 // than a hang.
 // __shared__ memory is filled with 0xff bytes before every block. Launch shapes are checked
-// against CUDA's limits. Launches are serialized (one mutex); a launch's fibers run on the
-// launching thread.
+// against CUDA's limits when the kernel is launched; it runs later, on its stream's thread
+// (streams.cpp), one kernel at a time in the process (one mutex).
 //
 // A GPU gives no order among the blocks of a grid, nor among the threads of a block between two
 // barriers; code that leans on one has a race. ZEROLORA_EMULATED_ORDER=reverse runs blocks, and
@@ -100,7 +100,7 @@ struct WorkerPool {
 
 struct Block {
   std::vector<Thread> threads;
-  void* scheduler = nullptr;  // the launching thread's stack pointer while a worker runs
+  void* scheduler = nullptr;  // the stream thread's stack pointer while a worker runs
   Worker* running = nullptr;
   void (*body)(void*) = nullptr;
   void* context = nullptr;
@@ -108,7 +108,8 @@ struct Block {
   std::vector<std::uint64_t> exchange;
 };
 
-Block* active_block = nullptr;  // the block being run (launches hold launch_mutex)
+Block* active_block = nullptr;               // the block being run (launches hold launch_mutex)
+thread_local bool running_a_kernel = false;  // on this thread (a stream's)
 WorkerPool worker_pool;
 std::mutex launch_mutex;
 
@@ -337,8 +338,10 @@ void zl_emu_shfl_xor(unsigned mask, const void* value, void* out, std::size_t by
   ++self.shuffles;
 }
 
-void zl_emu_launch(dim3 grid, dim3 block_dims, std::size_t shared_bytes, cudaStream_t,
-                   void (*body)(void*), void* context, char* shared, char* shared_end) {
+void zl_emu_launch(dim3 grid, dim3 block_dims, std::size_t shared_bytes, cudaStream_t stream,
+                   void (*body)(void*), void* context, void (*release)(void*), char* shared,
+                   char* shared_end) {
+  std::unique_ptr<void, void (*)(void*)> owned(context, release);
   const unsigned long long threads =
       static_cast<unsigned long long>(block_dims.x) * block_dims.y * block_dims.z;
   if (threads == 0 || threads > 1024 || block_dims.z > 64 || grid.x == 0 || grid.y == 0 ||
@@ -351,7 +354,7 @@ void zl_emu_launch(dim3 grid, dim3 block_dims, std::size_t shared_bytes, cudaStr
              ") is outside CUDA's limits");
     return;
   }
-  if (zl_emu_current) {
+  if (running_a_kernel) {
     fail(cudaErrorLaunchFailure, "a kernel launched from inside a kernel");
     return;
   }
@@ -363,21 +366,27 @@ void zl_emu_launch(dim3 grid, dim3 block_dims, std::size_t shared_bytes, cudaStr
     return;
   }
   const bool reverse = order == Order::kReverse;
-  std::lock_guard serialized(launch_mutex);
-  Block block;
-  block.body = body;
-  block.context = context;
-  active_block = &block;
-  std::string error;
-  const unsigned long long blocks = static_cast<unsigned long long>(grid.x) * grid.y * grid.z;
-  for (unsigned long long k = 0; k < blocks && error.empty(); ++k) {
-    const unsigned long long b = reverse ? blocks - 1 - k : k;
-    const uint3 index{static_cast<unsigned>(b % grid.x), static_cast<unsigned>(b / grid.x % grid.y),
-                      static_cast<unsigned>(b / grid.x / grid.y)};
-    if (shared) std::memset(shared, 0xff, static_cast<std::size_t>(shared_end - shared));
-    run_block(block, grid, block_dims, index, reverse, error);
-  }
-  active_block = nullptr;
-  if (!error.empty()) fail(cudaErrorLaunchFailure, error);
+  std::shared_ptr<void> kept(owned.release(), release);  // a std::function copies what it holds
+  zerolora::cuda_emulator::enqueue(stream, [=] {
+    std::lock_guard serialized(launch_mutex);
+    running_a_kernel = true;
+    Block block;
+    block.body = body;
+    block.context = kept.get();
+    active_block = &block;
+    std::string error;
+    const unsigned long long blocks = static_cast<unsigned long long>(grid.x) * grid.y * grid.z;
+    for (unsigned long long k = 0; k < blocks && error.empty(); ++k) {
+      const unsigned long long b = reverse ? blocks - 1 - k : k;
+      const uint3 index{static_cast<unsigned>(b % grid.x),
+                        static_cast<unsigned>(b / grid.x % grid.y),
+                        static_cast<unsigned>(b / grid.x / grid.y)};
+      if (shared) std::memset(shared, 0xff, static_cast<std::size_t>(shared_end - shared));
+      run_block(block, grid, block_dims, index, reverse, error);
+    }
+    active_block = nullptr;
+    running_a_kernel = false;
+    if (!error.empty()) zerolora::cuda_emulator::fail_in_stream(cudaErrorLaunchFailure, error);
+  });
 }
 }  // extern "C"

@@ -1,7 +1,9 @@
 // The CUDA emulator's NCCL (built as libnccl.so.2, which src/cuda/nccl_communicator.cpp loads):
-// each collective is the MPI collective of the same meaning, run when it is called (the emulated
-// GPU's memory is host memory, and every stream has always finished). It checks what NCCL would
-// refuse or what would fault on a GPU: buffers outside device memory, a communicator whose
+// each collective is the MPI collective of the same meaning, run on the stream it is given
+// after the stream's earlier work (the emulated GPU's memory is host memory), as NCCL's kernels
+// run; the call returns once it is queued, and a failure in the collective itself is the
+// communicator's asynchronous error (ncclCommGetAsyncError), as with NCCL. It checks what NCCL
+// would refuse or what would fault on a GPU: buffers outside device memory, a communicator whose
 // ranks disagree on its size. Unlike NCCL it lets several ranks share the one emulated GPU.
 // Nothing here is NVIDIA's code: it runs the communicator's own logic (the unique id's
 // bootstrap, events and streams, requests, the watchdog, teardown), not NCCL's transports.
@@ -9,18 +11,26 @@
 #include <mpi.h>
 #include <nccl.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
+
+#include "emulator_state.hpp"
 
 struct ncclComm {
   MPI_Comm comm = MPI_COMM_NULL;
   int rank = 0, size = 0;
   std::string last_error;
+  std::atomic<int> queued{0};  // collectives queued on a stream and not yet run
+  std::atomic<ncclResult_t> async_error{ncclSuccess};
 };
 
 namespace {
@@ -102,6 +112,29 @@ ncclResult_t mpi_result(ncclComm_t comm, int status, const char* call) {
   return ncclSystemError;
 }
 
+// Queues `collective` on `stream`; its failure becomes the communicator's asynchronous error.
+ncclResult_t on_stream(ncclComm_t comm, cudaStream_t stream,
+                       std::function<ncclResult_t()> collective) {
+  ++comm->queued;
+  zerolora::cuda_emulator::enqueue(
+      stream,
+      [comm, collective = std::move(collective)] {
+        // An aborted communicator runs nothing more.
+        const ncclResult_t result =
+            comm->size > 1 && comm->comm == MPI_COMM_NULL ? ncclInvalidUsage : collective();
+        ncclResult_t none = ncclSuccess;
+        if (result != ncclSuccess) comm->async_error.compare_exchange_strong(none, result);
+        --comm->queued;
+      },
+      true);
+  return ncclSuccess;
+}
+
+// Until the communicator's queued collectives have run (NCCL's finalize flushes them).
+void wait_for_queued(ncclComm_t comm) {
+  while (comm->queued.load() > 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+}
+
 }  // namespace
 
 extern "C" {
@@ -162,16 +195,21 @@ ncclResult_t ncclCommInitRank(ncclComm_t* comm, int nranks, ncclUniqueId id, int
 }
 
 ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t* error) {
-  *error = ncclSuccess;
+  *error = comm ? comm->async_error.load() : ncclSuccess;
   return comm ? ncclSuccess : ncclInvalidArgument;
 }
 
+// Blocks until the queued collectives have run (a stalled rank keeps it waiting: the caller's
+// watchdog times it).
 ncclResult_t ncclCommFinalize(ncclComm_t comm) {
-  return comm ? ncclSuccess : ncclInvalidArgument;
+  if (!comm) return ncclInvalidArgument;
+  wait_for_queued(comm);
+  return comm->async_error.load();
 }
 
 ncclResult_t ncclCommDestroy(ncclComm_t comm) {
   if (!comm) return ncclInvalidArgument;
+  wait_for_queued(comm);
   if (comm->comm != MPI_COMM_NULL) MPI_Comm_free(&comm->comm);
   delete comm;
   return ncclSuccess;
@@ -206,70 +244,78 @@ const char* ncclGetLastError(ncclComm_t comm) {
 }
 
 ncclResult_t ncclAllGather(const void* send, void* recv, size_t count, ncclDataType_t type,
-                           ncclComm_t comm, cudaStream_t) {
+                           ncclComm_t comm, cudaStream_t stream) {
   const std::size_t bytes = count * type_bytes(type);
   if (!comm) return invalid(comm, "ncclAllGather: no communicator");
   if (auto r = check_buffers(comm, "ncclAllGather", send, bytes, recv, bytes * comm->size))
     return r;
   // In place when the send buffer is this rank's slot of the receive buffer (NCCL's rule).
   const bool in_place = send == static_cast<char*>(recv) + bytes * comm->rank;
-  if (comm->size == 1) return copy(send, recv, bytes);
+  if (comm->size == 1) return on_stream(comm, stream, [=] { return copy(send, recv, bytes); });
   if (!fits_int(bytes)) return invalid(comm, "ncclAllGather: over 2^31 bytes per rank");
-  return mpi_result(comm,
-                    MPI_Allgather(in_place ? MPI_IN_PLACE : send, static_cast<int>(bytes), MPI_BYTE,
-                                  recv, static_cast<int>(bytes), MPI_BYTE, comm->comm),
-                    "MPI_Allgather");
+  return on_stream(comm, stream, [=] {
+    return mpi_result(comm,
+                      MPI_Allgather(in_place ? MPI_IN_PLACE : send, static_cast<int>(bytes),
+                                    MPI_BYTE, recv, static_cast<int>(bytes), MPI_BYTE, comm->comm),
+                      "MPI_Allgather");
+  });
 }
 
 ncclResult_t ncclReduceScatter(const void* send, void* recv, size_t count, ncclDataType_t type,
-                               ncclRedOp_t op, ncclComm_t comm, cudaStream_t) {
+                               ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream) {
   const std::size_t bytes = count * type_bytes(type);
   if (!comm) return invalid(comm, "ncclReduceScatter: no communicator");
   if (op != ncclSum || mpi_type(type) == MPI_DATATYPE_NULL)
     return invalid(comm, "ncclReduceScatter: the emulator sums fp32, fp64 and integers only");
   if (auto r = check_buffers(comm, "ncclReduceScatter", send, bytes * comm->size, recv, bytes))
     return r;
-  if (comm->size == 1) return copy(send, recv, bytes);
+  if (comm->size == 1) return on_stream(comm, stream, [=] { return copy(send, recv, bytes); });
   if (!fits_int(count)) return invalid(comm, "ncclReduceScatter: over 2^31 elements per rank");
   // NCCL's in place (recv is this rank's slot of send) is not MPI's: reduce from a copy.
-  std::vector<char> copy;
-  if (send == static_cast<char*>(recv) - bytes * comm->rank) {
-    copy.assign(static_cast<const char*>(send),
-                static_cast<const char*>(send) + bytes * comm->size);
-    send = copy.data();
-  }
-  return mpi_result(comm,
-                    MPI_Reduce_scatter_block(send, recv, static_cast<int>(count), mpi_type(type),
-                                             MPI_SUM, comm->comm),
-                    "MPI_Reduce_scatter_block");
+  const bool in_place = send == static_cast<char*>(recv) - bytes * comm->rank;
+  return on_stream(comm, stream, [=] {
+    std::vector<char> whole;
+    if (in_place)
+      whole.assign(static_cast<const char*>(send),
+                   static_cast<const char*>(send) + bytes * comm->size);
+    return mpi_result(
+        comm,
+        MPI_Reduce_scatter_block(in_place ? whole.data() : send, recv, static_cast<int>(count),
+                                 mpi_type(type), MPI_SUM, comm->comm),
+        "MPI_Reduce_scatter_block");
+  });
 }
 
 ncclResult_t ncclAllReduce(const void* send, void* recv, size_t count, ncclDataType_t type,
-                           ncclRedOp_t op, ncclComm_t comm, cudaStream_t) {
+                           ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream) {
   const std::size_t bytes = count * type_bytes(type);
   if (op != ncclSum || mpi_type(type) == MPI_DATATYPE_NULL)
     return invalid(comm, "ncclAllReduce: the emulator sums fp32, fp64 and integers only");
   if (auto r = check_buffers(comm, "ncclAllReduce", send, bytes, recv, bytes)) return r;
-  if (comm->size == 1) return copy(send, recv, bytes);
+  if (comm->size == 1) return on_stream(comm, stream, [=] { return copy(send, recv, bytes); });
   if (!fits_int(count)) return invalid(comm, "ncclAllReduce: over 2^31 elements");
-  return mpi_result(comm,
-                    MPI_Allreduce(send == recv ? MPI_IN_PLACE : send, recv, static_cast<int>(count),
-                                  mpi_type(type), MPI_SUM, comm->comm),
-                    "MPI_Allreduce");
+  return on_stream(comm, stream, [=] {
+    return mpi_result(comm,
+                      MPI_Allreduce(send == recv ? MPI_IN_PLACE : send, recv,
+                                    static_cast<int>(count), mpi_type(type), MPI_SUM, comm->comm),
+                      "MPI_Allreduce");
+  });
 }
 
 ncclResult_t ncclBroadcast(const void* send, void* recv, size_t count, ncclDataType_t type,
-                           int root, ncclComm_t comm, cudaStream_t) {
+                           int root, ncclComm_t comm, cudaStream_t stream) {
   const std::size_t bytes = count * type_bytes(type);
   if (!comm) return invalid(comm, "ncclBroadcast: no communicator");
   if (auto r = check_buffers(comm, "ncclBroadcast", comm->rank == root ? send : nullptr,
                              comm->rank == root ? bytes : 0, recv, bytes))
     return r;
-  if (comm->rank == root) copy(send, recv, bytes);
-  if (comm->size == 1) return ncclSuccess;
   if (!fits_int(bytes)) return invalid(comm, "ncclBroadcast: over 2^31 bytes");
-  return mpi_result(comm, MPI_Bcast(recv, static_cast<int>(bytes), MPI_BYTE, root, comm->comm),
-                    "MPI_Bcast");
+  return on_stream(comm, stream, [=] {
+    if (comm->rank == root) copy(send, recv, bytes);
+    if (comm->size == 1) return ncclSuccess;
+    return mpi_result(comm, MPI_Bcast(recv, static_cast<int>(bytes), MPI_BYTE, root, comm->comm),
+                      "MPI_Bcast");
+  });
 }
 
 }  // extern "C"

@@ -15,7 +15,7 @@ cat "$work/out.txt"
 fail=0
 [ "$code" -ne 124 ] || { echo "FAIL: hung (killed by timeout)"; fail=1; }
 [ "$code" -eq 70 ] || [ "$code" -eq 124 ] || { echo "FAIL: exit status $code, not the watchdog's 70"; fail=1; }
-grep -q "rank 0 of 2: NCCL all_gather of 4096 bytes per rank has blocked for 3 s" "$work/out.txt" ||
+grep -q "rank 0 of 2: NCCL all_gather of 4096 bytes per rank did not finish within 3 s" "$work/out.txt" ||
   { echo "FAIL: rank 0's watchdog message is missing"; fail=1; }
 [ "$elapsed" -lt 30 ] || { echo "FAIL: took ${elapsed}s"; fail=1; }
 [ "$fail" -eq 0 ] && echo "ok: the job ended ${elapsed}s after it began (3 s timeout), exit status $code"

@@ -5,20 +5,24 @@
 //     arguments must lie in one live allocation (device side) or outside all of them (host
 //     side). New allocations are filled with 0xff bytes (NaN as fp32), so a kernel that reads
 //     memory nobody wrote shows it. Overlapping copies are refused (undefined in CUDA).
-//   - Streams and events: one in-order queue that has always finished (kernels run at launch).
+//   - Copies and fills run on their stream (streams.cpp), after its earlier work; a copy from
+//     host memory takes its bytes at the call, a copy into host memory returns once done (both
+//     as for CUDA's pageable host memory). cudaFree waits for the device, as CUDA's does.
 //   - Errors are CUDA's: the call returns the error, cudaGetLastError returns it once, and
-//     cudaGetErrorString gives the emulator's description of what went wrong.
+//     cudaGetErrorString gives the emulator's description of what went wrong. An error in work
+//     a stream ran stays, returned by every synchronisation, as a GPU's fault does.
 // The CUDA runtime is process-wide state, so the emulator's is too (one mutex guards it; the
 // last error and the current device are the process's, not each host thread's).
 #include <algorithm>
-#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "cuda_runtime.h"
 #include "emulator_state.hpp"
@@ -36,6 +40,7 @@ struct Runtime {
   int current_device = 0;
   cudaError_t last_error = cudaSuccess;
   std::string last_message;
+  cudaError_t sticky = cudaSuccess;
 };
 
 Runtime& runtime() {
@@ -57,6 +62,19 @@ cudaError_t fail(cudaError_t error, const std::string& message) {
   rt.last_error = error;
   rt.last_message = "CUDA emulator: " + message;
   return error;
+}
+
+void fail_in_stream(cudaError_t error, const std::string& message) {
+  Runtime& rt = runtime();
+  std::lock_guard lock(rt.mutex);
+  rt.last_error = rt.sticky = error;
+  rt.last_message = "CUDA emulator: " + message;
+}
+
+cudaError_t sticky_error() {
+  Runtime& rt = runtime();
+  std::lock_guard lock(rt.mutex);
+  return rt.sticky;
 }
 
 std::string describe(const void* pointer, std::size_t bytes) {
@@ -181,7 +199,7 @@ cudaError_t cudaGetLastError(void) {
   Runtime& rt = runtime();
   std::lock_guard lock(rt.mutex);
   const cudaError_t e = rt.last_error;
-  rt.last_error = cudaSuccess;
+  rt.last_error = rt.sticky;
   return e;
 }
 
@@ -225,10 +243,6 @@ const char* cudaGetErrorString(cudaError_t error) {
   return rt.last_message.c_str();
 }
 
-cudaError_t cudaDeviceSynchronize(void) {
-  return cudaSuccess;
-}
-
 // ---- memory ---------------------------------------------------------------------------------
 
 cudaError_t cudaMalloc(void** pointer, std::size_t bytes) {
@@ -256,6 +270,7 @@ cudaError_t cudaMalloc(void** pointer, std::size_t bytes) {
 
 cudaError_t cudaFree(void* pointer) {
   if (!pointer) return cudaSuccess;
+  wait_for_device();
   {
     Runtime& rt = runtime();
     std::lock_guard lock(rt.mutex);
@@ -273,20 +288,52 @@ cudaError_t cudaFree(void* pointer) {
 
 cudaError_t cudaMemcpy(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind kind) {
   const cudaError_t status = check_copy(dst, bytes, src, bytes, kind, "cudaMemcpy");
-  if (status == cudaSuccess && bytes) std::memcpy(dst, src, bytes);
-  return status;
+  if (status != cudaSuccess) return status;
+  wait_for_device();
+  if (bytes) std::memcpy(dst, src, bytes);
+  return sticky_error();
 }
 
+namespace {
+
+// A copy of `rows` rows of `width` bytes on `stream`. Host memory is pageable here: a source
+// there is read now (the caller may reuse it at once), and a destination there is written
+// before the call returns.
+cudaError_t copy_on_stream(void* dst, std::size_t dst_pitch, const void* src, std::size_t src_pitch,
+                           std::size_t width, std::size_t rows, cudaMemcpyKind kind,
+                           cudaStream_t stream) {
+  std::shared_ptr<std::vector<char>> staged;
+  if (kind == cudaMemcpyHostToDevice) {
+    staged = std::make_shared<std::vector<char>>(width * rows);
+    for (std::size_t r = 0; r < rows; ++r)
+      std::memcpy(staged->data() + r * width, static_cast<const char*>(src) + r * src_pitch, width);
+    src = staged->data();
+    src_pitch = width;
+  }
+  enqueue(stream, [=, staged = std::move(staged)] {
+    for (std::size_t r = 0; r < rows; ++r)
+      std::memcpy(static_cast<char*>(dst) + r * dst_pitch,
+                  static_cast<const char*>(src) + r * src_pitch, width);
+  });
+  if (kind == cudaMemcpyDeviceToHost) {
+    wait_for_stream(stream);
+    return sticky_error();
+  }
+  return cudaSuccess;
+}
+
+}  // namespace
+
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind kind,
-                            cudaStream_t) {
+                            cudaStream_t stream) {
   const cudaError_t status = check_copy(dst, bytes, src, bytes, kind, "cudaMemcpyAsync");
-  if (status == cudaSuccess && bytes) std::memcpy(dst, src, bytes);
-  return status;
+  if (status != cudaSuccess || bytes == 0) return status;
+  return copy_on_stream(dst, bytes, src, bytes, bytes, 1, kind, stream);
 }
 
 cudaError_t cudaMemcpy2DAsync(void* dst, std::size_t dst_pitch, const void* src,
                               std::size_t src_pitch, std::size_t width, std::size_t height,
-                              cudaMemcpyKind kind, cudaStream_t) {
+                              cudaMemcpyKind kind, cudaStream_t stream) {
   if (height == 0 || width == 0) return cudaSuccess;
   if (dst_pitch < width || src_pitch < width)
     return fail(cudaErrorInvalidValue, "cudaMemcpy2DAsync: a pitch is less than the width");
@@ -294,90 +341,27 @@ cudaError_t cudaMemcpy2DAsync(void* dst, std::size_t dst_pitch, const void* src,
       check_copy(dst, dst_pitch * (height - 1) + width, src, src_pitch * (height - 1) + width, kind,
                  "cudaMemcpy2DAsync");
   if (status != cudaSuccess) return status;
-  for (std::size_t r = 0; r < height; ++r)
-    std::memcpy(static_cast<char*>(dst) + r * dst_pitch,
-                static_cast<const char*>(src) + r * src_pitch, width);
-  return cudaSuccess;
+  return copy_on_stream(dst, dst_pitch, src, src_pitch, width, height, kind, stream);
 }
 
-cudaError_t cudaMemsetAsync(void* dst, int value, std::size_t bytes, cudaStream_t) {
+cudaError_t cudaMemsetAsync(void* dst, int value, std::size_t bytes, cudaStream_t stream) {
   const cudaError_t status = check_device(dst, bytes, "cudaMemsetAsync", "destination");
-  if (status == cudaSuccess && bytes) std::memset(dst, value, bytes);
+  if (status == cudaSuccess && bytes) enqueue(stream, [=] { std::memset(dst, value, bytes); });
   return status;
 }
 
 cudaError_t cudaMemset2DAsync(void* dst, std::size_t pitch, int value, std::size_t width,
-                              std::size_t height, cudaStream_t) {
+                              std::size_t height, cudaStream_t stream) {
   if (height == 0 || width == 0) return cudaSuccess;
   if (pitch < width)
     return fail(cudaErrorInvalidValue, "cudaMemset2DAsync: the pitch is less than the width");
   const cudaError_t status =
       check_device(dst, pitch * (height - 1) + width, "cudaMemset2DAsync", "destination");
   if (status != cudaSuccess) return status;
-  for (std::size_t r = 0; r < height; ++r)
-    std::memset(static_cast<char*>(dst) + r * pitch, value, width);
-  return cudaSuccess;
-}
-
-// ---- streams and events: one in-order queue that has always finished -------------------------
-
-struct CUstream_st {
-  int id;
-};
-struct CUevent_st {
-  std::chrono::steady_clock::time_point recorded;
-  bool timing = true;
-};
-
-cudaError_t cudaStreamCreate(cudaStream_t* stream) {
-  *stream = new CUstream_st{1};
-  return cudaSuccess;
-}
-cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned) {
-  return cudaStreamCreate(stream);
-}
-cudaError_t cudaStreamDestroy(cudaStream_t stream) {
-  delete stream;
-  return cudaSuccess;
-}
-cudaError_t cudaStreamSynchronize(cudaStream_t) {
-  return cudaSuccess;
-}
-cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t event, unsigned) {
-  if (!event) return fail(cudaErrorInvalidResourceHandle, "cudaStreamWaitEvent: a null event");
-  return cudaSuccess;
-}
-
-cudaError_t cudaEventCreate(cudaEvent_t* event) {
-  *event = new CUevent_st{std::chrono::steady_clock::now()};
-  return cudaSuccess;
-}
-cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned flags) {
-  const cudaError_t status = cudaEventCreate(event);
-  (*event)->timing = !(flags & cudaEventDisableTiming);
-  return status;
-}
-cudaError_t cudaEventDestroy(cudaEvent_t event) {
-  delete event;
-  return cudaSuccess;
-}
-cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t) {
-  if (!event) return fail(cudaErrorInvalidResourceHandle, "cudaEventRecord: a null event");
-  event->recorded = std::chrono::steady_clock::now();
-  return cudaSuccess;
-}
-cudaError_t cudaEventQuery(cudaEvent_t event) {
-  if (!event) return fail(cudaErrorInvalidResourceHandle, "cudaEventQuery: a null event");
-  return cudaSuccess;
-}
-cudaError_t cudaEventSynchronize(cudaEvent_t event) {
-  return cudaEventQuery(event);
-}
-cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
-  if (!start || !end || !start->timing || !end->timing)
-    return fail(cudaErrorInvalidResourceHandle,
-                "cudaEventElapsedTime: a null event or one made with cudaEventDisableTiming");
-  *ms = std::chrono::duration<float, std::milli>(end->recorded - start->recorded).count();
+  enqueue(stream, [=] {
+    for (std::size_t r = 0; r < height; ++r)
+      std::memset(static_cast<char*>(dst) + r * pitch, value, width);
+  });
   return cudaSuccess;
 }
 

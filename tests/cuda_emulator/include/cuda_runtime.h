@@ -11,10 +11,11 @@
 //     compiled out (bf16 attention on a GPU goes through it).
 //   - Concurrency: blocks run one at a time, a block's warps one after another between its
 //     barriers, a warp's lanes one after another between shuffles, in one order or its reverse
-//     (ZEROLORA_EMULATED_ORDER; the tests run both), every stream in call order at call time.
-//     A race shows where one of the two orders breaks it (lanes assumed in lockstep without
-//     __syncwarp included); one needing another interleaving, and missing stream or event
-//     ordering (the NCCL stream against the compute stream), pass here.
+//     (ZEROLORA_EMULATED_ORDER; the tests run both). A race shows where one of the two orders
+//     breaks it (lanes assumed in lockstep without __syncwarp included); one needing another
+//     interleaving passes. Streams do run apart from the host and from each other, ordered
+//     only by events (streams.cpp), and ZEROLORA_EMULATED_LAG delays one kind of work so that
+//     a missing event shows; but one kernel runs at a time in the process.
 //   - Memory: device memory is host memory (host code reading a device pointer works here);
 //     out-of-bounds accesses inside kernels, and pointers inside struct arguments, go unseen;
 //     range checks see the caching allocator's rounded blocks. Registers, local memory and
@@ -145,11 +146,14 @@ extern const ZlEmuThread* zl_emu_current;
 void zl_emu_syncthreads(void);
 // One lane's part of a warp shuffle: its value in, lane (lane ^ lane_mask)'s value out.
 void zl_emu_shfl_xor(unsigned mask, const void* value, void* out, std::size_t bytes, int lane_mask);
-// Runs body(context, thread) for every thread of the grid, one block at a time, each thread a
-// fiber (barriers and shuffles switch between them). Errors become the sticky launch error.
-// `shared` and `shared_end` bound the calling program's shared-memory section.
+// Queues on `stream` a run of body(context) for every thread of the grid, one block at a time,
+// each thread a fiber (barriers and shuffles switch between them), then release(context): the
+// launch owns the context. A shape outside CUDA's limits is refused at once; an error while
+// the kernel runs becomes the sticky error. `shared` and `shared_end` bound the calling
+// program's shared-memory section.
 void zl_emu_launch(dim3 grid, dim3 block, std::size_t shared_bytes, cudaStream_t stream,
-                   void (*body)(void* context), void* context, char* shared, char* shared_end);
+                   void (*body)(void* context), void* context, void (*release)(void* context),
+                   char* shared, char* shared_end);
 // 1 when a kernel's pointer argument is null or device memory; otherwise 0, and the sticky
 // error names the argument.
 int zl_emu_check_kernel_pointer(const void* pointer, int argument);
@@ -241,16 +245,21 @@ void zl_emu_kernel_launch(void (*kernel)(Params...), dim3 grid, dim3 block,
     void (*kernel)(Params...);
     std::tuple<std::decay_t<Params>...> params;
   };
-  Call call{kernel, std::tuple<std::decay_t<Params>...>(std::forward<Args>(args)...)};
+  auto* call = new Call{kernel, std::tuple<std::decay_t<Params>...>(std::forward<Args>(args)...)};
   int argument = 0;
-  const bool valid = std::apply(
-      [&](const auto&... p) { return (zl_emu_check_argument(p, argument++) && ...); }, call.params);
-  if (!valid) return;  // the sticky error names the argument
+  const bool valid =
+      std::apply([&](const auto&... p) { return (zl_emu_check_argument(p, argument++) && ...); },
+                 call->params);
+  if (!valid) {  // the error names the argument
+    delete call;
+    return;
+  }
   zl_emu_launch(
       grid, block, shared_bytes, stream,
       [](void* context) {
         auto* c = static_cast<Call*>(context);
         std::apply(c->kernel, c->params);
       },
-      &call, __start_zl_emu_shared, __stop_zl_emu_shared);
+      call, [](void* context) { delete static_cast<Call*>(context); }, __start_zl_emu_shared,
+      __stop_zl_emu_shared);
 }
