@@ -14,6 +14,7 @@
 #include "core/precision.hpp"
 #include "core/rng.hpp"
 #include "cuda/cuda_device.hpp"
+#include "cuda/cuda_ops.hpp"
 #ifdef ZEROLORA_CUDNN
 #include "cuda/cudnn_attention.hpp"
 #endif
@@ -387,6 +388,23 @@ TEST_F(CudaBackend, ConversionsAreBitExactAndTheFiniteScanFindsTheFirst) {
   x[99999] = INFINITY;
   gx = on_gpu(x);
   EXPECT_EQ(gpu_kernels_->first_nonfinite(gx, static_cast<Index>(x.size())), 777);
+}
+
+// cuDNN's dense dQ, dK, dV widened into the fused q/k/v rows: every value exact, in its column,
+// and nothing outside the columns written.
+TEST_F(CudaBackend, WideningIntoColumnsWritesExactlyThoseColumns) {
+  const Index rows = 37, cols = 24, ld = 61, first = 5;
+  const std::vector<float> values = random_values(rows * cols, 19, 10.0f);
+  std::vector<bf16> src(values.size());
+  for (std::size_t i = 0; i < values.size(); ++i) src[i] = to_bf16(values[i]);
+  std::vector<float> dst(rows * ld, 7.0f);
+  float* gdst = on_gpu(dst);
+  auto* gsrc = reinterpret_cast<const cuda::Bf16Bits*>(on_gpu(src));
+  auto& gpu_device = dynamic_cast<cuda::CudaDevice&>(device());
+  cuda::widen_bf16_columns(gpu_device.stream(), gdst + first, ld, gsrc, rows, cols);
+  for (Index r = 0; r < rows; ++r)
+    for (Index c = 0; c < cols; ++c) dst[r * ld + first + c] = to_float(src[r * cols + c]);
+  EXPECT_EQ(to_host(gdst, dst.size()), dst);
 }
 
 // The whole model on the GPU against the CPU: a tiny random Llama with GQA and LoRA everywhere.

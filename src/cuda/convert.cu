@@ -21,6 +21,11 @@ __global__ void widen_bf16_kernel(float* dst, const Bf16Bits* src, Index n) {
   ZL_GRID_STRIDE(i, n) dst[i] = bf16_to_float(src[i]);
 }
 
+__global__ void widen_bf16_columns_kernel(float* dst, Index dst_ld, const Bf16Bits* src, Index rows,
+                                          Index cols) {
+  ZL_GRID_STRIDE(i, rows * cols) dst[i / cols * dst_ld + i % cols] = bf16_to_float(src[i]);
+}
+
 __device__ __forceinline__ bool finite_value(float v) {
   return (__float_as_uint(v) & 0x7f800000u) != 0x7f800000u;
 }
@@ -78,6 +83,14 @@ void widen_bf16(cudaStream_t s, float* dst, const Bf16Bits* src, Index n) {
   if (n == 0) return;
   ZL_LAUNCH(widen_bf16_kernel, grid_for(n, 256), 256, s)(dst, src, n);
   check_launch("widen_bf16", n, 1);
+}
+
+void widen_bf16_columns(cudaStream_t s, float* dst, Index dst_ld, const Bf16Bits* src, Index rows,
+                        Index cols) {
+  if (rows == 0 || cols == 0) return;
+  ZL_LAUNCH(widen_bf16_columns_kernel, grid_for(rows * cols, 256), 256, s)
+  (dst, dst_ld, src, rows, cols);
+  check_launch("widen_bf16_columns", rows, cols);
 }
 
 void first_nonfinite(cudaStream_t s, const float* x, Index n, unsigned long long* first) {

@@ -172,15 +172,21 @@ class CudaKernels final : public Kernels<P> {
 #ifdef ZEROLORA_CUDNN
     if (use_cudnn(segments, M, shape)) {
       const Index w_out = shape.heads * shape.head_dim, w_qkv = shape.qkv_stride();
-      const Index n_qkv = M * w_qkv;
       const Bf16Bits* qkv16 = bf16_copy(qkv_bf16_, qkv, M, w_qkv);
       const Bf16Bits* out16 = bf16_copy(out_bf16_, out, M, w_out);  // exact: O was bf16 values
       const Bf16Bits* dout16 = bf16_copy(dout_bf16_, diff_out, M, w_out);
-      Bf16Bits* dqkv16 = bits_of(dqkv_bf16_, M, w_qkv);
+      // cuDNN's gradients come dense (cudnn_attention.hpp): dQ, dK, dV one after another in
+      // one buffer, each padded like the others, then widened into the fused layout's columns.
+      const Index w_kv = shape.kv_heads * shape.head_dim, rows = cudnn_padded_rows(M);
+      Bf16Bits* dq16 = bits_of(dqkv_bf16_, M, w_qkv);
+      Bf16Bits* dk16 = dq16 + rows * w_out;
+      Bf16Bits* dv16 = dk16 + rows * w_kv;
       float* stats = padded_stats(M, shape.heads);
       device_.copy(stats, lse, static_cast<std::size_t>(M * shape.heads) * sizeof(float));
-      cudnn_->backward(dqkv16, dout16, qkv16, out16, stats, segments, M, shape);
-      cuda::widen_bf16(s_, diff_qkv, dqkv16, n_qkv);
+      cudnn_->backward(dq16, dk16, dv16, dout16, qkv16, out16, stats, segments, M, shape);
+      cuda::widen_bf16_columns(s_, diff_qkv, w_qkv, dq16, M, w_out);
+      cuda::widen_bf16_columns(s_, diff_qkv + w_out, w_qkv, dk16, M, w_kv);
+      cuda::widen_bf16_columns(s_, diff_qkv + w_out + w_kv, w_qkv, dv16, M, w_kv);
       return;
     }
 #endif

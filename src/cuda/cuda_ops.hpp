@@ -54,6 +54,9 @@ void cross_entropy(cudaStream_t s, float* logits, const std::int32_t* targets, d
 void to_bf16(cudaStream_t s, Bf16Bits* dst, const float* src, Index n);
 void round_to_bf16(cudaStream_t s, float* x, Bf16Bits* copy, Index n);  // copy may be null
 void widen_bf16(cudaStream_t s, float* dst, const Bf16Bits* src, Index n);
+// Dense [rows, cols] bf16 into columns [0, cols) of fp32 rows dst_ld apart.
+void widen_bf16_columns(cudaStream_t s, float* dst, Index dst_ld, const Bf16Bits* src, Index rows,
+                        Index cols);
 // first non-finite index of x[0, n) written to *first (n when none); 16-bit values are bf16.
 void first_nonfinite(cudaStream_t s, const float* x, Index n, unsigned long long* first);
 void first_nonfinite(cudaStream_t s, const Bf16Bits* x, Index n, unsigned long long* first);

@@ -47,7 +47,8 @@ enum Uid : std::int64_t {
   kSeqLen,
   kOffsetsQkv,
   kOffsetsO,
-  kOffsetsStats
+  kOffsetsStats,
+  kOffsetsKv
 };
 
 // Loads cuDNN for the frontend, by name (LD_LIBRARY_PATH, the loader's paths), else from where
@@ -172,22 +173,24 @@ std::shared_ptr<fe::graph::Graph> make_graph(const SdpaKey& key, bool determinis
           .set_deterministic_algorithm(deterministic);
       if (key.window > 0) options.set_diagonal_band_left_bound(static_cast<int>(key.window));
       auto [dq, dk, dv] = graph->sdpa_backward(q, k, v, o, d_o, stats, options);
-      const std::vector<std::int64_t> qkv_stride{S * ld, hd, ld, 1};
-      dq->set_output(true)
-          .set_uid(kDQ)
-          .set_dim({B, H, S, hd})
-          .set_stride(qkv_stride)
-          .set_ragged_offset(offsets_qkv);
+      // Dense, not into the fused layout: the frontend sizes its fp32 workspace (dQ's
+      // accumulator, and for GQA dK's and dV's per-query-head sums) from these strides, so the
+      // fused row of (H + 2 KV) hd would make it (H + 2 KV) / H times larger, and the GQA sums
+      // (g + 2) times (g = H / KV: 10 times for Llama-2-70B).
+      const Tensor offsets_kv = offsets("offsets_kv", kOffsetsKv);
+      const std::vector<std::int64_t> kv_stride{S * KV * hd, hd, KV * hd, 1};
+      dq->set_output(true).set_uid(kDQ).set_dim(o_dim).set_stride(o_stride).set_ragged_offset(
+          offsets_o);
       dk->set_output(true)
           .set_uid(kDK)
           .set_dim({B, KV, S, hd})
-          .set_stride(qkv_stride)
-          .set_ragged_offset(offsets_qkv);
+          .set_stride(kv_stride)
+          .set_ragged_offset(offsets_kv);
       dv->set_output(true)
           .set_uid(kDV)
           .set_dim({B, KV, S, hd})
-          .set_stride(qkv_stride)
-          .set_ragged_offset(offsets_qkv);
+          .set_stride(kv_stride)
+          .set_ragged_offset(offsets_kv);
     }
     // The frontend throws when no implementation fits, and its dynamic loading when a library
     // (libcudart, libcudnn) is missing: either way the caller falls back to its own kernel.
@@ -255,8 +258,9 @@ struct CudnnAttention::Impl {
   std::map<SdpaKey, Built> graphs;
   std::set<SdpaKey> refused;  // forward keys whose graphs the frontend refused: not retried
   DeviceBuffer<std::int32_t> seq_len;
-  // qkv, o, stats: three arrays of slots + 1 offsets, each starting offsets_span(slots) after the
-  // last, so that every array is 16-byte aligned as the frontend declares its tensors.
+  // qkv, o (and dQ), stats, kv (dK, dV): four arrays of slots + 1 offsets, each starting
+  // offsets_span(slots) after the last, so that every array is 16-byte aligned as the frontend
+  // declares its tensors.
   DeviceBuffer<std::int64_t> offsets;
   DeviceBuffer<std::byte> workspace;
   std::vector<std::int32_t> host_seq_len;
@@ -297,14 +301,23 @@ struct CudnnAttention::Impl {
     const auto slots = static_cast<std::size_t>(key.slots);
     const std::size_t span = offsets_span(key.slots);
     const std::int64_t ld = (key.heads + 2 * key.kv_heads) * key.head_dim;
+    // The offsets make each segment's rows cuDNN's sequence: they must be the batch's rows in
+    // order, every row in one (a row in none would get no gradient at all).
+    Index covered = 0;
+    for (const auto& s : segments) {
+      ZL_CHECK(s.begin == covered && s.length > 0);
+      covered += s.length;
+    }
+    ZL_CHECK(covered == M);
     std::vector<std::int32_t> lengths(slots, 0);
-    std::vector<std::int64_t> starts(3 * span, 0);
+    std::vector<std::int64_t> starts(4 * span, 0);
     for (std::size_t b = 0; b <= slots; ++b) {
       const Index begin = b < segments.size() ? segments[b].begin : M;
       if (b < segments.size()) lengths[b] = static_cast<std::int32_t>(segments[b].length);
       starts[b] = begin * ld;
       starts[span + b] = begin * key.heads * key.head_dim;
       starts[2 * span + b] = begin * key.heads;
+      starts[3 * span + b] = begin * key.kv_heads * key.head_dim;
     }
     if (lengths == host_seq_len && starts == host_offsets) return;
     host_seq_len = std::move(lengths);
@@ -320,6 +333,7 @@ struct CudnnAttention::Impl {
     pack[kOffsetsQkv] = offsets.data();
     pack[kOffsetsO] = offsets.data() + span;
     pack[kOffsetsStats] = offsets.data() + 2 * span;
+    if (key.backward) pack[kOffsetsKv] = offsets.data() + 3 * span;
     workspace.ensure(device, static_cast<std::size_t>(std::max<std::int64_t>(built.workspace, 1)));
     if (fe::detail::set_stream(handle, stream) != CUDNN_STATUS_SUCCESS)
       throw DeviceError("cudnnSetStream failed");
@@ -369,9 +383,9 @@ void CudnnAttention::forward(Bf16Bits* out, float* stats, const Bf16Bits* qkv,
   impl_->run(key, pack);
 }
 
-void CudnnAttention::backward(Bf16Bits* diff_qkv, const Bf16Bits* diff_out, const Bf16Bits* qkv,
-                              const Bf16Bits* out, const float* stats,
-                              const std::vector<Segment>& segments, Index M,
+void CudnnAttention::backward(Bf16Bits* diff_q, Bf16Bits* diff_k, Bf16Bits* diff_v,
+                              const Bf16Bits* diff_out, const Bf16Bits* qkv, const Bf16Bits* out,
+                              const float* stats, const std::vector<Segment>& segments, Index M,
                               const AttentionShape& shape) {
   const SdpaKey key = sdpa_key(true, segments, M, shape);
   impl_->upload_geometry(key, segments, M);
@@ -383,9 +397,9 @@ void CudnnAttention::backward(Bf16Bits* diff_qkv, const Bf16Bits* diff_out, cons
                                                {kO, const_cast<Bf16Bits*>(out)},
                                                {kDO, const_cast<Bf16Bits*>(diff_out)},
                                                {kStats, const_cast<float*>(stats)},
-                                               {kDQ, diff_qkv},
-                                               {kDK, diff_qkv + k_col},
-                                               {kDV, diff_qkv + v_col}};
+                                               {kDQ, diff_q},
+                                               {kDK, diff_k},
+                                               {kDV, diff_v}};
   impl_->run(key, pack);
 }
 

@@ -3,7 +3,8 @@
 // compute is spent on padding and documents never attend across each other; GQA natively
 // (K and V keep their KV heads); causal per segment. Q, K and V are read straight out of the
 // fused [M, (H + 2 KV) hd] projection (three base pointers, one row stride), O is [M, H hd],
-// the softmax statistics token-major [M, H] (cuDNN's ragged stats).
+// the softmax statistics token-major [M, H] (cuDNN's ragged stats); the gradients come out
+// dense, dQ [M, H hd] and dK, dV [M, KV hd] (their strides size cuDNN's fp32 workspace).
 // Graphs are built once per bucketed shape (SdpaKey) and cached; building is slow (seconds) and
 // needs a GPU, validation does not: validate_sdpa_graph() checks a key's graph for sm_90 on the
 // host, which the CPU-only tests do.
@@ -42,8 +43,8 @@ bool cudnn_attention_supports(const AttentionShape& shape);
 // "" when the key's graph validates for sm_90 (host only, no GPU), else the frontend's message.
 std::string validate_sdpa_graph(const SdpaKey& key, bool deterministic = true);
 
-// Entries between the starts of the three ragged-offset arrays (q/k/v, O, stats): slots + 1
-// rounded up to even, so that each array is 16-byte aligned.
+// Entries between the starts of the four ragged-offset arrays (q/k/v, O and dQ, stats, dK and
+// dV): slots + 1 rounded up to even, so that each array is 16-byte aligned.
 std::size_t offsets_span(Index slots);
 
 class CudnnAttention {
@@ -60,10 +61,11 @@ class CudnnAttention {
   // out [M, H hd] bf16 (=), stats [M, H] fp32 (=), from qkv [M, (H + 2 KV) hd] bf16.
   void forward(Bf16Bits* out, float* stats, const Bf16Bits* qkv,
                const std::vector<Segment>& segments, Index M, const AttentionShape& shape);
-  // diff_qkv (=) from diff_out and the forward's out (bf16, exactly as written) and stats.
-  void backward(Bf16Bits* diff_qkv, const Bf16Bits* diff_out, const Bf16Bits* qkv,
-                const Bf16Bits* out, const float* stats, const std::vector<Segment>& segments,
-                Index M, const AttentionShape& shape);
+  // diff_q [M, H hd], diff_k and diff_v [M, KV hd] (=) from diff_out and the forward's out
+  // (bf16, exactly as written) and stats.
+  void backward(Bf16Bits* diff_q, Bf16Bits* diff_k, Bf16Bits* diff_v, const Bf16Bits* diff_out,
+                const Bf16Bits* qkv, const Bf16Bits* out, const float* stats,
+                const std::vector<Segment>& segments, Index M, const AttentionShape& shape);
 
  private:
   struct Impl;
