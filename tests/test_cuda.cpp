@@ -390,6 +390,22 @@ TEST_F(CudaBackend, ConversionsAreBitExactAndTheFiniteScanFindsTheFirst) {
   EXPECT_EQ(gpu_kernels_->first_nonfinite(gx, static_cast<Index>(x.size())), 777);
 }
 
+#ifdef ZEROLORA_CUDNN
+// On a GPU, cuDNN's fused attention must take the shapes the recipe trains (else the backend
+// quietly falls back to its reference kernel, and every bf16 result above would come from it):
+// Llama-2-7B's and the 70B's (GQA) heads, Llama 3's, Mistral's window, at the seed's 2048
+// tokens packed several sequences to a batch.
+TEST_F(CudaBackend, CudnnTakesTheRecipesAttentionShapes) {
+  cuda::CudnnAttention cudnn(device(), dynamic_cast<cuda::CudaDevice&>(device()).stream());
+  const std::vector<Segment> segments{{0, 1}, {1, 500}, {501, 1547}, {2048, 2048}};
+  for (const AttentionShape shape : {AttentionShape{32, 32, 128}, AttentionShape{64, 8, 128},
+                                     AttentionShape{32, 8, 128}, AttentionShape{32, 8, 128, 256}})
+    EXPECT_TRUE(cudnn.available(segments, 4096, shape))
+        << "H=" << shape.heads << " KV=" << shape.kv_heads << " window=" << shape.window;
+  for (const auto& refusal : cudnn.refusals()) ADD_FAILURE() << "cuDNN refused " << refusal;
+}
+#endif
+
 // cuDNN's dense dQ, dK, dV widened into the fused q/k/v rows: every value exact, in its column,
 // and nothing outside the columns written.
 TEST_F(CudaBackend, WideningIntoColumnsWritesExactlyThoseColumns) {

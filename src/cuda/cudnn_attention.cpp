@@ -257,6 +257,7 @@ struct CudnnAttention::Impl {
   cudnnHandle_t handle = nullptr;
   std::map<SdpaKey, Built> graphs;
   std::set<SdpaKey> refused;  // forward keys whose graphs the frontend refused: not retried
+  std::vector<std::string> refusals;
   DeviceBuffer<std::int32_t> seq_len;
   // qkv, o (and dQ), stats, kv (dK, dV): four arrays of slots + 1 offsets, each starting
   // offsets_span(slots) after the last, so that every array is 16-byte aligned as the frontend
@@ -361,11 +362,16 @@ bool CudnnAttention::available(const std::vector<Segment>& segments, Index M,
   try {
     impl_->graph_for(forward_key);
     impl_->graph_for(sdpa_key(true, segments, M, shape));
-  } catch (const std::exception&) {  // DeviceError, or the frontend's own (a library missing)
+  } catch (const std::exception& e) {  // DeviceError, or the frontend's own (a library missing)
     impl_->refused.insert(forward_key);
+    impl_->refusals.push_back(describe(forward_key) + ": " + e.what());
     return false;
   }
   return true;
+}
+
+const std::vector<std::string>& CudnnAttention::refusals() const {
+  return impl_->refusals;
 }
 
 void CudnnAttention::forward(Bf16Bits* out, float* stats, const Bf16Bits* qkv,

@@ -58,6 +58,8 @@ class CudnnAttention {
   // the frontend refuses either (the caller then uses its own kernel for both passes, so
   // forward and backward always agree on the statistics' layout).
   bool available(const std::vector<Segment>& segments, Index M, const AttentionShape& shape);
+  // What cuDNN said each time it refused a shape ("<key>: <why>"), for the device check.
+  const std::vector<std::string>& refusals() const;
   // out [M, H hd] bf16 (=), stats [M, H] fp32 (=), from qkv [M, (H + 2 KV) hd] bf16.
   void forward(Bf16Bits* out, float* stats, const Bf16Bits* qkv,
                const std::vector<Segment>& segments, Index M, const AttentionShape& shape);
