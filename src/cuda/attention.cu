@@ -109,40 +109,52 @@ __device__ __forceinline__ void store(float* to, const float (&acc)[kPerLane], f
     if (lane + 32 * c < hd) to[lane + 32 * c] = scale * acc[c];
 }
 
+// One query row's attention, by the whole warp: out (=) sum_j p_j v_j over the keys and values
+// of rows [from, last], `stride` floats apart, with q (staged in the warp's `q` from q_row) and
+// p_chunk the warp's shared memory; returns log sum exp of the scores.
+__device__ float attend(float* out, float* q, float* p_chunk, const float* q_row, const float* keys,
+                        const float* values, Index stride, Index from, Index last, Index hd,
+                        float scale, bool round) {
+  const int lane = threadIdx.x & 31;
+  __syncwarp();  // the last task's reads of q and p_chunk are done
+  stage(q, q_row, hd, round);
+  __syncwarp();
+  SoftmaxSum softmax;
+  for (Index j = from + lane; j <= last; j += 32)
+    softmax.add(scale * dot(q, keys + j * stride, hd, round));
+  const SoftmaxSum::Row row = softmax.warp_row();
+  float acc[kPerLane] = {};
+  for (Index j0 = from; j0 <= last; j0 += 32) {
+    const Index j = j0 + lane;
+    p_chunk[lane] =
+        j <= last
+            ? operand(expf(scale * dot(q, keys + j * stride, hd, round) - row.max) * row.inv_sum,
+                      round)
+            : 0.0f;
+    __syncwarp();
+    accumulate(acc, p_chunk, last - j0 + 1 < 32 ? last - j0 + 1 : 32, values + j0 * stride, stride,
+               hd, round);
+    __syncwarp();  // p_chunk is rewritten next
+  }
+  store(out, acc, 1.0f, hd);
+  return row.lse;
+}
+
 __global__ void forward_kernel(float* out, float* lse, const float* qkv, AttentionGeometry g,
                                float scale, bool round) {
   __shared__ float q_shared[kWarps][kMaxHeadDim];
   __shared__ float p_shared[kWarps][32];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  float* q = q_shared[warp];
-  float* p_chunk = p_shared[warp];
   const Index hd = g.head_dim, ld = (g.heads + 2 * g.kv_heads) * hd;
   ZL_WARP_STRIDE(t, g.rows * g.heads) {
     const Index i = t / g.heads, h = t % g.heads;
     const Index kvh = h / (g.heads / g.kv_heads);
     const Index begin = first_key(i, g.segment_begin[g.row_segment[i]], g.window);
-    const float* keys = qkv + g.heads * hd + kvh * hd;
-    const float* values = qkv + (g.heads + g.kv_heads) * hd + kvh * hd;
-    __syncwarp();  // the last task's reads of q are done
-    stage(q, qkv + i * ld + h * hd, hd, round);
-    __syncwarp();
-    SoftmaxSum softmax;
-    for (Index j = begin + lane; j <= i; j += 32)
-      softmax.add(scale * dot(q, keys + j * ld, hd, round));
-    const SoftmaxSum::Row row = softmax.warp_row();
-    float acc[kPerLane] = {};
-    for (Index j0 = begin; j0 <= i; j0 += 32) {
-      const Index j = j0 + lane;
-      p_chunk[lane] =
-          j <= i ? operand(expf(scale * dot(q, keys + j * ld, hd, round) - row.max) * row.inv_sum,
-                           round)
-                 : 0.0f;
-      __syncwarp();
-      accumulate(acc, p_chunk, i - j0 + 1 < 32 ? i - j0 + 1 : 32, values + j0 * ld, ld, hd, round);
-      __syncwarp();  // p_chunk is rewritten next
-    }
-    store(out + i * g.heads * hd + h * hd, acc, 1.0f, hd);
-    if (lane == 0) lse[h * g.rows + i] = row.lse;
+    const float row_lse =
+        attend(out + i * g.heads * hd + h * hd, q_shared[warp], p_shared[warp],
+               qkv + i * ld + h * hd, qkv + g.heads * hd + kvh * hd,
+               qkv + (g.heads + g.kv_heads) * hd + kvh * hd, ld, begin, i, hd, scale, round);
+    if (lane == 0) lse[h * g.rows + i] = row_lse;
   }
 }
 
@@ -249,34 +261,15 @@ __global__ void cached_kernel(float* out, const float* q_rows, Index q_stride, c
                               Index kv_heads, Index hd, Index window, float scale) {
   __shared__ float q_shared[kWarps][kMaxHeadDim];
   __shared__ float p_shared[kWarps][32];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  float* q = q_shared[warp];
-  float* p_chunk = p_shared[warp];
+  const int warp = threadIdx.x >> 5;
   const Index kvd = kv_heads * hd;
   ZL_WARP_STRIDE(t, M * heads) {
     const Index i = t / heads, h = t % heads;
     const Index kvh = h / (heads / kv_heads);
-    const Index last = first + i, from = first_key(last, 0, window);
-    const float* head_keys = keys + kvh * hd;
-    __syncwarp();
-    stage(q, q_rows + i * q_stride + h * hd, hd, false);
-    __syncwarp();
-    SoftmaxSum softmax;
-    for (Index j = from + lane; j <= last; j += 32)
-      softmax.add(scale * dot(q, head_keys + j * kvd, hd, false));
-    const SoftmaxSum::Row row = softmax.warp_row();
-    float acc[kPerLane] = {};
-    for (Index j0 = from; j0 <= last; j0 += 32) {
-      const Index j = j0 + lane;
-      p_chunk[lane] =
-          j <= last ? expf(scale * dot(q, head_keys + j * kvd, hd, false) - row.max) * row.inv_sum
-                    : 0.0f;
-      __syncwarp();
-      accumulate(acc, p_chunk, last - j0 + 1 < 32 ? last - j0 + 1 : 32,
-                 values + j0 * kvd + kvh * hd, kvd, hd, false);
-      __syncwarp();
-    }
-    store(out + i * heads * hd + h * hd, acc, 1.0f, hd);
+    const Index last = first + i;
+    attend(out + i * heads * hd + h * hd, q_shared[warp], p_shared[warp],
+           q_rows + i * q_stride + h * hd, keys + kvh * hd, values + kvh * hd, kvd,
+           first_key(last, 0, window), last, hd, scale, false);
   }
 }
 
