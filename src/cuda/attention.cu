@@ -48,16 +48,6 @@ __device__ __forceinline__ float dot(const float* a, const float* b, Index n, bo
   return sum;
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-__device__ __forceinline__ float warp_max(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-
 // The warp's copy of a head vector: mine[d] = operand(from[d]). Call with the whole warp.
 __device__ __forceinline__ void stage(float* mine, const float* from, Index hd, bool round) {
   for (Index d = threadIdx.x & 31; d < hd; d += 32) mine[d] = operand(from[d], round);
@@ -85,6 +75,11 @@ struct SoftmaxSum {
     return {m, 1.0f / total, m + logf(total)};
   }
 };
+
+// The rows of the chunk starting at row j0 of [.., end): 32, or what is left.
+__device__ __forceinline__ Index chunk_rows(Index j0, Index end) {
+  return end - j0 < 32 ? end - j0 : 32;
+}
 
 // acc[c] += sum over the chunk's rows k < n of weight[k] * operand(rows[k * ld + d]) for the
 // lane's dimensions d = lane + 32 c.
@@ -132,8 +127,7 @@ __device__ float attend(float* out, float* q, float* p_chunk, const float* q_row
                       round)
             : 0.0f;
     __syncwarp();
-    accumulate(acc, p_chunk, last - j0 + 1 < 32 ? last - j0 + 1 : 32, values + j0 * stride, stride,
-               hd, round);
+    accumulate(acc, p_chunk, chunk_rows(j0, last + 1), values + j0 * stride, stride, hd, round);
     __syncwarp();  // p_chunk is rewritten next
   }
   store(out, acc, 1.0f, hd);
@@ -202,7 +196,7 @@ __global__ void diff_q_kernel(float* diff_qkv, const float* diff_out, const floa
       }
       ds_chunk[lane] = ds;
       __syncwarp();
-      accumulate(dq, ds_chunk, i - j0 + 1 < 32 ? i - j0 + 1 : 32, keys + j0 * ld, ld, hd, round);
+      accumulate(dq, ds_chunk, chunk_rows(j0, i + 1), keys + j0 * ld, ld, hd, round);
       __syncwarp();
     }
     store(diff_qkv + i * ld + h * hd, dq, scale, hd);
@@ -245,7 +239,7 @@ __global__ void diff_kv_kernel(float* diff_qkv, const float* diff_out, const flo
         p_chunk[lane] = operand(p, round);
         ds_chunk[lane] = ds;
         __syncwarp();
-        const Index n = end - i0 < 32 ? end - i0 : 32;
+        const Index n = chunk_rows(i0, end);
         accumulate(dk, ds_chunk, n, qkv + i0 * ld + h * hd, ld, hd, round);
         accumulate(dv, p_chunk, n, diff_out + i0 * out_ld + h * hd, out_ld, hd, round);
         __syncwarp();

@@ -308,9 +308,7 @@ class CudaKernels final : public Kernels<P> {
     check_head_dim(shape);
     // Every row in a segment (the kernels read each row's segment), GQA's groups whole.
     ZL_CHECK(shape.kv_heads > 0 && shape.heads % shape.kv_heads == 0);
-    Index covered = 0;
-    for (const auto& s : segments) covered += s.length;
-    ZL_CHECK(covered == M);
+    ZL_CHECK(segments_tile_rows(segments, M));
     const bool same = segments.size() == segments_.size() &&
                       std::equal(segments.begin(), segments.end(), segments_.begin(),
                                  [](const Segment& a, const Segment& b) {

@@ -304,12 +304,7 @@ struct CudnnAttention::Impl {
     const std::int64_t ld = (key.heads + 2 * key.kv_heads) * key.head_dim;
     // The offsets make each segment's rows cuDNN's sequence: they must be the batch's rows in
     // order, every row in one (a row in none would get no gradient at all).
-    Index covered = 0;
-    for (const auto& s : segments) {
-      ZL_CHECK(s.begin == covered && s.length > 0);
-      covered += s.length;
-    }
-    ZL_CHECK(covered == M);
+    ZL_CHECK(segments_tile_rows(segments, M));
     std::vector<std::int32_t> lengths(slots, 0);
     std::vector<std::int64_t> starts(4 * span, 0);
     for (std::size_t b = 0; b <= slots; ++b) {

@@ -26,6 +26,17 @@ struct Segment {
   Index length;  // rows; positions inside the segment run 0..length-1
 };
 
+// Whether the segments are the batch's M rows in order: each starting where the last ended,
+// none empty, the last ending at M (what the device kernels and cuDNN's ragged offsets assume).
+inline bool segments_tile_rows(const std::vector<Segment>& segments, Index M) {
+  Index covered = 0;
+  for (const auto& s : segments) {
+    if (s.begin != covered || s.length <= 0) return false;
+    covered += s.length;
+  }
+  return covered == M;
+}
+
 struct AttentionShape {
   Index heads;     // H
   Index kv_heads;  // KV, divides H

@@ -87,6 +87,13 @@ Scheduler& scheduler() {
   return *instance;
 }
 
+// Until the marker's stream has reached it.
+void wait_for_marker(const std::shared_ptr<Marker>& marker) {
+  Scheduler& sc = scheduler();
+  std::unique_lock lock(sc.mutex);
+  sc.changed.wait(lock, [&] { return marker->done; });
+}
+
 bool idle(const CUstream_st& s) {
   return s.queue.empty() && !s.running;
 }
@@ -205,12 +212,7 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned
     std::lock_guard lock(sc.mutex);
     marker = event->marker;
   }
-  if (marker)
-    enqueue(stream, [marker] {
-      Scheduler& sc = scheduler();
-      std::unique_lock lock(sc.mutex);
-      sc.changed.wait(lock, [&] { return marker->done; });
-    });
+  if (marker) enqueue(stream, [marker] { wait_for_marker(marker); });
   return cudaSuccess;
 }
 
@@ -256,11 +258,12 @@ cudaError_t cudaEventQuery(cudaEvent_t event) {
 
 cudaError_t cudaEventSynchronize(cudaEvent_t event) {
   if (!event) return fail(cudaErrorInvalidResourceHandle, "cudaEventSynchronize: a null event");
-  Scheduler& sc = scheduler();
-  std::unique_lock lock(sc.mutex);
-  const std::shared_ptr<Marker> marker = event->marker;
-  if (marker) sc.changed.wait(lock, [&] { return marker->done; });
-  lock.unlock();
+  std::shared_ptr<Marker> marker;
+  {
+    std::lock_guard lock(scheduler().mutex);
+    marker = event->marker;
+  }
+  if (marker) wait_for_marker(marker);
   return sticky_error();
 }
 

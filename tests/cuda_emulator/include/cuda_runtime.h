@@ -34,6 +34,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -245,21 +246,19 @@ void zl_emu_kernel_launch(void (*kernel)(Params...), dim3 grid, dim3 block,
     void (*kernel)(Params...);
     std::tuple<std::decay_t<Params>...> params;
   };
-  auto* call = new Call{kernel, std::tuple<std::decay_t<Params>...>(std::forward<Args>(args)...)};
+  auto call = std::make_unique<Call>(
+      Call{kernel, std::tuple<std::decay_t<Params>...>(std::forward<Args>(args)...)});
   int argument = 0;
   const bool valid =
       std::apply([&](const auto&... p) { return (zl_emu_check_argument(p, argument++) && ...); },
                  call->params);
-  if (!valid) {  // the error names the argument
-    delete call;
-    return;
-  }
+  if (!valid) return;  // the error names the argument
   zl_emu_launch(
       grid, block, shared_bytes, stream,
       [](void* context) {
         auto* c = static_cast<Call*>(context);
         std::apply(c->kernel, c->params);
       },
-      call, [](void* context) { delete static_cast<Call*>(context); }, __start_zl_emu_shared,
-      __stop_zl_emu_shared);
+      call.release(), [](void* context) { delete static_cast<Call*>(context); },
+      __start_zl_emu_shared, __stop_zl_emu_shared);
 }
