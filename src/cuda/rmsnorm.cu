@@ -9,18 +9,10 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// block_sum's scratch. Declared in a function that is not a template: the CUDA emulator fills a
-// block's shared memory with garbage before it runs, as a GPU leaves it, but under GCC it cannot
-// reach the statics of function templates (tests/cuda_emulator/include/cuda_runtime.h).
-__device__ float* reduction_scratch() {
-  __shared__ float shared[32];
-  return shared;
-}
-
 template <class W>
 __global__ void rmsnorm_forward_kernel(float* dst, float* rstd, const float* src, const W* weight,
                                        Index M, Index D, float eps) {
-  float* shared = reduction_scratch();
+  __shared__ float shared[32];  // block_sum's scratch
   for (Index row = blockIdx.x; row < M; row += gridDim.x) {
     const float* x = src + row * D;
     float sum = 0.0f;
@@ -37,7 +29,7 @@ template <class W>
 __global__ void rmsnorm_backward_kernel(float* diff_src, const float* diff_dst, const float* src,
                                         const float* rstd, const W* weight, Index M, Index D,
                                         bool accumulate) {
-  float* shared = reduction_scratch();
+  __shared__ float shared[32];  // block_sum's scratch
   for (Index row = blockIdx.x; row < M; row += gridDim.x) {
     const float* x = src + row * D;
     const float* dy = diff_dst + row * D;

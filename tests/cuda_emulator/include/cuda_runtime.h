@@ -172,8 +172,8 @@ int zl_emu_is_device_range(const void* pointer, std::size_t bytes);
 // One block runs at a time, its threads as fibers of one host thread: a function-local static
 // is exactly the block's shared memory. They live in one section, which the runtime fills with
 // 0xff bytes before every block: on a GPU, shared memory starts as whatever was there. (GCC 12
-// ignores the section for the statics of function templates: those start zeroed, once. The
-// template kernels take theirs from a function that is not a template.)
+// ignores the section attribute for the statics of function templates: the linker script
+// shared_memory.ld moves those into the section from the kernels' objects.)
 #define __shared__ static __attribute__((section("zl_emu_shared")))
 extern "C" char __start_zl_emu_shared[] __attribute__((weak, visibility("hidden")));
 extern "C" char __stop_zl_emu_shared[] __attribute__((weak, visibility("hidden")));
