@@ -109,7 +109,7 @@ struct CountingHeap {
   std::size_t limit = std::size_t{1} << 30;
   std::size_t held = 0, allocations = 0, frees = 0;
   std::vector<std::pair<void*, std::size_t>> blocks;
-  CachingAllocator make() {
+  CachingAllocator make(CachingAllocator::Caching caching = CachingAllocator::Caching::on) {
     return CachingAllocator(
         "test:0",
         [this](std::size_t bytes) -> void* {
@@ -128,7 +128,8 @@ struct CountingHeap {
             }
           ++frees;
           std::free(p);
-        });
+        },
+        caching);
   }
 };
 
@@ -174,6 +175,31 @@ TEST(CachingAllocator, GivesTheCacheBackBeforeRefusing) {
     EXPECT_NE(message.find("4 MiB in use"), std::string::npos) << message;
   }
   allocator.free(b);
+}
+
+TEST(CachingAllocator, WithoutCachingEveryBufferIsItsOwnExactAllocation) {
+  CountingHeap heap;
+  {
+    auto allocator = heap.make(CachingAllocator::Caching::off);
+    for (int step = 0; step < 2; ++step) {
+      void* a = allocator.allocate(100);
+      void* b = allocator.allocate((5u << 20) + 7);
+      EXPECT_EQ(heap.blocks.back().second, (5u << 20) + 7) << "the exact size, not a bin's";
+      EXPECT_EQ(allocator.allocated_bytes(), 100u + (5u << 20) + 7);
+      EXPECT_EQ(allocator.reserved_bytes(), allocator.allocated_bytes());
+      allocator.free(a);
+      allocator.free(b);
+      EXPECT_EQ(heap.held, 0u) << "freed buffers go back to the device at once";
+    }
+    EXPECT_EQ(heap.allocations, 4u);
+    EXPECT_EQ(heap.frees, 4u);
+    EXPECT_EQ(allocator.reserved_bytes(), 0u);
+    EXPECT_EQ(allocator.peak_allocated_bytes(), 100u + (5u << 20) + 7);
+    void* kept = allocator.allocate(0);
+    EXPECT_EQ(heap.blocks.back().second, 1u);
+    (void)kept;  // the destructor gives it back
+  }
+  EXPECT_EQ(heap.held, 0u);
 }
 
 using testing::StagingDevice;

@@ -18,10 +18,11 @@ std::string mib(std::size_t bytes) {
 }  // namespace
 
 CachingAllocator::CachingAllocator(std::string device_name, RawAllocate raw_allocate,
-                                   RawFree raw_free)
+                                   RawFree raw_free, Caching caching)
     : device_name_(std::move(device_name)),
       raw_allocate_(std::move(raw_allocate)),
-      raw_free_(std::move(raw_free)) {}
+      raw_free_(std::move(raw_free)),
+      caching_(caching) {}
 
 CachingAllocator::~CachingAllocator() {
   release_cached();
@@ -36,7 +37,8 @@ std::size_t CachingAllocator::round_size(std::size_t bytes) {
 }
 
 void* CachingAllocator::allocate(std::size_t bytes) {
-  const std::size_t size = round_size(bytes);
+  const std::size_t size =
+      caching_ == Caching::on ? round_size(bytes) : std::max<std::size_t>(bytes, 1);
   // Best fit among cached blocks that waste at most a quarter of themselves.
   auto it = cached_.lower_bound(size);
   if (it != cached_.end() && it->first - size <= it->first / 4) {
@@ -71,7 +73,12 @@ void CachingAllocator::free(void* pointer) noexcept {
   const auto it = in_use_.find(pointer);
   if (it == in_use_.end()) return;  // not ours: ignore rather than corrupt the cache
   allocated_ -= it->second;
-  cached_.emplace(it->second, pointer);
+  if (caching_ == Caching::on) {
+    cached_.emplace(it->second, pointer);
+  } else {
+    raw_free_(pointer);
+    reserved_ -= it->second;
+  }
   in_use_.erase(it);
 }
 

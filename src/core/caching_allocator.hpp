@@ -7,6 +7,9 @@
 // request only when it wastes at most a quarter of itself, so activations of a fixed-size batch
 // find their blocks again exactly. When the device says no, the cache is given back to the
 // device and the request retried once; then ResourceError names the request and the state.
+// Without caching (Caching::off), every request is its own raw allocation of exactly its size,
+// given back when freed: for memory checkers (compute-sanitizer's memcheck), which see an access
+// past a buffer's end only where the buffer's allocation ends.
 // Host-only bookkeeping over two raw functions: tested on the CPU with host memory.
 #pragma once
 
@@ -24,7 +27,10 @@ class CachingAllocator {
   using RawAllocate = std::function<void*(std::size_t bytes)>;
   using RawFree = std::function<void(void* pointer)>;
 
-  CachingAllocator(std::string device_name, RawAllocate raw_allocate, RawFree raw_free);
+  enum class Caching { on, off };
+
+  CachingAllocator(std::string device_name, RawAllocate raw_allocate, RawFree raw_free,
+                   Caching caching = Caching::on);
   ~CachingAllocator();
   CachingAllocator(const CachingAllocator&) = delete;
   CachingAllocator& operator=(const CachingAllocator&) = delete;
@@ -50,6 +56,7 @@ class CachingAllocator {
   std::string device_name_;
   RawAllocate raw_allocate_;
   RawFree raw_free_;
+  Caching caching_;
   std::multimap<std::size_t, void*> cached_;       // free blocks by size
   std::unordered_map<void*, std::size_t> in_use_;  // block -> rounded size
   std::size_t allocated_ = 0, reserved_ = 0, peak_allocated_ = 0, peak_reserved_ = 0;

@@ -1,10 +1,24 @@
 #include "cuda/cuda_device.hpp"
 
+#include <cstdlib>
 #include <string>
 
 #include "core/error.hpp"
 
 namespace zerolora::cuda {
+namespace {
+
+// ZEROLORA_NO_CUDA_MEMORY_CACHING=1 (as PyTorch's PYTORCH_NO_CUDA_MEMORY_CACHING): every buffer
+// its own cudaMalloc of its exact size, freed at once, so that compute-sanitizer's memcheck sees
+// a kernel's or a library's access past a buffer's end (the GPU check runs it so). Slow: each
+// cudaFree waits for the device.
+CachingAllocator::Caching memory_caching() {
+  const char* value = std::getenv("ZEROLORA_NO_CUDA_MEMORY_CACHING");
+  return value && *value && std::string(value) != "0" ? CachingAllocator::Caching::off
+                                                      : CachingAllocator::Caching::on;
+}
+
+}  // namespace
 
 void check_cuda(cudaError_t status, const char* call) {
   if (status != cudaSuccess)
@@ -54,7 +68,7 @@ CudaDevice::CudaDevice(int ordinal) : ordinal_(ordinal) {
         }
         return p;
       },
-      [](void* p) { cudaFree(p); });
+      [](void* p) { cudaFree(p); }, memory_caching());
 }
 
 CudaDevice::~CudaDevice() {
