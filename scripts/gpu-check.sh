@@ -9,7 +9,8 @@
 # estimate_70b_layers bench_70b_layers).
 # Stages run most important first (the CUDA tests, the fixtures, GPU-vs-CPU training and
 # resuming across devices, the 7B benchmark against Transformers + PEFT, ZeRO-3 on the GPU, the
-# 70B-layer stack, then the ZeRO-3 benchmark), each under its own limit, all under one deadline
+# 70B-layer stack, the ZeRO-3 benchmark, then compute-sanitizer's memcheck and racecheck over
+# the CUDA tests), each under its own limit, all under one deadline
 # (GPU_CHECK_SECONDS, default 430 s): a stage with under 20 s left is skipped and says so. The
 # device returns at most 8 files from $OUT, and this writes 8: log.txt, results.txt (key=value
 # lines and a PASS/FAIL/SKIP table last), cuda_tests.xml, fixtures_gpu.xml, zero3_gpu.txt, the
@@ -506,6 +507,35 @@ zero3_bench() {  # zero3_bench W
 export -f zero3_bench
 stage zero3_bench_w1 90 zero3_bench 1
 stage zero3_bench_w2 120 zero3_bench 2
+
+# compute-sanitizer over the CUDA tests, every buffer its own exact cudaMalloc
+# (ZEROLORA_NO_CUDA_MEMORY_CACHING) with padding between them: memcheck fails the stage on any
+# access past a buffer by our kernels, cuBLASLt or cuDNN (cuDNN reading rows past a batch's last
+# token, for one), racecheck on a shared-memory race in the kernels that reduce through it. Last:
+# the instrumented runs are slow, and a rerun can ask for them by name.
+sanitized_tests() {  # sanitized_tests TOOL GTEST_FILTER
+  local sanitizer
+  sanitizer="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2> /dev/null | head -n 1)"
+  if [ -z "$sanitizer" ]; then
+    echo "sanitizer_$1: no compute-sanitizer on this machine"
+    return 77
+  fi
+  local log="$work/sanitizer_$1.txt"
+  ZEROLORA_NO_CUDA_MEMORY_CACHING=1 "$sanitizer" --tool "$1" --error-exitcode 3 --print-limit 20 \
+    $([ "$1" = memcheck ] && echo "--padding 1024 --leak-check no") \
+    "$pack/bin/zerolora_cuda_tests" --gtest_filter="$2" --gtest_color=no 2>&1 | tee "$log"
+  local rc=${PIPESTATUS[0]}
+  grep -m 1 'ERROR SUMMARY' "$log" | sed "s/^.*ERROR SUMMARY: \([0-9]*\).*/sanitizer_$1_errors=\1/" >> "$results"
+  if grep -q '^\[  SKIPPED \]' "$log"; then
+    echo "sanitizer_$1: tests were skipped (no GPU seen?): the stage fails"
+    return 1
+  fi
+  return "$rc"
+}
+export -f sanitized_tests
+stage memcheck 120 sanitized_tests memcheck 'CudaBackend.*:CudaGemmKey.*-*CudnnTakes*'
+stage racecheck 60 sanitized_tests racecheck \
+  'CudaBackend.RmsNorm*:CudaBackend.CrossEntropy*:CudaBackend.Attention*:CudaBackend.Bf16Attention*'
 
 echo
 echo "=== summary"
