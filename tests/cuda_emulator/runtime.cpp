@@ -4,7 +4,10 @@
 //   - Memory: every cudaMalloc is recorded; copies, fills, GEMM operands and kernel pointer
 //     arguments must lie in one live allocation (device side) or outside all of them (host
 //     side). New allocations are filled with 0xff bytes (NaN as fp32), so a kernel that reads
-//     memory nobody wrote shows it. Overlapping copies are refused (undefined in CUDA).
+//     memory nobody wrote shows it. Overlapping copies are refused (undefined in CUDA). Under
+//     AddressSanitizer (the kernels built with it: zerolora_cuda_asan_tests), the bytes past an
+//     allocation's size, up to its 256-byte rounding, are poisoned: any access past a buffer
+//     is reported, naming the kernel.
 //   - Copies and fills run on their stream (streams.cpp), after its earlier work; a copy from
 //     host memory takes its bytes at the call, a copy into host memory returns once done (both
 //     as for CUDA's pageable host memory). cudaFree waits for the device, as CUDA's does.
@@ -26,6 +29,12 @@
 
 #include "cuda_runtime.h"
 #include "emulator_state.hpp"
+
+// AddressSanitizer's interface, present when an executable is linked with it.
+extern "C" void __asan_poison_memory_region(void const volatile* address, std::size_t bytes)
+    __attribute__((weak));
+extern "C" void __asan_unpoison_memory_region(void const volatile* address, std::size_t bytes)
+    __attribute__((weak));
 
 namespace zerolora::cuda_emulator {
 namespace {
@@ -260,6 +269,8 @@ cudaError_t cudaMalloc(void** pointer, std::size_t bytes) {
   void* p = std::aligned_alloc(kAllocationAlignment, rounded);
   if (!p) return fail(cudaErrorMemoryAllocation, "cudaMalloc: the host has no memory left");
   std::memset(p, 0xff, rounded);
+  if (__asan_poison_memory_region && rounded > bytes)
+    __asan_poison_memory_region(static_cast<char*>(p) + bytes, rounded - bytes);
   Runtime& rt = runtime();
   std::lock_guard lock(rt.mutex);
   rt.allocations[reinterpret_cast<std::uintptr_t>(p)] = bytes;
@@ -277,6 +288,8 @@ cudaError_t cudaFree(void* pointer) {
     const auto it = rt.allocations.find(reinterpret_cast<std::uintptr_t>(pointer));
     if (it != rt.allocations.end()) {
       rt.allocated -= rounded_size(it->second);
+      if (__asan_unpoison_memory_region)
+        __asan_unpoison_memory_region(pointer, rounded_size(it->second));
       rt.allocations.erase(it);
       std::free(pointer);
       return cudaSuccess;
