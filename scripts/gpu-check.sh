@@ -400,15 +400,15 @@ stage memory_refused_gpu 30 memory_refused_gpu
 
 # ZeRO-3 on the GPU (issue 17): ranks sharing the H200 through the host-staged transport, and
 # NCCL at W = 1 (it refuses two ranks on one GPU), each equal to one rank on the same GPU
-# (fp32, the Llama fixture with LoRA partitioned and replicated, the Qwen2 one partitioned,
-# dropout on). A GPU test that skips fails the stage: only NCCL's at W > 1 may. All widths log
-# into one file.
+# (fp32, dropout on; the Llama fixture with LoRA partitioned and replicated over either
+# transport, the Qwen2 one partitioned over the staged one). A GPU test that skips fails the
+# stage: only NCCL's at W > 1 may. All widths log into one file.
 zero3_gpu() {  # zero3_gpu W
   local log="$work/zero3_gpu_w$1.txt"
   "$mpirun" --allow-run-as-root --oversubscribe --bind-to none -np "$1" \
     "$pack/bin/zerolora_mpi_tests" --gtest_filter='*ZeroOnAGpu*' --gtest_color=no 2>&1 | tee "$log"
   local rc=${PIPESTATUS[0]} want=3
-  [ "$1" -eq 1 ] && want=4
+  [ "$1" -eq 1 ] && want=5
   local ran
   ran=$(grep -c "OK \] Transports/ZeroOnAGpu" "$log")
   echo "zero3_gpu_w$1_passed=$ran (want $want)" | tee -a "$results"

@@ -335,6 +335,7 @@ INSTANTIATE_TEST_SUITE_P(Transports, ZeroOnAGpu,
                          ::testing::Values(std::make_tuple("mpi", Index{0}, "gqa_tied"),
                                            std::make_tuple("mpi", Index{100000}, "gqa_tied"),
                                            std::make_tuple("nccl", Index{0}, "gqa_tied"),
+                                           std::make_tuple("nccl", Index{100000}, "gqa_tied"),
                                            std::make_tuple("mpi", Index{0}, "qwen2_bias")),
                          [](const auto& info) {
                            return std::string(std::get<0>(info.param)) +
