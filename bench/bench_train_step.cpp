@@ -6,7 +6,8 @@
 // where MFU against the nominal 989 TFLOP/s of an H100/H200 is printed too). Prints key=value
 // lines; see BENCHMARKS.md.
 //   bench_train_step [--seq 512,2048] [--layers 2] [--batch 1] [--steps 3] [--threads 0]
-//                    [--device cpu|cuda] [--shape 7b|70b|llama3-8b] [--no-recompute | --selective]
+//                    [--device cpu|cuda] [--shape 7b|70b|llama3-8b|tiny] [--no-recompute |
+//                    --selective]
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -49,6 +50,7 @@ static int bench_main(int argc, char** argv) {
   std::string device = "cpu", shape = "7b";
   Recompute recompute = Recompute::kFull;
   double budget_mib = -1;  // auto's budget; negative: the default (zerolora train's)
+  double given_peak = 0;   // --peak_gflops: MFU's divisor without measuring it
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     auto value = [&] {
@@ -80,13 +82,16 @@ static int bench_main(int argc, char** argv) {
       recompute = parse_recompute(value(), "--recompute");
     else if (arg == "--recompute_budget_mib")
       budget_mib = std::stod(value());
+    else if (arg == "--peak_gflops")
+      given_peak = std::stod(value());
     else {
-      std::fprintf(stderr,
-                   "usage: %s [--seq 512,2048] [--layers 2] [--batch 1] [--steps 3] [--threads N] "
-                   "[--device cpu|cuda] [--shape 7b|70b|llama3-8b] [--no-recompute | --selective | "
-                   "--recompute full|attention|attention_mlp|selective|none|auto "
-                   "[--recompute_budget_mib M]]\n",
-                   argv[0]);
+      std::fprintf(
+          stderr,
+          "usage: %s [--seq 512,2048] [--layers 2] [--batch 1] [--steps 3] [--threads N] "
+          "[--device cpu|cuda] [--shape 7b|70b|llama3-8b|tiny] [--no-recompute | --selective | "
+          "--recompute full|attention|attention_mlp|selective|none|auto "
+          "[--recompute_budget_mib M]] [--peak_gflops G (not measured)]\n",
+          argv[0]);
       return 2;
     }
   }
@@ -96,12 +101,14 @@ static int bench_main(int argc, char** argv) {
   print_kv("device", rt.device().name());
   // The best of 10 GEMMs (2048^3 on the CPU, 8192^3 on a GPU): this VM's speed drifts by ~10%
   // between runs, and the peak is what the hardware can do, so MFU errs on the low side.
-  const double peak = measure_device_gemm_gflops<Bf16Policy>(rt, gpu ? 8192 : 2048, 10);
+  const double peak = given_peak > 0
+                          ? given_peak
+                          : measure_device_gemm_gflops<Bf16Policy>(rt, gpu ? 8192 : 2048, 10);
   print_kv("gemm_bf16_peak_gflops", peak);
 
   const std::optional<LlamaConfig> shaped = bench_shape(shape, layers);
   if (!shaped) {
-    std::fprintf(stderr, "--shape: 7b, 70b or llama3-8b, not %s\n", shape.c_str());
+    std::fprintf(stderr, "--shape: 7b, 70b, llama3-8b or tiny, not %s\n", shape.c_str());
     return 2;
   }
   const LlamaConfig config = *shaped;
@@ -133,6 +140,9 @@ static int bench_main(int argc, char** argv) {
     std::vector<double> times;
     double loss = 0;
     rt.profiler().enable(true);
+    // On a GPU, events around each op time it on the GPU's clock (read after each step).
+    const std::unique_ptr<DeviceClock> clock = rt.device().make_clock();
+    rt.profiler().set_device_clock(clock.get());
     for (int s = 0; s <= steps; ++s) {  // step 0 is warm-up (primitive creation, page faults)
       const double t0 = now_seconds();
       std::fill(grads.begin(), grads.end(), 0.0f);
@@ -144,7 +154,9 @@ static int bench_main(int argc, char** argv) {
       rt.device().synchronize();  // the step ends when the device's work does
       if (s > 0) times.push_back(now_seconds() - t0);
       if (s == 0) rt.profiler().reset();
+      rt.profiler().collect_device();
     }
+    rt.profiler().set_device_clock(nullptr);
     // Validate before reporting. The final norm gives rows of RMS 1, so with weights of std s
     // the logits are near-Gaussian with variance s^2 D, and the loss (a log-sum-exp of V of them
     // minus one) is near ln(V) + s^2 D / 2: 11.2 for the 7B shape, 12.0 for the 70B one.
@@ -173,16 +185,19 @@ static int bench_main(int argc, char** argv) {
     }
     print_kv(p + "peak_rss_mib", peak_rss_mib());
     print_kv(p + "recompute_plan", describe_recompute_plan(model.recompute_levels()));
-    if (gpu) continue;  // the profiler times host calls: on a GPU they are asynchronous launches
-    // Share of the step per kind of work (timed steps only).
+    // Share of the step per kind of work (timed steps only): on a GPU, the GPU's time in each
+    // kind's kernels (the host only launches them), the rest of the step the GPU spent idle
+    // or in copies outside the ops.
     double total = 0;  // the profiler saw every timed step, so divide by their sum, not the median
     for (double t : times) total += t;
+    const Profiler& profiler = rt.profiler();
     for (int c = 0; c < Profiler::kCategories; ++c) {
       const auto category = static_cast<ProfileCategory>(c);
       print_kv(p + "share_" + std::string(profile_category_name(category)),
-               rt.profiler().seconds(category) / total);
+               (gpu ? profiler.device_seconds(category) : profiler.seconds(category)) / total);
     }
-    print_kv(p + "share_untracked", 1.0 - rt.profiler().total_seconds() / total);
+    print_kv(p + (gpu ? "share_idle_or_untracked" : "share_untracked"),
+             1.0 - (gpu ? profiler.total_device_seconds() : profiler.total_seconds()) / total);
   }
   return 0;
 }

@@ -72,7 +72,8 @@ inline LlamaConfig llama2_7b_shape(Index layers) {
 
 // The benchmarks' shapes with `layers` decoder layers: "7b" (Llama-2-7B), "70b" (Llama-2-70B's
 // decoder layer: GQA, 64 heads of 128, 8 KV heads), "llama3-8b" (GQA 32/8, a wider MLP, a 128K
-// vocabulary). Empty for another name.
+// vocabulary), "tiny" (hidden 256, GQA 4/2 heads of 64, vocabulary 512: the benchmarks' own
+// logic on the CUDA emulator, in seconds). Empty for another name.
 inline std::optional<LlamaConfig> bench_shape(const std::string& shape, Index layers) {
   LlamaConfig config = llama2_7b_shape(layers);
   if (shape == "70b") {
@@ -85,6 +86,13 @@ inline std::optional<LlamaConfig> bench_shape(const std::string& shape, Index la
     config.num_kv_heads = 8;
     config.vocab_size = 128256;
     config.rope.theta = 500000;
+  } else if (shape == "tiny") {
+    config.hidden_size = 256;
+    config.intermediate_size = 688;
+    config.num_heads = 4;
+    config.num_kv_heads = 2;
+    config.head_dim = 64;
+    config.vocab_size = 512;
   } else if (shape != "7b") {
     return std::nullopt;
   }

@@ -6,10 +6,13 @@
 // everywhere.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <random>
 #include <vector>
 
+#include "comm/communicator.hpp"
 #include "core/error.hpp"
 #include "core/precision.hpp"
 #include "core/rng.hpp"
@@ -19,6 +22,7 @@
 #include "cuda/cudnn_attention.hpp"
 #endif
 #include "cuda/gemm.hpp"
+#include "cuda/nccl_communicator.hpp"
 #include "lora/lora_layout.hpp"
 #include "model/backend.hpp"
 #include "model/generate.hpp"
@@ -417,6 +421,91 @@ TEST_F(CudaBackend, CudnnTakesTheRecipesAttentionShapes) {
   for (const auto& refusal : cudnn.refusals()) ADD_FAILURE() << "cuDNN refused " << refusal;
 }
 #endif
+
+// NCCL_COMM_BLOCKING=0 would make every collective return ncclInProgress: refused up front,
+// naming the variable, before NCCL is touched.
+TEST_F(CudaBackend, NonblockingNcclIsRefusedUpFront) {
+  auto& gpu_device = dynamic_cast<cuda::CudaDevice&>(device());
+  const auto bootstrap = make_local_communicator();
+  ::setenv("NCCL_COMM_BLOCKING", "0", 1);
+  try {
+    cuda::make_nccl_communicator(gpu_device, *bootstrap, 60);
+    ADD_FAILURE() << "expected UsageError";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("NCCL_COMM_BLOCKING"), std::string::npos) << e.what();
+  }
+  ::unsetenv("NCCL_COMM_BLOCKING");
+}
+
+// GEMM plans are cached per shape, and the cache starts afresh when full (unpacked batches give
+// a new M nearly every step): bounded, and every product still right.
+TEST_F(CudaBackend, TheGemmPlanCacheStaysBounded) {
+  auto& gpu_device = dynamic_cast<cuda::CudaDevice&>(device());
+  cuda::LtGemm gemm(gpu_device, gpu_device.stream(), 8);
+  const Index K = 5, N = 3;
+  const auto b = random_values(K * N, 41);
+  const float* gb = on_gpu(b);
+  for (Index M = 1; M <= 20; ++M) {
+    const auto a = random_values(M * K, 42 + M);
+    float* gc = on_gpu(std::vector<float>(static_cast<std::size_t>(M * N)));
+    gemm.matmul(Mat<const float>::dense(on_gpu(a), M, K), Mat<const float>::dense(gb, K, N),
+                Mat<float>::dense(gc, M, N), 1.0f, false);
+    EXPECT_LE(gemm.cached_plans(), 8u);
+    std::vector<float> expected(static_cast<std::size_t>(M * N), 0.0f);
+    for (Index i = 0; i < M; ++i)
+      for (Index j = 0; j < N; ++j)
+        for (Index k = 0; k < K; ++k) expected[i * N + j] += a[i * K + k] * b[k * N + j];
+    expect_close(to_host(gc, expected.size()), expected, "C = A B");
+  }
+  EXPECT_GT(gemm.cached_plans(), 0u);
+}
+
+// The profiler on the GPU's clock: events around each op add up, per kind, the time the GPU
+// spent in it (the host only launches), nothing for kinds that did not run, no more than the
+// wall time; a collect after the last adds nothing, and reset() drops the marks.
+TEST_F(CudaBackend, TheProfilerTimesEachOpOnTheGpusClock) {
+  const Index M = 64, D = 256, I = 96;
+  const auto x = random_values(M * D, 31), w = random_values(D, 32);
+  const auto gate_up = random_values(M * 2 * I, 33), weight = random_values(D * D, 34);
+  float* gx = on_gpu(x);
+  float* gw = on_gpu(w);
+  float* ggu = on_gpu(gate_up);
+  float* gweight = on_gpu(weight);
+  float* gy = on_gpu(std::vector<float>(static_cast<std::size_t>(M * D)));
+  float* grstd = on_gpu(std::vector<float>(static_cast<std::size_t>(M)));
+  float* gs = on_gpu(std::vector<float>(static_cast<std::size_t>(M * I)));
+  const std::unique_ptr<DeviceClock> clock = device().make_clock();
+  ASSERT_TRUE(clock) << "a GPU times ops on its own clock";
+  Profiler& profiler = gpu_->profiler();
+  profiler.enable(true);
+  profiler.set_device_clock(clock.get());
+  const auto start = std::chrono::steady_clock::now();
+  for (int repeat = 0; repeat < 3; ++repeat) {
+    gpu_kernels_->rmsnorm_forward(gy, grstd, gx, gw, M, D, 1e-5);
+    gpu_kernels_->linear_forward(Mat<float>::dense(gy, M, D), gx, gweight, D, false);
+    gpu_kernels_->swiglu_forward(gs, ggu, M, I);
+  }
+  profiler.collect_device();
+  const double wall =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  using C = ProfileCategory;
+  for (C kind : {C::kNorm, C::kMatmul, C::kSwiglu}) {
+    EXPECT_GT(profiler.device_seconds(kind), 0.0) << profile_category_name(kind);
+    EXPECT_EQ(profiler.calls(kind), 3) << profile_category_name(kind);
+  }
+  for (C kind : {C::kAttention, C::kLora, C::kRope, C::kLoss, C::kConvert})
+    EXPECT_EQ(profiler.device_seconds(kind), 0.0) << profile_category_name(kind);
+  EXPECT_LE(profiler.total_device_seconds(), wall);
+  const double total = profiler.total_device_seconds();
+  profiler.collect_device();
+  EXPECT_EQ(profiler.total_device_seconds(), total) << "each scope is counted once";
+  gpu_kernels_->swiglu_forward(gs, ggu, M, I);
+  profiler.reset();
+  profiler.collect_device();
+  EXPECT_EQ(profiler.total_device_seconds(), 0.0) << "reset() drops the marks so far";
+  profiler.set_device_clock(nullptr);
+  profiler.enable(false);
+}
 
 // cuDNN's dense dQ, dK, dV widened into the fused q/k/v rows: every value exact, in its column,
 // and nothing outside the columns written.

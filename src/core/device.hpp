@@ -15,6 +15,8 @@
 #include <string>
 #include <utility>
 
+#include "core/profiler.hpp"
+
 namespace zerolora {
 
 enum class DeviceKind { kCpu, kCuda };
@@ -48,6 +50,10 @@ class Device {
   virtual std::size_t allocated_bytes() const = 0;
   virtual std::size_t peak_allocated_bytes() const = 0;
   virtual void reset_peak() = 0;
+
+  // A clock of the device's own for the profiler (Profiler::set_device_clock), where its work
+  // runs apart from the host; null where the host's clock times it (the CPU).
+  virtual std::unique_ptr<DeviceClock> make_clock() { return nullptr; }
 };
 
 // Host memory, OpenMP-parallel copies for large arrays.

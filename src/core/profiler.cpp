@@ -11,9 +11,26 @@ std::string_view profile_category_name(ProfileCategory category) {
   return names[static_cast<int>(category)];
 }
 
+void Profiler::reset() {
+  seconds_.fill(0);
+  calls_.fill(0);
+  collect_device();  // drops the marks made so far
+  device_seconds_.fill(0);
+}
+
 double Profiler::total_seconds() const {
   double total = 0;
   for (double s : seconds_) total += s;
+  return total;
+}
+
+void Profiler::collect_device() {
+  if (clock_) clock_->collect(device_seconds_);
+}
+
+double Profiler::total_device_seconds() const {
+  double total = 0;
+  for (double s : device_seconds_) total += s;
   return total;
 }
 
@@ -21,6 +38,7 @@ ProfileScope::ProfileScope(Profiler& profiler, ProfileCategory category) : categ
   if (!profiler.enabled_ || omp_in_parallel()) return;
   if (profiler.depth_++ > 0) return;  // nested: the outer scope owns the time
   profiler_ = &profiler;
+  if (profiler.clock_) profiler.clock_->mark_start();
   start_ = std::chrono::steady_clock::now();
 }
 
@@ -30,6 +48,7 @@ ProfileScope::~ProfileScope() {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   profiler_->seconds_[static_cast<int>(category_)] += elapsed;
   profiler_->calls_[static_cast<int>(category_)] += 1;
+  if (profiler_->clock_) profiler_->clock_->mark_end(category_);
   profiler_->depth_ = 0;
 }
 

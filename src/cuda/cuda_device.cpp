@@ -2,6 +2,7 @@
 
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "core/error.hpp"
 
@@ -69,6 +70,59 @@ CudaDevice::CudaDevice(int ordinal) : ordinal_(ordinal) {
         return p;
       },
       [](void* p) { cudaFree(p); }, memory_caching());
+}
+
+namespace {
+
+// A pool of timing events, recorded on the stream at each scope's start and end and read back
+// at collect(), after which the pool is reused: nothing waits inside a step.
+class CudaClock final : public DeviceClock {
+ public:
+  explicit CudaClock(cudaStream_t stream) : stream_(stream) {}
+  ~CudaClock() override {
+    for (cudaEvent_t event : events_) cudaEventDestroy(event);
+  }
+  void mark_start() override { start_ = record(); }
+  void mark_end(ProfileCategory category) override {
+    scopes_.push_back({start_, record(), category});
+  }
+  void collect(std::array<double, kProfileCategories>& seconds) override {
+    if (used_ > 0)
+      check_cuda(cudaEventSynchronize(events_[used_ - 1]), "cudaEventSynchronize (profiler)");
+    for (const Scope& scope : scopes_) {
+      float ms = 0;
+      check_cuda(cudaEventElapsedTime(&ms, events_[scope.start], events_[scope.end]),
+                 "cudaEventElapsedTime (profiler)");
+      seconds[static_cast<int>(scope.category)] += ms / 1e3;
+    }
+    scopes_.clear();
+    used_ = 0;
+  }
+
+ private:
+  struct Scope {
+    std::size_t start, end;
+    ProfileCategory category;
+  };
+  std::size_t record() {
+    if (used_ == events_.size()) {
+      cudaEvent_t event = nullptr;
+      check_cuda(cudaEventCreate(&event), "cudaEventCreate (profiler)");
+      events_.push_back(event);
+    }
+    check_cuda(cudaEventRecord(events_[used_], stream_), "cudaEventRecord (profiler)");
+    return used_++;
+  }
+  cudaStream_t stream_;
+  std::vector<cudaEvent_t> events_;
+  std::size_t used_ = 0, start_ = 0;
+  std::vector<Scope> scopes_;
+};
+
+}  // namespace
+
+std::unique_ptr<DeviceClock> CudaDevice::make_clock() {
+  return std::make_unique<CudaClock>(stream_);
 }
 
 CudaDevice::~CudaDevice() {

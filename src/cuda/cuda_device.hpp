@@ -35,6 +35,8 @@ class CudaDevice final : public Device {
   std::size_t allocated_bytes() const override { return allocator_->allocated_bytes(); }
   std::size_t peak_allocated_bytes() const override { return allocator_->peak_allocated_bytes(); }
   void reset_peak() override { allocator_->reset_peak(); }
+  // CUDA events on the stream around each profiled scope.
+  std::unique_ptr<DeviceClock> make_clock() override;
 
   // What the GPU can still give this process: the driver's free memory (cudaMemGetInfo; other
   // processes' use already taken off) and the blocks this device's allocator caches unused.

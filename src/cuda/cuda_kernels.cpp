@@ -36,36 +36,44 @@ class CudaKernels final : public Kernels<P> {
   using Weight = typename P::Weight;
   static_assert(std::is_same_v<Act, float>, "the CUDA backend computes activations in fp32");
 
-  explicit CudaKernels(CudaDevice& device)
-      : device_(device), s_(device.stream()), gemm_(device, device.stream()) {}
+  // Each op is a profiler scope (a GPU clock times it where one is set: core/profiler.hpp).
+  CudaKernels(CudaDevice& device, Profiler& profiler)
+      : device_(device), profiler_(profiler), s_(device.stream()), gemm_(device, device.stream()) {}
 
   void embedding_forward(Act* dst, const std::int32_t* tokens, const Weight* table, Index M,
                          Index D) override {
+    ProfileScope profile(profiler_, ProfileCategory::kOther);
     cuda::embedding_forward(s_, dst, tokens, bits(table), M, D);
   }
   void rmsnorm_forward(Act* dst, Act* rstd, const Act* src, const Weight* weight, Index M, Index D,
                        double eps) override {
+    ProfileScope profile(profiler_, ProfileCategory::kNorm);
     cuda::rmsnorm_forward(s_, dst, rstd, src, bits(weight), M, D, static_cast<float>(eps));
   }
   void rmsnorm_backward(Act* diff_src, const Act* diff_dst, const Act* src, const Act* rstd,
                         const Weight* weight, Index M, Index D, bool accumulate) override {
+    ProfileScope profile(profiler_, ProfileCategory::kNorm);
     cuda::rmsnorm_backward(s_, diff_src, diff_dst, src, rstd, bits(weight), M, D, accumulate);
   }
   void rope_rotate(Act* x, const std::int32_t* positions, const RopeTable& table, Index M,
                    Index row_stride, Index heads, bool inverse) override {
+    ProfileScope profile(profiler_, ProfileCategory::kRope);
     upload_rope(table);
     cuda::rope_rotate(s_, x, positions, rope_cos_.data(), rope_sin_.data(), table.half(), M,
                       row_stride, heads, inverse);
   }
   void swiglu_forward(Act* dst, const Act* gate_up, Index M, Index I) override {
+    ProfileScope profile(profiler_, ProfileCategory::kSwiglu);
     cuda::swiglu_forward(s_, dst, gate_up, M, I);
   }
   void swiglu_backward(Act* diff_gate_up, const Act* diff_dst, const Act* gate_up, Index M,
                        Index I) override {
+    ProfileScope profile(profiler_, ProfileCategory::kSwiglu);
     cuda::swiglu_backward(s_, diff_gate_up, diff_dst, gate_up, M, I);
   }
   double cross_entropy(Act* logits, const std::int32_t* targets, Index R, Index V,
                        double grad_scale, bool write_grad) override {
+    ProfileScope profile(profiler_, ProfileCategory::kLoss);
     if (R == 0) return 0.0;
     row_loss_.ensure(device_, static_cast<std::size_t>(R));
     cuda::cross_entropy(s_, logits, targets, row_loss_.data(), R, V, static_cast<float>(grad_scale),
@@ -80,27 +88,33 @@ class CudaKernels final : public Kernels<P> {
   void linear_forward(Mat<Act> dst, const Act* src, const Weight* weight, Index in,
                       bool accumulate) override {
     const Index M = dst.rows, out = dst.cols;
-    gemm_.matmul(operand(src, M * in, M, in), Mat<const Weight>::dense(weight, out, in).t(), dst,
-                 1.0f, accumulate);
+    const Mat<const Weight> a = operand(src, M * in, M, in);
+    ProfileScope profile(profiler_, ProfileCategory::kMatmul);
+    gemm_.matmul(a, Mat<const Weight>::dense(weight, out, in).t(), dst, 1.0f, accumulate);
   }
   void linear_add_bias(Mat<Act> dst, const Weight* bias) override {
+    ProfileScope profile(profiler_, ProfileCategory::kMatmul);
     ZL_CHECK(dst.cs == 1);  // the kernel walks a row's columns contiguously
     cuda::add_bias(s_, dst.data, dst.rs, bits(bias), dst.rows, dst.cols);
   }
   void linear_backward_data(Act* diff_src, const Act* diff_dst, const Weight* weight, Index M,
                             Index out, Index in) override {
-    gemm_.matmul(operand(diff_dst, M * out, M, out), Mat<const Weight>::dense(weight, out, in),
-                 Mat<Act>::dense(diff_src, M, in), 1.0f, false);
+    const Mat<const Weight> a = operand(diff_dst, M * out, M, out);
+    ProfileScope profile(profiler_, ProfileCategory::kMatmul);
+    gemm_.matmul(a, Mat<const Weight>::dense(weight, out, in), Mat<Act>::dense(diff_src, M, in),
+                 1.0f, false);
   }
 
   void lora_project(Act* z, Mat<const Act> src, const Act* a, Index rank,
                     const DropoutMask& dropout) override {
+    ProfileScope profile(profiler_, ProfileCategory::kLora);
     const Index M = src.rows, in = src.cols;
     gemm_.matmul(dropped(src, dropout), Mat<const Act>::dense(a, rank, in).t(),
                  Mat<Act>::dense(z, M, rank), 1.0f, false);
   }
   void lora_forward(Mat<Act> dst, Act* z, Mat<const Act> src, const Act* a, const Act* b,
                     Index rank, double scale, const DropoutMask& dropout) override {
+    ProfileScope profile(profiler_, ProfileCategory::kLora);
     lora_project(z, src, a, rank, dropout);
     gemm_.matmul(Mat<const Act>::dense(z, src.rows, rank),
                  Mat<const Act>::dense(b, dst.cols, rank).t(), dst, static_cast<float>(scale),
@@ -109,6 +123,7 @@ class CudaKernels final : public Kernels<P> {
   void lora_backward(Mat<Act> diff_src, Act* diff_a, Act* diff_b, Mat<const Act> diff_dst,
                      const Act* z, Mat<const Act> src, const Act* a, const Act* b, Index rank,
                      double scale, const DropoutMask& dropout) override {
+    ProfileScope profile(profiler_, ProfileCategory::kLora);
     const Index M = src.rows, in = src.cols, out = diff_dst.cols;
     const auto s = static_cast<float>(scale);
     Act* dz = lora_dz_.ensure(device_, static_cast<std::size_t>(M * rank));
@@ -150,6 +165,7 @@ class CudaKernels final : public Kernels<P> {
   void attention_forward(Act* out, Act* lse, const Act* qkv, const std::vector<Segment>& segments,
                          Index M, const AttentionShape& shape,
                          const AttentionOptions& options) override {
+    ProfileScope profile(profiler_, ProfileCategory::kAttention);
     check_options(options);
 #ifdef ZEROLORA_CUDNN
     if (use_cudnn(segments, M, shape)) {
@@ -168,6 +184,7 @@ class CudaKernels final : public Kernels<P> {
   void attention_backward(Act* diff_qkv, const Act* diff_out, const Act* qkv, const Act* out,
                           const Act* lse, const std::vector<Segment>& segments, Index M,
                           const AttentionShape& shape, const AttentionOptions& options) override {
+    ProfileScope profile(profiler_, ProfileCategory::kAttention);
     check_options(options);
 #ifdef ZEROLORA_CUDNN
     if (use_cudnn(segments, M, shape)) {
@@ -196,6 +213,7 @@ class CudaKernels final : public Kernels<P> {
   }
   void attention_cached(Act* out, const Act* q, Index q_stride, const Act* keys, const Act* values,
                         Index first, Index M, const AttentionShape& shape) override {
+    ProfileScope profile(profiler_, ProfileCategory::kAttention);
     check_head_dim(shape);
     ZL_CHECK(shape.kv_heads > 0 && shape.heads % shape.kv_heads == 0);
     cuda::attention_cached(s_, out, q, q_stride, keys, values, first, M, shape.heads,
@@ -203,23 +221,29 @@ class CudaKernels final : public Kernels<P> {
   }
 
   void round_to_bf16(Act* x, bf16* copy, Index n) override {
+    ProfileScope profile(profiler_, ProfileCategory::kConvert);
     cuda::round_to_bf16(s_, x, reinterpret_cast<Bf16Bits*>(copy), n);
   }
   void widen_bf16(Act* dst, const bf16* src, Index n) override {
+    ProfileScope profile(profiler_, ProfileCategory::kConvert);
     cuda::widen_bf16(s_, dst, reinterpret_cast<const Bf16Bits*>(src), n);
   }
   Index first_nonfinite(const Act* x, Index n) override {
+    ProfileScope profile(profiler_, ProfileCategory::kOther);
     return scan_result(n, [&](unsigned long long* f) { cuda::first_nonfinite(s_, x, n, f); });
   }
   Index first_nonfinite(const bf16* x, Index n) override {
+    ProfileScope profile(profiler_, ProfileCategory::kOther);
     return scan_result(n, [&](unsigned long long* f) {
       cuda::first_nonfinite(s_, reinterpret_cast<const Bf16Bits*>(x), n, f);
     });
   }
   void gather_rows(Act* dst, const Act* src, const std::int32_t* rows, Index n, Index D) override {
+    ProfileScope profile(profiler_, ProfileCategory::kOther);
     cuda::gather_rows(s_, dst, src, rows, n, D);
   }
   void scatter_rows(Act* dst, const Act* src, const std::int32_t* rows, Index n, Index D) override {
+    ProfileScope profile(profiler_, ProfileCategory::kOther);
     cuda::scatter_rows(s_, dst, src, rows, n, D);
   }
 
@@ -228,10 +252,13 @@ class CudaKernels final : public Kernels<P> {
   static constexpr bool kRoundOperands = std::is_same_v<Weight, bf16>;
 
   // The activation operand of a base projection in the weight type.
+  // The GEMM operand: src itself, or in the bf16 policy its bf16 rounding (profiled as convert:
+  // on the GPU that pass is worth seeing apart from the GEMM it feeds).
   Mat<const Weight> operand(const Act* src, Index n, Index rows, Index cols) {
     if constexpr (std::is_same_v<Weight, Act>) {
       return Mat<const Act>::dense(src, rows, cols);
     } else {
+      ProfileScope profile(profiler_, ProfileCategory::kConvert);
       bf16* converted = operand_.ensure(device_, static_cast<std::size_t>(n));
       cuda::to_bf16(s_, reinterpret_cast<Bf16Bits*>(converted), src, n);
       return Mat<const bf16>::dense(converted, rows, cols);
@@ -343,6 +370,7 @@ class CudaKernels final : public Kernels<P> {
   }
 
   CudaDevice& device_;
+  Profiler& profiler_;
   cudaStream_t s_;
   LtGemm gemm_;
   DeviceBuffer<bf16> operand_;
@@ -364,7 +392,7 @@ std::unique_ptr<Kernels<P>> make_cuda_kernels(Runtime& rt) {
   auto* device = dynamic_cast<CudaDevice*>(&rt.device());
   if (!device) throw DeviceError("the CUDA kernels need a CUDA device, not " + rt.device().name());
   if constexpr (std::is_same_v<typename P::Act, float>)
-    return std::make_unique<CudaKernels<P>>(*device);
+    return std::make_unique<CudaKernels<P>>(*device, rt.profiler());
   else
     throw UnsupportedError(std::string("the CUDA backend has no ") + std::string(P::kName) +
                            " kernels (fp64 is for CPU gradient checks)");

@@ -19,7 +19,9 @@ std::string shape(const GemmKey& key) {
          " k=" + std::to_string(key.k) + " lda=" + std::to_string(key.lda) +
          " ldb=" + std::to_string(key.ldb) + " ldc=" + std::to_string(key.ldc) +
          (key.in_type ? " bf16" : " fp32") + (key.trans_a ? " opA=T" : " opA=N") +
-         (key.trans_b ? " opB=T" : " opB=N");
+         (key.trans_b ? " opB=T" : " opB=N") + " align=" + std::to_string(key.align_a) + "/" +
+         std::to_string(key.align_b) + "/" + std::to_string(key.align_c) +
+         (key.accumulate ? " beta=1" : " beta=0");
 }
 
 // One operand of the column-major problem, from a row-major view: a row-major matrix is the
@@ -148,8 +150,8 @@ struct LtGemm::Plan {
   }
 };
 
-LtGemm::LtGemm(Device& device, cudaStream_t stream)
-    : stream_(stream), api_(std::make_unique<Api>()) {
+LtGemm::LtGemm(Device& device, cudaStream_t stream, std::size_t max_plans)
+    : stream_(stream), max_plans_(max_plans), api_(std::make_unique<Api>()) {
   cublasLtHandle_t handle = nullptr;
   api_->check(api_->cublasLtCreate(&handle), "cublasLtCreate");
   handle_ = handle;
@@ -186,6 +188,9 @@ void LtGemm::run(const GemmKey& key, const void* a, const void* b, float* c, flo
     return;
   }
   auto handle = static_cast<cublasLtHandle_t>(handle_);
+  // Unpacked batches change M nearly every step: the cache starts afresh when full, so a long
+  // run's host memory stays bounded (a heuristic call costs microseconds).
+  if (plans_.size() >= max_plans_ && !plans_.contains(key)) plans_.clear();
   auto& slot = plans_[key];
   if (!slot) {
     auto plan = std::make_unique<Plan>(*api_);
@@ -197,19 +202,19 @@ void LtGemm::run(const GemmKey& key, const void* a, const void* b, float* c, flo
     const cublasOperation_t op_b = key.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
     lt.check(lt.cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a,
                                                sizeof op_a),
-             "lt.cublasLtMatmulDescSetAttribute(TRANSA)", &key);
+             "cublasLtMatmulDescSetAttribute(TRANSA)", &key);
     lt.check(lt.cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b,
                                                sizeof op_b),
-             "lt.cublasLtMatmulDescSetAttribute(TRANSB)", &key);
+             "cublasLtMatmulDescSetAttribute(TRANSB)", &key);
     // Stored shapes: A is [m x k] or, transposed, [k x m]; B is [k x n] or [n x k].
     lt.check(lt.cublasLtMatrixLayoutCreate(&plan->a, in, key.trans_a ? key.k : key.m,
                                            key.trans_a ? key.m : key.k, key.lda),
-             "lt.cublasLtMatrixLayoutCreate(A)", &key);
+             "cublasLtMatrixLayoutCreate(A)", &key);
     lt.check(lt.cublasLtMatrixLayoutCreate(&plan->b, in, key.trans_b ? key.n : key.k,
                                            key.trans_b ? key.k : key.n, key.ldb),
-             "lt.cublasLtMatrixLayoutCreate(B)", &key);
+             "cublasLtMatrixLayoutCreate(B)", &key);
     lt.check(lt.cublasLtMatrixLayoutCreate(&plan->c, CUDA_R_32F, key.m, key.n, key.ldc),
-             "lt.cublasLtMatrixLayoutCreate(C)", &key);
+             "cublasLtMatrixLayoutCreate(C)", &key);
     cublasLtMatmulPreference_t preference = nullptr;
     lt.check(lt.cublasLtMatmulPreferenceCreate(&preference), "cublasLtMatmulPreferenceCreate",
              &key);
@@ -221,23 +226,39 @@ void LtGemm::run(const GemmKey& key, const void* a, const void* b, float* c, flo
       cublasLtMatmulPreferenceAttributes_t attribute;
       const void* value;
       std::size_t bytes;
-    } preferences[] = {{CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof workspace},
-                       {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align[0], sizeof align[0]},
-                       {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align[1], sizeof align[1]},
-                       {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align[2], sizeof align[2]},
-                       {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align[2], sizeof align[2]}};
+      const char* call;
+    } preferences[] = {{CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof workspace,
+                        "cublasLtMatmulPreferenceSetAttribute(MAX_WORKSPACE_BYTES)"},
+                       {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align[0], sizeof align[0],
+                        "cublasLtMatmulPreferenceSetAttribute(MIN_ALIGNMENT_A_BYTES)"},
+                       {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align[1], sizeof align[1],
+                        "cublasLtMatmulPreferenceSetAttribute(MIN_ALIGNMENT_B_BYTES)"},
+                       {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align[2], sizeof align[2],
+                        "cublasLtMatmulPreferenceSetAttribute(MIN_ALIGNMENT_C_BYTES)"},
+                       {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align[2], sizeof align[2],
+                        "cublasLtMatmulPreferenceSetAttribute(MIN_ALIGNMENT_D_BYTES)"}};
     cublasStatus_t status = CUBLAS_STATUS_SUCCESS;
-    for (const auto& p : preferences)
-      if (status == CUBLAS_STATUS_SUCCESS)
-        status = lt.cublasLtMatmulPreferenceSetAttribute(preference, p.attribute, p.value, p.bytes);
+    const char* call = "";
+    for (const auto& p : preferences) {
+      if (status != CUBLAS_STATUS_SUCCESS) break;
+      status = lt.cublasLtMatmulPreferenceSetAttribute(preference, p.attribute, p.value, p.bytes);
+      call = p.call;
+    }
     cublasLtMatmulHeuristicResult_t result{};
     int found = 0;
-    if (status == CUBLAS_STATUS_SUCCESS)
+    if (status == CUBLAS_STATUS_SUCCESS) {
       status = lt.cublasLtMatmulAlgoGetHeuristic(handle, plan->desc, plan->a, plan->b, plan->c,
                                                  plan->c, preference, 1, &result, &found);
+      call = "cublasLtMatmulAlgoGetHeuristic";
+    }
     lt.cublasLtMatmulPreferenceDestroy(preference);
-    lt.check(status, "cublasLtMatmulPreferenceSetAttribute / AlgoGetHeuristic", &key);
-    if (found == 0) throw DeviceError("cuBLASLt has no algorithm for the GEMM " + shape(key));
+    lt.check(status, call, &key);
+    // A result is usable only where its own state says so (cublasLt.h).
+    if (found == 0 || result.state != CUBLAS_STATUS_SUCCESS)
+      throw DeviceError("cuBLASLt has no algorithm for the GEMM " + shape(key) +
+                        (found == 0
+                             ? std::string()
+                             : std::string(": ") + lt.cublasLtGetStatusString(result.state)));
     plan->algo = result.algo;
     slot = std::move(plan);
   }

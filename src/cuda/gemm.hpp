@@ -46,19 +46,22 @@ int pointer_alignment(const void* pointer);
 
 class LtGemm {
  public:
-  LtGemm(Device& device, cudaStream_t stream);
+  // Keeps the descriptions and algorithms of up to `max_plans` GEMM shapes.
+  LtGemm(Device& device, cudaStream_t stream, std::size_t max_plans = 4096);
   ~LtGemm();
   LtGemm(const LtGemm&) = delete;
   LtGemm& operator=(const LtGemm&) = delete;
 
   void matmul(Mat<const float> a, Mat<const float> b, Mat<float> c, float alpha, bool accumulate);
   void matmul(Mat<const bf16> a, Mat<const bf16> b, Mat<float> c, float alpha, bool accumulate);
+  std::size_t cached_plans() const { return plans_.size(); }
 
  private:
   struct Api;
   struct Plan;
   void run(const GemmKey& key, const void* a, const void* b, float* c, float alpha);
   cudaStream_t stream_;
+  std::size_t max_plans_;
   std::unique_ptr<Api> api_;  // cuBLASLt, loaded at run time
   void* handle_ = nullptr;    // cublasLtHandle_t
   DeviceBuffer<std::byte> workspace_;

@@ -8,8 +8,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <deque>
+#include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "core/error.hpp"
 
@@ -19,9 +22,63 @@ namespace {
 // The process exits with this code when the watchdog ends the job (an internal failure of the
 // run's machinery, as exit_codes.hpp classifies a lost peer).
 constexpr int kWatchdogExit = 70;
+// And with this one when the GPU reported a fault while a collective was pending (a kernel's or
+// a copy's, seen through the collective's event): an error of the run, not of a peer.
+constexpr int kGpuFaultExit = 1;
 
 double now_seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// ncclCommAbort may itself hang: it synchronises NCCL's streams, which a stuck collective never
+// lets finish (NVIDIA/nccl#829; PyTorch's watchdog guards it with a monitor thread). Around
+// every abort, a thread of its own ends the process if the abort has not returned within
+// kAbortSeconds, so that a failure never turns into the hang it reports.
+constexpr int kAbortSeconds = 10;
+
+class AbortDeadline {
+ public:
+  explicit AbortDeadline(int rank) : state_(std::make_shared<State>()) {
+    std::thread([state = state_, rank] {
+      std::unique_lock lock(state->mutex);
+      if (state->cv.wait_for(lock, std::chrono::seconds(kAbortSeconds),
+                             [&] { return state->done; }))
+        return;
+      std::fprintf(stderr,
+                   "zerolora: rank %d: ncclCommAbort did not return within %d s; ending the "
+                   "process\n",
+                   rank, kAbortSeconds);
+      std::fflush(stderr);
+      std::_Exit(kWatchdogExit);
+    }).detach();
+  }
+  ~AbortDeadline() {
+    {
+      std::lock_guard lock(state_->mutex);
+      state_->done = true;
+    }
+    state_->cv.notify_all();
+  }
+  AbortDeadline(const AbortDeadline&) = delete;
+  AbortDeadline& operator=(const AbortDeadline&) = delete;
+
+ private:
+  struct State {
+    std::mutex mutex;
+    std::condition_variable cv;
+    bool done = false;
+  };
+  std::shared_ptr<State> state_;
+};
+
+// NCCL_COMM_BLOCKING=0 overrides the communicator's config (NCCL's init.cc): every collective
+// would then return ncclInProgress, which this blocking-mode driver treats as a failure.
+void refuse_nonblocking_nccl() {
+  const char* blocking = std::getenv("NCCL_COMM_BLOCKING");
+  if (blocking && std::string(blocking) == "0")
+    throw UsageError(
+        "NCCL_COMM_BLOCKING=0: zerolora drives NCCL in blocking mode under its own watchdog "
+        "(--ddp_timeout); unset NCCL_COMM_BLOCKING");
 }
 
 // NCCL's entry points from libnccl.so.2, loaded when the first communicator is made.
@@ -103,8 +160,8 @@ ncclDataType_t nccl_type(ElementType type) {
 
 // One collective in flight: `done` is recorded on the communication stream after it.
 struct Collective {
-  std::string what;  // "all_gather of 123456 bytes per rank"
-  double issued = 0;
+  std::string what;    // "all_gather of 123456 bytes per rank"
+  double started = 0;  // when the watchdog first saw `start` complete (0: not yet)
   cudaEvent_t ready = nullptr, start = nullptr, done = nullptr;
   ~Collective() {
     for (cudaEvent_t e : {ready, start, done})
@@ -145,6 +202,7 @@ class NcclCommunicator final : public Communicator {
         timeout_(timeout_seconds),
         rank_(bootstrap.rank()),
         size_(bootstrap.size()) {
+    refuse_nonblocking_nccl();
     if (bootstrap.device_memory())
       throw InternalError("NCCL's bootstrap communicator must take host buffers");
     ncclUniqueId id{};
@@ -165,7 +223,7 @@ class NcclCommunicator final : public Communicator {
       comm_ = created;
     } catch (...) {
       stop_watchdog();
-      if (created) api_.ncclCommAbort(created);
+      abort_communicator(created);
       cudaStreamDestroy(stream_);
       throw;
     }
@@ -178,7 +236,7 @@ class NcclCommunicator final : public Communicator {
     api_.ncclCommGetAsyncError(comm_, &async);
     if (std::uncaught_exceptions() > 0 || async != ncclSuccess) {
       stop_watchdog();
-      api_.ncclCommAbort(comm_);
+      abort_communicator(comm_);
     } else {
       const ncclResult_t finalized =
           guarded("ncclCommFinalize", [&] { return api_.ncclCommFinalize(comm_); });
@@ -186,8 +244,9 @@ class NcclCommunicator final : public Communicator {
       if (finalized == ncclSuccess)
         api_.ncclCommDestroy(comm_);
       else
-        api_.ncclCommAbort(comm_);
+        abort_communicator(comm_);
     }
+    retired_.clear();
     cudaStreamDestroy(stream_);
   }
 
@@ -227,7 +286,7 @@ class NcclCommunicator final : public Communicator {
   }
   [[noreturn]] void abort(int exit_code) override {
     stop_watchdog();
-    api_.ncclCommAbort(comm_);
+    abort_communicator(comm_);
     bootstrap_.abort(exit_code);
     std::_Exit(exit_code);  // abort() does not return; the compiler cannot see it through virtual
   }
@@ -243,7 +302,9 @@ class NcclCommunicator final : public Communicator {
  private:
   void check(ncclResult_t result, const std::string& call) {
     if (result == ncclSuccess) return;
-    const char* last = comm_ ? api_.ncclGetLastError(comm_) : nullptr;
+    // NCCL keeps its last error text per process (2.28: the argument is ignored), so it is
+    // there for a failed ncclCommInitRank too ("Duplicate GPU detected", for one).
+    const char* last = api_.ncclGetLastError(comm_);
     throw DeviceError(call + " failed on rank " + std::to_string(rank_) + ": " +
                       api_.ncclGetErrorString(result) +
                       (last && *last ? std::string(" (") + last + ")" : std::string()));
@@ -266,6 +327,15 @@ class NcclCommunicator final : public Communicator {
 
   template <class Call>
   Request issue(std::string what, std::size_t bytes, Call call) {
+    {
+      // Collectives the watchdog retired: their events are destroyed here, not on its thread
+      // (cudaEventDestroy can block behind a stuck NCCL kernel: PyTorch #97066).
+      std::vector<std::shared_ptr<Collective>> retired;
+      {
+        std::lock_guard lock(mutex_);
+        retired.swap(retired_);
+      }
+    }
     auto collective = std::make_shared<Collective>();
     collective->what = std::move(what);
     check_cuda(cudaEventCreateWithFlags(&collective->ready, cudaEventDisableTiming),
@@ -277,7 +347,6 @@ class NcclCommunicator final : public Communicator {
     check_cuda(cudaEventRecord(collective->ready, device_.stream()), "cudaEventRecord");
     check_cuda(cudaStreamWaitEvent(stream_, collective->ready, 0), "cudaStreamWaitEvent");
     check_cuda(cudaEventRecord(collective->start, stream_), "cudaEventRecord");
-    collective->issued = now_seconds();
     check(guarded("NCCL " + collective->what, call), "NCCL " + collective->what);
     check_cuda(cudaEventRecord(collective->done, stream_), "cudaEventRecord");
     {
@@ -290,9 +359,11 @@ class NcclCommunicator final : public Communicator {
   }
 
   // Every 50 ms: retire finished collectives (their GPU time into busy_seconds), and end the
-  // job when an NCCL call has blocked the host, or the oldest unfinished collective has been
-  // pending, longer than the timeout, or NCCL reports an error. Only ncclCommGetAsyncError
-  // and ncclCommAbort are called from here, which NCCL allows beside another thread's calls.
+  // job when an NCCL call has blocked the host, or the oldest unfinished collective has run,
+  // longer than the timeout, when NCCL reports an error, or when the GPU reports a fault. Of
+  // NCCL only ncclCommGetAsyncError is called from here beside the main thread's calls; the
+  // abort that ends the job runs under a deadline (AbortDeadline), as NCCL does not promise
+  // that an abort beside another thread's blocked call returns.
   void watch() {
     cudaSetDevice(device_.ordinal());
     std::unique_lock lock(mutex_);
@@ -306,22 +377,42 @@ class NcclCommunicator final : public Communicator {
              " s (--ddp_timeout): a rank is gone or stuck");
       }
       while (!in_flight_.empty()) {
-        Collective& oldest = *in_flight_.front();
-        const cudaError_t state = cudaEventQuery(oldest.done);
+        // The CUDA queries run without the lock, which the main thread needs to issue work.
+        const std::shared_ptr<Collective> oldest = in_flight_.front();
+        lock.unlock();
+        const cudaError_t state = cudaEventQuery(oldest->done);
+        const cudaError_t started =
+            state == cudaErrorNotReady ? cudaEventQuery(oldest->start) : cudaSuccess;
+        float ms = 0;
+        const bool timed = state == cudaSuccess &&
+                           cudaEventElapsedTime(&ms, oldest->start, oldest->done) == cudaSuccess;
+        lock.lock();
+        if (stopping_) break;
         if (state == cudaSuccess) {
-          float ms = 0;
-          if (cudaEventElapsedTime(&ms, oldest.start, oldest.done) == cudaSuccess)
-            stats_.busy_seconds += ms / 1000.0;
+          if (timed) stats_.busy_seconds += ms / 1000.0;
+          retired_.push_back(oldest);
           in_flight_.pop_front();
           continue;
         }
-        if (state != cudaErrorNotReady) {
-          const std::string what = oldest.what;
+        // cudaEventQuery also returns the error of any earlier launch: a kernel's fault is not
+        // a lost rank.
+        const cudaError_t fault = state != cudaErrorNotReady ? state
+                                  : started != cudaErrorNotReady && started != cudaSuccess
+                                      ? started
+                                      : cudaSuccess;
+        if (fault != cudaSuccess) {
+          const std::string what = oldest->what;
           lock.unlock();
-          fail("NCCL " + what + ": " + cudaGetErrorString(state));
+          fail("the GPU reported " + std::string(cudaGetErrorName(fault)) + " (" +
+                   cudaGetErrorString(fault) + ") while NCCL " + what +
+                   " was pending: a kernel or copy failed on this rank",
+               kGpuFaultExit);
         }
-        if (now_seconds() - oldest.issued > timeout_) {
-          const std::string what = oldest.what;
+        // The timeout counts from when the collective could start (the compute stream reached
+        // it), not from when the host queued it ahead.
+        if (started == cudaSuccess && oldest->started == 0) oldest->started = now_seconds();
+        if (oldest->started > 0 && now_seconds() - oldest->started > timeout_) {
+          const std::string what = oldest->what;
           lock.unlock();
           fail("NCCL " + what + " did not finish within " +
                std::to_string(static_cast<int>(timeout_)) +
@@ -350,7 +441,7 @@ class NcclCommunicator final : public Communicator {
   // From the watchdog: ends this process, which makes the launcher end every rank (a rank that
   // exits without MPI_Finalize fails the job). MPI is not called from here: the MPI library
   // may not allow a second thread in while the communication thread is inside a collective.
-  [[noreturn]] void fail(const std::string& message) {
+  [[noreturn]] void fail(const std::string& message, int exit_code = kWatchdogExit) {
     std::fprintf(stderr, "zerolora: rank %d of %d: %s; ending every rank\n", rank_, size_,
                  message.c_str());
     std::fflush(stderr);
@@ -359,8 +450,14 @@ class NcclCommunicator final : public Communicator {
       std::lock_guard lock(mutex_);
       comm = comm_;
     }
-    if (comm) api_.ncclCommAbort(comm);
-    std::_Exit(kWatchdogExit);
+    abort_communicator(comm);
+    std::_Exit(exit_code);
+  }
+
+  void abort_communicator(ncclComm_t comm) {
+    if (!comm) return;
+    const AbortDeadline deadline(rank_);
+    api_.ncclCommAbort(comm);
   }
 
   NcclApi api_;
@@ -377,6 +474,7 @@ class NcclCommunicator final : public Communicator {
   std::string in_call_;  // the NCCL call the main thread is in ("" when none)
   double in_call_since_ = 0;
   std::deque<std::shared_ptr<Collective>> in_flight_;
+  std::vector<std::shared_ptr<Collective>> retired_;  // done: the main thread frees them
   CommStats stats_;
 };
 

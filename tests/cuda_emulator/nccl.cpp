@@ -46,8 +46,12 @@ std::size_t type_bytes(ncclDataType_t type) {
     case ncclUint32:
     case ncclFloat32:
       return 4;
-    default:
+    case ncclInt64:
+    case ncclUint64:
+    case ncclFloat64:
       return 8;
+    default:
+      return 0;  // a type the emulator does not know: the call is refused
   }
 }
 
@@ -247,6 +251,8 @@ ncclResult_t ncclAllGather(const void* send, void* recv, size_t count, ncclDataT
                            ncclComm_t comm, cudaStream_t stream) {
   const std::size_t bytes = count * type_bytes(type);
   if (!comm) return invalid(comm, "ncclAllGather: no communicator");
+  if (type_bytes(type) == 0)
+    return invalid(comm, "ncclAllGather: a datatype the emulator does not know");
   if (auto r = check_buffers(comm, "ncclAllGather", send, bytes, recv, bytes * comm->size))
     return r;
   // In place when the send buffer is this rank's slot of the receive buffer (NCCL's rule).
@@ -306,6 +312,8 @@ ncclResult_t ncclBroadcast(const void* send, void* recv, size_t count, ncclDataT
                            int root, ncclComm_t comm, cudaStream_t stream) {
   const std::size_t bytes = count * type_bytes(type);
   if (!comm) return invalid(comm, "ncclBroadcast: no communicator");
+  if (type_bytes(type) == 0)
+    return invalid(comm, "ncclBroadcast: a datatype the emulator does not know");
   if (auto r = check_buffers(comm, "ncclBroadcast", comm->rank == root ? send : nullptr,
                              comm->rank == root ? bytes : 0, recv, bytes))
     return r;
