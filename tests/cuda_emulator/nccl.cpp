@@ -15,6 +15,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -220,8 +221,12 @@ ncclResult_t ncclCommDestroy(ncclComm_t comm) {
 }
 
 // From any thread (the communicator's watchdog calls it): no MPI call, the communicator leaks.
+// ZEROLORA_EMULATED_NCCL_ABORT_HANGS=1: the abort never returns, as a real one can behind a
+// stuck collective (NVIDIA/nccl#829).
 ncclResult_t ncclCommAbort(ncclComm_t comm) {
   if (!comm) return ncclInvalidArgument;
+  if (const char* hangs = std::getenv("ZEROLORA_EMULATED_NCCL_ABORT_HANGS"); hangs && *hangs == '1')
+    for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
   comm->comm = MPI_COMM_NULL;
   return ncclSuccess;
 }
