@@ -211,13 +211,16 @@ cuda_tests() {  # cuda_tests NAME GTEST_FILTER
   "$pack/bin/zerolora_cuda_tests" --gtest_filter="$2" --gtest_output="xml:$OUT/$1.xml" 2>&1 |
     tee "$work/$1.txt"
   local rc=${PIPESTATUS[0]}
-  if grep -q '^\[  SKIPPED \]' "$work/$1.txt"; then
+  fail_if_skipped "$1" "$work/$1.txt" || return 1
+  return "$rc"
+}
+fail_if_skipped() {  # fail_if_skipped NAME GTEST_LOG
+  if grep -q '^\[  SKIPPED \]' "$2"; then
     echo "$1: tests were skipped (no GPU seen?): the stage fails"
     return 1
   fi
-  return "$rc"
 }
-export -f cuda_tests
+export -f cuda_tests fail_if_skipped
 gpu_fixtures='Fixtures/GpuFixtures.*:GpuStories260K.*'
 stage cuda_tests 120 cuda_tests cuda_tests "-$gpu_fixtures"
 # Every measured error printed with its tolerance ("measured ..." lines in log.txt): the figures
@@ -526,10 +529,7 @@ sanitized_tests() {  # sanitized_tests TOOL GTEST_FILTER
     "$pack/bin/zerolora_cuda_tests" --gtest_filter="$2" --gtest_color=no 2>&1 | tee "$log"
   local rc=${PIPESTATUS[0]}
   grep -m 1 'ERROR SUMMARY' "$log" | sed "s/^.*ERROR SUMMARY: \([0-9]*\).*/sanitizer_$1_errors=\1/" >> "$results"
-  if grep -q '^\[  SKIPPED \]' "$log"; then
-    echo "sanitizer_$1: tests were skipped (no GPU seen?): the stage fails"
-    return 1
-  fi
+  fail_if_skipped "sanitizer_$1" "$log" || return 1
   return "$rc"
 }
 export -f sanitized_tests
