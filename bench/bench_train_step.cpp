@@ -7,7 +7,7 @@
 // lines; see BENCHMARKS.md.
 //   bench_train_step [--seq 512,2048] [--layers 2] [--batch 1] [--steps 3] [--threads 0]
 //                    [--device cpu|cuda] [--shape 7b|70b|llama3-8b|tiny] [--no-recompute |
-//                    --selective]
+//                    --selective] [--attention fused|reference]
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -49,8 +49,9 @@ static int bench_main(int argc, char** argv) {
   int steps = 3, threads = 0;
   std::string device = "cpu", shape = "7b";
   Recompute recompute = Recompute::kFull;
-  double budget_mib = -1;  // auto's budget; negative: the default (zerolora train's)
-  double given_peak = 0;   // --peak_gflops: MFU's divisor without measuring it
+  double budget_mib = -1;      // auto's budget; negative: the default (zerolora train's)
+  double given_peak = 0;       // --peak_gflops: MFU's divisor without measuring it
+  AttentionOptions attention;  // --attention reference: the GPU's own kernel instead of cuDNN's
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     auto value = [&] {
@@ -84,13 +85,21 @@ static int bench_main(int argc, char** argv) {
       budget_mib = std::stod(value());
     else if (arg == "--peak_gflops")
       given_peak = std::stod(value());
-    else {
+    else if (arg == "--attention") {
+      const std::string kind = value();
+      if (kind != "fused" && kind != "reference") {
+        std::fprintf(stderr, "--attention: fused or reference, not %s\n", kind.c_str());
+        return 2;
+      }
+      attention.fused = kind == "fused";
+    } else {
       std::fprintf(
           stderr,
           "usage: %s [--seq 512,2048] [--layers 2] [--batch 1] [--steps 3] [--threads N] "
           "[--device cpu|cuda] [--shape 7b|70b|llama3-8b|tiny] [--no-recompute | --selective | "
           "--recompute full|attention|attention_mlp|selective|none|auto "
-          "[--recompute_budget_mib M]] [--peak_gflops G (not measured)]\n",
+          "[--recompute_budget_mib M]] [--peak_gflops G (not measured)] "
+          "[--attention fused|reference]\n",
           argv[0]);
       return 2;
     }
@@ -125,10 +134,12 @@ static int bench_main(int argc, char** argv) {
   options.recompute = recompute;
   options.recompute_budget_bytes = recompute_budget_from_mib(budget_mib);
   options.bf16_residual = true;  // as `zerolora train --bf16` (its default)
+  options.attention = attention;
   LlamaModel<Bf16Policy> model(rt, *weights, &layout, options);
   print_kv("model", "llama2-" + shape + "-shape layers=" + std::to_string(layers) +
                         " lora_r=4 targets=q,k,v,o batch=" + std::to_string(batch_size));
   print_kv("recompute", recompute_name(recompute));
+  if (gpu) print_kv("attention", attention.fused ? "fused" : "reference");
 
   for (Index seq : seqs) {
     Batch batch;
@@ -139,6 +150,12 @@ static int bench_main(int argc, char** argv) {
     const double count = static_cast<double>(batch.label_count());
     std::vector<double> times;
     double loss = 0;
+    // The final norm gives rows of RMS 1, so with weights of std s the logits are near-Gaussian
+    // with variance s^2 D, and the loss (a log-sum-exp of V of them minus one) is near
+    // ln(V) + s^2 D / 2: 11.2 for the 7B shape, 12.0 for the 70B one.
+    const double expected_loss =
+        std::log(static_cast<double>(config.vocab_size)) +
+        kWeightStd * kWeightStd * static_cast<double>(config.hidden_size) / 2;
     rt.profiler().enable(true);
     // On a GPU, events around each op time it on the GPU's clock (read after each step).
     const std::unique_ptr<DeviceClock> clock = rt.device().make_clock();
@@ -149,7 +166,20 @@ static int bench_main(int argc, char** argv) {
       loss = model.forward_backward(batch, params, grads, 1.0 / count,
                                     {1, static_cast<std::uint64_t>(s)}) /
              count;
-      clip_grad_norm<float>(rt, grads, 1.0);
+      const double norm = clip_grad_norm<float>(rt, grads, 1.0);
+      // Every step validated (a bad backward shows as a bad gradient norm, or a bad loss in the
+      // next step): which step and where the forward went non-finite, for the device check.
+      if (!std::isfinite(loss) || std::abs(loss - expected_loss) > 1.0 || !std::isfinite(norm)) {
+        std::fprintf(
+            stderr,
+            "invalid step %d at seq %lld: loss %f (expected about %.2f), gradient norm "
+            "%g; forward first non-finite at: %s\n",
+            s, static_cast<long long>(seq), loss, expected_loss, norm,
+            model.nonfinite_site() < 0
+                ? "nowhere"
+                : describe_nonfinite_site(model.nonfinite_site(), config.num_layers).c_str());
+        return 1;
+      }
       optimizer.step(rt, params, grads, 1e-4);
       rt.device().synchronize();  // the step ends when the device's work does
       if (s > 0) times.push_back(now_seconds() - t0);
@@ -157,17 +187,6 @@ static int bench_main(int argc, char** argv) {
       rt.profiler().collect_device();
     }
     rt.profiler().set_device_clock(nullptr);
-    // Validate before reporting. The final norm gives rows of RMS 1, so with weights of std s
-    // the logits are near-Gaussian with variance s^2 D, and the loss (a log-sum-exp of V of them
-    // minus one) is near ln(V) + s^2 D / 2: 11.2 for the 7B shape, 12.0 for the 70B one.
-    const double expected_loss =
-        std::log(static_cast<double>(config.vocab_size)) +
-        kWeightStd * kWeightStd * static_cast<double>(config.hidden_size) / 2;
-    if (!std::isfinite(loss) || std::abs(loss - expected_loss) > 1.0) {
-      std::fprintf(stderr, "invalid loss %f at seq %lld (expected about %.2f)\n", loss,
-                   static_cast<long long>(seq), expected_loss);
-      return 1;
-    }
     const double step_s = median(times);
     const double tokens_per_s = static_cast<double>(seq * batch_size) / step_s;
     const double flops = model_flops_per_token(config, layout, seq);

@@ -132,8 +132,10 @@ inline void within(const Case& c, const std::string& what, double measured, doub
 }
 
 // On `rt`'s device: the host's, or a GPU's (tests/test_cuda.cpp runs the same cases there).
+// fused_attention false: on a GPU, the reference attention kernel instead of cuDNN's.
 template <class P>
-void check_against_reference(Runtime& rt, const Case& c, const tolerance::Fixture& tol) {
+void check_against_reference(Runtime& rt, const Case& c, const tolerance::Fixture& tol,
+                             bool fused_attention = true) {
   // The bf16 mode against the reference that rounds where it does.
   const Reference ref(testing::fixtures_dir() / c.name,
                       c.precision == Precision::kFp32 ? "reference.safetensors"
@@ -145,7 +147,8 @@ void check_against_reference(Runtime& rt, const Case& c, const tolerance::Fixtur
   options.recompute = c.recompute;
   options.bf16_residual = c.bf16_residual;
   options.attention.block = 4;  // several query tiles per segment
-  options.mlp_chunk_rows = 7;   // several MLP chunks, one ragged
+  options.attention.fused = fused_attention;
+  options.mlp_chunk_rows = 7;  // several MLP chunks, one ragged
   options.head_chunk_rows = 5;
   LlamaModel<P> model(rt, *weights, &layout, options);
 

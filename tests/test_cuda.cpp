@@ -41,9 +41,13 @@ namespace {
 constexpr double kFp32Op = 1e-5;
 // The same for the fp32 model (errors of ~40 ops in a chain, all fp32).
 constexpr double kFp32Model = 1e-5;
-// bf16 model: the GPU rounds the same operands to bf16, but sums in other orders, so one ulp of
-// bf16 (2^-8) in an operand can move a result; the CPU bf16 fixtures allow 6e-3 on logits.
+// bf16 model with the GPU's reference attention: the GPU rounds the same operands to bf16, but
+// sums in other orders, so one ulp of bf16 (2^-8) in an operand can move a result; the CPU
+// bf16 fixtures allow 6e-3 on logits.
 constexpr double kBf16Model = 6e-3;
+// bf16 model with cuDNN's attention, which rounds more (tolerances.hpp, kBf16Cudnn): 2.6x the
+// worst measured on an H200 (logits and LoRA gradients 1.9e-2, 2026-12-04).
+constexpr double kBf16CudnnModel = 5e-2;
 
 // ---- host-side: the column-major GEMM problem of a row-major view -------------------------
 
@@ -134,11 +138,6 @@ TEST(CudnnAttentionGraphs, ForwardAndBackwardValidateForHopper) {
       EXPECT_EQ(cuda::validate_sdpa_graph(key), "")
           << (backward ? "backward" : "forward") << " H=" << shape.heads << " KV=" << shape.kv_heads
           << " hd=" << shape.head_dim << " window=" << shape.window;
-      // The atomic backward, used where the deterministic one's workspace is too large.
-      if (backward) {
-        EXPECT_EQ(cuda::validate_sdpa_graph(key, false), "")
-            << "non-deterministic backward H=" << shape.heads << " window=" << shape.window;
-      }
     }
   // and it does refuse: a head size cuDNN does not take (not a multiple of 8).
   const auto odd = cuda::sdpa_key(false, {{0, 64}}, 64, AttentionShape{4, 2, 12});
@@ -526,7 +525,7 @@ TEST_F(CudaBackend, WideningIntoColumnsWritesExactlyThoseColumns) {
 
 // The whole model on the GPU against the CPU: a tiny random Llama with GQA and LoRA everywhere.
 template <class P>
-void expect_model_matches(double tolerance) {
+void expect_model_matches(double tolerance, bool fused_attention = true) {
   LlamaConfig config;
   config.hidden_size = 64;
   config.intermediate_size = 172;
@@ -559,6 +558,7 @@ void expect_model_matches(double tolerance) {
     ComputeOptions options;
     options.recompute = recompute;
     options.mlp_chunk_rows = 40;
+    options.attention.fused = fused_attention;
     LlamaModel<P> model(rt, weights, &layout, options);
     Run r;
     r.grads.assign(params.size(), 0.0f);
@@ -584,8 +584,12 @@ void expect_model_matches(double tolerance) {
 TEST_F(CudaBackend, Fp32ModelEqualsTheCpu) {
   expect_model_matches<Fp32Policy>(kFp32Model);
 }
+// With the reference attention the GPU rounds where the CPU does; with cuDNN's, more.
 TEST_F(CudaBackend, Bf16ModelEqualsTheCpuWithinBf16) {
-  expect_model_matches<Bf16Policy>(kBf16Model);
+  expect_model_matches<Bf16Policy>(kBf16Model, false);
+}
+TEST_F(CudaBackend, Bf16ModelWithCudnnAttentionEqualsTheCpuWithinItsRounding) {
+  expect_model_matches<Bf16Policy>(kBf16CudnnModel, true);
 }
 
 // ---- on the GPU against Transformers + PEFT -----------------------------------------------
@@ -605,10 +609,18 @@ TEST_P(GpuFixtures, MatchTransformersAndPeft) {
   if (cuda::visible_gpus(&why) == 0) GTEST_SKIP() << why;
   const testing::Case& c = GetParam();
   Runtime gpu(2, make_device("cuda"));
-  if (c.precision == Precision::kFp32)
+  if (c.precision == Precision::kFp32) {
     testing::check_against_reference<Fp32Policy>(gpu, c, tolerance::kFp32);
-  else
-    testing::check_against_reference<Bf16Policy>(gpu, c, tolerance::kBf16);
+  } else {
+    // The reference attention rounds where the reference does: the CPU's table. cuDNN's
+    // rounds more: its own entry (tolerances.hpp).
+    {
+      SCOPED_TRACE("the GPU's reference attention");
+      testing::check_against_reference<Bf16Policy>(gpu, c, tolerance::kBf16, false);
+    }
+    SCOPED_TRACE("cuDNN's attention");
+    testing::check_against_reference<Bf16Policy>(gpu, c, tolerance::kBf16Cudnn, true);
+  }
   EXPECT_GT(gpu.device().peak_allocated_bytes(), 0u) << "the model ran on the GPU";
 }
 

@@ -168,7 +168,7 @@ class CudaKernels final : public Kernels<P> {
     ProfileScope profile(profiler_, ProfileCategory::kAttention);
     check_options(options);
 #ifdef ZEROLORA_CUDNN
-    if (use_cudnn(segments, M, shape)) {
+    if (use_cudnn(segments, M, shape, options)) {
       const Bf16Bits* qkv16 = bf16_copy(qkv_bf16_, qkv, M, shape.qkv_stride());
       Bf16Bits* out16 = bits_of(out_bf16_, M, shape.heads * shape.head_dim);
       float* stats = padded_stats(M, shape.heads);
@@ -187,7 +187,7 @@ class CudaKernels final : public Kernels<P> {
     ProfileScope profile(profiler_, ProfileCategory::kAttention);
     check_options(options);
 #ifdef ZEROLORA_CUDNN
-    if (use_cudnn(segments, M, shape)) {
+    if (use_cudnn(segments, M, shape, options)) {
       const Index w_out = shape.heads * shape.head_dim, w_qkv = shape.qkv_stride();
       const Bf16Bits* qkv16 = bf16_copy(qkv_bf16_, qkv, M, w_qkv);
       const Bf16Bits* out16 = bf16_copy(out_bf16_, out, M, w_out);  // exact: O was bf16 values
@@ -266,8 +266,9 @@ class CudaKernels final : public Kernels<P> {
   }
 
 #ifdef ZEROLORA_CUDNN
-  bool use_cudnn(const std::vector<Segment>& segments, Index M, const AttentionShape& shape) {
-    if (!kRoundOperands || !cudnn_attention_supports(shape)) return false;
+  bool use_cudnn(const std::vector<Segment>& segments, Index M, const AttentionShape& shape,
+                 const AttentionOptions& options) {
+    if (!kRoundOperands || !options.fused || !cudnn_attention_supports(shape)) return false;
     if (!cudnn_) cudnn_ = std::make_unique<CudnnAttention>(device_, s_);
     return cudnn_->available(segments, M, shape);
   }

@@ -41,7 +41,7 @@ SdpaKey sdpa_key(bool backward, const std::vector<Segment>& segments, Index M,
 bool cudnn_attention_supports(const AttentionShape& shape);
 
 // "" when the key's graph validates for sm_90 (host only, no GPU), else the frontend's message.
-std::string validate_sdpa_graph(const SdpaKey& key, bool deterministic = true);
+std::string validate_sdpa_graph(const SdpaKey& key);
 
 // Entries between the starts of the four ragged-offset arrays (q/k/v, O and dQ, stats, dK and
 // dV): slots + 1 rounded up to even, so that each array is 16-byte aligned.

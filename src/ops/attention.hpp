@@ -61,15 +61,15 @@ struct AttentionOptions {
   Index block = 128;          // query rows per tile
   bool softmax_bf16 = false;  // round scores and probabilities to bf16 (the seed's
                               // --attn_softmax_bf16); slower on CPU, for parity studies
+  // On a GPU, in the bf16 policy: cuDNN's fused attention where it takes the shape (the
+  // default); false: the backend's reference kernel, which rounds where the CPU does (the
+  // comparisons that tell cuDNN's own bf16 rounding apart from everything else).
+  bool fused = true;
 };
 
 // Whether the CPU computes this shape with the direct kernel (fp32 throughout) rather than the
 // tiled one (matmul operands in the policy's type): the GPU's reference kernel rounds as it does.
 bool attention_uses_direct(const AttentionShape& shape, const AttentionOptions& options);
-
-// On a GPU, cuDNN's attention backward is deterministic while its workspace fits this
-// (src/cuda/cudnn_attention.cpp); the memory estimate counts it up to this bound.
-inline constexpr double kCudnnDeterministicWorkspaceBytes = 1024.0 * 1024.0 * 1024.0;
 
 // The head sizes cuDNN's fused attention takes (a multiple of 8 up to 256); the GPU serves the
 // others, and fp32 mode, with its reference kernel.

@@ -315,20 +315,15 @@ void add_gpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& 
   if (cudnn) {
     // The workspace (the cuDNN frontend's composite backward, sized from the dense gradient
     // layouts of cudnn_attention.cpp): fp32 row sums, with GQA fp32 dK and dV summed per
-    // query head, and then either the atomic backward's fp32 dQ or the deterministic one's dP
-    // (slots x heads x S^2 bf16, at least 8 slots of the sequence length here), which the
-    // backend uses only up to kCudnnDeterministicWorkspaceBytes (cudnn_attention.cpp).
+    // query head, and the deterministic backward's dP (slots x heads x S^2 bf16, at least 8
+    // slots of the sequence length here): quadratic in the sequence length.
     const auto tokens = static_cast<double>(cudnn_size_bucket(static_cast<Index>(M)));
     const auto length = static_cast<double>(cudnn_size_bucket(static_cast<Index>(d.S)));
     const auto slots =
         static_cast<double>(cudnn_slot_count(static_cast<Index>(std::ceil(M / d.S))));
     const double gqa_sums = c.num_kv_heads < c.num_heads ? 2.0 * d.heads * d.hd : 0.0;
-    const double shared = 4.0 * tokens * (d.heads + gqa_sums);
-    const double atomic = shared + 4.0 * tokens * d.heads * d.hd;
-    const double deterministic = shared + 2.0 * slots * d.heads * length * length;
-    const double workspace = deterministic <= kCudnnDeterministicWorkspaceBytes
-                                 ? std::max(atomic, deterministic)
-                                 : atomic;
+    const double workspace =
+        4.0 * tokens * (d.heads + gqa_sums) + 2.0 * slots * d.heads * length * length;
     const auto rows = static_cast<double>(cudnn_padded_rows(static_cast<Index>(M)));
     e.items.push_back({"attention (cuDNN: bf16 q/k/v, O, gradients, stats; workspace, est.)",
                        4.0 * rows * (W3 + Qd) + 4.0 * rows * d.heads + workspace});
