@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <random>
+#include <tuple>
 #include <vector>
 
 #include "comm/communicator.hpp"
@@ -255,8 +256,8 @@ TEST_F(CudaBackend, CrossEntropyLossAndGradientEqualTheCpu) {
   expect_close(to_host(g, logits.size()), logits, "cross-entropy gradient");
 }
 
-TEST_F(CudaBackend, ProjectionsAndTheLoraBranchEqualTheCpu) {
-  const Index M = 37, in = 64, out = 172, rank = 4;
+TEST_F(CudaBackend, ProjectionsEqualTheCpu) {
+  const Index M = 37, in = 64, out = 172;
   auto x = random_values(M * in, 10), w = random_values(out * in, 11, 0.2f);
   auto y = random_values(M * out, 12), dy = random_values(M * out, 13);
   float *gx = on_gpu(x), *gw = on_gpu(w), *gy = on_gpu(y), *gdy = on_gpu(dy);
@@ -277,32 +278,47 @@ TEST_F(CudaBackend, ProjectionsAndTheLoraBranchEqualTheCpu) {
   cpu_kernels_->linear_backward_data(dx.data(), dy.data(), w.data(), M, out, in);
   gpu_kernels_->linear_backward_data(gdx, gdy, gw, M, out, in);
   expect_close(to_host(gdx, dx.size()), dx, "linear backward");
+}
 
-  auto a = random_values(rank * in, 14, 0.3f), b = random_values(out * rank, 15, 0.3f);
-  std::vector<std::uint64_t> row_keys(M);
-  for (Index i = 0; i < M; ++i) row_keys[i] = mix64(static_cast<std::uint64_t>(i) + 100);
-  for (double p : {0.0, 0.05}) {
-    DropoutMask cpu_mask{p, 12345, row_keys.data()}, gpu_mask{p, 12345, on_gpu(row_keys)};
-    std::vector<float> z(M * rank), ya = y, da(rank * in, 0.5f), db(out * rank, -0.25f), dxa = dx;
-    float *gz = on_gpu(z), *gya = on_gpu(ya), *gda = on_gpu(da), *gdb = on_gpu(db),
-          *gdxa = on_gpu(dxa), *ga = on_gpu(a), *gb = on_gpu(b);
-    cpu_kernels_->lora_forward(Mat<float>::dense(ya.data(), M, out), z.data(),
-                               Mat<const float>::dense(x.data(), M, in), a.data(), b.data(), rank,
-                               4.0, cpu_mask);
-    gpu_kernels_->lora_forward(Mat<float>::dense(gya, M, out), gz,
-                               Mat<const float>::dense(gx, M, in), ga, gb, rank, 4.0, gpu_mask);
-    expect_close(to_host(gz, z.size()), z, "lora z");
-    expect_close(to_host(gya, ya.size()), ya, "lora forward");
-    cpu_kernels_->lora_backward(Mat<float>::dense(dxa.data(), M, in), da.data(), db.data(),
-                                Mat<const float>::dense(dy.data(), M, out), z.data(),
-                                Mat<const float>::dense(x.data(), M, in), a.data(), b.data(), rank,
-                                4.0, cpu_mask);
-    gpu_kernels_->lora_backward(Mat<float>::dense(gdxa, M, in), gda, gdb,
-                                Mat<const float>::dense(gdy, M, out), gz,
-                                Mat<const float>::dense(gx, M, in), ga, gb, rank, 4.0, gpu_mask);
-    expect_close(to_host(gdxa, dxa.size()), dxa, "lora d input");
-    expect_close(to_host(gda, da.size()), da, "lora dA");
-    expect_close(to_host(gdb, db.size()), db, "lora dB");
+// The LoRA branch: ranks up to 16 on lora.cu's fused kernels (rank 1, 4, and 16 over 600 rows:
+// three partial sums of dA and dB, the last ragged), rank 17 on cuBLASLt and dropped copies;
+// dropout off and on; the input, output and their gradients as column blocks of wider rows
+// (the fused q/k/v layout) as well as dense.
+TEST_F(CudaBackend, TheLoraBranchEqualsTheCpu) {
+  const Index in = 64, out = 172;
+  for (const auto& [M, rank, pad] : std::vector<std::tuple<Index, Index, Index>>{
+           {37, 4, 0}, {37, 1, 5}, {600, 16, 0}, {37, 17, 0}, {600, 4, 19}}) {
+    const Index ld_in = in + pad, ld_out = out + pad;  // row strides of the views
+    auto x = random_values(M * ld_in, 10), y = random_values(M * ld_out, 12);
+    auto dy = random_values(M * ld_out, 13), dx = random_values(M * ld_in, 16);
+    auto a = random_values(rank * in, 14, 0.3f), b = random_values(out * rank, 15, 0.3f);
+    std::vector<std::uint64_t> row_keys(M);
+    for (Index i = 0; i < M; ++i) row_keys[i] = mix64(static_cast<std::uint64_t>(i) + 100);
+    const float *gx = on_gpu(x), *gdy = on_gpu(dy), *ga = on_gpu(a), *gb = on_gpu(b);
+    for (double p : {0.0, 0.05}) {
+      SCOPED_TRACE("M=" + std::to_string(M) + " rank=" + std::to_string(rank) +
+                   " pad=" + std::to_string(pad) + " p=" + std::to_string(p));
+      DropoutMask cpu_mask{p, 12345, row_keys.data()}, gpu_mask{p, 12345, on_gpu(row_keys)};
+      std::vector<float> z(M * rank), ya = y, da(rank * in, 0.5f), db(out * rank, -0.25f), dxa = dx;
+      float *gz = on_gpu(z), *gya = on_gpu(ya), *gda = on_gpu(da), *gdb = on_gpu(db),
+            *gdxa = on_gpu(dxa);
+      const Mat<const float> cpu_x{x.data(), M, in, ld_in, 1}, gpu_x{gx, M, in, ld_in, 1};
+      cpu_kernels_->lora_forward(Mat<float>{ya.data(), M, out, ld_out, 1}, z.data(), cpu_x,
+                                 a.data(), b.data(), rank, 4.0, cpu_mask);
+      gpu_kernels_->lora_forward(Mat<float>{gya, M, out, ld_out, 1}, gz, gpu_x, ga, gb, rank, 4.0,
+                                 gpu_mask);
+      expect_close(to_host(gz, z.size()), z, "lora z");
+      expect_close(to_host(gya, ya.size()), ya, "lora forward");
+      cpu_kernels_->lora_backward(Mat<float>{dxa.data(), M, in, ld_in, 1}, da.data(), db.data(),
+                                  Mat<const float>{dy.data(), M, out, ld_out, 1}, z.data(), cpu_x,
+                                  a.data(), b.data(), rank, 4.0, cpu_mask);
+      gpu_kernels_->lora_backward(Mat<float>{gdxa, M, in, ld_in, 1}, gda, gdb,
+                                  Mat<const float>{gdy, M, out, ld_out, 1}, gz, gpu_x, ga, gb, rank,
+                                  4.0, gpu_mask);
+      expect_close(to_host(gdxa, dxa.size()), dxa, "lora d input");
+      expect_close(to_host(gda, da.size()), da, "lora dA");
+      expect_close(to_host(gdb, db.size()), db, "lora dB");
+    }
   }
 }
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -105,10 +106,18 @@ class CudaKernels final : public Kernels<P> {
                  1.0f, false);
   }
 
+  // The LoRA branch: up to kLoraFusedMaxRank over views with contiguous rows, lora.cu's kernels
+  // (each activation read once, the dropout mask made on the fly); else cuBLASLt GEMMs in fp32
+  // and dropped copies of the input.
   void lora_project(Act* z, Mat<const Act> src, const Act* a, Index rank,
                     const DropoutMask& dropout) override {
     ProfileScope profile(profiler_, ProfileCategory::kLora);
     const Index M = src.rows, in = src.cols;
+    if (fused_lora(rank, {src.cs})) {
+      cuda::lora_contract(s_, z, src.data, src.rs, a, in, 1, M, in, static_cast<int>(rank), 1.0f,
+                          dropout.p, dropout.key, dropout.row_keys);
+      return;
+    }
     gemm_.matmul(dropped(src, dropout), Mat<const Act>::dense(a, rank, in).t(),
                  Mat<Act>::dense(z, M, rank), 1.0f, false);
   }
@@ -116,6 +125,11 @@ class CudaKernels final : public Kernels<P> {
                     Index rank, double scale, const DropoutMask& dropout) override {
     ProfileScope profile(profiler_, ProfileCategory::kLora);
     lora_project(z, src, a, rank, dropout);
+    if (fused_lora(rank, {dst.cs})) {  // y += s z B^T: B(k, c) at b[c r + k]
+      cuda::lora_expand(s_, dst.data, dst.rs, z, b, 1, rank, dst.rows, dst.cols,
+                        static_cast<int>(rank), static_cast<float>(scale), 0.0, 0, nullptr);
+      return;
+    }
     gemm_.matmul(Mat<const Act>::dense(z, src.rows, rank),
                  Mat<const Act>::dense(b, dst.cols, rank).t(), dst, static_cast<float>(scale),
                  true);
@@ -127,6 +141,23 @@ class CudaKernels final : public Kernels<P> {
     const Index M = src.rows, in = src.cols, out = diff_dst.cols;
     const auto s = static_cast<float>(scale);
     Act* dz = lora_dz_.ensure(device_, static_cast<std::size_t>(M * rank));
+    if (fused_lora(rank, {src.cs, diff_src.cs, diff_dst.cs})) {
+      const int r = static_cast<int>(rank);
+      float* partial = lora_partial_.ensure(
+          device_, static_cast<std::size_t>(std::max(cuda::lora_outer_scratch(M, out, r),
+                                                     cuda::lora_outer_scratch(M, in, r))));
+      // dB += s dy^T z and dz = s dy B (B(k, c) at b[c r + k]); dA += dz^T drop(x) and
+      // dx += drop'(dz A) (A(k, j) at a[k in + j]).
+      cuda::lora_outer(s_, diff_b, 1, rank, z, diff_dst.data, diff_dst.rs, M, out, r, s, 0.0, 0,
+                       nullptr, partial);
+      cuda::lora_contract(s_, dz, diff_dst.data, diff_dst.rs, b, 1, rank, M, out, r, s, 0.0, 0,
+                          nullptr);
+      cuda::lora_outer(s_, diff_a, in, 1, dz, src.data, src.rs, M, in, r, 1.0f, dropout.p,
+                       dropout.key, dropout.row_keys, partial);
+      cuda::lora_expand(s_, diff_src.data, diff_src.rs, dz, a, in, 1, M, in, r, 1.0f, dropout.p,
+                        dropout.key, dropout.row_keys);
+      return;
+    }
     const auto dz_mat = Mat<Act>::dense(dz, M, rank);
     const auto a_mat = Mat<const Act>::dense(a, rank, in);
     gemm_.matmul(diff_dst.t(), Mat<const Act>::dense(z, M, rank),
@@ -300,6 +331,12 @@ class CudaKernels final : public Kernels<P> {
   DeviceBuffer<float> stats_;
 #endif
 
+  static bool fused_lora(Index rank, std::initializer_list<Index> column_strides) {
+    if (rank > kLoraFusedMaxRank) return false;
+    for (Index stride : column_strides)
+      if (stride != 1) return false;
+    return true;
+  }
   // drop(src) as a dense matrix (src itself when dropout is off).
   Mat<const Act> dropped(Mat<const Act> src, const DropoutMask& dropout) {
     if (!dropout.active()) return src;
@@ -375,7 +412,8 @@ class CudaKernels final : public Kernels<P> {
   cudaStream_t s_;
   LtGemm gemm_;
   DeviceBuffer<bf16> operand_;
-  DeviceBuffer<float> lora_dz_, lora_work_, dropout_work_, rope_cos_, rope_sin_, delta_;
+  DeviceBuffer<float> lora_dz_, lora_partial_, lora_work_, dropout_work_, rope_cos_, rope_sin_,
+      delta_;
   DeviceBuffer<double> row_loss_;
   std::vector<double> row_loss_host_;
   DeviceBuffer<unsigned long long> first_;

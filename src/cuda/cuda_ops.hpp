@@ -17,6 +17,8 @@ using Bf16Bits = std::uint16_t;
 
 // Throws DeviceError when the last launch (or an earlier asynchronous error) failed.
 void check_launch(const char* kernel, Index rows, Index cols);
+// Throws DeviceError naming the kernel and why its arguments were refused before a launch.
+[[noreturn]] void refuse_launch(const char* kernel, const char* why);
 
 // embedding.cu: dst [M, D] (=) table rows (fp32 or bf16 table)
 void embedding_forward(cudaStream_t s, float* dst, const std::int32_t* tokens, const float* table,
@@ -69,6 +71,23 @@ void scatter_rows(cudaStream_t s, float* dst, const float* src, const std::int32
 void apply_dropout(cudaStream_t s, float* dst, Index dst_rs, Index dst_cs, const float* src,
                    Index src_rs, Index src_cs, Index rows, Index cols, double p, std::uint64_t key,
                    const std::uint64_t* row_keys, bool accumulate);
+
+// lora.cu (ops/lora_branch.hpp) for ranks 1..16 (kLoraFusedMaxRank), big matrices' rows
+// big_rs apart (columns contiguous), dropout p with the key and row keys of DropoutMask (p 0:
+// off); W(k, j) and G(k, j) at w[k wk + j wj]:
+//   lora_contract: small [M, r] (=) scale drop(big [M, n]) W^T
+//   lora_expand:   big [M, n] += drop(scale small [M, r] W)
+//   lora_outer:    G [r, n] += scale small^T drop(big), through partial [lora_outer_scratch]
+void lora_contract(cudaStream_t s, float* small, const float* big, Index big_rs, const float* w,
+                   Index wk, Index wj, Index M, Index n, int rank, float scale, double p,
+                   std::uint64_t key, const std::uint64_t* row_keys);
+void lora_expand(cudaStream_t s, float* big, Index big_rs, const float* small, const float* w,
+                 Index wk, Index wj, Index M, Index n, int rank, float scale, double p,
+                 std::uint64_t key, const std::uint64_t* row_keys);
+Index lora_outer_scratch(Index M, Index n, int rank);
+void lora_outer(cudaStream_t s, float* g, Index gk, Index gj, const float* small, const float* big,
+                Index big_rs, Index M, Index n, int rank, float scale, double p, std::uint64_t key,
+                const std::uint64_t* row_keys, float* partial);
 
 // attention.cu (ops/attention.hpp): causal GQA attention over segments, one warp per query
 // row and head (forward, dQ) or key row and KV head (dK, dV), fp32 arithmetic; with round_operands,

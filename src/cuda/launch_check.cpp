@@ -13,4 +13,8 @@ void check_launch(const char* kernel, Index rows, Index cols) {
                       cudaGetErrorString(status));
 }
 
+void refuse_launch(const char* kernel, const char* why) {
+  throw DeviceError(std::string("CUDA kernel ") + kernel + " not launched: " + why);
+}
+
 }  // namespace zerolora::cuda

@@ -299,18 +299,24 @@ void add_gpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& 
   if (s.bf16)
     e.items.push_back({"bf16 GEMM operands (one shared buffer)",
                        2.0 * std::max({M * std::max({D, Qd, W3}), chunk * 2 * I, head * V})});
-  // The LoRA branch: dz, and with dropout the dropped input and its mask's work, each as large
-  // as the widest adapted input.
-  double widest_input = 0;
+  // The LoRA branch: dz, and up to kLoraFusedMaxRank the fused kernels' partial sums of dA and
+  // dB (src/cuda/lora.cu: r x the module's width per 256 rows); above it, with dropout, the
+  // dropped input and its mask's work, each as large as the widest adapted input.
+  double widest_input = 0, widest_partials = 0;
   for (const auto& entry : lora.entries()) {
-    if (entry.is_b) continue;
-    const double in = static_cast<double>(entry.cols);  // A: [r, in]
+    const double width = static_cast<double>(entry.is_b ? entry.rows : entry.cols);
     const bool mlp = entry.module == LoraModule::kGate || entry.module == LoraModule::kUp ||
                      entry.module == LoraModule::kDown;
-    widest_input = std::max(widest_input, (mlp ? chunk : M) * in);
+    const double rows = mlp ? chunk : M;
+    widest_partials = std::max(widest_partials, std::ceil(rows / 256) * r * width);
+    if (!entry.is_b) widest_input = std::max(widest_input, rows * width);  // A: [r, in]
   }
-  e.items.push_back({"LoRA branch scratch (dz; dropout's dropped inputs)",
-                     4.0 * M * r + (lora.config().dropout > 0 ? 2 * 4.0 * widest_input : 0.0)});
+  const bool fused = r <= kLoraFusedMaxRank;
+  e.items.push_back({fused ? "LoRA branch scratch (dz; dA and dB partial sums)"
+                           : "LoRA branch scratch (dz; dropout's dropped inputs)",
+                     4.0 * M * r + (fused                       ? 4.0 * widest_partials
+                                    : lora.config().dropout > 0 ? 2 * 4.0 * widest_input
+                                                                : 0.0)});
   const bool cudnn = s.bf16 && cudnn_supports_head_dim(c.head_dim);
   if (cudnn) {
     // The workspace (the cuDNN frontend's composite backward, sized from the dense gradient

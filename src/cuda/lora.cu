@@ -1,0 +1,163 @@
+// The LoRA branch on the device (ops/lora_branch.hpp) for ranks up to kLoraFusedMaxRank, forward
+// and backward as three kernels that read each activation once, the dropout mask made on the fly
+// (dropout.cu's hash: the CPU's masks exactly) instead of a dropped copy of the input:
+//   contract: small [M, r] (=) scale drop(big) W^T       z = drop(x) A^T;   dz = s dy B
+//   expand:   big [M, n]  += drop(scale small W)         y += s z B^T;      dx += drop'(dz A)
+//   outer:    G [r, n]    += scale small^T drop(big)     dB += s dy^T z;    dA += dz^T drop(x)
+// W(k, j) and G(k, j), k < r, j < n, sit at w[k wk + j wj]: A [r, in] is wk = in, wj = 1; B
+// [out, r] is wk = 1, wj = r. The rank's accumulators live in registers (kMaxRank of them, the
+// loops unrolled); outer sums fixed chunks of rows, then the chunks in order: the same bits
+// every run. They replace cuBLASLt's rank-r GEMMs and the dropped copies, which took 23% of a
+// 7B step on an H200 (BENCHMARKS.md).
+#include "cuda/device_math.cuh"
+
+namespace zerolora::cuda {
+namespace {
+
+constexpr int kMaxRank = 16;       // ops/lora_branch.hpp's kLoraFusedMaxRank
+constexpr Index kOuterRows = 256;  // rows per partial sum of outer
+constexpr int kThreads = 256;
+
+// Dropout as dropout.cu draws it; with no row keys (dropout off) every element is kept as is.
+struct Mask {
+  std::uint64_t key;
+  const std::uint64_t* row_keys;
+  std::uint64_t threshold;
+  float keep_scale;
+  __device__ __forceinline__ std::uint64_t row(Index i) const {
+    return row_keys ? hash_combine(key, row_keys[i]) : 0;
+  }
+  __device__ __forceinline__ float apply(std::uint64_t row_key, Index j, float v) const {
+    if (!row_keys) return v;
+    return (mix64(row_key + static_cast<std::uint64_t>(j)) >> 40) >= threshold ? v * keep_scale
+                                                                               : 0.0f;
+  }
+};
+
+Mask make_mask(double p, std::uint64_t key, const std::uint64_t* row_keys) {
+  if (p <= 0.0) return Mask{0, nullptr, 0, 1.0f};
+  return Mask{key, row_keys, static_cast<std::uint64_t>(p * 16777216.0),
+              static_cast<float>(1.0 / (1.0 - p))};
+}
+
+// One warp per row: the lanes stride over the row's n elements, each keeping r partial dot
+// products, then summed over the warp.
+__global__ void lora_contract_kernel(float* small, const float* big, Index big_rs, const float* w,
+                                     Index wk, Index wj, Index M, Index n, int rank, float scale,
+                                     Mask mask) {
+  const int lane = threadIdx.x & 31;
+  const Index warps = static_cast<Index>(gridDim.x) * (blockDim.x / 32);
+  for (Index i = (blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x) / 32; i < M;
+       i += warps) {
+    float acc[kMaxRank];
+    ZL_UNROLL for (int k = 0; k < kMaxRank; ++k) acc[k] = 0.0f;
+    const std::uint64_t row_key = mask.row(i);
+    const float* x = big + i * big_rs;
+    for (Index j = lane; j < n; j += 32) {
+      const float v = mask.apply(row_key, j, x[j]);
+      ZL_UNROLL for (int k = 0; k < kMaxRank; ++k) {
+        if (k < rank) acc[k] += v * w[k * wk + j * wj];
+      }
+    }
+    ZL_UNROLL for (int k = 0; k < kMaxRank; ++k) {
+      if (k < rank) {  // rank is the same for every lane: the whole warp sums
+        const float total = warp_sum(acc[k]);
+        if (lane == 0) small[i * rank + k] = scale * total;
+      }
+    }
+  }
+}
+
+// One thread per element of big.
+__global__ void lora_expand_kernel(float* big, Index big_rs, const float* small, const float* w,
+                                   Index wk, Index wj, Index M, Index n, int rank, float scale,
+                                   Mask mask) {
+  ZL_GRID_STRIDE(e, M * n) {
+    const Index i = e / n, j = e % n;
+    float sum = 0.0f;
+    ZL_UNROLL for (int k = 0; k < kMaxRank; ++k) {
+      if (k < rank) sum += small[i * rank + k] * w[k * wk + j * wj];
+    }
+    big[i * big_rs + j] += mask.apply(mask.row(i), j, scale * sum);
+  }
+}
+
+// partial [chunks, r, n]: block (x, chunk) sums its kOuterRows rows for its columns.
+__global__ void lora_outer_partial_kernel(float* partial, const float* small, const float* big,
+                                          Index big_rs, Index M, Index n, int rank, Mask mask) {
+  const Index chunk = blockIdx.y;
+  const Index first = chunk * kOuterRows;
+  const Index last = first + kOuterRows < M ? first + kOuterRows : M;
+  for (Index j = blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x; j < n;
+       j += static_cast<Index>(gridDim.x) * blockDim.x) {
+    float acc[kMaxRank];
+    ZL_UNROLL for (int k = 0; k < kMaxRank; ++k) acc[k] = 0.0f;
+    for (Index i = first; i < last; ++i) {
+      const float v = mask.apply(mask.row(i), j, big[i * big_rs + j]);
+      ZL_UNROLL for (int k = 0; k < kMaxRank; ++k) {
+        if (k < rank) acc[k] += small[i * rank + k] * v;
+      }
+    }
+    ZL_UNROLL for (int k = 0; k < kMaxRank; ++k) {
+      if (k < rank) partial[(chunk * rank + k) * n + j] = acc[k];
+    }
+  }
+}
+
+__global__ void lora_outer_reduce_kernel(float* g, Index gk, Index gj, const float* partial,
+                                         Index chunks, Index n, int rank, float scale) {
+  ZL_GRID_STRIDE(e, rank * n) {
+    const Index k = e / n, j = e % n;
+    float sum = 0.0f;
+    for (Index c = 0; c < chunks; ++c) sum += partial[(c * rank + k) * n + j];
+    g[k * gk + j * gj] += scale * sum;
+  }
+}
+
+void check_rank(int rank, const char* kernel) {
+  if (rank < 1 || rank > kMaxRank) refuse_launch(kernel, "the rank is outside 1..16");
+}
+
+}  // namespace
+
+void lora_contract(cudaStream_t s, float* small, const float* big, Index big_rs, const float* w,
+                   Index wk, Index wj, Index M, Index n, int rank, float scale, double p,
+                   std::uint64_t key, const std::uint64_t* row_keys) {
+  check_rank(rank, "lora_contract");
+  if (M == 0) return;
+  ZL_LAUNCH(lora_contract_kernel, grid_for(M * 32, kThreads), kThreads, s)
+  (small, big, big_rs, w, wk, wj, M, n, rank, scale, make_mask(p, key, row_keys));
+  check_launch("lora_contract", M, n);
+}
+
+void lora_expand(cudaStream_t s, float* big, Index big_rs, const float* small, const float* w,
+                 Index wk, Index wj, Index M, Index n, int rank, float scale, double p,
+                 std::uint64_t key, const std::uint64_t* row_keys) {
+  check_rank(rank, "lora_expand");
+  if (M * n == 0) return;
+  ZL_LAUNCH(lora_expand_kernel, grid_for(M * n, kThreads), kThreads, s)
+  (big, big_rs, small, w, wk, wj, M, n, rank, scale, make_mask(p, key, row_keys));
+  check_launch("lora_expand", M, n);
+}
+
+Index lora_outer_scratch(Index M, Index n, int rank) {
+  return (M + kOuterRows - 1) / kOuterRows * rank * n;
+}
+
+void lora_outer(cudaStream_t s, float* g, Index gk, Index gj, const float* small, const float* big,
+                Index big_rs, Index M, Index n, int rank, float scale, double p, std::uint64_t key,
+                const std::uint64_t* row_keys, float* partial) {
+  check_rank(rank, "lora_outer");
+  if (M * n == 0) return;
+  const Index chunks = (M + kOuterRows - 1) / kOuterRows;
+  if (chunks > 65535) refuse_launch("lora_outer", "more than 65535 x 256 rows");
+  const dim3 grid(grid_for(n, kThreads), static_cast<unsigned>(chunks));
+  ZL_LAUNCH(lora_outer_partial_kernel, grid, kThreads, s)
+  (partial, small, big, big_rs, M, n, rank, make_mask(p, key, row_keys));
+  check_launch("lora_outer (partial sums)", M, n);
+  ZL_LAUNCH(lora_outer_reduce_kernel, grid_for(rank * n, kThreads), kThreads, s)
+  (g, gk, gj, partial, chunks, n, rank, scale);
+  check_launch("lora_outer", M, n);
+}
+
+}  // namespace zerolora::cuda
