@@ -53,7 +53,7 @@ inline constexpr Fixture kBf16{6e-3, 4e-4, 2.5e-5, 2.5e-4, 8e-3, 8e-3, -1.0, 1.2
 // where the engine's attention does not (the reference models the engine's rounding, and the
 // GPU's reference attention kernel meets kBf16 above): Q, K and V, the probabilities P before
 // P V, the output O, and in the backward dO, and dQ, dK, dV as it writes them; the backward's
-// dS = P (dP - rowsum(dO O)) then cancels between two bf16-rounded terms. Each entry is 2-2.5x
+// dS = P (dP - rowsum(dO O)) then cancels between two bf16-rounded terms. Each entry is ~2.5x
 // the worst over the fixtures' bf16 cases on an H200 (cuDNN 9.19, 2026-12-04, the first GPU
 // run): logits 5.1e-3, logits_mean 8.9e-4, loss 6.4e-5, later_losses 5.4e-4, grad 2.6e-2
 // (qwen2_bias, layer 1 k_proj.lora_A), later_norms 3.6e-2, update 2.4e-2.
