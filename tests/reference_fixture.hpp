@@ -1,7 +1,7 @@
 // The Transformers + PEFT fixtures (tools/make_fixtures.py, tools/make_bf16_fixtures.py) and
 // the check of one case against them: logits, loss, every LoRA gradient, and 3 training steps
 // through LoraTrainer (micro-batches, clipping that fires, AdamW). Shared by the CPU tests
-// (test_reference_fixtures.cpp) and the GPU's (test_cuda.cpp), which run the same cases on
+// (test_reference_fixtures.cpp) and the GPU's (test_cuda_model.cpp), which run the same cases on
 // their runtime's device.
 #pragma once
 
@@ -131,7 +131,7 @@ inline void within(const Case& c, const std::string& what, double measured, doub
   }
 }
 
-// On `rt`'s device: the host's, or a GPU's (tests/test_cuda.cpp runs the same cases there).
+// On `rt`'s device: the host's, or a GPU's (tests/test_cuda_model.cpp runs the same cases there).
 // fused_attention false: on a GPU, the reference attention kernel instead of cuDNN's.
 template <class P>
 void check_against_reference(Runtime& rt, const Case& c, const tolerance::Fixture& tol,

@@ -1,0 +1,273 @@
+// The CUDA backend's ops against the CPU engine's: every op of the kernel interface on both, on
+// random inputs (odd sizes, GQA, several segments, dropout), in fp32 within kFp32Op; bf16
+// attention (cuDNN's where the build has it) within bf16's error; the dtype conversions bit for
+// bit.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "core/bf16.hpp"
+#include "core/rng.hpp"
+#include "cuda/cuda_device.hpp"
+#include "cuda/cuda_ops.hpp"
+#include "cuda_backend_test.hpp"
+#include "ops/attention.hpp"
+#include "ops/lora_branch.hpp"
+
+namespace zerolora {
+namespace {
+
+using cuda_test::CudaBackend;
+using cuda_test::kFp32Op;
+using cuda_test::random_values;
+
+TEST_F(CudaBackend, RmsNormSwigluRopeAndEmbeddingEqualTheCpu) {
+  const Index M = 37, D = 172, I = 45, half = 4, heads = 3;
+  auto x = random_values(M * D, 1), w = random_values(D, 2), dy = random_values(M * D, 3);
+  std::vector<float> y(M * D), rstd(M), dx = random_values(M * D, 4);
+  float *gx = on_gpu(x), *gw = on_gpu(w), *gdy = on_gpu(dy), *gy = on_gpu(y), *gr = on_gpu(rstd),
+        *gdx = on_gpu(dx);
+  cpu_kernels_->rmsnorm_forward(y.data(), rstd.data(), x.data(), w.data(), M, D, 1e-5);
+  gpu_kernels_->rmsnorm_forward(gy, gr, gx, gw, M, D, 1e-5);
+  expect_close(to_host(gy, y.size()), y, "rmsnorm forward");
+  expect_close(to_host(gr, rstd.size()), rstd, "rmsnorm rstd");
+  cpu_kernels_->rmsnorm_backward(dx.data(), dy.data(), x.data(), rstd.data(), w.data(), M, D, true);
+  gpu_kernels_->rmsnorm_backward(gdx, gdy, gx, gr, gw, M, D, true);
+  expect_close(to_host(gdx, dx.size()), dx, "rmsnorm backward (accumulating)");
+
+  auto gu = random_values(M * 2 * I, 5, 4.0f), dact = random_values(M * I, 6);
+  std::vector<float> act(M * I), dgu(M * 2 * I);
+  float *ggu = on_gpu(gu), *gact = on_gpu(act), *gdact = on_gpu(dact), *gdgu = on_gpu(dgu);
+  cpu_kernels_->swiglu_forward(act.data(), gu.data(), M, I);
+  gpu_kernels_->swiglu_forward(gact, ggu, M, I);
+  expect_close(to_host(gact, act.size()), act, "swiglu forward");
+  cpu_kernels_->swiglu_backward(dgu.data(), dact.data(), gu.data(), M, I);
+  gpu_kernels_->swiglu_backward(gdgu, gdact, ggu, M, I);
+  expect_close(to_host(gdgu, dgu.size()), dgu, "swiglu backward");
+
+  RopeParams params;
+  RopeTable table(params, 2 * half);
+  table.ensure(64);
+  std::vector<std::int32_t> positions(M);
+  for (Index i = 0; i < M; ++i) positions[i] = static_cast<std::int32_t>((i * 7) % 64);
+  const Index stride = heads * 2 * half + 5;
+  auto q = random_values(M * stride, 7);
+  float* gq = on_gpu(q);
+  std::int32_t* gpos = on_gpu(positions);
+  for (bool inverse : {false, true}) {
+    cpu_kernels_->rope_rotate(q.data(), positions.data(), table, M, stride, heads, inverse);
+    gpu_kernels_->rope_rotate(gq, gpos, table, M, stride, heads, inverse);
+    expect_close(to_host(gq, q.size()), q, inverse ? "rope backward" : "rope forward");
+  }
+
+  std::vector<std::int32_t> tokens(M);
+  for (Index i = 0; i < M; ++i) tokens[i] = static_cast<std::int32_t>((i * 13) % 50);
+  auto embedding_table = random_values(50 * D, 8);
+  std::vector<float> e(M * D);
+  float* ge = on_gpu(e);
+  cpu_kernels_->embedding_forward(e.data(), tokens.data(), embedding_table.data(), M, D);
+  gpu_kernels_->embedding_forward(ge, on_gpu(tokens), on_gpu(embedding_table), M, D);
+  EXPECT_EQ(to_host(ge, e.size()), e) << "an embedding gather is exact";
+}
+
+TEST_F(CudaBackend, CrossEntropyLossAndGradientEqualTheCpu) {
+  const Index R = 29, V = 515;
+  auto logits = random_values(R * V, 9, 6.0f);
+  std::vector<std::int32_t> targets(R);
+  for (Index r = 0; r < R; ++r)
+    targets[r] = r % 5 == 3 ? kIgnoreIndex : static_cast<std::int32_t>((r * 31) % V);
+  float* g = on_gpu(logits);
+  const double cpu = cpu_kernels_->cross_entropy(logits.data(), targets.data(), R, V, 0.01, true);
+  const double gpu = gpu_kernels_->cross_entropy(g, on_gpu(targets), R, V, 0.01, true);
+  EXPECT_NEAR(gpu, cpu, kFp32Op * std::abs(cpu));
+  expect_close(to_host(g, logits.size()), logits, "cross-entropy gradient");
+}
+
+TEST_F(CudaBackend, ProjectionsEqualTheCpu) {
+  const Index M = 37, in = 64, out = 172;
+  auto x = random_values(M * in, 10), w = random_values(out * in, 11, 0.2f);
+  auto y = random_values(M * out, 12), dy = random_values(M * out, 13);
+  float *gx = on_gpu(x), *gw = on_gpu(w), *gy = on_gpu(y), *gdy = on_gpu(dy);
+  cpu_kernels_->linear_forward(Mat<float>::dense(y.data(), M, out), x.data(), w.data(), in, true);
+  gpu_kernels_->linear_forward(Mat<float>::dense(gy, M, out), gx, gw, in, true);
+  expect_close(to_host(gy, y.size()), y, "linear forward (accumulating)");
+  // Qwen2's q/k/v biases: added to the whole output, and to a column block of a wider buffer
+  // (k's 60 columns at 100 of the 172, as in a fused q/k/v output).
+  auto bias = random_values(out, 16);
+  cpu_kernels_->linear_add_bias(Mat<float>::dense(y.data(), M, out), bias.data());
+  gpu_kernels_->linear_add_bias(Mat<float>::dense(gy, M, out), on_gpu(bias));
+  expect_close(to_host(gy, y.size()), y, "linear bias");
+  cpu_kernels_->linear_add_bias(Mat<float>{y.data() + 100, M, 60, out, 1}, bias.data());
+  gpu_kernels_->linear_add_bias(Mat<float>{gy + 100, M, 60, out, 1}, on_gpu(bias));
+  expect_close(to_host(gy, y.size()), y, "linear bias on a column block");
+  std::vector<float> dx(M * in);
+  float* gdx = on_gpu(dx);
+  cpu_kernels_->linear_backward_data(dx.data(), dy.data(), w.data(), M, out, in);
+  gpu_kernels_->linear_backward_data(gdx, gdy, gw, M, out, in);
+  expect_close(to_host(gdx, dx.size()), dx, "linear backward");
+}
+
+// The LoRA branch: ranks up to 16 on lora.cu's fused kernels (rank 1, 4, and 16 over 600 rows:
+// three partial sums of dA and dB, the last ragged), rank 17 on cuBLASLt and dropped copies;
+// dropout off and on; the input, output and their gradients as column blocks of wider rows
+// (the fused q/k/v layout) as well as dense.
+TEST_F(CudaBackend, TheLoraBranchEqualsTheCpu) {
+  const Index in = 64, out = 172;
+  for (const auto& [M, rank, pad] : std::vector<std::tuple<Index, Index, Index>>{
+           {37, 4, 0}, {37, 1, 5}, {600, 16, 0}, {37, 17, 0}, {600, 4, 19}}) {
+    const Index ld_in = in + pad, ld_out = out + pad;  // row strides of the views
+    auto x = random_values(M * ld_in, 10), y = random_values(M * ld_out, 12);
+    auto dy = random_values(M * ld_out, 13), dx = random_values(M * ld_in, 16);
+    auto a = random_values(rank * in, 14, 0.3f), b = random_values(out * rank, 15, 0.3f);
+    std::vector<std::uint64_t> row_keys(M);
+    for (Index i = 0; i < M; ++i) row_keys[i] = mix64(static_cast<std::uint64_t>(i) + 100);
+    const float *gx = on_gpu(x), *gdy = on_gpu(dy), *ga = on_gpu(a), *gb = on_gpu(b);
+    for (double p : {0.0, 0.05}) {
+      SCOPED_TRACE("M=" + std::to_string(M) + " rank=" + std::to_string(rank) +
+                   " pad=" + std::to_string(pad) + " p=" + std::to_string(p));
+      DropoutMask cpu_mask{p, 12345, row_keys.data()}, gpu_mask{p, 12345, on_gpu(row_keys)};
+      std::vector<float> z(M * rank), ya = y, da(rank * in, 0.5f), db(out * rank, -0.25f), dxa = dx;
+      float *gz = on_gpu(z), *gya = on_gpu(ya), *gda = on_gpu(da), *gdb = on_gpu(db),
+            *gdxa = on_gpu(dxa);
+      const Mat<const float> cpu_x{x.data(), M, in, ld_in, 1}, gpu_x{gx, M, in, ld_in, 1};
+      cpu_kernels_->lora_forward(Mat<float>{ya.data(), M, out, ld_out, 1}, z.data(), cpu_x,
+                                 a.data(), b.data(), rank, 4.0, cpu_mask);
+      gpu_kernels_->lora_forward(Mat<float>{gya, M, out, ld_out, 1}, gz, gpu_x, ga, gb, rank, 4.0,
+                                 gpu_mask);
+      expect_close(to_host(gz, z.size()), z, "lora z");
+      expect_close(to_host(gya, ya.size()), ya, "lora forward");
+      cpu_kernels_->lora_backward(Mat<float>{dxa.data(), M, in, ld_in, 1}, da.data(), db.data(),
+                                  Mat<const float>{dy.data(), M, out, ld_out, 1}, z.data(), cpu_x,
+                                  a.data(), b.data(), rank, 4.0, cpu_mask);
+      gpu_kernels_->lora_backward(Mat<float>{gdxa, M, in, ld_in, 1}, gda, gdb,
+                                  Mat<const float>{gdy, M, out, ld_out, 1}, gz, gpu_x, ga, gb, rank,
+                                  4.0, gpu_mask);
+      expect_close(to_host(gdxa, dxa.size()), dxa, "lora d input");
+      expect_close(to_host(gda, da.size()), da, "lora dA");
+      expect_close(to_host(gdb, db.size()), db, "lora dB");
+    }
+  }
+}
+
+TEST_F(CudaBackend, AttentionOverSegmentsWithGqaEqualsTheCpu) {
+  // Head sizes under, over and not a multiple of the warp's 32 lanes, up to the largest (256);
+  // the last two: Mistral's sliding window, cutting the segments of 64 and 33 rows.
+  for (const auto& [heads, kv_heads, head_dim, window] :
+       std::vector<std::tuple<Index, Index, Index, Index>>{{8, 4, 8, 0},
+                                                           {4, 1, 64, 0},
+                                                           {6, 2, 128, 0},
+                                                           {3, 3, 72, 0},
+                                                           {2, 1, 256, 0},
+                                                           {8, 4, 8, 7},
+                                                           {6, 2, 128, 20}}) {
+    const std::vector<Segment> segments{{0, 1}, {1, 17}, {18, 64}, {82, 33}};
+    const Index M = 115;
+    const AttentionShape shape{heads, kv_heads, head_dim, window};
+    auto qkv = random_values(M * shape.qkv_stride(), 16),
+         dout = random_values(M * heads * head_dim, 17);
+    std::vector<float> out(M * heads * head_dim), lse(heads * M), dqkv(qkv.size());
+    float *gqkv = on_gpu(qkv), *gout = on_gpu(out), *glse = on_gpu(lse), *gdqkv = on_gpu(dqkv),
+          *gdout = on_gpu(dout);
+    AttentionOptions options;
+    cpu_kernels_->attention_forward(out.data(), lse.data(), qkv.data(), segments, M, shape,
+                                    options);
+    gpu_kernels_->attention_forward(gout, glse, gqkv, segments, M, shape, options);
+    expect_close(to_host(gout, out.size()), out, "attention out");
+    expect_close(to_host(glse, lse.size()), lse, "attention lse");
+    cpu_kernels_->attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(),
+                                     segments, M, shape, options);
+    gpu_kernels_->attention_backward(gdqkv, gdout, gqkv, gout, glse, segments, M, shape, options);
+    expect_close(to_host(gdqkv, dqkv.size()), dqkv, "attention d qkv");
+  }
+}
+
+// The bf16 policy's attention on the GPU (cuDNN's fused kernel where it takes the shape) against
+// the CPU's bf16 attention: both round q, k, v to bf16, cuDNN also P and its outputs, so they
+// agree to bf16 precision, compared as relative norms.
+TEST_F(CudaBackend, Bf16AttentionEqualsTheCpuWithinBf16) {
+  Runtime& gpu = *gpu_;
+  auto gpu_bf16 = make_kernels<Bf16Policy>(gpu);
+  CpuKernels<Bf16Policy> cpu_bf16(cpu_);
+  auto norm_error = [](const std::vector<float>& a, const std::vector<float>& b) {
+    double diff = 0, ref = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) {
+      diff += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
+      ref += static_cast<double>(b[i]) * b[i];
+    }
+    return std::sqrt(diff / ref);
+  };
+  // The third shape: Mistral's sliding window of 100 (cuDNN's diagonal band), cutting three
+  // segments. The last batch, one segment alone, leaves cuDNN seven empty (length 0) slots of
+  // its eight.
+  const std::vector<Segment> packed{{0, 1}, {1, 130}, {131, 300}, {431, 81}}, alone{{0, 200}};
+  for (const auto& [shape, segments] :
+       std::vector<std::pair<AttentionShape, std::vector<Segment>>>{{{8, 4, 64}, packed},
+                                                                    {{16, 4, 128}, packed},
+                                                                    {{16, 4, 128, 100}, packed},
+                                                                    {{16, 4, 128}, alone}}) {
+    const Index M = segments.back().begin + segments.back().length;
+    auto qkv = random_values(M * shape.qkv_stride(), 19, 2.0f);
+    auto dout = random_values(M * shape.heads * shape.head_dim, 20);
+    std::vector<float> out(M * shape.heads * shape.head_dim), lse(shape.heads * M),
+        dqkv(qkv.size());
+    float *gqkv = on_gpu(qkv), *gout = on_gpu(out), *glse = on_gpu(lse), *gdqkv = on_gpu(dqkv),
+          *gdout = on_gpu(dout);
+    AttentionOptions options;
+    cpu_bf16.attention_forward(out.data(), lse.data(), qkv.data(), segments, M, shape, options);
+    gpu_bf16->attention_forward(gout, glse, gqkv, segments, M, shape, options);
+    EXPECT_LT(norm_error(to_host(gout, out.size()), out), 1e-2) << "out hd=" << shape.head_dim;
+    cpu_bf16.attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(),
+                                segments, M, shape, options);
+    gpu_bf16->attention_backward(gdqkv, gdout, gqkv, gout, glse, segments, M, shape, options);
+    const std::vector<float> first = to_host(gdqkv, dqkv.size());
+    EXPECT_LT(norm_error(first, dqkv), 2e-2) << "dqkv hd=" << shape.head_dim;
+    // The same bits again (cuDNN's deterministic backward: a resumed run repeats the
+    // uninterrupted one), after a pass over other data has used the workspace.
+    float* gother = on_gpu(random_values(dout.size(), 21));
+    gpu_bf16->attention_backward(gdqkv, gother, gqkv, gout, glse, segments, M, shape, options);
+    gpu_bf16->attention_backward(gdqkv, gdout, gqkv, gout, glse, segments, M, shape, options);
+    EXPECT_EQ(to_host(gdqkv, dqkv.size()), first) << "backward repeated, hd=" << shape.head_dim;
+  }
+}
+
+TEST_F(CudaBackend, ConversionsAreBitExactAndTheFiniteScanFindsTheFirst) {
+  std::vector<float> x = random_values(100003, 18, 100.0f);
+  x[5] = 0x1.0101p0f;  // a tie: rounds to even
+  std::vector<bf16> copy(x.size());
+  float* gx = on_gpu(x);
+  bf16* gcopy = on_gpu(copy);
+  cpu_kernels_->round_to_bf16(x.data(), copy.data(), static_cast<Index>(x.size()));
+  gpu_kernels_->round_to_bf16(gx, gcopy, static_cast<Index>(x.size()));
+  EXPECT_EQ(to_host(gx, x.size()), x);
+  const auto gpu_copy = to_host(gcopy, copy.size());
+  for (std::size_t i = 0; i < copy.size(); ++i) ASSERT_EQ(gpu_copy[i].bits, copy[i].bits) << i;
+  EXPECT_EQ(gpu_kernels_->first_nonfinite(gx, static_cast<Index>(x.size())), -1);
+  x[777] = NAN;
+  x[99999] = INFINITY;
+  gx = on_gpu(x);
+  EXPECT_EQ(gpu_kernels_->first_nonfinite(gx, static_cast<Index>(x.size())), 777);
+}
+
+// cuDNN's dense dQ, dK, dV widened into the fused q/k/v rows: every value exact, in its column,
+// and nothing outside the columns written.
+TEST_F(CudaBackend, WideningIntoColumnsWritesExactlyThoseColumns) {
+  const Index rows = 37, cols = 24, ld = 61, first = 5;
+  const std::vector<float> values = random_values(rows * cols, 19, 10.0f);
+  std::vector<bf16> src(values.size());
+  for (std::size_t i = 0; i < values.size(); ++i) src[i] = to_bf16(values[i]);
+  std::vector<float> dst(rows * ld, 7.0f);
+  float* gdst = on_gpu(dst);
+  auto* gsrc = reinterpret_cast<const cuda::Bf16Bits*>(on_gpu(src));
+  auto& gpu_device = dynamic_cast<cuda::CudaDevice&>(device());
+  cuda::widen_bf16_columns(gpu_device.stream(), gdst + first, ld, gsrc, rows, cols);
+  for (Index r = 0; r < rows; ++r)
+    for (Index c = 0; c < cols; ++c) dst[r * ld + first + c] = to_float(src[r * cols + c]);
+  EXPECT_EQ(to_host(gdst, dst.size()), dst);
+}
+
+}  // namespace
+}  // namespace zerolora

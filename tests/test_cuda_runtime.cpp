@@ -1,0 +1,228 @@
+// The CUDA backend's runtime pieces: the column-major GEMM problem of a row-major view and the
+// cuDNN graph keys (host-side, tested everywhere), and on a GPU cuDNN taking the recipe's
+// attention shapes, NCCL's non-blocking mode refused, the GEMM plan cache bounded, and the
+// profiler timing ops on the GPU's clock.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "comm/communicator.hpp"
+#include "core/error.hpp"
+#include "cuda/cuda_device.hpp"
+#include "cuda/cuda_ops.hpp"
+#ifdef ZEROLORA_CUDNN
+#include "cuda/cudnn_attention.hpp"
+#endif
+#include "cuda/gemm.hpp"
+#include "cuda/nccl_communicator.hpp"
+#include "cuda_backend_test.hpp"
+#include "ops/attention.hpp"
+
+namespace zerolora {
+namespace {
+
+using cuda_test::CudaBackend;
+using cuda_test::random_values;
+
+// ---- host-side: the column-major GEMM problem of a row-major view -------------------------
+
+TEST(CudaGemmKey, RowMajorProductIsTheTransposedColumnMajorOne) {
+  alignas(256) static float a[64 * 64], b[64 * 64], c[64 * 64];
+  // base forward y[M, out] = x[M, in] W^T: W [out, in] row-major, used transposed
+  const Index M = 37, in = 64, out = 48;
+  auto key = cuda::gemm_key(a, M, in, in, 1, b, in, out, 1, in, c, M, out, out, 1, 0, 4, false);
+  EXPECT_EQ(key.m, out);
+  EXPECT_EQ(key.n, M);
+  EXPECT_EQ(key.k, in);
+  EXPECT_TRUE(key.trans_a);  // W^T view is column-major [in, out]: cuBLASLt transposes it back
+  EXPECT_EQ(key.lda, in);
+  EXPECT_FALSE(key.trans_b);  // x row-major = column-major x^T
+  EXPECT_EQ(key.ldb, in);
+  EXPECT_EQ(key.ldc, out);
+  // backward data dx[M, in] = dy[M, out] W[out, in]
+  key = cuda::gemm_key(a, M, out, out, 1, b, out, in, in, 1, c, M, in, in, 1, 1, 2, false);
+  EXPECT_FALSE(key.trans_a);
+  EXPECT_FALSE(key.trans_b);
+  EXPECT_EQ(key.m, in);
+  EXPECT_EQ(key.lda, in);
+  EXPECT_EQ(key.ldb, out);
+  // dB[out, r] += dy^T z: dy a strided block of a wider buffer, used transposed
+  key = cuda::gemm_key(a, out, M, 1, 3 * out, b, M, 4, 4, 1, c, out, 4, 4, 1, 0, 4, true);
+  EXPECT_TRUE(key.trans_b);
+  EXPECT_EQ(key.ldb, 3 * out);
+  EXPECT_TRUE(key.accumulate);
+}
+
+TEST(CudaGemmKey, RefusesViewsThatAreNeitherRowNorColumnMajor) {
+  alignas(256) static float a[1024], b[1024], c[1024];
+  EXPECT_THROW(cuda::gemm_key(a, 4, 4, 8, 2, b, 4, 4, 4, 1, c, 4, 4, 4, 1, 0, 4, false),
+               ShapeError);
+  EXPECT_THROW(cuda::gemm_key(a, 4, 5, 5, 1, b, 4, 4, 4, 1, c, 4, 4, 4, 1, 0, 4, false),
+               ShapeError);  // shapes do not chain
+  EXPECT_EQ(cuda::pointer_alignment(a), 256);
+  EXPECT_EQ(cuda::pointer_alignment(a + 1), 4);
+  EXPECT_EQ(cuda::pointer_alignment(a + 2), 8);
+}
+
+#ifdef ZEROLORA_CUDNN
+// The cuDNN graph cache's keys, and the graphs themselves validated for Hopper on the host: the
+// frontend checks every rule of its support surface (ragged offsets with the padding mask, GQA
+// with ragged offsets, head sizes, stride alignment) without a GPU.
+TEST(CudnnAttentionGraphs, KeysBucketShapesSoTheCacheStaysSmall) {
+  const AttentionShape shape{32, 8, 128};
+  const auto a = cuda::sdpa_key(false, {{0, 100}, {100, 28}}, 128, shape);
+  const auto b = cuda::sdpa_key(false, {{0, 3}, {3, 120}, {123, 5}}, 128, shape);
+  EXPECT_EQ(a, b) << "batches of the same bucket share a graph";
+  EXPECT_EQ(a.slots, 8);
+  EXPECT_EQ(a.max_length, 128);
+  EXPECT_EQ(a.total_tokens, 0) << "the forward graph does not depend on the token count";
+  std::vector<Segment> many;
+  for (Index s = 0; s < 9; ++s) many.push_back({s * 300, 300});
+  const auto c = cuda::sdpa_key(true, many, 2700, shape);
+  EXPECT_EQ(c.slots, 16);
+  EXPECT_EQ(c.max_length, 384);
+  EXPECT_EQ(c.total_tokens, 3072) << "2700 tokens: 2048's quarter steps";
+  EXPECT_EQ(cudnn_size_bucket(1), 128);
+  EXPECT_EQ(cudnn_size_bucket(129), 256);
+  EXPECT_EQ(cudnn_size_bucket(513), 640);
+  EXPECT_EQ(cudnn_size_bucket(2048), 2048);
+  EXPECT_EQ(cudnn_size_bucket(2049), 2560);
+  EXPECT_TRUE(c.backward);
+  // A sliding window enters the key only where it cuts a segment.
+  EXPECT_EQ(cuda::sdpa_key(false, {{0, 100}, {100, 28}}, 128, AttentionShape{32, 8, 128, 100}), a);
+  EXPECT_EQ(
+      cuda::sdpa_key(false, {{0, 100}, {100, 28}}, 128, AttentionShape{32, 8, 128, 99}).window, 99);
+  EXPECT_FALSE(cuda::cudnn_attention_supports({8, 4, 12}));
+  EXPECT_TRUE(cuda::cudnn_attention_supports({8, 4, 8}));
+  EXPECT_FALSE(cudnn_supports_head_dim(264)) << "cuDNN takes head sizes up to 256";
+  EXPECT_EQ(cudnn_slot_count(16), 16);
+  EXPECT_EQ(cudnn_slot_count(17), 32);
+  // The three ragged-offset arrays start 16-byte aligned: slots + 1 entries rounded up to even.
+  for (const Index slots : {8, 16, 128}) EXPECT_EQ(cuda::offsets_span(slots) % 2, 0u);
+  EXPECT_EQ(cuda::offsets_span(8), 10u);
+}
+
+TEST(CudnnAttentionGraphs, ForwardAndBackwardValidateForHopper) {
+  // The demo model, a 7B (MHA), the 70B's GQA layer, Llama 3's 8B, Mistral 7B v0.1's sliding
+  // window (4096 there; 256 here, to cut the batch's segments).
+  for (const AttentionShape shape :
+       {AttentionShape{8, 4, 8}, AttentionShape{32, 32, 128}, AttentionShape{64, 8, 128},
+        AttentionShape{32, 8, 128}, AttentionShape{32, 8, 128, 256}})
+    for (bool backward : {false, true}) {
+      const auto key = cuda::sdpa_key(backward, {{0, 1}, {1, 500}, {501, 1547}}, 2048, shape);
+      EXPECT_EQ(cuda::validate_sdpa_graph(key), "")
+          << (backward ? "backward" : "forward") << " H=" << shape.heads << " KV=" << shape.kv_heads
+          << " hd=" << shape.head_dim << " window=" << shape.window;
+    }
+  // and it does refuse: a head size cuDNN does not take (not a multiple of 8).
+  const auto odd = cuda::sdpa_key(false, {{0, 64}}, 64, AttentionShape{4, 2, 12});
+  EXPECT_NE(cuda::validate_sdpa_graph(odd), "");
+}
+#endif
+
+#ifdef ZEROLORA_CUDNN
+// On a GPU, cuDNN's fused attention must take the shapes the recipe trains (else the backend
+// quietly falls back to its reference kernel, and every bf16 result above would come from it):
+// Llama-2-7B's and the 70B's (GQA) heads, Llama 3's, Mistral's window, at the seed's 2048
+// tokens packed several sequences to a batch.
+TEST_F(CudaBackend, CudnnTakesTheRecipesAttentionShapes) {
+  cuda::CudnnAttention cudnn(device(), dynamic_cast<cuda::CudaDevice&>(device()).stream());
+  const std::vector<Segment> segments{{0, 1}, {1, 500}, {501, 1547}, {2048, 2048}};
+  for (const AttentionShape shape : {AttentionShape{32, 32, 128}, AttentionShape{64, 8, 128},
+                                     AttentionShape{32, 8, 128}, AttentionShape{32, 8, 128, 256}})
+    EXPECT_TRUE(cudnn.available(segments, 4096, shape))
+        << "H=" << shape.heads << " KV=" << shape.kv_heads << " window=" << shape.window;
+  for (const auto& refusal : cudnn.refusals()) ADD_FAILURE() << "cuDNN refused " << refusal;
+}
+#endif
+
+// NCCL_COMM_BLOCKING=0 would make every collective return ncclInProgress: refused up front,
+// naming the variable, before NCCL is touched.
+TEST_F(CudaBackend, NonblockingNcclIsRefusedUpFront) {
+  auto& gpu_device = dynamic_cast<cuda::CudaDevice&>(device());
+  const auto bootstrap = make_local_communicator();
+  ::setenv("NCCL_COMM_BLOCKING", "0", 1);
+  try {
+    cuda::make_nccl_communicator(gpu_device, *bootstrap, 60);
+    ADD_FAILURE() << "expected UsageError";
+  } catch (const UsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("NCCL_COMM_BLOCKING"), std::string::npos) << e.what();
+  }
+  ::unsetenv("NCCL_COMM_BLOCKING");
+}
+
+// GEMM plans are cached per shape, and the cache starts afresh when full (unpacked batches give
+// a new M nearly every step): bounded, and every product still right.
+TEST_F(CudaBackend, TheGemmPlanCacheStaysBounded) {
+  auto& gpu_device = dynamic_cast<cuda::CudaDevice&>(device());
+  cuda::LtGemm gemm(gpu_device, gpu_device.stream(), 8);
+  const Index K = 5, N = 3;
+  const auto b = random_values(K * N, 41);
+  const float* gb = on_gpu(b);
+  for (Index M = 1; M <= 20; ++M) {
+    const auto a = random_values(M * K, 42 + M);
+    float* gc = on_gpu(std::vector<float>(static_cast<std::size_t>(M * N)));
+    gemm.matmul(Mat<const float>::dense(on_gpu(a), M, K), Mat<const float>::dense(gb, K, N),
+                Mat<float>::dense(gc, M, N), 1.0f, false);
+    EXPECT_LE(gemm.cached_plans(), 8u);
+    std::vector<float> expected(static_cast<std::size_t>(M * N), 0.0f);
+    for (Index i = 0; i < M; ++i)
+      for (Index j = 0; j < N; ++j)
+        for (Index k = 0; k < K; ++k) expected[i * N + j] += a[i * K + k] * b[k * N + j];
+    expect_close(to_host(gc, expected.size()), expected, "C = A B");
+  }
+  EXPECT_GT(gemm.cached_plans(), 0u);
+}
+
+// The profiler on the GPU's clock: events around each op add up, per kind, the time the GPU
+// spent in it (the host only launches), nothing for kinds that did not run, no more than the
+// wall time; a collect after the last adds nothing, and reset() drops the marks.
+TEST_F(CudaBackend, TheProfilerTimesEachOpOnTheGpusClock) {
+  const Index M = 64, D = 256, I = 96;
+  const auto x = random_values(M * D, 31), w = random_values(D, 32);
+  const auto gate_up = random_values(M * 2 * I, 33), weight = random_values(D * D, 34);
+  float* gx = on_gpu(x);
+  float* gw = on_gpu(w);
+  float* ggu = on_gpu(gate_up);
+  float* gweight = on_gpu(weight);
+  float* gy = on_gpu(std::vector<float>(static_cast<std::size_t>(M * D)));
+  float* grstd = on_gpu(std::vector<float>(static_cast<std::size_t>(M)));
+  float* gs = on_gpu(std::vector<float>(static_cast<std::size_t>(M * I)));
+  const std::unique_ptr<DeviceClock> clock = device().make_clock();
+  ASSERT_TRUE(clock) << "a GPU times ops on its own clock";
+  Profiler& profiler = gpu_->profiler();
+  profiler.enable(true);
+  profiler.set_device_clock(clock.get());
+  const auto start = std::chrono::steady_clock::now();
+  for (int repeat = 0; repeat < 3; ++repeat) {
+    gpu_kernels_->rmsnorm_forward(gy, grstd, gx, gw, M, D, 1e-5);
+    gpu_kernels_->linear_forward(Mat<float>::dense(gy, M, D), gx, gweight, D, false);
+    gpu_kernels_->swiglu_forward(gs, ggu, M, I);
+  }
+  profiler.collect_device();
+  const double wall =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  using C = ProfileCategory;
+  for (C kind : {C::kNorm, C::kMatmul, C::kSwiglu}) {
+    EXPECT_GT(profiler.device_seconds(kind), 0.0) << profile_category_name(kind);
+    EXPECT_EQ(profiler.calls(kind), 3) << profile_category_name(kind);
+  }
+  for (C kind : {C::kAttention, C::kLora, C::kRope, C::kLoss, C::kConvert})
+    EXPECT_EQ(profiler.device_seconds(kind), 0.0) << profile_category_name(kind);
+  EXPECT_LE(profiler.total_device_seconds(), wall);
+  const double total = profiler.total_device_seconds();
+  profiler.collect_device();
+  EXPECT_EQ(profiler.total_device_seconds(), total) << "each scope is counted once";
+  gpu_kernels_->swiglu_forward(gs, ggu, M, I);
+  profiler.reset();
+  profiler.collect_device();
+  EXPECT_EQ(profiler.total_device_seconds(), 0.0) << "reset() drops the marks so far";
+  profiler.set_device_clock(nullptr);
+  profiler.enable(false);
+}
+
+}  // namespace
+}  // namespace zerolora
