@@ -65,7 +65,8 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, ReferenceFixture, ::testing::ValuesIn(all_cas
 // The same check with the model on a device the host cannot address (tests/staging_device.hpp):
 // the path a GPU takes (the model read into device memory by a one-rank store, the LoRA tensors
 // mirrored layer by layer, the batch geometry uploaded) with the CPU's kernels, so that the
-// GPU's fixture test (test_cuda_model.cpp, the same cases) differs from this one only in its kernels.
+// GPU's fixture test (test_cuda_model.cpp, the same cases) differs from this one only in its
+// kernels.
 class StagedDeviceFixture : public ::testing::TestWithParam<Case> {};
 
 TEST_P(StagedDeviceFixture, MatchesTransformersAndPeft) {

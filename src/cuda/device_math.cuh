@@ -44,6 +44,31 @@ __device__ __forceinline__ std::uint64_t hash_combine(std::uint64_t key, std::ui
   return mix64(key ^ (part + 0x632be59bd9b4e019ull + (key << 6) + (key >> 2)));
 }
 
+// LoRA dropout's mask (ops/lora_branch.hpp, DropoutMask): element (i, j) is kept iff
+// (mix64(hash_combine(key, row_keys[i]) + j) >> 40) >= p 2^24, kept values scaled by
+// 1 / (1 - p); p 0 (no row keys): every element kept as it is. The CPU's masks exactly.
+struct DropoutDraw {
+  std::uint64_t key;
+  const std::uint64_t* row_keys;  // null: dropout off
+  std::uint64_t threshold;
+  float keep_scale;
+  __device__ __forceinline__ std::uint64_t row(Index i) const {
+    return row_keys ? hash_combine(key, row_keys[i]) : 0;
+  }
+  // v dropped or scaled, row_key being row(i) of v's row i.
+  __device__ __forceinline__ float apply(std::uint64_t row_key, Index j, float v) const {
+    if (!row_keys) return v;
+    return (mix64(row_key + static_cast<std::uint64_t>(j)) >> 40) >= threshold ? v * keep_scale
+                                                                               : 0.0f;
+  }
+};
+
+inline DropoutDraw make_dropout_draw(double p, std::uint64_t key, const std::uint64_t* row_keys) {
+  if (p <= 0.0) return DropoutDraw{0, nullptr, 0, 1.0f};
+  return DropoutDraw{key, row_keys, static_cast<std::uint64_t>(p * 16777216.0),
+                     static_cast<float>(1.0 / (1.0 - p))};
+}
+
 // Sum and max over the warp (all 32 lanes); every lane gets the result, the same bits.
 __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -1,6 +1,6 @@
 // The LoRA branch on the device (ops/lora_branch.hpp) for ranks up to kLoraFusedMaxRank, forward
 // and backward as three kernels that read each activation once, the dropout mask made on the fly
-// (dropout.cu's hash: the CPU's masks exactly) instead of a dropped copy of the input:
+// (device_math.cuh's DropoutDraw: the CPU's masks exactly) instead of a dropped copy of the input:
 //   contract: small [M, r] (=) scale drop(big) W^T       z = drop(x) A^T;   dz = s dy B
 //   expand:   big [M, n]  += drop(scale small W)         y += s z B^T;      dx += drop'(dz A)
 //   outer:    G [r, n]    += scale small^T drop(big)     dB += s dy^T z;    dA += dz^T drop(x)
@@ -18,33 +18,11 @@ constexpr int kMaxRank = 16;       // ops/lora_branch.hpp's kLoraFusedMaxRank
 constexpr Index kOuterRows = 256;  // rows per partial sum of outer
 constexpr int kThreads = 256;
 
-// Dropout as dropout.cu draws it; with no row keys (dropout off) every element is kept as is.
-struct Mask {
-  std::uint64_t key;
-  const std::uint64_t* row_keys;
-  std::uint64_t threshold;
-  float keep_scale;
-  __device__ __forceinline__ std::uint64_t row(Index i) const {
-    return row_keys ? hash_combine(key, row_keys[i]) : 0;
-  }
-  __device__ __forceinline__ float apply(std::uint64_t row_key, Index j, float v) const {
-    if (!row_keys) return v;
-    return (mix64(row_key + static_cast<std::uint64_t>(j)) >> 40) >= threshold ? v * keep_scale
-                                                                               : 0.0f;
-  }
-};
-
-Mask make_mask(double p, std::uint64_t key, const std::uint64_t* row_keys) {
-  if (p <= 0.0) return Mask{0, nullptr, 0, 1.0f};
-  return Mask{key, row_keys, static_cast<std::uint64_t>(p * 16777216.0),
-              static_cast<float>(1.0 / (1.0 - p))};
-}
-
 // One warp per row: the lanes stride over the row's n elements, each keeping r partial dot
 // products, then summed over the warp.
 __global__ void lora_contract_kernel(float* small, const float* big, Index big_rs, const float* w,
                                      Index wk, Index wj, Index M, Index n, int rank, float scale,
-                                     Mask mask) {
+                                     DropoutDraw mask) {
   const int lane = threadIdx.x & 31;
   const Index warps = static_cast<Index>(gridDim.x) * (blockDim.x / 32);
   for (Index i = (blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x) / 32; i < M;
@@ -71,7 +49,7 @@ __global__ void lora_contract_kernel(float* small, const float* big, Index big_r
 // One thread per element of big.
 __global__ void lora_expand_kernel(float* big, Index big_rs, const float* small, const float* w,
                                    Index wk, Index wj, Index M, Index n, int rank, float scale,
-                                   Mask mask) {
+                                   DropoutDraw mask) {
   ZL_GRID_STRIDE(e, M * n) {
     const Index i = e / n, j = e % n;
     float sum = 0.0f;
@@ -84,7 +62,8 @@ __global__ void lora_expand_kernel(float* big, Index big_rs, const float* small,
 
 // partial [chunks, r, n]: block (x, chunk) sums its kOuterRows rows for its columns.
 __global__ void lora_outer_partial_kernel(float* partial, const float* small, const float* big,
-                                          Index big_rs, Index M, Index n, int rank, Mask mask) {
+                                          Index big_rs, Index M, Index n, int rank,
+                                          DropoutDraw mask) {
   const Index chunk = blockIdx.y;
   const Index first = chunk * kOuterRows;
   const Index last = first + kOuterRows < M ? first + kOuterRows : M;
@@ -126,7 +105,7 @@ void lora_contract(cudaStream_t s, float* small, const float* big, Index big_rs,
   check_rank(rank, "lora_contract");
   if (M == 0) return;
   ZL_LAUNCH(lora_contract_kernel, grid_for(M * 32, kThreads), kThreads, s)
-  (small, big, big_rs, w, wk, wj, M, n, rank, scale, make_mask(p, key, row_keys));
+  (small, big, big_rs, w, wk, wj, M, n, rank, scale, make_dropout_draw(p, key, row_keys));
   check_launch("lora_contract", M, n);
 }
 
@@ -136,7 +115,7 @@ void lora_expand(cudaStream_t s, float* big, Index big_rs, const float* small, c
   check_rank(rank, "lora_expand");
   if (M * n == 0) return;
   ZL_LAUNCH(lora_expand_kernel, grid_for(M * n, kThreads), kThreads, s)
-  (big, big_rs, small, w, wk, wj, M, n, rank, scale, make_mask(p, key, row_keys));
+  (big, big_rs, small, w, wk, wj, M, n, rank, scale, make_dropout_draw(p, key, row_keys));
   check_launch("lora_expand", M, n);
 }
 
@@ -153,7 +132,7 @@ void lora_outer(cudaStream_t s, float* g, Index gk, Index gj, const float* small
   if (chunks > 65535) refuse_launch("lora_outer", "more than 65535 x 256 rows");
   const dim3 grid(grid_for(n, kThreads), static_cast<unsigned>(chunks));
   ZL_LAUNCH(lora_outer_partial_kernel, grid, kThreads, s)
-  (partial, small, big, big_rs, M, n, rank, make_mask(p, key, row_keys));
+  (partial, small, big, big_rs, M, n, rank, make_dropout_draw(p, key, row_keys));
   check_launch("lora_outer (partial sums)", M, n);
   ZL_LAUNCH(lora_outer_reduce_kernel, grid_for(rank * n, kThreads), kThreads, s)
   (g, gk, gj, partial, chunks, n, rank, scale);
