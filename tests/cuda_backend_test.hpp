@@ -62,6 +62,13 @@ class CudaBackend : public ::testing::Test {
     device().copy_to_host(host.data(), p, n * sizeof(T));
     return host;
   }
+  // Each of `rounded` is the bf16 rounding of the value beside it in `values`.
+  static void expect_rounding_of(const std::vector<bf16>& rounded, const std::vector<float>& values,
+                                 const char* what) {
+    ASSERT_EQ(rounded.size(), values.size()) << what;
+    for (std::size_t i = 0; i < values.size(); ++i)
+      ASSERT_EQ(rounded[i].bits, to_bf16(values[i]).bits) << what << ", value " << i;
+  }
   void expect_close(const std::vector<float>& gpu, const std::vector<float>& cpu, const char* what,
                     double tolerance = kFp32Op) {
     ASSERT_EQ(gpu.size(), cpu.size()) << what;

@@ -4,6 +4,7 @@
 // bit.
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -31,8 +32,8 @@ TEST_F(CudaBackend, RmsNormSwigluRopeAndEmbeddingEqualTheCpu) {
   std::vector<float> y(M * D), rstd(M), dx = random_values(M * D, 4);
   float *gx = on_gpu(x), *gw = on_gpu(w), *gdy = on_gpu(dy), *gy = on_gpu(y), *gr = on_gpu(rstd),
         *gdx = on_gpu(dx);
-  cpu_kernels_->rmsnorm_forward(y.data(), rstd.data(), x.data(), w.data(), M, D, 1e-5);
-  gpu_kernels_->rmsnorm_forward(gy, gr, gx, gw, M, D, 1e-5);
+  cpu_kernels_->rmsnorm_forward(y.data(), rstd.data(), x.data(), w.data(), M, D, 1e-5, nullptr);
+  gpu_kernels_->rmsnorm_forward(gy, gr, gx, gw, M, D, 1e-5, nullptr);
   expect_close(to_host(gy, y.size()), y, "rmsnorm forward");
   expect_close(to_host(gr, rstd.size()), rstd, "rmsnorm rstd");
   cpu_kernels_->rmsnorm_backward(dx.data(), dy.data(), x.data(), rstd.data(), w.data(), M, D, true);
@@ -42,11 +43,11 @@ TEST_F(CudaBackend, RmsNormSwigluRopeAndEmbeddingEqualTheCpu) {
   auto gu = random_values(M * 2 * I, 5, 4.0f), dact = random_values(M * I, 6);
   std::vector<float> act(M * I), dgu(M * 2 * I);
   float *ggu = on_gpu(gu), *gact = on_gpu(act), *gdact = on_gpu(dact), *gdgu = on_gpu(dgu);
-  cpu_kernels_->swiglu_forward(act.data(), gu.data(), M, I);
-  gpu_kernels_->swiglu_forward(gact, ggu, M, I);
+  cpu_kernels_->swiglu_forward(act.data(), gu.data(), M, I, nullptr);
+  gpu_kernels_->swiglu_forward(gact, ggu, M, I, nullptr);
   expect_close(to_host(gact, act.size()), act, "swiglu forward");
-  cpu_kernels_->swiglu_backward(dgu.data(), dact.data(), gu.data(), M, I);
-  gpu_kernels_->swiglu_backward(gdgu, gdact, ggu, M, I);
+  cpu_kernels_->swiglu_backward(dgu.data(), dact.data(), gu.data(), M, I, nullptr);
+  gpu_kernels_->swiglu_backward(gdgu, gdact, ggu, M, I, nullptr);
   expect_close(to_host(gdgu, dgu.size()), dgu, "swiglu backward");
 
   RopeParams params;
@@ -173,9 +174,9 @@ TEST_F(CudaBackend, AttentionOverSegmentsWithGqaEqualsTheCpu) {
     float *gqkv = on_gpu(qkv), *gout = on_gpu(out), *glse = on_gpu(lse), *gdqkv = on_gpu(dqkv),
           *gdout = on_gpu(dout);
     AttentionOptions options;
-    cpu_kernels_->attention_forward(out.data(), lse.data(), qkv.data(), segments, M, shape,
+    cpu_kernels_->attention_forward(out.data(), nullptr, lse.data(), qkv.data(), segments, M, shape,
                                     options);
-    gpu_kernels_->attention_forward(gout, glse, gqkv, segments, M, shape, options);
+    gpu_kernels_->attention_forward(gout, nullptr, glse, gqkv, segments, M, shape, options);
     expect_close(to_host(gout, out.size()), out, "attention out");
     expect_close(to_host(glse, lse.size()), lse, "attention lse");
     cpu_kernels_->attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(),
@@ -217,9 +218,13 @@ TEST_F(CudaBackend, Bf16AttentionEqualsTheCpuWithinBf16) {
     float *gqkv = on_gpu(qkv), *gout = on_gpu(out), *glse = on_gpu(lse), *gdqkv = on_gpu(dqkv),
           *gdout = on_gpu(dout);
     AttentionOptions options;
-    cpu_bf16.attention_forward(out.data(), lse.data(), qkv.data(), segments, M, shape, options);
-    gpu_bf16->attention_forward(gout, glse, gqkv, segments, M, shape, options);
-    EXPECT_LT(norm_error(to_host(gout, out.size()), out), 1e-2) << "out hd=" << shape.head_dim;
+    bf16* gout_rounded = on_gpu(std::vector<bf16>(out.size()));
+    cpu_bf16.attention_forward(out.data(), nullptr, lse.data(), qkv.data(), segments, M, shape,
+                               options);
+    gpu_bf16->attention_forward(gout, gout_rounded, glse, gqkv, segments, M, shape, options);
+    const std::vector<float> gpu_out = to_host(gout, out.size());
+    EXPECT_LT(norm_error(gpu_out, out), 1e-2) << "out hd=" << shape.head_dim;
+    expect_rounding_of(to_host(gout_rounded, out.size()), gpu_out, "attention out");
     cpu_bf16.attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(),
                                 segments, M, shape, options);
     gpu_bf16->attention_backward(gdqkv, gdout, gqkv, gout, glse, segments, M, shape, options);
@@ -232,6 +237,50 @@ TEST_F(CudaBackend, Bf16AttentionEqualsTheCpuWithinBf16) {
     gpu_bf16->attention_backward(gdqkv, gdout, gqkv, gout, glse, segments, M, shape, options);
     EXPECT_EQ(to_host(gdqkv, dqkv.size()), first) << "backward repeated, hd=" << shape.head_dim;
   }
+}
+
+// The bf16 policy's producers write their outputs' rounding for the projections (kernels.hpp
+// GemmOperand): every copy the rounding of the values written beside it, and a projection given
+// the copy gives the bits it gives when it rounds the values itself.
+TEST_F(CudaBackend, ProducersRoundTheirOutputsForTheProjections) {
+  auto gpu_bf16 = make_kernels<Bf16Policy>(*gpu_);
+  const Index M = 37, D = 172, I = 45, out = 29;
+  auto x = random_values(M * D, 31), dy = random_values(M * I, 32);
+  auto gate_up = random_values(M * 2 * I, 33, 4.0f);
+  std::vector<bf16> w(D), wp(out * I);
+  for (std::size_t i = 0; i < w.size(); ++i) w[i] = to_bf16(1.0f + 0.01f * static_cast<float>(i));
+  for (std::size_t i = 0; i < wp.size(); ++i) wp[i] = to_bf16(std::sin(static_cast<float>(i)));
+  float *gx = on_gpu(x), *gh = on_gpu(std::vector<float>(M * D)), *grstd = on_gpu(x);
+  bf16* gh_rounded = on_gpu(std::vector<bf16>(M * D));
+  gpu_bf16->rmsnorm_forward(gh, grstd, gx, on_gpu(w), M, D, 1e-5, gh_rounded);
+  expect_rounding_of(to_host(gh_rounded, M * D), to_host(gh, M * D), "rmsnorm forward");
+
+  float *ggu = on_gpu(gate_up), *gact = on_gpu(std::vector<float>(M * I)),
+        *gdgu = on_gpu(std::vector<float>(M * 2 * I));
+  bf16 *gact_rounded = on_gpu(std::vector<bf16>(M * I)),
+       *gdgu_rounded = on_gpu(std::vector<bf16>(M * 2 * I));
+  gpu_bf16->swiglu_forward(gact, ggu, M, I, gact_rounded);
+  expect_rounding_of(to_host(gact_rounded, M * I), to_host(gact, M * I), "swiglu forward");
+  gpu_bf16->swiglu_backward(gdgu, on_gpu(dy), ggu, M, I, gdgu_rounded);
+  expect_rounding_of(to_host(gdgu_rounded, M * 2 * I), to_host(gdgu, M * 2 * I), "swiglu backward");
+
+  // SwiGLU's output through the down-projection-like weight wp [out, I], both ways.
+  bf16* gwp = on_gpu(wp);
+  float *gy_given = on_gpu(std::vector<float>(M * out)), *gy = on_gpu(std::vector<float>(M * out));
+  gpu_bf16->linear_forward(Mat<float>::dense(gy_given, M, out), {gact, gact_rounded}, gwp, I,
+                           false);
+  gpu_bf16->linear_forward(Mat<float>::dense(gy, M, out), gact, gwp, I, false);
+  EXPECT_EQ(to_host(gy_given, M * out), to_host(gy, M * out)) << "forward from the copy";
+  // The copy is what the projection reads: a copy of zeros gives zeros.
+  gpu_bf16->linear_forward(Mat<float>::dense(gy_given, M, out),
+                           {gact, on_gpu(std::vector<bf16>(M * I, to_bf16(0.0f)))}, gwp, I, false);
+  EXPECT_EQ(to_host(gy_given, M * out), std::vector<float>(M * out, 0.0f)) << "the copy is read";
+  float *gdx_given = on_gpu(std::vector<float>(M * I)), *gdx = on_gpu(std::vector<float>(M * I));
+  bf16* gdy_rounded = on_gpu(std::vector<bf16>(M * out));
+  gpu_kernels_->round_to_bf16(gy, gdy_rounded, M * out);  // gy now bf16 values, its copy beside
+  gpu_bf16->linear_backward_data(gdx_given, {gy, gdy_rounded}, gwp, M, out, I);
+  gpu_bf16->linear_backward_data(gdx, gy, gwp, M, out, I);
+  EXPECT_EQ(to_host(gdx_given, M * I), to_host(gdx, M * I)) << "backward data from the copy";
 }
 
 TEST_F(CudaBackend, ConversionsAreBitExactAndTheFiniteScanFindsTheFirst) {
@@ -250,6 +299,43 @@ TEST_F(CudaBackend, ConversionsAreBitExactAndTheFiniteScanFindsTheFirst) {
   x[99999] = INFINITY;
   gx = on_gpu(x);
   EXPECT_EQ(gpu_kernels_->first_nonfinite(gx, static_cast<Index>(x.size())), 777);
+}
+
+// The conversions four values at a time where the pointers are aligned for it, one at a time
+// where not (an odd offset) and for the tail: the same bits either way, NaN and ties included.
+TEST_F(CudaBackend, ConversionsAreBitExactAlignedOrNot) {
+  std::vector<float> x = random_values(1003, 22, 100.0f);
+  x[5] = 0x1.0101p0f;  // a tie
+  x[6] = NAN;
+  x[7] = -INFINITY;
+  x[1001] = 0x1.0103p0f;  // in the tail: rounds up
+  auto& gpu_device = dynamic_cast<cuda::CudaDevice&>(device());
+  for (Index offset : {0, 1, 2}) {
+    const Index n = static_cast<Index>(x.size()) - offset;
+    std::vector<cuda::Bf16Bits> expected_bits(static_cast<std::size_t>(n));
+    std::vector<float> expected_rounded(static_cast<std::size_t>(n));
+    for (Index i = 0; i < n; ++i) {
+      expected_bits[i] = to_bf16(x[offset + i]).bits;
+      expected_rounded[i] = to_float(to_bf16(x[offset + i]));
+    }
+    float* gx = on_gpu(x) + offset;
+    auto* gbits = on_gpu(std::vector<cuda::Bf16Bits>(x.size())) + offset;
+    cuda::to_bf16(gpu_device.stream(), gbits, gx, n);
+    EXPECT_EQ(to_host(gbits, expected_bits.size()), expected_bits) << "to_bf16, offset " << offset;
+    float* gwide = on_gpu(std::vector<float>(x.size())) + offset;
+    cuda::widen_bf16(gpu_device.stream(), gwide, gbits, n);
+    const auto wide = to_host(gwide, expected_rounded.size());
+    for (Index i = 0; i < n; ++i)  // bit patterns: NaN compares unequal to itself
+      ASSERT_EQ(std::bit_cast<std::uint32_t>(wide[i]),
+                std::bit_cast<std::uint32_t>(expected_rounded[i]))
+          << "widen_bf16, offset " << offset << ", value " << i;
+    cuda::round_to_bf16(gpu_device.stream(), gx, nullptr, n);
+    const auto rounded = to_host(gx, expected_rounded.size());
+    for (Index i = 0; i < n; ++i)
+      ASSERT_EQ(std::bit_cast<std::uint32_t>(rounded[i]),
+                std::bit_cast<std::uint32_t>(expected_rounded[i]))
+          << "round_to_bf16 without a copy, offset " << offset << ", value " << i;
+  }
 }
 
 // cuDNN's dense dQ, dK, dV widened into the fused q/k/v rows: every value exact, in its column,

@@ -198,9 +198,9 @@ TEST_F(CudaBackend, TheProfilerTimesEachOpOnTheGpusClock) {
   profiler.set_device_clock(clock.get());
   const auto start = std::chrono::steady_clock::now();
   for (int repeat = 0; repeat < 3; ++repeat) {
-    gpu_kernels_->rmsnorm_forward(gy, grstd, gx, gw, M, D, 1e-5);
+    gpu_kernels_->rmsnorm_forward(gy, grstd, gx, gw, M, D, 1e-5, nullptr);
     gpu_kernels_->linear_forward(Mat<float>::dense(gy, M, D), gx, gweight, D, false);
-    gpu_kernels_->swiglu_forward(gs, ggu, M, I);
+    gpu_kernels_->swiglu_forward(gs, ggu, M, I, nullptr);
   }
   profiler.collect_device();
   const double wall =
@@ -216,7 +216,7 @@ TEST_F(CudaBackend, TheProfilerTimesEachOpOnTheGpusClock) {
   const double total = profiler.total_device_seconds();
   profiler.collect_device();
   EXPECT_EQ(profiler.total_device_seconds(), total) << "each scope is counted once";
-  gpu_kernels_->swiglu_forward(gs, ggu, M, I);
+  gpu_kernels_->swiglu_forward(gs, ggu, M, I, nullptr);
   profiler.reset();
   profiler.collect_device();
   EXPECT_EQ(profiler.total_device_seconds(), 0.0) << "reset() drops the marks so far";

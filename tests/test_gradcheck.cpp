@@ -171,14 +171,15 @@ TEST(GradCheck, LinearBackwardData) {
   auto x = random_vector(M * in, 11), w = random_vector(out * in, 12),
        c = random_vector(M * out, 13);
   Buffer<double> operand;
+  const double* no_rounding = nullptr;  // fp64: the operands are the values themselves
   std::vector<double> y(M * out);
   auto loss = [&] {
-    linear_forward(rt, Mat<double>::dense(y.data(), M, out), x.data(), w.data(), in, false,
-                   operand);
+    linear_forward(rt, Mat<double>::dense(y.data(), M, out), x.data(), no_rounding, w.data(), in,
+                   false, operand);
     return dot(y, c);
   };
   std::vector<double> dx(M * in);
-  linear_backward_data(rt, dx.data(), c.data(), w.data(), M, out, in, operand);
+  linear_backward_data(rt, dx.data(), c.data(), no_rounding, w.data(), M, out, in, operand);
   EXPECT_LT(testing::max_rel_error(dx, numeric_gradient(x, loss)), tolerance::kFiniteDifference);
 }
 

@@ -6,10 +6,7 @@ namespace {
 
 template <class W>
 __global__ void add_bias_kernel(float* x, Index row_stride, const W* bias, Index M, Index N) {
-  ZL_GRID_STRIDE(i, M * N) {
-    const Index row = i / N, j = i % N;
-    x[row * row_stride + j] += load_weight(bias, j);
-  }
+  ZL_ROWS_COLS(row, j, M, N) x[row * row_stride + j] += load_weight(bias, j);
 }
 
 }  // namespace
@@ -17,7 +14,7 @@ __global__ void add_bias_kernel(float* x, Index row_stride, const W* bias, Index
 template <class W>
 void add_bias(cudaStream_t s, float* x, Index row_stride, const W* bias, Index M, Index N) {
   if (M == 0 || N == 0) return;
-  ZL_LAUNCH(add_bias_kernel<W>, grid_for(M * N, 256), 256, s)(x, row_stride, bias, M, N);
+  ZL_LAUNCH(add_bias_kernel<W>, grid_rows_cols(M, N, 256), 256, s)(x, row_stride, bias, M, N);
   check_launch("add_bias", M, N);
 }
 

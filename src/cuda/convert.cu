@@ -5,25 +5,59 @@
 namespace zerolora::cuda {
 namespace {
 
-__global__ void to_bf16_kernel(Bf16Bits* dst, const float* src, Index n) {
-  ZL_GRID_STRIDE(i, n) dst[i] = float_to_bf16(src[i]);
-}
+// The conversions as launch_elementwise's ops: four values per 16-byte load where aligned.
+struct ToBf16 {
+  Bf16Bits* dst;
+  const float* src;
+  __device__ void one(Index i) const { dst[i] = float_to_bf16(src[i]); }
+  __device__ void quad(Index q) const {
+    const Float4 v = reinterpret_cast<const Float4*>(src)[q];
+    Bf16x4 out;
+    ZL_UNROLL for (int k = 0; k < 4; ++k) out.v[k] = float_to_bf16(v.v[k]);
+    reinterpret_cast<Bf16x4*>(dst)[q] = out;
+  }
+};
 
-__global__ void round_to_bf16_kernel(float* x, Bf16Bits* copy, Index n) {
-  ZL_GRID_STRIDE(i, n) {
+struct RoundToBf16 {
+  float* x;
+  Bf16Bits* copy;  // may be null
+  __device__ void one(Index i) const {
     const Bf16Bits b = float_to_bf16(x[i]);
     x[i] = bf16_to_float(b);
     if (copy) copy[i] = b;
   }
-}
+  __device__ void quad(Index q) const {
+    Float4 v = reinterpret_cast<const Float4*>(x)[q];
+    Bf16x4 b;
+    ZL_UNROLL for (int k = 0; k < 4; ++k) {
+      b.v[k] = float_to_bf16(v.v[k]);
+      v.v[k] = bf16_to_float(b.v[k]);
+    }
+    reinterpret_cast<Float4*>(x)[q] = v;
+    if (copy) reinterpret_cast<Bf16x4*>(copy)[q] = b;
+  }
+};
 
-__global__ void widen_bf16_kernel(float* dst, const Bf16Bits* src, Index n) {
-  ZL_GRID_STRIDE(i, n) dst[i] = bf16_to_float(src[i]);
-}
+struct WidenBf16 {
+  float* dst;
+  const Bf16Bits* src;
+  Bf16Bits* copy;  // may be null
+  __device__ void one(Index i) const {
+    dst[i] = bf16_to_float(src[i]);
+    if (copy) copy[i] = src[i];
+  }
+  __device__ void quad(Index q) const {
+    const Bf16x4 b = reinterpret_cast<const Bf16x4*>(src)[q];
+    Float4 v;
+    ZL_UNROLL for (int k = 0; k < 4; ++k) v.v[k] = bf16_to_float(b.v[k]);
+    reinterpret_cast<Float4*>(dst)[q] = v;
+    if (copy) reinterpret_cast<Bf16x4*>(copy)[q] = b;
+  }
+};
 
 __global__ void widen_bf16_columns_kernel(float* dst, Index dst_ld, const Bf16Bits* src, Index rows,
                                           Index cols) {
-  ZL_GRID_STRIDE(i, rows * cols) dst[i / cols * dst_ld + i % cols] = bf16_to_float(src[i]);
+  ZL_ROWS_COLS(i, j, rows, cols) dst[i * dst_ld + j] = bf16_to_float(src[i * cols + j]);
 }
 
 __device__ __forceinline__ bool finite_value(float v) {
@@ -42,18 +76,12 @@ __global__ void first_nonfinite_kernel(const T* x, Index n, unsigned long long* 
 
 __global__ void gather_rows_kernel(float* dst, const float* src, const std::int32_t* rows, Index n,
                                    Index D) {
-  ZL_GRID_STRIDE(i, n * D) {
-    const Index r = i / D, j = i % D;
-    dst[i] = src[static_cast<Index>(rows[r]) * D + j];
-  }
+  ZL_ROWS_COLS(r, j, n, D) dst[r * D + j] = src[static_cast<Index>(rows[r]) * D + j];
 }
 
 __global__ void scatter_rows_kernel(float* dst, const float* src, const std::int32_t* rows, Index n,
                                     Index D) {
-  ZL_GRID_STRIDE(i, n * D) {
-    const Index r = i / D, j = i % D;
-    dst[static_cast<Index>(rows[r]) * D + j] = src[i];
-  }
+  ZL_ROWS_COLS(r, j, n, D) dst[static_cast<Index>(rows[r]) * D + j] = src[r * D + j];
 }
 
 template <class T>
@@ -69,26 +97,27 @@ void scan(cudaStream_t s, const T* x, Index n, unsigned long long* first) {
 
 void to_bf16(cudaStream_t s, Bf16Bits* dst, const float* src, Index n) {
   if (n == 0) return;
-  ZL_LAUNCH(to_bf16_kernel, grid_for(n, 256), 256, s)(dst, src, n);
+  launch_elementwise(s, ToBf16{dst, src}, n, aligned_to(src, 16) && aligned_to(dst, 8));
   check_launch("to_bf16", n, 1);
 }
 
 void round_to_bf16(cudaStream_t s, float* x, Bf16Bits* copy, Index n) {
   if (n == 0) return;
-  ZL_LAUNCH(round_to_bf16_kernel, grid_for(n, 256), 256, s)(x, copy, n);
+  launch_elementwise(s, RoundToBf16{x, copy}, n, aligned_to(x, 16) && aligned_to(copy, 8));
   check_launch("round_to_bf16", n, 1);
 }
 
-void widen_bf16(cudaStream_t s, float* dst, const Bf16Bits* src, Index n) {
+void widen_bf16(cudaStream_t s, float* dst, const Bf16Bits* src, Index n, Bf16Bits* copy) {
   if (n == 0) return;
-  ZL_LAUNCH(widen_bf16_kernel, grid_for(n, 256), 256, s)(dst, src, n);
+  launch_elementwise(s, WidenBf16{dst, src, copy}, n,
+                     aligned_to(dst, 16) && aligned_to(src, 8) && aligned_to(copy, 8));
   check_launch("widen_bf16", n, 1);
 }
 
 void widen_bf16_columns(cudaStream_t s, float* dst, Index dst_ld, const Bf16Bits* src, Index rows,
                         Index cols) {
   if (rows == 0 || cols == 0) return;
-  ZL_LAUNCH(widen_bf16_columns_kernel, grid_for(rows * cols, 256), 256, s)
+  ZL_LAUNCH(widen_bf16_columns_kernel, grid_rows_cols(rows, cols, 256), 256, s)
   (dst, dst_ld, src, rows, cols);
   check_launch("widen_bf16_columns", rows, cols);
 }
@@ -103,14 +132,14 @@ void first_nonfinite(cudaStream_t s, const Bf16Bits* x, Index n, unsigned long l
 void gather_rows(cudaStream_t s, float* dst, const float* src, const std::int32_t* rows, Index n,
                  Index D) {
   if (n == 0) return;
-  ZL_LAUNCH(gather_rows_kernel, grid_for(n * D, 256), 256, s)(dst, src, rows, n, D);
+  ZL_LAUNCH(gather_rows_kernel, grid_rows_cols(n, D, 256), 256, s)(dst, src, rows, n, D);
   check_launch("gather_rows", n, D);
 }
 
 void scatter_rows(cudaStream_t s, float* dst, const float* src, const std::int32_t* rows, Index n,
                   Index D) {
   if (n == 0) return;
-  ZL_LAUNCH(scatter_rows_kernel, grid_for(n * D, 256), 256, s)(dst, src, rows, n, D);
+  ZL_LAUNCH(scatter_rows_kernel, grid_rows_cols(n, D, 256), 256, s)(dst, src, rows, n, D);
   check_launch("scatter_rows", n, D);
 }
 

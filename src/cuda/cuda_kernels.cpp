@@ -47,9 +47,10 @@ class CudaKernels final : public Kernels<P> {
     cuda::embedding_forward(s_, dst, tokens, bits(table), M, D);
   }
   void rmsnorm_forward(Act* dst, Act* rstd, const Act* src, const Weight* weight, Index M, Index D,
-                       double eps) override {
+                       double eps, Weight* rounded) override {
     ProfileScope profile(profiler_, ProfileCategory::kNorm);
-    cuda::rmsnorm_forward(s_, dst, rstd, src, bits(weight), M, D, static_cast<float>(eps));
+    cuda::rmsnorm_forward(s_, dst, rstd, src, bits(weight), M, D, static_cast<float>(eps),
+                          rounded_bits(rounded));
   }
   void rmsnorm_backward(Act* diff_src, const Act* diff_dst, const Act* src, const Act* rstd,
                         const Weight* weight, Index M, Index D, bool accumulate) override {
@@ -63,14 +64,14 @@ class CudaKernels final : public Kernels<P> {
     cuda::rope_rotate(s_, x, positions, rope_cos_.data(), rope_sin_.data(), table.half(), M,
                       row_stride, heads, inverse);
   }
-  void swiglu_forward(Act* dst, const Act* gate_up, Index M, Index I) override {
+  void swiglu_forward(Act* dst, const Act* gate_up, Index M, Index I, Weight* rounded) override {
     ProfileScope profile(profiler_, ProfileCategory::kSwiglu);
-    cuda::swiglu_forward(s_, dst, gate_up, M, I);
+    cuda::swiglu_forward(s_, dst, gate_up, M, I, rounded_bits(rounded));
   }
-  void swiglu_backward(Act* diff_gate_up, const Act* diff_dst, const Act* gate_up, Index M,
-                       Index I) override {
+  void swiglu_backward(Act* diff_gate_up, const Act* diff_dst, const Act* gate_up, Index M, Index I,
+                       Weight* rounded) override {
     ProfileScope profile(profiler_, ProfileCategory::kSwiglu);
-    cuda::swiglu_backward(s_, diff_gate_up, diff_dst, gate_up, M, I);
+    cuda::swiglu_backward(s_, diff_gate_up, diff_dst, gate_up, M, I, rounded_bits(rounded));
   }
   double cross_entropy(Act* logits, const std::int32_t* targets, Index R, Index V,
                        double grad_scale, bool write_grad) override {
@@ -86,10 +87,10 @@ class CudaKernels final : public Kernels<P> {
     return total;
   }
 
-  void linear_forward(Mat<Act> dst, const Act* src, const Weight* weight, Index in,
+  void linear_forward(Mat<Act> dst, GemmOperand<P> src, const Weight* weight, Index in,
                       bool accumulate) override {
     const Index M = dst.rows, out = dst.cols;
-    const Mat<const Weight> a = operand(src, M * in, M, in);
+    const Mat<const Weight> a = operand(src, M, in);
     ProfileScope profile(profiler_, ProfileCategory::kMatmul);
     gemm_.matmul(a, Mat<const Weight>::dense(weight, out, in).t(), dst, 1.0f, accumulate);
   }
@@ -98,9 +99,9 @@ class CudaKernels final : public Kernels<P> {
     ZL_CHECK(dst.cs == 1);  // the kernel walks a row's columns contiguously
     cuda::add_bias(s_, dst.data, dst.rs, bits(bias), dst.rows, dst.cols);
   }
-  void linear_backward_data(Act* diff_src, const Act* diff_dst, const Weight* weight, Index M,
+  void linear_backward_data(Act* diff_src, GemmOperand<P> diff_dst, const Weight* weight, Index M,
                             Index out, Index in) override {
-    const Mat<const Weight> a = operand(diff_dst, M * out, M, out);
+    const Mat<const Weight> a = operand(diff_dst, M, out);
     ProfileScope profile(profiler_, ProfileCategory::kMatmul);
     gemm_.matmul(a, Mat<const Weight>::dense(weight, out, in), Mat<Act>::dense(diff_src, M, in),
                  1.0f, false);
@@ -193,24 +194,27 @@ class CudaKernels final : public Kernels<P> {
     return kRoundOperands && !attention_uses_direct(shape, options);
   }
 
-  void attention_forward(Act* out, Act* lse, const Act* qkv, const std::vector<Segment>& segments,
-                         Index M, const AttentionShape& shape,
+  void attention_forward(Act* out, Weight* out_rounded, Act* lse, const Act* qkv,
+                         const std::vector<Segment>& segments, Index M, const AttentionShape& shape,
                          const AttentionOptions& options) override {
     ProfileScope profile(profiler_, ProfileCategory::kAttention);
     check_options(options);
+    const Index width = shape.heads * shape.head_dim;
 #ifdef ZEROLORA_CUDNN
     if (use_cudnn(segments, M, shape, options)) {
       const Bf16Bits* qkv16 = bf16_copy(qkv_bf16_, qkv, M, shape.qkv_stride());
-      Bf16Bits* out16 = bits_of(out_bf16_, M, shape.heads * shape.head_dim);
+      Bf16Bits* out16 = bits_of(out_bf16_, M, width);
       float* stats = padded_stats(M, shape.heads);
       cudnn_->forward(out16, stats, qkv16, segments, M, shape);
-      cuda::widen_bf16(s_, out, out16, M * shape.heads * shape.head_dim);
+      // O is bf16 values: its rounding is cuDNN's output itself, copied as it is widened.
+      cuda::widen_bf16(s_, out, out16, M * width, rounded_bits(out_rounded));
       device_.copy(lse, stats, static_cast<std::size_t>(M * shape.heads) * sizeof(float));
       return;
     }
 #endif
     cuda::attention_forward(s_, out, lse, qkv, geometry(segments, M, shape),
                             round_operands(shape, options));
+    if (out_rounded) cuda::to_bf16(s_, rounded_bits(out_rounded), out, M * width);
   }
   void attention_backward(Act* diff_qkv, const Act* diff_out, const Act* qkv, const Act* out,
                           const Act* lse, const std::vector<Segment>& segments, Index M,
@@ -282,17 +286,30 @@ class CudaKernels final : public Kernels<P> {
   // bf16 policy: activations rounded to bf16 where the CPU rounds its matmul operands.
   static constexpr bool kRoundOperands = std::is_same_v<Weight, bf16>;
 
-  // The activation operand of a base projection in the weight type.
-  // The GEMM operand: src itself, or in the bf16 policy its bf16 rounding (profiled as convert:
-  // on the GPU that pass is worth seeing apart from the GEMM it feeds).
-  Mat<const Weight> operand(const Act* src, Index n, Index rows, Index cols) {
+  // The GEMM operand: src itself, or in the bf16 policy its bf16 rounding: the producer's copy
+  // where it made one (kernels.hpp GemmOperand), else rounded here (profiled as convert: on the
+  // GPU that pass is worth seeing apart from the GEMM it feeds).
+  Mat<const Weight> operand(GemmOperand<P> src, Index rows, Index cols) {
     if constexpr (std::is_same_v<Weight, Act>) {
-      return Mat<const Act>::dense(src, rows, cols);
+      return Mat<const Act>::dense(src.values, rows, cols);
     } else {
+      if (src.rounded) return Mat<const bf16>::dense(src.rounded, rows, cols);
       ProfileScope profile(profiler_, ProfileCategory::kConvert);
-      bf16* converted = operand_.ensure(device_, static_cast<std::size_t>(n));
-      cuda::to_bf16(s_, reinterpret_cast<Bf16Bits*>(converted), src, n);
+      bf16* converted = operand_.ensure(device_, static_cast<std::size_t>(rows * cols));
+      cuda::to_bf16(s_, reinterpret_cast<Bf16Bits*>(converted), src.values, rows * cols);
       return Mat<const bf16>::dense(converted, rows, cols);
+    }
+  }
+  // A producer's `rounded` destination as the kernels take it: bf16 bits, null for none (the
+  // fp32 policy's operands are its activations: it never asks for a copy).
+  static Bf16Bits* rounded_bits(Weight* rounded) {
+    if constexpr (std::is_same_v<Weight, bf16>) {
+      return reinterpret_cast<Bf16Bits*>(rounded);
+    } else {
+      if (rounded)
+        throw InternalError("a rounded copy asked of the " + std::string(P::kName) +
+                            " policy, whose GEMM operands are its activations");
+      return nullptr;
     }
   }
 

@@ -26,10 +26,11 @@ void embedding_forward(cudaStream_t s, float* dst, const std::int32_t* tokens, c
 void embedding_forward(cudaStream_t s, float* dst, const std::int32_t* tokens,
                        const Bf16Bits* table, Index M, Index D);
 
-// rmsnorm.cu (ops/rmsnorm.hpp)
+// rmsnorm.cu (ops/rmsnorm.hpp); `rounded` (null: none) receives dst rounded to bf16, as do the
+// SwiGLU passes' (ops/kernels.hpp GemmOperand)
 template <class W>
 void rmsnorm_forward(cudaStream_t s, float* dst, float* rstd, const float* src, const W* weight,
-                     Index M, Index D, float eps);
+                     Index M, Index D, float eps, Bf16Bits* rounded);
 template <class W>
 void rmsnorm_backward(cudaStream_t s, float* diff_src, const float* diff_dst, const float* src,
                       const float* rstd, const W* weight, Index M, Index D, bool accumulate);
@@ -44,9 +45,10 @@ template <class W>
 void add_bias(cudaStream_t s, float* x, Index row_stride, const W* bias, Index M, Index N);
 
 // swiglu.cu (ops/swiglu.hpp)
-void swiglu_forward(cudaStream_t s, float* dst, const float* gate_up, Index M, Index I);
+void swiglu_forward(cudaStream_t s, float* dst, const float* gate_up, Index M, Index I,
+                    Bf16Bits* rounded);
 void swiglu_backward(cudaStream_t s, float* diff_gate_up, const float* diff_dst,
-                     const float* gate_up, Index M, Index I);
+                     const float* gate_up, Index M, Index I, Bf16Bits* rounded);
 
 // cross_entropy.cu (ops/cross_entropy.hpp): row_loss [R] (=) per-row loss (0 for ignored rows)
 void cross_entropy(cudaStream_t s, float* logits, const std::int32_t* targets, double* row_loss,
@@ -55,7 +57,8 @@ void cross_entropy(cudaStream_t s, float* logits, const std::int32_t* targets, d
 // convert.cu: dtype conversions, the finite scan, row gathers
 void to_bf16(cudaStream_t s, Bf16Bits* dst, const float* src, Index n);
 void round_to_bf16(cudaStream_t s, float* x, Bf16Bits* copy, Index n);  // copy may be null
-void widen_bf16(cudaStream_t s, float* dst, const Bf16Bits* src, Index n);
+// copy (null: none) receives src as it is: one pass makes both.
+void widen_bf16(cudaStream_t s, float* dst, const Bf16Bits* src, Index n, Bf16Bits* copy = nullptr);
 // Dense [rows, cols] bf16 into columns [0, cols) of fp32 rows dst_ld apart.
 void widen_bf16_columns(cudaStream_t s, float* dst, Index dst_ld, const Bf16Bits* src, Index rows,
                         Index cols);

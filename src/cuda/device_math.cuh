@@ -134,4 +134,48 @@ inline unsigned grid_for(Index n, int threads) {
   return static_cast<unsigned>(blocks < 65535 * 16 ? (blocks < 1 ? 1 : blocks) : 65535 * 16);
 }
 
+// Each thread's share of a rows x cols matrix, launched on grid_rows_cols's shape: rows over the
+// grid's y, columns over x. ZL_ROWS_COLS(i, j, rows, cols) { ... }. Unlike ZL_GRID_STRIDE over
+// rows * cols, no element pays for a 64-bit division to find its row and column (tens of
+// instructions, which made the elementwise kernels compute-bound rather than memory-bound).
+#define ZL_ROWS_COLS(i, j, rows, cols)                                                    \
+  for (Index i = blockIdx.y; i < (rows); i += gridDim.y)                                  \
+    for (Index j = blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x; j < (cols); \
+         j += static_cast<Index>(gridDim.x) * blockDim.x)
+
+// Blocks enough to cover cols once (threads per block given), one row of blocks per row up to
+// CUDA's 65535 (the loop takes the rest).
+inline dim3 grid_rows_cols(Index rows, Index cols, int threads) {
+  const Index x = (cols + threads - 1) / threads;
+  return dim3(static_cast<unsigned>(x < 1 ? 1 : (x < 65535 ? x : 65535)),
+              static_cast<unsigned>(rows < 1 ? 1 : (rows < 65535 ? rows : 65535)));
+}
+
+// Four consecutive values, for 16- and 8-byte loads and stores where the pointers allow.
+struct alignas(16) Float4 {
+  float v[4];
+};
+struct alignas(8) Bf16x4 {
+  Bf16Bits v[4];
+};
+
+inline bool aligned_to(const void* p, std::uintptr_t bytes) {
+  return reinterpret_cast<std::uintptr_t>(p) % bytes == 0;
+}
+
+// An elementwise map over n values, four at a time where every pointer is aligned for it:
+// op.quad(q) does values 4q .. 4q + 3, op.one(i) value i (the rest, or all of them).
+template <class Op>
+__global__ void elementwise_kernel(Op op, Index quads, Index n) {
+  ZL_GRID_STRIDE(q, quads) op.quad(q);
+  ZL_GRID_STRIDE(t, n - 4 * quads) op.one(4 * quads + t);
+}
+
+template <class Op>
+void launch_elementwise(cudaStream_t s, const Op& op, Index n, bool vector_aligned) {
+  const Index quads = vector_aligned ? n / 4 : 0;
+  const Index work = quads > n - 4 * quads ? quads : n - 4 * quads;
+  ZL_LAUNCH(elementwise_kernel<Op>, grid_for(work, 256), 256, s)(op, quads, n);
+}
+
 }  // namespace zerolora::cuda

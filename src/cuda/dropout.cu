@@ -9,9 +9,7 @@ namespace {
 __global__ void dropout_kernel(float* dst, Index dst_rs, Index dst_cs, const float* src,
                                Index src_rs, Index src_cs, Index rows, Index cols, DropoutDraw mask,
                                bool accumulate) {
-  const Index total = rows * cols;
-  ZL_GRID_STRIDE(i, total) {
-    const Index r = i / cols, j = i % cols;
+  ZL_ROWS_COLS(r, j, rows, cols) {
     const float value = mask.apply(mask.row(r), j, src[r * src_rs + j * src_cs]);
     float& y = dst[r * dst_rs + j * dst_cs];
     y = accumulate ? y + value : value;
@@ -24,7 +22,7 @@ void apply_dropout(cudaStream_t s, float* dst, Index dst_rs, Index dst_cs, const
                    Index src_rs, Index src_cs, Index rows, Index cols, double p, std::uint64_t key,
                    const std::uint64_t* row_keys, bool accumulate) {
   if (rows * cols == 0) return;
-  ZL_LAUNCH(dropout_kernel, grid_for(rows * cols, 256), 256, s)
+  ZL_LAUNCH(dropout_kernel, grid_rows_cols(rows, cols, 256), 256, s)
   (dst, dst_rs, dst_cs, src, src_rs, src_cs, rows, cols, make_dropout_draw(p, key, row_keys),
    accumulate);
   check_launch("apply_dropout", rows, cols);

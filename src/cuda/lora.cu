@@ -46,35 +46,48 @@ __global__ void lora_contract_kernel(float* small, const float* big, Index big_r
   }
 }
 
-// One thread per element of big.
+// One block per row of big: each thread keeps the row's r values of small and its dropout key
+// in registers for its columns.
 __global__ void lora_expand_kernel(float* big, Index big_rs, const float* small, const float* w,
                                    Index wk, Index wj, Index M, Index n, int rank, float scale,
                                    DropoutDraw mask) {
-  ZL_GRID_STRIDE(e, M * n) {
-    const Index i = e / n, j = e % n;
-    float sum = 0.0f;
-    ZL_UNROLL for (int k = 0; k < kMaxRank; ++k) {
-      if (k < rank) sum += small[i * rank + k] * w[k * wk + j * wj];
+  for (Index i = blockIdx.y; i < M; i += gridDim.y) {
+    float z[kMaxRank];
+    ZL_UNROLL for (int k = 0; k < kMaxRank; ++k) z[k] = k < rank ? small[i * rank + k] : 0.0f;
+    const std::uint64_t row_key = mask.row(i);
+    float* y = big + i * big_rs;
+    for (Index j = threadIdx.x; j < n; j += blockDim.x) {
+      float sum = 0.0f;
+      ZL_UNROLL for (int k = 0; k < kMaxRank; ++k) {
+        if (k < rank) sum += z[k] * w[k * wk + j * wj];
+      }
+      y[j] += mask.apply(row_key, j, scale * sum);
     }
-    big[i * big_rs + j] += mask.apply(mask.row(i), j, scale * sum);
   }
 }
 
-// partial [chunks, r, n]: block (x, chunk) sums its kOuterRows rows for its columns.
+// partial [chunks, r, n]: block (x, chunk) sums its kOuterRows rows for its columns. The
+// chunk's rows of small and their dropout keys are staged in shared memory once per block.
 __global__ void lora_outer_partial_kernel(float* partial, const float* small, const float* big,
                                           Index big_rs, Index M, Index n, int rank,
                                           DropoutDraw mask) {
+  __shared__ float chunk_small[kOuterRows * kMaxRank];
+  __shared__ std::uint64_t chunk_key[kOuterRows];
   const Index chunk = blockIdx.y;
   const Index first = chunk * kOuterRows;
-  const Index last = first + kOuterRows < M ? first + kOuterRows : M;
+  const Index rows = first + kOuterRows < M ? kOuterRows : M - first;
+  for (Index t = threadIdx.x; t < rows * rank; t += blockDim.x)
+    chunk_small[t] = small[first * rank + t];
+  for (Index t = threadIdx.x; t < rows; t += blockDim.x) chunk_key[t] = mask.row(first + t);
+  __syncthreads();
   for (Index j = blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x; j < n;
        j += static_cast<Index>(gridDim.x) * blockDim.x) {
     float acc[kMaxRank];
     ZL_UNROLL for (int k = 0; k < kMaxRank; ++k) acc[k] = 0.0f;
-    for (Index i = first; i < last; ++i) {
-      const float v = mask.apply(mask.row(i), j, big[i * big_rs + j]);
+    for (Index t = 0; t < rows; ++t) {
+      const float v = mask.apply(chunk_key[t], j, big[(first + t) * big_rs + j]);
       ZL_UNROLL for (int k = 0; k < kMaxRank; ++k) {
-        if (k < rank) acc[k] += small[i * rank + k] * v;
+        if (k < rank) acc[k] += chunk_small[t * rank + k] * v;
       }
     }
     ZL_UNROLL for (int k = 0; k < kMaxRank; ++k) {
@@ -85,8 +98,7 @@ __global__ void lora_outer_partial_kernel(float* partial, const float* small, co
 
 __global__ void lora_outer_reduce_kernel(float* g, Index gk, Index gj, const float* partial,
                                          Index chunks, Index n, int rank, float scale) {
-  ZL_GRID_STRIDE(e, rank * n) {
-    const Index k = e / n, j = e % n;
+  ZL_ROWS_COLS(k, j, rank, n) {
     float sum = 0.0f;
     for (Index c = 0; c < chunks; ++c) sum += partial[(c * rank + k) * n + j];
     g[k * gk + j * gj] += scale * sum;
@@ -114,7 +126,7 @@ void lora_expand(cudaStream_t s, float* big, Index big_rs, const float* small, c
                  std::uint64_t key, const std::uint64_t* row_keys) {
   check_rank(rank, "lora_expand");
   if (M * n == 0) return;
-  ZL_LAUNCH(lora_expand_kernel, grid_for(M * n, kThreads), kThreads, s)
+  ZL_LAUNCH(lora_expand_kernel, dim3(1, M < 65535 ? static_cast<unsigned>(M) : 65535u), kThreads, s)
   (big, big_rs, small, w, wk, wj, M, n, rank, scale, make_dropout_draw(p, key, row_keys));
   check_launch("lora_expand", M, n);
 }
@@ -134,7 +146,7 @@ void lora_outer(cudaStream_t s, float* g, Index gk, Index gj, const float* small
   ZL_LAUNCH(lora_outer_partial_kernel, grid, kThreads, s)
   (partial, small, big, big_rs, M, n, rank, make_dropout_draw(p, key, row_keys));
   check_launch("lora_outer (partial sums)", M, n);
-  ZL_LAUNCH(lora_outer_reduce_kernel, grid_for(rank * n, kThreads), kThreads, s)
+  ZL_LAUNCH(lora_outer_reduce_kernel, grid_rows_cols(rank, n, kThreads), kThreads, s)
   (g, gk, gj, partial, chunks, n, rank, scale);
   check_launch("lora_outer", M, n);
 }

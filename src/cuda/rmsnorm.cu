@@ -11,7 +11,7 @@ constexpr int kThreads = 256;
 
 template <class W>
 __global__ void rmsnorm_forward_kernel(float* dst, float* rstd, const float* src, const W* weight,
-                                       Index M, Index D, float eps) {
+                                       Index M, Index D, float eps, Bf16Bits* rounded) {
   __shared__ float shared[32];  // block_sum's scratch
   for (Index row = blockIdx.x; row < M; row += gridDim.x) {
     const float* x = src + row * D;
@@ -21,7 +21,10 @@ __global__ void rmsnorm_forward_kernel(float* dst, float* rstd, const float* src
     const float r = 1.0f / sqrtf(sum / static_cast<float>(D) + eps);
     if (threadIdx.x == 0) rstd[row] = r;
     float* y = dst + row * D;
-    for (Index j = threadIdx.x; j < D; j += blockDim.x) y[j] = x[j] * r * load_weight(weight, j);
+    for (Index j = threadIdx.x; j < D; j += blockDim.x) {
+      y[j] = x[j] * r * load_weight(weight, j);
+      if (rounded) rounded[row * D + j] = float_to_bf16(y[j]);
+    }
   }
 }
 
@@ -51,10 +54,10 @@ __global__ void rmsnorm_backward_kernel(float* diff_src, const float* diff_dst, 
 
 template <class W>
 void rmsnorm_forward(cudaStream_t s, float* dst, float* rstd, const float* src, const W* weight,
-                     Index M, Index D, float eps) {
+                     Index M, Index D, float eps, Bf16Bits* rounded) {
   if (M == 0) return;
   ZL_LAUNCH(rmsnorm_forward_kernel<W>, grid_for(M, 1), kThreads, s)
-  (dst, rstd, src, weight, M, D, eps);
+  (dst, rstd, src, weight, M, D, eps, rounded);
   check_launch("rmsnorm_forward", M, D);
 }
 
@@ -68,9 +71,9 @@ void rmsnorm_backward(cudaStream_t s, float* diff_src, const float* diff_dst, co
 }
 
 template void rmsnorm_forward<float>(cudaStream_t, float*, float*, const float*, const float*,
-                                     Index, Index, float);
+                                     Index, Index, float, Bf16Bits*);
 template void rmsnorm_forward<Bf16Bits>(cudaStream_t, float*, float*, const float*, const Bf16Bits*,
-                                        Index, Index, float);
+                                        Index, Index, float, Bf16Bits*);
 template void rmsnorm_backward<float>(cudaStream_t, float*, const float*, const float*,
                                       const float*, const float*, Index, Index, bool);
 template void rmsnorm_backward<Bf16Bits>(cudaStream_t, float*, const float*, const float*,

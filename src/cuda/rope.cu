@@ -9,17 +9,16 @@ namespace {
 __global__ void rope_kernel(float* x, const std::int32_t* positions, const float* cos_table,
                             const float* sin_table, Index half, Index M, Index row_stride,
                             Index heads, float sign) {
-  const Index per_row = heads * half;
-  const Index total = M * per_row;
-  ZL_GRID_STRIDE(i, total) {
-    const Index row = i / per_row, rest = i % per_row;
-    const Index h = rest / half, j = rest % half;
+  // A thread per (row, j): the angle's cos and sin read once for all the row's heads.
+  ZL_ROWS_COLS(row, j, M, half) {
     const Index p = positions[row];
     const float c = cos_table[p * half + j], s = sign * sin_table[p * half + j];
-    float* x1 = x + row * row_stride + h * 2 * half;
-    const float a = x1[j], b = x1[j + half];
-    x1[j] = a * c - b * s;
-    x1[j + half] = b * c + a * s;
+    float* x1 = x + row * row_stride + j;
+    for (Index h = 0; h < heads; ++h, x1 += 2 * half) {
+      const float a = x1[0], b = x1[half];
+      x1[0] = a * c - b * s;
+      x1[half] = b * c + a * s;
+    }
   }
 }
 
@@ -29,7 +28,8 @@ void rope_rotate(cudaStream_t s, float* x, const std::int32_t* positions, const 
                  const float* sin_table, Index half, Index M, Index row_stride, Index heads,
                  bool inverse) {
   if (M == 0) return;
-  ZL_LAUNCH(rope_kernel, grid_for(M * heads * half, 256), 256, s)
+  const int threads = half < 256 ? static_cast<int>((half + 31) / 32 * 32) : 256;
+  ZL_LAUNCH(rope_kernel, grid_rows_cols(M, half, threads), threads, s)
   (x, positions, cos_table, sin_table, half, M, row_stride, heads, inverse ? -1.0f : 1.0f);
   check_launch("rope_rotate", M, heads * 2 * half);
 }

@@ -5,41 +5,46 @@
 namespace zerolora::cuda {
 namespace {
 
-__global__ void swiglu_forward_kernel(float* dst, const float* gate_up, Index M, Index I) {
-  const Index total = M * I;
-  ZL_GRID_STRIDE(i, total) {
-    const Index row = i / I, j = i % I;
+__global__ void swiglu_forward_kernel(float* dst, const float* gate_up, Index M, Index I,
+                                      Bf16Bits* rounded) {
+  ZL_ROWS_COLS(row, j, M, I) {
     const float g = gate_up[row * 2 * I + j], u = gate_up[row * 2 * I + I + j];
-    dst[i] = g / (1.0f + expf(-g)) * u;
+    const float y = g / (1.0f + expf(-g)) * u;
+    dst[row * I + j] = y;
+    if (rounded) rounded[row * I + j] = float_to_bf16(y);
   }
 }
 
 __global__ void swiglu_backward_kernel(float* diff_gate_up, const float* diff_dst,
-                                       const float* gate_up, Index M, Index I) {
-  const Index total = M * I;
-  ZL_GRID_STRIDE(i, total) {
-    const Index row = i / I, j = i % I;
+                                       const float* gate_up, Index M, Index I, Bf16Bits* rounded) {
+  ZL_ROWS_COLS(row, j, M, I) {
     const float g = gate_up[row * 2 * I + j], u = gate_up[row * 2 * I + I + j];
-    const float dy = diff_dst[i];
+    const float dy = diff_dst[row * I + j];
     const float s = 1.0f / (1.0f + expf(-g));
-    diff_gate_up[row * 2 * I + j] = dy * u * s * (1.0f + g * (1.0f - s));
-    diff_gate_up[row * 2 * I + I + j] = dy * g * s;
+    const float dg = dy * u * s * (1.0f + g * (1.0f - s)), du = dy * g * s;
+    diff_gate_up[row * 2 * I + j] = dg;
+    diff_gate_up[row * 2 * I + I + j] = du;
+    if (rounded) {
+      rounded[row * 2 * I + j] = float_to_bf16(dg);
+      rounded[row * 2 * I + I + j] = float_to_bf16(du);
+    }
   }
 }
 
 }  // namespace
 
-void swiglu_forward(cudaStream_t s, float* dst, const float* gate_up, Index M, Index I) {
+void swiglu_forward(cudaStream_t s, float* dst, const float* gate_up, Index M, Index I,
+                    Bf16Bits* rounded) {
   if (M == 0) return;
-  ZL_LAUNCH(swiglu_forward_kernel, grid_for(M * I, 256), 256, s)(dst, gate_up, M, I);
+  ZL_LAUNCH(swiglu_forward_kernel, grid_rows_cols(M, I, 256), 256, s)(dst, gate_up, M, I, rounded);
   check_launch("swiglu_forward", M, I);
 }
 
 void swiglu_backward(cudaStream_t s, float* diff_gate_up, const float* diff_dst,
-                     const float* gate_up, Index M, Index I) {
+                     const float* gate_up, Index M, Index I, Bf16Bits* rounded) {
   if (M == 0) return;
-  ZL_LAUNCH(swiglu_backward_kernel, grid_for(M * I, 256), 256, s)
-  (diff_gate_up, diff_dst, gate_up, M, I);
+  ZL_LAUNCH(swiglu_backward_kernel, grid_rows_cols(M, I, 256), 256, s)
+  (diff_gate_up, diff_dst, gate_up, M, I, rounded);
   check_launch("swiglu_backward", M, I);
 }
 

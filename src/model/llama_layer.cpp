@@ -48,15 +48,24 @@ class LayerOps {
 
   const Weight* w(LayerTensor t) const { return ctx_.weights + ctx_.layout.offset(t); }
 
-  void base_forward(Mat<Act> dst, const Act* src, Index M, Index in, const Weight* weight,
+  void base_forward(Mat<Act> dst, GemmOperand<P> src, Index M, Index in, const Weight* weight,
                     bool accumulate) {
     ZL_CHECK(dst.rows == M);
     k_.linear_forward(dst, src, weight, in, accumulate);
   }
 
-  void base_backward(Act* diff_src, const Act* diff_dst, Index M, Index out, const Weight* weight,
-                     Index in) {
+  void base_backward(Act* diff_src, GemmOperand<P> diff_dst, Index M, Index out,
+                     const Weight* weight, Index in) {
     k_.linear_backward_data(diff_src, diff_dst, weight, M, out, in);
+  }
+
+  // Where an op writes its output's rounding for the projection that takes it (kernels.hpp
+  // GemmOperand): `count` values of a workspace buffer in the bf16 policy, none in the others.
+  Weight* rounded(DeviceBuffer<bf16>& buffer, Index count) {
+    if constexpr (std::is_same_v<Weight, bf16>)
+      return grow(ctx_.device, buffer, count);
+    else
+      return nullptr;
   }
 
   const LoraAdapterSlots* adapter(LoraModule m) const {
@@ -105,10 +114,11 @@ class LayerOps {
   }
 
   // gate_up (=) [rows, 2I] = h2 Wgu^T + LoRA(gate, up); z_gate/z_up receive the LoRA z.
-  void gate_up_forward(Act* gate_up, const Act* h2, Index rows, Index row_offset, Act* z_gate,
-                       Act* z_up, const Dims& d) {
-    base_forward(Mat<Act>::dense(gate_up, rows, 2 * d.I), h2, rows, d.D, w(LayerTensor::kGate),
-                 false);
+  // h2_rounded: h2's rounding where the norm made it, else null.
+  void gate_up_forward(Act* gate_up, const Act* h2, const Weight* h2_rounded, Index rows,
+                       Index row_offset, Act* z_gate, Act* z_up, const Dims& d) {
+    base_forward(Mat<Act>::dense(gate_up, rows, 2 * d.I), {h2, h2_rounded}, rows, d.D,
+                 w(LayerTensor::kGate), false);
     lora_forward_into(LoraModule::kGate, Mat<Act>{gate_up, rows, d.I, 2 * d.I, 1}, z_gate, h2, rows,
                       d.D, row_offset);
     lora_forward_into(LoraModule::kUp, Mat<Act>{gate_up + d.I, rows, d.I, 2 * d.I, 1}, z_up, h2,
@@ -135,6 +145,7 @@ template <class P>
 void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P::Act* x,
                    LayerActivations<typename P::Act>& acts, ForwardKeep keep) {
   using Act = typename P::Act;
+  using Weight = typename P::Weight;
   LayerOps<P> ops(ctx);
   Kernels<P>& k = ctx.kernels;
   Device& dev = ctx.device;
@@ -164,8 +175,12 @@ void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P:
   for (int m = 0; m < kLoraModuleCount; ++m) grow(dev, acts.lora_z[m], M * std::max<Index>(r, 1));
 
   // Attention block.
-  k.rmsnorm_forward(h1, rstd1, x, ops.w(LayerTensor::kAttnNorm), M, d.D, c.rms_norm_eps);
-  ops.base_forward(Mat<Act>::dense(qkv, M, d.W3), h1, M, d.D, ops.w(LayerTensor::kQ), false);
+  auto& ws = ctx.workspace;
+  Weight* h1_rounded = ops.rounded(ws.h_rounded, M * d.D);
+  k.rmsnorm_forward(h1, rstd1, x, ops.w(LayerTensor::kAttnNorm), M, d.D, c.rms_norm_eps,
+                    h1_rounded);
+  ops.base_forward(Mat<Act>::dense(qkv, M, d.W3), {h1, h1_rounded}, M, d.D, ops.w(LayerTensor::kQ),
+                   false);
   // Qwen2's biases belong to the base projection, before LoRA adds to it (as in PEFT).
   if (c.qkv_bias) k.linear_add_bias(Mat<Act>::dense(qkv, M, d.W3), ops.w(LayerTensor::kQBias));
   const Index col[3] = {0, d.Qd, d.Qd + d.KVd}, width[3] = {d.Qd, d.KVd, d.KVd};
@@ -174,7 +189,8 @@ void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P:
                           acts.lora_z[static_cast<int>(kQkvModules[i])].data(), h1, M, d.D, 0);
   k.rope_rotate(qkv, positions, ctx.rope, M, d.W3, d.H, false);
   k.rope_rotate(qkv + d.Qd, positions, ctx.rope, M, d.W3, d.KV, false);
-  if (ctx.cache) {  // generation: extend the cache, attend over everything cached
+  Weight* attn_rounded = nullptr;  // made only where the attention runs here
+  if (ctx.cache) {                 // generation: extend the cache, attend over everything cached
     Act* keys = ctx.cache->keys.data() + ctx.cached * d.KVd;
     Act* values = ctx.cache->values.data() + ctx.cached * d.KVd;
     const std::size_t row = static_cast<std::size_t>(d.KVd) * sizeof(Act);
@@ -184,22 +200,26 @@ void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P:
     k.attention_cached(attn, qkv, d.W3, ctx.cache->keys.data(), ctx.cache->values.data(),
                        ctx.cached, M, d.attention());
   } else if (!keep.attention_ready) {
-    k.attention_forward(attn, lse, qkv, *ctx.geometry.segments, M, d.attention(),
+    attn_rounded = ops.rounded(ws.attn_rounded, M * d.Qd);
+    k.attention_forward(attn, attn_rounded, lse, qkv, *ctx.geometry.segments, M, d.attention(),
                         ctx.options.attention);
   }
   copy_values(ctx, x2, x, M * d.D);
-  ops.base_forward(Mat<Act>::dense(x2, M, d.D), attn, M, d.Qd, ops.w(LayerTensor::kO), true);
+  ops.base_forward(Mat<Act>::dense(x2, M, d.D), {attn, attn_rounded}, M, d.Qd,
+                   ops.w(LayerTensor::kO), true);
   ops.lora_forward_into(LoraModule::kO, Mat<Act>::dense(x2, M, d.D),
                         acts.lora_z[static_cast<int>(LoraModule::kO)].data(), attn, M, d.Qd, 0);
-  k.rmsnorm_forward(h2, rstd2, x2, ops.w(LayerTensor::kMlpNorm), M, d.D, c.rms_norm_eps);
+  const bool save_mlp = keep.mlp;
+  const bool mlp_runs = save_mlp || out;  // else h2 is kept for the backward's recompute only
+  Weight* h2_rounded = mlp_runs ? ops.rounded(ws.h_rounded, M * d.D) : nullptr;
+  k.rmsnorm_forward(h2, rstd2, x2, ops.w(LayerTensor::kMlpNorm), M, d.D, c.rms_norm_eps,
+                    h2_rounded);
 
   // MLP block, by row chunks.
-  const bool save_mlp = keep.mlp;
   acts.mlp_saved = save_mlp || keep.mlp_ready;
-  if (!save_mlp && !out) return;
+  if (!mlp_runs) return;
   const Index chunk = mlp_chunk(ctx.options, M);
   if (save_mlp) grow(dev, acts.gate_up, M * 2 * d.I);
-  auto& ws = ctx.workspace;
   for (Index c0 = 0; c0 < M; c0 += chunk) {
     const Index rows = std::min(chunk, M - c0);
     auto z = [&](LoraModule m) {
@@ -208,14 +228,15 @@ void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P:
     };
     Act* gate_up =
         save_mlp ? acts.gate_up.data() + c0 * 2 * d.I : grow(dev, ws.gate_up, chunk * 2 * d.I);
-    ops.gate_up_forward(gate_up, h2 + c0 * d.D, rows, c0, z(LoraModule::kGate), z(LoraModule::kUp),
-                        d);
+    ops.gate_up_forward(gate_up, h2 + c0 * d.D, h2_rounded ? h2_rounded + c0 * d.D : nullptr, rows,
+                        c0, z(LoraModule::kGate), z(LoraModule::kUp), d);
     if (!out) continue;
     Act* act = grow(dev, ws.act, chunk * d.I);
-    k.swiglu_forward(act, gate_up, rows, d.I);
+    Weight* act_rounded = ops.rounded(ws.act_rounded, chunk * d.I);
+    k.swiglu_forward(act, gate_up, rows, d.I, act_rounded);
     Act* out_rows = out + c0 * d.D;
     copy_values(ctx, out_rows, x2 + c0 * d.D, rows * d.D);
-    ops.base_forward(Mat<Act>::dense(out_rows, rows, d.D), act, rows, d.I,
+    ops.base_forward(Mat<Act>::dense(out_rows, rows, d.D), {act, act_rounded}, rows, d.I,
                      ops.w(LayerTensor::kDown), true);
     ops.lora_forward_into(LoraModule::kDown, Mat<Act>::dense(out_rows, rows, d.D),
                           z(LoraModule::kDown), act, rows, d.I, c0);
@@ -226,6 +247,7 @@ template <class P>
 void layer_backward(LayerContext<P>& ctx, typename P::Act* dx, const typename P::Act* x,
                     LayerActivations<typename P::Act>& acts) {
   using Act = typename P::Act;
+  using Weight = typename P::Weight;
   LayerOps<P> ops(ctx);
   Kernels<P>& k = ctx.kernels;
   Device& dev = ctx.device;
@@ -250,14 +272,15 @@ void layer_backward(LayerContext<P>& ctx, typename P::Act* dx, const typename P:
       gate_up = acts.gate_up.data() + c0 * 2 * d.I;
     } else {  // recompute
       gate_up = grow(dev, ws.gate_up, chunk * 2 * d.I);
-      ops.gate_up_forward(gate_up, h2, rows, c0, z(LoraModule::kGate), z(LoraModule::kUp), d);
+      ops.gate_up_forward(gate_up, h2, nullptr, rows, c0, z(LoraModule::kGate), z(LoraModule::kUp),
+                          d);
     }
     Act* dx_rows = dx + c0 * d.D;
     Act* d_act = grow(dev, ws.d_act, chunk * d.I);
     ops.base_backward(d_act, dx_rows, rows, d.D, ops.w(LayerTensor::kDown), d.I);
     if (ops.adapter(LoraModule::kDown)) {
       Act* act = grow(dev, ws.act, chunk * d.I);
-      k.swiglu_forward(act, gate_up, rows, d.I);
+      k.swiglu_forward(act, gate_up, rows, d.I, nullptr);  // for the LoRA branch: fp32 only
       if (!acts.mlp_saved)
         ops.lora_project_into(LoraModule::kDown, z(LoraModule::kDown), act, rows, d.I, c0);
       ops.lora_backward_into(LoraModule::kDown, Mat<Act>::dense(d_act, rows, d.I),
@@ -265,9 +288,11 @@ void layer_backward(LayerContext<P>& ctx, typename P::Act* dx, const typename P:
                              c0);
     }
     Act* d_gate_up = grow(dev, ws.d_gate_up, chunk * 2 * d.I);
-    k.swiglu_backward(d_gate_up, d_act, gate_up, rows, d.I);
+    Weight* d_gate_up_rounded = ops.rounded(ws.d_gate_up_rounded, chunk * 2 * d.I);
+    k.swiglu_backward(d_gate_up, d_act, gate_up, rows, d.I, d_gate_up_rounded);
     Act* dh = grow(dev, ws.dh, std::max(chunk, M) * d.D);
-    ops.base_backward(dh, d_gate_up, rows, 2 * d.I, ops.w(LayerTensor::kGate), d.D);
+    ops.base_backward(dh, {d_gate_up, d_gate_up_rounded}, rows, 2 * d.I, ops.w(LayerTensor::kGate),
+                      d.D);
     ops.lora_backward_into(LoraModule::kGate, Mat<Act>::dense(dh, rows, d.D),
                            Mat<const Act>{d_gate_up, rows, d.I, 2 * d.I, 1}, z(LoraModule::kGate),
                            h2, c0);

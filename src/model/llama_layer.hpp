@@ -80,6 +80,10 @@ template <class Act>
 struct LayerWorkspace {
   DeviceBuffer<Act> gate_up, act, d_act, d_gate_up, dh, d_attn, d_qkv;
   std::array<DeviceBuffer<Act>, kLoraModuleCount> lora_z;
+  // The bf16 policy's GEMM operands, rounded by the ops that make them (kernels.hpp
+  // GemmOperand): the norms' outputs (one buffer: h1's copy is spent when h2's is made), the
+  // attention's output, SwiGLU's output and its gradient. Unused in the other policies.
+  DeviceBuffer<bf16> h_rounded, attn_rounded, act_rounded, d_gate_up_rounded;
 };
 
 // One layer's slice of a generation KV cache: keys and values of every position so far.

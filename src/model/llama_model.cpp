@@ -257,7 +257,7 @@ void LlamaModel<P>::forward_logits(const Batch& batch, std::span<const Act> lora
   {
     const auto norm = acquire({Unit::kFinalNorm});
     kernels_->rmsnorm_forward(final_h_.data(), final_rstd_.data(), head_rows_.data(), norm.data, R,
-                              D, c.rms_norm_eps);
+                              D, c.rms_norm_eps, nullptr);
   }
   const auto lm_head = acquire(lm_head_unit(c));
   Act* out = output_buffer(logits, R * V);
@@ -320,7 +320,7 @@ void LlamaModel<P>::forward_cached(std::span<const std::int32_t> tokens, KvCache
   {
     const auto norm = acquire({Unit::kFinalNorm});
     kernels_->rmsnorm_forward(final_h_.data(), final_rstd_.data(), last, norm.data, 1, D,
-                              c.rms_norm_eps);
+                              c.rms_norm_eps, nullptr);
   }
   const auto lm_head = acquire(lm_head_unit(c));
   Act* out = output_buffer(last_logits, c.vocab_size);
@@ -364,7 +364,7 @@ double LlamaModel<P>::head_loss(const Batch& batch, double grad_scale, bool want
     const std::int32_t* rows = head_row_ids_.data() + c0;
     k.gather_rows(head_rows_.data(), x, rows, n, D);
     k.rmsnorm_forward(final_h_.data(), final_rstd_.data(), head_rows_.data(), norm.data, n, D,
-                      c.rms_norm_eps);
+                      c.rms_norm_eps, nullptr);
     k.linear_forward(Mat<Act>::dense(head_logits_.data(), n, V), final_h_.data(), lm_head.data, D,
                      false);
     loss += k.cross_entropy(head_logits_.data(), head_targets_.data() + c0, n, V, grad_scale,

@@ -16,6 +16,18 @@
 
 namespace zerolora {
 
+// The producers' `rounded` copies (kernels.hpp GemmOperand): the same rounding the projection
+// would do on the operand, done where the values are made.
+template <class P>
+void CpuKernels<P>::write_rounded(Weight* rounded, const Act* values, Index n) {
+  if (!rounded) return;
+  if constexpr (std::is_same_v<Act, Weight>)
+    throw InternalError("a rounded copy asked of the " + std::string(P::kName) +
+                        " policy, whose operands are the activations themselves");
+  else
+    convert(rt_, rounded, values, n);
+}
+
 template <class P>
 void CpuKernels<P>::embedding_forward(Act* dst, const std::int32_t* tokens, const Weight* table,
                                       Index M, Index D) {
@@ -24,8 +36,9 @@ void CpuKernels<P>::embedding_forward(Act* dst, const std::int32_t* tokens, cons
 
 template <class P>
 void CpuKernels<P>::rmsnorm_forward(Act* dst, Act* rstd, const Act* src, const Weight* weight,
-                                    Index M, Index D, double eps) {
+                                    Index M, Index D, double eps, Weight* rounded) {
   zerolora::rmsnorm_forward(rt_, dst, rstd, src, weight, M, D, eps);
+  write_rounded(rounded, dst, M * D);
 }
 
 template <class P>
@@ -42,14 +55,17 @@ void CpuKernels<P>::rope_rotate(Act* x, const std::int32_t* positions, const Rop
 }
 
 template <class P>
-void CpuKernels<P>::swiglu_forward(Act* dst, const Act* gate_up, Index M, Index I) {
+void CpuKernels<P>::swiglu_forward(Act* dst, const Act* gate_up, Index M, Index I,
+                                   Weight* rounded) {
   zerolora::swiglu_forward(rt_, dst, gate_up, M, I);
+  write_rounded(rounded, dst, M * I);
 }
 
 template <class P>
 void CpuKernels<P>::swiglu_backward(Act* diff_gate_up, const Act* diff_dst, const Act* gate_up,
-                                    Index M, Index I) {
+                                    Index M, Index I, Weight* rounded) {
   zerolora::swiglu_backward(rt_, diff_gate_up, diff_dst, gate_up, M, I);
+  write_rounded(rounded, diff_gate_up, M * 2 * I);
 }
 
 template <class P>
@@ -59,9 +75,9 @@ double CpuKernels<P>::cross_entropy(Act* logits, const std::int32_t* targets, In
 }
 
 template <class P>
-void CpuKernels<P>::linear_forward(Mat<Act> dst, const Act* src, const Weight* weight, Index in,
+void CpuKernels<P>::linear_forward(Mat<Act> dst, GemmOperand<P> src, const Weight* weight, Index in,
                                    bool accumulate) {
-  zerolora::linear_forward(rt_, dst, src, weight, in, accumulate, operand_);
+  zerolora::linear_forward(rt_, dst, src.values, src.rounded, weight, in, accumulate, operand_);
 }
 
 template <class P>
@@ -70,9 +86,10 @@ void CpuKernels<P>::linear_add_bias(Mat<Act> dst, const Weight* bias) {
 }
 
 template <class P>
-void CpuKernels<P>::linear_backward_data(Act* diff_src, const Act* diff_dst, const Weight* weight,
-                                         Index M, Index out, Index in) {
-  zerolora::linear_backward_data(rt_, diff_src, diff_dst, weight, M, out, in, operand_);
+void CpuKernels<P>::linear_backward_data(Act* diff_src, GemmOperand<P> diff_dst,
+                                         const Weight* weight, Index M, Index out, Index in) {
+  zerolora::linear_backward_data(rt_, diff_src, diff_dst.values, diff_dst.rounded, weight, M, out,
+                                 in, operand_);
 }
 
 template <class P>
@@ -98,12 +115,13 @@ void CpuKernels<P>::lora_backward(Mat<Act> diff_src, Act* diff_a, Act* diff_b,
 }
 
 template <class P>
-void CpuKernels<P>::attention_forward(Act* out, Act* lse, const Act* qkv,
+void CpuKernels<P>::attention_forward(Act* out, Weight* out_rounded, Act* lse, const Act* qkv,
                                       const std::vector<Segment>& segments, Index M,
                                       const AttentionShape& shape,
                                       const AttentionOptions& options) {
   zerolora::attention_forward<Act, Weight>(rt_, out, lse, qkv, segments, M, shape, options,
                                            attention_);
+  write_rounded(out_rounded, out, M * shape.heads * shape.head_dim);
 }
 
 template <class P>

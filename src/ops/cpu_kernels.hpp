@@ -20,20 +20,20 @@ class CpuKernels final : public Kernels<P> {
   void embedding_forward(Act* dst, const std::int32_t* tokens, const Weight* table, Index M,
                          Index D) override;
   void rmsnorm_forward(Act* dst, Act* rstd, const Act* src, const Weight* weight, Index M, Index D,
-                       double eps) override;
+                       double eps, Weight* rounded) override;
   void rmsnorm_backward(Act* diff_src, const Act* diff_dst, const Act* src, const Act* rstd,
                         const Weight* weight, Index M, Index D, bool accumulate) override;
   void rope_rotate(Act* x, const std::int32_t* positions, const RopeTable& table, Index M,
                    Index row_stride, Index heads, bool inverse) override;
-  void swiglu_forward(Act* dst, const Act* gate_up, Index M, Index I) override;
-  void swiglu_backward(Act* diff_gate_up, const Act* diff_dst, const Act* gate_up, Index M,
-                       Index I) override;
+  void swiglu_forward(Act* dst, const Act* gate_up, Index M, Index I, Weight* rounded) override;
+  void swiglu_backward(Act* diff_gate_up, const Act* diff_dst, const Act* gate_up, Index M, Index I,
+                       Weight* rounded) override;
   double cross_entropy(Act* logits, const std::int32_t* targets, Index R, Index V,
                        double grad_scale, bool write_grad) override;
-  void linear_forward(Mat<Act> dst, const Act* src, const Weight* weight, Index in,
+  void linear_forward(Mat<Act> dst, GemmOperand<P> src, const Weight* weight, Index in,
                       bool accumulate) override;
   void linear_add_bias(Mat<Act> dst, const Weight* bias) override;
-  void linear_backward_data(Act* diff_src, const Act* diff_dst, const Weight* weight, Index M,
+  void linear_backward_data(Act* diff_src, GemmOperand<P> diff_dst, const Weight* weight, Index M,
                             Index out, Index in) override;
   void lora_project(Act* z, Mat<const Act> src, const Act* a, Index rank,
                     const DropoutMask& dropout) override;
@@ -42,8 +42,8 @@ class CpuKernels final : public Kernels<P> {
   void lora_backward(Mat<Act> diff_src, Act* diff_a, Act* diff_b, Mat<const Act> diff_dst,
                      const Act* z, Mat<const Act> src, const Act* a, const Act* b, Index rank,
                      double scale, const DropoutMask& dropout) override;
-  void attention_forward(Act* out, Act* lse, const Act* qkv, const std::vector<Segment>& segments,
-                         Index M, const AttentionShape& shape,
+  void attention_forward(Act* out, Weight* out_rounded, Act* lse, const Act* qkv,
+                         const std::vector<Segment>& segments, Index M, const AttentionShape& shape,
                          const AttentionOptions& options) override;
   void attention_backward(Act* diff_qkv, const Act* diff_out, const Act* qkv, const Act* out,
                           const Act* lse, const std::vector<Segment>& segments, Index M,
@@ -58,6 +58,8 @@ class CpuKernels final : public Kernels<P> {
   void scatter_rows(Act* dst, const Act* src, const std::int32_t* rows, Index n, Index D) override;
 
  private:
+  void write_rounded(Weight* rounded, const Act* values, Index n);
+
   Runtime& rt_;
   Buffer<Weight> operand_;
   Buffer<Act> lora_scratch_;

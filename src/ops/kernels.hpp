@@ -19,6 +19,21 @@
 
 namespace zerolora {
 
+// A base projection's activation operand (linear_forward's src, linear_backward_data's diff_dst)
+// and, where the op that produced the values also wrote their rounding to the weight type (the
+// bf16 policy's GEMMs take bf16 operands), that copy: the projection then reads it instead of
+// rounding the values itself, a pass over them on the GPU. `rounded` null: the projection rounds.
+// Producers take the copy's destination as `rounded` (null: none wanted; policies whose weights
+// are the activations' type pass null).
+template <class P>
+struct GemmOperand {
+  const typename P::Act* values;
+  const typename P::Weight* rounded = nullptr;
+  GemmOperand(const typename P::Act* values_in,  // NOLINT: a plain pointer is the common case
+              const typename P::Weight* rounded_in = nullptr)
+      : values(values_in), rounded(rounded_in) {}
+};
+
 template <class P>
 class Kernels {
  public:
@@ -31,24 +46,24 @@ class Kernels {
                                  Index D) = 0;
   // ops/rmsnorm.hpp
   virtual void rmsnorm_forward(Act* dst, Act* rstd, const Act* src, const Weight* weight, Index M,
-                               Index D, double eps) = 0;
+                               Index D, double eps, Weight* rounded) = 0;
   virtual void rmsnorm_backward(Act* diff_src, const Act* diff_dst, const Act* src, const Act* rstd,
                                 const Weight* weight, Index M, Index D, bool accumulate) = 0;
   // ops/rope.hpp: `positions` on the device, the table on the host
   virtual void rope_rotate(Act* x, const std::int32_t* positions, const RopeTable& table, Index M,
                            Index row_stride, Index heads, bool inverse) = 0;
   // ops/swiglu.hpp
-  virtual void swiglu_forward(Act* dst, const Act* gate_up, Index M, Index I) = 0;
+  virtual void swiglu_forward(Act* dst, const Act* gate_up, Index M, Index I, Weight* rounded) = 0;
   virtual void swiglu_backward(Act* diff_gate_up, const Act* diff_dst, const Act* gate_up, Index M,
-                               Index I) = 0;
+                               Index I, Weight* rounded) = 0;
   // ops/cross_entropy.hpp: the summed loss comes back to the host
   virtual double cross_entropy(Act* logits, const std::int32_t* targets, Index R, Index V,
                                double grad_scale, bool write_grad) = 0;
 
   // ops/linear.hpp: base projections (bf16 operands in the bf16 policy)
-  virtual void linear_forward(Mat<Act> dst, const Act* src, const Weight* weight, Index in,
+  virtual void linear_forward(Mat<Act> dst, GemmOperand<P> src, const Weight* weight, Index in,
                               bool accumulate) = 0;
-  virtual void linear_backward_data(Act* diff_src, const Act* diff_dst, const Weight* weight,
+  virtual void linear_backward_data(Act* diff_src, GemmOperand<P> diff_dst, const Weight* weight,
                                     Index M, Index out, Index in) = 0;
   virtual void linear_add_bias(Mat<Act> dst, const Weight* bias) = 0;
   // ops/lora_branch.hpp: the LoRA branch, dropout masks regenerated from the mask's key
@@ -60,8 +75,8 @@ class Kernels {
                              const Act* z, Mat<const Act> src, const Act* a, const Act* b,
                              Index rank, double scale, const DropoutMask& dropout) = 0;
 
-  // ops/attention.hpp: segments on the host
-  virtual void attention_forward(Act* out, Act* lse, const Act* qkv,
+  // ops/attention.hpp: segments on the host; out_rounded as a producer's `rounded` above
+  virtual void attention_forward(Act* out, Weight* out_rounded, Act* lse, const Act* qkv,
                                  const std::vector<Segment>& segments, Index M,
                                  const AttentionShape& shape, const AttentionOptions& options) = 0;
   virtual void attention_backward(Act* diff_qkv, const Act* diff_out, const Act* qkv,

@@ -243,6 +243,13 @@ void add_activations(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& 
                        kept_plan.kept_bytes});
 }
 
+// bf16 only: the layer workspace's copies of GEMM operands that the ops making them round as
+// they write (model/llama_layer.hpp LayerWorkspace): a norm's output [M, D], the attention's
+// [M, Qd], SwiGLU's output [chunk, I] and its gradient [chunk, 2I].
+double producer_rounded_bytes(const MemoryScenario& s, const Dims& d, double chunk) {
+  return s.bf16 ? 2.0 * (d.M * d.D + d.M * d.Qd + chunk * 3 * d.I) : 0.0;
+}
+
 // The CPU kernels' buffers (ops/): attention's packed heads and per-thread tiles, MLP chunks,
 // activation gradients, bf16 operands, the LoRA branch's scratch, the fused loss, oneDNN's
 // packing, and the process itself.
@@ -265,7 +272,8 @@ void add_cpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const MemoryScenar
                                   ? 4.0 * (M * r + 2.0 * s.threads * std::max(D, I))
                                   : 4.0 * M * (std::max(D, I) + r);
   e.items.push_back({"backward and attention work buffers",
-                     attention + mlp + gradients + operands + lora_scratch});
+                     attention + mlp + gradients + operands + lora_scratch +
+                         producer_rounded_bytes(s, d, chunk)});
   e.items.push_back({"fused lm_head + loss (logits chunk, operands)",
                      4.0 * head_chunk * V + 4.0 * 3 * head_chunk * D +
                          (s.bf16 ? 2.0 * head_chunk * std::max(D, V) : 0.0)});
@@ -296,9 +304,12 @@ void add_gpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& 
                             4.0 * M * W3 + 4.0 * 3 * chunk * r + 4.0 * M * D;
   e.items.push_back(
       {"layer work buffers (MLP chunks, activation gradients, residual gradient)", layer_work});
-  if (s.bf16)
+  if (s.bf16) {
     e.items.push_back({"bf16 GEMM operands (one shared buffer)",
                        2.0 * std::max({M * std::max({D, Qd, W3}), chunk * 2 * I, head * V})});
+    e.items.push_back({"bf16 GEMM operands rounded by the ops that make them",
+                       producer_rounded_bytes(s, d, chunk)});
+  }
   // The LoRA branch: dz, and up to kLoraFusedMaxRank the fused kernels' partial sums of dA and
   // dB (src/cuda/lora.cu: r x the module's width per 256 rows); above it, with dropout, the
   // dropped input and its mask's work, each as large as the widest adapted input.
