@@ -22,8 +22,9 @@ __global__ void rmsnorm_forward_kernel(float* dst, float* rstd, const float* src
     if (threadIdx.x == 0) rstd[row] = r;
     float* y = dst + row * D;
     for (Index j = threadIdx.x; j < D; j += blockDim.x) {
-      y[j] = x[j] * r * load_weight(weight, j);
-      if (rounded) rounded[row * D + j] = float_to_bf16(y[j]);
+      const float v = x[j] * r * load_weight(weight, j);
+      y[j] = v;
+      if (rounded) rounded[row * D + j] = float_to_bf16(v);
     }
   }
 }
