@@ -17,6 +17,9 @@ namespace {
 constexpr int kMaxRank = 16;       // ops/lora_branch.hpp's kLoraFusedMaxRank
 constexpr Index kOuterRows = 256;  // rows per partial sum of outer
 constexpr int kThreads = 256;
+// Columns per pass of an expansion thread: their loads issued before any store, several in
+// flight per thread (the compiler cannot move a load above a store that may alias it).
+constexpr int kExpandColumns = 4;
 
 // One warp per row: the lanes stride over the row's n elements, each keeping r partial dot
 // products, then summed over the warp.
@@ -56,12 +59,21 @@ __global__ void lora_expand_kernel(float* big, Index big_rs, const float* small,
     ZL_UNROLL for (int k = 0; k < kMaxRank; ++k) z[k] = k < rank ? small[i * rank + k] : 0.0f;
     const std::uint64_t row_key = mask.row(i);
     float* y = big + i * big_rs;
-    for (Index j = threadIdx.x; j < n; j += blockDim.x) {
-      float sum = 0.0f;
-      ZL_UNROLL for (int k = 0; k < kMaxRank; ++k) {
-        if (k < rank) sum += z[k] * w[k * wk + j * wj];
+    for (Index j0 = threadIdx.x; j0 < n; j0 += kExpandColumns * blockDim.x) {
+      float before[kExpandColumns];
+      ZL_UNROLL for (int u = 0; u < kExpandColumns; ++u) {
+        const Index j = j0 + u * static_cast<Index>(blockDim.x);
+        before[u] = j < n ? y[j] : 0.0f;
       }
-      y[j] += mask.apply(row_key, j, scale * sum);
+      ZL_UNROLL for (int u = 0; u < kExpandColumns; ++u) {
+        const Index j = j0 + u * static_cast<Index>(blockDim.x);
+        if (j >= n) continue;
+        float sum = 0.0f;
+        ZL_UNROLL for (int k = 0; k < kMaxRank; ++k) {
+          if (k < rank) sum += z[k] * w[k * wk + j * wj];
+        }
+        y[j] = before[u] + mask.apply(row_key, j, scale * sum);
+      }
     }
   }
 }

@@ -6,6 +6,10 @@
 namespace zerolora::cuda {
 namespace {
 
+// Heads per pass of a thread: their loads issued before any store, so that a thread has
+// several in flight (the compiler cannot move a load above a store that may alias it).
+constexpr int kHeadsPerPass = 4;
+
 __global__ void rope_kernel(float* x, const std::int32_t* positions, const float* cos_table,
                             const float* sin_table, Index half, Index M, Index row_stride,
                             Index heads, float sign) {
@@ -14,10 +18,20 @@ __global__ void rope_kernel(float* x, const std::int32_t* positions, const float
     const Index p = positions[row];
     const float c = cos_table[p * half + j], s = sign * sin_table[p * half + j];
     float* x1 = x + row * row_stride + j;
-    for (Index h = 0; h < heads; ++h, x1 += 2 * half) {
-      const float a = x1[0], b = x1[half];
-      x1[0] = a * c - b * s;
-      x1[half] = b * c + a * s;
+    for (Index h0 = 0; h0 < heads; h0 += kHeadsPerPass, x1 += kHeadsPerPass * 2 * half) {
+      float a[kHeadsPerPass] = {}, b[kHeadsPerPass] = {};
+      ZL_UNROLL for (int u = 0; u < kHeadsPerPass; ++u) {
+        if (h0 + u < heads) {
+          a[u] = x1[u * 2 * half];
+          b[u] = x1[u * 2 * half + half];
+        }
+      }
+      ZL_UNROLL for (int u = 0; u < kHeadsPerPass; ++u) {
+        if (h0 + u < heads) {
+          x1[u * 2 * half] = a[u] * c - b[u] * s;
+          x1[u * 2 * half + half] = b[u] * c + a[u] * s;
+        }
+      }
     }
   }
 }
