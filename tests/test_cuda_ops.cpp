@@ -310,6 +310,14 @@ TEST_F(CudaBackend, ConversionsAreBitExactAlignedOrNot) {
   x[7] = -INFINITY;
   x[1001] = 0x1.0103p0f;  // in the tail: rounds up
   auto& gpu_device = dynamic_cast<cuda::CudaDevice&>(device());
+  // Bit patterns: NaN compares unequal to itself.
+  auto expect_same_bits = [](const std::vector<float>& got, const std::vector<float>& expected,
+                             const char* what, Index offset) {
+    ASSERT_EQ(got.size(), expected.size()) << what;
+    for (std::size_t i = 0; i < got.size(); ++i)
+      ASSERT_EQ(std::bit_cast<std::uint32_t>(got[i]), std::bit_cast<std::uint32_t>(expected[i]))
+          << what << ", offset " << offset << ", value " << i;
+  };
   for (Index offset : {0, 1, 2}) {
     const Index n = static_cast<Index>(x.size()) - offset;
     std::vector<cuda::Bf16Bits> expected_bits(static_cast<std::size_t>(n));
@@ -324,17 +332,11 @@ TEST_F(CudaBackend, ConversionsAreBitExactAlignedOrNot) {
     EXPECT_EQ(to_host(gbits, expected_bits.size()), expected_bits) << "to_bf16, offset " << offset;
     float* gwide = on_gpu(std::vector<float>(x.size())) + offset;
     cuda::widen_bf16(gpu_device.stream(), gwide, gbits, n);
-    const auto wide = to_host(gwide, expected_rounded.size());
-    for (Index i = 0; i < n; ++i)  // bit patterns: NaN compares unequal to itself
-      ASSERT_EQ(std::bit_cast<std::uint32_t>(wide[i]),
-                std::bit_cast<std::uint32_t>(expected_rounded[i]))
-          << "widen_bf16, offset " << offset << ", value " << i;
+    expect_same_bits(to_host(gwide, expected_rounded.size()), expected_rounded, "widen_bf16",
+                     offset);
     cuda::round_to_bf16(gpu_device.stream(), gx, nullptr, n);
-    const auto rounded = to_host(gx, expected_rounded.size());
-    for (Index i = 0; i < n; ++i)
-      ASSERT_EQ(std::bit_cast<std::uint32_t>(rounded[i]),
-                std::bit_cast<std::uint32_t>(expected_rounded[i]))
-          << "round_to_bf16 without a copy, offset " << offset << ", value " << i;
+    expect_same_bits(to_host(gx, expected_rounded.size()), expected_rounded,
+                     "round_to_bf16 without a copy", offset);
   }
 }
 

@@ -306,9 +306,7 @@ class CudaKernels final : public Kernels<P> {
     if constexpr (std::is_same_v<Weight, bf16>) {
       return reinterpret_cast<Bf16Bits*>(rounded);
     } else {
-      if (rounded)
-        throw InternalError("a rounded copy asked of the " + std::string(P::kName) +
-                            " policy, whose GEMM operands are its activations");
+      refuse_rounded_copy<P>(rounded);
       return nullptr;
     }
   }

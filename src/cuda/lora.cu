@@ -138,7 +138,7 @@ void lora_expand(cudaStream_t s, float* big, Index big_rs, const float* small, c
                  std::uint64_t key, const std::uint64_t* row_keys) {
   check_rank(rank, "lora_expand");
   if (M * n == 0) return;
-  ZL_LAUNCH(lora_expand_kernel, dim3(1, M < 65535 ? static_cast<unsigned>(M) : 65535u), kThreads, s)
+  ZL_LAUNCH(lora_expand_kernel, grid_rows_cols(M, 1, kThreads), kThreads, s)  // a block per row
   (big, big_rs, small, w, wk, wj, M, n, rank, scale, make_dropout_draw(p, key, row_keys));
   check_launch("lora_expand", M, n);
 }

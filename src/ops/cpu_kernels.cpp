@@ -20,11 +20,9 @@ namespace zerolora {
 // would do on the operand, done where the values are made.
 template <class P>
 void CpuKernels<P>::write_rounded(Weight* rounded, const Act* values, Index n) {
-  if (!rounded) return;
   if constexpr (std::is_same_v<Act, Weight>)
-    throw InternalError("a rounded copy asked of the " + std::string(P::kName) +
-                        " policy, whose operands are the activations themselves");
-  else
+    refuse_rounded_copy<P>(rounded);
+  else if (rounded)
     convert(rt_, rounded, values, n);
 }
 

@@ -8,9 +8,11 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "core/bf16.hpp"
+#include "core/error.hpp"
 #include "core/runtime.hpp"
 #include "ops/attention.hpp"
 #include "ops/lora_branch.hpp"
@@ -33,6 +35,15 @@ struct GemmOperand {
               const typename P::Weight* rounded_in = nullptr)
       : values(values_in), rounded(rounded_in) {}
 };
+
+// A producer's guard where the policy's weights are the activations' type: it has no rounding to
+// write, so a `rounded` destination is a caller's bug.
+template <class P>
+void refuse_rounded_copy(const void* rounded) {
+  if (rounded)
+    throw InternalError("a rounded copy asked of the " + std::string(P::kName) +
+                        " policy, whose GEMM operands are its activations");
+}
 
 template <class P>
 class Kernels {
