@@ -112,14 +112,19 @@ TEST_F(CudaBackend, ProjectionsEqualTheCpu) {
   expect_close(to_host(gdx, dx.size()), dx, "linear backward");
 }
 
-// The LoRA branch: ranks up to 16 on lora.cu's fused kernels (rank 1, 4, and 16 over 600 rows:
-// three partial sums of dA and dB, the last ragged), rank 17 on cuBLASLt and dropped copies;
-// dropout off and on; the input, output and their gradients as column blocks of wider rows
-// (the fused q/k/v layout) as well as dense.
+// The LoRA branch: ranks up to 16 on lora.cu's fused kernels (each rank bound, 4, 8 and 16,
+// full and partly used; 600 and 603 rows: three partial sums of dA and dB, the last ragged;
+// row counts that leave the contraction's four-row groups and the outer product's eight rows
+// in flight a ragged tail), rank 17 on cuBLASLt and dropped copies; dropout off and on; the
+// input, output and their gradients as column blocks of wider rows (the fused q/k/v layout) as
+// well as dense.
 TEST_F(CudaBackend, TheLoraBranchEqualsTheCpu) {
   const Index in = 64, out = 172;
-  for (const auto& [M, rank, pad] : std::vector<std::tuple<Index, Index, Index>>{
-           {37, 4, 0}, {37, 1, 5}, {600, 16, 0}, {37, 17, 0}, {600, 4, 19}}) {
+  // rows, rank, row padding
+  const std::vector<std::tuple<Index, Index, Index>> shapes{{37, 4, 0},  {37, 1, 5},   {600, 16, 0},
+                                                            {37, 17, 0}, {600, 4, 19}, {603, 8, 3},
+                                                            {42, 5, 0},  {3, 12, 1}};
+  for (const auto& [M, rank, pad] : shapes) {
     const Index ld_in = in + pad, ld_out = out + pad;  // row strides of the views
     auto x = random_values(M * ld_in, 10), y = random_values(M * ld_out, 12);
     auto dy = random_values(M * ld_out, 13), dx = random_values(M * ld_in, 16);

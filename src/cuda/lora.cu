@@ -5,10 +5,13 @@
 //   expand:   big [M, n]  += drop(scale small W)         y += s z B^T;      dx += drop'(dz A)
 //   outer:    G [r, n]    += scale small^T drop(big)     dB += s dy^T z;    dA += dz^T drop(x)
 // W(k, j) and G(k, j), k < r, j < n, sit at w[k wk + j wj]: A [r, in] is wk = in, wj = 1; B
-// [out, r] is wk = 1, wj = r. The rank's accumulators live in registers (kMaxRank of them, the
-// loops unrolled); outer sums fixed chunks of rows, then the chunks in order: the same bits
-// every run. They replace cuBLASLt's rank-r GEMMs and the dropped copies, which took 23% of a
-// 7B step on an H200 (BENCHMARKS.md).
+// [out, r] is wk = 1, wj = r. The rank's accumulators live in registers (arrays of the rank's
+// bound, 4, 8 or 16, the loops unrolled); outer sums fixed chunks of rows, then the chunks in
+// order: the same bits every run. They replace cuBLASLt's rank-r GEMMs and the dropped copies,
+// which took 23% of a 7B step on an H200 (BENCHMARKS.md).
+#include <limits>
+#include <type_traits>
+
 #include "cuda/device_math.cuh"
 
 namespace zerolora::cuda {
@@ -17,33 +20,101 @@ namespace {
 constexpr int kMaxRank = 16;       // ops/lora_branch.hpp's kLoraFusedMaxRank
 constexpr Index kOuterRows = 256;  // rows per partial sum of outer
 constexpr int kThreads = 256;
-// Columns per pass of an expansion thread: their loads issued before any store, several in
-// flight per thread (the compiler cannot move a load above a store that may alias it).
-constexpr int kExpandColumns = 4;
+// Loads issued before any of them is used, so that a thread keeps several in flight (a thread
+// that waits for each load before the next leaves HBM idle; the compiler cannot hoist a load
+// above a store that may alias it, nor always unroll a loop of unknown trip count):
+constexpr int kExpandColumns = 4;  // columns per pass of an expansion thread
+constexpr int kOuterInFlight = 8;  // rows per pass of an outer-product thread
+constexpr int kContractRows = 2;   // rows per contraction warp: each weight load serves both
+constexpr int kContractSteps = 4;  // and each lane loads four columns of each row per pass
 
-// One warp per row: the lanes stride over the row's n elements, each keeping r partial dot
-// products, then summed over the warp.
-__global__ void lora_contract_kernel(float* small, const float* big, Index big_rs, const float* w,
-                                     Index wk, Index wj, Index M, Index n, int rank, float scale,
-                                     DropoutDraw mask) {
+// The kernels are compiled for a rank bound R (4, 8 or 16): the rank's accumulators and values
+// are arrays of R registers, so the seed's rank 4 does not pay for 16 (fewer registers, more
+// threads resident; __launch_bounds__ asks ptxas for at least three blocks of kThreads per SM
+// below R 16: with sm_90, 56 registers for the contraction and 40 for the expansion at R 4).
+// Each kernel sums in the same order whatever R, kContractRows and the number of loads in
+// flight: the same bits as one row and one load at a time.
+
+// W's r values of column j, W(k, j) at w[k wk + j wj]. Where they are contiguous and aligned
+// (B: wk 1, wj r, r a multiple of 4) a 16-byte load takes four: loaded one by one, a warp's 32
+// lanes would each touch a different 16-byte piece of a 512-byte span per load, four times the
+// cache traffic of the activations they multiply.
+// Column indices and W's strides are 32-bit (lora_contract and lora_expand refuse a width that
+// would not fit): fewer registers than 64-bit ones, so that more threads stay resident.
+struct WeightColumns {
+  const float* w;
+  int wk, wj;
+  bool quads;
+  template <int R>
+  __device__ __forceinline__ void load(float (&wv)[R], int j, int rank) const {
+    if (quads) {
+      const Float4* column = reinterpret_cast<const Float4*>(w + j * wj);
+      ZL_UNROLL for (int q = 0; q < R / 4; ++q) {
+        const Float4 f = 4 * q < rank ? column[q] : Float4{};
+        ZL_UNROLL for (int u = 0; u < 4; ++u) wv[4 * q + u] = f.v[u];
+      }
+    } else {
+      ZL_UNROLL for (int k = 0; k < R; ++k) wv[k] = k < rank ? w[k * wk + j * wj] : 0.0f;
+    }
+  }
+};
+
+WeightColumns weight_columns(const float* w, Index wk, Index wj, Index n, int rank,
+                             const char* kernel) {
+  const Index last = (rank - 1) * wk + (n - 1) * wj;  // the largest offset into w
+  if (n > std::numeric_limits<int>::max() || last > std::numeric_limits<int>::max())
+    refuse_launch(kernel, "a LoRA weight or row wider than 2^31 values");
+  return {w, static_cast<int>(wk), static_cast<int>(wj),
+          wk == 1 && rank % 4 == 0 && wj % 4 == 0 && aligned_to(w, 16)};
+}
+
+// A warp per kContractRows rows: the lanes stride over the rows' n elements, each keeping r
+// partial dot products per row, then summed over the warp. Each weight value loaded serves the
+// warp's rows.
+template <int R>
+__global__ void __launch_bounds__(kThreads, R <= 8 ? 3 : 1)
+    lora_contract_kernel(float* small, const float* big, Index big_rs, WeightColumns w, Index M,
+                         int n, int rank, float scale, DropoutDraw mask) {
   const int lane = threadIdx.x & 31;
   const Index warps = static_cast<Index>(gridDim.x) * (blockDim.x / 32);
-  for (Index i = (blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x) / 32; i < M;
-       i += warps) {
-    float acc[kMaxRank];
-    ZL_UNROLL for (int k = 0; k < kMaxRank; ++k) acc[k] = 0.0f;
-    const std::uint64_t row_key = mask.row(i);
-    const float* x = big + i * big_rs;
-    for (Index j = lane; j < n; j += 32) {
-      const float v = mask.apply(row_key, j, x[j]);
-      ZL_UNROLL for (int k = 0; k < kMaxRank; ++k) {
-        if (k < rank) acc[k] += v * w[k * wk + j * wj];
+  const Index groups = (M + kContractRows - 1) / kContractRows;
+  for (Index g = (blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x) / 32; g < groups;
+       g += warps) {
+    const Index first = g * kContractRows;
+    const int rows = first + kContractRows <= M ? kContractRows : static_cast<int>(M - first);
+    float acc[kContractRows][R];
+    std::uint64_t row_key[kContractRows];
+    ZL_UNROLL for (int u = 0; u < kContractRows; ++u) {
+      row_key[u] = u < rows ? mask.row(first + u) : 0;
+      ZL_UNROLL for (int k = 0; k < R; ++k) acc[u][k] = 0.0f;
+    }
+    const float* x = big + first * big_rs;
+    for (int j0 = lane; j0 < n; j0 += 32 * kContractSteps) {
+      float v[kContractSteps][kContractRows];
+      ZL_UNROLL for (int t = 0; t < kContractSteps; ++t) {
+        const int j = j0 + 32 * t;
+        ZL_UNROLL for (int u = 0; u < kContractRows; ++u) v[t][u] =
+            u < rows && j < n ? x[u * big_rs + j] : 0.0f;
+      }
+      ZL_UNROLL for (int t = 0; t < kContractSteps; ++t) {
+        const int j = j0 + 32 * t;
+        if (j >= n) break;
+        float wv[R];
+        w.load(wv, j, rank);
+        ZL_UNROLL for (int u = 0; u < kContractRows; ++u) {
+          const float d = mask.apply(row_key[u], j, v[t][u]);
+          ZL_UNROLL for (int k = 0; k < R; ++k) {
+            if (k < rank) acc[u][k] += d * wv[k];
+          }
+        }
       }
     }
-    ZL_UNROLL for (int k = 0; k < kMaxRank; ++k) {
-      if (k < rank) {  // rank is the same for every lane: the whole warp sums
-        const float total = warp_sum(acc[k]);
-        if (lane == 0) small[i * rank + k] = scale * total;
+    ZL_UNROLL for (int u = 0; u < kContractRows; ++u) {
+      ZL_UNROLL for (int k = 0; k < R; ++k) {
+        if (k < rank) {  // rank is the same for every lane: the whole warp sums
+          const float total = warp_sum(acc[u][k]);
+          if (lane == 0 && u < rows) small[(first + u) * rank + k] = scale * total;
+        }
       }
     }
   }
@@ -51,26 +122,29 @@ __global__ void lora_contract_kernel(float* small, const float* big, Index big_r
 
 // One block per row of big: each thread keeps the row's r values of small and its dropout key
 // in registers for its columns.
-__global__ void lora_expand_kernel(float* big, Index big_rs, const float* small, const float* w,
-                                   Index wk, Index wj, Index M, Index n, int rank, float scale,
-                                   DropoutDraw mask) {
+template <int R>
+__global__ void __launch_bounds__(kThreads, R <= 8 ? 3 : 1)
+    lora_expand_kernel(float* big, Index big_rs, const float* small, WeightColumns w, Index M,
+                       int n, int rank, float scale, DropoutDraw mask) {
   for (Index i = blockIdx.y; i < M; i += gridDim.y) {
-    float z[kMaxRank];
-    ZL_UNROLL for (int k = 0; k < kMaxRank; ++k) z[k] = k < rank ? small[i * rank + k] : 0.0f;
+    float z[R];
+    ZL_UNROLL for (int k = 0; k < R; ++k) z[k] = k < rank ? small[i * rank + k] : 0.0f;
     const std::uint64_t row_key = mask.row(i);
     float* y = big + i * big_rs;
-    for (Index j0 = threadIdx.x; j0 < n; j0 += kExpandColumns * blockDim.x) {
+    for (int j0 = threadIdx.x; j0 < n; j0 += kExpandColumns * blockDim.x) {
       float before[kExpandColumns];
       ZL_UNROLL for (int u = 0; u < kExpandColumns; ++u) {
-        const Index j = j0 + u * static_cast<Index>(blockDim.x);
+        const int j = j0 + u * static_cast<int>(blockDim.x);
         before[u] = j < n ? y[j] : 0.0f;
       }
       ZL_UNROLL for (int u = 0; u < kExpandColumns; ++u) {
-        const Index j = j0 + u * static_cast<Index>(blockDim.x);
+        const int j = j0 + u * static_cast<int>(blockDim.x);
         if (j >= n) continue;
+        float wv[R];
+        w.load(wv, j, rank);
         float sum = 0.0f;
-        ZL_UNROLL for (int k = 0; k < kMaxRank; ++k) {
-          if (k < rank) sum += z[k] * w[k * wk + j * wj];
+        ZL_UNROLL for (int k = 0; k < R; ++k) {
+          if (k < rank) sum += z[k] * wv[k];
         }
         y[j] = before[u] + mask.apply(row_key, j, scale * sum);
       }
@@ -80,10 +154,11 @@ __global__ void lora_expand_kernel(float* big, Index big_rs, const float* small,
 
 // partial [chunks, r, n]: block (x, chunk) sums its kOuterRows rows for its columns. The
 // chunk's rows of small and their dropout keys are staged in shared memory once per block.
+template <int R>
 __global__ void lora_outer_partial_kernel(float* partial, const float* small, const float* big,
                                           Index big_rs, Index M, Index n, int rank,
                                           DropoutDraw mask) {
-  __shared__ float chunk_small[kOuterRows * kMaxRank];
+  __shared__ float chunk_small[kOuterRows * R];
   __shared__ std::uint64_t chunk_key[kOuterRows];
   const Index chunk = blockIdx.y;
   const Index first = chunk * kOuterRows;
@@ -94,15 +169,23 @@ __global__ void lora_outer_partial_kernel(float* partial, const float* small, co
   __syncthreads();
   for (Index j = blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x; j < n;
        j += static_cast<Index>(gridDim.x) * blockDim.x) {
-    float acc[kMaxRank];
-    ZL_UNROLL for (int k = 0; k < kMaxRank; ++k) acc[k] = 0.0f;
-    for (Index t = 0; t < rows; ++t) {
-      const float v = mask.apply(chunk_key[t], j, big[(first + t) * big_rs + j]);
-      ZL_UNROLL for (int k = 0; k < kMaxRank; ++k) {
-        if (k < rank) acc[k] += chunk_small[t * rank + k] * v;
+    float acc[R];
+    ZL_UNROLL for (int k = 0; k < R; ++k) acc[k] = 0.0f;
+    const float* column = big + first * big_rs + j;
+    for (Index t0 = 0; t0 < rows; t0 += kOuterInFlight) {
+      float v[kOuterInFlight];
+      ZL_UNROLL for (int u = 0; u < kOuterInFlight; ++u) v[u] =
+          t0 + u < rows ? column[(t0 + u) * big_rs] : 0.0f;
+      ZL_UNROLL for (int u = 0; u < kOuterInFlight; ++u) {
+        const Index t = t0 + u;
+        if (t >= rows) break;
+        const float d = mask.apply(chunk_key[t], j, v[u]);
+        ZL_UNROLL for (int k = 0; k < R; ++k) {
+          if (k < rank) acc[k] += chunk_small[t * rank + k] * d;
+        }
       }
     }
-    ZL_UNROLL for (int k = 0; k < kMaxRank; ++k) {
+    ZL_UNROLL for (int k = 0; k < R; ++k) {
       if (k < rank) partial[(chunk * rank + k) * n + j] = acc[k];
     }
   }
@@ -117,6 +200,18 @@ __global__ void lora_outer_reduce_kernel(float* g, Index gk, Index gj, const flo
   }
 }
 
+// Calls launch(bound) with the smallest rank bound (std::integral_constant 4, 8 or 16) that
+// holds rank.
+template <class Launch>
+void with_rank_bound(int rank, Launch&& launch) {
+  if (rank <= 4)
+    launch(std::integral_constant<int, 4>{});
+  else if (rank <= 8)
+    launch(std::integral_constant<int, 8>{});
+  else
+    launch(std::integral_constant<int, kMaxRank>{});
+}
+
 void check_rank(int rank, const char* kernel) {
   if (rank < 1 || rank > kMaxRank) refuse_launch(kernel, "the rank is outside 1..16");
 }
@@ -128,8 +223,14 @@ void lora_contract(cudaStream_t s, float* small, const float* big, Index big_rs,
                    std::uint64_t key, const std::uint64_t* row_keys) {
   check_rank(rank, "lora_contract");
   if (M == 0) return;
-  ZL_LAUNCH(lora_contract_kernel, grid_for(M * 32, kThreads), kThreads, s)
-  (small, big, big_rs, w, wk, wj, M, n, rank, scale, make_dropout_draw(p, key, row_keys));
+  const Index groups = (M + kContractRows - 1) / kContractRows;
+  const WeightColumns columns = weight_columns(w, wk, wj, n, rank, "lora_contract");
+  with_rank_bound(rank, [&](auto bound) {
+    constexpr int R = decltype(bound)::value;
+    ZL_LAUNCH(lora_contract_kernel<R>, grid_for(groups * 32, kThreads), kThreads, s)
+    (small, big, big_rs, columns, M, static_cast<int>(n), rank, scale,
+     make_dropout_draw(p, key, row_keys));
+  });
   check_launch("lora_contract", M, n);
 }
 
@@ -138,8 +239,13 @@ void lora_expand(cudaStream_t s, float* big, Index big_rs, const float* small, c
                  std::uint64_t key, const std::uint64_t* row_keys) {
   check_rank(rank, "lora_expand");
   if (M * n == 0) return;
-  ZL_LAUNCH(lora_expand_kernel, grid_rows_cols(M, 1, kThreads), kThreads, s)  // a block per row
-  (big, big_rs, small, w, wk, wj, M, n, rank, scale, make_dropout_draw(p, key, row_keys));
+  const WeightColumns columns = weight_columns(w, wk, wj, n, rank, "lora_expand");
+  with_rank_bound(rank, [&](auto bound) {
+    constexpr int R = decltype(bound)::value;
+    ZL_LAUNCH(lora_expand_kernel<R>, grid_rows_cols(M, 1, kThreads), kThreads, s)  // a row each
+    (big, big_rs, small, columns, M, static_cast<int>(n), rank, scale,
+     make_dropout_draw(p, key, row_keys));
+  });
   check_launch("lora_expand", M, n);
 }
 
@@ -155,8 +261,11 @@ void lora_outer(cudaStream_t s, float* g, Index gk, Index gj, const float* small
   const Index chunks = (M + kOuterRows - 1) / kOuterRows;
   if (chunks > 65535) refuse_launch("lora_outer", "more than 65535 x 256 rows");
   const dim3 grid(grid_for(n, kThreads), static_cast<unsigned>(chunks));
-  ZL_LAUNCH(lora_outer_partial_kernel, grid, kThreads, s)
-  (partial, small, big, big_rs, M, n, rank, make_dropout_draw(p, key, row_keys));
+  with_rank_bound(rank, [&](auto bound) {
+    constexpr int R = decltype(bound)::value;
+    ZL_LAUNCH(lora_outer_partial_kernel<R>, grid, kThreads, s)
+    (partial, small, big, big_rs, M, n, rank, make_dropout_draw(p, key, row_keys));
+  });
   check_launch("lora_outer (partial sums)", M, n);
   ZL_LAUNCH(lora_outer_reduce_kernel, grid_rows_cols(rank, n, kThreads), kThreads, s)
   (g, gk, gj, partial, chunks, n, rank, scale);
