@@ -18,12 +18,12 @@ namespace zerolora {
 enum class ProfileCategory : int {
   kMatmul,     // base-weight projections and the lm_head
   kLora,       // LoRA branches (their GEMMs and dropout)
-  kAttention,  // score tiles, softmax, P V and their backward
+  kAttention,  // score tiles, softmax, P V and their backward (on a GPU: cuDNN's kernels)
   kNorm,
   kRope,
   kSwiglu,
   kLoss,       // cross-entropy (its lm_head GEMMs count as matmul)
-  kConvert,    // fp32 -> bf16 operand rounding
+  kConvert,    // fp32 -> bf16 operand rounding (and cuDNN attention's layout copies)
   kOptimizer,  // AdamW and clipping
   kOther,      // embedding, copies
   kCount

@@ -197,21 +197,31 @@ class CudaKernels final : public Kernels<P> {
   void attention_forward(Act* out, Weight* out_rounded, Act* lse, const Act* qkv,
                          const std::vector<Segment>& segments, Index M, const AttentionShape& shape,
                          const AttentionOptions& options) override {
-    ProfileScope profile(profiler_, ProfileCategory::kAttention);
     check_options(options);
     const Index width = shape.heads * shape.head_dim;
 #ifdef ZEROLORA_CUDNN
     if (use_cudnn(segments, M, shape, options)) {
-      const Bf16Bits* qkv16 = bf16_copy(qkv_bf16_, qkv, M, shape.qkv_stride());
+      // Timed apart: cuDNN's kernel as attention, the copies into and out of its layout as
+      // convert (so that a profile tells how fast cuDNN itself runs).
+      const Bf16Bits* qkv16 = nullptr;
       Bf16Bits* out16 = bits_of(out_bf16_, M, width);
       float* stats = padded_stats(M, shape.heads);
-      cudnn_->forward(out16, stats, qkv16, segments, M, shape);
+      {
+        ProfileScope profile(profiler_, ProfileCategory::kConvert);
+        qkv16 = bf16_copy(qkv_bf16_, qkv, M, shape.qkv_stride());
+      }
+      {
+        ProfileScope profile(profiler_, ProfileCategory::kAttention);
+        cudnn_->forward(out16, stats, qkv16, segments, M, shape);
+      }
+      ProfileScope profile(profiler_, ProfileCategory::kConvert);
       // O is bf16 values: its rounding is cuDNN's output itself, copied as it is widened.
       cuda::widen_bf16(s_, out, out16, M * width, rounded_bits(out_rounded));
       device_.copy(lse, stats, static_cast<std::size_t>(M * shape.heads) * sizeof(float));
       return;
     }
 #endif
+    ProfileScope profile(profiler_, ProfileCategory::kAttention);
     cuda::attention_forward(s_, out, lse, qkv, geometry(segments, M, shape),
                             round_operands(shape, options));
     if (out_rounded) cuda::to_bf16(s_, rounded_bits(out_rounded), out, M * width);
@@ -219,14 +229,11 @@ class CudaKernels final : public Kernels<P> {
   void attention_backward(Act* diff_qkv, const Act* diff_out, const Act* qkv, const Act* out,
                           const Act* lse, const std::vector<Segment>& segments, Index M,
                           const AttentionShape& shape, const AttentionOptions& options) override {
-    ProfileScope profile(profiler_, ProfileCategory::kAttention);
     check_options(options);
 #ifdef ZEROLORA_CUDNN
     if (use_cudnn(segments, M, shape, options)) {
+      // Timed apart as in the forward: cuDNN as attention, the layout's copies as convert.
       const Index w_out = shape.heads * shape.head_dim, w_qkv = shape.qkv_stride();
-      const Bf16Bits* qkv16 = bf16_copy(qkv_bf16_, qkv, M, w_qkv);
-      const Bf16Bits* out16 = bf16_copy(out_bf16_, out, M, w_out);  // exact: O was bf16 values
-      const Bf16Bits* dout16 = bf16_copy(dout_bf16_, diff_out, M, w_out);
       // cuDNN's gradients come dense (cudnn_attention.hpp): dQ, dK, dV one after another in
       // one buffer, each padded like the others, then widened into the fused layout's columns.
       const Index w_kv = shape.kv_heads * shape.head_dim, rows = cudnn_padded_rows(M);
@@ -234,14 +241,26 @@ class CudaKernels final : public Kernels<P> {
       Bf16Bits* dk16 = dq16 + rows * w_out;
       Bf16Bits* dv16 = dk16 + rows * w_kv;
       float* stats = padded_stats(M, shape.heads);
-      device_.copy(stats, lse, static_cast<std::size_t>(M * shape.heads) * sizeof(float));
-      cudnn_->backward(dq16, dk16, dv16, dout16, qkv16, out16, stats, segments, M, shape);
+      const Bf16Bits *qkv16 = nullptr, *out16 = nullptr, *dout16 = nullptr;
+      {
+        ProfileScope profile(profiler_, ProfileCategory::kConvert);
+        qkv16 = bf16_copy(qkv_bf16_, qkv, M, w_qkv);
+        out16 = bf16_copy(out_bf16_, out, M, w_out);  // exact: O was bf16 values
+        dout16 = bf16_copy(dout_bf16_, diff_out, M, w_out);
+        device_.copy(stats, lse, static_cast<std::size_t>(M * shape.heads) * sizeof(float));
+      }
+      {
+        ProfileScope profile(profiler_, ProfileCategory::kAttention);
+        cudnn_->backward(dq16, dk16, dv16, dout16, qkv16, out16, stats, segments, M, shape);
+      }
+      ProfileScope profile(profiler_, ProfileCategory::kConvert);
       cuda::widen_bf16_columns(s_, diff_qkv, w_qkv, dq16, M, w_out);
       cuda::widen_bf16_columns(s_, diff_qkv + w_out, w_qkv, dk16, M, w_kv);
       cuda::widen_bf16_columns(s_, diff_qkv + w_out + w_kv, w_qkv, dv16, M, w_kv);
       return;
     }
 #endif
+    ProfileScope profile(profiler_, ProfileCategory::kAttention);
     float* delta = delta_.ensure(device_, static_cast<std::size_t>(M * shape.heads));
     cuda::attention_backward(s_, diff_qkv, diff_out, qkv, out, lse, delta,
                              geometry(segments, M, shape), round_operands(shape, options));
