@@ -96,6 +96,21 @@ TEST_F(CudaBackend, ProjectionsEqualTheCpu) {
   cpu_kernels_->linear_forward(Mat<float>::dense(y.data(), M, out), x.data(), w.data(), in, true);
   gpu_kernels_->linear_forward(Mat<float>::dense(gy, M, out), gx, gw, in, true);
   expect_close(to_host(gy, y.size()), y, "linear forward (accumulating)");
+  // The residual's add folded into the projection (cuBLASLt's C apart from D): dst is the
+  // residual plus the projection, the residual itself untouched; dst starts as NaN, so a GEMM
+  // that read dst instead of the residual would show.
+  std::vector<float> with_residual(M * out, std::nanf(""));
+  float* gwith_residual = on_gpu(with_residual);
+  cpu_kernels_->linear_forward_residual(Mat<float>::dense(with_residual.data(), M, out), y.data(),
+                                        x.data(), w.data(), in);
+  gpu_kernels_->linear_forward_residual(Mat<float>::dense(gwith_residual, M, out), gy, gx, gw, in);
+  expect_close(to_host(gwith_residual, with_residual.size()), with_residual,
+               "linear forward onto a residual");
+  expect_close(to_host(gy, y.size()), y, "the residual, untouched");
+  EXPECT_THROW(
+      gpu_kernels_->linear_forward_residual(Mat<float>::dense(gy, M, out), gy + 1, gx, gw, in),
+      InternalError)
+      << "a residual overlapping dst is refused";
   // Qwen2's q/k/v biases: added to the whole output, and to a column block of a wider buffer
   // (k's 60 columns at 100 of the 172, as in a fused q/k/v output).
   auto bias = random_values(out, 16);

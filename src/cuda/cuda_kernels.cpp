@@ -94,6 +94,14 @@ class CudaKernels final : public Kernels<P> {
     ProfileScope profile(profiler_, ProfileCategory::kMatmul);
     gemm_.matmul(a, Mat<const Weight>::dense(weight, out, in).t(), dst, 1.0f, accumulate);
   }
+  void linear_forward_residual(Mat<Act> dst, const Act* residual, GemmOperand<P> src,
+                               const Weight* weight, Index in) override {
+    check_residual_operands(dst, residual);
+    const Index M = dst.rows, out = dst.cols;
+    const Mat<const Weight> a = operand(src, M, in);
+    ProfileScope profile(profiler_, ProfileCategory::kMatmul);
+    gemm_.matmul(a, Mat<const Weight>::dense(weight, out, in).t(), dst, 1.0f, true, residual);
+  }
   void linear_add_bias(Mat<Act> dst, const Weight* bias) override {
     ProfileScope profile(profiler_, ProfileCategory::kMatmul);
     ZL_CHECK(dst.cs == 1);  // the kernel walks a row's columns contiguously

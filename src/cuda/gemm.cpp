@@ -3,6 +3,7 @@
 #include <cublasLt.h>
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <string>
 
 #include "core/error.hpp"
@@ -164,23 +165,39 @@ LtGemm::~LtGemm() {
 }
 
 void LtGemm::matmul(Mat<const float> a, Mat<const float> b, Mat<float> c, float alpha,
-                    bool accumulate) {
+                    bool accumulate, const float* addend) {
   const GemmKey key = gemm_key(a.data, a.rows, a.cols, a.rs, a.cs, b.data, b.rows, b.cols, b.rs,
                                b.cs, c.data, c.rows, c.cols, c.rs, c.cs, 0, 4, accumulate);
-  run(key, a.data, b.data, c.data, alpha);
+  run(key, a.data, b.data, c.data, alpha, addend);
 }
 
 void LtGemm::matmul(Mat<const bf16> a, Mat<const bf16> b, Mat<float> c, float alpha,
-                    bool accumulate) {
+                    bool accumulate, const float* addend) {
   const GemmKey key = gemm_key(a.data, a.rows, a.cols, a.rs, a.cs, b.data, b.rows, b.cols, b.rs,
                                b.cs, c.data, c.rows, c.cols, c.rs, c.cs, 1, 2, accumulate);
-  run(key, a.data, b.data, c.data, alpha);
+  run(key, a.data, b.data, c.data, alpha, addend);
 }
 
-void LtGemm::run(const GemmKey& key, const void* a, const void* b, float* c, float alpha) {
+// addend: C where it is not D (same layout; null: C is D). The plan's C and D alignment is the
+// lesser of the two pointers', so the algorithm chosen suits both.
+void LtGemm::run(GemmKey key, const void* a, const void* b, float* c, float alpha,
+                 const float* addend) {
+  if (addend && addend != c) {
+    if (!key.accumulate) throw InternalError("a GEMM addend without accumulate");
+    key.align_c = std::min(key.align_c, pointer_alignment(addend));
+  } else {
+    addend = c;
+  }
   if (key.m == 0 || key.n == 0) return;
-  if (key.k == 0) {  // an empty sum: c = 0 (or unchanged when accumulating)
-    if (!key.accumulate)
+  if (key.k == 0) {  // an empty sum: c = 0 (or the addend when accumulating)
+    if (addend != c)
+      check_cuda(
+          cudaMemcpy2DAsync(c, static_cast<std::size_t>(key.ldc) * sizeof(float), addend,
+                            static_cast<std::size_t>(key.ldc) * sizeof(float),
+                            static_cast<std::size_t>(key.m) * sizeof(float),
+                            static_cast<std::size_t>(key.n), cudaMemcpyDeviceToDevice, stream_),
+          "cudaMemcpy2DAsync (a GEMM with k = 0 and an addend)");
+    else if (!key.accumulate)
       check_cuda(cudaMemset2DAsync(c, static_cast<std::size_t>(key.ldc) * sizeof(float), 0,
                                    static_cast<std::size_t>(key.m) * sizeof(float),
                                    static_cast<std::size_t>(key.n), stream_),
@@ -263,10 +280,10 @@ void LtGemm::run(const GemmKey& key, const void* a, const void* b, float* c, flo
     slot = std::move(plan);
   }
   const float beta = key.accumulate ? 1.0f : 0.0f;
-  api_->check(
-      api_->cublasLtMatmul(handle, slot->desc, &alpha, b, slot->a, a, slot->b, &beta, c, slot->c, c,
-                           slot->c, &slot->algo, workspace_.data(), kWorkspaceBytes, stream_),
-      "cublasLtMatmul", &key);
+  api_->check(api_->cublasLtMatmul(handle, slot->desc, &alpha, b, slot->a, a, slot->b, &beta,
+                                   addend, slot->c, c, slot->c, &slot->algo, workspace_.data(),
+                                   kWorkspaceBytes, stream_),
+              "cublasLtMatmul", &key);
 }
 
 }  // namespace zerolora::cuda

@@ -52,14 +52,18 @@ class LtGemm {
   LtGemm(const LtGemm&) = delete;
   LtGemm& operator=(const LtGemm&) = delete;
 
-  void matmul(Mat<const float> a, Mat<const float> b, Mat<float> c, float alpha, bool accumulate);
-  void matmul(Mat<const bf16> a, Mat<const bf16> b, Mat<float> c, float alpha, bool accumulate);
+  // c (=) alpha a b, or with `accumulate` c (=) alpha a b + addend, addend (in c's layout)
+  // being c itself where null.
+  void matmul(Mat<const float> a, Mat<const float> b, Mat<float> c, float alpha, bool accumulate,
+              const float* addend = nullptr);
+  void matmul(Mat<const bf16> a, Mat<const bf16> b, Mat<float> c, float alpha, bool accumulate,
+              const float* addend = nullptr);
   std::size_t cached_plans() const { return plans_.size(); }
 
  private:
   struct Api;
   struct Plan;
-  void run(const GemmKey& key, const void* a, const void* b, float* c, float alpha);
+  void run(GemmKey key, const void* a, const void* b, float* c, float alpha, const float* addend);
   cudaStream_t stream_;
   std::size_t max_plans_;
   std::unique_ptr<Api> api_;  // cuBLASLt, loaded at run time

@@ -48,10 +48,15 @@ class LayerOps {
 
   const Weight* w(LayerTensor t) const { return ctx_.weights + ctx_.layout.offset(t); }
 
-  void base_forward(Mat<Act> dst, GemmOperand<P> src, Index M, Index in, const Weight* weight,
-                    bool accumulate) {
+  void base_forward(Mat<Act> dst, GemmOperand<P> src, Index M, Index in, const Weight* weight) {
     ZL_CHECK(dst.rows == M);
-    k_.linear_forward(dst, src, weight, in, accumulate);
+    k_.linear_forward(dst, src, weight, in, false);
+  }
+
+  // dst (=) residual + src W^T: the residual stream's add folded into the projection.
+  void base_forward_residual(Act* dst, const Act* residual, GemmOperand<P> src, Index M, Index out,
+                             Index in, const Weight* weight) {
+    k_.linear_forward_residual(Mat<Act>::dense(dst, M, out), residual, src, weight, in);
   }
 
   void base_backward(Act* diff_src, GemmOperand<P> diff_dst, Index M, Index out,
@@ -118,7 +123,7 @@ class LayerOps {
   void gate_up_forward(Act* gate_up, const Act* h2, const Weight* h2_rounded, Index rows,
                        Index row_offset, Act* z_gate, Act* z_up, const Dims& d) {
     base_forward(Mat<Act>::dense(gate_up, rows, 2 * d.I), {h2, h2_rounded}, rows, d.D,
-                 w(LayerTensor::kGate), false);
+                 w(LayerTensor::kGate));
     lora_forward_into(LoraModule::kGate, Mat<Act>{gate_up, rows, d.I, 2 * d.I, 1}, z_gate, h2, rows,
                       d.D, row_offset);
     lora_forward_into(LoraModule::kUp, Mat<Act>{gate_up + d.I, rows, d.I, 2 * d.I, 1}, z_up, h2,
@@ -129,13 +134,6 @@ class LayerOps {
   LayerContext<P>& ctx_;
   Kernels<P>& k_;
 };
-
-// dst (=) src, n values on the device: the residual stream's copy before an add.
-template <class P>
-void copy_values(LayerContext<P>& ctx, typename P::Act* dst, const typename P::Act* src, Index n) {
-  ProfileScope profile(ctx.rt.profiler(), ProfileCategory::kOther);
-  ctx.device.copy(dst, src, static_cast<std::size_t>(n) * sizeof(typename P::Act));
-}
 
 constexpr LoraModule kQkvModules[3] = {LoraModule::kQ, LoraModule::kK, LoraModule::kV};
 
@@ -179,8 +177,7 @@ void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P:
   Weight* h1_rounded = ops.rounded(ws.h_rounded, M * d.D);
   k.rmsnorm_forward(h1, rstd1, x, ops.w(LayerTensor::kAttnNorm), M, d.D, c.rms_norm_eps,
                     h1_rounded);
-  ops.base_forward(Mat<Act>::dense(qkv, M, d.W3), {h1, h1_rounded}, M, d.D, ops.w(LayerTensor::kQ),
-                   false);
+  ops.base_forward(Mat<Act>::dense(qkv, M, d.W3), {h1, h1_rounded}, M, d.D, ops.w(LayerTensor::kQ));
   // Qwen2's biases belong to the base projection, before LoRA adds to it (as in PEFT).
   if (c.qkv_bias) k.linear_add_bias(Mat<Act>::dense(qkv, M, d.W3), ops.w(LayerTensor::kQBias));
   const Index col[3] = {0, d.Qd, d.Qd + d.KVd}, width[3] = {d.Qd, d.KVd, d.KVd};
@@ -204,9 +201,7 @@ void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P:
     k.attention_forward(attn, attn_rounded, lse, qkv, *ctx.geometry.segments, M, d.attention(),
                         ctx.options.attention);
   }
-  copy_values(ctx, x2, x, M * d.D);
-  ops.base_forward(Mat<Act>::dense(x2, M, d.D), {attn, attn_rounded}, M, d.Qd,
-                   ops.w(LayerTensor::kO), true);
+  ops.base_forward_residual(x2, x, {attn, attn_rounded}, M, d.D, d.Qd, ops.w(LayerTensor::kO));
   ops.lora_forward_into(LoraModule::kO, Mat<Act>::dense(x2, M, d.D),
                         acts.lora_z[static_cast<int>(LoraModule::kO)].data(), attn, M, d.Qd, 0);
   const bool save_mlp = keep.mlp;
@@ -235,9 +230,8 @@ void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P:
     Weight* act_rounded = ops.rounded(ws.act_rounded, chunk * d.I);
     k.swiglu_forward(act, gate_up, rows, d.I, act_rounded);
     Act* out_rows = out + c0 * d.D;
-    copy_values(ctx, out_rows, x2 + c0 * d.D, rows * d.D);
-    ops.base_forward(Mat<Act>::dense(out_rows, rows, d.D), {act, act_rounded}, rows, d.I,
-                     ops.w(LayerTensor::kDown), true);
+    ops.base_forward_residual(out_rows, x2 + c0 * d.D, {act, act_rounded}, rows, d.D, d.I,
+                              ops.w(LayerTensor::kDown));
     ops.lora_forward_into(LoraModule::kDown, Mat<Act>::dense(out_rows, rows, d.D),
                           z(LoraModule::kDown), act, rows, d.I, c0);
   }

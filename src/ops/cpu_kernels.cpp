@@ -78,6 +78,20 @@ void CpuKernels<P>::linear_forward(Mat<Act> dst, GemmOperand<P> src, const Weigh
   zerolora::linear_forward(rt_, dst, src.values, src.rounded, weight, in, accumulate, operand_);
 }
 
+// On the CPU the copy and the accumulating GEMM (oneDNN's sum post-op reads dst) cost the same
+// as a fused form would.
+template <class P>
+void CpuKernels<P>::linear_forward_residual(Mat<Act> dst, const Act* residual, GemmOperand<P> src,
+                                            const Weight* weight, Index in) {
+  check_residual_operands(dst, residual);
+  {
+    ProfileScope profile(rt_.profiler(), ProfileCategory::kOther);
+    rt_.device().copy(dst.data, residual,
+                      static_cast<std::size_t>(dst.rows * dst.cols) * sizeof(Act));
+  }
+  linear_forward(dst, src, weight, in, true);
+}
+
 template <class P>
 void CpuKernels<P>::linear_add_bias(Mat<Act> dst, const Weight* bias) {
   zerolora::linear_add_bias(rt_, dst, bias);

@@ -32,6 +32,8 @@ class CpuKernels final : public Kernels<P> {
                        double grad_scale, bool write_grad) override;
   void linear_forward(Mat<Act> dst, GemmOperand<P> src, const Weight* weight, Index in,
                       bool accumulate) override;
+  void linear_forward_residual(Mat<Act> dst, const Act* residual, GemmOperand<P> src,
+                               const Weight* weight, Index in) override;
   void linear_add_bias(Mat<Act> dst, const Weight* bias) override;
   void linear_backward_data(Act* diff_src, GemmOperand<P> diff_dst, const Weight* weight, Index M,
                             Index out, Index in) override;

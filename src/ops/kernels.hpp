@@ -45,6 +45,15 @@ void refuse_rounded_copy(const void* rounded) {
                         " policy, whose GEMM operands are its activations");
 }
 
+// linear_forward_residual's contract: dst dense, the residual apart from it.
+template <class Act>
+void check_residual_operands(Mat<Act> dst, const Act* residual) {
+  const Index n = dst.rows * dst.cols;
+  if (dst.cs != 1 || dst.rs != dst.cols || !residual ||
+      (residual < dst.data + n && dst.data < residual + n))
+    throw InternalError("linear_forward_residual: dst must be dense and apart from the residual");
+}
+
 template <class P>
 class Kernels {
  public:
@@ -74,6 +83,11 @@ class Kernels {
   // ops/linear.hpp: base projections (bf16 operands in the bf16 policy)
   virtual void linear_forward(Mat<Act> dst, GemmOperand<P> src, const Weight* weight, Index in,
                               bool accumulate) = 0;
+  // dst (=) residual + src W^T, dst and residual dense [M, out] and apart: the residual stream's
+  // add folded into the projection (on a GPU cuBLASLt reads C = residual and writes D = dst,
+  // instead of a copy of the residual into dst and an accumulating GEMM).
+  virtual void linear_forward_residual(Mat<Act> dst, const Act* residual, GemmOperand<P> src,
+                                       const Weight* weight, Index in) = 0;
   virtual void linear_backward_data(Act* diff_src, GemmOperand<P> diff_dst, const Weight* weight,
                                     Index M, Index out, Index in) = 0;
   virtual void linear_add_bias(Mat<Act> dst, const Weight* bias) = 0;
