@@ -27,6 +27,14 @@ void CpuKernels<P>::write_rounded(Weight* rounded, const Act* values, Index n) {
 }
 
 template <class P>
+typename P::Act* CpuKernels<P>::values_or_scratch(Act* dst, const Weight* rounded, Index n) {
+  if (dst) return dst;
+  if (!rounded) throw InternalError("an op asked for neither its values nor their rounding");
+  values_scratch_.ensure(static_cast<std::size_t>(n));
+  return values_scratch_.data();
+}
+
+template <class P>
 void CpuKernels<P>::embedding_forward(Act* dst, const std::int32_t* tokens, const Weight* table,
                                       Index M, Index D) {
   zerolora::embedding_forward(rt_, dst, tokens, table, M, D);
@@ -55,15 +63,17 @@ void CpuKernels<P>::rope_rotate(Act* x, const std::int32_t* positions, const Rop
 template <class P>
 void CpuKernels<P>::swiglu_forward(Act* dst, const Act* gate_up, Index M, Index I,
                                    Weight* rounded) {
-  zerolora::swiglu_forward(rt_, dst, gate_up, M, I);
-  write_rounded(rounded, dst, M * I);
+  Act* values = values_or_scratch(dst, rounded, M * I);
+  zerolora::swiglu_forward(rt_, values, gate_up, M, I);
+  write_rounded(rounded, values, M * I);
 }
 
 template <class P>
 void CpuKernels<P>::swiglu_backward(Act* diff_gate_up, const Act* diff_dst, const Act* gate_up,
                                     Index M, Index I, Weight* rounded) {
-  zerolora::swiglu_backward(rt_, diff_gate_up, diff_dst, gate_up, M, I);
-  write_rounded(rounded, diff_gate_up, M * 2 * I);
+  Act* values = values_or_scratch(diff_gate_up, rounded, M * 2 * I);
+  zerolora::swiglu_backward(rt_, values, diff_dst, gate_up, M, I);
+  write_rounded(rounded, values, M * 2 * I);
 }
 
 template <class P>

@@ -61,10 +61,12 @@ class CpuKernels final : public Kernels<P> {
 
  private:
   void write_rounded(Weight* rounded, const Act* values, Index n);
+  // dst, or where it is null (only the rounding wanted: kernels.hpp, swiglu) n values of scratch.
+  Act* values_or_scratch(Act* dst, const Weight* rounded, Index n);
 
   Runtime& rt_;
   Buffer<Weight> operand_;
-  Buffer<Act> lora_scratch_;
+  Buffer<Act> lora_scratch_, values_scratch_;
   AttentionWorkspace attention_;
 };
 

@@ -72,7 +72,8 @@ class Kernels {
   // ops/rope.hpp: `positions` on the device, the table on the host
   virtual void rope_rotate(Act* x, const std::int32_t* positions, const RopeTable& table, Index M,
                            Index row_stride, Index heads, bool inverse) = 0;
-  // ops/swiglu.hpp
+  // ops/swiglu.hpp. dst (diff_gate_up) null: only the rounded copy is wanted, the projection's
+  // operand where no LoRA branch reads the fp32 values (a GPU then writes no fp32 values at all).
   virtual void swiglu_forward(Act* dst, const Act* gate_up, Index M, Index I, Weight* rounded) = 0;
   virtual void swiglu_backward(Act* diff_gate_up, const Act* diff_dst, const Act* gate_up, Index M,
                                Index I, Weight* rounded) = 0;
