@@ -8,8 +8,8 @@
 # estimate_7b bench_7b, targets_7b both 7B benchmarks, seed_job_under_30_min and
 # estimate_70b_layers bench_70b_layers).
 # Stages run most important first (the CUDA tests, the fixtures, GPU-vs-CPU training and
-# resuming across devices, the 7B benchmark against Transformers + PEFT, ZeRO-3 on the GPU, the
-# 70B-layer stack, the ZeRO-3 benchmark, then compute-sanitizer's memcheck and racecheck over
+# resuming across devices, the 7B benchmark against Transformers + PEFT, the bandwidth of each
+# memory-bound op at its shape, ZeRO-3 on the GPU, the 70B-layer stack, the ZeRO-3 benchmark, then compute-sanitizer's memcheck and racecheck over
 # the CUDA tests), each under its own limit, all under one deadline
 # (GPU_CHECK_SECONDS, default 430 s): a stage with under 20 s left is skipped and says so. The
 # device returns at most 8 files from $OUT, and this writes 8: log.txt, results.txt (key=value
@@ -93,7 +93,7 @@ stage() {  # stage NAME SECONDS COMMAND...: runs, records PASS/FAIL(rc)/TIMEOUT/
   record "$name" "$verdict" $((SECONDS - start))
 }
 
-binaries="zerolora zerolora_cuda_tests zerolora_mpi_tests bench_train_step bench_zero"
+binaries="zerolora zerolora_cuda_tests zerolora_mpi_tests bench_train_step bench_zero bench_kernels"
 [ "$emulated" = 1 ] && binaries="zerolora zerolora_cuda_tests zerolora_mpi_tests"
 for binary in $binaries; do
   [ -x "$pack/bin/$binary" ] || { echo "gpu-check: $pack/bin/$binary is missing: run scripts/gpu-pack.sh here and carry gpu-pack"; exit 1; }
@@ -338,6 +338,18 @@ torch_7b() {
 export -f bench_7b torch_7b
 stage bench_7b 120 bench_7b
 stage torch_7b 120 torch_7b
+
+# Each memory-bound op of the 7B step alone at its shape (8192 tokens), against the GPU's own
+# copy bandwidth: which ops the step's shares above find slow for their bytes.
+bench_kernels() {
+  "$pack/bin/bench_kernels" --device cuda --shape 7b --tokens 8192 --repeats 20 --threads 16 |
+    tee "$work/bench_kernels.txt"
+  local rc=${PIPESTATUS[0]}
+  sed 's/^/kernels_/' "$work/bench_kernels.txt" | grep -E "=" >> "$results"
+  return "$rc"
+}
+export -f bench_kernels
+stage bench_kernels 45 bench_kernels
 
 # `zerolora estimate-memory --device cuda` against a benchmark's measured peak GPU memory
 # (issue 13: within 10%), for the benchmark's own setup: one rank, bf16, full recompute, LoRA

@@ -36,11 +36,11 @@ if ! grep -q "CUDA backend: cuDNN fused attention" "$build/gpu-pack-configure.lo
   exit 1
 fi
 cmake --build "$build" -j"$(nproc)" --target zerolora_cli zerolora_cuda_tests zerolora_mpi_tests \
-  bench_train_step bench_zero
+  bench_train_step bench_zero bench_kernels
 rm -rf gpu-pack
 mkdir -p gpu-pack/bin gpu-pack/lib
 cp "$build/zerolora" "$build/tests/zerolora_cuda_tests" "$build/tests/zerolora_mpi_tests" \
-  "$build/bench/bench_train_step" "$build/bench/bench_zero" gpu-pack/bin/
+  "$build/bench/bench_train_step" "$build/bench/bench_zero" "$build/bench/bench_kernels" gpu-pack/bin/
 strip --strip-unneeded gpu-pack/bin/*
 # Shared libraries: everything ldd names except the CUDA libraries (the device brings its own,
 # matched to its driver) and the C runtime (the device's glibc is newer).

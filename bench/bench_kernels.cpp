@@ -1,0 +1,208 @@
+// Benchmark: each memory-bound op of a training step alone, at a model's shape, against the
+// device's own copy bandwidth (a device-to-device copy, timed the same way). For every op: its
+// time, the bytes it must move at the least (each input read once, each output written once),
+// the bandwidth that makes, and that bandwidth as a fraction of the copy's. An op far below 1 is
+// bound by something else than memory (arithmetic, latency, launch): where a step's share
+// (bench_train_step's seq*_share_*) says an op costs more than its bytes, this says which. The
+// LoRA branch runs with dropout off and on: the difference is the mask's hashing.
+//   bench_kernels [--device cpu|cuda] [--shape 7b|70b|tiny] [--tokens 8192] [--repeats 20]
+//                 [--threads 0]
+// Prints key=value lines (`<op>_us`, `<op>_gbps`, `<op>_of_copy`); see BENCHMARKS.md.
+#include <cstdio>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <random>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "bench_util.hpp"
+#include "core/bf16.hpp"
+#include "core/device.hpp"
+#include "core/precision.hpp"
+#include "core/rng.hpp"
+#include "model/backend.hpp"
+#include "ops/kernels.hpp"
+#include "ops/rope.hpp"
+
+namespace zerolora::bench {
+namespace {
+
+template <class T>
+DeviceBuffer<T> random_buffer(Device& device, Index n, std::uint32_t seed, float scale = 1.0f) {
+  std::mt19937 gen(seed);
+  std::uniform_real_distribution<float> dist(-scale, scale);
+  std::vector<T> host(static_cast<std::size_t>(n));
+  for (auto& v : host) {
+    if constexpr (std::is_same_v<T, bf16>)
+      v = to_bf16(dist(gen));
+    else
+      v = static_cast<T>(dist(gen));
+  }
+  DeviceBuffer<T> buffer;
+  upload<T>(device, buffer, host);
+  return buffer;
+}
+
+// Seconds per call: one call to warm up, then `repeats` back to back, the device's work waited
+// for before and after.
+double seconds_per_call(Device& device, int repeats, const std::function<void()>& op) {
+  op();
+  device.synchronize();
+  const double start = now_seconds();
+  for (int r = 0; r < repeats; ++r) op();
+  device.synchronize();
+  return (now_seconds() - start) / repeats;
+}
+
+}  // namespace
+}  // namespace zerolora::bench
+
+static int bench_main(int argc, char** argv) {
+  using namespace zerolora;
+  using namespace zerolora::bench;
+  std::string device_spec = "cpu", shape = "7b";
+  Index M = 8192;
+  int repeats = 20, threads = 0;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (i + 1 >= argc) {
+      std::fprintf(stderr, "%s needs a value\n", arg.c_str());
+      return 2;
+    }
+    const std::string value = argv[++i];
+    if (arg == "--device")
+      device_spec = value;
+    else if (arg == "--shape")
+      shape = value;
+    else if (arg == "--tokens")
+      M = std::stoll(value);
+    else if (arg == "--repeats")
+      repeats = std::stoi(value);
+    else if (arg == "--threads")
+      threads = std::stoi(value);
+    else {
+      std::fprintf(stderr,
+                   "usage: %s [--device cpu|cuda] [--shape 7b|70b|tiny] [--tokens 8192] "
+                   "[--repeats 20] [--threads N]\n",
+                   argv[0]);
+      return 2;
+    }
+  }
+  const std::optional<LlamaConfig> shaped = bench_shape(shape, 1);
+  if (!shaped || shape == "llama3-8b") {
+    std::fprintf(stderr, "--shape: 7b, 70b or tiny, not %s\n", shape.c_str());
+    return 2;
+  }
+  if (M < 1 || repeats < 1) {
+    std::fprintf(stderr, "--tokens and --repeats must be at least 1\n");
+    return 2;
+  }
+  const LlamaConfig c = *shaped;
+  Runtime rt(threads, make_device(device_spec));
+  Device& dev = rt.device();
+  std::unique_ptr<Kernels<Bf16Policy>> k = make_kernels<Bf16Policy>(rt);
+  const Index D = c.hidden_size, I = c.intermediate_size, Qd = c.q_dim(), KVd = c.kv_dim();
+  const Index W3 = Qd + 2 * KVd;
+  print_kv("device", dev.name());
+  print_kv("shape", shape + " hidden=" + std::to_string(D) + " intermediate=" + std::to_string(I) +
+                        " heads=" + std::to_string(c.num_heads) +
+                        " kv_heads=" + std::to_string(c.num_kv_heads));
+  print_kv("tokens", static_cast<double>(M));
+
+  auto x = random_buffer<float>(dev, M * D, 1), dx = random_buffer<float>(dev, M * D, 2);
+  auto h = random_buffer<float>(dev, M * D, 3), rstd = random_buffer<float>(dev, M, 4);
+  auto norm_w = random_buffer<bf16>(dev, D, 5);
+  auto qkv = random_buffer<float>(dev, M * W3, 6);
+  auto gate_up = random_buffer<float>(dev, M * 2 * I, 7, 4.0f);
+  auto act = random_buffer<float>(dev, M * I, 8), d_act = random_buffer<float>(dev, M * I, 9);
+  auto d_gate_up = random_buffer<float>(dev, M * 2 * I, 10);
+  DeviceBuffer<bf16> rounded(dev, static_cast<std::size_t>(M * 2 * I));
+  const Index rank = 4;
+  auto lora_a = random_buffer<float>(dev, rank * D, 11, 0.1f);
+  auto lora_b = random_buffer<float>(dev, Qd * rank, 12, 0.1f);
+  auto d_a = random_buffer<float>(dev, rank * D, 13);
+  auto d_b = random_buffer<float>(dev, Qd * rank, 14);
+  DeviceBuffer<float> z(dev, static_cast<std::size_t>(M * rank));
+  std::vector<std::int32_t> positions_host(static_cast<std::size_t>(M));
+  std::vector<std::uint64_t> row_keys_host(static_cast<std::size_t>(M));
+  for (Index i = 0; i < M; ++i) {
+    positions_host[i] = static_cast<std::int32_t>(i % 2048);
+    row_keys_host[i] = mix64(static_cast<std::uint64_t>(i));
+  }
+  DeviceBuffer<std::int32_t> positions;
+  upload<std::int32_t>(dev, positions, positions_host);
+  DeviceBuffer<std::uint64_t> row_keys;
+  upload<std::uint64_t>(dev, row_keys, row_keys_host);
+  RopeTable rope(c.rope, c.head_dim);
+  rope.ensure(2048);
+
+  // The reference: a copy of as many bytes as SwiGLU's gate_up, read once and written once.
+  const double copy_bytes = 2.0 * 4.0 * static_cast<double>(M * 2 * I);
+  DeviceBuffer<float> copy_dst(dev, static_cast<std::size_t>(M * 2 * I));
+  const double copy_s = seconds_per_call(dev, repeats, [&] {
+    dev.copy(copy_dst.data(), gate_up.data(), static_cast<std::size_t>(M * 2 * I) * sizeof(float));
+  });
+  const double copy_gbps = copy_bytes / copy_s / 1e9;
+  print_kv("copy_us", copy_s * 1e6);
+  print_kv("copy_gbps", copy_gbps);
+
+  const double m = static_cast<double>(M), d = static_cast<double>(D), i_ = static_cast<double>(I),
+               q = static_cast<double>(Qd);
+  auto report = [&](const std::string& name, double bytes, const std::function<void()>& op) {
+    const double s = seconds_per_call(dev, repeats, op);
+    const double gbps = bytes / s / 1e9;
+    print_kv(name + "_us", s * 1e6);
+    print_kv(name + "_gbps", gbps);
+    print_kv(name + "_of_copy", gbps / copy_gbps);
+  };
+  // RMSNorm: x read, the fp32 output and its bf16 rounding written; backward: dy, x, dx read,
+  // dx written (accumulating, as the layer's).
+  report("rmsnorm_forward", m * d * (4 + 4 + 2), [&] {
+    k->rmsnorm_forward(h.data(), rstd.data(), x.data(), norm_w.data(), M, D, 1e-5, rounded.data());
+  });
+  report("rmsnorm_backward", m * d * 16, [&] {
+    k->rmsnorm_backward(dx.data(), h.data(), x.data(), rstd.data(), norm_w.data(), M, D, true);
+  });
+  // RoPE on q and k of the fused rows: read and written in place.
+  report("rope", m * static_cast<double>(Qd + KVd) * 8, [&] {
+    k->rope_rotate(qkv.data(), positions.data(), rope, M, W3, c.num_heads, false);
+    k->rope_rotate(qkv.data() + Qd, positions.data(), rope, M, W3, c.num_kv_heads, false);
+  });
+  report("swiglu_forward", m * i_ * (8 + 4 + 2),
+         [&] { k->swiglu_forward(act.data(), gate_up.data(), M, I, rounded.data()); });
+  report("swiglu_forward_rounding_only", m * i_ * (8 + 2),
+         [&] { k->swiglu_forward(nullptr, gate_up.data(), M, I, rounded.data()); });
+  report("swiglu_backward", m * i_ * (8 + 4 + 8 + 4), [&] {
+    k->swiglu_backward(d_gate_up.data(), d_act.data(), gate_up.data(), M, I, rounded.data());
+  });
+  report("swiglu_backward_rounding_only", m * i_ * (8 + 4 + 4),
+         [&] { k->swiglu_backward(nullptr, d_act.data(), gate_up.data(), M, I, rounded.data()); });
+  // The bf16 residual's rounding (in place, with a copy) and the widening of bf16 values.
+  report("round_to_bf16", m * d * (4 + 4 + 2),
+         [&] { k->round_to_bf16(x.data(), rounded.data(), M * D); });
+  report("widen_bf16", m * d * (2 + 4), [&] { k->widen_bf16(h.data(), rounded.data(), M * D); });
+  // The seed's LoRA branch (rank 4) on a q-like module [D -> D] whose output is q's columns of
+  // the fused rows: forward (z = drop(x) A^T, y += s z B^T) reads x once and y twice-over (read
+  // and written); backward reads dy twice (dB, dz), x once (dA), and reads and writes dx.
+  for (double p : {0.0, 0.05}) {
+    const DropoutMask mask{p, 12345, row_keys.data()};
+    const std::string suffix = p > 0 ? "_dropout" : "";
+    const Mat<const float> src = Mat<const float>::dense(h.data(), M, D);
+    report("lora_forward" + suffix, m * (d * 4 + q * 8), [&] {
+      k->lora_forward(Mat<float>{qkv.data(), M, Qd, W3, 1}, z.data(), src, lora_a.data(),
+                      lora_b.data(), rank, 4.0, mask);
+    });
+    report("lora_backward" + suffix, m * (q * (4 + 4) + d * (4 + 8)), [&] {
+      k->lora_backward(Mat<float>::dense(dx.data(), M, D), d_a.data(), d_b.data(),
+                       Mat<const float>{qkv.data(), M, Qd, W3, 1}, z.data(), src, lora_a.data(),
+                       lora_b.data(), rank, 4.0, mask);
+    });
+  }
+  return 0;
+}
+
+int main(int argc, char** argv) {
+  return zerolora::bench::report_errors("bench_kernels", [&] { return bench_main(argc, argv); });
+}
