@@ -7,6 +7,7 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -111,6 +112,19 @@ TEST_F(CudaBackend, ProjectionsEqualTheCpu) {
       gpu_kernels_->linear_forward_residual(Mat<float>::dense(gy, M, out), gy + 1, gx, gw, in),
       InternalError)
       << "a residual overlapping dst is refused";
+  // Where none of the algorithms cuBLASLt offers writes D apart from C, the residual is copied
+  // into dst and the GEMM accumulates in place. The emulator's cuBLASLt offers only such
+  // algorithms under ZEROLORA_EMULATED_LT_IN_PLACE_ONLY (and fails a GEMM that writes D apart
+  // from C with one); a real cuBLASLt ignores the variable, and this repeats the check above.
+  ::setenv("ZEROLORA_EMULATED_LT_IN_PLACE_ONLY", "1", 1);
+  auto in_place_only = make_kernels<Fp32Policy>(*gpu_);
+  std::vector<float> copied_first(M * out, std::nanf(""));
+  float* gcopied_first = on_gpu(copied_first);
+  in_place_only->linear_forward_residual(Mat<float>::dense(gcopied_first, M, out), gy, gx, gw, in);
+  ::unsetenv("ZEROLORA_EMULATED_LT_IN_PLACE_ONLY");
+  expect_close(to_host(gcopied_first, copied_first.size()), with_residual,
+               "linear forward onto a residual, copied in first");
+  expect_close(to_host(gy, y.size()), y, "the residual, still untouched");
   // Qwen2's q/k/v biases: added to the whole output, and to a column block of a wider buffer
   // (k's 60 columns at 100 of the 172, as in a fused q/k/v output).
   auto bias = random_values(out, 16);
@@ -129,7 +143,7 @@ TEST_F(CudaBackend, ProjectionsEqualTheCpu) {
 
 // The LoRA branch: ranks up to 16 on lora.cu's fused kernels (each rank bound, 4, 8 and 16,
 // full and partly used; 600 and 603 rows: three partial sums of dA and dB, the last ragged;
-// row counts that leave the contraction's four-row groups and the outer product's eight rows
+// row counts that leave the contraction's two-row groups and the outer product's eight rows
 // in flight a ragged tail), rank 17 on cuBLASLt and dropped copies; dropout off and on; the
 // input, output and their gradients as column blocks of wider rows (the fused q/k/v layout) as
 // well as dense.

@@ -212,10 +212,12 @@ class CudaKernels final : public Kernels<P> {
       // Timed apart: cuDNN's kernel as attention, the copies into and out of its layout as
       // convert (so that a profile tells how fast cuDNN itself runs).
       const Bf16Bits* qkv16 = nullptr;
-      Bf16Bits* out16 = bits_of(out_bf16_, M, width);
-      float* stats = padded_stats(M, shape.heads);
-      {
+      Bf16Bits* out16 = nullptr;
+      float* stats = nullptr;
+      {  // (the padded buffers' zeroed padding rows included)
         ProfileScope profile(profiler_, ProfileCategory::kConvert);
+        out16 = bits_of(out_bf16_, M, width);
+        stats = padded_stats(M, shape.heads);
         qkv16 = bf16_copy(qkv_bf16_, qkv, M, shape.qkv_stride());
       }
       {
@@ -245,13 +247,15 @@ class CudaKernels final : public Kernels<P> {
       // cuDNN's gradients come dense (cudnn_attention.hpp): dQ, dK, dV one after another in
       // one buffer, each padded like the others, then widened into the fused layout's columns.
       const Index w_kv = shape.kv_heads * shape.head_dim, rows = cudnn_padded_rows(M);
-      Bf16Bits* dq16 = bits_of(dqkv_bf16_, M, w_qkv);
-      Bf16Bits* dk16 = dq16 + rows * w_out;
-      Bf16Bits* dv16 = dk16 + rows * w_kv;
-      float* stats = padded_stats(M, shape.heads);
+      Bf16Bits *dq16 = nullptr, *dk16 = nullptr, *dv16 = nullptr;
+      float* stats = nullptr;
       const Bf16Bits *qkv16 = nullptr, *out16 = nullptr, *dout16 = nullptr;
-      {
+      {  // (the padded buffers' zeroed padding rows included)
         ProfileScope profile(profiler_, ProfileCategory::kConvert);
+        dq16 = bits_of(dqkv_bf16_, M, w_qkv);
+        dk16 = dq16 + rows * w_out;
+        dv16 = dk16 + rows * w_kv;
+        stats = padded_stats(M, shape.heads);
         qkv16 = bf16_copy(qkv_bf16_, qkv, M, w_qkv);
         out16 = bf16_copy(out_bf16_, out, M, w_out);  // exact: O was bf16 values
         dout16 = bf16_copy(dout_bf16_, diff_out, M, w_out);

@@ -4,6 +4,7 @@
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <string>
 
 #include "core/error.hpp"
@@ -22,7 +23,7 @@ std::string shape(const GemmKey& key) {
          (key.in_type ? " bf16" : " fp32") + (key.trans_a ? " opA=T" : " opA=N") +
          (key.trans_b ? " opB=T" : " opB=N") + " align=" + std::to_string(key.align_a) + "/" +
          std::to_string(key.align_b) + "/" + std::to_string(key.align_c) +
-         (key.accumulate ? " beta=1" : " beta=0");
+         (key.accumulate ? " beta=1" : " beta=0") + (key.out_of_place ? " C apart from D" : "");
 }
 
 // One operand of the column-major problem, from a row-major view: a row-major matrix is the
@@ -89,6 +90,7 @@ struct LtGemm::Api {
   ZL_LT_FUNCTION(cublasLtDestroy)
   ZL_LT_FUNCTION(cublasLtGetStatusString)
   ZL_LT_FUNCTION(cublasLtMatmul)
+  ZL_LT_FUNCTION(cublasLtMatmulAlgoCapGetAttribute)
   ZL_LT_FUNCTION(cublasLtMatmulAlgoGetHeuristic)
   ZL_LT_FUNCTION(cublasLtMatmulDescCreate)
   ZL_LT_FUNCTION(cublasLtMatmulDescDestroy)
@@ -116,6 +118,7 @@ struct LtGemm::Api {
     ZL_LT_BIND(cublasLtDestroy)
     ZL_LT_BIND(cublasLtGetStatusString)
     ZL_LT_BIND(cublasLtMatmul)
+    ZL_LT_BIND(cublasLtMatmulAlgoCapGetAttribute)
     ZL_LT_BIND(cublasLtMatmulAlgoGetHeuristic)
     ZL_LT_BIND(cublasLtMatmulDescCreate)
     ZL_LT_BIND(cublasLtMatmulDescDestroy)
@@ -142,6 +145,9 @@ struct LtGemm::Plan {
   cublasLtMatmulDesc_t desc = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
   cublasLtMatmulAlgo_t algo{};
+  // Out of place, but no algorithm offered supports it: the addend is copied into D first and
+  // the GEMM accumulates in place.
+  bool copy_addend = false;
   explicit Plan(const Api& lt) : api(lt) {}
   ~Plan() {
     if (a) api.cublasLtMatrixLayoutDestroy(a);
@@ -178,25 +184,36 @@ void LtGemm::matmul(Mat<const bf16> a, Mat<const bf16> b, Mat<float> c, float al
   run(key, a.data, b.data, c.data, alpha, addend);
 }
 
-// addend: C where it is not D (same layout; null: C is D). The plan's C and D alignment is the
-// lesser of the two pointers', so the algorithm chosen suits both.
+// D's m x n values (column-major, leading dimension ldc) from the addend, in the same layout.
+void LtGemm::copy_into_d(const GemmKey& key, float* d, const float* addend) {
+  const std::size_t pitch = static_cast<std::size_t>(key.ldc) * sizeof(float);
+  check_cuda(
+      cudaMemcpy2DAsync(d, pitch, addend, pitch, static_cast<std::size_t>(key.m) * sizeof(float),
+                        static_cast<std::size_t>(key.n), cudaMemcpyDeviceToDevice, stream_),
+      "cudaMemcpy2DAsync (a GEMM's addend into its output)");
+}
+
+// addend: C where it is not D (same layout, apart from D; null: C is D). The plan's C and D
+// alignment is the lesser of the two pointers', and its algorithm one that writes D apart from
+// C (CUBLASLT_ALGO_CAP_OUT_OF_PLACE_RESULT_SUPPORT), so the plan suits both.
 void LtGemm::run(GemmKey key, const void* a, const void* b, float* c, float alpha,
                  const float* addend) {
   if (addend && addend != c) {
     if (!key.accumulate) throw InternalError("a GEMM addend without accumulate");
+    const auto extent = static_cast<std::uintptr_t>(((key.n - 1) * key.ldc + key.m) * 4);
+    const auto d_at = reinterpret_cast<std::uintptr_t>(c);
+    const auto c_at = reinterpret_cast<std::uintptr_t>(addend);
+    if (key.m > 0 && key.n > 0 && c_at < d_at + extent && d_at < c_at + extent)
+      throw InternalError("a GEMM's addend overlaps its output " + shape(key));
     key.align_c = std::min(key.align_c, pointer_alignment(addend));
+    key.out_of_place = true;
   } else {
     addend = c;
   }
   if (key.m == 0 || key.n == 0) return;
   if (key.k == 0) {  // an empty sum: c = 0 (or the addend when accumulating)
     if (addend != c)
-      check_cuda(
-          cudaMemcpy2DAsync(c, static_cast<std::size_t>(key.ldc) * sizeof(float), addend,
-                            static_cast<std::size_t>(key.ldc) * sizeof(float),
-                            static_cast<std::size_t>(key.m) * sizeof(float),
-                            static_cast<std::size_t>(key.n), cudaMemcpyDeviceToDevice, stream_),
-          "cudaMemcpy2DAsync (a GEMM with k = 0 and an addend)");
+      copy_into_d(key, c, addend);
     else if (!key.accumulate)
       check_cuda(cudaMemset2DAsync(c, static_cast<std::size_t>(key.ldc) * sizeof(float), 0,
                                    static_cast<std::size_t>(key.m) * sizeof(float),
@@ -261,25 +278,54 @@ void LtGemm::run(GemmKey key, const void* a, const void* b, float* c, float alph
       status = lt.cublasLtMatmulPreferenceSetAttribute(preference, p.attribute, p.value, p.bytes);
       call = p.call;
     }
-    cublasLtMatmulHeuristicResult_t result{};
+    // In place, cuBLASLt's first choice; out of place, its first that supports it (the heuristic
+    // sees descriptors, not pointers), else its first choice with the addend copied into D.
+    constexpr int kCandidates = 8;
+    cublasLtMatmulHeuristicResult_t results[kCandidates] = {};
     int found = 0;
     if (status == CUBLAS_STATUS_SUCCESS) {
-      status = lt.cublasLtMatmulAlgoGetHeuristic(handle, plan->desc, plan->a, plan->b, plan->c,
-                                                 plan->c, preference, 1, &result, &found);
+      status = lt.cublasLtMatmulAlgoGetHeuristic(
+          handle, plan->desc, plan->a, plan->b, plan->c, plan->c, preference,
+          key.out_of_place ? kCandidates : 1, results, &found);
       call = "cublasLtMatmulAlgoGetHeuristic";
     }
     lt.cublasLtMatmulPreferenceDestroy(preference);
     lt.check(status, call, &key);
-    // A result is usable only where its own state says so (cublasLt.h).
-    if (found == 0 || result.state != CUBLAS_STATUS_SUCCESS)
+    const cublasLtMatmulHeuristicResult_t *chosen = nullptr, *apart = nullptr;
+    for (int i = 0; i < found; ++i) {
+      // A result is usable only where its own state says so (cublasLt.h).
+      if (results[i].state != CUBLAS_STATUS_SUCCESS) continue;
+      if (!chosen) chosen = &results[i];
+      if (!key.out_of_place) break;
+      std::int32_t supported = 0;
+      std::size_t written = 0;
+      if (lt.cublasLtMatmulAlgoCapGetAttribute(
+              &results[i].algo, CUBLASLT_ALGO_CAP_OUT_OF_PLACE_RESULT_SUPPORT, &supported,
+              sizeof supported, &written) == CUBLAS_STATUS_SUCCESS &&
+          supported != 0) {
+        apart = &results[i];
+        break;
+      }
+    }
+    if (chosen && key.out_of_place) {
+      if (apart)
+        chosen = apart;
+      else
+        plan->copy_addend = true;  // none of them writes D apart from C
+    }
+    if (!chosen)
       throw DeviceError("cuBLASLt has no algorithm for the GEMM " + shape(key) +
                         (found == 0
                              ? std::string()
-                             : std::string(": ") + lt.cublasLtGetStatusString(result.state)));
-    plan->algo = result.algo;
+                             : std::string(": ") + lt.cublasLtGetStatusString(results[0].state)));
+    plan->algo = chosen->algo;
     slot = std::move(plan);
   }
   const float beta = key.accumulate ? 1.0f : 0.0f;
+  if (slot->copy_addend && addend != c) {
+    copy_into_d(key, c, addend);
+    addend = c;
+  }
   api_->check(api_->cublasLtMatmul(handle, slot->desc, &alpha, b, slot->a, a, slot->b, &beta,
                                    addend, slot->c, c, slot->c, &slot->algo, workspace_.data(),
                                    kWorkspaceBytes, stream_),

@@ -27,9 +27,10 @@ struct GemmKey {
   int in_type;                    // 0 fp32, 1 bf16
   int align_a, align_b, align_c;  // bytes, power of two <= 256
   bool accumulate;
+  bool out_of_place = false;  // C (the addend) is not D: an algorithm that supports it
   auto tie() const {
     return std::tie(trans_a, trans_b, m, n, k, lda, ldb, ldc, in_type, align_a, align_b, align_c,
-                    accumulate);
+                    accumulate, out_of_place);
   }
   bool operator<(const GemmKey& other) const { return tie() < other.tie(); }
 };
@@ -64,6 +65,7 @@ class LtGemm {
   struct Api;
   struct Plan;
   void run(GemmKey key, const void* a, const void* b, float* c, float alpha, const float* addend);
+  void copy_into_d(const GemmKey& key, float* d, const float* addend);
   cudaStream_t stream_;
   std::size_t max_plans_;
   std::unique_ptr<Api> api_;  // cuBLASLt, loaded at run time

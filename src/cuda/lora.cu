@@ -61,9 +61,12 @@ struct WeightColumns {
 
 WeightColumns weight_columns(const float* w, Index wk, Index wj, Index n, int rank,
                              const char* kernel) {
-  const Index last = (rank - 1) * wk + (n - 1) * wj;  // the largest offset into w
-  if (n > std::numeric_limits<int>::max() || last > std::numeric_limits<int>::max())
-    refuse_launch(kernel, "a LoRA weight or row wider than 2^31 values");
+  // The largest offset into w; the columns with a margin for a pass's last column index
+  // (j0 + 3 x 256 in the expansion), which must not overflow either.
+  const Index last = (rank - 1) * wk + (n - 1) * wj;
+  constexpr Index kLimit = std::numeric_limits<int>::max() - 4096;
+  if (n > kLimit || last > kLimit)
+    refuse_launch(kernel, "a LoRA weight or row wider than 2^31 - 4096 values");
   return {w, static_cast<int>(wk), static_cast<int>(wj),
           wk == 1 && rank % 4 == 0 && wj % 4 == 0 && aligned_to(w, 16)};
 }

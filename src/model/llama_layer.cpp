@@ -226,11 +226,11 @@ void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P:
     ops.gate_up_forward(gate_up, h2 + c0 * d.D, h2_rounded ? h2_rounded + c0 * d.D : nullptr, rows,
                         c0, z(LoraModule::kGate), z(LoraModule::kUp), d);
     if (!out) continue;
-    Act* act = grow(dev, ws.act, chunk * d.I);
     Weight* act_rounded = ops.rounded(ws.act_rounded, chunk * d.I);
-    // The fp32 values only for down's LoRA branch; the projection reads the rounding.
+    // The fp32 values (and their buffer) only for down's LoRA branch; the projection reads the
+    // rounding.
     const bool act_values = ops.adapter(LoraModule::kDown) || !act_rounded;
-    if (!act_values) act = nullptr;
+    Act* act = act_values ? grow(dev, ws.act, chunk * d.I) : nullptr;
     k.swiglu_forward(act, gate_up, rows, d.I, act_rounded);
     Act* out_rows = out + c0 * d.D;
     ops.base_forward_residual(out_rows, x2 + c0 * d.D, {act, act_rounded}, rows, d.D, d.I,
@@ -284,12 +284,12 @@ void layer_backward(LayerContext<P>& ctx, typename P::Act* dx, const typename P:
                              Mat<const Act>::dense(dx_rows, rows, d.D), z(LoraModule::kDown), act,
                              c0);
     }
-    Act* d_gate_up = grow(dev, ws.d_gate_up, chunk * 2 * d.I);
     Weight* d_gate_up_rounded = ops.rounded(ws.d_gate_up_rounded, chunk * 2 * d.I);
-    // The fp32 gradient only for gate's and up's LoRA branches, as in the forward.
+    // The fp32 gradient (and its buffer) only for gate's and up's LoRA branches, as in the
+    // forward.
     const bool gate_up_values =
         ops.adapter(LoraModule::kGate) || ops.adapter(LoraModule::kUp) || !d_gate_up_rounded;
-    if (!gate_up_values) d_gate_up = nullptr;
+    Act* d_gate_up = gate_up_values ? grow(dev, ws.d_gate_up, chunk * 2 * d.I) : nullptr;
     k.swiglu_backward(d_gate_up, d_act, gate_up, rows, d.I, d_gate_up_rounded);
     Act* dh = grow(dev, ws.dh, std::max(chunk, M) * d.D);
     ops.base_backward(dh, {d_gate_up, d_gate_up_rounded}, rows, 2 * d.I, ops.w(LayerTensor::kGate),

@@ -243,6 +243,17 @@ void add_activations(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& 
                        kept_plan.kept_bytes});
 }
 
+// Whether any layer adapts down, and gate or up: SwiGLU's fp32 output and its gate/up gradient
+// are written only for their LoRA branches in the bf16 policy (model/llama_layer.cpp).
+std::pair<bool, bool> mlp_adapters(const LoraLayout& lora) {
+  bool down = false, gate_up = false;
+  for (const auto& entry : lora.entries()) {
+    down |= entry.module == LoraModule::kDown;
+    gate_up |= entry.module == LoraModule::kGate || entry.module == LoraModule::kUp;
+  }
+  return {down, gate_up};
+}
+
 // bf16 only: the layer workspace's copies of GEMM operands that the ops making them round as
 // they write (model/llama_layer.hpp LayerWorkspace): a norm's output [M, D], the attention's
 // [M, Qd], SwiGLU's output [chunk, I] and its gradient [chunk, 2I].
@@ -253,8 +264,8 @@ double producer_rounded_bytes(const MemoryScenario& s, const Dims& d, double chu
 // The CPU kernels' buffers (ops/): attention's packed heads and per-thread tiles, MLP chunks,
 // activation gradients, bf16 operands, the LoRA branch's scratch, the fused loss, oneDNN's
 // packing, and the process itself.
-void add_cpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const MemoryScenario& s,
-                     const Dims& d) {
+void add_cpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& lora,
+                     const MemoryScenario& s, const Dims& d) {
   const double M = d.M, D = d.D, I = d.I, Qd = d.Qd, W3 = d.W3, V = d.V, S = d.S, r = d.r;
   const double chunk = std::min(M, 1024.0), head_chunk = std::min(M, 512.0), block = 128;
   // ops/attention.cpp (head dims above 64): qkv and dO packed head by head in the matmul type
@@ -263,7 +274,15 @@ void add_cpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const MemoryScenar
   const double attention = mm * (M + 16.0 * static_cast<double>(s.micro_batch)) * (W3 + Qd) +
                            s.threads * (2 * block * S * 4 + (s.bf16 ? 2 * block * S * 2 : 0.0) +
                                         block * 4 + block * hd * 4 + 2 * S * hd * 4);
-  const double mlp = 4.0 * chunk * (2 * I + I + I + 2 * I);
+  // gate_up and d_act; SwiGLU's fp32 output and gate/up gradient in buffers of their own where
+  // a LoRA branch reads them, else (bf16: only their rounding wanted) in one scratch as large as
+  // the larger of them (ops/cpu_kernels.cpp values_or_scratch).
+  const auto [down_adapted, gate_up_adapted] = mlp_adapters(lora);
+  const bool act_values = !s.bf16 || down_adapted, d_gate_up_values = !s.bf16 || gate_up_adapted;
+  const double scratch = !d_gate_up_values ? 2 * I : (!act_values ? I : 0.0);
+  const double mlp =
+      4.0 * chunk *
+      (2 * I + I + (act_values ? I : 0.0) + (d_gate_up_values ? 2 * I : 0.0) + scratch);
   const double gradients =
       4.0 * (std::max(chunk, M) * D + M * Qd + M * W3 + M * D);  // dh, d_attn, d_qkv, residual
   const double operands = s.bf16 ? 2.0 * std::max({M * D, M * W3, M * Qd, chunk * 2 * I}) : 0.0;
@@ -300,8 +319,13 @@ void add_gpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& 
                      const MemoryScenario& s, const Dims& d) {
   const double M = d.M, D = d.D, I = d.I, Qd = d.Qd, W3 = d.W3, V = d.V, r = std::max(d.r, 1.0);
   const double chunk = std::min(M, 1024.0), head = std::min(M, 512.0);
-  const double layer_work = 4.0 * chunk * (2 * I + I + I + 2 * I) + 4.0 * M * D + 4.0 * M * Qd +
-                            4.0 * M * W3 + 4.0 * 3 * chunk * r + 4.0 * M * D;
+  // SwiGLU's fp32 output and gate/up gradient have buffers only where a LoRA branch reads them
+  // (in bf16 the projections read their rounding: model/llama_layer.cpp).
+  const auto [down_adapted, gate_up_adapted] = mlp_adapters(lora);
+  const double act = !s.bf16 || down_adapted ? I : 0.0;
+  const double d_gate_up = !s.bf16 || gate_up_adapted ? 2 * I : 0.0;
+  const double layer_work = 4.0 * chunk * (2 * I + act + I + d_gate_up) + 4.0 * M * D +
+                            4.0 * M * Qd + 4.0 * M * W3 + 4.0 * 3 * chunk * r + 4.0 * M * D;
   e.items.push_back(
       {"layer work buffers (MLP chunks, activation gradients, residual gradient)", layer_work});
   if (s.bf16) {
@@ -366,7 +390,7 @@ MemoryEstimate estimate_memory(const LlamaConfig& c, const LoraLayout& lora,
   if (s.gpu)
     add_gpu_buffers(e, c, lora, s, d);
   else
-    add_cpu_buffers(e, c, s, d);
+    add_cpu_buffers(e, c, lora, s, d);
   e.items.push_back({"tokenized training set", 8.0 * static_cast<double>(s.dataset_tokens), s.gpu});
   // Measured: the resident set at the step's peak less every live block of 64 KiB or more
   // (libraries, oneDNN, MPI, the tokenizer, small blocks), with the 1 MiB mmap threshold the

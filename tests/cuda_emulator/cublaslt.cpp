@@ -3,12 +3,15 @@
 // accumulation and output. It checks what cuBLASLt would refuse or what would fault on a GPU:
 // layouts whose shapes do not chain, a leading dimension below the rows, types other than the
 // backend's, operands outside device memory, pointers less aligned than the plan's heuristic
-// was promised, a workspace smaller than the preference said. Nothing here is NVIDIA's code:
+// was promised, a workspace smaller than the preference said, D apart from C with an algorithm
+// that does not support it (ZEROLORA_EMULATED_LT_IN_PLACE_ONLY=1 makes every algorithm such a
+// one, as some of a real cuBLASLt's are). Nothing here is NVIDIA's code:
 // it proves the backend describes its GEMMs as cuBLASLt documents them, not cuBLASLt itself.
 #include <cublasLt.h>
 
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -233,9 +236,27 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtMatmulDe
   for (int i = 0; i < 4; ++i) results[0].algo.data[i] = p.align[i];
   results[0].algo.data[4] = p.workspace;
   results[0].algo.data[5] = 0x7a6c656d75ull;  // marks an algorithm this library chose
+  const char* in_place_only = std::getenv("ZEROLORA_EMULATED_LT_IN_PLACE_ONLY");
+  results[0].algo.data[6] = in_place_only && std::strcmp(in_place_only, "1") == 0 ? 0 : 1;
   results[0].state = CUBLAS_STATUS_SUCCESS;
   results[0].wavesCount = 1.0f;
   *returned = 1;
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtMatmulAlgoCapGetAttribute(const cublasLtMatmulAlgo_t* algo,
+                                                 cublasLtMatmulAlgoCapAttributes_t attribute,
+                                                 void* buffer, size_t bytes, size_t* written) {
+  if (!algo || algo->data[5] != 0x7a6c656d75ull)
+    return invalid("a capability asked of an algorithm not from the heuristic");
+  if (attribute != CUBLASLT_ALGO_CAP_OUT_OF_PLACE_RESULT_SUPPORT)
+    return invalid("an algorithm capability the emulator does not model: " +
+                   std::to_string(attribute));
+  if (written) *written = sizeof(std::int32_t);
+  if (bytes != sizeof(std::int32_t) || !buffer)
+    return invalid("OUT_OF_PLACE_RESULT_SUPPORT takes an int32");
+  const auto supported = static_cast<std::int32_t>(algo->data[6]);
+  std::memcpy(buffer, &supported, sizeof supported);
   return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -268,6 +289,10 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t desc_handle
     if (bytes && !zl_emu_is_device_range(pointers[i], bytes))
       return invalid(std::string(names[i]) + " (" + std::to_string(bytes) +
                      " bytes by its layout) is not in one device allocation");
+  }
+  if (c != d && algo->data[6] == 0) {
+    std::fprintf(stderr, "cuBLASLt (emulated): D apart from C with an in-place-only algorithm\n");
+    return CUBLAS_STATUS_NOT_SUPPORTED;
   }
   // cuBLASLt computes D in place of C only with C's own layout, and never over A or B.
   if (c == d && (lc.ld != ld.ld || lc.rows != ld.rows || lc.cols != ld.cols))
