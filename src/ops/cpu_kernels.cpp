@@ -88,8 +88,9 @@ void CpuKernels<P>::linear_forward(Mat<Act> dst, GemmOperand<P> src, const Weigh
   zerolora::linear_forward(rt_, dst, src.values, src.rounded, weight, in, accumulate, operand_);
 }
 
-// On the CPU the copy and the accumulating GEMM (oneDNN's sum post-op reads dst) cost the same
-// as a fused form would.
+// On the CPU: the residual copied into dst, then the accumulating GEMM (oneDNN's sum post-op
+// adds dst). A post-op reading the residual itself would save the copy, a pass over [M, D] that
+// is a small share of a CPU step beside the GEMM.
 template <class P>
 void CpuKernels<P>::linear_forward_residual(Mat<Act> dst, const Act* residual, GemmOperand<P> src,
                                             const Weight* weight, Index in) {
