@@ -9,8 +9,9 @@
 # estimate_70b_layers bench_70b_layers).
 # Stages run most important first (the CUDA tests, the fixtures, GPU-vs-CPU training and
 # resuming across devices, the 7B benchmark against Transformers + PEFT, the bandwidth of each
-# memory-bound op at its shape, ZeRO-3 on the GPU, the 70B-layer stack, the ZeRO-3 benchmark, then compute-sanitizer's memcheck and racecheck over
-# the CUDA tests), each under its own limit, all under one deadline
+# memory-bound op at its shape, ZeRO-3 on the GPU, the 70B-layer stack, the ZeRO-3 benchmark,
+# then compute-sanitizer's memcheck and racecheck over the CUDA tests), each under its own
+# limit, all under one deadline
 # (GPU_CHECK_SECONDS, default 430 s): a stage with under 20 s left is skipped and says so. The
 # device returns at most 8 files from $OUT, and this writes 8: log.txt, results.txt (key=value
 # lines and a PASS/FAIL/SKIP table last), cuda_tests.xml, fixtures_gpu.xml, zero3_gpu.txt, the
