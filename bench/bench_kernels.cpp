@@ -5,9 +5,14 @@
 // bound by something else than memory (arithmetic, latency, launch): where a step's share
 // (bench_train_step's seq*_share_*) says an op costs more than its bytes, this says which. The
 // LoRA branch runs with dropout off and on: the difference is the mask's hashing.
-//   bench_kernels [--device cpu|cuda] [--shape 7b|70b|tiny] [--tokens 8192] [--repeats 20]
-//                 [--threads 0]
-// Prints key=value lines (`<op>_us`, `<op>_gbps`, `<op>_of_copy`); see BENCHMARKS.md.
+// Attention, compute-bound, is reported apart: its forward and backward on segments of --seq
+// tokens (causal), their FLOPs per second, and the time of the attention kernels alone (on a
+// GPU, cuDNN's, without the copies into and out of its bf16 layout, timed as convert).
+//   bench_kernels [--device cpu|cuda] [--shape 7b|70b|tiny] [--tokens 8192] [--seq 2048]
+//                 [--repeats 20] [--threads 0] [--ops all|attention]
+// Prints key=value lines (`<op>_us`, `<op>_gbps`, `<op>_of_copy`; attention `_us`, `_tflops`,
+// `_kernel_us`, `_kernel_tflops`); see BENCHMARKS.md.
+#include <algorithm>
 #include <cstdio>
 #include <functional>
 #include <memory>
@@ -21,6 +26,7 @@
 #include "core/bf16.hpp"
 #include "core/device.hpp"
 #include "core/precision.hpp"
+#include "core/profiler.hpp"
 #include "core/rng.hpp"
 #include "model/backend.hpp"
 #include "ops/kernels.hpp"
@@ -62,8 +68,8 @@ double seconds_per_call(Device& device, int repeats, const std::function<void()>
 static int bench_main(int argc, char** argv) {
   using namespace zerolora;
   using namespace zerolora::bench;
-  std::string device_spec = "cpu", shape = "7b";
-  Index M = 8192;
+  std::string device_spec = "cpu", shape = "7b", ops = "all";
+  Index M = 8192, seq = 2048;
   int repeats = 20, threads = 0;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -78,14 +84,18 @@ static int bench_main(int argc, char** argv) {
       shape = value;
     else if (arg == "--tokens")
       M = std::stoll(value);
+    else if (arg == "--seq")
+      seq = std::stoll(value);
     else if (arg == "--repeats")
       repeats = std::stoi(value);
     else if (arg == "--threads")
       threads = std::stoi(value);
+    else if (arg == "--ops" && (value == "all" || value == "attention"))
+      ops = value;
     else {
       std::fprintf(stderr,
                    "usage: %s [--device cpu|cuda] [--shape 7b|70b|tiny] [--tokens 8192] "
-                   "[--repeats 20] [--threads N]\n",
+                   "[--seq 2048] [--repeats 20] [--threads N] [--ops all|attention]\n",
                    argv[0]);
       return 2;
     }
@@ -95,8 +105,8 @@ static int bench_main(int argc, char** argv) {
     std::fprintf(stderr, "--shape: 7b, 70b or tiny, not %s\n", shape.c_str());
     return 2;
   }
-  if (M < 1 || repeats < 1) {
-    std::fprintf(stderr, "--tokens and --repeats must be at least 1\n");
+  if (M < 1 || seq < 1 || repeats < 1) {
+    std::fprintf(stderr, "--tokens, --seq and --repeats must be at least 1\n");
     return 2;
   }
   const LlamaConfig c = *shaped;
@@ -128,7 +138,7 @@ static int bench_main(int argc, char** argv) {
   std::vector<std::int32_t> positions_host(static_cast<std::size_t>(M));
   std::vector<std::uint64_t> row_keys_host(static_cast<std::size_t>(M));
   for (Index i = 0; i < M; ++i) {
-    positions_host[i] = static_cast<std::int32_t>(i % 2048);
+    positions_host[i] = static_cast<std::int32_t>(i % seq);
     row_keys_host[i] = mix64(static_cast<std::uint64_t>(i));
   }
   DeviceBuffer<std::int32_t> positions;
@@ -136,70 +146,129 @@ static int bench_main(int argc, char** argv) {
   DeviceBuffer<std::uint64_t> row_keys;
   upload<std::uint64_t>(dev, row_keys, row_keys_host);
   RopeTable rope(c.rope, c.head_dim);
-  rope.ensure(2048);
+  rope.ensure(seq);
 
-  // The reference: a copy of as many bytes as SwiGLU's gate_up, read once and written once.
-  const double copy_bytes = 2.0 * 4.0 * static_cast<double>(M * 2 * I);
-  DeviceBuffer<float> copy_dst(dev, static_cast<std::size_t>(M * 2 * I));
-  const double copy_s = seconds_per_call(dev, repeats, [&] {
-    dev.copy(copy_dst.data(), gate_up.data(), static_cast<std::size_t>(M * 2 * I) * sizeof(float));
-  });
-  const double copy_gbps = copy_bytes / copy_s / 1e9;
-  print_kv("copy_us", copy_s * 1e6);
-  print_kv("copy_gbps", copy_gbps);
+  if (ops == "all") {  // the memory-bound ops
+    // The reference: a copy of as many bytes as SwiGLU's gate_up, read once and written once.
+    const double copy_bytes = 2.0 * 4.0 * static_cast<double>(M * 2 * I);
+    DeviceBuffer<float> copy_dst(dev, static_cast<std::size_t>(M * 2 * I));
+    const double copy_s = seconds_per_call(dev, repeats, [&] {
+      dev.copy(copy_dst.data(), gate_up.data(),
+               static_cast<std::size_t>(M * 2 * I) * sizeof(float));
+    });
+    const double copy_gbps = copy_bytes / copy_s / 1e9;
+    print_kv("copy_us", copy_s * 1e6);
+    print_kv("copy_gbps", copy_gbps);
 
-  const double m = static_cast<double>(M), d = static_cast<double>(D), i_ = static_cast<double>(I),
-               q = static_cast<double>(Qd);
-  auto report = [&](const std::string& name, double bytes, const std::function<void()>& op) {
-    const double s = seconds_per_call(dev, repeats, op);
-    const double gbps = bytes / s / 1e9;
-    print_kv(name + "_us", s * 1e6);
-    print_kv(name + "_gbps", gbps);
-    print_kv(name + "_of_copy", gbps / copy_gbps);
-  };
-  // RMSNorm: x read, the fp32 output and its bf16 rounding written; backward: dy, x, dx read,
-  // dx written (accumulating, as the layer's).
-  report("rmsnorm_forward", m * d * (4 + 4 + 2), [&] {
-    k->rmsnorm_forward(h.data(), rstd.data(), x.data(), norm_w.data(), M, D, 1e-5, rounded.data());
-  });
-  report("rmsnorm_backward", m * d * 16, [&] {
-    k->rmsnorm_backward(dx.data(), h.data(), x.data(), rstd.data(), norm_w.data(), M, D, true);
-  });
-  // RoPE on q and k of the fused rows: read and written in place.
-  report("rope", m * static_cast<double>(Qd + KVd) * 8, [&] {
-    k->rope_rotate(qkv.data(), positions.data(), rope, M, W3, c.num_heads, false);
-    k->rope_rotate(qkv.data() + Qd, positions.data(), rope, M, W3, c.num_kv_heads, false);
-  });
-  report("swiglu_forward", m * i_ * (8 + 4 + 2),
-         [&] { k->swiglu_forward(act.data(), gate_up.data(), M, I, rounded.data()); });
-  report("swiglu_forward_rounding_only", m * i_ * (8 + 2),
-         [&] { k->swiglu_forward(nullptr, gate_up.data(), M, I, rounded.data()); });
-  report("swiglu_backward", m * i_ * (8 + 4 + 8 + 4), [&] {
-    k->swiglu_backward(d_gate_up.data(), d_act.data(), gate_up.data(), M, I, rounded.data());
-  });
-  report("swiglu_backward_rounding_only", m * i_ * (8 + 4 + 4),
-         [&] { k->swiglu_backward(nullptr, d_act.data(), gate_up.data(), M, I, rounded.data()); });
-  // The bf16 residual's rounding (in place, with a copy) and the widening of bf16 values.
-  report("round_to_bf16", m * d * (4 + 4 + 2),
-         [&] { k->round_to_bf16(x.data(), rounded.data(), M * D); });
-  report("widen_bf16", m * d * (2 + 4), [&] { k->widen_bf16(h.data(), rounded.data(), M * D); });
-  // The seed's LoRA branch (rank 4) on a q-like module [D -> D] whose output is q's columns of
-  // the fused rows: forward (z = drop(x) A^T, y += s z B^T) reads x once and y twice-over (read
-  // and written); backward reads dy twice (dB, dz), x once (dA), and reads and writes dx.
-  for (double p : {0.0, 0.05}) {
-    const DropoutMask mask{p, 12345, row_keys.data()};
-    const std::string suffix = p > 0 ? "_dropout" : "";
-    const Mat<const float> src = Mat<const float>::dense(h.data(), M, D);
-    report("lora_forward" + suffix, m * (d * 4 + q * 8), [&] {
-      k->lora_forward(Mat<float>{qkv.data(), M, Qd, W3, 1}, z.data(), src, lora_a.data(),
-                      lora_b.data(), rank, 4.0, mask);
+    const double m = static_cast<double>(M), d = static_cast<double>(D),
+                 i_ = static_cast<double>(I), q = static_cast<double>(Qd);
+    auto report = [&](const std::string& name, double bytes, const std::function<void()>& op) {
+      const double s = seconds_per_call(dev, repeats, op);
+      const double gbps = bytes / s / 1e9;
+      print_kv(name + "_us", s * 1e6);
+      print_kv(name + "_gbps", gbps);
+      print_kv(name + "_of_copy", gbps / copy_gbps);
+    };
+    // RMSNorm: x read, the fp32 output and its bf16 rounding written; backward: dy, x, dx read,
+    // dx written (accumulating, as the layer's).
+    report("rmsnorm_forward", m * d * (4 + 4 + 2), [&] {
+      k->rmsnorm_forward(h.data(), rstd.data(), x.data(), norm_w.data(), M, D, 1e-5,
+                         rounded.data());
     });
-    report("lora_backward" + suffix, m * (q * (4 + 4) + d * (4 + 8)), [&] {
-      k->lora_backward(Mat<float>::dense(dx.data(), M, D), d_a.data(), d_b.data(),
-                       Mat<const float>{qkv.data(), M, Qd, W3, 1}, z.data(), src, lora_a.data(),
-                       lora_b.data(), rank, 4.0, mask);
+    report("rmsnorm_backward", m * d * 16, [&] {
+      k->rmsnorm_backward(dx.data(), h.data(), x.data(), rstd.data(), norm_w.data(), M, D, true);
     });
+    // RoPE on q and k of the fused rows: read and written in place.
+    report("rope", m * static_cast<double>(Qd + KVd) * 8, [&] {
+      k->rope_rotate(qkv.data(), positions.data(), rope, M, W3, c.num_heads, false);
+      k->rope_rotate(qkv.data() + Qd, positions.data(), rope, M, W3, c.num_kv_heads, false);
+    });
+    report("swiglu_forward", m * i_ * (8 + 4 + 2),
+           [&] { k->swiglu_forward(act.data(), gate_up.data(), M, I, rounded.data()); });
+    report("swiglu_forward_rounding_only", m * i_ * (8 + 2),
+           [&] { k->swiglu_forward(nullptr, gate_up.data(), M, I, rounded.data()); });
+    report("swiglu_backward", m * i_ * (8 + 4 + 8 + 4), [&] {
+      k->swiglu_backward(d_gate_up.data(), d_act.data(), gate_up.data(), M, I, rounded.data());
+    });
+    report("swiglu_backward_rounding_only", m * i_ * (8 + 4 + 4), [&] {
+      k->swiglu_backward(nullptr, d_act.data(), gate_up.data(), M, I, rounded.data());
+    });
+    // The bf16 residual's rounding (in place, with a copy) and the widening of bf16 values.
+    report("round_to_bf16", m * d * (4 + 4 + 2),
+           [&] { k->round_to_bf16(x.data(), rounded.data(), M * D); });
+    report("widen_bf16", m * d * (2 + 4), [&] { k->widen_bf16(h.data(), rounded.data(), M * D); });
+    // The seed's LoRA branch (rank 4) on a q-like module [D -> D] whose output is q's columns of
+    // the fused rows: forward (z = drop(x) A^T, y += s z B^T) reads x once and y twice-over (read
+    // and written); backward reads dy twice (dB, dz), x once (dA), and reads and writes dx.
+    for (double p : {0.0, 0.05}) {
+      const DropoutMask mask{p, 12345, row_keys.data()};
+      const std::string suffix = p > 0 ? "_dropout" : "";
+      const Mat<const float> src = Mat<const float>::dense(h.data(), M, D);
+      report("lora_forward" + suffix, m * (d * 4 + q * 8), [&] {
+        k->lora_forward(Mat<float>{qkv.data(), M, Qd, W3, 1}, z.data(), src, lora_a.data(),
+                        lora_b.data(), rank, 4.0, mask);
+      });
+      report("lora_backward" + suffix, m * (q * (4 + 4) + d * (4 + 8)), [&] {
+        k->lora_backward(Mat<float>::dense(dx.data(), M, D), d_a.data(), d_b.data(),
+                         Mat<const float>{qkv.data(), M, Qd, W3, 1}, z.data(), src, lora_a.data(),
+                         lora_b.data(), rank, 4.0, mask);
+      });
+    }
   }
+
+  // Attention on the fused q/k/v rows, segments of `seq` tokens (the last may be shorter).
+  // FLOPs as FlashAttention counts them, causal: the forward's two products over the
+  // L (L + 1) / 2 query-key pairs of a segment, 2 x 2 hd each per head; the backward's five.
+  std::vector<Segment> segments;
+  double pairs = 0;
+  for (Index begin = 0; begin < M; begin += seq) {
+    const Index length = std::min(seq, M - begin);
+    segments.push_back({begin, length});
+    pairs += static_cast<double>(length) * static_cast<double>(length + 1) / 2;
+  }
+  const AttentionShape attention{c.num_heads, c.num_kv_heads, c.head_dim, 0};
+  const double forward_flops = 2 * 2 * pairs * static_cast<double>(c.head_dim * c.num_heads);
+  auto out = random_buffer<float>(dev, M * Qd, 15), d_out = random_buffer<float>(dev, M * Qd, 16);
+  auto lse = random_buffer<float>(dev, M * c.num_heads, 17);
+  auto d_qkv = random_buffer<float>(dev, M * W3, 18);
+  DeviceBuffer<bf16> out_rounded(dev, static_cast<std::size_t>(M * Qd));
+  print_kv("attention_segments", static_cast<double>(segments.size()));
+  print_kv("attention_seq", static_cast<double>(seq));
+  // Per call: the whole op, and the attention kernels alone (the profiler's attention time on
+  // the device's clock where it has one; on a GPU the rest is cuDNN's layout copies).
+  Profiler& profiler = rt.profiler();
+  const std::unique_ptr<DeviceClock> clock = dev.make_clock();
+  profiler.set_device_clock(clock.get());
+  auto report_attention = [&](const std::string& name, double flops,
+                              const std::function<void()>& op) {
+    profiler.enable(true);
+    op();  // warm-up: cuDNN builds its graphs
+    dev.synchronize();
+    profiler.collect_device();
+    profiler.reset();
+    const double s = seconds_per_call(dev, repeats, op);  // (its own warm-up call included)
+    profiler.collect_device();
+    const double calls = repeats + 1.0;
+    const double kernel_s = (clock ? profiler.device_seconds(ProfileCategory::kAttention)
+                                   : profiler.seconds(ProfileCategory::kAttention)) /
+                            calls;
+    profiler.enable(false);
+    print_kv(name + "_us", s * 1e6);
+    print_kv(name + "_tflops", flops / s / 1e12);
+    print_kv(name + "_kernel_us", kernel_s * 1e6);
+    print_kv(name + "_kernel_tflops", kernel_s > 0 ? flops / kernel_s / 1e12 : 0.0);
+  };
+  const AttentionOptions options;
+  report_attention("attention_forward", forward_flops, [&] {
+    k->attention_forward(out.data(), out_rounded.data(), lse.data(), qkv.data(), segments, M,
+                         attention, options);
+  });
+  // The backward takes the forward's output and statistics, as the layer's does.
+  report_attention("attention_backward", 2.5 * forward_flops, [&] {
+    k->attention_backward(d_qkv.data(), d_out.data(), qkv.data(), out.data(), lse.data(), segments,
+                          M, attention, options);
+  });
+  profiler.set_device_clock(nullptr);  // before the clock goes
   return 0;
 }
 

@@ -91,6 +91,15 @@ TEST(CudnnAttentionGraphs, KeysBucketShapesSoTheCacheStaysSmall) {
   EXPECT_EQ(cudnn_size_bucket(2048), 2048);
   EXPECT_EQ(cudnn_size_bucket(2049), 2560);
   EXPECT_TRUE(c.backward);
+  // The atomic backward's accumulator spans the token bound: the padded rows, past the offset
+  // of an unused slot (M) and a tile's reach beyond the last token; the forward has no such key.
+  const auto atomic = cuda::sdpa_key(true, many, 2700, shape, cuda::CudnnBackward::kAtomic);
+  EXPECT_EQ(atomic.total_tokens, cudnn_padded_rows(2700));
+  EXPECT_EQ(atomic.total_tokens, 3072 + 256);
+  EXPECT_NE(atomic, c) << "each backward its own graph";
+  EXPECT_EQ(cuda::sdpa_key(false, {{0, 100}, {100, 28}}, 128, shape, cuda::CudnnBackward::kAtomic),
+            a)
+      << "the forward is the same graph whichever backward follows";
   // A sliding window enters the key only where it cuts a segment.
   EXPECT_EQ(cuda::sdpa_key(false, {{0, 100}, {100, 28}}, 128, AttentionShape{32, 8, 128, 100}), a);
   EXPECT_EQ(
@@ -111,15 +120,48 @@ TEST(CudnnAttentionGraphs, ForwardAndBackwardValidateForHopper) {
   for (const AttentionShape shape :
        {AttentionShape{8, 4, 8}, AttentionShape{32, 32, 128}, AttentionShape{64, 8, 128},
         AttentionShape{32, 8, 128}, AttentionShape{32, 8, 128, 256}})
-    for (bool backward : {false, true}) {
-      const auto key = cuda::sdpa_key(backward, {{0, 1}, {1, 500}, {501, 1547}}, 2048, shape);
-      EXPECT_EQ(cuda::validate_sdpa_graph(key), "")
-          << (backward ? "backward" : "forward") << " H=" << shape.heads << " KV=" << shape.kv_heads
-          << " hd=" << shape.head_dim << " window=" << shape.window;
-    }
+    for (bool backward : {false, true})
+      for (const auto algorithm :
+           {cuda::CudnnBackward::kDeterministic, cuda::CudnnBackward::kAtomic,
+            cuda::CudnnBackward::kAtomicDenseGradients}) {
+        const auto key =
+            cuda::sdpa_key(backward, {{0, 1}, {1, 500}, {501, 1547}}, 2048, shape, algorithm);
+        EXPECT_EQ(cuda::validate_sdpa_graph(key), "")
+            << (backward ? "backward " : "forward ") << cuda::cudnn_backward_name(algorithm)
+            << " H=" << shape.heads << " KV=" << shape.kv_heads << " hd=" << shape.head_dim
+            << " window=" << shape.window;
+      }
   // and it does refuse: a head size cuDNN does not take (not a multiple of 8).
   const auto odd = cuda::sdpa_key(false, {{0, 64}}, 64, AttentionShape{4, 2, 12});
   EXPECT_NE(cuda::validate_sdpa_graph(odd), "");
+}
+
+// ZEROLORA_CUDNN_BACKWARD picks the backward (the device check compares them); the default is
+// the deterministic one, and a misspelt value is an error naming the variable, not a default.
+TEST(CudnnAttentionGraphs, BackwardChosenByTheEnvironment) {
+  const char* name = "ZEROLORA_CUDNN_BACKWARD";
+  const char* saved = std::getenv(name);
+  const std::string restore = saved ? saved : "";
+  unsetenv(name);
+  EXPECT_EQ(cuda::cudnn_backward_from_environment(), cuda::CudnnBackward::kDeterministic);
+  setenv(name, "atomic", 1);
+  EXPECT_EQ(cuda::cudnn_backward_from_environment(), cuda::CudnnBackward::kAtomic);
+  EXPECT_TRUE(cuda::fused_gradients(cuda::CudnnBackward::kAtomic));
+  setenv(name, "atomic_dense_gradients", 1);
+  EXPECT_EQ(cuda::cudnn_backward_from_environment(), cuda::CudnnBackward::kAtomicDenseGradients);
+  EXPECT_FALSE(cuda::fused_gradients(cuda::CudnnBackward::kAtomicDenseGradients));
+  setenv(name, "fast", 1);
+  try {
+    cuda::cudnn_backward_from_environment();
+    ADD_FAILURE() << "a bad value was taken";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("ZEROLORA_CUDNN_BACKWARD=fast"), std::string::npos)
+        << e.what();
+  }
+  if (saved)
+    setenv(name, restore.c_str(), 1);
+  else
+    unsetenv(name);
 }
 #endif
 

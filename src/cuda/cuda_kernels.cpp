@@ -245,16 +245,18 @@ class CudaKernels final : public Kernels<P> {
       // Timed apart as in the forward: cuDNN as attention, the layout's copies as convert.
       const Index w_out = shape.heads * shape.head_dim, w_qkv = shape.qkv_stride();
       // cuDNN's gradients come dense (cudnn_attention.hpp): dQ, dK, dV one after another in
-      // one buffer, each padded like the others, then widened into the fused layout's columns.
+      // one buffer, each padded like the others, then widened into the fused layout's columns;
+      // or (the atomic backward) already in the fused layout, widened in one pass.
       const Index w_kv = shape.kv_heads * shape.head_dim, rows = cudnn_padded_rows(M);
+      const bool fused = cuda::fused_gradients(cudnn_->backward_algorithm());
       Bf16Bits *dq16 = nullptr, *dk16 = nullptr, *dv16 = nullptr;
       float* stats = nullptr;
       const Bf16Bits *qkv16 = nullptr, *out16 = nullptr, *dout16 = nullptr;
       {  // (the padded buffers' zeroed padding rows included)
         ProfileScope profile(profiler_, ProfileCategory::kConvert);
         dq16 = bits_of(dqkv_bf16_, M, w_qkv);
-        dk16 = dq16 + rows * w_out;
-        dv16 = dk16 + rows * w_kv;
+        dk16 = dq16 + (fused ? w_out : rows * w_out);
+        dv16 = dk16 + (fused ? w_kv : rows * w_kv);
         stats = padded_stats(M, shape.heads);
         qkv16 = bf16_copy(qkv_bf16_, qkv, M, w_qkv);
         out16 = bf16_copy(out_bf16_, out, M, w_out);  // exact: O was bf16 values
@@ -266,6 +268,10 @@ class CudaKernels final : public Kernels<P> {
         cudnn_->backward(dq16, dk16, dv16, dout16, qkv16, out16, stats, segments, M, shape);
       }
       ProfileScope profile(profiler_, ProfileCategory::kConvert);
+      if (fused) {
+        cuda::widen_bf16(s_, diff_qkv, dq16, M * w_qkv);
+        return;
+      }
       cuda::widen_bf16_columns(s_, diff_qkv, w_qkv, dq16, M, w_out);
       cuda::widen_bf16_columns(s_, diff_qkv + w_out, w_qkv, dk16, M, w_kv);
       cuda::widen_bf16_columns(s_, diff_qkv + w_out + w_kv, w_qkv, dv16, M, w_kv);

@@ -6,8 +6,10 @@
 #define ZL_STRINGIFY_(x) #x
 #define ZL_STRINGIFY(x) ZL_STRINGIFY_(x)
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <map>
 #include <set>
 #include <unordered_map>
@@ -83,7 +85,18 @@ std::string describe(const SdpaKey& key) {
          " S=" + std::to_string(key.max_length) + " T=" + std::to_string(key.total_tokens) +
          " H=" + std::to_string(key.heads) + " KV=" + std::to_string(key.kv_heads) +
          " hd=" + std::to_string(key.head_dim) +
-         (key.window > 0 ? " window=" + std::to_string(key.window) : std::string());
+         (key.window > 0 ? " window=" + std::to_string(key.window) : std::string()) +
+         (key.backward ? std::string(" ") + cudnn_backward_name(key.algorithm) : std::string());
+}
+
+// The atomic backward's fp32 dQ accumulator, at the start of the frontend's workspace: the
+// frontend's own size of it (ragged_workspace_size for dims [B, H, S, hd] on dQ's strides).
+std::int64_t dq_accumulator_bytes(const SdpaKey& key) {
+  const std::int64_t row = fused_gradients(key.algorithm)
+                               ? (key.heads + 2 * key.kv_heads) * key.head_dim
+                               : key.heads * key.head_dim;
+  return ((key.total_tokens - 1) * row + key.heads * key.head_dim) *
+         static_cast<std::int64_t>(sizeof(float));
 }
 
 // The graph of a key, up to validate(); `message` gets the frontend's words when it refuses.
@@ -161,12 +174,11 @@ std::shared_ptr<fe::graph::Graph> make_graph(const SdpaKey& key, std::string& me
       const Tensor d_o = input("dO", kDO, o_dim, o_stride, offsets_o);
       const Tensor stats = input("Stats", kStats, stats_dim, stats_stride, offsets_stats);
       stats->set_data_type(fe::DataType_t::FLOAT);
-      // Always cuDNN's deterministic backward: the same bits every run (a resumed run repeats
-      // the uninterrupted one), its workspace dP for every slot, slots x heads x S^2 x 2 bytes
-      // (2 GiB for 8 slots of 2048 tokens and 32 heads). Its atomic-accumulating backward,
-      // whose workspace grows with the tokens only, returned NaN gradients on every shape tried
-      // on an H200 (cuDNN 9.19, 2026-12-04: the 7B and 70B-layer benchmarks at 2048 tokens,
-      // and the attention test's shapes with it forced), for a cause not found: not used.
+      // By default cuDNN's deterministic backward: the same bits every run (a resumed run
+      // repeats the uninterrupted one), its workspace dP for every slot, slots x heads x S^2 x
+      // 2 bytes (2 GiB for 8 slots of 2048 tokens and 32 heads). Its atomic-accumulating
+      // backward with dense gradients returned NaN gradients on every shape tried on an H200
+      // (cuDNN 9.19, 2026-12-04); CudnnBackward (cudnn_attention.hpp) says what is tried next.
       fe::graph::SDPA_backward_attributes options;
       options.set_name("sdpa_backward")
           .set_attn_scale(scale)
@@ -176,27 +188,40 @@ std::shared_ptr<fe::graph::Graph> make_graph(const SdpaKey& key, std::string& me
           .set_causal_mask(true)
           .set_max_total_seq_len_q(key.total_tokens)
           .set_max_total_seq_len_kv(key.total_tokens)
-          .set_deterministic_algorithm(true);
+          .set_deterministic_algorithm(key.algorithm == CudnnBackward::kDeterministic);
       if (key.window > 0) options.set_diagonal_band_left_bound(static_cast<int>(key.window));
       auto [dq, dk, dv] = graph->sdpa_backward(q, k, v, o, d_o, stats, options);
-      // Dense, not into the fused layout: the frontend sizes its fp32 workspace (dQ's
-      // accumulator, and for GQA dK's and dV's per-query-head sums) from these strides, so the
-      // fused row of (H + 2 KV) hd would make it (H + 2 KV) / H times larger, and the GQA sums
-      // (g + 2) times (g = H / KV: 10 times for Llama-2-70B).
-      const Tensor offsets_kv = offsets("offsets_kv", kOffsetsKv);
-      const std::vector<std::int64_t> kv_stride{S * KV * hd, hd, KV * hd, 1};
-      dq->set_output(true).set_uid(kDQ).set_dim(o_dim).set_stride(o_stride).set_ragged_offset(
-          offsets_o);
-      dk->set_output(true)
-          .set_uid(kDK)
-          .set_dim({B, KV, S, hd})
-          .set_stride(kv_stride)
-          .set_ragged_offset(offsets_kv);
-      dv->set_output(true)
-          .set_uid(kDV)
-          .set_dim({B, KV, S, hd})
-          .set_stride(kv_stride)
-          .set_ragged_offset(offsets_kv);
+      if (fused_gradients(key.algorithm)) {
+        // In q/k/v's own layout and offsets, as TransformerEngine and PyTorch declare them: the
+        // accumulator (and GQA's per-query-head sums of dK and dV) take these strides, so they
+        // are (H + 2 KV) / H times the dense layout's.
+        const std::vector<std::int64_t> qkv_dim_stride{S * ld, hd, ld, 1};
+        dq->set_output(true).set_uid(kDQ).set_dim(o_dim).set_stride(qkv_dim_stride);
+        dq->set_ragged_offset(offsets_qkv);
+        dk->set_output(true).set_uid(kDK).set_dim({B, KV, S, hd}).set_stride(qkv_dim_stride);
+        dk->set_ragged_offset(offsets_qkv);
+        dv->set_output(true).set_uid(kDV).set_dim({B, KV, S, hd}).set_stride(qkv_dim_stride);
+        dv->set_ragged_offset(offsets_qkv);
+      } else {
+        // Dense, not into the fused layout: the frontend sizes its fp32 workspace (dQ's
+        // accumulator, and for GQA dK's and dV's per-query-head sums) from these strides, so
+        // the fused row of (H + 2 KV) hd would make it (H + 2 KV) / H times larger, and the GQA
+        // sums (g + 2) times (g = H / KV: 10 times for Llama-2-70B).
+        const Tensor offsets_kv = offsets("offsets_kv", kOffsetsKv);
+        const std::vector<std::int64_t> kv_stride{S * KV * hd, hd, KV * hd, 1};
+        dq->set_output(true).set_uid(kDQ).set_dim(o_dim).set_stride(o_stride).set_ragged_offset(
+            offsets_o);
+        dk->set_output(true)
+            .set_uid(kDK)
+            .set_dim({B, KV, S, hd})
+            .set_stride(kv_stride)
+            .set_ragged_offset(offsets_kv);
+        dv->set_output(true)
+            .set_uid(kDV)
+            .set_dim({B, KV, S, hd})
+            .set_stride(kv_stride)
+            .set_ragged_offset(offsets_kv);
+      }
     }
     // The frontend throws when no implementation fits, and its dynamic loading when a library
     // (libcudart, libcudnn) is missing: either way the caller falls back to its own kernel.
@@ -222,8 +247,30 @@ void check(const fe::error_t& status, const char* step, const SdpaKey& key) {
 
 }  // namespace
 
+CudnnBackward cudnn_backward_from_environment() {
+  const char* value = std::getenv("ZEROLORA_CUDNN_BACKWARD");
+  if (!value || !*value) return CudnnBackward::kDeterministic;
+  for (const CudnnBackward b : {CudnnBackward::kDeterministic, CudnnBackward::kAtomic,
+                                CudnnBackward::kAtomicDenseGradients})
+    if (std::string(value) == cudnn_backward_name(b)) return b;
+  throw ConfigError(std::string("ZEROLORA_CUDNN_BACKWARD=") + value +
+                    ": deterministic, atomic or atomic_dense_gradients");
+}
+
+const char* cudnn_backward_name(CudnnBackward backward) {
+  switch (backward) {
+    case CudnnBackward::kDeterministic:
+      return "deterministic";
+    case CudnnBackward::kAtomic:
+      return "atomic";
+    case CudnnBackward::kAtomicDenseGradients:
+      return "atomic_dense_gradients";
+  }
+  return "?";
+}
+
 SdpaKey sdpa_key(bool backward, const std::vector<Segment>& segments, Index M,
-                 const AttentionShape& shape) {
+                 const AttentionShape& shape, CudnnBackward algorithm) {
   SdpaKey key;
   key.backward = backward;
   key.slots = cudnn_slot_count(static_cast<Index>(segments.size()));
@@ -233,6 +280,12 @@ SdpaKey sdpa_key(bool backward, const std::vector<Segment>& segments, Index M,
   // Only the backward graph is sized by the tokens (its workspace): the forward's key leaves
   // them out, so a forward graph serves every micro-batch of its bucket.
   key.total_tokens = backward ? cudnn_size_bucket(M) : 0;
+  if (backward && algorithm != CudnnBackward::kDeterministic) {
+    // The accumulator spans the token bound: give it the padded rows, so that a tile running
+    // past the last token (or an unused slot's, whose offset is M) stays inside it.
+    key.total_tokens = cudnn_padded_rows(M);
+  }
+  if (backward) key.algorithm = algorithm;
   key.heads = shape.heads;
   key.kv_heads = shape.kv_heads;
   key.head_dim = shape.head_dim;
@@ -257,9 +310,11 @@ std::size_t offsets_span(Index slots) {
 }
 
 struct CudnnAttention::Impl {
-  Impl(Device& device_, cudaStream_t stream_) : device(device_), stream(stream_) {}
+  Impl(Device& device_, cudaStream_t stream_)
+      : device(device_), stream(stream_), algorithm(cudnn_backward_from_environment()) {}
   Device& device;
   cudaStream_t stream;
+  CudnnBackward algorithm;
   cudnnHandle_t handle = nullptr;
   std::map<SdpaKey, Built> graphs;
   std::set<SdpaKey> refused;  // forward keys whose graphs the frontend refused: not retried
@@ -327,10 +382,20 @@ struct CudnnAttention::Impl {
     pack[kOffsetsQkv] = offsets.data();
     pack[kOffsetsO] = offsets.data() + span;
     pack[kOffsetsStats] = offsets.data() + 2 * span;
-    if (key.backward) pack[kOffsetsKv] = offsets.data() + 3 * span;
+    if (key.backward && !fused_gradients(key.algorithm))
+      pack[kOffsetsKv] = offsets.data() + 3 * span;
     workspace.ensure(device, static_cast<std::size_t>(std::max<std::int64_t>(built.workspace, 1)));
     if (fe::detail::set_stream(handle, stream) != CUDNN_STATUS_SUCCESS)
       throw DeviceError("cudnnSetStream failed");
+    if (key.backward && key.algorithm != CudnnBackward::kDeterministic) {
+      // The frontend zeroed the accumulator itself before cuDNN 9.6 and leaves it to the backend
+      // since; zeroed here too (one pass of its bytes), so that no stale bytes can enter it.
+      const std::int64_t bytes = std::min(dq_accumulator_bytes(key), built.workspace);
+      if (cudaMemsetAsync(workspace.data(), 0, static_cast<std::size_t>(bytes), stream) !=
+          cudaSuccess)
+        throw DeviceError("cudaMemsetAsync of cuDNN's dQ accumulator (" + describe(key) +
+                          ") failed");
+    }
     check(built.graph->execute(handle, pack, workspace.data()), "execute", key);
   }
 };
@@ -354,13 +419,17 @@ bool CudnnAttention::available(const std::vector<Segment>& segments, Index M,
   if (impl_->refused.count(forward_key)) return false;
   try {
     impl_->graph_for(forward_key);
-    impl_->graph_for(sdpa_key(true, segments, M, shape));
+    impl_->graph_for(sdpa_key(true, segments, M, shape, impl_->algorithm));
   } catch (const std::exception& e) {  // DeviceError, or the frontend's own (a library missing)
     impl_->refused.insert(forward_key);
     impl_->refusals.push_back(describe(forward_key) + ": " + e.what());
     return false;
   }
   return true;
+}
+
+CudnnBackward CudnnAttention::backward_algorithm() const {
+  return impl_->algorithm;
 }
 
 const std::vector<std::string>& CudnnAttention::refusals() const {
@@ -386,7 +455,7 @@ void CudnnAttention::backward(Bf16Bits* diff_q, Bf16Bits* diff_k, Bf16Bits* diff
                               const Bf16Bits* diff_out, const Bf16Bits* qkv, const Bf16Bits* out,
                               const float* stats, const std::vector<Segment>& segments, Index M,
                               const AttentionShape& shape) {
-  const SdpaKey key = sdpa_key(true, segments, M, shape);
+  const SdpaKey key = sdpa_key(true, segments, M, shape, impl_->algorithm);
   impl_->upload_geometry(key, segments, M);
   const Index hd = shape.head_dim, k_col = shape.heads * hd,
               v_col = (shape.heads + shape.kv_heads) * hd;

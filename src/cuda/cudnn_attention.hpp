@@ -4,7 +4,8 @@
 // (K and V keep their KV heads); causal per segment. Q, K and V are read straight out of the
 // fused [M, (H + 2 KV) hd] projection (three base pointers, one row stride), O is [M, H hd],
 // the softmax statistics token-major [M, H] (cuDNN's ragged stats); the gradients come out
-// dense, dQ [M, H hd] and dK, dV [M, KV hd] (their strides size cuDNN's fp32 workspace).
+// dense, dQ [M, H hd] and dK, dV [M, KV hd] (their strides size cuDNN's fp32 workspace), or with
+// the atomic backward in the fused layout of q/k/v (CudnnBackward below).
 // Graphs are built once per bucketed shape (SdpaKey) and cached; building is slow (seconds) and
 // needs a GPU, validation does not: validate_sdpa_graph() checks a key's graph for sm_90 on the
 // host, which the CPU-only tests do.
@@ -23,19 +24,47 @@
 
 namespace zerolora::cuda {
 
+// Which backward cuDNN runs: ZEROLORA_CUDNN_BACKWARD=deterministic (the default), atomic or
+// atomic_dense_gradients (cudnn_backward_from_environment; ConfigError on another value).
+//   kDeterministic  dP of every slot in the workspace (on Hopper slots x heads x S^2 x 2 bytes:
+//                   2 GiB for 8 slots of 2048 tokens and 32 heads), written and read back; the
+//                   same bits every run.
+//   kAtomic         dQ accumulated in fp32 by atomics in a workspace linear in the tokens
+//                   (results repeat to fp32 rounding, not bit for bit), with dQ, dK and dV
+//                   declared in q/k/v's own fused layout and ragged offsets, as TransformerEngine
+//                   and PyTorch declare them; the accumulator zeroed before each call and the
+//                   token bound given the padded rows (cudnn_padded_rows). Experimental: not yet
+//                   run on a GPU.
+//   kAtomicDenseGradients  the atomic backward with dense gradients, which returned NaN on
+//                   every shape on an H200 (cuDNN 9.19, 2026-12-04): kept so that the device
+//                   check can tell whether the layout was the cause (its accumulator takes dQ's
+//                   offsets, where every integration read keeps dQ's layout Q's).
+enum class CudnnBackward { kDeterministic, kAtomic, kAtomicDenseGradients };
+CudnnBackward cudnn_backward_from_environment();
+const char* cudnn_backward_name(CudnnBackward backward);
+
 // One cached graph: pass, bucketed batch slots and lengths, heads.
 struct SdpaKey {
   bool backward = false;
   Index slots = 0;         // B: power of two >= segments, at least 8
   Index max_length = 0;    // S: longest segment, rounded up by cudnn_size_bucket
-  Index total_tokens = 0;  // T: tokens, rounded up likewise (backward only: its workspace)
+  Index total_tokens = 0;  // T: tokens, rounded up likewise (backward only: its workspace;
+                           // the atomic backward's: the padded rows)
   Index heads = 0, kv_heads = 0, head_dim = 0;
   Index window = 0;  // Mistral's sliding window where it cuts a segment (a diagonal band); else 0
+  CudnnBackward algorithm = CudnnBackward::kDeterministic;  // backward only
   auto operator<=>(const SdpaKey&) const = default;
 };
 
 SdpaKey sdpa_key(bool backward, const std::vector<Segment>& segments, Index M,
-                 const AttentionShape& shape);
+                 const AttentionShape& shape,
+                 CudnnBackward algorithm = CudnnBackward::kDeterministic);
+
+// Whether the backward writes dQ, dK and dV into one buffer in q/k/v's fused layout (row stride
+// (H + 2 KV) hd; dK at column H hd, dV at (H + KV) hd) rather than three dense ones.
+inline bool fused_gradients(CudnnBackward algorithm) {
+  return algorithm == CudnnBackward::kAtomic;
+}
 
 // What cuDNN's fused attention takes here: head_dim a multiple of 8, at most 256 (Hopper).
 bool cudnn_attention_supports(const AttentionShape& shape);
@@ -63,8 +92,11 @@ class CudnnAttention {
   // out [M, H hd] bf16 (=), stats [M, H] fp32 (=), from qkv [M, (H + 2 KV) hd] bf16.
   void forward(Bf16Bits* out, float* stats, const Bf16Bits* qkv,
                const std::vector<Segment>& segments, Index M, const AttentionShape& shape);
+  // The backward this object runs (read from the environment when it is made).
+  CudnnBackward backward_algorithm() const;
   // diff_q [M, H hd], diff_k and diff_v [M, KV hd] (=) from diff_out and the forward's out
-  // (bf16, exactly as written) and stats.
+  // (bf16, exactly as written) and stats; with fused_gradients(backward_algorithm()) the three
+  // are columns of one [M, (H + 2 KV) hd] buffer instead.
   void backward(Bf16Bits* diff_q, Bf16Bits* diff_k, Bf16Bits* diff_v, const Bf16Bits* diff_out,
                 const Bf16Bits* qkv, const Bf16Bits* out, const float* stats,
                 const std::vector<Segment>& segments, Index M, const AttentionShape& shape);
