@@ -16,6 +16,9 @@
 #include "core/rng.hpp"
 #include "cuda/cuda_device.hpp"
 #include "cuda/cuda_ops.hpp"
+#ifdef ZEROLORA_CUDNN
+#include "cuda/cudnn_attention.hpp"
+#endif
 #include "cuda_backend_test.hpp"
 #include "ops/attention.hpp"
 #include "ops/lora_branch.hpp"
@@ -236,14 +239,19 @@ TEST_F(CudaBackend, Bf16AttentionEqualsTheCpuWithinBf16) {
     return std::sqrt(diff / ref);
   };
   // The third shape: Mistral's sliding window of 100 (cuDNN's diagonal band), cutting three
-  // segments. The last batch, one segment alone, leaves cuDNN seven empty (length 0) slots of
-  // its eight.
+  // segments. The fourth batch, one segment alone, leaves cuDNN seven empty (length 0) slots of
+  // its eight. The last, one long segment among 40 short ones (--packing boundaries), takes
+  // the deterministic backward two calls (ops/attention.hpp, cudnn_backward_groups).
   const std::vector<Segment> packed{{0, 1}, {1, 130}, {131, 300}, {431, 81}}, alone{{0, 200}};
-  for (const auto& [shape, segments] :
-       std::vector<std::pair<AttentionShape, std::vector<Segment>>>{{{8, 4, 64}, packed},
-                                                                    {{16, 4, 128}, packed},
-                                                                    {{16, 4, 128, 100}, packed},
-                                                                    {{16, 4, 128}, alone}}) {
+  std::vector<Segment> long_among_short{{0, 600}};
+  for (Index s = 0; s < 40; ++s) long_among_short.push_back({600 + 16 * s, 16});
+  ASSERT_EQ(cudnn_backward_groups(long_among_short, 600 + 40 * 16).size(), 2u);
+  for (const auto& [shape, segments] : std::vector<std::pair<AttentionShape, std::vector<Segment>>>{
+           {{8, 4, 64}, packed},
+           {{16, 4, 128}, packed},
+           {{16, 4, 128, 100}, packed},
+           {{16, 4, 128}, alone},
+           {{16, 4, 128}, long_among_short}}) {
     const Index M = segments.back().begin + segments.back().length;
     auto qkv = random_values(M * shape.qkv_stride(), 19, 2.0f);
     auto dout = random_values(M * shape.heads * shape.head_dim, 20);
@@ -265,11 +273,22 @@ TEST_F(CudaBackend, Bf16AttentionEqualsTheCpuWithinBf16) {
     const std::vector<float> first = to_host(gdqkv, dqkv.size());
     EXPECT_LT(norm_error(first, dqkv), 2e-2) << "dqkv hd=" << shape.head_dim;
     // The same bits again (cuDNN's deterministic backward: a resumed run repeats the
-    // uninterrupted one), after a pass over other data has used the workspace.
+    // uninterrupted one), after a pass over other data has used the workspace; the atomic
+    // backward (ZEROLORA_CUDNN_BACKWARD, tried by the GPU check) repeats to rounding only.
     float* gother = on_gpu(random_values(dout.size(), 21));
     gpu_bf16->attention_backward(gdqkv, gother, gqkv, gout, glse, segments, M, shape, options);
     gpu_bf16->attention_backward(gdqkv, gdout, gqkv, gout, glse, segments, M, shape, options);
-    EXPECT_EQ(to_host(gdqkv, dqkv.size()), first) << "backward repeated, hd=" << shape.head_dim;
+    const std::vector<float> again = to_host(gdqkv, dqkv.size());
+#ifdef ZEROLORA_CUDNN
+    const bool deterministic =
+        cuda::cudnn_backward_from_environment() == cuda::CudnnBackward::kDeterministic;
+#else
+    const bool deterministic = true;
+#endif
+    if (deterministic)
+      EXPECT_EQ(again, first) << "backward repeated, hd=" << shape.head_dim;
+    else
+      EXPECT_LT(norm_error(again, dqkv), 2e-2) << "backward repeated, hd=" << shape.head_dim;
   }
 }
 

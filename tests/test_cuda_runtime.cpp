@@ -4,8 +4,10 @@
 // profiler timing ops on the GPU's clock.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -136,6 +138,64 @@ TEST(CudnnAttentionGraphs, ForwardAndBackwardValidateForHopper) {
   EXPECT_NE(cuda::validate_sdpa_graph(odd), "");
 }
 
+// The deterministic backward's calls: one over the whole batch where the segments are about
+// equal (every benchmark, and --dataset_concatenation's rows), groups of consecutive segments
+// within the dP budget where one long document sits among many short ones (--packing
+// boundaries), and estimate-memory's bound above every batch's budget.
+TEST(CudnnAttentionGraphs, DeterministicBackwardGroupsSegmentsWithinItsWorkspaceBudget) {
+  auto equal = [](Index n, Index length) {
+    std::vector<Segment> segments;
+    for (Index s = 0; s < n; ++s) segments.push_back({s * length, length});
+    return segments;
+  };
+  using Groups = std::vector<SegmentRange>;
+  EXPECT_EQ(cudnn_backward_groups(equal(4, 2048), 8192), (Groups{{0, 4}}));
+  EXPECT_EQ(cudnn_backward_groups(equal(10, 2048), 20480), (Groups{{0, 10}}));
+  EXPECT_EQ(cudnn_backward_groups(equal(88, 232), 88 * 232), (Groups{{0, 88}}));
+  EXPECT_EQ(cudnn_dp_budget_bound(8192, 2048), 8 * 2048 * 2048) << "the 7B benchmark's one call";
+  EXPECT_EQ(cudnn_dp_budget_bound(20480, 2048), 16 * 2048 * 2048) << "the 70B stack's";
+  // A batch of --packing boundaries on Alpaca-like records: documents of 40 to 798 tokens.
+  std::mt19937 gen(7);
+  for (int trial = 0; trial < 200; ++trial) {
+    std::vector<Segment> segments;
+    Index M = 0;
+    const Index rows = 1 + static_cast<Index>(gen() % 10);
+    while (M < rows * 2048 - 900) {
+      const Index length = trial % 2 ? 40 + static_cast<Index>(gen() % 400)
+                                     : (gen() % 30 ? 100 : 2048 - static_cast<Index>(gen() % 300));
+      segments.push_back({M, length});
+      M += length;
+    }
+    Index longest = 0;
+    for (const auto& seg : segments) longest = std::max(longest, seg.length);
+    const Index budget = cudnn_dp_budget(M, longest);
+    EXPECT_LE(budget, cudnn_dp_budget_bound(M, 2048)) << "trial " << trial;
+    const Groups groups = cudnn_backward_groups(segments, M);
+    std::size_t next = 0;
+    for (const auto& group : groups) {
+      ASSERT_EQ(group.first, next) << "in order, none skipped";
+      ASSERT_LT(group.first, group.last);
+      Index group_longest = 0;
+      for (std::size_t i = group.first; i < group.last; ++i)
+        group_longest = std::max(group_longest, segments[i].length);
+      const Index S = cudnn_size_bucket(group_longest);
+      EXPECT_LE(cudnn_slot_count(static_cast<Index>(group.last - group.first)) * S * S, budget)
+          << "trial " << trial;
+      next = group.last;
+    }
+    EXPECT_EQ(next, segments.size());
+  }
+  // One long document among 100 short ones: one call would take 128 slots of 2048^2; the
+  // groups take at most what 6 segments of 2048 would (8 slots).
+  std::vector<Segment> mixed{{0, 100}, {100, 2048}};
+  for (Index s = 0; s < 99; ++s) mixed.push_back({2148 + s * 100, 100});
+  const Index M = 2148 + 99 * 100;
+  EXPECT_EQ(cudnn_dp_budget(M, 2048), 8 * 2048 * 2048);
+  const Groups groups = cudnn_backward_groups(mixed, M);
+  EXPECT_EQ(groups.front(), (SegmentRange{0, 8})) << "the long one with 7 short ones";
+  EXPECT_EQ(groups.size(), 2u) << "the other 93 in one call of 128 slots of 128^2";
+}
+
 // ZEROLORA_CUDNN_BACKWARD picks the backward (the device check compares them); the default is
 // the deterministic one, and a misspelt value is an error naming the variable, not a default.
 TEST(CudnnAttentionGraphs, BackwardChosenByTheEnvironment) {
@@ -173,10 +233,17 @@ TEST(CudnnAttentionGraphs, BackwardChosenByTheEnvironment) {
 TEST_F(CudaBackend, CudnnTakesTheRecipesAttentionShapes) {
   cuda::CudnnAttention cudnn(device(), dynamic_cast<cuda::CudaDevice&>(device()).stream());
   const std::vector<Segment> segments{{0, 1}, {1, 500}, {501, 1547}, {2048, 2048}};
-  for (const AttentionShape shape : {AttentionShape{32, 32, 128}, AttentionShape{64, 8, 128},
-                                     AttentionShape{32, 8, 128}, AttentionShape{32, 8, 128, 256}})
-    EXPECT_TRUE(cudnn.available(segments, 4096, shape))
-        << "H=" << shape.heads << " KV=" << shape.kv_heads << " window=" << shape.window;
+  // and --packing boundaries' batches: one long document among many short ones, whose
+  // deterministic backward runs in two calls (two graphs).
+  std::vector<Segment> long_among_short{{0, 2048}};
+  for (Index s = 0; s < 64; ++s) long_among_short.push_back({2048 + 32 * s, 32});
+  ASSERT_EQ(cudnn_backward_groups(long_among_short, 4096).size(), 2u);
+  for (const auto& batch : {segments, long_among_short})
+    for (const AttentionShape shape : {AttentionShape{32, 32, 128}, AttentionShape{64, 8, 128},
+                                       AttentionShape{32, 8, 128}, AttentionShape{32, 8, 128, 256}})
+      EXPECT_TRUE(cudnn.available(batch, 4096, shape))
+          << "H=" << shape.heads << " KV=" << shape.kv_heads << " window=" << shape.window
+          << " segments " << batch.size();
   for (const auto& refusal : cudnn.refusals()) ADD_FAILURE() << "cuDNN refused " << refusal;
 }
 #endif

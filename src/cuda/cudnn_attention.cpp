@@ -309,6 +309,37 @@ std::size_t offsets_span(Index slots) {
   return static_cast<std::size_t>(round_up(slots + 1, 2));
 }
 
+namespace {
+
+// The calls of one pass over a batch: each call's key and the segments it covers.
+struct SdpaCall {
+  SdpaKey key;
+  SegmentRange segments;
+};
+
+std::vector<SdpaCall> forward_calls(const std::vector<Segment>& segments, Index M,
+                                    const AttentionShape& shape) {
+  return {{sdpa_key(false, segments, M, shape), {0, segments.size()}}};
+}
+
+// The deterministic backward over groups of segments within the dP budget
+// (ops/attention.hpp, cudnn_backward_groups); the atomic one, linear in the tokens, in one call.
+std::vector<SdpaCall> backward_calls(const std::vector<Segment>& segments, Index M,
+                                     const AttentionShape& shape, CudnnBackward algorithm) {
+  const std::vector<SegmentRange> groups = algorithm == CudnnBackward::kDeterministic
+                                               ? cudnn_backward_groups(segments, M)
+                                               : std::vector<SegmentRange>{{0, segments.size()}};
+  std::vector<SdpaCall> calls;
+  for (const SegmentRange& group : groups) {
+    const std::vector<Segment> part(segments.begin() + static_cast<std::ptrdiff_t>(group.first),
+                                    segments.begin() + static_cast<std::ptrdiff_t>(group.last));
+    calls.push_back({sdpa_key(true, part, M, shape, algorithm), group});
+  }
+  return calls;
+}
+
+}  // namespace
+
 struct CudnnAttention::Impl {
   Impl(Device& device_, cudaStream_t stream_)
       : device(device_), stream(stream_), algorithm(cudnn_backward_from_environment()) {}
@@ -319,14 +350,20 @@ struct CudnnAttention::Impl {
   std::map<SdpaKey, Built> graphs;
   std::set<SdpaKey> refused;  // forward keys whose graphs the frontend refused: not retried
   std::vector<std::string> refusals;
-  DeviceBuffer<std::int32_t> seq_len;
-  // qkv, o (and dQ), stats, kv (dK, dV): four arrays of slots + 1 offsets, each starting
-  // offsets_span(slots) after the last, so that every array is 16-byte aligned as the frontend
-  // declares its tensors.
-  DeviceBuffer<std::int64_t> offsets;
+  // The lengths and ragged offsets of a pass's calls on the device: per call, its slots'
+  // lengths (rounded up to four, 16 bytes) and four arrays of slots + 1 offsets (qkv, O and dQ,
+  // stats, dK and dV), each starting offsets_span(slots) after the last, so that every array is
+  // 16-byte aligned as the frontend declares its tensors. The forward and the backward keep
+  // their own, so that each is uploaded once per micro-batch (every layer's passes share them).
+  struct Geometry {
+    DeviceBuffer<std::int32_t> seq_len;
+    DeviceBuffer<std::int64_t> offsets;
+    std::vector<std::int32_t> host_seq_len;
+    std::vector<std::int64_t> host_offsets;
+    std::vector<std::size_t> seq_len_at, offsets_at;  // each call's first entries
+  };
+  Geometry forward_geometry, backward_geometry;
   DeviceBuffer<std::byte> workspace;
-  std::vector<std::int32_t> host_seq_len;
-  std::vector<std::int64_t> host_offsets;
 
   Built build(const SdpaKey& key) {
     std::string message;
@@ -348,42 +385,60 @@ struct CudnnAttention::Impl {
     return graphs.emplace(key, build(key)).first->second;
   }
 
-  // The ragged offsets and lengths of a batch in the key's slots (an unused slot: length 0,
-  // offset at the end of the data), uploaded only when they differ from the last call's: the
-  // forward and backward of every layer of a micro-batch share them.
-  void upload_geometry(const SdpaKey& key, const std::vector<Segment>& segments, Index M) {
-    const auto slots = static_cast<std::size_t>(key.slots);
-    const std::size_t span = offsets_span(key.slots);
-    const std::int64_t ld = (key.heads + 2 * key.kv_heads) * key.head_dim;
+  // Each call's segments in its key's slots (an unused slot: length 0, offset at the end of the
+  // data), uploaded only when they differ from the geometry's last upload.
+  void upload_geometry(Geometry& g, const std::vector<SdpaCall>& calls,
+                       const std::vector<Segment>& segments, Index M) {
     // The offsets make each segment's rows cuDNN's sequence: they must be the batch's rows in
     // order, every row in one (a row in none would get no gradient at all).
     ZL_CHECK(segments_tile_rows(segments, M));
-    std::vector<std::int32_t> lengths(slots, 0);
-    std::vector<std::int64_t> starts(4 * span, 0);
-    for (std::size_t b = 0; b <= slots; ++b) {
-      const Index begin = b < segments.size() ? segments[b].begin : M;
-      if (b < segments.size()) lengths[b] = static_cast<std::int32_t>(segments[b].length);
-      starts[b] = begin * ld;
-      starts[span + b] = begin * key.heads * key.head_dim;
-      starts[2 * span + b] = begin * key.heads;
-      starts[3 * span + b] = begin * key.kv_heads * key.head_dim;
+    std::vector<std::int32_t> lengths;
+    std::vector<std::int64_t> starts;
+    std::vector<std::size_t> seq_len_at, offsets_at;
+    for (const SdpaCall& call : calls) {
+      const SdpaKey& key = call.key;
+      const auto slots = static_cast<std::size_t>(key.slots);
+      const std::size_t span = offsets_span(key.slots);
+      const std::int64_t ld = (key.heads + 2 * key.kv_heads) * key.head_dim;
+      seq_len_at.push_back(lengths.size());
+      offsets_at.push_back(starts.size());
+      const std::size_t length_at = lengths.size(), start_at = starts.size();
+      lengths.resize(length_at + round_up(static_cast<Index>(slots), 4), 0);
+      starts.resize(start_at + 4 * span, 0);
+      for (std::size_t b = 0; b <= slots; ++b) {
+        const std::size_t index = call.segments.first + b;
+        const bool used = index < call.segments.last;
+        const Index begin = used ? segments[index].begin : M;
+        if (used && b < slots)
+          lengths[length_at + b] = static_cast<std::int32_t>(segments[index].length);
+        starts[start_at + b] = begin * ld;
+        starts[start_at + span + b] = begin * key.heads * key.head_dim;
+        starts[start_at + 2 * span + b] = begin * key.heads;
+        starts[start_at + 3 * span + b] = begin * key.kv_heads * key.head_dim;
+      }
     }
-    if (lengths == host_seq_len && starts == host_offsets) return;
-    host_seq_len = std::move(lengths);
-    host_offsets = std::move(starts);
-    upload<std::int32_t>(device, seq_len, host_seq_len);
-    upload<std::int64_t>(device, offsets, host_offsets);
+    g.seq_len_at = std::move(seq_len_at);
+    g.offsets_at = std::move(offsets_at);
+    if (lengths == g.host_seq_len && starts == g.host_offsets) return;
+    g.host_seq_len = std::move(lengths);
+    g.host_offsets = std::move(starts);
+    upload<std::int32_t>(device, g.seq_len, g.host_seq_len);
+    upload<std::int64_t>(device, g.offsets, g.host_offsets);
   }
 
-  void run(const SdpaKey& key, std::unordered_map<std::int64_t, void*>& pack) {
+  void run(const SdpaKey& key, std::unordered_map<std::int64_t, void*>& pack, Geometry& g,
+           std::size_t call) {
     Built& built = graph_for(key);
     const std::size_t span = offsets_span(key.slots);
-    pack[kSeqLen] = seq_len.data();
-    pack[kOffsetsQkv] = offsets.data();
-    pack[kOffsetsO] = offsets.data() + span;
-    pack[kOffsetsStats] = offsets.data() + 2 * span;
+    std::int64_t* offsets = g.offsets.data() + g.offsets_at[call];
+    pack[kSeqLen] = g.seq_len.data() + g.seq_len_at[call];
+    pack[kOffsetsQkv] = offsets;
+    pack[kOffsetsO] = offsets + span;
+    pack[kOffsetsStats] = offsets + 2 * span;
     if (key.backward && !fused_gradients(key.algorithm))
-      pack[kOffsetsKv] = offsets.data() + 3 * span;
+      pack[kOffsetsKv] = offsets + 3 * span;
+    else
+      pack.erase(kOffsetsKv);
     workspace.ensure(device, static_cast<std::size_t>(std::max<std::int64_t>(built.workspace, 1)));
     if (fe::detail::set_stream(handle, stream) != CUDNN_STATUS_SUCCESS)
       throw DeviceError("cudnnSetStream failed");
@@ -419,7 +474,8 @@ bool CudnnAttention::available(const std::vector<Segment>& segments, Index M,
   if (impl_->refused.count(forward_key)) return false;
   try {
     impl_->graph_for(forward_key);
-    impl_->graph_for(sdpa_key(true, segments, M, shape, impl_->algorithm));
+    for (const SdpaCall& call : backward_calls(segments, M, shape, impl_->algorithm))
+      impl_->graph_for(call.key);
   } catch (const std::exception& e) {  // DeviceError, or the frontend's own (a library missing)
     impl_->refused.insert(forward_key);
     impl_->refusals.push_back(describe(forward_key) + ": " + e.what());
@@ -439,8 +495,8 @@ const std::vector<std::string>& CudnnAttention::refusals() const {
 void CudnnAttention::forward(Bf16Bits* out, float* stats, const Bf16Bits* qkv,
                              const std::vector<Segment>& segments, Index M,
                              const AttentionShape& shape) {
-  const SdpaKey key = sdpa_key(false, segments, M, shape);
-  impl_->upload_geometry(key, segments, M);
+  const std::vector<SdpaCall> calls = forward_calls(segments, M, shape);
+  impl_->upload_geometry(impl_->forward_geometry, calls, segments, M);
   const Index hd = shape.head_dim;
   std::unordered_map<std::int64_t, void*> pack{
       {kQ, const_cast<Bf16Bits*>(qkv)},
@@ -448,15 +504,15 @@ void CudnnAttention::forward(Bf16Bits* out, float* stats, const Bf16Bits* qkv,
       {kV, const_cast<Bf16Bits*>(qkv + (shape.heads + shape.kv_heads) * hd)},
       {kO, out},
       {kStats, stats}};
-  impl_->run(key, pack);
+  impl_->run(calls[0].key, pack, impl_->forward_geometry, 0);
 }
 
 void CudnnAttention::backward(Bf16Bits* diff_q, Bf16Bits* diff_k, Bf16Bits* diff_v,
                               const Bf16Bits* diff_out, const Bf16Bits* qkv, const Bf16Bits* out,
                               const float* stats, const std::vector<Segment>& segments, Index M,
                               const AttentionShape& shape) {
-  const SdpaKey key = sdpa_key(true, segments, M, shape, impl_->algorithm);
-  impl_->upload_geometry(key, segments, M);
+  const std::vector<SdpaCall> calls = backward_calls(segments, M, shape, impl_->algorithm);
+  impl_->upload_geometry(impl_->backward_geometry, calls, segments, M);
   const Index hd = shape.head_dim, k_col = shape.heads * hd,
               v_col = (shape.heads + shape.kv_heads) * hd;
   std::unordered_map<std::int64_t, void*> pack{{kQ, const_cast<Bf16Bits*>(qkv)},
@@ -468,7 +524,9 @@ void CudnnAttention::backward(Bf16Bits* diff_q, Bf16Bits* diff_k, Bf16Bits* diff
                                                {kDQ, diff_q},
                                                {kDK, diff_k},
                                                {kDV, diff_v}};
-  impl_->run(key, pack);
+  // One call per group of segments, each reading and writing only its segments' rows.
+  for (std::size_t c = 0; c < calls.size(); ++c)
+    impl_->run(calls[c].key, pack, impl_->backward_geometry, c);
 }
 
 }  // namespace zerolora::cuda

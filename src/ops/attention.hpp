@@ -13,6 +13,8 @@
 // and backward recomputes the probabilities from it (FlashAttention-2's recurrence).
 #pragma once
 
+#include <algorithm>
+#include <cstddef>
 #include <vector>
 
 #include "core/buffer.hpp"
@@ -94,6 +96,56 @@ inline Index cudnn_size_bucket(Index n) {
   while (octave * 2 <= n) octave *= 2;
   const Index step = octave / 4 > 128 ? octave / 4 : 128;
   return n <= 128 ? 128 : (n + step - 1) / step * step;
+}
+
+// cuDNN's deterministic backward keeps dP for every slot of a call in its workspace: slots x
+// heads x S^2 bf16 values, S the call's longest segment (bucketed). In one call, a batch of many
+// segments of mixed lengths (--packing boundaries) would take a slot for every one of them at
+// the longest one's S^2, tens of GiB where one long document sits among many short ones. So the
+// backward runs over consecutive groups of segments (cudnn_backward_groups), each within the
+// dP of the batch cut into segments of its longest one's bucket S (cudnn_dp_budget, in
+// slot x S^2 units): one call where the segments are about equal, as in every benchmark, and a
+// bound that estimate-memory can take for every batch of M tokens (cudnn_dp_budget_bound).
+// (By the segments' count instead, a batch of many short ones would take a slot of at least
+// 128^2 for each.)
+inline Index cudnn_dp_budget(Index M, Index longest) {
+  const Index S = cudnn_size_bucket(longest);
+  return cudnn_slot_count((M + S - 1) / S) * S * S;
+}
+
+// [first, last) segment indices of each group (in order, every segment in one).
+struct SegmentRange {
+  std::size_t first, last;
+  bool operator==(const SegmentRange&) const = default;
+};
+inline std::vector<SegmentRange> cudnn_backward_groups(const std::vector<Segment>& segments,
+                                                       Index M) {
+  Index longest = 1;
+  for (const auto& s : segments) longest = std::max(longest, s.length);
+  const Index budget = cudnn_dp_budget(M, longest);
+  std::vector<SegmentRange> groups;
+  std::size_t first = 0;
+  Index group_longest = 0;
+  for (std::size_t i = 0; i < segments.size(); ++i) {
+    const Index S = cudnn_size_bucket(std::max(group_longest, segments[i].length));
+    // A segment alone always fits: 8 slots of its S^2 are at most the budget.
+    if (i > first && cudnn_slot_count(static_cast<Index>(i - first + 1)) * S * S > budget) {
+      groups.push_back({first, i});
+      first = i;
+      group_longest = 0;
+    }
+    group_longest = std::max(group_longest, segments[i].length);
+  }
+  if (!segments.empty()) groups.push_back({first, segments.size()});
+  return groups;
+}
+
+// The largest budget a batch of M tokens in segments of at most S tokens can have (slot x S^2
+// units; multiply by heads x 2 bytes): estimate-memory's bound of the deterministic workspace.
+inline Index cudnn_dp_budget_bound(Index M, Index S) {
+  Index most = 0;
+  for (Index L = 1; L <= std::min(S, M); ++L) most = std::max(most, cudnn_dp_budget(M, L));
+  return most;
 }
 
 // Rows the bf16 and statistics buffers handed to cuDNN's attention hold for an M-token batch:

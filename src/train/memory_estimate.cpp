@@ -357,15 +357,14 @@ void add_gpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& 
   if (cudnn) {
     // The workspace (the cuDNN frontend's composite backward, sized from the dense gradient
     // layouts of cudnn_attention.cpp): fp32 row sums, with GQA fp32 dK and dV summed per
-    // query head, and the deterministic backward's dP (slots x heads x S^2 bf16, at least 8
-    // slots of the sequence length here): quadratic in the sequence length.
+    // query head, and the deterministic backward's dP (slots x heads x S^2 bf16 per call, the
+    // calls' groups of segments within a budget whose bound for M tokens in segments of at
+    // most the sequence length is cudnn_dp_budget_bound): quadratic in the sequence length.
     const auto tokens = static_cast<double>(cudnn_size_bucket(static_cast<Index>(M)));
-    const auto length = static_cast<double>(cudnn_size_bucket(static_cast<Index>(d.S)));
-    const auto slots =
-        static_cast<double>(cudnn_slot_count(static_cast<Index>(std::ceil(M / d.S))));
+    const auto dp = static_cast<double>(
+        cudnn_dp_budget_bound(static_cast<Index>(M), static_cast<Index>(d.S)));
     const double gqa_sums = c.num_kv_heads < c.num_heads ? 2.0 * d.heads * d.hd : 0.0;
-    const double workspace =
-        4.0 * tokens * (d.heads + gqa_sums) + 2.0 * slots * d.heads * length * length;
+    const double workspace = 4.0 * tokens * (d.heads + gqa_sums) + 2.0 * d.heads * dp;
     const auto rows = static_cast<double>(cudnn_padded_rows(static_cast<Index>(M)));
     e.items.push_back({"attention (cuDNN: bf16 q/k/v, O, gradients, stats; workspace, est.)",
                        4.0 * rows * (W3 + Qd) + 4.0 * rows * d.heads + workspace});
