@@ -6,13 +6,13 @@
 #   run(command="STAGES='zero3_gpu_w1 bench_70b_layers' bash scripts/gpu-check.sh", ...)
 # (a stage that reads another's output brings it along: losses_match runs train_gpu,
 # estimate_7b bench_7b, targets_7b both 7B benchmarks, seed_job_under_30_min and
-# estimate_70b_layers bench_70b_layers).
+# estimate_70b_layers bench_70b_layers, bench_7b_atomic attention_backwards).
 # Stages run most important first (the CUDA tests, the fixtures, GPU-vs-CPU training and
 # resuming across devices, the 7B benchmark against Transformers + PEFT, the bandwidth of each
-# memory-bound op at its shape, cuDNN's atomic attention backward tried, ZeRO-3 on the GPU, the
-# 70B-layer stack, the ZeRO-3 benchmark, then compute-sanitizer's memcheck and racecheck over
-# the CUDA tests), each under its own limit, all under one deadline (GPU_CHECK_SECONDS,
-# default 430 s): a stage with under 20 s left is skipped and says so. The
+# memory-bound op at its shape, ZeRO-3 on the GPU, the 70B-layer stack, cuDNN's atomic
+# attention backward tried, the ZeRO-3 benchmark, then compute-sanitizer's memcheck and
+# racecheck over the CUDA tests), each under its own limit, all under one deadline
+# (GPU_CHECK_SECONDS, default 430 s): a stage with under 20 s left is skipped and says so. The
 # device returns at most 8 files from $OUT, and this writes 8: log.txt, results.txt (key=value
 # lines and a PASS/FAIL/SKIP table last), cuda_tests.xml, fixtures_gpu.xml, zero3_gpu.txt, the
 # two training runs' metrics and the GPU run's train_results.json; the rest stays in a scratch
@@ -65,6 +65,8 @@ STAGES="${STAGES:-all}"
 [[ " $STAGES " == *" estimate_7b "* ]] && [[ " $STAGES " != *" bench_7b "* ]] && STAGES="bench_7b $STAGES"
 [[ " $STAGES " == *" estimate_70b_layers "* ]] && [[ " $STAGES " != *" bench_70b_layers "* ]] &&
   STAGES="bench_70b_layers $STAGES"
+[[ " $STAGES " == *" bench_7b_atomic "* ]] && [[ " $STAGES " != *" attention_backwards "* ]] &&
+  STAGES="attention_backwards $STAGES"
 declare -a table
 record() {  # record NAME VERDICT SECONDS
   echo "stage_$1_seconds=$3" >> "$results"
@@ -352,50 +354,6 @@ bench_kernels() {
 export -f bench_kernels
 stage bench_kernels 45 bench_kernels
 
-# cuDNN's atomic attention backward (ZEROLORA_CUDNN_BACKWARD, src/cuda/cudnn_attention.hpp),
-# which returned NaN gradients here with dense gradients (2026-12-04), tried in q/k/v's fused
-# layout (as TransformerEngine and PyTorch declare dQ, dK, dV) and, to tell the cause, with
-# dense gradients again, both now with the accumulator zeroed before each call and a padded
-# token bound: the attention tests against the CPU (a verdict each, in results.txt), then
-# attention alone at the 7B shape beside the deterministic backward (the default). The stage
-# fails only where a run did not complete; the verdicts are attention_<backward>_tests.
-attention_tests='CudaBackend.Bf16AttentionEqualsTheCpuWithinBf16:CudaBackend.CudnnTakesTheRecipesAttentionShapes:CudaBackend.Bf16ModelWithCudnnAttentionEqualsTheCpuWithinItsRounding'
-attention_backwards() {
-  local backward verdict rc=0
-  for backward in deterministic atomic atomic_dense_gradients; do
-    if [ "$backward" != deterministic ]; then
-      ZEROLORA_CUDNN_BACKWARD=$backward "$pack/bin/zerolora_cuda_tests" \
-        --gtest_filter="$attention_tests" > "$work/attention_$backward.txt" 2>&1
-      verdict=$([ $? = 0 ] && echo PASS || echo FAIL)
-      fail_if_skipped "attention_$backward" "$work/attention_$backward.txt" || verdict=SKIP
-      grep -E "Failure|Expected|Which is|error" "$work/attention_$backward.txt" | head -20
-      echo "attention_${backward}_tests=$verdict" | tee -a "$results"
-    fi
-    ZEROLORA_CUDNN_BACKWARD=$backward "$pack/bin/bench_kernels" --device cuda --shape 7b \
-      --tokens 8192 --seq 2048 --repeats 20 --threads 16 --ops attention |
-      tee "$work/attention_bench_$backward.txt"
-    [ "${PIPESTATUS[0]}" = 0 ] || rc=1
-    grep -E "^attention_.*=" "$work/attention_bench_$backward.txt" |
-      sed "s/^attention_/attention_${backward}_/" >> "$results"
-  done
-  return "$rc"
-}
-# The 7B step with the atomic backward (where its tests passed above), for the step's figures.
-bench_7b_atomic() {
-  if ! grep -q '^attention_atomic_tests=PASS' "$results"; then
-    echo "the atomic backward did not pass its tests above (or did not run): not benchmarked"
-    return 77
-  fi
-  ZEROLORA_CUDNN_BACKWARD=atomic "$pack/bin/bench_train_step" --device cuda --layers 32 \
-    --seq 2048 --batch 4 --steps 3 --threads 16 | tee "$work/bench_7b_atomic.txt"
-  local rc=${PIPESTATUS[0]}
-  grep -E "^seq2048_" "$work/bench_7b_atomic.txt" | sed 's/^/atomic_/' >> "$results"
-  return "$rc"
-}
-export attention_tests
-export -f attention_backwards bench_7b_atomic
-stage attention_backwards 60 attention_backwards
-stage bench_7b_atomic 60 bench_7b_atomic
 
 # `zerolora estimate-memory --device cuda` against a benchmark's measured peak GPU memory
 # (issue 13: within 10%), for the benchmark's own setup: one rank, bf16, full recompute, LoRA
@@ -540,6 +498,51 @@ estimate_seed_w8() {
 }
 export -f estimate_seed_w8
 stage estimate_seed_w8 20 estimate_seed_w8
+
+# cuDNN's atomic attention backward (ZEROLORA_CUDNN_BACKWARD, src/cuda/cudnn_attention.hpp),
+# which returned NaN gradients here with dense gradients (2026-12-04), tried in q/k/v's fused
+# layout (as TransformerEngine and PyTorch declare dQ, dK, dV) and, to tell the cause, with
+# dense gradients again, both now with the accumulator zeroed before each call and a padded
+# token bound: the attention tests against the CPU (a verdict each, in results.txt), then
+# attention alone at the 7B shape beside the deterministic backward (the default). The stage
+# fails only where a run did not complete; the verdicts are attention_<backward>_tests.
+attention_tests='CudaBackend.Bf16AttentionEqualsTheCpuWithinBf16:CudaBackend.CudnnTakesTheRecipesAttentionShapes:CudaBackend.Bf16ModelWithCudnnAttentionEqualsTheCpuWithinItsRounding'
+attention_backwards() {
+  local backward verdict rc=0
+  for backward in deterministic atomic atomic_dense_gradients; do
+    if [ "$backward" != deterministic ]; then
+      ZEROLORA_CUDNN_BACKWARD=$backward "$pack/bin/zerolora_cuda_tests" \
+        --gtest_filter="$attention_tests" > "$work/attention_$backward.txt" 2>&1
+      verdict=$([ $? = 0 ] && echo PASS || echo FAIL)
+      fail_if_skipped "attention_$backward" "$work/attention_$backward.txt" || verdict=SKIP
+      grep -E "Failure|Expected|Which is|error" "$work/attention_$backward.txt" | head -20
+      echo "attention_${backward}_tests=$verdict" | tee -a "$results"
+    fi
+    ZEROLORA_CUDNN_BACKWARD=$backward "$pack/bin/bench_kernels" --device cuda --shape 7b \
+      --tokens 8192 --seq 2048 --repeats 20 --threads 16 --ops attention |
+      tee "$work/attention_bench_$backward.txt"
+    [ "${PIPESTATUS[0]}" = 0 ] || rc=1
+    grep -E "^attention_.*=" "$work/attention_bench_$backward.txt" |
+      sed "s/^attention_/attention_${backward}_/" >> "$results"
+  done
+  return "$rc"
+}
+# The 7B step with the atomic backward (where its tests passed above), for the step's figures.
+bench_7b_atomic() {
+  if ! grep -q '^attention_atomic_tests=PASS' "$results"; then
+    echo "the atomic backward did not pass its tests above (or did not run): not benchmarked"
+    return 77
+  fi
+  ZEROLORA_CUDNN_BACKWARD=atomic "$pack/bin/bench_train_step" --device cuda --layers 32 \
+    --seq 2048 --batch 4 --steps 3 --threads 16 | tee "$work/bench_7b_atomic.txt"
+  local rc=${PIPESTATUS[0]}
+  grep -E "^seq2048_" "$work/bench_7b_atomic.txt" | sed 's/^/atomic_/' >> "$results"
+  return "$rc"
+}
+export attention_tests
+export -f attention_backwards bench_7b_atomic
+stage attention_backwards 90 attention_backwards
+stage bench_7b_atomic 120 bench_7b_atomic
 
 # More ranks on the GPU, and a rank killed outright in a 3-rank GPU training run ending every
 # rank within seconds (needs pgrep there): proofs, so before the ZeRO-3 benchmark below.

@@ -240,18 +240,26 @@ TEST_F(CudaBackend, Bf16AttentionEqualsTheCpuWithinBf16) {
   };
   // The third shape: Mistral's sliding window of 100 (cuDNN's diagonal band), cutting three
   // segments. The fourth batch, one segment alone, leaves cuDNN seven empty (length 0) slots of
-  // its eight. The last, one long segment among 40 short ones (--packing boundaries), takes
+  // its eight. The fifth, one long segment among 40 short ones (--packing boundaries), takes
   // the deterministic backward two calls (ops/attention.hpp, cudnn_backward_groups).
   const std::vector<Segment> packed{{0, 1}, {1, 130}, {131, 300}, {431, 81}}, alone{{0, 200}};
-  std::vector<Segment> long_among_short{{0, 600}};
-  for (Index s = 0; s < 40; ++s) long_among_short.push_back({600 + 16 * s, 16});
+  // Then the same the other way round: the second call needs the larger workspace.
+  std::vector<Segment> long_among_short{{0, 600}}, short_then_long;
+  for (Index s = 0; s < 40; ++s) {
+    long_among_short.push_back({600 + 16 * s, 16});
+    short_then_long.push_back({16 * s, 16});
+  }
+  short_then_long.push_back({640, 600});
   ASSERT_EQ(cudnn_backward_groups(long_among_short, 600 + 40 * 16).size(), 2u);
+  ASSERT_EQ(cudnn_backward_groups(short_then_long, 600 + 40 * 16),
+            (std::vector<SegmentRange>{{0, 40}, {40, 41}}));
   for (const auto& [shape, segments] : std::vector<std::pair<AttentionShape, std::vector<Segment>>>{
            {{8, 4, 64}, packed},
            {{16, 4, 128}, packed},
            {{16, 4, 128, 100}, packed},
            {{16, 4, 128}, alone},
-           {{16, 4, 128}, long_among_short}}) {
+           {{16, 4, 128}, long_among_short},
+           {{16, 4, 128}, short_then_long}}) {
     const Index M = segments.back().begin + segments.back().length;
     auto qkv = random_values(M * shape.qkv_stride(), 19, 2.0f);
     auto dout = random_values(M * shape.heads * shape.head_dim, 20);

@@ -152,6 +152,8 @@ TEST(CudnnAttentionGraphs, DeterministicBackwardGroupsSegmentsWithinItsWorkspace
   EXPECT_EQ(cudnn_backward_groups(equal(4, 2048), 8192), (Groups{{0, 4}}));
   EXPECT_EQ(cudnn_backward_groups(equal(10, 2048), 20480), (Groups{{0, 10}}));
   EXPECT_EQ(cudnn_backward_groups(equal(88, 232), 88 * 232), (Groups{{0, 88}}));
+  EXPECT_EQ(cudnn_backward_groups(equal(9, 910), 9 * 910), (Groups{{0, 9}}))
+      << "equal segments whose bucket (1024) is longer: still one call";
   EXPECT_EQ(cudnn_dp_budget_bound(8192, 2048), 8 * 2048 * 2048) << "the 7B benchmark's one call";
   EXPECT_EQ(cudnn_dp_budget_bound(20480, 2048), 16 * 2048 * 2048) << "the 70B stack's";
   // A batch of --packing boundaries on Alpaca-like records: documents of 40 to 798 tokens.

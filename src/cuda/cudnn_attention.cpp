@@ -90,13 +90,17 @@ std::string describe(const SdpaKey& key) {
 }
 
 // The atomic backward's fp32 dQ accumulator, at the start of the frontend's workspace: the
-// frontend's own size of it (ragged_workspace_size for dims [B, H, S, hd] on dQ's strides).
+// frontend's own size of it. Ragged (ragged_workspace_size for dims [B, H, S, hd] on dQ's
+// strides) where it keeps the token bound; dense [B, H, S, hd] where it drops the bound, for a
+// head size not a multiple of 16 (its "known functional issue").
 std::int64_t dq_accumulator_bytes(const SdpaKey& key) {
   const std::int64_t row = fused_gradients(key.algorithm)
                                ? (key.heads + 2 * key.kv_heads) * key.head_dim
                                : key.heads * key.head_dim;
-  return ((key.total_tokens - 1) * row + key.heads * key.head_dim) *
-         static_cast<std::int64_t>(sizeof(float));
+  const std::int64_t values = key.head_dim % 16 == 0
+                                  ? (key.total_tokens - 1) * row + key.heads * key.head_dim
+                                  : key.slots * key.heads * key.max_length * key.head_dim;
+  return values * static_cast<std::int64_t>(sizeof(float));
 }
 
 // The graph of a key, up to validate(); `message` gets the frontend's words when it refuses.
@@ -385,6 +389,12 @@ struct CudnnAttention::Impl {
     return graphs.emplace(key, build(key)).first->second;
   }
 
+  void reserve_workspace(const std::vector<SdpaCall>& calls) {
+    std::int64_t bytes = 1;
+    for (const SdpaCall& call : calls) bytes = std::max(bytes, graph_for(call.key).workspace);
+    workspace.ensure(device, static_cast<std::size_t>(bytes));
+  }
+
   // Each call's segments in its key's slots (an unused slot: length 0, offset at the end of the
   // data), uploaded only when they differ from the geometry's last upload.
   void upload_geometry(Geometry& g, const std::vector<SdpaCall>& calls,
@@ -524,7 +534,9 @@ void CudnnAttention::backward(Bf16Bits* diff_q, Bf16Bits* diff_k, Bf16Bits* diff
                                                {kDQ, diff_q},
                                                {kDK, diff_k},
                                                {kDV, diff_v}};
-  // One call per group of segments, each reading and writing only its segments' rows.
+  // One call per group of segments, each reading and writing only its segments' rows; the
+  // workspace sized for the largest first, so that it is one buffer for all of them.
+  impl_->reserve_workspace(calls);
   for (std::size_t c = 0; c < calls.size(); ++c)
     impl_->run(calls[c].key, pack, impl_->backward_geometry, c);
 }

@@ -103,14 +103,14 @@ inline Index cudnn_size_bucket(Index n) {
 // segments of mixed lengths (--packing boundaries) would take a slot for every one of them at
 // the longest one's S^2, tens of GiB where one long document sits among many short ones. So the
 // backward runs over consecutive groups of segments (cudnn_backward_groups), each within the
-// dP of the batch cut into segments of its longest one's bucket S (cudnn_dp_budget, in
-// slot x S^2 units): one call where the segments are about equal, as in every benchmark, and a
-// bound that estimate-memory can take for every batch of M tokens (cudnn_dp_budget_bound).
-// (By the segments' count instead, a batch of many short ones would take a slot of at least
-// 128^2 for each.)
+// dP of the batch cut into segments as long as its longest one (at least 128 tokens), at that
+// one's bucket S (cudnn_dp_budget, in slot x S^2 units): one call where the segments are equal
+// (every benchmark; at least 128 tokens), and a bound that estimate-memory can take for every
+// batch of M tokens (cudnn_dp_budget_bound). (The 128: else a batch of many short segments
+// would get a slot of at least 128^2 for each.)
 inline Index cudnn_dp_budget(Index M, Index longest) {
-  const Index S = cudnn_size_bucket(longest);
-  return cudnn_slot_count((M + S - 1) / S) * S * S;
+  const Index S = cudnn_size_bucket(longest), cut = std::max<Index>(longest, 128);
+  return cudnn_slot_count((M + cut - 1) / cut) * S * S;
 }
 
 // [first, last) segment indices of each group (in order, every segment in one).

@@ -360,6 +360,7 @@ void add_gpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& 
     // query head, and the deterministic backward's dP (slots x heads x S^2 bf16 per call, the
     // calls' groups of segments within a budget whose bound for M tokens in segments of at
     // most the sequence length is cudnn_dp_budget_bound): quadratic in the sequence length.
+    // (The atomic backward, ZEROLORA_CUDNN_BACKWARD=atomic, experimental: not modelled.)
     const auto tokens = static_cast<double>(cudnn_size_bucket(static_cast<Index>(M)));
     const auto dp = static_cast<double>(
         cudnn_dp_budget_bound(static_cast<Index>(M), static_cast<Index>(d.S)));
