@@ -198,6 +198,54 @@ TEST(CudnnAttentionGraphs, DeterministicBackwardGroupsSegmentsWithinItsWorkspace
   EXPECT_EQ(groups.size(), 2u) << "the other 93 in one call of 128 slots of 128^2";
 }
 
+// What the backward's calls upload: every segment once, in its call's slot, with its rows'
+// offsets in each layout; unused slots and the end entries at M; every array 16-byte aligned.
+TEST(CudnnAttentionGraphs, GeometryPutsEverySegmentInOneCallsSlot) {
+  const AttentionShape shape{32, 8, 128};
+  const Index ld = shape.qkv_stride(), hd = shape.head_dim;
+  std::vector<Segment> segments{{0, 2048}};
+  for (Index s = 0; s < 64; ++s) segments.push_back({2048 + 32 * s, 32});
+  const Index M = 4096;
+  const auto calls =
+      cuda::sdpa_backward_calls(segments, M, shape, cuda::CudnnBackward::kDeterministic);
+  ASSERT_EQ(calls.size(), 2u);
+  EXPECT_EQ(calls[0].key.slots, 8);
+  EXPECT_EQ(calls[0].key.max_length, 2048);
+  EXPECT_EQ(calls[1].key.slots, 64) << "57 segments";
+  EXPECT_EQ(calls[1].key.max_length, 128);
+  const cuda::SdpaGeometry g = cuda::sdpa_geometry(calls, segments, M);
+  std::vector<int> seen(segments.size(), 0);
+  for (std::size_t c = 0; c < calls.size(); ++c) {
+    const auto& call = calls[c];
+    const std::size_t span = cuda::offsets_span(call.key.slots);
+    EXPECT_EQ(g.seq_len_at[c] % 4, 0u) << "16-byte aligned lengths";
+    EXPECT_EQ(g.offsets_at[c] % 2, 0u) << "16-byte aligned offsets";
+    for (Index b = 0; b <= call.key.slots; ++b) {
+      const std::size_t index = call.segments.first + static_cast<std::size_t>(b);
+      const bool used = b < call.key.slots && index < call.segments.last;
+      const Index begin = used ? segments[index].begin : M;
+      if (b < call.key.slots) {
+        EXPECT_EQ(g.seq_len[g.seq_len_at[c] + b], used ? segments[index].length : 0);
+      }
+      const std::int64_t* offsets = g.offsets.data() + g.offsets_at[c];
+      EXPECT_EQ(offsets[b], begin * ld);
+      EXPECT_EQ(offsets[span + b], begin * shape.heads * hd);
+      EXPECT_EQ(offsets[2 * span + b], begin * shape.heads);
+      EXPECT_EQ(offsets[3 * span + b], begin * shape.kv_heads * hd);
+      if (used) ++seen[index];
+    }
+  }
+  for (std::size_t i = 0; i < seen.size(); ++i) EXPECT_EQ(seen[i], 1) << "segment " << i;
+  EXPECT_EQ(g.seq_len.size(), 8u + 64u);
+  EXPECT_EQ(g.offsets.size(), 4 * cuda::offsets_span(8) + 4 * cuda::offsets_span(64));
+  // The forward and the atomic backward: one call over the whole batch.
+  EXPECT_EQ(cuda::sdpa_forward_calls(segments, M, shape).size(), 1u);
+  const auto atomic = cuda::sdpa_backward_calls(segments, M, shape, cuda::CudnnBackward::kAtomic);
+  ASSERT_EQ(atomic.size(), 1u);
+  EXPECT_EQ(atomic[0].key.slots, 128);
+  EXPECT_EQ(atomic[0].segments, (SegmentRange{0, segments.size()}));
+}
+
 // ZEROLORA_CUDNN_BACKWARD picks the backward (the device check compares them); the default is
 // the deterministic one, and a misspelt value is an error naming the variable, not a default.
 TEST(CudnnAttentionGraphs, BackwardChosenByTheEnvironment) {

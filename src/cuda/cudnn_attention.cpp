@@ -313,23 +313,13 @@ std::size_t offsets_span(Index slots) {
   return static_cast<std::size_t>(round_up(slots + 1, 2));
 }
 
-namespace {
-
-// The calls of one pass over a batch: each call's key and the segments it covers.
-struct SdpaCall {
-  SdpaKey key;
-  SegmentRange segments;
-};
-
-std::vector<SdpaCall> forward_calls(const std::vector<Segment>& segments, Index M,
-                                    const AttentionShape& shape) {
+std::vector<SdpaCall> sdpa_forward_calls(const std::vector<Segment>& segments, Index M,
+                                         const AttentionShape& shape) {
   return {{sdpa_key(false, segments, M, shape), {0, segments.size()}}};
 }
 
-// The deterministic backward over groups of segments within the dP budget
-// (ops/attention.hpp, cudnn_backward_groups); the atomic one, linear in the tokens, in one call.
-std::vector<SdpaCall> backward_calls(const std::vector<Segment>& segments, Index M,
-                                     const AttentionShape& shape, CudnnBackward algorithm) {
+std::vector<SdpaCall> sdpa_backward_calls(const std::vector<Segment>& segments, Index M,
+                                          const AttentionShape& shape, CudnnBackward algorithm) {
   const std::vector<SegmentRange> groups = algorithm == CudnnBackward::kDeterministic
                                                ? cudnn_backward_groups(segments, M)
                                                : std::vector<SegmentRange>{{0, segments.size()}};
@@ -342,7 +332,37 @@ std::vector<SdpaCall> backward_calls(const std::vector<Segment>& segments, Index
   return calls;
 }
 
-}  // namespace
+SdpaGeometry sdpa_geometry(const std::vector<SdpaCall>& calls, const std::vector<Segment>& segments,
+                           Index M) {
+  // The offsets make each segment's rows cuDNN's sequence: they must be the batch's rows in
+  // order, every row in one (a row in none would get no gradient at all).
+  ZL_CHECK(segments_tile_rows(segments, M));
+  SdpaGeometry g;
+  for (const SdpaCall& call : calls) {
+    const SdpaKey& key = call.key;
+    const auto slots = static_cast<std::size_t>(key.slots);
+    const std::size_t span = offsets_span(key.slots);
+    const std::int64_t ld = (key.heads + 2 * key.kv_heads) * key.head_dim;
+    const std::size_t length_at = g.seq_len.size(), start_at = g.offsets.size();
+    g.seq_len_at.push_back(length_at);
+    g.offsets_at.push_back(start_at);
+    g.seq_len.resize(length_at + static_cast<std::size_t>(round_up(key.slots, 4)), 0);
+    g.offsets.resize(start_at + 4 * span, 0);
+    // An unused slot (and the end entry): offset M, past the data, where any stray access
+    // lands in the zero padding rows rather than in another call's segments.
+    for (std::size_t b = 0; b <= slots; ++b) {
+      const std::size_t index = call.segments.first + b;
+      const bool used = b < slots && index < call.segments.last;
+      const Index begin = used ? segments[index].begin : M;
+      if (used) g.seq_len[length_at + b] = static_cast<std::int32_t>(segments[index].length);
+      g.offsets[start_at + b] = begin * ld;
+      g.offsets[start_at + span + b] = begin * key.heads * key.head_dim;
+      g.offsets[start_at + 2 * span + b] = begin * key.heads;
+      g.offsets[start_at + 3 * span + b] = begin * key.kv_heads * key.head_dim;
+    }
+  }
+  return g;
+}
 
 struct CudnnAttention::Impl {
   Impl(Device& device_, cudaStream_t stream_)
@@ -354,17 +374,13 @@ struct CudnnAttention::Impl {
   std::map<SdpaKey, Built> graphs;
   std::set<SdpaKey> refused;  // forward keys whose graphs the frontend refused: not retried
   std::vector<std::string> refusals;
-  // The lengths and ragged offsets of a pass's calls on the device: per call, its slots'
-  // lengths (rounded up to four, 16 bytes) and four arrays of slots + 1 offsets (qkv, O and dQ,
-  // stats, dK and dV), each starting offsets_span(slots) after the last, so that every array is
-  // 16-byte aligned as the frontend declares its tensors. The forward and the backward keep
-  // their own, so that each is uploaded once per micro-batch (every layer's passes share them).
+  // The lengths and ragged offsets of a pass's calls on the device (sdpa_geometry). The forward
+  // and the backward keep their own, so that each is uploaded once per micro-batch (every
+  // layer's passes share them).
   struct Geometry {
     DeviceBuffer<std::int32_t> seq_len;
     DeviceBuffer<std::int64_t> offsets;
-    std::vector<std::int32_t> host_seq_len;
-    std::vector<std::int64_t> host_offsets;
-    std::vector<std::size_t> seq_len_at, offsets_at;  // each call's first entries
+    SdpaGeometry host;  // as uploaded
   };
   Geometry forward_geometry, backward_geometry;
   DeviceBuffer<std::byte> workspace;
@@ -395,53 +411,25 @@ struct CudnnAttention::Impl {
     workspace.ensure(device, static_cast<std::size_t>(bytes));
   }
 
-  // Each call's segments in its key's slots (an unused slot: length 0, offset at the end of the
-  // data), uploaded only when they differ from the geometry's last upload.
+  // The calls' geometry (sdpa_geometry), uploaded only when it differs from the last upload.
   void upload_geometry(Geometry& g, const std::vector<SdpaCall>& calls,
                        const std::vector<Segment>& segments, Index M) {
-    // The offsets make each segment's rows cuDNN's sequence: they must be the batch's rows in
-    // order, every row in one (a row in none would get no gradient at all).
-    ZL_CHECK(segments_tile_rows(segments, M));
-    std::vector<std::int32_t> lengths;
-    std::vector<std::int64_t> starts;
-    std::vector<std::size_t> seq_len_at, offsets_at;
-    for (const SdpaCall& call : calls) {
-      const SdpaKey& key = call.key;
-      const auto slots = static_cast<std::size_t>(key.slots);
-      const std::size_t span = offsets_span(key.slots);
-      const std::int64_t ld = (key.heads + 2 * key.kv_heads) * key.head_dim;
-      seq_len_at.push_back(lengths.size());
-      offsets_at.push_back(starts.size());
-      const std::size_t length_at = lengths.size(), start_at = starts.size();
-      lengths.resize(length_at + round_up(static_cast<Index>(slots), 4), 0);
-      starts.resize(start_at + 4 * span, 0);
-      for (std::size_t b = 0; b <= slots; ++b) {
-        const std::size_t index = call.segments.first + b;
-        const bool used = index < call.segments.last;
-        const Index begin = used ? segments[index].begin : M;
-        if (used && b < slots)
-          lengths[length_at + b] = static_cast<std::int32_t>(segments[index].length);
-        starts[start_at + b] = begin * ld;
-        starts[start_at + span + b] = begin * key.heads * key.head_dim;
-        starts[start_at + 2 * span + b] = begin * key.heads;
-        starts[start_at + 3 * span + b] = begin * key.kv_heads * key.head_dim;
-      }
+    SdpaGeometry host = sdpa_geometry(calls, segments, M);
+    if (host.seq_len == g.host.seq_len && host.offsets == g.host.offsets) {
+      g.host = std::move(host);
+      return;
     }
-    g.seq_len_at = std::move(seq_len_at);
-    g.offsets_at = std::move(offsets_at);
-    if (lengths == g.host_seq_len && starts == g.host_offsets) return;
-    g.host_seq_len = std::move(lengths);
-    g.host_offsets = std::move(starts);
-    upload<std::int32_t>(device, g.seq_len, g.host_seq_len);
-    upload<std::int64_t>(device, g.offsets, g.host_offsets);
+    g.host = std::move(host);
+    upload<std::int32_t>(device, g.seq_len, g.host.seq_len);
+    upload<std::int64_t>(device, g.offsets, g.host.offsets);
   }
 
   void run(const SdpaKey& key, std::unordered_map<std::int64_t, void*>& pack, Geometry& g,
            std::size_t call) {
     Built& built = graph_for(key);
     const std::size_t span = offsets_span(key.slots);
-    std::int64_t* offsets = g.offsets.data() + g.offsets_at[call];
-    pack[kSeqLen] = g.seq_len.data() + g.seq_len_at[call];
+    std::int64_t* offsets = g.offsets.data() + g.host.offsets_at[call];
+    pack[kSeqLen] = g.seq_len.data() + g.host.seq_len_at[call];
     pack[kOffsetsQkv] = offsets;
     pack[kOffsetsO] = offsets + span;
     pack[kOffsetsStats] = offsets + 2 * span;
@@ -484,7 +472,7 @@ bool CudnnAttention::available(const std::vector<Segment>& segments, Index M,
   if (impl_->refused.count(forward_key)) return false;
   try {
     impl_->graph_for(forward_key);
-    for (const SdpaCall& call : backward_calls(segments, M, shape, impl_->algorithm))
+    for (const SdpaCall& call : sdpa_backward_calls(segments, M, shape, impl_->algorithm))
       impl_->graph_for(call.key);
   } catch (const std::exception& e) {  // DeviceError, or the frontend's own (a library missing)
     impl_->refused.insert(forward_key);
@@ -505,7 +493,7 @@ const std::vector<std::string>& CudnnAttention::refusals() const {
 void CudnnAttention::forward(Bf16Bits* out, float* stats, const Bf16Bits* qkv,
                              const std::vector<Segment>& segments, Index M,
                              const AttentionShape& shape) {
-  const std::vector<SdpaCall> calls = forward_calls(segments, M, shape);
+  const std::vector<SdpaCall> calls = sdpa_forward_calls(segments, M, shape);
   impl_->upload_geometry(impl_->forward_geometry, calls, segments, M);
   const Index hd = shape.head_dim;
   std::unordered_map<std::int64_t, void*> pack{
@@ -521,7 +509,7 @@ void CudnnAttention::backward(Bf16Bits* diff_q, Bf16Bits* diff_k, Bf16Bits* diff
                               const Bf16Bits* diff_out, const Bf16Bits* qkv, const Bf16Bits* out,
                               const float* stats, const std::vector<Segment>& segments, Index M,
                               const AttentionShape& shape) {
-  const std::vector<SdpaCall> calls = backward_calls(segments, M, shape, impl_->algorithm);
+  const std::vector<SdpaCall> calls = sdpa_backward_calls(segments, M, shape, impl_->algorithm);
   impl_->upload_geometry(impl_->backward_geometry, calls, segments, M);
   const Index hd = shape.head_dim, k_col = shape.heads * hd,
               v_col = (shape.heads + shape.kv_heads) * hd;

@@ -14,6 +14,7 @@
 #include <cuda_runtime.h>
 
 #include <compare>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -65,6 +66,31 @@ SdpaKey sdpa_key(bool backward, const std::vector<Segment>& segments, Index M,
 inline bool fused_gradients(CudnnBackward algorithm) {
   return algorithm == CudnnBackward::kAtomic;
 }
+
+// The cuDNN calls of one pass over a batch: each call's key and the segments it covers. The
+// forward: one call; the deterministic backward: one per group of segments within its
+// workspace budget (ops/attention.hpp, cudnn_backward_groups); the atomic backward: one.
+struct SdpaCall {
+  SdpaKey key;
+  SegmentRange segments;
+};
+std::vector<SdpaCall> sdpa_forward_calls(const std::vector<Segment>& segments, Index M,
+                                         const AttentionShape& shape);
+std::vector<SdpaCall> sdpa_backward_calls(const std::vector<Segment>& segments, Index M,
+                                          const AttentionShape& shape, CudnnBackward algorithm);
+
+// The lengths and ragged offsets of a pass's calls as uploaded to the device, in one array
+// each: per call, its slots' lengths (rounded up to four entries, 16 bytes; an unused slot 0)
+// and four arrays of slots + 1 offsets (q/k/v rows, O and dense dQ rows, statistics rows, dense
+// dK and dV rows), each offsets_span(slots) long so that every one is 16-byte aligned; an
+// unused slot's offsets, and the end entry's, are M's (past the data).
+struct SdpaGeometry {
+  std::vector<std::int32_t> seq_len;
+  std::vector<std::int64_t> offsets;
+  std::vector<std::size_t> seq_len_at, offsets_at;  // each call's first entries
+};
+SdpaGeometry sdpa_geometry(const std::vector<SdpaCall>& calls, const std::vector<Segment>& segments,
+                           Index M);
 
 // What cuDNN's fused attention takes here: head_dim a multiple of 8, at most 256 (Hopper).
 bool cudnn_attention_supports(const AttentionShape& shape);
