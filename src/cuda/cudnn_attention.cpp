@@ -415,11 +415,9 @@ struct CudnnAttention::Impl {
   void upload_geometry(Geometry& g, const std::vector<SdpaCall>& calls,
                        const std::vector<Segment>& segments, Index M) {
     SdpaGeometry host = sdpa_geometry(calls, segments, M);
-    if (host.seq_len == g.host.seq_len && host.offsets == g.host.offsets) {
-      g.host = std::move(host);
-      return;
-    }
+    const bool same = host.seq_len == g.host.seq_len && host.offsets == g.host.offsets;
     g.host = std::move(host);
+    if (same) return;
     upload<std::int32_t>(device, g.seq_len, g.host.seq_len);
     upload<std::int64_t>(device, g.offsets, g.host.offsets);
   }

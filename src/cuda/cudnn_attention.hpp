@@ -39,7 +39,7 @@ namespace zerolora::cuda {
 //   kAtomicDenseGradients  the atomic backward with dense gradients, which returned NaN on
 //                   every shape on an H200 (cuDNN 9.19, 2026-12-04): kept so that the device
 //                   check can tell whether the layout was the cause (its accumulator takes dQ's
-//                   offsets, where every integration read keeps dQ's layout Q's).
+//                   offsets, where every integration read keeps dQ's layout equal to Q's).
 enum class CudnnBackward { kDeterministic, kAtomic, kAtomicDenseGradients };
 CudnnBackward cudnn_backward_from_environment();
 const char* cudnn_backward_name(CudnnBackward backward);

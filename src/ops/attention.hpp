@@ -105,8 +105,8 @@ inline Index cudnn_size_bucket(Index n) {
 // backward runs over consecutive groups of segments (cudnn_backward_groups), each within the
 // dP of the batch cut into segments as long as its longest one (at least 128 tokens), at that
 // one's bucket S (cudnn_dp_budget, in slot x S^2 units): one call where the segments are equal
-// (every benchmark; at least 128 tokens), and a bound that estimate-memory can take for every
-// batch of M tokens (cudnn_dp_budget_bound). (The 128: else a batch of many short segments
+// and at least 128 tokens long (every benchmark), and a bound that estimate-memory can take for
+// every batch of M tokens (cudnn_dp_budget_bound). (The 128: else a batch of many short segments
 // would get a slot of at least 128^2 for each.)
 inline Index cudnn_dp_budget(Index M, Index longest) {
   const Index S = cudnn_size_bucket(longest), cut = std::max<Index>(longest, 128);
