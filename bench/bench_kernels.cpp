@@ -229,9 +229,11 @@ static int bench_main(int argc, char** argv) {
   }
   const AttentionShape attention{c.num_heads, c.num_kv_heads, c.head_dim, 0};
   const double forward_flops = 2 * 2 * pairs * static_cast<double>(c.head_dim * c.num_heads);
-  auto out = random_buffer<float>(dev, M * Qd, 15), d_out = random_buffer<float>(dev, M * Qd, 16);
-  auto lse = random_buffer<float>(dev, M * c.num_heads, 17);
-  auto d_qkv = random_buffer<float>(dev, M * W3, 18);
+  auto d_out = random_buffer<float>(dev, M * Qd, 16);
+  // Written by the forward (out, its rounding, lse) and the backward (d_qkv) before any read.
+  DeviceBuffer<float> out(dev, static_cast<std::size_t>(M * Qd)),
+      lse(dev, static_cast<std::size_t>(M * c.num_heads)),
+      d_qkv(dev, static_cast<std::size_t>(M * W3));
   DeviceBuffer<bf16> out_rounded(dev, static_cast<std::size_t>(M * Qd));
   print_kv("attention_segments", static_cast<double>(segments.size()));
   print_kv("attention_seq", static_cast<double>(seq));
@@ -245,8 +247,7 @@ static int bench_main(int argc, char** argv) {
     profiler.enable(true);
     op();  // warm-up: cuDNN builds its graphs
     dev.synchronize();
-    profiler.collect_device();
-    profiler.reset();
+    profiler.reset();                                     // (drops the warm-up's marks)
     const double s = seconds_per_call(dev, repeats, op);  // (its own warm-up call included)
     profiler.collect_device();
     const double calls = repeats + 1.0;

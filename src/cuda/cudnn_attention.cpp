@@ -283,13 +283,13 @@ SdpaKey sdpa_key(bool backward, const std::vector<Segment>& segments, Index M,
   key.max_length = cudnn_size_bucket(longest);
   // Only the backward graph is sized by the tokens (its workspace): the forward's key leaves
   // them out, so a forward graph serves every micro-batch of its bucket.
-  key.total_tokens = backward ? cudnn_size_bucket(M) : 0;
-  if (backward && algorithm != CudnnBackward::kDeterministic) {
-    // The accumulator spans the token bound: give it the padded rows, so that a tile running
-    // past the last token (or an unused slot's, whose offset is M) stays inside it.
-    key.total_tokens = cudnn_padded_rows(M);
+  // The atomic backward's accumulator spans the token bound: the padded rows, so that a tile
+  // running past the last token (or an unused slot's, whose offset is M) stays inside it.
+  if (backward) {
+    key.total_tokens =
+        algorithm == CudnnBackward::kDeterministic ? cudnn_size_bucket(M) : cudnn_padded_rows(M);
+    key.algorithm = algorithm;
   }
-  if (backward) key.algorithm = algorithm;
   key.heads = shape.heads;
   key.kv_heads = shape.kv_heads;
   key.head_dim = shape.head_dim;
@@ -405,6 +405,7 @@ struct CudnnAttention::Impl {
     return graphs.emplace(key, build(key)).first->second;
   }
 
+  // The workspace for a pass's calls, sized for the largest before any runs: one buffer for all.
   void reserve_workspace(const std::vector<SdpaCall>& calls) {
     std::int64_t bytes = 1;
     for (const SdpaCall& call : calls) bytes = std::max(bytes, graph_for(call.key).workspace);
@@ -431,11 +432,7 @@ struct CudnnAttention::Impl {
     pack[kOffsetsQkv] = offsets;
     pack[kOffsetsO] = offsets + span;
     pack[kOffsetsStats] = offsets + 2 * span;
-    if (key.backward && !fused_gradients(key.algorithm))
-      pack[kOffsetsKv] = offsets + 3 * span;
-    else
-      pack.erase(kOffsetsKv);
-    workspace.ensure(device, static_cast<std::size_t>(std::max<std::int64_t>(built.workspace, 1)));
+    if (key.backward && !fused_gradients(key.algorithm)) pack[kOffsetsKv] = offsets + 3 * span;
     if (fe::detail::set_stream(handle, stream) != CUDNN_STATUS_SUCCESS)
       throw DeviceError("cudnnSetStream failed");
     if (key.backward && key.algorithm != CudnnBackward::kDeterministic) {
@@ -493,6 +490,7 @@ void CudnnAttention::forward(Bf16Bits* out, float* stats, const Bf16Bits* qkv,
                              const AttentionShape& shape) {
   const std::vector<SdpaCall> calls = sdpa_forward_calls(segments, M, shape);
   impl_->upload_geometry(impl_->forward_geometry, calls, segments, M);
+  impl_->reserve_workspace(calls);
   const Index hd = shape.head_dim;
   std::unordered_map<std::int64_t, void*> pack{
       {kQ, const_cast<Bf16Bits*>(qkv)},
@@ -520,8 +518,7 @@ void CudnnAttention::backward(Bf16Bits* diff_q, Bf16Bits* diff_k, Bf16Bits* diff
                                                {kDQ, diff_q},
                                                {kDK, diff_k},
                                                {kDV, diff_v}};
-  // One call per group of segments, each reading and writing only its segments' rows; the
-  // workspace sized for the largest first, so that it is one buffer for all of them.
+  // One call per group of segments, each reading and writing only its segments' rows.
   impl_->reserve_workspace(calls);
   for (std::size_t c = 0; c < calls.size(); ++c)
     impl_->run(calls[c].key, pack, impl_->backward_geometry, c);

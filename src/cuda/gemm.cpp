@@ -200,10 +200,9 @@ void LtGemm::run(GemmKey key, const void* a, const void* b, float* c, float alph
                  const float* addend) {
   if (addend && addend != c) {
     if (!key.accumulate) throw InternalError("a GEMM addend without accumulate");
-    const auto extent = static_cast<std::uintptr_t>(((key.n - 1) * key.ldc + key.m) * 4);
-    const auto d_at = reinterpret_cast<std::uintptr_t>(c);
-    const auto c_at = reinterpret_cast<std::uintptr_t>(addend);
-    if (key.m > 0 && key.n > 0 && c_at < d_at + extent && d_at < c_at + extent)
+    if (key.m > 0 && key.n > 0 &&
+        byte_ranges_overlap(c, addend,
+                            static_cast<std::size_t>(((key.n - 1) * key.ldc + key.m) * 4)))
       throw InternalError("a GEMM's addend overlaps its output " + shape(key));
     key.align_c = std::min(key.align_c, pointer_alignment(addend));
     key.out_of_place = true;

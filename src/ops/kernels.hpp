@@ -48,11 +48,9 @@ void refuse_rounded_copy(const void* rounded) {
 // linear_forward_residual's contract: dst dense, the residual apart from it.
 template <class Act>
 void check_residual_operands(Mat<Act> dst, const Act* residual) {
-  // As addresses: < between pointers into different allocations is unspecified in C++.
-  const auto bytes = static_cast<std::uintptr_t>(dst.rows * dst.cols) * sizeof(Act);
-  const auto d = reinterpret_cast<std::uintptr_t>(dst.data);
-  const auto r = reinterpret_cast<std::uintptr_t>(residual);
-  if (dst.cs != 1 || dst.rs != dst.cols || !residual || (r < d + bytes && d < r + bytes))
+  const auto bytes = static_cast<std::size_t>(dst.rows * dst.cols) * sizeof(Act);
+  if (dst.cs != 1 || dst.rs != dst.cols || !residual ||
+      byte_ranges_overlap(dst.data, residual, bytes))
     throw InternalError("linear_forward_residual: dst must be dense and apart from the residual");
 }
 

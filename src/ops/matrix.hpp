@@ -3,9 +3,19 @@
 // transpose costs nothing.
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
+
 #include "ops/conventions.hpp"
 
 namespace zerolora {
+
+// Whether [a, a + bytes) and [b, b + bytes) share a byte; compared as addresses, since < between
+// pointers into different allocations is unspecified in C++.
+inline bool byte_ranges_overlap(const void* a, const void* b, std::size_t bytes) {
+  const auto x = reinterpret_cast<std::uintptr_t>(a), y = reinterpret_cast<std::uintptr_t>(b);
+  return bytes > 0 && x < y + bytes && y < x + bytes;
+}
 
 template <class T>
 struct Mat {

@@ -244,15 +244,16 @@ void add_activations(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& 
                        kept_plan.kept_bytes});
 }
 
-// Whether any layer adapts down, and gate or up: SwiGLU's fp32 output and its gate/up gradient
-// are written only for their LoRA branches in the bf16 policy (model/llama_layer.cpp).
-std::pair<bool, bool> mlp_adapters(const LoraLayout& lora) {
+// Whether SwiGLU's fp32 output and its gate/up gradient are written (and have buffers): always
+// in fp32; in bf16 only for the LoRA branches that read them, on down and on gate or up, the
+// projections reading their rounding (model/llama_layer.cpp).
+std::pair<bool, bool> swiglu_values_written(const LoraLayout& lora, const MemoryScenario& s) {
   bool down = false, gate_up = false;
   for (const auto& entry : lora.entries()) {
     down |= entry.module == LoraModule::kDown;
     gate_up |= entry.module == LoraModule::kGate || entry.module == LoraModule::kUp;
   }
-  return {down, gate_up};
+  return {!s.bf16 || down, !s.bf16 || gate_up};
 }
 
 // bf16 only: the layer workspace's copies of GEMM operands that the ops making them round as
@@ -278,8 +279,7 @@ void add_cpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& 
   // gate_up and d_act; SwiGLU's fp32 output and gate/up gradient in buffers of their own where
   // a LoRA branch reads them, else (bf16: only their rounding wanted) in one scratch as large as
   // the larger of them (ops/cpu_kernels.cpp values_or_scratch).
-  const auto [down_adapted, gate_up_adapted] = mlp_adapters(lora);
-  const bool act_values = !s.bf16 || down_adapted, d_gate_up_values = !s.bf16 || gate_up_adapted;
+  const auto [act_values, d_gate_up_values] = swiglu_values_written(lora, s);
   const double scratch = !d_gate_up_values ? 2 * I : (!act_values ? I : 0.0);
   const double mlp =
       4.0 * chunk *
@@ -322,9 +322,8 @@ void add_gpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& 
   const double chunk = std::min(M, 1024.0), head = std::min(M, 512.0);
   // SwiGLU's fp32 output and gate/up gradient have buffers only where a LoRA branch reads them
   // (in bf16 the projections read their rounding: model/llama_layer.cpp).
-  const auto [down_adapted, gate_up_adapted] = mlp_adapters(lora);
-  const double act = !s.bf16 || down_adapted ? I : 0.0;
-  const double d_gate_up = !s.bf16 || gate_up_adapted ? 2 * I : 0.0;
+  const auto [act_values, d_gate_up_values] = swiglu_values_written(lora, s);
+  const double act = act_values ? I : 0.0, d_gate_up = d_gate_up_values ? 2 * I : 0.0;
   const double layer_work = 4.0 * chunk * (2 * I + act + I + d_gate_up) + 4.0 * M * D +
                             4.0 * M * Qd + 4.0 * M * W3 + 4.0 * 3 * chunk * r + 4.0 * M * D;
   e.items.push_back(
@@ -362,8 +361,8 @@ void add_gpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& 
     // most the sequence length is cudnn_dp_budget_bound): quadratic in the sequence length.
     // (The atomic backward, ZEROLORA_CUDNN_BACKWARD=atomic, experimental: not modelled.)
     const auto tokens = static_cast<double>(cudnn_size_bucket(static_cast<Index>(M)));
-    const auto dp = static_cast<double>(
-        cudnn_dp_budget_bound(static_cast<Index>(M), static_cast<Index>(d.S)));
+    const auto dp =
+        static_cast<double>(cudnn_dp_budget_bound(static_cast<Index>(M), static_cast<Index>(d.S)));
     const double gqa_sums = c.num_kv_heads < c.num_heads ? 2.0 * d.heads * d.hd : 0.0;
     const double workspace = 4.0 * tokens * (d.heads + gqa_sums) + 2.0 * d.heads * dp;
     const auto rows = static_cast<double>(cudnn_padded_rows(static_cast<Index>(M)));
