@@ -525,6 +525,15 @@ attention_backwards() {
     grep -E "^attention_.*=" "$work/attention_bench_$backward.txt" |
       sed "s/^attention_/attention_${backward}_/" >> "$results"
   done
+  # The deterministic backward with its heads split in four calls of 8 (a dP cap of 256 MiB,
+  # ZEROLORA_CUDNN_DP_WORKSPACE_MIB; 1 GiB in one call by default at this shape): what the
+  # split costs, which the 70B stack's backward (8 calls of 8 heads) and long sequences pay.
+  ZEROLORA_CUDNN_DP_WORKSPACE_MIB=256 "$pack/bin/bench_kernels" --device cuda --shape 7b \
+    --tokens 8192 --seq 2048 --repeats 20 --threads 16 --ops attention |
+    tee "$work/attention_bench_split4.txt"
+  [ "${PIPESTATUS[0]}" = 0 ] || rc=1
+  grep -E "^attention_.*=" "$work/attention_bench_split4.txt" |
+    sed "s/^attention_/attention_deterministic_split4_/" >> "$results"
   return "$rc"
 }
 # The 7B step with the atomic backward (where its tests passed above), for the step's figures.
@@ -541,7 +550,7 @@ bench_7b_atomic() {
 }
 export attention_tests
 export -f attention_backwards bench_7b_atomic
-stage attention_backwards 90 attention_backwards
+stage attention_backwards 110 attention_backwards
 stage bench_7b_atomic 120 bench_7b_atomic
 
 # More ranks on the GPU, and a rank killed outright in a 3-rank GPU training run ending every

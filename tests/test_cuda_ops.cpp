@@ -21,6 +21,7 @@
 #endif
 #include "cuda_backend_test.hpp"
 #include "ops/attention.hpp"
+#include "ops/cudnn_plan.hpp"
 #include "ops/lora_branch.hpp"
 
 namespace zerolora {
@@ -228,7 +229,6 @@ TEST_F(CudaBackend, AttentionOverSegmentsWithGqaEqualsTheCpu) {
 // agree to bf16 precision, compared as relative norms.
 TEST_F(CudaBackend, Bf16AttentionEqualsTheCpuWithinBf16) {
   Runtime& gpu = *gpu_;
-  auto gpu_bf16 = make_kernels<Bf16Policy>(gpu);
   CpuKernels<Bf16Policy> cpu_bf16(cpu_);
   auto norm_error = [](const std::vector<float>& a, const std::vector<float>& b) {
     double diff = 0, ref = 0;
@@ -239,10 +239,12 @@ TEST_F(CudaBackend, Bf16AttentionEqualsTheCpuWithinBf16) {
     return std::sqrt(diff / ref);
   };
   // The third shape: Mistral's sliding window of 100 (cuDNN's diagonal band), cutting three
-  // segments. The fourth batch, one segment alone, leaves cuDNN seven empty (length 0) slots of
-  // its eight. The fifth, one long segment among 40 short ones (--packing boundaries), takes
-  // the deterministic backward two calls (ops/attention.hpp, cudnn_backward_groups).
-  const std::vector<Segment> packed{{0, 1}, {1, 130}, {131, 300}, {431, 81}}, alone{{0, 200}};
+  // segments. The fourth batch, one segment alone, takes one slot; three segments leave cuDNN
+  // one empty (length 0) slot of four. The fifth, one long segment among 40 short ones
+  // (--packing boundaries), takes the deterministic backward two calls (ops/cudnn_plan.hpp,
+  // cudnn_backward_groups).
+  const std::vector<Segment> packed{{0, 1}, {1, 130}, {131, 300}, {431, 81}}, alone{{0, 200}},
+      three{{0, 50}, {50, 300}, {350, 7}};
   // Then the same the other way round: the second call needs the larger workspace.
   std::vector<Segment> long_among_short{{0, 600}}, short_then_long;
   for (Index s = 0; s < 40; ++s) {
@@ -253,50 +255,72 @@ TEST_F(CudaBackend, Bf16AttentionEqualsTheCpuWithinBf16) {
   ASSERT_EQ(cudnn_backward_groups(long_among_short, 600 + 40 * 16).size(), 2u);
   ASSERT_EQ(cudnn_backward_groups(short_then_long, 600 + 40 * 16),
             (std::vector<SegmentRange>{{0, 40}, {40, 41}}));
-  for (const auto& [shape, segments] : std::vector<std::pair<AttentionShape, std::vector<Segment>>>{
-           {{8, 4, 64}, packed},
-           {{16, 4, 128}, packed},
-           {{16, 4, 128, 100}, packed},
-           {{16, 4, 128}, alone},
-           {{16, 4, 128}, long_among_short},
-           {{16, 4, 128}, short_then_long}}) {
-    const Index M = segments.back().begin + segments.back().length;
-    auto qkv = random_values(M * shape.qkv_stride(), 19, 2.0f);
-    auto dout = random_values(M * shape.heads * shape.head_dim, 20);
-    std::vector<float> out(M * shape.heads * shape.head_dim), lse(shape.heads * M),
-        dqkv(qkv.size());
-    float *gqkv = on_gpu(qkv), *gout = on_gpu(out), *glse = on_gpu(lse), *gdqkv = on_gpu(dqkv),
-          *gdout = on_gpu(dout);
-    AttentionOptions options;
-    bf16* gout_rounded = on_gpu(std::vector<bf16>(out.size()));
-    cpu_bf16.attention_forward(out.data(), nullptr, lse.data(), qkv.data(), segments, M, shape,
-                               options);
-    gpu_bf16->attention_forward(gout, gout_rounded, glse, gqkv, segments, M, shape, options);
-    const std::vector<float> gpu_out = to_host(gout, out.size());
-    EXPECT_LT(norm_error(gpu_out, out), 1e-2) << "out hd=" << shape.head_dim;
-    expect_rounding_of(to_host(gout_rounded, out.size()), gpu_out, "attention out");
-    cpu_bf16.attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(),
-                                segments, M, shape, options);
-    gpu_bf16->attention_backward(gdqkv, gdout, gqkv, gout, glse, segments, M, shape, options);
-    const std::vector<float> first = to_host(gdqkv, dqkv.size());
-    EXPECT_LT(norm_error(first, dqkv), 2e-2) << "dqkv hd=" << shape.head_dim;
-    // The same bits again (cuDNN's deterministic backward: a resumed run repeats the
-    // uninterrupted one), after a pass over other data has used the workspace; the atomic
-    // backward (ZEROLORA_CUDNN_BACKWARD, tried by the GPU check) repeats to rounding only.
-    float* gother = on_gpu(random_values(dout.size(), 21));
-    gpu_bf16->attention_backward(gdqkv, gother, gqkv, gout, glse, segments, M, shape, options);
-    gpu_bf16->attention_backward(gdqkv, gdout, gqkv, gout, glse, segments, M, shape, options);
-    const std::vector<float> again = to_host(gdqkv, dqkv.size());
+  // Each twice: as the run does by default, then with a cap of 0 on the deterministic
+  // backward's dP (ZEROLORA_CUDNN_DP_WORKSPACE_MIB, read when the kernels make their cuDNN
+  // object), which splits its calls into the fewest heads allowed: 2 KV heads (4 query heads)
+  // of the first shape, one (4 query heads) of the others.
+  // (Without cuDNN, the emulator's build, once: the cap is cuDNN's alone.)
 #ifdef ZEROLORA_CUDNN
-    const bool deterministic =
-        cuda::cudnn_backward_from_environment() == cuda::CudnnBackward::kDeterministic;
+  const std::vector<const char*> caps{nullptr, "0"};
 #else
-    const bool deterministic = true;
+  const std::vector<const char*> caps{nullptr};
 #endif
-    if (deterministic)
-      EXPECT_EQ(again, first) << "backward repeated, hd=" << shape.head_dim;
-    else
-      EXPECT_LT(norm_error(again, dqkv), 2e-2) << "backward repeated, hd=" << shape.head_dim;
+  for (const char* cap : caps) {
+    testing::ScopedEnvironment cap_set("ZEROLORA_CUDNN_DP_WORKSPACE_MIB", cap);
+    auto gpu_bf16 = make_kernels<Bf16Policy>(gpu);
+    for (const auto& [shape, segments] :
+         std::vector<std::pair<AttentionShape, std::vector<Segment>>>{
+             {{8, 4, 64}, packed},
+             {{16, 4, 128}, packed},
+             {{16, 4, 128, 100}, packed},
+             {{16, 4, 128}, alone},
+             {{16, 4, 128}, three},
+             {{16, 4, 128}, long_among_short},
+             {{16, 4, 128}, short_then_long}}) {
+      SCOPED_TRACE(std::string("dP cap ") + (cap ? cap : "default") +
+                   " MiB, H=" + std::to_string(shape.heads) + ", " +
+                   std::to_string(segments.size()) + " segments");
+      if (cap) {
+        ASSERT_LT(cudnn_kv_heads_per_call(1, shape, 0.0), shape.kv_heads) << "heads split";
+      }
+      const Index M = segments.back().begin + segments.back().length;
+      auto qkv = random_values(M * shape.qkv_stride(), 19, 2.0f);
+      auto dout = random_values(M * shape.heads * shape.head_dim, 20);
+      std::vector<float> out(M * shape.heads * shape.head_dim), lse(shape.heads * M),
+          dqkv(qkv.size());
+      float *gqkv = on_gpu(qkv), *gout = on_gpu(out), *glse = on_gpu(lse), *gdqkv = on_gpu(dqkv),
+            *gdout = on_gpu(dout);
+      AttentionOptions options;
+      bf16* gout_rounded = on_gpu(std::vector<bf16>(out.size()));
+      cpu_bf16.attention_forward(out.data(), nullptr, lse.data(), qkv.data(), segments, M, shape,
+                                 options);
+      gpu_bf16->attention_forward(gout, gout_rounded, glse, gqkv, segments, M, shape, options);
+      const std::vector<float> gpu_out = to_host(gout, out.size());
+      EXPECT_LT(norm_error(gpu_out, out), 1e-2) << "out hd=" << shape.head_dim;
+      expect_rounding_of(to_host(gout_rounded, out.size()), gpu_out, "attention out");
+      cpu_bf16.attention_backward(dqkv.data(), dout.data(), qkv.data(), out.data(), lse.data(),
+                                  segments, M, shape, options);
+      gpu_bf16->attention_backward(gdqkv, gdout, gqkv, gout, glse, segments, M, shape, options);
+      const std::vector<float> first = to_host(gdqkv, dqkv.size());
+      EXPECT_LT(norm_error(first, dqkv), 2e-2) << "dqkv hd=" << shape.head_dim;
+      // The same bits again (cuDNN's deterministic backward: a resumed run repeats the
+      // uninterrupted one), after a pass over other data has used the workspace; the atomic
+      // backward (ZEROLORA_CUDNN_BACKWARD, tried by the GPU check) repeats to rounding only.
+      float* gother = on_gpu(random_values(dout.size(), 21));
+      gpu_bf16->attention_backward(gdqkv, gother, gqkv, gout, glse, segments, M, shape, options);
+      gpu_bf16->attention_backward(gdqkv, gdout, gqkv, gout, glse, segments, M, shape, options);
+      const std::vector<float> again = to_host(gdqkv, dqkv.size());
+#ifdef ZEROLORA_CUDNN
+      const bool deterministic =
+          cuda::cudnn_backward_from_environment() == cuda::CudnnBackward::kDeterministic;
+#else
+      const bool deterministic = true;
+#endif
+      if (deterministic)
+        EXPECT_EQ(again, first) << "backward repeated, hd=" << shape.head_dim;
+      else
+        EXPECT_LT(norm_error(again, dqkv), 2e-2) << "backward repeated, hd=" << shape.head_dim;
+    }
   }
 }
 

@@ -22,6 +22,7 @@
 #include "cuda/nccl_communicator.hpp"
 #include "cuda_backend_test.hpp"
 #include "ops/attention.hpp"
+#include "ops/cudnn_plan.hpp"
 
 namespace zerolora {
 namespace {
@@ -75,16 +76,18 @@ TEST(CudaGemmKey, RefusesViewsThatAreNeitherRowNorColumnMajor) {
 // with ragged offsets, head sizes, stride alignment) without a GPU.
 TEST(CudnnAttentionGraphs, KeysBucketShapesSoTheCacheStaysSmall) {
   const AttentionShape shape{32, 8, 128};
-  const auto a = cuda::sdpa_key(false, {{0, 100}, {100, 28}}, 128, shape);
-  const auto b = cuda::sdpa_key(false, {{0, 3}, {3, 120}, {123, 5}}, 128, shape);
+  const std::vector<Segment> three{{0, 100}, {100, 20}, {120, 8}};
+  const auto a = cuda::sdpa_key(false, three, 128, shape);
+  const auto b = cuda::sdpa_key(false, {{0, 3}, {3, 120}, {123, 3}, {126, 2}}, 128, shape);
   EXPECT_EQ(a, b) << "batches of the same bucket share a graph";
-  EXPECT_EQ(a.slots, 8);
+  EXPECT_EQ(a.slots, 4);
   EXPECT_EQ(a.max_length, 128);
   EXPECT_EQ(a.total_tokens, 0) << "the forward graph does not depend on the token count";
+  EXPECT_EQ(a.call_kv_heads, 8) << "a key covers all heads unless the calls split them";
   std::vector<Segment> many;
   for (Index s = 0; s < 9; ++s) many.push_back({s * 300, 300});
   const auto c = cuda::sdpa_key(true, many, 2700, shape);
-  EXPECT_EQ(c.slots, 16);
+  EXPECT_EQ(c.slots, 10);
   EXPECT_EQ(c.max_length, 384);
   EXPECT_EQ(c.total_tokens, 3072) << "2700 tokens: 2048's quarter steps";
   EXPECT_EQ(cudnn_size_bucket(1), 128);
@@ -99,18 +102,28 @@ TEST(CudnnAttentionGraphs, KeysBucketShapesSoTheCacheStaysSmall) {
   EXPECT_EQ(atomic.total_tokens, cudnn_padded_rows(2700));
   EXPECT_EQ(atomic.total_tokens, 3072 + 256);
   EXPECT_NE(atomic, c) << "each backward its own graph";
-  EXPECT_EQ(cuda::sdpa_key(false, {{0, 100}, {100, 28}}, 128, shape, cuda::CudnnBackward::kAtomic),
-            a)
+  EXPECT_EQ(cuda::sdpa_key(false, three, 128, shape, cuda::CudnnBackward::kAtomic), a)
       << "the forward is the same graph whichever backward follows";
   // A sliding window enters the key only where it cuts a segment.
-  EXPECT_EQ(cuda::sdpa_key(false, {{0, 100}, {100, 28}}, 128, AttentionShape{32, 8, 128, 100}), a);
-  EXPECT_EQ(
-      cuda::sdpa_key(false, {{0, 100}, {100, 28}}, 128, AttentionShape{32, 8, 128, 99}).window, 99);
+  EXPECT_EQ(cuda::sdpa_key(false, three, 128, AttentionShape{32, 8, 128, 100}), a);
+  EXPECT_EQ(cuda::sdpa_key(false, three, 128, AttentionShape{32, 8, 128, 99}).window, 99);
   EXPECT_FALSE(cuda::cudnn_attention_supports({8, 4, 12}));
   EXPECT_TRUE(cuda::cudnn_attention_supports({8, 4, 8}));
   EXPECT_FALSE(cudnn_supports_head_dim(264)) << "cuDNN takes head sizes up to 256";
-  EXPECT_EQ(cudnn_slot_count(16), 16);
-  EXPECT_EQ(cudnn_slot_count(17), 32);
+  // Slots: a power of two up to 8, then quarter steps of one (within 25% of the segments).
+  for (const auto& [segments, slots] : std::vector<std::pair<Index, Index>>{{1, 1},
+                                                                            {2, 2},
+                                                                            {3, 4},
+                                                                            {5, 8},
+                                                                            {8, 8},
+                                                                            {9, 10},
+                                                                            {11, 12},
+                                                                            {16, 16},
+                                                                            {17, 20},
+                                                                            {33, 40},
+                                                                            {88, 96},
+                                                                            {129, 160}})
+    EXPECT_EQ(cudnn_slot_count(segments), slots) << segments << " segments";
   // The three ragged-offset arrays start 16-byte aligned: slots + 1 entries rounded up to even.
   for (const Index slots : {8, 16, 128}) EXPECT_EQ(cuda::offsets_span(slots) % 2, 0u);
   EXPECT_EQ(cuda::offsets_span(8), 10u);
@@ -133,6 +146,17 @@ TEST(CudnnAttentionGraphs, ForwardAndBackwardValidateForHopper) {
             << " H=" << shape.heads << " KV=" << shape.kv_heads << " hd=" << shape.head_dim
             << " window=" << shape.window;
       }
+  // The deterministic backward's groups of heads (here the fewest allowed: a cap of 0): the
+  // layer's strides, the group's heads.
+  for (const AttentionShape shape : {AttentionShape{32, 32, 128}, AttentionShape{64, 8, 128},
+                                     AttentionShape{28, 4, 128}, AttentionShape{8, 4, 64}})
+    for (const auto& call : cuda::sdpa_backward_calls({{0, 1}, {1, 500}, {501, 1547}}, 2048, shape,
+                                                      cuda::CudnnBackward::kDeterministic, 0.0))
+      if (call.kv_head_first == 0) {
+        EXPECT_EQ(cuda::validate_sdpa_graph(call.key), "")
+            << "H=" << shape.heads << " KV=" << shape.kv_heads << " (" << call.key.call_kv_heads
+            << " per call)";
+      }
   // and it does refuse: a head size cuDNN does not take (not a multiple of 8).
   const auto odd = cuda::sdpa_key(false, {{0, 64}}, 64, AttentionShape{4, 2, 12});
   EXPECT_NE(cuda::validate_sdpa_graph(odd), "");
@@ -141,7 +165,7 @@ TEST(CudnnAttentionGraphs, ForwardAndBackwardValidateForHopper) {
 // The deterministic backward's calls: one over the whole batch where the segments are about
 // equal (every benchmark, and --dataset_concatenation's rows), groups of consecutive segments
 // within the dP budget where one long document sits among many short ones (--packing
-// boundaries), and estimate-memory's bound above every batch's budget.
+// boundaries), groups of heads within the cap, and estimate-memory's bound above every call.
 TEST(CudnnAttentionGraphs, DeterministicBackwardGroupsSegmentsWithinItsWorkspaceBudget) {
   auto equal = [](Index n, Index length) {
     std::vector<Segment> segments;
@@ -154,9 +178,19 @@ TEST(CudnnAttentionGraphs, DeterministicBackwardGroupsSegmentsWithinItsWorkspace
   EXPECT_EQ(cudnn_backward_groups(equal(88, 232), 88 * 232), (Groups{{0, 88}}));
   EXPECT_EQ(cudnn_backward_groups(equal(9, 910), 9 * 910), (Groups{{0, 9}}))
       << "equal segments whose bucket (1024) is longer: still one call";
-  EXPECT_EQ(cudnn_dp_budget_bound(8192, 2048), 8 * 2048 * 2048) << "the 7B benchmark's one call";
-  EXPECT_EQ(cudnn_dp_budget_bound(20480, 2048), 16 * 2048 * 2048) << "the 70B stack's";
-  // A batch of --packing boundaries on Alpaca-like records: documents of 40 to 798 tokens.
+  const double gib = 1073741824.0, cap = gib, no_cap = 1e30;
+  const AttentionShape mha{32, 32, 128}, gqa70{64, 8, 128};
+  EXPECT_EQ(cudnn_dp_bytes_bound(8192, 2048, mha, cap), gib) << "the 7B benchmark's: the cap";
+  EXPECT_EQ(cudnn_dp_bytes_bound(20480, 2048, gqa70, cap), gib) << "the 70B stack's";
+  EXPECT_GT(cudnn_dp_bytes_bound(20480, 2048, gqa70, no_cap), 5 * gib)
+      << "uncapped: 10 slots of 2048^2 and more, 64 heads";
+  EXPECT_EQ(cudnn_dp_bytes_bound(20480, 2048, {28, 4, 128}, 0.0),
+            cudnn_dp_bytes_bound(20480, 2048, {28, 4, 128}, no_cap))
+      << "Qwen2.5-7B's 7 query heads per KV head: its statistics' slices would not be 16-byte "
+         "aligned, so its heads stay in one call";
+  // Batches of --packing boundaries on Alpaca-like records (documents of 40 to 798 tokens) and
+  // of long documents among short ones: every call in order, its segments' dP within their
+  // batch's budget, its heads' within the cap where a group allows it, and within the bound.
   std::mt19937 gen(7);
   for (int trial = 0; trial < 200; ++trial) {
     std::vector<Segment> segments;
@@ -171,7 +205,6 @@ TEST(CudnnAttentionGraphs, DeterministicBackwardGroupsSegmentsWithinItsWorkspace
     Index longest = 0;
     for (const auto& seg : segments) longest = std::max(longest, seg.length);
     const Index budget = cudnn_dp_budget(M, longest);
-    EXPECT_LE(budget, cudnn_dp_budget_bound(M, 2048)) << "trial " << trial;
     const Groups groups = cudnn_backward_groups(segments, M);
     std::size_t next = 0;
     for (const auto& group : groups) {
@@ -186,6 +219,21 @@ TEST(CudnnAttentionGraphs, DeterministicBackwardGroupsSegmentsWithinItsWorkspace
       next = group.last;
     }
     EXPECT_EQ(next, segments.size());
+    for (const AttentionShape& shape : {mha, gqa70})
+      for (const double trial_cap : {0.0, 0.25 * gib, cap}) {
+        const double bound = cudnn_dp_bytes_bound(M, 2048, shape, trial_cap);
+        for (const auto& call : cuda::sdpa_backward_calls(
+                 segments, M, shape, cuda::CudnnBackward::kDeterministic, trial_cap)) {
+          const Index heads = call.key.call_kv_heads * (shape.heads / shape.kv_heads);
+          const double bytes =
+              cudnn_dp_bytes(call.key.slots * call.key.max_length * call.key.max_length, heads);
+          EXPECT_LE(bytes, bound) << "trial " << trial << " H=" << shape.heads;
+          if (bytes > trial_cap) {  // then no fewer heads were allowed
+            for (Index fewer = 1; fewer < call.key.call_kv_heads; ++fewer)
+              EXPECT_FALSE(cudnn_kv_group_allowed(fewer, shape)) << "trial " << trial;
+          }
+        }
+      }
   }
   // One long document among 100 short ones: one call would take 128 slots of 2048^2; the
   // groups take at most what 6 segments of 2048 would (8 slots).
@@ -195,54 +243,115 @@ TEST(CudnnAttentionGraphs, DeterministicBackwardGroupsSegmentsWithinItsWorkspace
   EXPECT_EQ(cudnn_dp_budget(M, 2048), 8 * 2048 * 2048);
   const Groups groups = cudnn_backward_groups(mixed, M);
   EXPECT_EQ(groups.front(), (SegmentRange{0, 8})) << "the long one with 7 short ones";
-  EXPECT_EQ(groups.size(), 2u) << "the other 93 in one call of 128 slots of 128^2";
+  EXPECT_EQ(groups.size(), 2u) << "the other 93 in one call of 96 slots of 128^2";
 }
 
-// What the backward's calls upload: every segment once, in its call's slot, with its rows'
-// offsets in each layout; unused slots and the end entries at M; every array 16-byte aligned.
+// The heads per call: the most KV heads (with their query heads) whose dP is within the cap,
+// their query heads a multiple of 4 (16-byte aligned statistics) or all of them.
+TEST(CudnnAttentionGraphs, HeadsSplitOnlyWhereTheirWorkspacePassesTheCap) {
+  const double gib = 1073741824.0;
+  const Index one_8192 = 8192 * 8192;  // one sequence of 8192 tokens: one slot
+  EXPECT_EQ(cudnn_kv_heads_per_call(one_8192, {32, 8, 128}, gib), 2)
+      << "Llama 3 8B: 8 query heads, 1 GiB (all 32: 4 GiB)";
+  EXPECT_EQ(cudnn_kv_heads_per_call(one_8192, {32, 8, 128}, 4 * gib), 8);
+  EXPECT_EQ(cudnn_kv_heads_per_call(one_8192, {32, 8, 128}, 0.0), 1) << "the fewest: one";
+  EXPECT_EQ(cudnn_kv_heads_per_call(one_8192, {32, 32, 128}, 0.0), 4)
+      << "MHA: 4 heads at least (their statistics' slice 16 bytes)";
+  EXPECT_EQ(cudnn_kv_heads_per_call(one_8192, {32, 32, 128}, 1.5 * gib), 8);
+  EXPECT_EQ(cudnn_kv_heads_per_call(one_8192, {8, 4, 64}, 0.0), 2);
+  EXPECT_EQ(cudnn_kv_heads_per_call(one_8192, {28, 4, 128}, 0.0), 4)
+      << "7 query heads per KV head: only all of them";
+  EXPECT_EQ(cudnn_kv_heads_per_call(4 * 2048 * 2048, {32, 32, 128}, gib), 32)
+      << "the 7B benchmark's 4 x 2048: one call, 1 GiB";
+  EXPECT_EQ(cudnn_kv_heads_per_call(10 * 2048 * 2048, {64, 8, 128}, gib), 1)
+      << "the seed's 70B at 10 x 2048: 8 calls of 8 query heads, 0.625 GiB each";
+  for (const Index kv : {1, 2, 4, 8, 16, 32})
+    EXPECT_EQ(cudnn_kv_group_allowed(kv, {32, 32, 128}), kv % 4 == 0) << kv;
+  EXPECT_FALSE(cudnn_kv_group_allowed(3, {64, 8, 128})) << "a divisor of the KV heads";
+
+  // The cap comes from ZEROLORA_CUDNN_DP_WORKSPACE_MIB; a bad value is an error naming it.
+  const char* name = "ZEROLORA_CUDNN_DP_WORKSPACE_MIB";
+  {
+    testing::ScopedEnvironment unset(name, nullptr);
+    EXPECT_EQ(cudnn_dp_workspace_cap_from_environment(), gib);
+  }
+  {
+    testing::ScopedEnvironment set(name, "256");
+    EXPECT_EQ(cudnn_dp_workspace_cap_from_environment(), 0.25 * gib);
+  }
+  {
+    testing::ScopedEnvironment set(name, "0");
+    EXPECT_EQ(cudnn_dp_workspace_cap_from_environment(), 0.0);
+  }
+  for (const char* bad : {"-1", "1G", "nan", "inf", " "}) {
+    testing::ScopedEnvironment set(name, bad);
+    try {
+      cudnn_dp_workspace_cap_from_environment();
+      ADD_FAILURE() << "took " << bad;
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find(std::string(name) + "=" + bad), std::string::npos)
+          << e.what();
+    }
+  }
+}
+
+// What the backward's calls upload: every segment once per group of heads, in its call's slot,
+// with its rows' offsets in each layout; unused slots and the end entries at M; every array
+// 16-byte aligned; a group's calls over its heads sharing one set of entries.
 TEST(CudnnAttentionGraphs, GeometryPutsEverySegmentInOneCallsSlot) {
   const AttentionShape shape{32, 8, 128};
   const Index ld = shape.qkv_stride(), hd = shape.head_dim;
   std::vector<Segment> segments{{0, 2048}};
   for (Index s = 0; s < 64; ++s) segments.push_back({2048 + 32 * s, 32});
   const Index M = 4096;
-  const auto calls =
-      cuda::sdpa_backward_calls(segments, M, shape, cuda::CudnnBackward::kDeterministic);
-  ASSERT_EQ(calls.size(), 2u);
-  EXPECT_EQ(calls[0].key.slots, 8);
-  EXPECT_EQ(calls[0].key.max_length, 2048);
-  EXPECT_EQ(calls[1].key.slots, 64) << "57 segments";
-  EXPECT_EQ(calls[1].key.max_length, 128);
-  const cuda::SdpaGeometry g = cuda::sdpa_geometry(calls, segments, M);
-  std::vector<int> seen(segments.size(), 0);
-  for (std::size_t c = 0; c < calls.size(); ++c) {
-    const auto& call = calls[c];
-    const std::size_t span = cuda::offsets_span(call.key.slots);
-    EXPECT_EQ(g.seq_len_at[c] % 4, 0u) << "16-byte aligned lengths";
-    EXPECT_EQ(g.offsets_at[c] % 2, 0u) << "16-byte aligned offsets";
-    for (Index b = 0; b <= call.key.slots; ++b) {
-      const std::size_t index = call.segments.first + static_cast<std::size_t>(b);
-      const bool used = b < call.key.slots && index < call.segments.last;
-      const Index begin = used ? segments[index].begin : M;
-      if (b < call.key.slots) {
-        EXPECT_EQ(g.seq_len[g.seq_len_at[c] + b], used ? segments[index].length : 0);
+  for (const double cap : {1073741824.0, 0.0}) {
+    const auto calls =
+        cuda::sdpa_backward_calls(segments, M, shape, cuda::CudnnBackward::kDeterministic, cap);
+    const std::size_t head_groups = cap > 0 ? 1 : 8;
+    ASSERT_EQ(calls.size(), 2 * head_groups);
+    EXPECT_EQ(calls[0].key.slots, 2) << "the long one and one short one";
+    EXPECT_EQ(calls[0].key.max_length, 2048);
+    EXPECT_EQ(calls.back().key.slots, 64) << "63 segments";
+    EXPECT_EQ(calls.back().key.max_length, 128);
+    const cuda::SdpaGeometry g = cuda::sdpa_geometry(calls, segments, M);
+    std::vector<std::vector<int>> seen(segments.size(), std::vector<int>(shape.kv_heads, 0));
+    for (std::size_t c = 0; c < calls.size(); ++c) {
+      const auto& call = calls[c];
+      const std::size_t span = cuda::offsets_span(call.key.slots);
+      EXPECT_EQ(g.seq_len_at[c] % 4, 0u) << "16-byte aligned lengths";
+      EXPECT_EQ(g.offsets_at[c] % 2, 0u) << "16-byte aligned offsets";
+      EXPECT_EQ(call.kv_head_first * (shape.heads / shape.kv_heads) % 4, 0)
+          << "its statistics' slice 16-byte aligned";
+      ASSERT_LE(call.kv_head_first + call.key.call_kv_heads, shape.kv_heads);
+      for (Index b = 0; b <= call.key.slots; ++b) {
+        const std::size_t index = call.segments.first + static_cast<std::size_t>(b);
+        const bool used = b < call.key.slots && index < call.segments.last;
+        const Index begin = used ? segments[index].begin : M;
+        if (b < call.key.slots) {
+          EXPECT_EQ(g.seq_len[g.seq_len_at[c] + b], used ? segments[index].length : 0);
+        }
+        const std::int64_t* offsets = g.offsets.data() + g.offsets_at[c];
+        EXPECT_EQ(offsets[b], begin * ld);
+        EXPECT_EQ(offsets[span + b], begin * shape.heads * hd);
+        EXPECT_EQ(offsets[2 * span + b], begin * shape.heads);
+        EXPECT_EQ(offsets[3 * span + b], begin * shape.kv_heads * hd);
+        if (used)
+          for (Index h = 0; h < call.key.call_kv_heads; ++h) ++seen[index][call.kv_head_first + h];
       }
-      const std::int64_t* offsets = g.offsets.data() + g.offsets_at[c];
-      EXPECT_EQ(offsets[b], begin * ld);
-      EXPECT_EQ(offsets[span + b], begin * shape.heads * hd);
-      EXPECT_EQ(offsets[2 * span + b], begin * shape.heads);
-      EXPECT_EQ(offsets[3 * span + b], begin * shape.kv_heads * hd);
-      if (used) ++seen[index];
     }
+    for (std::size_t i = 0; i < seen.size(); ++i)
+      for (Index h = 0; h < shape.kv_heads; ++h)
+        EXPECT_EQ(seen[i][h], 1) << "segment " << i << " KV head " << h << " cap " << cap;
+    EXPECT_EQ(g.seq_len.size(), 4u + 64u) << "one set of entries per group of segments";
+    EXPECT_EQ(g.offsets.size(), 4 * cuda::offsets_span(2) + 4 * cuda::offsets_span(64));
   }
-  for (std::size_t i = 0; i < seen.size(); ++i) EXPECT_EQ(seen[i], 1) << "segment " << i;
-  EXPECT_EQ(g.seq_len.size(), 8u + 64u);
-  EXPECT_EQ(g.offsets.size(), 4 * cuda::offsets_span(8) + 4 * cuda::offsets_span(64));
-  // The forward and the atomic backward: one call over the whole batch.
+  // The forward and the atomic backward: one call over the whole batch and all heads.
   EXPECT_EQ(cuda::sdpa_forward_calls(segments, M, shape).size(), 1u);
-  const auto atomic = cuda::sdpa_backward_calls(segments, M, shape, cuda::CudnnBackward::kAtomic);
+  const auto atomic =
+      cuda::sdpa_backward_calls(segments, M, shape, cuda::CudnnBackward::kAtomic, 0.0);
   ASSERT_EQ(atomic.size(), 1u);
-  EXPECT_EQ(atomic[0].key.slots, 128);
+  EXPECT_EQ(atomic[0].key.slots, 80) << "65 segments";
+  EXPECT_EQ(atomic[0].key.call_kv_heads, shape.kv_heads);
   EXPECT_EQ(atomic[0].segments, (SegmentRange{0, segments.size()}));
 }
 
@@ -250,17 +359,21 @@ TEST(CudnnAttentionGraphs, GeometryPutsEverySegmentInOneCallsSlot) {
 // the deterministic one, and a misspelt value is an error naming the variable, not a default.
 TEST(CudnnAttentionGraphs, BackwardChosenByTheEnvironment) {
   const char* name = "ZEROLORA_CUDNN_BACKWARD";
-  const char* saved = std::getenv(name);
-  const std::string restore = saved ? saved : "";
-  unsetenv(name);
-  EXPECT_EQ(cuda::cudnn_backward_from_environment(), cuda::CudnnBackward::kDeterministic);
-  setenv(name, "atomic", 1);
-  EXPECT_EQ(cuda::cudnn_backward_from_environment(), cuda::CudnnBackward::kAtomic);
-  EXPECT_TRUE(cuda::fused_gradients(cuda::CudnnBackward::kAtomic));
-  setenv(name, "atomic_dense_gradients", 1);
-  EXPECT_EQ(cuda::cudnn_backward_from_environment(), cuda::CudnnBackward::kAtomicDenseGradients);
-  EXPECT_FALSE(cuda::fused_gradients(cuda::CudnnBackward::kAtomicDenseGradients));
-  setenv(name, "fast", 1);
+  {
+    testing::ScopedEnvironment unset(name, nullptr);
+    EXPECT_EQ(cuda::cudnn_backward_from_environment(), cuda::CudnnBackward::kDeterministic);
+  }
+  {
+    testing::ScopedEnvironment set(name, "atomic");
+    EXPECT_EQ(cuda::cudnn_backward_from_environment(), cuda::CudnnBackward::kAtomic);
+    EXPECT_TRUE(cuda::fused_gradients(cuda::CudnnBackward::kAtomic));
+  }
+  {
+    testing::ScopedEnvironment set(name, "atomic_dense_gradients");
+    EXPECT_EQ(cuda::cudnn_backward_from_environment(), cuda::CudnnBackward::kAtomicDenseGradients);
+    EXPECT_FALSE(cuda::fused_gradients(cuda::CudnnBackward::kAtomicDenseGradients));
+  }
+  testing::ScopedEnvironment set(name, "fast");
   try {
     cuda::cudnn_backward_from_environment();
     ADD_FAILURE() << "a bad value was taken";
@@ -268,10 +381,6 @@ TEST(CudnnAttentionGraphs, BackwardChosenByTheEnvironment) {
     EXPECT_NE(std::string(e.what()).find("ZEROLORA_CUDNN_BACKWARD=fast"), std::string::npos)
         << e.what();
   }
-  if (saved)
-    setenv(name, restore.c_str(), 1);
-  else
-    unsetenv(name);
 }
 #endif
 

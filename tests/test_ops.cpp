@@ -15,6 +15,7 @@
 #include "model/batch.hpp"
 #include "ops/attention.hpp"
 #include "ops/convert.hpp"
+#include "ops/cudnn_plan.hpp"
 #include "ops/rmsnorm.hpp"
 #include "ops/simd.hpp"
 #include "test_util.hpp"

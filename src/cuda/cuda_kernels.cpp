@@ -13,6 +13,7 @@
 #include "cuda/cuda_ops.hpp"
 #include "cuda/gemm.hpp"
 #include "ops/attention.hpp"
+#include "ops/cudnn_plan.hpp"
 #ifdef ZEROLORA_CUDNN
 #include "cuda/cudnn_attention.hpp"
 #endif
@@ -355,7 +356,7 @@ class CudaKernels final : public Kernels<P> {
     if (!cudnn_) cudnn_ = std::make_unique<CudnnAttention>(device_, s_);
     return cudnn_->available(segments, M, shape);
   }
-  // cuDNN's buffers hold cudnn_padded_rows(M) rows (ops/attention.hpp: cuDNN may read past
+  // cuDNN's buffers hold cudnn_padded_rows(M) rows (ops/cudnn_plan.hpp: cuDNN may read past
   // the last token), the rows past M zero; the statistics too, in their own buffer, since the
   // layer's lse holds M rows only.
   Bf16Bits* bits_of(DeviceBuffer<bf16>& buffer, Index M, Index width) {

@@ -84,6 +84,9 @@ std::string describe(const SdpaKey& key) {
   return std::string(key.backward ? "backward" : "forward") + " B=" + std::to_string(key.slots) +
          " S=" + std::to_string(key.max_length) + " T=" + std::to_string(key.total_tokens) +
          " H=" + std::to_string(key.heads) + " KV=" + std::to_string(key.kv_heads) +
+         (key.call_kv_heads != key.kv_heads
+              ? " (" + std::to_string(key.call_kv_heads) + " KV per call)"
+              : std::string()) +
          " hd=" + std::to_string(key.head_dim) +
          (key.window > 0 ? " window=" + std::to_string(key.window) : std::string()) +
          (key.backward ? std::string(" ") + cudnn_backward_name(key.algorithm) : std::string());
@@ -97,9 +100,10 @@ std::int64_t dq_accumulator_bytes(const SdpaKey& key) {
   const std::int64_t row = fused_gradients(key.algorithm)
                                ? (key.heads + 2 * key.kv_heads) * key.head_dim
                                : key.heads * key.head_dim;
+  const std::int64_t call_heads = key.call_kv_heads * (key.heads / key.kv_heads);
   const std::int64_t values = key.head_dim % 16 == 0
-                                  ? (key.total_tokens - 1) * row + key.heads * key.head_dim
-                                  : key.slots * key.heads * key.max_length * key.head_dim;
+                                  ? (key.total_tokens - 1) * row + call_heads * key.head_dim
+                                  : key.slots * call_heads * key.max_length * key.head_dim;
   return values * static_cast<std::int64_t>(sizeof(float));
 }
 
@@ -109,6 +113,9 @@ std::shared_ptr<fe::graph::Graph> make_graph(const SdpaKey& key, std::string& me
                                              int sm_version) {
   const std::int64_t B = key.slots, S = key.max_length, H = key.heads, KV = key.kv_heads,
                      hd = key.head_dim, ld = (H + 2 * KV) * hd;
+  // The heads this graph covers (a group of them in the deterministic backward): its dims; the
+  // strides stay the layer's, and the caller points each tensor at the group's first head.
+  const std::int64_t KVc = key.call_kv_heads, Hc = KVc * (H / KV);
   auto graph = std::make_shared<fe::graph::Graph>();
   if (sm_version > 0) graph->set_sm_version(sm_version);
   graph->set_io_data_type(fe::DataType_t::BFLOAT16)
@@ -139,9 +146,10 @@ std::shared_ptr<fe::graph::Graph> make_graph(const SdpaKey& key, std::string& me
                              .set_stride({S * ld, hd, ld, 1})
                              .set_ragged_offset(offsets_qkv));
   };
-  const Tensor q = qkv_tensor("Q", kQ, H), k = qkv_tensor("K", kK, KV), v = qkv_tensor("V", kV, KV);
-  const std::vector<std::int64_t> o_dim{B, H, S, hd}, o_stride{S * H * hd, hd, H * hd, 1};
-  const std::vector<std::int64_t> stats_dim{B, H, S, 1}, stats_stride{S * H, 1, H, 1};
+  const Tensor q = qkv_tensor("Q", kQ, Hc), k = qkv_tensor("K", kK, KVc),
+               v = qkv_tensor("V", kV, KVc);
+  const std::vector<std::int64_t> o_dim{B, Hc, S, hd}, o_stride{S * H * hd, hd, H * hd, 1};
+  const std::vector<std::int64_t> stats_dim{B, Hc, S, 1}, stats_stride{S * H, 1, H, 1};
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
   try {
     if (!key.backward) {
@@ -180,9 +188,10 @@ std::shared_ptr<fe::graph::Graph> make_graph(const SdpaKey& key, std::string& me
       stats->set_data_type(fe::DataType_t::FLOAT);
       // By default cuDNN's deterministic backward: the same bits every run (a resumed run
       // repeats the uninterrupted one), its workspace dP for every slot, slots x heads x S^2 x
-      // 2 bytes (2 GiB for 8 slots of 2048 tokens and 32 heads). Its atomic-accumulating
-      // backward with dense gradients returned NaN gradients on every shape tried on an H200
-      // (cuDNN 9.19, 2026-12-04); CudnnBackward (cudnn_attention.hpp) says what is tried next.
+      // 2 bytes (1 GiB for 4 slots of 2048 tokens and 32 heads; ops/cudnn_plan.hpp). Its
+      // atomic-accumulating backward with dense gradients returned NaN gradients on every shape
+      // tried on an H200 (cuDNN 9.19, 2026-12-04); CudnnBackward (cudnn_attention.hpp) says what is
+      // tried next.
       fe::graph::SDPA_backward_attributes options;
       options.set_name("sdpa_backward")
           .set_attn_scale(scale)
@@ -202,9 +211,9 @@ std::shared_ptr<fe::graph::Graph> make_graph(const SdpaKey& key, std::string& me
         const std::vector<std::int64_t> qkv_dim_stride{S * ld, hd, ld, 1};
         dq->set_output(true).set_uid(kDQ).set_dim(o_dim).set_stride(qkv_dim_stride);
         dq->set_ragged_offset(offsets_qkv);
-        dk->set_output(true).set_uid(kDK).set_dim({B, KV, S, hd}).set_stride(qkv_dim_stride);
+        dk->set_output(true).set_uid(kDK).set_dim({B, KVc, S, hd}).set_stride(qkv_dim_stride);
         dk->set_ragged_offset(offsets_qkv);
-        dv->set_output(true).set_uid(kDV).set_dim({B, KV, S, hd}).set_stride(qkv_dim_stride);
+        dv->set_output(true).set_uid(kDV).set_dim({B, KVc, S, hd}).set_stride(qkv_dim_stride);
         dv->set_ragged_offset(offsets_qkv);
       } else {
         // Dense, not into the fused layout: the frontend sizes its fp32 workspace (dQ's
@@ -217,12 +226,12 @@ std::shared_ptr<fe::graph::Graph> make_graph(const SdpaKey& key, std::string& me
             offsets_o);
         dk->set_output(true)
             .set_uid(kDK)
-            .set_dim({B, KV, S, hd})
+            .set_dim({B, KVc, S, hd})
             .set_stride(kv_stride)
             .set_ragged_offset(offsets_kv);
         dv->set_output(true)
             .set_uid(kDV)
-            .set_dim({B, KV, S, hd})
+            .set_dim({B, KVc, S, hd})
             .set_stride(kv_stride)
             .set_ragged_offset(offsets_kv);
       }
@@ -292,6 +301,7 @@ SdpaKey sdpa_key(bool backward, const std::vector<Segment>& segments, Index M,
   }
   key.heads = shape.heads;
   key.kv_heads = shape.kv_heads;
+  key.call_kv_heads = shape.kv_heads;
   key.head_dim = shape.head_dim;
   // A window no shorter than every segment is plain causal attention: the same graph.
   key.window = shape.window > 0 && shape.window < longest ? shape.window : 0;
@@ -319,15 +329,22 @@ std::vector<SdpaCall> sdpa_forward_calls(const std::vector<Segment>& segments, I
 }
 
 std::vector<SdpaCall> sdpa_backward_calls(const std::vector<Segment>& segments, Index M,
-                                          const AttentionShape& shape, CudnnBackward algorithm) {
-  const std::vector<SegmentRange> groups = algorithm == CudnnBackward::kDeterministic
+                                          const AttentionShape& shape, CudnnBackward algorithm,
+                                          double dp_cap_bytes) {
+  const bool deterministic = algorithm == CudnnBackward::kDeterministic;
+  const std::vector<SegmentRange> groups = deterministic
                                                ? cudnn_backward_groups(segments, M)
                                                : std::vector<SegmentRange>{{0, segments.size()}};
   std::vector<SdpaCall> calls;
   for (const SegmentRange& group : groups) {
     const std::vector<Segment> part(segments.begin() + static_cast<std::ptrdiff_t>(group.first),
                                     segments.begin() + static_cast<std::ptrdiff_t>(group.last));
-    calls.push_back({sdpa_key(true, part, M, shape, algorithm), group});
+    SdpaKey key = sdpa_key(true, part, M, shape, algorithm);
+    if (deterministic)
+      key.call_kv_heads =
+          cudnn_kv_heads_per_call(key.slots * key.max_length * key.max_length, shape, dp_cap_bytes);
+    for (Index first = 0; first < shape.kv_heads; first += key.call_kv_heads)
+      calls.push_back({key, group, first});
   }
   return calls;
 }
@@ -338,8 +355,14 @@ SdpaGeometry sdpa_geometry(const std::vector<SdpaCall>& calls, const std::vector
   // order, every row in one (a row in none would get no gradient at all).
   ZL_CHECK(segments_tile_rows(segments, M));
   SdpaGeometry g;
-  for (const SdpaCall& call : calls) {
+  for (std::size_t c = 0; c < calls.size(); ++c) {
+    const SdpaCall& call = calls[c];
     const SdpaKey& key = call.key;
+    if (c > 0 && calls[c - 1].segments == call.segments && calls[c - 1].key.slots == key.slots) {
+      g.seq_len_at.push_back(g.seq_len_at.back());  // another group of heads: the same entries
+      g.offsets_at.push_back(g.offsets_at.back());
+      continue;
+    }
     const auto slots = static_cast<std::size_t>(key.slots);
     const std::size_t span = offsets_span(key.slots);
     const std::int64_t ld = (key.heads + 2 * key.kv_heads) * key.head_dim;
@@ -366,10 +389,14 @@ SdpaGeometry sdpa_geometry(const std::vector<SdpaCall>& calls, const std::vector
 
 struct CudnnAttention::Impl {
   Impl(Device& device_, cudaStream_t stream_)
-      : device(device_), stream(stream_), algorithm(cudnn_backward_from_environment()) {}
+      : device(device_),
+        stream(stream_),
+        algorithm(cudnn_backward_from_environment()),
+        dp_cap(cudnn_dp_workspace_cap_from_environment()) {}
   Device& device;
   cudaStream_t stream;
   CudnnBackward algorithm;
+  double dp_cap;  // bytes
   cudnnHandle_t handle = nullptr;
   std::map<SdpaKey, Built> graphs;
   std::set<SdpaKey> refused;  // forward keys whose graphs the frontend refused: not retried
@@ -467,7 +494,8 @@ bool CudnnAttention::available(const std::vector<Segment>& segments, Index M,
   if (impl_->refused.count(forward_key)) return false;
   try {
     impl_->graph_for(forward_key);
-    for (const SdpaCall& call : sdpa_backward_calls(segments, M, shape, impl_->algorithm))
+    for (const SdpaCall& call :
+         sdpa_backward_calls(segments, M, shape, impl_->algorithm, impl_->dp_cap))
       impl_->graph_for(call.key);
   } catch (const std::exception& e) {  // DeviceError, or the frontend's own (a library missing)
     impl_->refused.insert(forward_key);
@@ -479,6 +507,10 @@ bool CudnnAttention::available(const std::vector<Segment>& segments, Index M,
 
 CudnnBackward CudnnAttention::backward_algorithm() const {
   return impl_->algorithm;
+}
+
+double CudnnAttention::dp_workspace_cap() const {
+  return impl_->dp_cap;
 }
 
 const std::vector<std::string>& CudnnAttention::refusals() const {
@@ -505,23 +537,29 @@ void CudnnAttention::backward(Bf16Bits* diff_q, Bf16Bits* diff_k, Bf16Bits* diff
                               const Bf16Bits* diff_out, const Bf16Bits* qkv, const Bf16Bits* out,
                               const float* stats, const std::vector<Segment>& segments, Index M,
                               const AttentionShape& shape) {
-  const std::vector<SdpaCall> calls = sdpa_backward_calls(segments, M, shape, impl_->algorithm);
+  const std::vector<SdpaCall> calls =
+      sdpa_backward_calls(segments, M, shape, impl_->algorithm, impl_->dp_cap);
   impl_->upload_geometry(impl_->backward_geometry, calls, segments, M);
   const Index hd = shape.head_dim, k_col = shape.heads * hd,
-              v_col = (shape.heads + shape.kv_heads) * hd;
-  std::unordered_map<std::int64_t, void*> pack{{kQ, const_cast<Bf16Bits*>(qkv)},
-                                               {kK, const_cast<Bf16Bits*>(qkv + k_col)},
-                                               {kV, const_cast<Bf16Bits*>(qkv + v_col)},
-                                               {kO, const_cast<Bf16Bits*>(out)},
-                                               {kDO, const_cast<Bf16Bits*>(diff_out)},
-                                               {kStats, const_cast<float*>(stats)},
-                                               {kDQ, diff_q},
-                                               {kDK, diff_k},
-                                               {kDV, diff_v}};
-  // One call per group of segments, each reading and writing only its segments' rows.
+              v_col = (shape.heads + shape.kv_heads) * hd, per_kv = shape.heads / shape.kv_heads;
+  // One call per group of segments and of heads, each reading and writing only its segments'
+  // rows and its heads' columns: every tensor from the group's first head on, the strides the
+  // layer's (its statistics' slice 16-byte aligned: cudnn_kv_group_allowed).
   impl_->reserve_workspace(calls);
-  for (std::size_t c = 0; c < calls.size(); ++c)
+  for (std::size_t c = 0; c < calls.size(); ++c) {
+    const Index kv = calls[c].kv_head_first * hd, q = calls[c].kv_head_first * per_kv * hd;
+    std::unordered_map<std::int64_t, void*> pack{
+        {kQ, const_cast<Bf16Bits*>(qkv + q)},
+        {kK, const_cast<Bf16Bits*>(qkv + k_col + kv)},
+        {kV, const_cast<Bf16Bits*>(qkv + v_col + kv)},
+        {kO, const_cast<Bf16Bits*>(out + q)},
+        {kDO, const_cast<Bf16Bits*>(diff_out + q)},
+        {kStats, const_cast<float*>(stats + calls[c].kv_head_first * per_kv)},
+        {kDQ, diff_q + q},
+        {kDK, diff_k + kv},
+        {kDV, diff_v + kv}};
     impl_->run(calls[c].key, pack, impl_->backward_geometry, c);
+  }
 }
 
 }  // namespace zerolora::cuda

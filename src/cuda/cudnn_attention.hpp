@@ -22,14 +22,16 @@
 #include "core/device.hpp"
 #include "cuda/cuda_ops.hpp"
 #include "ops/attention.hpp"
+#include "ops/cudnn_plan.hpp"
 
 namespace zerolora::cuda {
 
 // Which backward cuDNN runs: ZEROLORA_CUDNN_BACKWARD=deterministic (the default), atomic or
 // atomic_dense_gradients (cudnn_backward_from_environment; ConfigError on another value).
 //   kDeterministic  dP of every slot in the workspace (on Hopper slots x heads x S^2 x 2 bytes:
-//                   2 GiB for 8 slots of 2048 tokens and 32 heads), written and read back; the
-//                   same bits every run.
+//                   1 GiB for 4 slots of 2048 tokens and 32 heads), written and read back; the
+//                   same bits every run. Calls over groups of segments and of heads keep it
+//                   within a cap (ops/cudnn_plan.hpp).
 //   kAtomic         dQ accumulated in fp32 by atomics in a workspace linear in the tokens
 //                   (results repeat to fp32 rounding, not bit for bit), with dQ, dK and dV
 //                   declared in q/k/v's own fused layout and ragged offsets, as TransformerEngine
@@ -47,11 +49,14 @@ const char* cudnn_backward_name(CudnnBackward backward);
 // One cached graph: pass, bucketed batch slots and lengths, heads.
 struct SdpaKey {
   bool backward = false;
-  Index slots = 0;         // B: power of two >= segments, at least 8
+  Index slots = 0;         // B: cudnn_slot_count(segments)
   Index max_length = 0;    // S: longest segment, rounded up by cudnn_size_bucket
   Index total_tokens = 0;  // T: tokens, rounded up likewise (backward only: its workspace;
                            // the atomic backward's: the padded rows)
-  Index heads = 0, kv_heads = 0, head_dim = 0;
+  Index heads = 0, kv_heads = 0, head_dim = 0;  // the layer's (the tensors' strides)
+  // The KV heads the graph covers, with their heads / kv_heads query heads each: kv_heads, but
+  // in the deterministic backward's groups of heads (cudnn_kv_heads_per_call).
+  Index call_kv_heads = 0;
   Index window = 0;  // Mistral's sliding window where it cuts a segment (a diagonal band); else 0
   CudnnBackward algorithm = CudnnBackward::kDeterministic;  // backward only
   auto operator<=>(const SdpaKey&) const = default;
@@ -67,23 +72,28 @@ inline bool fused_gradients(CudnnBackward algorithm) {
   return algorithm == CudnnBackward::kAtomic;
 }
 
-// The cuDNN calls of one pass over a batch: each call's key and the segments it covers. The
-// forward: one call; the deterministic backward: one per group of segments within its
-// workspace budget (ops/attention.hpp, cudnn_backward_groups); the atomic backward: one.
+// The cuDNN calls of one pass over a batch: each call's key, the segments it covers, and its
+// first KV head (its heads: key.call_kv_heads from there, with their query heads). The forward:
+// one call; the deterministic backward: one per group of segments within its workspace budget
+// (cudnn_backward_groups) and, in each, per group of heads whose dP is within dp_cap_bytes
+// (cudnn_kv_heads_per_call; ops/cudnn_plan.hpp); the atomic backward: one.
 struct SdpaCall {
   SdpaKey key;
   SegmentRange segments;
+  Index kv_head_first = 0;
 };
 std::vector<SdpaCall> sdpa_forward_calls(const std::vector<Segment>& segments, Index M,
                                          const AttentionShape& shape);
 std::vector<SdpaCall> sdpa_backward_calls(const std::vector<Segment>& segments, Index M,
-                                          const AttentionShape& shape, CudnnBackward algorithm);
+                                          const AttentionShape& shape, CudnnBackward algorithm,
+                                          double dp_cap_bytes);
 
 // The lengths and ragged offsets of a pass's calls as uploaded to the device, in one array
 // each: per call, its slots' lengths (rounded up to four entries, 16 bytes; an unused slot 0)
 // and four arrays of slots + 1 offsets (q/k/v rows, O and dense dQ rows, statistics rows, dense
 // dK and dV rows), each offsets_span(slots) long so that every one is 16-byte aligned; an
-// unused slot's offsets, and the end entry's, are M's (past the data).
+// unused slot's offsets, and the end entry's, are M's (past the data). Calls over the same
+// segments (a group's groups of heads) share their entries.
 struct SdpaGeometry {
   std::vector<std::int32_t> seq_len;
   std::vector<std::int64_t> offsets;
@@ -118,8 +128,10 @@ class CudnnAttention {
   // out [M, H hd] bf16 (=), stats [M, H] fp32 (=), from qkv [M, (H + 2 KV) hd] bf16.
   void forward(Bf16Bits* out, float* stats, const Bf16Bits* qkv,
                const std::vector<Segment>& segments, Index M, const AttentionShape& shape);
-  // The backward this object runs (read from the environment when it is made).
+  // The backward this object runs, and the deterministic one's cap on a call's dP workspace
+  // (both read from the environment when it is made).
   CudnnBackward backward_algorithm() const;
+  double dp_workspace_cap() const;
   // diff_q [M, H hd], diff_k and diff_v [M, KV hd] (=) from diff_out and the forward's out
   // (bf16, exactly as written) and stats; with fused_gradients(backward_algorithm()) the three
   // are columns of one [M, (H + 2 KV) hd] buffer instead.

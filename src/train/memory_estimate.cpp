@@ -10,6 +10,7 @@
 #include "core/system_memory.hpp"
 #include "model/parameter_table.hpp"
 #include "ops/attention.hpp"
+#include "ops/cudnn_plan.hpp"
 #include "ops/lora_branch.hpp"
 #include "zero3/lora_shards.hpp"
 
@@ -357,14 +358,15 @@ void add_gpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& 
     // The workspace (the cuDNN frontend's composite backward, sized from the dense gradient
     // layouts of cudnn_attention.cpp): fp32 row sums, with GQA fp32 dK and dV summed per
     // query head, and the deterministic backward's dP (slots x heads x S^2 bf16 per call, the
-    // calls' groups of segments within a budget whose bound for M tokens in segments of at
-    // most the sequence length is cudnn_dp_budget_bound): quadratic in the sequence length.
+    // calls' groups of segments and of heads within a budget and a cap whose bound for M tokens
+    // in segments of at most the sequence length is cudnn_dp_bytes_bound).
     // (The atomic backward, ZEROLORA_CUDNN_BACKWARD=atomic, experimental: not modelled.)
     const auto tokens = static_cast<double>(cudnn_size_bucket(static_cast<Index>(M)));
-    const auto dp =
-        static_cast<double>(cudnn_dp_budget_bound(static_cast<Index>(M), static_cast<Index>(d.S)));
+    const AttentionShape shape{c.num_heads, c.num_kv_heads, c.head_dim};
+    const double dp = cudnn_dp_bytes_bound(static_cast<Index>(M), static_cast<Index>(d.S), shape,
+                                           cudnn_dp_workspace_cap_from_environment());
     const double gqa_sums = c.num_kv_heads < c.num_heads ? 2.0 * d.heads * d.hd : 0.0;
-    const double workspace = 4.0 * tokens * (d.heads + gqa_sums) + 2.0 * d.heads * dp;
+    const double workspace = 4.0 * tokens * (d.heads + gqa_sums) + dp;
     const auto rows = static_cast<double>(cudnn_padded_rows(static_cast<Index>(M)));
     e.items.push_back({"attention (cuDNN: bf16 q/k/v, O, gradients, stats; workspace, est.)",
                        4.0 * rows * (W3 + Qd) + 4.0 * rows * d.heads + workspace});

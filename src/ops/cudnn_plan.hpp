@@ -1,0 +1,160 @@
+// How the CUDA backend cuts a batch's attention into cuDNN calls, and what those calls take in
+// memory: the shape buckets its graphs are built for, the ragged slots, the deterministic
+// backward's groups of segments and of heads, and the bounds estimate-memory counts. Host
+// arithmetic only (no CUDA), shared by src/cuda/cudnn_attention.cpp and the memory estimate,
+// and tested on every machine.
+#pragma once
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstddef>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "core/error.hpp"
+#include "ops/attention.hpp"
+
+namespace zerolora {
+
+// The ragged slots (cuDNN's batch dimension) a graph is built for: no fewer than the batch's
+// segments; up to 8 a power of two, above it a multiple of a quarter of its power of two (10,
+// 12, 14, 16, 20, 24, ...). So batches of a few segments more or less share a graph, while the
+// deterministic backward's workspace, which every slot takes whether used or not (slots x heads
+// x S^2), stays within 25% of what the segments need above 8 (the seed's 10 rows of 2048: 10
+// slots, not 16) and one long sequence takes one slot (not 8: 4 GiB at 8192 tokens and 32 heads).
+inline Index cudnn_slot_count(Index segments) {
+  if (segments <= 1) return 1;
+  Index octave = 1;
+  while (octave * 2 <= segments) octave *= 2;
+  if (segments <= 8) return octave == segments ? octave : 2 * octave;
+  const Index step = octave / 4;
+  return (segments + step - 1) / step * step;
+}
+
+// The sizes cuDNN's attention graphs are built for (a segment's length bound, the backward's
+// token bound): n rounded up to a multiple of 128 and of a quarter of its power of two (128,
+// 256, 384, 512, 640, ... 1024, 1280, ... 2048, 2560, ...), so that a graph serves every batch up
+// to 25% shorter (above 512) and micro-batches of varying lengths build few graphs.
+inline Index cudnn_size_bucket(Index n) {
+  Index octave = 128;
+  while (octave * 2 <= n) octave *= 2;
+  const Index step = octave / 4 > 128 ? octave / 4 : 128;
+  return n <= 128 ? 128 : (n + step - 1) / step * step;
+}
+
+// cuDNN's deterministic backward keeps dP for every slot of a call in its workspace: slots x
+// heads x S^2 bf16 values, S the call's longest segment (bucketed). In one call, a batch of many
+// segments of mixed lengths (--packing boundaries) would take a slot for every one of them at
+// the longest one's S^2, tens of GiB where one long document sits among many short ones. So the
+// backward runs over consecutive groups of segments (cudnn_backward_groups), each within the
+// dP of the batch cut into segments as long as its longest one (at least 128 tokens), at that
+// one's bucket S (cudnn_dp_budget, in slot x S^2 units): one call where the segments are equal
+// and at least 128 tokens long (every benchmark). (The 128: else a batch of many short segments
+// would get a slot of at least 128^2 for each.)
+inline Index cudnn_dp_budget(Index M, Index longest) {
+  const Index S = cudnn_size_bucket(longest), cut = std::max<Index>(longest, 128);
+  return cudnn_slot_count((M + cut - 1) / cut) * S * S;
+}
+
+// [first, last) segment indices of each group (in order, every segment in one).
+struct SegmentRange {
+  std::size_t first, last;
+  bool operator==(const SegmentRange&) const = default;
+};
+inline std::vector<SegmentRange> cudnn_backward_groups(const std::vector<Segment>& segments,
+                                                       Index M) {
+  Index longest = 1;
+  for (const auto& s : segments) longest = std::max(longest, s.length);
+  const Index budget = cudnn_dp_budget(M, longest);
+  std::vector<SegmentRange> groups;
+  std::size_t first = 0;
+  Index group_longest = 0;
+  for (std::size_t i = 0; i < segments.size(); ++i) {
+    const Index S = cudnn_size_bucket(std::max(group_longest, segments[i].length));
+    // A segment alone always fits: one slot of its S^2 is at most the budget.
+    if (i > first && cudnn_slot_count(static_cast<Index>(i - first + 1)) * S * S > budget) {
+      groups.push_back({first, i});
+      first = i;
+      group_longest = 0;
+    }
+    group_longest = std::max(group_longest, segments[i].length);
+  }
+  if (!segments.empty()) groups.push_back({first, segments.size()});
+  return groups;
+}
+
+// Within each group of segments the deterministic backward also splits the heads, where their dP
+// would pass a cap (ZEROLORA_CUDNN_DP_WORKSPACE_MIB): one sequence alone takes a slot of S^2 per
+// head, quadratic in its length (4 GiB for 32 heads at 8192 tokens, 64 GiB at 32768). A call
+// takes consecutive KV heads with all their query heads (so that GQA's dK and dV are summed
+// within it), its query heads a multiple of 4 or all of them, so that its slice of the fp32
+// statistics [M, H] starts 16 bytes aligned, as every tensor handed to cuDNN does. The KV heads
+// per call: the most whose dP is within the cap, else the fewest allowed.
+inline double cudnn_dp_bytes(Index slots_s2, Index query_heads) {
+  // bf16; the frontend rounds S up to 64, and every bucket is a multiple of 128
+  return 2.0 * static_cast<double>(slots_s2) * static_cast<double>(query_heads);
+}
+inline bool cudnn_kv_group_allowed(Index kv_heads_per_call, const AttentionShape& shape) {
+  const Index per_kv = shape.heads / shape.kv_heads;
+  return shape.kv_heads % kv_heads_per_call == 0 &&
+         (kv_heads_per_call == shape.kv_heads || kv_heads_per_call * per_kv % 4 == 0);
+}
+inline Index cudnn_kv_heads_per_call(Index slots_s2, const AttentionShape& shape,
+                                     double cap_bytes) {
+  const Index per_kv = shape.heads / shape.kv_heads;
+  Index fewest = shape.kv_heads;
+  for (Index g = shape.kv_heads; g >= 1; --g) {
+    if (!cudnn_kv_group_allowed(g, shape)) continue;
+    if (cudnn_dp_bytes(slots_s2, g * per_kv) <= cap_bytes) return g;
+    fewest = g;
+  }
+  return fewest;
+}
+
+// The most dP bytes one call can take in a batch of M tokens in segments of at most S tokens:
+// estimate-memory's bound of the deterministic backward's workspace. A call's slots x S^2 is at
+// most its batch's budget; at that, all heads, or the cap where the fewest heads allowed fit it.
+inline double cudnn_dp_bytes_bound(Index M, Index S, const AttentionShape& shape,
+                                   double cap_bytes) {
+  Index fewest = shape.kv_heads;
+  for (Index g = shape.kv_heads; g >= 1; --g)
+    if (cudnn_kv_group_allowed(g, shape)) fewest = g;
+  const Index fewest_heads = fewest * (shape.heads / shape.kv_heads);
+  double most = 0;
+  for (Index L = 1; L <= std::min(S, M); ++L) {
+    const Index budget = cudnn_dp_budget(M, L);
+    most = std::max(most, std::min(cudnn_dp_bytes(budget, shape.heads),
+                                   std::max(cap_bytes, cudnn_dp_bytes(budget, fewest_heads))));
+  }
+  return most;
+}
+
+// The cap, bytes: ZEROLORA_CUDNN_DP_WORKSPACE_MIB (a number of MiB, at least 0; 0: the fewest
+// heads per call), 1024 MiB when unset. A bad value is a ConfigError naming the variable.
+inline double cudnn_dp_workspace_cap_from_environment() {
+  const char* name = "ZEROLORA_CUDNN_DP_WORKSPACE_MIB";
+  const char* value = std::getenv(name);
+  if (!value || !*value) return 1024.0 * 1048576.0;
+  char* end = nullptr;
+  errno = 0;
+  const double mib = std::strtod(value, &end);
+  if (*end != '\0' || errno != 0 || !std::isfinite(mib) || mib < 0)
+    throw ConfigError(std::string(name) + "=" + value +
+                      ": a number of MiB, at least 0 (the cap on the dP workspace of one call "
+                      "of cuDNN's deterministic attention backward)");
+  return mib * 1048576.0;
+}
+
+// Rows the bf16 and statistics buffers handed to cuDNN's attention hold for an M-token batch:
+// the backward graph is told of up to cudnn_size_bucket(M) tokens, and a tile starting in the
+// last segment may read rows past its end (masked, but multiplied, so they must be finite).
+// Nothing documents either bound, so the buffers cover the token bound and 256 rows beyond it
+// (tiles of up to 256 query rows), the rows past M zero: 3% more rows at 8192 tokens, up to
+// 25% more where M sits just above a bucket.
+inline Index cudnn_padded_rows(Index M) {
+  return cudnn_size_bucket(M) + 256;
+}
+
+}  // namespace zerolora
