@@ -252,18 +252,20 @@ TEST_F(CudaBackend, Bf16AttentionEqualsTheCpuWithinBf16) {
     short_then_long.push_back({16 * s, 16});
   }
   short_then_long.push_back({640, 600});
-  ASSERT_EQ(cudnn_backward_groups(long_among_short, 600 + 40 * 16).size(), 2u);
-  ASSERT_EQ(cudnn_backward_groups(short_then_long, 600 + 40 * 16),
+  const double default_cap = 1073741824.0;
+  ASSERT_EQ(
+      cudnn_backward_groups(long_among_short, 600 + 40 * 16, {16, 4, 128}, default_cap).size(), 2u);
+  ASSERT_EQ(cudnn_backward_groups(short_then_long, 600 + 40 * 16, {16, 4, 128}, default_cap),
             (std::vector<SegmentRange>{{0, 40}, {40, 41}}));
   // Each twice: as the run does by default, then with a cap of 0 on the deterministic
   // backward's dP (ZEROLORA_CUDNN_DP_WORKSPACE_MIB, read when the kernels make their cuDNN
-  // object), which splits its calls into the fewest heads allowed: 2 KV heads (4 query heads)
-  // of the first shape, one (4 query heads) of the others.
-  // (Without cuDNN, the emulator's build, once: the cap is cuDNN's alone.)
+  // object), which runs it a segment at a time in the fewest heads allowed: 2 KV heads (4 query
+  // heads) of the first shape, one (4 query heads) of the others. (Once without cuDNN, the
+  // emulator's build, and with the atomic backward, which the cap does not split.)
+  std::vector<const char*> caps{nullptr};
 #ifdef ZEROLORA_CUDNN
-  const std::vector<const char*> caps{nullptr, "0"};
-#else
-  const std::vector<const char*> caps{nullptr};
+  if (cuda::cudnn_backward_from_environment() == cuda::CudnnBackward::kDeterministic)
+    caps.push_back("0");
 #endif
   for (const char* cap : caps) {
     testing::ScopedEnvironment cap_set("ZEROLORA_CUDNN_DP_WORKSPACE_MIB", cap);

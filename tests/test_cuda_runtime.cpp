@@ -173,24 +173,33 @@ TEST(CudnnAttentionGraphs, DeterministicBackwardGroupsSegmentsWithinItsWorkspace
     return segments;
   };
   using Groups = std::vector<SegmentRange>;
-  EXPECT_EQ(cudnn_backward_groups(equal(4, 2048), 8192), (Groups{{0, 4}}));
-  EXPECT_EQ(cudnn_backward_groups(equal(10, 2048), 20480), (Groups{{0, 10}}));
-  EXPECT_EQ(cudnn_backward_groups(equal(88, 232), 88 * 232), (Groups{{0, 88}}));
-  EXPECT_EQ(cudnn_backward_groups(equal(9, 910), 9 * 910), (Groups{{0, 9}}))
-      << "equal segments whose bucket (1024) is longer: still one call";
   const double gib = 1073741824.0, cap = gib, no_cap = 1e30;
-  const AttentionShape mha{32, 32, 128}, gqa70{64, 8, 128};
+  const AttentionShape mha{32, 32, 128}, gqa70{64, 8, 128}, llama3{32, 8, 128};
+  EXPECT_EQ(cudnn_backward_groups(equal(4, 2048), 8192, mha, cap), (Groups{{0, 4}}));
+  EXPECT_EQ(cudnn_backward_groups(equal(10, 2048), 20480, gqa70, cap), (Groups{{0, 10}}));
+  EXPECT_EQ(cudnn_backward_groups(equal(88, 232), 88 * 232, mha, cap), (Groups{{0, 88}}));
+  EXPECT_EQ(cudnn_backward_groups(equal(9, 910), 9 * 910, mha, cap), (Groups{{0, 9}}))
+      << "equal segments whose bucket (1024) is longer: still one call";
   EXPECT_EQ(cudnn_dp_bytes_bound(8192, 2048, mha, cap), gib) << "the 7B benchmark's: the cap";
   EXPECT_EQ(cudnn_dp_bytes_bound(20480, 2048, gqa70, cap), gib) << "the 70B stack's";
   EXPECT_GT(cudnn_dp_bytes_bound(20480, 2048, gqa70, no_cap), 5 * gib)
       << "uncapped: 10 slots of 2048^2 and more, 64 heads";
-  EXPECT_EQ(cudnn_dp_bytes_bound(20480, 2048, {28, 4, 128}, 0.0),
-            cudnn_dp_bytes_bound(20480, 2048, {28, 4, 128}, no_cap))
+  EXPECT_EQ(cudnn_dp_bytes_bound(20480, 2048, {28, 4, 128}, 0.0), cudnn_dp_bytes(2048 * 2048, 28))
       << "Qwen2.5-7B's 7 query heads per KV head: its statistics' slices would not be 16-byte "
-         "aligned, so its heads stay in one call";
+         "aligned, so its heads stay in one call; at a cap of 0 its segments go one by one";
+  EXPECT_EQ(cudnn_dp_bytes_bound(32768, 32768, llama3, cap), cudnn_dp_bytes(32768 * 32768, 4))
+      << "Llama 3 8B at 32768 tokens: one slot of 32768^2 at 4 query heads, 8 GiB";
+  // A long document that passes the cap even at the fewest heads takes no short one into its
+  // call (each would get a slot of its S^2); the short ones go together.
+  std::vector<Segment> long_first{{0, 30000}};
+  for (Index s = 0; s < 11; ++s) long_first.push_back({30000 + 250 * s, 250});
+  EXPECT_EQ(cudnn_backward_groups(long_first, 32750, llama3, cap), (Groups{{0, 1}, {1, 12}}));
+  EXPECT_EQ(cudnn_backward_groups(long_first, 32750, llama3, no_cap), (Groups{{0, 2}, {2, 12}}))
+      << "uncapped, the budget alone: two slots of 32768^2";
   // Batches of --packing boundaries on Alpaca-like records (documents of 40 to 798 tokens) and
-  // of long documents among short ones: every call in order, its segments' dP within their
-  // batch's budget, its heads' within the cap where a group allows it, and within the bound.
+  // of long documents among short ones, under several caps: every group in order, within its
+  // batch's budget, and at the fewest heads within the cap or one slot of its longest; every
+  // call's heads within the cap where fewer were allowed; every call within the bound.
   std::mt19937 gen(7);
   for (int trial = 0; trial < 200; ++trial) {
     std::vector<Segment> segments;
@@ -205,32 +214,38 @@ TEST(CudnnAttentionGraphs, DeterministicBackwardGroupsSegmentsWithinItsWorkspace
     Index longest = 0;
     for (const auto& seg : segments) longest = std::max(longest, seg.length);
     const Index budget = cudnn_dp_budget(M, longest);
-    const Groups groups = cudnn_backward_groups(segments, M);
-    std::size_t next = 0;
-    for (const auto& group : groups) {
-      ASSERT_EQ(group.first, next) << "in order, none skipped";
-      ASSERT_LT(group.first, group.last);
-      Index group_longest = 0;
-      for (std::size_t i = group.first; i < group.last; ++i)
-        group_longest = std::max(group_longest, segments[i].length);
-      const Index S = cudnn_size_bucket(group_longest);
-      EXPECT_LE(cudnn_slot_count(static_cast<Index>(group.last - group.first)) * S * S, budget)
-          << "trial " << trial;
-      next = group.last;
-    }
-    EXPECT_EQ(next, segments.size());
     for (const AttentionShape& shape : {mha, gqa70})
-      for (const double trial_cap : {0.0, 0.25 * gib, cap}) {
+      for (const double trial_cap : {0.0, 0.03 * gib, 0.25 * gib, cap}) {
+        SCOPED_TRACE("trial " + std::to_string(trial) + " H=" + std::to_string(shape.heads) +
+                     " cap " + std::to_string(trial_cap));
+        const Index fewest = cudnn_fewest_query_heads(shape);
+        const Groups groups = cudnn_backward_groups(segments, M, shape, trial_cap);
+        std::size_t next = 0;
+        for (const auto& group : groups) {
+          ASSERT_EQ(group.first, next) << "in order, none skipped";
+          ASSERT_LT(group.first, group.last);
+          Index group_longest = 0;
+          for (std::size_t i = group.first; i < group.last; ++i)
+            group_longest = std::max(group_longest, segments[i].length);
+          const Index S = cudnn_size_bucket(group_longest);
+          const Index slots_s2 =
+              cudnn_slot_count(static_cast<Index>(group.last - group.first)) * S * S;
+          EXPECT_LE(slots_s2, budget);
+          EXPECT_LE(cudnn_dp_bytes(slots_s2, fewest),
+                    std::max(trial_cap, cudnn_dp_bytes(S * S, fewest)));
+          next = group.last;
+        }
+        EXPECT_EQ(next, segments.size());
         const double bound = cudnn_dp_bytes_bound(M, 2048, shape, trial_cap);
         for (const auto& call : cuda::sdpa_backward_calls(
                  segments, M, shape, cuda::CudnnBackward::kDeterministic, trial_cap)) {
           const Index heads = call.key.call_kv_heads * (shape.heads / shape.kv_heads);
           const double bytes =
               cudnn_dp_bytes(call.key.slots * call.key.max_length * call.key.max_length, heads);
-          EXPECT_LE(bytes, bound) << "trial " << trial << " H=" << shape.heads;
+          EXPECT_LE(bytes, bound);
           if (bytes > trial_cap) {  // then no fewer heads were allowed
             for (Index fewer = 1; fewer < call.key.call_kv_heads; ++fewer)
-              EXPECT_FALSE(cudnn_kv_group_allowed(fewer, shape)) << "trial " << trial;
+              EXPECT_FALSE(cudnn_kv_group_allowed(fewer, shape));
           }
         }
       }
@@ -241,7 +256,7 @@ TEST(CudnnAttentionGraphs, DeterministicBackwardGroupsSegmentsWithinItsWorkspace
   for (Index s = 0; s < 99; ++s) mixed.push_back({2148 + s * 100, 100});
   const Index M = 2148 + 99 * 100;
   EXPECT_EQ(cudnn_dp_budget(M, 2048), 8 * 2048 * 2048);
-  const Groups groups = cudnn_backward_groups(mixed, M);
+  const Groups groups = cudnn_backward_groups(mixed, M, gqa70, cap);
   EXPECT_EQ(groups.front(), (SegmentRange{0, 8})) << "the long one with 7 short ones";
   EXPECT_EQ(groups.size(), 2u) << "the other 93 in one call of 96 slots of 128^2";
 }
@@ -304,11 +319,12 @@ TEST(CudnnAttentionGraphs, GeometryPutsEverySegmentInOneCallsSlot) {
   std::vector<Segment> segments{{0, 2048}};
   for (Index s = 0; s < 64; ++s) segments.push_back({2048 + 32 * s, 32});
   const Index M = 4096;
-  for (const double cap : {1073741824.0, 0.0}) {
+  // 1 GiB: two calls of all heads; 64 MiB: the first group's (2 slots of 2048^2) in 8 calls of
+  // one KV head each (4 query heads, 64 MiB), the second's (64 slots of 128^2) in one.
+  for (const auto& [cap, call_count] : {std::pair{1073741824.0, 2u}, std::pair{67108864.0, 9u}}) {
     const auto calls =
         cuda::sdpa_backward_calls(segments, M, shape, cuda::CudnnBackward::kDeterministic, cap);
-    const std::size_t head_groups = cap > 0 ? 1 : 8;
-    ASSERT_EQ(calls.size(), 2 * head_groups);
+    ASSERT_EQ(calls.size(), call_count);
     EXPECT_EQ(calls[0].key.slots, 2) << "the long one and one short one";
     EXPECT_EQ(calls[0].key.max_length, 2048);
     EXPECT_EQ(calls.back().key.slots, 64) << "63 segments";
@@ -390,20 +406,31 @@ TEST(CudnnAttentionGraphs, BackwardChosenByTheEnvironment) {
 // Llama-2-7B's and the 70B's (GQA) heads, Llama 3's, Mistral's window, at the seed's 2048
 // tokens packed several sequences to a batch.
 TEST_F(CudaBackend, CudnnTakesTheRecipesAttentionShapes) {
-  cuda::CudnnAttention cudnn(device(), dynamic_cast<cuda::CudaDevice&>(device()).stream());
   const std::vector<Segment> segments{{0, 1}, {1, 500}, {501, 1547}, {2048, 2048}};
   // and --packing boundaries' batches: one long document among many short ones, whose
   // deterministic backward runs in two calls (two graphs).
   std::vector<Segment> long_among_short{{0, 2048}};
   for (Index s = 0; s < 64; ++s) long_among_short.push_back({2048 + 32 * s, 32});
-  ASSERT_EQ(cudnn_backward_groups(long_among_short, 4096).size(), 2u);
-  for (const auto& batch : {segments, long_among_short})
-    for (const AttentionShape shape : {AttentionShape{32, 32, 128}, AttentionShape{64, 8, 128},
-                                       AttentionShape{32, 8, 128}, AttentionShape{32, 8, 128, 256}})
-      EXPECT_TRUE(cudnn.available(batch, 4096, shape))
-          << "H=" << shape.heads << " KV=" << shape.kv_heads << " window=" << shape.window
-          << " segments " << batch.size();
-  for (const auto& refusal : cudnn.refusals()) ADD_FAILURE() << "cuDNN refused " << refusal;
+  ASSERT_EQ(cudnn_backward_groups(long_among_short, 4096, {64, 8, 128}, 1073741824.0).size(), 2u);
+  // By default, then with a cap of 0 on the deterministic backward's dP, which splits every
+  // call into the fewest heads allowed: graphs whose O, dO and gradients have a row stride
+  // wider than their heads, which cuDNN must take too (else the kernels would quietly use the
+  // reference kernel, and the attention tests would prove nothing of them).
+  for (const char* cap : {static_cast<const char*>(nullptr), "0"}) {
+    testing::ScopedEnvironment cap_set("ZEROLORA_CUDNN_DP_WORKSPACE_MIB", cap);
+    cuda::CudnnAttention cudnn(device(), dynamic_cast<cuda::CudaDevice&>(device()).stream());
+    EXPECT_EQ(cudnn.dp_workspace_cap(), cap ? 0.0 : 1073741824.0);
+    for (const auto& batch : {segments, long_among_short})
+      for (const AttentionShape shape :
+           {AttentionShape{32, 32, 128}, AttentionShape{64, 8, 128}, AttentionShape{32, 8, 128},
+            AttentionShape{32, 8, 128, 256}})
+        EXPECT_TRUE(cudnn.available(batch, 4096, shape))
+            << "H=" << shape.heads << " KV=" << shape.kv_heads << " window=" << shape.window
+            << " segments " << batch.size() << " cap " << (cap ? cap : "default");
+    // Llama 3 8B on one sequence of 8192 tokens: 4 calls of 8 heads by default.
+    EXPECT_TRUE(cudnn.available({{0, 8192}}, 8192, AttentionShape{32, 8, 128}));
+    for (const auto& refusal : cudnn.refusals()) ADD_FAILURE() << "cuDNN refused " << refusal;
+  }
 }
 #endif
 

@@ -45,12 +45,15 @@ def call_cost(lengths):  # slots x S^2 of one call over these segments
     return slot_count(len(lengths)) * size_bucket(max(lengths)) ** 2
 
 
-def backward_groups(lengths, tokens):
+def backward_groups(lengths, tokens, heads, kv_heads):
     budget = dp_budget(tokens, max(lengths))
+    fewest = fewest_query_heads(heads, kv_heads)
     groups, first, group_longest = [], 0, 0
     for i, length in enumerate(lengths):
         s = size_bucket(max(group_longest, length))
-        if i > first and slot_count(i - first + 1) * s * s > budget:
+        cost = slot_count(i - first + 1) * s * s
+        over = cost > budget or 2.0 * cost * fewest > max(CAP, 2.0 * s * s * fewest)
+        if i > first and over:
             groups.append((first, i))
             first, group_longest = i, 0
         group_longest = max(group_longest, length)
@@ -76,11 +79,15 @@ def kv_heads_per_call(slots_s2, heads, kv_heads):
     return fewest
 
 
-def capped_bound(tokens, seq, heads, kv_heads):
+def fewest_query_heads(heads, kv_heads):
     fewest = min(g for g in range(1, kv_heads + 1) if group_allowed(g, heads, kv_heads))
-    fewest_heads = fewest * (heads // kv_heads)
+    return fewest * (heads // kv_heads)
+
+
+def capped_bound(tokens, seq, heads, kv_heads):
+    fewest = fewest_query_heads(heads, kv_heads)
     return max(
-        min(2.0 * dp_budget(tokens, n) * heads, max(CAP, 2.0 * dp_budget(tokens, n) * fewest_heads))
+        min(2.0 * dp_budget(tokens, n) * heads, max(CAP, 2.0 * size_bucket(n) ** 2 * fewest))
         for n in range(1, seq + 1)
     )
 
@@ -92,7 +99,7 @@ def main():
         one, grouped, capped, calls = [], [], [], []
         for i in range(0, len(rows) - batch + 1, batch):
             lengths = sum(rows[i : i + batch], [])
-            groups = backward_groups(lengths, sum(lengths))
+            groups = backward_groups(lengths, sum(lengths), heads, kv_heads)
             one.append(call_cost(lengths) * heads * 2 / gib)
             grouped.append(max(call_cost(lengths[a:b]) for a, b in groups) * heads * 2 / gib)
             costs = [call_cost(lengths[a:b]) for a, b in groups]

@@ -332,9 +332,9 @@ std::vector<SdpaCall> sdpa_backward_calls(const std::vector<Segment>& segments, 
                                           const AttentionShape& shape, CudnnBackward algorithm,
                                           double dp_cap_bytes) {
   const bool deterministic = algorithm == CudnnBackward::kDeterministic;
-  const std::vector<SegmentRange> groups = deterministic
-                                               ? cudnn_backward_groups(segments, M)
-                                               : std::vector<SegmentRange>{{0, segments.size()}};
+  const std::vector<SegmentRange> groups =
+      deterministic ? cudnn_backward_groups(segments, M, shape, dp_cap_bytes)
+                    : std::vector<SegmentRange>{{0, segments.size()}};
   std::vector<SdpaCall> calls;
   for (const SegmentRange& group : groups) {
     const std::vector<Segment> part(segments.begin() + static_cast<std::ptrdiff_t>(group.first),

@@ -47,51 +47,27 @@ inline Index cudnn_size_bucket(Index n) {
 // cuDNN's deterministic backward keeps dP for every slot of a call in its workspace: slots x
 // heads x S^2 bf16 values, S the call's longest segment (bucketed). In one call, a batch of many
 // segments of mixed lengths (--packing boundaries) would take a slot for every one of them at
-// the longest one's S^2, tens of GiB where one long document sits among many short ones. So the
-// backward runs over consecutive groups of segments (cudnn_backward_groups), each within the
-// dP of the batch cut into segments as long as its longest one (at least 128 tokens), at that
-// one's bucket S (cudnn_dp_budget, in slot x S^2 units): one call where the segments are equal
-// and at least 128 tokens long (every benchmark). (The 128: else a batch of many short segments
-// would get a slot of at least 128^2 for each.)
+// the longest one's S^2, tens of GiB where one long document sits among many short ones; one
+// long sequence alone takes a slot of S^2 per head, quadratic in its length (4 GiB for 32 heads
+// at 8192 tokens, 64 GiB at 32768). So the backward runs in calls over groups of segments and,
+// in each, of heads:
+// - consecutive segments (cudnn_backward_groups), each group within the dP of the batch cut into
+//   segments as long as its longest one (at least 128 tokens), at that one's bucket S
+//   (cudnn_dp_budget, in slot x S^2 units): one group where the segments are equal and at least
+//   128 tokens long (every benchmark). (The 128: else a batch of many short segments would get a
+//   slot of at least 128^2 for each.)
+// - consecutive KV heads with all their query heads (so that GQA's dK and dV are summed within
+//   the call), their query heads a multiple of 4 or all of them, so that the call's slice of the
+//   fp32 statistics [M, H] starts 16 bytes aligned, as every tensor handed to cuDNN does: the
+//   most whose dP is within a cap (ZEROLORA_CUDNN_DP_WORKSPACE_MIB), else the fewest allowed
+//   (cudnn_kv_heads_per_call). Where even the fewest heads pass the cap, a group of segments
+//   grows no further than one slot of its longest would take at them: a long document leaves
+//   the short ones to another call rather than give each a slot of its S^2.
 inline Index cudnn_dp_budget(Index M, Index longest) {
   const Index S = cudnn_size_bucket(longest), cut = std::max<Index>(longest, 128);
   return cudnn_slot_count((M + cut - 1) / cut) * S * S;
 }
 
-// [first, last) segment indices of each group (in order, every segment in one).
-struct SegmentRange {
-  std::size_t first, last;
-  bool operator==(const SegmentRange&) const = default;
-};
-inline std::vector<SegmentRange> cudnn_backward_groups(const std::vector<Segment>& segments,
-                                                       Index M) {
-  Index longest = 1;
-  for (const auto& s : segments) longest = std::max(longest, s.length);
-  const Index budget = cudnn_dp_budget(M, longest);
-  std::vector<SegmentRange> groups;
-  std::size_t first = 0;
-  Index group_longest = 0;
-  for (std::size_t i = 0; i < segments.size(); ++i) {
-    const Index S = cudnn_size_bucket(std::max(group_longest, segments[i].length));
-    // A segment alone always fits: one slot of its S^2 is at most the budget.
-    if (i > first && cudnn_slot_count(static_cast<Index>(i - first + 1)) * S * S > budget) {
-      groups.push_back({first, i});
-      first = i;
-      group_longest = 0;
-    }
-    group_longest = std::max(group_longest, segments[i].length);
-  }
-  if (!segments.empty()) groups.push_back({first, segments.size()});
-  return groups;
-}
-
-// Within each group of segments the deterministic backward also splits the heads, where their dP
-// would pass a cap (ZEROLORA_CUDNN_DP_WORKSPACE_MIB): one sequence alone takes a slot of S^2 per
-// head, quadratic in its length (4 GiB for 32 heads at 8192 tokens, 64 GiB at 32768). A call
-// takes consecutive KV heads with all their query heads (so that GQA's dK and dV are summed
-// within it), its query heads a multiple of 4 or all of them, so that its slice of the fp32
-// statistics [M, H] starts 16 bytes aligned, as every tensor handed to cuDNN does. The KV heads
-// per call: the most whose dP is within the cap, else the fewest allowed.
 inline double cudnn_dp_bytes(Index slots_s2, Index query_heads) {
   // bf16; the frontend rounds S up to 64, and every bucket is a multiple of 128
   return 2.0 * static_cast<double>(slots_s2) * static_cast<double>(query_heads);
@@ -100,6 +76,13 @@ inline bool cudnn_kv_group_allowed(Index kv_heads_per_call, const AttentionShape
   const Index per_kv = shape.heads / shape.kv_heads;
   return shape.kv_heads % kv_heads_per_call == 0 &&
          (kv_heads_per_call == shape.kv_heads || kv_heads_per_call * per_kv % 4 == 0);
+}
+// The query heads of the smallest group allowed.
+inline Index cudnn_fewest_query_heads(const AttentionShape& shape) {
+  Index fewest = shape.kv_heads;
+  for (Index g = shape.kv_heads; g >= 1; --g)
+    if (cudnn_kv_group_allowed(g, shape)) fewest = g;
+  return fewest * (shape.heads / shape.kv_heads);
 }
 inline Index cudnn_kv_heads_per_call(Index slots_s2, const AttentionShape& shape,
                                      double cap_bytes) {
@@ -113,20 +96,49 @@ inline Index cudnn_kv_heads_per_call(Index slots_s2, const AttentionShape& shape
   return fewest;
 }
 
+// [first, last) segment indices of each group (in order, every segment in one).
+struct SegmentRange {
+  std::size_t first, last;
+  bool operator==(const SegmentRange&) const = default;
+};
+inline std::vector<SegmentRange> cudnn_backward_groups(const std::vector<Segment>& segments,
+                                                       Index M, const AttentionShape& shape,
+                                                       double cap_bytes) {
+  Index longest = 1;
+  for (const auto& s : segments) longest = std::max(longest, s.length);
+  const Index budget = cudnn_dp_budget(M, longest), fewest = cudnn_fewest_query_heads(shape);
+  std::vector<SegmentRange> groups;
+  std::size_t first = 0;
+  Index group_longest = 0;
+  for (std::size_t i = 0; i < segments.size(); ++i) {
+    const Index S = cudnn_size_bucket(std::max(group_longest, segments[i].length));
+    const Index slots_s2 = cudnn_slot_count(static_cast<Index>(i - first + 1)) * S * S;
+    // A segment alone always fits: one slot of its S^2 is at most the budget.
+    const bool over = slots_s2 > budget || cudnn_dp_bytes(slots_s2, fewest) >
+                                               std::max(cap_bytes, cudnn_dp_bytes(S * S, fewest));
+    if (i > first && over) {
+      groups.push_back({first, i});
+      first = i;
+      group_longest = 0;
+    }
+    group_longest = std::max(group_longest, segments[i].length);
+  }
+  if (!segments.empty()) groups.push_back({first, segments.size()});
+  return groups;
+}
+
 // The most dP bytes one call can take in a batch of M tokens in segments of at most S tokens:
 // estimate-memory's bound of the deterministic backward's workspace. A call's slots x S^2 is at
-// most its batch's budget; at that, all heads, or the cap where the fewest heads allowed fit it.
+// most its batch's budget, and at the fewest heads within the cap or one slot of the batch's
+// longest: at most all heads at the budget, and at most the larger of those two.
 inline double cudnn_dp_bytes_bound(Index M, Index S, const AttentionShape& shape,
                                    double cap_bytes) {
-  Index fewest = shape.kv_heads;
-  for (Index g = shape.kv_heads; g >= 1; --g)
-    if (cudnn_kv_group_allowed(g, shape)) fewest = g;
-  const Index fewest_heads = fewest * (shape.heads / shape.kv_heads);
+  const Index fewest = cudnn_fewest_query_heads(shape);
   double most = 0;
   for (Index L = 1; L <= std::min(S, M); ++L) {
-    const Index budget = cudnn_dp_budget(M, L);
-    most = std::max(most, std::min(cudnn_dp_bytes(budget, shape.heads),
-                                   std::max(cap_bytes, cudnn_dp_bytes(budget, fewest_heads))));
+    const Index bucket = cudnn_size_bucket(L);
+    most = std::max(most, std::min(cudnn_dp_bytes(cudnn_dp_budget(M, L), shape.heads),
+                                   std::max(cap_bytes, cudnn_dp_bytes(bucket * bucket, fewest))));
   }
   return most;
 }
