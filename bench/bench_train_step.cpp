@@ -205,6 +205,8 @@ static int bench_main(int argc, char** argv) {
     }
     print_kv(p + "peak_rss_mib", peak_rss_mib());
     print_kv(p + "recompute_plan", describe_recompute_plan(model.recompute_levels()));
+    // Which attention ran (on a GPU: cuDNN's, or the reference kernel and why), for the check.
+    for (const std::string& note : model.take_kernel_notes()) print_kv(p + "note", note);
     // Share of the step per kind of work (timed steps only): on a GPU, the GPU's time in each
     // kind's kernels (the host only launches them), the rest of the step the GPU spent idle
     // or in copies outside the ops.

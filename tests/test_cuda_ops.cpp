@@ -326,6 +326,41 @@ TEST_F(CudaBackend, Bf16AttentionEqualsTheCpuWithinBf16) {
   }
 }
 
+// The run is told which attention the GPU runs, once per path and reason, and why not cuDNN's
+// where the far slower reference kernel does (training_run.cpp notes these lines).
+TEST_F(CudaBackend, KernelsSayWhichAttentionRuns) {
+  const std::vector<Segment> segments{{0, 40}, {40, 24}};
+  const Index M = 64;
+  auto forward = [&](auto& kernels, const AttentionShape& shape) {
+    float* qkv = on_gpu(random_values(M * shape.qkv_stride(), 41));
+    float* out = on_gpu(std::vector<float>(M * shape.heads * shape.head_dim));
+    float* lse = on_gpu(std::vector<float>(M * shape.heads));
+    kernels.attention_forward(out, nullptr, lse, qkv, segments, M, shape, AttentionOptions{});
+  };
+  auto only_note = [](std::vector<std::string> notes, const std::string& part) {
+    ASSERT_EQ(notes.size(), 1u) << part;
+    EXPECT_NE(notes[0].find(part), std::string::npos) << notes[0];
+  };
+  const AttentionShape shape{4, 2, 64}, odd_head{4, 2, 12};
+  gpu_kernels_->take_notes();
+  forward(*gpu_kernels_, shape);
+  only_note(gpu_kernels_->take_notes(), "the GPU's reference kernel (fp32 mode");
+  forward(*gpu_kernels_, shape);
+  EXPECT_TRUE(gpu_kernels_->take_notes().empty()) << "said once";
+  auto bf16_kernels = make_kernels<Bf16Policy>(*gpu_);
+  forward(*bf16_kernels, odd_head);
+  only_note(bf16_kernels->take_notes(), "multiples of 8 up to 256, not 12");
+  forward(*bf16_kernels, shape);
+#ifdef ZEROLORA_CUDNN
+  only_note(bf16_kernels->take_notes(), "cuDNN's fused attention, its ");
+#else
+  only_note(bf16_kernels->take_notes(), "this build has no cuDNN");
+#endif
+  forward(*bf16_kernels, shape);
+  forward(*bf16_kernels, odd_head);
+  EXPECT_TRUE(bf16_kernels->take_notes().empty()) << "said once";
+}
+
 // The bf16 policy's producers write their outputs' rounding for the projections (kernels.hpp
 // GemmOperand): every copy the rounding of the values written beside it, and a projection given
 // the copy gives the bits it gives when it rounds the values itself.

@@ -3,8 +3,10 @@
 #include <algorithm>
 #include <cmath>
 #include <initializer_list>
+#include <set>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "core/error.hpp"
@@ -203,13 +205,57 @@ class CudaKernels final : public Kernels<P> {
     return kRoundOperands && !attention_uses_direct(shape, options);
   }
 
+  std::vector<std::string> take_notes() override { return std::exchange(notes_, {}); }
+  void note_once(const std::string& line) {
+    if (noted_.insert(line).second) notes_.push_back(line);
+  }
+  // Which attention a forward ran, once per path and reason: the reference kernel is a
+  // reference, not a fast path (the 7B step at 2048 tokens did not finish in 60 s on an H200).
+  void note_attention(bool cudnn, const AttentionShape& shape, const AttentionOptions& options) {
+#ifdef ZEROLORA_CUDNN
+    if (cudnn) {
+      if (!cudnn_noted_)
+        note_once("attention: cuDNN's fused attention, its " +
+                  std::string(cudnn_backward_name(cudnn_->backward_algorithm())) +
+                  " backward (a call's dP workspace at most " +
+                  std::to_string(static_cast<long long>(cudnn_->dp_workspace_cap() / 1048576.0)) +
+                  " MiB: ZEROLORA_CUDNN_DP_WORKSPACE_MIB)");
+      cudnn_noted_ = true;
+      return;
+    }
+#else
+    (void)cudnn;
+#endif
+    std::string why;
+    if (!kRoundOperands) {
+      why = "fp32 mode; cuDNN's is bf16 only";
+    } else if (!options.fused) {
+      why = "fused attention off";
+    } else if (!cudnn_supports_head_dim(shape.head_dim)) {
+      why = "cuDNN takes head sizes that are multiples of 8 up to 256, not " +
+            std::to_string(shape.head_dim) + "; far slower than cuDNN's";
+    } else {
+#ifdef ZEROLORA_CUDNN
+      why = "cuDNN refused " +
+            (cudnn_ && !cudnn_->refusals().empty() ? cudnn_->refusals().back()
+                                                   : std::string("the shape")) +
+            "; far slower than cuDNN's";
+#else
+      why = "this build has no cuDNN; far slower than cuDNN's";
+#endif
+    }
+    note_once("attention: the GPU's reference kernel (" + why + ")");
+  }
+
   void attention_forward(Act* out, Weight* out_rounded, Act* lse, const Act* qkv,
                          const std::vector<Segment>& segments, Index M, const AttentionShape& shape,
                          const AttentionOptions& options) override {
     check_options(options);
     const Index width = shape.heads * shape.head_dim;
 #ifdef ZEROLORA_CUDNN
-    if (use_cudnn(segments, M, shape, options)) {
+    const bool cudnn = use_cudnn(segments, M, shape, options);
+    note_attention(cudnn, shape, options);
+    if (cudnn) {
       // Timed apart: cuDNN's kernel as attention, the copies into and out of its layout as
       // convert (so that a profile tells how fast cuDNN itself runs).
       const Bf16Bits* qkv16 = nullptr;
@@ -231,6 +277,8 @@ class CudaKernels final : public Kernels<P> {
       device_.copy(lse, stats, static_cast<std::size_t>(M * shape.heads) * sizeof(float));
       return;
     }
+#else
+    note_attention(false, shape, options);
 #endif
     ProfileScope profile(profiler_, ProfileCategory::kAttention);
     cuda::attention_forward(s_, out, lse, qkv, geometry(segments, M, shape),
@@ -380,6 +428,7 @@ class CudaKernels final : public Kernels<P> {
     return zero_padded(stats_, M, heads);
   }
   std::unique_ptr<CudnnAttention> cudnn_;
+  bool cudnn_noted_ = false;
   DeviceBuffer<bf16> qkv_bf16_, out_bf16_, dout_bf16_, dqkv_bf16_;
   DeviceBuffer<float> stats_;
 #endif
@@ -474,6 +523,8 @@ class CudaKernels final : public Kernels<P> {
   Index rope_positions_ = 0, rope_half_ = 0;
   DeviceBuffer<std::int32_t> row_segment_, segment_begin_, segment_length_;
   std::vector<Segment> segments_;
+  std::vector<std::string> notes_;  // take_notes(): new since the last call
+  std::set<std::string> noted_;     // every line said, so that each is said once
   Index geometry_rows_ = -1;
 };
 

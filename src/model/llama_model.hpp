@@ -101,6 +101,8 @@ class LlamaModel {
   std::size_t saved_activation_bytes() const;
   // Each layer's recompute level in the last forward_backward (never kAuto).
   const std::vector<Recompute>& recompute_levels() const { return levels_; }
+  // What the kernels chose that the run should tell (Kernels::take_notes), since the last call.
+  std::vector<std::string> take_kernel_notes() { return kernels_->take_notes(); }
 
  private:
   // Validates the batch and uploads its tokens and geometry; positions start at first_position

@@ -124,6 +124,10 @@ class Kernels {
                            Index D) = 0;
   virtual void scatter_rows(Act* dst, const Act* src, const std::int32_t* rows, Index n,
                             Index D) = 0;
+
+  // What the kernels chose that the run should tell, each line once (on a GPU: which attention
+  // runs, and why not cuDNN's where the far slower reference kernel does), since the last call.
+  virtual std::vector<std::string> take_notes() { return {}; }
 };
 
 }  // namespace zerolora

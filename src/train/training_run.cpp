@@ -189,6 +189,8 @@ class PolicyRun final : public TrainingRun::Impl {
       const Index global_targets = count_targets(data.train, global);
       const bool computed = global_targets > 0;
       const StepStats stats = trainer_->step(data.train, mine, global_targets, lr, step);
+      for (const std::string& line : model_->take_kernel_notes())
+        if (leader && observer) observer->note(line);
       if (!stats.finite) skip_nonfinite(stats, observer);  // throws beyond the limit
       const double tokens = static_cast<double>(comm.all_reduce_sum<std::int64_t>(stats.tokens));
       const double dt = now_seconds() - t0;
