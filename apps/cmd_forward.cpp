@@ -82,6 +82,8 @@ int run_forward(const ForwardOptions& o) {
                                     : std::string("no loss (one token: nothing to predict)");
   std::printf("%zu tokens, %s; logits [%zu, %lld] written to %s\n", ids.size(), loss_text.c_str(),
               ids.size(), static_cast<long long>(config.vocab_size), o.output.c_str());
+  // On a GPU: which attention ran (cuDNN's, or the reference kernel and why).
+  for (const std::string& note : model.take_kernel_notes()) std::printf("%s\n", note.c_str());
   return 0;
 }
 
