@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <initializer_list>
+#include <optional>
 #include <set>
 #include <string>
 #include <type_traits>
@@ -226,6 +227,14 @@ class CudaKernels final : public Kernels<P> {
 #else
     (void)cudnn;
 #endif
+    // The reason's line is built only when what it depends on changes, not every forward.
+    std::size_t refusals = 0;
+#ifdef ZEROLORA_CUDNN
+    if (cudnn_) refusals = cudnn_->refusals().size();
+#endif
+    const FallbackNoteInputs inputs{shape.head_dim, options.fused, refusals};
+    if (fallback_noted_ == inputs) return;
+    fallback_noted_ = inputs;
     std::string why;
     if (!kRoundOperands) {
       why = "fp32 mode; cuDNN's is bf16 only";
@@ -525,6 +534,14 @@ class CudaKernels final : public Kernels<P> {
   std::vector<Segment> segments_;
   std::vector<std::string> notes_;  // take_notes(): new since the last call
   std::set<std::string> noted_;     // every line said, so that each is said once
+  // What the reference kernel's last note depended on (note_attention).
+  struct FallbackNoteInputs {
+    Index head_dim;
+    bool fused;
+    std::size_t refusals;
+    bool operator==(const FallbackNoteInputs&) const = default;
+  };
+  std::optional<FallbackNoteInputs> fallback_noted_;
   Index geometry_rows_ = -1;
 };
 

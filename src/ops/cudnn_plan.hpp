@@ -77,22 +77,22 @@ inline bool cudnn_kv_group_allowed(Index kv_heads_per_call, const AttentionShape
   return shape.kv_heads % kv_heads_per_call == 0 &&
          (kv_heads_per_call == shape.kv_heads || kv_heads_per_call * per_kv % 4 == 0);
 }
-// The query heads of the smallest group allowed.
-inline Index cudnn_fewest_query_heads(const AttentionShape& shape) {
-  Index fewest = shape.kv_heads;
-  for (Index g = shape.kv_heads; g >= 1; --g)
-    if (cudnn_kv_group_allowed(g, shape)) fewest = g;
-  return fewest * (shape.heads / shape.kv_heads);
+// The KV heads of the smallest group allowed (at worst all of them).
+inline Index cudnn_fewest_kv_heads(const AttentionShape& shape) {
+  Index g = 1;
+  while (!cudnn_kv_group_allowed(g, shape)) ++g;
+  return g;
 }
+inline Index cudnn_fewest_query_heads(const AttentionShape& shape) {
+  return cudnn_fewest_kv_heads(shape) * (shape.heads / shape.kv_heads);
+}
+// The most KV heads allowed whose call's dP is within the cap, else the fewest allowed.
 inline Index cudnn_kv_heads_per_call(Index slots_s2, const AttentionShape& shape,
                                      double cap_bytes) {
-  const Index per_kv = shape.heads / shape.kv_heads;
-  Index fewest = shape.kv_heads;
-  for (Index g = shape.kv_heads; g >= 1; --g) {
-    if (!cudnn_kv_group_allowed(g, shape)) continue;
-    if (cudnn_dp_bytes(slots_s2, g * per_kv) <= cap_bytes) return g;
-    fewest = g;
-  }
+  const Index per_kv = shape.heads / shape.kv_heads, fewest = cudnn_fewest_kv_heads(shape);
+  for (Index g = shape.kv_heads; g > fewest; --g)
+    if (cudnn_kv_group_allowed(g, shape) && cudnn_dp_bytes(slots_s2, g * per_kv) <= cap_bytes)
+      return g;
   return fewest;
 }
 
