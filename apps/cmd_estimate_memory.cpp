@@ -1,4 +1,5 @@
 // `zerolora estimate-memory`: predicted memory per rank of a training run, item by item.
+#include <cmath>
 #include <cstdio>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -34,6 +35,7 @@ struct Estimate {
   std::string targets;  // comma-separated
   std::int64_t lora_parameters = 0;
   MemoryEstimate memory;
+  RecomputePlan recompute;  // every layer's level (auto's under its budget)
 };
 
 Estimate estimate(EstimateOptions& o) {
@@ -53,22 +55,40 @@ Estimate estimate(EstimateOptions& o) {
   o.scenario.recompute = o.recompute == "true"
                              ? parse_recompute(o.granularity, "--recompute_granularity")
                              : Recompute::kNone;
-  o.scenario.recompute_budget_bytes = recompute_budget_from_mib(o.recompute_budget_mib);
   o.scenario.bf16_residual = resolve_bf16_residual(o.residual_dtype, o.scenario.bf16);
   if (o.device != "cpu" && o.device != "cuda" && o.device.rfind("cuda:", 0) != 0)
     throw UsageError("--device " + o.device + ": expected cpu, cuda or cuda:N");
   o.scenario.gpu = o.device != "cpu";
   o.scenario.staged = o.scenario.gpu && o.ddp_backend == "mpi";
-  return {config, lora, targets, static_cast<std::int64_t>(layout.size()),
-          estimate_memory(config, layout, o.scenario)};
+  // As `zerolora train`: on a GPU auto's default budget fills the device's memory.
+  o.scenario.recompute_budget_bytes =
+      o.recompute_budget_mib < 0 && o.scenario.gpu && o.scenario.recompute == Recompute::kAuto
+          ? gpu_recompute_budget_bytes(config, layout, o.scenario, o.device_gb * 1e9)
+          : recompute_budget_from_mib(o.recompute_budget_mib);
+  const RecomputePlan plan =
+      make_recompute_plan(o.scenario.recompute, config,
+                          static_cast<double>(o.scenario.micro_batch * o.scenario.seq_len),
+                          lora.rank, 4, o.scenario.recompute_budget_bytes);
+  return {config,
+          lora,
+          targets,
+          static_cast<std::int64_t>(layout.size()),
+          estimate_memory(config, layout, o.scenario),
+          plan};
 }
 
 // total_bytes: the memory the model runs in (the GPU's with --device cuda); host_bytes: what a
-// GPU run keeps on the host; each item says where it lives.
-nlohmann::ordered_json json_report(const MemoryEstimate& e, bool gpu) {
+// GPU run keeps on the host; recompute: every layer's level, and auto's budget; each item says
+// where it lives.
+nlohmann::ordered_json json_report(const Estimate& estimate, bool gpu) {
+  const MemoryEstimate& e = estimate.memory;
   nlohmann::ordered_json j{{"device", gpu ? "cuda" : "cpu"},
                            {"total_bytes", e.total()},
                            {"host_bytes", gpu ? e.host_total() : e.total()},
+                           {"recompute",
+                            {{"plan", describe_recompute_plan(estimate.recompute.levels)},
+                             {"budget_bytes", estimate.recompute.budget_bytes},
+                             {"kept_bytes", estimate.recompute.kept_bytes}}},
                            {"items", nlohmann::ordered_json::array()}};
   for (const auto& i : e.items)
     j["items"].push_back(
@@ -77,12 +97,17 @@ nlohmann::ordered_json json_report(const MemoryEstimate& e, bool gpu) {
 }
 
 int run_estimate(EstimateOptions& o) {
-  const auto [config, lora, targets, lora_parameters, e] = estimate(o);
+  const Estimate result = estimate(o);
+  const auto& [config, lora, targets, lora_parameters, e, plan] = result;
   const MemoryScenario& s = o.scenario;
   if (o.json) {
-    std::printf("%s\n", json_report(e, s.gpu).dump(2).c_str());
+    std::printf("%s\n", json_report(result, s.gpu).dump(2).c_str());
     return 0;
   }
+  std::string recompute = s.recompute == Recompute::kNone ? "off" : recompute_name(s.recompute);
+  if (s.recompute == Recompute::kAuto)
+    recompute +=
+        " (a budget of " + std::to_string(std::lround(plan.budget_bytes / 1048576.0)) + " MiB)";
   std::printf(
       "%s: %lld layers, hidden %lld; W = %d ranks, ZeRO stage %d, micro-batch %lld x %lld tokens, "
       "%s (%s residual), recompute %s, LoRA r %d on %s (%lld parameters)\n\n",
@@ -90,9 +115,8 @@ int run_estimate(EstimateOptions& o) {
       static_cast<long long>(config.num_layers), static_cast<long long>(config.hidden_size),
       s.world_size, s.zero_stage, static_cast<long long>(s.micro_batch),
       static_cast<long long>(s.seq_len), s.bf16 ? "bf16" : "fp32",
-      s.bf16_residual ? "bf16" : "fp32",
-      s.recompute == Recompute::kNone ? "off" : recompute_name(s.recompute), lora.rank,
-      targets.c_str(), static_cast<long long>(lora_parameters));
+      s.bf16_residual ? "bf16" : "fp32", recompute.c_str(), lora.rank, targets.c_str(),
+      static_cast<long long>(lora_parameters));
   auto table = [&](bool host, const char* title, double total) {
     std::printf("  %-74s %12s\n", title, "GiB");
     for (const auto& i : e.items)
@@ -165,7 +189,8 @@ void add_estimate_flags(CLI::App* cmd, EstimateOptions* o) {
       ->check(CLI::IsMember({"auto", "full", "attention", "attention_mlp", "selective"}));
   cmd->add_option("--recompute_budget_mib", o->recompute_budget_mib,
                   "auto's budget (as `zerolora train`; -1: 8 bytes per logit of a micro-batch, at "
-                  "least 32 MiB)")
+                  "least 32 MiB; with --device cuda what --device_memory_gb holds beyond full "
+                  "recompute, less 10% and at least 2 GiB)")
       ->capture_default_str()
       ->check(finite_in(-1.0, 1e12));
   cmd->add_option("--prefetch_depth", o->scenario.prefetch_depth, "ZeRO-3 units gathered ahead")
@@ -182,7 +207,9 @@ void add_estimate_flags(CLI::App* cmd, EstimateOptions* o) {
                   "Tokens of the tokenized training set (held by every rank)")
       ->capture_default_str()
       ->check(whole_in(0));
-  cmd->add_option("--device_memory_gb", o->device_gb, "Device capacity to compare with, in GB")
+  cmd->add_option("--device_memory_gb", o->device_gb,
+                  "Device capacity to compare with, in GB; with --device cuda also the free GPU "
+                  "memory that recompute auto's default budget fills (as `zerolora train`)")
       ->capture_default_str()
       ->check(finite_in(0.0));
   cmd->add_option("--device", o->device,
@@ -212,7 +239,7 @@ nlohmann::ordered_json estimate_memory_report(const std::vector<std::string>& ar
   EstimateOptions o;
   add_estimate_flags(&cmd, &o);
   parse_function_flags(cmd, args);
-  return json_report(estimate(o).memory, o.scenario.gpu);
+  return json_report(estimate(o), o.scenario.gpu);
 }
 
 }  // namespace zerolora::cli

@@ -9,7 +9,8 @@
 # estimate_70b_layers bench_70b_layers, bench_7b_atomic attention_backwards).
 # Stages run most important first (the CUDA tests, the fixtures, GPU-vs-CPU training and
 # resuming across devices, the 7B benchmark against Transformers + PEFT, the bandwidth of each
-# memory-bound op at its shape, ZeRO-3 on the GPU, the 70B-layer stack, cuDNN's atomic
+# memory-bound op at its shape, the 7B with recompute auto's budget from the GPU's free memory
+# (`zerolora train`'s default), ZeRO-3 on the GPU, the 70B-layer stack, cuDNN's atomic
 # attention backward tried, the ZeRO-3 benchmark, then compute-sanitizer's memcheck and
 # racecheck over the CUDA tests), each under its own limit, all under one deadline
 # (GPU_CHECK_SECONDS, default 430 s): a stage with under 20 s left is skipped and says so. The
@@ -417,6 +418,44 @@ PY
 export -f targets_7b
 stage targets_7b 20 targets_7b
 stage memory_refused_gpu 30 memory_refused_gpu
+
+# What `zerolora train`'s default gives the 7B benchmark: recompute auto with its budget from
+# the GPU's free memory (gpu_recompute_budget_bytes; estimate-memory computes it for the memory
+# nvidia-smi reports free), beside full recompute's bench_7b, and its measured peak against
+# the estimate (issue 13: within 10%).
+bench_7b_auto() {
+  local free_mib gb budget
+  free_mib=$(nvidia-smi --query-gpu=memory.free --format=csv,noheader,nounits -i 0) || return 1
+  gb=$(py -c "print($free_mib * 2**20 / 1e9)")
+  "$pack/bin/zerolora" estimate-memory --preset llama2-7b --device cuda --world_size 1 \
+    --bf16 true --per_device_train_batch_size 4 --max_seq_length 2048 --lora_rank 4 \
+    --lora_dropout 0.05 --lora_target_modules q_proj k_proj v_proj o_proj \
+    --device_memory_gb "$gb" --json > "$work/estimate_7b_auto.json" || return 1
+  budget=$(py -c "import json, sys; print(int(json.load(open(sys.argv[1]))['recompute']['budget_bytes'] / 2**20))" \
+    "$work/estimate_7b_auto.json") || return 1
+  echo "recompute auto's budget on $free_mib MiB free: $budget MiB"
+  "$pack/bin/bench_train_step" --device cuda --layers 32 --seq 2048 --batch 4 --steps 3 \
+    --threads 16 --recompute auto --recompute_budget_mib "$budget" | tee "$work/bench_7b_auto.txt"
+  local rc=${PIPESTATUS[0]}
+  grep -E "^seq2048_" "$work/bench_7b_auto.txt" | sed 's/^/auto_/' >> "$results"
+  py - "$work/estimate_7b_auto.json" "$work/bench_7b_auto.txt" "$results" "$free_mib" <<'PY' || rc=1
+import json, sys
+estimate, bench, results, free_mib = sys.argv[1:]
+e = json.load(open(estimate))
+kv = dict(l.strip().split("=", 1) for l in open(bench) if "=" in l)
+measured, predicted = float(kv["seq2048_peak_device_mib"]), e["total_bytes"] / 2**20
+error = (predicted - measured) / measured
+print(f"auto ({e['recompute']['plan']}): predicted {predicted:.0f} MiB, measured {measured:.0f} MiB "
+      f"of {free_mib} free: {100 * error:+.1f}%; {kv.get('seq2048_tokens_per_s')} tokens/s")
+with open(results, "a") as f:
+    f.write(f"auto_plan={e['recompute']['plan']}\nauto_budget_mib={e['recompute']['budget_bytes'] / 2**20:.0f}\n"
+            f"auto_predicted_mib={predicted:.0f}\nauto_error={error:+.3f}\n")
+sys.exit(0 if abs(error) <= 0.10 and measured < float(free_mib) else 1)
+PY
+  return "$rc"
+}
+export -f bench_7b_auto
+stage bench_7b_auto 120 bench_7b_auto
 
 # ZeRO-3 on the GPU (issue 17): ranks sharing the H200 through the host-staged transport, and
 # NCCL at W = 1 (it refuses two ranks on one GPU), each equal to one rank on the same GPU

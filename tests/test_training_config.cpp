@@ -448,6 +448,74 @@ TEST(MemoryEstimate, GpuRunThatDoesNotFitIsRefused) {
   EXPECT_NO_THROW(require_device_memory_fits(e, s, gpu, need, 1));
 }
 
+// On a GPU, recompute auto's default budget spends the free memory beyond the run at full
+// recompute, less the margin: the run then fits what was free less the margin, keeps more the
+// more is free (up to everything), and where even full recompute does not fit, falls back to
+// the host default (the memory check then refuses the run as before). estimate-memory's
+// --device_memory_gb plays the free memory.
+TEST(MemoryEstimate, GpuRecomputeBudgetFillsTheFreeMemory) {
+  const LlamaConfig c = preset_config("llama2-7b");
+  const LoraLayout lora = qkvo_lora(c);
+  MemoryScenario s;
+  s.gpu = true;
+  s.micro_batch = 4;
+  s.seq_len = 2048;
+  const double rows = 4 * 2048, host_default = default_recompute_budget_bytes(c, rows);
+  auto planned = [&](double budget) {
+    return make_recompute_plan(Recompute::kAuto, c, rows, 4, 4, budget);
+  };
+  MemoryScenario full = s;
+  full.recompute = Recompute::kFull;
+  const double full_total = estimate_memory(c, lora, full).total();
+  double previous_kept = -1;
+  // 20 GB: not even full recompute fits; 24 GB: under 2 GB to spend, less than the host default.
+  for (double free_gb : {20.0, 24.0, 40.0, 80.0, 141.0, 400.0}) {
+    const double free = free_gb * 1e9;
+    const double budget = gpu_recompute_budget_bytes(c, lora, s, free);
+    const double usable =
+        free - std::max(kGpuRecomputeMargin * free, kGpuRecomputeMarginFloorBytes);
+    EXPECT_NEAR(budget, std::max(usable - full_total, host_default), 1.0) << free_gb << " GB";
+    MemoryScenario fitted = s;
+    fitted.recompute_budget_bytes = budget;
+    if (budget > host_default)
+      EXPECT_LE(estimate_memory(c, lora, fitted).total(), usable) << free_gb << " GB";
+    const RecomputePlan plan = planned(budget);
+    EXPECT_GE(plan.kept_bytes, previous_kept) << free_gb << " GB";
+    previous_kept = plan.kept_bytes;
+  }
+  EXPECT_EQ(describe_recompute_plan(planned(gpu_recompute_budget_bytes(c, lora, s, 400e9)).levels),
+            "32 none");
+  EXPECT_EQ(gpu_recompute_budget_bytes(c, lora, s, 10e9), host_default)
+      << "the 7B's weights alone pass 10 GB";
+  // The scenario's own mode and device do not matter: the budget is auto's on a GPU.
+  MemoryScenario cpu_full = s;
+  cpu_full.gpu = false;
+  cpu_full.recompute = Recompute::kFull;
+  EXPECT_EQ(gpu_recompute_budget_bytes(c, lora, cpu_full, 80e9),
+            gpu_recompute_budget_bytes(c, lora, s, 80e9));
+
+  auto budget_mib = [](const std::vector<std::string>& extra) {
+    std::vector<std::string> args{"--preset", "llama2-7b",        "--per_device_train_batch_size",
+                                  "4",        "--max_seq_length", "2048"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    const nlohmann::ordered_json report = cli::estimate_memory_report(args);
+    for (const auto& item : report["items"])
+      if (item["name"].get<std::string>().rfind("kept for backward", 0) == 0)
+        return item["bytes"].get<double>() / 1048576.0;
+    return 0.0;  // nothing kept
+  };
+  const double on_80 = budget_mib({"--device", "cuda", "--device_memory_gb", "80"});
+  EXPECT_NEAR(on_80, planned(gpu_recompute_budget_bytes(c, lora, s, 80e9)).kept_bytes / 1048576.0,
+              1e-6);
+  EXPECT_GT(on_80, budget_mib({"--device", "cuda", "--device_memory_gb", "40"}));
+  EXPECT_NEAR(budget_mib({"--device", "cuda", "--recompute_budget_mib", "1000"}),
+              planned(1000 * 1048576.0).kept_bytes / 1048576.0, 1e-6)
+      << "a budget given is kept";
+  EXPECT_NEAR(budget_mib({"--device_memory_gb", "80"}),
+              planned(host_default).kept_bytes / 1048576.0, 1e-6)
+      << "on the CPU the host default";
+}
+
 // On a GPU above rank 16, estimate-memory --lora_dropout 0 counts no dropped copies of the LoRA
 // inputs (train's default 0.05 does).
 TEST(MemoryEstimate, LoraDropoutFlagReachesTheEstimate) {

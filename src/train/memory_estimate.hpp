@@ -65,6 +65,19 @@ void require_device_memory_fits(const MemoryEstimate& estimate, const MemoryScen
                                 const std::string& device_name, double free_bytes,
                                 int ranks_on_device);
 
+// Recompute auto's default budget on a GPU (the scenario's, on a GPU and in auto), given
+// `free_bytes`, what the GPU has free for this rank: the activations that memory holds beyond the
+// run at full recompute (by this estimate), less a margin for what the estimate leaves out (the
+// CUDA context's growth, the allocator's rounding, NCCL's buffers): kGpuRecomputeMargin of
+// free_bytes, at least kGpuRecomputeMarginFloorBytes. Each layer kept spares backward its
+// forward's recompute, and the GPU's memory is the run's own, where the host's is shared with
+// the machine (the host default, default_recompute_budget_bytes, stays the CPU's). Never below
+// that host default, which the memory check then judges as before.
+inline constexpr double kGpuRecomputeMargin = 0.10;
+inline constexpr double kGpuRecomputeMarginFloorBytes = 2.0 * 1073741824.0;
+double gpu_recompute_budget_bytes(const LlamaConfig& model, const LoraLayout& lora,
+                                  MemoryScenario scenario, double free_bytes);
+
 // Llama-2 7B, 13B and 70B configurations ("llama2-7b", "llama2-13b", "llama2-70b").
 LlamaConfig preset_config(const std::string& name);
 std::vector<std::string> preset_names();

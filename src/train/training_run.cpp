@@ -90,7 +90,7 @@ class PolicyRun final : public TrainingRun::Impl {
          std::to_string(args.zero_stage) + "; " + recompute_note());
     ComputeOptions compute;
     compute.recompute = recompute_mode();
-    compute.recompute_budget_bytes = recompute_budget_bytes();
+    compute.recompute_budget_bytes = recompute_budget_bytes;
     compute.attention.softmax_bf16 = args.attn_softmax_bf16;
     compute.bf16_residual = bf16_residual;
     model_.emplace(*rt, *weights_, &*layout, compute);

@@ -17,6 +17,7 @@
 #include "lora/lora_layout.hpp"
 #include "model/recompute_plan.hpp"
 #include "train/lr_schedule.hpp"
+#include "train/memory_estimate.hpp"
 #include "train/run_setup.hpp"
 #include "train/run_signature.hpp"
 #include "train/training_args.hpp"
@@ -38,10 +39,15 @@ struct TrainingRun::Impl {
   virtual RunOutcome run(const StopRequest& stop, RunObserver* observer) = 0;
   virtual nlohmann::ordered_json save(RunObserver* observer) = 0;
 
-  Recompute recompute_mode() const;       // none without gradient checkpointing
-  double recompute_budget_bytes() const;  // negative: auto's default
+  Recompute recompute_mode() const;  // none without gradient checkpointing
   // "recompute: auto, 10.0 MiB for 5120-token micro-batches: 5 attention (7.0 MiB kept)".
   std::string recompute_note() const;
+  // The run as estimate_memory sees it, its micro-batches at most `lengths`' longest.
+  MemoryScenario memory_scenario(const std::vector<Index>& lengths) const;
+  // Recompute auto's budget: --recompute_budget_mib; by default on a GPU what its free memory
+  // holds beyond the run at full recompute (gpu_recompute_budget_bytes), else negative (the
+  // host default, default_recompute_budget_bytes).
+  double resolve_recompute_budget(const std::vector<Index>& lengths) const;
   // Before the model is read: refuse, with the arithmetic, a run the machine cannot hold.
   void check_memory(const std::vector<Index>& lengths) const;
   // The settings that make this run the run it is (run_signature.hpp); `precision` is the
@@ -69,6 +75,7 @@ struct TrainingRun::Impl {
   Index per_epoch = 1;
   Index global_batch = 1;
   Index largest_micro_batch_rows = 0;  // tokens of the largest micro-batch a rank runs
+  double recompute_budget_bytes = -1;  // auto's (resolve_recompute_budget; negative: the default)
   std::int64_t total_steps = 1;
   std::int64_t first_step = 0;
   LrSchedule schedule;

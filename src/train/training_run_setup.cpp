@@ -128,6 +128,7 @@ TrainingRun::Impl::Impl(Communicator& communicator, PreparedSettings prepared,
   largest_micro_batch_rows =
       std::min<Index>(args.per_device_train_batch_size, sampler->per_rank()) *
       *std::max_element(lengths.begin(), lengths.end());
+  recompute_budget_bytes = resolve_recompute_budget(lengths);
   if (settings.check_memory) check_memory(lengths);
 }
 
@@ -137,8 +138,11 @@ Recompute TrainingRun::Impl::recompute_mode() const {
              : Recompute::kNone;
 }
 
-double TrainingRun::Impl::recompute_budget_bytes() const {
-  return recompute_budget_from_mib(args.recompute_budget_mib);
+double TrainingRun::Impl::resolve_recompute_budget(const std::vector<Index>& lengths) const {
+  const double given = recompute_budget_from_mib(args.recompute_budget_mib);
+  if (given >= 0 || !gpu_room || recompute_mode() != Recompute::kAuto) return given;
+  return gpu_recompute_budget_bytes(checkpoint->config(), *layout, memory_scenario(lengths),
+                                    gpu_room->free_bytes / std::max(1, gpu_room->ranks_sharing));
 }
 
 // "recompute: auto, 10.0 MiB for 5120-token micro-batches: 5 attention (7.0 MiB kept)".
@@ -148,16 +152,21 @@ std::string TrainingRun::Impl::recompute_note() const {
   if (mode != Recompute::kAuto) return std::string("recompute: ") + recompute_name(mode);
   const RecomputePlan plan =
       make_recompute_plan(mode, c, static_cast<double>(largest_micro_batch_rows), lora.rank,
-                          sizeof(float), recompute_budget_bytes());
-  return "recompute: auto, " + fixed(plan.budget_bytes / 1048576.0, 1) + " MiB for " +
-         std::to_string(largest_micro_batch_rows) +
+                          sizeof(float), recompute_budget_bytes);
+  const bool from_gpu = gpu_room && args.recompute_budget_mib < 0;
+  return "recompute: auto, " + fixed(plan.budget_bytes / 1048576.0, 1) + " MiB" +
+         (from_gpu ? " (what the GPU's free memory holds beyond full recompute, less " +
+                         fixed(kGpuRecomputeMargin * 100, 0) + "%, at least " +
+                         fixed(kGpuRecomputeMarginFloorBytes / 1073741824.0, 0) + " GiB)"
+                   : std::string()) +
+         " for " + std::to_string(largest_micro_batch_rows) +
          "-token micro-batches: " + describe_recompute_plan(plan.levels) + " (" +
          fixed(plan.kept_bytes / 1048576.0, 1) + " MiB kept)";
 }
 
 // Before the model is read: refuse, with the arithmetic, a run the machine (on a GPU: the host
 // and the GPU) cannot hold.
-void TrainingRun::Impl::check_memory(const std::vector<Index>& lengths) const {
+MemoryScenario TrainingRun::Impl::memory_scenario(const std::vector<Index>& lengths) const {
   MemoryScenario s;
   s.world_size = comm.size();
   s.zero_stage = args.zero_stage;
@@ -166,13 +175,18 @@ void TrainingRun::Impl::check_memory(const std::vector<Index>& lengths) const {
   s.seq_len = *std::max_element(lengths.begin(), lengths.end());
   s.bf16 = args.bf16;
   s.recompute = recompute_mode();
-  s.recompute_budget_bytes = recompute_budget_bytes();
+  s.recompute_budget_bytes = recompute_budget_bytes;
   s.bf16_residual = bf16_residual;
   s.threads = rt->threads();
   s.persistence_threshold = args.persistence_threshold;
   s.dataset_tokens = data.report.train_tokens;
   s.gpu = settings.device != "cpu";
   s.staged = s.gpu && ddp_backend == DdpBackend::kMpi;
+  return s;
+}
+
+void TrainingRun::Impl::check_memory(const std::vector<Index>& lengths) const {
+  const MemoryScenario s = memory_scenario(lengths);
   const MemoryEstimate estimate = estimate_memory(checkpoint->config(), *layout, s);
   require_memory_fits(estimate, s, std::max(1, detect_launch().local_size));
   if (gpu_room)

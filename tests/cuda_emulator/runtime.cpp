@@ -39,13 +39,21 @@ extern "C" void __asan_unpoison_memory_region(void const volatile* address, std:
 namespace zerolora::cuda_emulator {
 namespace {
 
-constexpr std::size_t kDeviceBytes = std::size_t{16} << 30;  // the emulated GPU's memory
-constexpr std::size_t kAllocationAlignment = 256;            // what cudaMalloc guarantees
+constexpr std::size_t kAllocationAlignment = 256;  // what cudaMalloc guarantees
+
+// The emulated GPU's memory: 16 GiB, or ZEROLORA_EMULATED_GPU_MIB (a test of what depends on
+// the free memory, such as recompute auto's budget on a GPU, gives a small one).
+std::size_t emulated_device_bytes() {
+  const char* mib = std::getenv("ZEROLORA_EMULATED_GPU_MIB");
+  const long long given = mib ? std::atoll(mib) : 0;
+  return given > 0 ? static_cast<std::size_t>(given) << 20 : std::size_t{16} << 30;
+}
 
 struct Runtime {
   std::mutex mutex;
   std::map<std::uintptr_t, std::size_t> allocations;  // base -> bytes
   std::size_t allocated = 0;
+  const std::size_t device_bytes = emulated_device_bytes();
   int current_device = 0;
   cudaError_t last_error = cudaSuccess;
   std::string last_message;
@@ -185,7 +193,7 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
   std::snprintf(prop->name, sizeof prop->name, "zerolora CUDA emulator on the CPU");
   std::memcpy(prop->uuid.bytes, "zerolora-emu-gpu", 16);
   prop->uuid.bytes[15] = static_cast<char>('0' + device % 64);
-  prop->totalGlobalMem = kDeviceBytes;
+  prop->totalGlobalMem = runtime().device_bytes;
   prop->major = 9;  // Hopper, what the backend is built for (sm_90)
   prop->minor = 0;
   prop->multiProcessorCount = 132;
@@ -199,8 +207,8 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
 cudaError_t cudaMemGetInfo(std::size_t* free, std::size_t* total) {
   Runtime& rt = runtime();
   std::lock_guard lock(rt.mutex);
-  *total = kDeviceBytes;
-  *free = kDeviceBytes - rt.allocated;
+  *total = rt.device_bytes;
+  *free = rt.device_bytes - rt.allocated;
   return cudaSuccess;
 }
 
@@ -261,7 +269,7 @@ cudaError_t cudaMalloc(void** pointer, std::size_t bytes) {
   {
     Runtime& rt = runtime();
     std::lock_guard lock(rt.mutex);
-    fits = rounded <= kDeviceBytes - rt.allocated;
+    fits = rounded <= rt.device_bytes - rt.allocated;
   }
   if (!fits)
     return fail(cudaErrorMemoryAllocation, "cudaMalloc of " + std::to_string(bytes) +
