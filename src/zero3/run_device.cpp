@@ -16,6 +16,15 @@ RunDevice open_run_device(const std::string& spec, DdpBackend backend, Communica
   if (spec == "cpu") {
     if (backend == DdpBackend::kNccl)
       throw UsageError("--ddp_backend nccl needs --device cuda: NCCL runs on GPUs");
+#ifdef ZEROLORA_CUDA
+    // --device cpu is the default: where a GPU is visible the run says so (Transformers'
+    // Trainer would have taken it), for a run on the CPU is months where the GPU's is hours.
+    if (comm.rank() == 0)
+      if (const int visible = cuda::visible_gpus(); visible > 0)
+        run.note = "device: the CPU, though " + std::to_string(visible) +
+                   (visible == 1 ? " GPU is" : " GPUs are") +
+                   " visible: --device cuda trains there";
+#endif
     return run;
   }
   const int explicit_ordinal = cuda_ordinal(spec);
