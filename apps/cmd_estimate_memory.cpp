@@ -25,7 +25,7 @@ struct EstimateOptions {
   std::string bf16 = "true", recompute = "true", residual_dtype = "auto", granularity = "auto";
   double recompute_budget_mib = -1;
   double device_gb = 96;
-  std::string device = "cpu", ddp_backend = "nccl";
+  std::string device = "cpu", ddp_backend = "nccl", eval_strategy = "no";
   bool json = false;
 };
 
@@ -60,6 +60,7 @@ Estimate estimate(EstimateOptions& o) {
     throw UsageError("--device " + o.device + ": expected cpu, cuda or cuda:N");
   o.scenario.gpu = o.device != "cpu";
   o.scenario.staged = o.scenario.gpu && o.ddp_backend == "mpi";
+  o.scenario.evaluates = o.eval_strategy != "no";
   // As `zerolora train`: on a GPU auto's default budget fills the device's memory.
   o.scenario.recompute_budget_bytes =
       o.recompute_budget_mib < 0 && o.scenario.gpu && o.scenario.recompute == Recompute::kAuto
@@ -134,6 +135,12 @@ int run_estimate(EstimateOptions& o) {
         "allocations: on an H200 they were within 0.3%% of the measured peak for a "
         "Llama-2-7B shape at 4 x 2048 tokens and 4 layers of Llama-2-70B's at 10 x 2048 "
         "(BENCHMARKS.md).\n");
+    if (s.recompute == Recompute::kAuto && o.recompute_budget_mib < 0)
+      std::printf(
+          "Recompute auto's budget, as `zerolora train` sets it on a GPU: what %.0f GB free "
+          "(--device_memory_gb) hold beyond full recompute, less 10%% and at least 2 GiB (or the "
+          "host default where that is larger).\n",
+          o.device_gb);
   }
   std::printf("\n%s a %.0f GB device (%.0f%% used)\n",
               total <= o.device_gb * 1e9 ? "fits" : "does NOT fit", o.device_gb,
@@ -189,10 +196,16 @@ void add_estimate_flags(CLI::App* cmd, EstimateOptions* o) {
       ->check(CLI::IsMember({"auto", "full", "attention", "attention_mlp", "selective"}));
   cmd->add_option("--recompute_budget_mib", o->recompute_budget_mib,
                   "auto's budget (as `zerolora train`; -1: 8 bytes per logit of a micro-batch, at "
-                  "least 32 MiB; with --device cuda what --device_memory_gb holds beyond full "
-                  "recompute, less 10% and at least 2 GiB)")
+                  "least 32 MiB; with --device cuda the larger of that and what "
+                  "--device_memory_gb holds beyond full recompute, less 10% and at least 2 GiB, "
+                  "as `zerolora train` with one rank on a GPU of that much free memory)")
       ->capture_default_str()
       ->check(finite_in(-1.0, 1e12));
+  cmd->add_option("--eval_strategy", o->eval_strategy,
+                  "no, steps or epoch (as `zerolora train`): evaluation's forward holds one "
+                  "layer's activations")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"no", "steps", "epoch"}));
   cmd->add_option("--prefetch_depth", o->scenario.prefetch_depth, "ZeRO-3 units gathered ahead")
       ->capture_default_str()
       ->check(whole_in(0));
@@ -209,7 +222,7 @@ void add_estimate_flags(CLI::App* cmd, EstimateOptions* o) {
       ->check(whole_in(0));
   cmd->add_option("--device_memory_gb", o->device_gb,
                   "Device capacity to compare with, in GB; with --device cuda also the free GPU "
-                  "memory that recompute auto's default budget fills (as `zerolora train`)")
+                  "memory that recompute auto's default budget fills")
       ->capture_default_str()
       ->check(finite_in(0.0));
   cmd->add_option("--device", o->device,

@@ -4,10 +4,12 @@
 // zerolora does not implement), and the memory estimate on a GPU.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "apps/cli.hpp"
 #include "core/error.hpp"
@@ -374,10 +376,11 @@ TEST(MemoryEstimate, GpuSplitsGpuAndHostMemory) {
   EXPECT_EQ(find(fp32, "bf16 GEMM operands"), nullptr);
 }
 
-const MemoryItem* item_named(const MemoryEstimate& e, const std::string& prefix) {
+// A copy: the estimate is often a temporary.
+std::optional<MemoryItem> item_named(const MemoryEstimate& e, const std::string& prefix) {
   for (const auto& i : e.items)
-    if (i.name.rfind(prefix, 0) == 0) return &i;
-  return nullptr;
+    if (i.name.rfind(prefix, 0) == 0) return i;
+  return std::nullopt;
 }
 
 // LoRA on q, k, v and o (the seed recipe's targets), the default rank.
@@ -385,6 +388,15 @@ LoraLayout qkvo_lora(const LlamaConfig& c) {
   LoraConfig lora_config;
   lora_config.targets = parse_lora_targets("q_proj,k_proj,v_proj,o_proj");
   return LoraLayout(c, lora_config);
+}
+
+// Llama-2-7B's benchmark micro-batch, 4 x 2048 tokens, on a GPU.
+MemoryScenario gpu_4x2048() {
+  MemoryScenario s;
+  s.gpu = true;
+  s.micro_batch = 4;
+  s.seq_len = 2048;
+  return s;
 }
 
 // Below 1024 tokens the GPU's layer work buffers are sized for the micro-batch's rows (the MLP's
@@ -396,13 +408,47 @@ TEST(MemoryEstimate, GpuWorkBuffersFollowASmallMicroBatch) {
   MemoryScenario s;
   s.gpu = true;
   s.seq_len = 512;
-  const MemoryItem* small = item_named(estimate_memory(c, lora, s), "layer work buffers");
-  ASSERT_NE(small, nullptr);
+  const auto small = item_named(estimate_memory(c, lora, s), "layer work buffers");
+  ASSERT_TRUE(small);
   const double at_512 = small->bytes;
   s.seq_len = 1024;
-  const MemoryItem* large = item_named(estimate_memory(c, lora, s), "layer work buffers");
-  ASSERT_NE(large, nullptr);
+  const auto large = item_named(estimate_memory(c, lora, s), "layer work buffers");
+  ASSERT_TRUE(large);
   EXPECT_DOUBLE_EQ(large->bytes, 2 * at_512);
+}
+
+// Evaluation's forward runs every layer in the one layer's set that recompute uses: where no
+// layer recomputes, a run that evaluates holds it all the same (train's eval_strategy or
+// do_eval with a validation set; estimate-memory's --eval_strategy).
+TEST(MemoryEstimate, EvaluationHoldsOneLayersSetWithoutRecompute) {
+  const LlamaConfig c = preset_config("llama2-7b");
+  const LoraLayout lora = qkvo_lora(c);
+  MemoryScenario s = gpu_4x2048();
+  const double one_layer =
+      4.0 * kept_elements(Recompute::kSelective, c, 4 * 2048, lora.config().rank);
+  s.recompute = Recompute::kNone;
+  EXPECT_FALSE(item_named(estimate_memory(c, lora, s), "one layer's activations"));
+  s.evaluates = true;
+  const auto evaluated = item_named(estimate_memory(c, lora, s), "one layer's activations");
+  ASSERT_TRUE(evaluated);
+  EXPECT_EQ(evaluated->name, "one layer's activations (evaluation's forward)");
+  EXPECT_EQ(evaluated->bytes, one_layer);
+  s.recompute = Recompute::kFull;  // counted once, for both
+  const MemoryEstimate full = estimate_memory(c, lora, s);
+  EXPECT_EQ(std::count_if(full.items.begin(), full.items.end(),
+                          [](const MemoryItem& i) {
+                            return i.name.rfind("one layer's activations", 0) == 0;
+                          }),
+            1);
+  EXPECT_EQ(item_named(full, "one layer's activations")->bytes, one_layer);
+  auto total = [](const std::vector<std::string>& extra) {
+    std::vector<std::string> args{
+        "--preset", "llama2-7b", "--device", "cuda", "--gradient_checkpointing", "false"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return cli::estimate_memory_report(args)["total_bytes"].get<double>();
+  };
+  EXPECT_GT(total({"--eval_strategy", "steps"}), total({}));
+  EXPECT_EQ(total({"--eval_strategy", "no"}), total({}));
 }
 
 // On a GPU the estimate's GPU items, times the ranks sharing the GPU, must fit what it had free:
@@ -410,10 +456,7 @@ TEST(MemoryEstimate, GpuWorkBuffersFollowASmallMicroBatch) {
 TEST(MemoryEstimate, GpuRunThatDoesNotFitIsRefused) {
   const LlamaConfig c = preset_config("llama2-7b");
   const LoraLayout lora = qkvo_lora(c);
-  MemoryScenario s;
-  s.gpu = true;
-  s.micro_batch = 4;
-  s.seq_len = 2048;
+  const MemoryScenario s = gpu_4x2048();
   const MemoryEstimate e = estimate_memory(c, lora, s);
   const double need = e.total();
   ASSERT_GT(need, 13e9);  // the bf16 weights alone
@@ -456,10 +499,7 @@ TEST(MemoryEstimate, GpuRunThatDoesNotFitIsRefused) {
 TEST(MemoryEstimate, GpuRecomputeBudgetFillsTheFreeMemory) {
   const LlamaConfig c = preset_config("llama2-7b");
   const LoraLayout lora = qkvo_lora(c);
-  MemoryScenario s;
-  s.gpu = true;
-  s.micro_batch = 4;
-  s.seq_len = 2048;
+  const MemoryScenario s = gpu_4x2048();
   const double rows = 4 * 2048, host_default = default_recompute_budget_bytes(c, rows);
   auto planned = [&](double budget) {
     return make_recompute_plan(Recompute::kAuto, c, rows, 4, 4, budget);
@@ -477,8 +517,9 @@ TEST(MemoryEstimate, GpuRecomputeBudgetFillsTheFreeMemory) {
     EXPECT_NEAR(budget, std::max(usable - full_total, host_default), 1.0) << free_gb << " GB";
     MemoryScenario fitted = s;
     fitted.recompute_budget_bytes = budget;
-    if (budget > host_default)
+    if (budget > host_default) {
       EXPECT_LE(estimate_memory(c, lora, fitted).total(), usable) << free_gb << " GB";
+    }
     const RecomputePlan plan = planned(budget);
     EXPECT_GE(plan.kept_bytes, previous_kept) << free_gb << " GB";
     previous_kept = plan.kept_bytes;

@@ -238,8 +238,11 @@ void add_activations(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& 
       std::any_of(kept_plan.levels.begin(), kept_plan.levels.end(), [](Recompute l) {
         return l == Recompute::kFull || l == Recompute::kAttention || l == Recompute::kAttentionMlp;
       });
-  if (recomputed)
-    e.items.push_back({"one layer's activations (recomputed in backward)", 4.0 * layer_saved});
+  // Evaluation's forward (LlamaModel::loss) runs every layer in that one set too, and keeps it.
+  if (recomputed || s.evaluates)
+    e.items.push_back({recomputed ? "one layer's activations (recomputed in backward)"
+                                  : "one layer's activations (evaluation's forward)",
+                       4.0 * layer_saved});
   if (kept_plan.kept_bytes > 0)
     e.items.push_back({"kept for backward (" + describe_recompute_plan(kept_plan.levels) + ")",
                        kept_plan.kept_bytes});

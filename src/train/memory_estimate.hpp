@@ -33,6 +33,7 @@ struct MemoryScenario {
   std::int64_t dataset_tokens = 0;  // the tokenized training set every rank holds
   bool gpu = false;                 // --device cuda: the model on a GPU
   bool staged = false;              // on GPUs, ZeRO-3's gathers staged through the host (mpi)
+  bool evaluates = false;           // the run evaluates (its forward takes one layer's set)
 };
 
 struct MemoryItem {

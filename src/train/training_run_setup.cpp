@@ -153,13 +153,18 @@ std::string TrainingRun::Impl::recompute_note() const {
   const RecomputePlan plan =
       make_recompute_plan(mode, c, static_cast<double>(largest_micro_batch_rows), lora.rank,
                           sizeof(float), recompute_budget_bytes);
-  const bool from_gpu = gpu_room && args.recompute_budget_mib < 0;
-  return "recompute: auto, " + fixed(plan.budget_bytes / 1048576.0, 1) + " MiB" +
-         (from_gpu ? " (what the GPU's free memory holds beyond full recompute, less " +
-                         fixed(kGpuRecomputeMargin * 100, 0) + "%, at least " +
-                         fixed(kGpuRecomputeMarginFloorBytes / 1073741824.0, 0) + " GiB)"
-                   : std::string()) +
-         " for " + std::to_string(largest_micro_batch_rows) +
+  // On a GPU by default: its free memory's budget, or the host default where that is larger.
+  std::string source;
+  if (gpu_room && args.recompute_budget_mib < 0)
+    source = plan.budget_bytes > default_recompute_budget_bytes(
+                                     c, static_cast<double>(largest_micro_batch_rows))
+                 ? " (what the GPU's free memory holds beyond full recompute, less " +
+                       fixed(kGpuRecomputeMargin * 100, 0) + "%, at least " +
+                       fixed(kGpuRecomputeMarginFloorBytes / 1073741824.0, 0) + " GiB)"
+                 : " (the host default: the GPU's free memory holds no more beyond full "
+                   "recompute and the margin)";
+  return "recompute: auto, " + fixed(plan.budget_bytes / 1048576.0, 1) + " MiB" + source + " for " +
+         std::to_string(largest_micro_batch_rows) +
          "-token micro-batches: " + describe_recompute_plan(plan.levels) + " (" +
          fixed(plan.kept_bytes / 1048576.0, 1) + " MiB kept)";
 }
@@ -182,6 +187,7 @@ MemoryScenario TrainingRun::Impl::memory_scenario(const std::vector<Index>& leng
   s.dataset_tokens = data.report.train_tokens;
   s.gpu = settings.device != "cpu";
   s.staged = s.gpu && ddp_backend == DdpBackend::kMpi;
+  s.evaluates = (args.eval_strategy != "no" || settings.do_eval) && !eval.mine.empty();
   return s;
 }
 

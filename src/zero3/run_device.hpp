@@ -30,7 +30,9 @@ struct DeviceRoom {
 struct RunDevice {
   std::unique_ptr<Device> device;  // null: the runtime's host device
   DdpBackend backend = DdpBackend::kMpi;
-  std::string note;  // where this rank runs and why, for the run's notes (empty on the CPU)
+  // Where this rank runs and why, for the run's notes (on the CPU: empty unless a GPU is
+  // visible, which rank 0 of a CUDA build asks the CUDA runtime once).
+  std::string note;
   std::optional<DeviceRoom> room;  // on a GPU
 };
 

@@ -18,5 +18,5 @@ note="device: the CPU, though 1 GPU is visible: --device cuda trains there"
 run visible
 grep -qF "$note" "$work/visible.log" || { cat "$work/visible.log"; echo "FAIL: no note of the GPU"; exit 1; }
 run hidden CUDA_VISIBLE_DEVICES=
-if grep -q "GPU" "$work/hidden.log"; then cat "$work/hidden.log"; echo "FAIL: a GPU named where none is visible"; exit 1; fi
+if grep -qF "visible: --device cuda" "$work/hidden.log"; then cat "$work/hidden.log"; echo "FAIL: a GPU named where none is visible"; exit 1; fi
 echo "PASS: the CPU run names the visible GPU, and none where it is hidden"
