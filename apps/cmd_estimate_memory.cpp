@@ -24,6 +24,7 @@ struct EstimateOptions {
   MemoryScenario scenario;
   std::string bf16 = "true", recompute = "true", residual_dtype = "auto", granularity = "auto";
   double recompute_budget_mib = -1;
+  std::int64_t eval_batch = TrainingArguments{}.per_device_eval_batch_size;
   double device_gb = 96;
   std::string device = "cpu", ddp_backend = "nccl", eval_strategy = "no";
   bool json = false;
@@ -60,7 +61,7 @@ Estimate estimate(EstimateOptions& o) {
     throw UsageError("--device " + o.device + ": expected cpu, cuda or cuda:N");
   o.scenario.gpu = o.device != "cpu";
   o.scenario.staged = o.scenario.gpu && o.ddp_backend == "mpi";
-  o.scenario.evaluates = o.eval_strategy != "no";
+  o.scenario.eval_micro_batch = o.eval_strategy != "no" ? o.eval_batch : 0;
   // As `zerolora train`: on a GPU auto's default budget fills the device's memory.
   o.scenario.recompute_budget_bytes =
       o.recompute_budget_mib < 0 && o.scenario.gpu && o.scenario.recompute == Recompute::kAuto
@@ -203,9 +204,13 @@ void add_estimate_flags(CLI::App* cmd, EstimateOptions* o) {
       ->check(finite_in(-1.0, 1e12));
   cmd->add_option("--eval_strategy", o->eval_strategy,
                   "no, steps or epoch (as `zerolora train`): evaluation's forward holds one "
-                  "layer's activations")
+                  "layer's activations, and grows the buffers to its batch's tokens")
       ->capture_default_str()
       ->check(CLI::IsMember({"no", "steps", "epoch"}));
+  cmd->add_option("--per_device_eval_batch_size", o->eval_batch,
+                  "Sequences per evaluation batch (with --eval_strategy steps or epoch)")
+      ->capture_default_str()
+      ->check(whole_in(1));
   cmd->add_option("--prefetch_depth", o->scenario.prefetch_depth, "ZeRO-3 units gathered ahead")
       ->capture_default_str()
       ->check(whole_in(0));

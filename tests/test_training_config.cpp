@@ -419,8 +419,9 @@ TEST(MemoryEstimate, GpuWorkBuffersFollowASmallMicroBatch) {
 
 // Evaluation's forward runs every layer in the one layer's set that recompute uses: where no
 // layer recomputes, a run that evaluates holds it all the same (train's eval_strategy or
-// do_eval with a validation set; estimate-memory's --eval_strategy).
-TEST(MemoryEstimate, EvaluationHoldsOneLayersSetWithoutRecompute) {
+// do_eval with a validation set; estimate-memory's --eval_strategy), and a larger evaluation
+// batch grows the buffers to its tokens.
+TEST(MemoryEstimate, EvaluationHoldsOneLayersSetAndGrowsTheBuffers) {
   const LlamaConfig c = preset_config("llama2-7b");
   const LoraLayout lora = qkvo_lora(c);
   MemoryScenario s = gpu_4x2048();
@@ -428,7 +429,7 @@ TEST(MemoryEstimate, EvaluationHoldsOneLayersSetWithoutRecompute) {
       4.0 * kept_elements(Recompute::kSelective, c, 4 * 2048, lora.config().rank);
   s.recompute = Recompute::kNone;
   EXPECT_FALSE(item_named(estimate_memory(c, lora, s), "one layer's activations"));
-  s.evaluates = true;
+  s.eval_micro_batch = 4;  // training's tokens: no buffer grows
   const auto evaluated = item_named(estimate_memory(c, lora, s), "one layer's activations");
   ASSERT_TRUE(evaluated);
   EXPECT_EQ(evaluated->name, "one layer's activations (evaluation's forward)");
@@ -447,8 +448,25 @@ TEST(MemoryEstimate, EvaluationHoldsOneLayersSetWithoutRecompute) {
     args.insert(args.end(), extra.begin(), extra.end());
     return cli::estimate_memory_report(args)["total_bytes"].get<double>();
   };
-  EXPECT_GT(total({"--eval_strategy", "steps"}), total({}));
+  EXPECT_GT(total({"--eval_strategy", "steps", "--per_device_eval_batch_size", "1"}), total({}));
   EXPECT_EQ(total({"--eval_strategy", "no"}), total({}));
+
+  // A larger evaluation batch grows every buffer that follows the tokens to its size, and keeps
+  // the training's kept activations and weights as they are.
+  s.recompute = Recompute::kNone;
+  const MemoryEstimate train_only = estimate_memory(c, lora, s);
+  s.eval_micro_batch = 8;
+  const MemoryEstimate with_eval = estimate_memory(c, lora, s);
+  MemoryScenario eight = s;
+  eight.micro_batch = 8;
+  eight.eval_micro_batch = 0;
+  eight.recompute = Recompute::kFull;
+  const MemoryEstimate at_eight = estimate_memory(c, lora, eight);
+  for (const char* grown : {"layer work buffers", "attention (cuDNN", "one layer's activations"})
+    EXPECT_EQ(item_named(with_eval, grown)->bytes, item_named(at_eight, grown)->bytes) << grown;
+  for (const char* kept : {"kept for backward", "base weights"})
+    EXPECT_EQ(item_named(with_eval, kept)->bytes, item_named(train_only, kept)->bytes) << kept;
+  EXPECT_GT(with_eval.total(), train_only.total());
 }
 
 // On a GPU the estimate's GPU items, times the ranks sharing the GPU, must fit what it had free:

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <limits>
+#include <string_view>
 #include <utility>
 
 #include "core/error.hpp"
@@ -239,7 +240,7 @@ void add_activations(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& 
         return l == Recompute::kFull || l == Recompute::kAttention || l == Recompute::kAttentionMlp;
       });
   // Evaluation's forward (LlamaModel::loss) runs every layer in that one set too, and keeps it.
-  if (recomputed || s.evaluates)
+  if (recomputed || s.eval_micro_batch > 0)
     e.items.push_back({recomputed ? "one layer's activations (recomputed in backward)"
                                   : "one layer's activations (evaluation's forward)",
                        4.0 * layer_saved});
@@ -383,10 +384,9 @@ void add_gpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& 
                      16.0 * M + 4.0 * d.S * d.hd + 32.0 * 1048576.0});
 }
 
-}  // namespace
-
-MemoryEstimate estimate_memory(const LlamaConfig& c, const LoraLayout& lora,
-                               const MemoryScenario& s) {
+// One training step's memory (estimate_memory without evaluation's larger batches).
+MemoryEstimate estimate_step(const LlamaConfig& c, const LoraLayout& lora,
+                             const MemoryScenario& s) {
   MemoryEstimate e;
   const Dims d = dims_of(c, lora, s);
   add_base_weights(e, c, s, d);
@@ -404,6 +404,35 @@ MemoryEstimate estimate_memory(const LlamaConfig& c, const LoraLayout& lora,
   e.items.push_back({s.gpu ? "runtime (libraries, oneDNN, MPI; the CUDA libraries not counted)"
                            : "runtime (libraries, oneDNN, MPI)",
                      (s.world_size > 1 ? 40.0 : 28.0) * 1048576.0, s.gpu});
+  return e;
+}
+
+// An item's name before its parenthesis: "one layer's activations (recomputed in backward)"
+// and "(evaluation's forward)" are the same buffer.
+std::string_view item_stem(std::string_view name) {
+  return name.substr(0, name.find(" ("));
+}
+
+}  // namespace
+
+MemoryEstimate estimate_memory(const LlamaConfig& c, const LoraLayout& lora,
+                               const MemoryScenario& s) {
+  MemoryEstimate e = estimate_step(c, lora, s);
+  MemoryScenario eval = s;
+  eval.micro_batch = s.eval_micro_batch;
+  eval.seq_len = s.eval_seq_len > 0 ? s.eval_seq_len : s.seq_len;
+  eval.recompute = Recompute::kFull;  // evaluation keeps nothing of its own
+  if (s.eval_micro_batch <= 0 || eval.micro_batch * eval.seq_len <= s.micro_batch * s.seq_len)
+    return e;
+  // Evaluation's forward runs in the training's buffers, which only grow: where its batch has
+  // more tokens, every buffer that follows the tokens takes the larger size of the two (the
+  // backward's own buffers included, which evaluation does not grow: an over-count, on the
+  // safe side, for runs that evaluate larger batches than they train).
+  const MemoryEstimate larger = estimate_step(c, lora, eval);
+  for (auto& item : e.items)
+    for (const auto& other : larger.items)
+      if (item.host == other.host && item_stem(item.name) == item_stem(other.name))
+        item.bytes = std::max(item.bytes, other.bytes);
   return e;
 }
 

@@ -33,7 +33,10 @@ struct MemoryScenario {
   std::int64_t dataset_tokens = 0;  // the tokenized training set every rank holds
   bool gpu = false;                 // --device cuda: the model on a GPU
   bool staged = false;              // on GPUs, ZeRO-3's gathers staged through the host (mpi)
-  bool evaluates = false;           // the run evaluates (its forward takes one layer's set)
+  // Evaluation: sequences per forward (0: the run does not evaluate), and its longest sequence
+  // (0: seq_len). Its forward runs in the training's buffers, one layer's set included.
+  std::int64_t eval_micro_batch = 0;
+  std::int64_t eval_seq_len = 0;
 };
 
 struct MemoryItem {

@@ -187,7 +187,12 @@ MemoryScenario TrainingRun::Impl::memory_scenario(const std::vector<Index>& leng
   s.dataset_tokens = data.report.train_tokens;
   s.gpu = settings.device != "cpu";
   s.staged = s.gpu && ddp_backend == DdpBackend::kMpi;
-  s.evaluates = (args.eval_strategy != "no" || settings.do_eval) && !eval.mine.empty();
+  if ((args.eval_strategy != "no" || settings.do_eval) && !eval.mine.empty()) {
+    s.eval_micro_batch =
+        std::min<Index>(args.per_device_eval_batch_size, static_cast<Index>(eval.mine.size()));
+    for (const auto& sequence : data.validation)
+      s.eval_seq_len = std::max<std::int64_t>(s.eval_seq_len, sequence.size());
+  }
   return s;
 }
 
