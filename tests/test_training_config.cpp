@@ -383,9 +383,10 @@ std::optional<MemoryItem> item_named(const MemoryEstimate& e, const std::string&
   return std::nullopt;
 }
 
-// LoRA on q, k, v and o (the seed recipe's targets), the default rank.
-LoraLayout qkvo_lora(const LlamaConfig& c) {
+// LoRA on q, k, v and o (the seed recipe's targets), the default rank unless given.
+LoraLayout qkvo_lora(const LlamaConfig& c, int rank = LoraConfig{}.rank) {
   LoraConfig lora_config;
+  lora_config.rank = rank;
   lora_config.targets = parse_lora_targets("q_proj,k_proj,v_proj,o_proj");
   return LoraLayout(c, lora_config);
 }
@@ -516,11 +517,11 @@ TEST(MemoryEstimate, GpuRunThatDoesNotFitIsRefused) {
 // --device_memory_gb plays the free memory.
 TEST(MemoryEstimate, GpuRecomputeBudgetFillsTheFreeMemory) {
   const LlamaConfig c = preset_config("llama2-7b");
-  const LoraLayout lora = qkvo_lora(c);
+  const LoraLayout lora = qkvo_lora(c, 4);  // estimate-memory's default rank, the seed's
   const MemoryScenario s = gpu_4x2048();
   const double rows = 4 * 2048, host_default = default_recompute_budget_bytes(c, rows);
   auto planned = [&](double budget) {
-    return make_recompute_plan(Recompute::kAuto, c, rows, 4, 4, budget);
+    return make_recompute_plan(Recompute::kAuto, c, rows, 4, sizeof(float), budget);
   };
   MemoryScenario full = s;
   full.recompute = Recompute::kFull;
@@ -553,26 +554,24 @@ TEST(MemoryEstimate, GpuRecomputeBudgetFillsTheFreeMemory) {
   EXPECT_EQ(gpu_recompute_budget_bytes(c, lora, cpu_full, 80e9),
             gpu_recompute_budget_bytes(c, lora, s, 80e9));
 
-  auto budget_mib = [](const std::vector<std::string>& extra) {
+  // estimate-memory: its JSON's recompute budget, the plan's and the kept item's bytes.
+  auto budget_of = [](const std::vector<std::string>& extra) {
     std::vector<std::string> args{"--preset", "llama2-7b",        "--per_device_train_batch_size",
                                   "4",        "--max_seq_length", "2048"};
     args.insert(args.end(), extra.begin(), extra.end());
     const nlohmann::ordered_json report = cli::estimate_memory_report(args);
+    double kept_item = 0;
     for (const auto& item : report["items"])
       if (item["name"].get<std::string>().rfind("kept for backward", 0) == 0)
-        return item["bytes"].get<double>() / 1048576.0;
-    return 0.0;  // nothing kept
+        kept_item = item["bytes"].get<double>();
+    EXPECT_EQ(report["recompute"]["kept_bytes"].get<double>(), kept_item);
+    return report["recompute"]["budget_bytes"].get<double>();
   };
-  const double on_80 = budget_mib({"--device", "cuda", "--device_memory_gb", "80"});
-  EXPECT_NEAR(on_80, planned(gpu_recompute_budget_bytes(c, lora, s, 80e9)).kept_bytes / 1048576.0,
-              1e-6);
-  EXPECT_GT(on_80, budget_mib({"--device", "cuda", "--device_memory_gb", "40"}));
-  EXPECT_NEAR(budget_mib({"--device", "cuda", "--recompute_budget_mib", "1000"}),
-              planned(1000 * 1048576.0).kept_bytes / 1048576.0, 1e-6)
+  EXPECT_EQ(budget_of({"--device", "cuda", "--device_memory_gb", "80"}),
+            gpu_recompute_budget_bytes(c, lora, s, 80e9));
+  EXPECT_EQ(budget_of({"--device", "cuda", "--recompute_budget_mib", "1000"}), 1000 * 1048576.0)
       << "a budget given is kept";
-  EXPECT_NEAR(budget_mib({"--device_memory_gb", "80"}),
-              planned(host_default).kept_bytes / 1048576.0, 1e-6)
-      << "on the CPU the host default";
+  EXPECT_EQ(budget_of({"--device_memory_gb", "80"}), host_default) << "on the CPU the host default";
 }
 
 // On a GPU above rank 16, estimate-memory --lora_dropout 0 counts no dropped copies of the LoRA
