@@ -43,7 +43,7 @@ import json, re, sys
 results, estimate_path, log, gpu_mib = sys.argv[1:]
 estimate = json.load(open(estimate_path))
 ok = True
-# The run's plan (its log) and the estimate's (its kept item) are the same, and not a trivial one.
+# The run's plan (its log) and the estimate's (its JSON) are the same, and the one the budget buys.
 line = next((l for l in open(log) if "recompute: auto," in l), "")
 match = re.search(r"recompute: auto, [0-9.]+ MiB \(what the GPU's free memory holds beyond full "
                   r"recompute, less 10%, at least 2 GiB\) for 2048-token micro-batches: (.*) \(", line)
