@@ -36,7 +36,6 @@ struct Estimate {
   std::string targets;  // comma-separated
   std::int64_t lora_parameters = 0;
   MemoryEstimate memory;
-  RecomputePlan recompute;  // every layer's level (auto's under its budget)
 };
 
 Estimate estimate(EstimateOptions& o) {
@@ -63,34 +62,24 @@ Estimate estimate(EstimateOptions& o) {
   o.scenario.staged = o.scenario.gpu && o.ddp_backend == "mpi";
   o.scenario.eval_micro_batch = o.eval_strategy != "no" ? o.eval_batch : 0;
   // As `zerolora train`: on a GPU auto's default budget fills the device's memory.
-  o.scenario.recompute_budget_bytes =
-      o.recompute_budget_mib < 0 && o.scenario.gpu && o.scenario.recompute == Recompute::kAuto
-          ? gpu_recompute_budget_bytes(config, layout, o.scenario, o.device_gb * 1e9)
-          : recompute_budget_from_mib(o.recompute_budget_mib);
-  const RecomputePlan plan =
-      make_recompute_plan(o.scenario.recompute, config,
-                          static_cast<double>(o.scenario.micro_batch * o.scenario.seq_len),
-                          lora.rank, 4, o.scenario.recompute_budget_bytes);
-  return {config,
-          lora,
-          targets,
-          static_cast<std::int64_t>(layout.size()),
-          estimate_memory(config, layout, o.scenario),
-          plan};
+  o.scenario.recompute_budget_bytes = run_recompute_budget_bytes(
+      config, layout, o.scenario, o.recompute_budget_mib,
+      o.scenario.gpu ? std::optional<double>(o.device_gb * 1e9) : std::nullopt);
+  return {config, lora, targets, static_cast<std::int64_t>(layout.size()),
+          estimate_memory(config, layout, o.scenario)};
 }
 
 // total_bytes: the memory the model runs in (the GPU's with --device cuda); host_bytes: what a
 // GPU run keeps on the host; recompute: every layer's level, and auto's budget; each item says
 // where it lives.
-nlohmann::ordered_json json_report(const Estimate& estimate, bool gpu) {
-  const MemoryEstimate& e = estimate.memory;
+nlohmann::ordered_json json_report(const MemoryEstimate& e, bool gpu) {
   nlohmann::ordered_json j{{"device", gpu ? "cuda" : "cpu"},
                            {"total_bytes", e.total()},
                            {"host_bytes", gpu ? e.host_total() : e.total()},
                            {"recompute",
-                            {{"plan", describe_recompute_plan(estimate.recompute.levels)},
-                             {"budget_bytes", estimate.recompute.budget_bytes},
-                             {"kept_bytes", estimate.recompute.kept_bytes}}},
+                            {{"plan", describe_recompute_plan(e.recompute.levels)},
+                             {"budget_bytes", e.recompute.budget_bytes},
+                             {"kept_bytes", e.recompute.kept_bytes}}},
                            {"items", nlohmann::ordered_json::array()}};
   for (const auto& i : e.items)
     j["items"].push_back(
@@ -99,17 +88,16 @@ nlohmann::ordered_json json_report(const Estimate& estimate, bool gpu) {
 }
 
 int run_estimate(EstimateOptions& o) {
-  const Estimate result = estimate(o);
-  const auto& [config, lora, targets, lora_parameters, e, plan] = result;
+  const auto [config, lora, targets, lora_parameters, e] = estimate(o);
   const MemoryScenario& s = o.scenario;
   if (o.json) {
-    std::printf("%s\n", json_report(result, s.gpu).dump(2).c_str());
+    std::printf("%s\n", json_report(e, s.gpu).dump(2).c_str());
     return 0;
   }
   std::string recompute = s.recompute == Recompute::kNone ? "off" : recompute_name(s.recompute);
   if (s.recompute == Recompute::kAuto)
-    recompute +=
-        " (a budget of " + std::to_string(std::lround(plan.budget_bytes / 1048576.0)) + " MiB)";
+    recompute += " (a budget of " +
+                 std::to_string(std::lround(e.recompute.budget_bytes / 1048576.0)) + " MiB)";
   std::printf(
       "%s: %lld layers, hidden %lld; W = %d ranks, ZeRO stage %d, micro-batch %lld x %lld tokens, "
       "%s (%s residual), recompute %s, LoRA r %d on %s (%lld parameters)\n\n",
@@ -257,7 +245,7 @@ nlohmann::ordered_json estimate_memory_report(const std::vector<std::string>& ar
   EstimateOptions o;
   add_estimate_flags(&cmd, &o);
   parse_function_flags(cmd, args);
-  return json_report(estimate(o), o.scenario.gpu);
+  return json_report(estimate(o).memory, o.scenario.gpu);
 }
 
 }  // namespace zerolora::cli

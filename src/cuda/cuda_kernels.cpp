@@ -213,28 +213,24 @@ class CudaKernels final : public Kernels<P> {
   // Which attention a forward ran, once per path and reason: the reference kernel is a
   // reference, not a fast path (the 7B step at 2048 tokens did not finish in 60 s on an H200).
   void note_attention(bool cudnn, const AttentionShape& shape, const AttentionOptions& options) {
-#ifdef ZEROLORA_CUDNN
-    if (cudnn) {
-      if (!cudnn_noted_)
-        note_once("attention: cuDNN's fused attention, its " +
-                  std::string(cudnn_backward_name(cudnn_->backward_algorithm())) +
-                  " backward (a call's dP workspace at most " +
-                  std::to_string(static_cast<long long>(cudnn_->dp_workspace_cap() / 1048576.0)) +
-                  " MiB: ZEROLORA_CUDNN_DP_WORKSPACE_MIB)");
-      cudnn_noted_ = true;
-      return;
-    }
-#else
-    (void)cudnn;
-#endif
-    // The reason's line is built only when what it depends on changes, not every forward.
+    // The line is built only when what it depends on changes, not every forward.
     std::size_t refusals = 0;
 #ifdef ZEROLORA_CUDNN
     if (cudnn_) refusals = cudnn_->refusals().size();
 #endif
-    const FallbackNoteInputs inputs{shape.head_dim, options.fused, refusals};
-    if (fallback_noted_ == inputs) return;
-    fallback_noted_ = inputs;
+    const AttentionNoteInputs inputs{cudnn, shape.head_dim, options.fused, refusals};
+    if (attention_noted_ == inputs) return;
+    attention_noted_ = inputs;
+#ifdef ZEROLORA_CUDNN
+    if (cudnn) {
+      note_once("attention: cuDNN's fused attention, its " +
+                std::string(cudnn_backward_name(cudnn_->backward_algorithm())) +
+                " backward (a call's dP workspace at most " +
+                std::to_string(static_cast<long long>(cudnn_->dp_workspace_cap() / 1048576.0)) +
+                " MiB: ZEROLORA_CUDNN_DP_WORKSPACE_MIB)");
+      return;
+    }
+#endif
     std::string why;
     if (!kRoundOperands) {
       why = "fp32 mode; cuDNN's is bf16 only";
@@ -437,7 +433,6 @@ class CudaKernels final : public Kernels<P> {
     return zero_padded(stats_, M, heads);
   }
   std::unique_ptr<CudnnAttention> cudnn_;
-  bool cudnn_noted_ = false;
   DeviceBuffer<bf16> qkv_bf16_, out_bf16_, dout_bf16_, dqkv_bf16_;
   DeviceBuffer<float> stats_;
 #endif
@@ -534,14 +529,15 @@ class CudaKernels final : public Kernels<P> {
   std::vector<Segment> segments_;
   std::vector<std::string> notes_;  // take_notes(): new since the last call
   std::set<std::string> noted_;     // every line said, so that each is said once
-  // What the reference kernel's last note depended on (note_attention).
-  struct FallbackNoteInputs {
+  // What the last attention note depended on (note_attention).
+  struct AttentionNoteInputs {
+    bool cudnn;
     Index head_dim;
     bool fused;
     std::size_t refusals;
-    bool operator==(const FallbackNoteInputs&) const = default;
+    bool operator==(const AttentionNoteInputs&) const = default;
   };
-  std::optional<FallbackNoteInputs> fallback_noted_;
+  std::optional<AttentionNoteInputs> attention_noted_;
   Index geometry_rows_ = -1;
 };
 

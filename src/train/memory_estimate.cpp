@@ -247,6 +247,7 @@ void add_activations(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& 
   if (kept_plan.kept_bytes > 0)
     e.items.push_back({"kept for backward (" + describe_recompute_plan(kept_plan.levels) + ")",
                        kept_plan.kept_bytes});
+  e.recompute = kept_plan;
 }
 
 // Whether SwiGLU's fp32 output and its gate/up gradient are written (and have buffers): always
@@ -418,12 +419,12 @@ std::string_view item_stem(std::string_view name) {
 MemoryEstimate estimate_memory(const LlamaConfig& c, const LoraLayout& lora,
                                const MemoryScenario& s) {
   MemoryEstimate e = estimate_step(c, lora, s);
+  if (s.eval_micro_batch <= 0) return e;
   MemoryScenario eval = s;
   eval.micro_batch = s.eval_micro_batch;
   eval.seq_len = s.eval_seq_len > 0 ? s.eval_seq_len : s.seq_len;
   eval.recompute = Recompute::kFull;  // evaluation keeps nothing of its own
-  if (s.eval_micro_batch <= 0 || eval.micro_batch * eval.seq_len <= s.micro_batch * s.seq_len)
-    return e;
+  if (eval.micro_batch * eval.seq_len <= s.micro_batch * s.seq_len) return e;
   // Evaluation's forward runs in the training's buffers, which only grow: where its batch has
   // more tokens, every buffer that follows the tokens takes the larger size of the two (the
   // backward's own buffers included, which evaluation does not grow: an over-count, on the
@@ -449,6 +450,14 @@ double gpu_recompute_budget_bytes(const LlamaConfig& c, const LoraLayout& lora, 
   s.recompute_budget_bytes = 0;  // every layer at full recompute
   const double budget = usable - estimate_memory(c, lora, s).total();
   return std::max(budget, host_default);
+}
+
+double run_recompute_budget_bytes(const LlamaConfig& c, const LoraLayout& lora,
+                                  const MemoryScenario& s, double budget_mib,
+                                  std::optional<double> gpu_free_bytes) {
+  if (budget_mib >= 0 || !gpu_free_bytes || s.recompute != Recompute::kAuto)
+    return recompute_budget_from_mib(budget_mib);
+  return gpu_recompute_budget_bytes(c, lora, s, *gpu_free_bytes);
 }
 
 }  // namespace zerolora

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -47,6 +48,7 @@ struct MemoryItem {
 
 struct MemoryEstimate {
   std::vector<MemoryItem> items;
+  RecomputePlan recompute;  // every layer's level the activations were counted at
   // The memory the model runs in: the host's on the CPU, the GPU's on a GPU.
   double total() const;
   // On a GPU, what stays in host memory (0 on the CPU, where total() is everything).
@@ -81,6 +83,12 @@ inline constexpr double kGpuRecomputeMargin = 0.10;
 inline constexpr double kGpuRecomputeMarginFloorBytes = 2.0 * 1073741824.0;
 double gpu_recompute_budget_bytes(const LlamaConfig& model, const LoraLayout& lora,
                                   MemoryScenario scenario, double free_bytes);
+// The budget a run plans recompute auto under, as `zerolora train` and estimate-memory resolve
+// it: --recompute_budget_mib where given (>= 0); else in auto on a GPU with `gpu_free_bytes`
+// for this rank, gpu_recompute_budget_bytes; else negative (the host default).
+double run_recompute_budget_bytes(const LlamaConfig& model, const LoraLayout& lora,
+                                  const MemoryScenario& scenario, double budget_mib,
+                                  std::optional<double> gpu_free_bytes);
 
 // Llama-2 7B, 13B and 70B configurations ("llama2-7b", "llama2-13b", "llama2-70b").
 LlamaConfig preset_config(const std::string& name);

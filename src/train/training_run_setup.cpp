@@ -139,10 +139,10 @@ Recompute TrainingRun::Impl::recompute_mode() const {
 }
 
 double TrainingRun::Impl::resolve_recompute_budget(const std::vector<Index>& lengths) const {
-  const double given = recompute_budget_from_mib(args.recompute_budget_mib);
-  if (given >= 0 || !gpu_room || recompute_mode() != Recompute::kAuto) return given;
-  return gpu_recompute_budget_bytes(checkpoint->config(), *layout, memory_scenario(lengths),
-                                    gpu_room->free_bytes / std::max(1, gpu_room->ranks_sharing));
+  std::optional<double> free_per_rank;
+  if (gpu_room) free_per_rank = gpu_room->free_bytes / std::max(1, gpu_room->ranks_sharing);
+  return run_recompute_budget_bytes(checkpoint->config(), *layout, memory_scenario(lengths),
+                                    args.recompute_budget_mib, free_per_rank);
 }
 
 // "recompute: auto, 10.0 MiB for 5120-token micro-batches: 5 attention (7.0 MiB kept)".
