@@ -5,12 +5,13 @@
 # and, for a rerun of chosen stages (the machine stays warm 30 s after a call):
 #   run(command="STAGES='zero3_gpu_w1 bench_70b_layers' bash scripts/gpu-check.sh", ...)
 # (a stage that reads another's output brings it along: losses_match runs train_gpu,
-# estimate_7b bench_7b, targets_7b both 7B benchmarks, seed_job_under_30_min and
+# estimate_7b bench_7b, targets_7b both 7B benchmarks, seed_job_under_30_min, seed_job_auto and
 # estimate_70b_layers bench_70b_layers, bench_7b_atomic attention_backwards).
 # Stages run most important first (the CUDA tests, the fixtures, GPU-vs-CPU training and
 # resuming across devices, the 7B benchmark against Transformers + PEFT, the bandwidth of each
 # memory-bound op at its shape, the 7B with recompute auto's budget from the GPU's free memory
-# (`zerolora train`'s default), ZeRO-3 on the GPU, the 70B-layer stack, cuDNN's atomic
+# (`zerolora train`'s default), ZeRO-3 on the GPU, the 70B-layer stack and the seed's job
+# projected from it at full recompute and at recompute auto's plan, cuDNN's atomic
 # attention backward tried, the ZeRO-3 benchmark, then compute-sanitizer's memcheck and
 # racecheck over the CUDA tests), each under its own limit, all under one deadline
 # (GPU_CHECK_SECONDS, default 430 s): a stage with under 20 s left is skipped and says so. The
@@ -59,8 +60,10 @@ deadline=$((SECONDS + ${GPU_CHECK_SECONDS:-430}))
 STAGES="${STAGES:-all}"
 # Each scratch folder is new, so a rerun's stage that reads another's output runs it as well.
 [[ " $STAGES " == *" losses_match "* ]] && [[ " $STAGES " != *" train_gpu "* ]] && STAGES="train_gpu $STAGES"
-[[ " $STAGES " == *" seed_job_under_30_min "* ]] && [[ " $STAGES " != *" bench_70b_layers "* ]] &&
-  STAGES="bench_70b_layers $STAGES"
+for needs_70b in seed_job_under_30_min seed_job_auto; do
+  [[ " $STAGES " == *" $needs_70b "* ]] && [[ " $STAGES " != *" bench_70b_layers "* ]] &&
+    STAGES="bench_70b_layers $STAGES"
+done
 [[ " $STAGES " == *" targets_7b "* ]] && [[ " $STAGES " != *" torch_7b "* ]] && STAGES="torch_7b $STAGES"
 [[ " $STAGES " == *" targets_7b "* ]] && [[ " $STAGES " != *" bench_7b "* ]] && STAGES="bench_7b $STAGES"
 [[ " $STAGES " == *" estimate_7b "* ]] && [[ " $STAGES " != *" bench_7b "* ]] && STAGES="bench_7b $STAGES"
@@ -457,8 +460,27 @@ sys.exit(0 if abs(error) <= 0.10 and measured < float(free_mib) and ran == e["re
 PY
   return "$rc"
 }
-export -f bench_7b_auto
+# The 7B targets again at recompute auto's plan (issue 13 sets them at full recompute, where
+# bench/py/target_budget.py finds them at the edge of what the GEMMs and attention allow).
+targets_7b_auto() {
+  py - "$results" <<'PY'
+import sys
+kv = dict(l.strip().split("=", 1) for l in open(sys.argv[1]) if "=" in l)
+if "auto_seq2048_tokens_per_s" not in kv or "torch_7b_tokens_per_s" not in kv:
+    print("no bench_7b_auto or torch_7b figures in results.txt")
+    sys.exit(77)
+mfu = float(kv["auto_seq2048_mfu_vs_989_tflops"])
+ours, theirs = float(kv["auto_seq2048_tokens_per_s"]), float(kv["torch_7b_tokens_per_s"])
+print(f"7B, recompute auto ({kv.get('auto_seq2048_recompute_plan')}): MFU {mfu:.3f} (target 0.45), "
+      f"{ours:.0f} against {theirs:.0f} tokens/s: {ours / theirs:.2f}x (target 1.5x)")
+with open(sys.argv[1], "a") as f:
+    f.write(f"target_7b_auto_vs_torch={ours / theirs:.3f}\n")
+sys.exit(0 if mfu >= 0.45 and ours >= 1.5 * theirs else 1)
+PY
+}
+export -f bench_7b_auto targets_7b_auto
 stage bench_7b_auto 120 bench_7b_auto
+stage targets_7b_auto 20 targets_7b_auto
 
 # ZeRO-3 on the GPU (issue 17): ranks sharing the H200 through the host-staged transport, and
 # NCCL at W = 1 (it refuses two ranks on one GPU), each equal to one rank on the same GPU
@@ -500,27 +522,74 @@ bench_70b() {
   sed 's/^/layers70b_/' "$work/bench_70b_layers.txt" | grep "=" >> "$results"
   return "$rc"
 }
+# project_seed_job NAME COUNT:BENCH... : the seed's 80 layers as COUNT layers timed by each 4-layer
+# stack run BENCH (its step / 4 per layer), plus what each layer's gathers take beyond it.
 project_seed_job() {
-  py - "$work/bench_70b_layers.txt" "$results" <<'PY'
+  py - "$results" "$@" <<'PY'
 import sys
-kv = dict(l.strip().split("=", 1) for l in open(sys.argv[1]) if "=" in l)
-tokens_per_s = float(kv["seq2048_tokens_per_s"])
-step_4_layers = 10 * 2048 / tokens_per_s
-layer_s = step_4_layers / 4
+results, name, parts = sys.argv[1], sys.argv[2], sys.argv[3:]
 gather_s = 2 * 1.71e9 * 7 / 8 / 360e9
-step_80 = 20 * step_4_layers + 80 * max(0.0, gather_s - layer_s)
+step_80 = 0.0
+for part in parts:
+    count, bench = part.split(":", 1)
+    kv = dict(l.strip().split("=", 1) for l in open(bench) if "=" in l)
+    layer_s = 10 * 2048 / float(kv["seq2048_tokens_per_s"]) / 4
+    print(f"{name}_layer_seconds_{kv.get('recompute', '?')}={layer_s:.3f} ({count} layers)")
+    step_80 += int(count) * (layer_s + max(0.0, gather_s - layer_s))
 steps = -(-2 * 5883 // 80)
 minutes = steps * step_80 / 60
-print(f"seed_70b_layer_seconds={layer_s:.3f}\nseed_70b_gather_seconds_per_layer={gather_s:.4f}")
-print(f"seed_job_steps={steps}\nseed_job_step_seconds={step_80:.2f}\nseed_job_projected_minutes={minutes:.1f}")
-with open(sys.argv[2], "a") as f:
-    f.write(f"seed_job_projected_minutes={minutes:.1f}\nseed_job_step_seconds={step_80:.2f}\n")
+print(f"seed_70b_gather_seconds_per_layer={gather_s:.4f}\n{name}_steps={steps}")
+print(f"{name}_step_seconds={step_80:.2f}\n{name}_projected_minutes={minutes:.1f}")
+with open(results, "a") as f:
+    f.write(f"{name}_projected_minutes={minutes:.1f}\n{name}_step_seconds={step_80:.2f}\n")
 sys.exit(0 if minutes < 30 else 1)
 PY
 }
-export -f bench_70b project_seed_job
+# The seed's job as `zerolora train` runs it by default on 8 GPUs with this one's free memory:
+# recompute auto, its budget from that memory (estimate-memory for the seed's setup, ZeRO-3
+# over 8 at 10 x 2048 per GPU), keeps more than full recompute where it fits (on 141 GB: the
+# attention output in 78 of the 80 layers, the gate/up outputs too in 2; on 80 GB: 15 keep
+# the attention output, 65 recompute in full). The 4-layer stack runs at each level of that
+# plan (full recompute's run is bench_70b_layers'), and the projection weighs each level's
+# layer time by its count of layers.
+seed_job_auto() {
+  local free_mib gb plan count level parts=()
+  free_mib=$(nvidia-smi --query-gpu=memory.free --format=csv,noheader,nounits -i 0) || return 1
+  gb=$(py -c "print($free_mib * 2**20 / 1e9)")
+  "$pack/bin/zerolora" estimate-memory --preset llama2-70b --device cuda --world_size 8 \
+    --bf16 true --per_device_train_batch_size 10 --max_seq_length 2048 --lora_rank 4 \
+    --lora_dropout 0.05 --lora_target_modules q_proj k_proj v_proj o_proj \
+    --device_memory_gb "$gb" --json > "$work/estimate_seed_auto.json" || return 1
+  plan=$(py -c "import json, sys; print(json.load(open(sys.argv[1]))['recompute']['plan'])" \
+    "$work/estimate_seed_auto.json") || return 1
+  echo "recompute auto for the seed's setup with $free_mib MiB free per GPU: $plan"
+  echo "seed_job_auto_plan=$plan" >> "$results"
+  while read -r count level; do
+    local bench="$work/bench_70b_$level.txt"
+    if [ "$level" = full ]; then
+      bench="$work/bench_70b_layers.txt"
+    else
+      "$pack/bin/bench_train_step" --device cuda --shape 70b --layers 4 --seq 2048 --batch 10 \
+        --steps 2 --threads 16 --recompute "$level" | tee "$bench"
+      [ "${PIPESTATUS[0]}" = 0 ] || return 1
+      grep -E "^seq2048_" "$bench" | sed "s/^/layers70b_${level}_/" >> "$results"
+    fi
+    parts+=("$count:$bench")
+  done < <(echo "$plan" | tr '+' '\n')
+  project_seed_job seed_job_auto "${parts[@]}"
+}
+export -f bench_70b project_seed_job seed_job_auto
 stage bench_70b_layers 90 bench_70b
-stage seed_job_under_30_min 20 project_seed_job
+stage seed_job_under_30_min 20 project_seed_job seed_job "80:$work/bench_70b_layers.txt"
+stage seed_job_auto 150 seed_job_auto
+# What the targets leave for everything but the GEMMs and attention, by arithmetic on this run's
+# figures (bench/py/target_budget.py; skipped where a stage it reads did not run).
+target_budget() {
+  set -o pipefail
+  py "$root/bench/py/target_budget.py" --results "$results" | sed 's/^/budget_/' | tee -a "$results"
+}
+export -f target_budget
+stage target_budget 20 target_budget
 # The 4-layer stack's config for estimate-memory (bench_shape "70b" of bench/bench_util.hpp).
 py -c 'import json, sys; json.dump(dict(model_type="llama", hidden_size=8192, intermediate_size=28672,
     num_hidden_layers=4, num_attention_heads=64, num_key_value_heads=8, head_dim=128, vocab_size=32000,
