@@ -11,8 +11,9 @@
 # resuming across devices, the 7B benchmark against Transformers + PEFT, the bandwidth of each
 # memory-bound op at its shape, the 7B with recompute auto's budget from the GPU's free memory
 # (`zerolora train`'s default), ZeRO-3 on the GPU, the 70B-layer stack and the seed's job
-# projected from it at full recompute and at recompute auto's plan, cuDNN's atomic
-# attention backward tried, the ZeRO-3 benchmark, then compute-sanitizer's memcheck and
+# projected from it, cuDNN's atomic attention backward tried, the seed's job projected at
+# recompute auto's plan and what the targets leave beyond the GEMMs and attention (arithmetic),
+# more ranks, the ZeRO-3 benchmark, then compute-sanitizer's memcheck and
 # racecheck over the CUDA tests), each under its own limit, all under one deadline
 # (GPU_CHECK_SECONDS, default 430 s): a stage with under 20 s left is skipped and says so. The
 # device returns at most 8 files from $OUT, and this writes 8: log.txt, results.txt (key=value
@@ -545,51 +546,9 @@ with open(results, "a") as f:
 sys.exit(0 if minutes < 30 else 1)
 PY
 }
-# The seed's job as `zerolora train` runs it by default on 8 GPUs with this one's free memory:
-# recompute auto, its budget from that memory (estimate-memory for the seed's setup, ZeRO-3
-# over 8 at 10 x 2048 per GPU), keeps more than full recompute where it fits (on 141 GB: the
-# attention output in 78 of the 80 layers, the gate/up outputs too in 2; on 80 GB: 15 keep
-# the attention output, 65 recompute in full). The 4-layer stack runs at each level of that
-# plan (full recompute's run is bench_70b_layers'), and the projection weighs each level's
-# layer time by its count of layers.
-seed_job_auto() {
-  local free_mib gb plan count level parts=()
-  free_mib=$(nvidia-smi --query-gpu=memory.free --format=csv,noheader,nounits -i 0) || return 1
-  gb=$(py -c "print($free_mib * 2**20 / 1e9)")
-  "$pack/bin/zerolora" estimate-memory --preset llama2-70b --device cuda --world_size 8 \
-    --bf16 true --per_device_train_batch_size 10 --max_seq_length 2048 --lora_rank 4 \
-    --lora_dropout 0.05 --lora_target_modules q_proj k_proj v_proj o_proj \
-    --device_memory_gb "$gb" --json > "$work/estimate_seed_auto.json" || return 1
-  plan=$(py -c "import json, sys; print(json.load(open(sys.argv[1]))['recompute']['plan'])" \
-    "$work/estimate_seed_auto.json") || return 1
-  echo "recompute auto for the seed's setup with $free_mib MiB free per GPU: $plan"
-  echo "seed_job_auto_plan=$plan" >> "$results"
-  while read -r count level; do
-    local bench="$work/bench_70b_$level.txt"
-    if [ "$level" = full ]; then
-      bench="$work/bench_70b_layers.txt"
-    else
-      "$pack/bin/bench_train_step" --device cuda --shape 70b --layers 4 --seq 2048 --batch 10 \
-        --steps 2 --threads 16 --recompute "$level" | tee "$bench"
-      [ "${PIPESTATUS[0]}" = 0 ] || return 1
-      grep -E "^seq2048_" "$bench" | sed "s/^/layers70b_${level}_/" >> "$results"
-    fi
-    parts+=("$count:$bench")
-  done < <(echo "$plan" | tr '+' '\n')
-  project_seed_job seed_job_auto "${parts[@]}"
-}
-export -f bench_70b project_seed_job seed_job_auto
+export -f bench_70b project_seed_job
 stage bench_70b_layers 90 bench_70b
 stage seed_job_under_30_min 20 project_seed_job seed_job "80:$work/bench_70b_layers.txt"
-stage seed_job_auto 150 seed_job_auto
-# What the targets leave for everything but the GEMMs and attention, by arithmetic on this run's
-# figures (bench/py/target_budget.py; skipped where a stage it reads did not run).
-target_budget() {
-  set -o pipefail
-  py "$root/bench/py/target_budget.py" --results "$results" | sed 's/^/budget_/' | tee -a "$results"
-}
-export -f target_budget
-stage target_budget 20 target_budget
 # The 4-layer stack's config for estimate-memory (bench_shape "70b" of bench/bench_util.hpp).
 py -c 'import json, sys; json.dump(dict(model_type="llama", hidden_size=8192, intermediate_size=28672,
     num_hidden_layers=4, num_attention_heads=64, num_key_value_heads=8, head_dim=128, vocab_size=32000,
@@ -663,6 +622,51 @@ export attention_tests
 export -f attention_backwards bench_7b_atomic
 stage attention_backwards 110 attention_backwards
 stage bench_7b_atomic 120 bench_7b_atomic
+
+# The seed's job as `zerolora train` runs it by default on 8 GPUs with this one's free memory
+# (after the attention backwards above, which try a lever for the targets):
+# recompute auto, its budget from that memory (estimate-memory for the seed's setup, ZeRO-3
+# over 8 at 10 x 2048 per GPU), keeps more than full recompute where it fits (on 141 GB: the
+# attention output in 78 of the 80 layers, the gate/up outputs too in 2; on 80 GB: 15 keep
+# the attention output, 65 recompute in full). The 4-layer stack runs at each level of that
+# plan (full recompute's run is bench_70b_layers'), and the projection weighs each level's
+# layer time by its count of layers.
+seed_job_auto() {
+  local free_mib gb plan count level parts=()
+  free_mib=$(nvidia-smi --query-gpu=memory.free --format=csv,noheader,nounits -i 0) || return 1
+  gb=$(py -c "print($free_mib * 2**20 / 1e9)")
+  "$pack/bin/zerolora" estimate-memory --preset llama2-70b --device cuda --world_size 8 \
+    --bf16 true --per_device_train_batch_size 10 --max_seq_length 2048 --lora_rank 4 \
+    --lora_dropout 0.05 --lora_target_modules q_proj k_proj v_proj o_proj \
+    --device_memory_gb "$gb" --json > "$work/estimate_seed_auto.json" || return 1
+  plan=$(py -c "import json, sys; print(json.load(open(sys.argv[1]))['recompute']['plan'])" \
+    "$work/estimate_seed_auto.json") || return 1
+  echo "recompute auto for the seed's setup with $free_mib MiB free per GPU: $plan"
+  echo "seed_job_auto_plan=$plan" >> "$results"
+  while read -r count level; do
+    local bench="$work/bench_70b_$level.txt"
+    if [ "$level" = full ]; then
+      bench="$work/bench_70b_layers.txt"
+    else
+      "$pack/bin/bench_train_step" --device cuda --shape 70b --layers 4 --seq 2048 --batch 10 \
+        --steps 2 --threads 16 --recompute "$level" | tee "$bench"
+      [ "${PIPESTATUS[0]}" = 0 ] || return 1
+      grep -E "^seq2048_" "$bench" | sed "s/^/layers70b_${level}_/" >> "$results"
+    fi
+    parts+=("$count:$bench")
+  done < <(echo "$plan" | tr '+' '\n')
+  project_seed_job seed_job_auto "${parts[@]}"
+}
+export -f seed_job_auto
+stage seed_job_auto 150 seed_job_auto
+# What the targets leave for everything but the GEMMs and attention, by arithmetic on this run's
+# figures (bench/py/target_budget.py; skipped where a stage it reads did not run).
+target_budget() {
+  set -o pipefail
+  py "$root/bench/py/target_budget.py" --results "$results" | sed 's/^/budget_/' | tee -a "$results"
+}
+export -f target_budget
+stage target_budget 20 target_budget
 
 # More ranks on the GPU, and a rank killed outright in a 3-rank GPU training run ending every
 # rank within seconds (needs pgrep there): proofs, so before the ZeRO-3 benchmark below.

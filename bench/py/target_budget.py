@@ -42,8 +42,10 @@ def gemm_multiply_adds_per_token(shape, level, layers=None):
     layers = layers or shape_layers
     attention_block, gate_up, down = 2 * d * q + 2 * d * kv, 2 * d * i, d * i
     layer = attention_block + gate_up + down
-    recomputed = {"full": layer, "attention": layer, "attention_mlp": attention_block,
-                  "selective": gate_up, "none": 0}[level]
+    # Recompute stops at what backward reads: never the down projection, whose output only
+    # joins the residual stream.
+    recomputed = {"full": layer - down, "attention": layer - down,
+                  "attention_mlp": attention_block, "selective": gate_up, "none": 0}[level]
     return layers * (2 * layer + recomputed) + 2 * vocab * d
 
 
