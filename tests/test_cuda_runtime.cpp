@@ -146,10 +146,11 @@ TEST(CudnnAttentionGraphs, ForwardAndBackwardValidateForHopper) {
             << " H=" << shape.heads << " KV=" << shape.kv_heads << " hd=" << shape.head_dim
             << " window=" << shape.window;
       }
-  // The deterministic backward's groups of heads (here the fewest allowed: a cap of 0): the
-  // layer's strides, the group's heads.
-  for (const AttentionShape shape : {AttentionShape{32, 32, 128}, AttentionShape{64, 8, 128},
-                                     AttentionShape{28, 4, 128}, AttentionShape{8, 4, 64}})
+  // The deterministic backward's groups of heads (here one KV head's: a cap of 0): the layer's
+  // strides, the group's heads.
+  for (const AttentionShape shape :
+       {AttentionShape{32, 32, 128}, AttentionShape{64, 8, 128}, AttentionShape{28, 4, 128},
+        AttentionShape{40, 8, 128}, AttentionShape{8, 4, 64}})
     for (const auto& call : cuda::sdpa_backward_calls({{0, 1}, {1, 500}, {501, 1547}}, 2048, shape,
                                                       cuda::CudnnBackward::kDeterministic, 0.0))
       if (call.kv_head_first == 0) {
@@ -184,9 +185,10 @@ TEST(CudnnAttentionGraphs, DeterministicBackwardGroupsSegmentsWithinItsWorkspace
   EXPECT_EQ(cudnn_dp_bytes_bound(20480, 2048, gqa70, cap), gib) << "the 70B stack's";
   EXPECT_GT(cudnn_dp_bytes_bound(20480, 2048, gqa70, no_cap), 5 * gib)
       << "uncapped: 10 slots of 2048^2 and more, 64 heads";
-  EXPECT_EQ(cudnn_dp_bytes_bound(20480, 2048, {28, 4, 128}, 0.0), cudnn_dp_bytes(2048 * 2048, 28))
-      << "Qwen2.5-7B's 7 query heads per KV head: its statistics' slices would not be 16-byte "
-         "aligned, so its heads stay in one call; at a cap of 0 its segments go one by one";
+  EXPECT_EQ(cudnn_dp_bytes_bound(20480, 2048, {28, 4, 128}, 0.0), cudnn_dp_bytes(2048 * 2048, 7))
+      << "Qwen2.5-7B's 7 query heads per KV head: one KV head a call (the statistics' slices "
+         "off a 16-byte boundary read from an aligned copy); at a cap of 0 its segments go one "
+         "by one";
   EXPECT_EQ(cudnn_dp_bytes_bound(32768, 32768, llama3, cap), cudnn_dp_bytes(32768 * 32768, 4))
       << "Llama 3 8B at 32768 tokens: one slot of 32768^2 at 4 query heads, 8 GiB";
   // A long document that passes the cap even at the fewest heads takes no short one into its
@@ -243,9 +245,8 @@ TEST(CudnnAttentionGraphs, DeterministicBackwardGroupsSegmentsWithinItsWorkspace
           const double bytes =
               cudnn_dp_bytes(call.key.slots * call.key.max_length * call.key.max_length, heads);
           EXPECT_LE(bytes, bound);
-          if (bytes > trial_cap) {  // then no fewer heads were allowed
-            for (Index fewer = 1; fewer < call.key.call_kv_heads; ++fewer)
-              EXPECT_FALSE(cudnn_kv_group_allowed(fewer, shape));
+          if (bytes > trial_cap) {
+            EXPECT_EQ(call.key.call_kv_heads, 1) << "then one KV head";
           }
         }
       }
@@ -261,8 +262,9 @@ TEST(CudnnAttentionGraphs, DeterministicBackwardGroupsSegmentsWithinItsWorkspace
   EXPECT_EQ(groups.size(), 2u) << "the other 93 in one call of 96 slots of 128^2";
 }
 
-// The heads per call: the most KV heads (with their query heads) whose dP is within the cap,
-// their query heads a multiple of 4 (16-byte aligned statistics) or all of them.
+// The heads per call: the most KV heads (with their query heads) dividing the layer's whose dP
+// is within the cap, else one; a call whose statistics' slice starts off a 16-byte boundary
+// reads an aligned copy.
 TEST(CudnnAttentionGraphs, HeadsSplitOnlyWhereTheirWorkspacePassesTheCap) {
   const double gib = 1073741824.0;
   const Index one_8192 = 8192 * 8192;  // one sequence of 8192 tokens: one slot
@@ -270,19 +272,28 @@ TEST(CudnnAttentionGraphs, HeadsSplitOnlyWhereTheirWorkspacePassesTheCap) {
       << "Llama 3 8B: 8 query heads, 1 GiB (all 32: 4 GiB)";
   EXPECT_EQ(cudnn_kv_heads_per_call(one_8192, {32, 8, 128}, 4 * gib), 8);
   EXPECT_EQ(cudnn_kv_heads_per_call(one_8192, {32, 8, 128}, 0.0), 1) << "the fewest: one";
-  EXPECT_EQ(cudnn_kv_heads_per_call(one_8192, {32, 32, 128}, 0.0), 4)
-      << "MHA: 4 heads at least (their statistics' slice 16 bytes)";
-  EXPECT_EQ(cudnn_kv_heads_per_call(one_8192, {32, 32, 128}, 1.5 * gib), 8);
-  EXPECT_EQ(cudnn_kv_heads_per_call(one_8192, {8, 4, 64}, 0.0), 2);
-  EXPECT_EQ(cudnn_kv_heads_per_call(one_8192, {28, 4, 128}, 0.0), 4)
-      << "7 query heads per KV head: only all of them";
+  EXPECT_EQ(cudnn_kv_heads_per_call(one_8192, {32, 32, 128}, 0.0), 1) << "MHA: one head";
+  EXPECT_EQ(cudnn_kv_heads_per_call(one_8192, {32, 32, 128}, 1.5 * gib), 8)
+      << "12 heads fit: 8, the most dividing 32";
+  EXPECT_EQ(cudnn_kv_heads_per_call(one_8192, {8, 4, 64}, 0.0), 1);
+  EXPECT_EQ(cudnn_kv_heads_per_call(one_8192, {28, 4, 128}, gib), 1)
+      << "Qwen2.5-7B: 7 query heads per KV head, 0.875 GiB a call (all 28: 3.5 GiB)";
+  EXPECT_EQ(cudnn_kv_heads_per_call(one_8192, {28, 4, 128}, 2 * gib), 2);
+  EXPECT_EQ(cudnn_kv_heads_per_call(one_8192, {40, 8, 128}, 2 * gib), 2)
+      << "Qwen2.5-14B: 5 per KV head; two KV heads 1.25 GiB, three (1.875) do not divide 8";
   EXPECT_EQ(cudnn_kv_heads_per_call(4 * 2048 * 2048, {32, 32, 128}, gib), 32)
       << "the 7B benchmark's 4 x 2048: one call, 1 GiB";
   EXPECT_EQ(cudnn_kv_heads_per_call(10 * 2048 * 2048, {64, 8, 128}, gib), 1)
       << "the seed's 70B at 10 x 2048: 8 calls of 8 query heads, 0.625 GiB each";
-  for (const Index kv : {1, 2, 4, 8, 16, 32})
-    EXPECT_EQ(cudnn_kv_group_allowed(kv, {32, 32, 128}), kv % 4 == 0) << kv;
-  EXPECT_FALSE(cudnn_kv_group_allowed(3, {64, 8, 128})) << "a divisor of the KV heads";
+  // Aligned where the call's first query head is a multiple of 4 (4 bytes each).
+  for (Index first = 0; first < 4; ++first) {
+    EXPECT_EQ(cudnn_stats_slice_aligned(first, {28, 4, 128}), first % 4 == 0) << first;
+    EXPECT_TRUE(cudnn_stats_slice_aligned(first, {32, 8, 128})) << "Llama 3: 4 per KV head";
+    EXPECT_TRUE(cudnn_stats_slice_aligned(first * 2, {12, 2, 128})) << "Qwen2.5-1.5B: 6";
+  }
+  EXPECT_FALSE(cudnn_stats_slice_aligned(1, {12, 2, 128}));
+  EXPECT_FALSE(cudnn_stats_slice_aligned(1, {32, 32, 128}));
+  EXPECT_TRUE(cudnn_stats_slice_aligned(8, {32, 32, 128}));
 
   // The cap comes from ZEROLORA_CUDNN_DP_WORKSPACE_MIB; a bad value is an error naming it.
   const char* name = "ZEROLORA_CUDNN_DP_WORKSPACE_MIB";

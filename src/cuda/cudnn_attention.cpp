@@ -411,6 +411,7 @@ struct CudnnAttention::Impl {
   };
   Geometry forward_geometry, backward_geometry;
   DeviceBuffer<std::byte> workspace;
+  DeviceBuffer<float> stats_scratch;  // a call's statistics, where their slice is unaligned
 
   Built build(const SdpaKey& key) {
     std::string message;
@@ -544,20 +545,35 @@ void CudnnAttention::backward(Bf16Bits* diff_q, Bf16Bits* diff_k, Bf16Bits* diff
               v_col = (shape.heads + shape.kv_heads) * hd, per_kv = shape.heads / shape.kv_heads;
   // One call per group of segments and of heads, each reading and writing only its segments'
   // rows and its heads' columns: every tensor from the group's first head on, the strides the
-  // layer's (its statistics' slice 16-byte aligned: cudnn_kv_group_allowed).
+  // layer's. A statistics slice off a 16-byte boundary (cudnn_stats_slice_aligned) is copied
+  // first to the same columns from 0 of a scratch of the same layout, every padded row: the
+  // same strides and ragged offsets, an aligned start.
   impl_->reserve_workspace(calls);
+  const std::size_t stats_rows = static_cast<std::size_t>(cudnn_padded_rows(M));
   for (std::size_t c = 0; c < calls.size(); ++c) {
     const Index kv = calls[c].kv_head_first * hd, q = calls[c].kv_head_first * per_kv * hd;
-    std::unordered_map<std::int64_t, void*> pack{
-        {kQ, const_cast<Bf16Bits*>(qkv + q)},
-        {kK, const_cast<Bf16Bits*>(qkv + k_col + kv)},
-        {kV, const_cast<Bf16Bits*>(qkv + v_col + kv)},
-        {kO, const_cast<Bf16Bits*>(out + q)},
-        {kDO, const_cast<Bf16Bits*>(diff_out + q)},
-        {kStats, const_cast<float*>(stats + calls[c].kv_head_first * per_kv)},
-        {kDQ, diff_q + q},
-        {kDK, diff_k + kv},
-        {kDV, diff_v + kv}};
+    const float* call_stats = stats + calls[c].kv_head_first * per_kv;
+    if (!cudnn_stats_slice_aligned(calls[c].kv_head_first, shape)) {
+      const std::size_t pitch = static_cast<std::size_t>(shape.heads) * sizeof(float);
+      float* scratch = impl_->stats_scratch.ensure(impl_->device, stats_rows * shape.heads);
+      const std::size_t width =
+          static_cast<std::size_t>(calls[c].key.call_kv_heads * per_kv) * sizeof(float);
+      if (cudaMemcpy2DAsync(scratch, pitch, call_stats, pitch, width, stats_rows,
+                            cudaMemcpyDeviceToDevice, impl_->stream) != cudaSuccess)
+        throw DeviceError("cudaMemcpy2DAsync of the statistics of KV heads from " +
+                          std::to_string(calls[c].kv_head_first) + " (" + describe(calls[c].key) +
+                          ") failed");
+      call_stats = scratch;
+    }
+    std::unordered_map<std::int64_t, void*> pack{{kQ, const_cast<Bf16Bits*>(qkv + q)},
+                                                 {kK, const_cast<Bf16Bits*>(qkv + k_col + kv)},
+                                                 {kV, const_cast<Bf16Bits*>(qkv + v_col + kv)},
+                                                 {kO, const_cast<Bf16Bits*>(out + q)},
+                                                 {kDO, const_cast<Bf16Bits*>(diff_out + q)},
+                                                 {kStats, const_cast<float*>(call_stats)},
+                                                 {kDQ, diff_q + q},
+                                                 {kDK, diff_k + kv},
+                                                 {kDV, diff_v + kv}};
     impl_->run(calls[c].key, pack, impl_->backward_geometry, c);
   }
 }

@@ -57,12 +57,13 @@ inline Index cudnn_size_bucket(Index n) {
 //   128 tokens long (every benchmark). (The 128: else a batch of many short segments would get a
 //   slot of at least 128^2 for each.)
 // - consecutive KV heads with all their query heads (so that GQA's dK and dV are summed within
-//   the call), their query heads a multiple of 4 or all of them, so that the call's slice of the
-//   fp32 statistics [M, H] starts 16 bytes aligned, as every tensor handed to cuDNN does: the
-//   most whose dP is within a cap (ZEROLORA_CUDNN_DP_WORKSPACE_MIB), else the fewest allowed
-//   (cudnn_kv_heads_per_call). Where even the fewest heads pass the cap, a group of segments
-//   grows no further than one slot of its longest would take at them: a long document leaves
-//   the short ones to another call rather than give each a slot of its S^2.
+//   the call), as many as divide the KV heads: the most whose dP is within a cap
+//   (ZEROLORA_CUDNN_DP_WORKSPACE_MIB), else one (cudnn_kv_heads_per_call). A call whose slice
+//   of the fp32 statistics [M, H] would not start 16 bytes aligned, as every tensor handed to
+//   cuDNN must, reads a copy of it instead (cudnn_stats_slice_aligned): Qwen2.5's 7, 6 or 5
+//   query heads per KV head split as finely as Llama's. Where even one KV head passes the cap,
+//   a group of segments grows no further than one slot of its longest would take at it: a long
+//   document leaves the short ones to another call rather than give each a slot of its S^2.
 inline Index cudnn_dp_budget(Index M, Index longest) {
   const Index S = cudnn_size_bucket(longest), cut = std::max<Index>(longest, 128);
   return cudnn_slot_count((M + cut - 1) / cut) * S * S;
@@ -72,28 +73,22 @@ inline double cudnn_dp_bytes(Index slots_s2, Index query_heads) {
   // bf16; the frontend rounds S up to 64, and every bucket is a multiple of 128
   return 2.0 * static_cast<double>(slots_s2) * static_cast<double>(query_heads);
 }
-inline bool cudnn_kv_group_allowed(Index kv_heads_per_call, const AttentionShape& shape) {
-  const Index per_kv = shape.heads / shape.kv_heads;
-  return shape.kv_heads % kv_heads_per_call == 0 &&
-         (kv_heads_per_call == shape.kv_heads || kv_heads_per_call * per_kv % 4 == 0);
-}
-// The KV heads of the smallest group allowed (at worst all of them).
-inline Index cudnn_fewest_kv_heads(const AttentionShape& shape) {
-  Index g = 1;
-  while (!cudnn_kv_group_allowed(g, shape)) ++g;
-  return g;
-}
+// The query heads of the smallest call: one KV head's.
 inline Index cudnn_fewest_query_heads(const AttentionShape& shape) {
-  return cudnn_fewest_kv_heads(shape) * (shape.heads / shape.kv_heads);
+  return shape.heads / shape.kv_heads;
 }
-// The most KV heads allowed whose call's dP is within the cap, else the fewest allowed.
+// The most KV heads dividing the layer's whose call's dP is within the cap, else one.
 inline Index cudnn_kv_heads_per_call(Index slots_s2, const AttentionShape& shape,
                                      double cap_bytes) {
-  const Index per_kv = shape.heads / shape.kv_heads, fewest = cudnn_fewest_kv_heads(shape);
-  for (Index g = shape.kv_heads; g > fewest; --g)
-    if (cudnn_kv_group_allowed(g, shape) && cudnn_dp_bytes(slots_s2, g * per_kv) <= cap_bytes)
-      return g;
-  return fewest;
+  const Index per_kv = shape.heads / shape.kv_heads;
+  for (Index g = shape.kv_heads; g > 1; --g)
+    if (shape.kv_heads % g == 0 && cudnn_dp_bytes(slots_s2, g * per_kv) <= cap_bytes) return g;
+  return 1;
+}
+// Whether a call from KV head `kv_head_first` on finds its statistics' slice of [M, H] fp32 at a
+// 16-byte boundary (its first query head a multiple of 4); else it is handed an aligned copy.
+inline bool cudnn_stats_slice_aligned(Index kv_head_first, const AttentionShape& shape) {
+  return kv_head_first * (shape.heads / shape.kv_heads) % 4 == 0;
 }
 
 // [first, last) segment indices of each group (in order, every segment in one).

@@ -373,8 +373,11 @@ void add_gpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& 
     const double gqa_sums = c.num_kv_heads < c.num_heads ? 2.0 * d.heads * d.hd : 0.0;
     const double workspace = 4.0 * tokens * (d.heads + gqa_sums) + dp;
     const auto rows = static_cast<double>(cudnn_padded_rows(static_cast<Index>(M)));
+    // The statistics, and their aligned copy where a call's slice may start off 16 bytes (a KV
+    // head's query heads not a multiple of 4: cudnn_stats_slice_aligned).
+    const double stats_copies = (c.num_heads / c.num_kv_heads) % 4 == 0 ? 1.0 : 2.0;
     e.items.push_back({"attention (cuDNN: bf16 q/k/v, O, gradients, stats; workspace, est.)",
-                       4.0 * rows * (W3 + Qd) + 4.0 * rows * d.heads + workspace});
+                       4.0 * rows * (W3 + Qd) + stats_copies * 4.0 * rows * d.heads + workspace});
   } else {
     e.items.push_back(
         {"attention (reference kernel: row sums, segment index)", 4.0 * M * d.heads + 4.0 * M});
