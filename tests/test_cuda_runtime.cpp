@@ -414,8 +414,8 @@ TEST(CudnnAttentionGraphs, BackwardChosenByTheEnvironment) {
 #ifdef ZEROLORA_CUDNN
 // On a GPU, cuDNN's fused attention must take the shapes the recipe trains (else the backend
 // quietly falls back to its reference kernel, and every bf16 result above would come from it):
-// Llama-2-7B's and the 70B's (GQA) heads, Llama 3's, Mistral's window, at the seed's 2048
-// tokens packed several sequences to a batch.
+// Llama-2-7B's and the 70B's (GQA) heads, Llama 3's, Mistral's window, Qwen2.5-7B's 7 query
+// heads per KV head, at the seed's 2048 tokens packed several sequences to a batch.
 TEST_F(CudaBackend, CudnnTakesTheRecipesAttentionShapes) {
   const std::vector<Segment> segments{{0, 1}, {1, 500}, {501, 1547}, {2048, 2048}};
   // and --packing boundaries' batches: one long document among many short ones, whose
@@ -434,7 +434,7 @@ TEST_F(CudaBackend, CudnnTakesTheRecipesAttentionShapes) {
     for (const auto& batch : {segments, long_among_short})
       for (const AttentionShape shape :
            {AttentionShape{32, 32, 128}, AttentionShape{64, 8, 128}, AttentionShape{32, 8, 128},
-            AttentionShape{32, 8, 128, 256}})
+            AttentionShape{32, 8, 128, 256}, AttentionShape{28, 4, 128}})
         EXPECT_TRUE(cudnn.available(batch, 4096, shape))
             << "H=" << shape.heads << " KV=" << shape.kv_heads << " window=" << shape.window
             << " segments " << batch.size() << " cap " << (cap ? cap : "default");
