@@ -11,6 +11,7 @@
 
 #include "apps/cli.hpp"
 #include "core/error.hpp"
+#include "test_util.hpp"
 #include "train/memory_estimate.hpp"
 
 namespace zerolora {
@@ -92,6 +93,43 @@ MemoryScenario gpu_4x2048() {
   s.micro_batch = 4;
   s.seq_len = 2048;
   return s;
+}
+
+// cuDNN's atomic backward (ZEROLORA_CUDNN_BACKWARD=atomic): its fp32 dQ accumulator, linear in
+// the tokens, takes the place of the deterministic backward's dP, quadratic in the segments'
+// length; its row sums span the padded rows; one call over every head, so no copy of the
+// statistics. At 4 x 2048 the accumulator is the smaller (0.39 GiB against dP's 1 GiB cap), at
+// 64 x 128 the larger (against 64 MiB of dP): counting dP alone under-counted it.
+TEST(MemoryEstimate, AtomicAttentionBackwardCountsItsAccumulator) {
+  const LlamaConfig c = preset_config("llama2-7b");
+  const LoraLayout lora = qkvo_lora(c);
+  MemoryScenario s = gpu_4x2048();
+  const char* variable = "ZEROLORA_CUDNN_BACKWARD";
+  auto attention = [&](const char* backward) {
+    testing::ScopedEnvironment set(variable, backward);
+    return item_named(estimate_memory(c, lora, s), "attention (cuDNN")->bytes;
+  };
+  const double H = 32, hd = 128, rows = 8192 + 256, gib = 1073741824.0;
+  const double fused_accumulator = 4 * ((rows - 1) * (H + 2 * H) * hd + H * hd);
+  const double dense_accumulator = 4 * ((rows - 1) * H * hd + H * hd);
+  // Deterministic: two copies of the statistics (MHA: a call's heads may start off 16 bytes),
+  // row sums over the token bound (8192), dP at the cap.
+  const double deterministic = attention(nullptr);
+  EXPECT_EQ(attention("deterministic"), deterministic);
+  EXPECT_EQ(attention("atomic") - deterministic,
+            (4 * rows * H + fused_accumulator) - (4 * rows * H + 4 * 8192 * H + gib));
+  EXPECT_EQ(attention("atomic_dense_gradients") - attention("atomic"),
+            dense_accumulator - fused_accumulator);
+  s.micro_batch = 64;
+  s.seq_len = 128;
+  EXPECT_GT(attention("atomic") - attention(nullptr), 0.3 * gib);
+  try {
+    testing::ScopedEnvironment set(variable, "fast");
+    estimate_memory(c, lora, s);
+    ADD_FAILURE() << "a bad value was taken";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("ZEROLORA_CUDNN_BACKWARD=fast"), std::string::npos);
+  }
 }
 
 // Below 1024 tokens the GPU's layer work buffers are sized for the micro-batch's rows (the MLP's

@@ -92,19 +92,12 @@ std::string describe(const SdpaKey& key) {
          (key.backward ? std::string(" ") + cudnn_backward_name(key.algorithm) : std::string());
 }
 
-// The atomic backward's fp32 dQ accumulator, at the start of the frontend's workspace: the
-// frontend's own size of it. Ragged (ragged_workspace_size for dims [B, H, S, hd] on dQ's
-// strides) where it keeps the token bound; dense [B, H, S, hd] where it drops the bound, for a
-// head size not a multiple of 16 (its "known functional issue").
+// The atomic backward's fp32 dQ accumulator for a key (cudnn_dq_accumulator_bytes).
 std::int64_t dq_accumulator_bytes(const SdpaKey& key) {
-  const std::int64_t row = fused_gradients(key.algorithm)
-                               ? (key.heads + 2 * key.kv_heads) * key.head_dim
-                               : key.heads * key.head_dim;
-  const std::int64_t call_heads = key.call_kv_heads * (key.heads / key.kv_heads);
-  const std::int64_t values = key.head_dim % 16 == 0
-                                  ? (key.total_tokens - 1) * row + call_heads * key.head_dim
-                                  : key.slots * call_heads * key.max_length * key.head_dim;
-  return values * static_cast<std::int64_t>(sizeof(float));
+  return static_cast<std::int64_t>(
+      cudnn_dq_accumulator_bytes(key.algorithm, key.total_tokens, key.slots, key.max_length,
+                                 key.call_kv_heads * (key.heads / key.kv_heads),
+                                 AttentionShape{key.heads, key.kv_heads, key.head_dim}));
 }
 
 // The graph of a key, up to validate(); `message` gets the frontend's words when it refuses.
@@ -259,28 +252,6 @@ void check(const fe::error_t& status, const char* step, const SdpaKey& key) {
 }
 
 }  // namespace
-
-CudnnBackward cudnn_backward_from_environment() {
-  const char* value = std::getenv("ZEROLORA_CUDNN_BACKWARD");
-  if (!value || !*value) return CudnnBackward::kDeterministic;
-  for (const CudnnBackward b : {CudnnBackward::kDeterministic, CudnnBackward::kAtomic,
-                                CudnnBackward::kAtomicDenseGradients})
-    if (std::string(value) == cudnn_backward_name(b)) return b;
-  throw ConfigError(std::string("ZEROLORA_CUDNN_BACKWARD=") + value +
-                    ": deterministic, atomic or atomic_dense_gradients");
-}
-
-const char* cudnn_backward_name(CudnnBackward backward) {
-  switch (backward) {
-    case CudnnBackward::kDeterministic:
-      return "deterministic";
-    case CudnnBackward::kAtomic:
-      return "atomic";
-    case CudnnBackward::kAtomicDenseGradients:
-      return "atomic_dense_gradients";
-  }
-  return "?";
-}
 
 SdpaKey sdpa_key(bool backward, const std::vector<Segment>& segments, Index M,
                  const AttentionShape& shape, CudnnBackward algorithm) {

@@ -26,25 +26,12 @@
 
 namespace zerolora::cuda {
 
-// Which backward cuDNN runs: ZEROLORA_CUDNN_BACKWARD=deterministic (the default), atomic or
-// atomic_dense_gradients (cudnn_backward_from_environment; ConfigError on another value).
-//   kDeterministic  dP of every slot in the workspace (on Hopper slots x heads x S^2 x 2 bytes:
-//                   1 GiB for 4 slots of 2048 tokens and 32 heads), written and read back; the
-//                   same bits every run. Calls over groups of segments and of heads keep it
-//                   within a cap (ops/cudnn_plan.hpp).
-//   kAtomic         dQ accumulated in fp32 by atomics in a workspace linear in the tokens
-//                   (results repeat to fp32 rounding, not bit for bit), with dQ, dK and dV
-//                   declared in q/k/v's own fused layout and ragged offsets, as TransformerEngine
-//                   and PyTorch declare them; the accumulator zeroed before each call and the
-//                   token bound given the padded rows (cudnn_padded_rows). Experimental: not yet
-//                   run on a GPU.
-//   kAtomicDenseGradients  the atomic backward with dense gradients, which returned NaN on
-//                   every shape on an H200 (cuDNN 9.19, 2026-12-04): kept so that the device
-//                   check can tell whether the layout was the cause (its accumulator takes dQ's
-//                   offsets, where every integration read keeps dQ's layout equal to Q's).
-enum class CudnnBackward { kDeterministic, kAtomic, kAtomicDenseGradients };
-CudnnBackward cudnn_backward_from_environment();
-const char* cudnn_backward_name(CudnnBackward backward);
+// Which backward cuDNN runs (ZEROLORA_CUDNN_BACKWARD): ops/cudnn_plan.hpp, host code, so that
+// estimate-memory counts its workspace.
+using zerolora::cudnn_backward_from_environment;
+using zerolora::cudnn_backward_name;
+using zerolora::CudnnBackward;
+using zerolora::fused_gradients;
 
 // One cached graph: pass, bucketed batch slots and lengths, heads.
 struct SdpaKey {
@@ -65,12 +52,6 @@ struct SdpaKey {
 SdpaKey sdpa_key(bool backward, const std::vector<Segment>& segments, Index M,
                  const AttentionShape& shape,
                  CudnnBackward algorithm = CudnnBackward::kDeterministic);
-
-// Whether the backward writes dQ, dK and dV into one buffer in q/k/v's fused layout (row stride
-// (H + 2 KV) hd; dK at column H hd, dV at (H + KV) hd) rather than three dense ones.
-inline bool fused_gradients(CudnnBackward algorithm) {
-  return algorithm == CudnnBackward::kAtomic;
-}
 
 // The cuDNN calls of one pass over a batch: each call's key, the segments it covers, and its
 // first KV head (its heads: key.call_kv_heads from there, with their query heads). The forward:

@@ -154,6 +154,70 @@ inline double cudnn_dp_workspace_cap_from_environment() {
   return mib * 1048576.0;
 }
 
+// Which backward cuDNN runs: ZEROLORA_CUDNN_BACKWARD=deterministic (the default), atomic or
+// atomic_dense_gradients (cudnn_backward_from_environment; ConfigError on another value).
+//   kDeterministic  dP of every slot in the workspace (on Hopper slots x heads x S^2 x 2 bytes:
+//                   1 GiB for 4 slots of 2048 tokens and 32 heads), written and read back; the
+//                   same bits every run. Calls over groups of segments and of heads keep it
+//                   within a cap (above).
+//   kAtomic         dQ accumulated in fp32 by atomics in a workspace linear in the tokens
+//                   (results repeat to fp32 rounding, not bit for bit), with dQ, dK and dV
+//                   declared in q/k/v's own fused layout and ragged offsets, as TransformerEngine
+//                   and PyTorch declare them; the accumulator zeroed before each call and the
+//                   token bound given the padded rows (cudnn_padded_rows). Experimental: not yet
+//                   run on a GPU.
+//   kAtomicDenseGradients  the atomic backward with dense gradients, which returned NaN on
+//                   every shape on an H200 (cuDNN 9.19, 2026-12-04): kept so that the device
+//                   check can tell whether the layout was the cause (its accumulator takes dQ's
+//                   offsets, where every integration read keeps dQ's layout equal to Q's).
+enum class CudnnBackward { kDeterministic, kAtomic, kAtomicDenseGradients };
+inline const char* cudnn_backward_name(CudnnBackward backward) {
+  switch (backward) {
+    case CudnnBackward::kDeterministic:
+      return "deterministic";
+    case CudnnBackward::kAtomic:
+      return "atomic";
+    case CudnnBackward::kAtomicDenseGradients:
+      return "atomic_dense_gradients";
+  }
+  return "?";
+}
+inline CudnnBackward cudnn_backward_from_environment() {
+  const char* value = std::getenv("ZEROLORA_CUDNN_BACKWARD");
+  if (!value || !*value) return CudnnBackward::kDeterministic;
+  for (const CudnnBackward b : {CudnnBackward::kDeterministic, CudnnBackward::kAtomic,
+                                CudnnBackward::kAtomicDenseGradients})
+    if (std::string(value) == cudnn_backward_name(b)) return b;
+  throw ConfigError(std::string("ZEROLORA_CUDNN_BACKWARD=") + value +
+                    ": deterministic, atomic or atomic_dense_gradients");
+}
+
+// Whether the backward writes dQ, dK and dV into one buffer in q/k/v's fused layout (row stride
+// (H + 2 KV) hd; dK at column H hd, dV at (H + KV) hd) rather than three dense ones.
+inline bool fused_gradients(CudnnBackward algorithm) {
+  return algorithm == CudnnBackward::kAtomic;
+}
+
+// The atomic backward's fp32 dQ accumulator, at the start of the frontend's workspace, as the
+// frontend sizes it for a call over `call_heads` query heads: ragged (its ragged workspace size
+// for dims [slots, H, S, hd] on dQ's strides: the token bound's rows) where it keeps the token
+// bound; dense [slots, H, S, hd] where it drops the bound, for a head size not a multiple of 16
+// (its "known functional issue").
+inline double cudnn_dq_accumulator_bytes(CudnnBackward algorithm, Index total_tokens, Index slots,
+                                         Index max_length, Index call_heads,
+                                         const AttentionShape& shape) {
+  const double hd = static_cast<double>(shape.head_dim);
+  const double row = fused_gradients(algorithm)
+                         ? static_cast<double>(shape.heads + 2 * shape.kv_heads) * hd
+                         : static_cast<double>(shape.heads) * hd;
+  const double values =
+      shape.head_dim % 16 == 0
+          ? static_cast<double>(total_tokens - 1) * row + static_cast<double>(call_heads) * hd
+          : static_cast<double>(slots) * static_cast<double>(call_heads) *
+                static_cast<double>(max_length) * hd;
+  return 4.0 * values;
+}
+
 // Rows the bf16 and statistics buffers handed to cuDNN's attention hold for an M-token batch:
 // the backward graph is told of up to cudnn_size_bucket(M) tokens, and a tile starting in the
 // last segment may read rows past its end (masked, but multiplied, so they must be finite).

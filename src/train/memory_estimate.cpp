@@ -360,22 +360,38 @@ void add_gpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& 
                                                                 : 0.0)});
   const bool cudnn = s.bf16 && cudnn_supports_head_dim(c.head_dim);
   if (cudnn) {
-    // The workspace (the cuDNN frontend's composite backward, sized from the dense gradient
-    // layouts of cudnn_attention.cpp): fp32 row sums, with GQA fp32 dK and dV summed per
-    // query head, and the deterministic backward's dP (slots x heads x S^2 bf16 per call, the
-    // calls' groups of segments and of heads within a budget and a cap whose bound for M tokens
-    // in segments of at most the sequence length is cudnn_dp_bytes_bound).
-    // (The atomic backward, ZEROLORA_CUDNN_BACKWARD=atomic, experimental: not modelled.)
-    const auto tokens = static_cast<double>(cudnn_size_bucket(static_cast<Index>(M)));
+    // The workspace (the cuDNN frontend's composite backward, sized from the gradient layouts
+    // of cudnn_attention.cpp) over the backward's token bound: fp32 row sums, with GQA fp32 dK
+    // and dV summed per query head, and either the deterministic backward's dP (slots x heads x
+    // S^2 bf16 per call, the calls' groups of segments and of heads within a budget and a cap
+    // whose bound for M tokens in segments of at most the sequence length is
+    // cudnn_dp_bytes_bound) or the atomic one's fp32 dQ accumulator (ZEROLORA_CUDNN_BACKWARD;
+    // one call over every head; where the frontend drops the token bound, a head size not a
+    // multiple of 16, counted for the batch cut into equal segments of up to the sequence
+    // length, the largest over their lengths).
     const AttentionShape shape{c.num_heads, c.num_kv_heads, c.head_dim};
-    const double dp = cudnn_dp_bytes_bound(static_cast<Index>(M), static_cast<Index>(d.S), shape,
-                                           cudnn_dp_workspace_cap_from_environment());
-    const double gqa_sums = c.num_kv_heads < c.num_heads ? 2.0 * d.heads * d.hd : 0.0;
-    const double workspace = 4.0 * tokens * (d.heads + gqa_sums) + dp;
     const auto rows = static_cast<double>(cudnn_padded_rows(static_cast<Index>(M)));
-    // The statistics, and their aligned copy where a call's slice may start off 16 bytes (a KV
-    // head's query heads not a multiple of 4: cudnn_stats_slice_aligned).
-    const double stats_copies = (c.num_heads / c.num_kv_heads) % 4 == 0 ? 1.0 : 2.0;
+    const CudnnBackward backward = cudnn_backward_from_environment();
+    const bool atomic = backward != CudnnBackward::kDeterministic;
+    const double tokens =
+        atomic ? rows : static_cast<double>(cudnn_size_bucket(static_cast<Index>(M)));
+    double scratch = 0;
+    if (atomic) {
+      for (Index L = 1; L <= std::min(static_cast<Index>(d.S), static_cast<Index>(M)); ++L) {
+        const Index slots = cudnn_slot_count((static_cast<Index>(M) + L - 1) / L);
+        scratch =
+            std::max(scratch, cudnn_dq_accumulator_bytes(backward, static_cast<Index>(rows), slots,
+                                                         cudnn_size_bucket(L), c.num_heads, shape));
+      }
+    } else {
+      scratch = cudnn_dp_bytes_bound(static_cast<Index>(M), static_cast<Index>(d.S), shape,
+                                     cudnn_dp_workspace_cap_from_environment());
+    }
+    const double gqa_sums = c.num_kv_heads < c.num_heads ? 2.0 * d.heads * d.hd : 0.0;
+    const double workspace = 4.0 * tokens * (d.heads + gqa_sums) + scratch;
+    // The statistics, and their aligned copy where a deterministic call's slice may start off
+    // 16 bytes (a KV head's query heads not a multiple of 4: cudnn_stats_slice_aligned).
+    const double stats_copies = !atomic && (c.num_heads / c.num_kv_heads) % 4 != 0 ? 2.0 : 1.0;
     e.items.push_back({"attention (cuDNN: bf16 q/k/v, O, gradients, stats; workspace, est.)",
                        4.0 * rows * (W3 + Qd) + stats_copies * 4.0 * rows * d.heads + workspace});
   } else {
