@@ -392,7 +392,9 @@ void add_gpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& 
     // The statistics, and their aligned copy where a deterministic call's slice may start off
     // 16 bytes (a KV head's query heads not a multiple of 4: cudnn_stats_slice_aligned).
     const double stats_copies = !atomic && (c.num_heads / c.num_kv_heads) % 4 != 0 ? 2.0 : 1.0;
-    e.items.push_back({"attention (cuDNN: bf16 q/k/v, O, gradients, stats; workspace, est.)",
+    e.items.push_back({atomic
+                           ? "attention (cuDNN: bf16 q/k/v, O, grads, stats; atomic dQ, est.)"
+                           : "attention (cuDNN: bf16 q/k/v, O, gradients, stats; workspace, est.)",
                        4.0 * rows * (W3 + Qd) + stats_copies * 4.0 * rows * d.heads + workspace});
   } else {
     e.items.push_back(
