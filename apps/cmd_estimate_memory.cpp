@@ -127,8 +127,8 @@ int run_estimate(EstimateOptions& o) {
     if (s.recompute == Recompute::kAuto && o.recompute_budget_mib < 0)
       std::printf(
           "Recompute auto's budget, as `zerolora train` sets it on a GPU: what %.0f GB free "
-          "(--device_memory_gb) hold beyond full recompute, less 10%% and at least 2 GiB (or the "
-          "host default where that is larger).\n",
+          "(--device_memory_gb) hold beyond full recompute, less 10%% and at least 2 GiB (none "
+          "where they hold nothing more).\n",
           o.device_gb);
   }
   std::printf("\n%s a %.0f GB device (%.0f%% used)\n",

@@ -5,8 +5,9 @@
 # and, for a rerun of chosen stages (the machine stays warm 30 s after a call):
 #   run(command="STAGES='zero3_gpu_w1 bench_70b_layers' bash scripts/gpu-check.sh", ...)
 # (a stage that reads another's output brings it along: losses_match runs train_gpu,
-# estimate_7b bench_7b, targets_7b both 7B benchmarks, seed_job_under_30_min, seed_job_auto and
-# estimate_70b_layers bench_70b_layers, bench_7b_atomic attention_backwards).
+# estimate_7b bench_7b, targets_7b both 7B benchmarks, targets_7b_auto bench_7b_auto and torch_7b,
+# seed_job_under_30_min, seed_job_auto and estimate_70b_layers bench_70b_layers, bench_7b_atomic
+# attention_backwards).
 # Stages run most important first (the CUDA tests, the fixtures, GPU-vs-CPU training and
 # resuming across devices, the 7B benchmark against Transformers + PEFT, the bandwidth of each
 # memory-bound op at its shape, the 7B with recompute auto's budget from the GPU's free memory
@@ -67,6 +68,9 @@ for needs_70b in seed_job_under_30_min seed_job_auto; do
 done
 [[ " $STAGES " == *" targets_7b "* ]] && [[ " $STAGES " != *" torch_7b "* ]] && STAGES="torch_7b $STAGES"
 [[ " $STAGES " == *" targets_7b "* ]] && [[ " $STAGES " != *" bench_7b "* ]] && STAGES="bench_7b $STAGES"
+[[ " $STAGES " == *" targets_7b_auto "* ]] && [[ " $STAGES " != *" torch_7b "* ]] && STAGES="torch_7b $STAGES"
+[[ " $STAGES " == *" targets_7b_auto "* ]] && [[ " $STAGES " != *" bench_7b_auto "* ]] &&
+  STAGES="bench_7b_auto $STAGES"
 [[ " $STAGES " == *" estimate_7b "* ]] && [[ " $STAGES " != *" bench_7b "* ]] && STAGES="bench_7b $STAGES"
 [[ " $STAGES " == *" estimate_70b_layers "* ]] && [[ " $STAGES " != *" bench_70b_layers "* ]] &&
   STAGES="bench_70b_layers $STAGES"

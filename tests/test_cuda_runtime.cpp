@@ -289,9 +289,9 @@ TEST(CudnnAttentionGraphs, HeadsSplitOnlyWhereTheirWorkspacePassesTheCap) {
   for (Index first = 0; first < 4; ++first) {
     EXPECT_EQ(cudnn_stats_slice_aligned(first, {28, 4, 128}), first % 4 == 0) << first;
     EXPECT_TRUE(cudnn_stats_slice_aligned(first, {32, 8, 128})) << "Llama 3: 4 per KV head";
-    EXPECT_TRUE(cudnn_stats_slice_aligned(first * 2, {12, 2, 128})) << "Qwen2.5-1.5B: 6";
   }
-  EXPECT_FALSE(cudnn_stats_slice_aligned(1, {12, 2, 128}));
+  EXPECT_TRUE(cudnn_stats_slice_aligned(0, {12, 2, 128}));
+  EXPECT_FALSE(cudnn_stats_slice_aligned(1, {12, 2, 128})) << "Qwen2.5-1.5B: 6 per KV head";
   EXPECT_FALSE(cudnn_stats_slice_aligned(1, {32, 32, 128}));
   EXPECT_TRUE(cudnn_stats_slice_aligned(8, {32, 32, 128}));
 
@@ -347,8 +347,6 @@ TEST(CudnnAttentionGraphs, GeometryPutsEverySegmentInOneCallsSlot) {
       const std::size_t span = cuda::offsets_span(call.key.slots);
       EXPECT_EQ(g.seq_len_at[c] % 4, 0u) << "16-byte aligned lengths";
       EXPECT_EQ(g.offsets_at[c] % 2, 0u) << "16-byte aligned offsets";
-      EXPECT_EQ(call.kv_head_first * (shape.heads / shape.kv_heads) % 4, 0)
-          << "its statistics' slice 16-byte aligned";
       ASSERT_LE(call.kv_head_first + call.key.call_kv_heads, shape.kv_heads);
       for (Index b = 0; b <= call.key.slots; ++b) {
         const std::size_t index = call.segments.first + static_cast<std::size_t>(b);
@@ -414,8 +412,9 @@ TEST(CudnnAttentionGraphs, BackwardChosenByTheEnvironment) {
 #ifdef ZEROLORA_CUDNN
 // On a GPU, cuDNN's fused attention must take the shapes the recipe trains (else the backend
 // quietly falls back to its reference kernel, and every bf16 result above would come from it):
-// Llama-2-7B's and the 70B's (GQA) heads, Llama 3's, Mistral's window, Qwen2.5-7B's 7 query
-// heads per KV head, at the seed's 2048 tokens packed several sequences to a batch.
+// Llama-2-7B's and the 70B's (GQA) heads, Llama 3's, Mistral's window, Qwen2.5-7B's and
+// -0.5B's 7 query heads per KV head (the attention test's shape), at the seed's 2048 tokens
+// packed several sequences to a batch.
 TEST_F(CudaBackend, CudnnTakesTheRecipesAttentionShapes) {
   const std::vector<Segment> segments{{0, 1}, {1, 500}, {501, 1547}, {2048, 2048}};
   // and --packing boundaries' batches: one long document among many short ones, whose
@@ -424,7 +423,7 @@ TEST_F(CudaBackend, CudnnTakesTheRecipesAttentionShapes) {
   for (Index s = 0; s < 64; ++s) long_among_short.push_back({2048 + 32 * s, 32});
   ASSERT_EQ(cudnn_backward_groups(long_among_short, 4096, {64, 8, 128}, 1073741824.0).size(), 2u);
   // By default, then with a cap of 0 on the deterministic backward's dP, which splits every
-  // call into the fewest heads allowed: graphs whose O, dO and gradients have a row stride
+  // call into one KV head's heads: graphs whose O, dO and gradients have a row stride
   // wider than their heads, which cuDNN must take too (else the kernels would quietly use the
   // reference kernel, and the attention tests would prove nothing of them).
   for (const char* cap : {static_cast<const char*>(nullptr), "0"}) {
@@ -434,7 +433,7 @@ TEST_F(CudaBackend, CudnnTakesTheRecipesAttentionShapes) {
     for (const auto& batch : {segments, long_among_short})
       for (const AttentionShape shape :
            {AttentionShape{32, 32, 128}, AttentionShape{64, 8, 128}, AttentionShape{32, 8, 128},
-            AttentionShape{32, 8, 128, 256}, AttentionShape{28, 4, 128}})
+            AttentionShape{32, 8, 128, 256}, AttentionShape{28, 4, 128}, AttentionShape{14, 2, 64}})
         EXPECT_TRUE(cudnn.available(batch, 4096, shape))
             << "H=" << shape.heads << " KV=" << shape.kv_heads << " window=" << shape.window
             << " segments " << batch.size() << " cap " << (cap ? cap : "default");

@@ -244,8 +244,9 @@ TEST(MemoryEstimate, GpuRunThatDoesNotFitIsRefused) {
 
 // On a GPU, recompute auto's default budget spends the free memory beyond the run at full
 // recompute, less the margin: the run then fits what was free less the margin, keeps more the
-// more is free (up to everything), and where even full recompute does not fit, falls back to
-// the host default (the memory check then refuses the run as before). estimate-memory's
+// more is free (up to everything), and where nothing is left beyond full recompute keeps
+// nothing, even below the host default (a run that fits at full recompute is never refused for
+// its default budget; one that does not is refused at full recompute's need). estimate-memory's
 // --device_memory_gb plays the free memory.
 TEST(MemoryEstimate, GpuRecomputeBudgetFillsTheFreeMemory) {
   const LlamaConfig c = preset_config("llama2-7b");
@@ -259,17 +260,20 @@ TEST(MemoryEstimate, GpuRecomputeBudgetFillsTheFreeMemory) {
   full.recompute = Recompute::kFull;
   const double full_total = estimate_memory(c, lora, full).total();
   double previous_kept = -1;
-  // 20 GB: not even full recompute fits; 24 GB: under 2 GB to spend, less than the host default.
+  // 20 GB: not even full recompute fits; 24 GB: under 2 GB to spend, less than the host default
+  // (spent all the same).
   for (double free_gb : {20.0, 24.0, 40.0, 80.0, 141.0, 400.0}) {
     const double free = free_gb * 1e9;
     const double budget = gpu_recompute_budget_bytes(c, lora, s, free);
     const double usable =
         free - std::max(kGpuRecomputeMargin * free, kGpuRecomputeMarginFloorBytes);
-    EXPECT_NEAR(budget, std::max(usable - full_total, host_default), 1.0) << free_gb << " GB";
+    EXPECT_NEAR(budget, std::max(usable - full_total, 0.0), 1.0) << free_gb << " GB";
     MemoryScenario fitted = s;
     fitted.recompute_budget_bytes = budget;
-    if (budget > host_default) {
+    if (budget > 0) {
       EXPECT_LE(estimate_memory(c, lora, fitted).total(), usable) << free_gb << " GB";
+    } else {
+      EXPECT_EQ(estimate_memory(c, lora, fitted).total(), full_total) << free_gb << " GB";
     }
     const RecomputePlan plan = planned(budget);
     EXPECT_GE(plan.kept_bytes, previous_kept) << free_gb << " GB";
@@ -277,8 +281,24 @@ TEST(MemoryEstimate, GpuRecomputeBudgetFillsTheFreeMemory) {
   }
   EXPECT_EQ(describe_recompute_plan(planned(gpu_recompute_budget_bytes(c, lora, s, 400e9)).levels),
             "32 none");
-  EXPECT_EQ(gpu_recompute_budget_bytes(c, lora, s, 10e9), host_default)
+  EXPECT_EQ(gpu_recompute_budget_bytes(c, lora, s, 10e9), 0.0)
       << "the 7B's weights alone pass 10 GB";
+  // Qwen2.5-7B on one sequence of 32,768 tokens in 80 GB: 43 GiB at full recompute; the host
+  // default (8 bytes per logit of its 152,064-word vocabulary, 37 GiB) would not fit beside it.
+  {
+    const LlamaConfig qwen = preset_config("qwen2.5-7b");
+    const LoraLayout qwen_lora = qkvo_lora(qwen, 4);
+    MemoryScenario long_context = s;
+    long_context.micro_batch = 1;
+    long_context.seq_len = 32768;
+    const double free = 80e9, usable = free - kGpuRecomputeMargin * free;
+    long_context.recompute_budget_bytes = default_recompute_budget_bytes(qwen, 32768);
+    EXPECT_GT(estimate_memory(qwen, qwen_lora, long_context).total(), usable);
+    long_context.recompute_budget_bytes =
+        gpu_recompute_budget_bytes(qwen, qwen_lora, long_context, free);
+    EXPECT_GT(long_context.recompute_budget_bytes, 0.0);
+    EXPECT_LE(estimate_memory(qwen, qwen_lora, long_context).total(), usable);
+  }
   // The scenario's own mode and device do not matter: the budget is auto's on a GPU.
   MemoryScenario cpu_full = s;
   cpu_full.gpu = false;

@@ -64,24 +64,15 @@ def backward_groups(lengths, tokens, heads, kv_heads):
 CAP = 2.0**30
 
 
-def group_allowed(g, heads, kv_heads):
-    return kv_heads % g == 0 and (g == kv_heads or g * (heads // kv_heads) % 4 == 0)
-
-
 def kv_heads_per_call(slots_s2, heads, kv_heads):
-    fewest = kv_heads
-    for g in range(kv_heads, 0, -1):
-        if not group_allowed(g, heads, kv_heads):
-            continue
-        if 2.0 * slots_s2 * g * (heads // kv_heads) <= CAP:
+    for g in range(kv_heads, 1, -1):
+        if kv_heads % g == 0 and 2.0 * slots_s2 * g * (heads // kv_heads) <= CAP:
             return g
-        fewest = g
-    return fewest
+    return 1
 
 
 def fewest_query_heads(heads, kv_heads):
-    fewest = min(g for g in range(1, kv_heads + 1) if group_allowed(g, heads, kv_heads))
-    return fewest * (heads // kv_heads)
+    return heads // kv_heads  # one KV head's
 
 
 def capped_bound(tokens, seq, heads, kv_heads):

@@ -460,8 +460,6 @@ MemoryEstimate estimate_memory(const LlamaConfig& c, const LoraLayout& lora,
 
 double gpu_recompute_budget_bytes(const LlamaConfig& c, const LoraLayout& lora, MemoryScenario s,
                                   double free_bytes) {
-  const double rows = static_cast<double>(s.micro_batch * s.seq_len);
-  const double host_default = default_recompute_budget_bytes(c, rows);
   s.gpu = true;
   s.recompute = Recompute::kAuto;
   const double usable =
@@ -469,8 +467,7 @@ double gpu_recompute_budget_bytes(const LlamaConfig& c, const LoraLayout& lora, 
   // The plan keeps at most its budget, and where no layer recomputes it also drops full
   // recompute's one layer's working set: the estimate grows by at most the budget.
   s.recompute_budget_bytes = 0;  // every layer at full recompute
-  const double budget = usable - estimate_memory(c, lora, s).total();
-  return std::max(budget, host_default);
+  return std::max(usable - estimate_memory(c, lora, s).total(), 0.0);
 }
 
 double run_recompute_budget_bytes(const LlamaConfig& c, const LoraLayout& lora,

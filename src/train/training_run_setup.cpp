@@ -153,16 +153,14 @@ std::string TrainingRun::Impl::recompute_note() const {
   const RecomputePlan plan =
       make_recompute_plan(mode, c, static_cast<double>(largest_micro_batch_rows), lora.rank,
                           sizeof(float), recompute_budget_bytes);
-  // On a GPU by default: its free memory's budget, or the host default where that is larger.
+  // On a GPU by default: what its free memory holds beyond full recompute, if anything.
   std::string source;
   if (gpu_room && args.recompute_budget_mib < 0)
-    source = plan.budget_bytes > default_recompute_budget_bytes(
-                                     c, static_cast<double>(largest_micro_batch_rows))
+    source = plan.budget_bytes > 0
                  ? " (what the GPU's free memory holds beyond full recompute, less " +
                        fixed(kGpuRecomputeMargin * 100, 0) + "%, at least " +
                        fixed(kGpuRecomputeMarginFloorBytes / 1073741824.0, 0) + " GiB)"
-                 : " (the host default: the GPU's free memory holds no more beyond full "
-                   "recompute and the margin)";
+                 : " (the GPU's free memory holds nothing beyond full recompute and the margin)";
   return "recompute: auto, " + fixed(plan.budget_bytes / 1048576.0, 1) + " MiB" + source + " for " +
          std::to_string(largest_micro_batch_rows) +
          "-token micro-batches: " + describe_recompute_plan(plan.levels) + " (" +
