@@ -3,7 +3,8 @@
 # run on the CUDA emulator (fp32: the emulator's allocations are the backend's own, through its
 # caching allocator; bf16 attention goes through cuDNN on a GPU, which the emulator does not
 # have). Issue 13 asks the estimate to be within 10% of a measured run. The run's recompute
-# plan, auto's from the GPU's free memory, must be the estimate's from --device_memory_gb.
+# plan, auto's from the GPU's free memory, must be the estimate's from --device_memory_gb; on a
+# GPU that holds nothing beyond full recompute, a run gets none and trains.
 # Usage: estimate_memory_gpu_test.sh ZEROLORA_EMULATED ZEROLORA PYTHON DEMO_DIR
 set -uo pipefail
 emulated="$1" bin="$2" python="$3" demo="$4"
@@ -35,6 +36,21 @@ ZEROLORA_EMULATED_GPU_MIB=$gpu_mib "$emulated" train --device cuda --model_name_
   --output_dir "$work/run" --max_steps 1 --dataset_concatenation --lora_dropout 0.05 \
   --lora_target_modules q_proj k_proj v_proj o_proj --save_strategy no --peak_tflops 1 \
   "${flags[@]}" > "$work/train.log" 2>&1 || { cat "$work/train.log"; echo "FAIL: the run"; exit 1; }
+# An emulated GPU 64 MiB short of full recompute's estimate and the 2 GiB margin holds nothing
+# beyond full recompute: the budget is none and the run trains at full recompute, not refused
+# for a default budget it cannot hold (the host default, once its floor). (256-token rows: a
+# quick step.)
+short=(--per_device_train_batch_size 1 --max_seq_length 256 --lora_rank 4 --bf16 false)
+"$bin" estimate-memory --model "$work/model" --device cuda --json "${short[@]}" \
+  --recompute_granularity full > "$work/short_full.json" || { echo "FAIL: estimate-memory (256)"; exit 1; }
+tight_mib=$("$python" -c "import json, sys; print(int(json.load(open(sys.argv[1]))['total_bytes'] / 2**20) + 2048 - 64)" "$work/short_full.json")
+ZEROLORA_EMULATED_GPU_MIB=$tight_mib "$emulated" train --device cuda --model_name_or_path "$work/model" \
+  --train_file "$demo/instructions.json" --output_dir "$work/tight" --max_steps 1 \
+  --dataset_concatenation --save_strategy no --peak_tflops 1 "${short[@]}" > "$work/tight.log" 2>&1 ||
+  { cat "$work/tight.log"; echo "FAIL: the run on $tight_mib MiB"; exit 1; }
+grep -q "recompute: auto, 0.0 MiB (the GPU's free memory holds nothing beyond full recompute and the margin) for 256-token micro-batches: 4 full" "$work/tight.log" ||
+  { grep "recompute:" "$work/tight.log"; echo "FAIL: on $tight_mib MiB the budget is not none"; exit 1; }
+echo "on an emulated GPU of $tight_mib MiB: $(grep -o 'recompute: auto.*' "$work/tight.log")"
 gpu_gb=$("$python" -c "print($gpu_mib * 2**20 / 1e9)")
 "$bin" estimate-memory --model "$work/model" --device cuda --json --device_memory_gb "$gpu_gb" \
   "${flags[@]}" > "$work/estimate.json" || { echo "FAIL: estimate-memory"; exit 1; }
