@@ -427,19 +427,25 @@ export -f targets_7b
 stage targets_7b 20 targets_7b
 stage memory_refused_gpu 30 memory_refused_gpu
 
+# estimate-memory --json for the memory nvidia-smi reports free on this GPU, the seed recipe's
+# LoRA in bf16 at 2048 tokens: estimate_on_free_memory OUT PRESET WORLD_SIZE BATCH (sets
+# free_mib).
+estimate_on_free_memory() {
+  free_mib=$(nvidia-smi --query-gpu=memory.free --format=csv,noheader,nounits -i 0) || return 1
+  "$pack/bin/zerolora" estimate-memory --preset "$2" --device cuda --world_size "$3" \
+    --bf16 true --per_device_train_batch_size "$4" --max_seq_length 2048 --lora_rank 4 \
+    --lora_dropout 0.05 --lora_target_modules q_proj k_proj v_proj o_proj \
+    --device_memory_gb "$(py -c "print($free_mib * 2**20 / 1e9)")" --json > "$1"
+}
+export -f estimate_on_free_memory
 # What `zerolora train`'s default gives the 7B benchmark: recompute auto with its budget from
 # the GPU's free memory (gpu_recompute_budget_bytes; estimate-memory computes it for the memory
 # nvidia-smi reports free, before the bench's own CUDA context: the margin takes it), beside
 # full recompute's bench_7b, the plan that ran the estimate's, and its measured peak against
 # the estimate (issue 13: within 10%).
 bench_7b_auto() {
-  local free_mib gb budget
-  free_mib=$(nvidia-smi --query-gpu=memory.free --format=csv,noheader,nounits -i 0) || return 1
-  gb=$(py -c "print($free_mib * 2**20 / 1e9)")
-  "$pack/bin/zerolora" estimate-memory --preset llama2-7b --device cuda --world_size 1 \
-    --bf16 true --per_device_train_batch_size 4 --max_seq_length 2048 --lora_rank 4 \
-    --lora_dropout 0.05 --lora_target_modules q_proj k_proj v_proj o_proj \
-    --device_memory_gb "$gb" --json > "$work/estimate_7b_auto.json" || return 1
+  local free_mib budget
+  estimate_on_free_memory "$work/estimate_7b_auto.json" llama2-7b 1 4 || return 1
   budget=$(py -c "import json, sys; print(json.load(open(sys.argv[1]))['recompute']['budget_bytes'] / 2**20)" \
     "$work/estimate_7b_auto.json") || return 1
   echo "recompute auto's budget on $free_mib MiB free: $budget MiB"
@@ -636,13 +642,8 @@ stage bench_7b_atomic 120 bench_7b_atomic
 # plan (full recompute's run is bench_70b_layers'), and the projection weighs each level's
 # layer time by its count of layers.
 seed_job_auto() {
-  local free_mib gb plan count level parts=()
-  free_mib=$(nvidia-smi --query-gpu=memory.free --format=csv,noheader,nounits -i 0) || return 1
-  gb=$(py -c "print($free_mib * 2**20 / 1e9)")
-  "$pack/bin/zerolora" estimate-memory --preset llama2-70b --device cuda --world_size 8 \
-    --bf16 true --per_device_train_batch_size 10 --max_seq_length 2048 --lora_rank 4 \
-    --lora_dropout 0.05 --lora_target_modules q_proj k_proj v_proj o_proj \
-    --device_memory_gb "$gb" --json > "$work/estimate_seed_auto.json" || return 1
+  local free_mib plan count level parts=()
+  estimate_on_free_memory "$work/estimate_seed_auto.json" llama2-70b 8 10 || return 1
   plan=$(py -c "import json, sys; print(json.load(open(sys.argv[1]))['recompute']['plan'])" \
     "$work/estimate_seed_auto.json") || return 1
   echo "recompute auto for the seed's setup with $free_mib MiB free per GPU: $plan"
