@@ -377,7 +377,9 @@ void add_gpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& 
         atomic ? rows : static_cast<double>(cudnn_size_bucket(static_cast<Index>(M)));
     double scratch = 0;
     if (atomic) {
-      for (Index L = 1; L <= std::min(static_cast<Index>(d.S), static_cast<Index>(M)); ++L) {
+      // Ragged (a head size a multiple of 16), the accumulator follows the rows alone: one L.
+      const Index longest = std::min(static_cast<Index>(d.S), static_cast<Index>(M));
+      for (Index L = c.head_dim % 16 == 0 ? longest : 1; L <= longest; ++L) {
         const Index slots = cudnn_slot_count((static_cast<Index>(M) + L - 1) / L);
         scratch =
             std::max(scratch, cudnn_dq_accumulator_bytes(backward, static_cast<Index>(rows), slots,
