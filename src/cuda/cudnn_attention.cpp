@@ -524,7 +524,7 @@ void CudnnAttention::backward(Bf16Bits* diff_q, Bf16Bits* diff_k, Bf16Bits* diff
   for (std::size_t c = 0; c < calls.size(); ++c) {
     const Index kv = calls[c].kv_head_first * hd, q = calls[c].kv_head_first * per_kv * hd;
     const float* call_stats = stats + calls[c].kv_head_first * per_kv;
-    if (reinterpret_cast<std::uintptr_t>(call_stats) % 16 != 0) {  // cudnn_stats_slice_aligned
+    if (!cudnn_stats_slice_aligned(calls[c].kv_head_first, shape)) {  // (stats: a cudaMalloc)
       const std::size_t pitch = static_cast<std::size_t>(shape.heads) * sizeof(float);
       float* scratch = impl_->stats_scratch.ensure(impl_->device, stats_rows * shape.heads);
       const std::size_t width =

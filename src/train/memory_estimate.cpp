@@ -392,8 +392,10 @@ void add_gpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& 
     const double gqa_sums = c.num_kv_heads < c.num_heads ? 2.0 * d.heads * d.hd : 0.0;
     const double workspace = 4.0 * tokens * (d.heads + gqa_sums) + scratch;
     // The statistics, and their aligned copy where a deterministic call's slice may start off
-    // 16 bytes (a KV head's query heads not a multiple of 4: cudnn_stats_slice_aligned).
-    const double stats_copies = !atomic && (c.num_heads / c.num_kv_heads) % 4 != 0 ? 2.0 : 1.0;
+    // 16 bytes: where the second KV head's does (cudnn_stats_slice_aligned), a call may start
+    // there.
+    const bool copied = !atomic && c.num_kv_heads > 1 && !cudnn_stats_slice_aligned(1, shape);
+    const double stats_copies = copied ? 2.0 : 1.0;
     e.items.push_back({atomic
                            ? "attention (cuDNN: bf16 q/k/v, O, grads, stats; atomic dQ, est.)"
                            : "attention (cuDNN: bf16 q/k/v, O, gradients, stats; workspace, est.)",
