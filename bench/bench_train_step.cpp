@@ -220,6 +220,12 @@ static int bench_main(int argc, char** argv) {
     }
     print_kv(p + (gpu ? "share_idle_or_untracked" : "share_untracked"),
              1.0 - (gpu ? profiler.total_device_seconds() : profiler.total_seconds()) / total);
+    // The time per step of the work outside the decoder layers (embedding, final norm, lm_head,
+    // loss), which a model of more layers runs once too: a projection to more layers scales
+    // the rest (gpu-check.sh's seed-job projection).
+    const StepPart once = StepPart::kOncePerStep;
+    print_kv(p + "once_per_step_s", (gpu ? profiler.device_seconds(once) : profiler.seconds(once)) /
+                                        static_cast<double>(times.size()));
   }
   return 0;
 }

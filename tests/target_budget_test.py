@@ -6,7 +6,8 @@
   989 TFLOP/s at 8,446 tokens/s for the 7B benchmark (BENCHMARKS.md).
 - Its GEMM work per level is model/recompute_plan.hpp's: full recompute executes 2.78 forwards'
   worth of the layers' GEMMs (the down projection is not recomputed) where none executes 2.
-- Its seed-job projection at full recompute is scripts/gpu-check.sh's (44.7 minutes then).
+- Its seed-job projection at full recompute is scripts/gpu-check.sh's (44.7 minutes then), and
+  counts the stack's once-per-step work once where the run timed it apart.
 - A results.txt with that run's figures gives its default output; one lacking a figure skips
   (exit 77), never mixing one run's figures with another's.
 """
@@ -66,6 +67,15 @@ with tempfile.TemporaryDirectory() as folder:
         f.writelines(f"{k}={v}\n" for k, v in budget.MEASURED_2026_12_04.items())
     rc, same, _ = run("--results", results)
     check(rc == 0 and same == out, "a results.txt with the run's figures gives the same output")
+    # A run that timed the stack's once-per-step work: 20 stacks' layers and one lm_head.
+    with open(results, "a") as f:
+        f.write("layers70b_seq2048_once_per_step_s=0.035\n")
+    rc, once_out, _ = run("--results", results)
+    projected = dict(line.split("=", 1) for line in once_out.split())["seed_job_minutes_projected"]
+    stack = 10 * 2048 / budget.MEASURED_2026_12_04["layers70b_seq2048_tokens_per_s"]
+    expected = 148 * (20 * (stack - 0.035) + 0.035) / 60
+    check(rc == 0 and abs(float(projected) - expected) < 0.001 and float(projected) < 43.1,
+          f"the once-per-step work counts once ({projected} minutes, {expected:.3f} expected)")
     with open(results, "w") as f:
         f.writelines(f"{k}={v}\n" for k, v in budget.MEASURED_2026_12_04.items()
                      if k != "torch_7b_tokens_per_s")

@@ -482,9 +482,10 @@ TEST_F(CudaBackend, TheGemmPlanCacheStaysBounded) {
   EXPECT_GT(gemm.cached_plans(), 0u);
 }
 
-// The profiler on the GPU's clock: events around each op add up, per kind, the time the GPU
-// spent in it (the host only launches), nothing for kinds that did not run, no more than the
-// wall time; a collect after the last adds nothing, and reset() drops the marks.
+// The profiler on the GPU's clock: events around each op add up, per kind and part of the
+// step, the time the GPU spent in it (the host only launches), nothing for kinds that did not
+// run, no more than the wall time; a collect after the last adds nothing, and reset() drops
+// the marks.
 TEST_F(CudaBackend, TheProfilerTimesEachOpOnTheGpusClock) {
   const Index M = 64, D = 256, I = 96;
   const auto x = random_values(M * D, 31), w = random_values(D, 32);
@@ -505,6 +506,7 @@ TEST_F(CudaBackend, TheProfilerTimesEachOpOnTheGpusClock) {
   for (int repeat = 0; repeat < 3; ++repeat) {
     gpu_kernels_->rmsnorm_forward(gy, grstd, gx, gw, M, D, 1e-5, nullptr);
     gpu_kernels_->linear_forward(Mat<float>::dense(gy, M, D), gx, gweight, D, false);
+    ProfilePart once(profiler, StepPart::kOncePerStep);  // (as if it ran once per step)
     gpu_kernels_->swiglu_forward(gs, ggu, M, I, nullptr);
   }
   profiler.collect_device();
@@ -518,6 +520,11 @@ TEST_F(CudaBackend, TheProfilerTimesEachOpOnTheGpusClock) {
   for (C kind : {C::kAttention, C::kLora, C::kRope, C::kLoss, C::kConvert})
     EXPECT_EQ(profiler.device_seconds(kind), 0.0) << profile_category_name(kind);
   EXPECT_LE(profiler.total_device_seconds(), wall);
+  // Each scope in the part it was opened in.
+  EXPECT_DOUBLE_EQ(profiler.device_seconds(StepPart::kOncePerStep),
+                   profiler.device_seconds(C::kSwiglu));
+  EXPECT_DOUBLE_EQ(profiler.device_seconds(StepPart::kLayers),
+                   profiler.device_seconds(C::kNorm) + profiler.device_seconds(C::kMatmul));
   const double total = profiler.total_device_seconds();
   profiler.collect_device();
   EXPECT_EQ(profiler.total_device_seconds(), total) << "each scope is counted once";

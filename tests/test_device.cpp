@@ -9,6 +9,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <map>
+#include <utility>
 #include <vector>
 
 #if defined(__GLIBC__)
@@ -19,6 +21,7 @@
 #include "core/device.hpp"
 #include "core/error.hpp"
 #include "core/precision.hpp"
+#include "core/profiler.hpp"
 #include "core/system_memory.hpp"
 #include "io/checkpoint.hpp"
 #include "lora/lora_layout.hpp"
@@ -347,6 +350,93 @@ TEST(DeviceSeam, MlpChunkBuffersFollowASmallMicroBatch) {
     return rt.device().peak_allocated_bytes();
   };
   EXPECT_EQ(peak_bytes(1024), peak_bytes(7)) << "a 7-row step sized buffers for 1024 rows";
+}
+
+// Records each outermost scope's kind and part, as a GPU's clock marks them.
+class RecordingClock final : public DeviceClock {
+ public:
+  void mark_start() override {}
+  void mark_end(ProfileCategory category, StepPart part) override {
+    scopes.push_back({category, part});
+  }
+  void collect(ProfileSeconds&) override {}
+  std::vector<std::pair<ProfileCategory, StepPart>> scopes;
+};
+
+TEST(Profiler, AStepPartHoldsTheScopesOpenedWhileItLives) {
+  Profiler profiler;
+  profiler.enable(true);
+  RecordingClock clock;
+  profiler.set_device_clock(&clock);
+  { ProfileScope matmul(profiler, ProfileCategory::kMatmul); }
+  {
+    ProfilePart once(profiler, StepPart::kOncePerStep);
+    { ProfileScope loss(profiler, ProfileCategory::kLoss); }
+    {
+      ProfilePart layers(profiler, StepPart::kLayers);
+      ProfileScope norm(profiler, ProfileCategory::kNorm);
+    }
+    ProfileScope other(profiler, ProfileCategory::kOther);
+  }
+  { ProfileScope rope(profiler, ProfileCategory::kRope); }
+  using C = ProfileCategory;
+  using S = StepPart;
+  const std::vector<std::pair<C, S>> expected = {{C::kMatmul, S::kLayers},
+                                                 {C::kLoss, S::kOncePerStep},
+                                                 {C::kNorm, S::kLayers},
+                                                 {C::kOther, S::kOncePerStep},
+                                                 {C::kRope, S::kLayers}};
+  EXPECT_EQ(clock.scopes, expected);
+  EXPECT_NEAR(profiler.seconds(S::kLayers) + profiler.seconds(S::kOncePerStep),
+              profiler.total_seconds(), 1e-12);
+  EXPECT_GT(profiler.seconds(S::kOncePerStep), 0.0);
+  EXPECT_EQ(profiler.seconds(S::kOncePerStep),
+            profiler.seconds(C::kLoss) + profiler.seconds(C::kOther));
+  profiler.set_device_clock(nullptr);
+}
+
+// What a benchmark of a few layers projects to many from: the embedding, the final norm, the
+// lm_head and the loss count once per step, every op of the decoder layers (and their
+// recompute) in the layers' part.
+TEST(Profiler, TheModelCountsItsHeadAndEmbeddingOncePerStep) {
+  Runtime rt(1);
+  const LlamaConfig config = tiny_config();
+  auto weights = random_llama_weights<float>(rt, config, 11, 0.3);
+  LoraConfig lora;
+  lora.rank = 2;
+  lora.targets = parse_lora_targets("q_proj,v_proj");
+  const LoraLayout layout(config, lora);
+  const std::vector<float> params = testing::lora_params_with_nonzero_b(layout, 5, 0.02f);
+  std::vector<float> grads(params.size(), 0.0f);
+  ComputeOptions options;
+  options.head_chunk_rows = 3;  // several lm_head chunks
+  LlamaModel<Fp32Policy> model(rt, weights, &layout, options);
+  Batch batch;
+  batch.add_sequence({1, 7, 3, 9, 12, 5, 2}, {1, 7, 3, 9, 12, 5, 2}, 0);
+  RecordingClock clock;
+  rt.profiler().enable(true);
+  rt.profiler().set_device_clock(&clock);
+  model.forward_backward(batch, params, grads, 0.1, {1, 1});
+  rt.profiler().set_device_clock(nullptr);
+  rt.profiler().enable(false);
+  using C = ProfileCategory;
+  std::map<std::pair<C, StepPart>, int> count;
+  for (const auto& scope : clock.scopes) ++count[scope];
+  const auto in = [&](C kind, StepPart part) { return count[{kind, part}]; };
+  const StepPart layers = StepPart::kLayers, once = StepPart::kOncePerStep;
+  // 6 rows with a label (the last token has none) in chunks of 3: 2 lm_head chunks, each a
+  // forward and a backward GEMM, a loss, and the final norm forward and backward.
+  EXPECT_EQ(in(C::kLoss, once), 2);
+  EXPECT_EQ(in(C::kMatmul, once), 4);
+  EXPECT_EQ(in(C::kNorm, once), 4);
+  EXPECT_GE(in(C::kOther, once), 1);  // the embedding and the rows' gathers
+  EXPECT_EQ(in(C::kLoss, layers), 0);
+  for (C kind : {C::kAttention, C::kRope, C::kLora, C::kSwiglu}) {
+    EXPECT_GT(in(kind, layers), 0) << profile_category_name(kind);
+    EXPECT_EQ(in(kind, once), 0) << profile_category_name(kind);
+  }
+  EXPECT_GT(in(C::kMatmul, layers), 0) << "the projections are the layers'";
+  EXPECT_GT(in(C::kNorm, layers), 0);
 }
 
 }  // namespace

@@ -83,17 +83,17 @@ class CudaClock final : public DeviceClock {
     for (cudaEvent_t event : events_) cudaEventDestroy(event);
   }
   void mark_start() override { start_ = record(); }
-  void mark_end(ProfileCategory category) override {
-    scopes_.push_back({start_, record(), category});
+  void mark_end(ProfileCategory category, StepPart part) override {
+    scopes_.push_back({start_, record(), category, part});
   }
-  void collect(std::array<double, kProfileCategories>& seconds) override {
+  void collect(ProfileSeconds& seconds) override {
     if (used_ > 0)
       check_cuda(cudaEventSynchronize(events_[used_ - 1]), "cudaEventSynchronize (profiler)");
     for (const Scope& scope : scopes_) {
       float ms = 0;
       check_cuda(cudaEventElapsedTime(&ms, events_[scope.start], events_[scope.end]),
                  "cudaEventElapsedTime (profiler)");
-      seconds[static_cast<int>(scope.category)] += ms / 1e3;
+      seconds[static_cast<int>(scope.part)][static_cast<int>(scope.category)] += ms / 1e3;
     }
     scopes_.clear();
     used_ = 0;
@@ -103,6 +103,7 @@ class CudaClock final : public DeviceClock {
   struct Scope {
     std::size_t start, end;
     ProfileCategory category;
+    StepPart part;
   };
   std::size_t record() {
     if (used_ == events_.size()) {

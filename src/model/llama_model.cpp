@@ -7,6 +7,7 @@
 
 #include "core/error.hpp"
 #include "core/precision.hpp"
+#include "core/profiler.hpp"
 #include "core/rng.hpp"
 #include "model/backend.hpp"
 
@@ -203,6 +204,7 @@ void LlamaModel<P>::run_layers(const Batch& batch, const LoraBinding<Act>& lora,
   if (keep_bf16_inputs_) kept_inputs_.ensure(device_, static_cast<std::size_t>((L + 1) * M * D));
   if (activations_.size() < levels.size()) activations_.resize(levels.size());
   {  // tokens were validated in prepare()
+    ProfilePart once(rt_.profiler(), StepPart::kOncePerStep);
     const auto embedding = acquire({Unit::kEmbedding});
     kernels_->embedding_forward(layer_input(0), geometry_.tokens.data(), embedding.data, M, D);
   }
@@ -334,6 +336,7 @@ double LlamaModel<P>::head_loss(const Batch& batch, double grad_scale, bool want
   const LlamaConfig& c = config();
   const Index M = batch.size(), D = c.hidden_size, V = c.vocab_size;
   const Act* x = layer_input(static_cast<int>(c.num_layers));
+  ProfilePart once(rt_.profiler(), StepPart::kOncePerStep);
   if (want_grad) {
     residual_grad_.ensure(device_, static_cast<std::size_t>(M * D));
     residual_grad_.zero();
