@@ -520,8 +520,9 @@ stage zero3_gpu_w2 90 zero3_gpu 2
 # packed sequences of 2048; LLaMA-Factory's sample, whose records may be longer than
 # tatsu-lab's: the projection scales with the token count), packed: 5,883 sequences per
 # epoch, 2 epochs, 8 GPUs x 10 per step: 148 steps of 10 x 2048 tokens per GPU. An 80-layer
-# step is 20 of the 4-layer stack's (which also runs the embedding and lm_head: over-counted
-# 19 times, so the projection errs high). ZeRO-3's gathers: two per layer per step (forward;
+# step is 20 of the 4-layer stack's less its once-per-step work (embedding, final norm,
+# lm_head, loss: the bench's once_per_step_s), plus that work once; a bench output without
+# that figure counts it in each of the 20 and errs high. ZeRO-3's gathers: two per layer per step (forward;
 # backward with its recompute) of 1.71 GB in bf16, at 360 GB/s of NCCL all-gather bus
 # bandwidth (8 x H100 SXM NVLink-4: nccl-tests report 460-480 GB/s all-reduce busbw; 450 GB/s
 # per direction): only what exceeds the layer's compute adds (prefetch depth 1 overlaps one
@@ -548,7 +549,8 @@ for part in parts:
     kv = dict(l.strip().split("=", 1) for l in open(bench) if "=" in l)
     step_s = 10 * 2048 / float(kv["seq2048_tokens_per_s"])
     if "seq2048_once_per_step_s" not in kv:
-        print(f"{bench} has no once_per_step_s: its lm_head counted in every layer (errs high)")
+        print(f"{bench} has no once_per_step_s: its once-per-step work (lm_head) counted in "
+              "each of the 20 stacks (errs high)")
     once.append(float(kv.get("seq2048_once_per_step_s", 0.0)))
     layer_s = (step_s - once[-1]) / 4
     print(f"{name}_layer_seconds_{kv.get('recompute', '?')}={layer_s:.3f} ({count} layers)")

@@ -203,12 +203,14 @@ void LlamaModel<P>::run_layers(const Batch& batch, const LoraBinding<Act>& lora,
   inputs_.ensure(device_, static_cast<std::size_t>((all_inputs_ ? L + 1 : 2) * M * D));
   if (keep_bf16_inputs_) kept_inputs_.ensure(device_, static_cast<std::size_t>((L + 1) * M * D));
   if (activations_.size() < levels.size()) activations_.resize(levels.size());
-  {  // tokens were validated in prepare()
+  {
     ProfilePart once(rt_.profiler(), StepPart::kOncePerStep);
-    const auto embedding = acquire({Unit::kEmbedding});
-    kernels_->embedding_forward(layer_input(0), geometry_.tokens.data(), embedding.data, M, D);
+    {  // tokens were validated in prepare()
+      const auto embedding = acquire({Unit::kEmbedding});
+      kernels_->embedding_forward(layer_input(0), geometry_.tokens.data(), embedding.data, M, D);
+    }
+    seal_layer_input(0);
   }
-  seal_layer_input(0);
   for (int l = 0; l < L; ++l) {
     const auto unit = acquire({Unit::kLayer, l});
     const auto adapters = acquire_lora(lora, l, false);
