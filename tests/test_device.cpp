@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <map>
 #include <utility>
@@ -327,26 +328,33 @@ TEST(DeviceSeam, WholeModelLoadsIntoTheDevicesMemory) {
   }
 }
 
+// One fp32 training step of the tiny model with LoRA (rank 2) on `targets` over one 7-token
+// sequence; `before` runs after the model is built, just before the step.
+void tiny_step(Runtime& rt, const char* targets, const ComputeOptions& options,
+               const std::function<void()>& before) {
+  const LlamaConfig config = tiny_config();
+  auto weights = random_llama_weights<float>(rt, config, 11, 0.3);
+  LoraConfig lora;
+  lora.rank = 2;
+  lora.targets = parse_lora_targets(targets);
+  const LoraLayout layout(config, lora);
+  const std::vector<float> params = testing::lora_params_with_nonzero_b(layout, 5, 0.02f);
+  std::vector<float> grads(params.size(), 0.0f);
+  LlamaModel<Fp32Policy> model(rt, weights, &layout, options);
+  Batch batch;
+  batch.add_sequence({1, 7, 3, 9, 12, 5, 2}, {1, 7, 3, 9, 12, 5, 2}, 0);
+  before();
+  model.forward_backward(batch, params, grads, 0.1, {1, 1});
+}
+
 // The MLP's chunk buffers are sized for the rows a step has when it has fewer than a chunk: a
 // GPU allocates them whole, so the 1024-row default would waste memory on small micro-batches.
 TEST(DeviceSeam, MlpChunkBuffersFollowASmallMicroBatch) {
   auto peak_bytes = [](Index chunk_rows) {
     Runtime rt(1);
-    const LlamaConfig config = tiny_config();
-    auto weights = random_llama_weights<float>(rt, config, 11, 0.3);
-    LoraConfig lora;
-    lora.rank = 2;
-    lora.targets = parse_lora_targets("q_proj,down_proj");
-    const LoraLayout layout(config, lora);
-    const std::vector<float> params = testing::lora_params_with_nonzero_b(layout, 5, 0.02f);
-    std::vector<float> grads(params.size(), 0.0f);
     ComputeOptions options;  // full recompute: the MLP runs on the workspace's chunk buffers
     options.mlp_chunk_rows = chunk_rows;
-    LlamaModel<Fp32Policy> model(rt, weights, &layout, options);
-    Batch batch;
-    batch.add_sequence({1, 7, 3, 9, 12, 5, 2}, {1, 7, 3, 9, 12, 5, 2}, 0);
-    rt.device().reset_peak();
-    model.forward_backward(batch, params, grads, 0.0, {1, 1});
+    tiny_step(rt, "q_proj,down_proj", options, [&] { rt.device().reset_peak(); });
     return rt.device().peak_allocated_bytes();
   };
   EXPECT_EQ(peak_bytes(1024), peak_bytes(7)) << "a 7-row step sized buffers for 1024 rows";
@@ -402,23 +410,13 @@ TEST(Profiler, AStepPartHoldsTheScopesOpenedWhileItLives) {
 // recompute) in the layers' part.
 TEST(Profiler, TheModelCountsItsHeadAndEmbeddingOncePerStep) {
   Runtime rt(1);
-  const LlamaConfig config = tiny_config();
-  auto weights = random_llama_weights<float>(rt, config, 11, 0.3);
-  LoraConfig lora;
-  lora.rank = 2;
-  lora.targets = parse_lora_targets("q_proj,v_proj");
-  const LoraLayout layout(config, lora);
-  const std::vector<float> params = testing::lora_params_with_nonzero_b(layout, 5, 0.02f);
-  std::vector<float> grads(params.size(), 0.0f);
   ComputeOptions options;
   options.head_chunk_rows = 3;  // several lm_head chunks
-  LlamaModel<Fp32Policy> model(rt, weights, &layout, options);
-  Batch batch;
-  batch.add_sequence({1, 7, 3, 9, 12, 5, 2}, {1, 7, 3, 9, 12, 5, 2}, 0);
   RecordingClock clock;
-  rt.profiler().enable(true);
-  rt.profiler().set_device_clock(&clock);
-  model.forward_backward(batch, params, grads, 0.1, {1, 1});
+  tiny_step(rt, "q_proj,v_proj", options, [&] {
+    rt.profiler().enable(true);
+    rt.profiler().set_device_clock(&clock);
+  });
   rt.profiler().set_device_clock(nullptr);
   rt.profiler().enable(false);
   using C = ProfileCategory;
