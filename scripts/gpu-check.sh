@@ -522,11 +522,11 @@ stage zero3_gpu_w2 90 zero3_gpu 2
 # epoch, 2 epochs, 8 GPUs x 10 per step: 148 steps of 10 x 2048 tokens per GPU. An 80-layer
 # step is 20 of the 4-layer stack's less its once-per-step work (embedding, final norm,
 # lm_head, loss: the bench's once_per_step_s), plus that work once; a bench output without
-# that figure counts it in each of the 20 and errs high. ZeRO-3's gathers: two per layer per step (forward;
-# backward with its recompute) of 1.71 GB in bf16, at 360 GB/s of NCCL all-gather bus
-# bandwidth (8 x H100 SXM NVLink-4: nccl-tests report 460-480 GB/s all-reduce busbw; 450 GB/s
-# per direction): only what exceeds the layer's compute adds (prefetch depth 1 overlaps one
-# layer).
+# that figure counts it in each of the 20 and errs high. ZeRO-3's gathers: two per layer per
+# step (forward; backward with its recompute) of 1.71 GB in bf16, at 360 GB/s of NCCL
+# all-gather bus bandwidth (8 x H100 SXM NVLink-4: nccl-tests report 460-480 GB/s all-reduce
+# busbw; 450 GB/s per direction): only what exceeds the layer's compute adds (prefetch depth 1
+# overlaps one layer).
 bench_70b() {
   "$pack/bin/bench_train_step" --device cuda --shape 70b --layers 4 --seq 2048 --batch 10 \
     --steps 2 --threads 16 | tee "$work/bench_70b_layers.txt"
@@ -559,8 +559,9 @@ once_s = sum(once) / len(once)
 step_80 += once_s
 steps = -(-2 * 5883 // 80)
 minutes = steps * step_80 / 60
-print(f"seed_70b_gather_seconds_per_layer={gather_s:.4f}\n{name}_once_per_step_seconds={once_s:.4f}")
-print(f"{name}_steps={steps}\n{name}_step_seconds={step_80:.2f}\n{name}_projected_minutes={minutes:.1f}")
+print(f"seed_70b_gather_seconds_per_layer={gather_s:.4f}")
+print(f"{name}_once_per_step_seconds={once_s:.4f}\n{name}_steps={steps}")
+print(f"{name}_step_seconds={step_80:.2f}\n{name}_projected_minutes={minutes:.1f}")
 with open(results, "a") as f:
     f.write(f"{name}_projected_minutes={minutes:.1f}\n{name}_step_seconds={step_80:.2f}\n"
             f"{name}_once_per_step_seconds={once_s:.4f}\n")

@@ -4,11 +4,11 @@
 // a disabled scope is one branch.
 // On a device whose work runs apart from the host (a GPU) the host only launches: there a
 // DeviceClock (Device::make_clock) also marks each outermost scope's start and end in the
-// device's stream, and collect_device() adds up, per kind, the device time between the marks,
-// without making the host wait inside the step.
-// Each scope also counts in a part of the step (ProfilePart sets it): the decoder layers' or
-// the work done once per step around them, so that a benchmark of a few layers can tell what
-// a model of many would take (scripts/gpu-check.sh's projection of the seed's 80 layers).
+// device's stream, and collect_device() adds up, per kind and part, the device time between the
+// marks, without making the host wait inside the step. Each scope also counts in a part of the step
+// (ProfilePart sets it): the decoder layers' or the work done once per step around them, so that a
+// benchmark of a few layers can tell what a model of many would take (scripts/gpu-check.sh's
+// projection of the seed's 80 layers).
 #pragma once
 
 #include <array>
