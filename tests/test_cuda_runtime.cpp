@@ -131,10 +131,12 @@ TEST(CudnnAttentionGraphs, KeysBucketShapesSoTheCacheStaysSmall) {
 
 TEST(CudnnAttentionGraphs, ForwardAndBackwardValidateForHopper) {
   // The demo model, a 7B (MHA), the 70B's GQA layer, Llama 3's 8B, Mistral 7B v0.1's sliding
-  // window (4096 there; 256 here, to cut the batch's segments).
+  // window (4096 there; 256 here, to cut the batch's segments), Qwen2.5's 0.5B (14 heads: the
+  // statistics' rows 56 bytes apart), 1.5B, 7B and 14B/32B.
   for (const AttentionShape shape :
        {AttentionShape{8, 4, 8}, AttentionShape{32, 32, 128}, AttentionShape{64, 8, 128},
-        AttentionShape{32, 8, 128}, AttentionShape{32, 8, 128, 256}})
+        AttentionShape{32, 8, 128}, AttentionShape{32, 8, 128, 256}, AttentionShape{14, 2, 64},
+        AttentionShape{12, 2, 128}, AttentionShape{28, 4, 128}, AttentionShape{40, 8, 128}})
     for (bool backward : {false, true})
       for (const auto algorithm :
            {cuda::CudnnBackward::kDeterministic, cuda::CudnnBackward::kAtomic,
@@ -150,7 +152,7 @@ TEST(CudnnAttentionGraphs, ForwardAndBackwardValidateForHopper) {
   // strides, the group's heads.
   for (const AttentionShape shape :
        {AttentionShape{32, 32, 128}, AttentionShape{64, 8, 128}, AttentionShape{28, 4, 128},
-        AttentionShape{40, 8, 128}, AttentionShape{8, 4, 64}})
+        AttentionShape{40, 8, 128}, AttentionShape{8, 4, 64}, AttentionShape{14, 2, 64}})
     for (const auto& call : cuda::sdpa_backward_calls({{0, 1}, {1, 500}, {501, 1547}}, 2048, shape,
                                                       cuda::CudnnBackward::kDeterministic, 0.0))
       if (call.kv_head_first == 0) {
