@@ -30,8 +30,15 @@ double Profiler::sum_kinds(const ProfileSeconds& seconds, StepPart part) {
   return total;
 }
 
+double Profiler::sum_all(const ProfileSeconds& seconds) {
+  double total = 0;
+  for (int part = 0; part < kStepParts; ++part)
+    total += sum_kinds(seconds, static_cast<StepPart>(part));
+  return total;
+}
+
 double Profiler::total_seconds() const {
-  return seconds(StepPart::kLayers) + seconds(StepPart::kOncePerStep);
+  return sum_all(seconds_);
 }
 
 void Profiler::collect_device() {
@@ -39,7 +46,7 @@ void Profiler::collect_device() {
 }
 
 double Profiler::total_device_seconds() const {
-  return device_seconds(StepPart::kLayers) + device_seconds(StepPart::kOncePerStep);
+  return sum_all(device_seconds_);
 }
 
 ProfileScope::ProfileScope(Profiler& profiler, ProfileCategory category) : category_(category) {

@@ -80,6 +80,7 @@ class Profiler {
   friend class ProfilePart;
   static double sum_parts(const ProfileSeconds& seconds, ProfileCategory c);
   static double sum_kinds(const ProfileSeconds& seconds, StepPart part);
+  static double sum_all(const ProfileSeconds& seconds);  // every part, every kind
   bool enabled_ = false;
   int depth_ = 0;
   StepPart part_ = StepPart::kLayers;
