@@ -192,7 +192,8 @@ void add_estimate_flags(CLI::App* cmd, EstimateOptions* o) {
       ->check(finite_in(-1.0, 1e12));
   cmd->add_option("--eval_strategy", o->eval_strategy,
                   "no, steps or epoch (as `zerolora train`): evaluation's forward holds one "
-                  "layer's activations, and grows the buffers to its batch's tokens")
+                  "layer's activations, and grows the buffers it uses (not the backward's) to "
+                  "its batch's tokens")
       ->capture_default_str()
       ->check(CLI::IsMember({"no", "steps", "epoch"}));
   cmd->add_option("--per_device_eval_batch_size", o->eval_batch,

@@ -184,8 +184,10 @@ TEST(MemoryEstimate, EvaluationHoldsOneLayersSetAndGrowsTheBuffers) {
   EXPECT_GT(total({"--eval_strategy", "steps", "--per_device_eval_batch_size", "1"}), total({}));
   EXPECT_EQ(total({"--eval_strategy", "no"}), total({}));
 
-  // A larger evaluation batch grows every buffer that follows the tokens to its size, and keeps
-  // the training's kept activations and weights as they are.
+  // A larger evaluation batch grows the buffers its forward uses to its tokens, and keeps the
+  // backward's (the activations' gradients, the LoRA branch's dz, cuDNN's gradients and
+  // workspace), the kept activations and the weights at the training's: HF's default
+  // evaluation batch, 8 sequences, against a training batch of 1 counted every buffer at 8.
   s.recompute = Recompute::kNone;
   const MemoryEstimate train_only = estimate_memory(c, lora, s);
   s.eval_micro_batch = 8;
@@ -195,9 +197,20 @@ TEST(MemoryEstimate, EvaluationHoldsOneLayersSetAndGrowsTheBuffers) {
   eight.eval_micro_batch = 0;
   eight.recompute = Recompute::kFull;
   const MemoryEstimate at_eight = estimate_memory(c, lora, eight);
-  for (const char* grown : {"layer work buffers", "attention (cuDNN", "one layer's activations"})
-    EXPECT_EQ(item_named(with_eval, grown)->bytes, item_named(at_eight, grown)->bytes) << grown;
-  for (const char* kept : {"kept for backward", "base weights"})
+  EXPECT_EQ(item_named(with_eval, "one layer's activations")->bytes,
+            item_named(at_eight, "one layer's activations")->bytes);
+  for (const char* grown : {"attention (cuDNN", "layer inputs"}) {
+    EXPECT_GT(item_named(with_eval, grown)->bytes, item_named(train_only, grown)->bytes) << grown;
+    EXPECT_LT(item_named(with_eval, grown)->bytes, item_named(at_eight, grown)->bytes) << grown;
+  }
+  // The layer inputs: every layer's bf16 copy at the training's 4 x 2048 tokens, the two fp32
+  // working copies at evaluation's 8 x 2048.
+  const double D = static_cast<double>(c.hidden_size), L = static_cast<double>(c.num_layers);
+  EXPECT_DOUBLE_EQ(item_named(with_eval, "layer inputs")->bytes,
+                   2.0 * (L + 1) * 4 * 2048 * D + 4.0 * 2 * 8 * 2048 * D);
+  // The layer work buffers too: the forward's are the MLP's 1024-row chunks, both batches'.
+  for (const char* kept :
+       {"kept for backward", "base weights", "LoRA branch scratch", "layer work buffers"})
     EXPECT_EQ(item_named(with_eval, kept)->bytes, item_named(train_only, kept)->bytes) << kept;
   EXPECT_GT(with_eval.total(), train_only.total());
 }

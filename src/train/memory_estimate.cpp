@@ -4,7 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <limits>
-#include <string_view>
+#include <optional>
 #include <utility>
 
 #include "core/error.hpp"
@@ -140,18 +140,41 @@ namespace {
 
 // Shapes shared by the items.
 struct Dims {
-  double W, w_bytes, D, I, Qd, W3, V, L, r, M, S, heads, hd;
+  double W, w_bytes, D, I, Qd, W3, V, L, r, B, M, S, heads, hd;
 };
 
 Dims dims_of(const LlamaConfig& c, const LoraLayout& lora, const MemoryScenario& s) {
-  return {static_cast<double>(s.world_size),       s.bf16 ? 2.0 : 4.0,
-          static_cast<double>(c.hidden_size),      static_cast<double>(c.intermediate_size),
-          static_cast<double>(c.q_dim()),          static_cast<double>(c.q_dim() + 2 * c.kv_dim()),
-          static_cast<double>(c.vocab_size),       static_cast<double>(c.num_layers),
-          static_cast<double>(lora.config().rank), static_cast<double>(s.micro_batch * s.seq_len),
-          static_cast<double>(s.seq_len),          static_cast<double>(c.num_heads),
+  return {static_cast<double>(s.world_size),
+          s.bf16 ? 2.0 : 4.0,
+          static_cast<double>(c.hidden_size),
+          static_cast<double>(c.intermediate_size),
+          static_cast<double>(c.q_dim()),
+          static_cast<double>(c.q_dim() + 2 * c.kv_dim()),
+          static_cast<double>(c.vocab_size),
+          static_cast<double>(c.num_layers),
+          static_cast<double>(lora.config().rank),
+          static_cast<double>(s.micro_batch),
+          static_cast<double>(s.micro_batch * s.seq_len),
+          static_cast<double>(s.seq_len),
+          static_cast<double>(c.num_heads),
           static_cast<double>(c.head_dim)};
 }
+
+// The batches a run's buffers are sized for: the training step's, and where the run evaluates,
+// evaluation's forward (LlamaModel::loss), which runs in the same buffers. Buffers only grow,
+// so one that both passes use takes the larger of its two sizes, and one only the backward uses
+// (the gradients, the backward's scratch) the training's: a run that evaluates larger batches
+// than it trains (HF's default evaluation batch is 8 sequences, its training batch 1) grows the
+// forward's buffers alone.
+struct Passes {
+  Dims train;
+  std::optional<Dims> eval;  // none: the run does not evaluate
+  // The bytes of buffers that both passes use: `bytes` of each pass's dims, the larger.
+  template <class F>
+  double both(F bytes) const {
+    return std::max(bytes(train), eval ? bytes(*eval) : 0.0);
+  }
+};
 
 double largest_unit(const std::vector<double>& units) {
   return *std::max_element(units.begin(), units.end());
@@ -222,28 +245,35 @@ void add_lora_state(MemoryEstimate& e, const LoraLayout& lora, const MemoryScena
 }
 
 // Activations: every layer's level (model/recompute_plan.hpp), and one layer's working set
-// shared by the layers backward recomputes. Returns the elements of one layer's saved set.
+// shared by the layers backward recomputes and evaluation's forward.
 void add_activations(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& lora,
-                     const MemoryScenario& s, const Dims& d) {
+                     const MemoryScenario& s, const Passes& p) {
+  const Dims& d = p.train;
   const RecomputePlan kept_plan = make_recompute_plan(
       s.recompute, c, s.micro_batch * s.seq_len, lora.config().rank, 4, s.recompute_budget_bytes);
-  const double layer_saved =
-      kept_elements(Recompute::kSelective, c, s.micro_batch * s.seq_len, lora.config().rank);
+  // Evaluation's forward keeps no layer input: it runs in the two working copies
+  // (LlamaModel::run_layers), which with the fp32 residual are the first two kept inputs.
+  const double eval_inputs = p.eval ? 4.0 * 2 * p.eval->M * d.D : 0.0;
   if (s.bf16_residual)
     e.items.push_back({"layer inputs (bf16 every layer + 2 fp32 working copies)",
-                       2.0 * (d.L + 1) * d.M * d.D + 4.0 * 2 * d.M * d.D});
+                       2.0 * (d.L + 1) * d.M * d.D + std::max(4.0 * 2 * d.M * d.D, eval_inputs)});
   else
-    e.items.push_back(
-        {"layer inputs (fp32, every layer, kept for backward)", 4.0 * (d.L + 1) * d.M * d.D});
+    e.items.push_back({"layer inputs (fp32, every layer, kept for backward)",
+                       std::max(4.0 * (d.L + 1) * d.M * d.D, eval_inputs)});
   const bool recomputed =
       std::any_of(kept_plan.levels.begin(), kept_plan.levels.end(), [](Recompute l) {
         return l == Recompute::kFull || l == Recompute::kAttention || l == Recompute::kAttentionMlp;
       });
   // Evaluation's forward (LlamaModel::loss) runs every layer in that one set too, and keeps it.
-  if (recomputed || s.eval_micro_batch > 0)
-    e.items.push_back({recomputed ? "one layer's activations (recomputed in backward)"
-                                  : "one layer's activations (evaluation's forward)",
-                       4.0 * layer_saved});
+  const auto layer_set = [&](const Dims& x) {
+    return 4.0 *
+           kept_elements(Recompute::kSelective, c, static_cast<Index>(x.M), lora.config().rank);
+  };
+  if (recomputed || p.eval)
+    e.items.push_back(
+        {recomputed ? "one layer's activations (recomputed in backward)"
+                    : "one layer's activations (evaluation's forward)",
+         std::max(recomputed ? layer_set(d) : 0.0, p.eval ? layer_set(*p.eval) : 0.0)});
   if (kept_plan.kept_bytes > 0)
     e.items.push_back({"kept for backward (" + describe_recompute_plan(kept_plan.levels) + ")",
                        kept_plan.kept_bytes});
@@ -262,55 +292,87 @@ std::pair<bool, bool> swiglu_values_written(const LoraLayout& lora, const Memory
   return {!s.bf16 || down, !s.bf16 || gate_up};
 }
 
+// The MLP's row chunk (model/llama_layer.cpp mlp_chunk) and the fused lm_head's
+// (LlamaModel::head_chunk_rows), or the batch's rows when fewer.
+double mlp_chunk(const Dims& x) {
+  return std::min(x.M, 1024.0);
+}
+double head_chunk(const Dims& x) {
+  return std::min(x.M, 512.0);
+}
+
 // bf16 only: the layer workspace's copies of GEMM operands that the ops making them round as
-// they write (model/llama_layer.hpp LayerWorkspace): a norm's output [M, D], the attention's
-// [M, Qd], SwiGLU's output [chunk, I] and its gradient [chunk, 2I].
-double producer_rounded_bytes(const MemoryScenario& s, const Dims& d, double chunk) {
-  return s.bf16 ? 2.0 * (d.M * d.D + d.M * d.Qd + chunk * 3 * d.I) : 0.0;
+// they write (model/llama_layer.hpp LayerWorkspace): the forward's, a norm's output [M, D], the
+// attention's [M, Qd] and SwiGLU's output [chunk, I]; the backward's, SwiGLU's gradient
+// [chunk, 2I].
+double producer_rounded_bytes(const MemoryScenario& s, const Passes& p) {
+  if (!s.bf16) return 0.0;
+  const double forward =
+      p.both([](const Dims& x) { return 2.0 * (x.M * x.D + x.M * x.Qd + mlp_chunk(x) * x.I); });
+  return forward + 2.0 * mlp_chunk(p.train) * 2 * p.train.I;
 }
 
 // The CPU kernels' buffers (ops/): attention's packed heads and per-thread tiles, MLP chunks,
 // activation gradients, bf16 operands, the LoRA branch's scratch, the fused loss, oneDNN's
-// packing, and the process itself.
+// packing, and the process itself. Evaluation's forward grows what the forward uses (counted
+// whole where a buffer serves both passes).
 void add_cpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& lora,
-                     const MemoryScenario& s, const Dims& d) {
-  const double M = d.M, D = d.D, I = d.I, Qd = d.Qd, W3 = d.W3, V = d.V, S = d.S, r = d.r;
-  const double chunk = std::min(M, 1024.0), head_chunk = std::min(M, 512.0), block = 128;
-  // ops/attention.cpp (head dims above 64): qkv and dO packed head by head in the matmul type
-  // (each sequence padded to 16 rows), per-thread score tiles, dK/dV sums and a dQ tile.
-  const double hd = d.hd, mm = s.bf16 ? 2.0 : 4.0;
-  const double attention = mm * (M + 16.0 * static_cast<double>(s.micro_batch)) * (W3 + Qd) +
-                           s.threads * (2 * block * S * 4 + (s.bf16 ? 2 * block * S * 2 : 0.0) +
-                                        block * 4 + block * hd * 4 + 2 * S * hd * 4);
-  // gate_up and d_act; SwiGLU's fp32 output and gate/up gradient in buffers of their own where
-  // a LoRA branch reads them, else (bf16: only their rounding wanted) in one scratch as large as
-  // the larger of them (ops/cpu_kernels.cpp values_or_scratch).
+                     const MemoryScenario& s, const Passes& p) {
+  const Dims& d = p.train;
+  const double M = d.M, D = d.D, I = d.I, Qd = d.Qd, W3 = d.W3, r = d.r;
+  const double block = 128, mm = s.bf16 ? 2.0 : 4.0;
+  // ops/attention.cpp's tiled kernel (head dims above 64): qkv (the forward's) and dO (the
+  // backward's) packed head by head in the matmul type, in one buffer (each sequence padded to
+  // 16 rows); per-thread score tiles, dK/dV sums and a dQ tile. The direct kernel of smaller
+  // heads (attention_direct.cpp) packs nothing; its per-thread tiles are counted as the tiled
+  // one's.
+  const bool packed = !attention_uses_direct(
+      AttentionShape{c.num_heads, c.num_kv_heads, c.head_dim}, AttentionOptions{});
+  const auto packed_rows = [](const Dims& x) { return x.M + 16.0 * x.B; };
+  const double attention =
+      (packed ? std::max(mm * packed_rows(d) * (W3 + Qd),
+                         p.eval ? mm * packed_rows(*p.eval) * W3 : 0.0)
+              : 0.0) +
+      p.both([&](const Dims& x) {
+        return s.threads * (2 * block * x.S * 4 + (s.bf16 ? 2 * block * x.S * 2 : 0.0) + block * 4 +
+                            block * x.hd * 4 + 2 * x.S * x.hd * 4);
+      });
+  // gate_up (the forward's) and d_act (the backward's); SwiGLU's fp32 output (the forward's) and
+  // gate/up gradient (the backward's) in buffers of their own where a LoRA branch reads them,
+  // else (bf16: only their rounding wanted) in one scratch as large as the larger of them
+  // (ops/cpu_kernels.cpp values_or_scratch).
   const auto [act_values, d_gate_up_values] = swiglu_values_written(lora, s);
+  const double chunk = mlp_chunk(d);
   const double scratch = !d_gate_up_values ? 2 * I : (!act_values ? I : 0.0);
   const double mlp =
-      4.0 * chunk *
-      (2 * I + I + (act_values ? I : 0.0) + (d_gate_up_values ? 2 * I : 0.0) + scratch);
-  const double gradients =
-      4.0 * (std::max(chunk, M) * D + M * Qd + M * W3 + M * D);  // dh, d_attn, d_qkv, residual
+      p.both([&](const Dims& x) { return 4.0 * mlp_chunk(x) * (2 * I + (act_values ? I : 0.0)); }) +
+      4.0 * chunk * (I + (d_gate_up_values ? 2 * I : 0.0)) +
+      std::max(4.0 * chunk * scratch, p.eval && !act_values ? 4.0 * mlp_chunk(*p.eval) * I : 0.0);
+  const double gradients = 4.0 * (std::max(chunk, M) * D + M * Qd + M * W3 +
+                                  M * D);  // dh, d_attn, d_qkv, residual: the backward's
+  // The backward's rounded gradients (the forward's operands come rounded by their producers,
+  // the head's in its own item).
   const double operands = s.bf16 ? 2.0 * std::max({M * D, M * W3, M * Qd, chunk * 2 * I}) : 0.0;
-  // ops/lora_branch.hpp: fused ranks keep dz and a row per thread; larger ones a dropped copy.
-  const double lora_scratch = r <= kLoraFusedMaxRank
-                                  ? 4.0 * (M * r + 2.0 * s.threads * std::max(D, I))
-                                  : 4.0 * M * (std::max(D, I) + r);
-  e.items.push_back({"backward and attention work buffers",
-                     attention + mlp + gradients + operands + lora_scratch +
-                         producer_rounded_bytes(s, d, chunk)});
-  e.items.push_back({"fused lm_head + loss (logits chunk, operands)",
-                     4.0 * head_chunk * V + 4.0 * 3 * head_chunk * D +
-                         (s.bf16 ? 2.0 * head_chunk * std::max(D, V) : 0.0)});
+  // ops/lora_branch.hpp: fused ranks keep dz (the backward's) and a row per thread; larger
+  // ones a dropped copy.
+  const double lora_scratch =
+      r <= kLoraFusedMaxRank
+          ? 4.0 * M * r + 4.0 * 2.0 * s.threads * std::max(D, I)
+          : p.both([&](const Dims& x) { return 4.0 * x.M * (std::max(D, I) + r); });
+  e.items.push_back(
+      {"backward and attention work buffers",
+       attention + mlp + gradients + operands + lora_scratch + producer_rounded_bytes(s, p)});
+  e.items.push_back({"fused lm_head + loss (logits chunk, operands)", p.both([&](const Dims& x) {
+                       return 4.0 * head_chunk(x) * x.V + 4.0 * 3 * head_chunk(x) * D +
+                              (s.bf16 ? 2.0 * head_chunk(x) * std::max(D, x.V) : 0.0);
+                     })});
   // ops/matmul.cpp: bf16 backward-data GEMMs of 2^30 multiply-adds or more run on oneDNN's
   // gemm:jit, which packs b in buffers of its own, about 2048 rows of the widest b (bf16) plus
   // 8 MiB (measured: Llama-2-7B's shapes at seq 512, +40-70 MiB of peak RSS with 2 threads).
   const double widest = std::max(D, I);
-  if (s.bf16 && M * D * std::max(2 * I, V) >= 1073741824.0)
+  if (s.bf16 && M * D * std::max(2 * I, d.V) >= 1073741824.0)
     e.items.push_back(
         {"oneDNN gemm:jit packing (large backward GEMMs)", 2.0 * 2048 * widest + 8.0 * 1048576.0});
-  (void)c;
 }
 
 // The CUDA backend's buffers (src/cuda/cuda_kernels.cpp, model/llama_layer.cpp): they only
@@ -323,25 +385,33 @@ void add_cpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& 
 // (a few hundred MiB in nvidia-smi) and NCCL's own buffers. No kernel uses local memory (the
 // build refuses one that does), so the driver reserves none for them.
 void add_gpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& lora,
-                     const MemoryScenario& s, const Dims& d) {
+                     const MemoryScenario& s, const Passes& p) {
+  const Dims& d = p.train;
   const double M = d.M, D = d.D, I = d.I, Qd = d.Qd, W3 = d.W3, V = d.V, r = std::max(d.r, 1.0);
-  const double chunk = std::min(M, 1024.0), head = std::min(M, 512.0);
+  const double chunk = mlp_chunk(d), head = head_chunk(d);
   // SwiGLU's fp32 output and gate/up gradient have buffers only where a LoRA branch reads them
   // (in bf16 the projections read their rounding: model/llama_layer.cpp).
   const auto [act_values, d_gate_up_values] = swiglu_values_written(lora, s);
   const double act = act_values ? I : 0.0, d_gate_up = d_gate_up_values ? 2 * I : 0.0;
-  const double layer_work = 4.0 * chunk * (2 * I + act + I + d_gate_up) + 4.0 * M * D +
-                            4.0 * M * Qd + 4.0 * M * W3 + 4.0 * 3 * chunk * r + 4.0 * M * D;
+  // The forward's: gate/up, SwiGLU's output and the MLP modules' z by chunks; the backward's:
+  // d_act, the gate/up gradient, dh, d_attn, d_qkv and the residual stream's gradient.
+  const double layer_work =
+      p.both([&](const Dims& x) { return 4.0 * mlp_chunk(x) * (2 * I + act + 3 * r); }) +
+      4.0 * chunk * (I + d_gate_up) + 4.0 * M * D + 4.0 * M * Qd + 4.0 * M * W3 + 4.0 * M * D;
   e.items.push_back(
       {"layer work buffers (MLP chunks, activation gradients, residual gradient)", layer_work});
   if (s.bf16) {
-    e.items.push_back({"bf16 GEMM operands (one shared buffer)",
-                       2.0 * std::max({M * std::max({D, Qd, W3}), chunk * 2 * I, head * V})});
-    e.items.push_back({"bf16 GEMM operands rounded by the ops that make them",
-                       producer_rounded_bytes(s, d, chunk)});
+    // The forward rounds only the final norm's output into it (the layers' operands come
+    // rounded by their producers); the backward its gradients.
+    e.items.push_back(
+        {"bf16 GEMM operands (one shared buffer)",
+         std::max(2.0 * std::max({M * std::max({D, Qd, W3}), chunk * 2 * I, head * V}),
+                  p.eval ? 2.0 * head_chunk(*p.eval) * D : 0.0)});
+    e.items.push_back(
+        {"bf16 GEMM operands rounded by the ops that make them", producer_rounded_bytes(s, p)});
   }
-  // The LoRA branch: dz, and up to kLoraFusedMaxRank the fused kernels' partial sums of dA and
-  // dB (src/cuda/lora.cu: r x the module's width per 256 rows); above it, with dropout, the
+  // The LoRA branch's backward: dz, and up to kLoraFusedMaxRank the fused kernels' partial sums of
+  // dA and dB (src/cuda/lora.cu: r x the module's width per 256 rows); above it, with dropout, the
   // dropped input and its mask's work, each as large as the widest adapted input.
   double widest_input = 0, widest_partials = 0;
   for (const auto& entry : lora.entries()) {
@@ -396,32 +466,50 @@ void add_gpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& 
     // there.
     const bool copied = !atomic && c.num_kv_heads > 1 && !cudnn_stats_slice_aligned(1, shape);
     const double stats_copies = copied ? 2.0 : 1.0;
-    e.items.push_back({atomic
-                           ? "attention (cuDNN: bf16 q/k/v, O, grads, stats; atomic dQ, est.)"
-                           : "attention (cuDNN: bf16 q/k/v, O, gradients, stats; workspace, est.)",
-                       4.0 * rows * (W3 + Qd) + stats_copies * 4.0 * rows * d.heads + workspace});
-  } else {
+    // The forward's: bf16 q/k/v and O, and the statistics (evaluation's forward takes no more
+    // workspace than the training's backward, the buffer they share: not measured).
+    const double forward = p.both([&](const Dims& x) {
+      const auto padded = static_cast<double>(cudnn_padded_rows(static_cast<Index>(x.M)));
+      return 2.0 * padded * (W3 + Qd) + 4.0 * padded * x.heads;
+    });
     e.items.push_back(
-        {"attention (reference kernel: row sums, segment index)", 4.0 * M * d.heads + 4.0 * M});
+        {atomic ? "attention (cuDNN: bf16 q/k/v, O, grads, stats; atomic dQ, est.)"
+                : "attention (cuDNN: bf16 q/k/v, O, gradients, stats; workspace, est.)",
+         forward + 2.0 * rows * (W3 + Qd) + (stats_copies - 1) * 4.0 * rows * d.heads + workspace});
+  } else {
+    // The backward's row sums; the segment index, both passes'.
+    e.items.push_back({"attention (reference kernel: row sums, segment index)",
+                       4.0 * M * d.heads + p.both([](const Dims& x) { return 4.0 * x.M; })});
   }
-  e.items.push_back({"fused lm_head + loss (logits chunk, rows)",
-                     4.0 * head * V + 4.0 * 3 * head * D + 4.0 * head + 8.0 * M});
-  e.items.push_back({"tokens, positions, RoPE tables, cuBLASLt workspace",
-                     16.0 * M + 4.0 * d.S * d.hd + 32.0 * 1048576.0});
+  // The head's buffers and the batch's: both passes'.
+  e.items.push_back({"fused lm_head + loss (logits chunk, rows)", p.both([&](const Dims& x) {
+                       return 4.0 * head_chunk(x) * V + 4.0 * 3 * head_chunk(x) * D +
+                              4.0 * head_chunk(x) + 8.0 * x.M;
+                     })});
+  e.items.push_back(
+      {"tokens, positions, RoPE tables, cuBLASLt workspace",
+       p.both([](const Dims& x) { return 16.0 * x.M + 4.0 * x.S * x.hd + 32.0 * 1048576.0; })});
 }
 
-// One training step's memory (estimate_memory without evaluation's larger batches).
-MemoryEstimate estimate_step(const LlamaConfig& c, const LoraLayout& lora,
-                             const MemoryScenario& s) {
+}  // namespace
+
+MemoryEstimate estimate_memory(const LlamaConfig& c, const LoraLayout& lora,
+                               const MemoryScenario& s) {
+  Passes p{dims_of(c, lora, s), std::nullopt};
+  if (s.eval_micro_batch > 0) {
+    MemoryScenario eval = s;
+    eval.micro_batch = s.eval_micro_batch;
+    eval.seq_len = s.eval_seq_len > 0 ? s.eval_seq_len : s.seq_len;
+    p.eval = dims_of(c, lora, eval);
+  }
   MemoryEstimate e;
-  const Dims d = dims_of(c, lora, s);
-  add_base_weights(e, c, s, d);
-  add_lora_state(e, lora, s, d);
-  add_activations(e, c, lora, s, d);
+  add_base_weights(e, c, s, p.train);
+  add_lora_state(e, lora, s, p.train);
+  add_activations(e, c, lora, s, p);
   if (s.gpu)
-    add_gpu_buffers(e, c, lora, s, d);
+    add_gpu_buffers(e, c, lora, s, p);
   else
-    add_cpu_buffers(e, c, lora, s, d);
+    add_cpu_buffers(e, c, lora, s, p);
   e.items.push_back({"tokenized training set", 8.0 * static_cast<double>(s.dataset_tokens), s.gpu});
   // Measured: the resident set at the step's peak less every live block of 64 KiB or more
   // (libraries, oneDNN, MPI, the tokenizer, small blocks), with the 1 MiB mmap threshold the
@@ -430,35 +518,6 @@ MemoryEstimate estimate_step(const LlamaConfig& c, const LoraLayout& lora,
   e.items.push_back({s.gpu ? "runtime (libraries, oneDNN, MPI; the CUDA libraries not counted)"
                            : "runtime (libraries, oneDNN, MPI)",
                      (s.world_size > 1 ? 40.0 : 28.0) * 1048576.0, s.gpu});
-  return e;
-}
-
-// An item's name before its parenthesis: "one layer's activations (recomputed in backward)"
-// and "(evaluation's forward)" are the same buffer.
-std::string_view item_stem(std::string_view name) {
-  return name.substr(0, name.find(" ("));
-}
-
-}  // namespace
-
-MemoryEstimate estimate_memory(const LlamaConfig& c, const LoraLayout& lora,
-                               const MemoryScenario& s) {
-  MemoryEstimate e = estimate_step(c, lora, s);
-  if (s.eval_micro_batch <= 0) return e;
-  MemoryScenario eval = s;
-  eval.micro_batch = s.eval_micro_batch;
-  eval.seq_len = s.eval_seq_len > 0 ? s.eval_seq_len : s.seq_len;
-  eval.recompute = Recompute::kFull;  // evaluation keeps nothing of its own
-  if (eval.micro_batch * eval.seq_len <= s.micro_batch * s.seq_len) return e;
-  // Evaluation's forward runs in the training's buffers, which only grow: where its batch has
-  // more tokens, every buffer that follows the tokens takes the larger size of the two (the
-  // backward's own buffers included, which evaluation does not grow: an over-count, on the
-  // safe side, for runs that evaluate larger batches than they train).
-  const MemoryEstimate larger = estimate_step(c, lora, eval);
-  for (auto& item : e.items)
-    for (const auto& other : larger.items)
-      if (item.host == other.host && item_stem(item.name) == item_stem(other.name))
-        item.bytes = std::max(item.bytes, other.bytes);
   return e;
 }
 
