@@ -186,8 +186,9 @@ TEST(MemoryEstimate, EvaluationHoldsOneLayersSetAndGrowsTheBuffers) {
 
   // A larger evaluation batch grows the buffers its forward uses to its tokens, and keeps the
   // backward's (the activations' gradients, the LoRA branch's dz, cuDNN's gradients and
-  // workspace), the kept activations and the weights at the training's: HF's default
-  // evaluation batch, 8 sequences, against a training batch of 1 counted every buffer at 8.
+  // workspace), the kept activations and the weights at the training's (with HF's defaults, an
+  // evaluation batch of 8 sequences against a training batch of 1, counting every buffer at the
+  // evaluation's batch counted the backward 8 times over; here 8 against 4).
   s.recompute = Recompute::kNone;
   const MemoryEstimate train_only = estimate_memory(c, lora, s);
   s.eval_micro_batch = 8;
@@ -199,20 +200,43 @@ TEST(MemoryEstimate, EvaluationHoldsOneLayersSetAndGrowsTheBuffers) {
   const MemoryEstimate at_eight = estimate_memory(c, lora, eight);
   EXPECT_EQ(item_named(with_eval, "one layer's activations")->bytes,
             item_named(at_eight, "one layer's activations")->bytes);
+  // Partly the forward's: cuDNN's forward copies and statistics, the layer working copies.
   for (const char* grown : {"attention (cuDNN", "layer inputs"}) {
     EXPECT_GT(item_named(with_eval, grown)->bytes, item_named(train_only, grown)->bytes) << grown;
     EXPECT_LT(item_named(with_eval, grown)->bytes, item_named(at_eight, grown)->bytes) << grown;
   }
+  // Wholly the forward's, or the backward's part by chunks of the same rows in both passes.
+  for (const char* grown : {"bf16 GEMM operands rounded", "fused lm_head", "tokens, positions"}) {
+    EXPECT_GT(item_named(with_eval, grown)->bytes, item_named(train_only, grown)->bytes) << grown;
+    EXPECT_EQ(item_named(with_eval, grown)->bytes, item_named(at_eight, grown)->bytes) << grown;
+  }
   // The layer inputs: every layer's bf16 copy at the training's 4 x 2048 tokens, the two fp32
   // working copies at evaluation's 8 x 2048.
   const double D = static_cast<double>(c.hidden_size), L = static_cast<double>(c.num_layers);
+  const double I = static_cast<double>(c.intermediate_size), Qd = static_cast<double>(c.q_dim());
   EXPECT_DOUBLE_EQ(item_named(with_eval, "layer inputs")->bytes,
                    2.0 * (L + 1) * 4 * 2048 * D + 4.0 * 2 * 8 * 2048 * D);
+  // The producers' rounded operands: the norm's, the attention's and SwiGLU's output (a 1024-row
+  // chunk) at evaluation's tokens; SwiGLU's gradient (a chunk) the backward's.
+  EXPECT_DOUBLE_EQ(item_named(with_eval, "bf16 GEMM operands rounded")->bytes,
+                   2.0 * (8 * 2048 * D + 8 * 2048 * Qd + 1024 * I) + 2.0 * 1024 * 2 * I);
   // The layer work buffers too: the forward's are the MLP's 1024-row chunks, both batches'.
   for (const char* kept :
        {"kept for backward", "base weights", "LoRA branch scratch", "layer work buffers"})
     EXPECT_EQ(item_named(with_eval, kept)->bytes, item_named(train_only, kept)->bytes) << kept;
   EXPECT_GT(with_eval.total(), train_only.total());
+
+  // Under 1024 training rows the MLP's chunk follows the rows: evaluation's 8 x 512 grows the
+  // forward's chunks (gate/up, the three MLP modules' z) to 1024 rows, and keeps the backward's
+  // (d_act; dh, d_attn, d_qkv and the residual's gradient, per token) at the training's 512.
+  MemoryScenario short_rows = s;
+  short_rows.micro_batch = 1;
+  short_rows.seq_len = 512;
+  short_rows.eval_micro_batch = 8;
+  const double W3 = static_cast<double>(c.q_dim() + 2 * c.kv_dim()),
+               r = static_cast<double>(lora.config().rank);
+  EXPECT_DOUBLE_EQ(item_named(estimate_memory(c, lora, short_rows), "layer work buffers")->bytes,
+                   4.0 * 1024 * (2 * I + 3 * r) + 4.0 * 512 * I + 4.0 * 512 * (D + Qd + W3 + D));
 }
 
 // On a GPU the estimate's GPU items, times the ranks sharing the GPU, must fit what it had free:

@@ -322,10 +322,10 @@ void add_cpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& 
   const double M = d.M, D = d.D, I = d.I, Qd = d.Qd, W3 = d.W3, r = d.r;
   const double block = 128, mm = s.bf16 ? 2.0 : 4.0;
   // ops/attention.cpp's tiled kernel (head dims above 64): qkv (the forward's) and dO (the
-  // backward's) packed head by head in the matmul type, in one buffer (each sequence padded to
-  // 16 rows); per-thread score tiles, dK/dV sums and a dQ tile. The direct kernel of smaller
-  // heads (attention_direct.cpp) packs nothing; its per-thread tiles are counted as the tiled
-  // one's.
+  // backward's) packed head by head in the matmul type, in one buffer (each segment padded to
+  // 16 rows, counted as one segment a sequence); per-thread score tiles, dK/dV sums and a dQ tile.
+  // The direct kernel of smaller heads (attention_direct.cpp) packs nothing; its per-thread tiles
+  // are counted as the tiled one's.
   const bool packed = !attention_uses_direct(
       AttentionShape{c.num_heads, c.num_kv_heads, c.head_dim}, AttentionOptions{});
   const auto packed_rows = [](const Dims& x) { return x.M + 16.0 * x.B; };
@@ -486,9 +486,11 @@ void add_gpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& 
                        return 4.0 * head_chunk(x) * V + 4.0 * 3 * head_chunk(x) * D +
                               4.0 * head_chunk(x) + 8.0 * x.M;
                      })});
+  // The batch's tokens follow M, the RoPE tables the longest sequence: buffers of their own.
+  const double batch = p.both([](const Dims& x) { return 16.0 * x.M; });
+  const double rope = p.both([](const Dims& x) { return 4.0 * x.S * x.hd; });
   e.items.push_back(
-      {"tokens, positions, RoPE tables, cuBLASLt workspace",
-       p.both([](const Dims& x) { return 16.0 * x.M + 4.0 * x.S * x.hd + 32.0 * 1048576.0; })});
+      {"tokens, positions, RoPE tables, cuBLASLt workspace", batch + rope + 32.0 * 1048576.0});
 }
 
 }  // namespace
