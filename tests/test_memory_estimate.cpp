@@ -153,8 +153,8 @@ TEST(MemoryEstimate, GpuWorkBuffersFollowASmallMicroBatch) {
 // Evaluation's forward runs every layer in the one layer's set that recompute uses: where no
 // layer recomputes, a run that evaluates holds it all the same (train's eval_strategy or
 // do_eval with a validation set; estimate-memory's --eval_strategy), and a larger evaluation
-// batch grows the buffers to its tokens.
-TEST(MemoryEstimate, EvaluationHoldsOneLayersSetAndGrowsTheBuffers) {
+// batch grows the buffers its forward uses to its tokens.
+TEST(MemoryEstimate, EvaluationHoldsOneLayersSetAndGrowsTheForwardsBuffers) {
   const LlamaConfig c = preset_config("llama2-7b");
   const LoraLayout lora = qkvo_lora(c);
   MemoryScenario s = gpu_4x2048();
@@ -186,9 +186,9 @@ TEST(MemoryEstimate, EvaluationHoldsOneLayersSetAndGrowsTheBuffers) {
 
   // A larger evaluation batch grows the buffers its forward uses to its tokens, and keeps the
   // backward's (the activations' gradients, the LoRA branch's dz, cuDNN's gradients and
-  // workspace), the kept activations and the weights at the training's (with HF's defaults, an
-  // evaluation batch of 8 sequences against a training batch of 1, counting every buffer at the
-  // evaluation's batch counted the backward 8 times over; here 8 against 4).
+  // workspace), the kept activations and the weights at the training's. (Counting every buffer at
+  // the evaluation batch took the backward's 8 times over with HF's defaults, evaluation batches
+  // of 8 sequences against training batches of 1; here 8 against 4.)
   s.recompute = Recompute::kNone;
   const MemoryEstimate train_only = estimate_memory(c, lora, s);
   s.eval_micro_batch = 8;

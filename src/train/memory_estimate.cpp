@@ -481,7 +481,7 @@ void add_gpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& 
     e.items.push_back({"attention (reference kernel: row sums, segment index)",
                        4.0 * M * d.heads + p.both([](const Dims& x) { return 4.0 * x.M; })});
   }
-  // The head's buffers and the batch's: both passes'.
+  // The head's buffers: both passes'.
   e.items.push_back({"fused lm_head + loss (logits chunk, rows)", p.both([&](const Dims& x) {
                        return 4.0 * head_chunk(x) * V + 4.0 * 3 * head_chunk(x) * D +
                               4.0 * head_chunk(x) + 8.0 * x.M;
