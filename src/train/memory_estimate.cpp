@@ -169,10 +169,16 @@ Dims dims_of(const LlamaConfig& c, const LoraLayout& lora, const MemoryScenario&
 struct Passes {
   Dims train;
   std::optional<Dims> eval;  // none: the run does not evaluate
-  // The bytes of buffers that both passes use: `bytes` of each pass's dims, the larger.
+  // A buffer both passes use at sizes of their own: `train_bytes`, or `eval_bytes` of
+  // evaluation's dims, the larger.
+  template <class F>
+  double larger(double train_bytes, F eval_bytes) const {
+    return std::max(train_bytes, eval ? eval_bytes(*eval) : 0.0);
+  }
+  // Buffers both passes use at the same formula: `bytes` of each pass's dims, the larger.
   template <class F>
   double both(F bytes) const {
-    return std::max(bytes(train), eval ? bytes(*eval) : 0.0);
+    return larger(bytes(train), bytes);
   }
 };
 
@@ -253,13 +259,13 @@ void add_activations(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& 
       s.recompute, c, s.micro_batch * s.seq_len, lora.config().rank, 4, s.recompute_budget_bytes);
   // Evaluation's forward keeps no layer input: it runs in the two working copies
   // (LlamaModel::run_layers), which with the fp32 residual are the first two kept inputs.
-  const double eval_inputs = p.eval ? 4.0 * 2 * p.eval->M * d.D : 0.0;
+  const auto eval_inputs = [&](const Dims& x) { return 4.0 * 2 * x.M * d.D; };
   if (s.bf16_residual)
     e.items.push_back({"layer inputs (bf16 every layer + 2 fp32 working copies)",
-                       2.0 * (d.L + 1) * d.M * d.D + std::max(4.0 * 2 * d.M * d.D, eval_inputs)});
+                       2.0 * (d.L + 1) * d.M * d.D + p.larger(4.0 * 2 * d.M * d.D, eval_inputs)});
   else
     e.items.push_back({"layer inputs (fp32, every layer, kept for backward)",
-                       std::max(4.0 * (d.L + 1) * d.M * d.D, eval_inputs)});
+                       p.larger(4.0 * (d.L + 1) * d.M * d.D, eval_inputs)});
   const bool recomputed =
       std::any_of(kept_plan.levels.begin(), kept_plan.levels.end(), [](Recompute l) {
         return l == Recompute::kFull || l == Recompute::kAttention || l == Recompute::kAttentionMlp;
@@ -270,10 +276,9 @@ void add_activations(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& 
            kept_elements(Recompute::kSelective, c, static_cast<Index>(x.M), lora.config().rank);
   };
   if (recomputed || p.eval)
-    e.items.push_back(
-        {recomputed ? "one layer's activations (recomputed in backward)"
-                    : "one layer's activations (evaluation's forward)",
-         std::max(recomputed ? layer_set(d) : 0.0, p.eval ? layer_set(*p.eval) : 0.0)});
+    e.items.push_back({recomputed ? "one layer's activations (recomputed in backward)"
+                                  : "one layer's activations (evaluation's forward)",
+                       p.larger(recomputed ? layer_set(d) : 0.0, layer_set)});
   if (kept_plan.kept_bytes > 0)
     e.items.push_back({"kept for backward (" + describe_recompute_plan(kept_plan.levels) + ")",
                        kept_plan.kept_bytes});
@@ -330,8 +335,8 @@ void add_cpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& 
       AttentionShape{c.num_heads, c.num_kv_heads, c.head_dim}, AttentionOptions{});
   const auto packed_rows = [](const Dims& x) { return x.M + 16.0 * x.B; };
   const double attention =
-      (packed ? std::max(mm * packed_rows(d) * (W3 + Qd),
-                         p.eval ? mm * packed_rows(*p.eval) * W3 : 0.0)
+      (packed ? p.larger(mm * packed_rows(d) * (W3 + Qd),
+                         [&](const Dims& x) { return mm * packed_rows(x) * W3; })
               : 0.0) +
       p.both([&](const Dims& x) {
         return s.threads * (2 * block * x.S * 4 + (s.bf16 ? 2 * block * x.S * 2 : 0.0) + block * 4 +
@@ -347,7 +352,8 @@ void add_cpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& 
   const double mlp =
       p.both([&](const Dims& x) { return 4.0 * mlp_chunk(x) * (2 * I + (act_values ? I : 0.0)); }) +
       4.0 * chunk * (I + (d_gate_up_values ? 2 * I : 0.0)) +
-      std::max(4.0 * chunk * scratch, p.eval && !act_values ? 4.0 * mlp_chunk(*p.eval) * I : 0.0);
+      p.larger(4.0 * chunk * scratch,
+               [&](const Dims& x) { return !act_values ? 4.0 * mlp_chunk(x) * I : 0.0; });
   const double gradients = 4.0 * (std::max(chunk, M) * D + M * Qd + M * W3 +
                                   M * D);  // dh, d_attn, d_qkv, residual: the backward's
   // The backward's rounded gradients (the forward's operands come rounded by their producers,
@@ -405,8 +411,8 @@ void add_gpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& 
     // rounded by their producers); the backward its gradients.
     e.items.push_back(
         {"bf16 GEMM operands (one shared buffer)",
-         std::max(2.0 * std::max({M * std::max({D, Qd, W3}), chunk * 2 * I, head * V}),
-                  p.eval ? 2.0 * head_chunk(*p.eval) * D : 0.0)});
+         p.larger(2.0 * std::max({M * std::max({D, Qd, W3}), chunk * 2 * I, head * V}),
+                  [&](const Dims& x) { return 2.0 * head_chunk(x) * D; })});
     e.items.push_back(
         {"bf16 GEMM operands rounded by the ops that make them", producer_rounded_bytes(s, p)});
   }
