@@ -515,18 +515,8 @@ stage zero3_gpu_w1 60 zero3_gpu 1
 stage zero3_gpu_w2 90 zero3_gpu 2
 
 # 4 layers of Llama-2-70B's shape at the seed's batch 10 x 2048 (tokens/s per layer), and the
-# seed's job projected from it: 52,002 Alpaca records at 231.7 tokens each with the Llama-2
-# tokenizer and the Alpaca template (measured on the 999 public records: 231,424 tokens, 113
-# packed sequences of 2048; LLaMA-Factory's sample, whose records may be longer than
-# tatsu-lab's: the projection scales with the token count), packed: 5,883 sequences per
-# epoch, 2 epochs, 8 GPUs x 10 per step: 148 steps of 10 x 2048 tokens per GPU. An 80-layer
-# step is 20 of the 4-layer stack's less its once-per-step work (embedding, final norm,
-# lm_head, loss: the bench's once_per_step_s), plus that work once; a bench output without
-# that figure counts it in each of the 20 and errs high. ZeRO-3's gathers: two per layer per
-# step (forward; backward with its recompute) of 1.71 GB in bf16, at 360 GB/s of NCCL
-# all-gather bus bandwidth (8 x H100 SXM NVLink-4: nccl-tests report 460-480 GB/s all-reduce
-# busbw; 450 GB/s per direction): only what exceeds the layer's compute adds (prefetch depth 1
-# overlaps one layer).
+# seed's job projected from it (bench/py/seed_job.py says how: 148 steps of 80 layers on 8 GPUs,
+# each layer's ZeRO-3 gathers counted where they exceed its compute).
 bench_70b() {
   "$pack/bin/bench_train_step" --device cuda --shape 70b --layers 4 --seq 2048 --batch 10 \
     --steps 2 --threads 16 | tee "$work/bench_70b_layers.txt"
@@ -535,38 +525,9 @@ bench_70b() {
   return "$rc"
 }
 # project_seed_job NAME COUNT:BENCH... : the seed's 80 layers as COUNT layers timed by each 4-layer
-# stack run BENCH (its step, less the work it does once per step, / 4 per layer), plus what each
-# layer's gathers take beyond it, plus the once-per-step work (embedding, final norm, lm_head,
-# loss: bench_train_step's once_per_step_s) once, as the 80-layer model runs it.
+# stack run BENCH; fails where the projection is not under 30 minutes.
 project_seed_job() {
-  py - "$results" "$@" <<'PY'
-import sys
-results, name, parts = sys.argv[1], sys.argv[2], sys.argv[3:]
-gather_s = 2 * 1.71e9 * 7 / 8 / 360e9
-step_80, once = 0.0, []
-for part in parts:
-    count, bench = part.split(":", 1)
-    kv = dict(l.strip().split("=", 1) for l in open(bench) if "=" in l)
-    step_s = 10 * 2048 / float(kv["seq2048_tokens_per_s"])
-    if "seq2048_once_per_step_s" not in kv:
-        print(f"{bench} has no once_per_step_s: its once-per-step work (lm_head) counted in "
-              "each of the 20 stacks (errs high)")
-    once.append(float(kv.get("seq2048_once_per_step_s", 0.0)))
-    layer_s = (step_s - once[-1]) / 4
-    print(f"{name}_layer_seconds_{kv.get('recompute', '?')}={layer_s:.3f} ({count} layers)")
-    step_80 += int(count) * (layer_s + max(0.0, gather_s - layer_s))
-once_s = sum(once) / len(once)
-step_80 += once_s
-steps = -(-2 * 5883 // 80)
-minutes = steps * step_80 / 60
-print(f"seed_70b_gather_seconds_per_layer={gather_s:.4f}")
-print(f"{name}_once_per_step_seconds={once_s:.4f}\n{name}_steps={steps}")
-print(f"{name}_step_seconds={step_80:.2f}\n{name}_projected_minutes={minutes:.1f}")
-with open(results, "a") as f:
-    f.write(f"{name}_projected_minutes={minutes:.1f}\n{name}_step_seconds={step_80:.2f}\n"
-            f"{name}_once_per_step_seconds={once_s:.4f}\n")
-sys.exit(0 if minutes < 30 else 1)
-PY
+  py "$root/bench/py/seed_job.py" --results "$results" "$@"
 }
 export -f bench_70b project_seed_job
 stage bench_70b_layers 90 bench_70b

@@ -6,8 +6,8 @@
   989 TFLOP/s at 8,446 tokens/s for the 7B benchmark (BENCHMARKS.md).
 - Its GEMM work per level is model/recompute_plan.hpp's: full recompute executes 2.78 forwards'
   worth of the layers' GEMMs (the down projection is not recomputed) where none executes 2.
-- Its seed-job projection at full recompute is scripts/gpu-check.sh's (44.7 minutes then), and
-  counts the stack's once-per-step work once where the run timed it apart.
+- Its seed-job projection at full recompute is seed_job.py's, as gpu-check.sh ran it (44.7
+  minutes then), and counts the stack's once-per-step work once where the run timed it apart.
 - A results.txt with that run's figures gives its default output; one lacking a figure skips
   (exit 77), never mixing one run's figures with another's.
 """
@@ -18,6 +18,7 @@ import sys
 import tempfile
 
 tool = sys.argv[1]
+sys.path.insert(0, os.path.dirname(os.path.abspath(tool)))  # its seed_job module
 spec = importlib.util.spec_from_file_location("target_budget", tool)
 budget = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(budget)

@@ -6,7 +6,7 @@ on a GPU run's measured figures.
 The targets: the Llama-2-7B-shaped benchmark (4 x 2048 tokens, LoRA r 4 on q/k/v/o, full
 recompute) at MFU >= 0.45 of 989 TFLOP/s and at 1.5x the tokens/s of Transformers + PEFT on the
 same GPU; the seed's job (Llama-2-70B, 148 steps of 10 x 2048 tokens per GPU on 8 GPUs, as
-scripts/gpu-check.sh projects it from a 4-layer stack of its layer shape) under 30 minutes.
+bench/py/seed_job.py projects it from a 4-layer stack of its layer shape) under 30 minutes.
 
 From a run's step time and its profile's matmul and attention shares (scripts/gpu-check.sh's
 results.txt; without one, the H200 run of 2026-12-04, BENCHMARKS.md), each recompute level's
@@ -20,6 +20,8 @@ where --results lacks a figure it needs.
 """
 import argparse
 import sys
+
+import seed_job
 
 # The 2026-12-04 H200 run (BENCHMARKS.md, "On an H200: the first GPU runs"): run 2's figures.
 MEASURED_2026_12_04 = {
@@ -111,22 +113,25 @@ def main():
         for target, seconds in allowed.items():
             out(f"7b_{level}_rest_seconds_allowed_{target}", seconds - gemm - attention)
 
-    # The seed's job: 148 steps of 80 layers and one lm_head, projected as gpu-check.sh does:
-    # 20 times the stack's step less its once-per-step work (embedding, final norm, lm_head,
-    # loss), plus that work once. The runs of 2026-12-04 did not time it apart: their projection
-    # takes 20 lm_heads, about 5% of the GEMM time too much.
-    stack_step = 10 * 2048 / kv["layers70b_seq2048_tokens_per_s"]
+    # The seed's job projected as seed_job.py does for gpu-check.sh: 80 layers from the stack's
+    # step less its once-per-step work (embedding, final norm, lm_head, loss), plus that work
+    # once. The runs of 2026-12-04 did not time it apart: their projection takes 20 lm_heads,
+    # about 5% of the GEMM time too much.
+    stack_step = seed_job.stack_step_seconds(kv["layers70b_seq2048_tokens_per_s"])
     once = kv.get("layers70b_seq2048_once_per_step_s", 0.0)
     matmul_s = stack_step * kv["layers70b_seq2048_share_matmul"]
     attention_s = stack_step * kv["layers70b_seq2048_share_attention"]
-    minutes = lambda step_seconds: 148 * step_seconds / 60
-    out("seed_job_minutes_projected", minutes(20 * (stack_step - once) + once))
+    minutes = seed_job.minutes
+    out("seed_job_minutes_projected",
+        minutes(seed_job.step_seconds([(seed_job.MODEL_LAYERS, stack_step, once)])))
     for level in LEVELS:
         gemm, attention = level_seconds(SHAPES["70b_stack"], matmul_s, attention_s, level,
-                                        args.attention_backward_over_forward, layers=80)
+                                        args.attention_backward_over_forward,
+                                        layers=seed_job.MODEL_LAYERS)
         out(f"seed_job_{level}_gemm_minutes", minutes(gemm))
         out(f"seed_job_{level}_gemm_attention_minutes", minutes(gemm + attention))
-        out(f"seed_job_{level}_rest_minutes_allowed_30_min", 30 - minutes(gemm + attention))
+        out(f"seed_job_{level}_rest_minutes_allowed_30_min",
+            seed_job.TARGET_MINUTES - minutes(gemm + attention))
 
 
 if __name__ == "__main__":
