@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/error.hpp"
+#include "cuda/cuda_ops.hpp"
 
 namespace zerolora::cuda {
 namespace {
@@ -41,6 +42,21 @@ int visible_gpus(std::string* why_none) {
   return count;
 }
 
+std::string gpu_shortfall(const cudaDeviceProp& props) {
+  if (props.major >= 8) return "";
+  return "compute capability " + std::to_string(props.major) + "." + std::to_string(props.minor) +
+         ": the CUDA backend needs 8.0 or newer (Ampere, Ada, Hopper or later)";
+}
+
+std::string gpu_shortfall(int ordinal) {
+  cudaDeviceProp props{};
+  if (const cudaError_t status = cudaGetDeviceProperties(&props, ordinal); status != cudaSuccess) {
+    cudaGetLastError();  // not sticky: a CPU run that asks goes on
+    return std::string("cudaGetDeviceProperties failed: ") + cudaGetErrorName(status);
+  }
+  return gpu_shortfall(props);
+}
+
 CudaDevice::CudaDevice(int ordinal) : ordinal_(ordinal) {
   std::string why;
   const int count = visible_gpus(&why);
@@ -52,6 +68,10 @@ CudaDevice::CudaDevice(int ordinal) : ordinal_(ordinal) {
   cudaDeviceProp props{};
   check_cuda(cudaGetDeviceProperties(&props, ordinal), "cudaGetDeviceProperties");
   name_ = "cuda:" + std::to_string(ordinal) + " (" + props.name + ")";
+  if (const std::string why = gpu_shortfall(props); !why.empty())
+    throw DeviceError("--device " + name_ + ": " + why);
+  if (const std::string why = missing_kernel_image(props); !why.empty())
+    throw DeviceError("--device " + name_ + ": " + why);
   for (const char byte : props.uuid.bytes) {
     constexpr char kHex[] = "0123456789abcdef";
     const auto v = static_cast<unsigned char>(byte);

@@ -16,7 +16,8 @@ namespace zerolora::cuda {
 class CudaDevice final : public Device {
  public:
   // Selects GPU `ordinal` (of those CUDA_VISIBLE_DEVICES shows); throws DeviceError when there
-  // is none, naming what CUDA said.
+  // is none, naming what CUDA said, or when it cannot train here (gpu_shortfall; no kernels in
+  // this build for it: missing_kernel_image, cuda_ops.hpp).
   explicit CudaDevice(int ordinal);
   ~CudaDevice() override;
 
@@ -59,5 +60,14 @@ void check_cuda(cudaError_t status, const char* call);
 
 // GPUs this process can see (0 when there is no driver or no GPU) and, when none, why.
 int visible_gpus(std::string* why_none = nullptr);
+
+// Why the GPU of these properties cannot train with the CUDA backend, or "" where it can: a
+// compute capability below 8.0 (the bf16 kernels and cuDNN's fused attention need Ampere or
+// later; the build holds no code for older GPUs).
+std::string gpu_shortfall(const cudaDeviceProp& props);
+
+// gpu_shortfall of visible GPU `ordinal`, from its properties alone (no CUDA context made; a GPU
+// whose properties cannot be read falls short, and nothing is thrown).
+std::string gpu_shortfall(int ordinal);
 
 }  // namespace zerolora::cuda

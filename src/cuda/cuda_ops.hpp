@@ -9,11 +9,17 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <string>
 
 namespace zerolora::cuda {
 
 using Index = std::int64_t;
 using Bf16Bits = std::uint16_t;
+
+// kernel_image.cu: why this build cannot run kernels on the current GPU (whose properties these
+// are), or "" where it can: no code in it for the GPU's compute capability. Creates the GPU's
+// CUDA context.
+std::string missing_kernel_image(const cudaDeviceProp& props);
 
 // Throws DeviceError when the last launch (or an earlier asynchronous error) failed.
 void check_launch(const char* kernel, Index rows, Index cols);

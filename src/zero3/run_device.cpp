@@ -19,11 +19,25 @@ RunDevice open_run_device(const std::string& spec, DdpBackend backend, Communica
 #ifdef ZEROLORA_CUDA
     // --device cpu is the default: where a GPU is visible the run says so (Transformers'
     // Trainer would have taken it), for a run on the CPU is months where the GPU's is hours.
+    // A GPU the backend cannot train on (compute capability below 8.0) is named with why.
     if (comm.rank() == 0)
-      if (const int visible = cuda::visible_gpus(); visible > 0)
-        run.note = "device: the CPU, though " + std::to_string(visible) +
-                   (visible == 1 ? " GPU is" : " GPUs are") +
-                   " visible: --device cuda trains there";
+      if (const int visible = cuda::visible_gpus(); visible > 0) {
+        std::string unfit;
+        int fit = 0;
+        for (int ordinal = 0; ordinal < visible; ++ordinal) {
+          const std::string why = cuda::gpu_shortfall(ordinal);
+          if (why.empty())
+            ++fit;
+          else if (unfit.empty())
+            unfit = "cuda:" + std::to_string(ordinal) + " cannot: " + why;
+        }
+        if (fit > 0)
+          run.note = "device: the CPU, though " + std::to_string(fit) +
+                     (fit == 1 ? " GPU is" : " GPUs are") + " visible: --device cuda trains there" +
+                     (unfit.empty() ? "" : " (" + unfit + ")");
+        else
+          run.note = "device: the CPU (" + unfit + ")";
+      }
 #endif
     return run;
   }

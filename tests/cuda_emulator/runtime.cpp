@@ -194,13 +194,27 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
   std::memcpy(prop->uuid.bytes, "zerolora-emu-gpu", 16);
   prop->uuid.bytes[15] = static_cast<char>('0' + device % 64);
   prop->totalGlobalMem = runtime().device_bytes;
-  prop->major = 9;  // Hopper, what the backend is built for (sm_90)
+  // Hopper, or ZEROLORA_EMULATED_GPU_CAPABILITY ("7.5": a GPU the backend refuses).
+  prop->major = 9;
   prop->minor = 0;
+  if (const char* capability = std::getenv("ZEROLORA_EMULATED_GPU_CAPABILITY"))
+    std::sscanf(capability, "%d.%d", &prop->major, &prop->minor);
   prop->multiProcessorCount = 132;
   prop->maxThreadsPerBlock = 1024;
   prop->maxGridSize[0] = 2147483647;
   prop->maxGridSize[1] = prop->maxGridSize[2] = 65535;
   prop->warpSize = 32;
+  return cudaSuccess;
+}
+
+cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attributes, const void* function) {
+  if (!function) return fail(cudaErrorInvalidValue, "cudaFuncGetAttributes: no function");
+  const char* none = std::getenv("ZEROLORA_EMULATED_NO_KERNEL_IMAGE");
+  if (none && *none && std::string(none) != "0")
+    return fail(cudaErrorNoKernelImageForDevice,
+                "no kernel image is available for execution on the device "
+                "(ZEROLORA_EMULATED_NO_KERNEL_IMAGE)");
+  *attributes = cudaFuncAttributes{1024, 32, 0, 0};
   return cudaSuccess;
 }
 
@@ -240,6 +254,8 @@ const char* cudaGetErrorName(cudaError_t error) {
       return "cudaErrorInvalidDevice";
     case cudaErrorNoDevice:
       return "cudaErrorNoDevice";
+    case cudaErrorNoKernelImageForDevice:
+      return "cudaErrorNoKernelImageForDevice";
     case cudaErrorInvalidResourceHandle:
       return "cudaErrorInvalidResourceHandle";
     case cudaErrorNotReady:

@@ -51,6 +51,7 @@ enum cudaError {
   cudaErrorInvalidConfiguration = 9,
   cudaErrorInvalidDevice = 101,
   cudaErrorNoDevice = 100,
+  cudaErrorNoKernelImageForDevice = 209,
   cudaErrorInvalidResourceHandle = 400,
   cudaErrorNotReady = 600,
   cudaErrorIllegalAddress = 700,
@@ -87,6 +88,12 @@ struct cudaDeviceProp {
   int warpSize;
 };
 
+struct cudaFuncAttributes {
+  int maxThreadsPerBlock;
+  int numRegs;
+  std::size_t sharedSizeBytes, localSizeBytes;
+};
+
 struct dim3 {
   unsigned x, y, z;
   constexpr dim3(unsigned vx = 1, unsigned vy = 1, unsigned vz = 1) : x(vx), y(vy), z(vz) {}
@@ -102,6 +109,9 @@ cudaError_t cudaGetDeviceCount(int* count);
 cudaError_t cudaSetDevice(int device);
 cudaError_t cudaGetDevice(int* device);
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device);
+// Succeeds (the emulated kernels run on any emulated GPU) unless ZEROLORA_EMULATED_NO_KERNEL_IMAGE
+// is set: a build without code for the GPU's compute capability, as a real one says.
+cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attributes, const void* function);
 cudaError_t cudaMemGetInfo(std::size_t* free, std::size_t* total);
 cudaError_t cudaGetLastError(void);
 cudaError_t cudaPeekAtLastError(void);
@@ -160,6 +170,12 @@ void zl_emu_launch(dim3 grid, dim3 block, std::size_t shared_bytes, cudaStream_t
 int zl_emu_check_kernel_pointer(const void* pointer, int argument);
 // Whether [pointer, pointer + bytes) lies in one device allocation.
 int zl_emu_is_device_range(const void* pointer, std::size_t bytes);
+}
+
+// CUDA's C++ overload, which takes the kernel itself.
+template <class... Params>
+cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attributes, void (*kernel)(Params...)) {
+  return cudaFuncGetAttributes(attributes, reinterpret_cast<const void*>(kernel));
 }
 
 // ---- CUDA C++'s device language, on the host ---------------------------------------------

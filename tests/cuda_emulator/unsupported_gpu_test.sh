@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# `zerolora train --device cuda` on a GPU the backend cannot train on ends at once, exit code 1,
+# naming the GPU and why, with nothing written: a compute capability below 8.0
+# (ZEROLORA_EMULATED_GPU_CAPABILITY=7.5, a Turing GPU), or a build with no kernels for the GPU's
+# capability (ZEROLORA_EMULATED_NO_KERNEL_IMAGE=1, as CUDA reports it), saying how to rebuild.
+# An Ada GPU (8.6) trains; a CPU run names the unfit GPU instead of offering it.
+# Usage: unsupported_gpu_test.sh ZEROLORA_EMULATED DEMO_DIR
+set -uo pipefail
+emulated="$1" demo="$2"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+fail() { cat "$work/$1.log"; echo "FAIL: $2"; exit 1; }
+run() {  # run NAME DEVICE [ENV...]: the run's exit code in $rc, its output in NAME.log
+  local name="$1" device="$2"
+  shift 2
+  env "$@" "$emulated" train --device "$device" --model_name_or_path "$demo/stories260K-hf" \
+    --train_file "$demo/instructions.json" --output_dir "$work/$name" --max_steps 1 \
+    --max_seq_length 128 --save_strategy no --peak_tflops 1 > "$work/$name.log" 2>&1
+  rc=$?
+}
+refused() {  # refused NAME TEXT...: exit code 1, each TEXT in the message, no output folder
+  local name="$1"
+  shift
+  [ "$rc" = 1 ] || fail "$name" "exit code $rc, not 1"
+  for text in "$@"; do grep -qF -- "$text" "$work/$name.log" || fail "$name" "no '$text'"; done
+  [ ! -e "$work/$name" ] || fail "$name" "the refused run wrote $work/$name"
+}
+run turing cuda ZEROLORA_EMULATED_GPU_CAPABILITY=7.5
+refused turing "--device cuda:0 (" "compute capability 7.5" "needs 8.0 or newer"
+run no_image cuda ZEROLORA_EMULATED_NO_KERNEL_IMAGE=1
+refused no_image "no kernels for its compute capability 9.0" "-DCMAKE_CUDA_ARCHITECTURES=90" \
+  "cudaErrorNoKernelImageForDevice"
+run ada cuda ZEROLORA_EMULATED_GPU_CAPABILITY=8.6
+[ "$rc" = 0 ] && [ -s "$work/ada/adapter_model.safetensors" ] || fail ada "an 8.6 GPU did not train"
+run cpu_beside_turing cpu ZEROLORA_EMULATED_GPU_CAPABILITY=7.5
+[ "$rc" = 0 ] || fail cpu_beside_turing "the CPU run failed beside an unfit GPU"
+grep -qF "device: the CPU (cuda:0 cannot: compute capability 7.5" "$work/cpu_beside_turing.log" ||
+  fail cpu_beside_turing "the CPU run does not name the unfit GPU"
+! grep -qF -- "--device cuda trains there" "$work/cpu_beside_turing.log" ||
+  fail cpu_beside_turing "the CPU run offers a GPU that cannot train"
+echo "PASS: GPUs below 8.0 and builds without their kernels refused, named; 8.6 trains"
