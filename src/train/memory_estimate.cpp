@@ -487,10 +487,11 @@ void add_gpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& 
     e.items.push_back({"attention (reference kernel: row sums, segment index)",
                        4.0 * M * d.heads + p.both([](const Dims& x) { return 4.0 * x.M; })});
   }
-  // The head's buffers: both passes'.
+  // The head's buffers, both passes': a chunk's logits, rows, normed rows and their gradient,
+  // norm statistics (fp32) and per-row losses (fp64); the batch's row ids and targets (int32).
   e.items.push_back({"fused lm_head + loss (logits chunk, rows)", p.both([&](const Dims& x) {
                        return 4.0 * head_chunk(x) * V + 4.0 * 3 * head_chunk(x) * D +
-                              4.0 * head_chunk(x) + 8.0 * x.M;
+                              (4.0 + 8.0) * head_chunk(x) + 8.0 * x.M;
                      })});
   // The batch's tokens follow M, the RoPE tables the longest sequence: buffers of their own.
   const double batch = p.both([](const Dims& x) { return 16.0 * x.M; });
