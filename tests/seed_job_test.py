@@ -7,7 +7,8 @@ figures it rests on.
 - The H200 run of 2026-12-04 (a 4-layer stack at 22,624 tokens/s, no once-per-step figure)
   projected 44.7 minutes (BENCHMARKS.md).
 - The stack's once-per-step work counts once; each part's layers at its own stack's rate; a
-  layer faster than its gathers takes the gathers' time; the parts must cover the 80 layers.
+  layer faster than its gathers takes the gathers' time; the parts must cover the 80 layers and
+  name bench outputs with a rate (exit 2, never the 1 of a projection over the target).
 - Exit 0 under 30 minutes, 1 at or over; the projection appended to --results.
 """
 import importlib.util
@@ -88,6 +89,10 @@ with tempfile.TemporaryDirectory() as folder:
           f"(rc {rc}, {out.get('seed_job_projected_minutes')} minutes)")
 
     rc, _, _, text = run("seed_job", f"60:{timed}")
-    check(rc not in (0, 1) and "not 80" in text, f"parts short of 80 layers refused (rc {rc})")
+    check(rc == 2 and "not 80" in text, f"parts short of 80 layers refused (rc {rc})")
+    no_rate = bench("no_rate.txt", recompute="full")
+    rc, _, _, text = run("seed_job", f"80:{no_rate}")
+    check(rc == 2 and "seq2048_tokens_per_s" in text,
+          f"a bench output without tokens/s refused, not taken for over 30 minutes (rc {rc})")
 
 sys.exit(1 if failures else 0)

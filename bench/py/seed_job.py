@@ -21,7 +21,8 @@ busbw; 450 GB/s per direction): only what exceeds the layer's compute adds (pref
 overlaps one layer).
 
 Prints key=value lines, appends the projection to --results, and exits 1 where it is not under
-30 minutes (the target), 0 where it is, 2 on a usage error (parts not covering the 80 layers).
+30 minutes (the target), 0 where it is, 2 where the parts are not COUNT:BENCH with bench outputs
+holding tokens/s, or do not cover the 80 layers.
 """
 import argparse
 import sys
@@ -74,13 +75,17 @@ def main():
     args = parser.parse_args()
     parts = []
     for part in args.parts:
-        count, bench = part.split(":", 1)
-        kv = read_bench(bench)
+        count, _, bench = part.partition(":")
+        try:
+            kv = read_bench(bench)
+            parts.append((int(count), stack_step_seconds(float(kv["seq2048_tokens_per_s"])),
+                          float(kv.get("seq2048_once_per_step_s", 0.0))))
+        except (OSError, KeyError, ValueError) as e:
+            parser.error(f"{part}: not COUNT:BENCH with a bench output holding "
+                         f"seq2048_tokens_per_s ({type(e).__name__}: {e})")
         if "seq2048_once_per_step_s" not in kv:
             print(f"{bench} has no once_per_step_s: its once-per-step work (lm_head) counted in "
                   f"each of the {MODEL_LAYERS // STACK_LAYERS} stacks (errs high)")
-        parts.append((int(count), stack_step_seconds(float(kv["seq2048_tokens_per_s"])),
-                      float(kv.get("seq2048_once_per_step_s", 0.0))))
         print(f"{args.name}_layer_seconds_{kv.get('recompute', '?')}="
               f"{layer_seconds(*parts[-1][1:]):.3f} ({count} layers)")
     if sum(count for count, _, _ in parts) != MODEL_LAYERS:

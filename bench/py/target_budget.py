@@ -115,7 +115,8 @@ def main():
 
     # The seed's job projected as seed_job.py does for gpu-check.sh: 80 layers from the stack's
     # step less its once-per-step work (embedding, final norm, lm_head, loss), plus that work
-    # once. The runs of 2026-12-04 did not time it apart: their projection takes 20 lm_heads,
+    # once, each layer's ZeRO-3 gathers where they exceed its compute (at the measured rates they
+    # do not). The runs of 2026-12-04 did not time it apart: their projection takes 20 lm_heads,
     # about 5% of the GEMM time too much.
     stack_step = seed_job.stack_step_seconds(kv["layers70b_seq2048_tokens_per_s"])
     once = kv.get("layers70b_seq2048_once_per_step_s", 0.0)

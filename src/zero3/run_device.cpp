@@ -23,20 +23,25 @@ RunDevice open_run_device(const std::string& spec, DdpBackend backend, Communica
     if (comm.rank() == 0)
       if (const int visible = cuda::visible_gpus(); visible > 0) {
         std::string unfit;
-        int fit = 0;
+        int fit = 0, first_fit = -1;
         for (int ordinal = 0; ordinal < visible; ++ordinal) {
           const std::string why = cuda::gpu_shortfall(ordinal);
-          if (why.empty())
-            ++fit;
-          else if (unfit.empty())
+          if (why.empty()) {
+            if (fit++ == 0) first_fit = ordinal;
+          } else if (unfit.empty()) {
             unfit = "cuda:" + std::to_string(ordinal) + " cannot: " + why;
+          }
         }
-        if (fit > 0)
-          run.note = "device: the CPU, though " + std::to_string(fit) +
-                     (fit == 1 ? " GPU is" : " GPUs are") + " visible: --device cuda trains there" +
-                     (unfit.empty() ? "" : " (" + unfit + ")");
-        else
+        // Where some GPU is unfit, name a fit one: --device cuda would take cuda:0.
+        if (fit == 0) {
           run.note = "device: the CPU (" + unfit + ")";
+        } else {
+          std::string device = "--device cuda";
+          if (!unfit.empty()) device.append(1, ':').append(std::to_string(first_fit));
+          run.note = "device: the CPU, though " + std::to_string(fit) +
+                     (fit == 1 ? " GPU is" : " GPUs are") + " visible: " + device + " trains there";
+          if (!unfit.empty()) run.note += " (" + unfit + ")";
+        }
       }
 #endif
     return run;

@@ -194,11 +194,15 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
   std::memcpy(prop->uuid.bytes, "zerolora-emu-gpu", 16);
   prop->uuid.bytes[15] = static_cast<char>('0' + device % 64);
   prop->totalGlobalMem = runtime().device_bytes;
-  // Hopper, or ZEROLORA_EMULATED_GPU_CAPABILITY ("7.5": a GPU the backend refuses).
+  // Hopper, or ZEROLORA_EMULATED_GPU_CAPABILITY ("7.5": a GPU the backend refuses; "7.5,9.0":
+  // GPU i takes the list's entry i, the last one those beyond it).
   prop->major = 9;
   prop->minor = 0;
-  if (const char* capability = std::getenv("ZEROLORA_EMULATED_GPU_CAPABILITY"))
+  if (const char* capability = std::getenv("ZEROLORA_EMULATED_GPU_CAPABILITY")) {
+    for (int i = 0; i < device; ++i)
+      if (const char* next = std::strchr(capability, ',')) capability = next + 1;
     std::sscanf(capability, "%d.%d", &prop->major, &prop->minor);
+  }
   prop->multiProcessorCount = 132;
   prop->maxThreadsPerBlock = 1024;
   prop->maxGridSize[0] = 2147483647;
@@ -210,6 +214,10 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
 cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attributes, const void* function) {
   if (!function) return fail(cudaErrorInvalidValue, "cudaFuncGetAttributes: no function");
   const char* none = std::getenv("ZEROLORA_EMULATED_NO_KERNEL_IMAGE");
+  if (none && std::string(none) == "ptx")  // only PTX, which the driver is too old to compile
+    return fail(cudaErrorUnsupportedPtxVersion,
+                "the provided PTX was compiled with an unsupported toolchain "
+                "(ZEROLORA_EMULATED_NO_KERNEL_IMAGE=ptx)");
   if (none && *none && std::string(none) != "0")
     return fail(cudaErrorNoKernelImageForDevice,
                 "no kernel image is available for execution on the device "
@@ -254,8 +262,16 @@ const char* cudaGetErrorName(cudaError_t error) {
       return "cudaErrorInvalidDevice";
     case cudaErrorNoDevice:
       return "cudaErrorNoDevice";
+    case cudaErrorInvalidDeviceFunction:
+      return "cudaErrorInvalidDeviceFunction";
     case cudaErrorNoKernelImageForDevice:
       return "cudaErrorNoKernelImageForDevice";
+    case cudaErrorInvalidPtx:
+      return "cudaErrorInvalidPtx";
+    case cudaErrorJitCompilerNotFound:
+      return "cudaErrorJitCompilerNotFound";
+    case cudaErrorUnsupportedPtxVersion:
+      return "cudaErrorUnsupportedPtxVersion";
     case cudaErrorInvalidResourceHandle:
       return "cudaErrorInvalidResourceHandle";
     case cudaErrorNotReady:
