@@ -15,9 +15,11 @@ namespace {
 class CommandLine {
  public:
   CommandLine()
-      : app_("zerolora: LoRA fine-tuning of Llama-family models on CPU, ZeRO-3 sharded over MPI") {
+      : app_(
+            "zerolora: LoRA fine-tuning of Llama-family models on CPUs and NVIDIA GPUs, ZeRO-3 "
+            "sharded over MPI or NCCL") {
     app_.require_subcommand(1);
-    app_.set_version_flag("--version", "zerolora 0.1.0");
+    app_.set_version_flag("--version", "zerolora " ZEROLORA_VERSION);
     add(add_inspect);
     add(add_generate);
     add([this](CLI::App& a) { return add_train(a, rewrite_train_); });
@@ -26,6 +28,7 @@ class CommandLine {
     add(add_forward);
     add(add_estimate_memory);
     add(add_tokenize);
+    add(add_env);
   }
 
   // Throws CLI::ParseError, or a typed error for a Hugging Face flag that cannot be honoured.

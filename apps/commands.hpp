@@ -24,5 +24,6 @@ Command add_merge(CLI::App& app);
 Command add_forward(CLI::App& app);
 Command add_estimate_memory(CLI::App& app);
 Command add_tokenize(CLI::App& app);
+Command add_env(CLI::App& app);
 
 }  // namespace zerolora::cli

@@ -179,6 +179,10 @@ check "generate --template chat: the question through the chat template, only th
 "$bin" tokenize --tokenizer "$model" --text "Once upon a time" > "$work/tok.json"
 grep -q '"ids":\[403,407,261,378\]' "$work/tok.json" && grep -q '"decoded":"Once upon a time"' "$work/tok.json"
 check "tokenize: ids and the decode back" $?
+"$bin" env > "$work/env.txt"
+[ $? -eq 0 ] && grep -q "^zerolora: *[0-9]" "$work/env.txt" && grep -q "^oneDNN: *[0-9]" "$work/env.txt" &&
+  grep -q "^cpu bf16 matmul: *\(yes\|no: \)" "$work/env.txt" && grep -q "^cuda backend: " "$work/env.txt"
+check "env: the version, oneDNN's, bf16 on this CPU and the CUDA backend, exit 0" $?
 
 mkdir -p "$work/taken" && echo keep > "$work/taken/README.txt"
 "$bin" merge --model "$model" --adapter "$work/run" --output_dir "$work/taken" > /dev/null 2> "$work/err.txt"

@@ -6,6 +6,11 @@
 
 #include "core/error.hpp"
 #include "cuda/cuda_ops.hpp"
+#include "cuda/gemm.hpp"
+#include "cuda/nccl_communicator.hpp"
+#ifdef ZEROLORA_CUDNN
+#include "cuda/cudnn_attention.hpp"
+#endif
 
 namespace zerolora::cuda {
 namespace {
@@ -48,13 +53,45 @@ std::string gpu_shortfall(const cudaDeviceProp& props) {
          ": the CUDA backend needs 8.0 or newer (Ampere, Ada, Hopper or later)";
 }
 
-std::string gpu_shortfall(int ordinal) {
+std::string dotted_version(std::size_t version) {
+  return std::to_string(version / 10000) + "." + std::to_string(version / 100 % 100) + "." +
+         std::to_string(version % 100);
+}
+
+GpuSummary gpu_summary(int ordinal) {
   cudaDeviceProp props{};
+  GpuSummary gpu;
   if (const cudaError_t status = cudaGetDeviceProperties(&props, ordinal); status != cudaSuccess) {
     cudaGetLastError();  // not sticky: a CPU run that asks goes on
-    return std::string("cudaGetDeviceProperties failed: ") + cudaGetErrorName(status);
+    gpu.name = "(properties unreadable)";
+    gpu.shortfall = std::string("cudaGetDeviceProperties failed: ") + cudaGetErrorName(status);
+    return gpu;
   }
-  return gpu_shortfall(props);
+  gpu.name = props.name;
+  gpu.major = props.major;
+  gpu.minor = props.minor;
+  gpu.memory_bytes = static_cast<double>(props.totalGlobalMem);
+  gpu.shortfall = gpu_shortfall(props);
+  return gpu;
+}
+
+std::vector<LibraryStatus> cuda_libraries() {
+  std::vector<LibraryStatus> libraries(3);
+  libraries[0].name = "cuBLASLt";
+  libraries[0].loads = cublaslt_loadable(&libraries[0].version_or_why);
+  libraries[1].name = "cuDNN";
+#ifdef ZEROLORA_CUDNN
+  libraries[1].loads = cudnn_loadable(&libraries[1].version_or_why);
+#else
+  libraries[1].version_or_why = "not used by this build (no cuDNN frontend headers at build time)";
+#endif
+  libraries[2].name = "NCCL";
+  libraries[2].loads = nccl_loadable(&libraries[2].version_or_why);
+  return libraries;
+}
+
+std::string cuda_build() {
+  return cuda_build_summary();
 }
 
 CudaDevice::CudaDevice(int ordinal) : ordinal_(ordinal) {

@@ -7,6 +7,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "core/caching_allocator.hpp"
 #include "core/device.hpp"
@@ -66,8 +67,29 @@ int visible_gpus(std::string* why_none = nullptr);
 // later; the build holds no code for older GPUs).
 std::string gpu_shortfall(const cudaDeviceProp& props);
 
-// gpu_shortfall of visible GPU `ordinal`, from its properties alone (no CUDA context made; a GPU
-// whose properties cannot be read falls short, and nothing is thrown).
-std::string gpu_shortfall(int ordinal);
+// A library version number major * 10000 + minor * 100 + patch (cuBLASLt's, cuDNN's) as text.
+std::string dotted_version(std::size_t version);
+
+// Visible GPU `ordinal` from its properties alone (no CUDA context made; a GPU whose properties
+// cannot be read falls short, and nothing is thrown).
+struct GpuSummary {
+  std::string name;
+  int major = 0, minor = 0;
+  double memory_bytes = 0;
+  std::string shortfall;  // gpu_shortfall: "" where it can train
+};
+GpuSummary gpu_summary(int ordinal);
+
+// A library the CUDA backend loads at run time: whether it loads here, and its version or why
+// not.
+struct LibraryStatus {
+  std::string name;
+  bool loads = false;
+  std::string version_or_why;
+};
+// cuBLASLt, cuDNN (builds with its fused attention) and NCCL.
+std::vector<LibraryStatus> cuda_libraries();
+// What this backend was built with: CMAKE_CUDA_ARCHITECTURES, cuDNN's attention or not.
+std::string cuda_build();
 
 }  // namespace zerolora::cuda

@@ -20,6 +20,8 @@ using Bf16Bits = std::uint16_t;
 // are), or "" where it can: no code in it for the GPU's compute capability. Creates the GPU's
 // CUDA context.
 std::string missing_kernel_image(const cudaDeviceProp& props);
+// kernel_image.cu: what this backend was built with (CMAKE_CUDA_ARCHITECTURES, cuDNN or not).
+std::string cuda_build_summary();
 
 // Throws DeviceError when the last launch (or an earlier asynchronous error) failed.
 void check_launch(const char* kernel, Index rows, Index cols);

@@ -28,6 +28,7 @@ void* cudnn_dlhandle = dlopen("libcudnn.so." ZL_STRINGIFY(CUDNN_MAJOR), RTLD_NOW
 #include <cudnn_frontend.h>
 
 #include "core/error.hpp"
+#include "cuda/cuda_device.hpp"
 
 namespace zerolora::cuda {
 
@@ -68,6 +69,29 @@ void load_cudnn() {
     throw DeviceError("cannot load " + name + " (" + dlerror() +
                       "): put the CUDA libraries' folders on LD_LIBRARY_PATH");
 }
+
+}  // namespace
+
+bool cudnn_loadable(std::string* version_or_why) {
+  try {
+    load_cudnn();
+  } catch (const DeviceError& e) {
+    *version_or_why = e.what();
+    return false;
+  }
+  using GetVersion = std::size_t (*)();
+  const auto get_version =
+      reinterpret_cast<GetVersion>(dlsym(fe::cudnn_dlhandle, "cudnnGetVersion"));
+  if (!get_version) {
+    *version_or_why = "libcudnn.so." + std::to_string(CUDNN_MAJOR) + " has no cudnnGetVersion";
+    return false;
+  }
+  *version_or_why =
+      dotted_version(get_version()) + " (libcudnn.so." + std::to_string(CUDNN_MAJOR) + ")";
+  return true;
+}
+
+namespace {
 
 Index round_up(Index value, Index multiple) {
   return (value + multiple - 1) / multiple * multiple;

@@ -83,6 +83,9 @@ struct SdpaGeometry {
 SdpaGeometry sdpa_geometry(const std::vector<SdpaCall>& calls, const std::vector<Segment>& segments,
                            Index M);
 
+// Whether cuDNN (libcudnn.so.<major>) loads here: its version, or why not.
+bool cudnn_loadable(std::string* version_or_why);
+
 // What cuDNN's fused attention takes here: head_dim a multiple of 8, at most 256 (Hopper).
 bool cudnn_attention_supports(const AttentionShape& shape);
 

@@ -157,6 +157,23 @@ struct LtGemm::Plan {
   }
 };
 
+bool cublaslt_loadable(std::string* version_or_why) {
+  const std::string name = "libcublasLt.so." + std::to_string(CUBLAS_VER_MAJOR);
+  void* library = dlopen(name.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (!library) {
+    *version_or_why = "cannot load " + name + " (" + dlerror() +
+                      "): put the CUDA libraries' folder on LD_LIBRARY_PATH";
+    return false;
+  }
+  using GetVersion = std::size_t (*)();
+  const auto get_version = reinterpret_cast<GetVersion>(dlsym(library, "cublasLtGetVersion"));
+  const bool loads = get_version != nullptr;
+  *version_or_why = loads ? dotted_version(get_version()) + " (" + name + ")"
+                          : name + " has no cublasLtGetVersion";
+  dlclose(library);
+  return loads;
+}
+
 LtGemm::LtGemm(Device& device, cudaStream_t stream, std::size_t max_plans)
     : stream_(stream), max_plans_(max_plans), api_(std::make_unique<Api>()) {
   cublasLtHandle_t handle = nullptr;

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <string>
 #include <tuple>
 
 #include "core/bf16.hpp"
@@ -41,6 +42,9 @@ GemmKey gemm_key(const void* a, Index a_rows, Index a_cols, Index a_rs, Index a_
                  Index b_rows, Index b_cols, Index b_rs, Index b_cs, const void* c, Index c_rows,
                  Index c_cols, Index c_rs, Index c_cs, int in_type, std::size_t element_bytes,
                  bool accumulate);
+
+// Whether cuBLASLt (libcublasLt.so.<major>) loads here: its version, or why not.
+bool cublaslt_loadable(std::string* version_or_why);
 
 // Largest power of two <= 256 that divides the address.
 int pointer_alignment(const void* pointer);

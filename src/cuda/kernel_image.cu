@@ -45,4 +45,13 @@ std::string missing_kernel_image(const cudaDeviceProp& props) {
   }
 }
 
+std::string cuda_build_summary() {
+#ifdef ZEROLORA_CUDNN
+  const char* attention = "cuDNN fused attention";
+#else
+  const char* attention = "own attention kernel only (built without cuDNN's frontend headers)";
+#endif
+  return std::string("architectures ") + ZEROLORA_CUDA_ARCHITECTURES + "; " + attention;
+}
+
 }  // namespace zerolora::cuda

@@ -265,6 +265,11 @@ void matmul(Runtime& rt, Mat<const In> a, Mat<const In> b, Mat<Out> c, double al
   }
 }
 
+std::string onednn_version() {
+  const dnnl_version_t* v = dnnl_version();
+  return std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->patch);
+}
+
 void require_bf16_matmul(Runtime& rt) {
   using dims = dnnl::memory::dims;
   const dnnl::memory::desc a(dims{64, 64}, dnnl::memory::data_type::bf16, dims{64, 1});

@@ -9,6 +9,8 @@
 // scratchpad, and oneDNN then runs single-threaded.
 #pragma once
 
+#include <string>
+
 #include "core/bf16.hpp"
 #include "core/runtime.hpp"
 #include "ops/matrix.hpp"
@@ -22,5 +24,8 @@ void matmul(Runtime& rt, Mat<const In> a, Mat<const In> b, Mat<Out> c, double al
 // Throws UnsupportedError, saying what to do instead, when this CPU has no bf16 matmul in
 // oneDNN (oneDNN 2.x implements it with AVX-512 only): a bf16 run checks before it starts.
 void require_bf16_matmul(Runtime& rt);
+
+// oneDNN's version as loaded ("2.6.3").
+std::string onednn_version();
 
 }  // namespace zerolora

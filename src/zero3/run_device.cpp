@@ -25,7 +25,7 @@ RunDevice open_run_device(const std::string& spec, DdpBackend backend, Communica
         std::string unfit;
         int fit = 0, first_fit = -1;
         for (int ordinal = 0; ordinal < visible; ++ordinal) {
-          const std::string why = cuda::gpu_shortfall(ordinal);
+          const std::string why = cuda::gpu_summary(ordinal).shortfall;
           if (why.empty()) {
             if (fit++ == 0) first_fit = ordinal;
           } else if (unfit.empty()) {

@@ -134,6 +134,10 @@ void multiply(const Desc& desc, const void* a, const Layout& la, const void* b, 
 
 extern "C" {
 
+std::size_t cublasLtGetVersion(void) {
+  return CUBLAS_VER_MAJOR * 10000;
+}
+
 cublasStatus_t cublasLtCreate(cublasLtHandle_t* handle) {
   static int token;
   *handle = reinterpret_cast<cublasLtHandle_t>(&token);

@@ -5,7 +5,7 @@
 # capability (ZEROLORA_EMULATED_NO_KERNEL_IMAGE=1, as CUDA reports it), saying how to rebuild, or
 # only PTX the driver cannot compile (=ptx), saying to update the driver.
 # An Ada GPU (8.6) trains; a CPU run names the unfit GPU instead of offering it, and offers a fit
-# one beside it by its number.
+# one beside it by its number; `zerolora env` reports each GPU's fitness and the libraries.
 # Usage: unsupported_gpu_test.sh ZEROLORA_EMULATED DEMO_DIR
 set -uo pipefail
 emulated="$1" demo="$2"
@@ -49,4 +49,15 @@ run cpu_beside_both cpu ZEROLORA_EMULATED_GPUS=2 ZEROLORA_EMULATED_GPU_CAPABILIT
 [ "$rc" = 0 ] || fail cpu_beside_both "the CPU run failed beside two GPUs"
 grep -qF "though 1 GPU is visible: --device cuda:1 trains there (cuda:0 cannot: compute capability 7.5" \
   "$work/cpu_beside_both.log" || fail cpu_beside_both "the fit GPU not offered by its number"
-echo "PASS: GPUs below 8.0 and builds without their kernels refused, named; 8.6 trains"
+# `zerolora env` names each GPU, its capability and whether it trains, and the libraries.
+ZEROLORA_EMULATED_GPUS=2 ZEROLORA_EMULATED_GPU_CAPABILITY=7.5,9.0 "$emulated" env > "$work/env.log" 2>&1
+rc=$?
+[ "$rc" = 0 ] || fail env "env exited $rc"
+for text in "gpu cuda:0: " "compute capability 7.5, 16.0 GiB: cannot train here: compute capability 7.5" \
+  "--device cuda:1 trains here" "cuBLASLt:        13.0.0 (libcublasLt.so.13)" "NCCL:            2." \
+  "cuDNN:           no: not used by this build" "cuda backend:    architectures "; do
+  grep -qF -- "$text" "$work/env.log" || fail env "env: no '$text'"
+done
+CUDA_VISIBLE_DEVICES= "$emulated" env > "$work/env_hidden.log" 2>&1 || fail env_hidden "env failed"
+grep -qF "gpus:            no CUDA device" "$work/env_hidden.log" || fail env_hidden "env: no GPU, not said"
+echo "PASS: GPUs below 8.0 and builds without their kernels refused, named; 8.6 trains; env reports them"

@@ -78,6 +78,8 @@ typedef struct {
 } cublasLtMatmulHeuristicResult_t;
 
 extern "C" {
+// The emulator's version: CUBLAS_VER_MAJOR.0.0 (major * 10000 + minor * 100 + patch).
+std::size_t cublasLtGetVersion(void);
 cublasStatus_t cublasLtCreate(cublasLtHandle_t* handle);
 cublasStatus_t cublasLtDestroy(cublasLtHandle_t handle);
 const char* cublasLtGetStatusString(cublasStatus_t status);
