@@ -15,6 +15,7 @@
 #include "ops/matmul.hpp"
 #ifdef ZEROLORA_CUDA
 #include "cuda/cuda_device.hpp"
+#include "cuda/cuda_ops.hpp"
 #endif
 
 namespace zerolora::cli {
@@ -36,7 +37,9 @@ std::string cpu_model() {
   for (std::string text; std::getline(cpuinfo, text);)
     if (text.rfind("model name", 0) == 0) {
       const auto colon = text.find(':');
-      if (colon != std::string::npos) return text.substr(text.find_first_not_of(' ', colon + 1));
+      const auto start =
+          colon == std::string::npos ? colon : text.find_first_not_of(' ', colon + 1);
+      return start == std::string::npos ? "" : text.substr(start);
     }
   return "";
 }
@@ -67,7 +70,7 @@ void report_cpu() {
 
 void report_gpus() {
 #ifdef ZEROLORA_CUDA
-  line("cuda backend", cuda::cuda_build());
+  line("cuda backend", cuda::cuda_build_summary());
   std::string why_none;
   const int visible = cuda::visible_gpus(&why_none);
   if (visible == 0) line("gpus", why_none);
@@ -89,11 +92,10 @@ void report_gpus() {
 }  // namespace
 
 Command add_env(CLI::App& app) {
-  CLI::App* sub = app.add_subcommand(
+  app.add_subcommand(
       "env",
       "What this zerolora was built with and finds here: CPU, memory, each GPU and "
       "whether --device cuda trains on it, the CUDA libraries it loads (for bug reports)");
-  (void)sub;
   return [] {
     line("zerolora", ZEROLORA_VERSION);
     report_cpu();

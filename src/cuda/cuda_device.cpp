@@ -90,10 +90,6 @@ std::vector<LibraryStatus> cuda_libraries() {
   return libraries;
 }
 
-std::string cuda_build() {
-  return cuda_build_summary();
-}
-
 CudaDevice::CudaDevice(int ordinal) : ordinal_(ordinal) {
   std::string why;
   const int count = visible_gpus(&why);

@@ -89,7 +89,5 @@ struct LibraryStatus {
 };
 // cuBLASLt, cuDNN (builds with its fused attention) and NCCL.
 std::vector<LibraryStatus> cuda_libraries();
-// What this backend was built with: CMAKE_CUDA_ARCHITECTURES, cuDNN's attention or not.
-std::string cuda_build();
 
 }  // namespace zerolora::cuda
