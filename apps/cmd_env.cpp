@@ -25,12 +25,6 @@ void line(const std::string& key, const std::string& value) {
   std::printf("%-16s %s\n", (key + ":").c_str(), value.c_str());
 }
 
-std::string gib(double bytes) {
-  char text[32];
-  std::snprintf(text, sizeof text, "%.1f GiB", bytes / (1024.0 * 1024.0 * 1024.0));
-  return text;
-}
-
 // /proc/cpuinfo's first "model name", or "" where there is none.
 std::string cpu_model() {
   std::ifstream cpuinfo("/proc/cpuinfo");
@@ -63,7 +57,7 @@ void report_cpu() {
   line("cpu bf16 matmul", bf16);
   line("oneDNN", onednn_version());
   if (const auto memory = available_memory())
-    line("memory", gib(memory->bytes) + " available (" + memory->source + ")");
+    line("memory", human_bytes(memory->bytes) + " available (" + memory->source + ")");
   else
     line("memory", "unknown (neither /proc/meminfo nor the cgroup's limit could be read)");
 }
@@ -78,7 +72,7 @@ void report_gpus() {
     const cuda::GpuSummary gpu = cuda::gpu_summary(ordinal);
     line("gpu cuda:" + std::to_string(ordinal),
          gpu.name + ", compute capability " + std::to_string(gpu.major) + "." +
-             std::to_string(gpu.minor) + ", " + gib(gpu.memory_bytes) + ": " +
+             std::to_string(gpu.minor) + ", " + human_bytes(gpu.memory_bytes) + ": " +
              (gpu.shortfall.empty() ? "--device cuda:" + std::to_string(ordinal) + " trains here"
                                     : "cannot train here: " + gpu.shortfall));
   }

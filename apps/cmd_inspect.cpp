@@ -13,7 +13,6 @@
 #include "io/json_file.hpp"
 
 namespace zerolora::cli {
-namespace {
 
 std::string human_bytes(double bytes) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
@@ -26,6 +25,8 @@ std::string human_bytes(double bytes) {
   std::snprintf(text, sizeof(text), u ? "%.1f %s" : "%.0f %s", bytes, units[u]);
   return text;
 }
+
+namespace {
 
 void print_tensors(const std::vector<const SafetensorsFile*>& files) {
   std::size_t count = 0;

@@ -26,4 +26,8 @@ Command add_estimate_memory(CLI::App& app);
 Command add_tokenize(CLI::App& app);
 Command add_env(CLI::App& app);
 
+// A byte count in the largest binary unit that keeps it at least 1: "512 B", "1.5 GiB"
+// (cmd_inspect.cpp; `inspect` and `env` print sizes with it).
+std::string human_bytes(double bytes);
+
 }  // namespace zerolora::cli

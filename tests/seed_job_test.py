@@ -11,24 +11,16 @@ figures it rests on.
   name bench outputs with a rate (exit 2, never the 1 of a projection over the target).
 - Exit 0 under 30 minutes, 1 at or over; the projection appended to --results.
 """
-import importlib.util
 import os
 import subprocess
 import sys
 import tempfile
 
+from script_checks import Checks, load
+
 tool = sys.argv[1]
-spec = importlib.util.spec_from_file_location("seed_job", tool)
-seed_job = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(seed_job)
-failures = []
-
-
-def check(ok, what):
-    print(("ok   " if ok else "FAIL ") + what)
-    if not ok:
-        failures.append(what)
-
+seed_job = load(tool, "seed_job")
+check = Checks()
 
 check(seed_job.STEPS == 148, f"148 steps ({seed_job.STEPS})")
 check(abs(seed_job.GATHER_SECONDS_PER_LAYER - 2 * 1.71e9 * 7 / 8 / 360e9) < 1e-12,
@@ -95,4 +87,4 @@ with tempfile.TemporaryDirectory() as folder:
     check(rc == 2 and "seq2048_tokens_per_s" in text,
           f"a bench output without tokens/s refused, not taken for over 30 minutes (rc {rc})")
 
-sys.exit(1 if failures else 0)
+check.exit()

@@ -11,25 +11,16 @@
 - A results.txt with that run's figures gives its default output; one lacking a figure skips
   (exit 77), never mixing one run's figures with another's.
 """
-import importlib.util
 import os
 import subprocess
 import sys
 import tempfile
 
+from script_checks import Checks, load
+
 tool = sys.argv[1]
-sys.path.insert(0, os.path.dirname(os.path.abspath(tool)))  # its seed_job module
-spec = importlib.util.spec_from_file_location("target_budget", tool)
-budget = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(budget)
-failures = []
-
-
-def check(ok, what):
-    print(("ok   " if ok else "FAIL ") + what)
-    if not ok:
-        failures.append(what)
-
+budget = load(tool, "target_budget")
+check = Checks()
 
 def run(*args):
     done = subprocess.run([sys.executable, tool, *args], capture_output=True, text=True)
@@ -83,4 +74,4 @@ with tempfile.TemporaryDirectory() as folder:
     rc, _, err = run("--results", results)
     check(rc == 77 and "torch_7b_tokens_per_s" in err, f"a missing figure skips, named (rc {rc})")
 
-sys.exit(1 if failures else 0)
+check.exit()

@@ -44,15 +44,20 @@ def layer_seconds(stack_step_s, once_per_step_s):
     return (stack_step_s - once_per_step_s) / STACK_LAYERS
 
 
+def once_per_step_seconds(parts):
+    """The once-per-step work of parts of (layer count, stack step seconds, once-per-step
+    seconds): their mean, each stack run having timed the same work."""
+    return sum(once for _, _, once in parts) / len(parts)
+
+
 def step_seconds(parts):
     """The 80-layer step from parts of (layer count, stack step seconds, once-per-step seconds):
-    each part's layers with what their gathers add beyond them, and the once-per-step work once
-    (the parts' mean: each stack run timed the same work)."""
+    each part's layers with what their gathers add beyond them, and the once-per-step work once."""
     step = 0.0
     for count, stack_step_s, once_s in parts:
         layer = layer_seconds(stack_step_s, once_s)
         step += count * (layer + max(0.0, GATHER_SECONDS_PER_LAYER - layer))
-    return step + sum(once for _, _, once in parts) / len(parts)
+    return step + once_per_step_seconds(parts)
 
 
 def minutes(step_s):
@@ -88,9 +93,10 @@ def main():
                   f"each of the {MODEL_LAYERS // STACK_LAYERS} stacks (errs high)")
         print(f"{args.name}_layer_seconds_{kv.get('recompute', '?')}="
               f"{layer_seconds(*parts[-1][1:]):.3f} ({count} layers)")
-    if sum(count for count, _, _ in parts) != MODEL_LAYERS:
-        parser.error(f"the parts' counts sum to {sum(c for c, _, _ in parts)}, not {MODEL_LAYERS}")
-    once_s = sum(once for _, _, once in parts) / len(parts)
+    layers = sum(count for count, _, _ in parts)
+    if layers != MODEL_LAYERS:
+        parser.error(f"the parts' counts sum to {layers}, not {MODEL_LAYERS}")
+    once_s = once_per_step_seconds(parts)
     step_80 = step_seconds(parts)
     projected = minutes(step_80)
     print(f"seed_70b_gather_seconds_per_layer={GATHER_SECONDS_PER_LAYER:.4f}")

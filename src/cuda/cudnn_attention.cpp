@@ -79,16 +79,13 @@ bool cudnn_loadable(std::string* version_or_why) {
     *version_or_why = e.what();
     return false;
   }
+  const std::string name = "libcudnn.so." + std::to_string(CUDNN_MAJOR);
   using GetVersion = std::size_t (*)();
   const auto get_version =
       reinterpret_cast<GetVersion>(dlsym(fe::cudnn_dlhandle, "cudnnGetVersion"));
-  if (!get_version) {
-    *version_or_why = "libcudnn.so." + std::to_string(CUDNN_MAJOR) + " has no cudnnGetVersion";
-    return false;
-  }
-  *version_or_why =
-      dotted_version(get_version()) + " (libcudnn.so." + std::to_string(CUDNN_MAJOR) + ")";
-  return true;
+  *version_or_why = get_version ? dotted_version(get_version()) + " (" + name + ")"
+                                : name + " has no cudnnGetVersion";
+  return get_version != nullptr;
 }
 
 namespace {
