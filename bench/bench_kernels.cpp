@@ -7,7 +7,9 @@
 // LoRA branch runs with dropout off and on: the difference is the mask's hashing.
 // Attention, compute-bound, is reported apart: its forward and backward on segments of --seq
 // tokens (causal), their FLOPs per second, and the time of the attention kernels alone (on a
-// GPU, cuDNN's, without the copies into and out of its bf16 layout, timed as convert).
+// GPU, cuDNN's, without the copies into and out of its bf16 layout, timed as convert); then the
+// same on a GPU for the backend's own attention kernel (`attention_reference_*`: what serves
+// fp32 mode and the shapes cuDNN refuses).
 //   bench_kernels [--device cpu|cuda] [--shape 7b|70b|tiny] [--tokens 8192] [--seq 2048]
 //                 [--repeats 20] [--threads 0] [--ops all|attention]
 // Prints key=value lines (`<op>_us`, `<op>_gbps`, `<op>_of_copy`; attention `_us`, `_tflops`,
@@ -242,15 +244,15 @@ static int bench_main(int argc, char** argv) {
   Profiler& profiler = rt.profiler();
   const std::unique_ptr<DeviceClock> clock = dev.make_clock();
   profiler.set_device_clock(clock.get());
-  auto report_attention = [&](const std::string& name, double flops,
+  auto report_attention = [&](const std::string& name, double flops, int calls_timed,
                               const std::function<void()>& op) {
     profiler.enable(true);
     op();  // warm-up: cuDNN builds its graphs
     dev.synchronize();
-    profiler.reset();                                     // (drops the warm-up's marks)
-    const double s = seconds_per_call(dev, repeats, op);  // (its own warm-up call included)
+    profiler.reset();                                         // (drops the warm-up's marks)
+    const double s = seconds_per_call(dev, calls_timed, op);  // (its own warm-up call included)
     profiler.collect_device();
-    const double calls = repeats + 1.0;
+    const double calls = calls_timed + 1.0;
     const double kernel_s = (clock ? profiler.device_seconds(ProfileCategory::kAttention)
                                    : profiler.seconds(ProfileCategory::kAttention)) /
                             calls;
@@ -260,16 +262,24 @@ static int bench_main(int argc, char** argv) {
     print_kv(name + "_kernel_us", kernel_s * 1e6);
     print_kv(name + "_kernel_tflops", kernel_s > 0 ? flops / kernel_s / 1e12 : 0.0);
   };
-  const AttentionOptions options;
-  report_attention("attention_forward", forward_flops, [&] {
-    k->attention_forward(out.data(), out_rounded.data(), lse.data(), qkv.data(), segments, M,
-                         attention, options);
-  });
-  // The backward takes the forward's output and statistics, as the layer's does.
-  report_attention("attention_backward", 2.5 * forward_flops, [&] {
-    k->attention_backward(d_qkv.data(), d_out.data(), qkv.data(), out.data(), lse.data(), segments,
-                          M, attention, options);
-  });
+  // As the run computes it (on a GPU, cuDNN's where it takes the shape), then on a GPU the
+  // backend's own kernel (fused off: what serves fp32 mode and the shapes cuDNN refuses), over
+  // fewer calls. Each backward takes its forward's output and statistics, as the layer's does.
+  for (const bool fused : {true, false}) {
+    if (!fused && dev.kind() == DeviceKind::kCpu) break;
+    AttentionOptions options;
+    options.fused = fused;
+    const std::string name = fused ? "attention_" : "attention_reference_";
+    const int calls = fused ? repeats : std::min(repeats, 3);
+    report_attention(name + "forward", forward_flops, calls, [&] {
+      k->attention_forward(out.data(), out_rounded.data(), lse.data(), qkv.data(), segments, M,
+                           attention, options);
+    });
+    report_attention(name + "backward", 2.5 * forward_flops, calls, [&] {
+      k->attention_backward(d_qkv.data(), d_out.data(), qkv.data(), out.data(), lse.data(),
+                            segments, M, attention, options);
+    });
+  }
   profiler.set_device_clock(nullptr);  // before the clock goes
   return 0;
 }

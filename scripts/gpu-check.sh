@@ -352,7 +352,9 @@ stage bench_7b 120 bench_7b
 stage torch_7b 120 torch_7b
 
 # Each memory-bound op of the 7B step alone at its shape (8192 tokens), against the GPU's own
-# copy bandwidth: which ops the step's shares above find slow for their bytes.
+# copy bandwidth: which ops the step's shares above find slow for their bytes; then attention's
+# FLOP rates, cuDNN's and the backend's own kernel's (kernels_attention_reference_*: what serves
+# fp32 mode and the shapes cuDNN refuses, tiled since 2026-12-05).
 bench_kernels() {
   "$pack/bin/bench_kernels" --device cuda --shape 7b --tokens 8192 --repeats 20 --threads 16 |
     tee "$work/bench_kernels.txt"
@@ -361,7 +363,7 @@ bench_kernels() {
   return "$rc"
 }
 export -f bench_kernels
-stage bench_kernels 45 bench_kernels
+stage bench_kernels 60 bench_kernels
 
 
 # `zerolora estimate-memory --device cuda` against a benchmark's measured peak GPU memory

@@ -1,8 +1,8 @@
-// Causal grouped-query attention over segments on the device (ops/attention.hpp): the simple
-// kernel of the backend, fp32 arithmetic, exact softmax per row (a pass for its max and sum, a
-// second for the output), no atomics (deterministic). It is the reference the cuDNN fused
-// attention is checked against and the path for what cuDNN refuses (fp32, head sizes it does
-// not take). With round_operands (the bf16 policy) q, k, v, d(out), the probabilities and
+// Causal grouped-query attention over segments on the device (ops/attention.hpp): the backend's
+// own kernels, fp32 arithmetic, exact softmax per row (a pass for its max and sum, a second for
+// the output), no atomics (deterministic). They serve what cuDNN refuses (fp32, head sizes it
+// does not take, a build without cuDNN) and are the reference cuDNN's fused attention is checked
+// against. With round_operands (the bf16 policy) q, k, v, d(out), the probabilities and
 // d(scores) are rounded to bf16 where the CPU rounds its matmul operands.
 //   forward   s_j = scale q.k_j (j <= i, same segment, and i - j < window when there is one),
 //             p_j = exp(s_j - max s) / sum exp(s - max s) (as the CPU), out = sum p_j v_j,
@@ -10,13 +10,19 @@
 //   backward  delta = dO.O;  p = exp(s - lse);  dp = dO.v_j;  ds = p (dp - delta)
 //             dQ = scale sum_j ds k_j;  dK_j = scale sum_i ds q_i;  dV_j = sum_i p dO_i
 //
-// One warp per task: a query row and head (forward, dQ, generation) or a key row and KV head
-// (dK, dV). The task's own vectors (q, or k and v, and d(out)) sit in the warp's shared memory;
-// the rows it meets go 32 at a time, one per lane, each lane computing that row's scores whole,
-// and the lanes then add the 32 rows' contributions to the accumulators, each lane owning the
-// head dimensions lane, lane + 32, ... (registers: no per-thread arrays in local memory, which
-// CUDA would reserve for every thread the GPU can hold). The rows are added in increasing order,
-// as on the CPU.
+// Training's passes are tiled in shared memory, as FlashAttention's are, on the CUDA cores: a
+// block takes a tile of query rows of one head (forward, dQ) or of key rows of one KV head (dK,
+// dV) and meets the other side's rows a tile at a time, so that each row is read from global
+// memory once per tile of the other side rather than once per row (a warp per row read every
+// key and value row again for each query row and head: the 7B step did not finish in a minute
+// on an H200). A thread computes each of its scores whole (the dot product over the head in
+// increasing dimension); the products with V, K and Q are added row by row in increasing order,
+// as on the CPU, each thread owning some head dimensions of one row, and only over the rows the
+// mask lets through. Tiles are sized per head-size bucket (64, 128, 256) to fit CUDA's 48 KB of
+// static shared memory; their rows are padded by one float so that the threads of a warp
+// reading a column of different rows meet different banks.
+// Generation (a few new rows against the cache) keeps one warp per query row and head: the
+// task's vectors in the warp's shared memory, the rows it meets 32 at a time, one per lane.
 #include "cuda/device_math.cuh"
 
 namespace zerolora::cuda {
@@ -27,11 +33,6 @@ constexpr int kThreads = 32 * kWarps;
 constexpr int kMaxHeadDim = 256;
 constexpr int kPerLane = kMaxHeadDim / 32;
 
-// Each warp's share of tasks [0, n) in a grid-stride loop; every lane of a warp has the same t.
-#define ZL_WARP_STRIDE(t, n)                                                                \
-  for (Index t = (blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x) / 32; t < (n); \
-       t += static_cast<Index>(gridDim.x) * blockDim.x / 32)
-
 __device__ __forceinline__ float operand(float x, bool round) {
   return round ? round_bf16(x) : x;
 }
@@ -40,6 +41,373 @@ __device__ __forceinline__ float operand(float x, bool round) {
 __device__ __forceinline__ Index first_key(Index i, Index segment_begin, Index window) {
   return window > 0 && i - window + 1 > segment_begin ? i - window + 1 : segment_begin;
 }
+
+// ---- training's passes, tiled ----------------------------------------------------------------
+
+// A tile shape: head sizes up to HeadDim, QueryRows query rows and KeyRows key rows a tile.
+template <int HeadDim, int QueryRows, int KeyRows>
+struct Tile {
+  static constexpr int kHd = HeadDim, kQ = QueryRows, kK = KeyRows;
+  static_assert(kThreads % kQ == 0 && kThreads % kK == 0 && 32 % kK == 0 &&
+                HeadDim % (kThreads / kQ) == 0 && HeadDim % (kThreads / kK) == 0);
+};
+
+// Rows [first, first + ROWS) of a matrix `ld` floats a row, its columns [0, hd), into `tile`
+// (HD + 1 floats a row), rounded where `round`; rows from `end` on and columns past hd are zeros
+// (a zero adds nothing to a dot product). By the whole block, consecutive threads reading
+// consecutive columns.
+template <int ROWS, int HD>
+__device__ __forceinline__ void load_tile(float (*tile)[HD + 1], const float* from, Index ld,
+                                          Index first, Index end, Index hd, bool round) {
+  for (int e = threadIdx.x; e < ROWS * HD; e += kThreads) {
+    const int r = e / HD, d = e % HD;
+    const Index row = first + r;
+    tile[r][d] = row < end && d < hd ? operand(from[row * ld + d], round) : 0.0f;
+  }
+}
+
+// a . b over the (zero-padded) head, in increasing dimension.
+template <int HD>
+__device__ __forceinline__ float dot_row(const float* a, const float* b) {
+  float sum = 0.0f;
+  for (int d = 0; d < HD; ++d) sum += a[d] * b[d];
+  return sum;
+}
+
+// Over the `lanes` consecutive lanes holding one row's scores (a power of two up to 32; every
+// lane of the warp takes part).
+template <int lanes>
+__device__ __forceinline__ float lanes_max(float v) {
+  for (int o = lanes / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+template <int lanes>
+__device__ __forceinline__ float lanes_sum(float v) {
+  for (int o = lanes / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ Index first_key_of(const AttentionGeometry& g, Index i) {
+  return first_key(i, g.segment_begin[g.row_segment[i]], g.window);
+}
+
+// One past the last query row that sees key row j: its segment's end, or the window's.
+__device__ __forceinline__ Index query_end_of(const AttentionGeometry& g, Index j) {
+  const std::int32_t segment = g.row_segment[j];
+  const Index end = g.segment_begin[segment] + g.segment_length[segment];
+  return g.window > 0 && j + g.window < end ? j + g.window : end;
+}
+
+// A block per tile of T::kQ query rows and one head. The score (r, c) of a key tile is thread
+// e % kThreads's for e = r * kK + c: the kK lanes of a row are consecutive, each thread
+// keeping the same column c of kEntries rows. The output row r is kRowThreads consecutive
+// threads', each owning the dimensions kRowThreads apart from its own.
+template <class T>
+__global__ void forward_kernel(float* out, float* lse, const float* qkv, AttentionGeometry g,
+                               float scale, bool round) {
+  constexpr int HD = T::kHd, BQ = T::kQ, BK = T::kK;
+  constexpr int kEntries = BQ * BK / kThreads, kRowThreads = kThreads / BQ;
+  constexpr int kDims = HD / kRowThreads;
+  static_assert(BQ * BK % kThreads == 0);
+  __shared__ float q_tile[BQ][HD + 1];
+  __shared__ float kv_tile[BK][HD + 1];  // the keys, then the values
+  __shared__ float p_tile[BQ][BK + 1];
+  __shared__ Index first_of[BQ];  // each query row's first key
+  __shared__ float max_of[BQ], inv_sum_of[BQ];
+  const Index M = g.rows, hd = g.head_dim, ld = (g.heads + 2 * g.kv_heads) * hd;
+  const Index i0 = blockIdx.x * static_cast<Index>(BQ), h = blockIdx.y;
+  const Index kvh = h / (g.heads / g.kv_heads);
+  const Index i_end = i0 + BQ < M ? i0 + BQ : M;
+  const float* keys = qkv + (g.heads + kvh) * hd;
+  const float* values = qkv + (g.heads + g.kv_heads + kvh) * hd;
+  for (int r = threadIdx.x; r < BQ; r += kThreads)
+    first_of[r] = i0 + r < i_end ? first_key_of(g, i0 + r) : 0;
+  load_tile<BQ, HD>(q_tile, qkv + h * hd, ld, i0, i_end, hd, round);
+  __syncthreads();
+  const Index j_begin = first_of[0];  // a later row's first key is never earlier
+  const int c = threadIdx.x % BK;
+  auto row = [&](int k) { return (threadIdx.x + kThreads * k) / BK; };
+  auto sees = [&](int r, Index j) { return i0 + r < i_end && j >= first_of[r] && j <= i0 + r; };
+
+  // Pass 1: each row's max score and sum of exp(score - max), per thread, then over its lanes.
+  float running_max[kEntries], running_sum[kEntries];
+  ZL_UNROLL
+  for (int k = 0; k < kEntries; ++k) running_max[k] = -INFINITY, running_sum[k] = 0.0f;
+  for (Index j0 = j_begin; j0 < i_end; j0 += BK) {
+    __syncthreads();  // the last tile's reads are done
+    load_tile<BK, HD>(kv_tile, keys, ld, j0, i_end, hd, round);
+    __syncthreads();
+    ZL_UNROLL
+    for (int k = 0; k < kEntries; ++k) {
+      if (!sees(row(k), j0 + c)) continue;
+      const float s = scale * dot_row<HD>(q_tile[row(k)], kv_tile[c]);
+      if (s > running_max[k]) {
+        running_sum[k] = running_sum[k] * expf(running_max[k] - s) + 1.0f;
+        running_max[k] = s;
+      } else {
+        running_sum[k] += expf(s - running_max[k]);
+      }
+    }
+  }
+  ZL_UNROLL
+  for (int k = 0; k < kEntries; ++k) {
+    const float row_max = lanes_max<BK>(running_max[k]);
+    const float total = lanes_sum<BK>(
+        running_max[k] == -INFINITY ? 0.0f : running_sum[k] * expf(running_max[k] - row_max));
+    const int r = row(k);
+    if (c == 0 && i0 + r < i_end) {
+      max_of[r] = row_max;
+      inv_sum_of[r] = 1.0f / total;
+      lse[h * M + i0 + r] = row_max + logf(total);
+    }
+  }
+
+  // Pass 2: the probabilities a key tile at a time, then their products with its values.
+  const int orow = threadIdx.x / kRowThreads, opos = threadIdx.x % kRowThreads;
+  const Index oi = i0 + orow;
+  float acc[kDims] = {};
+  for (Index j0 = j_begin; j0 < i_end; j0 += BK) {
+    __syncthreads();  // the last tile's values are read, and the row statistics written
+    load_tile<BK, HD>(kv_tile, keys, ld, j0, i_end, hd, round);
+    __syncthreads();
+    ZL_UNROLL
+    for (int k = 0; k < kEntries; ++k) {
+      const int r = row(k);
+      p_tile[r][c] = sees(r, j0 + c)
+                         ? operand(expf(scale * dot_row<HD>(q_tile[r], kv_tile[c]) - max_of[r]) *
+                                       inv_sum_of[r],
+                                   round)
+                         : 0.0f;
+    }
+    __syncthreads();
+    load_tile<BK, HD>(kv_tile, values, ld, j0, i_end, hd, round);
+    __syncthreads();
+    if (oi >= i_end) continue;
+    const Index from = first_of[orow] > j0 ? first_of[orow] - j0 : 0;
+    const Index to = oi - j0 + 1 < BK ? oi - j0 + 1 : BK;
+    for (Index cc = from; cc < to; ++cc) {
+      const float p = p_tile[orow][cc];
+      ZL_UNROLL
+      for (int k = 0; k < kDims; ++k) acc[k] += p * kv_tile[cc][opos + kRowThreads * k];
+    }
+  }
+  if (oi >= i_end) return;
+  ZL_UNROLL
+  for (int k = 0; k < kDims; ++k) {
+    const Index d = opos + kRowThreads * k;
+    if (d < hd) out[oi * g.heads * hd + h * hd + d] = acc[k];
+  }
+}
+
+__global__ void delta_kernel(float* delta, const float* diff_out, const float* out,
+                             AttentionGeometry g) {
+  const Index hd = g.head_dim, total = g.rows * g.heads;
+  ZL_GRID_STRIDE(t, total) {
+    const Index i = t / g.heads, h = t % g.heads;
+    const float* o = out + i * g.heads * hd + h * hd;
+    const float* dout = diff_out + i * g.heads * hd + h * hd;
+    float sum = 0.0f;
+    for (Index d = 0; d < hd; ++d) sum += dout[d] * o[d];
+    delta[h * g.rows + i] = sum;
+  }
+}
+
+// dQ: a block per tile of query rows and one head, its threads laid out as the forward's. A key
+// tile's values first (d(p) = dO.v stays in the threads' registers), then its keys in the same
+// buffer: d(scores) into shared memory, and their products with the keys.
+template <class T>
+__global__ void diff_q_kernel(float* diff_qkv, const float* diff_out, const float* qkv,
+                              const float* lse, const float* delta, AttentionGeometry g,
+                              float scale, bool round) {
+  constexpr int HD = T::kHd, BQ = T::kQ, BK = T::kK;
+  constexpr int kEntries = BQ * BK / kThreads, kRowThreads = kThreads / BQ;
+  constexpr int kDims = HD / kRowThreads;
+  static_assert(BQ * BK % kThreads == 0);
+  __shared__ float q_tile[BQ][HD + 1], dout_tile[BQ][HD + 1];
+  __shared__ float kv_tile[BK][HD + 1];  // the values, then the keys
+  __shared__ float ds_tile[BQ][BK + 1];
+  __shared__ Index first_of[BQ];
+  __shared__ float lse_of[BQ], delta_of[BQ];
+  const Index M = g.rows, hd = g.head_dim, ld = (g.heads + 2 * g.kv_heads) * hd;
+  const Index i0 = blockIdx.x * static_cast<Index>(BQ), h = blockIdx.y;
+  const Index kvh = h / (g.heads / g.kv_heads);
+  const Index i_end = i0 + BQ < M ? i0 + BQ : M;
+  const float* keys = qkv + (g.heads + kvh) * hd;
+  const float* values = qkv + (g.heads + g.kv_heads + kvh) * hd;
+  for (int r = threadIdx.x; r < BQ; r += kThreads) {
+    const bool row = i0 + r < i_end;
+    first_of[r] = row ? first_key_of(g, i0 + r) : 0;
+    lse_of[r] = row ? lse[h * M + i0 + r] : 0.0f;
+    delta_of[r] = row ? delta[h * M + i0 + r] : 0.0f;
+  }
+  load_tile<BQ, HD>(q_tile, qkv + h * hd, ld, i0, i_end, hd, round);
+  load_tile<BQ, HD>(dout_tile, diff_out + h * hd, g.heads * hd, i0, i_end, hd, round);
+  __syncthreads();
+  const Index j_begin = first_of[0];
+  const int c = threadIdx.x % BK;
+  auto row = [&](int k) { return (threadIdx.x + kThreads * k) / BK; };
+  auto sees = [&](int r, Index j) { return i0 + r < i_end && j >= first_of[r] && j <= i0 + r; };
+  const int orow = threadIdx.x / kRowThreads, opos = threadIdx.x % kRowThreads;
+  const Index oi = i0 + orow;
+  float acc[kDims] = {};
+  for (Index j0 = j_begin; j0 < i_end; j0 += BK) {
+    __syncthreads();
+    load_tile<BK, HD>(kv_tile, values, ld, j0, i_end, hd, round);
+    __syncthreads();
+    float dp[kEntries];
+    ZL_UNROLL
+    for (int k = 0; k < kEntries; ++k)
+      dp[k] = sees(row(k), j0 + c) ? dot_row<HD>(dout_tile[row(k)], kv_tile[c]) : 0.0f;
+    __syncthreads();
+    load_tile<BK, HD>(kv_tile, keys, ld, j0, i_end, hd, round);
+    __syncthreads();
+    ZL_UNROLL
+    for (int k = 0; k < kEntries; ++k) {
+      const int r = row(k);
+      float ds = 0.0f;
+      if (sees(r, j0 + c)) {
+        const float p = expf(scale * dot_row<HD>(q_tile[r], kv_tile[c]) - lse_of[r]);
+        ds = operand(p * (dp[k] - delta_of[r]), round);
+      }
+      ds_tile[r][c] = ds;
+    }
+    __syncthreads();
+    if (oi >= i_end) continue;
+    const Index from = first_of[orow] > j0 ? first_of[orow] - j0 : 0;
+    const Index to = oi - j0 + 1 < BK ? oi - j0 + 1 : BK;
+    for (Index cc = from; cc < to; ++cc) {
+      const float w = ds_tile[orow][cc];
+      ZL_UNROLL
+      for (int k = 0; k < kDims; ++k) acc[k] += w * kv_tile[cc][opos + kRowThreads * k];
+    }
+  }
+  if (oi >= i_end) return;
+  ZL_UNROLL
+  for (int k = 0; k < kDims; ++k) {
+    const Index d = opos + kRowThreads * k;
+    if (d < hd) diff_qkv[oi * ld + h * hd + d] = scale * acc[k];
+  }
+}
+
+// dK and dV: a block per tile of key rows and one KV head, meeting the query rows that see them
+// a tile at a time, head by head of the KV head's group. The scores' layout is the forward's
+// with the roles of the tiles kept (query rows r, key columns c); dK and dV's key row is
+// kKeyThreads consecutive threads', each owning the dimensions kKeyThreads apart from its own.
+template <class T>
+__global__ void diff_kv_kernel(float* diff_qkv, const float* diff_out, const float* qkv,
+                               const float* lse, const float* delta, AttentionGeometry g,
+                               float scale, bool round) {
+  constexpr int HD = T::kHd, BQ = T::kQ, BK = T::kK;
+  constexpr int kEntries = (BQ * BK + kThreads - 1) / kThreads, kKeyThreads = kThreads / BK;
+  constexpr int kDims = HD / kKeyThreads;
+  __shared__ float k_tile[BK][HD + 1], v_tile[BK][HD + 1];
+  __shared__ float q_tile[BQ][HD + 1], dout_tile[BQ][HD + 1];
+  __shared__ float p_tile[BQ][BK + 1], ds_tile[BQ][BK + 1];
+  __shared__ Index first_of[BQ];
+  __shared__ float lse_of[BQ], delta_of[BQ];
+  const Index M = g.rows, hd = g.head_dim, ld = (g.heads + 2 * g.kv_heads) * hd;
+  const Index out_ld = g.heads * hd, group = g.heads / g.kv_heads;
+  const Index j0 = blockIdx.x * static_cast<Index>(BK), kvh = blockIdx.y;
+  const Index j_end = j0 + BK < M ? j0 + BK : M;
+  const Index i_stop = query_end_of(g, j_end - 1);  // no later query row sees this tile
+  load_tile<BK, HD>(k_tile, qkv + (g.heads + kvh) * hd, ld, j0, j_end, hd, round);
+  load_tile<BK, HD>(v_tile, qkv + (g.heads + g.kv_heads + kvh) * hd, ld, j0, j_end, hd, round);
+  const int krow = threadIdx.x / kKeyThreads, kpos = threadIdx.x % kKeyThreads;
+  const Index kj = j0 + krow;
+  const Index k_stop = kj < j_end ? query_end_of(g, kj) : 0;
+  float dk[kDims] = {}, dv[kDims] = {};
+  for (Index h = kvh * group; h < (kvh + 1) * group; ++h) {
+    for (Index i0 = j0; i0 < i_stop; i0 += BQ) {
+      __syncthreads();  // the last query tile's reads are done
+      const Index i_end = i0 + BQ < i_stop ? i0 + BQ : i_stop;
+      for (int r = threadIdx.x; r < BQ; r += kThreads) {
+        const bool row = i0 + r < i_end;
+        first_of[r] = row ? first_key_of(g, i0 + r) : 0;
+        lse_of[r] = row ? lse[h * M + i0 + r] : 0.0f;
+        delta_of[r] = row ? delta[h * M + i0 + r] : 0.0f;
+      }
+      load_tile<BQ, HD>(q_tile, qkv + h * hd, ld, i0, i_end, hd, round);
+      load_tile<BQ, HD>(dout_tile, diff_out + h * hd, out_ld, i0, i_end, hd, round);
+      __syncthreads();
+      ZL_UNROLL
+      for (int k = 0; k < kEntries; ++k) {
+        const int e = threadIdx.x + kThreads * k;
+        if (e >= BQ * BK) break;
+        const int r = e / BK, c = e % BK;
+        const Index i = i0 + r, j = j0 + c;
+        float p = 0.0f, ds = 0.0f;
+        if (i < i_end && j < j_end && j >= first_of[r] && j <= i) {
+          p = expf(scale * dot_row<HD>(q_tile[r], k_tile[c]) - lse_of[r]);
+          ds = operand(p * (dot_row<HD>(dout_tile[r], v_tile[c]) - delta_of[r]), round);
+        }
+        p_tile[r][c] = operand(p, round);
+        ds_tile[r][c] = ds;
+      }
+      __syncthreads();
+      if (kj >= j_end) continue;
+      // The query rows [kj, k_stop) see key row kj.
+      const Index from = kj > i0 ? kj - i0 : 0;
+      const Index to = k_stop - i0 < BQ ? k_stop - i0 : BQ;
+      for (Index r = from; r < to; ++r) {
+        const float pw = p_tile[r][krow], dw = ds_tile[r][krow];
+        ZL_UNROLL
+        for (int k = 0; k < kDims; ++k) {
+          dv[k] += pw * dout_tile[r][kpos + kKeyThreads * k];
+          dk[k] += dw * q_tile[r][kpos + kKeyThreads * k];
+        }
+      }
+    }
+  }
+  if (kj >= j_end) return;
+  ZL_UNROLL
+  for (int k = 0; k < kDims; ++k) {
+    const Index d = kpos + kKeyThreads * k;
+    if (d >= hd) continue;
+    diff_qkv[kj * ld + (g.heads + kvh) * hd + d] = scale * dk[k];
+    diff_qkv[kj * ld + (g.heads + g.kv_heads + kvh) * hd + d] = dv[k];
+  }
+}
+
+// The tiles per head-size bucket, each pass's shared memory within 48 KB (forward 34-38 KB, dQ
+// 29-43 KB, dK/dV 33-42 KB).
+using Forward64 = Tile<64, 64, 32>;
+using Forward128 = Tile<128, 32, 32>;
+using Forward256 = Tile<256, 16, 16>;
+using DiffQ64 = Tile<64, 32, 32>;
+using DiffQ128 = Tile<128, 32, 16>;
+using DiffQ256 = Tile<256, 16, 8>;
+using DiffKv64 = Tile<64, 32, 32>;
+using DiffKv128 = Tile<128, 16, 16>;
+using DiffKv256 = Tile<256, 8, 8>;
+
+dim3 tiles(Index rows, int per_tile, Index heads) {
+  return dim3(static_cast<unsigned>((rows + per_tile - 1) / per_tile),
+              static_cast<unsigned>(heads));
+}
+
+template <class T>
+void launch_forward(cudaStream_t s, float* out, float* lse, const float* qkv,
+                    const AttentionGeometry& g, float scale, bool round) {
+  ZL_LAUNCH(forward_kernel<T>, tiles(g.rows, T::kQ, g.heads), kThreads, s)
+  (out, lse, qkv, g, scale, round);
+}
+
+template <class Q, class KV>
+void launch_backward(cudaStream_t s, float* diff_qkv, const float* diff_out, const float* qkv,
+                     const float* lse, const float* delta, const AttentionGeometry& g, float scale,
+                     bool round) {
+  ZL_LAUNCH(diff_q_kernel<Q>, tiles(g.rows, Q::kQ, g.heads), kThreads, s)
+  (diff_qkv, diff_out, qkv, lse, delta, g, scale, round);
+  ZL_LAUNCH(diff_kv_kernel<KV>, tiles(g.rows, KV::kK, g.kv_heads), kThreads, s)
+  (diff_qkv, diff_out, qkv, lse, delta, g, scale, round);
+}
+
+// ---- generation ------------------------------------------------------------------------------
+
+// Each warp's share of tasks [0, n) in a grid-stride loop; every lane of a warp has the same t.
+#define ZL_WARP_STRIDE(t, n)                                                                \
+  for (Index t = (blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x) / 32; t < (n); \
+       t += static_cast<Index>(gridDim.x) * blockDim.x / 32)
 
 // a (already an operand) . b, b rounded when `round`.
 __device__ __forceinline__ float dot(const float* a, const float* b, Index n, bool round) {
@@ -134,122 +502,6 @@ __device__ float attend(float* out, float* q, float* p_chunk, const float* q_row
   return row.lse;
 }
 
-__global__ void forward_kernel(float* out, float* lse, const float* qkv, AttentionGeometry g,
-                               float scale, bool round) {
-  __shared__ float q_shared[kWarps][kMaxHeadDim];
-  __shared__ float p_shared[kWarps][32];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const Index hd = g.head_dim, ld = (g.heads + 2 * g.kv_heads) * hd;
-  ZL_WARP_STRIDE(t, g.rows * g.heads) {
-    const Index i = t / g.heads, h = t % g.heads;
-    const Index kvh = h / (g.heads / g.kv_heads);
-    const Index begin = first_key(i, g.segment_begin[g.row_segment[i]], g.window);
-    const float row_lse =
-        attend(out + i * g.heads * hd + h * hd, q_shared[warp], p_shared[warp],
-               qkv + i * ld + h * hd, qkv + g.heads * hd + kvh * hd,
-               qkv + (g.heads + g.kv_heads) * hd + kvh * hd, ld, begin, i, hd, scale, round);
-    if (lane == 0) lse[h * g.rows + i] = row_lse;
-  }
-}
-
-__global__ void delta_kernel(float* delta, const float* diff_out, const float* out,
-                             AttentionGeometry g) {
-  const Index hd = g.head_dim, total = g.rows * g.heads;
-  ZL_GRID_STRIDE(t, total) {
-    const Index i = t / g.heads, h = t % g.heads;
-    const float* o = out + i * g.heads * hd + h * hd;
-    const float* dout = diff_out + i * g.heads * hd + h * hd;
-    float sum = 0.0f;
-    for (Index d = 0; d < hd; ++d) sum += dout[d] * o[d];
-    delta[h * g.rows + i] = sum;
-  }
-}
-
-__global__ void diff_q_kernel(float* diff_qkv, const float* diff_out, const float* qkv,
-                              const float* lse, const float* delta, AttentionGeometry g,
-                              float scale, bool round) {
-  __shared__ float q_shared[kWarps][kMaxHeadDim], dout_shared[kWarps][kMaxHeadDim];
-  __shared__ float ds_shared[kWarps][32];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  float* q = q_shared[warp];
-  float* dout = dout_shared[warp];
-  float* ds_chunk = ds_shared[warp];
-  const Index hd = g.head_dim, ld = (g.heads + 2 * g.kv_heads) * hd;
-  ZL_WARP_STRIDE(t, g.rows * g.heads) {
-    const Index i = t / g.heads, h = t % g.heads;
-    const Index kvh = h / (g.heads / g.kv_heads);
-    const Index begin = first_key(i, g.segment_begin[g.row_segment[i]], g.window);
-    const float* keys = qkv + g.heads * hd + kvh * hd;
-    const float* values = qkv + (g.heads + g.kv_heads) * hd + kvh * hd;
-    const float row_lse = lse[h * g.rows + i], row_delta = delta[h * g.rows + i];
-    __syncwarp();
-    stage(q, qkv + i * ld + h * hd, hd, round);
-    stage(dout, diff_out + i * g.heads * hd + h * hd, hd, round);
-    __syncwarp();
-    float dq[kPerLane] = {};
-    for (Index j0 = begin; j0 <= i; j0 += 32) {
-      const Index j = j0 + lane;
-      float ds = 0.0f;
-      if (j <= i) {
-        const float p = expf(scale * dot(q, keys + j * ld, hd, round) - row_lse);
-        ds = operand(p * (dot(dout, values + j * ld, hd, round) - row_delta), round);
-      }
-      ds_chunk[lane] = ds;
-      __syncwarp();
-      accumulate(dq, ds_chunk, chunk_rows(j0, i + 1), keys + j0 * ld, ld, hd, round);
-      __syncwarp();
-    }
-    store(diff_qkv + i * ld + h * hd, dq, scale, hd);
-  }
-}
-
-__global__ void diff_kv_kernel(float* diff_qkv, const float* diff_out, const float* qkv,
-                               const float* lse, const float* delta, AttentionGeometry g,
-                               float scale, bool round) {
-  __shared__ float k_shared[kWarps][kMaxHeadDim], v_shared[kWarps][kMaxHeadDim];
-  __shared__ float p_shared[kWarps][32], ds_shared[kWarps][32];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  float* k = k_shared[warp];
-  float* v = v_shared[warp];
-  float* p_chunk = p_shared[warp];
-  float* ds_chunk = ds_shared[warp];
-  const Index hd = g.head_dim, ld = (g.heads + 2 * g.kv_heads) * hd, out_ld = g.heads * hd;
-  const Index group = g.heads / g.kv_heads;
-  ZL_WARP_STRIDE(t, g.rows * g.kv_heads) {
-    const Index j = t / g.kv_heads, kvh = t % g.kv_heads;
-    const std::int32_t segment = g.row_segment[j];
-    // The query rows that see key row j: to its segment's end, within the window.
-    Index end = g.segment_begin[segment] + g.segment_length[segment];
-    if (g.window > 0 && j + g.window < end) end = j + g.window;
-    __syncwarp();
-    stage(k, qkv + j * ld + g.heads * hd + kvh * hd, hd, round);
-    stage(v, qkv + j * ld + (g.heads + g.kv_heads) * hd + kvh * hd, hd, round);
-    __syncwarp();
-    float dk[kPerLane] = {}, dv[kPerLane] = {};
-    for (Index h = kvh * group; h < (kvh + 1) * group; ++h) {
-      for (Index i0 = j; i0 < end; i0 += 32) {
-        const Index i = i0 + lane;
-        float p = 0.0f, ds = 0.0f;
-        if (i < end) {
-          p = expf(scale * dot(k, qkv + i * ld + h * hd, hd, round) - lse[h * g.rows + i]);
-          ds = operand(
-              p * (dot(v, diff_out + i * out_ld + h * hd, hd, round) - delta[h * g.rows + i]),
-              round);
-        }
-        p_chunk[lane] = operand(p, round);
-        ds_chunk[lane] = ds;
-        __syncwarp();
-        const Index n = chunk_rows(i0, end);
-        accumulate(dk, ds_chunk, n, qkv + i0 * ld + h * hd, ld, hd, round);
-        accumulate(dv, p_chunk, n, diff_out + i0 * out_ld + h * hd, out_ld, hd, round);
-        __syncwarp();
-      }
-    }
-    store(diff_qkv + j * ld + g.heads * hd + kvh * hd, dk, scale, hd);
-    store(diff_qkv + j * ld + (g.heads + g.kv_heads) * hd + kvh * hd, dv, 1.0f, hd);
-  }
-}
-
 __global__ void cached_kernel(float* out, const float* q_rows, Index q_stride, const float* keys,
                               const float* values, Index first, Index M, Index heads,
                               Index kv_heads, Index hd, Index window, float scale) {
@@ -281,8 +533,13 @@ float scale_of(Index head_dim) {
 void attention_forward(cudaStream_t s, float* out, float* lse, const float* qkv,
                        const AttentionGeometry& g, bool round_operands) {
   if (g.rows == 0) return;
-  ZL_LAUNCH(forward_kernel, warp_grid(g.rows * g.heads), kThreads, s)
-  (out, lse, qkv, g, scale_of(g.head_dim), round_operands);
+  const float scale = scale_of(g.head_dim);
+  if (g.head_dim <= 64)
+    launch_forward<Forward64>(s, out, lse, qkv, g, scale, round_operands);
+  else if (g.head_dim <= 128)
+    launch_forward<Forward128>(s, out, lse, qkv, g, scale, round_operands);
+  else
+    launch_forward<Forward256>(s, out, lse, qkv, g, scale, round_operands);
   check_launch("attention_forward", g.rows, g.heads * g.head_dim);
 }
 
@@ -293,10 +550,15 @@ void attention_backward(cudaStream_t s, float* diff_qkv, const float* diff_out, 
   const float scale = scale_of(g.head_dim);
   ZL_LAUNCH(delta_kernel, grid_for(g.rows * g.heads, kThreads), kThreads, s)
   (delta, diff_out, out, g);
-  ZL_LAUNCH(diff_q_kernel, warp_grid(g.rows * g.heads), kThreads, s)
-  (diff_qkv, diff_out, qkv, lse, delta, g, scale, round_operands);
-  ZL_LAUNCH(diff_kv_kernel, warp_grid(g.rows * g.kv_heads), kThreads, s)
-  (diff_qkv, diff_out, qkv, lse, delta, g, scale, round_operands);
+  if (g.head_dim <= 64)
+    launch_backward<DiffQ64, DiffKv64>(s, diff_qkv, diff_out, qkv, lse, delta, g, scale,
+                                       round_operands);
+  else if (g.head_dim <= 128)
+    launch_backward<DiffQ128, DiffKv128>(s, diff_qkv, diff_out, qkv, lse, delta, g, scale,
+                                         round_operands);
+  else
+    launch_backward<DiffQ256, DiffKv256>(s, diff_qkv, diff_out, qkv, lse, delta, g, scale,
+                                         round_operands);
   check_launch("attention_backward", g.rows, g.heads * g.head_dim);
 }
 
