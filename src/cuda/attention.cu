@@ -66,12 +66,19 @@ __device__ __forceinline__ void load_tile(float (*tile)[HD + 1], const float* fr
   }
 }
 
-// a . b over the (zero-padded) head, in increasing dimension.
-template <int HD>
-__device__ __forceinline__ float dot_row(const float* a, const float* b) {
-  float sum = 0.0f;
-  for (int d = 0; d < HD; ++d) sum += a[d] * b[d];
-  return sum;
+// dot[k] = a[first + step k] . b for N rows of a tile, each over the (zero-padded) head in
+// increasing dimension: each of b's values read once for all N (a thread's scores share their
+// key row), so that shared memory serves about one value per multiply-add rather than two.
+template <int HD, int N>
+__device__ __forceinline__ void dot_rows(float (&dot)[N], const float (*a)[HD + 1], int first,
+                                         int step, const float* b) {
+  ZL_UNROLL
+  for (int k = 0; k < N; ++k) dot[k] = 0.0f;
+  for (int d = 0; d < HD; ++d) {
+    const float bd = b[d];
+    ZL_UNROLL
+    for (int k = 0; k < N; ++k) dot[k] += a[first + step * k][d] * bd;
+  }
 }
 
 // Over the `lanes` consecutive lanes holding one row's scores (a power of two up to 32; every
@@ -125,9 +132,10 @@ __global__ void forward_kernel(float* out, float* lse, const float* qkv, Attenti
   load_tile<BQ, HD>(q_tile, qkv + h * hd, ld, i0, i_end, hd, round);
   __syncthreads();
   const Index j_begin = first_of[0];  // a later row's first key is never earlier
-  const int c = threadIdx.x % BK;
-  auto row = [&](int k) { return (threadIdx.x + kThreads * k) / BK; };
+  const int c = threadIdx.x % BK, first_row = threadIdx.x / BK, row_step = kThreads / BK;
+  auto row = [&](int k) { return first_row + row_step * k; };
   auto sees = [&](int r, Index j) { return i0 + r < i_end && j >= first_of[r] && j <= i0 + r; };
+  float dot[kEntries];
 
   // Pass 1: each row's max score and sum of exp(score - max), per thread, then over its lanes.
   float running_max[kEntries], running_sum[kEntries];
@@ -137,10 +145,11 @@ __global__ void forward_kernel(float* out, float* lse, const float* qkv, Attenti
     __syncthreads();  // the last tile's reads are done
     load_tile<BK, HD>(kv_tile, keys, ld, j0, i_end, hd, round);
     __syncthreads();
+    dot_rows<HD>(dot, q_tile, first_row, row_step, kv_tile[c]);
     ZL_UNROLL
     for (int k = 0; k < kEntries; ++k) {
       if (!sees(row(k), j0 + c)) continue;
-      const float s = scale * dot_row<HD>(q_tile[row(k)], kv_tile[c]);
+      const float s = scale * dot[k];
       if (s > running_max[k]) {
         running_sum[k] = running_sum[k] * expf(running_max[k] - s) + 1.0f;
         running_max[k] = s;
@@ -170,14 +179,12 @@ __global__ void forward_kernel(float* out, float* lse, const float* qkv, Attenti
     __syncthreads();  // the last tile's values are read, and the row statistics written
     load_tile<BK, HD>(kv_tile, keys, ld, j0, i_end, hd, round);
     __syncthreads();
+    dot_rows<HD>(dot, q_tile, first_row, row_step, kv_tile[c]);
     ZL_UNROLL
     for (int k = 0; k < kEntries; ++k) {
       const int r = row(k);
-      p_tile[r][c] = sees(r, j0 + c)
-                         ? operand(expf(scale * dot_row<HD>(q_tile[r], kv_tile[c]) - max_of[r]) *
-                                       inv_sum_of[r],
-                                   round)
-                         : 0.0f;
+      p_tile[r][c] =
+          sees(r, j0 + c) ? operand(expf(scale * dot[k] - max_of[r]) * inv_sum_of[r], round) : 0.0f;
     }
     __syncthreads();
     load_tile<BK, HD>(kv_tile, values, ld, j0, i_end, hd, round);
@@ -244,8 +251,8 @@ __global__ void diff_q_kernel(float* diff_qkv, const float* diff_out, const floa
   load_tile<BQ, HD>(dout_tile, diff_out + h * hd, g.heads * hd, i0, i_end, hd, round);
   __syncthreads();
   const Index j_begin = first_of[0];
-  const int c = threadIdx.x % BK;
-  auto row = [&](int k) { return (threadIdx.x + kThreads * k) / BK; };
+  const int c = threadIdx.x % BK, first_row = threadIdx.x / BK, row_step = kThreads / BK;
+  auto row = [&](int k) { return first_row + row_step * k; };
   auto sees = [&](int r, Index j) { return i0 + r < i_end && j >= first_of[r] && j <= i0 + r; };
   const int orow = threadIdx.x / kRowThreads, opos = threadIdx.x % kRowThreads;
   const Index oi = i0 + orow;
@@ -254,19 +261,18 @@ __global__ void diff_q_kernel(float* diff_qkv, const float* diff_out, const floa
     __syncthreads();
     load_tile<BK, HD>(kv_tile, values, ld, j0, i_end, hd, round);
     __syncthreads();
-    float dp[kEntries];
-    ZL_UNROLL
-    for (int k = 0; k < kEntries; ++k)
-      dp[k] = sees(row(k), j0 + c) ? dot_row<HD>(dout_tile[row(k)], kv_tile[c]) : 0.0f;
+    float dp[kEntries], dot[kEntries];
+    dot_rows<HD>(dp, dout_tile, first_row, row_step, kv_tile[c]);
     __syncthreads();
     load_tile<BK, HD>(kv_tile, keys, ld, j0, i_end, hd, round);
     __syncthreads();
+    dot_rows<HD>(dot, q_tile, first_row, row_step, kv_tile[c]);
     ZL_UNROLL
     for (int k = 0; k < kEntries; ++k) {
       const int r = row(k);
       float ds = 0.0f;
       if (sees(r, j0 + c)) {
-        const float p = expf(scale * dot_row<HD>(q_tile[r], kv_tile[c]) - lse_of[r]);
+        const float p = expf(scale * dot[k] - lse_of[r]);
         ds = operand(p * (dp[k] - delta_of[r]), round);
       }
       ds_tile[r][c] = ds;
@@ -298,7 +304,10 @@ __global__ void diff_kv_kernel(float* diff_qkv, const float* diff_out, const flo
                                const float* lse, const float* delta, AttentionGeometry g,
                                float scale, bool round) {
   constexpr int HD = T::kHd, BQ = T::kQ, BK = T::kK;
-  constexpr int kEntries = (BQ * BK + kThreads - 1) / kThreads, kKeyThreads = kThreads / BK;
+  // Fewer scores a tile than threads (the largest heads): the first BQ * BK threads take one.
+  constexpr int kEntries = BQ * BK >= kThreads ? BQ * BK / kThreads : 1;
+  constexpr int kKeyThreads = kThreads / BK;
+  static_assert(BQ * BK % kThreads == 0 || kThreads % (BQ * BK) == 0);
   constexpr int kDims = HD / kKeyThreads;
   __shared__ float k_tile[BK][HD + 1], v_tile[BK][HD + 1];
   __shared__ float q_tile[BQ][HD + 1], dout_tile[BQ][HD + 1];
@@ -329,19 +338,23 @@ __global__ void diff_kv_kernel(float* diff_qkv, const float* diff_out, const flo
       load_tile<BQ, HD>(q_tile, qkv + h * hd, ld, i0, i_end, hd, round);
       load_tile<BQ, HD>(dout_tile, diff_out + h * hd, out_ld, i0, i_end, hd, round);
       __syncthreads();
-      ZL_UNROLL
-      for (int k = 0; k < kEntries; ++k) {
-        const int e = threadIdx.x + kThreads * k;
-        if (e >= BQ * BK) break;
-        const int r = e / BK, c = e % BK;
-        const Index i = i0 + r, j = j0 + c;
-        float p = 0.0f, ds = 0.0f;
-        if (i < i_end && j < j_end && j >= first_of[r] && j <= i) {
-          p = expf(scale * dot_row<HD>(q_tile[r], k_tile[c]) - lse_of[r]);
-          ds = operand(p * (dot_row<HD>(dout_tile[r], v_tile[c]) - delta_of[r]), round);
+      if (threadIdx.x < BQ * BK) {
+        const int c = threadIdx.x % BK, first_row = threadIdx.x / BK, row_step = kThreads / BK;
+        float dot[kEntries], dp[kEntries];
+        dot_rows<HD>(dot, q_tile, first_row, row_step, k_tile[c]);
+        dot_rows<HD>(dp, dout_tile, first_row, row_step, v_tile[c]);
+        ZL_UNROLL
+        for (int k = 0; k < kEntries; ++k) {
+          const int r = first_row + row_step * k;
+          const Index i = i0 + r, j = j0 + c;
+          float p = 0.0f, ds = 0.0f;
+          if (i < i_end && j < j_end && j >= first_of[r] && j <= i) {
+            p = expf(scale * dot[k] - lse_of[r]);
+            ds = operand(p * (dp[k] - delta_of[r]), round);
+          }
+          p_tile[r][c] = operand(p, round);
+          ds_tile[r][c] = ds;
         }
-        p_tile[r][c] = operand(p, round);
-        ds_tile[r][c] = ds;
       }
       __syncthreads();
       if (kj >= j_end) continue;
