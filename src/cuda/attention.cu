@@ -94,6 +94,12 @@ __device__ __forceinline__ float lanes_sum(float v) {
   return v;
 }
 
+// The first row of the block's tile of query rows, the last tile first: under the causal mask a
+// tile's work grows with its rows, so the heaviest start first and the lightest fill the tail.
+__device__ __forceinline__ Index last_first(int rows_per_tile) {
+  return static_cast<Index>(gridDim.x - 1 - blockIdx.x) * rows_per_tile;
+}
+
 __device__ __forceinline__ Index first_key_of(const AttentionGeometry& g, Index i) {
   return first_key(i, g.segment_begin[g.row_segment[i]], g.window);
 }
@@ -122,7 +128,7 @@ __global__ void forward_kernel(float* out, float* lse, const float* qkv, Attenti
   __shared__ Index first_of[BQ];  // each query row's first key
   __shared__ float max_of[BQ], inv_sum_of[BQ];
   const Index M = g.rows, hd = g.head_dim, ld = (g.heads + 2 * g.kv_heads) * hd;
-  const Index i0 = blockIdx.x * static_cast<Index>(BQ), h = blockIdx.y;
+  const Index i0 = last_first(BQ), h = blockIdx.y;
   const Index kvh = h / (g.heads / g.kv_heads);
   const Index i_end = i0 + BQ < M ? i0 + BQ : M;
   const float* keys = qkv + (g.heads + kvh) * hd;
@@ -190,9 +196,9 @@ __global__ void forward_kernel(float* out, float* lse, const float* qkv, Attenti
     load_tile<BK, HD>(kv_tile, values, ld, j0, i_end, hd, round);
     __syncthreads();
     if (oi >= i_end) continue;
-    const Index from = first_of[orow] > j0 ? first_of[orow] - j0 : 0;
-    const Index to = oi - j0 + 1 < BK ? oi - j0 + 1 : BK;
-    for (Index cc = from; cc < to; ++cc) {
+    const int from = static_cast<int>(first_of[orow] > j0 ? first_of[orow] - j0 : 0);
+    const int to = static_cast<int>(oi - j0 + 1 < BK ? oi - j0 + 1 : BK);
+    for (int cc = from; cc < to; ++cc) {
       const float p = p_tile[orow][cc];
       ZL_UNROLL
       for (int k = 0; k < kDims; ++k) acc[k] += p * kv_tile[cc][opos + kRowThreads * k];
@@ -236,7 +242,7 @@ __global__ void diff_q_kernel(float* diff_qkv, const float* diff_out, const floa
   __shared__ Index first_of[BQ];
   __shared__ float lse_of[BQ], delta_of[BQ];
   const Index M = g.rows, hd = g.head_dim, ld = (g.heads + 2 * g.kv_heads) * hd;
-  const Index i0 = blockIdx.x * static_cast<Index>(BQ), h = blockIdx.y;
+  const Index i0 = last_first(BQ), h = blockIdx.y;
   const Index kvh = h / (g.heads / g.kv_heads);
   const Index i_end = i0 + BQ < M ? i0 + BQ : M;
   const float* keys = qkv + (g.heads + kvh) * hd;
@@ -279,9 +285,9 @@ __global__ void diff_q_kernel(float* diff_qkv, const float* diff_out, const floa
     }
     __syncthreads();
     if (oi >= i_end) continue;
-    const Index from = first_of[orow] > j0 ? first_of[orow] - j0 : 0;
-    const Index to = oi - j0 + 1 < BK ? oi - j0 + 1 : BK;
-    for (Index cc = from; cc < to; ++cc) {
+    const int from = static_cast<int>(first_of[orow] > j0 ? first_of[orow] - j0 : 0);
+    const int to = static_cast<int>(oi - j0 + 1 < BK ? oi - j0 + 1 : BK);
+    for (int cc = from; cc < to; ++cc) {
       const float w = ds_tile[orow][cc];
       ZL_UNROLL
       for (int k = 0; k < kDims; ++k) acc[k] += w * kv_tile[cc][opos + kRowThreads * k];
@@ -359,9 +365,9 @@ __global__ void diff_kv_kernel(float* diff_qkv, const float* diff_out, const flo
       __syncthreads();
       if (kj >= j_end) continue;
       // The query rows [kj, k_stop) see key row kj.
-      const Index from = kj > i0 ? kj - i0 : 0;
-      const Index to = k_stop - i0 < BQ ? k_stop - i0 : BQ;
-      for (Index r = from; r < to; ++r) {
+      const int from = static_cast<int>(kj > i0 ? kj - i0 : 0);
+      const int to = static_cast<int>(k_stop - i0 < BQ ? k_stop - i0 : BQ);
+      for (int r = from; r < to; ++r) {
         const float pw = p_tile[r][krow], dw = ds_tile[r][krow];
         ZL_UNROLL
         for (int k = 0; k < kDims; ++k) {

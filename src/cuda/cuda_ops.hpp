@@ -100,8 +100,8 @@ void lora_outer(cudaStream_t s, float* g, Index gk, Index gj, const float* small
                 Index big_rs, Index M, Index n, int rank, float scale, double p, std::uint64_t key,
                 const std::uint64_t* row_keys, float* partial);
 
-// attention.cu (ops/attention.hpp): causal GQA attention over segments, one warp per query
-// row and head (forward, dQ) or key row and KV head (dK, dV), fp32 arithmetic; with round_operands,
+// attention.cu (ops/attention.hpp): causal GQA attention over segments, tiles of query rows of
+// a head (forward, dQ) or key rows of a KV head (dK, dV), fp32 arithmetic; with round_operands,
 // q, k, v, the probabilities and d(scores) are rounded to bf16 where the CPU's bf16 policy rounds
 // its matmul operands. segment_begin/segment_length [S] and row_segment [M] on the device; lse [H,
 // M].
