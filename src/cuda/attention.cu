@@ -111,6 +111,73 @@ __device__ __forceinline__ Index query_end_of(const AttentionGeometry& g, Index 
   return g.window > 0 && j + g.window < end ? j + g.window : end;
 }
 
+// The block's tile of query rows [i0, end) of head h (forward, dQ), its KV head's keys and
+// values, and the fused q/k/v rows' width.
+struct QueryTile {
+  Index i0, end, h, ld;
+  const float* keys;
+  const float* values;
+};
+__device__ __forceinline__ QueryTile query_tile(const AttentionGeometry& g, const float* qkv,
+                                                int rows) {
+  const Index i0 = last_first(rows), h = blockIdx.y, kvh = h / (g.heads / g.kv_heads);
+  const Index hd = g.head_dim;
+  return {i0,
+          i0 + rows < g.rows ? i0 + rows : g.rows,
+          h,
+          (g.heads + 2 * g.kv_heads) * hd,
+          qkv + (g.heads + kvh) * hd,
+          qkv + (g.heads + g.kv_heads + kvh) * hd};
+}
+
+// What the backward's kernels read of the query rows [i0, end) of head h: each row's first key,
+// log-sum-exp and delta, and its q and d(out) as operands. By the whole block, read after a
+// barrier.
+template <int BQ, int HD>
+__device__ __forceinline__ void load_query_rows(Index* first_of, float* lse_of, float* delta_of,
+                                                float (*q_tile)[HD + 1], float (*dout_tile)[HD + 1],
+                                                const AttentionGeometry& g, const float* qkv,
+                                                const float* diff_out, const float* lse,
+                                                const float* delta, Index h, Index i0, Index end,
+                                                bool round) {
+  const Index M = g.rows, hd = g.head_dim;
+  for (int r = threadIdx.x; r < BQ; r += kThreads) {
+    const bool row = i0 + r < end;
+    first_of[r] = row ? first_key_of(g, i0 + r) : 0;
+    lse_of[r] = row ? lse[h * M + i0 + r] : 0.0f;
+    delta_of[r] = row ? delta[h * M + i0 + r] : 0.0f;
+  }
+  load_tile<BQ, HD>(q_tile, qkv + h * hd, (g.heads + 2 * g.kv_heads) * hd, i0, end, hd, round);
+  load_tile<BQ, HD>(dout_tile, diff_out + h * hd, g.heads * hd, i0, end, hd, round);
+}
+
+// acc[k] += weights[c] tile[c][own + step k] over the columns [from, to) of the key tile at j0
+// that query row i (first key `first`) sees, in increasing column: a thread's share of the
+// product of a row of probabilities or d(scores) with the tile's values or keys.
+template <int HD, int N>
+__device__ __forceinline__ void add_row_products(float (&acc)[N], const float* weights,
+                                                 const float (*tile)[HD + 1], Index first, Index i,
+                                                 Index j0, int columns, int own, int step) {
+  const int from = static_cast<int>(first > j0 ? first - j0 : 0);
+  const int to = static_cast<int>(i - j0 + 1 < columns ? i - j0 + 1 : columns);
+  for (int c = from; c < to; ++c) {
+    const float w = weights[c];
+    ZL_UNROLL
+    for (int k = 0; k < N; ++k) acc[k] += w * tile[c][own + step * k];
+  }
+}
+
+// scale acc[k] into row[own + step k], the dimensions under hd.
+template <int N>
+__device__ __forceinline__ void store_row(float* row, const float (&acc)[N], float scale, int own,
+                                          int step, Index hd) {
+  ZL_UNROLL
+  for (int k = 0; k < N; ++k) {
+    const Index d = own + step * k;
+    if (d < hd) row[d] = scale * acc[k];
+  }
+}
+
 // A block per tile of T::kQ query rows and one head. The score (r, c) of a key tile is thread
 // e % kThreads's for e = r * kK + c: the kK lanes of a row are consecutive, each thread
 // keeping the same column c of kEntries rows. The output row r is kRowThreads consecutive
@@ -127,12 +194,8 @@ __global__ void forward_kernel(float* out, float* lse, const float* qkv, Attenti
   __shared__ float p_tile[BQ][BK + 1];
   __shared__ Index first_of[BQ];  // each query row's first key
   __shared__ float max_of[BQ], inv_sum_of[BQ];
-  const Index M = g.rows, hd = g.head_dim, ld = (g.heads + 2 * g.kv_heads) * hd;
-  const Index i0 = last_first(BQ), h = blockIdx.y;
-  const Index kvh = h / (g.heads / g.kv_heads);
-  const Index i_end = i0 + BQ < M ? i0 + BQ : M;
-  const float* keys = qkv + (g.heads + kvh) * hd;
-  const float* values = qkv + (g.heads + g.kv_heads + kvh) * hd;
+  const QueryTile tile = query_tile(g, qkv, BQ);
+  const Index M = g.rows, hd = g.head_dim, ld = tile.ld, i0 = tile.i0, i_end = tile.end, h = tile.h;
   for (int r = threadIdx.x; r < BQ; r += kThreads)
     first_of[r] = i0 + r < i_end ? first_key_of(g, i0 + r) : 0;
   load_tile<BQ, HD>(q_tile, qkv + h * hd, ld, i0, i_end, hd, round);
@@ -149,7 +212,7 @@ __global__ void forward_kernel(float* out, float* lse, const float* qkv, Attenti
   for (int k = 0; k < kEntries; ++k) running_max[k] = -INFINITY, running_sum[k] = 0.0f;
   for (Index j0 = j_begin; j0 < i_end; j0 += BK) {
     __syncthreads();  // the last tile's reads are done
-    load_tile<BK, HD>(kv_tile, keys, ld, j0, i_end, hd, round);
+    load_tile<BK, HD>(kv_tile, tile.keys, ld, j0, i_end, hd, round);
     __syncthreads();
     dot_rows<HD>(dot, q_tile, first_row, row_step, kv_tile[c]);
     ZL_UNROLL
@@ -183,7 +246,7 @@ __global__ void forward_kernel(float* out, float* lse, const float* qkv, Attenti
   float acc[kDims] = {};
   for (Index j0 = j_begin; j0 < i_end; j0 += BK) {
     __syncthreads();  // the last tile's values are read, and the row statistics written
-    load_tile<BK, HD>(kv_tile, keys, ld, j0, i_end, hd, round);
+    load_tile<BK, HD>(kv_tile, tile.keys, ld, j0, i_end, hd, round);
     __syncthreads();
     dot_rows<HD>(dot, q_tile, first_row, row_step, kv_tile[c]);
     ZL_UNROLL
@@ -193,23 +256,13 @@ __global__ void forward_kernel(float* out, float* lse, const float* qkv, Attenti
           sees(r, j0 + c) ? operand(expf(scale * dot[k] - max_of[r]) * inv_sum_of[r], round) : 0.0f;
     }
     __syncthreads();
-    load_tile<BK, HD>(kv_tile, values, ld, j0, i_end, hd, round);
+    load_tile<BK, HD>(kv_tile, tile.values, ld, j0, i_end, hd, round);
     __syncthreads();
-    if (oi >= i_end) continue;
-    const int from = static_cast<int>(first_of[orow] > j0 ? first_of[orow] - j0 : 0);
-    const int to = static_cast<int>(oi - j0 + 1 < BK ? oi - j0 + 1 : BK);
-    for (int cc = from; cc < to; ++cc) {
-      const float p = p_tile[orow][cc];
-      ZL_UNROLL
-      for (int k = 0; k < kDims; ++k) acc[k] += p * kv_tile[cc][opos + kRowThreads * k];
-    }
+    if (oi < i_end)
+      add_row_products<HD>(acc, p_tile[orow], kv_tile, first_of[orow], oi, j0, BK, opos,
+                           kRowThreads);
   }
-  if (oi >= i_end) return;
-  ZL_UNROLL
-  for (int k = 0; k < kDims; ++k) {
-    const Index d = opos + kRowThreads * k;
-    if (d < hd) out[oi * g.heads * hd + h * hd + d] = acc[k];
-  }
+  if (oi < i_end) store_row(out + oi * g.heads * hd + h * hd, acc, 1.0f, opos, kRowThreads, hd);
 }
 
 __global__ void delta_kernel(float* delta, const float* diff_out, const float* out,
@@ -241,20 +294,10 @@ __global__ void diff_q_kernel(float* diff_qkv, const float* diff_out, const floa
   __shared__ float ds_tile[BQ][BK + 1];
   __shared__ Index first_of[BQ];
   __shared__ float lse_of[BQ], delta_of[BQ];
-  const Index M = g.rows, hd = g.head_dim, ld = (g.heads + 2 * g.kv_heads) * hd;
-  const Index i0 = last_first(BQ), h = blockIdx.y;
-  const Index kvh = h / (g.heads / g.kv_heads);
-  const Index i_end = i0 + BQ < M ? i0 + BQ : M;
-  const float* keys = qkv + (g.heads + kvh) * hd;
-  const float* values = qkv + (g.heads + g.kv_heads + kvh) * hd;
-  for (int r = threadIdx.x; r < BQ; r += kThreads) {
-    const bool row = i0 + r < i_end;
-    first_of[r] = row ? first_key_of(g, i0 + r) : 0;
-    lse_of[r] = row ? lse[h * M + i0 + r] : 0.0f;
-    delta_of[r] = row ? delta[h * M + i0 + r] : 0.0f;
-  }
-  load_tile<BQ, HD>(q_tile, qkv + h * hd, ld, i0, i_end, hd, round);
-  load_tile<BQ, HD>(dout_tile, diff_out + h * hd, g.heads * hd, i0, i_end, hd, round);
+  const QueryTile tile = query_tile(g, qkv, BQ);
+  const Index hd = g.head_dim, ld = tile.ld, i0 = tile.i0, i_end = tile.end, h = tile.h;
+  load_query_rows<BQ, HD>(first_of, lse_of, delta_of, q_tile, dout_tile, g, qkv, diff_out, lse,
+                          delta, h, i0, i_end, round);
   __syncthreads();
   const Index j_begin = first_of[0];
   const int c = threadIdx.x % BK, first_row = threadIdx.x / BK, row_step = kThreads / BK;
@@ -265,12 +308,12 @@ __global__ void diff_q_kernel(float* diff_qkv, const float* diff_out, const floa
   float acc[kDims] = {};
   for (Index j0 = j_begin; j0 < i_end; j0 += BK) {
     __syncthreads();
-    load_tile<BK, HD>(kv_tile, values, ld, j0, i_end, hd, round);
+    load_tile<BK, HD>(kv_tile, tile.values, ld, j0, i_end, hd, round);
     __syncthreads();
     float dp[kEntries], dot[kEntries];
     dot_rows<HD>(dp, dout_tile, first_row, row_step, kv_tile[c]);
     __syncthreads();
-    load_tile<BK, HD>(kv_tile, keys, ld, j0, i_end, hd, round);
+    load_tile<BK, HD>(kv_tile, tile.keys, ld, j0, i_end, hd, round);
     __syncthreads();
     dot_rows<HD>(dot, q_tile, first_row, row_step, kv_tile[c]);
     ZL_UNROLL
@@ -284,21 +327,11 @@ __global__ void diff_q_kernel(float* diff_qkv, const float* diff_out, const floa
       ds_tile[r][c] = ds;
     }
     __syncthreads();
-    if (oi >= i_end) continue;
-    const int from = static_cast<int>(first_of[orow] > j0 ? first_of[orow] - j0 : 0);
-    const int to = static_cast<int>(oi - j0 + 1 < BK ? oi - j0 + 1 : BK);
-    for (int cc = from; cc < to; ++cc) {
-      const float w = ds_tile[orow][cc];
-      ZL_UNROLL
-      for (int k = 0; k < kDims; ++k) acc[k] += w * kv_tile[cc][opos + kRowThreads * k];
-    }
+    if (oi < i_end)
+      add_row_products<HD>(acc, ds_tile[orow], kv_tile, first_of[orow], oi, j0, BK, opos,
+                           kRowThreads);
   }
-  if (oi >= i_end) return;
-  ZL_UNROLL
-  for (int k = 0; k < kDims; ++k) {
-    const Index d = opos + kRowThreads * k;
-    if (d < hd) diff_qkv[oi * ld + h * hd + d] = scale * acc[k];
-  }
+  if (oi < i_end) store_row(diff_qkv + oi * ld + h * hd, acc, scale, opos, kRowThreads, hd);
 }
 
 // dK and dV: a block per tile of key rows and one KV head, meeting the query rows that see them
@@ -321,7 +354,7 @@ __global__ void diff_kv_kernel(float* diff_qkv, const float* diff_out, const flo
   __shared__ Index first_of[BQ];
   __shared__ float lse_of[BQ], delta_of[BQ];
   const Index M = g.rows, hd = g.head_dim, ld = (g.heads + 2 * g.kv_heads) * hd;
-  const Index out_ld = g.heads * hd, group = g.heads / g.kv_heads;
+  const Index group = g.heads / g.kv_heads;
   const Index j0 = blockIdx.x * static_cast<Index>(BK), kvh = blockIdx.y;
   const Index j_end = j0 + BK < M ? j0 + BK : M;
   const Index i_stop = query_end_of(g, j_end - 1);  // no later query row sees this tile
@@ -335,14 +368,8 @@ __global__ void diff_kv_kernel(float* diff_qkv, const float* diff_out, const flo
     for (Index i0 = j0; i0 < i_stop; i0 += BQ) {
       __syncthreads();  // the last query tile's reads are done
       const Index i_end = i0 + BQ < i_stop ? i0 + BQ : i_stop;
-      for (int r = threadIdx.x; r < BQ; r += kThreads) {
-        const bool row = i0 + r < i_end;
-        first_of[r] = row ? first_key_of(g, i0 + r) : 0;
-        lse_of[r] = row ? lse[h * M + i0 + r] : 0.0f;
-        delta_of[r] = row ? delta[h * M + i0 + r] : 0.0f;
-      }
-      load_tile<BQ, HD>(q_tile, qkv + h * hd, ld, i0, i_end, hd, round);
-      load_tile<BQ, HD>(dout_tile, diff_out + h * hd, out_ld, i0, i_end, hd, round);
+      load_query_rows<BQ, HD>(first_of, lse_of, delta_of, q_tile, dout_tile, g, qkv, diff_out, lse,
+                              delta, h, i0, i_end, round);
       __syncthreads();
       if (threadIdx.x < BQ * BK) {
         const int c = threadIdx.x % BK, first_row = threadIdx.x / BK, row_step = kThreads / BK;
@@ -378,13 +405,9 @@ __global__ void diff_kv_kernel(float* diff_qkv, const float* diff_out, const flo
     }
   }
   if (kj >= j_end) return;
-  ZL_UNROLL
-  for (int k = 0; k < kDims; ++k) {
-    const Index d = kpos + kKeyThreads * k;
-    if (d >= hd) continue;
-    diff_qkv[kj * ld + (g.heads + kvh) * hd + d] = scale * dk[k];
-    diff_qkv[kj * ld + (g.heads + g.kv_heads + kvh) * hd + d] = dv[k];
-  }
+  store_row(diff_qkv + kj * ld + (g.heads + kvh) * hd, dk, scale, kpos, kKeyThreads, hd);
+  store_row(diff_qkv + kj * ld + (g.heads + g.kv_heads + kvh) * hd, dv, 1.0f, kpos, kKeyThreads,
+            hd);
 }
 
 // The tiles per head-size bucket, each pass's shared memory within 48 KB (forward 34-38 KB, dQ
