@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# The GPU check: run on the lent device machine (one H200) by the device tool, in the
-# repository root, with gpu-pack/ carried (scripts/gpu-pack.sh makes it here, from HEAD):
+# The GPU check: run on the lent device machine by the device tool, in the repository root,
+# with gpu-pack/ carried (scripts/gpu-pack.sh makes it here, from HEAD). The machine has one
+# H100 of 80 GB (the tool's first call gets it unless it names nvidia-h200) or one H200 of
+# 141 GB: every stage fits either, and the log's first lines name the GPU, whose figures
+# compare only with figures taken on the same kind.
 #   run(command="bash scripts/gpu-check.sh", carry=["gpu-pack"], timeout_s=480)
 # and, for a rerun of chosen stages (the machine stays warm 30 s after a call):
 #   run(command="STAGES='zero3_gpu_w1 bench_70b_layers' bash scripts/gpu-check.sh", ...)
@@ -391,8 +394,8 @@ sys.exit(0 if abs(error) <= 0.10 else 1)
 PY
 }
 # A run that cannot fit the GPU is refused before its model is read, with the arithmetic and
-# the GPU's free memory: 120 layers of Llama-2-70B's shape (191 GiB of bf16 weights) on the
-# H200's 141 GB. Only config.json changes: nothing is loaded before the refusal.
+# the GPU's free memory: 120 layers of Llama-2-70B's shape (191 GiB of bf16 weights) on an
+# H200's 141 GB or an H100's 80. Only config.json changes: nothing is loaded before the refusal.
 memory_refused_gpu() {
   cp -r "$root/demo/stories260K-hf" "$work/too_big"
   py - "$work/too_big/config.json" <<'PY'
@@ -495,7 +498,7 @@ export -f bench_7b_auto targets_7b_auto
 stage bench_7b_auto 120 bench_7b_auto
 stage targets_7b_auto 20 targets_7b_auto
 
-# ZeRO-3 on the GPU (issue 17): ranks sharing the H200 through the host-staged transport, and
+# ZeRO-3 on the GPU (issue 17): ranks sharing the GPU through the host-staged transport, and
 # NCCL at W = 1 (it refuses two ranks on one GPU), each equal to one rank on the same GPU
 # (fp32, dropout on; the Llama fixture with LoRA partitioned and replicated over either
 # transport, the Qwen2 one partitioned over the staged one). A GPU test that skips fails the
