@@ -21,25 +21,16 @@
 // mask lets through. Tiles are sized per head-size bucket (64, 128, 256) to fit CUDA's 48 KB of
 // static shared memory; their rows are padded by one float so that the threads of a warp
 // reading a column of different rows meet different banks.
-// Generation (a few new rows against the cache) keeps one warp per query row and head: the
-// task's vectors in the warp's shared memory, the rows it meets 32 at a time, one per lane.
+// Generation's attention against the KV cache is attention_cached.cu's.
 #include "cuda/device_math.cuh"
 
 namespace zerolora::cuda {
 namespace {
 
-constexpr int kWarps = 4;  // per block
-constexpr int kThreads = 32 * kWarps;
-constexpr int kMaxHeadDim = 256;
-constexpr int kPerLane = kMaxHeadDim / 32;
+constexpr int kThreads = 128;  // per block
 
 __device__ __forceinline__ float operand(float x, bool round) {
   return round ? round_bf16(x) : x;
-}
-
-// The first key row i sees: its segment's first, or the sliding window's (i - window, i].
-__device__ __forceinline__ Index first_key(Index i, Index segment_begin, Index window) {
-  return window > 0 && i - window + 1 > segment_begin ? i - window + 1 : segment_begin;
 }
 
 // ---- training's passes, tiled ----------------------------------------------------------------
@@ -444,138 +435,12 @@ void launch_backward(cudaStream_t s, float* diff_qkv, const float* diff_out, con
   (diff_qkv, diff_out, qkv, lse, delta, g, scale, round);
 }
 
-// ---- generation ------------------------------------------------------------------------------
-
-// Each warp's share of tasks [0, n) in a grid-stride loop; every lane of a warp has the same t.
-#define ZL_WARP_STRIDE(t, n)                                                                \
-  for (Index t = (blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x) / 32; t < (n); \
-       t += static_cast<Index>(gridDim.x) * blockDim.x / 32)
-
-// a (already an operand) . b, b rounded when `round`.
-__device__ __forceinline__ float dot(const float* a, const float* b, Index n, bool round) {
-  float sum = 0.0f;
-  for (Index d = 0; d < n; ++d) sum += a[d] * operand(b[d], round);
-  return sum;
-}
-
-// The warp's copy of a head vector: mine[d] = operand(from[d]). Call with the whole warp.
-__device__ __forceinline__ void stage(float* mine, const float* from, Index hd, bool round) {
-  for (Index d = threadIdx.x & 31; d < hd; d += 32) mine[d] = operand(from[d], round);
-}
-
-// Per lane, the running max and sum of exp of the scores it saw: folded into the next score.
-struct SoftmaxSum {
-  float max = -INFINITY, sum = 0.0f;
-  __device__ void add(float s) {
-    if (s > max) {
-      sum = sum * expf(max - s) + 1.0f;
-      max = s;
-    } else {
-      sum += expf(s - max);
-    }
-  }
-  // Over the warp's lanes: the row's max and 1 / sum of exp(s - max), the factors of p as the
-  // CPU computes it (p = exp(s - max) / sum), and log sum exp.
-  struct Row {
-    float max, inv_sum, lse;
-  };
-  __device__ Row warp_row() const {
-    const float m = warp_max(max);
-    const float total = warp_sum(max == -INFINITY ? 0.0f : sum * expf(max - m));
-    return {m, 1.0f / total, m + logf(total)};
-  }
-};
-
-// The rows of the chunk starting at row j0 of [.., end): 32, or what is left.
-__device__ __forceinline__ Index chunk_rows(Index j0, Index end) {
-  return end - j0 < 32 ? end - j0 : 32;
-}
-
-// acc[c] += sum over the chunk's rows k < n of weight[k] * operand(rows[k * ld + d]) for the
-// lane's dimensions d = lane + 32 c.
-__device__ __forceinline__ void accumulate(float (&acc)[kPerLane], const float* weight, Index n,
-                                           const float* rows, Index ld, Index hd, bool round) {
-  const int lane = threadIdx.x & 31;
-  for (Index k = 0; k < n; ++k) {
-    const float w = weight[k];
-    ZL_UNROLL
-    for (int c = 0; c < kPerLane; ++c) {
-      const Index d = lane + 32 * c;
-      if (d < hd) acc[c] += w * operand(rows[k * ld + d], round);
-    }
-  }
-}
-
-__device__ __forceinline__ void store(float* to, const float (&acc)[kPerLane], float scale,
-                                      Index hd) {
-  const int lane = threadIdx.x & 31;
-  ZL_UNROLL
-  for (int c = 0; c < kPerLane; ++c)
-    if (lane + 32 * c < hd) to[lane + 32 * c] = scale * acc[c];
-}
-
-// One query row's attention, by the whole warp: out (=) sum_j p_j v_j over the keys and values
-// of rows [from, last], `stride` floats apart, with q (staged in the warp's `q` from q_row) and
-// p_chunk the warp's shared memory; returns log sum exp of the scores.
-__device__ float attend(float* out, float* q, float* p_chunk, const float* q_row, const float* keys,
-                        const float* values, Index stride, Index from, Index last, Index hd,
-                        float scale, bool round) {
-  const int lane = threadIdx.x & 31;
-  __syncwarp();  // the last task's reads of q and p_chunk are done
-  stage(q, q_row, hd, round);
-  __syncwarp();
-  SoftmaxSum softmax;
-  for (Index j = from + lane; j <= last; j += 32)
-    softmax.add(scale * dot(q, keys + j * stride, hd, round));
-  const SoftmaxSum::Row row = softmax.warp_row();
-  float acc[kPerLane] = {};
-  for (Index j0 = from; j0 <= last; j0 += 32) {
-    const Index j = j0 + lane;
-    p_chunk[lane] =
-        j <= last
-            ? operand(expf(scale * dot(q, keys + j * stride, hd, round) - row.max) * row.inv_sum,
-                      round)
-            : 0.0f;
-    __syncwarp();
-    accumulate(acc, p_chunk, chunk_rows(j0, last + 1), values + j0 * stride, stride, hd, round);
-    __syncwarp();  // p_chunk is rewritten next
-  }
-  store(out, acc, 1.0f, hd);
-  return row.lse;
-}
-
-__global__ void cached_kernel(float* out, const float* q_rows, Index q_stride, const float* keys,
-                              const float* values, Index first, Index M, Index heads,
-                              Index kv_heads, Index hd, Index window, float scale) {
-  __shared__ float q_shared[kWarps][kMaxHeadDim];
-  __shared__ float p_shared[kWarps][32];
-  const int warp = threadIdx.x >> 5;
-  const Index kvd = kv_heads * hd;
-  ZL_WARP_STRIDE(t, M * heads) {
-    const Index i = t / heads, h = t % heads;
-    const Index kvh = h / (heads / kv_heads);
-    const Index last = first + i;
-    attend(out + i * heads * hd + h * hd, q_shared[warp], p_shared[warp],
-           q_rows + i * q_stride + h * hd, keys + kvh * hd, values + kvh * hd, kvd,
-           first_key(last, 0, window), last, hd, scale, false);
-  }
-}
-
-// Blocks for `tasks` warps' tasks.
-unsigned warp_grid(Index tasks) {
-  return grid_for(tasks * 32, kThreads);
-}
-
-float scale_of(Index head_dim) {
-  return static_cast<float>(1.0 / sqrt(static_cast<double>(head_dim)));
-}
-
 }  // namespace
 
 void attention_forward(cudaStream_t s, float* out, float* lse, const float* qkv,
                        const AttentionGeometry& g, bool round_operands) {
   if (g.rows == 0) return;
-  const float scale = scale_of(g.head_dim);
+  const float scale = attention_scale(g.head_dim);
   if (g.head_dim <= 64)
     launch_forward<Forward64>(s, out, lse, qkv, g, scale, round_operands);
   else if (g.head_dim <= 128)
@@ -589,7 +454,7 @@ void attention_backward(cudaStream_t s, float* diff_qkv, const float* diff_out, 
                         const float* out, const float* lse, float* delta,
                         const AttentionGeometry& g, bool round_operands) {
   if (g.rows == 0) return;
-  const float scale = scale_of(g.head_dim);
+  const float scale = attention_scale(g.head_dim);
   ZL_LAUNCH(delta_kernel, grid_for(g.rows * g.heads, kThreads), kThreads, s)
   (delta, diff_out, out, g);
   if (g.head_dim <= 64)
@@ -602,15 +467,6 @@ void attention_backward(cudaStream_t s, float* diff_qkv, const float* diff_out, 
     launch_backward<DiffQ256, DiffKv256>(s, diff_qkv, diff_out, qkv, lse, delta, g, scale,
                                          round_operands);
   check_launch("attention_backward", g.rows, g.heads * g.head_dim);
-}
-
-void attention_cached(cudaStream_t s, float* out, const float* q, Index q_stride, const float* keys,
-                      const float* values, Index first, Index M, Index heads, Index kv_heads,
-                      Index head_dim, Index window) {
-  if (M == 0) return;
-  ZL_LAUNCH(cached_kernel, warp_grid(M * heads), kThreads, s)
-  (out, q, q_stride, keys, values, first, M, heads, kv_heads, head_dim, window, scale_of(head_dim));
-  check_launch("attention_cached", M, heads * head_dim);
 }
 
 }  // namespace zerolora::cuda

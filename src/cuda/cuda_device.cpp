@@ -1,5 +1,7 @@
 #include "cuda/cuda_device.hpp"
 
+#include <dlfcn.h>
+
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -53,9 +55,18 @@ std::string gpu_shortfall(const cudaDeviceProp& props) {
          ": the CUDA backend needs 8.0 or newer (Ampere, Ada, Hopper or later)";
 }
 
-std::string dotted_version(std::size_t version) {
-  return std::to_string(version / 10000) + "." + std::to_string(version / 100 % 100) + "." +
-         std::to_string(version % 100);
+bool library_version(void* library, const std::string& name, const char* symbol,
+                     std::string* version_or_why) {
+  using GetVersion = std::size_t (*)();
+  const auto get_version = reinterpret_cast<GetVersion>(dlsym(library, symbol));
+  if (!get_version) {
+    *version_or_why = name + " has no " + symbol;
+    return false;
+  }
+  const std::size_t v = get_version();
+  *version_or_why = std::to_string(v / 10000) + "." + std::to_string(v / 100 % 100) + "." +
+                    std::to_string(v % 100) + " (" + name + ")";
+  return true;
 }
 
 GpuSummary gpu_summary(int ordinal) {

@@ -67,8 +67,11 @@ int visible_gpus(std::string* why_none = nullptr);
 // later; the build holds no code for older GPUs).
 std::string gpu_shortfall(const cudaDeviceProp& props);
 
-// A library version number major * 10000 + minor * 100 + patch (cuBLASLt's, cuDNN's) as text.
-std::string dotted_version(std::size_t version);
+// The version of the loaded library `name` from its function `symbol`, which returns
+// major * 10000 + minor * 100 + patch (cuBLASLt's, cuDNN's): "13.1.0 (libcublasLt.so.13)" into
+// version_or_why and true, or that the library lacks the function and false.
+bool library_version(void* library, const std::string& name, const char* symbol,
+                     std::string* version_or_why);
 
 // Visible GPU `ordinal` from its properties alone (no CUDA context made; a GPU whose properties
 // cannot be read falls short, and nothing is thrown).

@@ -119,7 +119,8 @@ void attention_forward(cudaStream_t s, float* out, float* lse, const float* qkv,
 void attention_backward(cudaStream_t s, float* diff_qkv, const float* diff_out, const float* qkv,
                         const float* out, const float* lse, float* delta,
                         const AttentionGeometry& g, bool round_operands);
-// Generation: M new rows at positions first.. attend to keys/values [first + M, KV*hd].
+// attention_cached.cu: generation, M new rows at positions first.. attend to keys/values
+// [first + M, KV*hd].
 void attention_cached(cudaStream_t s, float* out, const float* q, Index q_stride, const float* keys,
                       const float* values, Index first, Index M, Index heads, Index kv_heads,
                       Index head_dim, Index window);

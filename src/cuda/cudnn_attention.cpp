@@ -79,13 +79,8 @@ bool cudnn_loadable(std::string* version_or_why) {
     *version_or_why = e.what();
     return false;
   }
-  const std::string name = "libcudnn.so." + std::to_string(CUDNN_MAJOR);
-  using GetVersion = std::size_t (*)();
-  const auto get_version =
-      reinterpret_cast<GetVersion>(dlsym(fe::cudnn_dlhandle, "cudnnGetVersion"));
-  *version_or_why = get_version ? dotted_version(get_version()) + " (" + name + ")"
-                                : name + " has no cudnnGetVersion";
-  return get_version != nullptr;
+  return library_version(fe::cudnn_dlhandle, "libcudnn.so." + std::to_string(CUDNN_MAJOR),
+                         "cudnnGetVersion", version_or_why);
 }
 
 namespace {

@@ -129,6 +129,16 @@ __device__ __forceinline__ float block_max(float v, float* shared) {
 #define ZL_UNROLL
 #endif
 
+// Attention's mask and scale, for training's kernels (attention.cu) and generation's
+// (attention_cached.cu): the first key row i sees, its segment's first or the sliding window's
+// (i - window, i]; the scores' 1 / sqrt(head size).
+__device__ __forceinline__ Index first_key(Index i, Index segment_begin, Index window) {
+  return window > 0 && i - window + 1 > segment_begin ? i - window + 1 : segment_begin;
+}
+inline float attention_scale(Index head_dim) {
+  return static_cast<float>(1.0 / sqrt(static_cast<double>(head_dim)));
+}
+
 inline unsigned grid_for(Index n, int threads) {
   const Index blocks = (n + threads - 1) / threads;
   return static_cast<unsigned>(blocks < 65535 * 16 ? (blocks < 1 ? 1 : blocks) : 65535 * 16);

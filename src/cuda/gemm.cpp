@@ -165,11 +165,7 @@ bool cublaslt_loadable(std::string* version_or_why) {
                       "): put the CUDA libraries' folder on LD_LIBRARY_PATH";
     return false;
   }
-  using GetVersion = std::size_t (*)();
-  const auto get_version = reinterpret_cast<GetVersion>(dlsym(library, "cublasLtGetVersion"));
-  const bool loads = get_version != nullptr;
-  *version_or_why = loads ? dotted_version(get_version()) + " (" + name + ")"
-                          : name + " has no cublasLtGetVersion";
+  const bool loads = library_version(library, name, "cublasLtGetVersion", version_or_why);
   dlclose(library);
   return loads;
 }
