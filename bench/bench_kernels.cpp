@@ -4,7 +4,8 @@
 // the bandwidth that makes, and that bandwidth as a fraction of the copy's. An op far below 1 is
 // bound by something else than memory (arithmetic, latency, launch): where a step's share
 // (bench_train_step's seq*_share_*) says an op costs more than its bytes, this says which. The
-// LoRA branch runs with dropout off and on: the difference is the mask's hashing.
+// LoRA branch runs with dropout off and on: the difference is the mask's hashing; the q, k and v
+// branches as the layer runs them (one group on a GPU) and one by one.
 // Attention, compute-bound, is reported apart: its forward and backward on segments of --seq
 // tokens (causal), their FLOPs per second, and the time of the attention kernels alone (on a
 // GPU, cuDNN's, without the copies into and out of its bf16 layout, timed as convert); then the
@@ -215,6 +216,48 @@ static int bench_main(int argc, char** argv) {
         k->lora_backward(Mat<float>::dense(dx.data(), M, D), d_a.data(), d_b.data(),
                          Mat<const float>{qkv.data(), M, Qd, W3, 1}, z.data(), src, lora_a.data(),
                          lora_b.data(), rank, 4.0, mask);
+      });
+    }
+    // The seed's q, k and v branches (dropout on), which share x and dx: as the layer runs them
+    // (kernels.hpp lora_*_shared: on the GPU one group, x read once for their z and dA, dx read
+    // and written once) and one by one, for the same least bytes (the forward reads x once and
+    // reads and writes the q/k/v columns; the backward reads those columns' gradients twice, x
+    // once, and reads and writes dx), so that the two rates compare as the times do.
+    {
+      DeviceBuffer<float> z3(dev, static_cast<std::size_t>(3 * M * rank));
+      const Index col[3] = {0, Qd, Qd + KVd}, width[3] = {Qd, KVd, KVd};
+      const Mat<const float> src = Mat<const float>::dense(h.data(), M, D);
+      // Each branch its own A, B and their gradients, as in a layer (shared ones would share
+      // their cache lines).
+      std::vector<DeviceBuffer<float>> weights;
+      Kernels<Bf16Policy>::LoraForwardBranch fwd[3];
+      Kernels<Bf16Policy>::LoraBackwardBranch bwd[3];
+      for (int b = 0; b < 3; ++b) {
+        const auto seed = static_cast<std::uint32_t>(20 + 4 * b);
+        float* a = weights.emplace_back(random_buffer<float>(dev, rank * D, seed, 0.1f)).data();
+        float* bw =
+            weights.emplace_back(random_buffer<float>(dev, width[b] * rank, seed + 1, 0.1f)).data();
+        float* da = weights.emplace_back(random_buffer<float>(dev, rank * D, seed + 2)).data();
+        float* db =
+            weights.emplace_back(random_buffer<float>(dev, width[b] * rank, seed + 3)).data();
+        const DropoutMask mask{0.05, 12345u + static_cast<std::uint64_t>(b), row_keys.data()};
+        const Mat<float> columns{qkv.data() + col[b], M, width[b], W3, 1};
+        fwd[b] = {columns, z3.data() + b * M * rank, a, bw, mask};
+        bwd[b] = {da, db, columns.as_const(), fwd[b].z, a, bw, mask};
+      }
+      const Mat<float> diff_src = Mat<float>::dense(dx.data(), M, D);
+      const double w3 = static_cast<double>(W3);
+      report("lora_qkv_forward", m * (d * 4 + w3 * 8),
+             [&] { k->lora_forward_shared(fwd, src, rank, 4.0); });
+      report("lora_qkv_forward_one_by_one", m * (d * 4 + w3 * 8), [&] {
+        for (const auto& f : fwd) k->lora_forward(f.dst, f.z, src, f.a, f.b, rank, 4.0, f.dropout);
+      });
+      report("lora_qkv_backward", m * (w3 * 8 + d * 12),
+             [&] { k->lora_backward_shared(diff_src, bwd, src, rank, 4.0); });
+      report("lora_qkv_backward_one_by_one", m * (w3 * 8 + d * 12), [&] {
+        for (const auto& g : bwd)
+          k->lora_backward(diff_src, g.diff_a, g.diff_b, g.diff_dst, g.z, src, g.a, g.b, rank, 4.0,
+                           g.dropout);
       });
     }
   }

@@ -84,20 +84,32 @@ void apply_dropout(cudaStream_t s, float* dst, Index dst_rs, Index dst_cs, const
                    const std::uint64_t* row_keys, bool accumulate);
 
 // lora.cu (ops/lora_branch.hpp) for ranks 1..16 (kLoraFusedMaxRank), big matrices' rows
-// big_rs apart (columns contiguous), dropout p with the key and row keys of DropoutMask (p 0:
-// off); W(k, j) and G(k, j) at w[k wk + j wj]:
-//   lora_contract: small [M, r] (=) scale drop(big [M, n]) W^T
-//   lora_expand:   big [M, n] += drop(scale small [M, r] W)
-//   lora_outer:    G [r, n] += scale small^T drop(big), through partial [lora_outer_scratch]
-void lora_contract(cudaStream_t s, float* small, const float* big, Index big_rs, const float* w,
+// big_rs apart (columns contiguous), dropout p with the row keys of DropoutMask (p 0: off);
+// W(k, j) and G(k, j) at w[k wk + j wj]. Each call takes its branches (LoraBranches): one, or
+// a group of up to kLoraGroupMax that share big (q, k and v on the norm's output; gate and up)
+// of rank at most kLoraGroupMaxRank, read once for all of them, each branch's result the same
+// bits as a call of its own (an expansion's branches added to big in their order):
+//   lora_contract: small_b [M, r] (=) scale drop_b(big [M, n]) W_b^T
+//   lora_expand:   big [M, n] += drop_b(scale small_b [M, r] W_b), b in order
+//   lora_outer:    G_b [r, n] += scale small_b^T drop_b(big), through partial [lora_outer_scratch]
+inline constexpr int kLoraGroupMax = 3;      // ops/lora_branch.hpp's (static_assert in
+inline constexpr int kLoraGroupMaxRank = 8;  // cuda_kernels.cpp)
+struct LoraBranches {
+  int count = 0;
+  const float* small[kLoraGroupMax] = {};  // expand, outer: small_b
+  const float* w[kLoraGroupMax] = {};      // contract, expand: W_b
+  float* out[kLoraGroupMax] = {};          // contract: small_b; outer: G_b
+  std::uint64_t key[kLoraGroupMax] = {};   // each branch's dropout key
+};
+void lora_contract(cudaStream_t s, const LoraBranches& branches, const float* big, Index big_rs,
                    Index wk, Index wj, Index M, Index n, int rank, float scale, double p,
-                   std::uint64_t key, const std::uint64_t* row_keys);
-void lora_expand(cudaStream_t s, float* big, Index big_rs, const float* small, const float* w,
-                 Index wk, Index wj, Index M, Index n, int rank, float scale, double p,
-                 std::uint64_t key, const std::uint64_t* row_keys);
-Index lora_outer_scratch(Index M, Index n, int rank);
-void lora_outer(cudaStream_t s, float* g, Index gk, Index gj, const float* small, const float* big,
-                Index big_rs, Index M, Index n, int rank, float scale, double p, std::uint64_t key,
+                   const std::uint64_t* row_keys);
+void lora_expand(cudaStream_t s, float* big, Index big_rs, const LoraBranches& branches, Index wk,
+                 Index wj, Index M, Index n, int rank, float scale, double p,
+                 const std::uint64_t* row_keys);
+Index lora_outer_scratch(Index M, Index n, int rank, int count);
+void lora_outer(cudaStream_t s, const LoraBranches& branches, Index gk, Index gj, const float* big,
+                Index big_rs, Index M, Index n, int rank, float scale, double p,
                 const std::uint64_t* row_keys, float* partial);
 
 // attention.cu (ops/attention.hpp): causal GQA attention over segments, tiles of query rows of

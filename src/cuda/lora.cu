@@ -8,7 +8,10 @@
 // [out, r] is wk = 1, wj = r. The rank's accumulators live in registers (arrays of the rank's
 // bound, 4, 8 or 16, the loops unrolled); outer sums fixed chunks of rows, then the chunks in
 // order: the same bits every run. They replace cuBLASLt's rank-r GEMMs and the dropped copies,
-// which took 23% of a 7B step on an H200 (BENCHMARKS.md).
+// which took 23% of a 7B step on an H200 (BENCHMARKS.md). Branches that share their big matrix
+// (q, k and v read the attention norm's output x and add to its gradient dx) run as a group of
+// up to three in one launch: x read once for their z and their dA, dx read and written once for
+// their terms: about 30% fewer bytes for the q/k/v branches per step.
 #include <limits>
 #include <type_traits>
 
@@ -31,7 +34,8 @@ constexpr int kContractSteps = 4;  // and each lane loads four columns of each r
 // The kernels are compiled for a rank bound R (4, 8 or 16): the rank's accumulators and values
 // are arrays of R registers, so the seed's rank 4 does not pay for 16 (fewer registers, more
 // threads resident; __launch_bounds__ asks ptxas for at least three blocks of kThreads per SM
-// below R 16: with sm_90, 56 registers for the contraction and 40 for the expansion at R 4).
+// below R 16 for a single branch, two for a group (kMinBlocks): with sm_90, 56 registers for the
+// contraction and 40 for the expansion at R 4).
 // Each kernel sums in the same order whatever R, kContractRows and the number of loads in
 // flight: the same bits as one row and one load at a time.
 
@@ -71,68 +75,100 @@ WeightColumns weight_columns(const float* w, Index wk, Index wj, Index n, int ra
           wk == 1 && rank % 4 == 0 && wj % 4 == 0 && aligned_to(w, 16)};
 }
 
-// A warp per kContractRows rows: the lanes stride over the rows' n elements, each keeping r
-// partial dot products per row, then summed over the warp. Each weight value loaded serves the
-// warp's rows.
-template <int R>
-__global__ void __launch_bounds__(kThreads, R <= 8 ? 3 : 1)
-    lora_contract_kernel(float* small, const float* big, Index big_rs, WeightColumns w, Index M,
-                         int n, int rank, float scale, DropoutDraw mask) {
+// The branches of one launch (LoraBranches: one, or a group that shares its big matrix, as q,
+// k and v share the norm's output): each branch's small matrix, W and dropout mask, the same
+// for every branch but its key. A grouped launch reads each big value once for all of them.
+template <int G>
+struct Branches {
+  const float* small[G];
+  float* out[G];
+  WeightColumns w[G];
+  DropoutDraw mask[G];
+};
+
+// Blocks that must fit an SM at once (registers per thread at most 65536 / (256 x blocks)): a
+// single branch's as before the groups, a group's two (128 registers).
+template <int R, int G>
+inline constexpr int kMinBlocks = G > 1 ? 2 : (R <= 8 ? 3 : 1);
+
+// Rows per contraction warp: kContractRows but for a group at rank bound 8 of three branches,
+// whose accumulators for two rows would spill: one. Which rows share a warp changes no sum.
+template <int R, int G>
+inline constexpr int kContractRowsOf = (R * G <= 16) ? kContractRows : 1;
+
+// A warp per kContractRowsOf rows: the lanes stride over the rows' n elements, each keeping r
+// partial dot products per row and branch, then summed over the warp. Each weight value loaded
+// serves the warp's rows; each big value loaded serves every branch.
+template <int R, int G>
+__global__ void __launch_bounds__(kThreads, kMinBlocks<R, G>)
+    lora_contract_kernel(Branches<G> br, const float* big, Index big_rs, Index M, int n, int rank,
+                         float scale) {
+  constexpr int kRows = kContractRowsOf<R, G>;
   const int lane = threadIdx.x & 31;
   const Index warps = static_cast<Index>(gridDim.x) * (blockDim.x / 32);
-  const Index groups = (M + kContractRows - 1) / kContractRows;
+  const Index groups = (M + kRows - 1) / kRows;
   for (Index g = (blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x) / 32; g < groups;
        g += warps) {
-    const Index first = g * kContractRows;
-    const int rows = first + kContractRows <= M ? kContractRows : static_cast<int>(M - first);
-    float acc[kContractRows][R];
-    std::uint64_t row_key[kContractRows];
-    ZL_UNROLL for (int u = 0; u < kContractRows; ++u) {
-      row_key[u] = u < rows ? mask.row(first + u) : 0;
-      ZL_UNROLL for (int k = 0; k < R; ++k) acc[u][k] = 0.0f;
+    const Index first = g * kRows;
+    const int rows = first + kRows <= M ? kRows : static_cast<int>(M - first);
+    float acc[kRows][G][R];
+    std::uint64_t row_key[kRows][G];
+    ZL_UNROLL for (int u = 0; u < kRows; ++u) {
+      ZL_UNROLL for (int b = 0; b < G; ++b) {
+        row_key[u][b] = u < rows ? br.mask[b].row(first + u) : 0;
+        ZL_UNROLL for (int k = 0; k < R; ++k) acc[u][b][k] = 0.0f;
+      }
     }
     const float* x = big + first * big_rs;
     for (int j0 = lane; j0 < n; j0 += 32 * kContractSteps) {
-      float v[kContractSteps][kContractRows];
+      float v[kContractSteps][kRows];
       ZL_UNROLL for (int t = 0; t < kContractSteps; ++t) {
         const int j = j0 + 32 * t;
-        ZL_UNROLL for (int u = 0; u < kContractRows; ++u) v[t][u] =
+        ZL_UNROLL for (int u = 0; u < kRows; ++u) v[t][u] =
             u < rows && j < n ? x[u * big_rs + j] : 0.0f;
       }
       ZL_UNROLL for (int t = 0; t < kContractSteps; ++t) {
         const int j = j0 + 32 * t;
         if (j >= n) break;
-        float wv[R];
-        w.load(wv, j, rank);
-        ZL_UNROLL for (int u = 0; u < kContractRows; ++u) {
-          const float d = mask.apply(row_key[u], j, v[t][u]);
-          ZL_UNROLL for (int k = 0; k < R; ++k) {
-            if (k < rank) acc[u][k] += d * wv[k];
+        ZL_UNROLL for (int b = 0; b < G; ++b) {
+          float wv[R];
+          br.w[b].load(wv, j, rank);
+          ZL_UNROLL for (int u = 0; u < kRows; ++u) {
+            const float d = br.mask[b].apply(row_key[u][b], j, v[t][u]);
+            ZL_UNROLL for (int k = 0; k < R; ++k) {
+              if (k < rank) acc[u][b][k] += d * wv[k];
+            }
           }
         }
       }
     }
-    ZL_UNROLL for (int u = 0; u < kContractRows; ++u) {
-      ZL_UNROLL for (int k = 0; k < R; ++k) {
-        if (k < rank) {  // rank is the same for every lane: the whole warp sums
-          const float total = warp_sum(acc[u][k]);
-          if (lane == 0 && u < rows) small[(first + u) * rank + k] = scale * total;
+    ZL_UNROLL for (int u = 0; u < kRows; ++u) {
+      ZL_UNROLL for (int b = 0; b < G; ++b) {
+        ZL_UNROLL for (int k = 0; k < R; ++k) {
+          if (k < rank) {  // rank is the same for every lane: the whole warp sums
+            const float total = warp_sum(acc[u][b][k]);
+            if (lane == 0 && u < rows) br.out[b][(first + u) * rank + k] = scale * total;
+          }
         }
       }
     }
   }
 }
 
-// One block per row of big: each thread keeps the row's r values of small and its dropout key
-// in registers for its columns.
-template <int R>
-__global__ void __launch_bounds__(kThreads, R <= 8 ? 3 : 1)
-    lora_expand_kernel(float* big, Index big_rs, const float* small, WeightColumns w, Index M,
-                       int n, int rank, float scale, DropoutDraw mask) {
+// One block per row of big: each thread keeps the row's r values of each branch's small and its
+// dropout keys in registers for its columns. A group adds its branches in their order, each
+// rounded as a launch of its own would have stored it.
+template <int R, int G>
+__global__ void __launch_bounds__(kThreads, kMinBlocks<R, G>)
+    lora_expand_kernel(float* big, Index big_rs, Branches<G> br, Index M, int n, int rank,
+                       float scale) {
   for (Index i = blockIdx.y; i < M; i += gridDim.y) {
-    float z[R];
-    ZL_UNROLL for (int k = 0; k < R; ++k) z[k] = k < rank ? small[i * rank + k] : 0.0f;
-    const std::uint64_t row_key = mask.row(i);
+    float z[G][R];
+    std::uint64_t row_key[G];
+    ZL_UNROLL for (int b = 0; b < G; ++b) {
+      ZL_UNROLL for (int k = 0; k < R; ++k) z[b][k] = k < rank ? br.small[b][i * rank + k] : 0.0f;
+      row_key[b] = br.mask[b].row(i);
+    }
     float* y = big + i * big_rs;
     for (int j0 = threadIdx.x; j0 < n; j0 += kExpandColumns * blockDim.x) {
       float before[kExpandColumns];
@@ -143,37 +179,46 @@ __global__ void __launch_bounds__(kThreads, R <= 8 ? 3 : 1)
       ZL_UNROLL for (int u = 0; u < kExpandColumns; ++u) {
         const int j = j0 + u * static_cast<int>(blockDim.x);
         if (j >= n) continue;
-        float wv[R];
-        w.load(wv, j, rank);
-        float sum = 0.0f;
-        ZL_UNROLL for (int k = 0; k < R; ++k) {
-          if (k < rank) sum += z[k] * wv[k];
+        float value = before[u];
+        ZL_UNROLL for (int b = 0; b < G; ++b) {
+          float wv[R];
+          br.w[b].load(wv, j, rank);
+          float sum = 0.0f;
+          ZL_UNROLL for (int k = 0; k < R; ++k) {
+            if (k < rank) sum += z[b][k] * wv[k];
+          }
+          value = value + br.mask[b].apply(row_key[b], j, scale * sum);
         }
-        y[j] = before[u] + mask.apply(row_key, j, scale * sum);
+        y[j] = value;
       }
     }
   }
 }
 
-// partial [chunks, r, n]: block (x, chunk) sums its kOuterRows rows for its columns. The
-// chunk's rows of small and their dropout keys are staged in shared memory once per block.
-template <int R>
-__global__ void lora_outer_partial_kernel(float* partial, const float* small, const float* big,
-                                          Index big_rs, Index M, Index n, int rank,
-                                          DropoutDraw mask) {
-  __shared__ float chunk_small[kOuterRows * R];
-  __shared__ std::uint64_t chunk_key[kOuterRows];
-  const Index chunk = blockIdx.y;
+// partial [G][chunks, r, n] (branch b's at partial + b chunks r n): block (x, chunk) sums its
+// kOuterRows rows for its columns. The chunk's rows of each branch's small and their dropout
+// keys are staged in shared memory once per block.
+template <int R, int G>
+__global__ void lora_outer_partial_kernel(float* partial, Branches<G> br, const float* big,
+                                          Index big_rs, Index M, Index n, int rank) {
+  __shared__ float chunk_small[G][kOuterRows * R];
+  __shared__ std::uint64_t chunk_key[G][kOuterRows];
+  const Index chunk = blockIdx.y, chunks = gridDim.y;
   const Index first = chunk * kOuterRows;
   const Index rows = first + kOuterRows < M ? kOuterRows : M - first;
-  for (Index t = threadIdx.x; t < rows * rank; t += blockDim.x)
-    chunk_small[t] = small[first * rank + t];
-  for (Index t = threadIdx.x; t < rows; t += blockDim.x) chunk_key[t] = mask.row(first + t);
+  ZL_UNROLL for (int b = 0; b < G; ++b) {
+    for (Index t = threadIdx.x; t < rows * rank; t += blockDim.x)
+      chunk_small[b][t] = br.small[b][first * rank + t];
+    for (Index t = threadIdx.x; t < rows; t += blockDim.x)
+      chunk_key[b][t] = br.mask[b].row(first + t);
+  }
   __syncthreads();
   for (Index j = blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x; j < n;
        j += static_cast<Index>(gridDim.x) * blockDim.x) {
-    float acc[R];
-    ZL_UNROLL for (int k = 0; k < R; ++k) acc[k] = 0.0f;
+    float acc[G][R];
+    ZL_UNROLL for (int b = 0; b < G; ++b) {
+      ZL_UNROLL for (int k = 0; k < R; ++k) acc[b][k] = 0.0f;
+    }
     const float* column = big + first * big_rs + j;
     for (Index t0 = 0; t0 < rows; t0 += kOuterInFlight) {
       float v[kOuterInFlight];
@@ -182,14 +227,18 @@ __global__ void lora_outer_partial_kernel(float* partial, const float* small, co
       ZL_UNROLL for (int u = 0; u < kOuterInFlight; ++u) {
         const Index t = t0 + u;
         if (t >= rows) break;
-        const float d = mask.apply(chunk_key[t], j, v[u]);
-        ZL_UNROLL for (int k = 0; k < R; ++k) {
-          if (k < rank) acc[k] += chunk_small[t * rank + k] * d;
+        ZL_UNROLL for (int b = 0; b < G; ++b) {
+          const float d = br.mask[b].apply(chunk_key[b][t], j, v[u]);
+          ZL_UNROLL for (int k = 0; k < R; ++k) {
+            if (k < rank) acc[b][k] += chunk_small[b][t * rank + k] * d;
+          }
         }
       }
     }
-    ZL_UNROLL for (int k = 0; k < R; ++k) {
-      if (k < rank) partial[(chunk * rank + k) * n + j] = acc[k];
+    ZL_UNROLL for (int b = 0; b < G; ++b) {
+      ZL_UNROLL for (int k = 0; k < R; ++k) {
+        if (k < rank) partial[((b * chunks + chunk) * rank + k) * n + j] = acc[b][k];
+      }
     }
   }
 }
@@ -203,76 +252,113 @@ __global__ void lora_outer_reduce_kernel(float* g, Index gk, Index gj, const flo
   }
 }
 
-// Calls launch(bound) with the smallest rank bound (std::integral_constant 4, 8 or 16) that
-// holds rank.
+// Calls launch(rank bound, branches) with the smallest rank bound (std::integral_constant 4, 8
+// or 16) that holds rank and the branch count as a std::integral_constant 1..kLoraGroupMax (a
+// group's rank at most kLoraGroupMaxRank: its registers and shared memory grow with both).
 template <class Launch>
-void with_rank_bound(int rank, Launch&& launch) {
+void with_bounds(int rank, int count, Launch&& launch) {
+  auto with_count = [&](auto bound) {
+    if (count == 1)
+      launch(bound, std::integral_constant<int, 1>{});
+    else if constexpr (decltype(bound)::value <= kLoraGroupMaxRank) {
+      if (count == 2)
+        launch(bound, std::integral_constant<int, 2>{});
+      else
+        launch(bound, std::integral_constant<int, 3>{});
+    } else {  // (check_branches refuses it first)
+      refuse_launch("lora kernels", "a group of LoRA branches of rank above 8");
+    }
+  };
   if (rank <= 4)
-    launch(std::integral_constant<int, 4>{});
+    with_count(std::integral_constant<int, 4>{});
   else if (rank <= 8)
-    launch(std::integral_constant<int, 8>{});
+    with_count(std::integral_constant<int, 8>{});
   else
-    launch(std::integral_constant<int, kMaxRank>{});
+    with_count(std::integral_constant<int, kMaxRank>{});
 }
 
-void check_rank(int rank, const char* kernel) {
+void check_branches(const LoraBranches& branches, int rank, const char* kernel) {
   if (rank < 1 || rank > kMaxRank) refuse_launch(kernel, "the rank is outside 1..16");
+  if (branches.count < 1 || branches.count > kLoraGroupMax)
+    refuse_launch(kernel, "a group of other than 1 to 3 LoRA branches");
+  if (branches.count > 1 && rank > kLoraGroupMaxRank)
+    refuse_launch(kernel, "a group of LoRA branches of rank above 8");
+}
+
+// The kernels' view of the branches: W's columns at wk, wj (none for outer, which writes its G_b
+// through the partial sums), masks of dropout p.
+template <int G>
+Branches<G> branches_of(const LoraBranches& b, const float* const* w, Index wk, Index wj, Index n,
+                        int rank, double p, const std::uint64_t* row_keys, const char* kernel) {
+  Branches<G> br{};
+  for (int i = 0; i < G; ++i) {
+    br.small[i] = b.small[i];
+    br.out[i] = b.out[i];
+    if (w) br.w[i] = weight_columns(w[i], wk, wj, n, rank, kernel);
+    br.mask[i] = make_dropout_draw(p, b.key[i], row_keys);
+  }
+  return br;
 }
 
 }  // namespace
 
-void lora_contract(cudaStream_t s, float* small, const float* big, Index big_rs, const float* w,
+void lora_contract(cudaStream_t s, const LoraBranches& branches, const float* big, Index big_rs,
                    Index wk, Index wj, Index M, Index n, int rank, float scale, double p,
-                   std::uint64_t key, const std::uint64_t* row_keys) {
-  check_rank(rank, "lora_contract");
+                   const std::uint64_t* row_keys) {
+  check_branches(branches, rank, "lora_contract");
   if (M == 0) return;
-  const Index groups = (M + kContractRows - 1) / kContractRows;
-  const WeightColumns columns = weight_columns(w, wk, wj, n, rank, "lora_contract");
-  with_rank_bound(rank, [&](auto bound) {
-    constexpr int R = decltype(bound)::value;
-    ZL_LAUNCH(lora_contract_kernel<R>, grid_for(groups * 32, kThreads), kThreads, s)
-    (small, big, big_rs, columns, M, static_cast<int>(n), rank, scale,
-     make_dropout_draw(p, key, row_keys));
+  with_bounds(rank, branches.count, [&](auto bound, auto count) {
+    constexpr int R = decltype(bound)::value, G = decltype(count)::value;
+    constexpr Index kRows = kContractRowsOf<R, G>;
+    // (a name for the kernel: a template's commas would split the macro's arguments)
+    static constexpr auto kernel = &lora_contract_kernel<R, G>;
+    ZL_LAUNCH(kernel, grid_for((M + kRows - 1) / kRows * 32, kThreads), kThreads, s)
+    (branches_of<G>(branches, branches.w, wk, wj, n, rank, p, row_keys, "lora_contract"), big,
+     big_rs, M, static_cast<int>(n), rank, scale);
   });
   check_launch("lora_contract", M, n);
 }
 
-void lora_expand(cudaStream_t s, float* big, Index big_rs, const float* small, const float* w,
-                 Index wk, Index wj, Index M, Index n, int rank, float scale, double p,
-                 std::uint64_t key, const std::uint64_t* row_keys) {
-  check_rank(rank, "lora_expand");
+void lora_expand(cudaStream_t s, float* big, Index big_rs, const LoraBranches& branches, Index wk,
+                 Index wj, Index M, Index n, int rank, float scale, double p,
+                 const std::uint64_t* row_keys) {
+  check_branches(branches, rank, "lora_expand");
   if (M * n == 0) return;
-  const WeightColumns columns = weight_columns(w, wk, wj, n, rank, "lora_expand");
-  with_rank_bound(rank, [&](auto bound) {
-    constexpr int R = decltype(bound)::value;
-    ZL_LAUNCH(lora_expand_kernel<R>, grid_rows_cols(M, 1, kThreads), kThreads, s)  // a row each
-    (big, big_rs, small, columns, M, static_cast<int>(n), rank, scale,
-     make_dropout_draw(p, key, row_keys));
+  with_bounds(rank, branches.count, [&](auto bound, auto count) {
+    constexpr int R = decltype(bound)::value, G = decltype(count)::value;
+    static constexpr auto kernel = &lora_expand_kernel<R, G>;
+    ZL_LAUNCH(kernel, grid_rows_cols(M, 1, kThreads), kThreads, s)  // a row each
+    (big, big_rs, branches_of<G>(branches, branches.w, wk, wj, n, rank, p, row_keys, "lora_expand"),
+     M, static_cast<int>(n), rank, scale);
   });
   check_launch("lora_expand", M, n);
 }
 
-Index lora_outer_scratch(Index M, Index n, int rank) {
-  return (M + kOuterRows - 1) / kOuterRows * rank * n;
+Index lora_outer_scratch(Index M, Index n, int rank, int count) {
+  return count * ((M + kOuterRows - 1) / kOuterRows) * rank * n;
 }
 
-void lora_outer(cudaStream_t s, float* g, Index gk, Index gj, const float* small, const float* big,
-                Index big_rs, Index M, Index n, int rank, float scale, double p, std::uint64_t key,
+void lora_outer(cudaStream_t s, const LoraBranches& branches, Index gk, Index gj, const float* big,
+                Index big_rs, Index M, Index n, int rank, float scale, double p,
                 const std::uint64_t* row_keys, float* partial) {
-  check_rank(rank, "lora_outer");
+  check_branches(branches, rank, "lora_outer");
   if (M * n == 0) return;
   const Index chunks = (M + kOuterRows - 1) / kOuterRows;
   if (chunks > 65535) refuse_launch("lora_outer", "more than 65535 x 256 rows");
   const dim3 grid(grid_for(n, kThreads), static_cast<unsigned>(chunks));
-  with_rank_bound(rank, [&](auto bound) {
-    constexpr int R = decltype(bound)::value;
-    ZL_LAUNCH(lora_outer_partial_kernel<R>, grid, kThreads, s)
-    (partial, small, big, big_rs, M, n, rank, make_dropout_draw(p, key, row_keys));
+  with_bounds(rank, branches.count, [&](auto bound, auto count) {
+    constexpr int R = decltype(bound)::value, G = decltype(count)::value;
+    static constexpr auto kernel = &lora_outer_partial_kernel<R, G>;
+    ZL_LAUNCH(kernel, grid, kThreads, s)
+    (partial, branches_of<G>(branches, nullptr, 0, 0, n, rank, p, row_keys, "lora_outer"), big,
+     big_rs, M, n, rank);
   });
   check_launch("lora_outer (partial sums)", M, n);
-  ZL_LAUNCH(lora_outer_reduce_kernel, grid_rows_cols(rank, n, kThreads), kThreads, s)
-  (g, gk, gj, partial, chunks, n, rank, scale);
-  check_launch("lora_outer", M, n);
+  for (int b = 0; b < branches.count; ++b) {
+    ZL_LAUNCH(lora_outer_reduce_kernel, grid_rows_cols(rank, n, kThreads), kThreads, s)
+    (branches.out[b], gk, gj, partial + b * chunks * rank * n, chunks, n, rank, scale);
+    check_launch("lora_outer", M, n);
+  }
 }
 
 }  // namespace zerolora::cuda

@@ -38,6 +38,11 @@ T* grow(Device& device, DeviceBuffer<T>& buffer, Index count) {
   return buffer.ensure(device, static_cast<std::size_t>(count));
 }
 
+// The modules whose LoRA branches share their input: the attention norm's output, the MLP
+// norm's.
+constexpr LoraModule kQkvModules[3] = {LoraModule::kQ, LoraModule::kK, LoraModule::kV};
+constexpr LoraModule kMlpInputModules[2] = {LoraModule::kGate, LoraModule::kUp};
+
 template <class P>
 class LayerOps {
  public:
@@ -89,14 +94,56 @@ class LayerOps {
 
   Index rank() const { return ctx_.lora.layout ? ctx_.lora.layout->config().rank : 0; }
 
+  // One module's LoRA branch, where it has an adapter (o, down: no other shares its input).
   void lora_forward_into(LoraModule m, Mat<Act> dst, Act* z, const Act* src, Index M, Index in,
                          Index row_offset) {
-    const auto* slots = adapter(m);
-    if (!slots) return;
+    lora_forward_shared({m}, {dst}, {z}, src, M, in, row_offset);
+  }
+
+  // The LoRA branches of modules that share the input src [M, in] (q, k, v; gate, up), those
+  // with an adapter, in one call (kernels.hpp lora_forward_shared): module i adds to dst[i] and
+  // keeps its z in z[i].
+  template <std::size_t N>
+  void lora_forward_shared(const LoraModule (&modules)[N], const Mat<Act> (&dst)[N],
+                           Act* const (&z)[N], const Act* src, Index M, Index in,
+                           Index row_offset) {
+    typename Kernels<P>::LoraForwardBranch branches[N];
+    std::size_t count = 0;
+    for (std::size_t i = 0; i < N; ++i) {
+      if (const auto* slots = adapter(modules[i]))
+        branches[count++] = {dst[i], z[i], ctx_.lora.param(slots->a_offset),
+                             ctx_.lora.param(slots->b_offset), dropout(modules[i], row_offset)};
+    }
+    if (count == 0) return;
     const auto& cfg = ctx_.lora.layout->config();
-    k_.lora_forward(dst, z, Mat<const Act>::dense(src, M, in), ctx_.lora.param(slots->a_offset),
-                    ctx_.lora.param(slots->b_offset), cfg.rank, cfg.scale(),
-                    dropout(m, row_offset));
+    k_.lora_forward_shared({branches, count}, Mat<const Act>::dense(src, M, in), cfg.rank,
+                           cfg.scale());
+  }
+
+  // Their backward (kernels.hpp lora_backward_shared): module i's output gradient diff_dst[i],
+  // its z in z[i]; diff_src [rows, in] takes their terms in the modules' order.
+  template <std::size_t N>
+  void lora_backward_shared(const LoraModule (&modules)[N], Mat<Act> diff_src,
+                            const Mat<const Act> (&diff_dst)[N], const Act* const (&z)[N],
+                            const Act* src, Index row_offset) {
+    if (!ctx_.lora.view.grads) return;
+    typename Kernels<P>::LoraBackwardBranch branches[N];
+    std::size_t count = 0;
+    for (std::size_t i = 0; i < N; ++i) {
+      if (const auto* slots = adapter(modules[i]))
+        branches[count++] = {ctx_.lora.grad(slots->a_offset),
+                             ctx_.lora.grad(slots->b_offset),
+                             diff_dst[i],
+                             z[i],
+                             ctx_.lora.param(slots->a_offset),
+                             ctx_.lora.param(slots->b_offset),
+                             dropout(modules[i], row_offset)};
+    }
+    if (count == 0) return;
+    const auto& cfg = ctx_.lora.layout->config();
+    k_.lora_backward_shared(diff_src, {branches, count},
+                            Mat<const Act>::dense(src, diff_src.rows, diff_src.cols), cfg.rank,
+                            cfg.scale());
   }
 
   void lora_project_into(LoraModule m, Act* z, const Act* src, Index M, Index in,
@@ -109,13 +156,7 @@ class LayerOps {
 
   void lora_backward_into(LoraModule m, Mat<Act> diff_src, Mat<const Act> diff_dst, const Act* z,
                           const Act* src, Index row_offset) {
-    const auto* slots = adapter(m);
-    if (!slots || !ctx_.lora.view.grads) return;
-    const auto& cfg = ctx_.lora.layout->config();
-    k_.lora_backward(diff_src, ctx_.lora.grad(slots->a_offset), ctx_.lora.grad(slots->b_offset),
-                     diff_dst, z, Mat<const Act>::dense(src, diff_src.rows, diff_src.cols),
-                     ctx_.lora.param(slots->a_offset), ctx_.lora.param(slots->b_offset), cfg.rank,
-                     cfg.scale(), dropout(m, row_offset));
+    lora_backward_shared({m}, diff_src, {diff_dst}, {z}, src, row_offset);
   }
 
   // gate_up (=) [rows, 2I] = h2 Wgu^T + LoRA(gate, up); z_gate/z_up receive the LoRA z.
@@ -124,18 +165,16 @@ class LayerOps {
                        Index row_offset, Act* z_gate, Act* z_up, const Dims& d) {
     base_forward(Mat<Act>::dense(gate_up, rows, 2 * d.I), {h2, h2_rounded}, rows, d.D,
                  w(LayerTensor::kGate));
-    lora_forward_into(LoraModule::kGate, Mat<Act>{gate_up, rows, d.I, 2 * d.I, 1}, z_gate, h2, rows,
-                      d.D, row_offset);
-    lora_forward_into(LoraModule::kUp, Mat<Act>{gate_up + d.I, rows, d.I, 2 * d.I, 1}, z_up, h2,
-                      rows, d.D, row_offset);
+    lora_forward_shared(
+        kMlpInputModules,
+        {Mat<Act>{gate_up, rows, d.I, 2 * d.I, 1}, Mat<Act>{gate_up + d.I, rows, d.I, 2 * d.I, 1}},
+        {z_gate, z_up}, h2, rows, d.D, row_offset);
   }
 
  private:
   LayerContext<P>& ctx_;
   Kernels<P>& k_;
 };
-
-constexpr LoraModule kQkvModules[3] = {LoraModule::kQ, LoraModule::kK, LoraModule::kV};
 
 }  // namespace
 
@@ -181,9 +220,13 @@ void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P:
   // Qwen2's biases belong to the base projection, before LoRA adds to it (as in PEFT).
   if (c.qkv_bias) k.linear_add_bias(Mat<Act>::dense(qkv, M, d.W3), ops.w(LayerTensor::kQBias));
   const Index col[3] = {0, d.Qd, d.Qd + d.KVd}, width[3] = {d.Qd, d.KVd, d.KVd};
-  for (int i = 0; i < 3; ++i)
-    ops.lora_forward_into(kQkvModules[i], Mat<Act>{qkv + col[i], M, width[i], d.W3, 1},
-                          acts.lora_z[static_cast<int>(kQkvModules[i])].data(), h1, M, d.D, 0);
+  Mat<Act> qkv_columns[3];
+  Act* qkv_z[3];
+  for (int i = 0; i < 3; ++i) {
+    qkv_columns[i] = Mat<Act>{qkv + col[i], M, width[i], d.W3, 1};
+    qkv_z[i] = acts.lora_z[static_cast<int>(kQkvModules[i])].data();
+  }
+  ops.lora_forward_shared(kQkvModules, qkv_columns, qkv_z, h1, M, d.D, 0);
   k.rope_rotate(qkv, positions, ctx.rope, M, d.W3, d.H, false);
   k.rope_rotate(qkv + d.Qd, positions, ctx.rope, M, d.W3, d.KV, false);
   Weight* attn_rounded = nullptr;  // made only where the attention runs here
@@ -294,12 +337,10 @@ void layer_backward(LayerContext<P>& ctx, typename P::Act* dx, const typename P:
     Act* dh = grow(dev, ws.dh, std::max(chunk, M) * d.D);
     ops.base_backward(dh, {d_gate_up, d_gate_up_rounded}, rows, 2 * d.I, ops.w(LayerTensor::kGate),
                       d.D);
-    ops.lora_backward_into(LoraModule::kGate, Mat<Act>::dense(dh, rows, d.D),
-                           Mat<const Act>{d_gate_up, rows, d.I, 2 * d.I, 1}, z(LoraModule::kGate),
-                           h2, c0);
-    ops.lora_backward_into(LoraModule::kUp, Mat<Act>::dense(dh, rows, d.D),
-                           Mat<const Act>{d_gate_up + d.I, rows, d.I, 2 * d.I, 1},
-                           z(LoraModule::kUp), h2, c0);
+    ops.lora_backward_shared(kMlpInputModules, Mat<Act>::dense(dh, rows, d.D),
+                             {Mat<const Act>{d_gate_up, rows, d.I, 2 * d.I, 1},
+                              Mat<const Act>{d_gate_up + d.I, rows, d.I, 2 * d.I, 1}},
+                             {z(LoraModule::kGate), z(LoraModule::kUp)}, h2, c0);
     k.rmsnorm_backward(dx_rows, dh, acts.x2.data() + c0 * d.D, acts.rstd2.data() + c0,
                        ops.w(LayerTensor::kMlpNorm), rows, d.D, true);
   }
@@ -318,10 +359,14 @@ void layer_backward(LayerContext<P>& ctx, typename P::Act* dx, const typename P:
   Act* dh = grow(dev, ws.dh, M * d.D);
   ops.base_backward(dh, d_qkv, M, d.W3, ops.w(LayerTensor::kQ), d.D);
   const Index col[3] = {0, d.Qd, d.Qd + d.KVd}, width[3] = {d.Qd, d.KVd, d.KVd};
-  for (int i = 0; i < 3; ++i)
-    ops.lora_backward_into(kQkvModules[i], Mat<Act>::dense(dh, M, d.D),
-                           Mat<const Act>{d_qkv + col[i], M, width[i], d.W3, 1},
-                           acts.lora_z[static_cast<int>(kQkvModules[i])].data(), acts.h1.data(), 0);
+  Mat<const Act> d_qkv_columns[3];
+  const Act* qkv_z[3];
+  for (int i = 0; i < 3; ++i) {
+    d_qkv_columns[i] = Mat<const Act>{d_qkv + col[i], M, width[i], d.W3, 1};
+    qkv_z[i] = acts.lora_z[static_cast<int>(kQkvModules[i])].data();
+  }
+  ops.lora_backward_shared(kQkvModules, Mat<Act>::dense(dh, M, d.D), d_qkv_columns, qkv_z,
+                           acts.h1.data(), 0);
   k.rmsnorm_backward(dx, dh, x, acts.rstd1.data(), ops.w(LayerTensor::kAttnNorm), M, d.D, true);
 }
 

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -100,6 +101,38 @@ class Kernels {
   virtual void lora_backward(Mat<Act> diff_src, Act* diff_a, Act* diff_b, Mat<const Act> diff_dst,
                              const Act* z, Mat<const Act> src, const Act* a, const Act* b,
                              Index rank, double scale, const DropoutMask& dropout) = 0;
+  // LoRA branches that share their input src (q, k and v on the attention norm's output; gate
+  // and up on the MLP norm's), given together so that a backend may read src, and backward
+  // read and write diff_src, once for all of them (the GPU does). Each branch's results are
+  // those of lora_forward / lora_backward called for it alone, in the order given (diff_src
+  // takes the branches' terms in that order); what this default does.
+  struct LoraForwardBranch {
+    Mat<Act> dst;
+    Act* z;
+    const Act* a;
+    const Act* b;
+    DropoutMask dropout;
+  };
+  struct LoraBackwardBranch {
+    Act* diff_a;
+    Act* diff_b;
+    Mat<const Act> diff_dst;
+    const Act* z;
+    const Act* a;
+    const Act* b;
+    DropoutMask dropout;
+  };
+  virtual void lora_forward_shared(std::span<const LoraForwardBranch> branches, Mat<const Act> src,
+                                   Index rank, double scale) {
+    for (const auto& br : branches)
+      lora_forward(br.dst, br.z, src, br.a, br.b, rank, scale, br.dropout);
+  }
+  virtual void lora_backward_shared(Mat<Act> diff_src, std::span<const LoraBackwardBranch> branches,
+                                    Mat<const Act> src, Index rank, double scale) {
+    for (const auto& br : branches)
+      lora_backward(diff_src, br.diff_a, br.diff_b, br.diff_dst, br.z, src, br.a, br.b, rank, scale,
+                    br.dropout);
+  }
 
   // ops/attention.hpp: segments on the host; out_rounded as a producer's `rounded` above
   virtual void attention_forward(Act* out, Weight* out_rounded, Act* lse, const Act* qkv,

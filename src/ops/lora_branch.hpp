@@ -38,6 +38,11 @@ void apply_dropout(Runtime& rt, Mat<T> dst, Mat<const T> src, const DropoutMask&
 // call, and no dropped copy of the input (scratch: dz [M, r] only); larger ranks use matmuls
 // and a dropped copy [M, in].
 inline constexpr Index kLoraFusedMaxRank = 16;
+// The GPU runs branches that share their input (q, k, v; gate, up) as one group, up to this many
+// of rank up to kLoraGroupMaxRank (src/cuda/lora.cu: registers and shared memory grow with both),
+// with their dz side by side: the memory estimate counts them.
+inline constexpr Index kLoraGroupMax = 3;
+inline constexpr Index kLoraGroupMaxRank = 8;
 
 // z (=) [M, r] = drop(src) A^T: the down-projection half of the branch.
 template <class T>

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <limits>
 #include <optional>
+#include <set>
 #include <utility>
 
 #include "core/error.hpp"
@@ -418,8 +419,12 @@ void add_gpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& 
   }
   // The LoRA branch's backward: dz, and up to kLoraFusedMaxRank the fused kernels' partial sums of
   // dA and dB (src/cuda/lora.cu: r x the module's width per 256 rows); above it, with dropout, the
-  // dropped input and its mask's work, each as large as the widest adapted input.
+  // dropped input and its mask's work, each as large as the widest adapted input. Branches that
+  // share their input (q, k, v over M rows; gate, up over a chunk's) run as a group up to
+  // kLoraGroupMaxRank, with a dz and partial sums of dA for each branch side by side (counted
+  // for the most of them any layer adapts: an upper bound where layers differ).
   double widest_input = 0, widest_partials = 0;
+  std::set<LoraModule> qkv, gate_up;
   for (const auto& entry : lora.entries()) {
     const double width = static_cast<double>(entry.is_b ? entry.rows : entry.cols);
     const bool mlp = entry.module == LoraModule::kGate || entry.module == LoraModule::kUp ||
@@ -427,13 +432,26 @@ void add_gpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& 
     const double rows = mlp ? chunk : M;
     widest_partials = std::max(widest_partials, std::ceil(rows / 256) * r * width);
     if (!entry.is_b) widest_input = std::max(widest_input, rows * width);  // A: [r, in]
+    if (entry.module == LoraModule::kQ || entry.module == LoraModule::kK ||
+        entry.module == LoraModule::kV)
+      qkv.insert(entry.module);
+    if (entry.module == LoraModule::kGate || entry.module == LoraModule::kUp)
+      gate_up.insert(entry.module);
   }
   const bool fused = r <= kLoraFusedMaxRank;
+  double dz = M * r;
+  if (r <= kLoraGroupMaxRank) {
+    const double qkv_group = static_cast<double>(qkv.size());
+    const double gate_up_group = static_cast<double>(gate_up.size());
+    dz = std::max({dz, qkv_group * M * r, gate_up_group * chunk * r});
+    widest_partials = std::max({widest_partials, qkv_group * std::ceil(M / 256) * r * D,
+                                gate_up_group * std::ceil(chunk / 256) * r * D});
+  }
   e.items.push_back({fused ? "LoRA branch scratch (dz; dA and dB partial sums)"
                            : "LoRA branch scratch (dz; dropout's dropped inputs)",
-                     4.0 * M * r + (fused                       ? 4.0 * widest_partials
-                                    : lora.config().dropout > 0 ? 2 * 4.0 * widest_input
-                                                                : 0.0)});
+                     4.0 * dz + (fused                       ? 4.0 * widest_partials
+                                 : lora.config().dropout > 0 ? 2 * 4.0 * widest_input
+                                                             : 0.0)});
   const bool cudnn = s.bf16 && cudnn_supports_head_dim(c.head_dim);
   if (cudnn) {
     // The workspace (the cuDNN frontend's composite backward, sized from the gradient layouts
