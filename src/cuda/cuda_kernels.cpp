@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <initializer_list>
 #include <optional>
 #include <set>
 #include <span>
@@ -14,6 +13,7 @@
 #include "core/error.hpp"
 #include "core/precision.hpp"
 #include "cuda/cuda_device.hpp"
+#include "cuda/cuda_lora.hpp"
 #include "cuda/cuda_ops.hpp"
 #include "cuda/gemm.hpp"
 #include "ops/attention.hpp"
@@ -23,9 +23,6 @@
 #endif
 
 namespace zerolora::cuda {
-
-static_assert(kLoraGroupMax == zerolora::kLoraGroupMax &&
-              kLoraGroupMaxRank == zerolora::kLoraGroupMaxRank);
 
 namespace {
 
@@ -48,7 +45,11 @@ class CudaKernels final : public Kernels<P> {
 
   // Each op is a profiler scope (a GPU clock times it where one is set: core/profiler.hpp).
   CudaKernels(CudaDevice& device, Profiler& profiler)
-      : device_(device), profiler_(profiler), s_(device.stream()), gemm_(device, device.stream()) {}
+      : device_(device),
+        profiler_(profiler),
+        s_(device.stream()),
+        gemm_(device, device.stream()),
+        lora_(device, gemm_) {}
 
   void embedding_forward(Act* dst, const std::int32_t* tokens, const Weight* table, Index M,
                          Index D) override {
@@ -124,81 +125,40 @@ class CudaKernels final : public Kernels<P> {
                  1.0f, false);
   }
 
-  // The LoRA branch: up to kLoraFusedMaxRank over views with contiguous rows, lora.cu's kernels
-  // (each activation read once, the dropout mask made on the fly); else cuBLASLt GEMMs in fp32
-  // and dropped copies of the input.
+  // The LoRA branch: cuda_lora.hpp (the same in both policies: fp32 activations).
   void lora_project(Act* z, Mat<const Act> src, const Act* a, Index rank,
                     const DropoutMask& dropout) override {
     ProfileScope profile(profiler_, ProfileCategory::kLora);
-    const Index M = src.rows, in = src.cols;
-    if (fused_lora(rank, {src.cs})) {
-      cuda::lora_contract(s_, one_branch(nullptr, a, z, dropout.key), src.data, src.rs, in, 1, M,
-                          in, static_cast<int>(rank), 1.0f, dropout.p, dropout.row_keys);
-      return;
-    }
-    gemm_.matmul(dropped(src, dropout), Mat<const Act>::dense(a, rank, in).t(),
-                 Mat<Act>::dense(z, M, rank), 1.0f, false);
+    lora_.project(z, src, a, rank, dropout);
   }
   void lora_forward(Mat<Act> dst, Act* z, Mat<const Act> src, const Act* a, const Act* b,
                     Index rank, double scale, const DropoutMask& dropout) override {
     ProfileScope profile(profiler_, ProfileCategory::kLora);
-    lora_project(z, src, a, rank, dropout);
-    expand_z(dst, z, b, rank, scale);
+    lora_.forward(dst, z, src, a, b, rank, scale, dropout);
   }
   void lora_backward(Mat<Act> diff_src, Act* diff_a, Act* diff_b, Mat<const Act> diff_dst,
                      const Act* z, Mat<const Act> src, const Act* a, const Act* b, Index rank,
                      double scale, const DropoutMask& dropout) override {
     ProfileScope profile(profiler_, ProfileCategory::kLora);
-    const Index M = src.rows, in = src.cols, out = diff_dst.cols;
-    const auto s = static_cast<float>(scale);
-    if (fused_lora(rank, {src.cs, diff_src.cs, diff_dst.cs})) {
-      const LoraBackwardBranch branch{diff_a, diff_b, diff_dst, z, a, b, dropout};
-      lora_backward_fused(diff_src, {&branch, 1}, src, rank, scale);
-      return;
-    }
-    Act* dz = lora_dz_.ensure(device_, static_cast<std::size_t>(M * rank));
-    const auto dz_mat = Mat<Act>::dense(dz, M, rank);
-    const auto a_mat = Mat<const Act>::dense(a, rank, in);
-    gemm_.matmul(diff_dst.t(), Mat<const Act>::dense(z, M, rank),
-                 Mat<Act>::dense(diff_b, out, rank), s, true);
-    gemm_.matmul(diff_dst, Mat<const Act>::dense(b, out, rank), dz_mat, s, false);
-    gemm_.matmul(dz_mat.as_const().t(), dropped(src, dropout), Mat<Act>::dense(diff_a, rank, in),
-                 1.0f, true);
-    if (!dropout.active()) {
-      gemm_.matmul(dz_mat, a_mat, diff_src, 1.0f, true);
-    } else {
-      Act* work = lora_work_.ensure(device_, static_cast<std::size_t>(M * in));
-      gemm_.matmul(dz_mat, a_mat, Mat<Act>::dense(work, M, in), 1.0f, false);
-      cuda::apply_dropout(s_, diff_src.data, diff_src.rs, diff_src.cs, work, in, 1, M, in,
-                          dropout.p, dropout.key, dropout.row_keys, true);
-    }
+    lora_.backward(diff_src, diff_a, diff_b, diff_dst, z, src, a, b, rank, scale, dropout);
   }
-
-  // Branches that share their input: one group of lora.cu's kernels (src read once for their z
-  // and their dA, diff_src read and written once for their terms) where they all take the fused
-  // kernels and a group's rank bound; else one by one.
+  // Branches that share their input: one group of lora.cu's kernels (one profiled call) where
+  // CudaLora takes them as one, else the default's calls one by one.
   using typename Kernels<P>::LoraForwardBranch;
   using typename Kernels<P>::LoraBackwardBranch;
   void lora_forward_shared(std::span<const LoraForwardBranch> branches, Mat<const Act> src,
                            Index rank, double scale) override {
-    if (!groups_lora(rank, branches, {src.cs}))
+    if (!CudaLora::groups_forward(branches, src, rank))
       return Kernels<P>::lora_forward_shared(branches, src, rank, scale);
     ProfileScope profile(profiler_, ProfileCategory::kLora);
-    const Index M = src.rows, in = src.cols;
-    cuda::LoraBranches group;  // z_b = drop_b(x) A_b^T
-    for (const auto& br : branches) add_branch(group, nullptr, br.a, br.z, br.dropout.key);
-    const DropoutMask& dropout = branches.front().dropout;
-    cuda::lora_contract(s_, group, src.data, src.rs, in, 1, M, in, static_cast<int>(rank), 1.0f,
-                        dropout.p, dropout.row_keys);
-    for (const auto& br : branches) expand_z(br.dst, br.z, br.b, rank, scale);
+    lora_.forward_group(branches, src, rank, scale);
   }
   void lora_backward_shared(Mat<Act> diff_src, std::span<const LoraBackwardBranch> branches,
                             Mat<const Act> src, Index rank, double scale) override {
-    bool grouped = groups_lora(rank, branches, {src.cs, diff_src.cs});
-    for (const auto& br : branches) grouped = grouped && fused_lora(rank, {br.diff_dst.cs});
-    if (!grouped) return Kernels<P>::lora_backward_shared(diff_src, branches, src, rank, scale);
+    if (!CudaLora::groups_backward(diff_src, branches, src, rank))
+      return Kernels<P>::lora_backward_shared(diff_src, branches, src, rank, scale);
     ProfileScope profile(profiler_, ProfileCategory::kLora);
-    lora_backward_fused(diff_src, branches, src, rank, scale);
+    lora_.backward_group(diff_src, branches, src, rank, scale);
   }
 
   // The bf16 policy uses cuDNN's fused attention where it takes the shape (bf16 in and out:
@@ -452,94 +412,6 @@ class CudaKernels final : public Kernels<P> {
   DeviceBuffer<float> stats_;
 #endif
 
-  // The fused kernels' backward of branches sharing src and diff_src (one, or a group): each
-  // branch's dB += s dy^T z and dz = s dy B (B(k, c) at b[c r + k]), then for all of them in
-  // one pass over src and one over diff_src, dA += dz^T drop(x) and dx += drop'(dz A) (A(k, j)
-  // at a[k in + j]).
-  void lora_backward_fused(Mat<Act> diff_src, std::span<const LoraBackwardBranch> branches,
-                           Mat<const Act> src, Index rank, double scale) {
-    const Index M = src.rows, in = src.cols, count = static_cast<Index>(branches.size());
-    const int r = static_cast<int>(rank);
-    const auto s = static_cast<float>(scale);
-    Act* dz = lora_dz_.ensure(device_, static_cast<std::size_t>(count * M * rank));
-    Index scratch = cuda::lora_outer_scratch(M, in, r, static_cast<int>(count));
-    for (const auto& br : branches)
-      scratch = std::max(scratch, cuda::lora_outer_scratch(M, br.diff_dst.cols, r, 1));
-    float* partial = lora_partial_.ensure(device_, static_cast<std::size_t>(scratch));
-    cuda::LoraBranches group;
-    for (const auto& br : branches) {
-      Act* dz_b = dz + group.count * M * rank;
-      const Mat<const Act> dy = br.diff_dst;
-      cuda::lora_outer(s_, one_branch(br.z, nullptr, br.diff_b), 1, rank, dy.data, dy.rs, M,
-                       dy.cols, r, s, 0.0, nullptr, partial);
-      cuda::lora_contract(s_, one_branch(nullptr, br.b, dz_b), dy.data, dy.rs, 1, rank, M, dy.cols,
-                          r, s, 0.0, nullptr);
-      add_branch(group, dz_b, br.a, br.diff_a, br.dropout.key);
-    }
-    const DropoutMask& dropout = branches.front().dropout;
-    cuda::lora_outer(s_, group, in, 1, src.data, src.rs, M, in, r, 1.0f, dropout.p,
-                     dropout.row_keys, partial);
-    cuda::lora_expand(s_, diff_src.data, diff_src.rs, group, in, 1, M, in, r, 1.0f, dropout.p,
-                      dropout.row_keys);
-  }
-  // y += s z B^T (B(k, c) at b[c r + k]).
-  void expand_z(Mat<Act> dst, const Act* z, const Act* b, Index rank, double scale) {
-    if (fused_lora(rank, {dst.cs})) {
-      cuda::lora_expand(s_, dst.data, dst.rs, one_branch(z, b, nullptr), 1, rank, dst.rows,
-                        dst.cols, static_cast<int>(rank), static_cast<float>(scale), 0.0, nullptr);
-      return;
-    }
-    gemm_.matmul(Mat<const Act>::dense(z, dst.rows, rank),
-                 Mat<const Act>::dense(b, dst.cols, rank).t(), dst, static_cast<float>(scale),
-                 true);
-  }
-  // lora.cu's branches (cuda_ops.hpp LoraBranches): small_b read, W_b, the output written.
-  static void add_branch(cuda::LoraBranches& group, const float* small, const float* w, float* out,
-                         std::uint64_t key = 0) {
-    group.small[group.count] = small;
-    group.w[group.count] = w;
-    group.out[group.count] = out;
-    group.key[group.count] = key;
-    ++group.count;
-  }
-  static cuda::LoraBranches one_branch(const float* small, const float* w, float* out,
-                                       std::uint64_t key = 0) {
-    cuda::LoraBranches branch;
-    add_branch(branch, small, w, out, key);
-    return branch;
-  }
-  // Branches that lora.cu may take as one group: at most kLoraGroupMax of rank at most
-  // kLoraGroupMaxRank (one alone: any fused rank), sharing contiguous src columns and one
-  // dropout draw but for its key.
-  template <class Branch>
-  static bool groups_lora(Index rank, std::span<const Branch> branches,
-                          std::initializer_list<Index> column_strides) {
-    if (branches.empty() || branches.size() > static_cast<std::size_t>(cuda::kLoraGroupMax) ||
-        !fused_lora(rank, column_strides))
-      return false;
-    if (branches.size() > 1 && rank > cuda::kLoraGroupMaxRank) return false;
-    for (const auto& br : branches)
-      if (br.dropout.p != branches.front().dropout.p ||
-          br.dropout.row_keys != branches.front().dropout.row_keys)
-        return false;
-    return true;
-  }
-  static bool fused_lora(Index rank, std::initializer_list<Index> column_strides) {
-    if (rank > kLoraFusedMaxRank) return false;
-    for (Index stride : column_strides)
-      if (stride != 1) return false;
-    return true;
-  }
-  // drop(src) as a dense matrix (src itself when dropout is off).
-  Mat<const Act> dropped(Mat<const Act> src, const DropoutMask& dropout) {
-    if (!dropout.active()) return src;
-    const Index M = src.rows, in = src.cols;
-    Act* work = dropout_work_.ensure(device_, static_cast<std::size_t>(M * in));
-    cuda::apply_dropout(s_, work, in, 1, src.data, src.rs, src.cs, M, in, dropout.p, dropout.key,
-                        dropout.row_keys, false);
-    return Mat<const Act>::dense(work, M, in);
-  }
-
   // Keyed by the table's address, positions and width: a model owns its table for its life.
   void upload_rope(const RopeTable& table) {
     if (&table == rope_table_ && table.positions() == rope_positions_ && table.half() == rope_half_)
@@ -604,9 +476,9 @@ class CudaKernels final : public Kernels<P> {
   Profiler& profiler_;
   cudaStream_t s_;
   LtGemm gemm_;
+  CudaLora lora_;  // after gemm_, which it uses
   DeviceBuffer<bf16> operand_;
-  DeviceBuffer<float> lora_dz_, lora_partial_, lora_work_, dropout_work_, rope_cos_, rope_sin_,
-      delta_;
+  DeviceBuffer<float> rope_cos_, rope_sin_, delta_;
   DeviceBuffer<double> row_loss_;
   std::vector<double> row_loss_host_;
   DeviceBuffer<unsigned long long> first_;

@@ -1,7 +1,8 @@
 // The kernel interface (ops/kernels.hpp) on a CUDA GPU, for the fp32 and bf16 policies: the
 // hand-written kernels of cuda_ops.hpp for the memory-bound ops, cuBLASLt (gemm.hpp) for every
-// GEMM, and the attention kernel of attention.cu. Host-side values the kernels need (the rope
-// table, the segments of a batch) are uploaded when they change.
+// GEMM, the LoRA branch's fused kernels through cuda_lora.hpp, and cuDNN's or attention.cu's
+// attention. Host-side values the kernels need (the rope table, the segments of a batch) are
+// uploaded when they change.
 #pragma once
 
 #include <memory>

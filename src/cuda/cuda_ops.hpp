@@ -93,7 +93,7 @@ void apply_dropout(cudaStream_t s, float* dst, Index dst_rs, Index dst_cs, const
 //   lora_expand:   big [M, n] += drop_b(scale small_b [M, r] W_b), b in order
 //   lora_outer:    G_b [r, n] += scale small_b^T drop_b(big), through partial [lora_outer_scratch]
 inline constexpr int kLoraGroupMax = 3;      // ops/lora_branch.hpp's (static_assert in
-inline constexpr int kLoraGroupMaxRank = 8;  // cuda_kernels.cpp)
+inline constexpr int kLoraGroupMaxRank = 8;  // cuda_lora.cpp)
 struct LoraBranches {
   int count = 0;
   const float* small[kLoraGroupMax] = {};  // expand, outer: small_b

@@ -55,6 +55,28 @@ void check_residual_operands(Mat<Act> dst, const Act* residual) {
     throw InternalError("linear_forward_residual: dst must be dense and apart from the residual");
 }
 
+// One LoRA branch of Kernels::lora_forward_shared / lora_backward_shared: its output (or
+// output gradient), z, weights A and B and their gradients, and its dropout draw. At namespace
+// scope, not in Kernels, so that the policies that share an activation type share these types.
+template <class Act>
+struct LoraForwardBranch {
+  Mat<Act> dst;
+  Act* z;
+  const Act* a;
+  const Act* b;
+  DropoutMask dropout;
+};
+template <class Act>
+struct LoraBackwardBranch {
+  Act* diff_a;
+  Act* diff_b;
+  Mat<const Act> diff_dst;
+  const Act* z;
+  const Act* a;
+  const Act* b;
+  DropoutMask dropout;
+};
+
 template <class P>
 class Kernels {
  public:
@@ -106,22 +128,8 @@ class Kernels {
   // read and write diff_src, once for all of them (the GPU does). Each branch's results are
   // those of lora_forward / lora_backward called for it alone, in the order given (diff_src
   // takes the branches' terms in that order); what this default does.
-  struct LoraForwardBranch {
-    Mat<Act> dst;
-    Act* z;
-    const Act* a;
-    const Act* b;
-    DropoutMask dropout;
-  };
-  struct LoraBackwardBranch {
-    Act* diff_a;
-    Act* diff_b;
-    Mat<const Act> diff_dst;
-    const Act* z;
-    const Act* a;
-    const Act* b;
-    DropoutMask dropout;
-  };
+  using LoraForwardBranch = zerolora::LoraForwardBranch<Act>;
+  using LoraBackwardBranch = zerolora::LoraBackwardBranch<Act>;
   virtual void lora_forward_shared(std::span<const LoraForwardBranch> branches, Mat<const Act> src,
                                    Index rank, double scale) {
     for (const auto& br : branches)

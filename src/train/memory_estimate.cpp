@@ -382,13 +382,13 @@ void add_cpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& 
         {"oneDNN gemm:jit packing (large backward GEMMs)", 2.0 * 2048 * widest + 8.0 * 1048576.0});
 }
 
-// The CUDA backend's buffers (src/cuda/cuda_kernels.cpp, model/llama_layer.cpp): they only
-// grow, so after the first backward they are all allocated at once. The layer workspace's
-// MLP chunk is 1024 rows, or the micro-batch's rows when fewer; the GEMMs' bf16 operands share one
-// buffer (the lm_head backward's included); cuDNN attention copies q/k/v, O and their gradients to
-// bf16 and takes a workspace (its size comes from cuDNN at run time: estimated here as four
-// bytes per token, head and head element); cuBLASLt's workspace is 32 MiB. Not counted, as
-// the run's peak_device_mib does not count them: the CUDA context and the kernels' code
+// The CUDA backend's buffers (src/cuda/cuda_kernels.cpp, cuda_lora.cpp, model/llama_layer.cpp):
+// they only grow, so after the first backward they are all allocated at once. The layer's
+// workspace's MLP chunk is 1024 rows, or the micro-batch's rows when fewer; the GEMMs' bf16
+// operands share one buffer (the lm_head backward's included); cuDNN attention copies q/k/v, O and
+// their gradients to bf16 and takes a workspace (its size comes from cuDNN at run time: estimated
+// here as four bytes per token, head and head element); cuBLASLt's workspace is 32 MiB. Not
+// counted, as the run's peak_device_mib does not count them: the CUDA context and the kernels' code
 // (a few hundred MiB in nvidia-smi) and NCCL's own buffers. No kernel uses local memory (the
 // build refuses one that does), so the driver reserves none for them.
 void add_gpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& lora,
