@@ -101,8 +101,9 @@ int run_preview(const PreviewOptions& o) {
   std::fprintf(stderr, "data-preview: tokenizer %s (%s)", tokenizer.path().c_str(),
                tokenizer.format());
   if (!r.chat_template.empty())
-    std::fprintf(stderr, "; chat template %s, %lld assistant turns cut by max_seq_length",
-                 r.chat_template.c_str(), static_cast<long long>(r.truncated_turns));
+    std::fprintf(stderr, "; chat template %s%s%s, %lld assistant turns cut by max_seq_length",
+                 r.chat_template.c_str(), r.chat_date.empty() ? "" : " dated ", r.chat_date.c_str(),
+                 static_cast<long long>(r.truncated_turns));
   std::fprintf(stderr, "\n");
   return 0;
 }

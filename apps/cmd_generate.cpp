@@ -8,6 +8,7 @@
 
 #include "apps/cli.hpp"
 #include "apps/commands.hpp"
+#include "apps/data_flags.hpp"
 #include "apps/flag_checks.hpp"
 #include "apps/model_files.hpp"
 #include "core/error.hpp"
@@ -27,7 +28,7 @@ namespace {
 
 struct GenerateOptions {
   std::string model, tokenizer, adapter, prompt, input, prompt_template = "raw";
-  std::string chat_template, system;
+  std::string chat_template, chat_date, system;
   int max_new_tokens = 64;
   SamplingOptions sampling;
   std::string dtype = "bf16";
@@ -53,7 +54,8 @@ GeneratedText generate_with(const GenerateOptions& o, const TextSink& on_text) {
   std::size_t shown_from = 0;  // what is printed: the text after the BOS, or only the answer
   std::vector<std::int64_t> stop = config.eos_token_ids;
   if (o.prompt_template == "chat") {
-    const ChatTemplate chat = ChatTemplate::for_tokenizer(tokenizer, o.chat_template);
+    ChatTemplate chat = ChatTemplate::for_tokenizer(tokenizer, o.chat_template);
+    if (!o.chat_date.empty()) chat.set_date(o.chat_date);
     std::vector<ChatMessage> messages;
     if (!o.system.empty()) messages.push_back({"system", o.system});
     messages.push_back({"user", o.prompt});
@@ -137,11 +139,7 @@ void add_generate_flags(CLI::App* cmd, GenerateOptions* o) {
          "raw: the prompt as is; alpaca: wrapped as training wrapped it; chat: one user turn "
          "through the model's chat template (only the answer is printed); or a template file")
       ->capture_default_str();
-  cmd->add_option("--chat_template", o->chat_template,
-                  "With --template chat: llama3, llama3.1, qwen2.5, chatml, mistral, mistral-v7, "
-                  "llama2-chat or zephyr (default: the tokenizer's, recognised from "
-                  "tokenizer_config.json)")
-      ->check(CLI::IsMember(ChatTemplate::names()));
+  add_chat_template_flags(*cmd, o->chat_template, o->chat_date, "With --template chat");
   cmd->add_option("--system", o->system, "With --template chat: a system message first");
   cmd->add_option("--max_new_tokens", o->max_new_tokens,
                   "Tokens to generate at most (stops at EOS)")

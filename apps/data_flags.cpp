@@ -7,6 +7,28 @@
 
 namespace zerolora::cli {
 
+void add_chat_template_flags(CLI::App& cmd, std::string& chat_template, std::string& chat_date,
+                             const std::string& when) {
+  std::string names;
+  for (const auto& n : ChatTemplate::names()) names += (names.empty() ? "" : ", ") + n;
+  cmd.add_option("--chat_template", chat_template,
+                 when + ": the template, one of " + names +
+                     " (default: the tokenizer's, recognised from tokenizer_config.json)")
+      ->check(CLI::IsMember(ChatTemplate::names()));
+  cmd.add_option("--chat_date", chat_date,
+                 when +
+                     ": the date, YYYY-MM-DD, that templates which write one (llama3.2's "
+                     "system header, mistral-v7's default system prompt) write; default "
+                     "today's, as apply_chat_template renders. Give one for a run that "
+                     "renders the same text on any day (a resume on another day needs it)")
+      ->check(CLI::Validator(
+          [](std::string& text) {
+            return ChatTemplate::valid_date(text) ? std::string()
+                                                  : "must be a date YYYY-MM-DD, got '" + text + "'";
+          },
+          "YYYY-MM-DD"));
+}
+
 void add_data_flags(CLI::App& cmd, DataFlags& f) {
   cmd.add_option("--train_file", f.train_file,
                  "Training data: .json (array of records), .jsonl (one record per line) or .txt "
@@ -34,11 +56,7 @@ void add_data_flags(CLI::App& cmd, DataFlags& f) {
                  "trained (continued pre-training)")
       ->capture_default_str()
       ->check(CLI::IsMember({"instruction", "chat", "text"}));
-  cmd.add_option("--chat_template", f.chat_template,
-                 "Chat data: the template, one of llama3, llama3.1, qwen2.5, chatml, mistral, "
-                 "mistral-v7, llama2-chat, zephyr (default: the tokenizer's, recognised from "
-                 "tokenizer_config.json)")
-      ->check(CLI::IsMember(ChatTemplate::names()));
+  add_chat_template_flags(cmd, f.chat_template, f.chat_date, "Chat data");
   cmd.add_option("--instruction_column_name", f.columns.instruction,
                  "Record field holding the instruction")
       ->capture_default_str();
@@ -95,6 +113,7 @@ DataOptions DataFlags::options() const {
            : data_format == "chat" ? RecordKind::kChat
                                    : RecordKind::kInstruction;
   o.chat_template = chat_template;
+  o.chat_date = chat_date;
   o.columns = columns;
   o.prompt_template = data_format == "text" ? "raw" : prompt_template;
   o.tokenize.max_seq_length = max_seq_length;

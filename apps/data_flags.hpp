@@ -18,7 +18,7 @@ struct DataFlags {
   std::string data_format = "instruction";
   ColumnNames columns;
   std::string prompt_template = "alpaca";
-  std::string chat_template;
+  std::string chat_template, chat_date;
   std::int64_t max_seq_length = 2048;
   bool train_on_inputs = false;
   bool dataset_concatenation = false;
@@ -32,5 +32,8 @@ struct DataFlags {
 
 // Registers the flags on `cmd`; `train_file_required` for commands that need data.
 void add_data_flags(CLI::App& cmd, DataFlags& flags);
+// --chat_template and --chat_date (also generate's); `when` opens their help ("Chat data").
+void add_chat_template_flags(CLI::App& cmd, std::string& chat_template, std::string& chat_date,
+                             const std::string& when);
 
 }  // namespace zerolora::cli

@@ -168,6 +168,27 @@ check "chat data for a model without a chat template: exit 1 saying what to pass
   --output_dir "$work/chat_run" --max_steps 2 --per_device_train_batch_size 2 --save_strategy no > "$work/chat.log" 2>&1
 [ $? -eq 0 ] && grep -q "loss on assistant turns" "$work/chat.log" && [ -f "$work/chat_run/adapter_model.safetensors" ]
 check "train on conversations" $?
+# Llama 3.2's template dates its system header (today's date, as apply_chat_template renders it,
+# unless --chat_date); a checkpoint resumes only with the date it was rendered with.
+"$bin" data-preview --model "$model" --train_file "$work/chat.jsonl" --chat_template llama3.2 \
+  --chat_date 2025-05-09 --output "$work/chat32.jsonl" 2> "$work/chat32.err"
+[ $? -eq 0 ] && grep -q "chat template llama3.2 dated 2025-05-09" "$work/chat32.err" \
+  && [ "$(grep -c 'Cutting Knowledge Date: December 2023\\nToday Date: 09 May 2025\\n\\nTell short stories.' "$work/chat32.jsonl")" -eq 1 ]
+check "data-preview --chat_template llama3.2 --chat_date: the header dated as given" $?
+"$bin" data-preview --model "$model" --train_file "$work/chat.jsonl" --chat_template llama3.2 \
+  --chat_date 2025-02-30 > /dev/null 2> "$work/err.txt"
+[ $? -eq 2 ] && grep -q -- "--chat_date" "$work/err.txt" && grep -q "YYYY-MM-DD" "$work/err.txt"
+check "--chat_date that is not a day: exit 2 naming the flag" $?
+"$bin" train --model_name_or_path "$model" --train_file "$work/chat.jsonl" --chat_template llama3.2 \
+  --chat_date 2025-05-09 --output_dir "$work/chat32_run" --max_steps 2 --save_steps 1 \
+  --per_device_train_batch_size 2 > "$work/chat32.log" 2>&1
+[ $? -eq 0 ] && grep -q "llama3.2 chat template dated 2025-05-09 (--chat_date)" "$work/chat32.log"
+check "train on conversations through a dated template says the date" $?
+"$bin" train --model_name_or_path "$model" --train_file "$work/chat.jsonl" --chat_template llama3.2 \
+  --chat_date 2025-05-10 --output_dir "$work/chat32_run" --max_steps 2 --per_device_train_batch_size 2 \
+  --resume_from_checkpoint "$work/chat32_run/checkpoint-1" > /dev/null 2> "$work/err.txt"
+[ $? -eq 1 ] && grep -q "chat_date: checkpoint 2025-05-09, now 2025-05-10" "$work/err.txt"
+check "resume with another chat date: refused, naming it" $?
 printf '{"messages": [{"role": "user", "content": "hi \xff"}, {"role": "assistant", "content": "x"}]}\n' > "$work/bad_utf8.jsonl"
 "$bin" data-preview --model "$model" --train_file "$work/bad_utf8.jsonl" --chat_template llama2-chat > /dev/null 2> "$work/err.txt"
 [ $? -eq 1 ] && grep -q "bad_utf8.jsonl: line 1 (record 0): invalid UTF-8" "$work/err.txt"

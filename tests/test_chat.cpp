@@ -2,8 +2,12 @@
 // template (tools/make_chat_fixtures.py), template recognition, the records, and the labels.
 #include <gtest/gtest.h>
 
+#include <ctime>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "core/error.hpp"
 #include "data/chat.hpp"
@@ -91,14 +95,53 @@ TEST_P(TemplateFixture, TheReleasedTemplateIsRecognised) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Templates, TemplateFixture,
-                         ::testing::Values("llama3", "llama3.1", "qwen2.5", "chatml", "mistral",
-                                           "mistral-v7", "llama2-chat", "zephyr"),
+                         ::testing::Values("llama3", "llama3.1", "llama3.2", "qwen2.5", "chatml",
+                                           "mistral", "mistral-v7", "llama2-chat", "zephyr"),
                          [](const auto& info) {
                            std::string n = info.param;
                            for (char& c : n)
                              if (c == '.' || c == '-') c = '_';
                            return n;
                          });
+
+// Llama 3.2 dates its header as strftime_now("%d %b %Y") (English month, day zero-padded),
+// Mistral v7 its default system prompt as "%Y-%m-%d": today's local date unless one is set.
+TEST(ChatTemplate, DatedTemplatesWriteTheirDate) {
+  const std::vector<ChatMessage> chat{{"user", "a"}, {"assistant", "b"}};
+  ChatTemplate llama = ChatTemplate::named("llama3.2");
+  EXPECT_TRUE(llama.dated());
+  EXPECT_FALSE(ChatTemplate::named("llama3.1").dated());
+  for (const auto& [iso, text] :
+       std::vector<std::pair<std::string, std::string>>{{"2024-12-31", "31 Dec 2024"},
+                                                        {"2025-05-09", "09 May 2025"},
+                                                        {"2028-02-29", "29 Feb 2028"}}) {
+    llama.set_date(iso);
+    EXPECT_EQ(llama.date(), iso);
+    EXPECT_NE(llama.render(chat, "", "").text.find("\nToday Date: " + text + "\n\n"),
+              std::string::npos)
+        << iso;
+  }
+  ChatTemplate mistral = ChatTemplate::named("mistral-v7");
+  EXPECT_TRUE(mistral.dated());
+  mistral.set_date("2025-05-09");
+  EXPECT_NE(mistral.render(chat, "<s>", "</s>").text.find("The current date is 2025-05-09."),
+            std::string::npos);
+  for (const char* bad : {"2026-02-30", "2026-1-02", "02-01-2026", "2026-01-02 ", "yesterday", ""})
+    EXPECT_THROW(llama.set_date(bad), UsageError) << bad;
+  EXPECT_EQ(llama.date(), "2028-02-29");  // a refused date leaves the one set
+  // Unset: today's local date (read on either side of the call, for a run across midnight).
+  const auto today = [] {
+    const std::time_t now = std::time(nullptr);
+    std::tm local{};
+    localtime_r(&now, &local);
+    char text[16];
+    std::strftime(text, sizeof text, "%Y-%m-%d", &local);
+    return std::string(text);
+  };
+  const std::string before = today();
+  const std::string made = ChatTemplate::named("llama3.2").date();
+  EXPECT_TRUE(made == before || made == today()) << made;
+}
 
 TEST(ChatTemplate, RefusesWhatTheTemplateRefuses) {
   const std::vector<ChatMessage> not_alternating{{"user", "a"}, {"user", "b"}, {"assistant", "c"}};

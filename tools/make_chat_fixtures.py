@@ -23,6 +23,7 @@ DIR = ROOT / "tests" / "fixtures" / "chat_templates"
 TOKENS = {
     "llama3": ("<|begin_of_text|>", "<|eot_id|>"),
     "llama3.1": ("<|begin_of_text|>", "<|eot_id|>"),
+    "llama3.2": ("<|begin_of_text|>", "<|eot_id|>"),
     "qwen2.5": (None, "<|im_end|>"),
     "chatml": ("<s>", "<|im_end|>"),
     "mistral": ("<s>", "</s>"),
@@ -56,7 +57,8 @@ CONVERSATIONS = [
      {"role": "system", "content": "Now answer in French."},
      {"role": "user", "content": "Thanks"}, {"role": "assistant", "content": "Merci"}],
 ]
-# strftime_now's date in templates that ask for it (Mistral v7), fixed so the file is stable.
+# strftime_now's date in templates that ask for it (Llama 3.2, Mistral v7), fixed so the file is
+# stable.
 DATE = "2026-01-02"
 
 

@@ -119,7 +119,7 @@ def qwen(directory, llama3_pattern):
 
 CHAT_CASES = [  # tokenizer directory, released template
     ("qwen2.5", "qwen2.5"), ("qwen2.5", "chatml"), ("llama3-pattern", "llama3"),
-    ("llama3-pattern", "llama3.1"), ("llama2-metaspace", "mistral"),
+    ("llama3-pattern", "llama3.1"), ("llama3-pattern", "llama3.2"), ("llama2-metaspace", "mistral"),
     ("llama2-metaspace", "mistral-v7"),
     ("llama2-legacy", "llama2-chat"), ("llama2-legacy", "zephyr"),
 ]

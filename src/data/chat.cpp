@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <array>
 #include <cctype>
+#include <chrono>
 #include <ctime>
+#include <optional>
 
 #include "core/error.hpp"
 #include "data/unicode_text.hpp"
@@ -81,7 +83,9 @@ void render_llama3(const std::vector<ChatMessage>& messages, const std::string& 
   }
 }
 
-void render_llama31(const std::vector<ChatMessage>& messages, const std::string& bos, Renderer& r) {
+// Llama 3.1 / 3.3 (its header dated 26 Jul 2024) and 3.2 (dated as strftime_now("%d %b %Y")).
+void render_llama31(const std::vector<ChatMessage>& messages, const std::string& bos,
+                    const std::string& today, Renderer& r) {
   std::size_t first = 0;
   std::string system;
   if (messages[0].role == "system") {
@@ -89,7 +93,7 @@ void render_llama31(const std::vector<ChatMessage>& messages, const std::string&
     first = 1;
   }
   r.add(bos + "<|start_header_id|>system<|end_header_id|>\n\n" +
-        "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n" + system +
+        "Cutting Knowledge Date: December 2023\nToday Date: " + today + "\n\n" + system +
         "<|eot_id|>");
   for (std::size_t i = first; i < messages.size(); ++i) {
     const ChatMessage& m = messages[i];
@@ -210,6 +214,41 @@ std::string local_date() {
   return text;
 }
 
+struct Date {
+  int year, month, day;
+};
+
+// YYYY-MM-DD, a day that exists; nullopt otherwise.
+std::optional<Date> parse_date(const std::string& text) {
+  const auto digits = [&](std::size_t from, std::size_t n) {
+    int v = 0;
+    for (std::size_t i = from; i < from + n; ++i) {
+      if (!std::isdigit(static_cast<unsigned char>(text[i]))) return -1;
+      v = v * 10 + (text[i] - '0');
+    }
+    return v;
+  };
+  if (text.size() != 10 || text[4] != '-' || text[7] != '-') return std::nullopt;
+  const Date d{digits(0, 4), digits(5, 2), digits(8, 2)};
+  if (d.year < 0 || d.month < 0 || d.day < 0) return std::nullopt;
+  const std::chrono::year_month_day ymd{std::chrono::year(d.year),
+                                        std::chrono::month(static_cast<unsigned>(d.month)),
+                                        std::chrono::day(static_cast<unsigned>(d.day))};
+  if (!ymd.ok()) return std::nullopt;
+  return d;
+}
+
+// strftime("%d %b %Y") in the C locale (what Python's strftime_now gives: Python leaves
+// LC_TIME alone), whatever locale this process runs in: "06 Dec 2026".
+std::string day_month_year(const std::string& iso_date) {
+  static constexpr std::array<const char*, 12> kMonths{"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                                       "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+  const auto d = parse_date(iso_date);
+  if (!d) throw InternalError("chat template date '" + iso_date + "' is not YYYY-MM-DD");
+  return iso_date.substr(8, 2) + " " + kMonths[static_cast<std::size_t>(d->month - 1)] + " " +
+         iso_date.substr(0, 4);
+}
+
 constexpr const char* kQwenDefaultSystem =
     "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.";
 
@@ -233,9 +272,10 @@ struct KnownTemplate {
 };
 // The released templates (tests/fixtures/chat_templates/, whose README names each model):
 // tools/make_chat_fixtures.py prints these, and the tests check them against the files.
-constexpr std::array<KnownTemplate, 8> kKnownTemplates{{
+constexpr std::array<KnownTemplate, 9> kKnownTemplates{{
     {0x0e60067a5537498eull, "llama3"},       // Meta-Llama-3-8B-Instruct
     {0xcc0368e1ffb6b958ull, "llama3.1"},     // Llama-3.1-8B-Instruct (and 3.3-70B)
+    {0x368f4c34b8554414ull, "llama3.2"},     // Llama-3.2-1B-Instruct and 3B
     {0xe642ce246d7f2e3dull, "qwen2.5"},      // Qwen2.5-7B-Instruct
     {0x88bf4138d5c826f0ull, "chatml"},       // OpenHermes-2.5-Mistral-7B
     {0x2487e6e79d6345cfull, "mistral"},      // Mistral-7B-Instruct-v0.3
@@ -247,8 +287,24 @@ constexpr std::array<KnownTemplate, 8> kKnownTemplates{{
 }  // namespace
 
 std::vector<std::string> ChatTemplate::names() {
-  return {"llama3",  "llama3.1",   "qwen2.5",     "chatml",
+  return {"llama3",  "llama3.1",   "llama3.2",    "qwen2.5", "chatml",
           "mistral", "mistral-v7", "llama2-chat", "zephyr"};
+}
+
+ChatTemplate::ChatTemplate(std::string name) : name_(std::move(name)), date_(local_date()) {}
+
+bool ChatTemplate::dated() const {
+  return name_ == "llama3.2" || name_ == "mistral-v7";
+}
+
+bool ChatTemplate::valid_date(const std::string& text) {
+  return parse_date(text).has_value();
+}
+
+void ChatTemplate::set_date(const std::string& date) {
+  if (!valid_date(date))
+    throw UsageError("chat template date '" + date + "' is not a date of the form YYYY-MM-DD");
+  date_ = date;
 }
 
 ChatTemplate ChatTemplate::named(const std::string& name) {
@@ -281,7 +337,7 @@ ChatTemplate ChatTemplate::for_tokenizer(const Tokenizer& tokenizer, const std::
   if (const auto known = recognise(text)) return named(*known);
   throw ConfigError(tokenizer.path().parent_path().string() +
                     ": its chat template is not one zerolora renders (it recognises the "
-                    "released templates of Llama 3 / 3.1, Qwen2.5, ChatML, Mistral v0.3 and "
+                    "released templates of Llama 3 / 3.1 / 3.2, Qwen2.5, ChatML, Mistral v0.3 and "
                     "v7, Llama 2 chat and Zephyr): pass --chat_template with the one it equals (" +
                     list + "), after checking with zerolora data-preview");
 }
@@ -293,7 +349,9 @@ RenderedChat ChatTemplate::render(const std::vector<ChatMessage>& messages, cons
   if (name_ == "llama3") {
     render_llama3(messages, bos, r);
   } else if (name_ == "llama3.1") {
-    render_llama31(messages, bos, r);
+    render_llama31(messages, bos, "26 Jul 2024", r);
+  } else if (name_ == "llama3.2") {
+    render_llama31(messages, bos, day_month_year(date_), r);
   } else if (name_ == "qwen2.5") {
     const std::string system = kQwenDefaultSystem;
     render_chatml(messages, &system, r);
@@ -302,14 +360,14 @@ RenderedChat ChatTemplate::render(const std::vector<ChatMessage>& messages, cons
   } else if (name_ == "mistral") {
     render_mistral(messages, bos, eos, r);
   } else if (name_ == "mistral-v7") {
-    render_mistral_v7(messages, bos, eos, today_.empty() ? local_date() : today_, r);
+    render_mistral_v7(messages, bos, eos, date_, r);
   } else if (name_ == "llama2-chat") {
     render_llama2_chat(messages, bos, eos, r);
   } else {
     render_zephyr(messages, eos, r);
   }
   if (add_generation_prompt) {  // Mistral and Llama 2 chat end a user turn with [/INST]
-    if (name_ == "llama3" || name_ == "llama3.1")
+    if (name_.starts_with("llama3"))
       r.add("<|start_header_id|>assistant<|end_header_id|>\n\n");
     else if (name_ == "qwen2.5" || name_ == "chatml")
       r.add("<|im_start|>assistant\n");

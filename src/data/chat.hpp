@@ -6,9 +6,10 @@
 //   templates named renderers whose text equals Transformers' apply_chat_template for the
 //             released template strings of each family (the tests prove it on fixtures made
 //             with those strings): llama3 (Llama 3 Instruct), llama3.1 (3.1 / 3.3 Instruct,
-//             no tools), qwen2.5, chatml, mistral (v0.3 Instruct, no tools), mistral-v7
-//             (Mistral Small 3: a conversation without a system message gets Mistral's
-//             default one, dated today, as Transformers renders it), llama2-chat, zephyr. A
+//             no tools), llama3.2 (3.2 Instruct, no tools: its system header dated today, as
+//             Transformers renders it), qwen2.5, chatml, mistral (v0.3 Instruct, no tools),
+//             mistral-v7 (Mistral Small 3: a conversation without a system message gets
+//             Mistral's default one, dated today), llama2-chat, zephyr. A
 //             tokenizer_config.json template is recognised when it is one of those, byte for byte
 //             (whitespace aside); anything else is refused, saying which name to pass.
 //   labels    the assistant's content and its end-of-turn marker train; everything else is
@@ -47,6 +48,8 @@ class ChatTemplate {
   // The named template a template string is (whitespace aside), or nullopt.
   static std::optional<std::string> recognise(const std::string& template_text);
   static std::vector<std::string> names();
+  // YYYY-MM-DD naming a day that exists (what set_date takes).
+  static bool valid_date(const std::string& text);
 
   // Throws FormatError for a conversation the template refuses (roles that do not alternate
   // where it requires them to, an unknown role), as its raise_exception would.
@@ -55,13 +58,18 @@ class ChatTemplate {
   RenderedChat render(const std::vector<ChatMessage>& messages, const std::string& bos_token,
                       const std::string& eos_token, bool add_generation_prompt = false) const;
   const std::string& name() const { return name_; }
-  // The date a template that asks strftime_now for it gets (Mistral v7's default system
-  // prompt): YYYY-MM-DD; empty (the default) means today's, as Transformers renders it.
-  void set_date(std::string date) { today_ = std::move(date); }
+  // Whether the template writes a date into the text (strftime_now: Llama 3.2's system header,
+  // Mistral v7's default system prompt).
+  bool dated() const;
+  // The date such a template writes, YYYY-MM-DD: the local date when the template was made
+  // (what Transformers' strftime_now gives), or the one set. set_date throws UsageError for
+  // text that is not a valid date of that form.
+  const std::string& date() const { return date_; }
+  void set_date(const std::string& date);
 
  private:
-  explicit ChatTemplate(std::string name) : name_(std::move(name)) {}
-  std::string name_, today_;
+  explicit ChatTemplate(std::string name);
+  std::string name_, date_;
 };
 
 struct ChatReport {

@@ -52,8 +52,10 @@ TrainingData build_training_data(Runtime& rt, const DataOptions& o, const Tokeni
   }
   std::vector<TokenSequence> train_examples, validation_examples;
   if (chat) {
-    const ChatTemplate chat_template = ChatTemplate::for_tokenizer(tokenizer, o.chat_template);
+    ChatTemplate chat_template = ChatTemplate::for_tokenizer(tokenizer, o.chat_template);
+    if (!o.chat_date.empty()) chat_template.set_date(o.chat_date);
     data.report.chat_template = chat_template.name();
+    if (chat_template.dated()) data.report.chat_date = chat_template.date();
     ChatReport report;
     train_examples = tokenize_chat_records(rt, train.records, chat_template, tokenizer, o.tokenize,
                                            report, train_label);

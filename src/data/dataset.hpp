@@ -24,6 +24,7 @@ struct DataOptions {
   ColumnNames columns;
   std::string prompt_template = "alpaca";  // alpaca, raw, or a template file
   std::string chat_template;  // chat data: a name (data/chat.hpp); empty: the tokenizer's
+  std::string chat_date;      // chat data: the date dated templates write; empty: today's
   TokenizeOptions tokenize;
   Packing packing = Packing::kNone;
 };
@@ -36,6 +37,7 @@ struct DataReport {
   std::int64_t without_targets = 0;  // examples whose response was truncated away: dropped
   std::int64_t train_tokens = 0, train_label_tokens = 0;
   std::string chat_template;         // chat data: the template used; empty otherwise
+  std::string chat_date;             // chat data: the date the template wrote; empty: undated
   std::int64_t truncated_turns = 0;  // chat: assistant turns cut by max_seq_length, unlabelled
 };
 

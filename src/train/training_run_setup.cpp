@@ -77,7 +77,8 @@ TrainingRun::Impl::Impl(Communicator& communicator, PreparedSettings prepared,
   note("tokenizer: " + tokenizer.path().string() + " (" + tokenizer.format() + ")" +
        (dr.chat_template.empty()
             ? std::string()
-            : "; conversations rendered with the " + dr.chat_template + " chat template, " +
+            : "; conversations rendered with the " + dr.chat_template + " chat template" +
+                  (dr.chat_date.empty() ? "" : " dated " + dr.chat_date + " (--chat_date)") + ", " +
                   (settings.data.tokenize.train_on_inputs ? "every token trained"
                                                           : "loss on assistant turns") +
                   ", " + std::to_string(dr.truncated_turns) +
@@ -228,6 +229,8 @@ RunSignature TrainingRun::Impl::signature(std::string_view precision) const {
             {"data_order", std::string(args.group_by_length ? "grouped by length" : "shuffled") +
                                (args.dataloader_drop_last ? ", last batch dropped" : "")},
             {"zero_stage", std::to_string(args.zero_stage)}};
+  // A dated chat template's text changes with the day: a resume renders the checkpoint's.
+  if (!data.report.chat_date.empty()) s.kept["chat_date"] = data.report.chat_date;
   s.split = {{"world_size", std::to_string(comm.size())},
              {"micro_batch", std::to_string(args.per_device_train_batch_size)},
              {"accumulation", std::to_string(args.gradient_accumulation_steps)},
