@@ -187,8 +187,18 @@ check "train on conversations through a dated template says the date" $?
 "$bin" train --model_name_or_path "$model" --train_file "$work/chat.jsonl" --chat_template llama3.2 \
   --chat_date 2025-05-10 --output_dir "$work/chat32_run" --max_steps 2 --per_device_train_batch_size 2 \
   --resume_from_checkpoint "$work/chat32_run/checkpoint-1" > /dev/null 2> "$work/err.txt"
-[ $? -eq 1 ] && grep -q "chat_date: checkpoint 2025-05-09, now 2025-05-10" "$work/err.txt"
-check "resume with another chat date: refused, naming it" $?
+[ $? -eq 1 ] && grep -q "chat_date: checkpoint 2025-05-09, now 2025-05-10" "$work/err.txt" \
+  && grep -q "pass --chat_date 2025-05-09" "$work/err.txt"
+check "resume with another chat date: refused, naming it and the date to pass" $?
+head -n 1 "$work/chat.jsonl" > "$work/chat_system.jsonl"  # a system message: v7 writes no date
+"$bin" data-preview --model "$model" --train_file "$work/chat.jsonl" --chat_template mistral-v7 \
+  --chat_date 2025-05-09 --output "$work/chat_v7.jsonl" 2> "$work/chat_v7.err" \
+  && grep -q "chat template mistral-v7 dated 2025-05-09," "$work/chat_v7.err" \
+  && [ "$(grep -c 'The current date is 2025-05-09' "$work/chat_v7.jsonl")" -eq 1 ] \
+  && "$bin" data-preview --model "$model" --train_file "$work/chat_system.jsonl" --chat_template mistral-v7 \
+  --output "$work/chat_v7.jsonl" 2> "$work/chat_v7.err" \
+  && grep -q "chat template mistral-v7," "$work/chat_v7.err" && ! grep -q "current date" "$work/chat_v7.jsonl"
+check "mistral-v7's date said only where a conversation holds it" $?
 printf '{"messages": [{"role": "user", "content": "hi \xff"}, {"role": "assistant", "content": "x"}]}\n' > "$work/bad_utf8.jsonl"
 "$bin" data-preview --model "$model" --train_file "$work/bad_utf8.jsonl" --chat_template llama2-chat > /dev/null 2> "$work/err.txt"
 [ $? -eq 1 ] && grep -q "bad_utf8.jsonl: line 1 (record 0): invalid UTF-8" "$work/err.txt"

@@ -108,9 +108,11 @@ INSTANTIATE_TEST_SUITE_P(Templates, TemplateFixture,
 // Mistral v7 its default system prompt as "%Y-%m-%d": today's local date unless one is set.
 TEST(ChatTemplate, DatedTemplatesWriteTheirDate) {
   const std::vector<ChatMessage> chat{{"user", "a"}, {"assistant", "b"}};
+  const std::vector<ChatMessage> with_system{{"system", "s"}, {"user", "a"}, {"assistant", "b"}};
   ChatTemplate llama = ChatTemplate::named("llama3.2");
-  EXPECT_TRUE(llama.dated());
-  EXPECT_FALSE(ChatTemplate::named("llama3.1").dated());
+  EXPECT_TRUE(llama.writes_date(chat));
+  EXPECT_TRUE(llama.writes_date(with_system));
+  EXPECT_FALSE(ChatTemplate::named("llama3.1").writes_date(chat));
   for (const auto& [iso, text] :
        std::vector<std::pair<std::string, std::string>>{{"2024-12-31", "31 Dec 2024"},
                                                         {"2025-05-09", "09 May 2025"},
@@ -122,11 +124,13 @@ TEST(ChatTemplate, DatedTemplatesWriteTheirDate) {
         << iso;
   }
   ChatTemplate mistral = ChatTemplate::named("mistral-v7");
-  EXPECT_TRUE(mistral.dated());
+  EXPECT_TRUE(mistral.writes_date(chat));
+  EXPECT_FALSE(mistral.writes_date(with_system));  // its default system prompt holds the date
   mistral.set_date("2025-05-09");
   EXPECT_NE(mistral.render(chat, "<s>", "</s>").text.find("The current date is 2025-05-09."),
             std::string::npos);
-  for (const char* bad : {"2026-02-30", "2026-1-02", "02-01-2026", "2026-01-02 ", "yesterday", ""})
+  for (const char* bad :
+       {"2026-02-30", "2026-1-02", "02-01-2026", "2026-01-02 ", "0000-01-01", "yesterday", ""})
     EXPECT_THROW(llama.set_date(bad), UsageError) << bad;
   EXPECT_EQ(llama.date(), "2028-02-29");  // a refused date leaves the one set
   // Unset: today's local date (read on either side of the call, for a run across midnight).

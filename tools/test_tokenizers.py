@@ -117,6 +117,7 @@ def qwen(directory, llama3_pattern):
     (directory / "tokenizer_config.json").write_text(json.dumps(config))
 
 
+CHAT_DATE = "2025-02-28"  # the day the dated templates write
 CHAT_CASES = [  # tokenizer directory, released template
     ("qwen2.5", "qwen2.5"), ("qwen2.5", "chatml"), ("llama3-pattern", "llama3"),
     ("llama3-pattern", "llama3.1"), ("llama3-pattern", "llama3.2"), ("llama2-metaspace", "mistral"),
@@ -139,8 +140,19 @@ def chat_conversations(texts_records, template):
 
 
 def check_chat(tmp, directories, records):
-    """zerolora's chat token ids against apply_chat_template; returns the number of failures."""
+    """zerolora's chat token ids against apply_chat_template; returns the number of failures.
+    Templates that write the date (Llama 3.2, Mistral v7) get one date on both sides: zerolora's
+    --chat_date, Transformers' strftime_now (so that a check across midnight cannot differ)."""
+    import datetime
     from transformers import AutoTokenizer
+    import transformers.utils.chat_template_utils as templating
+
+    class FixedDate(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls.fromisoformat(CHAT_DATE)
+
+    templating.datetime = FixedDate  # what the templates' strftime_now reads
     failures = 0
     for tokenizer_name, template in CHAT_CASES:
         if tokenizer_name not in directories:
@@ -155,7 +167,8 @@ def check_chat(tmp, directories, records):
         (directory / "tokenizer_config.json").write_text(json.dumps(config))
         run = subprocess.run([BIN, "data-preview", "--tokenizer", str(directory), "--train_file",
                               str(data), "--max_seq_length", "100000", "--num_examples",
-                              str(len(conversations)), "--output", str(tmp / "preview.jsonl")],
+                              str(len(conversations)), "--chat_date", CHAT_DATE,
+                              "--output", str(tmp / "preview.jsonl")],
                              capture_output=True, text=True)
         if run.returncode != 0:
             print(f"chat {template} on {tokenizer_name}: zerolora data-preview failed:\n{run.stderr}")

@@ -14,8 +14,8 @@ def generate(model_name_or_path, prompt, *, adapter=None, stream=None, **flags):
     """Continues ``prompt`` with the model (and a PEFT LoRA adapter directory); returns the
     generated text (special tokens left out). ``stream(piece)`` hears the text as it comes.
     Flags as ``zerolora generate``: max_new_tokens=64, temperature=0 (greedy), top_k, top_p,
-    seed, template="raw" | "alpaca" | "chat", input, system, chat_template, dtype, device,
-    threads."""
+    seed, template="raw" | "alpaca" | "chat", input, system, chat_template, chat_date, dtype,
+    device, threads."""
     arguments = {"model_name_or_path": model_name_or_path, "prompt": prompt, "adapter": adapter,
                  **flags}
     answer = json.loads(_zerolora.generate(to_flags(arguments), stream))

@@ -230,7 +230,7 @@ std::optional<Date> parse_date(const std::string& text) {
   };
   if (text.size() != 10 || text[4] != '-' || text[7] != '-') return std::nullopt;
   const Date d{digits(0, 4), digits(5, 2), digits(8, 2)};
-  if (d.year < 0 || d.month < 0 || d.day < 0) return std::nullopt;
+  if (d.year < 1 || d.month < 0 || d.day < 0) return std::nullopt;  // (Python's years start at 1)
   const std::chrono::year_month_day ymd{std::chrono::year(d.year),
                                         std::chrono::month(static_cast<unsigned>(d.month)),
                                         std::chrono::day(static_cast<unsigned>(d.day))};
@@ -293,8 +293,9 @@ std::vector<std::string> ChatTemplate::names() {
 
 ChatTemplate::ChatTemplate(std::string name) : name_(std::move(name)), date_(local_date()) {}
 
-bool ChatTemplate::dated() const {
-  return name_ == "llama3.2" || name_ == "mistral-v7";
+bool ChatTemplate::writes_date(const std::vector<ChatMessage>& messages) const {
+  if (name_ == "llama3.2") return true;
+  return name_ == "mistral-v7" && !messages.empty() && messages[0].role != "system";
 }
 
 bool ChatTemplate::valid_date(const std::string& text) {
@@ -475,6 +476,7 @@ std::vector<TokenSequence> tokenize_chat_records(Runtime& rt, const std::vector<
                         errors[i]);
     }
     report.truncated_turns += cut[i];
+    if (chat_template.writes_date(records[static_cast<std::size_t>(i)].messages)) ++report.dated;
   }
   return out;
 }

@@ -58,9 +58,10 @@ class ChatTemplate {
   RenderedChat render(const std::vector<ChatMessage>& messages, const std::string& bos_token,
                       const std::string& eos_token, bool add_generation_prompt = false) const;
   const std::string& name() const { return name_; }
-  // Whether the template writes a date into the text (strftime_now: Llama 3.2's system header,
-  // Mistral v7's default system prompt).
-  bool dated() const;
+  // Whether the template writes its date into this conversation's text (strftime_now: Llama
+  // 3.2's system header always, Mistral v7's default system prompt where there is no system
+  // message).
+  bool writes_date(const std::vector<ChatMessage>& messages) const;
   // The date such a template writes, YYYY-MM-DD: the local date when the template was made
   // (what Transformers' strftime_now gives), or the one set. set_date throws UsageError for
   // text that is not a valid date of that form.
@@ -74,6 +75,7 @@ class ChatTemplate {
 
 struct ChatReport {
   std::int64_t truncated_turns = 0;  // assistant turns cut by max_seq_length: their labels dropped
+  std::int64_t dated = 0;            // conversations whose text holds the template's date
 };
 
 // Chat records from a .json (an array of records, or {"key": [records]}) or .jsonl file. A

@@ -55,13 +55,13 @@ TrainingData build_training_data(Runtime& rt, const DataOptions& o, const Tokeni
     ChatTemplate chat_template = ChatTemplate::for_tokenizer(tokenizer, o.chat_template);
     if (!o.chat_date.empty()) chat_template.set_date(o.chat_date);
     data.report.chat_template = chat_template.name();
-    if (chat_template.dated()) data.report.chat_date = chat_template.date();
     ChatReport report;
     train_examples = tokenize_chat_records(rt, train.records, chat_template, tokenizer, o.tokenize,
                                            report, train_label);
     data.report.truncated_turns = report.truncated_turns;
     validation_examples = tokenize_chat_records(rt, validation, chat_template, tokenizer,
                                                 o.tokenize, report, validation_label);
+    if (report.dated > 0) data.report.chat_date = chat_template.date();
   } else {
     train_examples = tokenize_records(rt, train.records, prompt, tokenizer, o.tokenize);
     validation_examples = tokenize_records(rt, validation, prompt, tokenizer, o.tokenize);

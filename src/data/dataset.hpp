@@ -36,8 +36,8 @@ struct DataReport {
   std::int64_t truncated = 0;                                // examples cut at max_seq_length
   std::int64_t without_targets = 0;  // examples whose response was truncated away: dropped
   std::int64_t train_tokens = 0, train_label_tokens = 0;
-  std::string chat_template;         // chat data: the template used; empty otherwise
-  std::string chat_date;             // chat data: the date the template wrote; empty: undated
+  std::string chat_template;  // chat data: the template used; empty otherwise
+  std::string chat_date;      // chat data: the date the template wrote into the text; empty: none
   std::int64_t truncated_turns = 0;  // chat: assistant turns cut by max_seq_length, unlabelled
 };
 

@@ -97,10 +97,20 @@ ResumePoint load_training_checkpoint(Communicator& comm, const fs::path& dir,
   const int world = state["world_size"].get<int>();
   if (world < 1) throw FormatError(state_path.string() + ": world_size must be at least 1");
   const std::string differences = signature.resume_differences(state["signature"]);
-  if (!differences.empty())
-    throw ConfigError(
-        dir.string() +
-        " was written by a run with other settings; resuming would not continue it:" + differences);
+  if (!differences.empty()) {
+    // A dated chat template renders the day's date unless told: say which one to pass.
+    const auto& saved = state["signature"];
+    const std::string date_hint = saved.contains("chat_date") && saved["chat_date"].is_string() &&
+                                          signature.kept.count("chat_date") &&
+                                          saved["chat_date"] != signature.kept.at("chat_date")
+                                      ? "\n(the chat template writes the date: pass --chat_date " +
+                                            saved["chat_date"].get<std::string>() +
+                                            " to render the data as that run did)"
+                                      : "";
+    throw ConfigError(dir.string() +
+                      " was written by a run with other settings; resuming would not continue it:" +
+                      differences + date_hint);
+  }
   const PeftAdapter adapter = load_peft_adapter(dir, base);
   if (static_cast<Index>(adapter.params.size()) != layout.size())
     throw ShapeError(dir.string() + ": the adapter's LoRA layout differs from this run's");

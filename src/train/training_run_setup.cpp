@@ -33,6 +33,19 @@ std::string fixed(double value, int decimals) {
 
 using run_internal::fixed;
 
+namespace {
+
+// The data note's word on a chat template's date: the date it wrote and whence, or that
+// --chat_date had nothing to date.
+std::string chat_date_note(const DataReport& report, const std::string& asked) {
+  if (!report.chat_date.empty())
+    return " dated " + report.chat_date +
+           (asked.empty() ? " (today's; --chat_date fixes it)" : " (--chat_date)");
+  return asked.empty() ? "" : " (--chat_date " + asked + " unused: it writes no date here)";
+}
+
+}  // namespace
+
 TrainingRun::Impl::Impl(Communicator& communicator, PreparedSettings prepared,
                         RunObserver* observer)
     : comm(communicator),
@@ -78,7 +91,7 @@ TrainingRun::Impl::Impl(Communicator& communicator, PreparedSettings prepared,
        (dr.chat_template.empty()
             ? std::string()
             : "; conversations rendered with the " + dr.chat_template + " chat template" +
-                  (dr.chat_date.empty() ? "" : " dated " + dr.chat_date + " (--chat_date)") + ", " +
+                  chat_date_note(dr, settings.data.chat_date) + ", " +
                   (settings.data.tokenize.train_on_inputs ? "every token trained"
                                                           : "loss on assistant turns") +
                   ", " + std::to_string(dr.truncated_turns) +
@@ -229,7 +242,9 @@ RunSignature TrainingRun::Impl::signature(std::string_view precision) const {
             {"data_order", std::string(args.group_by_length ? "grouped by length" : "shuffled") +
                                (args.dataloader_drop_last ? ", last batch dropped" : "")},
             {"zero_stage", std::to_string(args.zero_stage)}};
-  // A dated chat template's text changes with the day: a resume renders the checkpoint's.
+  // Chat data: the template, and where it wrote one the date, which changes with the day (a
+  // resume renders the data as the checkpoint's run did).
+  if (!data.report.chat_template.empty()) s.kept["chat_template"] = data.report.chat_template;
   if (!data.report.chat_date.empty()) s.kept["chat_date"] = data.report.chat_date;
   s.split = {{"world_size", std::to_string(comm.size())},
              {"micro_batch", std::to_string(args.per_device_train_batch_size)},
