@@ -55,7 +55,7 @@ void CudaLora::backward(Mat<float> diff_src, float* diff_a, float* diff_b,
   const auto s = static_cast<float>(scale);
   if (fused(rank, {src.cs, diff_src.cs, diff_dst.cs})) {
     const BackwardBranch branch{diff_a, diff_b, diff_dst, z, a, b, dropout};
-    backward_fused(diff_src, {&branch, 1}, src, rank, scale);
+    backward_group(diff_src, {&branch, 1}, src, rank, scale);
     return;
   }
   float* dz = dz_.ensure(device_, static_cast<std::size_t>(M * rank));
@@ -123,16 +123,11 @@ void CudaLora::forward_group(std::span<const ForwardBranch> branches, Mat<const 
   for (const auto& br : branches) expand_z(br.dst, br.z, br.b, rank, scale);
 }
 
-void CudaLora::backward_group(Mat<float> diff_src, std::span<const BackwardBranch> branches,
-                              Mat<const float> src, Index rank, double scale) {
-  backward_fused(diff_src, branches, src, rank, scale);
-}
-
 // The fused kernels' backward of branches sharing src and diff_src (one, or a group): each
 // branch's dB += s dy^T z and dz = s dy B (B(k, c) at b[c r + k]), then for all of them in one
 // pass over src and one over diff_src, dA += dz^T drop(x) and dx += drop'(dz A) (A(k, j) at
 // a[k in + j]).
-void CudaLora::backward_fused(Mat<float> diff_src, std::span<const BackwardBranch> branches,
+void CudaLora::backward_group(Mat<float> diff_src, std::span<const BackwardBranch> branches,
                               Mat<const float> src, Index rank, double scale) {
   const Index M = src.rows, in = src.cols, count = static_cast<Index>(branches.size());
   const int r = static_cast<int>(rank);

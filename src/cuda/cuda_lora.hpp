@@ -37,6 +37,7 @@ class CudaLora {
   // Kernels' lora_forward_shared / lora_backward_shared as one group of lora.cu's kernels (src
   // read once for their z and their dA, diff_src read and written once for their terms), for
   // branches that groups_forward / groups_backward accept; the caller runs others one by one.
+  // (backward's fused path is backward_group with one branch.)
   static bool groups_forward(std::span<const ForwardBranch> branches, Mat<const float> src,
                              Index rank);
   static bool groups_backward(Mat<float> diff_src, std::span<const BackwardBranch> branches,
@@ -47,8 +48,6 @@ class CudaLora {
                       Mat<const float> src, Index rank, double scale);
 
  private:
-  void backward_fused(Mat<float> diff_src, std::span<const BackwardBranch> branches,
-                      Mat<const float> src, Index rank, double scale);
   void expand_z(Mat<float> dst, const float* z, const float* b, Index rank, double scale);
   Mat<const float> dropped(Mat<const float> src, const DropoutMask& dropout);
   template <class Branch>
