@@ -171,14 +171,23 @@ TEST_F(TrainingRunTest, ResumingIntoAnotherRunIsRefusedNamingTheSetting) {
   }
   s.resume_from_checkpoint = (s.output_dir / "checkpoint-1").string();
   s.args.learning_rate = 1e-3;
+  const std::string seed = std::to_string(s.args.seed);
+  s.args.seed += 1;
   try {
     TrainingRun run(*comm_, s);
     FAIL() << "no error";
   } catch (const ConfigError& e) {
+    // Each differing setting, and what sets it: its flags, or the argument that continues it.
     const std::string message = e.what();
     EXPECT_NE(message.find("schedule: checkpoint constant, lr 0.002000"), std::string::npos)
         << message;
     EXPECT_NE(message.find("now constant, lr 0.001000"), std::string::npos) << message;
+    EXPECT_NE(message.find("(set by --lr_scheduler_type, --learning_rate,"), std::string::npos)
+        << message;
+    EXPECT_NE(message.find("seed: checkpoint " + seed + ", now " + std::to_string(s.args.seed) +
+                           " (pass --seed " + seed + ")"),
+              std::string::npos)
+        << message;
   }
 }
 

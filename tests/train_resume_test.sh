@@ -105,8 +105,9 @@ b="$(losses "$work/legacy/metrics.jsonl" 4 6)"
 check "an older checkpoint (no partitioning metadata) resumes exactly ($a | $b)" $?
 "$bin" train "${common[@]}" --output_dir "$work/resumed" --max_steps 6 --lora_rank 8 \
   --resume_from_checkpoint "$work/checkpoint-single" > /dev/null 2> "$work/err.txt"
-[ $? -eq 1 ] && grep -q "lora: checkpoint 4/" "$work/err.txt"
-check "resume with another LoRA rank: refused, naming the setting" $?
+[ $? -eq 1 ] && grep -q "lora: checkpoint 4/" "$work/err.txt" \
+  && grep -q "(set by --lora_rank, --lora_alpha," "$work/err.txt"
+check "resume with another LoRA rank: refused, naming the setting and its flags" $?
 $mpirun -np 2 "$bin" train "${common[@]}" --output_dir "$work/w2" --max_steps 6 \
   --resume_from_checkpoint "$work/checkpoint-single" > "$work/w2.txt" 2>&1
 [ $? -eq 1 ] && grep -q "global_batch: checkpoint 2, now 4" "$work/w2.txt"

@@ -16,6 +16,8 @@ import json
 import pathlib
 import sys
 
+from chat_date import fix_chat_date
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DIR = ROOT / "tests" / "fixtures" / "chat_templates"
 
@@ -84,15 +86,7 @@ def render_or_none(conversation, template, bos, eos, add_generation_prompt):
 
 
 def make():
-    import datetime
-    import transformers.utils.chat_template_utils as templating
-
-    class FixedDate(datetime.datetime):
-        @classmethod
-        def now(cls, tz=None):
-            return cls.fromisoformat(DATE)
-
-    templating.datetime = FixedDate  # what the templates' strftime_now reads
+    fix_chat_date(DATE)
     out = {"conversations": CONVERSATIONS, "date": DATE, "templates": {}}
     for name, (bos, eos) in TOKENS.items():
         template = (DIR / f"{name}.jinja").read_text()

@@ -143,16 +143,10 @@ def check_chat(tmp, directories, records):
     """zerolora's chat token ids against apply_chat_template; returns the number of failures.
     Templates that write the date (Llama 3.2, Mistral v7) get one date on both sides: zerolora's
     --chat_date, Transformers' strftime_now (so that a check across midnight cannot differ)."""
-    import datetime
     from transformers import AutoTokenizer
-    import transformers.utils.chat_template_utils as templating
+    from chat_date import fix_chat_date
 
-    class FixedDate(datetime.datetime):
-        @classmethod
-        def now(cls, tz=None):
-            return cls.fromisoformat(CHAT_DATE)
-
-    templating.datetime = FixedDate  # what the templates' strftime_now reads
+    fix_chat_date(CHAT_DATE)
     failures = 0
     for tokenizer_name, template in CHAT_CASES:
         if tokenizer_name not in directories:

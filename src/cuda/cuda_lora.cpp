@@ -32,7 +32,7 @@ CudaLora::CudaLora(CudaDevice& device, LtGemm& gemm)
 void CudaLora::project(float* z, Mat<const float> src, const float* a, Index rank,
                        const DropoutMask& dropout) {
   const Index M = src.rows, in = src.cols;
-  if (fused(rank, {src.cs})) {
+  if (lora_takes_fused(rank, {src.cs})) {
     lora_contract(s_, one_branch(nullptr, a, z, dropout.key), src.data, src.rs, in, 1, M, in,
                   static_cast<int>(rank), 1.0f, dropout.p, dropout.row_keys);
     return;
@@ -53,7 +53,7 @@ void CudaLora::backward(Mat<float> diff_src, float* diff_a, float* diff_b,
                         const DropoutMask& dropout) {
   const Index M = src.rows, in = src.cols, out = diff_dst.cols;
   const auto s = static_cast<float>(scale);
-  if (fused(rank, {src.cs, diff_src.cs, diff_dst.cs})) {
+  if (lora_takes_fused(rank, {src.cs, diff_src.cs, diff_dst.cs})) {
     const BackwardBranch branch{diff_a, diff_b, diff_dst, z, a, b, dropout};
     backward_group(diff_src, {&branch, 1}, src, rank, scale);
     return;
@@ -83,20 +83,13 @@ template <class Branch>
 bool CudaLora::groups(Index rank, std::span<const Branch> branches,
                       std::initializer_list<Index> column_strides) {
   if (branches.empty() || branches.size() > static_cast<std::size_t>(kLoraGroupMax) ||
-      !fused(rank, column_strides))
+      !lora_takes_fused(rank, column_strides))
     return false;
   if (branches.size() > 1 && rank > kLoraGroupMaxRank) return false;
   for (const auto& br : branches)
     if (br.dropout.p != branches.front().dropout.p ||
         br.dropout.row_keys != branches.front().dropout.row_keys)
       return false;
-  return true;
-}
-
-bool CudaLora::fused(Index rank, std::initializer_list<Index> column_strides) {
-  if (rank > kLoraFusedMaxRank) return false;
-  for (Index stride : column_strides)
-    if (stride != 1) return false;
   return true;
 }
 
@@ -108,7 +101,7 @@ bool CudaLora::groups_forward(std::span<const ForwardBranch> branches, Mat<const
 bool CudaLora::groups_backward(Mat<float> diff_src, std::span<const BackwardBranch> branches,
                                Mat<const float> src, Index rank) {
   bool grouped = groups(rank, branches, {src.cs, diff_src.cs});
-  for (const auto& br : branches) grouped = grouped && fused(rank, {br.diff_dst.cs});
+  for (const auto& br : branches) grouped = grouped && lora_takes_fused(rank, {br.diff_dst.cs});
   return grouped;
 }
 
@@ -156,7 +149,7 @@ void CudaLora::backward_group(Mat<float> diff_src, std::span<const BackwardBranc
 
 // y += s z B^T (B(k, c) at b[c r + k]).
 void CudaLora::expand_z(Mat<float> dst, const float* z, const float* b, Index rank, double scale) {
-  if (fused(rank, {dst.cs})) {
+  if (lora_takes_fused(rank, {dst.cs})) {
     lora_expand(s_, dst.data, dst.rs, one_branch(z, b, nullptr), 1, rank, dst.rows, dst.cols,
                 static_cast<int>(rank), static_cast<float>(scale), 0.0, nullptr);
     return;

@@ -53,7 +53,6 @@ class CudaLora {
   template <class Branch>
   static bool groups(Index rank, std::span<const Branch> branches,
                      std::initializer_list<Index> column_strides);
-  static bool fused(Index rank, std::initializer_list<Index> column_strides);
 
   CudaDevice& device_;
   LtGemm& gemm_;

@@ -267,18 +267,13 @@ std::vector<T> transposed(const T* w /*[rows, cols]*/, Index rows, Index cols) {
   return t;
 }
 
-inline bool fused(Index rank, std::initializer_list<Index> column_strides) {
-  return rank <= kLoraFusedMaxRank &&
-         std::all_of(column_strides.begin(), column_strides.end(), [](Index c) { return c == 1; });
-}
-
 template <class T>
 void lora_project(Runtime& rt, T* z /*[M, r]*/, Mat<const T> src /*[M, in]*/,
                   const T* a /*[r, in]*/, Index rank, const DropoutMask& dropout,
                   Buffer<T>& scratch) {
   ProfileScope profile(rt.profiler(), ProfileCategory::kLora);
   const Index M = src.rows, in = src.cols;
-  if (fused(rank, {src.cs})) {
+  if (lora_takes_fused(rank, {src.cs})) {
     rows_times_small(rt, z, rank, src, a, rank, KeepRule(dropout), 1.0, false);
     return;
   }
@@ -297,7 +292,7 @@ void lora_forward(Runtime& rt, Mat<T> dst /*[M, out] +=*/, T* z /*[M, r] =*/,
                   Index rank, double scale, const DropoutMask& dropout, Buffer<T>& scratch) {
   ProfileScope profile(rt.profiler(), ProfileCategory::kLora);
   lora_project(rt, z, src, a, rank, dropout, scratch);
-  if (fused(rank, {dst.cs})) {
+  if (lora_takes_fused(rank, {dst.cs})) {
     small_times_rows(rt, dst, z, transposed(b, dst.cols, rank).data(), rank,
                      KeepRule(DropoutMask{}), scale);
     return;
@@ -315,7 +310,7 @@ void lora_backward(Runtime& rt, Mat<T> diff_src /*[M, in] +=*/, T* diff_a /*[r, 
   ProfileScope profile(rt.profiler(), ProfileCategory::kLora);
   const Index M = src.rows, in = src.cols, out = diff_dst.cols;
   const double s = scale;
-  if (fused(rank, {diff_src.cs, diff_dst.cs, src.cs})) {
+  if (lora_takes_fused(rank, {diff_src.cs, diff_dst.cs, src.cs})) {
     const KeepRule keep(dropout), all(DropoutMask{});
     scratch.ensure(static_cast<std::size_t>(M * rank));
     T* dz = scratch.data();                                           // [M, r]

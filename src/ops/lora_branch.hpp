@@ -9,7 +9,9 @@
 // are r/out of the base ones, and fp32 keeps tiny updates to B from rounding away.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <initializer_list>
 
 #include "core/buffer.hpp"
 #include "core/runtime.hpp"
@@ -38,6 +40,12 @@ void apply_dropout(Runtime& rt, Mat<T> dst, Mat<const T> src, const DropoutMask&
 // call, and no dropped copy of the input (scratch: dz [M, r] only); larger ranks use matmuls
 // and a dropped copy [M, in].
 inline constexpr Index kLoraFusedMaxRank = 16;
+// Whether a branch of `rank` over views with these column strides runs fused: the fused passes
+// read rows as contiguous vectors.
+inline bool lora_takes_fused(Index rank, std::initializer_list<Index> column_strides) {
+  return rank <= kLoraFusedMaxRank &&
+         std::all_of(column_strides.begin(), column_strides.end(), [](Index c) { return c == 1; });
+}
 // The GPU runs branches that share their input (q, k, v; gate, up) as one group, up to this many
 // of rank up to kLoraGroupMaxRank (src/cuda/lora.cu: registers and shared memory grow with both),
 // with their dz side by side: the memory estimate counts them.

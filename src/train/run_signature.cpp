@@ -1,5 +1,6 @@
 #include "train/run_signature.hpp"
 
+#include <functional>
 #include <vector>
 
 #include "core/error.hpp"
@@ -11,21 +12,33 @@ std::string serialize(const RunSignature& s) {
   return nlohmann::json{{"kept", s.kept}, {"split", s.split}}.dump();
 }
 
-// Settings of `mine` whose values differ from `reference`'s, one "\n  name: A, B" line each.
+// Settings of `mine` whose values differ from `reference`'s, one "\n  name: A, B" line each,
+// followed by what `hint` says of the setting and the reference's value ("" for nothing).
+using Hint = std::function<std::string(const std::string& key, const std::string& reference)>;
 std::string differences(const std::map<std::string, std::string>& reference,
                         const std::map<std::string, std::string>& mine,
-                        const std::string& reference_name, const std::string& mine_name) {
+                        const std::string& reference_name, const std::string& mine_name,
+                        const Hint& hint = {}) {
   std::string lines;
   for (const auto& [key, value] : mine) {
     const auto it = reference.find(key);
     const std::string other = it == reference.end() ? "(absent)" : it->second;
-    if (other != value)
-      lines += "\n  " + key + ": " + reference_name + " " + other + ", " + mine_name + " " + value;
+    if (other == value) continue;
+    lines += "\n  " + key + ": " + reference_name + " " + other + ", " + mine_name + " " + value;
+    if (const std::string said = hint ? hint(key, other) : ""; !said.empty())
+      lines += " (" + said + ")";
   }
   return lines;
 }
 
 }  // namespace
+
+void RunSignature::keep(const std::string& name, std::string value, std::string flags,
+                        bool as_given) {
+  kept[name] = std::move(value);
+  kept_flags[name] = std::move(flags);
+  if (as_given) kept_as_given.insert(name);
+}
 
 nlohmann::ordered_json RunSignature::to_json() const {
   nlohmann::ordered_json j = nlohmann::ordered_json::object();
@@ -40,7 +53,14 @@ std::string RunSignature::resume_differences(const nlohmann::ordered_json& saved
   std::map<std::string, std::string> compared;
   for (const auto& [key, value] : kept)
     if (recorded.count(key)) compared[key] = value;
-  return differences(recorded, compared, "checkpoint", "now");
+  return differences(recorded, compared, "checkpoint", "now",
+                     [this](const std::string& key, const std::string& checkpoint) {
+                       const auto flags = kept_flags.find(key);
+                       if (flags == kept_flags.end()) return std::string();
+                       if (kept_as_given.count(key))
+                         return "pass " + flags->second + " " + checkpoint;
+                       return "set by " + flags->second;
+                     });
 }
 
 void require_same_on_all_ranks(Communicator& comm, const RunSignature& signature) {

@@ -9,6 +9,7 @@
 
 #include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <string>
 
 #include "comm/communicator.hpp"
@@ -18,11 +19,20 @@ namespace zerolora {
 struct RunSignature {
   std::map<std::string, std::string> kept;   // model, LoRA, data, global batch, seed, ...
   std::map<std::string, std::string> split;  // world size, micro-batch, accumulation, ...
+  // What sets each kept setting (its flags), so that a refused resume says what to change.
+  std::map<std::string, std::string> kept_flags;
+  // Kept settings whose value is their one flag's argument (--seed 42): a refused resume says
+  // what to pass.
+  std::set<std::string> kept_as_given;
 
+  // Records a kept setting with the flags that set it; `as_given` where `value` is the
+  // argument of `flags` (one flag).
+  void keep(const std::string& name, std::string value, std::string flags, bool as_given = false);
   // The kept settings, as checkpoints record them (trainer_state.json "signature").
   nlohmann::ordered_json to_json() const;
-  // One "\n  name: checkpoint X, now Y" line per kept setting that differs from `saved`
-  // (a checkpoint's record); settings an older checkpoint did not record are not compared.
+  // One "\n  name: checkpoint X, now Y (set by FLAGS)" line per kept setting that differs from
+  // `saved` (a checkpoint's record), or "(pass --flag X)" for one given as is; settings an older
+  // checkpoint did not record are not compared.
   std::string resume_differences(const nlohmann::ordered_json& saved) const;
 };
 

@@ -37,17 +37,6 @@ std::vector<std::pair<std::int64_t, fs::path>> list_checkpoints(const fs::path& 
   return found;
 }
 
-// A dated chat template renders the day's date unless told: where the checkpoint's differs,
-// the --chat_date that renders the data as its run did.
-std::string chat_date_hint(const nlohmann::json& saved, const RunSignature& signature) {
-  const auto now = signature.kept.find("chat_date");
-  if (!saved.contains("chat_date") || !saved["chat_date"].is_string() ||
-      now == signature.kept.end() || saved["chat_date"] == now->second)
-    return "";
-  return "\n(the chat template writes the date: pass --chat_date " +
-         saved["chat_date"].get<std::string>() + " to render the data as that run did)";
-}
-
 }  // namespace
 
 fs::path find_latest_checkpoint(const fs::path& output_dir) {
@@ -109,9 +98,9 @@ ResumePoint load_training_checkpoint(Communicator& comm, const fs::path& dir,
   if (world < 1) throw FormatError(state_path.string() + ": world_size must be at least 1");
   const std::string differences = signature.resume_differences(state["signature"]);
   if (!differences.empty())
-    throw ConfigError(dir.string() +
-                      " was written by a run with other settings; resuming would not continue it:" +
-                      differences + chat_date_hint(state["signature"], signature));
+    throw ConfigError(
+        dir.string() +
+        " was written by a run with other settings; resuming would not continue it:" + differences);
   const PeftAdapter adapter = load_peft_adapter(dir, base);
   if (static_cast<Index>(adapter.params.size()) != layout.size())
     throw ShapeError(dir.string() + ": the adapter's LoRA layout differs from this run's");

@@ -223,29 +223,49 @@ RunSignature TrainingRun::Impl::signature(std::string_view precision) const {
   const LlamaConfig& c = checkpoint->config();
   const auto number = [](double v) { return std::to_string(v); };
   RunSignature s;
-  s.kept = {{"model", std::to_string(c.num_layers) + "x" + std::to_string(c.hidden_size) + "/" +
-                          std::to_string(c.vocab_size)},
-            {"lora", std::to_string(lora.rank) + "/" + number(lora.alpha) + "/" +
-                         number(lora.dropout) + "/" + targets + (lora.use_rslora ? "/rslora" : "")},
-            {"global_batch", std::to_string(global_batch)},
-            {"seed", std::to_string(args.seed)},
-            {"data", std::to_string(data.train.size()) + " sequences, " +
-                         std::to_string(data.report.train_tokens) + " tokens"},
-            // (an fp32 residual adds nothing: checkpoints from before the option read "bf16")
-            {"precision", std::string(precision) + (bf16_residual ? ", bf16 residual" : "")},
-            {"schedule", args.lr_scheduler_type + (ds_scheduler ? " (DeepSpeed)" : "") + ", lr " +
-                             number(args.learning_rate) + ", warmup " +
-                             std::to_string(args.warmup_steps) + "/" + number(args.warmup_ratio)},
-            {"optimizer", "AdamW " + number(args.adam_beta1) + "/" + number(args.adam_beta2) + "/" +
-                              number(args.adam_epsilon) + ", weight decay " +
-                              number(args.weight_decay) + ", clip " + number(args.max_grad_norm)},
-            {"data_order", std::string(args.group_by_length ? "grouped by length" : "shuffled") +
-                               (args.dataloader_drop_last ? ", last batch dropped" : "")},
-            {"zero_stage", std::to_string(args.zero_stage)}};
+  s.keep("model",
+         std::to_string(c.num_layers) + "x" + std::to_string(c.hidden_size) + "/" +
+             std::to_string(c.vocab_size),
+         "--model_name_or_path");
+  s.keep("lora",
+         std::to_string(lora.rank) + "/" + number(lora.alpha) + "/" + number(lora.dropout) + "/" +
+             targets + (lora.use_rslora ? "/rslora" : ""),
+         "--lora_rank, --lora_alpha, --lora_dropout, --lora_target_modules, --use_rslora");
+  s.keep("global_batch", std::to_string(global_batch),
+         "--per_device_train_batch_size x --gradient_accumulation_steps x ranks, or --deepspeed's "
+         "train_batch_size");
+  s.keep("seed", std::to_string(args.seed), "--seed", /*as_given=*/true);
+  s.keep("data",
+         std::to_string(data.train.size()) + " sequences, " +
+             std::to_string(data.report.train_tokens) + " tokens",
+         "--train_file, --validation_split_percentage, --data_format, --template, "
+         "--max_seq_length, --packing, the tokenizer");
+  // (an fp32 residual adds nothing: checkpoints from before the option read "bf16")
+  s.keep("precision", std::string(precision) + (bf16_residual ? ", bf16 residual" : ""),
+         "--bf16, --residual_dtype, or --deepspeed's bf16");
+  s.keep("schedule",
+         args.lr_scheduler_type + (ds_scheduler ? " (DeepSpeed)" : "") + ", lr " +
+             number(args.learning_rate) + ", warmup " + std::to_string(args.warmup_steps) + "/" +
+             number(args.warmup_ratio),
+         "--lr_scheduler_type, --learning_rate, --warmup_steps, --warmup_ratio, or --deepspeed's "
+         "scheduler");
+  s.keep("optimizer",
+         "AdamW " + number(args.adam_beta1) + "/" + number(args.adam_beta2) + "/" +
+             number(args.adam_epsilon) + ", weight decay " + number(args.weight_decay) + ", clip " +
+             number(args.max_grad_norm),
+         "--adam_beta1, --adam_beta2, --adam_epsilon, --weight_decay, --max_grad_norm, or "
+         "--deepspeed's optimizer and gradient_clipping");
+  s.keep("data_order",
+         std::string(args.group_by_length ? "grouped by length" : "shuffled") +
+             (args.dataloader_drop_last ? ", last batch dropped" : ""),
+         "--group_by_length, --dataloader_drop_last");
+  s.keep("zero_stage", std::to_string(args.zero_stage), "--deepspeed's zero_optimization.stage");
   // Chat data: the template, and where it wrote one the date, which changes with the day (a
   // resume renders the data as the checkpoint's run did).
-  if (!data.report.chat_template.empty()) s.kept["chat_template"] = data.report.chat_template;
-  if (!data.report.chat_date.empty()) s.kept["chat_date"] = data.report.chat_date;
+  if (!data.report.chat_template.empty())
+    s.keep("chat_template", data.report.chat_template, "--chat_template", /*as_given=*/true);
+  if (!data.report.chat_date.empty())
+    s.keep("chat_date", data.report.chat_date, "--chat_date", /*as_given=*/true);
   s.split = {{"world_size", std::to_string(comm.size())},
              {"micro_batch", std::to_string(args.per_device_train_batch_size)},
              {"accumulation", std::to_string(args.gradient_accumulation_steps)},
