@@ -166,7 +166,8 @@ void add_train_flags(CLI::App& cmd, TrainFlags& f) {
       ->capture_default_str()
       ->check(whole_in(0));
   cmd.add_option("--save_strategy", a.save_strategy,
-                 "When to write checkpoints: no, steps (every --save_steps) or epoch")
+                 "When to write checkpoints: no, steps (every --save_steps) or epoch; "
+                 "steps and epoch also write one at the last step")
       ->capture_default_str()
       ->check(CLI::IsMember({"no", "steps", "epoch"}));
   cmd.add_option("--save_steps", a.save_steps, "Checkpoint every N steps")

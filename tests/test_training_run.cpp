@@ -159,6 +159,51 @@ TEST_F(TrainingRunTest, StopThenResumeEqualsAnUninterruptedRun) {
     EXPECT_EQ(first.losses.at(step), straight.losses.at(step)) << "step " << step;
 }
 
+// As HF's Trainer, a finished run writes a checkpoint at its last step whatever the schedule,
+// and resuming from it continues the run to more steps as if it had been asked for them.
+TEST_F(TrainingRunTest, AFinishedRunsLastCheckpointContinuesItToMoreSteps) {
+  Recorder straight;
+  {
+    RunSettings s = settings("straight");
+    s.args.max_steps = 8;
+    TrainingRun run(*comm_, s, &straight);
+    run.run(nullptr, &straight);
+    run.save(&straight);
+  }
+  RunSettings s = settings("extended");
+  s.args.save_strategy = "steps";
+  s.args.save_steps = 4;
+  {
+    TrainingRun run(*comm_, s);
+    run.run();
+    run.save();
+  }
+  EXPECT_TRUE(fs::exists(s.output_dir / "checkpoint-4"));
+  EXPECT_TRUE(fs::exists(s.output_dir / "checkpoint-6"));  // the last step's, off the schedule
+  // The same command again: nothing left to do, and the finished run's outputs kept.
+  s.resume_from_checkpoint = "last";
+  const std::string summary = testing::read_file(s.output_dir / "train_results.json");
+  try {
+    TrainingRun again(*comm_, s);
+    ADD_FAILURE() << "no error";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("is at step 6 and this run has 6 steps: nothing is left"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(testing::read_file(s.output_dir / "train_results.json"), summary);
+  s.args.max_steps = 8;
+  Recorder second;
+  TrainingRun resumed(*comm_, s, &second);
+  EXPECT_EQ(resumed.first_step(), 6);
+  resumed.run(nullptr, &second);
+  resumed.save(&second);
+  ASSERT_EQ(second.losses.size(), 2u);
+  for (std::int64_t step = 7; step <= 8; ++step)
+    EXPECT_EQ(second.losses.at(step), straight.losses.at(step)) << "step " << step;
+  EXPECT_TRUE(fs::exists(s.output_dir / "checkpoint-8"));
+}
+
 TEST_F(TrainingRunTest, ResumingIntoAnotherRunIsRefusedNamingTheSetting) {
   RunSettings s = settings("run");
   s.args.max_steps = 2;

@@ -48,6 +48,14 @@ JSON
   [ -n "$a" ] && [ "$a" = "$b" ]
   check "$launcher: steps 4-6 after resuming equal the uninterrupted run ($a | $b)" $?
   cp "$work/full/metrics.jsonl" "$work/full-$launcher.jsonl"
+  # The finished run's last checkpoint (checkpoint-6, as HF's Trainer writes): the same command
+  # again is refused with nothing to do and its outputs untouched.
+  sum="$(cd "$work/full" && sha256sum train_results.json adapter_model.safetensors metrics.jsonl)"
+  "${run[@]}" train "${common[@]}" "${extra[@]}" --output_dir "$work/full" --max_steps 6 --save_steps 3 \
+    --resume_from_checkpoint last > "$work/again.log" 2>&1
+  [ $? -eq 1 ] && grep -q "checkpoint-6 is at step 6 and this run has 6 steps: nothing is left to train" "$work/again.log" \
+    && [ "$sum" = "$(cd "$work/full" && sha256sum train_results.json adapter_model.safetensors metrics.jsonl)" ]
+  check "$launcher: a finished run resumed again: refused (exit 1), its outputs untouched" $?
 done
 
 # SIGTERM: finish the step, save, exit 0; then resume to two steps further.

@@ -146,6 +146,13 @@ class PolicyRun final : public TrainingRun::Impl {
       }
       const ResumePoint resumed =
           load_training_checkpoint(comm, dir, config, *layout, *trainer_, signature_);
+      // (a finished run's last checkpoint, resumed by the same command: nothing to redo)
+      if (resumed.step >= total_steps)
+        throw ConfigError(dir.string() + " is at step " + std::to_string(resumed.step) +
+                          " and this run has " + std::to_string(total_steps) +
+                          " steps: nothing is left to train (raise --max_steps or "
+                          "--num_train_epochs to go on); " +
+                          settings.output_dir.string() + " is as it was");
       first_step = resumed.step;
       note("resumed from " + dir.string() + " at step " + std::to_string(first_step) +
            (resumed.world_size == comm.size()
@@ -245,9 +252,11 @@ class PolicyRun final : public TrainingRun::Impl {
         window_steps = 0;
       }
       if (evaluates_after(done)) evaluate(done, observer);
-      const bool epoch_end = done % per_epoch == 0;
-      if (done < total_steps && ((args.save_strategy == "steps" && done % args.save_steps == 0) ||
-                                 (args.save_strategy == "epoch" && epoch_end)))
+      // Checkpoints on the schedule and, as HF's Trainer, at the last step: a finished run's
+      // checkpoint-N continues it (to more steps or epochs) from where it ended.
+      const bool last = done == total_steps;
+      if ((args.save_strategy == "steps" && (done % args.save_steps == 0 || last)) ||
+          (args.save_strategy == "epoch" && (done % per_epoch == 0 || last)))
         save_checkpoint(done, observer);
       // A stop request is honoured by all ranks at the same step boundary.
       const bool asked = stop && stop();
