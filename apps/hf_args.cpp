@@ -92,8 +92,9 @@ const Refused kRefused[] = {
     {"sql_prompt", Arity::kOptionalBool, "false",
      "the SQL prompt is not built in: write it as a --template file"},
     {"chat_prompt", Arity::kOptionalBool, "false",
-     "chat templates are not supported yet: render the conversations as text (--data_format "
-     "text) or use a --template file"},
+     "run_lora_clm's chat prompt (its Query/Content user turn through the tokenizer's chat "
+     "template) is not built in: write the records as conversations ({\"messages\": [...]}) and "
+     "train with --data_format chat, which renders them with the tokenizer's chat template"},
     {"load_best_model_at_end", Arity::kOptionalBool, "false",
      "zerolora writes the final adapter; keep checkpoints (--save_strategy) and pick one by its "
      "eval loss in metrics.jsonl"},

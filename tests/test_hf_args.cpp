@@ -76,6 +76,7 @@ TEST_F(HfArgs, FlagsThatWouldChangeTheResultAreRefusedWithTheReason) {
            {{"--label_smoothing_factor", "0.1"}, "label smoothing is not implemented"},
            {{"--dataset_name", "tatsu-lab/alpaca"}, "pass it with --train_file"},
            {{"--average_tokens_across_devices", "false"}, "whole global batch"},
+           {{"--chat_prompt"}, "train with --data_format chat"},
            {{"--fp8", "maybe"}, "expected true or false"}}) {
     const std::string message = usage_error([&] { rewrite(args); });
     EXPECT_NE(message.find(args[0]), std::string::npos) << message;
