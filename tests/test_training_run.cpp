@@ -193,6 +193,13 @@ TEST_F(TrainingRunTest, AFinishedRunsLastCheckpointContinuesItToMoreSteps) {
   }
   EXPECT_EQ(testing::read_file(s.output_dir / "train_results.json"), summary);
   s.args.max_steps = 8;
+  {  // From checkpoint-4, the earlier run's checkpoint-6 is what "last" would pick: said.
+    RunSettings from4 = s;
+    from4.resume_from_checkpoint = (s.output_dir / "checkpoint-4").string();
+    Recorder heard;
+    TrainingRun run(*comm_, from4, &heard);
+    EXPECT_TRUE(heard.noted("holds a later checkpoint of an earlier run (checkpoint-6)"));
+  }
   Recorder second;
   TrainingRun resumed(*comm_, s, &second);
   EXPECT_EQ(resumed.first_step(), 6);

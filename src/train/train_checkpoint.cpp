@@ -23,6 +23,8 @@ std::string rank_file(int rank) {
   return "optimizer-rank" + std::to_string(rank) + ".safetensors";
 }
 
+}  // namespace
+
 std::vector<std::pair<std::int64_t, fs::path>> list_checkpoints(const fs::path& output_dir) {
   std::vector<std::pair<std::int64_t, fs::path>> found;
   if (!fs::is_directory(output_dir)) return found;
@@ -36,8 +38,6 @@ std::vector<std::pair<std::int64_t, fs::path>> list_checkpoints(const fs::path& 
   std::sort(found.begin(), found.end());
   return found;
 }
-
-}  // namespace
 
 fs::path find_latest_checkpoint(const fs::path& output_dir) {
   const auto all = list_checkpoints(output_dir);

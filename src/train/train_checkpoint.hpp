@@ -13,6 +13,8 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "comm/communicator.hpp"
 #include "lora/lora_layout.hpp"
@@ -27,6 +29,9 @@ void save_training_checkpoint(Communicator& comm, const std::filesystem::path& o
                               const RunSignature& signature, const std::string& base_model,
                               std::int64_t save_total_limit);
 
+// The checkpoint-<N> directories in `output_dir`, as (N, path) by N.
+std::vector<std::pair<std::int64_t, std::filesystem::path>> list_checkpoints(
+    const std::filesystem::path& output_dir);
 // The checkpoint-<N> directory with the largest N, or empty.
 std::filesystem::path find_latest_checkpoint(const std::filesystem::path& output_dir);
 

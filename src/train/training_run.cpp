@@ -136,31 +136,7 @@ class PolicyRun final : public TrainingRun::Impl {
          fixed(lora.alpha, 3) + " on " + targets + " (" + std::to_string(layout->size()) +
          " parameters); lr " + schedule.describe());
 
-    if (resuming) {
-      fs::path dir = settings.resume_from_checkpoint;
-      if (dir == "last" || dir == "latest" || dir == "true" || dir == "True") {
-        dir = find_latest_checkpoint(settings.output_dir);
-        if (dir.empty())
-          throw UsageError(settings.output_dir.string() +
-                           ": no checkpoint-* directory to resume from");
-      }
-      const ResumePoint resumed =
-          load_training_checkpoint(comm, dir, config, *layout, *trainer_, signature_);
-      // (a finished run's last checkpoint, resumed by the same command: nothing to redo)
-      if (resumed.step >= total_steps)
-        throw ConfigError(dir.string() + " is at step " + std::to_string(resumed.step) +
-                          " and this run has " + std::to_string(total_steps) +
-                          " steps: nothing is left to train (raise --max_steps or "
-                          "--num_train_epochs to go on); " +
-                          settings.output_dir.string() + " is as it was");
-      first_step = resumed.step;
-      note("resumed from " + dir.string() + " at step " + std::to_string(first_step) +
-           (resumed.world_size == comm.size()
-                ? std::string()
-                : " (written by " + std::to_string(resumed.world_size) +
-                      " rank(s); optimizer state resharded for " + std::to_string(comm.size()) +
-                      ")"));
-    }
+    if (resuming) resume(observer);
     const fs::path log_path = settings.output_dir / "metrics.jsonl";
     if (leader) {
       if (resuming) history_ = keep_metrics_until(log_path, first_step);
@@ -358,6 +334,44 @@ class PolicyRun final : public TrainingRun::Impl {
     if (!leader) return;
     metrics_log_->write(record);
     if (observer) observer->metrics(record);
+  }
+
+  // Loads the checkpoint --resume_from_checkpoint names (or the output directory's latest) into
+  // the trainer, after its signature check; the run goes on from its step.
+  void resume(RunObserver* observer) {
+    fs::path dir = settings.resume_from_checkpoint;
+    if (dir == "last" || dir == "latest" || dir == "true" || dir == "True") {
+      dir = find_latest_checkpoint(settings.output_dir);
+      if (dir.empty())
+        throw UsageError(settings.output_dir.string() +
+                         ": no checkpoint-* directory to resume from");
+    }
+    const ResumePoint resumed =
+        load_training_checkpoint(comm, dir, checkpoint->config(), *layout, *trainer_, signature_);
+    // A finished run's last checkpoint, resumed by the same command. HF's Trainer trains nothing
+    // and rewrites its summary; refused here, the finished run's outputs kept as they are.
+    if (resumed.step >= total_steps)
+      throw ConfigError(
+          dir.string() + " is at step " + std::to_string(resumed.step) + " and this run has " +
+          std::to_string(total_steps) + " steps: nothing is left to train (" +
+          (args.max_steps > 0 ? "raise --max_steps" : "raise --num_train_epochs") +
+          " to go on); the files in " + settings.output_dir.string() + " are as they were");
+    first_step = resumed.step;
+    const auto note = [&](const std::string& line) {
+      if (leader && observer) observer->note(line);
+    };
+    note("resumed from " + dir.string() + " at step " + std::to_string(first_step) +
+         (resumed.world_size == comm.size() ? std::string()
+                                            : " (written by " + std::to_string(resumed.world_size) +
+                                                  " rank(s); optimizer state resharded for " +
+                                                  std::to_string(comm.size()) + ")"));
+    // Later checkpoints of an earlier run (this one continues from an earlier step) stay until
+    // this run's own replace them; until then "last" would pick them.
+    const auto saved = list_checkpoints(settings.output_dir);
+    if (!saved.empty() && saved.back().first > first_step)
+      note("warning: " + settings.output_dir.string() + " holds a later checkpoint of an earlier " +
+           "run (" + saved.back().second.filename().string() +
+           "); --resume_from_checkpoint last picks it until this run writes one past it");
   }
 
   void save_checkpoint(std::int64_t step, RunObserver* observer) {

@@ -233,13 +233,14 @@ RunSignature TrainingRun::Impl::signature(std::string_view precision) const {
          "--lora_rank, --lora_alpha, --lora_dropout, --lora_target_modules, --use_rslora");
   s.keep("global_batch", std::to_string(global_batch),
          "--per_device_train_batch_size x --gradient_accumulation_steps x ranks, or --deepspeed's "
-         "train_batch_size");
+         "batch sizes");
   s.keep("seed", std::to_string(args.seed), "--seed", /*as_given=*/true);
   s.keep("data",
          std::to_string(data.train.size()) + " sequences, " +
              std::to_string(data.report.train_tokens) + " tokens",
-         "--train_file, --validation_split_percentage, --data_format, --template, "
-         "--max_seq_length, --packing, the tokenizer");
+         "--train_file, --validation_file, --validation_split_percentage, --data_format, "
+         "--template, the --*_column_name flags, --chat_template, --max_seq_length, --packing or "
+         "--dataset_concatenation, --train_on_inputs, --tokenizer");
   // (an fp32 residual adds nothing: checkpoints from before the option read "bf16")
   s.keep("precision", std::string(precision) + (bf16_residual ? ", bf16 residual" : ""),
          "--bf16, --residual_dtype, or --deepspeed's bf16");
@@ -248,7 +249,7 @@ RunSignature TrainingRun::Impl::signature(std::string_view precision) const {
              number(args.learning_rate) + ", warmup " + std::to_string(args.warmup_steps) + "/" +
              number(args.warmup_ratio),
          "--lr_scheduler_type, --learning_rate, --warmup_steps, --warmup_ratio, or --deepspeed's "
-         "scheduler");
+         "optimizer lr and scheduler");
   s.keep("optimizer",
          "AdamW " + number(args.adam_beta1) + "/" + number(args.adam_beta2) + "/" +
              number(args.adam_epsilon) + ", weight decay " + number(args.weight_decay) + ", clip " +
@@ -259,7 +260,8 @@ RunSignature TrainingRun::Impl::signature(std::string_view precision) const {
          std::string(args.group_by_length ? "grouped by length" : "shuffled") +
              (args.dataloader_drop_last ? ", last batch dropped" : ""),
          "--group_by_length, --dataloader_drop_last");
-  s.keep("zero_stage", std::to_string(args.zero_stage), "--deepspeed's zero_optimization.stage");
+  s.keep("zero_stage", std::to_string(args.zero_stage),
+         "--deepspeed, its zero_optimization.stage (3 without --deepspeed)");
   // Chat data: the template, and where it wrote one the date, which changes with the day (a
   // resume renders the data as the checkpoint's run did).
   if (!data.report.chat_template.empty())
