@@ -348,8 +348,9 @@ class PolicyRun final : public TrainingRun::Impl {
     }
     const ResumePoint resumed =
         load_training_checkpoint(comm, dir, checkpoint->config(), *layout, *trainer_, signature_);
-    // A finished run's last checkpoint, resumed by the same command. HF's Trainer trains nothing
-    // and rewrites its summary; refused here, the finished run's outputs kept as they are.
+    // A finished run's last checkpoint, resumed by the same command: HF's Trainer does not
+    // refuse it, but there is nothing to train, and the summary would be rewritten with zero
+    // rates; refused, the finished run's outputs kept as they are.
     if (resumed.step >= total_steps)
       throw ConfigError(
           dir.string() + " is at step " + std::to_string(resumed.step) + " and this run has " +
