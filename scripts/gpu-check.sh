@@ -112,6 +112,17 @@ stage() {  # stage NAME SECONDS COMMAND...: runs, records PASS/FAIL(rc)/TIMEOUT/
   record "$name" "$verdict" $((SECONDS - start))
 }
 
+# The pack's binaries travel xz-compressed (scripts/gpu-pack.sh): unpacked outside the tree,
+# beside links to the rest of the pack; with Python's tarfile where there is no xz.
+if [ "$emulated" != 1 ] && [ -f "$pack/bin.tar.xz" ]; then
+  staged="$(mktemp -d)"
+  tar -C "$staged" -xJf "$pack/bin.tar.xz" 2> /dev/null ||
+    "$(command -v /opt/torch/.venv/bin/python3 || command -v python3)" -c \
+      'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' \
+      "$pack/bin.tar.xz" "$staged" || { echo "gpu-check: cannot unpack $pack/bin.tar.xz"; exit 1; }
+  for file in "$pack"/*; do [ -e "$staged/$(basename "$file")" ] || ln -s "$file" "$staged/"; done
+  pack="$staged"
+fi
 binaries="zerolora zerolora_cuda_tests zerolora_mpi_tests bench_train_step bench_zero bench_kernels"
 [ "$emulated" = 1 ] && binaries="zerolora zerolora_cuda_tests zerolora_mpi_tests"
 for binary in $binaries; do
