@@ -219,10 +219,12 @@ static int bench_main(int argc, char** argv) {
       });
     }
     // The seed's q, k and v branches (dropout on), which share x and dx: as the layer runs them
-    // (kernels.hpp lora_*_shared: on the GPU one group, x read once for their z and dA, dx read
-    // and written once) and one by one, for the same least bytes (the forward reads x once and
-    // reads and writes the q/k/v columns; the backward reads those columns' gradients twice, x
-    // once, and reads and writes dx), so that the two rates compare as the times do.
+    // (kernels.hpp lora_*_shared: on the GPU the forward one by one, the backward one group, x
+    // read once for their dA, dx read and written once) and, for the backward, one by one, for
+    // the same least bytes (the forward reads x once and reads and writes the q/k/v columns; the
+    // backward reads those columns' gradients twice, x once, and reads and writes dx), so that
+    // the two rates compare as the times do. (A grouped forward, x read once for the three z,
+    // ran slower than one by one on an H100, 2026-12-06: cuda/lora.cu.)
     {
       DeviceBuffer<float> z3(dev, static_cast<std::size_t>(3 * M * rank));
       const Index col[3] = {0, Qd, Qd + KVd}, width[3] = {Qd, KVd, KVd};
@@ -249,9 +251,6 @@ static int bench_main(int argc, char** argv) {
       const double w3 = static_cast<double>(W3);
       report("lora_qkv_forward", m * (d * 4 + w3 * 8),
              [&] { k->lora_forward_shared(fwd, src, rank, 4.0); });
-      report("lora_qkv_forward_one_by_one", m * (d * 4 + w3 * 8), [&] {
-        for (const auto& f : fwd) k->lora_forward(f.dst, f.z, src, f.a, f.b, rank, 4.0, f.dropout);
-      });
       report("lora_qkv_backward", m * (w3 * 8 + d * 12),
              [&] { k->lora_backward_shared(diff_src, bwd, src, rank, 4.0); });
       report("lora_qkv_backward_one_by_one", m * (w3 * 8 + d * 12), [&] {

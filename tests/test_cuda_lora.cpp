@@ -68,11 +68,11 @@ TEST_F(CudaBackend, TheLoraBranchEqualsTheCpu) {
 }
 
 // LoRA branches that share their input (q, k and v on the norm's output; gate and up): on the
-// GPU one group of lora.cu's kernels, whose results are each branch's own call's bit for bit (an
-// expansion adds the branches to the input gradient in their order), and the CPU's within one
-// op's bound. Groups of 1, 2 and 3; ranks 1, 4 and 8 grouped, 12 (above kLoraGroupMaxRank) one
-// by one; outputs as column blocks of one wide row (the fused q/k/v layout); dropout off and on,
-// each branch with its own key; row counts with ragged tails.
+// GPU the backward as one group of lora.cu's kernels, whose results are each branch's own call's
+// bit for bit (an expansion adds the branches to the input gradient in their order), and the CPU's
+// within one op's bound. Groups of 1, 2 and 3; ranks 1, 4 and 8 grouped, 12 (above
+// kLoraGroupMaxRank) one by one; outputs as column blocks of one wide row (the fused q/k/v layout);
+// dropout off and on, each branch with its own key; row counts with ragged tails.
 TEST_F(CudaBackend, LoraBranchesSharingTheirInputEqualEachBranchAlone) {
   const Index in = 64, pad = 3, ld_in = in + pad;
   const Index widths[3] = {64, 24, 40}, ld_out = 64 + 24 + 40 + pad;
@@ -141,9 +141,10 @@ TEST_F(CudaBackend, LoraBranchesSharingTheirInputEqualEachBranchAlone) {
                               src, bwd[m].a, bwd[m].b, rank, 4.0, bwd[m].dropout);
             }
           } else {
-            // The profiler counts each outermost LoRA call: on the GPU one a pass for the group
-            // where its rank allows, so that the test cannot pass by the branches' running one
-            // by one.
+            // The profiler counts each outermost LoRA call: on the GPU the forward's one a
+            // branch (cuda/lora.cu: one by one, measured faster than grouped), the backward's one
+            // for the group where its rank allows, so that the test cannot pass by the
+            // backward's branches running one by one.
             Profiler& profiler = (cpu ? cpu_ : *gpu_).profiler();
             profiler.enable(true);
             profiler.reset();
@@ -152,7 +153,7 @@ TEST_F(CudaBackend, LoraBranchesSharingTheirInputEqualEachBranchAlone) {
                                    4.0);
             if (!cpu) {
               EXPECT_EQ(profiler.calls(ProfileCategory::kLora),
-                        rank <= kLoraGroupMaxRank ? 2 : 2 * count)
+                        count + (rank <= kLoraGroupMaxRank ? 1 : count))
                   << "LoRA calls on the GPU";
             }
             profiler.enable(false);

@@ -315,6 +315,36 @@ TEST_F(CudaBackend, KernelsSayWhichAttentionRuns) {
   EXPECT_TRUE(bf16_kernels->take_notes().empty()) << "said once";
 }
 
+// SwiGLU takes four columns per thread where the intermediate size is a multiple of 4 and its
+// buffers are aligned for it, one otherwise (swiglu.cu): both equal the CPU, fp32 values and
+// their bf16 rounding, and a row offset by one float (unaligned) takes the one-column path.
+TEST_F(CudaBackend, SwigluFourColumnsOrOneEqualsTheCpu) {
+  auto gpu_bf16 = make_kernels<Bf16Policy>(*gpu_);
+  CpuKernels<Bf16Policy> cpu_bf16(cpu_);
+  const Index M = 19;
+  for (const Index I : {48, 45}) {
+    for (const Index offset : {0, 1}) {
+      SCOPED_TRACE("I " + std::to_string(I) + ", offset " + std::to_string(offset));
+      auto gate_up = random_values(M * 2 * I + offset, 41, 4.0f), dy = random_values(M * I, 42);
+      const float* gu = gate_up.data() + offset;
+      std::vector<float> act(M * I), dgu(M * 2 * I);
+      cpu_bf16.swiglu_forward(act.data(), gu, M, I, nullptr);
+      cpu_bf16.swiglu_backward(dgu.data(), dy.data(), gu, M, I, nullptr);
+      const float* ggu = on_gpu(gate_up) + offset;
+      float *gact = on_gpu(std::vector<float>(M * I)),
+            *gdgu = on_gpu(std::vector<float>(M * 2 * I));
+      bf16 *gact16 = on_gpu(std::vector<bf16>(M * I)),
+           *gdgu16 = on_gpu(std::vector<bf16>(M * 2 * I));
+      gpu_bf16->swiglu_forward(gact, ggu, M, I, gact16);
+      gpu_bf16->swiglu_backward(gdgu, on_gpu(dy), ggu, M, I, gdgu16);
+      expect_close(to_host(gact, M * I), act, "swiglu forward");
+      expect_close(to_host(gdgu, M * 2 * I), dgu, "swiglu backward");
+      expect_rounding_of(to_host(gact16, M * I), to_host(gact, M * I), "swiglu forward");
+      expect_rounding_of(to_host(gdgu16, M * 2 * I), to_host(gdgu, M * 2 * I), "swiglu backward");
+    }
+  }
+}
+
 // The bf16 policy's producers write their outputs' rounding for the projections (kernels.hpp
 // GemmOperand): every copy the rounding of the values written beside it, and a projection given
 // the copy gives the bits it gives when it rounds the values itself.
@@ -440,19 +470,29 @@ TEST_F(CudaBackend, ConversionsAreBitExactAlignedOrNot) {
 
 // cuDNN's dense dQ, dK, dV widened into the fused q/k/v rows: every value exact, in its column,
 // and nothing outside the columns written.
+// Unaligned (one column at a time) and aligned (four: cols, the stride and the first column
+// multiples of 4) alike.
 TEST_F(CudaBackend, WideningIntoColumnsWritesExactlyThoseColumns) {
-  const Index rows = 37, cols = 24, ld = 61, first = 5;
-  const std::vector<float> values = random_values(rows * cols, 19, 10.0f);
-  std::vector<bf16> src(values.size());
-  for (std::size_t i = 0; i < values.size(); ++i) src[i] = to_bf16(values[i]);
-  std::vector<float> dst(rows * ld, 7.0f);
-  float* gdst = on_gpu(dst);
-  auto* gsrc = reinterpret_cast<const cuda::Bf16Bits*>(on_gpu(src));
-  auto& gpu_device = dynamic_cast<cuda::CudaDevice&>(device());
-  cuda::widen_bf16_columns(gpu_device.stream(), gdst + first, ld, gsrc, rows, cols);
-  for (Index r = 0; r < rows; ++r)
-    for (Index c = 0; c < cols; ++c) dst[r * ld + first + c] = to_float(src[r * cols + c]);
-  EXPECT_EQ(to_host(gdst, dst.size()), dst);
+  struct Case {
+    Index cols, ld, first;
+  };
+  for (const Case& c : {Case{24, 61, 5}, Case{24, 64, 8}, Case{22, 64, 8}, Case{24, 64, 6}}) {
+    SCOPED_TRACE("cols " + std::to_string(c.cols) + ", ld " + std::to_string(c.ld) + ", first " +
+                 std::to_string(c.first));
+    const Index rows = 37;
+    const std::vector<float> values = random_values(rows * c.cols, 19, 10.0f);
+    std::vector<bf16> src(values.size());
+    for (std::size_t i = 0; i < values.size(); ++i) src[i] = to_bf16(values[i]);
+    std::vector<float> dst(rows * c.ld, 7.0f);
+    float* gdst = on_gpu(dst);
+    auto* gsrc = reinterpret_cast<const cuda::Bf16Bits*>(on_gpu(src));
+    auto& gpu_device = dynamic_cast<cuda::CudaDevice&>(device());
+    cuda::widen_bf16_columns(gpu_device.stream(), gdst + c.first, c.ld, gsrc, rows, c.cols);
+    for (Index r = 0; r < rows; ++r)
+      for (Index j = 0; j < c.cols; ++j)
+        dst[r * c.ld + c.first + j] = to_float(src[r * c.cols + j]);
+    EXPECT_EQ(to_host(gdst, dst.size()), dst);
+  }
 }
 
 }  // namespace

@@ -59,6 +59,18 @@ __global__ void widen_bf16_columns_kernel(float* dst, Index dst_ld, const Bf16Bi
                                           Index cols) {
   ZL_ROWS_COLS(i, j, rows, cols) dst[i * dst_ld + j] = bf16_to_float(src[i * cols + j]);
 }
+// Four columns per thread (cols and dst_ld multiples of 4, the pointers aligned): cuDNN's dQ, dK
+// and dV widened into q/k/v's columns, where 2-byte loads left the scalar kernel well below a
+// copy's bandwidth.
+__global__ void widen_bf16_column_quads_kernel(float* dst, Index dst_ld, const Bf16Bits* src,
+                                               Index rows, Index quads) {
+  ZL_ROWS_COLS(i, q, rows, quads) {
+    const Bf16x4 b = reinterpret_cast<const Bf16x4*>(src + i * 4 * quads)[q];
+    Float4 v;
+    ZL_UNROLL for (int k = 0; k < 4; ++k) v.v[k] = bf16_to_float(b.v[k]);
+    reinterpret_cast<Float4*>(dst + i * dst_ld)[q] = v;
+  }
+}
 
 __device__ __forceinline__ bool finite_value(float v) {
   return (__float_as_uint(v) & 0x7f800000u) != 0x7f800000u;
@@ -117,8 +129,13 @@ void widen_bf16(cudaStream_t s, float* dst, const Bf16Bits* src, Index n, Bf16Bi
 void widen_bf16_columns(cudaStream_t s, float* dst, Index dst_ld, const Bf16Bits* src, Index rows,
                         Index cols) {
   if (rows == 0 || cols == 0) return;
-  ZL_LAUNCH(widen_bf16_columns_kernel, grid_rows_cols(rows, cols, 256), 256, s)
-  (dst, dst_ld, src, rows, cols);
+  if (cols % 4 == 0 && dst_ld % 4 == 0 && aligned_to(dst, 16) && aligned_to(src, 8)) {
+    ZL_LAUNCH(widen_bf16_column_quads_kernel, grid_rows_cols(rows, cols / 4, 256), 256, s)
+    (dst, dst_ld, src, rows, cols / 4);
+  } else {
+    ZL_LAUNCH(widen_bf16_columns_kernel, grid_rows_cols(rows, cols, 256), 256, s)
+    (dst, dst_ld, src, rows, cols);
+  }
   check_launch("widen_bf16_columns", rows, cols);
 }
 

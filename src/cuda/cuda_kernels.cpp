@@ -142,17 +142,12 @@ class CudaKernels final : public Kernels<P> {
     ProfileScope profile(profiler_, ProfileCategory::kLora);
     lora_.backward(diff_src, diff_a, diff_b, diff_dst, z, src, a, b, rank, scale, dropout);
   }
-  // Branches that share their input: one group of lora.cu's kernels (one profiled call) where
-  // CudaLora takes them as one, else the default's calls one by one.
-  using typename Kernels<P>::LoraForwardBranch;
+  // Branches that share their input (q, k and v): their backward as one group of lora.cu's
+  // kernels (one profiled call) where CudaLora takes them as one, else the default's calls one
+  // by one. Their forward runs one by one (the default's): the grouped contraction was slower
+  // than three single ones on an H100 (bench_kernels, 2026-12-06: 722 against 609 us at the 7B
+  // shape), where the grouped backward was faster (1055 against 1175 us).
   using typename Kernels<P>::LoraBackwardBranch;
-  void lora_forward_shared(std::span<const LoraForwardBranch> branches, Mat<const Act> src,
-                           Index rank, double scale) override {
-    if (!CudaLora::groups_forward(branches, src, rank))
-      return Kernels<P>::lora_forward_shared(branches, src, rank, scale);
-    ProfileScope profile(profiler_, ProfileCategory::kLora);
-    lora_.forward_group(branches, src, rank, scale);
-  }
   void lora_backward_shared(Mat<Act> diff_src, std::span<const LoraBackwardBranch> branches,
                             Mat<const Act> src, Index rank, double scale) override {
     if (!CudaLora::groups_backward(diff_src, branches, src, rank))

@@ -93,27 +93,11 @@ bool CudaLora::groups(Index rank, std::span<const Branch> branches,
   return true;
 }
 
-bool CudaLora::groups_forward(std::span<const ForwardBranch> branches, Mat<const float> src,
-                              Index rank) {
-  return groups(rank, branches, {src.cs});
-}
-
 bool CudaLora::groups_backward(Mat<float> diff_src, std::span<const BackwardBranch> branches,
                                Mat<const float> src, Index rank) {
   bool grouped = groups(rank, branches, {src.cs, diff_src.cs});
   for (const auto& br : branches) grouped = grouped && lora_takes_fused(rank, {br.diff_dst.cs});
   return grouped;
-}
-
-void CudaLora::forward_group(std::span<const ForwardBranch> branches, Mat<const float> src,
-                             Index rank, double scale) {
-  const Index M = src.rows, in = src.cols;
-  LoraBranches group;  // z_b = drop_b(x) A_b^T
-  for (const auto& br : branches) add_branch(group, nullptr, br.a, br.z, br.dropout.key);
-  const DropoutMask& dropout = branches.front().dropout;
-  lora_contract(s_, group, src.data, src.rs, in, 1, M, in, static_cast<int>(rank), 1.0f, dropout.p,
-                dropout.row_keys);
-  for (const auto& br : branches) expand_z(br.dst, br.z, br.b, rank, scale);
 }
 
 // The fused kernels' backward of branches sharing src and diff_src (one, or a group): each

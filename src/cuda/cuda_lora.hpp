@@ -1,9 +1,9 @@
 // The LoRA branch of the kernel interface (ops/kernels.hpp, ops/lora_branch.hpp) on a CUDA GPU,
 // for CudaKernels (cuda_kernels.cpp), which owns one and times its calls: up to
 // kLoraFusedMaxRank over views with contiguous rows, lora.cu's fused kernels (each activation
-// read once, the dropout mask made on the fly; branches that share their input as one group);
-// else cuBLASLt GEMMs in fp32 and dropped copies of the input. Both policies compute the branch
-// in fp32, so this is not a template.
+// read once, the dropout mask made on the fly; the backward of branches that share their input
+// as one group); else cuBLASLt GEMMs in fp32 and dropped copies of the input. Both policies
+// compute the branch in fp32, so this is not a template.
 #pragma once
 
 #include <initializer_list>
@@ -19,7 +19,6 @@ namespace zerolora::cuda {
 
 class CudaLora {
  public:
-  using ForwardBranch = LoraForwardBranch<float>;
   using BackwardBranch = LoraBackwardBranch<float>;
 
   // gemm runs on the device's stream and outlives this.
@@ -34,16 +33,12 @@ class CudaLora {
                 const float* z, Mat<const float> src, const float* a, const float* b, Index rank,
                 double scale, const DropoutMask& dropout);
 
-  // Kernels' lora_forward_shared / lora_backward_shared as one group of lora.cu's kernels (src
-  // read once for their z and their dA, diff_src read and written once for their terms), for
-  // branches that groups_forward / groups_backward accept; the caller runs others one by one.
-  // (backward's fused path is backward_group with one branch.)
-  static bool groups_forward(std::span<const ForwardBranch> branches, Mat<const float> src,
-                             Index rank);
+  // Kernels' lora_backward_shared as one group of lora.cu's kernels (src read once for their
+  // dA, diff_src read and written once for their terms), for branches that groups_backward
+  // accepts; the caller runs others one by one. (backward's fused path is backward_group with
+  // one branch.) Their forward runs one by one: see CudaKernels::lora_backward_shared.
   static bool groups_backward(Mat<float> diff_src, std::span<const BackwardBranch> branches,
                               Mat<const float> src, Index rank);
-  void forward_group(std::span<const ForwardBranch> branches, Mat<const float> src, Index rank,
-                     double scale);
   void backward_group(Mat<float> diff_src, std::span<const BackwardBranch> branches,
                       Mat<const float> src, Index rank, double scale);
 

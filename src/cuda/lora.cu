@@ -8,10 +8,12 @@
 // [out, r] is wk = 1, wj = r. The rank's accumulators live in registers (arrays of the rank's
 // bound, 4, 8 or 16, the loops unrolled); outer sums fixed chunks of rows, then the chunks in
 // order: the same bits every run. They replace cuBLASLt's rank-r GEMMs and the dropped copies,
-// which took 23% of a 7B step on an H200 (BENCHMARKS.md). Branches that share their big matrix
-// (q, k and v read the attention norm's output x and add to its gradient dx) run as a group of
-// up to three in one launch: x read once for their z and their dA, dx read and written once for
-// their terms: about 30% fewer bytes for the q/k/v branches per step.
+// which took 23% of a 7B step on an H200 (BENCHMARKS.md). In the backward, branches that share
+// their big matrix (q, k and v read the attention norm's output x and add to its gradient dx)
+// run as a group of up to three in one launch: x read once for their dA, dx read and written
+// once for their terms. The contraction takes one branch: grouped (x read once for the three
+// z), it was slower than three single launches on an H100 (bench_kernels, 2026-12-06: q/k/v's
+// forward 722 against 609 us at the 7B shape), so the forward runs branch by branch.
 #include <limits>
 #include <type_traits>
 
@@ -91,19 +93,16 @@ struct Branches {
 template <int R, int G>
 inline constexpr int kMinBlocks = G > 1 ? 2 : (R <= 8 ? 3 : 1);
 
-// Rows per contraction warp: kContractRows but for a group at rank bound 8 of three branches,
-// whose accumulators for two rows would spill: one. Which rows share a warp changes no sum.
-template <int R, int G>
-inline constexpr int kContractRowsOf = (R * G <= 16) ? kContractRows : 1;
-
-// A warp per kContractRowsOf rows: the lanes stride over the rows' n elements, each keeping r
-// partial dot products per row and branch, then summed over the warp. Each weight value loaded
-// serves the warp's rows; each big value loaded serves every branch.
-template <int R, int G>
-__global__ void __launch_bounds__(kThreads, kMinBlocks<R, G>)
-    lora_contract_kernel(Branches<G> br, const float* big, Index big_rs, Index M, int n, int rank,
+// A warp per kContractRows rows: the lanes stride over the rows' n elements, each keeping r
+// partial dot products per row, then summed over the warp. Each weight value loaded serves the
+// warp's rows.
+template <int R>
+__global__ void __launch_bounds__(kThreads, kMinBlocks<R, 1>)
+    lora_contract_kernel(Branches<1> br, const float* big, Index big_rs, Index M, int n, int rank,
                          float scale) {
-  constexpr int kRows = kContractRowsOf<R, G>;
+  constexpr int kRows = kContractRows;
+  const WeightColumns& w = br.w[0];
+  const DropoutDraw& mask = br.mask[0];
   const int lane = threadIdx.x & 31;
   const Index warps = static_cast<Index>(gridDim.x) * (blockDim.x / 32);
   const Index groups = (M + kRows - 1) / kRows;
@@ -111,13 +110,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<R, G>)
        g += warps) {
     const Index first = g * kRows;
     const int rows = first + kRows <= M ? kRows : static_cast<int>(M - first);
-    float acc[kRows][G][R];
-    std::uint64_t row_key[kRows][G];
+    float acc[kRows][R];
+    std::uint64_t row_key[kRows];
     ZL_UNROLL for (int u = 0; u < kRows; ++u) {
-      ZL_UNROLL for (int b = 0; b < G; ++b) {
-        row_key[u][b] = u < rows ? br.mask[b].row(first + u) : 0;
-        ZL_UNROLL for (int k = 0; k < R; ++k) acc[u][b][k] = 0.0f;
-      }
+      row_key[u] = u < rows ? mask.row(first + u) : 0;
+      ZL_UNROLL for (int k = 0; k < R; ++k) acc[u][k] = 0.0f;
     }
     const float* x = big + first * big_rs;
     for (int j0 = lane; j0 < n; j0 += 32 * kContractSteps) {
@@ -130,25 +127,21 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<R, G>)
       ZL_UNROLL for (int t = 0; t < kContractSteps; ++t) {
         const int j = j0 + 32 * t;
         if (j >= n) break;
-        ZL_UNROLL for (int b = 0; b < G; ++b) {
-          float wv[R];
-          br.w[b].load(wv, j, rank);
-          ZL_UNROLL for (int u = 0; u < kRows; ++u) {
-            const float d = br.mask[b].apply(row_key[u][b], j, v[t][u]);
-            ZL_UNROLL for (int k = 0; k < R; ++k) {
-              if (k < rank) acc[u][b][k] += d * wv[k];
-            }
+        float wv[R];
+        w.load(wv, j, rank);
+        ZL_UNROLL for (int u = 0; u < kRows; ++u) {
+          const float d = mask.apply(row_key[u], j, v[t][u]);
+          ZL_UNROLL for (int k = 0; k < R; ++k) {
+            if (k < rank) acc[u][k] += d * wv[k];
           }
         }
       }
     }
     ZL_UNROLL for (int u = 0; u < kRows; ++u) {
-      ZL_UNROLL for (int b = 0; b < G; ++b) {
-        ZL_UNROLL for (int k = 0; k < R; ++k) {
-          if (k < rank) {  // rank is the same for every lane: the whole warp sums
-            const float total = warp_sum(acc[u][b][k]);
-            if (lane == 0 && u < rows) br.out[b][(first + u) * rank + k] = scale * total;
-          }
+      ZL_UNROLL for (int k = 0; k < R; ++k) {
+        if (k < rank) {  // rank is the same for every lane: the whole warp sums
+          const float total = warp_sum(acc[u][k]);
+          if (lane == 0 && u < rows) br.out[0][(first + u) * rank + k] = scale * total;
         }
       }
     }
@@ -256,8 +249,17 @@ __global__ void lora_outer_reduce_kernel(float* g, Index gk, Index gj, const flo
 // or 16) that holds rank and the branch count as a std::integral_constant 1..kLoraGroupMax (a
 // group's rank at most kLoraGroupMaxRank: its registers and shared memory grow with both).
 template <class Launch>
+void with_rank_bound(int rank, Launch&& launch) {
+  if (rank <= 4)
+    launch(std::integral_constant<int, 4>{});
+  else if (rank <= 8)
+    launch(std::integral_constant<int, 8>{});
+  else
+    launch(std::integral_constant<int, kMaxRank>{});
+}
+template <class Launch>
 void with_bounds(int rank, int count, Launch&& launch) {
-  auto with_count = [&](auto bound) {
+  with_rank_bound(rank, [&](auto bound) {
     if (count == 1)
       launch(bound, std::integral_constant<int, 1>{});
     else if constexpr (decltype(bound)::value <= kLoraGroupMaxRank) {
@@ -268,13 +270,7 @@ void with_bounds(int rank, int count, Launch&& launch) {
     } else {  // (check_branches refuses it first)
       refuse_launch("lora kernels", "a group of LoRA branches of rank above 8");
     }
-  };
-  if (rank <= 4)
-    with_count(std::integral_constant<int, 4>{});
-  else if (rank <= 8)
-    with_count(std::integral_constant<int, 8>{});
-  else
-    with_count(std::integral_constant<int, kMaxRank>{});
+  });
 }
 
 void check_branches(const LoraBranches& branches, int rank, const char* kernel) {
@@ -306,14 +302,14 @@ void lora_contract(cudaStream_t s, const LoraBranches& branches, const float* bi
                    Index wk, Index wj, Index M, Index n, int rank, float scale, double p,
                    const std::uint64_t* row_keys) {
   check_branches(branches, rank, "lora_contract");
+  if (branches.count != 1)  // (see the top of this file)
+    refuse_launch("lora_contract", "a group of LoRA branches: the contraction takes one");
   if (M == 0) return;
-  with_bounds(rank, branches.count, [&](auto bound, auto count) {
-    constexpr int R = decltype(bound)::value, G = decltype(count)::value;
-    constexpr Index kRows = kContractRowsOf<R, G>;
-    // (a name for the kernel: a template's commas would split the macro's arguments)
-    static constexpr auto kernel = &lora_contract_kernel<R, G>;
-    ZL_LAUNCH(kernel, grid_for((M + kRows - 1) / kRows * 32, kThreads), kThreads, s)
-    (branches_of<G>(branches, branches.w, wk, wj, n, rank, p, row_keys, "lora_contract"), big,
+  with_rank_bound(rank, [&](auto bound) {
+    constexpr int R = decltype(bound)::value;
+    static constexpr auto kernel = &lora_contract_kernel<R>;
+    ZL_LAUNCH(kernel, grid_for((M + kContractRows - 1) / kContractRows * 32, kThreads), kThreads, s)
+    (branches_of<1>(branches, branches.w, wk, wj, n, rank, p, row_keys, "lora_contract"), big,
      big_rs, M, static_cast<int>(n), rank, scale);
   });
   check_launch("lora_contract", M, n);

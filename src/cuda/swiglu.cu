@@ -1,37 +1,92 @@
 // SwiGLU on the device (ops/swiglu.hpp): dst = silu(g) * u over gate_up [M, 2I] (gate first);
 // backward d g = dy u s (1 + g (1 - s)), d u = dy g s with s = sigmoid(g). expf, not __expf.
 // The fp32 output null: only its bf16 rounding is written (kernels.hpp).
+// Each thread takes L consecutive columns of a row (4 with 16-byte loads where I is a multiple
+// of 4 and every pointer is aligned for it, else 1): one column per thread left these kernels at
+// half the bandwidth of a copy on an H100 (bench_kernels, 2026-12-06), its blocks too small
+// and its loads too narrow to keep HBM busy. The values are the same whatever L: each column's
+// arithmetic is the same expression (swiglu_value, swiglu_gradients).
+#include <initializer_list>
+
 #include "cuda/device_math.cuh"
 
 namespace zerolora::cuda {
 namespace {
 
+__device__ __forceinline__ float swiglu_value(float g, float u) {
+  return g / (1.0f + expf(-g)) * u;
+}
+__device__ __forceinline__ void swiglu_gradients(float g, float u, float dy, float& dg, float& du) {
+  const float s = 1.0f / (1.0f + expf(-g));
+  dg = dy * u * s * (1.0f + g * (1.0f - s));
+  du = dy * g * s;
+}
+
+// L consecutive values of T, loaded and stored as one access (L 4: 16 bytes of float, 8 of bf16).
+template <class T, int L>
+struct alignas(sizeof(T) * L) Lanes {
+  T v[L];
+};
+template <int L>
+using FloatLanes = Lanes<float, L>;
+template <int L>
+using Bf16Lanes = Lanes<Bf16Bits, L>;
+
+// Group c of L columns of the row that starts at p.
+template <class V, class T>
+__device__ __forceinline__ V& group(T* p, Index c) {
+  return reinterpret_cast<V*>(p)[c];
+}
+
+template <int L>
 __global__ void swiglu_forward_kernel(float* dst, const float* gate_up, Index M, Index I,
                                       Bf16Bits* rounded) {
-  ZL_ROWS_COLS(row, j, M, I) {
-    const float g = gate_up[row * 2 * I + j], u = gate_up[row * 2 * I + I + j];
-    const float y = g / (1.0f + expf(-g)) * u;
-    if (dst) dst[row * I + j] = y;
-    if (rounded) rounded[row * I + j] = float_to_bf16(y);
+  ZL_ROWS_COLS(row, c, M, I / L) {
+    const float* gate = gate_up + row * 2 * I;
+    const auto g = group<const FloatLanes<L>>(gate, c), u = group<const FloatLanes<L>>(gate + I, c);
+    FloatLanes<L> y;
+    Bf16Lanes<L> y16;
+    ZL_UNROLL for (int l = 0; l < L; ++l) {
+      y.v[l] = swiglu_value(g.v[l], u.v[l]);
+      y16.v[l] = float_to_bf16(y.v[l]);
+    }
+    if (dst) group<FloatLanes<L>>(dst + row * I, c) = y;
+    if (rounded) group<Bf16Lanes<L>>(rounded + row * I, c) = y16;
   }
 }
 
+template <int L>
 __global__ void swiglu_backward_kernel(float* diff_gate_up, const float* diff_dst,
                                        const float* gate_up, Index M, Index I, Bf16Bits* rounded) {
-  ZL_ROWS_COLS(row, j, M, I) {
-    const float g = gate_up[row * 2 * I + j], u = gate_up[row * 2 * I + I + j];
-    const float dy = diff_dst[row * I + j];
-    const float s = 1.0f / (1.0f + expf(-g));
-    const float dg = dy * u * s * (1.0f + g * (1.0f - s)), du = dy * g * s;
+  ZL_ROWS_COLS(row, c, M, I / L) {
+    const float* gate = gate_up + row * 2 * I;
+    const auto g = group<const FloatLanes<L>>(gate, c), u = group<const FloatLanes<L>>(gate + I, c);
+    const auto dy = group<const FloatLanes<L>>(diff_dst + row * I, c);
+    FloatLanes<L> dg, du;
+    Bf16Lanes<L> dg16, du16;
+    ZL_UNROLL for (int l = 0; l < L; ++l) {
+      swiglu_gradients(g.v[l], u.v[l], dy.v[l], dg.v[l], du.v[l]);
+      dg16.v[l] = float_to_bf16(dg.v[l]);
+      du16.v[l] = float_to_bf16(du.v[l]);
+    }
     if (diff_gate_up) {
-      diff_gate_up[row * 2 * I + j] = dg;
-      diff_gate_up[row * 2 * I + I + j] = du;
+      group<FloatLanes<L>>(diff_gate_up + row * 2 * I, c) = dg;
+      group<FloatLanes<L>>(diff_gate_up + row * 2 * I + I, c) = du;
     }
     if (rounded) {
-      rounded[row * 2 * I + j] = float_to_bf16(dg);
-      rounded[row * 2 * I + I + j] = float_to_bf16(du);
+      group<Bf16Lanes<L>>(rounded + row * 2 * I, c) = dg16;
+      group<Bf16Lanes<L>>(rounded + row * 2 * I + I, c) = du16;
     }
   }
+}
+
+// Four columns per thread where I is a multiple of 4 (every row's start then aligned like the
+// first's) and every pointer given is aligned for 16-byte (float) or 8-byte (bf16) accesses.
+bool takes_quads(Index I, std::initializer_list<const void*> floats, const void* bf16s) {
+  if (I % 4 != 0) return false;
+  for (const void* p : floats)
+    if (p && !aligned_to(p, 16)) return false;
+  return !bf16s || aligned_to(bf16s, 8);
 }
 
 }  // namespace
@@ -40,7 +95,13 @@ void swiglu_forward(cudaStream_t s, float* dst, const float* gate_up, Index M, I
                     Bf16Bits* rounded) {
   if (M == 0) return;
   if (!dst && !rounded) refuse_launch("swiglu_forward", "neither values nor their rounding wanted");
-  ZL_LAUNCH(swiglu_forward_kernel, grid_rows_cols(M, I, 256), 256, s)(dst, gate_up, M, I, rounded);
+  if (takes_quads(I, {dst, gate_up}, rounded)) {
+    ZL_LAUNCH(swiglu_forward_kernel<4>, grid_rows_cols(M, I / 4, 256), 256, s)
+    (dst, gate_up, M, I, rounded);
+  } else {
+    ZL_LAUNCH(swiglu_forward_kernel<1>, grid_rows_cols(M, I, 256), 256, s)
+    (dst, gate_up, M, I, rounded);
+  }
   check_launch("swiglu_forward", M, I);
 }
 
@@ -49,8 +110,13 @@ void swiglu_backward(cudaStream_t s, float* diff_gate_up, const float* diff_dst,
   if (M == 0) return;
   if (!diff_gate_up && !rounded)
     refuse_launch("swiglu_backward", "neither values nor their rounding wanted");
-  ZL_LAUNCH(swiglu_backward_kernel, grid_rows_cols(M, I, 256), 256, s)
-  (diff_gate_up, diff_dst, gate_up, M, I, rounded);
+  if (takes_quads(I, {diff_gate_up, diff_dst, gate_up}, rounded)) {
+    ZL_LAUNCH(swiglu_backward_kernel<4>, grid_rows_cols(M, I / 4, 256), 256, s)
+    (diff_gate_up, diff_dst, gate_up, M, I, rounded);
+  } else {
+    ZL_LAUNCH(swiglu_backward_kernel<1>, grid_rows_cols(M, I, 256), 256, s)
+    (diff_gate_up, diff_dst, gate_up, M, I, rounded);
+  }
   check_launch("swiglu_backward", M, I);
 }
 

@@ -125,8 +125,8 @@ class Kernels {
                              Index rank, double scale, const DropoutMask& dropout) = 0;
   // LoRA branches that share their input src (q, k and v on the attention norm's output; gate
   // and up on the MLP norm's), given together so that a backend may read src, and backward
-  // read and write diff_src, once for all of them (the GPU does). Each branch's results are
-  // those of lora_forward / lora_backward called for it alone, in the order given (diff_src
+  // read and write diff_src, once for all of them (the GPU's backward does). Each branch's results
+  // are those of lora_forward / lora_backward called for it alone, in the order given (diff_src
   // takes the branches' terms in that order); what this default does.
   using LoraForwardBranch = zerolora::LoraForwardBranch<Act>;
   using LoraBackwardBranch = zerolora::LoraBackwardBranch<Act>;

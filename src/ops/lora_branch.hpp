@@ -46,9 +46,9 @@ inline bool lora_takes_fused(Index rank, std::initializer_list<Index> column_str
   return rank <= kLoraFusedMaxRank &&
          std::all_of(column_strides.begin(), column_strides.end(), [](Index c) { return c == 1; });
 }
-// The GPU runs branches that share their input (q, k, v; gate, up) as one group, up to this many
-// of rank up to kLoraGroupMaxRank (src/cuda/lora.cu: registers and shared memory grow with both),
-// with their dz side by side: the memory estimate counts them.
+// The GPU runs the backward of branches that share their input (q, k, v; gate, up) as one
+// group, up to this many of rank up to kLoraGroupMaxRank (src/cuda/lora.cu: registers and shared
+// memory grow with both), with their dz side by side: the memory estimate counts them.
 inline constexpr Index kLoraGroupMax = 3;
 inline constexpr Index kLoraGroupMaxRank = 8;
 
