@@ -36,8 +36,7 @@ std::string differences(const std::map<std::string, std::string>& reference,
 void RunSignature::keep(const std::string& name, std::string value, std::string flags,
                         bool as_given) {
   kept[name] = std::move(value);
-  kept_flags[name] = std::move(flags);
-  if (as_given) kept_as_given.insert(name);
+  kept_sources[name] = {std::move(flags), as_given};
 }
 
 nlohmann::ordered_json RunSignature::to_json() const {
@@ -55,11 +54,11 @@ std::string RunSignature::resume_differences(const nlohmann::ordered_json& saved
     if (recorded.count(key)) compared[key] = value;
   return differences(recorded, compared, "checkpoint", "now",
                      [this](const std::string& key, const std::string& checkpoint) {
-                       const auto flags = kept_flags.find(key);
-                       if (flags == kept_flags.end()) return std::string();
-                       if (kept_as_given.count(key))
-                         return "pass " + flags->second + " " + checkpoint;
-                       return "set by " + flags->second;
+                       const auto source = kept_sources.find(key);
+                       if (source == kept_sources.end()) return std::string();
+                       if (source->second.as_given)
+                         return "pass " + source->second.flags + " " + checkpoint;
+                       return "set by " + source->second.flags;
                      });
 }
 

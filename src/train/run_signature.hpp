@@ -9,7 +9,6 @@
 
 #include <map>
 #include <nlohmann/json.hpp>
-#include <set>
 #include <string>
 
 #include "comm/communicator.hpp"
@@ -19,11 +18,13 @@ namespace zerolora {
 struct RunSignature {
   std::map<std::string, std::string> kept;   // model, LoRA, data, global batch, seed, ...
   std::map<std::string, std::string> split;  // world size, micro-batch, accumulation, ...
-  // What sets each kept setting (its flags), so that a refused resume says what to change.
-  std::map<std::string, std::string> kept_flags;
-  // Kept settings whose value is their one flag's argument (--seed 42): a refused resume says
-  // what to pass.
-  std::set<std::string> kept_as_given;
+  // What sets each kept setting, so that a refused resume says what to change: its flags, and
+  // whether its value is their one flag's argument (--seed 42: the refusal says what to pass).
+  struct Source {
+    std::string flags;
+    bool as_given = false;
+  };
+  std::map<std::string, Source> kept_sources;
 
   // Records a kept setting with the flags that set it; `as_given` where `value` is the
   // argument of `flags` (one flag).

@@ -39,11 +39,6 @@ std::vector<std::pair<std::int64_t, fs::path>> list_checkpoints(const fs::path& 
   return found;
 }
 
-fs::path find_latest_checkpoint(const fs::path& output_dir) {
-  const auto all = list_checkpoints(output_dir);
-  return all.empty() ? fs::path{} : all.back().second;
-}
-
 template <class P>
 void save_training_checkpoint(Communicator& comm, const fs::path& output_dir, std::int64_t step,
                               const LoraLayout& layout, LoraTrainer<P>& trainer,
@@ -83,10 +78,7 @@ void save_training_checkpoint(Communicator& comm, const fs::path& output_dir, st
   comm.barrier();
 }
 
-template <class P>
-ResumePoint load_training_checkpoint(Communicator& comm, const fs::path& dir,
-                                     const LlamaConfig& base, const LoraLayout& layout,
-                                     LoraTrainer<P>& trainer, const RunSignature& signature) {
+ResumePoint read_resume_point(const fs::path& dir, const RunSignature& signature) {
   const fs::path state_path = dir / "trainer_state.json";
   if (!fs::exists(state_path))
     throw IoError(dir.string() + ": not a zerolora checkpoint (no trainer_state.json)");
@@ -101,20 +93,26 @@ ResumePoint load_training_checkpoint(Communicator& comm, const fs::path& dir,
     throw ConfigError(
         dir.string() +
         " was written by a run with other settings; resuming would not continue it:" + differences);
+  return {state["global_step"].get<std::int64_t>(), world};
+}
+
+template <class P>
+void load_training_checkpoint(const fs::path& dir, const ResumePoint& point,
+                              const LlamaConfig& base, const LoraLayout& layout,
+                              LoraTrainer<P>& trainer) {
   const PeftAdapter adapter = load_peft_adapter(dir, base);
   if (static_cast<Index>(adapter.params.size()) != layout.size())
     throw ShapeError(dir.string() + ": the adapter's LoRA layout differs from this run's");
   // Every rank reads every rank's file (the LoRA optimizer state is small), so a checkpoint
   // resumes at any world size: the partitioned moments are resharded.
   std::vector<SafetensorsFile> files;
-  for (int r = 0; r < world; ++r) {
+  for (int r = 0; r < point.world_size; ++r) {
     const fs::path file = dir / rank_file(r);
     if (!fs::exists(file))
       throw IoError(file.string() + ": missing (was the checkpoint copied whole?)");
     files.emplace_back(file);
   }
   trainer.read_state(files, adapter.params);
-  return {state["global_step"].get<std::int64_t>(), world};
 }
 
 template void save_training_checkpoint<Fp32Policy>(Communicator&, const fs::path&, std::int64_t,
@@ -125,13 +123,11 @@ template void save_training_checkpoint<Bf16Policy>(Communicator&, const fs::path
                                                    const LoraLayout&, LoraTrainer<Bf16Policy>&,
                                                    const RunSignature&, const std::string&,
                                                    std::int64_t);
-template ResumePoint load_training_checkpoint<Fp32Policy>(Communicator&, const fs::path&,
-                                                          const LlamaConfig&, const LoraLayout&,
-                                                          LoraTrainer<Fp32Policy>&,
-                                                          const RunSignature&);
-template ResumePoint load_training_checkpoint<Bf16Policy>(Communicator&, const fs::path&,
-                                                          const LlamaConfig&, const LoraLayout&,
-                                                          LoraTrainer<Bf16Policy>&,
-                                                          const RunSignature&);
+template void load_training_checkpoint<Fp32Policy>(const fs::path&, const ResumePoint&,
+                                                   const LlamaConfig&, const LoraLayout&,
+                                                   LoraTrainer<Fp32Policy>&);
+template void load_training_checkpoint<Bf16Policy>(const fs::path&, const ResumePoint&,
+                                                   const LlamaConfig&, const LoraLayout&,
+                                                   LoraTrainer<Bf16Policy>&);
 
 }  // namespace zerolora

@@ -32,18 +32,20 @@ void save_training_checkpoint(Communicator& comm, const std::filesystem::path& o
 // The checkpoint-<N> directories in `output_dir`, as (N, path) by N.
 std::vector<std::pair<std::int64_t, std::filesystem::path>> list_checkpoints(
     const std::filesystem::path& output_dir);
-// The checkpoint-<N> directory with the largest N, or empty.
-std::filesystem::path find_latest_checkpoint(const std::filesystem::path& output_dir);
 
 struct ResumePoint {
   std::int64_t step = 0;  // the step to continue from
   int world_size = 1;     // the ranks that wrote the checkpoint
 };
 
-// Restores weights and optimizer state.
+// Reads dir's trainer_state.json and refuses (ConfigError, the differing settings named) a
+// checkpoint of a run with other kept settings; reads nothing else, so that a caller may refuse
+// the checkpoint for its step before the weights are read.
+ResumePoint read_resume_point(const std::filesystem::path& dir, const RunSignature& signature);
+// Restores the weights and optimizer state of the checkpoint that read_resume_point accepted.
 template <class P>
-ResumePoint load_training_checkpoint(Communicator& comm, const std::filesystem::path& dir,
-                                     const LlamaConfig& base, const LoraLayout& layout,
-                                     LoraTrainer<P>& trainer, const RunSignature& signature);
+void load_training_checkpoint(const std::filesystem::path& dir, const ResumePoint& point,
+                              const LlamaConfig& base, const LoraLayout& layout,
+                              LoraTrainer<P>& trainer);
 
 }  // namespace zerolora

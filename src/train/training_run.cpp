@@ -66,9 +66,6 @@ class PolicyRun final : public TrainingRun::Impl {
 
   PolicyRun(Communicator& communicator, PreparedSettings prepared, RunObserver* observer)
       : Impl(communicator, std::move(prepared), observer) {
-    auto note = [&](const std::string& line) {
-      if (leader && observer) observer->note(line);
-    };
     const LlamaConfig& config = checkpoint->config();
     const double load_start = now_seconds();
     // ZeRO-3 shards the base weights; stages 0-2 keep them whole on every rank.
@@ -82,12 +79,13 @@ class PolicyRun final : public TrainingRun::Impl {
     } else {
       weights_ = load_whole_model<Weight>(*rt, *checkpoint);  // on a GPU, never a host copy
     }
-    note("model: " + settings.model_dir.string() + ", " + std::to_string(config.num_layers) +
-         " layers, hidden " + std::to_string(config.hidden_size) + ", " + std::string(P::kName) +
-         (bf16_residual ? " (bf16 residual)" : "") + ", loaded in " +
-         fixed(now_seconds() - load_start, 2) + " s; " + std::to_string(comm.size()) +
-         " rank(s) x " + std::to_string(rt->threads()) + " thread(s), ZeRO stage " +
-         std::to_string(args.zero_stage) + "; " + recompute_note());
+    note(observer, "model: " + settings.model_dir.string() + ", " +
+                       std::to_string(config.num_layers) + " layers, hidden " +
+                       std::to_string(config.hidden_size) + ", " + std::string(P::kName) +
+                       (bf16_residual ? " (bf16 residual)" : "") + ", loaded in " +
+                       fixed(now_seconds() - load_start, 2) + " s; " + std::to_string(comm.size()) +
+                       " rank(s) x " + std::to_string(rt->threads()) + " thread(s), ZeRO stage " +
+                       std::to_string(args.zero_stage) + "; " + recompute_note());
     ComputeOptions compute;
     compute.recompute = recompute_mode();
     compute.recompute_budget_bytes = recompute_budget_bytes;
@@ -117,10 +115,11 @@ class PolicyRun final : public TrainingRun::Impl {
                                     : args.zero_stage < 3 ? Index{0}
                                                           : args.persistence_threshold;
     if (comm.size() > 1 && (args.zero_stage == 1 || args.zero_stage == 2))
-      note("note: ZeRO stage " + std::to_string(args.zero_stage) +
-           ": the base model is whole on every rank; the LoRA tensors' optimizer state and "
-           "gradients (and parameters) are partitioned over the " +
-           std::to_string(comm.size()) + " ranks");
+      note(observer,
+           "note: ZeRO stage " + std::to_string(args.zero_stage) +
+               ": the base model is whole on every rank; the LoRA tensors' optimizer state and "
+               "gradients (and parameters) are partitioned over the " +
+               std::to_string(comm.size()) + " ranks");
     if (settings.poison_step > 0 && settings.poison_layer >= config.num_layers)
       throw UsageError("--debug_poison_layer " + std::to_string(settings.poison_layer) +
                        ": the model has decoder layers 0 to " +
@@ -128,13 +127,14 @@ class PolicyRun final : public TrainingRun::Impl {
     options.poison_step = settings.poison_step - 1;
     options.poison_layer = settings.poison_layer;
     trainer_.emplace(*rt, comm, *model_, *layout, options, init);
-    note("training: " + std::to_string(total_steps) + " steps (" + std::to_string(per_epoch) +
-         " per epoch), global batch " + std::to_string(global_batch) + " = " +
-         std::to_string(args.per_device_train_batch_size) + " x " +
-         std::to_string(args.gradient_accumulation_steps) + " accumulation x " +
-         std::to_string(comm.size()) + " rank(s); LoRA r " + std::to_string(lora.rank) + " alpha " +
-         fixed(lora.alpha, 3) + " on " + targets + " (" + std::to_string(layout->size()) +
-         " parameters); lr " + schedule.describe());
+    note(observer,
+         "training: " + std::to_string(total_steps) + " steps (" + std::to_string(per_epoch) +
+             " per epoch), global batch " + std::to_string(global_batch) + " = " +
+             std::to_string(args.per_device_train_batch_size) + " x " +
+             std::to_string(args.gradient_accumulation_steps) + " accumulation x " +
+             std::to_string(comm.size()) + " rank(s); LoRA r " + std::to_string(lora.rank) +
+             " alpha " + fixed(lora.alpha, 3) + " on " + targets + " (" +
+             std::to_string(layout->size()) + " parameters); lr " + schedule.describe());
 
     if (resuming) resume(observer);
     const fs::path log_path = settings.output_dir / "metrics.jsonl";
@@ -172,8 +172,7 @@ class PolicyRun final : public TrainingRun::Impl {
       const Index global_targets = count_targets(data.train, global);
       const bool computed = global_targets > 0;
       const StepStats stats = trainer_->step(data.train, mine, global_targets, lr, step);
-      for (const std::string& line : model_->take_kernel_notes())
-        if (leader && observer) observer->note(line);
+      for (const std::string& line : model_->take_kernel_notes()) note(observer, line);
       if (!stats.finite) skip_nonfinite(stats, observer);  // throws beyond the limit
       const double tokens = static_cast<double>(comm.all_reduce_sum<std::int64_t>(stats.tokens));
       const double dt = now_seconds() - t0;
@@ -324,9 +323,8 @@ class PolicyRun final : public TrainingRun::Impl {
                        {"eval_perplexity", std::exp(loss)}};
     report(observer, record);
     history_.eval.push_back({static_cast<double>(step), loss});
-    if (observer)
-      observer->note("eval at step " + std::to_string(step) + ": loss " + fixed(loss, 4) +
-                     ", perplexity " + fixed(std::exp(loss), 3));
+    note(observer, "eval at step " + std::to_string(step) + ": loss " + fixed(loss, 4) +
+                       ", perplexity " + fixed(std::exp(loss), 3));
   }
 
   // A record for metrics.jsonl, which the observer hears too (rank 0).
@@ -339,47 +337,47 @@ class PolicyRun final : public TrainingRun::Impl {
   // Loads the checkpoint --resume_from_checkpoint names (or the output directory's latest) into
   // the trainer, after its signature check; the run goes on from its step.
   void resume(RunObserver* observer) {
+    const auto saved = list_checkpoints(settings.output_dir);
     fs::path dir = settings.resume_from_checkpoint;
     if (dir == "last" || dir == "latest" || dir == "true" || dir == "True") {
-      dir = find_latest_checkpoint(settings.output_dir);
-      if (dir.empty())
+      if (saved.empty())
         throw UsageError(settings.output_dir.string() +
                          ": no checkpoint-* directory to resume from");
+      dir = saved.back().second;
     }
-    const ResumePoint resumed =
-        load_training_checkpoint(comm, dir, checkpoint->config(), *layout, *trainer_, signature_);
+    const ResumePoint resumed = read_resume_point(dir, signature_);
     // A finished run's last checkpoint, resumed by the same command: HF's Trainer does not
     // refuse it, but there is nothing to train, and the summary would be rewritten with zero
-    // rates; refused, the finished run's outputs kept as they are.
+    // rates; refused before its files are read, the finished run's outputs kept as they are.
     if (resumed.step >= total_steps)
       throw ConfigError(
           dir.string() + " is at step " + std::to_string(resumed.step) + " and this run has " +
           std::to_string(total_steps) + " steps: nothing is left to train (" +
           (args.max_steps > 0 ? "raise --max_steps" : "raise --num_train_epochs") +
           " to go on); the files in " + settings.output_dir.string() + " are as they were");
+    load_training_checkpoint(dir, resumed, checkpoint->config(), *layout, *trainer_);
     first_step = resumed.step;
-    const auto note = [&](const std::string& line) {
-      if (leader && observer) observer->note(line);
-    };
-    note("resumed from " + dir.string() + " at step " + std::to_string(first_step) +
-         (resumed.world_size == comm.size() ? std::string()
-                                            : " (written by " + std::to_string(resumed.world_size) +
-                                                  " rank(s); optimizer state resharded for " +
-                                                  std::to_string(comm.size()) + ")"));
+    note(observer, "resumed from " + dir.string() + " at step " + std::to_string(first_step) +
+                       (resumed.world_size == comm.size()
+                            ? std::string()
+                            : " (written by " + std::to_string(resumed.world_size) +
+                                  " rank(s); optimizer state resharded for " +
+                                  std::to_string(comm.size()) + ")"));
     // Later checkpoints of an earlier run (this one continues from an earlier step) stay until
     // this run's own replace them; until then "last" would pick them.
-    const auto saved = list_checkpoints(settings.output_dir);
     if (!saved.empty() && saved.back().first > first_step)
-      note("warning: " + settings.output_dir.string() + " holds a later checkpoint of an earlier " +
-           "run (" + saved.back().second.filename().string() +
-           "); --resume_from_checkpoint last picks it until this run writes one past it");
+      note(observer, "warning: " + settings.output_dir.string() +
+                         " holds a later checkpoint of an earlier run (" +
+                         saved.back().second.filename().string() +
+                         "); --resume_from_checkpoint last picks it until this run writes one "
+                         "past it");
   }
 
   void save_checkpoint(std::int64_t step, RunObserver* observer) {
     save_training_checkpoint(comm, settings.output_dir, step, *layout, *trainer_, signature_,
                              settings.model_dir.string(), args.save_total_limit);
     last_saved_ = step;
-    if (leader && observer) observer->note("saved " + checkpoint_dir(step).string());
+    note(observer, "saved " + checkpoint_dir(step).string());
   }
 
   // A step that went non-finite (and made no update): skipped and counted while the limit
@@ -388,10 +386,9 @@ class PolicyRun final : public TrainingRun::Impl {
     const std::int64_t limit = args.skip_nonfinite_steps;
     if (skipped_ < limit) {
       ++skipped_;
-      if (leader && observer)
-        observer->note("warning: skipped " + stats.nonfinite + " (no update; " +
-                       std::to_string(skipped_) + " of at most " + std::to_string(limit) +
-                       " skipped steps)");
+      note(observer, "warning: skipped " + stats.nonfinite + " (no update; " +
+                         std::to_string(skipped_) + " of at most " + std::to_string(limit) +
+                         " skipped steps)");
       return;
     }
     const std::string kept = last_saved_ > 0

@@ -55,6 +55,10 @@ struct TrainingRun::Impl {
   RunSignature signature(std::string_view precision) const;
   // Evaluations on the arguments' schedule after `done` steps (HF's eval_delay included).
   bool evaluates_after(std::int64_t done) const;
+  // A line for the run's log: the observer hears it on rank 0 (no observer: nothing).
+  void note(RunObserver* observer, const std::string& line) const {
+    if (leader && observer) observer->note(line);
+  }
 
   Communicator& comm;
   RunSettings settings;

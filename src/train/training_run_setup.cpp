@@ -54,16 +54,13 @@ TrainingRun::Impl::Impl(Communicator& communicator, PreparedSettings prepared,
       leader(comm.rank() == 0),
       resuming(!settings.resume_from_checkpoint.empty()),
       ds_scheduler(prepared.ds_scheduler) {
-  auto note = [&](const std::string& line) {
-    if (leader && observer) observer->note(line);
-  };
-  for (const auto& line : prepared.notes) note(line);
+  for (const auto& line : prepared.notes) note(observer, line);
   bf16_residual = resolve_bf16_residual(args.residual_dtype, args.bf16);
   RunDevice run_device =
       open_run_device(settings.device, parse_ddp_backend(settings.ddp_backend), comm);
   ddp_backend = run_device.backend;
   gpu_room = run_device.room;
-  if (!run_device.note.empty()) note(run_device.note);
+  if (!run_device.note.empty()) note(observer, run_device.note);
   rt.emplace(settings.threads > 0 ? settings.threads : default_threads_per_rank(),
              std::move(run_device.device));
   // bf16 GEMMs on the CPU need oneDNN's AVX-512 kernels; a GPU has its own.
@@ -78,24 +75,27 @@ TrainingRun::Impl::Impl(Communicator& communicator, PreparedSettings prepared,
   use_special_tokens(settings.data.tokenize, tokenizer, &checkpoint->config());
   data = build_training_data(*rt, settings.data, tokenizer);
   const DataReport& dr = data.report;
-  note("data: " + std::to_string(dr.records_read) + " records (" +
-       std::to_string(dr.skipped_empty_output) + " skipped: empty output), " +
-       std::to_string(dr.train_examples) + " train / " + std::to_string(dr.validation_examples) +
-       " validation examples, " + std::to_string(dr.truncated) + " truncated at " +
-       std::to_string(settings.data.tokenize.max_seq_length) + " tokens (" +
-       std::to_string(dr.without_targets) + " of them dropped: no response token left); " +
-       std::to_string(data.train.size()) + " training sequences, " +
-       std::to_string(dr.train_tokens) + " tokens (" + std::to_string(dr.train_label_tokens) +
-       " with labels)");
-  note("tokenizer: " + tokenizer.path().string() + " (" + tokenizer.format() + ")" +
-       (dr.chat_template.empty()
-            ? std::string()
-            : "; conversations rendered with the " + dr.chat_template + " chat template" +
-                  chat_date_note(dr, settings.data.chat_date) + ", " +
-                  (settings.data.tokenize.train_on_inputs ? "every token trained"
-                                                          : "loss on assistant turns") +
-                  ", " + std::to_string(dr.truncated_turns) +
-                  " assistant turns cut by max_seq_length (left unlabelled)"));
+  note(observer, "data: " + std::to_string(dr.records_read) + " records (" +
+                     std::to_string(dr.skipped_empty_output) + " skipped: empty output), " +
+                     std::to_string(dr.train_examples) + " train / " +
+                     std::to_string(dr.validation_examples) + " validation examples, " +
+                     std::to_string(dr.truncated) + " truncated at " +
+                     std::to_string(settings.data.tokenize.max_seq_length) + " tokens (" +
+                     std::to_string(dr.without_targets) +
+                     " of them dropped: no response token left); " +
+                     std::to_string(data.train.size()) + " training sequences, " +
+                     std::to_string(dr.train_tokens) + " tokens (" +
+                     std::to_string(dr.train_label_tokens) + " with labels)");
+  note(observer,
+       "tokenizer: " + tokenizer.path().string() + " (" + tokenizer.format() + ")" +
+           (dr.chat_template.empty()
+                ? std::string()
+                : "; conversations rendered with the " + dr.chat_template + " chat template" +
+                      chat_date_note(dr, settings.data.chat_date) + ", " +
+                      (settings.data.tokenize.train_on_inputs ? "every token trained"
+                                                              : "loss on assistant turns") +
+                      ", " + std::to_string(dr.truncated_turns) +
+                      " assistant turns cut by max_seq_length (left unlabelled)"));
 
   lora.rank = args.lora_rank;
   lora.alpha = args.lora_alpha;
@@ -119,14 +119,15 @@ TrainingRun::Impl::Impl(Communicator& communicator, PreparedSettings prepared,
   sampler.emplace(lengths, sampling);
   per_epoch = sampler->steps_per_epoch();
   if (sampler->partial_epoch_batch())
-    note("note: the training set has " + std::to_string(data.train.size()) +
-         " sequences, fewer than one global batch of " + std::to_string(sampling.global_batch) +
-         ": each epoch is one batch of " + std::to_string(sampler->batch_size()) +
-         " sequences (as Hugging Face's Trainer does" +
-         (sampler->batch_size() > static_cast<Index>(data.train.size())
-              ? ", the first ones repeated to give every rank as many"
-              : "") +
-         ")");
+    note(observer, "note: the training set has " + std::to_string(data.train.size()) +
+                       " sequences, fewer than one global batch of " +
+                       std::to_string(sampling.global_batch) + ": each epoch is one batch of " +
+                       std::to_string(sampler->batch_size()) +
+                       " sequences (as Hugging Face's Trainer does" +
+                       (sampler->batch_size() > static_cast<Index>(data.train.size())
+                            ? ", the first ones repeated to give every rank as many"
+                            : "") +
+                       ")");
   if (per_epoch < 1)
     throw ConfigError("the training set has " + std::to_string(data.train.size()) +
                       " sequences, fewer than one global batch of " +
