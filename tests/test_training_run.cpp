@@ -243,6 +243,48 @@ TEST_F(TrainingRunTest, ResumingIntoAnotherRunIsRefusedNamingTheSetting) {
   }
 }
 
+// Settings the signature gained later: whether the prompt is trained on, and a DeepSpeed
+// scheduler's explicit parameters (its "auto" ones follow the HF flags compared above).
+TEST_F(TrainingRunTest, ResumingRefusesOtherPromptMaskingOrDeepSpeedWarmup) {
+  const auto scheduler = [&](int warmup_steps) {
+    const fs::path path = temp_ / ("ds" + std::to_string(warmup_steps) + ".json");
+    std::ofstream(path) << R"({"scheduler": {"type": "WarmupLR", "params": {"warmup_min_lr": 0, )"
+                        << R"("warmup_max_lr": 0.002, "warmup_num_steps": )" << warmup_steps
+                        << "}}}";
+    return path;
+  };
+  RunSettings s = settings("run");
+  s.args.max_steps = 2;
+  s.args.save_strategy = "steps";
+  s.args.save_steps = 1;
+  s.deepspeed_config = scheduler(2);
+  {
+    TrainingRun run(*comm_, s);
+    run.run();
+    run.save();
+  }
+  s.resume_from_checkpoint = (s.output_dir / "checkpoint-1").string();
+  EXPECT_NO_THROW(TrainingRun(*comm_, s)) << "the same settings resume";
+  s.data.tokenize.train_on_inputs = true;
+  s.deepspeed_config = scheduler(3);
+  try {
+    TrainingRun run(*comm_, s);
+    FAIL() << "no error";
+  } catch (const ConfigError& e) {
+    const std::string message = e.what();
+    EXPECT_NE(message.find("train_on_inputs: checkpoint false, now true (set by --train_on_inputs"),
+              std::string::npos)
+        << message;
+    EXPECT_NE(message.find("warmup_num_steps 2, warmup_min_ratio auto"), std::string::npos)
+        << message;
+    EXPECT_NE(message.find("now warmup_min_lr 0.000000, warmup_max_lr 0.002000, "
+                           "warmup_num_steps 3, warmup_min_ratio auto, cos_min_ratio auto, "
+                           "warmup log (set by --deepspeed's scheduler.params)"),
+              std::string::npos)
+        << message;
+  }
+}
+
 TEST_F(TrainingRunTest, RefusalsLeaveTheOutputDirectoryAlone) {
   RunSettings s = settings("taken");
   fs::create_directories(s.output_dir);

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <type_traits>
 
 #include "comm/launch.hpp"
 #include "core/error.hpp"
@@ -251,6 +252,29 @@ RunSignature TrainingRun::Impl::signature(std::string_view precision) const {
              number(args.warmup_ratio),
          "--lr_scheduler_type, --learning_rate, --warmup_steps, --warmup_ratio, or --deepspeed's "
          "optimizer lr and scheduler");
+  // Added after checkpoints existed: those without them resume without their comparison.
+  s.keep("train_on_inputs", settings.data.tokenize.train_on_inputs ? "true" : "false",
+         "--train_on_inputs (true for --data_format text)");
+  // The DeepSpeed scheduler's explicit parameters ("auto" ones follow the HF flags kept above;
+  // total_num_steps, the schedule's length like --max_steps, may change to continue a run).
+  if (ds_scheduler) {
+    const auto given = [&](const char* name, const auto& value) {
+      if (!value) return std::string(name) + " auto";
+      if constexpr (std::is_integral_v<std::decay_t<decltype(*value)>>)
+        return std::string(name) + " " + std::to_string(*value);
+      else
+        return std::string(name) + " " + number(*value);
+    };
+    const DeepSpeedScheduler& d = *ds_scheduler;
+    s.keep("ds_scheduler",
+           given("warmup_min_lr", d.warmup_min_lr) + ", " +
+               given("warmup_max_lr", d.warmup_max_lr) + ", " +
+               given("warmup_num_steps", d.warmup_num_steps) + ", " +
+               given("warmup_min_ratio", d.warmup_min_ratio) + ", " +
+               given("cos_min_ratio", d.cos_min_ratio) + ", warmup " +
+               (d.log_warmup ? "log" : "linear"),
+           "--deepspeed's scheduler.params");
+  }
   s.keep("optimizer",
          "AdamW " + number(args.adam_beta1) + "/" + number(args.adam_beta2) + "/" +
              number(args.adam_epsilon) + ", weight decay " + number(args.weight_decay) + ", clip " +
