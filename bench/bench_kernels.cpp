@@ -5,7 +5,8 @@
 // bound by something else than memory (arithmetic, latency, launch): where a step's share
 // (bench_train_step's seq*_share_*) says an op costs more than its bytes, this says which. The
 // LoRA branch runs with dropout off and on: the difference is the mask's hashing; the q, k and v
-// branches as the layer runs them (one group on a GPU) and one by one.
+// branches as the layer runs them (on a GPU the forward branch by branch, the backward as one
+// group) and the backward one by one.
 // Attention, compute-bound, is reported apart: its forward and backward on segments of --seq
 // tokens (causal), their FLOPs per second, and the time of the attention kernels alone (on a
 // GPU, cuDNN's, without the copies into and out of its bf16 layout, timed as convert); then the

@@ -244,20 +244,20 @@ TEST_F(TrainingRunTest, ResumingIntoAnotherRunIsRefusedNamingTheSetting) {
 }
 
 // Settings the signature gained later: whether the prompt is trained on, and a DeepSpeed
-// scheduler's explicit parameters (its "auto" ones follow the HF flags compared above).
+// scheduler's type and explicit parameters.
 TEST_F(TrainingRunTest, ResumingRefusesOtherPromptMaskingOrDeepSpeedWarmup) {
-  const auto scheduler = [&](int warmup_steps) {
-    const fs::path path = temp_ / ("ds" + std::to_string(warmup_steps) + ".json");
-    std::ofstream(path) << R"({"scheduler": {"type": "WarmupLR", "params": {"warmup_min_lr": 0, )"
-                        << R"("warmup_max_lr": 0.002, "warmup_num_steps": )" << warmup_steps
-                        << "}}}";
+  const auto scheduler = [&](const std::string& type, int warmup_steps) {
+    const fs::path path = temp_ / (type + std::to_string(warmup_steps) + ".json");
+    std::ofstream(path) << R"({"scheduler": {"type": ")" << type
+                        << R"(", "params": {"warmup_min_lr": 0, "warmup_max_lr": 0.002, )"
+                        << R"("warmup_num_steps": )" << warmup_steps << "}}}";
     return path;
   };
   RunSettings s = settings("run");
   s.args.max_steps = 2;
   s.args.save_strategy = "steps";
   s.args.save_steps = 1;
-  s.deepspeed_config = scheduler(2);
+  s.deepspeed_config = scheduler("WarmupLR", 2);
   {
     TrainingRun run(*comm_, s);
     run.run();
@@ -265,8 +265,20 @@ TEST_F(TrainingRunTest, ResumingRefusesOtherPromptMaskingOrDeepSpeedWarmup) {
   }
   s.resume_from_checkpoint = (s.output_dir / "checkpoint-1").string();
   EXPECT_NO_THROW(TrainingRun(*comm_, s)) << "the same settings resume";
+  // The scheduler's type alone.
+  s.deepspeed_config = scheduler("WarmupDecayLR", 2);
+  try {
+    TrainingRun run(*comm_, s);
+    FAIL() << "no error";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("ds_scheduler: checkpoint WarmupLR, warmup_min_lr "),
+              std::string::npos)
+        << e.what();
+    EXPECT_NE(std::string(e.what()).find("now WarmupDecayLR, warmup_min_lr "), std::string::npos)
+        << e.what();
+  }
   s.data.tokenize.train_on_inputs = true;
-  s.deepspeed_config = scheduler(3);
+  s.deepspeed_config = scheduler("WarmupLR", 3);
   try {
     TrainingRun run(*comm_, s);
     FAIL() << "no error";
@@ -277,9 +289,9 @@ TEST_F(TrainingRunTest, ResumingRefusesOtherPromptMaskingOrDeepSpeedWarmup) {
         << message;
     EXPECT_NE(message.find("warmup_num_steps 2, warmup_min_ratio auto"), std::string::npos)
         << message;
-    EXPECT_NE(message.find("now warmup_min_lr 0.000000, warmup_max_lr 0.002000, "
+    EXPECT_NE(message.find("now WarmupLR, warmup_min_lr 0.000000, warmup_max_lr 0.002000, "
                            "warmup_num_steps 3, warmup_min_ratio auto, cos_min_ratio auto, "
-                           "warmup log (set by --deepspeed's scheduler.params)"),
+                           "warmup log (set by --deepspeed's scheduler (its type and params))"),
               std::string::npos)
         << message;
   }

@@ -87,9 +87,9 @@ void apply_dropout(cudaStream_t s, float* dst, Index dst_rs, Index dst_cs, const
 // big_rs apart (columns contiguous), dropout p with the row keys of DropoutMask (p 0: off);
 // W(k, j) and G(k, j) at w[k wk + j wj]. Each call takes its branches (LoraBranches): one, or
 // (expand and outer: the backward's dx and dA) a group of up to kLoraGroupMax that share big
-// (q, k and v on the norm's output) of rank at most kLoraGroupMaxRank, read once for all of
-// them, each branch's result the same bits as a call of its own (an expansion's branches added
-// to big in their order):
+// (q, k and v on the norm's output; gate and up) of rank at most kLoraGroupMaxRank, read once for
+// all of them, each branch's result the same bits as a call of its own (an expansion's branches
+// added to big in their order):
 //   lora_contract: small_b [M, r] (=) scale drop_b(big [M, n]) W_b^T
 //   lora_expand:   big [M, n] += drop_b(scale small_b [M, r] W_b), b in order
 //   lora_outer:    G_b [r, n] += scale small_b^T drop_b(big), through partial [lora_outer_scratch]

@@ -245,9 +245,10 @@ __global__ void lora_outer_reduce_kernel(float* g, Index gk, Index gj, const flo
   }
 }
 
-// Calls launch(rank bound, branches) with the smallest rank bound (std::integral_constant 4, 8
-// or 16) that holds rank and the branch count as a std::integral_constant 1..kLoraGroupMax (a
-// group's rank at most kLoraGroupMaxRank: its registers and shared memory grow with both).
+// Calls launch(rank bound) with the smallest rank bound (std::integral_constant 4, 8 or 16)
+// that holds rank; with_bounds also gives the branch count as a std::integral_constant
+// 1..kLoraGroupMax (a group's rank at most kLoraGroupMaxRank: its registers and shared memory
+// grow with both).
 template <class Launch>
 void with_rank_bound(int rank, Launch&& launch) {
   if (rank <= 4)

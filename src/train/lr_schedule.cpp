@@ -59,11 +59,15 @@ double LrSchedule::at(std::int64_t step) const {
   return lr;
 }
 
-std::string LrSchedule::describe() const {
+const char* LrSchedule::kind_name(Kind kind) {
   static const char* names[] = {
       "linear",   "cosine",        "constant",      "constant_with_warmup",
       "WarmupLR", "WarmupDecayLR", "WarmupCosineLR"};
-  return std::string(names[static_cast<int>(kind)]) + ", peak lr " + std::to_string(lr) + ", " +
+  return names[static_cast<int>(kind)];
+}
+
+std::string LrSchedule::describe() const {
+  return std::string(kind_name(kind)) + ", peak lr " + std::to_string(lr) + ", " +
          std::to_string(warmup_steps) + " warmup of " + std::to_string(total_steps) + " steps";
 }
 

@@ -32,6 +32,8 @@ struct LrSchedule {
 
   double at(std::int64_t step) const;
   std::string describe() const;
+  // HF's name for the HF kinds ("cosine"), DeepSpeed's for its own ("WarmupLR").
+  static const char* kind_name(Kind kind);
 };
 
 // "linear", "cosine", "constant", "constant_with_warmup"; throws UsageError otherwise.

@@ -255,8 +255,9 @@ RunSignature TrainingRun::Impl::signature(std::string_view precision) const {
   // Added after checkpoints existed: those without them resume without their comparison.
   s.keep("train_on_inputs", settings.data.tokenize.train_on_inputs ? "true" : "false",
          "--train_on_inputs (true for --data_format text)");
-  // The DeepSpeed scheduler's explicit parameters ("auto" ones follow the HF flags kept above;
-  // total_num_steps, the schedule's length like --max_steps, may change to continue a run).
+  // The DeepSpeed scheduler's type and explicit parameters (those not given are "auto": the
+  // HF flags kept above, or DeepSpeed's defaults; total_num_steps, the schedule's length like
+  // --max_steps, may change to continue a run).
   if (ds_scheduler) {
     const auto given = [&](const char* name, const auto& value) {
       if (!value) return std::string(name) + " auto";
@@ -267,13 +268,14 @@ RunSignature TrainingRun::Impl::signature(std::string_view precision) const {
     };
     const DeepSpeedScheduler& d = *ds_scheduler;
     s.keep("ds_scheduler",
-           given("warmup_min_lr", d.warmup_min_lr) + ", " +
+           std::string(LrSchedule::kind_name(d.kind)) + ", " +
+               given("warmup_min_lr", d.warmup_min_lr) + ", " +
                given("warmup_max_lr", d.warmup_max_lr) + ", " +
                given("warmup_num_steps", d.warmup_num_steps) + ", " +
                given("warmup_min_ratio", d.warmup_min_ratio) + ", " +
                given("cos_min_ratio", d.cos_min_ratio) + ", warmup " +
                (d.log_warmup ? "log" : "linear"),
-           "--deepspeed's scheduler.params");
+           "--deepspeed's scheduler (its type and params)");
   }
   s.keep("optimizer",
          "AdamW " + number(args.adam_beta1) + "/" + number(args.adam_beta2) + "/" +
