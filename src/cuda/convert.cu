@@ -11,10 +11,10 @@ struct ToBf16 {
   const float* src;
   __device__ void one(Index i) const { dst[i] = float_to_bf16(src[i]); }
   __device__ void quad(Index q) const {
-    const Float4 v = reinterpret_cast<const Float4*>(src)[q];
+    const Float4 v = group<const Float4>(src, q);
     Bf16x4 out;
     ZL_UNROLL for (int k = 0; k < 4; ++k) out.v[k] = float_to_bf16(v.v[k]);
-    reinterpret_cast<Bf16x4*>(dst)[q] = out;
+    group<Bf16x4>(dst, q) = out;
   }
 };
 
@@ -27,14 +27,14 @@ struct RoundToBf16 {
     if (copy) copy[i] = b;
   }
   __device__ void quad(Index q) const {
-    Float4 v = reinterpret_cast<const Float4*>(x)[q];
+    Float4 v = group<const Float4>(x, q);
     Bf16x4 b;
     ZL_UNROLL for (int k = 0; k < 4; ++k) {
       b.v[k] = float_to_bf16(v.v[k]);
       v.v[k] = bf16_to_float(b.v[k]);
     }
-    reinterpret_cast<Float4*>(x)[q] = v;
-    if (copy) reinterpret_cast<Bf16x4*>(copy)[q] = b;
+    group<Float4>(x, q) = v;
+    if (copy) group<Bf16x4>(copy, q) = b;
   }
 };
 
@@ -47,11 +47,11 @@ struct WidenBf16 {
     if (copy) copy[i] = src[i];
   }
   __device__ void quad(Index q) const {
-    const Bf16x4 b = reinterpret_cast<const Bf16x4*>(src)[q];
+    const Bf16x4 b = group<const Bf16x4>(src, q);
     Float4 v;
     ZL_UNROLL for (int k = 0; k < 4; ++k) v.v[k] = bf16_to_float(b.v[k]);
-    reinterpret_cast<Float4*>(dst)[q] = v;
-    if (copy) reinterpret_cast<Bf16x4*>(copy)[q] = b;
+    group<Float4>(dst, q) = v;
+    if (copy) group<Bf16x4>(copy, q) = b;
   }
 };
 
@@ -65,10 +65,10 @@ __global__ void widen_bf16_columns_kernel(float* dst, Index dst_ld, const Bf16Bi
 __global__ void widen_bf16_column_quads_kernel(float* dst, Index dst_ld, const Bf16Bits* src,
                                                Index rows, Index quads) {
   ZL_ROWS_COLS(i, q, rows, quads) {
-    const Bf16x4 b = reinterpret_cast<const Bf16x4*>(src + i * 4 * quads)[q];
+    const Bf16x4 b = group<const Bf16x4>(src + i * 4 * quads, q);
     Float4 v;
     ZL_UNROLL for (int k = 0; k < 4; ++k) v.v[k] = bf16_to_float(b.v[k]);
-    reinterpret_cast<Float4*>(dst + i * dst_ld)[q] = v;
+    group<Float4>(dst + i * dst_ld, q) = v;
   }
 }
 

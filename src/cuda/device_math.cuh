@@ -161,13 +161,25 @@ inline dim3 grid_rows_cols(Index rows, Index cols, int threads) {
               static_cast<unsigned>(rows < 1 ? 1 : (rows < 65535 ? rows : 65535)));
 }
 
-// Four consecutive values, for 16- and 8-byte loads and stores where the pointers allow.
-struct alignas(16) Float4 {
-  float v[4];
+// L consecutive values of T, loaded and stored as one access where the pointers allow (L 4:
+// 16 bytes of float, 8 of bf16).
+template <class T, int L>
+struct alignas(sizeof(T) * L) Lanes {
+  T v[L];
 };
-struct alignas(8) Bf16x4 {
-  Bf16Bits v[4];
-};
+template <int L>
+using FloatLanes = Lanes<float, L>;
+template <int L>
+using Bf16Lanes = Lanes<Bf16Bits, L>;
+using Float4 = FloatLanes<4>;
+using Bf16x4 = Bf16Lanes<4>;
+
+// Group c of the consecutive groups of V (a Lanes) that start at p: group<Float4>(row, c) is
+// values 4c .. 4c + 3 of the row.
+template <class V, class T>
+__device__ __forceinline__ V& group(T* p, Index c) {
+  return reinterpret_cast<V*>(p)[c];
+}
 
 inline bool aligned_to(const void* p, std::uintptr_t bytes) {
   return reinterpret_cast<std::uintptr_t>(p) % bytes == 0;

@@ -54,9 +54,9 @@ struct WeightColumns {
   template <int R>
   __device__ __forceinline__ void load(float (&wv)[R], int j, int rank) const {
     if (quads) {
-      const Float4* column = reinterpret_cast<const Float4*>(w + j * wj);
+      const float* column = w + j * wj;
       ZL_UNROLL for (int q = 0; q < R / 4; ++q) {
-        const Float4 f = 4 * q < rank ? column[q] : Float4{};
+        const Float4 f = 4 * q < rank ? group<const Float4>(column, q) : Float4{};
         ZL_UNROLL for (int u = 0; u < 4; ++u) wv[4 * q + u] = f.v[u];
       }
     } else {

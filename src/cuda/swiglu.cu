@@ -22,22 +22,6 @@ __device__ __forceinline__ void swiglu_gradients(float g, float u, float dy, flo
   du = dy * g * s;
 }
 
-// L consecutive values of T, loaded and stored as one access (L 4: 16 bytes of float, 8 of bf16).
-template <class T, int L>
-struct alignas(sizeof(T) * L) Lanes {
-  T v[L];
-};
-template <int L>
-using FloatLanes = Lanes<float, L>;
-template <int L>
-using Bf16Lanes = Lanes<Bf16Bits, L>;
-
-// Group c of L columns of the row that starts at p.
-template <class V, class T>
-__device__ __forceinline__ V& group(T* p, Index c) {
-  return reinterpret_cast<V*>(p)[c];
-}
-
 template <int L>
 __global__ void swiglu_forward_kernel(float* dst, const float* gate_up, Index M, Index I,
                                       Bf16Bits* rounded) {

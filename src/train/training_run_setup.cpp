@@ -275,7 +275,7 @@ RunSignature TrainingRun::Impl::signature(std::string_view precision) const {
                given("warmup_min_ratio", d.warmup_min_ratio) + ", " +
                given("cos_min_ratio", d.cos_min_ratio) + ", warmup " +
                (d.log_warmup ? "log" : "linear"),
-           "--deepspeed's scheduler (its type and params)");
+           "the --deepspeed file's scheduler type and params");
   }
   s.keep("optimizer",
          "AdamW " + number(args.adam_beta1) + "/" + number(args.adam_beta2) + "/" +
