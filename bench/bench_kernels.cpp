@@ -4,9 +4,10 @@
 // the bandwidth that makes, and that bandwidth as a fraction of the copy's. An op far below 1 is
 // bound by something else than memory (arithmetic, latency, launch): where a step's share
 // (bench_train_step's seq*_share_*) says an op costs more than its bytes, this says which. The
-// LoRA branch runs with dropout off and on: the difference is the mask's hashing; the q, k and v
-// branches as the layer runs them (on a GPU the forward branch by branch, the backward as one
-// group) and the backward one by one.
+// LoRA branch runs with dropout off and on (the difference is the mask's hashing), and its
+// contraction alone too (the forward less it is the expansion); the q, k and v branches as the
+// layer runs them (on a GPU the forward branch by branch, the backward as one group) and the
+// backward one by one.
 // Attention, compute-bound, is reported apart: its forward and backward on segments of --seq
 // tokens (causal), their FLOPs per second, and the time of the attention kernels alone (on a
 // GPU, cuDNN's, without the copies into and out of its bf16 layout, timed as convert); then the
@@ -209,6 +210,10 @@ static int bench_main(int argc, char** argv) {
       const DropoutMask mask{p, 12345, row_keys.data()};
       const std::string suffix = p > 0 ? "_dropout" : "";
       const Mat<const float> src = Mat<const float>::dense(h.data(), M, D);
+      // The contraction alone (z = drop(x) A^T: x read once), so that the forward's expansion
+      // is the difference.
+      report("lora_project" + suffix, m * d * 4,
+             [&] { k->lora_project(z.data(), src, lora_a.data(), rank, mask); });
       report("lora_forward" + suffix, m * (d * 4 + q * 8), [&] {
         k->lora_forward(Mat<float>{qkv.data(), M, Qd, W3, 1}, z.data(), src, lora_a.data(),
                         lora_b.data(), rank, 4.0, mask);
