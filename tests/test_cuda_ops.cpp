@@ -8,9 +8,11 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <initializer_list>
 #include <string>
 #include <tuple>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "core/bf16.hpp"
@@ -346,6 +348,26 @@ TEST_F(CudaBackend, SwigluFourColumnsOrOneEqualsTheCpu) {
   }
 }
 
+// Which path RMSNorm takes (rmsnorm.cu): quads per thread by the row's length, none past 16384
+// or at a length not a multiple of 4, and none where any pointer, float or bf16, is not aligned
+// for its quads.
+TEST(CudaRmsNormQuads, PerThreadByLengthAndAlignment) {
+  alignas(16) float f[8] = {};
+  alignas(16) cuda::Bf16Bits b[8] = {};
+  const std::initializer_list<const void*> aligned_floats = {f, f + 4, nullptr};
+  const std::initializer_list<const void*> aligned_bf16s = {b, b + 4, nullptr};
+  const std::pair<Index, int> lengths[] = {{4, 1},     {172, 1},  {1024, 1},  {1028, 2},
+                                           {4096, 4},  {8192, 8}, {8196, 16}, {16384, 16},
+                                           {16388, 0}, {175, 0},  {4098, 0}};
+  for (const auto& [D, per_thread] : lengths)
+    EXPECT_EQ(cuda::rmsnorm_quads_per_thread(D, aligned_floats, aligned_bf16s), per_thread)
+        << "D " << D;
+  EXPECT_EQ(cuda::rmsnorm_quads_per_thread(4096, {f, f + 1}, {b}), 0) << "a float off 16 bytes";
+  EXPECT_EQ(cuda::rmsnorm_quads_per_thread(4096, {f}, {b, b + 1}), 0) << "a bf16 off 8 bytes";
+  EXPECT_EQ(cuda::rmsnorm_quads_per_thread(4096, {f}, {b + 2}), 0) << "a bf16 off 8 bytes";
+  EXPECT_EQ(cuda::rmsnorm_quads_per_thread(4096, {f + 2}, {}), 0) << "a float off 16 bytes";
+}
+
 // RMSNorm takes 16-byte quads, kept in registers, where the row's length is a multiple of 4 up
 // to 16384 and its buffers are aligned, one column a thread otherwise (rmsnorm.cu): both equal
 // the CPU, forward (values, rstd and, with bf16 weights, their rounding) and backward (= and +=),
@@ -358,13 +380,14 @@ TEST_F(CudaBackend, RmsNormFourColumnsOrOneEqualsTheCpu) {
   const auto check = [&](auto& cpu, auto& gpu, const auto& w, Index D, Index offset) {
     auto x = random_values(M * D + offset, 51), dy = random_values(M * D + offset, 52);
     const float *hx = x.data() + offset, *hdy = dy.data() + offset;
-    std::vector<float> y(M * D), rstd(M), dx = random_values(M * D, 53), dx_set(M * D);
+    std::vector<float> y(M * D), rstd(M), dx = random_values(M * D, 53);
+    std::vector<float> dx_set = random_values(M * D, 55);  // (=: none of these may remain)
     cpu.rmsnorm_forward(y.data(), rstd.data(), hx, w.data(), M, D, 1e-5, nullptr);
     cpu.rmsnorm_backward(dx.data(), hdy, hx, rstd.data(), w.data(), M, D, true);
     cpu.rmsnorm_backward(dx_set.data(), hdy, hx, rstd.data(), w.data(), M, D, false);
     const float *gx = on_gpu(x) + offset, *gdy = on_gpu(dy) + offset;
-    float *gy = on_gpu(std::vector<float>(M * D)), *gr = on_gpu(rstd),
-          *gdx = on_gpu(random_values(M * D, 53)), *gdx_set = on_gpu(std::vector<float>(M * D));
+    float *gy = on_gpu(std::vector<float>(M * D)), *gr = on_gpu(std::vector<float>(M, NAN)),
+          *gdx = on_gpu(random_values(M * D, 53)), *gdx_set = on_gpu(random_values(M * D, 55));
     const auto* gw = on_gpu(w);
     if constexpr (std::is_same_v<std::decay_t<decltype(w)>, std::vector<bf16>>) {
       bf16* gy16 = on_gpu(std::vector<bf16>(M * D));

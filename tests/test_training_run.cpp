@@ -53,7 +53,7 @@ class TrainingRunTest : public ::testing::Test {
     return s;
   }
   // The ConfigError a run with these settings is refused with (a test failure where none).
-  std::string refusal(const RunSettings& s) {
+  [[nodiscard]] std::string refusal(const RunSettings& s) {
     try {
       TrainingRun run(*comm_, s);
     } catch (const ConfigError& e) {
@@ -231,19 +231,17 @@ TEST_F(TrainingRunTest, ResumingIntoAnotherRunIsRefusedNamingTheSetting) {
   s.args.learning_rate = 1e-3;
   const std::string seed = std::to_string(s.args.seed);
   s.args.seed += 1;
-  {
-    // Each differing setting, and what sets it: its flags, or the argument that continues it.
-    const std::string message = refusal(s);
-    EXPECT_NE(message.find("schedule: checkpoint constant, lr 0.002000"), std::string::npos)
-        << message;
-    EXPECT_NE(message.find("now constant, lr 0.001000"), std::string::npos) << message;
-    EXPECT_NE(message.find("(set by --lr_scheduler_type, --learning_rate,"), std::string::npos)
-        << message;
-    EXPECT_NE(message.find("seed: checkpoint " + seed + ", now " + std::to_string(s.args.seed) +
-                           " (pass --seed " + seed + ")"),
-              std::string::npos)
-        << message;
-  }
+  // Each differing setting, and what sets it: its flags, or the argument that continues it.
+  const std::string message = refusal(s);
+  EXPECT_NE(message.find("schedule: checkpoint constant, lr 0.002000"), std::string::npos)
+      << message;
+  EXPECT_NE(message.find("now constant, lr 0.001000"), std::string::npos) << message;
+  EXPECT_NE(message.find("(set by --lr_scheduler_type, --learning_rate,"), std::string::npos)
+      << message;
+  EXPECT_NE(message.find("seed: checkpoint " + seed + ", now " + std::to_string(s.args.seed) +
+                         " (pass --seed " + seed + ")"),
+            std::string::npos)
+      << message;
 }
 
 // Settings the signature gained later: whether the prompt is trained on, and a DeepSpeed
@@ -278,19 +276,16 @@ TEST_F(TrainingRunTest, ResumingRefusesOtherPromptMaskingOrDeepSpeedWarmup) {
       << type_changed;
   s.data.tokenize.train_on_inputs = true;
   s.deepspeed_config = scheduler("WarmupLR", 3);
-  {
-    const std::string message = refusal(s);
-    EXPECT_NE(message.find("train_on_inputs: checkpoint false, now true (set by --train_on_inputs"),
-              std::string::npos)
-        << message;
-    EXPECT_NE(message.find("warmup_num_steps 2, warmup_min_ratio auto"), std::string::npos)
-        << message;
-    EXPECT_NE(message.find("now WarmupLR, warmup_min_lr 0.000000, warmup_max_lr 0.002000, "
-                           "warmup_num_steps 3, warmup_min_ratio auto, cos_min_ratio auto, "
-                           "warmup log (set by the --deepspeed file's scheduler type and params)"),
-              std::string::npos)
-        << message;
-  }
+  const std::string both = refusal(s);
+  EXPECT_NE(both.find("train_on_inputs: checkpoint false, now true (set by --train_on_inputs"),
+            std::string::npos)
+      << both;
+  EXPECT_NE(both.find("warmup_num_steps 2, warmup_min_ratio auto"), std::string::npos) << both;
+  EXPECT_NE(both.find("now WarmupLR, warmup_min_lr 0.000000, warmup_max_lr 0.002000, "
+                      "warmup_num_steps 3, warmup_min_ratio auto, cos_min_ratio auto, "
+                      "warmup log (set by the --deepspeed file's scheduler type and params)"),
+            std::string::npos)
+      << both;
 }
 
 TEST_F(TrainingRunTest, RefusalsLeaveTheOutputDirectoryAlone) {

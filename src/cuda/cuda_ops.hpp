@@ -9,6 +9,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 
 namespace zerolora::cuda {
@@ -42,6 +43,11 @@ void rmsnorm_forward(cudaStream_t s, float* dst, float* rstd, const float* src, 
 template <class W>
 void rmsnorm_backward(cudaStream_t s, float* diff_src, const float* diff_dst, const float* src,
                       const float* rstd, const W* weight, Index M, Index D, bool accumulate);
+// The quads (16-byte groups of four values) each thread keeps of a row of D values, 1, 2, 4, 8
+// or 16; 0 where the row takes one column a thread (D not a multiple of 4 or above 16384, or a
+// pointer given, float or bf16, not aligned for its quads; null ones are not used).
+int rmsnorm_quads_per_thread(Index D, std::initializer_list<const void*> floats,
+                             std::initializer_list<const void*> bf16s);
 
 // rope.cu (ops/rope.hpp): cos/sin tables [positions, half] on the device
 void rope_rotate(cudaStream_t s, float* x, const std::int32_t* positions, const float* cos_table,

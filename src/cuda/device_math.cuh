@@ -5,6 +5,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <initializer_list>
+#include <type_traits>
 
 #include "cuda/cuda_ops.hpp"
 
@@ -178,11 +180,26 @@ using Bf16x4 = Bf16Lanes<4>;
 // values 4c .. 4c + 3 of the row.
 template <class V, class T>
 __device__ __forceinline__ V& group(T* p, Index c) {
+  static_assert(std::is_same_v<std::remove_const_t<T>, std::remove_extent_t<decltype(V::v)>>,
+                "a group of the pointer's own type of values");
   return reinterpret_cast<V*>(p)[c];
 }
 
 inline bool aligned_to(const void* p, std::uintptr_t bytes) {
   return reinterpret_cast<std::uintptr_t>(p) % bytes == 0;
+}
+
+// Whether rows of n values take quads (Float4, Bf16x4): n a multiple of 4, so that every row
+// starts aligned like the first, and each pointer given aligned for its quads (floats 16 bytes,
+// bf16s 8; a null one is not used).
+inline bool quads_aligned(Index n, std::initializer_list<const void*> floats,
+                          std::initializer_list<const void*> bf16s) {
+  if (n % 4 != 0) return false;
+  for (const void* p : floats)
+    if (p && !aligned_to(p, 16)) return false;
+  for (const void* p : bf16s)
+    if (p && !aligned_to(p, 8)) return false;
+  return true;
 }
 
 // An elementwise map over n values, four at a time where every pointer is aligned for it:

@@ -6,7 +6,8 @@
 // it, each thread loads its share of the row as 16-byte quads, all at once, and keeps them in
 // registers for the second pass (the row read once). One column a thread, the row read twice,
 // ran RMSNorm at 0.68 of a copy's bandwidth on an H100 (bench_kernels, 2026-12-06). Each
-// element's expression is the same on both paths; the sums' order differs (fixed on each).
+// element's source expression is the same on both paths; the sums' order differs (fixed on
+// each).
 #include <initializer_list>
 #include <type_traits>
 
@@ -148,23 +149,34 @@ __global__ void rmsnorm_backward_kernel(float* diff_src, const float* diff_dst, 
   }
 }
 
-// Quads a thread keeps for a row of D values, a power of two up to kMaxQuads; 0 where the row
-// takes one column a thread (D not a multiple of 4, too long, or a pointer not aligned for it).
-int quads_per_thread(Index D, std::initializer_list<const void*> floats, const void* weight,
-                     std::uintptr_t weight_alignment, const void* bf16s) {
-  if (D % 4 != 0 || D > Index{kThreads} * 4 * kMaxQuads) return 0;
-  for (const void* p : floats)
-    if (p && !aligned_to(p, 16)) return 0;
-  if (!aligned_to(weight, weight_alignment) || (bf16s && !aligned_to(bf16s, 8))) return 0;
-  int g = 1;
-  while (Index{kThreads} * 4 * g < D) g *= 2;
-  return g;
-}
+// An op's two kernels: the one-column one and, for G quads a thread, the quads one.
+template <class W>
+struct ForwardKernels {
+  static constexpr auto one_column = &rmsnorm_forward_kernel<W>;
+  template <int G>
+  static constexpr auto quads = &rmsnorm_forward_quads_kernel<G, W>;
+};
+template <class W>
+struct BackwardKernels {
+  static constexpr auto one_column = &rmsnorm_backward_kernel<W>;
+  template <int G>
+  static constexpr auto quads = &rmsnorm_backward_quads_kernel<G, W>;
+};
 
-// Calls launch(std::integral_constant<int, G>) for the quads per thread g (1 to kMaxQuads).
-template <class Launch>
-void with_quads(int g, const Launch& launch) {
+// One block of kThreads per row: Kernels' quads kernel for g quads a thread (1, 2, 4, 8 or
+// 16), or its one-column kernel where g is 0.
+template <class Kernels, class... Args>
+void launch_rows(cudaStream_t s, Index M, int g, const Args&... args) {
+  const auto launch = [&](auto per_thread) {
+    static constexpr auto kernel = Kernels::template quads<decltype(per_thread)::value>;
+    ZL_LAUNCH(kernel, grid_for(M, 1), kThreads, s)(args...);
+  };
   switch (g) {
+    case 0: {
+      static constexpr auto kernel = Kernels::one_column;
+      ZL_LAUNCH(kernel, grid_for(M, 1), kThreads, s)(args...);
+      return;
+    }
     case 1:
       return launch(std::integral_constant<int, 1>{});
     case 2:
@@ -173,28 +185,44 @@ void with_quads(int g, const Launch& launch) {
       return launch(std::integral_constant<int, 4>{});
     case 8:
       return launch(std::integral_constant<int, 8>{});
-    default:
+    case kMaxQuads:
       return launch(std::integral_constant<int, kMaxQuads>{});
+    default:
+      refuse_launch("rmsnorm", "quads per thread other than 0, 1, 2, 4, 8 or 16");
   }
 }
 
+// The weight among the float pointers or the bf16 ones, as its type says.
+const void* if_float(const float* w) {
+  return w;
+}
+const void* if_float(const Bf16Bits*) {
+  return nullptr;
+}
+const void* if_bf16(const float*) {
+  return nullptr;
+}
+const void* if_bf16(const Bf16Bits* w) {
+  return w;
+}
+
 }  // namespace
+
+int rmsnorm_quads_per_thread(Index D, std::initializer_list<const void*> floats,
+                             std::initializer_list<const void*> bf16s) {
+  if (D > Index{kThreads} * 4 * kMaxQuads || !quads_aligned(D, floats, bf16s)) return 0;
+  int g = 1;
+  while (Index{kThreads} * 4 * g < D) g *= 2;
+  return g;
+}
 
 template <class W>
 void rmsnorm_forward(cudaStream_t s, float* dst, float* rstd, const float* src, const W* weight,
                      Index M, Index D, float eps, Bf16Bits* rounded) {
   if (M == 0) return;
-  const int g = quads_per_thread(D, {dst, src}, weight, 4 * sizeof(W), rounded);
-  if (g > 0) {
-    with_quads(g, [&](auto quads) {
-      static constexpr auto kernel = &rmsnorm_forward_quads_kernel<decltype(quads)::value, W>;
-      ZL_LAUNCH(kernel, grid_for(M, 1), kThreads, s)
-      (dst, rstd, src, weight, M, D, eps, rounded);
-    });
-  } else {
-    ZL_LAUNCH(rmsnorm_forward_kernel<W>, grid_for(M, 1), kThreads, s)
-    (dst, rstd, src, weight, M, D, eps, rounded);
-  }
+  launch_rows<ForwardKernels<W>>(
+      s, M, rmsnorm_quads_per_thread(D, {dst, src, if_float(weight)}, {rounded, if_bf16(weight)}),
+      dst, rstd, src, weight, M, D, eps, rounded);
   check_launch("rmsnorm_forward", M, D);
 }
 
@@ -202,17 +230,10 @@ template <class W>
 void rmsnorm_backward(cudaStream_t s, float* diff_src, const float* diff_dst, const float* src,
                       const float* rstd, const W* weight, Index M, Index D, bool accumulate) {
   if (M == 0) return;
-  const int g = quads_per_thread(D, {diff_src, diff_dst, src}, weight, 4 * sizeof(W), nullptr);
-  if (g > 0) {
-    with_quads(g, [&](auto quads) {
-      static constexpr auto kernel = &rmsnorm_backward_quads_kernel<decltype(quads)::value, W>;
-      ZL_LAUNCH(kernel, grid_for(M, 1), kThreads, s)
-      (diff_src, diff_dst, src, rstd, weight, M, D, accumulate);
-    });
-  } else {
-    ZL_LAUNCH(rmsnorm_backward_kernel<W>, grid_for(M, 1), kThreads, s)
-    (diff_src, diff_dst, src, rstd, weight, M, D, accumulate);
-  }
+  launch_rows<BackwardKernels<W>>(
+      s, M,
+      rmsnorm_quads_per_thread(D, {diff_src, diff_dst, src, if_float(weight)}, {if_bf16(weight)}),
+      diff_src, diff_dst, src, rstd, weight, M, D, accumulate);
   check_launch("rmsnorm_backward", M, D);
 }
 

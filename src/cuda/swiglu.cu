@@ -6,8 +6,6 @@
 // half the bandwidth of a copy on an H100 (bench_kernels, 2026-12-06), its blocks too small
 // and its loads too narrow to keep HBM busy. The values are the same whatever L: each column's
 // arithmetic is the same expression (swiglu_value, swiglu_gradients).
-#include <initializer_list>
-
 #include "cuda/device_math.cuh"
 
 namespace zerolora::cuda {
@@ -64,22 +62,13 @@ __global__ void swiglu_backward_kernel(float* diff_gate_up, const float* diff_ds
   }
 }
 
-// Four columns per thread where I is a multiple of 4 (every row's start then aligned like the
-// first's) and every pointer given is aligned for 16-byte (float) or 8-byte (bf16) accesses.
-bool takes_quads(Index I, std::initializer_list<const void*> floats, const void* bf16s) {
-  if (I % 4 != 0) return false;
-  for (const void* p : floats)
-    if (p && !aligned_to(p, 16)) return false;
-  return !bf16s || aligned_to(bf16s, 8);
-}
-
 }  // namespace
 
 void swiglu_forward(cudaStream_t s, float* dst, const float* gate_up, Index M, Index I,
                     Bf16Bits* rounded) {
   if (M == 0) return;
   if (!dst && !rounded) refuse_launch("swiglu_forward", "neither values nor their rounding wanted");
-  if (takes_quads(I, {dst, gate_up}, rounded)) {
+  if (quads_aligned(I, {dst, gate_up}, {rounded})) {
     ZL_LAUNCH(swiglu_forward_kernel<4>, grid_rows_cols(M, I / 4, 256), 256, s)
     (dst, gate_up, M, I, rounded);
   } else {
@@ -94,7 +83,7 @@ void swiglu_backward(cudaStream_t s, float* diff_gate_up, const float* diff_dst,
   if (M == 0) return;
   if (!diff_gate_up && !rounded)
     refuse_launch("swiglu_backward", "neither values nor their rounding wanted");
-  if (takes_quads(I, {diff_gate_up, diff_dst, gate_up}, rounded)) {
+  if (quads_aligned(I, {diff_gate_up, diff_dst, gate_up}, {rounded})) {
     ZL_LAUNCH(swiglu_backward_kernel<4>, grid_rows_cols(M, I / 4, 256), 256, s)
     (diff_gate_up, diff_dst, gate_up, M, I, rounded);
   } else {
