@@ -129,7 +129,7 @@ void widen_bf16(cudaStream_t s, float* dst, const Bf16Bits* src, Index n, Bf16Bi
 void widen_bf16_columns(cudaStream_t s, float* dst, Index dst_ld, const Bf16Bits* src, Index rows,
                         Index cols) {
   if (rows == 0 || cols == 0) return;
-  if (cols % 4 == 0 && dst_ld % 4 == 0 && aligned_to(dst, 16) && aligned_to(src, 8)) {
+  if (dst_ld % 4 == 0 && quads_aligned(cols, {dst}, {src})) {
     ZL_LAUNCH(widen_bf16_column_quads_kernel, grid_rows_cols(rows, cols / 4, 256), 256, s)
     (dst, dst_ld, src, rows, cols / 4);
   } else {

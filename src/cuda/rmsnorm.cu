@@ -153,14 +153,18 @@ __global__ void rmsnorm_backward_kernel(float* diff_src, const float* diff_dst, 
 template <class W>
 struct ForwardKernels {
   static constexpr auto one_column = &rmsnorm_forward_kernel<W>;
-  template <int G>
-  static constexpr auto quads = &rmsnorm_forward_quads_kernel<G, W>;
+  template <int G>  // (a function: nvcc warns of a variable template member as undefined)
+  static constexpr auto quads() {
+    return &rmsnorm_forward_quads_kernel<G, W>;
+  }
 };
 template <class W>
 struct BackwardKernels {
   static constexpr auto one_column = &rmsnorm_backward_kernel<W>;
-  template <int G>
-  static constexpr auto quads = &rmsnorm_backward_quads_kernel<G, W>;
+  template <int G>  // (a function: nvcc warns of a variable template member as undefined)
+  static constexpr auto quads() {
+    return &rmsnorm_backward_quads_kernel<G, W>;
+  }
 };
 
 // One block of kThreads per row: Kernels' quads kernel for g quads a thread (1, 2, 4, 8 or
@@ -168,7 +172,7 @@ struct BackwardKernels {
 template <class Kernels, class... Args>
 void launch_rows(cudaStream_t s, Index M, int g, const Args&... args) {
   const auto launch = [&](auto per_thread) {
-    static constexpr auto kernel = Kernels::template quads<decltype(per_thread)::value>;
+    static constexpr auto kernel = Kernels::template quads<decltype(per_thread)::value>();
     ZL_LAUNCH(kernel, grid_for(M, 1), kThreads, s)(args...);
   };
   switch (g) {
@@ -192,18 +196,14 @@ void launch_rows(cudaStream_t s, Index M, int g, const Args&... args) {
   }
 }
 
-// The weight among the float pointers or the bf16 ones, as its type says.
-const void* if_float(const float* w) {
-  return w;
-}
-const void* if_float(const Bf16Bits*) {
-  return nullptr;
-}
-const void* if_bf16(const float*) {
-  return nullptr;
-}
-const void* if_bf16(const Bf16Bits* w) {
-  return w;
+// The weight where its type is T (the float pointers' list or the bf16 ones'), else null.
+template <class T, class W>
+const void* if_type(const W* w) {
+  if constexpr (std::is_same_v<T, W>) {
+    return w;
+  } else {
+    return nullptr;
+  }
 }
 
 }  // namespace
@@ -220,9 +220,10 @@ template <class W>
 void rmsnorm_forward(cudaStream_t s, float* dst, float* rstd, const float* src, const W* weight,
                      Index M, Index D, float eps, Bf16Bits* rounded) {
   if (M == 0) return;
-  launch_rows<ForwardKernels<W>>(
-      s, M, rmsnorm_quads_per_thread(D, {dst, src, if_float(weight)}, {rounded, if_bf16(weight)}),
-      dst, rstd, src, weight, M, D, eps, rounded);
+  launch_rows<ForwardKernels<W>>(s, M,
+                                 rmsnorm_quads_per_thread(D, {dst, src, if_type<float>(weight)},
+                                                          {rounded, if_type<Bf16Bits>(weight)}),
+                                 dst, rstd, src, weight, M, D, eps, rounded);
   check_launch("rmsnorm_forward", M, D);
 }
 
@@ -232,7 +233,8 @@ void rmsnorm_backward(cudaStream_t s, float* diff_src, const float* diff_dst, co
   if (M == 0) return;
   launch_rows<BackwardKernels<W>>(
       s, M,
-      rmsnorm_quads_per_thread(D, {diff_src, diff_dst, src, if_float(weight)}, {if_bf16(weight)}),
+      rmsnorm_quads_per_thread(D, {diff_src, diff_dst, src, if_type<float>(weight)},
+                               {if_type<Bf16Bits>(weight)}),
       diff_src, diff_dst, src, rstd, weight, M, D, accumulate);
   check_launch("rmsnorm_backward", M, D);
 }
