@@ -733,7 +733,7 @@ sanitized_tests() {  # sanitized_tests TOOL GTEST_FILTER
 export -f sanitized_tests
 stage memcheck 120 sanitized_tests memcheck 'CudaBackend.*:CudaGemmKey.*-*CudnnTakes*'
 stage racecheck 60 sanitized_tests racecheck \
-  'CudaBackend.RmsNorm*:CudaBackend.CrossEntropy*:CudaBackend.Attention*:CudaBackend.Bf16Attention*'
+  'CudaBackend.RmsNorm*:CudaBackend.CrossEntropy*:CudaBackend.Attention*:CudaBackend.Bf16Attention*:CudaBackend.*Lora*'
 
 echo
 echo "=== summary"

@@ -16,6 +16,9 @@
 namespace zerolora::cuda {
 namespace {
 
+// Threads per block, every kernel here launched with exactly this many (launch_rows): the quads
+// kernels stride a row by kThreads, not blockDim.x, a constant that keeps their column index out
+// of a register.
 constexpr int kThreads = 256;
 constexpr int kMaxQuads = 16;  // quads a thread keeps: rows up to 16384 values
 
