@@ -199,6 +199,28 @@ static int bench_main(int argc, char** argv) {
     report("swiglu_backward_rounding_only", m * i_ * (8 + 4 + 4), [&] {
       k->swiglu_backward(nullptr, d_act.data(), gate_up.data(), M, I, rounded.data());
     });
+    // RMSNorm and SwiGLU (as the seed's layer runs it: its rounding only) one column a thread,
+    // the kernels that the 16-byte paths replaced on the GPU, side by side with them: a pointer
+    // a value off its 16 bytes takes that path (CudaRmsNormQuads.PerThreadByLengthAndAlignment),
+    // and M - 1 rows keep the shifted views inside their buffers.
+    if (M > 1) {
+      const Index M1 = M - 1;
+      const double m1 = static_cast<double>(M1);
+      report("rmsnorm_forward_one_column", m1 * d * (4 + 4 + 2), [&] {
+        k->rmsnorm_forward(h.data() + 1, rstd.data(), x.data() + 1, norm_w.data(), M1, D, 1e-5,
+                           rounded.data() + 1);
+      });
+      report("rmsnorm_backward_one_column", m1 * d * 16, [&] {
+        k->rmsnorm_backward(dx.data() + 1, h.data() + 1, x.data() + 1, rstd.data(), norm_w.data(),
+                            M1, D, true);
+      });
+      report("swiglu_forward_rounding_only_one_column", m1 * i_ * (8 + 2),
+             [&] { k->swiglu_forward(nullptr, gate_up.data() + 1, M1, I, rounded.data() + 1); });
+      report("swiglu_backward_rounding_only_one_column", m1 * i_ * (8 + 4 + 4), [&] {
+        k->swiglu_backward(nullptr, d_act.data() + 1, gate_up.data() + 1, M1, I,
+                           rounded.data() + 1);
+      });
+    }
     // The bf16 residual's rounding (in place, with a copy) and the widening of bf16 values.
     report("round_to_bf16", m * d * (4 + 4 + 2),
            [&] { k->round_to_bf16(x.data(), rounded.data(), M * D); });
