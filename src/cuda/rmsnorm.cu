@@ -17,8 +17,8 @@ namespace zerolora::cuda {
 namespace {
 
 // Threads per block, every kernel here launched with exactly this many (launch_rows): the quads
-// kernels stride a row by kThreads, not blockDim.x, a constant that keeps their column index out
-// of a register.
+// kernels stride a row by kThreads, not blockDim.x (their unrolled loads then sit at fixed
+// offsets from one address), so a launch with fewer threads would leave columns unwritten.
 constexpr int kThreads = 256;
 constexpr int kMaxQuads = 16;  // quads a thread keeps: rows up to 16384 values
 
