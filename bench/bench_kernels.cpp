@@ -175,14 +175,27 @@ static int bench_main(int argc, char** argv) {
       print_kv(name + "_gbps", gbps);
       print_kv(name + "_of_copy", gbps / copy_gbps);
     };
+    // RMSNorm and SwiGLU (as the seed's layer runs it: its rounding only) are also timed one
+    // column a thread, the kernels that the 16-byte paths replaced on the GPU, side by side with
+    // them: views a value off their 16 bytes take that path
+    // (CudaRmsNormQuads.PerThreadByLengthAndAlignment), and M - 1 rows keep them inside their
+    // buffers. `op(rows, shift)` runs the kernel on rows rows of views shifted by shift values.
+    using ShiftedOp = std::function<void(Index rows, Index shift)>;
+    auto report_both = [&](const std::string& name, double bytes_per_row, const ShiftedOp& op) {
+      report(name, m * bytes_per_row, [&] { op(M, 0); });
+      if (M > 1) {
+        report(name + "_one_column", (m - 1) * bytes_per_row, [&] { op(M - 1, 1); });
+      }
+    };
     // RMSNorm: x read, the fp32 output and its bf16 rounding written; backward: dy, x, dx read,
     // dx written (accumulating, as the layer's).
-    report("rmsnorm_forward", m * d * (4 + 4 + 2), [&] {
-      k->rmsnorm_forward(h.data(), rstd.data(), x.data(), norm_w.data(), M, D, 1e-5,
-                         rounded.data());
+    report_both("rmsnorm_forward", d * (4 + 4 + 2), [&](Index rows, Index shift) {
+      k->rmsnorm_forward(h.data() + shift, rstd.data(), x.data() + shift, norm_w.data(), rows, D,
+                         1e-5, rounded.data() + shift);
     });
-    report("rmsnorm_backward", m * d * 16, [&] {
-      k->rmsnorm_backward(dx.data(), h.data(), x.data(), rstd.data(), norm_w.data(), M, D, true);
+    report_both("rmsnorm_backward", d * 16, [&](Index rows, Index shift) {
+      k->rmsnorm_backward(dx.data() + shift, h.data() + shift, x.data() + shift, rstd.data(),
+                          norm_w.data(), rows, D, true);
     });
     // RoPE on q and k of the fused rows: read and written in place.
     report("rope", m * static_cast<double>(Qd + KVd) * 8, [&] {
@@ -191,36 +204,16 @@ static int bench_main(int argc, char** argv) {
     });
     report("swiglu_forward", m * i_ * (8 + 4 + 2),
            [&] { k->swiglu_forward(act.data(), gate_up.data(), M, I, rounded.data()); });
-    report("swiglu_forward_rounding_only", m * i_ * (8 + 2),
-           [&] { k->swiglu_forward(nullptr, gate_up.data(), M, I, rounded.data()); });
+    report_both("swiglu_forward_rounding_only", i_ * (8 + 2), [&](Index rows, Index shift) {
+      k->swiglu_forward(nullptr, gate_up.data() + shift, rows, I, rounded.data() + shift);
+    });
     report("swiglu_backward", m * i_ * (8 + 4 + 8 + 4), [&] {
       k->swiglu_backward(d_gate_up.data(), d_act.data(), gate_up.data(), M, I, rounded.data());
     });
-    report("swiglu_backward_rounding_only", m * i_ * (8 + 4 + 4), [&] {
-      k->swiglu_backward(nullptr, d_act.data(), gate_up.data(), M, I, rounded.data());
+    report_both("swiglu_backward_rounding_only", i_ * (8 + 4 + 4), [&](Index rows, Index shift) {
+      k->swiglu_backward(nullptr, d_act.data() + shift, gate_up.data() + shift, rows, I,
+                         rounded.data() + shift);
     });
-    // RMSNorm and SwiGLU (as the seed's layer runs it: its rounding only) one column a thread,
-    // the kernels that the 16-byte paths replaced on the GPU, side by side with them: a pointer
-    // a value off its 16 bytes takes that path (CudaRmsNormQuads.PerThreadByLengthAndAlignment),
-    // and M - 1 rows keep the shifted views inside their buffers.
-    if (M > 1) {
-      const Index M1 = M - 1;
-      const double m1 = static_cast<double>(M1);
-      report("rmsnorm_forward_one_column", m1 * d * (4 + 4 + 2), [&] {
-        k->rmsnorm_forward(h.data() + 1, rstd.data(), x.data() + 1, norm_w.data(), M1, D, 1e-5,
-                           rounded.data() + 1);
-      });
-      report("rmsnorm_backward_one_column", m1 * d * 16, [&] {
-        k->rmsnorm_backward(dx.data() + 1, h.data() + 1, x.data() + 1, rstd.data(), norm_w.data(),
-                            M1, D, true);
-      });
-      report("swiglu_forward_rounding_only_one_column", m1 * i_ * (8 + 2),
-             [&] { k->swiglu_forward(nullptr, gate_up.data() + 1, M1, I, rounded.data() + 1); });
-      report("swiglu_backward_rounding_only_one_column", m1 * i_ * (8 + 4 + 4), [&] {
-        k->swiglu_backward(nullptr, d_act.data() + 1, gate_up.data() + 1, M1, I,
-                           rounded.data() + 1);
-      });
-    }
     // The bf16 residual's rounding (in place, with a copy) and the widening of bf16 values.
     report("round_to_bf16", m * d * (4 + 4 + 2),
            [&] { k->round_to_bf16(x.data(), rounded.data(), M * D); });
