@@ -7,8 +7,10 @@
 // drives them (cuda_kernels.cpp, gemm.cpp, cuda_device.cpp, nccl_communicator.cpp), and that
 // every pointer a kernel, copy, GEMM or collective is given lies in device memory, all against
 // the CPU engine. What it cannot show, so GPU code that only ran here is still unverified:
-//   - NVIDIA's code: cuBLASLt and NCCL are emulated (their documented semantics), cuDNN is
-//     compiled out (bf16 attention on a GPU goes through it).
+//   - NVIDIA's code: cuBLASLt and NCCL are emulated (their documented semantics); cuDNN is
+//     compiled out (bf16 attention on a GPU goes through it), or a stand-in takes its place
+//     (cudnn_standin.cpp), which checks cudnn_attention.hpp's contract and runs the glue
+//     around it, but not cuDNN's graphs, kernels, rounding or limits.
 //   - Concurrency: blocks run one at a time, a block's warps one after another between its
 //     barriers, a warp's lanes one after another between shuffles, in one order or its reverse
 //     (ZEROLORA_EMULATED_ORDER; the tests run both). A race shows where one of the two orders
