@@ -109,6 +109,8 @@ class CudnnAttention {
   bool available(const std::vector<Segment>& segments, Index M, const AttentionShape& shape);
   // What cuDNN said each time it refused a shape ("<key>: <why>"), for the device check.
   const std::vector<std::string>& refusals() const;
+  // Every buffer of both passes holds cudnn_padded_rows(M) rows (ops/cudnn_plan.hpp): an
+  // input's rows past M zero (cuDNN may read them), an output's past M undefined.
   // out [M, H hd] bf16 (=), stats [M, H] fp32 (=), from qkv [M, (H + 2 KV) hd] bf16.
   void forward(Bf16Bits* out, float* stats, const Bf16Bits* qkv,
                const std::vector<Segment>& segments, Index M, const AttentionShape& shape);

@@ -7,12 +7,16 @@
 // things open, so that glue relying on more than the contract fails here:
 //   - inputs: q/k/v [M, (H + 2 KV) hd], O and dO [M, H hd] bf16, the statistics [M, H] fp32,
 //     each cudnn_padded_rows(M) rows (cuDNN may read past the last token): every padding row is
-//     read, through the emulator's range-checked copies, and must be zero (a DeviceError
-//     otherwise);
+//     read, through the emulator's range-checked copies (which end where the buffer's
+//     allocation does), and must be zero (a DeviceError otherwise);
 //   - outputs: O, the statistics and the gradients are written for the first M rows, in the
 //     backward's layout (fused_gradients(backward algorithm): q/k/v's fused columns, row stride
 //     (H + 2 KV) hd; else dense dQ [M, H hd], dK and dV [M, KV hd] at the pointers given); the
-//     output buffers' padding rows are written with NaN, which nothing may read.
+//     output buffers' padding rows are written with NaN, which nothing may read; dense
+//     gradient arrays that overlap are refused (cuDNN writes them in no fixed order).
+// What it cannot test: cudnn_attention.cpp itself (the frontend's graphs, the calls split by
+// segments and heads, the ragged offsets, the statistics' aligned scratch), cuDNN's rounding
+// and sums, its limits and workspace.
 // The arithmetic is the backend's reference kernel with bf16 operands (attention.cu), run on
 // widened copies of the inputs; O, the statistics and the gradients are rounded as cuDNN's
 // are: bf16 O and gradients, fp32 natural-log statistics.
@@ -101,6 +105,7 @@ struct CudnnAttention::Impl {
   AttentionGeometry geometry(const std::vector<Segment>& segments, Index M,
                              const AttentionShape& shape) {
     ZL_CHECK(segments_tile_rows(segments, M));
+    ZL_CHECK(shape.kv_heads > 0 && shape.heads % shape.kv_heads == 0);
     std::vector<std::int32_t> rows(static_cast<std::size_t>(M)), begin, length;
     for (std::size_t s = 0; s < segments.size(); ++s) {
       begin.push_back(static_cast<std::int32_t>(segments[s].begin));
@@ -190,6 +195,20 @@ void CudnnAttention::backward(Bf16Bits* diff_q, Bf16Bits* diff_k, Bf16Bits* diff
     copy_to(s.device, diff_q, rounded_rows(grads, w_qkv, 0, w_qkv, M, rows));
     return;
   }
+  // cuDNN writes the three in no fixed order: arrays that overlap (packed without their padding
+  // rows, say) would read back right or wrong by the order of the writes here.
+  const std::uintptr_t begin[3] = {reinterpret_cast<std::uintptr_t>(diff_q),
+                                   reinterpret_cast<std::uintptr_t>(diff_k),
+                                   reinterpret_cast<std::uintptr_t>(diff_v)};
+  const std::uintptr_t bytes[3] = {static_cast<std::uintptr_t>(rows * w_out) * sizeof(Bf16Bits),
+                                   static_cast<std::uintptr_t>(rows * w_kv) * sizeof(Bf16Bits),
+                                   static_cast<std::uintptr_t>(rows * w_kv) * sizeof(Bf16Bits)};
+  for (int a = 0; a < 3; ++a)
+    for (int b = a + 1; b < 3; ++b)
+      if (begin[a] < begin[b] + bytes[b] && begin[b] < begin[a] + bytes[a])
+        throw DeviceError("cuDNN stand-in: dense gradients " + std::to_string(a) + " and " +
+                          std::to_string(b) + " (dQ, dK, dV) overlap within " +
+                          std::to_string(rows) + " padded rows");
   copy_to(s.device, diff_q, rounded_rows(grads, w_qkv, 0, w_out, M, rows));
   copy_to(s.device, diff_k, rounded_rows(grads, w_qkv, w_out, w_kv, M, rows));
   copy_to(s.device, diff_v, rounded_rows(grads, w_qkv, w_out + w_kv, w_kv, M, rows));
