@@ -14,12 +14,12 @@
 //     (H + 2 KV) hd; else dense dQ [M, H hd], dK and dV [M, KV hd] at the pointers given); the
 //     output buffers' padding rows are written with NaN, which nothing may read; dense
 //     gradient arrays that overlap are refused (cuDNN writes them in no fixed order).
-// What it cannot test: cudnn_attention.cpp itself (the frontend's graphs, the calls split by
-// segments and heads, the ragged offsets, the statistics' aligned scratch), cuDNN's rounding
-// and sums, its limits and workspace.
 // The arithmetic is the backend's reference kernel with bf16 operands (attention.cu), run on
 // widened copies of the inputs; O, the statistics and the gradients are rounded as cuDNN's
 // are: bf16 O and gradients, fp32 natural-log statistics.
+// What it cannot test: cudnn_attention.cpp itself (the frontend's graphs, the calls split by
+// segments and heads, the ragged offsets, the statistics' aligned scratch), cuDNN's rounding
+// and sums, its limits and workspace.
 #include <cstdint>
 #include <limits>
 #include <string>
