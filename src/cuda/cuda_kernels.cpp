@@ -12,6 +12,7 @@
 
 #include "core/error.hpp"
 #include "core/precision.hpp"
+#include "cuda/attention_geometry.hpp"
 #include "cuda/cuda_device.hpp"
 #include "cuda/cuda_lora.hpp"
 #include "cuda/cuda_ops.hpp"
@@ -427,35 +428,11 @@ class CudaKernels final : public Kernels<P> {
                              " is over the " + std::to_string(kMaxHeadDim) + " supported");
   }
 
-  // The batch's segments on the device, uploaded when they differ from the last batch's.
+  // The batch's segments on the device (attention_geometry.hpp).
   AttentionGeometry geometry(const std::vector<Segment>& segments, Index M,
                              const AttentionShape& shape) {
     check_head_dim(shape);
-    // Every row in a segment (the kernels read each row's segment), GQA's groups whole.
-    ZL_CHECK(shape.kv_heads > 0 && shape.heads % shape.kv_heads == 0);
-    ZL_CHECK(segments_tile_rows(segments, M));
-    const bool same = segments.size() == segments_.size() &&
-                      std::equal(segments.begin(), segments.end(), segments_.begin(),
-                                 [](const Segment& a, const Segment& b) {
-                                   return a.begin == b.begin && a.length == b.length;
-                                 });
-    if (!same || M != geometry_rows_) {
-      std::vector<std::int32_t> row_segment(static_cast<std::size_t>(M)), begin, length;
-      for (std::size_t s = 0; s < segments.size(); ++s) {
-        begin.push_back(static_cast<std::int32_t>(segments[s].begin));
-        length.push_back(static_cast<std::int32_t>(segments[s].length));
-        for (Index t = 0; t < segments[s].length; ++t)
-          row_segment[static_cast<std::size_t>(segments[s].begin + t)] =
-              static_cast<std::int32_t>(s);
-      }
-      upload<std::int32_t>(device_, row_segment_, row_segment);
-      upload<std::int32_t>(device_, segment_begin_, begin);
-      upload<std::int32_t>(device_, segment_length_, length);
-      segments_ = segments;
-      geometry_rows_ = M;
-    }
-    return {row_segment_.data(), segment_begin_.data(), segment_length_.data(), M,
-            shape.heads,         shape.kv_heads,        shape.head_dim,         shape.window};
+    return segments_on_device_.geometry(device_, segments, M, shape);
   }
 
   template <class Launch>
@@ -479,8 +456,7 @@ class CudaKernels final : public Kernels<P> {
   DeviceBuffer<unsigned long long> first_;
   const RopeTable* rope_table_ = nullptr;
   Index rope_positions_ = 0, rope_half_ = 0;
-  DeviceBuffer<std::int32_t> row_segment_, segment_begin_, segment_length_;
-  std::vector<Segment> segments_;
+  SegmentsOnDevice segments_on_device_;
   std::vector<std::string> notes_;  // take_notes(): new since the last call
   std::set<std::string> noted_;     // every line said, so that each is said once
   // What the last attention note depended on (note_attention).
@@ -492,7 +468,6 @@ class CudaKernels final : public Kernels<P> {
     bool operator==(const AttentionNoteInputs&) const = default;
   };
   std::optional<AttentionNoteInputs> attention_noted_;
-  Index geometry_rows_ = -1;
 };
 
 }  // namespace

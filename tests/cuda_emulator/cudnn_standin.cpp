@@ -27,6 +27,7 @@
 
 #include "core/bf16.hpp"
 #include "core/error.hpp"
+#include "cuda/attention_geometry.hpp"
 #include "cuda/cuda_ops.hpp"
 #include "cuda/cudnn_attention.hpp"
 
@@ -99,25 +100,12 @@ struct CudnnAttention::Impl {
   CudnnBackward algorithm;
   double dp_cap;  // as the real one reads it, though the stand-in runs every pass in one call
   std::vector<std::string> refusals;  // none: the stand-in takes every supported shape
-  DeviceBuffer<std::int32_t> row_segment, segment_begin, segment_length;
+  SegmentsOnDevice segments_on_device;
   DeviceBuffer<float> qkv, out, lse, diff_out, diff_qkv, delta;
 
   AttentionGeometry geometry(const std::vector<Segment>& segments, Index M,
                              const AttentionShape& shape) {
-    ZL_CHECK(segments_tile_rows(segments, M));
-    ZL_CHECK(shape.kv_heads > 0 && shape.heads % shape.kv_heads == 0);
-    std::vector<std::int32_t> rows(static_cast<std::size_t>(M)), begin, length;
-    for (std::size_t s = 0; s < segments.size(); ++s) {
-      begin.push_back(static_cast<std::int32_t>(segments[s].begin));
-      length.push_back(static_cast<std::int32_t>(segments[s].length));
-      for (Index t = 0; t < segments[s].length; ++t)
-        rows[static_cast<std::size_t>(segments[s].begin + t)] = static_cast<std::int32_t>(s);
-    }
-    upload<std::int32_t>(device, row_segment, rows);
-    upload<std::int32_t>(device, segment_begin, begin);
-    upload<std::int32_t>(device, segment_length, length);
-    return {row_segment.data(), segment_begin.data(), segment_length.data(), M,
-            shape.heads,        shape.kv_heads,       shape.head_dim,        shape.window};
+    return segments_on_device.geometry(device, segments, M, shape);
   }
 
   // A padded bf16 input's first M rows widened (its padding checked zero).
