@@ -127,6 +127,13 @@ static int bench_main(int argc, char** argv) {
   print_kv("tokens", static_cast<double>(M));
 
   auto qkv = random_buffer<float>(dev, M * W3, 6);
+  // Positions within segments of `seq` tokens, and RoPE's table for them.
+  std::vector<std::int32_t> positions_host(static_cast<std::size_t>(M));
+  for (Index i = 0; i < M; ++i) positions_host[i] = static_cast<std::int32_t>(i % seq);
+  DeviceBuffer<std::int32_t> positions;
+  upload<std::int32_t>(dev, positions, positions_host);
+  RopeTable rope(c.rope, c.head_dim);
+  rope.ensure(seq);
 
   if (ops == "all") {  // the memory-bound ops (their buffers made only here)
     auto x = random_buffer<float>(dev, M * D, 1), dx = random_buffer<float>(dev, M * D, 2);
@@ -142,18 +149,10 @@ static int bench_main(int argc, char** argv) {
     auto d_a = random_buffer<float>(dev, rank * D, 13);
     auto d_b = random_buffer<float>(dev, Qd * rank, 14);
     DeviceBuffer<float> z(dev, static_cast<std::size_t>(M * rank));
-    std::vector<std::int32_t> positions_host(static_cast<std::size_t>(M));
     std::vector<std::uint64_t> row_keys_host(static_cast<std::size_t>(M));
-    for (Index i = 0; i < M; ++i) {
-      positions_host[i] = static_cast<std::int32_t>(i % seq);
-      row_keys_host[i] = mix64(static_cast<std::uint64_t>(i));
-    }
-    DeviceBuffer<std::int32_t> positions;
-    upload<std::int32_t>(dev, positions, positions_host);
+    for (Index i = 0; i < M; ++i) row_keys_host[i] = mix64(static_cast<std::uint64_t>(i));
     DeviceBuffer<std::uint64_t> row_keys;
     upload<std::uint64_t>(dev, row_keys, row_keys_host);
-    RopeTable rope(c.rope, c.head_dim);
-    rope.ensure(seq);
 
     // The reference: a copy of as many bytes as SwiGLU's gate_up, read once and written once.
     const double copy_bytes = 2.0 * 4.0 * static_cast<double>(M * 2 * I);
@@ -197,10 +196,11 @@ static int bench_main(int argc, char** argv) {
       k->rmsnorm_backward(dx.data() + shift, h.data() + shift, x.data() + shift, rstd.data(),
                           norm_w.data(), rows, D, true);
     });
-    // RoPE on q and k of the fused rows: read and written in place.
+    // RoPE on q and k of the fused rows (q's heads, then k's, in one call as the layer's): read
+    // and written in place.
     report("rope", m * static_cast<double>(Qd + KVd) * 8, [&] {
-      k->rope_rotate(qkv.data(), positions.data(), rope, M, W3, c.num_heads, false);
-      k->rope_rotate(qkv.data() + Qd, positions.data(), rope, M, W3, c.num_kv_heads, false);
+      k->rope_rotate(qkv.data(), positions.data(), rope, M, W3, c.num_heads + c.num_kv_heads,
+                     false);
     });
     report("swiglu_forward", m * i_ * (8 + 4 + 2),
            [&] { k->swiglu_forward(act.data(), gate_up.data(), M, I, rounded.data()); });
@@ -299,7 +299,8 @@ static int bench_main(int argc, char** argv) {
   DeviceBuffer<float> out(dev, static_cast<std::size_t>(M * Qd)),
       lse(dev, static_cast<std::size_t>(M * c.num_heads)),
       d_qkv(dev, static_cast<std::size_t>(M * W3));
-  DeviceBuffer<bf16> out_rounded(dev, static_cast<std::size_t>(M * Qd));
+  DeviceBuffer<bf16> out_rounded(dev, static_cast<std::size_t>(M * Qd)),
+      d_qkv_rounded(dev, static_cast<std::size_t>(M * W3));
   print_kv("attention_segments", static_cast<double>(segments.size()));
   print_kv("attention_seq", static_cast<double>(seq));
   // Per call: the whole op, and the attention kernels alone (the profiler's attention time on
@@ -327,7 +328,10 @@ static int bench_main(int argc, char** argv) {
   };
   // As the run computes it (on a GPU, cuDNN's where it takes the shape), then on a GPU the
   // backend's own kernel (fused off: what serves fp32 mode and the shapes cuDNN refuses), over
-  // fewer calls. Each backward takes its forward's output and statistics, as the layer's does.
+  // fewer calls. As the layer's, each forward starts with RoPE on q and k (rotating the same
+  // buffer again on every call), and each backward takes its forward's output and statistics
+  // and ends with RoPE's backward and the rounding of d(q/k/v) for the projection.
+  const RopeRotation rotation{positions.data(), &rope};
   for (const bool fused : {true, false}) {
     if (!fused && dev.kind() == DeviceKind::kCpu) break;
     AttentionOptions options;
@@ -336,11 +340,22 @@ static int bench_main(int argc, char** argv) {
     const int calls = fused ? repeats : std::min(repeats, 3);
     report_attention(name + "forward", forward_flops, calls, [&] {
       k->attention_forward(out.data(), out_rounded.data(), lse.data(), qkv.data(), segments, M,
-                           attention, options);
+                           attention, options, &rotation);
     });
     report_attention(name + "backward", 2.5 * forward_flops, calls, [&] {
-      k->attention_backward(d_qkv.data(), d_out.data(), qkv.data(), out.data(), lse.data(),
-                            segments, M, attention, options);
+      k->attention_backward(d_qkv.data(), d_qkv_rounded.data(), d_out.data(), qkv.data(),
+                            out.data(), lse.data(), segments, M, attention, options, &rotation,
+                            AttentionInputs::kAny);
+    });
+    if (!fused) continue;
+    // As the full recompute's backward runs it, right after its forward: on a GPU, with the
+    // copies into cuDNN's layout that the forward left (the difference is those copies).
+    k->attention_forward(out.data(), out_rounded.data(), lse.data(), qkv.data(), segments, M,
+                         attention, options, &rotation);
+    report_attention("attention_backward_after_its_forward", 2.5 * forward_flops, calls, [&] {
+      k->attention_backward(d_qkv.data(), d_qkv_rounded.data(), d_out.data(), qkv.data(),
+                            out.data(), lse.data(), segments, M, attention, options, &rotation,
+                            AttentionInputs::kLastForwards);
     });
   }
   profiler.set_device_clock(nullptr);  // before the clock goes

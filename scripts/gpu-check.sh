@@ -579,7 +579,7 @@ stage estimate_seed_w8 20 estimate_seed_w8
 # token bound: the attention tests against the CPU (a verdict each, in results.txt), then
 # attention alone at the 7B shape beside the deterministic backward (the default). The stage
 # fails only where a run did not complete; the verdicts are attention_<backward>_tests.
-attention_tests='CudaBackend.Bf16AttentionEqualsTheCpuWithinBf16:CudaBackend.CudnnTakesTheRecipesAttentionShapes:CudaBackend.Bf16ModelWithCudnnAttentionEqualsTheCpuWithinItsRounding'
+attention_tests='CudaBackend.Bf16AttentionEqualsTheCpuWithinBf16:CudaBackend.AttentionBackwardAfterItsForwardEqualsTheOneThatCopies:CudaBackend.AttentionThroughRopeEqualsRopeBesideIt:CudaBackend.CudnnTakesTheRecipesAttentionShapes:CudaBackend.Bf16ModelWithCudnnAttentionEqualsTheCpuWithinItsRounding'
 attention_backwards() {
   local backward verdict rc=0
   for backward in deterministic atomic atomic_dense_gradients; do

@@ -17,6 +17,9 @@
 #include "core/precision.hpp"
 #include "core/runtime.hpp"
 #include "cuda/cuda_device.hpp"
+#ifdef ZEROLORA_CUDNN
+#include "cuda/cudnn_attention.hpp"
+#endif
 #include "model/backend.hpp"
 #include "ops/cpu_kernels.hpp"
 #include "test_util.hpp"
@@ -35,6 +38,17 @@ inline std::vector<float> random_values(std::size_t n, std::uint32_t seed, float
   std::vector<float> v(n);
   for (auto& x : v) x = dist(gen);
   return v;
+}
+
+// Whether the GPU's training repeats its bits: its bf16 attention's backward is cuDNN's
+// deterministic one (the default) or the reference kernel; cuDNN's atomic one
+// (ZEROLORA_CUDNN_BACKWARD) repeats to rounding only.
+inline bool attention_backward_repeats() {
+#ifdef ZEROLORA_CUDNN
+  return cuda::cudnn_backward_from_environment() == cuda::CudnnBackward::kDeterministic;
+#else
+  return true;
+#endif
 }
 
 class CudaBackend : public ::testing::Test {

@@ -223,12 +223,14 @@ class CudaKernels final : public Kernels<P> {
     note_once("attention: the GPU's reference kernel (" + why + ")");
   }
 
-  void attention_forward(Act* out, Weight* out_rounded, Act* lse, const Act* qkv,
+  void attention_forward(Act* out, Weight* out_rounded, Act* lse, Act* qkv,
                          const std::vector<Segment>& segments, Index M, const AttentionShape& shape,
-                         const AttentionOptions& options) override {
+                         const AttentionOptions& options, const RopeRotation* rotate) override {
     check_options(options);
+    if (rotate) check_rope_heads(*rotate->table, shape);
     const Index width = shape.heads * shape.head_dim;
 #ifdef ZEROLORA_CUDNN
+    copies_held_ = {};  // until this forward has filled cuDNN's buffers
     const bool cudnn = use_cudnn(segments, M, shape, options);
     note_attention(cudnn, shape, options);
     if (cudnn) {
@@ -237,11 +239,21 @@ class CudaKernels final : public Kernels<P> {
       const Bf16Bits* qkv16 = nullptr;
       Bf16Bits* out16 = nullptr;
       float* stats = nullptr;
-      {  // (the padded buffers' zeroed padding rows included)
+      {  // (the padded buffers' zeroed padding rows, and RoPE, included)
         ProfileScope profile(profiler_, ProfileCategory::kConvert);
         out16 = bits_of(out_bf16_, M, width);
         stats = padded_stats(M, shape.heads);
-        qkv16 = bf16_copy(qkv_bf16_, qkv, M, shape.qkv_stride());
+        if (rotate) {  // q and k rotated as they are copied: one pass
+          const Index w_qkv = shape.qkv_stride();
+          auto* rounded = reinterpret_cast<Bf16Bits*>(zero_padded(qkv_bf16_, M, w_qkv));
+          upload_rope(*rotate->table);
+          cuda::rotate_round(
+              s_, {qkv, rounded, w_qkv, M, shape.heads, shape.kv_heads, shape.head_dim / 2,
+                   rotate->positions, rope_cos_.data(), rope_sin_.data()});
+          qkv16 = rounded;
+        } else {
+          qkv16 = bf16_copy(qkv_bf16_, qkv, M, shape.qkv_stride());
+        }
       }
       {
         ProfileScope profile(profiler_, ProfileCategory::kAttention);
@@ -251,20 +263,28 @@ class CudaKernels final : public Kernels<P> {
       // O is bf16 values: its rounding is cuDNN's output itself, copied as it is widened.
       cuda::widen_bf16(s_, out, out16, M * width, rounded_bits(out_rounded));
       device_.copy(lse, stats, static_cast<std::size_t>(M * shape.heads) * sizeof(float));
+      copies_held_ = {qkv, out, lse, M, shape};
       return;
     }
 #else
     note_attention(false, shape, options);
 #endif
+    // q's and k's heads are consecutive in the fused row: one rotation takes both.
+    if (rotate)
+      rope_rotate(qkv, rotate->positions, *rotate->table, M, shape.qkv_stride(),
+                  shape.heads + shape.kv_heads, false);
     ProfileScope profile(profiler_, ProfileCategory::kAttention);
     cuda::attention_forward(s_, out, lse, qkv, geometry(segments, M, shape),
                             round_operands(shape, options));
     if (out_rounded) cuda::to_bf16(s_, rounded_bits(out_rounded), out, M * width);
   }
-  void attention_backward(Act* diff_qkv, const Act* diff_out, const Act* qkv, const Act* out,
-                          const Act* lse, const std::vector<Segment>& segments, Index M,
-                          const AttentionShape& shape, const AttentionOptions& options) override {
+  void attention_backward(Act* diff_qkv, Weight* diff_qkv_rounded, const Act* diff_out,
+                          const Act* qkv, const Act* out, const Act* lse,
+                          const std::vector<Segment>& segments, Index M,
+                          const AttentionShape& shape, const AttentionOptions& options,
+                          const RopeRotation* rotated, AttentionInputs from) override {
     check_options(options);
+    if (rotated) check_rope_heads(*rotated->table, shape);
 #ifdef ZEROLORA_CUDNN
     if (use_cudnn(segments, M, shape, options)) {
       // Timed apart as in the forward: cuDNN as attention, the layout's copies as convert.
@@ -282,31 +302,59 @@ class CudaKernels final : public Kernels<P> {
         dq16 = bits_of(dqkv_bf16_, M, w_qkv);
         dk16 = dq16 + (fused ? w_out : rows * w_out);
         dv16 = dk16 + (fused ? w_kv : rows * w_kv);
-        stats = padded_stats(M, shape.heads);
-        qkv16 = bf16_copy(qkv_bf16_, qkv, M, w_qkv);
-        out16 = bf16_copy(out_bf16_, out, M, w_out);  // exact: O was bf16 values
+        if (holds_copies_of(from, qkv, out, lse, M, shape)) {
+          // The forward's copies of q/k/v, O and the statistics are still in cuDNN's buffers:
+          // the full recompute's backward saves three passes (0.8 GB a layer at the 7B shape).
+          // O and the statistics were cuDNN's outputs there, their padding rows undefined.
+          qkv16 = reinterpret_cast<const Bf16Bits*>(qkv_bf16_.data());
+          out16 = reinterpret_cast<const Bf16Bits*>(zero_padded(out_bf16_, M, w_out));
+          stats = padded_stats(M, shape.heads);
+        } else {              // the copies a forward with these arguments would have left
+          copies_held_ = {};  // (until they are all made)
+          stats = padded_stats(M, shape.heads);
+          qkv16 = bf16_copy(qkv_bf16_, qkv, M, w_qkv);
+          out16 = bf16_copy(out_bf16_, out, M, w_out);  // exact: O was bf16 values
+          device_.copy(stats, lse, static_cast<std::size_t>(M * shape.heads) * sizeof(float));
+          copies_held_ = {qkv, out, lse, M, shape};
+        }
         dout16 = bf16_copy(dout_bf16_, diff_out, M, w_out);
-        device_.copy(stats, lse, static_cast<std::size_t>(M * shape.heads) * sizeof(float));
       }
       {
         ProfileScope profile(profiler_, ProfileCategory::kAttention);
         cudnn_->backward(dq16, dk16, dv16, dout16, qkv16, out16, stats, segments, M, shape);
       }
       ProfileScope profile(profiler_, ProfileCategory::kConvert);
-      if (fused) {
-        cuda::widen_bf16(s_, diff_qkv, dq16, M * w_qkv);
-        return;
+      Bf16Bits* rounded = rounded_bits(diff_qkv_rounded);
+      if (rotated) {  // (RoPE's backward and the rounding in the widening's one pass)
+        upload_rope(*rotated->table);
+        cuda::unrotate_widen(
+            s_, {diff_qkv, rounded, w_qkv, dq16, dk16, dv16, fused ? w_qkv : w_out,
+                 fused ? w_qkv : w_kv, M, shape.heads, shape.kv_heads, shape.head_dim / 2,
+                 rotated->positions, rope_cos_.data(), rope_sin_.data()});
+      } else if (fused) {
+        cuda::widen_bf16(s_, diff_qkv, dq16, M * w_qkv, rounded);
+      } else {
+        cuda::widen_bf16_columns(s_, diff_qkv, w_qkv, dq16, M, w_out);
+        cuda::widen_bf16_columns(s_, diff_qkv + w_out, w_qkv, dk16, M, w_kv);
+        cuda::widen_bf16_columns(s_, diff_qkv + w_out + w_kv, w_qkv, dv16, M, w_kv);
+        if (rounded) cuda::to_bf16(s_, rounded, diff_qkv, M * w_qkv);
       }
-      cuda::widen_bf16_columns(s_, diff_qkv, w_qkv, dq16, M, w_out);
-      cuda::widen_bf16_columns(s_, diff_qkv + w_out, w_qkv, dk16, M, w_kv);
-      cuda::widen_bf16_columns(s_, diff_qkv + w_out + w_kv, w_qkv, dv16, M, w_kv);
       return;
     }
 #endif
-    ProfileScope profile(profiler_, ProfileCategory::kAttention);
-    float* delta = delta_.ensure(device_, static_cast<std::size_t>(M * shape.heads));
-    cuda::attention_backward(s_, diff_qkv, diff_out, qkv, out, lse, delta,
-                             geometry(segments, M, shape), round_operands(shape, options));
+    {
+      ProfileScope profile(profiler_, ProfileCategory::kAttention);
+      float* delta = delta_.ensure(device_, static_cast<std::size_t>(M * shape.heads));
+      cuda::attention_backward(s_, diff_qkv, diff_out, qkv, out, lse, delta,
+                               geometry(segments, M, shape), round_operands(shape, options));
+    }
+    // q's and k's heads are consecutive in the fused row: one rotation takes both.
+    if (rotated)
+      rope_rotate(diff_qkv, rotated->positions, *rotated->table, M, shape.qkv_stride(),
+                  shape.heads + shape.kv_heads, true);
+    if (!diff_qkv_rounded) return;
+    ProfileScope profile(profiler_, ProfileCategory::kConvert);
+    cuda::to_bf16(s_, rounded_bits(diff_qkv_rounded), diff_qkv, M * shape.qkv_stride());
   }
   void attention_cached(Act* out, const Act* q, Index q_stride, const Act* keys, const Act* values,
                         Index first, Index M, const AttentionShape& shape) override {
@@ -403,9 +451,37 @@ class CudaKernels final : public Kernels<P> {
   float* padded_stats(Index M, Index heads) {
     return zero_padded(stats_, M, heads);
   }
+  // Whether cuDNN's buffers hold the copies of these arguments: the caller's word (`from`) that
+  // they are the last forward's and unchanged, checked against the arguments whose copies the
+  // buffers hold (a word that does not hold is the caller's bug, named here).
+  bool holds_copies_of(AttentionInputs from, const Act* qkv, const Act* out, const Act* lse,
+                       Index M, const AttentionShape& shape) const {
+    if (from != AttentionInputs::kLastForwards) return false;
+    if (!copies_held_.same(qkv, out, lse, M, shape))
+      throw InternalError(
+          "attention_backward: told that its inputs are the last attention forward's, but " +
+          std::string(copies_held_.qkv ? "that forward had other arguments"
+                                       : "no forward through cuDNN has run since"));
+    return true;
+  }
   std::unique_ptr<CudnnAttention> cudnn_;
   DeviceBuffer<bf16> qkv_bf16_, out_bf16_, dout_bf16_, dqkv_bf16_;
   DeviceBuffer<float> stats_;
+  // The arguments whose bf16 copies (q/k/v, O) and statistics qkv_bf16_, out_bf16_ and stats_
+  // hold, written by the last forward through cuDNN or the last backward that copied them (qkv
+  // null: none).
+  struct CopiesHeld {
+    const Act* qkv = nullptr;
+    const Act* out = nullptr;
+    const Act* lse = nullptr;
+    Index M = 0;
+    AttentionShape shape{0, 0, 0};
+    bool same(const Act* q, const Act* o, const Act* l, Index m, const AttentionShape& s) const {
+      return qkv && q == qkv && o == out && l == lse && m == M && s.heads == shape.heads &&
+             s.kv_heads == shape.kv_heads && s.head_dim == shape.head_dim &&
+             s.window == shape.window;
+    }
+  } copies_held_;
 #endif
 
   // Keyed by the table's address, positions and width: a model owns its table for its life.
@@ -422,6 +498,12 @@ class CudaKernels final : public Kernels<P> {
     rope_half_ = table.half();
   }
 
+  // RoPE's table rotates pairs half a head apart: the heads it rotates back are its width.
+  static void check_rope_heads(const RopeTable& table, const AttentionShape& shape) {
+    if (2 * table.half() != shape.head_dim)
+      throw InternalError("attention: a RoPE table of half " + std::to_string(table.half()) +
+                          " for heads of " + std::to_string(shape.head_dim));
+  }
   void check_head_dim(const AttentionShape& shape) const {
     if (shape.head_dim > kMaxHeadDim)
       throw UnsupportedError("CUDA attention: head_dim " + std::to_string(shape.head_dim) +

@@ -54,6 +54,34 @@ void rope_rotate(cudaStream_t s, float* x, const std::int32_t* positions, const 
                  const float* sin_table, Index half, Index M, Index row_stride, Index heads,
                  bool inverse);
 
+// RoPE's backward fused with the widening of cuDNN's attention gradients: dQ, dK and dV (bf16;
+// dQ's rows q_ld apart, dK's and dV's kv_ld) widened into q/k/v's fused fp32 rows (ld apart: q's
+// heads, then k's, then v's), q's and k's heads rotated back (rope_rotate's inverse), and the
+// result's bf16 rounding written to `rounded` (null: none), in one pass (half a head up to 1024
+// columns).
+struct UnrotateWiden {
+  float* dst;
+  Bf16Bits* rounded;
+  Index ld;
+  const Bf16Bits *dq, *dk, *dv;
+  Index q_ld, kv_ld;
+  Index M, heads, kv_heads, half;
+  const std::int32_t* positions;
+  const float *cos_table, *sin_table;
+};
+void unrotate_widen(cudaStream_t s, const UnrotateWiden& a);
+// And the forward's: q's and k's heads of the fused fp32 rows x (ld apart) rotated in place,
+// and every head's bf16 rounding written to `rounded` (rows ld apart: cuDNN's q/k/v copy), in
+// one pass.
+struct RotateRound {
+  float* x;
+  Bf16Bits* rounded;
+  Index ld, M, heads, kv_heads, half;
+  const std::int32_t* positions;
+  const float *cos_table, *sin_table;
+};
+void rotate_round(cudaStream_t s, const RotateRound& a);
+
 // bias.cu (ops/linear.hpp's linear_add_bias): x[m, j] += bias[j], rows `row_stride` apart
 template <class W>
 void add_bias(cudaStream_t s, float* x, Index row_stride, const W* bias, Index M, Index N);

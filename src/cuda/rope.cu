@@ -10,6 +10,18 @@ namespace {
 // several in flight (the compiler cannot move a load above a store that may alias it).
 constexpr int kHeadsPerPass = 4;
 
+// The pair (x[j], x[j + half]) rotated by the angle whose cos is c and sin s (s negated: the
+// backward's inverse rotation), for every kernel here. Each product and sum rounded apart, never
+// fused into an FMA: nvcc's choice of which product to fuse could differ between kernels (a sign
+// known at compile time in one, read at run time in another), and RoPE fused into a copy must
+// give the bits RoPE alone gives.
+__device__ __forceinline__ void rotate(float& a, float& b, float c, float s) {
+  const float rotated_a = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
+  const float rotated_b = __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s));
+  a = rotated_a;
+  b = rotated_b;
+}
+
 __global__ void rope_kernel(float* x, const std::int32_t* positions, const float* cos_table,
                             const float* sin_table, Index half, Index M, Index row_stride,
                             Index heads, float sign) {
@@ -28,15 +40,132 @@ __global__ void rope_kernel(float* x, const std::int32_t* positions, const float
       }
       ZL_UNROLL for (int u = 0; u < kHeadsPerPass; ++u) {
         if (h0 + u < heads) {
-          x1[u * 2 * half] = a[u] * c - b[u] * s;
-          x1[u * 2 * half + half] = b[u] * c + a[u] * s;
+          rotate(a[u], b[u], c, s);
+          x1[u * 2 * half] = a[u];
+          x1[u * 2 * half + half] = b[u];
         }
       }
     }
   }
 }
 
+// RoPE's backward fused with the widening of cuDNN's bf16 gradients (UnrotateWiden): a thread
+// per L columns of a half head (threadIdx.x) of one of q's, k's and v's heads, consecutive in
+// the fused row (threadIdx.y and blockIdx.x), over rows (blockIdx.y).
+template <int L>
+__global__ void unrotate_widen_kernel(UnrotateWiden a) {
+  const Index head = blockIdx.x * static_cast<Index>(blockDim.y) + threadIdx.y;
+  if (head >= a.heads + 2 * a.kv_heads) return;
+  const Index half = a.half, j = threadIdx.x * static_cast<Index>(L);
+  const bool is_q = head < a.heads, rotated = head < a.heads + a.kv_heads;
+  const Bf16Bits* src = is_q ? a.dq : rotated ? a.dk : a.dv;
+  const Index src_ld = is_q ? a.q_ld : a.kv_ld;
+  src += (is_q ? head : rotated ? head - a.heads : head - a.heads - a.kv_heads) * 2 * half + j;
+  for (Index row = blockIdx.y; row < a.M; row += gridDim.y) {
+    const Bf16Lanes<L> low = group<const Bf16Lanes<L>>(src + row * src_ld, 0),
+                       high = group<const Bf16Lanes<L>>(src + row * src_ld + half, 0);
+    FloatLanes<L> x, y;
+    ZL_UNROLL for (int k = 0; k < L; ++k) {
+      x.v[k] = bf16_to_float(low.v[k]);
+      y.v[k] = bf16_to_float(high.v[k]);
+    }
+    if (rotated) {
+      const Index at = static_cast<Index>(a.positions[row]) * half + j;
+      const FloatLanes<L> c = group<const FloatLanes<L>>(a.cos_table + at, 0),
+                          s = group<const FloatLanes<L>>(a.sin_table + at, 0);
+      ZL_UNROLL for (int k = 0; k < L; ++k) rotate(x.v[k], y.v[k], c.v[k], -1.0f * s.v[k]);
+    }
+    float* dst = a.dst + row * a.ld + head * 2 * half + j;
+    group<FloatLanes<L>>(dst, 0) = x;
+    group<FloatLanes<L>>(dst + half, 0) = y;
+    if (!a.rounded) continue;
+    Bf16Lanes<L> x16, y16;
+    ZL_UNROLL for (int k = 0; k < L; ++k) {
+      x16.v[k] = float_to_bf16(x.v[k]);
+      y16.v[k] = float_to_bf16(y.v[k]);
+    }
+    Bf16Bits* rounded = a.rounded + row * a.ld + head * 2 * half + j;
+    group<Bf16Lanes<L>>(rounded, 0) = x16;
+    group<Bf16Lanes<L>>(rounded + half, 0) = y16;
+  }
+}
+
+// RoPE's forward fused with the bf16 copy of q/k/v for cuDNN (RotateRound), launched as
+// unrotate_widen_kernel: q's and k's heads rotated in place, every head's bf16 rounding written.
+template <int L>
+__global__ void rotate_round_kernel(RotateRound a) {
+  const Index head = blockIdx.x * static_cast<Index>(blockDim.y) + threadIdx.y;
+  if (head >= a.heads + 2 * a.kv_heads) return;
+  const Index half = a.half, j = threadIdx.x * static_cast<Index>(L);
+  const bool rotated = head < a.heads + a.kv_heads;
+  for (Index row = blockIdx.y; row < a.M; row += gridDim.y) {
+    float* x = a.x + row * a.ld + head * 2 * half + j;
+    FloatLanes<L> low = group<FloatLanes<L>>(x, 0), high = group<FloatLanes<L>>(x + half, 0);
+    if (rotated) {
+      const Index at = static_cast<Index>(a.positions[row]) * half + j;
+      const FloatLanes<L> c = group<const FloatLanes<L>>(a.cos_table + at, 0),
+                          s = group<const FloatLanes<L>>(a.sin_table + at, 0);
+      ZL_UNROLL for (int k = 0; k < L; ++k) rotate(low.v[k], high.v[k], c.v[k], s.v[k]);
+      group<FloatLanes<L>>(x, 0) = low;
+      group<FloatLanes<L>>(x + half, 0) = high;
+    }
+    Bf16Lanes<L> low16, high16;
+    ZL_UNROLL for (int k = 0; k < L; ++k) {
+      low16.v[k] = float_to_bf16(low.v[k]);
+      high16.v[k] = float_to_bf16(high.v[k]);
+    }
+    Bf16Bits* rounded = a.rounded + row * a.ld + head * 2 * half + j;
+    group<Bf16Lanes<L>>(rounded, 0) = low16;
+    group<Bf16Lanes<L>>(rounded + half, 0) = high16;
+  }
+}
+
+// The two kernels above over q's, k's and v's heads of M rows: a thread per L columns of half a
+// head (threadIdx.x), as many heads a block as make 256 threads (threadIdx.y, then blockIdx.x),
+// a row a block along blockIdx.y (the kernels loop over the rows past 65535). L is 4 where every
+// row's groups of four start aligned (half and the row strides multiples of 4, the pointers
+// aligned; the tables' rows are half long), else 1.
+template <template <int> class Kernel, class Args>
+void launch_over_heads(cudaStream_t s, const Args& a, std::initializer_list<Index> row_strides,
+                       std::initializer_list<const void*> floats,
+                       std::initializer_list<const void*> bf16s) {
+  bool four = a.half % 4 == 0 && quads_aligned(a.half, floats, bf16s);
+  for (const Index stride : row_strides) four = four && stride % 4 == 0;
+  const Index lanes = four ? a.half / 4 : a.half, heads = a.heads + 2 * a.kv_heads;
+  const Index heads_per_block = lanes >= 256 ? 1 : 256 / lanes;
+  const dim3 threads(static_cast<unsigned>(lanes), static_cast<unsigned>(heads_per_block));
+  const dim3 blocks(static_cast<unsigned>((heads + heads_per_block - 1) / heads_per_block),
+                    static_cast<unsigned>(a.M < 65535 ? a.M : 65535));
+  if (four) {
+    ZL_LAUNCH(Kernel<4>::kernel, blocks, threads, s)(a);
+  } else {
+    ZL_LAUNCH(Kernel<1>::kernel, blocks, threads, s)(a);
+  }
+}
+template <int L>
+struct UnrotateWidenKernel {
+  static constexpr auto kernel = &unrotate_widen_kernel<L>;
+};
+template <int L>
+struct RotateRoundKernel {
+  static constexpr auto kernel = &rotate_round_kernel<L>;
+};
+
 }  // namespace
+
+void unrotate_widen(cudaStream_t s, const UnrotateWiden& a) {
+  if (a.M == 0) return;
+  launch_over_heads<UnrotateWidenKernel>(s, a, {a.ld, a.q_ld, a.kv_ld},
+                                         {a.dst, a.cos_table, a.sin_table},
+                                         {a.rounded, a.dq, a.dk, a.dv});
+  check_launch("unrotate_widen", a.M, (a.heads + 2 * a.kv_heads) * 2 * a.half);
+}
+
+void rotate_round(cudaStream_t s, const RotateRound& a) {
+  if (a.M == 0) return;
+  launch_over_heads<RotateRoundKernel>(s, a, {a.ld}, {a.x, a.cos_table, a.sin_table}, {a.rounded});
+  check_launch("rotate_round", a.M, (a.heads + 2 * a.kv_heads) * 2 * a.half);
+}
 
 void rope_rotate(cudaStream_t s, float* x, const std::int32_t* positions, const float* cos_table,
                  const float* sin_table, Index half, Index M, Index row_stride, Index heads,

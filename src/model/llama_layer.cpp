@@ -227,8 +227,11 @@ void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P:
     qkv_z[i] = acts.lora_z[static_cast<int>(kQkvModules[i])].data();
   }
   ops.lora_forward_shared(kQkvModules, qkv_columns, qkv_z, h1, M, d.D, 0);
-  k.rope_rotate(qkv, positions, ctx.rope, M, d.W3, d.H, false);
-  k.rope_rotate(qkv + d.Qd, positions, ctx.rope, M, d.W3, d.KV, false);
+  // RoPE on q's heads, then k's (consecutive in the fused row): by the attention where it runs
+  // here, else by itself (the cache takes rotated keys; the backward reads q and k rotated).
+  const RopeRotation rotation{positions, &ctx.rope};
+  const bool attention_runs = !ctx.cache && !keep.attention_ready;
+  if (!attention_runs) k.rope_rotate(qkv, positions, ctx.rope, M, d.W3, d.H + d.KV, false);
   Weight* attn_rounded = nullptr;  // made only where the attention runs here
   if (ctx.cache) {                 // generation: extend the cache, attend over everything cached
     Act* keys = ctx.cache->keys.data() + ctx.cached * d.KVd;
@@ -239,10 +242,10 @@ void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P:
     dev.copy_rows(values, row, qkv + d.Qd + d.KVd, pitch, row, static_cast<std::size_t>(M));
     k.attention_cached(attn, qkv, d.W3, ctx.cache->keys.data(), ctx.cache->values.data(),
                        ctx.cached, M, d.attention());
-  } else if (!keep.attention_ready) {
+  } else if (attention_runs) {
     attn_rounded = ops.rounded(ws.attn_rounded, M * d.Qd);
     k.attention_forward(attn, attn_rounded, lse, qkv, *ctx.geometry.segments, M, d.attention(),
-                        ctx.options.attention);
+                        ctx.options.attention, &rotation);
   }
   ops.base_forward_residual(x2, x, {attn, attn_rounded}, M, d.D, d.Qd, ops.w(LayerTensor::kO));
   ops.lora_forward_into(LoraModule::kO, Mat<Act>::dense(x2, M, d.D),
@@ -285,7 +288,7 @@ void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P:
 
 template <class P>
 void layer_backward(LayerContext<P>& ctx, typename P::Act* dx, const typename P::Act* x,
-                    LayerActivations<typename P::Act>& acts) {
+                    LayerActivations<typename P::Act>& acts, AttentionInputs attention_inputs) {
   using Act = typename P::Act;
   using Weight = typename P::Weight;
   LayerOps<P> ops(ctx);
@@ -351,13 +354,16 @@ void layer_backward(LayerContext<P>& ctx, typename P::Act* dx, const typename P:
   ops.lora_backward_into(LoraModule::kO, Mat<Act>::dense(d_attn, M, d.Qd),
                          Mat<const Act>::dense(dx, M, d.D),
                          acts.lora_z[static_cast<int>(LoraModule::kO)].data(), acts.attn.data(), 0);
+  // d(q/k/v) before RoPE rotated q and k, and its rounding for the projection (in the norms'
+  // buffer: their copies are spent by now).
   Act* d_qkv = grow(dev, ws.d_qkv, M * d.W3);
-  k.attention_backward(d_qkv, d_attn, acts.qkv.data(), acts.attn.data(), acts.lse.data(),
-                       *ctx.geometry.segments, M, d.attention(), ctx.options.attention);
-  k.rope_rotate(d_qkv, positions, ctx.rope, M, d.W3, d.H, true);
-  k.rope_rotate(d_qkv + d.Qd, positions, ctx.rope, M, d.W3, d.KV, true);
+  Weight* d_qkv_rounded = ops.rounded(ws.h_rounded, M * d.W3);
+  const RopeRotation rotation{positions, &ctx.rope};
+  k.attention_backward(d_qkv, d_qkv_rounded, d_attn, acts.qkv.data(), acts.attn.data(),
+                       acts.lse.data(), *ctx.geometry.segments, M, d.attention(),
+                       ctx.options.attention, &rotation, attention_inputs);
   Act* dh = grow(dev, ws.dh, M * d.D);
-  ops.base_backward(dh, d_qkv, M, d.W3, ops.w(LayerTensor::kQ), d.D);
+  ops.base_backward(dh, {d_qkv, d_qkv_rounded}, M, d.W3, ops.w(LayerTensor::kQ), d.D);
   const Index col[3] = {0, d.Qd, d.Qd + d.KVd}, width[3] = {d.Qd, d.KVd, d.KVd};
   Mat<const Act> d_qkv_columns[3];
   const Act* qkv_z[3];
@@ -374,7 +380,7 @@ void layer_backward(LayerContext<P>& ctx, typename P::Act* dx, const typename P:
   template void layer_forward<P>(LayerContext<P>&, P::Act*, const P::Act*,  \
                                  LayerActivations<P::Act>&, ForwardKeep);   \
   template void layer_backward<P>(LayerContext<P>&, P::Act*, const P::Act*, \
-                                  LayerActivations<P::Act>&);
+                                  LayerActivations<P::Act>&, AttentionInputs);
 ZL_INSTANTIATE_LAYER(Fp32Policy)
 ZL_INSTANTIATE_LAYER(Bf16Policy)
 ZL_INSTANTIATE_LAYER(Fp64Policy)

@@ -81,7 +81,8 @@ struct LayerWorkspace {
   DeviceBuffer<Act> gate_up, act, d_act, d_gate_up, dh, d_attn, d_qkv;
   std::array<DeviceBuffer<Act>, kLoraModuleCount> lora_z;
   // The bf16 policy's GEMM operands, rounded by the ops that make them (kernels.hpp
-  // GemmOperand): the norms' outputs (one buffer: h1's copy is spent when h2's is made), the
+  // GemmOperand): the norms' outputs (one buffer: h1's copy is spent when h2's is made; the
+  // backward's attention gradient d(q/k/v) takes it too, the norms' copies spent by then), the
   // attention's output, SwiGLU's output and its gradient. Unused in the other policies.
   DeviceBuffer<bf16> h_rounded, attn_rounded, act_rounded, d_gate_up_rounded;
 };
@@ -129,9 +130,13 @@ void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P:
                    LayerActivations<typename P::Act>& acts, ForwardKeep keep = {});
 
 // dx [M, D]: on entry d(out), on exit d(x) (residual stream, updated in place).
-// LoRA gradients accumulate into ctx.lora.view.grads.
+// LoRA gradients accumulate into ctx.lora.view.grads. attention_inputs: kLastForwards where
+// the layer's forward has just run on acts, its attention included, and nothing since has
+// run an attention on ctx.kernels (the full recompute), so that the kernels may use the copies
+// they made of acts.qkv, acts.attn and acts.lse then (Kernels::attention_backward).
 template <class P>
 void layer_backward(LayerContext<P>& ctx, typename P::Act* dx, const typename P::Act* x,
-                    LayerActivations<typename P::Act>& acts);
+                    LayerActivations<typename P::Act>& acts,
+                    AttentionInputs attention_inputs = AttentionInputs::kAny);
 
 }  // namespace zerolora

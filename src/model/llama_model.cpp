@@ -478,10 +478,12 @@ void LlamaModel<P>::layer_backward_pass(LayerContext<P>& ctx, int layer) {
     return;
   }
   swap_kept(working_, own, level);  // the working set takes back what the layer kept
-  layer_forward<P>(ctx, nullptr, x, working_,
-                   {.attention_ready = level != Recompute::kFull,
-                    .mlp_ready = level == Recompute::kAttentionMlp});
-  layer_backward<P>(ctx, residual_grad_.data(), x, working_);
+  const bool attention_reruns = level == Recompute::kFull;
+  layer_forward<P>(
+      ctx, nullptr, x, working_,
+      {.attention_ready = !attention_reruns, .mlp_ready = level == Recompute::kAttentionMlp});
+  layer_backward<P>(ctx, residual_grad_.data(), x, working_,
+                    attention_reruns ? AttentionInputs::kLastForwards : AttentionInputs::kAny);
 }
 
 template <class P>

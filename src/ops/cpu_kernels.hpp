@@ -44,12 +44,14 @@ class CpuKernels final : public Kernels<P> {
   void lora_backward(Mat<Act> diff_src, Act* diff_a, Act* diff_b, Mat<const Act> diff_dst,
                      const Act* z, Mat<const Act> src, const Act* a, const Act* b, Index rank,
                      double scale, const DropoutMask& dropout) override;
-  void attention_forward(Act* out, Weight* out_rounded, Act* lse, const Act* qkv,
+  void attention_forward(Act* out, Weight* out_rounded, Act* lse, Act* qkv,
                          const std::vector<Segment>& segments, Index M, const AttentionShape& shape,
-                         const AttentionOptions& options) override;
-  void attention_backward(Act* diff_qkv, const Act* diff_out, const Act* qkv, const Act* out,
-                          const Act* lse, const std::vector<Segment>& segments, Index M,
-                          const AttentionShape& shape, const AttentionOptions& options) override;
+                         const AttentionOptions& options, const RopeRotation* rotate) override;
+  void attention_backward(Act* diff_qkv, Weight* diff_qkv_rounded, const Act* diff_out,
+                          const Act* qkv, const Act* out, const Act* lse,
+                          const std::vector<Segment>& segments, Index M,
+                          const AttentionShape& shape, const AttentionOptions& options,
+                          const RopeRotation* rotated, AttentionInputs from) override;
   void attention_cached(Act* out, const Act* q, Index q_stride, const Act* keys, const Act* values,
                         Index first, Index M, const AttentionShape& shape) override;
   void round_to_bf16(Act* x, bf16* copy, Index n) override;

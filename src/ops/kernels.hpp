@@ -46,6 +46,19 @@ void refuse_rounded_copy(const void* rounded) {
                         " policy, whose GEMM operands are its activations");
 }
 
+// The RoPE of q and k in an attention (attention_forward's `rotate`, attention_backward's
+// `rotated` below): `positions` on the device, the table on the host, as rope_rotate takes them.
+struct RopeRotation {
+  const std::int32_t* positions;
+  const RopeTable* table;
+};
+
+// What attention_backward may assume of its qkv, out and lse (its `from` below).
+enum class AttentionInputs {
+  kAny,           // nothing: whatever the caller has
+  kLastForwards,  // the last attention_forward's inputs and outputs, unchanged since
+};
+
 // linear_forward_residual's contract: dst dense, the residual apart from it.
 template <class Act>
 void check_residual_operands(Mat<Act> dst, const Act* residual) {
@@ -142,14 +155,26 @@ class Kernels {
                     br.dropout);
   }
 
-  // ops/attention.hpp: segments on the host; out_rounded as a producer's `rounded` above
-  virtual void attention_forward(Act* out, Weight* out_rounded, Act* lse, const Act* qkv,
+  // ops/attention.hpp: segments on the host; out_rounded as a producer's `rounded` above.
+  // `rotate` (null: none): the RoPE that rotates q's and k's heads of qkv in place first (as
+  // rope_rotate; a GPU does it as it copies q/k/v to bf16 for cuDNN).
+  virtual void attention_forward(Act* out, Weight* out_rounded, Act* lse, Act* qkv,
                                  const std::vector<Segment>& segments, Index M,
-                                 const AttentionShape& shape, const AttentionOptions& options) = 0;
-  virtual void attention_backward(Act* diff_qkv, const Act* diff_out, const Act* qkv,
-                                  const Act* out, const Act* lse,
+                                 const AttentionShape& shape, const AttentionOptions& options,
+                                 const RopeRotation* rotate) = 0;
+  // `rotated` (null: none): the RoPE that rotated q and k before the attention; diff_qkv then
+  // ends as the gradient of q/k/v before it (rope_rotate's inverse on q's and k's heads, which
+  // a GPU applies as it widens cuDNN's gradients). diff_qkv_rounded: as a producer's `rounded`
+  // above, the rounding of diff_qkv as it ends. `from`: whether qkv, out and lse are the inputs
+  // and outputs of the last attention_forward this object ran, unchanged since (a layer's full
+  // recompute runs its forward right before its backward); a backend that keeps its own copies
+  // of them (the GPU's bf16 copies in cuDNN's layout) then uses those rather than make them
+  // again.
+  virtual void attention_backward(Act* diff_qkv, Weight* diff_qkv_rounded, const Act* diff_out,
+                                  const Act* qkv, const Act* out, const Act* lse,
                                   const std::vector<Segment>& segments, Index M,
-                                  const AttentionShape& shape, const AttentionOptions& options) = 0;
+                                  const AttentionShape& shape, const AttentionOptions& options,
+                                  const RopeRotation* rotated, AttentionInputs from) = 0;
   virtual void attention_cached(Act* out, const Act* q, Index q_stride, const Act* keys,
                                 const Act* values, Index first, Index M,
                                 const AttentionShape& shape) = 0;

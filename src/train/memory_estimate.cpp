@@ -308,14 +308,16 @@ double head_chunk(const Dims& x) {
 }
 
 // bf16 only: the layer workspace's copies of GEMM operands that the ops making them round as
-// they write (model/llama_layer.hpp LayerWorkspace): the forward's, a norm's output [M, D], the
-// attention's [M, Qd] and SwiGLU's output [chunk, I]; the backward's, SwiGLU's gradient
-// [chunk, 2I].
+// they write (model/llama_layer.hpp LayerWorkspace): the forward's, a norm's output [M, D] (in
+// the buffer where training's backward rounds the attention's d(q/k/v) [M, W3]), the attention's
+// [M, Qd] and SwiGLU's output [chunk, I]; the backward's, SwiGLU's gradient [chunk, 2I].
 double producer_rounded_bytes(const MemoryScenario& s, const Passes& p) {
   if (!s.bf16) return 0.0;
+  const double norms = p.larger(2.0 * p.train.M * std::max(p.train.D, p.train.W3),
+                                [](const Dims& x) { return 2.0 * x.M * x.D; });
   const double forward =
-      p.both([](const Dims& x) { return 2.0 * (x.M * x.D + x.M * x.Qd + mlp_chunk(x) * x.I); });
-  return forward + 2.0 * mlp_chunk(p.train) * 2 * p.train.I;
+      p.both([](const Dims& x) { return 2.0 * (x.M * x.Qd + mlp_chunk(x) * x.I); });
+  return norms + forward + 2.0 * mlp_chunk(p.train) * 2 * p.train.I;
 }
 
 // The CPU kernels' buffers (ops/): attention's packed heads and per-thread tiles, MLP chunks,
@@ -357,9 +359,9 @@ void add_cpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& 
                [&](const Dims& x) { return !act_values ? 4.0 * mlp_chunk(x) * I : 0.0; });
   const double gradients = 4.0 * (std::max(chunk, M) * D + M * Qd + M * W3 +
                                   M * D);  // dh, d_attn, d_qkv, residual: the backward's
-  // The backward's rounded gradients (the forward's operands come rounded by their producers,
-  // the head's in its own item).
-  const double operands = s.bf16 ? 2.0 * std::max({M * D, M * W3, M * Qd, chunk * 2 * I}) : 0.0;
+  // The backward's rounded gradients (the forward's operands and d(q/k/v) come rounded by their
+  // producers, the head's in its own item).
+  const double operands = s.bf16 ? 2.0 * std::max({M * D, M * Qd, chunk * 2 * I}) : 0.0;
   // ops/lora_branch.hpp: fused ranks keep dz (the backward's) and a row per thread; larger
   // ones a dropped copy.
   const double lora_scratch =
@@ -410,10 +412,9 @@ void add_gpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& 
   if (s.bf16) {
     // The forward rounds only the final norm's output into it (the layers' operands come
     // rounded by their producers); the backward its gradients.
-    e.items.push_back(
-        {"bf16 GEMM operands (one shared buffer)",
-         p.larger(2.0 * std::max({M * std::max({D, Qd, W3}), chunk * 2 * I, head * V}),
-                  [&](const Dims& x) { return 2.0 * head_chunk(x) * D; })});
+    e.items.push_back({"bf16 GEMM operands (one shared buffer)",
+                       p.larger(2.0 * std::max({M * std::max(D, Qd), chunk * 2 * I, head * V}),
+                                [&](const Dims& x) { return 2.0 * head_chunk(x) * D; })});
     e.items.push_back(
         {"bf16 GEMM operands rounded by the ops that make them", producer_rounded_bytes(s, p)});
   }

@@ -248,6 +248,17 @@ inline unsigned __float_as_uint(float f) {
 inline float __expf(float x) {
   return std::exp(x);
 }
+// Arithmetic rounded after each operation, which nvcc never fuses into an FMA (the kernels'
+// sources are built with -ffp-contract=off here: CMakeLists.txt).
+inline float __fmul_rn(float a, float b) {
+  return a * b;
+}
+inline float __fadd_rn(float a, float b) {
+  return a + b;
+}
+inline float __fsub_rn(float a, float b) {
+  return a - b;
+}
 
 // Whether a kernel argument may reach the kernel: pointers must be null or device memory.
 template <class T>
