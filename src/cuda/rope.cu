@@ -49,6 +49,20 @@ __global__ void rope_kernel(float* x, const std::int32_t* positions, const float
   }
 }
 
+// The bf16 rounding of L values of a pair's two halves, stored at `rounded` and half on.
+template <int L>
+__device__ __forceinline__ void store_rounding(Bf16Bits* rounded, Index half,
+                                               const FloatLanes<L>& low,
+                                               const FloatLanes<L>& high) {
+  Bf16Lanes<L> low16, high16;
+  ZL_UNROLL for (int k = 0; k < L; ++k) {
+    low16.v[k] = float_to_bf16(low.v[k]);
+    high16.v[k] = float_to_bf16(high.v[k]);
+  }
+  group<Bf16Lanes<L>>(rounded, 0) = low16;
+  group<Bf16Lanes<L>>(rounded + half, 0) = high16;
+}
+
 // RoPE's backward fused with the widening of cuDNN's bf16 gradients (UnrotateWiden): a thread
 // per L columns of a half head (threadIdx.x) of one of q's, k's and v's heads, consecutive in
 // the fused row (threadIdx.y and blockIdx.x), over rows (blockIdx.y).
@@ -78,15 +92,7 @@ __global__ void unrotate_widen_kernel(UnrotateWiden a) {
     float* dst = a.dst + row * a.ld + head * 2 * half + j;
     group<FloatLanes<L>>(dst, 0) = x;
     group<FloatLanes<L>>(dst + half, 0) = y;
-    if (!a.rounded) continue;
-    Bf16Lanes<L> x16, y16;
-    ZL_UNROLL for (int k = 0; k < L; ++k) {
-      x16.v[k] = float_to_bf16(x.v[k]);
-      y16.v[k] = float_to_bf16(y.v[k]);
-    }
-    Bf16Bits* rounded = a.rounded + row * a.ld + head * 2 * half + j;
-    group<Bf16Lanes<L>>(rounded, 0) = x16;
-    group<Bf16Lanes<L>>(rounded + half, 0) = y16;
+    if (a.rounded) store_rounding(a.rounded + row * a.ld + head * 2 * half + j, half, x, y);
   }
 }
 
@@ -109,14 +115,7 @@ __global__ void rotate_round_kernel(RotateRound a) {
       group<FloatLanes<L>>(x, 0) = low;
       group<FloatLanes<L>>(x + half, 0) = high;
     }
-    Bf16Lanes<L> low16, high16;
-    ZL_UNROLL for (int k = 0; k < L; ++k) {
-      low16.v[k] = float_to_bf16(low.v[k]);
-      high16.v[k] = float_to_bf16(high.v[k]);
-    }
-    Bf16Bits* rounded = a.rounded + row * a.ld + head * 2 * half + j;
-    group<Bf16Lanes<L>>(rounded, 0) = low16;
-    group<Bf16Lanes<L>>(rounded + half, 0) = high16;
+    store_rounding(a.rounded + row * a.ld + head * 2 * half + j, half, low, high);
   }
 }
 
