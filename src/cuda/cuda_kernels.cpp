@@ -269,10 +269,7 @@ class CudaKernels final : public Kernels<P> {
 #else
     note_attention(false, shape, options);
 #endif
-    // q's and k's heads are consecutive in the fused row: one rotation takes both.
-    if (rotate)
-      rope_rotate(qkv, rotate->positions, *rotate->table, M, shape.qkv_stride(),
-                  shape.heads + shape.kv_heads, false);
+    if (rotate) this->rope_rotate_qk(qkv, *rotate, M, shape, false);
     ProfileScope profile(profiler_, ProfileCategory::kAttention);
     cuda::attention_forward(s_, out, lse, qkv, geometry(segments, M, shape),
                             round_operands(shape, options));
@@ -348,10 +345,7 @@ class CudaKernels final : public Kernels<P> {
       cuda::attention_backward(s_, diff_qkv, diff_out, qkv, out, lse, delta,
                                geometry(segments, M, shape), round_operands(shape, options));
     }
-    // q's and k's heads are consecutive in the fused row: one rotation takes both.
-    if (rotated)
-      rope_rotate(diff_qkv, rotated->positions, *rotated->table, M, shape.qkv_stride(),
-                  shape.heads + shape.kv_heads, true);
+    if (rotated) this->rope_rotate_qk(diff_qkv, *rotated, M, shape, true);
     if (!diff_qkv_rounded) return;
     ProfileScope profile(profiler_, ProfileCategory::kConvert);
     cuda::to_bf16(s_, rounded_bits(diff_qkv_rounded), diff_qkv, M * shape.qkv_stride());

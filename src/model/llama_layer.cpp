@@ -231,7 +231,7 @@ void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P:
   // here, else by itself (the cache takes rotated keys; the backward reads q and k rotated).
   const RopeRotation rotation{positions, &ctx.rope};
   const bool attention_runs = !ctx.cache && !keep.attention_ready;
-  if (!attention_runs) k.rope_rotate(qkv, positions, ctx.rope, M, d.W3, d.H + d.KV, false);
+  if (!attention_runs) k.rope_rotate_qk(qkv, rotation, M, d.attention(), false);
   Weight* attn_rounded = nullptr;  // made only where the attention runs here
   if (ctx.cache) {                 // generation: extend the cache, attend over everything cached
     Act* keys = ctx.cache->keys.data() + ctx.cached * d.KVd;

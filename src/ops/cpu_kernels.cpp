@@ -142,10 +142,7 @@ void CpuKernels<P>::attention_forward(Act* out, Weight* out_rounded, Act* lse, A
                                       const std::vector<Segment>& segments, Index M,
                                       const AttentionShape& shape, const AttentionOptions& options,
                                       const RopeRotation* rotate) {
-  // q's and k's heads are consecutive in the fused row: one rotation takes both.
-  if (rotate)
-    rope_rotate(qkv, rotate->positions, *rotate->table, M, shape.qkv_stride(),
-                shape.heads + shape.kv_heads, false);
+  if (rotate) this->rope_rotate_qk(qkv, *rotate, M, shape, false);
   zerolora::attention_forward<Act, Weight>(rt_, out, lse, qkv, segments, M, shape, options,
                                            attention_);
   write_rounded(out_rounded, out, M * shape.heads * shape.head_dim);
@@ -160,10 +157,7 @@ void CpuKernels<P>::attention_backward(Act* diff_qkv, Weight* diff_qkv_rounded, 
                                        AttentionInputs /*from: the CPU keeps no copies*/) {
   zerolora::attention_backward<Act, Weight>(rt_, diff_qkv, diff_out, qkv, out, lse, segments, M,
                                             shape, options, attention_);
-  // q's and k's heads are consecutive in the fused row: one rotation takes both.
-  if (rotated)
-    rope_rotate(diff_qkv, rotated->positions, *rotated->table, M, shape.qkv_stride(),
-                shape.heads + shape.kv_heads, true);
+  if (rotated) this->rope_rotate_qk(diff_qkv, *rotated, M, shape, true);
   write_rounded(diff_qkv_rounded, diff_qkv, M * shape.qkv_stride());
 }
 

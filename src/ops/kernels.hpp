@@ -108,6 +108,13 @@ class Kernels {
   // ops/rope.hpp: `positions` on the device, the table on the host
   virtual void rope_rotate(Act* x, const std::int32_t* positions, const RopeTable& table, Index M,
                            Index row_stride, Index heads, bool inverse) = 0;
+  // RoPE on q's and k's heads of fused q/k/v rows (consecutive in the row: one rotation takes
+  // both), as the attention runs it.
+  void rope_rotate_qk(Act* qkv, const RopeRotation& rope, Index M, const AttentionShape& shape,
+                      bool inverse) {
+    rope_rotate(qkv, rope.positions, *rope.table, M, shape.qkv_stride(),
+                shape.heads + shape.kv_heads, inverse);
+  }
   // ops/swiglu.hpp. dst (diff_gate_up) null: only the rounded copy is wanted, the projection's
   // operand where no LoRA branch reads the fp32 values (a GPU then writes no fp32 values at all).
   virtual void swiglu_forward(Act* dst, const Act* gate_up, Index M, Index I, Weight* rounded) = 0;
