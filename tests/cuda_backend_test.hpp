@@ -1,7 +1,8 @@
-// The CudaBackend fixture of the CUDA tests (test_cuda_ops.cpp, test_cuda_lora.cpp,
-// test_cuda_model.cpp, test_cuda_runtime.cpp): a GPU runtime beside a CPU one, device copies of
-// host values that the fixture keeps alive, and the bound of one fp32 op. Where this process sees
-// no GPU (CI, the development machines) every test of the fixture is skipped, saying why.
+// The CudaBackend fixture of the CUDA tests (test_cuda_ops.cpp, test_cuda_attention.cpp,
+// test_cuda_lora.cpp, test_cuda_model.cpp, test_cuda_runtime.cpp): a GPU runtime beside a CPU
+// one, device copies of host values that the fixture keeps alive, and the bound of one fp32 op.
+// Where this process sees no GPU (CI, the development machines) every test of the fixture is
+// skipped, saying why.
 #pragma once
 
 #include <gtest/gtest.h>
