@@ -239,12 +239,13 @@ static int bench_main(int argc, char** argv) {
                          lora_b.data(), rank, 4.0, mask);
       });
     }
-    // The seed's q, k and v branches (dropout on), which share x and dx: as the layer runs them
-    // (kernels.hpp lora_*_shared: on the GPU the forward one by one, the backward one group, x
-    // read once for their dA, dx read and written once) and, for the backward, one by one, for
-    // the same least bytes (the forward reads x once and reads and writes the q/k/v columns; the
-    // backward reads those columns' gradients twice, x once, and reads and writes dx), so that
-    // the two rates compare as the times do. (A grouped forward, x read once for the three z,
+    // The seed's q, k and v branches (dropout on), which share x and dx: as kernels.hpp's
+    // lora_*_shared run them (on the GPU the forward one by one, the backward one group, x read
+    // once for their dA, dx read and written once; where the attention runs, the layer's forward
+    // is their three lora_project and attention_forward_with_lora below) and, for the backward,
+    // one by one, for the same least bytes (the forward reads x once and reads and writes the
+    // q/k/v columns; the backward reads those columns' gradients twice, x once, and reads and
+    // writes dx), so that the two rates compare as the times do. (A grouped forward, x read once for the three z,
     // ran slower than one by one on an H100, 2026-12-06: cuda/lora.cu.)
     {
       DeviceBuffer<float> z3(dev, static_cast<std::size_t>(3 * M * rank));
@@ -340,7 +341,7 @@ static int bench_main(int argc, char** argv) {
     const int calls = fused ? repeats : std::min(repeats, 3);
     report_attention(name + "forward", forward_flops, calls, [&] {
       k->attention_forward(out.data(), out_rounded.data(), lse.data(), qkv.data(), segments, M,
-                           attention, options, &rotation);
+                           attention, options, nullptr, &rotation);
     });
     report_attention(name + "backward", 2.5 * forward_flops, calls, [&] {
       k->attention_backward(d_qkv.data(), d_qkv_rounded.data(), d_out.data(), qkv.data(),
@@ -348,10 +349,34 @@ static int bench_main(int argc, char** argv) {
                             AttentionInputs::kAny);
     });
     if (!fused) continue;
+    // As the layer runs it where q, k and v have LoRA branches (the seed's, rank 4): their
+    // expansions, z made beforehand (lora_project's), added to q/k/v first (on a GPU with cuDNN
+    // in the pass that rotates and copies them; else by lora_expand). Against attention_forward
+    // and the three expansions (lora_qkv_forward less three lora_project), what that pass saves.
+    {
+      const Index rank = 4, qd = c.num_heads * c.head_dim, kvd = c.num_kv_heads * c.head_dim;
+      const Index width[3] = {qd, kvd, kvd};
+      std::vector<DeviceBuffer<float>> buffers;
+      QkvLoraExpansions<float> lora;
+      for (int b = 0; b < 3; ++b) {
+        const auto seed = static_cast<std::uint32_t>(40 + 2 * b);
+        lora.z[b] = buffers.emplace_back(random_buffer<float>(dev, M * rank, seed)).data();
+        lora.b[b] =
+            buffers.emplace_back(random_buffer<float>(dev, width[b] * rank, seed + 1, 0.1f)).data();
+      }
+      lora.rank = rank;
+      lora.scale = 4.0;
+      // (each call adds to the same q/k/v again, as the RoPE rows rotate them again: the values
+      // drift, the work does not)
+      report_attention("attention_forward_with_lora", forward_flops, calls, [&] {
+        k->attention_forward(out.data(), out_rounded.data(), lse.data(), qkv.data(), segments, M,
+                             attention, options, &lora, &rotation);
+      });
+    }
     // As the full recompute's backward runs it, right after its forward: on a GPU, with the
     // copies into cuDNN's layout that the forward left (the difference is those copies).
     k->attention_forward(out.data(), out_rounded.data(), lse.data(), qkv.data(), segments, M,
-                         attention, options, &rotation);
+                         attention, options, nullptr, &rotation);
     report_attention("attention_backward_after_its_forward", 2.5 * forward_flops, calls, [&] {
       k->attention_backward(d_qkv.data(), d_qkv_rounded.data(), d_out.data(), qkv.data(),
                             out.data(), lse.data(), segments, M, attention, options, &rotation,

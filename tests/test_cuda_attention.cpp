@@ -1,7 +1,8 @@
 // The CUDA backend's attention against the CPU engine's: over several segments with GQA in fp32
 // within kFp32Op; bf16 (cuDNN's fused attention where the build has it, the stand-in's on the
 // emulator) within bf16's error; the full recompute's backward taking its forward's copies; RoPE
-// inside the attention against RoPE beside it; the note of which attention runs.
+// and q/k/v's LoRA expansions inside the attention against them beside it; the note of which
+// attention runs.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "core/bf16.hpp"
+#include "core/profiler.hpp"
 #include "cuda/cuda_device.hpp"
 #ifdef ZEROLORA_CUDNN
 #include "cuda/cudnn_attention.hpp"
@@ -50,8 +52,8 @@ TEST_F(CudaBackend, AttentionOverSegmentsWithGqaEqualsTheCpu) {
           *gdout = on_gpu(dout);
     AttentionOptions options;
     cpu_kernels_->attention_forward(out.data(), nullptr, lse.data(), qkv.data(), segments, M, shape,
-                                    options, nullptr);
-    gpu_kernels_->attention_forward(gout, nullptr, glse, gqkv, segments, M, shape, options,
+                                    options, nullptr, nullptr);
+    gpu_kernels_->attention_forward(gout, nullptr, glse, gqkv, segments, M, shape, options, nullptr,
                                     nullptr);
     expect_close(to_host(gout, out.size()), out, "attention out");
     expect_close(to_host(glse, lse.size()), lse, "attention lse");
@@ -140,9 +142,9 @@ TEST_F(CudaBackend, Bf16AttentionEqualsTheCpuWithinBf16) {
       AttentionOptions options;
       bf16* gout_rounded = on_gpu(std::vector<bf16>(out.size()));
       cpu_bf16.attention_forward(out.data(), nullptr, lse.data(), qkv.data(), segments, M, shape,
-                                 options, nullptr);
+                                 options, nullptr, nullptr);
       gpu_bf16->attention_forward(gout, gout_rounded, glse, gqkv, segments, M, shape, options,
-                                  nullptr);
+                                  nullptr, nullptr);
       const std::vector<float> gpu_out = to_host(gout, out.size());
       EXPECT_LT(norm_error(gpu_out, out), 1e-2) << "out hd=" << shape.head_dim;
       expect_rounding_of(to_host(gout_rounded, out.size()), gpu_out, "attention out");
@@ -191,7 +193,8 @@ TEST_F(CudaBackend, AttentionBackwardAfterItsForwardEqualsTheOneThatCopies) {
                                  options, nullptr, from);
     return to_host(gdqkv, qkv.size());
   };
-  gpu_bf16->attention_forward(gout, nullptr, glse, gqkv, segments, M, shape, options, nullptr);
+  gpu_bf16->attention_forward(gout, nullptr, glse, gqkv, segments, M, shape, options, nullptr,
+                              nullptr);
   const std::vector<float> reusing = backward(AttentionInputs::kLastForwards);
   const std::vector<float> copying = backward(AttentionInputs::kAny);
 #ifdef ZEROLORA_CUDNN
@@ -203,11 +206,12 @@ TEST_F(CudaBackend, AttentionBackwardAfterItsForwardEqualsTheOneThatCopies) {
     EXPECT_LT(norm_error(reusing, copying), 1e-2) << "the atomic backward repeats to rounding";
   }
   float* gother_qkv = on_gpu(random_values(qkv.size(), 22, 2.0f));
-  gpu_bf16->attention_forward(gout, nullptr, glse, gother_qkv, segments, M, shape, options,
+  gpu_bf16->attention_forward(gout, nullptr, glse, gother_qkv, segments, M, shape, options, nullptr,
                               nullptr);
   EXPECT_THROW(backward(AttentionInputs::kLastForwards), InternalError) << "other arguments";
   options.fused = false;  // the reference kernel: cuDNN's buffers no longer the last forward's
-  gpu_bf16->attention_forward(gout, nullptr, glse, gqkv, segments, M, shape, options, nullptr);
+  gpu_bf16->attention_forward(gout, nullptr, glse, gqkv, segments, M, shape, options, nullptr,
+                              nullptr);
   options.fused = true;
   EXPECT_THROW(backward(AttentionInputs::kLastForwards), InternalError) << "no cuDNN forward";
 #else
@@ -263,9 +267,10 @@ TEST_F(CudaBackend, AttentionThroughRopeEqualsRopeBesideIt) {
           *glse = on_gpu(std::vector<float>(static_cast<std::size_t>(shape.heads * M)));
     gpu_bf16->rope_rotate_qk(gqkv_before, gpu_rope, M, shape, false);
     gpu_bf16->attention_forward(gout, nullptr, glse, gqkv_before, segments, M, shape, options,
-                                nullptr);
+                                nullptr, nullptr);
     const std::vector<float> out_after = to_host(gout, M * width);
-    gpu_bf16->attention_forward(gout, nullptr, glse, gqkv, segments, M, shape, options, &gpu_rope);
+    gpu_bf16->attention_forward(gout, nullptr, glse, gqkv, segments, M, shape, options, nullptr,
+                                &gpu_rope);
     EXPECT_EQ(to_host(gqkv, n), to_host(gqkv_before, n)) << "q and k rotated in place";
     const std::vector<float> out_through = to_host(gout, M * width);
     EXPECT_EQ(out_through, out_after) << "the forward";
@@ -274,9 +279,9 @@ TEST_F(CudaBackend, AttentionThroughRopeEqualsRopeBesideIt) {
         cpu_lse(static_cast<std::size_t>(shape.heads * M));
     cpu_bf16.rope_rotate_qk(cpu_qkv_before.data(), host_rope, M, shape, false);
     cpu_bf16.attention_forward(cpu_out_after.data(), nullptr, cpu_lse.data(), cpu_qkv_before.data(),
-                               segments, M, shape, options, nullptr);
+                               segments, M, shape, options, nullptr, nullptr);
     cpu_bf16.attention_forward(cpu_out.data(), nullptr, cpu_lse.data(), cpu_qkv.data(), segments, M,
-                               shape, options, &host_rope);
+                               shape, options, nullptr, &host_rope);
     EXPECT_EQ(cpu_qkv, cpu_qkv_before);
     EXPECT_EQ(cpu_out, cpu_out_after);
     EXPECT_LT(norm_error(out_through, cpu_out), 1e-2) << "the forward against the CPU";
@@ -322,8 +327,9 @@ TEST_F(CudaBackend, AttentionThroughRopeEqualsRopeBesideIt) {
   float *gqkv = on_gpu(qkv), *gout = on_gpu(out), *glse = on_gpu(lse), *gdout = on_gpu(dout),
         *gdqkv = on_gpu(dqkv);
   cpu_kernels_->attention_forward(out.data(), nullptr, lse.data(), qkv.data(), segments, M, shape,
-                                  {}, &host_rope);
-  gpu_kernels_->attention_forward(gout, nullptr, glse, gqkv, segments, M, shape, {}, &gpu_rope);
+                                  {}, nullptr, &host_rope);
+  gpu_kernels_->attention_forward(gout, nullptr, glse, gqkv, segments, M, shape, {}, nullptr,
+                                  &gpu_rope);
   expect_close(to_host(gout, out.size()), out, "fp32 attention after RoPE");
   cpu_kernels_->attention_backward(dqkv.data(), nullptr, dout.data(), qkv.data(), out.data(),
                                    lse.data(), segments, M, shape, {}, &host_rope,
@@ -331,6 +337,149 @@ TEST_F(CudaBackend, AttentionThroughRopeEqualsRopeBesideIt) {
   gpu_kernels_->attention_backward(gdqkv, nullptr, gdout, gqkv, gout, glse, segments, M, shape, {},
                                    &gpu_rope, AttentionInputs::kAny);
   expect_close(to_host(gdqkv, n), dqkv, "fp32 d(q/k/v) through RoPE");
+}
+
+// The attention that adds q's, k's and v's LoRA expansions first, as the layer runs it where
+// they have adapters (z made beforehand), equals lora_expand on their columns followed by the
+// attention, RoPE inside both: q/k/v as they end (every head, v's included, written in place)
+// and O, the same bits. On the GPU with cuDNN the expansions are added in the pass that rotates
+// and copies q/k/v (four columns a thread; one in the shifted case), with B's columns loaded
+// four at a time (rank 4, 8) or one by one (rank 3); a branch without an adapter (k's) is left
+// alone. Rank 16 (above what that pass takes), the reference kernel's path (head size 12, fused
+// off) and the CPU's run lora_expand first; the GPU against the CPU within bf16's error, and in
+// the fp32 policy within kFp32Op.
+TEST_F(CudaBackend, AttentionThroughLoraEqualsLoraBesideIt) {
+  auto gpu_bf16 = make_kernels<Bf16Policy>(*gpu_);
+  CpuKernels<Bf16Policy> cpu_bf16(cpu_);
+  const std::vector<Segment> segments{{0, 1}, {1, 130}, {131, 300}, {431, 81}};
+  const Index M = 512;
+  std::vector<std::int32_t> positions(M);
+  for (const Segment& segment : segments)
+    for (Index i = 0; i < segment.length; ++i)
+      positions[segment.begin + i] = static_cast<std::int32_t>(i);
+  std::int32_t* gpositions = on_gpu(positions);
+  // Module i's z [M, rank] and B [its columns, rank] (none for k where `no_k`), on both sides.
+  struct Branches {
+    std::vector<float> z[3], b[3];
+    QkvLoraExpansions<float> cpu, gpu;
+  };
+  auto branches = [&](const AttentionShape& shape, Index rank, bool no_k) {
+    Branches br;
+    const Index width[3] = {shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim,
+                            shape.kv_heads * shape.head_dim};
+    for (int i = 0; i < 3; ++i) {
+      if (i == 1 && no_k) continue;
+      br.z[i] = random_values(M * rank, 60 + 2 * i);
+      br.b[i] = random_values(width[i] * rank, 61 + 2 * i, 0.1f);
+      br.cpu.z[i] = br.z[i].data();
+      br.cpu.b[i] = br.b[i].data();
+      br.gpu.z[i] = on_gpu(br.z[i]);
+      br.gpu.b[i] = on_gpu(br.b[i]);
+    }
+    br.cpu.rank = br.gpu.rank = rank;
+    br.cpu.scale = br.gpu.scale = 4.0;
+    return br;
+  };
+  struct Case {
+    AttentionShape shape;
+    bool fused;
+    Index shift, rank;
+    bool no_k;
+  };
+  for (const auto& [shape, fused, shift, rank, no_k] :
+       std::vector<Case>{{{16, 4, 128}, true, 0, 4, false},
+                         {{16, 4, 128}, true, 1, 4, true},
+                         {{16, 4, 128}, true, 0, 16, true},
+                         {{8, 8, 64}, true, 0, 3, false},
+                         {{8, 8, 64}, true, 0, 8, false},
+                         {{8, 8, 64}, true, 1, 6, false},
+                         {{4, 2, 12}, true, 0, 4, false},
+                         {{16, 4, 128}, false, 0, 4, false}}) {
+    SCOPED_TRACE("H=" + std::to_string(shape.heads) + " hd=" + std::to_string(shape.head_dim) +
+                 " rank " + std::to_string(rank) + (fused ? "" : ", fused off") +
+                 (shift ? ", shifted" : "") + (no_k ? ", no k adapter" : ""));
+    RopeTable table(RopeParams{}, shape.head_dim);
+    table.ensure(M);
+    const RopeRotation host_rope{positions.data(), &table}, gpu_rope{gpositions, &table};
+    const Branches br = branches(shape, rank, no_k);
+    const Index W3 = shape.qkv_stride(), width = shape.heads * shape.head_dim;
+    const auto n = static_cast<std::size_t>(M * W3);
+    const auto qkv = random_values(M * W3, 59, 2.0f);
+    AttentionOptions options;
+    options.fused = fused;
+
+    std::vector<float> shifted(n + 1);
+    std::copy(qkv.begin(), qkv.end(), shifted.begin() + shift);
+    float *gqkv = on_gpu(shifted) + shift, *gqkv_beside = on_gpu(qkv);
+    float *gout = on_gpu(std::vector<float>(static_cast<std::size_t>(M * width))),
+          *glse = on_gpu(std::vector<float>(static_cast<std::size_t>(shape.heads * M)));
+    gpu_bf16->lora_expand_qkv(gqkv_beside, br.gpu, M, shape);
+    gpu_bf16->attention_forward(gout, nullptr, glse, gqkv_beside, segments, M, shape, options,
+                                nullptr, &gpu_rope);
+    const std::vector<float> out_beside = to_host(gout, M * width),
+                             lse_beside = to_host(glse, shape.heads * M);
+    // The profiler counts the outermost LoRA calls: none where the copy for cuDNN adds the
+    // expansions (so that the test cannot pass by every case taking lora_expand's path).
+    Profiler& profiler = gpu_->profiler();
+    profiler.enable(true);
+    profiler.reset();
+    gpu_bf16->attention_forward(gout, nullptr, glse, gqkv, segments, M, shape, options, &br.gpu,
+                                &gpu_rope);
+    bool fused_pass = false;
+#ifdef ZEROLORA_CUDNN
+    fused_pass = fused && cudnn_supports_head_dim(shape.head_dim) && rank <= 8;
+#endif
+    EXPECT_EQ(profiler.calls(ProfileCategory::kLora), fused_pass ? 0 : (no_k ? 2 : 3))
+        << (fused_pass ? "the expansions inside the copy" : "lora_expand's passes");
+    profiler.enable(false);
+    const std::vector<float> qkv_through = to_host(gqkv, n);
+    EXPECT_EQ(qkv_through, to_host(gqkv_beside, n)) << "q/k/v as they end";
+    const std::vector<float> out_through = to_host(gout, M * width);
+    EXPECT_EQ(out_through, out_beside) << "the attention's output";
+    EXPECT_EQ(to_host(glse, shape.heads * M), lse_beside) << "its statistics";
+
+    std::vector<float> cpu_qkv = qkv, cpu_qkv_beside = qkv;
+    std::vector<float> cpu_out(static_cast<std::size_t>(M * width)), cpu_out_beside(cpu_out.size()),
+        cpu_lse(static_cast<std::size_t>(shape.heads * M));
+    cpu_bf16.lora_expand_qkv(cpu_qkv_beside.data(), br.cpu, M, shape);
+    cpu_bf16.attention_forward(cpu_out_beside.data(), nullptr, cpu_lse.data(),
+                               cpu_qkv_beside.data(), segments, M, shape, options, nullptr,
+                               &host_rope);
+    cpu_bf16.attention_forward(cpu_out.data(), nullptr, cpu_lse.data(), cpu_qkv.data(), segments, M,
+                               shape, options, &br.cpu, &host_rope);
+    EXPECT_EQ(cpu_qkv, cpu_qkv_beside);
+    EXPECT_EQ(cpu_out, cpu_out_beside);
+    EXPECT_LT(norm_error(qkv_through, cpu_qkv), 1e-5) << "q/k/v against the CPU (fp32 sums)";
+    EXPECT_LT(norm_error(out_through, cpu_out), 1e-2) << "the output against the CPU";
+    // The expansions changed every column that has a branch (v's too), none of k's without.
+    const Index k_begin = width, v_begin = width + shape.kv_heads * shape.head_dim;
+    std::vector<float> rotated_only = qkv;
+    cpu_bf16.rope_rotate_qk(rotated_only.data(), host_rope, M, shape, false);
+    Index changed_k = 0, changed_v = 0;
+    for (Index row = 0; row < M; ++row)
+      for (Index col = k_begin; col < W3; ++col) {
+        const bool changed = cpu_qkv[row * W3 + col] != rotated_only[row * W3 + col];
+        (col < v_begin ? changed_k : changed_v) += changed ? 1 : 0;
+      }
+    EXPECT_EQ(changed_k == 0, no_k) << changed_k << " of k's values changed";
+    EXPECT_GT(changed_v, 0) << "v's expansion";
+  }
+  // The fp32 policy (the reference kernel, lora_expand and RoPE's passes first): against the CPU.
+  const AttentionShape shape{6, 2, 64};
+  RopeTable table(RopeParams{}, shape.head_dim);
+  table.ensure(M);
+  const RopeRotation host_rope{positions.data(), &table}, gpu_rope{gpositions, &table};
+  const Branches br = branches(shape, 4, false);
+  auto qkv = random_values(M * shape.qkv_stride(), 67);
+  std::vector<float> out(static_cast<std::size_t>(M * shape.heads * shape.head_dim)),
+      lse(static_cast<std::size_t>(shape.heads * M));
+  float *gqkv = on_gpu(qkv), *gout = on_gpu(out), *glse = on_gpu(lse);
+  cpu_kernels_->attention_forward(out.data(), nullptr, lse.data(), qkv.data(), segments, M, shape,
+                                  {}, &br.cpu, &host_rope);
+  gpu_kernels_->attention_forward(gout, nullptr, glse, gqkv, segments, M, shape, {}, &br.gpu,
+                                  &gpu_rope);
+  expect_close(to_host(gqkv, qkv.size()), qkv, "fp32 q/k/v after LoRA and RoPE");
+  expect_close(to_host(gout, out.size()), out, "fp32 attention after LoRA and RoPE");
 }
 
 // The run is told which attention the GPU runs, once per path and reason, and why not cuDNN's
@@ -343,7 +492,7 @@ TEST_F(CudaBackend, KernelsSayWhichAttentionRuns) {
     float* out = on_gpu(std::vector<float>(M * shape.heads * shape.head_dim));
     float* lse = on_gpu(std::vector<float>(M * shape.heads));
     kernels.attention_forward(out, nullptr, lse, qkv, segments, M, shape, AttentionOptions{},
-                              nullptr);
+                              nullptr, nullptr);
   };
   auto only_note = [](std::vector<std::string> notes, const std::string& part) {
     ASSERT_EQ(notes.size(), 1u) << part;

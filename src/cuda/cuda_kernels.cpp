@@ -137,6 +137,10 @@ class CudaKernels final : public Kernels<P> {
     ProfileScope profile(profiler_, ProfileCategory::kLora);
     lora_.forward(dst, z, src, a, b, rank, scale, dropout);
   }
+  void lora_expand(Mat<Act> dst, const Act* z, const Act* b, Index rank, double scale) override {
+    ProfileScope profile(profiler_, ProfileCategory::kLora);
+    lora_.expand(dst, z, b, rank, scale);
+  }
   void lora_backward(Mat<Act> diff_src, Act* diff_a, Act* diff_b, Mat<const Act> diff_dst,
                      const Act* z, Mat<const Act> src, const Act* a, const Act* b, Index rank,
                      double scale, const DropoutMask& dropout) override {
@@ -147,7 +151,8 @@ class CudaKernels final : public Kernels<P> {
   // kernels (one profiled call) where CudaLora takes them as one, else the default's calls one
   // by one. Their forward runs one by one (the default's): the grouped contraction was slower
   // than three single ones on an H100 (bench_kernels, 2026-12-06: 722 against 609 us at the 7B
-  // shape), where the grouped backward was faster (1055 against 1175 us).
+  // shape), where the grouped backward was faster (1055 against 1175 us). (Where the attention
+  // runs, the layer gives it q's, k's and v's expansions instead: attention_forward.)
   using typename Kernels<P>::LoraBackwardBranch;
   void lora_backward_shared(Mat<Act> diff_src, std::span<const LoraBackwardBranch> branches,
                             Mat<const Act> src, Index rank, double scale) override {
@@ -225,7 +230,8 @@ class CudaKernels final : public Kernels<P> {
 
   void attention_forward(Act* out, Weight* out_rounded, Act* lse, Act* qkv,
                          const std::vector<Segment>& segments, Index M, const AttentionShape& shape,
-                         const AttentionOptions& options, const RopeRotation* rotate) override {
+                         const AttentionOptions& options, const QkvLoraExpansions<Act>* lora,
+                         const RopeRotation* rotate) override {
     check_options(options);
     if (rotate) check_rope_heads(*rotate->table, shape);
     const Index width = shape.heads * shape.head_dim;
@@ -239,17 +245,21 @@ class CudaKernels final : public Kernels<P> {
       const Bf16Bits* qkv16 = nullptr;
       Bf16Bits* out16 = nullptr;
       float* stats = nullptr;
-      {  // (the padded buffers' zeroed padding rows, and RoPE, included)
+      // LoRA's expansions (up to rank 8) and RoPE as q/k/v are copied: one pass.
+      const bool fuse_lora = lora && rotate && lora->rank <= cuda::kQkvExpansionsMaxRank;
+      if (lora && !fuse_lora) this->lora_expand_qkv(qkv, *lora, M, shape);
+      {  // (the padded buffers' zeroed padding rows, and RoPE and LoRA's expansions, included)
         ProfileScope profile(profiler_, ProfileCategory::kConvert);
         out16 = bits_of(out_bf16_, M, width);
         stats = padded_stats(M, shape.heads);
-        if (rotate) {  // q and k rotated as they are copied: one pass
+        if (rotate) {
           const Index w_qkv = shape.qkv_stride();
           auto* rounded = reinterpret_cast<Bf16Bits*>(zero_padded(qkv_bf16_, M, w_qkv));
           upload_rope(*rotate->table);
           cuda::rotate_round(
               s_, {qkv, rounded, w_qkv, M, shape.heads, shape.kv_heads, shape.head_dim / 2,
-                   rotate->positions, rope_cos_.data(), rope_sin_.data()});
+                   rotate->positions, rope_cos_.data(), rope_sin_.data(),
+                   fuse_lora ? expansions(*lora) : cuda::QkvExpansions {}});
           qkv16 = rounded;
         } else {
           qkv16 = bf16_copy(qkv_bf16_, qkv, M, shape.qkv_stride());
@@ -269,6 +279,7 @@ class CudaKernels final : public Kernels<P> {
 #else
     note_attention(false, shape, options);
 #endif
+    if (lora) this->lora_expand_qkv(qkv, *lora, M, shape);
     if (rotate) this->rope_rotate_qk(qkv, *rotate, M, shape, false);
     ProfileScope profile(profiler_, ProfileCategory::kAttention);
     cuda::attention_forward(s_, out, lse, qkv, geometry(segments, M, shape),
@@ -403,6 +414,18 @@ class CudaKernels final : public Kernels<P> {
       cuda::to_bf16(s_, reinterpret_cast<Bf16Bits*>(converted), src.values, rows * cols);
       return Mat<const bf16>::dense(converted, rows, cols);
     }
+  }
+  // The attention's q/k/v LoRA expansions as rotate_round adds them (the scale rounded to
+  // float as CudaLora's expansion takes it).
+  static cuda::QkvExpansions expansions(const QkvLoraExpansions<Act>& lora) {
+    cuda::QkvExpansions pass;
+    for (int i = 0; i < 3; ++i) {
+      pass.z[i] = lora.z[i];
+      pass.b[i] = lora.b[i];
+    }
+    pass.rank = static_cast<int>(lora.rank);
+    pass.scale = static_cast<float>(lora.scale);
+    return pass;
   }
   // A producer's `rounded` destination as the kernels take it: bf16 bits, null for none (the
   // fp32 policy's operands are its activations: it never asks for a copy).

@@ -44,7 +44,7 @@ void CudaLora::project(float* z, Mat<const float> src, const float* a, Index ran
 void CudaLora::forward(Mat<float> dst, float* z, Mat<const float> src, const float* a,
                        const float* b, Index rank, double scale, const DropoutMask& dropout) {
   project(z, src, a, rank, dropout);
-  expand_z(dst, z, b, rank, scale);
+  expand(dst, z, b, rank, scale);
 }
 
 void CudaLora::backward(Mat<float> diff_src, float* diff_a, float* diff_b,
@@ -132,7 +132,7 @@ void CudaLora::backward_group(Mat<float> diff_src, std::span<const BackwardBranc
 }
 
 // y += s z B^T (B(k, c) at b[c r + k]).
-void CudaLora::expand_z(Mat<float> dst, const float* z, const float* b, Index rank, double scale) {
+void CudaLora::expand(Mat<float> dst, const float* z, const float* b, Index rank, double scale) {
   if (lora_takes_fused(rank, {dst.cs})) {
     lora_expand(s_, dst.data, dst.rs, one_branch(z, b, nullptr), 1, rank, dst.rows, dst.cols,
                 static_cast<int>(rank), static_cast<float>(scale), 0.0, nullptr);

@@ -24,11 +24,12 @@ class CudaLora {
   // gemm runs on the device's stream and outlives this.
   CudaLora(CudaDevice& device, LtGemm& gemm);
 
-  // Kernels' lora_project, lora_forward, lora_backward.
+  // Kernels' lora_project, lora_forward, lora_expand, lora_backward.
   void project(float* z, Mat<const float> src, const float* a, Index rank,
                const DropoutMask& dropout);
   void forward(Mat<float> dst, float* z, Mat<const float> src, const float* a, const float* b,
                Index rank, double scale, const DropoutMask& dropout);
+  void expand(Mat<float> dst, const float* z, const float* b, Index rank, double scale);
   void backward(Mat<float> diff_src, float* diff_a, float* diff_b, Mat<const float> diff_dst,
                 const float* z, Mat<const float> src, const float* a, const float* b, Index rank,
                 double scale, const DropoutMask& dropout);
@@ -43,7 +44,6 @@ class CudaLora {
                       Mat<const float> src, Index rank, double scale);
 
  private:
-  void expand_z(Mat<float> dst, const float* z, const float* b, Index rank, double scale);
   Mat<const float> dropped(Mat<const float> src, const DropoutMask& dropout);
   template <class Branch>
   static bool groups(Index rank, std::span<const Branch> branches,

@@ -72,13 +72,24 @@ struct UnrotateWiden {
 void unrotate_widen(cudaStream_t s, const UnrotateWiden& a);
 // And the forward's: q's and k's heads of the fused fp32 rows x (ld apart) rotated in place,
 // and every head's bf16 rounding written to `rounded` (rows ld apart: cuDNN's q/k/v copy), in
-// one pass.
+// one pass. Before RoPE, that pass adds q's, k's and v's LoRA expansions where `lora` has them
+// (x += scale z B^T on branch i's columns, the bits of lora_expand's).
+// Ranks above kQkvExpansionsMaxRank are not taken (the registers that a thread's four columns
+// of B's values would need spill): the caller runs lora_expand first.
+inline constexpr int kQkvExpansionsMaxRank = 8;
+struct QkvExpansions {
+  const float* z[3] = {};  // branch i's (q, k, v) z [M, rank]; null: none
+  const float* b[3] = {};  // and its B [columns, rank]
+  int rank = 0;            // 0: no expansion; at most kQkvExpansionsMaxRank
+  float scale = 0.0f;
+};
 struct RotateRound {
   float* x;
   Bf16Bits* rounded;
   Index ld, M, heads, kv_heads, half;
   const std::int32_t* positions;
   const float *cos_table, *sin_table;
+  QkvExpansions lora;
 };
 void rotate_round(cudaStream_t s, const RotateRound& a);
 

@@ -14,10 +14,9 @@
 // once for their terms. The contraction takes one branch: grouped (x read once for the three
 // z), it was slower than three single launches on an H100 (bench_kernels, 2026-12-06: q/k/v's
 // forward 722 against 609 us at the 7B shape), so the forward runs branch by branch.
-#include <limits>
 #include <type_traits>
 
-#include "cuda/device_math.cuh"
+#include "cuda/lora_columns.cuh"
 
 namespace zerolora::cuda {
 namespace {
@@ -40,42 +39,6 @@ constexpr int kContractSteps = 4;  // and each lane loads four columns of each r
 // contraction and 40 for the expansion at R 4).
 // Each kernel sums in the same order whatever R, kContractRows and the number of loads in
 // flight: the same bits as one row and one load at a time.
-
-// W's r values of column j, W(k, j) at w[k wk + j wj]. Where they are contiguous and aligned
-// (B: wk 1, wj r, r a multiple of 4) a 16-byte load takes four: loaded one by one, a warp's 32
-// lanes would each touch a different 16-byte piece of a 512-byte span per load, four times the
-// cache traffic of the activations they multiply.
-// Column indices and W's strides are 32-bit (lora_contract and lora_expand refuse a width that
-// would not fit): fewer registers than 64-bit ones, so that more threads stay resident.
-struct WeightColumns {
-  const float* w;
-  int wk, wj;
-  bool quads;
-  template <int R>
-  __device__ __forceinline__ void load(float (&wv)[R], int j, int rank) const {
-    if (quads) {
-      const float* column = w + j * wj;
-      ZL_UNROLL for (int q = 0; q < R / 4; ++q) {
-        const Float4 f = 4 * q < rank ? group<const Float4>(column, q) : Float4{};
-        ZL_UNROLL for (int u = 0; u < 4; ++u) wv[4 * q + u] = f.v[u];
-      }
-    } else {
-      ZL_UNROLL for (int k = 0; k < R; ++k) wv[k] = k < rank ? w[k * wk + j * wj] : 0.0f;
-    }
-  }
-};
-
-WeightColumns weight_columns(const float* w, Index wk, Index wj, Index n, int rank,
-                             const char* kernel) {
-  // The largest offset into w; the columns with a margin for a pass's last column index
-  // (j0 + 3 x 256 in the expansion), which must not overflow either.
-  const Index last = (rank - 1) * wk + (n - 1) * wj;
-  constexpr Index kLimit = std::numeric_limits<int>::max() - 4096;
-  if (n > kLimit || last > kLimit)
-    refuse_launch(kernel, "a LoRA weight or row wider than 2^31 - 4096 values");
-  return {w, static_cast<int>(wk), static_cast<int>(wj),
-          wk == 1 && rank % 4 == 0 && wj % 4 == 0 && aligned_to(w, 16)};
-}
 
 // The branches of one launch (LoraBranches: one, or a group that shares its big matrix, as q,
 // k and v share the norm's output): each branch's small matrix, W and dropout mask, the same
@@ -176,11 +139,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<R, G>)
         ZL_UNROLL for (int b = 0; b < G; ++b) {
           float wv[R];
           br.w[b].load(wv, j, rank);
-          float sum = 0.0f;
-          ZL_UNROLL for (int k = 0; k < R; ++k) {
-            if (k < rank) sum += z[b][k] * wv[k];
-          }
-          value = value + br.mask[b].apply(row_key[b], j, scale * sum);
+          value = __fadd_rn(value,
+                            br.mask[b].apply(row_key[b], j, expansion_term(z[b], wv, rank, scale)));
         }
         y[j] = value;
       }

@@ -146,6 +146,25 @@ class LayerOps {
                             cfg.scale());
   }
 
+  // q's, k's and v's LoRA contractions (z[i], module i's), their expansions left to the
+  // attention (kernels.hpp QkvLoraExpansions): false, and nothing done, where none has an adapter.
+  bool qkv_lora_for_attention(QkvLoraExpansions<Act>& lora, Act* const (&z)[3], const Act* src,
+                              Index M, Index in) {
+    bool any = false;
+    for (int i = 0; i < 3; ++i) {
+      const auto* slots = adapter(kQkvModules[i]);
+      if (!slots) continue;
+      lora_project_into(kQkvModules[i], z[i], src, M, in, 0);
+      lora.z[i] = z[i];
+      lora.b[i] = ctx_.lora.param(slots->b_offset);
+      any = true;
+    }
+    if (!any) return false;
+    lora.rank = rank();
+    lora.scale = ctx_.lora.layout->config().scale();
+    return true;
+  }
+
   void lora_project_into(LoraModule m, Act* z, const Act* src, Index M, Index in,
                          Index row_offset) {
     const auto* slots = adapter(m);
@@ -226,12 +245,19 @@ void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P:
     qkv_columns[i] = Mat<Act>{qkv + col[i], M, width[i], d.W3, 1};
     qkv_z[i] = acts.lora_z[static_cast<int>(kQkvModules[i])].data();
   }
-  ops.lora_forward_shared(kQkvModules, qkv_columns, qkv_z, h1, M, d.D, 0);
-  // RoPE on q's heads, then k's (consecutive in the fused row): by the attention where it runs
-  // here, else by itself (the cache takes rotated keys; the backward reads q and k rotated).
+  // q/k/v's LoRA branches, then RoPE on q's heads and k's (consecutive in the fused row): their
+  // last passes by the attention where it runs here (a GPU does them as it copies q/k/v for
+  // cuDNN), else by themselves (the cache takes rotated keys; the backward reads q and k
+  // rotated).
   const RopeRotation rotation{positions, &ctx.rope};
   const bool attention_runs = !ctx.cache && !keep.attention_ready;
-  if (!attention_runs) k.rope_rotate_qk(qkv, rotation, M, d.attention(), false);
+  QkvLoraExpansions<Act> qkv_lora;
+  const bool lora_in_attention =
+      attention_runs && ops.qkv_lora_for_attention(qkv_lora, qkv_z, h1, M, d.D);
+  if (!attention_runs) {
+    ops.lora_forward_shared(kQkvModules, qkv_columns, qkv_z, h1, M, d.D, 0);
+    k.rope_rotate_qk(qkv, rotation, M, d.attention(), false);
+  }
   Weight* attn_rounded = nullptr;  // made only where the attention runs here
   if (ctx.cache) {                 // generation: extend the cache, attend over everything cached
     Act* keys = ctx.cache->keys.data() + ctx.cached * d.KVd;
@@ -245,7 +271,7 @@ void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P:
   } else if (attention_runs) {
     attn_rounded = ops.rounded(ws.attn_rounded, M * d.Qd);
     k.attention_forward(attn, attn_rounded, lse, qkv, *ctx.geometry.segments, M, d.attention(),
-                        ctx.options.attention, &rotation);
+                        ctx.options.attention, lora_in_attention ? &qkv_lora : nullptr, &rotation);
   }
   ops.base_forward_residual(x2, x, {attn, attn_rounded}, M, d.D, d.Qd, ops.w(LayerTensor::kO));
   ops.lora_forward_into(LoraModule::kO, Mat<Act>::dense(x2, M, d.D),

@@ -129,6 +129,12 @@ void CpuKernels<P>::lora_forward(Mat<Act> dst, Act* z, Mat<const Act> src, const
 }
 
 template <class P>
+void CpuKernels<P>::lora_expand(Mat<Act> dst, const Act* z, const Act* b, Index rank,
+                                double scale) {
+  zerolora::lora_expand<Act>(rt_, dst, z, b, rank, scale);
+}
+
+template <class P>
 void CpuKernels<P>::lora_backward(Mat<Act> diff_src, Act* diff_a, Act* diff_b,
                                   Mat<const Act> diff_dst, const Act* z, Mat<const Act> src,
                                   const Act* a, const Act* b, Index rank, double scale,
@@ -141,7 +147,9 @@ template <class P>
 void CpuKernels<P>::attention_forward(Act* out, Weight* out_rounded, Act* lse, Act* qkv,
                                       const std::vector<Segment>& segments, Index M,
                                       const AttentionShape& shape, const AttentionOptions& options,
+                                      const QkvLoraExpansions<Act>* lora,
                                       const RopeRotation* rotate) {
+  if (lora) this->lora_expand_qkv(qkv, *lora, M, shape);
   if (rotate) this->rope_rotate_qk(qkv, *rotate, M, shape, false);
   zerolora::attention_forward<Act, Weight>(rt_, out, lse, qkv, segments, M, shape, options,
                                            attention_);

@@ -41,12 +41,14 @@ class CpuKernels final : public Kernels<P> {
                     const DropoutMask& dropout) override;
   void lora_forward(Mat<Act> dst, Act* z, Mat<const Act> src, const Act* a, const Act* b,
                     Index rank, double scale, const DropoutMask& dropout) override;
+  void lora_expand(Mat<Act> dst, const Act* z, const Act* b, Index rank, double scale) override;
   void lora_backward(Mat<Act> diff_src, Act* diff_a, Act* diff_b, Mat<const Act> diff_dst,
                      const Act* z, Mat<const Act> src, const Act* a, const Act* b, Index rank,
                      double scale, const DropoutMask& dropout) override;
   void attention_forward(Act* out, Weight* out_rounded, Act* lse, Act* qkv,
                          const std::vector<Segment>& segments, Index M, const AttentionShape& shape,
-                         const AttentionOptions& options, const RopeRotation* rotate) override;
+                         const AttentionOptions& options, const QkvLoraExpansions<Act>* lora,
+                         const RopeRotation* rotate) override;
   void attention_backward(Act* diff_qkv, Weight* diff_qkv_rounded, const Act* diff_out,
                           const Act* qkv, const Act* out, const Act* lse,
                           const std::vector<Segment>& segments, Index M,

@@ -53,6 +53,18 @@ struct RopeRotation {
   const RopeTable* table;
 };
 
+// q's, k's and v's LoRA branches as attention_forward finishes them (its `lora`): each branch's
+// z already made (lora_project), the rest of lora_forward still to add to its columns of the
+// fused q/k/v rows before RoPE, y += scale z B^T (lora_expand). z[i] null: module i (q, k, v)
+// has no adapter.
+template <class Act>
+struct QkvLoraExpansions {
+  const Act* z[3] = {};
+  const Act* b[3] = {};
+  Index rank = 0;
+  double scale = 0.0;
+};
+
 // What attention_backward may assume of its qkv, out and lse (its `from` below).
 enum class AttentionInputs {
   kAny,           // nothing: whatever the caller has
@@ -140,6 +152,19 @@ class Kernels {
                             const DropoutMask& dropout) = 0;
   virtual void lora_forward(Mat<Act> dst, Act* z, Mat<const Act> src, const Act* a, const Act* b,
                             Index rank, double scale, const DropoutMask& dropout) = 0;
+  // lora_forward's second half, dst += scale z B^T, z made by lora_project.
+  virtual void lora_expand(Mat<Act> dst, const Act* z, const Act* b, Index rank, double scale) = 0;
+  // Those of q's, k's and v's branches, on their columns of the fused q/k/v rows (what
+  // attention_forward does first where it has no pass to fuse them into).
+  void lora_expand_qkv(Act* qkv, const QkvLoraExpansions<Act>& lora, Index M,
+                       const AttentionShape& shape) {
+    const Index q = shape.heads * shape.head_dim, kv = shape.kv_heads * shape.head_dim;
+    const Index column[3] = {0, q, q + kv}, width[3] = {q, kv, kv};
+    for (int i = 0; i < 3; ++i)
+      if (lora.z[i])
+        lora_expand(Mat<Act>{qkv + column[i], M, width[i], shape.qkv_stride(), 1}, lora.z[i],
+                    lora.b[i], lora.rank, lora.scale);
+  }
   virtual void lora_backward(Mat<Act> diff_src, Act* diff_a, Act* diff_b, Mat<const Act> diff_dst,
                              const Act* z, Mat<const Act> src, const Act* a, const Act* b,
                              Index rank, double scale, const DropoutMask& dropout) = 0;
@@ -163,11 +188,13 @@ class Kernels {
   }
 
   // ops/attention.hpp: segments on the host; out_rounded as a producer's `rounded` above.
-  // `rotate` (null: none): the RoPE that rotates q's and k's heads of qkv in place first (as
-  // rope_rotate; a GPU does it as it copies q/k/v to bf16 for cuDNN).
+  // The q/k/v projection's last steps, done in place on qkv first: `lora` (null: none), q's, k's
+  // and v's LoRA expansions (lora_expand_qkv), then `rotate` (null: none), the RoPE that rotates
+  // q's and k's heads (as rope_rotate). A GPU does both as it copies q/k/v to bf16 for cuDNN.
   virtual void attention_forward(Act* out, Weight* out_rounded, Act* lse, Act* qkv,
                                  const std::vector<Segment>& segments, Index M,
                                  const AttentionShape& shape, const AttentionOptions& options,
+                                 const QkvLoraExpansions<Act>* lora,
                                  const RopeRotation* rotate) = 0;
   // `rotated` (null: none): the RoPE that rotated q and k before the attention; diff_qkv then
   // ends as the gradient of q/k/v before it (rope_rotate's inverse on q's and k's heads, which

@@ -287,18 +287,25 @@ void lora_project(Runtime& rt, T* z /*[M, r]*/, Mat<const T> src /*[M, in]*/,
 }
 
 template <class T>
-void lora_forward(Runtime& rt, Mat<T> dst /*[M, out] +=*/, T* z /*[M, r] =*/,
-                  Mat<const T> src /*[M, in]*/, const T* a /*[r, in]*/, const T* b /*[out, r]*/,
-                  Index rank, double scale, const DropoutMask& dropout, Buffer<T>& scratch) {
+void lora_expand(Runtime& rt, Mat<T> dst /*[M, out] +=*/, const T* z /*[M, r]*/,
+                 const T* b /*[out, r]*/, Index rank, double scale) {
   ProfileScope profile(rt.profiler(), ProfileCategory::kLora);
-  lora_project(rt, z, src, a, rank, dropout, scratch);
   if (lora_takes_fused(rank, {dst.cs})) {
     small_times_rows(rt, dst, z, transposed(b, dst.cols, rank).data(), rank,
                      KeepRule(DropoutMask{}), scale);
     return;
   }
-  matmul<T, T>(rt, Mat<const T>::dense(z, src.rows, rank),
+  matmul<T, T>(rt, Mat<const T>::dense(z, dst.rows, rank),
                Mat<const T>::dense(b, dst.cols, rank).t(), dst, scale, true);
+}
+
+template <class T>
+void lora_forward(Runtime& rt, Mat<T> dst /*[M, out] +=*/, T* z /*[M, r] =*/,
+                  Mat<const T> src /*[M, in]*/, const T* a /*[r, in]*/, const T* b /*[out, r]*/,
+                  Index rank, double scale, const DropoutMask& dropout, Buffer<T>& scratch) {
+  ProfileScope profile(rt.profiler(), ProfileCategory::kLora);
+  lora_project(rt, z, src, a, rank, dropout, scratch);
+  lora_expand(rt, dst, static_cast<const T*>(z), b, rank, scale);
 }
 
 template <class T>
@@ -350,6 +357,7 @@ void lora_backward(Runtime& rt, Mat<T> diff_src /*[M, in] +=*/, T* diff_a /*[r, 
   template void apply_dropout<T>(Runtime&, Mat<T>, Mat<const T>, const DropoutMask&, bool);      \
   template void lora_project<T>(Runtime&, T*, Mat<const T>, const T*, Index, const DropoutMask&, \
                                 Buffer<T>&);                                                     \
+  template void lora_expand<T>(Runtime&, Mat<T>, const T*, const T*, Index, double);             \
   template void lora_forward<T>(Runtime&, Mat<T>, T*, Mat<const T>, const T*, const T*, Index,   \
                                 double, const DropoutMask&, Buffer<T>&);                         \
   template void lora_backward<T>(Runtime&, Mat<T>, T*, T*, Mat<const T>, const T*, Mat<const T>, \

@@ -58,6 +58,12 @@ void lora_project(Runtime& rt, T* z /*[M, r]*/, Mat<const T> src /*[M, in]*/,
                   const T* a /*[r, in]*/, Index rank, const DropoutMask& dropout,
                   Buffer<T>& scratch);
 
+// dst += scale z B^T: the up-projection half, z made by lora_project.
+template <class T>
+void lora_expand(Runtime& rt, Mat<T> dst /*[M, out] +=*/, const T* z /*[M, r]*/,
+                 const T* b /*[out, r]*/, Index rank, double scale);
+
+// lora_project, then lora_expand.
 template <class T>
 void lora_forward(Runtime& rt, Mat<T> dst /*[M, out] +=*/, T* z /*[M, r] =*/,
                   Mat<const T> src /*[M, in]*/, const T* a /*[r, in]*/, const T* b /*[out, r]*/,

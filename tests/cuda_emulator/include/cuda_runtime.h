@@ -259,6 +259,10 @@ inline float __fadd_rn(float a, float b) {
 inline float __fsub_rn(float a, float b) {
   return a - b;
 }
+// a b + c rounded once, as the GPU's FMA.
+inline float __fmaf_rn(float a, float b, float c) {
+  return std::fma(a, b, c);
+}
 
 // Whether a kernel argument may reach the kernel: pointers must be null or device memory.
 template <class T>
