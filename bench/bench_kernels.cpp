@@ -245,8 +245,8 @@ static int bench_main(int argc, char** argv) {
     // is their three lora_project and attention_forward_with_lora below) and, for the backward,
     // one by one, for the same least bytes (the forward reads x once and reads and writes the
     // q/k/v columns; the backward reads those columns' gradients twice, x once, and reads and
-    // writes dx), so that the two rates compare as the times do. (A grouped forward, x read once for the three z,
-    // ran slower than one by one on an H100, 2026-12-06: cuda/lora.cu.)
+    // writes dx), so that the two rates compare as the times do. (A grouped forward, x read
+    // once for the three z, ran slower than one by one on an H100, 2026-12-06: cuda/lora.cu.)
     {
       DeviceBuffer<float> z3(dev, static_cast<std::size_t>(3 * M * rank));
       const Index col[3] = {0, Qd, Qd + KVd}, width[3] = {Qd, KVd, KVd};

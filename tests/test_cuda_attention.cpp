@@ -219,6 +219,36 @@ TEST_F(CudaBackend, AttentionBackwardAfterItsForwardEqualsTheOneThatCopies) {
 #endif
 }
 
+// The RoPE tests' batch: four packed segments of 512 rows, one of a single row, and each row's
+// position in its segment.
+struct RopeTestBatch {
+  std::vector<Segment> segments{{0, 1}, {1, 130}, {131, 300}, {431, 81}};
+  Index M = 512;
+  std::vector<std::int32_t> positions = positions_in(segments, M);
+
+  static std::vector<std::int32_t> positions_in(const std::vector<Segment>& segments, Index M) {
+    std::vector<std::int32_t> positions(static_cast<std::size_t>(M));
+    for (const Segment& segment : segments)
+      for (Index i = 0; i < segment.length; ++i)
+        positions[segment.begin + i] = static_cast<std::int32_t>(i);
+    return positions;
+  }
+};
+
+// A RoPE table for head_dim over M positions, and its rotation on each side (the positions on
+// the host, and on the GPU).
+struct RopeSides {
+  RopeTable table;
+  RopeRotation host, gpu;
+  RopeSides(Index head_dim, Index M, const std::int32_t* host_positions,
+            const std::int32_t* gpu_positions)
+      : table(RopeParams{}, head_dim), host{host_positions, &table}, gpu{gpu_positions, &table} {
+    table.ensure(M);
+  }
+  RopeSides(const RopeSides&) = delete;
+  RopeSides& operator=(const RopeSides&) = delete;
+};
+
 // The attention with RoPE inside it, as the layer runs it: the forward that rotates q and k
 // first (`rotate`) equals RoPE followed by the forward, and the backward that ends through RoPE
 // (`rotated`) and writes its rounding for the projection equals the backward followed by RoPE's
@@ -231,12 +261,7 @@ TEST_F(CudaBackend, AttentionBackwardAfterItsForwardEqualsTheOneThatCopies) {
 TEST_F(CudaBackend, AttentionThroughRopeEqualsRopeBesideIt) {
   auto gpu_bf16 = make_kernels<Bf16Policy>(*gpu_);
   CpuKernels<Bf16Policy> cpu_bf16(cpu_);
-  const std::vector<Segment> segments{{0, 1}, {1, 130}, {131, 300}, {431, 81}};
-  const Index M = 512;
-  std::vector<std::int32_t> positions(M);
-  for (const Segment& segment : segments)
-    for (Index i = 0; i < segment.length; ++i)
-      positions[segment.begin + i] = static_cast<std::int32_t>(i);
+  const auto& [segments, M, positions] = RopeTestBatch{};
   std::int32_t* gpositions = on_gpu(positions);
   struct Case {
     AttentionShape shape;
@@ -250,9 +275,7 @@ TEST_F(CudaBackend, AttentionThroughRopeEqualsRopeBesideIt) {
                                                              {{16, 4, 128}, false, 0}}) {
     SCOPED_TRACE("H=" + std::to_string(shape.heads) + " hd=" + std::to_string(shape.head_dim) +
                  (fused ? "" : ", fused off") + (shift ? ", shifted" : ""));
-    RopeTable table(RopeParams{}, shape.head_dim);
-    table.ensure(M);
-    const RopeRotation host_rope{positions.data(), &table}, gpu_rope{gpositions, &table};
+    const RopeSides rope(shape.head_dim, M, positions.data(), gpositions);
     const Index W3 = shape.qkv_stride(), width = shape.heads * shape.head_dim;
     const auto n = static_cast<std::size_t>(M * W3);
     const auto qkv = random_values(M * W3, 19, 2.0f), dout = random_values(M * width, 20);
@@ -265,23 +288,23 @@ TEST_F(CudaBackend, AttentionThroughRopeEqualsRopeBesideIt) {
     float *gqkv = on_gpu(shifted) + shift, *gqkv_before = on_gpu(qkv);
     float *gout = on_gpu(std::vector<float>(static_cast<std::size_t>(M * width))),
           *glse = on_gpu(std::vector<float>(static_cast<std::size_t>(shape.heads * M)));
-    gpu_bf16->rope_rotate_qk(gqkv_before, gpu_rope, M, shape, false);
+    gpu_bf16->rope_rotate_qk(gqkv_before, rope.gpu, M, shape, false);
     gpu_bf16->attention_forward(gout, nullptr, glse, gqkv_before, segments, M, shape, options,
                                 nullptr, nullptr);
     const std::vector<float> out_after = to_host(gout, M * width);
     gpu_bf16->attention_forward(gout, nullptr, glse, gqkv, segments, M, shape, options, nullptr,
-                                &gpu_rope);
+                                &rope.gpu);
     EXPECT_EQ(to_host(gqkv, n), to_host(gqkv_before, n)) << "q and k rotated in place";
     const std::vector<float> out_through = to_host(gout, M * width);
     EXPECT_EQ(out_through, out_after) << "the forward";
     std::vector<float> cpu_qkv = qkv, cpu_qkv_before = qkv;
     std::vector<float> cpu_out(static_cast<std::size_t>(M * width)), cpu_out_after(cpu_out.size()),
         cpu_lse(static_cast<std::size_t>(shape.heads * M));
-    cpu_bf16.rope_rotate_qk(cpu_qkv_before.data(), host_rope, M, shape, false);
+    cpu_bf16.rope_rotate_qk(cpu_qkv_before.data(), rope.host, M, shape, false);
     cpu_bf16.attention_forward(cpu_out_after.data(), nullptr, cpu_lse.data(), cpu_qkv_before.data(),
                                segments, M, shape, options, nullptr, nullptr);
     cpu_bf16.attention_forward(cpu_out.data(), nullptr, cpu_lse.data(), cpu_qkv.data(), segments, M,
-                               shape, options, nullptr, &host_rope);
+                               shape, options, nullptr, &rope.host);
     EXPECT_EQ(cpu_qkv, cpu_qkv_before);
     EXPECT_EQ(cpu_out, cpu_out_after);
     EXPECT_LT(norm_error(out_through, cpu_out), 1e-2) << "the forward against the CPU";
@@ -291,12 +314,12 @@ TEST_F(CudaBackend, AttentionThroughRopeEqualsRopeBesideIt) {
     float* gdqkv = on_gpu(std::vector<float>(n + 1)) + shift;
     bf16* gdqkv16 = on_gpu(std::vector<bf16>(n + 1)) + shift;
     gpu_bf16->attention_backward(gdqkv, gdqkv16, gdout, gqkv, gout, glse, segments, M, shape,
-                                 options, &gpu_rope, AttentionInputs::kAny);
+                                 options, &rope.gpu, AttentionInputs::kAny);
     const std::vector<float> through = to_host(gdqkv, n);
     expect_rounding_of(to_host(gdqkv16, n), through, "the GPU's rounding");
     gpu_bf16->attention_backward(gdqkv, nullptr, gdout, gqkv, gout, glse, segments, M, shape,
                                  options, nullptr, AttentionInputs::kAny);
-    gpu_bf16->rope_rotate_qk(gdqkv, gpu_rope, M, shape, true);
+    gpu_bf16->rope_rotate_qk(gdqkv, rope.gpu, M, shape, true);
     const std::vector<float> after = to_host(gdqkv, n);
     if (attention_backward_repeats())
       EXPECT_EQ(through, after) << "the backward";
@@ -306,20 +329,18 @@ TEST_F(CudaBackend, AttentionThroughRopeEqualsRopeBesideIt) {
     std::vector<bf16> cpu_rounded(n);
     cpu_bf16.attention_backward(cpu_through.data(), cpu_rounded.data(), dout.data(), cpu_qkv.data(),
                                 cpu_out.data(), cpu_lse.data(), segments, M, shape, options,
-                                &host_rope, AttentionInputs::kAny);
+                                &rope.host, AttentionInputs::kAny);
     expect_rounding_of(cpu_rounded, cpu_through, "the CPU's rounding");
     cpu_bf16.attention_backward(cpu_after.data(), nullptr, dout.data(), cpu_qkv.data(),
                                 cpu_out.data(), cpu_lse.data(), segments, M, shape, options,
                                 nullptr, AttentionInputs::kAny);
-    cpu_bf16.rope_rotate_qk(cpu_after.data(), host_rope, M, shape, true);
+    cpu_bf16.rope_rotate_qk(cpu_after.data(), rope.host, M, shape, true);
     EXPECT_EQ(cpu_through, cpu_after);
     EXPECT_LT(norm_error(through, cpu_through), 2e-2) << "the backward against the CPU";
   }
   // The fp32 policy: the reference kernel, RoPE's passes beside it.
   const AttentionShape shape{6, 2, 64};
-  RopeTable table(RopeParams{}, shape.head_dim);
-  table.ensure(M);
-  const RopeRotation host_rope{positions.data(), &table}, gpu_rope{gpositions, &table};
+  const RopeSides rope(shape.head_dim, M, positions.data(), gpositions);
   const auto n = static_cast<std::size_t>(M * shape.qkv_stride());
   auto qkv = random_values(M * shape.qkv_stride(), 23);
   auto dout = random_values(M * shape.heads * shape.head_dim, 24);
@@ -327,15 +348,15 @@ TEST_F(CudaBackend, AttentionThroughRopeEqualsRopeBesideIt) {
   float *gqkv = on_gpu(qkv), *gout = on_gpu(out), *glse = on_gpu(lse), *gdout = on_gpu(dout),
         *gdqkv = on_gpu(dqkv);
   cpu_kernels_->attention_forward(out.data(), nullptr, lse.data(), qkv.data(), segments, M, shape,
-                                  {}, nullptr, &host_rope);
+                                  {}, nullptr, &rope.host);
   gpu_kernels_->attention_forward(gout, nullptr, glse, gqkv, segments, M, shape, {}, nullptr,
-                                  &gpu_rope);
+                                  &rope.gpu);
   expect_close(to_host(gout, out.size()), out, "fp32 attention after RoPE");
   cpu_kernels_->attention_backward(dqkv.data(), nullptr, dout.data(), qkv.data(), out.data(),
-                                   lse.data(), segments, M, shape, {}, &host_rope,
+                                   lse.data(), segments, M, shape, {}, &rope.host,
                                    AttentionInputs::kAny);
   gpu_kernels_->attention_backward(gdqkv, nullptr, gdout, gqkv, gout, glse, segments, M, shape, {},
-                                   &gpu_rope, AttentionInputs::kAny);
+                                   &rope.gpu, AttentionInputs::kAny);
   expect_close(to_host(gdqkv, n), dqkv, "fp32 d(q/k/v) through RoPE");
 }
 
@@ -351,12 +372,7 @@ TEST_F(CudaBackend, AttentionThroughRopeEqualsRopeBesideIt) {
 TEST_F(CudaBackend, AttentionThroughLoraEqualsLoraBesideIt) {
   auto gpu_bf16 = make_kernels<Bf16Policy>(*gpu_);
   CpuKernels<Bf16Policy> cpu_bf16(cpu_);
-  const std::vector<Segment> segments{{0, 1}, {1, 130}, {131, 300}, {431, 81}};
-  const Index M = 512;
-  std::vector<std::int32_t> positions(M);
-  for (const Segment& segment : segments)
-    for (Index i = 0; i < segment.length; ++i)
-      positions[segment.begin + i] = static_cast<std::int32_t>(i);
+  const auto& [segments, M, positions] = RopeTestBatch{};
   std::int32_t* gpositions = on_gpu(positions);
   // Module i's z [M, rank] and B [its columns, rank] (none for k where `no_k`), on both sides.
   struct Branches {
@@ -398,9 +414,7 @@ TEST_F(CudaBackend, AttentionThroughLoraEqualsLoraBesideIt) {
     SCOPED_TRACE("H=" + std::to_string(shape.heads) + " hd=" + std::to_string(shape.head_dim) +
                  " rank " + std::to_string(rank) + (fused ? "" : ", fused off") +
                  (shift ? ", shifted" : "") + (no_k ? ", no k adapter" : ""));
-    RopeTable table(RopeParams{}, shape.head_dim);
-    table.ensure(M);
-    const RopeRotation host_rope{positions.data(), &table}, gpu_rope{gpositions, &table};
+    const RopeSides rope(shape.head_dim, M, positions.data(), gpositions);
     const Branches br = branches(shape, rank, no_k);
     const Index W3 = shape.qkv_stride(), width = shape.heads * shape.head_dim;
     const auto n = static_cast<std::size_t>(M * W3);
@@ -415,7 +429,7 @@ TEST_F(CudaBackend, AttentionThroughLoraEqualsLoraBesideIt) {
           *glse = on_gpu(std::vector<float>(static_cast<std::size_t>(shape.heads * M)));
     gpu_bf16->lora_expand_qkv(gqkv_beside, br.gpu, M, shape);
     gpu_bf16->attention_forward(gout, nullptr, glse, gqkv_beside, segments, M, shape, options,
-                                nullptr, &gpu_rope);
+                                nullptr, &rope.gpu);
     const std::vector<float> out_beside = to_host(gout, M * width),
                              lse_beside = to_host(glse, shape.heads * M);
     // The profiler counts the outermost LoRA calls: none where the copy for cuDNN adds the
@@ -424,7 +438,7 @@ TEST_F(CudaBackend, AttentionThroughLoraEqualsLoraBesideIt) {
     profiler.enable(true);
     profiler.reset();
     gpu_bf16->attention_forward(gout, nullptr, glse, gqkv, segments, M, shape, options, &br.gpu,
-                                &gpu_rope);
+                                &rope.gpu);
     bool fused_pass = false;
 #ifdef ZEROLORA_CUDNN
     fused_pass = fused && cudnn_supports_head_dim(shape.head_dim) && rank <= 8;
@@ -444,9 +458,9 @@ TEST_F(CudaBackend, AttentionThroughLoraEqualsLoraBesideIt) {
     cpu_bf16.lora_expand_qkv(cpu_qkv_beside.data(), br.cpu, M, shape);
     cpu_bf16.attention_forward(cpu_out_beside.data(), nullptr, cpu_lse.data(),
                                cpu_qkv_beside.data(), segments, M, shape, options, nullptr,
-                               &host_rope);
+                               &rope.host);
     cpu_bf16.attention_forward(cpu_out.data(), nullptr, cpu_lse.data(), cpu_qkv.data(), segments, M,
-                               shape, options, &br.cpu, &host_rope);
+                               shape, options, &br.cpu, &rope.host);
     EXPECT_EQ(cpu_qkv, cpu_qkv_beside);
     EXPECT_EQ(cpu_out, cpu_out_beside);
     EXPECT_LT(norm_error(qkv_through, cpu_qkv), 1e-5) << "q/k/v against the CPU (fp32 sums)";
@@ -454,7 +468,7 @@ TEST_F(CudaBackend, AttentionThroughLoraEqualsLoraBesideIt) {
     // The expansions changed every column that has a branch (v's too), none of k's without.
     const Index k_begin = width, v_begin = width + shape.kv_heads * shape.head_dim;
     std::vector<float> rotated_only = qkv;
-    cpu_bf16.rope_rotate_qk(rotated_only.data(), host_rope, M, shape, false);
+    cpu_bf16.rope_rotate_qk(rotated_only.data(), rope.host, M, shape, false);
     Index changed_k = 0, changed_v = 0;
     for (Index row = 0; row < M; ++row)
       for (Index col = k_begin; col < W3; ++col) {
@@ -466,18 +480,16 @@ TEST_F(CudaBackend, AttentionThroughLoraEqualsLoraBesideIt) {
   }
   // The fp32 policy (the reference kernel, lora_expand and RoPE's passes first): against the CPU.
   const AttentionShape shape{6, 2, 64};
-  RopeTable table(RopeParams{}, shape.head_dim);
-  table.ensure(M);
-  const RopeRotation host_rope{positions.data(), &table}, gpu_rope{gpositions, &table};
+  const RopeSides rope(shape.head_dim, M, positions.data(), gpositions);
   const Branches br = branches(shape, 4, false);
   auto qkv = random_values(M * shape.qkv_stride(), 67);
   std::vector<float> out(static_cast<std::size_t>(M * shape.heads * shape.head_dim)),
       lse(static_cast<std::size_t>(shape.heads * M));
   float *gqkv = on_gpu(qkv), *gout = on_gpu(out), *glse = on_gpu(lse);
   cpu_kernels_->attention_forward(out.data(), nullptr, lse.data(), qkv.data(), segments, M, shape,
-                                  {}, &br.cpu, &host_rope);
+                                  {}, &br.cpu, &rope.host);
   gpu_kernels_->attention_forward(gout, nullptr, glse, gqkv, segments, M, shape, {}, &br.gpu,
-                                  &gpu_rope);
+                                  &rope.gpu);
   expect_close(to_host(gqkv, qkv.size()), qkv, "fp32 q/k/v after LoRA and RoPE");
   expect_close(to_host(gout, out.size()), out, "fp32 attention after LoRA and RoPE");
 }
