@@ -16,6 +16,7 @@
 #include "core/bf16.hpp"
 #include "core/profiler.hpp"
 #include "cuda/cuda_device.hpp"
+#include "cuda/cuda_ops.hpp"
 #ifdef ZEROLORA_CUDNN
 #include "cuda/cudnn_attention.hpp"
 #endif
@@ -441,7 +442,8 @@ TEST_F(CudaBackend, AttentionThroughLoraEqualsLoraBesideIt) {
                                 &rope.gpu);
     bool fused_pass = false;
 #ifdef ZEROLORA_CUDNN
-    fused_pass = fused && cudnn_supports_head_dim(shape.head_dim) && rank <= 8;
+    fused_pass =
+        fused && cudnn_supports_head_dim(shape.head_dim) && rank <= cuda::kQkvExpansionsMaxRank;
 #endif
     EXPECT_EQ(profiler.calls(ProfileCategory::kLora), fused_pass ? 0 : (no_k ? 2 : 3))
         << (fused_pass ? "the expansions inside the copy" : "lora_expand's passes");
