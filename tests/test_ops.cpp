@@ -16,6 +16,7 @@
 #include "ops/attention.hpp"
 #include "ops/convert.hpp"
 #include "ops/cudnn_plan.hpp"
+#include "ops/kernels.hpp"
 #include "ops/rmsnorm.hpp"
 #include "ops/simd.hpp"
 #include "test_util.hpp"
@@ -91,6 +92,24 @@ TEST(Attention, CudnnBuffersCoverTheTokenBoundAndATilePastIt) {
   EXPECT_EQ(cudnn_padded_rows(8193), 10240 + 256);
   EXPECT_EQ(cudnn_padded_rows(20480), 20480 + 256) << "the seed's 10 x 2048";
   for (Index M = 1; M < 5000; M += 37) EXPECT_GE(cudnn_padded_rows(M), M + 256) << M;
+}
+
+TEST(Attention, ShapeNamesEachBranchsColumnsOfTheFusedRows) {
+  // GQA: 4 query heads and 2 key/value heads of 8 (q 32 columns, k and v 16 each).
+  const AttentionShape shape{4, 2, 8};
+  EXPECT_EQ(shape.qkv_stride(), 64);
+  const Index first[3] = {0, 32, 48}, width[3] = {32, 16, 16};
+  for (int branch = 0; branch < 3; ++branch) {
+    EXPECT_EQ(shape.qkv_first_column(branch), first[branch]) << branch;
+    EXPECT_EQ(shape.qkv_width(branch), width[branch]) << branch;
+  }
+  float rows[2 * 64] = {};
+  const Mat<float> v = qkv_branch_columns(rows, 2, 2, shape);
+  EXPECT_EQ(v.data, rows + 48);
+  EXPECT_EQ(v.rows, 2);
+  EXPECT_EQ(v.cols, 16);
+  EXPECT_EQ(v.rs, 64);
+  EXPECT_EQ(v.cs, 1);
 }
 
 TEST(Attention, MatchesPlainSoftmaxInEveryPrecision) {

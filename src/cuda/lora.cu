@@ -205,22 +205,12 @@ __global__ void lora_outer_reduce_kernel(float* g, Index gk, Index gj, const flo
   }
 }
 
-// Calls launch(rank bound) with the smallest rank bound (std::integral_constant 4, 8 or 16)
-// that holds rank; with_bounds also gives the branch count as a std::integral_constant
-// 1..kLoraGroupMax (a group's rank at most kLoraGroupMaxRank: its registers and shared memory
-// grow with both).
-template <class Launch>
-void with_rank_bound(int rank, Launch&& launch) {
-  if (rank <= 4)
-    launch(std::integral_constant<int, 4>{});
-  else if (rank <= 8)
-    launch(std::integral_constant<int, 8>{});
-  else
-    launch(std::integral_constant<int, kMaxRank>{});
-}
+// Calls launch(rank bound, branch count): the rank bound as with_rank_bound
+// (lora_columns.cuh) chooses it, the count as a std::integral_constant 1..kLoraGroupMax (a
+// group's rank at most kLoraGroupMaxRank: its registers and shared memory grow with both).
 template <class Launch>
 void with_bounds(int rank, int count, Launch&& launch) {
-  with_rank_bound(rank, [&](auto bound) {
+  with_rank_bound<kMaxRank>(rank, [&](auto bound) {
     if (count == 1)
       launch(bound, std::integral_constant<int, 1>{});
     else if constexpr (decltype(bound)::value <= kLoraGroupMaxRank) {
@@ -266,7 +256,7 @@ void lora_contract(cudaStream_t s, const LoraBranches& branches, const float* bi
   if (branches.count != 1)  // (see the top of this file)
     refuse_launch("lora_contract", "a group of LoRA branches: the contraction takes one");
   if (M == 0) return;
-  with_rank_bound(rank, [&](auto bound) {
+  with_rank_bound<kMaxRank>(rank, [&](auto bound) {
     constexpr int R = decltype(bound)::value;
     static constexpr auto kernel = &lora_contract_kernel<R>;
     ZL_LAUNCH(kernel, grid_for((M + kContractRows - 1) / kContractRows * 32, kThreads), kThreads, s)

@@ -1,14 +1,31 @@
 // What the kernels that add a LoRA expansion share (lora.cu's lora_expand; rope.cu's
 // rotate_round, which adds q's, k's and v's before RoPE as it copies them for cuDNN): the
 // weight's r values of a column, and the term each column receives, computed the same way in
-// both so that they give the same bits.
+// both so that they give the same bits; and the choice of the rank bound their register arrays
+// are sized by.
 #pragma once
 
 #include <limits>
+#include <type_traits>
 
 #include "cuda/device_math.cuh"
 
 namespace zerolora::cuda {
+
+// Calls launch(bound) with the smallest rank bound, 4, 8 or 16 (a std::integral_constant), that
+// holds rank, at most kMaxBound (the caller refuses ranks above it first): a kernel's registers
+// grow with its bound, so that a rank of 4 does not pay for 16.
+template <int kMaxBound, int kBound = 4, class Launch>
+void with_rank_bound(int rank, Launch&& launch) {
+  static_assert(kMaxBound == 4 || kMaxBound == 8 || kMaxBound == 16);
+  if constexpr (kBound >= kMaxBound) {
+    launch(std::integral_constant<int, kMaxBound>{});
+  } else if (rank <= kBound) {
+    launch(std::integral_constant<int, kBound>{});
+  } else {
+    with_rank_bound<kMaxBound, 2 * kBound>(rank, launch);
+  }
+}
 
 // W's r values of column j, W(k, j) at w[k wk + j wj]. Where they are contiguous and aligned
 // (B: wk 1, wj r, r a multiple of 4) a 16-byte load takes four: loaded one by one, a warp's 32

@@ -247,10 +247,8 @@ void rotate_round(cudaStream_t s, const RotateRound& a) {
     refuse_launch("rotate_round", "a LoRA rank outside 0..8");
   if (rank == 0)
     launch(std::integral_constant<int, 0>{});
-  else if (rank <= 4)
-    launch(std::integral_constant<int, 4>{});
   else
-    launch(std::integral_constant<int, 8>{});
+    with_rank_bound<kQkvExpansionsMaxRank>(rank, launch);
   check_launch("rotate_round", a.M, (a.heads + 2 * a.kv_heads) * 2 * a.half);
 }
 

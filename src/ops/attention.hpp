@@ -47,6 +47,11 @@ struct AttentionShape {
   // 0: to all earlier positions.
   Index window = 0;
   Index qkv_stride() const { return (heads + 2 * kv_heads) * head_dim; }
+  // q's, k's or v's columns (branch 0, 1 or 2) of the fused q/k/v rows: the first, and how many.
+  Index qkv_first_column(int branch) const {
+    return branch == 0 ? 0 : (heads + (branch - 1) * kv_heads) * head_dim;
+  }
+  Index qkv_width(int branch) const { return (branch == 0 ? heads : kv_heads) * head_dim; }
   // The first key position the row at `position` attends to.
   Index first_key(Index position) const {
     return window > 0 && position >= window ? position - window + 1 : 0;

@@ -65,6 +65,12 @@ struct QkvLoraExpansions {
   double scale = 0.0;
 };
 
+// Branch i's (q's, k's or v's) columns of M fused q/k/v rows.
+template <class T>
+Mat<T> qkv_branch_columns(T* qkv, int branch, Index M, const AttentionShape& shape) {
+  return {qkv + shape.qkv_first_column(branch), M, shape.qkv_width(branch), shape.qkv_stride(), 1};
+}
+
 // What attention_backward may assume of its qkv, out and lse (its `from` below).
 enum class AttentionInputs {
   kAny,           // nothing: whatever the caller has
@@ -158,12 +164,10 @@ class Kernels {
   // attention_forward does first where it has no pass to fuse them into).
   void lora_expand_qkv(Act* qkv, const QkvLoraExpansions<Act>& lora, Index M,
                        const AttentionShape& shape) {
-    const Index q = shape.heads * shape.head_dim, kv = shape.kv_heads * shape.head_dim;
-    const Index column[3] = {0, q, q + kv}, width[3] = {q, kv, kv};
     for (int i = 0; i < 3; ++i)
       if (lora.z[i])
-        lora_expand(Mat<Act>{qkv + column[i], M, width[i], shape.qkv_stride(), 1}, lora.z[i],
-                    lora.b[i], lora.rank, lora.scale);
+        lora_expand(qkv_branch_columns(qkv, i, M, shape), lora.z[i], lora.b[i], lora.rank,
+                    lora.scale);
   }
   virtual void lora_backward(Mat<Act> diff_src, Act* diff_a, Act* diff_b, Mat<const Act> diff_dst,
                              const Act* z, Mat<const Act> src, const Act* a, const Act* b,
