@@ -65,9 +65,10 @@ inline constexpr Fixture kBf16Cudnn{1.2e-2, 2.2e-3, 1.6e-4, 1.4e-3, 6.5e-2, 9e-2
 // backwards alike): within cuDNN's entries everywhere (grad 2.4e-2, update 2.6e-2, later_losses
 // 5.3e-4) but gqa_tied's step 2 gradient norm, 0.195 (its step 1: 2.4e-2; every other case's
 // step 2 at most 9.5e-3). That is the amplification kBf16's later_norms describes (bf16 against
-// fp32: up to 26%) after two near-sign AdamW steps at lr 1e-2; the same code before this
-// session's and the two before's attention changes measured the same 0.195 (so not those),
-// and the H100's cuDNN kept every case within 9e-2. So 2.5x the stand-in's worst.
+// fp32: up to 26%) after two near-sign AdamW steps at lr 1e-2: 0bb451f, before the attention
+// changes of 1617825 and 4065564 (the copies reused, RoPE and the expansions fused), measured
+// the same 0.195, and the H100's cuDNN kept every case within 9e-2 (2026-12-06, d01ee66). So
+// 2.5x the stand-in's worst.
 inline constexpr Fixture kBf16CudnnStandin{1.2e-2, 2.2e-3, 1.6e-4, 1.4e-3, 6.5e-2, 0.5, -1.0, 6e-2};
 
 // W ranks vs one process, both fp32, the same micro-batches (tests/mpi): only the order of
