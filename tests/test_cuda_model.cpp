@@ -145,9 +145,10 @@ TEST_P(GpuFixtures, MatchTransformersAndPeft) {
       testing::check_against_reference<Bf16Policy>(gpu, c, tolerance::kBf16, false);
     }
     SCOPED_TRACE("cuDNN's attention");
-    bool standin = false;  // the emulated GPU's stand-in in cuDNN's place
 #ifdef ZEROLORA_CUDNN_STANDIN
-    standin = true;
+    constexpr bool standin = true;  // the emulated GPU's stand-in in cuDNN's place
+#else
+    constexpr bool standin = false;
 #endif
     testing::check_against_reference<Bf16Policy>(gpu, c,
                                                  standin && c.name == "gqa_tied"

@@ -238,10 +238,11 @@ void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P:
   ops.base_forward(Mat<Act>::dense(qkv, M, d.W3), {h1, h1_rounded}, M, d.D, ops.w(LayerTensor::kQ));
   // Qwen2's biases belong to the base projection, before LoRA adds to it (as in PEFT).
   if (c.qkv_bias) k.linear_add_bias(Mat<Act>::dense(qkv, M, d.W3), ops.w(LayerTensor::kQBias));
+  const AttentionShape shape = d.attention();
   Mat<Act> qkv_columns[3];
   Act* qkv_z[3];
   for (int i = 0; i < 3; ++i) {
-    qkv_columns[i] = qkv_branch_columns(qkv, i, M, d.attention());
+    qkv_columns[i] = qkv_branch_columns(qkv, i, M, shape);
     qkv_z[i] = acts.lora_z[static_cast<int>(kQkvModules[i])].data();
   }
   // q/k/v's LoRA branches, then RoPE on q's heads and k's (consecutive in the fused row): their
@@ -389,10 +390,11 @@ void layer_backward(LayerContext<P>& ctx, typename P::Act* dx, const typename P:
                        ctx.options.attention, &rotation, attention_inputs);
   Act* dh = grow(dev, ws.dh, M * d.D);
   ops.base_backward(dh, {d_qkv, d_qkv_rounded}, M, d.W3, ops.w(LayerTensor::kQ), d.D);
+  const AttentionShape shape = d.attention();
   Mat<const Act> d_qkv_columns[3];
   const Act* qkv_z[3];
   for (int i = 0; i < 3; ++i) {
-    d_qkv_columns[i] = qkv_branch_columns<const Act>(d_qkv, i, M, d.attention());
+    d_qkv_columns[i] = qkv_branch_columns<const Act>(d_qkv, i, M, shape);
     qkv_z[i] = acts.lora_z[static_cast<int>(kQkvModules[i])].data();
   }
   ops.lora_backward_shared(kQkvModules, Mat<Act>::dense(dh, M, d.D), d_qkv_columns, qkv_z,
