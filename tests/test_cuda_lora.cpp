@@ -1,6 +1,7 @@
 // The CUDA backend's LoRA branch (cuda_lora.cpp, lora.cu) against the CPU engine's, in fp32
 // within kFp32Op: one branch on the fused kernels and on cuBLASLt, and the branches that share
-// their input as one group, bit for bit each branch's own call.
+// their input as one group, bit for bit each branch's own call; the backward's one pass over the
+// input and its gradient bit for bit the kernels it fuses.
 #include <gtest/gtest.h>
 
 #include <cstdint>
@@ -11,6 +12,7 @@
 
 #include "core/profiler.hpp"
 #include "core/rng.hpp"
+#include "cuda/cuda_ops.hpp"
 #include "cuda_backend_test.hpp"
 #include "ops/lora_branch.hpp"
 
@@ -182,6 +184,116 @@ TEST_F(CudaBackend, LoraBranchesSharingTheirInputEqualEachBranchAlone) {
       }
     }
   }
+}
+
+// The backward's one pass over x and dx (lora.cu lora_outer_expand: dA_b += scale dz_b^T
+// drop_b(x) and dx += drop_b(scale dz_b A_b), each element's mask drawn once a branch) against
+// lora_outer and then lora_expand, branch by branch: the same bits. Groups of 2 and 3 at ranks
+// 1, 4 and 8 (kLoraGroupMaxRank), one branch at ranks 4, 5, 12 and 16 (each rank bound); W laid
+// out as A (a row a rank, loaded a value at a time) and as B (a row a column, loaded four at a
+// time where the rank allows); columns over two blocks, the second ragged; row counts with a
+// ragged last chunk and a ragged tail of the rows in flight; x and dx with their own row
+// strides; dropout off and on. A dx that overlaps x by one value is refused; one right after it
+// runs.
+TEST_F(CudaBackend, LoraOuterExpandEqualsOuterThenExpandBranchByBranch) {
+  auto& gpu_device = dynamic_cast<cuda::CudaDevice&>(device());
+  const cudaStream_t stream = gpu_device.stream();
+  const Index n = 300, big_rs = n + 3, diff_rs = n + 5;
+  struct Case {
+    Index rows, rank;
+    int count;
+  };
+  for (const Case& c : std::vector<Case>{{37, 4, 3},
+                                         {603, 8, 3},
+                                         {600, 8, 2},
+                                         {600, 1, 2},
+                                         {37, 4, 1},
+                                         {603, 5, 1},
+                                         {45, 12, 1},
+                                         {45, 16, 1}}) {
+    const Index M = c.rows, rank = c.rank;
+    const auto x = random_values(M * big_rs, 50), dx = random_values(M * diff_rs, 51);
+    std::vector<std::uint64_t> row_keys(M);
+    for (Index i = 0; i < M; ++i) row_keys[i] = mix64(static_cast<std::uint64_t>(i) + 9);
+    const std::uint64_t* g_row_keys = on_gpu(row_keys);
+    std::vector<std::vector<float>> dz, w;
+    for (int b = 0; b < c.count; ++b) {
+      dz.push_back(random_values(M * rank, 60 + b));
+      w.push_back(random_values(rank * n, 70 + b, 0.3f));
+    }
+    float* partial = on_gpu(
+        std::vector<float>(static_cast<std::size_t>(cuda::lora_outer_scratch(M, n, rank, 3))));
+    // W(k, j) at w[k wk + j wj]: A's layout [r, n], then B's [n, r].
+    for (const auto& [wk, wj] : {std::pair<Index, Index>{n, 1}, {1, rank}}) {
+      for (double p : {0.0, 0.1}) {
+        SCOPED_TRACE("M=" + std::to_string(M) + " rank=" + std::to_string(rank) +
+                     " branches=" + std::to_string(c.count) + " wk=" + std::to_string(wk) +
+                     " p=" + std::to_string(p));
+        // Per way (0: one pass, 1: branch by branch): each dA and dx.
+        std::vector<float> da[2][3], din[2];
+        for (int way = 0; way < 2; ++way) {
+          const std::vector<float> da_before(static_cast<std::size_t>(rank * n), 0.5f);
+          float* gdx = on_gpu(dx);
+          cuda::LoraBranches group;
+          std::vector<float*> gda;
+          for (int b = 0; b < c.count; ++b) {
+            gda.push_back(on_gpu(da_before));
+            group.small[b] = on_gpu(dz[b]);
+            group.w[b] = on_gpu(w[b]);
+            group.out[b] = gda[b];
+            group.key[b] = 2000u + static_cast<std::uint64_t>(b);
+            ++group.count;
+          }
+          if (way == 0) {
+            cuda::lora_outer_expand(stream, group, n, 1, on_gpu(x), big_rs, gdx, diff_rs, wk, wj, M,
+                                    n, static_cast<int>(rank), 0.75f, p, g_row_keys, partial);
+          } else {
+            for (int b = 0; b < c.count; ++b) {
+              cuda::LoraBranches one;
+              one.count = 1;
+              one.small[0] = group.small[b];
+              one.w[0] = group.w[b];
+              one.out[0] = group.out[b];
+              one.key[0] = group.key[b];
+              cuda::lora_outer(stream, one, n, 1, on_gpu(x), big_rs, M, n, static_cast<int>(rank),
+                               0.75f, p, g_row_keys, partial);
+              cuda::lora_expand(stream, gdx, diff_rs, one, wk, wj, M, n, static_cast<int>(rank),
+                                0.75f, p, g_row_keys);
+            }
+          }
+          din[way] = to_host(gdx, dx.size());
+          for (int b = 0; b < c.count; ++b) da[way][b] = to_host(gda[b], da_before.size());
+        }
+        EXPECT_EQ(din[0], din[1]) << "dx";
+        EXPECT_NE(din[0], dx) << "dx unchanged";
+        for (int b = 0; b < c.count; ++b) {
+          EXPECT_EQ(da[0][b], da[1][b]) << "dA of branch " << b;
+          EXPECT_NE(da[0][b], std::vector<float>(da[0][b].size(), 0.5f)) << "dA unchanged";
+        }
+      }
+    }
+  }
+  // dx overlapping x (4 rows of n, dense) by its last value: refused before anything is
+  // launched; dx right after x: run.
+  float* gx = on_gpu(random_values(8 * n, 80));
+  cuda::LoraBranches one;
+  one.count = 1;
+  one.small[0] = on_gpu(random_values(4 * 4, 81));
+  one.w[0] = on_gpu(random_values(4 * n, 82));
+  one.out[0] = on_gpu(std::vector<float>(4 * n));
+  float* partial = on_gpu(std::vector<float>(static_cast<std::size_t>(4 * n)));
+  const auto outer_expand_into = [&](float* gdx) {
+    cuda::lora_outer_expand(stream, one, n, 1, gx, n, gdx, n, n, 1, 4, n, 4, 1.0f, 0.0, nullptr,
+                            partial);
+  };
+  try {
+    outer_expand_into(gx + 4 * n - 1);
+    ADD_FAILURE() << "an overlapping dx was not refused";
+  } catch (const DeviceError& e) {
+    EXPECT_NE(std::string(e.what()).find("the input and its gradient overlap"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_NO_THROW(outer_expand_into(gx + 4 * n));
 }
 
 }  // namespace

@@ -102,8 +102,8 @@ bool CudaLora::groups_backward(Mat<float> diff_src, std::span<const BackwardBran
 
 // The fused kernels' backward of branches sharing src and diff_src (one, or a group): each
 // branch's dB += s dy^T z and dz = s dy B (B(k, c) at b[c r + k]), then for all of them in one
-// pass over src and one over diff_src, dA += dz^T drop(x) and dx += drop'(dz A) (A(k, j) at
-// a[k in + j]).
+// pass over src and diff_src together (lora_outer_expand), dA += dz^T drop(x) and dx +=
+// drop'(dz A) (A(k, j) at a[k in + j]).
 void CudaLora::backward_group(Mat<float> diff_src, std::span<const BackwardBranch> branches,
                               Mat<const float> src, Index rank, double scale) {
   const Index M = src.rows, in = src.cols, count = static_cast<Index>(branches.size());
@@ -125,10 +125,8 @@ void CudaLora::backward_group(Mat<float> diff_src, std::span<const BackwardBranc
     add_branch(group, dz_b, br.a, br.diff_a, br.dropout.key);
   }
   const DropoutMask& dropout = branches.front().dropout;
-  lora_outer(s_, group, in, 1, src.data, src.rs, M, in, r, 1.0f, dropout.p, dropout.row_keys,
-             partial);
-  lora_expand(s_, diff_src.data, diff_src.rs, group, in, 1, M, in, r, 1.0f, dropout.p,
-              dropout.row_keys);
+  lora_outer_expand(s_, group, in, 1, src.data, src.rs, diff_src.data, diff_src.rs, in, 1, M, in, r,
+                    1.0f, dropout.p, dropout.row_keys, partial);
 }
 
 // y += s z B^T (B(k, c) at b[c r + k]).

@@ -131,13 +131,16 @@ void apply_dropout(cudaStream_t s, float* dst, Index dst_rs, Index dst_cs, const
 // lora.cu (ops/lora_branch.hpp) for ranks 1..16 (kLoraFusedMaxRank), big matrices' rows
 // big_rs apart (columns contiguous), dropout p with the row keys of DropoutMask (p 0: off);
 // W(k, j) and G(k, j) at w[k wk + j wj]. Each call takes its branches (LoraBranches): one, or
-// (expand and outer: the backward's dx and dA) a group of up to kLoraGroupMax that share big
+// (lora_outer_expand: the backward's dA and dx) a group of up to kLoraGroupMax that share big
 // (q, k and v on the norm's output; gate and up) of rank at most kLoraGroupMaxRank, read once for
-// all of them, each branch's result the same bits as a call of its own (an expansion's branches
-// added to big in their order):
-//   lora_contract: small_b [M, r] (=) scale drop_b(big [M, n]) W_b^T
-//   lora_expand:   big [M, n] += drop_b(scale small_b [M, r] W_b), b in order
-//   lora_outer:    G_b [r, n] += scale small_b^T drop_b(big), through partial [lora_outer_scratch]
+// all of them, each branch's result the same bits as a call of its own:
+//   lora_contract:     small_b [M, r] (=) scale drop_b(big [M, n]) W_b^T
+//   lora_expand:       big [M, n] += drop_b(scale small_b [M, r] W_b)
+//   lora_outer:        G_b [r, n] += scale small_b^T drop_b(big), through partial
+//                      [lora_outer_scratch]
+//   lora_outer_expand: lora_outer's G_b and diff [M, n] (rows diff_rs apart, not overlapping
+//                      big) += drop_b(scale small_b W_b), b in order, in one pass: the same bits
+//                      as lora_outer, then lora_expand on diff, branch by branch
 inline constexpr int kLoraGroupMax = 3;      // ops/lora_branch.hpp's (static_assert in
 inline constexpr int kLoraGroupMaxRank = 8;  // cuda_lora.cpp)
 struct LoraBranches {
@@ -157,6 +160,10 @@ Index lora_outer_scratch(Index M, Index n, int rank, int count);
 void lora_outer(cudaStream_t s, const LoraBranches& branches, Index gk, Index gj, const float* big,
                 Index big_rs, Index M, Index n, int rank, float scale, double p,
                 const std::uint64_t* row_keys, float* partial);
+void lora_outer_expand(cudaStream_t s, const LoraBranches& branches, Index gk, Index gj,
+                       const float* big, Index big_rs, float* diff, Index diff_rs, Index wk,
+                       Index wj, Index M, Index n, int rank, float scale, double p,
+                       const std::uint64_t* row_keys, float* partial);
 
 // attention.cu (ops/attention.hpp): causal GQA attention over segments, tiles of query rows of
 // a head (forward, dQ) or key rows of a KV head (dK, dV), fp32 arithmetic; with round_operands,

@@ -57,7 +57,19 @@ struct DropoutDraw {
   __device__ __forceinline__ std::uint64_t row(Index i) const {
     return row_keys ? hash_combine(key, row_keys[i]) : 0;
   }
-  // v dropped or scaled, row_key being row(i) of v's row i.
+  // Whether element (i, j) is kept, row_key being row(i) (every element when dropout is off).
+  __device__ __forceinline__ bool keeps(std::uint64_t row_key, Index j) const {
+    return !row_keys || (mix64(row_key + static_cast<std::uint64_t>(j)) >> 40) >= threshold;
+  }
+  // v as the mask leaves it, kept being keeps()'s answer for v's element: a kernel that applies
+  // one element's mask to two values (lora.cu's backward: x for dA, a term of dx) draws it once.
+  __device__ __forceinline__ float dropped(bool kept, float v) const {
+    if (!row_keys) return v;
+    return kept ? v * keep_scale : 0.0f;
+  }
+  // v dropped or scaled, row_key being row(i) of v's row i: keeps() and dropped() in one, written
+  // out as before they were split, which ptxas (nvcc 13.0, sm_90) compiles to the registers its
+  // callers had (lora.cu's contraction: 56 at rank bound 4, against 60 through the two).
   __device__ __forceinline__ float apply(std::uint64_t row_key, Index j, float v) const {
     if (!row_keys) return v;
     return (mix64(row_key + static_cast<std::uint64_t>(j)) >> 40) >= threshold ? v * keep_scale

@@ -1,19 +1,22 @@
 // The LoRA branch on the device (ops/lora_branch.hpp) for ranks up to kLoraFusedMaxRank, forward
-// and backward as three kernels that read each activation once, the dropout mask made on the fly
+// and backward as kernels that read each activation once, the dropout mask made on the fly
 // (device_math.cuh's DropoutDraw: the CPU's masks exactly) instead of a dropped copy of the input:
-//   contract: small [M, r] (=) scale drop(big) W^T       z = drop(x) A^T;   dz = s dy B
-//   expand:   big [M, n]  += drop(scale small W)         y += s z B^T;      dx += drop'(dz A)
-//   outer:    G [r, n]    += scale small^T drop(big)     dB += s dy^T z;    dA += dz^T drop(x)
+//   contract:     small [M, r] (=) scale drop(big) W^T   z = drop(x) A^T;   dz = s dy B
+//   expand:       big [M, n]  += drop(scale small W)     y += s z B^T
+//   outer:        G [r, n]    += scale small^T drop(big) dB += s dy^T z
+//   outer_expand: outer's G, and expand's into diff      dA += dz^T drop(x) and dx += drop'(dz A)
 // W(k, j) and G(k, j), k < r, j < n, sit at w[k wk + j wj]: A [r, in] is wk = in, wj = 1; B
 // [out, r] is wk = 1, wj = r. The rank's accumulators live in registers (arrays of the rank's
 // bound, 4, 8 or 16, the loops unrolled); outer sums fixed chunks of rows, then the chunks in
 // order: the same bits every run. They replace cuBLASLt's rank-r GEMMs and the dropped copies,
-// which took 23% of a 7B step on an H200 (BENCHMARKS.md). In the backward, branches that share
-// their big matrix (q, k and v read the attention norm's output x and add to its gradient dx)
-// run as a group of up to three in one launch: x read once for their dA, dx read and written
-// once for their terms. The contraction takes one branch: grouped (x read once for the three
-// z), it was slower than three single launches on an H100 (bench_kernels, 2026-12-06: q/k/v's
-// forward 722 against 609 us at the 7B shape), so the forward runs branch by branch.
+// which took 23% of a 7B step on an H200 (BENCHMARKS.md). In the backward, the outer product
+// into dA and the expansion into dx read the same x and draw the same masks: they run as one
+// kernel (lora_outer_expand), for a group of up to three branches that share x (q, k and v read
+// the attention norm's output x and add to its gradient dx): x read once for their dA, dx read
+// and written once for their terms, each element's mask drawn once a branch. The contraction
+// takes one branch: grouped (x read once for the three z), it was slower than three single
+// launches on an H100 (bench_kernels, 2026-12-06: q/k/v's forward 722 against 609 us at the 7B
+// shape), so the forward runs branch by branch.
 #include <type_traits>
 
 #include "cuda/lora_columns.cuh"
@@ -29,6 +32,12 @@ constexpr int kThreads = 256;
 // above a store that may alias it, nor always unroll a loop of unknown trip count):
 constexpr int kExpandColumns = 4;  // columns per pass of an expansion thread
 constexpr int kOuterInFlight = 8;  // rows per pass of an outer-product thread
+// Whether a lora_outer_expand thread keeps W's values of its column in registers for the whole
+// chunk: not where the group holds 24 values a thread or more (three branches at rank bound 8),
+// whose accumulators and W would spill at two blocks an SM (sm_80); those reload W's column for
+// each row, as lora_expand does, from L1.
+template <int R, int G>
+inline constexpr bool kOuterExpandKeepsW = (R * G) < 24;
 constexpr int kContractRows = 2;   // rows per contraction warp: each weight load serves both
 constexpr int kContractSteps = 4;  // and each lane loads four columns of each row per pass
 
@@ -112,8 +121,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<R, 1>)
 }
 
 // One block per row of big: each thread keeps the row's r values of each branch's small and its
-// dropout keys in registers for its columns. A group adds its branches in their order, each
-// rounded as a launch of its own would have stored it.
+// dropout keys in registers for its columns; G branches added in their order. lora_expand
+// launches one (a group's backward runs lora_outer_expand), but the kernel keeps its loop over
+// G: written for one branch alone, ptxas (nvcc 13.0, sm_90) gave it 48 registers at rank bound 4
+// where this form keeps the 40 it had before (fewer registers, more blocks resident an SM).
 template <int R, int G>
 __global__ void __launch_bounds__(kThreads, kMinBlocks<R, G>)
     lora_expand_kernel(float* big, Index big_rs, Branches<G> br, Index M, int n, int rank,
@@ -148,51 +159,143 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<R, G>)
   }
 }
 
-// partial [G][chunks, r, n] (branch b's at partial + b chunks r n): block (x, chunk) sums its
-// kOuterRows rows for its columns. The chunk's rows of each branch's small and their dropout
-// keys are staged in shared memory once per block.
+// The rows of one chunk (kOuterRows) of each branch's small matrix and dropout keys, staged in
+// the block's shared memory by all its threads (then a barrier) as the block's outer-product
+// kernel begins; each thread keeps its view of them.
 template <int R, int G>
-__global__ void lora_outer_partial_kernel(float* partial, Branches<G> br, const float* big,
-                                          Index big_rs, Index M, Index n, int rank) {
-  __shared__ float chunk_small[G][kOuterRows * R];
-  __shared__ std::uint64_t chunk_key[G][kOuterRows];
-  const Index chunk = blockIdx.y, chunks = gridDim.y;
-  const Index first = chunk * kOuterRows;
-  const Index rows = first + kOuterRows < M ? kOuterRows : M - first;
-  ZL_UNROLL for (int b = 0; b < G; ++b) {
-    for (Index t = threadIdx.x; t < rows * rank; t += blockDim.x)
-      chunk_small[b][t] = br.small[b][first * rank + t];
-    for (Index t = threadIdx.x; t < rows; t += blockDim.x)
-      chunk_key[b][t] = br.mask[b].row(first + t);
-  }
-  __syncthreads();
-  for (Index j = blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x; j < n;
-       j += static_cast<Index>(gridDim.x) * blockDim.x) {
-    float acc[G][R];
+struct OuterChunk {
+  using Small = float[G][kOuterRows * R];
+  using Keys = std::uint64_t[G][kOuterRows];
+  Small& small;
+  Keys& key;
+  Index first, rows;
+  __device__ __forceinline__ OuterChunk(Small& shared_small, Keys& shared_key,
+                                        const Branches<G>& br, Index M, int rank)
+      : small(shared_small),
+        key(shared_key),
+        first(blockIdx.y * static_cast<Index>(kOuterRows)),
+        rows(first + kOuterRows < M ? kOuterRows : M - first) {
     ZL_UNROLL for (int b = 0; b < G; ++b) {
-      ZL_UNROLL for (int k = 0; k < R; ++k) acc[b][k] = 0.0f;
+      for (Index t = threadIdx.x; t < rows * rank; t += blockDim.x)
+        small[b][t] = br.small[b][first * rank + t];
+      for (Index t = threadIdx.x; t < rows; t += blockDim.x) key[b][t] = br.mask[b].row(first + t);
     }
-    const float* column = big + first * big_rs + j;
-    for (Index t0 = 0; t0 < rows; t0 += kOuterInFlight) {
-      float v[kOuterInFlight];
-      ZL_UNROLL for (int u = 0; u < kOuterInFlight; ++u) v[u] =
-          t0 + u < rows ? column[(t0 + u) * big_rs] : 0.0f;
-      ZL_UNROLL for (int u = 0; u < kOuterInFlight; ++u) {
-        const Index t = t0 + u;
-        if (t >= rows) break;
-        ZL_UNROLL for (int b = 0; b < G; ++b) {
-          const float d = br.mask[b].apply(chunk_key[b][t], j, v[u]);
-          ZL_UNROLL for (int k = 0; k < R; ++k) {
-            if (k < rank) acc[b][k] += chunk_small[b][t * rank + k] * d;
-          }
-        }
-      }
+    __syncthreads();
+  }
+  // small_b's row t (zeros past the rank).
+  __device__ __forceinline__ void load_row(float (&z)[R], int b, Index t, int rank) const {
+    ZL_UNROLL for (int k = 0; k < R; ++k) z[k] = k < rank ? small[b][t * rank + k] : 0.0f;
+  }
+  // acc += small_b's row t times d: lora_outer's step, which reads the row from shared memory
+  // (loaded into registers first, ptxas gave lora_outer 48 to 80 registers where this keeps the
+  // 48 to 61 it had before).
+  __device__ __forceinline__ void accumulate(float (&acc)[R], int b, Index t, float d,
+                                             int rank) const {
+    ZL_UNROLL for (int k = 0; k < R; ++k) {
+      if (k < rank) acc[k] += small[b][t * rank + k] * d;
     }
+  }
+  // The same step with the row in registers (z, load_row's), for lora_outer_expand, which uses
+  // the row twice: the same product and sum, the same bits.
+  static __device__ __forceinline__ void accumulate(float (&acc)[R], const float (&z)[R], float d,
+                                                    int rank) {
+    ZL_UNROLL for (int k = 0; k < R; ++k) {
+      if (k < rank) acc[k] += z[k] * d;
+    }
+  }
+  // Each branch's sums of column j to partial [G][chunks, r, n] (branch b's at partial + b
+  // chunks r n), for lora_outer_reduce_kernel.
+  __device__ __forceinline__ void store(float* partial, const float (&acc)[G][R], Index j, Index n,
+                                        int rank) const {
+    const Index chunk = blockIdx.y, chunks = gridDim.y;
     ZL_UNROLL for (int b = 0; b < G; ++b) {
       ZL_UNROLL for (int k = 0; k < R; ++k) {
         if (k < rank) partial[((b * chunks + chunk) * rank + k) * n + j] = acc[b][k];
       }
     }
+  }
+};
+
+// The outer product's partial sums: block (x, chunk) sums its kOuterRows rows for its columns,
+// a thread a column.
+template <int R>
+__global__ void lora_outer_partial_kernel(float* partial, Branches<1> br, const float* big,
+                                          Index big_rs, Index M, Index n, int rank) {
+  __shared__ float chunk_small[1][kOuterRows * R];
+  __shared__ std::uint64_t chunk_key[1][kOuterRows];
+  const OuterChunk<R, 1> chunk(chunk_small, chunk_key, br, M, rank);
+  const DropoutDraw& mask = br.mask[0];
+  ZL_GRID_STRIDE(j, n) {
+    float acc[1][R];
+    ZL_UNROLL for (int k = 0; k < R; ++k) acc[0][k] = 0.0f;
+    const float* column = big + chunk.first * big_rs + j;
+    for (Index t0 = 0; t0 < chunk.rows; t0 += kOuterInFlight) {
+      float v[kOuterInFlight];
+      ZL_UNROLL for (int u = 0; u < kOuterInFlight; ++u) v[u] =
+          t0 + u < chunk.rows ? column[(t0 + u) * big_rs] : 0.0f;
+      ZL_UNROLL for (int u = 0; u < kOuterInFlight; ++u) {
+        const Index t = t0 + u;
+        if (t >= chunk.rows) break;
+        chunk.accumulate(acc[0], 0, t, mask.apply(chunk.key[0][t], j, v[u]), rank);
+      }
+    }
+    chunk.store(partial, acc, j, n, rank);
+  }
+}
+
+// The backward's pass over the shared input x (big) and its gradient dx (diff) for a group of
+// branches: lora_outer's partial sums of dA_b += dz_b^T drop_b(x) and lora_expand's dx +=
+// drop_b(dz_b A_b) in one kernel, in the outer product's layout (a chunk of rows a block, a
+// column a thread, dz's rows in shared memory). Each element's mask is drawn once a branch for
+// both, where the two kernels drew it twice; a thread loads A_b's column once a chunk, where the
+// expansion loaded it for every element. The same arithmetic in the same order as the two
+// kernels: the same bits.
+template <int R, int G>
+__global__ void __launch_bounds__(kThreads, kMinBlocks<R, G>)
+    lora_outer_expand_kernel(float* partial, float* diff, Index diff_rs, Branches<G> br,
+                             const float* big, Index big_rs, Index M, Index n, int rank,
+                             float scale) {
+  __shared__ float chunk_small[G][kOuterRows * R];
+  __shared__ std::uint64_t chunk_key[G][kOuterRows];
+  const OuterChunk<R, G> chunk(chunk_small, chunk_key, br, M, rank);
+  ZL_GRID_STRIDE(j, n) {
+    constexpr bool kKeepsW = kOuterExpandKeepsW<R, G>;
+    float acc[G][R], kept_w[G][R];
+    ZL_UNROLL for (int b = 0; b < G; ++b) {
+      if constexpr (kKeepsW) br.w[b].load(kept_w[b], static_cast<int>(j), rank);
+      ZL_UNROLL for (int k = 0; k < R; ++k) acc[b][k] = 0.0f;
+    }
+    const float* column = big + chunk.first * big_rs + j;
+    float* diff_column = diff + chunk.first * diff_rs + j;
+    for (Index t0 = 0; t0 < chunk.rows; t0 += kOuterInFlight) {
+      float v[kOuterInFlight], dv[kOuterInFlight];
+      ZL_UNROLL for (int u = 0; u < kOuterInFlight; ++u) {
+        const bool in = t0 + u < chunk.rows;
+        v[u] = in ? column[(t0 + u) * big_rs] : 0.0f;
+        dv[u] = in ? diff_column[(t0 + u) * diff_rs] : 0.0f;
+      }
+      ZL_UNROLL for (int u = 0; u < kOuterInFlight; ++u) {
+        const Index t = t0 + u;
+        if (t >= chunk.rows) break;
+        float value = dv[u];
+        ZL_UNROLL for (int b = 0; b < G; ++b) {
+          const DropoutDraw& mask = br.mask[b];
+          const bool kept = mask.keeps(chunk.key[b][t], j);
+          float z[R];
+          chunk.load_row(z, b, t, rank);
+          chunk.accumulate(acc[b], z, mask.dropped(kept, v[u]), rank);
+          float wv[R];
+          if constexpr (kKeepsW) {
+            ZL_UNROLL for (int k = 0; k < R; ++k) wv[k] = kept_w[b][k];
+          } else {
+            br.w[b].load(wv, static_cast<int>(j), rank);
+          }
+          value = __fadd_rn(value, mask.dropped(kept, expansion_term(z, wv, rank, scale)));
+        }
+        diff_column[t * diff_rs] = value;
+      }
+    }
+    chunk.store(partial, acc, j, n, rank);
   }
 }
 
@@ -232,6 +335,30 @@ void check_branches(const LoraBranches& branches, int rank, const char* kernel) 
     refuse_launch(kernel, "a group of LoRA branches of rank above 8");
 }
 
+// The kernels that take one branch (the contraction: see the top of this file; the expansion and
+// the outer product alone: a group's backward runs them as lora_outer_expand).
+void check_one_branch(const LoraBranches& branches, int rank, const char* kernel) {
+  check_branches(branches, rank, kernel);
+  if (branches.count != 1) refuse_launch(kernel, "a group of LoRA branches: it takes one");
+}
+
+Index outer_chunks(Index M, const char* kernel) {
+  const Index chunks = (M + kOuterRows - 1) / kOuterRows;
+  if (chunks > 65535) refuse_launch(kernel, "more than 65535 x 256 rows");
+  return chunks;
+}
+
+// G_b += scale (the sum of the chunks' partial sums), for each branch b.
+void reduce_outer_partials(cudaStream_t s, const LoraBranches& branches, Index gk, Index gj,
+                           const float* partial, Index chunks, Index M, Index n, int rank,
+                           float scale, const char* kernel) {
+  for (int b = 0; b < branches.count; ++b) {
+    ZL_LAUNCH(lora_outer_reduce_kernel, grid_rows_cols(rank, n, kThreads), kThreads, s)
+    (branches.out[b], gk, gj, partial + b * chunks * rank * n, chunks, n, rank, scale);
+    check_launch(kernel, M, n);
+  }
+}
+
 // The kernels' view of the branches: W's columns at wk, wj (none for outer, which writes its G_b
 // through the partial sums), masks of dropout p.
 template <int G>
@@ -252,9 +379,7 @@ Branches<G> branches_of(const LoraBranches& b, const float* const* w, Index wk, 
 void lora_contract(cudaStream_t s, const LoraBranches& branches, const float* big, Index big_rs,
                    Index wk, Index wj, Index M, Index n, int rank, float scale, double p,
                    const std::uint64_t* row_keys) {
-  check_branches(branches, rank, "lora_contract");
-  if (branches.count != 1)  // (see the top of this file)
-    refuse_launch("lora_contract", "a group of LoRA branches: the contraction takes one");
+  check_one_branch(branches, rank, "lora_contract");
   if (M == 0) return;
   with_rank_bound<kMaxRank>(rank, [&](auto bound) {
     constexpr int R = decltype(bound)::value;
@@ -269,13 +394,13 @@ void lora_contract(cudaStream_t s, const LoraBranches& branches, const float* bi
 void lora_expand(cudaStream_t s, float* big, Index big_rs, const LoraBranches& branches, Index wk,
                  Index wj, Index M, Index n, int rank, float scale, double p,
                  const std::uint64_t* row_keys) {
-  check_branches(branches, rank, "lora_expand");
+  check_one_branch(branches, rank, "lora_expand");
   if (M * n == 0) return;
-  with_bounds(rank, branches.count, [&](auto bound, auto count) {
-    constexpr int R = decltype(bound)::value, G = decltype(count)::value;
-    static constexpr auto kernel = &lora_expand_kernel<R, G>;
+  with_rank_bound<kMaxRank>(rank, [&](auto bound) {
+    constexpr int R = decltype(bound)::value;
+    static constexpr auto kernel = &lora_expand_kernel<R, 1>;
     ZL_LAUNCH(kernel, grid_rows_cols(M, 1, kThreads), kThreads, s)  // a row each
-    (big, big_rs, branches_of<G>(branches, branches.w, wk, wj, n, rank, p, row_keys, "lora_expand"),
+    (big, big_rs, branches_of<1>(branches, branches.w, wk, wj, n, rank, p, row_keys, "lora_expand"),
      M, static_cast<int>(n), rank, scale);
   });
   check_launch("lora_expand", M, n);
@@ -288,24 +413,46 @@ Index lora_outer_scratch(Index M, Index n, int rank, int count) {
 void lora_outer(cudaStream_t s, const LoraBranches& branches, Index gk, Index gj, const float* big,
                 Index big_rs, Index M, Index n, int rank, float scale, double p,
                 const std::uint64_t* row_keys, float* partial) {
-  check_branches(branches, rank, "lora_outer");
+  check_one_branch(branches, rank, "lora_outer");
   if (M * n == 0) return;
-  const Index chunks = (M + kOuterRows - 1) / kOuterRows;
-  if (chunks > 65535) refuse_launch("lora_outer", "more than 65535 x 256 rows");
+  const Index chunks = outer_chunks(M, "lora_outer");
   const dim3 grid(grid_for(n, kThreads), static_cast<unsigned>(chunks));
-  with_bounds(rank, branches.count, [&](auto bound, auto count) {
-    constexpr int R = decltype(bound)::value, G = decltype(count)::value;
-    static constexpr auto kernel = &lora_outer_partial_kernel<R, G>;
+  with_rank_bound<kMaxRank>(rank, [&](auto bound) {
+    constexpr int R = decltype(bound)::value;
+    static constexpr auto kernel = &lora_outer_partial_kernel<R>;
     ZL_LAUNCH(kernel, grid, kThreads, s)
-    (partial, branches_of<G>(branches, nullptr, 0, 0, n, rank, p, row_keys, "lora_outer"), big,
+    (partial, branches_of<1>(branches, nullptr, 0, 0, n, rank, p, row_keys, "lora_outer"), big,
      big_rs, M, n, rank);
   });
   check_launch("lora_outer (partial sums)", M, n);
-  for (int b = 0; b < branches.count; ++b) {
-    ZL_LAUNCH(lora_outer_reduce_kernel, grid_rows_cols(rank, n, kThreads), kThreads, s)
-    (branches.out[b], gk, gj, partial + b * chunks * rank * n, chunks, n, rank, scale);
-    check_launch("lora_outer", M, n);
-  }
+  reduce_outer_partials(s, branches, gk, gj, partial, chunks, M, n, rank, scale, "lora_outer");
+}
+
+void lora_outer_expand(cudaStream_t s, const LoraBranches& branches, Index gk, Index gj,
+                       const float* big, Index big_rs, float* diff, Index diff_rs, Index wk,
+                       Index wj, Index M, Index n, int rank, float scale, double p,
+                       const std::uint64_t* row_keys, float* partial) {
+  check_branches(branches, rank, "lora_outer_expand");
+  if (M * n == 0) return;
+  // Each thread reads its column of big and then writes diff's: rows that overlap would be read
+  // after another thread's write.
+  const float* big_end = big + (M - 1) * big_rs + n;
+  const float* diff_end = diff + (M - 1) * diff_rs + n;
+  if (big < diff_end && diff < big_end)
+    refuse_launch("lora_outer_expand", "the input and its gradient overlap");
+  const Index chunks = outer_chunks(M, "lora_outer_expand");
+  const dim3 grid(grid_for(n, kThreads), static_cast<unsigned>(chunks));
+  with_bounds(rank, branches.count, [&](auto bound, auto count) {
+    constexpr int R = decltype(bound)::value, G = decltype(count)::value;
+    static constexpr auto kernel = &lora_outer_expand_kernel<R, G>;
+    ZL_LAUNCH(kernel, grid, kThreads, s)
+    (partial, diff, diff_rs,
+     branches_of<G>(branches, branches.w, wk, wj, n, rank, p, row_keys, "lora_outer_expand"), big,
+     big_rs, M, n, rank, scale);
+  });
+  check_launch("lora_outer_expand (partial sums and input gradient)", M, n);
+  reduce_outer_partials(s, branches, gk, gj, partial, chunks, M, n, rank, scale,
+                        "lora_outer_expand");
 }
 
 }  // namespace zerolora::cuda
