@@ -188,8 +188,8 @@ TEST_F(CudaBackend, LoraBranchesSharingTheirInputEqualEachBranchAlone) {
 
 // The backward's one pass over x and dx (lora.cu lora_outer_expand: dA_b += scale dz_b^T
 // drop_b(x) and dx += drop_b(scale dz_b A_b), each element's mask drawn once a branch) against
-// lora_outer and then lora_expand, branch by branch: the same bits. Groups of 2 and 3 at ranks
-// 1, 4 and 8 (kLoraGroupMaxRank), one branch at ranks 4, 5, 12 and 16 (each rank bound); W laid
+// lora_outer and then lora_expand, branch by branch: the same bits. Three branches at ranks 4 and
+// 8 (kLoraGroupMaxRank), two at 1 and 8, one at ranks 4, 5, 12 and 16 (each rank bound); W laid
 // out as A (a row a rank, loaded a value at a time) and as B (a row a column, loaded four at a
 // time where the rank allows); columns over two blocks, the second ragged; row counts with a
 // ragged last chunk and a ragged tail of the rows in flight; x and dx with their own row

@@ -151,7 +151,8 @@ class CudaKernels final : public Kernels<P> {
   // kernels (one profiled call) where CudaLora takes them as one, else the default's calls one
   // by one. Their forward runs one by one (the default's): the grouped contraction was slower
   // than three single ones on an H100 (bench_kernels, 2026-12-06: 722 against 609 us at the 7B
-  // shape), where the grouped backward was faster (1055 against 1175 us). (Where the attention
+  // shape), where the grouped backward was faster (1055 against 1175 us, before its dA and dx
+  // became one pass: lora.cu's lora_outer_expand, not yet timed on a GPU). (Where the attention
   // runs, the layer gives it q's, k's and v's expansions instead: attention_forward.)
   using typename Kernels<P>::LoraBackwardBranch;
   void lora_backward_shared(Mat<Act> diff_src, std::span<const LoraBackwardBranch> branches,

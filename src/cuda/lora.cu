@@ -32,14 +32,14 @@ constexpr int kThreads = 256;
 // above a store that may alias it, nor always unroll a loop of unknown trip count):
 constexpr int kExpandColumns = 4;  // columns per pass of an expansion thread
 constexpr int kOuterInFlight = 8;  // rows per pass of an outer-product thread
+constexpr int kContractRows = 2;   // rows per contraction warp: each weight load serves both
+constexpr int kContractSteps = 4;  // and each lane loads four columns of each row per pass
 // Whether a lora_outer_expand thread keeps W's values of its column in registers for the whole
 // chunk: not where the group holds 24 values a thread or more (three branches at rank bound 8),
 // whose accumulators and W would spill at two blocks an SM (sm_80); those reload W's column for
 // each row, as lora_expand does, from L1.
 template <int R, int G>
 inline constexpr bool kOuterExpandKeepsW = (R * G) < 24;
-constexpr int kContractRows = 2;   // rows per contraction warp: each weight load serves both
-constexpr int kContractSteps = 4;  // and each lane loads four columns of each row per pass
 
 // The kernels are compiled for a rank bound R (4, 8 or 16): the rank's accumulators and values
 // are arrays of R registers, so the seed's rank 4 does not pay for 16 (fewer registers, more
@@ -247,9 +247,9 @@ __global__ void lora_outer_partial_kernel(float* partial, Branches<1> br, const 
 // branches: lora_outer's partial sums of dA_b += dz_b^T drop_b(x) and lora_expand's dx +=
 // drop_b(dz_b A_b) in one kernel, in the outer product's layout (a chunk of rows a block, a
 // column a thread, dz's rows in shared memory). Each element's mask is drawn once a branch for
-// both, where the two kernels drew it twice; a thread loads A_b's column once a chunk, where the
-// expansion loaded it for every element. The same arithmetic in the same order as the two
-// kernels: the same bits.
+// both, where the two kernels drew it twice; a thread loads A_b's column once a chunk (once a
+// row where kOuterExpandKeepsW says not to keep it), where the expansion loaded it for every
+// element. The same arithmetic in the same order as the two kernels: the same bits.
 template <int R, int G>
 __global__ void __launch_bounds__(kThreads, kMinBlocks<R, G>)
     lora_outer_expand_kernel(float* partial, float* diff, Index diff_rs, Branches<G> br,

@@ -1,8 +1,8 @@
-// What the kernels that add a LoRA expansion share (lora.cu's lora_expand; rope.cu's
-// rotate_round, which adds q's, k's and v's before RoPE as it copies them for cuDNN): the
-// weight's r values of a column, and the term each column receives, computed the same way in
-// both so that they give the same bits; and the choice of the rank bound their register arrays
-// are sized by.
+// What the kernels that add a LoRA expansion share (lora.cu's lora_expand and
+// lora_outer_expand; rope.cu's rotate_round, which adds q's, k's and v's before RoPE as it copies
+// them for cuDNN): the weight's r values of a column, and the term each column receives,
+// computed the same way in all of them so that they give the same bits; and the choice of the
+// rank bound their register arrays are sized by.
 #pragma once
 
 #include <limits>
