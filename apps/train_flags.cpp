@@ -121,7 +121,8 @@ void add_train_flags(CLI::App& cmd, TrainFlags& f) {
               "Keep only each layer's input and recompute the layer in backward");
   cmd.add_option("--recompute_granularity", a.recompute_granularity,
                  "With gradient checkpointing, what each layer keeps for backward: full (its "
-                 "input only), attention (+ its attention output: backward skips the attention "
+                 "input, and q/k/v/o's LoRA z: rank values a row each), attention (+ its "
+                 "attention output: backward skips the attention "
                  "forward), attention_mlp (+ the MLP's gate/up outputs: backward recomputes only "
                  "the attention block's projections), selective (attention + the whole attention "
                  "block: backward recomputes only the MLP's gate/up), or auto (per layer, the "

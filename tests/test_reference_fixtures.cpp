@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <numeric>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "comm/communicator.hpp"
@@ -171,33 +172,44 @@ TEST(Recompute, EachModeKeepsWhatItSays) {
   const std::size_t gate_up = M * static_cast<std::size_t>(2 * c.intermediate_size) * sizeof(float);
   const std::size_t attention_output =
       M * static_cast<std::size_t>(c.q_dim() + c.num_heads) * sizeof(float);
-  EXPECT_EQ(selective, L * full);
-  EXPECT_EQ(none, L * (full + gate_up));
-  // Each layer keeps one attention output, the working set lending its own to the last layer
-  // (buffers are swapped, never copied): L outputs in all where full recompute has one.
+  const int rank = layout.config().rank;
+  const std::size_t attention_z =
+      kAttentionLoraModules.size() * M * static_cast<std::size_t>(rank) * 4;
+  // Every layer that backward recomputes keeps its q/k/v/o LoRA z, the working set lending its
+  // own to the last layer (buffers are swapped, never copied): L sets in all where the working
+  // set alone had one. What a layer keeping everything keeps is that working set.
+  ASSERT_GT(full, (L - 1) * attention_z);
+  const std::size_t working = full - (L - 1) * attention_z;
+  EXPECT_EQ(selective, L * working);
+  EXPECT_EQ(none, L * (working + gate_up));
+  // The same for the attention output: L in all where full recompute has one.
   EXPECT_EQ(attention, full + (L - 1) * attention_output);
   // The same for the MLP's LoRA z (the working set has them too); gate/up outputs only the
   // layers have, the working set's MLP running chunk by chunk in scratch of its own.
-  const int rank = layout.config().rank;
   const std::size_t mlp_z = kMlpLoraModules.size() * M * static_cast<std::size_t>(rank) * 4;
   EXPECT_EQ(attention_mlp, full + (L - 1) * (attention_output + mlp_z) + L * gate_up);
   EXPECT_EQ(saved(Recompute::kAuto), full);
   // kept_elements (the planner's and the memory estimate's arithmetic) says the same.
   const auto rows = static_cast<double>(M);
-  EXPECT_EQ(4 * kept_elements(Recompute::kSelective, c, rows, rank), static_cast<double>(full));
+  EXPECT_EQ(4 * kept_elements(Recompute::kFull, c, rows, rank), static_cast<double>(attention_z));
+  EXPECT_EQ(4 * kept_elements(Recompute::kSelective, c, rows, rank), static_cast<double>(working));
   EXPECT_EQ(4 * kept_elements(Recompute::kAttention, c, rows, rank),
-            static_cast<double>(attention_output));
+            static_cast<double>(attention_output + attention_z));
   EXPECT_EQ(4 * kept_elements(Recompute::kNone, c, rows, rank),
-            static_cast<double>(full + gate_up));
+            static_cast<double>(working + gate_up));
   EXPECT_EQ(4 * kept_elements(Recompute::kAttentionMlp, c, rows, rank),
-            static_cast<double>(attention_output + gate_up + mlp_z));
+            static_cast<double>(attention_output + attention_z + gate_up + mlp_z));
 }
 
 // What each level recomputes, counted by the profiler: the attention (forward, recompute,
-// backward per layer) and the base projections (forward q/k/v, o, gate/up, down; backward the
-// same four; the recompute's q/k/v, o and gate/up; the lm_head once each way).
+// backward per layer), the base projections (forward q/k/v, o, gate/up, down; backward the
+// same four; the recompute's q/k/v, o and gate/up; the lm_head once each way) and the LoRA
+// calls the recompute adds (each a contraction, an expansion or both: one expansion per q/k/v/o
+// adapter, their z kept at every level, where two calls, the contraction and the expansion, made
+// q's, k's and v's before; gate's and up's lora_forward and down's contraction where the MLP
+// recomputes).
 TEST(Recompute, WhatIsKeptIsNotRecomputed) {
-  const Reference ref(testing::fixtures_dir() / "gqa_tied");
+  const Reference ref(testing::fixtures_dir() / "odd_untied_all");  // every module adapted
   Runtime rt(1);
   auto weights = load_llama_weights<float>(rt, ref.checkpoint);
   const LoraLayout layout(ref.checkpoint.config(), ref.lora_config());
@@ -211,16 +223,29 @@ TEST(Recompute, WhatIsKeptIsNotRecomputed) {
     rt.profiler().enable(true);
     model.forward_backward(ref.batch(), params, grads, 1.0, {});
     rt.profiler().enable(false);
-    return std::pair(rt.profiler().calls(ProfileCategory::kAttention),
-                     rt.profiler().calls(ProfileCategory::kMatmul));
+    return std::tuple(rt.profiler().calls(ProfileCategory::kAttention),
+                      rt.profiler().calls(ProfileCategory::kMatmul),
+                      rt.profiler().calls(ProfileCategory::kLora));
   };
   const std::int64_t L = ref.checkpoint.config().num_layers;
-  const auto [full_attention, full_matmuls] = calls(Recompute::kFull);
+  std::int64_t attention_adapters = 0, mlp_adapters = 0;
+  for (int l = 0; l < L; ++l) {
+    for (LoraModule m : kAttentionLoraModules) attention_adapters += layout.adapter(l, m) ? 1 : 0;
+    for (LoraModule m : kMlpLoraModules) mlp_adapters += layout.adapter(l, m) ? 1 : 0;
+  }
+  ASSERT_GT(attention_adapters, 0);
+  ASSERT_GT(mlp_adapters, 0);
+  const auto [full_attention, full_matmuls, full_lora] = calls(Recompute::kFull);
+  const std::int64_t lora = std::get<2>(calls(Recompute::kNone));  // the forward's and backward's
   EXPECT_EQ(full_attention, 3 * L);
-  EXPECT_EQ(calls(Recompute::kAttention), std::pair(2 * L, full_matmuls));
-  EXPECT_EQ(calls(Recompute::kAttentionMlp), std::pair(2 * L, full_matmuls - L));
-  EXPECT_EQ(calls(Recompute::kSelective), std::pair(2 * L, full_matmuls - 2 * L));
-  EXPECT_EQ(calls(Recompute::kNone), std::pair(2 * L, full_matmuls - 3 * L));
+  EXPECT_EQ(full_lora, lora + attention_adapters + mlp_adapters);
+  EXPECT_EQ(calls(Recompute::kAttention),
+            std::tuple(2 * L, full_matmuls, lora + attention_adapters + mlp_adapters));
+  EXPECT_EQ(calls(Recompute::kAttentionMlp),
+            std::tuple(2 * L, full_matmuls - L, lora + attention_adapters));
+  EXPECT_EQ(calls(Recompute::kSelective),
+            std::tuple(2 * L, full_matmuls - 2 * L, lora + mlp_adapters));
+  EXPECT_EQ(calls(Recompute::kNone), std::tuple(2 * L, full_matmuls - 3 * L, lora));
 }
 
 // Under auto with a fixed budget the plan is made for the largest batch so far (buffers never
@@ -275,23 +300,26 @@ TEST(RecomputePlan, SpendsTheBudgetInOrderAndNeverRecomputesMoreWithMore) {
   ASSERT_EQ(auto_middle_level(c), Recompute::kAttentionMlp);
   const double rows = 300;
   const int rank = 4;
+  // Every level keeps q/k/v/o's LoRA z, full recompute's one cost; budgets count beyond it.
+  const double full = 4 * kept_elements(Recompute::kFull, c, rows, rank);
+  EXPECT_EQ(full, 4 * rows * 4 * rank);
   const double attention = 4 * kept_elements(Recompute::kAttention, c, rows, rank);
   const double attention_mlp = 4 * kept_elements(Recompute::kAttentionMlp, c, rows, rank);
   const double selective = 4 * kept_elements(Recompute::kSelective, c, rows, rank);
   const double none = 4 * kept_elements(Recompute::kNone, c, rows, rank);
-  EXPECT_EQ(attention, 4 * rows * (c.q_dim() + c.num_heads));
+  EXPECT_EQ(attention - full, 4 * rows * (c.q_dim() + c.num_heads));
   EXPECT_EQ(attention_mlp - attention, 4 * rows * (2 * c.intermediate_size + 3 * rank));
   EXPECT_EQ(none - selective, 4 * rows * 2 * c.intermediate_size);
   auto plan = [&](double budget) {
     return describe_recompute_plan(plan_recompute(c, rows, rank, 4, budget));
   };
   EXPECT_EQ(plan(0), "4 full");
-  EXPECT_EQ(plan(attention - 1), "4 full");
-  EXPECT_EQ(plan(attention), "1 attention + 3 full");
-  EXPECT_EQ(plan(4 * attention), "4 attention");
-  EXPECT_EQ(plan(3 * attention + attention_mlp), "1 attention_mlp + 3 attention");
-  EXPECT_EQ(plan(4 * attention_mlp + (none - attention_mlp)), "1 none + 3 attention_mlp");
-  EXPECT_EQ(plan(4 * none), "4 none");
+  EXPECT_EQ(plan(attention - full - 1), "4 full");
+  EXPECT_EQ(plan(attention - full), "1 attention + 3 full");
+  EXPECT_EQ(plan(4 * (attention - full)), "4 attention");
+  EXPECT_EQ(plan(3 * (attention - full) + attention_mlp - full), "1 attention_mlp + 3 attention");
+  EXPECT_EQ(plan(4 * (attention_mlp - full) + (none - attention_mlp)), "1 none + 3 attention_mlp");
+  EXPECT_EQ(plan(4 * (none - full)), "4 none");
   EXPECT_EQ(plan(1e30), "4 none");
   {  // a narrower MLP: by way of selective
     LlamaConfig narrow = c;
@@ -302,17 +330,18 @@ TEST(RecomputePlan, SpendsTheBudgetInOrderAndNeverRecomputesMoreWithMore) {
     auto narrow_plan = [&](double budget) {
       return describe_recompute_plan(plan_recompute(narrow, rows, rank, 4, budget));
     };
-    EXPECT_EQ(narrow_plan(3 * attention + s), "1 selective + 3 attention");
-    EXPECT_EQ(narrow_plan(4 * s + (n - s)), "1 none + 3 selective");
+    EXPECT_EQ(narrow_plan(3 * (attention - full) + s - full), "1 selective + 3 attention");
+    EXPECT_EQ(narrow_plan(4 * (s - full) + (n - s)), "1 none + 3 selective");
   }
-  // Levels only grow with the budget, layer by layer.
+  // Levels only grow with the budget, layer by layer, keeping at most the budget beyond full
+  // recompute's.
   std::vector<Recompute> before(4, Recompute::kFull);
   for (double budget = 0; budget <= 4 * none; budget += none / 37) {
     const auto levels = plan_recompute(c, rows, rank, 4, budget);
     double kept = 0;
     for (std::size_t l = 0; l < levels.size(); ++l) {
       EXPECT_GE(static_cast<int>(levels[l]), static_cast<int>(before[l])) << budget;
-      kept += 4 * kept_elements(levels[l], c, rows, rank);
+      kept += 4 * kept_elements(levels[l], c, rows, rank) - full;
     }
     EXPECT_LE(kept, budget);
     before = levels;
@@ -327,8 +356,8 @@ TEST(RecomputePlan, SpendsTheBudgetInOrderAndNeverRecomputesMoreWithMore) {
   EXPECT_EQ(by_default.levels, plan_recompute(c, rows, rank, 4, kRecomputeBudgetFloorBytes));
   const RecomputePlan large = make_recompute_plan(Recompute::kAuto, c, 100000, rank, 4, -1);
   EXPECT_EQ(large.levels, plan_recompute(c, 100000, rank, 4, 100000.0 * 1000 * 8));
-  const RecomputePlan explicit_budget = make_recompute_plan(Recompute::kAuto, c, rows, rank, 2,
-                                                            3 * attention / 2 + attention_mlp / 2);
+  const RecomputePlan explicit_budget = make_recompute_plan(
+      Recompute::kAuto, c, rows, rank, 2, (3 * (attention - full) + attention_mlp - full) / 2);
   EXPECT_EQ(describe_recompute_plan(explicit_budget.levels), "1 attention_mlp + 3 attention");
   EXPECT_EQ(explicit_budget.kept_bytes, (3 * attention + attention_mlp) / 2);
   const RecomputePlan fixed = make_recompute_plan(Recompute::kSelective, c, rows, rank, 4, 0);

@@ -19,6 +19,11 @@ inline constexpr int kLoraModuleCount = 7;
 // The MLP's three, whose LoRA z a layer keeping its gate/up outputs keeps with them.
 inline constexpr std::array<LoraModule, 3> kMlpLoraModules = {LoraModule::kGate, LoraModule::kUp,
                                                               LoraModule::kDown};
+// The attention block's four, whose LoRA z every layer that backward recomputes keeps from its
+// forward (M x r values each), so that the recompute adds their expansions without contracting
+// the layer's activations again.
+inline constexpr std::array<LoraModule, 4> kAttentionLoraModules = {LoraModule::kQ, LoraModule::kK,
+                                                                    LoraModule::kV, LoraModule::kO};
 
 std::string_view lora_module_name(LoraModule module);  // "q_proj", ...
 std::optional<LoraModule> parse_lora_module(std::string_view name);

@@ -146,15 +146,16 @@ class LayerOps {
                             cfg.scale());
   }
 
-  // q's, k's and v's LoRA contractions (z[i], module i's), their expansions left to the
-  // attention (kernels.hpp QkvLoraExpansions): false, and nothing done, where none has an adapter.
+  // q's, k's and v's LoRA contractions (z[i], module i's; none where z_ready: made before),
+  // their expansions left to the attention (kernels.hpp QkvLoraExpansions): false, and nothing
+  // done, where none has an adapter.
   bool qkv_lora_for_attention(QkvLoraExpansions<Act>& lora, Act* const (&z)[3], const Act* src,
-                              Index M, Index in) {
+                              Index M, Index in, bool z_ready) {
     bool any = false;
     for (int i = 0; i < 3; ++i) {
       const auto* slots = adapter(kQkvModules[i]);
       if (!slots) continue;
-      lora_project_into(kQkvModules[i], z[i], src, M, in, 0);
+      if (!z_ready) lora_project_into(kQkvModules[i], z[i], src, M, in, 0);
       lora.z[i] = z[i];
       lora.b[i] = ctx_.lora.param(slots->b_offset);
       any = true;
@@ -163,6 +164,15 @@ class LayerOps {
     lora.rank = rank();
     lora.scale = ctx_.lora.layout->config().scale();
     return true;
+  }
+
+  // dst += s z B^T from a z made before (ForwardKeep::attention_lora_ready): lora_forward's
+  // second half, the same bits as the whole where z is the first half's.
+  void lora_expand_into(LoraModule m, Mat<Act> dst, const Act* z) {
+    const auto* slots = adapter(m);
+    if (!slots) return;
+    k_.lora_expand(dst, z, ctx_.lora.param(slots->b_offset), rank(),
+                   ctx_.lora.layout->config().scale());
   }
 
   void lora_project_into(LoraModule m, Act* z, const Act* src, Index M, Index in,
@@ -220,6 +230,11 @@ void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P:
       ZL_CHECK(acts.lora_z[static_cast<int>(m)].size() >=
                static_cast<std::size_t>(M * std::max<Index>(r, 1)));
   }
+  const bool z_ready = keep.attention_lora_ready;
+  if (z_ready)
+    for (LoraModule m : kAttentionLoraModules)
+      ZL_CHECK(acts.lora_z[static_cast<int>(m)].size() >=
+               static_cast<std::size_t>(M * std::max<Index>(r, 1)));
   Act* rstd1 = grow(dev, acts.rstd1, M);       // [M]
   Act* h1 = grow(dev, acts.h1, M * d.D);       // [M, D]
   Act* qkv = grow(dev, acts.qkv, M * d.W3);    // [M, Qd + 2 KVd], q and k rotated
@@ -253,9 +268,13 @@ void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P:
   const bool attention_runs = !ctx.cache && !keep.attention_ready;
   QkvLoraExpansions<Act> qkv_lora;
   const bool lora_in_attention =
-      attention_runs && ops.qkv_lora_for_attention(qkv_lora, qkv_z, h1, M, d.D);
+      attention_runs && ops.qkv_lora_for_attention(qkv_lora, qkv_z, h1, M, d.D, z_ready);
   if (!attention_runs) {
-    ops.lora_forward_shared(kQkvModules, qkv_columns, qkv_z, h1, M, d.D, 0);
+    if (z_ready) {
+      for (int i = 0; i < 3; ++i) ops.lora_expand_into(kQkvModules[i], qkv_columns[i], qkv_z[i]);
+    } else {
+      ops.lora_forward_shared(kQkvModules, qkv_columns, qkv_z, h1, M, d.D, 0);
+    }
     k.rope_rotate_qk(qkv, rotation, M, d.attention(), false);
   }
   Weight* attn_rounded = nullptr;  // made only where the attention runs here
@@ -274,8 +293,11 @@ void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P:
                         ctx.options.attention, lora_in_attention ? &qkv_lora : nullptr, &rotation);
   }
   ops.base_forward_residual(x2, x, {attn, attn_rounded}, M, d.D, d.Qd, ops.w(LayerTensor::kO));
-  ops.lora_forward_into(LoraModule::kO, Mat<Act>::dense(x2, M, d.D),
-                        acts.lora_z[static_cast<int>(LoraModule::kO)].data(), attn, M, d.Qd, 0);
+  Act* z_o = acts.lora_z[static_cast<int>(LoraModule::kO)].data();
+  if (z_ready)
+    ops.lora_expand_into(LoraModule::kO, Mat<Act>::dense(x2, M, d.D), z_o);
+  else
+    ops.lora_forward_into(LoraModule::kO, Mat<Act>::dense(x2, M, d.D), z_o, attn, M, d.Qd, 0);
   const bool save_mlp = keep.mlp;
   const bool mlp_runs = save_mlp || out;  // else h2 is kept for the backward's recompute only
   Weight* h2_rounded = mlp_runs ? ops.rounded(ws.h_rounded, M * d.D) : nullptr;

@@ -116,12 +116,15 @@ struct LayerContext {
 
 // How a forward treats the activations it writes into LayerActivations.
 struct ForwardKeep {
-  bool mlp = false;              // keep the [M, 2I] gate/up outputs (no recompute)
-  bool attention_ready = false;  // acts.attn and acts.lse already hold this layer's attention,
-                                 // kept from the first forward: the recompute skips it
-  bool mlp_ready = false;        // acts.gate_up and the MLP's LoRA z already hold its gate/up
-                                 // outputs, kept from the first forward: the recompute stops
-                                 // before the MLP (backward reads them as if kept with `mlp`)
+  bool mlp = false;                   // keep the [M, 2I] gate/up outputs (no recompute)
+  bool attention_ready = false;       // acts.attn and acts.lse already hold this layer's attention,
+                                      // kept from the first forward: the recompute skips it
+  bool mlp_ready = false;             // acts.gate_up and the MLP's LoRA z already hold its gate/up
+                                      // outputs, kept from the first forward: the recompute stops
+                                      // before the MLP (backward reads them as if kept with `mlp`)
+  bool attention_lora_ready = false;  // acts.lora_z of q, k, v and o already hold their z, kept
+                                      // from the first forward: the recompute expands them
+                                      // without contracting h1 and attn again
 };
 
 // x [M, D] -> out [M, D] (out may be null: recompute for backward, down projection skipped).

@@ -21,11 +21,17 @@ bool keeps_own_activations(Recompute level) {
 }
 
 // What a layer sharing the working set keeps of it between its forward and its backward: the
-// attention output (kAttention), also the gate/up outputs and the MLP's LoRA z (kAttentionMlp).
-// Swapped, never copied: after the forward into the layer's own, before the recompute back.
+// attention block's LoRA z (at every such level: M x r values a module, which spare the
+// recompute its contractions of h1 and attn), also the attention output (kAttention), also the
+// gate/up outputs and the MLP's LoRA z (kAttentionMlp). Swapped, never copied: after the forward
+// into the layer's own, before the recompute back. Nothing where a and b are one (a forward
+// without a plan runs on the working set alone).
 template <class T>
 void swap_kept(LayerActivations<T>& a, LayerActivations<T>& b, Recompute level) {
-  if (level != Recompute::kAttention && level != Recompute::kAttentionMlp) return;
+  if (&a == &b || keeps_own_activations(level)) return;
+  for (LoraModule m : kAttentionLoraModules)
+    std::swap(a.lora_z[static_cast<int>(m)], b.lora_z[static_cast<int>(m)]);
+  if (level == Recompute::kFull) return;
   std::swap(a.attn, b.attn);
   std::swap(a.lse, b.lse);
   if (level != Recompute::kAttentionMlp) return;
@@ -479,9 +485,10 @@ void LlamaModel<P>::layer_backward_pass(LayerContext<P>& ctx, int layer) {
   }
   swap_kept(working_, own, level);  // the working set takes back what the layer kept
   const bool attention_reruns = level == Recompute::kFull;
-  layer_forward<P>(
-      ctx, nullptr, x, working_,
-      {.attention_ready = !attention_reruns, .mlp_ready = level == Recompute::kAttentionMlp});
+  layer_forward<P>(ctx, nullptr, x, working_,
+                   {.attention_ready = !attention_reruns,
+                    .mlp_ready = level == Recompute::kAttentionMlp,
+                    .attention_lora_ready = true});
   layer_backward<P>(ctx, residual_grad_.data(), x, working_,
                     attention_reruns ? AttentionInputs::kLastForwards : AttentionInputs::kAny);
 }

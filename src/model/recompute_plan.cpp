@@ -50,13 +50,16 @@ double kept_elements(Recompute level, const LlamaConfig& c, double rows, int lor
   // rstd1, rstd2, h1, x2, h2, qkv, and a LoRA z for every module the layout knows.
   const double block = attention + M * (2 + 3 * D + W3) + kLoraModuleCount * M * r;
   const double gate_up = M * 2 * static_cast<double>(c.intermediate_size);
+  // The LoRA z of q, k, v and o, which every level keeps (the recompute expands them).
+  const double attention_z = static_cast<double>(kAttentionLoraModules.size()) * M * r;
   switch (level) {
     case Recompute::kFull:
-      return 0;
+      return attention_z;
     case Recompute::kAttention:
-      return attention;
+      return attention + attention_z;
     case Recompute::kAttentionMlp:  // + gate/up and the LoRA z of gate, up and down
-      return attention + gate_up + static_cast<double>(kMlpLoraModules.size()) * M * r;
+      return attention + attention_z + gate_up +
+             static_cast<double>(kMlpLoraModules.size()) * M * r;
     case Recompute::kSelective:
       return block;
     case Recompute::kNone:

@@ -1,6 +1,9 @@
 // What each decoder layer keeps from its forward for backward, and what backward recomputes
 // instead (Megatron's "recompute granularity", chosen per layer). The levels:
-//   kFull          the layer's input only; backward recomputes the whole layer
+//   kFull          the layer's input and its q/k/v/o LoRA z (4 r values a row, 0.4% of a
+//                  hidden state at Llama-2-7B's shape and the seed's r 4: the recompute adds
+//                  their expansions without reading h1 three times and attn once to contract
+//                  them again); backward recomputes the whole layer
 //   kAttention     + the attention output and its log-sum-exp ([M, q] + [H, M]: one hidden
 //                  state): backward recomputes the layer but not its attention forward, the
 //                  dominant cost of small heads and long sequences
@@ -33,7 +36,8 @@ const char* recompute_name(Recompute mode);
 Recompute parse_recompute(const std::string& name, const std::string& flag);
 
 // Elements one layer keeps at `level` for a micro-batch of `rows` tokens (exactly what
-// layer_forward allocates; kFull keeps nothing of its own: its working set is shared).
+// layer_forward allocates; kFull keeps only its q/k/v/o LoRA z: the rest of its working set
+// is shared).
 double kept_elements(Recompute level, const LlamaConfig& config, double rows, int lora_rank);
 
 // kAuto's default budget: 8 bytes per logit of the micro-batch (rows x vocab x 8). Transformers'
@@ -59,11 +63,11 @@ double default_recompute_budget_bytes(const LlamaConfig& config, double rows);
 // 8% faster, Llama-3-8B (2.8) and Llama-2-70B's layer (3.1) attention_mlp's 7% and 5% faster.
 Recompute auto_middle_level(const LlamaConfig& config);
 
-// Each layer's level under `budget_bytes` of kept activations (element_bytes per element):
-// first every layer keeps its attention output (as many layers as fit, from layer 0), then
-// layers are promoted to auto_middle_level, then to none, one layer at a time while the budget
-// lasts. Levels only grow along the way (each keeps a superset of the one before), so a larger
-// budget never recomputes more.
+// Each layer's level under `budget_bytes` of activations kept beyond full recompute's
+// (element_bytes per element): first every layer keeps its attention output (as many layers as fit,
+// from layer 0), then layers are promoted to auto_middle_level, then to none, one layer at a time
+// while the budget lasts. Levels only grow along the way (each keeps a superset of the one before),
+// so a larger budget never recomputes more.
 std::vector<Recompute> plan_recompute(const LlamaConfig& config, double rows, int lora_rank,
                                       std::size_t element_bytes, double budget_bytes);
 
