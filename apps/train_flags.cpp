@@ -118,7 +118,8 @@ void add_train_flags(CLI::App& cmd, TrainFlags& f) {
   add_hf_bool(cmd, "bf16", a.bf16,
               "bf16 weights and matmuls with fp32 accumulation; false: everything fp32");
   add_hf_bool(cmd, "gradient_checkpointing", a.gradient_checkpointing,
-              "Keep only each layer's input and recompute the layer in backward");
+              "Recompute each layer in backward from its kept input (--recompute_granularity: what "
+              "else each layer keeps)");
   cmd.add_option("--recompute_granularity", a.recompute_granularity,
                  "With gradient checkpointing, what each layer keeps for backward: full (its "
                  "input, and q/k/v/o's LoRA z: rank values a row each), attention (+ its "

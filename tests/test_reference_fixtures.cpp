@@ -122,17 +122,19 @@ TEST(Bf16Residual, RecomputeModesAgreeAndEvaluationSeesTheSameModel) {
   EXPECT_EQ(full, run(Recompute::kAttentionMlp, true, nullptr));
   EXPECT_EQ(full, run(Recompute::kSelective, true, nullptr));
   EXPECT_EQ(full, run(Recompute::kNone, true, nullptr));
-  // Mixed plans: every layer at a level from full to none in one model.
+  // Mixed plans: every layer at a level from full to none in one model (budgets beyond full
+  // recompute's, which keeps q/k/v/o's LoRA z).
   const Recompute middle = auto_middle_level(c);
-  const double attention = 4 * kept_elements(Recompute::kAttention, c, rows, rank),
+  const double kept_full = 4 * kept_elements(Recompute::kFull, c, rows, rank),
+               attention = 4 * kept_elements(Recompute::kAttention, c, rows, rank),
                between = 4 * kept_elements(middle, c, rows, rank),
                none = 4 * kept_elements(Recompute::kNone, c, rows, rank);
   const auto L = static_cast<double>(c.num_layers);
   ASSERT_GE(c.num_layers, 2);
   const std::pair<double, std::pair<Recompute, Recompute>> plans[] = {
-      {attention, {Recompute::kAttention, Recompute::kFull}},
-      {L * attention + (between - attention), {middle, Recompute::kAttention}},
-      {L * between + (none - between), {Recompute::kNone, middle}}};
+      {attention - kept_full, {Recompute::kAttention, Recompute::kFull}},
+      {L * (attention - kept_full) + (between - attention), {middle, Recompute::kAttention}},
+      {L * (between - kept_full) + (none - between), {Recompute::kNone, middle}}};
   for (const auto& [budget, first_last] : plans) {
     std::vector<Recompute> levels;
     EXPECT_EQ(full, run(Recompute::kAuto, true, nullptr, budget, &levels));
@@ -144,7 +146,8 @@ TEST(Bf16Residual, RecomputeModesAgreeAndEvaluationSeesTheSameModel) {
   EXPECT_NE(full, run(Recompute::kFull, false, nullptr));
 }
 
-// What each recompute mode keeps: full one layer's working set, selective every layer's
+// What each recompute mode keeps: full one layer's working set and every layer's q/k/v/o LoRA
+// z, selective every layer's
 // attention block but no MLP outputs, none everything (the [M, 2I] gate/up outputs too),
 // attention_mlp every layer's attention and gate/up outputs (and the MLP's LoRA z).
 TEST(Recompute, EachModeKeepsWhatItSays) {
@@ -238,6 +241,8 @@ TEST(Recompute, WhatIsKeptIsNotRecomputed) {
   const auto [full_attention, full_matmuls, full_lora] = calls(Recompute::kFull);
   const std::int64_t lora = std::get<2>(calls(Recompute::kNone));  // the forward's and backward's
   EXPECT_EQ(full_attention, 3 * L);
+  // (At attention and attention_mlp the recompute made one call per q/k/v/o branch before too,
+  // a lora_forward each: there the counts pin how many calls, full's pins what they do.)
   EXPECT_EQ(full_lora, lora + attention_adapters + mlp_adapters);
   EXPECT_EQ(calls(Recompute::kAttention),
             std::tuple(2 * L, full_matmuls, lora + attention_adapters + mlp_adapters));

@@ -70,7 +70,7 @@ struct LoraBinding {
 template <class T>
 struct LayerActivations {
   DeviceBuffer<T> rstd1, h1, qkv, attn, lse, x2, rstd2, h2;  // see llama_layer.cpp for shapes
-  std::array<DeviceBuffer<T>, kLoraModuleCount> lora_z;      // [M, r] per adapted module
+  std::array<DeviceBuffer<T>, kLoraModuleCount> lora_z;      // [M, r] per module
   DeviceBuffer<T> gate_up;                                   // [M, 2I], only when mlp_saved
   bool mlp_saved = false;
 };

@@ -35,9 +35,11 @@ enum class Recompute { kFull, kAttention, kAttentionMlp, kSelective, kNone, kAut
 const char* recompute_name(Recompute mode);
 Recompute parse_recompute(const std::string& name, const std::string& flag);
 
-// Elements one layer keeps at `level` for a micro-batch of `rows` tokens (exactly what
-// layer_forward allocates; kFull keeps only its q/k/v/o LoRA z: the rest of its working set
-// is shared).
+// Elements one layer keeps at `level` for a micro-batch of `rows` tokens (what layer_forward
+// allocates; kFull keeps only its q/k/v/o LoRA z: the rest of its working set is shared). The
+// layers that share the working set borrow its buffers in turn, so a plan's sum and the
+// working set together count one layer's LoRA z and attention output more than the model
+// holds (the safe side).
 double kept_elements(Recompute level, const LlamaConfig& config, double rows, int lora_rank);
 
 // kAuto's default budget: 8 bytes per logit of the micro-batch (rows x vocab x 8). Transformers'

@@ -555,8 +555,8 @@ double gpu_recompute_budget_bytes(const LlamaConfig& c, const LoraLayout& lora, 
   s.recompute = Recompute::kAuto;
   const double usable =
       free_bytes - std::max(kGpuRecomputeMargin * free_bytes, kGpuRecomputeMarginFloorBytes);
-  // The plan keeps at most its budget, and where no layer recomputes it also drops full
-  // recompute's one layer's working set: the estimate grows by at most the budget.
+  // The plan keeps at most its budget beyond full recompute's, and where no layer recomputes it
+  // also drops full recompute's one layer's working set: the estimate grows by at most the budget.
   s.recompute_budget_bytes = 0;  // every layer at full recompute
   return std::max(usable - estimate_memory(c, lora, s).total(), 0.0);
 }

@@ -40,7 +40,7 @@ struct TrainingRun::Impl {
   virtual nlohmann::ordered_json save(RunObserver* observer) = 0;
 
   Recompute recompute_mode() const;  // none without gradient checkpointing
-  // "recompute: auto, 10.0 MiB for 5120-token micro-batches: 5 attention (7.0 MiB kept)".
+  // "recompute: auto, 10.0 MiB for 5120-token micro-batches: 5 attention (8.6 MiB kept)".
   std::string recompute_note() const;
   // The run as estimate_memory sees it, its micro-batches at most `lengths`' longest.
   MemoryScenario memory_scenario(const std::vector<Index>& lengths) const;

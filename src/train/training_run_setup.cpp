@@ -161,7 +161,7 @@ double TrainingRun::Impl::resolve_recompute_budget(const std::vector<Index>& len
                                     args.recompute_budget_mib, free_per_rank);
 }
 
-// "recompute: auto, 10.0 MiB for 5120-token micro-batches: 5 attention (7.0 MiB kept)".
+// "recompute: auto, 10.0 MiB for 5120-token micro-batches: 5 attention (8.6 MiB kept)".
 std::string TrainingRun::Impl::recompute_note() const {
   const LlamaConfig& c = checkpoint->config();
   const Recompute mode = recompute_mode();
