@@ -147,9 +147,9 @@ TEST(Bf16Residual, RecomputeModesAgreeAndEvaluationSeesTheSameModel) {
 }
 
 // What each recompute mode keeps: full one layer's working set and every layer's q/k/v/o LoRA
-// z, selective every layer's
-// attention block but no MLP outputs, none everything (the [M, 2I] gate/up outputs too),
-// attention_mlp every layer's attention and gate/up outputs (and the MLP's LoRA z).
+// z, selective every layer's attention block but no MLP outputs, none everything (the [M, 2I]
+// gate/up outputs too), attention_mlp every layer's attention and gate/up outputs (and the
+// MLP's LoRA z).
 TEST(Recompute, EachModeKeepsWhatItSays) {
   const Reference ref(testing::fixtures_dir() / "odd_untied_all");
   Runtime rt(1);

@@ -221,20 +221,20 @@ void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P:
   const std::int32_t* positions = ctx.geometry.positions.data();
 
   // Kept outputs must already fit: growing their buffers would discard them.
+  const Index z_count = M * std::max<Index>(r, 1);  // a module's z
+  auto check_kept_z = [&](const auto& modules) {
+    for (LoraModule m : modules)
+      ZL_CHECK(acts.lora_z[static_cast<int>(m)].size() >= static_cast<std::size_t>(z_count));
+  };
   if (keep.attention_ready)
     ZL_CHECK(acts.attn.size() >= static_cast<std::size_t>(M * d.Qd) &&
              acts.lse.size() >= static_cast<std::size_t>(d.H * M));
   if (keep.mlp_ready) {
     ZL_CHECK(!out && acts.gate_up.size() >= static_cast<std::size_t>(M * 2 * d.I));
-    for (LoraModule m : kMlpLoraModules)
-      ZL_CHECK(acts.lora_z[static_cast<int>(m)].size() >=
-               static_cast<std::size_t>(M * std::max<Index>(r, 1)));
+    check_kept_z(kMlpLoraModules);
   }
   const bool z_ready = keep.attention_lora_ready;
-  if (z_ready)
-    for (LoraModule m : kAttentionLoraModules)
-      ZL_CHECK(acts.lora_z[static_cast<int>(m)].size() >=
-               static_cast<std::size_t>(M * std::max<Index>(r, 1)));
+  if (z_ready) check_kept_z(kAttentionLoraModules);
   Act* rstd1 = grow(dev, acts.rstd1, M);       // [M]
   Act* h1 = grow(dev, acts.h1, M * d.D);       // [M, D]
   Act* qkv = grow(dev, acts.qkv, M * d.W3);    // [M, Qd + 2 KVd], q and k rotated
@@ -243,7 +243,7 @@ void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P:
   Act* x2 = grow(dev, acts.x2, M * d.D);       // [M, D] residual after attention
   Act* rstd2 = grow(dev, acts.rstd2, M);       // [M]
   Act* h2 = grow(dev, acts.h2, M * d.D);       // [M, D]
-  for (int m = 0; m < kLoraModuleCount; ++m) grow(dev, acts.lora_z[m], M * std::max<Index>(r, 1));
+  for (int m = 0; m < kLoraModuleCount; ++m) grow(dev, acts.lora_z[m], z_count);
 
   // Attention block.
   auto& ws = ctx.workspace;
