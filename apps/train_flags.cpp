@@ -122,7 +122,7 @@ void add_train_flags(CLI::App& cmd, TrainFlags& f) {
               "else each layer keeps)");
   cmd.add_option("--recompute_granularity", a.recompute_granularity,
                  "With gradient checkpointing, what each layer keeps for backward: full (its "
-                 "input, and q/k/v/o's LoRA z: rank values a row each), attention (+ its "
+                 "input, and its LoRA z: rank values a row an adapted module), attention (+ its "
                  "attention output: backward skips the attention "
                  "forward), attention_mlp (+ the MLP's gate/up outputs: backward recomputes only "
                  "the attention block's projections), selective (attention + the whole attention "

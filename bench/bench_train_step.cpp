@@ -52,6 +52,7 @@ static int bench_main(int argc, char** argv) {
   double budget_mib = -1;      // auto's budget; negative: the default (zerolora train's)
   double given_peak = 0;       // --peak_gflops: MFU's divisor without measuring it
   AttentionOptions attention;  // --attention reference: the GPU's own kernel instead of cuDNN's
+  std::string targets = "q_proj,k_proj,v_proj,o_proj";  // the seed's
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     auto value = [&] {
@@ -81,6 +82,8 @@ static int bench_main(int argc, char** argv) {
       recompute = Recompute::kSelective;
     else if (arg == "--recompute")
       recompute = parse_recompute(value(), "--recompute");
+    else if (arg == "--lora_target_modules")
+      targets = value();
     else if (arg == "--recompute_budget_mib")
       budget_mib = std::stod(value());
     else if (arg == "--peak_gflops")
@@ -99,7 +102,7 @@ static int bench_main(int argc, char** argv) {
           "[--device cpu|cuda] [--shape 7b|70b|llama3-8b|tiny] [--no-recompute | --selective | "
           "--recompute full|attention|attention_mlp|selective|none|auto "
           "[--recompute_budget_mib M]] [--peak_gflops G (not measured)] "
-          "[--attention fused|reference]\n",
+          "[--attention fused|reference] [--lora_target_modules q_proj,...|all-linear]\n",
           argv[0]);
       return 2;
     }
@@ -122,10 +125,11 @@ static int bench_main(int argc, char** argv) {
   }
   const LlamaConfig config = *shaped;
   auto weights = random_whole_model<bf16>(rt, config, 7, kWeightStd);  // a GPU's in its memory
-  LoraConfig lora;  // the seed recipe: r 4, alpha 16, dropout 0.05 on q, k, v, o
+  LoraConfig lora;  // the seed recipe: r 4, alpha 16, dropout 0.05 on q, k, v, o (by default)
   lora.rank = 4;
   lora.alpha = 16;
   lora.dropout = 0.05;
+  lora.targets = parse_lora_targets(targets);
   const LoraLayout layout(config, lora);
   std::vector<float> params(static_cast<std::size_t>(layout.size())), grads(params.size());
   init_lora_params<float>(params, layout, 1);
@@ -137,7 +141,7 @@ static int bench_main(int argc, char** argv) {
   options.attention = attention;
   LlamaModel<Bf16Policy> model(rt, *weights, &layout, options);
   print_kv("model", "llama2-" + shape + "-shape layers=" + std::to_string(layers) +
-                        " lora_r=4 targets=q,k,v,o batch=" + std::to_string(batch_size));
+                        " lora_r=4 targets=" + targets + " batch=" + std::to_string(batch_size));
   print_kv("recompute", recompute_name(recompute));
   if (gpu) print_kv("attention", attention.fused ? "fused" : "reference");
 

@@ -159,7 +159,7 @@ TEST(MemoryEstimate, EvaluationHoldsOneLayersSetAndGrowsTheForwardsBuffers) {
   const LoraLayout lora = qkvo_lora(c);
   MemoryScenario s = gpu_4x2048();
   const double one_layer =
-      4.0 * kept_elements(Recompute::kSelective, c, 4 * 2048, lora.config().rank);
+      4.0 * kept_elements(Recompute::kSelective, c, 4 * 2048, LoraZShape::of(&lora.config()));
   s.recompute = Recompute::kNone;
   EXPECT_FALSE(item_named(estimate_memory(c, lora, s), "one layer's activations"));
   s.eval_micro_batch = 4;  // training's tokens: no buffer grows
@@ -294,7 +294,8 @@ TEST(MemoryEstimate, GpuRecomputeBudgetFillsTheFreeMemory) {
   const MemoryScenario s = gpu_4x2048();
   const double rows = 4 * 2048, host_default = default_recompute_budget_bytes(c, rows);
   auto planned = [&](double budget) {
-    return make_recompute_plan(Recompute::kAuto, c, rows, 4, sizeof(float), budget);
+    return make_recompute_plan(Recompute::kAuto, c, rows, LoraZShape::of(&lora.config()),
+                               sizeof(float), budget);
   };
   MemoryScenario full = s;
   full.recompute = Recompute::kFull;

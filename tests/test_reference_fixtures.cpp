@@ -101,7 +101,7 @@ TEST(Bf16Residual, RecomputeModesAgreeAndEvaluationSeesTheSameModel) {
   const Batch batch = ref.batch();
   const LlamaConfig& c = ref.checkpoint.config();
   const double rows = static_cast<double>(batch.size());
-  const int rank = layout.config().rank;
+  const LoraZShape lora_z = LoraZShape::of(&layout.config());
   auto run = [&](Recompute recompute, bool bf16_residual, double* eval_loss, double budget = -1,
                  std::vector<Recompute>* levels = nullptr) {
     ComputeOptions options;
@@ -123,12 +123,12 @@ TEST(Bf16Residual, RecomputeModesAgreeAndEvaluationSeesTheSameModel) {
   EXPECT_EQ(full, run(Recompute::kSelective, true, nullptr));
   EXPECT_EQ(full, run(Recompute::kNone, true, nullptr));
   // Mixed plans: every layer at a level from full to none in one model (budgets beyond full
-  // recompute's, which keeps q/k/v/o's LoRA z).
+  // recompute's, which keeps the LoRA z).
   const Recompute middle = auto_middle_level(c);
-  const double kept_full = 4 * kept_elements(Recompute::kFull, c, rows, rank),
-               attention = 4 * kept_elements(Recompute::kAttention, c, rows, rank),
-               between = 4 * kept_elements(middle, c, rows, rank),
-               none = 4 * kept_elements(Recompute::kNone, c, rows, rank);
+  const double kept_full = 4 * kept_elements(Recompute::kFull, c, rows, lora_z),
+               attention = 4 * kept_elements(Recompute::kAttention, c, rows, lora_z),
+               between = 4 * kept_elements(middle, c, rows, lora_z),
+               none = 4 * kept_elements(Recompute::kNone, c, rows, lora_z);
   const auto L = static_cast<double>(c.num_layers);
   ASSERT_GE(c.num_layers, 2);
   const std::pair<double, std::pair<Recompute, Recompute>> plans[] = {
@@ -146,71 +146,79 @@ TEST(Bf16Residual, RecomputeModesAgreeAndEvaluationSeesTheSameModel) {
   EXPECT_NE(full, run(Recompute::kFull, false, nullptr));
 }
 
-// What each recompute mode keeps: full one layer's working set and every layer's q/k/v/o LoRA
-// z, selective every layer's attention block but no MLP outputs, none everything (the [M, 2I]
-// gate/up outputs too), attention_mlp every layer's attention and gate/up outputs (and the
-// MLP's LoRA z).
+// What each recompute mode keeps: full one layer's working set and every layer's LoRA z (of
+// the adapted modules only: the others have none), selective every layer's attention block but
+// no MLP outputs, none everything (the [M, 2I] gate/up outputs too), attention_mlp every layer's
+// attention and gate/up outputs. With every module adapted and with q and v alone.
 TEST(Recompute, EachModeKeepsWhatItSays) {
   const Reference ref(testing::fixtures_dir() / "odd_untied_all");
   Runtime rt(1);
   auto weights = load_llama_weights<float>(rt, ref.checkpoint);
   const LlamaConfig& c = ref.checkpoint.config();
-  const LoraLayout layout(c, ref.lora_config());
-  const std::vector<float> params(static_cast<std::size_t>(layout.size()), 0.01f);
-  const Batch batch = ref.batch();
-  auto saved = [&](Recompute recompute) {
-    ComputeOptions options;
-    options.recompute = recompute;
-    options.recompute_budget_bytes = 0;  // auto: nothing beyond full recompute
-    LlamaModel<Fp32Policy> model(rt, weights, &layout, options);
-    std::vector<float> grads(params.size(), 0.0f);
-    model.forward_backward(batch, params, grads, 1.0, {});
-    return model.saved_activation_bytes();
-  };
-  const std::size_t full = saved(Recompute::kFull), selective = saved(Recompute::kSelective),
-                    none = saved(Recompute::kNone), attention = saved(Recompute::kAttention),
-                    attention_mlp = saved(Recompute::kAttentionMlp);
-  const auto L = static_cast<std::size_t>(c.num_layers);
-  const auto M = static_cast<std::size_t>(batch.size());
-  const std::size_t gate_up = M * static_cast<std::size_t>(2 * c.intermediate_size) * sizeof(float);
-  const std::size_t attention_output =
-      M * static_cast<std::size_t>(c.q_dim() + c.num_heads) * sizeof(float);
-  const int rank = layout.config().rank;
-  const std::size_t attention_z =
-      kAttentionLoraModules.size() * M * static_cast<std::size_t>(rank) * 4;
-  // Every layer that backward recomputes keeps its q/k/v/o LoRA z, the working set lending its
-  // own to the last layer (buffers are swapped, never copied): L sets in all where the working
-  // set alone had one. What a layer keeping everything keeps is that working set.
-  ASSERT_GT(full, (L - 1) * attention_z);
-  const std::size_t working = full - (L - 1) * attention_z;
-  EXPECT_EQ(selective, L * working);
-  EXPECT_EQ(none, L * (working + gate_up));
-  // The same for the attention output: L in all where full recompute has one.
-  EXPECT_EQ(attention, full + (L - 1) * attention_output);
-  // The same for the MLP's LoRA z (the working set has them too); gate/up outputs only the
-  // layers have, the working set's MLP running chunk by chunk in scratch of its own.
-  const std::size_t mlp_z = kMlpLoraModules.size() * M * static_cast<std::size_t>(rank) * 4;
-  EXPECT_EQ(attention_mlp, full + (L - 1) * (attention_output + mlp_z) + L * gate_up);
-  EXPECT_EQ(saved(Recompute::kAuto), full);
-  // kept_elements (the planner's and the memory estimate's arithmetic) says the same.
-  const auto rows = static_cast<double>(M);
-  EXPECT_EQ(4 * kept_elements(Recompute::kFull, c, rows, rank), static_cast<double>(attention_z));
-  EXPECT_EQ(4 * kept_elements(Recompute::kSelective, c, rows, rank), static_cast<double>(working));
-  EXPECT_EQ(4 * kept_elements(Recompute::kAttention, c, rows, rank),
-            static_cast<double>(attention_output + attention_z));
-  EXPECT_EQ(4 * kept_elements(Recompute::kNone, c, rows, rank),
-            static_cast<double>(working + gate_up));
-  EXPECT_EQ(4 * kept_elements(Recompute::kAttentionMlp, c, rows, rank),
-            static_cast<double>(attention_output + attention_z + gate_up + mlp_z));
+  LoraConfig q_v = ref.lora_config();
+  ASSERT_EQ(q_v.module_count(), kLoraModuleCount);
+  q_v.targets = {LoraModule::kQ, LoraModule::kV};
+  for (const LoraConfig& lora_config : {ref.lora_config(), q_v}) {
+    SCOPED_TRACE(lora_config.module_count());
+    const LoraLayout layout(c, lora_config);
+    const std::vector<float> params(static_cast<std::size_t>(layout.size()), 0.01f);
+    const Batch batch = ref.batch();
+    auto saved = [&](Recompute recompute) {
+      ComputeOptions options;
+      options.recompute = recompute;
+      options.recompute_budget_bytes = 0;  // auto: nothing beyond full recompute
+      LlamaModel<Fp32Policy> model(rt, weights, &layout, options);
+      std::vector<float> grads(params.size(), 0.0f);
+      model.forward_backward(batch, params, grads, 1.0, {});
+      return model.saved_activation_bytes();
+    };
+    const std::size_t full = saved(Recompute::kFull), selective = saved(Recompute::kSelective),
+                      none = saved(Recompute::kNone), attention = saved(Recompute::kAttention),
+                      attention_mlp = saved(Recompute::kAttentionMlp);
+    const auto L = static_cast<std::size_t>(c.num_layers);
+    const auto M = static_cast<std::size_t>(batch.size());
+    const std::size_t gate_up =
+        M * static_cast<std::size_t>(2 * c.intermediate_size) * sizeof(float);
+    const std::size_t attention_output =
+        M * static_cast<std::size_t>(c.q_dim() + c.num_heads) * sizeof(float);
+    const std::size_t lora_z = static_cast<std::size_t>(lora_config.module_count()) * M *
+                               static_cast<std::size_t>(lora_config.rank) * 4;
+    // Every layer that backward recomputes keeps its LoRA z, the working set lending its own to
+    // the last layer (buffers are swapped, never copied): L sets in all where the working set
+    // alone had one. What a layer keeping everything keeps is that working set.
+    ASSERT_GT(full, (L - 1) * lora_z);
+    const std::size_t working = full - (L - 1) * lora_z;
+    EXPECT_EQ(selective, L * working);
+    EXPECT_EQ(none, L * (working + gate_up));
+    // The same for the attention output: L in all where full recompute has one.
+    EXPECT_EQ(attention, full + (L - 1) * attention_output);
+    // Gate/up outputs only the layers have, the working set's MLP running chunk by chunk in
+    // scratch of its own.
+    EXPECT_EQ(attention_mlp, full + (L - 1) * attention_output + L * gate_up);
+    EXPECT_EQ(saved(Recompute::kAuto), full);
+    // kept_elements (the planner's and the memory estimate's arithmetic) says the same.
+    const auto rows = static_cast<double>(M);
+    const LoraZShape shape = LoraZShape::of(&lora_config);
+    EXPECT_EQ(4 * kept_elements(Recompute::kFull, c, rows, shape), static_cast<double>(lora_z));
+    EXPECT_EQ(4 * kept_elements(Recompute::kSelective, c, rows, shape),
+              static_cast<double>(working));
+    EXPECT_EQ(4 * kept_elements(Recompute::kAttention, c, rows, shape),
+              static_cast<double>(attention_output + lora_z));
+    EXPECT_EQ(4 * kept_elements(Recompute::kNone, c, rows, shape),
+              static_cast<double>(working + gate_up));
+    EXPECT_EQ(4 * kept_elements(Recompute::kAttentionMlp, c, rows, shape),
+              static_cast<double>(attention_output + lora_z + gate_up));
+  }
 }
 
 // What each level recomputes, counted by the profiler: the attention (forward, recompute,
 // backward per layer), the base projections (forward q/k/v, o, gate/up, down; backward the
 // same four; the recompute's q/k/v, o and gate/up; the lm_head once each way) and the LoRA
-// calls the recompute adds (each a contraction, an expansion or both: one expansion per q/k/v/o
-// adapter, their z kept at every level, where two calls, the contraction and the expansion, made
-// q's, k's and v's before; gate's and up's lora_forward and down's contraction where the MLP
-// recomputes).
+// calls the recompute adds: one expansion per adapter of the modules it reruns (q/k/v/o; gate
+// and up), their z kept at every level, and no contraction (down's z too is the forward's). Two
+// calls, a contraction and an expansion, made q's, k's and v's before, and down's contraction
+// one: there the counts pin what the calls do, elsewhere (one lora_forward or one expansion)
+// how many.
 TEST(Recompute, WhatIsKeptIsNotRecomputed) {
   const Reference ref(testing::fixtures_dir() / "odd_untied_all");  // every module adapted
   Runtime rt(1);
@@ -231,25 +239,25 @@ TEST(Recompute, WhatIsKeptIsNotRecomputed) {
                       rt.profiler().calls(ProfileCategory::kLora));
   };
   const std::int64_t L = ref.checkpoint.config().num_layers;
-  std::int64_t attention_adapters = 0, mlp_adapters = 0;
+  std::int64_t attention_adapters = 0, gate_up_adapters = 0;
   for (int l = 0; l < L; ++l) {
     for (LoraModule m : kAttentionLoraModules) attention_adapters += layout.adapter(l, m) ? 1 : 0;
-    for (LoraModule m : kMlpLoraModules) mlp_adapters += layout.adapter(l, m) ? 1 : 0;
+    for (LoraModule m : {LoraModule::kGate, LoraModule::kUp})
+      gate_up_adapters += layout.adapter(l, m) ? 1 : 0;
   }
   ASSERT_GT(attention_adapters, 0);
-  ASSERT_GT(mlp_adapters, 0);
+  ASSERT_GT(gate_up_adapters, 0);
+  ASSERT_TRUE(layout.adapter(0, LoraModule::kDown));
   const auto [full_attention, full_matmuls, full_lora] = calls(Recompute::kFull);
   const std::int64_t lora = std::get<2>(calls(Recompute::kNone));  // the forward's and backward's
   EXPECT_EQ(full_attention, 3 * L);
-  // (At attention and attention_mlp the recompute made one call per q/k/v/o branch before too,
-  // a lora_forward each: there the counts pin how many calls, full's pins what they do.)
-  EXPECT_EQ(full_lora, lora + attention_adapters + mlp_adapters);
+  EXPECT_EQ(full_lora, lora + attention_adapters + gate_up_adapters);
   EXPECT_EQ(calls(Recompute::kAttention),
-            std::tuple(2 * L, full_matmuls, lora + attention_adapters + mlp_adapters));
+            std::tuple(2 * L, full_matmuls, lora + attention_adapters + gate_up_adapters));
   EXPECT_EQ(calls(Recompute::kAttentionMlp),
             std::tuple(2 * L, full_matmuls - L, lora + attention_adapters));
   EXPECT_EQ(calls(Recompute::kSelective),
-            std::tuple(2 * L, full_matmuls - 2 * L, lora + mlp_adapters));
+            std::tuple(2 * L, full_matmuls - 2 * L, lora + gate_up_adapters));
   EXPECT_EQ(calls(Recompute::kNone), std::tuple(2 * L, full_matmuls - 3 * L, lora));
 }
 
@@ -269,9 +277,9 @@ TEST(Recompute, PlanFollowsTheBatchAndKeepsExactGradients) {
   Batch first;  // the first sequence alone: fewer rows, so the same budget keeps more
   first.add_sequence(ref.sequences()[0].input_ids, ref.sequences()[0].labels, 0);
   ASSERT_LT(first.size(), whole.size());
-  const int rank = layout.config().rank;
+  const LoraZShape lora_z = LoraZShape::of(&layout.config());
   const double budget =
-      4 * kept_elements(auto_middle_level(c), c, static_cast<double>(first.size()), rank) *
+      4 * kept_elements(auto_middle_level(c), c, static_cast<double>(first.size()), lora_z) *
       static_cast<double>(c.num_layers);
   ComputeOptions auto_options;
   auto_options.recompute = Recompute::kAuto;
@@ -304,19 +312,20 @@ TEST(RecomputePlan, SpendsTheBudgetInOrderAndNeverRecomputesMoreWithMore) {
   c.num_heads = 8, c.num_kv_heads = 2, c.head_dim = 8;
   ASSERT_EQ(auto_middle_level(c), Recompute::kAttentionMlp);
   const double rows = 300;
-  const int rank = 4;
-  // Every level keeps q/k/v/o's LoRA z, full recompute's one cost; budgets count beyond it.
-  const double full = 4 * kept_elements(Recompute::kFull, c, rows, rank);
-  EXPECT_EQ(full, 4 * rows * 4 * rank);
-  const double attention = 4 * kept_elements(Recompute::kAttention, c, rows, rank);
-  const double attention_mlp = 4 * kept_elements(Recompute::kAttentionMlp, c, rows, rank);
-  const double selective = 4 * kept_elements(Recompute::kSelective, c, rows, rank);
-  const double none = 4 * kept_elements(Recompute::kNone, c, rows, rank);
+  const LoraZShape lora_z{.rank = 4, .modules = 4};  // the seed's q/k/v/o at r 4
+  // Every level keeps the adapted modules' LoRA z, full recompute's one cost; budgets count
+  // beyond it.
+  const double full = 4 * kept_elements(Recompute::kFull, c, rows, lora_z);
+  EXPECT_EQ(full, 4 * rows * lora_z.modules * lora_z.rank);
+  const double attention = 4 * kept_elements(Recompute::kAttention, c, rows, lora_z);
+  const double attention_mlp = 4 * kept_elements(Recompute::kAttentionMlp, c, rows, lora_z);
+  const double selective = 4 * kept_elements(Recompute::kSelective, c, rows, lora_z);
+  const double none = 4 * kept_elements(Recompute::kNone, c, rows, lora_z);
   EXPECT_EQ(attention - full, 4 * rows * (c.q_dim() + c.num_heads));
-  EXPECT_EQ(attention_mlp - attention, 4 * rows * (2 * c.intermediate_size + 3 * rank));
+  EXPECT_EQ(attention_mlp - attention, 4 * rows * 2 * c.intermediate_size);
   EXPECT_EQ(none - selective, 4 * rows * 2 * c.intermediate_size);
   auto plan = [&](double budget) {
-    return describe_recompute_plan(plan_recompute(c, rows, rank, 4, budget));
+    return describe_recompute_plan(plan_recompute(c, rows, lora_z, 4, budget));
   };
   EXPECT_EQ(plan(0), "4 full");
   EXPECT_EQ(plan(attention - full - 1), "4 full");
@@ -330,10 +339,10 @@ TEST(RecomputePlan, SpendsTheBudgetInOrderAndNeverRecomputesMoreWithMore) {
     LlamaConfig narrow = c;
     narrow.intermediate_size = 159;
     ASSERT_EQ(auto_middle_level(narrow), Recompute::kSelective);
-    const double s = 4 * kept_elements(Recompute::kSelective, narrow, rows, rank);
-    const double n = 4 * kept_elements(Recompute::kNone, narrow, rows, rank);
+    const double s = 4 * kept_elements(Recompute::kSelective, narrow, rows, lora_z);
+    const double n = 4 * kept_elements(Recompute::kNone, narrow, rows, lora_z);
     auto narrow_plan = [&](double budget) {
-      return describe_recompute_plan(plan_recompute(narrow, rows, rank, 4, budget));
+      return describe_recompute_plan(plan_recompute(narrow, rows, lora_z, 4, budget));
     };
     EXPECT_EQ(narrow_plan(3 * (attention - full) + s - full), "1 selective + 3 attention");
     EXPECT_EQ(narrow_plan(4 * (s - full) + (n - s)), "1 none + 3 selective");
@@ -342,11 +351,11 @@ TEST(RecomputePlan, SpendsTheBudgetInOrderAndNeverRecomputesMoreWithMore) {
   // recompute's.
   std::vector<Recompute> before(4, Recompute::kFull);
   for (double budget = 0; budget <= 4 * none; budget += none / 37) {
-    const auto levels = plan_recompute(c, rows, rank, 4, budget);
+    const auto levels = plan_recompute(c, rows, lora_z, 4, budget);
     double kept = 0;
     for (std::size_t l = 0; l < levels.size(); ++l) {
       EXPECT_GE(static_cast<int>(levels[l]), static_cast<int>(before[l])) << budget;
-      kept += 4 * kept_elements(levels[l], c, rows, rank) - full;
+      kept += 4 * kept_elements(levels[l], c, rows, lora_z) - full;
     }
     EXPECT_LE(kept, budget);
     before = levels;
@@ -356,16 +365,16 @@ TEST(RecomputePlan, SpendsTheBudgetInOrderAndNeverRecomputesMoreWithMore) {
   EXPECT_EQ(default_recompute_budget_bytes(c, 100000), 100000.0 * 1000 * 8);
   // The resolved plan the model, the estimate and the log share: a negative budget is the
   // default, a fixed mode is every layer's level, kept bytes are the levels' sum.
-  const RecomputePlan by_default = make_recompute_plan(Recompute::kAuto, c, rows, rank, 4, -1);
+  const RecomputePlan by_default = make_recompute_plan(Recompute::kAuto, c, rows, lora_z, 4, -1);
   EXPECT_EQ(by_default.budget_bytes, kRecomputeBudgetFloorBytes);
-  EXPECT_EQ(by_default.levels, plan_recompute(c, rows, rank, 4, kRecomputeBudgetFloorBytes));
-  const RecomputePlan large = make_recompute_plan(Recompute::kAuto, c, 100000, rank, 4, -1);
-  EXPECT_EQ(large.levels, plan_recompute(c, 100000, rank, 4, 100000.0 * 1000 * 8));
+  EXPECT_EQ(by_default.levels, plan_recompute(c, rows, lora_z, 4, kRecomputeBudgetFloorBytes));
+  const RecomputePlan large = make_recompute_plan(Recompute::kAuto, c, 100000, lora_z, 4, -1);
+  EXPECT_EQ(large.levels, plan_recompute(c, 100000, lora_z, 4, 100000.0 * 1000 * 8));
   const RecomputePlan explicit_budget = make_recompute_plan(
-      Recompute::kAuto, c, rows, rank, 2, (3 * (attention - full) + attention_mlp - full) / 2);
+      Recompute::kAuto, c, rows, lora_z, 2, (3 * (attention - full) + attention_mlp - full) / 2);
   EXPECT_EQ(describe_recompute_plan(explicit_budget.levels), "1 attention_mlp + 3 attention");
   EXPECT_EQ(explicit_budget.kept_bytes, (3 * attention + attention_mlp) / 2);
-  const RecomputePlan fixed = make_recompute_plan(Recompute::kSelective, c, rows, rank, 4, 0);
+  const RecomputePlan fixed = make_recompute_plan(Recompute::kSelective, c, rows, lora_z, 4, 0);
   EXPECT_EQ(fixed.levels, std::vector<Recompute>(4, Recompute::kSelective));
   EXPECT_EQ(fixed.kept_bytes, 4 * selective);
   EXPECT_EQ(recompute_budget_from_mib(-1), -1);

@@ -60,6 +60,12 @@ bool LoraConfig::targets_module(LoraModule module) const {
   return std::find(targets.begin(), targets.end(), module) != targets.end();
 }
 
+int LoraConfig::module_count() const {
+  int n = 0;
+  for (int m = 0; m < kLoraModuleCount; ++m) n += targets_module(static_cast<LoraModule>(m));
+  return n;
+}
+
 void LoraConfig::validate() const {
   if (rank < 1) throw ConfigError("LoRA rank must be >= 1, got " + std::to_string(rank));
   if (!(alpha > 0)) throw ConfigError("LoRA alpha must be positive, got " + std::to_string(alpha));

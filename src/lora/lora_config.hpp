@@ -16,14 +16,11 @@ namespace zerolora {
 // The seven Llama projections LoRA can adapt, in layer order.
 enum class LoraModule : int { kQ, kK, kV, kO, kGate, kUp, kDown };
 inline constexpr int kLoraModuleCount = 7;
-// The MLP's three, whose LoRA z a layer keeping its gate/up outputs keeps with them.
-inline constexpr std::array<LoraModule, 3> kMlpLoraModules = {LoraModule::kGate, LoraModule::kUp,
-                                                              LoraModule::kDown};
-// The attention block's four, whose LoRA z every layer that backward recomputes keeps from its
-// forward (M x r values each), so that the recompute adds their expansions without contracting
-// the layer's activations again.
+// The attention block's four and the MLP's three.
 inline constexpr std::array<LoraModule, 4> kAttentionLoraModules = {LoraModule::kQ, LoraModule::kK,
                                                                     LoraModule::kV, LoraModule::kO};
+inline constexpr std::array<LoraModule, 3> kMlpLoraModules = {LoraModule::kGate, LoraModule::kUp,
+                                                              LoraModule::kDown};
 
 std::string_view lora_module_name(LoraModule module);  // "q_proj", ...
 std::optional<LoraModule> parse_lora_module(std::string_view name);
@@ -42,6 +39,8 @@ struct LoraConfig {
 
   double scale() const;
   bool targets_module(LoraModule module) const;
+  // How many of the seven modules it adapts (in every layer): each keeps an [M, r] z a layer.
+  int module_count() const;
   // Throws ConfigError for rank < 1, alpha <= 0, dropout outside [0, 1), no targets.
   void validate() const;
 };

@@ -94,6 +94,11 @@ class LayerOps {
 
   Index rank() const { return ctx_.lora.layout ? ctx_.lora.layout->config().rank : 0; }
 
+  // Module m's z in acts from row `row` on; null where m has no adapter (nor a z buffer).
+  Act* z(LayerActivations<Act>& acts, LoraModule m, Index row = 0) const {
+    return adapter(m) ? acts.lora_z[static_cast<int>(m)].data() + row * rank() : nullptr;
+  }
+
   // One module's LoRA branch, where it has an adapter (o, down: no other shares its input).
   void lora_forward_into(LoraModule m, Mat<Act> dst, Act* z, const Act* src, Index M, Index in,
                          Index row_offset) {
@@ -188,22 +193,35 @@ class LayerOps {
     lora_backward_shared({m}, diff_src, {diff_dst}, {z}, src, row_offset);
   }
 
-  // gate_up (=) [rows, 2I] = h2 Wgu^T + LoRA(gate, up); z_gate/z_up receive the LoRA z.
-  // h2_rounded: h2's rounding where the norm made it, else null.
+  // gate_up (=) [rows, 2I] = h2 Wgu^T + LoRA(gate, up); z_gate/z_up receive the LoRA z, or
+  // (z_ready: the recompute's) hold them already, made by the forward. h2_rounded: h2's
+  // rounding where the norm made it, else null.
   void gate_up_forward(Act* gate_up, const Act* h2, const Weight* h2_rounded, Index rows,
-                       Index row_offset, Act* z_gate, Act* z_up, const Dims& d) {
+                       Index row_offset, Act* z_gate, Act* z_up, bool z_ready, const Dims& d) {
     base_forward(Mat<Act>::dense(gate_up, rows, 2 * d.I), {h2, h2_rounded}, rows, d.D,
                  w(LayerTensor::kGate));
-    lora_forward_shared(
-        kMlpInputModules,
-        {Mat<Act>{gate_up, rows, d.I, 2 * d.I, 1}, Mat<Act>{gate_up + d.I, rows, d.I, 2 * d.I, 1}},
-        {z_gate, z_up}, h2, rows, d.D, row_offset);
+    const Mat<Act> gate{gate_up, rows, d.I, 2 * d.I, 1}, up{gate_up + d.I, rows, d.I, 2 * d.I, 1};
+    if (z_ready) {
+      lora_expand_into(LoraModule::kGate, gate, z_gate);
+      lora_expand_into(LoraModule::kUp, up, z_up);
+    } else {
+      lora_forward_shared(kMlpInputModules, {gate, up}, {z_gate, z_up}, h2, rows, d.D, row_offset);
+    }
   }
 
  private:
   LayerContext<P>& ctx_;
   Kernels<P>& k_;
 };
+
+// The adapted modules' z, kept from the forward, must already fit (growing their buffers would
+// discard them).
+template <class P>
+void check_lora_z(const LayerOps<P>& ops, const LayerActivations<typename P::Act>& acts, Index M) {
+  for (int m = 0; m < kLoraModuleCount; ++m)
+    if (ops.adapter(static_cast<LoraModule>(m)))
+      ZL_CHECK(acts.lora_z[m].size() >= static_cast<std::size_t>(M * ops.rank()));
+}
 
 }  // namespace
 
@@ -221,20 +239,13 @@ void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P:
   const std::int32_t* positions = ctx.geometry.positions.data();
 
   // Kept outputs must already fit: growing their buffers would discard them.
-  const Index z_count = M * std::max<Index>(r, 1);  // a module's z
-  auto check_kept_z = [&](const auto& modules) {
-    for (LoraModule m : modules)
-      ZL_CHECK(acts.lora_z[static_cast<int>(m)].size() >= static_cast<std::size_t>(z_count));
-  };
   if (keep.attention_ready)
     ZL_CHECK(acts.attn.size() >= static_cast<std::size_t>(M * d.Qd) &&
              acts.lse.size() >= static_cast<std::size_t>(d.H * M));
-  if (keep.mlp_ready) {
+  if (keep.mlp_ready)
     ZL_CHECK(!out && acts.gate_up.size() >= static_cast<std::size_t>(M * 2 * d.I));
-    check_kept_z(kMlpLoraModules);
-  }
-  const bool z_ready = keep.attention_lora_ready;
-  if (z_ready) check_kept_z(kAttentionLoraModules);
+  const bool z_ready = keep.lora_ready;
+  if (z_ready) check_lora_z(ops, acts, M);
   Act* rstd1 = grow(dev, acts.rstd1, M);       // [M]
   Act* h1 = grow(dev, acts.h1, M * d.D);       // [M, D]
   Act* qkv = grow(dev, acts.qkv, M * d.W3);    // [M, Qd + 2 KVd], q and k rotated
@@ -243,7 +254,8 @@ void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P:
   Act* x2 = grow(dev, acts.x2, M * d.D);       // [M, D] residual after attention
   Act* rstd2 = grow(dev, acts.rstd2, M);       // [M]
   Act* h2 = grow(dev, acts.h2, M * d.D);       // [M, D]
-  for (int m = 0; m < kLoraModuleCount; ++m) grow(dev, acts.lora_z[m], z_count);
+  for (int m = 0; m < kLoraModuleCount; ++m)
+    if (ops.adapter(static_cast<LoraModule>(m))) grow(dev, acts.lora_z[m], M * r);
 
   // Attention block.
   auto& ws = ctx.workspace;
@@ -258,7 +270,7 @@ void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P:
   Act* qkv_z[3];
   for (int i = 0; i < 3; ++i) {
     qkv_columns[i] = qkv_branch_columns(qkv, i, M, shape);
-    qkv_z[i] = acts.lora_z[static_cast<int>(kQkvModules[i])].data();
+    qkv_z[i] = ops.z(acts, kQkvModules[i]);
   }
   // q/k/v's LoRA branches, then RoPE on q's heads and k's (consecutive in the fused row): their
   // last passes by the attention where it runs here (a GPU does them as it copies q/k/v for
@@ -293,7 +305,7 @@ void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P:
                         ctx.options.attention, lora_in_attention ? &qkv_lora : nullptr, &rotation);
   }
   ops.base_forward_residual(x2, x, {attn, attn_rounded}, M, d.D, d.Qd, ops.w(LayerTensor::kO));
-  Act* z_o = acts.lora_z[static_cast<int>(LoraModule::kO)].data();
+  Act* z_o = ops.z(acts, LoraModule::kO);
   if (z_ready)
     ops.lora_expand_into(LoraModule::kO, Mat<Act>::dense(x2, M, d.D), z_o);
   else
@@ -311,14 +323,11 @@ void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P:
   if (save_mlp) grow(dev, acts.gate_up, M * 2 * d.I);
   for (Index c0 = 0; c0 < M; c0 += chunk) {
     const Index rows = std::min(chunk, M - c0);
-    auto z = [&](LoraModule m) {
-      return save_mlp ? acts.lora_z[static_cast<int>(m)].data() + c0 * r
-                      : grow(dev, ws.lora_z[static_cast<int>(m)], chunk * std::max<Index>(r, 1));
-    };
+    auto z = [&](LoraModule m) { return ops.z(acts, m, c0); };
     Act* gate_up =
         save_mlp ? acts.gate_up.data() + c0 * 2 * d.I : grow(dev, ws.gate_up, chunk * 2 * d.I);
     ops.gate_up_forward(gate_up, h2 + c0 * d.D, h2_rounded ? h2_rounded + c0 * d.D : nullptr, rows,
-                        c0, z(LoraModule::kGate), z(LoraModule::kUp), d);
+                        c0, z(LoraModule::kGate), z(LoraModule::kUp), false, d);
     if (!out) continue;
     Weight* act_rounded = ops.rounded(ws.act_rounded, chunk * d.I);
     // The fp32 values (and their buffer) only for down's LoRA branch; the projection reads the
@@ -344,27 +353,24 @@ void layer_backward(LayerContext<P>& ctx, typename P::Act* dx, const typename P:
   Device& dev = ctx.device;
   const LlamaConfig& c = ctx.config;
   const Dims d(c, ctx.geometry.rows);
-  const Index M = d.M, r = ops.rank();
+  const Index M = d.M;
   auto& ws = ctx.workspace;
   const std::int32_t* positions = ctx.geometry.positions.data();
+  check_lora_z(ops, acts, M);  // the forward's (training's first, which ran every module)
 
   // MLP block, by row chunks: dx rows become d(x2) rows.
   const Index chunk = mlp_chunk(ctx.options, M);
   for (Index c0 = 0; c0 < M; c0 += chunk) {
     const Index rows = std::min(chunk, M - c0);
     const Act* h2 = acts.h2.data() + c0 * d.D;
-    auto z = [&](LoraModule m) {
-      return acts.mlp_saved
-                 ? acts.lora_z[static_cast<int>(m)].data() + c0 * r
-                 : grow(dev, ws.lora_z[static_cast<int>(m)], chunk * std::max<Index>(r, 1));
-    };
+    auto z = [&](LoraModule m) { return ops.z(acts, m, c0); };
     Act* gate_up = nullptr;
     if (acts.mlp_saved) {
       gate_up = acts.gate_up.data() + c0 * 2 * d.I;
-    } else {  // recompute
+    } else {  // recompute: the base projection, and the LoRA expansions of the forward's z
       gate_up = grow(dev, ws.gate_up, chunk * 2 * d.I);
       ops.gate_up_forward(gate_up, h2, nullptr, rows, c0, z(LoraModule::kGate), z(LoraModule::kUp),
-                          d);
+                          true, d);
     }
     Act* dx_rows = dx + c0 * d.D;
     Act* d_act = grow(dev, ws.d_act, chunk * d.I);
@@ -372,8 +378,6 @@ void layer_backward(LayerContext<P>& ctx, typename P::Act* dx, const typename P:
     if (ops.adapter(LoraModule::kDown)) {
       Act* act = grow(dev, ws.act, chunk * d.I);
       k.swiglu_forward(act, gate_up, rows, d.I, nullptr);  // for the LoRA branch: fp32 only
-      if (!acts.mlp_saved)
-        ops.lora_project_into(LoraModule::kDown, z(LoraModule::kDown), act, rows, d.I, c0);
       ops.lora_backward_into(LoraModule::kDown, Mat<Act>::dense(d_act, rows, d.I),
                              Mat<const Act>::dense(dx_rows, rows, d.D), z(LoraModule::kDown), act,
                              c0);
@@ -400,8 +404,8 @@ void layer_backward(LayerContext<P>& ctx, typename P::Act* dx, const typename P:
   Act* d_attn = grow(dev, ws.d_attn, M * d.Qd);
   ops.base_backward(d_attn, dx, M, d.D, ops.w(LayerTensor::kO), d.Qd);
   ops.lora_backward_into(LoraModule::kO, Mat<Act>::dense(d_attn, M, d.Qd),
-                         Mat<const Act>::dense(dx, M, d.D),
-                         acts.lora_z[static_cast<int>(LoraModule::kO)].data(), acts.attn.data(), 0);
+                         Mat<const Act>::dense(dx, M, d.D), ops.z(acts, LoraModule::kO),
+                         acts.attn.data(), 0);
   // d(q/k/v) before RoPE rotated q and k, and its rounding for the projection (in the norms'
   // buffer: their copies are spent by now).
   Act* d_qkv = grow(dev, ws.d_qkv, M * d.W3);
@@ -417,7 +421,7 @@ void layer_backward(LayerContext<P>& ctx, typename P::Act* dx, const typename P:
   const Act* qkv_z[3];
   for (int i = 0; i < 3; ++i) {
     d_qkv_columns[i] = qkv_branch_columns<const Act>(d_qkv, i, M, shape);
-    qkv_z[i] = acts.lora_z[static_cast<int>(kQkvModules[i])].data();
+    qkv_z[i] = ops.z(acts, kQkvModules[i]);
   }
   ops.lora_backward_shared(kQkvModules, Mat<Act>::dense(dh, M, d.D), d_qkv_columns, qkv_z,
                            acts.h1.data(), 0);

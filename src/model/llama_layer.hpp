@@ -70,8 +70,10 @@ struct LoraBinding {
 template <class T>
 struct LayerActivations {
   DeviceBuffer<T> rstd1, h1, qkv, attn, lse, x2, rstd2, h2;  // see llama_layer.cpp for shapes
-  std::array<DeviceBuffer<T>, kLoraModuleCount> lora_z;      // [M, r] per module
-  DeviceBuffer<T> gate_up;                                   // [M, 2I], only when mlp_saved
+  // [M, r] per adapted module (the others' empty), made by the forward that ran its module
+  // (training's first), read by the recompute and the backward.
+  std::array<DeviceBuffer<T>, kLoraModuleCount> lora_z;
+  DeviceBuffer<T> gate_up;  // [M, 2I], only when mlp_saved
   bool mlp_saved = false;
 };
 
@@ -79,7 +81,6 @@ struct LayerActivations {
 template <class Act>
 struct LayerWorkspace {
   DeviceBuffer<Act> gate_up, act, d_act, d_gate_up, dh, d_attn, d_qkv;
-  std::array<DeviceBuffer<Act>, kLoraModuleCount> lora_z;
   // The bf16 policy's GEMM operands, rounded by the ops that make them (kernels.hpp
   // GemmOperand): the norms' outputs (one buffer: h1's copy is spent when h2's is made; the
   // backward's attention gradient d(q/k/v) takes it too, the norms' copies spent by then), the
@@ -116,15 +117,15 @@ struct LayerContext {
 
 // How a forward treats the activations it writes into LayerActivations.
 struct ForwardKeep {
-  bool mlp = false;                   // keep the [M, 2I] gate/up outputs (no recompute)
-  bool attention_ready = false;       // acts.attn and acts.lse already hold this layer's attention,
-                                      // kept from the first forward: the recompute skips it
-  bool mlp_ready = false;             // acts.gate_up and the MLP's LoRA z already hold its gate/up
-                                      // outputs, kept from the first forward: the recompute stops
-                                      // before the MLP (backward reads them as if kept with `mlp`)
-  bool attention_lora_ready = false;  // acts.lora_z of q, k, v and o already hold their z, kept
-                                      // from the first forward: the recompute expands them
-                                      // without contracting h1 and attn again
+  bool mlp = false;              // keep the [M, 2I] gate/up outputs (no recompute)
+  bool attention_ready = false;  // acts.attn and acts.lse already hold this layer's attention,
+                                 // kept from the first forward: the recompute skips it
+  bool mlp_ready = false;        // acts.gate_up already holds its gate/up outputs, kept
+                                 // from the first forward: the recompute stops before the
+                                 // MLP (backward reads them as if kept with `mlp`)
+  bool lora_ready = false;       // acts.lora_z already hold the adapted modules' z, kept
+                                 // from the first forward: the recompute expands q's, k's,
+                                 // v's and o's without contracting h1 and attn again
 };
 
 // x [M, D] -> out [M, D] (out may be null: recompute for backward, down projection skipped).
@@ -133,10 +134,11 @@ void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P:
                    LayerActivations<typename P::Act>& acts, ForwardKeep keep = {});
 
 // dx [M, D]: on entry d(out), on exit d(x) (residual stream, updated in place).
-// LoRA gradients accumulate into ctx.lora.view.grads. attention_inputs: kLastForwards where
-// the layer's forward has just run on acts, its attention included, and nothing since has
-// run an attention on ctx.kernels (the full recompute), so that the kernels may use the copies
-// they made of acts.qkv, acts.attn and acts.lse then (Kernels::attention_backward).
+// LoRA gradients accumulate into ctx.lora.view.grads; every LoRA z is read from acts, where
+// the forward that ran the whole layer (training's first) made it. attention_inputs: kLastForwards
+// where the layer's forward has just run on acts, its attention included, and nothing since has run
+// an attention on ctx.kernels (the full recompute), so that the kernels may use the copies they
+// made of acts.qkv, acts.attn and acts.lse then (Kernels::attention_backward).
 template <class P>
 void layer_backward(LayerContext<P>& ctx, typename P::Act* dx, const typename P::Act* x,
                     LayerActivations<typename P::Act>& acts,

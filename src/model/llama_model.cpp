@@ -20,24 +20,20 @@ bool keeps_own_activations(Recompute level) {
   return level == Recompute::kSelective || level == Recompute::kNone;
 }
 
-// What a layer sharing the working set keeps of it between its forward and its backward: the
-// attention block's LoRA z (at every such level: M x r values a module, which spare the
-// recompute its contractions of h1 and attn), also the attention output (kAttention), also the
-// gate/up outputs and the MLP's LoRA z (kAttentionMlp). Swapped, never copied: after the forward
-// into the layer's own, before the recompute back. Nothing where a and b are one (a forward
-// without a plan runs on the working set alone).
+// What a layer sharing the working set keeps of it between its forward and its backward: its
+// LoRA z (at every such level: M x r values an adapted module, which spare the recompute its
+// contractions of h1, attn, h2 and SwiGLU's output), also the attention output (kAttention),
+// also the gate/up outputs (kAttentionMlp). Swapped, never copied: after the forward into the
+// layer's own, before the recompute back. Nothing where a and b are one (a forward without a
+// plan runs on the working set alone).
 template <class T>
 void swap_kept(LayerActivations<T>& a, LayerActivations<T>& b, Recompute level) {
   if (&a == &b || keeps_own_activations(level)) return;
-  for (LoraModule m : kAttentionLoraModules)
-    std::swap(a.lora_z[static_cast<int>(m)], b.lora_z[static_cast<int>(m)]);
+  std::swap(a.lora_z, b.lora_z);
   if (level == Recompute::kFull) return;
   std::swap(a.attn, b.attn);
   std::swap(a.lse, b.lse);
-  if (level != Recompute::kAttentionMlp) return;
-  std::swap(a.gate_up, b.gate_up);
-  for (LoraModule m : kMlpLoraModules)
-    std::swap(a.lora_z[static_cast<int>(m)], b.lora_z[static_cast<int>(m)]);
+  if (level == Recompute::kAttentionMlp) std::swap(a.gate_up, b.gate_up);
 }
 
 }  // namespace
@@ -458,8 +454,9 @@ void LlamaModel<P>::plan_levels() {
   // rows as the costs do, the plan is the same for every batch).
   planned_rows_ = std::max(planned_rows_, geometry_.rows);
   const auto rows = static_cast<double>(planned_rows_);
-  levels_ = make_recompute_plan(options_.recompute, c, rows, lora_ ? lora_->config().rank : 0,
-                                sizeof(Act), options_.recompute_budget_bytes)
+  levels_ = make_recompute_plan(options_.recompute, c, rows,
+                                LoraZShape::of(lora_ ? &lora_->config() : nullptr), sizeof(Act),
+                                options_.recompute_budget_bytes)
                 .levels;
   // A layer whose level dropped (a larger batch than any before) gives back what it kept.
   activations_.resize(L);
@@ -488,7 +485,7 @@ void LlamaModel<P>::layer_backward_pass(LayerContext<P>& ctx, int layer) {
   layer_forward<P>(ctx, nullptr, x, working_,
                    {.attention_ready = !attention_reruns,
                     .mlp_ready = level == Recompute::kAttentionMlp,
-                    .attention_lora_ready = true});
+                    .lora_ready = true});
   layer_backward<P>(ctx, residual_grad_.data(), x, working_,
                     attention_reruns ? AttentionInputs::kLastForwards : AttentionInputs::kAny);
 }

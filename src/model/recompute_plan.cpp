@@ -41,25 +41,23 @@ Recompute parse_recompute(const std::string& name, const std::string& flag) {
                     name + "'");
 }
 
-double kept_elements(Recompute level, const LlamaConfig& c, double rows, int lora_rank) {
+double kept_elements(Recompute level, const LlamaConfig& c, double rows, LoraZShape lora) {
   const double M = rows, D = static_cast<double>(c.hidden_size),
                W3 = static_cast<double>(c.q_dim() + 2 * c.kv_dim()),
-               Qd = static_cast<double>(c.q_dim()), H = static_cast<double>(c.num_heads),
-               r = std::max(1, lora_rank);
+               Qd = static_cast<double>(c.q_dim()), H = static_cast<double>(c.num_heads);
   const double attention = M * Qd + H * M;  // attn, lse
-  // rstd1, rstd2, h1, x2, h2, qkv, and a LoRA z for every module the layout knows.
-  const double block = attention + M * (2 + 3 * D + W3) + kLoraModuleCount * M * r;
+  // The adapted modules' LoRA z, which every level keeps (the recompute expands them).
+  const double lora_z = static_cast<double>(lora.modules) * M * lora.rank;
+  const double block =
+      attention + M * (2 + 3 * D + W3) + lora_z;  // + rstd1, rstd2, h1, x2, h2, qkv
   const double gate_up = M * 2 * static_cast<double>(c.intermediate_size);
-  // The LoRA z of q, k, v and o, which every level keeps (the recompute expands them).
-  const double attention_z = static_cast<double>(kAttentionLoraModules.size()) * M * r;
   switch (level) {
     case Recompute::kFull:
-      return attention_z;
+      return lora_z;
     case Recompute::kAttention:
-      return attention + attention_z;
-    case Recompute::kAttentionMlp:  // + gate/up and the LoRA z of gate, up and down
-      return attention + attention_z + gate_up +
-             static_cast<double>(kMlpLoraModules.size()) * M * r;
+      return attention + lora_z;
+    case Recompute::kAttentionMlp:
+      return attention + lora_z + gate_up;
     case Recompute::kSelective:
       return block;
     case Recompute::kNone:
@@ -82,7 +80,7 @@ Recompute auto_middle_level(const LlamaConfig& c) {
   return gate_up >= 2 * block ? Recompute::kAttentionMlp : Recompute::kSelective;
 }
 
-std::vector<Recompute> plan_recompute(const LlamaConfig& c, double rows, int lora_rank,
+std::vector<Recompute> plan_recompute(const LlamaConfig& c, double rows, LoraZShape lora,
                                       std::size_t element_bytes, double budget_bytes) {
   const auto L = static_cast<std::size_t>(c.num_layers);
   std::vector<Recompute> levels(L, Recompute::kFull);
@@ -92,9 +90,9 @@ std::vector<Recompute> plan_recompute(const LlamaConfig& c, double rows, int lor
   double left = budget_bytes;
   for (std::size_t i = 1; i < chain.size(); ++i) {
     const Recompute next = chain[i];
-    const double step = (kept_elements(next, c, rows, lora_rank) -
-                         kept_elements(chain[i - 1], c, rows, lora_rank)) *
-                        static_cast<double>(element_bytes);
+    const double step =
+        (kept_elements(next, c, rows, lora) - kept_elements(chain[i - 1], c, rows, lora)) *
+        static_cast<double>(element_bytes);
     for (auto& level : levels) {
       if (step > left) return levels;
       level = next;
@@ -108,18 +106,17 @@ double recompute_budget_from_mib(double mib) {
   return mib < 0 ? -1.0 : mib * 1048576.0;
 }
 
-RecomputePlan make_recompute_plan(Recompute mode, const LlamaConfig& c, double rows, int lora_rank,
-                                  std::size_t element_bytes, double budget_bytes) {
+RecomputePlan make_recompute_plan(Recompute mode, const LlamaConfig& c, double rows,
+                                  LoraZShape lora, std::size_t element_bytes, double budget_bytes) {
   RecomputePlan plan;
   if (mode == Recompute::kAuto) {
     plan.budget_bytes = budget_bytes >= 0 ? budget_bytes : default_recompute_budget_bytes(c, rows);
-    plan.levels = plan_recompute(c, rows, lora_rank, element_bytes, plan.budget_bytes);
+    plan.levels = plan_recompute(c, rows, lora, element_bytes, plan.budget_bytes);
   } else {
     plan.levels.assign(static_cast<std::size_t>(c.num_layers), mode);
   }
   for (Recompute level : plan.levels)
-    plan.kept_bytes +=
-        kept_elements(level, c, rows, lora_rank) * static_cast<double>(element_bytes);
+    plan.kept_bytes += kept_elements(level, c, rows, lora) * static_cast<double>(element_bytes);
   return plan;
 }
 

@@ -1,18 +1,17 @@
 // What each decoder layer keeps from its forward for backward, and what backward recomputes
 // instead (Megatron's "recompute granularity", chosen per layer). The levels:
-//   kFull          the layer's input and its q/k/v/o LoRA z (4 r values a row, 0.4% of a
-//                  hidden state at Llama-2-7B's shape and the seed's r 4: the recompute adds
-//                  their expansions without reading h1 three times and attn once to contract
-//                  them again); backward recomputes the whole layer
+//   kFull          the layer's input and the LoRA z of its adapted modules (r values a row
+//                  each: at Llama-2-7B's shape and the seed's r 4 on q/k/v/o, 0.4% of a hidden
+//                  state), so that the recompute adds their expansions without contracting h1,
+//                  attn, h2 and SwiGLU's output again; backward recomputes the whole layer
 //   kAttention     + the attention output and its log-sum-exp ([M, q] + [H, M]: one hidden
 //                  state): backward recomputes the layer but not its attention forward, the
 //                  dominant cost of small heads and long sequences
-//   kAttentionMlp  + the MLP's [M, 2I] gate/up outputs and its LoRA z: backward recomputes only
-//                  the attention block's projections and norms (q/k/v and o: 4 D^2 multiply-adds
-//                  a row for Llama-2-7B against gate/up's 5.4 D^2), neither the attention nor
-//                  gate/up
-//   kSelective     kAttention + every attention-block activation (h1, qkv, x2, h2, norms,
-//                  LoRA z): backward recomputes only the MLP's gate/up, chunk by chunk
+//   kAttentionMlp  + the MLP's [M, 2I] gate/up outputs: backward recomputes only the attention
+//                  block's projections and norms (q/k/v and o: 4 D^2 multiply-adds a row for
+//                  Llama-2-7B against gate/up's 5.4 D^2), neither the attention nor gate/up
+//   kSelective     kAttention + every attention-block activation (h1, qkv, x2, h2, norms):
+//                  backward recomputes only the MLP's gate/up, chunk by chunk
 //   kNone          everything (kSelective + the gate/up outputs): nothing is recomputed
 // Each level keeps a superset of kFull and kAttention's and a subset of kNone's; kAttentionMlp
 // and kSelective are two ways between (gate/up outputs or the attention block). kAuto is a mode,
@@ -25,6 +24,7 @@
 #include <vector>
 
 #include "io/llama_config.hpp"
+#include "lora/lora_config.hpp"
 
 namespace zerolora {
 
@@ -35,12 +35,22 @@ enum class Recompute { kFull, kAttention, kAttentionMlp, kSelective, kNone, kAut
 const char* recompute_name(Recompute mode);
 Recompute parse_recompute(const std::string& name, const std::string& flag);
 
+// The LoRA z a layer makes: one [M, rank] z for each adapted module (of: none without a
+// config).
+struct LoraZShape {
+  int rank = 0;
+  int modules = 0;
+  static LoraZShape of(const LoraConfig* lora) {
+    return lora ? LoraZShape{lora->rank, lora->module_count()} : LoraZShape{};
+  }
+};
+
 // Elements one layer keeps at `level` for a micro-batch of `rows` tokens (what layer_forward
-// allocates; kFull keeps only its q/k/v/o LoRA z: the rest of its working set is shared). The
-// layers that share the working set borrow its buffers in turn, so a plan's sum and the
-// working set together count one layer's LoRA z and attention output more than the model
-// holds (the safe side).
-double kept_elements(Recompute level, const LlamaConfig& config, double rows, int lora_rank);
+// allocates; kFull keeps only its LoRA z: the rest of its working set is shared). The layers
+// that share the working set borrow its buffers in turn, so a plan's sum and the working set
+// together count one layer's LoRA z and attention output more than the model holds (the safe
+// side).
+double kept_elements(Recompute level, const LlamaConfig& config, double rows, LoraZShape lora);
 
 // kAuto's default budget: 8 bytes per logit of the micro-batch (rows x vocab x 8). Transformers'
 // loss materialises the logits: bf16 from the lm_head, an fp32 copy, the fp32 log-softmax kept
@@ -70,7 +80,7 @@ Recompute auto_middle_level(const LlamaConfig& config);
 // from layer 0), then layers are promoted to auto_middle_level, then to none, one layer at a time
 // while the budget lasts. Levels only grow along the way (each keeps a superset of the one before),
 // so a larger budget never recomputes more.
-std::vector<Recompute> plan_recompute(const LlamaConfig& config, double rows, int lora_rank,
+std::vector<Recompute> plan_recompute(const LlamaConfig& config, double rows, LoraZShape lora,
                                       std::size_t element_bytes, double budget_bytes);
 
 // --recompute_budget_mib in bytes; a negative value (the flags' default) stays negative, which
@@ -86,7 +96,7 @@ struct RecomputePlan {
   double kept_bytes = 0;    // sum of kept_elements over the layers x element_bytes
 };
 RecomputePlan make_recompute_plan(Recompute mode, const LlamaConfig& config, double rows,
-                                  int lora_rank, std::size_t element_bytes, double budget_bytes);
+                                  LoraZShape lora, std::size_t element_bytes, double budget_bytes);
 
 // "5 attention" / "2 selective + 3 attention" / "4 full": the plan in words for the log.
 std::string describe_recompute_plan(const std::vector<Recompute>& levels);

@@ -256,8 +256,9 @@ void add_lora_state(MemoryEstimate& e, const LoraLayout& lora, const MemoryScena
 void add_activations(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& lora,
                      const MemoryScenario& s, const Passes& p) {
   const Dims& d = p.train;
-  const RecomputePlan kept_plan = make_recompute_plan(
-      s.recompute, c, s.micro_batch * s.seq_len, lora.config().rank, 4, s.recompute_budget_bytes);
+  const RecomputePlan kept_plan =
+      make_recompute_plan(s.recompute, c, s.micro_batch * s.seq_len, LoraZShape::of(&lora.config()),
+                          4, s.recompute_budget_bytes);
   // Evaluation's forward keeps no layer input: it runs in the two working copies
   // (LlamaModel::run_layers), which with the fp32 residual are the first two kept inputs.
   const auto eval_inputs = [&](const Dims& x) { return 4.0 * 2 * x.M * d.D; };
@@ -273,8 +274,8 @@ void add_activations(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& 
       });
   // Evaluation's forward (LlamaModel::loss) runs every layer in that one set too, and keeps it.
   const auto layer_set = [&](const Dims& x) {
-    return 4.0 *
-           kept_elements(Recompute::kSelective, c, static_cast<Index>(x.M), lora.config().rank);
+    return 4.0 * kept_elements(Recompute::kSelective, c, static_cast<Index>(x.M),
+                               LoraZShape::of(&lora.config()));
   };
   if (recomputed || p.eval)
     e.items.push_back({recomputed ? "one layer's activations (recomputed in backward)"
@@ -402,10 +403,10 @@ void add_gpu_buffers(MemoryEstimate& e, const LlamaConfig& c, const LoraLayout& 
   // (in bf16 the projections read their rounding: model/llama_layer.cpp).
   const auto [act_values, d_gate_up_values] = swiglu_values_written(lora, s);
   const double act = act_values ? I : 0.0, d_gate_up = d_gate_up_values ? 2 * I : 0.0;
-  // The forward's: gate/up, SwiGLU's output and the MLP modules' z by chunks; the backward's:
-  // d_act, the gate/up gradient, dh, d_attn, d_qkv and the residual stream's gradient.
+  // The forward's: gate/up and SwiGLU's output by chunks; the backward's: d_act, the gate/up
+  // gradient, dh, d_attn, d_qkv and the residual stream's gradient.
   const double layer_work =
-      p.both([&](const Dims& x) { return 4.0 * mlp_chunk(x) * (2 * I + act + 3 * r); }) +
+      p.both([&](const Dims& x) { return 4.0 * mlp_chunk(x) * (2 * I + act); }) +
       4.0 * chunk * (I + d_gate_up) + 4.0 * M * D + 4.0 * M * Qd + 4.0 * M * W3 + 4.0 * M * D;
   e.items.push_back(
       {"layer work buffers (MLP chunks, activation gradients, residual gradient)", layer_work});

@@ -167,8 +167,8 @@ std::string TrainingRun::Impl::recompute_note() const {
   const Recompute mode = recompute_mode();
   if (mode != Recompute::kAuto) return std::string("recompute: ") + recompute_name(mode);
   const RecomputePlan plan =
-      make_recompute_plan(mode, c, static_cast<double>(largest_micro_batch_rows), lora.rank,
-                          sizeof(float), recompute_budget_bytes);
+      make_recompute_plan(mode, c, static_cast<double>(largest_micro_batch_rows),
+                          LoraZShape::of(&lora), sizeof(float), recompute_budget_bytes);
   // On a GPU by default: what its free memory holds beyond full recompute, if anything.
   std::string source;
   if (gpu_room && args.recompute_budget_mib < 0)
