@@ -220,8 +220,7 @@ TEST(MemoryEstimate, EvaluationHoldsOneLayersSetAndGrowsTheForwardsBuffers) {
   // The producers' rounded operands: the norm's output at evaluation's tokens or d(q/k/v) at
   // the training's, in one buffer; the attention's and SwiGLU's output (a 1024-row chunk) at
   // evaluation's tokens; SwiGLU's gradient (a chunk) the backward's.
-  const double W3 = static_cast<double>(c.q_dim() + 2 * c.kv_dim()),
-               r = static_cast<double>(lora.config().rank);
+  const double W3 = static_cast<double>(c.q_dim() + 2 * c.kv_dim());
   EXPECT_DOUBLE_EQ(item_named(with_eval, "bf16 GEMM operands rounded")->bytes,
                    2.0 * std::max(4 * 2048 * W3, 8 * 2048 * D) + 2.0 * (8 * 2048 * Qd + 1024 * I) +
                        2.0 * 1024 * 2 * I);
@@ -232,14 +231,14 @@ TEST(MemoryEstimate, EvaluationHoldsOneLayersSetAndGrowsTheForwardsBuffers) {
   EXPECT_GT(with_eval.total(), train_only.total());
 
   // Under 1024 training rows the MLP's chunk follows the rows: evaluation's 8 x 512 grows the
-  // forward's chunks (gate/up, the three MLP modules' z) to 1024 rows, and keeps the backward's
+  // forward's chunks (gate/up) to 1024 rows, and keeps the backward's
   // (d_act; dh, d_attn, d_qkv and the residual's gradient, per token) at the training's 512.
   MemoryScenario short_rows = s;
   short_rows.micro_batch = 1;
   short_rows.seq_len = 512;
   short_rows.eval_micro_batch = 8;
   EXPECT_DOUBLE_EQ(item_named(estimate_memory(c, lora, short_rows), "layer work buffers")->bytes,
-                   4.0 * 1024 * (2 * I + 3 * r) + 4.0 * 512 * I + 4.0 * 512 * (D + Qd + W3 + D));
+                   4.0 * 1024 * 2 * I + 4.0 * 512 * I + 4.0 * 512 * (D + Qd + W3 + D));
 }
 
 // On a GPU the estimate's GPU items, times the ranks sharing the GPU, must fit what it had free:

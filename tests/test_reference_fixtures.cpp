@@ -209,16 +209,28 @@ TEST(Recompute, EachModeKeepsWhatItSays) {
     EXPECT_EQ(4 * kept_elements(Recompute::kAttentionMlp, c, rows, shape),
               static_cast<double>(attention_output + lora_z + gate_up));
   }
+  {  // No adapters: no z, so full recompute keeps nothing beyond the one working set.
+    auto saved = [&](Recompute recompute) {
+      ComputeOptions options;
+      options.recompute = recompute;
+      LlamaModel<Fp32Policy> model(rt, weights, nullptr, options);
+      model.forward_backward(ref.batch(), {}, {}, 1.0, {});
+      return model.saved_activation_bytes();
+    };
+    const std::size_t working = saved(Recompute::kFull);
+    EXPECT_EQ(saved(Recompute::kSelective), static_cast<std::size_t>(c.num_layers) * working);
+    const auto rows = static_cast<double>(ref.batch().size());
+    EXPECT_EQ(kept_elements(Recompute::kFull, c, rows, LoraZShape::of(nullptr)), 0.0);
+    EXPECT_EQ(4 * kept_elements(Recompute::kSelective, c, rows, {}), static_cast<double>(working));
+  }
 }
 
 // What each level recomputes, counted by the profiler: the attention (forward, recompute,
 // backward per layer), the base projections (forward q/k/v, o, gate/up, down; backward the
 // same four; the recompute's q/k/v, o and gate/up; the lm_head once each way) and the LoRA
 // calls the recompute adds: one expansion per adapter of the modules it reruns (q/k/v/o; gate
-// and up), their z kept at every level, and no contraction (down's z too is the forward's). Two
-// calls, a contraction and an expansion, made q's, k's and v's before, and down's contraction
-// one: there the counts pin what the calls do, elsewhere (one lora_forward or one expansion)
-// how many.
+// and up), their z kept at every level, and no contraction (down's z too is the forward's). The
+// counts say how many calls; TheBackwardExpandsTheForwardsZ below, what they compute.
 TEST(Recompute, WhatIsKeptIsNotRecomputed) {
   const Reference ref(testing::fixtures_dir() / "odd_untied_all");  // every module adapted
   Runtime rt(1);
@@ -259,6 +271,64 @@ TEST(Recompute, WhatIsKeptIsNotRecomputed) {
   EXPECT_EQ(calls(Recompute::kSelective),
             std::tuple(2 * L, full_matmuls - 2 * L, lora + gate_up_adapters));
   EXPECT_EQ(calls(Recompute::kNone), std::tuple(2 * L, full_matmuls - 3 * L, lora));
+}
+
+// A LoRA source whose backward sees other A matrices than its forward did (B the same).
+class OtherABackward final : public LoraSource<float> {
+ public:
+  OtherABackward(const std::vector<float>& forward, const std::vector<float>& backward,
+                 std::vector<float>& grads)
+      : forward_(forward), backward_(backward), grads_(grads) {}
+  LoraLayerView<float> acquire(int, bool with_grads) override {
+    if (with_grads) return {backward_.data(), grads_.data(), 0};
+    return {forward_.data(), nullptr, 0};
+  }
+
+ private:
+  const std::vector<float>& forward_;
+  const std::vector<float>& backward_;
+  std::vector<float>& grads_;
+};
+
+// The backward expands the z its layer's forward made, at every level, and contracts nothing
+// again: A enters a layer's forward only through z (z = drop(x) A^T), so with the backward
+// given other A matrices than the forward, every level's gradients are those of `none`, which
+// recomputes nothing (a recompute that contracted again would take the backward's A into its
+// activations). Every module adapted, dropout drawn.
+TEST(Recompute, TheBackwardExpandsTheForwardsZ) {
+  const Reference ref(testing::fixtures_dir() / "odd_untied_all");
+  Runtime rt(1);
+  auto weights = load_llama_weights<float>(rt, ref.checkpoint);
+  LoraConfig lora = ref.lora_config();
+  lora.dropout = 0.1;
+  const LoraLayout layout(ref.checkpoint.config(), lora);
+  ASSERT_EQ(lora.module_count(), kLoraModuleCount);
+  std::vector<float> forward(static_cast<std::size_t>(layout.size()));
+  for (std::size_t i = 0; i < forward.size(); ++i)
+    forward[i] = 0.02f * static_cast<float>(static_cast<int>(i % 11) - 5);
+  std::vector<float> backward = forward;
+  for (const auto& e : layout.entries())
+    if (!e.is_b)
+      for (Index i = 0; i < e.numel(); ++i) backward[static_cast<std::size_t>(e.offset + i)] *= 3;
+  auto grads = [&](Recompute recompute) {
+    ComputeOptions options;
+    options.recompute = recompute;
+    LlamaModel<Fp32Policy> model(rt, weights, &layout, options);
+    std::vector<float> g(forward.size(), 0.0f);
+    OtherABackward source(forward, backward, g);
+    g.push_back(static_cast<float>(model.forward_backward(ref.batch(), source, 1.0, {3, 1})));
+    return g;
+  };
+  const auto none = grads(Recompute::kNone);
+  for (Recompute level :
+       {Recompute::kFull, Recompute::kAttention, Recompute::kAttentionMlp, Recompute::kSelective})
+    EXPECT_EQ(grads(level), none) << recompute_name(level);
+  // The backward's A matters (otherwise the comparisons above prove nothing).
+  std::vector<float> same(forward.size(), 0.0f);
+  OtherABackward unchanged(forward, forward, same);
+  LlamaModel<Fp32Policy> model(rt, weights, &layout, {});
+  same.push_back(static_cast<float>(model.forward_backward(ref.batch(), unchanged, 1.0, {3, 1})));
+  EXPECT_NE(same, none);
 }
 
 // Under auto with a fixed budget the plan is made for the largest batch so far (buffers never

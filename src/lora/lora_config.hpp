@@ -16,11 +16,9 @@ namespace zerolora {
 // The seven Llama projections LoRA can adapt, in layer order.
 enum class LoraModule : int { kQ, kK, kV, kO, kGate, kUp, kDown };
 inline constexpr int kLoraModuleCount = 7;
-// The attention block's four and the MLP's three.
+// The attention block's four.
 inline constexpr std::array<LoraModule, 4> kAttentionLoraModules = {LoraModule::kQ, LoraModule::kK,
                                                                     LoraModule::kV, LoraModule::kO};
-inline constexpr std::array<LoraModule, 3> kMlpLoraModules = {LoraModule::kGate, LoraModule::kUp,
-                                                              LoraModule::kDown};
 
 std::string_view lora_module_name(LoraModule module);  // "q_proj", ...
 std::optional<LoraModule> parse_lora_module(std::string_view name);

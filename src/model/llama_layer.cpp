@@ -171,7 +171,7 @@ class LayerOps {
     return true;
   }
 
-  // dst += s z B^T from a z made before (ForwardKeep::attention_lora_ready): lora_forward's
+  // dst += s z B^T from a z made before (ForwardKeep::lora_ready): lora_forward's
   // second half, the same bits as the whole where z is the first half's.
   void lora_expand_into(LoraModule m, Mat<Act> dst, const Act* z) {
     const auto* slots = adapter(m);
@@ -244,7 +244,8 @@ void layer_forward(LayerContext<P>& ctx, typename P::Act* out, const typename P:
              acts.lse.size() >= static_cast<std::size_t>(d.H * M));
   if (keep.mlp_ready)
     ZL_CHECK(!out && acts.gate_up.size() >= static_cast<std::size_t>(M * 2 * d.I));
-  const bool z_ready = keep.lora_ready;
+  const bool z_ready = keep.lora_ready;  // the recompute's (its MLP does not run)
+  ZL_CHECK(!z_ready || !out);
   if (z_ready) check_lora_z(ops, acts, M);
   Act* rstd1 = grow(dev, acts.rstd1, M);       // [M]
   Act* h1 = grow(dev, acts.h1, M * d.D);       // [M, D]

@@ -124,8 +124,9 @@ struct ForwardKeep {
                                  // from the first forward: the recompute stops before the
                                  // MLP (backward reads them as if kept with `mlp`)
   bool lora_ready = false;       // acts.lora_z already hold the adapted modules' z, kept
-                                 // from the first forward: the recompute expands q's, k's,
-                                 // v's and o's without contracting h1 and attn again
+                                 // from the first forward: the recompute (out null) expands
+                                 // q's, k's, v's and o's without contracting h1 and attn again
+                                 // (layer_backward reads every z from acts whatever this says)
 };
 
 // x [M, D] -> out [M, D] (out may be null: recompute for backward, down projection skipped).
