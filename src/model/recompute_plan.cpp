@@ -48,8 +48,8 @@ double kept_elements(Recompute level, const LlamaConfig& c, double rows, LoraZSh
   const double attention = M * Qd + H * M;  // attn, lse
   // The adapted modules' LoRA z, which every level keeps (the recompute expands them).
   const double lora_z = static_cast<double>(lora.modules) * M * lora.rank;
-  const double block =
-      attention + M * (2 + 3 * D + W3) + lora_z;  // + rstd1, rstd2, h1, x2, h2, qkv
+  // + rstd1, rstd2, h1, x2, h2, qkv
+  const double block = attention + M * (2 + 3 * D + W3) + lora_z;
   const double gate_up = M * 2 * static_cast<double>(c.intermediate_size);
   switch (level) {
     case Recompute::kFull:
