@@ -155,23 +155,25 @@ TEST(Recompute, EachModeKeepsWhatItSays) {
   Runtime rt(1);
   auto weights = load_llama_weights<float>(rt, ref.checkpoint);
   const LlamaConfig& c = ref.checkpoint.config();
+  const Batch batch = ref.batch();
+  // What a model with `layout` (null: no adapters) holds for backward at `recompute`.
+  auto saved_with = [&](const LoraLayout* layout, Recompute recompute) {
+    ComputeOptions options;
+    options.recompute = recompute;
+    options.recompute_budget_bytes = 0;  // auto: nothing beyond full recompute
+    LlamaModel<Fp32Policy> model(rt, weights, layout, options);
+    const auto n = static_cast<std::size_t>(layout ? layout->size() : 0);
+    std::vector<float> params(n, 0.01f), grads(n, 0.0f);
+    model.forward_backward(batch, params, grads, 1.0, {});
+    return model.saved_activation_bytes();
+  };
   LoraConfig q_v = ref.lora_config();
   ASSERT_EQ(q_v.module_count(), kLoraModuleCount);
   q_v.targets = {LoraModule::kQ, LoraModule::kV};
   for (const LoraConfig& lora_config : {ref.lora_config(), q_v}) {
     SCOPED_TRACE(lora_config.module_count());
     const LoraLayout layout(c, lora_config);
-    const std::vector<float> params(static_cast<std::size_t>(layout.size()), 0.01f);
-    const Batch batch = ref.batch();
-    auto saved = [&](Recompute recompute) {
-      ComputeOptions options;
-      options.recompute = recompute;
-      options.recompute_budget_bytes = 0;  // auto: nothing beyond full recompute
-      LlamaModel<Fp32Policy> model(rt, weights, &layout, options);
-      std::vector<float> grads(params.size(), 0.0f);
-      model.forward_backward(batch, params, grads, 1.0, {});
-      return model.saved_activation_bytes();
-    };
+    auto saved = [&](Recompute recompute) { return saved_with(&layout, recompute); };
     const std::size_t full = saved(Recompute::kFull), selective = saved(Recompute::kSelective),
                       none = saved(Recompute::kNone), attention = saved(Recompute::kAttention),
                       attention_mlp = saved(Recompute::kAttentionMlp);
@@ -210,16 +212,10 @@ TEST(Recompute, EachModeKeepsWhatItSays) {
               static_cast<double>(attention_output + lora_z + gate_up));
   }
   {  // No adapters: no z, so full recompute keeps nothing beyond the one working set.
-    auto saved = [&](Recompute recompute) {
-      ComputeOptions options;
-      options.recompute = recompute;
-      LlamaModel<Fp32Policy> model(rt, weights, nullptr, options);
-      model.forward_backward(ref.batch(), {}, {}, 1.0, {});
-      return model.saved_activation_bytes();
-    };
-    const std::size_t working = saved(Recompute::kFull);
-    EXPECT_EQ(saved(Recompute::kSelective), static_cast<std::size_t>(c.num_layers) * working);
-    const auto rows = static_cast<double>(ref.batch().size());
+    const std::size_t working = saved_with(nullptr, Recompute::kFull);
+    EXPECT_EQ(saved_with(nullptr, Recompute::kSelective),
+              static_cast<std::size_t>(c.num_layers) * working);
+    const auto rows = static_cast<double>(batch.size());
     EXPECT_EQ(kept_elements(Recompute::kFull, c, rows, LoraZShape::of(nullptr)), 0.0);
     EXPECT_EQ(4 * kept_elements(Recompute::kSelective, c, rows, {}), static_cast<double>(working));
   }
@@ -310,25 +306,22 @@ TEST(Recompute, TheBackwardExpandsTheForwardsZ) {
   for (const auto& e : layout.entries())
     if (!e.is_b)
       for (Index i = 0; i < e.numel(); ++i) backward[static_cast<std::size_t>(e.offset + i)] *= 3;
-  auto grads = [&](Recompute recompute) {
+  // The gradients and the loss at `recompute`, the backward given `backward_params`.
+  auto grads = [&](Recompute recompute, const std::vector<float>& backward_params) {
     ComputeOptions options;
     options.recompute = recompute;
     LlamaModel<Fp32Policy> model(rt, weights, &layout, options);
     std::vector<float> g(forward.size(), 0.0f);
-    OtherABackward source(forward, backward, g);
+    OtherABackward source(forward, backward_params, g);
     g.push_back(static_cast<float>(model.forward_backward(ref.batch(), source, 1.0, {3, 1})));
     return g;
   };
-  const auto none = grads(Recompute::kNone);
+  const auto none = grads(Recompute::kNone, backward);
   for (Recompute level :
        {Recompute::kFull, Recompute::kAttention, Recompute::kAttentionMlp, Recompute::kSelective})
-    EXPECT_EQ(grads(level), none) << recompute_name(level);
+    EXPECT_EQ(grads(level, backward), none) << recompute_name(level);
   // The backward's A matters (otherwise the comparisons above prove nothing).
-  std::vector<float> same(forward.size(), 0.0f);
-  OtherABackward unchanged(forward, forward, same);
-  LlamaModel<Fp32Policy> model(rt, weights, &layout, {});
-  same.push_back(static_cast<float>(model.forward_backward(ref.batch(), unchanged, 1.0, {3, 1})));
-  EXPECT_NE(same, none);
+  EXPECT_NE(grads(Recompute::kFull, forward), none);
 }
 
 // Under auto with a fixed budget the plan is made for the largest batch so far (buffers never
