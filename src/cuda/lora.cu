@@ -182,22 +182,17 @@ struct OuterChunk {
     }
     __syncthreads();
   }
-  // small_b's row t (zeros past the rank).
+  // small_b's row t where it sits in shared memory.
+  __device__ __forceinline__ const float* row(int b, Index t, int rank) const {
+    return small[b] + t * rank;
+  }
+  // small_b's row t in registers (zeros past the rank).
   __device__ __forceinline__ void load_row(float (&z)[R], int b, Index t, int rank) const {
-    ZL_UNROLL for (int k = 0; k < R; ++k) z[k] = k < rank ? small[b][t * rank + k] : 0.0f;
+    ZL_UNROLL for (int k = 0; k < R; ++k) z[k] = k < rank ? row(b, t, rank)[k] : 0.0f;
   }
-  // acc += small_b's row t times d: lora_outer's step, which reads the row from shared memory
-  // (loaded into registers first, ptxas gave lora_outer 48 to 80 registers where this keeps the
-  // 48 to 61 it had before).
-  __device__ __forceinline__ void accumulate(float (&acc)[R], int b, Index t, float d,
-                                             int rank) const {
-    ZL_UNROLL for (int k = 0; k < R; ++k) {
-      if (k < rank) acc[k] += small[b][t * rank + k] * d;
-    }
-  }
-  // The same step with the row in registers (z, load_row's), for lora_outer_expand, which uses
-  // the row twice: the same product and sum, the same bits.
-  static __device__ __forceinline__ void accumulate(float (&acc)[R], const float (&z)[R], float d,
+  // acc += a row of small times d, the row as row() or load_row() gives it.
+  template <class Row>
+  static __device__ __forceinline__ void accumulate(float (&acc)[R], const Row& z, float d,
                                                     int rank) {
     ZL_UNROLL for (int k = 0; k < R; ++k) {
       if (k < rank) acc[k] += z[k] * d;
@@ -216,87 +211,83 @@ struct OuterChunk {
   }
 };
 
-// The outer product's partial sums: block (x, chunk) sums its kOuterRows rows for its columns,
-// a thread a column.
-template <int R>
-__global__ void lora_outer_partial_kernel(float* partial, Branches<1> br, const float* big,
-                                          Index big_rs, Index M, Index n, int rank) {
-  __shared__ float chunk_small[1][kOuterRows * R];
-  __shared__ std::uint64_t chunk_key[1][kOuterRows];
-  const OuterChunk<R, 1> chunk(chunk_small, chunk_key, br, M, rank);
-  const DropoutDraw& mask = br.mask[0];
-  ZL_GRID_STRIDE(j, n) {
-    float acc[1][R];
-    ZL_UNROLL for (int k = 0; k < R; ++k) acc[0][k] = 0.0f;
-    const float* column = big + chunk.first * big_rs + j;
-    for (Index t0 = 0; t0 < chunk.rows; t0 += kOuterInFlight) {
-      float v[kOuterInFlight];
-      ZL_UNROLL for (int u = 0; u < kOuterInFlight; ++u) v[u] =
-          t0 + u < chunk.rows ? column[(t0 + u) * big_rs] : 0.0f;
-      ZL_UNROLL for (int u = 0; u < kOuterInFlight; ++u) {
-        const Index t = t0 + u;
-        if (t >= chunk.rows) break;
-        chunk.accumulate(acc[0], 0, t, mask.apply(chunk.key[0][t], j, v[u]), rank);
-      }
-    }
-    chunk.store(partial, acc, j, n, rank);
-  }
-}
-
-// The backward's pass over the shared input x (big) and its gradient dx (diff) for a group of
-// branches: lora_outer's partial sums of dA_b += dz_b^T drop_b(x) and lora_expand's dx +=
-// drop_b(dz_b A_b) in one kernel, in the outer product's layout (a chunk of rows a block, a
-// column a thread, dz's rows in shared memory). Each element's mask is drawn once a branch for
-// both, where the two kernels drew it twice; a thread loads A_b's column once a chunk (once a
-// row where kOuterExpandKeepsW says not to keep it), where the expansion loaded it for every
-// element. The same arithmetic in the same order as the two kernels: the same bits.
-template <int R, int G>
-__global__ void __launch_bounds__(kThreads, kMinBlocks<R, G>)
-    lora_outer_expand_kernel(float* partial, float* diff, Index diff_rs, Branches<G> br,
-                             const float* big, Index big_rs, Index M, Index n, int rank,
-                             float scale) {
+// The outer product's pass, block (x, chunk) over its kOuterRows rows for its columns, a thread a
+// column: each branch's partial sums of G_b += small_b^T drop_b(big), stored for
+// lora_outer_reduce_kernel. With kExpand, the pass is lora_outer_expand's: it also adds
+// drop_b(small_b W_b) into diff, each element's mask drawn once a branch for both (where
+// lora_outer and lora_expand drew it twice), W_b's column loaded once a chunk where
+// kOuterExpandKeepsW says to keep it, else once a row (lora_expand loaded it for every element):
+// the same arithmetic in the same order as those two kernels, the same bits. Without, it reads
+// small_b's rows from shared memory as it sums them, where kExpand's form, which uses each row
+// twice, loads them into registers first (lora_outer in that form took 48 to 80 registers
+// rather than 48 to 61).
+template <int R, int G, bool kExpand>
+__device__ __forceinline__ void outer_pass(float* partial, float* diff, Index diff_rs,
+                                           const Branches<G>& br, const float* big, Index big_rs,
+                                           Index M, Index n, int rank, float scale) {
   __shared__ float chunk_small[G][kOuterRows * R];
   __shared__ std::uint64_t chunk_key[G][kOuterRows];
   const OuterChunk<R, G> chunk(chunk_small, chunk_key, br, M, rank);
   ZL_GRID_STRIDE(j, n) {
-    constexpr bool kKeepsW = kOuterExpandKeepsW<R, G>;
+    constexpr bool kKeepsW = kExpand && kOuterExpandKeepsW<R, G>;
     float acc[G][R], kept_w[G][R];
     ZL_UNROLL for (int b = 0; b < G; ++b) {
       if constexpr (kKeepsW) br.w[b].load(kept_w[b], static_cast<int>(j), rank);
       ZL_UNROLL for (int k = 0; k < R; ++k) acc[b][k] = 0.0f;
     }
     const float* column = big + chunk.first * big_rs + j;
-    float* diff_column = diff + chunk.first * diff_rs + j;
+    float* diff_column = kExpand ? diff + chunk.first * diff_rs + j : nullptr;
     for (Index t0 = 0; t0 < chunk.rows; t0 += kOuterInFlight) {
       float v[kOuterInFlight], dv[kOuterInFlight];
       ZL_UNROLL for (int u = 0; u < kOuterInFlight; ++u) {
         const bool in = t0 + u < chunk.rows;
         v[u] = in ? column[(t0 + u) * big_rs] : 0.0f;
-        dv[u] = in ? diff_column[(t0 + u) * diff_rs] : 0.0f;
+        if constexpr (kExpand) dv[u] = in ? diff_column[(t0 + u) * diff_rs] : 0.0f;
       }
       ZL_UNROLL for (int u = 0; u < kOuterInFlight; ++u) {
         const Index t = t0 + u;
         if (t >= chunk.rows) break;
-        float value = dv[u];
+        float value = kExpand ? dv[u] : 0.0f;
         ZL_UNROLL for (int b = 0; b < G; ++b) {
           const DropoutDraw& mask = br.mask[b];
           const bool kept = mask.keeps(chunk.key[b][t], j);
-          float z[R];
-          chunk.load_row(z, b, t, rank);
-          chunk.accumulate(acc[b], z, mask.dropped(kept, v[u]), rank);
-          float wv[R];
-          if constexpr (kKeepsW) {
-            ZL_UNROLL for (int k = 0; k < R; ++k) wv[k] = kept_w[b][k];
+          if constexpr (kExpand) {
+            float z[R];
+            chunk.load_row(z, b, t, rank);
+            chunk.accumulate(acc[b], z, mask.dropped(kept, v[u]), rank);
+            float wv[R];
+            if constexpr (kKeepsW) {
+              ZL_UNROLL for (int k = 0; k < R; ++k) wv[k] = kept_w[b][k];
+            } else {
+              br.w[b].load(wv, static_cast<int>(j), rank);
+            }
+            value = __fadd_rn(value, mask.dropped(kept, expansion_term(z, wv, rank, scale)));
           } else {
-            br.w[b].load(wv, static_cast<int>(j), rank);
+            chunk.accumulate(acc[b], chunk.row(b, t, rank), mask.dropped(kept, v[u]), rank);
           }
-          value = __fadd_rn(value, mask.dropped(kept, expansion_term(z, wv, rank, scale)));
         }
-        diff_column[t * diff_rs] = value;
+        if constexpr (kExpand) diff_column[t * diff_rs] = value;
       }
     }
     chunk.store(partial, acc, j, n, rank);
   }
+}
+
+// lora_outer's partial sums, a single branch.
+template <int R>
+__global__ void lora_outer_partial_kernel(float* partial, Branches<1> br, const float* big,
+                                          Index big_rs, Index M, Index n, int rank) {
+  outer_pass<R, 1, false>(partial, nullptr, 0, br, big, big_rs, M, n, rank, 0.0f);
+}
+
+// lora_outer_expand's pass over the shared input x (big) and its gradient dx (diff) for a group
+// of branches: dA_b's partial sums and dx += drop_b(dz_b A_b).
+template <int R, int G>
+__global__ void __launch_bounds__(kThreads, kMinBlocks<R, G>)
+    lora_outer_expand_kernel(float* partial, float* diff, Index diff_rs, Branches<G> br,
+                             const float* big, Index big_rs, Index M, Index n, int rank,
+                             float scale) {
+  outer_pass<R, G, true>(partial, diff, diff_rs, br, big, big_rs, M, n, rank, scale);
 }
 
 __global__ void lora_outer_reduce_kernel(float* g, Index gk, Index gj, const float* partial,
