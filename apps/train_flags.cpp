@@ -138,8 +138,8 @@ void add_train_flags(CLI::App& cmd, TrainFlags& f) {
          "then on keeping everything; default (any negative): 8 bytes per logit of a "
          "micro-batch (tokens x vocab x 8), less than the 10-12 that Transformers' loss "
          "holds at its peak and zerolora's chunked loss never does, and at least 32 MiB; "
-         "with --device cuda the larger of that and what the GPU's free memory holds beyond "
-         "full recompute, less 10% of it (at least 2 GiB)")
+         "with --device cuda instead what the GPU's free memory holds beyond full "
+         "recompute, less 10% of it (at least 2 GiB), or nothing where it holds no more")
       ->capture_default_str()
       ->check(finite_in(-1.0, 1e12));
   cmd.add_option("--residual_dtype", a.residual_dtype,

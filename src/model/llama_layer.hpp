@@ -126,7 +126,8 @@ struct ForwardKeep {
   bool lora_ready = false;       // acts.lora_z already hold the adapted modules' z, kept
                                  // from the first forward: the recompute (out null) expands
                                  // q's, k's, v's and o's without contracting h1 and attn again
-                                 // (layer_backward reads every z from acts whatever this says)
+                                 // (layer_backward reads every z from acts whatever this says,
+                                 // gate's and up's in its gate/up recompute)
 };
 
 // x [M, D] -> out [M, D] (out may be null: recompute for backward, down projection skipped).

@@ -59,7 +59,7 @@ double kept_elements(Recompute level, const LlamaConfig& config, double rows, Lo
 // PyTorch's checkpoints. zerolora's chunked lm_head + loss never holds them, so spending 8 bytes
 // per logit (a third kept back for zerolora's own loss chunk and allocator slack) on kept
 // activations stays within what PyTorch's checkpointed training of the same job holds.
-// Never below kRecomputeBudgetFloorBytes, about zerolora's own runtime footprint (40 MiB): on
+// Never below kRecomputeBudgetFloorBytes, about zerolora's own runtime footprint (28-40 MiB): on
 // small models and vocabularies (stories260K: 2 MiB for 4 x 256 tokens) 8 bytes per logit buys
 // recompute that saves a few MiB at a fifth of the step's time (BENCHMARKS.md), while
 // PyTorch's process alone holds 530 MiB before its first tensor (`import torch`, measured).
