@@ -3,7 +3,7 @@
 repository, builds, runs the test suite, and prints which test caught each. Every planted bug
 must be caught: the script exits 1 if one survives (or the unmutated tree fails its tests).
 
-    python3 tools/mutation_test.py                 # every mutation (about 30-40 minutes on 2 cores)
+    python3 tools/mutation_test.py                 # every mutation (over an hour on 2 cores)
     python3 tools/mutation_test.py --only bf16_truncates --only adamw_no_bias_correction
     python3 tools/mutation_test.py --list
 
