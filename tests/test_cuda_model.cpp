@@ -126,8 +126,8 @@ TEST_F(CudaBackend, Bf16ModelWithCudnnAttentionEqualsTheCpuWithinItsRounding) {
 // `zerolora train --bf16` runs it (bf16 residual) within the documented bf16 table, against the
 // reference that rounds where the CPU engine does. The GPU rounds at least there, and its cuDNN
 // attention also rounds q, k, v and P to bf16 where the CPU's small-head kernel (these fixtures'
-// heads) stays in fp32: a GPU entry in tests/tolerances.hpp, with its reason, is the fix if that
-// proves larger than the table (not yet run on a GPU).
+// heads) stays in fp32: its own entry in tests/tolerances.hpp (kBf16Cudnn, with its reason,
+// measured on an H200), used where cuDNN ran.
 class GpuFixtures : public ::testing::TestWithParam<testing::Case> {};
 
 TEST_P(GpuFixtures, MatchTransformersAndPeft) {
