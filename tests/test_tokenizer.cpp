@@ -10,6 +10,8 @@
 #include "core/error.hpp"
 #include "data/dataset.hpp"
 #include "data/hf_text_steps.hpp"
+#include "data/oniguruma_classes.hpp"
+#include "data/text_regex.hpp"
 #include "data/tokenizer.hpp"
 #include "data/unicode_text.hpp"
 #include "test_util.hpp"
@@ -163,6 +165,112 @@ TEST(Tokenizer, LossyUtf8MatchesRust) {
   EXPECT_EQ(utf8_lossy("\xC0\xAF"), "\xEF\xBF\xBD\xEF\xBF\xBD");
   EXPECT_EQ(utf8_lossy("\xED\xA0\x80"), "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");
   EXPECT_EQ(utf8_lossy("ok \xE2\x82\xAC"), "ok \xE2\x82\xAC");
+}
+
+// The pieces a pattern cuts a text into, as text.
+std::vector<std::string> matches(const std::string& pattern, std::string_view text) {
+  std::vector<std::string> out;
+  for (const auto& span : TextRegex(pattern, false).find_matches(text))
+    if (span.is_match) out.emplace_back(text.substr(span.begin, span.end - span.begin));
+  return out;
+}
+
+// Unicode 16 code points (tokenizers' Oniguruma) that PCRE2 10.42's Unicode 14 tables do not
+// know: U+1C89 CYRILLIC CAPITAL LETTER TJE (Lu), U+10D40 GARAY DIGIT ZERO (Nd), U+1171E AHOM
+// CONSONANT SIGN MEDIAL RA (Mn in 14, Mc in 16).
+constexpr const char* kTje = "\xE1\xB2\x89";
+constexpr const char* kGarayZero = "\xF0\x90\xB5\x80";
+constexpr const char* kAhomMedialRa = "\xF0\x91\x9C\x9E";
+
+TEST(OnigurumaClasses, ClassesMatchOnigurumasUnicodeVersion) {
+  if (!oniguruma_class_table_applies())
+    GTEST_SKIP() << "the linked PCRE2's Unicode tables are version " << pcre2_unicode_version()
+                 << ", not the one tools/make_unicode_tables.py's table is for: PCRE2's "
+                    "classes serve as they are";
+  const std::string tje = kTje, zero = kGarayZero, ra = kAhomMedialRa;
+  // Qwen2's and Llama 3's split: a new letter is a letter, a new digit a digit.
+  const std::string qwen2 =
+      R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|)"
+      R"(\s*[\r\n]+|\s+(?!\S)|\s+)";
+  EXPECT_EQ(matches(qwen2, "..." + tje + "'t"), (std::vector<std::string>{"...", tje, "'t"}));
+  EXPECT_EQ(matches(qwen2, "a" + zero + zero), (std::vector<std::string>{"a", zero, zero}));
+  // Bare, negated, inside classes with literals, and the class escapes.
+  EXPECT_EQ(matches(R"(\p{Lu})", tje), std::vector<std::string>{tje});
+  EXPECT_TRUE(matches(R"(\P{L})", tje).empty());
+  EXPECT_TRUE(matches(R"(\p{^L})", tje).empty());
+  EXPECT_TRUE(matches(R"([^\p{L}])", tje).empty());
+  EXPECT_TRUE(matches(R"(\p{Cn})", tje).empty());  // assigned since: out of the class
+  EXPECT_EQ(matches(R"([]\p{L}-])", "]-" + tje + "!"), (std::vector<std::string>{"]", "-", tje}));
+  EXPECT_EQ(matches(R"(\p{Mc})", ra), std::vector<std::string>{ra});
+  EXPECT_TRUE(matches(R"(\p{Mn})", ra).empty());
+  EXPECT_EQ(matches(R"(\d)", zero), std::vector<std::string>{zero});
+  // Oniguruma's \w takes marks and not every number: U+0301 in, U+09F4 (a Bengali currency
+  // numerator) out.
+  EXPECT_EQ(matches(R"(\w+)", "a\xCC\x81\xE0\xA7\xB4"), std::vector<std::string>{"a\xCC\x81"});
+  EXPECT_EQ(matches(R"([\p{L}^])", "^" + tje), (std::vector<std::string>{"^", tje}));
+  EXPECT_EQ(matches(R"([a\p{L}-])", "-" + tje + "!"), (std::vector<std::string>{"-", tje}));
+  EXPECT_EQ(matches(R"([^!\p{L}-])", "-!" + tje + "1"), (std::vector<std::string>{"1"}));
+  // Quoted text is not a class.
+  EXPECT_EQ(matches(R"(\Q\p{L}\E)", R"(x\p{L})"), std::vector<std::string>{R"(\p{L})"});
+}
+
+TEST(OnigurumaClasses, PatternsPcre2RefusesAreNamed) {
+  for (const std::string pattern : {R"([z-a\p{L}])", R"(a[\p{L})", R"(\p{L}(?)"}) {
+    try {
+      TextRegex(pattern, false);
+      ADD_FAILURE() << pattern << " compiled";
+    } catch (const FormatError& e) {
+      EXPECT_NE(std::string(e.what()).find("'" + pattern + "' does not compile"), std::string::npos)
+          << e.what();
+    }
+  }
+}
+
+TEST(OnigurumaClasses, PlainPatternServesTextsWithoutTheCodePointsThatDiffer) {
+  const PatternForPcre2 none = pattern_for_pcre2(R"('s|\s+(?!\S)|[a-z]+)");
+  EXPECT_EQ(none.plain, R"('s|\p{White_Space}+(?!\P{White_Space})|[a-z]+)");
+  EXPECT_EQ(none.exact, none.plain);
+  EXPECT_TRUE(none.differ.empty());
+  if (!oniguruma_class_table_applies())
+    GTEST_SKIP() << "the linked PCRE2's Unicode tables are version " << pcre2_unicode_version()
+                 << ": no class is rewritten";
+  const PatternForPcre2 letters = pattern_for_pcre2(R"([^\r\n\p{L}]?\p{L}+)");
+  EXPECT_EQ(letters.plain, R"([^\r\n\p{L}]?\p{L}+)");
+  EXPECT_NE(letters.exact, letters.plain);
+  EXPECT_TRUE(in_ranges(letters.differ, 0x1C89));
+  EXPECT_FALSE(in_ranges(letters.differ, 'a'));
+  EXPECT_FALSE(in_ranges(letters.differ, 0x4E00));  // a letter to both
+}
+
+TEST(UnicodeText, NormalisationLeavesWhatTokenizersDoesNotKnow) {
+  // U+0898 (Arabic, Unicode 14, class 230) is unknown to tokenizers' normaliser: a starter
+  // that U+0316 (class 220) is not moved past. utf8proc alone would reorder the two.
+  const std::string text = "a\xE0\xA2\x98\xCC\x96";
+  for (const NormalForm form : {NormalForm::kNfc, NormalForm::kNfd, NormalForm::kNfkc})
+    EXPECT_EQ(normalize_unicode(text, form), text);
+  // Around it, utf8proc's forms: e + U+0301 composes, the fi ligature decomposes (NFKC).
+  EXPECT_EQ(normalize_unicode("e\xCC\x81\xE0\xA2\x98\xEF\xAC\x81", NormalForm::kNfkc),
+            "\xC3\xA9\xE0\xA2\x98"
+            "fi");
+  EXPECT_EQ(normalize_unicode("e\xCC\x81", NormalForm::kNfc), "\xC3\xA9");
+}
+
+TEST(UnicodeText, FindInRangesPassesOverLowerLeadBytesOnly) {
+  const CodePointRange nko[] = {{0x7FD, 0x7FD}, {0x10D40, 0x10D49}};
+  // U+07FC and U+07FD share their lead byte; U+4E00's is above it; U+10D40's is 4 bytes long.
+  EXPECT_EQ(find_in_ranges("a\xDF\xBC\xDF\xBD", 0, nko), 3u);
+  EXPECT_EQ(find_in_ranges("a\xDF\xBC\xE4\xB8\x80", 0, nko), std::string_view::npos);
+  EXPECT_EQ(find_in_ranges("\xE4\xB8\x80\xF0\x90\xB5\x80x", 0, nko), 3u);
+  EXPECT_EQ(find_in_ranges("\xDF\xBD\xDF\xBD", 1, nko), 2u);  // from the byte given
+  const CodePointRange ascii[] = {{'b', 'c'}};
+  EXPECT_EQ(find_in_ranges("\xC3\xA9" "ab", 0, ascii), 3u);
+  EXPECT_EQ(find_in_ranges("abc", 0, {}), std::string_view::npos);
+}
+
+TEST(UnicodeText, LowercaseIsRustsToLowercase) {
+  EXPECT_EQ(lowercase_unicode("\xC4\xB0"), "i\xCC\x87");                 // U+0130: two code points
+  EXPECT_EQ(lowercase_unicode("\xE1\xB2\x89"), "\xE1\xB2\x8A");          // U+1C89 (Unicode 16)
+  EXPECT_EQ(lowercase_unicode("\xCE\x9F\xCE\xA3"), "\xCE\xBF\xCF\x83");  // no final sigma
 }
 
 }  // namespace

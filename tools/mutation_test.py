@@ -127,6 +127,13 @@ MUTATIONS = [
              "src/zero3/sharded_weights.cpp",
              "static_cast<Index>(pool_[i].size()) == need && held + need <= budget_",
              "static_cast<Index>(pool_[i].size()) == need"),
+    Mutation("regex_classes_as_pcre2_has_them", "tokenizer.json patterns match with PCRE2's Unicode 14 classes, not Oniguruma's",
+             "src/data/text_regex.cpp", "const pcre2_code* code = differs ? compiled_->exact",
+             "const pcre2_code* code = false ? compiled_->exact"),
+    Mutation("normalisation_knows_too_much", "NFC and the other forms also normalise the code points tokenizers does not know",
+             "src/data/unicode_text.cpp",
+             "for (std::size_t i = find_in_ranges(text, 0, kNormalizationUnknown);",
+             "for (std::size_t i = std::string_view::npos;"),
 ]
 
 

@@ -9,9 +9,15 @@ vocabularies (run by ctest; tests/test_tokenizer.cpp covers the small committed 
                     Transformers' TikTokenConverter, with Qwen2.5's regex, NFC normaliser,
                     special tokens and tokenizer_config.json
   llama3-pattern    the same vocabulary under Llama 3's regex, ignore_merges and BOS template
+  fixture-*         the small committed families of make_tokenizer_fixtures.py (GPT-2's
+                    ByteLevel regex, Digits, NFKC and Lowercase among their steps)
 On every public Alpaca record (instruction, input, output, and the Alpaca prompt built from
-them), zerolora's demo instructions and the hostile corpus of make_tokenizer_fixtures.py: the
-ids must be equal, exactly, and so must the decodes. Also checks that Transformers'
+them), zerolora's demo instructions, the hostile corpus of make_tokenizer_fixtures.py, every
+code point of planes 0 to 3 and 14 between letters, digits, marks, apostrophes and spaces,
+and seeded random mixtures of scripts, marks, emoji and special tokens: the ids must be equal,
+exactly, and so must the decodes. (The code points are where Unicode versions differ:
+tokenizers' regular expressions and normalisers are on other Unicode versions than PCRE2 and
+utf8proc; tools/make_unicode_tables.py.) Also checks that Transformers'
 AutoTokenizer gives those ids for the directories (what a user's training script would see).
 Chat: with each family's released template in tokenizer_config.json, the ids `zerolora
 data-preview` trains on for conversations (the chat fixtures' and every Alpaca record as a
@@ -56,7 +62,37 @@ def corpus():
         texts += [r["instruction"], r["input"], r["output"]]
         template = ALPACA_WITH_INPUT if r["input"] else ALPACA_NO_INPUT
         texts.append(template.format(**r) + r["output"])
-    return texts, alpaca.is_file()
+    return texts + every_code_point() + random_mixtures(2000), alpaca.is_file()
+
+
+def every_code_point():
+    """Each code point of the planes with assigned characters (0 to 3, 14) once, 32 to a text,
+    each followed by one of the contexts where its class decides a split or a normalisation."""
+    contexts = ["'t", " ", "1", ".", "a", "\n", "'S", "\u0301"]
+    points = [c for c in [*range(0x80, 0x40000), *range(0xE0000, 0xE1000)]
+              if not 0xD800 <= c <= 0xDFFF]
+    return ["'s" + "".join(chr(c) + contexts[(c + i) % len(contexts)] for c in points[i:i + 32])
+            for i in range(0, len(points), 32)]
+
+
+def random_mixtures(count):
+    """Seeded texts of scripts, marks, emoji, spaces, special tokens and random code points."""
+    import random
+    rng = random.Random(20261207)
+    pieces = [" ", "  ", "\n", "\n\n", "\t", "\r\n", "\u00a0", "\u3000", "\u200b", "\ufeff",
+              "hello", "World", "'s", "'LL", "'re", "\u2019s", "12", "3.14", "1,000", "!", "...",
+              "==>", "e\u0301", "\u0130", "\ufb01", "A\u030a", "\u01c5", "\u2126",
+              "\u65e5\u672c", "\ud55c\uad6d\uc5b4", "\u0627\u0644\u0639\u0631\u0628\u064a",
+              "\u0939\u093f\u0928\u094d\u0926\u0940", "\U0001F600",
+              "\U0001F469\u200d\U0001F469\u200d\U0001F467", "\U0001F1FA\U0001F1F8", "\u2764\ufe0f",
+              "\x00", "\x7f", "<|endoftext|>", "<|im_start|>", "<s>", "</s>", "\u2581", "\u0301",
+              "\u0898\u0316", "\u1c89", "\u00bd", "\u0663"]
+
+    def any_point():
+        c = rng.randint(0x20, 0x10FFFF)
+        return chr(0x41 if 0xD800 <= c <= 0xDFFF else c)
+    return ["".join(rng.choice(pieces) if rng.random() < 0.7 else any_point()
+                    for _ in range(rng.randint(1, 25))) for _ in range(count)]
 
 
 def llama2_hub_2023(directory):
@@ -215,6 +251,9 @@ def main():
                   "are left out (set ZEROLORA_SHARED_DATA)")
         made["qwen2.5"] = lambda d: qwen(d, False)
         made["llama3-pattern"] = lambda d: qwen(d, True)
+        fixtures = ROOT / "tests" / "fixtures" / "tokenizers"
+        for family in sorted(f.name for f in fixtures.iterdir() if f.is_dir()):
+            made["fixture-" + family] = lambda d, f=fixtures / family: shutil.copytree(f, d)
         directories = {}
         for name, make in made.items():
             directory = tmp / name
@@ -229,8 +268,12 @@ def main():
                 print(f"{name}: zerolora tokenize failed:\n{run.stderr}")
                 failures += 1
                 continue
-            got = [json.loads(line) for line in run.stdout.splitlines()]
-            auto = None if name == "llama2-hub-2023" else AutoTokenizer.from_pretrained(str(directory))
+            # One JSON object a line: split at \\n only (U+2028 is a line end to splitlines).
+            got = [json.loads(line) for line in run.stdout.split("\n") if line]
+            # Transformers rebuilds the Hub's 2023 Llama 2 pipeline, and the fixtures' own
+            # families are tokenizers' alone.
+            auto = None if name == "llama2-hub-2023" or name.startswith("fixture-") else \
+                AutoTokenizer.from_pretrained(str(directory))
             bad = tokens = 0
             for text, mine in zip(texts, got, strict=True):
                 ids = reference.encode(text, add_special_tokens=False).ids

@@ -4,59 +4,61 @@
 #include <pcre2.h>
 
 #include <algorithm>
+#include <vector>
 
 #include "core/error.hpp"
+#include "data/oniguruma_classes.hpp"
 #include "data/unicode_text.hpp"
 
 namespace zerolora {
 
 struct TextRegex::Compiled {
-  pcre2_code* code = nullptr;
-  ~Compiled() { pcre2_code_free(code); }
+  // As PCRE2's tables have the classes, and as Oniguruma's (null where the same); the second
+  // serves the texts with a code point of `differ`.
+  pcre2_code* plain = nullptr;
+  pcre2_code* exact = nullptr;
+  std::vector<CodePointRange> differ;
+  ~Compiled() {
+    pcre2_code_free(plain);
+    pcre2_code_free(exact);
+  }
 };
 
 namespace {
 
-// Oniguruma's \s (what tokenizer.json patterns were written for) is Unicode White_Space;
-// PCRE2's also takes U+180E. Spelled out, the two agree.
-std::string with_unicode_space(std::string_view pattern) {
-  std::string out;
-  for (std::size_t i = 0; i < pattern.size(); ++i) {
-    if (pattern[i] == '\\' && i + 1 < pattern.size()) {
-      const char next = pattern[++i];
-      if (next == 's')
-        out += "\\p{White_Space}";
-      else if (next == 'S')
-        out += "\\P{White_Space}";
-      else
-        (out += '\\') += next;
-      continue;
-    }
-    out += pattern[i];
+pcre2_code* compile(std::string_view pattern, bool literal, std::string_view given) {
+  int error = 0;
+  PCRE2_SIZE error_offset = 0;
+  // PCRE2_LITERAL admits no UCP (nor needs it).
+  const std::uint32_t options = PCRE2_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP);
+  pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
+                                   options, &error, &error_offset, nullptr);
+  if (!code) {
+    PCRE2_UCHAR message[256];
+    pcre2_get_error_message(error, message, sizeof message);
+    throw FormatError("regular expression '" + std::string(given) + "' does not compile" +
+                      (pattern == given ? " at " + std::to_string(error_offset) : "") + ": " +
+                      reinterpret_cast<const char*>(message));
   }
-  return out;
+  // JIT is an optimisation: where the platform lacks it, the interpreter gives the same result.
+  pcre2_jit_compile(code, PCRE2_JIT_COMPLETE);
+  return code;
 }
 
 }  // namespace
 
 TextRegex::TextRegex(std::string_view given, bool literal)
     : compiled_(std::make_unique<Compiled>()) {
-  const std::string rewritten = literal ? std::string(given) : with_unicode_space(given);
-  const std::string_view pattern = rewritten;
-  int error = 0;
-  PCRE2_SIZE error_offset = 0;
-  // PCRE2_LITERAL admits no UCP (nor needs it).
-  const std::uint32_t options = PCRE2_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP);
-  compiled_->code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
-                                  options, &error, &error_offset, nullptr);
-  if (!compiled_->code) {
-    PCRE2_UCHAR message[256];
-    pcre2_get_error_message(error, message, sizeof message);
-    throw FormatError("regular expression '" + std::string(given) + "' does not compile at " +
-                      std::to_string(error_offset) + ": " + reinterpret_cast<const char*>(message));
+  if (literal) {
+    compiled_->plain = compile(given, true, given);
+    return;
   }
-  // JIT is an optimisation: where the platform lacks it, the interpreter gives the same result.
-  pcre2_jit_compile(compiled_->code, PCRE2_JIT_COMPLETE);
+  const PatternForPcre2 pattern = pattern_for_pcre2(given);
+  compiled_->plain = compile(pattern.plain, false, given);
+  if (pattern.exact != pattern.plain) {
+    compiled_->exact = compile(pattern.exact, false, given);
+    compiled_->differ = pattern.differ;
+  }
 }
 
 TextRegex::~TextRegex() = default;
@@ -66,15 +68,17 @@ TextRegex& TextRegex::operator=(TextRegex&&) noexcept = default;
 std::vector<TextRegex::Span> TextRegex::find_matches(std::string_view text) const {
   std::vector<Span> spans;
   if (text.empty()) return spans;
+  const bool differs = find_in_ranges(text, 0, compiled_->differ) != std::string_view::npos;
+  const pcre2_code* code = differs ? compiled_->exact : compiled_->plain;
   // Match data per call: one TextRegex serves many threads at once.
   const std::unique_ptr<pcre2_match_data, decltype(&pcre2_match_data_free)> match(
-      pcre2_match_data_create_from_pattern(compiled_->code, nullptr), &pcre2_match_data_free);
+      pcre2_match_data_create_from_pattern(code, nullptr), &pcre2_match_data_free);
   const auto* subject = reinterpret_cast<PCRE2_SPTR>(text.data());
   std::size_t previous = 0, at = 0;
   bool matched = false;  // an empty match right where the previous one ended is skipped
   while (at <= text.size()) {
-    const int rc = pcre2_match(compiled_->code, subject, text.size(), at, PCRE2_NO_UTF_CHECK,
-                               match.get(), nullptr);
+    const int rc =
+        pcre2_match(code, subject, text.size(), at, PCRE2_NO_UTF_CHECK, match.get(), nullptr);
     if (rc == PCRE2_ERROR_NOMATCH) break;
     if (rc < 0) {
       PCRE2_UCHAR message[256];

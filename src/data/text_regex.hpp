@@ -1,8 +1,9 @@
 // A compiled Unicode regular expression (PCRE2, UTF + UCP, JIT-compiled where the platform
 // allows), and the split of a text by a pattern with Hugging Face tokenizers' delimiter
-// behaviours. Patterns are the ones tokenizer.json files carry (written for Oniguruma; the
+// behaviours. Patterns are the ones tokenizer.json files carry, written for Oniguruma: the
 // constructs they use — \p{..} classes, (?i:..), lookahead, possessive-free quantifiers —
-// mean the same in PCRE2).
+// mean the same in PCRE2, and the classes on which the two engines' tables disagree are
+// rewritten first (oniguruma_classes.hpp).
 #pragma once
 
 #include <cstddef>

@@ -2,12 +2,71 @@
 
 #include <utf8proc.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <memory>
 
 #include "core/error.hpp"
 
 namespace zerolora {
+namespace {
+
+struct LowercaseException {
+  char32_t code_point;
+  const char* lowercase;  // UTF-8
+};
+#include "data/unicode_text_delta.inc"
+
+std::string utf8proc_form(std::string_view text, NormalForm form) {
+  if (text.empty()) return {};
+  int options = UTF8PROC_STABLE;
+  switch (form) {
+    case NormalForm::kNfc:
+      options |= UTF8PROC_COMPOSE;
+      break;
+    case NormalForm::kNfd:
+      options |= UTF8PROC_DECOMPOSE;
+      break;
+    case NormalForm::kNfkc:
+      options |= UTF8PROC_COMPOSE | UTF8PROC_COMPAT;
+      break;
+    case NormalForm::kNfkd:
+      options |= UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT;
+      break;
+  }
+  utf8proc_uint8_t* result = nullptr;
+  const utf8proc_ssize_t n = utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(text.data()),
+                                          static_cast<utf8proc_ssize_t>(text.size()), &result,
+                                          static_cast<utf8proc_option_t>(options));
+  if (n < 0) throw FormatError(std::string("cannot normalise text: ") + utf8proc_errmsg(n));
+  const std::unique_ptr<utf8proc_uint8_t, decltype(&std::free)> owned(result, &std::free);
+  return std::string(reinterpret_cast<const char*>(result), static_cast<std::size_t>(n));
+}
+
+}  // namespace
+
+bool in_ranges(std::span<const CodePointRange> ranges, char32_t c) {
+  const auto it = std::upper_bound(ranges.begin(), ranges.end(), c,
+                                   [](char32_t v, const CodePointRange& r) { return v < r.first; });
+  return it != ranges.begin() && c <= std::prev(it)->last;
+}
+
+std::size_t find_in_ranges(std::string_view text, std::size_t from,
+                           std::span<const CodePointRange> ranges) {
+  if (ranges.empty()) return std::string_view::npos;
+  // A code point's UTF-8 lead byte grows with it: none below the lowest's can be in a range.
+  const char32_t lowest = ranges.front().first;
+  const unsigned lead = lowest < 0x80      ? 0u
+                        : lowest < 0x800   ? 0xC0u | (lowest >> 6)
+                        : lowest < 0x10000 ? 0xE0u | (lowest >> 12)
+                                           : 0xF0u | (lowest >> 18);
+  for (std::size_t i = from; i < text.size(); ++i) {
+    const auto byte = static_cast<unsigned char>(text[i]);
+    if (byte < lead || (byte >= 0x80 && byte < 0xC0)) continue;  // or a continuation byte
+    if (in_ranges(ranges, utf8_decode_at(text, i))) return i;
+  }
+  return std::string_view::npos;
+}
 
 std::optional<std::size_t> first_invalid_utf8(std::string_view text) {
   const auto* s = reinterpret_cast<const unsigned char*>(text.data());
@@ -96,29 +155,20 @@ std::string_view trim_unicode(std::string_view text, bool left, bool right,
 }
 
 std::string normalize_unicode(std::string_view text, NormalForm form) {
-  if (text.empty()) return {};
-  int options = UTF8PROC_STABLE;
-  switch (form) {
-    case NormalForm::kNfc:
-      options |= UTF8PROC_COMPOSE;
-      break;
-    case NormalForm::kNfd:
-      options |= UTF8PROC_DECOMPOSE;
-      break;
-    case NormalForm::kNfkc:
-      options |= UTF8PROC_COMPOSE | UTF8PROC_COMPAT;
-      break;
-    case NormalForm::kNfkd:
-      options |= UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT;
-      break;
+  if (const auto bad = first_invalid_utf8(text))
+    throw FormatError("cannot normalise text: invalid UTF-8 at byte " + std::to_string(*bad));
+  // Between the code points tokenizers does not know, utf8proc's form; each of them a starter
+  // that nothing composes with or moves past, as tokenizers treats it.
+  std::string out;
+  std::size_t segment = 0;
+  for (std::size_t i = find_in_ranges(text, 0, kNormalizationUnknown); i != std::string_view::npos;
+       i = find_in_ranges(text, segment, kNormalizationUnknown)) {
+    out += utf8proc_form(text.substr(segment, i - segment), form);
+    segment = i + utf8_length_at(text, i);
+    out += text.substr(i, segment - i);
   }
-  utf8proc_uint8_t* result = nullptr;
-  const utf8proc_ssize_t n = utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(text.data()),
-                                          static_cast<utf8proc_ssize_t>(text.size()), &result,
-                                          static_cast<utf8proc_option_t>(options));
-  if (n < 0) throw FormatError(std::string("cannot normalise text: ") + utf8proc_errmsg(n));
-  const std::unique_ptr<utf8proc_uint8_t, decltype(&std::free)> owned(result, &std::free);
-  return std::string(reinterpret_cast<const char*>(result), static_cast<std::size_t>(n));
+  if (segment == 0) return utf8proc_form(text, form);
+  return out + utf8proc_form(text.substr(segment), form);
 }
 
 std::string lowercase_unicode(std::string_view text) {
@@ -126,8 +176,11 @@ std::string lowercase_unicode(std::string_view text) {
   out.reserve(text.size());
   for (std::size_t i = 0; i < text.size(); i += utf8_length_at(text, i)) {
     const char32_t c = utf8_decode_at(text, i);
-    if (c == 0x130) {  // İ: Rust's to_lowercase gives i + combining dot, not one code point
-      out += "i\xCC\x87";
+    const auto* exception =
+        std::lower_bound(std::begin(kLowercaseExceptions), std::end(kLowercaseExceptions), c,
+                         [](const LowercaseException& e, char32_t v) { return e.code_point < v; });
+    if (exception != std::end(kLowercaseExceptions) && exception->code_point == c) {
+      out += exception->lowercase;
       continue;
     }
     append_utf8(out, static_cast<char32_t>(utf8proc_tolower(static_cast<utf8proc_int32_t>(c))));

@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -29,9 +30,25 @@ std::size_t utf8_previous_start(std::string_view text, std::size_t end);
 std::string_view trim_unicode(std::string_view text, bool left, bool right,
                               bool (*is_space)(char32_t));
 
+// A closed range of code points, as the tables tools/make_unicode_tables.py generates list them.
+struct CodePointRange {
+  char32_t first, last;
+};
+// Whether c lies in one of `ranges` (sorted, disjoint).
+bool in_ranges(std::span<const CodePointRange> ranges, char32_t c);
+// Byte offset of the first code point at or after byte `from` of text (well-formed) that lies
+// in one of `ranges` (sorted, disjoint), or npos. Bytes below the lowest range's lead byte are
+// passed over without decoding.
+std::size_t find_in_ranges(std::string_view text, std::size_t from,
+                           std::span<const CodePointRange> ranges);
+
+// Normalisation forms as Hugging Face tokenizers' normalisers make them: utf8proc's, except
+// that the code points tokenizers' older tables do not know (unicode_text_delta.inc) stay as
+// they are, as tokenizers leaves an unassigned one. Throws FormatError when text is not
+// well-formed UTF-8.
 enum class NormalForm { kNfc, kNfd, kNfkc, kNfkd };
-// Throws FormatError when text is not well-formed UTF-8.
 std::string normalize_unicode(std::string_view text, NormalForm form);
+// Each code point lowercased as Rust's char::to_lowercase (tokenizers' Lowercase) does.
 std::string lowercase_unicode(std::string_view text);
 
 // Unicode White_Space, as Rust's char::is_whitespace (what Hugging Face tokenizers uses).

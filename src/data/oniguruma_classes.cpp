@@ -1,0 +1,281 @@
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include "data/oniguruma_classes.hpp"
+
+#include <pcre2.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <memory>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "data/unicode_text.hpp"
+
+namespace zerolora {
+namespace {
+
+struct ClassDelta {
+  std::string_view name;  // a general category, or "w" / "d" for \w / \d
+  std::span<const CodePointRange> differ;
+};
+#include "data/unicode_class_delta.inc"
+
+std::span<const CodePointRange> delta_of(std::string_view name) {
+  if (!oniguruma_class_table_applies()) return {};
+  for (const auto& d : kClassDeltas)
+    if (d.name == name) return d.differ;
+  return {};
+}
+
+// One code point tested against a class on its own (the item alone, or the class's items
+// that the table does not list), with the linked PCRE2's tables.
+class CodePointMatcher {
+ public:
+  explicit CodePointMatcher(const std::string& single_class) {
+    int error = 0;
+    PCRE2_SIZE offset = 0;
+    code_.reset(pcre2_compile(reinterpret_cast<PCRE2_SPTR>(single_class.data()),
+                              single_class.size(), PCRE2_UTF | PCRE2_UCP | PCRE2_ANCHORED, &error,
+                              &offset, nullptr));
+    if (code_) match_.reset(pcre2_match_data_create_from_pattern(code_.get(), nullptr));
+  }
+  // Not where the class is not one PCRE2 takes: then neither does it take the pattern, and
+  // compiling that names the pattern.
+  bool valid() const { return code_ && match_; }
+  bool operator()(char32_t c) const {
+    std::string text;
+    append_utf8(text, c);
+    return pcre2_match(code_.get(), reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(), 0,
+                       PCRE2_NO_UTF_CHECK, match_.get(), nullptr) > 0;
+  }
+
+ private:
+  std::unique_ptr<pcre2_code, decltype(&pcre2_code_free)> code_{nullptr, &pcre2_code_free};
+  std::unique_ptr<pcre2_match_data, decltype(&pcre2_match_data_free)> match_{
+      nullptr, &pcre2_match_data_free};
+};
+
+// An escape at pattern[at] == '\\': its text as PCRE2 is given it, and the table's name of
+// the class it is, if any.
+struct Escape {
+  std::string text;
+  std::size_t length = 0;
+  std::string_view table_name;  // empty: not a class the table may list
+};
+
+Escape read_escape(std::string_view p, std::size_t at) {
+  Escape e;
+  const bool last = at + 1 >= p.size();
+  const char next = last ? '\\' : p[at + 1];
+  e.length = last ? 1 : 2;
+  if (last) {
+    // a pattern that ends in '\': PCRE2 reports it
+  } else if (next == 'w' || next == 'W' || next == 'd' || next == 'D') {
+    e.table_name = (next == 'w' || next == 'W') ? "w" : "d";
+  } else if ((next == 'p' || next == 'P') && at + 2 < p.size()) {
+    std::string_view name = p.substr(at + 2, 1);  // \pL
+    if (p[at + 2] == '{') {
+      const std::size_t close = p.find('}', at + 3);
+      name =
+          close == std::string_view::npos ? std::string_view{} : p.substr(at + 3, close - at - 3);
+      e.length = close == std::string_view::npos ? 2 : close + 1 - at;
+    } else {
+      e.length = 3;
+    }
+    if (!name.empty() && name.front() == '^') name.remove_prefix(1);
+    e.table_name = name;
+  } else if (next == 'Q') {  // quoted to \E, verbatim
+    const std::size_t end = p.find("\\E", at + 2);
+    e.length = (end == std::string_view::npos ? p.size() : end + 2) - at;
+  } else if (next == 'c' && at + 2 < p.size()) {  // \cX: X may be '[' or '\'
+    e.length = 3;
+  }
+  if (!last && next == 's')
+    e.text = "\\p{White_Space}";
+  else if (!last && next == 'S')
+    e.text = "\\P{White_Space}";
+  else
+    e.text = std::string(p.substr(at, e.length));
+  if (!e.table_name.empty() && delta_of(e.table_name).empty()) e.table_name = {};
+  return e;
+}
+
+// A character class as written (body: its items, \s spelled out), the items the table lists,
+// and the rest of its items (as a class body of their own).
+struct CharacterClass {
+  std::string written;  // the whole class, as PCRE2 is given it without the table
+  bool negated = false;
+  std::string body;
+  std::vector<std::pair<std::string, std::string_view>> listed;  // item text, table name
+  std::string rest;
+};
+
+std::string as_ranges(const std::vector<char32_t>& points) {
+  std::string out;
+  char buffer[32];
+  for (std::size_t i = 0; i < points.size();) {
+    std::size_t j = i;
+    while (j + 1 < points.size() && points[j + 1] == points[j] + 1) ++j;
+    if (j == i)
+      std::snprintf(buffer, sizeof buffer, "\\x{%X}", static_cast<unsigned>(points[i]));
+    else
+      std::snprintf(buffer, sizeof buffer, "\\x{%X}-\\x{%X}", static_cast<unsigned>(points[i]),
+                    static_cast<unsigned>(points[j]));
+    out += buffer;
+    i = j + 1;
+  }
+  return out;
+}
+
+// The class as Oniguruma's tables have it: where the table says the engines disagree on one
+// of its listed items, each such code point is asked of PCRE2 (every item) and the answer for
+// Oniguruma follows (a listed item's flipped), and the code points whose answers differ are
+// added to the class or taken out of it (and to `differ`).
+std::string rewritten(const CharacterClass& k, std::vector<char32_t>& differ) {
+  if (k.listed.empty()) return k.written;
+  std::vector<char32_t> candidates;
+  std::vector<CodePointMatcher> items;
+  std::vector<std::span<const CodePointRange>> deltas;
+  for (const auto& [text, name] : k.listed) {
+    items.emplace_back("[" + text + "]");
+    deltas.push_back(delta_of(name));
+    for (const auto& r : deltas.back())
+      for (char32_t c = r.first; c <= r.last; ++c) candidates.push_back(c);
+  }
+  std::sort(candidates.begin(), candidates.end());
+  candidates.erase(std::unique(candidates.begin(), candidates.end()), candidates.end());
+  std::optional<CodePointMatcher> rest;
+  if (!k.rest.empty()) rest.emplace("[" + k.rest + "]");
+  if ((rest && !rest->valid()) ||
+      std::any_of(items.begin(), items.end(), [](const auto& m) { return !m.valid(); }))
+    return k.written;
+  std::vector<char32_t> add, remove;
+  for (const char32_t c : candidates) {
+    bool pcre2 = rest && (*rest)(c);
+    bool oniguruma = pcre2;
+    for (std::size_t i = 0; i < items.size(); ++i) {
+      const bool here = items[i](c);
+      pcre2 = pcre2 || here;
+      oniguruma = oniguruma || (here != in_ranges(deltas[i], c));
+    }
+    if (k.negated) pcre2 = !pcre2, oniguruma = !oniguruma;
+    if (oniguruma && !pcre2) add.push_back(c);
+    if (pcre2 && !oniguruma) remove.push_back(c);
+    if (oniguruma != pcre2) differ.push_back(c);
+  }
+  if (add.empty() && remove.empty()) return k.written;
+  // The ranges go last (PCRE2 tries a class's items in order: the body's \p{..} first), after
+  // a body whose closing '-' read_class escaped.
+  if (!k.negated) {
+    const std::string inner = "[" + k.body + as_ranges(add) + "]";
+    return remove.empty() ? inner : "(?:(?![" + as_ranges(remove) + "])" + inner + ")";
+  }
+  const std::string inner = "[^" + k.body + as_ranges(remove) + "]";
+  return add.empty() ? inner : "(?:" + inner + "|[" + as_ranges(add) + "])";
+}
+
+// The class that opens at p[at] == '['; sets `length`, or leaves it 0 where the class does
+// not close (PCRE2 then reports the pattern).
+CharacterClass read_class(std::string_view p, std::size_t at, std::size_t& length) {
+  CharacterClass k;
+  std::size_t i = at + 1;
+  if (i < p.size() && p[i] == '^') k.negated = true, ++i;
+  length = 0;
+  bool first = true, after_listed = false;
+  while (i < p.size()) {
+    const char c = p[i];
+    if (c == ']' && !first) {
+      length = i + 1 - at;
+      k.written = std::string(k.negated ? "[^" : "[") + k.body + "]";
+      return k;
+    }
+    if (c == '\\') {
+      const Escape e = read_escape(p, i);
+      k.body += e.text;
+      if (!e.table_name.empty()) {
+        k.listed.emplace_back(e.text, e.table_name);
+      } else {
+        k.rest += e.text;
+      }
+      after_listed = !e.table_name.empty();
+      i += e.length;
+    } else if (c == '[' && i + 1 < p.size() && p[i + 1] == ':') {  // [:alpha:]
+      const std::size_t close = p.find(":]", i + 2);
+      const std::size_t end = close == std::string_view::npos ? p.size() : close + 2;
+      k.body += p.substr(i, end - i);
+      k.rest += p.substr(i, end - i);
+      after_listed = false;
+      i = end;
+    } else {
+      // A leading ']' or '-', a closing '-' and a '-' after a listed item are literals:
+      // escaped, so that neither the ranges put after the body nor the rest's new neighbours
+      // change them (nor a '^' that opens the rest).
+      const bool closing = i + 1 < p.size() && p[i + 1] == ']';
+      const bool literal =
+          (first && (c == ']' || c == '-')) || (c == '-' && (after_listed || closing));
+      const std::string text = literal ? std::string("\\") + c : std::string(1, c);
+      k.body += text;
+      k.rest += c == '^' ? std::string("\\^") : text;
+      after_listed = false;
+      ++i;
+    }
+    first = false;
+  }
+  return k;
+}
+
+}  // namespace
+
+std::string pcre2_unicode_version() {
+  char version[64] = {};
+  pcre2_config(PCRE2_CONFIG_UNICODE_VERSION, version);
+  return version;
+}
+
+bool oniguruma_class_table_applies() {
+  return pcre2_unicode_version() == kDeltaPcre2UnicodeVersion;
+}
+
+PatternForPcre2 pattern_for_pcre2(std::string_view p) {
+  PatternForPcre2 out;
+  std::vector<char32_t> differ;
+  auto add = [&](const CharacterClass& k) {
+    out.plain += k.written;
+    out.exact += rewritten(k, differ);
+  };
+  for (std::size_t i = 0; i < p.size();) {
+    if (p[i] == '\\') {
+      const Escape e = read_escape(p, i);
+      CharacterClass k;
+      k.written = k.body = e.text;
+      if (!e.table_name.empty()) k.listed.emplace_back(e.text, e.table_name);
+      add(k);
+      i += e.length;
+    } else if (p[i] == '[') {
+      std::size_t length = 0;
+      const CharacterClass k = read_class(p, i, length);
+      if (length == 0) {  // PCRE2 reports it
+        out.plain += p.substr(i);
+        out.exact += p.substr(i);
+        break;
+      }
+      add(k);
+      i += length;
+    } else {
+      out.plain += p[i];
+      out.exact += p[i++];
+    }
+  }
+  std::sort(differ.begin(), differ.end());
+  differ.erase(std::unique(differ.begin(), differ.end()), differ.end());
+  for (const char32_t c : differ) {
+    if (!out.differ.empty() && out.differ.back().last + 1 == c)
+      out.differ.back().last = c;
+    else
+      out.differ.push_back({c, c});
+  }
+  return out;
+}
+
+}  // namespace zerolora
