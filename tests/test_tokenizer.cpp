@@ -214,6 +214,19 @@ TEST(OnigurumaClasses, ClassesMatchOnigurumasUnicodeVersion) {
   EXPECT_EQ(matches(R"(\Q\p{L}\E)", R"(x\p{L})"), std::vector<std::string>{R"(\p{L})"});
 }
 
+TEST(OnigurumaClasses, WhitespacePreTokenizerWordsAreRustRegexs) {
+  if (!oniguruma_class_table_applies())
+    GTEST_SKIP() << "the linked PCRE2's Unicode tables are version " << pcre2_unicode_version();
+  // U+1C89 is alphabetic in Unicode 16, not in PCRE2's 14; U+200D (a joiner) is a word
+  // character to Rust's regex.
+  const std::string tje = kTje;
+  std::vector<std::string> pieces;
+  for (auto& piece : HfPreTokenizer(nlohmann::json{{"type", "Whitespace"}}, "test")
+                         .apply({"a" + tje + "! " + tje + "\xE2\x80\x8D"}))
+    pieces.push_back(piece.text);
+  EXPECT_EQ(pieces, (std::vector<std::string>{"a" + tje, "!", tje + "\xE2\x80\x8D"}));
+}
+
 TEST(OnigurumaClasses, PatternsPcre2RefusesAreNamed) {
   for (const std::string pattern : {R"([z-a\p{L}])", R"(a[\p{L})", R"(\p{L}(?)"}) {
     try {
@@ -263,7 +276,10 @@ TEST(UnicodeText, FindInRangesPassesOverLowerLeadBytesOnly) {
   EXPECT_EQ(find_in_ranges("\xE4\xB8\x80\xF0\x90\xB5\x80x", 0, nko), 3u);
   EXPECT_EQ(find_in_ranges("\xDF\xBD\xDF\xBD", 1, nko), 2u);  // from the byte given
   const CodePointRange ascii[] = {{'b', 'c'}};
-  EXPECT_EQ(find_in_ranges("\xC3\xA9" "ab", 0, ascii), 3u);
+  EXPECT_EQ(find_in_ranges("\xC3\xA9"
+                           "ab",
+                           0, ascii),
+            3u);
   EXPECT_EQ(find_in_ranges("abc", 0, {}), std::string_view::npos);
 }
 
