@@ -214,17 +214,45 @@ TEST(OnigurumaClasses, ClassesMatchOnigurumasUnicodeVersion) {
   EXPECT_EQ(matches(R"(\Q\p{L}\E)", R"(x\p{L})"), std::vector<std::string>{R"(\p{L})"});
 }
 
+// The pieces a one-step pre-tokenizer cuts a text into.
+std::vector<std::string> pre_tokens(const nlohmann::json& step, const std::string& text) {
+  std::vector<std::string> pieces;
+  for (auto& piece : HfPreTokenizer(step, "test").apply({text})) pieces.push_back(piece.text);
+  return pieces;
+}
+
 TEST(OnigurumaClasses, WhitespacePreTokenizerWordsAreRustRegexs) {
   if (!oniguruma_class_table_applies())
     GTEST_SKIP() << "the linked PCRE2's Unicode tables are version " << pcre2_unicode_version();
   // U+1C89 is alphabetic in Unicode 16, not in PCRE2's 14; U+200D (a joiner) is a word
   // character to Rust's regex.
   const std::string tje = kTje;
-  std::vector<std::string> pieces;
-  for (auto& piece : HfPreTokenizer(nlohmann::json{{"type", "Whitespace"}}, "test")
-                         .apply({"a" + tje + "! " + tje + "\xE2\x80\x8D"}))
-    pieces.push_back(piece.text);
-  EXPECT_EQ(pieces, (std::vector<std::string>{"a" + tje, "!", tje + "\xE2\x80\x8D"}));
+  EXPECT_EQ(pre_tokens({{"type", "Whitespace"}}, "a" + tje + "! " + tje + "\xE2\x80\x8D"),
+            (std::vector<std::string>{"a" + tje, "!", tje + "\xE2\x80\x8D"}));
+}
+
+TEST(OnigurumaClasses, DigitsAndPunctuationAreRustsTables) {
+  if (!oniguruma_class_table_applies())
+    GTEST_SKIP() << "the linked PCRE2's Unicode tables are version " << pcre2_unicode_version();
+  // U+11DE0 (a Unicode 17 digit) is numeric to Rust; U+10D40 (Unicode 16) too.
+  const std::string digits =
+      "a\xF0\x91\xB7\xA0\xF0\x90\xB5\x80"
+      "1b";
+  EXPECT_EQ(pre_tokens({{"type", "Digits"}, {"individual_digits", true}}, digits),
+            (std::vector<std::string>{"a", "\xF0\x91\xB7\xA0", "\xF0\x90\xB5\x80", "1", "b"}));
+  EXPECT_EQ(pre_tokens({{"type", "Digits"}, {"individual_digits", false}}, digits),
+            (std::vector<std::string>{"a",
+                                      "\xF0\x91\xB7\xA0\xF0\x90\xB5\x80"
+                                      "1",
+                                      "b"}));
+  // U+061D (Arabic end of text mark, Unicode 14) is punctuation to Oniguruma, not to the
+  // crate's older table; '!' and U+3001 (an ideographic comma) are to both.
+  EXPECT_EQ(pre_tokens({{"type", "Punctuation"}},
+                       "a\xD8\x9D"
+                       "b!c\xE3\x80\x81"),
+            (std::vector<std::string>{"a\xD8\x9D"
+                                      "b",
+                                      "!", "c", "\xE3\x80\x81"}));
 }
 
 TEST(OnigurumaClasses, PatternsPcre2RefusesAreNamed) {

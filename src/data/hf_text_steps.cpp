@@ -5,6 +5,7 @@
 #include <optional>
 
 #include "core/error.hpp"
+#include "data/oniguruma_classes.hpp"
 #include "data/text_regex.hpp"
 #include "data/unicode_text.hpp"
 
@@ -217,7 +218,7 @@ struct HfPreTokenizer::Step {
 };
 
 HfPreTokenizer::HfPreTokenizer(const nlohmann::json& spec, const std::string& where) {
-  auto split_step = [](const char* regex, SplitBehavior behavior, bool invert) {
+  auto split_step = [](std::string_view regex, SplitBehavior behavior, bool invert) {
     Step step{};
     step.kind = Step::Kind::kSplit;
     step.pattern = std::make_unique<TextRegex>(regex, false);
@@ -250,8 +251,11 @@ HfPreTokenizer::HfPreTokenizer(const nlohmann::json& spec, const std::string& wh
       if (step.split) step.pattern = std::make_unique<TextRegex>(step.replacement, true);
       steps_.push_back(std::move(step));
     } else if (type == "Digits") {
-      steps_.push_back(split_step(s.value("individual_digits", false) ? R"(\p{N})" : R"(\p{N}+)",
-                                  SplitBehavior::kIsolated, false));
+      // Rust's char::is_numeric, as tokenizers' Digits runs it.
+      const std::string digit(rust_numeric_class());
+      steps_.push_back(
+          split_step(s.value("individual_digits", false) ? digit : "(?:" + digit + ")+",
+                     SplitBehavior::kIsolated, false));
     } else if (type == "Whitespace") {
       // Rust's \w: Alphabetic, marks, decimal digits, connector punctuation, joiners.
       steps_.push_back(split_step(R"([\p{Alphabetic}\p{M}\p{Nd}\p{Pc}\p{Join_Control}]+|)"
@@ -260,8 +264,9 @@ HfPreTokenizer::HfPreTokenizer(const nlohmann::json& spec, const std::string& wh
     } else if (type == "WhitespaceSplit") {
       steps_.push_back(split_step(R"(\s)", SplitBehavior::kRemoved, false));
     } else if (type == "Punctuation") {
+      // ASCII's punctuation and the unicode_categories crate's, as tokenizers' runs them.
       steps_.push_back(
-          split_step(R"([\p{P}!-/:-@\[-`{-~])",
+          split_step(rust_punctuation_class(),
                      parse_split_behavior(s.value("behavior", std::string("Isolated"))), false));
     } else {
       throw UnsupportedError(unsupported_where(where, "pre_tokenizer", type));

@@ -233,6 +233,13 @@ std::string pcre2_unicode_version() {
   return version;
 }
 
+std::string_view rust_numeric_class() {
+  return kRustNumericClass;
+}
+std::string_view rust_punctuation_class() {
+  return kRustPunctuationClass;
+}
+
 bool oniguruma_class_table_applies() {
   return pcre2_unicode_version() == kDeltaPcre2UnicodeVersion;
 }
