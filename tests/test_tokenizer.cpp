@@ -210,6 +210,13 @@ TEST(OnigurumaClasses, ClassesMatchOnigurumasUnicodeVersion) {
   EXPECT_EQ(matches(R"([\p{L}^])", "^" + tje), (std::vector<std::string>{"^", tje}));
   EXPECT_EQ(matches(R"([a\p{L}-])", "-" + tje + "!"), (std::vector<std::string>{"-", tje}));
   EXPECT_EQ(matches(R"([^!\p{L}-])", "-!" + tje + "1"), (std::vector<std::string>{"1"}));
+  // Names as both engines read them loosely, and the cased letters.
+  EXPECT_EQ(matches(R"(\p{l}+)", "a" + tje), std::vector<std::string>{"a" + tje});
+  EXPECT_EQ(matches(R"(\p{ L }+)", "a" + tje), std::vector<std::string>{"a" + tje});
+  EXPECT_EQ(matches(R"(\p{LC})", tje), std::vector<std::string>{tje});
+  // A comment and a '[' that opens no POSIX class are not classes.
+  EXPECT_EQ(matches(R"((?#[)\p{L}])", "#" + tje + "]"), std::vector<std::string>{tje + "]"});
+  EXPECT_EQ(matches(R"([[:]x:]\p{L}])", "x" + tje), std::vector<std::string>{});
   // Quoted text is not a class.
   EXPECT_EQ(matches(R"(\Q\p{L}\E)", R"(x\p{L})"), std::vector<std::string>{R"(\p{L})"});
 }
@@ -265,6 +272,14 @@ TEST(OnigurumaClasses, PatternsPcre2RefusesAreNamed) {
           << e.what();
     }
   }
+}
+
+TEST(OnigurumaClasses, ARewriteTooLargeForPcre2LeavesThePlainPattern) {
+  // Each \w gains about 400 ranges: 40 of them pass PCRE2's compiled size limit, the plain
+  // pattern does not.
+  std::string pattern = R"(\w+a)";
+  for (int i = 0; i < 40; ++i) pattern += R"(|\w+)" + std::to_string(i);
+  EXPECT_EQ(matches(pattern, "ba cb0"), (std::vector<std::string>{"ba", "cb0"}));
 }
 
 TEST(OnigurumaClasses, PlainPatternServesTextsWithoutTheCodePointsThatDiffer) {

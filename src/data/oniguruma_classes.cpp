@@ -21,11 +21,28 @@ struct ClassDelta {
 };
 #include "data/unicode_class_delta.inc"
 
-std::span<const CodePointRange> delta_of(std::string_view name) {
-  if (!oniguruma_class_table_applies()) return {};
+// A property name as both engines read it: case, spaces, '-' and '_' ignored (\p{l},
+// \p{White Space}).
+std::string loose(std::string_view name) {
+  std::string out;
+  for (const char c : name)
+    if (c != ' ' && c != '-' && c != '_')
+      out += static_cast<char>(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
+  return out;
+}
+
+// The table's entry for a class name as written, if the table applies and lists it.
+const ClassDelta* listed_class(std::string_view written) {
+  if (!oniguruma_class_table_applies()) return nullptr;
+  const std::string name = loose(written);
   for (const auto& d : kClassDeltas)
-    if (d.name == name) return d.differ;
-  return {};
+    if (loose(d.name) == name) return &d;
+  return nullptr;
+}
+
+std::span<const CodePointRange> delta_of(std::string_view table_name) {
+  const ClassDelta* d = listed_class(table_name);
+  return d ? d->differ : std::span<const CodePointRange>{};
 }
 
 // One code point tested against a class on its own (the item alone, or the class's items
@@ -61,7 +78,7 @@ class CodePointMatcher {
 struct Escape {
   std::string text;
   std::size_t length = 0;
-  std::string_view table_name;  // empty: not a class the table may list
+  std::string_view table_name;  // the table's name of it; empty: not a class the table lists
 };
 
 Escape read_escape(std::string_view p, std::size_t at) {
@@ -97,7 +114,8 @@ Escape read_escape(std::string_view p, std::size_t at) {
     e.text = "\\P{White_Space}";
   else
     e.text = std::string(p.substr(at, e.length));
-  if (!e.table_name.empty() && delta_of(e.table_name).empty()) e.table_name = {};
+  const ClassDelta* listed = e.table_name.empty() ? nullptr : listed_class(e.table_name);
+  e.table_name = listed ? listed->name : std::string_view{};
   return e;
 }
 
@@ -175,6 +193,17 @@ std::string rewritten(const CharacterClass& k, std::vector<char32_t>& differ) {
   return add.empty() ? inner : "(?:" + inner + "|[" + as_ranges(add) + "])";
 }
 
+// The length of a POSIX class ([:alpha:], [:^digit:]) at p[at], or 0 where there is none (a
+// '[' that is a literal, as PCRE2 reads it).
+std::size_t posix_class_length(std::string_view p, std::size_t at) {
+  if (p.compare(at, 2, "[:") != 0) return 0;
+  std::size_t i = at + 2;
+  if (i < p.size() && p[i] == '^') ++i;
+  const std::size_t name = i;
+  while (i < p.size() && ((p[i] >= 'a' && p[i] <= 'z') || (p[i] >= 'A' && p[i] <= 'Z'))) ++i;
+  return i > name && p.compare(i, 2, ":]") == 0 ? i + 2 - at : 0;
+}
+
 // The class that opens at p[at] == '['; sets `length`, or leaves it 0 where the class does
 // not close (PCRE2 then reports the pattern).
 CharacterClass read_class(std::string_view p, std::size_t at, std::size_t& length) {
@@ -200,13 +229,11 @@ CharacterClass read_class(std::string_view p, std::size_t at, std::size_t& lengt
       }
       after_listed = !e.table_name.empty();
       i += e.length;
-    } else if (c == '[' && i + 1 < p.size() && p[i + 1] == ':') {  // [:alpha:]
-      const std::size_t close = p.find(":]", i + 2);
-      const std::size_t end = close == std::string_view::npos ? p.size() : close + 2;
-      k.body += p.substr(i, end - i);
-      k.rest += p.substr(i, end - i);
+    } else if (const std::size_t posix = posix_class_length(p, i)) {  // [:alpha:]
+      k.body += p.substr(i, posix);
+      k.rest += p.substr(i, posix);
       after_listed = false;
-      i = end;
+      i += posix;
     } else {
       // A leading ']' or '-', a closing '-' and a '-' after a listed item are literals:
       // escaped, so that neither the ranges put after the body nor the rest's new neighbours
@@ -259,6 +286,12 @@ PatternForPcre2 pattern_for_pcre2(std::string_view p) {
       if (!e.table_name.empty()) k.listed.emplace_back(e.text, e.table_name);
       add(k);
       i += e.length;
+    } else if (p.compare(i, 3, "(?#") == 0) {  // a comment, to its ')'
+      const std::size_t close = p.find(')', i);
+      const std::size_t end = close == std::string_view::npos ? p.size() : close + 1;
+      out.plain += p.substr(i, end - i);
+      out.exact += p.substr(i, end - i);
+      i = end;
     } else if (p[i] == '[') {
       std::size_t length = 0;
       const CharacterClass k = read_class(p, i, length);

@@ -26,13 +26,21 @@ struct TextRegex::Compiled {
 
 namespace {
 
-pcre2_code* compile(std::string_view pattern, bool literal, std::string_view given) {
-  int error = 0;
-  PCRE2_SIZE error_offset = 0;
+pcre2_code* try_compile(std::string_view pattern, bool literal, int& error,
+                        PCRE2_SIZE& error_offset) {
   // PCRE2_LITERAL admits no UCP (nor needs it).
   const std::uint32_t options = PCRE2_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP);
   pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
                                    options, &error, &error_offset, nullptr);
+  // JIT is an optimisation: where the platform lacks it, the interpreter gives the same result.
+  if (code) pcre2_jit_compile(code, PCRE2_JIT_COMPLETE);
+  return code;
+}
+
+pcre2_code* compile(std::string_view pattern, bool literal, std::string_view given) {
+  int error = 0;
+  PCRE2_SIZE error_offset = 0;
+  pcre2_code* code = try_compile(pattern, literal, error, error_offset);
   if (!code) {
     PCRE2_UCHAR message[256];
     pcre2_get_error_message(error, message, sizeof message);
@@ -40,8 +48,6 @@ pcre2_code* compile(std::string_view pattern, bool literal, std::string_view giv
                       (pattern == given ? " at " + std::to_string(error_offset) : "") + ": " +
                       reinterpret_cast<const char*>(message));
   }
-  // JIT is an optimisation: where the platform lacks it, the interpreter gives the same result.
-  pcre2_jit_compile(code, PCRE2_JIT_COMPLETE);
   return code;
 }
 
@@ -56,8 +62,12 @@ TextRegex::TextRegex(std::string_view given, bool literal)
   const PatternForPcre2 pattern = pattern_for_pcre2(given);
   compiled_->plain = compile(pattern.plain, false, given);
   if (pattern.exact != pattern.plain) {
-    compiled_->exact = compile(pattern.exact, false, given);
-    compiled_->differ = pattern.differ;
+    // A pattern of many rewritten classes can pass PCRE2's size limit where the plain one does
+    // not: the plain one then serves every text, as it did before the table.
+    int error = 0;
+    PCRE2_SIZE error_offset = 0;
+    compiled_->exact = try_compile(pattern.exact, false, error, error_offset);
+    if (compiled_->exact) compiled_->differ = pattern.differ;
   }
 }
 
