@@ -111,7 +111,6 @@ def llama2_hub_2023(directory):
 def llama2(directory, legacy):
     """Transformers converts the sentencepiece model itself (LlamaTokenizer's pipeline for the
     legacy flag); its backend tokenizer is saved as the directory's tokenizer.json."""
-    import shutil
     from transformers import AutoTokenizer
     config = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "legacy": legacy,
               "add_bos_token": True, "add_eos_token": False, "tokenizer_class": "LlamaTokenizer"}

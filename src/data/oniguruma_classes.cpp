@@ -40,11 +40,6 @@ const ClassDelta* listed_class(std::string_view written) {
   return nullptr;
 }
 
-std::span<const CodePointRange> delta_of(std::string_view table_name) {
-  const ClassDelta* d = listed_class(table_name);
-  return d ? d->differ : std::span<const CodePointRange>{};
-}
-
 // One code point tested against a class on its own (the item alone, or the class's items
 // that the table does not list), with the linked PCRE2's tables.
 class CodePointMatcher {
@@ -73,25 +68,27 @@ class CodePointMatcher {
       nullptr, &pcre2_match_data_free};
 };
 
-// An escape at pattern[at] == '\\': its text as PCRE2 is given it, and the table's name of
+// An escape at pattern[at] == '\\': its text as PCRE2 is given it, and the table's entry for
 // the class it is, if any.
 struct Escape {
   std::string text;
   std::size_t length = 0;
-  std::string_view table_name;  // the table's name of it; empty: not a class the table lists
+  // Where the table says the engines disagree on it; empty: not a class the table lists.
+  std::span<const CodePointRange> differ;
 };
 
 Escape read_escape(std::string_view p, std::size_t at) {
   Escape e;
+  std::string_view name;  // the class it names, if any
   const bool last = at + 1 >= p.size();
   const char next = last ? '\\' : p[at + 1];
   e.length = last ? 1 : 2;
   if (last) {
     // a pattern that ends in '\': PCRE2 reports it
   } else if (next == 'w' || next == 'W' || next == 'd' || next == 'D') {
-    e.table_name = (next == 'w' || next == 'W') ? "w" : "d";
+    name = (next == 'w' || next == 'W') ? "w" : "d";
   } else if ((next == 'p' || next == 'P') && at + 2 < p.size()) {
-    std::string_view name = p.substr(at + 2, 1);  // \pL
+    name = p.substr(at + 2, 1);  // \pL
     if (p[at + 2] == '{') {
       const std::size_t close = p.find('}', at + 3);
       name =
@@ -101,7 +98,6 @@ Escape read_escape(std::string_view p, std::size_t at) {
       e.length = 3;
     }
     if (!name.empty() && name.front() == '^') name.remove_prefix(1);
-    e.table_name = name;
   } else if (next == 'Q') {  // quoted to \E, verbatim
     const std::size_t end = p.find("\\E", at + 2);
     e.length = (end == std::string_view::npos ? p.size() : end + 2) - at;
@@ -114,8 +110,8 @@ Escape read_escape(std::string_view p, std::size_t at) {
     e.text = "\\P{White_Space}";
   else
     e.text = std::string(p.substr(at, e.length));
-  const ClassDelta* listed = e.table_name.empty() ? nullptr : listed_class(e.table_name);
-  e.table_name = listed ? listed->name : std::string_view{};
+  if (const ClassDelta* listed = name.empty() ? nullptr : listed_class(name))
+    e.differ = listed->differ;
   return e;
 }
 
@@ -125,23 +121,33 @@ struct CharacterClass {
   std::string written;  // the whole class, as PCRE2 is given it without the table
   bool negated = false;
   std::string body;
-  std::vector<std::pair<std::string, std::string_view>> listed;  // item text, table name
+  std::vector<std::pair<std::string, std::span<const CodePointRange>>> listed;  // text, differ
   std::string rest;
 };
 
+// Sorted code points (repeats allowed) as the fewest ranges.
+std::vector<CodePointRange> coalesced(const std::vector<char32_t>& points) {
+  std::vector<CodePointRange> ranges;
+  for (const char32_t c : points) {
+    if (!ranges.empty() && c <= ranges.back().last + 1)
+      ranges.back().last = std::max(ranges.back().last, c);
+    else
+      ranges.push_back({c, c});
+  }
+  return ranges;
+}
+
+// Sorted code points as class items: \x{A} or \x{A}-\x{B}.
 std::string as_ranges(const std::vector<char32_t>& points) {
   std::string out;
   char buffer[32];
-  for (std::size_t i = 0; i < points.size();) {
-    std::size_t j = i;
-    while (j + 1 < points.size() && points[j + 1] == points[j] + 1) ++j;
-    if (j == i)
-      std::snprintf(buffer, sizeof buffer, "\\x{%X}", static_cast<unsigned>(points[i]));
+  for (const auto& r : coalesced(points)) {
+    if (r.first == r.last)
+      std::snprintf(buffer, sizeof buffer, "\\x{%X}", static_cast<unsigned>(r.first));
     else
-      std::snprintf(buffer, sizeof buffer, "\\x{%X}-\\x{%X}", static_cast<unsigned>(points[i]),
-                    static_cast<unsigned>(points[j]));
+      std::snprintf(buffer, sizeof buffer, "\\x{%X}-\\x{%X}", static_cast<unsigned>(r.first),
+                    static_cast<unsigned>(r.last));
     out += buffer;
-    i = j + 1;
   }
   return out;
 }
@@ -155,9 +161,9 @@ std::string rewritten(const CharacterClass& k, std::vector<char32_t>& differ) {
   std::vector<char32_t> candidates;
   std::vector<CodePointMatcher> items;
   std::vector<std::span<const CodePointRange>> deltas;
-  for (const auto& [text, name] : k.listed) {
+  for (const auto& [text, differ_here] : k.listed) {
     items.emplace_back("[" + text + "]");
-    deltas.push_back(delta_of(name));
+    deltas.push_back(differ_here);
     for (const auto& r : deltas.back())
       for (char32_t c = r.first; c <= r.last; ++c) candidates.push_back(c);
   }
@@ -222,12 +228,12 @@ CharacterClass read_class(std::string_view p, std::size_t at, std::size_t& lengt
     if (c == '\\') {
       const Escape e = read_escape(p, i);
       k.body += e.text;
-      if (!e.table_name.empty()) {
-        k.listed.emplace_back(e.text, e.table_name);
+      if (!e.differ.empty()) {
+        k.listed.emplace_back(e.text, e.differ);
       } else {
         k.rest += e.text;
       }
-      after_listed = !e.table_name.empty();
+      after_listed = !e.differ.empty();
       i += e.length;
     } else if (const std::size_t posix = posix_class_length(p, i)) {  // [:alpha:]
       k.body += p.substr(i, posix);
@@ -283,7 +289,7 @@ PatternForPcre2 pattern_for_pcre2(std::string_view p) {
       const Escape e = read_escape(p, i);
       CharacterClass k;
       k.written = k.body = e.text;
-      if (!e.table_name.empty()) k.listed.emplace_back(e.text, e.table_name);
+      if (!e.differ.empty()) k.listed.emplace_back(e.text, e.differ);
       add(k);
       i += e.length;
     } else if (p.compare(i, 3, "(?#") == 0) {  // a comment, to its ')'
@@ -308,13 +314,7 @@ PatternForPcre2 pattern_for_pcre2(std::string_view p) {
     }
   }
   std::sort(differ.begin(), differ.end());
-  differ.erase(std::unique(differ.begin(), differ.end()), differ.end());
-  for (const char32_t c : differ) {
-    if (!out.differ.empty() && out.differ.back().last + 1 == c)
-      out.differ.back().last = c;
-    else
-      out.differ.push_back({c, c});
-  }
+  out.differ = coalesced(differ);
   return out;
 }
 
