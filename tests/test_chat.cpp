@@ -2,6 +2,7 @@
 // template (tools/make_chat_fixtures.py), template recognition, the records, and the labels.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <ctime>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -273,6 +274,41 @@ TEST(ChatLabels, ATokenMergedAcrossTheBoundaryBelongsToTheReply) {
         << name;
     EXPECT_EQ(tokenizer.token_text(s.input_ids[first - 1]), "[/INST]") << name;
   }
+}
+
+// The other end: where the end-of-turn marker is not a special token, its last character can
+// merge with what follows (here Zephyr's "</s>" + "\n" ends in one ">\n" token, a merge
+// added to the Qwen2 fixture's vocabulary). That token holds the turn's last character, so it
+// trains, as in Transformers' assistant masks: without it, the model never learns the end of
+// its turn's marker.
+TEST(ChatLabels, ATokenMergedAcrossATurnsEndBelongsToTheTurn) {
+  const testing::TempDir dir;
+  std::ifstream in(testing::fixtures_dir() / "tokenizers" / "qwen2" / "tokenizer.json");
+  nlohmann::json spec = nlohmann::json::parse(in);
+  int unused_id = 0;  // past the vocabulary's and the added tokens' ids
+  for (const auto& [token, id] : spec["model"]["vocab"].items())
+    unused_id = std::max(unused_id, id.get<int>() + 1);
+  for (const auto& added : spec["added_tokens"])
+    unused_id = std::max(unused_id, added["id"].get<int>() + 1);
+  spec["model"]["vocab"][">\u010a"] = unused_id;  // ">" "\n", byte-level
+  spec["model"]["merges"].insert(spec["model"]["merges"].begin(),
+                                 nlohmann::json::array({">", "\u010a"}));
+  std::ofstream(dir.path() / "tokenizer.json") << spec.dump();
+  const Tokenizer tokenizer(dir.path() / "tokenizer.json");
+  const RenderedChat chat = ChatTemplate::named("zephyr").render(
+      {{"user", "Hi"}, {"assistant", "the end"}, {"user", "More"}, {"assistant", "ok"}}, "<s>",
+      "</s>");
+  ChatReport report;
+  const TokenSequence s = tokenize_chat(tokenizer, chat, TokenizeOptions{}, report);
+  std::vector<std::vector<std::int32_t>> turns;  // the runs of trained tokens
+  for (std::size_t i = 0; i < s.labels.size(); ++i) {
+    if (s.labels[i] == kIgnoreIndex) continue;
+    if (i == 0 || s.labels[i - 1] == kIgnoreIndex) turns.emplace_back();
+    turns.back().push_back(s.labels[i]);
+  }
+  ASSERT_EQ(turns.size(), 2u);
+  EXPECT_EQ(tokenizer.decode(turns[0]), "the end</s>\n");
+  EXPECT_EQ(tokenizer.decode(turns[1]), "ok</s>\n");
 }
 
 TEST_F(ChatData, BadRecordsNameTheRecordAndField) {

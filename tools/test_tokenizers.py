@@ -20,8 +20,11 @@ tokenizers' regular expressions and normalisers are on other Unicode versions th
 utf8proc; tools/make_unicode_tables.py.) Also checks that Transformers'
 AutoTokenizer gives those ids for the directories (what a user's training script would see).
 Chat: with each family's released template in tokenizer_config.json, the ids `zerolora
-data-preview` trains on for conversations (the chat fixtures' and every Alpaca record as a
-one-turn chat) equal Transformers' apply_chat_template(tokenize=True), as TRL trains on them.
+data-preview` trains on for conversations (the chat fixtures', every Alpaca record as a
+one-turn chat, and 400 seeded random conversations: any order of roles, whitespace at the
+contents' ends, empty contents, special-token strings) equal Transformers'
+apply_chat_template(tokenize=True), as TRL trains on them, and its labels equal Transformers'
+assistant-token mask; a conversation the template refuses, zerolora refuses.
 Exits 77 (skipped), saying why, when the reference stack is not installed.
 """
 import json
@@ -161,59 +164,163 @@ CHAT_CASES = [  # tokenizer directory, released template
 ]
 
 
-def chat_conversations(texts_records, template):
-    """The chat fixtures' conversations that the template renders (Mistral v0.3's and Llama 2's
-    refuse a system message after the first), then every record as a one-turn chat."""
+def chat_conversations(texts_records):
+    """The chat fixtures' conversations, every record as a one-turn chat, then seeded random
+    conversations: any order of roles (a template that requires alternation refuses most),
+    contents with Python's and Unicode's whitespace at their ends (the templates that trim),
+    empty ones, special-token strings and other scripts. Each has an assistant message: one
+    without is skipped by zerolora, as it trains nothing."""
+    import random
     fixtures = json.loads((ROOT / "tests" / "fixtures" / "chat_templates" / "expected.json").read_text())
-    renders = fixtures["templates"][template]["renders"]
-    conversations = [c for c, r in zip(fixtures["conversations"], renders) if r is not None]
+    conversations = list(fixtures["conversations"])
     for r in texts_records:
         user = r["instruction"] + ("\n\n" + r["input"] if r["input"] else "")
         conversations.append([{"role": "user", "content": user},
                               {"role": "assistant", "content": r["output"]}])
+    rng = random.Random(20261208)
+    ends = ["", "", " ", "\n", "\n\n", "\t", "\r\n", "\x1c", "\x1f", "\x85", "\xa0",
+            "\u2028", "\u3000", "\u200b", "\ufeff", " \u202f "]
+    middles = ["", "Hi", "What is 2 + 2?", "4", "Line one\nline two", "<|im_end|>", "</s>",
+               "[INST]", "<|eot_id|>", "<|start_header_id|>user<|end_header_id|>",
+               "[SYSTEM_PROMPT]", "<<SYS>>", "\u4f60\u597d", "\u0645\u0631\u062d\u0628\u0627",
+               "e\u0301", "\U0001F44B\U0001F3FD", "  two  spaces  "]
+    middles += [r["output"] for r in rng.sample(texts_records, min(8, len(texts_records)))]
+    for _ in range(400):
+        roles = [rng.choice(["system", "user", "assistant", "user", "assistant"])
+                 for _ in range(rng.randint(1, 6))]
+        if "assistant" not in roles:
+            roles.append("assistant")
+        conversations.append([{"role": role, "content": rng.choice(ends) + rng.choice(middles)
+                               + rng.choice(ends)} for role in roles])
     return conversations
+
+
+# What ends an assistant turn in each template's text: it trains, with the turn's content.
+TURN_ENDS = {"llama3": "<|eot_id|>", "llama3.1": "<|eot_id|>", "llama3.2": "<|eot_id|>",
+             "qwen2.5": "<|im_end|>", "chatml": "<|im_end|>", "mistral": "</s>",
+             "mistral-v7": "</s>", "llama2-chat": " </s>", "zephyr": "</s>"}
+SENTINEL = "\x02sentinel\x03"
+
+
+def reference_labels(conversation, auto, template, ids):
+    """The labels of Transformers' assistant-token mask (what return_assistant_tokens_mask gives
+    for a template whose {% generation %} block holds each assistant turn's content and its end
+    token): the tokens from the one holding the turn's first character to the one holding its
+    last, the others -100. Each turn's place in the text is found by rendering the conversation
+    again with a sentinel for that turn's content; its length from the whole text's."""
+    text = auto.apply_chat_template(conversation, tokenize=False)
+    encoding = auto(text, add_special_tokens=False)
+    assert encoding["input_ids"] == ids
+    labels = [-100] * len(ids)
+    end = TURN_ENDS[template]
+    for k, message in enumerate(conversation):
+        if message["role"] != "assistant":
+            continue
+        marked = [dict(m, content=SENTINEL) if i == k else m for i, m in enumerate(conversation)]
+        marked_text = auto.apply_chat_template(marked, tokenize=False)
+        begin = marked_text.index(SENTINEL)
+        length = len(text) - len(marked_text) + len(SENTINEL) + len(end)
+        assert text[:begin] == marked_text[:begin]
+        assert text[begin + length - len(end):].startswith(end)
+        first = next(t for c in range(begin, begin + length)
+                     if (t := encoding.char_to_token(c)) is not None)
+        last = next(t for c in reversed(range(begin, begin + length))
+                    if (t := encoding.char_to_token(c)) is not None)
+        labels[first:last + 1] = ids[first:last + 1]
+    return labels
+
+
+def renders(conversation, auto):
+    """Whether Transformers renders the conversation (a template's raise_exception refuses)."""
+    import jinja2
+    try:
+        auto.apply_chat_template(conversation, tokenize=False)
+        return True
+    except jinja2.exceptions.TemplateError:
+        return False
 
 
 def check_chat(tmp, directories, records):
     """zerolora's chat token ids against apply_chat_template; returns the number of failures.
+    A conversation the template refuses (raise_exception) must be refused by zerolora too:
+    data-preview on it alone fails, naming the template (checked on a seeded sample of them).
     Templates that write the date (Llama 3.2, Mistral v7) get one date on both sides: zerolora's
     --chat_date, Transformers' strftime_now (so that a check across midnight cannot differ)."""
+    import random
     from transformers import AutoTokenizer
     from chat_date import fix_chat_date
 
     fix_chat_date(CHAT_DATE)
     failures = 0
+    data = tmp / "chats.jsonl"
+
+    def preview(directory, conversations):
+        data.write_text("".join(json.dumps({"messages": c}) + "\n" for c in conversations))
+        return subprocess.run([BIN, "data-preview", "--tokenizer", str(directory), "--train_file",
+                               str(data), "--max_seq_length", "100000", "--num_examples",
+                               str(len(conversations)), "--chat_date", CHAT_DATE,
+                               "--output", str(tmp / "preview.jsonl")],
+                              capture_output=True, text=True)
+
     for tokenizer_name, template in CHAT_CASES:
         if tokenizer_name not in directories:
             continue
-        conversations = chat_conversations(records, template)
-        data = tmp / "chats.jsonl"
-        data.write_text("".join(json.dumps({"messages": c}) + "\n" for c in conversations))
         directory = tmp / f"{tokenizer_name}-{template}"
         shutil.copytree(directories[tokenizer_name], directory)
         config = json.loads((directory / "tokenizer_config.json").read_text())
         config["chat_template"] = (ROOT / "tests" / "fixtures" / "chat_templates" / f"{template}.jinja").read_text()
         (directory / "tokenizer_config.json").write_text(json.dumps(config))
-        run = subprocess.run([BIN, "data-preview", "--tokenizer", str(directory), "--train_file",
-                              str(data), "--max_seq_length", "100000", "--num_examples",
-                              str(len(conversations)), "--chat_date", CHAT_DATE,
-                              "--output", str(tmp / "preview.jsonl")],
-                             capture_output=True, text=True)
+        auto = AutoTokenizer.from_pretrained(str(directory))
+        rendered, refused, dropped = [], [], 0
+        for conversation in chat_conversations(records):
+            # Llama 2 chat's template drops a system message after the first where an assistant
+            # turn would be, and raises elsewhere; zerolora refuses both rather than lose it.
+            drops = template == "llama2-chat" and \
+                any(m["role"] == "system" for m in conversation[1:])
+            if drops or not renders(conversation, auto):
+                refused.append(conversation)
+                dropped += drops and renders(conversation, auto)
+            else:
+                rendered.append(conversation)
+        run = preview(directory, rendered)
         if run.returncode != 0:
             print(f"chat {template} on {tokenizer_name}: zerolora data-preview failed:\n{run.stderr}")
             failures += 1
             continue
-        mine = [json.loads(line)["input_ids"] for line in (tmp / "preview.jsonl").read_text().splitlines()]
-        auto = AutoTokenizer.from_pretrained(str(directory))
+        # One JSON object a line: split at \\n only (U+0085 and U+2028 end lines to splitlines).
+        mine = [json.loads(line)
+                for line in (tmp / "preview.jsonl").read_text().split("\n") if line]
         bad = 0
-        for conversation, ids in zip(conversations, mine, strict=True):
+        for conversation, sequence in zip(rendered, mine, strict=True):
+            ids = sequence["input_ids"]
             reference = auto.apply_chat_template(conversation, tokenize=True)["input_ids"]
-            if ids != reference:
+            wrong = ids != reference
+            if wrong:
+                print(f"chat {template} on {tokenizer_name}: {conversation!r:.300}\n"
+                      f"    transformers {reference[:40]}\n    zerolora     {ids[:40]}")
+            elif sequence["labels"] != (labels := reference_labels(conversation, auto, template,
+                                                                    ids)):
+                wrong = True
+                mine_labels = sequence["labels"]
+                at = next(i for i, (a, b) in enumerate(zip(labels, mine_labels)) if a != b)
+                near = slice(max(0, at - 5), at + 5)
+                print(f"chat {template} on {tokenizer_name}: {conversation!r:.300}\n"
+                      f"    labels differ at token {at} of {len(ids)}: assistant mask "
+                      f"{labels[near]}, zerolora {mine_labels[near]}")
+            bad += wrong
+            if bad > 3:
+                break
+        sample = random.Random(template).sample(refused, min(40, len(refused)))
+        for conversation in sample:
+            run = preview(directory, [conversation])
+            if run.returncode == 0 or f"chat template {template}:" not in run.stderr:
                 bad += 1
-                if bad <= 3:
-                    print(f"chat {template} on {tokenizer_name}: {conversation[0]['content'][:50]!r}\n"
-                          f"    transformers {reference[:40]}\n    zerolora     {ids[:40]}")
-        print(f"chat {template} on {tokenizer_name}: {len(conversations)} conversations, {bad} differ")
+                print(f"chat {template} on {tokenizer_name}: Transformers refuses "
+                      f"{conversation!r:.300}, zerolora: exit {run.returncode} {run.stderr[-300:]}")
+        print(f"chat {template} on {tokenizer_name}: {len(rendered)} conversations rendered, "
+              f"{bad} differ; {len(sample)} of the {len(refused)} refused checked refused"
+              + (f" ({dropped} of them Transformers renders, dropping a system message)"
+                 if dropped else ""))
         failures += bad > 0
     return failures
 

@@ -413,20 +413,24 @@ TokenSequence tokenize_chat(const Tokenizer& tokenizer, const RenderedChat& chat
   } else {
     seq.labels.assign(seq.input_ids.size(), kIgnoreIndex);
     // A boundary is where the tokens of the text before it stop agreeing with the whole
-    // text's: a token merged across it (Mistral's "[/INST] " + "Sure" is one "▁Sure") belongs
-    // to the turn, as the token holding the turn's first character does in Transformers'
-    // assistant masks.
-    auto boundary = [&](std::size_t at) {
+    // text's. A token merged across it belongs to the turn, as in Transformers' assistant
+    // masks (from the token holding the turn's first character to the one holding its last):
+    // at the start, Mistral's "[/INST] " + "Sure" is one "▁Sure"; at the end, an end-of-turn
+    // marker that is not a special token can merge with the next turn's first characters.
+    auto boundary = [&](std::size_t at, bool take_merged) {
       const auto prefix = encode_chat_text(tokenizer, std::string_view(chat.text).substr(0, at));
       const std::size_t n = std::min(prefix.size(), full.size());
-      return static_cast<Index>(std::mismatch(prefix.begin(),
-                                              prefix.begin() + static_cast<std::ptrdiff_t>(n),
-                                              full.begin())
-                                    .first -
-                                prefix.begin());
+      const auto agree = static_cast<std::size_t>(
+          std::mismatch(prefix.begin(), prefix.begin() + static_cast<std::ptrdiff_t>(n),
+                        full.begin())
+              .first -
+          prefix.begin());
+      // The prefix's tokens past the agreement hold text before `at`, which the whole text's
+      // token there holds too.
+      return static_cast<Index>(agree + (take_merged && agree < n ? 1 : 0));
     };
     for (const auto& span : chat.trainable) {
-      const Index begin = boundary(span.begin), end = boundary(span.end);
+      const Index begin = boundary(span.begin, false), end = boundary(span.end, true);
       if (begin >= seq.size()) {
         if (truncated) ++report.truncated_turns;
         continue;
