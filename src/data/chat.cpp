@@ -400,6 +400,45 @@ std::vector<std::int32_t> encode_chat_text(const Tokenizer& tokenizer, std::stri
   return ids;
 }
 
+namespace {
+
+// Where byte `at` of a chat's text falls among the tokens of the whole text (`full`), as
+// Transformers' char_to_token sees it: `before` tokens lie wholly before it, `through` hold
+// some of the text before it. They differ where a token straddles `at`, merged across it:
+// Mistral's "[/INST] " + "Sure" is one "▁Sure"; an end-of-turn marker that is not a special
+// token can merge with the next turn's first characters.
+struct TokenCut {
+  Index before, through;
+};
+
+// The tokenizer gives no offsets. The text before `at`, encoded alone, agrees with the whole
+// text's tokens up to some token; past it, both encode the same text to `at`, so the lengths
+// of the tokens' pieces (one representation on both sides: byte-level characters, "▁" pieces,
+// <0x..> bytes) say which of the whole text's tokens end by `at`.
+TokenCut cut_tokens(const Tokenizer& tokenizer, std::string_view text,
+                    const std::vector<std::int32_t>& full, std::size_t at) {
+  const auto prefix = encode_chat_text(tokenizer, text.substr(0, at));
+  const std::size_t n = std::min(prefix.size(), full.size());
+  const auto agree = static_cast<std::size_t>(
+      std::mismatch(prefix.begin(), prefix.begin() + static_cast<std::ptrdiff_t>(n), full.begin())
+          .first -
+      prefix.begin());
+  std::size_t rest = 0;  // the length of the prefix's pieces past the agreement
+  for (std::size_t i = agree; i < prefix.size(); ++i)
+    rest += tokenizer.token_text(prefix[i]).size();
+  std::size_t before = agree, covered = 0;
+  while (before < full.size()) {
+    const std::size_t piece = tokenizer.token_text(full[before]).size();
+    if (covered + piece > rest) break;
+    covered += piece;
+    ++before;
+  }
+  const bool straddles = covered < rest && before < full.size();
+  return {static_cast<Index>(before), static_cast<Index>(before + (straddles ? 1 : 0))};
+}
+
+}  // namespace
+
 TokenSequence tokenize_chat(const Tokenizer& tokenizer, const RenderedChat& chat,
                             const TokenizeOptions& o, ChatReport& report) {
   TokenSequence seq;
@@ -412,25 +451,11 @@ TokenSequence tokenize_chat(const Tokenizer& tokenizer, const RenderedChat& chat
     seq.labels = seq.input_ids;
   } else {
     seq.labels.assign(seq.input_ids.size(), kIgnoreIndex);
-    // A boundary is where the tokens of the text before it stop agreeing with the whole
-    // text's. A token merged across it belongs to the turn, as in Transformers' assistant
-    // masks (from the token holding the turn's first character to the one holding its last):
-    // at the start, Mistral's "[/INST] " + "Sure" is one "▁Sure"; at the end, an end-of-turn
-    // marker that is not a special token can merge with the next turn's first characters.
-    auto boundary = [&](std::size_t at, bool take_merged) {
-      const auto prefix = encode_chat_text(tokenizer, std::string_view(chat.text).substr(0, at));
-      const std::size_t n = std::min(prefix.size(), full.size());
-      const auto agree = static_cast<std::size_t>(
-          std::mismatch(prefix.begin(), prefix.begin() + static_cast<std::ptrdiff_t>(n),
-                        full.begin())
-              .first -
-          prefix.begin());
-      // The prefix's tokens past the agreement hold text before `at`, which the whole text's
-      // token there holds too.
-      return static_cast<Index>(agree + (take_merged && agree < n ? 1 : 0));
-    };
     for (const auto& span : chat.trainable) {
-      const Index begin = boundary(span.begin, false), end = boundary(span.end, true);
+      // From the token holding the turn's first character to the one holding its last, as
+      // Transformers' assistant masks.
+      const Index begin = cut_tokens(tokenizer, chat.text, full, span.begin).before;
+      const Index end = cut_tokens(tokenizer, chat.text, full, span.end).through;
       if (begin >= seq.size()) {
         if (truncated) ++report.truncated_turns;
         continue;
