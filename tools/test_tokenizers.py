@@ -220,10 +220,10 @@ SENTINEL = "\x02sentinel\x03"
 def assistant_token_spans(conversation, auto, template, ids):
     """Each assistant turn's tokens, (first, last), as Transformers' assistant-token mask has
     them (return_assistant_tokens_mask, for a template whose {% generation %} block holds the
-    turn's content and its end token): from the token holding the turn's first character
-    (char_to_token) to the one holding its last. Each turn's place in the text is found by
-    rendering the conversation again with a sentinel for that turn's content (every template
-    here writes a content once, trimmed or not), its length from the whole text's."""
+    turn's content and its end token): the tokens whose characters overlap the turn's. Each
+    turn's place in the text is found by rendering the conversation again with a sentinel for
+    that turn's content (every template here writes a content once, trimmed or not), its
+    length from the whole text's."""
     text = auto.apply_chat_template(conversation, tokenize=False)
     encoding = auto(text, add_special_tokens=False)
     assert encoding["input_ids"] == ids
@@ -238,11 +238,9 @@ def assistant_token_spans(conversation, auto, template, ids):
         length = len(text) - len(marked_text) + len(SENTINEL) + len(end)
         assert text[:begin] == marked_text[:begin]
         assert text[begin + length - len(end):].startswith(end)
-        # Transformers stops at a turn whose first character maps to no token; none here does.
-        first = encoding.char_to_token(begin)
-        last = encoding.char_to_token(begin + length - 1)
-        assert first is not None and last is not None, (text, begin, length)
-        spans.append((first, last))
+        overlapping = [t for t, (start, stop) in enumerate(encoding.encodings[0].offsets)
+                       if start < begin + length and stop > begin]
+        spans.append((overlapping[0], overlapping[-1]))
     return spans
 
 

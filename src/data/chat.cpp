@@ -403,18 +403,23 @@ std::vector<std::int32_t> encode_chat_text(const Tokenizer& tokenizer, std::stri
 namespace {
 
 // Where byte `at` of a chat's text falls among the tokens of the whole text (`full`), as
-// Transformers' char_to_token sees it: `before` tokens lie wholly before it, `through` hold
-// some of the text before it. They differ where a token straddles `at`, merged across it:
-// Mistral's "[/INST] " + "Sure" is one "▁Sure"; an end-of-turn marker that is not a special
-// token can merge with the next turn's first characters.
+// Transformers' assistant masks see it (a token is in a turn when its characters overlap the
+// turn's): `before` tokens end by `at`, `through` hold some of the text before it. They differ
+// where a token straddles `at`, merged across it: Mistral's "[/INST] " + "Sure" is one
+// "▁Sure"; an end-of-turn marker that is not a special token can merge with the next turn's
+// first characters.
 struct TokenCut {
   Index before, through;
 };
 
 // The tokenizer gives no offsets. The text before `at`, encoded alone, agrees with the whole
-// text's tokens up to some token; past it, both encode the same text to `at`, so the lengths
-// of the tokens' pieces (one representation on both sides: byte-level characters, "▁" pieces,
-// <0x..> bytes) say which of the whole text's tokens end by `at`.
+// text's tokens up to some token; the agreeing tokens are taken to end by `at`. (Not so where
+// an added token with rstrip absorbs the whitespace after `at`, or a fused unknown token the
+// characters after it: that token counts as before the turn, where Transformers' mask has it
+// in the turn. The released tokenizers of the templates zerolora renders are not known to
+// have either before a turn.) Past the agreement, both encode the same text up to `at`, so the
+// lengths of the tokens' pieces (one representation on both sides: byte-level characters, "▁"
+// pieces, <0x..> bytes) say which of the whole text's tokens end by `at`.
 TokenCut cut_tokens(const Tokenizer& tokenizer, std::string_view text,
                     const std::vector<std::int32_t>& full, std::size_t at) {
   const auto prefix = encode_chat_text(tokenizer, text.substr(0, at));
